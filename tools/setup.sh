@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# setup.sh: install what Impetus needs from Debian 12's packages.
+# Idempotent and quiet when nothing is missing. Run as root (or via sudo).
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  meson ninja-build pkg-config gcc g++ clang llvm
+  # libraries
+  liburing-dev libssl-dev libluajit2-5.1-dev libjemalloc-dev libc-ares-dev libsqlite3-dev
+  # tests and benchmarks
+  libcmocka-dev libbenchmark-dev python3 python3-aiosmtpd swaks dnsmasq-base openssl
+  procps psmisc
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "setup.sh: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+  SUDO=sudo
+fi
+echo "setup.sh: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

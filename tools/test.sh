@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# test.sh: the README's second command. Installs what is missing, builds
+# with -Werror, and runs the whole suite: the normal build, the ASan+UBSan
+# build, and the bounded fuzz runs. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tools/setup.sh
+
+jobs=$(nproc)
+step() { printf '\n=== %s\n' "$*"; }
+
+step "build (release, -Werror)"
+[ -d build-test ] || meson setup build-test -Dwerror=true --buildtype=debugoptimized >/dev/null
+meson compile -C build-test
+step "test suite"
+meson test -C build-test --print-errorlogs --num-processes "$jobs"
+
+if [ "${IMPETUS_SKIP_SANITIZE:-0}" != 1 ]; then
+  step "build (ASan+UBSan, -Werror)"
+  [ -d build-asan ] || meson setup build-asan -Dwerror=true -Db_sanitize=address,undefined \
+    -Db_lundef=false -Dbench=false >/dev/null
+  meson compile -C build-asan
+  step "test suite under ASan+UBSan"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    meson test -C build-asan --print-errorlogs --num-processes "$jobs" --no-suite slow
+fi
+
+if [ "${IMPETUS_SKIP_FUZZ:-0}" != 1 ]; then
+  step "fuzz targets (clang, bounded)"
+  [ -d build-fuzz ] || CC=clang CXX=clang++ meson setup build-fuzz -Dfuzz=true -Dtests=true \
+    -Dbench=false -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
+  meson compile -C build-fuzz
+  meson test -C build-fuzz --print-errorlogs --suite fuzz
+fi
+step "all passed"

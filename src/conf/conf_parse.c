@@ -210,7 +210,8 @@ static const char *tok_dup(struct parser *p, const struct tok *t)
 
 /* ---- values ---- */
 
-static int parse_value(struct parser *p, struct lex *lx, const char *optname, struct conf_raw *rv)
+static int parse_value(struct parser *p, struct lex *lx, const char *optname, unsigned optline,
+                       struct conf_raw *rv)
 {
   struct tok t;
   char d[80];
@@ -224,7 +225,7 @@ static int parse_value(struct parser *p, struct lex *lx, const char *optname, st
     return 0;
   }
   if (t.k != TK_LPAREN && t.k != TK_LBRACK)
-    return fail(p, lx->file, t.line, "option '%s': expected a value after '=', found %s", optname,
+    return fail(p, lx->file, optline, "option '%s': expected a value after '=', found %s", optname,
                 tok_desc(&t, d, sizeof(d)));
   bool dict = t.k == TK_LBRACK;
   unsigned open = t.line;
@@ -346,15 +347,15 @@ static int set_option(struct parser *p, struct lex *lx, struct pctx *cx, const c
     }
     const struct conf_optdef *d = &conf_optdefs[named];
     if (d->scopes & CONF_S_MOD)
-      return fail(p, lx->file, line, "option '%s' is only valid inside a %s stanza", d->name,
-                  strcmp(d->module, "*") ? d->module : "module");
+      return fail(p, lx->file, line, "option '%s' is only valid inside %s { }", d->name,
+                  strcmp(d->module, "*") ? d->module : "a module stanza");
     char sc[128];
     scopes_text(d->scopes, sc, sizeof(sc));
     return fail(p, lx->file, line, "option '%s' is not valid in %s scope (valid in: %s)", d->name,
                 ctx_name(cx), sc);
   }
   struct conf_raw raw;
-  int r = parse_value(p, lx, conf_optdefs[found].name, &raw);
+  int r = parse_value(p, lx, conf_optdefs[found].name, line, &raw);
   if (r < 0)
     return r;
   struct conf_value *v = conf_arena_alloc(&p->c->arena, sizeof(*v));
@@ -553,7 +554,7 @@ static int open_stanza(struct parser *p, struct lex *lx, struct pctx *cx, const 
     if (sd->parent == STZ_NONE && cx->kind != CX_TOP)
       return fail(p, lx->file, line, "%s stanza is only valid at the top level", sd->name);
     if (sd->parent != STZ_NONE && (cx->kind != CX_STANZA || cx->st->kind != sd->parent))
-      return fail(p, lx->file, line, "%s stanza is only valid inside a %s stanza", sd->name,
+      return fail(p, lx->file, line, "%s stanza is only valid inside %s { }", sd->name,
                   conf_stzdefs[sd->parent].name);
     if (sd->instance == CONF_INST_NONE && inst)
       return fail(p, lx->file, line, "%s stanza takes no name: %s { ... }", sd->name, sd->name);

@@ -89,11 +89,14 @@ char *conf_arena_strdup(struct conf_arena *a, const char *s)
 
 char *conf_arena_printf(struct conf_arena *a, const char *fmt, ...)
 {
+  char tmp[256];
   va_list ap;
   va_start(ap, fmt);
-  int n = vsnprintf(NULL, 0, fmt, ap);
+  int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
   va_end(ap);
   UTIL_ASSERT(n >= 0);
+  if ((size_t)n < sizeof(tmp))
+    return conf_arena_strndup(a, tmp, (size_t)n);
   char *p = conf_arena_alloc(a, (size_t)n + 1);
   va_start(ap, fmt);
   vsnprintf(p, (size_t)n + 1, fmt, ap);

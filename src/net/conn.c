@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "clock.h"
 #include "panic.h"
 #include "ring.h"
 #include "tls.h"
@@ -341,7 +342,7 @@ struct conn *conn_new(struct ring *r, const struct conn_params *p, const struct 
   c->op_connect = ring_arm(r, sqe, on_connect, c);
   c->inflight++;
   if (p->connect_timeout_ns)
-    ring_timer_set(r, &c->ctimer, ring_now(r) + p->connect_timeout_ns, on_connect_timeout);
+    ring_timer_set(r, &c->ctimer, clock_mono_ns() + p->connect_timeout_ns, on_connect_timeout);
   return c;
 }
 

@@ -47,6 +47,12 @@ enum spool_sync {
   SPOOL_SYNC_NONE,      /* no fsync: a power loss may lose or corrupt recent messages */
 };
 
+/* How Spool_Sync = batch makes a batch durable (docs/spool.md has figures). */
+enum spool_sync_method {
+  SPOOL_SYNCM_SYNCFS = 0, /* one syncfs() of the spool's file system */
+  SPOOL_SYNCM_FSYNC,      /* fsync every file written plus the directories touched */
+};
+
 enum spool_rcpt_state {
   SPOOL_RCPT_PENDING = 0,
   SPOOL_RCPT_DELIVERED = 1,
@@ -114,6 +120,7 @@ struct spool_params {
   unsigned batch_max;         /* files claimed per group commit; 0: 512 */
   unsigned rescan_ms;         /* pickup safety-net rescan period; 0: 2000 */
   uint16_t node_id;           /* 0: low 16 bits of the pid */
+  enum spool_sync_method sync_method; /* how a batch is made durable */
   spool_msg_cb on_msg;        /* required for spool_ingest/spool_recover */
   spool_bad_cb on_bad;        /* optional */
   spool_ingest_cb on_ingest;  /* optional */
@@ -159,9 +166,9 @@ int spool_load_ctx(struct spool *sp, struct spool_msg *msg);
  * (secret entries stay in memory, never on disk). The caller must have
  * saved changes with spool_save_ctx. Owner thread. */
 void spool_drop_ctx(struct spool *sp, struct spool_msg *msg);
-/* Persist the current dictionaries (appends a record to <id>.m; durable
- * per Spool_Sync: at once for "always", else at the next txn commit).
- * Returns 0 or -errno. Owner thread. */
+/* Persist the current dictionaries, binding and binding group (appends a
+ * record to <id>.m and syncs it unless Spool_Sync = none; use spool_txn_ctx
+ * to batch). Returns 0 or -errno. Owner thread. */
 int spool_save_ctx(struct spool *sp, struct spool_msg *msg);
 
 /* Format msg's id into out (at least SPOOL_ID_LEN + 1 bytes); returns out. */
@@ -191,6 +198,9 @@ void spool_txn_rcpt(struct spool_txn *t, struct spool_msg *msg, uint32_t idx,
 /* Record an attempt count and the next attempt time (wall-clock ms). */
 void spool_txn_retry(struct spool_txn *t, struct spool_msg *msg, uint32_t attempts,
                      uint64_t next_attempt_ms);
+/* Persist the message's current dictionaries, binding and binding group
+ * at commit (like spool_save_ctx, batched). */
+void spool_txn_ctx(struct spool_txn *t, struct spool_msg *msg);
 /* Remove the message's files at commit and free msg after it. */
 void spool_txn_remove(struct spool_txn *t, struct spool_msg *msg);
 /* Write everything recorded, then sync (per Spool_Sync). Returns 0 or the
@@ -200,6 +210,11 @@ int spool_txn_commit(struct spool_txn *t);
 /* Move a queued message to bad/ (<id>, <id>.m and <id>.why) and free it.
  * Returns 0 or -errno (the message is freed either way). */
 int spool_bad(struct spool *sp, struct spool_msg *msg, const char *reason);
+
+/* Fault injection for tests only: when set, called by the ingest thread
+ * right after a claimed file's fstat and before it is read. NULL in
+ * production. */
+extern void (*spool_test_after_stat)(int fd);
 
 /* Pickup format parsing (pure; used by spool_ingest and impetus-inject). */
 

@@ -14,8 +14,21 @@
  * land on the same stanza get the same bucket. */
 #pragma once
 
-#include <stdatomic.h>
 #include <stdint.h>
+
+#ifdef __cplusplus /* for C++ benchmarks that include this header */
+extern "C++" {
+#include <atomic>
+}
+#ifndef UTIL_ATOMIC
+#define UTIL_ATOMIC(T) std::atomic<T>
+#endif
+#else
+#include <stdatomic.h>
+#ifndef UTIL_ATOMIC
+#define UTIL_ATOMIC(T) _Atomic(T)
+#endif
+#endif
 
 struct throttle_spec {
   uint32_t n;     /* events per period; 0 = unlimited */
@@ -27,7 +40,7 @@ struct throttle_spec {
 int throttle_parse(const char *s, struct throttle_spec *out);
 
 struct throttle {
-  _Atomic uint64_t tat_ns; /* next instant a take is allowed */
+  UTIL_ATOMIC(uint64_t) tat_ns; /* next instant a take is allowed */
   uint64_t interval_ns;    /* per_s * 1e9 / n; 0 = unlimited */
 };
 

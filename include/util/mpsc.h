@@ -7,18 +7,28 @@
  * eventfd (see mpsc_push's return value and mpsc_arm). */
 #pragma once
 
-#include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
+
+#ifdef __cplusplus /* for C++ benchmarks that include this header */
+extern "C++" {
+#include <atomic>
+}
+#define UTIL_ATOMIC(T) std::atomic<T>
+#else
+#include <stdatomic.h>
+#define UTIL_ATOMIC(T) _Atomic(T)
+#endif
 
 struct mpsc_node {
-  _Atomic(struct mpsc_node *) next;
+  UTIL_ATOMIC(struct mpsc_node *) next;
 };
 
 struct mpsc {
-  _Atomic(struct mpsc_node *) head; /* producers swap themselves in here */
+  UTIL_ATOMIC(struct mpsc_node *) head; /* producers swap themselves in here */
   struct mpsc_node *tail;           /* consumer only */
   struct mpsc_node stub;
-  atomic_int armed; /* consumer asleep (or about to be): wake it */
+  UTIL_ATOMIC(int) armed; /* consumer asleep (or about to be): wake it */
 };
 
 /* Make q empty. Not thread-safe: before any producer sees q. */

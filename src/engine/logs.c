@@ -36,8 +36,12 @@ enum { F_MAIN, F_PANIC, F_BOUNCE, F_JSON, F_COUNT };
 struct batch {
   struct mpsc_node node;
   struct buf out[F_COUNT];
-  sem_t *sync; /* a logs_sync marker: post once written */
+  struct logs_writer *owner; /* gets the batch back, buffers kept */
+  sem_t *sync;               /* a logs_sync marker: post once written */
 };
+
+/* A recycled batch keeps its buffers unless one grew past this. */
+#define BATCH_KEEP_BYTES (256u * 1024u)
 
 struct logs {
   char *path[F_COUNT];
@@ -55,6 +59,7 @@ struct logs {
 struct logs_writer {
   struct logs *l;
   struct batch *cur;
+  struct mpsc spare; /* written batches coming back from the writer */
 };
 
 /* ---- the writer thread ---- */
@@ -124,12 +129,18 @@ static void write_round(struct logs *l, struct batch **b, int nb)
     write_all(l, f, iov, n, total);
   }
   for (int i = 0; i < nb; i++) {
-    for (int f = 0; f < F_COUNT; f++)
-      buf_done(&b[i]->out[f], 0);
-    if (b[i]->sync)
+    if (b[i]->sync) {
       sem_post(b[i]->sync);
-    else
-      free(b[i]);
+      continue;
+    }
+    for (int f = 0; f < F_COUNT; f++) {
+      if (b[i]->out[f].cap > BATCH_KEEP_BYTES)
+        buf_done(&b[i]->out[f], 0);
+      buf_reset(&b[i]->out[f]);
+    }
+    /* Back to its thread, buffers and all: no allocation, no page
+     * faults per batch. The owner never sleeps on this queue. */
+    mpsc_push(&b[i]->owner->spare, &b[i]->node);
   }
 }
 
@@ -286,7 +297,15 @@ struct logs_writer *logs_writer_new(struct logs *l)
 {
   struct logs_writer *w = util_xcalloc(1, sizeof *w);
   w->l = l;
+  mpsc_init(&w->spare);
   return w;
+}
+
+static void free_batch(struct batch *b)
+{
+  for (int f = 0; f < F_COUNT; f++)
+    buf_done(&b->out[f], 0);
+  free(b);
 }
 
 void logs_writer_flush(struct logs_writer *w)
@@ -303,6 +322,11 @@ void logs_writer_free(struct logs_writer *w)
   if (w == NULL)
     return;
   logs_writer_flush(w);
+  /* Every batch of ours is written and handed back once this returns. */
+  logs_sync(w->l);
+  struct mpsc_node *n;
+  while ((n = mpsc_pop(&w->spare)) != NULL)
+    free_batch(MPSC_CONTAINER(n, struct batch, node));
   free(w);
 }
 
@@ -310,9 +334,19 @@ static struct buf *out(struct logs_writer *w, int f)
 {
   if (w->l->fd[f] < 0)
     return NULL;
-  if (w->cur == NULL)
-    w->cur = util_xcalloc(1, sizeof *w->cur);
-  return &w->cur->out[f];
+  if (w->cur == NULL) {
+    struct mpsc_node *n = mpsc_pop(&w->spare);
+    if (n != NULL) {
+      w->cur = MPSC_CONTAINER(n, struct batch, node);
+    } else {
+      w->cur = util_xcalloc(1, sizeof *w->cur);
+      w->cur->owner = w;
+    }
+  }
+  struct buf *b = &w->cur->out[f];
+  if (b->cap == 0)
+    buf_reserve(b, 16384); /* one allocation per batch, not a growth series */
+  return b;
 }
 
 static void after_record(struct logs_writer *w)
@@ -357,11 +391,42 @@ size_t logs_sanitise(char *dst, size_t dstlen, const char *src, bool at_ok)
   return n;
 }
 
+/* Fast integer output: records are formatted on the hot path, and
+ * vsnprintf costs more than the rest of a record. */
+static void put_u64(struct buf *b, uint64_t v)
+{
+  char tmp[24];
+  int n = 0;
+  do {
+    tmp[sizeof tmp - 1 - n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  buf_append(b, tmp + sizeof tmp - n, (size_t)n);
+}
+
+static void put_i(struct buf *b, int v)
+{
+  if (v < 0) {
+    buf_append(b, "-", 1);
+    put_u64(b, (uint64_t)0 - (uint64_t)(int64_t)v);
+  } else {
+    put_u64(b, (uint64_t)v);
+  }
+}
+
+/* "S.mmm" from milliseconds */
+static void put_ms3(struct buf *b, uint64_t ms)
+{
+  put_u64(b, ms / 1000u);
+  char f[4] = {'.', (char)('0' + ms % 1000u / 100u), (char)('0' + ms % 100u / 10u),
+               (char)('0' + ms % 10u)};
+  buf_append(b, f, 4);
+}
+
 static void put_field(struct buf *b, const char *s)
 {
-  char tmp[LOGS_FIELD_MAX];
-  size_t n = logs_sanitise(tmp, sizeof tmp, s, false);
-  buf_append(b, tmp, n);
+  buf_reserve(b, LOGS_FIELD_MAX);
+  b->len += logs_sanitise((char *)b->data + b->len, LOGS_FIELD_MAX, s, false);
 }
 
 static void put_ts(struct logs_writer *w, struct buf *b, uint64_t now_ms)
@@ -369,7 +434,7 @@ static void put_ts(struct logs_writer *w, struct buf *b, uint64_t now_ms)
   if (w->l->hires)
     buf_printf(b, "%016llu", (unsigned long long)(now_ms * 1000u));
   else
-    buf_printf(b, "%llu", (unsigned long long)(now_ms / 1000u));
+    put_u64(b, now_ms / 1000u);
 }
 
 static void split_addr(const char *addr, char *local, size_t ll, char *dom, size_t dl)
@@ -396,27 +461,39 @@ static void put_head(struct logs_writer *w, struct buf *b, uint64_t now_ms,
   put_field(b, m->batchid);
   buf_append(b, "@", 1);
   put_field(b, conn_id);
-  buf_printf(b, "@%c@", type);
+  char t[3] = {'@', type, '@'};
+  buf_append(b, t, 3);
 }
 
 static void put_secs(struct buf *b, uint64_t now_ms, uint64_t received_ms)
 {
   uint64_t d = now_ms > received_ms ? now_ms - received_ms : 0;
-  buf_printf(b, "%llu.%03llu", (unsigned long long)(d / 1000u), (unsigned long long)(d % 1000u));
+  put_ms3(b, d);
 }
 
 static void json_str(struct buf *b, const char *key, const char *s, size_t max)
 {
-  char tmp[LOGS_TEXT_MAX + 1];
-  if (max > sizeof tmp)
-    max = sizeof tmp;
-  logs_sanitise(tmp, max, s, true);
-  buf_printf(b, ",\"%s\":\"", key);
-  for (const char *p = tmp; *p; p++) {
-    if (*p == '"' || *p == '\\')
-      buf_append(b, "\\", 1);
-    buf_append(b, p, 1);
+  buf_append(b, ",\"", 2);
+  buf_append_str(b, key);
+  buf_append(b, "\":\"", 3);
+  if (max > LOGS_TEXT_MAX + 1)
+    max = LOGS_TEXT_MAX + 1;
+  buf_reserve(b, 2 * max + 1);
+  char *start = (char *)b->data + b->len;
+  size_t n = logs_sanitise(start, max, s, true);
+  size_t extra = 0;
+  for (size_t i = 0; i < n; i++)
+    extra += start[i] == '"' || start[i] == '\\';
+  if (extra) { /* escape from the end backwards, in place */
+    char *src = start + n, *dst = start + n + extra;
+    while (src > start) {
+      char c = *--src;
+      *--dst = c;
+      if (c == '"' || c == '\\')
+        *--dst = '\\';
+    }
   }
+  b->len += n + extra;
   buf_append(b, "\"", 1);
 }
 
@@ -427,23 +504,28 @@ static void json_event(struct logs_writer *w, uint64_t now_ms, char type,
   struct buf *b = out(w, F_JSON);
   if (b == NULL)
     return;
-  buf_printf(b, "{\"ts\":%llu.%03llu,\"type\":\"%c\"", (unsigned long long)(now_ms / 1000u),
-             (unsigned long long)(now_ms % 1000u), type);
+  buf_append_str(b, "{\"ts\":");
+  put_ms3(b, now_ms);
+  char t[] = {',', '"', 't', 'y', 'p', 'e', '"', ':', '"', type, '"'};
+  buf_append(b, t, sizeof t);
   json_str(b, "msgid", m->msgid, LOGS_FIELD_MAX);
   json_str(b, "batchid", m->batchid, LOGS_FIELD_MAX);
   json_str(b, "rcpt", m->rcpt, LOGS_FIELD_MAX);
   json_str(b, "sender", m->sender, LOGS_FIELD_MAX);
   json_str(b, "binding_group", m->binding_group, LOGS_FIELD_MAX);
   json_str(b, "binding", m->binding, LOGS_FIELD_MAX);
-  buf_printf(b, ",\"size\":%llu", (unsigned long long)m->size);
+  buf_append_str(b, ",\"size\":");
+  put_u64(b, m->size);
   if (a == NULL) {
     json_str(b, "src_ip", src_ip, LOGS_FIELD_MAX);
     json_str(b, "proto", proto, LOGS_FIELD_MAX);
   } else {
     uint64_t d = now_ms > m->received_ms ? now_ms - m->received_ms : 0;
     json_str(b, "conn", a->conn_id, LOGS_FIELD_MAX);
-    buf_printf(b, ",\"retries\":%u,\"secs\":%llu.%03llu", a->retries,
-               (unsigned long long)(d / 1000u), (unsigned long long)(d % 1000u));
+    buf_append_str(b, ",\"retries\":");
+    put_u64(b, a->retries);
+    buf_append_str(b, ",\"secs\":");
+    put_ms3(b, d);
     json_str(b, "remote_ip", a->remote_ip, LOGS_FIELD_MAX);
     if (type != 'D') {
       buf_printf(b, ",\"stage\":%d,\"bytes\":%llu", a->stage, (unsigned long long)a->bytes_sent);
@@ -473,7 +555,9 @@ void logs_reception(struct logs_writer *w, uint64_t now_ms, const struct logs_ms
     put_field(b, sd);
     buf_append(b, "@", 1);
     put_field(b, src_ip ? src_ip : "unknown");
-    buf_printf(b, "@%llu@", (unsigned long long)m->size);
+    buf_append(b, "@", 1);
+    put_u64(b, m->size);
+    buf_append(b, "@", 1);
     put_field(b, proto ? proto : "internal");
     buf_append(b, "@", 1);
     put_field(b, m->binding_group);
@@ -498,11 +582,15 @@ void logs_delivery(struct logs_writer *w, uint64_t now_ms, const struct logs_msg
   if (b) {
     put_head(w, b, now_ms, m, a->conn_id, 'D');
     put_field(b, rcpt_domain(m));
-    buf_printf(b, "@%llu@", (unsigned long long)m->size);
+    buf_append(b, "@", 1);
+    put_u64(b, m->size);
+    buf_append(b, "@", 1);
     put_field(b, m->binding_group);
     buf_append(b, "@", 1);
     put_field(b, m->binding);
-    buf_printf(b, "@%u@", a->retries);
+    buf_append(b, "@", 1);
+    put_u64(b, a->retries);
+    buf_append(b, "@", 1);
     put_secs(b, now_ms, m->received_ms);
     buf_append(b, "@", 1);
     put_field(b, a->remote_ip);
@@ -523,11 +611,17 @@ static void failure(struct logs_writer *w, uint64_t now_ms, const struct logs_ms
     logs_sanitise(text, sizeof text, a->text, true);
     put_head(w, b, now_ms, m, a->conn_id, type);
     put_field(b, rcpt_domain(m));
-    buf_printf(b, "@%llu@", (unsigned long long)a->bytes_sent);
+    buf_append(b, "@", 1);
+    put_u64(b, a->bytes_sent);
+    buf_append(b, "@", 1);
     put_field(b, m->binding_group);
     buf_append(b, "@", 1);
     put_field(b, m->binding);
-    buf_printf(b, "@%d@%u@", a->stage, a->retries);
+    buf_append(b, "@", 1);
+    put_i(b, a->stage);
+    buf_append(b, "@", 1);
+    put_u64(b, a->retries);
+    buf_append(b, "@", 1);
     put_secs(b, now_ms, m->received_ms);
     buf_append(b, "@", 1);
     put_field(b, a->remote_ip);

@@ -1,13 +1,12 @@
 // Engine core micro-benchmarks: throttle buckets (lock-free CAS vs a
-// mutex-protected bucket, 1 and 2 threads), log record formatting, MPSC
-// hand-off. Prints figures; never fails on speed.
+// mutex-protected bucket, 1 and 2 threads) and log record formatting.
+// Prints figures; never fails on speed.
 #include <benchmark/benchmark.h>
 #include <mutex>
 
 extern "C" {
 #include "clock.h"
 #include "logs.h"
-#include "mpsc.h"
 #include "throttle.h"
 }
 
@@ -75,17 +74,5 @@ static void BM_logs_delivery_record(benchmark::State &st)
   logs_close(l);
 }
 BENCHMARK(BM_logs_delivery_record);
-
-static void BM_mpsc_push_pop(benchmark::State &st)
-{
-  struct mpsc q;
-  mpsc_init(&q);
-  struct mpsc_node n;
-  for (auto _ : st) {
-    mpsc_push(&q, &n);
-    benchmark::DoNotOptimize(mpsc_pop(&q));
-  }
-}
-BENCHMARK(BM_mpsc_push_pop);
 
 BENCHMARK_MAIN();

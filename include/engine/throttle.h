@@ -20,13 +20,13 @@
 extern "C++" {
 #include <atomic>
 }
-#ifndef UTIL_ATOMIC
-#define UTIL_ATOMIC(T) std::atomic<T>
+#ifndef THROTTLE_ATOMIC
+#define THROTTLE_ATOMIC(T) std::atomic<T>
 #endif
 #else
 #include <stdatomic.h>
-#ifndef UTIL_ATOMIC
-#define UTIL_ATOMIC(T) _Atomic(T)
+#ifndef THROTTLE_ATOMIC
+#define THROTTLE_ATOMIC(T) _Atomic(T)
 #endif
 #endif
 
@@ -40,7 +40,7 @@ struct throttle_spec {
 int throttle_parse(const char *s, struct throttle_spec *out);
 
 struct throttle {
-  UTIL_ATOMIC(uint64_t) tat_ns; /* next instant a take is allowed */
+  THROTTLE_ATOMIC(uint64_t) tat_ns; /* next instant a take is allowed */
   uint64_t interval_ns;    /* per_s * 1e9 / n; 0 = unlimited */
 };
 

@@ -33,6 +33,7 @@ enum { F_MAIN, F_PANIC, F_BOUNCE, F_JSON, F_COUNT };
  * system hands over many batches per wake-up instead of one each. */
 #define WRITER_LINGER_NS (5u * 1000u * 1000u)
 
+/* node first: a popped mpsc_node is its batch */
 struct batch {
   struct mpsc_node node;
   struct buf out[F_COUNT];
@@ -49,6 +50,7 @@ struct logs {
   unsigned mode;
   bool hires;
   struct mpsc q;
+  atomic_int armed; /* the writer thread sleeps (or is about to): wake it */
   int efd;
   pthread_t thread;
   atomic_bool stop;
@@ -153,7 +155,7 @@ static int drain(struct logs *l)
     int nb = 0;
     struct mpsc_node *n;
     while (nb < ROUND_MAX && (n = mpsc_pop(&l->q)) != NULL)
-      b[nb++] = MPSC_CONTAINER(n, struct batch, node);
+      b[nb++] = ((struct batch *)(void *)(n));
     if (nb == 0)
       return total;
     write_round(l, b, nb);
@@ -174,9 +176,14 @@ static void *writer_main(void *arg)
     }
     if (atomic_load(&l->stop))
       break;
-    struct mpsc_node *n = mpsc_arm(&l->q);
+    /* Dekker with hand_over: arm, fence, look again. Either we see the
+     * batch, or its producer sees armed == 1 and wakes us. */
+    atomic_store(&l->armed, 1);
+    atomic_thread_fence(memory_order_seq_cst);
+    struct mpsc_node *n = mpsc_pop(&l->q);
     if (n != NULL) {
-      struct batch *b = MPSC_CONTAINER(n, struct batch, node);
+      atomic_store(&l->armed, 0);
+      struct batch *b = ((struct batch *)(void *)(n));
       write_round(l, &b, 1);
       continue;
     }
@@ -187,7 +194,7 @@ static void *writer_main(void *arg)
         /* EAGAIN: someone else drained it; nothing to do */
       }
     }
-    atomic_store(&l->q.armed, 0);
+    atomic_store(&l->armed, 0);
   }
   drain(l);
   return NULL;
@@ -202,9 +209,13 @@ static void wake(struct logs *l)
   }
 }
 
+/* Push, then wake the writer only when it is asleep: under load it is
+ * busy (or lingering) and a batch costs no syscall. */
 static void hand_over(struct logs *l, struct batch *b)
 {
-  if (mpsc_push(&l->q, &b->node))
+  mpsc_push(&l->q, &b->node);
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_load(&l->armed) && atomic_exchange(&l->armed, 0))
     wake(l);
 }
 
@@ -326,7 +337,7 @@ void logs_writer_free(struct logs_writer *w)
   logs_sync(w->l);
   struct mpsc_node *n;
   while ((n = mpsc_pop(&w->spare)) != NULL)
-    free_batch(MPSC_CONTAINER(n, struct batch, node));
+    free_batch(((struct batch *)(void *)(n)));
   free(w);
 }
 
@@ -337,7 +348,7 @@ static struct buf *out(struct logs_writer *w, int f)
   if (w->cur == NULL) {
     struct mpsc_node *n = mpsc_pop(&w->spare);
     if (n != NULL) {
-      w->cur = MPSC_CONTAINER(n, struct batch, node);
+      w->cur = ((struct batch *)(void *)(n));
     } else {
       w->cur = util_xcalloc(1, sizeof *w->cur);
       w->cur->owner = w;

@@ -31,6 +31,7 @@
 #define HOOK_EVERY 1000 /* instructions between budget checks */
 #define LUAM_MAX_SCRIPT_BYTES (16u << 20)
 #define LUAM_MAX_LOG_TEXT 4096
+#define LUAM_IDLE_COROUTINES 8
 
 static const char *const hook_names[LUAM_HOOK_COUNT] = {
   [LUAM_HOOK_VALIDATE_DATA_SPOOL] = "validate_data_spool",
@@ -68,6 +69,10 @@ struct lstate {
   uint64_t instr, max_instr, deadline_ns;
   int aborting;
   const char *loading;    /* script name while its top level runs */
+  /* Finished coroutines kept for the next calls (no allocation per call). */
+  lua_State *idle_co[LUAM_IDLE_COROUTINES];
+  int idle_ref[LUAM_IDLE_COROUTINES];
+  int nidle;
 };
 
 struct lmsg {
@@ -86,8 +91,9 @@ struct lcall {
   void (*done)(void *, int);
   void *done_arg;
   lua_State *co;
-  int co_ref, ud_ref;
-  struct lmsg *ud;
+  int co_ref;
+  int reusable;           /* the coroutine finished normally */
+  struct lmsg *ud;        /* alive on the coroutine's stack while it runs */
   struct luam_job *job;   /* submitted by msys.db, not yet answered */
   uint64_t run_ns, instr;
 };
@@ -1079,9 +1085,14 @@ static void call_free(struct luam *lm, struct lcall *c)
     lm->pending = c->next;
   if (c->next)
     c->next->prev = c->prev;
-  lua_State *L = c->ls->L;
-  luaL_unref(L, LUA_REGISTRYINDEX, c->co_ref);
-  luaL_unref(L, LUA_REGISTRYINDEX, c->ud_ref);
+  struct lstate *ls = c->ls;
+  if (c->reusable && ls->nidle < LUAM_IDLE_COROUTINES) {
+    lua_settop(c->co, 0);
+    ls->idle_co[ls->nidle] = c->co;
+    ls->idle_ref[ls->nidle++] = c->co_ref;
+  } else {
+    luaL_unref(ls->L, LUA_REGISTRYINDEX, c->co_ref);
+  }
   free(c->domain);
   free(c);
 }
@@ -1206,6 +1217,7 @@ static int call_resume(struct luam *lm, struct lcall *c, int nargs)
     lm->stats.errors++;
     lm_log(lm, 0, NULL, "%s: a hook yielded outside msys.db; skipped (CONT)", hook_names[c->hook]);
   } else if (rc == 0) {
+    c->reusable = 1;
     if (lua_gettop(c->co) >= 1)
       result = lua_tointeger(c->co, -1) == LUAM_DONE ? LUAM_DONE : LUAM_CONT;
   } else {
@@ -1327,18 +1339,23 @@ int luam_call(struct luam *lm, enum luam_hook hook, const struct luam_call *call
   c->done = call->done;
   c->done_arg = call->done_arg;
 
-  c->co = lua_newthread(L);
-  c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  c->ud = lua_newuserdata(L, sizeof *c->ud);
-  c->ud->call = c;
-  luaL_getmetatable(L, MSG_MT);
-  lua_setmetatable(L, -2);
-  c->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-
+  if (ls->nidle > 0) {
+    ls->nidle--;
+    c->co = ls->idle_co[ls->nidle];
+    c->co_ref = ls->idle_ref[ls->nidle];
+  } else {
+    c->co = lua_newthread(L);
+    c->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   lua_State *co = c->co;
   lua_rawgeti(co, LUA_REGISTRYINDEX, ls->dispatch_ref);
   lua_pushstring(co, hook_names[hook]);
-  lua_rawgeti(co, LUA_REGISTRYINDEX, c->ud_ref);
+  /* A fresh msg object per call: an old one must stay invalid. It lives on
+   * the coroutine's stack (dispatch's argument) until the call ends. */
+  c->ud = lua_newuserdata(co, sizeof *c->ud);
+  c->ud->call = c;
+  luaL_getmetatable(co, MSG_MT);
+  lua_setmetatable(co, -2);
   int nargs = 2;
   if (hook >= LUAM_HOOK_LOG_DELIVERY) {
     const struct luam_outcome *o = call->outcome;

@@ -73,7 +73,10 @@ struct luam_msg_ops {
 
 /* Engine services. log and eval run on the worker thread; post is called
  * from datasource pool threads and must be thread-safe: it must make
- * fn(fn_arg) run soon on the worker that owns this state. */
+ * fn(fn_arg) run soon on the worker that owns this state.
+ * post == NULL selects blocking mode, for a thread that may wait (the
+ * ingest thread): luam_call then waits for datasource answers itself and
+ * never returns LUAM_PENDING. */
 struct luam_host {
   void *arg;
   /* level: 0 error, 1 warning, 2 notice (print), 3 debug. script: the

@@ -14,6 +14,7 @@
 #include "panic.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <luajit.h>
@@ -98,8 +99,24 @@ struct lcall {
   uint64_t run_ns, instr;
 };
 
+/* Blocking mode (host->post == NULL): answers come back here and
+ * luam_call waits for them. For threads that may block (ingest). */
+struct mailbox_item {
+  struct mailbox_item *next;
+  void (*fn)(void *);
+  void *arg;
+};
+struct mailbox {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  struct mailbox_item *head, *tail;
+};
+
 struct luam {
   struct luam_host host;
+  void (*post)(void *arg, void (*fn)(void *), void *fn_arg);
+  void *post_arg;
+  struct mailbox *mbox; /* blocking mode only */
   struct lstate *cur;
   struct lstate *retired;
   struct script *scripts;
@@ -715,8 +732,6 @@ static int c_db_submit(lua_State *L)
     return luaL_error(L, "msys.db: only inside a hook, not at load time or in a nested coroutine");
   if (c->job)
     return luaL_error(L, "msys.db: a query is already in flight");
-  if (!lm->host.post)
-    return luaL_error(L, "msys.db: the engine provides no way to wait here");
   int idx = luam_ds_find(lm->ds, luaL_checkstring(L, 1));
   if (idx < 0)
     return luaL_error(L, "msys.db: no such datasource");
@@ -1041,6 +1056,54 @@ int luam_resolve_source(const char *source, const char *conf_dir, const char *li
   return -ENOENT;
 }
 
+static void mbox_post(void *arg, void (*fn)(void *), void *fn_arg)
+{
+  struct mailbox *mb = arg;
+  struct mailbox_item *it = util_xmalloc(sizeof *it);
+  it->next = NULL;
+  it->fn = fn;
+  it->arg = fn_arg;
+  pthread_mutex_lock(&mb->mu);
+  if (mb->tail)
+    mb->tail->next = it;
+  else
+    mb->head = it;
+  mb->tail = it;
+  pthread_cond_signal(&mb->cv);
+  pthread_mutex_unlock(&mb->mu);
+}
+
+/* Wait for one posted answer and run it (blocking mode). */
+static void mbox_run_one(struct mailbox *mb)
+{
+  pthread_mutex_lock(&mb->mu);
+  while (!mb->head)
+    pthread_cond_wait(&mb->cv, &mb->mu);
+  struct mailbox_item *it = mb->head;
+  mb->head = it->next;
+  if (!mb->head)
+    mb->tail = NULL;
+  pthread_mutex_unlock(&mb->mu);
+  it->fn(it->arg);
+  free(it);
+}
+
+static void mbox_free(struct mailbox *mb)
+{
+  if (!mb)
+    return;
+  /* Answers still arriving are for orphaned jobs: run them (they free). */
+  while (mb->head) {
+    struct mailbox_item *it = mb->head;
+    mb->head = it->next;
+    it->fn(it->arg);
+    free(it);
+  }
+  pthread_mutex_destroy(&mb->mu);
+  pthread_cond_destroy(&mb->cv);
+  free(mb);
+}
+
 int luam_check(const struct luam_opts *opts, char *err, size_t errlen)
 {
   struct luam *lm = luam_new(opts, NULL, err, errlen);
@@ -1056,10 +1119,21 @@ struct luam *luam_new(const struct luam_opts *opts, const struct luam_host *host
   struct luam *lm = util_xcalloc(1, sizeof *lm);
   if (host)
     lm->host = *host;
+  if (lm->host.post) {
+    lm->post = lm->host.post;
+    lm->post_arg = lm->host.arg;
+  } else {
+    lm->mbox = util_xcalloc(1, sizeof *lm->mbox);
+    pthread_mutex_init(&lm->mbox->mu, NULL);
+    pthread_cond_init(&lm->mbox->cv, NULL);
+    lm->post = mbox_post;
+    lm->post_arg = lm->mbox;
+  }
   apply_opts(lm, opts);
   if (scripts_load(opts, &lm->scripts, err, errlen) < 0) {
     free(lm->libdir);
     free(lm->boot_chunk);
+    mbox_free(lm->mbox);
     free(lm);
     return NULL;
   }
@@ -1069,6 +1143,7 @@ struct luam *luam_new(const struct luam_opts *opts, const struct luam_host *host
     scripts_free(lm->scripts, lm->nscripts);
     free(lm->libdir);
     free(lm->boot_chunk);
+    mbox_free(lm->mbox);
     free(lm);
     return NULL;
   }
@@ -1122,6 +1197,11 @@ void luam_free(struct luam *lm)
   scripts_free(lm->scripts, lm->nscripts);
   free(lm->libdir);
   free(lm->boot_chunk);
+  /* Orphaned jobs may still be posted here by the pool until luam_ds_free;
+   * in blocking mode the mailbox goes with the state only when it is
+   * empty and no job can reach it (all were orphaned above and the pool
+   * frees orphans instead of posting them, except those already posted). */
+  mbox_free(lm->mbox);
   free(lm);
 }
 
@@ -1204,8 +1284,8 @@ static int call_resume(struct luam *lm, struct lcall *c, int nargs)
   if (rc == LUA_YIELD) {
     if (c->job) {
       struct luam_job *job = c->job;
-      job->post = lm->host.post;
-      job->post_arg = lm->host.arg;
+      job->post = lm->post;
+      job->post_arg = lm->post_arg;
       job->complete = job_complete;
       job->owner = lm;
       job->call_id = c->id;
@@ -1319,6 +1399,17 @@ static void push_outcome(lua_State *co, const struct luam_outcome *o)
   lua_setfield(co, -2, "retries");
 }
 
+struct sync_rec {
+  int done, result;
+};
+
+static void sync_done(void *arg, int result)
+{
+  struct sync_rec *r = arg;
+  r->done = 1;
+  r->result = result;
+}
+
 int luam_call(struct luam *lm, enum luam_hook hook, const struct luam_call *call)
 {
   if (!luam_has_hook(lm, hook))
@@ -1372,11 +1463,20 @@ int luam_call(struct luam *lm, enum luam_hook hook, const struct luam_call *call
   if (lm->pending)
     lm->pending->prev = c;
   lm->pending = c;
+  struct sync_rec sync = {0};
+  if (lm->mbox) {
+    c->done = sync_done;
+    c->done_arg = &sync;
+  }
   int result = call_resume(lm, c, nargs);
   if (result == LUAM_PENDING) {
     lm->npending++;
     ls->npending++;
-    return LUAM_PENDING;
+    if (!lm->mbox)
+      return LUAM_PENDING;
+    while (!sync.done)
+      mbox_run_one(lm->mbox);
+    return sync.result;
   }
   call_finish(lm, c, 0);
   return result;

@@ -838,6 +838,37 @@ static void test_datasource_held(void **state)
   fake_done(&late);
 }
 
+/* Without a post callback (an ingest thread) a query waits in luam_call. */
+static void test_datasource_blocking(void **state)
+{
+  (void)state;
+  logs_clear();
+  make_db();
+  char uri[600], err[512];
+  snprintf(uri, sizeof uri, "sqlite:%s", dbpath);
+  struct luam_ds_conf dc = {.name = "creds", .uri = uri};
+  struct luam_ds *ds = luam_ds_new(&dc, 1, 2, err, sizeof err);
+  assert_non_null(ds);
+  struct luam_script s = {"creds", write_script("creds", creds_script)};
+  struct luam_opts o = {.scripts = &s, .nscripts = 1, .ds = ds};
+  struct luam_host blocking = {.log = h_log, .eval = h_eval};
+  struct luam *lm = luam_new(&o, &blocking, err, sizeof err);
+  assert_non_null(lm);
+  for (int i = 0; i < 3; i++) {
+    struct fake_msg f;
+    fake_init(&f);
+    struct done_rec d = {0};
+    assert_int_equal(luam_call_auth_config(lm, &f, &fops, "messagesystems.com", on_done, &d), LUAM_CONT);
+    assert_false(d.done);
+    assert_string_equal(ctx(&f, "outbound_smtp_auth_user"), "tenant1");
+    fake_done(&f);
+  }
+  assert_int_equal(luam_ds_queries(ds), 3); /* no cache configured */
+  assert_int_equal(nlogs, 0);
+  luam_free(lm);
+  luam_ds_free(ds);
+}
+
 /* Every bundled example loads and does its job. */
 static void test_examples(void **state)
 {
@@ -910,6 +941,7 @@ int main(void)
     cmocka_unit_test(test_resolve),
     cmocka_unit_test(test_datasource),
     cmocka_unit_test(test_datasource_held),
+    cmocka_unit_test(test_datasource_blocking),
     cmocka_unit_test(test_examples),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

@@ -6,9 +6,14 @@
 #include "conf.h"
 #include "ctx.h"
 
+#include "panic.h"
+
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 static struct ctx *dict(struct luam_spool_msg *h, int which)
 {
@@ -50,6 +55,90 @@ static const char *s_rcptto(void *arg, size_t i)
 {
   struct spool_msg *m = ((struct luam_spool_msg *)arg)->msg;
   return i < m->nrcpt ? m->rcpt[i] : NULL;
+}
+
+/* Split the header block (up to the first empty line) into unfolded
+ * name/value pairs, in place. */
+static void parse_headers(struct luam_spool_msg *h, size_t len)
+{
+  char *p = h->hdr_block, *end = p + len;
+  h->hdr = util_xcalloc(LUAM_SPOOL_MAX_HEADERS, sizeof *h->hdr);
+  while (p < end && h->nhdr < LUAM_SPOOL_MAX_HEADERS) {
+    if (*p == '\r' || *p == '\n')
+      break; /* end of the header block */
+    char *line_end = memchr(p, '\n', (size_t)(end - p));
+    /* extend over folded continuation lines */
+    while (line_end && line_end + 1 < end && (line_end[1] == ' ' || line_end[1] == '\t'))
+      line_end = memchr(line_end + 1, '\n', (size_t)(end - line_end - 1));
+    if (!line_end)
+      break; /* a truncated last header is dropped */
+    char *colon = memchr(p, ':', (size_t)(line_end - p));
+    if (colon) {
+      *colon = 0;
+      char *v = colon + 1, *w = v;
+      while (v < line_end && (*v == ' ' || *v == '\t'))
+        v++;
+      for (char *r = v; r < line_end; r++) /* unfold: drop CR and LF */
+        if (*r != '\r' && *r != '\n')
+          *w++ = *r;
+      size_t vl = (size_t)(w - (colon + 1));
+      *w = 0;
+      h->hdr[h->nhdr].name = p;
+      h->hdr[h->nhdr].value = colon + 1;
+      h->hdr[h->nhdr].value_len = vl;
+      h->nhdr++;
+    }
+    p = line_end + 1;
+  }
+}
+
+static void load_headers(struct luam_spool_msg *h)
+{
+  h->hdr_loaded = 1;
+  if (!h->sp)
+    return;
+  int fd = spool_open_body(h->sp, h->msg);
+  if (fd < 0)
+    return;
+  size_t want = h->msg->body_size < LUAM_SPOOL_MAX_HEADER_BYTES ? (size_t)h->msg->body_size
+                                                                : LUAM_SPOOL_MAX_HEADER_BYTES;
+  h->hdr_block = util_xmalloc(want + 1);
+  size_t got = 0;
+  while (got < want) {
+    ssize_t n = pread(fd, h->hdr_block + got, want - got, (off_t)(h->msg->body_off + got));
+    if (n <= 0)
+      break;
+    got += (size_t)n;
+  }
+  close(fd);
+  h->hdr_block[got] = 0;
+  parse_headers(h, got);
+}
+
+static const char *s_header(void *arg, const char *name, size_t i, size_t *len)
+{
+  struct luam_spool_msg *h = arg;
+  if (!h->hdr_loaded)
+    load_headers(h);
+  size_t seen = 0;
+  for (size_t k = 0; k < h->nhdr; k++)
+    if (strcasecmp(h->hdr[k].name, name) == 0 && seen++ == i) {
+      *len = h->hdr[k].value_len;
+      return h->hdr[k].value;
+    }
+  return NULL;
+}
+
+void luam_spool_msg_done(struct luam_spool_msg *h)
+{
+  if (!h)
+    return;
+  free(h->hdr_block);
+  free(h->hdr);
+  h->hdr_block = NULL;
+  h->hdr = NULL;
+  h->nhdr = 0;
+  h->hdr_loaded = 0;
 }
 
 static const char *s_binding(void *arg)
@@ -110,7 +199,7 @@ const struct luam_msg_ops luam_spool_ops = {
   .ctx_delete = s_ctx_delete,
   .mailfrom = s_mailfrom,
   .rcptto = s_rcptto,
-  .header = NULL,
+  .header = s_header,
   .binding = s_binding,
   .set_binding = s_set_binding,
   .binding_group = s_binding_group,

@@ -196,10 +196,128 @@ static void test_conf_and_spool_msg(void **state)
   conf_unref(c);
 }
 
+/* The ingest path: spool's on_ingest callback runs validate_data_spool and
+ * validate_set_binding through luam (blocking mode), reading headers from
+ * the queue file and setting contexts that reach the metadata. */
+struct ingest_env {
+  struct spool *sp;
+  struct luam *lm;
+  struct conf *conf;
+  struct spool_msg *got;
+  int rejected;
+};
+
+static int on_ingest(void *arg, struct spool_msg *msg, char *reason, size_t reason_len)
+{
+  struct ingest_env *env = arg;
+  struct luam_spool_msg h = {.sp = env->sp, .msg = msg, .conf = env->conf};
+  struct luam_call c = {.msg = &h, .ops = &luam_spool_ops, .rcpt = -1};
+  luam_call(env->lm, LUAM_HOOK_VALIDATE_DATA_SPOOL, &c);
+  luam_call(env->lm, LUAM_HOOK_VALIDATE_SET_BINDING, &c);
+  luam_spool_msg_done(&h);
+  if (h.code >= 500) {
+    snprintf(reason, reason_len, "%d %s", h.code, h.text);
+    env->rejected++;
+    return -EPERM;
+  }
+  return 0;
+}
+
+static void on_msg(void *arg, struct spool_msg *msg)
+{
+  struct ingest_env *env = arg;
+  if (env->got)
+    spool_msg_free(env->got);
+  env->got = msg;
+}
+
+static void test_ingest_hooks(void **state)
+{
+  (void)state;
+  memset(logbuf, 0, sizeof logbuf);
+  write_file("lua/ingest.lua",
+    "local mod = {}\n"
+    "function mod:validate_data_spool(msg, ac, vctx)\n"
+    "  local subj = msg:header('Subject')[1]\n"
+    "  if subj == 'spam' then msg:code(550, '5.7.1 no spam') return msys.core.VALIDATE_DONE end\n"
+    "  msg:context_set(VCTX_MESS, 'subject_seen', subj)\n"
+    "  msg:context_set(VCTX_MESS, 'folded', msg:header('x-folded')[1])\n"
+    "  msg:context_set(VCTX_MESS, 'rcpt', msg:rcptto())\n"
+    "end\n"
+    "function mod:validate_set_binding(msg)\n"
+    "  if msg:mailfrom():match('@tenant%-a%.example$') then msg:binding('b1') end\n"
+    "end\n"
+    "msys.registerModule('ingest', mod)\n");
+  write_file("ingest.conf",
+    "Binding \"b1\" { }\n"
+    "scriptlet \"scriptlet\" { script \"ingest\" { source = \"lua/ingest\" } }\n");
+  char cpath[400], spooldir[400], err[512];
+  snprintf(cpath, sizeof cpath, "%s/ingest.conf", tmpdir);
+  snprintf(spooldir, sizeof spooldir, "%s/spool", tmpdir);
+  struct conf_error ce;
+  struct conf *c = conf_load(cpath, &ce);
+  assert_non_null(c);
+  struct luam_conf lc;
+  assert_int_equal(luam_conf_load(&lc, c, NULL, err, sizeof err), 0);
+  struct luam_conf_eval *ev = luam_conf_eval_new(c);
+  struct luam_host host = {.arg = ev, .log = h_log, .eval = luam_conf_eval};
+  struct ingest_env env = {.conf = c};
+  env.lm = luam_new(&lc.opts, &host, err, sizeof err);
+  assert_non_null(env.lm);
+  struct spool_params p = {.spoolbase = spooldir, .sync = SPOOL_SYNC_NONE, .on_msg = on_msg,
+                           .on_ingest = on_ingest, .arg = &env};
+  env.sp = spool_open(&p, err, sizeof err);
+  if (!env.sp)
+    fprintf(stderr, "spool_open: %s\n", err);
+  assert_non_null(env.sp);
+
+  write_file("spool/pickup/.m1",
+    "x-sender: alice@tenant-a.example\r\n"
+    "x-receiver: bob@example.com\r\n"
+    "Subject: hello there\r\n"
+    "X-Folded: part one\r\n"
+    "  part two\r\n"
+    "\r\n"
+    "Subject: not a header\r\n");
+  char from[500], to[500];
+  snprintf(from, sizeof from, "%s/spool/pickup/.m1", tmpdir);
+  snprintf(to, sizeof to, "%s/spool/pickup/m1", tmpdir);
+  assert_int_equal(rename(from, to), 0);
+  long n = 0;
+  for (int i = 0; i < 50 && n == 0; i++)
+    n = spool_ingest(env.sp, 100);
+  assert_int_equal(n, 1);
+  assert_non_null(env.got);
+  if (!env.got->mess)
+    assert_int_equal(spool_load_ctx(env.sp, env.got), 0);
+  assert_string_equal(ctx_get(env.got->mess, "subject_seen"), "hello there");
+  assert_string_equal(ctx_get(env.got->mess, "folded"), "part one  part two");
+  assert_string_equal(ctx_get(env.got->mess, "rcpt"), "bob@example.com");
+  assert_string_equal(env.got->binding, "b1");
+
+  write_file("spool/pickup/.m2",
+    "x-sender: eve@example.org\r\nx-receiver: bob@example.com\r\nSubject: spam\r\n\r\nbuy\r\n");
+  snprintf(from, sizeof from, "%s/spool/pickup/.m2", tmpdir);
+  snprintf(to, sizeof to, "%s/spool/pickup/m2", tmpdir);
+  assert_int_equal(rename(from, to), 0);
+  for (int i = 0; i < 50 && env.rejected == 0; i++)
+    spool_ingest(env.sp, 100);
+  assert_int_equal(env.rejected, 1);
+  assert_null(strstr(logbuf, "0 ["));
+
+  spool_msg_free(env.got);
+  spool_close(env.sp);
+  luam_free(env.lm);
+  luam_conf_eval_free(ev);
+  luam_conf_done(&lc);
+  conf_unref(c);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_conf_and_spool_msg),
+    cmocka_unit_test(test_ingest_hooks),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -555,6 +555,38 @@ static void test_endless_loop(void **state)
   luam_free(lm);
 }
 
+/* The time budget alone stops a slow hook; a script yielding by itself
+ * and an endless loop at load time are handled too. */
+static void test_time_budget_and_yield(void **state)
+{
+  (void)state;
+  logs_clear();
+  struct luam_opts o = {.max_instructions = 1000000000000ull, .max_time_ms = 50};
+  struct luam *lm = new_state("slow",
+    "local mod = {}\n"
+    "function mod:validate_data_spool(msg) while true do end end\n"
+    "function mod:validate_set_binding(msg) coroutine.yield() end\n"
+    "msys.registerModule('slow', mod)\n", &o);
+  struct fake_msg f;
+  fake_init(&f);
+  uint64_t t0 = clock_mono_ns();
+  assert_int_equal(call_hook(lm, LUAM_HOOK_VALIDATE_DATA_SPOOL, &f, NULL), LUAM_CONT);
+  uint64_t took = clock_mono_ns() - t0;
+  assert_true(took >= 50000000ull && took < 5000000000ull);
+  assert_int_equal(logs_count("slow.lua:2: hook exceeded its budget"), 1);
+  assert_int_equal(call_hook(lm, LUAM_HOOK_VALIDATE_SET_BINDING, &f, NULL), LUAM_CONT);
+  assert_int_equal(logs_count("yielded outside msys.db"), 1);
+  assert_int_equal(luam_pending(lm), 0);
+  luam_free(lm);
+
+  struct luam_script s = {"spin", write_script("spin", "while true do end\n")};
+  struct luam_opts o2 = {.scripts = &s, .nscripts = 1, .max_instructions = 100000};
+  char err[512] = "";
+  assert_null(luam_new(&o2, &host, err, sizeof err));
+  assert_non_null(strstr(err, "spin.lua:1: hook exceeded its budget"));
+  fake_done(&f);
+}
+
 static void test_memory_bomb(void **state)
 {
   (void)state;
@@ -935,6 +967,7 @@ int main(void)
     cmocka_unit_test(test_auth_fallback),
     cmocka_unit_test(test_error),
     cmocka_unit_test(test_endless_loop),
+    cmocka_unit_test(test_time_budget_and_yield),
     cmocka_unit_test(test_memory_bomb),
     cmocka_unit_test(test_msg_after_return),
     cmocka_unit_test(test_reload),

@@ -870,6 +870,52 @@ static void test_datasource_held(void **state)
   fake_done(&late);
 }
 
+/* A reload while a call waits on a datasource: the call finishes in the
+ * old state, new calls use the new scripts, the old state is freed. */
+static void test_reload_while_pending(void **state)
+{
+  (void)state;
+  logs_clear();
+  make_db();
+  char uri[600], err[512];
+  snprintf(uri, sizeof uri, "sqlite:%s", dbpath);
+  struct luam_ds_conf dc = {.name = "creds", .uri = uri};
+  struct luam_ds *ds = luam_ds_new(&dc, 1, 2, err, sizeof err);
+  assert_non_null(ds);
+  struct luam_opts o = {.ds = ds};
+  struct luam *lm = new_state("creds", creds_script, &o);
+  sqlite3 *locker;
+  assert_int_equal(sqlite3_open(dbpath, &locker), SQLITE_OK);
+  assert_int_equal(sqlite3_exec(locker, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
+  struct fake_msg f;
+  fake_init(&f);
+  struct done_rec d = {0};
+  assert_int_equal(luam_call_auth_config(lm, &f, &fops, "messagesystems.com", on_done, &d),
+                   LUAM_PENDING);
+  struct luam_script s2 = {"v2", write_script("v2",
+    "local mod = {}\n"
+    "function mod:validate_set_binding(msg) msg:binding('after_reload') end\n"
+    "msys.registerModule('v2', mod)\n")};
+  struct luam_opts o2 = {.scripts = &s2, .nscripts = 1, .ds = ds};
+  assert_int_equal(luam_reload(lm, &o2, err, sizeof err), 0);
+  assert_false(luam_has_hook(lm, LUAM_HOOK_OUTBOUND_SMTP_AUTH_CONFIG));
+  struct fake_msg g;
+  fake_init(&g);
+  assert_int_equal(call_hook(lm, LUAM_HOOK_VALIDATE_SET_BINDING, &g, NULL), LUAM_CONT);
+  assert_string_equal(g.binding, "after_reload");
+  assert_int_equal(sqlite3_exec(locker, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+  sqlite3_close(locker);
+  loop_run(8000, &d.done);
+  assert_true(d.done);
+  assert_string_equal(ctx(&f, "outbound_smtp_auth_user"), "tenant1");
+  assert_int_equal(luam_pending(lm), 0);
+  assert_int_equal(nlogs, 0);
+  fake_done(&f);
+  fake_done(&g);
+  luam_free(lm); /* ASan: the retired state was freed when its call ended */
+  luam_ds_free(ds);
+}
+
 /* Without a post callback (an ingest thread) a query waits in luam_call. */
 static void test_datasource_blocking(void **state)
 {
@@ -975,6 +1021,7 @@ int main(void)
     cmocka_unit_test(test_datasource),
     cmocka_unit_test(test_datasource_held),
     cmocka_unit_test(test_datasource_blocking),
+    cmocka_unit_test(test_reload_while_pending),
     cmocka_unit_test(test_examples),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

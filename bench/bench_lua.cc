@@ -11,7 +11,9 @@
 #include <unistd.h>
 
 extern "C" {
+#include "ctx.h"
 #include "luam.h"
+#include "luam_spool.h"
 }
 
 namespace {
@@ -114,10 +116,35 @@ void BM_GetSetDirectC(benchmark::State &state)
   }
 }
 
+// The same hook over a spooled message's real dictionaries (ctx.h through
+// luam_spool_ops), dictionaries in memory.
+void BM_GetSetHookSpoolCtx(benchmark::State &state)
+{
+  luam *lm = make_state(kGetSet, false);
+  spool_msg m{};
+  m.id = 1;
+  m.mess = ctx_new();
+  m.conn = ctx_new();
+  ctx_set(m.mess, "outbound_smtp_auth_key", "somestring");
+  luam_spool_msg h{};
+  h.msg = &m;
+  unsigned n = 0;
+  for (auto _ : state) {
+    int rc = luam_call_auth_config(lm, &h, &luam_spool_ops, "example.com", nullptr, nullptr);
+    benchmark::DoNotOptimize(rc);
+    if (++n % 1024 == 0)
+      ctx_quiesce(m.mess); // the owner frees replaced values now and then
+  }
+  ctx_free(m.mess);
+  ctx_free(m.conn);
+  luam_free(lm);
+}
+
 BENCHMARK(BM_NoHook);
 BENCHMARK(BM_TrivialHook);
 BENCHMARK(BM_GetSetHook);
 BENCHMARK(BM_GetSetHookJit);
+BENCHMARK(BM_GetSetHookSpoolCtx);
 BENCHMARK(BM_GetSetDirectC);
 
 } // namespace

@@ -713,11 +713,17 @@ static void pack_value(lua_State *L, int idx, struct luam_jval *v)
     v->len = len;
     break;
   }
-  default:
+  default: /* rejected by check_params */
     v->type = LUAM_JV_NIL;
-    v->s = NULL;
-    luaL_error(L, "msys.db: parameter of type %s is not supported", luaL_typename(L, idx));
   }
+}
+
+/* Raise before anything is allocated: a parameter of another type. */
+static void check_param(lua_State *L, int idx)
+{
+  int t = lua_type(L, idx);
+  if (t != LUA_TNIL && t != LUA_TBOOLEAN && t != LUA_TNUMBER && t != LUA_TSTRING)
+    luaL_error(L, "msys.db: parameter of type %s is not supported", luaL_typename(L, idx));
 }
 
 /* db_submit(name, sql, params, execute): attach a job to the running call;
@@ -736,22 +742,34 @@ static int c_db_submit(lua_State *L)
   if (idx < 0)
     return luaL_error(L, "msys.db: no such datasource");
   const char *sql = luaL_checkstring(L, 2);
-  struct luam_job *job = util_xcalloc(1, sizeof *job);
-  job->ds = idx;
-  job->execute = lua_toboolean(L, 4);
-  job->sql = util_xstrdup(sql);
-  /* Anchor the job on the call before packing: packing may raise. */
-  c->job = job;
+  size_t npos = 0, nnamed = 0;
   if (lua_istable(L, 3)) {
-    size_t npos = lua_objlen(L, 3), nnamed = 0;
+    npos = lua_objlen(L, 3);
+    if (npos > LUAM_DS_MAX_PARAMS)
+      return luaL_error(L, "msys.db: more than %d parameters", LUAM_DS_MAX_PARAMS);
+    for (size_t i = 0; i < npos; i++) {
+      lua_rawgeti(L, 3, (int)i + 1);
+      check_param(L, -1);
+      lua_pop(L, 1);
+    }
     lua_pushnil(L);
     while (lua_next(L, 3)) {
-      if (lua_type(L, -2) == LUA_TSTRING)
+      if (lua_type(L, -2) == LUA_TSTRING) {
         nnamed++;
+        check_param(L, -1);
+      }
       lua_pop(L, 1);
     }
     if (npos + nnamed > LUAM_DS_MAX_PARAMS)
       return luaL_error(L, "msys.db: more than %d parameters", LUAM_DS_MAX_PARAMS);
+  }
+  /* Nothing below raises: the job is complete when the hook yields. */
+  struct luam_job *job = util_xcalloc(1, sizeof *job);
+  job->ds = idx;
+  job->execute = lua_toboolean(L, 4);
+  job->sql = util_xstrdup(sql);
+  c->job = job;
+  if (lua_istable(L, 3)) {
     job->params = util_xcalloc(npos + nnamed + 1, sizeof *job->params);
     for (size_t i = 0; i < npos; i++) {
       lua_rawgeti(L, 3, (int)i + 1);
@@ -1350,7 +1368,14 @@ static void job_complete(void *arg)
   }
   c->job = NULL;
   lua_State *co = c->co;
-  if (job->failed) {
+  if (!lua_checkstack(co, 8)) { /* cannot happen with LUA_MINSTACK; be safe */
+    luam_job_free(job);
+    job = NULL;
+  }
+  if (!job) {
+    lua_pushboolean(co, 0);
+    lua_pushliteral(co, "msys.db: out of stack");
+  } else if (job->failed) {
     lua_pushboolean(co, 0);
     lua_pushstring(co, job->err);
   } else {

@@ -721,6 +721,8 @@ static const char *creds_script =
   "  end\n"
   "end\n"
   "function mod:validate_data_spool(msg)\n"
+  "  local okp = pcall(msys.db.query, 'creds', 'SELECT 1', { {} })\n"
+  "  msg:context_set(VCTX_MESS, 'bad_param', okp and 'no' or 'yes')\n"
   "  local n = 0\n"
   "  for row in msys.db.query('creds', 'SELECT user FROM creds WHERE auth_key = :k OR auth_key = $j ORDER BY user', { k = 'other', j = 'somestring' }) do\n"
   "    n = n + 1; msg:context_set(VCTX_MESS, 'u' .. n, row.user)\n"
@@ -794,6 +796,7 @@ static void test_datasource(void **state)
   assert_string_equal(ctx(&g, "u2"), "tenant2");
   assert_string_equal(ctx(&g, "soft_err"), "yes");
   assert_string_equal(ctx(&g, "hard_err"), "yes");
+  assert_string_equal(ctx(&g, "bad_param"), "yes");
   assert_int_equal(nlogs, 0);
   sqlite3 *db;
   sqlite3_open(dbpath, &db);

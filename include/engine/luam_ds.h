@@ -19,6 +19,8 @@ struct luam_ds_conf {
   unsigned cache_life;   /* seconds a cached answer stays valid; 0 = no cache */
   unsigned cache_size;   /* entries per worker state (LRU); 0 = no cache */
   unsigned busy_timeout_ms; /* how long a query waits for a locked database; 0 = 10000 */
+  unsigned max_rows;     /* rows returned per query at most (more are dropped);
+                            0 or over LUAM_DS_MAX_ROWS = LUAM_DS_MAX_ROWS */
 };
 
 /* Limits on what a query may return (a script is not trusted to be small). */

@@ -119,6 +119,9 @@ static void run_job(struct luam_ds *ds, sqlite3 **conns, struct luam_job *job)
   }
   size_t ncols = (size_t)sqlite3_column_count(st);
   size_t cap = 0, bytes = 0;
+  size_t max_rows = ds->confs[job->ds].max_rows;
+  if (max_rows == 0 || max_rows > LUAM_DS_MAX_ROWS)
+    max_rows = LUAM_DS_MAX_ROWS;
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
     if (job->execute)
@@ -131,8 +134,10 @@ static void run_job(struct luam_ds *ds, sqlite3 **conns, struct luam_job *job)
         job->cols[c] = util_xstrdup(cn ? cn : "");
       }
     }
-    if (job->nrows == LUAM_DS_MAX_ROWS || bytes > LUAM_DS_MAX_RESULT_BYTES) {
-      job_fail(job, name, "result over the limit (rows or bytes)");
+    if (job->nrows == max_rows)
+      continue; /* Momentum's max_rows: the rest is dropped */
+    if (bytes > LUAM_DS_MAX_RESULT_BYTES) {
+      job_fail(job, name, "result over the limit (bytes)");
       sqlite3_finalize(st);
       return;
     }

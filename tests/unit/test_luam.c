@@ -723,6 +723,10 @@ static const char *creds_script =
   "function mod:validate_data_spool(msg)\n"
   "  local okp = pcall(msys.db.query, 'creds', 'SELECT 1', { {} })\n"
   "  msg:context_set(VCTX_MESS, 'bad_param', okp and 'no' or 'yes')\n"
+  "  if msys.core.get_now_ts() and pcall(msys.db.query, 'one_row', 'SELECT 1') then\n"
+  "    local rows = msys.db.query('one_row', 'SELECT user FROM creds')\n"
+  "    msg:context_set(VCTX_MESS, 'max_rows', tostring(#rows))\n"
+  "  end\n"
   "  local n = 0\n"
   "  for row in msys.db.query('creds', 'SELECT user FROM creds WHERE auth_key = :k OR auth_key = $j ORDER BY user', { k = 'other', j = 'somestring' }) do\n"
   "    n = n + 1; msg:context_set(VCTX_MESS, 'u' .. n, row.user)\n"
@@ -751,8 +755,11 @@ static void test_datasource(void **state)
   make_db();
   char uri[600], err[256];
   snprintf(uri, sizeof uri, "sqlite:%s", dbpath);
-  struct luam_ds_conf dc = {.name = "creds", .uri = uri, .cache_life = 300, .cache_size = 1000};
-  struct luam_ds *ds = luam_ds_new(&dc, 1, 2, err, sizeof err);
+  struct luam_ds_conf dc[2] = {
+    {.name = "creds", .uri = uri, .cache_life = 300, .cache_size = 1000},
+    {.name = "one_row", .uri = uri, .max_rows = 1},
+  };
+  struct luam_ds *ds = luam_ds_new(dc, 2, 2, err, sizeof err);
   assert_non_null(ds);
   struct luam_opts o = {.ds = ds};
   struct luam *lm = new_state("creds", creds_script, &o);
@@ -797,6 +804,7 @@ static void test_datasource(void **state)
   assert_string_equal(ctx(&g, "soft_err"), "yes");
   assert_string_equal(ctx(&g, "hard_err"), "yes");
   assert_string_equal(ctx(&g, "bad_param"), "yes");
+  assert_string_equal(ctx(&g, "max_rows"), "1");
   assert_int_equal(nlogs, 0);
   sqlite3 *db;
   sqlite3_open(dbpath, &db);

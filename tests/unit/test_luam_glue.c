@@ -132,6 +132,7 @@ static void test_conf_and_spool_msg(void **state)
   assert_int_equal(lc.nds, 1);
   assert_int_equal(lc.ds[0].cache_life, 300);
   assert_int_equal(lc.ds[0].cache_size, 1000);
+  assert_int_equal(lc.ds[0].max_rows, 100); /* Momentum's default */
 
   struct luam_ds *ds = luam_ds_new(lc.ds, lc.nds, 2, err, sizeof err);
   assert_non_null(ds);

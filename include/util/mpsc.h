@@ -6,15 +6,23 @@
  * consumer must be woken after each push (see ring_post). */
 #pragma once
 
-#include <stdatomic.h>
 #include <stddef.h>
 
+#ifdef __cplusplus
+/* C++ code (benchmarks) only embeds these; every access is in mpsc.c.
+ * std::atomic cannot appear inside extern "C", and the layout is the same. */
+#define MPSC_ATOMIC(T) T
+#else
+#include <stdatomic.h>
+#define MPSC_ATOMIC(T) _Atomic(T)
+#endif
+
 struct mpsc_node {
-  _Atomic(struct mpsc_node *) next;
+  MPSC_ATOMIC(struct mpsc_node *) next;
 };
 
 struct mpsc {
-  _Atomic(struct mpsc_node *) head; /* producers swap themselves in here */
+  MPSC_ATOMIC(struct mpsc_node *) head; /* producers swap themselves in here */
   struct mpsc_node *tail;           /* consumer only */
   struct mpsc_node stub;
 };

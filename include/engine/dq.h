@@ -25,6 +25,7 @@ struct dq_unit {
   void *msg;             /* the engine's message (spool_msg); not owned */
   uint64_t due_ms;       /* wall-clock ms of the next attempt; 0 = now */
   uint32_t heap_idx;     /* position + 1 in the deferred heap; 0 = not there */
+  uint32_t attempts;     /* failed attempts so far (the next one's "retries") */
   uint32_t nrcpt;        /* recipients in rcpt[] */
   uint32_t rcpt[];       /* indices into the message's recipients */
 };
@@ -79,5 +80,7 @@ struct dq_queue *dq_next_active(struct dq *d);
 size_t dq_total_ready(const struct dq *d);
 size_t dq_total_deferred(const struct dq *d);
 size_t dq_queue_count(const struct dq *d);
+/* Queues that have ready units right now. */
+size_t dq_active_count(const struct dq *d);
 /* Visit every queue (e.g. to refresh limits after a reload). */
 void dq_foreach(struct dq *d, void (*fn)(void *arg, struct dq_queue *q), void *arg);

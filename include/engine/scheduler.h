@@ -132,6 +132,8 @@ int sched_pool_put(struct sched_pool *p, uint64_t key, void *conn, uint64_t now_
 /* Take the most recently parked idle connection with exactly this key, or
  * NULL: a connection is reused only for the same credentials. */
 void *sched_pool_take(struct sched_pool *p, uint64_t key);
+/* Forget conn if it is parked (it closed on its own). True if it was. */
+bool sched_pool_remove(struct sched_pool *p, void *conn);
 /* Remove and return one connection idle for at least idle_ns (to be
  * closed: Idle_Timeout), or NULL when none. */
 void *sched_pool_expire(struct sched_pool *p, uint64_t now_ns, uint64_t idle_ns);

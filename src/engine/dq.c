@@ -27,6 +27,7 @@ struct dq {
   size_t tabsize; /* power of two */
   size_t nqueues;
   struct dq_queue *ahead, *atail;
+  size_t nactive;
   struct dq_unit **heap;
   size_t nheap, heapcap;
   size_t nready;
@@ -148,6 +149,7 @@ static void activate(struct dq *d, struct dq_queue *q)
   if (q->active)
     return;
   q->active = true;
+  d->nactive++;
   q->anext = NULL;
   q->aprev = d->atail;
   if (d->atail)
@@ -162,6 +164,7 @@ static void deactivate(struct dq *d, struct dq_queue *q)
   if (!q->active)
     return;
   q->active = false;
+  d->nactive--;
   if (q->aprev)
     q->aprev->anext = q->anext;
   else
@@ -318,6 +321,7 @@ struct dq_queue *dq_next_active(struct dq *d)
 size_t dq_total_ready(const struct dq *d) { return d->nready; }
 size_t dq_total_deferred(const struct dq *d) { return d->nheap; }
 size_t dq_queue_count(const struct dq *d) { return d->nqueues; }
+size_t dq_active_count(const struct dq *d) { return d->nactive; }
 
 void dq_foreach(struct dq *d, void (*fn)(void *arg, struct dq_queue *q), void *arg)
 {

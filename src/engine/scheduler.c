@@ -158,6 +158,16 @@ void *sched_pool_take(struct sched_pool *p, uint64_t key)
   return NULL;
 }
 
+bool sched_pool_remove(struct sched_pool *p, void *conn)
+{
+  for (uint32_t i = 0; i < p->n; i++)
+    if (p->slot[i].conn == conn) {
+      remove_at(p, i);
+      return true;
+    }
+  return false;
+}
+
 void *sched_pool_expire(struct sched_pool *p, uint64_t now_ns, uint64_t idle_ns)
 {
   for (uint32_t i = 0; i < p->n; i++)

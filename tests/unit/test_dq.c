@@ -58,6 +58,7 @@ static void test_ready_deferred(void **state)
   dq_push(d, b, unit(4000, 4), 1000);
   dq_push(d, a, unit(3000, 5), 1000);
   assert_int_equal(dq_total_ready(d), 1);
+  assert_int_equal(dq_active_count(d), 1);
   assert_int_equal(dq_total_deferred(d), 4);
   assert_int_equal(dq_queue_deferred(a), 2);
   assert_int_equal(dq_next_due(d), 3000);

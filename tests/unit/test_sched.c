@@ -257,7 +257,9 @@ static void test_pool(void **state)
   assert_ptr_equal(sched_pool_take(&p, ka), &c3); /* most recent first */
   assert_ptr_equal(sched_pool_expire(&p, 250, 100), &c1); /* idle since 100 */
   assert_null(sched_pool_expire(&p, 250, 100));
-  assert_ptr_equal(sched_pool_take(&p, kb), &c2);
+  assert_true(sched_pool_remove(&p, &c2));
+  assert_false(sched_pool_remove(&p, &c2));
+  assert_null(sched_pool_take(&p, kb));
   assert_int_equal(p.n, 0);
   for (int i = 0; i < SCHED_POOL_MAX; i++)
     assert_int_equal(sched_pool_put(&p, ka, &c1, 0), 0);

@@ -39,7 +39,10 @@ struct logs_config {
   const char *paniclog;  /* NULL: not written */
   const char *bouncelog; /* NULL: not written */
   const char *jsonlog;   /* NULL: not written */
-  unsigned mode;         /* file mode for new files; 0 = 0644 */
+  unsigned mainlog_mode; /* modes of new files; 0 = 0644 */
+  unsigned paniclog_mode;
+  unsigned bouncelog_mode;
+  unsigned jsonlog_mode;
   bool hires;            /* log_hires_timestamp: 16-digit microseconds */
 };
 

@@ -47,7 +47,7 @@ struct batch {
 struct logs {
   char *path[F_COUNT];
   int fd[F_COUNT];
-  unsigned mode;
+  unsigned mode[F_COUNT];
   bool hires;
   struct mpsc q;
   atomic_int armed; /* the writer thread sleeps (or is about to): wake it */
@@ -77,7 +77,7 @@ static void reopen_all(struct logs *l)
   for (int i = 0; i < F_COUNT; i++) {
     if (l->path[i] == NULL)
       continue;
-    int fd = open_one(l->path[i], l->mode);
+    int fd = open_one(l->path[i], l->mode[i]);
     if (fd < 0)
       continue; /* keep writing to the old file rather than losing lines */
     close(l->fd[i]);
@@ -225,7 +225,10 @@ struct logs *logs_open(const struct logs_config *c, char *err, size_t errlen)
 {
   struct logs *l = util_xcalloc(1, sizeof *l);
   const char *paths[F_COUNT] = {c->mainlog, c->paniclog, c->bouncelog, c->jsonlog};
-  l->mode = c->mode ? c->mode : 0644;
+  const unsigned modes[F_COUNT] = {c->mainlog_mode, c->paniclog_mode, c->bouncelog_mode,
+                                   c->jsonlog_mode};
+  for (int i = 0; i < F_COUNT; i++)
+    l->mode[i] = modes[i] ? modes[i] : 0644;
   l->hires = c->hires;
   for (int i = 0; i < F_COUNT; i++)
     l->fd[i] = -1;
@@ -233,7 +236,7 @@ struct logs *logs_open(const struct logs_config *c, char *err, size_t errlen)
     if (paths[i] == NULL || !*paths[i])
       continue;
     l->path[i] = util_xstrdup(paths[i]);
-    l->fd[i] = open_one(paths[i], l->mode);
+    l->fd[i] = open_one(paths[i], l->mode[i]);
     if (l->fd[i] < 0) {
       snprintf(err, errlen, "%s: %s", paths[i], strerror(-l->fd[i]));
       l->fd[i] = -1;

@@ -201,8 +201,11 @@ enum smtpc_outcome {
 };
 
 /* One outcome (per recipient, or the transaction's final reply). Filled by
- * the machine; owned by the caller. For a recipient: after TXN_DONE,
- * OK means delivered (the final reply was 2xx), else the reason. */
+ * the machine; owned by the caller. results[i] holds recipient i's own
+ * reply (RCPT, or MAIL's when MAIL failed) and is never overwritten once
+ * set; a recipient without any reply when the transaction ends gets a copy
+ * of *final. After TXN_DONE the effective outcome of recipient i is
+ * smtpc_txn_outcome(txn, i): results[i] unless it is OK, else *final. */
 struct smtpc_result {
   enum smtpc_outcome outcome;
   int code;                          /* 0 when no reply applies (timeout, I/O) */
@@ -271,7 +274,7 @@ uint64_t smtpc_deadline(const struct smtpc *s);
  * (TIMEOUT) naming the state. Returns 1 when it fired, 0 if not due. */
 int smtpc_timeout(struct smtpc *s, uint64_t now_ms);
 
-/* Bytes to send: *p/*n point into the session's buffer. Returns false when
+/* Bytes to send: *p and *n point into the session's buffer. Returns false when
  * there is nothing to send. */
 bool smtpc_output(struct smtpc *s, const uint8_t **p, size_t *n);
 /* n bytes of the output were sent; may generate more output (pipelining
@@ -294,6 +297,9 @@ long smtpc_body(struct smtpc *s, const void *data, size_t len, bool is_last, uin
 /* Say goodbye: QUIT from READY (CLOSED after its reply); elsewhere the
  * session just ends with CLOSED. */
 void smtpc_quit(struct smtpc *s, uint64_t now_ms);
+
+/* The effective outcome of recipient i after TXN_DONE (see smtpc_result). */
+const struct smtpc_result *smtpc_txn_outcome(const struct smtpc_txn *txn, uint32_t i);
 
 /* Getters for logging. */
 enum smtpc_state smtpc_state(const struct smtpc *s);

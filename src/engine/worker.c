@@ -107,6 +107,7 @@ struct session {
   bool parked, closing, connected, counted, txn_open;
   int body_fd;
   uint64_t body_off, body_end;
+  bool body_started; /* NEED_BODY seen: smtpc takes body bytes */
   bool body_done;
   uint64_t conn_id;
   char conn_id_s[32];
@@ -571,7 +572,7 @@ static void begin_next(struct session *s);
 
 static void feed_body(struct session *s)
 {
-  if (!s->txn_open || s->body_done || s->body_fd < 0)
+  if (!s->txn_open || !s->body_started || s->body_done || s->body_fd < 0)
     return;
   uint64_t now = mono_ms(s->w);
   static _Thread_local uint8_t chunk[BODY_CHUNK];
@@ -642,6 +643,7 @@ static bool start_txn(struct session *s, struct dq_unit *u)
   s->body_off = sm->body_off;
   s->body_end = sm->body_off + sm->body_size;
   s->body_done = false;
+  s->body_started = false;
   int rc = smtpc_begin_txn(s->smtpc, &txn, now);
   if (rc < 0) {
     char t[128];
@@ -715,6 +717,7 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     begin_next(s);
     break;
   case SMTPC_EV_NEED_BODY:
+    s->body_started = true;
     feed_body(s);
     break;
   case SMTPC_EV_TXN_DONE: {

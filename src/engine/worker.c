@@ -410,7 +410,7 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
   uint64_t now = wall_ms();
   struct sched_retry pol = retry_policy(w, q);
   uint32_t failures = u->attempts + 1;
-  uint64_t next_s = 0;
+  uint64_t next_ms = 0;
   enum sched_verdict verdict = SCHED_RETRY;
   bool any_temp = false;
   for (uint32_t i = 0; i < u->nrcpt; i++) {
@@ -419,7 +419,7 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
       any_temp = true;
   }
   if (any_temp)
-    verdict = sched_after_tempfail(&pol, failures, em->sm->created_ms / 1000u, now / 1000u, &next_s);
+    verdict = sched_after_tempfail(&pol, failures, em->sm->created_ms, now, &next_ms);
 
   struct uresult *res = util_xcalloc(1, sizeof *res + u->nrcpt * sizeof res->r[0]);
   res->em = em;
@@ -428,12 +428,19 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
   for (uint32_t i = 0; i < u->nrcpt; i++) {
     const struct smtpc_result *r = results ? &results[i] : all;
     struct rres *o = &res->r[i];
+    /* Momentum's error text starts with the reply code: "550 5.1.1 ..." */
+    char full[SMTPC_TEXT_MAX + 32];
+    if (r->code > 0 && !(r->text[0] >= '0' && r->text[0] <= '9'))
+      snprintf(full, sizeof full, "%d%s%s %s", r->code, r->enhanced[0] ? " " : "", r->enhanced,
+               r->text);
+    else
+      scopy(full, sizeof full, r->text);
     o->idx = u->rcpt[i];
     char msgid[64];
     struct logs_msg m;
     fill_logs_msg(&m, msgid, sizeof msgid, em, u->rcpt[i]);
     struct logs_attempt a = {.conn_id = conn_id, .remote_ip = remote_ip, .retries = u->attempts,
-                             .stage = r->stage, .bytes_sent = bytes, .text = r->text};
+                             .stage = r->stage, .bytes_sent = bytes, .text = full};
     if (r->outcome == SMTPC_OUT_OK) {
       o->state = SPOOL_RCPT_DELIVERED;
       logs_delivery(w->log, now, &m, &a);
@@ -441,7 +448,7 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
       continue;
     }
     bool perm = r->outcome == SMTPC_OUT_PERMANENT;
-    const char *text = r->text;
+    const char *text = full;
     char expired[RESULT_TEXT_MAX];
     if (!perm && verdict != SCHED_RETRY) {
       /* Momentum logs the remote reason as T, then the expiry as P. */
@@ -474,7 +481,7 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
   if (keep > 0) {
     u->nrcpt = keep;
     u->attempts = failures;
-    u->due_ms = next_s * 1000u;
+    u->due_ms = next_ms;
     res->unit_done = false;
     res->attempts = failures;
     res->next_ms = u->due_ms;
@@ -1141,7 +1148,7 @@ static bool expire_if_due(struct worker *w, struct dq_queue *q, struct dq_unit *
   struct emsg *em = u->msg;
   struct sched_retry pol = retry_policy(w, q);
   uint64_t now = wall_ms();
-  if (!sched_expired(&pol, em->sm->created_ms / 1000u, now / 1000u) || u->attempts == 0)
+  if (!sched_expired(&pol, em->sm->created_ms, now) || u->attempts == 0)
     return false;
   struct smtpc_result all = {.outcome = SMTPC_OUT_PERMANENT, .code = 554, .stage = 21};
   snprintf(all.enhanced, sizeof all.enhanced, "5.4.7");

@@ -656,7 +656,7 @@ static int parse_block(struct parser *p, struct lex *lx, struct pctx *cx, unsign
       return fail(p, lx->file, br.line, "expected '{' after %s %s, found %s", name,
                   tok_desc(&inst, d, sizeof(d)), tok_desc(&br, d + 40, sizeof(d) - 40));
     }
-    return fail(p, lx->file, nx.line, "expected '=' or '{' after '%s', found %s", name,
+    return fail(p, lx->file, t.line, "expected '=' or '{' after '%s', found %s", name,
                 tok_desc(&nx, d, sizeof(d)));
   }
 }

@@ -239,7 +239,7 @@ static void test_errors_syntax(void **state)
                "t.conf:1: option 'Routes': unexpected '{' in a list (write elements separated by spaces)");
   expect_error("Domain \"d\" Spoolbase = 1\n", "t.conf:1: expected '{' after Domain \"d\", found 'Spoolbase'");
   expect_error("TLS = no\nTLS no\n", "t.conf:2: missing '=' between 'TLS' and its value");
-  expect_error("TLS\n", "t.conf:2: expected '=' or '{' after 'TLS', found end of file");
+  expect_error("TLS\n", "t.conf:1: expected '=' or '{' after 'TLS', found end of file");
   expect_error("Frob { }\n", "t.conf:1: unknown stanza 'Frob'");
   expect_error("include \"x.conf\"\n", "t.conf:1: include is not allowed in this configuration");
   /* limits */

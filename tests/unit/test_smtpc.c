@@ -1512,5 +1512,7 @@ int main(void)
     cmocka_unit_test(test_params_rejected), cmocka_unit_test(test_tables),
     cmocka_unit_test(test_memory), cmocka_unit_test(test_no_secret_in_events),
   };
+  if (getenv("SMTPC_TEST")) /* run one scenario: SMTPC_TEST=run_txn_lockstep */
+    cmocka_set_test_filter(getenv("SMTPC_TEST"));
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

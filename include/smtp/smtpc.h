@@ -297,7 +297,8 @@ int smtpc_begin_txn(struct smtpc *s, const struct smtpc_txn *txn, uint64_t now_m
  * (dot-stuffing, CRLF) into the output buffer. Returns the number of input
  * bytes consumed (< len when the output buffer is full: send, consume, call
  * again with the rest); when is_last and everything was consumed, ".\r\n"
- * follows and the machine waits for the final reply. -EINVAL outside BODY. */
+ * follows and the machine waits for the final reply. -EINVAL outside BODY or
+ * once is_last was accepted (the terminator may still wait for space). */
 long smtpc_body(struct smtpc *s, const void *data, size_t len, bool is_last, uint64_t now_ms);
 /* Say goodbye: QUIT from READY (CLOSED after its reply); elsewhere the
  * session just ends with CLOSED. */

@@ -1315,12 +1315,7 @@ void smtpc_output_consumed(struct smtpc *s, size_t n, uint64_t now)
   case SMTPC_ST_MAIL:
   case SMTPC_ST_RCPT:
   case SMTPC_ST_DATA:
-    if (s->has_txn) {
-      uint32_t before = s->send_cur;
-      fill_cmds(s);
-      if (s->send_cur != before && s->recv_cur < s->send_cur && !outstanding(s))
-        enter(s, cursor_state(s), now);
-    }
+    fill_cmds(s); /* the send cursor moves on as space frees up */
     break;
   case SMTPC_ST_BODY:
     set_deadline(s, now); /* progress */

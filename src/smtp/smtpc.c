@@ -1389,6 +1389,23 @@ long smtpc_body(struct smtpc *s, const void *data, size_t len, bool is_last, uin
   return (long)used;
 }
 
+int smtpc_body_sent(struct smtpc *s, size_t n, bool is_last, bool ends_with_crlf, uint64_t now)
+{
+  if (s->st != SMTPC_ST_BODY || s->body_last)
+    return -EINVAL;
+  (void)n;
+  set_deadline(s, now);
+  if (is_last) {
+    /* the terminator follows the driver's bytes: tell the encoder where
+     * the body stopped */
+    s->dot.bol = ends_with_crlf;
+    s->dot.cr = 0;
+    s->body_last = true;
+    body_try_finish(s, now);
+  }
+  return 0;
+}
+
 void smtpc_quit(struct smtpc *s, uint64_t now)
 {
   if (s->st == SMTPC_ST_DONE || s->st == SMTPC_ST_QUIT)

@@ -1024,6 +1024,34 @@ TR_TEST(txn_body_large)
   ev(t, "TXN_DONE 250  st=9: ok");
 }
 
+/* Pre-stuffed body sent by the driver itself; the machine adds the end. */
+TR_TEST(txn_body_prestuffed)
+{
+  start_hello(t, EHLO_PIPE);
+  struct txn_fix *fx = fix_new(t, "a@src.test", 1);
+  begin(t, fx);
+  cli(t, "MAIL FROM:<a@src.test>\r\nRCPT TO:<r0@dest.test>\r\nDATA\r\n");
+  srv(t, "250 ok\r\n250 ok\r\n354 go\r\n");
+  ev(t, "RCPT_RESULT 0 250  st=4: ok");
+  ev(t, "NEED_BODY");
+  assert_int_equal(smtpc_body_sent(t->s, 100, false, false, t->now), 0);
+  cli(t, "");
+  assert_int_equal(smtpc_body_sent(t->s, 20, true, false, t->now), 0); /* no final CRLF */
+  cli(t, "\r\n.\r\n");
+  assert_int_equal(smtpc_body_sent(t->s, 1, true, true, t->now), -EINVAL);
+  srv(t, "250 ok\r\n");
+  ev(t, "TXN_DONE 250  st=9: ok");
+  ev(t, "READY");
+  fx = fix_new(t, "a@src.test", 1);
+  begin(t, fx);
+  cli(t, "MAIL FROM:<a@src.test>\r\nRCPT TO:<r0@dest.test>\r\nDATA\r\n");
+  srv(t, "250 ok\r\n250 ok\r\n354 go\r\n");
+  ev(t, "RCPT_RESULT 0 250  st=4: ok");
+  ev(t, "NEED_BODY");
+  assert_int_equal(smtpc_body_sent(t->s, 10, true, true, t->now), 0);
+  cli(t, ".\r\n");
+}
+
 TR_TEST(txn_reply_during_body)
 {
   start_hello(t, EHLO_PIPE);
@@ -1556,7 +1584,7 @@ int main(void)
     T(txn_all_refused_lockstep), T(txn_mail_refused_pipelined), T(txn_mail_refused_lockstep),
     T(txn_data_refused), T(txn_final_5xx_then_reuse), T(txn_params), T(txn_params_not_offered),
     T(txn_size_exceeded), T(txn_smtputf8_not_offered), T(txn_send_cursor), T(txn_body_chunks),
-    T(txn_body_large), T(txn_reply_during_body), T(txn_eof_mid_rcpt), T(txn_421_mid_rcpt), T(io_error_idle),
+    T(txn_body_large), T(txn_body_prestuffed), T(txn_reply_during_body), T(txn_eof_mid_rcpt), T(txn_421_mid_rcpt), T(io_error_idle),
     T(txn_invalid),
     T(timeout_connect), T(timeout_banner), T(timeout_ehlo), T(timeout_tls), T(timeout_auth),
     T(timeout_mail), T(timeout_rcpt), T(timeout_data), T(timeout_body_and_dot),

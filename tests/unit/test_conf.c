@@ -574,6 +574,39 @@ static void test_values(void **state)
   conf_unref(c);
 }
 
+/* The named word indexes in conf.h match the table. */
+static void test_enum_constants(void **state)
+{
+  (void)state;
+  static const struct {
+    const char *text;
+    enum conf_opt o;
+    int want;
+  } cases[] = {
+    {"TLS = no", CONF_TLS, CONF_TLS_NO},
+    {"TLS = ifavailable", CONF_TLS, CONF_TLS_IFAVAILABLE},
+    {"TLS = required", CONF_TLS, CONF_TLS_REQUIRED},
+    {"TLS_Verify = no", CONF_TLS_VERIFY, CONF_TLS_VERIFY_NO},
+    {"TLS_Verify = ca", CONF_TLS_VERIFY, CONF_TLS_VERIFY_CA},
+    {"TLS_Verify = host", CONF_TLS_VERIFY, CONF_TLS_VERIFY_HOST},
+    {"Spool_Sync = batch", CONF_SPOOL_SYNC, CONF_SPOOL_SYNC_BATCH},
+    {"Spool_Sync = always", CONF_SPOOL_SYNC, CONF_SPOOL_SYNC_ALWAYS},
+    {"Spool_Sync = none", CONF_SPOOL_SYNC, CONF_SPOOL_SYNC_NONE},
+    {"Outbound_SMTP_AUTH_Type = plain", CONF_OUTBOUND_SMTP_AUTH_TYPE, CONF_AUTH_PLAIN},
+    {"Outbound_SMTP_AUTH_Type = LOGIN", CONF_OUTBOUND_SMTP_AUTH_TYPE, CONF_AUTH_LOGIN},
+    {"Outbound_SMTP_AUTH_Type = XOAUTH2", CONF_OUTBOUND_SMTP_AUTH_TYPE, CONF_AUTH_XOAUTH2},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    struct conf *c = parse(cases[i].text);
+    assert_int_equal(conf_enum(conf_global(c), cases[i].o), cases[i].want);
+    conf_unref(c);
+  }
+  struct conf *c = parse("Max_Retries = auto\nBinding \"b\" { Max_Retries = none }\n");
+  assert_int_equal(conf_int(conf_global(c), CONF_MAX_RETRIES), CONF_MAX_RETRIES_AUTO);
+  assert_int_equal(conf_int(conf_view_get(c, "b", NULL), CONF_MAX_RETRIES), CONF_MAX_RETRIES_NONE);
+  conf_unref(c);
+}
+
 /* Documented Momentum defaults (momentum.md section 6), and every default parses. */
 static void test_defaults(void **state)
 {
@@ -757,6 +790,7 @@ int main(void)
     cmocka_unit_test(test_case_rules),
     cmocka_unit_test(test_booleans),
     cmocka_unit_test(test_values),
+    cmocka_unit_test(test_enum_constants),
     cmocka_unit_test(test_defaults),
     cmocka_unit_test(test_throttle_scope_identity),
     cmocka_unit_test(test_restart_diff),

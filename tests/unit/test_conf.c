@@ -493,6 +493,9 @@ static void test_booleans(void **state)
   (void)state;
   static const char *const yes[] = {"true", "yes", "on", "enabled", "1", "TRUE", "\"Yes\""};
   static const char *const no[] = {"false", "no", "off", "disabled", "0", "Off", "\"FALSE\""};
+  struct conf *bom = parse("\xEF\xBB\xBFTLS = no\r\nSuspend_Delivery = on\r\n"); /* BOM, CRLF */
+  assert_true(conf_bool(conf_global(bom), CONF_SUSPEND_DELIVERY));
+  conf_unref(bom);
   for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
     char t[128];
     snprintf(t, sizeof(t), "Suspend_Delivery = %s\nGenerate_Bounces = %s\n", yes[i], no[i]);

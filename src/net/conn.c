@@ -26,7 +26,7 @@ enum cstate { C_CONNECTING, C_OPEN, C_DEAD, C_CLOSING };
 
 /* Queued-but-unsent bytes above which a drained send buffer is freed
  * rather than kept for the next write (idle sessions stay small). */
-#define CONN_KEEP_BUF 16384
+#define CONN_KEEP_BUF 4096
 #define CONN_TLS_CHUNK 16384
 
 struct conn {

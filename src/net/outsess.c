@@ -33,10 +33,12 @@ struct outsess {
   const struct smtpc_txn *txn;
   struct outsess_body body;
   bool in_body, body_done, read_inflight;
+  bool bbuf_owned;        /* bbuf is ours (file bodies), not the caller's memory */
+  bool stale_read;        /* the read in flight belongs to an earlier transaction */
   uint8_t *bbuf;          /* file bodies: our buffer; memory bodies: theirs */
   uint32_t blen, bpos;    /* bytes in bbuf, bytes of them given to smtpc */
   uint64_t read_off;      /* next file offset to read */
-  uint32_t chunk, window;
+  uint32_t chunk, window, bcap;
 
   char detail[200];
 };
@@ -50,9 +52,10 @@ static void pump(struct outsess *o);
 static void free_body(struct outsess *o) {
   if (o->read_inflight)
     return; /* the kernel still writes into bbuf: freed on completion */
-  if (o->body.mem == NULL)
+  if (o->bbuf_owned)
     free(o->bbuf);
   o->bbuf = NULL;
+  o->bbuf_owned = false;
   o->blen = o->bpos = 0;
 }
 
@@ -84,7 +87,7 @@ static void on_read(void *owner, int res, unsigned flags);
 
 static void start_read(struct outsess *o) {
   uint64_t end = o->body.off + o->body.len;
-  uint32_t want = o->chunk;
+  uint32_t want = o->bcap;
   if (end - o->read_off < want)
     want = (uint32_t)(end - o->read_off);
   struct io_uring_sqe *sqe = ring_sqe(o->r);
@@ -97,6 +100,15 @@ static void on_read(void *owner, int res, unsigned flags) {
   struct outsess *o = owner;
   (void)flags;
   o->read_inflight = false;
+  if (o->stale_read) { /* an old transaction's read: drop it, then go on */
+    o->stale_read = false;
+    free_body(o);
+    if (o->finished)
+      maybe_free(o);
+    else
+      pump(o);
+    return;
+  }
   if (!o->in_body || o->finished) {
     free_body(o);
     maybe_free(o);
@@ -122,6 +134,19 @@ static void flush_output(struct outsess *o);
 static bool feed_body(struct outsess *o) {
   bool progress = false;
   while (o->in_body && !o->body_done && !o->finished && conn_pending(o->c) < o->window) {
+    if (o->stale_read)
+      break; /* wait for the old read to land before touching bbuf */
+    if (o->bbuf == NULL) {
+      if (o->body.mem != NULL) {
+        o->bbuf = (uint8_t *)(uintptr_t)o->body.mem;
+        o->blen = (uint32_t)o->body.len;
+      } else {
+        /* sized to the message when it is smaller than a chunk */
+        o->bcap = o->body.len < o->chunk ? (uint32_t)o->body.len + 1 : o->chunk;
+        o->bbuf = util_xmalloc(o->bcap);
+        o->bbuf_owned = true;
+      }
+    }
     bool last = o->body.mem != NULL || o->read_off == o->body.off + o->body.len;
     if (o->bpos == o->blen && !last) {
       if (!o->read_inflight)
@@ -136,6 +161,7 @@ static bool feed_body(struct outsess *o) {
     if (last && o->bpos == o->blen) {
       o->body_done = true;
       progress = true;
+      free_body(o); /* all of it is in smtpc's output now */
       break;
     }
     if (n == 0) { /* smtpc's output buffer is full: hand it to the conn */
@@ -218,13 +244,10 @@ static void handle_event(struct outsess *o, const struct smtpc_event *ev) {
     o->in_body = true;
     o->body_done = false;
     o->read_off = o->body.off;
-    o->blen = o->bpos = 0;
-    if (o->body.mem != NULL) {
-      o->bbuf = (uint8_t *)(uintptr_t)o->body.mem;
-      o->blen = (uint32_t)o->body.len;
-    } else if (o->bbuf == NULL) {
-      o->bbuf = util_xmalloc(o->chunk);
-    }
+    if (o->read_inflight)
+      o->stale_read = true; /* bbuf is set up once that read is in */
+    else
+      free_body(o);
     break;
   case SMTPC_EV_TXN_DONE:
     end_txn(o);
@@ -438,7 +461,7 @@ const char *outsess_tls_describe(const struct outsess *o, char *out, size_t outl
 
 size_t outsess_mem(const struct outsess *o) {
   size_t m = sizeof *o + smtpc_memory(o->s) + (o->c ? conn_mem(o->c) : 0);
-  if (o->bbuf != NULL && o->body.mem == NULL)
-    m += o->chunk;
+  if (o->bbuf_owned)
+    m += o->bcap;
   return m;
 }

@@ -33,6 +33,7 @@ i=0
 while [ ! -s "$tmp/ready" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 port=$(sed -n 's/^plain .*:\([0-9]*\)$/\1/p' "$tmp/ready")
 [ -n "$port" ] || { cat "$tmp/sink.err" >&2; exit 1; }
+echo "# sink pid $pid port $port"
 "$drv" -p "$port" "$@"
 kill -TERM "$pid"; wait "$pid" || true
 echo "sink: $(grep -E '"(messages|connections)"' "$tmp/sink.json" | tr -d ' \n')"

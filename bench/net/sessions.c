@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "clock.h"
+#include "conn.h"
 #include "outsess.h"
 #include "ring.h"
 #include "tls.h"
@@ -194,7 +195,12 @@ int main(int argc, char **argv) {
   inet_pton(AF_INET, addr, &DST.sin_addr);
 
   int err = 0;
-  struct ring_params rp = {.entries = 4096};
+  /* IMPETUS_RING_NO_OPTIONAL=1: no optional ring feature (compare the fallbacks) */
+  struct ring_params rp = {.entries = 4096, .no_optional = getenv("IMPETUS_RING_NO_OPTIONAL") != NULL};
+  if (getenv("IMPETUS_RING_DISABLE")) /* RING_F_* bits, e.g. 32 = recv_multishot */
+    rp.disable = (unsigned)strtoul(getenv("IMPETUS_RING_DISABLE"), NULL, 0);
+  if (getenv("IMPETUS_RING_POOL_BUFS"))
+    rp.pool_bufs = (unsigned)atoi(getenv("IMPETUS_RING_POOL_BUFS"));
   R = ring_new(&rp, &err);
   if (R == NULL) {
     fprintf(stderr, "ring: %s\n", strerror(-err));
@@ -246,13 +252,28 @@ int main(int argc, char **argv) {
           if (ss[i].o)
             acc_mem += outsess_mem(ss[i].o);
       }
-      printf("t=%4.1fs open=%lu ready=%lu delivered=%lu failed_txn=%lu failed_sess=%lu rss=%.1fMiB\n",
+      unsigned long ra, rc, rb;
+      conn_stats(&ra, &rc, &rb);
+      printf("recv armed=%lu cqes=%lu bytes=%lu ops=%u timers=%u\n", ra, rc, rb, ring_ops_inflight(R),
+             ring_timer_count(R));
+      printf("t=%4.1fs open=%lu ready=%lu delivered=%lu failed_txn=%lu failed_sess=%lu rss=%.1fMiB cpu=%.2fs\n",
              (now - t0) / 1e9, open_now, ready_sessions, delivered, failed_txn, failed_sess,
-             rss / 1048576.0);
+             rss / 1048576.0, cpu_seconds());
       fflush(stdout);
     }
   }
   uint64_t t_end = clock_mono_ns();
+  { /* where the sessions are when the clock stops */
+    unsigned hist[SMTPC_ST_COUNT] = {0};
+    for (unsigned i = 0; i < n; i++)
+      if (ss[i].o)
+        hist[smtpc_state(outsess_smtpc(ss[i].o))]++;
+    printf("states at end:");
+    for (unsigned k = 0; k < SMTPC_ST_COUNT; k++)
+      if (hist[k])
+        printf(" %s=%u", smtpc_state_name((enum smtpc_state)k), hist[k]);
+    printf("\n");
+  }
   double cpu_end = cpu_seconds();
   unsigned long d_end = delivered;
   /* let transactions in flight finish; each session quits at its next

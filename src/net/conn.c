@@ -53,6 +53,7 @@ struct conn {
 };
 
 static void arm_recv(struct conn *c);
+static unsigned long stat_recv_armed, stat_recv_bytes, stat_recv_cqes; /* loop thread: conn_stats */
 static void kick_send(struct conn *c);
 
 static void reap_if_done(struct conn *c) {
@@ -159,7 +160,11 @@ static void on_recv(void *owner, int res, unsigned flags) {
   if (!(flags & IORING_CQE_F_MORE)) {
     c->op_recv = 0;
     c->inflight--;
+    stat_recv_armed--;
   }
+  stat_recv_cqes++;
+  if (res > 0)
+    stat_recv_bytes += (unsigned long)res;
   const uint8_t *p = c->rbuf;
   int bid = -1;
   if (flags & IORING_CQE_F_BUFFER) {
@@ -196,6 +201,13 @@ static void arm_recv(struct conn *c) {
   }
   c->op_recv = ring_arm(c->r, sqe, on_recv, c);
   c->inflight++;
+  stat_recv_armed++;
+}
+
+void conn_stats(unsigned long *recv_armed, unsigned long *recv_cqes, unsigned long *recv_bytes) {
+  *recv_armed = stat_recv_armed;
+  *recv_cqes = stat_recv_cqes;
+  *recv_bytes = stat_recv_bytes;
 }
 
 /* ------------------------------------------------------------ send */

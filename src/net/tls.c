@@ -198,7 +198,9 @@ struct tls *tls_new(struct tls_ctx *c, const char *host, uint16_t port, char *er
   if (host != NULL && host[0]) {
     bool literal = strspn(host, "0123456789.") == strlen(host) || strchr(host, ':') != NULL;
     if (!literal)
-      SSL_set_tlsext_host_name(t->ssl, host);
+      /* SSL_set_tlsext_host_name without its const-dropping cast */
+      SSL_ctrl(t->ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+               (void *)(uintptr_t)host);
     if (c->verify == TLS_VERIFY_HOST) {
       int ok = literal ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), host)
                        : SSL_set1_host(t->ssl, host);

@@ -45,7 +45,8 @@ class Recorder:
             "from": envelope.mail_from,
             "to": list(envelope.rcpt_tos),
             "data": envelope.original_content,
-            "tls": session.ssl is not None,
+            # STARTTLS sets session.ssl; implicit TLS shows on the transport
+            "tls": session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None,
             "peer": session.peer[0],
         })
         return "250 2.0.0 Ok: queued"
@@ -105,16 +106,22 @@ def main():
         ctl = Controller(rec, hostname="127.0.0.1", port=port, tls_context=ctx,
                          server_hostname="mx.test.example")
         ctl.start()
+        # implicit TLS (smtps, port 465 style) on a second port
+        port_tls = free_port()
+        ctl_tls = Controller(rec, hostname="127.0.0.1", port=port_tls, ssl_context=ctx,
+                             server_hostname="mx.test.example")
+        ctl_tls.start()
         try:
-            run_cases(tmp, rec, port)
+            run_cases(tmp, rec, port, port_tls)
         finally:
             ctl.stop()
+            ctl_tls.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 1 if failures else 0
 
 
-def run_cases(tmp, rec, port):
+def run_cases(tmp, rec, port, port_tls):
     ca = os.path.join(tmp, "ca.crt")
     body = os.path.join(tmp, "body.eml")
     # dots at line starts, a bare LF, a bare CR, and more than one read chunk
@@ -162,7 +169,17 @@ def run_cases(tmp, rec, port):
     out = client("-p", str(port), "-t", "a@x.test", "--tls", "required", "--verify", "ca",
                  "--ca", ca, "--name", "wrong.example")
     check("txn 1 ok 250" in out, "STARTTLS verify ca ignores the name", out)
-    # 6. source address binding
+    # 6. implicit TLS (smtps)
+    rec.messages.clear()
+    out = client("-p", str(port_tls), "-t", "a@x.test", "--implicit", "--verify", "host",
+                 "--ca", ca, "--name", "localhost", "--body", body)
+    check("txn 1 ok 250" in out and "tls TLSv1." in out, "implicit TLS (smtps) with verify host", out)
+    check(len(rec.messages) == 1 and rec.messages[0]["tls"] and rec.messages[0]["data"] == expect,
+          "implicit TLS: server saw TLS, body byte for byte")
+    out = client("-p", str(port_tls), "-t", "a@x.test", "--implicit", "--verify", "host",
+                 "--ca", ca, "--name", "wrong.example")
+    check("failed transient" in out and "hostname mismatch" in out, "implicit TLS mismatch -> transient", out)
+    # 7. source address binding
     rec.messages.clear()
     out = client("-p", str(port), "-t", "a@x.test", "-b", "127.0.0.2")
     check(len(rec.messages) == 1 and rec.messages[0]["peer"] == "127.0.0.2", "Bind_Address 127.0.0.2 seen by the server", out)

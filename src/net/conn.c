@@ -130,11 +130,14 @@ static void deliver(struct conn *c, const uint8_t *p, size_t n) {
     int rc = tls_handshake(c->tls);
     tls_flush(c); /* a failing handshake may still have an alert to send */
     if (rc < 0) {
+      tls_feed_end(c->tls);
       fail(c, -EPROTO, tls_error(c->tls));
       return;
     }
-    if (rc == 0)
+    if (rc == 0) {
+      tls_feed_end(c->tls);
       return;
+    }
     c->hs = false;
     if (c->cbs->tls_ready)
       c->cbs->tls_ready(c->arg);
@@ -145,11 +148,14 @@ static void deliver(struct conn *c, const uint8_t *p, size_t n) {
     if (got == 0)
       break;
     if (got < 0) {
+      tls_feed_end(c->tls);
       fail(c, (int)got, got == -EPIPE ? "TLS connection closed by peer" : tls_error(c->tls));
       return;
     }
     c->cbs->data(c->arg, plain, (size_t)got);
   }
+  if (c->tls != NULL)
+    tls_feed_end(c->tls); /* p belongs to the ring: copy what OpenSSL left */
   if (c->st == C_OPEN)
     tls_flush(c); /* post-handshake messages, key updates */
 }

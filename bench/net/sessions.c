@@ -307,6 +307,12 @@ int main(int argc, char **argv) {
   drain = clock_mono_ns() + 5000000000ull;
   while (open_now > 0 && clock_mono_ns() < drain)
     ring_run_once(R, 50000000);
+  for (unsigned i = 0; i < n; i++) /* the server is too slow to say goodbye: hang up */
+    if (ss[i].o)
+      outsess_abort(ss[i].o);
+  drain = clock_mono_ns() + 5000000000ull;
+  while (open_now > 0 && clock_mono_ns() < drain)
+    ring_run_once(R, 50000000);
 
   printf("\n== %u sessions%s, body %u B, %u rcpt(s), %s\n", n, tls ? " (STARTTLS)" : "", body_bytes,
          NRCPT, PER_CONN ? "reconnect after each batch" : "connections reused");

@@ -96,7 +96,7 @@ const struct conf_view *conf_view_by_id(struct conf *c, int binding_id, const ch
 
 /* ---- typed getters (the option's declared type must match; checked
  * under -Ddebug_strict) ---- */
-const char *conf_str(const struct conf_view *v, enum conf_opt o);  /* STR PATH ENUM; NULL unset */
+const char *conf_str(const struct conf_view *v, enum conf_opt o);  /* STR PATH ENUM ADDR: the text; NULL unset */
 bool conf_bool(const struct conf_view *v, enum conf_opt o);
 int64_t conf_int(const struct conf_view *v, enum conf_opt o);      /* INT MODE; 0 unset */
 int64_t conf_interval(const struct conf_view *v, enum conf_opt o); /* seconds */

@@ -52,14 +52,14 @@ enum sched_verdict {
 uint64_t sched_backoff_s(const struct sched_retry *p, uint32_t failures);
 
 /* Decide after the failures-th transient failure (failures >= 1) of a
- * message received at received_s, at now_s: retry (*next_s set, never
- * later than the expiry instant) or expire. */
+ * message received at received_ms, at now_ms (wall-clock milliseconds):
+ * retry (*next_ms set, never later than the expiry instant) or expire. */
 enum sched_verdict sched_after_tempfail(const struct sched_retry *p, uint32_t failures,
-                                        uint64_t received_s, uint64_t now_s, uint64_t *next_s);
+                                        uint64_t received_ms, uint64_t now_ms, uint64_t *next_ms);
 
-/* True when a message received at received_s has expired at now_s (to be
- * checked when a deferred unit comes due, before attempting it). */
-bool sched_expired(const struct sched_retry *p, uint64_t received_s, uint64_t now_s);
+/* True when a message received at received_ms has expired at now_ms (to
+ * be checked when a deferred unit comes due, before attempting it). */
+bool sched_expired(const struct sched_retry *p, uint64_t received_ms, uint64_t now_ms);
 
 /* ---- per-queue limits and accounting ---- */
 

@@ -29,6 +29,11 @@
  * owned by the session (sized at smtpc_new); the driver sends straight from
  * it. Bytes that held credentials are wiped when consumed.
  *
+ * Events are queued and processed after the call that produced them, so
+ * an event can be stale: READY followed by FAILED in the same queue means
+ * smtpc_begin_txn() answers -EBUSY. Act on events in order and check
+ * return codes.
+ *
  * Events: a small queue. Event text pointers stay valid until the next call
  * into the session other than smtpc_next_event / the getters; per-recipient
  * and final results live in caller-owned `struct smtpc_result` arrays. All

@@ -133,6 +133,8 @@ static void conf_free(struct conf *c)
   conf_smap_done(&c->gmap);
   conf_smap_done(&c->bmap);
   conf_smap_done(&c->dmap);
+  conf_smap_done(&c->stzmap);
+  free(c->stzall);
   conf_umap_done(&c->dnodes);
   conf_arena_done(&c->arena);
   free(c);

@@ -159,6 +159,9 @@ struct conf {
   uint32_t ndomains;
   struct conf_umap dnodes;
   struct conf_stanza *stanzas, *stanzas_tail;
+  struct conf_smap stzmap;        /* "parent-id kind instance" -> index in stzall */
+  struct conf_stanza **stzall;
+  uint32_t nstz, capstz;
   bool module_used[STZ__COUNT];
   bool module_enabled[STZ__COUNT];
   struct conf_value defaults[CONF__COUNT];

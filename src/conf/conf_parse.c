@@ -455,10 +455,12 @@ static struct conf_stanza *find_stanza(struct parser *p, struct conf_stanza *par
                                        const char *inst)
 {
   struct conf *c = p->c;
-  struct conf_stanza *first = parent ? parent->children : c->stanzas;
-  for (struct conf_stanza *s = first; s; s = s->next)
-    if (s->kind == kind && ((!s->instance && !inst) || (s->instance && inst && !strcmp(s->instance, inst))))
-      return s;
+  /* Key: parent node id, kind, instance (hashed: many stanzas stay linear). */
+  const char *key = conf_arena_printf(&c->arena, "%u %d %c%s", parent ? parent->node->id : 0u, kind,
+                                      inst ? '"' : '-', inst ? inst : "");
+  int found = conf_smap_get(&c->stzmap, key, strlen(key));
+  if (found >= 0)
+    return c->stzall[found];
   struct conf_stanza *s = conf_arena_alloc(&c->arena, sizeof(*s));
   s->conf = c;
   s->kind = kind;
@@ -468,6 +470,12 @@ static struct conf_stanza *find_stanza(struct parser *p, struct conf_stanza *par
                           : conf_stzdefs[kind].name;
   s->node = conf_node_new(c, NODE_STANZA,
                           parent ? conf_arena_printf(&c->arena, "%s %s", parent->node->path, self) : self);
+  if (c->nstz == c->capstz) {
+    c->capstz = c->capstz ? c->capstz * 2 : 8;
+    c->stzall = util_xrealloc(c->stzall, c->capstz * sizeof(*c->stzall));
+  }
+  conf_smap_put(&c->stzmap, key, strlen(key), (int)c->nstz);
+  c->stzall[c->nstz++] = s;
   struct conf_stanza **head = parent ? &parent->children : &c->stanzas;
   struct conf_stanza **tail = parent ? &parent->children_tail : &c->stanzas_tail;
   if (*tail)
@@ -648,7 +656,7 @@ static int parse_block(struct parser *p, struct lex *lx, struct pctx *cx, unsign
       return fail(p, lx->file, br.line, "expected '{' after %s %s, found %s", name,
                   tok_desc(&inst, d, sizeof(d)), tok_desc(&br, d + 40, sizeof(d) - 40));
     }
-    return fail(p, lx->file, nx.line, "expected '=' or '{' after '%s', found %s", name,
+    return fail(p, lx->file, t.line, "expected '=' or '{' after '%s', found %s", name,
                 tok_desc(&nx, d, sizeof(d)));
   }
 }

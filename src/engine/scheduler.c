@@ -25,23 +25,23 @@ uint64_t sched_backoff_s(const struct sched_retry *p, uint32_t failures)
   return r;
 }
 
-bool sched_expired(const struct sched_retry *p, uint64_t received_s, uint64_t now_s)
+bool sched_expired(const struct sched_retry *p, uint64_t received_ms, uint64_t now_ms)
 {
-  return now_s >= received_s + p->message_expiration_s;
+  return now_ms >= received_ms + (uint64_t)p->message_expiration_s * 1000u;
 }
 
 enum sched_verdict sched_after_tempfail(const struct sched_retry *p, uint32_t failures,
-                                        uint64_t received_s, uint64_t now_s, uint64_t *next_s)
+                                        uint64_t received_ms, uint64_t now_ms, uint64_t *next_ms)
 {
   if (p->max_retries >= 0 && failures > (uint32_t)p->max_retries)
     return SCHED_EXPIRED_RETRIES;
-  if (sched_expired(p, received_s, now_s))
+  if (sched_expired(p, received_ms, now_ms))
     return SCHED_EXPIRED_TIME;
-  uint64_t next = now_s + sched_backoff_s(p, failures);
-  uint64_t expiry = received_s + p->message_expiration_s;
+  uint64_t next = now_ms + sched_backoff_s(p, failures) * 1000u;
+  uint64_t expiry = received_ms + (uint64_t)p->message_expiration_s * 1000u;
   /* Come back at the expiry instant at the latest, so an expired message
    * is failed on time rather than at its next (later) retry. */
-  *next_s = next < expiry ? next : expiry;
+  *next_ms = next < expiry ? next : expiry;
   return SCHED_RETRY;
 }
 

@@ -174,13 +174,16 @@ int smtp_reply_parse(struct smtp_reply *r, const void *p, size_t n, size_t *used
   while (i < n) {
     const uint8_t *lf = memchr(b + i, '\n', n - i);
     size_t seg = lf ? (size_t)(lf - (b + i)) + 1 : n - i;
-    if (r->max_line && r->cur_len + seg > r->max_line) {
+    /* the first byte over a limit decides (line before total on a tie),
+     * so the verdict does not depend on how the input was split */
+    size_t over_line = SIZE_MAX, over_bytes = SIZE_MAX;
+    if (r->max_line && r->cur_len + seg > r->max_line)
+      over_line = r->max_line - r->cur_len;
+    if (r->max_bytes && r->bytes + seg > r->max_bytes)
+      over_bytes = r->max_bytes - r->bytes;
+    if (over_line != SIZE_MAX || over_bytes != SIZE_MAX) {
       *used = n;
-      return fail(r, SMTP_REPLY_ERR_LINE);
-    }
-    if (r->max_bytes && r->bytes + seg > r->max_bytes) {
-      *used = n;
-      return fail(r, SMTP_REPLY_ERR_BYTES);
+      return fail(r, over_line <= over_bytes ? SMTP_REPLY_ERR_LINE : SMTP_REPLY_ERR_BYTES);
     }
     size_t data = lf ? seg - 1 : seg;
     if (data) {

@@ -218,7 +218,7 @@ static void wipe_creds(struct smtpc *s)
 static size_t auth_out_need(size_t ulen, size_t plen)
 {
   /* XOAUTH2 is the longest: "user=" U "\1auth=Bearer " T "\1\1" */
-  return 16 + base64_encoded_size(ulen + plen + 20) + 64;
+  return 16 + base64_encoded_size(ulen + plen + 20) + 64 + 512; /* + an unsent EHLO */
 }
 
 static int set_creds(struct smtpc *s, const struct smtpc_auth *a)
@@ -437,6 +437,10 @@ static void fail(struct smtpc *s, enum smtpc_fail_kind kind, uint32_t flags, int
     snprintf(e->enhanced, sizeof(e->enhanced), "%s", s->rp.enhanced);
   e->text = s->fail_text;
   wipe_creds(s);
+  if (s->out_secret) {
+    util_wipe(s->out, s->out_len);
+    s->out_secret = false;
+  }
   s->out_off = s->out_len = 0; /* nothing queued is worth sending now */
   if (polite)
     out_cmd(s, "QUIT");

@@ -239,7 +239,7 @@ static void test_errors_syntax(void **state)
                "t.conf:1: option 'Routes': unexpected '{' in a list (write elements separated by spaces)");
   expect_error("Domain \"d\" Spoolbase = 1\n", "t.conf:1: expected '{' after Domain \"d\", found 'Spoolbase'");
   expect_error("TLS = no\nTLS no\n", "t.conf:2: missing '=' between 'TLS' and its value");
-  expect_error("TLS\n", "t.conf:2: expected '=' or '{' after 'TLS', found end of file");
+  expect_error("TLS\n", "t.conf:1: expected '=' or '{' after 'TLS', found end of file");
   expect_error("Frob { }\n", "t.conf:1: unknown stanza 'Frob'");
   expect_error("include \"x.conf\"\n", "t.conf:1: include is not allowed in this configuration");
   /* limits */
@@ -349,6 +349,16 @@ static void test_include_errors(void **state)
   write_file("closer.conf", "Domain \"d\" {\n  include \"closer.inc\"\n}\n");
   write_file("closer.inc", "TLS = no\n}\n");
   load_error("closer.conf", "%s/closer.inc:2: unexpected '}': no stanza is open");
+  for (int i = 0; i < CONF_MAX_INCLUDE_DEPTH + 2; i++) { /* a chain deeper than the limit */
+    char name[32], text[64];
+    snprintf(name, sizeof(name), "chain%d.conf", i);
+    snprintf(text, sizeof(text), "TLS = no\ninclude \"chain%d.conf\"\n", i + 1);
+    write_file(name, text);
+  }
+  char lim[64];
+  snprintf(lim, sizeof(lim), "%%s/chain%d.conf:2: includes nested deeper than %d", CONF_MAX_INCLUDE_DEPTH,
+           CONF_MAX_INCLUDE_DEPTH);
+  load_error("chain0.conf", lim);
   char p[PATH_MAX + 64];
   snprintf(p, sizeof(p), "%s/none.conf", tmpdir);
   struct conf_error err;
@@ -404,6 +414,29 @@ static void test_include_relative_paths(void **state)
   snprintf(want, sizeof(want), "%s/sub/drop", real);
   assert_string_equal(conf_str(conf_global(c), CONF_PICKUP_DIRECTORY), want);
   assert_string_equal(conf_str(conf_global(c), CONF_TLS_CA), "/etc/ca.pem");
+  conf_unref(c);
+}
+
+/* Many stanzas load (hashed look-ups, no quadratic walk). */
+static void test_many_stanzas(void **state)
+{
+  (void)state;
+  struct buf b = {0};
+  for (int i = 0; i < 20000; i++)
+    buf_printf(&b, "Domain \"d%d.com\" { Retry_Interval = %d }\nDatasource \"ds%d\" { cache_size = %d }\n", i,
+               i + 1, i, i);
+  for (int i = 0; i < 2000; i++)
+    buf_printf(&b, "Binding \"b%d\" { Domain \"d%d.com\" { TLS = no } }\n", i, i);
+  struct conf_error err;
+  struct conf *c = conf_parse_buffer((const char *)buf_head(&b), buf_avail(&b), "many.conf", NULL, 0, &err);
+  buf_done(&b, 0);
+  assert_non_null(c);
+  assert_int_equal(conf_interval(conf_view_get(c, "b1999", "d19999.com"), CONF_RETRY_INTERVAL), 20000);
+  assert_string_equal(conf_str(conf_view_get(c, "b1999", "d1999.com"), CONF_TLS), "no");
+  size_t n = 0;
+  for (const struct conf_stanza *st = conf_stanza_first(c, "datasource"); st; st = conf_stanza_next(st))
+    n++;
+  assert_int_equal(n, 20000);
   conf_unref(c);
 }
 
@@ -719,6 +752,7 @@ int main(void)
     cmocka_unit_test_setup_teardown(test_include_errors, setup_tmp, teardown_tmp),
     cmocka_unit_test_setup_teardown(test_include_directory, setup_tmp, teardown_tmp),
     cmocka_unit_test_setup_teardown(test_include_relative_paths, setup_tmp, teardown_tmp),
+    cmocka_unit_test(test_many_stanzas),
     cmocka_unit_test(test_merge_repeated_scopes),
     cmocka_unit_test(test_case_rules),
     cmocka_unit_test(test_booleans),

@@ -50,28 +50,31 @@ static void test_after_tempfail(void **state)
   struct sched_retry p = {.retry_interval_s = 2, .max_retry_interval_s = 10,
                           .max_retries = SCHED_MAX_RETRIES_AUTO, .message_expiration_s = 30};
   uint64_t next = 0;
-  assert_int_equal(sched_after_tempfail(&p, 1, 1000, 1000, &next), SCHED_RETRY);
-  assert_int_equal(next, 1002);
-  assert_int_equal(sched_after_tempfail(&p, 2, 1000, 1002, &next), SCHED_RETRY);
-  assert_int_equal(next, 1006);
-  assert_int_equal(sched_after_tempfail(&p, 3, 1000, 1006, &next), SCHED_RETRY);
-  assert_int_equal(next, 1014);
-  assert_int_equal(sched_after_tempfail(&p, 4, 1000, 1014, &next), SCHED_RETRY);
-  assert_int_equal(next, 1024); /* capped at 10 */
+  /* milliseconds: a retry is due exactly one back-off after the failure */
+  assert_int_equal(sched_after_tempfail(&p, 1, 1000000, 1000250, &next), SCHED_RETRY);
+  assert_int_equal(next, 1002250);
+  assert_int_equal(sched_after_tempfail(&p, 1, 1000000, 1000000, &next), SCHED_RETRY);
+  assert_int_equal(next, 1002000);
+  assert_int_equal(sched_after_tempfail(&p, 2, 1000000, 1002000, &next), SCHED_RETRY);
+  assert_int_equal(next, 1006000);
+  assert_int_equal(sched_after_tempfail(&p, 3, 1000000, 1006000, &next), SCHED_RETRY);
+  assert_int_equal(next, 1014000);
+  assert_int_equal(sched_after_tempfail(&p, 4, 1000000, 1014000, &next), SCHED_RETRY);
+  assert_int_equal(next, 1024000); /* capped at 10 */
   /* next would be 1034 > expiry 1030: come back at the expiry instant */
-  assert_int_equal(sched_after_tempfail(&p, 5, 1000, 1024, &next), SCHED_RETRY);
-  assert_int_equal(next, 1030);
-  assert_true(sched_expired(&p, 1000, 1030));
-  assert_false(sched_expired(&p, 1000, 1029));
-  assert_int_equal(sched_after_tempfail(&p, 6, 1000, 1030, &next), SCHED_EXPIRED_TIME);
+  assert_int_equal(sched_after_tempfail(&p, 5, 1000000, 1024000, &next), SCHED_RETRY);
+  assert_int_equal(next, 1030000);
+  assert_true(sched_expired(&p, 1000000, 1030000));
+  assert_false(sched_expired(&p, 1000000, 1029000));
+  assert_int_equal(sched_after_tempfail(&p, 6, 1000000, 1030000, &next), SCHED_EXPIRED_TIME);
 
   struct sched_retry r = {.retry_interval_s = 1, .max_retry_interval_s = 1, .max_retries = 2,
                           .message_expiration_s = 86400};
-  assert_int_equal(sched_after_tempfail(&r, 1, 0, 0, &next), SCHED_RETRY);
-  assert_int_equal(sched_after_tempfail(&r, 2, 0, 1, &next), SCHED_RETRY);
-  assert_int_equal(sched_after_tempfail(&r, 3, 0, 2, &next), SCHED_EXPIRED_RETRIES);
+  assert_int_equal(sched_after_tempfail(&r, 1, 0000, 0000, &next), SCHED_RETRY);
+  assert_int_equal(sched_after_tempfail(&r, 2, 0000, 1000, &next), SCHED_RETRY);
+  assert_int_equal(sched_after_tempfail(&r, 3, 0000, 2000, &next), SCHED_EXPIRED_RETRIES);
   r.max_retries = 0; /* no retry at all */
-  assert_int_equal(sched_after_tempfail(&r, 1, 0, 0, &next), SCHED_EXPIRED_RETRIES);
+  assert_int_equal(sched_after_tempfail(&r, 1, 0000, 0000, &next), SCHED_EXPIRED_RETRIES);
 }
 
 static void test_throttle_parse(void **state)

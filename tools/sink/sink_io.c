@@ -489,7 +489,7 @@ static void open_listener(const char *spec, int tls)
   char host[256];
   const char *colon = strrchr(spec, ':');
   if (!colon || (size_t)(colon - spec) >= sizeof(host))
-    util_fatal("impetus-sink: bad listen address '%s' (want ADDR:PORT)", spec);
+    util_fatal("sink: bad listen address '%s' (want ADDR:PORT)", spec);
   const char *h = spec;
   size_t hl = (size_t)(colon - spec);
   if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
@@ -503,19 +503,19 @@ static void open_listener(const char *spec, int tls)
   struct addrinfo *ai;
   int r = getaddrinfo(host, colon + 1, &hints, &ai);
   if (r)
-    util_fatal("impetus-sink: bad listen address '%s': %s", spec, gai_strerror(r));
+    util_fatal("sink: bad listen address '%s': %s", spec, gai_strerror(r));
   int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
-    util_fatal("impetus-sink: socket: %s", strerror(errno));
+    util_fatal("sink: socket: %s", strerror(errno));
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   if (ai->ai_family == AF_INET6)
     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
   if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
-    util_fatal("impetus-sink: bind %s: %s", spec, strerror(errno));
+    util_fatal("sink: bind %s: %s", spec, strerror(errno));
   freeaddrinfo(ai);
   if (listen(fd, 65535) < 0)
-    util_fatal("impetus-sink: listen %s: %s", spec, strerror(errno));
+    util_fatal("sink: listen %s: %s", spec, strerror(errno));
   struct sockaddr_storage ss;
   socklen_t sl = sizeof(ss);
   getsockname(fd, (struct sockaddr *)&ss, &sl);
@@ -537,12 +537,12 @@ static void write_ready_file(void)
   snprintf(tmp, sizeof(tmp), "%s.tmp", g_sink.o.ready_file);
   FILE *f = fopen(tmp, "w");
   if (!f)
-    util_fatal("impetus-sink: %s: %s", tmp, strerror(errno));
+    util_fatal("sink: %s: %s", tmp, strerror(errno));
   for (size_t i = 0; i < nlisteners; i++)
     fprintf(f, "%s %s\n", listeners[i].tls ? "tls" : "plain", listeners[i].name);
   fprintf(f, "pid %d\n", (int)getpid());
   if (fclose(f) != 0 || rename(tmp, g_sink.o.ready_file) != 0)
-    util_fatal("impetus-sink: %s: %s", g_sink.o.ready_file, strerror(errno));
+    util_fatal("sink: %s: %s", g_sink.o.ready_file, strerror(errno));
 }
 
 static void setup_ring(void)
@@ -560,7 +560,7 @@ static void setup_ring(void)
     r = io_uring_queue_init_params(RING_SQ, &ring, &p);
   }
   if (r < 0)
-    util_fatal("impetus-sink: io_uring_queue_init: %s", strerror(-r));
+    util_fatal("sink: io_uring_queue_init: %s", strerror(-r));
   if (g_sink.o.io_fallback)
     return; /* forced: single-shot accept and recv into per-connection buffers */
   use_multishot_accept = 1;
@@ -569,7 +569,7 @@ static void setup_ring(void)
   br = mmap(NULL, BR_ENTRIES * sizeof(struct io_uring_buf), PROT_READ | PROT_WRITE,
             MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (br == MAP_FAILED)
-    util_fatal("impetus-sink: mmap: %s", strerror(errno));
+    util_fatal("sink: mmap: %s", strerror(errno));
   io_uring_buf_ring_init(br);
   struct io_uring_buf_reg reg = {.ring_addr = (uint64_t)(uintptr_t)br,
                                  .ring_entries = BR_ENTRIES, .bgid = BR_BGID};
@@ -775,10 +775,10 @@ int sink_io_run(char **listen, size_t nlisten, char **tls_listen, size_t ntls)
   sigaddset(&ss, SIGINT);
   sigaddset(&ss, SIGUSR1);
   if (sigprocmask(SIG_BLOCK, &ss, NULL) < 0)
-    util_fatal("impetus-sink: sigprocmask: %s", strerror(errno));
+    util_fatal("sink: sigprocmask: %s", strerror(errno));
   sig_fd = signalfd(-1, &ss, SFD_CLOEXEC);
   if (sig_fd < 0)
-    util_fatal("impetus-sink: signalfd: %s", strerror(errno));
+    util_fatal("sink: signalfd: %s", strerror(errno));
 
   for (size_t i = 0; i < nlisten; i++)
     open_listener(listen[i], 0);
@@ -814,7 +814,7 @@ int sink_io_run(char **listen, size_t nlisten, char **tls_listen, size_t ntls)
     struct io_uring_cqe *cqe;
     int r = io_uring_submit_and_wait_timeout(&ring, &cqe, 1, tsp, NULL);
     if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY)
-      util_fatal("impetus-sink: io_uring wait: %s", strerror(-r));
+      util_fatal("sink: io_uring wait: %s", strerror(-r));
     unsigned head, n = 0;
     io_uring_for_each_cqe(&ring, head, cqe)
     {

@@ -342,7 +342,7 @@ static uint64_t parse_u64(const char *opt, const char *s)
   errno = 0;
   unsigned long long v = strtoull(s, &end, 10);
   if (errno || end == s || *end || s[0] == '-')
-    util_fatal("impetus-sink: %s: not a number: '%s'", opt, s);
+    util_fatal("sink: %s: not a number: '%s'", opt, s);
   return v;
 }
 
@@ -350,12 +350,12 @@ static int parse_cmd(const char *opt, const char *s, size_t n)
 {
   char name[32];
   if (n >= sizeof(name))
-    util_fatal("impetus-sink: %s: unknown command '%.*s'", opt, (int)n, s);
+    util_fatal("sink: %s: unknown command '%.*s'", opt, (int)n, s);
   memcpy(name, s, n);
   name[n] = 0;
   int c = sink_cmd_lookup(name);
   if (c < 0 || c == CMD_OTHER)
-    util_fatal("impetus-sink: %s: unknown command '%s'", opt, name);
+    util_fatal("sink: %s: unknown command '%s'", opt, name);
   return c;
 }
 
@@ -363,8 +363,12 @@ static void parse_fail(const char *s)
 {
   const char *eq = strchr(s, '=');
   if (!eq)
-    util_fatal("impetus-sink: --fail wants CMD=4xx:RATIO, got '%s'", s);
+    util_fatal("sink: --fail wants CMD=4xx:RATIO, got '%s'", s);
   int cmd = parse_cmd("--fail", s, (size_t)(eq - s));
+  if (cmd != CMD_MAIL && cmd != CMD_RCPT && cmd != CMD_DATA && cmd != CMD_DOT && cmd != CMD_AUTH &&
+      cmd != CMD_NOOP && cmd != CMD_STARTTLS)
+    util_fatal("sink: --fail: %s cannot fail (MAIL RCPT DATA DOT AUTH NOOP STARTTLS can)",
+               sink_cmd_names[cmd]);
   const char *k = eq + 1;
   struct sink_fail f = {0, 1.0};
   if ((k[0] == '4' || k[0] == '5') && (k[1] == 'x' || k[1] == 'X'))
@@ -372,15 +376,15 @@ static void parse_fail(const char *s)
   else if (k[0] >= '4' && k[0] <= '5' && k[1] >= '0' && k[1] <= '9' && k[2] >= '0' && k[2] <= '9')
     f.code = (k[0] - '0') * 100 + (k[1] - '0') * 10 + (k[2] - '0');
   else
-    util_fatal("impetus-sink: --fail: want 4xx, 5xx or a 4NN/5NN code in '%s'", s);
+    util_fatal("sink: --fail: want 4xx, 5xx or a 4NN/5NN code in '%s'", s);
   const char *colon = strchr(k, ':');
   if ((colon ? (size_t)(colon - k) : strlen(k)) != 3)
-    util_fatal("impetus-sink: --fail: bad code in '%s'", s);
+    util_fatal("sink: --fail: bad code in '%s'", s);
   if (colon) {
     char *end;
     f.ratio = strtod(colon + 1, &end);
     if (*end || f.ratio < 0 || f.ratio > 1)
-      util_fatal("impetus-sink: --fail: ratio must be within 0..1 in '%s'", s);
+      util_fatal("sink: --fail: ratio must be within 0..1 in '%s'", s);
   }
   g_sink.o.fail[cmd] = f;
 }
@@ -389,7 +393,7 @@ static void load_users(const char *path)
 {
   FILE *f = fopen(path, "r");
   if (!f)
-    util_fatal("impetus-sink: --auth-users %s: %s", path, strerror(errno));
+    util_fatal("sink: --auth-users %s: %s", path, strerror(errno));
   char line[4096];
   int ln = 0;
   while (fgets(line, sizeof(line), f)) {
@@ -400,7 +404,7 @@ static void load_users(const char *path)
       continue;
     char *colon = strchr(line, ':');
     if (!colon || colon == line)
-      util_fatal("impetus-sink: %s:%d: want user:password", path, ln);
+      util_fatal("sink: %s:%d: want user:password", path, ln);
     *colon = 0;
     g_sink.o.users = util_xrealloc(g_sink.o.users, (g_sink.o.nusers + 1) * sizeof(struct sink_user));
     struct sink_user *u = &g_sink.o.users[g_sink.o.nusers++];
@@ -419,15 +423,15 @@ static void setup_tls(void)
     return;
   SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
   if (!ctx)
-    util_fatal("impetus-sink: SSL_CTX_new failed");
+    util_fatal("sink: SSL_CTX_new failed");
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
   if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
-    util_fatal("impetus-sink: --cert %s: cannot load certificate", cert);
+    util_fatal("sink: --cert %s: cannot load certificate", cert);
   if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
-    util_fatal("impetus-sink: --key %s: cannot load key", key);
+    util_fatal("sink: --key %s: cannot load key", key);
   if (SSL_CTX_check_private_key(ctx) != 1)
-    util_fatal("impetus-sink: --key %s does not match --cert %s", key, cert);
+    util_fatal("sink: --key %s does not match --cert %s", key, cert);
   g_sink.ssl_ctx = ctx;
 }
 
@@ -507,7 +511,7 @@ int main(int argc, char **argv)
         if (!strcasecmp(t, "PLAIN")) o->auth_mechs |= AUTH_PLAIN;
         else if (!strcasecmp(t, "LOGIN")) o->auth_mechs |= AUTH_LOGIN;
         else if (!strcasecmp(t, "XOAUTH2")) o->auth_mechs |= AUTH_XOAUTH2;
-        else util_fatal("impetus-sink: --auth-mechs: unknown mechanism '%s'", t);
+        else util_fatal("sink: --auth-mechs: unknown mechanism '%s'", t);
       }
       free(dup);
       break;
@@ -519,7 +523,7 @@ int main(int argc, char **argv)
     case O_LATENCY: {
       const char *eq = strchr(optarg, '=');
       if (!eq)
-        util_fatal("impetus-sink: --latency wants CMD=MS, got '%s'", optarg);
+        util_fatal("sink: --latency wants CMD=MS, got '%s'", optarg);
       int cmd = parse_cmd("--latency", optarg, (size_t)(eq - optarg));
       o->latency_ms[cmd] = (uint32_t)parse_u64("--latency", eq + 1);
       break;
@@ -536,7 +540,7 @@ int main(int argc, char **argv)
         if (strlen(sink_hostile_names[i]) == ml && !strncmp(optarg, sink_hostile_names[i], ml))
           o->hostile = i;
       if (o->hostile == HOSTILE_NONE)
-        util_fatal("impetus-sink: --hostile: unknown mode '%.*s'", (int)ml, optarg);
+        util_fatal("sink: --hostile: unknown mode '%.*s'", (int)ml, optarg);
       if (colon)
         o->hostile_stage = parse_cmd("--hostile", colon + 1, strlen(colon + 1));
       break;
@@ -548,7 +552,7 @@ int main(int argc, char **argv)
       char *end;
       o->stats_interval = strtod(optarg, &end);
       if (*end || o->stats_interval < 0)
-        util_fatal("impetus-sink: --stats-interval: bad value '%s'", optarg);
+        util_fatal("sink: --stats-interval: bad value '%s'", optarg);
       break;
     }
     case O_FALLBACK: o->io_fallback = 1; break;
@@ -574,13 +578,13 @@ int main(int argc, char **argv)
   if (users_file)
     load_users(users_file);
   if (ntls && !o->cert)
-    util_fatal("impetus-sink: --tls-listen needs --cert and --key");
+    util_fatal("sink: --tls-listen needs --cert and --key");
   if (o->save_dir && access(o->save_dir, W_OK) != 0)
-    util_fatal("impetus-sink: --save-dir %s: %s", o->save_dir, strerror(errno));
+    util_fatal("sink: --save-dir %s: %s", o->save_dir, strerror(errno));
   if (o->jsonl) {
     g_sink.jsonl = fopen(o->jsonl, "a");
     if (!g_sink.jsonl)
-      util_fatal("impetus-sink: --jsonl %s: %s", o->jsonl, strerror(errno));
+      util_fatal("sink: --jsonl %s: %s", o->jsonl, strerror(errno));
   }
   setup_tls();
   g_sink.rng = o->seed;

@@ -193,7 +193,7 @@ def test_auth_policies(cert, key, d):
         assert summary["messages"] == 1 and summary["per_mechanism"] == {"PLAIN": 1}, summary
     # --no-starttls and --no-pipelining remove the keywords; --io-fallback still works.
     with Sink(SINK, ["--cert", cert, "--key", key, "--no-starttls", "--no-pipelining",
-                     "--io-fallback"]) as s:
+                     "--io-fallback", "--stats-interval", "0.05"]) as s:
         c = smtplib.SMTP("127.0.0.1", s.port, timeout=5)
         c.ehlo()
         assert not c.has_extn("starttls") and not c.has_extn("pipelining")
@@ -201,6 +201,10 @@ def test_auth_policies(cert, key, d):
             c.sendmail("a@x", ["b@y"], "Subject: %d\r\n\r\n%s\r\n" % (i, "x" * 20000))
         c.quit()
         assert "single-shot" in s.stderr()
+        deadline = time.monotonic() + 5
+        while "messages=20 " not in s.stderr():  # the running count on stderr
+            assert time.monotonic() < deadline, s.stderr()
+            time.sleep(0.02)
         summary = s.stop()
         assert summary["messages"] == 20, summary
 

@@ -94,6 +94,9 @@ static int bio_create(BIO *b) {
   return 1;
 }
 
+static pthread_once_t ex_once = PTHREAD_ONCE_INIT;
+static void ex_index_init(void) { ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
+
 static BIO_METHOD *bio_method;
 static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
 
@@ -167,8 +170,7 @@ static int proto_version(const char *s) {
 }
 
 struct tls_ctx *tls_ctx_new(const struct tls_params *p, char *err, size_t errlen) {
-  if (ex_index < 0) /* racy only if two threads build their first ctx at once: both get valid indexes */
-    ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+  pthread_once(&ex_once, ex_index_init); /* workers build their contexts concurrently */
   SSL_CTX *s = SSL_CTX_new(TLS_client_method());
   if (s == NULL) {
     collect_err(err, errlen, "SSL_CTX_new");

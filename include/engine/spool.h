@@ -1,0 +1,244 @@
+/* spool: the pickup directory and the durable queue under <spoolbase>.
+ *
+ *   <spoolbase>/pickup/            producers rename files in (names starting
+ *                                  with '.' or ending in ".tmp" are ignored)
+ *   <spoolbase>/queue/XX/<id>      a claimed pickup file, unchanged: envelope
+ *                                  lines, then the RFC 5322 message (the body
+ *                                  starts at msg->body_off)
+ *   <spoolbase>/queue/XX/<id>.m    its metadata log: a checksummed header
+ *                                  record, then appended state/ctx records
+ *   <spoolbase>/bad/<name>         rejected input, with <name>.why
+ * XX = two hex digits (256 buckets; consecutive messages share a bucket).
+ * Files are created 0600, directories 0700. See docs/spool.md.
+ *
+ * Message ids: 64 bits = 42 bits of wall-clock milliseconds since the epoch
+ * (good until 2109) << 22 | a 22-bit counter within that millisecond, plus
+ * 16 node bits (spool_params.node_id, default the low bits of the pid).
+ * Printed as "%016llx-%04x" (21 characters, SPOOL_ID_LEN): sorting the text
+ * sorts by time. Never reused across restarts: the clock part never goes
+ * below the newest id found at recovery.
+ *
+ * Threads: one ingest thread runs spool_ingest (or the thread spool_start
+ * owns). A spool_msg has one owner thread at a time (the engine hands it
+ * over; nothing here locks a message). spool_txn is per thread. spool_*
+ * functions that touch disk block (a few syscalls, plus fsync when
+ * committing); call them from a thread that may block.
+ */
+#pragma once
+
+#include "ctx.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SPOOL_ID_LEN 21
+/* Named limits of the pickup format. */
+#define SPOOL_ENVELOPE_LINE_MAX 2048u   /* one x-...: line, bytes without EOL */
+#define SPOOL_HEADER_LINE_MAX 998u      /* one RFC 5322 header line (RFC 5322 2.1.1) */
+#define SPOOL_RCPTS_MAX 100000u         /* x-receiver lines per file */
+#define SPOOL_ADDR_MAX 256u             /* RFC 5321 4.5.3.1.3 path, without <> */
+#define SPOOL_NAME_MAX 255u             /* x-binding / x-binding-group value */
+#define SPOOL_DEFAULT_MAX_MESSAGE_SIZE (50u * 1024u * 1024u)
+
+enum spool_sync {
+  SPOOL_SYNC_BATCH = 0, /* default: one sync pass per ingest batch / txn commit */
+  SPOOL_SYNC_ALWAYS,    /* fsync each message (files + directories) before the next */
+  SPOOL_SYNC_NONE,      /* no fsync: a power loss may lose or corrupt recent messages */
+};
+
+/* How Spool_Sync = batch makes a batch durable (docs/spool.md has figures). */
+enum spool_sync_method {
+  SPOOL_SYNCM_SYNCFS = 0, /* one syncfs() of the spool's file system */
+  SPOOL_SYNCM_FSYNC,      /* fsync every file written plus the directories touched */
+};
+
+enum spool_rcpt_state {
+  SPOOL_RCPT_PENDING = 0,
+  SPOOL_RCPT_DELIVERED = 1,
+  SPOOL_RCPT_FAILED = 2, /* permanent failure (bounced / expired) */
+};
+
+#define SPOOL_MSG_F_8BIT 0x1u /* the message (or an address) has bytes >= 0x80 */
+
+/* One queued message. The spool allocates it; the engine owns it after the
+ * callback hands it over and frees it with spool_msg_free (or through
+ * spool_txn_remove). Fields are read-only for the engine except `user`;
+ * change them through the functions below. Resident size: about 150 bytes +
+ * the addresses (the dictionaries are on disk unless kept in memory). */
+struct spool_msg {
+  uint64_t id;          /* time << 22 | counter */
+  uint16_t node;        /* node bits of the id */
+  uint8_t bucket;       /* queue/XX/ */
+  uint8_t flags;        /* SPOOL_MSG_F_* */
+  uint32_t nrcpt;       /* recipients */
+  uint32_t npending;    /* recipients still SPOOL_RCPT_PENDING */
+  uint32_t attempts;    /* delivery attempts so far */
+  uint64_t next_attempt_ms; /* wall-clock ms; 0 = now */
+  uint64_t created_ms;  /* wall-clock ms of ingest */
+  uint64_t body_off;    /* offset of the RFC 5322 message in the queue file */
+  uint64_t body_size;   /* its length in bytes */
+  uint32_t meta_size;   /* bytes in <id>.m (append offset) */
+  uint32_t ctx_off;     /* where the current serialised dictionaries are in <id>.m */
+  uint32_t ctx_len;
+  uint32_t _pad;
+  const char *sender;   /* "" for the null sender <> */
+  const char *binding;  /* NULL when none */
+  const char *binding_group; /* NULL when none */
+  const char **rcpt;    /* nrcpt addresses (no <>), in pickup order */
+  uint8_t *rcpt_state;  /* nrcpt enum spool_rcpt_state */
+  struct ctx *mess;     /* VCTX_MESS: NULL while dropped (spool_load_ctx) */
+  struct ctx *conn;     /* VCTX_CONN: NULL while dropped */
+  struct ctx *secrets;  /* secret entries kept while dicts are dropped (internal) */
+  void *user;           /* the engine's */
+};
+
+struct spool;
+
+/* Called on the ingest thread for each message once it is durable (per
+ * Spool_Sync); the engine owns msg from then on. */
+typedef void (*spool_msg_cb)(void *arg, struct spool_msg *msg);
+/* Called when input is rejected: name is the pickup file name (or the
+ * message id during recovery), reason a one-line text; the file and a
+ * <name>.why are in bad/. The engine logs it to the paniclog. */
+typedef void (*spool_bad_cb)(void *arg, const char *name, const char *reason);
+/* Optional ingest hook (Lua validate_data_spool / set_binding), called on
+ * the ingest thread after parsing and before the metadata is written; may
+ * change the binding and dictionaries. Return 0 to accept, or < 0 with a
+ * reason in reason[0..reason_len) to reject to bad/. */
+typedef int (*spool_ingest_cb)(void *arg, struct spool_msg *msg, char *reason, size_t reason_len);
+
+/* The spool's settings; the engine fills it from the configuration
+ * (Spoolbase, Pickup_Directory, Spool_Sync, Max_Message_Size,
+ * Keep_Message_Dicts_In_Memory). Zero means the default. */
+struct spool_params {
+  const char *spoolbase;      /* required */
+  const char *pickup_dir;     /* NULL: <spoolbase>/pickup; must be on the same file system */
+  enum spool_sync sync;
+  uint64_t max_message_size;  /* bytes of the whole pickup file; 0: default */
+  bool keep_dicts_in_memory;
+  unsigned batch_max;         /* files claimed per group commit; 0: 512 */
+  unsigned rescan_ms;         /* pickup safety-net rescan period; 0: 2000 */
+  uint16_t node_id;           /* 0: low 16 bits of the pid */
+  enum spool_sync_method sync_method; /* how a batch is made durable */
+  spool_msg_cb on_msg;        /* required for spool_ingest/spool_recover */
+  spool_bad_cb on_bad;        /* optional */
+  spool_ingest_cb on_ingest;  /* optional */
+  void *arg;                  /* passed to the callbacks */
+};
+
+/* Open the spool: create the directories (0700) when missing, check that
+ * pickup and queue share a file system, set up inotify. NULL on failure,
+ * with the reason in err[0..errlen) (an unusable spool is a start-up error). */
+struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen);
+/* Stop the owned thread if any and close. Messages are not freed. NULL ok. */
+void spool_close(struct spool *sp);
+
+/* Start-up recovery: rebuild every queued message from queue/ and hand each
+ * with pending recipients to on_msg (done ones are removed; damaged ones go
+ * to bad/ through on_bad; a claimed file without metadata is parsed again).
+ * Call once, before ingestion. Returns the number recovered or -errno. */
+long spool_recover(struct spool *sp);
+
+/* One ingest round: wait up to timeout_ms for pickup activity (inotify or
+ * the rescan timer), claim up to batch_max files, parse, write metadata,
+ * sync per Spool_Sync, then call on_msg for each. Returns the number of
+ * messages made durable (bad files are not counted), or -ENOSPC / -EDQUOT
+ * (disk full: the unprocessed pickup files stay in pickup/; call again
+ * later and it resumes) or another -errno. */
+long spool_ingest(struct spool *sp, int timeout_ms);
+/* Scan pickup/ on the next round even without an inotify event. Any thread. */
+void spool_kick(struct spool *sp);
+/* Run spool_ingest in a thread the spool owns until spool_stop (retrying
+ * every second after a disk-full error, reporting it once through on_bad
+ * with name ""). Returns 0 or -errno. */
+int spool_start(struct spool *sp);
+/* Stop the owned thread after its current round. */
+void spool_stop(struct spool *sp);
+/* The last ingest error (0 when the last round succeeded). Any thread. */
+int spool_last_error(const struct spool *sp);
+
+/* Read the dictionaries back from <id>.m when dropped (no-op when they are
+ * in memory); restores secret entries kept in memory. Owner thread.
+ * Returns 0 or -errno (-EBADMSG on a checksum failure). */
+int spool_load_ctx(struct spool *sp, struct spool_msg *msg);
+/* Drop the dictionaries from memory unless Keep_Message_Dicts_In_Memory
+ * (secret entries stay in memory, never on disk). The caller must have
+ * saved changes with spool_save_ctx. Owner thread. */
+void spool_drop_ctx(struct spool *sp, struct spool_msg *msg);
+/* Persist the current dictionaries, binding and binding group (appends a
+ * record to <id>.m and syncs it unless Spool_Sync = none; use spool_txn_ctx
+ * to batch). Returns 0 or -errno. Owner thread. */
+int spool_save_ctx(struct spool *sp, struct spool_msg *msg);
+
+/* Format msg's id into out (at least SPOOL_ID_LEN + 1 bytes); returns out. */
+char *spool_msg_id_str(const struct spool_msg *msg, char *out);
+/* Parse an id printed by spool_msg_id_str. Returns 0 or -EINVAL. */
+int spool_id_parse(const char *s, uint64_t *id, uint16_t *node);
+/* Change the binding / binding group (NULL clears); e.g. from the ingest
+ * hook (persisted with the metadata) or later (persisted by the next
+ * spool_save_ctx). */
+void spool_msg_set_binding(struct spool_msg *msg, const char *binding);
+void spool_msg_set_binding_group(struct spool_msg *msg, const char *group);
+/* Open the queue file read-only for delivery: the message is bytes
+ * [msg->body_off, msg->body_off + msg->body_size). Returns an fd or -errno. */
+int spool_open_body(struct spool *sp, const struct spool_msg *msg);
+/* Free a message's memory (not its files); wipes secrets. NULL ok. */
+void spool_msg_free(struct spool_msg *msg);
+
+/* Outcomes, batched: a worker collects recipient outcomes, retry times and
+ * removals in its txn and commits them together (one sync pass). The
+ * in-memory message is updated at once; the disk at commit. */
+struct spool_txn;
+struct spool_txn *spool_txn_new(struct spool *sp);
+void spool_txn_free(struct spool_txn *t);
+/* Record recipient idx's new state. */
+void spool_txn_rcpt(struct spool_txn *t, struct spool_msg *msg, uint32_t idx,
+                    enum spool_rcpt_state state);
+/* Record an attempt count and the next attempt time (wall-clock ms). */
+void spool_txn_retry(struct spool_txn *t, struct spool_msg *msg, uint32_t attempts,
+                     uint64_t next_attempt_ms);
+/* Persist the message's current dictionaries, binding and binding group
+ * at commit (like spool_save_ctx, batched). */
+void spool_txn_ctx(struct spool_txn *t, struct spool_msg *msg);
+/* Remove the message's files at commit and free msg after it. */
+void spool_txn_remove(struct spool_txn *t, struct spool_msg *msg);
+/* Write everything recorded, then sync (per Spool_Sync). Returns 0 or the
+ * first -errno (the txn is emptied either way; removals still happen). */
+int spool_txn_commit(struct spool_txn *t);
+
+/* Move a queued message to bad/ (<id>, <id>.m and <id>.why) and free it.
+ * Returns 0 or -errno (the message is freed either way). */
+int spool_bad(struct spool *sp, struct spool_msg *msg, const char *reason);
+
+/* Fault injection for tests only: when set, called by the ingest thread
+ * right after a claimed file's fstat and before it is read. NULL in
+ * production. */
+extern void (*spool_test_after_stat)(int fd);
+
+/* Pickup format parsing (pure; used by spool_ingest and impetus-inject). */
+
+/* Validate an address (no angle brackets): local@domain, RFC 5321 rules:
+ * dot-atom or quoted local part (<= 64), domain of LDH labels (<= 63 each,
+ * <= 255) or an address literal [IPv4] / [IPv6:...], total <= 256; bytes
+ * >= 0x80 are allowed (SMTPUTF8). Returns NULL when valid, else a reason. */
+const char *spool_addr_check(const char *addr, size_t len);
+
+/* The parsed envelope of a pickup file. */
+struct spool_envelope {
+  char *sender;        /* "" for <> */
+  char **rcpt;
+  uint32_t nrcpt;
+  char *binding;
+  char *binding_group;
+  struct ctx *mess;    /* x-context: presets (created when first needed) */
+  uint64_t body_off;
+  uint64_t body_size;
+  unsigned flags;      /* SPOOL_MSG_F_8BIT */
+};
+/* Parse a whole pickup file held in memory. Returns 0, or -EBADMSG with a
+ * one-line reason in reason[0..reason_len). env is filled on success and
+ * must be released with spool_envelope_done either way. */
+int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *reason,
+                size_t reason_len);
+void spool_envelope_done(struct spool_envelope *env);

@@ -1,0 +1,351 @@
+/* pickup.c owns the pickup-file format (declared in spool.h): the x-sender /
+ * x-receiver / x-binding / x-binding-group / x-context envelope lines, the
+ * RFC 5322 header checks, and RFC 5321 address validation. Pure: works on
+ * bytes in memory, never does I/O, never logs; every rejection comes back as
+ * a one-line reason. Any thread. */
+#include "spool.h"
+
+#include "panic.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+IMPETUS_PRINTF(3, 4)
+static int fail(char *reason, size_t rlen, const char *fmt, ...)
+{
+  if (reason && rlen) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reason, rlen, fmt, ap);
+    va_end(ap);
+  }
+  return -EBADMSG;
+}
+
+static bool is_atext(unsigned char c)
+{
+  return isalnum(c) || c >= 0x80 || (c && strchr("!#$%&'*+-/=?^_`{|}~", c));
+}
+
+static const char *check_domain(const char *d, size_t n)
+{
+  if (n == 0)
+    return "empty domain";
+  if (n > 255)
+    return "domain longer than 255 bytes";
+  if (d[0] == '[') {
+    char tmp[64];
+    unsigned char addr[16];
+    if (d[n - 1] != ']' || n - 2 >= sizeof(tmp))
+      return "bad address literal";
+    memcpy(tmp, d + 1, n - 2);
+    tmp[n - 2] = 0;
+    if (!strncasecmp(tmp, "IPv6:", 5))
+      return inet_pton(AF_INET6, tmp + 5, addr) == 1 ? NULL : "bad IPv6 address literal";
+    return inet_pton(AF_INET, tmp, addr) == 1 ? NULL : "bad IPv4 address literal";
+  }
+  size_t label = 0;
+  for (size_t i = 0; i <= n; i++) {
+    unsigned char c = i < n ? (unsigned char)d[i] : '.';
+    if (c == '.') {
+      if (label == 0)
+        return "empty label in domain";
+      if (d[i - 1] == '-')
+        return "domain label ends with '-'";
+      label = 0;
+      continue;
+    }
+    if (!(isalnum(c) || c == '-' || c >= 0x80))
+      return "bad character in domain";
+    if (label == 0 && c == '-')
+      return "domain label starts with '-'";
+    if (++label > 63)
+      return "domain label longer than 63 bytes";
+  }
+  return NULL;
+}
+
+const char *spool_addr_check(const char *a, size_t len)
+{
+  if (len == 0)
+    return "empty address";
+  if (len > SPOOL_ADDR_MAX)
+    return "address longer than 256 bytes";
+  size_t i = 0;
+  if (a[0] == '"') {
+    for (i = 1; i < len && a[i] != '"'; i++) {
+      unsigned char c = (unsigned char)a[i];
+      if (c == '\\') {
+        if (++i >= len || (unsigned char)a[i] < 32 || a[i] == 127)
+          return "bad quoted-pair in local part";
+      } else if (c < 32 || c == 127) {
+        return "control character in local part";
+      }
+    }
+    if (i >= len)
+      return "unterminated quoted local part";
+    i++;
+  } else {
+    for (; i < len && a[i] != '@'; i++) {
+      unsigned char c = (unsigned char)a[i];
+      if (c == '.') {
+        if (i == 0 || a[i - 1] == '.' || i + 1 >= len || a[i + 1] == '@')
+          return "misplaced '.' in local part";
+      } else if (!is_atext(c)) {
+        return "bad character in local part";
+      }
+    }
+  }
+  if (i == 0)
+    return "empty local part";
+  if (i >= len || a[i] != '@')
+    return "no '@domain'";
+  if (i > 64)
+    return "local part longer than 64 bytes";
+  return check_domain(a + i + 1, len - i - 1);
+}
+
+enum env_kind { ENV_NONE, ENV_SENDER, ENV_RECEIVER, ENV_BINDING, ENV_GROUP, ENV_CONTEXT };
+
+static const struct {
+  const char *name;
+  enum env_kind kind;
+} env_names[] = {
+    {"x-sender", ENV_SENDER},   {"x-receiver", ENV_RECEIVER},     {"x-binding", ENV_BINDING},
+    {"x-binding-group", ENV_GROUP}, {"x-context", ENV_CONTEXT},
+};
+
+/* The envelope kind of the line at p (n bytes) and where its value starts. */
+static enum env_kind env_kind(const char *p, size_t n, size_t *value_off)
+{
+  const char *colon = memchr(p, ':', n < 32 ? n : 32);
+  if (!colon || n < 2 || (p[0] != 'x' && p[0] != 'X') || p[1] != '-')
+    return ENV_NONE;
+  size_t nl = (size_t)(colon - p);
+  while (nl > 0 && (p[nl - 1] == ' ' || p[nl - 1] == '\t'))
+    nl--;
+  for (size_t i = 0; i < UTIL_ARRAY_LEN(env_names); i++) {
+    if (strlen(env_names[i].name) == nl && !strncasecmp(p, env_names[i].name, nl)) {
+      *value_off = (size_t)(colon - p) + 1;
+      return env_names[i].kind;
+    }
+  }
+  return ENV_NONE;
+}
+
+/* Trim blanks around [*v, *v + *n). */
+static void trim(const char **v, size_t *n)
+{
+  while (*n && (**v == ' ' || **v == '\t'))
+    (*v)++, (*n)--;
+  while (*n && ((*v)[*n - 1] == ' ' || (*v)[*n - 1] == '\t'))
+    (*n)--;
+}
+
+/* An address value: "<a@b>", "a@b", or "<>" when null_ok. */
+static const char *parse_addr(const char *v, size_t n, bool null_ok, char **out)
+{
+  if (n >= 2 && v[0] == '<' && v[n - 1] == '>') {
+    v++;
+    n -= 2;
+  } else if (n && (v[0] == '<' || v[n - 1] == '>')) {
+    return "unbalanced '<' '>'";
+  }
+  if (n == 0) {
+    if (!null_ok)
+      return "empty address";
+    *out = util_xstrdup("");
+    return NULL;
+  }
+  const char *why = spool_addr_check(v, n);
+  if (why)
+    return why;
+  *out = util_xstrndup(v, n);
+  return NULL;
+}
+
+static const char *check_name(const char *v, size_t n)
+{
+  if (n == 0)
+    return "empty name";
+  if (n > SPOOL_NAME_MAX)
+    return "name longer than 255 bytes";
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)v[i] <= 32 || v[i] == 127)
+      return "blank or control character in name";
+  return NULL;
+}
+
+void spool_envelope_done(struct spool_envelope *env)
+{
+  if (!env)
+    return;
+  free(env->sender);
+  for (uint32_t i = 0; i < env->nrcpt; i++)
+    free(env->rcpt[i]);
+  free(env->rcpt);
+  free(env->binding);
+  free(env->binding_group);
+  ctx_free(env->mess);
+  memset(env, 0, sizeof(*env));
+}
+
+/* The length of the line at p (without CR LF) and the offset of the next. */
+static size_t line_at(const char *data, size_t len, size_t pos, size_t *next)
+{
+  const char *nl = memchr(data + pos, '\n', len - pos);
+  size_t end = nl ? (size_t)(nl - data) : len;
+  *next = nl ? end + 1 : len;
+  if (end > pos && data[end - 1] == '\r')
+    end--;
+  return end - pos;
+}
+
+int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *reason,
+                size_t rlen)
+{
+  memset(env, 0, sizeof(*env));
+  if (len == 0)
+    return fail(reason, rlen, "empty file");
+  const char *nul = memchr(data, 0, len);
+  if (nul)
+    return fail(reason, rlen, "NUL byte at offset %zu (binary data)", (size_t)(nul - data));
+  size_t pos = 0, next, lineno = 0, rcap = 0;
+  for (;;) {
+    if (pos >= len)
+      break;
+    size_t n = line_at(data, len, pos, &next), voff = 0;
+    lineno++;
+    enum env_kind k = env_kind(data + pos, n, &voff);
+    if (k == ENV_NONE)
+      break;
+    if (n > SPOOL_ENVELOPE_LINE_MAX)
+      return fail(reason, rlen, "envelope line %zu is longer than %u bytes", lineno,
+                  SPOOL_ENVELOPE_LINE_MAX);
+    const char *v = data + pos + voff;
+    size_t vn = n - voff;
+    trim(&v, &vn);
+    for (size_t i = 0; i < vn; i++)
+      if ((unsigned char)v[i] < 32 && v[i] != '\t')
+        return fail(reason, rlen, "control character in envelope line %zu", lineno);
+    const char *why = NULL;
+    switch (k) {
+    case ENV_SENDER:
+      if (env->sender)
+        return fail(reason, rlen, "second x-sender line (line %zu)", lineno);
+      why = parse_addr(v, vn, true, &env->sender);
+      if (why)
+        return fail(reason, rlen, "bad x-sender address on line %zu: %s", lineno, why);
+      break;
+    case ENV_RECEIVER: {
+      if (env->nrcpt >= SPOOL_RCPTS_MAX)
+        return fail(reason, rlen, "more than %u x-receiver lines", SPOOL_RCPTS_MAX);
+      char *a = NULL;
+      why = parse_addr(v, vn, false, &a);
+      if (why)
+        return fail(reason, rlen, "bad x-receiver address on line %zu: %s", lineno, why);
+      if (env->nrcpt == rcap) {
+        rcap = rcap ? rcap * 2 : 4;
+        env->rcpt = util_xrealloc(env->rcpt, rcap * sizeof(char *));
+      }
+      env->rcpt[env->nrcpt++] = a;
+      break;
+    }
+    case ENV_BINDING:
+    case ENV_GROUP: {
+      char **dst = k == ENV_BINDING ? &env->binding : &env->binding_group;
+      const char *what = k == ENV_BINDING ? "x-binding" : "x-binding-group";
+      if (*dst)
+        return fail(reason, rlen, "second %s line (line %zu)", what, lineno);
+      why = check_name(v, vn);
+      if (why)
+        return fail(reason, rlen, "bad %s on line %zu: %s", what, lineno, why);
+      *dst = util_xstrndup(v, vn);
+      break;
+    }
+    case ENV_CONTEXT: {
+      const char *eq = memchr(v, '=', vn);
+      if (!eq || eq == v)
+        return fail(reason, rlen, "x-context on line %zu is not key=value", lineno);
+      const char *key = v, *val = eq + 1;
+      size_t kn = (size_t)(eq - v), valn = vn - kn - 1;
+      trim(&key, &kn);
+      trim(&val, &valn);
+      if (!env->mess && !(env->mess = ctx_new()))
+        return fail(reason, rlen, "out of memory");
+      int r = ctx_setn(env->mess, key, kn, val, valn, 0);
+      if (r < 0)
+        return fail(reason, rlen, "bad x-context on line %zu: %s", lineno, strerror(-r));
+      break;
+    }
+    default:
+      util_panic("spool_parse: envelope kind %d", (int)k);
+    }
+    pos = next;
+  }
+  if (!env->sender)
+    return fail(reason, rlen, "no x-sender line");
+  if (env->nrcpt == 0)
+    return fail(reason, rlen, "no x-receiver line");
+  env->body_off = pos;
+  env->body_size = len - pos;
+  if (env->body_size == 0)
+    return fail(reason, rlen, "no message after the envelope");
+  /* The RFC 5322 header section: until the first empty line. */
+  size_t hl = 0;
+  lineno--; /* the first header line was counted above */
+  while (pos < len) {
+    size_t n = line_at(data, len, pos, &next), voff;
+    const char *p = data + pos;
+    lineno++;
+    hl++;
+    if (n == 0)
+      break;
+    if (n > SPOOL_HEADER_LINE_MAX)
+      return fail(reason, rlen, "header line %zu is longer than %u bytes", lineno,
+                  SPOOL_HEADER_LINE_MAX);
+    for (size_t i = 0; i < n; i++) {
+      unsigned char c = (unsigned char)p[i];
+      if ((c < 32 && c != '\t') || c == 127)
+        return fail(reason, rlen, "control character 0x%02x in header line %zu (binary data?)",
+                    c, lineno);
+    }
+    if (env_kind(p, n, &voff) != ENV_NONE)
+      return fail(reason, rlen, "envelope line after the message started (line %zu: %.*s)",
+                  lineno, (int)(memchr(p, ':', n) ? (const char *)memchr(p, ':', n) - p : 0),
+                  p);
+    if (p[0] != ' ' && p[0] != '\t') {
+      size_t i = 0;
+      while (i < n && p[i] > 32 && p[i] < 127 && p[i] != ':')
+        i++;
+      if (i == 0 || i >= n || p[i] != ':')
+        return fail(reason, rlen, "line %zu is neither an envelope line nor a header field",
+                    lineno);
+    } else if (hl == 1) {
+      return fail(reason, rlen, "message starts with a continuation line (line %zu)", lineno);
+    }
+    pos = next;
+  }
+  for (size_t i = env->body_off; i < len; i++) {
+    if ((unsigned char)data[i] >= 0x80) {
+      env->flags |= SPOOL_MSG_F_8BIT;
+      break;
+    }
+  }
+  if (!(env->flags & SPOOL_MSG_F_8BIT)) {
+    for (uint32_t i = 0; i < env->nrcpt; i++)
+      for (const char *q = env->rcpt[i]; *q; q++)
+        if ((unsigned char)*q >= 0x80)
+          env->flags |= SPOOL_MSG_F_8BIT;
+    for (const char *q = env->sender; *q; q++)
+      if ((unsigned char)*q >= 0x80)
+        env->flags |= SPOOL_MSG_F_8BIT;
+  }
+  return 0;
+}

@@ -1,0 +1,656 @@
+/* Unit tests for the spool: the pickup parser and address checks, every
+ * bad input of issue 3 (to bad/ with a .why, others unaffected), metadata
+ * round trips, checksum damage, recovery with partial delivery, ids across
+ * restarts, file modes, and both Keep_Message_Dicts_In_Memory paths.
+ * Works in a temporary directory under /tmp. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include "spool.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- parser ---- */
+
+static int parse(const char *s, char *why)
+{
+  struct spool_envelope env;
+  int r = spool_parse(s, strlen(s), &env, why, 256);
+  spool_envelope_done(&env);
+  return r;
+}
+
+static void test_parse_good(void **state)
+{
+  (void)state;
+  const char *f = "X-Sender: <a@example.com>\r\n"
+                  "x-RECEIVER: <b@example.org>\r\n"
+                  "x-receiver: c@[192.0.2.1]\r\n"
+                  "x-binding: b1\r\n"
+                  "X-Binding-Group: g1\r\n"
+                  "x-context: outbound_smtp_auth_user = bob\r\n"
+                  "x-context: k=a=b\r\n"
+                  "Subject: hi\r\n"
+                  " folded\r\n"
+                  "\r\n"
+                  "body \xc3\xa9\r\n";
+  struct spool_envelope env;
+  char why[256] = "";
+  assert_int_equal(spool_parse(f, strlen(f), &env, why, sizeof(why)), 0);
+  assert_string_equal(env.sender, "a@example.com");
+  assert_int_equal(env.nrcpt, 2);
+  assert_string_equal(env.rcpt[0], "b@example.org");
+  assert_string_equal(env.rcpt[1], "c@[192.0.2.1]");
+  assert_string_equal(env.binding, "b1");
+  assert_string_equal(env.binding_group, "g1");
+  assert_string_equal(ctx_get(env.mess, "outbound_smtp_auth_user"), "bob");
+  assert_string_equal(ctx_get(env.mess, "k"), "a=b");
+  assert_memory_equal(f + env.body_off, "Subject: hi", 11);
+  assert_int_equal(env.body_off + env.body_size, strlen(f));
+  assert_true(env.flags & SPOOL_MSG_F_8BIT);
+  spool_envelope_done(&env);
+  /* Null sender, LF line ends, no headers at all. */
+  const char *g = "x-sender: <>\nx-receiver: <postmaster@example.com>\n\nhello\n";
+  assert_int_equal(spool_parse(g, strlen(g), &env, why, sizeof(why)), 0);
+  assert_string_equal(env.sender, "");
+  assert_false(env.flags & SPOOL_MSG_F_8BIT);
+  spool_envelope_done(&env);
+}
+
+static void test_addr(void **state)
+{
+  (void)state;
+  const char *good[] = {"a@b.c", "first.last@example.com", "\"odd @ \\\"x\"@example.com",
+                        "x+tag@sub-d.example", "u@[IPv6:2001:db8::1]", "j\xc3\xb6rg@b\xc3\xbc.de",
+                        "a@localhost"};
+  const char *bad[] = {"", "plain", "@example.com", "a@", "a..b@example.com", ".a@example.com",
+                       "a.@example.com", "a b@example.com", "a@-example.com", "a@example-.com",
+                       "a@exa_mple.com", "a@example..com", "a@[300.1.1.1]", "a@[IPv6:zz]",
+                       "a(b)@example.com", "\"unterminated@example.com"};
+  for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+    const char *why = spool_addr_check(good[i], strlen(good[i]));
+    if (why)
+      fail_msg("%s rejected: %s", good[i], why);
+  }
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+    if (!spool_addr_check(bad[i], strlen(bad[i])))
+      fail_msg("%s accepted", bad[i]);
+  char longl[80], longd[300];
+  memset(longl, 'a', 65);
+  strcpy(longl + 65, "@b.c");
+  assert_non_null(spool_addr_check(longl, strlen(longl)));
+  memset(longd, 'a', sizeof(longd));
+  memcpy(longd, "a@", 2);
+  longd[299] = 0;
+  assert_non_null(spool_addr_check(longd, strlen(longd)));
+}
+
+static void test_parse_bad(void **state)
+{
+  (void)state;
+  static const struct {
+    const char *in;
+    const char *why;
+  } cases[] = {
+      {"", "empty file"},
+      {"x-receiver: <b@c.d>\n\nbody\n", "no x-sender"},
+      {"x-sender: <a@b.c>\nSubject: x\n\nbody\n", "no x-receiver"},
+      {"x-sender: <a@b.c>\nx-receiver: <not an address>\n\nbody\n", "bad x-receiver address"},
+      {"x-sender: <a@b.c>\nx-receiver: <>\n\nb\n", "bad x-receiver address"},
+      {"x-sender: a@b.c>\nx-receiver: <d@e.f>\n\nb\n", "unbalanced"},
+      {"x-sender: <a@b.c>\nx-sender: <a@b.c>\nx-receiver: <d@e.f>\n\nb\n", "second x-sender"},
+      {"x-sender: <a@b.c>\nx-receiver: <d@e.f>\nSubject: s\nx-receiver: <g@h.i>\n\nb\n",
+       "envelope line after the message started"},
+      {"x-sender: <a@b.c>\nx-receiver: <d@e.f>\n", "no message after the envelope"},
+      {"x-sender: <a@b.c>\nx-receiver: <d@e.f>\nSubject: \x01\x02\n\nb\n", "control character"},
+      {"x-sender: <a@b.c>\nx-receiver: <d@e.f>\nnot a header line\n\nb\n", "neither"},
+      {"x-sender: <a@b.c>\nx-receiver: <d@e.f>\nx-context: novalue\n\nb\n", "key=value"},
+      {"x-sender: <a@b.c>\nx-receiver: <d@e.f>\nx-binding: has space\n\nb\n", "bad x-binding"},
+      {"\x7f" "ELF\x02\x01\x01garbage\xff\xfe", "no x-sender"},
+  };
+  char why[256];
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    why[0] = 0;
+    assert_int_equal(parse(cases[i].in, why), -EBADMSG);
+    if (!strstr(why, cases[i].why))
+      fail_msg("case %zu: reason \"%s\" lacks \"%s\"", i, why, cases[i].why);
+  }
+  /* NUL bytes (needs explicit lengths). */
+  const char nul[] = "x-sender: <a@b.c>\nx-receiver: <d@e.f>\n\nbo\0dy\n";
+  struct spool_envelope env;
+  assert_int_equal(spool_parse(nul, sizeof(nul) - 1, &env, why, sizeof(why)), -EBADMSG);
+  assert_non_null(strstr(why, "NUL byte"));
+  spool_envelope_done(&env);
+}
+
+/* ---- spool on disk ---- */
+
+static char base[256];
+static struct spool_msg *got[4096];
+static size_t ngot;
+static char bad_names[64][256];
+static char bad_reasons[64][256];
+static size_t nbad;
+
+static void on_msg(void *arg, struct spool_msg *m)
+{
+  (void)arg;
+  if (ngot < 4096)
+    got[ngot++] = m;
+  else
+    spool_msg_free(m);
+}
+
+static void on_bad(void *arg, const char *name, const char *reason)
+{
+  (void)arg;
+  if (nbad < 64) {
+    snprintf(bad_names[nbad], 256, "%s", name);
+    snprintf(bad_reasons[nbad], 256, "%s", reason);
+    nbad++;
+  }
+}
+
+static void reset_got(void)
+{
+  for (size_t i = 0; i < ngot; i++)
+    spool_msg_free(got[i]);
+  ngot = 0;
+  nbad = 0;
+}
+
+static void put_file(const char *name, const void *data, size_t len)
+{
+  char path[512];
+  snprintf(path, sizeof(path), "%s/pickup/%s", base, name);
+  FILE *f = fopen(path, "wb");
+  assert_non_null(f);
+  assert_int_equal(fwrite(data, 1, len, f), len);
+  fclose(f);
+}
+
+static void put_msg(const char *name, const char *rcpts, const char *extra)
+{
+  char b[4096];
+  int n = snprintf(b, sizeof(b), "x-sender: <s@example.com>\n%s%sSubject: %s\n\nbody of %s\n",
+                   rcpts, extra ? extra : "", name, name);
+  put_file(name, b, (size_t)n);
+}
+
+static struct spool *open_spool(struct spool_params *p)
+{
+  p->spoolbase = base;
+  p->on_msg = on_msg;
+  p->on_bad = on_bad;
+  char err[256];
+  struct spool *sp = spool_open(p, err, sizeof(err));
+  if (!sp)
+    fail_msg("spool_open: %s", err);
+  return sp;
+}
+
+static void drain(struct spool *sp)
+{
+  for (int i = 0; i < 1000; i++) {
+    long r = spool_ingest(sp, 0);
+    assert_true(r >= 0);
+    if (r == 0 && spool_ingest(sp, 0) == 0)
+      return;
+  }
+  fail_msg("ingest did not settle");
+}
+
+static int rm_rf(const char *path)
+{
+  char cmd[600];
+  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+  return system(cmd);
+}
+
+static int setup(void **state)
+{
+  (void)state;
+  snprintf(base, sizeof(base), "/tmp/impetus-test-spool-XXXXXX");
+  if (!mkdtemp(base))
+    return -1;
+  ngot = nbad = 0;
+  return 0;
+}
+
+static int teardown(void **state)
+{
+  (void)state;
+  reset_got();
+  spool_test_after_stat = NULL;
+  return rm_rf(base) == 0 ? 0 : -1;
+}
+
+static bool exists(const char *rel)
+{
+  char path[1024];
+  snprintf(path, sizeof(path), "%s/%s", base, rel);
+  return access(path, F_OK) == 0;
+}
+
+static size_t count_dir(const char *rel)
+{
+  char path[1024];
+  snprintf(path, sizeof(path), "%s/%s", base, rel);
+  DIR *d = opendir(path);
+  if (!d)
+    return 0;
+  size_t n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)))
+    if (e->d_name[0] != '.')
+      n++;
+  closedir(d);
+  return n;
+}
+
+static size_t count_queue(void)
+{
+  size_t n = 0;
+  for (int b = 0; b < 256; b++) {
+    char rel[32];
+    snprintf(rel, sizeof(rel), "queue/%02x", b);
+    n += count_dir(rel);
+  }
+  return n;
+}
+
+static void qpath(const struct spool_msg *m, const char *suffix, char *out, size_t n)
+{
+  char id[SPOOL_ID_LEN + 1];
+  snprintf(out, n, "%s/queue/%02x/%s%s", base, m->bucket, spool_msg_id_str(m, id), suffix);
+}
+
+static void check_why(const char *name, const char *reason)
+{
+  char rel[300];
+  snprintf(rel, sizeof(rel), "bad/%s.why", name);
+  if (!exists(rel)) {
+    for (size_t i = 0; i < nbad; i++)
+      fprintf(stderr, "reported: %s: %s\n", bad_names[i], bad_reasons[i]);
+    fail_msg("%s is missing", rel);
+  }
+  char path[600];
+  snprintf(path, sizeof(path), "%s/%s", base, rel);
+  FILE *f = fopen(path, "r");
+  char line[512] = "";
+  assert_non_null(fgets(line, sizeof(line), f));
+  fclose(f);
+  if (!strstr(line, reason))
+    fail_msg("%s: \"%s\" lacks \"%s\"", rel, line, reason);
+  bool reported = false;
+  for (size_t i = 0; i < nbad; i++)
+    if (!strcmp(bad_names[i], name) && strstr(bad_reasons[i], reason))
+      reported = true;
+  if (!reported)
+    fail_msg("%s was not reported through on_bad", name);
+}
+
+static int truncate_fd_once;
+static void truncate_hook(int fd)
+{
+  if (truncate_fd_once) {
+    truncate_fd_once = 0;
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    if (truncate(path, 10) != 0)
+      abort();
+  }
+}
+
+static char vanish_path[512];
+static int on_ingest_vanish(void *arg, struct spool_msg *m, char *why, size_t n)
+{
+  (void)arg;
+  (void)m;
+  (void)why;
+  (void)n;
+  if (vanish_path[0]) {
+    unlink(vanish_path);
+    vanish_path[0] = 0;
+  }
+  return 0;
+}
+
+static void test_bad_inputs(void **state)
+{
+  (void)state;
+  struct spool_params p = {.max_message_size = 20u * 1024 * 1024};
+  struct spool *sp = open_spool(&p);
+  put_msg("good1", "x-receiver: <r1@example.com>\n", NULL);
+  put_file("nosender", "x-receiver: <r@example.com>\n\nb\n", 29);
+  put_file("norcpt", "x-sender: <s@example.com>\nSubject: x\n\nb\n", 40);
+  put_msg("badaddr", "x-receiver: <nobody>\n", NULL);
+  put_msg("late", "x-receiver: <r@example.com>\n", "Subject: early\nx-receiver: <z@example.com>\n");
+  const char nul[] = "x-sender: <a@b.c>\nx-receiver: <d@e.f>\n\nbo\0dy\n";
+  put_file("nul", nul, sizeof(nul) - 1);
+  put_file("empty", "", 0);
+  put_file(".hidden", "junk", 4);
+  put_file("ignored.tmp", "junk", 4);
+  /* A 10 MB header line. */
+  size_t big = 10u * 1024 * 1024;
+  char *b = malloc(big + 200);
+  int n = snprintf(b, 200, "x-sender: <s@example.com>\nx-receiver: <r@example.com>\nSubject: ");
+  memset(b + n, 'a', big);
+  memcpy(b + n + big, "\n\nbody\n", 7);
+  put_file("hugeline", b, (size_t)n + big + 7);
+  /* Over Max_Message_Size (20 MB here). */
+  char *c = malloc(21u * 1024 * 1024);
+  memset(c, 'b', 21u * 1024 * 1024);
+  memcpy(c, "x-sender: <s@example.com>\nx-receiver: <r@example.com>\n\n", 55);
+  put_file("toobig", c, 21u * 1024 * 1024);
+  free(b);
+  free(c);
+  put_msg("good2", "x-receiver: <r2@example.com>\nx-receiver: <r3@example.com>\n", NULL);
+  drain(sp);
+  assert_int_equal(ngot, 2);
+  check_why("nosender", "no x-sender");
+  check_why("norcpt", "no x-receiver");
+  check_why("badaddr", "bad x-receiver address");
+  check_why("late", "envelope line after the message started");
+  check_why("nul", "NUL byte");
+  check_why("empty", "empty file");
+  check_why("hugeline", "header line 3 is longer than 998 bytes");
+  check_why("toobig", "over Max_Message_Size");
+  assert_true(exists("bad/nosender") && exists("bad/toobig") && exists("bad/empty"));
+  assert_true(exists("pickup/.hidden") && exists("pickup/ignored.tmp"));
+  assert_int_equal(count_queue(), 4); /* 2 messages x (body + .m) */
+  /* Truncated while being read. */
+  truncate_fd_once = 1;
+  spool_test_after_stat = truncate_hook;
+  put_msg("trunc", "x-receiver: <r@example.com>\n", NULL);
+  drain(sp);
+  spool_test_after_stat = NULL;
+  check_why("trunc", "truncated while being read");
+  /* Vanishing before the claim: the hook of the first file removes the second. */
+  p.on_ingest = on_ingest_vanish;
+  spool_close(sp);
+  sp = open_spool(&p);
+  put_msg("va", "x-receiver: <r@example.com>\n", NULL);
+  put_msg("vb", "x-receiver: <r@example.com>\n", NULL);
+  DIR *d = opendir(strcat(strcpy(vanish_path, base), "/pickup"));
+  struct dirent *e;
+  const char *second = NULL;
+  while ((e = readdir(d)))
+    if (!strcmp(e->d_name, "va") || !strcmp(e->d_name, "vb"))
+      second = !strcmp(e->d_name, "va") ? "va" : "vb";
+  closedir(d);
+  snprintf(vanish_path, sizeof(vanish_path), "%s/pickup/%s", base, second);
+  size_t before = ngot;
+  drain(sp);
+  assert_int_equal(ngot, before + 1);
+  check_why(second, "vanished");
+  assert_int_equal(count_dir("pickup"), 1); /* ignored.tmp (count_dir skips dot files) */
+  spool_close(sp);
+}
+
+static void test_modes_ids_and_recovery(void **state)
+{
+  (void)state;
+  struct spool_params p = {0};
+  struct spool *sp = open_spool(&p);
+  char name[32];
+  for (int i = 0; i < 50; i++) {
+    snprintf(name, sizeof(name), "m%02d", i);
+    put_msg(name, "x-receiver: <a@example.com>\nx-receiver: <b@example.com>\n"
+                  "x-receiver: <c@example.com>\n", "x-binding: b1\n");
+  }
+  chmod(strcat(strcpy(name, base), "/pickup"), 0755);
+  drain(sp);
+  assert_int_equal(ngot, 50);
+  char path[512], prev[SPOOL_ID_LEN + 1] = "", id[SPOOL_ID_LEN + 1];
+  struct stat st;
+  for (size_t i = 0; i < ngot; i++) {
+    qpath(got[i], "", path, sizeof(path));
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_equal((uint64_t)st.st_size, got[i]->body_off + got[i]->body_size);
+    qpath(got[i], ".m", path, sizeof(path));
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    spool_msg_id_str(got[i], id);
+    assert_true(strcmp(prev, id) < 0);
+    strcpy(prev, id);
+    uint64_t v;
+    uint16_t node;
+    assert_int_equal(spool_id_parse(id, &v, &node), 0);
+    assert_true(v == got[i]->id && node == got[i]->node);
+    assert_string_equal(got[i]->binding, "b1");
+  }
+  struct stat dst;
+  snprintf(path, sizeof(path), "%s/queue", base);
+  assert_int_equal(stat(path, &dst), 0);
+  assert_int_equal(dst.st_mode & 0777, 0700);
+  /* Outcomes: msg 0: a delivered, b failed; msg 1: all done + removal cut
+   * short by a "crash" (we keep its files); msg 2: removed. */
+  struct spool_txn *t = spool_txn_new(sp);
+  spool_txn_rcpt(t, got[0], 0, SPOOL_RCPT_DELIVERED);
+  spool_txn_rcpt(t, got[0], 1, SPOOL_RCPT_FAILED);
+  spool_txn_retry(t, got[0], 3, 1234567);
+  for (uint32_t r = 0; r < 3; r++)
+    spool_txn_rcpt(t, got[1], r, SPOOL_RCPT_DELIVERED);
+  for (uint32_t r = 0; r < 3; r++)
+    spool_txn_rcpt(t, got[2], r, SPOOL_RCPT_DELIVERED);
+  char removed[SPOOL_ID_LEN + 1];
+  spool_msg_id_str(got[2], removed);
+  spool_txn_remove(t, got[2]);
+  got[2] = NULL;
+  assert_int_equal(spool_txn_commit(t), 0);
+  spool_txn_free(t);
+  assert_int_equal(got[0]->npending, 1);
+  /* Corrupt message 3's header record; cut message 4's metadata short
+   * (a torn first write: parsed again from the claimed file). */
+  char id3[SPOOL_ID_LEN + 1], id4[SPOOL_ID_LEN + 1];
+  spool_msg_id_str(got[3], id3);
+  spool_msg_id_str(got[4], id4);
+  qpath(got[3], ".m", path, sizeof(path));
+  int fd = open(path, O_RDWR);
+  char ch;
+  assert_int_equal(pread(fd, &ch, 1, 30), 1);
+  ch ^= 0x40;
+  assert_int_equal(pwrite(fd, &ch, 1, 30), 1);
+  close(fd);
+  qpath(got[4], ".m", path, sizeof(path));
+  assert_int_equal(truncate(path, 20), 0);
+  char last[SPOOL_ID_LEN + 1];
+  spool_msg_id_str(got[49], last);
+  reset_got();
+  spool_close(sp);
+
+  sp = open_spool(&p);
+  assert_int_equal(spool_recover(sp), 47); /* 50 - removed - corrupted - done */
+  assert_int_equal(ngot, 47);
+  bool saw0 = false, saw4 = false;
+  for (size_t i = 0; i < ngot; i++) {
+    spool_msg_id_str(got[i], id);
+    assert_string_not_equal(id, removed);
+    assert_string_not_equal(id, id3);
+    if (!strcmp(id, id4)) {
+      saw4 = true;
+      assert_int_equal(got[i]->npending, 3);
+    }
+    if (got[i]->npending == 1) {
+      saw0 = true;
+      assert_int_equal(got[i]->rcpt_state[0], SPOOL_RCPT_DELIVERED);
+      assert_int_equal(got[i]->rcpt_state[1], SPOOL_RCPT_FAILED);
+      assert_int_equal(got[i]->rcpt_state[2], SPOOL_RCPT_PENDING);
+      assert_int_equal(got[i]->attempts, 3);
+      assert_int_equal(got[i]->next_attempt_ms, 1234567);
+    }
+    assert_string_equal(got[i]->binding, "b1");
+    assert_string_equal(got[i]->sender, "s@example.com");
+  }
+  assert_true(saw0 && saw4);
+  char rel[64];
+  snprintf(rel, sizeof(rel), "bad/%s.why", id3);
+  assert_true(exists(rel));
+  snprintf(rel, sizeof(rel), "bad/%s.m", id3);
+  assert_true(exists(rel));
+  snprintf(rel, sizeof(rel), "bad/%s", id3);
+  assert_true(exists(rel));
+  check_why(id3, "fails its checksum");
+  /* New ids after the restart sort after every old one. */
+  put_msg("after", "x-receiver: <a@example.com>\n", NULL);
+  size_t before = ngot;
+  drain(sp);
+  assert_int_equal(ngot, before + 1);
+  spool_msg_id_str(got[before], id);
+  assert_true(strcmp(id, last) > 0);
+  spool_close(sp);
+}
+
+static void dicts(bool keep)
+{
+  struct spool_params p = {.keep_dicts_in_memory = keep};
+  struct spool *sp = open_spool(&p);
+  put_msg("d1", "x-receiver: <a@example.com>\n",
+          "x-context: campaign=42\nx-context: outbound_smtp_auth_pass=from-pickup\n");
+  drain(sp);
+  assert_int_equal(ngot, 1);
+  struct spool_msg *m = got[0];
+  if (keep) {
+    assert_non_null(m->mess);
+  } else {
+    assert_null(m->mess);
+    assert_null(m->conn);
+  }
+  assert_int_equal(spool_load_ctx(sp, m), 0);
+  assert_string_equal(ctx_get(m->mess, "campaign"), "42");
+  /* The pickup secret stayed in memory, never on disk. */
+  assert_string_equal(ctx_get(m->mess, "outbound_smtp_auth_pass"), "from-pickup");
+  assert_int_equal(ctx_set(m->mess, "outbound_smtp_auth_user", "bob"), 0);
+  assert_int_equal(ctx_set(m->mess, "outbound_smtp_auth_pass", "hunter2"), 0);
+  assert_int_equal(ctx_set(m->conn, "c", "conn-value"), 0);
+  spool_msg_set_binding(m, "later");
+  struct spool_txn *t = spool_txn_new(sp);
+  spool_txn_ctx(t, m);
+  assert_int_equal(spool_txn_commit(t), 0);
+  spool_txn_free(t);
+  spool_drop_ctx(sp, m);
+  assert_true(keep ? m->mess != NULL : m->mess == NULL);
+  assert_int_equal(spool_load_ctx(sp, m), 0);
+  assert_string_equal(ctx_get(m->mess, "outbound_smtp_auth_user"), "bob");
+  assert_string_equal(ctx_get(m->mess, "outbound_smtp_auth_pass"), "hunter2");
+  assert_string_equal(ctx_get(m->conn, "c"), "conn-value");
+  /* No secret anywhere in the spool files. */
+  char path[512];
+  qpath(m, ".m", path, sizeof(path));
+  FILE *f = fopen(path, "rb");
+  char data[8192];
+  size_t n = fread(data, 1, sizeof(data), f);
+  fclose(f);
+  assert_null(memmem(data, n, "hunter2", 7));
+  assert_null(memmem(data, n, "from-pickup", 11));
+  assert_non_null(memmem(data, n, "bob", 3));
+  reset_got();
+  spool_close(sp);
+  /* After a restart: dictionaries from disk, binding kept, secret gone. */
+  sp = open_spool(&p);
+  assert_int_equal(spool_recover(sp), 1);
+  m = got[0];
+  assert_string_equal(m->binding, "later");
+  assert_int_equal(spool_load_ctx(sp, m), 0);
+  assert_string_equal(ctx_get(m->mess, "campaign"), "42");
+  assert_string_equal(ctx_get(m->mess, "outbound_smtp_auth_user"), "bob");
+  assert_null(ctx_get(m->mess, "outbound_smtp_auth_pass"));
+  /* Body access. */
+  int fd = spool_open_body(sp, m);
+  assert_true(fd >= 0);
+  char body[16] = "";
+  assert_int_equal(pread(fd, body, 11, (off_t)m->body_off), 11);
+  assert_string_equal(body, "Subject: d1");
+  close(fd);
+  /* spool_bad moves it with a reason. */
+  char id[SPOOL_ID_LEN + 1];
+  spool_msg_id_str(m, id);
+  assert_int_equal(spool_bad(sp, m, "operator said so"), 0);
+  got[0] = NULL;
+  check_why(id, "operator said so");
+  assert_int_equal(count_queue(), 0);
+  reset_got();
+  spool_close(sp);
+}
+
+static void test_dicts_on_disk(void **state)
+{
+  (void)state;
+  dicts(false);
+}
+
+static void test_dicts_in_memory(void **state)
+{
+  (void)state;
+  dicts(true);
+}
+
+static void test_sync_modes(void **state)
+{
+  (void)state;
+  enum spool_sync modes[] = {SPOOL_SYNC_ALWAYS, SPOOL_SYNC_NONE, SPOOL_SYNC_BATCH};
+  for (int i = 0; i < 3; i++) {
+    for (int meth = 0; meth < 2; meth++) {
+      struct spool_params p = {.sync = modes[i], .sync_method = (enum spool_sync_method)meth};
+      struct spool *sp = open_spool(&p);
+      for (int j = 0; j < 5; j++) {
+        char name[32];
+        snprintf(name, sizeof(name), "s%d%d%d", i, meth, j);
+        put_msg(name, "x-receiver: <a@example.com>\n", NULL);
+      }
+      drain(sp);
+      assert_int_equal(ngot, 5);
+      struct spool_txn *t = spool_txn_new(sp);
+      for (size_t j = 0; j < ngot; j++) {
+        spool_txn_rcpt(t, got[j], 0, SPOOL_RCPT_DELIVERED);
+        spool_txn_remove(t, got[j]);
+      }
+      ngot = 0;
+      assert_int_equal(spool_txn_commit(t), 0);
+      spool_txn_free(t);
+      assert_int_equal(count_queue(), 0);
+      spool_close(sp);
+    }
+  }
+}
+
+static void test_open_errors(void **state)
+{
+  (void)state;
+  char err[256] = "";
+  struct spool_params p = {.spoolbase = "/proc/impetus-nope"};
+  assert_null(spool_open(&p, err, sizeof(err)));
+  assert_non_null(strstr(err, "/proc/impetus-nope"));
+  struct spool_params q = {.spoolbase = base, .pickup_dir = "/dev/shm"};
+  if (access("/dev/shm", W_OK) == 0) {
+    assert_null(spool_open(&q, err, sizeof(err)));
+    assert_non_null(strstr(err, "file system"));
+  }
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_parse_good),
+      cmocka_unit_test(test_addr),
+      cmocka_unit_test(test_parse_bad),
+      cmocka_unit_test_setup_teardown(test_bad_inputs, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_modes_ids_and_recovery, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_dicts_on_disk, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_dicts_in_memory, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_sync_modes, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -44,6 +44,11 @@ static void on_msg(void *arg, struct spool_msg *msg)
 {
   (void)arg;
   worker_submit_msg(&sh, msg, !recovering);
+  /* A round claims at most batch_max files; ask for a rescan so the files
+   * left in pickup/ are claimed by the next round at once instead of at
+   * the periodic rescan (inotify has already reported them). */
+  if (!recovering)
+    spool_kick(sh.spool);
 }
 
 static void on_bad(void *arg, const char *name, const char *reason)

@@ -105,6 +105,7 @@ struct session {
   uint32_t delivered;           /* successful transactions */
   uint64_t pool_key;
   bool parked, closing, connected, counted, txn_open;
+  bool ever_ready; /* reached READY once (no longer counted as opening) */
   int body_fd;
   uint64_t body_off, body_end;
   bool body_started; /* NEED_BODY seen: smtpc takes body bytes */
@@ -544,8 +545,11 @@ static void session_free(struct session *s)
     dns_cancel(s->dns);
   if (s->parked)
     sched_pool_remove(&dq_queue_state(s->q)->pool, s);
-  if (s->counted)
+  if (s->counted) {
     sched_conn_closed(&dq_queue_state(s->q)->acct);
+    if (!s->ever_ready)
+      dq_queue_state(s->q)->opening--;
+  }
   if (s->body_fd >= 0)
     close(s->body_fd);
   smtpc_free(s->smtpc);
@@ -561,9 +565,15 @@ static void session_free(struct session *s)
   free(s);
 }
 
+/* A failure that belongs to the unit in flight, or, for a connection
+ * that never became READY, to one waiting unit of the queue (so each
+ * failed connection attempt costs one unit a T and its back-off, and a
+ * dead destination does not spin). */
 static void fail_unit_local(struct session *s, enum smtpc_outcome out, int code, const char *text,
                             uint8_t stage)
 {
+  if (s->unit == NULL && !s->ever_ready && !atomic_load(&s->w->stop))
+    s->unit = dq_pop(s->w->dq, s->q);
   if (s->unit == NULL)
     return;
   struct smtpc_result all = {.outcome = out, .code = code, .stage = stage};
@@ -576,6 +586,7 @@ static void fail_unit_local(struct session *s, enum smtpc_outcome out, int code,
 }
 
 static void begin_next(struct session *s);
+static bool expire_if_due(struct worker *w, struct dq_queue *q, struct dq_unit *u);
 
 static void feed_body(struct session *s)
 {
@@ -684,6 +695,10 @@ static void begin_next(struct session *s)
       u = dq_pop(w->dq, s->q);
     if (u == NULL)
       break;
+    if (expire_if_due(w, s->q, u)) {
+      u = NULL;
+      continue;
+    }
     uint64_t wait = sched_msg_take(&st->limits, ring_now(w->ring));
     if (wait) {
       dq_unpop(w->dq, u);
@@ -721,6 +736,10 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     smtpc_set_auth(s->smtpc, NULL, mono_ms(w));
     break;
   case SMTPC_EV_READY:
+    if (!s->ever_ready) {
+      s->ever_ready = true;
+      dq_queue_state(s->q)->opening--;
+    }
     begin_next(s);
     break;
   case SMTPC_EV_NEED_BODY:
@@ -865,7 +884,7 @@ static void cb_closed(void *arg)
 {
   struct session *s = arg;
   s->conn = NULL;
-  if (!s->connected && s->unit && s->route_i + 1 < s->nroutes && !atomic_load(&s->w->stop)) {
+  if (!s->connected && s->route_i + 1 < s->nroutes && !atomic_load(&s->w->stop)) {
     s->route_i++;
     s->closing = false;
     smtpc_free(s->smtpc);
@@ -873,7 +892,7 @@ static void cb_closed(void *arg)
     session_try_connect(s);
     return;
   }
-  if (s->unit) {
+  if (s->unit || !s->ever_ready) {
     char text[200];
     snprintf(text, sizeof text, "451 4.4.1 [internal] no route to the destination could be used (%s)",
              s->connected ? "connection lost" : "connection failed");
@@ -1096,15 +1115,15 @@ static void resolve_next(struct resolve_ctx *rc)
   session_try_connect(s);
 }
 
-/* A new connection for queue q, carrying unit u. */
-static void session_open(struct worker *w, struct dq_queue *q, struct dq_unit *u)
+/* A new connection for queue q; it takes units from the queue once READY. */
+static void session_open(struct worker *w, struct dq_queue *q)
 {
   struct dq_queue_state *st = dq_queue_state(q);
   struct session *s = util_xcalloc(1, sizeof *s);
   s->w = w;
   s->q = q;
-  s->unit = u;
   s->counted = true;
+  st->opening++;
   s->body_fd = -1;
   s->pool_key = queue_key(q);
   s->max_batch = st->limits.max_recipients_per_batch ? st->limits.max_recipients_per_batch : 100;
@@ -1173,38 +1192,30 @@ static void schedule(struct worker *w)
     struct dq_queue_state *st = dq_queue_state(q);
     if (st->blocked_until_ns > now_ns)
       continue;
-    for (int guard = 0; guard < 1024; guard++) {
-      struct dq_unit *u = dq_pop(w->dq, q);
-      if (u == NULL)
-        break;
-      if (expire_if_due(w, q, u))
-        continue;
+    for (int guard = 0; guard < 1024 && dq_queue_ready(q) > 0; guard++) {
+      /* an idle connection of this queue first (same credentials: the
+       * pool key includes their identity) */
       struct session *idle = sched_pool_take(&st->pool, queue_key(q));
       if (idle) {
         idle->parked = false;
-        uint64_t wait = sched_msg_take(&st->limits, now_ns);
-        if (wait) {
-          dq_unpop(w->dq, u);
-          sched_pool_put(&st->pool, idle->pool_key, idle, now_ns);
-          idle->parked = true;
-          st->blocked_until_ns = now_ns + wait;
-          break;
-        }
-        if (!start_txn(idle, u))
-          begin_next(idle);
+        begin_next(idle);
+        bool parked = idle->parked;
         session_pump(idle);
+        if (parked)
+          break; /* throttled, or nothing it could take */
         continue;
       }
+      /* connections still opening will take the waiting units */
+      if (dq_queue_ready(q) <= st->opening)
+        break;
       uint64_t wait = 0;
       enum sched_open o = sched_conn_open(&st->limits, &st->acct, now_ns, &wait);
       if (o != SCHED_OPEN_OK) {
-        dq_unpop(w->dq, u);
         if (o == SCHED_OPEN_THROTTLED)
           st->blocked_until_ns = now_ns + wait;
         break;
       }
-      /* the message token is taken when the connection is READY */
-      session_open(w, q, u);
+      session_open(w, q);
     }
   }
 }

@@ -45,6 +45,7 @@
 #define BODY_INFLIGHT 65536u   /* body bytes queued in the conn at most */
 #define DSN_ORIG_MAX 65536u    /* bytes of the original read for a DSN */
 #define RESULT_TEXT_MAX 256u   /* failure text kept for a DSN */
+#define TLS_SLOTS 16           /* distinct TLS option sets per worker */
 
 /* ------------------------------------------------------------ types */
 
@@ -116,6 +117,7 @@ struct session {
   unsigned nroutes, route_i;
   struct dns_req *dns;
   uint64_t bytes_sent;
+  struct tls_ctx *tls;          /* for STARTTLS; NULL: TLS cannot be used */
   struct session *next_all, *prev_all; /* worker's session list */
 };
 
@@ -125,7 +127,11 @@ struct worker {
   pthread_t thread;
   struct ring *ring;
   struct dns *dns;
-  struct tls_ctx *tls;
+  struct tls_slot {
+    char *key;               /* the TLS options that built it */
+    struct tls_ctx *ctx;     /* NULL: could not be built (logged once) */
+  } tls[TLS_SLOTS];
+  unsigned ntls;
   struct dq *dq;
   struct logs_writer *log;
   struct spool_txn *txn;
@@ -725,9 +731,9 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
   switch (ev->type) {
   case SMTPC_EV_NEED_TLS: {
     struct route *r = &s->routes[s->route_i];
-    int rc = w->tls ? conn_starttls(s->conn, w->tls, r->host[0] ? r->host : NULL,
-                                    ntohs(((struct sockaddr_in *)&r->sa)->sin_port))
-                    : -ENOTSUP;
+    uint16_t port = r->sa.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&r->sa)->sin6_port)
+                                                : ntohs(((struct sockaddr_in *)&r->sa)->sin_port);
+    int rc = s->tls ? conn_starttls(s->conn, s->tls, r->host[0] ? r->host : NULL, port) : -ENOTSUP;
     if (rc < 0)
       smtpc_tls_done(s->smtpc, false, mono_ms(w));
     break;
@@ -912,6 +918,55 @@ static const struct conn_cbs session_cbs = {
   .closed = cb_closed,
 };
 
+/* Momentum's TLS_Protocols ("+ALL:-SSLv3:-TLSv1.0:-TLSv1.1") as the
+ * lowest version net's tls accepts. */
+static const char *lowest_protocol(const char *p)
+{
+  if (p == NULL)
+    return "TLSv1.2";
+  if (strstr(p, "-TLSv1.2"))
+    return "TLSv1.3";
+  if (strstr(p, "-TLSv1.1"))
+    return "TLSv1.2";
+  if (strstr(p, "-TLSv1.0"))
+    return "TLSv1.1";
+  return "TLSv1";
+}
+
+/* The TLS context for a view's TLS options (one per distinct option set,
+ * built on first use, kept for the worker's life). NULL when it cannot be
+ * built: logged once, and STARTTLS then fails (TLS "required") or the
+ * session goes on in plaintext (TLS "ifavailable"). */
+static struct tls_ctx *tls_for(struct worker *w, const struct conf_view *v)
+{
+  int verify = conf_enum(v, CONF_TLS_VERIFY);
+  const char *ca = conf_str(v, CONF_TLS_CA), *cert = conf_str(v, CONF_TLS_CERTIFICATE);
+  const char *key = conf_str(v, CONF_TLS_KEY), *ciphers = conf_str(v, CONF_TLS_CIPHERS);
+  const char *protos = lowest_protocol(conf_str(v, CONF_TLS_PROTOCOLS));
+  if (cert && !strcmp(cert, "none"))
+    cert = key = NULL;
+  char k[4096];
+  snprintf(k, sizeof k, "%d\x1f%s\x1f%s\x1f%s\x1f%s\x1f%s", verify, ca ? ca : "", cert ? cert : "",
+           key ? key : "", ciphers ? ciphers : "", protos);
+  for (unsigned i = 0; i < w->ntls; i++)
+    if (!strcmp(w->tls[i].key, k))
+      return w->tls[i].ctx;
+  struct tls_params tp = {.verify = verify == 2 ? TLS_VERIFY_HOST : verify == 1 ? TLS_VERIFY_CA : TLS_VERIFY_NO,
+                          .ca_file = ca, .cert_file = cert, .key_file = key, .ciphers = ciphers,
+                          .protocols = protos};
+  char err[256];
+  struct tls_ctx *ctx = tls_ctx_new(&tp, err, sizeof err);
+  if (ctx == NULL)
+    logs_panic(w->log, wall_ms(), "tls", "cannot set up TLS (verify %d, ca %s, certificate %s): %s",
+               verify, ca ? ca : "-", cert ? cert : "-", err);
+  if (w->ntls == TLS_SLOTS)
+    return ctx; /* unusual: more distinct option sets than slots; not cached */
+  w->tls[w->ntls].key = util_xstrdup(k);
+  w->tls[w->ntls].ctx = ctx;
+  w->ntls++;
+  return ctx;
+}
+
 static struct smtpc *make_smtpc(struct session *s)
 {
   struct worker *w = s->w;
@@ -941,7 +996,8 @@ static struct smtpc *make_smtpc(struct session *s)
       .idle = (uint32_t)conf_interval(v, CONF_IDLE_TIMEOUT),
     },
   };
-  if (w->tls == NULL)
+  s->tls = p.tls != SMTPC_TLS_NO ? tls_for(w, v) : NULL;
+  if (s->tls == NULL && p.tls == SMTPC_TLS_IFAVAILABLE)
     p.tls = SMTPC_TLS_NO;
   int type = conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
   if (type >= 0) {
@@ -1454,9 +1510,6 @@ static void *worker_main(void *arg)
     sem_post(&w->started);
     return NULL;
   }
-  struct tls_params tp = {.verify = TLS_VERIFY_NO};
-  char terr[256];
-  w->tls = tls_ctx_new(&tp, terr, sizeof terr); /* NULL: sessions go without TLS */
   w->dq = dq_new();
   w->log = logs_writer_new(w->sh->logs);
   w->txn = spool_txn_new(w->sh->spool);
@@ -1503,7 +1556,10 @@ static void *worker_main(void *arg)
   spool_txn_free(w->txn);
   logs_writer_free(w->log);
   dns_free(w->dns);
-  tls_ctx_free(w->tls);
+  for (unsigned i = 0; i < w->ntls; i++) {
+    tls_ctx_free(w->tls[i].ctx);
+    free(w->tls[i].key);
+  }
   conf_unref(w->conf);
   ring_free(w->ring);
   w->ring = NULL;

@@ -3,7 +3,7 @@ pickup directory into impetus-sink (started here on free ports of
 127.0.0.0/8) and the Momentum logs are checked.
 
 usage: test_engine.py IMPETUS SINK SCENARIO
-scenarios: gateway faults retry routes bindings bindlimit connlimit throttle mx reload stop"""
+scenarios: gateway faults retry routes bindings bindlimit connlimit throttle mx reload stop tls"""
 import json
 import signal
 import os
@@ -372,6 +372,46 @@ def scenario_stop(imp, sinkbin):
     finally:
         e.cleanup()
         finish(slow)
+
+
+def scenario_tls(imp, sinkbin):
+    openssl = shutil.which("openssl")
+    if not openssl:
+        print("SKIP: openssl not installed")
+        sys.exit(SKIP)
+    import tempfile
+    d = tempfile.mkdtemp(prefix="impetus-tls.")
+    cert, key = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=localhost"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tls_sink = sink_with_log(sinkbin, "--cert", cert, "--key", key)
+    plain = sink_with_log(sinkbin)
+    conf = ('Worker_Threads = 1\nTLS_Verify = "no"\n'
+            'Domain "tls.test" { Gateway = "127.0.0.1:%d" TLS = "required" }\n'
+            'Domain "plain.test" { Gateway = "127.0.0.1:%d" TLS = "required" }\n'
+            'Retry_Interval = 3600\n' % (tls_sink.port, plain.port))
+    e = Engine(imp, conf, "tls")
+    try:
+        e.start()
+        for i in range(5):
+            e.inject("a@s.test", ["x%d@tls.test" % i])
+        e.inject("a@s.test", ["y@plain.test"])  # that sink offers no STARTTLS
+        e.wait_for(lambda: len(e.records("D")) == 5 and e.records("T"), 20, "5 D and a T")
+        t = e.records("T")
+        expect(len(t) == 1 and t[0][5] == "plain.test" and "STARTTLS" in t[0][13],
+               "TLS required without STARTTLS is a transient failure: %r" % t)
+        expect(not msgs_of(plain), "nothing sent in plaintext")
+        expect(all(m.get("tls") for m in msgs_of(tls_sink)), "every message went over TLS")
+        expect(e.stop() == 0, "exit status")
+        summ = finish(tls_sink)
+        tls_sink = None
+        expect(summ["tls_handshakes"] >= 1, "STARTTLS used")
+    finally:
+        e.cleanup()
+        finish(tls_sink)
+        finish(plain)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def scenario_throttle(imp, sinkbin):

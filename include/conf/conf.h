@@ -102,6 +102,15 @@ int64_t conf_int(const struct conf_view *v, enum conf_opt o);      /* INT MODE; 
 int64_t conf_interval(const struct conf_view *v, enum conf_opt o); /* seconds */
 uint64_t conf_size(const struct conf_view *v, enum conf_opt o);    /* bytes */
 int conf_enum(const struct conf_view *v, enum conf_opt o);         /* index in words; -1 unset */
+/* Word indexes conf_enum returns (the order of the words in the table;
+ * test_conf checks that they agree). */
+enum conf_tls_mode { CONF_TLS_NO, CONF_TLS_IFAVAILABLE, CONF_TLS_REQUIRED };
+enum conf_tls_verify_mode { CONF_TLS_VERIFY_NO, CONF_TLS_VERIFY_CA, CONF_TLS_VERIFY_HOST };
+enum conf_spool_sync_mode { CONF_SPOOL_SYNC_BATCH, CONF_SPOOL_SYNC_ALWAYS, CONF_SPOOL_SYNC_NONE };
+enum conf_auth_type { CONF_AUTH_PLAIN, CONF_AUTH_LOGIN, CONF_AUTH_XOAUTH2 };
+/* conf_int(v, CONF_MAX_RETRIES) for the words auto and none. */
+#define CONF_MAX_RETRIES_AUTO (-1)
+#define CONF_MAX_RETRIES_NONE (-2)
 /* LIST: n strings. DICT: n pairs laid out key, value, key, value... */
 const char *const *conf_list(const struct conf_view *v, enum conf_opt o, size_t *n);
 const char *const *conf_dict(const struct conf_view *v, enum conf_opt o, size_t *npairs);

@@ -72,3 +72,6 @@ const char *conn_tls_describe(const struct conn *c, char *out, size_t outlen);
 int conn_fd(const struct conn *c);
 /* Approximate heap bytes this conn holds (buffers, TLS), for benchmarks. */
 size_t conn_mem(const struct conn *c);
+/* Counters of this thread's conns (benchmarks, debugging): receives
+ * armed now, receive completions and bytes so far. */
+void conn_stats(unsigned long *recv_armed, unsigned long *recv_cqes, unsigned long *recv_bytes);

@@ -81,3 +81,7 @@ void dns_cancel(struct dns_req *q);
 void dns_stats(const struct dns *d, unsigned *cached, unsigned long *hits, unsigned long *queries);
 /* Fill a sockaddr for address a and port; returns its length. */
 socklen_t dns_sockaddr(const struct dns_addr *a, uint16_t port, struct sockaddr_storage *out);
+/* Parse a DNS response the way dns_resolve does and count the records of
+ * qtype (1 A, 15 MX, 28 AAAA): the count, or -1 for a malformed message.
+ * For the fuzz target and tests. */
+int dns_parse_check(const uint8_t *msg, size_t len, uint16_t qtype);

@@ -26,6 +26,7 @@ struct ring_params {
   unsigned pool_bufs;   /* provided receive buffers (power of two); 0 = 1024 */
   unsigned pool_size;   /* bytes per provided buffer; 0 = 4096 */
   bool no_optional;     /* use no optional kernel feature (tests the fallbacks) */
+  unsigned disable;     /* RING_F_* bits to leave off even when the kernel has them */
 };
 
 /* Optional features found by probing at ring_new (ring_features()). */

@@ -45,8 +45,11 @@ unsigned tls_ctx_cached(const struct tls_ctx *c);
 struct tls *tls_new(struct tls_ctx *c, const char *host, uint16_t port, char *err, size_t errlen);
 void tls_free(struct tls *t);
 
-/* Hand ciphertext received from the peer to OpenSSL. Returns 0. */
+/* Hand ciphertext received from the peer to OpenSSL: it reads straight
+ * from p during the tls_handshake/tls_read calls that follow; call
+ * tls_feed_end before p goes away (bytes left unread are copied). 0. */
 int tls_feed(struct tls *t, const void *p, size_t n);
+void tls_feed_end(struct tls *t);
 /* Move ciphertext OpenSSL wants to send onto the end of out; returns bytes. */
 size_t tls_take(struct tls *t, struct buf *out);
 /* Drive the handshake: 1 done, 0 needs more input, -EPROTO failed

@@ -297,8 +297,16 @@ int smtpc_begin_txn(struct smtpc *s, const struct smtpc_txn *txn, uint64_t now_m
  * (dot-stuffing, CRLF) into the output buffer. Returns the number of input
  * bytes consumed (< len when the output buffer is full: send, consume, call
  * again with the rest); when is_last and everything was consumed, ".\r\n"
- * follows and the machine waits for the final reply. -EINVAL outside BODY. */
+ * follows and the machine waits for the final reply. -EINVAL outside BODY or
+ * once is_last was accepted (the terminator may still wait for space). */
 long smtpc_body(struct smtpc *s, const void *data, size_t len, bool is_last, uint64_t now_ms);
+/* Pre-stuffed body (zero copy): instead of smtpc_body, the driver sends
+ * body bytes it already holds in wire form (CRLF line ends, dot-stuffed,
+ * no terminator; smtp_dot_encode at ingest makes them) straight from its
+ * own buffer, after draining smtpc_output, and reports progress here.
+ * With is_last the machine queues the terminator (CRLF first unless
+ * ends_with_crlf) and waits for the final reply. -EINVAL outside BODY. */
+int smtpc_body_sent(struct smtpc *s, size_t n, bool is_last, bool ends_with_crlf, uint64_t now_ms);
 /* Say goodbye: QUIT from READY (CLOSED after its reply); elsewhere the
  * session just ends with CLOSED. */
 void smtpc_quit(struct smtpc *s, uint64_t now_ms);

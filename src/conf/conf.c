@@ -98,6 +98,7 @@ int conf_finish(struct conf *c, char *why, size_t whylen)
   for (int k = 0; k < STZ__COUNT; k++)
     c->module_enabled[k] = c->module_used[k];
   stanza_views(c, c->stanzas);
+  c->nvblocks = c->ndomains / CONF_VBLOCK + 1;
   c->rows = util_xcalloc(c->nbindings, sizeof(*c->rows));
   (void)why;
   (void)whylen;
@@ -116,11 +117,17 @@ static void conf_free(struct conf *c)
 {
   if (c->rows) {
     for (uint32_t b = 0; b < c->nbindings; b++) {
-      struct conf_view **row = __atomic_load_n(&c->rows[b], __ATOMIC_ACQUIRE);
+      void **row = __atomic_load_n(&c->rows[b], __ATOMIC_ACQUIRE);
       if (!row)
         continue;
-      for (uint32_t d = 0; d <= c->ndomains; d++)
-        free(__atomic_load_n(&row[d], __ATOMIC_ACQUIRE));
+      for (uint32_t k = 0; k < c->nvblocks; k++) {
+        void **blk = __atomic_load_n(&row[k], __ATOMIC_ACQUIRE);
+        if (!blk)
+          continue;
+        for (uint32_t d = 0; d < CONF_VBLOCK; d++)
+          free(__atomic_load_n(&blk[d], __ATOMIC_ACQUIRE));
+        free(blk);
+      }
       free(row);
     }
     free(c->rows);
@@ -204,33 +211,39 @@ static uint32_t domain_id(const struct conf *c, const char *domain)
   return d < 0 ? 0 : (uint32_t)d;
 }
 
+/* The array at *slot, allocating it zeroed (n elements) on first use;
+ * racing threads agree on one copy. */
+static void *publish(void **slot, size_t n, size_t size)
+{
+  void *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+  if (p)
+    return p;
+  void *fresh = util_xcalloc(n, size);
+  void *expected = NULL;
+  if (__atomic_compare_exchange_n(slot, &expected, fresh, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    return fresh;
+  free(fresh);
+  return expected;
+}
+
 const struct conf_view *conf_view_by_id(struct conf *c, int binding_id, const char *domain)
 {
   UTIL_ASSERT(binding_id >= 0 && (uint32_t)binding_id < c->nbindings);
   uint32_t did = domain_id(c, domain);
-  struct conf_view **row = __atomic_load_n(&c->rows[binding_id], __ATOMIC_ACQUIRE);
-  if (!row) {
-    struct conf_view **fresh = util_xcalloc(c->ndomains + 1, sizeof(*fresh));
-    struct conf_view **expected = NULL;
-    if (__atomic_compare_exchange_n(&c->rows[binding_id], &expected, fresh, false,
-                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-      row = fresh;
-    } else {
-      free(fresh);
-      row = expected;
-    }
-  }
-  struct conf_view *v = __atomic_load_n(&row[did], __ATOMIC_ACQUIRE);
+  void **row = publish(&c->rows[binding_id], c->nvblocks, sizeof(void *));
+  void **blk = publish(&row[did / CONF_VBLOCK], CONF_VBLOCK, sizeof(void *));
+  void **slot = &blk[did % CONF_VBLOCK];
+  struct conf_view *v = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
   if (v)
     return v;
   struct conf_view *fresh = util_xmalloc(sizeof(*fresh));
   const struct conf_binding *b = &c->bindings[binding_id];
   view_fill(c, fresh, b->group, b, did);
-  struct conf_view *expected = NULL;
-  if (__atomic_compare_exchange_n(&row[did], &expected, fresh, false, __ATOMIC_ACQ_REL,
+  void *expected = NULL;
+  if (__atomic_compare_exchange_n(slot, &expected, (void *)fresh, false, __ATOMIC_ACQ_REL,
                                   __ATOMIC_ACQUIRE))
     return fresh;
-  free(fresh);
+  free(fresh); /* another thread built the same view first */
   return expected;
 }
 

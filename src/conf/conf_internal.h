@@ -98,6 +98,8 @@ struct conf_node {
   uint32_t nvals, capvals;
 };
 
+#define CONF_VBLOCK 64
+
 struct conf_view {
   const struct conf *conf;
   const struct conf_value *v[CONF__COUNT];
@@ -166,7 +168,10 @@ struct conf {
   bool module_enabled[STZ__COUNT];
   struct conf_value defaults[CONF__COUNT];
   struct conf_view global_view;
-  struct conf_view ***rows; /* [binding][domain id]; __atomic access */
+  /* Cached views: rows[binding][domain id / CONF_VBLOCK][domain id % CONF_VBLOCK],
+   * each level allocated on first use and published with __atomic CAS. */
+  void **rows; /* void * everywhere: one type for the __atomic accesses */
+  uint32_t nvblocks; /* blocks per row */
 };
 
 /* conf.c helpers used by the parser. */

@@ -684,6 +684,10 @@ static int check_text(struct parser *p, const char *file, const char *data, size
 static int parse_text(struct parser *p, const char *file, const char *dir, const char *data,
                       size_t len, struct pctx *cx)
 {
+  if (len >= 3 && !memcmp(data, "\xEF\xBB\xBF", 3)) { /* a UTF-8 byte-order mark */
+    data += 3;
+    len -= 3;
+  }
   int r = check_text(p, file, data, len);
   if (r < 0)
     return r;

@@ -152,6 +152,10 @@ static int drain(struct logs *l)
   struct batch *b[ROUND_MAX];
   int total = 0;
   for (;;) {
+    /* A reopen requested before a batch was queued must apply to it: check
+     * before every round, not only when the writer wakes. */
+    if (atomic_exchange(&l->reopen, false))
+      reopen_all(l);
     int nb = 0;
     struct mpsc_node *n;
     while (nb < ROUND_MAX && (n = mpsc_pop(&l->q)) != NULL)

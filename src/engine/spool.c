@@ -946,8 +946,6 @@ static int ingest_file(struct spool *sp, int dfd, const char *qname, const char 
     to_bad(sp, dfd, qname, orig, why, idstr);
     return 1;
   }
-  if ((st.st_mode & 07777) != 0600)
-    (void)fchmod(fd, 0600);
   struct spool_envelope env;
   if (spool_parse((const char *)sp->rbuf.data, sp->rbuf.len, &env, why, sizeof(why)) < 0) {
     spool_envelope_done(&env);
@@ -988,6 +986,10 @@ static int ingest_file(struct spool *sp, int dfd, const char *qname, const char 
     spool_msg_free(m);
     return r;
   }
+  /* Queue files are 0600 whatever mode the producer used (after the
+   * metadata: a file put back into pickup/ on error stays untouched). */
+  if ((st.st_mode & 07777) != 0600)
+    (void)fchmod(fd, 0600);
   if (sp->p.sync == SPOOL_SYNC_BATCH && sp->p.sync_method == SPOOL_SYNCM_FSYNC) {
     out->body_fd = fd;
     out->meta_fd = mfd;

@@ -26,7 +26,7 @@ enum cstate { C_CONNECTING, C_OPEN, C_DEAD, C_CLOSING };
 
 /* Queued-but-unsent bytes above which a drained send buffer is freed
  * rather than kept for the next write (idle sessions stay small). */
-#define CONN_KEEP_BUF 16384
+#define CONN_KEEP_BUF 4096
 #define CONN_TLS_CHUNK 16384
 
 struct conn {
@@ -53,6 +53,7 @@ struct conn {
 };
 
 static void arm_recv(struct conn *c);
+static unsigned long stat_recv_armed, stat_recv_bytes, stat_recv_cqes; /* loop thread: conn_stats */
 static void kick_send(struct conn *c);
 
 static void reap_if_done(struct conn *c) {
@@ -129,11 +130,14 @@ static void deliver(struct conn *c, const uint8_t *p, size_t n) {
     int rc = tls_handshake(c->tls);
     tls_flush(c); /* a failing handshake may still have an alert to send */
     if (rc < 0) {
+      tls_feed_end(c->tls);
       fail(c, -EPROTO, tls_error(c->tls));
       return;
     }
-    if (rc == 0)
+    if (rc == 0) {
+      tls_feed_end(c->tls);
       return;
+    }
     c->hs = false;
     if (c->cbs->tls_ready)
       c->cbs->tls_ready(c->arg);
@@ -144,11 +148,14 @@ static void deliver(struct conn *c, const uint8_t *p, size_t n) {
     if (got == 0)
       break;
     if (got < 0) {
+      tls_feed_end(c->tls);
       fail(c, (int)got, got == -EPIPE ? "TLS connection closed by peer" : tls_error(c->tls));
       return;
     }
     c->cbs->data(c->arg, plain, (size_t)got);
   }
+  if (c->tls != NULL)
+    tls_feed_end(c->tls); /* p belongs to the ring: copy what OpenSSL left */
   if (c->st == C_OPEN)
     tls_flush(c); /* post-handshake messages, key updates */
 }
@@ -159,7 +166,11 @@ static void on_recv(void *owner, int res, unsigned flags) {
   if (!(flags & IORING_CQE_F_MORE)) {
     c->op_recv = 0;
     c->inflight--;
+    stat_recv_armed--;
   }
+  stat_recv_cqes++;
+  if (res > 0)
+    stat_recv_bytes += (unsigned long)res;
   const uint8_t *p = c->rbuf;
   int bid = -1;
   if (flags & IORING_CQE_F_BUFFER) {
@@ -196,6 +207,13 @@ static void arm_recv(struct conn *c) {
   }
   c->op_recv = ring_arm(c->r, sqe, on_recv, c);
   c->inflight++;
+  stat_recv_armed++;
+}
+
+void conn_stats(unsigned long *recv_armed, unsigned long *recv_cqes, unsigned long *recv_bytes) {
+  *recv_armed = stat_recv_armed;
+  *recv_cqes = stat_recv_cqes;
+  *recv_bytes = stat_recv_bytes;
 }
 
 /* ------------------------------------------------------------ send */

@@ -366,6 +366,21 @@ bad:
   return -1;
 }
 
+int dns_parse_check(const uint8_t *msg, size_t len, uint16_t qtype) {
+  if (len > 65535 || (qtype != T_A && qtype != T_AAAA && qtype != T_MX))
+    return -1;
+  unsigned n = 0;
+  void *data = NULL;
+  uint32_t ttl = 0, neg = 0;
+  if (parse_answer(msg, (int)len, qtype, &n, &data, &ttl, &neg) < 0)
+    return -1;
+  if (qtype == T_MX)
+    for (unsigned i = 0; i < n; i++)
+      free(((struct mxrec *)data)[i].host);
+  free(data);
+  return (int)n;
+}
+
 /* ------------------------------------------------------------ requests */
 
 static void sub_done(struct dns_req *q, uint16_t type, int host, const struct centry *e,

@@ -431,10 +431,11 @@ struct ring *ring_new(const struct ring_params *p, int *err) {
     free(r);
     return NULL;
   }
-  if (!p->no_optional) {
+  if (!p->no_optional && !(p->disable & RING_F_BUF_RING)) {
     ring_setup_pool(r, pool_n, pool_size);
     ring_probe_ops(r);
   }
+  r->features &= ~(p->disable & (RING_F_RECV_MULTISHOT | RING_F_SEND_ZC));
   mpsc_init(&r->inbox);
   r->now = clock_mono_ns();
   arm_efd(r);

@@ -1,4 +1,4 @@
-/* tls: owns OpenSSL client contexts, sessions and their memory BIOs, and
+/* tls: owns OpenSSL client contexts, sessions and their in-memory BIOs, and
  * the per-(host, port) session resumption cache of each context.
  * Never touches a socket or the ring, never logs; failures come back as
  * -EPROTO with a reason string. Loop-thread only. */
@@ -12,6 +12,8 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+
+#include <pthread.h>
 
 #include "panic.h"
 
@@ -33,12 +35,78 @@ struct tls_ctx {
 struct tls {
   struct tls_ctx *ctx;
   SSL *ssl;
-  BIO *rbio, *wbio; /* network side: we write ciphertext into rbio and read it from wbio */
+  /* Our BIO (see bio_read/bio_write): OpenSSL reads ciphertext straight
+   * from the caller's receive buffer (in/inlen, valid during one feed)
+   * and writes into `out`; only bytes OpenSSL left unread are copied. */
+  BIO *bio;
+  const uint8_t *in;
+  size_t inlen;
+  struct buf held; /* unread input kept across feeds (rare) */
+  struct buf out;  /* ciphertext to send, handed over by tls_take */
   char key[TLS_KEY_MAX];
   char err[TLS_ERR_MAX];
 };
 
 static int ex_index = -1;
+
+/* ---- a BIO without buffers of its own ----
+ * BIO_s_mem keeps two growable buffers per session, sized by the largest
+ * flight ever seen, and costs a copy each way. This one reads from the
+ * buffer the ring filled and writes into a struct buf the conn sends from. */
+
+static int bio_read(BIO *b, char *out, int outl) {
+  struct tls *t = BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  size_t n = 0;
+  if (buf_avail(&t->held) > 0) {
+    n = buf_avail(&t->held) < (size_t)outl ? buf_avail(&t->held) : (size_t)outl;
+    memcpy(out, buf_head(&t->held), n);
+    buf_consume(&t->held, n);
+  } else if (t->inlen > 0) {
+    n = t->inlen < (size_t)outl ? t->inlen : (size_t)outl;
+    memcpy(out, t->in, n);
+    t->in += n;
+    t->inlen -= n;
+  }
+  if (n == 0) {
+    BIO_set_retry_read(b);
+    return -1;
+  }
+  return (int)n;
+}
+
+static int bio_write(BIO *b, const char *in, int inl) {
+  struct tls *t = BIO_get_data(b);
+  BIO_clear_retry_flags(b);
+  buf_append(&t->out, in, (size_t)inl);
+  return inl;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
+  (void)b;
+  (void)num;
+  (void)ptr;
+  return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int bio_create(BIO *b) {
+  BIO_set_init(b, 1);
+  return 1;
+}
+
+static pthread_once_t ex_once = PTHREAD_ONCE_INIT;
+static void ex_index_init(void) { ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
+
+static BIO_METHOD *bio_method;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+
+static void bio_method_init(void) {
+  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "impetus-ring");
+  if (m == NULL || BIO_meth_set_read(m, bio_read) != 1 || BIO_meth_set_write(m, bio_write) != 1 ||
+      BIO_meth_set_ctrl(m, bio_ctrl) != 1 || BIO_meth_set_create(m, bio_create) != 1)
+    util_panic("tls: cannot build the BIO method");
+  bio_method = m;
+}
 
 static uint32_t fnv1a(const char *s) {
   uint32_t h = 2166136261u;
@@ -102,8 +170,7 @@ static int proto_version(const char *s) {
 }
 
 struct tls_ctx *tls_ctx_new(const struct tls_params *p, char *err, size_t errlen) {
-  if (ex_index < 0) /* racy only if two threads build their first ctx at once: both get valid indexes */
-    ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+  pthread_once(&ex_once, ex_index_init); /* workers build their contexts concurrently */
   SSL_CTX *s = SSL_CTX_new(TLS_client_method());
   if (s == NULL) {
     collect_err(err, errlen, "SSL_CTX_new");
@@ -181,24 +248,25 @@ struct tls *tls_new(struct tls_ctx *c, const char *host, uint16_t port, char *er
   struct tls *t = util_xcalloc(1, sizeof *t);
   t->ctx = c;
   t->ssl = SSL_new(c->ssl);
-  t->rbio = BIO_new(BIO_s_mem());
-  t->wbio = BIO_new(BIO_s_mem());
-  if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
+  pthread_once(&bio_once, bio_method_init);
+  t->bio = BIO_new(bio_method);
+  if (t->ssl == NULL || t->bio == NULL) {
     collect_err(err, errlen, "SSL_new");
-    BIO_free(t->rbio);
-    BIO_free(t->wbio);
+    BIO_free(t->bio);
     SSL_free(t->ssl);
     free(t);
     return NULL;
   }
-  BIO_set_mem_eof_return(t->rbio, -1); /* empty means "retry", not EOF */
-  SSL_set_bio(t->ssl, t->rbio, t->wbio);
+  BIO_set_data(t->bio, t);
+  SSL_set_bio(t->ssl, t->bio, t->bio); /* same BIO both ways: SSL takes our one reference */
   SSL_set_ex_data(t->ssl, ex_index, t);
   SSL_set_connect_state(t->ssl);
   if (host != NULL && host[0]) {
     bool literal = strspn(host, "0123456789.") == strlen(host) || strchr(host, ':') != NULL;
     if (!literal)
-      SSL_set_tlsext_host_name(t->ssl, host);
+      /* SSL_set_tlsext_host_name without its const-dropping cast */
+      SSL_ctrl(t->ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+               (void *)(uintptr_t)host);
     if (c->verify == TLS_VERIFY_HOST) {
       int ok = literal ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), host)
                        : SSL_set1_host(t->ssl, host);
@@ -230,26 +298,42 @@ struct tls *tls_new(struct tls_ctx *c, const char *host, uint16_t port, char *er
 void tls_free(struct tls *t) {
   if (t == NULL)
     return;
-  SSL_free(t->ssl); /* frees both BIOs */
+  SSL_free(t->ssl); /* frees the BIO too */
+  buf_done(&t->held, 0);
+  buf_done(&t->out, 0);
   free(t);
 }
 
 int tls_feed(struct tls *t, const void *p, size_t n) {
-  if (n > 0 && BIO_write(t->rbio, p, (int)n) != (int)n)
-    util_panic("tls: memory BIO write failed");
+  tls_feed_end(t);
+  t->in = p;
+  t->inlen = n;
   return 0;
 }
 
+void tls_feed_end(struct tls *t) {
+  if (t->inlen > 0) /* OpenSSL stopped early: keep the rest for later */
+    buf_append(&t->held, t->in, t->inlen);
+  t->in = NULL;
+  t->inlen = 0;
+}
+
 size_t tls_take(struct tls *t, struct buf *out) {
-  size_t n = BIO_ctrl_pending(t->wbio);
+  size_t n = buf_avail(&t->out);
   if (n == 0)
     return 0;
-  buf_reserve(out, n);
-  int got = BIO_read(t->wbio, out->data + out->len, (int)n);
-  if (got <= 0)
-    return 0;
-  out->len += (size_t)got;
-  return (size_t)got;
+  if (buf_avail(out) == 0) { /* hand the buffer over instead of copying */
+    struct buf tmp = *out;
+    *out = t->out;
+    t->out = tmp;
+    buf_reset(&t->out);
+    if (t->out.cap > 16384)
+      buf_done(&t->out, 0);
+  } else {
+    buf_append(out, buf_head(&t->out), n);
+    buf_reset(&t->out);
+  }
+  return n;
 }
 
 /* Turn an SSL_ERROR_SSL / SYSCALL into a reason string. */

@@ -172,8 +172,13 @@ int smtp_reply_parse(struct smtp_reply *r, const void *p, size_t n, size_t *used
   if (r->cur_len == 0)
     r->line_len = 0;
   while (i < n) {
-    const uint8_t *lf = memchr(b + i, '\n', n - i);
-    size_t seg = lf ? (size_t)(lf - (b + i)) + 1 : n - i;
+    /* look no further than the line limit allows (a memchr over a huge
+     * hostile buffer would be wasted, and costly under ASan) */
+    size_t window = n - i;
+    if (r->max_line && window > r->max_line - r->cur_len)
+      window = r->max_line - r->cur_len + 1; /* one byte past the limit */
+    const uint8_t *lf = memchr(b + i, '\n', window);
+    size_t seg = lf ? (size_t)(lf - (b + i)) + 1 : window;
     /* the first byte over a limit decides (line before total on a tie),
      * so the verdict does not depend on how the input was split */
     size_t over_line = SIZE_MAX, over_bytes = SIZE_MAX;

@@ -1315,12 +1315,7 @@ void smtpc_output_consumed(struct smtpc *s, size_t n, uint64_t now)
   case SMTPC_ST_MAIL:
   case SMTPC_ST_RCPT:
   case SMTPC_ST_DATA:
-    if (s->has_txn) {
-      uint32_t before = s->send_cur;
-      fill_cmds(s);
-      if (s->send_cur != before && s->recv_cur < s->send_cur && !outstanding(s))
-        enter(s, cursor_state(s), now);
-    }
+    fill_cmds(s); /* the send cursor moves on as space frees up */
     break;
   case SMTPC_ST_BODY:
     set_deadline(s, now); /* progress */
@@ -1392,6 +1387,23 @@ long smtpc_body(struct smtpc *s, const void *data, size_t len, bool is_last, uin
     body_try_finish(s, now);
   }
   return (long)used;
+}
+
+int smtpc_body_sent(struct smtpc *s, size_t n, bool is_last, bool ends_with_crlf, uint64_t now)
+{
+  if (s->st != SMTPC_ST_BODY || s->body_last)
+    return -EINVAL;
+  (void)n;
+  set_deadline(s, now);
+  if (is_last) {
+    /* the terminator follows the driver's bytes: tell the encoder where
+     * the body stopped */
+    s->dot.bol = ends_with_crlf;
+    s->dot.cr = 0;
+    s->body_last = true;
+    body_try_finish(s, now);
+  }
+  return 0;
 }
 
 void smtpc_quit(struct smtpc *s, uint64_t now)

@@ -493,6 +493,9 @@ static void test_booleans(void **state)
   (void)state;
   static const char *const yes[] = {"true", "yes", "on", "enabled", "1", "TRUE", "\"Yes\""};
   static const char *const no[] = {"false", "no", "off", "disabled", "0", "Off", "\"FALSE\""};
+  struct conf *bom = parse("\xEF\xBB\xBFTLS = no\r\nSuspend_Delivery = on\r\n"); /* BOM, CRLF */
+  assert_true(conf_bool(conf_global(bom), CONF_SUSPEND_DELIVERY));
+  conf_unref(bom);
   for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
     char t[128];
     snprintf(t, sizeof(t), "Suspend_Delivery = %s\nGenerate_Bounces = %s\n", yes[i], no[i]);
@@ -571,6 +574,39 @@ static void test_values(void **state)
   assert_null(conf_stanza_next(sc));
   assert_true(conf_module_enabled(c, "scriptlet"));
   assert_string_equal(conf_str(conf_stanza_view(sc), CONF_MOD_DEBUG_LEVEL), "ERROR");
+  conf_unref(c);
+}
+
+/* The named word indexes in conf.h match the table. */
+static void test_enum_constants(void **state)
+{
+  (void)state;
+  static const struct {
+    const char *text;
+    enum conf_opt o;
+    int want;
+  } cases[] = {
+    {"TLS = no", CONF_TLS, CONF_TLS_NO},
+    {"TLS = ifavailable", CONF_TLS, CONF_TLS_IFAVAILABLE},
+    {"TLS = required", CONF_TLS, CONF_TLS_REQUIRED},
+    {"TLS_Verify = no", CONF_TLS_VERIFY, CONF_TLS_VERIFY_NO},
+    {"TLS_Verify = ca", CONF_TLS_VERIFY, CONF_TLS_VERIFY_CA},
+    {"TLS_Verify = host", CONF_TLS_VERIFY, CONF_TLS_VERIFY_HOST},
+    {"Spool_Sync = batch", CONF_SPOOL_SYNC, CONF_SPOOL_SYNC_BATCH},
+    {"Spool_Sync = always", CONF_SPOOL_SYNC, CONF_SPOOL_SYNC_ALWAYS},
+    {"Spool_Sync = none", CONF_SPOOL_SYNC, CONF_SPOOL_SYNC_NONE},
+    {"Outbound_SMTP_AUTH_Type = plain", CONF_OUTBOUND_SMTP_AUTH_TYPE, CONF_AUTH_PLAIN},
+    {"Outbound_SMTP_AUTH_Type = LOGIN", CONF_OUTBOUND_SMTP_AUTH_TYPE, CONF_AUTH_LOGIN},
+    {"Outbound_SMTP_AUTH_Type = XOAUTH2", CONF_OUTBOUND_SMTP_AUTH_TYPE, CONF_AUTH_XOAUTH2},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    struct conf *c = parse(cases[i].text);
+    assert_int_equal(conf_enum(conf_global(c), cases[i].o), cases[i].want);
+    conf_unref(c);
+  }
+  struct conf *c = parse("Max_Retries = auto\nBinding \"b\" { Max_Retries = none }\n");
+  assert_int_equal(conf_int(conf_global(c), CONF_MAX_RETRIES), CONF_MAX_RETRIES_AUTO);
+  assert_int_equal(conf_int(conf_view_get(c, "b", NULL), CONF_MAX_RETRIES), CONF_MAX_RETRIES_NONE);
   conf_unref(c);
 }
 
@@ -757,6 +793,7 @@ int main(void)
     cmocka_unit_test(test_case_rules),
     cmocka_unit_test(test_booleans),
     cmocka_unit_test(test_values),
+    cmocka_unit_test(test_enum_constants),
     cmocka_unit_test(test_defaults),
     cmocka_unit_test(test_throttle_scope_identity),
     cmocka_unit_test(test_restart_diff),

@@ -534,6 +534,62 @@ TR_TEST(auth_deferred_none)
   cli(t, "");
 }
 
+
+/* A challenge over the line limit fails the session cleanly. */
+TR_TEST(auth_challenge_too_long)
+{
+  struct smtpc_params p = base_params();
+  p.auth.type = SMTPC_AUTH_LOGIN;
+  p.auth.user = "msys";
+  p.auth.pass = "msys";
+  p.auth_allow_plaintext = true;
+  p.limits.max_line = 64;
+  start(t, &p);
+  srv(t, BANNER);
+  cli(t, EHLO_CMD);
+  srv(t, EHLO_AUTH);
+  cli(t, "AUTH LOGIN\r\n");
+  srv(t, "334 VXNlcm5hbWU6VXNlcm5hbWU6VXNlcm5hbWU6VXNlcm5hbWU6VXNlcm5hbWU6VXNlcm5hbWU6\r\n");
+  ev(t, "FAILED protocol 0  f=0 st=11: reply line too long authenticating");
+  cli(t, "");
+}
+
+/* A multi-line 334 is not a challenge. */
+TR_TEST(auth_challenge_multiline)
+{
+  auth_start(t, SMTPC_AUTH_LOGIN, "msys", "msys", true);
+  srv(t, EHLO_AUTH);
+  cli(t, "AUTH LOGIN\r\n");
+  srv(t, "334-VXNlcm5hbWU6\r\n334 VXNlcm5hbWU6\r\n");
+  ev(t, "FAILED protocol 334  f=0 st=11: malformed AUTH LOGIN challenge: VXNlcm5hbWU6 VXNlcm5hbWU6");
+}
+
+TR_TEST(auth_plain_unexpected_334)
+{
+  auth_start(t, SMTPC_AUTH_PLAIN, "msys", "msys", true);
+  srv(t, EHLO_AUTH);
+  cli(t, "AUTH PLAIN AG1zeXMAbXN5cw==\r\n");
+  srv(t, "334 \r\n");
+  ev(t, "FAILED protocol 334  f=0 st=11: unexpected AUTH PLAIN challenge: ");
+  cli(t, "");
+}
+
+TR_TEST(auth_deferred_bad_creds)
+{
+  struct smtpc_params p = base_params();
+  p.auth_deferred = true;
+  p.auth_allow_plaintext = true;
+  start(t, &p);
+  srv(t, BANNER);
+  cli(t, EHLO_CMD);
+  srv(t, EHLO_AUTH);
+  ev(t, "NEED_AUTH: PLAIN LOGIN XOAUTH2");
+  struct smtpc_auth a = {SMTPC_AUTH_PLAIN, "msys", "bad\npass"};
+  assert_int_equal(smtpc_set_auth(t->s, &a, t->now), -EINVAL);
+  ev(t, "FAILED transient 0  f=8 st=11: unusable credentials");
+  cli(t, "QUIT\r\n");
+}
+
 /* ------------------------------------------------------------------ transactions */
 
 struct txn_fix {
@@ -966,6 +1022,34 @@ TR_TEST(txn_body_large)
   assert_int_equal(smtpc_state(t->s), SMTPC_ST_DOT);
   srv(t, "250 ok\r\n");
   ev(t, "TXN_DONE 250  st=9: ok");
+}
+
+/* Pre-stuffed body sent by the driver itself; the machine adds the end. */
+TR_TEST(txn_body_prestuffed)
+{
+  start_hello(t, EHLO_PIPE);
+  struct txn_fix *fx = fix_new(t, "a@src.test", 1);
+  begin(t, fx);
+  cli(t, "MAIL FROM:<a@src.test>\r\nRCPT TO:<r0@dest.test>\r\nDATA\r\n");
+  srv(t, "250 ok\r\n250 ok\r\n354 go\r\n");
+  ev(t, "RCPT_RESULT 0 250  st=4: ok");
+  ev(t, "NEED_BODY");
+  assert_int_equal(smtpc_body_sent(t->s, 100, false, false, t->now), 0);
+  cli(t, "");
+  assert_int_equal(smtpc_body_sent(t->s, 20, true, false, t->now), 0); /* no final CRLF */
+  cli(t, "\r\n.\r\n");
+  assert_int_equal(smtpc_body_sent(t->s, 1, true, true, t->now), -EINVAL);
+  srv(t, "250 ok\r\n");
+  ev(t, "TXN_DONE 250  st=9: ok");
+  ev(t, "READY");
+  fx = fix_new(t, "a@src.test", 1);
+  begin(t, fx);
+  cli(t, "MAIL FROM:<a@src.test>\r\nRCPT TO:<r0@dest.test>\r\nDATA\r\n");
+  srv(t, "250 ok\r\n250 ok\r\n354 go\r\n");
+  ev(t, "RCPT_RESULT 0 250  st=4: ok");
+  ev(t, "NEED_BODY");
+  assert_int_equal(smtpc_body_sent(t->s, 10, true, true, t->now), 0);
+  cli(t, ".\r\n");
 }
 
 TR_TEST(txn_reply_during_body)
@@ -1493,13 +1577,14 @@ int main(void)
     T(auth_plain), T(auth_plain_sparkpost), T(auth_login), T(auth_login_odd_challenges),
     T(auth_login_bad_challenge), T(auth_xoauth2), T(auth_xoauth2_error_challenge), T(auth_454),
     T(auth_534_538_504), T(auth_not_offered), T(auth_mech_not_offered),
-    T(auth_plaintext_refused), T(auth_after_starttls), T(auth_deferred), T(auth_deferred_none),
+    T(auth_plaintext_refused), T(auth_challenge_too_long), T(auth_challenge_multiline),
+    T(auth_plain_unexpected_334), T(auth_deferred_bad_creds), T(auth_after_starttls), T(auth_deferred), T(auth_deferred_none),
     T(txn_pipelined), T(txn_lockstep), T(txn_partial_rcpt_pipelined),
     T(txn_all_refused_pipelined_data_554), T(txn_all_refused_pipelined_data_354),
     T(txn_all_refused_lockstep), T(txn_mail_refused_pipelined), T(txn_mail_refused_lockstep),
     T(txn_data_refused), T(txn_final_5xx_then_reuse), T(txn_params), T(txn_params_not_offered),
     T(txn_size_exceeded), T(txn_smtputf8_not_offered), T(txn_send_cursor), T(txn_body_chunks),
-    T(txn_body_large), T(txn_reply_during_body), T(txn_eof_mid_rcpt), T(txn_421_mid_rcpt), T(io_error_idle),
+    T(txn_body_large), T(txn_body_prestuffed), T(txn_reply_during_body), T(txn_eof_mid_rcpt), T(txn_421_mid_rcpt), T(io_error_idle),
     T(txn_invalid),
     T(timeout_connect), T(timeout_banner), T(timeout_ehlo), T(timeout_tls), T(timeout_auth),
     T(timeout_mail), T(timeout_rcpt), T(timeout_data), T(timeout_body_and_dot),
@@ -1512,5 +1597,7 @@ int main(void)
     cmocka_unit_test(test_params_rejected), cmocka_unit_test(test_tables),
     cmocka_unit_test(test_memory), cmocka_unit_test(test_no_secret_in_events),
   };
+  if (getenv("SMTPC_TEST")) /* run one scenario: SMTPC_TEST=run_txn_lockstep */
+    cmocka_set_test_filter(getenv("SMTPC_TEST"));
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,7 +9,7 @@ PACKAGES=(
   # libraries
   liburing-dev libssl-dev libluajit2-5.1-dev libjemalloc-dev libc-ares-dev libsqlite3-dev
   # tests and benchmarks
-  libcmocka-dev libbenchmark-dev python3 python3-aiosmtpd swaks dnsmasq-base openssl
+  libcmocka-dev libbenchmark-dev python3 python3-aiosmtpd swaks libnet-ssleay-perl dnsmasq-base openssl
   procps psmisc
 )
 

@@ -1,34 +1,253 @@
-/* engine.c owns the daemon's run loop: start-up, signals, graceful stop.
- * Main thread only. (Foundation stage: waits for a stop signal.) */
+/* engine.c owns the daemon's run loop: start-up (configuration, logs,
+ * spool and recovery, worker threads, ingest), signals (SIGTERM/SIGINT
+ * graceful stop, SIGHUP reload, SIGUSR1 log reopen) and shutdown.
+ * Main thread only; the spool's ingest thread enters through on_msg. */
 #include "engine.h"
 
+#include "conf.h"
 #include "impetus_build.h"
+#include "logs.h"
 #include "panic.h"
+#include "spool.h"
+#include "throttle.h"
+#include "worker.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t stop_requested;
+#define STOP_DEADLINE_MS 10000u /* in-flight sessions may finish this long */
 
-static void on_stop(int sig)
+static struct engine_shared sh;
+static bool recovering;
+
+static uint64_t now_wall_ms(void)
 {
-  (void)sig;
-  stop_requested = 1;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t now_mono_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void on_msg(void *arg, struct spool_msg *msg)
+{
+  (void)arg;
+  worker_submit_msg(&sh, msg, !recovering);
+}
+
+static void on_bad(void *arg, const char *name, const char *reason)
+{
+  (void)arg;
+  logs_panic(sh.ingest_log, now_wall_ms(), "spool", "%s%s%s", name && *name ? name : "",
+             name && *name ? ": " : "", reason);
+  logs_writer_flush(sh.ingest_log);
+}
+
+static struct logs *open_logs(struct conf *c)
+{
+  struct logs_config lc = {0};
+  const struct conf_stanza *ec = conf_stanza_first(c, "ec_logger");
+  if (ec) {
+    const struct conf_view *v = conf_stanza_view(ec);
+    lc.mainlog = conf_str(v, CONF_EC_LOGGER_MAINLOG);
+    lc.paniclog = conf_str(v, CONF_EC_LOGGER_PANICLOG);
+    lc.jsonlog = conf_str(v, CONF_EC_LOGGER_JSONLOG);
+    lc.mainlog_mode = (unsigned)conf_int(v, CONF_EC_LOGGER_MAINLOG_MODE);
+    lc.paniclog_mode = (unsigned)conf_int(v, CONF_EC_LOGGER_PANICLOG_MODE);
+    lc.jsonlog_mode = lc.mainlog_mode;
+  }
+  const struct conf_stanza *bl = conf_stanza_first(c, "bounce_logger");
+  if (bl) {
+    const struct conf_view *v = conf_stanza_view(bl);
+    lc.bouncelog = conf_str(v, CONF_BOUNCE_LOGGER_BOUNCELOG);
+    lc.bouncelog_mode = (unsigned)conf_int(v, CONF_BOUNCE_LOGGER_BOUNCELOG_MODE);
+  }
+  char err[512];
+  struct logs *l = logs_open(&lc, err, sizeof err);
+  if (l == NULL)
+    util_fatal("logs: %s", err);
+  return l;
+}
+
+struct diff_ctx {
+  struct logs_writer *w;
+  int n;
+};
+
+static void report_restart_only(void *arg, const char *option, const char *scope,
+                                const char *old_text, const char *new_text)
+{
+  struct diff_ctx *d = arg;
+  d->n++;
+  logs_panic(d->w, now_wall_ms(), "config",
+             "reload: %s changed in %s (%s -> %s); it takes effect after a restart", option,
+             scope ? scope : "global", old_text ? old_text : "(unset)",
+             new_text ? new_text : "(unset)");
+}
+
+/* SIGHUP: load the file again; keep running on the old snapshot when the
+ * new one is broken. The previous snapshot stays referenced until the next
+ * reload, so a thread that read the pointer just before the swap can still
+ * take its reference. */
+static void reload(const char *path, struct logs_writer *log, struct conf **prev)
+{
+  struct conf_error err;
+  struct conf *n = conf_load(path, &err);
+  if (n == NULL) {
+    char text[6000];
+    logs_panic(log, now_wall_ms(), "config", "reload failed, still running the old configuration: %s",
+               conf_error_str(&err, text, sizeof text));
+    logs_writer_flush(log);
+    return;
+  }
+  struct conf *old = atomic_load(&sh.conf);
+  struct diff_ctx d = {.w = log};
+  conf_restart_diff(old, n, report_restart_only, &d);
+  atomic_store(&sh.conf, n);
+  atomic_fetch_add(&sh.conf_gen, 1);
+  conf_unref(*prev);
+  *prev = old;
+  logs_panic(log, now_wall_ms(), "config", "reloaded %s (%d restart-only change%s not applied)",
+             path, d.n, d.n == 1 ? "" : "s");
+  logs_writer_flush(log);
 }
 
 int engine_main(const char *config_path)
 {
-  if (access(config_path, R_OK) != 0)
-    util_fatal("%s: %s", config_path, strerror(errno));
-  struct sigaction sa = {.sa_handler = on_stop};
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGINT, &sa, NULL);
-  fprintf(stderr, "impetus %s: running with %s (Ctrl-C stops)\n", IMPETUS_VERSION, config_path);
-  while (!stop_requested)
-    pause();
+  struct conf_error cerr;
+  struct conf *c = conf_load(config_path, &cerr);
+  if (c == NULL) {
+    char text[6000];
+    util_fatal("%s", conf_error_str(&cerr, text, sizeof text));
+  }
+  const struct conf_view *g = conf_global(c);
+
+  /* Signals are taken by sigwaitinfo on this thread only: block them
+   * before any thread starts so every thread inherits the mask. */
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGUSR1);
+  sigaddset(&set, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+  memset(&sh, 0, sizeof sh);
+  atomic_store(&sh.conf, c);
+  atomic_store(&sh.conf_gen, 1);
+  if (gethostname(sh.hostname, sizeof sh.hostname - 1) != 0)
+    snprintf(sh.hostname, sizeof sh.hostname, "localhost");
+  sh.logs = open_logs(c);
+  sh.ingest_log = logs_writer_new(sh.logs);
+  struct logs_writer *mainlog = logs_writer_new(sh.logs);
+  sh.throttles = throttle_registry_new();
+
+  const char *spoolbase = conf_str(g, CONF_SPOOLBASE);
+  const char *pickup = conf_str(g, CONF_PICKUP_DIRECTORY);
+  if (pickup)
+    snprintf(sh.pickup_dir, sizeof sh.pickup_dir, "%s", pickup);
+  else
+    snprintf(sh.pickup_dir, sizeof sh.pickup_dir, "%s/pickup", spoolbase);
+  char resolver[300];
+  struct conf_addr ra = conf_addr(g, CONF_RESOLVER);
+  if (ra.host) {
+    if (strchr(ra.host, ':'))
+      snprintf(resolver, sizeof resolver, "[%s]:%u", ra.host, ra.port ? ra.port : 53);
+    else
+      snprintf(resolver, sizeof resolver, "%s:%u", ra.host, ra.port ? ra.port : 53);
+    sh.resolver = resolver;
+  }
+
+  int64_t nw = conf_int(g, CONF_WORKER_THREADS);
+  if (nw <= 0)
+    nw = sysconf(_SC_NPROCESSORS_ONLN);
+  if (nw <= 0)
+    nw = 1;
+  if (nw > 256)
+    nw = 256;
+  sh.nworkers = (unsigned)nw;
+  sh.workers = util_xcalloc(sh.nworkers, sizeof *sh.workers);
+
+  int sync = conf_enum(g, CONF_SPOOL_SYNC);
+  struct spool_params sp = {
+    .spoolbase = spoolbase,
+    .pickup_dir = pickup,
+    .sync = sync == 1 ? SPOOL_SYNC_ALWAYS : sync == 2 ? SPOOL_SYNC_NONE : SPOOL_SYNC_BATCH,
+    .max_message_size = conf_size(g, CONF_MAX_MESSAGE_SIZE),
+    .keep_dicts_in_memory = conf_bool(g, CONF_KEEP_MESSAGE_DICTS_IN_MEMORY),
+    .on_msg = on_msg,
+    .on_bad = on_bad,
+  };
+  char err[512];
+  sh.spool = spool_open(&sp, err, sizeof err);
+  if (sh.spool == NULL)
+    util_fatal("spool: %s", err);
+
+  for (unsigned i = 0; i < sh.nworkers; i++)
+    if (worker_start(&sh, i, err, sizeof err) == NULL)
+      util_fatal("%s", err);
+
+  recovering = true;
+  long rec = spool_recover(sh.spool);
+  recovering = false;
+  if (rec < 0)
+    util_fatal("spool recovery: %s", strerror((int)-rec));
+  int rc = spool_start(sh.spool);
+  if (rc < 0)
+    util_fatal("spool ingest: %s", strerror(-rc));
+
+  logs_panic(mainlog, now_wall_ms(), "engine",
+             "impetus %s started: %s, %u worker%s, %ld message%s recovered", IMPETUS_VERSION,
+             config_path, sh.nworkers, sh.nworkers == 1 ? "" : "s", rec, rec == 1 ? "" : "s");
+  logs_writer_flush(mainlog);
+  fprintf(stderr, "impetus %s: running with %s (%u workers; SIGTERM stops)\n", IMPETUS_VERSION,
+          config_path, sh.nworkers);
+
+  struct conf *prev = NULL;
+  for (;;) {
+    siginfo_t si;
+    int sig = sigwaitinfo(&set, &si);
+    if (sig < 0)
+      continue;
+    if (sig == SIGTERM || sig == SIGINT)
+      break;
+    if (sig == SIGHUP)
+      reload(config_path, mainlog, &prev);
+    else if (sig == SIGUSR1)
+      logs_reopen(sh.logs);
+  }
+
+  /* graceful stop: stop claiming, let sessions finish, persist, exit 0 */
+  logs_panic(mainlog, now_wall_ms(), "engine", "stopping");
+  logs_writer_flush(mainlog);
+  spool_stop(sh.spool);
+  uint64_t deadline = now_mono_ms() + STOP_DEADLINE_MS;
+  for (unsigned i = 0; i < sh.nworkers; i++)
+    worker_stop(sh.workers[i], deadline);
+  for (unsigned i = 0; i < sh.nworkers; i++)
+    worker_join(sh.workers[i]);
+  logs_writer_free(sh.ingest_log);
+  spool_close(sh.spool);
+  worker_free_leftovers(&sh);
+  free(sh.workers);
+  logs_panic(mainlog, now_wall_ms(), "engine", "stopped");
+  logs_writer_free(mainlog);
+  logs_close(sh.logs);
+  throttle_registry_free(sh.throttles);
+  conf_unref(prev);
+  conf_unref(atomic_load(&sh.conf));
   fprintf(stderr, "impetus: stopped\n");
   return 0;
 }

@@ -1,17 +1,25 @@
 /* impetus.c: the daemon's entry point. Parses the command line and hands
- * over to the engine (or answers --check-config / --eval-config).
+ * over to the engine (or answers --check-config / --eval-config /
+ * --dump-options itself, from the configuration layer).
  * Main thread only. */
+#include "buf.h"
+#include "conf.h"
 #include "engine.h"
 #include "impetus_build.h"
 
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 static void usage(FILE *out)
 {
   fprintf(out,
           "usage: impetus [-c FILE]\n"
+          "       impetus --check-config [-c FILE]\n"
+          "       impetus --eval-config [-c FILE] [--show-secrets] [binding_group G] [binding B]\n"
+          "               [domain D] OPTION\n"
+          "       impetus --dump-options\n"
           "       impetus --version\n");
 }
 
@@ -25,22 +33,103 @@ static const char *default_config(void)
   return IMPETUS_SOURCE_ROOT "/etc/impetus.conf";
 }
 
+static struct conf *load_or_report(const char *path)
+{
+  struct conf_error err;
+  struct conf *c = conf_load(path, &err);
+  if (!c) {
+    char text[sizeof(err.file) + sizeof(err.msg) + 32];
+    fprintf(stderr, "%s\n", conf_error_str(&err, text, sizeof(text)));
+  }
+  return c;
+}
+
+/* --eval-config arguments: [binding_group G] [binding B] [domain D] OPTION */
+static int eval_config(const char *path, bool show_secrets, int argc, char **argv)
+{
+  const char *group = NULL, *binding = NULL, *domain = NULL, *option = NULL;
+  for (int i = 0; i < argc; i++) {
+    if (i + 1 < argc && !strcasecmp(argv[i], "binding_group"))
+      group = argv[++i];
+    else if (i + 1 < argc && !strcasecmp(argv[i], "binding"))
+      binding = argv[++i];
+    else if (i + 1 < argc && !strcasecmp(argv[i], "domain"))
+      domain = argv[++i];
+    else if (i + 1 == argc)
+      option = argv[i];
+    else {
+      fprintf(stderr, "impetus: --eval-config: unexpected '%s'\n", argv[i]);
+      return 2;
+    }
+  }
+  if (!option) {
+    usage(stderr);
+    return 2;
+  }
+  struct conf *c = load_or_report(path);
+  if (!c)
+    return 1;
+  struct buf out = {0};
+  int r = conf_eval(c, group, binding, domain, option, show_secrets ? CONF_EVAL_SHOW_SECRETS : 0, &out);
+  buf_append(&out, "", 1);
+  if (r < 0)
+    fprintf(stderr, "impetus: %s\n", (const char *)buf_head(&out));
+  else
+    printf("%s\n", (const char *)buf_head(&out));
+  buf_done(&out, show_secrets);
+  conf_unref(c);
+  return r < 0 ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
   const char *config = NULL;
+  enum { RUN, CHECK, EVAL, DUMP } mode = RUN;
+  bool show_secrets = false;
+  int rest = argc; /* first positional argument (eval) */
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "-c") && i + 1 < argc) {
       config = argv[++i];
+    } else if (!strcmp(argv[i], "--check-config")) {
+      mode = CHECK;
+    } else if (!strcmp(argv[i], "--eval-config")) {
+      mode = EVAL;
+    } else if (!strcmp(argv[i], "--dump-options")) {
+      mode = DUMP;
+    } else if (!strcmp(argv[i], "--show-secrets")) {
+      show_secrets = true;
     } else if (!strcmp(argv[i], "--version")) {
       printf("impetus %s\n", IMPETUS_VERSION);
       return 0;
     } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
       usage(stdout);
       return 0;
+    } else if (mode == EVAL && argv[i][0] != '-') {
+      rest = i;
+      break;
     } else {
       usage(stderr);
       return 2;
     }
   }
-  return engine_main(config ? config : default_config());
+  const char *path = config ? config : default_config();
+  switch (mode) {
+  case CHECK: {
+    struct conf *c = load_or_report(path);
+    conf_unref(c);
+    return c ? 0 : 1;
+  }
+  case EVAL:
+    return eval_config(path, show_secrets, argc - rest, argv + rest);
+  case DUMP: {
+    struct buf out = {0};
+    conf_dump_markdown(&out);
+    fwrite(buf_head(&out), 1, buf_avail(&out), stdout);
+    buf_done(&out, 0);
+    return 0;
+  }
+  case RUN:
+  default:
+    return engine_main(path);
+  }
 }

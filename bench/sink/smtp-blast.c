@@ -1,0 +1,288 @@
+/* smtp-blast: a pipelining SMTP load client for measuring sinks. It owns
+ * C connections (epoll, one thread), each sending EHLO once and then
+ * messages back to back over the same connection: MAIL, RCPT and DATA in
+ * one write (RFC 2920), then after the 354 the body, the dot and the next
+ * MAIL/RCPT/DATA in one write. Counts messages acknowledged with 250 and
+ * prints the rate. It never blocks: every socket is non-blocking.
+ * Usage: smtp-blast [-c CONNS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { E_GREET, E_EHLO, E_MAIL, E_RCPT, E_DATA, E_DOT, E_QUIT };
+#define MAXQ 64
+#define RBUF 65536
+
+struct conn {
+  int fd;
+  unsigned char q[MAXQ]; /* expected replies, in order */
+  unsigned qh, qt;
+  char rbuf[RBUF];
+  size_t rlen;
+  char *wbuf;
+  size_t wlen, woff, wcap;
+  int done;
+  int wantout;
+};
+
+static long remaining, acked, failed;
+static char *body;
+static size_t body_len;
+static char env[512];
+static size_t env_len;
+static int nrcpt = 1;
+
+static double now_s(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void die(const char *what)
+{
+  perror(what);
+  exit(1);
+}
+
+static void out(struct conn *c, const char *p, size_t n)
+{
+  if (c->wlen + n > c->wcap) {
+    c->wcap = (c->wlen + n) * 2;
+    c->wbuf = realloc(c->wbuf, c->wcap);
+    if (!c->wbuf)
+      die("realloc");
+  }
+  memcpy(c->wbuf + c->wlen, p, n);
+  c->wlen += n;
+}
+
+static void expect(struct conn *c, int e)
+{
+  c->q[c->qt++ % MAXQ] = (unsigned char)e;
+}
+
+static void queue_envelope(struct conn *c)
+{
+  if (remaining <= 0) {
+    out(c, "QUIT\r\n", 6);
+    expect(c, E_QUIT);
+    return;
+  }
+  remaining--;
+  out(c, env, env_len);
+  expect(c, E_MAIL);
+  for (int i = 0; i < nrcpt; i++)
+    expect(c, E_RCPT);
+  expect(c, E_DATA);
+}
+
+static int flush(struct conn *c)
+{
+  while (c->woff < c->wlen) {
+    ssize_t n = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EAGAIN)
+        return 0;
+      return -1;
+    }
+    c->woff += (size_t)n;
+  }
+  c->woff = c->wlen = 0;
+  return 0;
+}
+
+/* Handle one final reply line. */
+static void on_reply(struct conn *c, int code)
+{
+  if (c->qh == c->qt) {
+    fprintf(stderr, "smtp-blast: unexpected reply %d\n", code);
+    exit(1);
+  }
+  int e = c->q[c->qh++ % MAXQ];
+  switch (e) {
+  case E_GREET:
+    if (code != 220)
+      failed++;
+    out(c, "EHLO blast.test\r\n", 17);
+    expect(c, E_EHLO);
+    break;
+  case E_EHLO:
+    if (code != 250)
+      failed++;
+    queue_envelope(c);
+    break;
+  case E_MAIL:
+  case E_RCPT:
+    if (code != 250)
+      failed++;
+    break;
+  case E_DATA:
+    if (code != 354) {
+      failed++;
+      out(c, "RSET\r\n", 6);
+      expect(c, E_MAIL);
+      queue_envelope(c);
+      break;
+    }
+    out(c, body, body_len);
+    expect(c, E_DOT);
+    queue_envelope(c); /* pipelined right after the dot */
+    break;
+  case E_DOT:
+    if (code == 250)
+      acked++;
+    else
+      failed++;
+    break;
+  case E_QUIT:
+    c->done = 1;
+    break;
+  }
+}
+
+static int on_read(struct conn *c)
+{
+  for (;;) {
+    ssize_t n = recv(c->fd, c->rbuf + c->rlen, RBUF - c->rlen, 0);
+    if (n == 0)
+      return c->done ? 1 : -1;
+    if (n < 0) {
+      if (errno == EAGAIN)
+        break;
+      return -1;
+    }
+    c->rlen += (size_t)n;
+    size_t off = 0;
+    for (;;) {
+      char *nl = memchr(c->rbuf + off, '\n', c->rlen - off);
+      if (!nl)
+        break;
+      size_t len = (size_t)(nl - (c->rbuf + off));
+      if (len >= 4 && c->rbuf[off + 3] == ' ')
+        on_reply(c, atoi(c->rbuf + off));
+      else if (len == 3)
+        on_reply(c, atoi(c->rbuf + off));
+      off += len + 1;
+    }
+    memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+    c->rlen -= off;
+    if (c->rlen == RBUF)
+      return -1;
+  }
+  return flush(c);
+}
+
+int main(int argc, char **argv)
+{
+  int nconn = 16;
+  long total = 100000;
+  long size = 1024;
+  int opt;
+  while ((opt = getopt(argc, argv, "c:m:l:r:")) != -1) {
+    switch (opt) {
+    case 'c': nconn = atoi(optarg); break;
+    case 'm': total = atol(optarg); break;
+    case 'l': size = atol(optarg); break;
+    case 'r': nrcpt = atoi(optarg); break;
+    default:
+      fprintf(stderr, "usage: smtp-blast [-c CONNS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT\n");
+      return 2;
+    }
+  }
+  if (optind >= argc || nconn < 1 || nrcpt < 1 || nrcpt > 16 || size < 64) {
+    fprintf(stderr, "usage: smtp-blast [-c CONNS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT\n");
+    return 2;
+  }
+  char host[128];
+  snprintf(host, sizeof(host), "%s", argv[optind]);
+  char *colon = strrchr(host, ':');
+  if (!colon)
+    return 2;
+  *colon = 0;
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
+  if (inet_pton(AF_INET, host, &sa.sin_addr) != 1)
+    return 2;
+
+  /* A 1 KB-ish message: headers and 76-column lines, ending in CRLF . CRLF. */
+  body = malloc((size_t)size + 128);
+  size_t k = (size_t)snprintf(body, 128, "From: a@blast.test\r\nTo: b@blast.test\r\nSubject: blast\r\n\r\n");
+  while (k + 80 < (size_t)size) {
+    memset(body + k, 'x', 76);
+    memcpy(body + k + 76, "\r\n", 2);
+    k += 78;
+  }
+  while (k + 2 < (size_t)size)
+    body[k++] = 'y';
+  memcpy(body + k, "\r\n.\r\n", 5);
+  body_len = k + 5;
+  env_len = (size_t)snprintf(env, sizeof(env), "MAIL FROM:<a@blast.test>\r\n");
+  for (int i = 0; i < nrcpt; i++)
+    env_len += (size_t)snprintf(env + env_len, sizeof(env) - env_len, "RCPT TO:<b%d@blast.test>\r\n", i);
+  env_len += (size_t)snprintf(env + env_len, sizeof(env) - env_len, "DATA\r\n");
+
+  remaining = total;
+  int ep = epoll_create1(0);
+  struct conn *cs = calloc((size_t)nconn, sizeof(*cs));
+  double t0 = now_s();
+  for (int i = 0; i < nconn; i++) {
+    struct conn *c = &cs[i];
+    c->fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (c->fd < 0)
+      die("socket");
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+      die("connect");
+    fcntl(c->fd, F_SETFL, O_NONBLOCK);
+    expect(c, E_GREET);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+  }
+  int open_conns = nconn;
+  struct epoll_event evs[256];
+  while (open_conns > 0) {
+    int n = epoll_wait(ep, evs, 256, 10000);
+    if (n == 0) {
+      fprintf(stderr, "smtp-blast: stalled (acked %ld)\n", acked);
+      return 1;
+    }
+    for (int i = 0; i < n; i++) {
+      struct conn *c = evs[i].data.ptr;
+      int r = on_read(c);
+      if (r != 0) {
+        if (r < 0)
+          fprintf(stderr, "smtp-blast: connection lost\n");
+        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        open_conns--;
+        continue;
+      }
+      if ((c->wlen != 0) != c->wantout) {
+        /* Output left over (full socket buffer): wait for writability too. */
+        c->wantout = c->wlen != 0;
+        struct epoll_event ev = {.events = EPOLLIN | (c->wantout ? EPOLLOUT : 0), .data.ptr = c};
+        epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+      }
+    }
+  }
+  double el = now_s() - t0;
+  printf("{\"client\": \"smtp-blast\", \"connections\": %d, \"messages\": %ld, \"failed\": %ld, "
+         "\"size\": %ld, \"elapsed_s\": %.3f, \"msgs_per_s\": %.0f}\n",
+         nconn, acked, failed, size, el, (double)acked / el);
+  for (int i = 0; i < nconn; i++)
+    free(cs[i].wbuf);
+  free(cs);
+  free(body);
+  return failed ? 1 : 0;
+}

@@ -1,0 +1,65 @@
+/* worker: the delivery worker threads. Each worker owns one net ring, one
+ * DNS resolver, one TLS context, its delivery queues (dq), their sessions
+ * and timers, a log writer and a spool transaction. Work reaches a worker
+ * only as posted messages on its ring (lock-free MPSC + eventfd):
+ *
+ *   - delivery units, from the ingest thread (worker_submit_msg), each to
+ *     the worker that owns its (binding, routing domain) queue;
+ *   - per-recipient results, from the worker that delivered them to the
+ *     message's home worker, the only thread that updates the message's
+ *     spool state (so a message to several domains has one writer).
+ *
+ * Threads: worker_* functions below are called by the engine's main thread,
+ * except worker_submit_msg (the spool's ingest thread). */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct conf;
+struct logs;
+struct logs_writer;
+struct spool;
+struct spool_msg;
+struct throttle_registry;
+
+/* What every worker shares; read-only after start except where noted. */
+struct engine_shared {
+  struct spool *spool;
+  struct logs *logs;
+  struct logs_writer *ingest_log; /* the ingest thread's (R records) */
+  struct throttle_registry *throttles;
+  char hostname[256];
+  char pickup_dir[4096];          /* where DSNs are dropped */
+  const char *resolver;           /* "host:port" or NULL */
+  unsigned nworkers;
+  struct worker **workers;
+  /* the configuration snapshot: swapped by the main thread on reload */
+  _Atomic(struct conf *) conf;
+  _Atomic uint64_t conf_gen;
+  /* counters for the console and tests */
+  _Atomic uint64_t delivered, failed, deferred;
+};
+
+/* Start worker idx (its thread creates its ring). NULL on failure with a
+ * reason in err. */
+struct worker *worker_start(struct engine_shared *sh, unsigned idx, char *err, size_t errlen);
+/* Ask the worker to stop: no new sessions or transactions; in-flight ones
+ * finish until deadline_ms (monotonic), then are abandoned (their
+ * recipients stay pending in the spool). Any thread. */
+void worker_stop(struct worker *w, uint64_t deadline_ms);
+/* Wait for the thread and free the worker (queued units are dropped from
+ * memory; they stay in the spool). */
+void worker_join(struct worker *w);
+
+/* Hand a durable message to the workers: split it into delivery units (one
+ * per recipient domain, cut to Max_Recipients_Per_Batch) and post each to
+ * the worker owning its queue. Logs the R records when `received` (not for
+ * recovered messages). Called on the spool's ingest thread. */
+void worker_submit_msg(struct engine_shared *sh, struct spool_msg *msg, bool received);
+
+/* Free the memory of messages still owned by workers at exit (after every
+ * worker_join). */
+void worker_free_leftovers(struct engine_shared *sh);

@@ -1,0 +1,71 @@
+/* tls: OpenSSL client sessions through memory BIOs. OpenSSL never touches
+ * a socket: the caller (conn) feeds it ciphertext read from the ring and
+ * sends the ciphertext it produces. One tls_ctx per worker thread and set
+ * of TLS options; it holds the per-(host, port) session resumption cache.
+ * Loop-thread only (OpenSSL's error queue is per thread). */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "buf.h"
+
+enum tls_verify {
+  TLS_VERIFY_NO = 0, /* encrypt, accept any certificate */
+  TLS_VERIFY_CA,     /* chain must verify against the CA store */
+  TLS_VERIFY_HOST,   /* and the certificate must name the host */
+};
+
+struct tls_params {
+  enum tls_verify verify;
+  const char *ca_file;     /* TLS_Ca; NULL = system default store */
+  const char *cert_file;   /* TLS_Certificate (client certificate), optional */
+  const char *key_file;    /* TLS_Key, optional (defaults to cert_file) */
+  const char *ciphers;     /* TLS_Ciphers (TLS <= 1.2 list); NULL = OpenSSL default */
+  const char *protocols;   /* TLS_Protocols: lowest version accepted, "TLSv1.2" (default),
+                            * "TLSv1.3", "TLSv1.1", "TLSv1"; or a list like
+                            * "TLSv1.2:TLSv1.3" whose lowest member is taken */
+  unsigned cache_slots;    /* session cache entries; 0 = 1024 */
+};
+
+struct tls_ctx;
+struct tls;
+
+/* Build a client context. NULL on failure with a reason in err. */
+struct tls_ctx *tls_ctx_new(const struct tls_params *p, char *err, size_t errlen);
+void tls_ctx_free(struct tls_ctx *c);
+/* Number of cached sessions (tests). */
+unsigned tls_ctx_cached(const struct tls_ctx *c);
+
+/* A client session for `host` (SNI and name check; may be an IP literal
+ * or NULL for no SNI) and `port` (resumption cache key). NULL on failure
+ * with a reason in err. */
+struct tls *tls_new(struct tls_ctx *c, const char *host, uint16_t port, char *err, size_t errlen);
+void tls_free(struct tls *t);
+
+/* Hand ciphertext received from the peer to OpenSSL: it reads straight
+ * from p during the tls_handshake/tls_read calls that follow; call
+ * tls_feed_end before p goes away (bytes left unread are copied). 0. */
+int tls_feed(struct tls *t, const void *p, size_t n);
+void tls_feed_end(struct tls *t);
+/* Move ciphertext OpenSSL wants to send onto the end of out; returns bytes. */
+size_t tls_take(struct tls *t, struct buf *out);
+/* Drive the handshake: 1 done, 0 needs more input, -EPROTO failed
+ * (reason in tls_error()). */
+int tls_handshake(struct tls *t);
+/* Decrypt into out: bytes (> 0), 0 needs more input, -EPIPE peer sent
+ * close_notify, -EPROTO failed. */
+ssize_t tls_read(struct tls *t, void *out, size_t n);
+/* Encrypt n bytes (all of them, output via tls_take). n or -EPROTO. */
+ssize_t tls_write(struct tls *t, const void *p, size_t n);
+/* Queue a close_notify (output via tls_take). */
+void tls_shutdown(struct tls *t);
+
+/* Reason for the last failure ("certificate verify failed: hostname
+ * mismatch", "wrong version number" ...). */
+const char *tls_error(const struct tls *t);
+bool tls_resumed(const struct tls *t);
+/* "TLSv1.3:TLS_AES_256_GCM_SHA384" once established. */
+const char *tls_describe(const struct tls *t, char *out, size_t outlen);

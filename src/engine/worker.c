@@ -1,0 +1,1564 @@
+/* worker.c owns the delivery workers: their threads and rings, the
+ * scheduling pass over their queues, the outbound sessions (smtpc driven
+ * over a net conn), per-recipient outcomes (logs, spool state, retries,
+ * expiry, bounces) and graceful stop.
+ *
+ * Must never: block a worker on anything but its ring and the spool's
+ * batched commit; touch another worker's queues or sessions (results cross
+ * threads as posted messages); log a credential.
+ * Threads: everything static runs on the worker's own loop thread, except
+ * worker_submit_msg (ingest thread) and the start/stop functions (main). */
+#include "worker.h"
+
+#include "conf.h"
+#include "conn.h"
+#include "dns.h"
+#include "dq.h"
+#include "dsn.h"
+#include "logs.h"
+#include "panic.h"
+#include "ring.h"
+#include "scheduler.h"
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wcomment"
+#include "smtpc.h"
+#pragma GCC diagnostic pop
+#include "spool.h"
+#include "throttle.h"
+#include "tls.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ROUTES_MAX 16          /* route candidates tried per attempt */
+#define BODY_CHUNK 16384u      /* bytes read from the spool per step */
+#define BODY_INFLIGHT 65536u   /* body bytes queued in the conn at most */
+#define DSN_ORIG_MAX 65536u    /* bytes of the original read for a DSN */
+#define RESULT_TEXT_MAX 256u   /* failure text kept for a DSN */
+
+/* ------------------------------------------------------------ types */
+
+/* Engine state of one message; lives in spool_msg->user. Changed only by
+ * the message's home worker (units_left, bounces, retry record). */
+struct emsg {
+  struct emsg *next, *prev; /* home worker's list (for exit clean-up) */
+  struct spool_msg *sm;
+  unsigned home;
+  uint32_t units_left;
+  uint64_t next_retry_ms; /* earliest retry of its deferred units */
+  uint32_t attempts;
+  char id[SPOOL_ID_LEN + 1];
+  uint32_t nbounce;
+  struct bounce {
+    uint32_t idx;
+    int code;
+    char enh[16];
+    char text[RESULT_TEXT_MAX];
+  } *bounce;
+  bool bounces_on;
+};
+
+/* Outcomes of one unit's attempt, sent to the home worker. */
+struct uresult {
+  struct emsg *em;
+  bool unit_done;       /* no recipient of the unit left pending */
+  uint32_t attempts;
+  uint64_t next_ms;     /* when unit_done is false */
+  uint32_t n;
+  struct rres {
+    uint32_t idx;
+    uint8_t state;      /* enum spool_rcpt_state */
+    int code;
+    char enh[16];
+    char text[RESULT_TEXT_MAX];
+  } r[];
+};
+
+struct route {
+  struct sockaddr_storage sa;
+  socklen_t salen;
+  char ip[64];
+  char host[256];
+};
+
+struct session {
+  struct worker *w;
+  struct dq_queue *q;
+  struct conn *conn;
+  struct smtpc *smtpc;
+  struct ring_timer timer;
+  struct dq_unit *unit;         /* in flight (or about to be) */
+  struct smtpc_result *results; /* max_batch slots */
+  struct smtpc_result final;
+  uint32_t max_batch;
+  const char **rcpts;           /* max_batch pointers */
+  uint32_t delivered;           /* successful transactions */
+  uint64_t pool_key;
+  bool parked, closing, connected, counted, txn_open;
+  int body_fd;
+  uint64_t body_off, body_end;
+  bool body_started; /* NEED_BODY seen: smtpc takes body bytes */
+  bool body_done;
+  uint64_t conn_id;
+  char conn_id_s[32];
+  struct route routes[ROUTES_MAX];
+  unsigned nroutes, route_i;
+  struct dns_req *dns;
+  uint64_t bytes_sent;
+  struct session *next_all, *prev_all; /* worker's session list */
+};
+
+struct worker {
+  struct engine_shared *sh;
+  unsigned idx;
+  pthread_t thread;
+  struct ring *ring;
+  struct dns *dns;
+  struct tls_ctx *tls;
+  struct dq *dq;
+  struct logs_writer *log;
+  struct spool_txn *txn;
+  bool txn_dirty;
+  struct conf *conf;
+  uint64_t conf_gen;
+  struct emsg *msgs;       /* messages this worker is home for */
+  struct session *sessions;
+  unsigned nsessions;
+  uint64_t next_conn;
+  atomic_bool stop;
+  _Atomic uint64_t stop_deadline_ms;
+  sem_t started;
+  int start_err;
+  char start_text[256];
+};
+
+/* Copy a string, cut to fit (never fails). */
+__attribute__((noinline)) static void scopy(char *d, size_t n, const char *s)
+{
+  size_t l = s ? strnlen(s, n - 1) : 0;
+  if (l)
+    memcpy(d, s, l);
+  d[l] = '\0';
+}
+
+static uint64_t wall_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static uint64_t mono_ms(const struct worker *w)
+{
+  return ring_now(w->ring) / 1000000u;
+}
+
+static const char *rcpt_domain(const char *addr)
+{
+  const char *at = strrchr(addr, '@');
+  return at ? at + 1 : addr;
+}
+
+/* ------------------------------------------------------------ config */
+
+/* Take up a newer configuration snapshot between events. */
+static void refresh_conf(struct worker *w)
+{
+  uint64_t gen = atomic_load(&w->sh->conf_gen);
+  if (gen == w->conf_gen && w->conf)
+    return;
+  /* The main thread keeps the previous snapshot alive for one reload
+   * period; we take our own reference here. */
+  struct conf *c = conf_ref(atomic_load(&w->sh->conf));
+  conf_unref(w->conf);
+  w->conf = c;
+  w->conf_gen = gen;
+}
+
+static const struct conf_view *view_for(struct worker *w, const char *binding, const char *domain)
+{
+  const struct conf_view *v = conf_view_get(w->conf, binding, domain);
+  return v ? v : conf_view_get(w->conf, NULL, domain);
+}
+
+static struct throttle *throttle_for(struct engine_shared *sh, struct conf *c,
+                                     const struct conf_view *v, enum conf_opt o)
+{
+  struct conf_throttle t = conf_throttle(v, o);
+  if (t.n == 0)
+    return NULL;
+  struct throttle_spec spec = {.n = t.n, .per_s = t.per ? t.per : 1};
+  /* One bucket per scope that set the option (Momentum's by-reference
+   * fallback): the scope's name is stable across reloads. */
+  return throttle_registry_get(sh->throttles, conf_scope_name(c, t.scope), conf_opt_name(o), &spec);
+}
+
+static void load_limits(struct worker *w, struct dq_queue *q)
+{
+  struct dq_queue_state *st = dq_queue_state(q);
+  if (st->conf_gen == w->conf_gen && st->conf_gen != 0)
+    return;
+  const struct conf_view *v = view_for(w, dq_queue_binding(q), dq_queue_domain(q));
+  st->limits.max_outbound_connections = (uint32_t)conf_int(v, CONF_MAX_OUTBOUND_CONNECTIONS);
+  st->limits.max_deliveries_per_connection =
+    (uint32_t)conf_int(v, CONF_MAX_DELIVERIES_PER_CONNECTION);
+  st->limits.max_recipients_per_batch = (uint32_t)conf_int(v, CONF_MAX_RECIPIENTS_PER_BATCH);
+  st->limits.suspend_delivery = conf_bool(v, CONF_SUSPEND_DELIVERY);
+  st->limits.msg_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_MESSAGES);
+  st->limits.conn_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_CONNECTIONS);
+  st->conf_gen = w->conf_gen;
+  /* the pool key: route + binding + credential identity */
+  char route[300];
+  struct conf_addr gw = conf_addr(v, CONF_GATEWAY);
+  if (gw.host)
+    snprintf(route, sizeof route, "gw:%s:%u", gw.host, gw.port);
+  else
+    snprintf(route, sizeof route, "mx:%s", dq_queue_domain(q));
+  int type = conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
+  uint64_t cred = sched_cred_identity(type < 0 ? NULL : type == 0 ? "PLAIN" : type == 1 ? "LOGIN" : "XOAUTH2",
+                                      conf_str(v, CONF_OUTBOUND_SMTP_AUTH_USER),
+                                      conf_str(v, CONF_OUTBOUND_SMTP_AUTH_PASS));
+  uint64_t key = sched_pool_key(route, dq_queue_binding(q), cred);
+  st->user = (void *)(uintptr_t)key;
+}
+
+static uint64_t queue_key(struct dq_queue *q)
+{
+  return (uint64_t)(uintptr_t)dq_queue_state(q)->user;
+}
+
+static struct sched_retry retry_policy(struct worker *w, struct dq_queue *q)
+{
+  const struct conf_view *v = view_for(w, dq_queue_binding(q), dq_queue_domain(q));
+  struct sched_retry p = {
+    .retry_interval_s = (uint32_t)conf_interval(v, CONF_RETRY_INTERVAL),
+    .max_retry_interval_s = (uint32_t)conf_interval(v, CONF_MAX_RETRY_INTERVAL),
+    .max_retries = (int32_t)conf_int(v, CONF_MAX_RETRIES),
+    .message_expiration_s = (uint32_t)conf_interval(v, CONF_MESSAGE_EXPIRATION),
+  };
+  return p;
+}
+
+/* ------------------------------------------------------------ home side */
+
+static void commit_soon(struct worker *w)
+{
+  w->txn_dirty = true;
+}
+
+static void drop_pickup_dsn(struct worker *w, struct emsg *em)
+{
+  struct spool_msg *sm = em->sm;
+  struct dsn_rcpt *r = util_xcalloc(em->nbounce, sizeof *r);
+  for (uint32_t i = 0; i < em->nbounce; i++) {
+    r[i].rcpt = sm->rcpt[em->bounce[i].idx];
+    r[i].code = em->bounce[i].code;
+    r[i].status = em->bounce[i].enh[0] ? em->bounce[i].enh : NULL;
+    r[i].diag = em->bounce[i].text;
+  }
+  char *orig = util_xmalloc(DSN_ORIG_MAX);
+  ssize_t got = 0;
+  int fd = spool_open_body(w->sh->spool, sm);
+  if (fd >= 0) {
+    size_t want = sm->body_size < DSN_ORIG_MAX ? (size_t)sm->body_size : DSN_ORIG_MAX;
+    got = pread(fd, orig, want, (off_t)sm->body_off);
+    close(fd);
+  }
+  if (got < 0)
+    got = 0;
+  uint64_t now = wall_ms();
+  char unique[64];
+  snprintf(unique, sizeof unique, "%s.%u", em->id, w->idx);
+  struct dsn_params p = {.reporting_mta = w->sh->hostname, .sender = sm->sender,
+                         .queue_id = em->id, .arrival_ms = sm->created_ms, .now_ms = now,
+                         .unique = unique};
+  struct buf b = {0};
+  if (dsn_envelope(&b, sm->sender) == 0 && dsn_build(&b, &p, r, em->nbounce, orig, (size_t)got) == 0) {
+    char tmp[4200], fin[4200];
+    snprintf(tmp, sizeof tmp, "%s/.dsn-%s", w->sh->pickup_dir, em->id);
+    snprintf(fin, sizeof fin, "%s/dsn-%s", w->sh->pickup_dir, em->id);
+    int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    bool ok = out >= 0 && write(out, buf_head(&b), buf_avail(&b)) == (ssize_t)buf_avail(&b) &&
+              fsync(out) == 0;
+    if (out >= 0)
+      close(out);
+    if (ok && rename(tmp, fin) == 0) {
+      logs_panic(w->log, now, "dsn", "bounce for %s queued to <%s> (%u recipients)", em->id,
+                 sm->sender, em->nbounce);
+    } else {
+      unlink(tmp);
+      logs_panic(w->log, now, "dsn", "could not write the bounce for %s: %s", em->id,
+                 strerror(errno));
+    }
+  }
+  buf_done(&b, 0);
+  free(orig);
+  free(r);
+}
+
+static void emsg_unlink(struct worker *w, struct emsg *em)
+{
+  if (em->prev)
+    em->prev->next = em->next;
+  else
+    w->msgs = em->next;
+  if (em->next)
+    em->next->prev = em->prev;
+}
+
+/* Apply a unit's results to its message (home worker only). */
+static void apply_result(struct worker *w, struct uresult *res)
+{
+  struct emsg *em = res->em;
+  struct spool_msg *sm = em->sm;
+  for (uint32_t i = 0; i < res->n; i++) {
+    struct rres *r = &res->r[i];
+    if (r->state == SPOOL_RCPT_PENDING)
+      continue;
+    spool_txn_rcpt(w->txn, sm, r->idx, (enum spool_rcpt_state)r->state);
+    if (r->state == SPOOL_RCPT_FAILED && em->bounces_on) {
+      em->bounce = util_xrealloc(em->bounce, (em->nbounce + 1) * sizeof *em->bounce);
+      struct bounce *b = &em->bounce[em->nbounce++];
+      b->idx = r->idx;
+      b->code = r->code;
+      scopy(b->enh, sizeof b->enh, r->enh);
+      scopy(b->text, sizeof b->text, r->text);
+    }
+  }
+  if (res->unit_done) {
+    em->units_left--;
+  } else {
+    if (res->attempts > em->attempts)
+      em->attempts = res->attempts;
+    if (em->next_retry_ms == 0 || res->next_ms < em->next_retry_ms)
+      em->next_retry_ms = res->next_ms;
+    spool_txn_retry(w->txn, sm, em->attempts, em->next_retry_ms);
+  }
+  commit_soon(w);
+  if (em->units_left == 0) {
+    if (em->nbounce > 0)
+      drop_pickup_dsn(w, em);
+    emsg_unlink(w, em);
+    sm->user = NULL;
+    spool_txn_remove(w->txn, sm); /* frees sm after the commit */
+    free(em->bounce);
+    free(em);
+  }
+  free(res);
+}
+
+struct result_post {
+  struct worker *home;
+  struct uresult *res;
+};
+
+static void run_result_post(void *arg)
+{
+  struct result_post *p = arg;
+  apply_result(p->home, p->res);
+  free(p);
+}
+
+static void post_result(struct worker *w, struct uresult *res)
+{
+  struct worker *home = w->sh->workers[res->em->home];
+  if (home == w) {
+    apply_result(w, res);
+    return;
+  }
+  struct result_post *p = util_xmalloc(sizeof *p);
+  p->home = home;
+  p->res = res;
+  ring_post(home->ring, run_result_post, p);
+}
+
+/* ------------------------------------------------------------ outcomes */
+
+static void fill_logs_msg(struct logs_msg *m, char *msgid, size_t cap, const struct emsg *em,
+                          uint32_t idx)
+{
+  const struct spool_msg *sm = em->sm;
+  snprintf(msgid, cap, "%s.%u", em->id, idx);
+  m->msgid = msgid;
+  m->batchid = em->id;
+  m->rcpt = sm->rcpt[idx];
+  m->sender = sm->sender;
+  m->binding_group = sm->binding_group ? sm->binding_group : "";
+  m->binding = sm->binding ? sm->binding : "default";
+  m->size = sm->body_size;
+  m->received_ms = sm->created_ms;
+}
+
+/* Finish a unit's attempt: results[i] per recipient (NULL: every
+ * recipient gets `all`). Logs D/T/P/B, re-queues the transient ones with
+ * back-off (or fails them at expiry), and reports to the home worker. */
+static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
+                        const struct smtpc_result *results, const struct smtpc_result *all,
+                        const char *conn_id, const char *remote_ip, uint64_t bytes)
+{
+  struct emsg *em = u->msg;
+  uint64_t now = wall_ms();
+  struct sched_retry pol = retry_policy(w, q);
+  uint32_t failures = u->attempts + 1;
+  uint64_t next_ms = 0;
+  enum sched_verdict verdict = SCHED_RETRY;
+  bool any_temp = false;
+  for (uint32_t i = 0; i < u->nrcpt; i++) {
+    const struct smtpc_result *r = results ? &results[i] : all;
+    if (r->outcome != SMTPC_OUT_OK && r->outcome != SMTPC_OUT_PERMANENT)
+      any_temp = true;
+  }
+  if (any_temp)
+    verdict = sched_after_tempfail(&pol, failures, em->sm->created_ms, now, &next_ms);
+
+  struct uresult *res = util_xcalloc(1, sizeof *res + u->nrcpt * sizeof res->r[0]);
+  res->em = em;
+  res->n = u->nrcpt;
+  uint32_t keep = 0;
+  for (uint32_t i = 0; i < u->nrcpt; i++) {
+    const struct smtpc_result *r = results ? &results[i] : all;
+    struct rres *o = &res->r[i];
+    /* Momentum's error text starts with the reply code: "550 5.1.1 ..." */
+    char full[SMTPC_TEXT_MAX + 32];
+    if (r->code > 0 && !(r->text[0] >= '0' && r->text[0] <= '9'))
+      snprintf(full, sizeof full, "%d%s%s %s", r->code, r->enhanced[0] ? " " : "", r->enhanced,
+               r->text);
+    else
+      scopy(full, sizeof full, r->text);
+    o->idx = u->rcpt[i];
+    char msgid[64];
+    struct logs_msg m;
+    fill_logs_msg(&m, msgid, sizeof msgid, em, u->rcpt[i]);
+    struct logs_attempt a = {.conn_id = conn_id, .remote_ip = remote_ip, .retries = u->attempts,
+                             .stage = r->stage, .bytes_sent = bytes, .text = full};
+    if (r->outcome == SMTPC_OUT_OK) {
+      o->state = SPOOL_RCPT_DELIVERED;
+      logs_delivery(w->log, now, &m, &a);
+      atomic_fetch_add(&w->sh->delivered, 1);
+      continue;
+    }
+    bool perm = r->outcome == SMTPC_OUT_PERMANENT;
+    const char *text = full;
+    char expired[RESULT_TEXT_MAX];
+    if (!perm && verdict != SCHED_RETRY) {
+      /* Momentum logs the remote reason as T, then the expiry as P. */
+      logs_transient(w->log, now, &m, &a);
+      perm = true;
+      snprintf(expired, sizeof expired, "%s",
+               verdict == SCHED_EXPIRED_TIME ? SCHED_EXPIRED_TIME_TEXT : SCHED_EXPIRED_RETRIES_TEXT);
+      text = expired;
+      a.text = text;
+      a.stage = 21;
+      o->code = 554;
+      snprintf(o->enh, sizeof o->enh, "5.4.7");
+    } else {
+      o->code = r->code;
+      scopy(o->enh, sizeof o->enh, r->enhanced);
+    }
+    scopy(o->text, sizeof o->text, text);
+    if (perm) {
+      o->state = SPOOL_RCPT_FAILED;
+      a.bounce_class = logs_bounce_class(o->code, o->enh[0] ? o->enh : NULL);
+      logs_permanent(w->log, now, &m, &a);
+      logs_bounce(w->log, now, &m, &a);
+      atomic_fetch_add(&w->sh->failed, 1);
+    } else {
+      o->state = SPOOL_RCPT_PENDING;
+      logs_transient(w->log, now, &m, &a);
+      u->rcpt[keep++] = u->rcpt[i];
+    }
+  }
+  if (keep > 0) {
+    u->nrcpt = keep;
+    u->attempts = failures;
+    u->due_ms = next_ms;
+    res->unit_done = false;
+    res->attempts = failures;
+    res->next_ms = u->due_ms;
+    atomic_fetch_add(&w->sh->deferred, 1);
+    dq_push(w->dq, q, u, now);
+  } else {
+    res->unit_done = true;
+    dq_unit_free(u);
+  }
+  post_result(w, res);
+}
+
+/* ------------------------------------------------------------ sessions */
+
+static void session_pump(struct session *s);
+static void session_try_connect(struct session *s);
+static void schedule(struct worker *w);
+
+static void session_timer(struct ring_timer *t)
+{
+  struct session *s = (struct session *)((char *)t - offsetof(struct session, timer));
+  if (s->smtpc == NULL)
+    return;
+  smtpc_timeout(s->smtpc, mono_ms(s->w));
+  session_pump(s);
+}
+
+static void arm_timer(struct session *s)
+{
+  if (s->smtpc == NULL || s->closing) {
+    ring_timer_cancel(s->w->ring, &s->timer);
+    return;
+  }
+  uint64_t d = smtpc_deadline(s->smtpc);
+  if (d == UINT64_MAX)
+    ring_timer_cancel(s->w->ring, &s->timer);
+  else
+    ring_timer_set(s->w->ring, &s->timer, d * 1000000u, session_timer);
+}
+
+static void session_close(struct session *s)
+{
+  if (s->closing)
+    return;
+  s->closing = true;
+  if (s->parked) {
+    sched_pool_remove(&dq_queue_state(s->q)->pool, s);
+    s->parked = false;
+  }
+  ring_timer_cancel(s->w->ring, &s->timer);
+  if (s->conn)
+    conn_close(s->conn); /* `closed` frees the session */
+}
+
+static void session_free(struct session *s)
+{
+  struct worker *w = s->w;
+  ring_timer_cancel(w->ring, &s->timer);
+  if (s->dns)
+    dns_cancel(s->dns);
+  if (s->parked)
+    sched_pool_remove(&dq_queue_state(s->q)->pool, s);
+  if (s->counted)
+    sched_conn_closed(&dq_queue_state(s->q)->acct);
+  if (s->body_fd >= 0)
+    close(s->body_fd);
+  smtpc_free(s->smtpc);
+  if (s->prev_all)
+    s->prev_all->next_all = s->next_all;
+  else
+    w->sessions = s->next_all;
+  if (s->next_all)
+    s->next_all->prev_all = s->prev_all;
+  w->nsessions--;
+  free(s->results);
+  free(s->rcpts);
+  free(s);
+}
+
+static void fail_unit_local(struct session *s, enum smtpc_outcome out, int code, const char *text,
+                            uint8_t stage)
+{
+  if (s->unit == NULL)
+    return;
+  struct smtpc_result all = {.outcome = out, .code = code, .stage = stage};
+  scopy(all.text, sizeof all.text, text);
+  struct dq_unit *u = s->unit;
+  s->unit = NULL;
+  s->txn_open = false;
+  const char *ip = s->route_i < s->nroutes ? s->routes[s->route_i].ip : NULL;
+  finish_unit(s->w, s->q, u, NULL, &all, s->conn_id_s, ip, s->bytes_sent);
+}
+
+static void begin_next(struct session *s);
+
+static void feed_body(struct session *s)
+{
+  if (!s->txn_open || !s->body_started || s->body_done || s->body_fd < 0)
+    return;
+  uint64_t now = mono_ms(s->w);
+  static _Thread_local uint8_t chunk[BODY_CHUNK];
+  while (conn_pending(s->conn) < BODY_INFLIGHT && !s->body_done) {
+    size_t want = s->body_end - s->body_off < BODY_CHUNK ? (size_t)(s->body_end - s->body_off)
+                                                         : BODY_CHUNK;
+    ssize_t got = want ? pread(s->body_fd, chunk, want, (off_t)s->body_off) : 0;
+    if (got < 0 || (got == 0 && want > 0)) {
+      /* the spool file is unreadable: end the session; retried later */
+      fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, "451 4.3.0 [internal] spool read failed", 8);
+      session_close(s);
+      return;
+    }
+    bool last = s->body_off + (uint64_t)got >= s->body_end;
+    size_t done = 0;
+    while (done < (size_t)got || (last && got == 0 && !s->body_done)) {
+      long n = smtpc_body(s->smtpc, chunk + done, (size_t)got - done, last, now);
+      if (n < 0) {
+        s->body_done = true;
+        break;
+      }
+      done += (size_t)n;
+      const uint8_t *p;
+      size_t len;
+      while (smtpc_output(s->smtpc, &p, &len)) {
+        conn_send(s->conn, p, len);
+        s->bytes_sent += len;
+        smtpc_output_consumed(s->smtpc, len, now);
+      }
+      if (last && done == (size_t)got) {
+        s->body_done = true;
+        break;
+      }
+    }
+    s->body_off += (uint64_t)got;
+  }
+  if (s->body_done) {
+    close(s->body_fd);
+    s->body_fd = -1;
+  }
+}
+
+/* Begin u's transaction on s (READY). False when u could not start (its
+ * recipients were failed or deferred): the caller picks the next one. */
+static bool start_txn(struct session *s, struct dq_unit *u)
+{
+  struct worker *w = s->w;
+  struct emsg *em = u->msg;
+  struct spool_msg *sm = em->sm;
+  uint64_t now = mono_ms(w);
+  s->unit = u;
+  if (u->nrcpt > s->max_batch)
+    util_panic("unit of %u recipients over the batch size %u", u->nrcpt, s->max_batch);
+  for (uint32_t i = 0; i < u->nrcpt; i++)
+    s->rcpts[i] = sm->rcpt[u->rcpt[i]];
+  struct smtpc_txn txn = {.mail_from = sm->sender, .rcpts = s->rcpts, .nrcpt = u->nrcpt,
+                          .size = sm->body_size,
+                          .flags = (sm->flags & SPOOL_MSG_F_8BIT) ? SMTPC_TXN_8BIT : 0,
+                          .results = s->results, .final = &s->final};
+  s->body_fd = spool_open_body(w->sh->spool, sm);
+  if (s->body_fd < 0) {
+    char t[128];
+    snprintf(t, sizeof t, "451 4.3.0 [internal] spool open failed: %s", strerror(-s->body_fd));
+    fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, t, 1);
+    s->body_fd = -1;
+    return false;
+  }
+  s->body_off = sm->body_off;
+  s->body_end = sm->body_off + sm->body_size;
+  s->body_done = false;
+  s->body_started = false;
+  int rc = smtpc_begin_txn(s->smtpc, &txn, now);
+  if (rc < 0) {
+    char t[128];
+    snprintf(t, sizeof t, "554 5.1.3 [internal] unusable transaction (%s)", strerror(-rc));
+    close(s->body_fd);
+    s->body_fd = -1;
+    fail_unit_local(s, SMTPC_OUT_PERMANENT, 554, t, 1);
+    return false;
+  }
+  s->txn_open = true;
+  return true;
+}
+
+/* READY: the next transaction on this connection, or park it idle. */
+static void begin_next(struct session *s)
+{
+  struct worker *w = s->w;
+  struct dq_queue_state *st = dq_queue_state(s->q);
+  if (atomic_load(&w->stop) || !sched_conn_reusable(&st->limits, s->delivered)) {
+    if (s->unit) { /* the unit this connection was opened for waits again */
+      dq_unpop(w->dq, s->unit);
+      s->unit = NULL;
+    }
+    smtpc_quit(s->smtpc, mono_ms(w));
+    return;
+  }
+  struct dq_unit *u = s->unit;
+  s->unit = NULL;
+  for (int guard = 0; guard < 64; guard++) {
+    if (u == NULL)
+      u = dq_pop(w->dq, s->q);
+    if (u == NULL)
+      break;
+    uint64_t wait = sched_msg_take(&st->limits, ring_now(w->ring));
+    if (wait) {
+      dq_unpop(w->dq, u);
+      st->blocked_until_ns = ring_now(w->ring) + wait;
+      u = NULL;
+      break;
+    }
+    if (start_txn(s, u))
+      return;
+    u = NULL;
+  }
+  {
+    /* idle: smtpc's Idle_Timeout QUITs it if nothing comes */
+    if (sched_pool_put(&st->pool, s->pool_key, s, ring_now(w->ring)) == 0)
+      s->parked = true;
+    else
+      smtpc_quit(s->smtpc, mono_ms(w));
+  }
+}
+
+static void on_event(struct session *s, const struct smtpc_event *ev)
+{
+  struct worker *w = s->w;
+  switch (ev->type) {
+  case SMTPC_EV_NEED_TLS: {
+    struct route *r = &s->routes[s->route_i];
+    int rc = w->tls ? conn_starttls(s->conn, w->tls, r->host[0] ? r->host : NULL,
+                                    ntohs(((struct sockaddr_in *)&r->sa)->sin_port))
+                    : -ENOTSUP;
+    if (rc < 0)
+      smtpc_tls_done(s->smtpc, false, mono_ms(w));
+    break;
+  }
+  case SMTPC_EV_NEED_AUTH:
+    smtpc_set_auth(s->smtpc, NULL, mono_ms(w));
+    break;
+  case SMTPC_EV_READY:
+    begin_next(s);
+    break;
+  case SMTPC_EV_NEED_BODY:
+    s->body_started = true;
+    feed_body(s);
+    break;
+  case SMTPC_EV_TXN_DONE: {
+    struct dq_unit *u = s->unit;
+    s->unit = NULL;
+    s->txn_open = false;
+    if (s->body_fd >= 0) {
+      close(s->body_fd);
+      s->body_fd = -1;
+    }
+    if (u) {
+      bool ok = false;
+      for (uint32_t i = 0; i < u->nrcpt; i++)
+        ok |= s->results[i].outcome == SMTPC_OUT_OK;
+      if (ok)
+        s->delivered++;
+      finish_unit(w, s->q, u, s->results, NULL, s->conn_id_s, s->routes[s->route_i].ip,
+                  s->bytes_sent);
+    }
+    break;
+  }
+  case SMTPC_EV_FAILED: {
+    enum smtpc_outcome out =
+      ev->kind == SMTPC_FAIL_PERMANENT ? SMTPC_OUT_PERMANENT : SMTPC_OUT_TRANSIENT;
+    if (s->unit && s->txn_open) {
+      /* recipients the machine already decided keep their result */
+      struct dq_unit *u = s->unit;
+      s->unit = NULL;
+      s->txn_open = false;
+      for (uint32_t i = 0; i < u->nrcpt; i++) {
+        if (s->results[i].outcome == SMTPC_OUT_NONE || s->results[i].outcome == SMTPC_OUT_OK) {
+          s->results[i].outcome = out;
+          s->results[i].code = ev->code;
+          s->results[i].stage = ev->stage;
+          scopy(s->results[i].enhanced, sizeof s->results[i].enhanced, ev->enhanced);
+          scopy(s->results[i].text, sizeof s->results[i].text, ev->text);
+        }
+      }
+      finish_unit(w, s->q, u, s->results, NULL, s->conn_id_s, s->routes[s->route_i].ip,
+                  s->bytes_sent);
+    } else {
+      char text[SMTPC_TEXT_MAX];
+      scopy(text, sizeof text, ev->text[0] ? ev->text : ev->doing);
+      fail_unit_local(s, out, ev->code, text, ev->stage);
+    }
+    session_close(s);
+    break;
+  }
+  case SMTPC_EV_CLOSED:
+    session_close(s);
+    break;
+  case SMTPC_EV_AUTH_RESULT:
+  case SMTPC_EV_RCPT_RESULT:
+  case SMTPC_EV_NONE:
+    break;
+  default:
+    util_panic("smtpc event %d not handled", ev->type);
+  }
+}
+
+static void session_pump(struct session *s)
+{
+  if (s->smtpc == NULL)
+    return;
+  uint64_t now = mono_ms(s->w);
+  for (int guard = 0; guard < 10000; guard++) {
+    bool any = false;
+    const uint8_t *p;
+    size_t n;
+    while (!s->closing && smtpc_output(s->smtpc, &p, &n)) {
+      if (conn_send(s->conn, p, n) < 0)
+        break;
+      s->bytes_sent += n;
+      smtpc_output_consumed(s->smtpc, n, now);
+      any = true;
+    }
+    struct smtpc_event ev;
+    while (smtpc_next_event(s->smtpc, &ev)) {
+      on_event(s, &ev);
+      any = true;
+    }
+    if (!any)
+      break;
+  }
+  arm_timer(s);
+}
+
+/* conn callbacks */
+
+static void cb_connected(void *arg)
+{
+  struct session *s = arg;
+  s->connected = true;
+  smtpc_connected(s->smtpc, mono_ms(s->w));
+  session_pump(s);
+}
+
+static void cb_tls_ready(void *arg)
+{
+  struct session *s = arg;
+  smtpc_tls_done(s->smtpc, true, mono_ms(s->w));
+  session_pump(s);
+}
+
+static void cb_data(void *arg, const uint8_t *p, size_t n)
+{
+  struct session *s = arg;
+  smtpc_feed(s->smtpc, p, n, mono_ms(s->w));
+  session_pump(s);
+}
+
+static void cb_sent(void *arg)
+{
+  struct session *s = arg;
+  feed_body(s);
+  session_pump(s);
+}
+
+static void cb_error(void *arg, int err, const char *text)
+{
+  struct session *s = arg;
+  if (!s->connected) {
+    /* connect failed: the next route candidate gets the unit */
+    s->closing = true;
+    ring_timer_cancel(s->w->ring, &s->timer);
+    conn_close(s->conn);
+    return;
+  }
+  if (err == -EPIPE)
+    smtpc_eof(s->smtpc, mono_ms(s->w));
+  else
+    smtpc_io_error(s->smtpc, err, mono_ms(s->w));
+  session_pump(s);
+  session_close(s);
+}
+
+static void cb_closed(void *arg)
+{
+  struct session *s = arg;
+  s->conn = NULL;
+  if (!s->connected && s->unit && s->route_i + 1 < s->nroutes && !atomic_load(&s->w->stop)) {
+    s->route_i++;
+    s->closing = false;
+    smtpc_free(s->smtpc);
+    s->smtpc = NULL;
+    session_try_connect(s);
+    return;
+  }
+  if (s->unit) {
+    char text[200];
+    snprintf(text, sizeof text, "451 4.4.1 [internal] no route to the destination could be used (%s)",
+             s->connected ? "connection lost" : "connection failed");
+    fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, text, 0);
+  }
+  struct worker *w = s->w;
+  session_free(s);
+  (void)w;
+}
+
+static const struct conn_cbs session_cbs = {
+  .connected = cb_connected,
+  .tls_ready = cb_tls_ready,
+  .data = cb_data,
+  .sent = cb_sent,
+  .error = cb_error,
+  .closed = cb_closed,
+};
+
+static struct smtpc *make_smtpc(struct session *s)
+{
+  struct worker *w = s->w;
+  struct emsg *em = s->unit ? s->unit->msg : NULL;
+  const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
+  const char *ehlo = conf_str(v, CONF_EHLO_HOSTNAME);
+  char ehlo_buf[256];
+  if (ehlo == NULL || !strcmp(ehlo, "__hostname__"))
+    ehlo = w->sh->hostname;
+  else if (!strcmp(ehlo, "__message__") && em) {
+    scopy(ehlo_buf, sizeof ehlo_buf, rcpt_domain(em->sm->sender));
+    ehlo = ehlo_buf[0] ? ehlo_buf : w->sh->hostname;
+  }
+  int tls = conf_enum(v, CONF_TLS);
+  struct smtpc_params p = {
+    .ehlo_name = ehlo,
+    .tls = tls == 2 ? SMTPC_TLS_REQUIRED : tls == 1 ? SMTPC_TLS_IFAVAILABLE : SMTPC_TLS_NO,
+    .max_rcpts = s->max_batch,
+    .auth_allow_plaintext = conf_bool(v, CONF_OUTBOUND_SMTP_AUTH_ALLOW_PLAINTEXT),
+    .timeouts = {
+      .connect = (uint32_t)conf_interval(v, CONF_CONNECT_TIMEOUT),
+      .ehlo = (uint32_t)conf_interval(v, CONF_EHLO_TIMEOUT),
+      .mailfrom = (uint32_t)conf_interval(v, CONF_MAILFROM_TIMEOUT),
+      .rcptto = (uint32_t)conf_interval(v, CONF_RCPTTO_TIMEOUT),
+      .data = (uint32_t)conf_interval(v, CONF_DATA_TIMEOUT),
+      .body = (uint32_t)conf_interval(v, CONF_BODY_TIMEOUT),
+      .idle = (uint32_t)conf_interval(v, CONF_IDLE_TIMEOUT),
+    },
+  };
+  if (w->tls == NULL)
+    p.tls = SMTPC_TLS_NO;
+  int type = conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
+  if (type >= 0) {
+    p.auth.type = type == 0 ? SMTPC_AUTH_PLAIN : type == 1 ? SMTPC_AUTH_LOGIN : SMTPC_AUTH_XOAUTH2;
+    p.auth.user = conf_str(v, CONF_OUTBOUND_SMTP_AUTH_USER);
+    p.auth.pass = conf_str(v, CONF_OUTBOUND_SMTP_AUTH_PASS);
+  }
+  return smtpc_new(&p, mono_ms(w));
+}
+
+static void session_try_connect(struct session *s)
+{
+  struct worker *w = s->w;
+  if (s->route_i >= s->nroutes) {
+    fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, "451 4.4.4 [internal] no usable route", 0);
+    session_free(s);
+    return;
+  }
+  s->smtpc = make_smtpc(s);
+  if (s->smtpc == NULL) {
+    fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, "451 4.3.5 [internal] unusable session settings", 0);
+    session_free(s);
+    return;
+  }
+  const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
+  struct conf_addr bind = conf_addr(v, CONF_BIND_ADDRESS);
+  struct sockaddr_storage src;
+  socklen_t srclen = 0;
+  memset(&src, 0, sizeof src);
+  if (bind.host && strcmp(bind.host, "*")) {
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&src;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&src;
+    if (inet_pton(AF_INET, bind.host, &s4->sin_addr) == 1) {
+      s4->sin_family = AF_INET;
+      srclen = sizeof *s4;
+    } else if (inet_pton(AF_INET6, bind.host, &s6->sin6_addr) == 1) {
+      s6->sin6_family = AF_INET6;
+      srclen = sizeof *s6;
+    }
+  }
+  struct route *r = &s->routes[s->route_i];
+  struct conn_params cp = {
+    .dst = (struct sockaddr *)&r->sa, .dstlen = r->salen,
+    .src = srclen ? (struct sockaddr *)&src : NULL, .srclen = srclen,
+    .connect_timeout_ns = (uint64_t)conf_interval(v, CONF_CONNECT_TIMEOUT) * 1000000000u,
+  };
+  s->connected = false;
+  s->closing = false;
+  snprintf(s->conn_id_s, sizeof s->conn_id_s, "%u.%llu", w->idx, (unsigned long long)++w->next_conn);
+  int err = 0;
+  s->conn = conn_new(w->ring, &cp, &session_cbs, s, &err);
+  if (s->conn == NULL) {
+    char t[160];
+    snprintf(t, sizeof t, "451 4.4.0 [internal] cannot open a connection from %s: %s",
+             bind.host ? bind.host : "*", strerror(-err));
+    fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, t, 0);
+    session_free(s);
+    return;
+  }
+  arm_timer(s);
+}
+
+static void add_route(struct session *s, const struct dns_host *h, uint16_t port)
+{
+  for (unsigned a = 0; a < h->naddr && s->nroutes < ROUTES_MAX; a++) {
+    struct route *r = &s->routes[s->nroutes++];
+    r->salen = dns_sockaddr(&h->addr[a], port, &r->sa);
+    scopy(r->host, sizeof r->host, h->name ? h->name : "");
+    if (h->addr[a].family == AF_INET)
+      inet_ntop(AF_INET, h->addr[a].a, r->ip, sizeof r->ip);
+    else
+      inet_ntop(AF_INET6, h->addr[a].a, r->ip, sizeof r->ip);
+  }
+}
+
+struct route_spec {
+  char host[256];
+  uint16_t port;
+  bool mx;
+};
+
+/* Parse one Routes entry: "host", "host:port", "smtp://host:port?...",
+ * "__mx__". */
+static bool parse_route(const char *e, const char *domain, uint16_t defport, struct route_spec *out)
+{
+  memset(out, 0, sizeof *out);
+  out->port = defport;
+  if (!strcmp(e, "__mx__")) {
+    scopy(out->host, sizeof out->host, domain);
+    out->mx = true;
+    return true;
+  }
+  if (!strncasecmp(e, "smtp://", 7))
+    e += 7;
+  size_t n = strcspn(e, "/?");
+  char hp[300];
+  if (n >= sizeof hp)
+    return false;
+  memcpy(hp, e, n);
+  hp[n] = '\0';
+  char *colon = strrchr(hp, ':');
+  if (hp[0] == '[') {
+    char *rb = strchr(hp, ']');
+    if (!rb)
+      return false;
+    *rb = '\0';
+    if (rb[1] == ':')
+      out->port = (uint16_t)atoi(rb + 2);
+    scopy(out->host, sizeof out->host, hp + 1);
+  } else {
+    if (colon && strchr(hp, ':') == colon) {
+      *colon = '\0';
+      out->port = (uint16_t)atoi(colon + 1);
+    }
+    scopy(out->host, sizeof out->host, hp);
+  }
+  const char *port = strstr(e, "port=");
+  if (port)
+    out->port = (uint16_t)atoi(port + 5);
+  return out->host[0] != '\0';
+}
+
+struct resolve_ctx {
+  struct session *s;
+  struct route_spec spec[ROUTES_MAX];
+  unsigned nspec, i;
+  enum dns_status worst;
+  char text[160];
+};
+
+static void resolve_next(struct resolve_ctx *rc);
+
+static void on_resolved(void *arg, const struct dns_result *res)
+{
+  struct resolve_ctx *rc = arg;
+  struct session *s = rc->s;
+  s->dns = NULL;
+  if (res->status == DNS_OK) {
+    for (unsigned h = 0; h < res->nhosts; h++)
+      if (res->hosts[h].status == DNS_OK)
+        add_route(s, &res->hosts[h], rc->spec[rc->i].port);
+  } else {
+    rc->worst = res->status;
+    scopy(rc->text, sizeof rc->text, res->text);
+  }
+  rc->i++;
+  resolve_next(rc);
+}
+
+static void resolve_next(struct resolve_ctx *rc)
+{
+  struct session *s = rc->s;
+  if (rc->i < rc->nspec && s->nroutes < ROUTES_MAX) {
+    s->dns = dns_resolve(s->w->dns, rc->spec[rc->i].host, rc->spec[rc->i].mx, on_resolved, rc);
+    return;
+  }
+  if (s->nroutes == 0) {
+    bool perm = dns_status_permanent(rc->worst) && rc->nspec == 1;
+    char t[240];
+    snprintf(t, sizeof t, "%s [internal] %s: %s",
+             rc->worst == DNS_NULLMX ? "556 5.1.10" : perm ? "550 5.1.2" : "451 4.4.3",
+             rc->worst == DNS_NULLMX ? "domain accepts no mail (null MX)" : "route lookup failed",
+             rc->text[0] ? rc->text : dns_status_name(rc->worst));
+    free(rc);
+    fail_unit_local(s, perm ? SMTPC_OUT_PERMANENT : SMTPC_OUT_TRANSIENT, perm ? 550 : 0, t, 0);
+    session_free(s);
+    return;
+  }
+  free(rc);
+  s->route_i = 0;
+  session_try_connect(s);
+}
+
+/* A new connection for queue q, carrying unit u. */
+static void session_open(struct worker *w, struct dq_queue *q, struct dq_unit *u)
+{
+  struct dq_queue_state *st = dq_queue_state(q);
+  struct session *s = util_xcalloc(1, sizeof *s);
+  s->w = w;
+  s->q = q;
+  s->unit = u;
+  s->counted = true;
+  s->body_fd = -1;
+  s->pool_key = queue_key(q);
+  s->max_batch = st->limits.max_recipients_per_batch ? st->limits.max_recipients_per_batch : 100;
+  s->results = util_xcalloc(s->max_batch, sizeof *s->results);
+  s->rcpts = util_xcalloc(s->max_batch, sizeof *s->rcpts);
+  s->next_all = w->sessions;
+  if (w->sessions)
+    w->sessions->prev_all = s;
+  w->sessions = s;
+  w->nsessions++;
+
+  const struct conf_view *v = view_for(w, dq_queue_binding(q), dq_queue_domain(q));
+  uint16_t defport = (uint16_t)conf_int(v, CONF_REMOTE_SMTP_PORT);
+  struct resolve_ctx *rc = util_xcalloc(1, sizeof *rc);
+  rc->s = s;
+  struct conf_addr gw = conf_addr(v, CONF_GATEWAY);
+  size_t nroutes = 0;
+  const char *const *routes = conf_list(v, CONF_ROUTES, &nroutes);
+  if (gw.host) {
+    scopy(rc->spec[0].host, sizeof rc->spec[0].host, gw.host);
+    rc->spec[0].port = gw.port ? gw.port : defport;
+    rc->nspec = 1;
+  } else if (routes && nroutes > 0) {
+    for (size_t i = 0; i < nroutes && rc->nspec < ROUTES_MAX; i++)
+      if (parse_route(routes[i], dq_queue_domain(q), defport, &rc->spec[rc->nspec]))
+        rc->nspec++;
+  } else {
+    scopy(rc->spec[0].host, sizeof rc->spec[0].host, dq_queue_domain(q));
+    rc->spec[0].port = defport;
+    rc->spec[0].mx = true;
+    rc->nspec = 1;
+  }
+  resolve_next(rc);
+}
+
+/* ------------------------------------------------------------ scheduling */
+
+/* Expire units that came due past their message's expiry. */
+static bool expire_if_due(struct worker *w, struct dq_queue *q, struct dq_unit *u)
+{
+  struct emsg *em = u->msg;
+  struct sched_retry pol = retry_policy(w, q);
+  uint64_t now = wall_ms();
+  if (!sched_expired(&pol, em->sm->created_ms, now) || u->attempts == 0)
+    return false;
+  struct smtpc_result all = {.outcome = SMTPC_OUT_PERMANENT, .code = 554, .stage = 21};
+  snprintf(all.enhanced, sizeof all.enhanced, "5.4.7");
+  scopy(all.text, sizeof all.text, SCHED_EXPIRED_TIME_TEXT);
+  finish_unit(w, q, u, NULL, &all, NULL, NULL, 0);
+  return true;
+}
+
+static void schedule(struct worker *w)
+{
+  uint64_t now_ms = wall_ms();
+  uint64_t now_ns = ring_now(w->ring);
+  dq_promote(w->dq, now_ms);
+  if (atomic_load(&w->stop))
+    return;
+  size_t turns = dq_active_count(w->dq);
+  for (size_t t = 0; t < turns; t++) {
+    struct dq_queue *q = dq_next_active(w->dq);
+    if (q == NULL)
+      break;
+    load_limits(w, q);
+    struct dq_queue_state *st = dq_queue_state(q);
+    if (st->blocked_until_ns > now_ns)
+      continue;
+    for (int guard = 0; guard < 1024; guard++) {
+      struct dq_unit *u = dq_pop(w->dq, q);
+      if (u == NULL)
+        break;
+      if (expire_if_due(w, q, u))
+        continue;
+      struct session *idle = sched_pool_take(&st->pool, queue_key(q));
+      if (idle) {
+        idle->parked = false;
+        uint64_t wait = sched_msg_take(&st->limits, now_ns);
+        if (wait) {
+          dq_unpop(w->dq, u);
+          sched_pool_put(&st->pool, idle->pool_key, idle, now_ns);
+          idle->parked = true;
+          st->blocked_until_ns = now_ns + wait;
+          break;
+        }
+        if (!start_txn(idle, u))
+          begin_next(idle);
+        session_pump(idle);
+        continue;
+      }
+      uint64_t wait = 0;
+      enum sched_open o = sched_conn_open(&st->limits, &st->acct, now_ns, &wait);
+      if (o != SCHED_OPEN_OK) {
+        dq_unpop(w->dq, u);
+        if (o == SCHED_OPEN_THROTTLED)
+          st->blocked_until_ns = now_ns + wait;
+        break;
+      }
+      /* the message token is taken when the connection is READY */
+      session_open(w, q, u);
+    }
+  }
+}
+
+/* How long the loop may sleep: until the next deferred unit or the end of
+ * a throttle wait. */
+struct next_wake {
+  uint64_t now_ns, at_ns;
+};
+
+static void min_blocked(void *arg, struct dq_queue *q)
+{
+  struct next_wake *nw = arg;
+  struct dq_queue_state *st = dq_queue_state(q);
+  if (dq_queue_ready(q) > 0 && st->blocked_until_ns > nw->now_ns && st->blocked_until_ns < nw->at_ns)
+    nw->at_ns = st->blocked_until_ns;
+}
+
+static int64_t sleep_ns(struct worker *w)
+{
+  struct next_wake nw = {.now_ns = ring_now(w->ring), .at_ns = UINT64_MAX};
+  if (dq_active_count(w->dq) > 0)
+    dq_foreach(w->dq, min_blocked, &nw);
+  uint64_t due = dq_next_due(w->dq);
+  int64_t t = 1000000000; /* at most 1 s: stop requests, config reloads */
+  if (due != UINT64_MAX) {
+    uint64_t now = wall_ms();
+    int64_t d = due > now ? (int64_t)(due - now) * 1000000 : 0;
+    if (d < t)
+      t = d;
+  }
+  if (nw.at_ns != UINT64_MAX) {
+    int64_t d = (int64_t)(nw.at_ns - nw.now_ns);
+    if (d < t)
+      t = d;
+  }
+  return t < 0 ? 0 : t;
+}
+
+/* ------------------------------------------------------------ inbox */
+
+struct unit_post {
+  struct worker *w;
+  struct dq_unit *u;
+  char binding[SPOOL_NAME_MAX + 1];
+};
+
+static void run_unit_post(void *arg)
+{
+  struct unit_post *p = arg;
+  struct worker *w = p->w;
+  refresh_conf(w);
+  struct dq_unit *u = p->u;
+  struct emsg *em = u->msg;
+  const char *dom = rcpt_domain(em->sm->rcpt[u->rcpt[0]]);
+  struct dq_queue *q = dq_queue(w->dq, p->binding, dom);
+  dq_push(w->dq, q, u, wall_ms());
+  free(p);
+}
+
+struct home_post {
+  struct worker *w;
+  struct emsg *em;
+};
+
+static void run_home_post(void *arg)
+{
+  struct home_post *p = arg;
+  struct emsg *em = p->em;
+  em->next = p->w->msgs;
+  if (p->w->msgs)
+    p->w->msgs->prev = em;
+  p->w->msgs = em;
+  free(p);
+}
+
+/* ------------------------------------------------------------ ingest side */
+
+static int cmp_dom(const void *a, const void *b, void *arg)
+{
+  const struct spool_msg *sm = arg;
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  int c = strcasecmp(rcpt_domain(sm->rcpt[x]), rcpt_domain(sm->rcpt[y]));
+  return c ? c : (x > y) - (x < y);
+}
+
+void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool received)
+{
+  struct conf *c = conf_ref(atomic_load(&sh->conf));
+  struct emsg *em = util_xcalloc(1, sizeof *em);
+  em->sm = sm;
+  sm->user = em;
+  spool_msg_id_str(sm, em->id);
+  em->attempts = sm->attempts;
+  uint64_t now = wall_ms();
+
+  /* the binding: x-binding, else the first binding of x-binding-group,
+   * else default; an unknown name is logged and mail goes to default */
+  const char *binding = sm->binding;
+  if (binding && conf_binding_id(c, binding) < 0) {
+    logs_panic(sh->ingest_log, now, "binding", "message %s: unknown binding \"%s\", using default",
+               em->id, binding);
+    binding = NULL;
+  }
+  if (binding == NULL && sm->binding_group) {
+    for (size_t i = 0; i < conf_binding_count(c); i++) {
+      const char *g = conf_binding_group(c, (int)i);
+      if (g && !strcmp(g, sm->binding_group)) {
+        binding = conf_binding_name(c, (int)i);
+        break;
+      }
+    }
+    if (binding == NULL)
+      logs_panic(sh->ingest_log, now, "binding",
+                 "message %s: unknown binding group \"%s\", using default", em->id,
+                 sm->binding_group);
+  }
+  if (binding == NULL)
+    binding = "default";
+  if (sm->binding == NULL || strcmp(sm->binding, binding))
+    spool_msg_set_binding(sm, binding);
+  const char *group = NULL;
+  int bid = conf_binding_id(c, binding);
+  if (bid >= 0)
+    group = conf_binding_group(c, bid);
+  if (group && (sm->binding_group == NULL || strcmp(sm->binding_group, group)))
+    spool_msg_set_binding_group(sm, group);
+
+  if (received) {
+    for (uint32_t i = 0; i < sm->nrcpt; i++) {
+      char msgid[64];
+      struct logs_msg m;
+      fill_logs_msg(&m, msgid, sizeof msgid, em, i);
+      logs_reception(sh->ingest_log, sm->created_ms ? sm->created_ms : now, &m, NULL, "internal");
+    }
+    logs_writer_flush(sh->ingest_log);
+  }
+
+  /* pending recipients grouped by domain */
+  uint32_t *idx = util_xmalloc((sm->nrcpt ? sm->nrcpt : 1) * sizeof *idx);
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < sm->nrcpt; i++)
+    if (sm->rcpt_state[i] == SPOOL_RCPT_PENDING)
+      idx[n++] = i;
+  qsort_r(idx, n, sizeof *idx, cmp_dom, sm);
+
+  struct unit_post **posts = util_xcalloc(n ? n : 1, sizeof *posts);
+  uint32_t nposts = 0;
+  for (uint32_t i = 0; i < n;) {
+    const char *dom = rcpt_domain(sm->rcpt[idx[i]]);
+    uint32_t j = i;
+    while (j < n && !strcasecmp(rcpt_domain(sm->rcpt[idx[j]]), dom))
+      j++;
+    const struct conf_view *v = conf_view_get(c, binding, dom);
+    if (v == NULL)
+      v = conf_view_get(c, NULL, dom);
+    uint32_t batch = (uint32_t)conf_int(v, CONF_MAX_RECIPIENTS_PER_BATCH);
+    if (batch == 0)
+      batch = 100;
+    unsigned owner = sched_owner(binding, dom, sh->nworkers);
+    for (uint32_t k = i; k < j; k += batch) {
+      uint32_t cnt = j - k < batch ? j - k : batch;
+      struct dq_unit *u = dq_unit_new(cnt);
+      memcpy(u->rcpt, idx + k, cnt * sizeof *idx);
+      u->msg = em;
+      u->attempts = sm->attempts;
+      u->due_ms = sm->next_attempt_ms;
+      struct unit_post *p = util_xcalloc(1, sizeof *p);
+      p->w = sh->workers[owner];
+      p->u = u;
+      scopy(p->binding, sizeof p->binding, binding);
+      posts[nposts++] = p;
+    }
+    i = j;
+  }
+  free(idx);
+  const struct conf_view *gv = conf_view_get(c, binding, NULL);
+  em->bounces_on = sm->sender[0] != '\0' && gv && conf_bool(gv, CONF_GENERATE_BOUNCES);
+  em->units_left = nposts;
+  conf_unref(c);
+  if (nposts == 0) {
+    /* nothing pending (recovered with every recipient final) */
+    struct spool_txn *t = spool_txn_new(sh->spool);
+    spool_txn_remove(t, sm);
+    spool_txn_commit(t);
+    spool_txn_free(t);
+    free(em);
+    free(posts);
+    return;
+  }
+  em->home = (unsigned)(posts[0]->w->idx);
+  struct home_post *hp = util_xmalloc(sizeof *hp);
+  hp->w = posts[0]->w;
+  hp->em = em;
+  /* the home post goes first on the home ring, so the message is listed
+   * before any of its results can arrive there */
+  ring_post(hp->w->ring, run_home_post, hp);
+  for (uint32_t i = 0; i < nposts; i++)
+    ring_post(posts[i]->w->ring, run_unit_post, posts[i]);
+  free(posts);
+}
+
+/* ------------------------------------------------------------ thread */
+
+static void drop_unit(void *arg, struct dq_unit *u)
+{
+  (void)arg;
+  dq_unit_free(u);
+}
+
+static void commit(struct worker *w)
+{
+  if (!w->txn_dirty)
+    return;
+  w->txn_dirty = false;
+  int rc = spool_txn_commit(w->txn);
+  if (rc < 0)
+    logs_panic(w->log, wall_ms(), "spool", "commit failed: %s", strerror(-rc));
+}
+
+static void *worker_main(void *arg)
+{
+  struct worker *w = arg;
+  int err = 0;
+  w->ring = ring_new(NULL, &err);
+  if (w->ring == NULL) {
+    w->start_err = err;
+    snprintf(w->start_text, sizeof w->start_text, "io_uring: %s", strerror(-err));
+    sem_post(&w->started);
+    return NULL;
+  }
+  struct dns_params dp = {.servers = w->sh->resolver};
+  w->dns = dns_new(w->ring, &dp, w->start_text, sizeof w->start_text);
+  if (w->dns == NULL) {
+    w->start_err = -EINVAL;
+    sem_post(&w->started);
+    return NULL;
+  }
+  struct tls_params tp = {.verify = TLS_VERIFY_NO};
+  char terr[256];
+  w->tls = tls_ctx_new(&tp, terr, sizeof terr); /* NULL: sessions go without TLS */
+  w->dq = dq_new();
+  w->log = logs_writer_new(w->sh->logs);
+  w->txn = spool_txn_new(w->sh->spool);
+  refresh_conf(w);
+  sem_post(&w->started);
+
+  for (;;) {
+    refresh_conf(w);
+    schedule(w);
+    commit(w);
+    logs_writer_flush(w->log);
+    if (atomic_load(&w->stop)) {
+      /* graceful stop: idle sessions go, busy ones finish until the deadline */
+      for (struct session *s = w->sessions; s; s = s->next_all)
+        if (s->parked && !s->closing) {
+          sched_pool_remove(&dq_queue_state(s->q)->pool, s);
+          s->parked = false;
+          smtpc_quit(s->smtpc, mono_ms(w));
+          session_pump(s);
+        }
+      if (w->nsessions == 0)
+        break;
+      if (mono_ms(w) >= atomic_load(&w->stop_deadline_ms)) {
+        for (struct session *s = w->sessions, *n; s; s = n) {
+          n = s->next_all;
+          /* abandoned: its recipients stay pending on disk */
+          dq_unit_free(s->unit);
+          s->unit = NULL;
+          if (s->conn == NULL)
+            session_free(s); /* still resolving its route */
+          else
+            session_close(s);
+        }
+      }
+    }
+    int rc = ring_run_once(w->ring, sleep_ns(w));
+    if (rc < 0 && rc != -EINTR && rc != -ETIME)
+      logs_panic(w->log, wall_ms(), "worker", "ring: %s", strerror(-rc));
+  }
+  commit(w);
+  /* everything below is loop-thread state: free it here */
+  dq_free(w->dq, drop_unit, NULL);
+  w->dq = NULL;
+  spool_txn_free(w->txn);
+  logs_writer_free(w->log);
+  dns_free(w->dns);
+  tls_ctx_free(w->tls);
+  conf_unref(w->conf);
+  ring_free(w->ring);
+  w->ring = NULL;
+  return NULL;
+}
+
+struct worker *worker_start(struct engine_shared *sh, unsigned idx, char *err, size_t errlen)
+{
+  struct worker *w = util_xcalloc(1, sizeof *w);
+  w->sh = sh;
+  w->idx = idx;
+  sem_init(&w->started, 0, 0);
+  sh->workers[idx] = w;
+  int rc = pthread_create(&w->thread, NULL, worker_main, w);
+  if (rc != 0) {
+    snprintf(err, errlen, "worker thread: %s", strerror(rc));
+    free(w);
+    sh->workers[idx] = NULL;
+    return NULL;
+  }
+  while (sem_wait(&w->started) < 0 && errno == EINTR)
+    ;
+  if (w->start_err) {
+    snprintf(err, errlen, "worker %u: %s", idx, w->start_text);
+    pthread_join(w->thread, NULL);
+    ring_free(w->ring);
+    free(w);
+    sh->workers[idx] = NULL;
+    return NULL;
+  }
+  return w;
+}
+
+static void wake_noop(void *arg)
+{
+  (void)arg;
+}
+
+void worker_stop(struct worker *w, uint64_t deadline_ms)
+{
+  atomic_store(&w->stop_deadline_ms, deadline_ms);
+  atomic_store(&w->stop, true);
+  ring_post(w->ring, wake_noop, NULL);
+}
+
+void worker_join(struct worker *w)
+{
+  if (w == NULL)
+    return;
+  pthread_join(w->thread, NULL);
+  sem_destroy(&w->started);
+}
+
+void worker_free_leftovers(struct engine_shared *sh)
+{
+  for (unsigned i = 0; i < sh->nworkers; i++) {
+    struct worker *w = sh->workers[i];
+    if (w == NULL)
+      continue;
+    for (struct emsg *em = w->msgs, *n; em; em = n) {
+      n = em->next;
+      spool_msg_free(em->sm);
+      free(em->bounce);
+      free(em);
+    }
+    free(w);
+    sh->workers[i] = NULL;
+  }
+}

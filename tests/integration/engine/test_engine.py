@@ -1,0 +1,368 @@
+"""End-to-end tests of the delivery engine (issue 6): impetus drains its
+pickup directory into impetus-sink (started here on free ports of
+127.0.0.0/8) and the Momentum logs are checked.
+
+usage: test_engine.py IMPETUS SINK SCENARIO
+scenarios: gateway faults retry routes bindings connlimit throttle mx"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+from enginelib import Engine, SKIP, sinklib
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def sink_with_log(binary, *args):
+    # the jsonl path must be known before start: a fixed name in a temp dir
+    import tempfile
+    d = tempfile.mkdtemp(prefix="sinklog.")
+    path = os.path.join(d, "msgs.jsonl")
+    s = sinklib.Sink(binary, ["--jsonl", path] + list(args))
+    s.logdir = d
+    s.logpath = path
+    return s
+
+
+def finish(sink):
+    """Stop (if still running) and remove the sink's files; returns its summary."""
+    if sink is None:
+        return None
+    summ = None
+    try:
+        if sink.proc.poll() is None:
+            summ = sink.stop()
+    finally:
+        sink.cleanup()
+        shutil.rmtree(sink.logdir, ignore_errors=True)
+    return summ
+
+
+def msgs_of(sink):
+    out = []
+    try:
+        with open(sink.logpath) as f:
+            for line in f:
+                if line.strip():
+                    out.append(json.loads(line))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def expect(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def user_r(e):
+    """R records of injected mail (DSNs have the null sender)."""
+    return [f for f in e.records("R") if f[7] or f[8]]
+
+
+def all_final(e, nrcpt):
+    """Every injected recipient (and every DSN's) has a D or P."""
+    fin = e.finals()
+    return len(user_r(e)) == nrcpt and all(f[1] in fin for f in e.records("R"))
+
+
+def check_exactly_one(e, nrcpt):
+    r = {f[1] for f in e.records("R")}
+    fin = e.finals()
+    expect(len(user_r(e)) == nrcpt, "R records: %d, expected %d" % (len(user_r(e)), nrcpt))
+    for m in r:
+        expect(len(fin.get(m, [])) == 1, "recipient %s has %d final records" % (m, len(fin.get(m, []))))
+    expect(set(fin) <= r, "final records for unknown recipients")
+
+
+def scenario_gateway(imp, sinkbin):
+    sink = sink_with_log(sinkbin)
+    e = Engine(imp, 'Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % sink.port, "gw")
+    try:
+        e.start()
+        for i in range(40):
+            e.inject("alice@sender.test", ["u%d@a.test" % i, "v%d@a.test" % i, "w%d@b.test" % i])
+        e.wait_for(lambda: all_final(e, 120), 30, "120 final records")
+        check_exactly_one(e, 120)
+        d = e.records("D")
+        expect(len(d) == 120, "%d D records" % len(d))
+        expect(all(f[11] == "127.0.0.1" for f in d), "remote IP in D records")
+        expect(not e.records("T") and not e.records("P"), "no T/P expected")
+        got = sum(len(m["rcpts"]) for m in msgs_of(sink))
+        expect(got == 120, "sink got %d recipients" % got)
+        e.wait_for(lambda: e.queue_files() == 0, 10, "empty queue")
+        expect(e.stop() == 0, "exit status")
+        # the JSON log has the same events
+        js = [json.loads(l) for l in e.read(e.jsonlog).splitlines()]
+        expect(sum(1 for j in js if j["type"] == "D") == 120, "JSON D events")
+    finally:
+        e.cleanup()
+        finish(sink)
+
+
+def scenario_faults(imp, sinkbin):
+    sink = sink_with_log(sinkbin, "--fail", "MAIL=4xx:0.2", "--fail", "RCPT=5xx:0.15",
+                         "--fail", "DOT=4xx:0.1", "--seed", "7")
+    bounces = sink_with_log(sinkbin)
+    conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+            'Retry_Interval = 1\nMax_Retry_Interval = 1\n'
+            'Domain "bounce.test" { Gateway = "127.0.0.1:%d" }\n' % (sink.port, bounces.port))
+    e = Engine(imp, conf, "faults")
+    try:
+        e.start()
+        for i in range(40):
+            e.inject("sender%d@bounce.test" % i, ["r%d@x.test" % i, "s%d@y.test" % i])
+        e.wait_for(lambda: all_final(e, 80), 60, "80 final records")
+        check_exactly_one(e, 80)
+        p = e.records("P")
+        t = e.records("T")
+        expect(len(t) > 0, "some transient failures were injected")
+        expect(len(p) > 0, "some permanent failures were injected")
+        expect(all(f[13].startswith("5") for f in p), "P records carry a 5xx: %r" % [f[13] for f in p])
+        b = e.records("B", e.bouncelog)
+        expect(len(b) == len(p), "one B per P (%d vs %d)" % (len(b), len(p)))
+        # one DSN per message with a permanent failure, null sender, to the sender
+        failed_msgs = {f[2] for f in p}
+        e.wait_for(lambda: len(msgs_of(bounces)) >= len(failed_msgs), 20, "DSNs")
+        dsns = msgs_of(bounces)
+        expect(len(dsns) == len(failed_msgs), "%d DSNs for %d messages" % (len(dsns), len(failed_msgs)))
+        expect(all(m["mail_from"] == "" for m in dsns), "DSNs have the null sender")
+        e.wait_for(lambda: e.queue_files() == 0, 20, "empty queue")
+        expect(e.stop() == 0, "exit status")
+    finally:
+        e.cleanup()
+        finish(sink)
+        finish(bounces)
+
+
+def scenario_retry(imp, sinkbin):
+    sink = sink_with_log(sinkbin, "--fail", "RCPT=451:1.0")
+    bounces = sink_with_log(sinkbin)
+    conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+            'Retry_Interval = 1\nMax_Retry_Interval = 2\nMessage_Expiration = 7\n'
+            'Domain "bounce.test" { Gateway = "127.0.0.1:%d" }\n' % (sink.port, bounces.port))
+    e = Engine(imp, conf, "retry")
+    try:
+        e.start()
+        e.inject("alice@bounce.test", ["bob@slow.test"])
+        e.wait_for(lambda: all_final(e, 1), 20, "expiry")
+        check_exactly_one(e, 1)
+        js = [json.loads(l) for l in e.read(e.jsonlog).splitlines()]
+        ts = [j["ts"] for j in js if j["type"] == "T"]
+        r = [j["ts"] for j in js if j["type"] == "R"][0]
+        p = [j for j in js if j["type"] == "P"]
+        expect(len(p) == 1 and "exceeded max time" in p[0]["text"], "P is the expiry")
+        # attempts at 0, +1, +2, +2 ... (doubling, capped at 2), expired at 7
+        gaps = [b - a for a, b in zip(ts, ts[1:])]
+        want = [1, 2, 2, 2, 2]
+        print("T at", [round(x - r, 2) for x in ts], "gaps", [round(g, 2) for g in gaps],
+              "P at", round(p[0]["ts"] - r, 2))
+        expect(len(ts) >= 4, "at least 4 attempts before expiry (%d)" % len(ts))
+        for g, w in zip(gaps, want):
+            expect(w - 0.3 <= g <= w + 0.8, "gap %.2f s, expected about %d s" % (g, w))
+        expect(6.5 <= p[0]["ts"] - r <= 8.5, "expired at %.2f s" % (p[0]["ts"] - r))
+        b = e.records("B", e.bouncelog)
+        expect(len(b) == 1 and b[0][12] == "24", "B record with class 24")
+        e.wait_for(lambda: len(msgs_of(bounces)) == 1, 10, "the DSN")
+        expect(msgs_of(bounces)[0]["mail_from"] == "", "DSN null sender")
+        expect(e.stop() == 0, "exit status")
+    finally:
+        e.cleanup()
+        finish(sink)
+        finish(bounces)
+
+
+def scenario_routes(imp, sinkbin):
+    sink = sink_with_log(sinkbin)
+    dead = free_port()  # nothing listens there: connection refused
+    conf = ('Worker_Threads = 1\nTLS = "no"\n'
+            'Domain "r.test" { Routes = ( "smtp://127.0.0.1:%d" "smtp://127.0.0.1:%d" ) }\n'
+            'Domain "g.test" { Gateway = "127.0.0.1:%d" }\n' % (dead, sink.port, sink.port))
+    e = Engine(imp, conf, "routes")
+    try:
+        e.start()
+        for i in range(10):
+            e.inject("a@g.test", ["x%d@r.test" % i])
+        e.inject("a@g.test", ["y@g.test"])
+        e.wait_for(lambda: all_final(e, 11), 20, "11 final records")
+        check_exactly_one(e, 11)
+        expect(len(e.records("D")) == 11, "all delivered through the second route")
+        expect(not e.records("T"), "the refused first route is not a failure")
+        expect(e.stop() == 0, "exit status")
+    finally:
+        e.cleanup()
+        finish(sink)
+
+
+def can_bind(addr):
+    s = socket.socket()
+    try:
+        s.bind((addr, 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def scenario_bindings(imp, sinkbin):
+    if not (can_bind("127.0.0.2") and can_bind("127.0.0.3")):
+        print("SKIP: cannot bind 127.0.0.2/127.0.0.3")
+        sys.exit(SKIP)
+    sink = sink_with_log(sinkbin)
+    conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+            'Binding "b2" { Bind_Address = "127.0.0.2" }\n'
+            'Binding_Group "grp" { Binding "b3" { Bind_Address = "127.0.0.3" } }\n' % sink.port)
+    e = Engine(imp, conf, "bind")
+    try:
+        e.start()
+        for i in range(10):
+            e.inject("a@s.test", ["x%d@d.test" % i], binding="b2")
+            e.inject("a@s.test", ["y%d@d.test" % i], group="grp")
+        e.inject("a@s.test", ["z@d.test"], binding="nosuchbinding")
+        e.wait_for(lambda: all_final(e, 21), 20, "21 final records")
+        check_exactly_one(e, 21)
+        d = e.records("D")
+        by_binding = {}
+        for f in d:
+            by_binding[f[8]] = by_binding.get(f[8], 0) + 1
+        expect(by_binding == {"b2": 10, "b3": 10, "default": 1}, "bindings %r" % by_binding)
+        expect(all(f[7] == "grp" for f in d if f[8] == "b3"), "binding group in D records")
+        expect("unknown binding" in e.read(e.paniclog), "unknown binding logged")
+        expect(e.stop() == 0, "exit status")
+        summ = finish(sink)
+        sink = None
+        src = summ["per_source_address"]
+        expect(src.get("127.0.0.2") == 10 and src.get("127.0.0.3") == 10 and src.get("127.0.0.1") == 1,
+               "sink saw sources %r" % src)
+    finally:
+        e.cleanup()
+        finish(sink)
+
+
+def scenario_connlimit(imp, sinkbin):
+    sink = sink_with_log(sinkbin, "--reply-delay", "20")
+    conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+            'Max_Outbound_Connections = 3\n' % sink.port)
+    e = Engine(imp, conf, "connlimit")
+    try:
+        e.start()
+        for i in range(60):
+            e.inject("a@s.test", ["x%d@one.test" % i])
+        e.wait_for(lambda: all_final(e, 60), 30, "60 final records")
+        check_exactly_one(e, 60)
+        expect(e.stop() == 0, "exit status")
+        summ = finish(sink)
+        sink = None
+        print("sink max concurrent connections:", summ["max_concurrent_connections"],
+              "connections:", summ["connections"])
+        expect(summ["max_concurrent_connections"] <= 3, "connection limit held")
+        expect(summ["max_concurrent_connections"] >= 2, "more than one connection was used")
+        expect(summ["connections"] < 60, "connections were reused")
+    finally:
+        e.cleanup()
+        finish(sink)
+
+
+def scenario_throttle(imp, sinkbin):
+    sink = sink_with_log(sinkbin)
+    conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+            'Binding_Group "g" { Outbound_Throttle_Messages = "4/1"\n'
+            '  Binding "b1" { } Binding "b2" { } }\n' % sink.port)
+    e = Engine(imp, conf, "throttle")
+    try:
+        e.start()
+        for i in range(8):
+            e.inject("a@s.test", ["x%d@t1.test" % i], binding="b1")
+            e.inject("a@s.test", ["y%d@t2.test" % i], binding="b2")
+        e.wait_for(lambda: all_final(e, 16), 30, "16 final records")
+        check_exactly_one(e, 16)
+        js = [json.loads(l) for l in e.read(e.jsonlog).splitlines()]
+        t = sorted(j["ts"] for j in js if j["type"] == "D")
+        span = t[-1] - t[0]
+        # one shared bucket of 4/s: 16 messages need at least 15 intervals of
+        # 250 ms; two separate buckets would take half that
+        print("16 deliveries over %.2f s" % span)
+        expect(span >= 3.3, "shared bucket respected (%.2f s)" % span)
+        for i in range(len(t)):
+            n = sum(1 for x in t if t[i] <= x < t[i] + 1.0)
+            expect(n <= 5, "%d deliveries within one second" % n)
+        expect({f[8] for f in e.records("D")} == {"b1", "b2"}, "both bindings used")
+        expect(e.stop() == 0, "exit status")
+    finally:
+        e.cleanup()
+        finish(sink)
+
+
+def scenario_mx(imp, sinkbin):
+    dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+    if not os.access(dnsmasq, os.X_OK):
+        print("SKIP: dnsmasq not installed")
+        sys.exit(SKIP)
+    sink = sink_with_log(sinkbin)
+    port = free_port(socket.SOCK_DGRAM)
+    dns = subprocess.Popen([dnsmasq, "--no-daemon", "--port=%d" % port, "--listen-address=127.0.0.1",
+                            "--bind-interfaces", "--no-resolv", "--no-hosts", "--pid-file=",
+                            "--local=/test/", "--mx-host=mx.test,mail.mx.test,10",
+                            "--mx-host=mx.test,dead.mx.test,5",
+                            "--host-record=mail.mx.test,127.0.0.1",
+                            "--host-record=dead.mx.test,127.0.0.9",
+                            "--host-record=afb.test,127.0.0.1", "--mx-host=null.test,.,0"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conf = ('Worker_Threads = 1\nTLS = "no"\nResolver = "127.0.0.1:%d"\n'
+            'Remote_SMTP_Port = %d\nConnect_Timeout = 2\n'
+            # a DNS answer lost while dnsmasq starts on a busy machine is retried soon
+            'Retry_Interval = 1\nMax_Retry_Interval = 1\n' % (port, sink.port))
+    e = Engine(imp, conf, "mx")
+    try:
+        time.sleep(0.3)
+        e.start()
+        e.inject("s@mx.test", ["a@mx.test"])      # MX 5 refuses (nothing on .9), MX 10 takes it
+        e.inject("s@mx.test", ["b@afb.test"])     # no MX: the A record
+        e.inject("s@mx.test", ["c@null.test"])    # null MX: permanent
+        e.wait_for(lambda: all_final(e, 3), 20, "3 final records")
+        check_exactly_one(e, 3)
+        fin = {f[1]: f for f in sum(e.finals().values(), [])}
+        by_rcpt = {}
+        for f in e.records("R"):
+            by_rcpt[f[5] + "@" + f[6]] = fin[f[1]]
+        expect(by_rcpt["a@mx.test"][4] == "D", "MX delivery")
+        expect(by_rcpt["b@afb.test"][4] == "D", "A fallback delivery")
+        expect(by_rcpt["c@null.test"][4] == "P" and "null MX" in by_rcpt["c@null.test"][13],
+               "null MX fails permanently: %r" % by_rcpt["c@null.test"])
+        # the DSN for c@null.test goes to s@mx.test through the MX
+        e.wait_for(lambda: any(m["mail_from"] == "" for m in msgs_of(sink)), 10, "the DSN")
+        expect(e.stop() == 0, "exit status")
+    finally:
+        e.cleanup()
+        finish(sink)
+        dns.terminate()
+        dns.wait()
+
+
+def main():
+    if len(sys.argv) != 4:
+        print(__doc__)
+        return 2
+    imp, sinkbin, name = sys.argv[1:]
+    fn = globals().get("scenario_" + name)
+    if fn is None:
+        print("unknown scenario", name)
+        return 2
+    fn(imp, sinkbin)
+    print("ok:", name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

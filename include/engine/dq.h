@@ -39,6 +39,7 @@ struct dq_queue_state {
   struct sched_limits limits; /* refreshed by the worker on config change */
   uint64_t conf_gen;          /* snapshot generation the limits came from */
   struct sched_acct acct;     /* connections of this queue */
+  uint32_t opening;           /* of which not READY yet (connecting, EHLO...) */
   struct sched_pool pool;     /* its idle connections */
   uint64_t blocked_until_ns;  /* throttled / host failure: not before (mono) */
   void *user;                 /* the worker's */

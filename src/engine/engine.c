@@ -44,6 +44,11 @@ static void on_msg(void *arg, struct spool_msg *msg)
 {
   (void)arg;
   worker_submit_msg(&sh, msg, !recovering);
+  /* A round claims at most batch_max files; ask for a rescan so the files
+   * left in pickup/ are claimed by the next round at once instead of at
+   * the periodic rescan (inotify has already reported them). */
+  if (!recovering)
+    spool_kick(sh.spool);
 }
 
 static void on_bad(void *arg, const char *name, const char *reason)
@@ -215,12 +220,23 @@ int engine_main(const char *config_path)
   fprintf(stderr, "impetus %s: running with %s (%u workers; SIGTERM stops)\n", IMPETUS_VERSION,
           config_path, sh.nworkers);
 
+  /* ec_logger / bounce_logger heartbeat: an M record every N seconds */
+  int64_t hb = 0;
+  const struct conf_stanza *ecs = conf_stanza_first(c, "ec_logger");
+  if (ecs)
+    hb = conf_interval(conf_stanza_view(ecs), CONF_EC_LOGGER_HEARTBEAT);
   struct conf *prev = NULL;
   for (;;) {
     siginfo_t si;
-    int sig = sigwaitinfo(&set, &si);
-    if (sig < 0)
+    struct timespec to = {.tv_sec = hb > 0 ? hb : 3600};
+    int sig = sigtimedwait(&set, &si, &to);
+    if (sig < 0) {
+      if (errno == EAGAIN && hb > 0) {
+        logs_heartbeat(mainlog, now_wall_ms());
+        logs_writer_flush(mainlog);
+      }
       continue;
+    }
     if (sig == SIGTERM || sig == SIGINT)
       break;
     if (sig == SIGHUP)

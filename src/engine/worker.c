@@ -45,6 +45,7 @@
 #define BODY_INFLIGHT 65536u   /* body bytes queued in the conn at most */
 #define DSN_ORIG_MAX 65536u    /* bytes of the original read for a DSN */
 #define RESULT_TEXT_MAX 256u   /* failure text kept for a DSN */
+#define TLS_SLOTS 16           /* distinct TLS option sets per worker */
 
 /* ------------------------------------------------------------ types */
 
@@ -105,6 +106,7 @@ struct session {
   uint32_t delivered;           /* successful transactions */
   uint64_t pool_key;
   bool parked, closing, connected, counted, txn_open;
+  bool ever_ready; /* reached READY once (no longer counted as opening) */
   int body_fd;
   uint64_t body_off, body_end;
   bool body_started; /* NEED_BODY seen: smtpc takes body bytes */
@@ -115,6 +117,7 @@ struct session {
   unsigned nroutes, route_i;
   struct dns_req *dns;
   uint64_t bytes_sent;
+  struct tls_ctx *tls;          /* for STARTTLS; NULL: TLS cannot be used */
   struct session *next_all, *prev_all; /* worker's session list */
 };
 
@@ -124,7 +127,11 @@ struct worker {
   pthread_t thread;
   struct ring *ring;
   struct dns *dns;
-  struct tls_ctx *tls;
+  struct tls_slot {
+    char *key;               /* the TLS options that built it */
+    struct tls_ctx *ctx;     /* NULL: could not be built (logged once) */
+  } tls[TLS_SLOTS];
+  unsigned ntls;
   struct dq *dq;
   struct logs_writer *log;
   struct spool_txn *txn;
@@ -544,8 +551,11 @@ static void session_free(struct session *s)
     dns_cancel(s->dns);
   if (s->parked)
     sched_pool_remove(&dq_queue_state(s->q)->pool, s);
-  if (s->counted)
+  if (s->counted) {
     sched_conn_closed(&dq_queue_state(s->q)->acct);
+    if (!s->ever_ready)
+      dq_queue_state(s->q)->opening--;
+  }
   if (s->body_fd >= 0)
     close(s->body_fd);
   smtpc_free(s->smtpc);
@@ -561,9 +571,15 @@ static void session_free(struct session *s)
   free(s);
 }
 
+/* A failure that belongs to the unit in flight, or, for a connection
+ * that never became READY, to one waiting unit of the queue (so each
+ * failed connection attempt costs one unit a T and its back-off, and a
+ * dead destination does not spin). */
 static void fail_unit_local(struct session *s, enum smtpc_outcome out, int code, const char *text,
                             uint8_t stage)
 {
+  if (s->unit == NULL && !s->ever_ready && !atomic_load(&s->w->stop))
+    s->unit = dq_pop(s->w->dq, s->q);
   if (s->unit == NULL)
     return;
   struct smtpc_result all = {.outcome = out, .code = code, .stage = stage};
@@ -576,6 +592,7 @@ static void fail_unit_local(struct session *s, enum smtpc_outcome out, int code,
 }
 
 static void begin_next(struct session *s);
+static bool expire_if_due(struct worker *w, struct dq_queue *q, struct dq_unit *u);
 
 static void feed_body(struct session *s)
 {
@@ -684,6 +701,10 @@ static void begin_next(struct session *s)
       u = dq_pop(w->dq, s->q);
     if (u == NULL)
       break;
+    if (expire_if_due(w, s->q, u)) {
+      u = NULL;
+      continue;
+    }
     uint64_t wait = sched_msg_take(&st->limits, ring_now(w->ring));
     if (wait) {
       dq_unpop(w->dq, u);
@@ -710,9 +731,9 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
   switch (ev->type) {
   case SMTPC_EV_NEED_TLS: {
     struct route *r = &s->routes[s->route_i];
-    int rc = w->tls ? conn_starttls(s->conn, w->tls, r->host[0] ? r->host : NULL,
-                                    ntohs(((struct sockaddr_in *)&r->sa)->sin_port))
-                    : -ENOTSUP;
+    uint16_t port = r->sa.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&r->sa)->sin6_port)
+                                                : ntohs(((struct sockaddr_in *)&r->sa)->sin_port);
+    int rc = s->tls ? conn_starttls(s->conn, s->tls, r->host[0] ? r->host : NULL, port) : -ENOTSUP;
     if (rc < 0)
       smtpc_tls_done(s->smtpc, false, mono_ms(w));
     break;
@@ -721,6 +742,10 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     smtpc_set_auth(s->smtpc, NULL, mono_ms(w));
     break;
   case SMTPC_EV_READY:
+    if (!s->ever_ready) {
+      s->ever_ready = true;
+      dq_queue_state(s->q)->opening--;
+    }
     begin_next(s);
     break;
   case SMTPC_EV_NEED_BODY:
@@ -865,7 +890,7 @@ static void cb_closed(void *arg)
 {
   struct session *s = arg;
   s->conn = NULL;
-  if (!s->connected && s->unit && s->route_i + 1 < s->nroutes && !atomic_load(&s->w->stop)) {
+  if (!s->connected && s->route_i + 1 < s->nroutes && !atomic_load(&s->w->stop)) {
     s->route_i++;
     s->closing = false;
     smtpc_free(s->smtpc);
@@ -873,7 +898,7 @@ static void cb_closed(void *arg)
     session_try_connect(s);
     return;
   }
-  if (s->unit) {
+  if (s->unit || !s->ever_ready) {
     char text[200];
     snprintf(text, sizeof text, "451 4.4.1 [internal] no route to the destination could be used (%s)",
              s->connected ? "connection lost" : "connection failed");
@@ -892,6 +917,55 @@ static const struct conn_cbs session_cbs = {
   .error = cb_error,
   .closed = cb_closed,
 };
+
+/* Momentum's TLS_Protocols ("+ALL:-SSLv3:-TLSv1.0:-TLSv1.1") as the
+ * lowest version net's tls accepts. */
+static const char *lowest_protocol(const char *p)
+{
+  if (p == NULL)
+    return "TLSv1.2";
+  if (strstr(p, "-TLSv1.2"))
+    return "TLSv1.3";
+  if (strstr(p, "-TLSv1.1"))
+    return "TLSv1.2";
+  if (strstr(p, "-TLSv1.0"))
+    return "TLSv1.1";
+  return "TLSv1";
+}
+
+/* The TLS context for a view's TLS options (one per distinct option set,
+ * built on first use, kept for the worker's life). NULL when it cannot be
+ * built: logged once, and STARTTLS then fails (TLS "required") or the
+ * session goes on in plaintext (TLS "ifavailable"). */
+static struct tls_ctx *tls_for(struct worker *w, const struct conf_view *v)
+{
+  int verify = conf_enum(v, CONF_TLS_VERIFY);
+  const char *ca = conf_str(v, CONF_TLS_CA), *cert = conf_str(v, CONF_TLS_CERTIFICATE);
+  const char *key = conf_str(v, CONF_TLS_KEY), *ciphers = conf_str(v, CONF_TLS_CIPHERS);
+  const char *protos = lowest_protocol(conf_str(v, CONF_TLS_PROTOCOLS));
+  if (cert && !strcmp(cert, "none"))
+    cert = key = NULL;
+  char k[4096];
+  snprintf(k, sizeof k, "%d\x1f%s\x1f%s\x1f%s\x1f%s\x1f%s", verify, ca ? ca : "", cert ? cert : "",
+           key ? key : "", ciphers ? ciphers : "", protos);
+  for (unsigned i = 0; i < w->ntls; i++)
+    if (!strcmp(w->tls[i].key, k))
+      return w->tls[i].ctx;
+  struct tls_params tp = {.verify = verify == 2 ? TLS_VERIFY_HOST : verify == 1 ? TLS_VERIFY_CA : TLS_VERIFY_NO,
+                          .ca_file = ca, .cert_file = cert, .key_file = key, .ciphers = ciphers,
+                          .protocols = protos};
+  char err[256];
+  struct tls_ctx *ctx = tls_ctx_new(&tp, err, sizeof err);
+  if (ctx == NULL)
+    logs_panic(w->log, wall_ms(), "tls", "cannot set up TLS (verify %d, ca %s, certificate %s): %s",
+               verify, ca ? ca : "-", cert ? cert : "-", err);
+  if (w->ntls == TLS_SLOTS)
+    return ctx; /* unusual: more distinct option sets than slots; not cached */
+  w->tls[w->ntls].key = util_xstrdup(k);
+  w->tls[w->ntls].ctx = ctx;
+  w->ntls++;
+  return ctx;
+}
 
 static struct smtpc *make_smtpc(struct session *s)
 {
@@ -922,7 +996,8 @@ static struct smtpc *make_smtpc(struct session *s)
       .idle = (uint32_t)conf_interval(v, CONF_IDLE_TIMEOUT),
     },
   };
-  if (w->tls == NULL)
+  s->tls = p.tls != SMTPC_TLS_NO ? tls_for(w, v) : NULL;
+  if (s->tls == NULL && p.tls == SMTPC_TLS_IFAVAILABLE)
     p.tls = SMTPC_TLS_NO;
   int type = conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
   if (type >= 0) {
@@ -1096,15 +1171,15 @@ static void resolve_next(struct resolve_ctx *rc)
   session_try_connect(s);
 }
 
-/* A new connection for queue q, carrying unit u. */
-static void session_open(struct worker *w, struct dq_queue *q, struct dq_unit *u)
+/* A new connection for queue q; it takes units from the queue once READY. */
+static void session_open(struct worker *w, struct dq_queue *q)
 {
   struct dq_queue_state *st = dq_queue_state(q);
   struct session *s = util_xcalloc(1, sizeof *s);
   s->w = w;
   s->q = q;
-  s->unit = u;
   s->counted = true;
+  st->opening++;
   s->body_fd = -1;
   s->pool_key = queue_key(q);
   s->max_batch = st->limits.max_recipients_per_batch ? st->limits.max_recipients_per_batch : 100;
@@ -1173,38 +1248,30 @@ static void schedule(struct worker *w)
     struct dq_queue_state *st = dq_queue_state(q);
     if (st->blocked_until_ns > now_ns)
       continue;
-    for (int guard = 0; guard < 1024; guard++) {
-      struct dq_unit *u = dq_pop(w->dq, q);
-      if (u == NULL)
-        break;
-      if (expire_if_due(w, q, u))
-        continue;
+    for (int guard = 0; guard < 1024 && dq_queue_ready(q) > 0; guard++) {
+      /* an idle connection of this queue first (same credentials: the
+       * pool key includes their identity) */
       struct session *idle = sched_pool_take(&st->pool, queue_key(q));
       if (idle) {
         idle->parked = false;
-        uint64_t wait = sched_msg_take(&st->limits, now_ns);
-        if (wait) {
-          dq_unpop(w->dq, u);
-          sched_pool_put(&st->pool, idle->pool_key, idle, now_ns);
-          idle->parked = true;
-          st->blocked_until_ns = now_ns + wait;
-          break;
-        }
-        if (!start_txn(idle, u))
-          begin_next(idle);
+        begin_next(idle);
+        bool parked = idle->parked;
         session_pump(idle);
+        if (parked)
+          break; /* throttled, or nothing it could take */
         continue;
       }
+      /* connections still opening will take the waiting units */
+      if (dq_queue_ready(q) <= st->opening)
+        break;
       uint64_t wait = 0;
       enum sched_open o = sched_conn_open(&st->limits, &st->acct, now_ns, &wait);
       if (o != SCHED_OPEN_OK) {
-        dq_unpop(w->dq, u);
         if (o == SCHED_OPEN_THROTTLED)
           st->blocked_until_ns = now_ns + wait;
         break;
       }
-      /* the message token is taken when the connection is READY */
-      session_open(w, q, u);
+      session_open(w, q);
     }
   }
 }
@@ -1443,9 +1510,6 @@ static void *worker_main(void *arg)
     sem_post(&w->started);
     return NULL;
   }
-  struct tls_params tp = {.verify = TLS_VERIFY_NO};
-  char terr[256];
-  w->tls = tls_ctx_new(&tp, terr, sizeof terr); /* NULL: sessions go without TLS */
   w->dq = dq_new();
   w->log = logs_writer_new(w->sh->logs);
   w->txn = spool_txn_new(w->sh->spool);
@@ -1492,7 +1556,10 @@ static void *worker_main(void *arg)
   spool_txn_free(w->txn);
   logs_writer_free(w->log);
   dns_free(w->dns);
-  tls_ctx_free(w->tls);
+  for (unsigned i = 0; i < w->ntls; i++) {
+    tls_ctx_free(w->tls[i].ctx);
+    free(w->tls[i].key);
+  }
   conf_unref(w->conf);
   ring_free(w->ring);
   w->ring = NULL;

@@ -3,8 +3,9 @@ pickup directory into impetus-sink (started here on free ports of
 127.0.0.0/8) and the Momentum logs are checked.
 
 usage: test_engine.py IMPETUS SINK SCENARIO
-scenarios: gateway faults retry routes bindings connlimit throttle mx"""
+scenarios: gateway faults retry routes bindings bindlimit connlimit throttle mx reload stop tls"""
 import json
+import signal
 import os
 import shutil
 import socket
@@ -272,6 +273,145 @@ def scenario_connlimit(imp, sinkbin):
     finally:
         e.cleanup()
         finish(sink)
+
+
+def scenario_bindlimit(imp, sinkbin):
+    if not (can_bind("127.0.0.2") and can_bind("127.0.0.3")):
+        print("SKIP: cannot bind 127.0.0.2/127.0.0.3")
+        sys.exit(SKIP)
+    sink = sink_with_log(sinkbin, "--reply-delay", "10")
+    conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\nIdle_Timeout = 30\n'
+            'Binding "b2" { Bind_Address = "127.0.0.2" Max_Outbound_Connections = 1 }\n'
+            'Binding "b3" { Bind_Address = "127.0.0.3" Max_Outbound_Connections = 2 }\n' % sink.port)
+    e = Engine(imp, conf, "bindlimit")
+    try:
+        e.start()
+        for i in range(30):
+            e.inject("a@s.test", ["x%d@d.test" % i], binding="b2")
+            e.inject("a@s.test", ["y%d@d.test" % i], binding="b3")
+        e.wait_for(lambda: all_final(e, 60), 30, "60 final records")
+        check_exactly_one(e, 60)
+        summ = finish(sink)
+        sink = None
+        conns = summ["connections_per_source_address"]
+        print("connections per source:", conns)
+        expect(conns.get("127.0.0.2") == 1, "binding b2 (limit 1) used one connection")
+        expect(1 <= conns.get("127.0.0.3", 0) <= 2, "binding b3 (limit 2) used at most two")
+        expect(e.stop() == 0, "exit status")
+    finally:
+        e.cleanup()
+        finish(sink)
+
+
+def scenario_reload(imp, sinkbin):
+    sink = sink_with_log(sinkbin)
+    base = 'Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % sink.port
+    e = Engine(imp, base + 'Suspend_Delivery = true\n', "reload")
+    try:
+        e.start()
+        for i in range(10):
+            e.inject("a@s.test", ["x%d@d.test" % i])
+        e.wait_for(lambda: len(e.records("R")) == 10, 10, "10 receptions")
+        time.sleep(1.0)
+        expect(not e.records("D"), "suspended: nothing delivered")
+        text = open(e.conf).read().replace("Suspend_Delivery = true", "Suspend_Delivery = false")
+        text += 'Spool_Sync = "none"\n'  # restart-only: reported, not applied
+        with open(e.conf, "w") as f:
+            f.write(text)
+        e.proc.send_signal(signal.SIGHUP)
+        e.wait_for(lambda: all_final(e, 10), 15, "delivery after reload")
+        check_exactly_one(e, 10)
+        pl = e.read(e.paniclog)
+        expect("reloaded" in pl, "reload logged")
+        expect("Spool_Sync" in pl and "restart" in pl, "restart-only change reported")
+        # a broken file keeps the old configuration running
+        with open(e.conf, "a") as f:
+            f.write("No_Such_Option = 1\n")
+        e.proc.send_signal(signal.SIGHUP)
+        e.wait_for(lambda: "reload failed" in e.read(e.paniclog), 10, "failed reload logged")
+        e.inject("a@s.test", ["late@d.test"])
+        e.wait_for(lambda: all_final(e, 11), 15, "delivery on the old configuration")
+        expect(e.stop() == 0, "exit status")
+    finally:
+        e.cleanup()
+        finish(sink)
+
+
+def scenario_stop(imp, sinkbin):
+    slow = sink_with_log(sinkbin, "--latency", "DOT=400")
+    conf = 'Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\nMax_Outbound_Connections = 4\n'
+    e = Engine(imp, conf % slow.port, "stop")
+    try:
+        e.start()
+        for i in range(40):
+            e.inject("a@s.test", ["x%d@d.test" % i])
+        e.wait_for(lambda: len(e.records("D")) >= 4, 20, "first deliveries")
+        t0 = time.monotonic()
+        expect(e.stop() == 0, "graceful stop exits 0")
+        took = time.monotonic() - t0
+        print("stopped in %.2f s with %d delivered" % (took, len(e.records("D"))))
+        expect(took < 12, "stopped within the deadline")
+        first = len(e.records("D"))
+        expect(first < 40, "some mail was still queued at the stop")
+        # every transaction in flight was finished: the sink's count is the D count
+        expect(len(msgs_of(slow)) == first, "sink %d vs D %d" % (len(msgs_of(slow)), first))
+        # restart on a fast sink: the rest is recovered and delivered once
+        fast = sink_with_log(sinkbin)
+        with open(e.conf) as f:
+            text = f.read().replace("127.0.0.1:%d" % slow.port, "127.0.0.1:%d" % fast.port)
+        with open(e.conf, "w") as f:
+            f.write(text)
+        try:
+            e.start()
+            e.wait_for(lambda: all_final(e, 40), 30, "40 final records after restart")
+            check_exactly_one(e, 40)
+            expect(len(msgs_of(fast)) == 40 - first, "the rest went to the new sink")
+            expect(e.stop() == 0, "exit status")
+        finally:
+            finish(fast)
+    finally:
+        e.cleanup()
+        finish(slow)
+
+
+def scenario_tls(imp, sinkbin):
+    openssl = shutil.which("openssl")
+    if not openssl:
+        print("SKIP: openssl not installed")
+        sys.exit(SKIP)
+    import tempfile
+    d = tempfile.mkdtemp(prefix="impetus-tls.")
+    cert, key = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=localhost"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tls_sink = sink_with_log(sinkbin, "--cert", cert, "--key", key)
+    plain = sink_with_log(sinkbin)
+    conf = ('Worker_Threads = 1\nTLS_Verify = "no"\n'
+            'Domain "tls.test" { Gateway = "127.0.0.1:%d" TLS = "required" }\n'
+            'Domain "plain.test" { Gateway = "127.0.0.1:%d" TLS = "required" }\n'
+            'Retry_Interval = 3600\n' % (tls_sink.port, plain.port))
+    e = Engine(imp, conf, "tls")
+    try:
+        e.start()
+        for i in range(5):
+            e.inject("a@s.test", ["x%d@tls.test" % i])
+        e.inject("a@s.test", ["y@plain.test"])  # that sink offers no STARTTLS
+        e.wait_for(lambda: len(e.records("D")) == 5 and e.records("T"), 20, "5 D and a T")
+        t = e.records("T")
+        expect(len(t) == 1 and t[0][5] == "plain.test" and "STARTTLS" in t[0][13],
+               "TLS required without STARTTLS is a transient failure: %r" % t)
+        expect(not msgs_of(plain), "nothing sent in plaintext")
+        expect(all(m.get("tls") for m in msgs_of(tls_sink)), "every message went over TLS")
+        expect(e.stop() == 0, "exit status")
+        summ = finish(tls_sink)
+        tls_sink = None
+        expect(summ["tls_handshakes"] >= 1, "STARTTLS used")
+    finally:
+        e.cleanup()
+        finish(tls_sink)
+        finish(plain)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def scenario_throttle(imp, sinkbin):

@@ -3,13 +3,17 @@
  * messages back to back over the same connection: MAIL, RCPT and DATA in
  * one write (RFC 2920), then after the 354 the body, the dot and the next
  * MAIL/RCPT/DATA in one write. Counts messages acknowledged with 250 and
- * prints the rate. It never blocks: every socket is non-blocking.
- * Usage: smtp-blast [-c CONNS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT */
+ * prints the rate. It never blocks: every socket is non-blocking. With -t,
+ * the connections are spread over that many threads (one epoll each), so
+ * the client is not the bottleneck on a busy machine.
+ * Usage: smtp-blast [-c CONNS] [-t THREADS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,7 +39,7 @@ struct conn {
   int wantout;
 };
 
-static long remaining, acked, failed;
+static atomic_long remaining, acked, failed;
 static char *body;
 static size_t body_len;
 static char env[512];
@@ -74,12 +78,11 @@ static void expect(struct conn *c, int e)
 
 static void queue_envelope(struct conn *c)
 {
-  if (remaining <= 0) {
+  if (atomic_fetch_sub(&remaining, 1) <= 0) {
     out(c, "QUIT\r\n", 6);
     expect(c, E_QUIT);
     return;
   }
-  remaining--;
   out(c, env, env_len);
   expect(c, E_MAIL);
   for (int i = 0; i < nrcpt; i++)
@@ -183,25 +186,71 @@ static int on_read(struct conn *c)
   return flush(c);
 }
 
+struct worker {
+  pthread_t th;
+  struct conn *cs;
+  int first, last;
+};
+
+static void *worker_run(void *arg)
+{
+  struct worker *w = arg;
+  int ep = epoll_create1(0);
+  for (int i = w->first; i < w->last; i++) {
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &w->cs[i]};
+    epoll_ctl(ep, EPOLL_CTL_ADD, w->cs[i].fd, &ev);
+  }
+  int open_conns = w->last - w->first;
+  struct epoll_event evs[256];
+  while (open_conns > 0) {
+    int n = epoll_wait(ep, evs, 256, 10000);
+    if (n == 0) {
+      fprintf(stderr, "smtp-blast: stalled (acked %ld)\n", (long)acked);
+      exit(1);
+    }
+    for (int i = 0; i < n; i++) {
+      struct conn *c = evs[i].data.ptr;
+      int r = on_read(c);
+      if (r != 0) {
+        if (r < 0)
+          fprintf(stderr, "smtp-blast: connection lost\n");
+        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        open_conns--;
+        continue;
+      }
+      if ((c->wlen != 0) != c->wantout) {
+        /* Output left over (full socket buffer): wait for writability too. */
+        c->wantout = c->wlen != 0;
+        struct epoll_event ev = {.events = EPOLLIN | (c->wantout ? EPOLLOUT : 0), .data.ptr = c};
+        epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+      }
+    }
+  }
+  close(ep);
+  return NULL;
+}
+
 int main(int argc, char **argv)
 {
-  int nconn = 16;
+  int nconn = 16, nthreads = 1;
   long total = 100000;
   long size = 1024;
   int opt;
-  while ((opt = getopt(argc, argv, "c:m:l:r:")) != -1) {
+  while ((opt = getopt(argc, argv, "c:t:m:l:r:")) != -1) {
     switch (opt) {
     case 'c': nconn = atoi(optarg); break;
+    case 't': nthreads = atoi(optarg); break;
     case 'm': total = atol(optarg); break;
     case 'l': size = atol(optarg); break;
     case 'r': nrcpt = atoi(optarg); break;
     default:
-      fprintf(stderr, "usage: smtp-blast [-c CONNS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT\n");
+      fprintf(stderr, "usage: smtp-blast [-c CONNS] [-t THREADS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT\n");
       return 2;
     }
   }
-  if (optind >= argc || nconn < 1 || nrcpt < 1 || nrcpt > 16 || size < 64) {
-    fprintf(stderr, "usage: smtp-blast [-c CONNS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT\n");
+  if (optind >= argc || nconn < 1 || nrcpt < 1 || nthreads < 1 || nrcpt > 16 || size < 64) {
+    fprintf(stderr, "usage: smtp-blast [-c CONNS] [-t THREADS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT\n");
     return 2;
   }
   char host[128];
@@ -232,9 +281,10 @@ int main(int argc, char **argv)
   env_len += (size_t)snprintf(env + env_len, sizeof(env) - env_len, "DATA\r\n");
 
   remaining = total;
-  int ep = epoll_create1(0);
   struct conn *cs = calloc((size_t)nconn, sizeof(*cs));
-  double t0 = now_s();
+  if (nthreads > nconn)
+    nthreads = nconn;
+  struct worker *ws = calloc((size_t)nthreads, sizeof(*ws));
   for (int i = 0; i < nconn; i++) {
     struct conn *c = &cs[i];
     c->fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -246,43 +296,26 @@ int main(int argc, char **argv)
       die("connect");
     fcntl(c->fd, F_SETFL, O_NONBLOCK);
     expect(c, E_GREET);
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
   }
-  int open_conns = nconn;
-  struct epoll_event evs[256];
-  while (open_conns > 0) {
-    int n = epoll_wait(ep, evs, 256, 10000);
-    if (n == 0) {
-      fprintf(stderr, "smtp-blast: stalled (acked %ld)\n", acked);
-      return 1;
-    }
-    for (int i = 0; i < n; i++) {
-      struct conn *c = evs[i].data.ptr;
-      int r = on_read(c);
-      if (r != 0) {
-        if (r < 0)
-          fprintf(stderr, "smtp-blast: connection lost\n");
-        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
-        close(c->fd);
-        open_conns--;
-        continue;
-      }
-      if ((c->wlen != 0) != c->wantout) {
-        /* Output left over (full socket buffer): wait for writability too. */
-        c->wantout = c->wlen != 0;
-        struct epoll_event ev = {.events = EPOLLIN | (c->wantout ? EPOLLOUT : 0), .data.ptr = c};
-        epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
-      }
-    }
+  double t0 = now_s();
+  for (int t = 0; t < nthreads; t++) {
+    ws[t].cs = cs;
+    ws[t].first = nconn * t / nthreads;
+    ws[t].last = nconn * (t + 1) / nthreads;
+    if (pthread_create(&ws[t].th, NULL, worker_run, &ws[t]) != 0)
+      die("pthread_create");
   }
+  for (int t = 0; t < nthreads; t++)
+    pthread_join(ws[t].th, NULL);
   double el = now_s() - t0;
-  printf("{\"client\": \"smtp-blast\", \"connections\": %d, \"messages\": %ld, \"failed\": %ld, "
-         "\"size\": %ld, \"elapsed_s\": %.3f, \"msgs_per_s\": %.0f}\n",
-         nconn, acked, failed, size, el, (double)acked / el);
+  long nacked = acked, nfailed = failed;
+  printf("{\"client\": \"smtp-blast\", \"connections\": %d, \"threads\": %d, \"messages\": %ld, "
+         "\"failed\": %ld, \"size\": %ld, \"elapsed_s\": %.3f, \"msgs_per_s\": %.0f}\n",
+         nconn, nthreads, nacked, nfailed, size, el, (double)nacked / el);
   for (int i = 0; i < nconn; i++)
     free(cs[i].wbuf);
   free(cs);
+  free(ws);
   free(body);
-  return failed ? 1 : 0;
+  return nfailed ? 1 : 0;
 }

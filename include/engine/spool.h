@@ -158,6 +158,16 @@ void spool_stop(struct spool *sp);
 /* The last ingest error (0 when the last round succeeded). Any thread. */
 int spool_last_error(const struct spool *sp);
 
+/* Counters since spool_open (relaxed snapshots; any thread). */
+struct spool_stats {
+  uint64_t ingested;   /* messages made durable by spool_ingest */
+  uint64_t rejected;   /* pickup files sent to bad/ */
+  uint64_t batches;    /* ingest rounds that made at least one message durable */
+  uint64_t syncs;      /* fsync/fdatasync/syncfs calls made by ingest and txn commits */
+  uint64_t recovered;  /* messages handed over by spool_recover */
+};
+void spool_get_stats(const struct spool *sp, struct spool_stats *out);
+
 /* Read the dictionaries back from <id>.m when dropped (no-op when they are
  * in memory); restores secret entries kept in memory. Owner thread.
  * Returns 0 or -errno (-EBADMSG on a checksum failure). */

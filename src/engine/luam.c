@@ -60,6 +60,7 @@ struct lstate {
   struct luam *lm;
   lua_State *L;
   int dispatch_ref;
+  int msg_mt_ref;
   uint32_t hookmask;
   size_t mem, mem_limit;
   int counting;       /* custom allocator in use (else lua_gc polling) */
@@ -218,7 +219,7 @@ mem:
 }
 
 /* Open the window in which ls's code runs under the budget. */
-static void run_begin(struct lstate *ls, uint64_t used_ns, uint64_t used_instr)
+static void run_begin(struct lstate *ls, uint64_t now, uint64_t used_ns, uint64_t used_instr)
 {
   struct luam *lm = ls->lm;
   tls_ls = ls;
@@ -227,7 +228,7 @@ static void run_begin(struct lstate *ls, uint64_t used_ns, uint64_t used_instr)
   ls->instr = used_instr;
   ls->max_instr = lm->max_instr;
   uint64_t budget = lm->max_time_ms * 1000000ull;
-  ls->deadline_ns = clock_mono_ns() + (budget > used_ns ? budget - used_ns : 0);
+  ls->deadline_ns = now + (budget > used_ns ? budget - used_ns : 0);
 }
 
 static void run_end(struct lstate *ls)
@@ -245,7 +246,18 @@ static void run_end(struct lstate *ls)
 
 static struct lcall *check_call(lua_State *L)
 {
-  struct lmsg *m = luaL_checkudata(L, 1, MSG_MT);
+  /* Fast path while a hook runs: compare the metatable with the state's
+   * (an integer registry index, no string lookup). */
+  struct lmsg *m = NULL;
+  struct lstate *ls = tls_ls;
+  if (ls && ls->L && lua_type(L, 1) == LUA_TUSERDATA && lua_getmetatable(L, 1)) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ls->msg_mt_ref);
+    if (lua_rawequal(L, -1, -2))
+      m = lua_touserdata(L, 1);
+    lua_pop(L, 2);
+  }
+  if (!m)
+    m = luaL_checkudata(L, 1, MSG_MT);
   if (!m->call)
     luaL_error(L, "msg used after its hook returned");
   return m->call;
@@ -502,12 +514,13 @@ static const luaL_Reg msg_methods[] = {
 /* msg.id / msg.conn_id / msg.batch_id, then the methods. */
 static int m_index(lua_State *L)
 {
-  const char *k = luaL_checkstring(L, 2);
-  if (strcmp(k, "id") == 0 || strcmp(k, "batch_id") == 0 || strcmp(k, "conn_id") == 0)
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1)); /* the methods table */
+  if (!lua_isnil(L, -1))
+    return 1;
+  const char *k = lua_tostring(L, 2);
+  if (k && (strcmp(k, "id") == 0 || strcmp(k, "batch_id") == 0 || strcmp(k, "conn_id") == 0))
     return m_tostring(L);
-  lua_getmetatable(L, 1);
-  lua_getfield(L, -1, "methods");
-  lua_getfield(L, -1, k);
   return 1;
 }
 
@@ -516,6 +529,8 @@ static int m_index(lua_State *L)
 
 static struct lstate *ls_of(lua_State *L)
 {
+  if (tls_ls)
+    return tls_ls;
   lua_getfield(L, LUA_REGISTRYINDEX, "impetus.ls");
   struct lstate *ls = lua_touserdata(L, -1);
   lua_pop(L, 1);
@@ -882,7 +897,7 @@ static void state_free(struct lstate *ls)
 /* Run the function on top of ls->L (nargs arguments) under the budget. */
 static int state_pcall(struct lstate *ls, int nargs, int nres, char *err, size_t errlen)
 {
-  run_begin(ls, 0, 0);
+  run_begin(ls, clock_mono_ns(), 0, 0);
   int rc = lua_pcall(ls->L, nargs, nres, 0);
   run_end(ls);
   if (rc != 0) {
@@ -922,16 +937,15 @@ static struct lstate *state_new(struct luam *lm, char *err, size_t errlen)
   lua_setfield(L, LUA_REGISTRYINDEX, "impetus.ls");
 
   luaL_newmetatable(L, MSG_MT);
-  lua_pushcfunction(L, m_index);
+  lua_newtable(L);
+  luaL_register(L, NULL, msg_methods);
+  lua_pushcclosure(L, m_index, 1);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, m_tostring);
   lua_setfield(L, -2, "__tostring");
   lua_pushliteral(L, "msg");
   lua_setfield(L, -2, "__metatable");
-  lua_newtable(L);
-  luaL_register(L, NULL, msg_methods);
-  lua_setfield(L, -2, "methods");
-  lua_pop(L, 1);
+  ls->msg_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   /* package.path: the bundled library first, then each script's dir. */
   lua_getglobal(L, "package");
@@ -1292,14 +1306,14 @@ static int call_resume(struct luam *lm, struct lcall *c, int nargs)
   struct lstate *ls = c->ls;
   uint64_t t0 = clock_mono_ns();
   lm->running = c;
-  run_begin(ls, c->run_ns, c->instr);
+  run_begin(ls, t0, c->run_ns, c->instr);
   int rc = lua_resume(c->co, nargs);
   c->instr = ls->instr;
   run_end(ls);
   lm->running = NULL;
-  c->run_ns += clock_mono_ns() - t0;
   int result = LUAM_CONT;
   if (rc == LUA_YIELD) {
+    c->run_ns += clock_mono_ns() - t0; /* only a resumed call needs it */
     if (c->job) {
       struct luam_job *job = c->job;
       job->post = lm->post;

@@ -69,6 +69,7 @@ struct spool {
   struct buf rbuf, mbuf;
   atomic_int kick;
   atomic_int last_err;
+  _Atomic uint64_t st_ingested, st_rejected, st_batches, st_syncs, st_recovered;
   atomic_bool stop;
   bool thread_running;
   pthread_t thread;
@@ -573,6 +574,8 @@ static void bad_name(struct spool *sp, const char *name, const char *id, char *o
 
 static void report_bad(struct spool *sp, const char *name, const char *reason)
 {
+  if (name[0])
+    atomic_fetch_add_explicit(&sp->st_rejected, 1, memory_order_relaxed);
   if (sp->p.on_bad)
     sp->p.on_bad(sp->p.arg, name, reason);
 }
@@ -810,7 +813,29 @@ struct claimed {
   int body_fd, meta_fd; /* kept for fsync (method fsync) or -1 */
 };
 
-static int sync_fd(int fd) { return fd >= 0 && fsync(fd) < 0 ? -errno : 0; }
+static int sync_fd_counted(struct spool *sp, int fd)
+{
+  if (fd < 0)
+    return 0;
+  atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
+  return fsync(fd) < 0 ? -errno : 0;
+}
+#define sync_fd(fd) sync_fd_counted(sp, (fd))
+
+static int syncfs_counted(struct spool *sp)
+{
+  atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
+  return syncfs(sp->queue_fd) < 0 ? -errno : 0;
+}
+
+void spool_get_stats(const struct spool *sp, struct spool_stats *out)
+{
+  out->ingested = atomic_load_explicit(&sp->st_ingested, memory_order_relaxed);
+  out->rejected = atomic_load_explicit(&sp->st_rejected, memory_order_relaxed);
+  out->batches = atomic_load_explicit(&sp->st_batches, memory_order_relaxed);
+  out->syncs = atomic_load_explicit(&sp->st_syncs, memory_order_relaxed);
+  out->recovered = atomic_load_explicit(&sp->st_recovered, memory_order_relaxed);
+}
 
 /* Make the batch durable. */
 static int sync_batch(struct spool *sp, struct claimed *c, size_t n, const bool *touched)
@@ -818,7 +843,7 @@ static int sync_batch(struct spool *sp, struct claimed *c, size_t n, const bool 
   if (sp->p.sync == SPOOL_SYNC_NONE || n == 0)
     return 0;
   if (sp->p.sync_method == SPOOL_SYNCM_SYNCFS)
-    return syncfs(sp->queue_fd) < 0 ? -errno : 0;
+    return syncfs_counted(sp);
   int r = 0;
   for (size_t i = 0; i < n && r == 0; i++) {
     if ((r = sync_fd(c[i].body_fd)) == 0)
@@ -868,8 +893,8 @@ static int read_file(struct spool *sp, int fd, struct stat *st, char *why, size_
     if (n == 0)
       break;
     got += (size_t)n;
-    if (got > want)
-      break;
+    if (got > want || (size_t)n < want + 1 - (got - (size_t)n))
+      break; /* a short read of a regular file is its end */
   }
   sp->rbuf.len = got;
   if (got != want) {
@@ -1003,6 +1028,8 @@ static int ingest_file(struct spool *sp, int dfd, const char *qname, const char 
 
 static void deliver_batch(struct spool *sp, struct claimed *c, size_t n)
 {
+  atomic_fetch_add_explicit(&sp->st_ingested, n, memory_order_relaxed);
+  atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
   for (size_t i = 0; i < n; i++) {
     claimed_close(&c[i]);
     spool_drop_ctx(sp, c[i].msg);
@@ -1368,6 +1395,7 @@ static long recover_one(struct spool *sp, int b, const char *id, bool have_body,
     spool_msg_free(m);
     return 0;
   }
+  atomic_fetch_add_explicit(&sp->st_recovered, 1, memory_order_relaxed);
   sp->p.on_msg(sp->p.arg, m);
   return 1;
 }
@@ -1453,14 +1481,15 @@ long spool_recover(struct spool *sp)
   buf_done(&mb, 0);
   /* Messages claimed before a crash and parsed again: one sync, then hand over. */
   long err = 0;
-  if (nrep > 0 && sp->p.sync != SPOOL_SYNC_NONE && syncfs(sp->queue_fd) < 0)
-    err = -errno;
+  if (nrep > 0 && sp->p.sync != SPOOL_SYNC_NONE)
+    err = syncfs_counted(sp);
   for (size_t i = 0; i < nrep; i++) {
     if (err < 0) {
       spool_msg_free(rep[i]);
       continue;
     }
     spool_drop_ctx(sp, rep[i]);
+    atomic_fetch_add_explicit(&sp->st_recovered, 1, memory_order_relaxed);
     sp->p.on_msg(sp->p.arg, rep[i]);
     count++;
   }
@@ -1630,12 +1659,15 @@ int spool_txn_commit(struct spool_txn *t)
   /* 2. One sync pass. */
   if (sp->p.sync != SPOOL_SYNC_NONE && nfds > 0) {
     if (sp->p.sync_method == SPOOL_SYNCM_SYNCFS && sp->p.sync == SPOOL_SYNC_BATCH) {
-      if (syncfs(sp->queue_fd) < 0 && !err)
-        err = -errno;
+      int e = syncfs_counted(sp);
+      if (e < 0 && !err)
+        err = e;
     } else {
-      for (size_t i = 0; i < nfds; i++)
+      for (size_t i = 0; i < nfds; i++) {
+        atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
         if (fdatasync(fds[i]) < 0 && !err)
           err = -errno;
+      }
     }
   }
   for (size_t i = 0; i < nfds; i++)

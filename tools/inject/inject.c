@@ -15,6 +15,7 @@
 #include "spool.h"
 
 #include "buf.h"
+#include "conf.h"
 #include "impetus_build.h"
 #include "panic.h"
 
@@ -81,56 +82,29 @@ static void usage(FILE *out)
 
 /* ---- spool location ---- */
 
-/* The value of `Option = "value"` in a configuration file (first match,
- * case-insensitive name), or NULL. TODO(conf): switch to conf_load once
- * include/conf/conf.h lands on main; this reads only simple top-level lines. */
-static char *conf_value(const char *path, const char *option)
+/* Spoolbase and Pickup_Directory from the configuration at path (the
+ * engine's parser, so includes, comments and relative paths behave the
+ * same). Exits with a clear message when the file cannot be used. */
+static char *pickup_from_conf(const char *path)
 {
-  FILE *f = fopen(path, "r");
-  if (!f)
-    die(EX_NOINPUT, "%s: %s", path, strerror(errno));
-  char line[4096];
-  char *val = NULL;
-  size_t ol = strlen(option);
-  while (!val && fgets(line, sizeof(line), f)) {
-    char *p = line;
-    while (isspace((unsigned char)*p))
-      p++;
-    if (strncasecmp(p, option, ol) != 0)
-      continue;
-    p += ol;
-    while (isspace((unsigned char)*p))
-      p++;
-    if (*p++ != '=')
-      continue;
-    while (isspace((unsigned char)*p))
-      p++;
-    char *end;
-    if (*p == '"') {
-      p++;
-      end = strchr(p, '"');
-    } else {
-      end = p + strcspn(p, " \t\r\n#");
-    }
-    if (!end || end == p)
-      continue;
-    val = util_xstrndup(p, (size_t)(end - p));
+  struct conf_error err;
+  struct conf *c = conf_load(path, &err);
+  if (!c) {
+    char text[5200];
+    die(EX_NOINPUT, "%s", conf_error_str(&err, text, sizeof(text)));
   }
-  fclose(f);
-  if (val && val[0] != '/') { /* relative to the configuration file's directory */
-    char *dir = util_xstrdup(path);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-      *slash = 0;
-    else
-      strcpy(dir, ".");
-    char *abs = util_xmalloc(strlen(dir) + strlen(val) + 2);
-    sprintf(abs, "%s/%s", dir, val);
-    free(dir);
-    free(val);
-    val = abs;
+  const struct conf_view *g = conf_global(c);
+  const char *pickup = conf_str(g, CONF_PICKUP_DIRECTORY);
+  char *out;
+  if (pickup) {
+    out = util_xstrdup(pickup);
+  } else {
+    const char *base = conf_str(g, CONF_SPOOLBASE);
+    out = util_xmalloc(strlen(base) + 8);
+    sprintf(out, "%s/pickup", base);
   }
-  return val;
+  conf_unref(c);
+  return out;
 }
 
 static const char *default_config(void)
@@ -535,16 +509,7 @@ int main(int argc, char **argv)
     pickup_dir = util_xmalloc(strlen(spool) + 8);
     sprintf(pickup_dir, "%s/pickup", spool);
   } else {
-    const char *cf = config ? config : default_config();
-    pickup_dir = conf_value(cf, "Pickup_Directory");
-    if (!pickup_dir) {
-      char *base = conf_value(cf, "Spoolbase");
-      if (!base)
-        base = util_xstrdup("/var/spool/impetus");
-      pickup_dir = util_xmalloc(strlen(base) + 8);
-      sprintf(pickup_dir, "%s/pickup", base);
-      free(base);
-    }
+    pickup_dir = pickup_from_conf(config ? config : default_config());
   }
 
   /* The sender. */

@@ -98,6 +98,8 @@ try:
         f.write('# test\nSpoolbase = "conf"\nDomain "x" { }\n')
     r = run(["-c", os.path.join(top, "impetus.conf"), "-f", "a@example.com", "b@example.com"], MSG)
     check(r.returncode == 0 and len(pickup_files(s)) == 1, f"-c FILE: {r.returncode} {r.stderr}")
+    r = run(["-c", os.path.join(top, "nope.conf"), "-f", "a@example.com", "b@example.com"], MSG)
+    check(r.returncode == 66 and b"nope.conf" in r.stderr, f"missing config: {r.returncode} {r.stderr}")
     # Bulk: 250 good lines, 3 bad, comments and blanks; batches of 100.
     s = new_spool("bulk")
     lines = ["# list", ""]

@@ -6,6 +6,7 @@ content, local/peer address recording (source 127.0.0.2), the summary."""
 import json
 import os
 import smtplib
+import socket
 import ssl
 import sys
 import time
@@ -209,6 +210,23 @@ def test_auth_policies(cert, key, d):
         assert summary["messages"] == 20, summary
 
 
+def test_ipv6_loopback():
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        print("IPv6 loopback unavailable: IPv6 part skipped")
+        return
+    with Sink(SINK, [], extra_listen=["[::1]:0"]) as s:
+        port6 = [p for h, p in s.plain if h == "::1"][0]
+        c = smtplib.SMTP("::1", port6, timeout=5)
+        c.sendmail("v6@example.org", ["r@example.net"], "Subject: x\r\n\r\nsix\r\n")
+        c.quit()
+        st = s.stop()
+        assert st["per_source_address"] == {"::1": 1} and st["per_local_address"] == {"::1": 1}, st
+
+
 def main():
     cert, key, cdir = certs(ROOT)
     import tempfile
@@ -216,6 +234,7 @@ def main():
     try:
         test_pipelined_delivery_and_outputs(cert, key, d)
         test_auth_policies(cert, key, d)
+        test_ipv6_loopback()
     finally:
         import shutil
         shutil.rmtree(d, ignore_errors=True)

@@ -35,6 +35,12 @@ int ctl_start(struct engine_shared *sh, const char *config_path, char *err, size
 /* Stop the thread and remove the socket. Safe when not started. */
 void ctl_stop(void);
 
+/* Create the missing parent directories of the configured log files and
+ * control socket (mode 0750), so a fresh machine starts on the bundled
+ * configuration. Failures are left to the open that follows. Main thread. */
+struct conf;
+void ctl_prepare_paths(struct conf *c);
+
 /* Is delivery suspended from the console for (binding, domain)? Any thread. */
 bool ctl_suspended(const char *binding, const char *domain);
 

@@ -1189,6 +1189,44 @@ static void *ctl_main(void *arg)
 
 /* ------------------------------------------------------------ start/stop */
 
+/* mkdir -p of the directory part of path (mode 0750 for new ones). */
+static void make_parent(const char *path)
+{
+  if (path == NULL)
+    return;
+  char d[4096];
+  snprintf(d, sizeof d, "%s", path);
+  char *slash = strrchr(d, '/');
+  if (slash == NULL || slash == d)
+    return;
+  *slash = '\0';
+  for (char *p = d + 1; *p; p++)
+    if (*p == '/') {
+      *p = '\0';
+      mkdir(d, 0750);
+      *p = '/';
+    }
+  mkdir(d, 0750);
+}
+
+void ctl_prepare_paths(struct conf *c)
+{
+  static const struct {
+    const char *stanza;
+    enum conf_opt opt;
+  } logs[] = {{"ec_logger", CONF_EC_LOGGER_MAINLOG}, {"ec_logger", CONF_EC_LOGGER_PANICLOG},
+              {"ec_logger", CONF_EC_LOGGER_JSONLOG}, {"bounce_logger", CONF_BOUNCE_LOGGER_BOUNCELOG}};
+  for (size_t i = 0; i < UTIL_ARRAY_LEN(logs); i++) {
+    const struct conf_stanza *st = conf_stanza_first(c, logs[i].stanza);
+    if (st)
+      make_parent(conf_str(conf_stanza_view(st), logs[i].opt));
+  }
+  const struct conf_stanza *cl = conf_stanza_first(c, "control_listener");
+  const struct conf_stanza *ls = cl ? conf_stanza_child(cl, "listen") : NULL;
+  if (ls)
+    make_parent(conf_stanza_instance(ls));
+}
+
 static int open_unix(const char *path, unsigned mode, char *err, size_t errlen)
 {
   struct sockaddr_un sa = {.sun_family = AF_UNIX};

@@ -156,6 +156,7 @@ int engine_main(const char *config_path)
   atomic_store(&sh.conf_gen, 1);
   if (gethostname(sh.hostname, sizeof sh.hostname - 1) != 0)
     snprintf(sh.hostname, sizeof sh.hostname, "localhost");
+  ctl_prepare_paths(c); /* ops: log and socket directories */
   sh.logs = open_logs(c);
   sh.ingest_log = logs_writer_new(sh.logs);
   struct logs_writer *mainlog = logs_writer_new(sh.logs);

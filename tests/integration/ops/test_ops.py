@@ -2,8 +2,8 @@
 busy engine, JSON answers parsed, the control socket's mode, the Prometheus
 endpoint scraped and parsed.
 
-usage: test_ops.py IMPETUS IMPETUS_CTL SINK SCENARIO
-scenarios: console busy metrics"""
+usage: test_ops.py IMPETUS IMPETUS_CTL SINK SCENARIO [IMPETUS_INJECT]
+scenarios: console busy metrics cli"""
 import json
 import os
 import re
@@ -293,13 +293,60 @@ def scenario_metrics(imp, ctlbin, sinkbin):
         sink.cleanup()
 
 
+def scenario_cli(imp, ctlbin, sinkbin, injectbin):
+    """--help on every binary; the bundled configuration starts, answers the
+    console and stops cleanly on SIGINT (Ctrl-C)."""
+    import shutil
+    import signal
+    import tempfile
+    for b in (imp, ctlbin, sinkbin, injectbin):
+        p = subprocess.run([b, "--help"], capture_output=True, text=True, timeout=10,
+                           stdin=subprocess.DEVNULL)
+        check(p.returncode == 0 and "usage" in p.stdout.lower(), "%s --help: %d %r" % (b, p.returncode, p.stdout[:200]))
+    root = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+    d = tempfile.mkdtemp(prefix="ops-bundled.")
+    proc = None
+    try:
+        with open(os.path.join(root, "etc", "impetus.conf")) as f:
+            text = f.read()
+        check("/var/tmp/impetus" in text, "bundled configuration layout changed")
+        conf = os.path.join(d, "impetus.conf")
+        with open(conf, "w") as f:
+            f.write(text.replace("/var/tmp/impetus", d))
+        errf = open(os.path.join(d, "stderr"), "w+")
+        proc = subprocess.Popen([imp, "-c", conf], stdout=subprocess.DEVNULL, stderr=errf,
+                                stdin=subprocess.DEVNULL)
+        sock = os.path.join(d, "impetus.sock")
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock):
+            check(proc.poll() is None, "bundled configuration: impetus exited: %s"
+                  % open(errf.name).read())
+            check(time.monotonic() < deadline, "no control socket")
+            time.sleep(0.05)
+        s = Ctl(ctlbin, sock).json("summary")
+        check(s["workers"] >= 1, "summary on the bundled configuration: %s" % s)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=20)
+        check(rc == 0, "exit status %d after SIGINT" % rc)
+        proc = None
+        check(not os.path.exists(sock), "socket left after SIGINT")
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def main():
-    if len(sys.argv) != 5:
+    if len(sys.argv) not in (5, 6):
         print(__doc__)
         return 2
-    imp, ctlbin, sinkbin, scen = sys.argv[1:]
-    {"console": scenario_console, "busy": scenario_busy,
-     "metrics": scenario_metrics}[scen](imp, ctlbin, sinkbin)
+    imp, ctlbin, sinkbin, scen = sys.argv[1:5]
+    if scen == "cli":
+        scenario_cli(imp, ctlbin, sinkbin, sys.argv[5])
+    else:
+        {"console": scenario_console, "busy": scenario_busy,
+         "metrics": scenario_metrics}[scen](imp, ctlbin, sinkbin)
     print("ok")
     return 0
 

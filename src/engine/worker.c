@@ -19,10 +19,7 @@
 #include "panic.h"
 #include "ring.h"
 #include "scheduler.h"
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wcomment"
 #include "smtpc.h"
-#pragma GCC diagnostic pop
 #include "spool.h"
 #include "throttle.h"
 #include "tls.h"

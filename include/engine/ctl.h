@@ -51,3 +51,5 @@ struct dq *worker_dq(struct worker *w);
 unsigned worker_nsessions(const struct worker *w);
 /* The message a queued unit belongs to, and its queue id text. */
 const struct spool_msg *worker_unit_msg(const struct dq_unit *u, const char **id);
+/* Fail a unit already taken out of its queue permanently (admin bounce). */
+void worker_admin_fail(struct worker *w, struct dq_unit *u);

@@ -94,3 +94,6 @@ bool dq_foreach_unit(struct dq *d, bool (*fn)(void *arg, struct dq_unit *u, bool
  * to its ready list (flush, message retry). Returns how many. */
 size_t dq_hasten(struct dq *d, bool (*pick)(void *arg, struct dq_unit *u), void *arg,
                  uint64_t now_ms);
+/* Take a queued unit (ready or deferred) out of its queue (message fail).
+ * No-op when it is not queued. */
+void dq_remove(struct dq *d, struct dq_unit *u);

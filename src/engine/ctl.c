@@ -249,7 +249,7 @@ static void o_row_close(struct out *o)
 
 /* ------------------------------------------------------------ worker questions */
 
-enum wop { WOP_STATS, WOP_QUEUES, WOP_UNITS, WOP_HASTEN, WOP_LIMITS };
+enum wop { WOP_STATS, WOP_QUEUES, WOP_UNITS, WOP_HASTEN, WOP_LIMITS, WOP_FAIL };
 
 struct qrow {
   char binding[COUNTERS_NAME_MAX], domain[COUNTERS_NAME_MAX];
@@ -392,6 +392,39 @@ static bool pick_unit(void *arg, struct dq_unit *u)
   return unit_matches(p->q, u, &sm, &id);
 }
 
+struct collect {
+  struct wpart *p;
+  struct dq_unit **u;
+  size_t n, cap;
+};
+
+static bool collect_unit(void *arg, struct dq_unit *u, bool deferred)
+{
+  (void)deferred;
+  struct collect *c = arg;
+  if (!pick_unit(c->p, u))
+    return true;
+  if (c->n == c->cap) {
+    c->cap = c->cap ? c->cap * 2 : 8;
+    c->u = util_xrealloc(c->u, c->cap * sizeof *c->u);
+  }
+  c->u[c->n++] = u;
+  return true;
+}
+
+/* message fail: take the message's queued units out and fail them. */
+static void fail_units(struct wpart *p, struct worker *w, struct dq *d)
+{
+  struct collect c = {.p = p};
+  dq_foreach_unit(d, collect_unit, &c);
+  for (size_t i = 0; i < c.n; i++) {
+    dq_remove(d, c.u[i]);
+    worker_admin_fail(w, c.u[i]);
+  }
+  p->hastened = c.n;
+  free(c.u);
+}
+
 /* Runs on worker p->idx's own thread. */
 static void run_part(void *arg)
 {
@@ -421,6 +454,9 @@ static void run_part(void *arg)
       break;
     case WOP_HASTEN:
       p->hastened = dq_hasten(d, pick_unit, p, wall_ms());
+      break;
+    case WOP_FAIL:
+      fail_units(p, w, d);
       break;
     default:
       util_panic("ctl: unknown worker op %d", (int)q->op);
@@ -869,6 +905,25 @@ static int hasten(struct req *r, const char *binding, const char *domain, const 
   return 0;
 }
 
+static int cmd_message_fail(struct req *r, const char *id)
+{
+  struct wq *q = wq_new(WOP_FAIL);
+  snprintf(q->id, sizeof q->id, "%s", id);
+  if (wq_run(q) < 0) {
+    wq_unref(q);
+    return fail(r, "workers did not answer within %d ms", CTL_WORKER_WAIT_MS);
+  }
+  size_t n = 0;
+  for (unsigned i = 0; i < q->nparts; i++)
+    n += q->parts[i].hastened;
+  wq_unref(q);
+  if (n == 0)
+    return fail(r, "message %s has no queued unit (unknown, done, or in a session right now)", id);
+  o_str(&r->o, "id", id);
+  o_u64(&r->o, "failed_units", n);
+  return 0;
+}
+
 static int cmd_suspend(struct req *r, bool on, const char *binding, const char *domain)
 {
   int rc = suspend_set(binding ? binding : "", domain ? domain : "", on);
@@ -953,7 +1008,7 @@ static int cmd_config_reload(struct req *r)
 static const char usage_text[] =
   "commands: summary | mailq [-d DOMAIN] [-b BINDING] [-p PAGE] [-n PER_PAGE] |\n"
   "  showqueue [binding NAME] DOMAIN | binding summary [NAME] | domain NAME |\n"
-  "  message details ID | message retry ID | flush domain NAME | flush binding NAME |\n"
+  "  message details ID | message retry ID | message fail ID | flush domain NAME |\n  flush binding NAME |\n"
   "  suspend domain NAME | suspend binding NAME | resume domain NAME | resume binding NAME |\n"
   "  config eval [binding_group G] [binding B] [domain D] OPTION | config reload |\n"
   "  reopen logs | version | shutdown";
@@ -1015,7 +1070,7 @@ static int dispatch(struct req *r)
   if (IS(0, "message") && IS(1, "retry") && ac == 3)
     return hasten(r, NULL, NULL, av[2]);
   if (IS(0, "message") && IS(1, "fail") && ac == 3)
-    return fail(r, "message fail: not supported yet (use suspend, or let it expire)");
+    return cmd_message_fail(r, av[2]);
   if (IS(0, "flush") && IS(1, "domain") && ac == 3)
     return hasten(r, NULL, av[2], NULL);
   if (IS(0, "flush") && IS(1, "binding") && ac == 3)

@@ -360,3 +360,35 @@ size_t dq_hasten(struct dq *d, bool (*pick)(void *arg, struct dq_unit *u), void 
   dq_promote(d, now_ms);
   return n;
 }
+
+void dq_remove(struct dq *d, struct dq_unit *u)
+{
+  struct dq_queue *q = u->q;
+  if (u->heap_idx) {
+    size_t i = u->heap_idx - 1;
+    u->heap_idx = 0;
+    q->ndeferred--;
+    if (i != --d->nheap) {
+      struct dq_unit *x = d->heap[d->nheap];
+      heap_set(d, i, x);
+      sift_up(d, i);
+      sift_down(d, x->heap_idx - 1);
+    }
+    return;
+  }
+  struct dq_unit **pp = &q->head, *prev = NULL;
+  while (*pp && *pp != u) {
+    prev = *pp;
+    pp = &(*pp)->next;
+  }
+  if (*pp == NULL)
+    return; /* not queued here */
+  *pp = u->next;
+  if (q->tail == u)
+    q->tail = prev;
+  u->next = NULL;
+  q->nready--;
+  d->nready--;
+  if (q->head == NULL)
+    deactivate(d, q);
+}

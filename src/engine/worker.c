@@ -1741,3 +1741,13 @@ const struct spool_msg *worker_unit_msg(const struct dq_unit *u, const char **id
   *id = em->id;
   return em->sm;
 }
+
+/* Fail a unit taken out of its queue (dq_remove) permanently, as the
+ * administrator asked: logged P and B, bounced like any permanent failure. */
+void worker_admin_fail(struct worker *w, struct dq_unit *u)
+{
+  struct smtpc_result all = {.outcome = SMTPC_OUT_PERMANENT, .code = 554, .stage = 0};
+  scopy(all.enhanced, sizeof all.enhanced, "5.0.0");
+  scopy(all.text, sizeof all.text, "554 5.0.0 [admin] failed by the administrator");
+  finish_unit(w, u->q, u, NULL, &all, "", NULL, 0);
+}

@@ -69,7 +69,7 @@ def scenario_console(imp, ctlbin, sinkbin):
     e = None
     try:
         conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
-                'Binding "b1" { }\n'
+                'Generate_Bounces = false\nBinding "b1" { }\n'
                 'Domain "auth.test" { Outbound_SMTP_AUTH_Type = "LOGIN"\n'
                 '  Outbound_SMTP_AUTH_User = "msys" Outbound_SMTP_AUTH_Pass = "s3cret-pw"\n'
                 '  Outbound_SMTP_AUTH_Allow_Plaintext = true }\n'
@@ -117,13 +117,23 @@ def scenario_console(imp, ctlbin, sinkbin):
         r = ctl.json("suspend", "domain", "example.com")
         check(r["suspended"] is True, "suspend: %s" % r)
         e.inject("s@example.org", ["held@example.com"])
-        e.wait_for(lambda: ctl.json("summary")["active_queue"] == 1, 10, "held unit queued")
+        e.inject("s@example.org", ["doomed@example.com"])
+        e.wait_for(lambda: ctl.json("summary")["active_queue"] == 2, 10, "held units queued")
         time.sleep(0.3)
         check(len(e.records("D")) == 10, "delivered while suspended")
         mq = ctl.json("mailq", "-d", "example.com")
-        check(len(mq["messages"]) == 1 and mq["messages"][0]["to"] == "held@example.com",
+        check(sorted(m["to"] for m in mq["messages"]) == ["doomed@example.com", "held@example.com"],
               "mailq -d: %s" % mq)
-        mid = mq["messages"][0]["id"]
+        mid = [m["id"] for m in mq["messages"] if m["to"] == "held@example.com"][0]
+        doomed = [m["id"] for m in mq["messages"] if m["to"] == "doomed@example.com"][0]
+        check(len(ctl.json("mailq", "-n", "1")["messages"]) == 1, "mailq -n 1")
+        check(ctl.json("mailq", "-n", "1")["more"] is True, "mailq more")
+        check(ctl.json("mailq", "-n", "1", "-p", "2")["more"] is False, "mailq page 2")
+        f = ctl.json("message", "fail", doomed)
+        check(f["failed_units"] == 1, "message fail: %s" % f)
+        e.wait_for(lambda: any(r[5] == "example.com" for r in e.records("P")), 10, "P record")
+        check("admin" in e.read(e.bouncelog), "bouncelog lacks the admin failure")
+        ctl.json("message", "fail", doomed, ok=False)  # gone now
         md = ctl.json("message", "details", mid)
         check(md["id"] == mid and md["from"] == "s@example.org", "message details: %s" % md)
         check("held@example.com" in ctl.run("mailq").stdout, "text mailq")
@@ -137,7 +147,6 @@ def scenario_console(imp, ctlbin, sinkbin):
         check(ctl.json("binding", "summary", "b1")["bindings"][0]["suspended"], "binding suspended")
         ctl.json("resume", "binding", "b1")
         ctl.json("message", "details", "nosuchid", ok=False)
-        ctl.json("message", "fail", mid, ok=False)  # documented as not supported yet
         # reopen logs: rotate the mainlog away, the engine writes a new one
         os.rename(e.mainlog, e.mainlog + ".1")
         check(ctl.json("reopen", "logs")["reopened"], "reopen logs")

@@ -789,6 +789,8 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     break;
   }
   case SMTPC_EV_FAILED: {
+    if (ev->flags & SMTPC_F_AUTH_REJECTED)
+      counters_event(w->idx, COUNTERS_AUTH_FAILED);
     enum smtpc_outcome out =
       ev->kind == SMTPC_FAIL_PERMANENT ? SMTPC_OUT_PERMANENT : SMTPC_OUT_TRANSIENT;
     if (s->unit && s->txn_open) {

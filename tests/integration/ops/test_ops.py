@@ -263,25 +263,40 @@ def scrape(port, path="/metrics"):
 
 
 def scenario_metrics(imp, ctlbin, sinkbin):
-    sink = sinklib.Sink(sinkbin, ["--fail", "RCPT=550:0.2", "--seed", "3"])
+    import shutil
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="ops-users.")
+    users = sinklib.users_file(tmp, [("msys", "right")])
+    sink = sinklib.Sink(sinkbin, ["--fail", "RCPT=550:0.2", "--seed", "3", "--auth-users", users])
     e = None
     try:
         port = free_port()
         ndom = 30  # more than the top-N cut: label cardinality stays bounded
         conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
-                'Generate_Bounces = false\nMetrics_Listener = "127.0.0.1:%d"\n' % (sink.port, port))
+                'Generate_Bounces = false\nMetrics_Listener = "127.0.0.1:%d"\n'
+                'Domain "good.test" { Outbound_SMTP_AUTH_Type = "PLAIN" Outbound_SMTP_AUTH_User = "msys"\n'
+                '  Outbound_SMTP_AUTH_Pass = "right" Outbound_SMTP_AUTH_Allow_Plaintext = true }\n'
+                'Domain "bad.test" { Outbound_SMTP_AUTH_Type = "LOGIN" Outbound_SMTP_AUTH_User = "msys"\n'
+                '  Outbound_SMTP_AUTH_Pass = "wrong" Outbound_SMTP_AUTH_Allow_Plaintext = true }\n'
+                % (sink.port, port))
         e, sock = start(imp, conf, "ops-metrics")
         for i in range(200):
             e.inject("s@example.org", ["r%d@dom%d.test" % (i, i % ndom)])
-        e.wait_for(lambda: len(e.records("D")) + len(e.records("P")) == 200, 30, "200 outcomes")
+        e.inject("s@example.org", ["x@good.test"])
+        e.inject("s@example.org", ["y@bad.test"])
+        e.wait_for(lambda: len(e.records("D")) + len(e.records("P")) == 201, 30, "201 outcomes")
+        e.wait_for(lambda: any(r[5] == "bad.test" for r in e.records("T")), 10, "AUTH refused")
         head, body = scrape(port)
         check(head.startswith("HTTP/1.0 200"), "status: %s" % head)
         check("text/plain; version=0.0.4" in head, "content type: %s" % head)
         m = parse_metrics(body)
         allt = {l["outcome"]: v for l, v in m["impetus_recipients_all_total"]}
-        check(allt["received"] == 200, "received: %s" % allt)
-        check(allt["delivered"] + allt["permanent"] == 200 and allt["permanent"] > 0,
+        check(allt["received"] == 202, "received: %s" % allt)
+        check(allt["delivered"] + allt["permanent"] == 201 and allt["permanent"] > 0,
               "outcomes: %s" % allt)
+        check(allt["transient"] >= 1, "transient: %s" % allt)
+        auth = {l["result"]: v for l, v in m["impetus_auth_total"]}
+        check(auth["ok"] >= 1 and auth["failed"] >= 1, "AUTH outcomes: %s" % auth)
         per = m["impetus_recipients_total"]
         domains = {l["domain"] for l, _ in per}
         check(len(domains) <= 21 and "other" in domains, "label cardinality: %d" % len(domains))
@@ -292,7 +307,7 @@ def scenario_metrics(imp, ctlbin, sinkbin):
                      "impetus_spool_syncs_total", "impetus_ring_ops_inflight",
                      "impetus_connections_total", "impetus_uptime_seconds"):
             check(name in m, "missing %s" % name)
-        check(m["impetus_spool_ingested_total"][0][1] == 200, "ingested")
+        check(m["impetus_spool_ingested_total"][0][1] == 202, "ingested")
         head, _ = scrape(port, "/other")
         check(head.startswith("HTTP/1.0 404"), "404 for other paths: %s" % head)
         check(e.stop() == 0, "engine exit status")
@@ -300,6 +315,7 @@ def scenario_metrics(imp, ctlbin, sinkbin):
         if e:
             e.cleanup()
         sink.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def scenario_cli(imp, ctlbin, sinkbin, injectbin):

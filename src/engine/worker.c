@@ -460,7 +460,6 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
       o->state = SPOOL_RCPT_DELIVERED;
       logs_delivery(w->log, now, &m, &a);
       atomic_fetch_add(&w->sh->delivered, 1);
-      counters_add(w->idx, dq_queue_binding(q), dq_queue_domain(q), COUNTERS_DELIVERED, 1);
       continue;
     }
     bool perm = r->outcome == SMTPC_OUT_PERMANENT;
@@ -488,11 +487,9 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
       logs_permanent(w->log, now, &m, &a);
       logs_bounce(w->log, now, &m, &a);
       atomic_fetch_add(&w->sh->failed, 1);
-      counters_add(w->idx, dq_queue_binding(q), dq_queue_domain(q), COUNTERS_PERMANENT, 1);
     } else {
       o->state = SPOOL_RCPT_PENDING;
       logs_transient(w->log, now, &m, &a);
-      counters_add(w->idx, dq_queue_binding(q), dq_queue_domain(q), COUNTERS_TRANSIENT, 1);
       u->rcpt[keep++] = u->rcpt[i];
     }
   }
@@ -509,6 +506,11 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
     res->unit_done = true;
     dq_unit_free(u);
   }
+  for (uint32_t i = 0; i < res->n; i++) /* console and metrics counters (ctl.c) */
+    counters_add(w->idx, dq_queue_binding(q), dq_queue_domain(q),
+                 res->r[i].state == SPOOL_RCPT_DELIVERED ? COUNTERS_DELIVERED
+                 : res->r[i].state == SPOOL_RCPT_FAILED  ? COUNTERS_PERMANENT
+                                                         : COUNTERS_TRANSIENT, 1);
   post_result(w, res);
 }
 
@@ -789,8 +791,6 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     break;
   }
   case SMTPC_EV_FAILED: {
-    if (ev->flags & SMTPC_F_AUTH_REJECTED)
-      counters_event(w->idx, COUNTERS_AUTH_FAILED);
     enum smtpc_outcome out =
       ev->kind == SMTPC_FAIL_PERMANENT ? SMTPC_OUT_PERMANENT : SMTPC_OUT_TRANSIENT;
     if (s->unit && s->txn_open) {
@@ -814,6 +814,8 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
       scopy(text, sizeof text, ev->text[0] ? ev->text : ev->doing);
       fail_unit_local(s, out, ev->code, text, ev->stage);
     }
+    if (ev->flags & SMTPC_F_AUTH_REJECTED) /* metrics: impetus_auth_total{result="failed"} */
+      counters_event(w->idx, COUNTERS_AUTH_FAILED);
     session_close(s);
     break;
   }

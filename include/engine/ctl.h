@@ -22,6 +22,7 @@ struct dq;
 struct dq_unit;
 struct ring;
 struct spool_msg;
+struct dns;
 
 #define CTL_REQUEST_MAX 4096   /* bytes of one request line */
 #define CTL_PAGE_MAX 1000      /* rows per listing page */
@@ -48,6 +49,7 @@ bool ctl_suspended(const char *binding, const char *domain);
  * worker_ring) ---- */
 struct ring *worker_ring(struct worker *w);
 struct dq *worker_dq(struct worker *w);
+struct dns *worker_dns(struct worker *w);
 unsigned worker_nsessions(const struct worker *w);
 /* The message a queued unit belongs to, and its queue id text. */
 const struct spool_msg *worker_unit_msg(const struct dq_unit *u, const char **id);

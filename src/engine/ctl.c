@@ -14,6 +14,7 @@
 #include "buf.h"
 #include "conf.h"
 #include "counters.h"
+#include "dns.h"
 #include "dq.h"
 #include "impetus_build.h"
 #include "metrics.h"
@@ -249,7 +250,7 @@ static void o_row_close(struct out *o)
 
 /* ------------------------------------------------------------ worker questions */
 
-enum wop { WOP_STATS, WOP_QUEUES, WOP_UNITS, WOP_HASTEN, WOP_LIMITS, WOP_FAIL };
+enum wop { WOP_STATS, WOP_QUEUES, WOP_UNITS, WOP_HASTEN, WOP_LIMITS, WOP_FAIL, WOP_MX };
 
 struct qrow {
   char binding[COUNTERS_NAME_MAX], domain[COUNTERS_NAME_MAX];
@@ -275,6 +276,7 @@ struct wpart {
   struct mrow *mrows;
   size_t nm;
   size_t hastened;
+  struct buf mx; /* WOP_MX: "pref host addr,addr" lines */
 };
 
 struct wq {
@@ -298,6 +300,7 @@ static void wq_unref(struct wq *q)
   for (unsigned i = 0; i < q->nparts; i++) {
     free(q->parts[i].qrows);
     free(q->parts[i].mrows);
+    buf_done(&q->parts[i].mx, 0);
   }
   pthread_mutex_destroy(&q->mu);
   pthread_cond_destroy(&q->cv);
@@ -425,6 +428,36 @@ static void fail_units(struct wpart *p, struct worker *w, struct dq *d)
   free(c.u);
 }
 
+static void part_done(struct wpart *p)
+{
+  struct wq *q = p->q;
+  pthread_mutex_lock(&q->mu);
+  q->pending--;
+  pthread_cond_signal(&q->cv);
+  pthread_mutex_unlock(&q->mu);
+  wq_unref(q);
+}
+
+static void on_mx(void *arg, const struct dns_result *res)
+{
+  struct wpart *p = arg;
+  if (res->status != DNS_OK) {
+    buf_printf(&p->mx, "! %s\n", res->text[0] ? res->text : dns_status_name(res->status));
+  } else {
+    for (unsigned i = 0; i < res->nhosts; i++) {
+      const struct dns_host *h = &res->hosts[i];
+      buf_printf(&p->mx, "%u %s%s", h->pref, h->name, res->implicit_mx ? " (no MX: A/AAAA)" : "");
+      for (unsigned j = 0; j < h->naddr; j++) {
+        char ip[64];
+        inet_ntop(h->addr[j].family, h->addr[j].a, ip, sizeof ip);
+        buf_printf(&p->mx, "%s%s", j ? "," : " ", ip);
+      }
+      buf_append_str(&p->mx, "\n");
+    }
+  }
+  part_done(p);
+}
+
 /* Runs on worker p->idx's own thread. */
 static void run_part(void *arg)
 {
@@ -458,15 +491,17 @@ static void run_part(void *arg)
     case WOP_FAIL:
       fail_units(p, w, d);
       break;
+    case WOP_MX:
+      if (p->idx == 0) { /* one worker asks its resolver; the answer completes the part */
+        dns_resolve(worker_dns(w), q->domain, true, on_mx, p);
+        return;
+      }
+      break;
     default:
       util_panic("ctl: unknown worker op %d", (int)q->op);
     }
   }
-  pthread_mutex_lock(&q->mu);
-  q->pending--;
-  pthread_cond_signal(&q->cv);
-  pthread_mutex_unlock(&q->mu);
-  wq_unref(q);
+  part_done(p);
 }
 
 static struct wq *wq_new(enum wop op)
@@ -745,7 +780,30 @@ static int cmd_domain(struct req *r, const char *binding, const char *name)
     o_close(o, true);
   } else {
     o_str(o, "route", "mx");
-    o_str(o, "hosts", "MX records of the domain, resolved per connection attempt");
+    struct wq *mq = wq_new(WOP_MX);
+    snprintf(mq->domain, sizeof mq->domain, "%s", name);
+    int rc = wq_run(mq);
+    o_open(o, "hosts", true);
+    if (rc < 0) {
+      o_key(o, NULL);
+      if (o->json)
+        json_str(o->b, "! DNS did not answer in time");
+      else
+        buf_append_str(o->b, "  - ! DNS did not answer in time\n");
+    } else {
+      buf_append(&mq->parts[0].mx, "", 1);
+      char *save = NULL;
+      for (char *l = strtok_r((char *)mq->parts[0].mx.data, "\n", &save); l;
+           l = strtok_r(NULL, "\n", &save)) {
+        o_key(o, NULL);
+        if (o->json)
+          json_str(o->b, l);
+        else
+          buf_printf(o->b, "  - %s\n", l);
+      }
+    }
+    o_close(o, true);
+    wq_unref(mq);
   }
   int at = conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
   o_str(o, "auth_type", auth_type_name(at));

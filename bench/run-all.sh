@@ -18,7 +18,7 @@ FS=${FS:-loop}
 OUT=bench/results.jsonl
 : >"$OUT"
 B=(bench/impetus-bench --build "$BUILD" --json "$OUT" --quiet)
-run() { echo "run-all: $*" >&2; "${B[@]}" "$@" | head -1 >&2 || echo "run-all: FAILED: $*" >&2; }
+run() { echo "run-all: $*" >&2; "${B[@]}" "$@" | sed -n 1p >&2 || echo "run-all: FAILED: $*" >&2; }
 
 run --label "1KB plain w2"          --count "$COUNT" --fs "$FS" --repeat "$REPEAT"
 run --label "1KB plain w2 rootfs"   --count "$COUNT" --fs here

@@ -210,7 +210,7 @@ echo "postfix: drained $N x $SIZE B in $(python3 -c "print(round($t1 - $t0, 2))"
 
 echo "compare: impetus (--backlog, same files, Spool_Sync = batch)" >&2
 IMP=$(bench/impetus-bench --build "$BUILD" --count "$N" --size "$SIZE" --backlog --fs "$FS" \
-        --fsync-run 0 --no-latency --quiet --label compare-impetus --json "$TMP/imp.json" | head -1)
+        --fsync-run 0 --no-latency --quiet --label compare-impetus --json "$TMP/imp.json" | sed -n 1p)
 echo "$IMP"
 IMP_RATE=$(python3 -c "import json; print(json.loads(open('$TMP/imp.json').readline())['msgs_per_s'])")
 IMP_CPU=$(python3 -c "import json; print(json.loads(open('$TMP/imp.json').readline())['cpu_us_per_msg'])")

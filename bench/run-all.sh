@@ -39,6 +39,24 @@ run --label "200ms sink 10k sessions w1" --count "$COUNT" --fs "$FS" --workers 1
 run --label "backlog 10k"           --count 10000 --fs "$FS" --backlog --fsync-run 0 --no-latency
 run --label "backlog ${BIG}"        --count "$BIG" --fs "$FS" --backlog --fsync-run 0 --no-latency
 
+# Same-run ratio STARTTLS+AUTH vs plain: alternating pairs (the machine's
+# load moves the wall-clock rate more than TLS does).
+for i in $(seq "${PAIRS:-3}"); do
+  run --label "pair plain $i" --count $((COUNT / 2)) --fs "$FS" --fsync-run 0
+  run --label "pair auth $i"  --count $((COUNT / 2)) --fs "$FS" --fsync-run 0 --mode auth
+done
+
+# The kernel's price of the spool's per-message file operations, no engine.
+FLOOR=bench/fs_floor.txt
+D=$(mktemp -d /tmp/impetus-floor.XXXXXX)
+if [ "$FS" = loop ]; then
+  truncate -s 2G "$D/fs.img"; mkfs.ext4 -q -F -N 200000 "$D/fs.img"; mkdir "$D/m"; mount -o loop "$D/fs.img" "$D/m"
+else mkdir "$D/m"; fi
+python3 bench/spool/fs_floor.py "$D/m/f" "$COUNT" | sed "s/^/fs=$FS: /" >"$FLOOR"
+if [ "$FS" = loop ]; then umount "$D/m"; mkdir "$D/r"; python3 bench/spool/fs_floor.py "$D/r" "$COUNT" | sed "s/^/fs=here: /" >>"$FLOOR"; fi
+rm -rf "$D"
+cat "$FLOOR" >&2
+
 # Issue 3: durable ingest alone (pickup/ -> queue), same file system kind.
 ING=bench/ingest.txt
 : >"$ING"
@@ -60,5 +78,5 @@ fi
 COMPARE_JSON=bench/compare.json N="$PF_N" FS="$FS" bash bench/postfix/compare.sh "$BUILD" >&2 \
   || echo '{"error": "compare.sh failed"}' >bench/compare.json
 
-python3 bench/render.py "$OUT" bench/compare.json "$ING" >bench/BENCHMARKS.md
+python3 bench/render.py "$OUT" bench/compare.json "$ING" "$FLOOR" >bench/BENCHMARKS.md
 echo "run-all: wrote bench/BENCHMARKS.md" >&2

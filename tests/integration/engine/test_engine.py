@@ -3,7 +3,7 @@ pickup directory into impetus-sink (started here on free ports of
 127.0.0.0/8) and the Momentum logs are checked.
 
 usage: test_engine.py IMPETUS SINK SCENARIO
-scenarios: gateway faults retry routes bindings bindlimit connlimit throttle mx reload stop tls"""
+scenarios: gateway faults retry routes bindings bindlimit connlimit throttle mx reload stop tls auth large perconn"""
 import json
 import signal
 import os
@@ -412,6 +412,117 @@ def scenario_tls(imp, sinkbin):
         finish(tls_sink)
         finish(plain)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def scenario_auth(imp, sinkbin):
+    """Configured credentials per domain reach the server over STARTTLS;
+    the password appears in no log or spool file."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        print("SKIP: openssl not installed")
+        sys.exit(SKIP)
+    import tempfile
+    d = tempfile.mkdtemp(prefix="impetus-auth.")
+    cert, key = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=localhost"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    users = os.path.join(d, "users")
+    with open(users, "w") as f:
+        f.write("msys:s3cr3t-Pw-1\nsparkpost:s3cr3t-Pw-2\n")
+    sink = sink_with_log(sinkbin, "--cert", cert, "--key", key, "--auth-users", users,
+                         "--require-auth", "--require-tls-for-auth")
+    conf = ('Worker_Threads = 2\nTLS = "ifavailable"\nGateway = "127.0.0.1:%d"\n'
+            'Domain "messagesystems.com" { Outbound_SMTP_AUTH_Type = "LOGIN"\n'
+            '  Outbound_SMTP_AUTH_User = "msys" Outbound_SMTP_AUTH_Pass = "s3cr3t-Pw-1" }\n'
+            'Domain "sparkpost.com" { Outbound_SMTP_AUTH_Type = "PLAIN"\n'
+            '  Outbound_SMTP_AUTH_User = "sparkpost" Outbound_SMTP_AUTH_Pass = "s3cr3t-Pw-2" }\n'
+            % sink.port)
+    e = Engine(imp, conf, "auth")
+    try:
+        e.start()
+        for i in range(5):
+            e.inject("a@s.test", ["x%d@messagesystems.com" % i])
+            e.inject("a@s.test", ["y%d@sparkpost.com" % i])
+        e.wait_for(lambda: all_final(e, 10), 20, "10 final records")
+        check_exactly_one(e, 10)
+        expect(len(e.records("D")) == 10, "all delivered")
+        by_user = {}
+        for m in msgs_of(sink):
+            dom = m["rcpts"][0].split("@")[1]
+            by_user.setdefault(dom, set()).add((m["auth_user"], m["auth_mech"]))
+        print("auth seen by the sink:", by_user)
+        expect(by_user.get("messagesystems.com") == {("msys", "LOGIN")}, "msys over LOGIN")
+        expect(by_user.get("sparkpost.com") == {("sparkpost", "PLAIN")}, "sparkpost over PLAIN")
+        expect(e.stop() == 0, "exit status")
+        for root, _dirs, files in os.walk(e.dir):
+            for name in files:
+                if name == "impetus.conf":
+                    continue
+                with open(os.path.join(root, name), "rb") as f:
+                    data = f.read()
+                expect(b"s3cr3t-Pw" not in data, "password found in %s" % name)
+    finally:
+        e.cleanup()
+        finish(sink)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def scenario_large(imp, sinkbin):
+    """A 4 MB body streams from the spool in chunks (dot-stuffed on the
+    fly), and 250 recipients go as 3 transactions (Max_Recipients_Per_Batch)."""
+    sink = sink_with_log(sinkbin)
+    conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+            'Max_Recipients_Per_Batch = 100\n' % sink.port)
+    e = Engine(imp, conf, "large")
+    try:
+        e.start()
+        line = "." + "y" * 98 + "\n"  # every line needs dot-stuffing
+        body = "Subject: big\n\n" + line * 40000
+        e.inject("a@s.test", ["big@l.test"], body=body)
+        e.inject("a@s.test", ["r%d@many.test" % i for i in range(250)])
+        e.wait_for(lambda: all_final(e, 251), 30, "251 final records")
+        check_exactly_one(e, 251)
+        msgs = msgs_of(sink)
+        big = [m for m in msgs if m["rcpts"] == ["big@l.test"]]
+        expect(len(big) == 1, "the big message arrived once")
+        expect(abs(big[0]["size"] - len(body)) <= len(body) // 50 + 100,
+               "size %d for a %d-byte body" % (big[0]["size"], len(body)))
+        many = sorted(len(m["rcpts"]) for m in msgs if m["rcpts"][0].endswith("@many.test"))
+        expect(many == [50, 100, 100], "batches of %r" % many)
+        expect(e.stop() == 0, "exit status")
+    finally:
+        e.cleanup()
+        finish(sink)
+
+
+def scenario_perconn(imp, sinkbin):
+    """Max_Deliveries_Per_Connection and Max_Recipients_Per_Connection end
+    a connection; the next one carries on."""
+    a = sink_with_log(sinkbin)
+    b = sink_with_log(sinkbin)
+    conf = ('Worker_Threads = 1\nTLS = "no"\nMax_Outbound_Connections = 1\nIdle_Timeout = 30\n'
+            'Domain "a.test" { Gateway = "127.0.0.1:%d" Max_Deliveries_Per_Connection = 5 }\n'
+            'Domain "b.test" { Gateway = "127.0.0.1:%d" Max_Recipients_Per_Connection = 10 }\n'
+            % (a.port, b.port))
+    e = Engine(imp, conf, "perconn")
+    try:
+        e.start()
+        for i in range(20):
+            e.inject("s@s.test", ["x%d@a.test" % i])
+            e.inject("s@s.test", ["y%d@b.test" % i])
+        e.wait_for(lambda: all_final(e, 40), 30, "40 final records")
+        check_exactly_one(e, 40)
+        expect(e.stop() == 0, "exit status")
+        sa, sb = finish(a), finish(b)
+        a = b = None
+        print("connections:", sa["connections"], sb["connections"])
+        expect(sa["connections"] == 4, "5 deliveries per connection: %d" % sa["connections"])
+        expect(sb["connections"] == 2, "10 recipients per connection: %d" % sb["connections"])
+    finally:
+        e.cleanup()
+        finish(a)
+        finish(b)
 
 
 def scenario_throttle(imp, sinkbin):

@@ -143,6 +143,7 @@ struct worker {
   unsigned nsessions;
   uint64_t next_conn;
   atomic_bool stop;
+  bool idle_counted;
   _Atomic uint64_t stop_deadline_ms;
   sem_t started;
   int start_err;
@@ -1530,8 +1531,18 @@ static void *worker_main(void *arg)
           smtpc_quit(s->smtpc, mono_ms(w));
           session_pump(s);
         }
-      if (w->nsessions == 0)
-        break;
+      if (w->nsessions == 0) {
+        if (!w->idle_counted) {
+          w->idle_counted = true;
+          atomic_fetch_add(&w->sh->idle_workers, 1);
+        }
+        if (atomic_load(&w->sh->idle_workers) == w->sh->nworkers) {
+          /* nobody makes new results now: apply those already posted */
+          while (ring_run_once(w->ring, 0) > 0)
+            ;
+          break;
+        }
+      }
       if (mono_ms(w) >= atomic_load(&w->stop_deadline_ms)) {
         for (struct session *s = w->sessions, *n; s; s = n) {
           n = s->next_all;
@@ -1545,7 +1556,10 @@ static void *worker_main(void *arg)
         }
       }
     }
-    int rc = ring_run_once(w->ring, sleep_ns(w));
+    int64_t nap = sleep_ns(w);
+    if (atomic_load(&w->stop) && nap > 10000000)
+      nap = 10000000; /* stopping: look at the other workers often */
+    int rc = ring_run_once(w->ring, nap);
     if (rc < 0 && rc != -EINTR && rc != -ETIME)
       logs_panic(w->log, wall_ms(), "worker", "ring: %s", strerror(-rc));
   }

@@ -762,6 +762,11 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
       s->body_fd = -1;
     }
     if (u) {
+      /* A recipient whose RCPT was accepted takes the final reply (the
+       * one after the dot): a 4xx/5xx there is not a delivery. */
+      for (uint32_t i = 0; i < u->nrcpt; i++)
+        if (s->results[i].outcome == SMTPC_OUT_OK)
+          s->results[i] = s->final;
       bool ok = false;
       for (uint32_t i = 0; i < u->nrcpt; i++)
         ok |= s->results[i].outcome == SMTPC_OUT_OK;

@@ -46,6 +46,7 @@
 #define DSN_ORIG_MAX 65536u    /* bytes of the original read for a DSN */
 #define RESULT_TEXT_MAX 256u   /* failure text kept for a DSN */
 #define TLS_SLOTS 16           /* distinct TLS option sets per worker */
+#define HOSTFAIL_MAX 256       /* remote addresses remembered as failing */
 
 /* ------------------------------------------------------------ types */
 
@@ -132,6 +133,11 @@ struct worker {
     struct tls_ctx *ctx;     /* NULL: could not be built (logged once) */
   } tls[TLS_SLOTS];
   unsigned ntls;
+  struct hostfail {
+    char key[80];            /* "ip port" */
+    uint64_t until_ms;       /* wall clock */
+  } hostfail[HOSTFAIL_MAX];
+  unsigned nhostfail;
   struct dq *dq;
   struct logs_writer *log;
   struct spool_txn *txn;
@@ -892,10 +898,72 @@ static void cb_error(void *arg, int err, const char *text)
   session_close(s);
 }
 
+static void route_key(const struct route *r, char *out, size_t n)
+{
+  uint16_t port = r->sa.ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)&r->sa)->sin6_port)
+                                              : ntohs(((const struct sockaddr_in *)&r->sa)->sin_port);
+  snprintf(out, n, "%s %u", r->ip, port);
+}
+
+/* Host_Failure_Retry: remember that connecting to r failed. */
+static void host_failed(struct session *s, const struct route *r)
+{
+  struct worker *w = s->w;
+  const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
+  uint64_t until = wall_ms() + (uint64_t)conf_interval(v, CONF_HOST_FAILURE_RETRY) * 1000u;
+  char key[80];
+  route_key(r, key, sizeof key);
+  unsigned slot = w->nhostfail, oldest = 0;
+  for (unsigned i = 0; i < w->nhostfail; i++) {
+    if (!strcmp(w->hostfail[i].key, key)) {
+      slot = i;
+      break;
+    }
+    if (w->hostfail[i].until_ms < w->hostfail[oldest].until_ms)
+      oldest = i;
+  }
+  if (slot == w->nhostfail) {
+    if (w->nhostfail < HOSTFAIL_MAX)
+      w->nhostfail++;
+    else
+      slot = oldest;
+  }
+  scopy(w->hostfail[slot].key, sizeof w->hostfail[slot].key, key);
+  w->hostfail[slot].until_ms = until;
+}
+
+static bool host_is_failing(struct worker *w, const struct route *r, uint64_t now)
+{
+  char key[80];
+  route_key(r, key, sizeof key);
+  for (unsigned i = 0; i < w->nhostfail; i++)
+    if (!strcmp(w->hostfail[i].key, key))
+      return w->hostfail[i].until_ms > now;
+  return false;
+}
+
+/* Addresses that failed within Host_Failure_Retry go last (stable), so
+ * they are used only when nothing better is left. */
+static void order_routes(struct session *s)
+{
+  if (s->w->nhostfail == 0)
+    return;
+  uint64_t now = wall_ms();
+  struct route tmp[ROUTES_MAX];
+  unsigned n = 0;
+  for (int pass = 0; pass < 2; pass++)
+    for (unsigned i = 0; i < s->nroutes; i++)
+      if (host_is_failing(s->w, &s->routes[i], now) == (pass == 1))
+        tmp[n++] = s->routes[i];
+  memcpy(s->routes, tmp, n * sizeof tmp[0]);
+}
+
 static void cb_closed(void *arg)
 {
   struct session *s = arg;
   s->conn = NULL;
+  if (!s->connected && s->route_i < s->nroutes)
+    host_failed(s, &s->routes[s->route_i]);
   if (!s->connected && s->route_i + 1 < s->nroutes && !atomic_load(&s->w->stop)) {
     s->route_i++;
     s->closing = false;
@@ -1174,6 +1242,7 @@ static void resolve_next(struct resolve_ctx *rc)
   }
   free(rc);
   s->route_i = 0;
+  order_routes(s);
   session_try_connect(s);
 }
 

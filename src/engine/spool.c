@@ -1828,13 +1828,21 @@ int spool_txn_commit(struct spool_txn *t)
       }
     }
     i = j;
-    if (remove && m->npending == 0 && !attr)
-      continue; /* nothing to keep: the files go */
+    /* Nothing to keep, the files go: the final STATE record is still
+     * written (not synced), so a crash between the two unlinks of step 3
+     * leaves a metadata file with nothing pending, which recovery removes,
+     * instead of one that looks as if its body was lost (bad/). */
+    bool gone = remove && m->npending == 0 && !attr;
     if (state) {
       patch_u32(t->b.data + cnt_at, cnt);
       rec_end(&t->b, r);
       int fd = open_meta(sp, m, O_WRONLY);
       int e = fd < 0 ? fd : write_all(fd, t->b.data, t->b.len, m->meta_size);
+      if (gone) {
+        if (fd >= 0)
+          close(fd);
+        continue;
+      }
       if (e == 0) {
         m->meta_size += (uint32_t)t->b.len;
         fds[nfds++] = fd;

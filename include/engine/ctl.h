@@ -29,15 +29,19 @@ struct dns;
 #define CTL_SUSPEND_MAX 256    /* suspended (binding, domain) entries */
 #define CTL_WORKER_WAIT_MS 3000 /* how long a command waits for the workers */
 
-/* Start the control thread: the socket from Control_Listener (default
- * <Spoolbase>/impetus.sock, mode 0600) and Metrics_Listener when set.
- * Returns 0, or -errno with a reason in err (the engine exits). */
-int ctl_start(struct engine_shared *sh, const char *config_path, char *err, size_t errlen);
+/* Bind the sockets: Control_Listener (default <Spoolbase>/impetus.sock,
+ * mode 0600) and Metrics_Listener when set. Called before the engine drops
+ * root, so they may live where only root can create files. Returns 0, or
+ * -errno with a reason in err (the engine exits). */
+int ctl_open(struct engine_shared *sh, const char *config_path, char *err, size_t errlen);
+/* Start the control thread on the sockets ctl_open bound (once the spool
+ * and workers run). 0 or -errno with a reason in err. */
+int ctl_start(char *err, size_t errlen);
 /* Stop the thread and remove the socket. Safe when not started. */
 void ctl_stop(void);
 
 /* Create the missing parent directories of the configured log files and
- * control socket (mode 0750), so a fresh machine starts on the bundled
+ * control socket (mode 0755), so a fresh machine starts on the bundled
  * configuration. Failures are left to the open that follows. Main thread. */
 struct conf;
 void ctl_prepare_paths(struct conf *c);

@@ -1302,7 +1302,8 @@ static void *ctl_main(void *arg)
 
 /* ------------------------------------------------------------ start/stop */
 
-/* mkdir -p of the directory part of path (mode 0750 for new ones). */
+/* mkdir -p of the directory part of path (mode 0755 for new ones: an
+ * engine that drops root must still reach its spool and logs below). */
 static void make_parent(const char *path)
 {
   if (path == NULL)
@@ -1316,10 +1317,10 @@ static void make_parent(const char *path)
   for (char *p = d + 1; *p; p++)
     if (*p == '/') {
       *p = '\0';
-      mkdir(d, 0750);
+      mkdir(d, 0755);
       *p = '/';
     }
-  mkdir(d, 0750);
+  mkdir(d, 0755);
 }
 
 void ctl_prepare_paths(struct conf *c)
@@ -1404,7 +1405,7 @@ static int open_tcp(const char *host, unsigned port, char *err, size_t errlen)
   return fd;
 }
 
-int ctl_start(struct engine_shared *sh, const char *config_path, char *err, size_t errlen)
+int ctl_open(struct engine_shared *sh, const char *config_path, char *err, size_t errlen)
 {
   g.sh = sh;
   g.start_mono_ms = mono_ms();
@@ -1435,6 +1436,15 @@ int ctl_start(struct engine_shared *sh, const char *config_path, char *err, size
       return fd;
     }
     g.metrics_fd = fd;
+  }
+  return 0;
+}
+
+int ctl_start(char *err, size_t errlen)
+{
+  if (g.sock_fd < 0) {
+    snprintf(err, errlen, "control thread: ctl_open was not called");
+    return -EINVAL;
   }
   if (pipe2(g.stop_fd, O_CLOEXEC) < 0) {
     snprintf(err, errlen, "control thread: %s", strerror(errno));

@@ -360,6 +360,11 @@ static void writer_put(struct writer *w, const char *sender, char **rc, size_t n
   int fd = openat(w->dirfd, w->tmp[i], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0)
     writer_die(w, errno, "create");
+  /* root writing into an engine's pickup directory: the file belongs to the
+   * directory's owner, so an engine that dropped root (User) can read it */
+  struct stat dst;
+  if (geteuid() == 0 && fstat(w->dirfd, &dst) == 0 && dst.st_uid != 0)
+    (void)!fchown(fd, dst.st_uid, dst.st_gid);
   w->n++;
   struct part {
     const void *p;

@@ -28,10 +28,15 @@ struct spool_msg;
 #define CTL_SUSPEND_MAX 256    /* suspended (binding, domain) entries */
 #define CTL_WORKER_WAIT_MS 3000 /* how long a command waits for the workers */
 
-/* Start the control thread: the socket from Control_Listener (default
+/* Open the listening sockets: the socket from Control_Listener (default
  * <Spoolbase>/impetus.sock, mode 0600) and Metrics_Listener when set.
+ * Called before the engine leaves root, so a socket in a root-owned
+ * directory or on a privileged port can still be bound. Serves nothing yet.
  * Returns 0, or -errno with a reason in err (the engine exits). */
-int ctl_start(struct engine_shared *sh, const char *config_path, char *err, size_t errlen);
+int ctl_open(struct engine_shared *sh, const char *config_path, char *err, size_t errlen);
+/* Start the control thread on the sockets ctl_open made, once the workers
+ * run. Returns 0, or -errno with a reason in err (the engine exits). */
+int ctl_start(char *err, size_t errlen);
 /* Stop the thread and remove the socket. Safe when not started. */
 void ctl_stop(void);
 

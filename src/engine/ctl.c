@@ -52,6 +52,8 @@ static struct {
   char config_path[4096];
   char sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
   int sock_fd, metrics_fd, stop_fd[2];
+  int sock_dirfd; /* the socket's directory, opened before leaving root: the
+                   * path above it may not be searchable by User afterwards */
   char metrics_addr[300];
   pthread_t thread;
   bool running;
@@ -59,7 +61,7 @@ static struct {
   /* delivered-recipient samples, one per second */
   uint64_t rate_t[RATE_SAMPLES], rate_d[RATE_SAMPLES];
   unsigned rate_n, rate_i;
-} g = {.sock_fd = -1, .metrics_fd = -1, .stop_fd = {-1, -1}};
+} g = {.sock_fd = -1, .metrics_fd = -1, .stop_fd = {-1, -1}, .sock_dirfd = -1};
 
 static pthread_mutex_t suspend_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct suspension {
@@ -1346,7 +1348,7 @@ static int open_tcp(const char *host, unsigned port, char *err, size_t errlen)
   return fd;
 }
 
-int ctl_start(struct engine_shared *sh, const char *config_path, char *err, size_t errlen)
+int ctl_open(struct engine_shared *sh, const char *config_path, char *err, size_t errlen)
 {
   g.sh = sh;
   g.start_mono_ms = mono_ms();
@@ -1367,6 +1369,14 @@ int ctl_start(struct engine_shared *sh, const char *config_path, char *err, size
   if (fd < 0)
     return fd;
   g.sock_fd = fd;
+  char dir[sizeof g.sock_path];
+  snprintf(dir, sizeof dir, "%s", g.sock_path);
+  char *slash = strrchr(dir, '/');
+  if (slash == dir)
+    slash[1] = '\0';
+  else if (slash)
+    *slash = '\0';
+  g.sock_dirfd = open(slash ? dir : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
   struct conf_addr ma = conf_addr(gv, CONF_METRICS_LISTENER);
   if (ma.host) {
     fd = open_tcp(ma.host, ma.port ? ma.port : 9911, err, errlen);
@@ -1378,6 +1388,11 @@ int ctl_start(struct engine_shared *sh, const char *config_path, char *err, size
     }
     g.metrics_fd = fd;
   }
+  return 0;
+}
+
+int ctl_start(char *err, size_t errlen)
+{
   if (pipe2(g.stop_fd, O_CLOEXEC) < 0) {
     snprintf(err, errlen, "control thread: %s", strerror(errno));
     return -errno;
@@ -1400,9 +1415,14 @@ void ctl_stop(void)
   }
   if (g.sock_fd >= 0) {
     close(g.sock_fd);
-    unlink(g.sock_path);
+    const char *base = strrchr(g.sock_path, '/');
+    if (g.sock_dirfd < 0 || unlinkat(g.sock_dirfd, base ? base + 1 : g.sock_path, 0) < 0)
+      unlink(g.sock_path);
     g.sock_fd = -1;
   }
+  if (g.sock_dirfd >= 0)
+    close(g.sock_dirfd);
+  g.sock_dirfd = -1;
   if (g.metrics_fd >= 0)
     close(g.metrics_fd);
   g.metrics_fd = -1;

@@ -241,6 +241,8 @@ int engine_main(const char *config_path)
   if (sh.spool == NULL)
     util_fatal("spool: %s", err);
 
+  if (ctl_open(&sh, config_path, err, sizeof err) < 0) /* ops: before leaving root */
+    util_fatal("%s", err);
   drop_root(c, mainlog, spoolbase, pickup);
 
   for (unsigned i = 0; i < sh.nworkers; i++)
@@ -255,7 +257,7 @@ int engine_main(const char *config_path)
   int rc = spool_start(sh.spool);
   if (rc < 0)
     util_fatal("spool ingest: %s", strerror(-rc));
-  if (ctl_start(&sh, config_path, err, sizeof err) < 0) /* ops: console + metrics */
+  if (ctl_start(err, sizeof err) < 0) /* ops: console + metrics */
     util_fatal("%s", err);
 
   logs_panic(mainlog, now_wall_ms(), "engine",

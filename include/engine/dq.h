@@ -85,3 +85,15 @@ size_t dq_queue_count(const struct dq *d);
 size_t dq_active_count(const struct dq *d);
 /* Visit every queue (e.g. to refresh limits after a reload). */
 void dq_foreach(struct dq *d, void (*fn)(void *arg, struct dq_queue *q), void *arg);
+
+/* Console (ctl.c): visit ready units, then deferred ones, until fn
+ * returns false (then false is returned). Worker thread. */
+bool dq_foreach_unit(struct dq *d, bool (*fn)(void *arg, struct dq_unit *u, bool deferred),
+                     void *arg);
+/* Make every deferred unit that pick() selects due at now_ms and move it
+ * to its ready list (flush, message retry). Returns how many. */
+size_t dq_hasten(struct dq *d, bool (*pick)(void *arg, struct dq_unit *u), void *arg,
+                 uint64_t now_ms);
+/* Take a queued unit (ready or deferred) out of its queue (message fail).
+ * No-op when it is not queued. */
+void dq_remove(struct dq *d, struct dq_unit *u);

@@ -329,3 +329,66 @@ void dq_foreach(struct dq *d, void (*fn)(void *arg, struct dq_queue *q), void *a
     for (struct dq_queue *q = d->tab[i]; q; q = q->hnext)
       fn(arg, q);
 }
+
+/* ---- console (ctl.c): listing and hastening units ---- */
+
+bool dq_foreach_unit(struct dq *d, bool (*fn)(void *arg, struct dq_unit *u, bool deferred),
+                     void *arg)
+{
+  for (size_t i = 0; i < d->tabsize; i++)
+    for (struct dq_queue *q = d->tab[i]; q; q = q->hnext)
+      for (struct dq_unit *u = q->head; u; u = u->next)
+        if (!fn(arg, u, false))
+          return false;
+  for (size_t i = 0; i < d->nheap; i++)
+    if (!fn(arg, d->heap[i], true))
+      return false;
+  return true;
+}
+
+size_t dq_hasten(struct dq *d, bool (*pick)(void *arg, struct dq_unit *u), void *arg,
+                 uint64_t now_ms)
+{
+  size_t n = 0;
+  for (size_t i = 0; i < d->nheap; i++)
+    if (pick(arg, d->heap[i])) {
+      d->heap[i]->due_ms = now_ms;
+      n++;
+    }
+  for (size_t i = d->nheap / 2 + 1; n > 0 && i-- > 0;)
+    sift_down(d, i);
+  dq_promote(d, now_ms);
+  return n;
+}
+
+void dq_remove(struct dq *d, struct dq_unit *u)
+{
+  struct dq_queue *q = u->q;
+  if (u->heap_idx) {
+    size_t i = u->heap_idx - 1;
+    u->heap_idx = 0;
+    q->ndeferred--;
+    if (i != --d->nheap) {
+      struct dq_unit *x = d->heap[d->nheap];
+      heap_set(d, i, x);
+      sift_up(d, i);
+      sift_down(d, x->heap_idx - 1);
+    }
+    return;
+  }
+  struct dq_unit **pp = &q->head, *prev = NULL;
+  while (*pp && *pp != u) {
+    prev = *pp;
+    pp = &(*pp)->next;
+  }
+  if (*pp == NULL)
+    return; /* not queued here */
+  *pp = u->next;
+  if (q->tail == u)
+    q->tail = prev;
+  u->next = NULL;
+  q->nready--;
+  d->nready--;
+  if (q->head == NULL)
+    deactivate(d, q);
+}

@@ -5,6 +5,8 @@
 #include "engine.h"
 
 #include "conf.h"
+#include "counters.h"
+#include "ctl.h"
 #include "impetus_build.h"
 #include "logs.h"
 #include "panic.h"
@@ -190,6 +192,7 @@ int engine_main(const char *config_path)
   atomic_store(&sh.conf_gen, 1);
   if (gethostname(sh.hostname, sizeof sh.hostname - 1) != 0)
     snprintf(sh.hostname, sizeof sh.hostname, "localhost");
+  ctl_prepare_paths(c); /* ops: log and socket directories */
   sh.logs = open_logs(c);
   sh.ingest_log = logs_writer_new(sh.logs);
   struct logs_writer *mainlog = logs_writer_new(sh.logs);
@@ -220,6 +223,8 @@ int engine_main(const char *config_path)
     nw = 256;
   sh.nworkers = (unsigned)nw;
   sh.workers = util_xcalloc(sh.nworkers, sizeof *sh.workers);
+  if (counters_init(sh.nworkers + 1) < 0) /* ops: slot nworkers = ingest thread */
+    util_fatal("out of memory");
 
   int sync = conf_enum(g, CONF_SPOOL_SYNC);
   struct spool_params sp = {
@@ -250,6 +255,8 @@ int engine_main(const char *config_path)
   int rc = spool_start(sh.spool);
   if (rc < 0)
     util_fatal("spool ingest: %s", strerror(-rc));
+  if (ctl_start(&sh, config_path, err, sizeof err) < 0) /* ops: console + metrics */
+    util_fatal("%s", err);
 
   logs_panic(mainlog, now_wall_ms(), "engine",
              "impetus %s started: %s, %u worker%s, %ld message%s recovered", IMPETUS_VERSION,
@@ -284,6 +291,7 @@ int engine_main(const char *config_path)
   }
 
   /* graceful stop: stop claiming, let sessions finish, persist, exit 0 */
+  ctl_stop();
   logs_panic(mainlog, now_wall_ms(), "engine", "stopping");
   logs_writer_flush(mainlog);
   spool_stop(sh.spool);
@@ -300,6 +308,7 @@ int engine_main(const char *config_path)
   logs_writer_free(mainlog);
   logs_close(sh.logs);
   throttle_registry_free(sh.throttles);
+  counters_done();
   conf_unref(prev);
   conf_unref(atomic_load(&sh.conf));
   fprintf(stderr, "impetus: stopped\n");

@@ -12,6 +12,8 @@
 
 #include "conf.h"
 #include "conn.h"
+#include "counters.h"
+#include "ctl.h"
 #include "dns.h"
 #include "dq.h"
 #include "dsn.h"
@@ -230,7 +232,8 @@ static void load_limits(struct worker *w, struct dq_queue *q)
   st->limits.max_deliveries_per_connection =
     (uint32_t)conf_int(v, CONF_MAX_DELIVERIES_PER_CONNECTION);
   st->limits.max_recipients_per_batch = (uint32_t)conf_int(v, CONF_MAX_RECIPIENTS_PER_BATCH);
-  st->limits.suspend_delivery = conf_bool(v, CONF_SUSPEND_DELIVERY);
+  st->limits.suspend_delivery = conf_bool(v, CONF_SUSPEND_DELIVERY) ||
+                                ctl_suspended(dq_queue_binding(q), dq_queue_domain(q));
   st->limits.msg_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_MESSAGES);
   st->limits.conn_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_CONNECTIONS);
   st->conf_gen = w->conf_gen;
@@ -508,6 +511,11 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
     res->unit_done = true;
     dq_unit_free(u);
   }
+  for (uint32_t i = 0; i < res->n; i++) /* console and metrics counters (ctl.c) */
+    counters_add(w->idx, dq_queue_binding(q), dq_queue_domain(q),
+                 res->r[i].state == SPOOL_RCPT_DELIVERED ? COUNTERS_DELIVERED
+                 : res->r[i].state == SPOOL_RCPT_FAILED  ? COUNTERS_PERMANENT
+                                                         : COUNTERS_TRANSIENT, 1);
   post_result(w, res);
 }
 
@@ -700,7 +708,7 @@ static void begin_next(struct session *s)
   const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
   int64_t max_rcpts = conf_int(v, CONF_MAX_RECIPIENTS_PER_CONNECTION);
   if (atomic_load(&w->stop) || !sched_conn_reusable(&st->limits, s->delivered) ||
-      (max_rcpts > 0 && s->rcpts_tried >= (uint64_t)max_rcpts)) {
+      (max_rcpts > 0 && s->rcpts_tried >= (uint64_t)max_rcpts) || st->limits.suspend_delivery) {
     if (s->unit) { /* the unit this connection was opened for waits again */
       dq_unpop(w->dq, s->unit);
       s->unit = NULL;
@@ -748,8 +756,10 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     uint16_t port = r->sa.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&r->sa)->sin6_port)
                                                 : ntohs(((struct sockaddr_in *)&r->sa)->sin_port);
     int rc = s->tls ? conn_starttls(s->conn, s->tls, r->host[0] ? r->host : NULL, port) : -ENOTSUP;
-    if (rc < 0)
+    if (rc < 0) {
+      counters_event(w->idx, COUNTERS_TLS_FAILED);
       smtpc_tls_done(s->smtpc, false, mono_ms(w));
+    }
     break;
   }
   case SMTPC_EV_NEED_AUTH:
@@ -814,6 +824,8 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
       scopy(text, sizeof text, ev->text[0] ? ev->text : ev->doing);
       fail_unit_local(s, out, ev->code, text, ev->stage);
     }
+    if (ev->flags & SMTPC_F_AUTH_REJECTED) /* metrics: impetus_auth_total{result="failed"} */
+      counters_event(w->idx, COUNTERS_AUTH_FAILED);
     session_close(s);
     break;
   }
@@ -821,6 +833,8 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     session_close(s);
     break;
   case SMTPC_EV_AUTH_RESULT:
+    counters_event(w->idx, COUNTERS_AUTH_OK);
+    break;
   case SMTPC_EV_RCPT_RESULT:
   case SMTPC_EV_NONE:
     break;
@@ -862,6 +876,7 @@ static void cb_connected(void *arg)
 {
   struct session *s = arg;
   s->connected = true;
+  counters_event(s->w->idx, COUNTERS_CONN_OPENED);
   smtpc_connected(s->smtpc, mono_ms(s->w));
   session_pump(s);
 }
@@ -869,6 +884,7 @@ static void cb_connected(void *arg)
 static void cb_tls_ready(void *arg)
 {
   struct session *s = arg;
+  counters_event(s->w->idx, COUNTERS_TLS_OK);
   smtpc_tls_done(s->smtpc, true, mono_ms(s->w));
   session_pump(s);
 }
@@ -892,6 +908,7 @@ static void cb_error(void *arg, int err, const char *text)
   struct session *s = arg;
   if (!s->connected) {
     /* connect failed: the next route candidate gets the unit */
+    counters_event(s->w->idx, COUNTERS_CONN_FAILED);
     s->closing = true;
     ring_timer_cancel(s->w->ring, &s->timer);
     conn_close(s->conn);
@@ -1328,8 +1345,8 @@ static void schedule(struct worker *w)
       break;
     load_limits(w, q);
     struct dq_queue_state *st = dq_queue_state(q);
-    if (st->blocked_until_ns > now_ns)
-      continue;
+    if (st->blocked_until_ns > now_ns || st->limits.suspend_delivery)
+      continue; /* suspended: not even an idle connection takes a unit */
     for (int guard = 0; guard < 1024 && dq_queue_ready(q) > 0; guard++) {
       /* an idle connection of this queue first (same credentials: the
        * pool key includes their identity) */
@@ -1530,6 +1547,7 @@ void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool rece
       struct logs_msg m;
       fill_logs_msg(&m, msgid, sizeof msgid, em, i);
       logs_reception(sh->ingest_log, sm->created_ms ? sm->created_ms : now, &m, NULL, "internal");
+      counters_add(sh->nworkers, binding, rcpt_domain(sm->rcpt[i]), COUNTERS_RECEIVED, 1);
     }
     logs_writer_flush(sh->ingest_log);
   }
@@ -1770,4 +1788,27 @@ void worker_free_leftovers(struct engine_shared *sh)
     free(w);
     sh->workers[i] = NULL;
   }
+}
+
+/* ------------------------------------------------------------ console hooks (ctl.c) */
+
+struct ring *worker_ring(struct worker *w) { return w->ring; }
+struct dq *worker_dq(struct worker *w) { return w->dq; }
+unsigned worker_nsessions(const struct worker *w) { return w->nsessions; }
+
+const struct spool_msg *worker_unit_msg(const struct dq_unit *u, const char **id)
+{
+  const struct emsg *em = u->msg;
+  *id = em->id;
+  return em->sm;
+}
+
+/* Fail a unit taken out of its queue (dq_remove) permanently, as the
+ * administrator asked: logged P and B, bounced like any permanent failure. */
+void worker_admin_fail(struct worker *w, struct dq_unit *u)
+{
+  struct smtpc_result all = {.outcome = SMTPC_OUT_PERMANENT, .code = 554, .stage = 0};
+  scopy(all.enhanced, sizeof all.enhanced, "5.0.0");
+  scopy(all.text, sizeof all.text, "554 5.0.0 [admin] failed by the administrator");
+  finish_unit(w, u->q, u, NULL, &all, "", NULL, 0);
 }

@@ -34,6 +34,10 @@ def expect(cond, what):
 
 sink = sinklib.Sink(sinkbin, [])
 e = Engine(imp, 'Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % sink.port, "priv")
+# the control socket in a directory named after impetus, made by the engine
+sock = os.path.join(e.dir, "run-impetus", "ctl.sock")
+with open(e.conf, "a") as f:
+    f.write('control_listener { listen "%s" { } }\n' % sock)
 # the default User applies: take out enginelib's "stay root" lines
 with open(e.conf) as f:
     body = f.read().replace('User = "root"\nGroup = "root"\n', "")
@@ -76,6 +80,10 @@ try:
             expect(st.st_uid == pw.pw_uid, "%s owned by uid %d" % (log, st.st_uid))
             expect(stat.S_IMODE(st.st_mode) & 0o137 == 0, "%s mode %o (0640 at most)"
                    % (log, stat.S_IMODE(st.st_mode)))
+    st = os.stat(sock)
+    expect(stat.S_ISSOCK(st.st_mode) and st.st_uid == pw.pw_uid
+           and stat.S_IMODE(st.st_mode) == 0o600,
+           "control socket uid %d mode %o" % (st.st_uid, stat.S_IMODE(st.st_mode)))
     expect(e.stop() == 0, "exit status")
     # an explicit User that does not exist is a start-up error with a clear line
     with open(e.conf, "a") as f:

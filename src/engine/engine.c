@@ -129,17 +129,25 @@ static void drop_root(struct conf *c, struct logs_writer *log, const char *spool
       paths[n++] = d;
   }
   const char *user = conf_str(g, CONF_USER), *group = conf_str(g, CONF_GROUP);
+  if (!conf_is_set(g, CONF_USER)) {
+    /* Only a configured User drops root: run as root, the bundled
+     * configuration, the demo and the tests keep working in directories
+     * and with pickup files that only root can read. */
+    if (geteuid() == 0) {
+      logs_panic(log, now_wall_ms(), "engine",
+                 "running as root: set User = \"impetus\" to drop root after start-up "
+                 "(tools/setup.sh creates the user)");
+      logs_writer_flush(log);
+    }
+    return;
+  }
   char err[512];
-  int r = priv_drop(user, group, conf_is_set(g, CONF_USER), paths, n, err, sizeof err);
+  int r = priv_drop(user, group, 1, paths, n, err, sizeof err);
   if (r < 0)
     util_fatal("User/Group: %s", err);
   if (r == PRIV_DROPPED)
     logs_panic(log, now_wall_ms(), "engine", "running as user %s, group %s (uid %u, gid %u)",
                user, group, (unsigned)getuid(), (unsigned)getgid());
-  else if (r == PRIV_NO_USER)
-    logs_panic(log, now_wall_ms(), "engine",
-               "started as root and user \"%s\" does not exist: running as root "
-               "(tools/setup.sh creates it; or set User)", user);
   else if (r == PRIV_ROOT)
     logs_panic(log, now_wall_ms(), "engine", "running as root (User = \"%s\")", user);
   logs_writer_flush(log);

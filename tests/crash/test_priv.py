@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Least privilege (issue 10): started as root with the default User/Group
-(impetus), the engine opens its spool and logs, hands them to impetus and
+"""Least privilege (issue 10): started as root with User = "impetus" (and
+the default Group, impetus), the engine opens its spool and logs, hands them to impetus and
 drops root before the workers (network, Lua) start. Checked: every uid and
 gid of the running process (/proc/PID/status), the paniclog line, owner
 and mode of the spool, queue files (0600) and logs (0640), and that mail
@@ -38,9 +38,9 @@ e = Engine(imp, 'Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % s
 sock = os.path.join(e.dir, "run-impetus", "ctl.sock")
 with open(e.conf, "a") as f:
     f.write('control_listener { listen "%s" { } }\n' % sock)
-# the default User applies: take out enginelib's "stay root" lines
+# User = impetus instead of enginelib's "stay root" lines (Group: the default)
 with open(e.conf) as f:
-    body = f.read().replace('User = "root"\nGroup = "root"\n', "")
+    body = f.read().replace('User = "root"\nGroup = "root"\n', 'User = "impetus"\n')
 with open(e.conf, "w") as f:
     f.write(body)
 os.chmod(e.dir, 0o755)  # mkdtemp's 0700 would hide the spool from impetus

@@ -94,7 +94,7 @@ static void drop_root(struct conf *c, struct logs_writer *log, const char *spool
                       const char *pickup)
 {
   const struct conf_view *g = conf_global(c);
-  const char *paths[8] = {spoolbase, pickup};
+  const char *paths[16] = {spoolbase, pickup};
   size_t n = 2;
   const struct conf_stanza *ec = conf_stanza_first(c, "ec_logger");
   if (ec) {
@@ -106,18 +106,48 @@ static void drop_root(struct conf *c, struct logs_writer *log, const char *spool
   const struct conf_stanza *bl = conf_stanza_first(c, "bounce_logger");
   if (bl)
     paths[n++] = conf_str(conf_stanza_view(bl), CONF_BOUNCE_LOGGER_BOUNCELOG);
+  const struct conf_stanza *cl = conf_stanza_first(c, "control_listener");
+  const struct conf_stanza *ls = cl ? conf_stanza_child(cl, "listen") : NULL;
+  const char *sock = ls ? conf_stanza_instance(ls) : NULL;
+  /* The control socket is bound after the drop, and logs are reopened
+   * after it: their directories go to User too, but only one named after
+   * impetus (/var/tmp/impetus, /var/log/impetus; never /var/log or /tmp). */
+  char dirs[5][4096];
+  size_t nfiles = n;
+  for (size_t i = 0; i <= nfiles && n < 16; i++) {
+    const char *f = i < nfiles ? paths[i] : sock;
+    if (i < 2 || f == NULL)
+      continue;
+    char *d = dirs[i - 2];
+    snprintf(d, sizeof dirs[0], "%s", f);
+    char *slash = strrchr(d, '/');
+    if (slash == NULL || slash == d)
+      continue;
+    *slash = 0;
+    const char *base = strrchr(d, '/');
+    if (strstr(base ? base + 1 : d, "impetus"))
+      paths[n++] = d;
+  }
   const char *user = conf_str(g, CONF_USER), *group = conf_str(g, CONF_GROUP);
+  if (!conf_is_set(g, CONF_USER)) {
+    /* Only a configured User drops root: run as root, the bundled
+     * configuration, the demo and the tests keep working in directories
+     * and with pickup files that only root can read. */
+    if (geteuid() == 0) {
+      logs_panic(log, now_wall_ms(), "engine",
+                 "running as root: set User = \"impetus\" to drop root after start-up "
+                 "(tools/setup.sh creates the user)");
+      logs_writer_flush(log);
+    }
+    return;
+  }
   char err[512];
-  int r = priv_drop(user, group, conf_is_set(g, CONF_USER), paths, n, err, sizeof err);
+  int r = priv_drop(user, group, 1, paths, n, err, sizeof err);
   if (r < 0)
     util_fatal("User/Group: %s", err);
   if (r == PRIV_DROPPED)
     logs_panic(log, now_wall_ms(), "engine", "running as user %s, group %s (uid %u, gid %u)",
                user, group, (unsigned)getuid(), (unsigned)getgid());
-  else if (r == PRIV_NO_USER)
-    logs_panic(log, now_wall_ms(), "engine",
-               "started as root and user \"%s\" does not exist: running as root "
-               "(tools/setup.sh creates it; or set User)", user);
   else if (r == PRIV_ROOT)
     logs_panic(log, now_wall_ms(), "engine", "running as root (User = \"%s\")", user);
   logs_writer_flush(log);

@@ -1371,13 +1371,22 @@ static void schedule(struct worker *w)
         break;
       }
       if (w->nsessions >= w->fd_cap) {
-        /* out of file descriptors for new sessions: they wait for one to end */
+        /* out of file descriptors for new sessions: they wait for one to
+         * end; an idle connection of another queue is closed to make room */
         if (!w->fd_cap_logged)
           logs_panic(w->log, now_ms, "engine",
                      "worker %u: %u connections open, the RLIMIT_NOFILE share of this worker; "
                      "new connections wait (raise ulimit -n)", w->idx, w->nsessions);
         w->fd_cap_logged = true;
-        return;
+        for (struct session *s = w->sessions; s; s = s->next_all)
+          if (s->parked && !s->closing) {
+            sched_pool_remove(&dq_queue_state(s->q)->pool, s);
+            s->parked = false;
+            smtpc_quit(s->smtpc, mono_ms(w));
+            session_pump(s);
+            break;
+          }
+        break;
       }
       session_open(w, q);
     }

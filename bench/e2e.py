@@ -20,10 +20,11 @@ import time
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_s(pid):
+def cpu_s(pid, which=(11, 12)):
+    """utime (11) + stime (12) of pid, in seconds."""
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    return sum(int(fields[i]) for i in which) / TICK
 
 
 def hwm_kb(pid):
@@ -95,6 +96,8 @@ def main():
             time.sleep(0.01)
         time.sleep(0.3)
         c0 = cpu_s(imp.pid)
+        u0 = cpu_s(imp.pid, (11,))
+        s0 = cpu_s(sink.pid)
         t0 = time.monotonic()
         for name in sorted(os.listdir(stage)):
             os.rename(os.path.join(stage, name), os.path.join(spool, "pickup", name))
@@ -108,6 +111,8 @@ def main():
             time.sleep(0.02)
         t1 = time.monotonic()
         c1 = cpu_s(imp.pid)
+        u1 = cpu_s(imp.pid, (11,))
+        s1 = cpu_s(sink.pid)
         hwm = hwm_kb(imp.pid)
         imp.send_signal(signal.SIGTERM)
         imp.wait(timeout=30)
@@ -119,9 +124,12 @@ def main():
         print("delivered=%d elapsed=%.2f s  rate=%.0f msg/s" % (st["n"], el, a.messages / el))
         print("engine CPU=%.2f s  = %.1f us/msg  (%.3f s per 1000 msgs)"
               % (c1 - c0, (c1 - c0) / a.messages * 1e6, (c1 - c0) / a.messages * 1000))
+        print("  of which user=%.1f us/msg, kernel=%.1f us/msg"
+              % ((u1 - u0) / a.messages * 1e6, ((c1 - c0) - (u1 - u0)) / a.messages * 1e6))
         print("engine peak RSS=%.1f MB" % (hwm / 1024))
-        print("sink: messages=%d connections=%d max_concurrent=%d"
-              % (summary["messages"], summary["connections"], summary["max_concurrent_connections"]))
+        print("sink: messages=%d connections=%d max_concurrent=%d CPU=%.2f s"
+              % (summary["messages"], summary["connections"], summary["max_concurrent_connections"],
+                 s1 - s0))
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

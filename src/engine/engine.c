@@ -8,6 +8,7 @@
 #include "impetus_build.h"
 #include "logs.h"
 #include "panic.h"
+#include "policy.h"
 #include "spool.h"
 #include "throttle.h"
 #include "worker.h"
@@ -196,6 +197,11 @@ int engine_main(const char *config_path)
     .on_bad = on_bad,
   };
   char err[512];
+  sh.policy = policy_new(c, &sh.conf, sh.ingest_log, err, sizeof err);
+  if (sh.policy == NULL)
+    util_fatal("lua: %s", err);
+  sp.on_ingest = policy_ingest; /* Lua ingest hooks; a no-op without scripts */
+  sp.arg = sh.policy;
   sh.spool = spool_open(&sp, err, sizeof err);
   if (sh.spool == NULL)
     util_fatal("spool: %s", err);
@@ -239,8 +245,12 @@ int engine_main(const char *config_path)
     }
     if (sig == SIGTERM || sig == SIGINT)
       break;
-    if (sig == SIGHUP)
+    if (sig == SIGHUP) {
       reload(config_path, mainlog, &prev);
+      if (policy_reload(sh.policy, atomic_load(&sh.conf), err, sizeof err) < 0)
+        logs_panic(mainlog, now_wall_ms(), "lua", "reload rejected, the old scripts stay: %s", err);
+      logs_writer_flush(mainlog);
+    }
     else if (sig == SIGUSR1)
       logs_reopen(sh.logs);
   }
@@ -257,6 +267,7 @@ int engine_main(const char *config_path)
   logs_writer_free(sh.ingest_log);
   spool_close(sh.spool);
   worker_free_leftovers(&sh);
+  policy_free(sh.policy);
   free(sh.workers);
   logs_panic(mainlog, now_wall_ms(), "engine", "stopped");
   logs_writer_free(mainlog);

@@ -43,6 +43,9 @@ struct engine_shared {
   _Atomic uint64_t conf_gen;
   /* counters for the console and tests */
   _Atomic uint64_t delivered, failed, deferred;
+  /* graceful stop: workers without sessions; a worker exits only when all
+   * are, so results posted to a message's home worker are still applied */
+  atomic_uint idle_workers;
 };
 
 /* Start worker idx (its thread creates its ring). NULL on failure with a

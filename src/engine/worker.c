@@ -48,6 +48,7 @@
 #define DSN_ORIG_MAX 65536u    /* bytes of the original read for a DSN */
 #define RESULT_TEXT_MAX 256u   /* failure text kept for a DSN */
 #define TLS_SLOTS 16           /* distinct TLS option sets per worker */
+#define HOSTFAIL_MAX 256       /* remote addresses remembered as failing */
 
 /* ------------------------------------------------------------ types */
 
@@ -134,6 +135,11 @@ struct worker {
     struct tls_ctx *ctx;     /* NULL: could not be built (logged once) */
   } tls[TLS_SLOTS];
   unsigned ntls;
+  struct hostfail {
+    char key[80];            /* "ip port" */
+    uint64_t until_ms;       /* wall clock */
+  } hostfail[HOSTFAIL_MAX];
+  unsigned nhostfail;
   struct dq *dq;
   struct logs_writer *log;
   struct spool_txn *txn;
@@ -147,6 +153,7 @@ struct worker {
   unsigned nsessions;
   uint64_t next_conn;
   atomic_bool stop;
+  bool idle_counted;
   _Atomic uint64_t stop_deadline_ms;
   sem_t started;
   int start_err;
@@ -903,10 +910,72 @@ static void cb_error(void *arg, int err, const char *text)
   session_close(s);
 }
 
+static void route_key(const struct route *r, char *out, size_t n)
+{
+  uint16_t port = r->sa.ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)&r->sa)->sin6_port)
+                                              : ntohs(((const struct sockaddr_in *)&r->sa)->sin_port);
+  snprintf(out, n, "%s %u", r->ip, port);
+}
+
+/* Host_Failure_Retry: remember that connecting to r failed. */
+static void host_failed(struct session *s, const struct route *r)
+{
+  struct worker *w = s->w;
+  const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
+  uint64_t until = wall_ms() + (uint64_t)conf_interval(v, CONF_HOST_FAILURE_RETRY) * 1000u;
+  char key[80];
+  route_key(r, key, sizeof key);
+  unsigned slot = w->nhostfail, oldest = 0;
+  for (unsigned i = 0; i < w->nhostfail; i++) {
+    if (!strcmp(w->hostfail[i].key, key)) {
+      slot = i;
+      break;
+    }
+    if (w->hostfail[i].until_ms < w->hostfail[oldest].until_ms)
+      oldest = i;
+  }
+  if (slot == w->nhostfail) {
+    if (w->nhostfail < HOSTFAIL_MAX)
+      w->nhostfail++;
+    else
+      slot = oldest;
+  }
+  scopy(w->hostfail[slot].key, sizeof w->hostfail[slot].key, key);
+  w->hostfail[slot].until_ms = until;
+}
+
+static bool host_is_failing(struct worker *w, const struct route *r, uint64_t now)
+{
+  char key[80];
+  route_key(r, key, sizeof key);
+  for (unsigned i = 0; i < w->nhostfail; i++)
+    if (!strcmp(w->hostfail[i].key, key))
+      return w->hostfail[i].until_ms > now;
+  return false;
+}
+
+/* Addresses that failed within Host_Failure_Retry go last (stable), so
+ * they are used only when nothing better is left. */
+static void order_routes(struct session *s)
+{
+  if (s->w->nhostfail == 0)
+    return;
+  uint64_t now = wall_ms();
+  struct route tmp[ROUTES_MAX];
+  unsigned n = 0;
+  for (int pass = 0; pass < 2; pass++)
+    for (unsigned i = 0; i < s->nroutes; i++)
+      if (host_is_failing(s->w, &s->routes[i], now) == (pass == 1))
+        tmp[n++] = s->routes[i];
+  memcpy(s->routes, tmp, n * sizeof tmp[0]);
+}
+
 static void cb_closed(void *arg)
 {
   struct session *s = arg;
   s->conn = NULL;
+  if (!s->connected && s->route_i < s->nroutes)
+    host_failed(s, &s->routes[s->route_i]);
   if (!s->connected && s->route_i + 1 < s->nroutes && !atomic_load(&s->w->stop)) {
     s->route_i++;
     s->closing = false;
@@ -1183,6 +1252,7 @@ static void resolve_next(struct resolve_ctx *rc)
   }
   free(rc);
   s->route_i = 0;
+  order_routes(s);
   session_try_connect(s);
 }
 
@@ -1561,8 +1631,18 @@ static void *worker_main(void *arg)
           smtpc_quit(s->smtpc, mono_ms(w));
           session_pump(s);
         }
-      if (w->nsessions == 0)
-        break;
+      if (w->nsessions == 0) {
+        if (!w->idle_counted) {
+          w->idle_counted = true;
+          atomic_fetch_add(&w->sh->idle_workers, 1);
+        }
+        if (atomic_load(&w->sh->idle_workers) == w->sh->nworkers) {
+          /* nobody makes new results now: apply those already posted */
+          while (ring_run_once(w->ring, 0) > 0)
+            ;
+          break;
+        }
+      }
       if (mono_ms(w) >= atomic_load(&w->stop_deadline_ms)) {
         for (struct session *s = w->sessions, *n; s; s = n) {
           n = s->next_all;
@@ -1576,7 +1656,10 @@ static void *worker_main(void *arg)
         }
       }
     }
-    int rc = ring_run_once(w->ring, sleep_ns(w));
+    int64_t nap = sleep_ns(w);
+    if (atomic_load(&w->stop) && nap > 10000000)
+      nap = 10000000; /* stopping: look at the other workers often */
+    int rc = ring_run_once(w->ring, nap);
     if (rc < 0 && rc != -EINTR && rc != -ETIME)
       logs_panic(w->log, wall_ms(), "worker", "ring: %s", strerror(-rc));
   }

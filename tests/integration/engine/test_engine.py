@@ -3,7 +3,7 @@ pickup directory into impetus-sink (started here on free ports of
 127.0.0.0/8) and the Momentum logs are checked.
 
 usage: test_engine.py IMPETUS SINK SCENARIO
-scenarios: gateway faults retry routes bindings bindlimit connlimit throttle mx reload stop tls"""
+scenarios: gateway faults retry routes bindings bindlimit connlimit throttle mx reload stop tls auth"""
 import json
 import signal
 import os
@@ -411,6 +411,60 @@ def scenario_tls(imp, sinkbin):
         e.cleanup()
         finish(tls_sink)
         finish(plain)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def scenario_auth(imp, sinkbin):
+    """Configured credentials per domain reach the server over STARTTLS;
+    the password appears in no log or spool file."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        print("SKIP: openssl not installed")
+        sys.exit(SKIP)
+    import tempfile
+    d = tempfile.mkdtemp(prefix="impetus-auth.")
+    cert, key = os.path.join(d, "c.pem"), os.path.join(d, "k.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=localhost"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    users = os.path.join(d, "users")
+    with open(users, "w") as f:
+        f.write("msys:s3cr3t-Pw-1\nsparkpost:s3cr3t-Pw-2\n")
+    sink = sink_with_log(sinkbin, "--cert", cert, "--key", key, "--auth-users", users,
+                         "--require-auth", "--require-tls-for-auth")
+    conf = ('Worker_Threads = 2\nTLS = "ifavailable"\nGateway = "127.0.0.1:%d"\n'
+            'Domain "messagesystems.com" { Outbound_SMTP_AUTH_Type = "LOGIN"\n'
+            '  Outbound_SMTP_AUTH_User = "msys" Outbound_SMTP_AUTH_Pass = "s3cr3t-Pw-1" }\n'
+            'Domain "sparkpost.com" { Outbound_SMTP_AUTH_Type = "PLAIN"\n'
+            '  Outbound_SMTP_AUTH_User = "sparkpost" Outbound_SMTP_AUTH_Pass = "s3cr3t-Pw-2" }\n'
+            % sink.port)
+    e = Engine(imp, conf, "auth")
+    try:
+        e.start()
+        for i in range(5):
+            e.inject("a@s.test", ["x%d@messagesystems.com" % i])
+            e.inject("a@s.test", ["y%d@sparkpost.com" % i])
+        e.wait_for(lambda: all_final(e, 10), 20, "10 final records")
+        check_exactly_one(e, 10)
+        expect(len(e.records("D")) == 10, "all delivered")
+        by_user = {}
+        for m in msgs_of(sink):
+            dom = m["rcpts"][0].split("@")[1]
+            by_user.setdefault(dom, set()).add((m["auth_user"], m["auth_mech"]))
+        print("auth seen by the sink:", by_user)
+        expect(by_user.get("messagesystems.com") == {("msys", "LOGIN")}, "msys over LOGIN")
+        expect(by_user.get("sparkpost.com") == {("sparkpost", "PLAIN")}, "sparkpost over PLAIN")
+        expect(e.stop() == 0, "exit status")
+        for root, _dirs, files in os.walk(e.dir):
+            for name in files:
+                if name == "impetus.conf":
+                    continue
+                with open(os.path.join(root, name), "rb") as f:
+                    data = f.read()
+                expect(b"s3cr3t-Pw" not in data, "password found in %s" % name)
+    finally:
+        e.cleanup()
+        finish(sink)
         shutil.rmtree(d, ignore_errors=True)
 
 

@@ -1431,7 +1431,8 @@ long spool_recover(struct spool *sp)
       names[n++] = util_xstrdup(e->d_name);
     }
     closedir(d);
-    qsort(names, n, sizeof(char *), cmp_str);
+    if (n > 1)
+      qsort(names, n, sizeof(char *), cmp_str);
     long err = 0;
     for (size_t i = 0; i < n; i++) {
       const char *nm = names[i];
@@ -1593,7 +1594,8 @@ int spool_txn_commit(struct spool_txn *t)
   int err = 0;
   if (t->n == 0)
     return 0;
-  qsort(t->ops, t->n, sizeof(*t->ops), cmp_op);
+  if (t->n > 1)
+    qsort(t->ops, t->n, sizeof(*t->ops), cmp_op);
   int *fds = util_xmalloc(t->n * sizeof(int));
   size_t nfds = 0;
   bool touched[NBUCKETS] = {0};

@@ -408,7 +408,9 @@ static void test_modes_ids_and_recovery(void **state)
     put_msg(name, "x-receiver: <a@example.com>\nx-receiver: <b@example.com>\n"
                   "x-receiver: <c@example.com>\n", "x-binding: b1\n");
   }
-  chmod(strcat(strcpy(name, base), "/pickup"), 0755);
+  char pdir[300];
+  snprintf(pdir, sizeof(pdir), "%s/pickup", base);
+  chmod(pdir, 0755);
   drain(sp);
   assert_int_equal(ngot, 50);
   char path[512], prev[SPOOL_ID_LEN + 1] = "", id[SPOOL_ID_LEN + 1];

@@ -498,8 +498,12 @@ int main(int argc, char **argv)
     }
     free(tmp.v);
   }
-  if (bad_args)
+  if (bad_args) {
+    for (size_t k = 0; k < rc.n; k++)
+      free(rc.v[k]);
+    free(rc.v);
     return EX_DATAERR;
+  }
 
   /* Where to write. */
   char *pickup_dir = NULL;

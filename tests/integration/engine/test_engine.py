@@ -3,7 +3,7 @@ pickup directory into impetus-sink (started here on free ports of
 127.0.0.0/8) and the Momentum logs are checked.
 
 usage: test_engine.py IMPETUS SINK SCENARIO
-scenarios: gateway faults retry routes bindings bindlimit connlimit throttle mx reload stop tls auth"""
+scenarios: gateway faults retry routes bindings bindlimit connlimit throttle mx reload stop tls auth large"""
 import json
 import signal
 import os
@@ -466,6 +466,34 @@ def scenario_auth(imp, sinkbin):
         e.cleanup()
         finish(sink)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def scenario_large(imp, sinkbin):
+    """A 4 MB body streams from the spool in chunks (dot-stuffed on the
+    fly), and 250 recipients go as 3 transactions (Max_Recipients_Per_Batch)."""
+    sink = sink_with_log(sinkbin)
+    conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+            'Max_Recipients_Per_Batch = 100\n' % sink.port)
+    e = Engine(imp, conf, "large")
+    try:
+        e.start()
+        line = "." + "y" * 98 + "\n"  # every line needs dot-stuffing
+        body = "Subject: big\n\n" + line * 40000
+        e.inject("a@s.test", ["big@l.test"], body=body)
+        e.inject("a@s.test", ["r%d@many.test" % i for i in range(250)])
+        e.wait_for(lambda: all_final(e, 251), 30, "251 final records")
+        check_exactly_one(e, 251)
+        msgs = msgs_of(sink)
+        big = [m for m in msgs if m["rcpts"] == ["big@l.test"]]
+        expect(len(big) == 1, "the big message arrived once")
+        expect(abs(big[0]["size"] - len(body)) <= len(body) // 50 + 100,
+               "size %d for a %d-byte body" % (big[0]["size"], len(body)))
+        many = sorted(len(m["rcpts"]) for m in msgs if m["rcpts"][0].endswith("@many.test"))
+        expect(many == [50, 100, 100], "batches of %r" % many)
+        expect(e.stop() == 0, "exit status")
+    finally:
+        e.cleanup()
+        finish(sink)
 
 
 def scenario_throttle(imp, sinkbin):

@@ -1,0 +1,39 @@
+/* fuzz_pickup: the pickup-file parser and the address check on arbitrary
+ * bytes; and the context-dictionary decoder (a decoded dictionary must
+ * round-trip; secrets are dropped, so the copy may be smaller). Must never crash, leak or
+ * read out of bounds; an accepted file's body offsets must be in range. */
+#include "ctx.h"
+#include "spool.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+  struct spool_envelope env;
+  char why[256];
+  if (spool_parse((const char *)data, size, &env, why, sizeof(why)) == 0) {
+    if (env.body_off + env.body_size != size || env.nrcpt == 0 || !env.sender)
+      abort();
+    for (uint32_t i = 0; i < env.nrcpt; i++)
+      if (spool_addr_check(env.rcpt[i], strlen(env.rcpt[i])) != NULL)
+        abort();
+  }
+  spool_envelope_done(&env);
+  (void)spool_addr_check((const char *)data, size);
+  struct ctx *c = ctx_new();
+  if (ctx_deserialize(c, data, size) == 0) {
+    struct buf b = {0};
+    ctx_serialize(c, &b);
+    struct ctx *d = ctx_new();
+    if (ctx_deserialize(d, b.data, b.len) != 0 || ctx_count(d) > ctx_count(c))
+      abort();
+    ctx_free(d);
+    buf_done(&b, 0);
+  }
+  ctx_free(c);
+  return 0;
+}

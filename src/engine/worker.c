@@ -413,6 +413,8 @@ static void fill_logs_msg(struct logs_msg *m, char *msgid, size_t cap, const str
   m->received_ms = sm->created_ms;
 }
 
+static void requeue_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u);
+
 /* Finish a unit's attempt: results[i] per recipient (NULL: every
  * recipient gets `all`). Logs D/T/P/B, re-queues the transient ones with
  * back-off (or fails them at expiry), and reports to the home worker. */
@@ -508,7 +510,7 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
     res->attempts = failures;
     res->next_ms = u->due_ms;
     atomic_fetch_add(&w->sh->deferred, 1);
-    dq_push(w->dq, q, u, now);
+    requeue_unit(w, q, u); /* credentials resolved again for the retry */
   } else {
     res->unit_done = true;
     dq_unit_free(u);
@@ -1423,6 +1425,26 @@ static void run_unit_post(void *arg)
   struct worker *w = p->w;
   refresh_conf(w);
   struct dq_unit *u = p->u;
+  struct emsg *em = u->msg;
+  uint64_t cred = 0;
+  if (auth_resolve(w->auth, w->pw, w->conf, w->sh->spool, em->sm, p->binding,
+                   rcpt_domain(em->sm->rcpt[u->rcpt[0]]), &cred, unit_ready, p) == 0)
+    unit_ready(p, cred);
+}
+
+/* A deferred unit goes back to a queue: with outbound_smtp_auth on, its
+ * credentials are resolved again (Lua hook, context, a reloaded
+ * configuration), so a fixed password applies from the next retry. */
+static void requeue_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u)
+{
+  if (!auth_enabled(w->auth, w->conf)) {
+    dq_push(w->dq, q, u, wall_ms());
+    return;
+  }
+  struct unit_post *p = util_xcalloc(1, sizeof *p);
+  p->w = w;
+  p->u = u;
+  scopy(p->binding, sizeof p->binding, dq_queue_binding(q));
   struct emsg *em = u->msg;
   uint64_t cred = 0;
   if (auth_resolve(w->auth, w->pw, w->conf, w->sh->spool, em->sm, p->binding,

@@ -284,6 +284,14 @@ def scenario_wrong_pass(env):
     pan = e.read(e.paniclog)
     expect('as "sparkpost" rejected' in pan, "loud paniclog line with the user:\n" + pan)
     expect("WrongPw-777" not in pan and "WrongPw-777" not in e.read(e.mainlog), "no password")
+    # the operator fixes the password and reloads: the next retry delivers
+    with open(e.conf) as f:
+        text = f.read()
+    with open(e.conf, "w") as f:
+        f.write(text.replace("WrongPw-777", "sparkpost"))
+    e.proc.send_signal(__import__("signal").SIGHUP)
+    e.wait_for(delivered(env, 1), 15, "delivery after the reload")
+    expect(env.seen()["a@sparkpost.com"][0] == "sparkpost", "delivered as sparkpost")
 
 
 def scenario_no_auth(env):

@@ -30,8 +30,7 @@ struct spool;
 struct spool_msg;
 struct auth;
 
-/* Longest credential table per worker; past it the oldest unused entry
- * is not evicted but new identities still work (stored anyway). */
+/* The mechanism when a user is set but no type. */
 #define AUTH_TYPE_DEFAULT SMTPC_AUTH_PLAIN /* user set, type unset */
 
 struct auth *auth_new(void);
@@ -49,6 +48,10 @@ typedef void (*auth_ready_fn)(void *arg, uint64_t cred_id);
 int auth_resolve(struct auth *a, struct policy_worker *pw, struct conf *c, struct spool *sp,
                  const struct spool_msg *sm, const char *binding, const char *domain,
                  uint64_t *cred_id, auth_ready_fn ready, void *arg);
+
+/* At exit, after the Lua state is freed (no more answers): drop the
+ * resolutions still waiting, handing each `arg` to drop. */
+void auth_drop_pending(struct auth *a, void (*drop)(void *arg));
 
 /* The credentials of an identity (strings owned by the table), or NULL
  * for 0 / unknown. */

@@ -34,9 +34,11 @@ struct auth {
   struct conf *enabled_conf; /* not referenced: compared only */
   bool enabled;
   unsigned pending;
+  struct pending *waiting; /* resolutions waiting for Lua */
 };
 
 struct pending {
+  struct pending *next, *prev; /* auth.waiting */
   struct auth *a;
   struct conf *c; /* referenced */
   struct policy_msg pm;
@@ -150,11 +152,37 @@ static uint64_t finish(struct auth *a, struct conf *c, const struct ctx *mess, c
   return id;
 }
 
+static void unlink_pending(struct auth *a, struct pending *p)
+{
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    a->waiting = p->next;
+  if (p->next)
+    p->next->prev = p->prev;
+}
+
+void auth_drop_pending(struct auth *a, void (*drop)(void *arg))
+{
+  if (a == NULL)
+    return;
+  while (a->waiting) {
+    struct pending *p = a->waiting;
+    unlink_pending(a, p);
+    policy_msg_close(&p->pm);
+    conf_unref(p->c);
+    a->pending--;
+    drop(p->arg);
+    free(p);
+  }
+}
+
 static void on_hook_done(void *arg, int result)
 {
   (void)result;
   struct pending *p = arg;
   struct auth *a = p->a;
+  unlink_pending(a, p);
   uint64_t id = finish(a, p->c, p->pm.m.mess, p->binding, p->domain);
   policy_msg_close(&p->pm);
   conf_unref(p->c);
@@ -189,8 +217,13 @@ int auth_resolve(struct auth *a, struct policy_worker *pw, struct conf *c, struc
   policy_msg_open(&p->pm, sp, sm, c);
   a->pending++;
   if (hook && luam_call_auth_config(lm, &p->pm.h, policy_msg_ops(), p->domain, on_hook_done, p) ==
-                LUAM_PENDING)
+                LUAM_PENDING) {
+    p->next = a->waiting;
+    if (a->waiting)
+      a->waiting->prev = p;
+    a->waiting = p;
     return 1;
+  }
   *cred_id = finish(a, c, p->pm.m.mess, p->binding, p->domain);
   policy_msg_close(&p->pm);
   conf_unref(p->c);

@@ -1602,6 +1602,13 @@ static void drop_unit(void *arg, struct dq_unit *u)
   dq_unit_free(u);
 }
 
+static void drop_unit_post(void *arg)
+{
+  struct unit_post *p = arg;
+  dq_unit_free(p->u);
+  free(p);
+}
+
 static void commit(struct worker *w)
 {
   if (!w->txn_dirty)
@@ -1690,6 +1697,7 @@ static void *worker_main(void *arg)
   dq_free(w->dq, drop_unit, NULL);
   w->dq = NULL;
   policy_worker_free(w->pw);
+  auth_drop_pending(w->auth, drop_unit_post);
   auth_free(w->auth);
   spool_txn_free(w->txn);
   logs_writer_free(w->log);

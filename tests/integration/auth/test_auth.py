@@ -481,6 +481,35 @@ msys.registerModule("ingest", mod)
     e.wait_for(lambda: "delivered a@sparkpost.com" in e.read(e.paniclog), 5, "outcome hook")
 
 
+def scenario_lua_reload(env):
+    """Issue 8: SIGHUP reloads the scripts in every worker; a script that does not compile is
+    rejected with script:line and the old one stays."""
+    import signal
+    lua = env.write("lua/seed.lua", SEED_LUA)
+    conf = base(env) + SEED_DOMAINS + (
+        'scriptlet "scriptlet" { script "seed" { source = "%s" } }\n' % lua[:-4])
+    e = env.engine(conf)
+    env.inject(["a@sparkpost.com"])
+    e.wait_for(delivered(env, 1), 20, "first D")
+    env.write("lua/seed.lua", "local mod = {\nfunction broken(\n")
+    e.proc.send_signal(signal.SIGHUP)
+    e.wait_for(lambda: "reload rejected" in e.read(e.paniclog), 10, "rejected reload")
+    pan = e.read(e.paniclog)
+    expect("seed.lua:" in pan.split("reload rejected")[1].splitlines()[0], "names script:line")
+    env.inject(["b@sparkpost.com"])
+    e.wait_for(delivered(env, 2), 20, "second D")
+    env.write("lua/seed.lua", SEED_LUA.replace("'foo'", "'tenant1'").replace("'bar'", "'t1-pw'"))
+    e.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    env.inject(["c@sparkpost.com"])
+    e.wait_for(delivered(env, 3), 20, "third D")
+    seen = env.seen()
+    print("sink saw:", {k: v[0] for k, v in seen.items()})
+    expect(seen["a@sparkpost.com"][0] == "foo" and seen["b@sparkpost.com"][0] == "foo",
+           "old script kept after the bad reload")
+    expect(seen["c@sparkpost.com"][0] == "tenant1", "new script after the good reload")
+
+
 def main():
     imp, sinkbin, scenario = sys.argv[1], sys.argv[2], sys.argv[3]
     users = [("msys", "msys"), ("sparkpost", "sparkpost"), ("foo", "bar"),

@@ -77,6 +77,7 @@ def main():
         mainlog = os.path.join(d, "mainlog.ec")
         conf = os.path.join(d, "impetus.conf")
         with open(conf, "w") as f:
+            f.write('User = "root"\nGroup = "root"\n')  # stay root: 0700 temp dirs
             f.write('Spoolbase = "%s"\nSpool_Sync = "%s"\nWorker_Threads = %d\nTLS = "no"\n'
                     'Gateway = "127.0.0.1:%s"\nKeep_Message_Dicts_In_Memory = %s\n'
                     'ec_logger { mainlog = "%s" paniclog = "%s/paniclog.ec" }\n'

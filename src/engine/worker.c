@@ -21,10 +21,7 @@
 #include "policy.h"
 #include "ring.h"
 #include "scheduler.h"
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wcomment"
 #include "smtpc.h"
-#pragma GCC diagnostic pop
 #include "spool.h"
 #include "throttle.h"
 #include "tls.h"

@@ -97,7 +97,7 @@ static void *server_main(void *arg) {
         if (write(fd, b, (size_t)n) != n)
           break;
       break;
-    case S_PEER:
+    case S_PEER: {
       char tmp[64];
       inet_ntop(AF_INET, &peer.sin_addr, tmp, sizeof tmp);
       memcpy(s->peer + 1, tmp + 1, sizeof tmp - 1);
@@ -105,6 +105,7 @@ static void *server_main(void *arg) {
       while (read(fd, b, sizeof b) > 0) {
       }
       break;
+    }
     case S_TLS_ECHO:
       tls_echo(ctx, fd);
       break;

@@ -249,6 +249,8 @@ int engine_main(const char *config_path)
       reload(config_path, mainlog, &prev);
       if (policy_reload(sh.policy, atomic_load(&sh.conf), err, sizeof err) < 0)
         logs_panic(mainlog, now_wall_ms(), "lua", "reload rejected, the old scripts stay: %s", err);
+      else if (policy_has_scripts(sh.policy))
+        logs_panic(mainlog, now_wall_ms(), "lua", "scripts reloaded");
       logs_writer_flush(mainlog);
     }
     else if (sig == SIGUSR1)

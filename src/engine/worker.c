@@ -1421,6 +1421,7 @@ static void run_unit_post(void *arg)
   struct unit_post *p = arg;
   struct worker *w = p->w;
   refresh_conf(w);
+  policy_worker_refresh(w->pw, w->conf);
   struct dq_unit *u = p->u;
   struct emsg *em = u->msg;
   uint64_t cred = 0;

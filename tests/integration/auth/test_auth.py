@@ -500,7 +500,7 @@ def scenario_lua_reload(env):
     e.wait_for(delivered(env, 2), 20, "second D")
     env.write("lua/seed.lua", SEED_LUA.replace("'foo'", "'tenant1'").replace("'bar'", "'t1-pw'"))
     e.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
+    e.wait_for(lambda: "scripts reloaded" in e.read(e.paniclog), 10, "reloaded scripts")
     env.inject(["c@sparkpost.com"])
     e.wait_for(delivered(env, 3), 20, "third D")
     seen = env.seen()

@@ -171,7 +171,7 @@ def main():
     ap.add_argument("build")
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--domains", type=int, default=10)
-    ap.add_argument("--tenants", type=int, default=10)
+    ap.add_argument("--tenants", type=int, default=7)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-conns", type=int, default=4, help="Max_Outbound_Connections")
     ap.add_argument("--runs", default="plain,tls,tls+auth,lua+keep,lua+nokeep,trivial-lua")

@@ -104,6 +104,7 @@ struct session {
   uint32_t max_batch;
   const char **rcpts;           /* max_batch pointers */
   uint32_t delivered;           /* successful transactions */
+  uint32_t rcpts_tried;         /* RCPTs sent (Max_Recipients_Per_Connection) */
   uint64_t pool_key;
   bool parked, closing, connected, counted, txn_open;
   bool ever_ready; /* reached READY once (no longer counted as opening) */
@@ -692,6 +693,7 @@ static bool start_txn(struct session *s, struct dq_unit *u)
     return false;
   }
   s->txn_open = true;
+  s->rcpts_tried += u->nrcpt;
   return true;
 }
 
@@ -700,7 +702,10 @@ static void begin_next(struct session *s)
 {
   struct worker *w = s->w;
   struct dq_queue_state *st = dq_queue_state(s->q);
-  if (atomic_load(&w->stop) || !sched_conn_reusable(&st->limits, s->delivered)) {
+  const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
+  int64_t max_rcpts = conf_int(v, CONF_MAX_RECIPIENTS_PER_CONNECTION);
+  if (atomic_load(&w->stop) || !sched_conn_reusable(&st->limits, s->delivered) ||
+      (max_rcpts > 0 && s->rcpts_tried >= (uint64_t)max_rcpts)) {
     if (s->unit) { /* the unit this connection was opened for waits again */
       dq_unpop(w->dq, s->unit);
       s->unit = NULL;

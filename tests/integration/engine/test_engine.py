@@ -3,7 +3,7 @@ pickup directory into impetus-sink (started here on free ports of
 127.0.0.0/8) and the Momentum logs are checked.
 
 usage: test_engine.py IMPETUS SINK SCENARIO
-scenarios: gateway faults retry routes bindings bindlimit connlimit throttle mx reload stop tls auth large"""
+scenarios: gateway faults retry routes bindings bindlimit connlimit throttle mx reload stop tls auth large perconn"""
 import json
 import signal
 import os
@@ -494,6 +494,35 @@ def scenario_large(imp, sinkbin):
     finally:
         e.cleanup()
         finish(sink)
+
+
+def scenario_perconn(imp, sinkbin):
+    """Max_Deliveries_Per_Connection and Max_Recipients_Per_Connection end
+    a connection; the next one carries on."""
+    a = sink_with_log(sinkbin)
+    b = sink_with_log(sinkbin)
+    conf = ('Worker_Threads = 1\nTLS = "no"\nMax_Outbound_Connections = 1\nIdle_Timeout = 30\n'
+            'Domain "a.test" { Gateway = "127.0.0.1:%d" Max_Deliveries_Per_Connection = 5 }\n'
+            'Domain "b.test" { Gateway = "127.0.0.1:%d" Max_Recipients_Per_Connection = 10 }\n'
+            % (a.port, b.port))
+    e = Engine(imp, conf, "perconn")
+    try:
+        e.start()
+        for i in range(20):
+            e.inject("s@s.test", ["x%d@a.test" % i])
+            e.inject("s@s.test", ["y%d@b.test" % i])
+        e.wait_for(lambda: all_final(e, 40), 30, "40 final records")
+        check_exactly_one(e, 40)
+        expect(e.stop() == 0, "exit status")
+        sa, sb = finish(a), finish(b)
+        a = b = None
+        print("connections:", sa["connections"], sb["connections"])
+        expect(sa["connections"] == 4, "5 deliveries per connection: %d" % sa["connections"])
+        expect(sb["connections"] == 2, "10 recipients per connection: %d" % sb["connections"])
+    finally:
+        e.cleanup()
+        finish(a)
+        finish(b)
 
 
 def scenario_throttle(imp, sinkbin):

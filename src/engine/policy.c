@@ -354,8 +354,12 @@ const struct luam_msg_ops *policy_msg_ops(void)
 
 /* ------------------------------------------------------------ outcomes */
 
+/* An outcome hook may wait for a datasource while the home worker
+ * finishes and frees the message: it gets its own copy of the envelope. */
 struct outcome_call {
   struct policy_msg pm;
+  char *strings; /* sender, binding, group, recipients: one block */
+  const char **rcpt;
 };
 
 static void outcome_done(void *arg, int result)
@@ -363,7 +367,37 @@ static void outcome_done(void *arg, int result)
   (void)result;
   struct outcome_call *oc = arg;
   policy_msg_close(&oc->pm);
+  free(oc->strings);
+  free(oc->rcpt);
   free(oc);
+}
+
+static void own_envelope(struct outcome_call *oc, const struct spool_msg *sm)
+{
+  size_t n = strlen(sm->sender) + 1;
+  n += sm->binding ? strlen(sm->binding) + 1 : 0;
+  n += sm->binding_group ? strlen(sm->binding_group) + 1 : 0;
+  for (uint32_t i = 0; i < sm->nrcpt; i++)
+    n += strlen(sm->rcpt[i]) + 1;
+  char *p = oc->strings = util_xmalloc(n);
+  oc->rcpt = util_xcalloc(sm->nrcpt ? sm->nrcpt : 1, sizeof *oc->rcpt);
+#define OWN(dst, src)                 \
+  do {                                \
+    size_t l_ = strlen(src) + 1;      \
+    memcpy(p, (src), l_);             \
+    (dst) = p;                        \
+    p += l_;                          \
+  } while (0)
+  OWN(oc->pm.m.sender, sm->sender);
+  if (sm->binding)
+    OWN(oc->pm.m.binding, sm->binding);
+  if (sm->binding_group)
+    OWN(oc->pm.m.binding_group, sm->binding_group);
+  for (uint32_t i = 0; i < sm->nrcpt; i++)
+    OWN(oc->rcpt[i], sm->rcpt[i]);
+#undef OWN
+  oc->pm.m.rcpt = oc->rcpt;
+  oc->pm.m.rcpt_state = NULL;
 }
 
 void policy_outcome(struct policy_worker *pw, enum luam_hook hook, struct spool *sp,
@@ -373,6 +407,7 @@ void policy_outcome(struct policy_worker *pw, enum luam_hook hook, struct spool 
     return;
   struct outcome_call *oc = util_xcalloc(1, sizeof *oc);
   policy_msg_open(&oc->pm, sp, sm, NULL);
+  own_envelope(oc, sm);
   struct luam_call call = {.msg = &oc->pm.h, .ops = policy_msg_ops(), .domain = o->domain,
                            .rcpt = -1, .outcome = o, .done = outcome_done, .done_arg = oc};
   if (luam_call(pw->lm, hook, &call) != LUAM_PENDING)

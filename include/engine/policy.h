@@ -77,6 +77,3 @@ const struct luam_msg_ops *policy_msg_ops(void);
 /* Run a delivery-outcome hook (LUAM_HOOK_LOG_*) when a script has it. */
 void policy_outcome(struct policy_worker *pw, enum luam_hook hook, struct spool *sp,
                     const struct spool_msg *sm, const struct luam_outcome *o);
-
-/* Disk reads of dictionaries done by policy_msg_open (all threads). */
-unsigned long policy_ctx_reads(void);

@@ -61,8 +61,6 @@ struct policy_worker {
   uint64_t gen;
 };
 
-static _Atomic unsigned long ctx_reads;
-
 static uint64_t wall_ms(void)
 {
   struct timespec ts;
@@ -305,7 +303,6 @@ int policy_msg_open(struct policy_msg *pm, struct spool *sp, const struct spool_
     if (sm->secrets)
       pm->m.secrets = ctx_copy(sm->secrets);
     rc = spool_load_ctx(sp, &pm->m);
-    atomic_fetch_add_explicit(&ctx_reads, 1, memory_order_relaxed);
     free((void *)(uintptr_t)pm->m.binding);
     free((void *)(uintptr_t)pm->m.binding_group);
     pm->m.binding = sm->binding;
@@ -329,11 +326,6 @@ void policy_msg_close(struct policy_msg *pm)
   ctx_free(pm->m.mess);
   ctx_free(pm->m.conn);
   pm->m.mess = pm->m.conn = NULL;
-}
-
-unsigned long policy_ctx_reads(void)
-{
-  return atomic_load_explicit(&ctx_reads, memory_order_relaxed);
 }
 
 static struct luam_msg_ops ops_ro;

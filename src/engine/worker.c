@@ -793,10 +793,11 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
   case SMTPC_EV_FAILED: {
     if (ev->flags & SMTPC_F_AUTH_REJECTED) { /* loudly, once per connection; no secret */
       const struct smtpc_auth *cr = auth_creds(w->auth, dq_queue_cred_id(s->q));
+      enum smtpc_auth_type t = cr ? cr->type : SMTPC_AUTH_PLAIN;
       logs_panic(w->log, wall_ms(), "outbound_smtp_auth",
                  "AUTH %s as \"%s\" rejected by %s (%s/%s, connection %s): %d %s; "
                  "mail is deferred until the credentials are fixed or it expires",
-                 cr && cr->type == SMTPC_AUTH_LOGIN ? "LOGIN" : cr && cr->type == SMTPC_AUTH_XOAUTH2 ? "XOAUTH2" : "PLAIN",
+                 t == SMTPC_AUTH_LOGIN ? "LOGIN" : t == SMTPC_AUTH_XOAUTH2 ? "XOAUTH2" : "PLAIN",
                  cr && cr->user ? cr->user : "", s->routes[s->route_i].ip, dq_queue_binding(s->q),
                  dq_queue_domain(s->q), s->conn_id_s, ev->code, ev->text);
     }

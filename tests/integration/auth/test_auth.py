@@ -210,9 +210,13 @@ def scenario_xcontext(env):
                                         ("outbound_smtp_auth_pass", "t2-pw"),
                                         ("outbound_smtp_auth_type", "LOGIN")])
     env.inject(["c@sparkpost.com"])
-    e.wait_for(delivered(env, 3), 20, "3 D")
+    env.inject(["d@sparkpost.com"], ctx=[("outbound_smtp_auth_user", "tenant1"),
+                                        ("outbound_smtp_auth_pass", "t1-pw"),
+                                        ("outbound_smtp_auth_type", "XOAUTH2")])
+    e.wait_for(delivered(env, 4), 20, "4 D")
     seen = env.seen()
     print("sink saw:", seen)
+    expect(seen["d@sparkpost.com"][:2] == ("tenant1", "XOAUTH2"), "XOAUTH2 token from x-context")
     expect(seen["a@sparkpost.com"][:2] == ("tenant1", "PLAIN"), "x-context user, configured type")
     expect(seen["b@sparkpost.com"][:2] == ("tenant2", "LOGIN"), "x-context type wins too")
     expect(seen["c@sparkpost.com"][:2] == ("sparkpost", "PLAIN"), "no preset: configuration")

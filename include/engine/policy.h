@@ -48,6 +48,11 @@ bool policy_has_scripts(const struct policy *p);
  * msg:code(5xx) rejects the message to bad/ with its text. */
 int policy_ingest(void *arg, struct spool_msg *msg, char *reason, size_t reason_len);
 
+/* At start-up recovery (main thread, before ingest starts: it shares the
+ * ingest state): validate_set_binding again; a changed binding is
+ * persisted (spool_save_ctx). Returns 0 or the spool's -errno. */
+int policy_recovered(struct policy *p, struct spool *sp, struct spool_msg *msg);
+
 /* The worker's state; created on the worker thread. NULL p gives an empty
  * policy worker. Script output goes to log (paniclog). */
 struct policy_worker *policy_worker_new(struct policy *p, struct ring *ring,

@@ -44,6 +44,12 @@ static uint64_t now_mono_ms(void)
 static void on_msg(void *arg, struct spool_msg *msg)
 {
   (void)arg;
+  if (recovering) { /* Lua validate_set_binding again (issue 8) */
+    int rc = policy_recovered(sh.policy, sh.spool, msg);
+    if (rc < 0)
+      logs_panic(sh.ingest_log, now_wall_ms(), "lua", "recovery: binding change not saved: %s",
+                 strerror(-rc));
+  }
   worker_submit_msg(&sh, msg, !recovering);
   /* A round claims at most batch_max files; ask for a rescan so the files
    * left in pickup/ are claimed by the next round at once instead of at

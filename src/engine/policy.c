@@ -408,11 +408,9 @@ void policy_outcome(struct policy_worker *pw, enum luam_hook hook, struct spool 
 
 /* ------------------------------------------------------------ ingest */
 
-int policy_ingest(void *arg, struct spool_msg *msg, char *reason, size_t reason_len)
+/* Take up a new snapshot and reloaded scripts for the ingest state. */
+static struct luam *ingest_state(struct policy *p)
 {
-  struct policy *p = arg;
-  if (p == NULL)
-    return 0;
   struct conf *c = atomic_load(p->live_conf);
   if (c != p->ingest_conf) {
     struct conf *nc = conf_ref(c);
@@ -427,7 +425,41 @@ int policy_ingest(void *arg, struct spool_msg *msg, char *reason, size_t reason_
     struct luam_host h = {.arg = p, .log = i_log, .eval = i_eval, .post = NULL};
     state_sync(p, &p->ingest_lm, &p->ingest_gen, &h, i_log, p);
   }
-  struct luam *lm = p->ingest_lm;
+  return p->ingest_lm;
+}
+
+int policy_recovered(struct policy *p, struct spool *sp, struct spool_msg *msg)
+{
+  if (p == NULL)
+    return 0;
+  struct luam *lm = ingest_state(p);
+  if (lm == NULL || !luam_has_hook(lm, LUAM_HOOK_VALIDATE_SET_BINDING))
+    return 0;
+  /* load first: a later load (by spool_save_ctx) would reset the binding */
+  int rc = spool_load_ctx(sp, msg);
+  if (rc < 0)
+    return rc;
+  char *old = msg->binding ? util_xstrdup(msg->binding) : NULL;
+  struct luam_spool_msg h = {.sp = sp, .msg = msg, .conf = p->ingest_conf};
+  struct luam_call call = {.msg = &h, .ops = &luam_spool_ops, .rcpt = -1};
+  luam_call(lm, LUAM_HOOK_VALIDATE_SET_BINDING, &call);
+  luam_spool_msg_done(&h);
+  logs_writer_flush(p->ingest_log);
+  bool changed = (old == NULL) != (msg->binding == NULL) ||
+                 (old && msg->binding && strcmp(old, msg->binding));
+  free(old);
+  if (changed)
+    rc = spool_save_ctx(sp, msg);
+  spool_drop_ctx(sp, msg);
+  return rc;
+}
+
+int policy_ingest(void *arg, struct spool_msg *msg, char *reason, size_t reason_len)
+{
+  struct policy *p = arg;
+  if (p == NULL)
+    return 0;
+  struct luam *lm = ingest_state(p);
   if (lm == NULL)
     return 0;
   bool sb = luam_has_hook(lm, LUAM_HOOK_VALIDATE_SET_BINDING);

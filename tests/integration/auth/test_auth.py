@@ -514,6 +514,35 @@ def scenario_lua_reload(env):
     expect(seen["c@sparkpost.com"][0] == "tenant1", "new script after the good reload")
 
 
+def scenario_recovery_binding(env):
+    """Issue 8: validate_set_binding runs again at recovery from the spool: a message queued
+    for a dead gateway is routed to binding b2 by the script found at restart."""
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = s.getsockname()[1]
+    s.close()  # nothing listens there: connection refused
+    lua = env.write("lua/route.lua", "local mod = {}\nmsys.registerModule('route', mod)\n")
+    conf = ('Worker_Threads = 1\nTLS = "required"\nTLS_Verify = "no"\nGateway = "127.0.0.1:%d"\n'
+            'Retry_Interval = 2\nMax_Retry_Interval = 2\noutbound_smtp_auth { }\n'
+            'Binding "b2" { Gateway = "127.0.0.1:%d" Outbound_SMTP_AUTH_User = "b2user"\n'
+            '  Outbound_SMTP_AUTH_Pass = "b2pw" }\n'
+            'scriptlet "scriptlet" { script "route" { source = "%s" } }\n'
+            % (dead, env.sink.port, lua[:-4]))
+    e = env.engine(conf)
+    env.inject(["x@rec.test"])
+    e.wait_for(lambda: e.records("T"), 20, "a T (dead gateway)")
+    expect(e.stop() == 0, "first stop")
+    env.write("lua/route.lua", "local mod = {}\nfunction mod:validate_set_binding(msg)\n"
+              "  print('set_binding ' .. tostring(msg:binding('b2')))\nend\nmsys.registerModule('route', mod)\n")
+    e.start()
+    e.wait_for(delivered(env, 1), 20, "delivery after recovery")
+    d = e.records("D")
+    print("D:", d)
+    expect("b2" in d[0], "delivered on binding b2")
+    expect(env.seen()["x@rec.test"][0] == "b2user", "with b2's credentials")
+
+
 def main():
     imp, sinkbin, scenario = sys.argv[1], sys.argv[2], sys.argv[3]
     users = [("msys", "msys"), ("sparkpost", "sparkpost"), ("foo", "bar"),

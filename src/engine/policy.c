@@ -162,8 +162,8 @@ struct policy *policy_new(struct conf *c, _Atomic(struct conf *) *live_conf,
       return NULL;
     }
   }
+  s->lc.opts.ds = p->ds; /* set once: snapshots are read-only after */
   if (s->lc.opts.nscripts > 0) {
-    s->lc.opts.ds = p->ds;
     if (luam_check(&s->lc.opts, err, errlen) < 0) {
       policy_free(p);
       return NULL;
@@ -216,7 +216,6 @@ static void state_sync(struct policy *p, struct luam **lm, uint64_t *gen, const 
   uint64_t g;
   struct snap *s = snap_get(p, &g);
   char err[512];
-  s->lc.opts.ds = p->ds;
   if (*lm == NULL) {
     if (s->lc.opts.nscripts > 0) {
       *lm = luam_new(&s->lc.opts, h, err, sizeof err);

@@ -13,6 +13,18 @@ PACKAGES=(
   procps psmisc
 )
 
+# The system user the engine drops root to (options User / Group,
+# default impetus). Idempotent.
+if ! getent passwd impetus >/dev/null && command -v useradd >/dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin impetus
+  elif command -v sudo >/dev/null; then
+    sudo useradd --system --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin impetus
+  fi
+fi
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

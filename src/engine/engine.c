@@ -9,6 +9,7 @@
 #include "logs.h"
 #include "panic.h"
 #include "policy.h"
+#include "priv.h"
 #include "spool.h"
 #include "throttle.h"
 #include "worker.h"
@@ -90,6 +91,41 @@ static struct logs *open_logs(struct conf *c)
   if (l == NULL)
     util_fatal("logs: %s", err);
   return l;
+}
+
+/* Started as root: hand the spool and the logs to User/Group and drop
+ * root before any worker (network, Lua) starts. See priv.c. */
+static void drop_root(struct conf *c, struct logs_writer *log, const char *spoolbase,
+                      const char *pickup)
+{
+  const struct conf_view *g = conf_global(c);
+  const char *paths[8] = {spoolbase, pickup};
+  size_t n = 2;
+  const struct conf_stanza *ec = conf_stanza_first(c, "ec_logger");
+  if (ec) {
+    const struct conf_view *v = conf_stanza_view(ec);
+    paths[n++] = conf_str(v, CONF_EC_LOGGER_MAINLOG);
+    paths[n++] = conf_str(v, CONF_EC_LOGGER_PANICLOG);
+    paths[n++] = conf_str(v, CONF_EC_LOGGER_JSONLOG);
+  }
+  const struct conf_stanza *bl = conf_stanza_first(c, "bounce_logger");
+  if (bl)
+    paths[n++] = conf_str(conf_stanza_view(bl), CONF_BOUNCE_LOGGER_BOUNCELOG);
+  const char *user = conf_str(g, CONF_USER), *group = conf_str(g, CONF_GROUP);
+  char err[512];
+  int r = priv_drop(user, group, conf_is_set(g, CONF_USER), paths, n, err, sizeof err);
+  if (r < 0)
+    util_fatal("User/Group: %s", err);
+  if (r == PRIV_DROPPED)
+    logs_panic(log, now_wall_ms(), "engine", "running as user %s, group %s (uid %u, gid %u)",
+               user, group, (unsigned)getuid(), (unsigned)getgid());
+  else if (r == PRIV_NO_USER)
+    logs_panic(log, now_wall_ms(), "engine",
+               "started as root and user \"%s\" does not exist: running as root "
+               "(tools/setup.sh creates it; or set User)", user);
+  else if (r == PRIV_ROOT)
+    logs_panic(log, now_wall_ms(), "engine", "running as root (User = \"%s\")", user);
+  logs_writer_flush(log);
 }
 
 struct diff_ctx {
@@ -211,6 +247,8 @@ int engine_main(const char *config_path)
   sh.spool = spool_open(&sp, err, sizeof err);
   if (sh.spool == NULL)
     util_fatal("spool: %s", err);
+
+  drop_root(c, mainlog, spoolbase, pickup);
 
   for (unsigned i = 0; i < sh.nworkers; i++)
     if (worker_start(&sh, i, err, sizeof err) == NULL)

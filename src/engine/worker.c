@@ -35,6 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -149,8 +151,11 @@ struct worker {
   struct emsg *msgs;       /* messages this worker is home for */
   struct session *sessions;
   unsigned nsessions;
+  unsigned fd_cap;         /* sessions this worker may hold (RLIMIT_NOFILE share) */
+  bool fd_cap_logged;
   uint64_t next_conn;
   atomic_bool stop;
+  atomic_bool stop_posted; /* worker_stop's wake-up post has returned */
   bool idle_counted;
   _Atomic uint64_t stop_deadline_ms;
   sem_t started;
@@ -780,6 +785,11 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
       s->body_fd = -1;
     }
     if (u) {
+      /* A recipient whose RCPT was accepted takes the final reply (the
+       * one after the dot): a 4xx/5xx there is not a delivery. */
+      for (uint32_t i = 0; i < u->nrcpt; i++)
+        if (s->results[i].outcome == SMTPC_OUT_OK)
+          s->results[i] = s->final;
       bool ok = false;
       for (uint32_t i = 0; i < u->nrcpt; i++)
         ok |= s->results[i].outcome == SMTPC_OUT_OK;
@@ -1361,9 +1371,42 @@ static void schedule(struct worker *w)
           st->blocked_until_ns = now_ns + wait;
         break;
       }
+      if (w->nsessions >= w->fd_cap) {
+        /* out of file descriptors for new sessions: they wait for one to end */
+        if (!w->fd_cap_logged)
+          logs_panic(w->log, now_ms, "engine",
+                     "worker %u: %u connections open, the RLIMIT_NOFILE share of this worker; "
+                     "new connections wait (raise ulimit -n)", w->idx, w->nsessions);
+        w->fd_cap_logged = true;
+        return;
+      }
       session_open(w, q);
     }
   }
+}
+
+/* Sessions this worker may hold: each needs a socket and, while sending,
+ * the message body; the spool's group commit opens one metadata file per
+ * message it commits. Leave a reserve for those and for the other threads
+ * (logs, ingest), and share the rest between the workers. */
+static unsigned fd_cap_compute(unsigned nworkers)
+{
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+    return UINT32_MAX;
+  unsigned open_now = 0;
+  DIR *d = opendir("/proc/self/fd");
+  if (d) {
+    while (readdir(d))
+      open_now++;
+    closedir(d);
+  }
+  uint64_t lim = rl.rlim_cur;
+  uint64_t reserve = 64 + lim / 4;
+  if (lim <= open_now + reserve)
+    return 1;
+  uint64_t cap = (lim - open_now - reserve) / 2 / (nworkers ? nworkers : 1);
+  return cap < 1 ? 1 : cap > UINT32_MAX ? UINT32_MAX : (unsigned)cap;
 }
 
 /* How long the loop may sleep: until the next deferred unit or the end of
@@ -1644,6 +1687,7 @@ static void *worker_main(void *arg)
   w->dq = dq_new();
   w->log = logs_writer_new(w->sh->logs);
   w->txn = spool_txn_new(w->sh->spool);
+  w->fd_cap = fd_cap_compute(w->sh->nworkers);
   refresh_conf(w);
   w->auth = auth_new();
   w->pw = policy_worker_new(w->sh->policy, w->ring, w->log, w->conf);
@@ -1669,7 +1713,10 @@ static void *worker_main(void *arg)
           w->idle_counted = true;
           atomic_fetch_add(&w->sh->idle_workers, 1);
         }
-        if (atomic_load(&w->sh->idle_workers) == w->sh->nworkers) {
+        /* stop_posted: the main thread is done with our ring (its
+         * wake-up write), so ring_free cannot race with it (TSan) */
+        if (atomic_load(&w->sh->idle_workers) == w->sh->nworkers &&
+            atomic_load(&w->stop_posted)) {
           /* nobody makes new results now: apply those already posted */
           while (ring_run_once(w->ring, 0) > 0)
             ;
@@ -1753,6 +1800,7 @@ void worker_stop(struct worker *w, uint64_t deadline_ms)
   atomic_store(&w->stop_deadline_ms, deadline_ms);
   atomic_store(&w->stop, true);
   ring_post(w->ring, wake_noop, NULL);
+  atomic_store(&w->stop_posted, true);
 }
 
 void worker_join(struct worker *w)

@@ -53,7 +53,9 @@ struct conn {
 };
 
 static void arm_recv(struct conn *c);
-static unsigned long stat_recv_armed, stat_recv_bytes, stat_recv_cqes; /* loop thread: conn_stats */
+/* per loop thread (each worker has its own ring): conn_stats reports the
+ * calling thread's counters; shared counters were a data race (TSan) */
+static _Thread_local unsigned long stat_recv_armed, stat_recv_bytes, stat_recv_cqes;
 static void kick_send(struct conn *c);
 
 static void reap_if_done(struct conn *c) {

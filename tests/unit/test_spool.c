@@ -312,17 +312,13 @@ static void truncate_hook(int fd)
 }
 
 static char vanish_path[512];
-static int on_ingest_vanish(void *arg, struct spool_msg *m, char *why, size_t n)
+static void vanish_hook(int fd)
 {
-  (void)arg;
-  (void)m;
-  (void)why;
-  (void)n;
+  (void)fd;
   if (vanish_path[0]) {
     unlink(vanish_path);
     vanish_path[0] = 0;
   }
-  return 0;
 }
 
 static void test_bad_inputs(void **state)
@@ -375,8 +371,10 @@ static void test_bad_inputs(void **state)
   drain(sp);
   spool_test_after_stat = NULL;
   check_why("trunc", "truncated while being read");
-  /* Vanishing before the claim: the hook of the first file removes the second. */
-  p.on_ingest = on_ingest_vanish;
+  /* Vanishing before the claim: reading the first file removes the second
+   * (one ingest thread, so files are claimed in scan order). */
+  p.ingest_threads = 1;
+  spool_test_after_stat = vanish_hook;
   spool_close(sp);
   sp = open_spool(&p);
   put_msg("va", "x-receiver: <r@example.com>\n", NULL);
@@ -391,6 +389,7 @@ static void test_bad_inputs(void **state)
   snprintf(vanish_path, sizeof(vanish_path), "%s/pickup/%s", base, second);
   size_t before = ngot;
   drain(sp);
+  spool_test_after_stat = NULL;
   assert_int_equal(ngot, before + 1);
   check_why(second, "vanished");
   assert_int_equal(count_dir("pickup"), 1); /* ignored.tmp (count_dir skips dot files) */
@@ -627,6 +626,48 @@ static void test_sync_modes(void **state)
   }
 }
 
+static int hook_calls;
+static int reject_odd(void *arg, struct spool_msg *m, char *why, size_t n)
+{
+  (void)arg;
+  hook_calls++;
+  if (strcmp(m->rcpt[0], "odd@example.com") == 0) {
+    snprintf(why, n, "policy says no");
+    return -1;
+  }
+  spool_msg_set_binding(m, "from-hook");
+  return ctx_set(m->mess, "hooked", "yes");
+}
+
+/* The ingest hook (Lua validate_data_spool / set_binding) can change the
+ * binding and dictionaries before the metadata is written, or reject. */
+static void test_ingest_hook(void **state)
+{
+  (void)state;
+  struct spool_params p = {.on_ingest = reject_odd, .keep_dicts_in_memory = true};
+  struct spool *sp = open_spool(&p);
+  for (int i = 0; i < 6; i++) {
+    char name[16];
+    snprintf(name, sizeof(name), "h%d", i);
+    put_msg(name, i % 2 ? "x-receiver: <odd@example.com>\n" : "x-receiver: <even@example.com>\n",
+            NULL);
+  }
+  drain(sp);
+  assert_int_equal(hook_calls, 6);
+  assert_int_equal(ngot, 3);
+  check_why("h1", "policy says no");
+  reset_got();
+  spool_close(sp);
+  p.on_ingest = NULL;
+  sp = open_spool(&p);
+  assert_int_equal(spool_recover(sp), 3);
+  for (size_t i = 0; i < ngot; i++) {
+    assert_string_equal(got[i]->binding, "from-hook");
+    assert_string_equal(ctx_get(got[i]->mess, "hooked"), "yes");
+  }
+  spool_close(sp);
+}
+
 static void test_open_errors(void **state)
 {
   (void)state;
@@ -652,6 +693,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_dicts_on_disk, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dicts_in_memory, setup, teardown),
       cmocka_unit_test_setup_teardown(test_sync_modes, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_ingest_hook, setup, teardown),
       cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

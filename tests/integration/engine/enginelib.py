@@ -31,7 +31,7 @@ class Engine:
         with open(self.conf, "w") as f:
             f.write('Spoolbase = "%s"\n' % self.spool)
             # tests run as root in CI with 0700 temp dirs: stay root (the
-            # drop to User is tested by tests/integration/engine/test_priv.py)
+            # drop to User is tested by tests/crash/test_priv.py)
             f.write('User = "root"\nGroup = "root"\n')
             f.write('ec_logger { mainlog = "%s" paniclog = "%s" jsonlog = "%s" }\n'
                     % (self.mainlog, self.paniclog, self.jsonlog))

@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""Faults (issue 10), each with its log line checked:
+  sink_gone   the server disappears (SIGKILL) and comes back on the same
+              port: the mail queued meanwhile gets T records and is
+              delivered once it is back; nothing lost.
+  dns_timeout the Resolver is a UDP port nobody answers on: the attempt
+              ends with a T "route lookup failed" (no crash, no P).
+  fd_limit    RLIMIT_NOFILE low: sessions that cannot get a socket are
+              deferred, every message is delivered.
+  disk_full   the spool on a small tmpfs fills up while retry state is
+              being written: a clear "commit failed" line, then with
+              space back everything is delivered. SKIP when tmpfs cannot
+              be mounted.
+usage: test_faults.py IMPETUS SINK SCENARIO"""
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration", "engine"))
+from enginelib import Engine, sinklib  # noqa: E402
+
+SKIP = 77
+
+
+def expect(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class JSink:
+    """impetus-sink on a chosen port with a jsonl log that survives restarts."""
+
+    def __init__(self, binary, port, logdir, extra=()):
+        self.s = sinklib.Sink(binary, ["--jsonl", os.path.join(logdir, "msgs.jsonl")] + list(extra),
+                              extra_listen=["127.0.0.1:%d" % port])
+
+    def kill(self):
+        self.s.proc.send_signal(signal.SIGKILL)
+        self.s.proc.wait()
+        self.s.cleanup()
+
+    def stop(self):
+        if self.s.proc.poll() is None:
+            self.s.stop()
+        self.s.cleanup()
+
+
+def rcpts_at(logdir):
+    out = {}
+    try:
+        with open(os.path.join(logdir, "msgs.jsonl")) as f:
+            for line in f:
+                if line.strip():
+                    for r in json.loads(line)["rcpts"]:
+                        out[r] = out.get(r, 0) + 1
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def scenario_sink_gone(imp, sinkbin):
+    logdir = tempfile.mkdtemp(prefix="faults.")
+    port = free_port()
+    sink = JSink(sinkbin, port, logdir)
+    e = Engine(imp, 'Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+               'Retry_Interval = 1\nMax_Retry_Interval = 1\nHost_Failure_Retry = 1\n' % port, "gone")
+    try:
+        e.start()
+        for i in range(20):
+            e.inject("a@x.test", ["a%d@y.test" % i])
+        e.wait_for(lambda: len(rcpts_at(logdir)) == 20, 20, "first 20 at the sink")
+        sink.kill()
+        for i in range(20):
+            e.inject("a@x.test", ["b%d@y.test" % i])
+        e.wait_for(lambda: len(e.records("T")) >= 5, 20, "T records while the sink is gone")
+        t = e.records("T")
+        print("while gone:", t[0][-1])
+        expect(any("refused" in f[-1].lower() or "connect" in f[-1].lower() for f in t),
+               "a T names the connection failure: %r" % t[0][-1])
+        sink = JSink(sinkbin, port, logdir)
+        want = {"a%d@y.test" % i for i in range(20)} | {"b%d@y.test" % i for i in range(20)}
+        e.wait_for(lambda: want <= set(rcpts_at(logdir)), 30, "all 40 after the sink came back")
+        e.wait_for(lambda: e.queue_files() == 0, 10, "empty queue")
+        expect(not e.records("P"), "no P")
+        expect(e.stop() == 0, "exit status")
+        print("ok: %d T records while the sink was gone, all 40 delivered" % len(t))
+    finally:
+        e.cleanup()
+        sink.stop()
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
+def scenario_dns_timeout(imp, sinkbin):
+    # a bound UDP socket that never answers: queries time out
+    mute = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    mute.bind(("127.0.0.1", 0))
+    rport = mute.getsockname()[1]
+    e = Engine(imp, 'Worker_Threads = 1\nTLS = "no"\nResolver = "127.0.0.1:%d"\n'
+               'Retry_Interval = 60\n' % rport, "dns")
+    try:
+        e.start()
+        t0 = time.monotonic()
+        e.inject("a@x.test", ["r@nowhere.test"])
+        e.wait_for(lambda: e.records("T"), 30, "a T after the DNS timeout")
+        t = e.records("T")[0]
+        took = time.monotonic() - t0
+        print("T after %.1f s: %s" % (took, t[-1]))
+        expect(t[-1].startswith("451 4.4.3") and "route lookup failed" in t[-1],
+               "T text: %r" % t[-1])
+        expect(not e.records("P") and not e.records("D"), "no D/P")
+        expect(e.queue_files() > 0, "still queued")
+        expect(e.stop() == 0, "exit status")
+    finally:
+        e.cleanup()
+        mute.close()
+
+
+def scenario_fd_limit(imp, sinkbin):
+    logdir = tempfile.mkdtemp(prefix="faults.")
+    sink = JSink(sinkbin, free_port(), logdir, ["--latency", "DOT=200"])
+    port = sink.s.port
+    e = Engine(imp, 'Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+               'Max_Outbound_Connections = 500\nRetry_Interval = 1\nMax_Retry_Interval = 1\n'
+               'Host_Failure_Retry = 1\n' % port, "fds")
+    lim = int(os.environ.get("FD_LIMIT", "600"))
+
+    def low():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lim, lim))
+    try:
+        e.err = open(os.path.join(e.dir, "stderr"), "w+")
+        e.proc = subprocess.Popen([e.impetus, "-c", e.conf], stdout=e.err, stderr=e.err,
+                                  preexec_fn=low)
+        e.wait_for(lambda: "started" in e.read(e.paniclog), 10, "engine start")
+        n = 300
+        for i in range(n):
+            e.inject("a@x.test", ["f%d@d%d.test" % (i, i % 150)])
+        want = {"f%d@d%d.test" % (i, i % 150) for i in range(n)}
+        e.wait_for(lambda: want <= set(rcpts_at(logdir)), 60, "all %d delivered" % n)
+        e.wait_for(lambda: e.queue_files() == 0, 10, "empty queue")
+        t = e.records("T")
+        msgs = [f[-1] for f in t]
+        print("RLIMIT_NOFILE %d: %d delivered, %d T records; e.g. %r"
+              % (lim, n, len(t), msgs[:1]))
+        expect(not e.records("P"), "no P")
+        expect("new connections wait" in e.read(e.paniclog), "the paniclog says sessions wait")
+        expect(not [l for l in e.read(e.paniclog).splitlines() if "Too many open files" in l],
+               "no EMFILE failure anywhere (commit, ingest, connect)")
+        expect(e.stop() == 0, "exit status")
+    finally:
+        e.cleanup()
+        sink.stop()
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
+def scenario_disk_full(imp, sinkbin):
+    top = tempfile.mkdtemp(prefix="faults-disk.")
+    mnt = os.path.join(top, "mnt")
+    os.makedirs(mnt)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        shutil.rmtree(top, ignore_errors=True)
+        print("SKIP: cannot mount tmpfs (%s)" % r.stderr.strip())
+        sys.exit(SKIP)
+    logdir = tempfile.mkdtemp(prefix="faults.")
+    port = free_port()
+    e = None
+    sink = None
+    try:
+        e = Engine(imp, 'Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+                   'Retry_Interval = 1\nMax_Retry_Interval = 1\nHost_Failure_Retry = 1\n'
+                   % port, "disk")
+        # the spool on the small tmpfs; logs stay outside it
+        spool = os.path.join(mnt, "spool")
+        os.makedirs(os.path.join(spool, "pickup"))
+        with open(e.conf) as f:
+            c = f.read().replace('Spoolbase = "%s"' % e.spool, 'Spoolbase = "%s"' % spool)
+        with open(e.conf, "w") as f:
+            f.write(c)
+        e.spool, e.pickup = spool, os.path.join(spool, "pickup")
+        e.start()
+        for i in range(30):
+            e.inject("a@x.test", ["d%d@y.test" % i], body="Subject: %d\n\n%s\n" % (i, "z" * 2000))
+        # nobody listens: every attempt is a T and rewrites retry state
+        e.wait_for(lambda: len(e.records("T")) >= 30, 20, "30 T records")
+        # a pickup file written before the disk fills, renamed in after
+        hidden = os.path.join(e.pickup, ".late")
+        with open(hidden, "w") as f:
+            f.write("x-sender: <a@x.test>\nx-receiver: <late@y.test>\n\nlate\n")
+        filler = os.path.join(mnt, "filler")
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        for chunk in (65536, 512):
+            try:
+                while True:
+                    os.write(fd, b"\0" * chunk)
+            except OSError:
+                pass
+        os.close(fd)
+        t0 = len(e.records("T"))
+        os.rename(hidden, os.path.join(e.pickup, "late"))
+        e.inject_failed = False
+        # ingest with the disk full: the file stays in pickup/, the paniclog says why
+        e.wait_for(lambda: "No space left" in e.read(e.paniclog), 20,
+                   "a disk-full line in the paniclog")
+        expect(os.path.exists(os.path.join(e.pickup, "late")), "the pickup file is still there")
+        # retry state goes on being written (small appends; a failing commit is
+        # logged as "commit failed" and the attempt is simply made again)
+        e.wait_for(lambda: len(e.records("T")) > t0 + 10, 20, "retries go on with the disk full")
+        lines = [l for l in e.read(e.paniclog).splitlines() if "No space left" in l]
+        print("disk full:", lines[0])
+        os.unlink(filler)
+        sink = JSink(sinkbin, port, logdir)
+        want = {"d%d@y.test" % i for i in range(30)}
+        if not e.inject_failed:
+            want.add("late@y.test")
+        e.wait_for(lambda: want <= set(rcpts_at(logdir)), 30, "all delivered with space back")
+        e.wait_for(lambda: e.queue_files() == 0 and not os.listdir(e.pickup), 10, "empty spool")
+        expect(not e.records("P"), "no P")
+        expect(e.stop() == 0, "exit status")
+        bad = os.path.join(spool, "bad")
+        expect(not os.path.isdir(bad) or not os.listdir(bad), "nothing in bad/")
+        print("ok: %d messages delivered after the disk filled up" % len(want))
+    finally:
+        if e is not None:
+            e.cleanup()
+        if sink is not None:
+            sink.stop()
+        subprocess.run(["umount", "-l", mnt])
+        shutil.rmtree(top, ignore_errors=True)
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    imp, sinkbin, which = sys.argv[1:4]
+    globals()["scenario_" + which](imp, sinkbin)

@@ -10,6 +10,7 @@
 #include "impetus_build.h"
 #include "logs.h"
 #include "panic.h"
+#include "policy.h"
 #include "priv.h"
 #include "spool.h"
 #include "throttle.h"
@@ -46,6 +47,12 @@ static uint64_t now_mono_ms(void)
 static void on_msg(void *arg, struct spool_msg *msg)
 {
   (void)arg;
+  if (recovering) { /* Lua validate_set_binding again (issue 8) */
+    int rc = policy_recovered(sh.policy, sh.spool, msg);
+    if (rc < 0)
+      logs_panic(sh.ingest_log, now_wall_ms(), "lua", "recovery: binding change not saved: %s",
+                 strerror(-rc));
+  }
   worker_submit_msg(&sh, msg, !recovering);
   /* A round claims at most batch_max files; ask for a rescan so the files
    * left in pickup/ are claimed by the next round at once instead of at
@@ -267,6 +274,11 @@ int engine_main(const char *config_path)
     .on_bad = on_bad,
   };
   char err[512];
+  sh.policy = policy_new(c, &sh.conf, sh.ingest_log, err, sizeof err);
+  if (sh.policy == NULL)
+    util_fatal("lua: %s", err);
+  sp.on_ingest = policy_ingest; /* Lua ingest hooks; a no-op without scripts */
+  sp.arg = sh.policy;
   sh.spool = spool_open(&sp, err, sizeof err);
   if (sh.spool == NULL)
     util_fatal("spool: %s", err);
@@ -316,8 +328,14 @@ int engine_main(const char *config_path)
     }
     if (sig == SIGTERM || sig == SIGINT)
       break;
-    if (sig == SIGHUP)
+    if (sig == SIGHUP) {
       reload(config_path, mainlog, &prev);
+      if (policy_reload(sh.policy, atomic_load(&sh.conf), err, sizeof err) < 0)
+        logs_panic(mainlog, now_wall_ms(), "lua", "reload rejected, the old scripts stay: %s", err);
+      else if (policy_has_scripts(sh.policy))
+        logs_panic(mainlog, now_wall_ms(), "lua", "scripts reloaded");
+      logs_writer_flush(mainlog);
+    }
     else if (sig == SIGUSR1)
       logs_reopen(sh.logs);
   }
@@ -335,6 +353,7 @@ int engine_main(const char *config_path)
   logs_writer_free(sh.ingest_log);
   spool_close(sh.spool);
   worker_free_leftovers(&sh);
+  policy_free(sh.policy);
   free(sh.workers);
   logs_panic(mainlog, now_wall_ms(), "engine", "stopped");
   logs_writer_free(mainlog);

@@ -53,6 +53,11 @@ void dq_free(struct dq *d, void (*free_unit)(void *arg, struct dq_unit *u), void
 /* The queue for (binding, domain), created on first use. The domain is
  * matched case-insensitively. Never NULL. */
 struct dq_queue *dq_queue(struct dq *d, const char *binding, const char *domain);
+/* The queue for (binding, domain, credential identity): messages whose
+ * effective AUTH credentials differ wait in different queues, so their
+ * connections (pool, sessions) are never shared. cred 0 = no AUTH. */
+struct dq_queue *dq_queue_cred(struct dq *d, const char *binding, const char *domain, uint64_t cred);
+uint64_t dq_queue_cred_id(const struct dq_queue *q);
 const char *dq_queue_binding(const struct dq_queue *q);
 const char *dq_queue_domain(const struct dq_queue *q);
 struct dq_queue_state *dq_queue_state(struct dq_queue *q);
@@ -85,3 +90,15 @@ size_t dq_queue_count(const struct dq *d);
 size_t dq_active_count(const struct dq *d);
 /* Visit every queue (e.g. to refresh limits after a reload). */
 void dq_foreach(struct dq *d, void (*fn)(void *arg, struct dq_queue *q), void *arg);
+
+/* Console (ctl.c): visit ready units, then deferred ones, until fn
+ * returns false (then false is returned). Worker thread. */
+bool dq_foreach_unit(struct dq *d, bool (*fn)(void *arg, struct dq_unit *u, bool deferred),
+                     void *arg);
+/* Make every deferred unit that pick() selects due at now_ms and move it
+ * to its ready list (flush, message retry). Returns how many. */
+size_t dq_hasten(struct dq *d, bool (*pick)(void *arg, struct dq_unit *u), void *arg,
+                 uint64_t now_ms);
+/* Take a queued unit (ready or deferred) out of its queue (message fail).
+ * No-op when it is not queued. */
+void dq_remove(struct dq *d, struct dq_unit *u);

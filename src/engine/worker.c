@@ -10,13 +10,17 @@
  * worker_submit_msg (ingest thread) and the start/stop functions (main). */
 #include "worker.h"
 
+#include "auth.h"
 #include "conf.h"
 #include "conn.h"
+#include "counters.h"
+#include "ctl.h"
 #include "dns.h"
 #include "dq.h"
 #include "dsn.h"
 #include "logs.h"
 #include "panic.h"
+#include "policy.h"
 #include "ring.h"
 #include "scheduler.h"
 #include "smtpc.h"
@@ -144,6 +148,8 @@ struct worker {
   bool txn_dirty;
   struct conf *conf;
   uint64_t conf_gen;
+  struct auth *auth;        /* outbound_smtp_auth credentials (auth.c) */
+  struct policy_worker *pw; /* this worker's Lua state (policy.c) */
   struct emsg *msgs;       /* messages this worker is home for */
   struct session *sessions;
   unsigned nsessions;
@@ -230,7 +236,8 @@ static void load_limits(struct worker *w, struct dq_queue *q)
   st->limits.max_deliveries_per_connection =
     (uint32_t)conf_int(v, CONF_MAX_DELIVERIES_PER_CONNECTION);
   st->limits.max_recipients_per_batch = (uint32_t)conf_int(v, CONF_MAX_RECIPIENTS_PER_BATCH);
-  st->limits.suspend_delivery = conf_bool(v, CONF_SUSPEND_DELIVERY);
+  st->limits.suspend_delivery = conf_bool(v, CONF_SUSPEND_DELIVERY) ||
+                                ctl_suspended(dq_queue_binding(q), dq_queue_domain(q));
   st->limits.msg_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_MESSAGES);
   st->limits.conn_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_CONNECTIONS);
   st->conf_gen = w->conf_gen;
@@ -241,11 +248,7 @@ static void load_limits(struct worker *w, struct dq_queue *q)
     snprintf(route, sizeof route, "gw:%s:%u", gw.host, gw.port);
   else
     snprintf(route, sizeof route, "mx:%s", dq_queue_domain(q));
-  int type = conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
-  uint64_t cred = sched_cred_identity(type < 0 ? NULL : type == 0 ? "PLAIN" : type == 1 ? "LOGIN" : "XOAUTH2",
-                                      conf_str(v, CONF_OUTBOUND_SMTP_AUTH_USER),
-                                      conf_str(v, CONF_OUTBOUND_SMTP_AUTH_PASS));
-  uint64_t key = sched_pool_key(route, dq_queue_binding(q), cred);
+  uint64_t key = sched_pool_key(route, dq_queue_binding(q), dq_queue_cred_id(q));
   st->user = (void *)(uintptr_t)key;
 }
 
@@ -416,6 +419,8 @@ static void fill_logs_msg(struct logs_msg *m, char *msgid, size_t cap, const str
   m->received_ms = sm->created_ms;
 }
 
+static void requeue_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u);
+
 /* Finish a unit's attempt: results[i] per recipient (NULL: every
  * recipient gets `all`). Logs D/T/P/B, re-queues the transient ones with
  * back-off (or fails them at expiry), and reports to the home worker. */
@@ -458,9 +463,13 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
     fill_logs_msg(&m, msgid, sizeof msgid, em, u->rcpt[i]);
     struct logs_attempt a = {.conn_id = conn_id, .remote_ip = remote_ip, .retries = u->attempts,
                              .stage = r->stage, .bytes_sent = bytes, .text = full};
+    struct luam_outcome lo = {.domain = dq_queue_domain(q), .binding = dq_queue_binding(q),
+                              .remote_ip = remote_ip, .code = r->code, .text = full,
+                              .retries = u->attempts};
     if (r->outcome == SMTPC_OUT_OK) {
       o->state = SPOOL_RCPT_DELIVERED;
       logs_delivery(w->log, now, &m, &a);
+      policy_outcome(w->pw, LUAM_HOOK_LOG_DELIVERY, w->sh->spool, em->sm, &lo);
       atomic_fetch_add(&w->sh->delivered, 1);
       continue;
     }
@@ -489,9 +498,13 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
       logs_permanent(w->log, now, &m, &a);
       logs_bounce(w->log, now, &m, &a);
       atomic_fetch_add(&w->sh->failed, 1);
+      lo.code = o->code;
+      lo.text = text;
+      policy_outcome(w->pw, LUAM_HOOK_LOG_PERMANENT_FAILURE, w->sh->spool, em->sm, &lo);
     } else {
       o->state = SPOOL_RCPT_PENDING;
       logs_transient(w->log, now, &m, &a);
+      policy_outcome(w->pw, LUAM_HOOK_LOG_TRANSIENT_FAILURE, w->sh->spool, em->sm, &lo);
       u->rcpt[keep++] = u->rcpt[i];
     }
   }
@@ -503,11 +516,16 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
     res->attempts = failures;
     res->next_ms = u->due_ms;
     atomic_fetch_add(&w->sh->deferred, 1);
-    dq_push(w->dq, q, u, now);
+    requeue_unit(w, q, u); /* credentials resolved again for the retry */
   } else {
     res->unit_done = true;
     dq_unit_free(u);
   }
+  for (uint32_t i = 0; i < res->n; i++) /* console and metrics counters (ctl.c) */
+    counters_add(w->idx, dq_queue_binding(q), dq_queue_domain(q),
+                 res->r[i].state == SPOOL_RCPT_DELIVERED ? COUNTERS_DELIVERED
+                 : res->r[i].state == SPOOL_RCPT_FAILED  ? COUNTERS_PERMANENT
+                                                         : COUNTERS_TRANSIENT, 1);
   post_result(w, res);
 }
 
@@ -700,7 +718,7 @@ static void begin_next(struct session *s)
   const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
   int64_t max_rcpts = conf_int(v, CONF_MAX_RECIPIENTS_PER_CONNECTION);
   if (atomic_load(&w->stop) || !sched_conn_reusable(&st->limits, s->delivered) ||
-      (max_rcpts > 0 && s->rcpts_tried >= (uint64_t)max_rcpts)) {
+      (max_rcpts > 0 && s->rcpts_tried >= (uint64_t)max_rcpts) || st->limits.suspend_delivery) {
     if (s->unit) { /* the unit this connection was opened for waits again */
       dq_unpop(w->dq, s->unit);
       s->unit = NULL;
@@ -748,8 +766,10 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     uint16_t port = r->sa.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&r->sa)->sin6_port)
                                                 : ntohs(((struct sockaddr_in *)&r->sa)->sin_port);
     int rc = s->tls ? conn_starttls(s->conn, s->tls, r->host[0] ? r->host : NULL, port) : -ENOTSUP;
-    if (rc < 0)
+    if (rc < 0) {
+      counters_event(w->idx, COUNTERS_TLS_FAILED);
       smtpc_tls_done(s->smtpc, false, mono_ms(w));
+    }
     break;
   }
   case SMTPC_EV_NEED_AUTH:
@@ -791,6 +811,16 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     break;
   }
   case SMTPC_EV_FAILED: {
+    if (ev->flags & SMTPC_F_AUTH_REJECTED) { /* loudly, once per connection; no secret */
+      const struct smtpc_auth *cr = auth_creds(w->auth, dq_queue_cred_id(s->q));
+      enum smtpc_auth_type t = cr ? cr->type : SMTPC_AUTH_PLAIN;
+      logs_panic(w->log, wall_ms(), "outbound_smtp_auth",
+                 "AUTH %s as \"%s\" rejected by %s (%s/%s, connection %s): %d %s; "
+                 "mail is deferred until the credentials are fixed or it expires",
+                 t == SMTPC_AUTH_LOGIN ? "LOGIN" : t == SMTPC_AUTH_XOAUTH2 ? "XOAUTH2" : "PLAIN",
+                 cr && cr->user ? cr->user : "", s->routes[s->route_i].ip, dq_queue_binding(s->q),
+                 dq_queue_domain(s->q), s->conn_id_s, ev->code, ev->text);
+    }
     enum smtpc_outcome out =
       ev->kind == SMTPC_FAIL_PERMANENT ? SMTPC_OUT_PERMANENT : SMTPC_OUT_TRANSIENT;
     if (s->unit && s->txn_open) {
@@ -814,6 +844,8 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
       scopy(text, sizeof text, ev->text[0] ? ev->text : ev->doing);
       fail_unit_local(s, out, ev->code, text, ev->stage);
     }
+    if (ev->flags & SMTPC_F_AUTH_REJECTED) /* metrics: impetus_auth_total{result="failed"} */
+      counters_event(w->idx, COUNTERS_AUTH_FAILED);
     session_close(s);
     break;
   }
@@ -821,6 +853,8 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     session_close(s);
     break;
   case SMTPC_EV_AUTH_RESULT:
+    counters_event(w->idx, COUNTERS_AUTH_OK);
+    break;
   case SMTPC_EV_RCPT_RESULT:
   case SMTPC_EV_NONE:
     break;
@@ -862,6 +896,7 @@ static void cb_connected(void *arg)
 {
   struct session *s = arg;
   s->connected = true;
+  counters_event(s->w->idx, COUNTERS_CONN_OPENED);
   smtpc_connected(s->smtpc, mono_ms(s->w));
   session_pump(s);
 }
@@ -869,6 +904,7 @@ static void cb_connected(void *arg)
 static void cb_tls_ready(void *arg)
 {
   struct session *s = arg;
+  counters_event(s->w->idx, COUNTERS_TLS_OK);
   smtpc_tls_done(s->smtpc, true, mono_ms(s->w));
   session_pump(s);
 }
@@ -892,6 +928,7 @@ static void cb_error(void *arg, int err, const char *text)
   struct session *s = arg;
   if (!s->connected) {
     /* connect failed: the next route candidate gets the unit */
+    counters_event(s->w->idx, COUNTERS_CONN_FAILED);
     s->closing = true;
     ring_timer_cancel(s->w->ring, &s->timer);
     conn_close(s->conn);
@@ -1080,13 +1117,11 @@ static struct smtpc *make_smtpc(struct session *s)
   s->tls = p.tls != SMTPC_TLS_NO ? tls_for(w, v) : NULL;
   if (s->tls == NULL && p.tls == SMTPC_TLS_IFAVAILABLE)
     p.tls = SMTPC_TLS_NO;
-  int type = conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
-  if (type >= 0) {
-    p.auth.type = type == 0 ? SMTPC_AUTH_PLAIN : type == 1 ? SMTPC_AUTH_LOGIN : SMTPC_AUTH_XOAUTH2;
-    p.auth.user = conf_str(v, CONF_OUTBOUND_SMTP_AUTH_USER);
-    p.auth.pass = conf_str(v, CONF_OUTBOUND_SMTP_AUTH_PASS);
-  }
-  return smtpc_new(&p, mono_ms(w));
+  /* the queue's credentials (auth.c resolved them per unit) */
+  const struct smtpc_auth *cr = auth_creds(w->auth, dq_queue_cred_id(s->q));
+  if (cr)
+    p.auth = *cr;
+  return smtpc_new(&p, mono_ms(w)); /* smtpc copies and later wipes them */
 }
 
 static void session_try_connect(struct session *s)
@@ -1328,8 +1363,8 @@ static void schedule(struct worker *w)
       break;
     load_limits(w, q);
     struct dq_queue_state *st = dq_queue_state(q);
-    if (st->blocked_until_ns > now_ns)
-      continue;
+    if (st->blocked_until_ns > now_ns || st->limits.suspend_delivery)
+      continue; /* suspended: not even an idle connection takes a unit */
     for (int guard = 0; guard < 1024 && dq_queue_ready(q) > 0; guard++) {
       /* an idle connection of this queue first (same credentials: the
        * pool key includes their identity) */
@@ -1354,13 +1389,22 @@ static void schedule(struct worker *w)
         break;
       }
       if (w->nsessions >= w->fd_cap) {
-        /* out of file descriptors for new sessions: they wait for one to end */
+        /* out of file descriptors for new sessions: they wait for one to
+         * end; an idle connection of another queue is closed to make room */
         if (!w->fd_cap_logged)
           logs_panic(w->log, now_ms, "engine",
                      "worker %u: %u connections open, the RLIMIT_NOFILE share of this worker; "
                      "new connections wait (raise ulimit -n)", w->idx, w->nsessions);
         w->fd_cap_logged = true;
-        return;
+        for (struct session *s = w->sessions; s; s = s->next_all)
+          if (s->parked && !s->closing) {
+            sched_pool_remove(&dq_queue_state(s->q)->pool, s);
+            s->parked = false;
+            smtpc_quit(s->smtpc, mono_ms(w));
+            session_pump(s);
+            break;
+          }
+        break;
       }
       session_open(w, q);
     }
@@ -1434,17 +1478,51 @@ struct unit_post {
   char binding[SPOOL_NAME_MAX + 1];
 };
 
+/* The unit's credentials are known: queue it with its identity. */
+static void unit_ready(void *arg, uint64_t cred)
+{
+  struct unit_post *p = arg;
+  struct worker *w = p->w;
+  struct dq_unit *u = p->u;
+  struct emsg *em = u->msg;
+  const char *dom = rcpt_domain(em->sm->rcpt[u->rcpt[0]]);
+  struct dq_queue *q = dq_queue_cred(w->dq, p->binding, dom, cred);
+  dq_push(w->dq, q, u, wall_ms());
+  free(p);
+}
+
 static void run_unit_post(void *arg)
 {
   struct unit_post *p = arg;
   struct worker *w = p->w;
   refresh_conf(w);
+  policy_worker_refresh(w->pw, w->conf);
   struct dq_unit *u = p->u;
   struct emsg *em = u->msg;
-  const char *dom = rcpt_domain(em->sm->rcpt[u->rcpt[0]]);
-  struct dq_queue *q = dq_queue(w->dq, p->binding, dom);
-  dq_push(w->dq, q, u, wall_ms());
-  free(p);
+  uint64_t cred = 0;
+  if (auth_resolve(w->auth, w->pw, w->conf, w->sh->spool, em->sm, p->binding,
+                   rcpt_domain(em->sm->rcpt[u->rcpt[0]]), &cred, unit_ready, p) == 0)
+    unit_ready(p, cred);
+}
+
+/* A deferred unit goes back to a queue: with outbound_smtp_auth on, its
+ * credentials are resolved again (Lua hook, context, a reloaded
+ * configuration), so a fixed password applies from the next retry. */
+static void requeue_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u)
+{
+  if (!auth_enabled(w->auth, w->conf)) {
+    dq_push(w->dq, q, u, wall_ms());
+    return;
+  }
+  struct unit_post *p = util_xcalloc(1, sizeof *p);
+  p->w = w;
+  p->u = u;
+  scopy(p->binding, sizeof p->binding, dq_queue_binding(q));
+  struct emsg *em = u->msg;
+  uint64_t cred = 0;
+  if (auth_resolve(w->auth, w->pw, w->conf, w->sh->spool, em->sm, p->binding,
+                   rcpt_domain(em->sm->rcpt[u->rcpt[0]]), &cred, unit_ready, p) == 0)
+    unit_ready(p, cred);
 }
 
 struct home_post {
@@ -1521,6 +1599,7 @@ void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool rece
       struct logs_msg m;
       fill_logs_msg(&m, msgid, sizeof msgid, em, i);
       logs_reception(sh->ingest_log, sm->created_ms ? sm->created_ms : now, &m, NULL, "internal");
+      counters_add(sh->nworkers, binding, rcpt_domain(sm->rcpt[i]), COUNTERS_RECEIVED, 1);
     }
     logs_writer_flush(sh->ingest_log);
   }
@@ -1597,6 +1676,13 @@ static void drop_unit(void *arg, struct dq_unit *u)
   dq_unit_free(u);
 }
 
+static void drop_unit_post(void *arg)
+{
+  struct unit_post *p = arg;
+  dq_unit_free(p->u);
+  free(p);
+}
+
 static void commit(struct worker *w)
 {
   if (!w->txn_dirty)
@@ -1630,10 +1716,13 @@ static void *worker_main(void *arg)
   w->txn = spool_txn_new(w->sh->spool);
   w->fd_cap = fd_cap_compute(w->sh->nworkers);
   refresh_conf(w);
+  w->auth = auth_new();
+  w->pw = policy_worker_new(w->sh->policy, w->ring, w->log, w->conf);
   sem_post(&w->started);
 
   for (;;) {
     refresh_conf(w);
+    policy_worker_refresh(w->pw, w->conf);
     schedule(w);
     commit(w);
     logs_writer_flush(w->log);
@@ -1685,6 +1774,9 @@ static void *worker_main(void *arg)
   /* everything below is loop-thread state: free it here */
   dq_free(w->dq, drop_unit, NULL);
   w->dq = NULL;
+  policy_worker_free(w->pw);
+  auth_drop_pending(w->auth, drop_unit_post);
+  auth_free(w->auth);
   spool_txn_free(w->txn);
   logs_writer_free(w->log);
   dns_free(w->dns);
@@ -1761,4 +1853,27 @@ void worker_free_leftovers(struct engine_shared *sh)
     free(w);
     sh->workers[i] = NULL;
   }
+}
+
+/* ------------------------------------------------------------ console hooks (ctl.c) */
+
+struct ring *worker_ring(struct worker *w) { return w->ring; }
+struct dq *worker_dq(struct worker *w) { return w->dq; }
+unsigned worker_nsessions(const struct worker *w) { return w->nsessions; }
+
+const struct spool_msg *worker_unit_msg(const struct dq_unit *u, const char **id)
+{
+  const struct emsg *em = u->msg;
+  *id = em->id;
+  return em->sm;
+}
+
+/* Fail a unit taken out of its queue (dq_remove) permanently, as the
+ * administrator asked: logged P and B, bounced like any permanent failure. */
+void worker_admin_fail(struct worker *w, struct dq_unit *u)
+{
+  struct smtpc_result all = {.outcome = SMTPC_OUT_PERMANENT, .code = 554, .stage = 0};
+  scopy(all.enhanced, sizeof all.enhanced, "5.0.0");
+  scopy(all.text, sizeof all.text, "554 5.0.0 [admin] failed by the administrator");
+  finish_unit(w, u->q, u, NULL, &all, "", NULL, 0);
 }

@@ -20,7 +20,13 @@ static void usage(FILE *out)
           "       impetus --eval-config [-c FILE] [--show-secrets] [binding_group G] [binding B]\n"
           "               [domain D] OPTION\n"
           "       impetus --dump-options\n"
-          "       impetus --version\n");
+          "       impetus --version\n"
+          "\n"
+          "Runs in the foreground until SIGTERM or SIGINT (graceful stop, exit 0).\n"
+          "SIGHUP reloads the configuration, SIGUSR1 reopens the logs. The console is\n"
+          "impetus-ctl (control socket: Control_Listener, default <Spoolbase>/impetus.sock);\n"
+          "Metrics_Listener = \"host:port\" serves Prometheus metrics. Docs: docs/console.md.\n"
+          "Without -c the bundled default configuration is used.\n");
 }
 
 /* The bundled default configuration: the installed copy if there is one,

@@ -556,8 +556,12 @@ int main(int argc, char **argv)
       break;
     }
     case O_FALLBACK: o->io_fallback = 1; break;
-    case O_HELP: case 'h': usage(stdout); return 0;
-    case O_VERSION: printf("impetus-sink %s\n", IMPETUS_VERSION); return 0;
+    case O_HELP: case 'h': usage(stdout); free(listen); free(tls_listen); return 0;
+    case O_VERSION:
+      printf("impetus-sink %s\n", IMPETUS_VERSION);
+      free(listen);
+      free(tls_listen);
+      return 0;
     default: usage(stderr); return 2;
     }
   }

@@ -1,0 +1,380 @@
+"""Operating Impetus (issue 9): the console (impetus-ctl) against an idle and a
+busy engine, JSON answers parsed, the control socket's mode, the Prometheus
+endpoint scraped and parsed.
+
+usage: test_ops.py IMPETUS IMPETUS_CTL SINK SCENARIO [IMPETUS_INJECT]
+scenarios: console busy metrics cli"""
+import json
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "engine"))
+from enginelib import Engine, SKIP, sinklib  # noqa: E402
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Ctl:
+    def __init__(self, binary, sock):
+        self.binary, self.sock = binary, sock
+
+    def run(self, *args, ok=True, timeout=5):
+        t0 = time.monotonic()
+        p = subprocess.run([self.binary, "-s", self.sock] + list(args), capture_output=True,
+                           text=True, timeout=timeout)
+        self.last_s = time.monotonic() - t0
+        if ok and p.returncode != 0:
+            raise AssertionError("impetus-ctl %s: exit %d: %s" % (" ".join(args), p.returncode,
+                                                                 p.stderr))
+        if not ok and p.returncode == 0:
+            raise AssertionError("impetus-ctl %s should have failed: %s" % (" ".join(args), p.stdout))
+        return p
+
+    def json(self, *args, ok=True):
+        p = self.run("--json", *args, ok=ok)
+        return json.loads(p.stdout if ok else p.stderr)
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def start(imp, conf, name):
+    e = Engine(imp, conf, name)
+    e.start()
+    sock = os.path.join(e.spool, "impetus.sock")
+    e.wait_for(lambda: os.path.exists(sock), 5, "control socket")
+    return e, sock
+
+
+def scenario_console(imp, ctlbin, sinkbin):
+    """Every command against an idle engine with one sink domain."""
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="ops-users.")
+    users = sinklib.users_file(tmp, [("msys", "s3cret-pw")])
+    sink = sinklib.Sink(sinkbin, ["--auth-users", users])
+    e = None
+    try:
+        conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+                'Generate_Bounces = false\nBinding "b1" { }\n'
+                'Domain "auth.test" { Outbound_SMTP_AUTH_Type = "LOGIN"\n'
+                '  Outbound_SMTP_AUTH_User = "msys" Outbound_SMTP_AUTH_Pass = "s3cret-pw"\n'
+                '  Outbound_SMTP_AUTH_Allow_Plaintext = true }\n'
+                % sink.port)
+        e, sock = start(imp, conf, "ops-console")
+        mode = stat.S_IMODE(os.stat(sock).st_mode)
+        check(mode == 0o600, "control socket mode %o, want 600" % mode)
+        ctl = Ctl(ctlbin, sock)
+        # -c finds the socket from the configuration
+        p = subprocess.run([ctlbin, "-c", e.conf, "version"], capture_output=True, text=True,
+                           timeout=5)
+        check(p.returncode == 0 and "version" in p.stdout, "-c FILE: %r %r" % (p.stdout, p.stderr))
+        check(ctl.json("version")["version"], "version")
+        for i in range(5):
+            e.inject("s@example.org", ["u%d@example.com" % i, "v%d@auth.test" % i])
+        e.wait_for(lambda: len(e.records("D")) == 10, 20, "10 deliveries")
+        s = ctl.json("summary")
+        for k in ("concurrency", "active_queue", "delayed_queue", "total_queue", "delivered",
+                  "failed", "received", "delivery_rate_1m", "uptime_s"):
+            check(k in s, "summary lacks %s: %s" % (k, s))
+        check(s["delivered"] == 10 and s["received"] == 10, "summary counts: %s" % s)
+        check("delivered: 10" in ctl.run("summary").stdout, "text summary")
+        b = ctl.json("binding", "summary")
+        names = [x["binding"] for x in b["bindings"]]
+        check("default" in names and "b1" in names, "binding summary: %s" % b)
+        b1 = ctl.json("binding", "summary", "b1")
+        check(len(b1["bindings"]) == 1, "binding summary b1: %s" % b1)
+        ctl.json("binding", "summary", "nosuch", ok=False)
+        d = ctl.json("domain", "auth.test")
+        check(d["route"] == "gateway" and d["hosts"] == ["127.0.0.1:%d" % sink.port], "domain: %s" % d)
+        check(d["auth_user"] == "msys" and d["auth_pass"] == "********", "domain auth: %s" % d)
+        check(d["delivered"] == 5, "domain counts: %s" % d)
+        txt = ctl.run("domain", "auth.test").stdout
+        check("s3cret" not in txt and "s3cret" not in json.dumps(d), "password printed")
+        ev = ctl.json("config", "eval", "domain", "auth.test", "Outbound_SMTP_AUTH_Pass")
+        check("s3cret" not in json.dumps(ev), "config eval printed the password: %s" % ev)
+        ev = ctl.json("config", "eval", "domain", "auth.test", "Outbound_SMTP_AUTH_User")
+        check("msys" in ev["value"], "config eval: %s" % ev)
+        ctl.json("config", "eval", "No_Such_Option", ok=False)
+        m = ctl.json("mailq")
+        check(m["messages"] == [] and m["more"] is False, "empty mailq: %s" % m)
+        q = ctl.json("showqueue", "example.com")
+        check(q["domain"] == "example.com" and q["messages"] == [], "showqueue: %s" % q)
+        ctl.json("showqueue", "binding", "default", "example.com")
+        r = ctl.json("suspend", "domain", "example.com")
+        check(r["suspended"] is True, "suspend: %s" % r)
+        e.inject("s@example.org", ["held@example.com"])
+        e.inject("s@example.org", ["doomed@example.com"])
+        e.wait_for(lambda: ctl.json("summary")["active_queue"] == 2, 10, "held units queued")
+        time.sleep(0.3)
+        check(len(e.records("D")) == 10, "delivered while suspended")
+        mq = ctl.json("mailq", "-d", "example.com")
+        check(sorted(m["to"] for m in mq["messages"]) == ["doomed@example.com", "held@example.com"],
+              "mailq -d: %s" % mq)
+        mid = [m["id"] for m in mq["messages"] if m["to"] == "held@example.com"][0]
+        doomed = [m["id"] for m in mq["messages"] if m["to"] == "doomed@example.com"][0]
+        check(len(ctl.json("mailq", "-n", "1")["messages"]) == 1, "mailq -n 1")
+        check(ctl.json("mailq", "-n", "1")["more"] is True, "mailq more")
+        check(ctl.json("mailq", "-n", "1", "-p", "2")["more"] is False, "mailq page 2")
+        f = ctl.json("message", "fail", doomed)
+        check(f["failed_units"] == 1, "message fail: %s" % f)
+        e.wait_for(lambda: any(r[5] == "example.com" for r in e.records("P")), 10, "P record")
+        check("admin" in e.read(e.bouncelog), "bouncelog lacks the admin failure")
+        ctl.json("message", "fail", doomed, ok=False)  # gone now
+        md = ctl.json("message", "details", mid)
+        check(md["id"] == mid and md["from"] == "s@example.org", "message details: %s" % md)
+        check("held@example.com" in ctl.run("mailq").stdout, "text mailq")
+        check(ctl.json("domain", "example.com")["suspended"] is True, "domain suspended flag")
+        ctl.json("message", "retry", mid)
+        ctl.json("flush", "domain", "example.com")
+        ctl.json("resume", "domain", "example.com")
+        ctl.json("resume", "domain", "example.com", ok=False)  # not suspended any more
+        e.wait_for(lambda: len(e.records("D")) == 11, 10, "delivery after resume")
+        ctl.json("suspend", "binding", "b1")
+        check(ctl.json("binding", "summary", "b1")["bindings"][0]["suspended"], "binding suspended")
+        ctl.json("resume", "binding", "b1")
+        ctl.json("message", "details", "nosuchid", ok=False)
+        # reopen logs: rotate the mainlog away, the engine writes a new one
+        os.rename(e.mainlog, e.mainlog + ".1")
+        check(ctl.json("reopen", "logs")["reopened"], "reopen logs")
+        e.inject("s@example.org", ["after@example.com"])
+        e.wait_for(lambda: len(e.records("D")) == 1, 10, "delivery logged in the new mainlog")
+        # config reload: a broken file is refused, a good one reloads
+        with open(e.conf) as f:
+            good = f.read()
+        with open(e.conf, "a") as f:
+            f.write("No_Such_Option = 1\n")
+        bad = ctl.json("config", "reload", ok=False)
+        check("No_Such_Option" in bad["error"], "reload error: %s" % bad)
+        with open(e.conf, "w") as f:
+            f.write(good + "Max_Outbound_Connections = 7\n")
+        rl = ctl.json("config", "reload")
+        check(rl["reloaded"] is True, "config reload: %s" % rl)
+        check("7" in ctl.json("config", "eval", "Max_Outbound_Connections")["value"], "reloaded value")
+        ctl.run("nosuchcommand", ok=False)
+        check(ctl.run("--help").returncode == 0, "--help")
+        sd = ctl.json("shutdown")
+        check("stopping" in sd["shutdown"], "shutdown: %s" % sd)
+        rc = e.proc.wait(timeout=20)
+        e.proc = None
+        check(rc == 0, "engine exit status %d after shutdown" % rc)
+        check(not os.path.exists(sock), "socket left behind")
+        p = subprocess.run([ctlbin, "-s", sock, "summary"], capture_output=True, timeout=5)
+        check(p.returncode == 3, "unreachable engine: exit %d" % p.returncode)
+    finally:
+        if e:
+            e.cleanup()
+        sink.cleanup()
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scenario_busy(imp, ctlbin, sinkbin):
+    """Console answers quickly while messages flow to a slow sink."""
+    sink = sinklib.Sink(sinkbin, ["--reply-delay", "20"])
+    e = None
+    try:
+        conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+                'Max_Outbound_Connections = 4\nMax_Recipients_Per_Batch = 1\n' % sink.port)
+        e, sock = start(imp, conf, "ops-busy")
+        ctl = Ctl(ctlbin, sock)
+        n = 400
+        for i in range(n):
+            e.inject("s@example.org", ["r%d@d%d.test" % (i, i % 5)])
+        seen_busy = False
+        slowest = 0.0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            s = ctl.json("summary")
+            slowest = max(slowest, ctl.last_s)
+            if s["concurrency"] > 0 and s["total_queue"] > 0:
+                seen_busy = True
+                m = ctl.json("mailq", "-n", "10", "-p", "2")
+                slowest = max(slowest, ctl.last_s)
+                check(len(m["messages"]) <= 10, "page size: %d" % len(m["messages"]))
+                ctl.json("binding", "summary")
+                ctl.json("domain", "d1.test")
+                ctl.json("flush", "domain", "d2.test")
+                ctl.run("mailq")
+            if s["delivered"] == n:
+                break
+            time.sleep(0.1)
+        check(seen_busy, "never saw the engine busy")
+        s = ctl.json("summary")
+        check(s["delivered"] == n and s["total_queue"] == 0, "drained: %s" % s)
+        check(slowest < 2.0, "a console answer took %.2f s" % slowest)
+        print("slowest console answer while busy: %.3f s" % slowest)
+        check(e.stop() == 0, "engine exit status")
+    finally:
+        if e:
+            e.cleanup()
+        sink.cleanup()
+
+
+METRIC = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$')
+
+
+def parse_metrics(text):
+    out = {}
+    types = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, typ = line.split()
+            types[name] = typ
+            continue
+        if line.startswith("#") or not line:
+            continue
+        m = METRIC.match(line)
+        check(m, "bad exposition line: %r" % line)
+        labels = {}
+        if m.group(2):
+            for part in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2)):
+                labels[part[0]] = part[1]
+        check(m.group(1) in types, "metric without TYPE: %s" % m.group(1))
+        out.setdefault(m.group(1), []).append((labels, float(m.group(3))))
+    return out
+
+
+def scrape(port, path="/metrics"):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(("GET %s HTTP/1.0\r\nHost: x\r\n\r\n" % path).encode())
+    data = b""
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        data += b
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.decode(), body.decode()
+
+
+def scenario_metrics(imp, ctlbin, sinkbin):
+    import shutil
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="ops-users.")
+    users = sinklib.users_file(tmp, [("msys", "right")])
+    sink = sinklib.Sink(sinkbin, ["--fail", "RCPT=550:0.2", "--seed", "3", "--auth-users", users])
+    e = None
+    try:
+        port = free_port()
+        ndom = 30  # more than the top-N cut: label cardinality stays bounded
+        conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+                'Generate_Bounces = false\nMetrics_Listener = "127.0.0.1:%d"\n'
+                'Domain "good.test" { Outbound_SMTP_AUTH_Type = "PLAIN" Outbound_SMTP_AUTH_User = "msys"\n'
+                '  Outbound_SMTP_AUTH_Pass = "right" Outbound_SMTP_AUTH_Allow_Plaintext = true }\n'
+                'Domain "bad.test" { Outbound_SMTP_AUTH_Type = "LOGIN" Outbound_SMTP_AUTH_User = "msys"\n'
+                '  Outbound_SMTP_AUTH_Pass = "wrong" Outbound_SMTP_AUTH_Allow_Plaintext = true }\n'
+                % (sink.port, port))
+        e, sock = start(imp, conf, "ops-metrics")
+        for i in range(200):
+            e.inject("s@example.org", ["r%d@dom%d.test" % (i, i % ndom)])
+        e.inject("s@example.org", ["x@good.test"])
+        e.inject("s@example.org", ["y@bad.test"])
+        e.wait_for(lambda: len(e.records("D")) + len(e.records("P")) == 201, 30, "201 outcomes")
+        e.wait_for(lambda: any(r[5] == "bad.test" for r in e.records("T")), 10, "AUTH refused")
+        head, body = scrape(port)
+        check(head.startswith("HTTP/1.0 200"), "status: %s" % head)
+        check("text/plain; version=0.0.4" in head, "content type: %s" % head)
+        m = parse_metrics(body)
+        allt = {l["outcome"]: v for l, v in m["impetus_recipients_all_total"]}
+        check(allt["received"] == 202, "received: %s" % allt)
+        check(allt["delivered"] + allt["permanent"] == 201 and allt["permanent"] > 0,
+              "outcomes: %s" % allt)
+        check(allt["transient"] >= 1, "transient: %s" % allt)
+        auth = {l["result"]: v for l, v in m["impetus_auth_total"]}
+        check(auth["ok"] >= 1 and auth["failed"] >= 1, "AUTH outcomes: %s" % auth)
+        per = m["impetus_recipients_total"]
+        domains = {l["domain"] for l, _ in per}
+        check(len(domains) <= 21 and "other" in domains, "label cardinality: %d" % len(domains))
+        dsum = sum(v for l, v in per if l["outcome"] == "delivered")
+        check(dsum == allt["delivered"], "per-domain sum %s != %s" % (dsum, allt["delivered"]))
+        for name in ("impetus_queue_units", "impetus_connections", "impetus_tls_total",
+                     "impetus_auth_total", "impetus_lua_hook_errors_total",
+                     "impetus_spool_syncs_total", "impetus_ring_ops_inflight",
+                     "impetus_connections_total", "impetus_uptime_seconds"):
+            check(name in m, "missing %s" % name)
+        check(m["impetus_spool_ingested_total"][0][1] == 202, "ingested")
+        head, _ = scrape(port, "/other")
+        check(head.startswith("HTTP/1.0 404"), "404 for other paths: %s" % head)
+        check(e.stop() == 0, "engine exit status")
+    finally:
+        if e:
+            e.cleanup()
+        sink.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scenario_cli(imp, ctlbin, sinkbin, injectbin):
+    """--help on every binary; the bundled configuration starts, answers the
+    console and stops cleanly on SIGINT (Ctrl-C)."""
+    import shutil
+    import signal
+    import tempfile
+    for b in (imp, ctlbin, sinkbin, injectbin):
+        p = subprocess.run([b, "--help"], capture_output=True, text=True, timeout=10,
+                           stdin=subprocess.DEVNULL)
+        check(p.returncode == 0 and "usage" in p.stdout.lower(), "%s --help: %d %r" % (b, p.returncode, p.stdout[:200]))
+    root = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+    d = tempfile.mkdtemp(prefix="ops-bundled.")
+    proc = None
+    try:
+        with open(os.path.join(root, "etc", "impetus.conf")) as f:
+            text = f.read()
+        check("/var/tmp/impetus" in text, "bundled configuration layout changed")
+        conf = os.path.join(d, "impetus.conf")
+        with open(conf, "w") as f:
+            f.write(text.replace("/var/tmp/impetus", d))
+        errf = open(os.path.join(d, "stderr"), "w+")
+        proc = subprocess.Popen([imp, "-c", conf], stdout=subprocess.DEVNULL, stderr=errf,
+                                stdin=subprocess.DEVNULL)
+        sock = os.path.join(d, "spool", "impetus.sock")
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock):
+            check(proc.poll() is None, "bundled configuration: impetus exited: %s"
+                  % open(errf.name).read())
+            check(time.monotonic() < deadline, "no control socket")
+            time.sleep(0.05)
+        s = Ctl(ctlbin, sock).json("summary")
+        check(s["workers"] >= 1, "summary on the bundled configuration: %s" % s)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=20)
+        check(rc == 0, "exit status %d after SIGINT" % rc)
+        proc = None
+        check(not os.path.exists(sock), "socket left after SIGINT")
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main():
+    if len(sys.argv) not in (5, 6):
+        print(__doc__)
+        return 2
+    imp, ctlbin, sinkbin, scen = sys.argv[1:5]
+    if scen == "cli":
+        scenario_cli(imp, ctlbin, sinkbin, sys.argv[5])
+    else:
+        {"console": scenario_console, "busy": scenario_busy,
+         "metrics": scenario_metrics}[scen](imp, ctlbin, sinkbin)
+    print("ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

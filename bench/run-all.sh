@@ -3,17 +3,17 @@
 # once (the headline 1 KB figure REPEAT times, median reported), the spool
 # ingest benchmark (issue 3) and the Postfix comparison, and rewrites
 # bench/BENCHMARKS.md from the results (bench/results.jsonl keeps the raw
-# JSON). Takes ~15 minutes on the 2-core machine; needs root for the loop
+# JSON). Takes ~20 minutes on the 2-core machine; needs root for the loop
 # file system (--fs loop) and for the private Postfix instance.
 # Environment: COUNT (20000), BIG_BACKLOG (100000), REPEAT (3),
-# PF_N (5000, Postfix comparison), FS (loop).
+# PF_N (20000, Postfix comparison: issue 6's workload), FS (loop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
 COUNT=${COUNT:-20000}
 BIG=${BIG_BACKLOG:-100000}
 REPEAT=${REPEAT:-3}
-PF_N=${PF_N:-5000}
+PF_N=${PF_N:-20000}
 FS=${FS:-loop}
 OUT=bench/results.jsonl
 : >"$OUT"

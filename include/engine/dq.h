@@ -53,6 +53,11 @@ void dq_free(struct dq *d, void (*free_unit)(void *arg, struct dq_unit *u), void
 /* The queue for (binding, domain), created on first use. The domain is
  * matched case-insensitively. Never NULL. */
 struct dq_queue *dq_queue(struct dq *d, const char *binding, const char *domain);
+/* The queue for (binding, domain, credential identity): messages whose
+ * effective AUTH credentials differ wait in different queues, so their
+ * connections (pool, sessions) are never shared. cred 0 = no AUTH. */
+struct dq_queue *dq_queue_cred(struct dq *d, const char *binding, const char *domain, uint64_t cred);
+uint64_t dq_queue_cred_id(const struct dq_queue *q);
 const char *dq_queue_binding(const struct dq_queue *q);
 const char *dq_queue_domain(const struct dq_queue *q);
 struct dq_queue_state *dq_queue_state(struct dq_queue *q);

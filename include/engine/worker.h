@@ -21,6 +21,7 @@
 struct conf;
 struct logs;
 struct logs_writer;
+struct policy;
 struct spool;
 struct spool_msg;
 struct throttle_registry;
@@ -31,6 +32,7 @@ struct engine_shared {
   struct logs *logs;
   struct logs_writer *ingest_log; /* the ingest thread's (R records) */
   struct throttle_registry *throttles;
+  struct policy *policy;          /* Lua scripts (policy.h); NULL: none */
   char hostname[256];
   char pickup_dir[4096];          /* where DSNs are dropped */
   const char *resolver;           /* "host:port" or NULL */

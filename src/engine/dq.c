@@ -16,6 +16,7 @@ struct dq_queue {
   bool active;
   char *binding;
   char *domain;                         /* lower case */
+  uint64_t cred;                        /* credential identity (0: none) */
   struct dq_unit *head, *tail;          /* ready units, oldest first */
   size_t nready;
   size_t ndeferred;
@@ -53,15 +54,17 @@ struct dq *dq_new(void)
   return d;
 }
 
-static uint64_t qhash(const char *binding, const char *domain)
+static uint64_t qhash(const char *binding, const char *domain, uint64_t cred)
 {
-  char tmp[600];
+  char tmp[616];
   size_t w = 0;
   for (const char *s = binding; *s && w < 280; s++)
     tmp[w++] = *s;
   tmp[w++] = '\0';
-  for (const char *s = domain; *s && w < sizeof tmp; s++)
+  for (const char *s = domain; *s && w < sizeof tmp - 8; s++)
     tmp[w++] = (char)((*s >= 'A' && *s <= 'Z') ? *s + 32 : *s);
+  for (int i = 0; i < 8; i++)
+    tmp[w++] = (char)(cred >> (8 * i));
   return hash_sip(hash_process_key(), tmp, w);
 }
 
@@ -102,7 +105,7 @@ static void grow_table(struct dq *d)
   for (size_t i = 0; i < d->tabsize; i++) {
     for (struct dq_queue *q = d->tab[i], *n; q; q = n) {
       n = q->hnext;
-      size_t b = qhash(q->binding, q->domain) & (ns - 1);
+      size_t b = qhash(q->binding, q->domain, q->cred) & (ns - 1);
       q->hnext = nt[b];
       nt[b] = q;
     }
@@ -114,19 +117,25 @@ static void grow_table(struct dq *d)
 
 struct dq_queue *dq_queue(struct dq *d, const char *binding, const char *domain)
 {
+  return dq_queue_cred(d, binding, domain, 0);
+}
+
+struct dq_queue *dq_queue_cred(struct dq *d, const char *binding, const char *domain, uint64_t cred)
+{
   if (binding == NULL)
     binding = "default";
   if (domain == NULL)
     domain = "";
-  size_t b = qhash(binding, domain) & (d->tabsize - 1);
+  size_t b = qhash(binding, domain, cred) & (d->tabsize - 1);
   for (struct dq_queue *q = d->tab[b]; q; q = q->hnext)
-    if (!strcmp(q->binding, binding) && !strcasecmp(q->domain, domain))
+    if (q->cred == cred && !strcmp(q->binding, binding) && !strcasecmp(q->domain, domain))
       return q;
   if (d->nqueues + 1 > d->tabsize) {
     grow_table(d);
-    b = qhash(binding, domain) & (d->tabsize - 1);
+    b = qhash(binding, domain, cred) & (d->tabsize - 1);
   }
   struct dq_queue *q = util_xcalloc(1, sizeof *q);
+  q->cred = cred;
   q->binding = util_xstrdup(binding);
   q->domain = util_xstrdup(domain);
   for (char *p = q->domain; *p; p++)
@@ -140,6 +149,7 @@ struct dq_queue *dq_queue(struct dq *d, const char *binding, const char *domain)
 
 const char *dq_queue_binding(const struct dq_queue *q) { return q->binding; }
 const char *dq_queue_domain(const struct dq_queue *q) { return q->domain; }
+uint64_t dq_queue_cred_id(const struct dq_queue *q) { return q->cred; }
 struct dq_queue_state *dq_queue_state(struct dq_queue *q) { return &q->st; }
 size_t dq_queue_ready(const struct dq_queue *q) { return q->nready; }
 size_t dq_queue_deferred(const struct dq_queue *q) { return q->ndeferred; }

@@ -10,6 +10,7 @@
 #include "impetus_build.h"
 #include "logs.h"
 #include "panic.h"
+#include "policy.h"
 #include "priv.h"
 #include "spool.h"
 #include "throttle.h"
@@ -46,6 +47,12 @@ static uint64_t now_mono_ms(void)
 static void on_msg(void *arg, struct spool_msg *msg)
 {
   (void)arg;
+  if (recovering) { /* Lua validate_set_binding again (issue 8) */
+    int rc = policy_recovered(sh.policy, sh.spool, msg);
+    if (rc < 0)
+      logs_panic(sh.ingest_log, now_wall_ms(), "lua", "recovery: binding change not saved: %s",
+                 strerror(-rc));
+  }
   worker_submit_msg(&sh, msg, !recovering);
   /* A round claims at most batch_max files; ask for a rescan so the files
    * left in pickup/ are claimed by the next round at once instead of at
@@ -94,7 +101,7 @@ static void drop_root(struct conf *c, struct logs_writer *log, const char *spool
                       const char *pickup)
 {
   const struct conf_view *g = conf_global(c);
-  const char *paths[8] = {spoolbase, pickup};
+  const char *paths[16] = {spoolbase, pickup};
   size_t n = 2;
   const struct conf_stanza *ec = conf_stanza_first(c, "ec_logger");
   if (ec) {
@@ -106,18 +113,48 @@ static void drop_root(struct conf *c, struct logs_writer *log, const char *spool
   const struct conf_stanza *bl = conf_stanza_first(c, "bounce_logger");
   if (bl)
     paths[n++] = conf_str(conf_stanza_view(bl), CONF_BOUNCE_LOGGER_BOUNCELOG);
+  const struct conf_stanza *cl = conf_stanza_first(c, "control_listener");
+  const struct conf_stanza *ls = cl ? conf_stanza_child(cl, "listen") : NULL;
+  const char *sock = ls ? conf_stanza_instance(ls) : NULL;
+  /* The control socket is bound after the drop, and logs are reopened
+   * after it: their directories go to User too, but only one named after
+   * impetus (/var/tmp/impetus, /var/log/impetus; never /var/log or /tmp). */
+  char dirs[5][4096];
+  size_t nfiles = n;
+  for (size_t i = 0; i <= nfiles && n < 16; i++) {
+    const char *f = i < nfiles ? paths[i] : sock;
+    if (i < 2 || f == NULL)
+      continue;
+    char *d = dirs[i - 2];
+    snprintf(d, sizeof dirs[0], "%s", f);
+    char *slash = strrchr(d, '/');
+    if (slash == NULL || slash == d)
+      continue;
+    *slash = 0;
+    const char *base = strrchr(d, '/');
+    if (strstr(base ? base + 1 : d, "impetus"))
+      paths[n++] = d;
+  }
   const char *user = conf_str(g, CONF_USER), *group = conf_str(g, CONF_GROUP);
+  if (!conf_is_set(g, CONF_USER)) {
+    /* Only a configured User drops root: run as root, the bundled
+     * configuration, the demo and the tests keep working in directories
+     * and with pickup files that only root can read. */
+    if (geteuid() == 0) {
+      logs_panic(log, now_wall_ms(), "engine",
+                 "running as root: set User = \"impetus\" to drop root after start-up "
+                 "(tools/setup.sh creates the user)");
+      logs_writer_flush(log);
+    }
+    return;
+  }
   char err[512];
-  int r = priv_drop(user, group, conf_is_set(g, CONF_USER), paths, n, err, sizeof err);
+  int r = priv_drop(user, group, 1, paths, n, err, sizeof err);
   if (r < 0)
     util_fatal("User/Group: %s", err);
   if (r == PRIV_DROPPED)
     logs_panic(log, now_wall_ms(), "engine", "running as user %s, group %s (uid %u, gid %u)",
                user, group, (unsigned)getuid(), (unsigned)getgid());
-  else if (r == PRIV_NO_USER)
-    logs_panic(log, now_wall_ms(), "engine",
-               "started as root and user \"%s\" does not exist: running as root "
-               "(tools/setup.sh creates it; or set User)", user);
   else if (r == PRIV_ROOT)
     logs_panic(log, now_wall_ms(), "engine", "running as root (User = \"%s\")", user);
   logs_writer_flush(log);
@@ -237,11 +274,16 @@ int engine_main(const char *config_path)
     .on_bad = on_bad,
   };
   char err[512];
+  sh.policy = policy_new(c, &sh.conf, sh.ingest_log, err, sizeof err);
+  if (sh.policy == NULL)
+    util_fatal("lua: %s", err);
+  sp.on_ingest = policy_ingest; /* Lua ingest hooks; a no-op without scripts */
+  sp.arg = sh.policy;
   sh.spool = spool_open(&sp, err, sizeof err);
   if (sh.spool == NULL)
     util_fatal("spool: %s", err);
 
-  if (ctl_open(&sh, config_path, err, sizeof err) < 0) /* ops: sockets, before dropping root */
+  if (ctl_open(&sh, config_path, err, sizeof err) < 0) /* ops: before leaving root */
     util_fatal("%s", err);
   drop_root(c, mainlog, spoolbase, pickup);
 
@@ -257,7 +299,7 @@ int engine_main(const char *config_path)
   int rc = spool_start(sh.spool);
   if (rc < 0)
     util_fatal("spool ingest: %s", strerror(-rc));
-  if (ctl_start(err, sizeof err) < 0) /* ops: console + metrics thread */
+  if (ctl_start(err, sizeof err) < 0) /* ops: console + metrics */
     util_fatal("%s", err);
 
   logs_panic(mainlog, now_wall_ms(), "engine",
@@ -286,8 +328,14 @@ int engine_main(const char *config_path)
     }
     if (sig == SIGTERM || sig == SIGINT)
       break;
-    if (sig == SIGHUP)
+    if (sig == SIGHUP) {
       reload(config_path, mainlog, &prev);
+      if (policy_reload(sh.policy, atomic_load(&sh.conf), err, sizeof err) < 0)
+        logs_panic(mainlog, now_wall_ms(), "lua", "reload rejected, the old scripts stay: %s", err);
+      else if (policy_has_scripts(sh.policy))
+        logs_panic(mainlog, now_wall_ms(), "lua", "scripts reloaded");
+      logs_writer_flush(mainlog);
+    }
     else if (sig == SIGUSR1)
       logs_reopen(sh.logs);
   }
@@ -305,6 +353,7 @@ int engine_main(const char *config_path)
   logs_writer_free(sh.ingest_log);
   spool_close(sh.spool);
   worker_free_leftovers(&sh);
+  policy_free(sh.policy);
   free(sh.workers);
   logs_panic(mainlog, now_wall_ms(), "engine", "stopped");
   logs_writer_free(mainlog);

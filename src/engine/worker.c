@@ -10,6 +10,7 @@
  * worker_submit_msg (ingest thread) and the start/stop functions (main). */
 #include "worker.h"
 
+#include "auth.h"
 #include "conf.h"
 #include "conn.h"
 #include "counters.h"
@@ -19,6 +20,7 @@
 #include "dsn.h"
 #include "logs.h"
 #include "panic.h"
+#include "policy.h"
 #include "ring.h"
 #include "scheduler.h"
 #include "smtpc.h"
@@ -146,6 +148,8 @@ struct worker {
   bool txn_dirty;
   struct conf *conf;
   uint64_t conf_gen;
+  struct auth *auth;        /* outbound_smtp_auth credentials (auth.c) */
+  struct policy_worker *pw; /* this worker's Lua state (policy.c) */
   struct emsg *msgs;       /* messages this worker is home for */
   struct session *sessions;
   unsigned nsessions;
@@ -244,11 +248,7 @@ static void load_limits(struct worker *w, struct dq_queue *q)
     snprintf(route, sizeof route, "gw:%s:%u", gw.host, gw.port);
   else
     snprintf(route, sizeof route, "mx:%s", dq_queue_domain(q));
-  int type = conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
-  uint64_t cred = sched_cred_identity(type < 0 ? NULL : type == 0 ? "PLAIN" : type == 1 ? "LOGIN" : "XOAUTH2",
-                                      conf_str(v, CONF_OUTBOUND_SMTP_AUTH_USER),
-                                      conf_str(v, CONF_OUTBOUND_SMTP_AUTH_PASS));
-  uint64_t key = sched_pool_key(route, dq_queue_binding(q), cred);
+  uint64_t key = sched_pool_key(route, dq_queue_binding(q), dq_queue_cred_id(q));
   st->user = (void *)(uintptr_t)key;
 }
 
@@ -419,6 +419,8 @@ static void fill_logs_msg(struct logs_msg *m, char *msgid, size_t cap, const str
   m->received_ms = sm->created_ms;
 }
 
+static void requeue_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u);
+
 /* Finish a unit's attempt: results[i] per recipient (NULL: every
  * recipient gets `all`). Logs D/T/P/B, re-queues the transient ones with
  * back-off (or fails them at expiry), and reports to the home worker. */
@@ -461,9 +463,13 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
     fill_logs_msg(&m, msgid, sizeof msgid, em, u->rcpt[i]);
     struct logs_attempt a = {.conn_id = conn_id, .remote_ip = remote_ip, .retries = u->attempts,
                              .stage = r->stage, .bytes_sent = bytes, .text = full};
+    struct luam_outcome lo = {.domain = dq_queue_domain(q), .binding = dq_queue_binding(q),
+                              .remote_ip = remote_ip, .code = r->code, .text = full,
+                              .retries = u->attempts};
     if (r->outcome == SMTPC_OUT_OK) {
       o->state = SPOOL_RCPT_DELIVERED;
       logs_delivery(w->log, now, &m, &a);
+      policy_outcome(w->pw, LUAM_HOOK_LOG_DELIVERY, w->sh->spool, em->sm, &lo);
       atomic_fetch_add(&w->sh->delivered, 1);
       continue;
     }
@@ -492,9 +498,13 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
       logs_permanent(w->log, now, &m, &a);
       logs_bounce(w->log, now, &m, &a);
       atomic_fetch_add(&w->sh->failed, 1);
+      lo.code = o->code;
+      lo.text = text;
+      policy_outcome(w->pw, LUAM_HOOK_LOG_PERMANENT_FAILURE, w->sh->spool, em->sm, &lo);
     } else {
       o->state = SPOOL_RCPT_PENDING;
       logs_transient(w->log, now, &m, &a);
+      policy_outcome(w->pw, LUAM_HOOK_LOG_TRANSIENT_FAILURE, w->sh->spool, em->sm, &lo);
       u->rcpt[keep++] = u->rcpt[i];
     }
   }
@@ -506,7 +516,7 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
     res->attempts = failures;
     res->next_ms = u->due_ms;
     atomic_fetch_add(&w->sh->deferred, 1);
-    dq_push(w->dq, q, u, now);
+    requeue_unit(w, q, u); /* credentials resolved again for the retry */
   } else {
     res->unit_done = true;
     dq_unit_free(u);
@@ -801,6 +811,16 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     break;
   }
   case SMTPC_EV_FAILED: {
+    if (ev->flags & SMTPC_F_AUTH_REJECTED) { /* loudly, once per connection; no secret */
+      const struct smtpc_auth *cr = auth_creds(w->auth, dq_queue_cred_id(s->q));
+      enum smtpc_auth_type t = cr ? cr->type : SMTPC_AUTH_PLAIN;
+      logs_panic(w->log, wall_ms(), "outbound_smtp_auth",
+                 "AUTH %s as \"%s\" rejected by %s (%s/%s, connection %s): %d %s; "
+                 "mail is deferred until the credentials are fixed or it expires",
+                 t == SMTPC_AUTH_LOGIN ? "LOGIN" : t == SMTPC_AUTH_XOAUTH2 ? "XOAUTH2" : "PLAIN",
+                 cr && cr->user ? cr->user : "", s->routes[s->route_i].ip, dq_queue_binding(s->q),
+                 dq_queue_domain(s->q), s->conn_id_s, ev->code, ev->text);
+    }
     enum smtpc_outcome out =
       ev->kind == SMTPC_FAIL_PERMANENT ? SMTPC_OUT_PERMANENT : SMTPC_OUT_TRANSIENT;
     if (s->unit && s->txn_open) {
@@ -1097,13 +1117,11 @@ static struct smtpc *make_smtpc(struct session *s)
   s->tls = p.tls != SMTPC_TLS_NO ? tls_for(w, v) : NULL;
   if (s->tls == NULL && p.tls == SMTPC_TLS_IFAVAILABLE)
     p.tls = SMTPC_TLS_NO;
-  int type = conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
-  if (type >= 0) {
-    p.auth.type = type == 0 ? SMTPC_AUTH_PLAIN : type == 1 ? SMTPC_AUTH_LOGIN : SMTPC_AUTH_XOAUTH2;
-    p.auth.user = conf_str(v, CONF_OUTBOUND_SMTP_AUTH_USER);
-    p.auth.pass = conf_str(v, CONF_OUTBOUND_SMTP_AUTH_PASS);
-  }
-  return smtpc_new(&p, mono_ms(w));
+  /* the queue's credentials (auth.c resolved them per unit) */
+  const struct smtpc_auth *cr = auth_creds(w->auth, dq_queue_cred_id(s->q));
+  if (cr)
+    p.auth = *cr;
+  return smtpc_new(&p, mono_ms(w)); /* smtpc copies and later wipes them */
 }
 
 static void session_try_connect(struct session *s)
@@ -1371,13 +1389,22 @@ static void schedule(struct worker *w)
         break;
       }
       if (w->nsessions >= w->fd_cap) {
-        /* out of file descriptors for new sessions: they wait for one to end */
+        /* out of file descriptors for new sessions: they wait for one to
+         * end; an idle connection of another queue is closed to make room */
         if (!w->fd_cap_logged)
           logs_panic(w->log, now_ms, "engine",
                      "worker %u: %u connections open, the RLIMIT_NOFILE share of this worker; "
                      "new connections wait (raise ulimit -n)", w->idx, w->nsessions);
         w->fd_cap_logged = true;
-        return;
+        for (struct session *s = w->sessions; s; s = s->next_all)
+          if (s->parked && !s->closing) {
+            sched_pool_remove(&dq_queue_state(s->q)->pool, s);
+            s->parked = false;
+            smtpc_quit(s->smtpc, mono_ms(w));
+            session_pump(s);
+            break;
+          }
+        break;
       }
       session_open(w, q);
     }
@@ -1451,17 +1478,51 @@ struct unit_post {
   char binding[SPOOL_NAME_MAX + 1];
 };
 
+/* The unit's credentials are known: queue it with its identity. */
+static void unit_ready(void *arg, uint64_t cred)
+{
+  struct unit_post *p = arg;
+  struct worker *w = p->w;
+  struct dq_unit *u = p->u;
+  struct emsg *em = u->msg;
+  const char *dom = rcpt_domain(em->sm->rcpt[u->rcpt[0]]);
+  struct dq_queue *q = dq_queue_cred(w->dq, p->binding, dom, cred);
+  dq_push(w->dq, q, u, wall_ms());
+  free(p);
+}
+
 static void run_unit_post(void *arg)
 {
   struct unit_post *p = arg;
   struct worker *w = p->w;
   refresh_conf(w);
+  policy_worker_refresh(w->pw, w->conf);
   struct dq_unit *u = p->u;
   struct emsg *em = u->msg;
-  const char *dom = rcpt_domain(em->sm->rcpt[u->rcpt[0]]);
-  struct dq_queue *q = dq_queue(w->dq, p->binding, dom);
-  dq_push(w->dq, q, u, wall_ms());
-  free(p);
+  uint64_t cred = 0;
+  if (auth_resolve(w->auth, w->pw, w->conf, w->sh->spool, em->sm, p->binding,
+                   rcpt_domain(em->sm->rcpt[u->rcpt[0]]), &cred, unit_ready, p) == 0)
+    unit_ready(p, cred);
+}
+
+/* A deferred unit goes back to a queue: with outbound_smtp_auth on, its
+ * credentials are resolved again (Lua hook, context, a reloaded
+ * configuration), so a fixed password applies from the next retry. */
+static void requeue_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u)
+{
+  if (!auth_enabled(w->auth, w->conf)) {
+    dq_push(w->dq, q, u, wall_ms());
+    return;
+  }
+  struct unit_post *p = util_xcalloc(1, sizeof *p);
+  p->w = w;
+  p->u = u;
+  scopy(p->binding, sizeof p->binding, dq_queue_binding(q));
+  struct emsg *em = u->msg;
+  uint64_t cred = 0;
+  if (auth_resolve(w->auth, w->pw, w->conf, w->sh->spool, em->sm, p->binding,
+                   rcpt_domain(em->sm->rcpt[u->rcpt[0]]), &cred, unit_ready, p) == 0)
+    unit_ready(p, cred);
 }
 
 struct home_post {
@@ -1615,6 +1676,13 @@ static void drop_unit(void *arg, struct dq_unit *u)
   dq_unit_free(u);
 }
 
+static void drop_unit_post(void *arg)
+{
+  struct unit_post *p = arg;
+  dq_unit_free(p->u);
+  free(p);
+}
+
 static void commit(struct worker *w)
 {
   if (!w->txn_dirty)
@@ -1648,10 +1716,13 @@ static void *worker_main(void *arg)
   w->txn = spool_txn_new(w->sh->spool);
   w->fd_cap = fd_cap_compute(w->sh->nworkers);
   refresh_conf(w);
+  w->auth = auth_new();
+  w->pw = policy_worker_new(w->sh->policy, w->ring, w->log, w->conf);
   sem_post(&w->started);
 
   for (;;) {
     refresh_conf(w);
+    policy_worker_refresh(w->pw, w->conf);
     schedule(w);
     commit(w);
     logs_writer_flush(w->log);
@@ -1703,6 +1774,9 @@ static void *worker_main(void *arg)
   /* everything below is loop-thread state: free it here */
   dq_free(w->dq, drop_unit, NULL);
   w->dq = NULL;
+  policy_worker_free(w->pw);
+  auth_drop_pending(w->auth, drop_unit_post);
+  auth_free(w->auth);
   spool_txn_free(w->txn);
   logs_writer_free(w->log);
   dns_free(w->dns);

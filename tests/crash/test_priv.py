@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Least privilege (issue 10): started as root with the default User/Group
-(impetus), the engine opens its spool and logs, hands them to impetus and
+"""Least privilege (issue 10): started as root with User = "impetus" (and
+the default Group, impetus), the engine opens its spool and logs, hands them to impetus and
 drops root before the workers (network, Lua) start. Checked: every uid and
 gid of the running process (/proc/PID/status), the paniclog line, owner
 and mode of the spool, queue files (0600) and logs (0640), and that mail
@@ -34,9 +34,13 @@ def expect(cond, what):
 
 sink = sinklib.Sink(sinkbin, [])
 e = Engine(imp, 'Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % sink.port, "priv")
-# the default User applies: take out enginelib's "stay root" lines
+# the control socket in a directory named after impetus, made by the engine
+sock = os.path.join(e.dir, "run-impetus", "ctl.sock")
+with open(e.conf, "a") as f:
+    f.write('control_listener { listen "%s" { } }\n' % sock)
+# User = impetus instead of enginelib's "stay root" lines (Group: the default)
 with open(e.conf) as f:
-    body = f.read().replace('User = "root"\nGroup = "root"\n', "")
+    body = f.read().replace('User = "root"\nGroup = "root"\n', 'User = "impetus"\n')
 with open(e.conf, "w") as f:
     f.write(body)
 os.chmod(e.dir, 0o755)  # mkdtemp's 0700 would hide the spool from impetus
@@ -76,6 +80,10 @@ try:
             expect(st.st_uid == pw.pw_uid, "%s owned by uid %d" % (log, st.st_uid))
             expect(stat.S_IMODE(st.st_mode) & 0o137 == 0, "%s mode %o (0640 at most)"
                    % (log, stat.S_IMODE(st.st_mode)))
+    st = os.stat(sock)
+    expect(stat.S_ISSOCK(st.st_mode) and st.st_uid == pw.pw_uid
+           and stat.S_IMODE(st.st_mode) == 0o600,
+           "control socket uid %d mode %o" % (st.st_uid, stat.S_IMODE(st.st_mode)))
     expect(e.stop() == 0, "exit status")
     # an explicit User that does not exist is a start-up error with a clear line
     with open(e.conf, "a") as f:

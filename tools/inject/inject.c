@@ -360,11 +360,15 @@ static void writer_put(struct writer *w, const char *sender, char **rc, size_t n
   int fd = openat(w->dirfd, w->tmp[i], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0)
     writer_die(w, errno, "create");
-  /* root writing into an engine's pickup directory: the file belongs to the
-   * directory's owner, so an engine that dropped root (User) can read it */
+  /* Run as root, hand the file to the pickup directory's owner: the engine
+   * leaves root (User/Group) and must be able to read what it claims. */
   struct stat dst;
-  if (geteuid() == 0 && fstat(w->dirfd, &dst) == 0 && dst.st_uid != 0)
-    (void)!fchown(fd, dst.st_uid, dst.st_gid);
+  if (geteuid() == 0 && fstat(w->dirfd, &dst) == 0 && dst.st_uid != 0 &&
+      fchown(fd, dst.st_uid, dst.st_gid) < 0) {
+    int e = errno;
+    close(fd);
+    writer_die(w, e, "chown to the pickup directory's owner");
+  }
   w->n++;
   struct part {
     const void *p;

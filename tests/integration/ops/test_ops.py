@@ -342,7 +342,7 @@ def scenario_cli(imp, ctlbin, sinkbin, injectbin):
         errf = open(os.path.join(d, "stderr"), "w+")
         proc = subprocess.Popen([imp, "-c", conf], stdout=subprocess.DEVNULL, stderr=errf,
                                 stdin=subprocess.DEVNULL)
-        sock = os.path.join(d, "impetus.sock")
+        sock = os.path.join(d, "spool", "impetus.sock")
         deadline = time.monotonic() + 10
         while not os.path.exists(sock):
             check(proc.poll() is None, "bundled configuration: impetus exited: %s"

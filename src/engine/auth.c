@@ -1,0 +1,233 @@
+/* auth.c owns outbound_smtp_auth's per-unit resolution (Lua hook, message
+ * context over configuration) and each worker's table of credentials by
+ * identity.
+ *
+ * Must never: log, print or persist a password or token; keep a password
+ * outside the table (copies are wiped); block the worker (a Lua hook that
+ * waits for a datasource finishes through a callback).
+ * Threads: a struct auth and everything from it belong to one worker. */
+#include "auth.h"
+
+#include "conf.h"
+#include "ctx.h"
+#include "luam.h"
+#include "panic.h"
+#include "policy.h"
+#include "scheduler.h"
+#include "spool.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+struct cred {
+  struct cred *next;
+  uint64_t id;
+  struct smtpc_auth a;
+};
+
+#define AUTH_BUCKETS 256u
+
+struct auth {
+  struct cred *tab[AUTH_BUCKETS];
+  struct conf *enabled_conf; /* not referenced: compared only */
+  bool enabled;
+  unsigned pending;
+  struct pending *waiting; /* resolutions waiting for Lua */
+};
+
+struct pending {
+  struct pending *next, *prev; /* auth.waiting */
+  struct auth *a;
+  struct conf *c; /* referenced */
+  struct policy_msg pm;
+  char binding[SPOOL_NAME_MAX + 1];
+  char domain[256];
+  auth_ready_fn ready;
+  void *arg;
+};
+
+struct auth *auth_new(void)
+{
+  return util_xcalloc(1, sizeof(struct auth));
+}
+
+static void wipe_str(const char *s)
+{
+  if (s) {
+    util_wipe((void *)(uintptr_t)s, strlen(s));
+    free((void *)(uintptr_t)s);
+  }
+}
+
+void auth_free(struct auth *a)
+{
+  if (a == NULL)
+    return;
+  for (unsigned i = 0; i < AUTH_BUCKETS; i++)
+    for (struct cred *c = a->tab[i], *n; c; c = n) {
+      n = c->next;
+      wipe_str(c->a.user);
+      wipe_str(c->a.pass);
+      free(c);
+    }
+  free(a);
+}
+
+bool auth_enabled(struct auth *a, struct conf *c)
+{
+  if (a->enabled_conf != c) {
+    a->enabled = conf_module_enabled(c, "outbound_smtp_auth");
+    a->enabled_conf = c;
+  }
+  return a->enabled;
+}
+
+unsigned auth_pending(const struct auth *a)
+{
+  return a->pending;
+}
+
+const struct smtpc_auth *auth_creds(struct auth *a, uint64_t id)
+{
+  if (id == 0)
+    return NULL;
+  for (struct cred *c = a->tab[id % AUTH_BUCKETS]; c; c = c->next)
+    if (c->id == id)
+      return &c->a;
+  return NULL;
+}
+
+static enum smtpc_auth_type parse_type(const char *t)
+{
+  if (t == NULL || *t == '\0')
+    return AUTH_TYPE_DEFAULT;
+  if (!strcasecmp(t, "LOGIN"))
+    return SMTPC_AUTH_LOGIN;
+  if (!strcasecmp(t, "XOAUTH2"))
+    return SMTPC_AUTH_XOAUTH2;
+  return SMTPC_AUTH_PLAIN;
+}
+
+static const char *type_name(enum smtpc_auth_type t)
+{
+  return t == SMTPC_AUTH_LOGIN ? "LOGIN" : t == SMTPC_AUTH_XOAUTH2 ? "XOAUTH2" : "PLAIN";
+}
+
+/* Context value if set (non-empty), else the scope's configuration. */
+static const char *pick(const struct ctx *mess, const char *key, const struct conf_view *v,
+                        enum conf_opt o)
+{
+  const char *s = mess ? ctx_get(mess, key) : NULL;
+  if (s && *s)
+    return s;
+  return v ? conf_str(v, o) : NULL;
+}
+
+static uint64_t finish(struct auth *a, struct conf *c, const struct ctx *mess, const char *binding,
+                       const char *domain)
+{
+  const struct conf_view *v = conf_view_get(c, binding, domain);
+  if (v == NULL)
+    v = conf_view_get(c, NULL, domain);
+  const char *user = pick(mess, "outbound_smtp_auth_user", v, CONF_OUTBOUND_SMTP_AUTH_USER);
+  const char *pass = pick(mess, "outbound_smtp_auth_pass", v, CONF_OUTBOUND_SMTP_AUTH_PASS);
+  const char *type = pick(mess, "outbound_smtp_auth_type", v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
+  if (user == NULL || *user == '\0')
+    return 0; /* no user: no AUTH (as Momentum) */
+  if (pass == NULL)
+    pass = "";
+  enum smtpc_auth_type t = parse_type(type);
+  uint64_t id = sched_cred_identity(type_name(t), user, pass);
+  if (auth_creds(a, id))
+    return id;
+  struct cred *cr = util_xcalloc(1, sizeof *cr);
+  cr->id = id;
+  cr->a.type = t;
+  cr->a.user = util_xstrdup(user);
+  cr->a.pass = util_xstrdup(pass);
+  cr->next = a->tab[id % AUTH_BUCKETS];
+  a->tab[id % AUTH_BUCKETS] = cr;
+  return id;
+}
+
+static void unlink_pending(struct auth *a, struct pending *p)
+{
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    a->waiting = p->next;
+  if (p->next)
+    p->next->prev = p->prev;
+}
+
+void auth_drop_pending(struct auth *a, void (*drop)(void *arg))
+{
+  if (a == NULL)
+    return;
+  while (a->waiting) {
+    struct pending *p = a->waiting;
+    unlink_pending(a, p);
+    policy_msg_close(&p->pm);
+    conf_unref(p->c);
+    a->pending--;
+    drop(p->arg);
+    free(p);
+  }
+}
+
+static void on_hook_done(void *arg, int result)
+{
+  (void)result;
+  struct pending *p = arg;
+  struct auth *a = p->a;
+  unlink_pending(a, p);
+  uint64_t id = finish(a, p->c, p->pm.m.mess, p->binding, p->domain);
+  policy_msg_close(&p->pm);
+  conf_unref(p->c);
+  a->pending--;
+  auth_ready_fn ready = p->ready;
+  void *rarg = p->arg;
+  free(p);
+  ready(rarg, id);
+}
+
+int auth_resolve(struct auth *a, struct policy_worker *pw, struct conf *c, struct spool *sp,
+                 const struct spool_msg *sm, const char *binding, const char *domain,
+                 uint64_t *cred_id, auth_ready_fn ready, void *arg)
+{
+  *cred_id = 0;
+  if (!auth_enabled(a, c))
+    return 0;
+  struct luam *lm = policy_worker_luam(pw);
+  bool hook = lm && luam_has_hook(lm, LUAM_HOOK_OUTBOUND_SMTP_AUTH_CONFIG);
+  if (!hook && sm->mess) {
+    /* dictionaries in memory and nothing can change them: read in place */
+    *cred_id = finish(a, c, sm->mess, binding, domain);
+    return 0;
+  }
+  struct pending *p = util_xcalloc(1, sizeof *p);
+  p->a = a;
+  p->c = conf_ref(c);
+  snprintf(p->binding, sizeof p->binding, "%s", binding ? binding : "default");
+  snprintf(p->domain, sizeof p->domain, "%s", domain);
+  p->ready = ready;
+  p->arg = arg;
+  policy_msg_open(&p->pm, sp, sm, c);
+  a->pending++;
+  if (hook && luam_call_auth_config(lm, &p->pm.h, policy_msg_ops(), p->domain, on_hook_done, p) ==
+                LUAM_PENDING) {
+    p->next = a->waiting;
+    if (a->waiting)
+      a->waiting->prev = p;
+    a->waiting = p;
+    return 1;
+  }
+  *cred_id = finish(a, c, p->pm.m.mess, p->binding, p->domain);
+  policy_msg_close(&p->pm);
+  conf_unref(p->c);
+  a->pending--;
+  free(p);
+  return 0;
+}

@@ -366,8 +366,8 @@ msys.registerModule("pw", mod)
         n = 0
         for root, _d, files in os.walk(e.dir):
             for name in files:
-                if name == "impetus.conf":
-                    continue
+                if name == "impetus.conf" or not os.path.isfile(os.path.join(root, name)):
+                    continue  # the configuration itself; the control socket
                 n += 1
                 with open(os.path.join(root, name), "rb") as f:
                     data = f.read()

@@ -366,8 +366,9 @@ msys.registerModule("pw", mod)
         n = 0
         for root, _d, files in os.walk(e.dir):
             for name in files:
-                if name == "impetus.conf":
-                    continue
+                path = os.path.join(root, name)
+                if name == "impetus.conf" or not os.path.isfile(path):
+                    continue  # the console socket is not a file to read
                 n += 1
                 with open(os.path.join(root, name), "rb") as f:
                     data = f.read()

@@ -38,6 +38,7 @@ for b in "$impetus" "$sinkbin" "$inject" "$ctl"; do
 done
 
 tmp=$(mktemp -d /tmp/impetus-demo.XXXXXX)
+chmod 755 "$tmp" # the engine drops root to User (impetus) and must reach its spool
 sink_pid=
 engine_pid=
 cleanup() {

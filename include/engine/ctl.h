@@ -22,26 +22,26 @@ struct dq;
 struct dq_unit;
 struct ring;
 struct spool_msg;
+struct dns;
 
 #define CTL_REQUEST_MAX 4096   /* bytes of one request line */
 #define CTL_PAGE_MAX 1000      /* rows per listing page */
 #define CTL_SUSPEND_MAX 256    /* suspended (binding, domain) entries */
 #define CTL_WORKER_WAIT_MS 3000 /* how long a command waits for the workers */
 
-/* Open the listening sockets: the socket from Control_Listener (default
- * <Spoolbase>/impetus.sock, mode 0600) and Metrics_Listener when set.
- * Called before the engine leaves root, so a socket in a root-owned
- * directory or on a privileged port can still be bound. Serves nothing yet.
- * Returns 0, or -errno with a reason in err (the engine exits). */
+/* Bind the sockets: Control_Listener (default <Spoolbase>/impetus.sock,
+ * mode 0600) and Metrics_Listener when set. Called before the engine drops
+ * root, so they may live where only root can create files. Returns 0, or
+ * -errno with a reason in err (the engine exits). */
 int ctl_open(struct engine_shared *sh, const char *config_path, char *err, size_t errlen);
-/* Start the control thread on the sockets ctl_open made, once the workers
- * run. Returns 0, or -errno with a reason in err (the engine exits). */
+/* Start the control thread on the sockets ctl_open bound (once the spool
+ * and workers run). 0 or -errno with a reason in err. */
 int ctl_start(char *err, size_t errlen);
 /* Stop the thread and remove the socket. Safe when not started. */
 void ctl_stop(void);
 
 /* Create the missing parent directories of the configured log files and
- * control socket (mode 0750), so a fresh machine starts on the bundled
+ * control socket (mode 0755), so a fresh machine starts on the bundled
  * configuration. Failures are left to the open that follows. Main thread. */
 struct conf;
 void ctl_prepare_paths(struct conf *c);
@@ -53,6 +53,7 @@ bool ctl_suspended(const char *binding, const char *domain);
  * worker_ring) ---- */
 struct ring *worker_ring(struct worker *w);
 struct dq *worker_dq(struct worker *w);
+struct dns *worker_dns(struct worker *w);
 unsigned worker_nsessions(const struct worker *w);
 /* The message a queued unit belongs to, and its queue id text. */
 const struct spool_msg *worker_unit_msg(const struct dq_unit *u, const char **id);

@@ -14,6 +14,7 @@
 #include "buf.h"
 #include "conf.h"
 #include "counters.h"
+#include "dns.h"
 #include "dq.h"
 #include "impetus_build.h"
 #include "metrics.h"
@@ -52,8 +53,6 @@ static struct {
   char config_path[4096];
   char sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
   int sock_fd, metrics_fd, stop_fd[2];
-  int sock_dirfd; /* the socket's directory, opened before leaving root: the
-                   * path above it may not be searchable by User afterwards */
   char metrics_addr[300];
   pthread_t thread;
   bool running;
@@ -61,7 +60,7 @@ static struct {
   /* delivered-recipient samples, one per second */
   uint64_t rate_t[RATE_SAMPLES], rate_d[RATE_SAMPLES];
   unsigned rate_n, rate_i;
-} g = {.sock_fd = -1, .metrics_fd = -1, .stop_fd = {-1, -1}, .sock_dirfd = -1};
+} g = {.sock_fd = -1, .metrics_fd = -1, .stop_fd = {-1, -1}};
 
 static pthread_mutex_t suspend_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct suspension {
@@ -251,7 +250,7 @@ static void o_row_close(struct out *o)
 
 /* ------------------------------------------------------------ worker questions */
 
-enum wop { WOP_STATS, WOP_QUEUES, WOP_UNITS, WOP_HASTEN, WOP_LIMITS, WOP_FAIL };
+enum wop { WOP_STATS, WOP_QUEUES, WOP_UNITS, WOP_HASTEN, WOP_LIMITS, WOP_FAIL, WOP_MX };
 
 struct qrow {
   char binding[COUNTERS_NAME_MAX], domain[COUNTERS_NAME_MAX];
@@ -277,6 +276,7 @@ struct wpart {
   struct mrow *mrows;
   size_t nm;
   size_t hastened;
+  struct buf mx; /* WOP_MX: "pref host addr,addr" lines */
 };
 
 struct wq {
@@ -300,6 +300,7 @@ static void wq_unref(struct wq *q)
   for (unsigned i = 0; i < q->nparts; i++) {
     free(q->parts[i].qrows);
     free(q->parts[i].mrows);
+    buf_done(&q->parts[i].mx, 0);
   }
   pthread_mutex_destroy(&q->mu);
   pthread_cond_destroy(&q->cv);
@@ -427,6 +428,36 @@ static void fail_units(struct wpart *p, struct worker *w, struct dq *d)
   free(c.u);
 }
 
+static void part_done(struct wpart *p)
+{
+  struct wq *q = p->q;
+  pthread_mutex_lock(&q->mu);
+  q->pending--;
+  pthread_cond_signal(&q->cv);
+  pthread_mutex_unlock(&q->mu);
+  wq_unref(q);
+}
+
+static void on_mx(void *arg, const struct dns_result *res)
+{
+  struct wpart *p = arg;
+  if (res->status != DNS_OK) {
+    buf_printf(&p->mx, "! %s\n", res->text[0] ? res->text : dns_status_name(res->status));
+  } else {
+    for (unsigned i = 0; i < res->nhosts; i++) {
+      const struct dns_host *h = &res->hosts[i];
+      buf_printf(&p->mx, "%u %s%s", h->pref, h->name, res->implicit_mx ? " (no MX: A/AAAA)" : "");
+      for (unsigned j = 0; j < h->naddr; j++) {
+        char ip[64];
+        inet_ntop(h->addr[j].family, h->addr[j].a, ip, sizeof ip);
+        buf_printf(&p->mx, "%s%s", j ? "," : " ", ip);
+      }
+      buf_append_str(&p->mx, "\n");
+    }
+  }
+  part_done(p);
+}
+
 /* Runs on worker p->idx's own thread. */
 static void run_part(void *arg)
 {
@@ -460,15 +491,17 @@ static void run_part(void *arg)
     case WOP_FAIL:
       fail_units(p, w, d);
       break;
+    case WOP_MX:
+      if (p->idx == 0) { /* one worker asks its resolver; the answer completes the part */
+        dns_resolve(worker_dns(w), q->domain, true, on_mx, p);
+        return;
+      }
+      break;
     default:
       util_panic("ctl: unknown worker op %d", (int)q->op);
     }
   }
-  pthread_mutex_lock(&q->mu);
-  q->pending--;
-  pthread_cond_signal(&q->cv);
-  pthread_mutex_unlock(&q->mu);
-  wq_unref(q);
+  part_done(p);
 }
 
 static struct wq *wq_new(enum wop op)
@@ -747,7 +780,30 @@ static int cmd_domain(struct req *r, const char *binding, const char *name)
     o_close(o, true);
   } else {
     o_str(o, "route", "mx");
-    o_str(o, "hosts", "MX records of the domain, resolved per connection attempt");
+    struct wq *mq = wq_new(WOP_MX);
+    snprintf(mq->domain, sizeof mq->domain, "%s", name);
+    int rc = wq_run(mq);
+    o_open(o, "hosts", true);
+    if (rc < 0) {
+      o_key(o, NULL);
+      if (o->json)
+        json_str(o->b, "! DNS did not answer in time");
+      else
+        buf_append_str(o->b, "  - ! DNS did not answer in time\n");
+    } else {
+      buf_append(&mq->parts[0].mx, "", 1);
+      char *save = NULL;
+      for (char *l = strtok_r((char *)mq->parts[0].mx.data, "\n", &save); l;
+           l = strtok_r(NULL, "\n", &save)) {
+        o_key(o, NULL);
+        if (o->json)
+          json_str(o->b, l);
+        else
+          buf_printf(o->b, "  - %s\n", l);
+      }
+    }
+    o_close(o, true);
+    wq_unref(mq);
   }
   int at = conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
   o_str(o, "auth_type", auth_type_name(at));
@@ -1246,7 +1302,8 @@ static void *ctl_main(void *arg)
 
 /* ------------------------------------------------------------ start/stop */
 
-/* mkdir -p of the directory part of path (mode 0750 for new ones). */
+/* mkdir -p of the directory part of path (mode 0755 for new ones: an
+ * engine that drops root must still reach its spool and logs below). */
 static void make_parent(const char *path)
 {
   if (path == NULL)
@@ -1260,10 +1317,10 @@ static void make_parent(const char *path)
   for (char *p = d + 1; *p; p++)
     if (*p == '/') {
       *p = '\0';
-      mkdir(d, 0750);
+      mkdir(d, 0755);
       *p = '/';
     }
-  mkdir(d, 0750);
+  mkdir(d, 0755);
 }
 
 void ctl_prepare_paths(struct conf *c)
@@ -1369,14 +1426,6 @@ int ctl_open(struct engine_shared *sh, const char *config_path, char *err, size_
   if (fd < 0)
     return fd;
   g.sock_fd = fd;
-  char dir[sizeof g.sock_path];
-  snprintf(dir, sizeof dir, "%s", g.sock_path);
-  char *slash = strrchr(dir, '/');
-  if (slash == dir)
-    slash[1] = '\0';
-  else if (slash)
-    *slash = '\0';
-  g.sock_dirfd = open(slash ? dir : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
   struct conf_addr ma = conf_addr(gv, CONF_METRICS_LISTENER);
   if (ma.host) {
     fd = open_tcp(ma.host, ma.port ? ma.port : 9911, err, errlen);
@@ -1393,6 +1442,10 @@ int ctl_open(struct engine_shared *sh, const char *config_path, char *err, size_
 
 int ctl_start(char *err, size_t errlen)
 {
+  if (g.sock_fd < 0) {
+    snprintf(err, errlen, "control thread: ctl_open was not called");
+    return -EINVAL;
+  }
   if (pipe2(g.stop_fd, O_CLOEXEC) < 0) {
     snprintf(err, errlen, "control thread: %s", strerror(errno));
     return -errno;
@@ -1415,14 +1468,9 @@ void ctl_stop(void)
   }
   if (g.sock_fd >= 0) {
     close(g.sock_fd);
-    const char *base = strrchr(g.sock_path, '/');
-    if (g.sock_dirfd < 0 || unlinkat(g.sock_dirfd, base ? base + 1 : g.sock_path, 0) < 0)
-      unlink(g.sock_path);
+    unlink(g.sock_path);
     g.sock_fd = -1;
   }
-  if (g.sock_dirfd >= 0)
-    close(g.sock_dirfd);
-  g.sock_dirfd = -1;
   if (g.metrics_fd >= 0)
     close(g.metrics_fd);
   g.metrics_fd = -1;

@@ -1859,6 +1859,7 @@ void worker_free_leftovers(struct engine_shared *sh)
 
 struct ring *worker_ring(struct worker *w) { return w->ring; }
 struct dq *worker_dq(struct worker *w) { return w->dq; }
+struct dns *worker_dns(struct worker *w) { return w->dns; }
 unsigned worker_nsessions(const struct worker *w) { return w->nsessions; }
 
 const struct spool_msg *worker_unit_msg(const struct dq_unit *u, const char **id)

@@ -359,6 +359,21 @@ msys.registerModule("pw", mod)
     seen = env.seen()
     expect(seen["c@cfg.test"][0] == "cfguser" and seen["x@ctx.test"][0] == "ctxuser"
            and seen["l@lua.test"][0] == "luauser", "all three authenticated: %r" % seen)
+    # impetus-ctl output (when built): domain (credentials masked), mailq, config eval
+    ctl = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(env.imp))), "..",
+                       "tools", "ctl", "impetus-ctl")
+    ctl = os.path.normpath(ctl)
+    if os.path.exists(ctl):
+        sock = os.path.join(e.spool, "impetus.sock")
+        outs = []
+        for cmd in (["domain", "cfg.test"], ["domain", "bad.test"], ["mailq"], ["summary"],
+                    ["config", "eval", "domain", "cfg.test", "Outbound_SMTP_AUTH_Pass"]):
+            p = __import__("subprocess").run([ctl, "-s", sock] + cmd, capture_output=True,
+                                             timeout=10)
+            outs.append(p.stdout + p.stderr)
+        blob = b"".join(outs)
+        print("impetus-ctl: %d bytes of output checked" % len(blob))
+        expect(b"Sekr1t" not in blob, "a password in impetus-ctl output")
     # scan while the failing message is still queued, and again after stop
     for phase in ("running", "stopped"):
         if phase == "stopped":
@@ -366,8 +381,9 @@ msys.registerModule("pw", mod)
         n = 0
         for root, _d, files in os.walk(e.dir):
             for name in files:
-                if name == "impetus.conf" or not os.path.isfile(os.path.join(root, name)):
-                    continue  # the configuration itself; the control socket
+                path = os.path.join(root, name)
+                if name == "impetus.conf" or not os.path.isfile(path):
+                    continue  # the configuration holds them; sockets are not files
                 n += 1
                 with open(os.path.join(root, name), "rb") as f:
                     data = f.read()

@@ -4,7 +4,6 @@
  *
  *   spool_ingest_bench ingest DIR N SYNC [fsync]   SYNC = batch|always|none
  *   spool_ingest_bench fill DIR N                  N queued messages (sync none)
- * BENCH_INGEST_THREADS=N sets spool_params.ingest_threads (default 2).
  *   spool_ingest_bench gen DIR N                   pickup files only; then run
  *     BENCH_PICKUP_READY=1 spool_ingest_bench ingest DIR N SYNC  (e.g. under perf)
  *   spool_ingest_bench recover DIR [keep]          recovery time, RSS per message
@@ -98,8 +97,6 @@ static struct spool *open_sp(const char *dir, enum spool_sync s, enum spool_sync
 {
   struct spool_params p = {.spoolbase = dir, .sync = s, .sync_method = m,
                            .keep_dicts_in_memory = keep, .on_msg = on_msg, .on_bad = on_bad};
-  if (getenv("BENCH_INGEST_THREADS"))
-    p.ingest_threads = (unsigned)atoi(getenv("BENCH_INGEST_THREADS"));
   char err[512];
   struct spool *sp = spool_open(&p, err, sizeof(err));
   if (!sp) {
@@ -160,12 +157,10 @@ int main(int argc, char **argv)
     double secs = ingest_all(sp, n);
     struct spool_stats st;
     spool_get_stats(sp, &st);
-    printf("ingest sync=%s method=%s threads=%s n=%zu: %.3f s wall, %.0f msg/s; CPU %.3f s = %.1f us/msg "
+    printf("ingest sync=%s method=%s n=%zu: %.3f s wall, %.0f msg/s; CPU %.3f s = %.1f us/msg "
            "(%.0f msg/s per core); %llu batches, %llu sync calls (%.4f per message); pickup "
            "generation %.1f s\n",
-           mode, m == SPOOL_SYNCM_FSYNC ? "fsync" : "syncfs",
-           getenv("BENCH_INGEST_THREADS") ? getenv("BENCH_INGEST_THREADS") : "2", n, secs,
-           (double)n / secs,
+           mode, m == SPOOL_SYNCM_FSYNC ? "fsync" : "syncfs", n, secs, (double)n / secs,
            last_cpu, last_cpu * 1e6 / (double)n, (double)n / last_cpu,
            (unsigned long long)st.batches, (unsigned long long)st.syncs,
            (double)st.syncs / (double)n, gen);

@@ -118,9 +118,6 @@ struct spool_params {
   uint64_t max_message_size;  /* bytes of the whole pickup file; 0: default */
   bool keep_dicts_in_memory;
   unsigned batch_max;         /* files claimed per group commit; 0: 512 */
-  unsigned ingest_threads;    /* threads sharing a round's file-system work (the
-                               * calling thread + helpers the spool owns); 0: 2,
-                               * at most 8. Hooks still run on the calling thread. */
   unsigned rescan_ms;         /* pickup safety-net rescan period; 0: 2000 */
   uint16_t node_id;           /* 0: low 16 bits of the pid */
   enum spool_sync_method sync_method; /* how a batch is made durable */

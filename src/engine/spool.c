@@ -53,29 +53,6 @@
 #define BUCKET_SHIFT 10 /* 1024 consecutive messages per bucket */
 #define STR_NONE 0xffffffffu
 
-#define INGEST_THREADS_MAX 8
-
-/* Per-participant scratch buffers of an ingest round. */
-struct iob {
-  struct buf rbuf, mbuf;
-};
-
-struct slot;
-
-/* Helper threads that share an ingest round's file-system work. */
-struct ipool {
-  pthread_t th[INGEST_THREADS_MAX];
-  unsigned nhelpers;
-  pthread_mutex_t mu;
-  pthread_cond_t go, done;
-  uint64_t gen;
-  unsigned ndone;
-  int phase; /* 1 parse, 3 meta */
-  bool quit;
-  struct slot *slots;
-  size_t nslots;
-};
-
 struct spool {
   struct spool_params p;
   char *base;
@@ -89,9 +66,7 @@ struct spool {
   /* Names found by the last pickup scan, not yet processed. */
   char **names;
   size_t nnames, inames, capnames;
-  struct iob io[INGEST_THREADS_MAX];
-  struct ipool pool;
-  bool pool_started;
+  struct buf rbuf, mbuf;
   atomic_int kick;
   atomic_int last_err;
   _Atomic uint64_t st_ingested, st_rejected, st_batches, st_syncs, st_recovered;
@@ -99,8 +74,6 @@ struct spool {
   bool thread_running;
   pthread_t thread;
 };
-
-static void pool_stop(struct spool *sp);
 
 /* ---- small helpers ---- */
 
@@ -741,7 +714,6 @@ void spool_close(struct spool *sp)
   if (!sp)
     return;
   spool_stop(sp);
-  pool_stop(sp);
   int fds[] = {sp->base_fd, sp->pickup_fd, sp->queue_fd, sp->bad_fd, sp->ino_fd, sp->wake_fd};
   for (size_t i = 0; i < UTIL_ARRAY_LEN(fds); i++)
     if (fds[i] >= 0)
@@ -751,10 +723,8 @@ void spool_close(struct spool *sp)
       close(sp->bucket_fd[i]);
   names_clear(sp);
   free(sp->names);
-  for (int i = 0; i < INGEST_THREADS_MAX; i++) {
-    buf_done(&sp->io[i].rbuf, 0);
-    buf_done(&sp->io[i].mbuf, 0);
-  }
+  buf_done(&sp->rbuf, 0);
+  buf_done(&sp->mbuf, 0);
   free(sp->base);
   free(sp->pickup_path);
   free(sp);
@@ -896,10 +866,9 @@ static void claimed_close(struct claimed *c)
   c->body_fd = c->meta_fd = -1;
 }
 
-/* Read the whole file at fd into rb. Returns 0, -EFBIG over the
+/* Read the whole file at fd into sp->rbuf. Returns 0, -EFBIG over the
  * limit, -EAGAIN when it changed size while read, or -errno. */
-static int read_file(struct spool *sp, struct buf *rb, int fd, struct stat *st, char *why,
-                     size_t whylen)
+static int read_file(struct spool *sp, int fd, struct stat *st, char *why, size_t whylen)
 {
   if (fstat(fd, st) < 0)
     return -errno;
@@ -911,11 +880,11 @@ static int read_file(struct spool *sp, struct buf *rb, int fd, struct stat *st, 
   if (spool_test_after_stat)
     spool_test_after_stat(fd);
   size_t want = (size_t)st->st_size;
-  rb->len = rb->off = 0;
-  buf_reserve(rb, want + 1);
+  sp->rbuf.len = sp->rbuf.off = 0;
+  buf_reserve(&sp->rbuf, want + 1);
   size_t got = 0;
   for (;;) {
-    ssize_t n = pread(fd, rb->data + got, want + 1 - got, (off_t)got);
+    ssize_t n = pread(fd, sp->rbuf.data + got, want + 1 - got, (off_t)got);
     if (n < 0) {
       if (errno == EINTR)
         continue;
@@ -927,7 +896,7 @@ static int read_file(struct spool *sp, struct buf *rb, int fd, struct stat *st, 
     if (got > want || (size_t)n < want + 1 - (got - (size_t)n))
       break; /* a short read of a regular file is its end */
   }
-  rb->len = got;
+  sp->rbuf.len = got;
   if (got != want) {
     snprintf(why, whylen, "file %s while being read (%zu of %zu bytes)",
              got < want ? "was truncated" : "grew", got, want);
@@ -965,106 +934,69 @@ static struct spool_msg *msg_from_env(struct spool *sp, struct spool_envelope *e
   return m;
 }
 
-/* One file of an ingest batch, as it goes through the phases below. */
-struct slot {
-  char *orig;         /* pickup name (owned by the names list) */
-  char qname[SPOOL_ID_LEN + 1];
-  uint64_t id;
-  uint8_t bucket;
-  bool claimed;       /* in the queue under qname */
-  bool vanished;      /* gone before the claim */
-  bool bad;           /* moved to bad/ (why says why); not yet reported */
-  int err;            /* disk trouble: file put back into pickup/ */
-  struct stat st;
-  struct claimed c;
-  char why[512];
-};
-
-/* Move a claimed slot's file to bad/ without reporting (the ingest thread
- * reports, so on_bad is only ever called there). */
-static void slot_bad(struct spool *sp, struct slot *s, const char *why)
+/* Parse the claimed file (bucket dir dfd, name qname) and write its
+ * metadata. Returns 0 with *out set; 1 when it was rejected to bad/
+ * (reported); or -errno (disk trouble: nothing half-written is left, and
+ * the file is still at qname). */
+static int ingest_file(struct spool *sp, int dfd, const char *qname, const char *orig,
+                       uint64_t id, uint16_t node, uint8_t bucket, struct claimed *out)
 {
-  char dst[SPOOL_NAME_MAX + 1];
-  snprintf(s->why, sizeof(s->why), "%s", why);
-  bad_name(sp, s->orig, s->qname, dst, sizeof(dst));
-  if (renameat(sp->bucket_fd[s->bucket], s->qname, sp->bad_fd, dst) == 0)
-    write_why(sp, dst, s->why, s->qname);
-  s->bad = true;
-  if (s->c.body_fd >= 0)
-    close(s->c.body_fd);
-  s->c.body_fd = -1;
-  spool_msg_free(s->c.msg);
-  s->c.msg = NULL;
-}
-
-/* Phase 1: claim (unless already claimed), read, parse. Any thread. */
-static void slot_parse(struct spool *sp, struct iob *io, struct slot *s)
-{
-  int dfd = sp->bucket_fd[s->bucket];
   char why[512];
-  s->c.msg = NULL;
-  s->c.body_fd = s->c.meta_fd = -1;
-  if (!s->claimed) {
-    if (renameat(sp->pickup_fd, s->orig, dfd, s->qname) < 0) {
-      if (errno == ENOENT)
-        s->vanished = true; /* removed by its producer: nothing to own */
-      else
-        s->err = -errno;    /* stays in pickup/ */
-      return;
-    }
-    s->claimed = true;
-  }
-  int fd = openat(dfd, s->qname, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  char idstr[SPOOL_ID_LEN + 1];
+  id_format(id, node, idstr);
+  out->msg = NULL;
+  out->body_fd = out->meta_fd = -1;
+  int fd = openat(dfd, qname, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) {
-    snprintf(why, sizeof(why), "cannot open the claimed file: %s", strerror(errno));
-    slot_bad(sp, s, why);
-    return;
+    if (errno == ENOENT) {
+      snprintf(why, sizeof(why), "file vanished while being claimed");
+      write_why(sp, orig, why, idstr);
+      report_bad(sp, orig, why);
+      return 1;
+    }
+    snprintf(why, sizeof(why), "cannot open claimed file: %s", strerror(errno));
+    to_bad(sp, dfd, qname, orig, why, idstr);
+    return 1;
   }
-  s->c.body_fd = fd;
-  int r = read_file(sp, &io->rbuf, fd, &s->st, why, sizeof(why));
+  struct stat st;
+  int r = read_file(sp, fd, &st, why, sizeof(why));
+  if (r == -EFBIG || r == -EAGAIN) {
+    close(fd);
+    to_bad(sp, dfd, qname, orig, why, idstr);
+    return 1;
+  }
   if (r < 0) {
-    if (r != -EFBIG && r != -EAGAIN)
-      snprintf(why, sizeof(why), "read error: %s", strerror(-r));
-    slot_bad(sp, s, why);
-    return;
+    close(fd);
+    snprintf(why, sizeof(why), "read error: %s", strerror(-r));
+    to_bad(sp, dfd, qname, orig, why, idstr);
+    return 1;
   }
   struct spool_envelope env;
-  if (spool_parse((const char *)io->rbuf.data, io->rbuf.len, &env, why, sizeof(why)) < 0) {
+  if (spool_parse((const char *)sp->rbuf.data, sp->rbuf.len, &env, why, sizeof(why)) < 0) {
     spool_envelope_done(&env);
-    slot_bad(sp, s, why);
-    return;
+    close(fd);
+    to_bad(sp, dfd, qname, orig, why, idstr);
+    return 1;
   }
-  s->c.msg = msg_from_env(sp, &env, s->id, sp->p.node_id, s->bucket);
+  struct spool_msg *m = msg_from_env(sp, &env, id, node, bucket);
   spool_envelope_done(&env);
-}
-
-/* Phase 2 (ingest thread): the ingest hook. */
-static void slot_hook(struct spool *sp, struct slot *s)
-{
-  if (!s->c.msg || !sp->p.on_ingest)
-    return;
-  char why[512] = "";
-  if (sp->p.on_ingest(sp->p.arg, s->c.msg, why, sizeof(why)) < 0)
-    slot_bad(sp, s, why[0] ? why : "rejected by the ingest hook");
-}
-
-/* Phase 3: write the metadata (and, for Spool_Sync = always, sync this
- * message). On disk trouble nothing half-written stays and the file goes
- * back to pickup/. Any thread. */
-static void slot_meta(struct spool *sp, struct iob *io, struct slot *s)
-{
-  struct spool_msg *m = s->c.msg;
-  if (!m)
-    return;
-  int dfd = sp->bucket_fd[s->bucket], fd = s->c.body_fd, r;
-  meta_build(&io->mbuf, m);
+  if (sp->p.on_ingest) {
+    why[0] = 0;
+    if (sp->p.on_ingest(sp->p.arg, m, why, sizeof(why)) < 0) {
+      spool_msg_free(m);
+      close(fd);
+      to_bad(sp, dfd, qname, orig, why[0] ? why : "rejected by the ingest hook", idstr);
+      return 1;
+    }
+  }
+  meta_build(&sp->mbuf, m);
   char mname[SPOOL_ID_LEN + 3];
-  snprintf(mname, sizeof(mname), "%s.m", s->qname);
+  snprintf(mname, sizeof(mname), "%s.m", idstr);
   int mfd = openat(dfd, mname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (mfd < 0) {
     r = -errno;
   } else {
-    r = write_all(mfd, io->mbuf.data, io->mbuf.len, 0);
+    r = write_all(mfd, sp->mbuf.data, sp->mbuf.len, 0);
     if (r == 0 && sp->p.sync == SPOOL_SYNC_ALWAYS) {
       if ((r = sync_fd(mfd)) == 0 && (r = sync_fd(fd)) == 0 && (r = sync_fd(dfd)) == 0)
         r = sync_fd(sp->pickup_fd);
@@ -1076,58 +1008,22 @@ static void slot_meta(struct spool *sp, struct iob *io, struct slot *s)
       unlinkat(dfd, mname, 0);
     }
     close(fd);
-    s->c.body_fd = -1;
     spool_msg_free(m);
-    s->c.msg = NULL;
-    s->err = r;
-    /* Back where the producer left it. If this rename fails too, the file
-     * stays claimed without metadata and recovery parses it again. */
-    if (renameat(dfd, s->qname, sp->pickup_fd, s->orig) == 0)
-      s->claimed = false;
-    return;
+    return r;
   }
   /* Queue files are 0600 whatever mode the producer used (after the
    * metadata: a file put back into pickup/ on error stays untouched). */
-  if ((s->st.st_mode & 07777) != 0600)
+  if ((st.st_mode & 07777) != 0600)
     (void)fchmod(fd, 0600);
   if (sp->p.sync == SPOOL_SYNC_BATCH && sp->p.sync_method == SPOOL_SYNCM_FSYNC) {
-    s->c.meta_fd = mfd;
+    out->body_fd = fd;
+    out->meta_fd = mfd;
   } else {
     close(fd);
     close(mfd);
-    s->c.body_fd = -1;
   }
-}
-
-/* Report what a slot's phases decided (ingest thread). */
-static void slot_report(struct spool *sp, struct slot *s)
-{
-  if (s->vanished) {
-    write_why(sp, s->orig, "file vanished before it could be claimed", NULL);
-    report_bad(sp, s->orig, "file vanished before it could be claimed");
-  } else if (s->bad) {
-    report_bad(sp, s->orig, s->why);
-  }
-}
-
-/* Parse the claimed file (bucket b, name qname) and write its metadata;
- * used by recovery. Returns 0 with *out set; 1 when it was rejected to
- * bad/ (reported); or -errno. */
-static int ingest_file(struct spool *sp, int b, const char *qname, uint64_t id, uint8_t bucket,
-                       struct claimed *out)
-{
-  struct slot s = {.orig = (char *)(uintptr_t)qname, .id = id, .bucket = bucket, .claimed = true};
-  (void)b;
-  snprintf(s.qname, sizeof(s.qname), "%s", qname);
-  struct iob *io = &sp->io[0];
-  slot_parse(sp, io, &s);
-  slot_hook(sp, &s);
-  slot_meta(sp, io, &s);
-  slot_report(sp, &s);
-  *out = s.c;
-  if (s.err)
-    return s.err;
-  return s.c.msg ? 0 : 1;
+  out->msg = m;
+  return 0;
 }
 
 static void deliver_batch(struct spool *sp, struct claimed *c, size_t n)
@@ -1142,155 +1038,60 @@ static void deliver_batch(struct spool *sp, struct claimed *c, size_t n)
   }
 }
 
-static void run_phase(struct spool *sp, unsigned who, unsigned nparts, int phase)
-{
-  struct ipool *pl = &sp->pool;
-  for (size_t i = who; i < pl->nslots; i += nparts) {
-    if (phase == 1)
-      slot_parse(sp, &sp->io[who], &pl->slots[i]);
-    else
-      slot_meta(sp, &sp->io[who], &pl->slots[i]);
-  }
-}
-
-struct helper_arg {
-  struct spool *sp;
-  unsigned who;
-};
-
-static void *ingest_helper(void *arg)
-{
-  struct helper_arg *ha = arg;
-  struct spool *sp = ha->sp;
-  unsigned who = ha->who;
-  free(ha);
-  struct ipool *pl = &sp->pool;
-  uint64_t seen = 0;
-  for (;;) {
-    pthread_mutex_lock(&pl->mu);
-    while (pl->gen == seen && !pl->quit)
-      pthread_cond_wait(&pl->go, &pl->mu);
-    if (pl->quit) {
-      pthread_mutex_unlock(&pl->mu);
-      return NULL;
-    }
-    seen = pl->gen;
-    int phase = pl->phase;
-    pthread_mutex_unlock(&pl->mu);
-    run_phase(sp, who, pl->nhelpers + 1, phase);
-    pthread_mutex_lock(&pl->mu);
-    pl->ndone++;
-    pthread_cond_signal(&pl->done);
-    pthread_mutex_unlock(&pl->mu);
-  }
-}
-
-static void pool_start(struct spool *sp)
-{
-  struct ipool *pl = &sp->pool;
-  unsigned n = sp->p.ingest_threads ? sp->p.ingest_threads : 2;
-  if (n > INGEST_THREADS_MAX)
-    n = INGEST_THREADS_MAX;
-  pthread_mutex_init(&pl->mu, NULL);
-  pthread_cond_init(&pl->go, NULL);
-  pthread_cond_init(&pl->done, NULL);
-  sp->pool_started = true;
-  for (unsigned i = 1; i < n; i++) {
-    struct helper_arg *ha = util_xmalloc(sizeof(*ha));
-    ha->sp = sp;
-    ha->who = i;
-    if (pthread_create(&pl->th[pl->nhelpers], NULL, ingest_helper, ha) != 0) {
-      free(ha);
-      break; /* fewer helpers: still correct */
-    }
-    pl->nhelpers++;
-  }
-}
-
-static void pool_stop(struct spool *sp)
-{
-  struct ipool *pl = &sp->pool;
-  if (!sp->pool_started)
-    return;
-  pthread_mutex_lock(&pl->mu);
-  pl->quit = true;
-  pthread_cond_broadcast(&pl->go);
-  pthread_mutex_unlock(&pl->mu);
-  for (unsigned i = 0; i < pl->nhelpers; i++)
-    pthread_join(pl->th[i], NULL);
-  pthread_mutex_destroy(&pl->mu);
-  pthread_cond_destroy(&pl->go);
-  pthread_cond_destroy(&pl->done);
-  sp->pool_started = false;
-}
-
-/* Run a phase over all slots: helpers plus this thread. Spool_Sync =
- * always runs alone, so each message is durable before the next. */
-static void phase(struct spool *sp, int ph)
-{
-  struct ipool *pl = &sp->pool;
-  if (pl->nhelpers == 0 || sp->p.sync == SPOOL_SYNC_ALWAYS || pl->nslots < 4) {
-    run_phase(sp, 0, 1, ph);
-    return;
-  }
-  pthread_mutex_lock(&pl->mu);
-  pl->phase = ph;
-  pl->ndone = 0;
-  pl->gen++;
-  pthread_cond_broadcast(&pl->go);
-  pthread_mutex_unlock(&pl->mu);
-  run_phase(sp, 0, pl->nhelpers + 1, ph);
-  pthread_mutex_lock(&pl->mu);
-  while (pl->ndone < pl->nhelpers)
-    pthread_cond_wait(&pl->done, &pl->mu);
-  pthread_mutex_unlock(&pl->mu);
-}
-
 long spool_ingest(struct spool *sp, int timeout_ms)
 {
   if (!wait_work(sp, timeout_ms))
     return 0;
-  if (!sp->pool_started)
-    pool_start(sp);
   size_t max = sp->p.batch_max, n = 0;
-  struct slot *slots = util_xcalloc(max, sizeof(*slots));
-  while (n < max && sp->inames < sp->nnames) {
-    struct slot *sl = &slots[n++];
-    sl->orig = sp->names[sp->inames++];
-    sl->id = next_id(sp);
-    sl->bucket = (uint8_t)(sp->seq++ >> BUCKET_SHIFT);
-    id_format(sl->id, sp->p.node_id, sl->qname);
-  }
-  sp->pool.slots = slots;
-  sp->pool.nslots = n;
-  phase(sp, 1);
-  for (size_t i = 0; i < n; i++)
-    slot_hook(sp, &slots[i]);
-  phase(sp, 3);
-  struct claimed *c = util_xcalloc(n ? n : 1, sizeof(*c));
+  struct claimed *c = util_xcalloc(max, sizeof(*c));
   bool touched[NBUCKETS] = {0};
-  size_t nok = 0;
   long err = 0;
-  for (size_t i = 0; i < n; i++) {
-    struct slot *sl = &slots[i];
-    slot_report(sp, sl);
-    if (sl->err && !err)
-      err = sl->err;
-    if (sl->c.msg) {
-      c[nok++] = sl->c;
-      touched[sl->bucket] = true;
+  while (n < max && sp->inames < sp->nnames) {
+    char *orig = sp->names[sp->inames];
+    uint64_t id = next_id(sp);
+    uint8_t bucket = (uint8_t)(sp->seq++ >> BUCKET_SHIFT);
+    int dfd = sp->bucket_fd[bucket];
+    char idstr[SPOOL_ID_LEN + 1];
+    id_format(id, sp->p.node_id, idstr);
+    if (renameat(sp->pickup_fd, orig, dfd, idstr) < 0) {
+      int e = errno;
+      if (e == ENOENT) { /* removed by its producer: nothing to own */
+        write_why(sp, orig, "file vanished before it could be claimed", NULL);
+        report_bad(sp, orig, "file vanished before it could be claimed");
+        sp->inames++;
+        free(orig);
+        continue;
+      }
+      err = -e;
+      break; /* leave it in pickup/ (ENOSPC etc.) */
     }
-    free(sl->orig);
-  }
-  free(slots);
-  sp->pool.slots = NULL;
-  sp->pool.nslots = 0;
-  if (nok > 0) {
-    int r = sync_batch(sp, c, nok, touched);
+    touched[bucket] = true;
+    int r = ingest_file(sp, dfd, idstr, orig, id, sp->p.node_id, bucket, &c[n]);
     if (r < 0) {
-      /* Not durable: the messages stay queued for recovery at the next
-       * start, but are not reported now. */
-      for (size_t i = 0; i < nok; i++) {
+      /* Put it back where the producer left it; then stop this round. */
+      /* If this rename fails too, the file stays claimed without
+       * metadata, and recovery parses it again: still in one place. */
+      (void)renameat(dfd, idstr, sp->pickup_fd, orig);
+      err = r;
+      break;
+    }
+    sp->inames++;
+    free(orig);
+    if (r == 0) {
+      if (sp->p.sync == SPOOL_SYNC_ALWAYS) {
+        deliver_batch(sp, &c[n], 1);
+      } else {
+        n++;
+      }
+    }
+  }
+  long done = (long)n;
+  if (n > 0) {
+    int r = sync_batch(sp, c, n, touched);
+    if (r < 0) {
+      /* Not durable: keep the messages queued for recovery, but do not
+       * report them yet; recovery at the next start finds them. */
+      for (size_t i = 0; i < n; i++) {
         claimed_close(&c[i]);
         spool_msg_free(c[i].msg);
       }
@@ -1298,16 +1099,15 @@ long spool_ingest(struct spool *sp, int timeout_ms)
       atomic_store(&sp->last_err, r);
       return r;
     }
-    deliver_batch(sp, c, nok);
+    deliver_batch(sp, c, n);
   }
   free(c);
   if (err < 0) {
-    /* Disk trouble: rescan later; the files not taken are still in pickup/. */
     names_clear(sp);
     sp->scan_due = true;
   }
   atomic_store(&sp->last_err, (int)err);
-  return err < 0 ? err : (long)nok;
+  return err < 0 ? err : done;
 }
 
 void spool_kick(struct spool *sp)
@@ -1580,8 +1380,7 @@ static long recover_one(struct spool *sp, int b, const char *id, bool have_body,
     struct claimed c;
     if (have_meta)
       unlinkat(dfd, mname, 0);
-    (void)node;
-    int r = ingest_file(sp, b, id, idv, (uint8_t)b, &c);
+    int r = ingest_file(sp, dfd, id, id, idv, node, (uint8_t)b, &c);
     if (r < 0)
       return r;
     if (r > 0)

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <poll.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -340,7 +341,12 @@ static void test_connect_timeout(void **st) {
     fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     (void)!connect(fill[i], (struct sockaddr *)&a, sizeof a);
   }
-  usleep(10000); /* let the handshakes of the fillers settle (not a wait for the result) */
+  /* Wait (bounded) until the fillers that fit the queue have connected, so
+   * the queue is full before the measured connect starts. */
+  struct pollfd pf[8];
+  for (int i = 0; i < 8; i++)
+    pf[i] = (struct pollfd){.fd = fill[i], .events = POLLOUT};
+  (void)poll(pf, 8, 100);
   struct client k;
   memset(&k, 0, sizeof k);
   k.r = r;

@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sched.h>
+#include <stdatomic.h>
 
 #include "clock.h"
 #include "ring.h"
@@ -153,8 +155,17 @@ static void test_post(void **state) {
   ring_free(r);
 }
 
+/* The stopper waits until the loop has run a callback it posted (so the
+ * loop is inside ring_run), then stops it from its own thread. */
+static atomic_int loop_running;
+static void mark_running(void *arg) { (void)arg; atomic_store(&loop_running, 1); }
+
 static void *stopper(void *arg) {
-  usleep(20000);
+  uint64_t end = clock_mono_ns() + 5000000000ull;
+  if (ring_post(arg, mark_running, NULL) < 0)
+    return NULL; /* test_stop then hangs in ring_run and meson times it out */
+  while (!atomic_load(&loop_running) && clock_mono_ns() < end)
+    sched_yield();
   ring_stop(arg);
   return NULL;
 }

@@ -13,11 +13,14 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <sys/eventfd.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 static atomic_long msgs;
+static int msg_efd = -1; /* written on every durable message: the main loop waits on it */
 static volatile sig_atomic_t stop;
 
 static void on_term(int sig)
@@ -33,6 +36,18 @@ static void on_msg(void *arg, struct spool_msg *m)
   printf("MSG %s %u\n", spool_msg_id_str(m, id), m->nrcpt);
   spool_msg_free(m);
   atomic_fetch_add(&msgs, 1);
+  uint64_t one = 1;
+  (void)!write(msg_efd, &one, sizeof one);
+}
+
+/* Wait up to ms for a durable message (or a signal); then the caller looks
+ * at the counters again. */
+static void wait_msgs(int ms)
+{
+  struct pollfd pf = {.fd = msg_efd, .events = POLLIN};
+  uint64_t v;
+  if (poll(&pf, 1, ms) > 0)
+    (void)!read(msg_efd, &v, sizeof v);
 }
 
 static void on_bad(void *arg, const char *name, const char *reason)
@@ -86,6 +101,11 @@ int main(int argc, char **argv)
     spool_close(sp);
     return r < 0 ? 1 : 0;
   }
+  msg_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (msg_efd < 0) {
+    printf("ERR eventfd: %s\n", strerror(errno));
+    return 1;
+  }
   uint64_t last = clock_mono_ns();
   long seen = atomic_load(&msgs);
   if (thread && spool_start(sp) < 0) {
@@ -94,13 +114,13 @@ int main(int argc, char **argv)
   }
   while (!stop) {
     if (thread) {
-      usleep(20000);
+      wait_msgs(20);
     } else {
       long n = spool_ingest(sp, 50);
       if (n < 0) {
         printf("ERR ingest: %s\n", strerror((int)-n));
         fflush(stdout);
-        usleep(200000);
+        wait_msgs(200); /* e.g. disk full: try again shortly */
       }
     }
     fflush(stdout);

@@ -1147,7 +1147,7 @@ static int sync_batch(struct spool *sp, struct claimed *c, size_t n, const bool 
 {
   if (sp->p.sync == SPOOL_SYNC_NONE || n == 0)
     return 0;
-  if (sp->p.sync_method == SPOOL_SYNCM_SYNCFS)
+  if (sp->p.sync_method != SPOOL_SYNCM_FSYNC)
     return syncfs_counted(sp);
   int r = 0;
   for (size_t i = 0; i < n && r == 0; i++) {
@@ -2698,7 +2698,7 @@ int spool_txn_commit(struct spool_txn *t)
   }
   /* 2. One sync pass. */
   if (sp->p.sync != SPOOL_SYNC_NONE && nfds > 0) {
-    if (sp->p.sync_method == SPOOL_SYNCM_SYNCFS && sp->p.sync == SPOOL_SYNC_BATCH) {
+    if (sp->p.sync_method != SPOOL_SYNCM_FSYNC && sp->p.sync == SPOOL_SYNC_BATCH) {
       int e = syncfs_counted(sp);
       if (e < 0 && !err)
         err = e;

@@ -130,6 +130,7 @@ struct spool_params {
   spool_msg_cb on_msg;        /* required for spool_ingest/spool_recover */
   spool_bad_cb on_bad;        /* optional */
   spool_ingest_cb on_ingest;  /* optional */
+  void (*on_batch_end)(void *arg); /* optional: after each batch of on_msg calls, same thread */
   void *arg;                  /* passed to the callbacks */
 };
 

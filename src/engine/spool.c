@@ -1103,6 +1103,10 @@ static bool wait_work(struct spool *sp, int timeout_ms)
 {
   if (sp->inames < sp->nnames)
     return true;
+  if (sp->nnames > 0) { /* a listing ran out: files that came meanwhile are next */
+    names_clear(sp);
+    sp->scan_due = true;
+  }
   uint64_t deadline = clock_mono_ns() + (timeout_ms > 0 ? (uint64_t)timeout_ms * 1000000u : 0);
   int ms = 0;
   for (;;) {
@@ -1361,6 +1365,8 @@ static void deliver_batch(struct spool *sp, struct claimed *c, size_t n)
     sp->p.on_msg(sp->p.arg, c[i].msg);
     c[i].msg = NULL;
   }
+  if (sp->p.on_batch_end)
+    sp->p.on_batch_end(sp->p.arg);
 }
 
 /* A message of the current journal batch. */
@@ -1518,6 +1524,8 @@ static void jrn_batch_done(struct spool *sp, struct jbatch *bt)
     spool_drop_ctx(sp, bt->c[i].msg);
     sp->p.on_msg(sp->p.arg, bt->c[i].msg);
   }
+  if (sp->p.on_batch_end)
+    sp->p.on_batch_end(sp->p.arg);
   free(bt->c);
   free(bt);
 }
@@ -1758,6 +1766,7 @@ int spool_start(struct spool *sp)
     int r = pthread_create(&sp->committer, NULL, commit_thread, sp);
     if (r)
       return -r;
+    pthread_setname_np(sp->committer, "imp-commit");
     sp->committer_running = true;
     sp->pipelined = true;
   }
@@ -1766,6 +1775,7 @@ int spool_start(struct spool *sp)
     spool_stop(sp);
     return -r;
   }
+  pthread_setname_np(sp->thread, "imp-ingest");
   sp->thread_running = true;
   return 0;
 }
@@ -2401,6 +2411,8 @@ long spool_recover(struct spool *sp)
     count = n < 0 ? n : count + n;
   }
   jmap_free(&jm);
+  if (sp->p.on_batch_end)
+    sp->p.on_batch_end(sp->p.arg);
   return count;
 }
 

@@ -1743,7 +1743,7 @@ void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool rece
       logs_reception(sh->ingest_log, sm->created_ms ? sm->created_ms : now, &m, NULL, "internal");
       counters_add(sh->nworkers, binding, rcpt_domain(sm->rcpt[i]), COUNTERS_RECEIVED, 1);
     }
-    logs_writer_flush(sh->ingest_log);
+    /* the R records go out with the batch (the spool's on_batch_end) */
   }
 
   /* pending recipients grouped by domain */
@@ -1947,6 +1947,9 @@ struct worker *worker_start(struct engine_shared *sh, unsigned idx, char *err, s
     sh->workers[idx] = NULL;
     return NULL;
   }
+  char tname[16];
+  snprintf(tname, sizeof tname, "imp-worker-%u", idx % 100u);
+  pthread_setname_np(w->thread, tname);
   while (sem_wait(&w->started) < 0 && errno == EINTR)
     ;
   if (w->start_err) {

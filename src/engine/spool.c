@@ -1388,6 +1388,14 @@ struct jbatch {
 /* Read, check and parse pickup file `name`, and append its JMSG, body and
  * ATTR records to sp->jbuf. Returns 0 with out->msg set; 1 when it went to
  * bad/ (reported) or vanished. Never leaves anything in the journal. */
+/* What a pickup file was when it was read. */
+struct pinfo {
+  uint64_t ino, size, mtime_ns;
+};
+
+static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data, size_t len,
+                         const struct pinfo *pi, int fd, struct jtake *out);
+
 static int jrn_take(struct spool *sp, const char *name, struct jtake *out)
 {
   char why[512];
@@ -1414,12 +1422,25 @@ static int jrn_take(struct spool *sp, const char *name, struct jtake *out)
     to_bad(sp, sp->pickup_fd, name, name, why, NULL);
     return 1;
   }
+  struct pinfo pi = {(uint64_t)st.st_ino, (uint64_t)st.st_size,
+                     (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec};
+  r = jrn_take_data(sp, name, sp->rbuf.data, sp->rbuf.len, &pi, fd, out);
+  close(fd);
+  return r;
+}
+
+/* The rest of jrn_take once the file is in memory (fd: the open file for
+ * the ingest hook, or -1 when there is no hook). */
+static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data, size_t len,
+                         const struct pinfo *pi, int fd, struct jtake *out)
+{
+  char why[512];
+  out->msg = NULL;
   uint64_t id = next_id(sp);
   char idstr[SPOOL_ID_LEN + 1];
   id_format(id, sp->p.node_id, idstr);
   struct spool_envelope env;
-  if (spool_parse((const char *)sp->rbuf.data, sp->rbuf.len, &env, why, sizeof(why)) < 0) {
-    close(fd);
+  if (spool_parse((const char *)data, len, &env, why, sizeof(why)) < 0) {
     spool_envelope_done(&env);
     to_bad(sp, sp->pickup_fd, name, name, why, idstr);
     return 1;
@@ -1433,13 +1454,11 @@ static int jrn_take(struct spool *sp, const char *name, struct jtake *out)
     int hr = sp->p.on_ingest(sp->p.arg, m, why, sizeof(why));
     sp->ingest_msg = NULL;
     if (hr < 0) {
-      close(fd);
       spool_msg_free(m);
       to_bad(sp, sp->pickup_fd, name, name, why[0] ? why : "rejected by the ingest hook", idstr);
       return 1;
     }
   }
-  close(fd);
   struct buf *b = &sp->jbuf;
   out->at = b->len;
   size_t r0 = rec_begin(b, REC_JMSG);
@@ -1454,13 +1473,13 @@ static int jrn_take(struct spool *sp, const char *name, struct jtake *out)
   put_u32(b, m->nrcpt);
   for (uint32_t i = 0; i < m->nrcpt; i++)
     put_str(b, m->rcpt[i]);
-  put_u64(b, (uint64_t)st.st_ino);
-  put_u64(b, (uint64_t)st.st_size);
-  put_u64(b, (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec);
+  put_u64(b, pi->ino);
+  put_u64(b, pi->size);
+  put_u64(b, pi->mtime_ns);
   put_str(b, name);
   rec_end(b, r0);
   size_t body = b->len;
-  buf_append(b, sp->rbuf.data + m->body_off, (size_t)m->body_size);
+  buf_append(b, data + m->body_off, (size_t)m->body_size);
   size_t attr = b->len;
   rec_attr(b, m);
   /* offsets within the entry for now; ingest_journal makes them absolute */

@@ -70,6 +70,7 @@ struct spool {
   atomic_int kick;
   atomic_int last_err;
   _Atomic uint64_t st_ingested, st_rejected, st_batches, st_syncs, st_recovered;
+  struct histo st_sync_lat; /* each counted sync call's duration */
   atomic_bool stop;
   bool thread_running;
   pthread_t thread;
@@ -813,19 +814,29 @@ struct claimed {
   int body_fd, meta_fd; /* kept for fsync (method fsync) or -1 */
 };
 
+/* Every sync call is counted and timed (spool_get_stats). kind: 0 fsync,
+ * 1 fdatasync, 2 syncfs. Returns 0 or -errno. */
+static int sync_timed(struct spool *sp, int fd, int kind)
+{
+  atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
+  uint64_t t0 = clock_mono_ns();
+  int r = kind == 0 ? fsync(fd) : kind == 1 ? fdatasync(fd) : syncfs(fd);
+  r = r < 0 ? -errno : 0;
+  histo_observe(&sp->st_sync_lat, clock_mono_ns() - t0);
+  return r;
+}
+
 static int sync_fd_counted(struct spool *sp, int fd)
 {
   if (fd < 0)
     return 0;
-  atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
-  return fsync(fd) < 0 ? -errno : 0;
+  return sync_timed(sp, fd, 0);
 }
 #define sync_fd(fd) sync_fd_counted(sp, (fd))
 
 static int syncfs_counted(struct spool *sp)
 {
-  atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
-  return syncfs(sp->queue_fd) < 0 ? -errno : 0;
+  return sync_timed(sp, sp->queue_fd, 2);
 }
 
 void spool_get_stats(const struct spool *sp, struct spool_stats *out)
@@ -835,6 +846,7 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *out)
   out->batches = atomic_load_explicit(&sp->st_batches, memory_order_relaxed);
   out->syncs = atomic_load_explicit(&sp->st_syncs, memory_order_relaxed);
   out->recovered = atomic_load_explicit(&sp->st_recovered, memory_order_relaxed);
+  histo_read(&sp->st_sync_lat, &out->sync_latency);
 }
 
 /* Make the batch durable. */
@@ -1674,9 +1686,9 @@ int spool_txn_commit(struct spool_txn *t)
         err = e;
     } else {
       for (size_t i = 0; i < nfds; i++) {
-        atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
-        if (fdatasync(fds[i]) < 0 && !err)
-          err = -errno;
+        int e = sync_timed(sp, fds[i], 1);
+        if (e < 0 && !err)
+          err = e;
       }
     }
   }

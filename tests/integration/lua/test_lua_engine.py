@@ -6,10 +6,12 @@ once in the paniclog with the script and line, counted by the metrics
 endpoint per hook and cause, the engine keeps running, and every message is
 still delivered to impetus-sink (AUTH with the configured credentials).
 
-usage: test_lua_engine.py IMPETUS SINK"""
+usage: test_lua_engine.py IMPETUS SINK IMPETUS_CTL"""
+import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -55,7 +57,7 @@ def check(cond, what):
 
 
 def main():
-    imp, sinkbin = sys.argv[1:3]
+    imp, sinkbin, ctl = sys.argv[1:4]
     tmp = tempfile.mkdtemp(prefix="lua-safety.")
     users = sinklib.users_file(tmp, [("msys", "right")])
     sink = sinklib.Sink(sinkbin, ["--auth-users", users])
@@ -117,6 +119,11 @@ def main():
         auth = {l["result"]: v for l, v in m["impetus_auth_total"]}
         check(auth["ok"] >= 1 and auth.get("failed", 0) == 0, "AUTH with configured creds: %s" % auth)
         check(e.proc.poll() is None, "engine still running")
+        # the console sums the failures too
+        p = subprocess.run([ctl, "-s", os.path.join(e.spool, "impetus.sock"), "--json",
+                            "summary"], capture_output=True, text=True, timeout=10)
+        check(p.returncode == 0 and json.loads(p.stdout)["lua_hook_errors"] == 6,
+              "console summary: %s %s" % (p.stdout, p.stderr))
         check(e.stop() == 0, "engine exit status")
         print("\n".join(lua))
     finally:

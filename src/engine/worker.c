@@ -60,6 +60,7 @@ struct emsg {
   struct spool_msg *sm;
   unsigned home;
   uint32_t units_left;
+  uint32_t units;         /* at submission: 1 means only the home worker reads sm */
   uint64_t next_retry_ms; /* earliest retry of its deferred units */
   uint32_t attempts;
   char id[SPOOL_ID_LEN + 1];
@@ -292,7 +293,7 @@ static void drop_pickup_dsn(struct worker *w, struct emsg *em)
   if (fd >= 0) {
     size_t want = sm->body_size < DSN_ORIG_MAX ? (size_t)sm->body_size : DSN_ORIG_MAX;
     got = pread(fd, orig, want, (off_t)sm->body_off);
-    close(fd);
+    spool_close_body(w->sh->spool, fd);
   }
   if (got < 0)
     got = 0;
@@ -363,6 +364,8 @@ static void apply_result(struct worker *w, struct uresult *res)
     if (em->next_retry_ms == 0 || res->next_ms < em->next_retry_ms)
       em->next_retry_ms = res->next_ms;
     spool_txn_retry(w->txn, sm, em->attempts, em->next_retry_ms);
+    if (em->units == 1) /* its only unit waits on this thread: out of the journal */
+      spool_txn_spill(w->txn, sm);
   }
   commit_soon(w);
   if (em->units_left == 0) {
@@ -585,7 +588,7 @@ static void session_free(struct session *s)
       dq_queue_state(s->q)->opening--;
   }
   if (s->body_fd >= 0)
-    close(s->body_fd);
+    spool_close_body(s->w->sh->spool, s->body_fd);
   smtpc_free(s->smtpc);
   if (s->prev_all)
     s->prev_all->next_all = s->next_all;
@@ -662,7 +665,7 @@ static void feed_body(struct session *s)
     s->body_off += (uint64_t)got;
   }
   if (s->body_done) {
-    close(s->body_fd);
+    spool_close_body(s->w->sh->spool, s->body_fd);
     s->body_fd = -1;
   }
 }
@@ -700,7 +703,7 @@ static bool start_txn(struct session *s, struct dq_unit *u)
   if (rc < 0) {
     char t[128];
     snprintf(t, sizeof t, "554 5.1.3 [internal] unusable transaction (%s)", strerror(-rc));
-    close(s->body_fd);
+    spool_close_body(s->w->sh->spool, s->body_fd);
     s->body_fd = -1;
     fail_unit_local(s, SMTPC_OUT_PERMANENT, 554, t, 1);
     return false;
@@ -791,7 +794,7 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     s->unit = NULL;
     s->txn_open = false;
     if (s->body_fd >= 0) {
-      close(s->body_fd);
+      spool_close_body(s->w->sh->spool, s->body_fd);
       s->body_fd = -1;
     }
     if (u) {
@@ -1645,6 +1648,7 @@ void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool rece
   const struct conf_view *gv = conf_view_get(c, binding, NULL);
   em->bounces_on = sm->sender[0] != '\0' && gv && conf_bool(gv, CONF_GENERATE_BOUNCES);
   em->units_left = nposts;
+  em->units = nposts;
   conf_unref(c);
   if (nposts == 0) {
     /* nothing pending (recovered with every recipient final) */

@@ -53,8 +53,9 @@ enum spool_sync {
 
 /* How Spool_Sync = batch makes a batch durable (docs/spool.md has figures). */
 enum spool_sync_method {
-  SPOOL_SYNCM_SYNCFS = 0, /* one syncfs() of the spool's file system */
-  SPOOL_SYNCM_FSYNC,      /* fsync every file written plus the directories touched */
+  SPOOL_SYNCM_DEFAULT = 0, /* the journal: fdatasync of the segment; spilled files: syncfs */
+  SPOOL_SYNCM_SYNCFS,      /* one syncfs() of the spool's file system */
+  SPOOL_SYNCM_FSYNC,       /* fsync / fdatasync of every file written (and new directories' entries) */
 };
 
 enum spool_rcpt_state {

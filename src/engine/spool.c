@@ -110,12 +110,25 @@ struct spool {
   struct jmap *jrecov;          /* during spool_recover */
   const struct spool_msg *ingest_msg; /* in the ingest hook, read from ingest_fd */
   int ingest_fd;
+  /* spool_start's pipeline: the ingest thread reads, parses and appends
+   * batches; the commit thread syncs them, removes their pickup files and
+   * hands the messages over, while the next batch is read. */
+  bool pipelined;
+  pthread_mutex_t qlock;
+  pthread_cond_t qcond;         /* a batch was queued, or stop */
+  pthread_cond_t qdrained;      /* inflight went to 0 */
+  struct jbatch *qhead, *qtail;
+  unsigned inflight;            /* batches queued or being committed */
+  bool qstop, committer_running;
+  pthread_t committer;
+  atomic_int commit_err;
   struct buf jbuf;
 };
 
 
 static int jfd_of(const struct spool *sp, uint32_t seg);
 static long spool_recover_files(struct spool *sp);
+static void wait_drained(struct spool *sp);
 struct jmap;
 struct jent;
 static struct jent *jmap_find(struct jmap *jm, uint64_t id, uint16_t node);
@@ -943,6 +956,9 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
     atomic_init(&sp->jfd[i], -1);
   sp->jfirst = sp->jnext = 1;
   pthread_mutex_init(&sp->jlock, NULL);
+  pthread_mutex_init(&sp->qlock, NULL);
+  pthread_cond_init(&sp->qcond, NULL);
+  pthread_cond_init(&sp->qdrained, NULL);
   for (int i = 0; i < NBUCKETS; i++)
     sp->bucket_fd[i] = -1;
   sp->base = util_xstrdup(p->spoolbase);
@@ -1030,6 +1046,9 @@ void spool_close(struct spool *sp)
   buf_done(&sp->jbuf, 0);
   buf_done(&sp->jretry, 0);
   pthread_mutex_destroy(&sp->jlock);
+  pthread_mutex_destroy(&sp->qlock);
+  pthread_cond_destroy(&sp->qcond);
+  pthread_cond_destroy(&sp->qdrained);
   int fds[] = {sp->base_fd, sp->pickup_fd, sp->queue_fd, sp->bad_fd, sp->ino_fd, sp->wake_fd};
   for (size_t i = 0; i < UTIL_ARRAY_LEN(fds); i++)
     if (fds[i] >= 0)
@@ -1113,6 +1132,7 @@ static bool wait_work(struct spool *sp, int timeout_ms)
       sp->scan_due = true;
     if (sp->scan_due) {
       sp->scan_due = false;
+      wait_drained(sp);
       if (scan_pickup(sp) == 0 && sp->nnames > 0)
         return true;
     }
@@ -1157,7 +1177,7 @@ static int sync_batch(struct spool *sp, struct claimed *c, size_t n, const bool 
 {
   if (sp->p.sync == SPOOL_SYNC_NONE || n == 0)
     return 0;
-  if (sp->p.sync_method == SPOOL_SYNCM_SYNCFS)
+  if (sp->p.sync_method != SPOOL_SYNCM_FSYNC)
     return syncfs_counted(sp);
   int r = 0;
   for (size_t i = 0; i < n && r == 0; i++) {
@@ -1360,6 +1380,15 @@ struct jtake {
   size_t at;  /* where its records start in sp->jbuf */
 };
 
+/* A batch on its way from the ingest thread to the commit thread. */
+struct jbatch {
+  struct jbatch *next;
+  struct jtake *c;
+  size_t n;
+  uint32_t seg;
+  uint64_t base;
+};
+
 /* Read, check and parse pickup file `name`, and append its JMSG, body and
  * ATTR records to sp->jbuf. Returns 0 with out->msg set; 1 when it went to
  * bad/ (reported) or vanished. Never leaves anything in the journal. */
@@ -1461,79 +1490,167 @@ static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
   to_bad(sp, sp->pickup_fd, t->name, t->name, why, id);
 }
 
+/* A batch that could not be made durable: its pickup files stay for the
+ * next round, and what reached the segment is retired so it can never be
+ * taken for mail. */
+static void jrn_batch_fail(struct spool *sp, struct jbatch *bt, bool put)
+{
+  struct buf done = {0};
+  uint32_t *unpin = util_xmalloc(bt->n * sizeof(*unpin));
+  for (size_t i = 0; i < bt->n; i++) {
+    rec_done(&done, bt->c[i].msg);
+    unpin[i] = bt->seg;
+    spool_msg_free(bt->c[i].msg);
+    free(bt->c[i].name);
+  }
+  if (put)
+    jrn_retire(sp, &done, unpin, (uint32_t)bt->n);
+  buf_done(&done, 0);
+  free(unpin);
+  free(bt->c);
+  free(bt);
+}
+
+/* A durable batch: remove its pickup files, then hand the messages over. */
+static void jrn_batch_done(struct spool *sp, struct jbatch *bt)
+{
+  for (size_t i = 0; i < bt->n; i++) {
+    struct spool_msg *m = bt->c[i].msg;
+    m->jseg = bt->seg;
+    m->body_off += bt->base + bt->c[i].at;
+    m->ctx_off += (uint32_t)(bt->base + bt->c[i].at);
+    jrn_forget_pickup(sp, &bt->c[i]);
+    free(bt->c[i].name);
+  }
+  atomic_fetch_add_explicit(&sp->st_ingested, bt->n, memory_order_relaxed);
+  atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
+  for (size_t i = 0; i < bt->n; i++) {
+    spool_drop_ctx(sp, bt->c[i].msg);
+    sp->p.on_msg(sp->p.arg, bt->c[i].msg);
+  }
+  free(bt->c);
+  free(bt);
+}
+
 /* One journal round over the pending names: read and parse up to
- * batch_max files (or JRN_BATCH_BYTES) into one buffer, append it with one
- * write, make it durable with one sync, then remove the pickup files and
- * hand the messages over. */
+ * batch_max files (or JRN_BATCH_BYTES) into one buffer and append it with
+ * one write. Then make it durable with one sync, remove the pickup files
+ * and hand the messages over, here or (pipelined) on the commit thread. */
 static long ingest_journal(struct spool *sp)
 {
-  size_t max = sp->p.sync == SPOOL_SYNC_ALWAYS ? 1 : sp->p.batch_max, n = 0;
-  struct jtake *c = util_xcalloc(max, sizeof(*c));
+  size_t max = sp->p.sync == SPOOL_SYNC_ALWAYS ? 1 : sp->p.batch_max;
+  struct jbatch *bt = util_xcalloc(1, sizeof(*bt));
+  bt->c = util_xcalloc(max, sizeof(*bt->c));
   sp->jbuf.len = sp->jbuf.off = 0;
-  while (n < max && sp->inames < sp->nnames && sp->jbuf.len < JRN_BATCH_BYTES) {
+  while (bt->n < max && sp->inames < sp->nnames && sp->jbuf.len < JRN_BATCH_BYTES) {
     char *name = sp->names[sp->inames++];
-    if (jrn_take(sp, name, &c[n]) == 0)
-      c[n++].name = name;
+    if (jrn_take(sp, name, &bt->c[bt->n]) == 0)
+      bt->c[bt->n++].name = name;
     else
       free(name);
   }
+  long n = (long)bt->n;
   if (n == 0) {
-    free(c);
+    free(bt->c);
+    free(bt);
     atomic_store(&sp->last_err, 0);
     return 0;
   }
-  uint32_t seg = 0;
-  uint64_t base = 0;
-  int r = jrn_put(sp, sp->jbuf.data, sp->jbuf.len, (uint32_t)n, &seg, &base);
+  int r = jrn_put(sp, sp->jbuf.data, sp->jbuf.len, (uint32_t)n, &bt->seg, &bt->base);
+  if (r == 0 && sp->pipelined) {
+    pthread_mutex_lock(&sp->qlock);
+    if (sp->qtail)
+      sp->qtail->next = bt;
+    else
+      sp->qhead = bt;
+    sp->qtail = bt;
+    sp->inflight++;
+    pthread_cond_signal(&sp->qcond);
+    pthread_mutex_unlock(&sp->qlock);
+    atomic_store(&sp->last_err, 0);
+    return n;
+  }
   bool put = r == 0;
   if (r == 0)
-    r = jrn_sync(sp, seg);
+    r = jrn_sync(sp, bt->seg);
   if (r < 0) {
-    /* not durable: the files stay in pickup/ for the next round, and what
-     * reached the segment is retired so it can never be taken for mail */
-    struct buf done = {0};
-    uint32_t *unpin = util_xmalloc(n * sizeof(*unpin));
-    for (size_t i = 0; i < n; i++) {
-      rec_done(&done, c[i].msg);
-      unpin[i] = seg;
-      spool_msg_free(c[i].msg);
-      free(c[i].name);
-    }
-    if (put)
-      jrn_retire(sp, &done, unpin, (uint32_t)n);
-    buf_done(&done, 0);
-    free(unpin);
-    free(c);
+    jrn_batch_fail(sp, bt, put);
     names_clear(sp);
     sp->scan_due = true;
     atomic_store(&sp->last_err, r);
     return r;
   }
-  for (size_t i = 0; i < n; i++) {
-    struct spool_msg *m = c[i].msg;
-    m->jseg = seg;
-    m->body_off += base + c[i].at;
-    m->ctx_off += (uint32_t)(base + c[i].at);
-    jrn_forget_pickup(sp, &c[i]);
-    free(c[i].name);
-  }
-  atomic_fetch_add_explicit(&sp->st_ingested, n, memory_order_relaxed);
-  atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
-  for (size_t i = 0; i < n; i++) {
-    spool_drop_ctx(sp, c[i].msg);
-    sp->p.on_msg(sp->p.arg, c[i].msg);
-  }
-  free(c);
+  jrn_batch_done(sp, bt);
   atomic_store(&sp->last_err, 0);
-  return (long)n;
+  return n;
+}
+
+/* The commit thread: one sync for every batch queued meanwhile (group
+ * commit across batches), then their pickup files go and their messages
+ * are handed over. */
+static void *commit_thread(void *arg)
+{
+  struct spool *sp = arg;
+  pthread_mutex_lock(&sp->qlock);
+  for (;;) {
+    while (!sp->qhead && !sp->qstop)
+      pthread_cond_wait(&sp->qcond, &sp->qlock);
+    if (!sp->qhead)
+      break;
+    struct jbatch *list = sp->qhead;
+    sp->qhead = sp->qtail = NULL;
+    pthread_mutex_unlock(&sp->qlock);
+    unsigned nb = 0;
+    int r = 0;
+    uint32_t synced = 0; /* batches are in segment order; one sync per segment */
+    for (struct jbatch *b = list; b && r == 0; b = b->next)
+      if (b->seg != synced)
+        r = jrn_sync(sp, synced = b->seg);
+    for (struct jbatch *b = list, *next; b; b = next) {
+      next = b->next;
+      nb++;
+      if (r < 0)
+        jrn_batch_fail(sp, b, true);
+      else
+        jrn_batch_done(sp, b);
+    }
+    if (r < 0)
+      atomic_store(&sp->commit_err, r);
+    pthread_mutex_lock(&sp->qlock);
+    sp->inflight -= nb;
+    if (sp->inflight == 0)
+      pthread_cond_broadcast(&sp->qdrained);
+  }
+  pthread_mutex_unlock(&sp->qlock);
+  return NULL;
+}
+
+/* Before the ingest thread lists pickup/ again: every batch it handed to
+ * the commit thread is done, so no file still being committed is listed. */
+static void wait_drained(struct spool *sp)
+{
+  if (!sp->pipelined)
+    return;
+  pthread_mutex_lock(&sp->qlock);
+  while (sp->inflight > 0)
+    pthread_cond_wait(&sp->qdrained, &sp->qlock);
+  pthread_mutex_unlock(&sp->qlock);
 }
 
 long spool_ingest(struct spool *sp, int timeout_ms)
 {
   if (!wait_work(sp, timeout_ms))
     return 0;
-  if (!sp->p.no_journal)
+  if (!sp->p.no_journal) {
+    int ce = atomic_exchange(&sp->commit_err, 0);
+    if (ce < 0) { /* the commit thread could not sync: those files stay in pickup/ */
+      wait_drained(sp);
+      names_clear(sp);
+      sp->scan_due = true;
+      return ce;
+    }
     return ingest_journal(sp);
+  }
   size_t max = sp->p.batch_max, n = 0;
   struct claimed *c = util_xcalloc(max, sizeof(*c));
   bool touched[NBUCKETS] = {0};
@@ -1646,21 +1763,42 @@ int spool_start(struct spool *sp)
   if (sp->thread_running)
     return -EALREADY;
   atomic_store(&sp->stop, false);
+  if (!sp->p.no_journal && sp->p.sync == SPOOL_SYNC_BATCH) {
+    sp->qstop = false;
+    int r = pthread_create(&sp->committer, NULL, commit_thread, sp);
+    if (r)
+      return -r;
+    sp->committer_running = true;
+    sp->pipelined = true;
+  }
   int r = pthread_create(&sp->thread, NULL, ingest_thread, sp);
-  if (r)
+  if (r) {
+    spool_stop(sp);
     return -r;
+  }
   sp->thread_running = true;
   return 0;
 }
 
 void spool_stop(struct spool *sp)
 {
-  if (!sp || !sp->thread_running)
+  if (!sp)
     return;
-  atomic_store(&sp->stop, true);
-  spool_kick(sp);
-  pthread_join(sp->thread, NULL);
-  sp->thread_running = false;
+  if (sp->thread_running) {
+    atomic_store(&sp->stop, true);
+    spool_kick(sp);
+    pthread_join(sp->thread, NULL);
+    sp->thread_running = false;
+  }
+  if (sp->committer_running) { /* it commits what is queued, then ends */
+    pthread_mutex_lock(&sp->qlock);
+    sp->qstop = true;
+    pthread_cond_signal(&sp->qcond);
+    pthread_mutex_unlock(&sp->qlock);
+    pthread_join(sp->committer, NULL);
+    sp->committer_running = false;
+    sp->pipelined = false;
+  }
 }
 
 /* ---- recovery ---- */
@@ -2708,7 +2846,7 @@ int spool_txn_commit(struct spool_txn *t)
   }
   /* 2. One sync pass. */
   if (sp->p.sync != SPOOL_SYNC_NONE && nfds > 0) {
-    if (sp->p.sync_method == SPOOL_SYNCM_SYNCFS && sp->p.sync == SPOOL_SYNC_BATCH) {
+    if (sp->p.sync_method != SPOOL_SYNCM_FSYNC && sp->p.sync == SPOOL_SYNC_BATCH) {
       int e = syncfs_counted(sp);
       if (e < 0 && !err)
         err = e;

@@ -797,7 +797,7 @@ static void test_sync_modes(void **state)
   (void)state;
   enum spool_sync modes[] = {SPOOL_SYNC_ALWAYS, SPOOL_SYNC_NONE, SPOOL_SYNC_BATCH};
   for (int i = 0; i < 3; i++) {
-    for (int meth = 0; meth < 2; meth++) {
+    for (int meth = 0; meth < 3; meth++) {
       struct spool_params p = {.sync = modes[i], .sync_method = (enum spool_sync_method)meth};
       struct spool *sp = open_spool(&p);
       for (int j = 0; j < 5; j++) {

@@ -30,6 +30,7 @@
 #pragma once
 
 #include "ctx.h"
+#include "histo.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -172,6 +173,7 @@ struct spool_stats {
   uint64_t batches;    /* ingest rounds that made at least one message durable */
   uint64_t syncs;      /* fsync/fdatasync/syncfs calls made by ingest and txn commits */
   uint64_t recovered;  /* messages handed over by spool_recover */
+  struct histo_snap sync_latency; /* duration of each of those sync calls */
 };
 void spool_get_stats(const struct spool *sp, struct spool_stats *out);
 

@@ -277,7 +277,7 @@ int engine_main(const char *config_path)
     .on_bad = on_bad,
   };
   char err[512];
-  sh.policy = policy_new(c, &sh.conf, sh.ingest_log, err, sizeof err);
+  sh.policy = policy_new(c, &sh.conf, sh.ingest_log, sh.nworkers, err, sizeof err);
   if (sh.policy == NULL)
     util_fatal("lua: %s", err);
   sp.on_ingest = policy_ingest; /* Lua ingest hooks; a no-op without scripts */

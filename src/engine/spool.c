@@ -94,6 +94,7 @@ struct spool {
   atomic_int kick;
   atomic_int last_err;
   _Atomic uint64_t st_ingested, st_rejected, st_batches, st_syncs, st_recovered;
+  struct histo st_sync_lat; /* each counted sync call's duration */
   atomic_bool stop;
   bool thread_running;
   pthread_t thread;
@@ -671,10 +672,21 @@ static void jfd_set(struct spool *sp, uint32_t seg, int fd)
 
 static void jseg_name(uint32_t seg, char out[16]) { snprintf(out, 16, "%08x", seg); }
 
-static int sync_counted(struct spool *sp, int fd, bool data_only)
+/* Every sync call is counted and timed (spool_get_stats). kind: 0 fsync,
+ * 1 fdatasync, 2 syncfs. Returns 0 or -errno. */
+static int sync_timed(struct spool *sp, int fd, int kind)
 {
   atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
-  return (data_only ? fdatasync(fd) : fsync(fd)) < 0 ? -errno : 0;
+  uint64_t t0 = clock_mono_ns();
+  int r = kind == 0 ? fsync(fd) : kind == 1 ? fdatasync(fd) : syncfs(fd);
+  r = r < 0 ? -errno : 0;
+  histo_observe(&sp->st_sync_lat, clock_mono_ns() - t0);
+  return r;
+}
+
+static int sync_counted(struct spool *sp, int fd, bool data_only)
+{
+  return sync_timed(sp, fd, data_only ? 1 : 0);
 }
 
 /* Start segment jnext and append to it from now on. */
@@ -725,8 +737,7 @@ static int jrn_sync(struct spool *sp, uint32_t seg)
   if (sp->p.sync == SPOOL_SYNC_NONE)
     return 0;
   if (sp->p.sync_method == SPOOL_SYNCM_SYNCFS && sp->p.sync == SPOOL_SYNC_BATCH) {
-    atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
-    return syncfs(sp->queue_fd) < 0 ? -errno : 0;
+    return sync_timed(sp, sp->queue_fd, 2);
   }
   return sync_counted(sp, jfd_of(sp, seg), true);
 }
@@ -1146,15 +1157,13 @@ static int sync_fd_counted(struct spool *sp, int fd)
 {
   if (fd < 0)
     return 0;
-  atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
-  return fsync(fd) < 0 ? -errno : 0;
+  return sync_timed(sp, fd, 0);
 }
 #define sync_fd(fd) sync_fd_counted(sp, (fd))
 
 static int syncfs_counted(struct spool *sp)
 {
-  atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
-  return syncfs(sp->queue_fd) < 0 ? -errno : 0;
+  return sync_timed(sp, sp->queue_fd, 2);
 }
 
 void spool_get_stats(const struct spool *sp, struct spool_stats *out)
@@ -1164,6 +1173,7 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *out)
   out->batches = atomic_load_explicit(&sp->st_batches, memory_order_relaxed);
   out->syncs = atomic_load_explicit(&sp->st_syncs, memory_order_relaxed);
   out->recovered = atomic_load_explicit(&sp->st_recovered, memory_order_relaxed);
+  histo_read(&sp->st_sync_lat, &out->sync_latency);
 }
 
 /* Make the batch durable. */
@@ -2873,9 +2883,9 @@ int spool_txn_commit(struct spool_txn *t)
         err = e;
     } else {
       for (size_t i = 0; i < nfds; i++) {
-        atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
-        if (fdatasync(fds[i]) < 0 && !err)
-          err = -errno;
+        int e = sync_timed(sp, fds[i], 1);
+        if (e < 0 && !err)
+          err = e;
       }
     }
   }

@@ -1860,7 +1860,7 @@ static void *worker_main(void *arg)
   w->fd_cap = fd_cap_compute(w->sh->nworkers);
   refresh_conf(w);
   w->auth = auth_new();
-  w->pw = policy_worker_new(w->sh->policy, w->ring, w->log, w->conf);
+  w->pw = policy_worker_new(w->sh->policy, w->ring, w->log, w->conf, w->idx);
   sem_post(&w->started);
 
   for (;;) {

@@ -25,6 +25,8 @@
  * complete record with a bad checksum sends the message to bad/. */
 #include "spool.h"
 
+#include <liburing.h>
+
 #include "clock.h"
 #include "crc32c.h"
 #include "panic.h"
@@ -122,6 +124,12 @@ struct spool {
   bool qstop, committer_running;
   pthread_t committer;
   atomic_int commit_err;
+  /* Batched file system calls through io_uring (each system call costs
+   * several microseconds on some virtual machines): the ingest thread's
+   * stat/open/read/close of pickup files, the commit thread's unlinks.
+   * NULL when the kernel lacks what they need: plain system calls then. */
+  struct iobatch *iread, *iunlink;
+  bool iread_tried, iunlink_tried;
   struct buf jbuf;
 };
 
@@ -841,6 +849,155 @@ void spool_close_body(struct spool *sp, int fd)
     close(fd);
 }
 
+/* ---- batched file system calls ---- */
+
+#define PRE_BUF (32u * 1024u) /* pickup files up to this size are read through the ring */
+
+/* Results of one pickup file's statx -> openat -> read -> close chain. */
+struct pre {
+  struct statx stx;
+  int st, op, rd;
+};
+
+struct iobatch {
+  struct io_uring ring;
+  unsigned cap;    /* files per batch */
+  uint8_t *buf;    /* cap x PRE_BUF (reads) */
+  struct pre *pre; /* cap (reads) */
+  int *res;        /* cap (unlinks) */
+};
+
+static void iobatch_free(struct iobatch *b)
+{
+  if (!b)
+    return;
+  io_uring_queue_exit(&b->ring);
+  free(b->buf);
+  free(b->pre);
+  free(b->res);
+  free(b);
+}
+
+/* A ring for cap files of 4 (reads) or 1 (unlinks) operations each. */
+static struct iobatch *iobatch_new(unsigned cap, bool reads)
+{
+  struct iobatch *b = util_xcalloc(1, sizeof(*b));
+  b->cap = cap;
+  if (io_uring_queue_init(reads ? 4 * cap : cap, &b->ring, 0) < 0) {
+    free(b);
+    return NULL;
+  }
+  if (reads) {
+    struct io_uring_probe *pr = io_uring_get_probe_ring(&b->ring);
+    bool ok = pr && io_uring_opcode_supported(pr, IORING_OP_STATX) &&
+              io_uring_opcode_supported(pr, IORING_OP_OPENAT) &&
+              io_uring_opcode_supported(pr, IORING_OP_READ) &&
+              io_uring_opcode_supported(pr, IORING_OP_CLOSE);
+    if (pr)
+      io_uring_free_probe(pr);
+    if (!ok || io_uring_register_files_sparse(&b->ring, cap) < 0) {
+      io_uring_queue_exit(&b->ring);
+      free(b);
+      return NULL;
+    }
+    b->buf = util_xmalloc((size_t)cap * PRE_BUF);
+    b->pre = util_xcalloc(cap, sizeof(*b->pre));
+  } else {
+    struct io_uring_probe *pr = io_uring_get_probe_ring(&b->ring);
+    bool ok = pr && io_uring_opcode_supported(pr, IORING_OP_UNLINKAT);
+    if (pr)
+      io_uring_free_probe(pr);
+    if (!ok) {
+      io_uring_queue_exit(&b->ring);
+      free(b);
+      return NULL;
+    }
+    b->res = util_xcalloc(cap, sizeof(*b->res));
+  }
+  return b;
+}
+
+/* Submit everything queued and collect n completions into the results
+ * (user_data = index * 4 + step). Returns 0 or -errno (then the caller
+ * falls back to system calls for what has no result). */
+static int iobatch_run(struct iobatch *b, unsigned n)
+{
+  unsigned got = 0;
+  while (got < n) {
+    int r = io_uring_submit_and_wait(&b->ring, n - got);
+    if (r < 0 && r != -EINTR)
+      return r;
+    struct io_uring_cqe *cqe;
+    unsigned head, seen = 0;
+    io_uring_for_each_cqe(&b->ring, head, cqe) {
+      uint64_t ud = cqe->user_data;
+      unsigned i = (unsigned)(ud >> 2), step = (unsigned)(ud & 3);
+      if (b->pre && i < b->cap) {
+        if (step == 0)
+          b->pre[i].st = cqe->res;
+        else if (step == 1)
+          b->pre[i].op = cqe->res;
+        else if (step == 2)
+          b->pre[i].rd = cqe->res;
+      } else if (b->res && i < b->cap) {
+        b->res[i] = cqe->res;
+      }
+      seen++;
+    }
+    io_uring_cq_advance(&b->ring, seen);
+    got += seen;
+  }
+  return 0;
+}
+
+/* The rings are sized for a whole batch, so a full queue is a bug. */
+static struct io_uring_sqe *sqe_get(struct io_uring *r)
+{
+  struct io_uring_sqe *q = io_uring_get_sqe(r);
+  if (q == NULL)
+    util_panic("spool: io_uring submission queue full");
+  return q;
+}
+
+/* Read names[0..n) (n <= cap) from pickup/: statx, open into a fixed
+ * slot, read up to PRE_BUF, close, four linked operations per file, one
+ * system call for the lot. */
+static int iobatch_read(struct iobatch *b, int dirfd, char *const *names, unsigned n)
+{
+  for (unsigned i = 0; i < n; i++) {
+    b->pre[i].st = b->pre[i].op = b->pre[i].rd = -ECANCELED;
+    struct io_uring_sqe *q = sqe_get(&b->ring);
+    io_uring_prep_statx(q, dirfd, names[i], AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
+                        &b->pre[i].stx);
+    q->flags |= IOSQE_IO_LINK;
+    q->user_data = (uint64_t)i << 2;
+    q = sqe_get(&b->ring);
+    io_uring_prep_openat_direct(q, dirfd, names[i], O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0, i);
+    q->flags |= IOSQE_IO_LINK;
+    q->user_data = (uint64_t)i << 2 | 1;
+    q = sqe_get(&b->ring);
+    io_uring_prep_read(q, (int)i, b->buf + (size_t)i * PRE_BUF, PRE_BUF, 0);
+    q->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK; /* a short read still closes */
+    q->user_data = (uint64_t)i << 2 | 2;
+    q = sqe_get(&b->ring);
+    io_uring_prep_close_direct(q, i);
+    q->user_data = (uint64_t)i << 2 | 3;
+  }
+  return iobatch_run(b, 4 * n);
+}
+
+/* unlinkat(dirfd, names[i]) for i < n (n <= cap); results in b->res. */
+static int iobatch_unlink(struct iobatch *b, int dirfd, char *const *names, unsigned n)
+{
+  for (unsigned i = 0; i < n; i++) {
+    b->res[i] = -ECANCELED;
+    struct io_uring_sqe *q = sqe_get(&b->ring);
+    io_uring_prep_unlinkat(q, dirfd, names[i], 0);
+    q->user_data = (uint64_t)i << 2;
+  }
+  return iobatch_run(b, n);
+}
+
 /* ---- bad/ ---- */
 
 static void write_why(struct spool *sp, const char *name, const char *reason, const char *id)
@@ -1045,6 +1202,8 @@ void spool_close(struct spool *sp)
   }
   buf_done(&sp->jbuf, 0);
   buf_done(&sp->jretry, 0);
+  iobatch_free(sp->iread);
+  iobatch_free(sp->iunlink);
   pthread_mutex_destroy(&sp->jlock);
   pthread_mutex_destroy(&sp->qlock);
   pthread_cond_destroy(&sp->qcond);
@@ -1515,6 +1674,70 @@ static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
   to_bad(sp, sp->pickup_fd, t->name, t->name, why, id);
 }
 
+/* jrn_take for a file read through the ring: returns 0 or 1 as jrn_take,
+ * or 2 when the file is over PRE_BUF (read it with jrn_take). */
+static int jrn_take_pre(struct spool *sp, const char *name, const struct pre *pr,
+                        const uint8_t *data, struct jtake *out)
+{
+  char why[512];
+  out->msg = NULL;
+  if (pr->st == -ENOENT || (pr->st >= 0 && pr->op == -ENOENT)) {
+    write_why(sp, name, "file vanished before it could be claimed", NULL);
+    report_bad(sp, name, "file vanished before it could be claimed");
+    return 1;
+  }
+  if (pr->st < 0)
+    snprintf(why, sizeof(why), "cannot stat the pickup file: %s", strerror(-pr->st));
+  else if (!S_ISREG(pr->stx.stx_mode))
+    snprintf(why, sizeof(why), "not a regular file");
+  else if (pr->stx.stx_size > sp->p.max_message_size)
+    snprintf(why, sizeof(why), "file of %llu bytes is over Max_Message_Size (%" PRIu64 " bytes)",
+             (unsigned long long)pr->stx.stx_size, sp->p.max_message_size);
+  else if (pr->stx.stx_size > PRE_BUF)
+    return 2;
+  else if (pr->op < 0)
+    snprintf(why, sizeof(why), "cannot open the pickup file: %s", strerror(-pr->op));
+  else if (pr->rd < 0)
+    snprintf(why, sizeof(why), "read error: %s", strerror(-pr->rd));
+  else if ((uint64_t)pr->rd != pr->stx.stx_size)
+    snprintf(why, sizeof(why), "file %s while being read (%d of %llu bytes)",
+             (uint64_t)pr->rd < pr->stx.stx_size ? "was truncated" : "grew", pr->rd,
+             (unsigned long long)pr->stx.stx_size);
+  else {
+    struct pinfo pi = {pr->stx.stx_ino, pr->stx.stx_size,
+                       (uint64_t)pr->stx.stx_mtime.tv_sec * 1000000000u +
+                           (uint64_t)pr->stx.stx_mtime.tv_nsec};
+    return jrn_take_data(sp, name, data, (size_t)pr->rd, &pi, -1, out);
+  }
+  to_bad(sp, sp->pickup_fd, name, name, why, NULL);
+  return 1;
+}
+
+/* Remove a durable batch's pickup files: one ring submission when it can,
+ * else (and for any file the ring could not remove) one unlinkat each. */
+static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
+{
+  if (!sp->iunlink && !sp->iunlink_tried) {
+    sp->iunlink_tried = true;
+    sp->iunlink = iobatch_new(sp->p.batch_max, false);
+  }
+  if (sp->iunlink && !spool_test_keep_pickup && bt->n <= sp->iunlink->cap) {
+    char **names = util_xmalloc(bt->n * sizeof(*names));
+    for (size_t i = 0; i < bt->n; i++)
+      names[i] = bt->c[i].name;
+    int r = iobatch_unlink(sp->iunlink, sp->pickup_fd, names, (unsigned)bt->n);
+    free(names);
+    if (r == 0) {
+      for (size_t i = 0; i < bt->n; i++)
+        if (sp->iunlink->res[i] < 0 && sp->iunlink->res[i] != -ENOENT)
+          jrn_forget_pickup(sp, &bt->c[i]);
+      return;
+    }
+  }
+  for (size_t i = 0; i < bt->n; i++)
+    jrn_forget_pickup(sp, &bt->c[i]);
+}
+
 /* A batch that could not be made durable: its pickup files stay for the
  * next round, and what reached the segment is retired so it can never be
  * taken for mail. */
@@ -1544,9 +1767,10 @@ static void jrn_batch_done(struct spool *sp, struct jbatch *bt)
     m->jseg = bt->seg;
     m->body_off += bt->base + bt->c[i].at;
     m->ctx_off += (uint32_t)(bt->base + bt->c[i].at);
-    jrn_forget_pickup(sp, &bt->c[i]);
-    free(bt->c[i].name);
   }
+  jrn_forget_all(sp, bt);
+  for (size_t i = 0; i < bt->n; i++)
+    free(bt->c[i].name);
   atomic_fetch_add_explicit(&sp->st_ingested, bt->n, memory_order_relaxed);
   atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
   for (size_t i = 0; i < bt->n; i++) {
@@ -1569,7 +1793,31 @@ static long ingest_journal(struct spool *sp)
   struct jbatch *bt = util_xcalloc(1, sizeof(*bt));
   bt->c = util_xcalloc(max, sizeof(*bt->c));
   sp->jbuf.len = sp->jbuf.off = 0;
+  /* Through the ring when no hook needs the open file. */
+  bool ring = !sp->p.on_ingest && !spool_test_after_stat;
+  if (ring && !sp->iread && !sp->iread_tried) {
+    sp->iread_tried = true;
+    sp->iread = iobatch_new(sp->p.batch_max, true);
+  }
   while (bt->n < max && sp->inames < sp->nnames && sp->jbuf.len < JRN_BATCH_BYTES) {
+    size_t k = sp->nnames - sp->inames;
+    if (k > max - bt->n)
+      k = max - bt->n;
+    if (ring && sp->iread && k > 1 && k <= sp->iread->cap &&
+        iobatch_read(sp->iread, sp->pickup_fd, sp->names + sp->inames, (unsigned)k) == 0) {
+      for (size_t j = 0; j < k; j++) {
+        char *name = sp->names[sp->inames++];
+        int r = jrn_take_pre(sp, name, &sp->iread->pre[j], sp->iread->buf + j * PRE_BUF,
+                             &bt->c[bt->n]);
+        if (r == 2)
+          r = jrn_take(sp, name, &bt->c[bt->n]);
+        if (r == 0)
+          bt->c[bt->n++].name = name;
+        else
+          free(name);
+      }
+      continue;
+    }
     char *name = sp->names[sp->inames++];
     if (jrn_take(sp, name, &bt->c[bt->n]) == 0)
       bt->c[bt->n++].name = name;

@@ -2621,6 +2621,12 @@ static int jrn_recover_scan(struct spool *sp, struct jmap *jm)
 static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
 {
   struct buf b = {0};
+  /* One listing of pickup/ instead of a stat per entry: only entries whose
+   * file name is still there can be a batch cut before its removals. */
+  if (scan_pickup(sp) < 0)
+    names_clear(sp);
+  if (sp->nnames > 1)
+    qsort(sp->names, sp->nnames, sizeof(char *), cmp_str);
   for (size_t i = 0; i < jm->n; i++) {
     struct jent *e = &jm->e[i];
     if (!e->m)
@@ -2630,7 +2636,10 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
       if (e->m->rcpt_state[k] == SPOOL_RCPT_PENDING)
         e->m->npending++;
     struct stat st;
-    bool in_pickup = fstatat(sp->pickup_fd, e->src, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+    const char *key = e->src;
+    bool in_pickup = sp->nnames > 0 &&
+                     bsearch(&key, sp->names, sp->nnames, sizeof(char *), cmp_str) &&
+                     fstatat(sp->pickup_fd, e->src, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
                      (uint64_t)st.st_ino == e->ino && (uint64_t)st.st_size == e->size &&
                      (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec ==
                          e->mtime_ns;
@@ -2639,6 +2648,8 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
       jent_drop(e);
     }
   }
+  names_clear(sp);
+  sp->scan_due = true;
   int r = 0;
   uint32_t seg;
   uint64_t off;

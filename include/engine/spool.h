@@ -204,6 +204,10 @@ void spool_msg_set_binding_group(struct spool_msg *msg, const char *group);
  * spool_close_body (a journal segment's fd is shared, not closed). */
 int spool_open_body(struct spool *sp, const struct spool_msg *msg);
 void spool_close_body(struct spool *sp, int fd);
+/* In the ingest hook (on_ingest) only: the whole pickup file of msg as read
+ * (the message is at body_off), *len its size; NULL for any other message.
+ * The hook may run without an open file, so prefer this to spool_open_body. */
+const uint8_t *spool_ingest_bytes(struct spool *sp, const struct spool_msg *msg, size_t *len);
 /* Free a message's memory (not its files); wipes secrets. NULL ok. */
 void spool_msg_free(struct spool_msg *msg);
 

@@ -110,8 +110,10 @@ struct spool {
   pthread_mutex_t jlock;        /* appends, rotation, pins, freeing (not reads, not syncs) */
   struct buf jretry;            /* DONE records that could not be written yet (under jlock) */
   struct jmap *jrecov;          /* during spool_recover */
-  const struct spool_msg *ingest_msg; /* in the ingest hook, read from ingest_fd */
-  int ingest_fd;
+  const struct spool_msg *ingest_msg; /* in the ingest hook: its pickup file, */
+  int ingest_fd;                      /* open (or -1) */
+  const uint8_t *ingest_data;         /* and in memory */
+  size_t ingest_len;
   /* spool_start's pipeline: the ingest thread reads, parses and appends
    * batches; the commit thread syncs them, removes their pickup files and
    * hands the messages over, while the next batch is read. */
@@ -633,7 +635,9 @@ int spool_save_ctx(struct spool *sp, struct spool_msg *msg)
 int spool_open_body(struct spool *sp, const struct spool_msg *msg)
 {
   if (msg == sp->ingest_msg) { /* the ingest hook: its pickup file */
-    int fd = dup(sp->ingest_fd);
+    int fd = sp->ingest_fd >= 0 ? dup(sp->ingest_fd) : -1;
+    if (sp->ingest_fd < 0)
+      errno = EBADF;
     return fd < 0 ? -errno : fd;
   }
   if (msg->jseg) {
@@ -841,6 +845,14 @@ static void rec_done(struct buf *b, const struct spool_msg *m)
   put_u64(b, m->id);
   put_u16(b, m->node);
   rec_end(b, r);
+}
+
+const uint8_t *spool_ingest_bytes(struct spool *sp, const struct spool_msg *msg, size_t *len)
+{
+  if (msg != sp->ingest_msg)
+    return NULL;
+  *len = sp->ingest_len;
+  return sp->ingest_data;
 }
 
 void spool_close_body(struct spool *sp, int fd)
@@ -1618,8 +1630,10 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   spool_envelope_done(&env);
   if (sp->p.on_ingest) {
     why[0] = 0;
-    sp->ingest_msg = m; /* spool_open_body reads the pickup file meanwhile */
+    sp->ingest_msg = m; /* spool_ingest_bytes / spool_open_body read the pickup file */
     sp->ingest_fd = fd;
+    sp->ingest_data = data;
+    sp->ingest_len = len;
     int hr = sp->p.on_ingest(sp->p.arg, m, why, sizeof(why));
     sp->ingest_msg = NULL;
     if (hr < 0) {
@@ -1794,7 +1808,7 @@ static long ingest_journal(struct spool *sp)
   bt->c = util_xcalloc(max, sizeof(*bt->c));
   sp->jbuf.len = sp->jbuf.off = 0;
   /* Through the ring when no hook needs the open file. */
-  bool ring = !sp->p.on_ingest && !spool_test_after_stat;
+  bool ring = !spool_test_after_stat;
   if (ring && !sp->iread && !sp->iread_tried) {
     sp->iread_tried = true;
     sp->iread = iobatch_new(sp->p.batch_max, true);

@@ -95,6 +95,8 @@ struct spool_msg {
   struct ctx *mess;     /* VCTX_MESS: NULL while dropped (spool_load_ctx) */
   struct ctx *conn;     /* VCTX_CONN: NULL while dropped */
   struct ctx *secrets;  /* secret entries kept while dicts are dropped (internal) */
+  const uint8_t *body_mem; /* the message (body_size bytes) kept in memory since ingest,
+                            * or NULL: read it through spool_open_body */
   void *user;           /* the engine's */
 };
 
@@ -208,6 +210,10 @@ void spool_close_body(struct spool *sp, int fd);
  * (the message is at body_off), *len its size; NULL for any other message.
  * The hook may run without an open file, so prefer this to spool_open_body. */
 const uint8_t *spool_ingest_bytes(struct spool *sp, const struct spool_msg *msg, size_t *len);
+/* Bytes of message bodies kept in memory (spool_msg.body_mem) across all
+ * spools; bodies of new messages are kept while under this budget. */
+#define SPOOL_HOT_BODY_BUDGET (64u * 1024u * 1024u)
+#define SPOOL_HOT_BODY_MAX (64u * 1024u) /* larger bodies are always read from disk */
 /* Free a message's memory (not its files); wipes secrets. NULL ok. */
 void spool_msg_free(struct spool_msg *msg);
 

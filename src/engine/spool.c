@@ -318,10 +318,36 @@ static void msg_free_strings(struct spool_msg *m)
   free_const(m->binding_group);
 }
 
+/* The hot body cache's size (spool_msg.body_mem), all spools. */
+static _Atomic uint64_t hot_bytes;
+
+static const uint8_t *hot_keep(const uint8_t *p, uint64_t n)
+{
+  if (n == 0 || n > SPOOL_HOT_BODY_MAX ||
+      atomic_fetch_add_explicit(&hot_bytes, n, memory_order_relaxed) + n > SPOOL_HOT_BODY_BUDGET) {
+    if (n && n <= SPOOL_HOT_BODY_MAX)
+      atomic_fetch_sub_explicit(&hot_bytes, n, memory_order_relaxed);
+    return NULL;
+  }
+  uint8_t *c = util_xmalloc((size_t)n);
+  memcpy(c, p, (size_t)n);
+  return c;
+}
+
+static void hot_drop(struct spool_msg *m)
+{
+  if (!m->body_mem)
+    return;
+  free((void *)(uintptr_t)m->body_mem);
+  m->body_mem = NULL;
+  atomic_fetch_sub_explicit(&hot_bytes, m->body_size, memory_order_relaxed);
+}
+
 void spool_msg_free(struct spool_msg *msg)
 {
   if (!msg)
     return;
+  hot_drop(msg);
   msg_free_strings(msg);
   ctx_free(msg->mess);
   ctx_free(msg->conn);
@@ -1663,6 +1689,7 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   rec_end(b, r0);
   size_t body = b->len;
   buf_append(b, data + m->body_off, (size_t)m->body_size);
+  m->body_mem = hot_keep(data + m->body_off, m->body_size);
   size_t attr = b->len;
   rec_attr(b, m);
   /* offsets within the entry for now; ingest_journal makes them absolute */
@@ -2893,6 +2920,7 @@ static int jrn_spill(struct spool *sp, struct spool_msg *m, struct buf *b, int *
     if (r == 0) {
       m->meta_size = (uint32_t)b->len;
       m->jseg = 0;
+      hot_drop(m); /* it waits for a retry: no need to keep it in memory */
     } else {
       if (mf >= 0) {
         close(mf);

@@ -117,6 +117,8 @@ struct session {
   bool ever_ready; /* reached READY once (no longer counted as opening) */
   int body_fd;
   uint64_t body_off, body_end;
+  const uint8_t *body_mem; /* the message in memory (spool_msg.body_mem), else body_fd */
+  uint64_t body_base;      /* body_off of its first byte */
   bool body_started; /* NEED_BODY seen: smtpc takes body bytes */
   bool body_done;
   uint64_t conn_id;
@@ -642,14 +644,21 @@ static bool expire_if_due(struct worker *w, struct dq_queue *q, struct dq_unit *
 
 static void feed_body(struct session *s)
 {
-  if (!s->txn_open || !s->body_started || s->body_done || s->body_fd < 0)
+  if (!s->txn_open || !s->body_started || s->body_done || (s->body_fd < 0 && !s->body_mem))
     return;
   uint64_t now = mono_ms(s->w);
   static _Thread_local uint8_t chunk[BODY_CHUNK];
   while (conn_pending(s->conn) < BODY_INFLIGHT && !s->body_done) {
     size_t want = s->body_end - s->body_off < BODY_CHUNK ? (size_t)(s->body_end - s->body_off)
                                                          : BODY_CHUNK;
-    ssize_t got = want ? pread(s->body_fd, chunk, want, (off_t)s->body_off) : 0;
+    const uint8_t *src = chunk;
+    ssize_t got;
+    if (s->body_mem) { /* kept in memory since ingest: no system call */
+      src = s->body_mem + (s->body_off - s->body_base);
+      got = (ssize_t)want;
+    } else {
+      got = want ? pread(s->body_fd, chunk, want, (off_t)s->body_off) : 0;
+    }
     if (got < 0 || (got == 0 && want > 0)) {
       /* the spool file is unreadable: end the session; retried later */
       fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, "451 4.3.0 [internal] spool read failed", 8);
@@ -659,7 +668,7 @@ static void feed_body(struct session *s)
     bool last = s->body_off + (uint64_t)got >= s->body_end;
     size_t done = 0;
     while (done < (size_t)got || (last && got == 0 && !s->body_done)) {
-      long n = smtpc_body(s->smtpc, chunk + done, (size_t)got - done, last, now);
+      long n = smtpc_body(s->smtpc, src + done, (size_t)got - done, last, now);
       if (n < 0) {
         s->body_done = true;
         break;
@@ -682,6 +691,7 @@ static void feed_body(struct session *s)
   if (s->body_done) {
     spool_close_body(s->w->sh->spool, s->body_fd);
     s->body_fd = -1;
+    s->body_mem = NULL;
   }
 }
 
@@ -702,8 +712,10 @@ static bool start_txn(struct session *s, struct dq_unit *u)
                           .size = sm->body_size,
                           .flags = (sm->flags & SPOOL_MSG_F_8BIT) ? SMTPC_TXN_8BIT : 0,
                           .results = s->results, .final = &s->final};
-  s->body_fd = spool_open_body(w->sh->spool, sm);
-  if (s->body_fd < 0) {
+  s->body_mem = sm->body_mem;
+  s->body_base = sm->body_off;
+  s->body_fd = sm->body_mem ? -1 : spool_open_body(w->sh->spool, sm);
+  if (s->body_fd < 0 && !s->body_mem) {
     char t[128];
     snprintf(t, sizeof t, "451 4.3.0 [internal] spool open failed: %s", strerror(-s->body_fd));
     fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, t, 1);
@@ -720,6 +732,7 @@ static bool start_txn(struct session *s, struct dq_unit *u)
     snprintf(t, sizeof t, "554 5.1.3 [internal] unusable transaction (%s)", strerror(-rc));
     spool_close_body(s->w->sh->spool, s->body_fd);
     s->body_fd = -1;
+    s->body_mem = NULL;
     fail_unit_local(s, SMTPC_OUT_PERMANENT, 554, t, 1);
     return false;
   }
@@ -813,6 +826,7 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     struct dq_unit *u = s->unit;
     s->unit = NULL;
     s->txn_open = false;
+    s->body_mem = NULL;
     if (s->body_fd >= 0) {
       spool_close_body(s->w->sh->spool, s->body_fd);
       s->body_fd = -1;

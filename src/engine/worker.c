@@ -1567,10 +1567,12 @@ static void schedule(struct worker *w)
   }
 }
 
-/* Sessions this worker may hold: each needs a socket and, while sending,
- * the message body; the spool's group commit opens one metadata file per
- * message it commits. Leave a reserve for those and for the other threads
- * (logs, ingest), and share the rest between the workers. */
+/* Sessions this worker may hold: each needs its socket. New messages are
+ * read from memory or the journal's shared fds; only a retried message's
+ * own body file is open while its transaction runs, and the spool's commits
+ * open a few files at a time. Leave a quarter of the limit for those and
+ * for the other threads (logs, ingest), and share the rest between the
+ * workers. Past it, sessions wait (EMFILE is handled the same way). */
 static unsigned fd_cap_compute(unsigned nworkers)
 {
   struct rlimit rl;
@@ -1587,7 +1589,7 @@ static unsigned fd_cap_compute(unsigned nworkers)
   uint64_t reserve = 64 + lim / 4;
   if (lim <= open_now + reserve)
     return 1;
-  uint64_t cap = (lim - open_now - reserve) / 2 / (nworkers ? nworkers : 1);
+  uint64_t cap = (lim - open_now - reserve) / (nworkers ? nworkers : 1);
   return cap < 1 ? 1 : cap > UINT32_MAX ? UINT32_MAX : (unsigned)cap;
 }
 

@@ -95,6 +95,8 @@ struct spool_msg {
   struct ctx *mess;     /* VCTX_MESS: NULL while dropped (spool_load_ctx) */
   struct ctx *conn;     /* VCTX_CONN: NULL while dropped */
   struct ctx *secrets;  /* secret entries kept while dicts are dropped (internal) */
+  bool mess_empty;      /* VCTX_MESS had no entry when the dictionaries were dropped
+                         * (in memory only: the reader may skip loading them) */
   const uint8_t *body_mem; /* the message (body_size bytes) kept in memory since ingest,
                             * or NULL: read it through spool_open_body */
   void *user;           /* the engine's */

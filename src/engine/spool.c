@@ -541,6 +541,7 @@ void spool_drop_ctx(struct spool *sp, struct spool_msg *msg)
 {
   if (sp->p.keep_dicts_in_memory || (!msg->mess && !msg->conn))
     return;
+  msg->mess_empty = ctx_count(msg->mess) == 0;
   ctx_free(msg->secrets);
   msg->secrets = secrets_of(msg->mess, msg->conn);
   ctx_free(msg->mess);
@@ -561,6 +562,7 @@ int spool_load_ctx(struct spool *sp, struct spool_msg *msg)
 {
   if (msg->mess && msg->conn)
     return 0;
+  msg->mess_empty = false;
   int fd = msg->jseg ? jfd_of(sp, msg->jseg) : open_meta(sp, msg, O_RDONLY);
   if (fd < 0)
     return fd;

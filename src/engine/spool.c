@@ -110,10 +110,6 @@ struct spool {
   pthread_mutex_t jlock;        /* appends, rotation, pins, freeing (not reads, not syncs) */
   struct buf jretry;            /* DONE records that could not be written yet (under jlock) */
   struct jmap *jrecov;          /* during spool_recover */
-  const struct spool_msg *ingest_msg; /* in the ingest hook: its pickup file, */
-  int ingest_fd;                      /* open (or -1) */
-  const uint8_t *ingest_data;         /* and in memory */
-  size_t ingest_len;
   /* spool_start's pipeline: the ingest thread reads, parses and appends
    * batches; the commit thread syncs them, removes their pickup files and
    * hands the messages over, while the next batch is read. */
@@ -137,6 +133,16 @@ struct spool {
 
 
 static int jfd_of(const struct spool *sp, uint32_t seg);
+
+/* The message in the ingest hook (on_ingest) of the calling thread: its
+ * pickup file, open (or -1) and in memory. Thread-local: only the thread
+ * running the hook may see it. */
+static _Thread_local struct {
+  const struct spool_msg *msg;
+  int fd;
+  const uint8_t *data;
+  size_t len;
+} in_hook;
 static long spool_recover_files(struct spool *sp);
 static void wait_drained(struct spool *sp);
 struct jmap;
@@ -662,9 +668,9 @@ int spool_save_ctx(struct spool *sp, struct spool_msg *msg)
 
 int spool_open_body(struct spool *sp, const struct spool_msg *msg)
 {
-  if (msg == sp->ingest_msg) { /* the ingest hook: its pickup file */
-    int fd = sp->ingest_fd >= 0 ? dup(sp->ingest_fd) : -1;
-    if (sp->ingest_fd < 0)
+  if (msg == in_hook.msg) { /* the ingest hook: its pickup file */
+    int fd = in_hook.fd >= 0 ? dup(in_hook.fd) : -1;
+    if (in_hook.fd < 0)
       errno = EBADF;
     return fd < 0 ? -errno : fd;
   }
@@ -877,10 +883,11 @@ static void rec_done(struct buf *b, const struct spool_msg *m)
 
 const uint8_t *spool_ingest_bytes(struct spool *sp, const struct spool_msg *msg, size_t *len)
 {
-  if (msg != sp->ingest_msg)
+  (void)sp;
+  if (msg == NULL || msg != in_hook.msg)
     return NULL;
-  *len = sp->ingest_len;
-  return sp->ingest_data;
+  *len = in_hook.len;
+  return in_hook.data;
 }
 
 void spool_close_body(struct spool *sp, int fd)
@@ -1658,12 +1665,12 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   spool_envelope_done(&env);
   if (sp->p.on_ingest) {
     why[0] = 0;
-    sp->ingest_msg = m; /* spool_ingest_bytes / spool_open_body read the pickup file */
-    sp->ingest_fd = fd;
-    sp->ingest_data = data;
-    sp->ingest_len = len;
+    in_hook.msg = m; /* spool_ingest_bytes / spool_open_body read the pickup file */
+    in_hook.fd = fd;
+    in_hook.data = data;
+    in_hook.len = len;
     int hr = sp->p.on_ingest(sp->p.arg, m, why, sizeof(why));
-    sp->ingest_msg = NULL;
+    in_hook.msg = NULL;
     if (hr < 0) {
       spool_msg_free(m);
       to_bad(sp, sp->pickup_fd, name, name, why[0] ? why : "rejected by the ingest hook", idstr);

@@ -1,0 +1,290 @@
+/* secmem.c owns the secure-memory allocator: 64 KB chunks (anonymous
+ * mappings, MADV_DONTDUMP + MADV_WIPEONFORK, mlock when allowed) carved
+ * into power-of-two blocks with one free list per size class, and whole
+ * mappings for large blocks. Every block is wiped when freed; chunks are
+ * never unmapped (secrets are few; a chunk is reused by later blocks).
+ * Must never: log, hand out memory outside its mappings, keep a secret's
+ * bytes in a freed block. Threads: any; one mutex guards the lists. */
+#include "secmem.h"
+
+#include "panic.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define SECMEM_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SECMEM_ASAN 1
+#endif
+#endif
+#ifdef SECMEM_ASAN
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+#define CHUNK_SIZE (64u * 1024u)
+#define MIN_SHIFT 5u  /* smallest block: 32 bytes, header included */
+#define NCLASSES 9u   /* 32 .. 8192 */
+#define CLASS_LARGE 0xffu
+#define MAGIC 0x5ec3e7a1u
+
+struct hdr { /* 16 bytes before every block's payload */
+  uint32_t magic;
+  uint16_t cls;
+  uint16_t locked; /* large: its mapping is mlock'ed */
+  union {
+    struct hdr *next; /* free (small): the free list */
+    size_t size;      /* in use: the size asked for */
+  } u;
+};
+_Static_assert(sizeof(struct hdr) == 16, "header keeps payloads 16-byte aligned");
+_Static_assert(SECMEM_SMALL_MAX == (1u << (MIN_SHIFT + NCLASSES - 1)) - sizeof(struct hdr),
+               "SECMEM_SMALL_MAX is the largest class's payload");
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static struct hdr *free_list[NCLASSES];
+static char *cur;          /* the chunk being carved */
+static size_t cur_used;
+static char **chunks;      /* every chunk, for secmem_owns */
+static size_t nchunks, capchunks;
+static struct hdr **larges; /* live large blocks, for secmem_owns */
+static size_t nlarges, caplarges;
+static struct secmem_stats stats;
+
+/* Map n bytes (a page multiple) for secrets; *locked says whether mlock
+ * took. NULL on failure. */
+static void *map_secure(size_t n, bool *locked)
+{
+  void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED)
+    return NULL;
+  if (madvise(p, n, MADV_DONTDUMP) < 0) { /* the point of this module: no fallback */
+    munmap(p, n);
+    return NULL;
+  }
+#ifdef MADV_WIPEONFORK
+  (void)madvise(p, n, MADV_WIPEONFORK); /* kernels before 4.14: EINVAL, fine */
+#endif
+  stats.mapped += n;
+  *locked = mlock(p, n) == 0; /* EPERM/ENOMEM over RLIMIT_MEMLOCK: unlocked but still not dumped */
+  if (*locked)
+    stats.locked += n;
+  return p;
+}
+
+static unsigned class_of(size_t total)
+{
+  unsigned c = 0;
+  while (((size_t)1 << (MIN_SHIFT + c)) < total)
+    c++;
+  return c;
+}
+
+/* Append p to a pointer array; false when out of memory. */
+static bool push(void ***arr, size_t *n, size_t *cap, void *p)
+{
+  if (*n == *cap) {
+    size_t c = *cap ? *cap * 2 : 16;
+    void **a = realloc(*arr, c * sizeof *a);
+    if (a == NULL)
+      return false;
+    *arr = a;
+    *cap = c;
+  }
+  (*arr)[(*n)++] = p;
+  return true;
+}
+
+static struct hdr *alloc_small(unsigned cls)
+{
+  size_t bsize = (size_t)1 << (MIN_SHIFT + cls);
+  struct hdr *h = free_list[cls];
+  if (h) {
+    UNPOISON(h, sizeof *h);
+    free_list[cls] = h->u.next;
+    return h;
+  }
+  if (cur == NULL || CHUNK_SIZE - cur_used < bsize) {
+    bool locked;
+    char *c = map_secure(CHUNK_SIZE, &locked);
+    if (c == NULL)
+      return NULL;
+    if (!push((void ***)&chunks, &nchunks, &capchunks, c)) {
+      munmap(c, CHUNK_SIZE);
+      return NULL;
+    }
+    POISON(c, CHUNK_SIZE);
+    /* the rest of the old chunk stays unused */
+    cur = c;
+    cur_used = 0;
+  }
+  h = (struct hdr *)(void *)(cur + cur_used);
+  cur_used += bsize;
+  UNPOISON(h, sizeof *h);
+  return h;
+}
+
+void *secmem_alloc(size_t n)
+{
+  if (n > SIZE_MAX / 2)
+    return NULL;
+  size_t total = n + sizeof(struct hdr);
+  pthread_mutex_lock(&mu);
+  struct hdr *h;
+  size_t bsize;
+  if (n <= SECMEM_SMALL_MAX) {
+    unsigned cls = class_of(total);
+    h = alloc_small(cls);
+    bsize = (size_t)1 << (MIN_SHIFT + cls);
+    if (h)
+      h->cls = (uint16_t)cls;
+  } else {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    bsize = (total + page - 1) / page * page;
+    bool locked;
+    h = map_secure(bsize, &locked);
+    if (h && !push((void ***)&larges, &nlarges, &caplarges, h)) {
+      munmap(h, bsize);
+      h = NULL;
+    }
+    if (h) {
+      h->cls = CLASS_LARGE;
+      h->locked = locked;
+    }
+  }
+  if (h) {
+    h->magic = MAGIC;
+    h->u.size = n;
+    stats.in_use += bsize;
+    stats.blocks++;
+  }
+  pthread_mutex_unlock(&mu);
+  if (h == NULL)
+    return NULL;
+  UNPOISON(h + 1, bsize - sizeof *h);
+  memset(h + 1, 0, bsize - sizeof *h); /* a reused block was wiped; a new one is zero */
+  POISON((char *)(h + 1) + n, bsize - sizeof *h - n); /* ASan sees overruns past n */
+  return h + 1;
+}
+
+void *secmem_xalloc(size_t n)
+{
+  void *p = secmem_alloc(n);
+  if (p == NULL)
+    util_panic("secmem: out of memory (%zu bytes)", n);
+  return p;
+}
+
+static struct hdr *hdr_of(const void *p)
+{
+  struct hdr *h = (struct hdr *)(uintptr_t)p - 1;
+  if (h->magic != MAGIC || (h->cls >= NCLASSES && h->cls != CLASS_LARGE))
+    util_panic("secmem: %p was not allocated here (or freed twice)", p);
+  return h;
+}
+
+/* The whole block (header included): the class size, or the mapping. */
+static size_t block_of(const struct hdr *h)
+{
+  if (h->cls != CLASS_LARGE)
+    return (size_t)1 << (MIN_SHIFT + h->cls);
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  return (h->u.size + sizeof *h + page - 1) / page * page;
+}
+
+void secmem_free(void *p)
+{
+  if (p == NULL)
+    return;
+  struct hdr *h = hdr_of(p);
+  size_t len = block_of(h) - sizeof *h;
+  UNPOISON(p, len);
+  util_wipe(p, len);
+  pthread_mutex_lock(&mu);
+  stats.in_use -= len + sizeof *h;
+  stats.blocks--;
+  if (h->cls == CLASS_LARGE) {
+    size_t map_len = len + sizeof *h;
+    stats.mapped -= map_len;
+    if (h->locked)
+      stats.locked -= map_len;
+    for (size_t i = 0; i < nlarges; i++)
+      if (larges[i] == h) {
+        larges[i] = larges[--nlarges];
+        break;
+      }
+    util_wipe(h, sizeof *h);
+    munmap(h, map_len);
+  } else {
+    h->magic = 0; /* a second free panics */
+    h->u.next = free_list[h->cls];
+    free_list[h->cls] = h;
+    POISON(h, len + sizeof *h);
+  }
+  pthread_mutex_unlock(&mu);
+}
+
+void *secmem_xrealloc(void *p, size_t n)
+{
+  if (p == NULL)
+    return secmem_xalloc(n);
+  struct hdr *h = hdr_of(p);
+  size_t old = h->u.size;
+  if (n <= old) {
+    util_wipe((char *)p + n, old - n);
+    if (h->cls != CLASS_LARGE) { /* a large block's size also gives its mapping's */
+      POISON((char *)p + n, old - n);
+      h->u.size = n;
+    }
+    return p;
+  }
+  void *q = secmem_xalloc(n);
+  memcpy(q, p, old);
+  secmem_free(p);
+  return q;
+}
+
+char *secmem_xstrndup(const char *s, size_t n)
+{
+  size_t len = strnlen(s, n);
+  char *p = secmem_xalloc(len + 1);
+  memcpy(p, s, len);
+  p[len] = 0;
+  return p;
+}
+
+char *secmem_xstrdup(const char *s)
+{
+  return secmem_xstrndup(s, strlen(s));
+}
+
+bool secmem_owns(const void *p)
+{
+  const char *c = p;
+  bool found = false;
+  pthread_mutex_lock(&mu);
+  for (size_t i = 0; i < nchunks && !found; i++)
+    found = c >= chunks[i] && c < chunks[i] + CHUNK_SIZE;
+  for (size_t i = 0; i < nlarges && !found; i++)
+    found = c >= (const char *)(larges[i] + 1) && c < (const char *)(larges[i] + 1) + larges[i]->u.size;
+  pthread_mutex_unlock(&mu);
+  return found;
+}
+
+void secmem_stats(struct secmem_stats *st)
+{
+  pthread_mutex_lock(&mu);
+  *st = stats;
+  pthread_mutex_unlock(&mu);
+}

@@ -14,6 +14,7 @@
 #include "priv.h"
 #include "spool.h"
 #include "throttle.h"
+#include "tlskeys.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -116,6 +117,12 @@ static bool impetus_dir(const char *d)
   while (p > d && p[-1] != '/')
     p--;
   return memmem(p, (size_t)(slash - p), "impetus", 7) != NULL;
+}
+
+static void tls_unreadable(void *arg, const char *path, const char *why)
+{
+  logs_panic(arg, now_wall_ms(), "tls", "cannot read %s at start-up (%s): the workers will try "
+             "it when first used", path, why);
 }
 
 static const char *gname(const char *configured)
@@ -319,6 +326,7 @@ int engine_main(const char *config_path)
 
   if (ctl_open(&sh, config_path, err, sizeof err) < 0) /* ops: before leaving root */
     util_fatal("%s", err);
+  tlskeys_preload(c, tls_unreadable, mainlog); /* client certificates and keys, as root */
   /* Everything that needs root is open: leave it before any Lua runs
    * (scripts are compiled and run by policy_new) and any worker starts. */
   drop_root(c, mainlog, spoolbase, pickup);
@@ -394,6 +402,7 @@ int engine_main(const char *config_path)
   worker_free_leftovers(&sh);
   policy_free(sh.policy);
   free(sh.workers);
+  tlskeys_free();
   logs_panic(mainlog, now_wall_ms(), "engine", "stopped");
   logs_writer_free(mainlog);
   logs_close(sh.logs);

@@ -6,7 +6,8 @@ workers (network) start. Checked: every uid and gid of every thread
 (/proc/PID/task/*/status), the paniclog line, owner and mode of the spool
 tree, queue files (0600), logs (0640 at most) and the control socket (0600),
 that a Lua script's top level already runs as impetus, and that mail still
-flows to impetus-sink. Then the refusals: the default user missing (an
+flows to impetus-sink over TLS with a client certificate and key only root
+can read (read before the drop). Then the refusals: the default user missing (an
 /etc/passwd without it, bind-mounted in a private mount namespace) is a
 start-up error unless User = "root" is explicit; an explicit unknown User
 is an error. Needs root and the impetus user (tools/setup.sh): else SKIP.
@@ -55,10 +56,22 @@ out:close()
 msys.registerModule("whoami", {})
 """
 
-sink = sinklib.Sink(sinkbin, [])
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+scert, skey, scertdir = sinklib.certs(ROOT)
+sink = sinklib.Sink(sinkbin, ["--cert", scert, "--key", skey])
+# A client certificate and key that only root can read (a 0700 root
+# directory outside the spool and logs): the engine reads them before it
+# leaves root, so TLS still works as impetus.
+keydir = tempfile.mkdtemp(prefix="privkey.")
+subprocess.run([os.path.join(ROOT, "tools", "mkcert.sh"), keydir], check=True,
+               stdout=subprocess.DEVNULL)
+for n in os.listdir(keydir):
+    os.chmod(os.path.join(keydir, n), 0o600)
+ccert, ckey = os.path.join(keydir, "cert.pem"), os.path.join(keydir, "key.pem")
 # mail to hold.test stays queued, so its spool files can be checked
-e = Engine(imp, 'Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
-           'Domain "hold.test" { Suspend_Delivery = true }\n' % sink.port, "priv")
+e = Engine(imp, 'Worker_Threads = 1\nTLS = "required"\nTLS_Verify = "no"\n'
+           'TLS_Certificate = "%s"\nTLS_Key = "%s"\nGateway = "127.0.0.1:%d"\n'
+           'Domain "hold.test" { Suspend_Delivery = true }\n' % (ccert, ckey, sink.port), "priv")
 # the control socket outside the spool, in the (impetus-named) temp dir
 sock = os.path.join(e.dir, "ctl.sock")
 uidfile = os.path.join(e.dir, "lua-uid")
@@ -109,7 +122,11 @@ try:
         inject(["held%d@hold.test" % i])
     e.wait_for(lambda: len(e.records("R")) == 8, 20, "3 more messages received")
     got = sink.summary_now()
-    print("sink summary:", {k: got[k] for k in list(got)[:6]})
+    print("sink summary: tls_handshakes %s" % got.get("tls_handshakes"))
+    expect(got.get("tls_handshakes", 0) >= 1, "mail went over TLS")
+    expect("cannot set up TLS" not in e.read(e.paniclog) and "cannot read" not in e.read(e.paniclog),
+           "the root-only client key was read before the drop:\n" + e.read(e.paniclog))
+    expect(os.stat(ckey).st_uid == 0, "the key stays root's")
     # files made after the drop, and the ones from before it
     nfiles = 0
     for root, dirs, files in os.walk(e.spool):
@@ -187,6 +204,8 @@ try:
           % (pw.pw_uid, pw.pw_gid, nfiles))
 finally:
     e.cleanup()
+    shutil.rmtree(keydir, ignore_errors=True)
+    shutil.rmtree(scertdir, ignore_errors=True)
     if nsdir:
         shutil.rmtree(nsdir, ignore_errors=True)
     if sink.proc.poll() is None:

@@ -11,7 +11,7 @@
 
 /* Largest block served from the shared chunks; larger ones get their own
  * mapping (whole pages). */
-#define SECMEM_SMALL_MAX 8176u
+#define SECMEM_SMALL_MAX 32752u
 
 /* A zeroed block of n bytes (n may be 0) in secure memory; NULL when the
  * mapping fails. */

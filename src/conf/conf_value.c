@@ -65,7 +65,10 @@ void *conf_arena_alloc(struct conf_arena *a, size_t n)
   n = (n + sizeof(max_align_t) - 1) & ~(sizeof(max_align_t) - 1);
   struct conf_chunk *ch = a->head;
   if (!ch || ch->cap - ch->used < n) {
-    size_t cap = n > 16384 ? n : 16384;
+    /* 16 KB with the chunk and secmem headers: one secmem size class,
+     * reused from its free list by the next snapshot */
+    size_t std = 16384 - sizeof(*ch) - 16;
+    size_t cap = n > std ? n : std;
     ch = secmem_xalloc(sizeof(*ch) + cap);
     ch->used = 0;
     ch->cap = cap;

@@ -1,4 +1,4 @@
-/* secmem.c owns the secure-memory allocator: 64 KB chunks (anonymous
+/* secmem.c owns the secure-memory allocator: 256 KB chunks (anonymous
  * mappings, MADV_DONTDUMP + MADV_WIPEONFORK, mlock when allowed) carved
  * into power-of-two blocks with one free list per size class, and whole
  * mappings for large blocks. Every block is wiped when freed; chunks are
@@ -33,9 +33,9 @@
 #define UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
 
-#define CHUNK_SIZE (64u * 1024u)
+#define CHUNK_SIZE (256u * 1024u)
 #define MIN_SHIFT 5u  /* smallest block: 32 bytes, header included */
-#define NCLASSES 9u   /* 32 .. 8192 */
+#define NCLASSES 11u  /* 32 .. 32768: a configuration arena's chunks fit (see conf_value.c) */
 #define CLASS_LARGE 0xffu
 #define MAGIC 0x5ec3e7a1u
 
@@ -172,9 +172,9 @@ void *secmem_alloc(size_t n)
   pthread_mutex_unlock(&mu);
   if (h == NULL)
     return NULL;
-  UNPOISON(h + 1, bsize - sizeof *h);
-  memset(h + 1, 0, bsize - sizeof *h); /* a reused block was wiped; a new one is zero */
-  POISON((char *)(h + 1) + n, bsize - sizeof *h - n); /* ASan sees overruns past n */
+  /* No memset: fresh mappings are zero, and every freed block was wiped
+   * (secmem_free), so a block is zero when handed out. */
+  UNPOISON(h + 1, n);
   return h + 1;
 }
 
@@ -209,8 +209,7 @@ void secmem_free(void *p)
     return;
   struct hdr *h = hdr_of(p);
   size_t len = block_of(h) - sizeof *h;
-  UNPOISON(p, len);
-  util_wipe(p, len);
+  util_wipe(p, h->u.size); /* the rest is zero already: see secmem_alloc, secmem_xrealloc */
   pthread_mutex_lock(&mu);
   stats.in_use -= len + sizeof *h;
   stats.blocks--;

@@ -102,7 +102,7 @@ static void test_dontdump_pages(void **state)
   }
   struct secmem_stats st;
   secmem_stats(&st);
-  assert_true(st.mapped >= 64 * 1024 + 200000);
+  assert_true(st.mapped >= 256 * 1024 + 200000);
   assert_true(st.blocks >= sizeof sizes / sizeof sizes[0]);
   print_message("mapped %zu bytes, %zu locked (mlock), %zu blocks\n", st.mapped, st.locked,
                 st.blocks);

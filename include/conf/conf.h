@@ -125,6 +125,7 @@ struct conf_throttle conf_throttle(const struct conf_view *v, enum conf_opt o);
 struct conf_addr {
   const char *host; /* NULL when unset; IPv6 without brackets */
   uint16_t port;    /* 0 when not given */
+  bool implicit_tls;/* Gateway only: "smtps://host[:port]" (TLS at connect) */
 };
 struct conf_addr conf_addr(const struct conf_view *v, enum conf_opt o);
 

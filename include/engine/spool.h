@@ -2,9 +2,12 @@
  *
  *   <spoolbase>/pickup/            producers rename files in (names starting
  *                                  with '.' or ending in ".tmp" are ignored)
- *   <spoolbase>/queue/XX/<id>      a claimed pickup file, unchanged: envelope
- *                                  lines, then the RFC 5322 message (the body
- *                                  starts at msg->body_off)
+ *   <spoolbase>/queue/journal/     segments: every new message is appended
+ *                                  here in group-committed batches (its
+ *                                  metadata, body and dictionaries); the
+ *                                  pickup file is removed after the sync
+ *   <spoolbase>/queue/XX/<id>      a message spilled out of the journal to
+ *                                  wait for a retry: its body (body_off 0)
  *   <spoolbase>/queue/XX/<id>.m    its metadata log: a checksummed header
  *                                  record, then appended state/ctx records
  *   <spoolbase>/bad/<name>         rejected input, with <name>.why
@@ -49,8 +52,9 @@ enum spool_sync {
 
 /* How Spool_Sync = batch makes a batch durable (docs/spool.md has figures). */
 enum spool_sync_method {
-  SPOOL_SYNCM_SYNCFS = 0, /* one syncfs() of the spool's file system */
-  SPOOL_SYNCM_FSYNC,      /* fsync every file written plus the directories touched */
+  SPOOL_SYNCM_DEFAULT = 0, /* the journal: fdatasync of the segment; spilled files: syncfs */
+  SPOOL_SYNCM_SYNCFS,      /* one syncfs() of the spool's file system */
+  SPOOL_SYNCM_FSYNC,       /* fsync / fdatasync of every file written (and new directories' entries) */
 };
 
 enum spool_rcpt_state {
@@ -76,12 +80,12 @@ struct spool_msg {
   uint32_t attempts;    /* delivery attempts so far */
   uint64_t next_attempt_ms; /* wall-clock ms; 0 = now */
   uint64_t created_ms;  /* wall-clock ms of ingest */
-  uint64_t body_off;    /* offset of the RFC 5322 message in the queue file */
+  uint64_t body_off;    /* offset of the RFC 5322 message in the queue file or segment */
   uint64_t body_size;   /* its length in bytes */
   uint32_t meta_size;   /* bytes in <id>.m (append offset) */
   uint32_t ctx_off;     /* where the current serialised dictionaries are in <id>.m */
   uint32_t ctx_len;
-  uint32_t _pad;
+  uint32_t jseg;        /* journal segment holding body and dictionaries; 0: own files */
   const char *sender;   /* "" for the null sender <> */
   const char *binding;  /* NULL when none */
   const char *binding_group; /* NULL when none */
@@ -121,6 +125,8 @@ struct spool_params {
   unsigned rescan_ms;         /* pickup safety-net rescan period; 0: 2000 */
   uint16_t node_id;           /* 0: low 16 bits of the pid */
   enum spool_sync_method sync_method; /* how a batch is made durable */
+  bool no_journal;            /* claim into per-message files (the layout deferred messages
+                               * are spilled to) instead of the journal; for tests */
   spool_msg_cb on_msg;        /* required for spool_ingest/spool_recover */
   spool_bad_cb on_bad;        /* optional */
   spool_ingest_cb on_ingest;  /* optional */
@@ -190,9 +196,11 @@ int spool_id_parse(const char *s, uint64_t *id, uint16_t *node);
  * spool_save_ctx). */
 void spool_msg_set_binding(struct spool_msg *msg, const char *binding);
 void spool_msg_set_binding_group(struct spool_msg *msg, const char *group);
-/* Open the queue file read-only for delivery: the message is bytes
- * [msg->body_off, msg->body_off + msg->body_size). Returns an fd or -errno. */
+/* An fd to read the message from: bytes [msg->body_off, msg->body_off +
+ * msg->body_size). Returns an fd or -errno. Give it back with
+ * spool_close_body (a journal segment's fd is shared, not closed). */
 int spool_open_body(struct spool *sp, const struct spool_msg *msg);
+void spool_close_body(struct spool *sp, int fd);
 /* Free a message's memory (not its files); wipes secrets. NULL ok. */
 void spool_msg_free(struct spool_msg *msg);
 
@@ -211,6 +219,11 @@ void spool_txn_retry(struct spool_txn *t, struct spool_msg *msg, uint32_t attemp
 /* Persist the message's current dictionaries, binding and binding group
  * at commit (like spool_save_ctx, batched). */
 void spool_txn_ctx(struct spool_txn *t, struct spool_msg *msg);
+/* Move a journaled message into its own files at commit (body and
+ * metadata log), so its journal segment can be freed while it waits for a
+ * retry. Call it only when no other thread reads msg (body_off, jseg and
+ * bucket change). No-op for a message already in its own files. */
+void spool_txn_spill(struct spool_txn *t, struct spool_msg *msg);
 /* Remove the message's files at commit and free msg after it. */
 void spool_txn_remove(struct spool_txn *t, struct spool_msg *msg);
 /* Write everything recorded, then sync (per Spool_Sync). Returns 0 or the
@@ -225,6 +238,10 @@ int spool_bad(struct spool *sp, struct spool_msg *msg, const char *reason);
  * right after a claimed file's fstat and before it is read. NULL in
  * production. */
 extern void (*spool_test_after_stat)(int fd);
+/* Fault injection for tests only: when it returns true for a pickup file
+ * whose message was just made durable in the journal, the file is left in
+ * pickup/ (a crash between the sync and the removal). NULL in production. */
+extern bool (*spool_test_keep_pickup)(const char *name);
 
 /* Pickup format parsing (pure; used by spool_ingest and impetus-inject). */
 

@@ -350,7 +350,7 @@ struct conf_throttle conf_throttle(const struct conf_view *v, enum conf_opt o)
 struct conf_addr conf_addr(const struct conf_view *v, enum conf_opt o)
 {
   const struct conf_value *x = GET(v, o, conf_optdefs[o].type == CONF_T_ADDR);
-  return (struct conf_addr){x->host, x->port};
+  return (struct conf_addr){x->host, x->port, x->implicit_tls};
 }
 
 bool conf_is_set(const struct conf_view *v, enum conf_opt o)

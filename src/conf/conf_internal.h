@@ -67,6 +67,7 @@ struct conf_value {
   uint32_t thr_n, thr_per;   /* THROTTLE */
   const char *host;          /* ADDR */
   uint16_t port;
+  bool implicit_tls;         /* ADDR (Gateway): written smtps://host[:port] */
   uint16_t opt;
   bool set;                  /* false: built-in default */
   uint32_t scope;            /* node id that set it; 0 = default */

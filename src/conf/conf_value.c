@@ -638,11 +638,19 @@ int conf_value_convert(struct conf_arena *a, enum conf_opt opt, const struct con
       out->text = "*";
       return 0;
     }
+    out->text = s; /* as written, scheme included */
+    if (opt == CONF_GATEWAY) { /* a smart host may be named by URL */
+      if (!strncasecmp(s, "smtps://", 8)) {
+        out->implicit_tls = true;
+        s += 8;
+      } else if (!strncasecmp(s, "smtp://", 7)) {
+        s += 7;
+      }
+    }
     if (!parse_addr(a, s, &out->host, &out->port)) {
       snprintf(why, whylen, "'%.200s' is not an address (host, host:port, or [IPv6]:port)", s);
       return -EINVAL;
     }
-    out->text = s;
     return 0;
   case CONF_T_ENUM: {
     const char *canon;

@@ -110,7 +110,7 @@ static void load_headers(struct luam_spool_msg *h)
       break;
     got += (size_t)n;
   }
-  close(fd);
+  spool_close_body(h->sp, fd);
   h->hdr_block[got] = 0;
   parse_headers(h, got);
 }

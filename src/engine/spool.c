@@ -1,12 +1,15 @@
-/* spool.c owns the spool directories: claiming pickup files into the queue
- * (rename, so a file is always in exactly one place), the per-message
- * metadata log <id>.m (checksummed records), group commit, start-up
- * recovery, bad/ and the outcome transactions. It never deletes input
- * silently (rejects go to bad/ with a .why), never writes a secret context
- * entry, and never logs: problems reach the engine through on_bad and
- * return codes. Threads: spool_ingest on one ingest thread (or the thread
- * spool_start owns); spool_recover before ingestion; a message and a txn
- * are used by their owner thread only. All functions may block on disk.
+/* spool.c owns the spool directories: reading pickup files into the
+ * journal (group-committed segments; the pickup file is removed only once
+ * its entry is durable, and recognised at recovery if a crash came first),
+ * the per-message files that deferred messages are spilled to (<id> and
+ * the metadata log <id>.m), start-up recovery, bad/ and the outcome
+ * transactions. It never deletes input silently (rejects go to bad/ with a
+ * .why), never writes a secret context entry, and never logs: problems
+ * reach the engine through on_bad and return codes. Threads: spool_ingest
+ * on one ingest thread (or the thread spool_start owns), which is also the
+ * only writer of the journal (other threads post records to it);
+ * spool_recover before ingestion; a message and a txn are used by their
+ * owner thread only. All functions may block on disk.
  *
  * <id>.m layout (little endian): "IMPM" u32 version (1), then records
  *   u32 len, u8 type, payload[len], u32 crc32c(len, type, payload)
@@ -52,6 +55,27 @@
 #define NBUCKETS 256
 #define BUCKET_SHIFT 10 /* 1024 consecutive messages per bucket */
 #define STR_NONE 0xffffffffu
+/* The journal (queue/journal/<8 hex digits>): "IMPJ" u32 version, then
+ * records in the <id>.m format:
+ *   JMSG: the HEADER fields (body_off = where the body starts in the
+ *     segment), then u64 inode, u64 size, u64 mtime_ns and str name of the
+ *     pickup file it came from; the body follows raw, then its ATTR record
+ *     (a message counts only once its ATTR record is complete)
+ *   JSTATE: u64 id, u16 node, then a STATE payload
+ *   DONE: u64 id, u16 node: the message left the journal (delivered,
+ *     failed, or spilled into its own files, which then win)
+ * Segments are freed oldest first, once no message ingested into them is
+ * still queued, so a DONE or JSTATE record never outlives the JMSG it
+ * refers to. */
+#define JRN_MAGIC "IMPJ"
+#define JRN_VERSION 1u
+#define JRN_SEG_MAX (64u * 1024u * 1024u) /* rotate a segment past this many bytes */
+#define JRN_SLOTS 4096u                   /* named limit: live segments (256 GB) */
+#define JRN_BATCH_BYTES (32u * 1024u * 1024u) /* an ingest batch stops growing here */
+#define JRN_FD_MAX 65536u                 /* segment fds are below this (open-files limits are lower) */
+#define REC_JMSG 4u
+#define REC_JSTATE 5u
+#define REC_DONE 6u
 
 struct spool {
   struct spool_params p;
@@ -73,7 +97,45 @@ struct spool {
   atomic_bool stop;
   bool thread_running;
   pthread_t thread;
+  /* The journal; written by the ingest thread only (workers post records). */
+  int jdir_fd;
+  uint32_t jfirst, jnext, jcur; /* segments on disk are [jfirst, jnext); jcur is appended (0: none) */
+  uint64_t jsize;               /* bytes in jcur */
+  _Atomic int jfd[JRN_SLOTS];   /* fd of segment s at s % JRN_SLOTS, read by any thread */
+  _Atomic uint64_t jfd_bits[JRN_FD_MAX / 64]; /* which fds are segments' (never closed by readers) */
+  uint32_t jpins[JRN_SLOTS];    /* queued messages whose JMSG is in the segment */
+  pthread_mutex_t jlock;        /* appends, rotation, pins, freeing (not reads, not syncs) */
+  struct buf jretry;            /* DONE records that could not be written yet (under jlock) */
+  struct jmap *jrecov;          /* during spool_recover */
+  const struct spool_msg *ingest_msg; /* in the ingest hook, read from ingest_fd */
+  int ingest_fd;
+  /* spool_start's pipeline: the ingest thread reads, parses and appends
+   * batches; the commit thread syncs them, removes their pickup files and
+   * hands the messages over, while the next batch is read. */
+  bool pipelined;
+  pthread_mutex_t qlock;
+  pthread_cond_t qcond;         /* a batch was queued, or stop */
+  pthread_cond_t qdrained;      /* inflight went to 0 */
+  struct jbatch *qhead, *qtail;
+  unsigned inflight;            /* batches queued or being committed */
+  bool qstop, committer_running;
+  pthread_t committer;
+  atomic_int commit_err;
+  struct buf jbuf;
 };
+
+
+static int jfd_of(const struct spool *sp, uint32_t seg);
+static long spool_recover_files(struct spool *sp);
+static void wait_drained(struct spool *sp);
+struct jmap;
+struct jent;
+static struct jent *jmap_find(struct jmap *jm, uint64_t id, uint16_t node);
+static void jent_drop(struct jent *e);
+static int jrn_spill(struct spool *sp, struct spool_msg *m, struct buf *b, int *bfd, int *mfd);
+static int copy_out(int src, uint64_t off, uint64_t len, int dst);
+static void jrn_retire(struct spool *sp, struct buf *b, const uint32_t *unpin, uint32_t nunpin);
+static void rec_done(struct buf *b, const struct spool_msg *m);
 
 /* ---- small helpers ---- */
 
@@ -462,7 +524,7 @@ int spool_load_ctx(struct spool *sp, struct spool_msg *msg)
 {
   if (msg->mess && msg->conn)
     return 0;
-  int fd = open_meta(sp, msg, O_RDONLY);
+  int fd = msg->jseg ? jfd_of(sp, msg->jseg) : open_meta(sp, msg, O_RDONLY);
   if (fd < 0)
     return fd;
   uint8_t stackbuf[4096];
@@ -482,7 +544,8 @@ int spool_load_ctx(struct spool *sp, struct spool_msg *msg)
     else
       r = attr_apply(msg, &rd, true);
   }
-  close(fd);
+  if (!msg->jseg)
+    close(fd);
   if (p != stackbuf)
     free(p);
   if (r < 0)
@@ -529,6 +592,26 @@ int spool_save_ctx(struct spool *sp, struct spool_msg *msg)
 {
   struct buf b = {0};
   int fd = -1;
+  if (msg->jseg) { /* a changed message leaves the journal for its own files */
+    uint32_t old = msg->jseg;
+    int bfd = -1, mfd = -1;
+    int r = jrn_spill(sp, msg, &b, &bfd, &mfd);
+    if (r == 0 && sp->p.sync != SPOOL_SYNC_NONE && (fsync(bfd) < 0 || fsync(mfd) < 0))
+      r = -errno;
+    if (bfd >= 0)
+      close(bfd);
+    if (mfd >= 0)
+      close(mfd);
+    if (r < 0 && msg->jseg == 0)
+      return r; /* spilled but not durable: the journal still holds it */
+    if (r < 0) {
+      buf_done(&b, 0);
+      return r;
+    }
+    b.len = b.off = 0;
+    rec_done(&b, msg);
+    jrn_retire(sp, &b, &old, 1);
+  }
   int r = append_attr(sp, msg, &b, &fd);
   if (r == 0 && sp->p.sync != SPOOL_SYNC_NONE && fsync(fd) < 0)
     r = -errno;
@@ -540,10 +623,211 @@ int spool_save_ctx(struct spool *sp, struct spool_msg *msg)
 
 int spool_open_body(struct spool *sp, const struct spool_msg *msg)
 {
+  if (msg == sp->ingest_msg) { /* the ingest hook: its pickup file */
+    int fd = dup(sp->ingest_fd);
+    return fd < 0 ? -errno : fd;
+  }
+  if (msg->jseg) {
+    int fd = jfd_of(sp, msg->jseg);
+    return fd >= 0 ? fd : -ESTALE;
+  }
   char name[SPOOL_ID_LEN + 1];
   id_format(msg->id, msg->node, name);
   int fd = openat(sp->bucket_fd[msg->bucket], name, O_RDONLY | O_CLOEXEC);
   return fd < 0 ? -errno : fd;
+}
+
+/* ---- the journal: segments, posts, freeing ---- */
+
+static int jfd_of(const struct spool *sp, uint32_t seg)
+{
+  return atomic_load_explicit(&((struct spool *)(uintptr_t)sp)->jfd[seg % JRN_SLOTS],
+                              memory_order_acquire);
+}
+
+static bool jfd_is_seg(struct spool *sp, int fd)
+{
+  return (unsigned)fd < JRN_FD_MAX &&
+         (atomic_load_explicit(&sp->jfd_bits[fd / 64], memory_order_acquire) >> (fd % 64) & 1);
+}
+
+/* Publish fd as segment seg's (or retire the slot's fd when fd is -1). */
+static void jfd_set(struct spool *sp, uint32_t seg, int fd)
+{
+  if (fd >= 0) {
+    if ((unsigned)fd >= JRN_FD_MAX)
+      util_panic("spool: segment fd %d over %u", fd, JRN_FD_MAX);
+    atomic_fetch_or_explicit(&sp->jfd_bits[fd / 64], 1ull << (fd % 64), memory_order_release);
+    atomic_store_explicit(&sp->jfd[seg % JRN_SLOTS], fd, memory_order_release);
+    return;
+  }
+  int old = atomic_exchange_explicit(&sp->jfd[seg % JRN_SLOTS], -1, memory_order_acq_rel);
+  if (old >= 0) {
+    atomic_fetch_and_explicit(&sp->jfd_bits[old / 64], ~(1ull << (old % 64)),
+                              memory_order_release);
+    close(old);
+  }
+}
+
+static void jseg_name(uint32_t seg, char out[16]) { snprintf(out, 16, "%08x", seg); }
+
+static int sync_counted(struct spool *sp, int fd, bool data_only)
+{
+  atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
+  return (data_only ? fdatasync(fd) : fsync(fd)) < 0 ? -errno : 0;
+}
+
+/* Start segment jnext and append to it from now on. */
+static int jrn_new_seg(struct spool *sp)
+{
+  if (sp->jnext - sp->jfirst >= JRN_SLOTS)
+    return -ENOSPC; /* every slot holds a segment with queued mail */
+  uint32_t seg = sp->jnext;
+  char name[16];
+  jseg_name(seg, name);
+  int fd = openat(sp->jdir_fd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return -errno;
+  uint8_t hdr[8] = {'I', 'M', 'P', 'J', (uint8_t)JRN_VERSION, 0, 0, 0};
+  int r = write_all(fd, hdr, sizeof(hdr), 0);
+  if (r == 0 && sp->p.sync != SPOOL_SYNC_NONE)
+    r = sync_counted(sp, sp->jdir_fd, false); /* the new name, once per segment */
+  if (r < 0) {
+    close(fd);
+    unlinkat(sp->jdir_fd, name, 0);
+    return r;
+  }
+  jfd_set(sp, seg, fd);
+  sp->jpins[seg % JRN_SLOTS] = 0;
+  sp->jnext = seg + 1;
+  sp->jcur = seg;
+  sp->jsize = sizeof(hdr);
+  return 0;
+}
+
+/* Append to the current segment; on failure it is cut back to where it was. */
+static int jrn_append(struct spool *sp, const void *p, size_t n)
+{
+  int fd = jfd_of(sp, sp->jcur);
+  int r = write_all(fd, p, n, (off_t)sp->jsize);
+  if (r < 0) {
+    if (ftruncate(fd, (off_t)sp->jsize) < 0) {
+      /* the tail stays; recovery ignores a record it cannot complete */
+    }
+    return r;
+  }
+  sp->jsize += n;
+  return 0;
+}
+
+static int jrn_sync(struct spool *sp, uint32_t seg)
+{
+  if (sp->p.sync == SPOOL_SYNC_NONE)
+    return 0;
+  if (sp->p.sync_method == SPOOL_SYNCM_SYNCFS && sp->p.sync == SPOOL_SYNC_BATCH) {
+    atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
+    return syncfs(sp->queue_fd) < 0 ? -errno : 0;
+  }
+  return sync_counted(sp, jfd_of(sp, seg), true);
+}
+
+/* Free segments from the oldest while no queued message was ingested into
+ * them. The current one goes too once the journal holds nothing queued. */
+static void jrn_gc(struct spool *sp)
+{
+  while (sp->jfirst < sp->jnext && sp->jpins[sp->jfirst % JRN_SLOTS] == 0) {
+    uint32_t seg = sp->jfirst;
+    if (seg == sp->jcur)
+      sp->jcur = 0;
+    jfd_set(sp, seg, -1);
+    char name[16];
+    jseg_name(seg, name);
+    unlinkat(sp->jdir_fd, name, 0);
+    sp->jfirst++;
+  }
+}
+
+/* Make room for n more bytes: a new segment when none is open or the
+ * current one would grow past JRN_SEG_MAX (unless it is still empty). */
+static int jrn_room(struct spool *sp, size_t n)
+{
+  if (sp->jcur && (sp->jsize + n <= JRN_SEG_MAX || sp->jsize <= 8))
+    return 0;
+  return jrn_new_seg(sp);
+}
+
+/* Append n bytes to the journal and pin the segment npins times, under
+ * jlock (any thread). *seg and *off say where they went. */
+static int jrn_put(struct spool *sp, const void *p, size_t n, uint32_t npins, uint32_t *seg,
+                   uint64_t *off)
+{
+  pthread_mutex_lock(&sp->jlock);
+  int r = jrn_room(sp, n + sp->jretry.len);
+  if (r == 0 && sp->jretry.len) { /* DONE records a full disk held back go first */
+    if ((r = jrn_append(sp, sp->jretry.data, sp->jretry.len)) == 0)
+      sp->jretry.len = sp->jretry.off = 0;
+  }
+  if (r == 0) {
+    *seg = sp->jcur;
+    *off = sp->jsize;
+    r = jrn_append(sp, p, n);
+  }
+  if (r == 0)
+    sp->jpins[sp->jcur % JRN_SLOTS] += npins;
+  pthread_mutex_unlock(&sp->jlock);
+  return r;
+}
+
+/* Drop pins and free what no queued message needs any more (any thread). */
+static void jrn_unpin(struct spool *sp, const uint32_t *segs, uint32_t n)
+{
+  if (n == 0)
+    return;
+  pthread_mutex_lock(&sp->jlock);
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t *pin = &sp->jpins[segs[i] % JRN_SLOTS];
+    if (*pin == 0)
+      util_panic("spool: journal segment %u unpinned below zero", segs[i]);
+    (*pin)--;
+  }
+  jrn_gc(sp);
+  pthread_mutex_unlock(&sp->jlock);
+}
+
+/* Write records that retire journal entries (DONE, JSTATE), then drop the
+ * entries' pins. A record that cannot be written (disk full) is kept and
+ * written before the next append. Any thread. It does not sync (a DONE
+ * lost to a power loss means a duplicate, never a loss) unless Spool_Sync
+ * is always. */
+static void jrn_retire(struct spool *sp, struct buf *b, const uint32_t *unpin, uint32_t nunpin)
+{
+  if (b->len) {
+    uint32_t seg;
+    uint64_t off;
+    int r = jrn_put(sp, b->data, b->len, 0, &seg, &off);
+    if (r < 0) {
+      pthread_mutex_lock(&sp->jlock);
+      buf_append(&sp->jretry, b->data, b->len);
+      pthread_mutex_unlock(&sp->jlock);
+    } else if (sp->p.sync == SPOOL_SYNC_ALWAYS) {
+      (void)jrn_sync(sp, seg);
+    }
+  }
+  jrn_unpin(sp, unpin, nunpin);
+}
+
+static void rec_done(struct buf *b, const struct spool_msg *m)
+{
+  size_t r = rec_begin(b, REC_DONE);
+  put_u64(b, m->id);
+  put_u16(b, m->node);
+  rec_end(b, r);
+}
+
+void spool_close_body(struct spool *sp, int fd)
+{
+  if (fd >= 0 && !jfd_is_seg(sp, fd))
+    close(fd);
 }
 
 /* ---- bad/ ---- */
@@ -595,6 +879,21 @@ int spool_bad(struct spool *sp, struct spool_msg *msg, const char *reason)
 {
   char id[SPOOL_ID_LEN + 1], meta[SPOOL_ID_LEN + 3], dst[SPOOL_NAME_MAX + 1];
   id_format(msg->id, msg->node, id);
+  if (msg->jseg) { /* its body goes to bad/<id>; the journal forgets it */
+    bad_name(sp, id, id, dst, sizeof(dst));
+    int fd = openat(sp->bad_fd, dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int r = fd < 0 ? -errno : copy_out(jfd_of(sp, msg->jseg), msg->body_off, msg->body_size, fd);
+    if (fd >= 0)
+      close(fd);
+    write_why(sp, dst, reason, id);
+    report_bad(sp, id, reason);
+    struct buf b = {0};
+    rec_done(&b, msg);
+    jrn_retire(sp, &b, &msg->jseg, 1);
+    buf_done(&b, 0);
+    spool_msg_free(msg);
+    return r;
+  }
   snprintf(meta, sizeof(meta), "%s.m", id);
   int dfd = sp->bucket_fd[msg->bucket], r = 0;
   bad_name(sp, id, id, dst, sizeof(dst));
@@ -641,6 +940,14 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
   struct spool *sp = util_xcalloc(1, sizeof(*sp));
   sp->p = *p;
   sp->base_fd = sp->pickup_fd = sp->queue_fd = sp->bad_fd = sp->ino_fd = sp->wake_fd = -1;
+  sp->jdir_fd = -1;
+  for (unsigned i = 0; i < JRN_SLOTS; i++)
+    atomic_init(&sp->jfd[i], -1);
+  sp->jfirst = sp->jnext = 1;
+  pthread_mutex_init(&sp->jlock, NULL);
+  pthread_mutex_init(&sp->qlock, NULL);
+  pthread_cond_init(&sp->qcond, NULL);
+  pthread_cond_init(&sp->qdrained, NULL);
   for (int i = 0; i < NBUCKETS; i++)
     sp->bucket_fd[i] = -1;
   sp->base = util_xstrdup(p->spoolbase);
@@ -680,6 +987,9 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
       return open_fail(sp, err, errlen, "%s/queue/%s: %s", sp->base, name, strerror(-r));
     sp->bucket_fd[i] = r;
   }
+  if ((r = open_dir(sp->queue_fd, "journal", true)) < 0)
+    return open_fail(sp, err, errlen, "%s/queue/journal: %s", sp->base, strerror(-r));
+  sp->jdir_fd = r;
   struct stat a, b;
   if (fstat(sp->pickup_fd, &a) < 0 || fstat(sp->queue_fd, &b) < 0 || a.st_dev != b.st_dev)
     return open_fail(sp, err, errlen,
@@ -714,6 +1024,20 @@ void spool_close(struct spool *sp)
   if (!sp)
     return;
   spool_stop(sp);
+  if (sp->jdir_fd >= 0) {
+    /* what workers posted last (DONE records of the final deliveries) */
+    if (sp->jcur) /* the DONE records of the last deliveries */
+      (void)jrn_sync(sp, sp->jcur);
+    for (unsigned i = 0; i < JRN_SLOTS; i++)
+      jfd_set(sp, i, -1);
+    close(sp->jdir_fd);
+  }
+  buf_done(&sp->jbuf, 0);
+  buf_done(&sp->jretry, 0);
+  pthread_mutex_destroy(&sp->jlock);
+  pthread_mutex_destroy(&sp->qlock);
+  pthread_cond_destroy(&sp->qcond);
+  pthread_cond_destroy(&sp->qdrained);
   int fds[] = {sp->base_fd, sp->pickup_fd, sp->queue_fd, sp->bad_fd, sp->ino_fd, sp->wake_fd};
   for (size_t i = 0; i < UTIL_ARRAY_LEN(fds); i++)
     if (fds[i] >= 0)
@@ -797,6 +1121,7 @@ static bool wait_work(struct spool *sp, int timeout_ms)
       sp->scan_due = true;
     if (sp->scan_due) {
       sp->scan_due = false;
+      wait_drained(sp);
       if (scan_pickup(sp) == 0 && sp->nnames > 0)
         return true;
     }
@@ -842,7 +1167,7 @@ static int sync_batch(struct spool *sp, struct claimed *c, size_t n, const bool 
 {
   if (sp->p.sync == SPOOL_SYNC_NONE || n == 0)
     return 0;
-  if (sp->p.sync_method == SPOOL_SYNCM_SYNCFS)
+  if (sp->p.sync_method != SPOOL_SYNCM_FSYNC)
     return syncfs_counted(sp);
   int r = 0;
   for (size_t i = 0; i < n && r == 0; i++) {
@@ -1055,10 +1380,284 @@ static void deliver_batch(struct spool *sp, struct claimed *c, size_t n)
   }
 }
 
+/* A message of the current journal batch. */
+struct jtake {
+  struct spool_msg *msg;
+  char *name; /* its pickup file, removed once the batch is durable */
+  size_t at;  /* where its records start in sp->jbuf */
+};
+
+/* A batch on its way from the ingest thread to the commit thread. */
+struct jbatch {
+  struct jbatch *next;
+  struct jtake *c;
+  size_t n;
+  uint32_t seg;
+  uint64_t base;
+};
+
+/* Read, check and parse pickup file `name`, and append its JMSG, body and
+ * ATTR records to sp->jbuf. Returns 0 with out->msg set; 1 when it went to
+ * bad/ (reported) or vanished. Never leaves anything in the journal. */
+static int jrn_take(struct spool *sp, const char *name, struct jtake *out)
+{
+  char why[512];
+  out->msg = NULL;
+  int fd = openat(sp->pickup_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno == ENOENT) { /* removed by its producer: nothing to own */
+      write_why(sp, name, "file vanished before it could be claimed", NULL);
+      report_bad(sp, name, "file vanished before it could be claimed");
+      return 1;
+    }
+    snprintf(why, sizeof(why), "cannot open the pickup file: %s", strerror(errno));
+    to_bad(sp, sp->pickup_fd, name, name, why, NULL);
+    return 1;
+  }
+  struct stat st;
+  int r = read_file(sp, fd, &st, why, sizeof(why));
+  if (r < 0) {
+    close(fd);
+    if (r != -EFBIG && r != -EAGAIN)
+      snprintf(why, sizeof(why), "read error: %s", strerror(-r));
+    if (!S_ISREG(st.st_mode) && r != -EFBIG && r != -EAGAIN)
+      snprintf(why, sizeof(why), "not a regular file");
+    to_bad(sp, sp->pickup_fd, name, name, why, NULL);
+    return 1;
+  }
+  uint64_t id = next_id(sp);
+  char idstr[SPOOL_ID_LEN + 1];
+  id_format(id, sp->p.node_id, idstr);
+  struct spool_envelope env;
+  if (spool_parse((const char *)sp->rbuf.data, sp->rbuf.len, &env, why, sizeof(why)) < 0) {
+    close(fd);
+    spool_envelope_done(&env);
+    to_bad(sp, sp->pickup_fd, name, name, why, idstr);
+    return 1;
+  }
+  struct spool_msg *m = msg_from_env(sp, &env, id, sp->p.node_id, 0);
+  spool_envelope_done(&env);
+  if (sp->p.on_ingest) {
+    why[0] = 0;
+    sp->ingest_msg = m; /* spool_open_body reads the pickup file meanwhile */
+    sp->ingest_fd = fd;
+    int hr = sp->p.on_ingest(sp->p.arg, m, why, sizeof(why));
+    sp->ingest_msg = NULL;
+    if (hr < 0) {
+      close(fd);
+      spool_msg_free(m);
+      to_bad(sp, sp->pickup_fd, name, name, why[0] ? why : "rejected by the ingest hook", idstr);
+      return 1;
+    }
+  }
+  close(fd);
+  struct buf *b = &sp->jbuf;
+  out->at = b->len;
+  size_t r0 = rec_begin(b, REC_JMSG);
+  put_u64(b, m->id);
+  put_u16(b, m->node);
+  put_u8(b, m->flags);
+  put_u8(b, 0);
+  put_u64(b, m->created_ms);
+  put_u64(b, 0); /* body_off: the body follows this record */
+  put_u64(b, m->body_size);
+  put_str(b, m->sender);
+  put_u32(b, m->nrcpt);
+  for (uint32_t i = 0; i < m->nrcpt; i++)
+    put_str(b, m->rcpt[i]);
+  put_u64(b, (uint64_t)st.st_ino);
+  put_u64(b, (uint64_t)st.st_size);
+  put_u64(b, (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec);
+  put_str(b, name);
+  rec_end(b, r0);
+  size_t body = b->len;
+  buf_append(b, sp->rbuf.data + m->body_off, (size_t)m->body_size);
+  size_t attr = b->len;
+  rec_attr(b, m);
+  /* offsets within the entry for now; ingest_journal makes them absolute */
+  m->body_off = body - out->at;
+  m->ctx_off = (uint32_t)(attr - out->at);
+  m->ctx_len = (uint32_t)(b->len - attr);
+  out->msg = m;
+  return 0;
+}
+
+bool (*spool_test_keep_pickup)(const char *name);
+
+/* A pickup file whose message is durable in the journal leaves pickup/. */
+static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
+{
+  if (spool_test_keep_pickup && spool_test_keep_pickup(t->name))
+    return; /* as if the process died here */
+  if (unlinkat(sp->pickup_fd, t->name, 0) == 0 || errno == ENOENT)
+    return;
+  char why[256], id[SPOOL_ID_LEN + 1];
+  snprintf(why, sizeof(why), "queued as %s, but the pickup file could not be removed (%s)",
+           spool_msg_id_str(t->msg, id), strerror(errno));
+  to_bad(sp, sp->pickup_fd, t->name, t->name, why, id);
+}
+
+/* A batch that could not be made durable: its pickup files stay for the
+ * next round, and what reached the segment is retired so it can never be
+ * taken for mail. */
+static void jrn_batch_fail(struct spool *sp, struct jbatch *bt, bool put)
+{
+  struct buf done = {0};
+  uint32_t *unpin = util_xmalloc(bt->n * sizeof(*unpin));
+  for (size_t i = 0; i < bt->n; i++) {
+    rec_done(&done, bt->c[i].msg);
+    unpin[i] = bt->seg;
+    spool_msg_free(bt->c[i].msg);
+    free(bt->c[i].name);
+  }
+  if (put)
+    jrn_retire(sp, &done, unpin, (uint32_t)bt->n);
+  buf_done(&done, 0);
+  free(unpin);
+  free(bt->c);
+  free(bt);
+}
+
+/* A durable batch: remove its pickup files, then hand the messages over. */
+static void jrn_batch_done(struct spool *sp, struct jbatch *bt)
+{
+  for (size_t i = 0; i < bt->n; i++) {
+    struct spool_msg *m = bt->c[i].msg;
+    m->jseg = bt->seg;
+    m->body_off += bt->base + bt->c[i].at;
+    m->ctx_off += (uint32_t)(bt->base + bt->c[i].at);
+    jrn_forget_pickup(sp, &bt->c[i]);
+    free(bt->c[i].name);
+  }
+  atomic_fetch_add_explicit(&sp->st_ingested, bt->n, memory_order_relaxed);
+  atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
+  for (size_t i = 0; i < bt->n; i++) {
+    spool_drop_ctx(sp, bt->c[i].msg);
+    sp->p.on_msg(sp->p.arg, bt->c[i].msg);
+  }
+  free(bt->c);
+  free(bt);
+}
+
+/* One journal round over the pending names: read and parse up to
+ * batch_max files (or JRN_BATCH_BYTES) into one buffer and append it with
+ * one write. Then make it durable with one sync, remove the pickup files
+ * and hand the messages over, here or (pipelined) on the commit thread. */
+static long ingest_journal(struct spool *sp)
+{
+  size_t max = sp->p.sync == SPOOL_SYNC_ALWAYS ? 1 : sp->p.batch_max;
+  struct jbatch *bt = util_xcalloc(1, sizeof(*bt));
+  bt->c = util_xcalloc(max, sizeof(*bt->c));
+  sp->jbuf.len = sp->jbuf.off = 0;
+  while (bt->n < max && sp->inames < sp->nnames && sp->jbuf.len < JRN_BATCH_BYTES) {
+    char *name = sp->names[sp->inames++];
+    if (jrn_take(sp, name, &bt->c[bt->n]) == 0)
+      bt->c[bt->n++].name = name;
+    else
+      free(name);
+  }
+  long n = (long)bt->n;
+  if (n == 0) {
+    free(bt->c);
+    free(bt);
+    atomic_store(&sp->last_err, 0);
+    return 0;
+  }
+  int r = jrn_put(sp, sp->jbuf.data, sp->jbuf.len, (uint32_t)n, &bt->seg, &bt->base);
+  if (r == 0 && sp->pipelined) {
+    pthread_mutex_lock(&sp->qlock);
+    if (sp->qtail)
+      sp->qtail->next = bt;
+    else
+      sp->qhead = bt;
+    sp->qtail = bt;
+    sp->inflight++;
+    pthread_cond_signal(&sp->qcond);
+    pthread_mutex_unlock(&sp->qlock);
+    atomic_store(&sp->last_err, 0);
+    return n;
+  }
+  bool put = r == 0;
+  if (r == 0)
+    r = jrn_sync(sp, bt->seg);
+  if (r < 0) {
+    jrn_batch_fail(sp, bt, put);
+    names_clear(sp);
+    sp->scan_due = true;
+    atomic_store(&sp->last_err, r);
+    return r;
+  }
+  jrn_batch_done(sp, bt);
+  atomic_store(&sp->last_err, 0);
+  return n;
+}
+
+/* The commit thread: one sync for every batch queued meanwhile (group
+ * commit across batches), then their pickup files go and their messages
+ * are handed over. */
+static void *commit_thread(void *arg)
+{
+  struct spool *sp = arg;
+  pthread_mutex_lock(&sp->qlock);
+  for (;;) {
+    while (!sp->qhead && !sp->qstop)
+      pthread_cond_wait(&sp->qcond, &sp->qlock);
+    if (!sp->qhead)
+      break;
+    struct jbatch *list = sp->qhead;
+    sp->qhead = sp->qtail = NULL;
+    pthread_mutex_unlock(&sp->qlock);
+    unsigned nb = 0;
+    int r = 0;
+    uint32_t synced = 0; /* batches are in segment order; one sync per segment */
+    for (struct jbatch *b = list; b && r == 0; b = b->next)
+      if (b->seg != synced)
+        r = jrn_sync(sp, synced = b->seg);
+    for (struct jbatch *b = list, *next; b; b = next) {
+      next = b->next;
+      nb++;
+      if (r < 0)
+        jrn_batch_fail(sp, b, true);
+      else
+        jrn_batch_done(sp, b);
+    }
+    if (r < 0)
+      atomic_store(&sp->commit_err, r);
+    pthread_mutex_lock(&sp->qlock);
+    sp->inflight -= nb;
+    if (sp->inflight == 0)
+      pthread_cond_broadcast(&sp->qdrained);
+  }
+  pthread_mutex_unlock(&sp->qlock);
+  return NULL;
+}
+
+/* Before the ingest thread lists pickup/ again: every batch it handed to
+ * the commit thread is done, so no file still being committed is listed. */
+static void wait_drained(struct spool *sp)
+{
+  if (!sp->pipelined)
+    return;
+  pthread_mutex_lock(&sp->qlock);
+  while (sp->inflight > 0)
+    pthread_cond_wait(&sp->qdrained, &sp->qlock);
+  pthread_mutex_unlock(&sp->qlock);
+}
+
 long spool_ingest(struct spool *sp, int timeout_ms)
 {
   if (!wait_work(sp, timeout_ms))
     return 0;
+  if (!sp->p.no_journal) {
+    int ce = atomic_exchange(&sp->commit_err, 0);
+    if (ce < 0) { /* the commit thread could not sync: those files stay in pickup/ */
+      wait_drained(sp);
+      names_clear(sp);
+      sp->scan_due = true;
+      return ce;
+    }
+    return ingest_journal(sp);
+  }
   size_t max = sp->p.batch_max, n = 0;
   struct claimed *c = util_xcalloc(max, sizeof(*c));
   bool touched[NBUCKETS] = {0};
@@ -1171,21 +1770,42 @@ int spool_start(struct spool *sp)
   if (sp->thread_running)
     return -EALREADY;
   atomic_store(&sp->stop, false);
+  if (!sp->p.no_journal && sp->p.sync == SPOOL_SYNC_BATCH) {
+    sp->qstop = false;
+    int r = pthread_create(&sp->committer, NULL, commit_thread, sp);
+    if (r)
+      return -r;
+    sp->committer_running = true;
+    sp->pipelined = true;
+  }
   int r = pthread_create(&sp->thread, NULL, ingest_thread, sp);
-  if (r)
+  if (r) {
+    spool_stop(sp);
     return -r;
+  }
   sp->thread_running = true;
   return 0;
 }
 
 void spool_stop(struct spool *sp)
 {
-  if (!sp || !sp->thread_running)
+  if (!sp)
     return;
-  atomic_store(&sp->stop, true);
-  spool_kick(sp);
-  pthread_join(sp->thread, NULL);
-  sp->thread_running = false;
+  if (sp->thread_running) {
+    atomic_store(&sp->stop, true);
+    spool_kick(sp);
+    pthread_join(sp->thread, NULL);
+    sp->thread_running = false;
+  }
+  if (sp->committer_running) { /* it commits what is queued, then ends */
+    pthread_mutex_lock(&sp->qlock);
+    sp->qstop = true;
+    pthread_cond_signal(&sp->qcond);
+    pthread_mutex_unlock(&sp->qlock);
+    pthread_join(sp->committer, NULL);
+    sp->committer_running = false;
+    sp->pipelined = false;
+  }
 }
 
 /* ---- recovery ---- */
@@ -1357,6 +1977,13 @@ static long recover_one(struct spool *sp, int b, const char *id, bool have_body,
   }
   if (idv > sp->last_id)
     sp->last_id = idv;
+  if (jmap_find(sp->jrecov, idv, node)) {
+    /* A spill that a crash cut short: the journal has not retired the
+     * entry, so it stands and the partial files go. */
+    unlinkat(dfd, id, 0);
+    unlinkat(dfd, mname, 0);
+    return 0;
+  }
   struct spool_msg *m = NULL;
   why[0] = 0;
   if (have_meta) {
@@ -1417,7 +2044,385 @@ static long recover_one(struct spool *sp, int b, const char *id, bool have_body,
   return 1;
 }
 
+/* Journal recovery: every queued message found in the segments, by id. */
+struct jent {
+  struct spool_msg *m; /* NULL once done, or superseded by its own files */
+  uint64_t ino, size, mtime_ns;
+  char *src;           /* the pickup file it came from */
+};
+struct jmap {
+  struct jent *e;
+  size_t n, cap;
+  uint32_t *h; /* index + 1, open addressing; 0 = empty */
+  size_t hcap;
+};
+
+static size_t jmap_slot(const struct jmap *jm, uint64_t id, uint16_t node)
+{
+  uint64_t k = (id ^ ((uint64_t)node << 48)) * 0x9e3779b97f4a7c15ull;
+  return (size_t)(k >> 20) & (jm->hcap - 1);
+}
+
+static struct jent *jmap_find(struct jmap *jm, uint64_t id, uint16_t node)
+{
+  if (!jm || !jm->hcap)
+    return NULL;
+  for (size_t i = jmap_slot(jm, id, node);; i = (i + 1) & (jm->hcap - 1)) {
+    uint32_t x = jm->h[i];
+    if (!x)
+      return NULL;
+    struct jent *e = &jm->e[x - 1];
+    if (e->m && e->m->id == id && e->m->node == node)
+      return e;
+  }
+}
+
+static void jmap_put(struct jmap *jm, struct jent *ne)
+{
+  if ((jm->n + 1) * 2 > jm->hcap) {
+    size_t hc = jm->hcap ? jm->hcap * 2 : 1024;
+    free(jm->h);
+    jm->h = util_xcalloc(hc, sizeof(*jm->h));
+    jm->hcap = hc;
+    for (size_t k = 0; k < jm->n; k++) {
+      if (!jm->e[k].m)
+        continue;
+      size_t i = jmap_slot(jm, jm->e[k].m->id, jm->e[k].m->node);
+      while (jm->h[i])
+        i = (i + 1) & (hc - 1);
+      jm->h[i] = (uint32_t)k + 1;
+    }
+  }
+  if (jm->n == jm->cap) {
+    jm->cap = jm->cap ? jm->cap * 2 : 1024;
+    jm->e = util_xrealloc(jm->e, jm->cap * sizeof(*jm->e));
+  }
+  jm->e[jm->n] = *ne;
+  size_t i = jmap_slot(jm, ne->m->id, ne->m->node);
+  while (jm->h[i])
+    i = (i + 1) & (jm->hcap - 1);
+  jm->h[i] = (uint32_t)++jm->n;
+}
+
+static void jent_drop(struct jent *e)
+{
+  spool_msg_free(e->m);
+  e->m = NULL;
+}
+
+static void jmap_free(struct jmap *jm)
+{
+  for (size_t i = 0; i < jm->n; i++) {
+    spool_msg_free(jm->e[i].m);
+    free(jm->e[i].src);
+  }
+  free(jm->e);
+  free(jm->h);
+}
+
+/* A damaged segment is kept whole in bad/ (hard link) with a .why. */
+static void jrn_seg_bad(struct spool *sp, uint32_t seg, const char *reason)
+{
+  char name[16], dst[SPOOL_NAME_MAX + 1], src[24];
+  jseg_name(seg, name);
+  snprintf(src, sizeof(src), "journal-%s", name);
+  bad_name(sp, src, NULL, dst, sizeof(dst));
+  if (linkat(sp->jdir_fd, name, sp->bad_fd, dst, 0) == 0)
+    write_why(sp, dst, reason, NULL);
+  report_bad(sp, src, reason);
+}
+
+/* Read one JMSG entry (record, body, ATTR) at p. Returns its size, 0 when
+ * cut short, -EBADMSG when damaged. */
+static long jrn_load_msg(struct spool *sp, uint32_t seg, const uint8_t *base, size_t p,
+                         size_t len, struct rd *r, long n, struct jent *out)
+{
+  uint64_t id = get_u64(r);
+  uint16_t node = get_u16(r);
+  uint8_t flags = get_u8(r);
+  get_u8(r);
+  uint64_t created = get_u64(r);
+  get_u64(r);
+  uint64_t bsize = get_u64(r);
+  uint32_t sl;
+  const char *sdr = get_str(r, &sl);
+  uint32_t nr = get_u32(r);
+  if (r->bad || !sdr || nr == 0 || nr > SPOOL_RCPTS_MAX)
+    return -EBADMSG;
+  const char **rc = util_xmalloc(nr * sizeof(char *));
+  uint32_t *rl = util_xmalloc(nr * sizeof(uint32_t));
+  for (uint32_t i = 0; i < nr; i++)
+    rc[i] = get_str(r, &rl[i]);
+  out->ino = get_u64(r);
+  out->size = get_u64(r);
+  out->mtime_ns = get_u64(r);
+  uint32_t nl;
+  const char *src = get_str(r, &nl);
+  if (r->bad || !src) {
+    free(rc);
+    free(rl);
+    return -EBADMSG;
+  }
+  size_t body = p + (size_t)n, attr = body + bsize;
+  if (bsize > len || attr > len) {
+    free(rc);
+    free(rl);
+    return 0;
+  }
+  uint8_t type;
+  struct rd ar;
+  long an = rec_check(base + attr, len - attr, &type, &ar);
+  if (an <= 0 || type != REC_ATTR) {
+    free(rc);
+    free(rl);
+    return an < 0 || (an > 0 && type != REC_ATTR) ? -EBADMSG : 0;
+  }
+  struct spool_msg *m = msg_alloc(sdr, sl, nr, rc, rl);
+  free(rc);
+  free(rl);
+  m->id = id;
+  m->node = node;
+  m->flags = flags;
+  m->created_ms = created;
+  m->body_off = body;
+  m->body_size = bsize;
+  m->jseg = seg;
+  m->ctx_off = (uint32_t)attr;
+  m->ctx_len = (uint32_t)an;
+  if (attr_apply(m, &ar, sp->p.keep_dicts_in_memory) < 0) {
+    spool_msg_free(m);
+    return -EBADMSG;
+  }
+  out->m = m;
+  out->src = util_xstrndup(src, nl);
+  if (id > sp->last_id)
+    sp->last_id = id;
+  return (long)(attr + (size_t)an - p);
+}
+
+/* Replay one segment into jm. Returns 0 or -errno (I/O). */
+static int jrn_scan_seg(struct spool *sp, uint32_t seg, int fd, struct jmap *jm, struct buf *b)
+{
+  struct stat st;
+  if (fstat(fd, &st) < 0)
+    return -errno;
+  b->len = b->off = 0;
+  buf_reserve(b, (size_t)st.st_size + 1);
+  size_t len = 0;
+  while (len < (size_t)st.st_size) {
+    ssize_t n = pread(fd, b->data + len, (size_t)st.st_size - len, (off_t)len);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return -errno;
+    if (n == 0)
+      break;
+    len += (size_t)n;
+  }
+  const uint8_t *d = b->data;
+  char why[256];
+  if (len < 8)
+    return 0; /* cut before its header was written: nothing in it */
+  if (memcmp(d, JRN_MAGIC, 4) != 0 || d[4] != JRN_VERSION) {
+    jrn_seg_bad(sp, seg, "journal segment has a bad magic number or version");
+    return 0;
+  }
+  size_t p = 8;
+  while (p < len) {
+    uint8_t type;
+    struct rd r;
+    long n = rec_check(d + p, len - p, &type, &r);
+    if (n == 0)
+      break; /* torn tail: never reported durable */
+    if (n > 0 && type == REC_JMSG) {
+      struct jent e = {0};
+      n = jrn_load_msg(sp, seg, d, p, len, &r, n, &e);
+      if (n == 0)
+        break;
+      if (n > 0) {
+        jmap_put(jm, &e);
+        p += (size_t)n;
+        continue;
+      }
+    } else if (n > 0 && (type == REC_JSTATE || type == REC_DONE)) {
+      uint64_t id = get_u64(&r);
+      uint16_t node = get_u16(&r);
+      struct jent *e = jmap_find(jm, id, node);
+      if (type == REC_DONE) {
+        if (e)
+          jent_drop(e);
+      } else if (e) {
+        uint32_t att = get_u32(&r);
+        uint64_t next = get_u64(&r);
+        uint32_t cnt = get_u32(&r);
+        for (uint32_t i = 0; i < cnt && !r.bad; i++) {
+          uint32_t idx = get_u32(&r);
+          uint8_t stt = get_u8(&r);
+          if (!r.bad && idx < e->m->nrcpt && stt <= SPOOL_RCPT_FAILED)
+            e->m->rcpt_state[idx] = stt;
+        }
+        if (!r.bad) {
+          e->m->attempts = att;
+          e->m->next_attempt_ms = next;
+        }
+      }
+      if (!r.bad) {
+        p += (size_t)n;
+        continue;
+      }
+      n = -EBADMSG;
+    }
+    snprintf(why, sizeof(why),
+             "journal record at offset %zu %s; the messages after it in this segment are "
+             "not queued (they are in this copy)",
+             p, n == -EBADMSG && type != REC_JMSG ? "is malformed" : "fails its checksum");
+    if (n > 0)
+      snprintf(why, sizeof(why), "journal record at offset %zu has unknown type %u", p, type);
+    jrn_seg_bad(sp, seg, why);
+    break;
+  }
+  return 0;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* First step of recovery: read the journal's segments, oldest first. */
+static int jrn_recover_scan(struct spool *sp, struct jmap *jm)
+{
+  int fd = dup(sp->jdir_fd);
+  DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+  if (!d) {
+    if (fd >= 0)
+      close(fd);
+    return -errno;
+  }
+  uint32_t *segs = NULL;
+  size_t n = 0, cap = 0;
+  struct dirent *e;
+  rewinddir(d);
+  while ((e = readdir(d))) {
+    char *end;
+    unsigned long v = strtoul(e->d_name, &end, 16);
+    if (e->d_name[0] == '.' || *end || strlen(e->d_name) != 8 || v == 0 || v > UINT32_MAX - 2)
+      continue;
+    if (n == cap) {
+      cap = cap ? cap * 2 : 64;
+      segs = util_xrealloc(segs, cap * sizeof(*segs));
+    }
+    segs[n++] = (uint32_t)v;
+  }
+  closedir(d);
+  if (n > 1)
+    qsort(segs, n, sizeof(*segs), cmp_u32);
+  if (n > 0 && segs[n - 1] - segs[0] >= JRN_SLOTS) {
+    free(segs);
+    return -EMFILE;
+  }
+  struct buf b = {0};
+  int err = 0;
+  for (size_t i = 0; i < n && err == 0; i++) {
+    char name[16];
+    jseg_name(segs[i], name);
+    int sfd = openat(sp->jdir_fd, name, O_RDWR | O_CLOEXEC);
+    if (sfd < 0) {
+      err = -errno;
+      break;
+    }
+    jfd_set(sp, segs[i], sfd);
+    err = jrn_scan_seg(sp, segs[i], sfd, jm, &b);
+  }
+  if (n > 0) {
+    sp->jfirst = segs[0];
+    sp->jnext = segs[n - 1] + 1;
+  }
+  buf_done(&b, 0);
+  free(segs);
+  return err;
+}
+
+/* Last step: drop what is done or still in pickup/ (a crash came between
+ * the batch's sync and the removal of its pickup files: the file is
+ * ingested again, and a DONE record retires the journal's copy), then
+ * hand over the rest. Returns the number handed over or -errno. */
+static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
+{
+  struct buf b = {0};
+  for (size_t i = 0; i < jm->n; i++) {
+    struct jent *e = &jm->e[i];
+    if (!e->m)
+      continue;
+    e->m->npending = 0;
+    for (uint32_t k = 0; k < e->m->nrcpt; k++)
+      if (e->m->rcpt_state[k] == SPOOL_RCPT_PENDING)
+        e->m->npending++;
+    struct stat st;
+    bool in_pickup = fstatat(sp->pickup_fd, e->src, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                     (uint64_t)st.st_ino == e->ino && (uint64_t)st.st_size == e->size &&
+                     (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec ==
+                         e->mtime_ns;
+    if (in_pickup || e->m->npending == 0) {
+      rec_done(&b, e->m);
+      jent_drop(e);
+    }
+  }
+  int r = 0;
+  uint32_t seg;
+  uint64_t off;
+  if (b.len > 0 && (r = jrn_put(sp, b.data, b.len, 0, &seg, &off)) == 0)
+    r = jrn_sync(sp, seg);
+  buf_done(&b, 0);
+  if (r < 0)
+    return r;
+  pthread_mutex_lock(&sp->jlock);
+  for (size_t i = 0; i < jm->n; i++)
+    if (jm->e[i].m)
+      sp->jpins[jm->e[i].m->jseg % JRN_SLOTS]++;
+  pthread_mutex_unlock(&sp->jlock);
+  long count = 0;
+  for (size_t i = 0; i < jm->n; i++) {
+    struct jent *e = &jm->e[i];
+    if (!e->m)
+      continue;
+    struct spool_msg *m = e->m;
+    e->m = NULL;
+    atomic_fetch_add_explicit(&sp->st_recovered, 1, memory_order_relaxed);
+    sp->p.on_msg(sp->p.arg, m);
+    count++;
+  }
+  pthread_mutex_lock(&sp->jlock);
+  jrn_gc(sp);
+  pthread_mutex_unlock(&sp->jlock);
+  return count;
+}
+
 long spool_recover(struct spool *sp)
+{
+  struct jmap jm = {0};
+  long count = 0;
+  if (!sp->p.no_journal) {
+    int r = jrn_recover_scan(sp, &jm);
+    if (r < 0) {
+      jmap_free(&jm);
+      return r;
+    }
+    sp->jrecov = &jm;
+  }
+  count = spool_recover_files(sp);
+  sp->jrecov = NULL;
+  if (count >= 0 && !sp->p.no_journal) {
+    long n = jrn_recover_finish(sp, &jm);
+    count = n < 0 ? n : count + n;
+  }
+  jmap_free(&jm);
+  return count;
+}
+
+/* The messages in their own files (queue/XX/). */
+static long spool_recover_files(struct spool *sp)
 {
   long count = 0;
   struct buf mb = {0};
@@ -1519,9 +2524,108 @@ long spool_recover(struct spool *sp)
   return count;
 }
 
+/* Copy len bytes at off of src to the start of dst (kernel copy when the
+ * file system can). Returns 0 or -errno. */
+static int copy_out(int src, uint64_t off, uint64_t len, int dst)
+{
+  loff_t in = (loff_t)off, out = 0;
+  while (len > 0) {
+    ssize_t n = copy_file_range(src, &in, dst, &out, len, 0);
+    if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) {
+      char chunk[65536];
+      n = pread(src, chunk, len < sizeof(chunk) ? (size_t)len : sizeof(chunk), in);
+      if (n > 0) {
+        int r = write_all(dst, chunk, (size_t)n, out);
+        if (r < 0)
+          return r;
+        in += n;
+        out += n;
+      }
+    }
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    if (n == 0)
+      return -EIO; /* the source is shorter than the message */
+    len -= (uint64_t)n;
+  }
+  return 0;
+}
+
+/* Copy journaled message m into its own files: queue/XX/<id> (the body
+ * alone, body_off 0) and <id>.m (HEADER, ATTR, and a STATE with its
+ * recipients' states). The fds stay open in *bfd and *mfd for the
+ * caller's sync pass. On failure nothing is left and m is unchanged.
+ * Owner thread of m; no other thread may read it meanwhile. */
+static int jrn_spill(struct spool *sp, struct spool_msg *m, struct buf *b, int *bfd, int *mfd)
+{
+  bool dropped = !m->mess || !m->conn;
+  int r = spool_load_ctx(sp, m);
+  if (r < 0)
+    return r;
+  uint8_t bucket = (uint8_t)(m->id >> (22 + BUCKET_SHIFT));
+  char id[SPOOL_ID_LEN + 3];
+  id_format(m->id, m->node, id);
+  int dfd = sp->bucket_fd[bucket], src = jfd_of(sp, m->jseg);
+  int fd = openat(dfd, id, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return -errno;
+  r = copy_out(src, m->body_off, m->body_size, fd);
+  int mf = -1;
+  if (r == 0) {
+    uint64_t off = m->body_off;
+    uint8_t obucket = m->bucket;
+    uint32_t octx = m->ctx_off, olen = m->ctx_len;
+    m->body_off = 0;
+    m->bucket = bucket;
+    meta_build(b, m);
+    size_t st = rec_begin(b, REC_STATE);
+    put_u32(b, m->attempts);
+    put_u64(b, m->next_attempt_ms);
+    put_u32(b, m->nrcpt);
+    for (uint32_t i = 0; i < m->nrcpt; i++) {
+      put_u32(b, i);
+      put_u8(b, m->rcpt_state[i]);
+    }
+    rec_end(b, st);
+    memcpy(id + SPOOL_ID_LEN, ".m", 3);
+    mf = openat(dfd, id, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    r = mf < 0 ? -errno : write_all(mf, b->data, b->len, 0);
+    if (r == 0) {
+      m->meta_size = (uint32_t)b->len;
+      m->jseg = 0;
+    } else {
+      if (mf >= 0) {
+        close(mf);
+        unlinkat(dfd, id, 0);
+      }
+      mf = -1;
+      m->body_off = off;
+      m->bucket = obucket;
+      m->ctx_off = octx;
+      m->ctx_len = olen;
+    }
+    id[SPOOL_ID_LEN] = 0;
+  }
+  if (r < 0) {
+    close(fd);
+    unlinkat(dfd, id, 0);
+    if (dropped)
+      spool_drop_ctx(sp, m);
+    return r;
+  }
+  if (dropped)
+    spool_drop_ctx(sp, m);
+  *bfd = fd;
+  *mfd = mf;
+  return 0;
+}
+
 /* ---- outcome transactions ---- */
 
-enum { OP_RCPT, OP_RETRY, OP_CTX, OP_REMOVE };
+enum { OP_RCPT, OP_RETRY, OP_CTX, OP_REMOVE, OP_SPILL };
 
 struct txn_op {
   struct spool_msg *msg;
@@ -1535,6 +2639,7 @@ struct spool_txn {
   struct txn_op *ops;
   size_t n, cap;
   struct buf b;
+  struct buf jrec; /* records for the journal writer */
 };
 
 struct spool_txn *spool_txn_new(struct spool *sp)
@@ -1550,6 +2655,7 @@ void spool_txn_free(struct spool_txn *t)
     return;
   free(t->ops);
   buf_done(&t->b, 0);
+  buf_done(&t->jrec, 0);
   free(t);
 }
 
@@ -1597,6 +2703,12 @@ void spool_txn_remove(struct spool_txn *t, struct spool_msg *msg)
   txn_add(t, msg, OP_REMOVE, 0, 0);
 }
 
+void spool_txn_spill(struct spool_txn *t, struct spool_msg *msg)
+{
+  if (msg->jseg)
+    txn_add(t, msg, OP_SPILL, 0, 0);
+}
+
 static int cmp_op(const void *a, const void *b)
 {
   const struct txn_op *x = a, *y = b;
@@ -1613,14 +2725,70 @@ int spool_txn_commit(struct spool_txn *t)
     return 0;
   if (t->n > 1)
     qsort(t->ops, t->n, sizeof(*t->ops), cmp_op);
-  int *fds = util_xmalloc(t->n * sizeof(int));
+  int *fds = util_xmalloc(3 * t->n * sizeof(int));
   size_t nfds = 0;
   bool touched[NBUCKETS] = {0};
+  uint32_t *unpin = NULL, nunpin = 0;
+  t->jrec.len = t->jrec.off = 0;
   /* 1. Append one STATE record (and an ATTR record if asked) per message. */
   for (size_t i = 0; i < t->n;) {
     struct spool_msg *m = t->ops[i].msg;
     size_t j = i;
     bool state = false, attr = false, remove = false;
+    if (m->jseg) {
+      /* In the journal: done -> a DONE record; a retry of a message no
+       * other thread reads -> its own files; else a JSTATE record. */
+      bool spill = false, rem = false;
+      for (size_t k = i; k < t->n && t->ops[k].msg == m; k++) {
+        spill |= t->ops[k].kind == OP_SPILL || t->ops[k].kind == OP_CTX;
+        rem |= t->ops[k].kind == OP_REMOVE;
+      }
+      if (rem && m->npending == 0) {
+        rec_done(&t->jrec, m);
+        unpin = util_xrealloc(unpin, (nunpin + 1) * sizeof(*unpin));
+        unpin[nunpin++] = m->jseg;
+        for (; i < t->n && t->ops[i].msg == m; i++) {
+        }
+        continue;
+      }
+      if (!spill) {
+        size_t r = rec_begin(&t->jrec, REC_JSTATE);
+        put_u64(&t->jrec, m->id);
+        put_u16(&t->jrec, m->node);
+        put_u32(&t->jrec, m->attempts);
+        put_u64(&t->jrec, m->next_attempt_ms);
+        size_t cnt_at = t->jrec.len;
+        put_u32(&t->jrec, 0);
+        uint32_t cnt = 0;
+        for (; i < t->n && t->ops[i].msg == m; i++) {
+          if (t->ops[i].kind == OP_RCPT) {
+            put_u32(&t->jrec, t->ops[i].idx);
+            put_u8(&t->jrec, t->ops[i].state);
+            cnt++;
+          } else if (t->ops[i].kind == OP_REMOVE) {
+            t->ops[i].kind = OP_RCPT; /* recipients still pending: it stays */
+          }
+        }
+        patch_u32(t->jrec.data + cnt_at, cnt);
+        rec_end(&t->jrec, r);
+        continue;
+      }
+      uint32_t old = m->jseg;
+      int e = jrn_spill(sp, m, &t->b, &fds[nfds], &fds[nfds + 1]);
+      if (e < 0) {
+        if (!err)
+          err = e;
+        for (; i < t->n && t->ops[i].msg == m; i++)
+          if (t->ops[i].kind == OP_REMOVE)
+            t->ops[i].kind = OP_RCPT;
+        continue;
+      }
+      nfds += 2;
+      touched[m->bucket] = true;
+      rec_done(&t->jrec, m);
+      unpin = util_xrealloc(unpin, (nunpin + 1) * sizeof(*unpin));
+      unpin[nunpin++] = old;
+    }
     t->b.len = t->b.off = 0;
     size_t r = rec_begin(&t->b, REC_STATE);
     put_u32(&t->b, m->attempts);
@@ -1685,7 +2853,7 @@ int spool_txn_commit(struct spool_txn *t)
   }
   /* 2. One sync pass. */
   if (sp->p.sync != SPOOL_SYNC_NONE && nfds > 0) {
-    if (sp->p.sync_method == SPOOL_SYNCM_SYNCFS && sp->p.sync == SPOOL_SYNC_BATCH) {
+    if (sp->p.sync_method != SPOOL_SYNCM_FSYNC && sp->p.sync == SPOOL_SYNC_BATCH) {
       int e = syncfs_counted(sp);
       if (e < 0 && !err)
         err = e;
@@ -1701,6 +2869,9 @@ int spool_txn_commit(struct spool_txn *t)
     close(fds[i]);
   free(fds);
   (void)touched;
+  /* 2b. The journal learns what left it (after the spilled files are durable). */
+  jrn_retire(sp, &t->jrec, unpin, nunpin);
+  free(unpin);
   /* 3. Removals: body first, then metadata (see recover_one). */
   for (size_t i = 0; i < t->n; i++) {
     struct txn_op *o = &t->ops[i];
@@ -1709,9 +2880,11 @@ int spool_txn_commit(struct spool_txn *t)
     char id[SPOOL_ID_LEN + 3];
     id_format(o->msg->id, o->msg->node, id);
     int dfd = sp->bucket_fd[o->msg->bucket];
-    unlinkat(dfd, id, 0);
-    strcat(id, ".m");
-    unlinkat(dfd, id, 0);
+    if (!o->msg->jseg) {
+      unlinkat(dfd, id, 0);
+      strcat(id, ".m");
+      unlinkat(dfd, id, 0);
+    }
     spool_msg_free(o->msg);
     /* Later ops for the same (freed) message cannot exist: sorted by msg. */
     for (size_t j = i + 1; j < t->n && t->ops[j].msg == o->msg; j++)

@@ -51,6 +51,7 @@
 #define RESULT_TEXT_MAX 256u   /* failure text kept for a DSN */
 #define TLS_SLOTS 16           /* distinct TLS option sets per worker */
 #define HOSTFAIL_MAX 256       /* remote addresses remembered as failing */
+#define SMTPS_PORT 465         /* smtps:// routes without a port (RFC 8314) */
 
 /* ------------------------------------------------------------ types */
 
@@ -61,6 +62,7 @@ struct emsg {
   struct spool_msg *sm;
   unsigned home;
   uint32_t units_left;
+  uint32_t units;         /* at submission: 1 means only the home worker reads sm */
   uint64_t next_retry_ms; /* earliest retry of its deferred units */
   uint32_t attempts;
   char id[SPOOL_ID_LEN + 1];
@@ -93,6 +95,7 @@ struct uresult {
 struct route {
   struct sockaddr_storage sa;
   socklen_t salen;
+  bool implicit_tls; /* smtps://: TLS handshake right after connect */
   char ip[64];
   char host[256];
 };
@@ -124,6 +127,10 @@ struct session {
   struct dns_req *dns;
   uint64_t bytes_sent;
   struct tls_ctx *tls;          /* for STARTTLS; NULL: TLS cannot be used */
+  bool retry_plain;  /* the STARTTLS handshake failed: reconnect without it */
+  bool plain_only;   /* this connection skips STARTTLS (TLS_Ifavailable_Fallback) */
+  char detail[160];  /* why the handshake or the connect failed, for the log */
+  bool charged;      /* this connection attempt already gave a unit its T */
   struct session *next_all, *prev_all; /* worker's session list */
 };
 
@@ -141,8 +148,9 @@ struct worker {
   struct hostfail {
     char key[80];            /* "ip port" */
     uint64_t until_ms;       /* wall clock */
-  } hostfail[HOSTFAIL_MAX];
-  unsigned nhostfail;
+  } hostfail[HOSTFAIL_MAX],
+    tlsfail[HOSTFAIL_MAX];   /* STARTTLS failed here: plaintext until then */
+  unsigned nhostfail, ntlsfail;
   struct dq *dq;
   struct logs_writer *log;
   struct spool_txn *txn;
@@ -246,7 +254,7 @@ static void load_limits(struct worker *w, struct dq_queue *q)
   char route[300];
   struct conf_addr gw = conf_addr(v, CONF_GATEWAY);
   if (gw.host)
-    snprintf(route, sizeof route, "gw:%s:%u", gw.host, gw.port);
+    snprintf(route, sizeof route, "%s:%s:%u", gw.implicit_tls ? "gws" : "gw", gw.host, gw.port);
   else
     snprintf(route, sizeof route, "mx:%s", dq_queue_domain(q));
   uint64_t key = sched_pool_key(route, dq_queue_binding(q), dq_queue_cred_id(q));
@@ -293,7 +301,7 @@ static void drop_pickup_dsn(struct worker *w, struct emsg *em)
   if (fd >= 0) {
     size_t want = sm->body_size < DSN_ORIG_MAX ? (size_t)sm->body_size : DSN_ORIG_MAX;
     got = pread(fd, orig, want, (off_t)sm->body_off);
-    close(fd);
+    spool_close_body(w->sh->spool, fd);
   }
   if (got < 0)
     got = 0;
@@ -364,6 +372,8 @@ static void apply_result(struct worker *w, struct uresult *res)
     if (em->next_retry_ms == 0 || res->next_ms < em->next_retry_ms)
       em->next_retry_ms = res->next_ms;
     spool_txn_retry(w->txn, sm, em->attempts, em->next_retry_ms);
+    if (em->units == 1) /* its only unit waits on this thread: out of the journal */
+      spool_txn_spill(w->txn, sm);
   }
   commit_soon(w);
   if (em->units_left == 0) {
@@ -532,7 +542,14 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
 
 /* ------------------------------------------------------------ sessions */
 
+static uint16_t route_port(const struct route *r)
+{
+  return r->sa.ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)&r->sa)->sin6_port)
+                                     : ntohs(((const struct sockaddr_in *)&r->sa)->sin_port);
+}
+
 static void session_pump(struct session *s);
+static bool tls_fallback(struct session *s);
 static void session_try_connect(struct session *s);
 static void schedule(struct worker *w);
 
@@ -586,7 +603,7 @@ static void session_free(struct session *s)
       dq_queue_state(s->q)->opening--;
   }
   if (s->body_fd >= 0)
-    close(s->body_fd);
+    spool_close_body(s->w->sh->spool, s->body_fd);
   smtpc_free(s->smtpc);
   if (s->prev_all)
     s->prev_all->next_all = s->next_all;
@@ -616,6 +633,7 @@ static void fail_unit_local(struct session *s, enum smtpc_outcome out, int code,
   struct dq_unit *u = s->unit;
   s->unit = NULL;
   s->txn_open = false;
+  s->charged = true;
   const char *ip = s->route_i < s->nroutes ? s->routes[s->route_i].ip : NULL;
   finish_unit(s->w, s->q, u, NULL, &all, s->conn_id_s, ip, s->bytes_sent);
 }
@@ -663,7 +681,7 @@ static void feed_body(struct session *s)
     s->body_off += (uint64_t)got;
   }
   if (s->body_done) {
-    close(s->body_fd);
+    spool_close_body(s->w->sh->spool, s->body_fd);
     s->body_fd = -1;
   }
 }
@@ -701,7 +719,7 @@ static bool start_txn(struct session *s, struct dq_unit *u)
   if (rc < 0) {
     char t[128];
     snprintf(t, sizeof t, "554 5.1.3 [internal] unusable transaction (%s)", strerror(-rc));
-    close(s->body_fd);
+    spool_close_body(s->w->sh->spool, s->body_fd);
     s->body_fd = -1;
     fail_unit_local(s, SMTPC_OUT_PERMANENT, 554, t, 1);
     return false;
@@ -763,14 +781,19 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
   struct worker *w = s->w;
   switch (ev->type) {
   case SMTPC_EV_NEED_TLS: {
+    /* implicit TLS: conn started the handshake at connect (TLS_IMPLICIT);
+     * any other state: the event is stale, the session already ended */
+    if (smtpc_state(s->smtpc) != SMTPC_ST_TLS)
+      break;
     struct route *r = &s->routes[s->route_i];
-    uint16_t port = r->sa.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&r->sa)->sin6_port)
-                                                : ntohs(((struct sockaddr_in *)&r->sa)->sin_port);
-    int rc = s->tls ? conn_starttls(s->conn, s->tls, r->host[0] ? r->host : NULL, port) : -ENOTSUP;
-    if (rc < 0) {
+    if (s->tls == NULL) {
       counters_event(w->idx, COUNTERS_TLS_FAILED);
+      scopy(s->detail, sizeof s->detail, "no TLS context (see the paniclog)");
       smtpc_tls_done(s->smtpc, false, mono_ms(w));
+      break;
     }
+    /* a failure, even at once, comes back through cb_error */
+    (void)conn_starttls(s->conn, s->tls, r->host[0] ? r->host : NULL, route_port(r));
     break;
   }
   case SMTPC_EV_NEED_AUTH:
@@ -792,7 +815,7 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     s->unit = NULL;
     s->txn_open = false;
     if (s->body_fd >= 0) {
-      close(s->body_fd);
+      spool_close_body(s->w->sh->spool, s->body_fd);
       s->body_fd = -1;
     }
     if (u) {
@@ -812,6 +835,16 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     break;
   }
   case SMTPC_EV_FAILED: {
+    if (!s->connected) {
+      /* smtpc's Connect_Timeout fired before conn's: a connect failure,
+       * cb_closed tries the next route or charges a unit */
+      scopy(s->detail, sizeof s->detail, ev->text);
+      counters_event(w->idx, COUNTERS_CONN_FAILED);
+      session_close(s);
+      break;
+    }
+    if ((ev->flags & SMTPC_F_TLS_FAILED) && tls_fallback(s))
+      break; /* no outcome: cb_closed reconnects in plaintext */
     if (ev->flags & SMTPC_F_AUTH_REJECTED) { /* loudly, once per connection; no secret */
       const struct smtpc_auth *cr = auth_creds(w->auth, dq_queue_cred_id(s->q));
       enum smtpc_auth_type t = cr ? cr->type : SMTPC_AUTH_PLAIN;
@@ -843,6 +876,14 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     } else {
       char text[SMTPC_TEXT_MAX];
       scopy(text, sizeof text, ev->text[0] ? ev->text : ev->doing);
+      if ((ev->flags & SMTPC_F_TLS_FAILED) && s->detail[0]) {
+        /* "TLS handshake failed: certificate verify failed: ..." */
+        const char *d = s->detail;
+        if (!strncmp(d, "TLS handshake: ", 15))
+          d += 15;
+        size_t l = strlen(text);
+        snprintf(text + l, sizeof text - l, ": %s", d);
+      }
       fail_unit_local(s, out, ev->code, text, ev->stage);
     }
     if (ev->flags & SMTPC_F_AUTH_REJECTED) /* metrics: impetus_auth_total{result="failed"} */
@@ -929,25 +970,70 @@ static void cb_error(void *arg, int err, const char *text)
   struct session *s = arg;
   if (!s->connected) {
     /* connect failed: the next route candidate gets the unit */
+    if (err == -ETIMEDOUT)
+      snprintf(s->detail, sizeof s->detail, "%s (Connect_Timeout)", text);
+    else
+      scopy(s->detail, sizeof s->detail, text);
     counters_event(s->w->idx, COUNTERS_CONN_FAILED);
     s->closing = true;
     ring_timer_cancel(s->w->ring, &s->timer);
     conn_close(s->conn);
     return;
   }
-  if (err == -EPIPE)
+  enum smtpc_state st = smtpc_state(s->smtpc);
+  if (st == SMTPC_ST_TLS || st == SMTPC_ST_TLS_IMPLICIT) {
+    /* any failure during the handshake (bad record, verification, the
+     * peer closing) is a TLS failure: TLS_Ifavailable_Fallback applies */
+    counters_event(s->w->idx, COUNTERS_TLS_FAILED);
+    scopy(s->detail, sizeof s->detail, text);
+    smtpc_tls_done(s->smtpc, false, mono_ms(s->w));
+  } else if (err == -EPIPE) {
     smtpc_eof(s->smtpc, mono_ms(s->w));
-  else
+  } else {
     smtpc_io_error(s->smtpc, err, mono_ms(s->w));
+  }
   session_pump(s);
   session_close(s);
 }
 
 static void route_key(const struct route *r, char *out, size_t n)
 {
-  uint16_t port = r->sa.ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)&r->sa)->sin6_port)
-                                              : ntohs(((const struct sockaddr_in *)&r->sa)->sin_port);
-  snprintf(out, n, "%s %u", r->ip, port);
+  snprintf(out, n, "%s %u", r->ip, route_port(r));
+}
+
+/* Remember r in a table of remote addresses (HOSTFAIL_MAX entries; the
+ * one expiring first makes room) until `until` (wall clock, ms). */
+static void mark_route(struct hostfail *tab, unsigned *n, const struct route *r, uint64_t until)
+{
+  char key[80];
+  route_key(r, key, sizeof key);
+  unsigned slot = *n, oldest = 0;
+  for (unsigned i = 0; i < *n; i++) {
+    if (!strcmp(tab[i].key, key)) {
+      slot = i;
+      break;
+    }
+    if (tab[i].until_ms < tab[oldest].until_ms)
+      oldest = i;
+  }
+  if (slot == *n) {
+    if (*n < HOSTFAIL_MAX)
+      (*n)++;
+    else
+      slot = oldest;
+  }
+  scopy(tab[slot].key, sizeof tab[slot].key, key);
+  tab[slot].until_ms = until;
+}
+
+static bool route_marked(const struct hostfail *tab, unsigned n, const struct route *r, uint64_t now)
+{
+  char key[80];
+  route_key(r, key, sizeof key);
+  for (unsigned i = 0; i < n; i++)
+    if (!strcmp(tab[i].key, key))
+      return tab[i].until_ms > now;
+  return false;
 }
 
 /* Host_Failure_Retry: remember that connecting to r failed. */
@@ -956,35 +1042,42 @@ static void host_failed(struct session *s, const struct route *r)
   struct worker *w = s->w;
   const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
   uint64_t until = wall_ms() + (uint64_t)conf_interval(v, CONF_HOST_FAILURE_RETRY) * 1000u;
-  char key[80];
-  route_key(r, key, sizeof key);
-  unsigned slot = w->nhostfail, oldest = 0;
-  for (unsigned i = 0; i < w->nhostfail; i++) {
-    if (!strcmp(w->hostfail[i].key, key)) {
-      slot = i;
-      break;
-    }
-    if (w->hostfail[i].until_ms < w->hostfail[oldest].until_ms)
-      oldest = i;
-  }
-  if (slot == w->nhostfail) {
-    if (w->nhostfail < HOSTFAIL_MAX)
-      w->nhostfail++;
-    else
-      slot = oldest;
-  }
-  scopy(w->hostfail[slot].key, sizeof w->hostfail[slot].key, key);
-  w->hostfail[slot].until_ms = until;
+  mark_route(w->hostfail, &w->nhostfail, r, until);
 }
 
 static bool host_is_failing(struct worker *w, const struct route *r, uint64_t now)
 {
-  char key[80];
-  route_key(r, key, sizeof key);
-  for (unsigned i = 0; i < w->nhostfail; i++)
-    if (!strcmp(w->hostfail[i].key, key))
-      return w->hostfail[i].until_ms > now;
-  return false;
+  return route_marked(w->hostfail, w->nhostfail, r, now);
+}
+
+/* TLS_Ifavailable_Fallback: an opportunistic STARTTLS handshake failed.
+ * When the scope allows it, the attempt is not a failure: the session
+ * closes and cb_closed reconnects at once to the same address without
+ * STARTTLS, and the address skips STARTTLS for TLS_Failure_Retry (this
+ * worker's memory; a restart forgets it). True when that happens. Never
+ * for smtps:// (implicit TLS) or TLS = required. */
+static bool tls_fallback(struct session *s)
+{
+  struct worker *w = s->w;
+  const struct route *r = &s->routes[s->route_i];
+  const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
+  if (r->implicit_tls || s->plain_only || s->txn_open || atomic_load(&w->stop) ||
+      conf_enum(v, CONF_TLS) != 1 || !conf_bool(v, CONF_TLS_IFAVAILABLE_FALLBACK))
+    return false;
+  uint64_t now = wall_ms();
+  uint64_t keep = (uint64_t)conf_interval(v, CONF_TLS_FAILURE_RETRY);
+  bool known = route_marked(w->tlsfail, w->ntlsfail, r, now);
+  if (keep > 0)
+    mark_route(w->tlsfail, &w->ntlsfail, r, now + keep * 1000u);
+  if (!known) /* once per address and TLS_Failure_Retry period */
+    logs_panic(w->log, now, "tls",
+               "STARTTLS to %s port %u (%s) failed: %s; retrying in plaintext "
+               "(TLS_Ifavailable_Fallback), no STARTTLS to it for %llu s (TLS_Failure_Retry)",
+               r->ip, route_port(r), r->host[0] ? r->host : "-",
+               s->detail[0] ? s->detail : "handshake failed", (unsigned long long)keep);
+  s->retry_plain = true;
+  session_close(s);
+  return true;
 }
 
 /* Addresses that failed within Host_Failure_Retry go last (stable), so
@@ -1007,20 +1100,36 @@ static void cb_closed(void *arg)
 {
   struct session *s = arg;
   s->conn = NULL;
+  if (s->retry_plain && !atomic_load(&s->w->stop)) {
+    /* TLS_Ifavailable_Fallback: the same address again, without STARTTLS */
+    s->retry_plain = false;
+    s->plain_only = true;
+    s->closing = false;
+    s->detail[0] = '\0';
+    smtpc_free(s->smtpc);
+    s->smtpc = NULL;
+    session_try_connect(s);
+    return;
+  }
   if (!s->connected && s->route_i < s->nroutes)
     host_failed(s, &s->routes[s->route_i]);
   if (!s->connected && s->route_i + 1 < s->nroutes && !atomic_load(&s->w->stop)) {
     s->route_i++;
+    s->plain_only = false;
     s->closing = false;
     smtpc_free(s->smtpc);
     s->smtpc = NULL;
     session_try_connect(s);
     return;
   }
-  if (s->unit || !s->ever_ready) {
-    char text[200];
-    snprintf(text, sizeof text, "451 4.4.1 [internal] no route to the destination could be used (%s)",
-             s->connected ? "connection lost" : "connection failed");
+  if (s->unit || (!s->ever_ready && !s->charged)) {
+    char text[300];
+    if (s->connected)
+      snprintf(text, sizeof text, "451 4.4.1 [internal] no route to the destination could be used "
+               "(connection lost)");
+    else
+      snprintf(text, sizeof text, "451 4.4.1 [internal] no route to the destination could be used "
+               "(connection failed: %s)", s->detail[0] ? s->detail : "?");
     fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, text, 0);
   }
   struct worker *w = s->w;
@@ -1107,9 +1216,11 @@ static struct smtpc *make_smtpc(struct session *s)
     ehlo = ehlo_buf[0] ? ehlo_buf : w->sh->hostname;
   }
   int tls = conf_enum(v, CONF_TLS);
+  const struct route *r = &s->routes[s->route_i];
   struct smtpc_params p = {
     .ehlo_name = ehlo,
     .tls = tls == 2 ? SMTPC_TLS_REQUIRED : tls == 1 ? SMTPC_TLS_IFAVAILABLE : SMTPC_TLS_NO,
+    .implicit_tls = r->implicit_tls,
     .max_rcpts = s->max_batch,
     .auth_allow_plaintext = conf_bool(v, CONF_OUTBOUND_SMTP_AUTH_ALLOW_PLAINTEXT),
     .timeouts = {
@@ -1120,11 +1231,25 @@ static struct smtpc *make_smtpc(struct session *s)
       .data = (uint32_t)conf_interval(v, CONF_DATA_TIMEOUT),
       .body = (uint32_t)conf_interval(v, CONF_BODY_TIMEOUT),
       .idle = (uint32_t)conf_interval(v, CONF_IDLE_TIMEOUT),
+      .rset = (uint32_t)conf_interval(v, CONF_RSET_TIMEOUT),
     },
   };
-  s->tls = p.tls != SMTPC_TLS_NO ? tls_for(w, v) : NULL;
-  if (s->tls == NULL && p.tls == SMTPC_TLS_IFAVAILABLE)
-    p.tls = SMTPC_TLS_NO;
+  if (r->implicit_tls) {
+    /* smtps://: TLS is the transport whatever TLS says; TLS_Verify and
+     * the other TLS options apply */
+    s->tls = tls_for(w, v);
+    if (s->tls == NULL)
+      return NULL;
+  } else {
+    if (p.tls == SMTPC_TLS_IFAVAILABLE && conf_bool(v, CONF_TLS_IFAVAILABLE_FALLBACK) &&
+        (s->plain_only || route_marked(w->tlsfail, w->ntlsfail, r, wall_ms()))) {
+      p.tls = SMTPC_TLS_NO; /* its STARTTLS failed lately: plaintext */
+      s->plain_only = true;
+    }
+    s->tls = p.tls != SMTPC_TLS_NO ? tls_for(w, v) : NULL;
+    if (s->tls == NULL && p.tls == SMTPC_TLS_IFAVAILABLE)
+      p.tls = SMTPC_TLS_NO;
+  }
   /* the queue's credentials (auth.c resolved them per unit) */
   const struct smtpc_auth *cr = auth_creds(w->auth, dq_queue_cred_id(s->q));
   if (cr)
@@ -1140,9 +1265,13 @@ static void session_try_connect(struct session *s)
     session_free(s);
     return;
   }
+  struct route *r = &s->routes[s->route_i];
   s->smtpc = make_smtpc(s);
   if (s->smtpc == NULL) {
-    fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, "451 4.3.5 [internal] unusable session settings", 0);
+    fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0,
+                    r->implicit_tls && s->tls == NULL
+                      ? "451 4.7.5 [internal] TLS cannot be set up for the smtps route (see the paniclog)"
+                      : "451 4.3.5 [internal] unusable session settings", 0);
     session_free(s);
     return;
   }
@@ -1162,14 +1291,19 @@ static void session_try_connect(struct session *s)
       srclen = sizeof *s6;
     }
   }
-  struct route *r = &s->routes[s->route_i];
   struct conn_params cp = {
     .dst = (struct sockaddr *)&r->sa, .dstlen = r->salen,
     .src = srclen ? (struct sockaddr *)&src : NULL, .srclen = srclen,
     .connect_timeout_ns = (uint64_t)conf_interval(v, CONF_CONNECT_TIMEOUT) * 1000000000u,
+    /* smtps: conn starts the handshake itself once connected */
+    .tls = r->implicit_tls ? s->tls : NULL,
+    .tls_host = r->host[0] ? r->host : NULL,
+    .tls_port = route_port(r),
   };
   s->connected = false;
   s->closing = false;
+  s->charged = false;
+  s->detail[0] = '\0';
   snprintf(s->conn_id_s, sizeof s->conn_id_s, "%u.%llu", w->idx, (unsigned long long)++w->next_conn);
   int err = 0;
   s->conn = conn_new(w->ring, &cp, &session_cbs, s, &err);
@@ -1184,11 +1318,12 @@ static void session_try_connect(struct session *s)
   arm_timer(s);
 }
 
-static void add_route(struct session *s, const struct dns_host *h, uint16_t port)
+static void add_route(struct session *s, const struct dns_host *h, uint16_t port, bool implicit_tls)
 {
   for (unsigned a = 0; a < h->naddr && s->nroutes < ROUTES_MAX; a++) {
     struct route *r = &s->routes[s->nroutes++];
     r->salen = dns_sockaddr(&h->addr[a], port, &r->sa);
+    r->implicit_tls = implicit_tls;
     scopy(r->host, sizeof r->host, h->name ? h->name : "");
     if (h->addr[a].family == AF_INET)
       inet_ntop(AF_INET, h->addr[a].a, r->ip, sizeof r->ip);
@@ -1201,10 +1336,11 @@ struct route_spec {
   char host[256];
   uint16_t port;
   bool mx;
+  bool implicit_tls;
 };
 
 /* Parse one Routes entry: "host", "host:port", "smtp://host:port?...",
- * "__mx__". */
+ * "smtps://host[:port]" (implicit TLS, port 465 unless given), "__mx__". */
 static bool parse_route(const char *e, const char *domain, uint16_t defport, struct route_spec *out)
 {
   memset(out, 0, sizeof *out);
@@ -1214,8 +1350,13 @@ static bool parse_route(const char *e, const char *domain, uint16_t defport, str
     out->mx = true;
     return true;
   }
-  if (!strncasecmp(e, "smtp://", 7))
+  if (!strncasecmp(e, "smtps://", 8)) {
+    e += 8;
+    out->implicit_tls = true;
+    out->port = SMTPS_PORT;
+  } else if (!strncasecmp(e, "smtp://", 7)) {
     e += 7;
+  }
   size_t n = strcspn(e, "/?");
   char hp[300];
   if (n >= sizeof hp)
@@ -1262,7 +1403,7 @@ static void on_resolved(void *arg, const struct dns_result *res)
   if (res->status == DNS_OK) {
     for (unsigned h = 0; h < res->nhosts; h++)
       if (res->hosts[h].status == DNS_OK)
-        add_route(s, &res->hosts[h], rc->spec[rc->i].port);
+        add_route(s, &res->hosts[h], rc->spec[rc->i].port, rc->spec[rc->i].implicit_tls);
   } else {
     rc->worst = res->status;
     scopy(rc->text, sizeof rc->text, res->text);
@@ -1325,7 +1466,8 @@ static void session_open(struct worker *w, struct dq_queue *q)
   const char *const *routes = conf_list(v, CONF_ROUTES, &nroutes);
   if (gw.host) {
     scopy(rc->spec[0].host, sizeof rc->spec[0].host, gw.host);
-    rc->spec[0].port = gw.port ? gw.port : defport;
+    rc->spec[0].implicit_tls = gw.implicit_tls;
+    rc->spec[0].port = gw.port ? gw.port : gw.implicit_tls ? SMTPS_PORT : defport;
     rc->nspec = 1;
   } else if (routes && nroutes > 0) {
     for (size_t i = 0; i < nroutes && rc->nspec < ROUTES_MAX; i++)
@@ -1653,6 +1795,7 @@ void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool rece
   const struct conf_view *gv = conf_view_get(c, binding, NULL);
   em->bounces_on = sm->sender[0] != '\0' && gv && conf_bool(gv, CONF_GENERATE_BOUNCES);
   em->units_left = nposts;
+  em->units = nposts;
   conf_unref(c);
   if (nposts == 0) {
     /* nothing pending (recovered with every recipient final) */

@@ -675,6 +675,37 @@ static void test_throttle_scope_identity(void **state)
   conf_unref(c);
 }
 
+/* Gateway may name its smart host by URL: smtps:// asks for implicit TLS
+ * (the port is left to the engine: 465 when absent); the text keeps the
+ * scheme; no other address option takes one. */
+static void test_gateway_scheme(void **state)
+{
+  (void)state;
+  struct conf *c = parse("Gateway = \"smtps://relay.example:2465\"\n"
+                         "Domain \"a.test\" { Gateway = \"SMTPS://[::1]\" }\n"
+                         "Domain \"b.test\" { Gateway = \"smtp://relay.example:2525\" }\n"
+                         "Domain \"c.test\" { Gateway = \"relay.example\" }\n");
+  struct conf_addr a = conf_addr(conf_global(c), CONF_GATEWAY);
+  assert_string_equal(a.host, "relay.example");
+  assert_int_equal(a.port, 2465);
+  assert_true(a.implicit_tls);
+  assert_string_equal(conf_str(conf_global(c), CONF_GATEWAY), "smtps://relay.example:2465");
+  a = conf_addr(conf_view_get(c, NULL, "a.test"), CONF_GATEWAY);
+  assert_string_equal(a.host, "::1");
+  assert_int_equal(a.port, 0);
+  assert_true(a.implicit_tls);
+  a = conf_addr(conf_view_get(c, NULL, "b.test"), CONF_GATEWAY);
+  assert_int_equal(a.port, 2525);
+  assert_false(a.implicit_tls);
+  a = conf_addr(conf_view_get(c, NULL, "c.test"), CONF_GATEWAY);
+  assert_false(a.implicit_tls);
+  conf_unref(c);
+  expect_error("Gateway = \"smtps://\"\n",
+               "t.conf:1: option 'Gateway': '' is not an address (host, host:port, or [IPv6]:port)");
+  expect_error("Resolver = \"smtps://127.0.0.1\"\n",
+               "t.conf:1: option 'Resolver': 'smtps://127.0.0.1' is not an address (host, host:port, or [IPv6]:port)");
+}
+
 /* ---- reload support ---- */
 
 struct diffs {
@@ -793,6 +824,7 @@ int main(void)
     cmocka_unit_test(test_case_rules),
     cmocka_unit_test(test_booleans),
     cmocka_unit_test(test_values),
+    cmocka_unit_test(test_gateway_scheme),
     cmocka_unit_test(test_enum_constants),
     cmocka_unit_test(test_defaults),
     cmocka_unit_test(test_throttle_scope_identity),

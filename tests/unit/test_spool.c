@@ -363,10 +363,9 @@ static int on_ingest_vanish(void *arg, struct spool_msg *m, char *why, size_t n)
   return 0;
 }
 
-static void test_bad_inputs(void **state)
+static void bad_inputs(bool journal)
 {
-  (void)state;
-  struct spool_params p = {.max_message_size = 20u * 1024 * 1024};
+  struct spool_params p = {.max_message_size = 20u * 1024 * 1024, .no_journal = !journal};
   struct spool *sp = open_spool(&p);
   put_msg("good1", "x-receiver: <r1@example.com>\n", NULL);
   put_file("nosender", "x-receiver: <r@example.com>\n\nb\n", 29);
@@ -405,7 +404,9 @@ static void test_bad_inputs(void **state)
   check_why("toobig", "over Max_Message_Size");
   assert_true(exists("bad/nosender") && exists("bad/toobig") && exists("bad/empty"));
   assert_true(exists("pickup/.hidden") && exists("pickup/ignored.tmp"));
-  assert_int_equal(count_queue(), 4); /* 2 messages x (body + .m) */
+  /* 2 messages: body + .m each, or one journal segment */
+  assert_int_equal(count_queue(), journal ? 0 : 4);
+  assert_int_equal(count_dir("queue/journal"), journal ? 1 : 0);
   /* Truncated while being read. */
   truncate_fd_once = 1;
   spool_test_after_stat = truncate_hook;
@@ -435,10 +436,22 @@ static void test_bad_inputs(void **state)
   spool_close(sp);
 }
 
+static void test_bad_inputs(void **state)
+{
+  (void)state;
+  bad_inputs(true);
+}
+
+static void test_bad_inputs_files(void **state)
+{
+  (void)state;
+  bad_inputs(false);
+}
+
 static void test_modes_ids_and_recovery(void **state)
 {
   (void)state;
-  struct spool_params p = {0};
+  struct spool_params p = {.no_journal = true};
   struct spool *sp = open_spool(&p);
   char name[32];
   for (int i = 0; i < 50; i++) {
@@ -552,6 +565,187 @@ static void test_modes_ids_and_recovery(void **state)
   spool_close(sp);
 }
 
+static const char *keep_name;
+static bool keep_pickup(const char *name)
+{
+  return keep_name && !strcmp(name, keep_name);
+}
+
+/* The body of m as read back through the spool. */
+static void body_of(struct spool *sp, const struct spool_msg *m, char *out, size_t n)
+{
+  int fd = spool_open_body(sp, m);
+  assert_true(fd >= 0);
+  size_t want = m->body_size < n - 1 ? (size_t)m->body_size : n - 1;
+  assert_int_equal(pread(fd, out, want, (off_t)m->body_off), (ssize_t)want);
+  out[want] = 0;
+  spool_close_body(sp, fd);
+}
+
+static void test_journal(void **state)
+{
+  (void)state;
+  struct spool_params p = {0};
+  struct spool *sp = open_spool(&p);
+  char name[32], body[256], path[600];
+  for (int i = 0; i < 50; i++) {
+    snprintf(name, sizeof(name), "m%02d", i);
+    put_msg(name, "x-receiver: <a@example.com>\nx-receiver: <b@example.com>\n"
+                  "x-receiver: <c@example.com>\n", "x-binding: b1\n");
+  }
+  drain(sp);
+  assert_int_equal(ngot, 50);
+  assert_int_equal(count_dir("pickup"), 0);
+  assert_int_equal(count_queue(), 0); /* no file per message */
+  assert_int_equal(count_dir("queue/journal"), 1);
+  struct stat st;
+  snprintf(path, sizeof(path), "%s/queue/journal/00000001", base);
+  assert_int_equal(stat(path, &st), 0);
+  assert_int_equal(st.st_mode & 0777, 0600);
+  for (size_t i = 0; i < ngot; i++) {
+    assert_true(got[i]->jseg == 1);
+    assert_string_equal(got[i]->binding, "b1");
+    body_of(sp, got[i], body, sizeof(body));
+    assert_non_null(strstr(body, "Subject: m"));
+    assert_null(strstr(body, "x-receiver")); /* envelope lines are not the message */
+    assert_int_equal(spool_load_ctx(sp, got[i]), 0);
+  }
+  /* msg 0: a delivered, b failed (stays in the journal: JSTATE); msg 1:
+   * done (DONE); msg 2: deferred alone -> spilled into its own files. */
+  char id0[SPOOL_ID_LEN + 1], id1[SPOOL_ID_LEN + 1], id2[SPOOL_ID_LEN + 1];
+  spool_msg_id_str(got[0], id0);
+  spool_msg_id_str(got[1], id1);
+  spool_msg_id_str(got[2], id2);
+  char body2[256];
+  body_of(sp, got[2], body2, sizeof(body2));
+  struct spool_txn *t = spool_txn_new(sp);
+  spool_txn_rcpt(t, got[0], 0, SPOOL_RCPT_DELIVERED);
+  spool_txn_rcpt(t, got[0], 1, SPOOL_RCPT_FAILED);
+  spool_txn_retry(t, got[0], 3, 1234567);
+  for (uint32_t r = 0; r < 3; r++)
+    spool_txn_rcpt(t, got[1], r, SPOOL_RCPT_DELIVERED);
+  spool_txn_remove(t, got[1]);
+  got[1] = NULL;
+  spool_txn_rcpt(t, got[2], 0, SPOOL_RCPT_DELIVERED);
+  spool_txn_retry(t, got[2], 1, 7654321);
+  spool_txn_spill(t, got[2]);
+  assert_int_equal(spool_txn_commit(t), 0);
+  spool_txn_free(t);
+  assert_int_equal(got[2]->jseg, 0);
+  assert_int_equal(count_queue(), 2); /* msg 2: body + .m */
+  body_of(sp, got[2], body, sizeof(body));
+  assert_string_equal(body, body2);
+  /* A crash between a batch's sync and the removal of its pickup file. */
+  keep_name = "again";
+  spool_test_keep_pickup = keep_pickup;
+  put_msg("again", "x-receiver: <z@example.com>\n", NULL);
+  drain(sp);
+  spool_test_keep_pickup = NULL;
+  assert_int_equal(ngot, 51);
+  assert_true(exists("pickup/again"));
+  reset_got();
+  spool_close(sp);
+
+  sp = open_spool(&p);
+  assert_int_equal(spool_recover(sp), 49); /* 50 - done; "again" is still in pickup/ */
+  bool saw0 = false, saw2 = false;
+  for (size_t i = 0; i < ngot; i++) {
+    char id[SPOOL_ID_LEN + 1];
+    spool_msg_id_str(got[i], id);
+    assert_string_not_equal(id, id1);
+    if (!strcmp(id, id0)) {
+      saw0 = true;
+      assert_int_equal(got[i]->npending, 1);
+      assert_int_equal(got[i]->rcpt_state[0], SPOOL_RCPT_DELIVERED);
+      assert_int_equal(got[i]->rcpt_state[1], SPOOL_RCPT_FAILED);
+      assert_int_equal(got[i]->attempts, 3);
+      assert_int_equal(got[i]->next_attempt_ms, 1234567);
+    }
+    if (!strcmp(id, id2)) {
+      saw2 = true;
+      assert_int_equal(got[i]->jseg, 0); /* its own files won over the journal */
+      assert_int_equal(got[i]->npending, 2);
+      assert_int_equal(got[i]->next_attempt_ms, 7654321);
+    }
+    assert_string_equal(got[i]->binding, "b1");
+  }
+  assert_true(saw0 && saw2);
+  drain(sp); /* "again" is ingested once more, under a new id */
+  assert_int_equal(ngot, 50);
+  assert_false(exists("pickup/again"));
+  /* Everything delivered: the journal and the queue empty out. */
+  t = spool_txn_new(sp);
+  for (size_t i = 0; i < ngot; i++) {
+    for (uint32_t r = 0; r < got[i]->nrcpt; r++)
+      if (got[i]->rcpt_state[r] == SPOOL_RCPT_PENDING)
+        spool_txn_rcpt(t, got[i], r, SPOOL_RCPT_DELIVERED);
+    spool_txn_remove(t, got[i]);
+    got[i] = NULL;
+  }
+  assert_int_equal(spool_txn_commit(t), 0);
+  spool_txn_free(t);
+  ngot = 0;
+  drain(sp);
+  assert_int_equal(count_dir("queue/journal"), 0);
+  assert_int_equal(count_queue(), 0);
+  spool_close(sp);
+  sp = open_spool(&p);
+  assert_int_equal(spool_recover(sp), 0);
+  spool_close(sp);
+}
+
+static void test_journal_damage(void **state)
+{
+  (void)state;
+  struct spool_params p = {0};
+  struct spool *sp = open_spool(&p);
+  put_msg("d1", "x-receiver: <a@example.com>\n", NULL);
+  put_msg("d2", "x-receiver: <b@example.com>\n", NULL);
+  put_msg("d3", "x-receiver: <c@example.com>\n", NULL);
+  drain(sp);
+  assert_int_equal(ngot, 3);
+  /* sorted by name? no: by scan order; find the entry offsets */
+  uint64_t off[3];
+  char sub[3][16];
+  for (int i = 0; i < 3; i++) {
+    char body[256];
+    body_of(sp, got[i], body, sizeof(body));
+    off[i] = got[i]->body_off;
+    snprintf(sub[i], sizeof(sub[i]), "%.3s", strstr(body, "Subject: ") + 9);
+  }
+  int last = off[0] > off[1] ? (off[0] > off[2] ? 0 : 2) : (off[1] > off[2] ? 1 : 2);
+  int first = off[0] < off[1] ? (off[0] < off[2] ? 0 : 2) : (off[1] < off[2] ? 1 : 2);
+  uint64_t mid_off = off[3 - first - last];
+  reset_got();
+  spool_close(sp);
+  char path[600];
+  snprintf(path, sizeof(path), "%s/queue/journal/00000001", base);
+  /* A torn tail: the newest entry loses its last bytes. */
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  assert_int_equal(truncate(path, st.st_size - 3), 0);
+  sp = open_spool(&p);
+  assert_int_equal(spool_recover(sp), 2);
+  reset_got();
+  spool_close(sp);
+  /* A flipped byte in the middle entry's JMSG record (just before its body). */
+  int fd = open(path, O_RDWR);
+  char ch;
+  assert_int_equal(pread(fd, &ch, 1, (off_t)mid_off - 12), 1);
+  ch ^= 0x40;
+  assert_int_equal(pwrite(fd, &ch, 1, (off_t)mid_off - 12), 1);
+  close(fd);
+  sp = open_spool(&p);
+  assert_int_equal(spool_recover(sp), 1); /* only the first one is still trusted */
+  char b[256];
+  body_of(sp, got[0], b, sizeof(b));
+  assert_non_null(strstr(b, sub[first]));
+  check_why("journal-00000001", "fails its checksum");
+  assert_true(exists("bad/journal-00000001"));
+  reset_got();
+  spool_close(sp);
+}
+
 static void dicts(bool keep)
 {
   struct spool_params p = {.keep_dicts_in_memory = keep};
@@ -641,7 +835,7 @@ static void test_sync_modes(void **state)
   (void)state;
   enum spool_sync modes[] = {SPOOL_SYNC_ALWAYS, SPOOL_SYNC_NONE, SPOOL_SYNC_BATCH};
   for (int i = 0; i < 3; i++) {
-    for (int meth = 0; meth < 2; meth++) {
+    for (int meth = 0; meth < 3; meth++) {
       struct spool_params p = {.sync = modes[i], .sync_method = (enum spool_sync_method)meth};
       struct spool *sp = open_spool(&p);
       for (int j = 0; j < 5; j++) {
@@ -729,6 +923,9 @@ int main(void)
       cmocka_unit_test(test_scrub_secrets),
       cmocka_unit_test(test_parse_bad),
       cmocka_unit_test_setup_teardown(test_bad_inputs, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_bad_inputs_files, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_journal, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_journal_damage, setup, teardown),
       cmocka_unit_test_setup_teardown(test_modes_ids_and_recovery, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dicts_on_disk, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dicts_in_memory, setup, teardown),

@@ -39,6 +39,7 @@ int sink_cmd_lookup(const char *name);
 enum sink_hostile {
   HOSTILE_NONE, HOSTILE_GARBAGE, HOSTILE_ENDLESS, HOSTILE_CONTINUATIONS,
   HOSTILE_SPLIT, HOSTILE_DRIP, HOSTILE_UNSOLICITED, HOSTILE_RESET_MID_DATA,
+  HOSTILE_TLS_GARBAGE, /* STARTTLS answered 220, then bytes that are not TLS */
   HOSTILE__COUNT
 };
 extern const char *const sink_hostile_names[HOSTILE__COUNT];
@@ -93,7 +94,7 @@ struct sink_counter *sink_table_get(struct sink_table *t, const char *key);
 struct sink_stats {
   uint64_t messages, recipients, bytes;
   uint64_t connections, rejected_connections, max_concurrent, concurrent;
-  uint64_t tls_connections, auth_ok, auth_failed, messages_rejected;
+  uint64_t tls_connections, tls_resumed, auth_ok, auth_failed, messages_rejected;
   uint64_t fail_injected[CMD__COUNT];
   uint64_t delayed[CMD__COUNT];
   uint64_t disconnect_injected[CMD__COUNT];
@@ -120,7 +121,8 @@ struct sink_conn {
   unsigned recv_armed : 1, send_inflight : 1, closing : 1, close_after_send : 1,
       reset_on_close : 1, paused : 1, delay_done : 1, tls_active : 1, tls_listener : 1,
       discard_line : 1, has_mail : 1, too_big : 1, helo_seen : 1, esmtp : 1,
-      rejected : 1, body_seen : 1, dead : 1, rearm_pending : 1;
+      rejected : 1, body_seen : 1, dead : 1, rearm_pending : 1,
+      tls_garbage : 1;           /* --hostile tls-garbage: answer the next input with it */
   uint8_t bytewise;           /* 0, HOSTILE_SPLIT or HOSTILE_DRIP */
   uint32_t nrcpt;
   uint64_t msg_bytes;
@@ -190,3 +192,7 @@ void sink_smtp_feed(struct sink_conn *c, const uint8_t *p, size_t n);
 void sink_smtp_resume(struct sink_conn *c);
 /* Reset per-session state after a TLS handshake (RFC 3207: forget EHLO). */
 void sink_smtp_tls_ready(struct sink_conn *c);
+/* --hostile tls-garbage: answer the client's first handshake bytes (after
+ * the 220 to STARTTLS, or on an implicit-TLS listener) with bytes that are
+ * not TLS, then close. */
+void sink_hostile_tls_garbage(struct sink_conn *c);

@@ -354,6 +354,8 @@ static void tls_input(struct sink_conn *c, const uint8_t *p, size_t n)
       return;
     }
     g_sink.st.tls_connections++;
+    if (SSL_session_reused(c->ssl))
+      g_sink.st.tls_resumed++;
     if (c->state == ST_GREETING)
       sink_smtp_start(c); /* implicit TLS: greet now */
     else
@@ -380,6 +382,10 @@ static void conn_input(struct sink_conn *c, const uint8_t *p, size_t n)
 {
   if (c->closing)
     return;
+  if (c->tls_garbage) {
+    sink_hostile_tls_garbage(c);
+    return;
+  }
   if (c->ssl)
     tls_input(c, p, n);
   else
@@ -457,7 +463,10 @@ static void new_conn(int fd, const struct listener *l)
   c->local_ctr = sink_table_get(&st->per_local, lip);
   c->local_ctr->connections++;
   arm_recv(c);
-  if (c->tls_listener) {
+  if (c->tls_listener && g_sink.o.hostile == HOSTILE_TLS_GARBAGE) {
+    c->state = ST_GREETING;
+    c->tls_garbage = 1; /* the ClientHello gets it */
+  } else if (c->tls_listener) {
     c->state = ST_GREETING;
     if (sink_conn_start_tls(c) < 0)
       sink_conn_close(c, 0);

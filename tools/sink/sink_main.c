@@ -112,8 +112,10 @@ void sink_print_summary(FILE *f)
           (unsigned long long)st->connections, (unsigned long long)st->max_concurrent);
   fprintf(f, "  \"current_connections\": %llu,\n  \"rejected_connections\": %llu,\n",
           (unsigned long long)st->concurrent, (unsigned long long)st->rejected_connections);
-  fprintf(f, "  \"tls_handshakes\": %llu,\n  \"auth_successes\": %llu,\n  \"auth_failures\": %llu,\n",
-          (unsigned long long)st->tls_connections, (unsigned long long)st->auth_ok,
+  fprintf(f, "  \"tls_handshakes\": %llu,\n  \"tls_resumed\": %llu,\n"
+          "  \"auth_successes\": %llu,\n  \"auth_failures\": %llu,\n",
+          (unsigned long long)st->tls_connections, (unsigned long long)st->tls_resumed,
+          (unsigned long long)st->auth_ok,
           (unsigned long long)st->auth_failed);
   fprintf(f, "  \"messages_rejected\": %llu,\n  \"elapsed_s\": %.3f",
           (unsigned long long)st->messages_rejected, el);
@@ -323,6 +325,8 @@ static void usage(FILE *f)
 "                            drip            like split, one byte per --drip-interval\n"
 "                            unsolicited     an extra reply line nobody asked for\n"
 "                            reset-mid-data  TCP RST once message data arrives\n"
+"                            tls-garbage     after the 220 to STARTTLS (or on a --tls-listen\n"
+"                                            connection) bytes that are not TLS, then close\n"
 "  --drip-interval MS        pause between dripped bytes (1000)\n"
 "\n"
 "Output:\n"

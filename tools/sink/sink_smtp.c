@@ -27,7 +27,7 @@ const char *const sink_hostile_names[HOSTILE__COUNT] = {
   [HOSTILE_NONE] = "none", [HOSTILE_GARBAGE] = "garbage", [HOSTILE_ENDLESS] = "endless-line",
   [HOSTILE_CONTINUATIONS] = "continuations", [HOSTILE_SPLIT] = "split",
   [HOSTILE_DRIP] = "drip", [HOSTILE_UNSOLICITED] = "unsolicited",
-  [HOSTILE_RESET_MID_DATA] = "reset-mid-data",
+  [HOSTILE_RESET_MID_DATA] = "reset-mid-data", [HOSTILE_TLS_GARBAGE] = "tls-garbage",
 };
 
 int sink_cmd_lookup(const char *name)
@@ -102,7 +102,7 @@ static void hostile_apply(struct sink_conn *c, const char *s, size_t n)
 static void emit(struct sink_conn *c, int cmd, const char *s, size_t n)
 {
   if (g_sink.o.hostile != HOSTILE_NONE && g_sink.o.hostile_stage == cmd &&
-      g_sink.o.hostile != HOSTILE_RESET_MID_DATA) {
+      g_sink.o.hostile != HOSTILE_RESET_MID_DATA && g_sink.o.hostile != HOSTILE_TLS_GARBAGE) {
     hostile_apply(c, s, n);
     return;
   }
@@ -711,6 +711,10 @@ static int line(struct sink_conn *c, const char *s, size_t n)
       emit(c, cmd, R("220 2.0.0 Ready to start TLS\r\n"));
       if (c->state == ST_QUIT)
         break;
+      if (g_sink.o.hostile == HOSTILE_TLS_GARBAGE) {
+        c->tls_garbage = 1; /* the ClientHello gets it (sink_io) */
+        break;
+      }
       reset_txn(c);
       c->helo_seen = 0;
       if (sink_conn_start_tls(c) < 0) {
@@ -832,6 +836,15 @@ void sink_smtp_start(struct sink_conn *c)
 {
   c->state = ST_GREETING;
   greet(c);
+}
+
+void sink_hostile_tls_garbage(struct sink_conn *c)
+{
+  g_sink.st.hostile_injected[HOSTILE_TLS_GARBAGE]++;
+  c->tls_garbage = 0;
+  emit_raw(c, R("this is not a TLS ServerHello (impetus-sink hostile tls-garbage)\r\n"));
+  c->state = ST_QUIT;
+  sink_conn_close_after_send(c);
 }
 
 void sink_smtp_tls_ready(struct sink_conn *c)

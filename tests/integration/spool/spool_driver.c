@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <sys/eventfd.h>
 #include <poll.h>
@@ -29,11 +30,25 @@ static void on_term(int sig)
   stop = 1;
 }
 
+static struct spool *the_spool;
+static bool tokens; /* print the message's Message-ID token as read back from the queue */
+
 static void on_msg(void *arg, struct spool_msg *m)
 {
   (void)arg;
   char id[SPOOL_ID_LEN + 1];
-  printf("MSG %s %u\n", spool_msg_id_str(m, id), m->nrcpt);
+  if (tokens) {
+    char head[512] = "";
+    int fd = spool_open_body(the_spool, m);
+    ssize_t n = fd >= 0 ? pread(fd, head, sizeof head - 1, (off_t)m->body_off) : -1;
+    spool_close_body(the_spool, fd);
+    head[n > 0 ? n : 0] = 0;
+    const char *t = strstr(head, "Message-ID: <tok-");
+    printf("MSG %s %u tok=%ld\n", spool_msg_id_str(m, id), m->nrcpt,
+           t ? atol(t + 17) : -1L);
+  } else {
+    printf("MSG %s %u\n", spool_msg_id_str(m, id), m->nrcpt);
+  }
   spool_msg_free(m);
   atomic_fetch_add(&msgs, 1);
   uint64_t one = 1;
@@ -76,6 +91,10 @@ int main(int argc, char **argv)
       p.sync_method = SPOOL_SYNCM_FSYNC;
     } else if (!strcmp(argv[i], "--thread")) {
       thread = true;
+    } else if (!strcmp(argv[i], "--tokens")) {
+      tokens = true;
+    } else if (!strcmp(argv[i], "--no-journal")) {
+      p.no_journal = true;
     } else if (!strcmp(argv[i], "--recover-only")) {
       recover_only = true;
     } else if (!strcmp(argv[i], "--idle-exit") && i + 1 < argc) {
@@ -90,6 +109,7 @@ int main(int argc, char **argv)
   sigaction(SIGINT, &sa, NULL);
   char err[512];
   struct spool *sp = spool_open(&p, err, sizeof(err));
+  the_spool = sp;
   if (!sp) {
     printf("ERR %s\n", err);
     return 1;

@@ -1436,6 +1436,10 @@ static int jrn_take(struct spool *sp, const char *name, struct jtake *out)
     return 1;
   }
   struct spool_msg *m = msg_from_env(sp, &env, id, sp->p.node_id, 0);
+  /* Only the body goes to the journal and the pickup file is removed once
+   * it is durable; an x-context password must not linger in rbuf either. */
+  size_t slo, shi;
+  (void)spool_scrub_secrets((char *)sp->rbuf.data, env.body_off, &slo, &shi);
   spool_envelope_done(&env);
   if (sp->p.on_ingest) {
     why[0] = 0;

@@ -138,7 +138,8 @@ try:
             if stat.S_ISREG(st.st_mode):
                 nfiles += 1 if "queue" in p else 0
                 expect(stat.S_IMODE(st.st_mode) & 0o077 == 0, "%s mode %o" % (p, st.st_mode))
-    expect(nfiles >= 3, "queue files of the held messages: %d" % nfiles)
+    # (the held messages live in journal segments and/or per-message files)
+    expect(nfiles >= 1, "queue files of the held messages: %d" % nfiles)
     st = os.stat(e.spool)
     expect(st.st_uid == pw.pw_uid and stat.S_IMODE(st.st_mode) & 0o002 == 0,
            "spool dir uid %d mode %o" % (st.st_uid, stat.S_IMODE(st.st_mode)))

@@ -26,11 +26,18 @@
 #endif
 #ifdef SECMEM_ASAN
 #include <sanitizer/asan_interface.h>
+#include <sanitizer/lsan_interface.h>
 #define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
 #define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+/* Blocks hold pointers to malloc'd memory (a configuration's nodes):
+ * LeakSanitizer must scan the mappings, as it scans the heap. */
+#define ROOT_ADD(p, n) __lsan_register_root_region((p), (n))
+#define ROOT_DEL(p, n) __lsan_unregister_root_region((p), (n))
 #else
 #define POISON(p, n) ((void)(p), (void)(n))
 #define UNPOISON(p, n) ((void)(p), (void)(n))
+#define ROOT_ADD(p, n) ((void)(p), (void)(n))
+#define ROOT_DEL(p, n) ((void)(p), (void)(n))
 #endif
 
 #define CHUNK_SIZE (256u * 1024u)
@@ -77,10 +84,21 @@ static void *map_secure(size_t n, bool *locked)
   (void)madvise(p, n, MADV_WIPEONFORK); /* kernels before 4.14: EINVAL, fine */
 #endif
   stats.mapped += n;
+  ROOT_ADD(p, n);
   *locked = mlock(p, n) == 0; /* EPERM/ENOMEM over RLIMIT_MEMLOCK: unlocked but still not dumped */
   if (*locked)
     stats.locked += n;
   return p;
+}
+
+/* Undo map_secure (the caller wiped what it wrote). */
+static void unmap_secure(void *p, size_t n, bool locked)
+{
+  stats.mapped -= n;
+  if (locked)
+    stats.locked -= n;
+  ROOT_DEL(p, n);
+  munmap(p, n);
 }
 
 static unsigned class_of(size_t total)
@@ -121,7 +139,7 @@ static struct hdr *alloc_small(unsigned cls)
     if (c == NULL)
       return NULL;
     if (!push((void ***)&chunks, &nchunks, &capchunks, c)) {
-      munmap(c, CHUNK_SIZE);
+      unmap_secure(c, CHUNK_SIZE, locked);
       return NULL;
     }
     POISON(c, CHUNK_SIZE);
@@ -155,7 +173,7 @@ void *secmem_alloc(size_t n)
     bool locked;
     h = map_secure(bsize, &locked);
     if (h && !push((void ***)&larges, &nlarges, &caplarges, h)) {
-      munmap(h, bsize);
+      unmap_secure(h, bsize, locked);
       h = NULL;
     }
     if (h) {
@@ -215,16 +233,14 @@ void secmem_free(void *p)
   stats.blocks--;
   if (h->cls == CLASS_LARGE) {
     size_t map_len = len + sizeof *h;
-    stats.mapped -= map_len;
-    if (h->locked)
-      stats.locked -= map_len;
+    bool locked = h->locked;
     for (size_t i = 0; i < nlarges; i++)
       if (larges[i] == h) {
         larges[i] = larges[--nlarges];
         break;
       }
     util_wipe(h, sizeof *h);
-    munmap(h, map_len);
+    unmap_secure(h, map_len, locked);
   } else {
     h->magic = 0; /* a second free panics */
     h->u.next = free_list[h->cls];

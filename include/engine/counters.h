@@ -30,11 +30,13 @@ enum counters_event {
   COUNTERS_TLS_FAILED,    /* STARTTLS handshakes failed */
   COUNTERS_AUTH_OK,       /* AUTH accepted (235) */
   COUNTERS_AUTH_FAILED,   /* AUTH refused */
-  COUNTERS_LUA_ERRORS,    /* Lua hook errors */
+  COUNTERS_LUA_ERRORS,    /* Lua hook failures (errors, budget aborts, memory limit) */
   COUNTERS_EVENTS
 };
 
 #define COUNTERS_KEYS 512         /* (binding, domain) pairs per slot */
+#define COUNTERS_LUA_HOOKS 8      /* Lua hooks counted (>= LUAM_HOOK_COUNT) */
+#define COUNTERS_LUA_EVENTS 4     /* per hook: calls and failures (>= LUAM_EV_COUNT) */
 #define COUNTERS_NAME_MAX 128     /* binding or domain bytes kept */
 
 /* Make nslots slots (workers + 1 for the ingest thread). 0 or -ENOMEM. */
@@ -48,6 +50,12 @@ void counters_add(unsigned slot, const char *binding, const char *domain, enum c
                   uint64_t n);
 /* Count one event in slot. */
 void counters_event(unsigned slot, enum counters_event e);
+
+/* Count one Lua event (luam's enum luam_hook, enum luam_event) in slot;
+ * every event but the call (0) also counts as COUNTERS_LUA_ERRORS. */
+void counters_lua(unsigned slot, unsigned hook, unsigned ev);
+/* Sum over slots of one (hook, event) pair. */
+uint64_t counters_lua_total(unsigned hook, unsigned ev);
 
 /* Totals over every slot. */
 void counters_totals(uint64_t out[COUNTERS_KINDS]);

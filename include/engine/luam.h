@@ -42,6 +42,16 @@ enum luam_hook {
   LUAM_HOOK_COUNT
 };
 
+/* What luam_host.count reports. A failed call is counted once, by the
+ * cause that stopped it. */
+enum luam_event {
+  LUAM_EV_CALL,   /* a hook call started (a registered module has the hook) */
+  LUAM_EV_ERROR,  /* a hook raised an error (logged, treated as CONT) */
+  LUAM_EV_BUDGET, /* a hook ran over its instruction or time budget (aborted) */
+  LUAM_EV_MEMORY, /* a hook hit the state's memory limit (state recreated) */
+  LUAM_EV_COUNT
+};
+
 /* Momentum's context dictionaries (VCTX_CONN = 0, VCTX_MESS = 1). */
 enum { LUAM_CTX_CONN = 0, LUAM_CTX_MESS = 1 };
 
@@ -88,6 +98,9 @@ struct luam_host {
   const char *(*eval)(void *arg, const char *bgroup, const char *binding, const char *domain,
                       const char *option);
   void (*post)(void *arg, void (*fn)(void *), void *fn_arg);
+  /* Optional (NULL: not called): one event per hook call and per hook
+   * failure, for the engine's counters. Owning thread; must be cheap. */
+  void (*count)(void *arg, enum luam_hook hook, enum luam_event ev);
 };
 
 /* One `script "name" { source = "..." }` entry, path already resolved. */
@@ -110,6 +123,9 @@ struct luam_opts {
 #define LUAM_DEFAULT_MAX_INSTRUCTIONS 10000000u
 #define LUAM_DEFAULT_MAX_TIME_MS 250u
 #define LUAM_DEFAULT_MAX_MEMORY (64u << 20)
+/* Smallest accepted budgets: below these the bundled boot.lua cannot load. */
+#define LUAM_MIN_INSTRUCTIONS 1000u
+#define LUAM_MIN_MEMORY (1u << 20)
 
 /* What the delivery-outcome hooks see (copied at call time). */
 struct luam_outcome {
@@ -163,6 +179,10 @@ int luam_call(struct luam *lm, enum luam_hook hook, const struct luam_call *call
  * falls back to the configured value for the message's scope. */
 int luam_call_auth_config(struct luam *lm, void *msg, const struct luam_msg_ops *ops,
                           const char *domain, void (*done)(void *, int), void *done_arg);
+/* Momentum's name of a hook ("validate_data_spool"), "?" if out of range. */
+const char *luam_hook_name(enum luam_hook hook);
+/* "call", "error", "budget", "memory". */
+const char *luam_event_name(enum luam_event ev);
 /* Calls waiting for a datasource. */
 unsigned luam_pending(const struct luam *lm);
 /* Statistics for tests and the console. */

@@ -30,9 +30,11 @@ struct policy_worker;
  * NULL when the configuration has no scriptlet: the policy is then empty
  * and every hook call is a cheap no-op. live_conf: the engine's current
  * snapshot pointer (read by the ingest thread). ingest_log: where ingest-thread
- * Lua output (print, errors) goes. */
+ * Lua output (print, errors) goes; ingest_slot: the ingest thread's
+ * counters slot (counters.h). */
 struct policy *policy_new(struct conf *c, _Atomic(struct conf *) *live_conf,
-                          struct logs_writer *ingest_log, char *err, size_t errlen);
+                          struct logs_writer *ingest_log, unsigned ingest_slot, char *err,
+                          size_t errlen);
 /* SIGHUP: compile the scripts of c; on success every state reloads them
  * (workers between events, the ingest state before its next message). On
  * failure returns -EINVAL with script:line in err and the old scripts stay.
@@ -54,9 +56,10 @@ int policy_ingest(void *arg, struct spool_msg *msg, char *reason, size_t reason_
 int policy_recovered(struct policy *p, struct spool *sp, struct spool_msg *msg);
 
 /* The worker's state; created on the worker thread. NULL p gives an empty
- * policy worker. Script output goes to log (paniclog). */
+ * policy worker. Script output goes to log (paniclog); hook calls and
+ * failures count in counters slot `slot` (the worker's index). */
 struct policy_worker *policy_worker_new(struct policy *p, struct ring *ring,
-                                        struct logs_writer *log, struct conf *c);
+                                        struct logs_writer *log, struct conf *c, unsigned slot);
 void policy_worker_free(struct policy_worker *pw);
 /* Between events: take up reloaded scripts and a new snapshot. Cheap. */
 void policy_worker_refresh(struct policy_worker *pw, struct conf *c);

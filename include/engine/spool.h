@@ -30,6 +30,7 @@
 #pragma once
 
 #include "ctx.h"
+#include "histo.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -130,6 +131,7 @@ struct spool_params {
   spool_msg_cb on_msg;        /* required for spool_ingest/spool_recover */
   spool_bad_cb on_bad;        /* optional */
   spool_ingest_cb on_ingest;  /* optional */
+  void (*on_batch_end)(void *arg); /* optional: after each batch of on_msg calls, same thread */
   void *arg;                  /* passed to the callbacks */
 };
 
@@ -171,6 +173,7 @@ struct spool_stats {
   uint64_t batches;    /* ingest rounds that made at least one message durable */
   uint64_t syncs;      /* fsync/fdatasync/syncfs calls made by ingest and txn commits */
   uint64_t recovered;  /* messages handed over by spool_recover */
+  struct histo_snap sync_latency; /* duration of each of those sync calls */
 };
 void spool_get_stats(const struct spool *sp, struct spool_stats *out);
 

@@ -84,7 +84,7 @@ local function dispatch(hook, msg, a, b, c)
         ok, r = pcall(f, m.mod, msg, a, b, c)
       end
       if not ok then
-        C.report(m.script, m.name, hook, r)
+        C.report(m.script, m.name, hook, r, f)
         if C.aborting() then return CONT end
       elseif r == DONE then
         return DONE

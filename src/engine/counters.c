@@ -26,6 +26,7 @@ struct cslot {
   uint32_t used;                      /* writer-only */
   _Atomic uint64_t total[COUNTERS_KINDS];
   _Atomic uint64_t ev[COUNTERS_EVENTS];
+  _Atomic uint64_t lua[COUNTERS_LUA_HOOKS][COUNTERS_LUA_EVENTS];
 };
 
 static struct cslot *slots;
@@ -109,6 +110,25 @@ void counters_event(unsigned slot, enum counters_event ev)
   if (slots == NULL || slot >= nslots || (unsigned)ev >= COUNTERS_EVENTS)
     return;
   atomic_fetch_add_explicit(&slots[slot].ev[ev], 1, memory_order_relaxed);
+}
+
+void counters_lua(unsigned slot, unsigned hook, unsigned ev)
+{
+  if (slots == NULL || slot >= nslots || hook >= COUNTERS_LUA_HOOKS || ev >= COUNTERS_LUA_EVENTS)
+    return;
+  atomic_fetch_add_explicit(&slots[slot].lua[hook][ev], 1, memory_order_relaxed);
+  if (ev != 0)
+    atomic_fetch_add_explicit(&slots[slot].ev[COUNTERS_LUA_ERRORS], 1, memory_order_relaxed);
+}
+
+uint64_t counters_lua_total(unsigned hook, unsigned ev)
+{
+  uint64_t t = 0;
+  if (hook >= COUNTERS_LUA_HOOKS || ev >= COUNTERS_LUA_EVENTS)
+    return 0;
+  for (unsigned i = 0; i < nslots; i++)
+    t += atomic_load_explicit(&slots[i].lua[hook][ev], memory_order_relaxed);
+  return t;
 }
 
 void counters_totals(uint64_t out[COUNTERS_KINDS])

@@ -635,6 +635,7 @@ static int cmd_summary(struct req *r)
   o_dbl(o, "delivery_rate_avg", up ? (double)c[COUNTERS_DELIVERED] / (double)up : 0);
   o_u64(o, "spool_rejected", ss.rejected);
   o_u64(o, "spool_syncs", ss.syncs);
+  o_u64(o, "lua_hook_errors", counters_event_total(COUNTERS_LUA_ERRORS));
   return 0;
 }
 

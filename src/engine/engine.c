@@ -56,11 +56,13 @@ static void on_msg(void *arg, struct spool_msg *msg)
                  strerror(-rc));
   }
   worker_submit_msg(&sh, msg, !recovering);
-  /* A round claims at most batch_max files; ask for a rescan so the files
-   * left in pickup/ are claimed by the next round at once instead of at
-   * the periodic rescan (inotify has already reported them). */
-  if (!recovering)
-    spool_kick(sh.spool);
+}
+
+/* After each batch of on_msg calls: its R records leave in one hand-over. */
+static void on_batch_end(void *arg)
+{
+  (void)arg;
+  logs_writer_flush(sh.ingest_log);
 }
 
 static int on_ingest(void *arg, struct spool_msg *msg, char *reason, size_t reason_len)
@@ -314,6 +316,7 @@ int engine_main(const char *config_path)
     .max_message_size = conf_size(g, CONF_MAX_MESSAGE_SIZE),
     .keep_dicts_in_memory = conf_bool(g, CONF_KEEP_MESSAGE_DICTS_IN_MEMORY),
     .on_msg = on_msg,
+    .on_batch_end = on_batch_end,
     .on_bad = on_bad,
   };
   char err[512];
@@ -330,7 +333,7 @@ int engine_main(const char *config_path)
   /* Everything that needs root is open: leave it before any Lua runs
    * (scripts are compiled and run by policy_new) and any worker starts. */
   drop_root(c, mainlog, spoolbase, pickup);
-  sh.policy = policy_new(c, &sh.conf, sh.ingest_log, err, sizeof err);
+  sh.policy = policy_new(c, &sh.conf, sh.ingest_log, sh.nworkers, err, sizeof err);
   if (sh.policy == NULL)
     util_fatal("lua: %s", err);
 

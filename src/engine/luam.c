@@ -70,6 +70,10 @@ struct lstate {
   /* budget of the code running now */
   uint64_t instr, max_instr, deadline_ns;
   int aborting;
+  /* "script.lua:LINE" sampled by the budget hook once the state is near
+   * its memory limit: where a memory bomb was (an allocation failure
+   * itself carries no position). */
+  char near[160];
   const char *loading;    /* script name while its top level runs */
   /* Finished coroutines kept for the next calls (no allocation per call). */
   lua_State *idle_co[LUAM_IDLE_COROUTINES];
@@ -162,6 +166,15 @@ static void lm_log(const struct luam *lm, int level, const char *script, const c
   lm->host.log(lm->host.arg, level, script, text);
 }
 
+/* Count one hook failure (stats and the host's counter) by its cause. */
+static void note_failure(struct luam *lm, const struct lstate *ls, enum luam_hook hook)
+{
+  lm->stats.errors++;
+  enum luam_event ev = ls->oom ? LUAM_EV_MEMORY : ls->aborting ? LUAM_EV_BUDGET : LUAM_EV_ERROR;
+  if (lm->host.count)
+    lm->host.count(lm->host.arg, hook, ev);
+}
+
 /* ------------------------------------------------------------------ */
 /* memory */
 
@@ -200,6 +213,9 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
   if (!ls)
     return;
   ls->instr += HOOK_EVERY;
+  if (ls->counting && ls->mem > ls->mem_limit / 4 * 3 && !ls->aborting &&
+      lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+    snprintf(ls->near, sizeof ls->near, "%s:%d", ar->short_src, ar->currentline);
   if (!ls->aborting &&
       (ls->instr > ls->max_instr || clock_mono_ns() > ls->deadline_ns)) {
     /* From now on check every instruction, so that a script catching the
@@ -233,6 +249,7 @@ static void run_begin(struct lstate *ls, uint64_t now, uint64_t used_ns, uint64_
   tls_ls = ls;
   ls->enforce = 1;
   ls->aborting = 0;
+  ls->near[0] = 0;
   ls->instr = used_instr;
   ls->max_instr = lm->max_instr;
   uint64_t budget = lm->max_time_ms * 1000000ull;
@@ -567,6 +584,23 @@ static const char *calling_script(lua_State *L, struct lstate *ls)
   return ls->loading;
 }
 
+/* The script of the innermost frame of co that belongs to one (co may be
+ * suspended or dead with an error), or NULL. */
+static const char *stack_script(lua_State *co, struct lstate *ls, char *pos, size_t poslen)
+{
+  lua_Debug ar;
+  for (int level = 0; level < 16 && lua_getstack(co, level, &ar); level++) {
+    if (!lua_getinfo(co, "Sl", &ar))
+      break;
+    const char *s = script_of_source(ls, ar.source);
+    if (s) {
+      snprintf(pos, poslen, "%s:%d", ar.short_src, ar.currentline);
+      return s;
+    }
+  }
+  return NULL;
+}
+
 static int c_print(lua_State *L)
 {
   struct lstate *ls = ls_of(L);
@@ -595,19 +629,37 @@ static int c_warn(lua_State *L)
   return 0;
 }
 
+/* report(script, module, hook, error, fn): one hook failure, logged once
+ * with the script and a line: the error's own position, else where the
+ * state was near its memory limit, else where fn (the hook) is defined. */
 static int c_report(lua_State *L)
 {
   struct lstate *ls = ls_of(L);
+  struct luam *lm = ls->lm;
   const char *script = lua_tostring(L, 1);
   const char *mod = luaL_checkstring(L, 2);
   const char *hook = luaL_checkstring(L, 3);
   const char *err = lua_isstring(L, 4) ? lua_tostring(L, 4) : "(error object is not a string)";
-  ls->lm->stats.errors++;
-  if (ls->oom)
-    lm_log(ls->lm, 0, script, "%s:%s: memory limit (%zu bytes) exceeded: %s; hook skipped, state will be recreated",
-           mod, hook, ls->mem_limit, err);
+  char where[200] = "";
+  if (ls->oom && ls->near[0]) {
+    snprintf(where, sizeof where, " near %s", ls->near);
+  } else if (ls->oom || !lua_isstring(L, 4)) {
+    lua_Debug ar;
+    lua_pushvalue(L, 5);
+    if (lua_isfunction(L, -1) && lua_getinfo(L, ">S", &ar) && ar.linedefined > 0)
+      snprintf(where, sizeof where, " in the hook defined at %s:%d", ar.short_src, ar.linedefined);
+    else
+      lua_pop(L, 1);
+  }
+  if (lm->running)
+    note_failure(lm, ls, lm->running->hook);
   else
-    lm_log(ls->lm, 0, script, "%s:%s: %s; hook skipped (CONT)", mod, hook, err);
+    lm->stats.errors++;
+  if (ls->oom)
+    lm_log(lm, 0, script, "%s:%s: memory limit (%zu bytes) exceeded%s: %s; hook skipped (CONT), state will be recreated",
+           mod, hook, ls->mem_limit, where, err);
+  else
+    lm_log(lm, 0, script, "%s:%s: %s%s; hook skipped (CONT)", mod, hook, err, where);
   return 0;
 }
 
@@ -1290,6 +1342,19 @@ bool luam_has_hook(const struct luam *lm, enum luam_hook hook)
   return lm && lm->cur && (lm->cur->hookmask & (1u << hook));
 }
 
+const char *luam_hook_name(enum luam_hook hook)
+{
+  return (unsigned)hook < LUAM_HOOK_COUNT ? hook_names[hook] : "?";
+}
+
+const char *luam_event_name(enum luam_event ev)
+{
+  static const char *const names[LUAM_EV_COUNT] = {
+    [LUAM_EV_CALL] = "call", [LUAM_EV_ERROR] = "error", [LUAM_EV_BUDGET] = "budget",
+    [LUAM_EV_MEMORY] = "memory"};
+  return (unsigned)ev < LUAM_EV_COUNT ? names[ev] : "?";
+}
+
 unsigned luam_pending(const struct luam *lm)
 {
   return lm->npending;
@@ -1334,8 +1399,11 @@ static int call_resume(struct luam *lm, struct lcall *c, int nargs)
       luam_ds_submit(lm->ds, job);
       return LUAM_PENDING;
     }
-    lm->stats.errors++;
-    lm_log(lm, 0, NULL, "%s: a hook yielded outside msys.db; skipped (CONT)", hook_names[c->hook]);
+    note_failure(lm, ls, c->hook);
+    char pos[200] = "?";
+    const char *script = stack_script(c->co, ls, pos, sizeof pos);
+    lm_log(lm, 0, script, "%s: %s: a hook yielded outside msys.db; skipped (CONT)",
+           hook_names[c->hook], pos);
   } else if (rc == 0) {
     c->reusable = 1;
     if (lua_gettop(c->co) >= 1)
@@ -1343,10 +1411,12 @@ static int call_resume(struct luam *lm, struct lcall *c, int nargs)
   } else {
     /* An error escaped the dispatcher itself (budget or memory while it
      * was between modules). */
-    lm->stats.errors++;
+    note_failure(lm, ls, c->hook);
     const char *m = lua_tostring(c->co, -1);
-    lm_log(lm, 0, NULL, "%s: %s%s; skipped (CONT)", hook_names[c->hook], m ? m : "error",
-           ls->oom ? " (memory limit)" : "");
+    char pos[200] = "";
+    const char *script = stack_script(c->co, ls, pos, sizeof pos);
+    lm_log(lm, 0, script, "%s: %s%s%s%s; skipped (CONT)", hook_names[c->hook], m ? m : "error",
+           ls->oom ? " (memory limit)" : "", pos[0] ? " near " : "", pos);
   }
   if (ls->aborting)
     lm->stats.aborted++;
@@ -1489,6 +1559,8 @@ int luam_call(struct luam *lm, enum luam_hook hook, const struct luam_call *call
   struct lstate *ls = lm->cur;
   lua_State *L = ls->L;
   lm->stats.calls++;
+  if (lm->host.count)
+    lm->host.count(lm->host.arg, hook, LUAM_EV_CALL);
   struct lcall *c = util_xcalloc(1, sizeof *c);
   c->ls = ls;
   c->id = ++lm->next_id;

@@ -27,6 +27,43 @@ static char *conf_dir_of(const struct conf *c)
   return util_xstrndup(p, (size_t)(slash - p));
 }
 
+/* The scriptlet stanza's safety budgets. Repeated scriptlet stanzas merge
+ * (as in Momentum): the last one that sets an option wins. Without a
+ * stanza the luam defaults apply (no script runs anyway). */
+static int budgets_load(struct luam_opts *o, struct conf *c, char *err, size_t errlen)
+{
+  const struct conf_stanza *first = conf_stanza_first(c, "scriptlet");
+  if (!first)
+    return 0;
+  const struct conf_view *iv = conf_stanza_view(first), *tv = iv, *mv = iv, *jv = iv;
+  for (const struct conf_stanza *sl = first; sl; sl = conf_stanza_next(sl)) {
+    const struct conf_view *v = conf_stanza_view(sl);
+    if (conf_is_set(v, CONF_SCRIPTLET_MAX_HOOK_INSTRUCTIONS))
+      iv = v;
+    if (conf_is_set(v, CONF_SCRIPTLET_MAX_HOOK_TIME_MS))
+      tv = v;
+    if (conf_is_set(v, CONF_SCRIPTLET_MAX_STATE_MEMORY))
+      mv = v;
+    if (conf_is_set(v, CONF_SCRIPTLET_JIT))
+      jv = v;
+  }
+  int64_t instr = conf_int(iv, CONF_SCRIPTLET_MAX_HOOK_INSTRUCTIONS);
+  int64_t ms = conf_int(tv, CONF_SCRIPTLET_MAX_HOOK_TIME_MS);
+  uint64_t mem = conf_size(mv, CONF_SCRIPTLET_MAX_STATE_MEMORY);
+  if (instr < LUAM_MIN_INSTRUCTIONS || ms < 1 || mem < LUAM_MIN_MEMORY) {
+    snprintf(err, errlen,
+             "scriptlet: max_hook_instructions must be >= %u, max_hook_time_ms >= 1 and "
+             "max_state_memory >= %u bytes",
+             LUAM_MIN_INSTRUCTIONS, LUAM_MIN_MEMORY);
+    return -EINVAL;
+  }
+  o->max_instructions = (uint64_t)instr;
+  o->max_time_ms = (uint64_t)ms;
+  o->max_memory = mem > SIZE_MAX ? SIZE_MAX : (size_t)mem;
+  o->jit = conf_bool(jv, CONF_SCRIPTLET_JIT);
+  return 0;
+}
+
 int luam_conf_load(struct luam_conf *lc, struct conf *c, const char *libdir, char *err,
                    size_t errlen)
 {
@@ -62,6 +99,8 @@ int luam_conf_load(struct luam_conf *lc, struct conf *c, const char *libdir, cha
   lc->opts.scripts = lc->scripts;
   lc->opts.nscripts = n;
   lc->opts.libdir = libdir ? util_xstrdup(libdir) : NULL;
+  if (budgets_load(&lc->opts, c, err, errlen) < 0)
+    goto fail;
 
   size_t nds = 0;
   for (const struct conf_stanza *st = conf_stanza_first(c, "datasource"); st;

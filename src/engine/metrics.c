@@ -5,6 +5,8 @@
 
 #include "buf.h"
 #include "counters.h"
+#include "histo.h"
+#include "luam.h"
 #include "panic.h"
 
 #include <stdio.h>
@@ -141,9 +143,18 @@ void metrics_render(struct buf *b, const struct metrics_input *in)
              (unsigned long long)counters_event_total(COUNTERS_AUTH_OK));
   buf_printf(b, "impetus_auth_total{result=\"failed\"} %llu\n",
              (unsigned long long)counters_event_total(COUNTERS_AUTH_FAILED));
-  head(b, "impetus_lua_hook_errors_total", "counter", "Lua hooks that raised an error or ran too long.");
-  buf_printf(b, "impetus_lua_hook_errors_total %llu\n",
-             (unsigned long long)counters_event_total(COUNTERS_LUA_ERRORS));
+  head(b, "impetus_lua_hook_calls_total", "counter", "Lua hook calls (a registered module has the hook).");
+  for (unsigned h = 0; h < LUAM_HOOK_COUNT; h++)
+    buf_printf(b, "impetus_lua_hook_calls_total{hook=\"%s\"} %llu\n", luam_hook_name(h),
+               (unsigned long long)counters_lua_total(h, LUAM_EV_CALL));
+  head(b, "impetus_lua_hook_errors_total", "counter",
+       "Lua hook calls that failed (treated as CONT) by hook and cause: error (raised), budget "
+       "(instruction or time budget exceeded), memory (state memory limit; state recreated).");
+  for (unsigned h = 0; h < LUAM_HOOK_COUNT; h++)
+    for (unsigned ev = LUAM_EV_ERROR; ev < LUAM_EV_COUNT; ev++)
+      buf_printf(b, "impetus_lua_hook_errors_total{hook=\"%s\",cause=\"%s\"} %llu\n",
+                 luam_hook_name(h), luam_event_name(ev),
+                 (unsigned long long)counters_lua_total(h, ev));
 
   head(b, "impetus_spool_ingested_total", "counter", "Messages made durable from pickup.");
   buf_printf(b, "impetus_spool_ingested_total %llu\n", (unsigned long long)in->spool.ingested);
@@ -153,6 +164,16 @@ void metrics_render(struct buf *b, const struct metrics_input *in)
   buf_printf(b, "impetus_spool_batches_total %llu\n", (unsigned long long)in->spool.batches);
   head(b, "impetus_spool_syncs_total", "counter", "fsync/fdatasync/syncfs calls of the spool.");
   buf_printf(b, "impetus_spool_syncs_total %llu\n", (unsigned long long)in->spool.syncs);
+  head(b, "impetus_spool_sync_seconds", "histogram",
+       "Duration of each fsync/fdatasync/syncfs call of the spool (ingest and queue updates).");
+  const struct histo_snap *hs = &in->spool.sync_latency;
+  for (unsigned i = 0; i < HISTO_BUCKETS; i++)
+    buf_printf(b, "impetus_spool_sync_seconds_bucket{le=\"%g\"} %llu\n",
+               (double)histo_bounds_ns[i] / 1e9, (unsigned long long)hs->le[i]);
+  buf_printf(b, "impetus_spool_sync_seconds_bucket{le=\"+Inf\"} %llu\n",
+             (unsigned long long)hs->le[HISTO_BUCKETS]);
+  buf_printf(b, "impetus_spool_sync_seconds_sum %.9f\n", (double)hs->sum_ns / 1e9);
+  buf_printf(b, "impetus_spool_sync_seconds_count %llu\n", (unsigned long long)hs->le[HISTO_BUCKETS]);
 
   head(b, "impetus_ring_ops_inflight", "gauge", "io_uring operations in flight per worker.");
   for (unsigned i = 0; i < in->nworkers; i++)

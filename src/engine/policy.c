@@ -14,6 +14,7 @@
 #include "policy.h"
 
 #include "conf.h"
+#include "counters.h"
 #include "ctx.h"
 #include "logs.h"
 #include "luam_conf.h"
@@ -49,6 +50,7 @@ struct policy {
   uint64_t ingest_gen;
   struct luam_conf_eval *ingest_eval;
   struct conf *ingest_conf; /* referenced */
+  unsigned ingest_slot;     /* counters slot of the ingest thread */
   _Atomic(struct conf *) *live_conf;
 };
 
@@ -59,7 +61,11 @@ struct policy_worker {
   struct luam *lm;
   struct luam_conf_eval *eval;
   uint64_t gen;
+  unsigned slot; /* counters slot */
 };
+
+_Static_assert(LUAM_HOOK_COUNT <= COUNTERS_LUA_HOOKS && LUAM_EV_COUNT <= COUNTERS_LUA_EVENTS,
+               "counters.h must have room for every Lua hook and event");
 
 static uint64_t wall_ms(void)
 {
@@ -112,6 +118,12 @@ static void w_log(void *arg, int level, const char *script, const char *text)
              lv[level >= 0 && level < 4 ? level : 3], text);
 }
 
+static void w_count(void *arg, enum luam_hook hook, enum luam_event ev)
+{
+  struct policy_worker *pw = arg;
+  counters_lua(pw->slot, (unsigned)hook, (unsigned)ev);
+}
+
 static const char *w_eval(void *arg, const char *bgroup, const char *binding, const char *domain,
                           const char *option)
 {
@@ -134,6 +146,12 @@ static void i_log(void *arg, int level, const char *script, const char *text)
              lv[level >= 0 && level < 4 ? level : 3], text);
 }
 
+static void i_count(void *arg, enum luam_hook hook, enum luam_event ev)
+{
+  struct policy *p = arg;
+  counters_lua(p->ingest_slot, (unsigned)hook, (unsigned)ev);
+}
+
 static const char *i_eval(void *arg, const char *bgroup, const char *binding, const char *domain,
                           const char *option)
 {
@@ -144,7 +162,8 @@ static const char *i_eval(void *arg, const char *bgroup, const char *binding, co
 /* ------------------------------------------------------------ policy */
 
 struct policy *policy_new(struct conf *c, _Atomic(struct conf *) *live_conf,
-                          struct logs_writer *ingest_log, char *err, size_t errlen)
+                          struct logs_writer *ingest_log, unsigned ingest_slot, char *err,
+                          size_t errlen)
 {
   struct snap *s = snap_load(c, err, errlen);
   if (s == NULL)
@@ -154,6 +173,7 @@ struct policy *policy_new(struct conf *c, _Atomic(struct conf *) *live_conf,
   p->cur = s;
   atomic_store(&p->gen, 1);
   p->ingest_log = ingest_log;
+  p->ingest_slot = ingest_slot;
   p->live_conf = live_conf;
   if (s->lc.opts.nscripts > 0 || s->lc.nds > 0) {
     p->ds = luam_ds_new(s->lc.ds, s->lc.nds, POLICY_DS_THREADS, err, errlen);
@@ -232,15 +252,17 @@ static void state_sync(struct policy *p, struct luam **lm, uint64_t *gen, const 
 /* ------------------------------------------------------------ workers */
 
 struct policy_worker *policy_worker_new(struct policy *p, struct ring *ring,
-                                        struct logs_writer *log, struct conf *c)
+                                        struct logs_writer *log, struct conf *c, unsigned slot)
 {
   struct policy_worker *pw = util_xcalloc(1, sizeof *pw);
   pw->p = p;
+  pw->slot = slot;
   pw->ring = ring;
   pw->log = log;
   if (p) {
     pw->eval = luam_conf_eval_new(c);
-    struct luam_host h = {.arg = pw, .log = w_log, .eval = w_eval, .post = w_post};
+    struct luam_host h = {.arg = pw, .log = w_log, .eval = w_eval, .post = w_post,
+                         .count = w_count};
     state_sync(p, &pw->lm, &pw->gen, &h, w_log, pw);
   }
   return pw;
@@ -260,7 +282,8 @@ void policy_worker_refresh(struct policy_worker *pw, struct conf *c)
   if (pw->p == NULL || atomic_load_explicit(&pw->p->gen, memory_order_relaxed) == pw->gen)
     return;
   luam_conf_eval_set(pw->eval, c);
-  struct luam_host h = {.arg = pw, .log = w_log, .eval = w_eval, .post = w_post};
+  struct luam_host h = {.arg = pw, .log = w_log, .eval = w_eval, .post = w_post,
+                         .count = w_count};
   state_sync(pw->p, &pw->lm, &pw->gen, &h, w_log, pw);
 }
 
@@ -421,7 +444,8 @@ static struct luam *ingest_state(struct policy *p)
     p->ingest_conf = nc;
   }
   if (p->ingest_gen != atomic_load(&p->gen)) {
-    struct luam_host h = {.arg = p, .log = i_log, .eval = i_eval, .post = NULL};
+    struct luam_host h = {.arg = p, .log = i_log, .eval = i_eval, .post = NULL,
+                         .count = i_count};
     state_sync(p, &p->ingest_lm, &p->ingest_gen, &h, i_log, p);
   }
   return p->ingest_lm;

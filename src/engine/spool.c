@@ -25,6 +25,8 @@
  * complete record with a bad checksum sends the message to bad/. */
 #include "spool.h"
 
+#include <liburing.h>
+
 #include "clock.h"
 #include "crc32c.h"
 #include "panic.h"
@@ -94,6 +96,7 @@ struct spool {
   atomic_int kick;
   atomic_int last_err;
   _Atomic uint64_t st_ingested, st_rejected, st_batches, st_syncs, st_recovered;
+  struct histo st_sync_lat; /* each counted sync call's duration */
   atomic_bool stop;
   bool thread_running;
   pthread_t thread;
@@ -121,6 +124,12 @@ struct spool {
   bool qstop, committer_running;
   pthread_t committer;
   atomic_int commit_err;
+  /* Batched file system calls through io_uring (each system call costs
+   * several microseconds on some virtual machines): the ingest thread's
+   * stat/open/read/close of pickup files, the commit thread's unlinks.
+   * NULL when the kernel lacks what they need: plain system calls then. */
+  struct iobatch *iread, *iunlink;
+  bool iread_tried, iunlink_tried;
   struct buf jbuf;
 };
 
@@ -671,10 +680,21 @@ static void jfd_set(struct spool *sp, uint32_t seg, int fd)
 
 static void jseg_name(uint32_t seg, char out[16]) { snprintf(out, 16, "%08x", seg); }
 
-static int sync_counted(struct spool *sp, int fd, bool data_only)
+/* Every sync call is counted and timed (spool_get_stats). kind: 0 fsync,
+ * 1 fdatasync, 2 syncfs. Returns 0 or -errno. */
+static int sync_timed(struct spool *sp, int fd, int kind)
 {
   atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
-  return (data_only ? fdatasync(fd) : fsync(fd)) < 0 ? -errno : 0;
+  uint64_t t0 = clock_mono_ns();
+  int r = kind == 0 ? fsync(fd) : kind == 1 ? fdatasync(fd) : syncfs(fd);
+  r = r < 0 ? -errno : 0;
+  histo_observe(&sp->st_sync_lat, clock_mono_ns() - t0);
+  return r;
+}
+
+static int sync_counted(struct spool *sp, int fd, bool data_only)
+{
+  return sync_timed(sp, fd, data_only ? 1 : 0);
 }
 
 /* Start segment jnext and append to it from now on. */
@@ -725,8 +745,7 @@ static int jrn_sync(struct spool *sp, uint32_t seg)
   if (sp->p.sync == SPOOL_SYNC_NONE)
     return 0;
   if (sp->p.sync_method == SPOOL_SYNCM_SYNCFS && sp->p.sync == SPOOL_SYNC_BATCH) {
-    atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
-    return syncfs(sp->queue_fd) < 0 ? -errno : 0;
+    return sync_timed(sp, sp->queue_fd, 2);
   }
   return sync_counted(sp, jfd_of(sp, seg), true);
 }
@@ -828,6 +847,155 @@ void spool_close_body(struct spool *sp, int fd)
 {
   if (fd >= 0 && !jfd_is_seg(sp, fd))
     close(fd);
+}
+
+/* ---- batched file system calls ---- */
+
+#define PRE_BUF (32u * 1024u) /* pickup files up to this size are read through the ring */
+
+/* Results of one pickup file's statx -> openat -> read -> close chain. */
+struct pre {
+  struct statx stx;
+  int st, op, rd;
+};
+
+struct iobatch {
+  struct io_uring ring;
+  unsigned cap;    /* files per batch */
+  uint8_t *buf;    /* cap x PRE_BUF (reads) */
+  struct pre *pre; /* cap (reads) */
+  int *res;        /* cap (unlinks) */
+};
+
+static void iobatch_free(struct iobatch *b)
+{
+  if (!b)
+    return;
+  io_uring_queue_exit(&b->ring);
+  free(b->buf);
+  free(b->pre);
+  free(b->res);
+  free(b);
+}
+
+/* A ring for cap files of 4 (reads) or 1 (unlinks) operations each. */
+static struct iobatch *iobatch_new(unsigned cap, bool reads)
+{
+  struct iobatch *b = util_xcalloc(1, sizeof(*b));
+  b->cap = cap;
+  if (io_uring_queue_init(reads ? 4 * cap : cap, &b->ring, 0) < 0) {
+    free(b);
+    return NULL;
+  }
+  if (reads) {
+    struct io_uring_probe *pr = io_uring_get_probe_ring(&b->ring);
+    bool ok = pr && io_uring_opcode_supported(pr, IORING_OP_STATX) &&
+              io_uring_opcode_supported(pr, IORING_OP_OPENAT) &&
+              io_uring_opcode_supported(pr, IORING_OP_READ) &&
+              io_uring_opcode_supported(pr, IORING_OP_CLOSE);
+    if (pr)
+      io_uring_free_probe(pr);
+    if (!ok || io_uring_register_files_sparse(&b->ring, cap) < 0) {
+      io_uring_queue_exit(&b->ring);
+      free(b);
+      return NULL;
+    }
+    b->buf = util_xmalloc((size_t)cap * PRE_BUF);
+    b->pre = util_xcalloc(cap, sizeof(*b->pre));
+  } else {
+    struct io_uring_probe *pr = io_uring_get_probe_ring(&b->ring);
+    bool ok = pr && io_uring_opcode_supported(pr, IORING_OP_UNLINKAT);
+    if (pr)
+      io_uring_free_probe(pr);
+    if (!ok) {
+      io_uring_queue_exit(&b->ring);
+      free(b);
+      return NULL;
+    }
+    b->res = util_xcalloc(cap, sizeof(*b->res));
+  }
+  return b;
+}
+
+/* Submit everything queued and collect n completions into the results
+ * (user_data = index * 4 + step). Returns 0 or -errno (then the caller
+ * falls back to system calls for what has no result). */
+static int iobatch_run(struct iobatch *b, unsigned n)
+{
+  unsigned got = 0;
+  while (got < n) {
+    int r = io_uring_submit_and_wait(&b->ring, n - got);
+    if (r < 0 && r != -EINTR)
+      return r;
+    struct io_uring_cqe *cqe;
+    unsigned head, seen = 0;
+    io_uring_for_each_cqe(&b->ring, head, cqe) {
+      uint64_t ud = cqe->user_data;
+      unsigned i = (unsigned)(ud >> 2), step = (unsigned)(ud & 3);
+      if (b->pre && i < b->cap) {
+        if (step == 0)
+          b->pre[i].st = cqe->res;
+        else if (step == 1)
+          b->pre[i].op = cqe->res;
+        else if (step == 2)
+          b->pre[i].rd = cqe->res;
+      } else if (b->res && i < b->cap) {
+        b->res[i] = cqe->res;
+      }
+      seen++;
+    }
+    io_uring_cq_advance(&b->ring, seen);
+    got += seen;
+  }
+  return 0;
+}
+
+/* The rings are sized for a whole batch, so a full queue is a bug. */
+static struct io_uring_sqe *sqe_get(struct io_uring *r)
+{
+  struct io_uring_sqe *q = io_uring_get_sqe(r);
+  if (q == NULL)
+    util_panic("spool: io_uring submission queue full");
+  return q;
+}
+
+/* Read names[0..n) (n <= cap) from pickup/: statx, open into a fixed
+ * slot, read up to PRE_BUF, close, four linked operations per file, one
+ * system call for the lot. */
+static int iobatch_read(struct iobatch *b, int dirfd, char *const *names, unsigned n)
+{
+  for (unsigned i = 0; i < n; i++) {
+    b->pre[i].st = b->pre[i].op = b->pre[i].rd = -ECANCELED;
+    struct io_uring_sqe *q = sqe_get(&b->ring);
+    io_uring_prep_statx(q, dirfd, names[i], AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
+                        &b->pre[i].stx);
+    q->flags |= IOSQE_IO_LINK;
+    q->user_data = (uint64_t)i << 2;
+    q = sqe_get(&b->ring);
+    io_uring_prep_openat_direct(q, dirfd, names[i], O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0, i);
+    q->flags |= IOSQE_IO_LINK;
+    q->user_data = (uint64_t)i << 2 | 1;
+    q = sqe_get(&b->ring);
+    io_uring_prep_read(q, (int)i, b->buf + (size_t)i * PRE_BUF, PRE_BUF, 0);
+    q->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK; /* a short read still closes */
+    q->user_data = (uint64_t)i << 2 | 2;
+    q = sqe_get(&b->ring);
+    io_uring_prep_close_direct(q, i);
+    q->user_data = (uint64_t)i << 2 | 3;
+  }
+  return iobatch_run(b, 4 * n);
+}
+
+/* unlinkat(dirfd, names[i]) for i < n (n <= cap); results in b->res. */
+static int iobatch_unlink(struct iobatch *b, int dirfd, char *const *names, unsigned n)
+{
+  for (unsigned i = 0; i < n; i++) {
+    b->res[i] = -ECANCELED;
+    struct io_uring_sqe *q = sqe_get(&b->ring);
+    io_uring_prep_unlinkat(q, dirfd, names[i], 0);
+    q->user_data = (uint64_t)i << 2;
+  }
+  return iobatch_run(b, n);
 }
 
 /* ---- bad/ ---- */
@@ -1034,6 +1202,8 @@ void spool_close(struct spool *sp)
   }
   buf_done(&sp->jbuf, 0);
   buf_done(&sp->jretry, 0);
+  iobatch_free(sp->iread);
+  iobatch_free(sp->iunlink);
   pthread_mutex_destroy(&sp->jlock);
   pthread_mutex_destroy(&sp->qlock);
   pthread_cond_destroy(&sp->qcond);
@@ -1103,6 +1273,10 @@ static bool wait_work(struct spool *sp, int timeout_ms)
 {
   if (sp->inames < sp->nnames)
     return true;
+  if (sp->nnames > 0) { /* a listing ran out: files that came meanwhile are next */
+    names_clear(sp);
+    sp->scan_due = true;
+  }
   uint64_t deadline = clock_mono_ns() + (timeout_ms > 0 ? (uint64_t)timeout_ms * 1000000u : 0);
   int ms = 0;
   for (;;) {
@@ -1142,15 +1316,13 @@ static int sync_fd_counted(struct spool *sp, int fd)
 {
   if (fd < 0)
     return 0;
-  atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
-  return fsync(fd) < 0 ? -errno : 0;
+  return sync_timed(sp, fd, 0);
 }
 #define sync_fd(fd) sync_fd_counted(sp, (fd))
 
 static int syncfs_counted(struct spool *sp)
 {
-  atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
-  return syncfs(sp->queue_fd) < 0 ? -errno : 0;
+  return sync_timed(sp, sp->queue_fd, 2);
 }
 
 void spool_get_stats(const struct spool *sp, struct spool_stats *out)
@@ -1160,6 +1332,7 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *out)
   out->batches = atomic_load_explicit(&sp->st_batches, memory_order_relaxed);
   out->syncs = atomic_load_explicit(&sp->st_syncs, memory_order_relaxed);
   out->recovered = atomic_load_explicit(&sp->st_recovered, memory_order_relaxed);
+  histo_read(&sp->st_sync_lat, &out->sync_latency);
 }
 
 /* Make the batch durable. */
@@ -1378,6 +1551,8 @@ static void deliver_batch(struct spool *sp, struct claimed *c, size_t n)
     sp->p.on_msg(sp->p.arg, c[i].msg);
     c[i].msg = NULL;
   }
+  if (sp->p.on_batch_end)
+    sp->p.on_batch_end(sp->p.arg);
 }
 
 /* A message of the current journal batch. */
@@ -1399,6 +1574,14 @@ struct jbatch {
 /* Read, check and parse pickup file `name`, and append its JMSG, body and
  * ATTR records to sp->jbuf. Returns 0 with out->msg set; 1 when it went to
  * bad/ (reported) or vanished. Never leaves anything in the journal. */
+/* What a pickup file was when it was read. */
+struct pinfo {
+  uint64_t ino, size, mtime_ns;
+};
+
+static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data, size_t len,
+                         const struct pinfo *pi, int fd, struct jtake *out);
+
 static int jrn_take(struct spool *sp, const char *name, struct jtake *out)
 {
   char why[512];
@@ -1425,21 +1608,35 @@ static int jrn_take(struct spool *sp, const char *name, struct jtake *out)
     to_bad(sp, sp->pickup_fd, name, name, why, NULL);
     return 1;
   }
+  struct pinfo pi = {(uint64_t)st.st_ino, (uint64_t)st.st_size,
+                     (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec};
+  r = jrn_take_data(sp, name, sp->rbuf.data, sp->rbuf.len, &pi, fd, out);
+  close(fd);
+  return r;
+}
+
+/* The rest of jrn_take once the file is in memory (fd: the open file for
+ * the ingest hook, or -1 when there is no hook). */
+static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data, size_t len,
+                         const struct pinfo *pi, int fd, struct jtake *out)
+{
+  char why[512];
+  out->msg = NULL;
   uint64_t id = next_id(sp);
   char idstr[SPOOL_ID_LEN + 1];
   id_format(id, sp->p.node_id, idstr);
   struct spool_envelope env;
-  if (spool_parse((const char *)sp->rbuf.data, sp->rbuf.len, &env, why, sizeof(why)) < 0) {
-    close(fd);
+  if (spool_parse((const char *)data, len, &env, why, sizeof(why)) < 0) {
     spool_envelope_done(&env);
     to_bad(sp, sp->pickup_fd, name, name, why, idstr);
     return 1;
   }
   struct spool_msg *m = msg_from_env(sp, &env, id, sp->p.node_id, 0);
   /* Only the body goes to the journal and the pickup file is removed once
-   * it is durable; an x-context password must not linger in rbuf either. */
+   * it is durable; an x-context password must not linger in the read
+   * buffer either (rbuf, or the batch's pre-read buffer: ours to write). */
   size_t slo, shi;
-  (void)spool_scrub_secrets((char *)sp->rbuf.data, env.body_off, &slo, &shi);
+  (void)spool_scrub_secrets((char *)(uintptr_t)data, env.body_off, &slo, &shi);
   spool_envelope_done(&env);
   if (sp->p.on_ingest) {
     why[0] = 0;
@@ -1448,13 +1645,11 @@ static int jrn_take(struct spool *sp, const char *name, struct jtake *out)
     int hr = sp->p.on_ingest(sp->p.arg, m, why, sizeof(why));
     sp->ingest_msg = NULL;
     if (hr < 0) {
-      close(fd);
       spool_msg_free(m);
       to_bad(sp, sp->pickup_fd, name, name, why[0] ? why : "rejected by the ingest hook", idstr);
       return 1;
     }
   }
-  close(fd);
   struct buf *b = &sp->jbuf;
   out->at = b->len;
   size_t r0 = rec_begin(b, REC_JMSG);
@@ -1469,13 +1664,13 @@ static int jrn_take(struct spool *sp, const char *name, struct jtake *out)
   put_u32(b, m->nrcpt);
   for (uint32_t i = 0; i < m->nrcpt; i++)
     put_str(b, m->rcpt[i]);
-  put_u64(b, (uint64_t)st.st_ino);
-  put_u64(b, (uint64_t)st.st_size);
-  put_u64(b, (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec);
+  put_u64(b, pi->ino);
+  put_u64(b, pi->size);
+  put_u64(b, pi->mtime_ns);
   put_str(b, name);
   rec_end(b, r0);
   size_t body = b->len;
-  buf_append(b, sp->rbuf.data + m->body_off, (size_t)m->body_size);
+  buf_append(b, data + m->body_off, (size_t)m->body_size);
   size_t attr = b->len;
   rec_attr(b, m);
   /* offsets within the entry for now; ingest_journal makes them absolute */
@@ -1499,6 +1694,70 @@ static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
   snprintf(why, sizeof(why), "queued as %s, but the pickup file could not be removed (%s)",
            spool_msg_id_str(t->msg, id), strerror(errno));
   to_bad(sp, sp->pickup_fd, t->name, t->name, why, id);
+}
+
+/* jrn_take for a file read through the ring: returns 0 or 1 as jrn_take,
+ * or 2 when the file is over PRE_BUF (read it with jrn_take). */
+static int jrn_take_pre(struct spool *sp, const char *name, const struct pre *pr,
+                        const uint8_t *data, struct jtake *out)
+{
+  char why[512];
+  out->msg = NULL;
+  if (pr->st == -ENOENT || (pr->st >= 0 && pr->op == -ENOENT)) {
+    write_why(sp, name, "file vanished before it could be claimed", NULL);
+    report_bad(sp, name, "file vanished before it could be claimed");
+    return 1;
+  }
+  if (pr->st < 0)
+    snprintf(why, sizeof(why), "cannot stat the pickup file: %s", strerror(-pr->st));
+  else if (!S_ISREG(pr->stx.stx_mode))
+    snprintf(why, sizeof(why), "not a regular file");
+  else if (pr->stx.stx_size > sp->p.max_message_size)
+    snprintf(why, sizeof(why), "file of %llu bytes is over Max_Message_Size (%" PRIu64 " bytes)",
+             (unsigned long long)pr->stx.stx_size, sp->p.max_message_size);
+  else if (pr->stx.stx_size > PRE_BUF)
+    return 2;
+  else if (pr->op < 0)
+    snprintf(why, sizeof(why), "cannot open the pickup file: %s", strerror(-pr->op));
+  else if (pr->rd < 0)
+    snprintf(why, sizeof(why), "read error: %s", strerror(-pr->rd));
+  else if ((uint64_t)pr->rd != pr->stx.stx_size)
+    snprintf(why, sizeof(why), "file %s while being read (%d of %llu bytes)",
+             (uint64_t)pr->rd < pr->stx.stx_size ? "was truncated" : "grew", pr->rd,
+             (unsigned long long)pr->stx.stx_size);
+  else {
+    struct pinfo pi = {pr->stx.stx_ino, pr->stx.stx_size,
+                       (uint64_t)pr->stx.stx_mtime.tv_sec * 1000000000u +
+                           (uint64_t)pr->stx.stx_mtime.tv_nsec};
+    return jrn_take_data(sp, name, data, (size_t)pr->rd, &pi, -1, out);
+  }
+  to_bad(sp, sp->pickup_fd, name, name, why, NULL);
+  return 1;
+}
+
+/* Remove a durable batch's pickup files: one ring submission when it can,
+ * else (and for any file the ring could not remove) one unlinkat each. */
+static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
+{
+  if (!sp->iunlink && !sp->iunlink_tried) {
+    sp->iunlink_tried = true;
+    sp->iunlink = iobatch_new(sp->p.batch_max, false);
+  }
+  if (sp->iunlink && !spool_test_keep_pickup && bt->n <= sp->iunlink->cap) {
+    char **names = util_xmalloc(bt->n * sizeof(*names));
+    for (size_t i = 0; i < bt->n; i++)
+      names[i] = bt->c[i].name;
+    int r = iobatch_unlink(sp->iunlink, sp->pickup_fd, names, (unsigned)bt->n);
+    free(names);
+    if (r == 0) {
+      for (size_t i = 0; i < bt->n; i++)
+        if (sp->iunlink->res[i] < 0 && sp->iunlink->res[i] != -ENOENT)
+          jrn_forget_pickup(sp, &bt->c[i]);
+      return;
+    }
+  }
+  for (size_t i = 0; i < bt->n; i++)
+    jrn_forget_pickup(sp, &bt->c[i]);
 }
 
 /* A batch that could not be made durable: its pickup files stay for the
@@ -1530,15 +1789,18 @@ static void jrn_batch_done(struct spool *sp, struct jbatch *bt)
     m->jseg = bt->seg;
     m->body_off += bt->base + bt->c[i].at;
     m->ctx_off += (uint32_t)(bt->base + bt->c[i].at);
-    jrn_forget_pickup(sp, &bt->c[i]);
-    free(bt->c[i].name);
   }
+  jrn_forget_all(sp, bt);
+  for (size_t i = 0; i < bt->n; i++)
+    free(bt->c[i].name);
   atomic_fetch_add_explicit(&sp->st_ingested, bt->n, memory_order_relaxed);
   atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
   for (size_t i = 0; i < bt->n; i++) {
     spool_drop_ctx(sp, bt->c[i].msg);
     sp->p.on_msg(sp->p.arg, bt->c[i].msg);
   }
+  if (sp->p.on_batch_end)
+    sp->p.on_batch_end(sp->p.arg);
   free(bt->c);
   free(bt);
 }
@@ -1553,7 +1815,31 @@ static long ingest_journal(struct spool *sp)
   struct jbatch *bt = util_xcalloc(1, sizeof(*bt));
   bt->c = util_xcalloc(max, sizeof(*bt->c));
   sp->jbuf.len = sp->jbuf.off = 0;
+  /* Through the ring when no hook needs the open file. */
+  bool ring = !sp->p.on_ingest && !spool_test_after_stat;
+  if (ring && !sp->iread && !sp->iread_tried) {
+    sp->iread_tried = true;
+    sp->iread = iobatch_new(sp->p.batch_max, true);
+  }
   while (bt->n < max && sp->inames < sp->nnames && sp->jbuf.len < JRN_BATCH_BYTES) {
+    size_t k = sp->nnames - sp->inames;
+    if (k > max - bt->n)
+      k = max - bt->n;
+    if (ring && sp->iread && k > 1 && k <= sp->iread->cap &&
+        iobatch_read(sp->iread, sp->pickup_fd, sp->names + sp->inames, (unsigned)k) == 0) {
+      for (size_t j = 0; j < k; j++) {
+        char *name = sp->names[sp->inames++];
+        int r = jrn_take_pre(sp, name, &sp->iread->pre[j], sp->iread->buf + j * PRE_BUF,
+                             &bt->c[bt->n]);
+        if (r == 2)
+          r = jrn_take(sp, name, &bt->c[bt->n]);
+        if (r == 0)
+          bt->c[bt->n++].name = name;
+        else
+          free(name);
+      }
+      continue;
+    }
     char *name = sp->names[sp->inames++];
     if (jrn_take(sp, name, &bt->c[bt->n]) == 0)
       bt->c[bt->n++].name = name;
@@ -1779,6 +2065,7 @@ int spool_start(struct spool *sp)
     int r = pthread_create(&sp->committer, NULL, commit_thread, sp);
     if (r)
       return -r;
+    pthread_setname_np(sp->committer, "imp-commit");
     sp->committer_running = true;
     sp->pipelined = true;
   }
@@ -1787,6 +2074,7 @@ int spool_start(struct spool *sp)
     spool_stop(sp);
     return -r;
   }
+  pthread_setname_np(sp->thread, "imp-ingest");
   sp->thread_running = true;
   return 0;
 }
@@ -2355,6 +2643,12 @@ static int jrn_recover_scan(struct spool *sp, struct jmap *jm)
 static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
 {
   struct buf b = {0};
+  /* One listing of pickup/ instead of a stat per entry: only entries whose
+   * file name is still there can be a batch cut before its removals. */
+  if (scan_pickup(sp) < 0)
+    names_clear(sp);
+  if (sp->nnames > 1)
+    qsort(sp->names, sp->nnames, sizeof(char *), cmp_str);
   for (size_t i = 0; i < jm->n; i++) {
     struct jent *e = &jm->e[i];
     if (!e->m)
@@ -2364,7 +2658,10 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
       if (e->m->rcpt_state[k] == SPOOL_RCPT_PENDING)
         e->m->npending++;
     struct stat st;
-    bool in_pickup = fstatat(sp->pickup_fd, e->src, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+    const char *key = e->src;
+    bool in_pickup = sp->nnames > 0 &&
+                     bsearch(&key, sp->names, sp->nnames, sizeof(char *), cmp_str) &&
+                     fstatat(sp->pickup_fd, e->src, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
                      (uint64_t)st.st_ino == e->ino && (uint64_t)st.st_size == e->size &&
                      (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec ==
                          e->mtime_ns;
@@ -2373,6 +2670,8 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
       jent_drop(e);
     }
   }
+  names_clear(sp);
+  sp->scan_due = true;
   int r = 0;
   uint32_t seg;
   uint64_t off;
@@ -2422,6 +2721,8 @@ long spool_recover(struct spool *sp)
     count = n < 0 ? n : count + n;
   }
   jmap_free(&jm);
+  if (sp->p.on_batch_end)
+    sp->p.on_batch_end(sp->p.arg);
   return count;
 }
 
@@ -2863,9 +3164,9 @@ int spool_txn_commit(struct spool_txn *t)
         err = e;
     } else {
       for (size_t i = 0; i < nfds; i++) {
-        atomic_fetch_add_explicit(&sp->st_syncs, 1, memory_order_relaxed);
-        if (fdatasync(fds[i]) < 0 && !err)
-          err = -errno;
+        int e = sync_timed(sp, fds[i], 1);
+        if (e < 0 && !err)
+          err = e;
       }
     }
   }

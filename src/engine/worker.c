@@ -1751,7 +1751,7 @@ void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool rece
       logs_reception(sh->ingest_log, sm->created_ms ? sm->created_ms : now, &m, NULL, "internal");
       counters_add(sh->nworkers, binding, rcpt_domain(sm->rcpt[i]), COUNTERS_RECEIVED, 1);
     }
-    logs_writer_flush(sh->ingest_log);
+    /* the R records go out with the batch (the spool's on_batch_end) */
   }
 
   /* pending recipients grouped by domain */
@@ -1868,7 +1868,7 @@ static void *worker_main(void *arg)
   w->fd_cap = fd_cap_compute(w->sh->nworkers);
   refresh_conf(w);
   w->auth = auth_new();
-  w->pw = policy_worker_new(w->sh->policy, w->ring, w->log, w->conf);
+  w->pw = policy_worker_new(w->sh->policy, w->ring, w->log, w->conf, w->idx);
   sem_post(&w->started);
 
   for (;;) {
@@ -1955,6 +1955,9 @@ struct worker *worker_start(struct engine_shared *sh, unsigned idx, char *err, s
     sh->workers[idx] = NULL;
     return NULL;
   }
+  char tname[16];
+  snprintf(tname, sizeof tname, "imp-worker-%u", idx % 100u);
+  pthread_setname_np(w->thread, tname);
   while (sem_wait(&w->started) < 0 && errno == EINTR)
     ;
   if (w->start_err) {

@@ -45,7 +45,7 @@ static uint64_t resolve(struct auth *a, struct conf *c, struct ctx *mess, const 
                         const char *domain)
 {
   struct spool_msg m = {.sender = "s@x.test", .mess = mess, .conn = ctx_new()};
-  struct policy_worker *pw = policy_worker_new(NULL, NULL, NULL, c);
+  struct policy_worker *pw = policy_worker_new(NULL, NULL, NULL, c, 0);
   uint64_t id = 99;
   assert_int_equal(auth_resolve(a, pw, c, NULL, &m, binding, domain, &id, never, NULL), 0);
   policy_worker_free(pw);

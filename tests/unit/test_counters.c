@@ -10,8 +10,12 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "buf.h"
 #include "counters.h"
 #include "dq.h"
+#include "histo.h"
+#include "luam.h"
+#include "metrics.h"
 
 struct seen {
   uint64_t delivered_a, other, pairs;
@@ -112,11 +116,76 @@ static void test_dq_console(void **state)
   dq_free(d, NULL, NULL);
 }
 
+/* Bucket placement: a value equal to a bound falls in that bucket; the
+ * snapshot is cumulative and ends with the count. */
+static void test_histo(void **state)
+{
+  (void)state;
+  struct histo h = {0};
+  histo_observe(&h, 0);                          /* <= 50 us */
+  histo_observe(&h, histo_bounds_ns[0]);         /* <= 50 us */
+  histo_observe(&h, histo_bounds_ns[0] + 1);     /* <= 100 us */
+  histo_observe(&h, 3000000);                    /* <= 5 ms */
+  histo_observe(&h, 20000000000ull);             /* +Inf */
+  struct histo_snap sn;
+  histo_read(&h, &sn);
+  assert_int_equal(sn.le[0], 2);
+  assert_int_equal(sn.le[1], 3);
+  assert_int_equal(sn.le[5], 3);  /* 2.5 ms */
+  assert_int_equal(sn.le[6], 4);  /* 5 ms */
+  assert_int_equal(sn.le[HISTO_BUCKETS - 1], 4);
+  assert_int_equal(sn.le[HISTO_BUCKETS], 5);
+  assert_int_equal(sn.sum_ns, 2 * histo_bounds_ns[0] + 1 + 3000000 + 20000000000ull);
+  for (int i = 1; i < HISTO_BUCKETS; i++)
+    assert_true(histo_bounds_ns[i] > histo_bounds_ns[i - 1]);
+}
+
+/* Lua hook counters per (hook, cause) and the spool sync histogram as the
+ * endpoint renders them. */
+static void test_metrics_lua_and_histogram(void **state)
+{
+  (void)state;
+  assert_int_equal(counters_init(2), 0);
+  counters_lua(0, LUAM_HOOK_VALIDATE_DATA_SPOOL, LUAM_EV_CALL);
+  counters_lua(1, LUAM_HOOK_VALIDATE_DATA_SPOOL, LUAM_EV_CALL);
+  counters_lua(1, LUAM_HOOK_VALIDATE_DATA_SPOOL, LUAM_EV_BUDGET);
+  counters_lua(0, LUAM_HOOK_OUTBOUND_SMTP_AUTH_CONFIG, LUAM_EV_ERROR);
+  counters_lua(0, COUNTERS_LUA_HOOKS, LUAM_EV_ERROR); /* out of range: ignored */
+  assert_int_equal(counters_lua_total(LUAM_HOOK_VALIDATE_DATA_SPOOL, LUAM_EV_CALL), 2);
+  assert_int_equal(counters_event_total(COUNTERS_LUA_ERRORS), 2);
+  struct metrics_worker w = {0};
+  struct metrics_input in = {.nworkers = 1, .w = &w, .workers_answered = true};
+  struct histo h = {0};
+  histo_observe(&h, 700000);   /* 0.7 ms */
+  histo_observe(&h, 30000000); /* 30 ms */
+  histo_read(&h, &in.spool.sync_latency);
+  in.spool.syncs = 2;
+  struct buf b = {0};
+  metrics_render(&b, &in);
+  buf_append(&b, "", 1);
+  const char *t = (const char *)buf_head(&b);
+  assert_non_null(strstr(t, "impetus_lua_hook_calls_total{hook=\"validate_data_spool\"} 2\n"));
+  assert_non_null(strstr(t, "impetus_lua_hook_errors_total{hook=\"validate_data_spool\",cause=\"budget\"} 1\n"));
+  assert_non_null(strstr(t, "impetus_lua_hook_errors_total{hook=\"validate_data_spool\",cause=\"error\"} 0\n"));
+  assert_non_null(strstr(t, "impetus_lua_hook_errors_total{hook=\"outbound_smtp_auth_config\",cause=\"error\"} 1\n"));
+  assert_non_null(strstr(t, "# TYPE impetus_spool_sync_seconds histogram\n"));
+  assert_non_null(strstr(t, "impetus_spool_sync_seconds_bucket{le=\"0.0005\"} 0\n"));
+  assert_non_null(strstr(t, "impetus_spool_sync_seconds_bucket{le=\"0.001\"} 1\n"));
+  assert_non_null(strstr(t, "impetus_spool_sync_seconds_bucket{le=\"0.05\"} 2\n"));
+  assert_non_null(strstr(t, "impetus_spool_sync_seconds_bucket{le=\"+Inf\"} 2\n"));
+  assert_non_null(strstr(t, "impetus_spool_sync_seconds_sum 0.030700000\n"));
+  assert_non_null(strstr(t, "impetus_spool_sync_seconds_count 2\n"));
+  buf_done(&b, 0);
+  counters_done();
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_counters),
     cmocka_unit_test(test_dq_console),
+    cmocka_unit_test(test_histo),
+    cmocka_unit_test(test_metrics_lua_and_histogram),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -186,11 +186,14 @@ static void h_log(void *arg, int level, const char *script, const char *text)
     logs[nlogs++] = strdup(line);
 }
 
+static unsigned long counted[LUAM_HOOK_COUNT][LUAM_EV_COUNT];
+
 static void logs_clear(void)
 {
   for (int i = 0; i < nlogs; i++)
     free(logs[i]);
   nlogs = 0;
+  memset(counted, 0, sizeof counted);
 }
 
 static int logs_count(const char *needle)
@@ -277,7 +280,17 @@ static void loop_run(int ms, const int *flag)
   }
 }
 
-static const struct luam_host host = {.log = h_log, .eval = h_eval, .post = h_post};
+/* luam_host.count: events per hook, cleared by logs_clear. */
+
+static void h_count(void *arg, enum luam_hook hook, enum luam_event ev)
+{
+  (void)arg;
+  assert_true((unsigned)hook < LUAM_HOOK_COUNT && (unsigned)ev < LUAM_EV_COUNT);
+  counted[hook][ev]++;
+}
+
+static const struct luam_host host = {.log = h_log, .eval = h_eval, .post = h_post,
+                                      .count = h_count};
 
 /* ---------------- helpers ---------------- */
 
@@ -521,6 +534,30 @@ static void test_error(void **state)
   struct luam_stats st;
   luam_get_stats(lm, &st);
   assert_int_equal(st.errors, 1);
+  assert_int_equal(counted[LUAM_HOOK_VALIDATE_DATA_SPOOL][LUAM_EV_CALL], 1);
+  assert_int_equal(counted[LUAM_HOOK_VALIDATE_DATA_SPOOL][LUAM_EV_ERROR], 1);
+  assert_int_equal(counted[LUAM_HOOK_VALIDATE_DATA_SPOOL][LUAM_EV_BUDGET], 0);
+  assert_int_equal(counted[LUAM_HOOK_VALIDATE_SET_BINDING][LUAM_EV_CALL], 0); /* no such hook */
+  fake_done(&f);
+  luam_free(lm);
+
+  /* An error object without a position: the hook's definition is named. */
+  logs_clear();
+  lm = new_state("errobj",
+    "local a = {}\n"
+    "\n"
+    "function a:outbound_smtp_auth_config(msg)\n"
+    "  error({code = 1})\n"
+    "end\n"
+    "msys.registerModule('a', a)\n", NULL);
+  fake_init(&f);
+  assert_int_equal(luam_call_auth_config(lm, &f, &fops, "x.example", NULL, NULL), LUAM_CONT);
+  if (logs_count("errobj.lua:3") != 1)
+    logs_dump();
+  assert_int_equal(logs_count("0 [errobj] a:outbound_smtp_auth_config: (error object is not a string) "
+                              "in the hook defined at "), 1);
+  assert_int_equal(logs_count("errobj.lua:3"), 1);
+  assert_int_equal(counted[LUAM_HOOK_OUTBOUND_SMTP_AUTH_CONFIG][LUAM_EV_ERROR], 1);
   fake_done(&f);
   luam_free(lm);
 }
@@ -551,6 +588,10 @@ static void test_endless_loop(void **state)
   struct luam_stats st;
   luam_get_stats(lm, &st);
   assert_int_equal(st.aborted, 1);
+  /* counted once, as a budget abort, not also as an error */
+  assert_int_equal(counted[LUAM_HOOK_VALIDATE_DATA_SPOOL][LUAM_EV_CALL], 2);
+  assert_int_equal(counted[LUAM_HOOK_VALIDATE_DATA_SPOOL][LUAM_EV_BUDGET], 1);
+  assert_int_equal(counted[LUAM_HOOK_VALIDATE_DATA_SPOOL][LUAM_EV_ERROR], 0);
   fake_done(&f);
   luam_free(lm);
 }
@@ -605,7 +646,14 @@ static void test_memory_bomb(void **state)
   struct fake_msg f;
   fake_init(&f);
   assert_int_equal(call_hook(lm, LUAM_HOOK_VALIDATE_DATA_SPOOL, &f, NULL), LUAM_CONT);
+  if (logs_count("near ") != 1)
+    logs_dump();
   assert_int_equal(logs_count("memory limit"), 2); /* the error, the recreation */
+  /* logged with the script and the line the bomb was running */
+  assert_int_equal(logs_count("0 [bomb] bomb:validate_data_spool: memory limit (8388608 bytes) exceeded near "), 1);
+  assert_int_equal(logs_count("bomb.lua:7"), 1);
+  assert_int_equal(counted[LUAM_HOOK_VALIDATE_DATA_SPOOL][LUAM_EV_MEMORY], 1);
+  assert_int_equal(counted[LUAM_HOOK_VALIDATE_DATA_SPOOL][LUAM_EV_ERROR], 0);
   struct luam_stats st;
   luam_get_stats(lm, &st);
   assert_int_equal(st.recreated, 1);
@@ -615,6 +663,33 @@ static void test_memory_bomb(void **state)
   assert_string_equal(ctx(&f, "hoard"), "0"); /* a fresh state */
   fake_done(&f);
   luam_free(lm);
+}
+
+/* luam_opts.jit reaches the state (jit.status() inside the script); an
+ * error is still handled with the JIT on. */
+static void test_jit_option(void **state)
+{
+  (void)state;
+  for (int on = 0; on < 2; on++) {
+    logs_clear();
+    struct luam_opts o = {.jit = on};
+    struct luam *lm = new_state("jit",
+      "local mod = {}\n"
+      "function mod:validate_data_spool(msg)\n"
+      "  msg:context_set(VCTX_MESS, 'jit', tostring(jit.status()))\n"
+      "  local s = 0\n"
+      "  for i = 1, 1000 do s = s + i end\n"
+      "  if s > 0 then error('after loop') end\n"
+      "end\n"
+      "msys.registerModule('jit', mod)\n", &o);
+    struct fake_msg f;
+    fake_init(&f);
+    assert_int_equal(call_hook(lm, LUAM_HOOK_VALIDATE_DATA_SPOOL, &f, NULL), LUAM_CONT);
+    assert_string_equal(ctx(&f, "jit"), on ? "true" : "false");
+    assert_int_equal(logs_count("jit.lua:6: after loop"), 1);
+    fake_done(&f);
+    luam_free(lm);
+  }
 }
 
 static void test_msg_after_return(void **state)
@@ -1032,6 +1107,7 @@ int main(void)
     cmocka_unit_test(test_endless_loop),
     cmocka_unit_test(test_time_budget_and_yield),
     cmocka_unit_test(test_memory_bomb),
+    cmocka_unit_test(test_jit_option),
     cmocka_unit_test(test_msg_after_return),
     cmocka_unit_test(test_reload),
     cmocka_unit_test(test_resolve),

@@ -314,11 +314,81 @@ static void test_ingest_hooks(void **state)
   conf_unref(c);
 }
 
+static struct conf *load_text(const char *text)
+{
+  write_file("budgets.conf", text);
+  char cpath[400];
+  snprintf(cpath, sizeof cpath, "%s/budgets.conf", tmpdir);
+  struct conf_error ce;
+  struct conf *c = conf_load(cpath, &ce);
+  if (!c)
+    fprintf(stderr, "%s:%u: %s\n", ce.file, ce.line, ce.msg);
+  return c;
+}
+
+/* The scriptlet stanza's budgets reach luam_opts: defaults, set values,
+ * the last of repeated stanzas, refusal of unusable values. */
+static void test_budgets(void **state)
+{
+  (void)state;
+  write_file("lua/noop.lua", "local m = {}\nfunction m:validate_data_spool(msg) end\n"
+                             "msys.registerModule('noop', m)\n");
+  struct luam_conf lc;
+  char err[512] = "";
+  struct conf *c = load_text("scriptlet \"scriptlet\" { script \"noop\" { source = \"lua/noop\" } }\n");
+  assert_non_null(c);
+  assert_int_equal(luam_conf_load(&lc, c, NULL, err, sizeof err), 0);
+  assert_int_equal(lc.opts.max_instructions, LUAM_DEFAULT_MAX_INSTRUCTIONS);
+  assert_int_equal(lc.opts.max_time_ms, LUAM_DEFAULT_MAX_TIME_MS);
+  assert_int_equal(lc.opts.max_memory, LUAM_DEFAULT_MAX_MEMORY);
+  assert_false(lc.opts.jit);
+  luam_conf_done(&lc);
+  conf_unref(c);
+
+  c = load_text("scriptlet \"scriptlet\" { max_hook_instructions = 50000 max_state_memory = 2M\n"
+                "  script \"noop\" { source = \"lua/noop\" } }\n"
+                "scriptlet \"scriptlet\" { max_hook_time_ms = 20 jit = true max_state_memory = 3M }\n");
+  assert_non_null(c);
+  assert_int_equal(luam_conf_load(&lc, c, NULL, err, sizeof err), 0);
+  assert_int_equal(lc.opts.max_instructions, 50000);
+  assert_int_equal(lc.opts.max_time_ms, 20);
+  assert_int_equal(lc.opts.max_memory, 3u << 20);
+  assert_true(lc.opts.jit);
+  /* a state honours them: an endless loop stops at the configured budget */
+  struct luam_host h = {.log = h_log};
+  logbuf[0] = 0;
+  write_file("lua/noop.lua", "local m = {}\nfunction m:validate_data_spool(msg)\n"
+                             "  local t = 0\n  while t >= 0 do t = t + 1 end\nend\n"
+                             "msys.registerModule('noop', m)\n");
+  lc.opts.jit = false; /* the interpreter: compiled loops escape the budget */
+  struct luam *lm = luam_new(&lc.opts, &h, err, sizeof err);
+  assert_non_null(lm);
+  struct luam_call call = {.rcpt = -1};
+  assert_int_equal(luam_call(lm, LUAM_HOOK_VALIDATE_DATA_SPOOL, &call), LUAM_CONT);
+  assert_non_null(strstr(logbuf, "noop.lua:4: hook exceeded its budget (50000 instructions or 20 ms)"));
+  luam_free(lm);
+  luam_conf_done(&lc);
+  conf_unref(c);
+
+  c = load_text("scriptlet \"scriptlet\" { max_hook_time_ms = 0 }\n");
+  assert_non_null(c);
+  assert_int_equal(luam_conf_load(&lc, c, NULL, err, sizeof err), -EINVAL);
+  assert_non_null(strstr(err, "max_hook_time_ms"));
+  conf_unref(c);
+  c = load_text("scriptlet \"scriptlet\" { max_state_memory = 100K }\n");
+  assert_non_null(c);
+  assert_int_equal(luam_conf_load(&lc, c, NULL, err, sizeof err), -EINVAL);
+  conf_unref(c);
+  /* the options belong to the scriptlet stanza only */
+  assert_null(load_text("max_hook_time_ms = 10\n"));
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_conf_and_spool_msg),
     cmocka_unit_test(test_ingest_hooks),
+    cmocka_unit_test(test_budgets),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -14,83 +14,15 @@ usage: test_lua_auth.py LUAM_AUTH_RESOLVE SMTPC_DRIVE
 """
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 
-SKIP = 77
-try:
-    import aiosmtpd  # noqa: F401
-except ImportError:
-    if os.path.exists("/usr/bin/python3") and sys.executable != "/usr/bin/python3" \
-            and not os.environ.get("LUA_AUTH_REEXEC"):
-        os.environ["LUA_AUTH_REEXEC"] = "1"
-        os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
-    print("SKIP: python3-aiosmtpd is not installed")
-    sys.exit(SKIP)
-
-from aiosmtpd.controller import Controller  # noqa: E402
-from aiosmtpd.smtp import AuthResult, LoginPassword  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from aiosmtpdlib import Server, check, report  # noqa: E402  (exits 77 without aiosmtpd)
 
 RESOLVE, DRIVE = sys.argv[1], sys.argv[2]
-SOURCE_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-failures = []
-
-
-def check(cond, what):
-    print(("ok    " if cond else "FAIL  ") + what)
-    if not cond:
-        failures.append(what)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Handler:
-    def __init__(self):
-        self.messages = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos)))
-        return "250 2.0.0 accepted"
-
-
-class Server:
-    def __init__(self, users):
-        self.handler = Handler()
-        self.logins = []
-
-        def authenticator(server, session, envelope, mechanism, auth_data):
-            if not isinstance(auth_data, LoginPassword):
-                return AuthResult(success=False, handled=False)
-            user = auth_data.login.decode()
-            ok = users.get(user) == auth_data.password.decode()
-            self.logins.append((mechanism, user, ok))
-            return AuthResult(success=ok, handled=False)
-
-        last = None
-        for _ in range(5):
-            self.port = free_port()
-            self.ctl = Controller(self.handler, hostname="127.0.0.1", port=self.port,
-                                  authenticator=authenticator, auth_require_tls=False)
-            try:
-                self.ctl.start()
-                return
-            except Exception as e:  # port taken between probe and bind
-                last = e
-                time.sleep(0.1)
-        raise last
-
-    def stop(self):
-        self.ctl.stop()
 
 
 def resolve(conf, domain, *ctx):
@@ -160,7 +92,7 @@ scriptlet "scriptlet" {
 
         users = {"tenant-sp": "sp-secret", "foo": "bar", "msys": "msys", "sparkpost": "sparkpost",
                  "preset": "preset-pw"}
-        srv = Server(users)
+        srv = Server(users=users, auth_require_tls=False)
 
         creds, log = resolve(with_lua, "sparkpost.com")
         check(creds == ["LOGIN", "tenant-sp", "sp-secret"], "sqlite row by the scope's key: %s" % creds)
@@ -189,10 +121,7 @@ scriptlet "scriptlet" {
         srv.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if failures:
-        print("%d check(s) failed" % len(failures))
-        return 1
-    return 0
+    return report()
 
 
 sys.exit(main())

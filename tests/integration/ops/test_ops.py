@@ -243,7 +243,9 @@ def parse_metrics(text):
         if m.group(2):
             for part in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2)):
                 labels[part[0]] = part[1]
-        check(m.group(1) in types, "metric without TYPE: %s" % m.group(1))
+        name = m.group(1)
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        check(name in types or types.get(base) == "histogram", "metric without TYPE: %s" % name)
         out.setdefault(m.group(1), []).append((labels, float(m.group(3))))
     return out
 
@@ -272,7 +274,15 @@ def scenario_metrics(imp, ctlbin, sinkbin):
     try:
         port = free_port()
         ndom = 30  # more than the top-N cut: label cardinality stays bounded
-        conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+        # a hook that fails for one message: counted by hook and cause
+        with open(os.path.join(tmp, "failing.lua"), "w") as f:
+            f.write("local mod = {}\n"
+                    "function mod:validate_data_spool(msg)\n"
+                    "  if msg:rcptto() == 'x@good.test' then error('boom') end\n"
+                    "end\n"
+                    "msys.registerModule('failing', mod)\n")
+        conf = ('scriptlet "scriptlet" { script "failing" { source = "%s/failing" } }\n' % tmp +
+                'Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
                 'Generate_Bounces = false\nMetrics_Listener = "127.0.0.1:%d"\n'
                 'Domain "good.test" { Outbound_SMTP_AUTH_Type = "PLAIN" Outbound_SMTP_AUTH_User = "msys"\n'
                 '  Outbound_SMTP_AUTH_Pass = "right" Outbound_SMTP_AUTH_Allow_Plaintext = true }\n'
@@ -308,6 +318,23 @@ def scenario_metrics(imp, ctlbin, sinkbin):
                      "impetus_connections_total", "impetus_uptime_seconds"):
             check(name in m, "missing %s" % name)
         check(m["impetus_spool_ingested_total"][0][1] == 202, "ingested")
+        errs = {(l["hook"], l["cause"]): v for l, v in m["impetus_lua_hook_errors_total"]}
+        check(errs[("validate_data_spool", "error")] == 1, "Lua hook errors: %s" % errs)
+        check(sum(errs.values()) == 1, "only that failure: %s" % errs)
+        calls = {l["hook"]: v for l, v in m["impetus_lua_hook_calls_total"]}
+        check(calls["validate_data_spool"] == 202, "hook calls: %s" % calls)
+        # spool sync latency: a Prometheus histogram, cumulative, +Inf = _count
+        buckets = [(l["le"], v) for l, v in m["impetus_spool_sync_seconds_bucket"]]
+        check(len(buckets) >= 10 and buckets[-1][0] == "+Inf", "buckets: %s" % buckets)
+        les = [float(le) for le, _ in buckets[:-1]]
+        check(les == sorted(les), "bucket bounds ascend: %s" % les)
+        counts = [v for _, v in buckets]
+        check(counts == sorted(counts), "cumulative: %s" % counts)
+        nsync = m["impetus_spool_sync_seconds_count"][0][1]
+        check(nsync > 0 and counts[-1] == nsync, "count %s, +Inf %s" % (nsync, counts[-1]))
+        # (a sync still in flight is counted but not yet timed)
+        check(nsync <= m["impetus_spool_syncs_total"][0][1], "every timed sync is counted")
+        check(m["impetus_spool_sync_seconds_sum"][0][1] > 0, "sum of sync time")
         head, _ = scrape(port, "/other")
         check(head.startswith("HTTP/1.0 404"), "404 for other paths: %s" % head)
         check(e.stop() == 0, "engine exit status")

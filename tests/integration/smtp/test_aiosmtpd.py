@@ -11,100 +11,14 @@ usage: test_aiosmtpd.py SMTPC_DRIVE
 """
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
-SKIP = 77
-
-try:
-    import aiosmtpd  # noqa: F401
-except ImportError:
-    # meson may pick a python3 without Debian's dist-packages; the system
-    # one has python3-aiosmtpd
-    if os.path.exists("/usr/bin/python3") and sys.executable != "/usr/bin/python3" \
-            and not os.environ.get("SMTPC_REEXEC"):
-        os.environ["SMTPC_REEXEC"] = "1"
-        os.execv("/usr/bin/python3", ["/usr/bin/python3"] + sys.argv)
-    print("SKIP: python3-aiosmtpd is not installed")
-    sys.exit(SKIP)
-
-import ssl  # noqa: E402
-
-from aiosmtpd.controller import Controller  # noqa: E402
-from aiosmtpd.smtp import AuthResult, LoginPassword  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from aiosmtpdlib import SKIP, Server, check, report  # noqa: E402  (exits 77 without aiosmtpd)
 
 DRIVE = sys.argv[1]
-failures = []
-
-
-def check(cond, what):
-    print(("ok    " if cond else "FAIL  ") + what)
-    if not cond:
-        failures.append(what)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Handler:
-    def __init__(self):
-        self.messages = []
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address.startswith("nobody@"):
-            return "550 5.1.1 <%s>: no such user" % address
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return "250 2.0.0 Message accepted"
-
-
-class Server:
-    def __init__(self, tmp, tls=False, auth=False, auth_require_tls=True, users=None):
-        self.handler = Handler()
-        self.logins = []
-        kw = {}
-        if tls:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem"))
-            kw["tls_context"] = ctx
-            kw["require_starttls"] = True
-        if auth:
-            users = users or {}
-
-            def authenticator(server, session, envelope, mechanism, auth_data):
-                if not isinstance(auth_data, LoginPassword):
-                    return AuthResult(success=False, handled=False)
-                user = auth_data.login.decode()
-                ok = users.get(user) == auth_data.password.decode()
-                self.logins.append((mechanism, user, ok))
-                return AuthResult(success=ok, handled=False)
-
-            kw["authenticator"] = authenticator
-            kw["auth_require_tls"] = auth_require_tls
-        for attempt in range(5):
-            self.port = free_port()
-            self.ctl = Controller(self.handler, hostname="127.0.0.1", port=self.port, **kw)
-            try:
-                self.ctl.start()
-                return
-            except Exception as e:  # port taken between probe and bind
-                last = e
-                time.sleep(0.1)
-        raise last
-
-    def stop(self):
-        self.ctl.stop()
 
 
 def drive(port, *args, body=None, tmp=None):
@@ -138,7 +52,7 @@ def main():
 
         # 1. plaintext, lock-step (aiosmtpd has no PIPELINING), one refusal,
         #    dot-stuffing and line-ending normalisation end to end
-        srv = Server(tmp)
+        srv = Server()
         body = b"Subject: test\n\n.leading dot\r\n..two dots\rbare CR\nlast line"
         out = drive(srv.port, "a@dest.test", "nobody@dest.test", "b@dest.test", body=body, tmp=tmp)
         srv.stop()
@@ -154,7 +68,7 @@ def main():
 
         # 2. STARTTLS required + AUTH PLAIN
         users = {"sparkpost": "sp-pass", "msys": "msys"}
-        srv = Server(tmp, tls=True, auth=True, users=users)
+        srv = Server(tls_dir=tmp, users=users)
         out = drive(srv.port, "--tls", "required", "--auth", "PLAIN", "sparkpost", "sp-pass",
                     "r@sparkpost.com", body=b"hi\n", tmp=tmp)
         check("NEED_TLS" in out and "TLS TLSv1" in out, "tls+plain: STARTTLS done")
@@ -176,7 +90,7 @@ def main():
         srv.stop()
 
         # 5. plaintext server offering AUTH: refused unless allowed
-        srv = Server(tmp, auth=True, auth_require_tls=False, users=users)
+        srv = Server(users=users, auth_require_tls=False)
         out = drive(srv.port, "--auth", "PLAIN", "msys", "msys", "r@x.test", body=b"hi\n", tmp=tmp)
         check("FAILED transient" in out and "Outbound_SMTP_AUTH_Allow_Plaintext" in out,
               "plaintext auth refused, naming the option")
@@ -188,7 +102,7 @@ def main():
         srv.stop()
 
         # 6. server without AUTH
-        srv = Server(tmp)
+        srv = Server()
         out = drive(srv.port, "--auth", "LOGIN", "msys", "msys", "--allow-plain", "r@x.test",
                     body=b"hi\n", tmp=tmp)
         check("FAILED transient" in out and "does not offer AUTH" in out,
@@ -197,10 +111,7 @@ def main():
         srv.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if failures:
-        print("%d check(s) failed" % len(failures))
-        return 1
-    return 0
+    return report()
 
 
 sys.exit(main())

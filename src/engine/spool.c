@@ -110,7 +110,10 @@ struct spool {
   pthread_mutex_t jlock;        /* appends, rotation, pins, freeing (not reads, not syncs) */
   struct buf jretry;            /* DONE records that could not be written yet (under jlock) */
   struct jmap *jrecov;          /* during spool_recover */
-  const struct spool_msg *ingest_msg; /* in the ingest hook, read from ingest_fd */
+  /* in the ingest hook, read from ingest_fd. Atomic: workers compare
+   * their messages with it in spool_open_body while the ingest thread sets
+   * it (never equal for them, so relaxed is enough; TSan saw the race). */
+  _Atomic(const struct spool_msg *) ingest_msg;
   int ingest_fd;
   /* spool_start's pipeline: the ingest thread reads, parses and appends
    * batches; the commit thread syncs them, removes their pickup files and
@@ -632,7 +635,7 @@ int spool_save_ctx(struct spool *sp, struct spool_msg *msg)
 
 int spool_open_body(struct spool *sp, const struct spool_msg *msg)
 {
-  if (msg == sp->ingest_msg) { /* the ingest hook: its pickup file */
+  if (msg == atomic_load_explicit(&sp->ingest_msg, memory_order_relaxed)) { /* the ingest hook */
     int fd = dup(sp->ingest_fd);
     return fd < 0 ? -errno : fd;
   }
@@ -1640,10 +1643,10 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   spool_envelope_done(&env);
   if (sp->p.on_ingest) {
     why[0] = 0;
-    sp->ingest_msg = m; /* spool_open_body reads the pickup file meanwhile */
+    atomic_store_explicit(&sp->ingest_msg, m, memory_order_relaxed); /* spool_open_body reads the pickup file meanwhile */
     sp->ingest_fd = fd;
     int hr = sp->p.on_ingest(sp->p.arg, m, why, sizeof(why));
-    sp->ingest_msg = NULL;
+    atomic_store_explicit(&sp->ingest_msg, NULL, memory_order_relaxed);
     if (hr < 0) {
       spool_msg_free(m);
       to_bad(sp, sp->pickup_fd, name, name, why[0] ? why : "rejected by the ingest hook", idstr);

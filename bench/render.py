@@ -86,7 +86,7 @@ def main():
         if "rss_kb_per_session" in r:
             notes.append("%.1f KB RSS per session" % r["rss_kb_per_session"])
         if r.get("backlog"):
-            notes.append("backlog: all files in pickup/ before start; time from engine start")
+            notes.append("backlog: all files in pickup/ (synced to disk) before start; time from engine start")
         if r.get("mode") == "auth":
             notes.append("AUTH PLAIN ok %d, TLS %d" % (r.get("sink_auth", 0), r.get("sink_tls", 0)))
         if not r.get("complete", True):

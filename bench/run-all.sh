@@ -27,11 +27,7 @@ run --label "100KB plain w2"        --count $((COUNT / 2)) --fs "$FS" --size 102
 run --label "1KB STARTTLS w2"       --count "$COUNT" --fs "$FS" --mode starttls
 run --label "1KB STARTTLS+AUTH w2"  --count "$COUNT" --fs "$FS" --mode auth
 run --label "1KB keep-dicts w2"     --count "$COUNT" --fs "$FS" --keep-dicts
-if nm "$BUILD/src/main/impetus" 2>/dev/null | grep -q 'luam_hook\|luam_call\|luam_validate'; then
-  run --label "1KB Lua hook w2"     --count "$COUNT" --fs "$FS" --lua
-else
-  echo '{"label": "1KB Lua hook w2", "na": "the engine does not call Lua hooks yet (no luam_* calls in the impetus binary)"}' >>"$OUT"
-fi
+run --label "1KB Lua hook w2"       --count "$COUNT" --fs "$FS" --lua
 run --label "1KB plain w1"          --count "$COUNT" --fs "$FS" --workers 1
 run --label "1KB sync=none w2"      --count "$COUNT" --fs "$FS" --sync none
 run --label "200ms sink 10k sessions w1" --count "$COUNT" --fs "$FS" --workers 1 --latency 200 \

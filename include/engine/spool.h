@@ -95,6 +95,10 @@ struct spool_msg {
   struct ctx *mess;     /* VCTX_MESS: NULL while dropped (spool_load_ctx) */
   struct ctx *conn;     /* VCTX_CONN: NULL while dropped */
   struct ctx *secrets;  /* secret entries kept while dicts are dropped (internal) */
+  bool mess_empty;      /* VCTX_MESS had no entry when the dictionaries were dropped
+                         * (in memory only: the reader may skip loading them) */
+  const uint8_t *body_mem; /* the message (body_size bytes) kept in memory since ingest,
+                            * or NULL: read it through spool_open_body */
   void *user;           /* the engine's */
 };
 
@@ -204,6 +208,14 @@ void spool_msg_set_binding_group(struct spool_msg *msg, const char *group);
  * spool_close_body (a journal segment's fd is shared, not closed). */
 int spool_open_body(struct spool *sp, const struct spool_msg *msg);
 void spool_close_body(struct spool *sp, int fd);
+/* In the ingest hook (on_ingest) only: the whole pickup file of msg as read
+ * (the message is at body_off), *len its size; NULL for any other message.
+ * The hook may run without an open file, so prefer this to spool_open_body. */
+const uint8_t *spool_ingest_bytes(struct spool *sp, const struct spool_msg *msg, size_t *len);
+/* Bytes of message bodies kept in memory (spool_msg.body_mem) across all
+ * spools; bodies of new messages are kept while under this budget. */
+#define SPOOL_HOT_BODY_BUDGET (64u * 1024u * 1024u)
+#define SPOOL_HOT_BODY_MAX (64u * 1024u) /* larger bodies are always read from disk */
 /* Free a message's memory (not its files); wipes secrets. NULL ok. */
 void spool_msg_free(struct spool_msg *msg);
 

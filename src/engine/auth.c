@@ -200,8 +200,9 @@ int auth_resolve(struct auth *a, struct policy_worker *pw, struct conf *c, struc
     return 0;
   struct luam *lm = policy_worker_luam(pw);
   bool hook = lm && luam_has_hook(lm, LUAM_HOOK_OUTBOUND_SMTP_AUTH_CONFIG);
-  if (!hook && sm->mess) {
-    /* dictionaries in memory and nothing can change them: read in place */
+  if (!hook && (sm->mess || sm->mess_empty)) {
+    /* dictionaries in memory (or known to be empty) and nothing can change
+     * them: read in place, no copy and no disk read */
     *cred_id = finish(a, c, sm->mess, binding, domain);
     return 0;
   }

@@ -97,11 +97,22 @@ static void load_headers(struct luam_spool_msg *h)
   h->hdr_loaded = 1;
   if (!h->sp)
     return;
+  size_t want = h->msg->body_size < LUAM_SPOOL_MAX_HEADER_BYTES ? (size_t)h->msg->body_size
+                                                                : LUAM_SPOOL_MAX_HEADER_BYTES;
+  size_t flen;
+  const uint8_t *file = spool_ingest_bytes(h->sp, h->msg, &flen);
+  if (file) { /* the ingest hook: the pickup file is in memory */
+    if (h->msg->body_off + want > flen)
+      want = h->msg->body_off < flen ? flen - (size_t)h->msg->body_off : 0;
+    h->hdr_block = util_xmalloc(want + 1);
+    memcpy(h->hdr_block, file + h->msg->body_off, want);
+    h->hdr_block[want] = 0;
+    parse_headers(h, want);
+    return;
+  }
   int fd = spool_open_body(h->sp, h->msg);
   if (fd < 0)
     return;
-  size_t want = h->msg->body_size < LUAM_SPOOL_MAX_HEADER_BYTES ? (size_t)h->msg->body_size
-                                                                : LUAM_SPOOL_MAX_HEADER_BYTES;
   h->hdr_block = util_xmalloc(want + 1);
   size_t got = 0;
   while (got < want) {

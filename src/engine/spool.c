@@ -110,11 +110,6 @@ struct spool {
   pthread_mutex_t jlock;        /* appends, rotation, pins, freeing (not reads, not syncs) */
   struct buf jretry;            /* DONE records that could not be written yet (under jlock) */
   struct jmap *jrecov;          /* during spool_recover */
-  /* in the ingest hook, read from ingest_fd. Atomic: workers compare
-   * their messages with it in spool_open_body while the ingest thread sets
-   * it (never equal for them, so relaxed is enough; TSan saw the race). */
-  _Atomic(const struct spool_msg *) ingest_msg;
-  int ingest_fd;
   /* spool_start's pipeline: the ingest thread reads, parses and appends
    * batches; the commit thread syncs them, removes their pickup files and
    * hands the messages over, while the next batch is read. */
@@ -138,6 +133,16 @@ struct spool {
 
 
 static int jfd_of(const struct spool *sp, uint32_t seg);
+
+/* The message in the ingest hook (on_ingest) of the calling thread: its
+ * pickup file, open (or -1) and in memory. Thread-local: only the thread
+ * running the hook may see it. */
+static _Thread_local struct {
+  const struct spool_msg *msg;
+  int fd;
+  const uint8_t *data;
+  size_t len;
+} in_hook;
 static long spool_recover_files(struct spool *sp);
 static void wait_drained(struct spool *sp);
 struct jmap;
@@ -319,10 +324,36 @@ static void msg_free_strings(struct spool_msg *m)
   free_const(m->binding_group);
 }
 
+/* The hot body cache's size (spool_msg.body_mem), all spools. */
+static _Atomic uint64_t hot_bytes;
+
+static const uint8_t *hot_keep(const uint8_t *p, uint64_t n)
+{
+  if (n == 0 || n > SPOOL_HOT_BODY_MAX ||
+      atomic_fetch_add_explicit(&hot_bytes, n, memory_order_relaxed) + n > SPOOL_HOT_BODY_BUDGET) {
+    if (n && n <= SPOOL_HOT_BODY_MAX)
+      atomic_fetch_sub_explicit(&hot_bytes, n, memory_order_relaxed);
+    return NULL;
+  }
+  uint8_t *c = util_xmalloc((size_t)n);
+  memcpy(c, p, (size_t)n);
+  return c;
+}
+
+static void hot_drop(struct spool_msg *m)
+{
+  if (!m->body_mem)
+    return;
+  free((void *)(uintptr_t)m->body_mem);
+  m->body_mem = NULL;
+  atomic_fetch_sub_explicit(&hot_bytes, m->body_size, memory_order_relaxed);
+}
+
 void spool_msg_free(struct spool_msg *msg)
 {
   if (!msg)
     return;
+  hot_drop(msg);
   msg_free_strings(msg);
   ctx_free(msg->mess);
   ctx_free(msg->conn);
@@ -516,6 +547,7 @@ void spool_drop_ctx(struct spool *sp, struct spool_msg *msg)
 {
   if (sp->p.keep_dicts_in_memory || (!msg->mess && !msg->conn))
     return;
+  msg->mess_empty = ctx_count(msg->mess) == 0;
   ctx_free(msg->secrets);
   msg->secrets = secrets_of(msg->mess, msg->conn);
   ctx_free(msg->mess);
@@ -536,6 +568,7 @@ int spool_load_ctx(struct spool *sp, struct spool_msg *msg)
 {
   if (msg->mess && msg->conn)
     return 0;
+  msg->mess_empty = false;
   int fd = msg->jseg ? jfd_of(sp, msg->jseg) : open_meta(sp, msg, O_RDONLY);
   if (fd < 0)
     return fd;
@@ -635,8 +668,10 @@ int spool_save_ctx(struct spool *sp, struct spool_msg *msg)
 
 int spool_open_body(struct spool *sp, const struct spool_msg *msg)
 {
-  if (msg == atomic_load_explicit(&sp->ingest_msg, memory_order_relaxed)) { /* the ingest hook */
-    int fd = dup(sp->ingest_fd);
+  if (msg == in_hook.msg) { /* the ingest hook: its pickup file */
+    int fd = in_hook.fd >= 0 ? dup(in_hook.fd) : -1;
+    if (in_hook.fd < 0)
+      errno = EBADF;
     return fd < 0 ? -errno : fd;
   }
   if (msg->jseg) {
@@ -844,6 +879,15 @@ static void rec_done(struct buf *b, const struct spool_msg *m)
   put_u64(b, m->id);
   put_u16(b, m->node);
   rec_end(b, r);
+}
+
+const uint8_t *spool_ingest_bytes(struct spool *sp, const struct spool_msg *msg, size_t *len)
+{
+  (void)sp;
+  if (msg == NULL || msg != in_hook.msg)
+    return NULL;
+  *len = in_hook.len;
+  return in_hook.data;
 }
 
 void spool_close_body(struct spool *sp, int fd)
@@ -1643,10 +1687,12 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   spool_envelope_done(&env);
   if (sp->p.on_ingest) {
     why[0] = 0;
-    atomic_store_explicit(&sp->ingest_msg, m, memory_order_relaxed); /* spool_open_body reads the pickup file meanwhile */
-    sp->ingest_fd = fd;
+    in_hook.msg = m; /* spool_ingest_bytes / spool_open_body read the pickup file */
+    in_hook.fd = fd;
+    in_hook.data = data;
+    in_hook.len = len;
     int hr = sp->p.on_ingest(sp->p.arg, m, why, sizeof(why));
-    atomic_store_explicit(&sp->ingest_msg, NULL, memory_order_relaxed);
+    in_hook.msg = NULL;
     if (hr < 0) {
       spool_msg_free(m);
       to_bad(sp, sp->pickup_fd, name, name, why[0] ? why : "rejected by the ingest hook", idstr);
@@ -1674,6 +1720,7 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   rec_end(b, r0);
   size_t body = b->len;
   buf_append(b, data + m->body_off, (size_t)m->body_size);
+  m->body_mem = hot_keep(data + m->body_off, m->body_size);
   size_t attr = b->len;
   rec_attr(b, m);
   /* offsets within the entry for now; ingest_journal makes them absolute */
@@ -1819,7 +1866,7 @@ static long ingest_journal(struct spool *sp)
   bt->c = util_xcalloc(max, sizeof(*bt->c));
   sp->jbuf.len = sp->jbuf.off = 0;
   /* Through the ring when no hook needs the open file. */
-  bool ring = !sp->p.on_ingest && !spool_test_after_stat;
+  bool ring = !spool_test_after_stat;
   if (ring && !sp->iread && !sp->iread_tried) {
     sp->iread_tried = true;
     sp->iread = iobatch_new(sp->p.batch_max, true);
@@ -2904,6 +2951,7 @@ static int jrn_spill(struct spool *sp, struct spool_msg *m, struct buf *b, int *
     if (r == 0) {
       m->meta_size = (uint32_t)b->len;
       m->jseg = 0;
+      hot_drop(m); /* it waits for a retry: no need to keep it in memory */
     } else {
       if (mf >= 0) {
         close(mf);

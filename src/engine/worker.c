@@ -118,6 +118,8 @@ struct session {
   bool ever_ready; /* reached READY once (no longer counted as opening) */
   int body_fd;
   uint64_t body_off, body_end;
+  const uint8_t *body_mem; /* the message in memory (spool_msg.body_mem), else body_fd */
+  uint64_t body_base;      /* body_off of its first byte */
   bool body_started; /* NEED_BODY seen: smtpc takes body bytes */
   bool body_done;
   uint64_t conn_id;
@@ -643,14 +645,21 @@ static bool expire_if_due(struct worker *w, struct dq_queue *q, struct dq_unit *
 
 static void feed_body(struct session *s)
 {
-  if (!s->txn_open || !s->body_started || s->body_done || s->body_fd < 0)
+  if (!s->txn_open || !s->body_started || s->body_done || (s->body_fd < 0 && !s->body_mem))
     return;
   uint64_t now = mono_ms(s->w);
   static _Thread_local uint8_t chunk[BODY_CHUNK];
   while (conn_pending(s->conn) < BODY_INFLIGHT && !s->body_done) {
     size_t want = s->body_end - s->body_off < BODY_CHUNK ? (size_t)(s->body_end - s->body_off)
                                                          : BODY_CHUNK;
-    ssize_t got = want ? pread(s->body_fd, chunk, want, (off_t)s->body_off) : 0;
+    const uint8_t *src = chunk;
+    ssize_t got;
+    if (s->body_mem) { /* kept in memory since ingest: no system call */
+      src = s->body_mem + (s->body_off - s->body_base);
+      got = (ssize_t)want;
+    } else {
+      got = want ? pread(s->body_fd, chunk, want, (off_t)s->body_off) : 0;
+    }
     if (got < 0 || (got == 0 && want > 0)) {
       /* the spool file is unreadable: end the session; retried later */
       fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, "451 4.3.0 [internal] spool read failed", 8);
@@ -660,7 +669,7 @@ static void feed_body(struct session *s)
     bool last = s->body_off + (uint64_t)got >= s->body_end;
     size_t done = 0;
     while (done < (size_t)got || (last && got == 0 && !s->body_done)) {
-      long n = smtpc_body(s->smtpc, chunk + done, (size_t)got - done, last, now);
+      long n = smtpc_body(s->smtpc, src + done, (size_t)got - done, last, now);
       if (n < 0) {
         s->body_done = true;
         break;
@@ -683,6 +692,7 @@ static void feed_body(struct session *s)
   if (s->body_done) {
     spool_close_body(s->w->sh->spool, s->body_fd);
     s->body_fd = -1;
+    s->body_mem = NULL;
   }
 }
 
@@ -703,8 +713,10 @@ static bool start_txn(struct session *s, struct dq_unit *u)
                           .size = sm->body_size,
                           .flags = (sm->flags & SPOOL_MSG_F_8BIT) ? SMTPC_TXN_8BIT : 0,
                           .results = s->results, .final = &s->final};
-  s->body_fd = spool_open_body(w->sh->spool, sm);
-  if (s->body_fd < 0) {
+  s->body_mem = sm->body_mem;
+  s->body_base = sm->body_off;
+  s->body_fd = sm->body_mem ? -1 : spool_open_body(w->sh->spool, sm);
+  if (s->body_fd < 0 && !s->body_mem) {
     char t[128];
     snprintf(t, sizeof t, "451 4.3.0 [internal] spool open failed: %s", strerror(-s->body_fd));
     fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, t, 1);
@@ -721,6 +733,7 @@ static bool start_txn(struct session *s, struct dq_unit *u)
     snprintf(t, sizeof t, "554 5.1.3 [internal] unusable transaction (%s)", strerror(-rc));
     spool_close_body(s->w->sh->spool, s->body_fd);
     s->body_fd = -1;
+    s->body_mem = NULL;
     fail_unit_local(s, SMTPC_OUT_PERMANENT, 554, t, 1);
     return false;
   }
@@ -814,6 +827,7 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     struct dq_unit *u = s->unit;
     s->unit = NULL;
     s->txn_open = false;
+    s->body_mem = NULL;
     if (s->body_fd >= 0) {
       spool_close_body(s->w->sh->spool, s->body_fd);
       s->body_fd = -1;
@@ -1561,10 +1575,12 @@ static void schedule(struct worker *w)
   }
 }
 
-/* Sessions this worker may hold: each needs a socket and, while sending,
- * the message body; the spool's group commit opens one metadata file per
- * message it commits. Leave a reserve for those and for the other threads
- * (logs, ingest), and share the rest between the workers. */
+/* Sessions this worker may hold: each needs its socket. New messages are
+ * read from memory or the journal's shared fds; only a retried message's
+ * own body file is open while its transaction runs, and the spool's commits
+ * open a few files at a time. Leave a quarter of the limit for those and
+ * for the other threads (logs, ingest), and share the rest between the
+ * workers. Past it, sessions wait (EMFILE is handled the same way). */
 static unsigned fd_cap_compute(unsigned nworkers)
 {
   struct rlimit rl;
@@ -1581,7 +1597,7 @@ static unsigned fd_cap_compute(unsigned nworkers)
   uint64_t reserve = 64 + lim / 4;
   if (lim <= open_now + reserve)
     return 1;
-  uint64_t cap = (lim - open_now - reserve) / 2 / (nworkers ? nworkers : 1);
+  uint64_t cap = (lim - open_now - reserve) / (nworkers ? nworkers : 1);
   return cap < 1 ? 1 : cap > UINT32_MAX ? UINT32_MAX : (unsigned)cap;
 }
 

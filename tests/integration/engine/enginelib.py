@@ -63,6 +63,9 @@ class Engine:
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
+        if os.environ.get("IMPETUS_TEST_KEEP"):
+            print("kept: %s" % self.dir, file=sys.stderr)
+            return
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def inject(self, sender, rcpts, body="Subject: test\n\nhello\n", binding=None, group=None):

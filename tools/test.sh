@@ -38,7 +38,7 @@ if [ "${IMPETUS_SKIP_TSAN:-0}" != 1 ]; then
   step "threaded tests under TSan"
   TSAN_OPTIONS=halt_on_error=0:second_deadlock_stack=1:exitcode=66 \
     meson test -C build-tsan --print-errorlogs --num-processes "$jobs" \
-    mpsc ring ctx logs conf luam luam_glue spool sched dq \
+    mpsc ring ctx logs conf luam luam_glue spool sched dq secmem \
     engine-gateway engine-faults engine-reload engine-stop engine-tls engine-connlimit \
     engine-smtpc-tls-fallback engine-smtpc-smtps
 fi

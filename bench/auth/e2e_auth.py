@@ -109,6 +109,7 @@ def run(build, name, a, certdir):
         mainlog = os.path.join(d, "mainlog.ec")
         conf = os.path.join(d, "impetus.conf")
         with open(conf, "w") as f:
+            f.write('User = "root"\n')  # stay root: 0700 temp dirs
             f.write('Spoolbase = "%s"\nWorker_Threads = %d\nTLS = "%s"\nTLS_Verify = "no"\n'
                     'Gateway = "127.0.0.1:%s"\nKeep_Message_Dicts_In_Memory = %s\n'
                     'Max_Outbound_Connections = %d\n'

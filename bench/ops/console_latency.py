@@ -41,6 +41,7 @@ def main():
         os.makedirs(os.path.join(spool, "pickup"))
         conf = os.path.join(d, "impetus.conf")
         with open(conf, "w") as f:
+            f.write('User = "root"\n')  # stay root: 0700 temp dirs
             f.write('Spoolbase = "%s"\nWorker_Threads = 2\nSuspend_Delivery = true\n'
                     'Keep_Message_Dicts_In_Memory = true\n'
                     'ec_logger { mainlog = "%s/mainlog" paniclog = "%s/paniclog" }\n' % (spool, d, d))

@@ -129,6 +129,10 @@ struct conf_addr {
 };
 struct conf_addr conf_addr(const struct conf_view *v, enum conf_opt o);
 
+/* Call fn with the text of every value of o set in the file, in any
+ * scope or stanza (no defaults), in file order. */
+void conf_each_set(const struct conf *c, enum conf_opt o,
+                   void (*fn)(void *arg, const char *text), void *arg);
 /* Whether a scope set the option (false: built-in default). */
 bool conf_is_set(const struct conf_view *v, enum conf_opt o);
 /* The scope that provided the value: 0 = built-in default. Stable within

@@ -14,7 +14,8 @@ enum priv_result {
   PRIV_ROOT,         /* root, and User/Group name root: still root */
 };
 
-/* Started as root: give `paths` (directories recursively, files; NULL
+/* Started as root: look up user (NULL: impetus) and group (NULL: the
+ * impetus group if it exists, else the user's primary group), give `paths` (directories recursively, files; NULL
  * entries skipped) to user:group, set supplementary groups, then setgid
  * and setuid for good (checked: regaining root must fail). `user_explicit`:
  * the user was configured, so a missing user is an error rather than

@@ -284,3 +284,10 @@ struct spool_envelope {
 int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *reason,
                 size_t reason_len);
 void spool_envelope_done(struct spool_envelope *env);
+/* Overwrite, in data[0, body_off) (a parsed file's envelope), the text of
+ * each x-context line whose key is secret (ctx_key_is_secret) with
+ * "_=****..." of the same length, so offsets and the envelope stay valid
+ * and the password leaves the file (the claimed queue file is rewritten
+ * with this) and the buffer. Returns the number of lines changed and the
+ * changed byte range in [*lo, *hi). */
+size_t spool_scrub_secrets(char *data, size_t body_off, size_t *lo, size_t *hi);

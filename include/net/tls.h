@@ -28,6 +28,12 @@ struct tls_params {
                             * "TLSv1.3", "TLSv1.1", "TLSv1"; or a list like
                             * "TLSv1.2:TLSv1.3" whose lowest member is taken */
   unsigned cache_slots;    /* session cache entries; 0 = 1024 */
+  /* The same files read earlier (before leaving root), PEM in memory;
+   * when set they are used instead of cert_file / key_file. */
+  const char *cert_pem;
+  size_t cert_pem_len;
+  const char *key_pem;
+  size_t key_pem_len;
 };
 
 struct tls_ctx;

@@ -392,6 +392,17 @@ enum conf_type conf_opt_type(enum conf_opt o)
   return conf_optdefs[o].type;
 }
 
+void conf_each_set(const struct conf *c, enum conf_opt o,
+                   void (*fn)(void *arg, const char *text), void *arg)
+{
+  for (uint32_t i = 0; i < c->nnodes; i++) {
+    const struct conf_node *n = c->nodes[i];
+    for (uint32_t j = 0; j < n->nvals; j++)
+      if (n->vals[j]->opt == o && n->vals[j]->set && n->vals[j]->text)
+        fn(arg, n->vals[j]->text);
+  }
+}
+
 bool conf_opt_secret(enum conf_opt o)
 {
   UTIL_ASSERT((unsigned)o < CONF__COUNT);

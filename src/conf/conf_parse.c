@@ -4,6 +4,7 @@
  * It stops at the first error and reports it as file:line: message.
  * Never logs; reads files only. One thread per load. */
 #include "conf_internal.h"
+#include "secmem.h"
 #include "panic.h"
 
 #include <ctype.h>
@@ -746,8 +747,9 @@ static int parse_file(struct parser *p, const char *name, struct pctx *cx, const
              : fail(p, name, 0, "file larger than %u bytes", CONF_MAX_FILE);
     goto out;
   }
+  /* the text holds passwords: secmem (out of core dumps, wiped when freed) */
   size_t len = 0, cap = (size_t)st.st_size + 1;
-  data = util_xmalloc(cap);
+  data = secmem_xalloc(cap);
   for (;;) {
     if (len == cap) {
       if (cap > CONF_MAX_FILE) {
@@ -755,7 +757,7 @@ static int parse_file(struct parser *p, const char *name, struct pctx *cx, const
         goto out;
       }
       cap *= 2;
-      data = util_xrealloc(data, cap);
+      data = secmem_xrealloc(data, cap);
     }
     ssize_t n = read(fd, data + len, cap - len);
     if (n < 0 && errno == EINTR)
@@ -781,7 +783,7 @@ static int parse_file(struct parser *p, const char *name, struct pctx *cx, const
   r = parse_text(p, conf_arena_strdup(&c->arena, name), adir, data, len, cx);
   p->nstack--;
 out:
-  free(data);
+  secmem_free(data);
   close(fd);
   return r;
 }

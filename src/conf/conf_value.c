@@ -4,6 +4,7 @@
  * Never logs, never touches files. Called while a snapshot is built
  * (one thread) and, for the tables, from any thread. */
 #include "conf_internal.h"
+#include "secmem.h"
 #include "buf.h"
 #include "panic.h"
 
@@ -48,7 +49,10 @@ int conf_stz_find(const char *name)
   return -1;
 }
 
-/* ---- arena ---- */
+/* ---- arena ----
+ * Chunks come from secmem: the snapshot holds passwords (SECRET options)
+ * and their raw tokens, so its pages stay out of core dumps and are wiped
+ * when the snapshot goes. */
 
 struct conf_chunk {
   struct conf_chunk *next;
@@ -61,8 +65,11 @@ void *conf_arena_alloc(struct conf_arena *a, size_t n)
   n = (n + sizeof(max_align_t) - 1) & ~(sizeof(max_align_t) - 1);
   struct conf_chunk *ch = a->head;
   if (!ch || ch->cap - ch->used < n) {
-    size_t cap = n > 16384 ? n : 16384;
-    ch = util_xmalloc(sizeof(*ch) + cap);
+    /* 16 KB with the chunk and secmem headers: one secmem size class,
+     * reused from its free list by the next snapshot */
+    size_t std = 16384 - sizeof(*ch) - 16;
+    size_t cap = n > std ? n : std;
+    ch = secmem_xalloc(sizeof(*ch) + cap);
     ch->used = 0;
     ch->cap = cap;
     ch->next = a->head;
@@ -109,7 +116,7 @@ void conf_arena_done(struct conf_arena *a)
   struct conf_chunk *ch = a->head;
   while (ch) {
     struct conf_chunk *next = ch->next;
-    free(ch);
+    secmem_free(ch);
     ch = next;
   }
   a->head = NULL;

@@ -14,6 +14,7 @@
 #include "panic.h"
 #include "policy.h"
 #include "scheduler.h"
+#include "secmem.h"
 #include "spool.h"
 
 #include <stdio.h>
@@ -55,10 +56,7 @@ struct auth *auth_new(void)
 
 static void wipe_str(const char *s)
 {
-  if (s) {
-    util_wipe((void *)(uintptr_t)s, strlen(s));
-    free((void *)(uintptr_t)s);
-  }
+  secmem_free((void *)(uintptr_t)s); /* wipes */
 }
 
 void auth_free(struct auth *a)
@@ -145,8 +143,8 @@ static uint64_t finish(struct auth *a, struct conf *c, const struct ctx *mess, c
   struct cred *cr = util_xcalloc(1, sizeof *cr);
   cr->id = id;
   cr->a.type = t;
-  cr->a.user = util_xstrdup(user);
-  cr->a.pass = util_xstrdup(pass);
+  cr->a.user = secmem_xstrdup(user); /* out of core dumps, wiped when freed */
+  cr->a.pass = secmem_xstrdup(pass);
   cr->next = a->tab[id % AUTH_BUCKETS];
   a->tab[id % AUTH_BUCKETS] = cr;
   return id;

@@ -2,11 +2,13 @@
  * of immutable entries published with release stores, so one writer and
  * any number of readers need no lock. It never frees memory a reader may
  * still see except in ctx_quiesce/ctx_free (the rule in ctx.h), never logs,
- * and never writes secret entries into a serialised form.
+ * and never writes secret entries into a serialised form. Secret entries
+ * live in secmem (pages left out of core dumps, wiped when freed).
  * Threads: one writer (set/delete/quiesce/free), any readers. */
 #include "ctx.h"
 
 #include "panic.h"
+#include "secmem.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -92,8 +94,9 @@ static void free_entry(struct ctx_entry *e)
   if (!e || e == &tombstone)
     return;
   if (e->flags & CTX_F_SECRET)
-    util_wipe(e->data, (size_t)e->klen + e->vlen + 2);
-  free(e);
+    secmem_free(e); /* wiped; its pages were never in a core dump */
+  else
+    free(e);
 }
 
 static void retire(struct ctx *c, void *p)
@@ -245,13 +248,15 @@ int ctx_setn(struct ctx *c, const char *key, size_t klen, const char *value, siz
   }
   if (!old && atomic_load_explicit(&c->live, memory_order_relaxed) >= CTX_ENTRIES_MAX)
     return -E2BIG;
-  struct ctx_entry *n = malloc(sizeof(*n) + klen + vlen + 2);
+  bool secret = (flags & CTX_F_SECRET) || ctx_key_is_secret(key, klen);
+  size_t size = sizeof(struct ctx_entry) + klen + vlen + 2;
+  struct ctx_entry *n = secret ? secmem_alloc(size) : malloc(size);
   if (!n)
     return -ENOMEM;
   n->hash = h;
   n->klen = (uint32_t)klen;
   n->vlen = (uint32_t)vlen;
-  n->flags = (flags & CTX_F_SECRET) || ctx_key_is_secret(key, klen) ? CTX_F_SECRET : 0;
+  n->flags = secret ? CTX_F_SECRET : 0;
   memcpy(n->data, key, klen);
   n->data[klen] = 0;
   memcpy(n->data + klen + 1, value, vlen);

@@ -14,9 +14,11 @@
 #include "priv.h"
 #include "spool.h"
 #include "throttle.h"
+#include "tlskeys.h"
 #include "worker.h"
 
 #include <errno.h>
+#include <grp.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -63,6 +65,12 @@ static void on_batch_end(void *arg)
   logs_writer_flush(sh.ingest_log);
 }
 
+static int on_ingest(void *arg, struct spool_msg *msg, char *reason, size_t reason_len)
+{
+  (void)arg;
+  return policy_ingest(sh.policy, msg, reason, reason_len);
+}
+
 static void on_bad(void *arg, const char *name, const char *reason)
 {
   (void)arg;
@@ -97,13 +105,49 @@ static struct logs *open_logs(struct conf *c)
   return l;
 }
 
-/* Started as root: hand the spool and the logs to User/Group and drop
- * root before any worker (network, Lua) starts. See priv.c. */
+/* Whether a log or socket directory may be given to User: only one named
+ * after impetus, or directly inside one (/var/log/impetus,
+ * /var/tmp/impetus/log); never a shared one such as /var/log or /tmp. */
+static bool impetus_dir(const char *d)
+{
+  const char *slash = strrchr(d, '/');
+  if (strstr(slash ? slash + 1 : d, "impetus"))
+    return true;
+  if (slash == NULL || slash == d)
+    return false;
+  const char *p = slash;
+  while (p > d && p[-1] != '/')
+    p--;
+  return memmem(p, (size_t)(slash - p), "impetus", 7) != NULL;
+}
+
+static void tls_unreadable(void *arg, const char *path, const char *why)
+{
+  logs_panic(arg, now_wall_ms(), "tls", "cannot read %s at start-up (%s): the workers will try "
+             "it when first used", path, why);
+}
+
+static const char *gname(const char *configured)
+{
+  if (configured)
+    return configured;
+  const struct group *gr = getgrgid(getgid());
+  return gr ? gr->gr_name : "?";
+}
+
+/* Started as root: hand the spool, the logs and the control socket to
+ * User/Group (default impetus) and drop root for good. Called after
+ * everything that needs root is open (logs, spool, control and metrics
+ * sockets) and before Lua or any worker (network) starts. Root without
+ * the default user is a start-up error unless User = "root" is explicit. */
 static void drop_root(struct conf *c, struct logs_writer *log, const char *spoolbase,
                       const char *pickup)
 {
+  if (geteuid() != 0)
+    return;
   const struct conf_view *g = conf_global(c);
-  const char *paths[16] = {spoolbase, pickup};
+  enum { NPATHS = 16 };
+  const char *paths[NPATHS] = {spoolbase, pickup};
   size_t n = 2;
   const struct conf_stanza *ec = conf_stanza_first(c, "ec_logger");
   if (ec) {
@@ -115,50 +159,49 @@ static void drop_root(struct conf *c, struct logs_writer *log, const char *spool
   const struct conf_stanza *bl = conf_stanza_first(c, "bounce_logger");
   if (bl)
     paths[n++] = conf_str(conf_stanza_view(bl), CONF_BOUNCE_LOGGER_BOUNCELOG);
+  /* The socket itself goes to User, so the engine can remove it on exit
+   * even from a sticky directory. */
   const struct conf_stanza *cl = conf_stanza_first(c, "control_listener");
   const struct conf_stanza *ls = cl ? conf_stanza_child(cl, "listen") : NULL;
-  const char *sock = ls ? conf_stanza_instance(ls) : NULL;
-  /* The control socket is bound after the drop, and logs are reopened
-   * after it: their directories go to User too, but only one named after
-   * impetus (/var/tmp/impetus, /var/log/impetus; never /var/log or /tmp). */
-  char dirs[5][4096];
+  const char *sock = ls ? conf_stanza_instance(ls) : NULL; /* else inside the spool */
+  if (sock && *sock)
+    paths[n++] = sock;
+  /* Logs are reopened (SIGUSR1) after the drop: their directories go to
+   * User too, and the socket's, when impetus_dir says so. */
+  char dirs[NPATHS][4096];
   size_t nfiles = n;
-  for (size_t i = 0; i <= nfiles && n < 16; i++) {
-    const char *f = i < nfiles ? paths[i] : sock;
-    if (i < 2 || f == NULL)
+  for (size_t i = 2; i < nfiles && n < NPATHS; i++) {
+    if (paths[i] == NULL)
       continue;
-    char *d = dirs[i - 2];
-    snprintf(d, sizeof dirs[0], "%s", f);
+    char *d = dirs[i];
+    snprintf(d, sizeof dirs[0], "%s", paths[i]);
     char *slash = strrchr(d, '/');
     if (slash == NULL || slash == d)
       continue;
     *slash = 0;
-    const char *base = strrchr(d, '/');
-    if (strstr(base ? base + 1 : d, "impetus"))
+    if (impetus_dir(d))
       paths[n++] = d;
   }
   const char *user = conf_str(g, CONF_USER), *group = conf_str(g, CONF_GROUP);
-  if (!conf_is_set(g, CONF_USER)) {
-    /* Only a configured User drops root: run as root, the bundled
-     * configuration, the demo and the tests keep working in directories
-     * and with pickup files that only root can read. */
-    if (geteuid() == 0) {
-      logs_panic(log, now_wall_ms(), "engine",
-                 "running as root: set User = \"impetus\" to drop root after start-up "
-                 "(tools/setup.sh creates the user)");
-      logs_writer_flush(log);
-    }
-    return;
-  }
+  if (user == NULL || *user == 0)
+    user = "impetus";
+  if (!conf_is_set(g, CONF_GROUP))
+    group = NULL;
   char err[512];
-  int r = priv_drop(user, group, 1, paths, n, err, sizeof err);
+  int r = priv_drop(user, group, conf_is_set(g, CONF_USER), paths, n, err, sizeof err);
   if (r < 0)
     util_fatal("User/Group: %s", err);
+  if (r == PRIV_NO_USER)
+    util_fatal("started as root and the user \"%s\" does not exist: create it (tools/setup.sh "
+               "does), set User to an existing unprivileged user, or set User = \"root\" to "
+               "run as root (not recommended)",
+               user);
   if (r == PRIV_DROPPED)
     logs_panic(log, now_wall_ms(), "engine", "running as user %s, group %s (uid %u, gid %u)",
-               user, group, (unsigned)getuid(), (unsigned)getgid());
+               user, gname(group), (unsigned)getuid(), (unsigned)getgid());
   else if (r == PRIV_ROOT)
-    logs_panic(log, now_wall_ms(), "engine", "running as root (User = \"%s\")", user);
+    logs_panic(log, now_wall_ms(), "engine",
+               "running as root (User = \"%s\"): sessions and Lua run with root's rights", user);
   logs_writer_flush(log);
 }
 
@@ -277,18 +320,22 @@ int engine_main(const char *config_path)
     .on_bad = on_bad,
   };
   char err[512];
-  sh.policy = policy_new(c, &sh.conf, sh.ingest_log, sh.nworkers, err, sizeof err);
-  if (sh.policy == NULL)
-    util_fatal("lua: %s", err);
-  sp.on_ingest = policy_ingest; /* Lua ingest hooks; a no-op without scripts */
-  sp.arg = sh.policy;
+  /* Lua ingest hooks (a no-op without scripts); sh.policy is made after
+   * the drop, before the spool claims anything. */
+  sp.on_ingest = on_ingest;
   sh.spool = spool_open(&sp, err, sizeof err);
   if (sh.spool == NULL)
     util_fatal("spool: %s", err);
 
   if (ctl_open(&sh, config_path, err, sizeof err) < 0) /* ops: before leaving root */
     util_fatal("%s", err);
+  tlskeys_preload(c, tls_unreadable, mainlog); /* client certificates and keys, as root */
+  /* Everything that needs root is open: leave it before any Lua runs
+   * (scripts are compiled and run by policy_new) and any worker starts. */
   drop_root(c, mainlog, spoolbase, pickup);
+  sh.policy = policy_new(c, &sh.conf, sh.ingest_log, sh.nworkers, err, sizeof err);
+  if (sh.policy == NULL)
+    util_fatal("lua: %s", err);
 
   for (unsigned i = 0; i < sh.nworkers; i++)
     if (worker_start(&sh, i, err, sizeof err) == NULL)
@@ -358,6 +405,7 @@ int engine_main(const char *config_path)
   worker_free_leftovers(&sh);
   policy_free(sh.policy);
   free(sh.workers);
+  tlskeys_free();
   logs_panic(mainlog, now_wall_ms(), "engine", "stopped");
   logs_writer_free(mainlog);
   logs_close(sh.logs);

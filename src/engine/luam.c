@@ -117,6 +117,8 @@ struct mailbox {
   struct mailbox_item *head, *tail;
 };
 
+#define DS_LOG_SLOTS 16u
+
 struct luam {
   struct luam_host host;
   void (*post)(void *arg, void (*fn)(void *), void *fn_arg);
@@ -137,7 +139,13 @@ struct luam {
   uint64_t next_id;
   struct lcall *running;
   struct luam_stats stats;
+  struct { /* per datasource (index modulo DS_LOG_SLOTS) */
+    uint64_t log_ns;          /* last failure logged */
+    unsigned long suppressed; /* failures not logged since */
+  } dslog[DS_LOG_SLOTS];
 };
+
+#define DS_LOG_INTERVAL_NS (10ull * 1000000000ull) /* one datasource failure line per 10 s */
 
 /* The state running on this thread right now (budget hook, allocator). */
 static __thread struct lstate *tls_ls;
@@ -1435,6 +1443,28 @@ static void call_finish(struct luam *lm, struct lcall *c, int was_pending)
     state_reap(lm, ls);
 }
 
+/* A failed datasource query: one paniclog line per state, datasource and
+ * 10 s, with the count of those not logged, whatever the script does with
+ * the error (raise_error or nil). */
+static void ds_failure_log(struct luam *lm, const struct lcall *c, int ds, const char *err)
+{
+  uint64_t now = clock_mono_ns();
+  unsigned slot = (unsigned)ds % DS_LOG_SLOTS;
+  if (lm->dslog[slot].log_ns && now - lm->dslog[slot].log_ns < DS_LOG_INTERVAL_NS) {
+    lm->dslog[slot].suppressed++;
+    return;
+  }
+  char more[80] = "";
+  if (lm->dslog[slot].suppressed)
+    snprintf(more, sizeof more, " (%lu more failures in the last %llu s)",
+             lm->dslog[slot].suppressed,
+             (unsigned long long)((now - lm->dslog[slot].log_ns) / 1000000000ull));
+  lm_log(lm, 0, NULL, "%s: msys.db query failed: %s; the hook gets the error and the message "
+         "goes on%s", hook_names[c->hook], err, more);
+  lm->dslog[slot].log_ns = now;
+  lm->dslog[slot].suppressed = 0;
+}
+
 static void job_complete(void *arg)
 {
   struct luam_job *job = arg;
@@ -1460,6 +1490,7 @@ static void job_complete(void *arg)
     lua_pushboolean(co, 0);
     lua_pushliteral(co, "msys.db: out of stack");
   } else if (job->failed) {
+    ds_failure_log(lm, c, job->ds, job->err);
     lua_pushboolean(co, 0);
     lua_pushstring(co, job->err);
   } else {

@@ -120,6 +120,8 @@ int luam_conf_load(struct luam_conf *lc, struct conf *c, const char *libdir, cha
       snprintf(err, errlen, "datasource %s: no uri", d->name);
       goto fail;
     }
+    int64_t bt = conf_int(v, CONF_DS_BUSY_TIMEOUT_MS);
+    d->busy_timeout_ms = bt > 0 ? (unsigned)(bt < 3600000 ? bt : 3600000) : 0;
     int64_t mr = conf_int(v, CONF_DS_MAX_ROWS);
     d->max_rows = mr > 0 ? (unsigned)mr : 0;
     if (!conf_bool(v, CONF_DS_NO_CACHE)) {

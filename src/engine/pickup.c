@@ -349,3 +349,35 @@ int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *
   }
   return 0;
 }
+
+size_t spool_scrub_secrets(char *data, size_t body_off, size_t *lo, size_t *hi)
+{
+  size_t pos = 0, next, changed = 0;
+  *lo = *hi = 0;
+  while (pos < body_off) {
+    size_t n = line_at(data, body_off, pos, &next), voff = 0;
+    if (env_kind(data + pos, n, &voff) == ENV_CONTEXT) {
+      const char *v = data + pos + voff;
+      size_t vn = n - voff;
+      trim(&v, &vn);
+      const char *eq = memchr(v, '=', vn);
+      const char *key = v;
+      size_t kn = eq ? (size_t)(eq - v) : 0;
+      trim(&key, &kn);
+      if (eq && kn && eq + 1 < v + vn && ctx_key_is_secret(key, kn)) {
+        char *w = data + (v - data);
+        w[0] = '_';
+        w[1] = '=';
+        memset(w + 2, '*', vn - 2);
+        size_t a = (size_t)(w - data), b = a + vn;
+        if (changed == 0 || a < *lo)
+          *lo = a;
+        if (b > *hi)
+          *hi = b;
+        changed++;
+      }
+    }
+    pos = next;
+  }
+  return changed;
+}

@@ -46,17 +46,14 @@ int priv_drop(const char *user, const char *group, int user_explicit, const char
   }
   uid_t uid = pw->pw_uid;
   gid_t gid = pw->pw_gid;
-  if (group && *group) {
-    struct group *gr = getgrnam(group);
-    if (gr == NULL) {
-      /* the default group follows the user's own primary group */
-      if (user_explicit || strcmp(group, "impetus") != 0) {
-        snprintf(err, errlen, "Group \"%s\": no such group", group);
-        return -ENOENT;
-      }
-    } else {
-      gid = gr->gr_gid;
-    }
+  /* Group unset: the impetus group when it exists, else the user's own
+   * primary group. A configured Group must exist. */
+  struct group *gr = getgrnam(group && *group ? group : "impetus");
+  if (gr != NULL)
+    gid = gr->gr_gid;
+  else if (group && *group) {
+    snprintf(err, errlen, "Group \"%s\": no such group", group);
+    return -ENOENT;
   }
   if (uid == 0)
     return PRIV_ROOT;

@@ -1479,6 +1479,18 @@ static struct spool_msg *msg_from_env(struct spool *sp, struct spool_envelope *e
   return m;
 }
 
+/* Write the scrubbed envelope bytes back over the claimed file. Best
+ * effort: a file the engine may not write (another owner, after the
+ * drop to User) keeps its text; see docs/security.md. */
+static void scrub_file(int dfd, const char *qname, const void *p, size_t n, size_t off)
+{
+  int fd = openat(dfd, qname, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0)
+    return;
+  (void)!pwrite(fd, p, n, (off_t)off);
+  close(fd);
+}
+
 /* Parse the claimed file (bucket dir dfd, name qname) and write its
  * metadata. Returns 0 with *out set; 1 when it was rejected to bad/
  * (reported); or -errno (disk trouble: nothing half-written is left, and
@@ -1524,6 +1536,11 @@ static int ingest_file(struct spool *sp, int dfd, const char *qname, const char 
     return 1;
   }
   struct spool_msg *m = msg_from_env(sp, &env, id, node, bucket);
+  /* A password given as x-context lives on in memory only (the metadata
+   * never holds it): overwrite it in the queue file and in rbuf. */
+  size_t lo, hi;
+  if (spool_scrub_secrets((char *)sp->rbuf.data, env.body_off, &lo, &hi) > 0)
+    scrub_file(dfd, qname, sp->rbuf.data + lo, hi - lo, lo);
   spool_envelope_done(&env);
   if (sp->p.on_ingest) {
     why[0] = 0;
@@ -1662,6 +1679,11 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
     return 1;
   }
   struct spool_msg *m = msg_from_env(sp, &env, id, sp->p.node_id, 0);
+  /* Only the body goes to the journal and the pickup file is removed once
+   * it is durable; an x-context password must not linger in the read
+   * buffer either (rbuf, or the batch's pre-read buffer: ours to write). */
+  size_t slo, shi;
+  (void)spool_scrub_secrets((char *)(uintptr_t)data, env.body_off, &slo, &shi);
   spool_envelope_done(&env);
   if (sp->p.on_ingest) {
     why[0] = 0;

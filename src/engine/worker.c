@@ -26,6 +26,7 @@
 #include "smtpc.h"
 #include "spool.h"
 #include "throttle.h"
+#include "tlskeys.h"
 #include "tls.h"
 
 #include <arpa/inet.h>
@@ -1195,6 +1196,13 @@ static struct tls_ctx *tls_for(struct worker *w, const struct conf_view *v)
   struct tls_params tp = {.verify = verify == 2 ? TLS_VERIFY_HOST : verify == 1 ? TLS_VERIFY_CA : TLS_VERIFY_NO,
                           .ca_file = ca, .cert_file = cert, .key_file = key, .ciphers = ciphers,
                           .protocols = protos};
+  /* read as root at start-up (tlskeys.c); else the worker reads the paths */
+  tp.cert_pem = tlskeys_get(cert, &tp.cert_pem_len);
+  if (tp.cert_pem && key) {
+    tp.key_pem = tlskeys_get(key, &tp.key_pem_len);
+    if (tp.key_pem == NULL)
+      tp.cert_pem = NULL;
+  }
   char err[256];
   struct tls_ctx *ctx = tls_ctx_new(&tp, err, sizeof err);
   if (ctx == NULL)

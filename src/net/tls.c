@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
@@ -169,6 +170,43 @@ static int proto_version(const char *s) {
   return lowest ? lowest : -1;
 }
 
+/* The client certificate chain and key from PEM in memory (what
+ * SSL_CTX_use_certificate_chain_file and _PrivateKey_file do with files).
+ * 0, or -1 with a reason in err. */
+static int use_pem(SSL_CTX *s, const struct tls_params *p, char *err, size_t errlen) {
+  BIO *b = BIO_new_mem_buf(p->cert_pem, (int)p->cert_pem_len);
+  X509 *x = b ? PEM_read_bio_X509_AUX(b, NULL, NULL, NULL) : NULL;
+  int ok = x != NULL && SSL_CTX_use_certificate(s, x) == 1;
+  X509_free(x);
+  if (ok) {
+    SSL_CTX_clear_chain_certs(s);
+    X509 *ca;
+    while (ok && (ca = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL)
+      if (SSL_CTX_add0_chain_cert(s, ca) != 1) { /* takes ca on success */
+        X509_free(ca);
+        ok = 0;
+      }
+    ERR_clear_error(); /* the end of the chain reads as an error */
+  }
+  BIO_free(b);
+  if (!ok) {
+    collect_err(err, errlen, "TLS_Certificate");
+    return -1;
+  }
+  const char *kp = p->key_pem ? p->key_pem : p->cert_pem;
+  size_t kl = p->key_pem ? p->key_pem_len : p->cert_pem_len;
+  b = BIO_new_mem_buf(kp, (int)kl);
+  EVP_PKEY *k = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+  BIO_free(b);
+  ok = k != NULL && SSL_CTX_use_PrivateKey(s, k) == 1 && SSL_CTX_check_private_key(s) == 1;
+  EVP_PKEY_free(k);
+  if (!ok) {
+    collect_err(err, errlen, "TLS_Key");
+    return -1;
+  }
+  return 0;
+}
+
 struct tls_ctx *tls_ctx_new(const struct tls_params *p, char *err, size_t errlen) {
   pthread_once(&ex_once, ex_index_init); /* workers build their contexts concurrently */
   SSL_CTX *s = SSL_CTX_new(TLS_client_method());
@@ -206,7 +244,10 @@ struct tls_ctx *tls_ctx_new(const struct tls_params *p, char *err, size_t errlen
   } else {
     SSL_CTX_set_verify(s, SSL_VERIFY_NONE, NULL);
   }
-  if (p->cert_file != NULL && p->cert_file[0]) {
+  if (p->cert_pem != NULL) {
+    if (use_pem(s, p, err, errlen) < 0)
+      goto fail;
+  } else if (p->cert_file != NULL && p->cert_file[0]) {
     if (SSL_CTX_use_certificate_chain_file(s, p->cert_file) != 1) {
       collect_err(err, errlen, "TLS_Certificate");
       goto fail;

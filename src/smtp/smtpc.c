@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "base64.h"
+#include "secmem.h"
 #include "panic.h"
 #include "smtp_dot.h"
 
@@ -47,7 +48,8 @@ struct smtpc {
   /* output */
   uint8_t *out;
   size_t out_cap, out_off, out_len;
-  bool out_secret;
+  bool out_secret; /* a secret (AUTH line) is in out[out_off, out_len) */
+  bool out_secmem; /* out comes from secmem (credentials were set) */
 
   /* input */
   struct smtp_reply rp;
@@ -202,11 +204,22 @@ static bool clean_str(const char *p, size_t max)
 
 static void wipe_free(char **p)
 {
-  if (*p) {
-    util_wipe(*p, strlen(*p));
-    free(*p);
-    *p = NULL;
+  secmem_free(*p); /* wipes */
+  *p = NULL;
+}
+
+/* Release the output buffer (wiped when it held a secret). */
+static void out_release(struct smtpc *s)
+{
+  if (s->out_secmem) {
+    secmem_free(s->out);
+  } else {
+    if (s->out_secret)
+      util_wipe(s->out, s->out_cap);
+    free(s->out);
   }
+  s->out = NULL;
+  s->out_secret = s->out_secmem = false;
 }
 
 static void wipe_creds(struct smtpc *s)
@@ -236,21 +249,27 @@ static int set_creds(struct smtpc *s, const struct smtpc_auth *a)
    * PLAIN separates with NUL. Controls are refused everywhere. */
   if (!clean_str(a->user, SMTPC_USER_MAX) || !clean_str(a->pass, SMTPC_PASS_MAX))
     return -EINVAL;
+  /* The AUTH lines are built in the output buffer: with credentials it
+   * moves to secmem (never in a core dump), once nothing is pending in it
+   * (the caller may hold a pointer into pending output). */
   size_t need = auth_out_need(ul, pl);
-  if (need > s->out_cap) {
-    if (s->out_len > s->out_off)
-      return -EBUSY;
-    if (s->out_secret)
-      util_wipe(s->out, s->out_cap);
-    free(s->out);
-    s->out = util_xmalloc(need);
-    s->out_cap = need;
-    s->out_off = s->out_len = 0;
+  if (need > s->out_cap || !s->out_secmem) {
+    if (s->out_len > s->out_off) {
+      if (need > s->out_cap)
+        return -EBUSY;
+    } else {
+      size_t cap = need > s->out_cap ? need : s->out_cap;
+      out_release(s);
+      s->out = secmem_xalloc(cap);
+      s->out_secmem = true;
+      s->out_cap = cap;
+      s->out_off = s->out_len = 0;
+    }
   }
   wipe_creds(s);
   s->auth_type = a->type;
-  s->user = util_xstrdup(a->user);
-  s->pass = util_xstrdup(a->pass);
+  s->user = secmem_xstrdup(a->user);
+  s->pass = secmem_xstrdup(a->pass);
   return 0;
 }
 
@@ -1180,9 +1199,7 @@ void smtpc_free(struct smtpc *s)
   if (!s)
     return;
   wipe_creds(s);
-  if (s->out_secret)
-    util_wipe(s->out, s->out_cap);
-  free(s->out);
+  out_release(s);
   free(s->ehlo_name);
   util_wipe(s, sizeof(*s));
   free(s);

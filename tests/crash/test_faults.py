@@ -11,6 +11,12 @@
               being written: a clear "commit failed" line, then with
               space back everything is delivered. SKIP when tmpfs cannot
               be mounted.
+  datasource  Lua datasources whose SQLite file is missing, corrupt, or
+              locked (BEGIN EXCLUSIVE held by the test, busy_timeout_ms
+              short): the hook gets the error (raised, or nil with
+              raise_error = false), the paniclog names the datasource and
+              SQLite's reason, every message goes out once with the
+              configured credentials; released, the locked one answers.
 usage: test_faults.py IMPETUS SINK SCENARIO"""
 import json
 import os
@@ -254,6 +260,129 @@ def scenario_disk_full(imp, sinkbin):
             sink.stop()
         subprocess.run(["umount", "-l", mnt])
         shutil.rmtree(top, ignore_errors=True)
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
+DS_LUA = """require("msys.core")
+require("msys.db")
+local mod = {}
+function mod:outbound_smtp_auth_config(msg, ac, vctx)
+  -- the scope's Outbound_SMTP_AUTH_Key names the datasource to ask
+  local ds = msg:context_get(VCTX_MESS, "outbound_smtp_auth_key")
+  if ds == nil or ds == "" then return msys.core.VALIDATE_CONT end
+  local strict = ds ~= "corrupt" -- corrupt: raise_error = false, the call returns nil, err
+  local row, err = msys.db.fetch_row(ds, "SELECT user, pass FROM creds WHERE auth_key = ?",
+    { "k" }, { raise_error = strict, nocache = true })
+  if not row then
+    print("lookup in " .. ds .. " gave nil: " .. tostring(err))
+    return msys.core.VALIDATE_CONT
+  end
+  msg:context_set(VCTX_MESS, "outbound_smtp_auth_user", row.user)
+  msg:context_set(VCTX_MESS, "outbound_smtp_auth_pass", row.pass)
+  return msys.core.VALIDATE_CONT
+end
+msys.registerModule("dsfault", mod)
+"""
+
+
+def scenario_datasource(imp, sinkbin):
+    import sqlite3
+    logdir = tempfile.mkdtemp(prefix="faults.")
+    users = sinklib.users_file(logdir, [("cfguser", "cfg-pw"), ("dbuser", "db-pw")])
+    port = free_port()
+    sink = JSink(sinkbin, port, logdir, ["--auth-users", users, "--require-auth"])
+    e = None
+    hold = None
+    try:
+        def make_db(path):
+            con = sqlite3.connect(path)
+            con.execute("CREATE TABLE creds (auth_key TEXT PRIMARY KEY, user TEXT, pass TEXT)")
+            con.execute("INSERT INTO creds VALUES ('k', 'dbuser', 'db-pw')")
+            con.commit()
+            con.close()
+        dbs = {"good": os.path.join(logdir, "good.db"), "locked": os.path.join(logdir, "locked.db"),
+               "missing": os.path.join(logdir, "no-such-dir", "missing.db"),
+               "corrupt": os.path.join(logdir, "corrupt.db")}
+        make_db(dbs["good"])
+        make_db(dbs["locked"])
+        with open(dbs["corrupt"], "wb") as f:
+            f.write(b"this is not an SQLite database\n" * 256)
+        script = os.path.join(logdir, "dsfault.lua")
+        with open(script, "w") as f:
+            f.write(DS_LUA)
+        conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+                'Retry_Interval = 1\nMax_Retry_Interval = 1\n'
+                'outbound_smtp_auth { }\nOutbound_SMTP_AUTH_Allow_Plaintext = true\n'
+                'Outbound_SMTP_AUTH_Type = "PLAIN"\nOutbound_SMTP_AUTH_User = "cfguser"\n'
+                'Outbound_SMTP_AUTH_Pass = "cfg-pw"\n' % port)
+        for name, path in dbs.items():
+            conf += ('Datasource "%s" { uri = ( "sqlite:%s" ) busy_timeout_ms = 300 }\n'
+                     'Domain "%s.test" { Outbound_SMTP_AUTH_Key = "%s" }\n'
+                     % (name, path, name, name))
+        conf += 'scriptlet "scriptlet" { script "dsfault" { source = "%s" } }\n' % script[:-4]
+        e = Engine(imp, conf, "dsfault")
+        e.start()
+        hold = sqlite3.connect(dbs["locked"], isolation_level=None, timeout=1)
+        hold.execute("BEGIN EXCLUSIVE")
+        want = {}
+        for name in ("missing", "corrupt", "locked"):
+            for i in range(3):
+                want["%s%d@%s.test" % (name, i, name)] = "cfguser"
+        for i in range(2):
+            want["good%d@good.test" % i] = "dbuser"
+        for r in sorted(want):
+            e.inject("a@x.test", [r])
+        e.wait_for(lambda: set(want) <= set(rcpts_at(logdir)), 30, "all delivered")
+        pan = e.read(e.paniclog)
+        for name, why in (("missing", "unable to open database file"),
+                          ("corrupt", "file is not a database"),
+                          ("locked", "database is locked")):
+            line = [l for l in pan.splitlines()
+                    if "msys.db query failed: datasource %s: %s" % (name, why) in l]
+            expect(line, "a paniclog line for datasource %s (%s):\n%s" % (name, why, pan))
+            print(line[0])
+        # raise_error (default): the hook's error is logged and skipped; false: nil, err
+        for name in ("missing", "locked"):
+            line = [l for l in pan.splitlines() if "datasource %s:" % name in l
+                    and "skipped (CONT)" in l]
+            expect(line, "the raised error ends the hook (%s):\n%s" % (name, pan))
+            print(line[0])
+        expect("lookup in corrupt gave nil: datasource corrupt: file is not a database" in pan,
+               "raise_error = false: the hook got nil and the reason:\n" + pan)
+        # and the failure lines are rate-limited: at most one per datasource here
+        for name in ("missing", "corrupt", "locked"):
+            n = pan.count("msys.db query failed: datasource %s:" % name)
+            expect(n == 1, "%d failure lines for %s (one per 10 s)" % (n, name))
+        # released, the locked datasource answers again
+        hold.execute("COMMIT")
+        hold.close()
+        hold = None
+        want["after@locked.test"] = "dbuser"
+        e.inject("a@x.test", ["after@locked.test"])
+        e.wait_for(lambda: set(want) <= set(rcpts_at(logdir)), 20, "the message after release")
+        got = rcpts_at(logdir)
+        expect(all(got[r] == 1 for r in want), "each delivered once: %r" % got)
+        users_seen = {}
+        with open(os.path.join(logdir, "msgs.jsonl")) as f:
+            for line in f:
+                m = json.loads(line)
+                for r in m["rcpts"]:
+                    users_seen[r] = m.get("auth_user")
+        for r, u in want.items():
+            expect(users_seen.get(r) == u, "%s went as %r, expected %r" % (r, users_seen.get(r), u))
+        expect(len(e.records("D")) == len(want) and not e.records("P"), "D for all, no P")
+        e.wait_for(lambda: e.queue_files() == 0, 10, "empty queue")
+        expect(e.stop() == 0, "exit status")
+        bad = os.path.join(e.spool, "bad")
+        expect(not os.path.isdir(bad) or not os.listdir(bad), "nothing in bad/")
+        print("ok: %d messages delivered once with a missing, a corrupt and a locked datasource"
+              % len(want))
+    finally:
+        if hold is not None:
+            hold.close()
+        if e is not None:
+            e.cleanup()
+        sink.stop()
         shutil.rmtree(logdir, ignore_errors=True)
 
 

@@ -1,7 +1,8 @@
 /* fuzz_pickup: the pickup-file parser and the address check on arbitrary
  * bytes; and the context-dictionary decoder (a decoded dictionary must
  * round-trip; secrets are dropped, so the copy may be smaller). Must never crash, leak or
- * read out of bounds; an accepted file's body offsets must be in range. */
+ * read out of bounds; an accepted file's body offsets must be in range, and
+ * spool_scrub_secrets must leave it valid, same offsets, no password. */
 #include "ctx.h"
 #include "spool.h"
 
@@ -21,6 +22,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (uint32_t i = 0; i < env.nrcpt; i++)
       if (spool_addr_check(env.rcpt[i], strlen(env.rcpt[i])) != NULL)
         abort();
+    /* scrubbing x-context secrets keeps the file valid, its offsets and
+     * its other envelope lines, and leaves no secret behind */
+    uint64_t body_off = env.body_off;
+    uint32_t nrcpt = env.nrcpt;
+    spool_envelope_done(&env);
+    char *copy = malloc(size);
+    memcpy(copy, data, size);
+    size_t lo, hi;
+    size_t n = spool_scrub_secrets(copy, body_off, &lo, &hi);
+    if (n && (hi <= lo || hi > body_off || memcmp(copy + body_off, data + body_off, size - body_off)))
+      abort();
+    if (spool_parse(copy, size, &env, why, sizeof(why)) != 0 || env.body_off != body_off ||
+        env.nrcpt != nrcpt)
+      abort();
+    const char *pw = env.mess ? ctx_get(env.mess, "outbound_smtp_auth_pass") : NULL;
+    if (pw && *pw)
+      abort();
+    free(copy);
   }
   spool_envelope_done(&env);
   (void)spool_addr_check((const char *)data, size);

@@ -66,6 +66,44 @@ static void test_parse_good(void **state)
   spool_envelope_done(&env);
 }
 
+/* x-context passwords are overwritten in place; the envelope still parses. */
+static void test_scrub_secrets(void **state)
+{
+  (void)state;
+  char f[] = "x-sender: <a@b.example>\r\n"
+             "x-context: outbound_smtp_auth_pass = Sekr1t pw\r\n"
+             "x-receiver: <c@d.example>\n"
+             "X-Context: tenant=t1\n"
+             "x-context:outbound_smtp_auth_pass=\n"
+             "Subject: hi\n\nbody x-context: outbound_smtp_auth_pass=keep\n";
+  struct spool_envelope env;
+  char why[256];
+  assert_int_equal(spool_parse(f, strlen(f), &env, why, sizeof(why)), 0);
+  uint64_t body_off = env.body_off;
+  spool_envelope_done(&env);
+  size_t lo, hi;
+  /* one line: the empty value has nothing to hide, the body is not envelope */
+  assert_int_equal(spool_scrub_secrets(f, body_off, &lo, &hi), 1);
+  assert_null(strstr(f, "Sekr1t"));
+  /* "outbound_smtp_auth_pass = Sekr1t pw": 35 bytes -> "_=" and 33 stars */
+  char stars[34];
+  memset(stars, '*', 33);
+  stars[33] = 0;
+  char want[64];
+  snprintf(want, sizeof want, "x-context: _=%s\r\n", stars);
+  assert_non_null(strstr(f, want));
+  assert_true(lo > 0 && hi > lo && hi <= body_off);
+  assert_non_null(strstr(f, "tenant=t1"));
+  assert_non_null(strstr(f, "pass=keep"));
+  assert_int_equal(spool_parse(f, strlen(f), &env, why, sizeof(why)), 0);
+  assert_int_equal(env.body_off, body_off);
+  assert_string_equal(ctx_get(env.mess, "_"), stars);
+  assert_string_equal(ctx_get(env.mess, "tenant"), "t1");
+  assert_string_equal(ctx_get(env.mess, "outbound_smtp_auth_pass"), ""); /* the empty one */
+  spool_envelope_done(&env);
+  assert_int_equal(spool_scrub_secrets(f, body_off, &lo, &hi), 0);
+}
+
 static void test_addr(void **state)
 {
   (void)state;
@@ -892,6 +930,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_parse_good),
       cmocka_unit_test(test_addr),
+      cmocka_unit_test(test_scrub_secrets),
       cmocka_unit_test(test_parse_bad),
       cmocka_unit_test_setup_teardown(test_bad_inputs, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_inputs_files, setup, teardown),

@@ -330,13 +330,18 @@ def scenario_plaintext(env):
 
 
 def scenario_secrets(env):
-    """After successful and failing AUTH (config, x-context, Lua), the passwords appear in
-    no file under the spool and log directories."""
+    """After successful and failing AUTH, each with a configured, an x-context and a
+    Lua-set password, the passwords (as text, and in their LOGIN and PLAIN base64 forms)
+    appear in no file under the spool and log directories (mainlog, paniclog, bouncelog,
+    jsonlog, the engine's console output), nor in impetus-ctl's or --eval-config's output."""
     lua = env.write("lua/pw.lua", """local mod = {}
 function mod:outbound_smtp_auth_config(msg, ac, vctx)
   if msg:rcptto() == 'l@lua.test' then
     msg:context_set(VCTX_MESS, 'outbound_smtp_auth_user', 'luauser')
     msg:context_set(VCTX_MESS, 'outbound_smtp_auth_pass', 'Sekr1t-Lua-9')
+  elseif msg:rcptto() == 'lb@lua.test' then
+    msg:context_set(VCTX_MESS, 'outbound_smtp_auth_user', 'luauser')
+    msg:context_set(VCTX_MESS, 'outbound_smtp_auth_pass', 'Sekr1t-LuaBad-9')
   end
 end
 msys.registerModule("pw", mod)
@@ -354,8 +359,15 @@ msys.registerModule("pw", mod)
     env.inject(["x@ctx.test"], ctx=[("outbound_smtp_auth_user", "ctxuser"),
                                    ("outbound_smtp_auth_pass", "Sekr1t-Ctx-9")])
     env.inject(["l@lua.test"])
+    # failing AUTH (535) with each kind of password: T records, retried
     env.inject(["b@bad.test"])
-    e.wait_for(lambda: len(e.records("D")) >= 3 and e.records("T"), 20, "3 D and a T")
+    env.inject(["xb@ctx.test"], ctx=[("outbound_smtp_auth_user", "ctxuser"),
+                                    ("outbound_smtp_auth_pass", "Sekr1t-CtxBad-9")])
+    env.inject(["lb@lua.test"])
+    # (the successful ones on ctx.test and lua.test are D: a T there is a failing one)
+    e.wait_for(lambda: len(e.records("D")) >= 3
+               and {"bad.test", "ctx.test", "lua.test"} <= {f[5] for f in e.records("T")},
+               20, "3 D and a T for each failing AUTH")
     seen = env.seen()
     expect(seen["c@cfg.test"][0] == "cfguser" and seen["x@ctx.test"][0] == "ctxuser"
            and seen["l@lua.test"][0] == "luauser", "all three authenticated: %r" % seen)
@@ -373,7 +385,11 @@ msys.registerModule("pw", mod)
             outs.append(p.stdout + p.stderr)
         blob = b"".join(outs)
         print("impetus-ctl: %d bytes of output checked" % len(blob))
-        expect(b"Sekr1t" not in blob, "a password in impetus-ctl output")
+        expect(not leaks(blob), "a password in impetus-ctl output: %r" % leaks(blob))
+    p = __import__("subprocess").run([env.imp, "--eval-config", "-c", e.conf, "domain", "cfg.test",
+                                      "Outbound_SMTP_AUTH_Pass"], capture_output=True, timeout=10)
+    expect(p.returncode == 0 and not leaks(p.stdout + p.stderr),
+           "--eval-config shows a password: %r" % (p.stdout + p.stderr))
     # scan while the failing message is still queued, and again after stop
     for phase in ("running", "stopped"):
         if phase == "stopped":
@@ -387,8 +403,26 @@ msys.registerModule("pw", mod)
                 n += 1
                 with open(os.path.join(root, name), "rb") as f:
                     data = f.read()
-                expect(b"Sekr1t" not in data, "a password found in %s (%s)" % (name, phase))
+                expect(not leaks(data), "%r found in %s (%s)" % (leaks(data), path, phase))
         print("%s: %d files scanned, no password" % (phase, n))
+    for log in (e.mainlog, e.paniclog, os.path.join(e.dir, "stderr")):
+        expect(os.path.exists(log), "%s was scanned" % log)
+
+
+SECRETS = [("cfguser", "Sekr1t-Cfg-9"), ("cfguser", "Sekr1t-Bad-9"), ("ctxuser", "Sekr1t-Ctx-9"),
+           ("ctxuser", "Sekr1t-CtxBad-9"), ("luauser", "Sekr1t-Lua-9"),
+           ("luauser", "Sekr1t-LuaBad-9")]
+
+
+def leaks(data):
+    """The secrets (text, AUTH LOGIN's base64, AUTH PLAIN's base64) found in data."""
+    import base64
+    found = []
+    for user, pw in SECRETS:
+        forms = [pw.encode(), base64.b64encode(pw.encode()),
+                 base64.b64encode(b"\0" + user.encode() + b"\0" + pw.encode())]
+        found += [f for f in forms if f in data]
+    return found + ([b"Sekr1t"] if b"Sekr1t" in data else [])
 
 
 def scenario_aiosmtpd(env):

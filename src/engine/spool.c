@@ -1279,6 +1279,21 @@ static bool name_ignored(const char *n)
   return n[0] == '.' || (l >= 4 && !strcmp(n + l - 4, ".tmp")) || l > SPOOL_NAME_MAX - 24;
 }
 
+struct ino_name {
+  uint64_t ino;
+  char *name;
+};
+
+static int cmp_ino(const void *a, const void *b)
+{
+  uint64_t x = ((const struct ino_name *)a)->ino, y = ((const struct ino_name *)b)->ino;
+  return x < y ? -1 : x > y;
+}
+
+/* List pickup/. A long listing is taken in inode order: on ext4 that is
+ * close to the order of the inode table and of the data blocks, so a
+ * backlog that is no longer in the page cache is read sequentially
+ * rather than at random. */
 static int scan_pickup(struct spool *sp)
 {
   names_clear(sp);
@@ -1291,19 +1306,31 @@ static int scan_pickup(struct spool *sp)
     return -errno;
   }
   rewinddir(d);
+  struct ino_name *v = NULL;
+  size_t n = 0, cap = 0;
   struct dirent *e;
   while ((e = readdir(d))) {
     if (e->d_type != DT_REG && e->d_type != DT_UNKNOWN)
       continue;
     if (name_ignored(e->d_name))
       continue;
-    if (sp->nnames == sp->capnames) {
-      sp->capnames = sp->capnames ? sp->capnames * 2 : 256;
-      sp->names = util_xrealloc(sp->names, sp->capnames * sizeof(char *));
+    if (n == cap) {
+      cap = cap ? cap * 2 : 256;
+      v = util_xrealloc(v, cap * sizeof(*v));
     }
-    sp->names[sp->nnames++] = util_xstrdup(e->d_name);
+    v[n++] = (struct ino_name){(uint64_t)e->d_ino, util_xstrdup(e->d_name)};
   }
   closedir(d);
+  if (n > 1)
+    qsort(v, n, sizeof(*v), cmp_ino);
+  if (n > sp->capnames) {
+    sp->capnames = n;
+    sp->names = util_xrealloc(sp->names, n * sizeof(char *));
+  }
+  for (size_t i = 0; i < n; i++)
+    sp->names[i] = v[i].name;
+  sp->nnames = n;
+  free(v);
   sp->next_rescan_ns = clock_mono_ns() + (uint64_t)sp->p.rescan_ms * 1000000u;
   return 0;
 }

@@ -6,6 +6,7 @@
  * OpenSSL blocking I/O); certificates are made with the openssl CLI. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <sched.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -315,7 +316,7 @@ static void test_bind_source(void **st) {
     ring_run_once(r, 50000000);
   assert_true(k.connected);
   while (__atomic_load_n(&s.peer[0], __ATOMIC_ACQUIRE) == 0 && clock_mono_ns() < end)
-    usleep(1000); /* bounded: the server thread records the peer after accept */
+    sched_yield(); /* bounded: the server thread records the peer after accept */
   conn_close(k.c);
   run_until_closed(&k);
   server_stop(&s);

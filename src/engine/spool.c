@@ -433,23 +433,62 @@ static void rec_attr(struct buf *b, const struct spool_msg *m)
 }
 
 /* The whole initial <id>.m: magic, HEADER, ATTR. Sets ctx_off/len, meta_size. */
+/* The HEADER fields, shared by <id>.m's HEADER and the journal's JMSG. */
+static void put_header(struct buf *b, const struct spool_msg *m, uint64_t body_off)
+{
+  put_u64(b, m->id);
+  put_u16(b, m->node);
+  put_u8(b, m->flags);
+  put_u8(b, 0);
+  put_u64(b, m->created_ms);
+  put_u64(b, body_off);
+  put_u64(b, m->body_size);
+  put_str(b, m->sender);
+  put_u32(b, m->nrcpt);
+  for (uint32_t i = 0; i < m->nrcpt; i++)
+    put_str(b, m->rcpt[i]);
+}
+
+/* Read what put_header wrote: a new message, or NULL when malformed.
+ * *body_off gets the stored body offset. */
+static struct spool_msg *get_header(struct rd *r, uint64_t *body_off)
+{
+  uint64_t id = get_u64(r);
+  uint16_t node = get_u16(r);
+  uint8_t flags = get_u8(r);
+  get_u8(r);
+  uint64_t created = get_u64(r);
+  *body_off = get_u64(r);
+  uint64_t bsize = get_u64(r);
+  uint32_t sl;
+  const char *sdr = get_str(r, &sl);
+  uint32_t nr = get_u32(r);
+  if (r->bad || !sdr || nr == 0 || nr > SPOOL_RCPTS_MAX)
+    return NULL;
+  const char **rc = util_xmalloc(nr * sizeof(char *));
+  uint32_t *rl = util_xmalloc(nr * sizeof(uint32_t));
+  for (uint32_t i = 0; i < nr; i++)
+    rc[i] = get_str(r, &rl[i]);
+  struct spool_msg *m = r->bad ? NULL : msg_alloc(sdr, sl, nr, rc, rl);
+  free(rc);
+  free(rl);
+  if (m) {
+    m->id = id;
+    m->node = node;
+    m->flags = flags;
+    m->created_ms = created;
+    m->body_size = bsize;
+  }
+  return m;
+}
+
 static void meta_build(struct buf *b, struct spool_msg *m)
 {
   b->len = b->off = 0;
   buf_append(b, META_MAGIC, 4);
   put_u32(b, META_VERSION);
   size_t r = rec_begin(b, REC_HEADER);
-  put_u64(b, m->id);
-  put_u16(b, m->node);
-  put_u8(b, m->flags);
-  put_u8(b, 0);
-  put_u64(b, m->created_ms);
-  put_u64(b, m->body_off);
-  put_u64(b, m->body_size);
-  put_str(b, m->sender);
-  put_u32(b, m->nrcpt);
-  for (uint32_t i = 0; i < m->nrcpt; i++)
-    put_str(b, m->rcpt[i]);
+  put_header(b, m, m->body_off);
   rec_end(b, r);
   m->ctx_off = (uint32_t)b->len;
   rec_attr(b, m);
@@ -1729,17 +1768,7 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   struct buf *b = &sp->jbuf;
   out->at = b->len;
   size_t r0 = rec_begin(b, REC_JMSG);
-  put_u64(b, m->id);
-  put_u16(b, m->node);
-  put_u8(b, m->flags);
-  put_u8(b, 0);
-  put_u64(b, m->created_ms);
-  put_u64(b, 0); /* body_off: the body follows this record */
-  put_u64(b, m->body_size);
-  put_str(b, m->sender);
-  put_u32(b, m->nrcpt);
-  for (uint32_t i = 0; i < m->nrcpt; i++)
-    put_str(b, m->rcpt[i]);
+  put_header(b, m, 0); /* body_off 0: the body follows this record */
   put_u64(b, pi->ino);
   put_u64(b, pi->size);
   put_u64(b, pi->mtime_ns);
@@ -2253,34 +2282,10 @@ static struct spool_msg *meta_load(struct spool *sp, const struct buf *b, uint8_
       goto bad;
     }
     if (type == REC_HEADER && !m) {
-      uint64_t id = get_u64(&r);
-      uint16_t node = get_u16(&r);
-      uint8_t flags = get_u8(&r);
-      get_u8(&r);
-      uint64_t created = get_u64(&r), boff = get_u64(&r), bsize = get_u64(&r);
-      uint32_t sl;
-      const char *s = get_str(&r, &sl);
-      uint32_t nr = get_u32(&r);
-      if (r.bad || !s || nr == 0 || nr > SPOOL_RCPTS_MAX)
+      uint64_t boff;
+      if (!(m = get_header(&r, &boff)))
         goto malformed;
-      const char **rc = util_xmalloc(nr * sizeof(char *));
-      uint32_t *rl = util_xmalloc(nr * sizeof(uint32_t));
-      for (uint32_t i = 0; i < nr; i++)
-        rc[i] = get_str(&r, &rl[i]);
-      if (r.bad) {
-        free(rc);
-        free(rl);
-        goto malformed;
-      }
-      m = msg_alloc(s, sl, nr, rc, rl);
-      free(rc);
-      free(rl);
-      m->id = id;
-      m->node = node;
-      m->flags = flags;
-      m->created_ms = created;
       m->body_off = boff;
-      m->body_size = bsize;
       m->bucket = bucket;
     } else if (!m) {
       goto malformed;
@@ -2506,55 +2511,30 @@ static void jrn_seg_bad(struct spool *sp, uint32_t seg, const char *reason)
 static long jrn_load_msg(struct spool *sp, uint32_t seg, const uint8_t *base, size_t p,
                          size_t len, struct rd *r, long n, struct jent *out)
 {
-  uint64_t id = get_u64(r);
-  uint16_t node = get_u16(r);
-  uint8_t flags = get_u8(r);
-  get_u8(r);
-  uint64_t created = get_u64(r);
-  get_u64(r);
-  uint64_t bsize = get_u64(r);
-  uint32_t sl;
-  const char *sdr = get_str(r, &sl);
-  uint32_t nr = get_u32(r);
-  if (r->bad || !sdr || nr == 0 || nr > SPOOL_RCPTS_MAX)
+  uint64_t unused;
+  struct spool_msg *m = get_header(r, &unused);
+  if (!m)
     return -EBADMSG;
-  const char **rc = util_xmalloc(nr * sizeof(char *));
-  uint32_t *rl = util_xmalloc(nr * sizeof(uint32_t));
-  for (uint32_t i = 0; i < nr; i++)
-    rc[i] = get_str(r, &rl[i]);
   out->ino = get_u64(r);
   out->size = get_u64(r);
   out->mtime_ns = get_u64(r);
   uint32_t nl;
   const char *src = get_str(r, &nl);
-  if (r->bad || !src) {
-    free(rc);
-    free(rl);
-    return -EBADMSG;
-  }
-  size_t body = p + (size_t)n, attr = body + bsize;
-  if (bsize > len || attr > len) {
-    free(rc);
-    free(rl);
-    return 0;
-  }
-  uint8_t type;
+  size_t body = p + (size_t)n, attr = body + m->body_size;
+  uint8_t type = 0;
   struct rd ar;
-  long an = rec_check(base + attr, len - attr, &type, &ar);
-  if (an <= 0 || type != REC_ATTR) {
-    free(rc);
-    free(rl);
-    return an < 0 || (an > 0 && type != REC_ATTR) ? -EBADMSG : 0;
+  long an = 0;
+  if (r->bad || !src)
+    an = -EBADMSG;
+  else if (m->body_size <= len && attr <= len) /* else cut short */
+    an = rec_check(base + attr, len - attr, &type, &ar);
+  if (an > 0 && type != REC_ATTR)
+    an = -EBADMSG;
+  if (an <= 0) {
+    spool_msg_free(m);
+    return an;
   }
-  struct spool_msg *m = msg_alloc(sdr, sl, nr, rc, rl);
-  free(rc);
-  free(rl);
-  m->id = id;
-  m->node = node;
-  m->flags = flags;
-  m->created_ms = created;
   m->body_off = body;
-  m->body_size = bsize;
   m->jseg = seg;
   m->ctx_off = (uint32_t)attr;
   m->ctx_len = (uint32_t)an;
@@ -2564,8 +2544,8 @@ static long jrn_load_msg(struct spool *sp, uint32_t seg, const uint8_t *base, si
   }
   out->m = m;
   out->src = util_xstrndup(src, nl);
-  if (id > sp->last_id)
-    sp->last_id = id;
+  if (m->id > sp->last_id)
+    sp->last_id = m->id;
   return (long)(attr + (size_t)an - p);
 }
 
@@ -3111,7 +3091,7 @@ int spool_txn_commit(struct spool_txn *t)
   int *fds = util_xmalloc(3 * t->n * sizeof(int));
   size_t nfds = 0;
   bool touched[NBUCKETS] = {0};
-  uint32_t *unpin = NULL, nunpin = 0;
+  uint32_t *unpin = util_xmalloc(t->n * sizeof(*unpin)), nunpin = 0; /* <= one per message */
   t->jrec.len = t->jrec.off = 0;
   /* 1. Append one STATE record (and an ATTR record if asked) per message. */
   for (size_t i = 0; i < t->n;) {
@@ -3128,7 +3108,6 @@ int spool_txn_commit(struct spool_txn *t)
       }
       if (rem && m->npending == 0) {
         rec_done(&t->jrec, m);
-        unpin = util_xrealloc(unpin, (nunpin + 1) * sizeof(*unpin));
         unpin[nunpin++] = m->jseg;
         for (; i < t->n && t->ops[i].msg == m; i++) {
         }
@@ -3169,7 +3148,6 @@ int spool_txn_commit(struct spool_txn *t)
       nfds += 2;
       touched[m->bucket] = true;
       rec_done(&t->jrec, m);
-      unpin = util_xrealloc(unpin, (nunpin + 1) * sizeof(*unpin));
       unpin[nunpin++] = old;
     }
     t->b.len = t->b.off = 0;

@@ -544,13 +544,23 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
 
 /* ------------------------------------------------------------ sessions */
 
+static void session_pump(struct session *s);
+
+/* QUIT an idle pooled connection (to free its fd, or at stop). */
+static void quit_parked(struct session *s)
+{
+  sched_pool_remove(&dq_queue_state(s->q)->pool, s);
+  s->parked = false;
+  smtpc_quit(s->smtpc, mono_ms(s->w));
+  session_pump(s);
+}
+
 static uint16_t route_port(const struct route *r)
 {
   return r->sa.ss_family == AF_INET6 ? ntohs(((const struct sockaddr_in6 *)&r->sa)->sin6_port)
                                      : ntohs(((const struct sockaddr_in *)&r->sa)->sin_port);
 }
 
-static void session_pump(struct session *s);
 static bool tls_fallback(struct session *s);
 static void session_try_connect(struct session *s);
 static void schedule(struct worker *w);
@@ -1562,10 +1572,7 @@ static void schedule(struct worker *w)
         w->fd_cap_logged = true;
         for (struct session *s = w->sessions; s; s = s->next_all)
           if (s->parked && !s->closing) {
-            sched_pool_remove(&dq_queue_state(s->q)->pool, s);
-            s->parked = false;
-            smtpc_quit(s->smtpc, mono_ms(w));
-            session_pump(s);
+            quit_parked(s);
             break;
           }
         break;
@@ -1896,12 +1903,8 @@ static void *worker_main(void *arg)
     if (atomic_load(&w->stop)) {
       /* graceful stop: idle sessions go, busy ones finish until the deadline */
       for (struct session *s = w->sessions; s; s = s->next_all)
-        if (s->parked && !s->closing) {
-          sched_pool_remove(&dq_queue_state(s->q)->pool, s);
-          s->parked = false;
-          smtpc_quit(s->smtpc, mono_ms(w));
-          session_pump(s);
-        }
+        if (s->parked && !s->closing)
+          quit_parked(s);
       if (w->nsessions == 0) {
         if (!w->idle_counted) {
           w->idle_counted = true;

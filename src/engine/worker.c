@@ -1551,7 +1551,10 @@ static void session_open(struct worker *w, struct dq_queue *q)
   s->body_fd = -1;
   s->pool_key = queue_key(q);
   s->max_batch = st->limits.max_recipients_per_batch ? st->limits.max_recipients_per_batch : 100;
-  s->res_buf = util_xcalloc(2 * (size_t)s->max_batch, sizeof *s->res_buf);
+  /* not zeroed: smtpc clears a transaction's nrcpt slots when it begins,
+   * so pages past the recipients actually used are never touched (the
+   * RSS of thousands of idle sessions) */
+  s->res_buf = util_xmalloc(2 * (size_t)s->max_batch * sizeof *s->res_buf);
   s->results = s->res_buf;
   s->final = &s->fin_buf[0];
   s->rcpts = util_xcalloc(s->max_batch, sizeof *s->rcpts);

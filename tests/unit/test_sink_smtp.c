@@ -201,6 +201,22 @@ static void test_hostile_continuations(void **state)
     free(out);
   }
   buf_done(&want, 0);
+
+  /* Pipelined EHLOs would queue 270 KB of replies each: the client is
+   * dropped once SINK_MAX_OUTBUF bytes are unsent. */
+  struct buf in = {0};
+  for (int i = 0; i < 100; i++)
+    buf_append_str(&in, "EHLO a\r\n");
+  struct sink_conn c;
+  memset(&c, 0, sizeof(c));
+  buf_reset(&stub_out);
+  sink_smtp_start(&c);
+  sink_smtp_feed(&c, buf_head(&in), buf_avail(&in));
+  assert_true(c.closing);
+  assert_true(buf_avail(&stub_out) <= SINK_MAX_OUTBUF);
+  assert_true(buf_avail(&stub_out) > SINK_MAX_OUTBUF / 2);
+  stub_conn_done(&c);
+  buf_done(&in, 0);
 }
 
 int main(void)

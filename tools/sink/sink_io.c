@@ -303,6 +303,13 @@ void sink_conn_close_after_send(struct sink_conn *c)
 
 void sink_conn_reply(struct sink_conn *c, const void *p, size_t n)
 {
+  /* Checked here, not only when sending: one read of pipelined commands
+   * can queue far more than SINK_MAX_OUTBUF (a hostile continuations reply
+   * is about 270 KB per 7-byte EHLO line). */
+  if (buf_avail(&c->wire) + buf_avail(&c->pt) + n > SINK_MAX_OUTBUF) {
+    sink_conn_close(c, 0); /* the client does not read its replies */
+    return;
+  }
   buf_append(c->tls_active ? &c->pt : &c->wire, p, n);
 }
 

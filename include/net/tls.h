@@ -45,6 +45,25 @@ void tls_ctx_free(struct tls_ctx *c);
 /* Number of cached sessions (tests). */
 unsigned tls_ctx_cached(const struct tls_ctx *c);
 
+/* A session to be started once another connection's full handshake to
+ * the same host and port has brought a session it can resume (so a burst
+ * of connections to one MX pays one certificate exchange, not one each).
+ * Embedded by the caller; all-zero is "not queued". */
+struct tls_waiter {
+  struct tls_waiter *next, **pprev;
+  /* Called once, from inside another session's tls_read/tls_handshake/
+   * tls_free: only note it and go on from the loop. */
+  void (*wake)(struct tls_waiter *w);
+};
+
+/* Should a new session to host:port wait? true (w queued) when nothing is
+ * cached for it but a full handshake to it is running on this context;
+ * w->wake follows when that one has a session or ends without one. false:
+ * go on now (tls_new resumes the cached session, or leads). */
+bool tls_ctx_wait(struct tls_ctx *c, const char *host, uint16_t port, struct tls_waiter *w);
+/* Unqueue w (no wake follows); harmless when not queued. */
+void tls_waiter_cancel(struct tls_waiter *w);
+
 /* A client session for `host` (SNI and name check; may be an IP literal
  * or NULL for no SNI) and `port` (resumption cache key). NULL on failure
  * with a reason in err. */

@@ -28,6 +28,10 @@ enum cstate { C_CONNECTING, C_OPEN, C_DEAD, C_CLOSING };
  * rather than kept for the next write (idle sessions stay small). */
 #define CONN_KEEP_BUF 4096
 #define CONN_TLS_CHUNK 16384
+/* Longest a STARTTLS waits for another connection's handshake to the same
+ * host and port to bring a session to resume (tls_ctx_wait); then it does
+ * a full handshake of its own. */
+#define CONN_TLS_WAIT_NS (500u * 1000000u)
 
 struct conn {
   struct ring *r;
@@ -48,6 +52,9 @@ struct conn {
   unsigned rbuf_size;
   struct tls *tls;
   struct tls_ctx *implicit;
+  struct tls_ctx *wait_ctx;     /* non-NULL: waiting to start TLS (waiter queued or woken) */
+  struct tls_waiter waiter;
+  uint64_t wait_until;          /* end of the wait for a session to resume; 0 = not yet */
   char *tls_host;
   uint16_t tls_port;
 };
@@ -85,6 +92,8 @@ static void fail(struct conn *c, int err, const char *text) {
   if (c->st != C_OPEN && c->st != C_CONNECTING)
     return;
   c->st = C_DEAD;
+  tls_waiter_cancel(&c->waiter);
+  c->wait_ctx = NULL;
   ring_timer_cancel(c->r, &c->ctimer);
   if (c->op_connect)
     ring_op_cancel(c->r, c->op_connect);
@@ -105,8 +114,26 @@ static void tls_flush(struct conn *c) {
     kick_send(c);
 }
 
+static void on_wait_over(struct ring_timer *t);
+
+/* Another connection's handshake has a session for us, or ended without
+ * one: go on from the loop (we are inside that connection's TLS call). */
+static void on_wake(struct tls_waiter *w) {
+  struct conn *c = (struct conn *)((char *)w - offsetof(struct conn, waiter));
+  ring_timer_set(c->r, &c->ctimer, ring_now(c->r), on_wait_over);
+}
+
 static void start_tls(struct conn *c, struct tls_ctx *ctx) {
   char err[200];
+  if (c->wait_until == 0)
+    c->wait_until = ring_now(c->r) + CONN_TLS_WAIT_NS;
+  if (ring_now(c->r) < c->wait_until && tls_ctx_wait(ctx, c->tls_host, c->tls_port, &c->waiter)) {
+    c->wait_ctx = ctx;
+    c->waiter.wake = on_wake;
+    ring_timer_set(c->r, &c->ctimer, c->wait_until, on_wait_over);
+    return;
+  }
+  c->wait_ctx = NULL;
   c->tls = tls_new(ctx, c->tls_host, c->tls_port, err, sizeof err);
   if (c->tls == NULL) {
     fail(c, -EPROTO, err);
@@ -120,9 +147,25 @@ static void start_tls(struct conn *c, struct tls_ctx *ctx) {
   tls_flush(c);
 }
 
+static void on_wait_over(struct ring_timer *t) {
+  struct conn *c = (struct conn *)((char *)t - offsetof(struct conn, ctimer));
+  tls_waiter_cancel(&c->waiter); /* the deadline: no wake follows */
+  if (c->st != C_OPEN || c->wait_ctx == NULL)
+    return;
+  enter(c);
+  start_tls(c, c->wait_ctx);
+  leave(c);
+}
+
 /* ------------------------------------------------------------ receive */
 
 static void deliver(struct conn *c, const uint8_t *p, size_t n) {
+  if (c->wait_ctx != NULL) {
+    /* after the 220 to STARTTLS nothing may come before the handshake:
+     * never hand such bytes to the protocol as if they were protected */
+    fail(c, -EPROTO, "TLS handshake: server sent data before the handshake");
+    return;
+  }
   if (c->tls == NULL) {
     c->cbs->data(c->arg, p, n);
     return;
@@ -262,8 +305,8 @@ static void kick_send(struct conn *c) {
 int conn_send(struct conn *c, const void *p, size_t n) {
   if (c->st != C_OPEN && c->st != C_CONNECTING)
     return -EPIPE;
-  if (c->implicit != NULL && c->tls == NULL)
-    return -EAGAIN; /* implicit TLS: nothing before the handshake */
+  if ((c->implicit != NULL && c->tls == NULL) || c->wait_ctx != NULL)
+    return -EAGAIN; /* implicit TLS, or STARTTLS waiting: nothing before the handshake */
   if (c->tls != NULL) {
     if (c->hs)
       return -EAGAIN;
@@ -369,7 +412,7 @@ struct conn *conn_new(struct ring *r, const struct conn_params *p, const struct 
 int conn_starttls(struct conn *c, struct tls_ctx *ctx, const char *host, uint16_t port) {
   if (c->st != C_OPEN)
     return -EPIPE;
-  if (c->tls != NULL)
+  if (c->tls != NULL || c->wait_ctx != NULL)
     return -EALREADY;
   free(c->tls_host);
   c->tls_host = host ? util_xstrdup(host) : NULL;
@@ -392,6 +435,8 @@ void conn_close(struct conn *c) {
     return;
   bool was_open = c->st == C_OPEN;
   c->st = C_CLOSING;
+  tls_waiter_cancel(&c->waiter);
+  c->wait_ctx = NULL;
   ring_timer_cancel(c->r, &c->ctimer);
   if (c->op_connect)
     ring_op_cancel(c->r, c->op_connect);
@@ -423,7 +468,7 @@ void conn_close(struct conn *c) {
   }
 }
 
-bool conn_is_tls(const struct conn *c) { return c->tls != NULL; }
+bool conn_is_tls(const struct conn *c) { return c->tls != NULL || c->wait_ctx != NULL; }
 bool conn_tls_resumed(const struct conn *c) { return c->tls != NULL && tls_resumed(c->tls); }
 
 const char *conn_tls_describe(const struct conn *c, char *out, size_t outlen) {

@@ -24,6 +24,8 @@
 struct cache_ent {
   char key[TLS_KEY_MAX];
   SSL_SESSION *sess;
+  unsigned leading;            /* full handshakes in flight that may bring a session */
+  struct tls_waiter *waiters;  /* sessions waiting for one (tls_ctx_wait) */
 };
 
 struct tls_ctx {
@@ -45,6 +47,7 @@ struct tls {
   struct buf held; /* unread input kept across feeds (rare) */
   struct buf out;  /* ciphertext to send, handed over by tls_take */
   char key[TLS_KEY_MAX];
+  bool leading;  /* counted in its cache entry's `leading` */
   char err[TLS_ERR_MAX];
 };
 
@@ -116,6 +119,31 @@ static uint32_t fnv1a(const char *s) {
   return h;
 }
 
+/* Call every waiter of e (each is unlinked first; wake may queue it again
+ * later, from the loop, never from inside this call's caller). */
+static void wake_all(struct cache_ent *e) {
+  struct tls_waiter *w;
+  while ((w = e->waiters) != NULL) {
+    e->waiters = w->next;
+    if (w->next)
+      w->next->pprev = &e->waiters;
+    w->next = NULL;
+    w->pprev = NULL;
+    w->wake(w);
+  }
+}
+
+/* t no longer counts as a handshake that may bring a session for its key;
+ * when it was the last, its waiters go on (to a full handshake). */
+static void release(struct tls *t) {
+  if (!t->leading)
+    return;
+  t->leading = false;
+  struct cache_ent *e = &t->ctx->cache[fnv1a(t->key) % t->ctx->nslots];
+  if (e->leading > 0 && --e->leading == 0)
+    wake_all(e);
+}
+
 /* New session (TLS 1.3 tickets arrive after the handshake): remember it
  * for the next connection to the same host and port. Returning 1 keeps
  * our reference. */
@@ -125,12 +153,18 @@ static int on_new_session(SSL *ssl, SSL_SESSION *sess) {
     return 0;
   struct tls_ctx *c = t->ctx;
   struct cache_ent *e = &c->cache[fnv1a(t->key) % c->nslots];
+  if (strcmp(e->key, t->key) != 0 && (e->leading > 0 || e->waiters != NULL)) {
+    release(t); /* the slot is busy for another key: do not steal it */
+    return 0;
+  }
   if (e->sess != NULL)
     SSL_SESSION_free(e->sess);
   else
     c->used++;
   snprintf(e->key, sizeof e->key, "%s", t->key);
   e->sess = sess;
+  release(t);
+  wake_all(e); /* sessions waiting for this one may resume now */
   return 1;
 }
 
@@ -319,14 +353,24 @@ struct tls *tls_new(struct tls_ctx *c, const char *host, uint16_t port, char *er
     }
     snprintf(t->key, sizeof t->key, "%s:%u", host, port);
     struct cache_ent *e = &c->cache[fnv1a(t->key) % c->nslots];
-    if (e->sess != NULL && strcmp(e->key, t->key) == 0) {
-      if (SSL_SESSION_is_resumable(e->sess))
-        SSL_set_session(t->ssl, e->sess);
-      /* TLS 1.3 tickets are single-use: the server sends a fresh one. */
-      SSL_SESSION_free(e->sess);
-      e->sess = NULL;
-      e->key[0] = 0;
-      c->used--;
+    bool mine = strcmp(e->key, t->key) == 0;
+    if (e->sess != NULL && mine && SSL_SESSION_is_resumable(e->sess)) {
+      /* The session stays cached for the other connections to this host
+       * and port, also in parallel (a TLS 1.3 ticket used more than once:
+       * RFC 8446 C.4 "SHOULD NOT" is about linking a client's connections,
+       * which between two MTAs' fixed addresses says nothing new); every
+       * handshake's new ticket replaces it, so it stays fresh. */
+      SSL_set_session(t->ssl, e->sess);
+    } else if (mine || (e->leading == 0 && e->waiters == NULL)) {
+      /* a full handshake: others to this key may wait for its session */
+      if (e->sess != NULL) { /* expired, or another key's (the slot is ours now) */
+        SSL_SESSION_free(e->sess);
+        e->sess = NULL;
+        c->used--;
+      }
+      snprintf(e->key, sizeof e->key, "%s", t->key);
+      e->leading++;
+      t->leading = true;
     }
   } else if (c->verify == TLS_VERIFY_HOST) {
     snprintf(err, errlen, "TLS_Verify host needs a host name");
@@ -339,6 +383,7 @@ struct tls *tls_new(struct tls_ctx *c, const char *host, uint16_t port, char *er
 void tls_free(struct tls *t) {
   if (t == NULL)
     return;
+  release(t);
   SSL_free(t->ssl); /* frees the BIO too */
   buf_done(&t->held, 0);
   buf_done(&t->out, 0);
@@ -397,13 +442,45 @@ int tls_handshake(struct tls *t) {
   if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
     return 0;
   fail_text(t, "TLS handshake");
+  release(t);
   return -EPROTO;
+}
+
+bool tls_ctx_wait(struct tls_ctx *c, const char *host, uint16_t port, struct tls_waiter *w) {
+  if (host == NULL || !host[0])
+    return false;
+  char key[TLS_KEY_MAX];
+  snprintf(key, sizeof key, "%s:%u", host, port);
+  struct cache_ent *e = &c->cache[fnv1a(key) % c->nslots];
+  if (strcmp(e->key, key) != 0 || e->leading == 0 ||
+      (e->sess != NULL && SSL_SESSION_is_resumable(e->sess)))
+    return false;
+  w->next = e->waiters;
+  if (w->next)
+    w->next->pprev = &w->next;
+  w->pprev = &e->waiters;
+  e->waiters = w;
+  return true;
+}
+
+void tls_waiter_cancel(struct tls_waiter *w) {
+  if (w->pprev == NULL)
+    return;
+  *w->pprev = w->next;
+  if (w->next)
+    w->next->pprev = w->pprev;
+  w->next = NULL;
+  w->pprev = NULL;
 }
 
 ssize_t tls_read(struct tls *t, void *out, size_t n) {
   int rc = SSL_read(t->ssl, out, (int)(n > INT32_MAX ? INT32_MAX : n));
-  if (rc > 0)
+  if (rc > 0) {
+    /* A server sends its session tickets before its first reply: none
+     * came, so none will (waiters go on with full handshakes). */
+    release(t);
     return rc;
+  }
   int e = SSL_get_error(t->ssl, rc);
   if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
     return 0;

@@ -2,7 +2,8 @@
  * with and without the provided-buffer pool), connection refused, source
  * address binding, connect timeout, TLS verify modes no/ca/host with
  * matching and mismatching certificates, STARTTLS, handshake garbage,
- * session resumption. Servers are threads of this process (plain sockets,
+ * session resumption (also a burst of STARTTLS connections sharing one
+ * full handshake). Servers are threads of this process (plain sockets,
  * OpenSSL blocking I/O); certificates are made with the openssl CLI. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -33,7 +34,7 @@ static char certdir[64];
 
 /* ------------------------------------------------------------ server */
 
-enum smode { S_ECHO, S_TLS_ECHO, S_STARTTLS_ECHO, S_GARBAGE, S_PEER };
+enum smode { S_ECHO, S_TLS_ECHO, S_STARTTLS_ECHO, S_GARBAGE, S_PEER, S_STARTTLS_PAR };
 
 struct server {
   int lfd;
@@ -82,9 +83,40 @@ static void tls_echo(SSL_CTX *ctx, int fd) {
   SSL_free(ssl);
 }
 
+struct par_conn {
+  SSL_CTX *ctx;
+  int fd;
+  pthread_t th;
+};
+
+static void *par_main(void *arg) {
+  struct par_conn *pc = arg;
+  if (write(pc->fd, "220 go ahead\r\n", 14) == 14)
+    tls_echo(pc->ctx, pc->fd);
+  close(pc->fd);
+  return NULL;
+}
+
 static void *server_main(void *arg) {
   struct server *s = arg;
-  SSL_CTX *ctx = (s->mode == S_TLS_ECHO || s->mode == S_STARTTLS_ECHO) ? server_ctx() : NULL;
+  SSL_CTX *ctx = (s->mode == S_TLS_ECHO || s->mode == S_STARTTLS_ECHO ||
+                  s->mode == S_STARTTLS_PAR) ? server_ctx() : NULL;
+  if (s->mode == S_STARTTLS_PAR) { /* STARTTLS echo, every connection at once */
+    struct par_conn pc[8];
+    int n = 0;
+    while (n < s->nconn && n < 8) {
+      pc[n].ctx = ctx;
+      pc[n].fd = accept(s->lfd, NULL, NULL);
+      if (pc[n].fd < 0)
+        break;
+      pthread_create(&pc[n].th, NULL, par_main, &pc[n]);
+      n++;
+    }
+    for (int i = 0; i < n; i++)
+      pthread_join(pc[i].th, NULL);
+    SSL_CTX_free(ctx);
+    return NULL;
+  }
   for (int i = 0; i < s->nconn; i++) {
     struct sockaddr_in peer;
     socklen_t pl = sizeof peer;
@@ -119,6 +151,8 @@ static void *server_main(void *arg) {
       /* What a confused plaintext server says to a ClientHello. */
       (void)!read(fd, b, sizeof b);
       (void)!write(fd, "500 5.5.1 what is this\r\n500 5.5.1 and this\r\n", 44);
+      break;
+    case S_STARTTLS_PAR: /* handled above */
       break;
     }
     close(fd);
@@ -464,6 +498,46 @@ static void test_starttls_resume(void **st) {
   ring_free(r);
 }
 
+/* A burst of STARTTLS connections to one host and port on one context:
+ * one full handshake, the others wait for its session and resume it. */
+static void test_starttls_burst(void **st) {
+  (void)st;
+  enum { N = 4 };
+  struct ring *r = mk(false);
+  struct tls_ctx *ctx = ctx_for(TLS_VERIFY_HOST, "ca.crt");
+  struct server s;
+  server_start(&s, S_STARTTLS_PAR, N, NULL);
+  struct client k[N];
+  for (int i = 0; i < N; i++) {
+    client_go(&k[i], r, s.port, 20000, NULL, NULL);
+    k[i].starttls = true;
+    k[i].starttls_ctx = ctx;
+  }
+  uint64_t end = clock_mono_ns() + 5000000000ull;
+  int closed = 0;
+  while (closed < N && clock_mono_ns() < end) {
+    assert_true(ring_run_once(r, 50000000) >= 0);
+    closed = 0;
+    for (int i = 0; i < N; i++)
+      closed += k[i].closed;
+  }
+  assert_int_equal(closed, N);
+  int resumed = 0;
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(k[i].err, 0);
+    assert_true(k[i].tls_ready);
+    assert_false(k[i].mismatch);
+    assert_int_equal(k[i].got, 20000);
+    resumed += k[i].resumed;
+    client_done(&k[i]);
+  }
+  assert_int_equal(resumed, N - 1);
+  assert_int_equal(ring_ops_inflight(r), 1);
+  server_stop(&s);
+  tls_ctx_free(ctx);
+  ring_free(r);
+}
+
 static void test_tls_params(void **st) {
   (void)st;
   char err[256];
@@ -518,7 +592,8 @@ int main(void) {
     cmocka_unit_test(test_echo_fallback),   cmocka_unit_test(test_refused),
     cmocka_unit_test(test_bind_source),     cmocka_unit_test(test_connect_timeout),
     cmocka_unit_test(test_tls_verify_matrix), cmocka_unit_test(test_tls_garbage),
-    cmocka_unit_test(test_starttls_resume), cmocka_unit_test(test_tls_params),
+    cmocka_unit_test(test_starttls_resume), cmocka_unit_test(test_starttls_burst),
+    cmocka_unit_test(test_tls_params),
   };
   return cmocka_run_group_tests(tests, setup_certs, teardown_certs);
 }

@@ -83,6 +83,9 @@ int tls_handshake(struct tls *t);
 /* Decrypt into out: bytes (> 0), 0 needs more input, -EPIPE peer sent
  * close_notify, -EPROTO failed. */
 ssize_t tls_read(struct tls *t, void *out, size_t n);
+/* Whether another tls_read could return anything before more input is fed:
+ * fed bytes OpenSSL has not read, or a record or plaintext it holds. */
+bool tls_input_left(const struct tls *t);
 /* Encrypt n bytes (all of them, output via tls_take). n or -EPROTO. */
 ssize_t tls_write(struct tls *t, const void *p, size_t n);
 /* Queue a close_notify (output via tls_take). */

@@ -490,6 +490,10 @@ ssize_t tls_read(struct tls *t, void *out, size_t n) {
   return -EPROTO;
 }
 
+bool tls_input_left(const struct tls *t) {
+  return t->inlen > 0 || buf_avail(&t->held) > 0 || SSL_has_pending(t->ssl) == 1;
+}
+
 ssize_t tls_write(struct tls *t, const void *p, size_t n) {
   if (n == 0)
     return 0;

@@ -48,6 +48,7 @@ struct tls {
   struct buf out;  /* ciphertext to send, handed over by tls_take */
   char key[TLS_KEY_MAX];
   bool leading;  /* counted in its cache entry's `leading` */
+  bool bad;      /* a TLS-level failure after the handshake: its session is not to be resumed */
   char err[TLS_ERR_MAX];
 };
 
@@ -360,7 +361,13 @@ struct tls *tls_new(struct tls_ctx *c, const char *host, uint16_t port, char *er
        * RFC 8446 C.4 "SHOULD NOT" is about linking a client's connections,
        * which between two MTAs' fixed addresses says nothing new); every
        * handshake's new ticket replaces it, so it stays fresh. */
-      SSL_set_session(t->ssl, e->sess);
+      SSL_SESSION *d = SSL_SESSION_dup(e->sess);
+      /* a copy: OpenSSL marks the session a TLS 1.3 connection used as
+       * not resumable when its handshake ends (single use, its default) */
+      if (d != NULL) {
+        SSL_set_session(t->ssl, d);
+        SSL_SESSION_free(d); /* SSL_set_session took its own reference */
+      }
     } else if (mine || (e->leading == 0 && e->waiters == NULL)) {
       /* a full handshake: others to this key may wait for its session */
       if (e->sess != NULL) { /* expired, or another key's (the slot is ours now) */
@@ -384,6 +391,21 @@ void tls_free(struct tls *t) {
   if (t == NULL)
     return;
   release(t);
+  /* SSL_free marks the session of a connection that did not send
+   * close_notify as not resumable (TLS <= 1.2's rule), and a session that
+   * came with this connection is also the cached one: SMTP servers often
+   * just close after 221, so keep that rule for TLS-level failures (bad
+   * record, fatal alert) only, and then forget the host's session. */
+  if (!t->bad) {
+    SSL_set_shutdown(t->ssl, SSL_get_shutdown(t->ssl) | SSL_SENT_SHUTDOWN);
+  } else if (t->key[0]) {
+    struct cache_ent *e = &t->ctx->cache[fnv1a(t->key) % t->ctx->nslots];
+    if (e->sess != NULL && strcmp(e->key, t->key) == 0) {
+      SSL_SESSION_free(e->sess);
+      e->sess = NULL;
+      t->ctx->used--;
+    }
+  }
   SSL_free(t->ssl); /* frees the BIO too */
   buf_done(&t->held, 0);
   buf_done(&t->out, 0);
@@ -487,6 +509,7 @@ ssize_t tls_read(struct tls *t, void *out, size_t n) {
   if (e == SSL_ERROR_ZERO_RETURN)
     return -EPIPE;
   fail_text(t, "TLS read");
+  t->bad = true;
   return -EPROTO;
 }
 
@@ -501,6 +524,7 @@ ssize_t tls_write(struct tls *t, const void *p, size_t n) {
   if (rc > 0)
     return rc;
   fail_text(t, "TLS write");
+  t->bad = true;
   return -EPROTO;
 }
 

@@ -49,6 +49,10 @@ struct conn {
   socklen_t dstlen;
   struct buf wq[2];
   unsigned fly; /* wq[fly] is (or would be) in flight */
+  /* TLS: plaintext queued during this pass, encrypted at its end with one
+   * SSL_write (one record where the plain path makes one send: the body's
+   * end and the next pipelined commands). */
+  struct buf ptq;
   uint8_t *rbuf;
   unsigned rbuf_size;
   struct tls *tls;
@@ -77,6 +81,7 @@ static void reap_if_done(struct conn *c) {
   tls_free(c->tls);
   buf_done(&c->wq[0], 0);
   buf_done(&c->wq[1], 0);
+  buf_done(&c->ptq, 0);
   free(c->rbuf);
   free(c->tls_host);
   free(c);
@@ -110,9 +115,27 @@ static void fail(struct conn *c, int err, const char *text) {
     c->cbs->error(c->arg, err, text);
 }
 
+/* Encrypt the plaintext queued in this pass into the send queue. */
+static void seal(struct conn *c) {
+  if (c->tls == NULL || buf_avail(&c->ptq) == 0 || c->st != C_OPEN)
+    return;
+  ssize_t rc = tls_write(c->tls, buf_head(&c->ptq), buf_avail(&c->ptq));
+  buf_reset(&c->ptq);
+  if (c->ptq.cap > CONN_KEEP_BUF)
+    buf_done(&c->ptq, 0);
+  if (rc < 0) {
+    fail(c, -EPROTO, tls_error(c->tls));
+    return;
+  }
+  tls_take(c->tls, &c->wq[c->fly ^ 1]);
+}
+
 static void on_kick(struct ring_deferred *d) {
   struct conn *c = (struct conn *)((char *)d - offsetof(struct conn, kick));
+  enter(c);
+  seal(c);
   kick_send(c);
+  leave(c);
 }
 
 /* Send what is queued once this pass of completions is over, so bytes
@@ -329,11 +352,8 @@ int conn_send(struct conn *c, const void *p, size_t n) {
   if (c->tls != NULL) {
     if (c->hs)
       return -EAGAIN;
-    if (tls_write(c->tls, p, n) < 0) {
-      fail(c, -EPROTO, tls_error(c->tls));
-      return -EPROTO;
-    }
-    tls_flush(c);
+    buf_append(&c->ptq, p, n); /* sealed at the end of the pass (seal) */
+    ring_defer(c->r, &c->kick, on_kick);
     return 0;
   }
   buf_append(&c->wq[c->fly ^ 1], p, n);
@@ -341,7 +361,9 @@ int conn_send(struct conn *c, const void *p, size_t n) {
   return 0;
 }
 
-size_t conn_pending(const struct conn *c) { return buf_avail(&c->wq[0]) + buf_avail(&c->wq[1]); }
+size_t conn_pending(const struct conn *c) {
+  return buf_avail(&c->wq[0]) + buf_avail(&c->wq[1]) + buf_avail(&c->ptq);
+}
 
 /* ------------------------------------------------------------ connect */
 
@@ -502,5 +524,5 @@ const char *conn_tls_describe(const struct conn *c, char *out, size_t outlen) {
 int conn_fd(const struct conn *c) { return c->fd; }
 
 size_t conn_mem(const struct conn *c) {
-  return sizeof *c + c->wq[0].cap + c->wq[1].cap + (c->rbuf ? c->rbuf_size : 0);
+  return sizeof *c + c->wq[0].cap + c->wq[1].cap + c->ptq.cap + (c->rbuf ? c->rbuf_size : 0);
 }

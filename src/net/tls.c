@@ -20,6 +20,13 @@
 
 #define TLS_ERR_MAX 200
 #define TLS_KEY_MAX 270 /* "host:port" for a 253-byte host name */
+/* Handshakes in progress per context (a worker's) at once: each holds
+ * ~80 KB of OpenSSL buffers while it runs, so a burst of hundreds of new
+ * connections made the kernel map fresh pages for every one of them (page
+ * faults were ~6% of the worker's and of the server's CPU with 160 at
+ * once); with a few dozen the memory is reused. CPU-bound locally, and on
+ * a 100 ms path still 300+ handshakes a second per worker. */
+#define TLS_HANDSHAKES_MAX 32
 
 struct cache_ent {
   char key[TLS_KEY_MAX];
@@ -33,6 +40,10 @@ struct tls_ctx {
   enum tls_verify verify;
   struct cache_ent *cache;
   unsigned nslots, used;
+  /* Handshakes in progress on this context, and sessions waiting for one
+   * to end (FIFO) when there are hs_max of them. */
+  unsigned hs_running, hs_max;
+  struct tls_waiter *hs_head, **hs_tail;
 };
 
 struct tls {
@@ -48,6 +59,7 @@ struct tls {
   struct buf out;  /* ciphertext to send, handed over by tls_take */
   char key[TLS_KEY_MAX];
   bool leading;  /* counted in its cache entry's `leading` */
+  bool in_hs;    /* counted in its context's hs_running */
   bool bad;      /* a TLS-level failure after the handshake: its session is not to be resumed */
   char err[TLS_ERR_MAX];
 };
@@ -143,6 +155,21 @@ static void release(struct tls *t) {
   struct cache_ent *e = &t->ctx->cache[fnv1a(t->key) % t->ctx->nslots];
   if (e->leading > 0 && --e->leading == 0)
     wake_all(e);
+}
+
+/* t's handshake is over (done, failed or abandoned): the next session
+ * waiting for a handshake slot may start. */
+static void hs_done(struct tls *t) {
+  if (!t->in_hs)
+    return;
+  t->in_hs = false;
+  struct tls_ctx *c = t->ctx;
+  c->hs_running--;
+  struct tls_waiter *w = c->hs_head;
+  if (w == NULL)
+    return;
+  tls_waiter_cancel(w);
+  w->wake(w);
 }
 
 /* New session (TLS 1.3 tickets arrive after the handshake): remember it
@@ -300,6 +327,8 @@ struct tls_ctx *tls_ctx_new(const struct tls_params *p, char *err, size_t errlen
   c->ssl = s;
   c->verify = p->verify;
   c->nslots = p->cache_slots ? p->cache_slots : 1024;
+  c->hs_max = p->max_handshakes ? p->max_handshakes : TLS_HANDSHAKES_MAX;
+  c->hs_tail = &c->hs_head;
   c->cache = util_xcalloc(c->nslots, sizeof *c->cache);
   return c;
 fail:
@@ -319,6 +348,7 @@ void tls_ctx_free(struct tls_ctx *c) {
 }
 
 unsigned tls_ctx_cached(const struct tls_ctx *c) { return c->used; }
+unsigned tls_ctx_handshakes(const struct tls_ctx *c) { return c->hs_running; }
 
 struct tls *tls_new(struct tls_ctx *c, const char *host, uint16_t port, char *err, size_t errlen) {
   struct tls *t = util_xcalloc(1, sizeof *t);
@@ -337,6 +367,8 @@ struct tls *tls_new(struct tls_ctx *c, const char *host, uint16_t port, char *er
   SSL_set_bio(t->ssl, t->bio, t->bio); /* same BIO both ways: SSL takes our one reference */
   SSL_set_ex_data(t->ssl, ex_index, t);
   SSL_set_connect_state(t->ssl);
+  t->in_hs = true;
+  c->hs_running++;
   if (host != NULL && host[0]) {
     bool literal = strspn(host, "0123456789.") == strlen(host) || strchr(host, ':') != NULL;
     if (!literal)
@@ -390,6 +422,7 @@ struct tls *tls_new(struct tls_ctx *c, const char *host, uint16_t port, char *er
 void tls_free(struct tls *t) {
   if (t == NULL)
     return;
+  hs_done(t);
   release(t);
   /* SSL_free marks the session of a connection that did not send
    * close_notify as not resumable (TLS <= 1.2's rule), and a session that
@@ -458,30 +491,42 @@ static void fail_text(struct tls *t, const char *what) {
 
 int tls_handshake(struct tls *t) {
   int rc = SSL_do_handshake(t->ssl);
-  if (rc == 1)
+  if (rc == 1) {
+    hs_done(t);
     return 1;
+  }
   int e = SSL_get_error(t->ssl, rc);
   if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
     return 0;
   fail_text(t, "TLS handshake");
+  hs_done(t);
   release(t);
   return -EPROTO;
 }
 
 bool tls_ctx_wait(struct tls_ctx *c, const char *host, uint16_t port, struct tls_waiter *w) {
-  if (host == NULL || !host[0])
+  if (host != NULL && host[0]) {
+    char key[TLS_KEY_MAX];
+    snprintf(key, sizeof key, "%s:%u", host, port);
+    struct cache_ent *e = &c->cache[fnv1a(key) % c->nslots];
+    if (strcmp(e->key, key) == 0 && e->leading > 0 &&
+        !(e->sess != NULL && SSL_SESSION_is_resumable(e->sess))) {
+      w->tail = NULL;
+      w->next = e->waiters;
+      if (w->next)
+        w->next->pprev = &w->next;
+      w->pprev = &e->waiters;
+      e->waiters = w;
+      return true;
+    }
+  }
+  if (c->hs_running < c->hs_max)
     return false;
-  char key[TLS_KEY_MAX];
-  snprintf(key, sizeof key, "%s:%u", host, port);
-  struct cache_ent *e = &c->cache[fnv1a(key) % c->nslots];
-  if (strcmp(e->key, key) != 0 || e->leading == 0 ||
-      (e->sess != NULL && SSL_SESSION_is_resumable(e->sess)))
-    return false;
-  w->next = e->waiters;
-  if (w->next)
-    w->next->pprev = &w->next;
-  w->pprev = &e->waiters;
-  e->waiters = w;
+  w->tail = &c->hs_tail; /* at the end of the queue for a handshake slot */
+  w->next = NULL;
+  w->pprev = c->hs_tail;
+  *c->hs_tail = w;
+  c->hs_tail = &w->next;
   return true;
 }
 
@@ -491,8 +536,11 @@ void tls_waiter_cancel(struct tls_waiter *w) {
   *w->pprev = w->next;
   if (w->next)
     w->next->pprev = w->pprev;
+  else if (w->tail != NULL)
+    *w->tail = w->pprev;
   w->next = NULL;
   w->pprev = NULL;
+  w->tail = NULL;
 }
 
 ssize_t tls_read(struct tls *t, void *out, size_t n) {

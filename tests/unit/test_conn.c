@@ -500,11 +500,19 @@ static void test_starttls_resume(void **st) {
 
 /* A burst of STARTTLS connections to one host and port on one context:
  * one full handshake, the others wait for its session and resume it. */
-static void test_starttls_burst(void **st) {
-  (void)st;
+static void starttls_burst(unsigned max_hs) {
   enum { N = 4 };
   struct ring *r = mk(false);
   struct tls_ctx *ctx = ctx_for(TLS_VERIFY_HOST, "ca.crt");
+  if (max_hs) { /* the same context, with a handshake limit */
+    char err[256];
+    char ca[128];
+    snprintf(ca, sizeof ca, "%s/ca.crt", certdir);
+    struct tls_params tp = {.verify = TLS_VERIFY_HOST, .ca_file = ca, .max_handshakes = max_hs};
+    tls_ctx_free(ctx);
+    ctx = tls_ctx_new(&tp, err, sizeof err);
+    assert_non_null(ctx);
+  }
   struct server s;
   server_start(&s, S_STARTTLS_PAR, N, NULL);
   struct client k[N];
@@ -517,6 +525,8 @@ static void test_starttls_burst(void **st) {
   int closed = 0;
   while (closed < N && clock_mono_ns() < end) {
     assert_true(ring_run_once(r, 50000000) >= 0);
+    if (max_hs)
+      assert_true(tls_ctx_handshakes(ctx) <= max_hs);
     closed = 0;
     for (int i = 0; i < N; i++)
       closed += k[i].closed;
@@ -532,11 +542,15 @@ static void test_starttls_burst(void **st) {
     client_done(&k[i]);
   }
   assert_int_equal(resumed, N - 1);
+  assert_int_equal(tls_ctx_handshakes(ctx), 0);
   assert_int_equal(ring_ops_inflight(r), 1);
   server_stop(&s);
   tls_ctx_free(ctx);
   ring_free(r);
 }
+static void test_starttls_burst(void **st) { (void)st; starttls_burst(0); }
+/* at most one handshake at a time: the others queue and still all finish */
+static void test_starttls_burst_one(void **st) { (void)st; starttls_burst(1); }
 
 static void test_tls_params(void **st) {
   (void)st;
@@ -593,6 +607,7 @@ int main(void) {
     cmocka_unit_test(test_bind_source),     cmocka_unit_test(test_connect_timeout),
     cmocka_unit_test(test_tls_verify_matrix), cmocka_unit_test(test_tls_garbage),
     cmocka_unit_test(test_starttls_resume), cmocka_unit_test(test_starttls_burst),
+    cmocka_unit_test(test_starttls_burst_one),
     cmocka_unit_test(test_tls_params),
   };
   return cmocka_run_group_tests(tests, setup_certs, teardown_certs);

@@ -58,7 +58,8 @@ struct tls {
   struct buf held; /* unread input kept across feeds (rare) */
   struct buf out;  /* ciphertext to send, handed over by tls_take */
   char key[TLS_KEY_MAX];
-  bool leading;  /* counted in its cache entry's `leading` */
+  bool leading;  /* counted in ent->leading */
+  struct cache_ent *ent; /* while leading (an entry with a leader keeps its key) */
   bool in_hs;    /* counted in its context's hs_running */
   bool bad;      /* a TLS-level failure after the handshake: its session is not to be resumed */
   char err[TLS_ERR_MAX];
@@ -132,6 +133,49 @@ static uint32_t fnv1a(const char *s) {
   return h;
 }
 
+/* The cache is 2-way: a key lives in slot fnv1a % n or the next one, so
+ * two busy keys that hash alike (e.g. one MX on two ports) do not keep
+ * evicting each other's session. */
+static struct cache_ent *ent_find(struct tls_ctx *c, const char *key) {
+  uint32_t i = fnv1a(key) % c->nslots;
+  for (uint32_t k = 0; k < 2; k++) {
+    struct cache_ent *e = &c->cache[(i + k) % c->nslots];
+    if (e->key[0] && strcmp(e->key, key) == 0)
+      return e;
+  }
+  return NULL;
+}
+
+static bool ent_idle(const struct cache_ent *e) { return e->leading == 0 && e->waiters == NULL; }
+
+/* key's entry, or one of its two slots taken over for it (an empty one
+ * first, else one whose session only is dropped); NULL when both are
+ * busy with another key's handshakes or waiters. */
+static struct cache_ent *ent_claim(struct tls_ctx *c, const char *key) {
+  struct cache_ent *e = ent_find(c, key);
+  if (e != NULL)
+    return e;
+  uint32_t i = fnv1a(key) % c->nslots;
+  struct cache_ent *a = &c->cache[i], *b = &c->cache[(i + 1) % c->nslots];
+  if (ent_idle(a) && a->sess == NULL)
+    e = a;
+  else if (ent_idle(b) && b->sess == NULL)
+    e = b;
+  else if (ent_idle(a))
+    e = a;
+  else if (ent_idle(b))
+    e = b;
+  else
+    return NULL;
+  if (e->sess != NULL) {
+    SSL_SESSION_free(e->sess);
+    e->sess = NULL;
+    c->used--;
+  }
+  snprintf(e->key, sizeof e->key, "%s", key);
+  return e;
+}
+
 /* Call every waiter of e (each is unlinked first; wake may queue it again
  * later, from the loop, never from inside this call's caller). */
 static void wake_all(struct cache_ent *e) {
@@ -152,7 +196,8 @@ static void release(struct tls *t) {
   if (!t->leading)
     return;
   t->leading = false;
-  struct cache_ent *e = &t->ctx->cache[fnv1a(t->key) % t->ctx->nslots];
+  struct cache_ent *e = t->ent;
+  t->ent = NULL;
   if (e->leading > 0 && --e->leading == 0)
     wake_all(e);
 }
@@ -180,16 +225,15 @@ static int on_new_session(SSL *ssl, SSL_SESSION *sess) {
   if (t == NULL || t->key[0] == 0)
     return 0;
   struct tls_ctx *c = t->ctx;
-  struct cache_ent *e = &c->cache[fnv1a(t->key) % c->nslots];
-  if (strcmp(e->key, t->key) != 0 && (e->leading > 0 || e->waiters != NULL)) {
-    release(t); /* the slot is busy for another key: do not steal it */
+  struct cache_ent *e = ent_claim(c, t->key);
+  if (e == NULL) {
+    release(t); /* both slots busy for other keys: do not steal them */
     return 0;
   }
   if (e->sess != NULL)
     SSL_SESSION_free(e->sess);
   else
     c->used++;
-  snprintf(e->key, sizeof e->key, "%s", t->key);
   e->sess = sess;
   release(t);
   wake_all(e); /* sessions waiting for this one may resume now */
@@ -385,9 +429,8 @@ struct tls *tls_new(struct tls_ctx *c, const char *host, uint16_t port, char *er
       }
     }
     snprintf(t->key, sizeof t->key, "%s:%u", host, port);
-    struct cache_ent *e = &c->cache[fnv1a(t->key) % c->nslots];
-    bool mine = strcmp(e->key, t->key) == 0;
-    if (e->sess != NULL && mine && SSL_SESSION_is_resumable(e->sess)) {
+    struct cache_ent *e = ent_find(c, t->key);
+    if (e != NULL && e->sess != NULL && SSL_SESSION_is_resumable(e->sess)) {
       /* The session stays cached for the other connections to this host
        * and port, also in parallel (a TLS 1.3 ticket used more than once:
        * RFC 8446 C.4 "SHOULD NOT" is about linking a client's connections,
@@ -400,16 +443,16 @@ struct tls *tls_new(struct tls_ctx *c, const char *host, uint16_t port, char *er
         SSL_set_session(t->ssl, d);
         SSL_SESSION_free(d); /* SSL_set_session took its own reference */
       }
-    } else if (mine || (e->leading == 0 && e->waiters == NULL)) {
+    } else if ((e = ent_claim(c, t->key)) != NULL) {
       /* a full handshake: others to this key may wait for its session */
-      if (e->sess != NULL) { /* expired, or another key's (the slot is ours now) */
+      if (e->sess != NULL) { /* expired */
         SSL_SESSION_free(e->sess);
         e->sess = NULL;
         c->used--;
       }
-      snprintf(e->key, sizeof e->key, "%s", t->key);
       e->leading++;
       t->leading = true;
+      t->ent = e;
     }
   } else if (c->verify == TLS_VERIFY_HOST) {
     snprintf(err, errlen, "TLS_Verify host needs a host name");
@@ -432,8 +475,8 @@ void tls_free(struct tls *t) {
   if (!t->bad) {
     SSL_set_shutdown(t->ssl, SSL_get_shutdown(t->ssl) | SSL_SENT_SHUTDOWN);
   } else if (t->key[0]) {
-    struct cache_ent *e = &t->ctx->cache[fnv1a(t->key) % t->ctx->nslots];
-    if (e->sess != NULL && strcmp(e->key, t->key) == 0) {
+    struct cache_ent *e = ent_find(t->ctx, t->key);
+    if (e != NULL && e->sess != NULL) {
       SSL_SESSION_free(e->sess);
       e->sess = NULL;
       t->ctx->used--;
@@ -508,8 +551,8 @@ bool tls_ctx_wait(struct tls_ctx *c, const char *host, uint16_t port, struct tls
   if (host != NULL && host[0]) {
     char key[TLS_KEY_MAX];
     snprintf(key, sizeof key, "%s:%u", host, port);
-    struct cache_ent *e = &c->cache[fnv1a(key) % c->nslots];
-    if (strcmp(e->key, key) == 0 && e->leading > 0 &&
+    struct cache_ent *e = ent_find(c, key);
+    if (e != NULL && e->leading > 0 &&
         !(e->sess != NULL && SSL_SESSION_is_resumable(e->sess))) {
       w->tail = NULL;
       w->next = e->waiters;

@@ -188,6 +188,7 @@ struct client {
   unsigned char *rx;
   bool mismatch;
   struct tls_ctx *starttls_ctx;
+  uint16_t starttls_port; /* the session cache key's port; 0 = 25 */
   bool sent_payload;
 };
 
@@ -213,7 +214,8 @@ static void cb_tls_ready(void *arg) {
 static void cb_data(void *arg, const uint8_t *p, size_t n) {
   struct client *k = arg;
   if (k->starttls && !conn_is_tls(k->c)) {
-    assert_int_equal(conn_starttls(k->c, k->starttls_ctx, "localhost", 25), 0);
+    assert_int_equal(conn_starttls(k->c, k->starttls_ctx, "localhost",
+                                   k->starttls_port ? k->starttls_port : 25), 0);
     return;
   }
   if (k->got + n > k->wantlen) {
@@ -500,6 +502,37 @@ static void test_starttls_resume(void **st) {
 
 /* A burst of STARTTLS connections to one host and port on one context:
  * one full handshake, the others wait for its session and resume it. */
+/* Two keys in the same slot (localhost:25 and :27) alternating on a
+ * 2-slot cache: each keeps its session (the cache is 2-way), so every
+ * visit after the first of each resumes. */
+static void test_starttls_two_keys(void **st) {
+  (void)st;
+  struct ring *r = mk(false);
+  char err[256], ca[128];
+  snprintf(ca, sizeof ca, "%s/ca.crt", certdir);
+  struct tls_params tp = {.verify = TLS_VERIFY_HOST, .ca_file = ca, .cache_slots = 2};
+  struct tls_ctx *ctx = tls_ctx_new(&tp, err, sizeof err);
+  assert_non_null(ctx);
+  struct server s;
+  server_start(&s, S_STARTTLS_ECHO, 6, NULL);
+  for (int i = 0; i < 6; i++) {
+    struct client k;
+    client_go(&k, r, s.port, 1000, NULL, NULL);
+    k.starttls = true;
+    k.starttls_ctx = ctx;
+    k.starttls_port = (uint16_t)(25 + 2 * (i % 2)); /* same slot of 2 */
+    run_until_closed(&k);
+    assert_int_equal(k.err, 0);
+    assert_int_equal(k.got, 1000);
+    assert_int_equal(k.resumed, i >= 2);
+    client_done(&k);
+  }
+  assert_int_equal(tls_ctx_cached(ctx), 2);
+  server_stop(&s);
+  tls_ctx_free(ctx);
+  ring_free(r);
+}
+
 static void starttls_burst(unsigned max_hs) {
   enum { N = 4 };
   struct ring *r = mk(false);
@@ -607,7 +640,7 @@ int main(void) {
     cmocka_unit_test(test_bind_source),     cmocka_unit_test(test_connect_timeout),
     cmocka_unit_test(test_tls_verify_matrix), cmocka_unit_test(test_tls_garbage),
     cmocka_unit_test(test_starttls_resume), cmocka_unit_test(test_starttls_burst),
-    cmocka_unit_test(test_starttls_burst_one),
+    cmocka_unit_test(test_starttls_burst_one), cmocka_unit_test(test_starttls_two_keys),
     cmocka_unit_test(test_tls_params),
   };
   return cmocka_run_group_tests(tests, setup_certs, teardown_certs);

@@ -34,7 +34,7 @@ static char certdir[64];
 
 /* ------------------------------------------------------------ server */
 
-enum smode { S_ECHO, S_TLS_ECHO, S_STARTTLS_ECHO, S_GARBAGE, S_PEER, S_STARTTLS_PAR };
+enum smode { S_ECHO, S_TLS_ECHO, S_STARTTLS_ECHO, S_GARBAGE, S_PEER, S_STARTTLS_PAR, S_STARTTLS_HANG };
 
 struct server {
   int lfd;
@@ -153,6 +153,11 @@ static void *server_main(void *arg) {
       (void)!write(fd, "500 5.5.1 what is this\r\n500 5.5.1 and this\r\n", 44);
       break;
     case S_STARTTLS_PAR: /* handled above */
+      break;
+    case S_STARTTLS_HANG: /* says go ahead, then never answers the ClientHello */
+      if (write(fd, "220 go ahead\r\n", 14) == 14)
+        while (read(fd, b, sizeof b) > 0) {
+        }
       break;
     }
     close(fd);
@@ -533,6 +538,51 @@ static void test_starttls_two_keys(void **st) {
   ring_free(r);
 }
 
+/* The first handshake to a host never finishes: a second connection to
+ * the same host and port waits for its session only up to its deadline,
+ * then makes its own full handshake. */
+static void test_starttls_leader_stuck(void **st) {
+  (void)st;
+  struct ring *r = mk(false);
+  struct tls_ctx *ctx = ctx_for(TLS_VERIFY_HOST, "ca.crt");
+  struct server hang, echo_s;
+  server_start(&hang, S_STARTTLS_HANG, 1, NULL);
+  server_start(&echo_s, S_STARTTLS_ECHO, 1, NULL);
+  struct client a, b;
+  client_go(&a, r, hang.port, 10, NULL, NULL);
+  a.starttls = true;
+  a.starttls_ctx = ctx;
+  uint64_t end = clock_mono_ns() + 5000000000ull;
+  while (tls_ctx_handshakes(ctx) == 0 && clock_mono_ns() < end)
+    assert_true(ring_run_once(r, 50000000) >= 0);
+  assert_int_equal(tls_ctx_handshakes(ctx), 1); /* a leads, and hangs */
+  client_go(&b, r, echo_s.port, 1000, NULL, NULL);
+  b.starttls = true;
+  b.starttls_ctx = ctx;
+  uint64_t t0 = clock_mono_ns();
+  while (!b.closed && clock_mono_ns() < end)
+    assert_true(ring_run_once(r, 50000000) >= 0);
+  assert_true(b.closed);
+  assert_int_equal(b.err, 0);
+  assert_int_equal(b.got, 1000);
+  assert_false(b.resumed);
+  assert_true(clock_mono_ns() - t0 >= 400000000ull); /* it did wait (500 ms) */
+  assert_false(a.closed);
+  assert_false(a.tls_ready);
+  conn_close(a.c);
+  while (!a.closed && clock_mono_ns() < end)
+    assert_true(ring_run_once(r, 50000000) >= 0);
+  assert_true(a.closed);
+  assert_int_equal(tls_ctx_handshakes(ctx), 0);
+  assert_int_equal(ring_ops_inflight(r), 1);
+  client_done(&a);
+  client_done(&b);
+  server_stop(&hang);
+  server_stop(&echo_s);
+  tls_ctx_free(ctx);
+  ring_free(r);
+}
+
 static void starttls_burst(unsigned max_hs) {
   enum { N = 4 };
   struct ring *r = mk(false);
@@ -641,6 +691,7 @@ int main(void) {
     cmocka_unit_test(test_tls_verify_matrix), cmocka_unit_test(test_tls_garbage),
     cmocka_unit_test(test_starttls_resume), cmocka_unit_test(test_starttls_burst),
     cmocka_unit_test(test_starttls_burst_one), cmocka_unit_test(test_starttls_two_keys),
+    cmocka_unit_test(test_starttls_leader_stuck),
     cmocka_unit_test(test_tls_params),
   };
   return cmocka_run_group_tests(tests, setup_certs, teardown_certs);

@@ -91,8 +91,10 @@ def main():
             notes.append("%.1f KB RSS per session" % r["rss_kb_per_session"])
         if r.get("backlog"):
             notes.append("backlog: all files in pickup/ (synced to disk) before start; time from engine start")
-        if r.get("mode") == "auth":
-            notes.append("AUTH PLAIN ok %d, TLS %d" % (r.get("sink_auth", 0), r.get("sink_tls", 0)))
+        if r.get("mode") in ("auth", "starttls"):
+            notes.append("%sTLS handshakes %d (resumed %s)" % (
+                "AUTH PLAIN ok %d, " % r.get("sink_auth", 0) if r.get("mode") == "auth" else "",
+                r.get("sink_tls", 0), r.get("sink_tls_resumed", "?")))
         if not r.get("complete", True):
             notes.append("INCOMPLETE %d/%d" % (r["delivered"], r["count"]))
         w("| %s | %s | %s | %d | **%s** | %s | %s | %s (%s/%s) | %.1f | %s | %s | %s | %s | `%s` |" % (

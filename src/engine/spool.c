@@ -73,7 +73,12 @@
 #define JRN_VERSION 1u
 #define JRN_SEG_MAX (64u * 1024u * 1024u) /* rotate a segment past this many bytes */
 #define JRN_SLOTS 4096u                   /* named limit: live segments (256 GB) */
-#define JRN_BATCH_BYTES (32u * 1024u * 1024u) /* an ingest batch stops growing here */
+/* An ingest batch stops growing here. Small enough that the batch buffer is
+ * still in the CPU cache when it is written: a 50 MB batch (512 x 100 KB)
+ * was read back from memory by the pwrite, at several times the cost of
+ * copying it while it is hot. Group commit does not suffer: the commit
+ * thread syncs every batch queued meanwhile with one fdatasync. */
+#define JRN_BATCH_BYTES (2u * 1024u * 1024u)
 #define JRN_FD_MAX 65536u                 /* segment fds are below this (open-files limits are lower) */
 #define REC_JMSG 4u
 #define REC_JSTATE 5u
@@ -129,6 +134,7 @@ struct spool {
   struct iobatch *iread, *iunlink;
   bool iread_tried, iunlink_tried;
   struct buf jbuf;
+  uint64_t avg_file; /* ingest thread: running mean of pickup file sizes */
 };
 
 
@@ -1931,9 +1937,15 @@ static long ingest_journal(struct spool *sp)
     size_t k = sp->nnames - sp->inames;
     if (k > max - bt->n)
       k = max - bt->n;
-    if (ring && sp->iread && k > 1 && k <= sp->iread->cap &&
+    /* read ahead about what fits in the batch's bytes, going by the last
+     * batch's files; files over PRE_BUF gain nothing from the ring's
+     * first read (they are read again whole) */
+    size_t fit = (JRN_BATCH_BYTES - sp->jbuf.len) / (sp->avg_file ? sp->avg_file : 1) + 1;
+    if (k > fit)
+      k = fit;
+    if (ring && sp->iread && k > 1 && k <= sp->iread->cap && sp->avg_file <= PRE_BUF &&
         iobatch_read(sp->iread, sp->pickup_fd, sp->names + sp->inames, (unsigned)k) == 0) {
-      for (size_t j = 0; j < k; j++) {
+      for (size_t j = 0; j < k && sp->jbuf.len < JRN_BATCH_BYTES; j++) {
         char *name = sp->names[sp->inames++];
         int r = jrn_take_pre(sp, name, &sp->iread->pre[j], sp->iread->buf + j * PRE_BUF,
                              &bt->c[bt->n]);
@@ -1959,6 +1971,7 @@ static long ingest_journal(struct spool *sp)
     atomic_store(&sp->last_err, 0);
     return 0;
   }
+  sp->avg_file = sp->jbuf.len / (size_t)n;
   int r = jrn_put(sp, sp->jbuf.data, sp->jbuf.len, (uint32_t)n, &bt->seg, &bt->base);
   if (r == 0 && sp->pipelined) {
     pthread_mutex_lock(&sp->qlock);

@@ -207,6 +207,27 @@ static size_t line_at(const char *data, size_t len, size_t pos, size_t *next)
   return end - pos;
 }
 
+/* Whether any byte of p[0..n) is >= 0x80. 64 bytes a step, OR-ed as words
+ * (the compiler vectorises the inner loop): the body of every message is
+ * scanned, and a byte loop cost ~40 us per 100 KB. */
+static bool any_high_bit(const unsigned char *p, size_t n)
+{
+  const uint64_t hi = 0x8080808080808080u;
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    uint64_t w[8], acc = 0;
+    memcpy(w, p + i, sizeof(w));
+    for (int j = 0; j < 8; j++)
+      acc |= w[j];
+    if (acc & hi)
+      return true;
+  }
+  for (; i < n; i++)
+    if (p[i] >= 0x80)
+      return true;
+  return false;
+}
+
 int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *reason,
                 size_t rlen)
 {
@@ -332,12 +353,8 @@ int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *
     }
     pos = next;
   }
-  for (size_t i = env->body_off; i < len; i++) {
-    if ((unsigned char)data[i] >= 0x80) {
-      env->flags |= SPOOL_MSG_F_8BIT;
-      break;
-    }
-  }
+  if (any_high_bit((const unsigned char *)data + env->body_off, len - env->body_off))
+    env->flags |= SPOOL_MSG_F_8BIT;
   if (!(env->flags & SPOOL_MSG_F_8BIT)) {
     for (uint32_t i = 0; i < env->nrcpt; i++)
       for (const char *q = env->rcpt[i]; *q; q++)

@@ -88,6 +88,22 @@ static inline bool ring_timer_armed(const struct ring_timer *t) { return t->idx 
 /* Number of armed timers (tests, statistics). */
 unsigned ring_timer_count(const struct ring *r);
 
+/* ---- deferred work (loop thread) ----
+ * Runs once, just before the loop next submits and waits: everything a
+ * pass of completions produced is then flushed together (e.g. one send per
+ * connection for the body's end and the next pipelined commands). */
+struct ring_deferred {
+  struct ring_deferred *next, *prev;
+  void (*fn)(struct ring_deferred *d);
+  bool queued;
+};
+/* Queue d (no-op when already queued); fn runs on the loop thread. */
+void ring_defer(struct ring *r, struct ring_deferred *d, void (*fn)(struct ring_deferred *d));
+/* Unqueue d; no-op when not queued. */
+void ring_defer_cancel(struct ring *r, struct ring_deferred *d);
+/* Run everything queued now (also done by ring_run_once). */
+void ring_run_deferred(struct ring *r);
+
 /* ---- operations (loop thread) ---- */
 /* Completion callback: res is the CQE result (>= 0 or -errno). */
 typedef void (*ring_op_fn)(void *owner, int res, unsigned cqe_flags);

@@ -17,7 +17,9 @@
  *     while (smtpc_next_event(s, &ev)) switch (ev.type) {
  *       NEED_TLS:   handshake; smtpc_tls_done(s, ok, now)
  *       NEED_AUTH:  (only with params.auth_deferred) smtpc_set_auth(s, &creds, now)
- *       READY:      smtpc_begin_txn(s, &txn, now) or smtpc_quit(s, now)
+ *       READY:      smtpc_begin_txn(s, &txn, now) or smtpc_quit(s, now);
+ *                   with flag SMTPC_F_PIPELINED: smtpc_begin_txn or nothing
+ *                   (a plain READY follows the final reply if unused)
  *       NEED_BODY:  smtpc_body(s, chunk, len, is_last, now) until all consumed
  *       RCPT_RESULT, AUTH_RESULT: informational
  *       TXN_DONE:   every txn->results[i] and *txn->final are filled in
@@ -44,6 +46,16 @@
  * - RSET: after a failed or aborted transaction the machine sends RSET and
  *   waits for its reply before READY; after a successful one it does not
  *   (as Postfix). A RSET refused ends the session (FAILED, transient).
+ * - Pipelining across transactions (RFC 2920 3.1: message content may be
+ *   the first "command" of a group): with PIPELINING, once the body's dot
+ *   is written a READY with SMTPC_F_PIPELINED offers the next transaction,
+ *   whose MAIL/RCPT/DATA then go out behind the dot before the final reply
+ *   is in. Its txn must use other results/final slots (-EINVAL otherwise).
+ *   Replies stay in order: the previous TXN_DONE always comes first, except
+ *   a transaction refused locally by smtpc_begin_txn (SIZE, SMTPUTF8), whose
+ *   TXN_DONE is immediate; match TXN_DONE to its transaction by ev.final.
+ *   A final 4xx/5xx then needs no RSET; a session that ends before the
+ *   final reply gives that transaction a transient result.
  * - All recipients refused: lock-step never sends DATA; pipelined, if the
  *   server still answers DATA with 354, the machine sends a lone "." (RFC
  *   2920 section 3.1 / Postfix), ignores that reply and RSETs.
@@ -185,6 +197,7 @@ enum smtpc_fail_kind {
 #define SMTPC_F_TLS_FAILED 0x2u    /* TLS handshake failed (TLS_Ifavailable_Fallback applies) */
 #define SMTPC_F_TLS_POLICY 0x4u    /* TLS required but not offered / refused */
 #define SMTPC_F_AUTH_POLICY 0x8u   /* AUTH not offered, mechanism missing, plaintext refused */
+#define SMTPC_F_PIPELINED 0x10u    /* READY while the last transaction awaits its final reply */
 
 struct smtpc_event {
   enum smtpc_ev_type type;
@@ -196,6 +209,7 @@ struct smtpc_event {
   uint8_t stage;             /* Momentum connection stage (0..22) */
   const char *doing;         /* "sending RCPT TO"...; static */
   const char *text;          /* sanitised, cut; never NULL ("" when none) */
+  const struct smtpc_result *final; /* TXN_DONE: that transaction's txn->final */
 };
 
 enum smtpc_outcome {

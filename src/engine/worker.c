@@ -107,8 +107,14 @@ struct session {
   struct smtpc *smtpc;
   struct ring_timer timer;
   struct dq_unit *unit;         /* in flight (or about to be) */
-  struct smtpc_result *results; /* max_batch slots */
-  struct smtpc_result final;
+  struct smtpc_result *results; /* unit's max_batch slots: one half of res_buf */
+  struct smtpc_result *final;   /* unit's final reply: one of fin_buf */
+  /* RFC 2920 across transactions: prev's body and dot are sent, its final
+   * reply is awaited while unit's commands follow; each uses its own half */
+  struct dq_unit *prev_unit;
+  struct smtpc_result *prev_results, *prev_final;
+  struct smtpc_result *res_buf; /* 2 * max_batch */
+  struct smtpc_result fin_buf[2];
   uint32_t max_batch;
   const char **rcpts;           /* max_batch pointers */
   uint32_t delivered;           /* successful transactions */
@@ -624,7 +630,7 @@ static void session_free(struct session *s)
   if (s->next_all)
     s->next_all->prev_all = s->prev_all;
   w->nsessions--;
-  free(s->results);
+  free(s->res_buf);
   free(s->rcpts);
   free(s);
 }
@@ -715,6 +721,10 @@ static bool start_txn(struct session *s, struct dq_unit *u)
   struct spool_msg *sm = em->sm;
   uint64_t now = mono_ms(w);
   s->unit = u;
+  /* the result slots the transaction awaiting its final reply does not use */
+  bool half = s->prev_unit && s->prev_results == s->res_buf;
+  s->results = s->res_buf + (half ? s->max_batch : 0);
+  s->final = &s->fin_buf[half];
   if (u->nrcpt > s->max_batch)
     util_panic("unit of %u recipients over the batch size %u", u->nrcpt, s->max_batch);
   for (uint32_t i = 0; i < u->nrcpt; i++)
@@ -722,7 +732,7 @@ static bool start_txn(struct session *s, struct dq_unit *u)
   struct smtpc_txn txn = {.mail_from = sm->sender, .rcpts = s->rcpts, .nrcpt = u->nrcpt,
                           .size = sm->body_size,
                           .flags = (sm->flags & SPOOL_MSG_F_8BIT) ? SMTPC_TXN_8BIT : 0,
-                          .results = s->results, .final = &s->final};
+                          .results = s->results, .final = s->final};
   s->body_mem = sm->body_mem;
   s->body_base = sm->body_off;
   s->body_fd = sm->body_mem ? -1 : spool_open_body(w->sh->spool, sm);
@@ -752,24 +762,12 @@ static bool start_txn(struct session *s, struct dq_unit *u)
   return true;
 }
 
-/* READY: the next transaction on this connection, or park it idle. */
-static void begin_next(struct session *s)
+/* Start u, or the next units of s's queue, on s until one starts; false
+ * when none could (queue empty, throttled, all expired or failed). */
+static bool start_some(struct session *s, struct dq_unit *u)
 {
   struct worker *w = s->w;
   struct dq_queue_state *st = dq_queue_state(s->q);
-  const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
-  int64_t max_rcpts = conf_int(v, CONF_MAX_RECIPIENTS_PER_CONNECTION);
-  if (atomic_load(&w->stop) || !sched_conn_reusable(&st->limits, s->delivered) ||
-      (max_rcpts > 0 && s->rcpts_tried >= (uint64_t)max_rcpts) || st->limits.suspend_delivery) {
-    if (s->unit) { /* the unit this connection was opened for waits again */
-      dq_unpop(w->dq, s->unit);
-      s->unit = NULL;
-    }
-    smtpc_quit(s->smtpc, mono_ms(w));
-    return;
-  }
-  struct dq_unit *u = s->unit;
-  s->unit = NULL;
   for (int guard = 0; guard < 64; guard++) {
     if (u == NULL)
       u = dq_pop(w->dq, s->q);
@@ -787,9 +785,74 @@ static void begin_next(struct session *s)
       break;
     }
     if (start_txn(s, u))
-      return;
+      return true;
     u = NULL;
   }
+  return false;
+}
+
+/* Whether s may carry one more transaction; `inflight` transactions not
+ * yet counted in s->delivered are counted as delivered. */
+static bool session_reusable(struct session *s, uint32_t inflight)
+{
+  struct worker *w = s->w;
+  struct dq_queue_state *st = dq_queue_state(s->q);
+  const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
+  int64_t max_rcpts = conf_int(v, CONF_MAX_RECIPIENTS_PER_CONNECTION);
+  return !atomic_load(&w->stop) && sched_conn_reusable(&st->limits, s->delivered + inflight) &&
+         !(max_rcpts > 0 && s->rcpts_tried >= (uint64_t)max_rcpts) &&
+         !st->limits.suspend_delivery;
+}
+
+/* READY with SMTPC_F_PIPELINED: the transaction in flight has sent its dot;
+ * the next one may follow it at once. Nothing to send: the plain READY
+ * after the final reply parks or QUITs the connection. */
+static void begin_early(struct session *s)
+{
+  if (s->txn_open && s->unit) {
+    UTIL_ASSERT(s->prev_unit == NULL);
+    s->prev_unit = s->unit;
+    s->prev_results = s->results;
+    s->prev_final = s->final;
+    s->unit = NULL;
+    s->txn_open = false;
+  }
+  if (s->prev_unit == NULL || !session_reusable(s, 1))
+    return;
+  (void)start_some(s, NULL);
+}
+
+/* The transaction awaiting its final reply cannot get it (the connection
+ * is going away under it): transient, its body may not have arrived. */
+static void fail_prev(struct session *s, const char *text)
+{
+  struct dq_unit *u = s->prev_unit;
+  if (u == NULL)
+    return;
+  s->prev_unit = NULL;
+  struct smtpc_result all = {.outcome = SMTPC_OUT_TRANSIENT, .stage = 9};
+  scopy(all.text, sizeof all.text, text);
+  const char *ip = s->route_i < s->nroutes ? s->routes[s->route_i].ip : NULL;
+  finish_unit(s->w, s->q, u, NULL, &all, s->conn_id_s, ip, s->bytes_sent);
+}
+
+/* READY: the next transaction on this connection, or park it idle. */
+static void begin_next(struct session *s)
+{
+  struct worker *w = s->w;
+  struct dq_queue_state *st = dq_queue_state(s->q);
+  if (!session_reusable(s, 0)) {
+    if (s->unit) { /* the unit this connection was opened for waits again */
+      dq_unpop(w->dq, s->unit);
+      s->unit = NULL;
+    }
+    smtpc_quit(s->smtpc, mono_ms(w));
+    return;
+  }
+  struct dq_unit *u = s->unit;
+  s->unit = NULL;
+  if (start_some(s, u))
+    return;
   {
     /* idle: smtpc's Idle_Timeout QUITs it if nothing comes */
     if (sched_pool_put(&st->pool, s->pool_key, s, ring_now(w->ring)) == 0)
@@ -823,6 +886,10 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     smtpc_set_auth(s->smtpc, NULL, mono_ms(w));
     break;
   case SMTPC_EV_READY:
+    if (ev->flags & SMTPC_F_PIPELINED) {
+      begin_early(s);
+      break;
+    }
     if (!s->ever_ready) {
       s->ever_ready = true;
       dq_queue_state(s->q)->opening--;
@@ -834,26 +901,36 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     feed_body(s);
     break;
   case SMTPC_EV_TXN_DONE: {
-    struct dq_unit *u = s->unit;
-    s->unit = NULL;
-    s->txn_open = false;
-    s->body_mem = NULL;
-    if (s->body_fd >= 0) {
-      spool_close_body(s->w->sh->spool, s->body_fd);
-      s->body_fd = -1;
+    struct dq_unit *u;
+    struct smtpc_result *results;
+    if (s->prev_unit && ev->final == s->prev_final) {
+      /* the transaction ahead of the one in flight (pipelined) */
+      u = s->prev_unit;
+      results = s->prev_results;
+      s->prev_unit = NULL;
+    } else {
+      u = s->unit;
+      results = s->results;
+      s->unit = NULL;
+      s->txn_open = false;
+      s->body_mem = NULL;
+      if (s->body_fd >= 0) {
+        spool_close_body(s->w->sh->spool, s->body_fd);
+        s->body_fd = -1;
+      }
     }
     if (u) {
       /* A recipient whose RCPT was accepted takes the final reply (the
        * one after the dot): a 4xx/5xx there is not a delivery. */
       for (uint32_t i = 0; i < u->nrcpt; i++)
-        if (s->results[i].outcome == SMTPC_OUT_OK)
-          s->results[i] = s->final;
+        if (results[i].outcome == SMTPC_OUT_OK)
+          results[i] = *ev->final;
       bool ok = false;
       for (uint32_t i = 0; i < u->nrcpt; i++)
-        ok |= s->results[i].outcome == SMTPC_OUT_OK;
+        ok |= results[i].outcome == SMTPC_OUT_OK;
       if (ok)
         s->delivered++;
-      finish_unit(w, s->q, u, s->results, NULL, s->conn_id_s, s->routes[s->route_i].ip,
+      finish_unit(w, s->q, u, results, NULL, s->conn_id_s, s->routes[s->route_i].ip,
                   s->bytes_sent);
     }
     break;
@@ -1135,6 +1212,7 @@ static void cb_closed(void *arg)
     session_try_connect(s);
     return;
   }
+  fail_prev(s, "451 4.4.2 [internal] connection lost before the reply to the end of data");
   if (!s->connected && s->route_i < s->nroutes)
     host_failed(s, &s->routes[s->route_i]);
   if (!s->connected && s->route_i + 1 < s->nroutes && !atomic_load(&s->w->stop)) {
@@ -1473,7 +1551,9 @@ static void session_open(struct worker *w, struct dq_queue *q)
   s->body_fd = -1;
   s->pool_key = queue_key(q);
   s->max_batch = st->limits.max_recipients_per_batch ? st->limits.max_recipients_per_batch : 100;
-  s->results = util_xcalloc(s->max_batch, sizeof *s->results);
+  s->res_buf = util_xcalloc(2 * (size_t)s->max_batch, sizeof *s->res_buf);
+  s->results = s->res_buf;
+  s->final = &s->fin_buf[0];
   s->rcpts = util_xcalloc(s->max_batch, sizeof *s->rcpts);
   s->next_all = w->sessions;
   if (w->sessions)
@@ -1926,6 +2006,8 @@ static void *worker_main(void *arg)
           /* abandoned: its recipients stay pending on disk */
           dq_unit_free(s->unit);
           s->unit = NULL;
+          dq_unit_free(s->prev_unit);
+          s->prev_unit = NULL;
           if (s->conn == NULL)
             session_free(s); /* still resolving its route */
           else

@@ -40,6 +40,7 @@ struct conn {
   bool timed_out, hs, recv_multi;
   uint64_t op_connect, op_recv, op_send;
   struct ring_timer ctimer;
+  struct ring_deferred kick; /* the send, deferred to the end of the pass */
   struct sockaddr_storage dst;
   socklen_t dstlen;
   struct buf wq[2];
@@ -61,6 +62,7 @@ static void kick_send(struct conn *c);
 static void reap_if_done(struct conn *c) {
   if (c->st != C_CLOSING || c->inflight > 0 || c->depth > 0)
     return;
+  ring_defer_cancel(c->r, &c->kick);
   if (c->fd >= 0)
     close(c->fd);
   const struct conn_cbs *cbs = c->cbs;
@@ -99,10 +101,23 @@ static void fail(struct conn *c, int err, const char *text) {
     c->cbs->error(c->arg, err, text);
 }
 
+static void on_kick(struct ring_deferred *d) {
+  struct conn *c = (struct conn *)((char *)d - offsetof(struct conn, kick));
+  kick_send(c);
+}
+
+/* Send what is queued once this pass of completions is over, so bytes
+ * queued by several callbacks (the body's end, the next pipelined
+ * commands) leave in one send. */
+static void want_send(struct conn *c) {
+  if (c->op_send == 0 && c->st == C_OPEN)
+    ring_defer(c->r, &c->kick, on_kick);
+}
+
 /* Move TLS output into the send queue and send it. */
 static void tls_flush(struct conn *c) {
   if (c->tls != NULL && tls_take(c->tls, &c->wq[c->fly ^ 1]) > 0)
-    kick_send(c);
+    want_send(c);
 }
 
 static void start_tls(struct conn *c, struct tls_ctx *ctx) {
@@ -275,7 +290,7 @@ int conn_send(struct conn *c, const void *p, size_t n) {
     return 0;
   }
   buf_append(&c->wq[c->fly ^ 1], p, n);
-  kick_send(c);
+  want_send(c);
   return 0;
 }
 

@@ -232,6 +232,8 @@ static void handle_event(struct outsess *o, const struct smtpc_event *ev) {
   case SMTPC_EV_AUTH_RESULT:
     break;
   case SMTPC_EV_READY:
+    if (ev->flags & SMTPC_F_PIPELINED)
+      break; /* one transaction at a time here: wait for the final reply */
     o->detail[0] = 0;
     if (o->cbs->ready)
       o->cbs->ready(o->arg);

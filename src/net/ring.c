@@ -52,6 +52,8 @@ struct ring {
   struct ring_timer **heap;
   unsigned nheap, heapcap;
 
+  struct ring_deferred *deferred; /* ring_defer's list, newest first */
+
   /* cross-thread inbox: producers push then set `wake` and write efd
    * only if it was clear; the loop clears `wake` before draining. */
   struct mpsc inbox;
@@ -515,7 +517,44 @@ static int reap(struct ring *r) {
   }
 }
 
+void ring_defer(struct ring *r, struct ring_deferred *d, void (*fn)(struct ring_deferred *d)) {
+  d->fn = fn;
+  if (d->queued)
+    return;
+  d->queued = true;
+  d->prev = NULL;
+  d->next = r->deferred;
+  if (r->deferred)
+    r->deferred->prev = d;
+  r->deferred = d;
+}
+
+void ring_defer_cancel(struct ring *r, struct ring_deferred *d) {
+  if (!d->queued)
+    return;
+  if (d->prev)
+    d->prev->next = d->next;
+  else
+    r->deferred = d->next;
+  if (d->next)
+    d->next->prev = d->prev;
+  d->queued = false;
+  d->next = d->prev = NULL;
+}
+
+void ring_run_deferred(struct ring *r) {
+  /* a callback may queue more (itself included): run until empty */
+  for (int guard = 0; r->deferred != NULL; guard++) {
+    if (guard > 1000000)
+      util_panic("ring: deferred work keeps requeueing itself");
+    struct ring_deferred *d = r->deferred;
+    ring_defer_cancel(r, d);
+    d->fn(d);
+  }
+}
+
 int ring_run_once(struct ring *r, int64_t timeout_ns) {
+  ring_run_deferred(r);
   r->now = clock_mono_ns();
   int64_t wait = timeout_ns;
   if (r->nheap > 0) {
@@ -544,6 +583,8 @@ int ring_run_once(struct ring *r, int64_t timeout_ns) {
   int n = reap(r);
   n += run_timers(r);
   n += drain_inbox(r);
+  if (r->deferred != NULL)
+    n++; /* work is pending: the caller's loop comes back at once */
   return n;
 }
 

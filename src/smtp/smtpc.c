@@ -64,6 +64,10 @@ struct smtpc {
   /* the transaction */
   bool has_txn;
   struct smtpc_txn txn;
+  /* RFC 2920 across transactions: the previous transaction, its body and
+   * dot sent, waits for its final reply while txn's commands follow it */
+  bool has_prev;
+  struct smtpc_txn prev;
   uint32_t send_cur, recv_cur; /* 0 = MAIL, 1..n = RCPT, n+1 = DATA */
   uint32_t accepted;
   bool pipelined, mail_failed, data_sent, dot_only, body_last;
@@ -129,9 +133,11 @@ static uint32_t state_timeout_s(const struct smtpc *s, enum smtpc_state st)
   case SMTPC_ST_AUTH_WAIT:
   case SMTPC_ST_AUTH: return s->to.ehlo;
   case SMTPC_ST_IDLE: return s->to.idle;
-  case SMTPC_ST_MAIL: return s->to.mailfrom;
-  case SMTPC_ST_RCPT: return s->to.rcptto;
-  case SMTPC_ST_DATA: return s->to.data;
+  /* with the previous transaction's final reply outstanding, that reply
+   * is what is awaited first: Body_Timeout */
+  case SMTPC_ST_MAIL: return s->has_prev ? s->to.body : s->to.mailfrom;
+  case SMTPC_ST_RCPT: return s->has_prev ? s->to.body : s->to.rcptto;
+  case SMTPC_ST_DATA: return s->has_prev ? s->to.body : s->to.data;
   case SMTPC_ST_BODY:
   case SMTPC_ST_DOT: return s->to.body;
   case SMTPC_ST_RSET:
@@ -410,13 +416,10 @@ static void enter(struct smtpc *s, enum smtpc_state st, uint64_t now)
   set_deadline(s, now);
 }
 
-/* End the transaction: results still undecided, or accepted but without a
+/* End transaction t: results still undecided, or accepted but without a
  * final reply, get `final`'s outcome; then TXN_DONE. */
-static void txn_finish(struct smtpc *s)
+static void txn_done(struct smtpc *s, const struct smtpc_txn *t)
 {
-  if (!s->has_txn)
-    return;
-  struct smtpc_txn *t = &s->txn;
   for (uint32_t i = 0; i < t->nrcpt; i++)
     if (t->results[i].outcome == SMTPC_OUT_NONE)
       t->results[i] = *t->final;
@@ -425,7 +428,26 @@ static void txn_finish(struct smtpc *s)
   memcpy(e->enhanced, t->final->enhanced, sizeof(e->enhanced));
   e->stage = t->final->stage;
   e->text = t->final->text;
+  e->final = t->final;
+}
+
+static void txn_finish(struct smtpc *s)
+{
+  if (!s->has_txn)
+    return;
   s->has_txn = false;
+  txn_done(s, &s->txn);
+}
+
+/* The previous transaction ends without its final reply (the session
+ * ended): transient, at the stage after the dot. */
+static void prev_abandon(struct smtpc *s, int code, const char *enh, const char *text)
+{
+  if (!s->has_prev)
+    return;
+  s->has_prev = false;
+  set_result(s->prev.final, SMTPC_OUT_TRANSIENT, code, enh, state_stage[SMTPC_ST_DOT], text);
+  txn_done(s, &s->prev);
 }
 
 /* End the session. polite: the stream is in sync, queue a QUIT. */
@@ -444,6 +466,7 @@ static void fail(struct smtpc *s, enum smtpc_fail_kind kind, uint32_t flags, int
   snprintf(s->fail_text, sizeof(s->fail_text), "%s", tmp);
   uint8_t stage = state_stage[s->st];
   const char *enh = code ? s->rp.enhanced : "";
+  prev_abandon(s, code, enh, s->fail_text);
   if (s->has_txn) {
     set_result(s->txn.final, SMTPC_OUT_TRANSIENT, code, enh, stage, s->fail_text);
     txn_finish(s);
@@ -960,6 +983,23 @@ static void on_final_reply(struct smtpc *s, uint64_t now)
     send_rset(s, now);
 }
 
+/* The previous transaction's final reply, read while the next one's
+ * commands are outstanding. A refusal needs no RSET: the server has ended
+ * that transaction and the MAIL after the dot starts a new one. */
+static void on_prev_reply(struct smtpc *s, uint64_t now)
+{
+  int cls = s->rp.code / 100;
+  if (cls != 2 && cls != 4 && cls != 5) {
+    fail(s, SMTPC_FAIL_PROTOCOL, 0, s->rp.code, false, "unexpected reply %d after the body: %s",
+         s->rp.code, s->rp.text);
+    return;
+  }
+  s->has_prev = false;
+  result_from_reply(s, s->prev.final, state_stage[SMTPC_ST_DOT]);
+  txn_done(s, &s->prev);
+  set_deadline(s, now); /* now waiting for this transaction's own replies */
+}
+
 /* ---- replies ---- */
 
 static bool outstanding(const struct smtpc *s)
@@ -975,7 +1015,7 @@ static bool outstanding(const struct smtpc *s)
   case SMTPC_ST_QUIT: return true;
   case SMTPC_ST_MAIL:
   case SMTPC_ST_RCPT:
-  case SMTPC_ST_DATA: return s->recv_cur < s->send_cur;
+  case SMTPC_ST_DATA: return s->has_prev || s->recv_cur < s->send_cur;
   case SMTPC_ST_CONNECT:
   case SMTPC_ST_TLS_IMPLICIT:
   case SMTPC_ST_TLS:
@@ -1067,6 +1107,8 @@ static void on_reply(struct smtpc *s, uint64_t now)
   case SMTPC_ST_DOT:
     if (s->st == SMTPC_ST_DOT)
       on_final_reply(s, now);
+    else if (s->has_prev)
+      on_prev_reply(s, now);
     else
       on_txn_reply(s, now);
     /* 421: the server is closing the channel (RFC 5321 3.8) */
@@ -1316,6 +1358,11 @@ static void body_try_finish(struct smtpc *s, uint64_t now)
   s->out_len += smtp_dot_finish(&s->dot, s->out + s->out_len);
   s->unsolicited = 0;
   enter(s, SMTPC_ST_DOT, now);
+  if (s->pipelined) {
+    /* RFC 2920 3.1: the next transaction may follow the dot at once */
+    struct smtpc_event *e = ev_push(s, SMTPC_EV_READY);
+    e->flags = SMTPC_F_PIPELINED;
+  }
 }
 
 void smtpc_output_consumed(struct smtpc *s, size_t n, uint64_t now)
@@ -1345,7 +1392,8 @@ void smtpc_output_consumed(struct smtpc *s, size_t n, uint64_t now)
 
 int smtpc_begin_txn(struct smtpc *s, const struct smtpc_txn *t, uint64_t now)
 {
-  if (s->st != SMTPC_ST_IDLE)
+  bool early = s->st == SMTPC_ST_DOT && s->pipelined && s->has_txn && !s->dot_only && !s->has_prev;
+  if (s->st != SMTPC_ST_IDLE && !early)
     return -EBUSY;
   if (!t || !t->mail_from || !t->rcpts || !t->results || !t->final || t->nrcpt == 0 ||
       t->nrcpt > s->max_rcpts)
@@ -1355,16 +1403,11 @@ int smtpc_begin_txn(struct smtpc *s, const struct smtpc_txn *t, uint64_t now)
   for (uint32_t i = 0; i < t->nrcpt; i++)
     if (!t->rcpts[i] || !t->rcpts[i][0] || !clean_str(t->rcpts[i], SMTPC_ADDR_MAX))
       return -EINVAL;
-  s->txn = *t;
-  s->has_txn = true;
-  s->ev_results = t->results;
+  if (early && (t->results == s->txn.results || t->final == s->txn.final))
+    return -EINVAL; /* the previous transaction's results are still being written */
   for (uint32_t i = 0; i < t->nrcpt; i++)
     set_result(&t->results[i], SMTPC_OUT_NONE, 0, "", 0, "");
   set_result(t->final, SMTPC_OUT_NONE, 0, "", 0, "");
-  s->send_cur = s->recv_cur = 0;
-  s->accepted = 0;
-  s->mail_failed = s->data_sent = s->dot_only = s->body_last = false;
-  s->pipelined = (s->ext & SMTPC_EXT_PIPELINING) != 0;
 
   /* local refusals: nothing is sent */
   char why[SMTPC_TEXT_MAX];
@@ -1379,10 +1422,26 @@ int smtpc_begin_txn(struct smtpc *s, const struct smtpc_txn *t, uint64_t now)
   }
   if (enh) {
     set_result(t->final, SMTPC_OUT_PERMANENT, 0, enh, 1, why);
-    txn_finish(s);
-    go_idle(s, now);
+    txn_done(s, t);
+    if (early) { /* the one in flight still waits for its reply: offer again */
+      struct smtpc_event *e = ev_push(s, SMTPC_EV_READY);
+      e->flags = SMTPC_F_PIPELINED;
+    } else {
+      go_idle(s, now);
+    }
     return 0;
   }
+  if (early) {
+    s->prev = s->txn;
+    s->has_prev = true;
+  }
+  s->txn = *t;
+  s->has_txn = true;
+  s->ev_results = t->results;
+  s->send_cur = s->recv_cur = 0;
+  s->accepted = 0;
+  s->mail_failed = s->data_sent = s->dot_only = s->body_last = false;
+  s->pipelined = (s->ext & SMTPC_EXT_PIPELINING) != 0;
   enter(s, SMTPC_ST_MAIL, now);
   fill_cmds(s);
   return 0;
@@ -1432,6 +1491,7 @@ void smtpc_quit(struct smtpc *s, uint64_t now)
     enter(s, SMTPC_ST_QUIT, now);
     return;
   }
+  prev_abandon(s, 0, "", "session closed locally");
   if (s->has_txn) {
     set_result(s->txn.final, SMTPC_OUT_TRANSIENT, 0, "", state_stage[s->st],
                "session closed locally");

@@ -50,9 +50,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   smtpc_connected(s, now);
 
   static const char *const rcpts[] = {"a@x.test", "b@x.test", "c@x.test"};
-  struct smtpc_result res[3], fin;
-  struct smtpc_txn txn = {"s@x.test", rcpts, 3, 100, SMTPC_TXN_8BIT, res, &fin};
-  int ntxn = 0;
+  /* two slots: with PIPELINING the next transaction starts while the one
+   * before waits for its final reply */
+  struct smtpc_result res[2][3], fin[2];
+  struct smtpc_txn txns[2] = {{"s@x.test", rcpts, 3, 100, SMTPC_TXN_8BIT, res[0], &fin[0]},
+                              {"s@x.test", rcpts, 3, 100, SMTPC_TXN_8BIT, res[1], &fin[1]}};
+  int ntxn = 0, live = 1; /* live: the slot of the last transaction sent */
   size_t i = 1;
   while (i < size) {
     size_t len = data[i++];
@@ -83,15 +86,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       }
       case SMTPC_EV_READY:
         /* READY can be stale when a later queued event ended the session */
-        if (ntxn++ < 3)
-        {
-          int want = smtpc_state(s) == SMTPC_ST_IDLE ? 0 : -EBUSY;
-          int got = smtpc_begin_txn(s, &txn, now);
-          if (got != want)
-            util_panic("begin_txn %d, want %d, state %s", got, want, smtpc_state_name(smtpc_state(s)));
-        }
-        else
+        if (ntxn < 3) {
+          enum smtpc_state st = smtpc_state(s);
+          int slot = live ^ 1;
+          int got = smtpc_begin_txn(s, &txns[slot], now);
+          /* IDLE always takes one; DOT (pipelined READY) may; else busy */
+          if (st == SMTPC_ST_IDLE ? got != 0 : st == SMTPC_ST_DOT ? got != 0 && got != -EBUSY
+                                                                  : got != -EBUSY)
+            util_panic("begin_txn %d in state %s", got, smtpc_state_name(st));
+          if (got == 0) {
+            ntxn++;
+            st = smtpc_state(s);
+            if (st != SMTPC_ST_IDLE && st != SMTPC_ST_DOT) /* not refused locally */
+              live = slot;
+          }
+        } else if (!(ev.flags & SMTPC_F_PIPELINED)) {
+          ntxn++;
           smtpc_quit(s, now);
+        }
         break;
       case SMTPC_EV_NEED_BODY: {
         static const char body[] = "Subject: x\r\n\r\n.dot\nbare\rcr\r\n";
@@ -100,10 +112,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         UTIL_ASSERT(in_body ? k >= 0 : k == -EINVAL);
         break;
       }
-      case SMTPC_EV_TXN_DONE:
+      case SMTPC_EV_TXN_DONE: {
+        const struct smtpc_txn *t = ev.final == &fin[0] ? &txns[0] : &txns[1];
+        UTIL_ASSERT(ev.final == t->final);
         for (int r = 0; r < 3; r++)
-          UTIL_ASSERT(smtpc_txn_outcome(&txn, (uint32_t)r)->outcome != SMTPC_OUT_NONE);
+          UTIL_ASSERT(smtpc_txn_outcome(t, (uint32_t)r)->outcome != SMTPC_OUT_NONE);
         break;
+      }
       default:
         break;
       }

@@ -133,6 +133,9 @@ static void tr_fmt_event(char *buf, size_t cap, const struct smtpc_event *e)
   case SMTPC_EV_NEED_AUTH:
     snprintf(buf, cap, "NEED_AUTH: %s", e->text);
     break;
+  case SMTPC_EV_READY:
+    snprintf(buf, cap, "%s", (e->flags & SMTPC_F_PIPELINED) ? "READY pipelined" : "READY");
+    break;
   default:
     snprintf(buf, cap, "%s", smtpc_ev_name(e->type));
     break;

@@ -70,6 +70,42 @@ static void on_many(struct ring_timer *t) {
   fired++;
 }
 
+/* ---- deferred work: runs once per queueing, before the loop waits,
+ * cancel works, a callback may queue more */
+struct dw { struct ring_deferred d; struct ring *r; int runs; int requeue; };
+static void on_dw(struct ring_deferred *d) {
+  struct dw *w = (struct dw *)d;
+  w->runs++;
+  if (w->requeue-- > 0)
+    ring_defer(w->r, d, on_dw);
+}
+
+static void test_deferred(void **state) {
+  (void)state;
+  struct ring *r = mk(false);
+  struct dw a = {.r = r}, b = {.r = r}, c = {.r = r, .requeue = 2};
+  ring_defer(r, &a.d, on_dw);
+  ring_defer(r, &a.d, on_dw); /* already queued: once */
+  ring_defer(r, &b.d, on_dw);
+  ring_defer(r, &c.d, on_dw);
+  ring_defer_cancel(r, &b.d);
+  ring_defer_cancel(r, &b.d); /* not queued: no-op */
+  assert_int_equal(a.runs + b.runs + c.runs, 0);
+  /* with nothing else to do, ring_run_once(-1) would block: the deferred
+   * work must run before it waits; a timer 20 ms out bounds the test */
+  struct tt t;
+  memset(&t, 0, sizeof t);
+  norder = 0;
+  ring_timer_set(r, &t.t, ring_now(r) + 20000000, on_t);
+  assert_true(ring_run_once(r, -1) >= 0);
+  assert_int_equal(a.runs, 1);
+  assert_int_equal(b.runs, 0);
+  assert_int_equal(c.runs, 3); /* ran, then requeued itself twice */
+  assert_false(a.d.queued || c.d.queued);
+  ring_timer_cancel(r, &t.t);
+  ring_free(r);
+}
+
 static void test_timer_heap(void **state) {
   (void)state;
   struct ring *r = mk(false);
@@ -251,7 +287,8 @@ static void test_fallback(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-    cmocka_unit_test(test_timers),   cmocka_unit_test(test_timer_heap),
+    cmocka_unit_test(test_deferred), cmocka_unit_test(test_timers),
+    cmocka_unit_test(test_timer_heap),
     cmocka_unit_test(test_post),     cmocka_unit_test(test_stop),
     cmocka_unit_test(test_generation), cmocka_unit_test(test_full_sq),
     cmocka_unit_test(test_fallback),

@@ -656,6 +656,7 @@ TR_TEST(txn_pipelined)
   assert_int_equal(smtpc_stage(t->s), 8);
   body(t, "Subject: hi\r\n\r\n.hello\n", true);
   cli(t, "Subject: hi\r\n\r\n..hello\r\n.\r\n");
+  ev(t, "READY pipelined");
   assert_int_equal(smtpc_stage(t->s), 9);
   srv(t, "250 2.0.0 queued as 1234\r\n");
   ev(t, "TXN_DONE 250 2.0.0 st=9: queued as 1234");
@@ -671,6 +672,164 @@ TR_TEST(txn_pipelined)
   ev(t, "RCPT_RESULT 0 250  st=4: ok");
   ev(t, "NEED_BODY");
   body(t, "x", true);
+  cli(t, "x\r\n.\r\n");
+  ev(t, "READY pipelined");
+  srv(t, "250 ok\r\n");
+  ev(t, "TXN_DONE 250  st=9: ok");
+  ev(t, "READY");
+}
+
+/* RFC 2920 across transactions: a second fixture, so the transaction in
+ * flight keeps its result slots while the next one starts. */
+static struct txn_fix *fix_new_b(const char *from, uint32_t n)
+{
+  static struct txn_fix fx;
+  static char addrs[8][64];
+  memset(&fx, 0, sizeof(fx));
+  for (uint32_t i = 0; i < n && i < 8; i++) {
+    snprintf(addrs[i], sizeof(addrs[i]), "b%u@dest.test", i);
+    fx.rcpts[i] = addrs[i];
+  }
+  fx.txn.mail_from = from;
+  fx.txn.rcpts = fx.rcpts;
+  fx.txn.nrcpt = n;
+  fx.txn.results = fx.res;
+  fx.txn.final = &fx.final;
+  return &fx;
+}
+
+/* First transaction up to its dot; the early READY is consumed. */
+static struct txn_fix *first_to_dot(struct tr *t, const char *ehlo)
+{
+  start_hello(t, ehlo);
+  struct txn_fix *fx = fix_new(t, "a@src.test", 1);
+  begin(t, fx);
+  cli(t, "MAIL FROM:<a@src.test>\r\nRCPT TO:<r0@dest.test>\r\nDATA\r\n");
+  srv(t, "250 ok\r\n250 ok\r\n354 go\r\n");
+  ev(t, "RCPT_RESULT 0 250  st=4: ok");
+  ev(t, "NEED_BODY");
+  body(t, "one\r\n", true);
+  ev(t, "READY pipelined");
+  return fx;
+}
+
+TR_TEST(txn_pipelined_next)
+{
+  struct txn_fix *fa = first_to_dot(t, EHLO_PIPE);
+  struct txn_fix *fb = fix_new_b("", 2);
+  /* the same result slots as the transaction in flight: refused */
+  assert_int_equal(smtpc_begin_txn(t->s, &fa->txn, t->now), -EINVAL);
+  assert_int_equal(smtpc_begin_txn(t->s, &fb->txn, t->now), 0);
+  assert_int_equal(smtpc_begin_txn(t->s, &fb->txn, t->now), -EBUSY);
+  /* the dot and the next group leave together */
+  cli(t, "one\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<b0@dest.test>\r\nRCPT TO:<b1@dest.test>\r\nDATA\r\n");
+  assert_int_equal(smtpc_stage(t->s), 2);
+  /* waiting for the first transaction's final reply: Body_Timeout (600 s) */
+  assert_int_equal(smtpc_deadline(t->s), t->now + 600000);
+  srv(t, "250 2.0.0 queued 1\r\n250 ok\r\n550 5.1.1 no\r\n250 ok\r\n354 go\r\n");
+  ev(t, "TXN_DONE 250 2.0.0 st=9: queued 1");
+  assert_ptr_equal(t->last.final, &fa->final);
+  res(t, smtpc_txn_outcome(&fa->txn, 0), "OK 250 2.0.0 st=9: queued 1");
+  ev(t, "RCPT_RESULT 0 550 5.1.1 st=4: no");
+  ev(t, "RCPT_RESULT 1 250  st=4: ok");
+  ev(t, "NEED_BODY");
+  no_ev(t);
+  body(t, "two", true);
+  ev(t, "READY pipelined");
+  cli(t, "two\r\n.\r\n");
+  srv(t, "250 2.0.0 queued 2\r\n");
+  ev(t, "TXN_DONE 250 2.0.0 st=9: queued 2");
+  assert_ptr_equal(t->last.final, &fb->final);
+  ev(t, "READY");
+  res(t, smtpc_txn_outcome(&fb->txn, 0), "PERMANENT 550 5.1.1 st=4: no");
+  res(t, smtpc_txn_outcome(&fb->txn, 1), "OK 250 2.0.0 st=9: queued 2");
+  cli(t, "");
+}
+
+/* The first transaction's body is refused: no RSET (the server has ended
+ * that transaction; the MAIL behind the dot starts the next one). */
+TR_TEST(txn_pipelined_next_prev_refused)
+{
+  struct txn_fix *fa = first_to_dot(t, EHLO_PIPE);
+  struct txn_fix *fb = fix_new_b("x@src.test", 1);
+  assert_int_equal(smtpc_begin_txn(t->s, &fb->txn, t->now), 0);
+  cli(t, "one\r\n.\r\nMAIL FROM:<x@src.test>\r\nRCPT TO:<b0@dest.test>\r\nDATA\r\n");
+  srv(t, "554 5.7.1 spam\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+  ev(t, "TXN_DONE 554 5.7.1 st=9: spam");
+  res(t, smtpc_txn_outcome(&fa->txn, 0), "PERMANENT 554 5.7.1 st=9: spam");
+  ev(t, "RCPT_RESULT 0 250  st=4: ok");
+  ev(t, "NEED_BODY");
+  cli(t, "");
+}
+
+/* The connection drops before the first transaction's final reply: both
+ * transactions end transient, the first one first. */
+TR_TEST(txn_pipelined_next_eof)
+{
+  struct txn_fix *fa = first_to_dot(t, EHLO_PIPE);
+  struct txn_fix *fb = fix_new_b("x@src.test", 1);
+  assert_int_equal(smtpc_begin_txn(t->s, &fb->txn, t->now), 0);
+  cli(t, "one\r\n.\r\nMAIL FROM:<x@src.test>\r\nRCPT TO:<b0@dest.test>\r\nDATA\r\n");
+  smtpc_eof(t->s, t->now);
+  ev(t, "TXN_DONE 0  st=9: *");
+  assert_ptr_equal(t->last.final, &fa->final);
+  ev(t, "TXN_DONE 0  st=2: *");
+  assert_ptr_equal(t->last.final, &fb->final);
+  ev(t, "FAILED network*");
+  res(t, smtpc_txn_outcome(&fa->txn, 0), "TRANSIENT 0  st=9: *");
+}
+
+/* A 421 as the first transaction's final reply ends the session. */
+TR_TEST(txn_pipelined_next_421)
+{
+  first_to_dot(t, EHLO_PIPE);
+  struct txn_fix *fb = fix_new_b("x@src.test", 1);
+  assert_int_equal(smtpc_begin_txn(t->s, &fb->txn, t->now), 0);
+  cli(t, "one\r\n.\r\nMAIL FROM:<x@src.test>\r\nRCPT TO:<b0@dest.test>\r\nDATA\r\n");
+  srv(t, "421 4.3.2 shutting down\r\n");
+  ev(t, "TXN_DONE 421 4.3.2 st=9: shutting down");
+  ev(t, "TXN_DONE 421 4.3.2 st=2: shutting down");
+  ev(t, "FAILED transient 421*");
+  res(t, smtpc_txn_outcome(&fb->txn, 0), "TRANSIENT 421 4.3.2 st=2: shutting down");
+}
+
+/* A transaction refused locally while the first waits for its reply: its
+ * TXN_DONE comes at once, and the next one is offered again. */
+TR_TEST(txn_pipelined_next_local_refusal)
+{
+  struct txn_fix *fa = first_to_dot(t, EHLO_PIPE);
+  struct txn_fix *fb = fix_new_b("x@src.test", 1);
+  fb->txn.size = 20000000; /* over SIZE 10240000 */
+  assert_int_equal(smtpc_begin_txn(t->s, &fb->txn, t->now), 0);
+  ev(t, "TXN_DONE 0 5.3.4 st=*");
+  assert_ptr_equal(t->last.final, &fb->final);
+  ev(t, "READY pipelined");
+  assert_int_equal(smtpc_state(t->s), SMTPC_ST_DOT);
+  cli(t, "one\r\n.\r\n");
+  srv(t, "250 ok\r\n");
+  ev(t, "TXN_DONE 250  st=9: ok");
+  assert_ptr_equal(t->last.final, &fa->final);
+  ev(t, "READY");
+}
+
+/* Without PIPELINING nothing is offered before the final reply. */
+TR_TEST(txn_lockstep_no_early_ready)
+{
+  start_hello(t, EHLO_PLAIN);
+  struct txn_fix *fx = fix_new(t, "a@src.test", 1);
+  begin(t, fx);
+  cli(t, "MAIL FROM:<a@src.test>\r\n");
+  srv(t, "250 ok\r\n");
+  cli(t, "RCPT TO:<r0@dest.test>\r\n");
+  srv(t, "250 ok\r\n");
+  ev(t, "RCPT_RESULT 0 250  st=4: ok");
+  cli(t, "DATA\r\n");
+  srv(t, "354 go\r\n");
+  ev(t, "NEED_BODY");
+  body(t, "x\r\n", true);
+  no_ev(t);
+  struct txn_fix *fb = fix_new_b("x@src.test", 1);
+  assert_int_equal(smtpc_begin_txn(t->s, &fb->txn, t->now), -EBUSY);
   cli(t, "x\r\n.\r\n");
   srv(t, "250 ok\r\n");
   ev(t, "TXN_DONE 250  st=9: ok");
@@ -719,6 +878,7 @@ TR_TEST(txn_partial_rcpt_pipelined)
   ev(t, "NEED_BODY");
   body(t, "b", true);
   cli(t, "b\r\n.\r\n");
+  ev(t, "READY pipelined");
   srv(t, "250 ok\r\n");
   ev(t, "TXN_DONE 250  st=9: ok");
   ev(t, "READY");
@@ -842,6 +1002,7 @@ TR_TEST(txn_final_5xx_then_reuse)
   ev(t, "NEED_BODY");
   body(t, "spam\r\n", true);
   cli(t, "spam\r\n.\r\n");
+  ev(t, "READY pipelined");
   srv(t, "554 5.7.1 rejected as spam\r\n");
   ev(t, "TXN_DONE 554 5.7.1 st=9: rejected as spam");
   res(t, smtpc_txn_outcome(&fx->txn, 0), "PERMANENT 554 5.7.1 st=9: rejected as spam");
@@ -856,6 +1017,7 @@ TR_TEST(txn_final_5xx_then_reuse)
   ev(t, "NEED_BODY");
   body(t, "", true);
   cli(t, ".\r\n");
+  ev(t, "READY pipelined");
   srv(t, "451 4.3.0 later\r\n");
   ev(t, "TXN_DONE 451 4.3.0 st=9: later");
   res(t, smtpc_txn_outcome(&fx->txn, 0), "TRANSIENT 451 4.3.0 st=9: later");
@@ -968,6 +1130,7 @@ TR_TEST(txn_body_chunks)
   body(t, ".", false);
   body(t, "\r\rx\n\n..", true);
   cli(t, "a\r\n..b\r\n..c\r\n..\r\n\r\nx\r\n\r\n...\r\n.\r\n");
+  ev(t, "READY pipelined");
   srv(t, "250 ok\r\n");
   ev(t, "TXN_DONE 250  st=9: ok");
   ev(t, "READY");
@@ -1020,6 +1183,7 @@ TR_TEST(txn_body_large)
   assert_int_equal(g, o);
   assert_memory_equal(got, out, o);
   assert_int_equal(smtpc_state(t->s), SMTPC_ST_DOT);
+  ev(t, "READY pipelined");
   srv(t, "250 ok\r\n");
   ev(t, "TXN_DONE 250  st=9: ok");
 }
@@ -1038,6 +1202,7 @@ TR_TEST(txn_body_prestuffed)
   cli(t, "");
   assert_int_equal(smtpc_body_sent(t->s, 20, true, false, t->now), 0); /* no final CRLF */
   cli(t, "\r\n.\r\n");
+  ev(t, "READY pipelined");
   assert_int_equal(smtpc_body_sent(t->s, 1, true, true, t->now), -EINVAL);
   srv(t, "250 ok\r\n");
   ev(t, "TXN_DONE 250  st=9: ok");
@@ -1258,6 +1423,7 @@ TR_TEST(timeout_body_and_dot)
   assert_int_equal(smtpc_deadline(t->s), t->now + 24000);
   body(t, "", true);
   cli(t, "\r\n.\r\n");
+  ev(t, "READY pipelined");
   expect_timeout(t, 24, "TXN_DONE 0  st=9: timeout while reading the confirmation (Body_Timeout = 24 s)");
   ev(t, "FAILED timeout*");
 }
@@ -1579,7 +1745,9 @@ int main(void)
     T(auth_534_538_504), T(auth_not_offered), T(auth_mech_not_offered),
     T(auth_plaintext_refused), T(auth_challenge_too_long), T(auth_challenge_multiline),
     T(auth_plain_unexpected_334), T(auth_deferred_bad_creds), T(auth_after_starttls), T(auth_deferred), T(auth_deferred_none),
-    T(txn_pipelined), T(txn_lockstep), T(txn_partial_rcpt_pipelined),
+    T(txn_pipelined), T(txn_pipelined_next), T(txn_pipelined_next_prev_refused),
+    T(txn_pipelined_next_eof), T(txn_pipelined_next_421), T(txn_pipelined_next_local_refusal),
+    T(txn_lockstep_no_early_ready), T(txn_lockstep), T(txn_partial_rcpt_pipelined),
     T(txn_all_refused_pipelined_data_554), T(txn_all_refused_pipelined_data_354),
     T(txn_all_refused_lockstep), T(txn_mail_refused_pipelined), T(txn_mail_refused_lockstep),
     T(txn_data_refused), T(txn_final_5xx_then_reuse), T(txn_params), T(txn_params_not_offered),

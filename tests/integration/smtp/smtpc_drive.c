@@ -142,6 +142,8 @@ int main(int argc, char **argv)
         break;
       }
       case SMTPC_EV_READY:
+        if (ev.flags & SMTPC_F_PIPELINED)
+          break; /* one transaction: wait for its final reply */
         printf("READY ext=0x%x mechs=0x%x\n", smtpc_extensions(s), smtpc_auth_mechs(s));
         if (!started && nrcpt) {
           started = true;

@@ -116,16 +116,22 @@ struct spool {
   struct buf jretry;            /* DONE records that could not be written yet (under jlock) */
   struct jmap *jrecov;          /* during spool_recover */
   /* spool_start's pipeline: the ingest thread reads, parses and appends
-   * batches; the commit thread syncs them, removes their pickup files and
-   * hands the messages over, while the next batch is read. */
+   * batches; the commit thread syncs them; the unlink thread removes their
+   * pickup files and hands the messages over. Each stage works on the
+   * next batches while the one after it finishes the previous ones (the
+   * unlinks of a round, slow on a file system with online discard, no
+   * longer wait for the next round's sync and the other way round). */
   bool pipelined;
   pthread_mutex_t qlock;
   pthread_cond_t qcond;         /* a batch was queued, or stop */
   pthread_cond_t qdrained;      /* inflight went to 0 */
-  struct jbatch *qhead, *qtail;
-  unsigned inflight;            /* batches queued or being committed */
+  pthread_cond_t fcond;         /* synced batches were queued, or fstop */
+  struct jbatch *qhead, *qtail; /* appended, waiting for their sync */
+  struct jbatch *fhead, *ftail; /* synced, waiting for unlink and hand-over */
+  unsigned inflight;            /* batches queued, being committed or handed over */
   bool qstop, committer_running;
-  pthread_t committer;
+  bool fstop, unlinker_running;
+  pthread_t committer, unlinker;
   atomic_int commit_err;
   /* Batched file system calls through io_uring (each system call costs
    * several microseconds on some virtual machines): the ingest thread's
@@ -1208,6 +1214,7 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
   pthread_mutex_init(&sp->qlock, NULL);
   pthread_cond_init(&sp->qcond, NULL);
   pthread_cond_init(&sp->qdrained, NULL);
+  pthread_cond_init(&sp->fcond, NULL);
   for (int i = 0; i < NBUCKETS; i++)
     sp->bucket_fd[i] = -1;
   sp->base = util_xstrdup(p->spoolbase);
@@ -1300,6 +1307,7 @@ void spool_close(struct spool *sp)
   pthread_mutex_destroy(&sp->qlock);
   pthread_cond_destroy(&sp->qcond);
   pthread_cond_destroy(&sp->qdrained);
+  pthread_cond_destroy(&sp->fcond);
   int fds[] = {sp->base_fd, sp->pickup_fd, sp->queue_fd, sp->bad_fd, sp->ino_fd, sp->wake_fd};
   for (size_t i = 0; i < UTIL_ARRAY_LEN(fds); i++)
     if (fds[i] >= 0)
@@ -2002,8 +2010,8 @@ static long ingest_journal(struct spool *sp)
 }
 
 /* The commit thread: one sync for every batch queued meanwhile (group
- * commit across batches), then their pickup files go and their messages
- * are handed over. */
+ * commit across batches), then it queues them for the unlink thread, which
+ * removes their pickup files and hands their messages over. */
 static void *commit_thread(void *arg)
 {
   struct spool *sp = arg;
@@ -2022,16 +2030,54 @@ static void *commit_thread(void *arg)
     for (struct jbatch *b = list; b && r == 0; b = b->next)
       if (b->seg != synced)
         r = jrn_sync(sp, synced = b->seg);
+    if (r < 0) {
+      for (struct jbatch *b = list, *next; b; b = next) {
+        next = b->next;
+        nb++;
+        jrn_batch_fail(sp, b, true);
+      }
+      atomic_store(&sp->commit_err, r);
+    }
+    pthread_mutex_lock(&sp->qlock);
+    if (r == 0) { /* durable: on to the unlink thread, in order */
+      struct jbatch *last = list;
+      while (last->next)
+        last = last->next;
+      if (sp->ftail)
+        sp->ftail->next = list;
+      else
+        sp->fhead = list;
+      sp->ftail = last;
+      pthread_cond_signal(&sp->fcond);
+    }
+    sp->inflight -= nb;
+    if (sp->inflight == 0)
+      pthread_cond_broadcast(&sp->qdrained);
+  }
+  pthread_mutex_unlock(&sp->qlock);
+  return NULL;
+}
+
+/* The unlink thread: durable batches, in commit order, lose their pickup
+ * files, then their messages are handed over (on_msg, on_batch_end). */
+static void *unlink_thread(void *arg)
+{
+  struct spool *sp = arg;
+  pthread_mutex_lock(&sp->qlock);
+  for (;;) {
+    while (!sp->fhead && !sp->fstop)
+      pthread_cond_wait(&sp->fcond, &sp->qlock);
+    if (!sp->fhead)
+      break;
+    struct jbatch *list = sp->fhead;
+    sp->fhead = sp->ftail = NULL;
+    pthread_mutex_unlock(&sp->qlock);
+    unsigned nb = 0;
     for (struct jbatch *b = list, *next; b; b = next) {
       next = b->next;
       nb++;
-      if (r < 0)
-        jrn_batch_fail(sp, b, true);
-      else
-        jrn_batch_done(sp, b);
+      jrn_batch_done(sp, b);
     }
-    if (r < 0)
-      atomic_store(&sp->commit_err, r);
     pthread_mutex_lock(&sp->qlock);
     sp->inflight -= nb;
     if (sp->inflight == 0)
@@ -2180,10 +2226,18 @@ int spool_start(struct spool *sp)
     return -EALREADY;
   atomic_store(&sp->stop, false);
   if (!sp->p.no_journal && sp->p.sync == SPOOL_SYNC_BATCH) {
-    sp->qstop = false;
-    int r = pthread_create(&sp->committer, NULL, commit_thread, sp);
+    sp->fstop = false;
+    int r = pthread_create(&sp->unlinker, NULL, unlink_thread, sp);
     if (r)
       return -r;
+    pthread_setname_np(sp->unlinker, "imp-unlink");
+    sp->unlinker_running = true;
+    sp->qstop = false;
+    r = pthread_create(&sp->committer, NULL, commit_thread, sp);
+    if (r) {
+      spool_stop(sp);
+      return -r;
+    }
     pthread_setname_np(sp->committer, "imp-commit");
     sp->committer_running = true;
     sp->pipelined = true;
@@ -2215,8 +2269,16 @@ void spool_stop(struct spool *sp)
     pthread_mutex_unlock(&sp->qlock);
     pthread_join(sp->committer, NULL);
     sp->committer_running = false;
-    sp->pipelined = false;
   }
+  if (sp->unlinker_running) { /* it hands over what the committer queued, then ends */
+    pthread_mutex_lock(&sp->qlock);
+    sp->fstop = true;
+    pthread_cond_signal(&sp->fcond);
+    pthread_mutex_unlock(&sp->qlock);
+    pthread_join(sp->unlinker, NULL);
+    sp->unlinker_running = false;
+  }
+  sp->pipelined = false;
 }
 
 /* ---- recovery ---- */

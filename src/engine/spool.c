@@ -135,7 +135,7 @@ struct spool {
   atomic_int commit_err;
   /* Batched file system calls through io_uring (each system call costs
    * several microseconds on some virtual machines): the ingest thread's
-   * stat/open/read/close of pickup files, the commit thread's unlinks.
+   * stat/open/read/close of pickup files, the unlink thread's unlinks.
    * NULL when the kernel lacks what they need: plain system calls then. */
   struct iobatch *iread, *iunlink;
   bool iread_tried, iunlink_tried;
@@ -1928,7 +1928,7 @@ static void jrn_batch_done(struct spool *sp, struct jbatch *bt)
 /* One journal round over the pending names: read and parse up to
  * batch_max files (or JRN_BATCH_BYTES) into one buffer and append it with
  * one write. Then make it durable with one sync, remove the pickup files
- * and hand the messages over, here or (pipelined) on the commit thread. */
+ * and hand the messages over, here or (pipelined) on the commit and unlink threads. */
 static long ingest_journal(struct spool *sp)
 {
   size_t max = sp->p.sync == SPOOL_SYNC_ALWAYS ? 1 : sp->p.batch_max;

@@ -139,6 +139,11 @@ struct spool {
    * NULL when the kernel lacks what they need: plain system calls then. */
   struct iobatch *iread, *iunlink;
   bool iread_tried, iunlink_tried;
+  /* open pickup files with O_NOATIME: a first read of a new file would
+   * otherwise update its atime (relatime: atime <= mtime) and dirty the
+   * inode once more before it is unlinked. Cleared for good on EPERM (the
+   * files belong to another user and we lack CAP_FOWNER). */
+  atomic_bool noatime;
   struct buf jbuf;
   uint64_t avg_file; /* ingest thread: running mean of pickup file sizes */
 };
@@ -1060,7 +1065,7 @@ static struct io_uring_sqe *sqe_get(struct io_uring *r)
 /* Read names[0..n) (n <= cap) from pickup/: statx, open into a fixed
  * slot, read up to PRE_BUF, close, four linked operations per file, one
  * system call for the lot. */
-static int iobatch_read(struct iobatch *b, int dirfd, char *const *names, unsigned n)
+static int iobatch_read(struct iobatch *b, int dirfd, char *const *names, unsigned n, int oflags)
 {
   for (unsigned i = 0; i < n; i++) {
     b->pre[i].st = b->pre[i].op = b->pre[i].rd = -ECANCELED;
@@ -1070,7 +1075,8 @@ static int iobatch_read(struct iobatch *b, int dirfd, char *const *names, unsign
     q->flags |= IOSQE_IO_LINK;
     q->user_data = (uint64_t)i << 2;
     q = sqe_get(&b->ring);
-    io_uring_prep_openat_direct(q, dirfd, names[i], O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0, i);
+    io_uring_prep_openat_direct(q, dirfd, names[i], O_RDONLY | O_NOFOLLOW | O_NONBLOCK | oflags, 0,
+                                i);
     q->flags |= IOSQE_IO_LINK;
     q->user_data = (uint64_t)i << 2 | 1;
     q = sqe_get(&b->ring);
@@ -1204,6 +1210,7 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
     return NULL;
   }
   struct spool *sp = util_xcalloc(1, sizeof(*sp));
+  atomic_init(&sp->noatime, true);
   sp->p = *p;
   sp->base_fd = sp->pickup_fd = sp->queue_fd = sp->bad_fd = sp->ino_fd = sp->wake_fd = -1;
   sp->jdir_fd = -1;
@@ -1713,7 +1720,14 @@ static int jrn_take(struct spool *sp, const char *name, struct jtake *out)
 {
   char why[512];
   out->msg = NULL;
-  int fd = openat(sp->pickup_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  int fd = -1;
+  if (atomic_load_explicit(&sp->noatime, memory_order_relaxed)) {
+    fd = openat(sp->pickup_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOATIME);
+    if (fd < 0 && errno == EPERM)
+      atomic_store(&sp->noatime, false);
+  }
+  if (fd < 0 && !atomic_load_explicit(&sp->noatime, memory_order_relaxed))
+    fd = openat(sp->pickup_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT) { /* removed by its producer: nothing to own */
       write_why(sp, name, "file vanished before it could be claimed", NULL);
@@ -1837,6 +1851,11 @@ static int jrn_take_pre(struct spool *sp, const char *name, const struct pre *pr
              (unsigned long long)pr->stx.stx_size, sp->p.max_message_size);
   else if (pr->stx.stx_size > PRE_BUF)
     return 2;
+  else if (pr->op == -EPERM) {
+    /* not ours to open with O_NOATIME (or not at all: jrn_take says) */
+    atomic_store(&sp->noatime, false);
+    return 2;
+  }
   else if (pr->op < 0)
     snprintf(why, sizeof(why), "cannot open the pickup file: %s", strerror(-pr->op));
   else if (pr->rd < 0)
@@ -1952,7 +1971,8 @@ static long ingest_journal(struct spool *sp)
     if (k > fit)
       k = fit;
     if (ring && sp->iread && k > 1 && k <= sp->iread->cap && sp->avg_file <= PRE_BUF &&
-        iobatch_read(sp->iread, sp->pickup_fd, sp->names + sp->inames, (unsigned)k) == 0) {
+        iobatch_read(sp->iread, sp->pickup_fd, sp->names + sp->inames, (unsigned)k,
+                     atomic_load_explicit(&sp->noatime, memory_order_relaxed) ? O_NOATIME : 0) == 0) {
       for (size_t j = 0; j < k && sp->jbuf.len < JRN_BATCH_BYTES; j++) {
         char *name = sp->names[sp->inames++];
         int r = jrn_take_pre(sp, name, &sp->iread->pre[j], sp->iread->buf + j * PRE_BUF,

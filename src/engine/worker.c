@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #define ROUTES_MAX 16          /* route candidates tried per attempt */
+#define RES_INLINE 2           /* recipients whose results live in the session itself */
 #define BODY_CHUNK 65536u      /* bytes read from the spool per step (a pread is several us on a VM) */
 #define BODY_INFLIGHT 65536u   /* body bytes queued in the conn at most */
 #define DSN_ORIG_MAX 65536u    /* bytes of the original read for a DSN */
@@ -107,13 +108,18 @@ struct session {
   struct smtpc *smtpc;
   struct ring_timer timer;
   struct dq_unit *unit;         /* in flight (or about to be) */
-  struct smtpc_result *results; /* unit's max_batch slots: one half of res_buf */
-  struct smtpc_result *final;   /* unit's final reply: one of fin_buf */
+  struct smtpc_result *results; /* unit's result slots (half `half`) */
+  struct smtpc_result *final;   /* unit's final reply: fin_buf[half] */
   /* RFC 2920 across transactions: prev's body and dot are sent, its final
-   * reply is awaited while unit's commands follow; each uses its own half */
+   * reply is awaited while unit's commands follow; each uses its own half
+   * of the slots: res_inline[h] for a few recipients, else res_buf + h *
+   * max_batch (allocated at the first unit that needs it: most sessions
+   * never do, and thousands of idle sessions stay small) */
   struct dq_unit *prev_unit;
   struct smtpc_result *prev_results, *prev_final;
-  struct smtpc_result *res_buf; /* 2 * max_batch */
+  unsigned half, prev_half;
+  struct smtpc_result res_inline[2][RES_INLINE];
+  struct smtpc_result *res_buf;
   struct smtpc_result fin_buf[2];
   uint32_t max_batch;
   const char **rcpts;           /* max_batch pointers */
@@ -722,8 +728,16 @@ static bool start_txn(struct session *s, struct dq_unit *u)
   uint64_t now = mono_ms(w);
   s->unit = u;
   /* the result slots the transaction awaiting its final reply does not use */
-  bool half = s->prev_unit && s->prev_results == s->res_buf;
-  s->results = s->res_buf + (half ? s->max_batch : 0);
+  unsigned half = s->prev_unit ? s->prev_half ^ 1u : 0;
+  if (u->nrcpt <= RES_INLINE) {
+    s->results = s->res_inline[half];
+  } else {
+    /* not zeroed: smtpc clears the slots a transaction uses */
+    if (s->res_buf == NULL)
+      s->res_buf = util_xmalloc(2 * (size_t)s->max_batch * sizeof *s->res_buf);
+    s->results = s->res_buf + (size_t)half * s->max_batch;
+  }
+  s->half = half;
   s->final = &s->fin_buf[half];
   if (u->nrcpt > s->max_batch)
     util_panic("unit of %u recipients over the batch size %u", u->nrcpt, s->max_batch);
@@ -814,6 +828,7 @@ static void begin_early(struct session *s)
     s->prev_unit = s->unit;
     s->prev_results = s->results;
     s->prev_final = s->final;
+    s->prev_half = s->half;
     s->unit = NULL;
     s->txn_open = false;
   }
@@ -1551,8 +1566,7 @@ static void session_open(struct worker *w, struct dq_queue *q)
   s->body_fd = -1;
   s->pool_key = queue_key(q);
   s->max_batch = st->limits.max_recipients_per_batch ? st->limits.max_recipients_per_batch : 100;
-  s->res_buf = util_xcalloc(2 * (size_t)s->max_batch, sizeof *s->res_buf);
-  s->results = s->res_buf;
+  s->results = s->res_inline[0];
   s->final = &s->fin_buf[0];
   s->rcpts = util_xcalloc(s->max_batch, sizeof *s->rcpts);
   s->next_all = w->sessions;

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* ---- parser ---- */
@@ -893,6 +895,89 @@ static void test_sync_modes(void **state)
   }
 }
 
+/* Pickup files are read with O_NOATIME (a first read of a new file would
+ * update its atime under relatime and dirty the inode once more); without
+ * the right to (another user's files, no CAP_FOWNER) the spool falls back
+ * to plain opens and loses nothing. */
+static void test_noatime(void **state)
+{
+  (void)state;
+  if (geteuid() != 0) {
+    print_message("SKIP part: not root (cannot test the EPERM fallback)\n");
+  }
+  struct statvfs vfs;
+  assert_int_equal(statvfs(base, &vfs), 0);
+  struct spool_params p = {0};
+  struct spool *sp = open_spool(&p);
+  char path[600];
+  /* atime before mtime: a read without O_NOATIME would move it */
+  for (int i = 0; i < 3; i++) {
+    char name[32];
+    snprintf(name, sizeof(name), "na%d", i);
+    put_msg(name, "x-receiver: <a@example.com>\n", NULL);
+    snprintf(path, sizeof(path), "%s/pickup/%s", base, name);
+    struct timespec ts[2] = {{.tv_sec = 1000000}, {.tv_nsec = UTIME_OMIT}};
+    assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
+  }
+  keep_name = "na1";
+  spool_test_keep_pickup = keep_pickup;
+  for (int i = 0; i < 100 && ngot < 3; i++)
+    assert_true(spool_ingest(sp, 0) >= 0);
+  spool_test_keep_pickup = NULL;
+  keep_name = NULL;
+  assert_int_equal(ngot, 3);
+  assert_int_equal(nbad, 0);
+  snprintf(path, sizeof(path), "%s/pickup/na1", base);
+  struct stat st;
+  assert_int_equal(stat(path, &st), 0);
+  if (!(vfs.f_flag & ST_NOATIME)) /* else the test could not fail */
+    assert_int_equal(st.st_atim.tv_sec, 1000000);
+  assert_int_equal(unlink(path), 0);
+  reset_got();
+  spool_close(sp);
+  if (geteuid() != 0)
+    return;
+
+  /* root's files, a spool owned by nobody, the spool run as nobody */
+  char cmd[700];
+  snprintf(cmd, sizeof(cmd), "chown -R 65534:65534 '%s'", base);
+  assert_int_equal(system(cmd), 0);
+  for (int i = 0; i < 4; i++) {
+    char name[32];
+    snprintf(name, sizeof(name), "nb%d", i);
+    put_msg(name, "x-receiver: <a@example.com>\n", NULL);
+    snprintf(path, sizeof(path), "%s/pickup/%s", base, name);
+    assert_int_equal(chown(path, 0, 0), 0);
+    assert_int_equal(chmod(path, 0644), 0);
+  }
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    if (setgid(65534) != 0 || setuid(65534) != 0)
+      _exit(10);
+    struct spool_params q = {0};
+    q.spoolbase = base;
+    q.on_msg = on_msg;
+    q.on_bad = on_bad;
+    char err[256];
+    struct spool *s2 = spool_open(&q, err, sizeof(err));
+    if (!s2)
+      _exit(11);
+    for (int i = 0; i < 100 && ngot < 4; i++)
+      if (spool_ingest(s2, 0) < 0)
+        _exit(12);
+    if (ngot == 4 && nbad == 0 && count_dir("pickup") == 0)
+      _exit(0);
+    fprintf(stderr, "as nobody: %zu messages, %zu bad (%s: %s), %zu left in pickup/\n", ngot, nbad,
+            nbad ? bad_names[0] : "-", nbad ? bad_reasons[0] : "-", count_dir("pickup"));
+    _exit(13);
+  }
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 static int hook_calls;
 static int reject_odd(void *arg, struct spool_msg *m, char *why, size_t n)
 {
@@ -965,6 +1050,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_dicts_on_disk, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dicts_in_memory, setup, teardown),
       cmocka_unit_test_setup_teardown(test_sync_modes, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_noatime, setup, teardown),
       cmocka_unit_test_setup_teardown(test_ingest_hook, setup, teardown),
       cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
   };

@@ -50,8 +50,11 @@ struct conn_params {
  * made or bound (EADDRNOTAVAIL for a Bind_Address not on this host). */
 struct conn *conn_new(struct ring *r, const struct conn_params *p, const struct conn_cbs *cbs,
                       void *arg, int *err);
-/* Queue bytes (encrypted when TLS is on). 0, or -EPIPE after an error or
- * close. At most one send is in flight; the rest waits in the conn. */
+/* Queue bytes (encrypted when TLS is on: everything queued in one pass of
+ * the loop becomes one SSL_write, at the end of the pass; a TLS failure
+ * then comes through the error callback). 0, -EAGAIN before the TLS
+ * handshake is over, or -EPIPE after an error or close. At most one send
+ * is in flight; the rest waits in the conn. */
 int conn_send(struct conn *c, const void *p, size_t n);
 /* Bytes queued and not yet handed to the kernel. */
 size_t conn_pending(const struct conn *c);

@@ -32,6 +32,10 @@ enum cstate { C_CONNECTING, C_OPEN, C_DEAD, C_CLOSING };
  * copied ~124 KB per 100 KB body in reallocs (10 % of a worker's CPU). */
 #define CONN_BULK_BUF (256u * 1024u)
 #define CONN_TLS_CHUNK 16384
+/* Longest a STARTTLS waits for another connection's handshake to the same
+ * host and port to bring a session to resume (tls_ctx_wait); then it does
+ * a full handshake of its own. */
+#define CONN_TLS_WAIT_NS (500u * 1000000u)
 
 struct conn {
   struct ring *r;
@@ -49,10 +53,17 @@ struct conn {
   socklen_t dstlen;
   struct buf wq[2];
   unsigned fly; /* wq[fly] is (or would be) in flight */
+  /* TLS: plaintext queued during this pass, encrypted at its end with one
+   * SSL_write (one record where the plain path makes one send: the body's
+   * end and the next pipelined commands). */
+  struct buf ptq;
   uint8_t *rbuf;
   unsigned rbuf_size;
   struct tls *tls;
   struct tls_ctx *implicit;
+  struct tls_ctx *wait_ctx;     /* non-NULL: waiting to start TLS (waiter queued or woken) */
+  struct tls_waiter waiter;
+  uint64_t wait_until;          /* end of the wait for a session to resume; 0 = not yet */
   char *tls_host;
   uint16_t tls_port;
 };
@@ -74,6 +85,7 @@ static void reap_if_done(struct conn *c) {
   tls_free(c->tls);
   buf_done(&c->wq[0], 0);
   buf_done(&c->wq[1], 0);
+  buf_done(&c->ptq, 0);
   free(c->rbuf);
   free(c->tls_host);
   free(c);
@@ -91,6 +103,8 @@ static void fail(struct conn *c, int err, const char *text) {
   if (c->st != C_OPEN && c->st != C_CONNECTING)
     return;
   c->st = C_DEAD;
+  tls_waiter_cancel(&c->waiter);
+  c->wait_ctx = NULL;
   ring_timer_cancel(c->r, &c->ctimer);
   if (c->op_connect)
     ring_op_cancel(c->r, c->op_connect);
@@ -105,9 +119,27 @@ static void fail(struct conn *c, int err, const char *text) {
     c->cbs->error(c->arg, err, text);
 }
 
+/* Encrypt the plaintext queued in this pass into the send queue. */
+static void seal(struct conn *c) {
+  if (c->tls == NULL || buf_avail(&c->ptq) == 0 || c->st != C_OPEN)
+    return;
+  ssize_t rc = tls_write(c->tls, buf_head(&c->ptq), buf_avail(&c->ptq));
+  buf_reset(&c->ptq);
+  if (c->ptq.cap > CONN_KEEP_BUF)
+    buf_done(&c->ptq, 0);
+  if (rc < 0) {
+    fail(c, -EPROTO, tls_error(c->tls));
+    return;
+  }
+  tls_take(c->tls, &c->wq[c->fly ^ 1]);
+}
+
 static void on_kick(struct ring_deferred *d) {
   struct conn *c = (struct conn *)((char *)d - offsetof(struct conn, kick));
+  enter(c);
+  seal(c);
   kick_send(c);
+  leave(c);
 }
 
 /* Send what is queued once this pass of completions is over, so bytes
@@ -124,8 +156,26 @@ static void tls_flush(struct conn *c) {
     want_send(c);
 }
 
+static void on_wait_over(struct ring_timer *t);
+
+/* Another connection's handshake has a session for us, or ended without
+ * one: go on from the loop (we are inside that connection's TLS call). */
+static void on_wake(struct tls_waiter *w) {
+  struct conn *c = (struct conn *)((char *)w - offsetof(struct conn, waiter));
+  ring_timer_set(c->r, &c->ctimer, ring_now(c->r), on_wait_over);
+}
+
 static void start_tls(struct conn *c, struct tls_ctx *ctx) {
   char err[200];
+  if (c->wait_until == 0)
+    c->wait_until = ring_now(c->r) + CONN_TLS_WAIT_NS;
+  if (ring_now(c->r) < c->wait_until && tls_ctx_wait(ctx, c->tls_host, c->tls_port, &c->waiter)) {
+    c->wait_ctx = ctx;
+    c->waiter.wake = on_wake;
+    ring_timer_set(c->r, &c->ctimer, c->wait_until, on_wait_over);
+    return;
+  }
+  c->wait_ctx = NULL;
   c->tls = tls_new(ctx, c->tls_host, c->tls_port, err, sizeof err);
   if (c->tls == NULL) {
     fail(c, -EPROTO, err);
@@ -139,9 +189,25 @@ static void start_tls(struct conn *c, struct tls_ctx *ctx) {
   tls_flush(c);
 }
 
+static void on_wait_over(struct ring_timer *t) {
+  struct conn *c = (struct conn *)((char *)t - offsetof(struct conn, ctimer));
+  tls_waiter_cancel(&c->waiter); /* the deadline: no wake follows */
+  if (c->st != C_OPEN || c->wait_ctx == NULL)
+    return;
+  enter(c);
+  start_tls(c, c->wait_ctx);
+  leave(c);
+}
+
 /* ------------------------------------------------------------ receive */
 
 static void deliver(struct conn *c, const uint8_t *p, size_t n) {
+  if (c->wait_ctx != NULL) {
+    /* after the 220 to STARTTLS nothing may come before the handshake:
+     * never hand such bytes to the protocol as if they were protected */
+    fail(c, -EPROTO, "TLS handshake: server sent data before the handshake");
+    return;
+  }
   if (c->tls == NULL) {
     c->cbs->data(c->arg, p, n);
     return;
@@ -174,6 +240,10 @@ static void deliver(struct conn *c, const uint8_t *p, size_t n) {
       return;
     }
     c->cbs->data(c->arg, plain, (size_t)got);
+    /* one SSL_read less per receive: the call that would only say
+     * "want more input" (measurable per message in OpenSSL 3.0) */
+    if (c->tls == NULL || !tls_input_left(c->tls))
+      break;
   }
   if (c->tls != NULL)
     tls_feed_end(c->tls); /* p belongs to the ring: copy what OpenSSL left */
@@ -281,16 +351,13 @@ static void kick_send(struct conn *c) {
 int conn_send(struct conn *c, const void *p, size_t n) {
   if (c->st != C_OPEN && c->st != C_CONNECTING)
     return -EPIPE;
-  if (c->implicit != NULL && c->tls == NULL)
-    return -EAGAIN; /* implicit TLS: nothing before the handshake */
+  if ((c->implicit != NULL && c->tls == NULL) || c->wait_ctx != NULL)
+    return -EAGAIN; /* implicit TLS, or STARTTLS waiting: nothing before the handshake */
   if (c->tls != NULL) {
     if (c->hs)
       return -EAGAIN;
-    if (tls_write(c->tls, p, n) < 0) {
-      fail(c, -EPROTO, tls_error(c->tls));
-      return -EPROTO;
-    }
-    tls_flush(c);
+    buf_append(&c->ptq, p, n); /* sealed at the end of the pass (seal) */
+    ring_defer(c->r, &c->kick, on_kick);
     return 0;
   }
   struct buf *b = &c->wq[c->fly ^ 1];
@@ -301,7 +368,9 @@ int conn_send(struct conn *c, const void *p, size_t n) {
   return 0;
 }
 
-size_t conn_pending(const struct conn *c) { return buf_avail(&c->wq[0]) + buf_avail(&c->wq[1]); }
+size_t conn_pending(const struct conn *c) {
+  return buf_avail(&c->wq[0]) + buf_avail(&c->wq[1]) + buf_avail(&c->ptq);
+}
 
 /* ------------------------------------------------------------ connect */
 
@@ -391,7 +460,7 @@ struct conn *conn_new(struct ring *r, const struct conn_params *p, const struct 
 int conn_starttls(struct conn *c, struct tls_ctx *ctx, const char *host, uint16_t port) {
   if (c->st != C_OPEN)
     return -EPIPE;
-  if (c->tls != NULL)
+  if (c->tls != NULL || c->wait_ctx != NULL)
     return -EALREADY;
   free(c->tls_host);
   c->tls_host = host ? util_xstrdup(host) : NULL;
@@ -414,6 +483,8 @@ void conn_close(struct conn *c) {
     return;
   bool was_open = c->st == C_OPEN;
   c->st = C_CLOSING;
+  tls_waiter_cancel(&c->waiter);
+  c->wait_ctx = NULL;
   ring_timer_cancel(c->r, &c->ctimer);
   if (c->op_connect)
     ring_op_cancel(c->r, c->op_connect);
@@ -445,7 +516,7 @@ void conn_close(struct conn *c) {
   }
 }
 
-bool conn_is_tls(const struct conn *c) { return c->tls != NULL; }
+bool conn_is_tls(const struct conn *c) { return c->tls != NULL || c->wait_ctx != NULL; }
 bool conn_tls_resumed(const struct conn *c) { return c->tls != NULL && tls_resumed(c->tls); }
 
 const char *conn_tls_describe(const struct conn *c, char *out, size_t outlen) {
@@ -460,5 +531,5 @@ const char *conn_tls_describe(const struct conn *c, char *out, size_t outlen) {
 int conn_fd(const struct conn *c) { return c->fd; }
 
 size_t conn_mem(const struct conn *c) {
-  return sizeof *c + c->wq[0].cap + c->wq[1].cap + (c->rbuf ? c->rbuf_size : 0);
+  return sizeof *c + c->wq[0].cap + c->wq[1].cap + c->ptq.cap + (c->rbuf ? c->rbuf_size : 0);
 }

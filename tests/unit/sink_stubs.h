@@ -32,7 +32,11 @@ struct sink_counter *sink_table_get(struct sink_table *t, const char *key)
 }
 void sink_conn_reply(struct sink_conn *c, const void *p, size_t n)
 {
-  (void)c;
+  /* As sink_io: replies beyond SINK_MAX_OUTBUF unsent bytes drop the client. */
+  if (buf_avail(&stub_out) + n > SINK_MAX_OUTBUF) {
+    c->closing = 1;
+    return;
+  }
   buf_append(&stub_out, p, n);
 }
 void sink_conn_pause(struct sink_conn *c, uint32_t ms)

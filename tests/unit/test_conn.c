@@ -2,7 +2,8 @@
  * with and without the provided-buffer pool), connection refused, source
  * address binding, connect timeout, TLS verify modes no/ca/host with
  * matching and mismatching certificates, STARTTLS, handshake garbage,
- * session resumption. Servers are threads of this process (plain sockets,
+ * session resumption (also a burst of STARTTLS connections sharing one
+ * full handshake). Servers are threads of this process (plain sockets,
  * OpenSSL blocking I/O); certificates are made with the openssl CLI. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -33,7 +34,7 @@ static char certdir[64];
 
 /* ------------------------------------------------------------ server */
 
-enum smode { S_ECHO, S_TLS_ECHO, S_STARTTLS_ECHO, S_GARBAGE, S_PEER };
+enum smode { S_ECHO, S_TLS_ECHO, S_STARTTLS_ECHO, S_GARBAGE, S_PEER, S_STARTTLS_PAR, S_STARTTLS_HANG };
 
 struct server {
   int lfd;
@@ -82,9 +83,40 @@ static void tls_echo(SSL_CTX *ctx, int fd) {
   SSL_free(ssl);
 }
 
+struct par_conn {
+  SSL_CTX *ctx;
+  int fd;
+  pthread_t th;
+};
+
+static void *par_main(void *arg) {
+  struct par_conn *pc = arg;
+  if (write(pc->fd, "220 go ahead\r\n", 14) == 14)
+    tls_echo(pc->ctx, pc->fd);
+  close(pc->fd);
+  return NULL;
+}
+
 static void *server_main(void *arg) {
   struct server *s = arg;
-  SSL_CTX *ctx = (s->mode == S_TLS_ECHO || s->mode == S_STARTTLS_ECHO) ? server_ctx() : NULL;
+  SSL_CTX *ctx = (s->mode == S_TLS_ECHO || s->mode == S_STARTTLS_ECHO ||
+                  s->mode == S_STARTTLS_PAR) ? server_ctx() : NULL;
+  if (s->mode == S_STARTTLS_PAR) { /* STARTTLS echo, every connection at once */
+    struct par_conn pc[8];
+    int n = 0;
+    while (n < s->nconn && n < 8) {
+      pc[n].ctx = ctx;
+      pc[n].fd = accept(s->lfd, NULL, NULL);
+      if (pc[n].fd < 0)
+        break;
+      pthread_create(&pc[n].th, NULL, par_main, &pc[n]);
+      n++;
+    }
+    for (int i = 0; i < n; i++)
+      pthread_join(pc[i].th, NULL);
+    SSL_CTX_free(ctx);
+    return NULL;
+  }
   for (int i = 0; i < s->nconn; i++) {
     struct sockaddr_in peer;
     socklen_t pl = sizeof peer;
@@ -120,6 +152,13 @@ static void *server_main(void *arg) {
       (void)!read(fd, b, sizeof b);
       (void)!write(fd, "500 5.5.1 what is this\r\n500 5.5.1 and this\r\n", 44);
       break;
+    case S_STARTTLS_PAR: /* handled above */
+      break;
+    case S_STARTTLS_HANG: /* says go ahead, then never answers the ClientHello */
+      if (write(fd, "220 go ahead\r\n", 14) == 14)
+        while (read(fd, b, sizeof b) > 0) {
+        }
+      break;
     }
     close(fd);
   }
@@ -154,6 +193,7 @@ struct client {
   unsigned char *rx;
   bool mismatch;
   struct tls_ctx *starttls_ctx;
+  uint16_t starttls_port; /* the session cache key's port; 0 = 25 */
   bool sent_payload;
 };
 
@@ -179,7 +219,8 @@ static void cb_tls_ready(void *arg) {
 static void cb_data(void *arg, const uint8_t *p, size_t n) {
   struct client *k = arg;
   if (k->starttls && !conn_is_tls(k->c)) {
-    assert_int_equal(conn_starttls(k->c, k->starttls_ctx, "localhost", 25), 0);
+    assert_int_equal(conn_starttls(k->c, k->starttls_ctx, "localhost",
+                                   k->starttls_port ? k->starttls_port : 25), 0);
     return;
   }
   if (k->got + n > k->wantlen) {
@@ -464,6 +505,136 @@ static void test_starttls_resume(void **st) {
   ring_free(r);
 }
 
+/* A burst of STARTTLS connections to one host and port on one context:
+ * one full handshake, the others wait for its session and resume it. */
+/* Two keys in the same slot (localhost:25 and :27) alternating on a
+ * 2-slot cache: each keeps its session (the cache is 2-way), so every
+ * visit after the first of each resumes. */
+static void test_starttls_two_keys(void **st) {
+  (void)st;
+  struct ring *r = mk(false);
+  char err[256], ca[128];
+  snprintf(ca, sizeof ca, "%s/ca.crt", certdir);
+  struct tls_params tp = {.verify = TLS_VERIFY_HOST, .ca_file = ca, .cache_slots = 2};
+  struct tls_ctx *ctx = tls_ctx_new(&tp, err, sizeof err);
+  assert_non_null(ctx);
+  struct server s;
+  server_start(&s, S_STARTTLS_ECHO, 6, NULL);
+  for (int i = 0; i < 6; i++) {
+    struct client k;
+    client_go(&k, r, s.port, 1000, NULL, NULL);
+    k.starttls = true;
+    k.starttls_ctx = ctx;
+    k.starttls_port = (uint16_t)(25 + 2 * (i % 2)); /* same slot of 2 */
+    run_until_closed(&k);
+    assert_int_equal(k.err, 0);
+    assert_int_equal(k.got, 1000);
+    assert_int_equal(k.resumed, i >= 2);
+    client_done(&k);
+  }
+  assert_int_equal(tls_ctx_cached(ctx), 2);
+  server_stop(&s);
+  tls_ctx_free(ctx);
+  ring_free(r);
+}
+
+/* The first handshake to a host never finishes: a second connection to
+ * the same host and port waits for its session only up to its deadline,
+ * then makes its own full handshake. */
+static void test_starttls_leader_stuck(void **st) {
+  (void)st;
+  struct ring *r = mk(false);
+  struct tls_ctx *ctx = ctx_for(TLS_VERIFY_HOST, "ca.crt");
+  struct server hang, echo_s;
+  server_start(&hang, S_STARTTLS_HANG, 1, NULL);
+  server_start(&echo_s, S_STARTTLS_ECHO, 1, NULL);
+  struct client a, b;
+  client_go(&a, r, hang.port, 10, NULL, NULL);
+  a.starttls = true;
+  a.starttls_ctx = ctx;
+  uint64_t end = clock_mono_ns() + 5000000000ull;
+  while (tls_ctx_handshakes(ctx) == 0 && clock_mono_ns() < end)
+    assert_true(ring_run_once(r, 50000000) >= 0);
+  assert_int_equal(tls_ctx_handshakes(ctx), 1); /* a leads, and hangs */
+  client_go(&b, r, echo_s.port, 1000, NULL, NULL);
+  b.starttls = true;
+  b.starttls_ctx = ctx;
+  uint64_t t0 = clock_mono_ns();
+  while (!b.closed && clock_mono_ns() < end)
+    assert_true(ring_run_once(r, 50000000) >= 0);
+  assert_true(b.closed);
+  assert_int_equal(b.err, 0);
+  assert_int_equal(b.got, 1000);
+  assert_false(b.resumed);
+  assert_true(clock_mono_ns() - t0 >= 400000000ull); /* it did wait (500 ms) */
+  assert_false(a.closed);
+  assert_false(a.tls_ready);
+  conn_close(a.c);
+  while (!a.closed && clock_mono_ns() < end)
+    assert_true(ring_run_once(r, 50000000) >= 0);
+  assert_true(a.closed);
+  assert_int_equal(tls_ctx_handshakes(ctx), 0);
+  assert_int_equal(ring_ops_inflight(r), 1);
+  client_done(&a);
+  client_done(&b);
+  server_stop(&hang);
+  server_stop(&echo_s);
+  tls_ctx_free(ctx);
+  ring_free(r);
+}
+
+static void starttls_burst(unsigned max_hs) {
+  enum { N = 4 };
+  struct ring *r = mk(false);
+  struct tls_ctx *ctx = ctx_for(TLS_VERIFY_HOST, "ca.crt");
+  if (max_hs) { /* the same context, with a handshake limit */
+    char err[256];
+    char ca[128];
+    snprintf(ca, sizeof ca, "%s/ca.crt", certdir);
+    struct tls_params tp = {.verify = TLS_VERIFY_HOST, .ca_file = ca, .max_handshakes = max_hs};
+    tls_ctx_free(ctx);
+    ctx = tls_ctx_new(&tp, err, sizeof err);
+    assert_non_null(ctx);
+  }
+  struct server s;
+  server_start(&s, S_STARTTLS_PAR, N, NULL);
+  struct client k[N];
+  for (int i = 0; i < N; i++) {
+    client_go(&k[i], r, s.port, 20000, NULL, NULL);
+    k[i].starttls = true;
+    k[i].starttls_ctx = ctx;
+  }
+  uint64_t end = clock_mono_ns() + 5000000000ull;
+  int closed = 0;
+  while (closed < N && clock_mono_ns() < end) {
+    assert_true(ring_run_once(r, 50000000) >= 0);
+    if (max_hs)
+      assert_true(tls_ctx_handshakes(ctx) <= max_hs);
+    closed = 0;
+    for (int i = 0; i < N; i++)
+      closed += k[i].closed;
+  }
+  assert_int_equal(closed, N);
+  int resumed = 0;
+  for (int i = 0; i < N; i++) {
+    assert_int_equal(k[i].err, 0);
+    assert_true(k[i].tls_ready);
+    assert_false(k[i].mismatch);
+    assert_int_equal(k[i].got, 20000);
+    resumed += k[i].resumed;
+    client_done(&k[i]);
+  }
+  assert_int_equal(resumed, N - 1);
+  assert_int_equal(tls_ctx_handshakes(ctx), 0);
+  assert_int_equal(ring_ops_inflight(r), 1);
+  server_stop(&s);
+  tls_ctx_free(ctx);
+  ring_free(r);
+}
+static void test_starttls_burst(void **st) { (void)st; starttls_burst(0); }
+/* at most one handshake at a time: the others queue and still all finish */
+static void test_starttls_burst_one(void **st) { (void)st; starttls_burst(1); }
+
 static void test_tls_params(void **st) {
   (void)st;
   char err[256];
@@ -518,7 +689,10 @@ int main(void) {
     cmocka_unit_test(test_echo_fallback),   cmocka_unit_test(test_refused),
     cmocka_unit_test(test_bind_source),     cmocka_unit_test(test_connect_timeout),
     cmocka_unit_test(test_tls_verify_matrix), cmocka_unit_test(test_tls_garbage),
-    cmocka_unit_test(test_starttls_resume), cmocka_unit_test(test_tls_params),
+    cmocka_unit_test(test_starttls_resume), cmocka_unit_test(test_starttls_burst),
+    cmocka_unit_test(test_starttls_burst_one), cmocka_unit_test(test_starttls_two_keys),
+    cmocka_unit_test(test_starttls_leader_stuck),
+    cmocka_unit_test(test_tls_params),
   };
   return cmocka_run_group_tests(tests, setup_certs, teardown_certs);
 }

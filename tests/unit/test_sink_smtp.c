@@ -174,6 +174,57 @@ static void test_faults_and_limits(void **state)
   free(out);
 }
 
+/* The continuation lines a hostile reply with `code` starts with. */
+static void add_continuations(struct buf *b, const char *code)
+{
+  for (int i = 0; i < SINK_CONTINUATIONS; i++)
+    buf_printf(b, "%s-continuation line %d\r\n", code, i);
+}
+
+static void test_hostile_continuations(void **state)
+{
+  (void)state;
+  reset_globals();
+  g_sink.o.hostile = HOSTILE_CONTINUATIONS;
+  g_sink.o.hostile_stage = CMD_EHLO;
+  static const char ehlo[] = "250-sink.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n"
+                             "250-8BITMIME\r\n250-AUTH PLAIN LOGIN XOAUTH2\r\n"
+                             "250 ENHANCEDSTATUSCODES\r\n";
+  struct buf want = {0};
+  buf_append_str(&want, g_sink.greeting);
+  add_continuations(&want, "250");
+  buf_append_str(&want, ehlo);
+  add_continuations(&want, "501"); /* the cached block gets its code patched */
+  buf_append_str(&want, "501 5.5.4 Syntax: EHLO hostname\r\n");
+  buf_append_str(&want, "501 5.5.4 Syntax: EHLO hostname\r\n"); /* HELO: not the stage */
+  add_continuations(&want, "250");
+  buf_append_str(&want, ehlo);
+  buf_append_str(&want, "221 2.0.0 Bye\r\n");
+  for (size_t step = 0; step < 8; step += 7) {
+    char *out = run("EHLO a\r\nEHLO\r\nHELO\r\nEHLO b\r\nQUIT\r\n", step);
+    assert_int_equal(strlen(out), buf_avail(&want));
+    assert_memory_equal(out, buf_head(&want), buf_avail(&want));
+    free(out);
+  }
+  buf_done(&want, 0);
+
+  /* Pipelined EHLOs would queue 270 KB of replies each: the client is
+   * dropped once SINK_MAX_OUTBUF bytes are unsent. */
+  struct buf in = {0};
+  for (int i = 0; i < 100; i++)
+    buf_append_str(&in, "EHLO a\r\n");
+  struct sink_conn c;
+  memset(&c, 0, sizeof(c));
+  buf_reset(&stub_out);
+  sink_smtp_start(&c);
+  sink_smtp_feed(&c, buf_head(&in), buf_avail(&in));
+  assert_true(c.closing);
+  assert_true(buf_avail(&stub_out) <= SINK_MAX_OUTBUF);
+  assert_true(buf_avail(&stub_out) > SINK_MAX_OUTBUF / 2);
+  stub_conn_done(&c);
+  buf_done(&in, 0);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -182,6 +233,7 @@ int main(void)
     cmocka_unit_test(test_dot_unstuffing),
     cmocka_unit_test(test_auth),
     cmocka_unit_test(test_faults_and_limits),
+    cmocka_unit_test(test_hostile_continuations),
   };
   int r = cmocka_run_group_tests(tests, NULL, NULL);
   buf_done(&stub_out, 0);

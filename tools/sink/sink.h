@@ -134,8 +134,10 @@ struct sink_conn {
   struct buf env;             /* envelope of the open transaction (records only) */
   struct buf msg;             /* message body (--save-dir only) */
   uint8_t *rbuf;              /* fallback recv buffer (no provided buffers) */
-  SSL *ssl;
-  BIO *rbio, *wbio;
+  SSL *ssl;                   /* its BIO (sink_io.c) reads tin/held, writes into wire */
+  const uint8_t *tin;         /* ciphertext being fed (valid during one tls_input) */
+  size_t tinlen;
+  struct buf held;            /* ciphertext OpenSSL left unread, kept for the next input */
   const struct sink_user *user;
   const char *mech;
   struct sink_counter *src_ctr, *local_ctr;

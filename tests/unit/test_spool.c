@@ -68,6 +68,29 @@ static void test_parse_good(void **state)
   spool_envelope_done(&env);
 }
 
+/* The 8-bit flag wherever the one high byte of a long body is: in the
+ * word-at-a-time scan, at its block edges, and in the byte-wise tail. */
+static void test_parse_8bit(void **state)
+{
+  (void)state;
+  const char *head = "x-sender: <a@b.example>\nx-receiver: <c@d.example>\nSubject: s\n\n";
+  size_t hl = strlen(head), bl = 1000;
+  char *f = malloc(hl + bl + 1);
+  struct spool_envelope env;
+  char why[256];
+  for (size_t at = 0; at <= bl; at++) {
+    memcpy(f, head, hl);
+    memset(f + hl, 'x', bl);
+    f[hl + bl] = 0;
+    if (at < bl)
+      f[hl + at] = (char)(at % 2 ? 0x80 : 0xff);
+    assert_int_equal(spool_parse(f, hl + bl, &env, why, sizeof(why)), 0);
+    assert_int_equal(!!(env.flags & SPOOL_MSG_F_8BIT), at < bl);
+    spool_envelope_done(&env);
+  }
+  free(f);
+}
+
 /* x-context passwords are overwritten in place; the envelope still parses. */
 static void test_scrub_secrets(void **state)
 {
@@ -1015,6 +1038,7 @@ int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_parse_good),
+      cmocka_unit_test(test_parse_8bit),
       cmocka_unit_test(test_addr),
       cmocka_unit_test(test_scrub_secrets),
       cmocka_unit_test(test_parse_bad),

@@ -587,11 +587,22 @@ static size_t body(struct sink_conn *c, const uint8_t *p, size_t n)
   while (i < n) {
     switch (c->body_state) {
     case B_MID: {
-      const uint8_t *nl = memchr(p + i, '\n', n - i);
-      size_t e = nl ? (size_t)(nl - p) + 1 : n;
+      /* Only a dot at the start of a line matters (stuffed, or the end),
+       * so look for dots, not for every line end: one vectorised scan
+       * per read instead of one call per line. */
+      size_t j = i, e = n;
+      const uint8_t *d;
+      while ((d = memchr(p + j, '.', n - j)) != NULL) {
+        size_t k = (size_t)(d - p);
+        if (k > i && p[k - 1] == '\n') {
+          e = k;
+          break;
+        }
+        j = k + 1;
+      }
       body_emit(c, p + i, e - i);
       i = e;
-      if (nl)
+      if (p[e - 1] == '\n')
         c->body_state = B_BOL;
       break;
     }

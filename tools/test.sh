@@ -40,7 +40,7 @@ if [ "${IMPETUS_SKIP_TSAN:-0}" != 1 ]; then
     meson test -C build-tsan --print-errorlogs --num-processes "$jobs" \
     mpsc ring ctx logs conf luam luam_glue spool sched dq secmem \
     engine-gateway engine-faults engine-reload engine-stop engine-tls engine-connlimit \
-    engine-smtpc-tls-fallback engine-smtpc-smtps
+    engine-smtpc-tls-fallback engine-smtpc-smtps lua-safety
 fi
 
 if [ "${IMPETUS_SKIP_FUZZ:-0}" != 1 ]; then

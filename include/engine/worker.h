@@ -3,14 +3,14 @@
  * and timers, a log writer and a spool transaction. Work reaches a worker
  * only as posted messages on its ring (lock-free MPSC + eventfd):
  *
- *   - delivery units, from the ingest thread (worker_submit_msg), each to
+ *   - delivery units, from the spool's hand-over thread (worker_submit_msg), each to
  *     the worker that owns its (binding, routing domain) queue;
  *   - per-recipient results, from the worker that delivered them to the
  *     message's home worker, the only thread that updates the message's
  *     spool state (so a message to several domains has one writer).
  *
  * Threads: worker_* functions below are called by the engine's main thread,
- * except worker_submit_msg (the spool's ingest thread). */
+ * except worker_submit_msg (the spool's hand-over thread). */
 #pragma once
 
 #include <stdatomic.h>
@@ -30,7 +30,10 @@ struct throttle_registry;
 struct engine_shared {
   struct spool *spool;
   struct logs *logs;
-  struct logs_writer *ingest_log; /* the ingest thread's (R records) */
+  struct logs_writer *ingest_log; /* the ingest thread's (bad files, Lua ingest hooks) */
+  /* the spool's hand-over thread's (on_msg, on_batch_end: R records); a
+   * writer belongs to one thread, and the two run at once */
+  struct logs_writer *handover_log;
   struct throttle_registry *throttles;
   struct policy *policy;          /* Lua scripts (policy.h); NULL: none */
   char hostname[256];

@@ -52,7 +52,7 @@ static void on_msg(void *arg, struct spool_msg *msg)
   if (recovering) { /* Lua validate_set_binding again (issue 8) */
     int rc = policy_recovered(sh.policy, sh.spool, msg);
     if (rc < 0)
-      logs_panic(sh.ingest_log, now_wall_ms(), "lua", "recovery: binding change not saved: %s",
+      logs_panic(sh.handover_log, now_wall_ms(), "lua", "recovery: binding change not saved: %s",
                  strerror(-rc));
   }
   worker_submit_msg(&sh, msg, !recovering);
@@ -62,7 +62,7 @@ static void on_msg(void *arg, struct spool_msg *msg)
 static void on_batch_end(void *arg)
 {
   (void)arg;
-  logs_writer_flush(sh.ingest_log);
+  logs_writer_flush(sh.handover_log);
 }
 
 static int on_ingest(void *arg, struct spool_msg *msg, char *reason, size_t reason_len)
@@ -277,6 +277,7 @@ int engine_main(const char *config_path)
   ctl_prepare_paths(c); /* ops: log and socket directories */
   sh.logs = open_logs(c);
   sh.ingest_log = logs_writer_new(sh.logs);
+  sh.handover_log = logs_writer_new(sh.logs);
   struct logs_writer *mainlog = logs_writer_new(sh.logs);
   sh.throttles = throttle_registry_new();
 
@@ -401,6 +402,7 @@ int engine_main(const char *config_path)
   for (unsigned i = 0; i < sh.nworkers; i++)
     worker_join(sh.workers[i]);
   logs_writer_free(sh.ingest_log);
+  logs_writer_free(sh.handover_log);
   spool_close(sh.spool);
   worker_free_leftovers(&sh);
   policy_free(sh.policy);

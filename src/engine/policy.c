@@ -506,6 +506,9 @@ int policy_ingest(void *arg, struct spool_msg *msg, char *reason, size_t reason_
       break;
   }
   luam_spool_msg_done(&h);
+  /* what the hooks logged leaves now (a no-op when nothing was): this
+   * writer is the ingest thread's, the batch-end flush is another's */
+  logs_writer_flush(p->ingest_log);
   if (h.code >= 400) {
     snprintf(reason, reason_len, "rejected by policy: %d %s", h.code, h.text);
     return -EPERM;

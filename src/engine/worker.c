@@ -7,7 +7,7 @@
  * batched commit; touch another worker's queues or sessions (results cross
  * threads as posted messages); log a credential.
  * Threads: everything static runs on the worker's own loop thread, except
- * worker_submit_msg (ingest thread) and the start/stop functions (main). */
+ * worker_submit_msg (the spool's hand-over thread) and the start/stop functions (main). */
 #include "worker.h"
 
 #include "auth.h"
@@ -1832,7 +1832,7 @@ void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool rece
    * else default; an unknown name is logged and mail goes to default */
   const char *binding = sm->binding;
   if (binding && conf_binding_id(c, binding) < 0) {
-    logs_panic(sh->ingest_log, now, "binding", "message %s: unknown binding \"%s\", using default",
+    logs_panic(sh->handover_log, now, "binding", "message %s: unknown binding \"%s\", using default",
                em->id, binding);
     binding = NULL;
   }
@@ -1845,7 +1845,7 @@ void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool rece
       }
     }
     if (binding == NULL)
-      logs_panic(sh->ingest_log, now, "binding",
+      logs_panic(sh->handover_log, now, "binding",
                  "message %s: unknown binding group \"%s\", using default", em->id,
                  sm->binding_group);
   }
@@ -1865,7 +1865,7 @@ void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool rece
       char msgid[64];
       struct logs_msg m;
       fill_logs_msg(&m, msgid, sizeof msgid, em, i);
-      logs_reception(sh->ingest_log, sm->created_ms ? sm->created_ms : now, &m, NULL, "internal");
+      logs_reception(sh->handover_log, sm->created_ms ? sm->created_ms : now, &m, NULL, "internal");
       counters_add(sh->nworkers, binding, rcpt_domain(sm->rcpt[i]), COUNTERS_RECEIVED, 1);
     }
     /* the R records go out with the batch (the spool's on_batch_end) */

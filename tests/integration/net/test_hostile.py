@@ -70,6 +70,19 @@ def session(conn, mode, stop):
             return
         send(b"220 hostile.test ESMTP\r\n")
         line = readline(f)  # EHLO
+        if mode == "tls11":
+            # a server that speaks nothing newer than TLS 1.1: the client's
+            # floor is TLS 1.2 (docs/security.md), so the handshake must fail
+            send(EHLO_TLS)
+            line = readline(f)
+            if line.upper().startswith(b"STARTTLS"):
+                send(b"220 2.0.0 go ahead\r\n")
+                try:
+                    TLS11_CTX.wrap_socket(conn, server_side=True)
+                except (OSError, ValueError):
+                    pass
+            time.sleep(TIMEOUT + 1)
+            return
         if mode == "tlsgarbage":
             send(EHLO_TLS)
             line = readline(f)
@@ -130,6 +143,28 @@ class Server:
 
 
 BIG_BODY = None
+TLS11_CTX = None
+
+
+def tls11_context(tmp):
+    """A server context limited to TLS 1.0-1.1 (None if this OpenSSL
+    cannot offer them at all: then the case is skipped)."""
+    import ssl
+    key, crt = os.path.join(tmp, "k.pem"), os.path.join(tmp, "c.pem")
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", crt,
+                        "-days", "1", "-subj", "/CN=hostile.test"], capture_output=True)
+    if r.returncode != 0:
+        return None
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+        ctx.load_cert_chain(crt, key)
+        return ctx
+    except (ssl.SSLError, ValueError, AttributeError):
+        return None
 
 
 def run_case(mode, extra=()):
@@ -145,9 +180,10 @@ def run_case(mode, extra=()):
 
 
 def main():
-    global BIG_BODY
+    global BIG_BODY, TLS11_CTX
     import tempfile
     tmp = tempfile.mkdtemp(prefix="impetus-hostile-")
+    TLS11_CTX = tls11_context(tmp)
     BIG_BODY = os.path.join(tmp, "big.eml")
     with open(BIG_BODY, "wb") as f:
         f.write(b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 4000)
@@ -162,7 +198,11 @@ def main():
         ("reset", ("--body", BIG_BODY), "network"),
         ("silent-after-data", (), "timeout"),
         ("tlsgarbage", ("--tls", "required", "--verify", "no"), "transient"),
+        ("tls11", ("--tls", "required", "--verify", "no"), "transient"),
     ]
+    if TLS11_CTX is None:
+        print("skip tls11: this OpenSSL cannot serve TLS 1.1 even at SECLEVEL 0")
+        cases = [c for c in cases if c[0] != "tls11"]
     bad = []
     try:
         for mode, extra, kind in cases:
@@ -175,6 +215,8 @@ def main():
                   and dt < TIMEOUT * 4 + 5)
             if mode == "tlsgarbage" and ok:
                 ok = "TLS" in failed[0]
+            if mode == "tls11" and ok:  # refused for its version, nothing else
+                ok = "TLS" in failed[0] and "protocol" in failed[0].lower()
             print(("ok  " if ok else "FAIL"), f"{mode:18} {dt:5.2f}s  {failed[0] if failed else out!r}")
             if not ok:
                 print(out, p.stderr)

@@ -8,7 +8,8 @@ At the end it is run to completion and the sink's jsonl records and the
 mainlog must show:
   - every message delivered at least once (lost = 0);
   - duplicates <= the sessions in flight at each kill (bounded by
-    Max_Outbound_Connections per kill: one transaction per session);
+    Max_Outbound_Connections per kill: one transaction per session), each
+    repeat charged to the first kill after the recipient's previous delivery;
   - the spool empty (queue/ and pickup/), nothing in bad/ (no message
     injected here is bad);
   - every D record in the mainlog is a message the sink accepted, and no
@@ -21,6 +22,7 @@ usage: crash_harness.py IMPETUS SINK [--messages N] [--kills K] [--seed S]
 By hand: crash_harness.py build/src/main/impetus build/tools/sink/impetus-sink
          --messages 20000 --kills 50"""
 import argparse
+import bisect
 import json
 import os
 import random
@@ -117,6 +119,7 @@ try:
     injected = 0
     phases = ["ingest", "session", "retry"]
     kills = []
+    marks = []  # sink records seen when each kill landed
     for k in range(args.kills):
         phase = phases[k % 3] if k < 3 else rnd.choice(phases)
         # inject this round's share (the rest after the last kill)
@@ -155,6 +158,17 @@ try:
                                % (e.proc.returncode, e.read(e.err.name)))
         kill(phase)
         kills.append(phase)
+        # the sink may still be reading what the dead engine sent (a body
+        # whose 250 the engine never saw): let its record count settle
+        # (unchanged for 0.2 s, at most 3 s) before marking the kill
+        seen, t_settle = len(sink_records()), time.monotonic()
+        t_give_up = t_settle + 3
+        while time.monotonic() - t_settle < 0.2 and time.monotonic() < t_give_up:
+            time.sleep(0.02)
+            now_seen = len(sink_records())
+            if now_seen != seen:
+                seen, t_settle = now_seen, time.monotonic()
+        marks.append(seen)
     # the rest, then run to completion
     start_engine()
     while injected < n:
@@ -178,6 +192,16 @@ try:
     got = delivered_counts()
     lost = sorted(want - set(got), key=lambda r: int(r[1:].split("@")[0]))
     dups = sum(c - 1 for c in got.values())
+    # each repeat is charged to the first kill after the recipient's
+    # previous delivery (the kill that kept that delivery from being recorded)
+    last, per_kill = {}, [0] * (len(marks) + 1)
+    for i, m in enumerate(sink_records()):
+        for r in m["rcpts"]:
+            if r in last:
+                k = bisect.bisect_right(marks, last[r])
+                per_kill[min(k, len(marks))] += 1
+            last[r] = i
+    worst = max(per_kill[:len(marks)] or [0])
     unknown = set(got) - want
     bound = len(kills) * args.conns
     queue_left = files_under(os.path.join(e.spool, "queue"))
@@ -191,9 +215,11 @@ try:
             dlog[rmap[f[1]]] = dlog.get(rmap[f[1]], 0) + 1
     no_d = want - set(dlog)
     pfail = len(e.records("P"))
-    print("messages %d, kills %d (%s), lost %d, duplicates %d (bound %d), "
+    print("messages %d, kills %d (%s), lost %d, duplicates %d (bound %d; at most %d for one "
+          "kill, %d after the last), "
           "mainlog D %d (recipients without D: %d), P %d, T %d, left: queue %d pickup %d bad %d"
-          % (n, len(kills), ",".join(kills), len(lost), dups, bound, sum(dlog.values()),
+          % (n, len(kills), ",".join(kills), len(lost), dups, bound, worst, per_kill[-1],
+             sum(dlog.values()),
              len(no_d), pfail, len(e.records("T")), queue_left, pickup_left, bad_left), flush=True)
     problems = []
     if lost:
@@ -202,6 +228,9 @@ try:
         problems.append("unknown recipients at the sink: %s" % sorted(unknown)[:5])
     if dups > bound:
         problems.append("duplicates %d > %d (sessions in flight at the kills)" % (dups, bound))
+    if worst > args.conns:
+        problems.append("%d duplicates from one kill > %d sessions (per kill: %s)"
+                        % (worst, args.conns, per_kill))
     if queue_left or pickup_left:
         problems.append("spool not empty: queue %d pickup %d" % (queue_left, pickup_left))
     if bad_left:

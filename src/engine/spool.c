@@ -84,6 +84,14 @@
 #define REC_JSTATE 5u
 #define REC_DONE 6u
 
+/* Batches handed from one spool thread to the next, in order (under the
+ * spool's qlock). */
+struct jqueue {
+  struct jbatch *head, *tail;
+  pthread_cond_t cond; /* batches were queued, or stop */
+  bool stop;
+};
+
 struct spool {
   struct spool_params p;
   char *base;
@@ -122,15 +130,12 @@ struct spool {
    * unlinks of a round, slow on a file system with online discard, no
    * longer wait for the next round's sync and the other way round). */
   bool pipelined;
-  pthread_mutex_t qlock;
-  pthread_cond_t qcond;         /* a batch was queued, or stop */
+  pthread_mutex_t qlock;        /* the two queues and inflight */
   pthread_cond_t qdrained;      /* inflight went to 0 */
-  pthread_cond_t fcond;         /* synced batches were queued, or fstop */
-  struct jbatch *qhead, *qtail; /* appended, waiting for their sync */
-  struct jbatch *fhead, *ftail; /* synced, waiting for unlink and hand-over */
+  struct jqueue syncq;          /* appended, waiting for their sync */
+  struct jqueue unlinkq;        /* synced, waiting for unlink and hand-over */
   unsigned inflight;            /* batches queued, being committed or handed over */
-  bool qstop, committer_running;
-  bool fstop, unlinker_running;
+  bool committer_running, unlinker_running;
   pthread_t committer, unlinker;
   atomic_int commit_err;
   /* Batched file system calls through io_uring (each system call costs
@@ -1219,9 +1224,9 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
   sp->jfirst = sp->jnext = 1;
   pthread_mutex_init(&sp->jlock, NULL);
   pthread_mutex_init(&sp->qlock, NULL);
-  pthread_cond_init(&sp->qcond, NULL);
+  pthread_cond_init(&sp->syncq.cond, NULL);
   pthread_cond_init(&sp->qdrained, NULL);
-  pthread_cond_init(&sp->fcond, NULL);
+  pthread_cond_init(&sp->unlinkq.cond, NULL);
   for (int i = 0; i < NBUCKETS; i++)
     sp->bucket_fd[i] = -1;
   sp->base = util_xstrdup(p->spoolbase);
@@ -1312,9 +1317,9 @@ void spool_close(struct spool *sp)
   iobatch_free(sp->iunlink);
   pthread_mutex_destroy(&sp->jlock);
   pthread_mutex_destroy(&sp->qlock);
-  pthread_cond_destroy(&sp->qcond);
+  pthread_cond_destroy(&sp->syncq.cond);
   pthread_cond_destroy(&sp->qdrained);
-  pthread_cond_destroy(&sp->fcond);
+  pthread_cond_destroy(&sp->unlinkq.cond);
   int fds[] = {sp->base_fd, sp->pickup_fd, sp->queue_fd, sp->bad_fd, sp->ino_fd, sp->wake_fd};
   for (size_t i = 0; i < UTIL_ARRAY_LEN(fds); i++)
     if (fds[i] >= 0)
@@ -1944,6 +1949,49 @@ static void jrn_batch_done(struct spool *sp, struct jbatch *bt)
   free(bt);
 }
 
+/* Append the batches from `list` on (under qlock) and wake the taker. */
+static void jq_put(struct jqueue *q, struct jbatch *list)
+{
+  struct jbatch *last = list;
+  while (last->next)
+    last = last->next;
+  if (q->tail)
+    q->tail->next = list;
+  else
+    q->head = list;
+  q->tail = last;
+  pthread_cond_signal(&q->cond);
+}
+
+/* Wait (under qlock) for batches and take them all; NULL once the queue
+ * is stopped and empty. */
+static struct jbatch *jq_take(struct spool *sp, struct jqueue *q)
+{
+  while (!q->head && !q->stop)
+    pthread_cond_wait(&q->cond, &sp->qlock);
+  struct jbatch *list = q->head;
+  q->head = q->tail = NULL;
+  return list;
+}
+
+/* nb batches left the pipeline (under qlock). */
+static void jq_finished(struct spool *sp, unsigned nb)
+{
+  sp->inflight -= nb;
+  if (sp->inflight == 0)
+    pthread_cond_broadcast(&sp->qdrained);
+}
+
+/* Stop the thread taking from q once it has emptied it, and join it. */
+static void jq_stop(struct spool *sp, struct jqueue *q, pthread_t th)
+{
+  pthread_mutex_lock(&sp->qlock);
+  q->stop = true;
+  pthread_cond_signal(&q->cond);
+  pthread_mutex_unlock(&sp->qlock);
+  pthread_join(th, NULL);
+}
+
 /* One journal round over the pending names: read and parse up to
  * batch_max files (or JRN_BATCH_BYTES) into one buffer and append it with
  * one write. Then make it durable with one sync, remove the pickup files
@@ -2003,13 +2051,8 @@ static long ingest_journal(struct spool *sp)
   int r = jrn_put(sp, sp->jbuf.data, sp->jbuf.len, (uint32_t)n, &bt->seg, &bt->base);
   if (r == 0 && sp->pipelined) {
     pthread_mutex_lock(&sp->qlock);
-    if (sp->qtail)
-      sp->qtail->next = bt;
-    else
-      sp->qhead = bt;
-    sp->qtail = bt;
     sp->inflight++;
-    pthread_cond_signal(&sp->qcond);
+    jq_put(&sp->syncq, bt);
     pthread_mutex_unlock(&sp->qlock);
     atomic_store(&sp->last_err, 0);
     return n;
@@ -2036,13 +2079,8 @@ static void *commit_thread(void *arg)
 {
   struct spool *sp = arg;
   pthread_mutex_lock(&sp->qlock);
-  for (;;) {
-    while (!sp->qhead && !sp->qstop)
-      pthread_cond_wait(&sp->qcond, &sp->qlock);
-    if (!sp->qhead)
-      break;
-    struct jbatch *list = sp->qhead;
-    sp->qhead = sp->qtail = NULL;
+  struct jbatch *list;
+  while ((list = jq_take(sp, &sp->syncq)) != NULL) {
     pthread_mutex_unlock(&sp->qlock);
     unsigned nb = 0;
     int r = 0;
@@ -2059,20 +2097,9 @@ static void *commit_thread(void *arg)
       atomic_store(&sp->commit_err, r);
     }
     pthread_mutex_lock(&sp->qlock);
-    if (r == 0) { /* durable: on to the unlink thread, in order */
-      struct jbatch *last = list;
-      while (last->next)
-        last = last->next;
-      if (sp->ftail)
-        sp->ftail->next = list;
-      else
-        sp->fhead = list;
-      sp->ftail = last;
-      pthread_cond_signal(&sp->fcond);
-    }
-    sp->inflight -= nb;
-    if (sp->inflight == 0)
-      pthread_cond_broadcast(&sp->qdrained);
+    if (r == 0) /* durable: on to the unlink thread, in order */
+      jq_put(&sp->unlinkq, list);
+    jq_finished(sp, nb);
   }
   pthread_mutex_unlock(&sp->qlock);
   return NULL;
@@ -2084,13 +2111,8 @@ static void *unlink_thread(void *arg)
 {
   struct spool *sp = arg;
   pthread_mutex_lock(&sp->qlock);
-  for (;;) {
-    while (!sp->fhead && !sp->fstop)
-      pthread_cond_wait(&sp->fcond, &sp->qlock);
-    if (!sp->fhead)
-      break;
-    struct jbatch *list = sp->fhead;
-    sp->fhead = sp->ftail = NULL;
+  struct jbatch *list;
+  while ((list = jq_take(sp, &sp->unlinkq)) != NULL) {
     pthread_mutex_unlock(&sp->qlock);
     unsigned nb = 0;
     for (struct jbatch *b = list, *next; b; b = next) {
@@ -2099,9 +2121,7 @@ static void *unlink_thread(void *arg)
       jrn_batch_done(sp, b);
     }
     pthread_mutex_lock(&sp->qlock);
-    sp->inflight -= nb;
-    if (sp->inflight == 0)
-      pthread_cond_broadcast(&sp->qdrained);
+    jq_finished(sp, nb);
   }
   pthread_mutex_unlock(&sp->qlock);
   return NULL;
@@ -2246,13 +2266,13 @@ int spool_start(struct spool *sp)
     return -EALREADY;
   atomic_store(&sp->stop, false);
   if (!sp->p.no_journal && sp->p.sync == SPOOL_SYNC_BATCH) {
-    sp->fstop = false;
+    sp->unlinkq.stop = false;
     int r = pthread_create(&sp->unlinker, NULL, unlink_thread, sp);
     if (r)
       return -r;
     pthread_setname_np(sp->unlinker, "imp-unlink");
     sp->unlinker_running = true;
-    sp->qstop = false;
+    sp->syncq.stop = false;
     r = pthread_create(&sp->committer, NULL, commit_thread, sp);
     if (r) {
       spool_stop(sp);
@@ -2283,19 +2303,11 @@ void spool_stop(struct spool *sp)
     sp->thread_running = false;
   }
   if (sp->committer_running) { /* it commits what is queued, then ends */
-    pthread_mutex_lock(&sp->qlock);
-    sp->qstop = true;
-    pthread_cond_signal(&sp->qcond);
-    pthread_mutex_unlock(&sp->qlock);
-    pthread_join(sp->committer, NULL);
+    jq_stop(sp, &sp->syncq, sp->committer);
     sp->committer_running = false;
   }
   if (sp->unlinker_running) { /* it hands over what the committer queued, then ends */
-    pthread_mutex_lock(&sp->qlock);
-    sp->fstop = true;
-    pthread_cond_signal(&sp->fcond);
-    pthread_mutex_unlock(&sp->qlock);
-    pthread_join(sp->unlinker, NULL);
+    jq_stop(sp, &sp->unlinkq, sp->unlinker);
     sp->unlinker_running = false;
   }
   sp->pipelined = false;

@@ -116,7 +116,6 @@ struct session {
    * max_batch (allocated at the first unit that needs it: most sessions
    * never do, and thousands of idle sessions stay small) */
   struct dq_unit *prev_unit;
-  struct smtpc_result *prev_results, *prev_final;
   unsigned half, prev_half;
   struct smtpc_result res_inline[2][RES_INLINE];
   struct smtpc_result *res_buf;
@@ -718,6 +717,17 @@ static void feed_body(struct session *s)
   }
 }
 
+/* Half `half` of s's result slots for a transaction of nrcpt recipients. */
+static struct smtpc_result *result_slots(struct session *s, unsigned half, uint32_t nrcpt)
+{
+  if (nrcpt <= RES_INLINE)
+    return s->res_inline[half];
+  /* not zeroed: smtpc clears the slots a transaction uses */
+  if (s->res_buf == NULL)
+    s->res_buf = util_xmalloc(2 * (size_t)s->max_batch * sizeof *s->res_buf);
+  return s->res_buf + (size_t)half * s->max_batch;
+}
+
 /* Begin u's transaction on s (READY). False when u could not start (its
  * recipients were failed or deferred): the caller picks the next one. */
 static bool start_txn(struct session *s, struct dq_unit *u)
@@ -728,17 +738,9 @@ static bool start_txn(struct session *s, struct dq_unit *u)
   uint64_t now = mono_ms(w);
   s->unit = u;
   /* the result slots the transaction awaiting its final reply does not use */
-  unsigned half = s->prev_unit ? s->prev_half ^ 1u : 0;
-  if (u->nrcpt <= RES_INLINE) {
-    s->results = s->res_inline[half];
-  } else {
-    /* not zeroed: smtpc clears the slots a transaction uses */
-    if (s->res_buf == NULL)
-      s->res_buf = util_xmalloc(2 * (size_t)s->max_batch * sizeof *s->res_buf);
-    s->results = s->res_buf + (size_t)half * s->max_batch;
-  }
-  s->half = half;
-  s->final = &s->fin_buf[half];
+  s->half = s->prev_unit ? s->prev_half ^ 1u : 0;
+  s->results = result_slots(s, s->half, u->nrcpt);
+  s->final = &s->fin_buf[s->half];
   if (u->nrcpt > s->max_batch)
     util_panic("unit of %u recipients over the batch size %u", u->nrcpt, s->max_batch);
   for (uint32_t i = 0; i < u->nrcpt; i++)
@@ -826,8 +828,6 @@ static void begin_early(struct session *s)
   if (s->txn_open && s->unit) {
     UTIL_ASSERT(s->prev_unit == NULL);
     s->prev_unit = s->unit;
-    s->prev_results = s->results;
-    s->prev_final = s->final;
     s->prev_half = s->half;
     s->unit = NULL;
     s->txn_open = false;
@@ -918,10 +918,10 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
   case SMTPC_EV_TXN_DONE: {
     struct dq_unit *u;
     struct smtpc_result *results;
-    if (s->prev_unit && ev->final == s->prev_final) {
+    if (s->prev_unit && ev->final == &s->fin_buf[s->prev_half]) {
       /* the transaction ahead of the one in flight (pipelined) */
       u = s->prev_unit;
-      results = s->prev_results;
+      results = result_slots(s, s->prev_half, u->nrcpt);
       s->prev_unit = NULL;
     } else {
       u = s->unit;

@@ -599,22 +599,29 @@ struct txn_fix {
   struct smtpc_txn txn;
 };
 
+/* Fill fx for `from` and n recipients named <prefix><i>@dest.test. */
+static struct txn_fix *fix_fill(struct txn_fix *fx, char (*addrs)[64], char prefix,
+                                const char *from, uint32_t n)
+{
+  memset(fx, 0, sizeof(*fx));
+  for (uint32_t i = 0; i < n; i++) {
+    snprintf(addrs[i], 64, "%c%u@dest.test", prefix, i);
+    fx->rcpts[i] = addrs[i];
+  }
+  fx->txn.mail_from = from;
+  fx->txn.rcpts = fx->rcpts;
+  fx->txn.nrcpt = n;
+  fx->txn.results = fx->res;
+  fx->txn.final = &fx->final;
+  return fx;
+}
+
 static struct txn_fix *fix_new(struct tr *t, const char *from, uint32_t n)
 {
   static struct txn_fix fx;
   static char addrs[200][64];
   (void)t;
-  memset(&fx, 0, sizeof(fx));
-  for (uint32_t i = 0; i < n; i++) {
-    snprintf(addrs[i], sizeof(addrs[i]), "r%u@dest.test", i);
-    fx.rcpts[i] = addrs[i];
-  }
-  fx.txn.mail_from = from;
-  fx.txn.rcpts = fx.rcpts;
-  fx.txn.nrcpt = n;
-  fx.txn.results = fx.res;
-  fx.txn.final = &fx.final;
-  return &fx;
+  return fix_fill(&fx, addrs, 'r', from, n);
 }
 
 static void begin(struct tr *t, struct txn_fix *fx)
@@ -684,18 +691,8 @@ TR_TEST(txn_pipelined)
 static struct txn_fix *fix_new_b(const char *from, uint32_t n)
 {
   static struct txn_fix fx;
-  static char addrs[8][64];
-  memset(&fx, 0, sizeof(fx));
-  for (uint32_t i = 0; i < n && i < 8; i++) {
-    snprintf(addrs[i], sizeof(addrs[i]), "b%u@dest.test", i);
-    fx.rcpts[i] = addrs[i];
-  }
-  fx.txn.mail_from = from;
-  fx.txn.rcpts = fx.rcpts;
-  fx.txn.nrcpt = n;
-  fx.txn.results = fx.res;
-  fx.txn.final = &fx.final;
-  return &fx;
+  static char addrs[200][64];
+  return fix_fill(&fx, addrs, 'b', from, n);
 }
 
 /* First transaction up to its dot; the early READY is consumed. */
@@ -711,6 +708,19 @@ static struct txn_fix *first_to_dot(struct tr *t, const char *ehlo)
   body(t, "one\r\n", true);
   ev(t, "READY pipelined");
   return fx;
+}
+
+/* first_to_dot, then a one-recipient transaction from x@src.test begun
+ * behind the dot: both leave in one write. *fa (if fa) gets the first. */
+static struct txn_fix *second_behind_dot(struct tr *t, struct txn_fix **fa)
+{
+  struct txn_fix *first = first_to_dot(t, EHLO_PIPE);
+  if (fa)
+    *fa = first;
+  struct txn_fix *fb = fix_new_b("x@src.test", 1);
+  assert_int_equal(smtpc_begin_txn(t->s, &fb->txn, t->now), 0);
+  cli(t, "one\r\n.\r\nMAIL FROM:<x@src.test>\r\nRCPT TO:<b0@dest.test>\r\nDATA\r\n");
+  return fb;
 }
 
 TR_TEST(txn_pipelined_next)
@@ -750,10 +760,8 @@ TR_TEST(txn_pipelined_next)
  * that transaction; the MAIL behind the dot starts the next one). */
 TR_TEST(txn_pipelined_next_prev_refused)
 {
-  struct txn_fix *fa = first_to_dot(t, EHLO_PIPE);
-  struct txn_fix *fb = fix_new_b("x@src.test", 1);
-  assert_int_equal(smtpc_begin_txn(t->s, &fb->txn, t->now), 0);
-  cli(t, "one\r\n.\r\nMAIL FROM:<x@src.test>\r\nRCPT TO:<b0@dest.test>\r\nDATA\r\n");
+  struct txn_fix *fa;
+  (void)second_behind_dot(t, &fa);
   srv(t, "554 5.7.1 spam\r\n250 ok\r\n250 ok\r\n354 go\r\n");
   ev(t, "TXN_DONE 554 5.7.1 st=9: spam");
   res(t, smtpc_txn_outcome(&fa->txn, 0), "PERMANENT 554 5.7.1 st=9: spam");
@@ -766,10 +774,8 @@ TR_TEST(txn_pipelined_next_prev_refused)
  * transactions end transient, the first one first. */
 TR_TEST(txn_pipelined_next_eof)
 {
-  struct txn_fix *fa = first_to_dot(t, EHLO_PIPE);
-  struct txn_fix *fb = fix_new_b("x@src.test", 1);
-  assert_int_equal(smtpc_begin_txn(t->s, &fb->txn, t->now), 0);
-  cli(t, "one\r\n.\r\nMAIL FROM:<x@src.test>\r\nRCPT TO:<b0@dest.test>\r\nDATA\r\n");
+  struct txn_fix *fa;
+  struct txn_fix *fb = second_behind_dot(t, &fa);
   smtpc_eof(t->s, t->now);
   ev(t, "TXN_DONE 0  st=9: *");
   assert_ptr_equal(t->last.final, &fa->final);
@@ -782,10 +788,7 @@ TR_TEST(txn_pipelined_next_eof)
 /* A 421 as the first transaction's final reply ends the session. */
 TR_TEST(txn_pipelined_next_421)
 {
-  first_to_dot(t, EHLO_PIPE);
-  struct txn_fix *fb = fix_new_b("x@src.test", 1);
-  assert_int_equal(smtpc_begin_txn(t->s, &fb->txn, t->now), 0);
-  cli(t, "one\r\n.\r\nMAIL FROM:<x@src.test>\r\nRCPT TO:<b0@dest.test>\r\nDATA\r\n");
+  struct txn_fix *fb = second_behind_dot(t, NULL);
   srv(t, "421 4.3.2 shutting down\r\n");
   ev(t, "TXN_DONE 421 4.3.2 st=9: shutting down");
   ev(t, "TXN_DONE 421 4.3.2 st=2: shutting down");

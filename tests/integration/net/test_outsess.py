@@ -72,8 +72,8 @@ def make_certs(d):
         "-CAcreateserial", "-out", "srv.crt", "-days", "2", "-extfile", "ext")
 
 
-def client(*args, expect_rc=0):
-    p = subprocess.run([CLIENT, *args], capture_output=True, text=True, timeout=90)
+def client(*args, expect_rc=0, env=None):
+    p = subprocess.run([CLIENT, *args], capture_output=True, text=True, timeout=90, env=env)
     out = p.stdout
     if p.returncode != expect_rc:
         print(out, p.stderr)
@@ -169,6 +169,15 @@ def run_cases(tmp, rec, port, port_tls):
     out = client("-p", str(port), "-t", "a@x.test", "--tls", "required", "--verify", "ca",
                  "--ca", ca, "--name", "wrong.example")
     check("txn 1 ok 250" in out, "STARTTLS verify ca ignores the name", out)
+    # 5b. verify ca without a CA file uses OpenSSL's default store: the
+    # system's (/etc/ssl/certs) does not know the test CA; pointed at it
+    # through SSL_CERT_FILE (which moves that default) it does
+    out = client("-p", str(port), "-t", "a@x.test", "--tls", "required", "--verify", "ca")
+    check("failed transient" in out and "certificate verify failed" in out,
+          "verify ca, no CA file: the system store refuses the test CA", out)
+    env = dict(os.environ, SSL_CERT_FILE=ca)
+    out = client("-p", str(port), "-t", "a@x.test", "--tls", "required", "--verify", "ca", env=env)
+    check("txn 1 ok 250" in out, "verify ca, no CA file: the default store is what is consulted", out)
     # 6. implicit TLS (smtps)
     rec.messages.clear()
     out = client("-p", str(port_tls), "-t", "a@x.test", "--implicit", "--verify", "host",

@@ -60,7 +60,7 @@
 /* The journal (queue/journal/<8 hex digits>): "IMPJ" u32 version, then
  * records in the <id>.m format:
  *   JMSG: the HEADER fields (body_off = where the body starts in the
- *     segment), then u64 inode, u64 size, u64 mtime_ns and str name of the
+ *     segment), then u64 inode, u64 size, u64 stamp and str name of the
  *     pickup file it came from; the body follows raw, then its ATTR record
  *     (a message counts only once its ATTR record is complete)
  *   JSTATE: u64 id, u16 node, then a STATE payload
@@ -84,6 +84,14 @@
 #define REC_JSTATE 5u
 #define REC_DONE 6u
 
+/* A pickup directory entry as readdir gave it: the inode and type save
+ * the ring's statx per file (see iobatch_read). */
+struct pname {
+  char *name;
+  uint64_t ino;
+  uint8_t type; /* DT_REG, DT_UNKNOWN (file system without d_type), or another DT_ */
+};
+
 /* Batches handed from one spool thread to the next, in order (under the
  * spool's qlock). */
 struct jqueue {
@@ -102,8 +110,8 @@ struct spool {
   uint64_t seq;
   uint64_t next_rescan_ns;
   bool scan_due;
-  /* Names found by the last pickup scan, not yet processed. */
-  char **names;
+  /* Entries found by the last pickup scan, not yet processed. */
+  struct pname *names;
   size_t nnames, inames, capnames;
   struct buf rbuf, mbuf;
   atomic_int kick;
@@ -961,10 +969,9 @@ void spool_close_body(struct spool *sp, int fd)
 
 #define PRE_BUF (32u * 1024u) /* pickup files up to this size are read through the ring */
 
-/* Results of one pickup file's statx -> openat -> read -> close chain. */
+/* Results of one pickup file's openat -> read -> close chain. */
 struct pre {
-  struct statx stx;
-  int st, op, rd;
+  int op, rd;
 };
 
 struct iobatch {
@@ -986,19 +993,18 @@ static void iobatch_free(struct iobatch *b)
   free(b);
 }
 
-/* A ring for cap files of 4 (reads) or 1 (unlinks) operations each. */
+/* A ring for cap files of 3 (reads) or 1 (unlinks) operations each. */
 static struct iobatch *iobatch_new(unsigned cap, bool reads)
 {
   struct iobatch *b = util_xcalloc(1, sizeof(*b));
   b->cap = cap;
-  if (io_uring_queue_init(reads ? 4 * cap : cap, &b->ring, 0) < 0) {
+  if (io_uring_queue_init(reads ? 3 * cap : cap, &b->ring, 0) < 0) {
     free(b);
     return NULL;
   }
   if (reads) {
     struct io_uring_probe *pr = io_uring_get_probe_ring(&b->ring);
-    bool ok = pr && io_uring_opcode_supported(pr, IORING_OP_STATX) &&
-              io_uring_opcode_supported(pr, IORING_OP_OPENAT) &&
+    bool ok = pr && io_uring_opcode_supported(pr, IORING_OP_OPENAT) &&
               io_uring_opcode_supported(pr, IORING_OP_READ) &&
               io_uring_opcode_supported(pr, IORING_OP_CLOSE);
     if (pr)
@@ -1041,9 +1047,7 @@ static int iobatch_run(struct iobatch *b, unsigned n)
       uint64_t ud = cqe->user_data;
       unsigned i = (unsigned)(ud >> 2), step = (unsigned)(ud & 3);
       if (b->pre && i < b->cap) {
-        if (step == 0)
-          b->pre[i].st = cqe->res;
-        else if (step == 1)
+        if (step == 1)
           b->pre[i].op = cqe->res;
         else if (step == 2)
           b->pre[i].rd = cqe->res;
@@ -1067,21 +1071,26 @@ static struct io_uring_sqe *sqe_get(struct io_uring *r)
   return q;
 }
 
-/* Read names[0..n) (n <= cap) from pickup/: statx, open into a fixed
- * slot, read up to PRE_BUF, close, four linked operations per file, one
- * system call for the lot. */
-static int iobatch_read(struct iobatch *b, int dirfd, char *const *names, unsigned n, int oflags)
+/* Read the regular files among names[0..n) (n <= cap; the others are
+ * left at -ECANCELED) from pickup/: open into a fixed slot, read up to
+ * PRE_BUF, close, three linked operations per file, one system call for
+ * the lot. There is deliberately no statx: io_uring always runs statx in
+ * its worker threads (io-wq), and the operations linked behind it would
+ * follow it there; without it, an open of a cached name, a read from the
+ * page cache and the close all complete inline, in the calling thread,
+ * with no hand-off. The type comes from readdir (d_type), the inode from
+ * d_ino, the size from the read. */
+static int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsigned n,
+                        int oflags)
 {
+  unsigned ops = 0;
   for (unsigned i = 0; i < n; i++) {
-    b->pre[i].st = b->pre[i].op = b->pre[i].rd = -ECANCELED;
+    b->pre[i].op = b->pre[i].rd = -ECANCELED;
+    if (names[i].type != DT_REG)
+      continue;
     struct io_uring_sqe *q = sqe_get(&b->ring);
-    io_uring_prep_statx(q, dirfd, names[i], AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
-                        &b->pre[i].stx);
-    q->flags |= IOSQE_IO_LINK;
-    q->user_data = (uint64_t)i << 2;
-    q = sqe_get(&b->ring);
-    io_uring_prep_openat_direct(q, dirfd, names[i], O_RDONLY | O_NOFOLLOW | O_NONBLOCK | oflags, 0,
-                                i);
+    io_uring_prep_openat_direct(q, dirfd, names[i].name,
+                                O_RDONLY | O_NOFOLLOW | O_NONBLOCK | oflags, 0, i);
     q->flags |= IOSQE_IO_LINK;
     q->user_data = (uint64_t)i << 2 | 1;
     q = sqe_get(&b->ring);
@@ -1091,8 +1100,9 @@ static int iobatch_read(struct iobatch *b, int dirfd, char *const *names, unsign
     q = sqe_get(&b->ring);
     io_uring_prep_close_direct(q, i);
     q->user_data = (uint64_t)i << 2 | 3;
+    ops += 3;
   }
-  return iobatch_run(b, 4 * n);
+  return ops ? iobatch_run(b, ops) : 0;
 }
 
 /* unlinkat(dirfd, names[i]) for i < n (n <= cap); results in b->res. */
@@ -1294,7 +1304,7 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
 static void names_clear(struct spool *sp)
 {
   for (size_t i = sp->inames; i < sp->nnames; i++)
-    free(sp->names[i]);
+    free(sp->names[i].name);
   sp->nnames = sp->inames = 0;
 }
 
@@ -1344,14 +1354,9 @@ static bool name_ignored(const char *n)
   return n[0] == '.' || (l >= 4 && !strcmp(n + l - 4, ".tmp")) || l > SPOOL_NAME_MAX - 24;
 }
 
-struct ino_name {
-  uint64_t ino;
-  char *name;
-};
-
 static int cmp_ino(const void *a, const void *b)
 {
-  uint64_t x = ((const struct ino_name *)a)->ino, y = ((const struct ino_name *)b)->ino;
+  uint64_t x = ((const struct pname *)a)->ino, y = ((const struct pname *)b)->ino;
   return x < y ? -1 : x > y;
 }
 
@@ -1371,31 +1376,22 @@ static int scan_pickup(struct spool *sp)
     return -errno;
   }
   rewinddir(d);
-  struct ino_name *v = NULL;
-  size_t n = 0, cap = 0;
+  size_t n = 0;
   struct dirent *e;
   while ((e = readdir(d))) {
-    if (e->d_type != DT_REG && e->d_type != DT_UNKNOWN)
-      continue;
+    /* every type is listed: what is not a regular file goes to bad/ */
     if (name_ignored(e->d_name))
       continue;
-    if (n == cap) {
-      cap = cap ? cap * 2 : 256;
-      v = util_xrealloc(v, cap * sizeof(*v));
+    if (n == sp->capnames) {
+      sp->capnames = sp->capnames ? sp->capnames * 2 : 256;
+      sp->names = util_xrealloc(sp->names, sp->capnames * sizeof(*sp->names));
     }
-    v[n++] = (struct ino_name){(uint64_t)e->d_ino, util_xstrdup(e->d_name)};
+    sp->names[n++] = (struct pname){util_xstrdup(e->d_name), (uint64_t)e->d_ino, e->d_type};
   }
   closedir(d);
   if (n > 1)
-    qsort(v, n, sizeof(*v), cmp_ino);
-  if (n > sp->capnames) {
-    sp->capnames = n;
-    sp->names = util_xrealloc(sp->names, n * sizeof(char *));
-  }
-  for (size_t i = 0; i < n; i++)
-    sp->names[i] = v[i].name;
+    qsort(sp->names, n, sizeof(*sp->names), cmp_ino);
   sp->nnames = n;
-  free(v);
   sp->next_rescan_ns = clock_mono_ns() + (uint64_t)sp->p.rescan_ms * 1000000u;
   return 0;
 }
@@ -1503,12 +1499,17 @@ static void claimed_close(struct claimed *c)
   c->body_fd = c->meta_fd = -1;
 }
 
-/* Read the whole file at fd into sp->rbuf. Returns 0, -EFBIG over the
- * limit, -EAGAIN when it changed size while read, or -errno. */
+/* Read the whole file at fd into sp->rbuf. Returns 0, -EINVAL when it is
+ * not a regular file, -EFBIG over the limit, -EAGAIN when it changed size
+ * while read (why says which), or -errno. */
 static int read_file(struct spool *sp, int fd, struct stat *st, char *why, size_t whylen)
 {
   if (fstat(fd, st) < 0)
     return -errno;
+  if (!S_ISREG(st->st_mode)) {
+    snprintf(why, whylen, "not a regular file");
+    return -EINVAL;
+  }
   if ((uint64_t)st->st_size > sp->p.max_message_size) {
     snprintf(why, whylen, "file of %lld bytes is over Max_Message_Size (%" PRIu64 " bytes)",
              (long long)st->st_size, sp->p.max_message_size);
@@ -1609,7 +1610,7 @@ static int ingest_file(struct spool *sp, int dfd, const char *qname, const char 
   }
   struct stat st;
   int r = read_file(sp, fd, &st, why, sizeof(why));
-  if (r == -EFBIG || r == -EAGAIN) {
+  if (r == -EFBIG || r == -EAGAIN || r == -EINVAL) {
     close(fd);
     to_bad(sp, dfd, qname, orig, why, idstr);
     return 1;
@@ -1713,18 +1714,27 @@ struct jbatch {
 /* Read, check and parse pickup file `name`, and append its JMSG, body and
  * ATTR records to sp->jbuf. Returns 0 with out->msg set; 1 when it went to
  * bad/ (reported) or vanished. Never leaves anything in the journal. */
-/* What a pickup file was when it was read. */
+/* What a pickup file was when it was read: its identity at recovery
+ * (jrn_recover_finish). stamp is the mtime in ns for a file read with
+ * fstat, or STAMP_CRC | crc32c of its whole content as read for a file
+ * read through the ring (which learns no mtime). */
 struct pinfo {
-  uint64_t ino, size, mtime_ns;
+  uint64_t ino, size, stamp;
 };
+#define STAMP_CRC (UINT64_C(1) << 63) /* an mtime has this bit clear until the year 2262 */
 
 static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data, size_t len,
                          const struct pinfo *pi, int fd, struct jtake *out);
 
-static int jrn_take(struct spool *sp, const char *name, struct jtake *out)
+static int jrn_take(struct spool *sp, const struct pname *pn, struct jtake *out)
 {
   char why[512];
+  const char *name = pn->name;
   out->msg = NULL;
+  if (pn->type != DT_REG && pn->type != DT_UNKNOWN) { /* a FIFO would block a read */
+    to_bad(sp, sp->pickup_fd, name, name, "not a regular file", NULL);
+    return 1;
+  }
   int fd = -1;
   if (atomic_load_explicit(&sp->noatime, memory_order_relaxed)) {
     fd = openat(sp->pickup_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOATIME);
@@ -1739,7 +1749,10 @@ static int jrn_take(struct spool *sp, const char *name, struct jtake *out)
       report_bad(sp, name, "file vanished before it could be claimed");
       return 1;
     }
-    snprintf(why, sizeof(why), "cannot open the pickup file: %s", strerror(errno));
+    if (errno == ELOOP) /* O_NOFOLLOW met a symbolic link */
+      snprintf(why, sizeof(why), "not a regular file");
+    else
+      snprintf(why, sizeof(why), "cannot open the pickup file: %s", strerror(errno));
     to_bad(sp, sp->pickup_fd, name, name, why, NULL);
     return 1;
   }
@@ -1747,10 +1760,8 @@ static int jrn_take(struct spool *sp, const char *name, struct jtake *out)
   int r = read_file(sp, fd, &st, why, sizeof(why));
   if (r < 0) {
     close(fd);
-    if (r != -EFBIG && r != -EAGAIN)
+    if (r != -EFBIG && r != -EAGAIN && r != -EINVAL)
       snprintf(why, sizeof(why), "read error: %s", strerror(-r));
-    if (!S_ISREG(st.st_mode) && r != -EFBIG && r != -EAGAIN)
-      snprintf(why, sizeof(why), "not a regular file");
     to_bad(sp, sp->pickup_fd, name, name, why, NULL);
     return 1;
   }
@@ -1804,7 +1815,7 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   put_header(b, m, 0); /* body_off 0: the body follows this record */
   put_u64(b, pi->ino);
   put_u64(b, pi->size);
-  put_u64(b, pi->mtime_ns);
+  put_u64(b, pi->stamp);
   put_str(b, name);
   rec_end(b, r0);
   size_t body = b->len;
@@ -1836,44 +1847,44 @@ static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
 }
 
 /* jrn_take for a file read through the ring: returns 0 or 1 as jrn_take,
- * or 2 when the file is over PRE_BUF (read it with jrn_take). */
-static int jrn_take_pre(struct spool *sp, const char *name, const struct pre *pr,
+ * or 2 when jrn_take must read it (not read by the ring, possibly over
+ * PRE_BUF, or O_NOATIME refused). The identity kept for recovery is the
+ * name, d_ino, the size read and a checksum of the content read (before
+ * spool_scrub_secrets changes the buffer): see "Claiming is atomic" in
+ * docs/spool.md. */
+static int jrn_take_pre(struct spool *sp, const struct pname *pn, const struct pre *pr,
                         const uint8_t *data, struct jtake *out)
 {
   char why[512];
+  const char *name = pn->name;
   out->msg = NULL;
-  if (pr->st == -ENOENT || (pr->st >= 0 && pr->op == -ENOENT)) {
+  if (pn->type != DT_REG || pr->op == -ECANCELED)
+    return 2;
+  if (pr->op == -ENOENT) {
     write_why(sp, name, "file vanished before it could be claimed", NULL);
     report_bad(sp, name, "file vanished before it could be claimed");
     return 1;
   }
-  if (pr->st < 0)
-    snprintf(why, sizeof(why), "cannot stat the pickup file: %s", strerror(-pr->st));
-  else if (!S_ISREG(pr->stx.stx_mode))
-    snprintf(why, sizeof(why), "not a regular file");
-  else if (pr->stx.stx_size > sp->p.max_message_size)
-    snprintf(why, sizeof(why), "file of %llu bytes is over Max_Message_Size (%" PRIu64 " bytes)",
-             (unsigned long long)pr->stx.stx_size, sp->p.max_message_size);
-  else if (pr->stx.stx_size > PRE_BUF)
-    return 2;
-  else if (pr->op == -EPERM) {
+  if (pr->op == -EPERM) {
     /* not ours to open with O_NOATIME (or not at all: jrn_take says) */
     atomic_store(&sp->noatime, false);
     return 2;
   }
+  if (pr->op == -ELOOP || pr->rd == -EISDIR) /* replaced since the listing */
+    snprintf(why, sizeof(why), "not a regular file");
   else if (pr->op < 0)
     snprintf(why, sizeof(why), "cannot open the pickup file: %s", strerror(-pr->op));
   else if (pr->rd < 0)
     snprintf(why, sizeof(why), "read error: %s", strerror(-pr->rd));
-  else if ((uint64_t)pr->rd != pr->stx.stx_size)
-    snprintf(why, sizeof(why), "file %s while being read (%d of %llu bytes)",
-             (uint64_t)pr->rd < pr->stx.stx_size ? "was truncated" : "grew", pr->rd,
-             (unsigned long long)pr->stx.stx_size);
+  else if ((unsigned)pr->rd >= PRE_BUF)
+    return 2; /* the buffer is full: the file may be bigger */
+  else if ((uint64_t)pr->rd > sp->p.max_message_size)
+    snprintf(why, sizeof(why), "file of %d bytes is over Max_Message_Size (%" PRIu64 " bytes)",
+             pr->rd, sp->p.max_message_size);
   else {
-    struct pinfo pi = {pr->stx.stx_ino, pr->stx.stx_size,
-                       (uint64_t)pr->stx.stx_mtime.tv_sec * 1000000000u +
-                           (uint64_t)pr->stx.stx_mtime.tv_nsec};
-    return jrn_take_data(sp, name, data, (size_t)pr->rd, &pi, -1, out);
+    size_t len = (size_t)pr->rd;
+    struct pinfo pi = {pn->ino, len, STAMP_CRC | crc32c(0, data, len)};
+    return jrn_take_data(sp, name, data, len, &pi, -1, out);
   }
   to_bad(sp, sp->pickup_fd, name, name, why, NULL);
   return 1;
@@ -2018,27 +2029,27 @@ static long ingest_journal(struct spool *sp)
     size_t fit = (JRN_BATCH_BYTES - sp->jbuf.len) / (sp->avg_file ? sp->avg_file : 1) + 1;
     if (k > fit)
       k = fit;
-    if (ring && sp->iread && k > 1 && k <= sp->iread->cap && sp->avg_file <= PRE_BUF &&
+    if (ring && sp->iread && k <= sp->iread->cap && sp->avg_file <= PRE_BUF &&
         iobatch_read(sp->iread, sp->pickup_fd, sp->names + sp->inames, (unsigned)k,
                      atomic_load_explicit(&sp->noatime, memory_order_relaxed) ? O_NOATIME : 0) == 0) {
       for (size_t j = 0; j < k && sp->jbuf.len < JRN_BATCH_BYTES; j++) {
-        char *name = sp->names[sp->inames++];
-        int r = jrn_take_pre(sp, name, &sp->iread->pre[j], sp->iread->buf + j * PRE_BUF,
+        const struct pname *pn = &sp->names[sp->inames++];
+        int r = jrn_take_pre(sp, pn, &sp->iread->pre[j], sp->iread->buf + j * PRE_BUF,
                              &bt->c[bt->n]);
         if (r == 2)
-          r = jrn_take(sp, name, &bt->c[bt->n]);
+          r = jrn_take(sp, pn, &bt->c[bt->n]);
         if (r == 0)
-          bt->c[bt->n++].name = name;
+          bt->c[bt->n++].name = pn->name;
         else
-          free(name);
+          free(pn->name);
       }
       continue;
     }
-    char *name = sp->names[sp->inames++];
-    if (jrn_take(sp, name, &bt->c[bt->n]) == 0)
-      bt->c[bt->n++].name = name;
+    const struct pname *pn = &sp->names[sp->inames++];
+    if (jrn_take(sp, pn, &bt->c[bt->n]) == 0)
+      bt->c[bt->n++].name = pn->name;
     else
-      free(name);
+      free(pn->name);
   }
   long n = (long)bt->n;
   if (n == 0) {
@@ -2158,7 +2169,14 @@ long spool_ingest(struct spool *sp, int timeout_ms)
   bool touched[NBUCKETS] = {0};
   long err = 0;
   while (n < max && sp->inames < sp->nnames) {
-    char *orig = sp->names[sp->inames];
+    char *orig = sp->names[sp->inames].name;
+    uint8_t type = sp->names[sp->inames].type;
+    if (type != DT_REG && type != DT_UNKNOWN) { /* never claimed: a FIFO would block a read */
+      to_bad(sp, sp->pickup_fd, orig, orig, "not a regular file", NULL);
+      sp->inames++;
+      free(orig);
+      continue;
+    }
     uint64_t id = next_id(sp);
     uint8_t bucket = (uint8_t)(sp->seq++ >> BUCKET_SHIFT);
     int dfd = sp->bucket_fd[bucket];
@@ -2528,7 +2546,7 @@ static long recover_one(struct spool *sp, int b, const char *id, bool have_body,
 /* Journal recovery: every queued message found in the segments, by id. */
 struct jent {
   struct spool_msg *m; /* NULL once done, or superseded by its own files */
-  uint64_t ino, size, mtime_ns;
+  uint64_t ino, size, stamp; /* struct pinfo */
   char *src;           /* the pickup file it came from */
 };
 struct jmap {
@@ -2624,7 +2642,7 @@ static long jrn_load_msg(struct spool *sp, uint32_t seg, const uint8_t *base, si
     return -EBADMSG;
   out->ino = get_u64(r);
   out->size = get_u64(r);
-  out->mtime_ns = get_u64(r);
+  out->stamp = get_u64(r);
   uint32_t nl;
   const char *src = get_str(r, &nl);
   size_t body = p + (size_t)n, attr = body + m->body_size;
@@ -2800,6 +2818,48 @@ static int jrn_recover_scan(struct spool *sp, struct jmap *jm)
   return err;
 }
 
+static int cmp_pname(const void *a, const void *b)
+{
+  return strcmp(((const struct pname *)a)->name, ((const struct pname *)b)->name);
+}
+
+/* Is the pickup entry pn the file journal entry e was read from? Same
+ * name, same inode (d_ino, as when it was read through the ring) and
+ * size, and the same content checksum (STAMP_CRC) or mtime. */
+static bool jrn_same_pickup(struct spool *sp, const struct jent *e, const struct pname *pn)
+{
+  struct stat st;
+  if (!(e->stamp & STAMP_CRC)) /* read with fstat: its mtime */
+    return fstatat(sp->pickup_fd, pn->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+           (uint64_t)st.st_ino == e->ino && (uint64_t)st.st_size == e->size &&
+           (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec == e->stamp;
+  if (pn->ino != e->ino || e->size > sp->p.max_message_size)
+    return false;
+  int fd = openat(sp->pickup_fd, pn->name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0)
+    return false;
+  bool same = false;
+  if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == e->size) {
+    /* rbuf is free: recovery runs before ingestion */
+    sp->rbuf.len = sp->rbuf.off = 0;
+    buf_reserve(&sp->rbuf, (size_t)e->size + 1);
+    size_t got = 0;
+    for (;;) {
+      ssize_t n = pread(fd, sp->rbuf.data + got, (size_t)e->size + 1 - got, (off_t)got);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        break;
+      got += (size_t)n;
+      if (got > e->size)
+        break;
+    }
+    same = got == e->size && (STAMP_CRC | crc32c(0, sp->rbuf.data, got)) == e->stamp;
+  }
+  close(fd);
+  return same;
+}
+
 /* Last step: drop what is done or still in pickup/ (a crash came between
  * the batch's sync and the removal of its pickup files: the file is
  * ingested again, and a DONE record retires the journal's copy), then
@@ -2812,7 +2872,7 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
   if (scan_pickup(sp) < 0)
     names_clear(sp);
   if (sp->nnames > 1)
-    qsort(sp->names, sp->nnames, sizeof(char *), cmp_str);
+    qsort(sp->names, sp->nnames, sizeof(*sp->names), cmp_pname);
   for (size_t i = 0; i < jm->n; i++) {
     struct jent *e = &jm->e[i];
     if (!e->m)
@@ -2821,14 +2881,11 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
     for (uint32_t k = 0; k < e->m->nrcpt; k++)
       if (e->m->rcpt_state[k] == SPOOL_RCPT_PENDING)
         e->m->npending++;
-    struct stat st;
-    const char *key = e->src;
-    bool in_pickup = sp->nnames > 0 &&
-                     bsearch(&key, sp->names, sp->nnames, sizeof(char *), cmp_str) &&
-                     fstatat(sp->pickup_fd, e->src, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-                     (uint64_t)st.st_ino == e->ino && (uint64_t)st.st_size == e->size &&
-                     (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec ==
-                         e->mtime_ns;
+    struct pname key = {.name = e->src};
+    const struct pname *pn =
+        sp->nnames > 0 ? bsearch(&key, sp->names, sp->nnames, sizeof(*sp->names), cmp_pname)
+                       : NULL;
+    bool in_pickup = pn && jrn_same_pickup(sp, e, pn);
     if (in_pickup || e->m->npending == 0) {
       rec_done(&b, e->m);
       jent_drop(e);

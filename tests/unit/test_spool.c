@@ -16,8 +16,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/io_uring.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -978,6 +981,207 @@ static void test_noatime(void **state)
   assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* Whether io_uring works here: without it the spool reads every pickup
+ * file with plain system calls (and keeps its mtime as the identity). */
+static bool have_io_uring(void)
+{
+  struct io_uring_params prm;
+  memset(&prm, 0, sizeof(prm));
+  long fd = syscall(__NR_io_uring_setup, 4, &prm);
+  if (fd < 0)
+    return false;
+  close((int)fd);
+  return true;
+}
+
+/* A message of `size` bytes in total, named name, its body filled with c. */
+static void put_sized(const char *name, size_t size, char c)
+{
+  char *b = malloc(size);
+  int n = snprintf(b, size, "x-sender: <s@example.com>\nx-receiver: <r@example.com>\n"
+                            "Subject: %s\n\n", name);
+  memset(b + n, c, size - (size_t)n);
+  b[size - 1] = '\n';
+  put_file(name, b, size);
+  free(b);
+}
+
+static const struct spool_msg *find_subject(const char *subject, struct spool *sp)
+{
+  char want[64], body[128];
+  snprintf(want, sizeof(want), "Subject: %s\n", subject);
+  for (size_t i = 0; i < ngot; i++) {
+    body_of(sp, got[i], body, sizeof(body));
+    if (!strncmp(body, want, strlen(want)))
+      return got[i];
+  }
+  return NULL;
+}
+
+static bool keep_stamp(const char *name)
+{
+  return !strcmp(name, "same") || !strcmp(name, "inplace") || !strcmp(name, "renamed") ||
+         !strcmp(name, "big");
+}
+
+/* A crash between a batch's sync and the removal of its pickup files,
+ * with files read through the ring (their identity: name, inode, size and
+ * a content checksum) and a file over the ring's buffer (read with fstat:
+ * its mtime). A file left as it was is recognised; a file with the same
+ * name and size but other content, whether written over in place (same
+ * inode, mtime put back) or renamed over it, is not taken for the
+ * journaled message: both messages are kept. */
+static void test_journal_stamp(void **state)
+{
+  (void)state;
+  bool ring = have_io_uring();
+  if (!ring)
+    print_message("SKIP part: no io_uring (pickup files are read with fstat)\n");
+  struct spool_params p = {0};
+  struct spool *sp = open_spool(&p);
+  put_sized("same", 1000, 'a');
+  put_sized("inplace", 1000, 'b');
+  put_sized("renamed", 1000, 'c');
+  put_sized("big", 100000, 'd'); /* over PRE_BUF (32 KB): read with fstat */
+  put_sized("other", 1000, 'e');
+  spool_test_keep_pickup = keep_stamp;
+  for (int i = 0; i < 100 && ngot < 5; i++) /* then "the process dies" */
+    assert_true(spool_ingest(sp, 50) >= 0);
+  spool_test_keep_pickup = NULL;
+  assert_int_equal(ngot, 5);
+  assert_int_equal(nbad, 0);
+  char bodyb[2000];
+  body_of(sp, find_subject("big", sp), bodyb, sizeof(bodyb));
+  assert_int_equal(bodyb[strlen("Subject: big\n\n")], 'd');
+  reset_got();
+  spool_close(sp);
+
+  /* After the crash: "inplace" is written over in place, same size, new
+   * content, its mtime put back; "renamed" is replaced by another file of
+   * the same size. */
+  char path[600], tmp[600];
+  snprintf(path, sizeof(path), "%s/pickup/inplace", base);
+  struct stat st0, st1;
+  assert_int_equal(stat(path, &st0), 0);
+  int fd = open(path, O_WRONLY);
+  assert_true(fd >= 0);
+  assert_int_equal(pwrite(fd, "X", 1, 900), 1);
+  close(fd);
+  struct timespec ts[2] = {st0.st_atim, st0.st_mtim};
+  assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
+  assert_int_equal(stat(path, &st1), 0);
+  assert_int_equal(st1.st_ino, st0.st_ino);
+  assert_int_equal(st1.st_size, st0.st_size);
+  assert_int_equal(st1.st_mtim.tv_nsec, st0.st_mtim.tv_nsec);
+  put_sized("renamed.tmp", 1000, 'C');
+  snprintf(path, sizeof(path), "%s/pickup/renamed", base);
+  snprintf(tmp, sizeof(tmp), "%s/pickup/renamed.tmp", base);
+  assert_int_equal(rename(tmp, path), 0);
+
+  sp = open_spool(&p);
+  /* other (gone from pickup/), inplace and renamed (not the same files);
+   * same and big are in pickup/ as they were: ingested again below */
+  long want = ring ? 3 : 2; /* with mtimes, "inplace" passes for the same file */
+  assert_int_equal(spool_recover(sp), want);
+  assert_non_null(find_subject("other", sp));
+  assert_non_null(find_subject("renamed", sp));
+  assert_null(find_subject("same", sp));
+  assert_null(find_subject("big", sp));
+  if (ring) {
+    const struct spool_msg *m = find_subject("inplace", sp);
+    assert_non_null(m);
+    char body[2000];
+    body_of(sp, m, body, sizeof(body));
+    assert_null(strchr(body, 'X')); /* the journaled content */
+  }
+  size_t before = ngot;
+  drain(sp);
+  assert_int_equal(ngot, before + 4); /* the four pickup files, once each */
+  assert_int_equal(count_dir("pickup"), 0);
+  assert_int_equal(nbad, 0);
+  spool_close(sp);
+}
+
+/* Sizes around the ring's buffer (PRE_BUF, 32 KB): a file that fills it
+ * is read again whole with fstat; all arrive intact. Max_Message_Size is
+ * checked on both paths. */
+static void test_pre_buf_sizes(void **state)
+{
+  (void)state;
+  struct spool_params p = {.max_message_size = 40000};
+  struct spool *sp = open_spool(&p);
+  const size_t sizes[] = {32767, 32768, 32769, 40000, 1000};
+  const char *names[] = {"s32767", "s32768", "s32769", "s40000", "s1000"};
+  for (size_t i = 0; i < 5; i++)
+    put_sized(names[i], sizes[i], 'z');
+  put_sized("over", 40001, 'z');
+  drain(sp);
+  assert_int_equal(ngot, 5);
+  for (size_t i = 0; i < 5; i++) {
+    const struct spool_msg *m = find_subject(names[i], sp);
+    assert_non_null(m);
+    size_t hdr = (size_t)snprintf(NULL, 0, "x-sender: <s@example.com>\nx-receiver: "
+                                          "<r@example.com>\n");
+    assert_int_equal(m->body_size, sizes[i] - hdr);
+    char *b = malloc(sizes[i] + 1);
+    body_of(sp, m, b, sizes[i] + 1);
+    assert_int_equal(b[m->body_size - 2], 'z');
+    assert_int_equal(b[m->body_size - 1], '\n');
+    free(b);
+  }
+  check_why("over", "over Max_Message_Size");
+  reset_got();
+  spool_close(sp);
+  /* and a limit below the ring's buffer, for files the ring read whole */
+  struct spool_params q = {.max_message_size = 2000};
+  sp = open_spool(&q);
+  put_sized("small-over", 2001, 'y');
+  put_sized("small-ok", 2000, 'y');
+  drain(sp);
+  assert_int_equal(ngot, 1);
+  check_why("small-over", "over Max_Message_Size");
+  spool_close(sp);
+}
+
+/* What is not a regular file goes to bad/ with that reason, in both
+ * spool layouts, and the rest is ingested. */
+static void not_regular(bool journal)
+{
+  struct spool_params p = {.no_journal = !journal};
+  struct spool *sp = open_spool(&p);
+  char path[600];
+  snprintf(path, sizeof(path), "%s/pickup/fifo", base);
+  assert_int_equal(mkfifo(path, 0600), 0);
+  snprintf(path, sizeof(path), "%s/pickup/dir", base);
+  assert_int_equal(mkdir(path, 0700), 0);
+  put_msg("target", "x-receiver: <a@example.com>\n", NULL);
+  snprintf(path, sizeof(path), "%s/pickup/link", base);
+  char target[600];
+  snprintf(target, sizeof(target), "%s/pickup/target", base);
+  assert_int_equal(symlink(target, path), 0);
+  put_msg("plain", "x-receiver: <a@example.com>\n", NULL);
+  drain(sp);
+  assert_int_equal(ngot, 2); /* target and plain */
+  check_why("fifo", "not a regular file");
+  check_why("dir", "not a regular file");
+  check_why("link", "not a regular file");
+  assert_true(exists("bad/fifo") && exists("bad/dir"));
+  assert_int_equal(count_dir("pickup"), 0);
+  spool_close(sp);
+}
+
+static void test_not_regular(void **state)
+{
+  (void)state;
+  not_regular(true);
+}
+
+static void test_not_regular_files(void **state)
+{
+  (void)state;
+  not_regular(false);
+}
+
 static int hook_calls;
 static int reject_odd(void *arg, struct spool_msg *m, char *why, size_t n)
 {
@@ -1046,6 +1250,10 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_bad_inputs_files, setup, teardown),
       cmocka_unit_test_setup_teardown(test_journal, setup, teardown),
       cmocka_unit_test_setup_teardown(test_journal_damage, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_journal_stamp, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_pre_buf_sizes, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_not_regular, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_not_regular_files, setup, teardown),
       cmocka_unit_test_setup_teardown(test_modes_ids_and_recovery, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dicts_on_disk, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dicts_in_memory, setup, teardown),

@@ -9,7 +9,8 @@
  *   spool_ingest_bench recover DIR [keep]          recovery time, RSS per message
  *   spool_ingest_bench dicts DIR N                 load_ctx from disk vs memory
  *
- * Pickup files are 1 KB messages (envelope + headers + body) written before
+ * Pickup files are 1 KB messages (BENCH_SIZE=BYTES: that size; envelope +
+ * headers + body) written before
  * the clock starts; the time is from the start of ingestion (spool_start, as
  * the engine runs it; BENCH_INLINE=1: spool_ingest calls) until the
  * last message was reported durable. Prints one line of figures. */
@@ -67,23 +68,28 @@ static long rss_kb(void)
 
 static void make_pickup(const char *dir, size_t n)
 {
-  char path[4096], tmp[4096], msg[1024];
-  char body[1024];
-  memset(body, 'x', sizeof(body));
+  char path[4096], tmp[4096];
+  size_t size = getenv("BENCH_SIZE") ? strtoul(getenv("BENCH_SIZE"), NULL, 10) : 1024;
+  if (size < 1024)
+    size = 1024;
+  char *msg = malloc(size), *body = malloc(size);
+  memset(body, 'x', size);
   for (size_t i = 0; i < n; i++) {
-    int hl = snprintf(msg, sizeof(msg),
+    int hl = snprintf(msg, size,
                       "x-sender: <bulk@sender.example>\nx-receiver: <user%zu@rcpt.example>\n"
                       "x-context: campaign=c%zu\nFrom: Bulk <bulk@sender.example>\n"
                       "To: <user%zu@rcpt.example>\nSubject: message %zu\n"
                       "Message-ID: <%zu@sender.example>\n\n",
                       i, i % 100, i, i, i);
-    size_t fill = 1024 - (size_t)hl - 1;
+    size_t fill = size - (size_t)hl - 1;
     memcpy(msg + hl, body, fill);
-    msg[1023] = '\n';
+    for (size_t k = (size_t)hl + 76; k < size; k += 78)
+      msg[k] = '\n'; /* lines of 76 */
+    msg[size - 1] = '\n';
     snprintf(tmp, sizeof(tmp), "%s/pickup/.b%zu.tmp", dir, i);
     snprintf(path, sizeof(path), "%s/pickup/b%zu", dir, i);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0 || write(fd, msg, 1024) != 1024) {
+    if (fd < 0 || write(fd, msg, size) != (ssize_t)size) {
       perror(tmp);
       exit(1);
     }
@@ -93,6 +99,8 @@ static void make_pickup(const char *dir, size_t n)
       exit(1);
     }
   }
+  free(msg);
+  free(body);
   sync();
 }
 

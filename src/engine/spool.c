@@ -35,6 +35,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -46,6 +47,7 @@
 #include <sys/inotify.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define META_MAGIC "IMPM"
@@ -92,6 +94,16 @@ struct pname {
   uint8_t type; /* DT_REG, DT_UNKNOWN (file system without d_type), or another DT_ */
 };
 
+/* A body of the batch that is written from where it was read. */
+struct jref {
+  size_t at; /* it goes before this byte of jbuf */
+  const uint8_t *p;
+  size_t len;
+};
+/* Bodies from this size on are not copied into the batch buffer (smaller
+ * ones are: an iovec each would cost more than the copy). */
+#define JREF_MIN (8u * 1024u)
+
 /* Batches handed from one spool thread to the next, in order (under the
  * spool's qlock). */
 struct jqueue {
@@ -116,7 +128,7 @@ struct spool {
   struct buf rbuf, mbuf;
   atomic_int kick;
   atomic_int last_err;
-  _Atomic uint64_t st_ingested, st_rejected, st_batches, st_syncs, st_recovered;
+  _Atomic uint64_t st_ingested, st_rejected, st_batches, st_syncs, st_recovered, st_ring_reads;
   struct histo st_sync_lat; /* each counted sync call's duration */
   atomic_bool stop;
   bool thread_running;
@@ -157,8 +169,15 @@ struct spool {
    * inode once more before it is unlinked. Cleared for good on EPERM (the
    * files belong to another user and we lack CAP_FOWNER). */
   atomic_bool noatime;
+  /* The batch being built (ingest thread): records and small bodies in
+   * jbuf, big bodies where the ring read them (jrefs: body i goes before
+   * jbuf's byte at), written together with one pwritev. */
   struct buf jbuf;
-  uint64_t avg_file; /* ingest thread: running mean of pickup file sizes */
+  struct jref *jrefs;
+  size_t njrefs, capjrefs, jrefbytes;
+  struct iovec *jiov;
+  size_t capjiov;
+  uint64_t avg_file; /* ingest thread: the last batch's bytes per file */
 };
 
 
@@ -336,6 +355,32 @@ static int write_all(int fd, const void *p, size_t n, off_t off)
     n -= (size_t)w;
     if (off >= 0)
       off += w;
+  }
+  return 0;
+}
+
+/* pwritev all of iov[0..cnt) at off (iov is consumed). 0 or -errno. */
+static int writev_all(int fd, struct iovec *iov, int cnt, off_t off)
+{
+  while (cnt > 0) {
+    ssize_t w = pwritev(fd, iov, cnt > IOV_MAX ? IOV_MAX : cnt, off);
+    if (w < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    if (w == 0)
+      return -EIO;
+    off += w;
+    while (cnt > 0 && (size_t)w >= iov->iov_len) {
+      w -= (ssize_t)iov->iov_len;
+      iov++;
+      cnt--;
+    }
+    if (cnt > 0) {
+      iov->iov_base = (uint8_t *)iov->iov_base + w;
+      iov->iov_len -= (size_t)w;
+    }
   }
   return 0;
 }
@@ -832,11 +877,12 @@ static int jrn_new_seg(struct spool *sp)
   return 0;
 }
 
-/* Append to the current segment; on failure it is cut back to where it was. */
-static int jrn_append(struct spool *sp, const void *p, size_t n)
+/* Append n bytes from iov[0..cnt) to the current segment; on failure it
+ * is cut back to where it was. */
+static int jrn_appendv(struct spool *sp, struct iovec *iov, int cnt, size_t n)
 {
   int fd = jfd_of(sp, sp->jcur);
-  int r = write_all(fd, p, n, (off_t)sp->jsize);
+  int r = writev_all(fd, iov, cnt, (off_t)sp->jsize);
   if (r < 0) {
     if (ftruncate(fd, (off_t)sp->jsize) < 0) {
       /* the tail stays; recovery ignores a record it cannot complete */
@@ -845,6 +891,12 @@ static int jrn_append(struct spool *sp, const void *p, size_t n)
   }
   sp->jsize += n;
   return 0;
+}
+
+static int jrn_append(struct spool *sp, const void *p, size_t n)
+{
+  struct iovec v = {(void *)(uintptr_t)p, n};
+  return jrn_appendv(sp, &v, 1, n);
 }
 
 static int jrn_sync(struct spool *sp, uint32_t seg)
@@ -882,10 +934,11 @@ static int jrn_room(struct spool *sp, size_t n)
   return jrn_new_seg(sp);
 }
 
-/* Append n bytes to the journal and pin the segment npins times, under
- * jlock (any thread). *seg and *off say where they went. */
-static int jrn_put(struct spool *sp, const void *p, size_t n, uint32_t npins, uint32_t *seg,
-                   uint64_t *off)
+/* Append n bytes from iov[0..cnt) to the journal and pin the segment
+ * npins times, under jlock (any thread). *seg and *off say where they
+ * went. */
+static int jrn_putv(struct spool *sp, struct iovec *iov, int cnt, size_t n, uint32_t npins,
+                    uint32_t *seg, uint64_t *off)
 {
   pthread_mutex_lock(&sp->jlock);
   int r = jrn_room(sp, n + sp->jretry.len);
@@ -896,12 +949,19 @@ static int jrn_put(struct spool *sp, const void *p, size_t n, uint32_t npins, ui
   if (r == 0) {
     *seg = sp->jcur;
     *off = sp->jsize;
-    r = jrn_append(sp, p, n);
+    r = jrn_appendv(sp, iov, cnt, n);
   }
   if (r == 0)
     sp->jpins[sp->jcur % JRN_SLOTS] += npins;
   pthread_mutex_unlock(&sp->jlock);
   return r;
+}
+
+static int jrn_put(struct spool *sp, const void *p, size_t n, uint32_t npins, uint32_t *seg,
+                   uint64_t *off)
+{
+  struct iovec v = {(void *)(uintptr_t)p, n};
+  return jrn_putv(sp, &v, 1, n, npins, seg, off);
 }
 
 /* Drop pins and free what no queued message needs any more (any thread). */
@@ -967,17 +1027,25 @@ void spool_close_body(struct spool *sp, int fd)
 
 /* ---- batched file system calls ---- */
 
-#define PRE_BUF (32u * 1024u) /* pickup files up to this size are read through the ring */
+/* Pickup files are read through the ring into slots of one arena: slots
+ * of PRE_BUF bytes while the files are small, else of about twice the last
+ * batch's mean size (up to SLOT_MAX). A file that fills its slot may be
+ * bigger and is read again with fstat. */
+#define PRE_BUF (32u * 1024u)
+#define SLOT_MAX (4u * 1024u * 1024u) /* bigger files are read with fstat, pread */
 
-/* Results of one pickup file's openat -> read -> close chain. */
+/* Results of one pickup file's openat -> read -> close [-> statx] chain. */
 struct pre {
-  int op, rd;
+  int op, rd, st;
+  uint8_t *data; /* its slot */
+  struct statx stx; /* big slots only (st) */
 };
 
 struct iobatch {
   struct io_uring ring;
   unsigned cap;    /* files per batch */
-  uint8_t *buf;    /* cap x PRE_BUF (reads) */
+  uint8_t *buf;    /* the arena (reads) */
+  size_t bufcap;   /* its size */
   struct pre *pre; /* cap (reads) */
   int *res;        /* cap (unlinks) */
 };
@@ -993,18 +1061,19 @@ static void iobatch_free(struct iobatch *b)
   free(b);
 }
 
-/* A ring for cap files of 3 (reads) or 1 (unlinks) operations each. */
+/* A ring for cap files of 4 (reads) or 1 (unlinks) operations each. */
 static struct iobatch *iobatch_new(unsigned cap, bool reads)
 {
   struct iobatch *b = util_xcalloc(1, sizeof(*b));
   b->cap = cap;
-  if (io_uring_queue_init(reads ? 3 * cap : cap, &b->ring, 0) < 0) {
+  if (io_uring_queue_init(reads ? 4 * cap : cap, &b->ring, 0) < 0) {
     free(b);
     return NULL;
   }
   if (reads) {
     struct io_uring_probe *pr = io_uring_get_probe_ring(&b->ring);
-    bool ok = pr && io_uring_opcode_supported(pr, IORING_OP_OPENAT) &&
+    bool ok = pr && io_uring_opcode_supported(pr, IORING_OP_STATX) &&
+              io_uring_opcode_supported(pr, IORING_OP_OPENAT) &&
               io_uring_opcode_supported(pr, IORING_OP_READ) &&
               io_uring_opcode_supported(pr, IORING_OP_CLOSE);
     if (pr)
@@ -1014,7 +1083,9 @@ static struct iobatch *iobatch_new(unsigned cap, bool reads)
       free(b);
       return NULL;
     }
-    b->buf = util_xmalloc((size_t)cap * PRE_BUF);
+    /* untouched pages cost nothing: big enough for a batch of small files */
+    b->bufcap = (size_t)cap * PRE_BUF;
+    b->buf = util_xmalloc(b->bufcap);
     b->pre = util_xcalloc(cap, sizeof(*b->pre));
   } else {
     struct io_uring_probe *pr = io_uring_get_probe_ring(&b->ring);
@@ -1047,7 +1118,9 @@ static int iobatch_run(struct iobatch *b, unsigned n)
       uint64_t ud = cqe->user_data;
       unsigned i = (unsigned)(ud >> 2), step = (unsigned)(ud & 3);
       if (b->pre && i < b->cap) {
-        if (step == 1)
+        if (step == 0)
+          b->pre[i].st = cqe->res;
+        else if (step == 1)
           b->pre[i].op = cqe->res;
         else if (step == 2)
           b->pre[i].rd = cqe->res;
@@ -1072,20 +1145,24 @@ static struct io_uring_sqe *sqe_get(struct io_uring *r)
 }
 
 /* Read the regular files among names[0..n) (n <= cap; the others are
- * left at -ECANCELED) from pickup/: open into a fixed slot, read up to
- * PRE_BUF, close, three linked operations per file, one system call for
- * the lot. There is deliberately no statx: io_uring always runs statx in
- * its worker threads (io-wq), and the operations linked behind it would
- * follow it there; without it, an open of a cached name, a read from the
- * page cache and the close all complete inline, in the calling thread,
+ * left at -ECANCELED) from pickup/ into slots of `slot` bytes from `at`
+ * (n x slot bytes of the arena): open into a fixed file slot, read, close,
+ * three linked operations per file, one system call for the lot. The
+ * statx comes last, and only for big slots (stat): io_uring always runs
+ * statx in its worker threads (io-wq), and operations linked behind it
+ * would follow it there; before it, an open of a cached name, a read from
+ * the page cache and the close all complete inline, in the calling thread,
  * with no hand-off. The type comes from readdir (d_type), the inode from
- * d_ino, the size from the read. */
+ * d_ino, the size from the read; the statx only gives big files the mtime
+ * that saves checksumming them (jrn_take_pre). */
 static int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsigned n,
-                        int oflags)
+                        int oflags, uint8_t *at, size_t slot, bool stat)
 {
   unsigned ops = 0;
   for (unsigned i = 0; i < n; i++) {
-    b->pre[i].op = b->pre[i].rd = -ECANCELED;
+    struct pre *pr = &b->pre[i];
+    pr->op = pr->rd = pr->st = -ECANCELED;
+    pr->data = at + (size_t)i * slot;
     if (names[i].type != DT_REG)
       continue;
     struct io_uring_sqe *q = sqe_get(&b->ring);
@@ -1094,13 +1171,21 @@ static int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names,
     q->flags |= IOSQE_IO_LINK;
     q->user_data = (uint64_t)i << 2 | 1;
     q = sqe_get(&b->ring);
-    io_uring_prep_read(q, (int)i, b->buf + (size_t)i * PRE_BUF, PRE_BUF, 0);
+    io_uring_prep_read(q, (int)i, pr->data, (unsigned)slot, 0);
     q->flags |= IOSQE_FIXED_FILE | IOSQE_IO_HARDLINK; /* a short read still closes */
     q->user_data = (uint64_t)i << 2 | 2;
     q = sqe_get(&b->ring);
     io_uring_prep_close_direct(q, i);
     q->user_data = (uint64_t)i << 2 | 3;
     ops += 3;
+    if (stat) {
+      q->flags |= IOSQE_IO_LINK;
+      q = sqe_get(&b->ring);
+      io_uring_prep_statx(q, dirfd, names[i].name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
+                          &pr->stx);
+      q->user_data = (uint64_t)i << 2;
+      ops++;
+    }
   }
   return ops ? iobatch_run(b, ops) : 0;
 }
@@ -1322,6 +1407,8 @@ void spool_close(struct spool *sp)
     close(sp->jdir_fd);
   }
   buf_done(&sp->jbuf, 0);
+  free(sp->jrefs);
+  free(sp->jiov);
   buf_done(&sp->jretry, 0);
   iobatch_free(sp->iread);
   iobatch_free(sp->iunlink);
@@ -1467,6 +1554,7 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *out)
   out->batches = atomic_load_explicit(&sp->st_batches, memory_order_relaxed);
   out->syncs = atomic_load_explicit(&sp->st_syncs, memory_order_relaxed);
   out->recovered = atomic_load_explicit(&sp->st_recovered, memory_order_relaxed);
+  out->ring_reads = atomic_load_explicit(&sp->st_ring_reads, memory_order_relaxed);
   histo_read(&sp->st_sync_lat, &out->sync_latency);
 }
 
@@ -1724,7 +1812,7 @@ struct pinfo {
 #define STAMP_CRC (UINT64_C(1) << 63) /* an mtime has this bit clear until the year 2262 */
 
 static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data, size_t len,
-                         const struct pinfo *pi, int fd, struct jtake *out);
+                         const struct pinfo *pi, int fd, bool stays, struct jtake *out);
 
 static int jrn_take(struct spool *sp, const struct pname *pn, struct jtake *out)
 {
@@ -1767,15 +1855,17 @@ static int jrn_take(struct spool *sp, const struct pname *pn, struct jtake *out)
   }
   struct pinfo pi = {(uint64_t)st.st_ino, (uint64_t)st.st_size,
                      (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec};
-  r = jrn_take_data(sp, name, sp->rbuf.data, sp->rbuf.len, &pi, fd, out);
+  r = jrn_take_data(sp, name, sp->rbuf.data, sp->rbuf.len, &pi, fd, false, out);
   close(fd);
   return r;
 }
 
 /* The rest of jrn_take once the file is in memory (fd: the open file for
- * the ingest hook, or -1 when there is no hook). */
+ * the ingest hook, or -1 when there is no hook). stays: data lives until
+ * the batch is written (the arena), so a big body is written from there
+ * (jref) instead of being copied into jbuf. */
 static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data, size_t len,
-                         const struct pinfo *pi, int fd, struct jtake *out)
+                         const struct pinfo *pi, int fd, bool stays, struct jtake *out)
 {
   char why[512];
   out->msg = NULL;
@@ -1810,7 +1900,8 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
     }
   }
   struct buf *b = &sp->jbuf;
-  out->at = b->len;
+  /* positions in the batch: jbuf's bytes plus the bodies referenced so far */
+  out->at = b->len + sp->jrefbytes;
   size_t r0 = rec_begin(b, REC_JMSG);
   put_header(b, m, 0); /* body_off 0: the body follows this record */
   put_u64(b, pi->ino);
@@ -1818,15 +1909,24 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   put_u64(b, pi->stamp);
   put_str(b, name);
   rec_end(b, r0);
-  size_t body = b->len;
-  buf_append(b, data + m->body_off, (size_t)m->body_size);
+  size_t body = b->len + sp->jrefbytes;
+  if (stays && m->body_size >= JREF_MIN) {
+    if (sp->njrefs == sp->capjrefs) {
+      sp->capjrefs = sp->capjrefs ? sp->capjrefs * 2 : 64;
+      sp->jrefs = util_xrealloc(sp->jrefs, sp->capjrefs * sizeof(*sp->jrefs));
+    }
+    sp->jrefs[sp->njrefs++] = (struct jref){b->len, data + m->body_off, (size_t)m->body_size};
+    sp->jrefbytes += (size_t)m->body_size;
+  } else {
+    buf_append(b, data + m->body_off, (size_t)m->body_size);
+  }
   m->body_mem = hot_keep(data + m->body_off, m->body_size);
-  size_t attr = b->len;
+  size_t attr = b->len + sp->jrefbytes;
   rec_attr(b, m);
   /* offsets within the entry for now; ingest_journal makes them absolute */
   m->body_off = body - out->at;
   m->ctx_off = (uint32_t)(attr - out->at);
-  m->ctx_len = (uint32_t)(b->len - attr);
+  m->ctx_len = (uint32_t)(b->len + sp->jrefbytes - attr);
   out->msg = m;
   return 0;
 }
@@ -1847,13 +1947,15 @@ static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
 }
 
 /* jrn_take for a file read through the ring: returns 0 or 1 as jrn_take,
- * or 2 when jrn_take must read it (not read by the ring, possibly over
- * PRE_BUF, or O_NOATIME refused). The identity kept for recovery is the
- * name, d_ino, the size read and a checksum of the content read (before
- * spool_scrub_secrets changes the buffer): see "Claiming is atomic" in
- * docs/spool.md. */
+ * or 2 when jrn_take must read it (not read by the ring, possibly bigger
+ * than its slot, changed meanwhile, or O_NOATIME refused). The identity
+ * kept for recovery is the name, d_ino, the size read and, for small
+ * slots, a checksum of the content read (before spool_scrub_secrets
+ * changes the buffer), for big ones the mtime from the statx after the
+ * read (a checksum of 100 KB costs more than the statx): see "Claiming is
+ * atomic" in docs/spool.md. */
 static int jrn_take_pre(struct spool *sp, const struct pname *pn, const struct pre *pr,
-                        const uint8_t *data, struct jtake *out)
+                        size_t slot, bool stat, struct jtake *out)
 {
   char why[512];
   const char *name = pn->name;
@@ -1876,15 +1978,21 @@ static int jrn_take_pre(struct spool *sp, const struct pname *pn, const struct p
     snprintf(why, sizeof(why), "cannot open the pickup file: %s", strerror(-pr->op));
   else if (pr->rd < 0)
     snprintf(why, sizeof(why), "read error: %s", strerror(-pr->rd));
-  else if ((unsigned)pr->rd >= PRE_BUF)
-    return 2; /* the buffer is full: the file may be bigger */
+  else if ((size_t)pr->rd >= slot)
+    return 2; /* the slot is full: the file may be bigger */
   else if ((uint64_t)pr->rd > sp->p.max_message_size)
     snprintf(why, sizeof(why), "file of %d bytes is over Max_Message_Size (%" PRIu64 " bytes)",
              pr->rd, sp->p.max_message_size);
+  else if (stat && (pr->st < 0 || pr->stx.stx_ino != pn->ino || !S_ISREG(pr->stx.stx_mode) ||
+                    pr->stx.stx_size != (uint64_t)pr->rd))
+    return 2; /* changed since it was read, or listed: jrn_take tells */
   else {
     size_t len = (size_t)pr->rd;
-    struct pinfo pi = {pn->ino, len, STAMP_CRC | crc32c(0, data, len)};
-    return jrn_take_data(sp, name, data, len, &pi, -1, out);
+    struct pinfo pi = {pn->ino, len,
+                       stat ? (uint64_t)pr->stx.stx_mtime.tv_sec * 1000000000u +
+                                  (uint64_t)pr->stx.stx_mtime.tv_nsec
+                            : STAMP_CRC | crc32c(0, pr->data, len)};
+    return jrn_take_data(sp, name, pr->data, len, &pi, -1, true, out);
   }
   to_bad(sp, sp->pickup_fd, name, name, why, NULL);
   return 1;
@@ -2003,6 +2111,43 @@ static void jq_stop(struct spool *sp, struct jqueue *q, pthread_t th)
   pthread_join(th, NULL);
 }
 
+/* Bytes in the batch being built. */
+static size_t batch_len(const struct spool *sp) { return sp->jbuf.len + sp->jrefbytes; }
+
+/* The ring's slot for files of about avg bytes (0: do not use the ring). */
+static size_t slot_for(uint64_t avg)
+{
+  if (avg <= PRE_BUF / 2)
+    return PRE_BUF;
+  if (avg > SLOT_MAX / 2)
+    return 0;
+  return ((size_t)avg * 2 + 4095) & ~(size_t)4095;
+}
+
+/* Append the batch (jbuf with the jrefs bodies in their places) with one
+ * pwritev, as jrn_put does. */
+static int jrn_put_batch(struct spool *sp, uint32_t npins, uint32_t *seg, uint64_t *off)
+{
+  if (sp->njrefs == 0)
+    return jrn_put(sp, sp->jbuf.data, sp->jbuf.len, npins, seg, off);
+  if (2 * sp->njrefs + 1 > sp->capjiov) {
+    sp->capjiov = 2 * sp->njrefs + 1;
+    sp->jiov = util_xrealloc(sp->jiov, sp->capjiov * sizeof(*sp->jiov));
+  }
+  int cnt = 0;
+  size_t prev = 0;
+  for (size_t i = 0; i < sp->njrefs; i++) {
+    const struct jref *j = &sp->jrefs[i];
+    if (j->at > prev)
+      sp->jiov[cnt++] = (struct iovec){sp->jbuf.data + prev, j->at - prev};
+    sp->jiov[cnt++] = (struct iovec){(void *)(uintptr_t)j->p, j->len};
+    prev = j->at;
+  }
+  if (sp->jbuf.len > prev)
+    sp->jiov[cnt++] = (struct iovec){sp->jbuf.data + prev, sp->jbuf.len - prev};
+  return jrn_putv(sp, sp->jiov, cnt, batch_len(sp), npins, seg, off);
+}
+
 /* One journal round over the pending names: read and parse up to
  * batch_max files (or JRN_BATCH_BYTES) into one buffer and append it with
  * one write. Then make it durable with one sync, remove the pickup files
@@ -2013,37 +2158,55 @@ static long ingest_journal(struct spool *sp)
   struct jbatch *bt = util_xcalloc(1, sizeof(*bt));
   bt->c = util_xcalloc(max, sizeof(*bt->c));
   sp->jbuf.len = sp->jbuf.off = 0;
+  sp->njrefs = sp->jrefbytes = 0;
   /* Through the ring when no hook needs the open file. */
   bool ring = !spool_test_after_stat;
   if (ring && !sp->iread && !sp->iread_tried) {
     sp->iread_tried = true;
     sp->iread = iobatch_new(sp->p.batch_max, true);
   }
-  while (bt->n < max && sp->inames < sp->nnames && sp->jbuf.len < JRN_BATCH_BYTES) {
+  size_t used = 0; /* arena bytes holding this batch's files */
+  while (bt->n < max && sp->inames < sp->nnames && batch_len(sp) < JRN_BATCH_BYTES) {
     size_t k = sp->nnames - sp->inames;
     if (k > max - bt->n)
       k = max - bt->n;
     /* read ahead about what fits in the batch's bytes, going by the last
-     * batch's files; files over PRE_BUF gain nothing from the ring's
-     * first read (they are read again whole) */
-    size_t fit = (JRN_BATCH_BYTES - sp->jbuf.len) / (sp->avg_file ? sp->avg_file : 1) + 1;
+     * batch's files */
+    size_t fit = (JRN_BATCH_BYTES - batch_len(sp)) / (sp->avg_file ? sp->avg_file : 1) + 1;
     if (k > fit)
       k = fit;
-    if (ring && sp->iread && k <= sp->iread->cap && sp->avg_file <= PRE_BUF &&
-        iobatch_read(sp->iread, sp->pickup_fd, sp->names + sp->inames, (unsigned)k,
-                     atomic_load_explicit(&sp->noatime, memory_order_relaxed) ? O_NOATIME : 0) == 0) {
-      for (size_t j = 0; j < k && sp->jbuf.len < JRN_BATCH_BYTES; j++) {
-        const struct pname *pn = &sp->names[sp->inames++];
-        int r = jrn_take_pre(sp, pn, &sp->iread->pre[j], sp->iread->buf + j * PRE_BUF,
-                             &bt->c[bt->n]);
-        if (r == 2)
-          r = jrn_take(sp, pn, &bt->c[bt->n]);
-        if (r == 0)
-          bt->c[bt->n++].name = pn->name;
-        else
-          free(pn->name);
+    size_t slot = slot_for(sp->avg_file);
+    struct iobatch *ib = sp->iread;
+    if (ring && ib && slot) {
+      if (k > ib->cap)
+        k = ib->cap;
+      if (used + k * slot > ib->bufcap) {
+        if (used == 0) { /* nothing of this batch is in it yet */
+          free(ib->buf);
+          ib->bufcap = k * slot;
+          ib->buf = util_xmalloc(ib->bufcap);
+        } else if ((k = (ib->bufcap - used) / slot) == 0) {
+          break; /* the arena is full: write this batch */
+        }
       }
-      continue;
+      if (iobatch_read(ib, sp->pickup_fd, sp->names + sp->inames, (unsigned)k,
+                       atomic_load_explicit(&sp->noatime, memory_order_relaxed) ? O_NOATIME : 0,
+                       ib->buf + used, slot, slot > PRE_BUF) == 0) {
+        used += k * slot;
+        for (size_t j = 0; j < k && batch_len(sp) < JRN_BATCH_BYTES; j++) {
+          const struct pname *pn = &sp->names[sp->inames++];
+          int r = jrn_take_pre(sp, pn, &ib->pre[j], slot, slot > PRE_BUF, &bt->c[bt->n]);
+          if (r == 0)
+            atomic_fetch_add_explicit(&sp->st_ring_reads, 1, memory_order_relaxed);
+          if (r == 2)
+            r = jrn_take(sp, pn, &bt->c[bt->n]);
+          if (r == 0)
+            bt->c[bt->n++].name = pn->name;
+          else
+            free(pn->name);
+        }
+        continue;
+      }
     }
     const struct pname *pn = &sp->names[sp->inames++];
     if (jrn_take(sp, pn, &bt->c[bt->n]) == 0)
@@ -2058,8 +2221,8 @@ static long ingest_journal(struct spool *sp)
     atomic_store(&sp->last_err, 0);
     return 0;
   }
-  sp->avg_file = sp->jbuf.len / (size_t)n;
-  int r = jrn_put(sp, sp->jbuf.data, sp->jbuf.len, (uint32_t)n, &bt->seg, &bt->base);
+  sp->avg_file = batch_len(sp) / (size_t)n;
+  int r = jrn_put_batch(sp, (uint32_t)n, &bt->seg, &bt->base);
   if (r == 0 && sp->pipelined) {
     pthread_mutex_lock(&sp->qlock);
     sp->inflight++;

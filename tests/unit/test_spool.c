@@ -1130,6 +1130,41 @@ static void test_pre_buf_sizes(void **state)
     free(b);
   }
   check_why("over", "over Max_Message_Size");
+  struct spool_stats st0, st1;
+  spool_get_stats(sp, &st0);
+  if (have_io_uring())
+    assert_int_equal(st0.ring_reads, 2); /* s32767 and s1000; the others filled the slot */
+  reset_got();
+  /* The last batch's files averaged over 16 KB: the ring now reads into
+   * bigger slots, with a statx after each read for the mtime; the bodies
+   * (over JREF_MIN) are written from where they were read. One of them is
+   * left in pickup/ as by a crash, and recovery must recognise it. */
+  put_sized("r2a", 30000, 'q');
+  put_sized("r2b", 39000, 'q');
+  put_sized("r2c", 1000, 'q');
+  keep_name = "r2b";
+  spool_test_keep_pickup = keep_pickup;
+  for (int i = 0; i < 100 && ngot < 3; i++) /* then "the process dies" */
+    assert_true(spool_ingest(sp, 50) >= 0);
+  spool_test_keep_pickup = NULL;
+  keep_name = NULL;
+  assert_int_equal(ngot, 3);
+  spool_get_stats(sp, &st1);
+  if (have_io_uring())
+    assert_int_equal(st1.ring_reads - st0.ring_reads, 3);
+  for (size_t i = 0; i < ngot; i++) {
+    char b[40000];
+    body_of(sp, got[i], b, sizeof(b));
+    assert_int_equal(b[got[i]->body_size - 2], 'q');
+  }
+  reset_got();
+  spool_close(sp);
+  sp = open_spool(&p);
+  assert_int_equal(spool_recover(sp), 7); /* 5 + r2a + r2c: r2b is still in pickup/ */
+  assert_null(find_subject("r2b", sp));
+  drain(sp);
+  assert_int_equal(ngot, 8);
+  assert_non_null(find_subject("r2b", sp));
   reset_got();
   spool_close(sp);
   /* and a limit below the ring's buffer, for files the ring read whole */

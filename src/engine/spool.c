@@ -1043,6 +1043,8 @@ struct pre {
 
 struct iobatch {
   struct io_uring ring;
+  pthread_t owner; /* the thread that made it: the only one that may use it when single */
+  bool single;     /* IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN */
   unsigned cap;    /* files per batch */
   uint8_t *buf;    /* the arena (reads) */
   size_t bufcap;   /* its size */
@@ -1066,7 +1068,16 @@ static struct iobatch *iobatch_new(unsigned cap, bool reads)
 {
   struct iobatch *b = util_xcalloc(1, sizeof(*b));
   b->cap = cap;
-  if (io_uring_queue_init(reads ? 4 * cap : cap, &b->ring, 0) < 0) {
+  b->owner = pthread_self();
+  /* Completions of what io-wq ran (unlinks, statx) are task work for the
+   * submitter; deferred, they are run in one go when it waits for the
+   * batch, instead of one wake-up of the thread per completion. Needs
+   * kernel 6.1; without it, completions wake the thread one by one. */
+  struct io_uring_params prm = {.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN};
+  unsigned entries = reads ? 4 * cap : cap;
+  if (io_uring_queue_init_params(entries, &b->ring, &prm) == 0) {
+    b->single = true;
+  } else if (io_uring_queue_init(entries, &b->ring, 0) < 0) {
     free(b);
     return NULL;
   }
@@ -1098,6 +1109,25 @@ static struct iobatch *iobatch_new(unsigned cap, bool reads)
       return NULL;
     }
     b->res = util_xcalloc(cap, sizeof(*b->res));
+  }
+  return b;
+}
+
+/* The ring in *bp for the calling thread, made on first use (*tried: made
+ * or failed once). A single-issuer ring serves only the thread that made
+ * it: another thread (spool_ingest called directly, then spool_start) gets
+ * a new one. NULL when io_uring cannot do it: plain system calls then. */
+static struct iobatch *iobatch_get(struct iobatch **bp, bool *tried, unsigned cap, bool reads)
+{
+  struct iobatch *b = *bp;
+  if (b && b->single && !pthread_equal(b->owner, pthread_self())) {
+    iobatch_free(b);
+    *bp = b = NULL;
+    *tried = false;
+  }
+  if (!b && !*tried) {
+    *tried = true;
+    *bp = b = iobatch_new(cap, reads);
   }
   return b;
 }
@@ -2002,10 +2032,7 @@ static int jrn_take_pre(struct spool *sp, const struct pname *pn, const struct p
  * else (and for any file the ring could not remove) one unlinkat each. */
 static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
 {
-  if (!sp->iunlink && !sp->iunlink_tried) {
-    sp->iunlink_tried = true;
-    sp->iunlink = iobatch_new(sp->p.batch_max, false);
-  }
+  iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false);
   if (sp->iunlink && !spool_test_keep_pickup && bt->n <= sp->iunlink->cap) {
     char **names = util_xmalloc(bt->n * sizeof(*names));
     for (size_t i = 0; i < bt->n; i++)
@@ -2161,10 +2188,8 @@ static long ingest_journal(struct spool *sp)
   sp->njrefs = sp->jrefbytes = 0;
   /* Through the ring when no hook needs the open file. */
   bool ring = !spool_test_after_stat;
-  if (ring && !sp->iread && !sp->iread_tried) {
-    sp->iread_tried = true;
-    sp->iread = iobatch_new(sp->p.batch_max, true);
-  }
+  if (ring)
+    iobatch_get(&sp->iread, &sp->iread_tried, sp->p.batch_max, true);
   size_t used = 0; /* arena bytes holding this batch's files */
   while (bt->n < max && sp->inames < sp->nnames && batch_len(sp) < JRN_BATCH_BYTES) {
     size_t k = sp->nnames - sp->inames;

@@ -358,6 +358,32 @@ static void test_bdat_limits_and_faults(void **state)
   assert_memory_equal(buf_head(&stub_last_body), "ab", 2);
 }
 
+/* Plaintext pipelined behind STARTTLS in the same read is discarded
+ * (RFC 3207), also when the command line itself began in an earlier read.
+ * (Later reads go through TLS, so only one read after the cut is fed.) */
+static void test_starttls_discards_pipelined(void **state)
+{
+  (void)state;
+  static int dummy;
+  static const char in[] = "EHLO c\r\nSTARTTLS\r\nNOOP\r\nMAIL FROM:<a@x>\r\n";
+  for (size_t cut = 0; cut < strlen("EHLO c\r\nSTARTTLS\r\n"); cut++) {
+    reset_globals();
+    g_sink.ssl_ctx = (SSL_CTX *)&dummy; /* only tested for NULL by sink_smtp.c */
+    struct sink_conn c;
+    memset(&c, 0, sizeof(c));
+    sink_smtp_start(&c);
+    sink_smtp_feed(&c, (const uint8_t *)in, cut);
+    sink_smtp_feed(&c, (const uint8_t *)in + cut, strlen(in) - cut);
+    assert_true(c.tls_active);
+    stub_conn_done(&c);
+    char *out = calloc(1, buf_avail(&stub_out) + 1);
+    memcpy(out, buf_head(&stub_out), buf_avail(&stub_out));
+    assert_string_equal(after_ehlo(out), "220 2.0.0 Ready to start TLS\r\n");
+    free(out);
+  }
+  g_sink.ssl_ctx = NULL;
+}
+
 /* The continuation lines a hostile reply with `code` starts with. */
 static void add_continuations(struct buf *b, const char *code)
 {
@@ -421,6 +447,7 @@ int main(void)
     cmocka_unit_test(test_bdat_pipelined),
     cmocka_unit_test(test_bdat_errors),
     cmocka_unit_test(test_bdat_limits_and_faults),
+    cmocka_unit_test(test_starttls_discards_pipelined),
   };
   int r = cmocka_run_group_tests(tests, NULL, NULL);
   buf_done(&stub_out, 0);

@@ -993,6 +993,7 @@ void sink_smtp_feed(struct sink_conn *c, const uint8_t *p, size_t n)
   /* A partial command line is waiting in c->in: complete it with the input
    * up to its line end only, so that what follows (a BDAT chunk's octets,
    * the next commands) is parsed from p without a copy. */
+  int was_tls = c->tls_active;
   while (n && buf_avail(&c->in) && !c->paused && c->state != ST_GREETING) {
     const uint8_t *nl = memchr(p, '\n', n);
     size_t k = nl ? (size_t)(nl - p) + 1 : n;
@@ -1005,8 +1006,8 @@ void sink_smtp_feed(struct sink_conn *c, const uint8_t *p, size_t n)
     p += k;
     n -= k;
     run_in(c);
-    if (c->state == ST_QUIT || c->closing)
-      return;
+    if (c->state == ST_QUIT || c->closing || c->tls_active != was_tls)
+      return; /* RFC 3207: plaintext pipelined after STARTTLS is discarded */
   }
   if (!n)
     return;

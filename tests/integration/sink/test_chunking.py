@@ -6,7 +6,8 @@ untouched, equal to the same message sent with DATA); a chunk split across
 two writes; a message in several chunks; BDAT without RCPT / MAIL (the
 octets are discarded and the pipelined commands behind them still work);
 --no-chunking; the size limit (552 at LAST); --fail DOT on LAST and
---fail BDAT on the other chunks, drawn exactly as for DATA."""
+--fail BDAT on the other chunks, drawn exactly as for DATA; hostile modes
+and --disconnect-at on BDAT stages."""
 import json
 import os
 import shutil
@@ -209,12 +210,45 @@ def test_faults():
     assert st["messages"] == n - failed and st["errors_injected"].get("BDAT_4xx") == failed, st
 
 
+def test_hostile_and_disconnect():
+    # reset-mid-data: TCP RST once a chunk's octets arrive.
+    with Sink(SINK, ["--hostile", "reset-mid-data"]) as s:
+        r = Raw(s.port)
+        ehlo(r)
+        r.send(envelope(0) + b"BDAT 4 LAST\r\n")
+        assert read_codes(r, 2) == ["250 2.1.0 Ok", "250 2.1.5 Ok"]
+        r.send(b"body")
+        data, how = r.read_all()
+        assert how == "reset" and data == b"", (data, how)
+        st = s.stop()
+        assert st["errors_injected"]["hostile_reset-mid-data"] == 1 and st["messages"] == 0, st
+    # garbage:DOT replaces the reply to LAST; garbage:BDAT that to a chunk.
+    for stage, nth in (("DOT", 3), ("BDAT", 2)):
+        with Sink(SINK, ["--hostile", "garbage:" + stage]) as s:
+            r = Raw(s.port)
+            ehlo(r)
+            r.send(envelope(0) + b"BDAT 1\r\nxBDAT 1 LAST\r\ny")
+            got = read_codes(r, 4)
+            assert all(l[:3].isdigit() == (i != nth) for i, l in enumerate(got)), (stage, got)
+            s.stop()
+    # --disconnect-at BDAT: 421 instead of the chunk's reply, then close.
+    with Sink(SINK, ["--disconnect-at", "BDAT"]) as s:
+        r = Raw(s.port)
+        ehlo(r)
+        r.send(envelope(0) + b"BDAT 1 LAST\r\nx")
+        assert [l[:3] for l in read_codes(r, 3)] == ["250", "250", "421"]
+        data, how = r.read_all()
+        assert data == b"" and how == "eof", (data, how)
+        st = s.stop()
+        assert st["errors_injected"]["disconnect_BDAT"] == 1 and st["messages"] == 0, st
+
+
 def main():
     global D
     D = tempfile.mkdtemp(prefix="sinkchunk.")
     try:
         for t in (test_pipelined_one_write, test_split_and_multichunk, test_errors,
-                  test_no_chunking, test_size_limit, test_faults):
+                  test_no_chunking, test_size_limit, test_faults, test_hostile_and_disconnect):
             t0 = time.monotonic()
             t()
             print("%s ok (%.2fs)" % (t.__name__, time.monotonic() - t0))

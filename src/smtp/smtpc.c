@@ -152,7 +152,7 @@ static uint32_t state_timeout_s(const struct smtpc *s, enum smtpc_state st)
   case SMTPC_ST_IDLE: return s->to.idle;
   /* with the previous transaction's final reply outstanding, that reply
    * is what is awaited first: Body_Timeout */
-  case SMTPC_ST_MAIL: return s->has_prev || s->cq_n > 1 ? s->to.body : s->to.mailfrom;
+  case SMTPC_ST_MAIL: return s->has_prev ? s->to.body : s->to.mailfrom;
   case SMTPC_ST_RCPT: return s->has_prev ? s->to.body : s->to.rcptto;
   case SMTPC_ST_DATA: return s->has_prev ? s->to.body : s->to.data;
   case SMTPC_ST_BODY:
@@ -162,6 +162,26 @@ static uint32_t state_timeout_s(const struct smtpc *s, enum smtpc_state st)
   case SMTPC_ST_DONE: return 0;
   default: util_panic("smtpc: bad state %d", (int)st);
   }
+}
+
+/* With BDAT the session's state says what is being sent; the reply
+ * awaited next (the oldest transaction's) decides the timeout, the stage
+ * and the wording: MAIL, RCPT, a chunk (BODY) or the last chunk (DOT). */
+static enum smtpc_state awaited(const struct smtpc *s)
+{
+  if (!s->chunked || !s->cq_n ||
+      (s->st != SMTPC_ST_MAIL && s->st != SMTPC_ST_BODY && s->st != SMTPC_ST_DOT))
+    return s->st;
+  const struct cq_item *h = &s->cq[s->cq_head];
+  const struct cq_item *tail = &s->cq[(s->cq_head + s->cq_n - 1u) % SMTPC_PIPE_MAX];
+  uint32_t cmds = (h == tail && s->st == SMTPC_ST_MAIL) ? s->send_cur : h->t.nrcpt + 1;
+  if (h->recv >= cmds + h->chunks)
+    return s->st; /* nothing awaited: sending */
+  if (h->recv == 0)
+    return SMTPC_ST_MAIL;
+  if (h->recv <= h->t.nrcpt)
+    return SMTPC_ST_RCPT;
+  return h->sent_all && h->recv + 1 == cmds + h->chunks ? SMTPC_ST_DOT : SMTPC_ST_BODY;
 }
 
 const char *smtpc_state_name(enum smtpc_state st)
@@ -352,8 +372,8 @@ static struct smtpc_event *ev_push(struct smtpc *s, enum smtpc_ev_type t)
   it->count = 1;
   it->ev.type = t;
   it->ev.text = "";
-  it->ev.stage = state_stage[s->st];
-  it->ev.doing = state_doing[s->st];
+  it->ev.stage = state_stage[awaited(s)];
+  it->ev.doing = state_doing[awaited(s)];
   return &it->ev;
 }
 
@@ -429,7 +449,7 @@ static void result_from_reply(struct smtpc *s, struct smtpc_result *r, uint8_t s
 
 static void set_deadline(struct smtpc *s, uint64_t now)
 {
-  uint32_t t = state_timeout_s(s, s->st);
+  uint32_t t = state_timeout_s(s, awaited(s));
   s->deadline = t ? now + (uint64_t)t * 1000 : UINT64_MAX;
 }
 
@@ -490,7 +510,7 @@ static void fail(struct smtpc *s, enum smtpc_fail_kind kind, uint32_t flags, int
   va_end(ap);
   /* fmt arguments are our own strings or already-sanitised server text */
   snprintf(s->fail_text, sizeof(s->fail_text), "%s", tmp);
-  uint8_t stage = state_stage[s->st];
+  uint8_t stage = state_stage[awaited(s)];
   const char *enh = code ? s->rp.enhanced : "";
   prev_abandon(s, code, enh, s->fail_text);
   cq_unoffer(s);
@@ -1201,6 +1221,7 @@ static void on_chunk_reply(struct smtpc *s, uint64_t now)
     }
     return;
   }
+  set_deadline(s, now); /* the next transaction's reply is awaited now */
   cq_offer(s);
 }
 
@@ -1550,8 +1571,9 @@ int smtpc_timeout(struct smtpc *s, uint64_t now)
   default:
     break;
   }
-  fail(s, SMTPC_FAIL_TIMEOUT, 0, 0, false, "timeout while %s (%s = %u s)", state_doing[s->st],
-       state_timeout_opt[s->st], (unsigned)state_timeout_s(s, s->st));
+  enum smtpc_state aw = awaited(s);
+  fail(s, SMTPC_FAIL_TIMEOUT, 0, 0, false, "timeout while %s (%s = %u s)", state_doing[aw],
+       state_timeout_opt[aw], (unsigned)state_timeout_s(s, aw));
   return 1;
 }
 
@@ -1755,7 +1777,7 @@ void smtpc_quit(struct smtpc *s, uint64_t now)
     return;
   }
   prev_abandon(s, 0, "", "session closed locally");
-  cq_abandon(s, 0, "", "session closed locally", state_stage[s->st]);
+  cq_abandon(s, 0, "", "session closed locally", state_stage[awaited(s)]);
   if (s->has_txn) {
     set_result(s->txn.final, SMTPC_OUT_TRANSIENT, 0, "", state_stage[s->st],
                "session closed locally");
@@ -1776,11 +1798,11 @@ const struct smtpc_result *smtpc_txn_outcome(const struct smtpc_txn *t, uint32_t
 enum smtpc_state smtpc_state(const struct smtpc *s) { return s->st; }
 uint8_t smtpc_stage(const struct smtpc *s)
 {
-  if (s->st == SMTPC_ST_MAIL || s->st == SMTPC_ST_RCPT || s->st == SMTPC_ST_DATA)
+  if (!s->chunked && (s->st == SMTPC_ST_MAIL || s->st == SMTPC_ST_RCPT || s->st == SMTPC_ST_DATA))
     return state_stage[cursor_state(s)];
-  return state_stage[s->st];
+  return state_stage[awaited(s)];
 }
-const char *smtpc_doing(const struct smtpc *s) { return state_doing[s->st]; }
+const char *smtpc_doing(const struct smtpc *s) { return state_doing[awaited(s)]; }
 uint32_t smtpc_extensions(const struct smtpc *s) { return s->ext; }
 uint32_t smtpc_auth_mechs(const struct smtpc *s) { return s->mechs; }
 uint64_t smtpc_peer_max_size(const struct smtpc *s) { return s->peer_size; }

@@ -6,7 +6,12 @@
  * prints the rate. It never blocks: every socket is non-blocking. With -t,
  * the connections are spread over that many threads (one epoll each), so
  * the client is not the bottleneck on a busy machine.
- * Usage: smtp-blast [-c CONNS] [-t THREADS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT */
+ * With -b, messages go as RFC 3030 chunks instead: MAIL, RCPT and
+ * "BDAT n LAST" + the message's octets (not dot-stuffed) in one write, no
+ * 354 to wait for, and -w such messages in flight per connection (a new
+ * one is written as each one's final reply arrives), as an engine using
+ * CHUNKING sends them. The sink must advertise CHUNKING.
+ * Usage: smtp-blast [-b [-w WINDOW]] [-c CONNS] [-t THREADS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -23,7 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { E_GREET, E_EHLO, E_MAIL, E_RCPT, E_DATA, E_DOT, E_QUIT };
+enum { E_GREET, E_EHLO, E_MAIL, E_RCPT, E_DATA, E_DOT, E_BDAT, E_QUIT };
 #define MAXQ 64
 #define RBUF 65536
 
@@ -37,6 +42,7 @@ struct conn {
   size_t wlen, woff, wcap;
   int done;
   int wantout;
+  int quit_sent;
 };
 
 static atomic_long remaining, acked, failed;
@@ -45,6 +51,9 @@ static size_t body_len;
 static char env[512];
 static size_t env_len;
 static int nrcpt = 1;
+static int bdat, window = 1;
+static char bdat_cmd[64];
+static size_t bdat_cmd_len;
 
 static double now_s(void)
 {
@@ -78,15 +87,25 @@ static void expect(struct conn *c, int e)
 
 static void queue_envelope(struct conn *c)
 {
+  if (c->quit_sent)
+    return;
   if (atomic_fetch_sub(&remaining, 1) <= 0) {
     out(c, "QUIT\r\n", 6);
     expect(c, E_QUIT);
+    c->quit_sent = 1;
     return;
   }
   out(c, env, env_len);
   expect(c, E_MAIL);
   for (int i = 0; i < nrcpt; i++)
     expect(c, E_RCPT);
+  if (bdat) {
+    /* The whole message in this write: the body without its ".\r\n". */
+    out(c, bdat_cmd, bdat_cmd_len);
+    out(c, body, body_len - 3);
+    expect(c, E_BDAT);
+    return;
+  }
   expect(c, E_DATA);
 }
 
@@ -123,7 +142,8 @@ static void on_reply(struct conn *c, int code)
   case E_EHLO:
     if (code != 250)
       failed++;
-    queue_envelope(c);
+    for (int i = 0; i < (bdat ? window : 1); i++)
+      queue_envelope(c);
     break;
   case E_MAIL:
   case E_RCPT:
@@ -147,6 +167,13 @@ static void on_reply(struct conn *c, int code)
       acked++;
     else
       failed++;
+    break;
+  case E_BDAT:
+    if (code == 250)
+      acked++;
+    else
+      failed++;
+    queue_envelope(c);
     break;
   case E_QUIT:
     c->done = 1;
@@ -237,20 +264,24 @@ int main(int argc, char **argv)
   long total = 100000;
   long size = 1024;
   int opt;
-  while ((opt = getopt(argc, argv, "c:t:m:l:r:")) != -1) {
+  while ((opt = getopt(argc, argv, "bw:c:t:m:l:r:")) != -1) {
     switch (opt) {
+    case 'b': bdat = 1; break;
+    case 'w': window = atoi(optarg); break;
     case 'c': nconn = atoi(optarg); break;
     case 't': nthreads = atoi(optarg); break;
     case 'm': total = atol(optarg); break;
     case 'l': size = atol(optarg); break;
     case 'r': nrcpt = atoi(optarg); break;
     default:
-      fprintf(stderr, "usage: smtp-blast [-c CONNS] [-t THREADS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT\n");
+      fprintf(stderr, "usage: smtp-blast [-b [-w WINDOW]] [-c CONNS] [-t THREADS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT\n");
       return 2;
     }
   }
-  if (optind >= argc || nconn < 1 || nrcpt < 1 || nthreads < 1 || nrcpt > 16 || size < 64) {
-    fprintf(stderr, "usage: smtp-blast [-c CONNS] [-t THREADS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT\n");
+  /* Replies expected at once must fit the queue: window x (MAIL, RCPTs, BDAT) + QUIT. */
+  if (optind >= argc || nconn < 1 || nrcpt < 1 || nthreads < 1 || nrcpt > 16 || size < 64 ||
+      window < 1 || window * (nrcpt + 2) + 1 > MAXQ) {
+    fprintf(stderr, "usage: smtp-blast [-b [-w WINDOW]] [-c CONNS] [-t THREADS] [-m MESSAGES] [-l BYTES] [-r RCPTS] HOST:PORT\n");
     return 2;
   }
   char host[128];
@@ -278,7 +309,9 @@ int main(int argc, char **argv)
   env_len = (size_t)snprintf(env, sizeof(env), "MAIL FROM:<a@blast.test>\r\n");
   for (int i = 0; i < nrcpt; i++)
     env_len += (size_t)snprintf(env + env_len, sizeof(env) - env_len, "RCPT TO:<b%d@blast.test>\r\n", i);
-  env_len += (size_t)snprintf(env + env_len, sizeof(env) - env_len, "DATA\r\n");
+  if (!bdat)
+    env_len += (size_t)snprintf(env + env_len, sizeof(env) - env_len, "DATA\r\n");
+  bdat_cmd_len = (size_t)snprintf(bdat_cmd, sizeof(bdat_cmd), "BDAT %zu LAST\r\n", body_len - 3);
 
   remaining = total;
   struct conn *cs = calloc((size_t)nconn, sizeof(*cs));
@@ -309,9 +342,11 @@ int main(int argc, char **argv)
     pthread_join(ws[t].th, NULL);
   double el = now_s() - t0;
   long nacked = acked, nfailed = failed;
-  printf("{\"client\": \"smtp-blast\", \"connections\": %d, \"threads\": %d, \"messages\": %ld, "
-         "\"failed\": %ld, \"size\": %ld, \"elapsed_s\": %.3f, \"msgs_per_s\": %.0f}\n",
-         nconn, nthreads, nacked, nfailed, size, el, (double)nacked / el);
+  printf("{\"client\": \"smtp-blast\", \"mode\": \"%s\", \"window\": %d, \"connections\": %d, "
+         "\"threads\": %d, \"messages\": %ld, \"failed\": %ld, \"size\": %ld, \"elapsed_s\": %.3f, "
+         "\"msgs_per_s\": %.0f}\n",
+         bdat ? "bdat" : "data", bdat ? window : 1, nconn, nthreads, nacked, nfailed, size, el,
+         (double)nacked / el);
   for (int i = 0; i < nconn; i++)
     free(cs[i].wbuf);
   free(cs);

@@ -28,7 +28,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   g_sink.o.require_tls_for_auth = (opt & 8) != 0;
   g_sink.o.save_dir = opt & 16 ? "x" : NULL;
   g_sink.o.latency_ms[CMD_MAIL] = opt & 32 ? 1 : 0;
+  g_sink.o.latency_ms[CMD_BDAT] = opt & 32 ? 1 : 0;
   g_sink.o.fail[CMD_DOT] = (struct sink_fail){5, opt & 64 ? 1.0 : 0.0};
+  g_sink.o.fail[CMD_BDAT] = (struct sink_fail){4, opt & 64 ? 1.0 : 0.0};
+  g_sink.o.no_chunking = step == 255;
   g_sink.o.hostile = opt & 128 ? HOSTILE_CONTINUATIONS : HOSTILE_NONE;
   g_sink.o.hostile_stage = CMD_EHLO;
   g_sink.o.users = users;

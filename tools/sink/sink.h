@@ -24,12 +24,14 @@
 #define SINK_MAX_ADDR 512            /* envelope address kept for records */
 #define SINK_ENDLESS_BYTES (64ull * 1024 * 1024) /* hostile endless-line cap */
 #define SINK_CONTINUATIONS 10000     /* hostile continuation lines */
+#define SINK_BDAT_DIGITS 18          /* BDAT chunk size: at most 18 digits (< 10^18), 501 above */
 
 /* Commands and stages; used to index latency, failure and hostile tables.
- * CMD_CONNECT is the greeting, CMD_DOT the end of DATA. */
+ * CMD_CONNECT is the greeting, CMD_DOT the end of DATA and the reply to
+ * BDAT LAST, CMD_BDAT the reply to a BDAT chunk that is not the last. */
 enum sink_cmd {
   CMD_CONNECT, CMD_EHLO, CMD_HELO, CMD_STARTTLS, CMD_AUTH, CMD_MAIL, CMD_RCPT,
-  CMD_DATA, CMD_DOT, CMD_RSET, CMD_NOOP, CMD_QUIT, CMD_VRFY, CMD_OTHER,
+  CMD_DATA, CMD_DOT, CMD_BDAT, CMD_RSET, CMD_NOOP, CMD_QUIT, CMD_VRFY, CMD_OTHER,
   CMD__COUNT
 };
 extern const char *const sink_cmd_names[CMD__COUNT];
@@ -64,7 +66,7 @@ struct sink_opts {
   struct sink_user *users;
   size_t nusers;
   int auth_mechs; /* AUTH_* bits offered */
-  int require_auth, require_tls_for_auth, no_starttls, no_pipelining, io_fallback;
+  int require_auth, require_tls_for_auth, no_starttls, no_pipelining, no_chunking, io_fallback;
   uint32_t max_connections; /* 0: unlimited */
   uint64_t max_size;
   uint32_t max_rcpts;
@@ -95,6 +97,7 @@ struct sink_stats {
   uint64_t messages, recipients, bytes;
   uint64_t connections, rejected_connections, max_concurrent, concurrent;
   uint64_t tls_connections, tls_resumed, auth_ok, auth_failed, messages_rejected;
+  uint64_t bdat_messages, bdat_chunks; /* accepted messages sent with BDAT; BDAT commands */
   uint64_t fail_injected[CMD__COUNT];
   uint64_t delayed[CMD__COUNT];
   uint64_t disconnect_injected[CMD__COUNT];
@@ -106,6 +109,7 @@ enum conn_state {
   ST_GREETING, /* before the greeting (delay, TLS handshake on implicit TLS) */
   ST_CMD,      /* reading commands */
   ST_DATA,     /* reading the message body */
+  ST_BDAT,     /* reading the octets of a BDAT chunk (chunk_left) */
   ST_AUTH,     /* reading an AUTH continuation line */
   ST_QUIT,     /* after QUIT, 421 or a fatal error: input ignored */
 };
@@ -124,8 +128,12 @@ struct sink_conn {
       rejected : 1, body_seen : 1, dead : 1, rearm_pending : 1,
       tls_garbage : 1;           /* --hostile tls-garbage: answer the next input with it */
   uint8_t bytewise;           /* 0, HOSTILE_SPLIT or HOSTILE_DRIP */
+  uint8_t bdat;               /* BDAT transaction: 0 none, open, failed (sink_smtp.c) */
+  uint8_t chunk_err;          /* the reply the chunk being read gets (sink_smtp.c) */
+  uint8_t chunk_last;         /* the chunk being read is BDAT ... LAST */
   uint32_t nrcpt;
   uint64_t msg_bytes;
+  uint64_t chunk_size, chunk_left; /* BDAT chunk being read: its size, octets still to come */
   uint64_t endless_left;      /* hostile endless-line bytes still to send */
   struct buf in;              /* unprocessed input (partial line / paused) */
   struct buf wire;            /* bytes ready to send (plain or TLS records) */

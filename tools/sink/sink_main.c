@@ -120,8 +120,10 @@ void sink_print_summary(FILE *f)
           (unsigned long long)st->tls_connections, (unsigned long long)st->tls_resumed,
           (unsigned long long)st->auth_ok,
           (unsigned long long)st->auth_failed);
-  fprintf(f, "  \"messages_rejected\": %llu,\n  \"elapsed_s\": %.3f",
-          (unsigned long long)st->messages_rejected, el);
+  fprintf(f, "  \"messages_rejected\": %llu,\n  \"bdat_messages\": %llu,\n"
+          "  \"bdat_chunks\": %llu,\n  \"elapsed_s\": %.3f",
+          (unsigned long long)st->messages_rejected, (unsigned long long)st->bdat_messages,
+          (unsigned long long)st->bdat_chunks, el);
   json_table(f, "per_user", &st->per_user, 0);
   json_table(f, "per_mechanism", &st->per_mech, 0);
   json_table(f, "per_source_address", &st->per_source, 0);
@@ -309,15 +311,17 @@ static void usage(FILE *f)
 "  --require-auth            MAIL without AUTH gets 530\n"
 "  --require-tls-for-auth    AUTH only after TLS: not advertised before, 538 if tried\n"
 "  --no-pipelining           do not advertise PIPELINING\n"
+"  --no-chunking             do not advertise CHUNKING; BDAT gets 502 like an unknown command\n"
 "\n"
 "Fault injection (CMD is one of CONNECT EHLO HELO STARTTLS AUTH MAIL RCPT DATA\n"
-"DOT RSET NOOP QUIT; DOT is the end of DATA, CONNECT the greeting):\n"
+"DOT BDAT RSET NOOP QUIT; DOT is the end of DATA and the reply to BDAT LAST, BDAT\n"
+"the reply to a chunk that is not the last, CONNECT the greeting):\n"
 "  --greeting-delay MS       wait before the greeting\n"
 "  --latency CMD=MS          wait before replying to CMD (repeatable)\n"
 "  --reply-delay MS          wait before every reply except the greeting\n"
 "  --fail CMD=4xx:RATIO      answer CMD with a temporary failure in RATIO (0..1) of\n"
 "  --fail CMD=5xx:RATIO      cases, or a permanent one; an exact code (451:0.5) also\n"
-"                            works; for MAIL RCPT DATA DOT AUTH NOOP STARTTLS (repeatable)\n"
+"                            works; for MAIL RCPT DATA DOT BDAT AUTH NOOP STARTTLS (repeatable)\n"
 "  --seed N                  seed of the failure draws (1): runs are reproducible\n"
 "  --disconnect-at CMD       answer CMD with 421 and close the connection\n"
 "  --hostile MODE[:CMD]      misbehave on the reply to CMD (CONNECT); MODE is one of\n"
@@ -333,7 +337,8 @@ static void usage(FILE *f)
 "  --drip-interval MS        pause between dripped bytes (1000)\n"
 "\n"
 "Output:\n"
-"  --save-dir DIR            write each accepted message (unstuffed) to DIR/ID.eml\n"
+"  --save-dir DIR            write each accepted message (unstuffed, or BDAT's octets as\n"
+"                            sent) to DIR/ID.eml\n"
 "  --jsonl FILE              one JSON record per accepted message: id, time, mail_from,\n"
 "                            rcpts, size, auth_user, auth_mech, tls, local, peer, file\n"
 "  --stats-interval S        print a running count on stderr every S seconds\n"
@@ -372,9 +377,9 @@ static void parse_fail(const char *s)
   if (!eq)
     util_fatal("sink: --fail wants CMD=4xx:RATIO, got '%s'", s);
   int cmd = parse_cmd("--fail", s, (size_t)(eq - s));
-  if (cmd != CMD_MAIL && cmd != CMD_RCPT && cmd != CMD_DATA && cmd != CMD_DOT && cmd != CMD_AUTH &&
-      cmd != CMD_NOOP && cmd != CMD_STARTTLS)
-    util_fatal("sink: --fail: %s cannot fail (MAIL RCPT DATA DOT AUTH NOOP STARTTLS can)",
+  if (cmd != CMD_MAIL && cmd != CMD_RCPT && cmd != CMD_DATA && cmd != CMD_DOT && cmd != CMD_BDAT &&
+      cmd != CMD_AUTH && cmd != CMD_NOOP && cmd != CMD_STARTTLS)
+    util_fatal("sink: --fail: %s cannot fail (MAIL RCPT DATA DOT BDAT AUTH NOOP STARTTLS can)",
                sink_cmd_names[cmd]);
   const char *k = eq + 1;
   struct sink_fail f = {0, 1.0};
@@ -482,7 +487,7 @@ static void setup_tls(void)
 
 enum {
   O_LISTEN = 256, O_TLS_LISTEN, O_READY, O_HOSTNAME, O_MAXCONN, O_MAXSIZE, O_MAXRCPT, O_CERT,
-  O_KEY, O_NOSTARTTLS, O_USERS, O_MECHS, O_REQAUTH, O_REQTLS, O_NOPIPE, O_GREETDELAY,
+  O_KEY, O_NOSTARTTLS, O_USERS, O_MECHS, O_REQAUTH, O_REQTLS, O_NOPIPE, O_NOCHUNK, O_GREETDELAY,
   O_LATENCY, O_REPLYDELAY, O_FAIL, O_SEED, O_DISCONNECT, O_HOSTILE, O_DRIP, O_SAVEDIR,
   O_JSONL, O_STATS, O_FALLBACK, O_HELP, O_VERSION,
 };
@@ -505,6 +510,7 @@ int main(int argc, char **argv)
     {"require-auth", no_argument, NULL, O_REQAUTH},
     {"require-tls-for-auth", no_argument, NULL, O_REQTLS},
     {"no-pipelining", no_argument, NULL, O_NOPIPE},
+    {"no-chunking", no_argument, NULL, O_NOCHUNK},
     {"greeting-delay", required_argument, NULL, O_GREETDELAY},
     {"latency", required_argument, NULL, O_LATENCY},
     {"reply-delay", required_argument, NULL, O_REPLYDELAY},
@@ -564,6 +570,7 @@ int main(int argc, char **argv)
     case O_REQAUTH: o->require_auth = 1; break;
     case O_REQTLS: o->require_tls_for_auth = 1; break;
     case O_NOPIPE: o->no_pipelining = 1; break;
+    case O_NOCHUNK: o->no_chunking = 1; break;
     case O_GREETDELAY: o->latency_ms[CMD_CONNECT] = (uint32_t)parse_u64("--greeting-delay", optarg); break;
     case O_LATENCY: {
       const char *eq = strchr(optarg, '=');

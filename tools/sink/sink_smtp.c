@@ -1,6 +1,7 @@
 /* sink_smtp.c owns the ESMTP server side of impetus-sink: command parsing,
  * the reply for each command, AUTH (PLAIN, LOGIN, XOAUTH2), DATA with
- * dot-unstuffing, and the fault injection decided per command.
+ * dot-unstuffing, BDAT chunks (RFC 3030, read straight from the input
+ * without a copy), and the fault injection decided per command.
  * It never touches a socket, the ring or OpenSSL: replies are appended with
  * sink_conn_reply, and effects (pause, close, STARTTLS) are requested from
  * sink_io. No allocation per command: replies are constant strings,
@@ -20,7 +21,8 @@
 const char *const sink_cmd_names[CMD__COUNT] = {
   [CMD_CONNECT] = "CONNECT", [CMD_EHLO] = "EHLO", [CMD_HELO] = "HELO",
   [CMD_STARTTLS] = "STARTTLS", [CMD_AUTH] = "AUTH", [CMD_MAIL] = "MAIL",
-  [CMD_RCPT] = "RCPT", [CMD_DATA] = "DATA", [CMD_DOT] = "DOT", [CMD_RSET] = "RSET",
+  [CMD_RCPT] = "RCPT", [CMD_DATA] = "DATA", [CMD_DOT] = "DOT", [CMD_BDAT] = "BDAT",
+  [CMD_RSET] = "RSET",
   [CMD_NOOP] = "NOOP", [CMD_QUIT] = "QUIT", [CMD_VRFY] = "VRFY", [CMD_OTHER] = "OTHER",
 };
 
@@ -45,6 +47,12 @@ int sink_cmd_lookup(const char *name)
 
 /* Body parser states (dot-unstuffing across reads). */
 enum { B_BOL, B_MID, B_DOT, B_DOTCR, B_END };
+/* BDAT transaction (c->bdat): none, chunks accepted so far, a chunk failed
+ * (the rest of the transaction's chunks are read and discarded until LAST
+ * or RSET). */
+enum { BDAT_NONE, BDAT_OPEN, BDAT_FAILED };
+/* The reply the chunk being read gets once its octets are in (c->chunk_err). */
+enum { CH_OK, CH_NEED_MAIL, CH_NEED_RCPT, CH_DISCARD };
 /* AUTH continuation steps. */
 enum { A_NONE, A_PLAIN, A_LOGIN_USER, A_LOGIN_PASS, A_XOAUTH2, A_XOAUTH2_ERR };
 
@@ -146,6 +154,7 @@ static void reset_txn(struct sink_conn *c)
   c->nrcpt = 0;
   c->too_big = 0;
   c->msg_bytes = 0;
+  c->bdat = BDAT_NONE;
   buf_reset(&c->env);
   if (c->env.cap > 4096)
     buf_done(&c->env, 0);
@@ -259,6 +268,8 @@ static void do_ehlo(struct sink_conn *c, int cmd, const char *arg, size_t n)
     k += (size_t)snprintf(r + k, sizeof(r) - k, "250-PIPELINING\r\n");
   k += (size_t)snprintf(r + k, sizeof(r) - k, "250-SIZE %llu\r\n250-8BITMIME\r\n",
                         (unsigned long long)g_sink.o.max_size);
+  if (!g_sink.o.no_chunking)
+    k += (size_t)snprintf(r + k, sizeof(r) - k, "250-CHUNKING\r\n");
   if (g_sink.ssl_ctx && !g_sink.o.no_starttls && !c->tls_active)
     k += (size_t)snprintf(r + k, sizeof(r) - k, "250-STARTTLS\r\n");
   int mechs = g_sink.o.nusers ? g_sink.o.auth_mechs : 0;
@@ -327,6 +338,10 @@ static void do_rcpt(struct sink_conn *c, const char *arg, size_t n)
     emit(c, CMD_RCPT, R("503 5.5.1 Error: need MAIL command\r\n"));
     return;
   }
+  if (c->bdat != BDAT_NONE) {
+    emit(c, CMD_RCPT, R("503 5.5.1 Error: RCPT after BDAT\r\n"));
+    return;
+  }
   const char *a, *params;
   size_t alen, plen;
   if (parse_path(arg, n, "TO:", &a, &alen, &params, &plen) < 0 || alen == 0) {
@@ -352,6 +367,10 @@ static void do_data(struct sink_conn *c, size_t n)
   }
   if (!c->has_mail) {
     emit(c, CMD_DATA, R("503 5.5.1 Error: need MAIL command\r\n"));
+    return;
+  }
+  if (c->bdat != BDAT_NONE) {
+    emit(c, CMD_DATA, R("503 5.5.1 Error: DATA after BDAT\r\n"));
     return;
   }
   if (c->nrcpt == 0) {
@@ -658,11 +677,121 @@ static int finish_data(struct sink_conn *c)
     g_sink.st.messages_rejected++;
   } else {
     uint64_t id = sink_record_message(c);
+    if (c->bdat != BDAT_NONE)
+      g_sink.st.bdat_messages++;
     char r[80];
     int k = snprintf(r, sizeof(r), "250 2.0.0 Ok: queued as %llu\r\n", (unsigned long long)id);
     emit(c, CMD_DOT, r, (size_t)k);
   }
   reset_txn(c);
+  return 0;
+}
+
+/* --- BDAT (RFC 3030) --- */
+
+/* "BDAT <size> [LAST]": decides the reply the chunk will get and starts
+ * reading its octets (ST_BDAT). A line that does not parse gets 501 and no
+ * octets are read (the size is unknown; Postfix does the same). Returns
+ * PAUSED when the 501 must wait for --latency BDAT. */
+static int do_bdat(struct sink_conn *c, const char *arg, size_t n)
+{
+  size_t d = 0;
+  uint64_t size = 0;
+  while (d < n && d <= SINK_BDAT_DIGITS && arg[d] >= '0' && arg[d] <= '9')
+    size = size * 10 + (uint64_t)(arg[d++] - '0');
+  size_t i = d;
+  while (i < n && arg[i] == ' ')
+    i++;
+  int last = n - i == 4 && i > d && !strncasecmp(arg + i, "LAST", 4);
+  if (d == 0 || d > SINK_BDAT_DIGITS || (i < n && !last)) {
+    uint32_t ms = g_sink.o.latency_ms[CMD_BDAT];
+    if (ms && !c->delay_done) {
+      g_sink.st.delayed[CMD_BDAT]++;
+      sink_conn_pause(c, ms);
+      return PAUSED;
+    }
+    c->delay_done = 0;
+    emit(c, CMD_BDAT, R("501 5.5.4 Syntax: BDAT count [LAST]\r\n"));
+    return 0;
+  }
+  g_sink.st.bdat_chunks++;
+  if (!c->has_mail)
+    c->chunk_err = CH_NEED_MAIL;
+  else if (c->nrcpt == 0)
+    c->chunk_err = CH_NEED_RCPT;
+  else if (c->bdat == BDAT_FAILED)
+    c->chunk_err = CH_DISCARD;
+  else
+    c->chunk_err = CH_OK;
+  if (c->chunk_err == CH_OK && c->bdat == BDAT_NONE) {
+    c->msg_bytes = 0;
+    buf_reset(&c->msg);
+  }
+  c->chunk_last = (uint8_t)last;
+  c->chunk_size = c->chunk_left = size;
+  c->state = ST_BDAT;
+  return 0;
+}
+
+/* Consume octets of the chunk being read: message data, taken raw (no dot
+ * handling), or discarded when the chunk is refused. */
+static void chunk_data(struct sink_conn *c, const uint8_t *p, size_t n)
+{
+  if (g_sink.o.hostile == HOSTILE_RESET_MID_DATA) {
+    g_sink.st.hostile_injected[HOSTILE_RESET_MID_DATA]++;
+    c->state = ST_QUIT;
+    sink_conn_close(c, 1);
+    return;
+  }
+  c->chunk_left -= n;
+  if (c->chunk_err == CH_OK)
+    body_emit(c, p, n);
+}
+
+/* All octets of the chunk are in: its reply. LAST ends the transaction as
+ * DATA's dot does (same checks, records and faults, via finish_data). */
+static int finish_chunk(struct sink_conn *c)
+{
+  if (c->chunk_last && c->chunk_err == CH_OK) {
+    c->bdat = BDAT_OPEN;
+    return finish_data(c);
+  }
+  int stage = c->chunk_last ? CMD_DOT : CMD_BDAT;
+  uint32_t ms = g_sink.o.latency_ms[stage];
+  if (ms && !c->delay_done) {
+    g_sink.st.delayed[stage]++;
+    sink_conn_pause(c, ms);
+    return PAUSED;
+  }
+  c->delay_done = 0;
+  c->state = ST_CMD;
+  switch (c->chunk_err) {
+  case CH_OK: {
+    if (inject_fail(c, CMD_BDAT)) {
+      c->bdat = BDAT_FAILED;
+      break;
+    }
+    c->bdat = BDAT_OPEN;
+    char r[80];
+    int k = snprintf(r, sizeof(r), "250 2.0.0 %llu octets received\r\n",
+                     (unsigned long long)c->chunk_size);
+    emit(c, CMD_BDAT, r, (size_t)k);
+    break;
+  }
+  case CH_NEED_MAIL:
+    emit(c, stage, R("503 5.5.1 Error: need MAIL command\r\n"));
+    break;
+  case CH_NEED_RCPT:
+    emit(c, stage, R("503 5.5.1 Error: need RCPT command\r\n"));
+    break;
+  case CH_DISCARD:
+    emit(c, stage, R("503 5.5.1 Error: chunk discarded after an earlier BDAT failure\r\n"));
+    break;
+  default:
+    util_panic("sink: bad chunk reply %d", c->chunk_err);
+  }
+  if (c->chunk_last)
+    reset_txn(c);
   return 0;
 }
 
@@ -673,7 +802,7 @@ static int verb_of(const char *s, size_t n)
   static const struct { const char *v; int cmd; } verbs[] = {
     {"MAIL", CMD_MAIL}, {"RCPT", CMD_RCPT}, {"DATA", CMD_DATA}, {"EHLO", CMD_EHLO},
     {"HELO", CMD_HELO}, {"RSET", CMD_RSET}, {"NOOP", CMD_NOOP}, {"QUIT", CMD_QUIT},
-    {"AUTH", CMD_AUTH}, {"VRFY", CMD_VRFY}, {"STARTTLS", CMD_STARTTLS},
+    {"AUTH", CMD_AUTH}, {"VRFY", CMD_VRFY}, {"STARTTLS", CMD_STARTTLS}, {"BDAT", CMD_BDAT},
   };
   for (size_t i = 0; i < UTIL_ARRAY_LEN(verbs); i++) {
     size_t k = strlen(verbs[i].v);
@@ -698,13 +827,16 @@ static int line(struct sink_conn *c, const char *s, size_t n)
   while (al && arg[al - 1] == ' ')
     al--;
 
+  /* A BDAT chunk's reply waits for its octets: its delay comes then. */
+  int chunk = cmd == CMD_BDAT && !g_sink.o.no_chunking;
   uint32_t ms = g_sink.o.latency_ms[cmd];
-  if (ms && !c->delay_done) {
+  if (ms && !c->delay_done && !chunk) {
     g_sink.st.delayed[cmd]++;
     sink_conn_pause(c, ms);
     return PAUSED;
   }
-  c->delay_done = 0;
+  if (!chunk)
+    c->delay_done = 0;
   if (g_sink.o.disconnect_at == cmd) {
     disconnect(c, cmd);
     return 0;
@@ -723,6 +855,12 @@ static int line(struct sink_conn *c, const char *s, size_t n)
   case CMD_DATA:
     do_data(c, al);
     break;
+  case CMD_BDAT:
+    if (!chunk) {
+      emit(c, cmd, R("502 5.5.1 Error: command not implemented\r\n"));
+      break;
+    }
+    return do_bdat(c, arg, al);
   case CMD_RSET:
     reset_txn(c);
     emit(c, cmd, R("250 2.0.0 Ok\r\n"));
@@ -778,6 +916,19 @@ static size_t process(struct sink_conn *c, const uint8_t *p, size_t n)
 {
   size_t off = 0;
   while (!c->paused && !c->closing && c->state != ST_QUIT && c->state != ST_GREETING) {
+    if (c->state == ST_BDAT) {
+      if (c->chunk_left == 0) {
+        if (finish_chunk(c) == PAUSED)
+          break;
+        continue;
+      }
+      if (off == n)
+        break;
+      size_t k = n - off < c->chunk_left ? n - off : (size_t)c->chunk_left;
+      chunk_data(c, p + off, k);
+      off += k;
+      continue;
+    }
     if (c->state == ST_DATA) {
       if (c->body_state == B_END) {
         if (finish_data(c) == PAUSED)
@@ -838,6 +989,27 @@ static void run_in(struct sink_conn *c)
 void sink_smtp_feed(struct sink_conn *c, const uint8_t *p, size_t n)
 {
   if (c->state == ST_QUIT || c->closing)
+    return;
+  /* A partial command line is waiting in c->in: complete it with the input
+   * up to its line end only, so that what follows (a BDAT chunk's octets,
+   * the next commands) is parsed from p without a copy. */
+  int was_tls = c->tls_active;
+  while (n && buf_avail(&c->in) && !c->paused && c->state != ST_GREETING) {
+    const uint8_t *nl = memchr(p, '\n', n);
+    size_t k = nl ? (size_t)(nl - p) + 1 : n;
+    if (buf_avail(&c->in) + k > SINK_MAX_OUTBUF) {
+      c->state = ST_QUIT;
+      sink_conn_close(c, 0);
+      return;
+    }
+    buf_append(&c->in, p, k);
+    p += k;
+    n -= k;
+    run_in(c);
+    if (c->state == ST_QUIT || c->closing || c->tls_active != was_tls)
+      return; /* RFC 3207: plaintext pipelined after STARTTLS is discarded */
+  }
+  if (!n)
     return;
   if (c->paused || c->state == ST_GREETING || buf_avail(&c->in)) {
     if (buf_avail(&c->in) + n > SINK_MAX_OUTBUF) {

@@ -294,10 +294,20 @@ static const char *get_str(struct rd *r, uint32_t *n)
   return s;
 }
 
+/* "%016" PRIx64 "-%04x" without snprintf (once per message on the
+ * ingest thread, and in the workers' log lines). */
 static void id_format(uint64_t id, uint16_t node, char *out)
 {
-  snprintf(out, SPOOL_ID_LEN + 1, "%016" PRIx64 "-%04x", id, (unsigned)node);
+  static const char hex[] = "0123456789abcdef";
+  for (int i = 15; i >= 0; i--, id >>= 4)
+    out[i] = hex[id & 15];
+  out[16] = '-';
+  unsigned nd = node;
+  for (int i = 20; i >= 17; i--, nd >>= 4)
+    out[i] = hex[nd & 15];
+  out[21] = 0;
 }
+_Static_assert(SPOOL_ID_LEN == 21, "id_format writes 16 + 1 + 4 characters");
 
 char *spool_msg_id_str(const struct spool_msg *msg, char *out)
 {

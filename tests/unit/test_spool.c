@@ -198,6 +198,24 @@ static void test_parse_bad(void **state)
   spool_envelope_done(&env);
 }
 
+/* Ids print as "%016llx-%04x" and parse back. */
+static void test_id_format(void **state)
+{
+  (void)state;
+  const uint64_t ids[] = {0, 1, 0x0123456789abcdefull, UINT64_MAX, 0x19a3f0c2b1400000ull};
+  const uint16_t nodes[] = {0, 1, 0xbeef, 0xffff, 0x0a00};
+  for (size_t i = 0; i < 5; i++) {
+    struct spool_msg m = {.id = ids[i], .node = nodes[i]};
+    char got_[SPOOL_ID_LEN + 1], want[64];
+    snprintf(want, sizeof(want), "%016llx-%04x", (unsigned long long)ids[i], (unsigned)nodes[i]);
+    assert_string_equal(spool_msg_id_str(&m, got_), want);
+    uint64_t v;
+    uint16_t nd;
+    assert_int_equal(spool_id_parse(got_, &v, &nd), 0);
+    assert_true(v == ids[i] && nd == nodes[i]);
+  }
+}
+
 /* ---- spool on disk ---- */
 
 static char base[256];
@@ -1281,6 +1299,7 @@ int main(void)
       cmocka_unit_test(test_addr),
       cmocka_unit_test(test_scrub_secrets),
       cmocka_unit_test(test_parse_bad),
+      cmocka_unit_test(test_id_format),
       cmocka_unit_test_setup_teardown(test_bad_inputs, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_inputs_files, setup, teardown),
       cmocka_unit_test_setup_teardown(test_journal, setup, teardown),

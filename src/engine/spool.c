@@ -1043,6 +1043,11 @@ void spool_close_body(struct spool *sp, int fd)
  * bigger and is read again with fstat. */
 #define PRE_BUF (32u * 1024u)
 #define SLOT_MAX (4u * 1024u * 1024u) /* bigger files are read with fstat, pread */
+/* Files per ring submission. A batch of 1 KB files is read 64 at a time
+ * and each group parsed while it is still in the cache: ~0.5 us less CPU
+ * per message than 512 at once (spool_ingest_bench on tmpfs, medians of
+ * 5), for one more system call per 64 files. */
+#define RING_SUB 64u
 
 /* Results of one pickup file's openat -> read -> close [-> statx] chain. */
 struct pre {
@@ -2210,6 +2215,8 @@ static long ingest_journal(struct spool *sp)
     size_t fit = (JRN_BATCH_BYTES - batch_len(sp)) / (sp->avg_file ? sp->avg_file : 1) + 1;
     if (k > fit)
       k = fit;
+    if (k > RING_SUB)
+      k = RING_SUB;
     size_t slot = slot_for(sp->avg_file);
     struct iobatch *ib = sp->iread;
     if (ring && ib && slot) {

@@ -951,7 +951,10 @@ static void begin_early(struct session *s)
     s->unit = NULL;
     s->txn_open = false;
   }
-  if (s->nwait == 0 || !session_reusable(s, s->nwait))
+  /* big bodies still queued in the connection: the next completion
+   * offers again (a connection holds about one body's worth, not
+   * Pipeline_Depth of them) */
+  if (s->nwait == 0 || !session_reusable(s, s->nwait) || conn_pending(s->conn) >= BODY_INFLIGHT)
     return;
   (void)start_some(s, NULL);
 }

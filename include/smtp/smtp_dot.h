@@ -10,6 +10,7 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,6 +26,15 @@ void smtp_dot_init(struct smtp_dot *d);
  * produces at most 2 output bytes; needs outcap >= 2 to make progress. */
 size_t smtp_dot_encode(struct smtp_dot *d, const void *in, size_t inlen,
                        void *out, size_t outcap, size_t *used);
+/* The same without dot-stuffing, for BDAT (RFC 3030): only the line
+ * ends become CRLF. Same state; finish with smtp_dot_finish_len() == 5
+ * meaning the message still needs a final CRLF. */
+size_t smtp_crlf_encode(struct smtp_dot *d, const void *in, size_t inlen,
+                        void *out, size_t outcap, size_t *used);
+/* Whether in[0..n) already has CRLF line ends only: every CR followed by
+ * an LF, every LF preceded by a CR, the last byte not a CR (then it can go
+ * out as BDAT data as is). SSE2, 64 bytes a step. */
+bool smtp_crlf_canonical(const void *in, size_t n);
 /* Bytes smtp_dot_finish() will write (3 or 5). */
 size_t smtp_dot_finish_len(const struct smtp_dot *d);
 /* Write the end of data (CRLF if needed, then ".\r\n"); out must hold

@@ -56,6 +56,20 @@
  *   TXN_DONE is immediate; match TXN_DONE to its transaction by ev.final.
  *   A final 4xx/5xx then needs no RSET; a session that ends before the
  *   final reply gives that transaction a transient result.
+ * - BDAT (RFC 3030 CHUNKING, with params.chunking and the server offering
+ *   CHUNKING and PIPELINING): a transaction is MAIL, RCPT..., then at once
+ *   NEED_BODY: "BDAT n [LAST]" chunks whose data the driver sends itself
+ *   (smtpc_chunk). Once the LAST chunk is queued, a READY with
+ *   SMTPC_F_PIPELINED offers the next transaction at once (no 354 to wait
+ *   for), up to pipeline_depth transactions in flight; replies are matched
+ *   in order. RCPT_RESULT events are not emitted in this mode (results[]
+ *   and TXN_DONE carry everything). The server ends a transaction at its
+ *   LAST chunk whatever it answers; after any failed transaction the
+ *   machine offers nothing more, lets the pipeline drain and sends RSET
+ *   before READY. A failed chunk of the transaction still being sent ends
+ *   it (TXN_DONE now, smtpc_chunk then says -ECANCELED: RFC 3030 forbids
+ *   more chunks). A 503 to a pipelined MAIL (the server out of step after
+ *   an earlier failure) is transient, never a bounce.
  * - All recipients refused: lock-step never sends DATA; pipelined, if the
  *   server still answers DATA with 354, the machine sends a lone "." (RFC
  *   2920 section 3.1 / Postfix), ignores that reply and RSETs.
@@ -88,6 +102,8 @@ struct smtpc;
 #define SMTPC_ADDR_MAX 254
 /* Longest user name / password (token for XOAUTH2) accepted. */
 #define SMTPC_USER_MAX 256
+/* Most BDAT transactions one session keeps in flight (named limit). */
+#define SMTPC_PIPE_MAX 8
 #define SMTPC_PASS_MAX 4096
 
 enum smtpc_tls_mode {
@@ -141,6 +157,8 @@ struct smtpc_params {
   bool auth_deferred;         /* emit NEED_AUTH after the final EHLO, wait for smtpc_set_auth */
   bool auth_allow_plaintext;  /* Outbound_SMTP_AUTH_Allow_Plaintext */
   bool send_8bitmime;         /* Send_8BITMIME ifavailable: BODY=8BITMIME for 8-bit txns */
+  bool chunking;              /* BDAT (RFC 3030) when the server offers CHUNKING and PIPELINING */
+  uint32_t pipeline_depth;    /* BDAT transactions in flight at once; 0 = SMTPC_PIPE_MAX */
   uint32_t max_rcpts;         /* Max_Recipients_Per_Batch; 0 = 100 */
   uint32_t out_buf_size;      /* output buffer; 0 = 4096 (grown to fit AUTH lines) */
   struct smtpc_limits limits;
@@ -257,6 +275,7 @@ struct smtpc_txn {
 #define SMTPC_EXT_AUTH 0x20u
 #define SMTPC_EXT_ENHANCEDSTATUSCODES 0x40u
 #define SMTPC_EXT_ESMTP 0x80u /* EHLO worked (else HELO) */
+#define SMTPC_EXT_CHUNKING 0x100u
 
 #define SMTPC_MECH_PLAIN 0x1u
 #define SMTPC_MECH_LOGIN 0x2u
@@ -321,6 +340,18 @@ long smtpc_body(struct smtpc *s, const void *data, size_t len, bool is_last, uin
  * With is_last the machine queues the terminator (CRLF first unless
  * ends_with_crlf) and waits for the final reply. -EINVAL outside BODY. */
 int smtpc_body_sent(struct smtpc *s, size_t n, bool is_last, bool ends_with_crlf, uint64_t now_ms);
+/* Whether this session's transactions use BDAT (params.chunking, and the
+ * server offered CHUNKING and PIPELINING); decided at each smtpc_begin_txn
+ * from IDLE. Then NEED_BODY asks for smtpc_chunk() instead of smtpc_body(). */
+bool smtpc_chunked(const struct smtpc *s);
+/* BDAT: queue "BDAT len [LAST]" for the transaction being sent. After a 0
+ * return the driver sends smtpc_output() and then exactly len bytes of
+ * message data itself (raw: CRLF line ends, no dot-stuffing; the message
+ * should end with CRLF). With is_last the transaction is fully sent. Returns
+ * 0; -ENOSPC when the output buffer is full (send, consume, call again);
+ * -ECANCELED when the transaction already failed (send no more of it);
+ * -EINVAL outside BODY or without BDAT. */
+int smtpc_chunk(struct smtpc *s, size_t len, bool is_last, uint64_t now_ms);
 /* Say goodbye: QUIT from READY (CLOSED after its reply); elsewhere the
  * session just ends with CLOSED. */
 void smtpc_quit(struct smtpc *s, uint64_t now_ms);

@@ -23,6 +23,7 @@
 #include "policy.h"
 #include "ring.h"
 #include "scheduler.h"
+#include "smtp_dot.h"
 #include "smtpc.h"
 #include "spool.h"
 #include "throttle.h"
@@ -107,19 +108,28 @@ struct session {
   struct conn *conn;
   struct smtpc *smtpc;
   struct ring_timer timer;
-  struct dq_unit *unit;         /* in flight (or about to be) */
-  struct smtpc_result *results; /* unit's result slots (half `half`) */
-  struct smtpc_result *final;   /* unit's final reply: fin_buf[half] */
-  /* RFC 2920 across transactions: prev's body and dot are sent, its final
-   * reply is awaited while unit's commands follow; each uses its own half
-   * of the slots: res_inline[h] for a few recipients, else res_buf + h *
-   * max_batch (allocated at the first unit that needs it: most sessions
-   * never do, and thousands of idle sessions stay small) */
-  struct dq_unit *prev_unit;
-  unsigned half, prev_half;
+  struct dq_unit *unit;         /* being sent (or about to be) */
+  struct smtpc_result *results; /* unit's result slots (slot `half`) */
+  struct smtpc_result *final;   /* unit's final reply */
+  /* Pipelining across transactions (RFC 2920 after a dot; RFC 3030 BDAT
+   * up to Pipeline_Depth deep): the transactions fully sent whose final
+   * replies are awaited while unit's commands follow, oldest first. Each
+   * transaction has its own result slot: slots 0 and 1 live in the
+   * session (res_inline, fin_buf), deeper ones in `deep`, allocated when
+   * a session first goes deeper than two; a unit of more than RES_INLINE
+   * recipients uses res_big[slot] (max_batch results, allocated at its
+   * first use): most sessions need neither, and thousands of idle
+   * sessions stay small. */
+  struct waiting {
+    struct dq_unit *u;
+    unsigned slot;
+  } wait[SMTPC_PIPE_MAX];
+  unsigned nwait, half;
   struct smtpc_result res_inline[2][RES_INLINE];
-  struct smtpc_result *res_buf;
   struct smtpc_result fin_buf[2];
+  struct smtpc_result *deep; /* (SMTPC_PIPE_MAX - 2) x (RES_INLINE + 1) */
+  struct smtpc_result *res_big[SMTPC_PIPE_MAX];
+  struct smtp_dot crlf;      /* BDAT: line ends of a body that needs CRLF made */
   uint32_t max_batch;
   const char **rcpts;           /* max_batch pointers */
   uint32_t delivered;           /* successful transactions */
@@ -635,7 +645,9 @@ static void session_free(struct session *s)
   if (s->next_all)
     s->next_all->prev_all = s->prev_all;
   w->nsessions--;
-  free(s->res_buf);
+  free(s->deep);
+  for (unsigned i = 0; i < SMTPC_PIPE_MAX; i++)
+    free(s->res_big[i]);
   free(s->rcpts);
   free(s);
 }
@@ -664,13 +676,83 @@ static void fail_unit_local(struct session *s, enum smtpc_outcome out, int code,
 static void begin_next(struct session *s);
 static bool expire_if_due(struct worker *w, struct dq_queue *q, struct dq_unit *u);
 
+/* Send everything smtpc has queued. */
+static void drain_output(struct session *s, uint64_t now)
+{
+  const uint8_t *p;
+  size_t len;
+  while (smtpc_output(s->smtpc, &p, &len)) {
+    conn_send(s->conn, p, len);
+    s->bytes_sent += len;
+    smtpc_output_consumed(s->smtpc, len, now);
+  }
+}
+
+static _Thread_local uint8_t body_chunk[BODY_CHUNK];
+
+/* BDAT (RFC 3030): the body goes out in chunks of up to BODY_CHUNK bytes
+ * as it is, with no dot-stuffing and no copy into smtpc; only a body whose
+ * line ends are not all CRLF is rewritten (then into crlf_buf). The
+ * message ends with CRLF, as it does after DATA. */
+static void feed_chunks(struct session *s, uint64_t now)
+{
+  static _Thread_local uint8_t crlf_buf[2 * BODY_CHUNK];
+  while (conn_pending(s->conn) < BODY_INFLIGHT && !s->body_done) {
+    size_t want = s->body_end - s->body_off < BODY_CHUNK ? (size_t)(s->body_end - s->body_off)
+                                                         : BODY_CHUNK;
+    const uint8_t *src = body_chunk;
+    ssize_t got;
+    if (s->body_mem) {
+      src = s->body_mem + (s->body_off - s->body_base);
+      got = (ssize_t)want;
+    } else {
+      got = want ? pread(s->body_fd, body_chunk, want, (off_t)s->body_off) : 0;
+    }
+    if (got < 0 || (got == 0 && want > 0)) {
+      fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, "451 4.3.0 [internal] spool read failed", 8);
+      session_close(s);
+      return;
+    }
+    bool last = s->body_off + (uint64_t)got >= s->body_end;
+    const uint8_t *data = src;
+    size_t len = (size_t)got;
+    if (s->crlf.cr || !smtp_crlf_canonical(src, len)) {
+      size_t used;
+      len = smtp_crlf_encode(&s->crlf, src, (size_t)got, crlf_buf, sizeof crlf_buf, &used);
+      data = crlf_buf;
+    } else if (len) {
+      s->crlf.bol = src[len - 1] == '\n';
+    }
+    size_t tail = last && !s->crlf.bol ? 2 : 0; /* the final CRLF */
+    int r = smtpc_chunk(s->smtpc, len + tail, last, now);
+    if (r == -ENOSPC) {
+      drain_output(s, now);
+      r = smtpc_chunk(s->smtpc, len + tail, last, now);
+    }
+    if (r < 0) { /* the transaction failed meanwhile: send no more of it */
+      s->body_done = true;
+      break;
+    }
+    drain_output(s, now);
+    conn_send(s->conn, data, len);
+    if (tail)
+      conn_send(s->conn, "\r\n", 2);
+    s->bytes_sent += len + tail;
+    s->body_off += (uint64_t)got;
+    if (last)
+      s->body_done = true;
+  }
+}
+
 static void feed_body(struct session *s)
 {
   if (!s->txn_open || !s->body_started || s->body_done || (s->body_fd < 0 && !s->body_mem))
     return;
   uint64_t now = mono_ms(s->w);
-  static _Thread_local uint8_t chunk[BODY_CHUNK];
-  while (conn_pending(s->conn) < BODY_INFLIGHT && !s->body_done) {
+  uint8_t *chunk = body_chunk;
+  if (smtpc_chunked(s->smtpc))
+    feed_chunks(s, now);
+  while (!smtpc_chunked(s->smtpc) && conn_pending(s->conn) < BODY_INFLIGHT && !s->body_done) {
     size_t want = s->body_end - s->body_off < BODY_CHUNK ? (size_t)(s->body_end - s->body_off)
                                                          : BODY_CHUNK;
     const uint8_t *src = chunk;
@@ -717,30 +799,57 @@ static void feed_body(struct session *s)
   }
 }
 
-/* Half `half` of s's result slots for a transaction of nrcpt recipients. */
-static struct smtpc_result *result_slots(struct session *s, unsigned half, uint32_t nrcpt)
+/* Slot `slot` of s's result slots: its final reply, and its results for a
+ * transaction of nrcpt recipients (not zeroed: smtpc clears what a
+ * transaction uses). */
+static struct smtpc_result *slot_final(struct session *s, unsigned slot)
 {
-  if (nrcpt <= RES_INLINE)
-    return s->res_inline[half];
-  /* not zeroed: smtpc clears the slots a transaction uses */
-  if (s->res_buf == NULL)
-    s->res_buf = util_xmalloc(2 * (size_t)s->max_batch * sizeof *s->res_buf);
-  return s->res_buf + (size_t)half * s->max_batch;
+  if (slot < 2)
+    return &s->fin_buf[slot];
+  if (s->deep == NULL)
+    s->deep = util_xmalloc((SMTPC_PIPE_MAX - 2) * (RES_INLINE + 1) * sizeof *s->deep);
+  return s->deep + (size_t)(slot - 2) * (RES_INLINE + 1) + RES_INLINE;
 }
 
-/* Begin u's transaction on s (READY). False when u could not start (its
- * recipients were failed or deferred): the caller picks the next one. */
-static bool start_txn(struct session *s, struct dq_unit *u)
+static struct smtpc_result *result_slots(struct session *s, unsigned slot, uint32_t nrcpt)
+{
+  if (nrcpt > RES_INLINE) {
+    if (s->res_big[slot] == NULL)
+      s->res_big[slot] = util_xmalloc((size_t)s->max_batch * sizeof *s->res_big[slot]);
+    return s->res_big[slot];
+  }
+  if (slot < 2)
+    return s->res_inline[slot];
+  (void)slot_final(s, slot); /* allocates deep */
+  return s->deep + (size_t)(slot - 2) * (RES_INLINE + 1);
+}
+
+/* A slot no waiting transaction uses. */
+static unsigned free_slot(const struct session *s)
+{
+  unsigned busy = 0;
+  for (unsigned i = 0; i < s->nwait; i++)
+    busy |= 1u << s->wait[i].slot;
+  for (unsigned k = 0; k < SMTPC_PIPE_MAX; k++)
+    if (!(busy & (1u << k)))
+      return k;
+  util_panic("worker: more transactions in flight than result slots");
+}
+
+/* Begin u's transaction on s (READY). 1: started; 0: u could not start
+ * (its recipients were failed or deferred), the caller picks the next one;
+ * -1: the session cannot take a transaction now (u is queued again). */
+static int start_txn(struct session *s, struct dq_unit *u)
 {
   struct worker *w = s->w;
   struct emsg *em = u->msg;
   struct spool_msg *sm = em->sm;
   uint64_t now = mono_ms(w);
   s->unit = u;
-  /* the result slots the transaction awaiting its final reply does not use */
-  s->half = s->prev_unit ? s->prev_half ^ 1u : 0;
+  /* result slots no transaction awaiting its final reply uses */
+  s->half = free_slot(s);
   s->results = result_slots(s, s->half, u->nrcpt);
-  s->final = &s->fin_buf[s->half];
+  s->final = slot_final(s, s->half);
   if (u->nrcpt > s->max_batch)
     util_panic("unit of %u recipients over the batch size %u", u->nrcpt, s->max_batch);
   for (uint32_t i = 0; i < u->nrcpt; i++)
@@ -757,13 +866,22 @@ static bool start_txn(struct session *s, struct dq_unit *u)
     snprintf(t, sizeof t, "451 4.3.0 [internal] spool open failed: %s", strerror(-s->body_fd));
     fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, t, 1);
     s->body_fd = -1;
-    return false;
+    return 0;
   }
   s->body_off = sm->body_off;
   s->body_end = sm->body_off + sm->body_size;
   s->body_done = false;
   s->body_started = false;
+  smtp_dot_init(&s->crlf);
   int rc = smtpc_begin_txn(s->smtpc, &txn, now);
+  if (rc == -EBUSY) { /* a stale READY: the session ended or moved on */
+    spool_close_body(s->w->sh->spool, s->body_fd);
+    s->body_fd = -1;
+    s->body_mem = NULL;
+    s->unit = NULL;
+    dq_unpop(w->dq, u);
+    return -1;
+  }
   if (rc < 0) {
     char t[128];
     snprintf(t, sizeof t, "554 5.1.3 [internal] unusable transaction (%s)", strerror(-rc));
@@ -771,11 +889,11 @@ static bool start_txn(struct session *s, struct dq_unit *u)
     s->body_fd = -1;
     s->body_mem = NULL;
     fail_unit_local(s, SMTPC_OUT_PERMANENT, 554, t, 1);
-    return false;
+    return 0;
   }
   s->txn_open = true;
   s->rcpts_tried += u->nrcpt;
-  return true;
+  return 1;
 }
 
 /* Start u, or the next units of s's queue, on s until one starts; false
@@ -800,8 +918,9 @@ static bool start_some(struct session *s, struct dq_unit *u)
       u = NULL;
       break;
     }
-    if (start_txn(s, u))
-      return true;
+    int r = start_txn(s, u);
+    if (r != 0)
+      return r > 0;
     u = NULL;
   }
   return false;
@@ -820,35 +939,36 @@ static bool session_reusable(struct session *s, uint32_t inflight)
          !st->limits.suspend_delivery;
 }
 
-/* READY with SMTPC_F_PIPELINED: the transaction in flight has sent its dot;
- * the next one may follow it at once. Nothing to send: the plain READY
- * after the final reply parks or QUITs the connection. */
+/* READY with SMTPC_F_PIPELINED: the transaction in flight is fully sent
+ * (its dot, or its last BDAT chunk); the next one may follow it at once.
+ * Nothing to send: the plain READY after the final replies parks or QUITs
+ * the connection. */
 static void begin_early(struct session *s)
 {
   if (s->txn_open && s->unit) {
-    UTIL_ASSERT(s->prev_unit == NULL);
-    s->prev_unit = s->unit;
-    s->prev_half = s->half;
+    UTIL_ASSERT(s->nwait < SMTPC_PIPE_MAX);
+    s->wait[s->nwait++] = (struct waiting){s->unit, s->half};
     s->unit = NULL;
     s->txn_open = false;
   }
-  if (s->prev_unit == NULL || !session_reusable(s, 1))
+  if (s->nwait == 0 || !session_reusable(s, s->nwait))
     return;
   (void)start_some(s, NULL);
 }
 
-/* The transaction awaiting its final reply cannot get it (the connection
- * is going away under it): transient, its body may not have arrived. */
+/* The transactions awaiting their final replies cannot get them (the
+ * connection is going away under them): transient, their bodies may not
+ * have arrived. */
 static void fail_prev(struct session *s, const char *text)
 {
-  struct dq_unit *u = s->prev_unit;
-  if (u == NULL)
-    return;
-  s->prev_unit = NULL;
-  struct smtpc_result all = {.outcome = SMTPC_OUT_TRANSIENT, .stage = 9};
-  scopy(all.text, sizeof all.text, text);
-  const char *ip = s->route_i < s->nroutes ? s->routes[s->route_i].ip : NULL;
-  finish_unit(s->w, s->q, u, NULL, &all, s->conn_id_s, ip, s->bytes_sent);
+  while (s->nwait) {
+    struct dq_unit *u = s->wait[0].u;
+    memmove(&s->wait[0], &s->wait[1], --s->nwait * sizeof s->wait[0]);
+    struct smtpc_result all = {.outcome = SMTPC_OUT_TRANSIENT, .stage = 9};
+    scopy(all.text, sizeof all.text, text);
+    const char *ip = s->route_i < s->nroutes ? s->routes[s->route_i].ip : NULL;
+    finish_unit(s->w, s->q, u, NULL, &all, s->conn_id_s, ip, s->bytes_sent);
+  }
 }
 
 /* READY: the next transaction on this connection, or park it idle. */
@@ -866,8 +986,8 @@ static void begin_next(struct session *s)
   }
   struct dq_unit *u = s->unit;
   s->unit = NULL;
-  if (start_some(s, u))
-    return;
+  if (start_some(s, u) || smtpc_state(s->smtpc) != SMTPC_ST_IDLE)
+    return; /* started, or a stale READY: the session is not idle */
   {
     /* idle: smtpc's Idle_Timeout QUITs it if nothing comes */
     if (sched_pool_put(&st->pool, s->pool_key, s, ring_now(w->ring)) == 0)
@@ -916,14 +1036,19 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     feed_body(s);
     break;
   case SMTPC_EV_TXN_DONE: {
-    struct dq_unit *u;
-    struct smtpc_result *results;
-    if (s->prev_unit && ev->final == &s->fin_buf[s->prev_half]) {
-      /* the transaction ahead of the one in flight (pipelined) */
-      u = s->prev_unit;
-      results = result_slots(s, s->prev_half, u->nrcpt);
-      s->prev_unit = NULL;
-    } else {
+    struct dq_unit *u = NULL;
+    struct smtpc_result *results = NULL;
+    for (unsigned i = 0; i < s->nwait; i++) {
+      if (ev->final != slot_final(s, s->wait[i].slot))
+        continue;
+      /* a transaction ahead of the one being sent (pipelined) */
+      u = s->wait[i].u;
+      results = result_slots(s, s->wait[i].slot, u->nrcpt);
+      memmove(&s->wait[i], &s->wait[i + 1], (s->nwait - i - 1) * sizeof s->wait[0]);
+      s->nwait--;
+      break;
+    }
+    if (u == NULL) {
       u = s->unit;
       results = s->results;
       s->unit = NULL;
@@ -1340,6 +1465,8 @@ static struct smtpc *make_smtpc(struct session *s)
     .implicit_tls = r->implicit_tls,
     .max_rcpts = s->max_batch,
     .auth_allow_plaintext = conf_bool(v, CONF_OUTBOUND_SMTP_AUTH_ALLOW_PLAINTEXT),
+    .chunking = conf_bool(v, CONF_USE_CHUNKING),
+    .pipeline_depth = (uint32_t)conf_int(v, CONF_PIPELINE_DEPTH),
     .timeouts = {
       .connect = (uint32_t)conf_interval(v, CONF_CONNECT_TIMEOUT),
       .ehlo = (uint32_t)conf_interval(v, CONF_EHLO_TIMEOUT),
@@ -2020,8 +2147,9 @@ static void *worker_main(void *arg)
           /* abandoned: its recipients stay pending on disk */
           dq_unit_free(s->unit);
           s->unit = NULL;
-          dq_unit_free(s->prev_unit);
-          s->prev_unit = NULL;
+          for (unsigned i = 0; i < s->nwait; i++)
+            dq_unit_free(s->wait[i].u);
+          s->nwait = 0;
           if (s->conn == NULL)
             session_free(s); /* still resolving its route */
           else

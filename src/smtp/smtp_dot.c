@@ -4,6 +4,9 @@
 #include "smtp_dot.h"
 
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 void smtp_dot_init(struct smtp_dot *d)
 {
@@ -11,8 +14,10 @@ void smtp_dot_init(struct smtp_dot *d)
   d->cr = 0;
 }
 
-size_t smtp_dot_encode(struct smtp_dot *d, const void *in, size_t inlen,
-                       void *out, size_t outcap, size_t *used)
+/* The encoder; stuff: double a '.' at the start of a line (DATA), or not
+ * (BDAT: only the line ends are made CRLF). */
+static inline size_t encode(struct smtp_dot *d, const void *in, size_t inlen, void *out,
+                            size_t outcap, size_t *used, bool stuff)
 {
   const uint8_t *p = in;
   uint8_t *o = out;
@@ -47,7 +52,7 @@ size_t smtp_dot_encode(struct smtp_dot *d, const void *in, size_t inlen,
       i++;
       continue;
     }
-    if (bol && c == '.') {
+    if (stuff && bol && c == '.') {
       if (outcap - w < 2)
         break;
       o[w++] = '.';
@@ -79,6 +84,49 @@ size_t smtp_dot_encode(struct smtp_dot *d, const void *in, size_t inlen,
   d->cr = (uint8_t)cr;
   *used = i;
   return w;
+}
+
+size_t smtp_dot_encode(struct smtp_dot *d, const void *in, size_t inlen,
+                       void *out, size_t outcap, size_t *used)
+{
+  return encode(d, in, inlen, out, outcap, used, true);
+}
+
+size_t smtp_crlf_encode(struct smtp_dot *d, const void *in, size_t inlen,
+                        void *out, size_t outcap, size_t *used)
+{
+  return encode(d, in, inlen, out, outcap, used, false);
+}
+
+/* Every LF right after a CR and every CR right before an LF: the LF mask
+ * of each 64-byte block is the CR mask shifted by one, carrying the
+ * block's last CR into the next. */
+bool smtp_crlf_canonical(const void *in, size_t n)
+{
+  const uint8_t *p = in;
+  size_t i = 0;
+  uint64_t carry = 0;
+#if defined(__SSE2__)
+  const __m128i vcr = _mm_set1_epi8('\r'), vlf = _mm_set1_epi8('\n');
+  for (; i + 64 <= n; i += 64) {
+    uint64_t cr = 0, lf = 0;
+    for (unsigned k = 0; k < 4; k++) {
+      __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i + 16 * k));
+      cr |= (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v, vcr)) << (16 * k);
+      lf |= (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v, vlf)) << (16 * k);
+    }
+    if (lf != ((cr << 1) | carry))
+      return false;
+    carry = cr >> 63;
+  }
+#endif
+  for (; i < n; i++) {
+    uint64_t is_cr = p[i] == '\r', is_lf = p[i] == '\n';
+    if (is_lf != carry)
+      return false;
+    carry = is_cr;
+  }
+  return carry == 0;
 }
 
 size_t smtp_dot_finish_len(const struct smtp_dot *d)

@@ -18,7 +18,9 @@
 #include "panic.h"
 #include "smtp_dot.h"
 
-#define EVQ_CAP 8
+/* every in-flight BDAT transaction may end in one feed (TXN_DONE each;
+ * no RCPT_RESULT in that mode), plus READY, FAILED and a few more */
+#define EVQ_CAP (8 + SMTPC_PIPE_MAX)
 #define DEF_OUT 4096
 #define MIN_OUT 1024
 
@@ -73,6 +75,21 @@ struct smtpc {
   bool pipelined, mail_failed, data_sent, dot_only, body_last;
   struct smtp_dot dot;
   struct smtpc_result *ev_results; /* results of the last txn, for RCPT_RESULT */
+
+  /* RFC 3030 BDAT: transactions in flight, oldest first; the newest may
+   * still be sending its commands (send_cur) or chunks */
+  bool want_chunking, chunked;
+  bool cq_offered; /* a READY with SMTPC_F_PIPELINED is queued */
+  bool cq_rset;    /* a transaction failed: RSET once the pipeline drains */
+  bool cq_cut;     /* the transaction being sent failed: no more chunks */
+  uint8_t depth, cq_head, cq_n;
+  struct cq_item {
+    struct smtpc_txn t;
+    uint32_t recv;     /* replies in: 0 MAIL, 1..nrcpt RCPT, then one per chunk */
+    uint32_t chunks;   /* BDAT commands queued */
+    uint32_t accepted; /* RCPTs accepted */
+    bool mail_failed, failed, sent_all, done;
+  } cq[SMTPC_PIPE_MAX];
 };
 
 /* ---- per-state tables (STYLE #6) ---- */
@@ -145,6 +162,26 @@ static uint32_t state_timeout_s(const struct smtpc *s, enum smtpc_state st)
   case SMTPC_ST_DONE: return 0;
   default: util_panic("smtpc: bad state %d", (int)st);
   }
+}
+
+/* With BDAT the session's state says what is being sent; the reply
+ * awaited next (the oldest transaction's) decides the timeout, the stage
+ * and the wording: MAIL, RCPT, a chunk (BODY) or the last chunk (DOT). */
+static enum smtpc_state awaited(const struct smtpc *s)
+{
+  if (!s->chunked || !s->cq_n ||
+      (s->st != SMTPC_ST_MAIL && s->st != SMTPC_ST_BODY && s->st != SMTPC_ST_DOT))
+    return s->st;
+  const struct cq_item *h = &s->cq[s->cq_head];
+  const struct cq_item *tail = &s->cq[(s->cq_head + s->cq_n - 1u) % SMTPC_PIPE_MAX];
+  uint32_t cmds = (h == tail && s->st == SMTPC_ST_MAIL) ? s->send_cur : h->t.nrcpt + 1;
+  if (h->recv >= cmds + h->chunks)
+    return s->st; /* nothing awaited: sending */
+  if (h->recv == 0)
+    return SMTPC_ST_MAIL;
+  if (h->recv <= h->t.nrcpt)
+    return SMTPC_ST_RCPT;
+  return h->sent_all && h->recv + 1 == cmds + h->chunks ? SMTPC_ST_DOT : SMTPC_ST_BODY;
 }
 
 const char *smtpc_state_name(enum smtpc_state st)
@@ -335,8 +372,8 @@ static struct smtpc_event *ev_push(struct smtpc *s, enum smtpc_ev_type t)
   it->count = 1;
   it->ev.type = t;
   it->ev.text = "";
-  it->ev.stage = state_stage[s->st];
-  it->ev.doing = state_doing[s->st];
+  it->ev.stage = state_stage[awaited(s)];
+  it->ev.doing = state_doing[awaited(s)];
   return &it->ev;
 }
 
@@ -355,10 +392,16 @@ static void ev_rcpt(struct smtpc *s, uint32_t idx)
 
 bool smtpc_next_event(struct smtpc *s, struct smtpc_event *ev)
 {
+  while (s->ev_n && s->evq[s->ev_head].ev.type == SMTPC_EV_NONE) { /* withdrawn */
+    s->ev_head = (uint8_t)((s->ev_head + 1) % EVQ_CAP);
+    s->ev_n--;
+  }
   if (!s->ev_n)
     return false;
   struct evq_item *it = &s->evq[s->ev_head];
   *ev = it->ev;
+  if (ev->type == SMTPC_EV_READY && (ev->flags & SMTPC_F_PIPELINED))
+    s->cq_offered = false;
   if (ev->type == SMTPC_EV_RCPT_RESULT && s->ev_results) {
     const struct smtpc_result *r = &s->ev_results[ev->index];
     ev->code = r->code;
@@ -406,7 +449,7 @@ static void result_from_reply(struct smtpc *s, struct smtpc_result *r, uint8_t s
 
 static void set_deadline(struct smtpc *s, uint64_t now)
 {
-  uint32_t t = state_timeout_s(s, s->st);
+  uint32_t t = state_timeout_s(s, awaited(s));
   s->deadline = t ? now + (uint64_t)t * 1000 : UINT64_MAX;
 }
 
@@ -450,6 +493,9 @@ static void prev_abandon(struct smtpc *s, int code, const char *enh, const char 
   txn_done(s, &s->prev);
 }
 
+static void cq_abandon(struct smtpc *s, int code, const char *enh, const char *text, uint8_t stage);
+static void cq_unoffer(struct smtpc *s);
+
 /* End the session. polite: the stream is in sync, queue a QUIT. */
 IMPETUS_PRINTF(6, 7)
 static void fail(struct smtpc *s, enum smtpc_fail_kind kind, uint32_t flags, int code,
@@ -464,9 +510,11 @@ static void fail(struct smtpc *s, enum smtpc_fail_kind kind, uint32_t flags, int
   va_end(ap);
   /* fmt arguments are our own strings or already-sanitised server text */
   snprintf(s->fail_text, sizeof(s->fail_text), "%s", tmp);
-  uint8_t stage = state_stage[s->st];
+  uint8_t stage = state_stage[awaited(s)];
   const char *enh = code ? s->rp.enhanced : "";
   prev_abandon(s, code, enh, s->fail_text);
+  cq_unoffer(s);
+  cq_abandon(s, code, enh, s->fail_text, stage);
   if (s->has_txn) {
     set_result(s->txn.final, SMTPC_OUT_TRANSIENT, code, enh, stage, s->fail_text);
     txn_finish(s);
@@ -733,6 +781,8 @@ static void ehlo_line(struct smtpc *s)
     s->ext |= SMTPC_EXT_SMTPUTF8;
   else if (kw_eq(l, n, "STARTTLS"))
     s->ext |= SMTPC_EXT_STARTTLS;
+  else if (kw_eq(l, n, "CHUNKING"))
+    s->ext |= SMTPC_EXT_CHUNKING;
   else if (kw_eq(l, n, "ENHANCEDSTATUSCODES"))
     s->ext |= SMTPC_EXT_ENHANCEDSTATUSCODES;
   else if (kw_eq(l, n, "AUTH")) {
@@ -805,11 +855,10 @@ static void on_auth_reply(struct smtpc *s, uint64_t now)
 
 /* ---- transactions ---- */
 
-/* Write the command at the send cursor if it fits. */
-static bool write_cmd(struct smtpc *s)
+/* Write command i of transaction t (0 MAIL, 1..nrcpt RCPT, then DATA) if
+ * it fits. */
+static bool write_cmd_of(struct smtpc *s, const struct smtpc_txn *t, uint32_t i)
 {
-  struct smtpc_txn *t = &s->txn;
-  uint32_t i = s->send_cur;
   if (i == 0) {
     char sz[40] = "";
     if ((s->ext & SMTPC_EXT_SIZE) && t->size)
@@ -827,6 +876,9 @@ static bool write_cmd(struct smtpc *s)
   }
   return false;
 }
+
+/* Write the command at the send cursor if it fits. */
+static bool write_cmd(struct smtpc *s) { return write_cmd_of(s, &s->txn, s->send_cur); }
 
 /* Advance the send cursor as far as pipelining and output space allow. */
 static void fill_cmds(struct smtpc *s)
@@ -1000,10 +1052,186 @@ static void on_prev_reply(struct smtpc *s, uint64_t now)
   set_deadline(s, now); /* now waiting for this transaction's own replies */
 }
 
+/* ---- BDAT (RFC 3030): transactions in flight ---- */
+
+static struct cq_item *cq_at(struct smtpc *s, unsigned k)
+{
+  return &s->cq[(s->cq_head + k) % SMTPC_PIPE_MAX];
+}
+
+static struct cq_item *cq_tail(struct smtpc *s) { return cq_at(s, s->cq_n - 1u); }
+
+/* Commands and chunks of `it` written so far (the newest may be short of
+ * its commands while the output buffer is full). */
+static uint32_t cq_written(const struct smtpc *s, const struct cq_item *it)
+{
+  const struct cq_item *tail = &s->cq[(s->cq_head + s->cq_n - 1u) % SMTPC_PIPE_MAX];
+  uint32_t cmds = (it == tail && s->st == SMTPC_ST_MAIL) ? s->send_cur : it->t.nrcpt + 1;
+  return cmds + it->chunks;
+}
+
+static bool cq_expect(const struct smtpc *s)
+{
+  return s->cq_n > 0 && s->cq[s->cq_head].recv < cq_written(s, &s->cq[s->cq_head]);
+}
+
+/* Offer the next transaction (once per queued READY). */
+static void cq_offer(struct smtpc *s)
+{
+  if (s->cq_offered || s->cq_rset || s->cq_n >= s->depth || s->st != SMTPC_ST_DOT)
+    return;
+  s->cq_offered = true;
+  struct smtpc_event *e = ev_push(s, SMTPC_EV_READY);
+  e->flags = SMTPC_F_PIPELINED;
+}
+
+/* Withdraw a queued offer (it becomes an event nobody sees). */
+static void cq_unoffer(struct smtpc *s)
+{
+  if (!s->cq_offered)
+    return;
+  s->cq_offered = false;
+  for (unsigned k = 0; k < s->ev_n; k++) {
+    struct smtpc_event *e = &s->evq[(s->ev_head + k) % EVQ_CAP].ev;
+    if (e->type == SMTPC_EV_READY && (e->flags & SMTPC_F_PIPELINED))
+      e->type = SMTPC_EV_NONE;
+  }
+}
+
+/* Decide the final result of `it` when no chunk reply decided it. */
+static void cq_settle(struct cq_item *it)
+{
+  struct smtpc_txn *t = &it->t;
+  if (t->final->outcome != SMTPC_OUT_NONE)
+    return;
+  if (it->mail_failed) {
+    set_result(t->final, t->results[0].outcome, t->results[0].code, t->results[0].enhanced, 2,
+               t->results[0].text);
+  } else if (it->accepted == 0) {
+    set_result(t->final, SMTPC_OUT_PERMANENT, 0, "", 4, "all recipients were refused");
+    for (uint32_t i = 0; i < t->nrcpt; i++)
+      if (t->results[i].outcome == SMTPC_OUT_TRANSIENT)
+        t->final->outcome = SMTPC_OUT_TRANSIENT;
+  }
+}
+
+/* `it` is over for the caller: TXN_DONE (once). */
+static void cq_done(struct smtpc *s, struct cq_item *it)
+{
+  if (it->done)
+    return;
+  it->done = true;
+  cq_settle(it);
+  if (it->mail_failed || it->accepted == 0 || it->failed)
+    s->cq_rset = true;
+  txn_done(s, &it->t);
+}
+
+/* The session ends under the transactions in flight: those without a
+ * decided final reply get a transient one. */
+static void cq_abandon(struct smtpc *s, int code, const char *enh, const char *text, uint8_t stage)
+{
+  while (s->cq_n) {
+    struct cq_item *it = &s->cq[s->cq_head];
+    if (!it->done && it->t.final->outcome == SMTPC_OUT_NONE && !it->mail_failed &&
+        !(it->recv > it->t.nrcpt && it->accepted == 0))
+      set_result(it->t.final, SMTPC_OUT_TRANSIENT, code, enh, stage, text);
+    cq_done(s, it);
+    s->cq_head = (uint8_t)((s->cq_head + 1) % SMTPC_PIPE_MAX);
+    s->cq_n--;
+  }
+}
+
+/* Write the newest transaction's MAIL/RCPT as space allows; all written:
+ * NEED_BODY at once (BDAT waits for nothing). */
+static void cq_fill(struct smtpc *s, uint64_t now)
+{
+  if (s->st != SMTPC_ST_MAIL || !s->cq_n)
+    return;
+  struct cq_item *it = cq_tail(s);
+  while (s->send_cur <= it->t.nrcpt) {
+    if (!write_cmd_of(s, &it->t, s->send_cur))
+      return;
+    s->send_cur++;
+  }
+  enter(s, SMTPC_ST_BODY, now);
+  ev_push(s, SMTPC_EV_NEED_BODY);
+}
+
+static void on_chunk_reply(struct smtpc *s, uint64_t now)
+{
+  struct cq_item *it = &s->cq[s->cq_head];
+  struct smtpc_txn *t = &it->t;
+  uint32_t idx = it->recv++;
+  int code = s->rp.code, cls = code / 100;
+  const char *what = idx == 0 ? "MAIL FROM" : idx <= t->nrcpt ? "RCPT TO" : "BDAT";
+  if (cls != 2 && cls != 4 && cls != 5) {
+    fail(s, SMTPC_FAIL_PROTOCOL, 0, code, false, "unexpected reply %d to %s: %s", code, what,
+         s->rp.text);
+    return;
+  }
+  set_deadline(s, now); /* progress */
+  if (it->done) {
+    /* replies to what an ended transaction had already sent */
+  } else if (idx == 0) {
+    if (cls != 2) {
+      it->mail_failed = true;
+      for (uint32_t i = 0; i < t->nrcpt; i++)
+        result_from_reply(s, &t->results[i], 2);
+      if (code == 503) /* out of step after an earlier failure: not this message's fault */
+        for (uint32_t i = 0; i < t->nrcpt; i++)
+          t->results[i].outcome = SMTPC_OUT_TRANSIENT;
+    }
+  } else if (idx <= t->nrcpt) {
+    if (!it->mail_failed) {
+      result_from_reply(s, &t->results[idx - 1], 4);
+      if (cls == 2)
+        it->accepted++;
+    }
+  } else if (!it->mail_failed && it->accepted > 0) {
+    bool last = it->sent_all && it->recv == cq_written(s, it);
+    if (cls != 2) {
+      result_from_reply(s, t->final, last ? 9 : 8);
+      it->failed = true;
+    } else if (last) {
+      result_from_reply(s, t->final, 9);
+    }
+  }
+  /* the transaction still being sent failed: end it now, send no more */
+  if (!it->done && !it->sent_all &&
+      (it->mail_failed || it->failed || (it->recv > t->nrcpt && it->accepted == 0))) {
+    it->sent_all = true;
+    s->cq_cut = true;
+    cq_done(s, it);
+    if (s->st == SMTPC_ST_MAIL || s->st == SMTPC_ST_BODY)
+      enter(s, SMTPC_ST_DOT, now);
+  }
+  if (!it->sent_all || it->recv < cq_written(s, it))
+    return;
+  cq_done(s, it);
+  s->cq_head = (uint8_t)((s->cq_head + 1) % SMTPC_PIPE_MAX);
+  s->cq_n--;
+  if (s->cq_n == 0 && s->st == SMTPC_ST_DOT) {
+    cq_unoffer(s); /* a queued offer is stale: the plain READY follows */
+    if (s->cq_rset) {
+      s->cq_rset = false;
+      send_rset(s, now);
+    } else {
+      go_idle(s, now);
+    }
+    return;
+  }
+  set_deadline(s, now); /* the next transaction's reply is awaited now */
+  cq_offer(s);
+}
+
 /* ---- replies ---- */
 
 static bool outstanding(const struct smtpc *s)
 {
+  if (s->chunked && s->cq_n &&
+      (s->st == SMTPC_ST_MAIL || s->st == SMTPC_ST_BODY || s->st == SMTPC_ST_DOT))
+    return cq_expect(s);
   switch (s->st) {
   case SMTPC_ST_BANNER:
   case SMTPC_ST_EHLO:
@@ -1104,8 +1332,13 @@ static void on_reply(struct smtpc *s, uint64_t now)
   case SMTPC_ST_MAIL:
   case SMTPC_ST_RCPT:
   case SMTPC_ST_DATA:
+  case SMTPC_ST_BODY:
   case SMTPC_ST_DOT:
-    if (s->st == SMTPC_ST_DOT)
+    if (s->chunked && s->cq_n)
+      on_chunk_reply(s, now);
+    else if (s->st == SMTPC_ST_BODY)
+      util_panic("smtpc: reply routed to state BODY");
+    else if (s->st == SMTPC_ST_DOT)
       on_final_reply(s, now);
     else if (s->has_prev)
       on_prev_reply(s, now);
@@ -1131,7 +1364,6 @@ static void on_reply(struct smtpc *s, uint64_t now)
   case SMTPC_ST_TLS:
   case SMTPC_ST_AUTH_WAIT:
   case SMTPC_ST_IDLE:
-  case SMTPC_ST_BODY:
   case SMTPC_ST_DONE:
     util_panic("smtpc: reply routed to state %s", state_name[s->st]);
   default: util_panic("smtpc: bad state %d", (int)s->st);
@@ -1222,6 +1454,10 @@ struct smtpc *smtpc_new(const struct smtpc_params *pa, uint64_t now)
   s->auth_deferred = pa->auth_deferred;
   s->allow_plain = pa->auth_allow_plaintext;
   s->send8 = pa->send_8bitmime;
+  s->want_chunking = pa->chunking;
+  s->depth = (uint8_t)(pa->pipeline_depth && pa->pipeline_depth < SMTPC_PIPE_MAX
+                           ? pa->pipeline_depth
+                           : SMTPC_PIPE_MAX);
   s->out_cap = or_default(pa->out_buf_size, DEF_OUT);
   if (s->out_cap < MIN_OUT)
     s->out_cap = MIN_OUT;
@@ -1335,8 +1571,9 @@ int smtpc_timeout(struct smtpc *s, uint64_t now)
   default:
     break;
   }
-  fail(s, SMTPC_FAIL_TIMEOUT, 0, 0, false, "timeout while %s (%s = %u s)", state_doing[s->st],
-       state_timeout_opt[s->st], (unsigned)state_timeout_s(s, s->st));
+  enum smtpc_state aw = awaited(s);
+  fail(s, SMTPC_FAIL_TIMEOUT, 0, 0, false, "timeout while %s (%s = %u s)", state_doing[aw],
+       state_timeout_opt[aw], (unsigned)state_timeout_s(s, aw));
   return 1;
 }
 
@@ -1379,7 +1616,10 @@ void smtpc_output_consumed(struct smtpc *s, size_t n, uint64_t now)
   case SMTPC_ST_MAIL:
   case SMTPC_ST_RCPT:
   case SMTPC_ST_DATA:
-    fill_cmds(s); /* the send cursor moves on as space frees up */
+    if (s->chunked && s->cq_n)
+      cq_fill(s, now);
+    else
+      fill_cmds(s); /* the send cursor moves on as space frees up */
     break;
   case SMTPC_ST_BODY:
     set_deadline(s, now); /* progress */
@@ -1393,7 +1633,10 @@ void smtpc_output_consumed(struct smtpc *s, size_t n, uint64_t now)
 int smtpc_begin_txn(struct smtpc *s, const struct smtpc_txn *t, uint64_t now)
 {
   bool early = s->st == SMTPC_ST_DOT && s->pipelined && s->has_txn && !s->dot_only && !s->has_prev;
-  if (s->st != SMTPC_ST_IDLE && !early)
+  /* BDAT: behind every transaction in flight once the newest is sent */
+  bool deep = s->chunked && s->st == SMTPC_ST_DOT && s->cq_n > 0 && s->cq_n < s->depth &&
+              !s->cq_rset && cq_tail(s)->sent_all;
+  if (s->st != SMTPC_ST_IDLE && !early && !deep)
     return -EBUSY;
   if (!t || !t->mail_from || !t->rcpts || !t->results || !t->final || t->nrcpt == 0 ||
       t->nrcpt > s->max_rcpts)
@@ -1405,6 +1648,13 @@ int smtpc_begin_txn(struct smtpc *s, const struct smtpc_txn *t, uint64_t now)
       return -EINVAL;
   if (early && (t->results == s->txn.results || t->final == s->txn.final))
     return -EINVAL; /* the previous transaction's results are still being written */
+  for (unsigned k = 0; deep && k < s->cq_n; k++)
+    if (t->results == cq_at(s, k)->t.results || t->final == cq_at(s, k)->t.final)
+      return -EINVAL;
+  if (s->st == SMTPC_ST_IDLE)
+    s->chunked = s->want_chunking && (s->ext & SMTPC_EXT_CHUNKING) &&
+                 (s->ext & SMTPC_EXT_PIPELINING);
+  s->cq_offered = s->cq_cut = false;
   for (uint32_t i = 0; i < t->nrcpt; i++)
     set_result(&t->results[i], SMTPC_OUT_NONE, 0, "", 0, "");
   set_result(t->final, SMTPC_OUT_NONE, 0, "", 0, "");
@@ -1426,9 +1676,21 @@ int smtpc_begin_txn(struct smtpc *s, const struct smtpc_txn *t, uint64_t now)
     if (early) { /* the one in flight still waits for its reply: offer again */
       struct smtpc_event *e = ev_push(s, SMTPC_EV_READY);
       e->flags = SMTPC_F_PIPELINED;
+    } else if (deep) {
+      cq_offer(s);
     } else {
       go_idle(s, now);
     }
+    return 0;
+  }
+  if (s->chunked) {
+    struct cq_item *it = &s->cq[(s->cq_head + s->cq_n) % SMTPC_PIPE_MAX];
+    memset(it, 0, sizeof(*it));
+    it->t = *t;
+    s->cq_n++;
+    s->send_cur = 0;
+    enter(s, SMTPC_ST_MAIL, now);
+    cq_fill(s, now);
     return 0;
   }
   if (early) {
@@ -1447,9 +1709,32 @@ int smtpc_begin_txn(struct smtpc *s, const struct smtpc_txn *t, uint64_t now)
   return 0;
 }
 
+bool smtpc_chunked(const struct smtpc *s) { return s->chunked; }
+
+int smtpc_chunk(struct smtpc *s, size_t len, bool is_last, uint64_t now)
+{
+  if (s->chunked && s->cq_cut)
+    return -ECANCELED;
+  if (!s->chunked || !s->cq_n || cq_tail(s)->sent_all)
+    return -EINVAL;
+  struct cq_item *it = cq_tail(s);
+  if (s->st != SMTPC_ST_BODY)
+    return -EINVAL;
+  if (!out_cmd(s, "BDAT %zu%s", len, is_last ? " LAST" : ""))
+    return -ENOSPC;
+  it->chunks++;
+  set_deadline(s, now);
+  if (is_last) {
+    it->sent_all = true;
+    enter(s, SMTPC_ST_DOT, now);
+    cq_offer(s);
+  }
+  return 0;
+}
+
 long smtpc_body(struct smtpc *s, const void *data, size_t len, bool is_last, uint64_t now)
 {
-  if (s->st != SMTPC_ST_BODY || s->body_last)
+  if (s->st != SMTPC_ST_BODY || s->body_last || s->chunked)
     return -EINVAL;
   size_t used = 0;
   size_t room = out_room(s);
@@ -1467,7 +1752,7 @@ long smtpc_body(struct smtpc *s, const void *data, size_t len, bool is_last, uin
 
 int smtpc_body_sent(struct smtpc *s, size_t n, bool is_last, bool ends_with_crlf, uint64_t now)
 {
-  if (s->st != SMTPC_ST_BODY || s->body_last)
+  if (s->st != SMTPC_ST_BODY || s->body_last || s->chunked)
     return -EINVAL;
   (void)n;
   set_deadline(s, now);
@@ -1492,6 +1777,7 @@ void smtpc_quit(struct smtpc *s, uint64_t now)
     return;
   }
   prev_abandon(s, 0, "", "session closed locally");
+  cq_abandon(s, 0, "", "session closed locally", state_stage[awaited(s)]);
   if (s->has_txn) {
     set_result(s->txn.final, SMTPC_OUT_TRANSIENT, 0, "", state_stage[s->st],
                "session closed locally");
@@ -1512,11 +1798,11 @@ const struct smtpc_result *smtpc_txn_outcome(const struct smtpc_txn *t, uint32_t
 enum smtpc_state smtpc_state(const struct smtpc *s) { return s->st; }
 uint8_t smtpc_stage(const struct smtpc *s)
 {
-  if (s->st == SMTPC_ST_MAIL || s->st == SMTPC_ST_RCPT || s->st == SMTPC_ST_DATA)
+  if (!s->chunked && (s->st == SMTPC_ST_MAIL || s->st == SMTPC_ST_RCPT || s->st == SMTPC_ST_DATA))
     return state_stage[cursor_state(s)];
-  return state_stage[s->st];
+  return state_stage[awaited(s)];
 }
-const char *smtpc_doing(const struct smtpc *s) { return state_doing[s->st]; }
+const char *smtpc_doing(const struct smtpc *s) { return state_doing[awaited(s)]; }
 uint32_t smtpc_extensions(const struct smtpc *s) { return s->ext; }
 uint32_t smtpc_auth_mechs(const struct smtpc *s) { return s->mechs; }
 uint64_t smtpc_peer_max_size(const struct smtpc *s) { return s->peer_size; }

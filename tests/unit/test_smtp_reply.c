@@ -187,6 +187,57 @@ static void check_dot(const char *in, const char *want)
   }
 }
 
+/* Reference for smtp_crlf_canonical: byte by byte. */
+static bool canonical_ref(const uint8_t *p, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    if (p[i] == '\r' && (i + 1 >= n || p[i + 1] != '\n'))
+      return false;
+    if (p[i] == '\n' && (i == 0 || p[i - 1] != '\r'))
+      return false;
+  }
+  return true;
+}
+
+/* BDAT bodies: the canonical check agrees with the byte-by-byte rule at
+ * every length and position around the 64-byte steps, and the CRLF
+ * encoder fixes line ends without touching dots. */
+static void test_crlf(void **state)
+{
+  (void)state;
+  static uint8_t b[300];
+  assert_true(smtp_crlf_canonical("", 0));
+  assert_true(smtp_crlf_canonical("a\r\n.b\r\n", 7));
+  assert_false(smtp_crlf_canonical("a\n", 2));
+  assert_false(smtp_crlf_canonical("a\r", 2));
+  assert_false(smtp_crlf_canonical("a\rb", 3));
+  assert_false(smtp_crlf_canonical("\r\r\n", 3));
+  for (size_t n = 0; n < sizeof b; n += 7) {
+    for (size_t i = 0; i < n; i++)
+      b[i] = (uint8_t)('a' + i % 26);
+    for (size_t i = 1; i + 1 < n; i += 13) { /* CRLF every 13 bytes */
+      b[i] = '\r';
+      b[i + 1] = '\n';
+    }
+    assert_int_equal(smtp_crlf_canonical(b, n), canonical_ref(b, n));
+    for (size_t k = 0; k < n; k++) { /* one byte spoilt anywhere */
+      uint8_t keep = b[k];
+      b[k] = keep == '\r' ? 'x' : keep == '\n' ? '\r' : (k % 2 ? '\n' : '\r');
+      assert_int_equal(smtp_crlf_canonical(b, n), canonical_ref(b, n));
+      b[k] = keep;
+    }
+  }
+  struct smtp_dot d;
+  smtp_dot_init(&d);
+  char out[64];
+  size_t used;
+  size_t o = smtp_crlf_encode(&d, ".a\n.b\rc", 7, out, sizeof out, &used);
+  assert_int_equal(used, 7);
+  assert_int_equal(o, 9);
+  assert_memory_equal(out, ".a\r\n.b\r\nc", 9);
+  assert_int_equal(smtp_dot_finish_len(&d), 5); /* still needs its CRLF */
+}
+
 static void test_dot(void **state)
 {
   (void)state;
@@ -297,7 +348,7 @@ int main(void)
     cmocka_unit_test(test_reply_basic),     cmocka_unit_test(test_reply_enhanced),
     cmocka_unit_test(test_reply_errors),    cmocka_unit_test(test_reply_sanitise_and_cut),
     cmocka_unit_test(test_dot),             cmocka_unit_test(test_dot_finish_len),
-    cmocka_unit_test(test_dot_random),
+    cmocka_unit_test(test_dot_random),      cmocka_unit_test(test_crlf),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

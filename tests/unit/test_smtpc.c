@@ -815,6 +815,233 @@ TR_TEST(txn_pipelined_next_local_refusal)
   ev(t, "READY");
 }
 
+/* ------------------------------------------------------------- BDAT (RFC 3030) */
+
+#define EHLO_CHUNK \
+  "250-mx.test Hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-CHUNKING\r\n" \
+  "250 ENHANCEDSTATUSCODES\r\n"
+
+/* Fixture k of SMTPC_PIPE_MAX + 1: transactions in flight keep theirs. */
+static struct txn_fix *fix_k(unsigned k, const char *from, uint32_t n)
+{
+  static struct txn_fix fx[SMTPC_PIPE_MAX + 1];
+  static char addrs[SMTPC_PIPE_MAX + 1][4][64];
+  return fix_fill(&fx[k], addrs[k], (char)('a' + k), from, n);
+}
+
+static void start_chunking(struct tr *t, uint32_t depth)
+{
+  struct smtpc_params p = base_params();
+  p.chunking = true;
+  p.pipeline_depth = depth;
+  start(t, &p);
+  hello(t, EHLO_CHUNK);
+  assert_true(smtpc_extensions(t->s) & SMTPC_EXT_CHUNKING);
+}
+
+/* Begin fixture k (one recipient <k>0@dest.test from s<k>@src.test) and
+ * queue its body as one LAST chunk of len bytes: the commands and the
+ * BDAT line come out together (the driver sends the data itself). */
+static struct txn_fix *bdat_one(struct tr *t, unsigned k, size_t len)
+{
+  char from[32], want[256];
+  snprintf(from, sizeof from, "s%u@src.test", k);
+  struct txn_fix *fx = fix_k(k, k % 2 ? "" : "x@src.test", 1);
+  (void)from;
+  begin(t, fx);
+  ev(t, "NEED_BODY");
+  assert_true(smtpc_chunked(t->s));
+  assert_int_equal(smtpc_body(t->s, "x", 1, true, t->now), -EINVAL);
+  assert_int_equal(smtpc_chunk(t->s, len, true, t->now), 0);
+  snprintf(want, sizeof want, "MAIL FROM:<%s>%s\r\nRCPT TO:<%c0@dest.test>\r\nBDAT %zu LAST\r\n",
+           fx->txn.mail_from, "", (char)('a' + k), len);
+  cli(t, want);
+  return fx;
+}
+
+/* Three whole messages leave back to back, no 354 awaited; their nine
+ * replies come in one read and end them in order. */
+TR_TEST(bdat_pipelined_three)
+{
+  start_chunking(t, 0);
+  struct txn_fix *f0 = bdat_one(t, 0, 1024);
+  ev(t, "READY pipelined");
+  /* the reply awaited next decides stage and timeout: MAIL's first */
+  assert_int_equal(smtpc_stage(t->s), 2);
+  assert_int_equal(smtpc_deadline(t->s), t->now + 300000);
+  srv(t, "250 2.1.0 ok\r\n250 2.1.5 ok\r\n");
+  assert_int_equal(smtpc_stage(t->s), 9); /* then the final reply: Body_Timeout */
+  assert_int_equal(smtpc_deadline(t->s), t->now + 600000);
+  struct txn_fix *f1 = bdat_one(t, 1, 5);
+  ev(t, "READY pipelined");
+  struct txn_fix *f2 = bdat_one(t, 2, 0);
+  ev(t, "READY pipelined");
+  no_ev(t);
+  srv(t, "250 2.0.0 q0\r\n"
+         "250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 q1\r\n"
+         "250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 q2\r\n");
+  ev(t, "TXN_DONE 250 2.0.0 st=9: q0");
+  assert_ptr_equal(t->last.final, &f0->final);
+  ev(t, "TXN_DONE 250 2.0.0 st=9: q1");
+  assert_ptr_equal(t->last.final, &f1->final);
+  ev(t, "TXN_DONE 250 2.0.0 st=9: q2");
+  assert_ptr_equal(t->last.final, &f2->final);
+  ev(t, "READY");
+  no_ev(t);
+  res(t, smtpc_txn_outcome(&f1->txn, 0), "OK 250 2.0.0 st=9: q1");
+  cli(t, ""); /* no RSET after success */
+  assert_int_equal(smtpc_state(t->s), SMTPC_ST_IDLE);
+}
+
+/* Multi-chunk body; a refused chunk of the transaction still being sent
+ * ends it at once (no more chunks, RFC 3030), then RSET. */
+TR_TEST(bdat_chunk_refused_mid_body)
+{
+  start_chunking(t, 0);
+  struct txn_fix *fx = fix_k(0, "a@src.test", 1);
+  begin(t, fx);
+  ev(t, "NEED_BODY");
+  assert_int_equal(smtpc_chunk(t->s, 10, false, t->now), 0);
+  cli(t, "MAIL FROM:<a@src.test>\r\nRCPT TO:<a0@dest.test>\r\nBDAT 10\r\n");
+  no_ev(t);
+  srv(t, "250 ok\r\n250 ok\r\n452 4.3.1 out of space\r\n");
+  ev(t, "TXN_DONE 452 4.3.1 st=8: out of space");
+  res(t, smtpc_txn_outcome(&fx->txn, 0), "TRANSIENT 452 4.3.1 st=8: out of space");
+  assert_int_equal(smtpc_chunk(t->s, 5, true, t->now), -ECANCELED);
+  cli(t, "RSET\r\n");
+  srv(t, "250 ok\r\n");
+  ev(t, "READY");
+  no_ev(t);
+}
+
+/* Chunks 10 + 5 + 0 LAST: one reply each, the last one is final. */
+TR_TEST(bdat_chunks)
+{
+  start_chunking(t, 0);
+  struct txn_fix *fx = fix_k(0, "a@src.test", 2);
+  begin(t, fx);
+  ev(t, "NEED_BODY");
+  assert_int_equal(smtpc_chunk(t->s, 10, false, t->now), 0);
+  assert_int_equal(smtpc_chunk(t->s, 5, false, t->now), 0);
+  assert_int_equal(smtpc_chunk(t->s, 0, true, t->now), 0);
+  ev(t, "READY pipelined");
+  cli(t, "MAIL FROM:<a@src.test>\r\nRCPT TO:<a0@dest.test>\r\nRCPT TO:<a1@dest.test>\r\n"
+         "BDAT 10\r\nBDAT 5\r\nBDAT 0 LAST\r\n");
+  assert_int_equal(smtpc_chunk(t->s, 1, true, t->now), -EINVAL);
+  srv(t, "250 ok\r\n550 5.1.1 no such user\r\n250 ok\r\n250 2.0.0 10 octets\r\n"
+         "250 2.0.0 5 octets\r\n");
+  no_ev(t);
+  srv(t, "250 2.0.0 queued\r\n");
+  ev(t, "TXN_DONE 250 2.0.0 st=9: queued");
+  ev(t, "READY");
+  res(t, smtpc_txn_outcome(&fx->txn, 0), "PERMANENT 550 5.1.1 st=4: no such user");
+  res(t, smtpc_txn_outcome(&fx->txn, 1), "OK 250 2.0.0 st=9: queued");
+}
+
+/* MAIL refused in the first of two pipelined transactions: the second
+ * goes on; RSET once the pipeline has drained, nothing offered before. */
+TR_TEST(bdat_mail_refused)
+{
+  start_chunking(t, 0);
+  struct txn_fix *f0 = bdat_one(t, 0, 3);
+  ev(t, "READY pipelined");
+  struct txn_fix *f1 = bdat_one(t, 1, 4);
+  ev(t, "READY pipelined");
+  srv(t, "550 5.7.1 sender refused\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need RCPT\r\n");
+  ev(t, "TXN_DONE 550 5.7.1 st=2: sender refused");
+  no_ev(t); /* no offer while a failure waits for its RSET */
+  res(t, smtpc_txn_outcome(&f0->txn, 0), "PERMANENT 550 5.7.1 st=2: sender refused");
+  srv(t, "250 ok\r\n250 ok\r\n250 2.0.0 q1\r\n");
+  ev(t, "TXN_DONE 250 2.0.0 st=9: q1");
+  assert_ptr_equal(t->last.final, &f1->final);
+  no_ev(t);
+  cli(t, "RSET\r\n");
+  srv(t, "250 ok\r\n");
+  ev(t, "READY");
+}
+
+/* The body of the first is refused at LAST (the server ended that
+ * transaction); a 503 to the MAIL pipelined behind it is the server out
+ * of step, not the message's fault: transient. */
+TR_TEST(bdat_final_refused_then_503)
+{
+  start_chunking(t, 0);
+  struct txn_fix *f0 = bdat_one(t, 0, 3);
+  ev(t, "READY pipelined");
+  struct txn_fix *f1 = bdat_one(t, 1, 4);
+  ev(t, "READY pipelined");
+  srv(t, "250 ok\r\n250 ok\r\n554 5.7.1 spam\r\n503 5.5.1 nested MAIL\r\n503 5.5.1 no\r\n"
+         "503 5.5.1 no\r\n");
+  ev(t, "TXN_DONE 554 5.7.1 st=9: spam");
+  ev(t, "TXN_DONE 503 5.5.1 st=2: nested MAIL");
+  res(t, smtpc_txn_outcome(&f0->txn, 0), "PERMANENT 554 5.7.1 st=9: spam");
+  res(t, smtpc_txn_outcome(&f1->txn, 0), "TRANSIENT 503 5.5.1 st=2: nested MAIL");
+  cli(t, "RSET\r\n");
+}
+
+/* Pipeline_Depth bounds the transactions in flight. */
+TR_TEST(bdat_depth)
+{
+  start_chunking(t, 2);
+  struct txn_fix *f0 = bdat_one(t, 0, 1);
+  ev(t, "READY pipelined");
+  (void)bdat_one(t, 1, 1);
+  no_ev(t); /* two in flight: no offer */
+  struct txn_fix *f2 = fix_k(2, "z@src.test", 1);
+  assert_int_equal(smtpc_begin_txn(t->s, &f2->txn, t->now), -EBUSY);
+  /* slots of a transaction in flight are refused */
+  srv(t, "250 ok\r\n250 ok\r\n250 2.0.0 q0\r\n");
+  ev(t, "TXN_DONE 250 2.0.0 st=9: q0");
+  ev(t, "READY pipelined");
+  assert_int_equal(smtpc_begin_txn(t->s, &fix_k(1, "", 1)->txn, t->now), -EINVAL);
+  assert_ptr_equal(t->last.final, NULL);
+  (void)f0;
+  (void)bdat_one(t, 2, 1);
+  no_ev(t);
+}
+
+/* The connection drops with three transactions in flight: each ends
+ * transient, oldest first, then FAILED. */
+TR_TEST(bdat_eof_in_flight)
+{
+  start_chunking(t, 0);
+  struct txn_fix *f0 = bdat_one(t, 0, 1);
+  ev(t, "READY pipelined");
+  (void)bdat_one(t, 1, 1);
+  ev(t, "READY pipelined");
+  (void)bdat_one(t, 2, 1);
+  ev(t, "READY pipelined");
+  srv(t, "250 ok\r\n250 ok\r\n");
+  smtpc_eof(t->s, t->now);
+  ev(t, "TXN_DONE 0  st=9: connection closed*");
+  assert_ptr_equal(t->last.final, &f0->final);
+  ev(t, "TXN_DONE 0  st=9: *");
+  ev(t, "TXN_DONE 0  st=9: *");
+  ev(t, "FAILED network*");
+  no_ev(t);
+}
+
+/* CHUNKING without PIPELINING, or chunking not wanted: DATA as before. */
+TR_TEST(bdat_not_used)
+{
+  struct smtpc_params p = base_params();
+  p.chunking = true;
+  start(t, &p);
+  hello(t, "250-mx.test\r\n250 CHUNKING\r\n");
+  struct txn_fix *fx = fix_k(0, "a@src.test", 1);
+  begin(t, fx);
+  assert_false(smtpc_chunked(t->s));
+  cli(t, "MAIL FROM:<a@src.test>\r\n");
+  smtpc_free(t->s);
+  p.chunking = false;
+  start(t, &p);
+  hello(t, EHLO_CHUNK);
+  begin(t, fx);
+  assert_false(smtpc_chunked(t->s));
+  assert_int_equal(smtpc_chunk(t->s, 1, true, t->now), -EINVAL);
+  cli(t, "MAIL FROM:<a@src.test>\r\nRCPT TO:<a0@dest.test>\r\nDATA\r\n");
+}
+
 /* Without PIPELINING nothing is offered before the final reply. */
 TR_TEST(txn_lockstep_no_early_ready)
 {
@@ -1750,6 +1977,8 @@ int main(void)
     T(auth_plain_unexpected_334), T(auth_deferred_bad_creds), T(auth_after_starttls), T(auth_deferred), T(auth_deferred_none),
     T(txn_pipelined), T(txn_pipelined_next), T(txn_pipelined_next_prev_refused),
     T(txn_pipelined_next_eof), T(txn_pipelined_next_421), T(txn_pipelined_next_local_refusal),
+    T(bdat_pipelined_three), T(bdat_chunk_refused_mid_body), T(bdat_chunks), T(bdat_mail_refused),
+    T(bdat_final_refused_then_503), T(bdat_depth), T(bdat_eof_in_flight), T(bdat_not_used),
     T(txn_lockstep_no_early_ready), T(txn_lockstep), T(txn_partial_rcpt_pipelined),
     T(txn_all_refused_pipelined_data_554), T(txn_all_refused_pipelined_data_354),
     T(txn_all_refused_lockstep), T(txn_mail_refused_pipelined), T(txn_mail_refused_lockstep),

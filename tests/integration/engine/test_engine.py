@@ -111,9 +111,9 @@ def scenario_gateway(imp, sinkbin):
         finish(sink)
 
 
-def scenario_faults(imp, sinkbin):
+def scenario_faults(imp, sinkbin, *extra):
     sink = sink_with_log(sinkbin, "--fail", "MAIL=4xx:0.2", "--fail", "RCPT=5xx:0.15",
-                         "--fail", "DOT=4xx:0.1", "--seed", "7")
+                         "--fail", "DOT=4xx:0.1", "--seed", "7", *extra)
     bounces = sink_with_log(sinkbin)
     conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
             'Retry_Interval = 1\nMax_Retry_Interval = 1\n'
@@ -494,6 +494,77 @@ def scenario_large(imp, sinkbin):
     finally:
         e.cleanup()
         finish(sink)
+
+
+def content_bodies():
+    """Bodies whose bytes must arrive exactly (CRLF line ends), by name."""
+    crlf = ("Subject: crlf\r\n\r\n" + ("." + "c" * 77 + "\r\n") * 2600)  # ~200 KB, 4 chunks as is
+    lf = "Subject: lf\n\n" + ("." + "l" * 60 + "\n") * 2500               # rewritten to CRLF
+    # a CRLF split by the 64 KB chunk boundary of the body as stored
+    head = "Subject: edge\r\n\r\n"
+    edge = head + "e" * (65535 - len(head)) + "\r\n" + "tail\r\n"
+    bare = "Subject: bare\r\n\r\nno newline at the end"
+    mixed = "Subject: mixed\r\n\r\na\rb\nc\r\n.\r\n..\r\n"
+    return {"crlf": crlf, "lf": lf, "edge": edge, "bare": bare, "mixed": mixed}
+
+
+def wire_form(body):
+    """The message as a receiver must store it: every line end CRLF, ending in CRLF."""
+    out = body.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
+    return out if out.endswith("\r\n") else out + "\r\n"
+
+
+def content_run(imp, sinkbin, chunking):
+    import tempfile
+    save = tempfile.mkdtemp(prefix="sinksave.")
+    args = ["--save-dir", save] + ([] if chunking else ["--no-chunking"])
+    sink = sink_with_log(sinkbin, *args)
+    conf = 'Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % sink.port
+    e = Engine(imp, conf, "content-%s" % ("bdat" if chunking else "data"))
+    bodies = content_bodies()
+    try:
+        e.start()
+        for name, body in bodies.items():
+            e.inject("a@s.test", ["%s@c.test" % name], body=body)
+        e.wait_for(lambda: all_final(e, len(bodies)), 30, "final records")
+        check_exactly_one(e, len(bodies))
+        expect(len(e.records("D")) == len(bodies), "all delivered: %r" % e.records("T"))
+        summ = sink.summary_now()
+        got = {}
+        for m in msgs_of(sink):
+            with open(m["file"], "rb") as f:
+                got[m["rcpts"][0].split("@")[0]] = f.read()
+        for name, body in bodies.items():
+            want = wire_form(body).encode()
+            have = got.get(name, b"")
+            expect(have == want, "%s: %d bytes arrived, %d expected (first difference at %d)"
+                   % (name, len(have), len(want),
+                      next((i for i in range(min(len(have), len(want))) if have[i] != want[i]),
+                           min(len(have), len(want)))))
+        expect(e.stop() == 0, "exit status")
+        return summ
+    finally:
+        e.cleanup()
+        finish(sink)
+        shutil.rmtree(save, ignore_errors=True)
+
+
+def scenario_content(imp, sinkbin):
+    """Message bytes arrive exactly, by BDAT (no dot-stuffing; chunks of up
+    to 64 KB as stored, or rewritten when line ends are not CRLF) and by
+    DATA: CRLF, LF-only, a CRLF cut by a chunk boundary, no final newline,
+    bare CR/LF mixed with dot lines."""
+    with_bdat = content_run(imp, sinkbin, True)
+    expect(with_bdat["bdat_messages"] == 5 and with_bdat["bdat_chunks"] >= 9,
+           "BDAT messages/chunks: %r" % with_bdat)
+    with_data = content_run(imp, sinkbin, False)
+    expect(with_data["bdat_messages"] == 0, "DATA only: %r" % with_data)
+
+
+def scenario_faults_data(imp, sinkbin):
+    """scenario_faults against a receiver without CHUNKING (DATA, one
+    transaction pipelined behind the dot)."""
+    scenario_faults(imp, sinkbin, "--no-chunking")
 
 
 def scenario_perconn(imp, sinkbin):

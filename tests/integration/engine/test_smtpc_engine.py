@@ -264,10 +264,14 @@ def scenario_timeouts(imp, sinkbin):
                 'Generate_Bounces = false']
         for opt, _stage in DELAYED:
             p = sinks[opt].port
+            # the sink offers CHUNKING: MAIL, RCPT and the final reply are
+            # awaited with BDAT too; only DATA needs it off
+            extra = " Use_Chunking = false" if opt == "Data_Timeout" else ""
             # short: the option at 1 s fires; long: the same delay is waited out
-            conf.append('Domain "%s.short.test" { Gateway = "127.0.0.1:%d" %s = 1 }'
-                        % (dom_of(opt), p, opt))
-            conf.append('Domain "%s.long.test" { Gateway = "127.0.0.1:%d" }' % (dom_of(opt), p))
+            conf.append('Domain "%s.short.test" { Gateway = "127.0.0.1:%d" %s = 1%s }'
+                        % (dom_of(opt), p, opt, extra))
+            conf.append('Domain "%s.long.test" { Gateway = "127.0.0.1:%d"%s }'
+                        % (dom_of(opt), p, extra))
         conf.append('Domain "rset.short.test" { Gateway = "127.0.0.1:%d" RSET_Timeout = 1 }'
                     % sinks["RSET_Timeout"].port)
         conf.append('Domain "rset.long.test" { Gateway = "127.0.0.1:%d" }' % sinks["RSET_long"].port)

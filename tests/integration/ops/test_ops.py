@@ -405,6 +405,21 @@ def scenario_mx(imp, ctlbin, sinkbin):
                             "--local=/test/", "--mx-host=mx.test,mail.mx.test,10",
                             "--host-record=mail.mx.test,127.0.0.1"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # dnsmasq answers before the engine asks (a failed lookup is cached):
+    # an A query for mail.mx.test, repeated until a reply comes
+    q = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+         b"\x04mail\x02mx\x04test\x00\x00\x01\x00\x01")
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.settimeout(0.2)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            probe.sendto(q, ("127.0.0.1", port))
+            if probe.recv(512)[:2] == b"\x12\x34":
+                break
+        except OSError:
+            time.sleep(0.1)
+    probe.close()
     e = None
     try:
         e, sock = start(imp, 'Worker_Threads = 1\nResolver = "127.0.0.1:%d"\n' % port, "ops-mx")

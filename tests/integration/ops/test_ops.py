@@ -15,7 +15,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "engine"))
-from enginelib import Engine, SKIP, sinklib  # noqa: E402
+from enginelib import Engine, SKIP, sinklib, start_dnsmasq  # noqa: E402
 
 
 def free_port():
@@ -396,30 +396,8 @@ def scenario_mx(imp, ctlbin, sinkbin):
     if not os.access(dnsmasq, os.X_OK):
         print("SKIP: dnsmasq not installed")
         sys.exit(SKIP)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    dns = subprocess.Popen([dnsmasq, "--no-daemon", "--port=%d" % port, "--listen-address=127.0.0.1",
-                            "--bind-interfaces", "--no-resolv", "--no-hosts", "--pid-file=",
-                            "--local=/test/", "--mx-host=mx.test,mail.mx.test,10",
-                            "--host-record=mail.mx.test,127.0.0.1"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # dnsmasq answers before the engine asks (a failed lookup is cached):
-    # an A query for mail.mx.test, repeated until a reply comes
-    q = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
-         b"\x04mail\x02mx\x04test\x00\x00\x01\x00\x01")
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.settimeout(0.2)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            probe.sendto(q, ("127.0.0.1", port))
-            if probe.recv(512)[:2] == b"\x12\x34":
-                break
-        except OSError:
-            time.sleep(0.1)
-    probe.close()
+    dns, port = start_dnsmasq(dnsmasq, ["--mx-host=mx.test,mail.mx.test,10",
+                                        "--host-record=mail.mx.test,127.0.0.1"])
     e = None
     try:
         e, sock = start(imp, 'Worker_Threads = 1\nResolver = "127.0.0.1:%d"\n' % port, "ops-mx")

@@ -32,8 +32,10 @@ run --label "1KB keep-dicts w2"     --count "$COUNT" --fs "$FS" --keep-dicts
 run --label "1KB Lua hook w2"       --count "$COUNT" --fs "$FS" --lua
 run --label "1KB plain w1"          --count "$COUNT" --fs "$FS" --workers 1
 run --label "1KB sync=none w2"      --count "$COUNT" --fs "$FS" --sync none
+# one transaction per connection (Pipeline_Depth = 1): the row shows that a
+# worker holds 10,000 sessions; with BDAT 8 deep it would need far fewer
 run --label "200ms sink 10k sessions w1" --count "$COUNT" --fs "$FS" --workers 1 --latency 200 \
-    --connections 1000 --domains 10 --fsync-run 0
+    --connections 1000 --domains 10 --fsync-run 0 --pipeline-depth 1
 run --label "backlog 10k"           --count 10000 --fs "$FS" --backlog --fsync-run 0 --no-latency
 # BIG_BACKLOG=0: the large backlog comes from bench/run-backlog.sh's own run
 # (bench/backlog.jsonl: 10k, 1,000,000, 10k), which takes ~10 minutes

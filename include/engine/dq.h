@@ -40,6 +40,7 @@ struct dq_queue_state {
   uint64_t conf_gen;          /* snapshot generation the limits came from */
   struct sched_acct acct;     /* connections of this queue */
   uint32_t opening;           /* of which not READY yet (connecting, EHLO...) */
+  bool no_chunking;           /* its last session found no CHUNKING: one transaction at a time */
   struct sched_pool pool;     /* its idle connections */
   uint64_t blocked_until_ns;  /* throttled / host failure: not before (mono) */
   void *user;                 /* the worker's */

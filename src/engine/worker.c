@@ -268,6 +268,8 @@ static void load_limits(struct worker *w, struct dq_queue *q)
   st->limits.max_deliveries_per_connection =
     (uint32_t)conf_int(v, CONF_MAX_DELIVERIES_PER_CONNECTION);
   st->limits.max_recipients_per_batch = (uint32_t)conf_int(v, CONF_MAX_RECIPIENTS_PER_BATCH);
+  int64_t depth = conf_bool(v, CONF_USE_CHUNKING) ? conf_int(v, CONF_PIPELINE_DEPTH) : 1;
+  st->limits.pipeline_depth = depth < 1 ? 1 : depth > SMTPC_PIPE_MAX ? SMTPC_PIPE_MAX : (uint32_t)depth;
   st->limits.suspend_delivery = conf_bool(v, CONF_SUSPEND_DELIVERY) ||
                                 ctl_suspended(dq_queue_binding(q), dq_queue_domain(q));
   st->limits.msg_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_MESSAGES);
@@ -951,7 +953,10 @@ static void begin_early(struct session *s)
     s->unit = NULL;
     s->txn_open = false;
   }
-  if (s->nwait == 0 || !session_reusable(s, s->nwait))
+  /* big bodies still queued in the connection: the next completion
+   * offers again (a connection holds about one body's worth, not
+   * Pipeline_Depth of them) */
+  if (s->nwait == 0 || !session_reusable(s, s->nwait) || conn_pending(s->conn) >= BODY_INFLIGHT)
     return;
   (void)start_some(s, NULL);
 }
@@ -1027,7 +1032,10 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
     }
     if (!s->ever_ready) {
       s->ever_ready = true;
-      dq_queue_state(s->q)->opening--;
+      struct dq_queue_state *st = dq_queue_state(s->q);
+      st->opening--;
+      uint32_t x = smtpc_extensions(s->smtpc);
+      st->no_chunking = !(x & SMTPC_EXT_CHUNKING) || !(x & SMTPC_EXT_PIPELINING);
     }
     begin_next(s);
     break;
@@ -1773,19 +1781,20 @@ static void schedule(struct worker *w)
           break; /* throttled, or nothing it could take */
         continue;
       }
-      /* connections still opening will take the waiting units */
-      if (dq_queue_ready(q) <= st->opening)
+      /* connections still opening will take the waiting units; with BDAT
+       * so will the busy ones, Pipeline_Depth each, as their replies come
+       * in (sooner than a new connection's greeting): open only for units
+       * beyond that (before the first READY BDAT is assumed) */
+      uint32_t per = st->no_chunking ? 1 : st->limits.pipeline_depth;
+      uint32_t idle_or_opening = st->opening + st->pool.n;
+      uint32_t busy = st->acct.conns > idle_or_opening ? st->acct.conns - idle_or_opening : 0;
+      if (dq_queue_ready(q) <= (per > 1 ? (st->opening + busy) * per : st->opening))
         break;
-      uint64_t wait = 0;
-      enum sched_open o = sched_conn_open(&st->limits, &st->acct, now_ns, &wait);
-      if (o != SCHED_OPEN_OK) {
-        if (o == SCHED_OPEN_THROTTLED)
-          st->blocked_until_ns = now_ns + wait;
-        break;
-      }
-      if (w->nsessions >= w->fd_cap) {
+      uint32_t maxc = st->limits.max_outbound_connections;
+      if (w->nsessions >= w->fd_cap && (maxc == 0 || st->acct.conns < maxc)) {
         /* out of file descriptors for new sessions: they wait for one to
-         * end; an idle connection of another queue is closed to make room */
+         * end; an idle connection of another queue is closed to make room
+         * (checked before sched_conn_open, which counts the connection) */
         if (!w->fd_cap_logged)
           logs_panic(w->log, now_ms, "engine",
                      "worker %u: %u connections open, the RLIMIT_NOFILE share of this worker; "
@@ -1796,6 +1805,13 @@ static void schedule(struct worker *w)
             quit_parked(s);
             break;
           }
+        break;
+      }
+      uint64_t wait = 0;
+      enum sched_open o = sched_conn_open(&st->limits, &st->acct, now_ns, &wait);
+      if (o != SCHED_OPEN_OK) {
+        if (o == SCHED_OPEN_THROTTLED)
+          st->blocked_until_ns = now_ns + wait;
         break;
       }
       session_open(w, q);

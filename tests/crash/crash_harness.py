@@ -7,8 +7,10 @@ running, while retry state is being written -- and restarted each time.
 At the end it is run to completion and the sink's jsonl records and the
 mainlog must show:
   - every message delivered at least once (lost = 0);
-  - duplicates <= the sessions in flight at each kill (bounded by
-    Max_Outbound_Connections per kill: one transaction per session), each
+  - duplicates <= the transactions in flight at each kill (bounded by
+    Max_Outbound_Connections x Pipeline_Depth per kill: with BDAT a session
+    keeps up to Pipeline_Depth whole transactions in flight, and a message
+    the sink accepted whose reply died with the engine is sent again), each
     repeat charged to the first kill after the recipient's previous delivery;
   - the spool empty (queue/ and pickup/), nothing in bad/ (no message
     injected here is bad);
@@ -18,7 +20,7 @@ mainlog must show:
 It prints one line of figures: messages, kills, lost, duplicates.
 
 usage: crash_harness.py IMPETUS SINK [--messages N] [--kills K] [--seed S]
-                        [--conns C] [--keep]
+                        [--conns C] [--depth D] [--keep]
 By hand: crash_harness.py build/src/main/impetus build/tools/sink/impetus-sink
          --messages 20000 --kills 50"""
 import argparse
@@ -42,6 +44,7 @@ ap.add_argument("--messages", type=int, default=600)
 ap.add_argument("--kills", type=int, default=12)
 ap.add_argument("--seed", type=int, default=int(os.environ.get("CRASH_SEED", time.time())))
 ap.add_argument("--conns", type=int, default=4, help="Max_Outbound_Connections")
+ap.add_argument("--depth", type=int, default=8, help="Pipeline_Depth (BDAT transactions in flight per session)")
 ap.add_argument("--workers", type=int, default=2)
 ap.add_argument("--keep", action="store_true", help="keep the temp dirs")
 ap.add_argument("--drain-timeout", type=float, default=120)
@@ -113,7 +116,8 @@ try:
                                     "--seed", str(args.seed & 0x7fffffff)])
     conf = ('Worker_Threads = %d\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
             'Retry_Interval = 1\nMax_Retry_Interval = 1\nMax_Outbound_Connections = %d\n'
-            'Message_Expiration = 3600\n' % (args.workers, sink.port, args.conns))
+            'Message_Expiration = 3600\nPipeline_Depth = %d\n'
+            % (args.workers, sink.port, args.conns, args.depth))
     e = Engine(args.impetus, conf, "crash")
     n = args.messages
     injected = 0
@@ -203,7 +207,8 @@ try:
             last[r] = i
     worst = max(per_kill[:len(marks)] or [0])
     unknown = set(got) - want
-    bound = len(kills) * args.conns
+    per_kill_bound = args.conns * args.depth  # transactions in flight at most
+    bound = len(kills) * per_kill_bound
     queue_left = files_under(os.path.join(e.spool, "queue"))
     pickup_left = files_under(e.pickup)
     bad_left = files_under(os.path.join(e.spool, "bad"))
@@ -227,10 +232,10 @@ try:
     if unknown:
         problems.append("unknown recipients at the sink: %s" % sorted(unknown)[:5])
     if dups > bound:
-        problems.append("duplicates %d > %d (sessions in flight at the kills)" % (dups, bound))
-    if worst > args.conns:
-        problems.append("%d duplicates from one kill > %d sessions (per kill: %s)"
-                        % (worst, args.conns, per_kill))
+        problems.append("duplicates %d > %d (transactions in flight at the kills)" % (dups, bound))
+    if worst > per_kill_bound:
+        problems.append("%d duplicates from one kill > %d transactions in flight (per kill: %s)"
+                        % (worst, per_kill_bound, per_kill))
     if queue_left or pickup_left:
         problems.append("spool not empty: queue %d pickup %d" % (queue_left, pickup_left))
     if bad_left:

@@ -21,6 +21,7 @@
 #define SINK_MAX_RCPTS_DEFAULT 1000  /* recipients per transaction */
 #define SINK_MAX_SIZE_DEFAULT (50u * 1024 * 1024) /* SIZE advertised and enforced */
 #define SINK_MAX_OUTBUF (8u * 1024 * 1024) /* unsent replies before we drop a client */
+#define SINK_PAUSED_INBUF (1u << 20) /* input held during a delay before receiving stops */
 #define SINK_MAX_ADDR 512            /* envelope address kept for records */
 #define SINK_ENDLESS_BYTES (64ull * 1024 * 1024) /* hostile endless-line cap */
 #define SINK_CONTINUATIONS 10000     /* hostile continuation lines */
@@ -126,7 +127,8 @@ struct sink_conn {
       reset_on_close : 1, paused : 1, delay_done : 1, tls_active : 1, tls_listener : 1,
       discard_line : 1, has_mail : 1, too_big : 1, helo_seen : 1, esmtp : 1,
       rejected : 1, body_seen : 1, dead : 1, rearm_pending : 1,
-      tls_garbage : 1;           /* --hostile tls-garbage: answer the next input with it */
+      tls_garbage : 1,           /* --hostile tls-garbage: answer the next input with it */
+      recv_stopping : 1;         /* recv cancelled while a delay holds SINK_PAUSED_INBUF */
   uint8_t bytewise;           /* 0, HOSTILE_SPLIT or HOSTILE_DRIP */
   uint8_t bdat;               /* BDAT transaction: 0 none, open, failed (sink_smtp.c) */
   uint8_t chunk_err;          /* the reply the chunk being read gets (sink_smtp.c) */

@@ -680,14 +680,27 @@ static void buf_return(unsigned bid)
 
 /* --- completions --- */
 
+/* A delay holds the connection's input and SINK_PAUSED_INBUF bytes of it
+ * are waiting: stop receiving, so the client's own socket buffers take the
+ * rest (TCP backpressure) instead of the sink buffering it or dropping the
+ * client at the limit (a client may pipeline BDAT octets without waiting). */
+static int recv_held(const struct sink_conn *c)
+{
+  return c->paused && buf_avail(&c->in) >= SINK_PAUSED_INBUF;
+}
+
 static void on_recv(struct sink_conn *c, int res, unsigned flags)
 {
   int more = (flags & IORING_CQE_F_MORE) != 0;
   if (!more) {
     c->recv_armed = 0;
+    c->recv_stopping = 0;
     c->inflight--;
   }
-  if (res > 0) {
+  if (res == -ECANCELED && !c->closing) {
+    if (!more && !recv_held(c))
+      arm_recv(c); /* resumed before the cancellation completed */
+  } else if (res > 0) {
     const uint8_t *data = c->rbuf;
     int bid = -1;
     if (flags & IORING_CQE_F_BUFFER) {
@@ -697,8 +710,12 @@ static void on_recv(struct sink_conn *c, int res, unsigned flags)
     conn_input(c, data, (size_t)res);
     if (bid >= 0)
       buf_return((unsigned)bid);
-    if (!more && !c->closing)
+    if (!more && !c->closing && !recv_held(c)) {
       arm_recv(c);
+    } else if (more && !c->closing && recv_held(c) && !c->recv_stopping) {
+      c->recv_stopping = 1;
+      cancel_op(c, OP_RECV);
+    }
   } else if (res == -ENOBUFS && !c->closing) {
     /* All provided buffers in use: re-arm after this batch returned them. */
     if (!more && !c->rearm_pending) {
@@ -829,6 +846,9 @@ static void run_timers(uint64_t now)
         conn_flush(c);
     } else if (t.kind == T_RESUME && c->paused && !c->closing) {
       sink_smtp_resume(c);
+      /* Receiving stopped while held (recv_held): start again. */
+      if (!c->closing && !c->recv_armed && !c->rearm_pending && !recv_held(c))
+        arm_recv(c);
       conn_flush(c);
     }
     conn_reap(c);

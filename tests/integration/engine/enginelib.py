@@ -16,6 +16,42 @@ import sinklib  # noqa: E402  (the sink's own helpers: start, stop, summary)
 SKIP = 77
 
 
+def start_dnsmasq(binary, records):
+    """dnsmasq on a free UDP port of 127.0.0.1 serving `records` (its
+    --mx-host/--host-record options); returns (process, port) once it
+    answers a query (a port taken meanwhile by another test: a new one).
+    The engine caches a failed lookup, so it must not ask too early."""
+    import socket
+    q = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+         b"\x05probe\x04test\x00\x00\x01\x00\x01")
+    for _attempt in range(5):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        dns = subprocess.Popen([binary, "--no-daemon", "--port=%d" % port,
+                                "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
+                                "--no-hosts", "--pid-file=", "--local=/test/"] + list(records),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.settimeout(0.2)
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline and dns.poll() is None:
+                try:
+                    probe.sendto(q, ("127.0.0.1", port))
+                    if probe.recv(512)[:2] == b"\x12\x34":
+                        return dns, port
+                except OSError:
+                    time.sleep(0.1)
+        finally:
+            probe.close()
+        if dns.poll() is None:
+            dns.terminate()
+        dns.wait()
+    raise RuntimeError("dnsmasq did not answer on any of 5 ports")
+
+
 class Engine:
     def __init__(self, impetus, conf_body, name="e2e"):
         self.impetus = impetus

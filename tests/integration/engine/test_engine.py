@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from enginelib import Engine, SKIP, sinklib
+from enginelib import Engine, SKIP, sinklib, start_dnsmasq
 
 
 def free_port(kind=socket.SOCK_STREAM):
@@ -632,15 +632,12 @@ def scenario_mx(imp, sinkbin):
         print("SKIP: dnsmasq not installed")
         sys.exit(SKIP)
     sink = sink_with_log(sinkbin)
-    port = free_port(socket.SOCK_DGRAM)
-    dns = subprocess.Popen([dnsmasq, "--no-daemon", "--port=%d" % port, "--listen-address=127.0.0.1",
-                            "--bind-interfaces", "--no-resolv", "--no-hosts", "--pid-file=",
-                            "--local=/test/", "--mx-host=mx.test,mail.mx.test,10",
-                            "--mx-host=mx.test,dead.mx.test,5",
-                            "--host-record=mail.mx.test,127.0.0.1",
-                            "--host-record=dead.mx.test,127.0.0.9",
-                            "--host-record=afb.test,127.0.0.1", "--mx-host=null.test,.,0"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dns, port = start_dnsmasq(dnsmasq, ["--mx-host=mx.test,mail.mx.test,10",
+                                        "--mx-host=mx.test,dead.mx.test,5",
+                                        "--host-record=mail.mx.test,127.0.0.1",
+                                        "--host-record=dead.mx.test,127.0.0.9",
+                                        "--host-record=afb.test,127.0.0.1",
+                                        "--mx-host=null.test,.,0"])
     conf = ('Worker_Threads = 1\nTLS = "no"\nResolver = "127.0.0.1:%d"\n'
             'Remote_SMTP_Port = %d\nConnect_Timeout = 2\n'
             # a DNS answer lost while dnsmasq starts on a busy machine is retried soon

@@ -15,7 +15,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "engine"))
-from enginelib import Engine, SKIP, sinklib  # noqa: E402
+from enginelib import Engine, SKIP, sinklib, start_dnsmasq  # noqa: E402
 
 
 def free_port():
@@ -396,15 +396,8 @@ def scenario_mx(imp, ctlbin, sinkbin):
     if not os.access(dnsmasq, os.X_OK):
         print("SKIP: dnsmasq not installed")
         sys.exit(SKIP)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    dns = subprocess.Popen([dnsmasq, "--no-daemon", "--port=%d" % port, "--listen-address=127.0.0.1",
-                            "--bind-interfaces", "--no-resolv", "--no-hosts", "--pid-file=",
-                            "--local=/test/", "--mx-host=mx.test,mail.mx.test,10",
-                            "--host-record=mail.mx.test,127.0.0.1"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dns, port = start_dnsmasq(dnsmasq, ["--mx-host=mx.test,mail.mx.test,10",
+                                        "--host-record=mail.mx.test,127.0.0.1"])
     e = None
     try:
         e, sock = start(imp, 'Worker_Threads = 1\nResolver = "127.0.0.1:%d"\n' % port, "ops-mx")

@@ -7,7 +7,8 @@ two writes; a message in several chunks; BDAT without RCPT / MAIL (the
 octets are discarded and the pipelined commands behind them still work);
 --no-chunking; the size limit (552 at LAST); --fail DOT on LAST and
 --fail BDAT on the other chunks, drawn exactly as for DATA; hostile modes
-and --disconnect-at on BDAT stages."""
+and --disconnect-at on BDAT stages; a delay with 40 MB of octets pipelined
+behind it (the sink stops receiving instead of dropping the client)."""
 import json
 import os
 import shutil
@@ -243,12 +244,38 @@ def test_hostile_and_disconnect():
         assert st["errors_injected"]["disconnect_BDAT"] == 1 and st["messages"] == 0, st
 
 
+def test_delay_backpressure():
+    # A delayed reply with 40 MB of BDAT octets pipelined behind it: the sink
+    # holds 1 MiB, stops receiving (TCP backpressure), resumes after the
+    # delay and takes the whole message; before, it buffered up to 8 MiB and
+    # dropped the client.
+    size = 40 << 20
+    for extra in ([], ["--io-fallback"]):  # multishot recv, and single-shot
+        delay_backpressure(size, extra)
+
+
+def delay_backpressure(size, extra):
+    with Sink(SINK, ["--latency", "MAIL=300"] + extra) as s:
+        r = Raw(s.port, timeout=20)
+        ehlo(r)
+        t = time.monotonic()
+        r.send(envelope(0) + b"BDAT %d LAST\r\n" % size)
+        block = b"x" * (1 << 20)
+        for _ in range(size >> 20):
+            r.send(block)
+        assert read_codes(r, 3) == ["250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.0.0 Ok: queued as 1"]
+        assert time.monotonic() - t >= 0.29
+        st = s.stop()
+        assert st["messages"] == 1 and st["bytes"] == size, st
+
+
 def main():
     global D
     D = tempfile.mkdtemp(prefix="sinkchunk.")
     try:
         for t in (test_pipelined_one_write, test_split_and_multichunk, test_errors,
-                  test_no_chunking, test_size_limit, test_faults, test_hostile_and_disconnect):
+                  test_no_chunking, test_size_limit, test_faults, test_hostile_and_disconnect,
+                  test_delay_backpressure):
             t0 = time.monotonic()
             t()
             print("%s ok (%.2fs)" % (t.__name__, time.monotonic() - t0))

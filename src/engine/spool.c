@@ -891,6 +891,8 @@ static int jrn_new_seg(struct spool *sp)
  * is cut back to where it was. */
 static int jrn_appendv(struct spool *sp, struct iovec *iov, int cnt, size_t n)
 {
+  if (n == 0)
+    return 0; /* pwritev of nothing returns 0, which writev_all takes for an error */
   int fd = jfd_of(sp, sp->jcur);
   int r = writev_all(fd, iov, cnt, (off_t)sp->jsize);
   if (r < 0) {

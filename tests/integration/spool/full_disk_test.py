@@ -3,10 +3,13 @@
 every pickup file in place and unchanged, leave nothing half-written in the
 queue, and resume by itself once space returns. Needs root (mount); exits
 77 (skip) when tmpfs cannot be mounted.
-usage: full_disk_test.py SPOOL_DRIVER"""
+usage: full_disk_test.py SPOOL_DRIVER [BODY_BYTES]
+(BODY_BYTES, default 1000: 20000 makes bodies the spool writes from where
+it read them, with one pwritev per batch, instead of copying them)"""
 import errno, hashlib, os, select, shutil, signal, subprocess, sys, tempfile, time
 
 driver = sys.argv[1]
+body = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
 top = tempfile.mkdtemp(prefix="impetus-full-")
 mnt = os.path.join(top, "mnt")
 os.makedirs(mnt)
@@ -26,7 +29,8 @@ try:
     digests = {}
     for i in range(20):
         data = (f"x-sender: <s@example.com>\nx-receiver: <r{i}@example.com>\n"
-                f"Subject: {i}\n\n" + "y" * 1000 + "\n").encode()
+                f"Subject: {i}\n\n" + ("y" * 1000 if body == 1000 else ("y" * 76 + "\n") * (body // 77))
+                + "\n").encode()
         name = f"m{i:02d}"
         with open(os.path.join(pickup, name), "wb") as f:
             f.write(data)

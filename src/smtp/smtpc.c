@@ -431,15 +431,24 @@ static enum smtpc_outcome outcome_of(int code)
   }
 }
 
+/* Copy a NUL-terminated string, cut to cap - 1 bytes (no printf: this
+ * runs for every reply). */
+static void copy_cut(char *dst, size_t cap, const char *src)
+{
+  size_t n = src ? strnlen(src, cap - 1) : 0;
+  memcpy(dst, src ? src : "", n);
+  dst[n] = '\0';
+}
+
 static void set_result(struct smtpc_result *r, enum smtpc_outcome o, int code,
                        const char *enh, uint8_t stage, const char *text)
 {
   r->outcome = o;
   r->code = code;
-  snprintf(r->enhanced, sizeof(r->enhanced), "%s", enh ? enh : "");
+  copy_cut(r->enhanced, sizeof(r->enhanced), enh);
   r->stage = stage;
   /* text is already sanitised and shorter than SMTPC_TEXT_MAX */
-  snprintf(r->text, sizeof(r->text), "%s", text ? text : "");
+  copy_cut(r->text, sizeof(r->text), text);
 }
 
 static void result_from_reply(struct smtpc *s, struct smtpc_result *r, uint8_t stage)

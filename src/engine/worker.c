@@ -488,7 +488,23 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
     struct rres *o = &res->r[i];
     /* Momentum's error text starts with the reply code: "550 5.1.1 ..." */
     char full[SMTPC_TEXT_MAX + 32];
-    if (r->code > 0 && !(r->text[0] >= '0' && r->text[0] <= '9'))
+    if (r->code >= 100 && r->code < 1000 && !(r->text[0] >= '0' && r->text[0] <= '9')) {
+      /* "%d %s %s" without printf (every delivery comes here) */
+      size_t k = 0, n;
+      full[k++] = (char)('0' + r->code / 100);
+      full[k++] = (char)('0' + r->code / 10 % 10);
+      full[k++] = (char)('0' + r->code % 10);
+      if (r->enhanced[0]) {
+        full[k++] = ' ';
+        n = strnlen(r->enhanced, sizeof r->enhanced);
+        memcpy(full + k, r->enhanced, n);
+        k += n;
+      }
+      full[k++] = ' ';
+      n = strnlen(r->text, sizeof r->text); /* fits: full has 32 bytes more */
+      memcpy(full + k, r->text, n);
+      full[k + n] = '\0';
+    } else if (r->code > 0 && !(r->text[0] >= '0' && r->text[0] <= '9'))
       snprintf(full, sizeof full, "%d%s%s %s", r->code, r->enhanced[0] ? " " : "", r->enhanced,
                r->text);
     else

@@ -354,6 +354,37 @@ IMPETUS_PRINTF(2, 3) static bool out_cmd(struct smtpc *s, const char *fmt, ...)
   return true;
 }
 
+/* Append the concatenation of parts[0..n) and CRLF if it fits: the
+ * per-message commands, built without printf. */
+static bool out_parts(struct smtpc *s, const char *const *parts, size_t n)
+{
+  size_t room = out_room(s), len[6], total = 2;
+  UTIL_ASSERT(n <= 6);
+  for (size_t k = 0; k < n; k++)
+    total += len[k] = strlen(parts[k]);
+  if (total >= room)
+    return false;
+  for (size_t k = 0; k < n; k++) {
+    memcpy(s->out + s->out_len, parts[k], len[k]);
+    s->out_len += len[k];
+  }
+  s->out[s->out_len++] = '\r';
+  s->out[s->out_len++] = '\n';
+  s->unsolicited = 0;
+  return true;
+}
+
+/* Decimal digits of v into buf (>= 21 bytes), NUL-terminated. */
+static const char *u64_dec(uint64_t v, char *buf)
+{
+  char *p = buf + 20;
+  *p = '\0';
+  do
+    *--p = (char)('0' + v % 10);
+  while ((v /= 10) != 0);
+  return p;
+}
+
 static void out_must(struct smtpc *s, const char *line)
 {
   if (!out_cmd(s, "%s", line))
@@ -869,16 +900,19 @@ static void on_auth_reply(struct smtpc *s, uint64_t now)
 static bool write_cmd_of(struct smtpc *s, const struct smtpc_txn *t, uint32_t i)
 {
   if (i == 0) {
-    char sz[40] = "";
-    if ((s->ext & SMTPC_EXT_SIZE) && t->size)
-      snprintf(sz, sizeof(sz), " SIZE=%" PRIu64, t->size);
+    char num[21];
+    bool sz = (s->ext & SMTPC_EXT_SIZE) && t->size;
     bool b8 = s->send8 && (t->flags & SMTPC_TXN_8BIT) && (s->ext & SMTPC_EXT_8BITMIME);
     bool u8 = (t->flags & SMTPC_TXN_SMTPUTF8) != 0;
-    return out_cmd(s, "MAIL FROM:<%s>%s%s%s", t->mail_from, sz, b8 ? " BODY=8BITMIME" : "",
-                   u8 ? " SMTPUTF8" : "");
+    const char *parts[] = {"MAIL FROM:<", t->mail_from, sz ? "> SIZE=" : ">",
+                           sz ? u64_dec(t->size, num) : "", b8 ? " BODY=8BITMIME" : "",
+                           u8 ? " SMTPUTF8" : ""};
+    return out_parts(s, parts, 6);
   }
-  if (i <= t->nrcpt)
-    return out_cmd(s, "RCPT TO:<%s>", t->rcpts[i - 1]);
+  if (i <= t->nrcpt) {
+    const char *parts[] = {"RCPT TO:<", t->rcpts[i - 1], ">"};
+    return out_parts(s, parts, 3);
+  }
   if (out_cmd(s, "DATA")) {
     s->data_sent = true;
     return true;
@@ -1729,7 +1763,9 @@ int smtpc_chunk(struct smtpc *s, size_t len, bool is_last, uint64_t now)
   struct cq_item *it = cq_tail(s);
   if (s->st != SMTPC_ST_BODY)
     return -EINVAL;
-  if (!out_cmd(s, "BDAT %zu%s", len, is_last ? " LAST" : ""))
+  char num[21];
+  const char *parts[] = {"BDAT ", u64_dec(len, num), is_last ? " LAST" : ""};
+  if (!out_parts(s, parts, 3))
     return -ENOSPC;
   it->chunks++;
   set_deadline(s, now);

@@ -41,6 +41,7 @@ struct dq_queue_state {
   struct sched_acct acct;     /* connections of this queue */
   uint32_t opening;           /* of which not READY yet (connecting, EHLO...) */
   bool no_chunking;           /* its last session found no CHUNKING: one transaction at a time */
+  uint64_t backlog_since_ns;  /* BDAT: units beyond what its connections take, since (mono) */
   struct sched_pool pool;     /* its idle connections */
   uint64_t blocked_until_ns;  /* throttled / host failure: not before (mono) */
   void *user;                 /* the worker's */

@@ -47,6 +47,7 @@
 
 #define ROUTES_MAX 16          /* route candidates tried per attempt */
 #define RES_INLINE 2           /* recipients whose results live in the session itself */
+#define OPEN_DELAY_NS 10000000u /* a BDAT queue's backlog this old opens one more connection */
 #define BODY_CHUNK 65536u      /* bytes read from the spool per step (a pread is several us on a VM) */
 #define BODY_INFLIGHT 65536u   /* body bytes queued in the conn at most */
 #define DSN_ORIG_MAX 65536u    /* bytes of the original read for a DSN */
@@ -708,6 +709,31 @@ static void drain_output(struct session *s, uint64_t now)
 
 static _Thread_local uint8_t body_chunk[BODY_CHUNK];
 
+/* The next piece of s's body (up to BODY_CHUNK bytes): from memory when
+ * it was kept since ingest (no system call), else read from the spool.
+ * False when the spool file is unreadable: the unit is retried later and
+ * the session ends. *last: the piece ends the body. */
+static bool body_next(struct session *s, const uint8_t **src, size_t *got, bool *last)
+{
+  size_t want = s->body_end - s->body_off < BODY_CHUNK ? (size_t)(s->body_end - s->body_off)
+                                                       : BODY_CHUNK;
+  ssize_t n = (ssize_t)want;
+  if (s->body_mem)
+    *src = s->body_mem + (s->body_off - s->body_base);
+  else {
+    *src = body_chunk;
+    n = want ? pread(s->body_fd, body_chunk, want, (off_t)s->body_off) : 0;
+  }
+  if (n < 0 || (n == 0 && want > 0)) {
+    fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, "451 4.3.0 [internal] spool read failed", 8);
+    session_close(s);
+    return false;
+  }
+  *got = (size_t)n;
+  *last = s->body_off + (uint64_t)n >= s->body_end;
+  return true;
+}
+
 /* BDAT (RFC 3030): the body goes out in chunks of up to BODY_CHUNK bytes
  * as it is, with no dot-stuffing and no copy into smtpc; only a body whose
  * line ends are not all CRLF is rewritten (then into crlf_buf). The
@@ -716,27 +742,16 @@ static void feed_chunks(struct session *s, uint64_t now)
 {
   static _Thread_local uint8_t crlf_buf[2 * BODY_CHUNK];
   while (conn_pending(s->conn) < BODY_INFLIGHT && !s->body_done) {
-    size_t want = s->body_end - s->body_off < BODY_CHUNK ? (size_t)(s->body_end - s->body_off)
-                                                         : BODY_CHUNK;
-    const uint8_t *src = body_chunk;
-    ssize_t got;
-    if (s->body_mem) {
-      src = s->body_mem + (s->body_off - s->body_base);
-      got = (ssize_t)want;
-    } else {
-      got = want ? pread(s->body_fd, body_chunk, want, (off_t)s->body_off) : 0;
-    }
-    if (got < 0 || (got == 0 && want > 0)) {
-      fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, "451 4.3.0 [internal] spool read failed", 8);
-      session_close(s);
+    const uint8_t *src;
+    size_t got;
+    bool last;
+    if (!body_next(s, &src, &got, &last))
       return;
-    }
-    bool last = s->body_off + (uint64_t)got >= s->body_end;
     const uint8_t *data = src;
-    size_t len = (size_t)got;
+    size_t len = got;
     if (s->crlf.cr || !smtp_crlf_canonical(src, len)) {
       size_t used;
-      len = smtp_crlf_encode(&s->crlf, src, (size_t)got, crlf_buf, sizeof crlf_buf, &used);
+      len = smtp_crlf_encode(&s->crlf, src, got, crlf_buf, sizeof crlf_buf, &used);
       data = crlf_buf;
     } else if (len) {
       s->crlf.bol = src[len - 1] == '\n';
@@ -767,43 +782,24 @@ static void feed_body(struct session *s)
   if (!s->txn_open || !s->body_started || s->body_done || (s->body_fd < 0 && !s->body_mem))
     return;
   uint64_t now = mono_ms(s->w);
-  uint8_t *chunk = body_chunk;
   if (smtpc_chunked(s->smtpc))
     feed_chunks(s, now);
   while (!smtpc_chunked(s->smtpc) && conn_pending(s->conn) < BODY_INFLIGHT && !s->body_done) {
-    size_t want = s->body_end - s->body_off < BODY_CHUNK ? (size_t)(s->body_end - s->body_off)
-                                                         : BODY_CHUNK;
-    const uint8_t *src = chunk;
-    ssize_t got;
-    if (s->body_mem) { /* kept in memory since ingest: no system call */
-      src = s->body_mem + (s->body_off - s->body_base);
-      got = (ssize_t)want;
-    } else {
-      got = want ? pread(s->body_fd, chunk, want, (off_t)s->body_off) : 0;
-    }
-    if (got < 0 || (got == 0 && want > 0)) {
-      /* the spool file is unreadable: end the session; retried later */
-      fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, "451 4.3.0 [internal] spool read failed", 8);
-      session_close(s);
+    const uint8_t *src;
+    size_t got;
+    bool last;
+    if (!body_next(s, &src, &got, &last))
       return;
-    }
-    bool last = s->body_off + (uint64_t)got >= s->body_end;
     size_t done = 0;
-    while (done < (size_t)got || (last && got == 0 && !s->body_done)) {
-      long n = smtpc_body(s->smtpc, src + done, (size_t)got - done, last, now);
+    while (done < got || (last && got == 0 && !s->body_done)) {
+      long n = smtpc_body(s->smtpc, src + done, got - done, last, now);
       if (n < 0) {
         s->body_done = true;
         break;
       }
       done += (size_t)n;
-      const uint8_t *p;
-      size_t len;
-      while (smtpc_output(s->smtpc, &p, &len)) {
-        conn_send(s->conn, p, len);
-        s->bytes_sent += len;
-        smtpc_output_consumed(s->smtpc, len, now);
-      }
-      if (last && done == (size_t)got) {
+      drain_output(s, now);
+      if (last && done == got) {
         s->body_done = true;
         break;
       }
@@ -1804,8 +1800,22 @@ static void schedule(struct worker *w)
       uint32_t per = st->no_chunking ? 1 : st->limits.pipeline_depth;
       uint32_t idle_or_opening = st->opening + st->pool.n;
       uint32_t busy = st->acct.conns > idle_or_opening ? st->acct.conns - idle_or_opening : 0;
-      if (dq_queue_ready(q) <= (per > 1 ? (st->opening + busy) * per : st->opening))
+      if (dq_queue_ready(q) <= (per > 1 ? (st->opening + busy) * per : st->opening)) {
+        st->backlog_since_ns = 0;
         break;
+      }
+      if (per > 1 && st->acct.conns > 0) {
+        /* BDAT connections drain Pipeline_Depth units per round trip: a
+         * burst is usually gone within a few. Only a backlog that lasts
+         * OPEN_DELAY gets another connection, one per OPEN_DELAY (each
+         * new connection costs both sides a handshake, TLS and AUTH;
+         * receivers dislike connection storms) */
+        if (st->backlog_since_ns == 0)
+          st->backlog_since_ns = now_ns;
+        if (now_ns - st->backlog_since_ns < OPEN_DELAY_NS)
+          break;
+        st->backlog_since_ns = now_ns;
+      }
       uint32_t maxc = st->limits.max_outbound_connections;
       if (w->nsessions >= w->fd_cap && (maxc == 0 || st->acct.conns < maxc)) {
         /* out of file descriptors for new sessions: they wait for one to

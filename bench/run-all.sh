@@ -22,10 +22,12 @@ B=(bench/impetus-bench --build "$BUILD" --json "$OUT" --quiet)
 run() { echo "run-all: $*" >&2; "${B[@]}" "$@" | sed -n 1p >&2 || echo "run-all: FAILED: $*" >&2; }
 
 run --label "1KB plain w2"          --count "$COUNT" --fs "$FS" --repeat "$REPEAT"
-run --label "1KB plain w2 rootfs"   --count "$COUNT" --fs here
+# the rows that decide a target are medians of REPEAT runs (the shared
+# machine moves single runs by 10-30 %)
+run --label "1KB plain w2 rootfs"   --count "$COUNT" --fs here --repeat "$REPEAT"
 run --label "10KB plain w2"         --count "$COUNT" --fs "$FS" --size 10240
-run --label "100KB plain w2"        --count $((COUNT / 2)) --fs "$FS" --size 102400
-run --label "100KB plain w2 rootfs" --count $((COUNT / 2)) --fs here --size 102400
+run --label "100KB plain w2"        --count $((COUNT / 2)) --fs "$FS" --size 102400 --repeat "$REPEAT"
+run --label "100KB plain w2 rootfs" --count $((COUNT / 2)) --fs here --size 102400 --repeat "$REPEAT"
 run --label "1KB STARTTLS w2"       --count "$COUNT" --fs "$FS" --mode starttls
 run --label "1KB STARTTLS+AUTH w2"  --count "$COUNT" --fs "$FS" --mode auth
 run --label "1KB keep-dicts w2"     --count "$COUNT" --fs "$FS" --keep-dicts

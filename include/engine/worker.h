@@ -34,6 +34,10 @@ struct engine_shared {
   /* the spool's hand-over thread's (on_msg, on_batch_end: R records); a
    * writer belongs to one thread, and the two run at once */
   struct logs_writer *handover_log;
+  /* the hand-over thread's posts of a received batch, sent once its R
+   * records are on their way to the log writer (worker_submit_flush) */
+  struct pending_post *pend;
+  size_t npend, cappend;
   struct throttle_registry *throttles;
   struct policy *policy;          /* Lua scripts (policy.h); NULL: none */
   char hostname[256];
@@ -67,6 +71,12 @@ void worker_join(struct worker *w);
  * the worker owning its queue. Logs the R records when `received` (not for
  * recovered messages). Called on the spool's ingest thread. */
 void worker_submit_msg(struct engine_shared *sh, struct spool_msg *msg, bool received);
+/* End of a received batch: hand its R records to the log writer, then
+ * post its messages to the workers, so no D record of the batch can reach
+ * the mainlog before its R (a worker flushes its D records every loop
+ * pass). The spool's hand-over thread, after the batch's
+ * worker_submit_msg calls (received ones wait for this). */
+void worker_submit_flush(struct engine_shared *sh);
 
 /* Free the memory of messages still owned by workers at exit (after every
  * worker_join). */

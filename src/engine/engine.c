@@ -58,11 +58,12 @@ static void on_msg(void *arg, struct spool_msg *msg)
   worker_submit_msg(&sh, msg, !recovering);
 }
 
-/* After each batch of on_msg calls: its R records leave in one hand-over. */
+/* After each batch of on_msg calls: its R records leave in one hand-over,
+ * then its messages go to the workers. */
 static void on_batch_end(void *arg)
 {
   (void)arg;
-  logs_writer_flush(sh.handover_log);
+  worker_submit_flush(&sh);
 }
 
 static int on_ingest(void *arg, struct spool_msg *msg, char *reason, size_t reason_len)
@@ -396,6 +397,7 @@ int engine_main(const char *config_path)
   logs_panic(mainlog, now_wall_ms(), "engine", "stopping");
   logs_writer_flush(mainlog);
   spool_stop(sh.spool);
+  worker_submit_flush(&sh); /* a batch cut short by the stop (normally none) */
   uint64_t deadline = now_mono_ms() + STOP_DEADLINE_MS;
   for (unsigned i = 0; i < sh.nworkers; i++)
     worker_stop(sh.workers[i], deadline);
@@ -403,6 +405,7 @@ int engine_main(const char *config_path)
     worker_join(sh.workers[i]);
   logs_writer_free(sh.ingest_log);
   logs_writer_free(sh.handover_log);
+  free(sh.pend);
   spool_close(sh.spool);
   worker_free_leftovers(&sh);
   policy_free(sh.policy);

@@ -1987,6 +1987,28 @@ static int cmp_dom(const void *a, const void *b, void *arg)
   return c ? c : (x > y) - (x < y);
 }
 
+struct pending_post {
+  struct worker *w;
+  void (*fn)(void *);
+  void *arg;
+};
+
+/* A post of a received message waits for worker_submit_flush (its R
+ * record first); a recovered one (no R) goes at once. */
+static void submit_post(struct engine_shared *sh, bool received, struct worker *w,
+                        void (*fn)(void *), void *arg)
+{
+  if (!received) {
+    ring_post(w->ring, fn, arg);
+    return;
+  }
+  if (sh->npend == sh->cappend) {
+    sh->cappend = sh->cappend ? 2 * sh->cappend : 1024;
+    sh->pend = util_xrealloc(sh->pend, sh->cappend * sizeof *sh->pend);
+  }
+  sh->pend[sh->npend++] = (struct pending_post){w, fn, arg};
+}
+
 void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool received)
 {
   struct conf *c = conf_ref(atomic_load(&sh->conf));
@@ -2099,10 +2121,18 @@ void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool rece
   hp->em = em;
   /* the home post goes first on the home ring, so the message is listed
    * before any of its results can arrive there */
-  ring_post(hp->w->ring, run_home_post, hp);
+  submit_post(sh, received, hp->w, run_home_post, hp);
   for (uint32_t i = 0; i < nposts; i++)
-    ring_post(posts[i]->w->ring, run_unit_post, posts[i]);
+    submit_post(sh, received, posts[i]->w, run_unit_post, posts[i]);
   free(posts);
+}
+
+void worker_submit_flush(struct engine_shared *sh)
+{
+  logs_writer_flush(sh->handover_log);
+  for (size_t i = 0; i < sh->npend; i++)
+    ring_post(sh->pend[i].w->ring, sh->pend[i].fn, sh->pend[i].arg);
+  sh->npend = 0;
 }
 
 /* ------------------------------------------------------------ thread */

@@ -84,6 +84,13 @@ def check_exactly_one(e, nrcpt):
     for m in r:
         expect(len(fin.get(m, [])) == 1, "recipient %s has %d final records" % (m, len(fin.get(m, []))))
     expect(set(fin) <= r, "final records for unknown recipients")
+    # log pipelines read R before D/T/P: a recipient's R comes first in the file
+    seen = set()
+    for f in e.records():
+        if f[4] == "R":
+            seen.add(f[1])
+        elif f[4] in ("D", "T", "P"):
+            expect(f[1] in seen, "%s record before the R record of %s" % (f[4], f[1]))
 
 
 def scenario_gateway(imp, sinkbin):

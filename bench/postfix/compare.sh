@@ -70,62 +70,13 @@ for _ in $(seq 500); do [ -s "$TMP/sink.ready" ] && break; sleep 0.02; done
 
 # --- private Postfix instance ---
 PF="$TMP/pf"
-mkdir -p "$PF/etc" "$BASE/pfqueue" "$PF/data"
-chown postfix "$PF/data"
 SMTPD_PORT=$(free_port)
-cat >"$PF/etc/main.cf" <<CF
-compatibility_level = 3.6
-config_directory = $PF/etc
-queue_directory = $BASE/pfqueue
-data_directory = $PF/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = pfbench.localdomain
-mydestination =
-local_recipient_maps =
-local_transport = error:local delivery disabled
-alias_maps =
-alias_database =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:$SINK_PORT
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-default_process_limit = 200
+. bench/postfix/pf_instance.sh
+pf_instance "$PF" "$BASE/pfqueue" "$SMTPD_PORT" "$SINK_PORT" pfbench.localdomain \
+  "default_process_limit = 200
 smtp_destination_concurrency_limit = $PF_CONC
 initial_destination_concurrency = $PF_CONC
-smtp_destination_recipient_limit = 50
-maillog_file_prefixes = $PF
-maillog_file = $PF/maillog
-import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C
-biff = no
-CF
-cat >"$PF/etc/master.cf" <<CF
-127.0.0.1:$SMTPD_PORT inet n - n - - smtpd
-pickup    unix  n - n 60   1 pickup
-cleanup   unix  n - n -    0 cleanup
-qmgr      unix  n - n 300  1 qmgr
-rewrite   unix  - - n -    - trivial-rewrite
-bounce    unix  - - n -    0 bounce
-defer     unix  - - n -    0 bounce
-trace     unix  - - n -    0 bounce
-verify    unix  - - n -    1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -    - proxymap
-proxywrite unix - - n -    1 proxymap
-smtp      unix  - - n -    - smtp
-relay     unix  - - n -    - smtp
-showq     unix  n - n -    - showq
-error     unix  - - n -    - error
-retry     unix  - - n -    - error
-discard   unix  - - n -    - discard
-anvil     unix  - - n -    1 anvil
-scache    unix  - - n -    1 scache
-postlog   unix-dgram n - n - 1 postlogd
-CF
-/usr/sbin/postfix -c "$PF/etc" check >/dev/null 2>&1 || /usr/sbin/postfix -c "$PF/etc" set-permissions >/dev/null 2>&1 || true
-/usr/sbin/postfix -c "$PF/etc" check
+smtp_destination_recipient_limit = 50"
 
 # The same message impetus-bench generates, without the pickup envelope.
 python3 - "$SIZE" >"$TMP/msg.eml" <<'PY'

@@ -39,56 +39,9 @@ SINK_PID=$!
 for _ in $(seq 500); do [ -s "$TMP/sink.ready" ] && break; sleep 0.02; done
 
 PF="$TMP/pf"
-mkdir -p "$PF/etc" "$PF/queue" "$PF/data"
-chown postfix "$PF/data"
 SMTPD_PORT=$(free_port)
-cat >"$PF/etc/main.cf" <<CF
-compatibility_level = 3.6
-config_directory = $PF/etc
-queue_directory = $PF/queue
-data_directory = $PF/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = pfinterop.localdomain
-mydestination =
-local_recipient_maps =
-local_transport = error:local delivery disabled
-alias_maps =
-alias_database =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:$SINK_PORT
-smtp_tls_security_level = none
-smtpd_tls_security_level = none
-maillog_file_prefixes = $PF
-maillog_file = $PF/maillog
-biff = no
-CF
-cat >"$PF/etc/master.cf" <<CF
-127.0.0.1:$SMTPD_PORT inet n - n - - smtpd
-pickup    unix  n - n 60   1 pickup
-cleanup   unix  n - n -    0 cleanup
-qmgr      unix  n - n 300  1 qmgr
-rewrite   unix  - - n -    - trivial-rewrite
-bounce    unix  - - n -    0 bounce
-defer     unix  - - n -    0 bounce
-trace     unix  - - n -    0 bounce
-verify    unix  - - n -    1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -    - proxymap
-proxywrite unix - - n -    1 proxymap
-smtp      unix  - - n -    - smtp
-relay     unix  - - n -    - smtp
-showq     unix  n - n -    - showq
-error     unix  - - n -    - error
-retry     unix  - - n -    - error
-discard   unix  - - n -    - discard
-anvil     unix  - - n -    1 anvil
-scache    unix  - - n -    1 scache
-postlog   unix-dgram n - n - 1 postlogd
-CF
-/usr/sbin/postfix -c "$PF/etc" check >/dev/null 2>&1 || /usr/sbin/postfix -c "$PF/etc" set-permissions >/dev/null 2>&1 || true
+. bench/postfix/pf_instance.sh
+pf_instance "$PF" "$PF/queue" "$SMTPD_PORT" "$SINK_PORT" pfinterop.localdomain >/dev/null
 /usr/sbin/postfix -c "$PF/etc" start >/dev/null 2>&1
 PF_UP=1
 for _ in $(seq 250); do

@@ -67,6 +67,7 @@ struct sched_limits {
   uint32_t max_outbound_connections;      /* 0 = unlimited (default 32) */
   uint32_t max_deliveries_per_connection; /* 0 = unlimited (default 0) */
   uint32_t max_recipients_per_batch;      /* default 100; 0 treated as 1 */
+  uint32_t max_recipients_per_connection; /* RCPTs per connection; 0 = unlimited */
   uint32_t pipeline_depth;                /* BDAT: transactions a connection takes at once (1 = none) */
   bool suspend_delivery;
   struct throttle *msg_throttle;  /* shared bucket or NULL (unlimited) */

@@ -269,6 +269,8 @@ static void load_limits(struct worker *w, struct dq_queue *q)
   st->limits.max_deliveries_per_connection =
     (uint32_t)conf_int(v, CONF_MAX_DELIVERIES_PER_CONNECTION);
   st->limits.max_recipients_per_batch = (uint32_t)conf_int(v, CONF_MAX_RECIPIENTS_PER_BATCH);
+  int64_t rpc = conf_int(v, CONF_MAX_RECIPIENTS_PER_CONNECTION);
+  st->limits.max_recipients_per_connection = rpc > 0 && rpc <= UINT32_MAX ? (uint32_t)rpc : 0;
   int64_t depth = conf_bool(v, CONF_USE_CHUNKING) ? conf_int(v, CONF_PIPELINE_DEPTH) : 1;
   st->limits.pipeline_depth = depth < 1 ? 1 : depth > SMTPC_PIPE_MAX ? SMTPC_PIPE_MAX : (uint32_t)depth;
   st->limits.suspend_delivery = conf_bool(v, CONF_SUSPEND_DELIVERY) ||
@@ -695,6 +697,16 @@ static void fail_unit_local(struct session *s, enum smtpc_outcome out, int code,
 static void begin_next(struct session *s);
 static bool expire_if_due(struct worker *w, struct dq_queue *q, struct dq_unit *u);
 
+/* The transaction being sent is done with its body (sent, failed or
+ * refused): close the spool file, forget the memory. */
+static void body_release(struct session *s)
+{
+  if (s->body_fd >= 0)
+    spool_close_body(s->w->sh->spool, s->body_fd);
+  s->body_fd = -1;
+  s->body_mem = NULL;
+}
+
 /* Send everything smtpc has queued. */
 static void drain_output(struct session *s, uint64_t now)
 {
@@ -806,11 +818,8 @@ static void feed_body(struct session *s)
     }
     s->body_off += (uint64_t)got;
   }
-  if (s->body_done) {
-    spool_close_body(s->w->sh->spool, s->body_fd);
-    s->body_fd = -1;
-    s->body_mem = NULL;
-  }
+  if (s->body_done)
+    body_release(s);
 }
 
 /* Slot `slot` of s's result slots: its final reply, and its results for a
@@ -889,9 +898,7 @@ static int start_txn(struct session *s, struct dq_unit *u)
   smtp_dot_init(&s->crlf);
   int rc = smtpc_begin_txn(s->smtpc, &txn, now);
   if (rc == -EBUSY) { /* a stale READY: the session ended or moved on */
-    spool_close_body(s->w->sh->spool, s->body_fd);
-    s->body_fd = -1;
-    s->body_mem = NULL;
+    body_release(s);
     s->unit = NULL;
     dq_unpop(w->dq, u);
     return -1;
@@ -899,9 +906,7 @@ static int start_txn(struct session *s, struct dq_unit *u)
   if (rc < 0) {
     char t[128];
     snprintf(t, sizeof t, "554 5.1.3 [internal] unusable transaction (%s)", strerror(-rc));
-    spool_close_body(s->w->sh->spool, s->body_fd);
-    s->body_fd = -1;
-    s->body_mem = NULL;
+    body_release(s);
     fail_unit_local(s, SMTPC_OUT_PERMANENT, 554, t, 1);
     return 0;
   }
@@ -944,13 +949,10 @@ static bool start_some(struct session *s, struct dq_unit *u)
  * yet counted in s->delivered are counted as delivered. */
 static bool session_reusable(struct session *s, uint32_t inflight)
 {
-  struct worker *w = s->w;
   struct dq_queue_state *st = dq_queue_state(s->q);
-  const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
-  int64_t max_rcpts = conf_int(v, CONF_MAX_RECIPIENTS_PER_CONNECTION);
-  return !atomic_load(&w->stop) && sched_conn_reusable(&st->limits, s->delivered + inflight) &&
-         !(max_rcpts > 0 && s->rcpts_tried >= (uint64_t)max_rcpts) &&
-         !st->limits.suspend_delivery;
+  uint32_t max_rcpts = st->limits.max_recipients_per_connection; /* per queue, not per message */
+  return !atomic_load(&s->w->stop) && sched_conn_reusable(&st->limits, s->delivered + inflight) &&
+         !(max_rcpts > 0 && s->rcpts_tried >= max_rcpts) && !st->limits.suspend_delivery;
 }
 
 /* READY with SMTPC_F_PIPELINED: the transaction in flight is fully sent
@@ -1073,11 +1075,7 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
       results = s->results;
       s->unit = NULL;
       s->txn_open = false;
-      s->body_mem = NULL;
-      if (s->body_fd >= 0) {
-        spool_close_body(s->w->sh->spool, s->body_fd);
-        s->body_fd = -1;
-      }
+      body_release(s);
     }
     if (u) {
       /* A recipient whose RCPT was accepted takes the final reply (the

@@ -164,6 +164,15 @@ static uint32_t state_timeout_s(const struct smtpc *s, enum smtpc_state st)
   }
 }
 
+/* Commands and chunks of `it` written so far (the newest may be short of
+ * its commands while the output buffer is full). */
+static uint32_t cq_written(const struct smtpc *s, const struct cq_item *it)
+{
+  const struct cq_item *tail = &s->cq[(s->cq_head + s->cq_n - 1u) % SMTPC_PIPE_MAX];
+  uint32_t cmds = (it == tail && s->st == SMTPC_ST_MAIL) ? s->send_cur : it->t.nrcpt + 1;
+  return cmds + it->chunks;
+}
+
 /* With BDAT the session's state says what is being sent; the reply
  * awaited next (the oldest transaction's) decides the timeout, the stage
  * and the wording: MAIL, RCPT, a chunk (BODY) or the last chunk (DOT). */
@@ -173,15 +182,14 @@ static enum smtpc_state awaited(const struct smtpc *s)
       (s->st != SMTPC_ST_MAIL && s->st != SMTPC_ST_BODY && s->st != SMTPC_ST_DOT))
     return s->st;
   const struct cq_item *h = &s->cq[s->cq_head];
-  const struct cq_item *tail = &s->cq[(s->cq_head + s->cq_n - 1u) % SMTPC_PIPE_MAX];
-  uint32_t cmds = (h == tail && s->st == SMTPC_ST_MAIL) ? s->send_cur : h->t.nrcpt + 1;
-  if (h->recv >= cmds + h->chunks)
+  uint32_t written = cq_written(s, h);
+  if (h->recv >= written)
     return s->st; /* nothing awaited: sending */
   if (h->recv == 0)
     return SMTPC_ST_MAIL;
   if (h->recv <= h->t.nrcpt)
     return SMTPC_ST_RCPT;
-  return h->sent_all && h->recv + 1 == cmds + h->chunks ? SMTPC_ST_DOT : SMTPC_ST_BODY;
+  return h->sent_all && h->recv + 1 == written ? SMTPC_ST_DOT : SMTPC_ST_BODY;
 }
 
 const char *smtpc_state_name(enum smtpc_state st)
@@ -951,23 +959,30 @@ static enum smtpc_state cursor_state(const struct smtpc *s)
   return SMTPC_ST_DATA;
 }
 
+/* Nothing was accepted: the final result is MAIL's refusal, or "all
+ * recipients were refused"; transient when any refusal was (the best
+ * outcome of them). */
+static void settle_unaccepted(struct smtpc_txn *t, bool mail_failed)
+{
+  if (t->final->outcome == SMTPC_OUT_NONE) {
+    if (mail_failed)
+      set_result(t->final, t->results[0].outcome, t->results[0].code, t->results[0].enhanced, 2,
+                 t->results[0].text);
+    else
+      set_result(t->final, SMTPC_OUT_PERMANENT, 0, "", 4, "all recipients were refused");
+  }
+  for (uint32_t i = 0; i < t->nrcpt && t->final->outcome == SMTPC_OUT_PERMANENT; i++)
+    if (t->results[i].outcome == SMTPC_OUT_TRANSIENT)
+      t->final->outcome = SMTPC_OUT_TRANSIENT;
+}
+
 /* The group's outstanding replies are all in: decide what comes next. */
 static void group_settled(struct smtpc *s, uint64_t now)
 {
   struct smtpc_txn *t = &s->txn;
   /* nothing accepted (or MAIL failed): no DATA, or DATA already refused */
   if (s->mail_failed || s->accepted == 0) {
-    if (t->final->outcome == SMTPC_OUT_NONE) {
-      if (s->mail_failed)
-        set_result(t->final, t->results[0].outcome, t->results[0].code, t->results[0].enhanced,
-                   2, t->results[0].text);
-      else
-        set_result(t->final, SMTPC_OUT_PERMANENT, 0, "", 4, "all recipients were refused");
-      /* every recipient was refused: outcome of the whole is the best of them */
-      for (uint32_t i = 0; i < t->nrcpt; i++)
-        if (t->results[i].outcome == SMTPC_OUT_TRANSIENT)
-          t->final->outcome = SMTPC_OUT_TRANSIENT;
-    }
+    settle_unaccepted(t, s->mail_failed);
     txn_finish(s);
     send_rset(s, now);
     return;
@@ -1055,11 +1070,7 @@ static void on_final_reply(struct smtpc *s, uint64_t now)
   struct smtpc_txn *t = &s->txn;
   if (s->dot_only) {
     s->dot_only = false;
-    if (t->final->outcome == SMTPC_OUT_NONE)
-      set_result(t->final, SMTPC_OUT_PERMANENT, 0, "", 4, "all recipients were refused");
-    for (uint32_t i = 0; i < t->nrcpt; i++)
-      if (t->results[i].outcome == SMTPC_OUT_TRANSIENT && t->final->outcome == SMTPC_OUT_PERMANENT)
-        t->final->outcome = SMTPC_OUT_TRANSIENT;
+    settle_unaccepted(t, false);
     txn_finish(s);
     send_rset(s, now);
     return;
@@ -1104,15 +1115,6 @@ static struct cq_item *cq_at(struct smtpc *s, unsigned k)
 
 static struct cq_item *cq_tail(struct smtpc *s) { return cq_at(s, s->cq_n - 1u); }
 
-/* Commands and chunks of `it` written so far (the newest may be short of
- * its commands while the output buffer is full). */
-static uint32_t cq_written(const struct smtpc *s, const struct cq_item *it)
-{
-  const struct cq_item *tail = &s->cq[(s->cq_head + s->cq_n - 1u) % SMTPC_PIPE_MAX];
-  uint32_t cmds = (it == tail && s->st == SMTPC_ST_MAIL) ? s->send_cur : it->t.nrcpt + 1;
-  return cmds + it->chunks;
-}
-
 static bool cq_expect(const struct smtpc *s)
 {
   return s->cq_n > 0 && s->cq[s->cq_head].recv < cq_written(s, &s->cq[s->cq_head]);
@@ -1141,30 +1143,14 @@ static void cq_unoffer(struct smtpc *s)
   }
 }
 
-/* Decide the final result of `it` when no chunk reply decided it. */
-static void cq_settle(struct cq_item *it)
-{
-  struct smtpc_txn *t = &it->t;
-  if (t->final->outcome != SMTPC_OUT_NONE)
-    return;
-  if (it->mail_failed) {
-    set_result(t->final, t->results[0].outcome, t->results[0].code, t->results[0].enhanced, 2,
-               t->results[0].text);
-  } else if (it->accepted == 0) {
-    set_result(t->final, SMTPC_OUT_PERMANENT, 0, "", 4, "all recipients were refused");
-    for (uint32_t i = 0; i < t->nrcpt; i++)
-      if (t->results[i].outcome == SMTPC_OUT_TRANSIENT)
-        t->final->outcome = SMTPC_OUT_TRANSIENT;
-  }
-}
-
 /* `it` is over for the caller: TXN_DONE (once). */
 static void cq_done(struct smtpc *s, struct cq_item *it)
 {
   if (it->done)
     return;
   it->done = true;
-  cq_settle(it);
+  if (it->mail_failed || it->accepted == 0)
+    settle_unaccepted(&it->t, it->mail_failed);
   if (it->mail_failed || it->accepted == 0 || it->failed)
     s->cq_rset = true;
   txn_done(s, &it->t);

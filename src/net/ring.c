@@ -144,9 +144,21 @@ static void ring_setup_pool(struct ring *r, unsigned n, unsigned size) {
   }
   r->br = mem;
   r->br_bytes = bytes;
+  /* The pool is fixed, and every buffer of it is used in turn (the buffer
+   * ring hands them out in order): populated now, in one system call, it
+   * does not take a page fault per 4 KB during the first round of
+   * receives (on a virtual machine a fault costs several microseconds). */
+  void *pool = mmap(NULL, (size_t)n * size, PROT_READ | PROT_WRITE,
+                    MAP_ANONYMOUS | MAP_PRIVATE | MAP_POPULATE, -1, 0);
+  if (pool == MAP_FAILED) {
+    (void)io_uring_unregister_buf_ring(&r->uring, RING_POOL_GROUP);
+    munmap(mem, bytes);
+    r->br = NULL;
+    return;
+  }
   r->pool_n = n;
   r->pool_size = size;
-  r->pool = util_xmalloc((size_t)n * size);
+  r->pool = pool;
   io_uring_buf_ring_init(r->br);
   for (unsigned i = 0; i < n; i++)
     io_uring_buf_ring_add(r->br, r->pool + (size_t)i * size, size, (unsigned short)i,
@@ -451,7 +463,8 @@ void ring_free(struct ring *r) {
   close(r->efd);
   if (r->br != NULL)
     munmap(r->br, r->br_bytes);
-  free(r->pool);
+  if (r->pool != NULL)
+    munmap(r->pool, (size_t)r->pool_n * r->pool_size);
   free(r->slots);
   for (unsigned i = 0; i < r->nheap; i++)
     r->heap[i]->idx = 0;

@@ -258,6 +258,9 @@ extern void (*spool_test_after_stat)(int fd);
  * whose message was just made durable in the journal, the file is left in
  * pickup/ (a crash between the sync and the removal). NULL in production. */
 extern bool (*spool_test_keep_pickup)(const char *name);
+/* Fault injection for tests only: called once a batch is durable, right
+ * before its pickup files are removed. NULL in production. */
+extern void (*spool_test_before_forget)(void);
 
 /* Pickup format parsing (pure; used by spool_ingest and impetus-inject). */
 

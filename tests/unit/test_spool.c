@@ -1242,6 +1242,57 @@ static void test_not_regular_files(void **state)
   not_regular(false);
 }
 
+/* A pickup file that cannot be removed once its message is durable (here
+ * it became a directory) goes to bad/ with the id it was queued as; the
+ * batch is removed in listing order, not in the order it was read, and
+ * the failure must still be charged to the right file. */
+static const char *forget_victim;
+static void replace_with_dir(void)
+{
+  if (!forget_victim)
+    return;
+  char path[600];
+  snprintf(path, sizeof(path), "%s/pickup/%s", base, forget_victim);
+  assert_int_equal(unlink(path), 0);
+  assert_int_equal(mkdir(path, 0700), 0);
+  forget_victim = NULL;
+}
+
+static void test_unremovable_pickup(void **state)
+{
+  (void)state;
+  struct spool_params p = {0};
+  struct spool *sp = open_spool(&p);
+  char name[16];
+  for (int i = 0; i < 24; i++) {
+    snprintf(name, sizeof(name), "u%02d", i);
+    put_msg(name, "x-receiver: <a@example.com>\n", NULL);
+  }
+  forget_victim = "u13";
+  spool_test_before_forget = replace_with_dir;
+  drain(sp);
+  spool_test_before_forget = NULL;
+  assert_null(forget_victim); /* the hook ran */
+  assert_int_equal(ngot, 24);  /* every message is queued */
+  assert_int_equal(count_dir("pickup"), 0);
+  assert_true(exists("bad/u13"));
+  check_why("u13", "could not be removed");
+  /* the .why names the id of u13's message, not of a neighbour's */
+  const struct spool_msg *m = find_subject("u13", sp);
+  assert_non_null(m);
+  char id[SPOOL_ID_LEN + 1], path[600], text[512] = "";
+  spool_msg_id_str(m, id);
+  snprintf(path, sizeof(path), "%s/bad/u13.why", base);
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  size_t n = fread(text, 1, sizeof(text) - 1, f);
+  fclose(f);
+  text[n] = '\0';
+  assert_non_null(strstr(text, id));
+  reset_got();
+  spool_close(sp);
+}
+
 static int hook_calls;
 static int reject_odd(void *arg, struct spool_msg *m, char *why, size_t n)
 {
@@ -1315,6 +1366,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_pre_buf_sizes, setup, teardown),
       cmocka_unit_test_setup_teardown(test_not_regular, setup, teardown),
       cmocka_unit_test_setup_teardown(test_not_regular_files, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_unremovable_pickup, setup, teardown),
       cmocka_unit_test_setup_teardown(test_modes_ids_and_recovery, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dicts_on_disk, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dicts_in_memory, setup, teardown),

@@ -160,13 +160,14 @@ static void o_key(struct out *o, const char *key)
     }
     return;
   }
+  /* text form: an unnamed value (an array element) is shown as "-" */
   if (o->row[o->depth]) {
-    buf_printf(o->b, " %s=", key);
+    buf_printf(o->b, " %s=", key ? key : "-");
     return;
   }
   for (int i = 1; i < o->depth; i++)
     buf_append_str(o->b, "  ");
-  buf_printf(o->b, "%s: ", key);
+  buf_printf(o->b, "%s: ", key ? key : "-");
 }
 
 static void o_end_scalar(struct out *o)

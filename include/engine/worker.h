@@ -36,7 +36,7 @@ struct engine_shared {
   struct logs_writer *handover_log;
   /* the hand-over thread's posts of a received batch, sent once its R
    * records are on their way to the log writer (worker_submit_flush) */
-  struct pending_post *pend;
+  struct unit_post **pend;
   size_t npend, cappend;
   struct throttle_registry *throttles;
   struct policy *policy;          /* Lua scripts (policy.h); NULL: none */

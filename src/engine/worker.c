@@ -1906,9 +1906,15 @@ static int64_t sleep_ns(struct worker *w)
 
 /* ------------------------------------------------------------ inbox */
 
+/* A delivery unit on its way to its worker. The first unit of a message
+ * also carries the message to its home worker (home), which lists it
+ * there before the unit is queued: posted first, it is run before any
+ * result of the message's other units can reach that ring. */
 struct unit_post {
+  struct ring_msg msg;
   struct worker *w;
   struct dq_unit *u;
+  struct emsg *home;
   char binding[SPOOL_NAME_MAX + 1];
 };
 
@@ -1925,10 +1931,17 @@ static void unit_ready(void *arg, uint64_t cred)
   free(p);
 }
 
-static void run_unit_post(void *arg)
+static void run_unit_post(struct ring_msg *m)
 {
-  struct unit_post *p = arg;
+  struct unit_post *p = (struct unit_post *)(void *)m;
   struct worker *w = p->w;
+  struct emsg *home = p->home;
+  if (home) {
+    home->next = w->msgs;
+    if (w->msgs)
+      w->msgs->prev = home;
+    w->msgs = home;
+  }
   refresh_conf(w);
   policy_worker_refresh(w->pw, w->conf);
   struct dq_unit *u = p->u;
@@ -1950,29 +1963,13 @@ static void requeue_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u
   }
   struct unit_post *p = util_xcalloc(1, sizeof *p);
   p->w = w;
-  p->u = u;
+  p->u = u; /* p->home NULL: the message is listed here already */
   scopy(p->binding, sizeof p->binding, dq_queue_binding(q));
   struct emsg *em = u->msg;
   uint64_t cred = 0;
   if (auth_resolve(w->auth, w->pw, w->conf, w->sh->spool, em->sm, p->binding,
                    rcpt_domain(em->sm->rcpt[u->rcpt[0]]), &cred, unit_ready, p) == 0)
     unit_ready(p, cred);
-}
-
-struct home_post {
-  struct worker *w;
-  struct emsg *em;
-};
-
-static void run_home_post(void *arg)
-{
-  struct home_post *p = arg;
-  struct emsg *em = p->em;
-  em->next = p->w->msgs;
-  if (p->w->msgs)
-    p->w->msgs->prev = em;
-  p->w->msgs = em;
-  free(p);
 }
 
 /* ------------------------------------------------------------ ingest side */
@@ -1985,26 +1982,20 @@ static int cmp_dom(const void *a, const void *b, void *arg)
   return c ? c : (x > y) - (x < y);
 }
 
-struct pending_post {
-  struct worker *w;
-  void (*fn)(void *);
-  void *arg;
-};
-
 /* A post of a received message waits for worker_submit_flush (its R
  * record first); a recovered one (no R) goes at once. */
-static void submit_post(struct engine_shared *sh, bool received, struct worker *w,
-                        void (*fn)(void *), void *arg)
+static void submit_post(struct engine_shared *sh, bool received, struct unit_post *p)
 {
+  p->msg.fn = run_unit_post;
   if (!received) {
-    ring_post(w->ring, fn, arg);
+    ring_post_msg(p->w->ring, &p->msg);
     return;
   }
   if (sh->npend == sh->cappend) {
     sh->cappend = sh->cappend ? 2 * sh->cappend : 1024;
     sh->pend = util_xrealloc(sh->pend, sh->cappend * sizeof *sh->pend);
   }
-  sh->pend[sh->npend++] = (struct pending_post){w, fn, arg};
+  sh->pend[sh->npend++] = p;
 }
 
 void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool received)
@@ -2060,15 +2051,17 @@ void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool rece
     /* the R records go out with the batch (the spool's on_batch_end) */
   }
 
-  /* pending recipients grouped by domain */
-  uint32_t *idx = util_xmalloc((sm->nrcpt ? sm->nrcpt : 1) * sizeof *idx);
+  /* pending recipients grouped by domain (on the stack for the usual few) */
+  uint32_t idx_small[16];
+  struct unit_post *posts_small[16];
+  uint32_t *idx = sm->nrcpt <= 16 ? idx_small : util_xmalloc(sm->nrcpt * sizeof *idx);
   uint32_t n = 0;
   for (uint32_t i = 0; i < sm->nrcpt; i++)
     if (sm->rcpt_state[i] == SPOOL_RCPT_PENDING)
       idx[n++] = i;
   qsort_r(idx, n, sizeof *idx, cmp_dom, sm);
 
-  struct unit_post **posts = util_xcalloc(n ? n : 1, sizeof *posts);
+  struct unit_post **posts = n <= 16 ? posts_small : util_xmalloc(n * sizeof *posts);
   uint32_t nposts = 0;
   for (uint32_t i = 0; i < n;) {
     const char *dom = rcpt_domain(sm->rcpt[idx[i]]);
@@ -2089,15 +2082,17 @@ void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool rece
       u->msg = em;
       u->attempts = sm->attempts;
       u->due_ms = sm->next_attempt_ms;
-      struct unit_post *p = util_xcalloc(1, sizeof *p);
+      struct unit_post *p = util_xmalloc(sizeof *p);
       p->w = sh->workers[owner];
       p->u = u;
+      p->home = NULL;
       scopy(p->binding, sizeof p->binding, binding);
       posts[nposts++] = p;
     }
     i = j;
   }
-  free(idx);
+  if (idx != idx_small)
+    free(idx);
   const struct conf_view *gv = conf_view_get(c, binding, NULL);
   em->bounces_on = sm->sender[0] != '\0' && gv && conf_bool(gv, CONF_GENERATE_BOUNCES);
   em->units_left = nposts;
@@ -2110,26 +2105,25 @@ void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool rece
     spool_txn_commit(t);
     spool_txn_free(t);
     free(em);
-    free(posts);
+    if (posts != posts_small)
+      free(posts);
     return;
   }
+  /* the first post lists the message on its home ring before any of its
+   * results can arrive there */
   em->home = (unsigned)(posts[0]->w->idx);
-  struct home_post *hp = util_xmalloc(sizeof *hp);
-  hp->w = posts[0]->w;
-  hp->em = em;
-  /* the home post goes first on the home ring, so the message is listed
-   * before any of its results can arrive there */
-  submit_post(sh, received, hp->w, run_home_post, hp);
+  posts[0]->home = em;
   for (uint32_t i = 0; i < nposts; i++)
-    submit_post(sh, received, posts[i]->w, run_unit_post, posts[i]);
-  free(posts);
+    submit_post(sh, received, posts[i]);
+  if (posts != posts_small)
+    free(posts);
 }
 
 void worker_submit_flush(struct engine_shared *sh)
 {
   logs_writer_flush(sh->handover_log);
   for (size_t i = 0; i < sh->npend; i++)
-    ring_post(sh->pend[i].w->ring, sh->pend[i].fn, sh->pend[i].arg);
+    ring_post_msg(sh->pend[i]->w->ring, &sh->pend[i]->msg);
   sh->npend = 0;
 }
 

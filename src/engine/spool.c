@@ -91,7 +91,6 @@
 struct pname {
   char *name;
   uint64_t ino;
-  uint32_t pos; /* its place in the directory's listing */
   uint8_t type; /* DT_REG, DT_UNKNOWN (file system without d_type), or another DT_ */
 };
 
@@ -1130,8 +1129,9 @@ static struct iobatch *iobatch_new(unsigned cap, bool reads)
     /* Every removal takes the pickup directory's lock: io-wq workers
      * removing in parallel only spin and sleep on it (up to 8 were seen,
      * each spinning while another or the producer held it). One worker
-     * removes them back to back. Bounded = unbounded = 1; an older
-     * kernel without the call keeps its default. */
+     * removes them back to back: 1.5-2 us less engine CPU per 1 KB
+     * message in A/B runs. Bounded = unbounded = 1; an older kernel
+     * without the call keeps its default. */
     unsigned one[2] = {1, 1};
     (void)io_uring_register_iowq_max_workers(&b->ring, one);
   }
@@ -1528,9 +1528,7 @@ static int scan_pickup(struct spool *sp)
       sp->capnames = sp->capnames ? sp->capnames * 2 : 256;
       sp->names = util_xrealloc(sp->names, sp->capnames * sizeof(*sp->names));
     }
-    sp->names[n] = (struct pname){util_xstrdup(e->d_name), (uint64_t)e->d_ino, (uint32_t)n,
-                                  e->d_type};
-    n++;
+    sp->names[n++] = (struct pname){util_xstrdup(e->d_name), (uint64_t)e->d_ino, e->d_type};
   }
   closedir(d);
   if (n > 1)
@@ -1843,9 +1841,8 @@ static void deliver_batch(struct spool *sp, struct claimed *c, size_t n)
 /* A message of the current journal batch. */
 struct jtake {
   struct spool_msg *msg;
-  char *name;   /* its pickup file, removed once the batch is durable */
-  size_t at;    /* where its records start in sp->jbuf */
-  uint32_t pos; /* the file's place in the listing (pname.pos) */
+  char *name; /* its pickup file, removed once the batch is durable */
+  size_t at;  /* where its records start in sp->jbuf */
 };
 
 /* A batch on its way from the ingest thread to the commit thread. */
@@ -2057,40 +2054,25 @@ static int jrn_take_pre(struct spool *sp, const struct pname *pn, const struct p
   return 1;
 }
 
-static int cmp_take_pos(const void *a, const void *b)
-{
-  const struct jtake *x = *(const struct jtake *const *)a, *y = *(const struct jtake *const *)b;
-  return x->pos < y->pos ? -1 : x->pos > y->pos;
-}
-
 /* Remove a durable batch's pickup files: one ring submission when it can,
- * else (and for any file the ring could not remove) one unlinkat each.
- * The batch was read in inode order; it is removed in the order the
- * directory listed it, which on ext4 is the order of its hashed index, so
- * consecutive removals edit the same directory block while it is hot. */
+ * else (and for any file the ring could not remove) one unlinkat each. */
 static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
 {
   if (spool_test_before_forget)
     spool_test_before_forget();
   iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false);
   if (sp->iunlink && !spool_test_keep_pickup && bt->n <= sp->iunlink->cap) {
-    struct jtake **order = util_xmalloc(bt->n * sizeof(*order));
     char **names = util_xmalloc(bt->n * sizeof(*names));
     for (size_t i = 0; i < bt->n; i++)
-      order[i] = &bt->c[i];
-    qsort(order, bt->n, sizeof(*order), cmp_take_pos);
-    for (size_t i = 0; i < bt->n; i++)
-      names[i] = order[i]->name;
+      names[i] = bt->c[i].name;
     int r = iobatch_unlink(sp->iunlink, sp->pickup_fd, names, (unsigned)bt->n);
     free(names);
     if (r == 0) {
       for (size_t i = 0; i < bt->n; i++)
         if (sp->iunlink->res[i] < 0 && sp->iunlink->res[i] != -ENOENT)
-          jrn_forget_pickup(sp, order[i]);
-      free(order);
+          jrn_forget_pickup(sp, &bt->c[i]);
       return;
     }
-    free(order);
   }
   for (size_t i = 0; i < bt->n; i++)
     jrn_forget_pickup(sp, &bt->c[i]);
@@ -2273,23 +2255,19 @@ static long ingest_journal(struct spool *sp)
             atomic_fetch_add_explicit(&sp->st_ring_reads, 1, memory_order_relaxed);
           if (r == 2)
             r = jrn_take(sp, pn, &bt->c[bt->n]);
-          if (r == 0) {
-            bt->c[bt->n].pos = pn->pos;
+          if (r == 0)
             bt->c[bt->n++].name = pn->name;
-          } else {
+          else
             free(pn->name);
-          }
         }
         continue;
       }
     }
     const struct pname *pn = &sp->names[sp->inames++];
-    if (jrn_take(sp, pn, &bt->c[bt->n]) == 0) {
-      bt->c[bt->n].pos = pn->pos;
+    if (jrn_take(sp, pn, &bt->c[bt->n]) == 0)
       bt->c[bt->n++].name = pn->name;
-    } else {
+    else
       free(pn->name);
-    }
   }
   long n = (long)bt->n;
   if (n == 0) {

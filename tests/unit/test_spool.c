@@ -1243,9 +1243,8 @@ static void test_not_regular_files(void **state)
 }
 
 /* A pickup file that cannot be removed once its message is durable (here
- * it became a directory) goes to bad/ with the id it was queued as; the
- * batch is removed in listing order, not in the order it was read, and
- * the failure must still be charged to the right file. */
+ * it became a directory) goes to bad/ with the id it was queued as, and
+ * the failure is charged to that file, not to a neighbour in the batch. */
 static const char *forget_victim;
 static void replace_with_dir(void)
 {

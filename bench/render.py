@@ -89,6 +89,8 @@ def main():
         notes = []
         if r.get("runs_msgs_per_s") and len(r["runs_msgs_per_s"]) > 1:
             notes.append("median of %s msg/s" % r["runs_msgs_per_s"])
+            if r.get("runs_cpu_us_per_msg"):
+                notes.append("CPU: median of %s µs/msg" % sorted(r["runs_cpu_us_per_msg"]))
         if "rss_kb_per_session" in r:
             notes.append("%.1f KB RSS per session" % r["rss_kb_per_session"])
         if r.get("backlog"):

@@ -6,14 +6,14 @@
 # JSON). Takes ~20 minutes on the 2-core machine; needs root for the loop
 # file system (--fs loop) and for the private Postfix instance.
 # Environment: COUNT (20000), BIG_BACKLOG (100000; 0 = use bench/backlog.jsonl
-# from bench/run-backlog.sh), REPEAT (3),
+# from bench/run-backlog.sh), REPEAT (5),
 # PF_N (20000, Postfix comparison: issue 6's workload), FS (loop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
 COUNT=${COUNT:-20000}
 BIG=${BIG_BACKLOG:-100000}
-REPEAT=${REPEAT:-3}
+REPEAT=${REPEAT:-5}
 PF_N=${PF_N:-20000}
 FS=${FS:-loop}
 OUT=bench/results.jsonl

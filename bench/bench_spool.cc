@@ -1,5 +1,6 @@
 // Micro-benchmarks for the spool area: pickup parsing, context-dictionary
-// get/set, dictionary (de)serialisation, and reading dictionaries back
+// get/set (one thread, and shared by concurrent readers), dictionary
+// (de)serialisation, and reading dictionaries back
 // from a spooled message versus keeping them resident.
 #include <benchmark/benchmark.h>
 
@@ -87,6 +88,40 @@ static void BM_CtxGetMissing(benchmark::State &state)
   ctx_free(c);
 }
 BENCHMARK(BM_CtxGetMissing);
+
+// One dictionary read by every thread at once (1 and 2 threads): reads
+// take no lock and write nothing shared, so they should not slow each
+// other down. With writer = 1 thread 0 replaces a value on every
+// iteration while the others read (the concurrency ctx.h allows: one
+// writer, any number of readers); the retired entries are freed when the
+// dictionary is, after the run, so the iterations are bounded.
+static struct ctx *g_shared;
+static void BM_CtxGetConcurrent(benchmark::State &state)
+{
+  bool writer = state.range(0) != 0 && state.thread_index() == 0;
+  if (state.thread_index() == 0)
+    g_shared = filled(64);
+  std::vector<std::string> keys;
+  for (int i = 0; i < 64; i++)
+    keys.push_back("key_" + std::to_string(i));
+  size_t i = (size_t)state.thread_index() * 17;
+  for (auto _ : state) {
+    if (writer)
+      ctx_set(g_shared, "key_3", (i & 1) ? "a new value" : "another value");
+    else
+      benchmark::DoNotOptimize(ctx_get(g_shared, keys[i % keys.size()].c_str()));
+    i++;
+  }
+  if (state.thread_index() == 0)
+    state.SetLabel(writer ? "thread 0 writes, the others read" : "all threads read");
+  // google-benchmark waits for every thread at the end of the loop
+  if (state.thread_index() == 0) {
+    ctx_free(g_shared);
+    g_shared = nullptr;
+  }
+}
+BENCHMARK(BM_CtxGetConcurrent)->Arg(0)->Threads(1)->Threads(2);
+BENCHMARK(BM_CtxGetConcurrent)->Arg(1)->Threads(2)->Iterations(1000000);
 
 // Replace a value (allocates the new immutable entry; the old one is
 // retired and freed at the quiescent point every 64 writes).

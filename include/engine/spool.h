@@ -134,6 +134,8 @@ struct spool_params {
   spool_msg_cb on_msg;        /* required for spool_ingest/spool_recover */
   spool_bad_cb on_bad;        /* optional */
   spool_ingest_cb on_ingest;  /* optional */
+  spool_bad_cb on_note;       /* optional: something to log that is not a rejection (e.g.
+                               * duplicate recipients removed); name is the pickup file */
   void (*on_batch_end)(void *arg); /* optional: after each batch of on_msg calls, same thread */
   void *arg;                  /* passed to the callbacks */
 };

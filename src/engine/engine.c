@@ -320,6 +320,7 @@ int engine_main(const char *config_path)
     .on_msg = on_msg,
     .on_batch_end = on_batch_end,
     .on_bad = on_bad,
+    .on_note = on_bad, /* the same paniclog line */
   };
   char err[512];
   /* Lua ingest hooks (a no-op without scripts); sh.policy is made after

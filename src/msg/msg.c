@@ -398,8 +398,10 @@ int msg_parse(const char *data, size_t len, struct msg_envelope *env, char *reas
     const char *p = data + pos;
     lineno++;
     hl++;
-    if (n == 0)
+    if (n == 0) {
+      pos = next; /* the body starts after the empty line */
       break;
+    }
     if (n > MSG_LINE_MAX)
       return fail(reason, rlen, "header line %zu is longer than %u bytes", lineno,
                   MSG_LINE_MAX);

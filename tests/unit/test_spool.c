@@ -506,6 +506,77 @@ static void bad_inputs(bool journal)
   spool_close(sp);
 }
 
+
+/* Issue 18 item 13: one address given 1,000 times is one recipient (the
+ * domain compared without case, the local part with), and the removal is
+ * reported through on_note. */
+static char note_text[512];
+static size_t nnotes;
+static void on_note(void *arg, const char *name, const char *text)
+{
+  (void)arg;
+  (void)name;
+  snprintf(note_text, sizeof(note_text), "%s", text);
+  nnotes++;
+}
+
+static void test_dup_rcpts(void **state)
+{
+  (void)state;
+  struct buf b = {0};
+  buf_printf(&b, "x-sender: <s@example.com>\n");
+  for (int i = 0; i < 1000; i++)
+    buf_printf(&b, "x-receiver: <dup@example.com>\n");
+  buf_printf(&b, "x-receiver: <dup@EXAMPLE.com>\nx-receiver: <Dup@example.com>\n"
+                 "x-receiver: <other@example.com>\nSubject: dups\n\nbody\n");
+  struct msg_envelope env;
+  char why[256];
+  assert_int_equal(msg_parse((const char *)b.data, b.len, &env, why, sizeof(why)), 0);
+  assert_int_equal(env.nrcpt, 3);
+  assert_int_equal(env.ndup, 1000);
+  assert_string_equal(env.rcpt[0], "dup@example.com");
+  assert_string_equal(env.rcpt[1], "Dup@example.com");
+  assert_string_equal(env.rcpt[2], "other@example.com");
+  msg_envelope_done(&env);
+  /* through the spool: one R, one recipient state, one note */
+  struct spool_params p = {.on_note = on_note};
+  struct spool *sp = open_spool(&p);
+  nnotes = 0;
+  put_file("dups", b.data, b.len);
+  drain(sp);
+  assert_int_equal(ngot, 1);
+  assert_int_equal(got[0]->nrcpt, 3);
+  assert_int_equal(nnotes, 1);
+  assert_non_null(strstr(note_text, "removed 1000 duplicate x-receiver lines (3 recipients left)"));
+  spool_close(sp);
+  buf_done(&b, 0);
+}
+
+/* Issue 18 item 9: a body line over 998 bytes is refused at pickup (to
+ * bad/ with the reason), a line of exactly 998 bytes is taken. */
+static void test_long_body_line(void **state)
+{
+  (void)state;
+  struct spool_params p = {0};
+  struct spool *sp = open_spool(&p);
+  const char *head = "x-sender: <s@example.com>\nx-receiver: <r@example.com>\nSubject: l\n\n";
+  char f[4096];
+  size_t hl = strlen(head);
+  memcpy(f, head, hl);
+  memcpy(f + hl, "short\r\n", 7);
+  memset(f + hl + 7, 'x', 1009);
+  memcpy(f + hl + 7 + 1009, "\r\nend\n", 6);
+  put_file("long1009", f, hl + 7 + 1009 + 6);
+  memset(f + hl + 7, 'y', 998);
+  memcpy(f + hl + 7 + 998, "\r\nend\n", 6);
+  put_file("ok998", f, hl + 7 + 998 + 6);
+  drain(sp);
+  assert_int_equal(ngot, 1);
+  check_why("long1009", "body line 2 is longer than 998 bytes (1009)");
+  assert_true(exists("bad/long1009"));
+  spool_close(sp);
+}
+
 static void test_bad_inputs(void **state)
 {
   (void)state;
@@ -1372,6 +1443,8 @@ int main(void)
       cmocka_unit_test(test_parse_bad),
       cmocka_unit_test(test_id_format),
       cmocka_unit_test_setup_teardown(test_bad_inputs, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_dup_rcpts, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_long_body_line, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_inputs_files, setup, teardown),
       cmocka_unit_test_setup_teardown(test_journal, setup, teardown),
       cmocka_unit_test_setup_teardown(test_journal_damage, setup, teardown),

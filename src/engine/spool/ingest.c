@@ -276,6 +276,11 @@ static int take_checked(struct spool *sp, int dfd, const char *qname, const char
     return 1;
   }
   (void)msg_scrub_secrets((char *)(uintptr_t)data, env.body_off, ctx_key_is_secret, lo, hi);
+  if (env.ndup && sp->p.on_note) {
+    snprintf(why, sizeof(why), "%s: removed %" PRIu32 " duplicate x-receiver lines (%" PRIu32
+             " recipients left)", idstr, env.ndup, env.nrcpt);
+    sp->p.on_note(sp->p.arg, orig, why);
+  }
   msg_envelope_done(&env);
   if (sp->p.on_ingest) {
     why[0] = 0;

@@ -125,6 +125,9 @@ struct spool_params {
   enum spool_sync sync;
   uint64_t max_message_size;  /* bytes of the whole pickup file; 0: default */
   bool keep_dicts_in_memory;
+  const char *secret_key_file; /* Spool_Secret_Key_File: the AES-256-GCM key that seals secret
+                                * context values in the spool (created 0600 when missing); NULL:
+                                * secrets are kept in memory only and lost on restart */
   unsigned batch_max;         /* files claimed per group commit; 0: 512 */
   unsigned rescan_ms;         /* pickup safety-net rescan period; 0: 2000 */
   uint16_t node_id;           /* 0: low 16 bits of the pid */

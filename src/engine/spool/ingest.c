@@ -349,7 +349,7 @@ int claim_file(struct spool *sp, int dfd, const char *qname, const char *orig,
    * never holds it): overwrite it in the queue file too. */
   if (hi > lo)
     scrub_file(dfd, qname, sp->rbuf.data + lo, hi - lo, lo);
-  meta_build(&sp->mbuf, m);
+  meta_build(sp, &sp->mbuf, m);
   char mname[SPOOL_ID_LEN + 3];
   snprintf(mname, sizeof(mname), "%s.m", idstr);
   int mfd = openat(dfd, mname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -492,7 +492,7 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   }
   m->body_mem = hot_keep(data + m->body_off, m->body_size);
   size_t attr = b->len + sp->jrefbytes;
-  rec_attr(b, m);
+  rec_attr(sp, b, m);
   /* offsets within the entry for now; ingest_journal makes them absolute */
   m->body_off = body - out->at;
   m->ctx_off = (uint32_t)(attr - out->at);

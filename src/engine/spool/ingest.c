@@ -497,6 +497,9 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   m->body_off = body - out->at;
   m->ctx_off = (uint32_t)(attr - out->at);
   m->ctx_len = (uint32_t)(b->len + sp->jrefbytes - attr);
+  out->ino = pi->ino;
+  out->size = pi->size;
+  out->stamp = pi->stamp;
   out->msg = m;
   return 0;
 }
@@ -504,12 +507,103 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
 bool (*spool_test_keep_pickup)(const char *name);
 void (*spool_test_before_forget)(void);
 
-/* A pickup file whose message is durable in the journal leaves pickup/. */
+/* Whether the file now under tomb in pickup/ (what was at t's name when
+ * it was taken away) is the one t's message was read from: the inode and
+ * size (stx: from the ring's statx, or NULL to stat it), else, for a file
+ * whose identity is a checksum, its content (a file system whose d_ino and
+ * st_ino differ). */
+static bool tomb_is(struct spool *sp, const char *tomb, const struct jtake *t,
+                    const struct statx *stx)
+{
+  uint64_t ino, size;
+  struct stat st;
+  if (stx) {
+    ino = stx->stx_ino;
+    size = stx->stx_size;
+  } else {
+    if (fstatat(sp->pickup_fd, tomb, &st, AT_SYMLINK_NOFOLLOW) < 0)
+      return false;
+    ino = (uint64_t)st.st_ino;
+    size = (uint64_t)st.st_size;
+  }
+  if (size != t->size)
+    return false;
+  if (ino == t->ino)
+    return true;
+  if (!(t->stamp & STAMP_CRC))
+    return false;
+  int fd = openat(sp->pickup_fd, tomb, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0)
+    return false;
+  uint8_t *p = malloc(size ? size : 1);
+  bool same = p && pread(fd, p, size, 0) == (ssize_t)size &&
+              (STAMP_CRC | crc32c(0, p, size)) == t->stamp;
+  free(p);
+  close(fd);
+  return same;
+}
+
+/* A file taken away under tomb that is not t's (its name was reused while
+ * t's file was being ingested): back under its name when that is free,
+ * else under "requeued-<id>", so it is ingested like any other. */
+static void tomb_restore(struct spool *sp, const char *tomb, const struct jtake *t)
+{
+  char alt[64], why[SPOOL_NAME_MAX + 160];
+  const char *now = t->name;
+  if (renameat2(sp->pickup_fd, tomb, sp->pickup_fd, t->name, RENAME_NOREPLACE) < 0) {
+    snprintf(alt, sizeof alt, "requeued-%s", tomb + 3);
+    now = alt;
+    if (renameat(sp->pickup_fd, tomb, sp->pickup_fd, alt) < 0)
+      now = tomb; /* left as it is: recovery requeues it at the next start */
+  }
+  snprintf(why, sizeof why,
+           "pickup name %s was reused while its file was being ingested: the newer file is "
+           "kept in pickup/ as %s",
+           t->name, now);
+  if (sp->p.on_note)
+    sp->p.on_note(sp->p.arg, t->name, why);
+}
+
+/* The tomb of t's pickup file: ".c.<message id>" (dot names are never
+ * picked up; recovery knows them, see recover_tombs). */
+static void tomb_name(const struct jtake *t, char out[SPOOL_ID_LEN + 4])
+{
+  char id[SPOOL_ID_LEN + 1];
+  snprintf(out, SPOOL_ID_LEN + 4, ".c.%s", spool_msg_id_str(t->msg, id));
+}
+
+/* The rest of jrn_forget_pickup once what was at t's name is under tomb. */
+static void jrn_forget_tomb(struct spool *sp, const struct jtake *t, const char *tomb,
+                            const struct statx *stx)
+{
+  if (!tomb_is(sp, tomb, t, stx)) {
+    tomb_restore(sp, tomb, t);
+    return;
+  }
+  if (unlinkat(sp->pickup_fd, tomb, 0) == 0 || errno == ENOENT)
+    return;
+  char why[256], id[SPOOL_ID_LEN + 1];
+  snprintf(why, sizeof(why), "queued as %s, but the pickup file could not be removed (%s)",
+           spool_msg_id_str(t->msg, id), strerror(errno));
+  to_bad(sp, sp->pickup_fd, tomb, t->name, why, id);
+}
+
+/* A pickup file whose message is durable in the journal leaves pickup/.
+ * The removal is tied to the file, not to its name (issue 18 item 2): the
+ * name is first renamed away (atomic: whatever is there now is taken),
+ * then what was taken is compared with what was read; a newer file that
+ * took the name meanwhile is put back, never removed. */
 static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
 {
   if (spool_test_keep_pickup && spool_test_keep_pickup(t->name))
     return; /* as if the process died here */
-  if (unlinkat(sp->pickup_fd, t->name, 0) == 0 || errno == ENOENT)
+  char tomb[SPOOL_ID_LEN + 4];
+  tomb_name(t, tomb);
+  if (renameat(sp->pickup_fd, t->name, sp->pickup_fd, tomb) == 0) {
+    jrn_forget_tomb(sp, t, tomb, NULL);
+    return;
+  }
+  if (errno == ENOENT)
     return;
   char why[256], id[SPOOL_ID_LEN + 1];
   snprintf(why, sizeof(why), "queued as %s, but the pickup file could not be removed (%s)",
@@ -569,25 +663,66 @@ static int jrn_take_pre(struct spool *sp, const struct pname *pn, const struct p
   return 1;
 }
 
-/* Remove a durable batch's pickup files: one ring submission when it can,
- * else (and for any file the ring could not remove) one unlinkat each. */
+/* Remove a durable batch's pickup files (jrn_forget_pickup's steps): the
+ * renames with their statx in one ring submission, the unlinks in a
+ * second, when it can; else (and for any file the ring could not take)
+ * system calls, one file at a time. */
 static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
 {
   if (spool_test_before_forget)
     spool_test_before_forget();
   iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false);
   if (sp->iunlink && !spool_test_keep_pickup && bt->n <= sp->iunlink->cap) {
-    char **names = util_xmalloc(bt->n * sizeof(*names));
-    for (size_t i = 0; i < bt->n; i++)
+    struct iobatch *ib = sp->iunlink;
+    char **names = util_xmalloc(2 * bt->n * sizeof(*names)), **tombs = names + bt->n;
+    char (*tb)[SPOOL_ID_LEN + 4] = util_xmalloc(bt->n * sizeof(*tb));
+    for (size_t i = 0; i < bt->n; i++) {
       names[i] = bt->c[i].name;
-    int r = iobatch_unlink(sp->iunlink, sp->pickup_fd, names, (unsigned)bt->n);
-    free(names);
-    if (r == 0) {
-      for (size_t i = 0; i < bt->n; i++)
-        if (sp->iunlink->res[i] < 0 && sp->iunlink->res[i] != -ENOENT)
-          jrn_forget_pickup(sp, &bt->c[i]);
-      return;
+      tomb_name(&bt->c[i], tb[i]);
+      tombs[i] = tb[i];
     }
+    int r = iobatch_claim(ib, sp->pickup_fd, names, tombs, (unsigned)bt->n);
+    if (r == 0) {
+      unsigned nu = 0; /* tombs to remove, moved to the front of tombs[] */
+      size_t *who = util_xmalloc(bt->n * sizeof(*who));
+      for (size_t i = 0; i < bt->n; i++) {
+        if (ib->res[i] == -ENOENT)
+          continue; /* gone already */
+        if (ib->res[i] < 0) {
+          jrn_forget_pickup(sp, &bt->c[i]);
+          continue;
+        }
+        if (!tomb_is(sp, tombs[i], &bt->c[i], ib->res2[i] == 0 ? &ib->stx[i] : NULL)) {
+          tomb_restore(sp, tombs[i], &bt->c[i]);
+          continue;
+        }
+        who[nu] = i;
+        tombs[nu++] = tb[i];
+      }
+      if (nu > 0 && iobatch_unlink(ib, sp->pickup_fd, tombs, nu) == 0) {
+        for (unsigned k = 0; k < nu; k++)
+          if (ib->res[k] < 0 && ib->res[k] != -ENOENT)
+            jrn_forget_tomb(sp, &bt->c[who[k]], tombs[k], NULL);
+      } else {
+        for (unsigned k = 0; k < nu; k++)
+          jrn_forget_tomb(sp, &bt->c[who[k]], tombs[k], NULL);
+      }
+      free(who);
+    }
+    free(tb);
+    free(names);
+    if (r == 0)
+      return;
+    /* the ring failed part way: some names may be under their tombs */
+    for (size_t i = 0; i < bt->n; i++) {
+      char tomb[SPOOL_ID_LEN + 4];
+      tomb_name(&bt->c[i], tomb);
+      if (faccessat(sp->pickup_fd, tomb, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+        jrn_forget_tomb(sp, &bt->c[i], tomb, NULL);
+      else
+        jrn_forget_pickup(sp, &bt->c[i]);
+    }
+    return;
   }
   for (size_t i = 0; i < bt->n; i++)
     jrn_forget_pickup(sp, &bt->c[i]);

@@ -234,7 +234,9 @@ struct iobatch {
   uint8_t *buf;    /* the arena (reads) */
   size_t bufcap;   /* its size */
   struct pre *pre; /* cap (reads) */
-  int *res;        /* cap (unlinks) */
+  int *res;        /* cap (unlinks, renames) */
+  int *res2;       /* cap (the statx after a rename) */
+  struct statx *stx; /* cap (what a rename took) */
 };
 
 /* A claimed message of the current batch. */
@@ -247,6 +249,7 @@ struct claimed {
 struct jtake {
   struct spool_msg *msg;
   char *name; /* its pickup file, removed once the batch is durable */
+  uint64_t ino, size, stamp; /* what was read there (struct pinfo) */
   size_t at;  /* where its records start in sp->jbuf */
 };
 
@@ -382,6 +385,8 @@ void wait_drained(struct spool *sp); /* ingest.c */
 int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsigned n,
                         int oflags, uint8_t *at, size_t slot, bool stat); /* iobatch.c */
 int iobatch_unlink(struct iobatch *b, int dirfd, char *const *names, unsigned n); /* iobatch.c */
+int iobatch_claim(struct iobatch *b, int dirfd, char *const *names, char *const *tombs,
+                  unsigned n); /* iobatch.c */
 struct iobatch *iobatch_get(struct iobatch **bp, bool *tried, unsigned cap, bool reads); /* iobatch.c */
 void iobatch_free(struct iobatch *b); /* iobatch.c */
 int jfd_of(const struct spool *sp, uint32_t seg); /* journal.c */

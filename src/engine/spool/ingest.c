@@ -17,7 +17,110 @@ void (*spool_test_after_stat)(int fd);
 static bool name_ignored(const char *n)
 {
   size_t l = strlen(n);
-  return n[0] == '.' || (l >= 4 && !strcmp(n + l - 4, ".tmp")) || l > SPOOL_NAME_MAX - 24;
+  return n[0] == '.' || (l >= 4 && !strcmp(n + l - 4, ".tmp"));
+}
+
+/* ---- files still being written (issue 18 item 3) ---- */
+
+/* A file not renamed in must have no writer when it is taken. */
+#define QUIET_MS 2000u /* without a lease: unchanged for this long */
+
+static size_t moved_slot(const char *n)
+{
+  uint64_t h = 1469598103934665603u;
+  for (; *n; n++)
+    h = (h ^ (unsigned char)*n) * 1099511628211u;
+  return (size_t)(h >> 20) & (MOVED_CAP - 1);
+}
+
+static void moved_clear(struct spool *sp)
+{
+  if (sp->moved)
+    for (size_t i = 0; i < MOVED_CAP; i++) {
+      free(sp->moved[i]);
+      sp->moved[i] = NULL;
+    }
+  sp->nmoved = 0;
+}
+
+void moved_free(struct spool *sp)
+{
+  moved_clear(sp);
+  free(sp->moved);
+  sp->moved = NULL;
+}
+
+static void moved_add(struct spool *sp, const char *name)
+{
+  if (sp->nmoved >= MOVED_CAP / 2)
+    return; /* full: the rest is checked */
+  if (!sp->moved)
+    sp->moved = util_xcalloc(MOVED_CAP, sizeof(*sp->moved));
+  size_t i = moved_slot(name);
+  for (; sp->moved[i]; i = (i + 1) & (MOVED_CAP - 1))
+    if (!strcmp(sp->moved[i], name))
+      return;
+  sp->moved[i] = util_xstrdup(name);
+  sp->nmoved++;
+}
+
+/* Whether name arrived by rename; it is forgotten (the next file under
+ * that name must arrive by rename again). */
+static bool moved_take(struct spool *sp, const char *name)
+{
+  if (!sp->moved || sp->nmoved == 0)
+    return false;
+  size_t i = moved_slot(name);
+  for (; sp->moved[i]; i = (i + 1) & (MOVED_CAP - 1))
+    if (!strcmp(sp->moved[i], name))
+      break;
+  if (!sp->moved[i])
+    return false;
+  free(sp->moved[i]);
+  sp->moved[i] = NULL;
+  sp->nmoved--;
+  /* re-insert the rest of the cluster (open addressing deletion) */
+  for (size_t j = (i + 1) & (MOVED_CAP - 1); sp->moved[j]; j = (j + 1) & (MOVED_CAP - 1)) {
+    char *s = sp->moved[j];
+    sp->moved[j] = NULL;
+    size_t k = moved_slot(s);
+    while (sp->moved[k])
+      k = (k + 1) & (MOVED_CAP - 1);
+    sp->moved[k] = s;
+  }
+  return true;
+}
+
+/* Whether a file in pickup/ that did not arrive by rename is still open
+ * for writing: a read lease cannot be had on a file that a writer has
+ * open (fcntl F_SETLEASE fails with EAGAIN), and closing our descriptor
+ * drops the lease again (no owner is set, so no signal can come). Where no
+ * lease can be had (another user's file without CAP_LEASE, leases off), a
+ * file changed within QUIET_MS counts as still being written. */
+static bool being_written(struct spool *sp, const char *name)
+{
+  int fl = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
+  int fd = -1;
+  if (atomic_load_explicit(&sp->noatime, memory_order_relaxed))
+    fd = openat(sp->pickup_fd, name, fl | O_NOATIME);
+  if (fd < 0)
+    fd = openat(sp->pickup_fd, name, fl);
+  if (fd < 0)
+    return false; /* the claim says why */
+  bool busy = false;
+  if (fcntl(fd, F_SETLEASE, F_RDLCK) < 0) {
+    struct stat st;
+    if (errno == EAGAIN) {
+      busy = true;
+    } else if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+      uint64_t now = clock_wall_ms();
+      uint64_t m = (uint64_t)st.st_mtim.tv_sec * 1000u + (uint64_t)st.st_mtim.tv_nsec / 1000000u;
+      uint64_t c = (uint64_t)st.st_ctim.tv_sec * 1000u + (uint64_t)st.st_ctim.tv_nsec / 1000000u;
+      busy = now < (m > c ? m : c) + QUIET_MS;
+    }
+  }
+  close(fd);
+  return busy;
 }
 
 static int cmp_ino(const void *a, const void *b)
@@ -43,11 +146,18 @@ int scan_pickup(struct spool *sp)
   }
   rewinddir(d);
   size_t n = 0;
+  sp->busy = false;
   struct dirent *e;
   while ((e = readdir(d))) {
     /* every type is listed: what is not a regular file goes to bad/ */
     if (name_ignored(e->d_name))
       continue;
+    /* a file not renamed in is taken only once no one writes it */
+    if ((e->d_type == DT_REG || e->d_type == DT_UNKNOWN) && !moved_take(sp, e->d_name) &&
+        being_written(sp, e->d_name)) {
+      sp->busy = true; /* its IN_CLOSE_WRITE (or the rescan) brings it back */
+      continue;
+    }
     if (n == sp->capnames) {
       sp->capnames = sp->capnames ? sp->capnames * 2 : 256;
       sp->names = util_xrealloc(sp->names, sp->capnames * sizeof(*sp->names));
@@ -69,6 +179,23 @@ static void drain_fd(int fd)
   }
 }
 
+/* Read the inotify events: names renamed in are remembered (moved_add). */
+static void read_events(struct spool *sp)
+{
+  char b[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
+  ssize_t n;
+  while ((n = read(sp->ino_fd, b, sizeof(b))) > 0) {
+    for (char *p = b; p < b + n;) {
+      const struct inotify_event *ev = (const struct inotify_event *)(void *)p;
+      if (ev->mask & IN_Q_OVERFLOW)
+        moved_clear(sp); /* events were lost: every name is checked */
+      else if ((ev->mask & IN_MOVED_TO) && ev->len && !name_ignored(ev->name))
+        moved_add(sp, ev->name);
+      p += sizeof(*ev) + ev->len;
+    }
+  }
+}
+
 /* Wait for something to claim; true when names are pending. */
 static bool wait_work(struct spool *sp, int timeout_ms)
 {
@@ -85,7 +212,7 @@ static bool wait_work(struct spool *sp, int timeout_ms)
                             {.fd = sp->wake_fd, .events = POLLIN}};
     if (poll(pfd, 2, ms) > 0) {
       if (pfd[0].revents) {
-        drain_fd(sp->ino_fd);
+        read_events(sp);
         sp->scan_due = true;
       }
       if (pfd[1].revents)
@@ -94,6 +221,8 @@ static bool wait_work(struct spool *sp, int timeout_ms)
     uint64_t now = clock_mono_ns();
     if (atomic_exchange(&sp->kick, 0) || now >= sp->next_rescan_ns)
       sp->scan_due = true;
+    if (sp->busy && sp->ino_fd < 0 && sp->next_rescan_ns > now + 200000000u)
+      sp->next_rescan_ns = now + 200000000u; /* no close events: look again soon */
     if (sp->scan_due) {
       sp->scan_due = false;
       wait_drained(sp);

@@ -187,7 +187,15 @@ struct spool {
   size_t capjiov;
   uint64_t avg_file; /* ingest thread: the last batch's bytes per file */
   uint8_t *seal_key; /* 32 bytes (secmem), or NULL: secrets are not persisted */
+  /* Names that arrived by rename (IN_MOVED_TO) since they were last
+   * listed: complete by the pickup convention. Any other name is checked
+   * for a writer before it is taken (ingest.c, being_written). Ingest
+   * thread only. */
+  char **moved;      /* open addressing, MOVED_CAP slots, NULL = empty */
+  size_t nmoved;
+  bool busy; /* the last listing left a file that is still being written */
 };
+#define MOVED_CAP 16384u /* named limit: beyond it, names take the checked path */
 
 /* The message in the ingest hook (on_ingest) of the calling thread: its
  * pickup file, open (or -1) and in memory. Thread-local: only the thread
@@ -441,3 +449,4 @@ int seal_load(struct spool *sp, const char *path, char *err, size_t errlen);
 void seal_done(struct spool *sp);
 void seal_put(const struct spool *sp, struct buf *b, const struct spool_msg *m);
 int seal_apply(const struct spool *sp, struct spool_msg *m, const uint8_t *blob, size_t len);
+void moved_free(struct spool *sp); /* ingest.c */

@@ -31,7 +31,7 @@ try:
         for line in lines:
             t = line.decode(errors="replace")
             if t.startswith("MSG ") and "tok=" in t:
-                seen.add(int(t.rsplit("tok=", 1)[1]))
+                seen.add(int(t.rsplit("tok=", 1)[1].split()[0]))
             elif t.startswith("BAD "):
                 bad.append(t)
 

@@ -929,13 +929,14 @@ static void dicts(bool keep)
   drain(sp);
   assert_int_equal(ngot, 1);
   struct spool_msg *m = got[0];
-  if (keep) {
-    assert_non_null(m->mess);
-  } else {
-    assert_null(m->mess);
-    assert_null(m->conn);
-  }
+  /* In memory after ingest either way (issue 18 item 12): the first
+   * attempt needs no read-back. */
+  assert_non_null(m->mess);
+  assert_non_null(m->conn);
   assert_int_equal(spool_load_ctx(sp, m), 0);
+  struct spool_stats st;
+  spool_get_stats(sp, &st);
+  assert_int_equal(st.ctx_loads, 0);
   assert_string_equal(ctx_get(m->mess, "campaign"), "42");
   /* The pickup secret stayed in memory, never on disk. */
   assert_string_equal(ctx_get(m->mess, "outbound_smtp_auth_pass"), "from-pickup");
@@ -988,6 +989,42 @@ static void dicts(bool keep)
   got[0] = NULL;
   check_why(id, "operator said so");
   assert_int_equal(count_queue(), 0);
+  reset_got();
+  spool_close(sp);
+}
+
+
+/* Issue 18 item 12: with Keep_Message_Dicts_In_Memory = false a message's
+ * dictionaries stay in memory for its first attempt and are dropped when
+ * it moves to the delayed queue (spool_txn_spill, the first transient
+ * failure), then read back correctly, the pickup secret included. */
+static void test_dicts_dropped_on_defer(void **state)
+{
+  (void)state;
+  struct spool_params p = {0};
+  struct spool *sp = open_spool(&p);
+  put_msg("dd", "x-receiver: <a@example.com>\n",
+          "x-context: campaign=7\nx-context: outbound_smtp_auth_pass=pickup-pw\n");
+  drain(sp);
+  assert_int_equal(ngot, 1);
+  struct spool_msg *m = got[0];
+  assert_non_null(m->mess);
+  assert_string_equal(ctx_get(m->mess, "campaign"), "7"); /* the first attempt reads in place */
+  struct spool_stats st;
+  spool_get_stats(sp, &st);
+  assert_int_equal(st.ctx_loads, 0);
+  struct spool_txn *t = spool_txn_new(sp);
+  spool_txn_retry(t, m, 1, 12345);
+  spool_txn_spill(t, m);
+  assert_int_equal(spool_txn_commit(t), 0);
+  spool_txn_free(t);
+  assert_null(m->mess); /* deferred: dropped */
+  assert_null(m->conn);
+  assert_int_equal(spool_load_ctx(sp, m), 0);
+  spool_get_stats(sp, &st);
+  assert_int_equal(st.ctx_loads, 1);
+  assert_string_equal(ctx_get(m->mess, "campaign"), "7");
+  assert_string_equal(ctx_get(m->mess, "outbound_smtp_auth_pass"), "pickup-pw");
   reset_got();
   spool_close(sp);
 }
@@ -1479,6 +1516,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_unremovable_pickup, setup, teardown),
       cmocka_unit_test_setup_teardown(test_modes_ids_and_recovery, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dicts_on_disk, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_dicts_dropped_on_defer, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dicts_in_memory, setup, teardown),
       cmocka_unit_test_setup_teardown(test_sync_modes, setup, teardown),
       cmocka_unit_test_setup_teardown(test_noatime, setup, teardown),

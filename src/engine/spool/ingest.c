@@ -258,6 +258,7 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *out)
   out->syncs = atomic_load_explicit(&sp->st_syncs, memory_order_relaxed);
   out->recovered = atomic_load_explicit(&sp->st_recovered, memory_order_relaxed);
   out->ring_reads = atomic_load_explicit(&sp->st_ring_reads, memory_order_relaxed);
+  out->ctx_loads = atomic_load_explicit(&sp->st_ctx_loads, memory_order_relaxed);
   histo_read(&sp->st_sync_lat, &out->sync_latency);
 }
 
@@ -521,7 +522,6 @@ static void deliver_batch(struct spool *sp, struct claimed *c, size_t n)
   atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
   for (size_t i = 0; i < n; i++) {
     claimed_close(&c[i]);
-    spool_drop_ctx(sp, c[i].msg);
     sp->p.on_msg(sp->p.arg, c[i].msg);
     c[i].msg = NULL;
   }
@@ -893,7 +893,6 @@ static void jrn_batch_done(struct spool *sp, struct jbatch *bt)
   atomic_fetch_add_explicit(&sp->st_ingested, bt->n, memory_order_relaxed);
   atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
   for (size_t i = 0; i < bt->n; i++) {
-    spool_drop_ctx(sp, bt->c[i].msg);
     sp->p.on_msg(sp->p.arg, bt->c[i].msg);
   }
   if (sp->p.on_batch_end)

@@ -136,7 +136,8 @@ struct spool {
   struct buf rbuf, mbuf;
   atomic_int kick;
   atomic_int last_err;
-  _Atomic uint64_t st_ingested, st_rejected, st_batches, st_syncs, st_recovered, st_ring_reads;
+  _Atomic uint64_t st_ingested, st_rejected, st_batches, st_syncs, st_recovered, st_ring_reads,
+      st_ctx_loads;
   struct histo st_sync_lat; /* each counted sync call's duration */
   atomic_bool stop;
   bool thread_running;
@@ -433,7 +434,8 @@ void to_bad(struct spool *sp, int dfd, const char *qname, const char *name,
                    const char *reason, const char *id); /* spool.c */
 void write_why(struct spool *sp, const char *name, const char *reason, const char *id); /* spool.c */
 int copy_out(int src, uint64_t off, uint64_t len, int dst); /* txn.c */
-int jrn_spill(struct spool *sp, struct spool_msg *m, struct buf *b, int *bfd, int *mfd); /* txn.c */
+int jrn_spill(struct spool *sp, struct spool_msg *m, bool defer, struct buf *b, int *bfd,
+              int *mfd); /* txn.c */
 uint64_t next_id(struct spool *sp); /* records.c */
 const uint8_t *hot_keep(const uint8_t *p, uint64_t n); /* records.c */
 static inline void jseg_name(uint32_t seg, char out[16]) { snprintf(out, 16, "%08x", seg); }

@@ -3,7 +3,7 @@ busy engine, JSON answers parsed, the control socket's mode, the Prometheus
 endpoint scraped and parsed.
 
 usage: test_ops.py IMPETUS IMPETUS_CTL SINK SCENARIO [IMPETUS_INJECT]
-scenarios: console busy metrics cli mx"""
+scenarios: console busy metrics cli mx concurrent"""
 import json
 import os
 import re
@@ -418,6 +418,66 @@ def scenario_mx(imp, ctlbin, sinkbin):
         dns.wait()
 
 
+def scenario_concurrent(imp, ctlbin, sinkbin):
+    """Issue 18 item 15 / issue 20: console and metrics clients are served
+    concurrently. 100 idle TCP connections to the metrics port do not hold
+    up `impetus-ctl summary`, and 20 half-open HTTP requests do not stop a
+    scrape. One client at a time with a 2 s timeout each (the old server)
+    needs 200 s and 40 s: the generous bounds below are far from both."""
+    port = free_port()
+    e = None
+    idle = []
+    try:
+        e, sock = start(imp, 'Worker_Threads = 2\nMetrics_Listener = "127.0.0.1:%d"\n' % port,
+                        "ops-concurrent")
+        ctl = Ctl(ctlbin, sock)
+        ctl.run("version")
+        for _ in range(100):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        # idle console clients too: they must not hold the metrics up either
+        for _ in range(10):
+            u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            u.connect(sock)
+            idle.append(u)
+        p = ctl.run("summary", timeout=30)
+        check("workers:" in p.stdout, "summary answered: %r" % p.stdout)
+        for _ in range(20):
+            h = socket.create_connection(("127.0.0.1", port), timeout=5)
+            h.sendall(b"GET /metr")  # half-open: never finishes its request line
+            idle.append(h)
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+        s.close()
+        check(data.startswith(b"HTTP/1.0 200") and b"impetus_uptime_seconds" in data,
+              "scrape behind 20 half-open requests: %r" % data[:200])
+        # a client that stalls is dropped: the idle connections get closed
+        deadline = time.monotonic() + 20
+        closed = 0
+        while time.monotonic() < deadline and closed < 5:
+            closed = 0
+            for c in idle[:5]:
+                c.settimeout(0.5)
+                try:
+                    closed += c.recv(1) == b""
+                except socket.timeout:
+                    pass
+                except OSError:
+                    closed += 1
+        check(closed == 5, "stalled clients are dropped (%d of 5 closed)" % closed)
+        check(e.stop() == 0, "engine exit status")
+    finally:
+        for c in idle:
+            c.close()
+        if e:
+            e.cleanup()
+
+
 def main():
     if len(sys.argv) not in (5, 6):
         print(__doc__)
@@ -427,7 +487,7 @@ def main():
         scenario_cli(imp, ctlbin, sinkbin, sys.argv[5])
     else:
         {"console": scenario_console, "busy": scenario_busy, "mx": scenario_mx,
-         "metrics": scenario_metrics}[scen](imp, ctlbin, sinkbin)
+         "metrics": scenario_metrics, "concurrent": scenario_concurrent}[scen](imp, ctlbin, sinkbin)
     print("ok")
     return 0
 

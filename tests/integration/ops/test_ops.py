@@ -3,7 +3,7 @@ busy engine, JSON answers parsed, the control socket's mode, the Prometheus
 endpoint scraped and parsed.
 
 usage: test_ops.py IMPETUS IMPETUS_CTL SINK SCENARIO [IMPETUS_INJECT]
-scenarios: console busy metrics cli mx concurrent"""
+scenarios: console busy metrics cli mx concurrent lock"""
 import json
 import os
 import re
@@ -478,6 +478,59 @@ def scenario_concurrent(imp, ctlbin, sinkbin):
             e.cleanup()
 
 
+def tree_state(*roots):
+    """path -> (size, mtime_ns, mode) of everything under roots."""
+    out = {}
+    for root in roots:
+        for d, dirs, files in os.walk(root):
+            for n in dirs + files:
+                p = os.path.join(d, n)
+                st = os.lstat(p)
+                out[p] = (st.st_size, st.st_mtime_ns, st.st_mode)
+    return out
+
+
+def scenario_lock(imp, ctlbin, sinkbin):
+    """One engine per spool (issue 20): a second engine on a locked spool
+    exits at once, non-zero, naming the spool and the holder's pid, and
+    touches nothing; a SIGKILLed engine's lock does not block a restart."""
+    import signal
+    e = None
+    try:
+        port = free_port()  # nobody listens: T records, retried in 20 min
+        e, sock = start(imp, 'Worker_Threads = 1\nGateway = "127.0.0.1:%d"\n' % port, "ops-lock")
+        for i in range(3):
+            e.inject("s@example.org", ["r%d@example.com" % i])
+        e.wait_for(lambda: len(e.records("T")) == 3, 20, "3 transient failures")
+        time.sleep(0.5)
+        before = tree_state(e.dir)
+        p = subprocess.run([imp, "-c", e.conf], capture_output=True, text=True, timeout=20)
+        check(p.returncode != 0, "second engine exit status %d" % p.returncode)
+        check(e.spool in p.stderr and str(e.proc.pid) in p.stderr,
+              "message names the spool and the holder's pid %d: %r" % (e.proc.pid, p.stderr))
+        after = tree_state(e.dir)
+        changed = [k for k in set(before) | set(after)
+                   if before.get(k) != after.get(k) and not k.endswith("stderr")]
+        check(not changed, "the second engine changed %s" % changed)
+        check(Ctl(ctlbin, sock).run("version").returncode == 0, "first engine still answers")
+        # SIGKILL: no clean-up at all; the kernel drops the flock
+        e.proc.send_signal(signal.SIGKILL)
+        e.proc.wait()
+        e.proc = None
+        with open(e.paniclog) as f:
+            nstart = f.read().count("started")
+        e.err = open(os.path.join(e.dir, "stderr2"), "w+")
+        e.proc = subprocess.Popen([imp, "-c", e.conf], stdout=e.err, stderr=e.err)
+        e.wait_for(lambda: e.read(e.paniclog).count("started") > nstart, 10, "restart after SIGKILL")
+        check(Ctl(ctlbin, sock).run("version").returncode == 0, "restarted engine answers")
+        with open(os.path.join(e.spool, "impetus.lock")) as f:
+            check(f.read().strip() == str(e.proc.pid), "lock file holds the new pid")
+        check(e.stop() == 0, "engine exit status")
+    finally:
+        if e:
+            e.cleanup()
+
+
 def main():
     if len(sys.argv) not in (5, 6):
         print(__doc__)
@@ -487,7 +540,8 @@ def main():
         scenario_cli(imp, ctlbin, sinkbin, sys.argv[5])
     else:
         {"console": scenario_console, "busy": scenario_busy, "mx": scenario_mx,
-         "metrics": scenario_metrics, "concurrent": scenario_concurrent}[scen](imp, ctlbin, sinkbin)
+         "metrics": scenario_metrics, "concurrent": scenario_concurrent,
+         "lock": scenario_lock}[scen](imp, ctlbin, sinkbin)
     print("ok")
     return 0
 

@@ -15,6 +15,8 @@
 #include <string.h>
 
 #include "adaptive.h"
+#include "adaptive_conf.h"
+#include "conf.h"
 #include "smtp_reply.h"
 
 #define T0 1000000000000ull /* an arbitrary "now" in ms */
@@ -475,6 +477,86 @@ static void test_bundled_rules(void **state)
   adaptive_rules_free(rs);
 }
 
+static struct conf *parse(const char *text)
+{
+  struct conf_error e;
+  struct conf *c = conf_parse_buffer(text, strlen(text), "t.conf", NULL, CONF_PARSE_NO_INCLUDE, &e);
+  if (c == NULL) {
+    char buf[2048];
+    fail_msg("%s", conf_error_str(&e, buf, sizeof buf));
+  }
+  return c;
+}
+
+/* The adaptive { } stanza: bundled rules overridden by name, new rules and
+ * providers, Host caps, warm-up, errors with file:line. */
+static void test_configuration(void **state)
+{
+  (void)state;
+  struct conf *c = parse(
+    "Adaptive_Enabled = true\n"
+    "adaptive {\n"
+    "  response_rule \"google-rate-limited\" { duration = 5 action = suspend }\n"
+    "  response_rule \"yahoo-ts01\" { enabled = false }\n"
+    "  provider \"sink\" { mx_suffix = ( \".sink.test\" ) Max_Outbound_Connections = 3 }\n"
+    "  response_rule \"slow\" {\n"
+    "    provider = \"sink\" code = 451 pattern = \"slow down\" trigger = \"3/1m\"\n"
+    "    scope = provider action = outbound_throttle_messages value = \"2/1s\" duration = \"10s\"\n"
+    "  }\n"
+    "}\n"
+    "Host \"MX1.Shared.Test\" { Max_Outbound_Connections = 2 }\n"
+    "Binding \"new\" { Adaptive_Warmup = ( \"0 5/10s\" \"1h 0\" ) }\n");
+  char err[1024] = "";
+  assert_int_equal(adaptive_conf_check(c, err, sizeof err), 0);
+  struct adaptive_rules *rs = adaptive_conf_rules(c, err, sizeof err);
+  assert_non_null(rs);
+  const struct adaptive_rule *g = adaptive_rules_find(rs, "google-rate-limited");
+  assert_int_equal(g->duration_s, 5);
+  assert_int_equal(g->action, ADAPTIVE_ACT_SUSPEND);
+  assert_int_equal(g->code, 421); /* the bundled fields not set here stay */
+  assert_string_equal(g->enhanced, "4.7.28");
+  assert_true(adaptive_rules_find(rs, "yahoo-ts01")->disabled);
+  const struct adaptive_rule *s = adaptive_rules_find(rs, "slow");
+  assert_int_equal(s->count, 3);
+  assert_int_equal(s->period_s, 60);
+  assert_int_equal(s->value, 2);
+  assert_int_equal(s->per_s, 1);
+  assert_int_equal(s->scope, ADAPTIVE_SCOPE_PROVIDER);
+  assert_int_equal(adaptive_provider_of(rs, "a.sink.test")->max_connections, 3);
+  assert_non_null(adaptive_provider_of(rs, "x.google.com")); /* bundled providers stay */
+  adaptive_rules_free(rs);
+  assert_int_equal(adaptive_conf_host_cap(c, "mx1.shared.test."), 2);
+  assert_int_equal(adaptive_conf_host_cap(c, "mx2.shared.test"), 0);
+  struct adaptive_warmup w;
+  assert_int_equal(adaptive_conf_warmup(conf_view_get(c, "new", "x.test"), &w, err, sizeof err), 0);
+  assert_int_equal(w.nstep, 2);
+  assert_true(adaptive_conf_enabled(conf_view_get(c, "new", "x.test")));
+  conf_unref(c);
+
+  /* errors name the file and line */
+  c = parse("adaptive {\n response_rule \"x\" {\n  trigger = \"5\"\n }\n}\n");
+  assert_int_equal(adaptive_conf_check(c, err, sizeof err), -EINVAL);
+  assert_non_null(strstr(err, "t.conf:3:"));
+  conf_unref(c);
+  c = parse("adaptive {\n response_rule \"x\" { provider = \"nobody\" duration = 9 }\n}\n");
+  assert_int_equal(adaptive_conf_check(c, err, sizeof err), -EINVAL);
+  assert_non_null(strstr(err, "nobody"));
+  conf_unref(c);
+  c = parse("adaptive { response_rule \"x\" { action = max_outbound_connections duration = 9 } }\n");
+  assert_int_equal(adaptive_conf_check(c, err, sizeof err), -EINVAL); /* needs a value */
+  conf_unref(c);
+  c = parse("Binding \"b\" {\n Adaptive_Warmup = ( \"soon 5\" )\n}\n");
+  assert_int_equal(adaptive_conf_check(c, err, sizeof err), -EINVAL);
+  assert_non_null(strstr(err, "t.conf:2:"));
+  conf_unref(c);
+  /* bundled_rules = false: only what the file declares */
+  c = parse("adaptive { bundled_rules = false }\n");
+  rs = adaptive_conf_rules(c, err, sizeof err);
+  assert_int_equal(adaptive_rules_count(rs), 0);
+  adaptive_rules_free(rs);
+  conf_unref(c);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -488,6 +570,7 @@ int main(void)
     cmocka_unit_test(test_warmup),
     cmocka_unit_test(test_conn_failures_and_slots),
     cmocka_unit_test(test_bundled_rules),
+    cmocka_unit_test(test_configuration),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

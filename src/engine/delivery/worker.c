@@ -20,6 +20,7 @@
 #include "outsess.h"
 #include "panic.h"
 #include "policy.h"
+#include "suspend.h"
 #include "throttle.h"
 #include "tls.h"
 
@@ -97,7 +98,7 @@ static void load_limits(struct worker *w, struct dq_queue *q)
   int64_t depth = conf_bool(v, CONF_USE_CHUNKING) ? conf_int(v, CONF_PIPELINE_DEPTH) : 1;
   st->limits.pipeline_depth = depth < 1 ? 1 : depth > SMTPC_PIPE_MAX ? SMTPC_PIPE_MAX : (uint32_t)depth;
   st->limits.suspend_delivery = conf_bool(v, CONF_SUSPEND_DELIVERY) ||
-                                ctl_suspended(dq_queue_binding(q), dq_queue_domain(q));
+                                suspend_active(dq_queue_binding(q), dq_queue_domain(q));
   st->limits.msg_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_MESSAGES);
   st->limits.conn_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_CONNECTIONS);
   st->conf_gen = w->conf_gen;

@@ -83,6 +83,7 @@ void session_free(struct session *s)
   if (s->parked)
     sched_pool_remove(&dq_queue_state(s->q)->pool, s);
   if (s->counted) {
+    sched_conn_closed(dq_queue_state(s->q)->pair);
     sched_conn_closed(&dq_queue_state(s->q)->acct);
     if (!s->ever_ready)
       dq_queue_state(s->q)->opening--;

@@ -133,6 +133,19 @@ struct sched_retry worker_retry_policy(struct worker *w, struct dq_queue *q)
 
 /* ------------------------------------------------------------ scheduling */
 
+/* q's (binding, domain) is at Max_Outbound_Connections and q, of other
+ * credentials, has no connection: QUIT an idle one of another credential
+ * set of the pair, so q does not wait for its Idle_Timeout. */
+static void quit_idle_sibling(struct worker *w, struct dq_queue *q)
+{
+  struct sched_acct *pair = dq_queue_state(q)->pair;
+  for (struct session *s = w->sessions; s; s = s->next_all)
+    if (s->parked && !s->closing && s->q != q && dq_queue_state(s->q)->pair == pair) {
+      session_quit_parked(s);
+      return;
+    }
+}
+
 static void schedule(struct worker *w)
 {
   uint64_t now_ms = clock_wall_ms();
@@ -184,7 +197,7 @@ static void schedule(struct worker *w)
         st->backlog_since_ns = now_ns;
       }
       uint32_t maxc = st->limits.max_outbound_connections;
-      if (w->nsessions >= w->fd_cap && (maxc == 0 || st->acct.conns < maxc)) {
+      if (w->nsessions >= w->fd_cap && (maxc == 0 || st->pair->conns < maxc)) {
         /* out of file descriptors for new sessions: they wait for one to
          * end; an idle connection of another queue is closed to make room
          * (checked before sched_conn_open, which counts the connection) */
@@ -201,12 +214,17 @@ static void schedule(struct worker *w)
         break;
       }
       uint64_t wait = 0;
-      enum sched_open o = sched_conn_open(&st->limits, &st->acct, now_ns, &wait);
+      /* Max_Outbound_Connections counts the (binding, domain)'s connections
+       * whatever their credentials (st->pair) */
+      enum sched_open o = sched_conn_open(&st->limits, st->pair, now_ns, &wait);
       if (o != SCHED_OPEN_OK) {
         if (o == SCHED_OPEN_THROTTLED)
           st->blocked_until_ns = now_ns + wait;
+        if (o == SCHED_OPEN_FULL && st->acct.conns == 0)
+          quit_idle_sibling(w, q); /* this credential set has none: free one */
         break;
       }
+      st->acct.conns++; /* this queue's own (pair already counted) */
       session_open(w, q);
     }
   }

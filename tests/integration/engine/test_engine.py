@@ -3,7 +3,7 @@ pickup directory into impetus-sink (started here on free ports of
 127.0.0.0/8) and the Momentum logs are checked.
 
 usage: test_engine.py IMPETUS SINK SCENARIO
-scenarios: gateway faults retry routes bindings bindlimit connlimit throttle mx reload stop tls auth large perconn"""
+scenarios: gateway faults retry routes bindings bindlimit connlimit credcap throttle mx reload stop tls auth large perconn"""
 import json
 import signal
 import os
@@ -280,6 +280,60 @@ def scenario_connlimit(imp, sinkbin):
     finally:
         e.cleanup()
         finish(sink)
+
+
+def scenario_credcap(imp, sinkbin):
+    """Max_Outbound_Connections holds per (binding, domain) whatever
+    credentials the connections use (issue 18 item 4: it was counted per
+    credential identity, so 7 tenants' credentials to one smart host
+    multiplied the cap by 7). 7 tenants x 20 messages to one domain capped
+    at 4 connections (the issue's 40 with 7 tenants, scaled down): the sink
+    never sees more than 4 at once, and every message is delivered with its
+    tenant's credentials."""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="impetus-credcap.")
+    tenants = [("tenant%d" % i, "pw-%d" % i) for i in range(7)]
+    sink = sink_with_log(sinkbin, "--reply-delay", "20", "--require-auth",
+                         "--auth-users", sinklib.users_file(d, tenants))
+    conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\nIdle_Timeout = 30\n'
+            'outbound_smtp_auth { }\n'
+            'Domain "d.test" { Max_Outbound_Connections = 4\n'
+            '  Outbound_SMTP_AUTH_Type = "PLAIN" Outbound_SMTP_AUTH_Allow_Plaintext = true }\n'
+            % sink.port)
+    e = Engine(imp, conf, "credcap")
+    try:
+        e.start()
+        n = 0
+        for k in range(20):
+            for user, pw in tenants:
+                n += 1
+                e.seq += 1
+                lines = ["x-sender: <a@s.test>", "x-receiver: <%s.%d@d.test>" % (user, k),
+                         "x-context: outbound_smtp_auth_user=%s" % user,
+                         "x-context: outbound_smtp_auth_pass=%s" % pw]
+                tmp = os.path.join(e.spool, ".inject-%d" % e.seq)
+                with open(tmp, "w") as f:
+                    f.write("\n".join(lines) + "\nSubject: t\n\nhello\n")
+                os.rename(tmp, os.path.join(e.pickup, "m%06d" % e.seq))
+        e.wait_for(lambda: all_final(e, n), 60, "%d final records" % n)
+        check_exactly_one(e, n)
+        expect(len(e.records("D")) == n, "all delivered")
+        for m in msgs_of(sink):
+            for r in m["rcpts"]:
+                expect(r.startswith(m["auth_user"] + "."), "%s sent as %s" % (r, m["auth_user"]))
+        expect(e.stop() == 0, "exit status")
+        summ = finish(sink)
+        sink = None
+        print("sink max concurrent connections:", summ["max_concurrent_connections"],
+              "connections:", summ["connections"], "per user:", summ.get("per_user"))
+        expect(summ["max_concurrent_connections"] <= 4,
+               "Max_Outbound_Connections = 4 held across 7 credential sets (saw %d)"
+               % summ["max_concurrent_connections"])
+        expect(len(summ.get("per_user", {})) == 7, "all 7 tenants authenticated")
+    finally:
+        e.cleanup()
+        finish(sink)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def scenario_bindlimit(imp, sinkbin):

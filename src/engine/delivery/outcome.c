@@ -232,6 +232,11 @@ void outcome_finish(struct worker *w, struct dq_queue *q, struct dq_unit *u,
     } else if (r->code > 0 && !(r->text[0] >= '0' && r->text[0] <= '9'))
       snprintf(full, sizeof full, "%d%s%s %s", r->code, r->enhanced[0] ? " " : "", r->enhanced,
                r->text);
+    else if (r->code == 0 && r->enhanced[0] && !(r->text[0] >= '0' && r->text[0] <= '9'))
+      /* a local refusal with only an enhanced code (smtpc: SIZE 5.3.4,
+       * SMTPUTF8 5.6.7): "554 5.6.7 ...", as a remote refusal reads */
+      snprintf(full, sizeof full, "%s %s %s", r->enhanced[0] == '5' ? "554" : "451", r->enhanced,
+               r->text);
     else
       delivery_copy(full, sizeof full, r->text);
     o->idx = u->rcpt[i];

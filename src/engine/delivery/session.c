@@ -163,6 +163,18 @@ static unsigned free_slot(const struct session *s)
   util_panic("worker: more transactions in flight than result slots");
 }
 
+/* RFC 6531: an address with a byte outside ASCII (a UTF-8 local part or
+ * domain) needs the SMTPUTF8 parameter on MAIL; smtpc sends it, or, when
+ * the server does not offer SMTPUTF8, fails the transaction permanently
+ * with 5.6.7 (a bounce), never sending the address bare. */
+static bool needs_smtputf8(const char *addr)
+{
+  for (const unsigned char *p = (const unsigned char *)addr; *p; p++)
+    if (*p >= 0x80)
+      return true;
+  return false;
+}
+
 /* Begin u's transaction on s (READY). 1: started; 0: u could not start
  * (its recipients were failed or deferred), the caller picks the next one;
  * -1: the session cannot take a transaction now (u is queued again). */
@@ -177,9 +189,13 @@ static int start_txn(struct session *s, struct dq_unit *u)
     util_panic("unit of %u recipients over the batch size %u", u->nrcpt, s->max_batch);
   for (uint32_t i = 0; i < u->nrcpt; i++)
     s->rcpts[i] = sm->rcpt[u->rcpt[i]];
+  bool utf8 = needs_smtputf8(sm->sender);
+  for (uint32_t i = 0; i < u->nrcpt && !utf8; i++)
+    utf8 = needs_smtputf8(s->rcpts[i]);
   f->txn = (struct smtpc_txn){.mail_from = sm->sender, .rcpts = s->rcpts, .nrcpt = u->nrcpt,
                               .size = sm->body_size,
-                              .flags = (sm->flags & SPOOL_MSG_F_8BIT) ? SMTPC_TXN_8BIT : 0,
+                              .flags = ((sm->flags & SPOOL_MSG_F_8BIT) ? SMTPC_TXN_8BIT : 0) |
+                                       (utf8 ? SMTPC_TXN_SMTPUTF8 : 0),
                               .results = result_slots(s, slot, u->nrcpt),
                               .final = slot_final(s, slot)};
   struct outsess_body body = {.fd = -1, .off = sm->body_off, .len = sm->body_size,

@@ -3,7 +3,7 @@ pickup directory into impetus-sink (started here on free ports of
 127.0.0.0/8) and the Momentum logs are checked.
 
 usage: test_engine.py IMPETUS SINK SCENARIO
-scenarios: gateway faults retry routes bindings bindlimit connlimit credcap throttle mx reload stop tls auth large perconn"""
+scenarios: gateway faults retry routes bindings bindlimit connlimit credcap utf8 throttle mx reload stop tls auth large perconn"""
 import json
 import signal
 import os
@@ -334,6 +334,62 @@ def scenario_credcap(imp, sinkbin):
         e.cleanup()
         finish(sink)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def scenario_utf8(imp, sinkbin):
+    """SMTPUTF8 (RFC 6531, issue 18 item 8): a UTF-8 address goes out with
+    the SMTPUTF8 MAIL parameter to a server that offers it (python3-aiosmtpd
+    with SMTPUTF8 on), an ASCII one without it; to a server that does not
+    offer it (impetus-sink) the recipient fails permanently with 5.6.7 and
+    is bounced, and the server never sees the address."""
+    try:
+        from aiosmtpd.controller import Controller
+    except ImportError:
+        print("SKIP: python3-aiosmtpd not installed")
+        sys.exit(SKIP)
+    got = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            got.append((list(envelope.rcpt_tos), list(envelope.mail_options)))
+            return "250 2.0.0 accepted"
+
+    port = free_port()
+    ctl = Controller(Handler(), hostname="127.0.0.1", port=port, enable_SMTPUTF8=True)
+    ctl.start()
+    sink = sink_with_log(sinkbin)
+    conf = ('Worker_Threads = 1\nTLS = "no"\nGenerate_Bounces = true\n'
+            'Domain "u8.test" { Gateway = "127.0.0.1:%d" }\n'
+            'Domain "plain.test" { Gateway = "127.0.0.1:%d" }\n'
+            'Domain "s.test" { Gateway = "127.0.0.1:%d" }\n' % (port, sink.port, sink.port))
+    e = Engine(imp, conf, "utf8")
+    try:
+        e.start()
+        e.inject("a@s.test", ["j\u00fcrgen@u8.test"])
+        e.inject("a@s.test", ["ascii@u8.test"])
+        e.inject("a@s.test", ["j\u00fcrgen@plain.test"])
+        e.wait_for(lambda: all_final(e, 3), 20, "3 final records")
+        check_exactly_one(e, 3)
+        print("aiosmtpd got:", got)
+        by_rcpt = {r[0]: opts for r, opts in got}
+        expect("SMTPUTF8" in by_rcpt.get("j\u00fcrgen@u8.test", []),
+               "SMTPUTF8 sent for the UTF-8 address: %s" % got)
+        expect("SMTPUTF8" not in by_rcpt.get("ascii@u8.test", ["missing"]),
+               "no SMTPUTF8 for an ASCII-only transaction: %s" % got)
+        perm = [line for line in e.read(e.mainlog).splitlines() if "@P@" in line]
+        print("P records:", perm)
+        expect(len(perm) == 1 and "5.6.7" in perm[0] and "plain.test" in perm[0],
+               "the UTF-8 address to a server without SMTPUTF8 failed 5.6.7")
+        expect("5.6.7" in e.read(e.bouncelog), "bounced (bouncelog)")
+        e.wait_for(lambda: any(m["rcpts"] == ["a@s.test"] for m in msgs_of(sink)), 20,
+                   "the DSN reached the sender")
+        expect(not any("plain.test" in r for m in msgs_of(sink) for r in m["rcpts"]),
+               "the sink never saw the UTF-8 address")
+        expect(e.stop() == 0, "exit status")
+    finally:
+        ctl.stop()
+        e.cleanup()
+        finish(sink)
 
 
 def scenario_bindlimit(imp, sinkbin):

@@ -151,11 +151,14 @@ void worker_submit_msg(struct engine_shared *sh, struct spool_msg *sm, bool rece
     binding = "default";
   if (sm->binding == NULL || strcmp(sm->binding, binding))
     spool_msg_set_binding(sm, binding);
+  /* the group is the binding's (none for default): what the logs say is
+   * what was used, never an unknown name from the pickup file */
   const char *group = NULL;
   int bid = conf_binding_id(c, binding);
   if (bid >= 0)
     group = conf_binding_group(c, bid);
-  if (group && (sm->binding_group == NULL || strcmp(sm->binding_group, group)))
+  if (group ? sm->binding_group == NULL || strcmp(sm->binding_group, group)
+            : sm->binding_group != NULL)
     spool_msg_set_binding_group(sm, group);
 
   if (received) {

@@ -3,7 +3,7 @@ pickup directory into impetus-sink (started here on free ports of
 127.0.0.0/8) and the Momentum logs are checked.
 
 usage: test_engine.py IMPETUS SINK SCENARIO
-scenarios: gateway faults retry routes bindings bindlimit connlimit credcap utf8 throttle mx reload stop tls auth large perconn"""
+scenarios: gateway faults retry routes bindings bindlimit connlimit credcap utf8 badgroup throttle mx reload stop tls auth large perconn"""
 import json
 import signal
 import os
@@ -388,6 +388,36 @@ def scenario_utf8(imp, sinkbin):
         expect(e.stop() == 0, "exit status")
     finally:
         ctl.stop()
+        e.cleanup()
+        finish(sink)
+
+
+def scenario_badgroup(imp, sinkbin):
+    """An unknown x-binding-group (issue 18 item 14): the paniclog says the
+    mail goes to default, and the mainlog then says default with no group,
+    what was used, never the unknown name; a known group is logged as it is."""
+    sink = sink_with_log(sinkbin)
+    conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+            'Binding_Group "sales" { Binding "b1" { } }\n' % sink.port)
+    e = Engine(imp, conf, "badgroup")
+    try:
+        e.start()
+        e.inject("a@s.test", ["x@d.test"], group="marketing")
+        e.inject("a@s.test", ["y@d.test"], group="sales")
+        e.wait_for(lambda: all_final(e, 2), 20, "2 final records")
+        check_exactly_one(e, 2)
+        pan = e.read(e.paniclog)
+        expect('unknown binding group "marketing", using default' in pan, "paniclog: " + pan)
+        main = e.read(e.mainlog)
+        print(main)
+        expect("marketing" not in main, "the mainlog names the group that was not used")
+        for rcpt, want in (("x@d.test", ["", "default"]), ("y@d.test", ["sales", "b1"])):
+            r = [f for f in e.records("R") if "@".join(f[5:7]) == rcpt]
+            expect(len(r) == 1 and r[0][-2:] == want, "R of %s: %s, want %s" % (rcpt, r, want))
+            d = [f for f in e.records("D") if f[1] == r[0][1]]
+            expect(len(d) == 1 and d[0][7:9] == want, "D of %s: %s, want %s" % (rcpt, d, want))
+        expect(e.stop() == 0, "exit status")
+    finally:
         e.cleanup()
         finish(sink)
 

@@ -28,11 +28,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A delivery session drives one outsess (net/outsess.c, the only SMTP
- * session driver) per connection attempt: outsess moves bytes and smtpc
- * events, this code decides which unit goes next, reuse, routes and
- * outcomes. */
-
 static void session_try_connect(struct session *s);
 
 static uint64_t session_bytes(const struct session *s)
@@ -210,7 +205,10 @@ static int start_txn(struct session *s, struct dq_unit *u)
     }
     s->body_fd = body.fd = fd;
   }
-  f->u = u; /* before outsess_send: its answer may come at once */
+  /* before outsess_send: a transaction smtpc refuses locally (SIZE,
+   * SMTPUTF8) may be answered, and u finished, before it returns */
+  f->u = u;
+  uint32_t nrcpt = u->nrcpt;
   int rc = outsess_send(s->os, &f->txn, &body, f);
   if (rc == -EBUSY) { /* a stale READY: the session ended or moved on */
     f->u = NULL;
@@ -226,7 +224,7 @@ static int start_txn(struct session *s, struct dq_unit *u)
     charge_unit(s, u, SMTPC_OUT_PERMANENT, 554, t, 1);
     return 0;
   }
-  s->rcpts_tried += u->nrcpt;
+  s->rcpts_tried += nrcpt;
   return 1;
 }
 

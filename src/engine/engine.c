@@ -308,15 +308,24 @@ int engine_main(const char *config_path)
     util_fatal("out of memory");
 
   int sync = conf_enum(g, CONF_SPOOL_SYNC);
+  char key_file[4096]; /* Spool_Secret_Key_File, default <Spoolbase>.key beside the spool */
+  if (conf_str(g, CONF_SPOOL_SECRET_KEY_FILE))
+    snprintf(key_file, sizeof key_file, "%s", conf_str(g, CONF_SPOOL_SECRET_KEY_FILE));
+  else
+    snprintf(key_file, sizeof key_file, "%.*s.key",
+             (int)(strlen(spoolbase) - (strlen(spoolbase) > 1 && spoolbase[strlen(spoolbase) - 1] == '/')),
+             spoolbase);
   struct spool_params sp = {
     .spoolbase = spoolbase,
     .pickup_dir = pickup,
     .sync = sync == 1 ? SPOOL_SYNC_ALWAYS : sync == 2 ? SPOOL_SYNC_NONE : SPOOL_SYNC_BATCH,
     .max_message_size = conf_size(g, CONF_MAX_MESSAGE_SIZE),
     .keep_dicts_in_memory = conf_bool(g, CONF_KEEP_MESSAGE_DICTS_IN_MEMORY),
+    .secret_key_file = key_file,
     .on_msg = on_msg,
     .on_batch_end = on_batch_end,
     .on_bad = on_bad,
+    .on_note = on_bad, /* the same paniclog line */
     .arg = run,
   };
   char err[512];

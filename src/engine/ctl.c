@@ -15,6 +15,7 @@
 #include "buf.h"
 #include "conf.h"
 #include "counters.h"
+#include "ctlcmd.h"
 #include "dns.h"
 #include "dq.h"
 #include "impetus_build.h"
@@ -1013,24 +1014,13 @@ static int cmd_suspend(struct req *r, bool on, const char *binding, const char *
 
 static int cmd_config_eval(struct req *r, int argc, char **argv)
 {
-  const char *group = NULL, *binding = NULL, *domain = NULL, *option = NULL;
-  for (int i = 0; i < argc; i++) {
-    if (i + 1 < argc && !strcasecmp(argv[i], "binding_group"))
-      group = argv[++i];
-    else if (i + 1 < argc && !strcasecmp(argv[i], "binding"))
-      binding = argv[++i];
-    else if (i + 1 < argc && !strcasecmp(argv[i], "domain"))
-      domain = argv[++i];
-    else if (i + 1 == argc)
-      option = argv[i];
-    else
-      return fail(r, "usage: config eval [binding_group G] [binding B] [domain D] OPTION");
-  }
-  if (!option)
-    return fail(r, "usage: config eval [binding_group G] [binding B] [domain D] OPTION");
+  struct ctlcmd_eval e;
+  char why[256];
+  if (ctlcmd_eval_args(argc, argv, &e, why, sizeof why) < 0)
+    return fail(r, "config eval: %s", why);
   struct conf *c = conf_ref(atomic_load(&g.sh->conf));
   struct buf out = {0};
-  int rc = conf_eval(c, group, binding, domain, option, 0, &out); /* secrets masked */
+  int rc = conf_eval(c, e.group, e.binding, e.domain, e.option, 0, &out); /* secrets masked */
   buf_append(&out, "", 1);
   if (rc < 0)
     fail(r, "%s", (const char *)buf_head(&out));
@@ -1064,20 +1054,13 @@ static int cmd_config_reload(struct req *r)
   return 0;
 }
 
-static const char usage_text[] =
-  "commands: summary | mailq [-d DOMAIN] [-b BINDING] [-p PAGE] [-n PER_PAGE] |\n"
-  "  showqueue [binding NAME] DOMAIN | binding summary [NAME] | domain NAME |\n"
-  "  message details ID | message retry ID | message fail ID | flush domain NAME |\n  flush binding NAME |\n"
-  "  suspend domain NAME | suspend binding NAME | resume domain NAME | resume binding NAME |\n"
-  "  config eval [binding_group G] [binding B] [domain D] OPTION | config reload |\n"
-  "  reopen logs | version | shutdown";
-
 static int dispatch(struct req *r)
 {
   int ac = r->argc;
   char **av = r->argv;
-  if (ac == 0)
-    return fail(r, "%s", usage_text);
+  char why[512];
+  if (ctlcmd_check(ac, av, why, sizeof why) < 0)
+    return fail(r, "%s\ncommands:\n%s", why, ctlcmd_usage);
 #define IS(i, w) (ac > (i) && !strcasecmp(av[i], (w)))
   if (IS(0, "summary") && ac == 1)
     return cmd_summary(r);
@@ -1140,7 +1123,7 @@ static int dispatch(struct req *r)
   if ((IS(0, "suspend") || IS(0, "resume")) && ac == 5 && IS(1, "binding") && IS(3, "domain"))
     return cmd_suspend(r, IS(0, "suspend"), av[2], av[4]);
 #undef IS
-  return fail(r, "unknown command\n%s", usage_text);
+  return fail(r, "unknown command\ncommands:\n%s", ctlcmd_usage);
 }
 
 /* ------------------------------------------------------------ answers

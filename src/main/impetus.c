@@ -4,6 +4,7 @@
  * Main thread only. */
 #include "buf.h"
 #include "conf.h"
+#include "ctlcmd.h"
 #include "engine.h"
 #include "impetus_build.h"
 
@@ -57,33 +58,21 @@ static struct conf *load_or_report(const char *path)
   return c;
 }
 
-/* --eval-config arguments: [binding_group G] [binding B] [domain D] OPTION */
+/* --eval-config arguments: [binding_group G] [binding B] [domain D] OPTION
+ * (parsed by ctlcmd, as the console's `config eval`) */
 static int eval_config(const char *path, bool show_secrets, int argc, char **argv)
 {
-  const char *group = NULL, *binding = NULL, *domain = NULL, *option = NULL;
-  for (int i = 0; i < argc; i++) {
-    if (i + 1 < argc && !strcasecmp(argv[i], "binding_group"))
-      group = argv[++i];
-    else if (i + 1 < argc && !strcasecmp(argv[i], "binding"))
-      binding = argv[++i];
-    else if (i + 1 < argc && !strcasecmp(argv[i], "domain"))
-      domain = argv[++i];
-    else if (i + 1 == argc)
-      option = argv[i];
-    else {
-      fprintf(stderr, "impetus: --eval-config: unexpected '%s'\n", argv[i]);
-      return 2;
-    }
-  }
-  if (!option) {
-    usage(stderr);
+  struct ctlcmd_eval e;
+  char why[256];
+  if (ctlcmd_eval_args(argc, argv, &e, why, sizeof why) < 0) {
+    fprintf(stderr, "impetus: --eval-config: %s\n", why);
     return 2;
   }
   struct conf *c = load_or_report(path);
   if (!c)
     return 1;
   struct buf out = {0};
-  int r = conf_eval(c, group, binding, domain, option, show_secrets ? CONF_EVAL_SHOW_SECRETS : 0, &out);
+  int r = conf_eval(c, e.group, e.binding, e.domain, e.option, show_secrets ? CONF_EVAL_SHOW_SECRETS : 0, &out);
   buf_append(&out, "", 1);
   if (r < 0)
     fprintf(stderr, "impetus: %s\n", (const char *)buf_head(&out));
@@ -189,6 +178,8 @@ int main(int argc, char **argv)
   switch (mode) {
   case CHECK: {
     struct conf *c = load_or_report(path);
+    if (c)
+      printf("impetus: configuration %s is valid\n", path);
     conf_unref(c);
     return c ? 0 : 1;
   }

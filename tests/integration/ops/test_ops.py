@@ -3,7 +3,7 @@ busy engine, JSON answers parsed, the control socket's mode, the Prometheus
 endpoint scraped and parsed.
 
 usage: test_ops.py IMPETUS IMPETUS_CTL SINK SCENARIO [IMPETUS_INJECT]
-scenarios: console busy metrics cli mx concurrent lock"""
+scenarios: console busy metrics cli mx concurrent lock usage"""
 import json
 import os
 import re
@@ -531,6 +531,42 @@ def scenario_lock(imp, ctlbin, sinkbin):
             e.cleanup()
 
 
+def scenario_usage(imp, ctlbin, sinkbin):
+    """impetus-ctl usage errors (issue 20): exit 2 naming the wrong word,
+    with no engine running; --json in any position."""
+    nosock = "/nonexistent/impetus.sock"
+    for args, word in [(["sumary"], "sumary"), (["domain"], "domain"),
+                       (["summary", "extra"], "extra"), (["reopen", "log"], "log"),
+                       (["mailq", "-p", "x"], "-p x"), (["config", "eval", "domain", "d"], "OPTION"),
+                       (["binding", "summry"], "summry"), (["message", "details"], "ID"),
+                       (["suspend", "binding", "b", "domian", "x"], "domian"),
+                       (["--bogus", "summary"], "--bogus"), ([], "usage")]:
+        p = subprocess.run([ctlbin, "-s", nosock] + args, capture_output=True, text=True, timeout=10)
+        check(p.returncode == 2, "%s: exit %d, want 2 (usage): %r" % (args, p.returncode, p.stderr))
+        check(word in p.stderr, "%s: the message names %r: %r" % (args, word, p.stderr))
+    p = subprocess.run([ctlbin, "-s", nosock, "sumary"], capture_output=True, text=True, timeout=10)
+    check("did you mean 'summary'" in p.stderr, "a suggestion: %r" % p.stderr)
+    # a right command without an engine: 3, not 2
+    p = subprocess.run([ctlbin, "-s", nosock, "summary", "--json"], capture_output=True, text=True,
+                       timeout=10)
+    check(p.returncode == 3, "no engine: exit %d, want 3" % p.returncode)
+    p = subprocess.run([imp, "--eval-config", "domain"], capture_output=True, text=True, timeout=10)
+    check(p.returncode == 2 and "domain" in p.stderr, "--eval-config usage: %r" % p.stderr)
+    e = None
+    try:
+        e, sock = start(imp, "Worker_Threads = 1\n", "ops-usage")
+        for args in (["--json", "summary"], ["summary", "--json"], ["config", "--json", "eval",
+                                                                     "Worker_Threads"]):
+            p = subprocess.run([ctlbin, "-s", sock] + args, capture_output=True, text=True,
+                               timeout=10)
+            check(p.returncode == 0, "%s: exit %d %r" % (args, p.returncode, p.stderr))
+            json.loads(p.stdout)
+        check(e.stop() == 0, "engine exit status")
+    finally:
+        if e:
+            e.cleanup()
+
+
 def main():
     if len(sys.argv) not in (5, 6):
         print(__doc__)
@@ -541,7 +577,7 @@ def main():
     else:
         {"console": scenario_console, "busy": scenario_busy, "mx": scenario_mx,
          "metrics": scenario_metrics, "concurrent": scenario_concurrent,
-         "lock": scenario_lock}[scen](imp, ctlbin, sinkbin)
+         "lock": scenario_lock, "usage": scenario_usage}[scen](imp, ctlbin, sinkbin)
     print("ok")
     return 0
 

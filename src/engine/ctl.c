@@ -18,6 +18,7 @@
 #include "ctlcmd.h"
 #include "dns.h"
 #include "dq.h"
+#include "logs.h"
 #include "impetus_build.h"
 #include "metrics.h"
 #include "panic.h"
@@ -56,6 +57,7 @@ static struct {
   char metrics_addr[300];
   pthread_t thread;
   bool running;
+  struct logs_writer *log; /* this thread's paniclog lines */
   uint64_t start_mono_ms;
   /* delivered-recipient samples, one per second */
   uint64_t rate_t[RATE_SAMPLES], rate_d[RATE_SAMPLES];
@@ -1074,7 +1076,14 @@ static int dispatch(struct req *r)
     return 0;
   }
   if (IS(0, "reopen") && IS(1, "logs") && ac == 2) {
-    kill(getpid(), SIGUSR1);
+    /* here rather than by SIGUSR1, to know whether every file reopened */
+    char failed[1024];
+    if (logs_reopen_wait(g.sh->logs, failed, sizeof failed) < 0) {
+      logs_panic(g.log, wall_ms(), "logs", "reopen failed: %s; still writing to the old file",
+                 failed);
+      logs_writer_flush(g.log);
+      return fail(r, "reopen failed: %s (still writing to the old file)", failed);
+    }
     o_bool(&r->o, "reopened", true);
     return 0;
   }
@@ -1357,6 +1366,7 @@ int ctl_start(char *err, size_t errlen)
     snprintf(err, errlen, "control thread: %s", strerror(errno));
     return -errno;
   }
+  g.log = logs_writer_new(g.sh->logs);
   int rc = pthread_create(&g.thread, NULL, ctl_main, NULL);
   if (rc != 0) {
     snprintf(err, errlen, "control thread: %s", strerror(rc));
@@ -1373,6 +1383,8 @@ void ctl_stop(void)
     pthread_join(g.thread, NULL);
     g.running = false;
   }
+  logs_writer_free(g.log);
+  g.log = NULL;
   if (g.sock_fd >= 0) {
     close(g.sock_fd);
     unlink(g.sock_path);

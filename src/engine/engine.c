@@ -388,8 +388,14 @@ int engine_main(const char *config_path)
         logs_panic(mainlog, now_wall_ms(), "lua", "scripts reloaded");
       logs_writer_flush(mainlog);
     }
-    else if (sig == SIGUSR1)
-      logs_reopen(sh.logs);
+    else if (sig == SIGUSR1) {
+      char why[1024];
+      if (logs_reopen_wait(sh.logs, why, sizeof why) < 0) {
+        logs_panic(mainlog, now_wall_ms(), "logs", "reopen failed: %s; still writing to the old file",
+                   why);
+        logs_writer_flush(mainlog);
+      }
+    }
   }
 
   /* graceful stop: stop claiming, let sessions finish, persist, exit 0 */

@@ -3,10 +3,11 @@ busy engine, JSON answers parsed, the control socket's mode, the Prometheus
 endpoint scraped and parsed.
 
 usage: test_ops.py IMPETUS IMPETUS_CTL SINK SCENARIO [IMPETUS_INJECT]
-scenarios: console busy metrics cli mx concurrent lock usage"""
+scenarios: console busy metrics cli mx concurrent lock usage reopen"""
 import json
 import os
 import re
+import signal
 import socket
 import stat
 import subprocess
@@ -567,6 +568,41 @@ def scenario_usage(imp, ctlbin, sinkbin):
             e.cleanup()
 
 
+def scenario_reopen(imp, ctlbin, sinkbin):
+    """`impetus-ctl reopen logs` (issue 20): a file that cannot be created
+    anew is named with the reason, in the answer (exit 1) and the paniclog,
+    and the engine keeps writing to the old file; a good reopen says yes.
+    (Tests run as root, so a directory stands where the new mainlog
+    should be created: EISDIR, which root gets too.)"""
+    e = None
+    try:
+        e, sock = start(imp, "Worker_Threads = 1\n", "ops-reopen")
+        ctl = Ctl(ctlbin, sock)
+        r = ctl.json("reopen", "logs")
+        check(r["reopened"] is True, "plain reopen: %s" % r)
+        os.rename(e.mainlog, e.mainlog + ".1")
+        os.mkdir(e.mainlog)
+        p = ctl.run("reopen", "logs", ok=False)
+        check(p.returncode == 1, "failed reopen: exit %d" % p.returncode)
+        check(e.mainlog in p.stderr and "Is a directory" in p.stderr,
+              "the answer names the file and the reason: %r" % p.stderr)
+        j = ctl.json("reopen", "logs", ok=False)
+        check(e.mainlog in j["error"], "JSON error: %s" % j)
+        e.wait_for(lambda: "reopen failed: %s: Is a directory" % e.mainlog in e.read(e.paniclog),
+                   10, "the paniclog line")
+        # SIGUSR1 reports the same way
+        n = e.read(e.paniclog).count("reopen failed")
+        e.proc.send_signal(signal.SIGUSR1)
+        e.wait_for(lambda: e.read(e.paniclog).count("reopen failed") > n, 10, "SIGUSR1 reported")
+        os.rmdir(e.mainlog)
+        r = ctl.json("reopen", "logs")
+        check(r["reopened"] is True and os.path.isfile(e.mainlog), "reopen once fixed: %s" % r)
+        check(e.stop() == 0, "engine exit status")
+    finally:
+        if e:
+            e.cleanup()
+
+
 def main():
     if len(sys.argv) not in (5, 6):
         print(__doc__)
@@ -577,7 +613,8 @@ def main():
     else:
         {"console": scenario_console, "busy": scenario_busy, "mx": scenario_mx,
          "metrics": scenario_metrics, "concurrent": scenario_concurrent,
-         "lock": scenario_lock, "usage": scenario_usage}[scen](imp, ctlbin, sinkbin)
+         "lock": scenario_lock, "usage": scenario_usage,
+         "reopen": scenario_reopen}[scen](imp, ctlbin, sinkbin)
     print("ok")
     return 0
 

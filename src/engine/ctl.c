@@ -561,15 +561,19 @@ static void rate_sample(void)
     g.rate_n++;
 }
 
-/* Delivered recipients per second over the last minute (or less). */
+/* Delivered recipients per second over the last minute (or less): from
+ * the oldest sample to now, so a run shorter than two samples has a rate. */
 static double rate_recent(void)
 {
-  if (g.rate_n < 2)
+  if (g.rate_n < 1)
     return 0;
-  unsigned newest = (g.rate_i + RATE_SAMPLES - 1) % RATE_SAMPLES;
+  uint64_t t[COUNTERS_KINDS];
+  counters_totals(t);
   unsigned oldest = (g.rate_i + RATE_SAMPLES - g.rate_n) % RATE_SAMPLES;
-  uint64_t dt = g.rate_t[newest] - g.rate_t[oldest];
-  return dt ? (double)(g.rate_d[newest] - g.rate_d[oldest]) * 1000.0 / (double)dt : 0;
+  uint64_t dt = mono_ms() - g.rate_t[oldest];
+  if (dt < 100) /* too short a window to mean anything */
+    return 0;
+  return (double)(t[COUNTERS_DELIVERED] - g.rate_d[oldest]) * 1000.0 / (double)dt;
 }
 
 /* ------------------------------------------------------------ commands */

@@ -29,6 +29,7 @@ for a in "$@"; do
   esac
 done
 build=${IMPETUS_BUILD:-build}
+export IMPETUS_LUA_DIR=${IMPETUS_LUA_DIR:-$PWD/lua} # a build-tree run
 impetus=$build/src/main/impetus
 sinkbin=$build/tools/sink/impetus-sink
 inject=$build/tools/inject/impetus-inject

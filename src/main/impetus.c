@@ -7,6 +7,7 @@
 #include "ctlcmd.h"
 #include "engine.h"
 #include "impetus_build.h"
+#include "paths.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -35,16 +36,6 @@ static void usage(FILE *out)
           "impetus-ctl (control socket: Control_Listener, default <Spoolbase>/impetus.sock);\n"
           "Metrics_Listener = \"host:port\" serves Prometheus metrics. Docs: docs/console.md.\n"
           "Without -c the bundled default configuration is used.\n");
-}
-
-/* The bundled default configuration: the installed copy if there is one,
- * else the one in the source tree this binary was built from. */
-static const char *default_config(void)
-{
-  static const char installed[] = IMPETUS_SYSCONFDIR "/impetus.conf";
-  if (access(installed, R_OK) == 0)
-    return installed;
-  return IMPETUS_SOURCE_ROOT "/etc/impetus.conf";
 }
 
 static struct conf *load_or_report(const char *path)
@@ -174,7 +165,7 @@ int main(int argc, char **argv)
       return 2;
     }
   }
-  const char *path = config ? config : default_config();
+  const char *path = config ? config : paths_config();
   switch (mode) {
   case CHECK: {
     struct conf *c = load_or_report(path);

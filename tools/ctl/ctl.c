@@ -7,6 +7,7 @@
 #include "conf.h"
 #include "ctlcmd.h"
 #include "impetus_build.h"
+#include "paths.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -33,14 +34,6 @@ static void usage(FILE *out)
           "  --json      machine-readable answer (anywhere on the line)\n"
           "Exit status: 0 done, 1 refused by the engine, 2 usage, 3 engine not reachable.\n",
           ctlcmd_usage);
-}
-
-static const char *default_config(void)
-{
-  static const char installed[] = IMPETUS_SYSCONFDIR "/impetus.conf";
-  if (access(installed, R_OK) == 0)
-    return installed;
-  return IMPETUS_SOURCE_ROOT "/etc/impetus.conf";
 }
 
 static int socket_from_config(const char *path, char *out, size_t n)
@@ -114,7 +107,7 @@ int main(int argc, char **argv)
   char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
   if (sock)
     snprintf(path, sizeof path, "%s", sock);
-  else if (socket_from_config(config ? config : default_config(), path, sizeof path) < 0)
+  else if (socket_from_config(config ? config : paths_config(), path, sizeof path) < 0)
     return 3;
 
   char req[REQUEST_MAX];

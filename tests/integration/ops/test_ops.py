@@ -363,10 +363,13 @@ def scenario_cli(imp, ctlbin, sinkbin, injectbin):
     try:
         with open(os.path.join(root, "etc", "impetus.conf")) as f:
             text = f.read()
-        check("/var/tmp/impetus" in text, "bundled configuration layout changed")
+        for p in ("/var/spool/impetus", "/var/log/impetus", "/run/impetus/impetus.sock"):
+            check(p in text, "bundled configuration layout changed: no %s" % p)
         conf = os.path.join(d, "impetus.conf")
         with open(conf, "w") as f:
-            f.write(text.replace("/var/tmp/impetus", d))
+            f.write(text.replace("/var/spool/impetus", d + "/spool")
+                    .replace("/var/log/impetus", d + "/log")
+                    .replace("/run/impetus/impetus.sock", d + "/spool/impetus.sock"))
         errf = open(os.path.join(d, "stderr"), "w+")
         proc = subprocess.Popen([imp, "-c", conf], stdout=subprocess.DEVNULL, stderr=errf,
                                 stdin=subprocess.DEVNULL)

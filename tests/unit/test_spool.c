@@ -428,6 +428,8 @@ static int on_ingest_vanish(void *arg, struct spool_msg *m, char *why, size_t n)
   return 0;
 }
 
+static void put_sized(const char *name, size_t size, char c);
+
 static void bad_inputs(void)
 {
   struct spool_params p = {.max_message_size = 20u * 1024 * 1024};
@@ -472,22 +474,24 @@ static void bad_inputs(void)
   /* 2 messages: body + .m each, or one journal segment */
   assert_int_equal(count_queue(), 0);
   assert_int_equal(count_dir("queue/journal"), 1);
-  /* Truncated while being read. */
+  /* Truncated while being read: a file bigger than the ring's slot is
+   * read again with fstat and pread, where the hook runs. */
   truncate_fd_once = 1;
   spool_test_after_stat = truncate_hook;
-  put_msg("trunc", "x-receiver: <r@example.com>\n", NULL);
+  put_sized("trunc", 5u * 1024 * 1024, 't');
   drain(sp);
   spool_test_after_stat = NULL;
   check_why("trunc", "truncated while being read");
   /* Vanishing before the claim: the hook of the first file removes the
-   * second. (Batched reads through io_uring would have read the second file
-   * already, which is fine; the per-file path is forced to test this one.) */
+   * second. (Batched reads through io_uring would have read a small second
+   * file already, which is fine; files bigger than the ring's slot are
+   * read again one by one, so the second one is gone by then.) */
   spool_test_after_stat = noop_after_stat;
   p.on_ingest = on_ingest_vanish;
   spool_close(sp);
   sp = open_spool(&p);
-  put_msg("va", "x-receiver: <r@example.com>\n", NULL);
-  put_msg("vb", "x-receiver: <r@example.com>\n", NULL);
+  put_sized("va", 5u * 1024 * 1024, 'a');
+  put_sized("vb", 5u * 1024 * 1024, 'b');
   /* The spool takes a listing in inode order: the second is the higher inode. */
   struct stat sa, sb;
   char pa[600], pb[600];

@@ -844,10 +844,7 @@ static long ingest_journal(struct spool *sp)
   bt->c = util_xcalloc(max, sizeof(*bt->c));
   sp->jbuf.len = sp->jbuf.off = 0;
   sp->njrefs = sp->jrefbytes = 0;
-  /* Through the ring when no hook needs the open file. */
-  bool ring = !spool_test_after_stat;
-  if (ring)
-    iobatch_get(&sp->iread, &sp->iread_tried, sp->p.batch_max, true);
+  iobatch_get(&sp->iread, &sp->iread_tried, sp->p.batch_max, true);
   size_t used = 0; /* arena bytes holding this batch's files */
   while (bt->n < max && sp->inames < sp->nnames && batch_len(sp) < JRN_BATCH_BYTES) {
     size_t k = sp->nnames - sp->inames;
@@ -862,7 +859,7 @@ static long ingest_journal(struct spool *sp)
       k = RING_SUB;
     size_t slot = slot_for(sp->avg_file);
     struct iobatch *ib = sp->iread;
-    if (ring && ib && slot) {
+    if (ib && slot) {
       if (k > ib->cap)
         k = ib->cap;
       if (used + k * slot > ib->bufcap) {

@@ -433,7 +433,7 @@ const uint8_t *hot_keep(const uint8_t *p, uint64_t n); /* records.c */
 static inline void jseg_name(uint32_t seg, char out[16]) { snprintf(out, 16, "%08x", seg); }
 
 /* seal.c: secret context values at rest. seal_load reads (or creates) the
- * key file and checks it against queue/seal.check: 0 or -errno with err.
+ * key file and checks it against <spoolbase>/seal.check: 0 or -errno with err.
  * seal_put appends "u32 len, sealed secrets" to an ATTR payload being
  * built when m has secret entries (nothing otherwise, or without a key).
  * seal_apply opens such a part into m's dictionaries (CTX_F_SECRET):

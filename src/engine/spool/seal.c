@@ -5,7 +5,8 @@
  * data), so it survives a restart and can never be read back as another
  * message's. The key is 32 random bytes in a file outside the spool
  * (Spool_Secret_Key_File), created 0600 when missing and refused when
- * group or others may read it or another user owns it; <spoolbase>/seal.check
+ * group or others may read it, or another user owns it (unless the engine
+ * starts as root); <spoolbase>/seal.check
  * holds a sealed known text, so a missing or different key is a clear
  * start-up error instead of secrets that silently fail to open.
  *
@@ -143,7 +144,10 @@ static int key_file(struct spool *sp, const char *path, bool *created, char *err
     r = -EPERM;
     snprintf(err, errlen, "secret key file %s may be read by others (mode %04o): chmod 600 it",
              path, (unsigned)(st.st_mode & 07777));
-  } else if (st.st_uid != geteuid()) {
+  } else if (st.st_uid != geteuid() && geteuid() != 0) {
+    /* (root starts the engine and hands the spool's surroundings to User,
+     * which may include this file: any owner then, as long as only it may
+     * read the file) */
     r = -EPERM;
     snprintf(err, errlen, "secret key file %s belongs to uid %u, not to the engine's uid %u",
              path, (unsigned)st.st_uid, (unsigned)geteuid());

@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "dlist.h"
 #include "dq.h"
 #include "ring.h"
 #include "scheduler.h"
@@ -57,7 +58,7 @@ struct tls_ctx;
 /* Engine state of one message; lives in spool_msg->user. Changed only by
  * the message's home worker (units_left, bounces, retry record). */
 struct emsg {
-  struct emsg *next, *prev; /* home worker's list (for exit clean-up) */
+  struct dlist_node link; /* home worker's list (for exit clean-up) */
   struct spool_msg *sm;
   unsigned home;
   uint32_t units_left;
@@ -138,7 +139,7 @@ struct session {
   bool plain_only;   /* this connection skips STARTTLS (TLS_Ifavailable_Fallback) */
   char detail[160];  /* why the handshake or the connect failed, for the log */
   bool charged;      /* this connection attempt already gave a unit its T */
-  struct session *next_all, *prev_all; /* worker's session list */
+  struct dlist_node link; /* worker's session list */
 };
 
 struct worker {
@@ -166,8 +167,8 @@ struct worker {
   uint64_t conf_gen;
   struct auth *auth;        /* outbound_smtp_auth credentials (auth.c) */
   struct policy_worker *pw; /* this worker's Lua state (policy.c) */
-  struct emsg *msgs;       /* messages this worker is home for */
-  struct session *sessions;
+  struct dlist msgs;       /* messages this worker is home for (emsg.link) */
+  struct dlist sessions;   /* its sessions (session.link) */
   unsigned nsessions;
   unsigned fd_cap;         /* sessions this worker may hold (RLIMIT_NOFILE share) */
   bool fd_cap_logged;

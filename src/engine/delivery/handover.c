@@ -55,10 +55,7 @@ static void run_unit_post(struct ring_msg *m)
   struct worker *w = p->w;
   struct emsg *home = p->home;
   if (home) {
-    home->next = w->msgs;
-    if (w->msgs)
-      w->msgs->prev = home;
-    w->msgs = home;
+    dlist_push_front(&w->msgs, &home->link);
   }
   worker_refresh_conf(w);
   policy_worker_refresh(w->pw, w->conf);

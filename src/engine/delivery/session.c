@@ -84,12 +84,7 @@ void session_free(struct session *s)
       dq_queue_state(s->q)->opening--;
   }
   body_close(s);
-  if (s->prev_all)
-    s->prev_all->next_all = s->next_all;
-  else
-    w->sessions = s->next_all;
-  if (s->next_all)
-    s->next_all->prev_all = s->prev_all;
+  dlist_remove(&w->sessions, &s->link);
   w->nsessions--;
   free(s->deep);
   for (unsigned i = 0; i < SMTPC_PIPE_MAX; i++)
@@ -609,10 +604,7 @@ void session_open(struct worker *w, struct dq_queue *q)
   s->pool_key = worker_queue_key(q);
   s->max_batch = st->limits.max_recipients_per_batch ? st->limits.max_recipients_per_batch : 100;
   s->rcpts = util_xcalloc(s->max_batch, sizeof *s->rcpts);
-  s->next_all = w->sessions;
-  if (w->sessions)
-    w->sessions->prev_all = s;
-  w->sessions = s;
+  dlist_push_front(&w->sessions, &s->link);
   w->nsessions++;
 
   route_resolve(s, on_routes);

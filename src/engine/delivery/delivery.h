@@ -19,7 +19,18 @@
  *   dsn.c       the bounce message itself (RFC 3464), include/engine/dsn.h
  *
  * Threads: a worker's queues, sessions and messages are touched by that
- * worker's loop thread only; work crosses threads as posts on a ring. */
+ * worker's loop thread only; work crosses threads as posts on a ring.
+ *
+ * Seams for what wave 2 adds (one call each, on the loop thread):
+ *   - a queue's effective options: worker.c load_limits() fills
+ *     dq_queue_state.limits from the configuration (and the operator's
+ *     suspensions); adaptive rules change them there for a time;
+ *   - "may I open a connection / send a message": worker.c schedule()
+ *     asks sched_conn_open() and session.c start_some() sched_msg_take();
+ *     cluster-wide leases and tokens go beside those calls;
+ *   - delivery outcomes: outcome.c outcome_finish() sees every
+ *     recipient's code, enhanced code and text with its binding, domain
+ *     and remote address, once, before logging them. */
 #pragma once
 
 #include <semaphore.h>

@@ -61,9 +61,10 @@ static void send_next(void) {
   struct slot *sl = &slots[sent_count % TXN_MAX];
   sl->txn = (struct smtpc_txn){.mail_from = from_addr, .rcpts = rcpts, .nrcpt = nrcpt,
                                .size = body.len, .results = sl->results, .final = &sl->final_res};
-  sent_count++;
-  int rc = outsess_send(sess, &sl->txn, &body, (void *)(intptr_t)sent_count);
-  if (rc < 0) {
+  int rc = outsess_send(sess, &sl->txn, &body, (void *)(intptr_t)(sent_count + 1));
+  if (rc == 0)
+    sent_count++; /* accepted: txn_done follows exactly once */
+  else {
     printf("send-error %d\n", rc);
     outsess_quit(sess);
   }

@@ -7,16 +7,19 @@
  * most CTL_WORKER_WAIT_MS); walk messages to count them (counters.c keeps
  * totals; listings page); print a secret (conf_eval without
  * CONF_EVAL_SHOW_SECRETS masks them).
+ * The control thread's I/O (every client served at once) is ctlsrv.c.
  * Threads: the control thread, except ctl_start/ctl_stop (main thread),
  * ctl_suspended (workers) and the run_* functions (each on its worker). */
-#include "ctl.h"
+#include "ctl_internal.h"
 
 #include "buf.h"
 #include "clock.h"
 #include "conf.h"
 #include "counters.h"
+#include "ctlcmd.h"
 #include "dns.h"
 #include "dq.h"
+#include "logs.h"
 #include "impetus_build.h"
 #include "metrics.h"
 #include "panic.h"
@@ -29,7 +32,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -45,7 +47,6 @@
 #include <unistd.h>
 
 #define CTL_ARGS_MAX 32       /* words in one request */
-#define CTL_IO_TIMEOUT_S 2    /* a client that stalls longer is dropped */
 #define RATE_SAMPLES 61       /* one per second: the last minute */
 
 /* ------------------------------------------------------------ state */
@@ -58,6 +59,7 @@ static struct {
   char metrics_addr[300];
   pthread_t thread;
   bool running;
+  struct logs_writer *log; /* this thread's paniclog lines */
   uint64_t start_mono_ms;
   /* delivered-recipient samples, one per second */
   uint64_t rate_t[RATE_SAMPLES], rate_d[RATE_SAMPLES];
@@ -502,15 +504,19 @@ static void rate_sample(void)
     g.rate_n++;
 }
 
-/* Delivered recipients per second over the last minute (or less). */
+/* Delivered recipients per second over the last minute (or less): from
+ * the oldest sample to now, so a run shorter than two samples has a rate. */
 static double rate_recent(void)
 {
-  if (g.rate_n < 2)
+  if (g.rate_n < 1)
     return 0;
-  unsigned newest = (g.rate_i + RATE_SAMPLES - 1) % RATE_SAMPLES;
+  uint64_t t[COUNTERS_KINDS];
+  counters_totals(t);
   unsigned oldest = (g.rate_i + RATE_SAMPLES - g.rate_n) % RATE_SAMPLES;
-  uint64_t dt = g.rate_t[newest] - g.rate_t[oldest];
-  return dt ? (double)(g.rate_d[newest] - g.rate_d[oldest]) * 1000.0 / (double)dt : 0;
+  uint64_t dt = mono_ms() - g.rate_t[oldest];
+  if (dt < 100) /* too short a window to mean anything */
+    return 0;
+  return (double)(t[COUNTERS_DELIVERED] - g.rate_d[oldest]) * 1000.0 / (double)dt;
 }
 
 /* ------------------------------------------------------------ commands */
@@ -957,24 +963,13 @@ static int cmd_suspend(struct req *r, bool on, const char *binding, const char *
 
 static int cmd_config_eval(struct req *r, int argc, char **argv)
 {
-  const char *group = NULL, *binding = NULL, *domain = NULL, *option = NULL;
-  for (int i = 0; i < argc; i++) {
-    if (i + 1 < argc && !strcasecmp(argv[i], "binding_group"))
-      group = argv[++i];
-    else if (i + 1 < argc && !strcasecmp(argv[i], "binding"))
-      binding = argv[++i];
-    else if (i + 1 < argc && !strcasecmp(argv[i], "domain"))
-      domain = argv[++i];
-    else if (i + 1 == argc)
-      option = argv[i];
-    else
-      return fail(r, "usage: config eval [binding_group G] [binding B] [domain D] OPTION");
-  }
-  if (!option)
-    return fail(r, "usage: config eval [binding_group G] [binding B] [domain D] OPTION");
+  struct ctlcmd_eval e;
+  char why[256];
+  if (ctlcmd_eval_args(argc, argv, &e, why, sizeof why) < 0)
+    return fail(r, "config eval: %s", why);
   struct conf *c = conf_ref(atomic_load(&g.sh->conf));
   struct buf out = {0};
-  int rc = conf_eval(c, group, binding, domain, option, 0, &out); /* secrets masked */
+  int rc = conf_eval(c, e.group, e.binding, e.domain, e.option, 0, &out); /* secrets masked */
   buf_append(&out, "", 1);
   if (rc < 0)
     fail(r, "%s", (const char *)buf_head(&out));
@@ -1008,20 +1003,13 @@ static int cmd_config_reload(struct req *r)
   return 0;
 }
 
-static const char usage_text[] =
-  "commands: summary | mailq [-d DOMAIN] [-b BINDING] [-p PAGE] [-n PER_PAGE] |\n"
-  "  showqueue [binding NAME] DOMAIN | binding summary [NAME] | domain NAME |\n"
-  "  message details ID | message retry ID | message fail ID | flush domain NAME |\n  flush binding NAME |\n"
-  "  suspend domain NAME | suspend binding NAME | resume domain NAME | resume binding NAME |\n"
-  "  config eval [binding_group G] [binding B] [domain D] OPTION | config reload |\n"
-  "  reopen logs | version | shutdown";
-
 static int dispatch(struct req *r)
 {
   int ac = r->argc;
   char **av = r->argv;
-  if (ac == 0)
-    return fail(r, "%s", usage_text);
+  char why[512];
+  if (ctlcmd_check(ac, av, why, sizeof why) < 0)
+    return fail(r, "%s\ncommands:\n%s", why, ctlcmd_usage);
 #define IS(i, w) (ac > (i) && !strcasecmp(av[i], (w)))
   if (IS(0, "summary") && ac == 1)
     return cmd_summary(r);
@@ -1035,7 +1023,14 @@ static int dispatch(struct req *r)
     return 0;
   }
   if (IS(0, "reopen") && IS(1, "logs") && ac == 2) {
-    kill(getpid(), SIGUSR1);
+    /* here rather than by SIGUSR1, to know whether every file reopened */
+    char failed[1024];
+    if (logs_reopen_wait(g.sh->logs, failed, sizeof failed) < 0) {
+      logs_panic(g.log, clock_wall_ms(), "logs", "reopen failed: %s; still writing to the old file",
+                 failed);
+      logs_writer_flush(g.log);
+      return fail(r, "reopen failed: %s (still writing to the old file)", failed);
+    }
     o_bool(&r->o, "reopened", true);
     return 0;
   }
@@ -1084,64 +1079,14 @@ static int dispatch(struct req *r)
   if ((IS(0, "suspend") || IS(0, "resume")) && ac == 5 && IS(1, "binding") && IS(3, "domain"))
     return cmd_suspend(r, IS(0, "suspend"), av[2], av[4]);
 #undef IS
-  return fail(r, "unknown command\n%s", usage_text);
+  return fail(r, "unknown command\ncommands:\n%s", ctlcmd_usage);
 }
 
-/* ------------------------------------------------------------ I/O */
+/* ------------------------------------------------------------ answers
+ * (ctlsrv.c does the I/O: every client is served concurrently) */
 
-static void set_timeouts(int fd)
+void ctl_answer(char *line, struct buf *out)
 {
-  struct timeval tv = {.tv_sec = CTL_IO_TIMEOUT_S};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
-
-static void write_all(int fd, const void *p, size_t n)
-{
-  const char *c = p;
-  while (n > 0) {
-    ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return;
-    c += w;
-    n -= (size_t)w;
-  }
-}
-
-/* Read until `end` is seen or the buffer is full; returns bytes or -1. */
-static ssize_t read_until(int fd, char *buf, size_t cap, const char *end)
-{
-  size_t n = 0;
-  while (n + 1 < cap) {
-    ssize_t r = recv(fd, buf + n, cap - 1 - n, 0);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      break;
-    n += (size_t)r;
-    buf[n] = '\0';
-    if (strstr(buf, end))
-      return (ssize_t)n;
-  }
-  buf[n] = '\0';
-  return n ? (ssize_t)n : -1;
-}
-
-static void serve_ctl(int fd)
-{
-  set_timeouts(fd);
-  char line[CTL_REQUEST_MAX + 1];
-  ssize_t n = read_until(fd, line, sizeof line, "\n");
-  if (n <= 0)
-    return;
-  char *nl = strchr(line, '\n');
-  if (nl == NULL) {
-    write_all(fd, "ERR\nrequest too long\n", 21);
-    return;
-  }
-  *nl = '\0';
   struct buf body = {0};
   struct req r = {.o = {.b = &body}};
   char *save = NULL;
@@ -1156,36 +1101,28 @@ static void serve_ctl(int fd)
     buf_append_str(&body, "}\n");
   if (rc < 0) {
     buf_append(&r.err, "", 1);
-    struct buf e = {0};
+    buf_append_str(out, "ERR\n");
     if (r.o.json) {
-      buf_append_str(&e, "{\"error\":");
-      json_str(&e, (const char *)buf_head(&r.err));
-      buf_append_str(&e, "}\n");
+      buf_append_str(out, "{\"error\":");
+      json_str(out, (const char *)buf_head(&r.err));
+      buf_append_str(out, "}\n");
     } else {
-      buf_printf(&e, "%s\n", (const char *)buf_head(&r.err));
+      buf_printf(out, "%s\n", (const char *)buf_head(&r.err));
     }
-    write_all(fd, "ERR\n", 4);
-    write_all(fd, buf_head(&e), buf_avail(&e));
-    buf_done(&e, 0);
   } else {
-    write_all(fd, "OK\n", 3);
-    write_all(fd, buf_head(&body), buf_avail(&body));
+    buf_append_str(out, "OK\n");
+    buf_append(out, buf_head(&body), buf_avail(&body));
   }
   buf_done(&body, 0);
   buf_done(&r.err, 0);
 }
 
-static void serve_metrics(int fd)
+void ctl_http_answer(const char *req, struct buf *out)
 {
-  set_timeouts(fd);
-  char req[CTL_REQUEST_MAX + 1];
-  ssize_t n = read_until(fd, req, sizeof req, "\n");
-  if (n <= 0)
-    return;
-  if (strncmp(req, "GET /metrics", 12) != 0 || (req[12] != ' ' && req[12] != '?' && req[12] != '\r' && req[12] != '\n')) {
-    static const char nf[] = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
-                             "Content-Length: 10\r\n\r\nnot found\n";
-    write_all(fd, nf, sizeof nf - 1);
+  if (strncmp(req, "GET /metrics", 12) != 0 ||
+      (req[12] != ' ' && req[12] != '?' && req[12] != '\r' && req[12] != '\n')) {
+    buf_append_str(out, "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+                        "Content-Length: 10\r\n\r\nnot found\n");
     return;
   }
   struct metrics_input in = {.nworkers = g.sh->nworkers,
@@ -1206,42 +1143,23 @@ static void serve_metrics(int fd)
   struct buf body = {0};
   metrics_render(&body, &in);
   free(in.w);
-  char head[200];
-  int hl = snprintf(head, sizeof head,
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                    "Content-Length: %zu\r\n\r\n",
-                    buf_avail(&body));
-  write_all(fd, head, (size_t)hl);
-  write_all(fd, buf_head(&body), buf_avail(&body));
+  buf_printf(out,
+             "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+             "Content-Length: %zu\r\n\r\n",
+             buf_avail(&body));
+  buf_append(out, buf_head(&body), buf_avail(&body));
   buf_done(&body, 0);
+}
+
+void ctl_tick(void)
+{
+  rate_sample();
 }
 
 static void *ctl_main(void *arg)
 {
   (void)arg;
-  for (;;) {
-    struct pollfd p[3] = {{.fd = g.stop_fd[0], .events = POLLIN},
-                          {.fd = g.sock_fd, .events = POLLIN},
-                          {.fd = g.metrics_fd, .events = POLLIN}};
-    int n = poll(p, 3, 1000);
-    rate_sample();
-    if (n < 0)
-      continue;
-    if (p[0].revents)
-      break;
-    for (int i = 1; i < 3; i++) {
-      if (!(p[i].revents & POLLIN))
-        continue;
-      int fd = accept4(p[i].fd, NULL, NULL, SOCK_CLOEXEC);
-      if (fd < 0)
-        continue;
-      if (i == 1)
-        serve_ctl(fd);
-      else
-        serve_metrics(fd);
-      close(fd);
-    }
-  }
+  ctlsrv_run(g.stop_fd[0], g.sock_fd, g.metrics_fd);
   return NULL;
 }
 
@@ -1395,6 +1313,7 @@ int ctl_start(char *err, size_t errlen)
     snprintf(err, errlen, "control thread: %s", strerror(errno));
     return -errno;
   }
+  g.log = logs_writer_new(g.sh->logs);
   int rc = pthread_create(&g.thread, NULL, ctl_main, NULL);
   if (rc != 0) {
     snprintf(err, errlen, "control thread: %s", strerror(rc));
@@ -1411,6 +1330,8 @@ void ctl_stop(void)
     pthread_join(g.thread, NULL);
     g.running = false;
   }
+  logs_writer_free(g.log);
+  g.log = NULL;
   if (g.sock_fd >= 0) {
     close(g.sock_fd);
     unlink(g.sock_path);

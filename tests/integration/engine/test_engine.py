@@ -649,7 +649,12 @@ def content_bodies():
     lf = "Subject: lf\n\n" + ("." + "l" * 60 + "\n") * 2500               # rewritten to CRLF
     # a CRLF split by the 64 KB chunk boundary of the body as stored
     head = "Subject: edge\r\n\r\n"
-    edge = head + "e" * (65535 - len(head)) + "\r\n" + "tail\r\n"
+    # (body lines stay within 998 bytes: longer ones are refused at pickup)
+    fill, lines = 65535 - len(head), []
+    while fill > 998:
+        lines.append("e" * 898 + "\r\n")
+        fill -= 900
+    edge = head + "".join(lines) + "e" * fill + "\r\n" + "tail\r\n"
     bare = "Subject: bare\r\n\r\nno newline at the end"
     mixed = "Subject: mixed\r\n\r\na\rb\nc\r\n.\r\n..\r\n"
     return {"crlf": crlf, "lf": lf, "edge": edge, "bare": bare, "mixed": mixed}

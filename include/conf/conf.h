@@ -96,7 +96,7 @@ const struct conf_view *conf_view_by_id(struct conf *c, int binding_id, const ch
 
 /* ---- typed getters (the option's declared type must match; checked
  * under -Ddebug_strict) ---- */
-const char *conf_str(const struct conf_view *v, enum conf_opt o);  /* STR PATH ENUM ADDR: the text; NULL unset */
+const char *conf_str(const struct conf_view *v, enum conf_opt o);  /* STR PATH ENUM ADDR: the text; NULL unset or off */
 bool conf_bool(const struct conf_view *v, enum conf_opt o);
 int64_t conf_int(const struct conf_view *v, enum conf_opt o);      /* INT MODE; 0 unset */
 int64_t conf_interval(const struct conf_view *v, enum conf_opt o); /* seconds */
@@ -135,6 +135,8 @@ void conf_each_set(const struct conf *c, enum conf_opt o,
                    void (*fn)(void *arg, const char *text), void *arg);
 /* Whether a scope set the option (false: built-in default). */
 bool conf_is_set(const struct conf_view *v, enum conf_opt o);
+/* Whether a scope set an OFF option to false (a built-in false is not). */
+bool conf_is_off(const struct conf_view *v, enum conf_opt o);
 /* The scope that provided the value: 0 = built-in default. Stable within
  * one snapshot; conf_scope_name gives a text that is stable across reloads
  * (e.g. `binding_group "g" domain "x.com"`). */

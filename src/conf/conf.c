@@ -299,7 +299,14 @@ const char *conf_str(const struct conf_view *v, enum conf_opt o)
 {
   enum conf_type t = conf_optdefs[o].type;
   (void)t;
-  return GET(v, o, t == CONF_T_STR || t == CONF_T_PATH || t == CONF_T_ENUM || t == CONF_T_ADDR)->text;
+  const struct conf_value *x = GET(v, o, t == CONF_T_STR || t == CONF_T_PATH || t == CONF_T_ENUM || t == CONF_T_ADDR);
+  return x->off ? NULL : x->text;
+}
+
+bool conf_is_off(const struct conf_view *v, enum conf_opt o)
+{
+  const struct conf_value *x = GET(v, o, 1);
+  return x->off && x->set;
 }
 
 bool conf_bool(const struct conf_view *v, enum conf_opt o)
@@ -471,6 +478,8 @@ static const char *value_text(const struct conf_value *v, bool show_secret)
 {
   if (!v->text)
     return "(unset)";
+  if (v->off)
+    return "false"; /* off is no secret */
   if ((conf_optdefs[v->opt].flags & CONF_F_SECRET) && !show_secret)
     return "********";
   return v->text;

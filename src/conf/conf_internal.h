@@ -15,7 +15,7 @@ enum {
   CONF_S_G = 1u, CONF_S_BG = 2u, CONF_S_B = 4u, CONF_S_D = 8u, CONF_S_MOD = 16u,
 };
 #define CONF_S_ROUTING (CONF_S_G | CONF_S_BG | CONF_S_B | CONF_S_D)
-enum { CONF_F_RESTART = 1u, CONF_F_SECRET = 2u };
+enum { CONF_F_RESTART = 1u, CONF_F_SECRET = 2u, CONF_F_OFF = 4u };
 enum { CONF_INST_NONE, CONF_INST_OPTIONAL, CONF_INST_REQUIRED };
 
 struct conf_optdef {
@@ -68,6 +68,7 @@ struct conf_value {
   const char *host;          /* ADDR */
   uint16_t port;
   bool implicit_tls;         /* ADDR (Gateway): written smtps://host[:port] */
+  bool off;                  /* OFF options: written false */
   uint16_t opt;
   bool set;                  /* false: built-in default */
   uint32_t scope;            /* node id that set it; 0 = default */

@@ -24,6 +24,7 @@
 #define ROUTING CONF_S_ROUTING
 #define RESTART CONF_F_RESTART
 #define SECRET CONF_F_SECRET
+#define OFF CONF_F_OFF
 #define NONE CONF_INST_NONE
 #define OPTIONAL CONF_INST_OPTIONAL
 #define REQUIRED CONF_INST_REQUIRED
@@ -538,6 +539,11 @@ int conf_value_convert(struct conf_arena *a, enum conf_opt opt, const struct con
   }
 
   const char *s = raw->s;
+  if ((d->flags & CONF_F_OFF) && !strcasecmp(s, "false")) { /* Momentum's "off" */
+    out->off = true;
+    out->text = "false";
+    return 0;
+  }
   switch (d->type) {
   case CONF_T_STR:
     out->text = s;

@@ -6,6 +6,7 @@
  * when its call ends). Every function except luam_check and
  * luam_resolve_source runs on the thread that created the state. */
 #include "luam.h"
+#include "authkeys.h"
 #include "luam_ds.h"
 #include "luam_job.h"
 
@@ -299,35 +300,36 @@ static int check_ctx(lua_State *L, int idx)
 #define NEED(c, op) \
   do { if (!(c)->ops->op) return luaL_error(L, "msg: %s is not supported here", #op); } while (0)
 
-static const char *const auth_fallback_keys[][2] = {
-  {"outbound_smtp_auth_key", "outbound_smtp_auth_key"},
-  {"outbound_smtp_auth_type", "outbound_smtp_auth_type"},
-  {"outbound_smtp_auth_user", "outbound_smtp_auth_user"},
-};
-
-/* Context lookup; inside outbound_smtp_auth_config, the _key/_type/_user
- * message-context keys fall back to the configured value for the scope. */
+/* Context lookup; inside outbound_smtp_auth_config, a message-context
+ * key of outbound_smtp_auth (not the password) that the message does not
+ * set shows what the unit will use: authkeys' rule over the configured
+ * value for the scope (false there = off = nil). */
 static const char *ctx_lookup(struct lcall *c, int which, const char *key, size_t *len)
 {
   if (!c->ops->ctx_get)
     return NULL;
   const char *v = c->ops->ctx_get(c->msg, which, key, len);
-  if (v || which != LUAM_CTX_MESS || c->hook != LUAM_HOOK_OUTBOUND_SMTP_AUTH_CONFIG)
+  int k = -1;
+  if (v || which != LUAM_CTX_MESS || c->hook != LUAM_HOOK_OUTBOUND_SMTP_AUTH_CONFIG ||
+      (k = authkeys_find(key)) < 0 || k == AUTHKEY_PASS)
     return v;
   const struct luam_host *h = &c->ls->lm->host;
   if (!h->eval)
     return NULL;
-  for (size_t i = 0; i < UTIL_ARRAY_LEN(auth_fallback_keys); i++) {
-    if (strcmp(key, auth_fallback_keys[i][0]) != 0)
-      continue;
-    const char *bg = c->ops->binding_group ? c->ops->binding_group(c->msg) : NULL;
-    const char *b = c->ops->binding ? c->ops->binding(c->msg) : NULL;
-    v = h->eval(h->arg, bg, b, c->domain, auth_fallback_keys[i][1]);
-    if (v)
-      *len = strlen(v);
-    return v;
+  const char *mess[AUTHKEY__COUNT], *conf[AUTHKEY__COUNT] = {0};
+  for (int i = 0; i < AUTHKEY__COUNT; i++) {
+    size_t l;
+    mess[i] = c->ops->ctx_get(c->msg, which, authkeys_ctx_key((enum authkey)i), &l);
   }
-  return NULL;
+  const char *bg = c->ops->binding_group ? c->ops->binding_group(c->msg) : NULL;
+  const char *b = c->ops->binding ? c->ops->binding(c->msg) : NULL;
+  conf[k] = h->eval(h->arg, bg, b, c->domain, authkeys_option((enum authkey)k));
+  if (conf[k] && !strcasecmp(conf[k], "false"))
+    conf[k] = NULL;
+  v = authkeys_pick((enum authkey)k, mess, conf);
+  if (v)
+    *len = strlen(v);
+  return v;
 }
 
 static int m_context_get(lua_State *L)

@@ -11,6 +11,7 @@
 #include "worker.h"
 
 #include "auth.h"
+#include "authkeys.h"
 #include "conf.h"
 #include "conn.h"
 #include "counters.h"
@@ -1110,7 +1111,7 @@ static void on_event(struct session *s, const struct smtpc_event *ev)
       logs_panic(w->log, wall_ms(), "outbound_smtp_auth",
                  "AUTH %s as \"%s\" rejected by %s (%s/%s, connection %s): %d %s; "
                  "mail is deferred until the credentials are fixed or it expires",
-                 t == SMTPC_AUTH_LOGIN ? "LOGIN" : t == SMTPC_AUTH_XOAUTH2 ? "XOAUTH2" : "PLAIN",
+                 authkeys_mech_name(t),
                  cr && cr->user ? cr->user : "", s->routes[s->route_i].ip, dq_queue_binding(s->q),
                  dq_queue_domain(s->q), s->conn_id_s, ev->code, ev->text);
     }
@@ -1774,6 +1775,11 @@ static void schedule(struct worker *w)
     struct dq_queue *q = dq_next_active(w->dq);
     if (q == NULL)
       break;
+    if (dq_queue_cred_id(q) == AUTH_CRED_UNUSABLE) { /* due: resolve again (unit_ready) */
+      for (size_t n = dq_queue_ready(q); n > 0; n--)
+        requeue_unit(w, dq_queue(w->dq, dq_queue_binding(q), dq_queue_domain(q)), dq_pop(w->dq, q));
+      continue;
+    }
     load_limits(w, q);
     struct dq_queue_state *st = dq_queue_state(q);
     if (st->blocked_until_ns > now_ns || st->limits.suspend_delivery)
@@ -1918,7 +1924,10 @@ struct unit_post {
   char binding[SPOOL_NAME_MAX + 1];
 };
 
-/* The unit's credentials are known: queue it with its identity. */
+/* The unit's credentials are known: queue it with its identity. Unusable
+ * ones fail a due attempt transiently (finish_unit re-queues it with
+ * back-off) and wait in their own queue, which schedule() never serves
+ * but hands back here when due (auth.h). */
 static void unit_ready(void *arg, uint64_t cred)
 {
   struct unit_post *p = arg;
@@ -1926,6 +1935,19 @@ static void unit_ready(void *arg, uint64_t cred)
   struct dq_unit *u = p->u;
   struct emsg *em = u->msg;
   const char *dom = rcpt_domain(em->sm->rcpt[u->rcpt[0]]);
+  static __thread bool failing; /* finish_unit re-queues through here */
+  if (cred == AUTH_CRED_UNUSABLE && !failing && u->due_ms <= wall_ms()) {
+    struct smtpc_result all = {.outcome = SMTPC_OUT_TRANSIENT};
+    snprintf(all.text, sizeof all.text, "451 4.7.0 [internal] outbound_smtp_auth: %s", auth_error(w->auth));
+    logs_panic(w->log, wall_ms(), "outbound_smtp_auth", "message %s (binding %s, domain %s): %s; deferred",
+               em->id, p->binding, dom, auth_error(w->auth));
+    struct dq_queue *q = dq_queue(w->dq, p->binding, dom);
+    free(p);
+    failing = true;
+    finish_unit(w, q, u, NULL, &all, NULL, NULL, 0);
+    failing = false;
+    return;
+  }
   struct dq_queue *q = dq_queue_cred(w->dq, p->binding, dom, cred);
   dq_push(w->dq, q, u, wall_ms());
   free(p);

@@ -90,7 +90,7 @@ static void test_seed(void **state)
   assert_false(conf_module_enabled(c, "ec_logger"));
   assert_string_equal(eval(c, NULL, NULL, "sparkpost.com", "outbound_smtp_auth_user"), "sparkpost");
   assert_string_equal(eval(c, NULL, NULL, "sparkpost.com", "outbound_smtp_auth_pass"), "********");
-  assert_string_equal(eval(c, NULL, NULL, NULL, "outbound_smtp_auth_user"), "(unset)");
+  assert_string_equal(eval(c, NULL, NULL, NULL, "outbound_smtp_auth_user"), "false");
   conf_unref(c);
 }
 

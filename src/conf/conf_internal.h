@@ -181,4 +181,14 @@ struct conf *conf_new_empty(void);
 struct conf_node *conf_node_new(struct conf *c, int kind, const char *path);
 void conf_node_add(struct conf_node *n, const struct conf_value *v);
 int conf_finish(struct conf *c, char *why, size_t whylen);
+
+/* Fill v for (group, binding, domain id) through the fallback chain and a
+ * "#name" Gateway (conf.c): returns the domain id the view is for (the
+ * "#name" one after such a Gateway). A domain's id, 0 when it has no stanza. */
+uint32_t conf_view_fill(const struct conf *c, struct conf_view *v, int group,
+                    const struct conf_binding *b, uint32_t did);
+uint32_t conf_domain_id(const struct conf *c, const char *domain);
+/* conf_check.c: whole-snapshot checks after conf_finish; -EINVAL with err
+ * naming the file and line of the value. */
+int conf_check(struct conf *c, struct conf_error *err);
 const char *conf_type_name(enum conf_type t);

@@ -122,8 +122,13 @@ int main(int argc, char **argv)
   switch (mode) {
   case CHECK: {
     struct conf *c = load_or_report(path);
+    struct conf_error ce;
+    char msg[sizeof ce.file + sizeof ce.msg + 32];
+    int bad = c && conf_check_paths(c, &ce) < 0; /* files a delivery reads */
+    if (bad)
+      fprintf(stderr, "%s\n", conf_error_str(&ce, msg, sizeof msg));
     conf_unref(c);
-    return c ? 0 : 1;
+    return c && !bad ? 0 : 1;
   }
   case EVAL:
     return eval_config(path, show_secrets, argc - rest, argv + rest);

@@ -645,6 +645,27 @@ def scenario_unusable(env):
         expect(rec.get("auth_user") != "tenant1", "tenant1 never authenticated")
 
 
+def scenario_relay(env):
+    """Issue 18 item 7: SparkPost's relay sample. Binding "spe" { Gateway = "#spe_relay" + AUTH }
+    and Domain "#spe_relay" { Routes TLS = required }: delivered through the route with the
+    binding's credentials over TLS (it bounced with 550 5.1.2 route lookup failed)."""
+    conf = ('Worker_Threads = 2\nTLS_Verify = "no"\nRetry_Interval = 1\nMax_Retry_Interval = 1\n'
+            'Domain "#spe_relay" { Routes = ( "smtp://127.0.0.1:%d" ) TLS = "required" }\n'
+            'Binding "spe" {\n  Gateway = "#spe_relay"\n  Outbound_SMTP_AUTH_Type = "LOGIN"\n'
+            '  Outbound_SMTP_AUTH_User = "cfguser"\n  Outbound_SMTP_AUTH_Pass = "Sekr1t-Cfg-9"\n}\n'
+            % env.sink.port)
+    e = env.engine(conf)
+    env.inject(["a@gmail.test"], binding="spe")
+    env.inject(["b@yahoo.test"], binding="spe")
+    e.wait_for(lambda: all_final(e, 2), 20, "2 final records")
+    expect(not e.records("P"), "no bounce: %r" % e.records("P"))
+    seen = env.seen()
+    print("sink saw:", seen)
+    for r in ("a@gmail.test", "b@yahoo.test"):
+        expect(seen.get(r, (None,))[:3] == ("cfguser", "LOGIN", True),
+               "%s through #spe_relay's route, AUTH LOGIN over TLS" % r)
+
+
 def main():
     imp, sinkbin, scenario = sys.argv[1], sys.argv[2], sys.argv[3]
     users = [("msys", "msys"), ("sparkpost", "sparkpost"), ("foo", "bar"),

@@ -117,6 +117,8 @@ struct luam_opts {
   uint64_t max_time_ms;      /* running time per hook call; 0 = default */
   size_t max_memory;         /* bytes per state; 0 = default */
   bool jit;                  /* JIT on: faster, but compiled loops escape the budget */
+  bool full_lua;             /* no sandbox (scriptlet sandbox = false): io, os.execute,
+                                ffi, debug, bytecode and C modules available */
   struct luam_ds *ds;        /* shared datasources or NULL; not owned */
 };
 

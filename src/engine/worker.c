@@ -1776,8 +1776,9 @@ static void schedule(struct worker *w)
     if (q == NULL)
       break;
     if (dq_queue_cred_id(q) == AUTH_CRED_UNUSABLE) { /* due: resolve again (unit_ready) */
-      for (size_t n = dq_queue_ready(q); n > 0; n--)
-        requeue_unit(w, dq_queue(w->dq, dq_queue_binding(q), dq_queue_domain(q)), dq_pop(w->dq, q));
+      struct dq_unit *u;
+      for (size_t n = dq_queue_ready(q); n > 0 && (u = dq_pop(w->dq, q)) != NULL; n--)
+        requeue_unit(w, dq_queue(w->dq, dq_queue_binding(q), dq_queue_domain(q)), u);
       continue;
     }
     load_limits(w, q);

@@ -197,7 +197,7 @@ static int check_relays(struct conf *c, struct conf_error *err)
     for (uint32_t j = 0; j < c->nodes[i]->nvals && !any; j++)
       any = c->nodes[i]->vals[j]->opt == CONF_GATEWAY && c->nodes[i]->vals[j]->text &&
             c->nodes[i]->vals[j]->text[0] == '#';
-  if (!any || (uint64_t)c->nbindings * (c->ndomains + 1) > 200000)
+  if (!any || (uint64_t)c->nbindings * (c->ndomains + 1) > 20000)
     return 0;
   struct conf_view *v = util_xmalloc(sizeof *v);
   int r = 0;

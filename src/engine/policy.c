@@ -192,6 +192,16 @@ struct policy *policy_new(struct conf *c, _Atomic(struct conf *) *live_conf,
   return p;
 }
 
+int policy_check(struct conf *c, char *err, size_t errlen)
+{
+  struct luam_conf lc;
+  if (luam_conf_load(&lc, c, NULL, err, errlen) < 0)
+    return -EINVAL;
+  int r = lc.opts.nscripts > 0 ? luam_check(&lc.opts, err, errlen) : 0;
+  luam_conf_done(&lc);
+  return r < 0 ? -EINVAL : 0;
+}
+
 int policy_reload(struct policy *p, struct conf *c, char *err, size_t errlen)
 {
   struct snap *s = snap_load(c, err, errlen);

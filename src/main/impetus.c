@@ -6,6 +6,7 @@
 #include "conf.h"
 #include "engine.h"
 #include "impetus_build.h"
+#include "policy.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -127,6 +128,8 @@ int main(int argc, char **argv)
     int bad = c && conf_check_paths(c, &ce) < 0; /* files a delivery reads */
     if (bad)
       fprintf(stderr, "%s\n", conf_error_str(&ce, msg, sizeof msg));
+    else if (c && (bad = policy_check(c, ce.msg, sizeof ce.msg) < 0)) /* the Lua scripts */
+      fprintf(stderr, "%s\n", ce.msg);
     conf_unref(c);
     return c && !bad ? 0 : 1;
   }

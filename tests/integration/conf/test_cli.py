@@ -97,6 +97,18 @@ with tempfile.TemporaryDirectory() as d:
     with open(os.path.join(d, "ca.pem"), "w") as f:
         f.write("x")
     check("tls file there", run("--check-config", "-c", relay), (0, "", ""))
+    # the Lua scripts are loaded as start-up would: a syntax error or a missing source fails
+    # the check (it used to pass, then the engine refused to start)
+    with open(os.path.join(d, "bad.lua"), "w") as f:
+        f.write("msys.registerModule('bad', {})\nlocal x = = 1\n")
+    with open(relay, "w") as f:
+        f.write('scriptlet "scriptlet" { script "bad" { source = "bad" } }\n')
+    check("lua syntax", run("--check-config", "-c", relay),
+          (1, "", f"{d}/bad.lua:2: unexpected symbol near '='\n"))
+    with open(relay, "w") as f:
+        f.write('scriptlet "scriptlet" { script "gone" { source = "gone" } }\n')
+    rc, out, err = run("--check-config", "-c", relay)
+    check("lua missing", (rc, out, "source \"gone\" not found" in err), (1, "", True))
 check("unknown option eval", run("--eval-config", "-c", SEED, "nope"),
       (1, "", "impetus: unknown option 'nope'\n"))
 check("eval usage", run("--eval-config", "-c", SEED)[0], 2)

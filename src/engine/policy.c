@@ -197,7 +197,9 @@ int policy_check(struct conf *c, char *err, size_t errlen)
   struct luam_conf lc;
   if (luam_conf_load(&lc, c, NULL, err, errlen) < 0)
     return -EINVAL;
-  int r = lc.opts.nscripts > 0 ? luam_check(&lc.opts, err, errlen) : 0;
+  int r = luam_ds_check(lc.ds, lc.nds, err, errlen);
+  if (r == 0 && lc.opts.nscripts > 0)
+    r = luam_check(&lc.opts, err, errlen);
   luam_conf_done(&lc);
   return r < 0 ? -EINVAL : 0;
 }

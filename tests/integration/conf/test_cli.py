@@ -109,6 +109,13 @@ with tempfile.TemporaryDirectory() as d:
         f.write('scriptlet "scriptlet" { script "gone" { source = "gone" } }\n')
     rc, out, err = run("--check-config", "-c", relay)
     check("lua missing", (rc, out, "source \"gone\" not found" in err), (1, "", True))
+    # a datasource whose database file is missing fails every query: the check says so
+    with open(relay, "w") as f:
+        f.write('Datasource "creds" { uri = ( "sqlite:%s/creds.db" ) }\n' % d)
+    check("datasource file", run("--check-config", "-c", relay),
+          (1, "", f'datasource creds: "{d}/creds.db": No such file or directory\n'))
+    open(os.path.join(d, "creds.db"), "w").close()
+    check("datasource file there", run("--check-config", "-c", relay), (0, "", ""))
 check("unknown option eval", run("--eval-config", "-c", SEED, "nope"),
       (1, "", "impetus: unknown option 'nope'\n"))
 check("eval usage", run("--eval-config", "-c", SEED)[0], 2)

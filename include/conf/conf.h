@@ -58,10 +58,11 @@ const char *conf_error_str(const struct conf_error *err, char *out, size_t n);
  * err filled in. The result has one reference. */
 struct conf *conf_load(const char *path, struct conf_error *err);
 
-/* The files a delivery would read (TLS_Ca, TLS_Certificate, TLS_Key) exist
- * and are regular files: 0, or -EINVAL with err at the value's file:line.
- * For --check-config (the load itself does not touch these files). */
-int conf_check_paths(const struct conf *c, struct conf_error *err);
+/* What a delivery needs from this host: the files it reads (TLS_Ca,
+ * TLS_Certificate, TLS_Key) exist and are regular files, and each
+ * Bind_Address is an address of this host. 0, or -EINVAL with err at the
+ * value's file:line. For --check-config (the load itself does not look). */
+int conf_check_environment(const struct conf *c, struct conf_error *err);
 
 /* Flags for conf_parse_buffer. */
 #define CONF_PARSE_NO_INCLUDE 1u /* include is an error (fuzzing, untrusted text) */

@@ -5,8 +5,10 @@
  *     every binding whose mail it routes, and names no further #gateway;
  *   - a Gateway host is a host name or an IP literal; every Routes entry
  *     parses the way the worker reads it (scheme, host, port, query);
- *   - Remote_SMTP_Port is a port;
- *   - conf_check_paths: the TLS files a delivery reads exist.
+ *   - Remote_SMTP_Port is a port; EHLO_Hostname a name the peer can take;
+ *     Bind_Address "*" or an IP literal (a host name was silently ignored);
+ *   - conf_check_environment (--check-config): the TLS files a delivery
+ *     reads exist, and each Bind_Address is an address of this host.
  * Never logs. Runs once per load on the loading thread. */
 #include "conf_internal.h"
 #include "panic.h"
@@ -18,7 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 IMPETUS_PRINTF(3, 4)
 static int bad(struct conf_error *err, const struct conf_value *v, const char *fmt, ...)
@@ -177,6 +183,26 @@ static int check_value(struct conf *c, const struct conf_value *v, struct conf_e
     if (!strcmp(v->host, "*") || !host_ok(v->host, strlen(v->host)))
       return bad(err, v, "Gateway \"%s\": the host is not a host name or an IP address", v->text);
     return 0;
+  case CONF_BIND_ADDRESS: {
+    unsigned char a[16];
+    if (strcmp(v->host, "*") && inet_pton(AF_INET, v->host, a) != 1 && inet_pton(AF_INET6, v->host, a) != 1)
+      return bad(err, v, "option 'Bind_Address': \"%s\" is not * or an IP address", v->text);
+    if (v->port)
+      return bad(err, v, "option 'Bind_Address': \"%s\": no port (connections bind the address only)",
+                 v->text);
+    return 0;
+  }
+  case CONF_EHLO_HOSTNAME: {
+    size_t n = strlen(v->text);
+    bool literal = n > 2 && v->text[0] == '[' && v->text[n - 1] == ']';
+    if (!strcmp(v->text, "__hostname__") || !strcmp(v->text, "__message__") ||
+        (literal ? host_ok(v->text + 1 + (strncasecmp(v->text + 1, "IPv6:", 5) ? 0 : 5),
+                           n - 2 - (strncasecmp(v->text + 1, "IPv6:", 5) ? 0 : 5))
+                 : host_ok(v->text, n) && !memchr(v->text, ':', n)))
+      return 0;
+    return bad(err, v, "option 'EHLO_Hostname': \"%s\" is not a host name, an address literal "
+                       "[1.2.3.4], __hostname__ or __message__", v->text);
+  }
   case CONF_REMOTE_SMTP_PORT:
     if (v->i < 1 || v->i > 65535)
       return bad(err, v, "option 'Remote_SMTP_Port': %s is not a port (1 to 65535)", v->text);
@@ -229,11 +255,41 @@ int conf_check(struct conf *c, struct conf_error *err)
   return r;
 }
 
-static int check_path(struct conf *c, const struct conf_value *v, struct conf_error *err)
+/* Whether this host has the address (bind to it, port 0). */
+static int local_address(const char *host)
+{
+  struct sockaddr_storage ss;
+  memset(&ss, 0, sizeof ss);
+  struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+  socklen_t len;
+  if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+    s4->sin_family = AF_INET;
+    len = sizeof *s4;
+  } else if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+    s6->sin6_family = AF_INET6;
+    len = sizeof *s6;
+  } else {
+    return -EINVAL;
+  }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return 0; /* cannot tell: not the configuration's fault */
+  int r = bind(fd, (struct sockaddr *)&ss, len) < 0 ? -errno : 0;
+  close(fd);
+  return r == -EADDRNOTAVAIL ? r : 0;
+}
+
+static int check_env(struct conf *c, const struct conf_value *v, struct conf_error *err)
 {
   (void)c;
-  if (!v->set || !v->text ||
-      (v->opt != CONF_TLS_CA && v->opt != CONF_TLS_CERTIFICATE && v->opt != CONF_TLS_KEY))
+  if (!v->set || !v->text)
+    return 0;
+  if (v->opt == CONF_BIND_ADDRESS && v->host && strcmp(v->host, "*")) {
+    int r = local_address(v->host);
+    return r < 0 ? bad(err, v, "option 'Bind_Address': %s: %s", v->host, strerror(-r)) : 0;
+  }
+  if (v->opt != CONF_TLS_CA && v->opt != CONF_TLS_CERTIFICATE && v->opt != CONF_TLS_KEY)
     return 0;
   const char *slash = strrchr(v->text, '/');
   if (!strcmp(slash ? slash + 1 : v->text, "none")) /* TLS_Certificate = none */
@@ -248,8 +304,8 @@ static int check_path(struct conf *c, const struct conf_value *v, struct conf_er
   return 0;
 }
 
-int conf_check_paths(const struct conf *c, struct conf_error *err)
+int conf_check_environment(const struct conf *c, struct conf_error *err)
 {
   memset(err, 0, sizeof *err);
-  return each_value((struct conf *)(uintptr_t)c, err, check_path);
+  return each_value((struct conf *)(uintptr_t)c, err, check_env);
 }

@@ -125,7 +125,7 @@ int main(int argc, char **argv)
     struct conf *c = load_or_report(path);
     struct conf_error ce;
     char msg[sizeof ce.file + sizeof ce.msg + 32];
-    int bad = c && conf_check_paths(c, &ce) < 0; /* files a delivery reads */
+    int bad = c && conf_check_environment(c, &ce) < 0; /* files, addresses */
     if (bad)
       fprintf(stderr, "%s\n", conf_error_str(&ce, msg, sizeof msg));
     else if (c && (bad = policy_check(c, ce.msg, sizeof ce.msg) < 0)) /* the Lua scripts */

@@ -520,7 +520,7 @@ static void test_values(void **state)
                          "Control_Listener { Listen \"/tmp/s\" { file_mode = 0660 } }\n"
                          "Datasource \"creds\" { uri = ( \"sqlite:/tmp/x.db\" ) cache_life = 300 }\n"
                          "scriptlet \"scriptlet\" { script \"boot\" { source = \"msys.boot\" } script \"policy\" { source = \"lua/policy\" } }\n"
-                         "EHLO_Hostname = \"a \\\"quoted\\\" \\\\ name\"\n");
+                         "TLS_Ciphers = \"a \\\"quoted\\\" \\\\ name\"\n");
   const struct conf_view *g = conf_global(c);
   assert_int_equal(conf_interval(g, CONF_RETRY_INTERVAL), 30);
   assert_int_equal(conf_interval(g, CONF_MAX_RETRY_INTERVAL), 300);
@@ -550,7 +550,7 @@ static void test_values(void **state)
   struct conf_throttle t = conf_throttle(g, CONF_OUTBOUND_THROTTLE_CONNECTIONS);
   assert_int_equal(t.n, 5);
   assert_int_equal(t.per, 1);
-  assert_string_equal(conf_str(g, CONF_EHLO_HOSTNAME), "a \"quoted\" \\ name");
+  assert_string_equal(conf_str(g, CONF_TLS_CIPHERS), "a \"quoted\" \\ name");
 
   const struct conf_stanza *cl = conf_stanza_first(c, "control_listener");
   assert_non_null(cl);
@@ -851,7 +851,7 @@ static void test_relay_idiom(void **state)
 
 /* Issue 18 item 7: values that could only fail at delivery time fail the
  * load with file:line (routes, gateway hosts, ports), and --check-config's
- * conf_check_paths the TLS files a delivery reads. */
+ * conf_check_environment the TLS files a delivery reads. */
 static void test_delivery_values_checked(void **state)
 {
   (void)state;
@@ -880,15 +880,32 @@ static void test_delivery_values_checked(void **state)
                "t.conf:2: option 'Remote_SMTP_Port': 70000 is not a port (1 to 65535)");
   expect_error("Remote_SMTP_Port = 0\n",
                "t.conf:1: option 'Remote_SMTP_Port': 0 is not a port (1 to 65535)");
-  c = parse("Domain \"a.test\" {\n  TLS_Ca = \"/nonexistent/ca.pem\" }\nTLS_Certificate = none\n");
+  expect_error("Binding \"b\" { Bind_Address = \"mail.example.com\" }\n",
+               "t.conf:1: option 'Bind_Address': \"mail.example.com\" is not * or an IP address");
+  expect_error("Bind_Address = \"10.0.0.1:25\"\n",
+               "t.conf:1: option 'Bind_Address': \"10.0.0.1:25\": no port (connections bind the address only)");
+  expect_error("EHLO_Hostname = \"my host\"\n",
+               "t.conf:1: option 'EHLO_Hostname': \"my host\" is not a host name, an address literal "
+               "[1.2.3.4], __hostname__ or __message__");
+  c = parse("EHLO_Hostname = \"[IPv6:::1]\"\nDomain \"a\" { EHLO_Hostname = \"[192.0.2.1]\" }\n"
+            "Domain \"b\" { EHLO_Hostname = __message__ } Domain \"c\" { EHLO_Hostname = mx-1.example.com }\n"
+            "Binding \"x\" { Bind_Address = \"::1\" } Binding \"y\" { Bind_Address = 127.0.0.1 }\n");
   struct conf_error err;
   char t[6000];
-  assert_int_equal(conf_check_paths(c, &err), -EINVAL);
+  assert_int_equal(conf_check_environment(c, &err), 0);
+  conf_unref(c);
+  c = parse("Binding \"x\" {\n Bind_Address = \"192.0.2.77\" }\n"); /* TEST-NET-1: not here */
+  assert_int_equal(conf_check_environment(c, &err), -EINVAL);
+  assert_string_equal(conf_error_str(&err, t, sizeof t),
+                      "t.conf:2: option 'Bind_Address': 192.0.2.77: Cannot assign requested address");
+  conf_unref(c);
+  c = parse("Domain \"a.test\" {\n  TLS_Ca = \"/nonexistent/ca.pem\" }\nTLS_Certificate = none\n");
+  assert_int_equal(conf_check_environment(c, &err), -EINVAL);
   assert_string_equal(conf_error_str(&err, t, sizeof t),
                       "t.conf:2: option 'TLS_Ca': \"/nonexistent/ca.pem\": No such file or directory");
   conf_unref(c);
   c = parse("TLS_Ca = \"/etc/hostname\"\nTLS_Key = \"/tmp\"\n");
-  assert_int_equal(conf_check_paths(c, &err), -EINVAL);
+  assert_int_equal(conf_check_environment(c, &err), -EINVAL);
   assert_string_equal(conf_error_str(&err, t, sizeof t),
                       "t.conf:2: option 'TLS_Key': \"/tmp\" is not a regular file");
   conf_unref(c);

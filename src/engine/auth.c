@@ -1,6 +1,7 @@
-/* auth.c owns outbound_smtp_auth's per-unit resolution (Lua hook, message
- * context over configuration) and each worker's table of credentials by
- * identity.
+/* auth.c owns outbound_smtp_auth's per-unit resolution (Lua hook, then
+ * authkeys' rule between message context and configuration, unusable
+ * credentials refused with a reason) and each worker's table of
+ * credentials by identity.
  *
  * Must never: log, print or persist a password or token; keep a password
  * outside the table (copies are wiped); block the worker (a Lua hook that

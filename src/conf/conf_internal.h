@@ -192,3 +192,6 @@ uint32_t conf_domain_id(const struct conf *c, const char *domain);
  * naming the file and line of the value. */
 int conf_check(struct conf *c, struct conf_error *err);
 const char *conf_type_name(enum conf_type t);
+
+/* Register binding `name` (conf_parse.c); its id, the existing one if known. */
+int conf_binding_add(struct conf *c, const char *name);

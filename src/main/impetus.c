@@ -2,16 +2,26 @@
  * over to the engine (or answers --check-config / --eval-config /
  * --dump-options itself, from the configuration layer).
  * Main thread only. */
+#include "adaptive_conf.h"
 #include "buf.h"
 #include "conf.h"
+#include "ctlcmd.h"
 #include "engine.h"
 #include "impetus_build.h"
+#include "paths.h"
 #include "policy.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#define LOCK_NAME "impetus.lock"
 
 static void usage(FILE *out)
 {
@@ -30,16 +40,6 @@ static void usage(FILE *out)
           "Without -c the bundled default configuration is used.\n");
 }
 
-/* The bundled default configuration: the installed copy if there is one,
- * else the one in the source tree this binary was built from. */
-static const char *default_config(void)
-{
-  static const char installed[] = IMPETUS_SYSCONFDIR "/impetus.conf";
-  if (access(installed, R_OK) == 0)
-    return installed;
-  return IMPETUS_SOURCE_ROOT "/etc/impetus.conf";
-}
-
 static struct conf *load_or_report(const char *path)
 {
   struct conf_error err;
@@ -51,33 +51,21 @@ static struct conf *load_or_report(const char *path)
   return c;
 }
 
-/* --eval-config arguments: [binding_group G] [binding B] [domain D] OPTION */
+/* --eval-config arguments: [binding_group G] [binding B] [domain D] OPTION
+ * (parsed by ctlcmd, as the console's `config eval`) */
 static int eval_config(const char *path, bool show_secrets, int argc, char **argv)
 {
-  const char *group = NULL, *binding = NULL, *domain = NULL, *option = NULL;
-  for (int i = 0; i < argc; i++) {
-    if (i + 1 < argc && !strcasecmp(argv[i], "binding_group"))
-      group = argv[++i];
-    else if (i + 1 < argc && !strcasecmp(argv[i], "binding"))
-      binding = argv[++i];
-    else if (i + 1 < argc && !strcasecmp(argv[i], "domain"))
-      domain = argv[++i];
-    else if (i + 1 == argc)
-      option = argv[i];
-    else {
-      fprintf(stderr, "impetus: --eval-config: unexpected '%s'\n", argv[i]);
-      return 2;
-    }
-  }
-  if (!option) {
-    usage(stderr);
+  struct ctlcmd_eval e;
+  char why[256];
+  if (ctlcmd_eval_args(argc, argv, &e, why, sizeof why) < 0) {
+    fprintf(stderr, "impetus: --eval-config: %s\n", why);
     return 2;
   }
   struct conf *c = load_or_report(path);
   if (!c)
     return 1;
   struct buf out = {0};
-  int r = conf_eval(c, group, binding, domain, option, show_secrets ? CONF_EVAL_SHOW_SECRETS : 0, &out);
+  int r = conf_eval(c, e.group, e.binding, e.domain, e.option, show_secrets ? CONF_EVAL_SHOW_SECRETS : 0, &out);
   buf_append(&out, "", 1);
   if (r < 0)
     fprintf(stderr, "impetus: %s\n", (const char *)buf_head(&out));
@@ -86,6 +74,66 @@ static int eval_config(const char *path, bool show_secrets, int argc, char **arg
   buf_done(&out, show_secrets);
   conf_unref(c);
   return r < 0 ? 1 : 0;
+}
+
+/* One engine per spool: an exclusive flock on <Spoolbase>/impetus.lock,
+ * taken before the engine reads or creates anything else, held (the fd
+ * stays open, inherited by nothing: O_CLOEXEC) until the process exits.
+ * The kernel releases it when the holder dies, so a SIGKILLed engine
+ * never blocks a restart. The file holds the holder's pid, for the
+ * message. Returns 0, or 1 after printing why (the caller exits 1). */
+static int lock_spool(const char *path)
+{
+  struct conf *c = load_or_report(path);
+  if (!c)
+    return 1;
+  char lock[4200];
+  const char *base = conf_str(conf_global(c), CONF_SPOOLBASE);
+  snprintf(lock, sizeof lock, "%s/" LOCK_NAME, base ? base : ".");
+  /* a fresh machine: the spool directory is created here, as spool_open
+   * would (0700; the parents 0755, so a dropped User can reach it) */
+  if (base && access(base, F_OK) != 0) {
+    char d[4096];
+    snprintf(d, sizeof d, "%s", base);
+    for (char *p = d + 1; *p; p++)
+      if (*p == '/') {
+        *p = '\0';
+        mkdir(d, 0755);
+        *p = '/';
+      }
+    mkdir(d, 0700);
+  }
+  int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    fprintf(stderr, "impetus: spool %s: cannot open the lock file %s: %s\n", base, lock,
+            strerror(errno));
+    conf_unref(c);
+    return 1;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+    int e = errno;
+    char pid[32] = "";
+    ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+    pid[n > 0 ? n : 0] = '\0';
+    pid[strcspn(pid, "\n")] = '\0';
+    if (e == EWOULDBLOCK)
+      fprintf(stderr,
+              "impetus: spool %s is in use by another impetus (pid %s, lock %s); "
+              "one engine per spool: not started\n",
+              base, pid[0] ? pid : "unknown", lock);
+    else
+      fprintf(stderr, "impetus: spool %s: cannot lock %s: %s\n", base, lock, strerror(e));
+    close(fd);
+    conf_unref(c);
+    return 1;
+  }
+  char pid[32];
+  int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+  if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)n, 0) != n) {
+    /* the lock holds without the pid; only the message loses it */
+  }
+  conf_unref(c);
+  return 0; /* fd stays open: the lock lives as long as this process */
 }
 
 int main(int argc, char **argv)
@@ -119,7 +167,7 @@ int main(int argc, char **argv)
       return 2;
     }
   }
-  const char *path = config ? config : default_config();
+  const char *path = config ? config : paths_config();
   switch (mode) {
   case CHECK: {
     struct conf *c = load_or_report(path);
@@ -130,6 +178,10 @@ int main(int argc, char **argv)
       fprintf(stderr, "%s\n", conf_error_str(&ce, msg, sizeof msg));
     else if (c && (bad = policy_check(c, ce.msg, sizeof ce.msg) < 0)) /* the Lua scripts */
       fprintf(stderr, "%s\n", ce.msg);
+    else if (c && (bad = adaptive_conf_check(c, ce.msg, sizeof ce.msg) < 0))
+      fprintf(stderr, "%s\n", ce.msg);
+    else if (c)
+      printf("impetus: configuration %s is valid\n", path);
     conf_unref(c);
     return c && !bad ? 0 : 1;
   }
@@ -144,6 +196,8 @@ int main(int argc, char **argv)
   }
   case RUN:
   default:
+    if (lock_spool(path) != 0)
+      return 1;
     return engine_main(path);
   }
 }

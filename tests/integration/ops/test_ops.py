@@ -3,10 +3,11 @@ busy engine, JSON answers parsed, the control socket's mode, the Prometheus
 endpoint scraped and parsed.
 
 usage: test_ops.py IMPETUS IMPETUS_CTL SINK SCENARIO [IMPETUS_INJECT]
-scenarios: console busy metrics cli mx"""
+scenarios: console busy metrics cli mx concurrent lock usage reopen"""
 import json
 import os
 import re
+import signal
 import socket
 import stat
 import subprocess
@@ -362,10 +363,13 @@ def scenario_cli(imp, ctlbin, sinkbin, injectbin):
     try:
         with open(os.path.join(root, "etc", "impetus.conf")) as f:
             text = f.read()
-        check("/var/tmp/impetus" in text, "bundled configuration layout changed")
+        for p in ("/var/spool/impetus", "/var/log/impetus", "/run/impetus/impetus.sock"):
+            check(p in text, "bundled configuration layout changed: no %s" % p)
         conf = os.path.join(d, "impetus.conf")
         with open(conf, "w") as f:
-            f.write(text.replace("/var/tmp/impetus", d))
+            f.write(text.replace("/var/spool/impetus", d + "/spool")
+                    .replace("/var/log/impetus", d + "/log")
+                    .replace("/run/impetus/impetus.sock", d + "/spool/impetus.sock"))
         errf = open(os.path.join(d, "stderr"), "w+")
         proc = subprocess.Popen([imp, "-c", conf], stdout=subprocess.DEVNULL, stderr=errf,
                                 stdin=subprocess.DEVNULL)
@@ -418,6 +422,190 @@ def scenario_mx(imp, ctlbin, sinkbin):
         dns.wait()
 
 
+def scenario_concurrent(imp, ctlbin, sinkbin):
+    """Issue 18 item 15 / issue 20: console and metrics clients are served
+    concurrently. 100 idle TCP connections to the metrics port do not hold
+    up `impetus-ctl summary`, and 20 half-open HTTP requests do not stop a
+    scrape. One client at a time with a 2 s timeout each (the old server)
+    needs 200 s and 40 s: the generous bounds below are far from both."""
+    port = free_port()
+    e = None
+    idle = []
+    try:
+        e, sock = start(imp, 'Worker_Threads = 2\nMetrics_Listener = "127.0.0.1:%d"\n' % port,
+                        "ops-concurrent")
+        ctl = Ctl(ctlbin, sock)
+        ctl.run("version")
+        for _ in range(100):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        # idle console clients too: they must not hold the metrics up either
+        for _ in range(10):
+            u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            u.connect(sock)
+            idle.append(u)
+        p = ctl.run("summary", timeout=30)
+        check("workers:" in p.stdout, "summary answered: %r" % p.stdout)
+        for _ in range(20):
+            h = socket.create_connection(("127.0.0.1", port), timeout=5)
+            h.sendall(b"GET /metr")  # half-open: never finishes its request line
+            idle.append(h)
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+        s.close()
+        check(data.startswith(b"HTTP/1.0 200") and b"impetus_uptime_seconds" in data,
+              "scrape behind 20 half-open requests: %r" % data[:200])
+        # a client that stalls is dropped: the idle connections get closed
+        deadline = time.monotonic() + 20
+        closed = 0
+        while time.monotonic() < deadline and closed < 5:
+            closed = 0
+            for c in idle[:5]:
+                c.settimeout(0.5)
+                try:
+                    closed += c.recv(1) == b""
+                except socket.timeout:
+                    pass
+                except OSError:
+                    closed += 1
+        check(closed == 5, "stalled clients are dropped (%d of 5 closed)" % closed)
+        check(e.stop() == 0, "engine exit status")
+    finally:
+        for c in idle:
+            c.close()
+        if e:
+            e.cleanup()
+
+
+def tree_state(*roots):
+    """path -> (size, mtime_ns, mode) of everything under roots."""
+    out = {}
+    for root in roots:
+        for d, dirs, files in os.walk(root):
+            for n in dirs + files:
+                p = os.path.join(d, n)
+                st = os.lstat(p)
+                out[p] = (st.st_size, st.st_mtime_ns, st.st_mode)
+    return out
+
+
+def scenario_lock(imp, ctlbin, sinkbin):
+    """One engine per spool (issue 20): a second engine on a locked spool
+    exits at once, non-zero, naming the spool and the holder's pid, and
+    touches nothing; a SIGKILLed engine's lock does not block a restart."""
+    import signal
+    e = None
+    try:
+        port = free_port()  # nobody listens: T records, retried in 20 min
+        e, sock = start(imp, 'Worker_Threads = 1\nGateway = "127.0.0.1:%d"\n' % port, "ops-lock")
+        for i in range(3):
+            e.inject("s@example.org", ["r%d@example.com" % i])
+        e.wait_for(lambda: len(e.records("T")) == 3, 20, "3 transient failures")
+        time.sleep(0.5)
+        before = tree_state(e.dir)
+        p = subprocess.run([imp, "-c", e.conf], capture_output=True, text=True, timeout=20)
+        check(p.returncode != 0, "second engine exit status %d" % p.returncode)
+        check(e.spool in p.stderr and str(e.proc.pid) in p.stderr,
+              "message names the spool and the holder's pid %d: %r" % (e.proc.pid, p.stderr))
+        after = tree_state(e.dir)
+        changed = [k for k in set(before) | set(after)
+                   if before.get(k) != after.get(k) and not k.endswith("stderr")]
+        check(not changed, "the second engine changed %s" % changed)
+        check(Ctl(ctlbin, sock).run("version").returncode == 0, "first engine still answers")
+        # SIGKILL: no clean-up at all; the kernel drops the flock
+        e.proc.send_signal(signal.SIGKILL)
+        e.proc.wait()
+        e.proc = None
+        with open(e.paniclog) as f:
+            nstart = f.read().count("started")
+        e.err = open(os.path.join(e.dir, "stderr2"), "w+")
+        e.proc = subprocess.Popen([imp, "-c", e.conf], stdout=e.err, stderr=e.err)
+        e.wait_for(lambda: e.read(e.paniclog).count("started") > nstart, 10, "restart after SIGKILL")
+        check(Ctl(ctlbin, sock).run("version").returncode == 0, "restarted engine answers")
+        with open(os.path.join(e.spool, "impetus.lock")) as f:
+            check(f.read().strip() == str(e.proc.pid), "lock file holds the new pid")
+        check(e.stop() == 0, "engine exit status")
+    finally:
+        if e:
+            e.cleanup()
+
+
+def scenario_usage(imp, ctlbin, sinkbin):
+    """impetus-ctl usage errors (issue 20): exit 2 naming the wrong word,
+    with no engine running; --json in any position."""
+    nosock = "/nonexistent/impetus.sock"
+    for args, word in [(["sumary"], "sumary"), (["domain"], "domain"),
+                       (["summary", "extra"], "extra"), (["reopen", "log"], "log"),
+                       (["mailq", "-p", "x"], "-p x"), (["config", "eval", "domain", "d"], "OPTION"),
+                       (["binding", "summry"], "summry"), (["message", "details"], "ID"),
+                       (["suspend", "binding", "b", "domian", "x"], "domian"),
+                       (["--bogus", "summary"], "--bogus"), ([], "usage")]:
+        p = subprocess.run([ctlbin, "-s", nosock] + args, capture_output=True, text=True, timeout=10)
+        check(p.returncode == 2, "%s: exit %d, want 2 (usage): %r" % (args, p.returncode, p.stderr))
+        check(word in p.stderr, "%s: the message names %r: %r" % (args, word, p.stderr))
+    p = subprocess.run([ctlbin, "-s", nosock, "sumary"], capture_output=True, text=True, timeout=10)
+    check("did you mean 'summary'" in p.stderr, "a suggestion: %r" % p.stderr)
+    # a right command without an engine: 3, not 2
+    p = subprocess.run([ctlbin, "-s", nosock, "summary", "--json"], capture_output=True, text=True,
+                       timeout=10)
+    check(p.returncode == 3, "no engine: exit %d, want 3" % p.returncode)
+    p = subprocess.run([imp, "--eval-config", "domain"], capture_output=True, text=True, timeout=10)
+    check(p.returncode == 2 and "domain" in p.stderr, "--eval-config usage: %r" % p.stderr)
+    e = None
+    try:
+        e, sock = start(imp, "Worker_Threads = 1\n", "ops-usage")
+        for args in (["--json", "summary"], ["summary", "--json"], ["config", "--json", "eval",
+                                                                     "Worker_Threads"]):
+            p = subprocess.run([ctlbin, "-s", sock] + args, capture_output=True, text=True,
+                               timeout=10)
+            check(p.returncode == 0, "%s: exit %d %r" % (args, p.returncode, p.stderr))
+            json.loads(p.stdout)
+        check(e.stop() == 0, "engine exit status")
+    finally:
+        if e:
+            e.cleanup()
+
+
+def scenario_reopen(imp, ctlbin, sinkbin):
+    """`impetus-ctl reopen logs` (issue 20): a file that cannot be created
+    anew is named with the reason, in the answer (exit 1) and the paniclog,
+    and the engine keeps writing to the old file; a good reopen says yes.
+    (Tests run as root, so a directory stands where the new mainlog
+    should be created: EISDIR, which root gets too.)"""
+    e = None
+    try:
+        e, sock = start(imp, "Worker_Threads = 1\n", "ops-reopen")
+        ctl = Ctl(ctlbin, sock)
+        r = ctl.json("reopen", "logs")
+        check(r["reopened"] is True, "plain reopen: %s" % r)
+        os.rename(e.mainlog, e.mainlog + ".1")
+        os.mkdir(e.mainlog)
+        p = ctl.run("reopen", "logs", ok=False)
+        check(p.returncode == 1, "failed reopen: exit %d" % p.returncode)
+        check(e.mainlog in p.stderr and "Is a directory" in p.stderr,
+              "the answer names the file and the reason: %r" % p.stderr)
+        j = ctl.json("reopen", "logs", ok=False)
+        check(e.mainlog in j["error"], "JSON error: %s" % j)
+        e.wait_for(lambda: "reopen failed: %s: Is a directory" % e.mainlog in e.read(e.paniclog),
+                   10, "the paniclog line")
+        # SIGUSR1 reports the same way
+        n = e.read(e.paniclog).count("reopen failed")
+        e.proc.send_signal(signal.SIGUSR1)
+        e.wait_for(lambda: e.read(e.paniclog).count("reopen failed") > n, 10, "SIGUSR1 reported")
+        os.rmdir(e.mainlog)
+        r = ctl.json("reopen", "logs")
+        check(r["reopened"] is True and os.path.isfile(e.mainlog), "reopen once fixed: %s" % r)
+        check(e.stop() == 0, "engine exit status")
+    finally:
+        if e:
+            e.cleanup()
+
+
 def main():
     if len(sys.argv) not in (5, 6):
         print(__doc__)
@@ -427,7 +615,9 @@ def main():
         scenario_cli(imp, ctlbin, sinkbin, sys.argv[5])
     else:
         {"console": scenario_console, "busy": scenario_busy, "mx": scenario_mx,
-         "metrics": scenario_metrics}[scen](imp, ctlbin, sinkbin)
+         "metrics": scenario_metrics, "concurrent": scenario_concurrent,
+         "lock": scenario_lock, "usage": scenario_usage,
+         "reopen": scenario_reopen}[scen](imp, ctlbin, sinkbin)
     print("ok")
     return 0
 

@@ -14,6 +14,7 @@
 #include "delivery.h"
 
 #include "auth.h"
+#include "authkeys.h"
 #include "clock.h"
 #include "conf.h"
 #include "counters.h"
@@ -354,7 +355,7 @@ static void on_failed(void *arg, const struct smtpc_event *ev, const char *detai
     logs_panic(w->log, clock_wall_ms(), "outbound_smtp_auth",
                "AUTH %s as \"%s\" rejected by %s (%s/%s, connection %s): %d %s; "
                "mail is deferred until the credentials are fixed or it expires",
-               t == SMTPC_AUTH_LOGIN ? "LOGIN" : t == SMTPC_AUTH_XOAUTH2 ? "XOAUTH2" : "PLAIN",
+               authkeys_mech_name(t),
                cr && cr->user ? cr->user : "", s->routes[s->route_i].ip, dq_queue_binding(s->q),
                dq_queue_domain(s->q), s->conn_id_s, ev->code, ev->text);
   }

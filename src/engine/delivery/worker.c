@@ -168,6 +168,12 @@ static void schedule(struct worker *w)
     struct dq_queue *q = dq_next_active(w->dq);
     if (q == NULL)
       break;
+    if (dq_queue_cred_id(q) == AUTH_CRED_UNUSABLE) { /* due: resolve again (handover.c) */
+      struct dq_unit *u;
+      for (size_t n = dq_queue_ready(q); n > 0 && (u = dq_pop(w->dq, q)) != NULL; n--)
+        handover_requeue(w, dq_queue(w->dq, dq_queue_binding(q), dq_queue_domain(q)), u);
+      continue;
+    }
     load_limits(w, q);
     struct dq_queue_state *st = dq_queue_state(q);
     if (st->blocked_until_ns > now_ns || st->limits.suspend_delivery)

@@ -1,6 +1,6 @@
 /* ctl.c owns the control thread: the impetus-ctl Unix socket, the
- * Prometheus endpoint (metrics.c renders), the console's suspend table and
- * the delivery-rate samples.
+ * Prometheus endpoint (metrics.c renders) and the delivery-rate samples;
+ * suspend/resume write the queue layer's table (queue/suspend.c).
  *
  * Must never: block a worker (questions reach workers as ring_post
  * messages; the worker answers from its own loop and this thread waits at
@@ -13,6 +13,7 @@
 #include "ctl_internal.h"
 
 #include "buf.h"
+#include "clock.h"
 #include "conf.h"
 #include "counters.h"
 #include "ctlcmd.h"
@@ -24,6 +25,7 @@
 #include "panic.h"
 #include "ring.h"
 #include "spool.h"
+#include "suspend.h"
 #include "worker.h"
 
 #include <arpa/inet.h>
@@ -64,63 +66,11 @@ static struct {
   unsigned rate_n, rate_i;
 } g = {.sock_fd = -1, .metrics_fd = -1, .stop_fd = {-1, -1}};
 
-static pthread_mutex_t suspend_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct suspension {
-  char binding[COUNTERS_NAME_MAX]; /* "" = any */
-  char domain[COUNTERS_NAME_MAX];  /* "" = any */
-} suspended[CTL_SUSPEND_MAX];
-static unsigned nsuspended;
-
 static uint64_t mono_ms(void)
 {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static uint64_t wall_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-bool ctl_suspended(const char *binding, const char *domain)
-{
-  bool yes = false;
-  if (binding == NULL)
-    binding = "default";
-  pthread_mutex_lock(&suspend_mu);
-  for (unsigned i = 0; i < nsuspended && !yes; i++)
-    yes = (!suspended[i].binding[0] || !strcmp(suspended[i].binding, binding)) &&
-          (!suspended[i].domain[0] || !strcasecmp(suspended[i].domain, domain ? domain : ""));
-  pthread_mutex_unlock(&suspend_mu);
-  return yes;
-}
-
-/* Add (on) or remove (off) a suspension. 0, -ENOSPC, or -ENOENT. */
-static int suspend_set(const char *binding, const char *domain, bool on)
-{
-  int rc = on ? 0 : -ENOENT;
-  pthread_mutex_lock(&suspend_mu);
-  unsigned i;
-  for (i = 0; i < nsuspended; i++)
-    if (!strcmp(suspended[i].binding, binding) && !strcasecmp(suspended[i].domain, domain))
-      break;
-  if (on && i == nsuspended) {
-    if (nsuspended == CTL_SUSPEND_MAX) {
-      rc = -ENOSPC;
-    } else {
-      snprintf(suspended[i].binding, sizeof suspended[i].binding, "%s", binding);
-      snprintf(suspended[i].domain, sizeof suspended[i].domain, "%s", domain);
-      nsuspended++;
-    }
-  } else if (!on && i < nsuspended) {
-    suspended[i] = suspended[--nsuspended];
-    rc = 0;
-  }
-  pthread_mutex_unlock(&suspend_mu);
-  return rc;
 }
 
 /* ------------------------------------------------------------ output */
@@ -138,15 +88,8 @@ struct out {
 static void json_str(struct buf *b, const char *s)
 {
   buf_append_str(b, "\"");
-  for (; s && *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\')
-      buf_printf(b, "\\%c", c);
-    else if (c < 0x20)
-      buf_printf(b, "\\u%04x", c);
-    else
-      buf_append(b, &c, 1);
-  }
+  if (s)
+    buf_append_json(b, s, strlen(s), 0);
   buf_append_str(b, "\"");
 }
 
@@ -332,7 +275,7 @@ static void visit_queue(void *arg, struct dq_queue *dqq)
   struct dq_queue_state *st = dq_queue_state(dqq);
   if (q->op == WOP_LIMITS) {
     st->conf_gen = 0; /* load_limits reads the configuration and ctl_suspended again */
-    if (ctl_suspended(dq_queue_binding(dqq), dq_queue_domain(dqq)))
+    if (suspend_active(dq_queue_binding(dqq), dq_queue_domain(dqq)))
       st->limits.suspend_delivery = true; /* at once, before the next load_limits */
     p->hastened++;
     return;
@@ -489,7 +432,7 @@ static void run_part(void *arg)
         dq_foreach_unit(d, visit_unit, &v);
       break;
     case WOP_HASTEN:
-      p->hastened = dq_hasten(d, pick_unit, p, wall_ms());
+      p->hastened = dq_hasten(d, pick_unit, p, clock_wall_ms());
       break;
     case WOP_FAIL:
       fail_units(p, w, d);
@@ -743,7 +686,7 @@ static int cmd_binding_summary(struct req *r, const char *name)
     o_u64(o, "delayed", b[k].deferred);
     o_u64(o, "connections", b[k].conns);
     emit_counts(o, b[k].name, NULL);
-    o_bool(o, "suspended", ctl_suspended(b[k].name, ""));
+    o_bool(o, "suspended", suspend_active(b[k].name, ""));
     o_row_close(o);
   }
   o_close(o, true);
@@ -833,7 +776,7 @@ static int cmd_domain(struct req *r, const char *binding, const char *name)
   o_u64(o, "delayed", deferred);
   o_u64(o, "connections", conns);
   emit_counts(o, binding, name);
-  o_bool(o, "suspended", ctl_suspended(binding ? binding : "default", name));
+  o_bool(o, "suspended", suspend_active(binding ? binding : "default", name));
   conf_unref(c);
   wq_unref(q);
   return 0;
@@ -994,7 +937,7 @@ static int cmd_suspend(struct req *r, bool on, const char *binding, const char *
 {
   int rc = suspend_set(binding ? binding : "", domain ? domain : "", on);
   if (rc == -ENOSPC)
-    return fail(r, "too many suspensions (%d)", CTL_SUSPEND_MAX);
+    return fail(r, "too many suspensions (%d)", SUSPEND_MAX);
   if (rc == -ENOENT)
     return fail(r, "%s%s%s%s is not suspended from the console", binding ? "binding " : "",
                 binding ? binding : "", binding && domain ? " domain " : domain ? "domain " : "",
@@ -1083,7 +1026,7 @@ static int dispatch(struct req *r)
     /* here rather than by SIGUSR1, to know whether every file reopened */
     char failed[1024];
     if (logs_reopen_wait(g.sh->logs, failed, sizeof failed) < 0) {
-      logs_panic(g.log, wall_ms(), "logs", "reopen failed: %s; still writing to the old file",
+      logs_panic(g.log, clock_wall_ms(), "logs", "reopen failed: %s; still writing to the old file",
                  failed);
       logs_writer_flush(g.log);
       return fail(r, "reopen failed: %s (still writing to the old file)", failed);

@@ -2,6 +2,7 @@
  * over to the engine (or answers --check-config / --eval-config /
  * --dump-options itself, from the configuration layer).
  * Main thread only. */
+#include "adaptive_conf.h"
 #include "buf.h"
 #include "conf.h"
 #include "ctlcmd.h"
@@ -169,10 +170,14 @@ int main(int argc, char **argv)
   switch (mode) {
   case CHECK: {
     struct conf *c = load_or_report(path);
-    if (c)
+    char err[1024];
+    int bad = c && adaptive_conf_check(c, err, sizeof err) < 0;
+    if (bad)
+      fprintf(stderr, "%s\n", err);
+    else if (c)
       printf("impetus: configuration %s is valid\n", path);
     conf_unref(c);
-    return c ? 0 : 1;
+    return c && !bad ? 0 : 1;
   }
   case EVAL:
     return eval_config(path, show_secrets, argc - rest, argv + rest);

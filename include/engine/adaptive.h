@@ -230,11 +230,13 @@ uint64_t adaptive_made_total(struct adaptive *a, enum adaptive_action act);
 
 /* ---- connection slots per MX host and provider ---- */
 
-/* Take one connection slot for key (an MX host name, or "provider:NAME")
- * if fewer than cap are held (cap 0: unlimited, nothing is counted).
- * True when taken: release it with adaptive_slot_release. Any thread. */
-bool adaptive_slot_take(struct adaptive *a, const char *key, uint32_t cap);
-void adaptive_slot_release(struct adaptive *a, const char *key);
+/* Take one connection slot for key (an MX host name, or a provider and
+ * binding) if fewer than cap are held (cap 0: unlimited, nothing is
+ * counted). True when allowed; *id is then the slot to release (0 when
+ * nothing was counted). False (*id 0) when cap slots are held. Any thread. */
+bool adaptive_slot_take(struct adaptive *a, const char *key, uint32_t cap, uint32_t *id);
+/* Give back a slot adaptive_slot_take counted (id 0: nothing). */
+void adaptive_slot_release(struct adaptive *a, uint32_t id);
 /* Slots held for key now. */
 uint32_t adaptive_slot_held(struct adaptive *a, const char *key);
 

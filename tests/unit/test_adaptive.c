@@ -375,14 +375,20 @@ static void test_conn_failures_and_slots(void **state)
   assert_int_equal(l.connect_delay_s, 0);
   assert_false(adaptive_conn_failed(a, "b", "d.test", 0, T0, &adj)); /* threshold 0: off */
 
-  assert_true(adaptive_slot_take(a, "mx.test", 2));
-  assert_true(adaptive_slot_take(a, "MX.test", 2));
-  assert_false(adaptive_slot_take(a, "mx.test", 2));
-  assert_true(adaptive_slot_take(a, "other.test", 2));
+  uint32_t id1, id2, id3, id4;
+  assert_true(adaptive_slot_take(a, "mx.test", 2, &id1));
+  assert_true(adaptive_slot_take(a, "MX.test", 2, &id2));
+  assert_int_equal(id1, id2);
+  assert_true(id1 != 0);
+  assert_false(adaptive_slot_take(a, "mx.test", 2, &id3));
+  assert_int_equal(id3, 0);
+  assert_true(adaptive_slot_take(a, "other.test", 2, &id4));
   assert_int_equal(adaptive_slot_held(a, "mx.test"), 2);
-  adaptive_slot_release(a, "mx.test");
-  assert_true(adaptive_slot_take(a, "mx.test", 2));
-  assert_true(adaptive_slot_take(a, "mx.test", 0)); /* no cap: not counted */
+  adaptive_slot_release(a, id1);
+  adaptive_slot_release(a, 0); /* nothing */
+  assert_true(adaptive_slot_take(a, "mx.test", 2, &id3));
+  assert_true(adaptive_slot_take(a, "mx.test", 0, &id3)); /* no cap: not counted */
+  assert_int_equal(id3, 0);
   assert_int_equal(adaptive_slot_held(a, "mx.test"), 2);
   adaptive_free(a);
 }

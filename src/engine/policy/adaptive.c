@@ -907,25 +907,29 @@ static struct slot *slot_find(struct adaptive *a, const char *key, bool create)
   return s;
 }
 
-bool adaptive_slot_take(struct adaptive *a, const char *key, uint32_t cap)
+bool adaptive_slot_take(struct adaptive *a, const char *key, uint32_t cap, uint32_t *id)
 {
+  *id = 0;
   if (cap == 0)
     return true;
   pthread_mutex_lock(&a->mu);
   struct slot *s = slot_find(a, key, true);
   bool ok = s->held < cap;
-  if (ok)
+  if (ok) {
     s->held++;
+    *id = (uint32_t)(s - a->slot) + 1; /* slots stay at their index */
+  }
   pthread_mutex_unlock(&a->mu);
   return ok;
 }
 
-void adaptive_slot_release(struct adaptive *a, const char *key)
+void adaptive_slot_release(struct adaptive *a, uint32_t id)
 {
+  if (id == 0)
+    return;
   pthread_mutex_lock(&a->mu);
-  struct slot *s = slot_find(a, key, false);
-  if (s && s->held > 0)
-    s->held--;
+  if (id <= a->nslot && a->slot[id - 1].held > 0)
+    a->slot[id - 1].held--;
   pthread_mutex_unlock(&a->mu);
 }
 

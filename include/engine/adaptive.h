@@ -208,6 +208,9 @@ struct adaptive_limits {
   uint32_t retry_interval_s, max_retry_interval_s;
   uint32_t connect_delay_s;
   uint64_t until_ms;    /* when the first of them ends (UINT64_MAX: none) */
+  /* the throttle's adjustment ("rule binding target"): one bucket for
+   * every queue it holds (a provider's domains share it) */
+  char throttle_key[3 * ADAPTIVE_NAME_MAX];
 };
 void adaptive_limits(struct adaptive *a, const char *binding, const char *domain,
                      const char *provider, uint64_t now_ms, struct adaptive_limits *out);
@@ -227,6 +230,10 @@ size_t adaptive_clear(struct adaptive *a, const char *binding, const char *domai
 /* Adjustments in force; adjustments made since the start, per action. */
 size_t adaptive_in_force(struct adaptive *a);
 uint64_t adaptive_made_total(struct adaptive *a, enum adaptive_action act);
+
+/* The provider of an MX host under the current rules: its name copied to
+ * name[n] ("" when none) and its Max_Outbound_Connections (0 none). */
+uint32_t adaptive_provider_lookup(struct adaptive *a, const char *mx_host, char *name, size_t n);
 
 /* ---- connection slots per MX host and provider ---- */
 

@@ -10,6 +10,7 @@
  * worker_submit_msg (the spool's hand-over thread) and the start/stop functions (main). */
 #include "worker.h"
 
+#include "adaptive_queue.h"
 #include "auth.h"
 #include "conf.h"
 #include "conn.h"
@@ -55,6 +56,7 @@
 #define TLS_SLOTS 16           /* distinct TLS option sets per worker */
 #define HOSTFAIL_MAX 256       /* remote addresses remembered as failing */
 #define SMTPS_PORT 465         /* smtps:// routes without a port (RFC 8314) */
+#define ADAPTIVE_WAIT_NS 50000000u /* a queue at its MX host's connection cap asks again after */
 
 /* ------------------------------------------------------------ types */
 
@@ -155,6 +157,7 @@ struct session {
   bool plain_only;   /* this connection skips STARTTLS (TLS_Ifavailable_Fallback) */
   char detail[160];  /* why the handshake or the connect failed, for the log */
   bool charged;      /* this connection attempt already gave a unit its T */
+  uint32_t adaptive_slot[2]; /* MX host / provider connection slots it holds */
   struct session *next_all, *prev_all; /* worker's session list */
 };
 
@@ -262,7 +265,8 @@ static struct throttle *throttle_for(struct engine_shared *sh, struct conf *c,
 static void load_limits(struct worker *w, struct dq_queue *q)
 {
   struct dq_queue_state *st = dq_queue_state(q);
-  if (st->conf_gen == w->conf_gen && st->conf_gen != 0)
+  uint64_t now = wall_ms();
+  if (st->conf_gen == w->conf_gen && st->conf_gen != 0 && !adaptive_queue_stale(w->sh, st, now))
     return;
   const struct conf_view *v = view_for(w, dq_queue_binding(q), dq_queue_domain(q));
   st->limits.max_outbound_connections = (uint32_t)conf_int(v, CONF_MAX_OUTBOUND_CONNECTIONS);
@@ -277,6 +281,7 @@ static void load_limits(struct worker *w, struct dq_queue *q)
                                 ctl_suspended(dq_queue_binding(q), dq_queue_domain(q));
   st->limits.msg_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_MESSAGES);
   st->limits.conn_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_CONNECTIONS);
+  adaptive_queue_limits(w->sh, v, dq_queue_binding(q), dq_queue_domain(q), st, now);
   st->conf_gen = w->conf_gen;
   /* the pool key: route + binding + credential identity */
   char route[300];
@@ -303,6 +308,8 @@ static struct sched_retry retry_policy(struct worker *w, struct dq_queue *q)
     .max_retries = (int32_t)conf_int(v, CONF_MAX_RETRIES),
     .message_expiration_s = (uint32_t)conf_interval(v, CONF_MESSAGE_EXPIRATION),
   };
+  adaptive_queue_retry(w->sh, v, dq_queue_binding(q), dq_queue_domain(q), dq_queue_state(q),
+                       wall_ms(), &p);
   return p;
 }
 
@@ -478,6 +485,17 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
     const struct smtpc_result *r = results ? &results[i] : all;
     if (r->outcome != SMTPC_OUT_OK && r->outcome != SMTPC_OUT_PERMANENT)
       any_temp = true;
+  }
+  /* adaptive delivery: each distinct reply of the attempt, once */
+  for (uint32_t i = 0; i < u->nrcpt; i++) {
+    const struct smtpc_result *r = results ? &results[i] : all;
+    const struct smtpc_result *prev = i > 0 && results ? &results[i - 1] : NULL;
+    if (r->code >= 400 && (prev == NULL || prev->code != r->code || strcmp(prev->text, r->text)))
+      adaptive_queue_reply(w->sh, w->log, view_for(w, dq_queue_binding(q), dq_queue_domain(q)),
+                           dq_queue_binding(q), dq_queue_domain(q), dq_queue_state(q), r->code,
+                           r->enhanced, r->text, now);
+    if (!results)
+      break;
   }
   if (any_temp)
     verdict = sched_after_tempfail(&pol, failures, em->sm->created_ms, now, &next_ms);
@@ -658,6 +676,7 @@ static void session_free(struct session *s)
   }
   if (s->body_fd >= 0)
     spool_close_body(s->w->sh->spool, s->body_fd);
+  adaptive_queue_release(w->sh, s->adaptive_slot);
   smtpc_free(s->smtpc);
   if (s->prev_all)
     s->prev_all->next_all = s->next_all;
@@ -1198,6 +1217,8 @@ static void cb_connected(void *arg)
   struct session *s = arg;
   s->connected = true;
   counters_event(s->w->idx, COUNTERS_CONN_OPENED);
+  adaptive_queue_conn_ok(s->w->sh, view_for(s->w, dq_queue_binding(s->q), dq_queue_domain(s->q)),
+                         dq_queue_binding(s->q), dq_queue_domain(s->q));
   smtpc_connected(s->smtpc, mono_ms(s->w));
   session_pump(s);
 }
@@ -1302,6 +1323,8 @@ static void host_failed(struct session *s, const struct route *r)
   const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
   uint64_t until = wall_ms() + (uint64_t)conf_interval(v, CONF_HOST_FAILURE_RETRY) * 1000u;
   mark_route(w->hostfail, &w->nhostfail, r, until);
+  adaptive_queue_conn_failed(w->sh, w->log, v, dq_queue_binding(s->q), dq_queue_domain(s->q),
+                             wall_ms());
 }
 
 static bool host_is_failing(struct worker *w, const struct route *r, uint64_t now)
@@ -1528,6 +1551,14 @@ static void session_try_connect(struct session *s)
     return;
   }
   struct route *r = &s->routes[s->route_i];
+  if (!adaptive_queue_connect(w->sh, w->conf, dq_queue_binding(s->q), r->host,
+                              dq_queue_state(s->q), s->adaptive_slot)) {
+    /* the MX host's or provider's connection cap is reached: this session
+     * gives way (nothing is charged); the queue asks again shortly */
+    dq_queue_state(s->q)->blocked_until_ns = ring_now(w->ring) + ADAPTIVE_WAIT_NS;
+    session_free(s);
+    return;
+  }
   s->smtpc = make_smtpc(s);
   if (s->smtpc == NULL) {
     fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0,
@@ -2182,6 +2213,8 @@ static void *worker_main(void *arg)
   for (;;) {
     refresh_conf(w);
     policy_worker_refresh(w->pw, w->conf);
+    if (w->idx == 0)
+      adaptive_queue_sweep(w->sh, w->log, wall_ms());
     schedule(w);
     commit(w);
     logs_writer_flush(w->log);

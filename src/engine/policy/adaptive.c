@@ -770,6 +770,8 @@ void adaptive_limits(struct adaptive *a, const char *binding, const char *domain
           (uint64_t)j->value * out->throttle_per_s < (uint64_t)out->throttle_n * j->per_s) {
         out->throttle_n = j->value;
         out->throttle_per_s = j->per_s;
+        snprintf(out->throttle_key, sizeof out->throttle_key, "%s %s %s", j->rule, j->binding,
+                 j->target);
       }
       break;
     case ADAPTIVE_ACT_RETRY_INTERVAL:
@@ -881,6 +883,16 @@ uint64_t adaptive_made_total(struct adaptive *a, enum adaptive_action act)
   uint64_t n = (unsigned)act < ADAPTIVE_ACT__COUNT ? a->made[act] : 0;
   pthread_mutex_unlock(&a->mu);
   return n;
+}
+
+uint32_t adaptive_provider_lookup(struct adaptive *a, const char *mx_host, char *name, size_t n)
+{
+  pthread_mutex_lock(&a->mu);
+  const struct adaptive_provider *p = adaptive_provider_of(a->rs, mx_host);
+  copy_cut(name, n, p ? p->name : "");
+  uint32_t cap = p ? p->max_connections : 0;
+  pthread_mutex_unlock(&a->mu);
+  return cap;
 }
 
 /* ------------------------------------------------------------ slots */

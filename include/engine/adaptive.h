@@ -151,6 +151,8 @@ void adaptive_free(struct adaptive *a);
 /* A reload's new rule set; adjustments and counters in force are kept
  * (they end at their own time). Takes ownership of rs. */
 void adaptive_set_rules(struct adaptive *a, struct adaptive_rules *rs);
+/* The rule set in force, with a reference (drop it with adaptive_rules_free). */
+struct adaptive_rules *adaptive_rules_ref(struct adaptive *a);
 /* Changes every time the adjustments in force change (fire, end, clear):
  * a queue whose cached generation differs asks adaptive_limits again. */
 uint64_t adaptive_gen(const struct adaptive *a);

@@ -12,6 +12,7 @@
 #include "ctl.h"
 
 #include "buf.h"
+#include "ctl_adaptive.h"
 #include "conf.h"
 #include "counters.h"
 #include "dns.h"
@@ -1071,6 +1072,7 @@ static const char usage_text[] =
   "  message details ID | message retry ID | message fail ID | flush domain NAME |\n  flush binding NAME |\n"
   "  suspend domain NAME | suspend binding NAME | resume domain NAME | resume binding NAME |\n"
   "  config eval [binding_group G] [binding B] [domain D] OPTION | config reload |\n"
+  "  adaptive [list|clear|rules|warmup] ... |\n"
   "  reopen logs | version | shutdown";
 
 static int dispatch(struct req *r)
@@ -1098,6 +1100,8 @@ static int dispatch(struct req *r)
   }
   if (IS(0, "config") && IS(1, "eval"))
     return cmd_config_eval(r, ac - 2, av + 2);
+  if (IS(0, "adaptive")) /* ctl_adaptive.c */
+    return ctl_adaptive(g.sh, r->o.json, ac - 1, av + 1, r->o.b, &r->err);
   if (IS(0, "config") && IS(1, "reload") && ac == 2)
     return cmd_config_reload(r);
   if (IS(0, "binding") && IS(1, "summary") && ac <= 3)
@@ -1245,7 +1249,7 @@ static void serve_metrics(int fd)
     write_all(fd, nf, sizeof nf - 1);
     return;
   }
-  struct metrics_input in = {.nworkers = g.sh->nworkers,
+  struct metrics_input in = {.nworkers = g.sh->nworkers, .adaptive = g.sh->adaptive,
                              .uptime_s = (mono_ms() - g.start_mono_ms) / 1000};
   struct wq *q = wq_new(WOP_STATS);
   in.workers_answered = wq_run(q) == 0;

@@ -504,6 +504,15 @@ void adaptive_set_rules(struct adaptive *a, struct adaptive_rules *rs)
   rules_unref(old);
 }
 
+struct adaptive_rules *adaptive_rules_ref(struct adaptive *a)
+{
+  pthread_mutex_lock(&a->mu);
+  struct adaptive_rules *rs = a->rs;
+  atomic_fetch_add(&rs->refs, 1);
+  pthread_mutex_unlock(&a->mu);
+  return rs;
+}
+
 uint64_t adaptive_gen(const struct adaptive *a)
 {
   return atomic_load_explicit(&a->gen, memory_order_acquire);

@@ -151,6 +151,11 @@ void adaptive_free(struct adaptive *a);
 /* A reload's new rule set; adjustments and counters in force are kept
  * (they end at their own time). Takes ownership of rs. */
 void adaptive_set_rules(struct adaptive *a, struct adaptive_rules *rs);
+/* Add (or replace by name) one rule in the set in force, at once and for
+ * every thread (a copy is made and swapped); clear_first drops every rule
+ * first (Lua's registerRules "replace"). 0 or -EINVAL with err. */
+int adaptive_add_rule(struct adaptive *a, const struct adaptive_rule *r, bool clear_first,
+                      char *err, size_t errlen);
 /* The rule set in force, with a reference (drop it with adaptive_rules_free). */
 struct adaptive_rules *adaptive_rules_ref(struct adaptive *a);
 /* Changes every time the adjustments in force change (fire, end, clear):

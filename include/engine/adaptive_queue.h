@@ -12,6 +12,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct conf;
@@ -20,6 +21,7 @@ struct dq_queue_state;
 struct engine_shared;
 struct logs_writer;
 struct sched_retry;
+struct adaptive;
 
 /* Whether a queue's limits must be read again (an adjustment was made or
  * ended, or one of its own ends at now_ms). */
@@ -70,3 +72,13 @@ void adaptive_queue_ages_load(struct engine_shared *sh, struct conf *c, const ch
 /* Set a binding's age (the console's "adaptive warmup B AGE"), persisted. */
 int adaptive_queue_ages_set(struct engine_shared *sh, const char *spoolbase, const char *binding,
                             uint64_t first_ms);
+
+/* msys.adaptive.registerRules (Lua, any worker's or the ingest state):
+ * one rule as field/value text pairs (name provider match_domain code
+ * enhanced pattern trigger scope action value duration source), added to
+ * the rules in force of the engine's adaptive state (set once at start with
+ * adaptive_queue_lua_target; until then -ENOENT). clear_first: Momentum's
+ * "replace" for the first rule of a call. 0 or -errno with err. */
+void adaptive_queue_lua_target(struct adaptive *a);
+int adaptive_queue_lua_rule(const char *const *kv, size_t npairs, bool clear_first, char *err,
+                            size_t errlen);

@@ -303,6 +303,7 @@ int engine_main(const char *config_path)
     util_fatal("%s", aerr);
   sh.adaptive = adaptive_new(rules);
   adaptive_rules_free(rules);
+  adaptive_queue_lua_target(sh.adaptive); /* msys.adaptive.registerRules */
 
   const char *spoolbase = conf_str(g, CONF_SPOOLBASE);
   const char *pickup = conf_str(g, CONF_PICKUP_DIRECTORY);
@@ -438,6 +439,7 @@ int engine_main(const char *config_path)
   logs_writer_free(mainlog);
   logs_close(sh.logs);
   throttle_registry_free(sh.throttles);
+  adaptive_queue_lua_target(NULL);
   adaptive_free(sh.adaptive);
   counters_done();
   conf_unref(prev);

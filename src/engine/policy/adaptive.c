@@ -504,6 +504,27 @@ void adaptive_set_rules(struct adaptive *a, struct adaptive_rules *rs)
   rules_unref(old);
 }
 
+int adaptive_add_rule(struct adaptive *a, const struct adaptive_rule *r, bool clear_first,
+                      char *err, size_t errlen)
+{
+  struct adaptive_rules *n = adaptive_rules_new();
+  pthread_mutex_lock(&a->mu);
+  struct adaptive_rules *old = a->rs;
+  char why[256];
+  for (size_t i = 0; i < old->nprov; i++)
+    (void)adaptive_rules_add_provider(n, &old->prov[i], why, sizeof why);
+  for (size_t i = 0; !clear_first && i < old->n; i++)
+    (void)adaptive_rules_add(n, &old->rule[i].r, why, sizeof why);
+  int rc = adaptive_rules_add(n, r, err, errlen);
+  if (rc == 0) {
+    a->rs = n;
+    atomic_fetch_add(&a->gen, 1);
+  }
+  pthread_mutex_unlock(&a->mu);
+  rules_unref(rc == 0 ? old : n);
+  return rc;
+}
+
 struct adaptive_rules *adaptive_rules_ref(struct adaptive *a)
 {
   pthread_mutex_lock(&a->mu);

@@ -322,3 +322,84 @@ int adaptive_queue_ages_set(struct engine_shared *sh, const char *spoolbase, con
   adaptive_binding_born(sh->adaptive, binding, first_ms);
   return ages_append(spoolbase, binding, first_ms);
 }
+
+/* ------------------------------------------------------------ Lua rules */
+
+static _Atomic(struct adaptive *) lua_target;
+
+void adaptive_queue_lua_target(struct adaptive *a)
+{
+  atomic_store(&lua_target, a);
+}
+
+/* Momentum's patterns are PCRE: the common escapes in POSIX terms. */
+static void pcre_to_posix(const char *in, char *out, size_t n)
+{
+  size_t k = 0;
+  for (; *in && k + 16 < n; in++) {
+    if (in[0] == '\\' && (in[1] == 'd' || in[1] == 's' || in[1] == 'w')) {
+      const char *cls = in[1] == 'd' ? "[0-9]" : in[1] == 's' ? "[[:space:]]" : "[[:alnum:]_]";
+      size_t l = strlen(cls);
+      memcpy(out + k, cls, l);
+      k += l;
+      in++;
+      continue;
+    }
+    out[k++] = *in;
+  }
+  out[k] = '\0';
+}
+
+int adaptive_queue_lua_rule(const char *const *kv, size_t npairs, bool clear_first, char *err,
+                            size_t errlen)
+{
+  struct adaptive *a = atomic_load(&lua_target);
+  if (a == NULL) {
+    snprintf(err, errlen, "adaptive delivery is not running");
+    return -ENOENT;
+  }
+  struct adaptive_rule r = {.count = 1};
+  char pattern[1024];
+  for (size_t i = 0; i < npairs; i++) {
+    const char *k = kv[2 * i], *v = kv[2 * i + 1];
+    int bad = 0;
+    if (!strcmp(k, "name"))
+      r.name = v;
+    else if (!strcmp(k, "provider"))
+      r.provider = v;
+    else if (!strcmp(k, "match_domain") || !strcmp(k, "domain"))
+      r.domain = v;
+    else if (!strcmp(k, "code"))
+      r.code = atoi(v);
+    else if (!strcmp(k, "enhanced"))
+      r.enhanced = v;
+    else if (!strcmp(k, "pattern")) {
+      pcre_to_posix(v, pattern, sizeof pattern);
+      r.pattern = pattern;
+    } else if (!strcmp(k, "trigger"))
+      bad = adaptive_parse_trigger(v, &r.count, &r.period_s);
+    else if (!strcmp(k, "scope"))
+      bad = (int)(r.scope = (enum adaptive_scope)adaptive_scope_parse(v)) < 0 ? -EINVAL : 0;
+    else if (!strcmp(k, "action"))
+      bad = (int)(r.action = (enum adaptive_action)adaptive_action_parse(v)) < 0 ? -EINVAL : 0;
+    else if (!strcmp(k, "value")) {
+      char *end;
+      r.value = (uint32_t)strtoul(v, &end, 10);
+      r.per_s = 1;
+      if (*end == '/')
+        bad = adaptive_parse_duration(end + 1, &r.per_s);
+      else if (*end)
+        bad = adaptive_parse_duration(v, &r.value); /* an interval */
+    } else if (!strcmp(k, "duration"))
+      bad = adaptive_parse_duration(v, &r.duration_s);
+    else if (!strcmp(k, "source"))
+      r.source = v;
+    else
+      bad = -EINVAL;
+    if (bad < 0) {
+      snprintf(err, errlen, "rule %s: bad %s \"%s\"", r.name ? r.name : "?", k, v);
+      return -EINVAL;
+    }
+  }
+  return adaptive_add_rule(a, &r, clear_first, err, errlen);
+}

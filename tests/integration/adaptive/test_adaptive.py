@@ -21,6 +21,8 @@ scenarios:
               the provider's cap
   warmup      a new binding's warm-up schedule (compressed: seconds for days)
               caps its first period, then lifts
+  lua         a rule registered from Lua (msys.adaptive.registerRules, in
+              Momentum's format) fires and is listed by impetus-ctl
 """
 import os
 import shutil
@@ -301,6 +303,54 @@ def scenario_warmup(imp, ctlbin):
     finally:
         e.cleanup()
         peer.stop()
+
+
+LUA_RULES = r'''
+require("msys.adaptive")
+local rules = {
+  ["lua.test"] = {
+    responses = {
+      { code = "^451 4\\.7\\.0 lua says \\d+", trigger = "1", action = {"suspend", "3 seconds"} },
+    },
+  },
+  ["alias.test"] = "lua.test",
+}
+msys.adaptive.registerRules(rules, "augment")
+'''
+
+
+def scenario_lua(imp, ctlbin):
+    import tempfile
+    peer = Peer(lambda n: ("451 4.7.0 lua says 42", False) if n == 0 else None)
+    sdir = tempfile.mkdtemp(prefix="impetus-adaptive-lua.")
+    with open(os.path.join(sdir, "custom_rules.lua"), "w") as f:
+        f.write(LUA_RULES)
+    conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+            'Retry_Interval = 1\nMax_Retry_Interval = 1\nAdaptive_Enabled = true\n'
+            'scriptlet "scriptlet" { script "custom_rules" { source = "%s/custom_rules" } }\n'
+            % (peer.port, sdir))
+    e = Engine(imp, conf, "adaptive-lua")
+    n = 5
+    try:
+        e.start()
+        rc, out = ctl(ctlbin, e, "adaptive", "rules")
+        check(rc == 0 and "name=lua:lua.test:1" in out and "name=lua:alias.test:1" in out
+              and "google-rate-limited" in out, "impetus-ctl adaptive rules lists the Lua rules "
+              "next to the bundled ones")
+        for i in range(n):
+            e.inject("s@sender.test", ["u%d@lua.test" % i])
+        e.wait_for(lambda: adaptive_lines(e), 20, "the Lua rule's adjustment")
+        line = adaptive_lines(e)[0]
+        check("suspended" in line and "rule lua:lua.test:1" in line and "domain lua.test" in line,
+              "paniclog: %s" % line)
+        e.wait_for(lambda: sum(1 for fs in e.finals().values() for f in fs if f[4] == "D") == n,
+                   30, "all %d delivered after it" % n)
+        check(e.stop() == 0, "exit status")
+        outcomes(e, n)
+    finally:
+        e.cleanup()
+        peer.stop()
+        shutil.rmtree(sdir, ignore_errors=True)
 
 
 def main():

@@ -47,10 +47,12 @@ void adaptive_queue_reply(struct engine_shared *sh, struct logs_writer *log,
 /* About to connect to MX host mx_host for the queue: take its slots (Host
  * stanza cap, provider cap per binding); slot[2] holds what the session
  * owns (released first, so a reconnect does not count twice). False when a
- * cap is reached: the session gives way, nothing is charged. Records the
- * host as the queue's MX host. */
+ * cap is reached, or when the host is new to the queue and its provider's
+ * mail is suspended: the session gives way, nothing is charged. Records
+ * the host as the queue's MX host. */
 bool adaptive_queue_connect(struct engine_shared *sh, struct conf *c, const char *binding,
-                            const char *mx_host, struct dq_queue_state *st, uint32_t slot[2]);
+                            const char *domain, const char *mx_host, struct dq_queue_state *st,
+                            uint64_t now_ms, uint32_t slot[2]);
 /* The session is gone: give its slots back. */
 void adaptive_queue_release(struct engine_shared *sh, uint32_t slot[2]);
 /* A connection failed before SMTP / reached SMTP. */

@@ -1551,8 +1551,8 @@ static void session_try_connect(struct session *s)
     return;
   }
   struct route *r = &s->routes[s->route_i];
-  if (!adaptive_queue_connect(w->sh, w->conf, dq_queue_binding(s->q), r->host,
-                              dq_queue_state(s->q), s->adaptive_slot)) {
+  if (!adaptive_queue_connect(w->sh, w->conf, dq_queue_binding(s->q), dq_queue_domain(s->q),
+                              r->host, dq_queue_state(s->q), wall_ms(), s->adaptive_slot)) {
     /* the MX host's or provider's connection cap is reached: this session
      * gives way (nothing is charged); the queue asks again shortly */
     dq_queue_state(s->q)->blocked_until_ns = ring_now(w->ring) + ADAPTIVE_WAIT_NS;

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -209,14 +210,26 @@ void adaptive_queue_release(struct engine_shared *sh, uint32_t slot[2])
 }
 
 bool adaptive_queue_connect(struct engine_shared *sh, struct conf *c, const char *binding,
-                            const char *mx_host, struct dq_queue_state *st, uint32_t slot[2])
+                            const char *domain, const char *mx_host, struct dq_queue_state *st,
+                            uint64_t now_ms, uint32_t slot[2])
 {
   if (sh->adaptive == NULL)
     return true;
   adaptive_queue_release(sh, slot);
   if (mx_host == NULL || !*mx_host)
     return true;
-  snprintf(st->mx_host, sizeof st->mx_host, "%s", mx_host);
+  if (strcasecmp(st->mx_host, mx_host)) {
+    /* a host new to the queue may belong to a provider whose mail is held:
+     * its limits are read again before anything goes there */
+    snprintf(st->mx_host, sizeof st->mx_host, "%s", mx_host);
+    st->adaptive_until_ms = 0;
+    char p[ADAPTIVE_NAME_MAX];
+    adaptive_provider_lookup(sh->adaptive, mx_host, p, sizeof p);
+    struct adaptive_limits l;
+    adaptive_limits(sh->adaptive, binding, domain, p[0] ? p : NULL, now_ms, &l);
+    if (l.suspended)
+      return false;
+  }
   char key[2 * ADAPTIVE_NAME_MAX + 300];
   /* Host "mx" { Max_Outbound_Connections }: all bindings and domains */
   snprintf(key, sizeof key, "host %s", mx_host);

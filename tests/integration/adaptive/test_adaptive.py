@@ -21,6 +21,8 @@ scenarios:
               the provider's cap
   warmup      a new binding's warm-up schedule (compressed: seconds for days)
               caps its first period, then lifts
+  connfail    consecutive connection failures space out new connections
+              (Adaptive_Connection_Failures) instead of retrying at full speed
   lua         a rule registered from Lua (msys.adaptive.registerRules, in
               Momentum's format) fires and is listed by impetus-ctl
 """
@@ -303,6 +305,40 @@ def scenario_warmup(imp, ctlbin):
     finally:
         e.cleanup()
         peer.stop()
+
+
+def scenario_connfail(imp, ctlbin):
+    baseline = bool(os.environ.get("ADAPTIVE_BASELINE"))
+    # nothing listens on 127.0.0.9 at the port: every connection is refused
+    peer = Peer()
+    dns, dport = dnsmasq_or_skip(["--mx-host=down.test,mx.down.test,10",
+                                  "--host-record=mx.down.test,127.0.0.9"])
+    conf = base_conf(dport, peer.port, "Adaptive_Enabled = %s\nAdaptive_Connection_Failures = 3\n"
+                     "Host_Failure_Retry = 0\n" % ("false" if baseline else "true"))
+    e = Engine(imp, conf, "adaptive-connfail")
+    n = 20
+    try:
+        time.sleep(0.3)
+        e.start()
+        for i in range(n):
+            e.inject("s@sender.test", ["u%d@down.test" % i])
+        e.wait_for(lambda: len(e.records("T")) >= 3, 20, "the first failures")
+        time.sleep(6)
+        t = len(e.records("T"))
+        print("T records (failed connection attempts) in about 6 s: %d (%s)"
+              % (t, "adaptive off" if baseline else "adaptive on"))
+        if not baseline:
+            check(t <= 20, "connections spaced out, not retried at full speed (%d)" % t)
+            check(any("outbound_throttle_connections = 1/" in l and "connection-failures" in l
+                      for l in adaptive_lines(e)), "paniclog: %r" % adaptive_lines(e)[:3])
+        check(e.stop() == 0, "exit status")
+        delivered, pending = outcomes(e, n)
+        check(delivered == 0 and pending == n, "nothing delivered, all %d still queued" % n)
+    finally:
+        e.cleanup()
+        peer.stop()
+        dns.terminate()
+        dns.wait()
 
 
 LUA_RULES = r'''

@@ -1,17 +1,19 @@
 /* ctl.c owns the control thread: the impetus-ctl Unix socket, the
- * Prometheus endpoint (metrics.c renders), the console's suspend table and
- * the delivery-rate samples.
+ * Prometheus endpoint (metrics.c renders) and the delivery-rate samples;
+ * suspend/resume write the queue layer's table (queue/suspend.c).
  *
  * Must never: block a worker (questions reach workers as ring_post
  * messages; the worker answers from its own loop and this thread waits at
  * most CTL_WORKER_WAIT_MS); walk messages to count them (counters.c keeps
  * totals; listings page); print a secret (conf_eval without
  * CONF_EVAL_SHOW_SECRETS masks them).
+ * The control thread's I/O (every client served at once) is ctlsrv.c.
  * Threads: the control thread, except ctl_start/ctl_stop (main thread),
  * ctl_suspended (workers) and the run_* functions (each on its worker). */
-#include "ctl.h"
+#include "ctl_internal.h"
 
 #include "buf.h"
+#include "clock.h"
 #include "ctl_adaptive.h"
 #include "conf.h"
 #include "counters.h"
@@ -22,13 +24,13 @@
 #include "panic.h"
 #include "ring.h"
 #include "spool.h"
+#include "suspend.h"
 #include "worker.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -44,7 +46,6 @@
 #include <unistd.h>
 
 #define CTL_ARGS_MAX 32       /* words in one request */
-#define CTL_IO_TIMEOUT_S 2    /* a client that stalls longer is dropped */
 #define RATE_SAMPLES 61       /* one per second: the last minute */
 
 /* ------------------------------------------------------------ state */
@@ -63,63 +64,11 @@ static struct {
   unsigned rate_n, rate_i;
 } g = {.sock_fd = -1, .metrics_fd = -1, .stop_fd = {-1, -1}};
 
-static pthread_mutex_t suspend_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct suspension {
-  char binding[COUNTERS_NAME_MAX]; /* "" = any */
-  char domain[COUNTERS_NAME_MAX];  /* "" = any */
-} suspended[CTL_SUSPEND_MAX];
-static unsigned nsuspended;
-
 static uint64_t mono_ms(void)
 {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static uint64_t wall_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-bool ctl_suspended(const char *binding, const char *domain)
-{
-  bool yes = false;
-  if (binding == NULL)
-    binding = "default";
-  pthread_mutex_lock(&suspend_mu);
-  for (unsigned i = 0; i < nsuspended && !yes; i++)
-    yes = (!suspended[i].binding[0] || !strcmp(suspended[i].binding, binding)) &&
-          (!suspended[i].domain[0] || !strcasecmp(suspended[i].domain, domain ? domain : ""));
-  pthread_mutex_unlock(&suspend_mu);
-  return yes;
-}
-
-/* Add (on) or remove (off) a suspension. 0, -ENOSPC, or -ENOENT. */
-static int suspend_set(const char *binding, const char *domain, bool on)
-{
-  int rc = on ? 0 : -ENOENT;
-  pthread_mutex_lock(&suspend_mu);
-  unsigned i;
-  for (i = 0; i < nsuspended; i++)
-    if (!strcmp(suspended[i].binding, binding) && !strcasecmp(suspended[i].domain, domain))
-      break;
-  if (on && i == nsuspended) {
-    if (nsuspended == CTL_SUSPEND_MAX) {
-      rc = -ENOSPC;
-    } else {
-      snprintf(suspended[i].binding, sizeof suspended[i].binding, "%s", binding);
-      snprintf(suspended[i].domain, sizeof suspended[i].domain, "%s", domain);
-      nsuspended++;
-    }
-  } else if (!on && i < nsuspended) {
-    suspended[i] = suspended[--nsuspended];
-    rc = 0;
-  }
-  pthread_mutex_unlock(&suspend_mu);
-  return rc;
 }
 
 /* ------------------------------------------------------------ output */
@@ -137,15 +86,8 @@ struct out {
 static void json_str(struct buf *b, const char *s)
 {
   buf_append_str(b, "\"");
-  for (; s && *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\')
-      buf_printf(b, "\\%c", c);
-    else if (c < 0x20)
-      buf_printf(b, "\\u%04x", c);
-    else
-      buf_append(b, &c, 1);
-  }
+  if (s)
+    buf_append_json(b, s, strlen(s), 0);
   buf_append_str(b, "\"");
 }
 
@@ -331,7 +273,7 @@ static void visit_queue(void *arg, struct dq_queue *dqq)
   struct dq_queue_state *st = dq_queue_state(dqq);
   if (q->op == WOP_LIMITS) {
     st->conf_gen = 0; /* load_limits reads the configuration and ctl_suspended again */
-    if (ctl_suspended(dq_queue_binding(dqq), dq_queue_domain(dqq)))
+    if (suspend_active(dq_queue_binding(dqq), dq_queue_domain(dqq)))
       st->limits.suspend_delivery = true; /* at once, before the next load_limits */
     p->hastened++;
     return;
@@ -488,7 +430,7 @@ static void run_part(void *arg)
         dq_foreach_unit(d, visit_unit, &v);
       break;
     case WOP_HASTEN:
-      p->hastened = dq_hasten(d, pick_unit, p, wall_ms());
+      p->hastened = dq_hasten(d, pick_unit, p, clock_wall_ms());
       break;
     case WOP_FAIL:
       fail_units(p, w, d);
@@ -738,7 +680,7 @@ static int cmd_binding_summary(struct req *r, const char *name)
     o_u64(o, "delayed", b[k].deferred);
     o_u64(o, "connections", b[k].conns);
     emit_counts(o, b[k].name, NULL);
-    o_bool(o, "suspended", ctl_suspended(b[k].name, ""));
+    o_bool(o, "suspended", suspend_active(b[k].name, ""));
     o_row_close(o);
   }
   o_close(o, true);
@@ -828,7 +770,7 @@ static int cmd_domain(struct req *r, const char *binding, const char *name)
   o_u64(o, "delayed", deferred);
   o_u64(o, "connections", conns);
   emit_counts(o, binding, name);
-  o_bool(o, "suspended", ctl_suspended(binding ? binding : "default", name));
+  o_bool(o, "suspended", suspend_active(binding ? binding : "default", name));
   conf_unref(c);
   wq_unref(q);
   return 0;
@@ -989,7 +931,7 @@ static int cmd_suspend(struct req *r, bool on, const char *binding, const char *
 {
   int rc = suspend_set(binding ? binding : "", domain ? domain : "", on);
   if (rc == -ENOSPC)
-    return fail(r, "too many suspensions (%d)", CTL_SUSPEND_MAX);
+    return fail(r, "too many suspensions (%d)", SUSPEND_MAX);
   if (rc == -ENOENT)
     return fail(r, "%s%s%s%s is not suspended from the console", binding ? "binding " : "",
                 binding ? binding : "", binding && domain ? " domain " : domain ? "domain " : "",
@@ -1148,61 +1090,11 @@ static int dispatch(struct req *r)
   return fail(r, "unknown command\n%s", usage_text);
 }
 
-/* ------------------------------------------------------------ I/O */
+/* ------------------------------------------------------------ answers
+ * (ctlsrv.c does the I/O: every client is served concurrently) */
 
-static void set_timeouts(int fd)
+void ctl_answer(char *line, struct buf *out)
 {
-  struct timeval tv = {.tv_sec = CTL_IO_TIMEOUT_S};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
-
-static void write_all(int fd, const void *p, size_t n)
-{
-  const char *c = p;
-  while (n > 0) {
-    ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return;
-    c += w;
-    n -= (size_t)w;
-  }
-}
-
-/* Read until `end` is seen or the buffer is full; returns bytes or -1. */
-static ssize_t read_until(int fd, char *buf, size_t cap, const char *end)
-{
-  size_t n = 0;
-  while (n + 1 < cap) {
-    ssize_t r = recv(fd, buf + n, cap - 1 - n, 0);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      break;
-    n += (size_t)r;
-    buf[n] = '\0';
-    if (strstr(buf, end))
-      return (ssize_t)n;
-  }
-  buf[n] = '\0';
-  return n ? (ssize_t)n : -1;
-}
-
-static void serve_ctl(int fd)
-{
-  set_timeouts(fd);
-  char line[CTL_REQUEST_MAX + 1];
-  ssize_t n = read_until(fd, line, sizeof line, "\n");
-  if (n <= 0)
-    return;
-  char *nl = strchr(line, '\n');
-  if (nl == NULL) {
-    write_all(fd, "ERR\nrequest too long\n", 21);
-    return;
-  }
-  *nl = '\0';
   struct buf body = {0};
   struct req r = {.o = {.b = &body}};
   char *save = NULL;
@@ -1217,36 +1109,28 @@ static void serve_ctl(int fd)
     buf_append_str(&body, "}\n");
   if (rc < 0) {
     buf_append(&r.err, "", 1);
-    struct buf e = {0};
+    buf_append_str(out, "ERR\n");
     if (r.o.json) {
-      buf_append_str(&e, "{\"error\":");
-      json_str(&e, (const char *)buf_head(&r.err));
-      buf_append_str(&e, "}\n");
+      buf_append_str(out, "{\"error\":");
+      json_str(out, (const char *)buf_head(&r.err));
+      buf_append_str(out, "}\n");
     } else {
-      buf_printf(&e, "%s\n", (const char *)buf_head(&r.err));
+      buf_printf(out, "%s\n", (const char *)buf_head(&r.err));
     }
-    write_all(fd, "ERR\n", 4);
-    write_all(fd, buf_head(&e), buf_avail(&e));
-    buf_done(&e, 0);
   } else {
-    write_all(fd, "OK\n", 3);
-    write_all(fd, buf_head(&body), buf_avail(&body));
+    buf_append_str(out, "OK\n");
+    buf_append(out, buf_head(&body), buf_avail(&body));
   }
   buf_done(&body, 0);
   buf_done(&r.err, 0);
 }
 
-static void serve_metrics(int fd)
+void ctl_http_answer(const char *req, struct buf *out)
 {
-  set_timeouts(fd);
-  char req[CTL_REQUEST_MAX + 1];
-  ssize_t n = read_until(fd, req, sizeof req, "\n");
-  if (n <= 0)
-    return;
-  if (strncmp(req, "GET /metrics", 12) != 0 || (req[12] != ' ' && req[12] != '?' && req[12] != '\r' && req[12] != '\n')) {
-    static const char nf[] = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
-                             "Content-Length: 10\r\n\r\nnot found\n";
-    write_all(fd, nf, sizeof nf - 1);
+  if (strncmp(req, "GET /metrics", 12) != 0 ||
+      (req[12] != ' ' && req[12] != '?' && req[12] != '\r' && req[12] != '\n')) {
+    buf_append_str(out, "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+                        "Content-Length: 10\r\n\r\nnot found\n");
     return;
   }
   struct metrics_input in = {.nworkers = g.sh->nworkers, .adaptive = g.sh->adaptive,
@@ -1267,42 +1151,23 @@ static void serve_metrics(int fd)
   struct buf body = {0};
   metrics_render(&body, &in);
   free(in.w);
-  char head[200];
-  int hl = snprintf(head, sizeof head,
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                    "Content-Length: %zu\r\n\r\n",
-                    buf_avail(&body));
-  write_all(fd, head, (size_t)hl);
-  write_all(fd, buf_head(&body), buf_avail(&body));
+  buf_printf(out,
+             "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+             "Content-Length: %zu\r\n\r\n",
+             buf_avail(&body));
+  buf_append(out, buf_head(&body), buf_avail(&body));
   buf_done(&body, 0);
+}
+
+void ctl_tick(void)
+{
+  rate_sample();
 }
 
 static void *ctl_main(void *arg)
 {
   (void)arg;
-  for (;;) {
-    struct pollfd p[3] = {{.fd = g.stop_fd[0], .events = POLLIN},
-                          {.fd = g.sock_fd, .events = POLLIN},
-                          {.fd = g.metrics_fd, .events = POLLIN}};
-    int n = poll(p, 3, 1000);
-    rate_sample();
-    if (n < 0)
-      continue;
-    if (p[0].revents)
-      break;
-    for (int i = 1; i < 3; i++) {
-      if (!(p[i].revents & POLLIN))
-        continue;
-      int fd = accept4(p[i].fd, NULL, NULL, SOCK_CLOEXEC);
-      if (fd < 0)
-        continue;
-      if (i == 1)
-        serve_ctl(fd);
-      else
-        serve_metrics(fd);
-      close(fd);
-    }
-  }
+  ctlsrv_run(g.stop_fd[0], g.sock_fd, g.metrics_fd);
   return NULL;
 }
 

@@ -496,22 +496,9 @@ static void json_str(struct buf *b, const char *key, const char *s, size_t max)
   buf_append(b, "\":\"", 3);
   if (max > LOGS_TEXT_MAX + 1)
     max = LOGS_TEXT_MAX + 1;
-  buf_reserve(b, 2 * max + 1);
-  char *start = (char *)b->data + b->len;
-  size_t n = logs_sanitise(start, max, s, true);
-  size_t extra = 0;
-  for (size_t i = 0; i < n; i++)
-    extra += start[i] == '"' || start[i] == '\\';
-  if (extra) { /* escape from the end backwards, in place */
-    char *src = start + n, *dst = start + n + extra;
-    while (src > start) {
-      char c = *--src;
-      *--dst = c;
-      if (c == '"' || c == '\\')
-        *--dst = '\\';
-    }
-  }
-  b->len += n + extra;
+  char clean[LOGS_TEXT_MAX + 1];
+  size_t n = logs_sanitise(clean, max, s, true);
+  buf_append_json(b, clean, n, 0);
   buf_append(b, "\"", 1);
 }
 

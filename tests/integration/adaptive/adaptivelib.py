@@ -172,8 +172,17 @@ def outcomes(e, injected):
     check(not twice, "no recipient delivered twice: %r" % twice[:3])
     pending = len(recs) - delivered
     if pending:
-        check(e.queue_files() > 0, "%d recipients not delivered are still queued" % pending)
+        check(message_files(e) > 0, "%d recipients not delivered are still queued" % pending)
     return delivered, pending
+
+
+def message_files(e):
+    """Files of queued messages (the spool's own bookkeeping, such as
+    queue/seal.check, left out)."""
+    n = 0
+    for root, _dirs, files in os.walk(os.path.join(e.spool, "queue")):
+        n += sum(1 for f in files if f != "seal.check")
+    return n
 
 
 def report():

@@ -17,8 +17,10 @@
 #include "ctl_adaptive.h"
 #include "conf.h"
 #include "counters.h"
+#include "ctlcmd.h"
 #include "dns.h"
 #include "dq.h"
+#include "logs.h"
 #include "impetus_build.h"
 #include "metrics.h"
 #include "panic.h"
@@ -58,6 +60,7 @@ static struct {
   char metrics_addr[300];
   pthread_t thread;
   bool running;
+  struct logs_writer *log; /* this thread's paniclog lines */
   uint64_t start_mono_ms;
   /* delivered-recipient samples, one per second */
   uint64_t rate_t[RATE_SAMPLES], rate_d[RATE_SAMPLES];
@@ -502,15 +505,19 @@ static void rate_sample(void)
     g.rate_n++;
 }
 
-/* Delivered recipients per second over the last minute (or less). */
+/* Delivered recipients per second over the last minute (or less): from
+ * the oldest sample to now, so a run shorter than two samples has a rate. */
 static double rate_recent(void)
 {
-  if (g.rate_n < 2)
+  if (g.rate_n < 1)
     return 0;
-  unsigned newest = (g.rate_i + RATE_SAMPLES - 1) % RATE_SAMPLES;
+  uint64_t t[COUNTERS_KINDS];
+  counters_totals(t);
   unsigned oldest = (g.rate_i + RATE_SAMPLES - g.rate_n) % RATE_SAMPLES;
-  uint64_t dt = g.rate_t[newest] - g.rate_t[oldest];
-  return dt ? (double)(g.rate_d[newest] - g.rate_d[oldest]) * 1000.0 / (double)dt : 0;
+  uint64_t dt = mono_ms() - g.rate_t[oldest];
+  if (dt < 100) /* too short a window to mean anything */
+    return 0;
+  return (double)(t[COUNTERS_DELIVERED] - g.rate_d[oldest]) * 1000.0 / (double)dt;
 }
 
 /* ------------------------------------------------------------ commands */
@@ -957,24 +964,13 @@ static int cmd_suspend(struct req *r, bool on, const char *binding, const char *
 
 static int cmd_config_eval(struct req *r, int argc, char **argv)
 {
-  const char *group = NULL, *binding = NULL, *domain = NULL, *option = NULL;
-  for (int i = 0; i < argc; i++) {
-    if (i + 1 < argc && !strcasecmp(argv[i], "binding_group"))
-      group = argv[++i];
-    else if (i + 1 < argc && !strcasecmp(argv[i], "binding"))
-      binding = argv[++i];
-    else if (i + 1 < argc && !strcasecmp(argv[i], "domain"))
-      domain = argv[++i];
-    else if (i + 1 == argc)
-      option = argv[i];
-    else
-      return fail(r, "usage: config eval [binding_group G] [binding B] [domain D] OPTION");
-  }
-  if (!option)
-    return fail(r, "usage: config eval [binding_group G] [binding B] [domain D] OPTION");
+  struct ctlcmd_eval e;
+  char why[256];
+  if (ctlcmd_eval_args(argc, argv, &e, why, sizeof why) < 0)
+    return fail(r, "config eval: %s", why);
   struct conf *c = conf_ref(atomic_load(&g.sh->conf));
   struct buf out = {0};
-  int rc = conf_eval(c, group, binding, domain, option, 0, &out); /* secrets masked */
+  int rc = conf_eval(c, e.group, e.binding, e.domain, e.option, 0, &out); /* secrets masked */
   buf_append(&out, "", 1);
   if (rc < 0)
     fail(r, "%s", (const char *)buf_head(&out));
@@ -1008,21 +1004,13 @@ static int cmd_config_reload(struct req *r)
   return 0;
 }
 
-static const char usage_text[] =
-  "commands: summary | mailq [-d DOMAIN] [-b BINDING] [-p PAGE] [-n PER_PAGE] |\n"
-  "  showqueue [binding NAME] DOMAIN | binding summary [NAME] | domain NAME |\n"
-  "  message details ID | message retry ID | message fail ID | flush domain NAME |\n  flush binding NAME |\n"
-  "  suspend domain NAME | suspend binding NAME | resume domain NAME | resume binding NAME |\n"
-  "  config eval [binding_group G] [binding B] [domain D] OPTION | config reload |\n"
-  "  adaptive [list|clear|rules|warmup] ... |\n"
-  "  reopen logs | version | shutdown";
-
 static int dispatch(struct req *r)
 {
   int ac = r->argc;
   char **av = r->argv;
-  if (ac == 0)
-    return fail(r, "%s", usage_text);
+  char why[512];
+  if (ctlcmd_check(ac, av, why, sizeof why) < 0)
+    return fail(r, "%s\ncommands:\n%s", why, ctlcmd_usage);
 #define IS(i, w) (ac > (i) && !strcasecmp(av[i], (w)))
   if (IS(0, "summary") && ac == 1)
     return cmd_summary(r);
@@ -1036,7 +1024,14 @@ static int dispatch(struct req *r)
     return 0;
   }
   if (IS(0, "reopen") && IS(1, "logs") && ac == 2) {
-    kill(getpid(), SIGUSR1);
+    /* here rather than by SIGUSR1, to know whether every file reopened */
+    char failed[1024];
+    if (logs_reopen_wait(g.sh->logs, failed, sizeof failed) < 0) {
+      logs_panic(g.log, clock_wall_ms(), "logs", "reopen failed: %s; still writing to the old file",
+                 failed);
+      logs_writer_flush(g.log);
+      return fail(r, "reopen failed: %s (still writing to the old file)", failed);
+    }
     o_bool(&r->o, "reopened", true);
     return 0;
   }
@@ -1087,7 +1082,7 @@ static int dispatch(struct req *r)
   if ((IS(0, "suspend") || IS(0, "resume")) && ac == 5 && IS(1, "binding") && IS(3, "domain"))
     return cmd_suspend(r, IS(0, "suspend"), av[2], av[4]);
 #undef IS
-  return fail(r, "unknown command\n%s", usage_text);
+  return fail(r, "unknown command\ncommands:\n%s", ctlcmd_usage);
 }
 
 /* ------------------------------------------------------------ answers
@@ -1321,6 +1316,7 @@ int ctl_start(char *err, size_t errlen)
     snprintf(err, errlen, "control thread: %s", strerror(errno));
     return -errno;
   }
+  g.log = logs_writer_new(g.sh->logs);
   int rc = pthread_create(&g.thread, NULL, ctl_main, NULL);
   if (rc != 0) {
     snprintf(err, errlen, "control thread: %s", strerror(rc));
@@ -1337,6 +1333,8 @@ void ctl_stop(void)
     pthread_join(g.thread, NULL);
     g.running = false;
   }
+  logs_writer_free(g.log);
+  g.log = NULL;
   if (g.sock_fd >= 0) {
     close(g.sock_fd);
     unlink(g.sock_path);

@@ -15,6 +15,7 @@
 #include "ctl.h"
 #include "impetus_build.h"
 #include "logs.h"
+#include "sdnotify.h"
 #include "panic.h"
 #include "policy.h"
 #include "priv.h"
@@ -391,6 +392,12 @@ int engine_main(const char *config_path)
   logs_writer_flush(mainlog);
   fprintf(stderr, "impetus %s: running with %s (%u workers; SIGTERM stops)\n", IMPETUS_VERSION,
           config_path, sh->nworkers);
+  {
+    char st[512];
+    snprintf(st, sizeof st, "READY=1\nMAINPID=%ld\nSTATUS=running %s, %u workers", (long)getpid(),
+             config_path, sh->nworkers);
+    sdnotify(st); /* systemd Type=notify; nothing without NOTIFY_SOCKET */
+  }
 
   /* ec_logger / bounce_logger heartbeat: an M record every N seconds */
   int64_t hb = 0;
@@ -412,18 +419,27 @@ int engine_main(const char *config_path)
     if (sig == SIGTERM || sig == SIGINT)
       break;
     if (sig == SIGHUP) {
+      sdnotify("RELOADING=1");
       reload(sh, config_path, mainlog, &prev);
       if (policy_reload(sh->policy, atomic_load(&sh->conf), err, sizeof err) < 0)
         logs_panic(mainlog, clock_wall_ms(), "lua", "reload rejected, the old scripts stay: %s", err);
       else if (policy_has_scripts(sh->policy))
         logs_panic(mainlog, clock_wall_ms(), "lua", "scripts reloaded");
       logs_writer_flush(mainlog);
+      sdnotify("READY=1");
     }
-    else if (sig == SIGUSR1)
-      logs_reopen(sh->logs);
+    else if (sig == SIGUSR1) {
+      char why[1024];
+      if (logs_reopen_wait(sh->logs, why, sizeof why) < 0) {
+        logs_panic(mainlog, clock_wall_ms(), "logs", "reopen failed: %s; still writing to the old file",
+                   why);
+        logs_writer_flush(mainlog);
+      }
+    }
   }
 
   /* graceful stop: stop claiming, let sessions finish, persist, exit 0 */
+  sdnotify("STOPPING=1");
   ctl_stop();
   logs_panic(mainlog, clock_wall_ms(), "engine", "stopping");
   logs_writer_flush(mainlog);

@@ -17,6 +17,7 @@
 #include "buf.h"
 #include "conf.h"
 #include "impetus_build.h"
+#include "paths.h"
 #include "panic.h"
 
 #include <ctype.h>
@@ -106,14 +107,6 @@ static char *pickup_from_conf(const char *path)
   }
   conf_unref(c);
   return out;
-}
-
-static const char *default_config(void)
-{
-  static const char installed[] = IMPETUS_SYSCONFDIR "/impetus.conf";
-  if (access(installed, R_OK) == 0)
-    return installed;
-  return IMPETUS_SOURCE_ROOT "/etc/impetus.conf";
 }
 
 /* ---- the message ---- */
@@ -523,7 +516,7 @@ int main(int argc, char **argv)
     pickup_dir = util_xmalloc(strlen(spool) + 8);
     sprintf(pickup_dir, "%s/pickup", spool);
   } else {
-    pickup_dir = pickup_from_conf(config ? config : default_config());
+    pickup_dir = pickup_from_conf(config ? config : paths_config());
   }
 
   /* The sender. */

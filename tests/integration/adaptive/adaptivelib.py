@@ -4,6 +4,7 @@ five messages, "451 slow down" for the first few...), records when each
 command and message arrived and how many connections were open at once,
 plus the outcome check every scenario ends with: no recipient bounced or
 failed, each has exactly one D record or is still queued."""
+import contextlib
 import os
 import socket
 import socketserver
@@ -183,6 +184,29 @@ def message_files(e):
     for root, _dirs, files in os.walk(os.path.join(e.spool, "queue")):
         n += sum(1 for f in files if f != "seal.check")
     return n
+
+
+def delivered(e):
+    """D records in the mainlog."""
+    return sum(1 for fs in e.finals().values() for f in fs if f[4] == "D")
+
+
+@contextlib.contextmanager
+def engine_running(impetus, conf, name, peer, dns=None):
+    """impetus started on conf (once dnsmasq has settled), then cleaned up
+    with the peer and dnsmasq whatever happens."""
+    e = Engine(impetus, conf, name)
+    try:
+        if dns is not None:
+            time.sleep(0.3)
+        e.start()
+        yield e
+    finally:
+        e.cleanup()
+        peer.stop()
+        if dns is not None:
+            dns.terminate()
+            dns.wait()
 
 
 def report():

@@ -33,8 +33,8 @@ import subprocess
 import sys
 import time
 
-from adaptivelib import (GMAIL_421, SKIP, Engine, Peer, check, max_in_window, outcomes,
-                         report, start_dnsmasq)
+from adaptivelib import (GMAIL_421, SKIP, Peer, check, delivered, engine_running,
+                         max_in_window, outcomes, report, start_dnsmasq)
 
 
 def dnsmasq_or_skip(records):
@@ -72,11 +72,8 @@ def scenario_suspend(imp, ctlbin):
                      'Max_Outbound_Connections = 2\nAdaptive_Enabled = true\n'
                      'adaptive {\n  response_rule "google-rate-limited" '
                      '{ action = suspend duration = 3 }\n}\n')
-    e = Engine(imp, conf, "adaptive-suspend")
     n = 20
-    try:
-        time.sleep(0.3)
-        e.start()
+    with engine_running(imp, conf, "adaptive-suspend", peer, dns) as e:
         for i in range(n):
             e.inject("s@sender.test", ["u%d@gmail.test" % i])
         e.wait_for(lambda: adaptive_lines(e), 20, "the adaptive adjustment")
@@ -92,7 +89,7 @@ def scenario_suspend(imp, ctlbin):
         rc, out = ctl(ctlbin, e, "--json", "adaptive", "list")
         check(rc == 0 and '"rule":"google-rate-limited"' in out, "kept across the reload: %s"
               % out.strip())
-        e.wait_for(lambda: sum(1 for fs in e.finals().values() for f in fs if f[4] == "D") == n,
+        e.wait_for(lambda: delivered(e) == n,
                    30, "all %d delivered after the suspension" % n)
         e.wait_for(lambda: any(":adaptive: ended:" in l for l in adaptive_lines(e)), 10, "the end logged")
         mails = peer.mail_times()
@@ -104,11 +101,6 @@ def scenario_suspend(imp, ctlbin):
         check(len(adaptive_lines(e)) == 2, "made once, ended once: %r" % adaptive_lines(e))
         check(e.stop() == 0, "exit status")
         outcomes(e, n)
-    finally:
-        e.cleanup()
-        peer.stop()
-        dns.terminate()
-        dns.wait()
 
 
 def scenario_repro(imp, ctlbin):
@@ -119,11 +111,8 @@ def scenario_repro(imp, ctlbin):
     dns, dport = dnsmasq_or_skip(GMAIL_DNS)
     conf = base_conf(dport, peer.port,
                      "Adaptive_Enabled = %s\n" % ("false" if baseline else "true"))
-    e = Engine(imp, conf, "adaptive-repro")
     n = 50
-    try:
-        time.sleep(0.3)
-        e.start()
+    with engine_running(imp, conf, "adaptive-repro", peer, dns) as e:
         for i in range(n):
             e.inject("s@sender.test", ["u%d@gmail.test" % i])
         e.wait_for(lambda: len(peer.mail_times()) > 5, 20, "the first 421")
@@ -147,11 +136,6 @@ def scenario_repro(imp, ctlbin):
         delivered, pending = outcomes(e, n)
         check(delivered == 5 and pending == n - 5, "5 delivered, %d still queued (%d, %d)"
               % (n - 5, delivered, pending))
-    finally:
-        e.cleanup()
-        peer.stop()
-        dns.terminate()
-        dns.wait()
 
 
 def t_records(e):
@@ -165,9 +149,7 @@ def scenario_count(imp, ctlbin):
             'Adaptive_Enabled = true\n'
             'adaptive {\n  response_rule "slow" { code = 451 pattern = "slow down" '
             'trigger = "3/1m" action = suspend duration = 2 }\n}\n' % peer.port)
-    e = Engine(imp, conf, "adaptive-count")
-    try:
-        e.start()
+    with engine_running(imp, conf, "adaptive-count", peer) as e:
         for k in range(3):
             e.inject("s@sender.test", ["u%d@slow.test" % k])
             e.wait_for(lambda: len(t_records(e)) == k + 1, 20, "T record %d" % (k + 1))
@@ -182,13 +164,10 @@ def scenario_count(imp, ctlbin):
         e.wait_for(lambda: any(":adaptive: ended:" in l for l in adaptive_lines(e)), 10, "its end")
         rc, out = ctl(ctlbin, e, "flush", "domain", "slow.test")
         check(rc == 0, "flush: %s" % out.strip())
-        e.wait_for(lambda: sum(1 for fs in e.finals().values() for f in fs if f[4] == "D") == 3,
+        e.wait_for(lambda: delivered(e) == 3,
                    20, "the three delivered")
         check(e.stop() == 0, "exit status")
         outcomes(e, 3)
-    finally:
-        e.cleanup()
-        peer.stop()
 
 
 def scenario_throttle(imp, ctlbin):
@@ -198,16 +177,14 @@ def scenario_throttle(imp, ctlbin):
             'adaptive {\n  response_rule "slower" { code = 451 pattern = "try slower" '
             'action = outbound_throttle_messages value = "2/1s" duration = "4s" }\n}\n'
             % peer.port)
-    e = Engine(imp, conf, "adaptive-throttle")
     n = 30
-    try:
-        e.start()
+    with engine_running(imp, conf, "adaptive-throttle", peer) as e:
         e.inject("s@sender.test", ["first@thr.test"])
         e.wait_for(lambda: adaptive_lines(e), 20, "the throttle")
         t_fire = peer.mail_times()[0][0]
         for i in range(n - 1):
             e.inject("s@sender.test", ["u%d@thr.test" % i])
-        e.wait_for(lambda: sum(1 for fs in e.finals().values() for f in fs if f[4] == "D") == n,
+        e.wait_for(lambda: delivered(e) == n,
                    40, "all %d delivered" % n)
         arr = peer.arrivals()
         during = [t for t in arr if t_fire + 0.2 < t < t_fire + 4 - 0.2]
@@ -224,9 +201,6 @@ def scenario_throttle(imp, ctlbin):
               "paniclog names the throttle")
         check(e.stop() == 0, "exit status")
         outcomes(e, n)
-    finally:
-        e.cleanup()
-        peer.stop()
 
 
 def scenario_hostcap(imp, ctlbin, provider=False):
@@ -245,14 +219,11 @@ def scenario_hostcap(imp, ctlbin, provider=False):
         cap = 2
     dns, dport = dnsmasq_or_skip(recs)
     conf = base_conf(dport, peer.port, "Max_Outbound_Connections = 8\n" + extra)
-    e = Engine(imp, conf, "adaptive-hostcap")
     n = 30
-    try:
-        time.sleep(0.3)
-        e.start()
+    with engine_running(imp, conf, "adaptive-hostcap", peer, dns) as e:
         for i in range(n):
             e.inject("s@sender.test", ["u%d@%s.test" % (i, "ab"[i % 2])])
-        e.wait_for(lambda: sum(1 for fs in e.finals().values() for f in fs if f[4] == "D") == n,
+        e.wait_for(lambda: delivered(e) == n,
                    60, "all %d delivered" % n)
         print("connections: %d, at most %d at once" % (peer.connections, peer.max_open))
         check(peer.max_open <= cap, "the peer never saw more than %d connections (%d)"
@@ -260,11 +231,6 @@ def scenario_hostcap(imp, ctlbin, provider=False):
         check(peer.max_open >= 2, "both domains did use it (%d at once)" % peer.max_open)
         check(e.stop() == 0, "exit status")
         outcomes(e, n)
-    finally:
-        e.cleanup()
-        peer.stop()
-        dns.terminate()
-        dns.wait()
 
 
 def scenario_providercap(imp, ctlbin):
@@ -276,10 +242,8 @@ def scenario_warmup(imp, ctlbin):
     conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
             'Retry_Interval = 1\nMax_Retry_Interval = 1\nAdaptive_Enabled = true\n'
             'Binding "fresh" { Adaptive_Warmup = ( "0 3/2s" "6s 0" ) }\n' % peer.port)
-    e = Engine(imp, conf, "adaptive-warmup")
     n = 40
-    try:
-        e.start()
+    with engine_running(imp, conf, "adaptive-warmup", peer) as e:
         ages = e.read(os.path.join(e.spool, "adaptive", "bindings"))
         born = [int(l.split()[1]) for l in ages.splitlines() if l.startswith("fresh ")]
         check(len(born) == 1, "the new binding's first use is recorded: %r" % ages)
@@ -289,7 +253,7 @@ def scenario_warmup(imp, ctlbin):
             e.inject("s@sender.test", ["u%d@warm.test" % i], binding="fresh")
         rc, out = ctl(ctlbin, e, "adaptive", "warmup")
         check(rc == 0 and "binding=fresh" in out, "impetus-ctl adaptive warmup: %s" % out.strip())
-        e.wait_for(lambda: sum(1 for fs in e.finals().values() for f in fs if f[4] == "D") == n,
+        e.wait_for(lambda: delivered(e) == n,
                    60, "all %d delivered" % n)
         arr = peer.arrivals()
         young = [t for t in arr if t < t_born + 6 - 0.3]
@@ -302,9 +266,6 @@ def scenario_warmup(imp, ctlbin):
               % max_in_window(old, 1.0))
         check(e.stop() == 0, "exit status")
         outcomes(e, n)
-    finally:
-        e.cleanup()
-        peer.stop()
 
 
 def scenario_connfail(imp, ctlbin):
@@ -315,11 +276,8 @@ def scenario_connfail(imp, ctlbin):
                                   "--host-record=mx.down.test,127.0.0.9"])
     conf = base_conf(dport, peer.port, "Adaptive_Enabled = %s\nAdaptive_Connection_Failures = 3\n"
                      "Host_Failure_Retry = 0\n" % ("false" if baseline else "true"))
-    e = Engine(imp, conf, "adaptive-connfail")
     n = 20
-    try:
-        time.sleep(0.3)
-        e.start()
+    with engine_running(imp, conf, "adaptive-connfail", peer, dns) as e:
         for i in range(n):
             e.inject("s@sender.test", ["u%d@down.test" % i])
         e.wait_for(lambda: len(e.records("T")) >= 3, 20, "the first failures")
@@ -334,11 +292,6 @@ def scenario_connfail(imp, ctlbin):
         check(e.stop() == 0, "exit status")
         delivered, pending = outcomes(e, n)
         check(delivered == 0 and pending == n, "nothing delivered, all %d still queued" % n)
-    finally:
-        e.cleanup()
-        peer.stop()
-        dns.terminate()
-        dns.wait()
 
 
 LUA_RULES = r'''
@@ -365,27 +318,24 @@ def scenario_lua(imp, ctlbin):
             'Retry_Interval = 1\nMax_Retry_Interval = 1\nAdaptive_Enabled = true\n'
             'scriptlet "scriptlet" { script "custom_rules" { source = "%s/custom_rules" } }\n'
             % (peer.port, sdir))
-    e = Engine(imp, conf, "adaptive-lua")
-    n = 5
     try:
-        e.start()
-        rc, out = ctl(ctlbin, e, "adaptive", "rules")
-        check(rc == 0 and "name=lua:lua.test:1" in out and "name=lua:alias.test:1" in out
-              and "google-rate-limited" in out, "impetus-ctl adaptive rules lists the Lua rules "
-              "next to the bundled ones")
-        for i in range(n):
-            e.inject("s@sender.test", ["u%d@lua.test" % i])
-        e.wait_for(lambda: adaptive_lines(e), 20, "the Lua rule's adjustment")
-        line = adaptive_lines(e)[0]
-        check("suspended" in line and "rule lua:lua.test:1" in line and "domain lua.test" in line,
-              "paniclog: %s" % line)
-        e.wait_for(lambda: sum(1 for fs in e.finals().values() for f in fs if f[4] == "D") == n,
-                   30, "all %d delivered after it" % n)
-        check(e.stop() == 0, "exit status")
-        outcomes(e, n)
+        n = 5
+        with engine_running(imp, conf, "adaptive-lua", peer) as e:
+            rc, out = ctl(ctlbin, e, "adaptive", "rules")
+            check(rc == 0 and "name=lua:lua.test:1" in out and "name=lua:alias.test:1" in out
+                  and "google-rate-limited" in out, "impetus-ctl adaptive rules lists the Lua rules "
+                  "next to the bundled ones")
+            for i in range(n):
+                e.inject("s@sender.test", ["u%d@lua.test" % i])
+            e.wait_for(lambda: adaptive_lines(e), 20, "the Lua rule's adjustment")
+            line = adaptive_lines(e)[0]
+            check("suspended" in line and "rule lua:lua.test:1" in line and "domain lua.test" in line,
+                  "paniclog: %s" % line)
+            e.wait_for(lambda: delivered(e) == n,
+                       30, "all %d delivered after it" % n)
+            check(e.stop() == 0, "exit status")
+            outcomes(e, n)
     finally:
-        e.cleanup()
-        peer.stop()
         shutil.rmtree(sdir, ignore_errors=True)
 
 

@@ -75,14 +75,6 @@ struct adaptive_rule {
   bool disabled;
 };
 
-struct adaptive_provider {
-  const char *name;
-  const char *suffix[ADAPTIVE_SUFFIX_MAX]; /* ".google.com": MX host names ending so */
-  unsigned nsuffix;
-  uint32_t max_connections; /* across all its domains, per binding; 0 = none */
-  const char *source;
-};
-
 /* A warm-up schedule: from binding age `age_s` on, `n` messages per `per_s`
  * seconds (n 0: no cap). Steps in increasing age. */
 struct adaptive_warmup {
@@ -91,6 +83,15 @@ struct adaptive_warmup {
     uint64_t age_s;
     uint32_t n, per_s;
   } step[ADAPTIVE_WARMUP_MAX];
+};
+
+struct adaptive_provider {
+  const char *name;
+  const char *suffix[ADAPTIVE_SUFFIX_MAX]; /* ".google.com": MX host names ending so */
+  unsigned nsuffix;
+  uint32_t max_connections; /* across all its domains, per binding; 0 = none */
+  struct adaptive_warmup warmup; /* the provider's own warm-up schedule (nstep 0: none) */
+  const char *source;
 };
 
 struct adaptive_rules;
@@ -241,6 +242,10 @@ uint64_t adaptive_made_total(struct adaptive *a, enum adaptive_action act);
 /* The provider of an MX host under the current rules: its name copied to
  * name[n] ("" when none) and its Max_Outbound_Connections (0 none). */
 uint32_t adaptive_provider_lookup(struct adaptive *a, const char *mx_host, char *name, size_t n);
+/* The same, with the provider's warm-up schedule copied to *w (nstep 0
+ * when it has none or there is no provider). */
+uint32_t adaptive_provider_warmup(struct adaptive *a, const char *mx_host, char *name, size_t n,
+                                  struct adaptive_warmup *w);
 
 /* ---- connection slots per MX host and provider ---- */
 

@@ -504,7 +504,8 @@ static void test_configuration(void **state)
     "adaptive {\n"
     "  response_rule \"google-rate-limited\" { duration = 5 action = suspend }\n"
     "  response_rule \"yahoo-ts01\" { enabled = false }\n"
-    "  provider \"sink\" { mx_suffix = ( \".sink.test\" ) Max_Outbound_Connections = 3 }\n"
+    "  provider \"sink\" { mx_suffix = ( \".sink.test\" ) Max_Outbound_Connections = 3\n"
+    "    Adaptive_Warmup = ( \"0 100/1d\" \"30d 0\" ) }\n"
     "  response_rule \"slow\" {\n"
     "    provider = \"sink\" code = 451 pattern = \"slow down\" trigger = \"3/1m\"\n"
     "    scope = provider action = outbound_throttle_messages value = \"2/1s\" duration = \"10s\"\n"
@@ -529,6 +530,8 @@ static void test_configuration(void **state)
   assert_int_equal(s->per_s, 1);
   assert_int_equal(s->scope, ADAPTIVE_SCOPE_PROVIDER);
   assert_int_equal(adaptive_provider_of(rs, "a.sink.test")->max_connections, 3);
+  assert_int_equal(adaptive_provider_of(rs, "a.sink.test")->warmup.nstep, 2);
+  assert_int_equal(adaptive_provider_of(rs, "a.sink.test")->warmup.step[0].per_s, 86400);
   assert_non_null(adaptive_provider_of(rs, "x.google.com")); /* bundled providers stay */
   adaptive_rules_free(rs);
   assert_int_equal(adaptive_conf_host_cap(c, "mx1.shared.test."), 2);

@@ -215,7 +215,7 @@ int adaptive_rules_add_provider(struct adaptive_rules *rs, const struct adaptive
     return -EINVAL;
   }
   struct adaptive_provider x = {.name = util_xstrdup(p->name), .nsuffix = p->nsuffix,
-                                .max_connections = p->max_connections,
+                                .max_connections = p->max_connections, .warmup = p->warmup,
                                 .source = dup_or_null(p->source)};
   for (unsigned i = 0; i < p->nsuffix; i++)
     x.suffix[i] = util_xstrdup(p->suffix[i]);
@@ -921,6 +921,21 @@ uint32_t adaptive_provider_lookup(struct adaptive *a, const char *mx_host, char 
   const struct adaptive_provider *p = adaptive_provider_of(a->rs, mx_host);
   copy_cut(name, n, p ? p->name : "");
   uint32_t cap = p ? p->max_connections : 0;
+  pthread_mutex_unlock(&a->mu);
+  return cap;
+}
+
+uint32_t adaptive_provider_warmup(struct adaptive *a, const char *mx_host, char *name, size_t n,
+                                  struct adaptive_warmup *w)
+{
+  pthread_mutex_lock(&a->mu);
+  const struct adaptive_provider *p = adaptive_provider_of(a->rs, mx_host);
+  copy_cut(name, n, p ? p->name : "");
+  uint32_t cap = p ? p->max_connections : 0;
+  if (p)
+    *w = p->warmup;
+  else
+    w->nstep = 0;
   pthread_mutex_unlock(&a->mu);
   return cap;
 }

@@ -31,6 +31,10 @@
 
 #define SWEEP_EVERY_MS 250u
 
+static void warmup_apply(struct engine_shared *sh, struct adaptive *a,
+                         const struct adaptive_warmup *w, const char *binding, const char *domain,
+                         const char *prov, struct dq_queue_state *st, uint64_t now_ms);
+
 static _Atomic uint64_t next_sweep_ms;
 
 bool adaptive_queue_stale(struct engine_shared *sh, const struct dq_queue_state *st,
@@ -67,7 +71,8 @@ void adaptive_queue_limits(struct engine_shared *sh, const struct conf_view *v,
   if (!adaptive_conf_enabled(v))
     return;
   char prov[ADAPTIVE_NAME_MAX];
-  adaptive_provider_lookup(a, st->mx_host, prov, sizeof prov);
+  struct adaptive_warmup pw;
+  adaptive_provider_warmup(a, st->mx_host, prov, sizeof prov, &pw);
   struct adaptive_limits l;
   adaptive_limits(a, binding, domain, prov[0] ? prov : NULL, now_ms, &l);
   st->adaptive_until_ms = l.until_ms;
@@ -91,23 +96,36 @@ void adaptive_queue_limits(struct engine_shared *sh, const struct conf_view *v,
     sl->conn_throttle = stricter(sl->conn_throttle, throttle_registry_get(
                                    sh->throttles, scope, "outbound_throttle_connections", &spec));
   }
-  /* IP warm-up: the binding's age picks the step of its schedule; the cap
-   * holds per (binding, provider), or per (binding, domain) without one */
+  /* IP warm-up: the binding's age picks the step of its schedule (the
+   * scope's and the provider's); the cap holds per (binding, provider), or
+   * per (binding, domain) without one */
   struct adaptive_warmup w;
   char err[256];
-  if (adaptive_conf_warmup(v, &w, err, sizeof err) < 0 || w.nstep == 0)
+  if (adaptive_conf_warmup(v, &w, err, sizeof err) < 0)
+    w.nstep = 0;
+  warmup_apply(sh, a, &w, binding, domain, prov, st, now_ms);
+  warmup_apply(sh, a, &pw, binding, domain, prov, st, now_ms);
+}
+
+/* Apply warm-up schedule w to the queue's message throttle. */
+static void warmup_apply(struct engine_shared *sh, struct adaptive *a,
+                         const struct adaptive_warmup *w, const char *binding, const char *domain,
+                         const char *prov, struct dq_queue_state *st, uint64_t now_ms)
+{
+  if (w->nstep == 0)
     return;
+  struct sched_limits *sl = &st->limits;
   bool is_new;
   uint64_t first = adaptive_binding_first(a, binding, now_ms, &is_new);
   uint64_t age_s = now_ms > first ? (now_ms - first) / 1000u : 0;
-  for (unsigned i = 0; i < w.nstep; i++)
-    if (w.step[i].age_s > age_s) { /* the next step begins then: read again */
-      uint64_t at = first + w.step[i].age_s * 1000u;
+  for (unsigned i = 0; i < w->nstep; i++)
+    if (w->step[i].age_s > age_s) { /* the next step begins then: read again */
+      uint64_t at = first + w->step[i].age_s * 1000u;
       if (at < st->adaptive_until_ms)
         st->adaptive_until_ms = at;
       break;
     }
-  const struct adaptive_warmup_step *step = adaptive_warmup_at(&w, age_s);
+  const struct adaptive_warmup_step *step = adaptive_warmup_at(w, age_s);
   if (step == NULL)
     return;
   struct throttle_spec spec = {.n = step->n, .per_s = step->per_s};

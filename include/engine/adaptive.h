@@ -228,8 +228,9 @@ void adaptive_limits(struct adaptive *a, const char *binding, const char *domain
 size_t adaptive_expire(struct adaptive *a, uint64_t now_ms, struct adaptive_adjustment *out,
                        size_t nout);
 /* Visit the adjustments in force that concern binding and/or domain (NULL
- * = any; the domain also matches a provider's name); fn returns false to
- * stop. Returns how many were visited. */
+ * = any; a provider's name matches its adjustments, and a domain seen with
+ * the provider's MX matches them too); fn (NULL: just count) returns false
+ * to stop. Returns how many were visited. */
 size_t adaptive_list(struct adaptive *a, const char *binding, const char *domain,
                      bool (*fn)(void *arg, const struct adaptive_adjustment *adj), void *arg);
 /* End the adjustments in force that concern binding and/or domain now (the

@@ -237,6 +237,10 @@ static void test_scopes_and_strictest(void **state)
   assert_int_equal(l.throttle_per_s, 60);
   /* listing and clearing by domain (a provider name counts as one) */
   assert_int_equal(adaptive_list(a, NULL, "prov", NULL, NULL), 2);
+  /* a domain seen with the provider's MX shows (and clears) them too */
+  assert_int_equal(adaptive_list(a, "b1", "e.test", NULL, NULL), 3); /* + its throttle */
+  assert_int_equal(adaptive_list(a, "b1", "f.test", NULL, NULL), 2); /* seen in adaptive_limits */
+  assert_int_equal(adaptive_list(a, "b1", "never.test", NULL, NULL), 0);
   assert_int_equal(adaptive_clear(a, NULL, "prov"), 2);
   adaptive_limits(a, "b1", "f.test", "prov", T0 + 1, &l);
   assert_int_equal(l.max_connections, 0);

@@ -25,6 +25,7 @@
 #define BACKOFF_MAX_S 86400u       /* a back-off suspension lasts one day at most */
 #define CONN_DELAY_MAX_S 300u      /* connection spacing after failures, at most */
 #define CONN_DELAY_KEEP_MS 600000u /* ... kept this long after the last failure */
+#define ADAPTIVE_SEEN_MAX 256      /* domains remembered with their provider */
 
 /* ------------------------------------------------------------ rule sets */
 
@@ -462,6 +463,13 @@ struct adaptive {
   size_t nslot, capslot;
   struct age *age;
   size_t nage, capage;
+  /* domains seen with a provider's MX (console: a domain's provider-scope
+   * adjustments); a ring, the oldest forgotten first */
+  struct seen {
+    char domain[ADAPTIVE_NAME_MAX];
+    char provider[ADAPTIVE_NAME_MAX];
+  } seen[ADAPTIVE_SEEN_MAX];
+  size_t nseen, seen_next;
   size_t in_force;
   uint64_t made[ADAPTIVE_ACT__COUNT];
 };
@@ -542,6 +550,32 @@ uint64_t adaptive_gen(const struct adaptive *a)
 static void copy_name(char *d, const char *s)
 {
   copy_cut(d, ADAPTIVE_NAME_MAX, s);
+}
+
+/* Remember that domain's mail goes to provider's MX hosts. Under mu. */
+static void seen_note(struct adaptive *a, const char *domain, const char *provider)
+{
+  if (domain == NULL || !*domain || provider == NULL || !*provider)
+    return;
+  for (size_t i = 0; i < a->nseen; i++)
+    if (!strcasecmp(a->seen[i].domain, domain)) {
+      copy_name(a->seen[i].provider, provider);
+      return;
+    }
+  struct seen *s = &a->seen[a->seen_next];
+  a->seen_next = (a->seen_next + 1) % ADAPTIVE_SEEN_MAX;
+  if (a->nseen < ADAPTIVE_SEEN_MAX)
+    a->nseen++;
+  copy_name(s->domain, domain);
+  copy_name(s->provider, provider);
+}
+
+static const char *seen_provider(const struct adaptive *a, const char *domain)
+{
+  for (size_t i = 0; i < a->nseen; i++)
+    if (!strcasecmp(a->seen[i].domain, domain))
+      return a->seen[i].provider;
+  return NULL;
 }
 
 static struct entry *entry_find(struct adaptive *a, const char *rule, const char *binding,
@@ -666,6 +700,8 @@ size_t adaptive_reply(struct adaptive *a, const struct adaptive_reply *rp, uint6
   size_t made = 0;
   pthread_mutex_lock(&a->mu);
   const struct adaptive_provider *prov = adaptive_provider_of(a->rs, rp->mx_host);
+  if (prov)
+    seen_note(a, rp->domain, prov->name);
   for (size_t i = 0; i < a->rs->n; i++) {
     const struct rule *x = &a->rs->rule[i];
     if (!rule_matches(x, rp, prov, subject))
@@ -777,6 +813,7 @@ void adaptive_limits(struct adaptive *a, const char *binding, const char *domain
   if (binding == NULL || !*binding)
     binding = "default";
   pthread_mutex_lock(&a->mu);
+  seen_note(a, domain, provider);
   for (size_t i = 0; i < a->ne; i++) {
     const struct entry *e = &a->e[i];
     if (!e->used || !e->active || now_ms >= e->adj.until_ms ||
@@ -856,10 +893,17 @@ size_t adaptive_expire(struct adaptive *a, uint64_t now_ms, struct adaptive_adju
   return ended;
 }
 
-static bool concerns(const struct entry *e, const char *binding, const char *domain)
+/* Whether e is in force and concerns binding and domain (a domain also
+ * matches its provider's adjustments, and a provider's name them). */
+static bool concerns(const struct adaptive *a, const struct entry *e, const char *binding,
+                     const char *domain)
 {
-  return e->used && e->active && (binding == NULL || !strcmp(e->adj.binding, binding)) &&
-         (domain == NULL || !strcasecmp(e->adj.target, domain));
+  if (!e->used || !e->active || (binding && strcmp(e->adj.binding, binding)))
+    return false;
+  if (domain == NULL || !strcasecmp(e->adj.target, domain))
+    return true;
+  const char *p = e->adj.scope == ADAPTIVE_SCOPE_PROVIDER ? seen_provider(a, domain) : NULL;
+  return p && !strcasecmp(p, e->adj.target);
 }
 
 size_t adaptive_list(struct adaptive *a, const char *binding, const char *domain,
@@ -868,7 +912,7 @@ size_t adaptive_list(struct adaptive *a, const char *binding, const char *domain
   size_t n = 0;
   pthread_mutex_lock(&a->mu);
   for (size_t i = 0; i < a->ne; i++) {
-    if (!concerns(&a->e[i], binding, domain))
+    if (!concerns(a, &a->e[i], binding, domain))
       continue;
     n++;
     if (fn && !fn(arg, &a->e[i].adj))
@@ -884,7 +928,7 @@ size_t adaptive_clear(struct adaptive *a, const char *binding, const char *domai
   pthread_mutex_lock(&a->mu);
   for (size_t i = 0; i < a->ne; i++) {
     struct entry *e = &a->e[i];
-    if (!concerns(e, binding, domain))
+    if (!concerns(a, e, binding, domain))
       continue;
     e->active = false;
     e->adj.fired = 0; /* cleared by hand: a back-off starts again from its base */

@@ -83,6 +83,11 @@ def scenario_suspend(imp, ctlbin):
         rc, out = ctl(ctlbin, e, "adaptive", "list")
         check(rc == 0 and "google-rate-limited" in out and "provider=google" in out,
               "impetus-ctl adaptive list shows it: %s" % out.strip())
+        rc, out = ctl(ctlbin, e, "adaptive", "domain", "gmail.test")
+        check(rc == 0 and "google-rate-limited" in out,
+              "impetus-ctl adaptive domain gmail.test shows its provider's: %s" % out.strip())
+        rc, out = ctl(ctlbin, e, "adaptive", "domain", "other.test")
+        check(rc == 0 and "no adjustments" in out, "nothing for another domain: %s" % out.strip())
         # a reload keeps it
         e.proc.send_signal(signal.SIGHUP)
         e.wait_for(lambda: "reloaded" in e.read(e.paniclog), 10, "the reload")

@@ -768,7 +768,8 @@ bool adaptive_conn_failed(struct adaptive *a, const char *binding, const char *d
       }
       e->adj.until_ms = now_ms + CONN_DELAY_KEEP_MS;
       out->until_ms = e->adj.until_ms;
-      atomic_fetch_add(&a->gen, 1);
+      if (changed) /* an extension alone: queues read it at the old end */
+        atomic_fetch_add(&a->gen, 1);
     }
   }
   pthread_mutex_unlock(&a->mu);

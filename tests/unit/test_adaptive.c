@@ -219,6 +219,8 @@ static void test_scopes_and_strictest(void **state)
   assert_int_equal(reply(a, "b1", "d.test", NULL, 421, NULL, "DOMWIDE", T0, NULL), 1);
   assert_true(suspended(a, "b2", "d.test", NULL, T0 + 1));
   assert_false(suspended(a, "b2", "e.test", NULL, T0 + 1));
+  assert_int_equal(adaptive_list(a, "b2", "d.test", NULL, NULL), 1); /* listed for every binding */
+  assert_int_equal(adaptive_clear(a, "b2", "d.test"), 0);            /* not cleared by one */
   /* provider scope: only when the reply came from the provider's MX; then
    * every domain of that provider on this binding */
   assert_int_equal(reply(a, "b1", "e.test", "mx.other.test", 421, NULL, "PROV", T0, NULL), 1);

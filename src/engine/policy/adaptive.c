@@ -897,9 +897,13 @@ size_t adaptive_expire(struct adaptive *a, uint64_t now_ms, struct adaptive_adju
 /* Whether e is in force and concerns binding and domain (a domain also
  * matches its provider's adjustments, and a provider's name them). */
 static bool concerns(const struct adaptive *a, const struct entry *e, const char *binding,
-                     const char *domain)
+                     const char *domain, bool any_binding_too)
 {
-  if (!e->used || !e->active || (binding && strcmp(e->adj.binding, binding)))
+  if (!e->used || !e->active)
+    return false;
+  /* an adjustment for every binding (domain scope) concerns each of them
+   * when listing, not when one binding's are cleared */
+  if (binding && strcmp(e->adj.binding, binding) && !(any_binding_too && !e->adj.binding[0]))
     return false;
   if (domain == NULL || !strcasecmp(e->adj.target, domain))
     return true;
@@ -913,7 +917,7 @@ size_t adaptive_list(struct adaptive *a, const char *binding, const char *domain
   size_t n = 0;
   pthread_mutex_lock(&a->mu);
   for (size_t i = 0; i < a->ne; i++) {
-    if (!concerns(a, &a->e[i], binding, domain))
+    if (!concerns(a, &a->e[i], binding, domain, true))
       continue;
     n++;
     if (fn && !fn(arg, &a->e[i].adj))
@@ -929,7 +933,7 @@ size_t adaptive_clear(struct adaptive *a, const char *binding, const char *domai
   pthread_mutex_lock(&a->mu);
   for (size_t i = 0; i < a->ne; i++) {
     struct entry *e = &a->e[i];
-    if (!concerns(a, e, binding, domain))
+    if (!concerns(a, e, binding, domain, false))
       continue;
     e->active = false;
     e->adj.fired = 0; /* cleared by hand: a back-off starts again from its base */

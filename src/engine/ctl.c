@@ -14,6 +14,7 @@
 
 #include "buf.h"
 #include "clock.h"
+#include "ctl_adaptive.h"
 #include "conf.h"
 #include "counters.h"
 #include "ctlcmd.h"
@@ -1030,6 +1031,8 @@ static int dispatch(struct req *r)
   }
   if (IS(0, "config") && IS(1, "eval"))
     return cmd_config_eval(r, ac - 2, av + 2);
+  if (IS(0, "adaptive")) /* ctl_adaptive.c */
+    return ctl_adaptive(g.sh, r->o.json, ac - 1, av + 1, r->o.b, &r->err);
   if (IS(0, "config") && IS(1, "reload") && ac == 2)
     return cmd_config_reload(r);
   if (IS(0, "binding") && IS(1, "summary") && ac <= 3)
@@ -1119,7 +1122,7 @@ void ctl_http_answer(const char *req, struct buf *out)
                         "Content-Length: 10\r\n\r\nnot found\n");
     return;
   }
-  struct metrics_input in = {.nworkers = g.sh->nworkers,
+  struct metrics_input in = {.nworkers = g.sh->nworkers, .adaptive = g.sh->adaptive,
                              .uptime_s = (mono_ms() - g.start_mono_ms) / 1000};
   struct wq *q = wq_new(WOP_STATS);
   in.workers_answered = wq_run(q) == 0;

@@ -7,6 +7,7 @@
  * luam_resolve_source runs on the thread that created the state. */
 #include "luam.h"
 #include "authkeys.h"
+#include "adaptive_queue.h"
 #include "luam_ds.h"
 #include "luam_job.h"
 
@@ -876,7 +877,33 @@ static int c_db_submit(lua_State *L)
   return 0;
 }
 
+/* msys.adaptive.registerRules (boot.lua flattens Momentum's rule tables):
+ * one rule as a table of string fields, and whether it clears the rules
+ * first (mode "replace"). Errors are raised to the script. */
+static int c_adaptive_rule(lua_State *L)
+{
+  luaL_checktype(L, 1, LUA_TTABLE);
+  bool clear = lua_toboolean(L, 2);
+  const char *kv[2 * 16];
+  size_t n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    /* strings only (boot.lua makes them): they stay alive in the table */
+    if (n < 16 && lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
+      kv[2 * n] = lua_tostring(L, -2);
+      kv[2 * n + 1] = lua_tostring(L, -1);
+      n++;
+    }
+    lua_pop(L, 1);
+  }
+  char err[300];
+  if (adaptive_queue_lua_rule(kv, n, clear, err, sizeof err) < 0)
+    return luaL_error(L, "msys.adaptive.registerRules: %s", err);
+  return 0;
+}
+
 static const luaL_Reg boot_funcs[] = {
+  {"adaptive_rule", c_adaptive_rule},
   {"print", c_print},
   {"warn", c_warn},
   {"report", c_report},

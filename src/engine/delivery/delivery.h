@@ -65,6 +65,7 @@ struct tls_ctx;
 #define RESULT_TEXT_MAX 256u   /* failure text kept for a DSN */
 #define TLS_SLOTS 16           /* distinct TLS option sets per worker */
 #define HOSTFAIL_MAX 256       /* remote addresses remembered as failing */
+#define ADAPTIVE_WAIT_NS 50000000u /* a queue at its MX host's connection cap asks again after */
 
 /* Engine state of one message; lives in spool_msg->user. Changed only by
  * the message's home worker (units_left, bounces, retry record). */
@@ -150,6 +151,7 @@ struct session {
   bool plain_only;   /* this connection skips STARTTLS (TLS_Ifavailable_Fallback) */
   char detail[160];  /* why the handshake or the connect failed, for the log */
   bool charged;      /* this connection attempt already gave a unit its T */
+  uint32_t adaptive_slot[2]; /* MX host / provider connection slots it holds */
   struct dlist_node link; /* worker's session list */
 };
 

@@ -13,6 +13,7 @@
  * Threads: the owning worker's loop thread only. */
 #include "delivery.h"
 
+#include "adaptive_queue.h"
 #include "auth.h"
 #include "authkeys.h"
 #include "clock.h"
@@ -85,6 +86,7 @@ void session_free(struct session *s)
       dq_queue_state(s->q)->opening--;
   }
   body_close(s);
+  adaptive_queue_release(w->sh, s->adaptive_slot);
   dlist_remove(&w->sessions, &s->link);
   w->nsessions--;
   free(s->deep);
@@ -386,6 +388,9 @@ static void on_note(void *arg, enum outsess_note what)
   case OUTSESS_CONNECTED:
     s->connected = true;
     counters_event(s->w->idx, COUNTERS_CONN_OPENED);
+    adaptive_queue_conn_ok(s->w->sh,
+                           worker_view(s->w, dq_queue_binding(s->q), dq_queue_domain(s->q)),
+                           dq_queue_binding(s->q), dq_queue_domain(s->q));
     break;
   case OUTSESS_TLS_OK:
     counters_event(s->w->idx, COUNTERS_TLS_OK);
@@ -529,6 +534,14 @@ static void session_try_connect(struct session *s)
     return;
   }
   struct route *r = &s->routes[s->route_i];
+  if (!adaptive_queue_connect(w->sh, w->conf, dq_queue_binding(s->q), dq_queue_domain(s->q),
+                              r->host, dq_queue_state(s->q), clock_wall_ms(), s->adaptive_slot)) {
+    /* the MX host's or provider's connection cap is reached: this session
+     * gives way (nothing is charged); the queue asks again shortly */
+    dq_queue_state(s->q)->blocked_until_ns = ring_now(w->ring) + ADAPTIVE_WAIT_NS;
+    session_free(s);
+    return;
+  }
   struct smtpc_params sp;
   if (!session_params(s, &sp)) {
     charge_unit(s, NULL, SMTPC_OUT_TRANSIENT, 0,

@@ -11,6 +11,7 @@
  * everything else on the worker's own loop thread. */
 #include "delivery.h"
 
+#include "adaptive_queue.h"
 #include "auth.h"
 #include "clock.h"
 #include "ctl.h"
@@ -96,7 +97,8 @@ static struct throttle *throttle_for(struct engine_shared *sh, struct conf *c,
 static void load_limits(struct worker *w, struct dq_queue *q)
 {
   struct dq_queue_state *st = dq_queue_state(q);
-  if (st->conf_gen == w->conf_gen && st->conf_gen != 0)
+  uint64_t now = clock_wall_ms();
+  if (st->conf_gen == w->conf_gen && st->conf_gen != 0 && !adaptive_queue_stale(w->sh, st, now))
     return;
   const struct conf_view *v = worker_view(w, dq_queue_binding(q), dq_queue_domain(q));
   st->limits.max_outbound_connections = (uint32_t)conf_int(v, CONF_MAX_OUTBOUND_CONNECTIONS);
@@ -111,6 +113,7 @@ static void load_limits(struct worker *w, struct dq_queue *q)
                                 suspend_active(dq_queue_binding(q), dq_queue_domain(q));
   st->limits.msg_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_MESSAGES);
   st->limits.conn_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_CONNECTIONS);
+  adaptive_queue_limits(w->sh, v, dq_queue_binding(q), dq_queue_domain(q), st, now);
   st->conf_gen = w->conf_gen;
   /* the pool key: route + binding + credential identity */
   char route[300];
@@ -137,6 +140,8 @@ struct sched_retry worker_retry_policy(struct worker *w, struct dq_queue *q)
     .max_retries = (int32_t)conf_int(v, CONF_MAX_RETRIES),
     .message_expiration_s = (uint32_t)conf_interval(v, CONF_MESSAGE_EXPIRATION),
   };
+  adaptive_queue_retry(w->sh, v, dq_queue_binding(q), dq_queue_domain(q), dq_queue_state(q),
+                       clock_wall_ms(), &p);
   return p;
 }
 
@@ -356,6 +361,8 @@ static void *worker_main(void *arg)
   for (;;) {
     worker_refresh_conf(w);
     policy_worker_refresh(w->pw, w->conf);
+    if (w->idx == 0)
+      adaptive_queue_sweep(w->sh, w->log, clock_wall_ms());
     schedule(w);
     commit(w);
     logs_writer_flush(w->log);

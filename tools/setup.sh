@@ -11,6 +11,8 @@ PACKAGES=(
   # tests and benchmarks
   libcmocka-dev libbenchmark-dev python3 python3-aiosmtpd swaks libnet-ssleay-perl dnsmasq-base openssl
   procps psmisc
+  # cluster-wide limits (src/engine/cluster, tests/integration/cluster)
+  libhiredis-dev redis-server redis-tools
 )
 
 # The system user the engine drops root to (options User / Group,

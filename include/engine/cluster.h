@@ -69,6 +69,9 @@ struct cluster_bucket *cluster_bucket(struct cluster *c, const char *key, uint32
  * when tokens come). */
 int cluster_take(struct cluster_bucket *b, unsigned idx, uint64_t now_ns, uint64_t *wait_ns);
 
+/* Give back n tokens taken but not used (to the local balance). */
+void cluster_give_back(struct cluster_bucket *b, uint32_t n);
+
 /* The node's side of a connection cap (limit >= 1), by key. */
 struct cluster_cap *cluster_cap(struct cluster *c, const char *key, uint32_t limit);
 /* May worker idx open one more connection? 0: yes, a lease is held for it

@@ -11,6 +11,7 @@
 #include "worker.h"
 
 #include "auth.h"
+#include "cluster.h"
 #include "conf.h"
 #include "counters.h"
 #include "ctl.h"
@@ -141,6 +142,8 @@ struct session {
   char detail[160];  /* why the handshake or the connect failed, for the log */
   bool charged;      /* this connection attempt already gave a unit its T */
   struct session *next_all, *prev_all; /* worker's session list */
+  struct sched_leases leases;   /* cluster leases held for this connection */
+  bool shedding;                /* over the node's cluster share: closes when idle */
 };
 
 struct worker {
@@ -244,6 +247,63 @@ static struct throttle *throttle_for(struct engine_shared *sh, struct conf *c,
   return throttle_registry_get(sh->throttles, conf_scope_name(c, t.scope), conf_opt_name(o), &spec);
 }
 
+/* A cluster bucket for throttle option o: one per scope that set it, as
+ * for the local throttles (the scope's name is the same on every node
+ * with the same configuration). */
+static struct cluster_bucket *cluster_bucket_for(struct worker *w, const struct conf_view *v,
+                                                 enum conf_opt o)
+{
+  struct conf_throttle t = conf_throttle(v, o);
+  if (t.n == 0)
+    return NULL;
+  char key[512];
+  snprintf(key, sizeof key, "%s|%s", conf_scope_name(w->conf, t.scope), conf_opt_name(o));
+  return cluster_bucket(w->sh->cluster, key, t.n, t.per ? t.per : 1);
+}
+
+/* Cluster_* options of q: connection caps per domain within the scope
+ * that set them (so per binding and domain when set in a binding), the
+ * server cap per scope, throttles per scope. */
+static void load_cluster_limits(struct worker *w, struct dq_queue *q, const struct conf_view *v)
+{
+  struct sched_cluster *cl = &dq_queue_state(q)->limits.cluster;
+  *cl = (struct sched_cluster){.worker = w->idx};
+  if (w->sh->cluster == NULL)
+    return;
+  char key[600];
+  int64_t n = conf_int(v, CONF_CLUSTER_MAX_OUTBOUND_CONNECTIONS);
+  if (n > 0) {
+    snprintf(key, sizeof key, "conn|%s|%s",
+             conf_scope_name(w->conf, conf_scope(v, CONF_CLUSTER_MAX_OUTBOUND_CONNECTIONS)),
+             dq_queue_domain(q));
+    cl->conns = cluster_cap(w->sh->cluster, key, n > UINT32_MAX ? UINT32_MAX : (uint32_t)n);
+  }
+  n = conf_int(v, CONF_CLUSTER_SERVER_MAX_OUTBOUND_CONNECTIONS);
+  if (n > 0) {
+    snprintf(key, sizeof key, "server|%s",
+             conf_scope_name(w->conf, conf_scope(v, CONF_CLUSTER_SERVER_MAX_OUTBOUND_CONNECTIONS)));
+    cl->server = cluster_cap(w->sh->cluster, key, n > UINT32_MAX ? UINT32_MAX : (uint32_t)n);
+  }
+  cl->msg_rate = cluster_bucket_for(w, v, CONF_CLUSTER_OUTBOUND_THROTTLE_MESSAGES);
+  cl->conn_rate = cluster_bucket_for(w, v, CONF_CLUSTER_OUTBOUND_THROTTLE_CONNECTIONS);
+}
+
+/* The cluster client has leases or tokens this worker waited for: its
+ * queues held by a cluster limit look again now. */
+static void unblock_cluster(void *arg, struct dq_queue *q)
+{
+  (void)arg;
+  struct dq_queue_state *st = dq_queue_state(q);
+  if (sched_cluster_any(&st->limits))
+    st->blocked_until_ns = 0;
+}
+
+static void cluster_wake(void *arg)
+{
+  struct worker *w = arg;
+  dq_foreach(w->dq, unblock_cluster, NULL);
+}
+
 static void load_limits(struct worker *w, struct dq_queue *q)
 {
   struct dq_queue_state *st = dq_queue_state(q);
@@ -262,6 +322,7 @@ static void load_limits(struct worker *w, struct dq_queue *q)
                                 ctl_suspended(dq_queue_binding(q), dq_queue_domain(q));
   st->limits.msg_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_MESSAGES);
   st->limits.conn_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_CONNECTIONS);
+  load_cluster_limits(w, q, v);
   st->conf_gen = w->conf_gen;
   /* the pool key: route + binding + credential identity */
   char route[300];
@@ -636,6 +697,7 @@ static void session_free(struct session *s)
     sched_pool_remove(&dq_queue_state(s->q)->pool, s);
   if (s->counted) {
     sched_conn_closed(&dq_queue_state(s->q)->acct);
+    sched_cluster_closed(&s->leases);
     if (!s->ever_ready)
       dq_queue_state(s->q)->opening--;
   }
@@ -796,8 +858,11 @@ static bool session_reusable(struct session *s, uint32_t n_inflight)
 {
   struct dq_queue_state *st = dq_queue_state(s->q);
   uint32_t max_rcpts = st->limits.max_recipients_per_connection; /* per queue, not per message */
+  if (!s->shedding && sched_cluster_shed(&s->leases))
+    s->shedding = true; /* over the node's cluster share: this one closes */
   return !atomic_load(&s->w->stop) && sched_conn_reusable(&st->limits, s->delivered + n_inflight) &&
-         !(max_rcpts > 0 && s->rcpts_tried >= max_rcpts) && !st->limits.suspend_delivery;
+         !(max_rcpts > 0 && s->rcpts_tried >= max_rcpts) && !st->limits.suspend_delivery &&
+         !s->shedding;
 }
 
 /* READY: the next transaction on this connection, or park it idle. */
@@ -1397,13 +1462,14 @@ static void resolve_next(struct resolve_ctx *rc)
 }
 
 /* A new connection for queue q; it takes units from the queue once READY. */
-static void session_open(struct worker *w, struct dq_queue *q)
+static void session_open(struct worker *w, struct dq_queue *q, const struct sched_leases *leases)
 {
   struct dq_queue_state *st = dq_queue_state(q);
   struct session *s = util_xcalloc(1, sizeof *s);
   s->w = w;
   s->q = q;
   s->counted = true;
+  s->leases = *leases;
   st->opening++;
   s->body_fd = -1;
   s->pool_key = queue_key(q);
@@ -1526,12 +1592,16 @@ static void schedule(struct worker *w)
       }
       uint64_t wait = 0;
       enum sched_open o = sched_conn_open(&st->limits, &st->acct, now_ns, &wait);
+      struct sched_leases leases = {0};
+      if (o == SCHED_OPEN_OK && sched_cluster_any(&st->limits) &&
+          (o = sched_cluster_open(&st->limits, &leases, now_ns, &wait)) != SCHED_OPEN_OK)
+        sched_conn_closed(&st->acct); /* not opened after all */
       if (o != SCHED_OPEN_OK) {
-        if (o == SCHED_OPEN_THROTTLED)
+        if (o == SCHED_OPEN_THROTTLED || o == SCHED_OPEN_CLUSTER)
           st->blocked_until_ns = now_ns + wait;
         break;
       }
-      session_open(w, q);
+      session_open(w, q, &leases);
     }
   }
 }
@@ -1870,6 +1940,7 @@ static void *worker_main(void *arg)
   refresh_conf(w);
   w->auth = auth_new();
   w->pw = policy_worker_new(w->sh->policy, w->ring, w->log, w->conf, w->idx);
+  cluster_attach(w->sh->cluster, w->idx, w->ring, cluster_wake, w);
   sem_post(&w->started);
 
   for (;;) {
@@ -1935,6 +2006,7 @@ static void *worker_main(void *arg)
     free(w->tls[i].key);
   }
   conf_unref(w->conf);
+  cluster_attach(w->sh->cluster, w->idx, NULL, NULL, NULL); /* no wake-up for a freed ring */
   ring_free(w->ring);
   w->ring = NULL;
   return NULL;

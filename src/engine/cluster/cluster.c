@@ -338,6 +338,11 @@ int cluster_take(struct cluster_bucket *b, unsigned idx, uint64_t now_ns, uint64
   return -EAGAIN;
 }
 
+void cluster_give_back(struct cluster_bucket *b, uint32_t n)
+{
+  atomic_fetch_add(&b->tokens, n); /* `used` stays: it only grows */
+}
+
 static int acquire_once(struct cluster_cap *cap)
 {
   struct cluster *c = cap->it.c;

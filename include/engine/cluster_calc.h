@@ -76,5 +76,5 @@ uint32_t clcalc_local_share(uint32_t limit, uint32_t nodes);
 uint64_t clcalc_local_interval_ns(uint32_t n, uint32_t per_s, uint32_t nodes);
 
 /* Wait before reconnect attempt number `failures` (>= 1): 100 ms doubling
- * to 5 s. */
+ * to 2 s (Redis is near: a node should be back soon after it). */
 uint64_t clcalc_backoff_ms(uint32_t failures);

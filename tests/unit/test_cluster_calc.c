@@ -116,9 +116,9 @@ static void test_backoff(void **state)
   (void)state;
   assert_int_equal(clcalc_backoff_ms(1), 100);
   assert_int_equal(clcalc_backoff_ms(2), 200);
-  assert_int_equal(clcalc_backoff_ms(6), 3200);
-  assert_int_equal(clcalc_backoff_ms(7), 5000);
-  assert_int_equal(clcalc_backoff_ms(1000), 5000);
+  assert_int_equal(clcalc_backoff_ms(5), 1600);
+  assert_int_equal(clcalc_backoff_ms(6), 2000);
+  assert_int_equal(clcalc_backoff_ms(1000), 2000);
 }
 
 int main(void)

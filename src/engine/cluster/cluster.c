@@ -38,6 +38,9 @@
 #define WAIT_BACKSTOP_NS 500000000u /* a waiting worker asks again after this */
 #define CMD_TIMEOUT_MS 1000u   /* connect and command timeout */
 #define NODES_MAX 64           /* nodes remembered for the console */
+#define GRACE_MS 2000u         /* Redis away: nodes above their local share close
+                                * connections before the others open up to theirs */
+#define RESYNC_MAX_MS 15000u   /* Redis back: nodes not back by then count as gone */
 
 enum item_kind { IT_BUCKET, IT_CAP };
 
@@ -119,6 +122,11 @@ struct cluster {
   uint32_t nfail;
   uint64_t next_try_ms, next_hb_ms;
   bool logged_down, ever_up;
+  uint64_t down_at_ms;        /* when the connection was lost */
+  bool grace_done;            /* local shares in full force */
+  uint32_t nodes_before;      /* nodes seen before the outage */
+  bool resync;                /* back: nodes still re-registering their leases */
+  uint64_t resync_until_ms;
   pthread_mutex_t view_lock;  /* nodes_seen for the console */
   char nodes_seen[NODES_MAX][128];
   unsigned nnodes_seen;
@@ -429,11 +437,21 @@ static void disconnect(struct cluster *c, const char *why)
   if (atomic_exchange(&c->up, false)) {
     atomic_fetch_add(&c->mode_changes, 1);
     uint32_t nodes = atomic_load(&c->nodes);
-    /* the local shares, for failure_mode open */
+    c->down_at_ms = mono_ms();
+    c->grace_done = false;
+    c->nodes_before = nodes;
+    c->resync = false;
+    /* the local shares, for failure_mode open: first no more than was
+     * granted (the fleet's sum is within the limit) while nodes above
+     * their share close connections, then the share itself */
     for (struct item *it = atomic_load(&c->items); it; it = it->next) {
       if (it->kind == IT_CAP) {
         struct cluster_cap *cap = (struct cluster_cap *)it;
-        atomic_store(&cap->local_limit, clcalc_local_share(cap->limit, nodes));
+        uint32_t share = clcalc_local_share(cap->limit, nodes);
+        uint32_t g = atomic_load(&cap->granted), in_use = atomic_load(&cap->in_use);
+        atomic_store(&cap->local_limit, g < share ? g : share);
+        if (c->mode == CLUSTER_FAIL_OPEN)
+          atomic_store(&cap->shed, in_use > share ? in_use - share : 0);
       } else {
         struct cluster_bucket *b = (struct cluster_bucket *)it;
         atomic_store(&b->fb_iv, clcalc_local_interval_ns(b->n, b->per_s, nodes));
@@ -530,6 +548,17 @@ static void try_connect(struct cluster *c)
   c->nfail = 0;
   c->logged_down = false;
   c->next_hb_ms = 0;
+  /* until the nodes seen before are back (or count as gone), nobody grows
+   * past its local share: the others' connections may not be in Redis yet */
+  c->resync = c->ever_up;
+  c->resync_until_ms = mono_ms() + RESYNC_MAX_MS;
+  for (struct item *it = atomic_load(&c->items); it; it = it->next)
+    if (it->kind == IT_CAP) {
+      struct cluster_cap *cap = (struct cluster_cap *)it;
+      uint32_t g = atomic_load(&cap->granted), in_use = atomic_load(&cap->in_use);
+      atomic_store(&cap->granted, g < in_use ? g : in_use); /* no new one before Redis answers */
+      cap->rheld = 0; /* Redis may have restarted empty: all sent again */
+    }
   atomic_store(&c->up, true);
   if (c->ever_up)
     atomic_fetch_add(&c->mode_changes, 1);
@@ -699,6 +728,12 @@ static void pass_cap(struct cluster *c, struct cluster_cap *cap, uint64_t now, u
   uint32_t allow = atomic_load(&cap->granted), held = cap->rheld;
   uint32_t desired = clcalc_cap_desired(cap->limit, in_use, waiting, atomic_load(&cap->share),
                                         atomic_load(&cap->others) > 0);
+  if (c->resync) {
+    uint32_t share = clcalc_local_share(cap->limit, c->nodes_before);
+    uint32_t most = in_use > share ? in_use : share;
+    if (desired > most)
+      desired = most;
+  }
   bool ask = false;
   if (desired > allow && (waiting || cap->it.dirty || now >= cap->renew_at_ms))
     ask = true;
@@ -763,7 +798,9 @@ static void *client_main(void *arg)
     if (c->rc) {
       if (now >= c->next_hb_ms) {
         heartbeat(c, false);
-        c->next_hb_ms = now + c->ttl_ms / 3;
+        c->next_hb_ms = now + (c->resync ? 250u : c->ttl_ms / 3);
+        if (c->resync && (atomic_load(&c->nodes) >= c->nodes_before || now >= c->resync_until_ms))
+          c->resync = false;
       }
       for (struct item *it = atomic_load(&c->items); it && c->rc; it = it->next) {
         if (it->kind == IT_BUCKET)
@@ -771,8 +808,20 @@ static void *client_main(void *arg)
         else
           pass_cap(c, (struct cluster_cap *)it, now, &next);
       }
-    } else if (c->next_try_ms < next)
-      next = c->next_try_ms;
+    } else {
+      if (c->next_try_ms < next)
+        next = c->next_try_ms;
+      if (!c->grace_done && now >= c->down_at_ms + GRACE_MS) {
+        c->grace_done = true;
+        uint32_t nodes = c->nodes_before;
+        for (struct item *it = atomic_load(&c->items); it; it = it->next)
+          if (it->kind == IT_CAP) {
+            struct cluster_cap *cap = (struct cluster_cap *)it;
+            atomic_store(&cap->local_limit, clcalc_local_share(cap->limit, nodes));
+          }
+        wake_all(c);
+      }
+    }
     now = mono_ms();
     int timeout = next > now ? (int)(next - now) : 0;
     if (timeout > (int)TICK_MS)

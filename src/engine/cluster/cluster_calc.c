@@ -187,7 +187,7 @@ uint64_t clcalc_local_interval_ns(uint32_t n, uint32_t per_s, uint32_t nodes)
 uint64_t clcalc_backoff_ms(uint32_t failures)
 {
   uint64_t b = 100;
-  for (uint32_t i = 1; i < failures && b < 5000; i++)
+  for (uint32_t i = 1; i < failures && b < 2000; i++)
     b *= 2;
-  return b > 5000 ? 5000 : b;
+  return b > 2000 ? 2000 : b;
 }

@@ -35,6 +35,7 @@ import enginelib  # noqa: E402
 import sinklib  # noqa: E402
 
 FAILS = []
+CTL = None
 
 
 def expect(cond, what):
@@ -289,6 +290,14 @@ def scenario_redis_down(imp, sinkbin, redis, mode):
             expect(during == 0, "closed: no delivery while Redis was down")
         expect(1350 <= after <= 1650, "the rate holds again after Redis is back (%.1f/s)"
                % (after / 5.0))
+        if CTL:
+            p = subprocess.run([CTL, "-c", f.engines[0].conf, "cluster"],
+                               capture_output=True, text=True, timeout=20)
+            print(p.stdout)
+            expect(p.returncode == 0 and "nodes seen: 3" in p.stdout
+                   and "mode changes 2" in p.stdout and "cap conn|" in p.stdout
+                   and "throttle " in p.stdout,
+                   "impetus-ctl cluster: three nodes, the outage counted, the cap and the throttle")
         expect(f.wait_delivered(3 * per_node, 120), "everything delivered")
         summ = f.sink.summary_now()
         expect(summ["messages"] == 3 * per_node, "the sink got each message once (%d)"
@@ -308,7 +317,9 @@ def scenario_redis_down(imp, sinkbin, redis, mode):
 
 
 def main():
+    global CTL
     imp, sinkbin, scenario = sys.argv[1], sys.argv[2], sys.argv[3]
+    CTL = sys.argv[4] if len(sys.argv) > 4 else None
     if not all(can_bind(a) for a in ADDRS):
         skip("cannot bind 127.0.0.2-4")
     redis = Redis()

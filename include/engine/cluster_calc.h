@@ -58,7 +58,8 @@ uint32_t clcalc_low_water(uint32_t want);
 /* ---- connection caps (leases in Redis) ---- */
 
 /* Leases the node should hold: those in use plus those asked for since
- * the last round trip, never over the limit, nor over the fair share
+ * the last round trip (at least half the number in use again, so a
+ * ramp-up takes few round trips), never over the limit, nor over the fair share
  * while other nodes want more; never fewer than those in use (a lease is
  * given back only once its connection has closed, so the cap holds). */
 uint32_t clcalc_cap_desired(uint32_t limit, uint32_t in_use, uint32_t waiting, uint32_t share,

@@ -84,9 +84,12 @@ static void test_cap_desired(void **state)
 {
   (void)state;
   assert_int_equal(clcalc_cap_desired(10, 3, 2, 0, false), 5);
+  assert_int_equal(clcalc_cap_desired(100, 20, 1, 0, false), 30);  /* half as many again */
+  assert_int_equal(clcalc_cap_desired(100, 0, 1, 0, false), 1);
   assert_int_equal(clcalc_cap_desired(10, 9, 5, 0, false), 10);   /* the limit */
   assert_int_equal(clcalc_cap_desired(10, 4, 3, 5, true), 5);     /* the fair share */
   assert_int_equal(clcalc_cap_desired(10, 7, 3, 5, true), 7);     /* never below in use */
+  assert_int_equal(clcalc_cap_desired(10, 2, 0, 5, false), 2);     /* nothing asked: what is used */
   assert_int_equal(clcalc_cap_desired(10, 7, 0, 5, false), 7);
   assert_int_equal(clcalc_cap_desired(10, 0, 0, 5, true), 0);     /* all given back */
 }

@@ -33,7 +33,9 @@
 #include <unistd.h>
 
 #define TICK_MS 100u           /* the client's longest sleep */
-#define LINGER_MS 100u         /* an unused lease is given back after this */
+#define LINGER_MS 100u         /* an unused lease is given back after this while
+                                * other nodes want leases of the cap... */
+#define LINGER_ALONE_MS 2000u  /* ...and after this while nobody else does */
 #define IDLE_RETURN_MS 1000u   /* unused tokens are given back after this */
 #define WAIT_BACKSTOP_NS 500000000u /* a waiting worker asks again after this */
 #define CMD_TIMEOUT_MS 1000u   /* connect and command timeout */
@@ -738,12 +740,13 @@ static void pass_cap(struct cluster *c, struct cluster_cap *cap, uint64_t now, u
   if (desired > allow && (waiting || cap->it.dirty || now >= cap->renew_at_ms))
     ask = true;
   if (desired < held) {
+    uint64_t linger = atomic_load(&cap->others) ? LINGER_MS : LINGER_ALONE_MS;
     if (cap->spare_since_ms == 0)
       cap->spare_since_ms = now;
-    if (now - cap->spare_since_ms >= LINGER_MS)
+    if (now - cap->spare_since_ms >= linger)
       ask = true;
-    else if (cap->spare_since_ms + LINGER_MS < *next)
-      *next = cap->spare_since_ms + LINGER_MS;
+    else if (cap->spare_since_ms + linger < *next)
+      *next = cap->spare_since_ms + linger;
   } else
     cap->spare_since_ms = 0;
   if ((held > 0 || desired > 0) && now >= cap->renew_at_ms)

@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """cluster_bench: what cluster-wide limits cost one node (issue 23).
 
-Runs bench/impetus-bench in alternating pairs on the same machine: A without
-a cluster stanza, B with one (a redis-server started here on a free loopback
-port) and Cluster_* limits that do not bind (Cluster_Outbound_Throttle_Messages
-far above the rate, Cluster_Max_Outbound_Connections above the local limit).
-Reports the median throughput of each, B/A, and Redis commands per delivered
-message from Redis's INFO commandstats (everything the node sent: script
-loads, heartbeats, lease renewals, token batches).
+Runs bench/impetus-bench in rotating rounds on the same machine: A without
+a cluster stanza; B with one (a redis-server started here on a free loopback
+port) and Cluster_Outbound_Throttle_Messages far above the rate; C with also
+Cluster_Max_Outbound_Connections above the local limit. Reports the median
+throughput of each, B/A and C/A, and Redis commands per delivered message
+from Redis's INFO commandstats (every command Redis ran, those inside the
+scripts included: script loads, heartbeats, lease renewals, token batches).
 
-usage: bench/cluster/cluster_bench.py [--build DIR] [--count N] [--pairs P]
+usage: bench/cluster/cluster_bench.py [--build DIR] [--count N] [--pairs ROUNDS]
                                       [--workers N] [-- IMPETUS-BENCH ARGS...]
 The machine is shared: read the figures as medians of alternating runs."""
 import argparse
@@ -25,9 +25,13 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration", "cluster"))
 from redislib import Redis  # noqa: E402
 
-CLUSTER = ('cluster { redis = "%s" node_name = "bench" lease_ttl = 10 } '
-           'Cluster_Outbound_Throttle_Messages = "10000000/1" '
-           'Cluster_Max_Outbound_Connections = 100000')
+CLUSTER = 'cluster { redis = "%s" node_name = "bench" lease_ttl = 10 } '
+VARIANTS = {
+    "A": None,  # no cluster stanza
+    "B": 'Cluster_Outbound_Throttle_Messages = "10000000/1"',  # a throttle that does not bind
+    "C": 'Cluster_Outbound_Throttle_Messages = "10000000/1" '  # and a cap that does not bind
+         'Cluster_Max_Outbound_Connections = 100000',
+}
 
 
 def bench(a, extra, label):
@@ -52,34 +56,32 @@ def main():
     ap.add_argument("rest", nargs="*")
     a = ap.parse_args()
     redis = Redis()
-    rates = {"A": [], "B": []}
-    cpu = {"A": [], "B": []}
-    per_msg = []
+    rates = {v: [] for v in VARIANTS}
+    cpu = {v: [] for v in VARIANTS}
+    per_msg = {v: [] for v in VARIANTS}
     try:
+        names = list(VARIANTS)
         for i in range(a.pairs):
-            order = ("A", "B") if i % 2 == 0 else ("B", "A")
+            order = names[i % len(names):] + names[:i % len(names)]
             for v in order:
-                if v == "B":
-                    redis.reset_stats()
-                r = bench(a, CLUSTER % redis.url if v == "B" else "", "cluster-" + v)
-                if v == "B":
-                    stats = redis.commandstats()
-                    n = sum(c for k, c in stats.items() if k not in ("info", "config|resetstat", "ping"))
-                    per_msg.append(n / r["delivered"])
+                redis.reset_stats()
+                extra = (CLUSTER % redis.url + VARIANTS[v]) if VARIANTS[v] else ""
+                r = bench(a, extra, "cluster-" + v)
+                stats = redis.commandstats()
+                n = sum(c for k, c in stats.items() if k not in ("info", "config|resetstat", "ping"))
+                per_msg[v].append(n / r["delivered"])
                 rates[v].append(r["msgs_per_s"])
                 cpu[v].append(r["cpu_us_per_msg"])
-                print("pair %d %s: %.0f msg/s, %.1f us CPU/msg%s" % (
-                    i + 1, v, r["msgs_per_s"], r["cpu_us_per_msg"],
-                    ", %.4f Redis commands/msg" % per_msg[-1] if v == "B" else ""), flush=True)
+                print("round %d %s: %.0f msg/s, %.1f us CPU/msg, %.4f Redis commands/msg" % (
+                    i + 1, v, r["msgs_per_s"], r["cpu_us_per_msg"], per_msg[v][-1]), flush=True)
     finally:
         redis.cleanup()
-    ma, mb = statistics.median(rates["A"]), statistics.median(rates["B"])
-    print("A (no cluster):             median %.0f msg/s, %.1f us CPU/msg  runs %s"
-          % (ma, statistics.median(cpu["A"]), rates["A"]))
-    print("B (cluster, not binding):   median %.0f msg/s, %.1f us CPU/msg  runs %s"
-          % (mb, statistics.median(cpu["B"]), rates["B"]))
-    print("B/A throughput: %.3f; Redis commands per delivered message: median %.4f (runs %s)"
-          % (mb / ma, statistics.median(per_msg), ["%.4f" % x for x in per_msg]))
+    ma = statistics.median(rates["A"])
+    for v in VARIANTS:
+        m = statistics.median(rates[v])
+        print("%s: median %.0f msg/s (%.3f of A), %.1f us CPU/msg, Redis commands/msg median %.4f; "
+              "runs %s" % (v, m, m / ma, statistics.median(cpu[v]), statistics.median(per_msg[v]),
+                           rates[v]))
     print("command: bench/cluster/cluster_bench.py --count %d --pairs %d --workers %d %s"
           % (a.count, a.pairs, a.workers, " ".join(a.rest)))
 

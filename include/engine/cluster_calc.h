@@ -58,7 +58,7 @@ uint32_t clcalc_low_water(uint32_t want);
 /* ---- connection caps (leases in Redis) ---- */
 
 /* Leases the node should hold: those in use plus those asked for since
- * the last round trip (at least half the number in use again, so a
+ * the last round trip (at least as many again as are in use, so a
  * ramp-up takes few round trips), never over the limit, nor over the fair share
  * while other nodes want more; never fewer than those in use (a lease is
  * given back only once its connection has closed, so the cap holds). */

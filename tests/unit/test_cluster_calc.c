@@ -83,8 +83,9 @@ static void test_batch(void **state)
 static void test_cap_desired(void **state)
 {
   (void)state;
-  assert_int_equal(clcalc_cap_desired(10, 3, 2, 0, false), 5);
-  assert_int_equal(clcalc_cap_desired(100, 20, 1, 0, false), 30);  /* half as many again */
+  assert_int_equal(clcalc_cap_desired(10, 3, 2, 0, false), 6);  /* 3 in use: 3 more */
+  assert_int_equal(clcalc_cap_desired(100, 20, 1, 0, false), 40);  /* as many again */
+  assert_int_equal(clcalc_cap_desired(100, 60, 1, 0, false), 100); /* within the limit */
   assert_int_equal(clcalc_cap_desired(100, 0, 1, 0, false), 1);
   assert_int_equal(clcalc_cap_desired(10, 9, 5, 0, false), 10);   /* the limit */
   assert_int_equal(clcalc_cap_desired(10, 4, 3, 5, true), 5);     /* the fair share */

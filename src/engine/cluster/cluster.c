@@ -14,6 +14,7 @@
 #include "buf.h"
 #include "cluster_calc.h"
 #include "cluster_scripts.h"
+#include "clock.h"
 #include "logs.h"
 #include "mpsc.h"
 #include "panic.h"
@@ -136,16 +137,7 @@ struct cluster {
 
 static uint64_t mono_ms(void)
 {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static uint64_t wall_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+  return clock_mono_ns() / 1000000u;
 }
 
 /* ------------------------------------------------------------ requests and wake-ups */
@@ -423,7 +415,7 @@ static void log_line(struct cluster *c, const char *fmt, ...)
   va_start(ap, fmt);
   vsnprintf(text, sizeof text, fmt, ap);
   va_end(ap);
-  logs_panic(c->log, wall_ms(), "cluster", "%s", text);
+  logs_panic(c->log, clock_wall_ms(), "cluster", "%s", text);
   logs_writer_flush(c->log);
 }
 

@@ -150,9 +150,9 @@ uint32_t clcalc_low_water(uint32_t want)
 uint32_t clcalc_cap_desired(uint32_t limit, uint32_t in_use, uint32_t waiting, uint32_t share,
                             bool others_want)
 {
-  /* asked for more: half as many again at once (a ramp-up of n
-   * connections costs log n round trips, not n) */
-  uint32_t step = waiting ? (in_use + 1) / 2 : 0;
+  /* asked for more: as many again at once (a ramp-up of n connections
+   * costs log2 n round trips, not n; spare leases are given back) */
+  uint32_t step = waiting ? (in_use ? in_use : 1) : 0;
   uint64_t d = (uint64_t)in_use + (waiting > step ? waiting : step);
   if (limit && d > limit)
     d = limit;

@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "engine"))
 from redislib import Redis, skip  # noqa: E402
 import enginelib  # noqa: E402
 import sinklib  # noqa: E402
+from test_engine import can_bind  # noqa: E402
 
 FAILS = []
 CTL = None
@@ -42,18 +43,6 @@ def expect(cond, what):
     print(("ok   " if cond else "FAIL ") + what, flush=True)
     if not cond:
         FAILS.append(what)
-
-
-def can_bind(addr):
-    import socket
-    s = socket.socket()
-    try:
-        s.bind((addr, 0))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 ADDRS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]

@@ -697,11 +697,6 @@ static int cmd_binding_summary(struct req *r, const char *name)
   return 0;
 }
 
-static const char *auth_type_name(int t)
-{
-  return t < 0 ? NULL : t == 0 ? "PLAIN" : t == 1 ? "LOGIN" : "XOAUTH2";
-}
-
 static int cmd_domain(struct req *r, const char *binding, const char *name)
 {
   struct wq *q = wq_new(WOP_QUEUES);
@@ -757,8 +752,7 @@ static int cmd_domain(struct req *r, const char *binding, const char *name)
     o_close(o, true);
     wq_unref(mq);
   }
-  int at = conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
-  o_str(o, "auth_type", auth_type_name(at));
+  o_str(o, "auth_type", conf_str(v, CONF_OUTBOUND_SMTP_AUTH_TYPE)); /* the table's word */
   o_str(o, "auth_user", conf_str(v, CONF_OUTBOUND_SMTP_AUTH_USER));
   o_str(o, "auth_pass", conf_str(v, CONF_OUTBOUND_SMTP_AUTH_PASS) ? "********" : NULL);
   o_u64(o, "max_outbound_connections", (uint64_t)conf_int(v, CONF_MAX_OUTBOUND_CONNECTIONS));

@@ -87,16 +87,6 @@ static void drop_pickup_dsn(struct worker *w, struct emsg *em)
   free(r);
 }
 
-static void emsg_unlink(struct worker *w, struct emsg *em)
-{
-  if (em->prev)
-    em->prev->next = em->next;
-  else
-    w->msgs = em->next;
-  if (em->next)
-    em->next->prev = em->prev;
-}
-
 /* Apply a unit's results to its message (home worker only). */
 static void apply_result(struct worker *w, struct uresult *res)
 {
@@ -131,7 +121,7 @@ static void apply_result(struct worker *w, struct uresult *res)
   if (em->units_left == 0) {
     if (em->nbounce > 0)
       drop_pickup_dsn(w, em);
-    emsg_unlink(w, em);
+    dlist_remove(&w->msgs, &em->link);
     sm->user = NULL;
     spool_txn_remove(w->txn, sm); /* frees sm after the commit */
     free(em->bounce);

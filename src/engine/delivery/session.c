@@ -15,6 +15,7 @@
 
 #include "adaptive_queue.h"
 #include "auth.h"
+#include "authkeys.h"
 #include "clock.h"
 #include "conf.h"
 #include "counters.h"
@@ -86,12 +87,7 @@ void session_free(struct session *s)
   }
   body_close(s);
   adaptive_queue_release(w->sh, s->adaptive_slot);
-  if (s->prev_all)
-    s->prev_all->next_all = s->next_all;
-  else
-    w->sessions = s->next_all;
-  if (s->next_all)
-    s->next_all->prev_all = s->prev_all;
+  dlist_remove(&w->sessions, &s->link);
   w->nsessions--;
   free(s->deep);
   for (unsigned i = 0; i < SMTPC_PIPE_MAX; i++)
@@ -361,7 +357,7 @@ static void on_failed(void *arg, const struct smtpc_event *ev, const char *detai
     logs_panic(w->log, clock_wall_ms(), "outbound_smtp_auth",
                "AUTH %s as \"%s\" rejected by %s (%s/%s, connection %s): %d %s; "
                "mail is deferred until the credentials are fixed or it expires",
-               t == SMTPC_AUTH_LOGIN ? "LOGIN" : t == SMTPC_AUTH_XOAUTH2 ? "XOAUTH2" : "PLAIN",
+               authkeys_mech_name(t),
                cr && cr->user ? cr->user : "", s->routes[s->route_i].ip, dq_queue_binding(s->q),
                dq_queue_domain(s->q), s->conn_id_s, ev->code, ev->text);
   }
@@ -622,10 +618,7 @@ void session_open(struct worker *w, struct dq_queue *q)
   s->pool_key = worker_queue_key(q);
   s->max_batch = st->limits.max_recipients_per_batch ? st->limits.max_recipients_per_batch : 100;
   s->rcpts = util_xcalloc(s->max_batch, sizeof *s->rcpts);
-  s->next_all = w->sessions;
-  if (w->sessions)
-    w->sessions->prev_all = s;
-  w->sessions = s;
+  dlist_push_front(&w->sessions, &s->link);
   w->nsessions++;
 
   route_resolve(s, on_routes);

@@ -80,7 +80,9 @@ with open(script, "w") as f:
     f.write(LUA % uidfile)
 with open(e.conf, "a") as f:
     f.write('control_listener { listen "%s" { } }\n' % sock)
-    f.write('scriptlet "scriptlet" { script "whoami" { source = "%s" } }\n' % script[:-4])
+    # full Lua: the probe reads /proc and writes a file (docs/lua.md)
+    f.write('scriptlet "scriptlet" { sandbox = false script "whoami" { source = "%s" } }\n'
+            % script[:-4])
 # drop enginelib's "stay root" lines: no User, no Group = the defaults
 with open(e.conf) as f:
     body = f.read()

@@ -26,6 +26,7 @@ struct policy;
 struct spool;
 struct spool_msg;
 struct throttle_registry;
+struct adaptive;
 
 /* What every worker shares; read-only after start except where noted. */
 struct engine_shared {
@@ -40,6 +41,7 @@ struct engine_shared {
   struct unit_post **pend;
   size_t npend, cappend;
   struct throttle_registry *throttles;
+  struct adaptive *adaptive;      /* adaptive delivery's rules and state (adaptive.h) */
   struct cluster *cluster;        /* cluster-wide limits (cluster.h); NULL: no cluster stanza */
   struct policy *policy;          /* Lua scripts (policy.h); NULL: none */
   char hostname[256];

@@ -15,6 +15,7 @@
 #include "buf.h"
 #include "clock.h"
 #include "cluster.h"
+#include "ctl_adaptive.h"
 #include "conf.h"
 #include "counters.h"
 #include "ctlcmd.h"
@@ -697,11 +698,6 @@ static int cmd_binding_summary(struct req *r, const char *name)
   return 0;
 }
 
-static const char *auth_type_name(int t)
-{
-  return t < 0 ? NULL : t == 0 ? "PLAIN" : t == 1 ? "LOGIN" : "XOAUTH2";
-}
-
 static int cmd_domain(struct req *r, const char *binding, const char *name)
 {
   struct wq *q = wq_new(WOP_QUEUES);
@@ -757,8 +753,7 @@ static int cmd_domain(struct req *r, const char *binding, const char *name)
     o_close(o, true);
     wq_unref(mq);
   }
-  int at = conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
-  o_str(o, "auth_type", auth_type_name(at));
+  o_str(o, "auth_type", conf_str(v, CONF_OUTBOUND_SMTP_AUTH_TYPE)); /* the table's word */
   o_str(o, "auth_user", conf_str(v, CONF_OUTBOUND_SMTP_AUTH_USER));
   o_str(o, "auth_pass", conf_str(v, CONF_OUTBOUND_SMTP_AUTH_PASS) ? "********" : NULL);
   o_u64(o, "max_outbound_connections", (uint64_t)conf_int(v, CONF_MAX_OUTBOUND_CONNECTIONS));
@@ -1054,6 +1049,8 @@ static int dispatch(struct req *r)
   }
   if (IS(0, "config") && IS(1, "eval"))
     return cmd_config_eval(r, ac - 2, av + 2);
+  if (IS(0, "adaptive")) /* ctl_adaptive.c */
+    return ctl_adaptive(g.sh, r->o.json, ac - 1, av + 1, r->o.b, &r->err);
   if (IS(0, "config") && IS(1, "reload") && ac == 2)
     return cmd_config_reload(r);
   if (IS(0, "binding") && IS(1, "summary") && ac <= 3)
@@ -1143,7 +1140,7 @@ void ctl_http_answer(const char *req, struct buf *out)
                         "Content-Length: 10\r\n\r\nnot found\n");
     return;
   }
-  struct metrics_input in = {.nworkers = g.sh->nworkers,
+  struct metrics_input in = {.nworkers = g.sh->nworkers, .adaptive = g.sh->adaptive,
                              .uptime_s = (mono_ms() - g.start_mono_ms) / 1000};
   struct wq *q = wq_new(WOP_STATS);
   in.workers_answered = wq_run(q) == 0;

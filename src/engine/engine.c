@@ -6,6 +6,9 @@
  * engine_main and reaches the spool's callbacks as their arg. */
 #include "engine.h"
 
+#include "adaptive.h"
+#include "adaptive_conf.h"
+#include "adaptive_queue.h"
 #include "clock.h"
 #include "cluster.h"
 #include "conf.h"
@@ -235,6 +238,19 @@ static void reload(struct engine_shared *sh, const char *path, struct logs_write
     logs_writer_flush(log);
     return;
   }
+  /* adaptive delivery: the new rules; adjustments in force are kept */
+  char aerr[1024];
+  struct adaptive_rules *rules = adaptive_conf_rules(n, aerr, sizeof aerr);
+  if (rules == NULL || adaptive_conf_check(n, aerr, sizeof aerr) < 0) {
+    adaptive_rules_free(rules);
+    logs_panic(log, clock_wall_ms(), "config", "reload failed, still running the old configuration: %s",
+               aerr);
+    logs_writer_flush(log);
+    conf_unref(n);
+    return;
+  }
+  adaptive_set_rules(sh->adaptive, rules);
+  adaptive_queue_ages_load(sh, n, conf_str(conf_global(n), CONF_SPOOLBASE), clock_wall_ms());
   struct conf *old = atomic_load(&sh->conf);
   struct diff_ctx d = {.w = log};
   conf_restart_diff(old, n, report_restart_only, &d);
@@ -325,6 +341,13 @@ int engine_main(const char *config_path)
   sh->handover_log = logs_writer_new(sh->logs);
   struct logs_writer *mainlog = logs_writer_new(sh->logs);
   sh->throttles = throttle_registry_new();
+  char aerr[1024];
+  struct adaptive_rules *rules = adaptive_conf_rules(c, aerr, sizeof aerr);
+  if (rules == NULL || adaptive_conf_check(c, aerr, sizeof aerr) < 0)
+    util_fatal("%s", aerr);
+  sh->adaptive = adaptive_new(rules);
+  adaptive_rules_free(rules);
+  adaptive_queue_lua_target(sh->adaptive); /* msys.adaptive.registerRules */
 
   const char *spoolbase = conf_str(g, CONF_SPOOLBASE);
   const char *pickup = conf_str(g, CONF_PICKUP_DIRECTORY);
@@ -389,6 +412,7 @@ int engine_main(const char *config_path)
   /* Everything that needs root is open: leave it before any Lua runs
    * (scripts are compiled and run by policy_new) and any worker starts. */
   drop_root(c, mainlog, spoolbase, pickup);
+  adaptive_queue_ages_load(sh, c, spoolbase, clock_wall_ms()); /* warm-up: bindings' ages */
   sh->policy = policy_new(c, &sh->conf, sh->ingest_log, sh->nworkers, err, sizeof err);
   if (sh->policy == NULL)
     util_fatal("lua: %s", err);
@@ -488,6 +512,8 @@ int engine_main(const char *config_path)
   logs_writer_free(mainlog);
   logs_close(sh->logs);
   throttle_registry_free(sh->throttles);
+  adaptive_queue_lua_target(NULL);
+  adaptive_free(sh->adaptive);
   counters_done();
   conf_unref(prev);
   conf_unref(atomic_load(&sh->conf));

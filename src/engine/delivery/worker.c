@@ -11,6 +11,7 @@
  * everything else on the worker's own loop thread. */
 #include "delivery.h"
 
+#include "adaptive_queue.h"
 #include "auth.h"
 #include "clock.h"
 #include "cluster.h"
@@ -43,6 +44,16 @@ __attribute__((noinline)) void delivery_copy(char *d, size_t n, const char *s)
   if (l)
     memcpy(d, s, l);
   d[l] = '\0';
+}
+
+static struct session *first_session(struct worker *w)
+{
+  return w->sessions.head ? DLIST_ENTRY(w->sessions.head, struct session, link) : NULL;
+}
+
+static struct session *next_session(struct session *s)
+{
+  return s->link.next ? DLIST_ENTRY(s->link.next, struct session, link) : NULL;
 }
 
 static uint64_t mono_ms(const struct worker *w)
@@ -144,7 +155,8 @@ static void cluster_wake(void *arg)
 static void load_limits(struct worker *w, struct dq_queue *q)
 {
   struct dq_queue_state *st = dq_queue_state(q);
-  if (st->conf_gen == w->conf_gen && st->conf_gen != 0)
+  uint64_t now = clock_wall_ms();
+  if (st->conf_gen == w->conf_gen && st->conf_gen != 0 && !adaptive_queue_stale(w->sh, st, now))
     return;
   const struct conf_view *v = worker_view(w, dq_queue_binding(q), dq_queue_domain(q));
   st->limits.max_outbound_connections = (uint32_t)conf_int(v, CONF_MAX_OUTBOUND_CONNECTIONS);
@@ -159,6 +171,7 @@ static void load_limits(struct worker *w, struct dq_queue *q)
                                 suspend_active(dq_queue_binding(q), dq_queue_domain(q));
   st->limits.msg_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_MESSAGES);
   st->limits.conn_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_CONNECTIONS);
+  adaptive_queue_limits(w->sh, v, dq_queue_binding(q), dq_queue_domain(q), st, now);
   load_cluster_limits(w, q, v);
   st->conf_gen = w->conf_gen;
   /* the pool key: route + binding + credential identity */
@@ -186,6 +199,8 @@ struct sched_retry worker_retry_policy(struct worker *w, struct dq_queue *q)
     .max_retries = (int32_t)conf_int(v, CONF_MAX_RETRIES),
     .message_expiration_s = (uint32_t)conf_interval(v, CONF_MESSAGE_EXPIRATION),
   };
+  adaptive_queue_retry(w->sh, v, dq_queue_binding(q), dq_queue_domain(q), dq_queue_state(q),
+                       clock_wall_ms(), &p);
   return p;
 }
 
@@ -198,7 +213,7 @@ struct sched_retry worker_retry_policy(struct worker *w, struct dq_queue *q)
 static void quit_idle_sibling(struct worker *w, struct dq_queue *q)
 {
   struct sched_acct *pair = dq_queue_state(q)->pair;
-  for (struct session *s = w->sessions; s; s = s->next_all)
+  for (struct session *s = first_session(w); s; s = next_session(s))
     if (s->parked && !s->closing && s->q != q && dq_queue_state(s->q)->pair == pair) {
       session_quit_parked(s);
       return;
@@ -217,6 +232,12 @@ static void schedule(struct worker *w)
     struct dq_queue *q = dq_next_active(w->dq);
     if (q == NULL)
       break;
+    if (dq_queue_cred_id(q) == AUTH_CRED_UNUSABLE) { /* due: resolve again (handover.c) */
+      struct dq_unit *u;
+      for (size_t n = dq_queue_ready(q); n > 0 && (u = dq_pop(w->dq, q)) != NULL; n--)
+        handover_requeue(w, dq_queue(w->dq, dq_queue_binding(q), dq_queue_domain(q)), u);
+      continue;
+    }
     load_limits(w, q);
     struct dq_queue_state *st = dq_queue_state(q);
     if (st->blocked_until_ns > now_ns || st->limits.suspend_delivery)
@@ -265,7 +286,7 @@ static void schedule(struct worker *w)
                      "worker %u: %u connections open, the RLIMIT_NOFILE share of this worker; "
                      "new connections wait (raise ulimit -n)", w->idx, w->nsessions);
         w->fd_cap_logged = true;
-        for (struct session *s = w->sessions; s; s = s->next_all)
+        for (struct session *s = first_session(w); s; s = next_session(s))
           if (s->parked && !s->closing) {
             session_quit_parked(s);
             break;
@@ -404,12 +425,14 @@ static void *worker_main(void *arg)
   for (;;) {
     worker_refresh_conf(w);
     policy_worker_refresh(w->pw, w->conf);
+    if (w->idx == 0)
+      adaptive_queue_sweep(w->sh, w->log, clock_wall_ms());
     schedule(w);
     commit(w);
     logs_writer_flush(w->log);
     if (atomic_load(&w->stop)) {
       /* graceful stop: idle sessions go, busy ones finish until the deadline */
-      for (struct session *s = w->sessions; s; s = s->next_all)
+      for (struct session *s = first_session(w); s; s = next_session(s))
         if (s->parked && !s->closing)
           session_quit_parked(s);
       if (w->nsessions == 0) {
@@ -428,8 +451,8 @@ static void *worker_main(void *arg)
         }
       }
       if (mono_ms(w) >= atomic_load(&w->stop_deadline_ms)) {
-        for (struct session *s = w->sessions, *n; s; s = n) {
-          n = s->next_all;
+        for (struct session *s = first_session(w), *n; s; s = n) {
+          n = next_session(s);
           /* abandoned: its recipients stay pending on disk */
           for (unsigned k = 0; k < SMTPC_PIPE_MAX; k++) {
             dq_unit_free(s->fl[k].u);
@@ -527,8 +550,9 @@ void worker_free_leftovers(struct engine_shared *sh)
     struct worker *w = sh->workers[i];
     if (w == NULL)
       continue;
-    for (struct emsg *em = w->msgs, *n; em; em = n) {
-      n = em->next;
+    for (struct dlist_node *l = w->msgs.head, *n; l; l = n) {
+      n = l->next;
+      struct emsg *em = DLIST_ENTRY(l, struct emsg, link);
       spool_msg_free(em->sm);
       free(em->bounce);
       free(em);

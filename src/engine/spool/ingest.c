@@ -72,7 +72,7 @@ static void drain_fd(int fd)
 /* Wait for something to claim; true when names are pending. */
 static bool wait_work(struct spool *sp, int timeout_ms)
 {
-  if (sp->inames < sp->nnames)
+  if (sp->inames < sp->nnames || atomic_load(&sp->nsub))
     return true;
   if (sp->nnames > 0) { /* a listing ran out: files that came meanwhile are next */
     names_clear(sp);
@@ -91,6 +91,8 @@ static bool wait_work(struct spool *sp, int timeout_ms)
       if (pfd[1].revents)
         drain_fd(sp->wake_fd);
     }
+    if (atomic_load(&sp->nsub))
+      return true;
     uint64_t now = clock_mono_ns();
     if (atomic_exchange(&sp->kick, 0) || now >= sp->next_rescan_ns)
       sp->scan_due = true;
@@ -262,7 +264,10 @@ static int take_checked(struct spool *sp, int dfd, const char *qname, const char
   struct spool_envelope env;
   if (spool_parse((const char *)data, len, &env, why, sizeof(why)) < 0) {
     spool_envelope_done(&env);
-    to_bad(sp, dfd, qname, orig, why, idstr);
+    if (qname)
+      to_bad(sp, dfd, qname, orig, why, idstr);
+    else /* a submission: its sender is told (spool_submit) */
+      snprintf(sp->sub_why, sizeof(sp->sub_why), "%s", why);
     return 1;
   }
   struct spool_msg *m = msg_from_env(sp, &env, id, node, bucket);
@@ -278,7 +283,10 @@ static int take_checked(struct spool *sp, int dfd, const char *qname, const char
     in_hook.msg = NULL;
     if (hr < 0) {
       spool_msg_free(m);
-      to_bad(sp, dfd, qname, orig, why[0] ? why : "rejected by the ingest hook", idstr);
+      if (qname)
+        to_bad(sp, dfd, qname, orig, why[0] ? why : "rejected by the ingest hook", idstr);
+      else
+        snprintf(sp->sub_why, sizeof(sp->sub_why), "%s", why[0] ? why : "rejected by the ingest hook");
       return 1;
     }
   }
@@ -463,7 +471,7 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   put_u64(b, pi->ino);
   put_u64(b, pi->size);
   put_u64(b, pi->stamp);
-  put_str(b, name);
+  put_str(b, name ? name : ""); /* "" for a submission */
   rec_end(b, r0);
   size_t body = b->len + sp->jrefbytes;
   if (stays && m->body_size >= JREF_MIN) {
@@ -493,6 +501,8 @@ void (*spool_test_before_forget)(void);
 /* A pickup file whose message is durable in the journal leaves pickup/. */
 static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
 {
+  if (!t->name)
+    return; /* a submission: no pickup file */
   if (spool_test_keep_pickup && spool_test_keep_pickup(t->name))
     return; /* as if the process died here */
   if (unlinkat(sp->pickup_fd, t->name, 0) == 0 || errno == ENOENT)
@@ -561,8 +571,13 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
 {
   if (spool_test_before_forget)
     spool_test_before_forget();
+  size_t files = 0;
+  for (size_t i = 0; i < bt->n; i++)
+    files += bt->c[i].name != NULL;
+  if (files == 0)
+    return;
   iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false);
-  if (sp->iunlink && !spool_test_keep_pickup && bt->n <= sp->iunlink->cap) {
+  if (sp->iunlink && !spool_test_keep_pickup && bt->n <= sp->iunlink->cap && files == bt->n) {
     char **names = util_xmalloc(bt->n * sizeof(*names));
     for (size_t i = 0; i < bt->n; i++)
       names[i] = bt->c[i].name;
@@ -582,11 +597,13 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
 /* A batch that could not be made durable: its pickup files stay for the
  * next round, and what reached the segment is retired so it can never be
  * taken for mail. */
-static void jrn_batch_fail(struct spool *sp, struct jbatch *bt, bool put)
+static void jrn_batch_fail(struct spool *sp, struct jbatch *bt, bool put, int err)
 {
   struct buf done = {0};
   uint32_t *unpin = util_xmalloc(bt->n * sizeof(*unpin));
   for (size_t i = 0; i < bt->n; i++) {
+    if (bt->c[i].sub)
+      sub_finish(sp, bt->c[i].sub, err < 0 ? err : -EIO, NULL, NULL);
     rec_done(&done, bt->c[i].msg);
     unpin[i] = bt->seg;
     spool_msg_free(bt->c[i].msg);
@@ -615,8 +632,13 @@ static void jrn_batch_done(struct spool *sp, struct jbatch *bt)
   atomic_fetch_add_explicit(&sp->st_ingested, bt->n, memory_order_relaxed);
   atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
   for (size_t i = 0; i < bt->n; i++) {
+    char id[SPOOL_ID_LEN + 1];
+    if (bt->c[i].sub)
+      spool_msg_id_str(bt->c[i].msg, id); /* before the engine owns the message */
     spool_drop_ctx(sp, bt->c[i].msg);
     sp->p.on_msg(sp->p.arg, bt->c[i].msg);
+    if (bt->c[i].sub)
+      sub_finish(sp, bt->c[i].sub, 0, id, NULL);
   }
   if (sp->p.on_batch_end)
     sp->p.on_batch_end(sp->p.arg);
@@ -720,6 +742,22 @@ static long ingest_journal(struct spool *sp)
   if (ring)
     iobatch_get(&sp->iread, &sp->iread_tried, sp->p.batch_max, true);
   size_t used = 0; /* arena bytes holding this batch's files */
+  /* Submissions first (their senders wait for the reply): the same
+   * checks, records and group commit as pickup files. */
+  for (struct spool_sub *s = sub_take(sp, max), *next; s; s = next) {
+    next = s->next;
+    s->next = NULL;
+    struct pinfo pi = {0, 0, 0};
+    sp->sub_why[0] = 0;
+    if (bt->n < max && jrn_take_data(sp, NULL, s->data, s->len, &pi, -1, false, &bt->c[bt->n]) == 0) {
+      bt->c[bt->n].name = NULL;
+      bt->c[bt->n++].sub = s;
+      free(s->data); /* copied into the batch */
+      s->data = NULL;
+    } else {
+      sub_finish(sp, s, -EBADMSG, NULL, sp->sub_why[0] ? sp->sub_why : "rejected");
+    }
+  }
   while (bt->n < max && sp->inames < sp->nnames && batch_len(sp) < JRN_BATCH_BYTES) {
     size_t k = sp->nnames - sp->inames;
     if (k > max - bt->n)
@@ -791,7 +829,7 @@ static long ingest_journal(struct spool *sp)
   if (r == 0)
     r = jrn_sync(sp, bt->seg);
   if (r < 0) {
-    jrn_batch_fail(sp, bt, put);
+    jrn_batch_fail(sp, bt, put, r);
     names_clear(sp);
     sp->scan_due = true;
     atomic_store(&sp->last_err, r);
@@ -822,7 +860,7 @@ static void *commit_thread(void *arg)
       for (struct jbatch *b = list, *next; b; b = next) {
         next = b->next;
         nb++;
-        jrn_batch_fail(sp, b, true);
+        jrn_batch_fail(sp, b, true, r);
       }
       atomic_store(&sp->commit_err, r);
     }
@@ -883,6 +921,7 @@ long spool_ingest(struct spool *sp, int timeout_ms)
     }
     return ingest_journal(sp);
   }
+  sub_fail_all(sp, -ENOTSUP); /* the per-file layout is for tests */
   size_t max = sp->p.batch_max, n = 0;
   struct claimed *c = util_xcalloc(max, sizeof(*c));
   bool touched[NBUCKETS] = {0};

@@ -698,8 +698,8 @@ static bool feed(struct lsess *s, const uint8_t *p, size_t n)
     int ne = events(s);
     if (!flush(s))
       return false;
-    if (off == n || (k == 0 && ne == 0))
-      break; /* all taken, or blocked (replies unsent, session over) */
+    if (k == 0 && ne == 0)
+      break; /* all taken (a last event may need no input: BDAT LAST), or blocked */
   }
   if (off < n) {
     buf_append(&s->in, p + off, n - off);

@@ -277,7 +277,7 @@ int inject_bs(const char *pickup_dir)
     if (n <= 0)
       break; /* EOF: the mailer went away; nothing half-done is kept */
     size_t off = 0;
-    while (off < (size_t)n && !smtps_done(b.s)) {
+    while (!smtps_done(b.s)) { /* until nothing moves: BDAT LAST may need no input */
       size_t k = smtps_feed(b.s, in + off, (size_t)n - off, 0);
       off += k;
       bool any = false;

@@ -35,7 +35,9 @@
  * smtps_feed returns fewer bytes than given when an event is waiting to be
  * taken, a reply is due, the session is over, or more than
  * limits.max_pending_out reply bytes are unsent (back-pressure: stop
- * reading until they are sent). Feed the rest again later.
+ * reading until they are sent). Feed the rest again later. Keep calling it
+ * (with no input left, too) while it produces events: the end of a BDAT
+ * chunk that ends a read needs no further input to become an event.
  *
  * Every reply carries an enhanced status code. Replies the machine decides
  * alone (syntax, sequence, limits) still come as a DECIDE event with

@@ -94,6 +94,8 @@ enum smtps_body { SMTPS_BODY_NONE = 0, SMTPS_BODY_7BIT, SMTPS_BODY_8BITMIME };
 /* Longest ENVID / ORCPT value kept (RFC 3461: 100 / 500 octets). */
 #define SMTPS_ENVID_MAX 100
 #define SMTPS_ORCPT_MAX 500
+/* Most message replies a session may owe at once (smtps_defer). */
+#define SMTPS_DEFER_MAX 32
 
 /* Remote-controlled sizes (STYLE #7). 0 = the default shown. */
 struct smtps_limits {
@@ -101,7 +103,8 @@ struct smtps_limits {
   uint32_t max_rcpts;        /* recipients per transaction: 1000; 452 4.5.3 above */
   uint64_t max_size;         /* message octets: 0 = no limit; 552 5.3.4 above */
   uint32_t max_errors;       /* error replies before 421 and close: 0 = no limit */
-  uint32_t max_pending_out;  /* unsent reply bytes before feed stops reading: 65536 */
+  uint32_t max_pending_out;  /* unsent (or held) reply bytes before feed stops reading: 65536 */
+  uint32_t max_deferred;     /* message replies owed at once (smtps_defer): SMTPS_DEFER_MAX */
 };
 
 /* Timeouts in seconds. 0 = the default shown. */
@@ -201,6 +204,23 @@ int smtps_answer(struct smtps *s, int code, const char *text, uint64_t now);
 /* Answer with raw bytes (a test peer misbehaving); the outcome is the
  * default's if ok, a failure otherwise. */
 int smtps_answer_raw(struct smtps *s, bool ok, const void *p, size_t n, uint64_t now);
+/* Defer the reply to a MESSAGE decision whose default is a success: the
+ * transaction ends as accepted, the session reads on (a pipelining client
+ * sends its next message), and the replies written after this one are held
+ * until it is known. Returns a ticket (> 0) for smtps_resolve; -EALREADY
+ * when no MESSAGE reply is due, -EINVAL when its default is a refusal,
+ * -EBUSY when limits.max_deferred replies are owed already (feed stops
+ * reading before that happens). The engine's listener defers the reply
+ * until the message's group commit, so one session keeps several messages
+ * in one commit. */
+int smtps_defer(struct smtps *s, uint64_t now);
+/* The deferred reply `ticket` is "code text"; it (and what was held behind
+ * it, once every earlier one is known) becomes output. -ENOENT for an
+ * unknown ticket, -EINVAL for a bad code. */
+int smtps_resolve(struct smtps *s, int ticket, int code, const char *text);
+/* Replies owed (deferred and not yet resolved). smtps_done is false while
+ * any is owed, and no timeout runs. */
+uint32_t smtps_deferred(const struct smtps *s);
 /* Append raw bytes to the output outside any reply. */
 void smtps_emit_raw(struct smtps *s, const void *p, size_t n);
 /* End the session now: `line` (e.g. "421 4.3.2 ...\r\n", or NULL) is the

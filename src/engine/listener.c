@@ -13,10 +13,13 @@
  * level-triggered epoll (a listener's sessions are few compared with a
  * worker's deliveries; the delivery side keeps its io_uring rings). The
  * spool's threads only push completions onto a locked list and wake the
- * thread with an eventfd. A session waiting for its commit is not read
- * (TCP back-pressure); new sessions get 421 while too many submissions
- * wait. Memory: a session holds its core, a partial line, and the message
- * being received (at most Max_Message_Size). Never blocks on disk. */
+ * thread with an eventfd. New sessions get 421 while too many submissions
+ * wait. A session keeps reading while its messages wait for their commit
+ * (their replies are deferred in order in its core, smtps_defer), so one
+ * pipelining client's messages share a commit; it stops reading at
+ * SMTPS_DEFER_MAX owed replies. Memory: a session holds its core, a
+ * partial line, the message being received and the ones waiting for their
+ * commit (each at most Max_Message_Size). Never blocks on disk. */
 #include "listener.h"
 
 #include "buf.h"
@@ -92,19 +95,26 @@ struct lsess {
   struct sockaddr_storage addr;
   char ip[INET6_ADDRSTRLEN];
   char helo[256];
-  bool can_relay, reading, waiting, dead, counted_busy;
+  bool can_relay, reading, dead;
+  uint32_t inflight; /* messages submitted whose commit has not reported */
   uint32_t receptions, max_receptions;
   uint32_t nrcpt;
   struct buf in;   /* input the core has not taken (a reply is due) */
   struct buf env;  /* envelope lines of the open transaction */
   struct buf msg;  /* the message being received */
   char *from;
-  /* completion from the spool (under L->dlock) */
-  struct lsess *done_next;
+  struct lsess *prev, *next; /* all sessions */
+};
+
+/* One message handed to the spool; its reply is deferred in the session's
+ * core (ticket) until the spool reports (under L->dlock until taken). */
+struct lsub {
+  struct lsess *s;
+  int ticket;
   int result;
   char id[64];
   char why[200];
-  struct lsess *prev, *next; /* all sessions */
+  struct lsub *next;
 };
 
 struct listener {
@@ -124,7 +134,7 @@ struct listener {
   bool running;
   atomic_bool stop;
   pthread_mutex_t dlock;
-  struct lsess *done_head;
+  struct lsub *done_head;
 };
 
 /* ---- configuration ---- */
@@ -498,7 +508,7 @@ static void sess_close(struct lsess *s)
     s->fd = -1;
   }
   s->dead = true;
-  if (!s->waiting)
+  if (!s->inflight)
     sess_free(s);
 }
 
@@ -531,14 +541,14 @@ static bool flush(struct lsess *s)
 
 static void on_submitted(void *arg, int result, const char *id, const char *why)
 {
-  struct lsess *s = arg;
-  struct listener *L = s->L;
-  s->result = result;
-  snprintf(s->id, sizeof(s->id), "%s", id ? id : "");
-  snprintf(s->why, sizeof(s->why), "%s", why ? why : "");
+  struct lsub *u = arg;
+  struct listener *L = u->s->L;
+  u->result = result;
+  snprintf(u->id, sizeof(u->id), "%s", id ? id : "");
+  snprintf(u->why, sizeof(u->why), "%s", why ? why : "");
   pthread_mutex_lock(&L->dlock);
-  s->done_next = L->done_head;
-  L->done_head = s;
+  u->next = L->done_head;
+  L->done_head = u;
   pthread_mutex_unlock(&L->dlock);
   uint64_t one = 1;
   ssize_t r = write(L->wake, &one, sizeof(one));
@@ -568,12 +578,19 @@ static void message_end(struct lsess *s, const struct smtps_event *ev)
              smtps_tls(s->sm) ? "ESMTPS" : "ESMTP", smtps_authenticated(s->sm) ? "A" : "", date);
   buf_append(&f, s->msg.data, s->msg.len);
   txn_reset(s);
-  s->waiting = true;
-  s->reading = false;
-  ep_set(s, false, false);
-  uint8_t *data = f.data;
-  size_t len = f.len;
-  spool_submit(s->L->spool, data, len, on_submitted, s); /* takes data */
+  /* The reply waits for the commit; the session reads on, so a pipelining
+   * client's next messages join the same commit (up to max_deferred). */
+  int ticket = smtps_defer(s->sm, now_ms());
+  if (ticket < 0) {
+    buf_done(&f, 0);
+    smtps_answer(s->sm, 451, "4.3.0 Try again later", now_ms());
+    return;
+  }
+  struct lsub *u = util_xcalloc(1, sizeof(*u));
+  u->s = s;
+  u->ticket = ticket;
+  s->inflight++;
+  spool_submit(s->L->spool, f.data, f.len, on_submitted, u); /* takes the data */
 }
 
 static void on_command(struct lsess *s, const struct smtps_event *ev)
@@ -692,7 +709,7 @@ static bool has_output(const struct lsess *s)
 static bool feed(struct lsess *s, const uint8_t *p, size_t n)
 {
   size_t off = 0;
-  while (!s->waiting) {
+  for (;;) {
     size_t k = smtps_feed(s->sm, p + off, n - off, now_ms());
     off += k;
     int ne = events(s);
@@ -706,7 +723,7 @@ static bool feed(struct lsess *s, const uint8_t *p, size_t n)
     if (buf_avail(&s->in) > LSN_IN_MAX)
       s->reading = false; /* TCP holds the rest */
   }
-  ep_set(s, s->reading && !s->waiting, has_output(s));
+  ep_set(s, s->reading, has_output(s));
   return true;
 }
 
@@ -740,30 +757,32 @@ static void on_readable(struct lsess *s)
   feed(s, b, (size_t)r);
 }
 
-static void on_done(struct lsess *s)
+static void on_done(struct lsub *u)
 {
-  s->waiting = false;
+  struct lsess *s = u->s;
+  s->inflight--;
   if (s->dead) {
-    sess_free(s);
+    if (!s->inflight)
+      sess_free(s);
+    free(u);
     return;
   }
-  uint64_t now = now_ms();
   char t[300];
-  if (s->result == 0) {
+  if (u->result == 0) {
     s->receptions++;
-    snprintf(t, sizeof(t), "2.0.0 Ok: queued as %s", s->id);
-    smtps_answer(s->sm, 250, t, now);
-  } else if (s->result == -ENOSPC || s->result == -EDQUOT) {
-    smtps_answer(s->sm, 452, "4.3.1 Insufficient system storage", now);
-  } else if (s->result == -EBADMSG) {
-    snprintf(t, sizeof(t), "5.7.1 Message rejected: %s", s->why);
-    smtps_answer(s->sm, 554, t, now);
+    snprintf(t, sizeof(t), "2.0.0 Ok: queued as %s", u->id);
+    smtps_resolve(s->sm, u->ticket, 250, t);
+  } else if (u->result == -ENOSPC || u->result == -EDQUOT) {
+    smtps_resolve(s->sm, u->ticket, 452, "4.3.1 Insufficient system storage");
+  } else if (u->result == -EBADMSG) {
+    snprintf(t, sizeof(t), "5.7.1 Message rejected: %s", u->why);
+    smtps_resolve(s->sm, u->ticket, 554, t);
   } else {
-    snprintf(t, sizeof(t), "4.3.0 Message not queued: %s", strerror(-s->result));
-    smtps_answer(s->sm, 451, t, now);
+    snprintf(t, sizeof(t), "4.3.0 Message not queued: %s", strerror(-u->result));
+    smtps_resolve(s->sm, u->ticket, 451, t);
   }
+  free(u);
   s->reading = true;
-  events(s);
   if (!flush(s))
     return;
   run_held(s);
@@ -882,7 +901,7 @@ static void sweep_timeouts(struct listener *L, uint64_t now)
 {
   for (struct lsess *s = L->sessions, *next; s; s = next) {
     next = s->next;
-    if (!s->dead && !s->waiting && smtps_timeout(s->sm, now))
+    if (!s->dead && smtps_timeout(s->sm, now))
       flush(s);
   }
 }
@@ -893,13 +912,21 @@ static void take_done(struct listener *L)
   ssize_t r = read(L->wake, &v, sizeof(v));
   (void)r;
   pthread_mutex_lock(&L->dlock);
-  struct lsess *list = L->done_head;
+  struct lsub *list = L->done_head;
   L->done_head = NULL;
   pthread_mutex_unlock(&L->dlock);
+  /* oldest first: the list was pushed newest first */
+  struct lsub *rev = NULL;
   while (list) {
-    struct lsess *next = list->done_next;
-    on_done(list);
+    struct lsub *next = list->next;
+    list->next = rev;
+    rev = list;
     list = next;
+  }
+  while (rev) {
+    struct lsub *next = rev->next;
+    on_done(rev);
+    rev = next;
   }
 }
 
@@ -923,7 +950,7 @@ static void *listener_thread(void *arg)
         if (evs[i].events & EPOLLOUT) {
           if (!flush(s))
             continue;
-          if (!s->waiting && !run_held(s))
+          if (!run_held(s))
             continue;
         }
         if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
@@ -980,7 +1007,7 @@ void listener_stop(struct listener *l)
     bool waiting = false;
     for (struct lsess *s = l->sessions, *next; s; s = next) {
       next = s->next;
-      if (s->waiting) {
+      if (s->inflight) {
         waiting = true;
         continue;
       }
@@ -1003,12 +1030,17 @@ void listener_free(struct listener *l)
 {
   if (!l)
     return;
+  /* the spool stopped first: every submission has reported (or never will) */
+  while (l->done_head) {
+    struct lsub *u = l->done_head;
+    l->done_head = u->next;
+    free(u);
+  }
   while (l->sessions) {
     struct lsess *s = l->sessions;
     if (s->fd >= 0)
       close(s->fd);
     s->fd = -1;
-    s->waiting = false; /* its commit can no longer answer: the spool stopped first */
     sess_free(s);
   }
   for (size_t i = 0; i < l->nsocks; i++) {

@@ -11,6 +11,7 @@
 #include "smtps.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,15 @@ struct smtps {
   struct buf out;     /* replies not yet sent */
   struct buf scratch; /* EHLO reply / greeting text; AUTH data (wiped) */
   char small[96];     /* short formatted default replies */
+  /* Deferred message replies (smtps_defer), in order: hole i's reply, once
+   * resolved, goes out before tail[i] (what was written after it). */
+  uint32_t nholes, next_ticket;
+  size_t parked;      /* bytes in the tails */
+  struct hole {
+    uint32_t ticket;
+    bool resolved;
+    struct buf reply, tail;
+  } holes[SMTPS_DEFER_MAX];
 };
 
 #define R(s) s, sizeof(s) - 1
@@ -86,7 +96,26 @@ static void set_deadline(struct smtps *s, uint64_t now)
 
 static void out(struct smtps *s, const void *p, size_t n)
 {
+  if (s->nholes) { /* behind a reply not yet known: held in order */
+    buf_append(&s->holes[s->nholes - 1].tail, p, n);
+    s->parked += n;
+    return;
+  }
   buf_append(&s->out, p, n);
+}
+
+__attribute__((format(printf, 2, 3))) static void outf(struct smtps *s, const char *fmt, ...)
+{
+  char line[600];
+  va_list ap;
+  va_start(ap, fmt);
+  int k = vsnprintf(line, sizeof(line), fmt, ap);
+  va_end(ap);
+  if (k < 0)
+    return;
+  if ((size_t)k >= sizeof(line))
+    k = (int)sizeof(line) - 1;
+  out(s, line, (size_t)k);
 }
 
 static void reset_txn(struct smtps *s)
@@ -133,7 +162,7 @@ static void fail(struct smtps *s, enum smtps_cmd cmd, int code, const char *repl
 static void too_many_errors(struct smtps *s)
 {
   if (s->p.limits.max_errors && s->errors >= s->p.limits.max_errors && s->st != SMTPS_ST_DONE) {
-    buf_printf(&s->out, "421 4.7.0 %s Error: too many errors\r\n", s->p.hostname);
+    outf(s, "421 4.7.0 %s Error: too many errors\r\n", s->p.hostname);
     s->st = SMTPS_ST_DONE;
   }
 }
@@ -163,6 +192,8 @@ struct smtps *smtps_new(const struct smtps_params *params)
     l->max_rcpts = DEF_MAX_RCPTS;
   if (!l->max_pending_out)
     l->max_pending_out = DEF_PENDING_OUT;
+  if (!l->max_deferred || l->max_deferred > SMTPS_DEFER_MAX)
+    l->max_deferred = SMTPS_DEFER_MAX;
   if (!s->p.timeouts.command)
     s->p.timeouts.command = DEF_TIMEOUT;
   if (!s->p.timeouts.data)
@@ -182,6 +213,10 @@ void smtps_free(struct smtps *s)
     return;
   buf_done(&s->line, 1); /* may hold an AUTH line */
   buf_done(&s->out, 0);
+  for (uint32_t i = 0; i < s->nholes; i++) {
+    buf_done(&s->holes[i].reply, 0);
+    buf_done(&s->holes[i].tail, 0);
+  }
   wipe_scratch(s);
   util_wipe(s, sizeof(*s));
   free(s);
@@ -854,7 +889,7 @@ int smtps_answer(struct smtps *s, int code, const char *text, uint64_t now)
     apply(s, false, now);
     return 0;
   }
-  buf_printf(&s->out, "%d %s\r\n", code, text ? text : "");
+  outf(s, "%d %s\r\n", code, text ? text : "");
   apply(s, ok, now);
   return 0;
 }
@@ -867,6 +902,55 @@ int smtps_answer_raw(struct smtps *s, bool ok, const void *p, size_t n, uint64_t
   apply(s, ok && s->ev.ok, now);
   return 0;
 }
+
+int smtps_defer(struct smtps *s, uint64_t now)
+{
+  if (!s->decide || s->pend != P_MESSAGE)
+    return -EALREADY;
+  if (!s->ev.ok)
+    return -EINVAL;
+  if (s->nholes == s->p.limits.max_deferred)
+    return -EBUSY;
+  struct hole *h = &s->holes[s->nholes++];
+  memset(h, 0, sizeof(*h));
+  if (++s->next_ticket == 0)
+    s->next_ticket = 1;
+  h->ticket = s->next_ticket;
+  apply(s, true, now);
+  return (int)(h->ticket & 0x7fffffff);
+}
+
+int smtps_resolve(struct smtps *s, int ticket, int code, const char *text)
+{
+  if (code < 200 || code > 599)
+    return -EINVAL;
+  uint32_t i;
+  for (i = 0; i < s->nholes; i++)
+    if ((int)(s->holes[i].ticket & 0x7fffffff) == ticket && !s->holes[i].resolved)
+      break;
+  if (i == s->nholes)
+    return -ENOENT;
+  buf_printf(&s->holes[i].reply, "%d %s\r\n", code, text ? text : "");
+  s->holes[i].resolved = true;
+  /* the owed replies known from the front go out, with what followed each */
+  uint32_t k = 0;
+  while (k < s->nholes && s->holes[k].resolved) {
+    struct hole *h = &s->holes[k];
+    buf_append(&s->out, h->reply.data, h->reply.len);
+    buf_append(&s->out, h->tail.data, h->tail.len);
+    s->parked -= h->tail.len;
+    buf_done(&h->reply, 0);
+    buf_done(&h->tail, 0);
+    k++;
+  }
+  if (k) {
+    memmove(s->holes, s->holes + k, (s->nholes - k) * sizeof(s->holes[0]));
+    s->nholes -= k;
+  }
+  return 0;
+}
+
+uint32_t smtps_deferred(const struct smtps *s) { return s->nholes; }
 
 void smtps_emit_raw(struct smtps *s, const void *p, size_t n)
 {
@@ -1094,8 +1178,10 @@ size_t smtps_feed(struct smtps *s, const void *in, size_t n, uint64_t now)
   if (s->st == SMTPS_ST_TLS)
     return n; /* RFC 3207: plaintext pipelined behind STARTTLS is discarded */
   while (!s->ev_ready && !s->decide) {
-    if (buf_avail(&s->out) > s->p.limits.max_pending_out)
+    if (buf_avail(&s->out) + s->parked > s->p.limits.max_pending_out)
       break;
+    if (s->nholes == s->p.limits.max_deferred && s->st == SMTPS_ST_CMD)
+      break; /* as many message replies owed as allowed: read no more */
     if (s->st == SMTPS_ST_DATA) {
       if (s->body_state == B_END) {
         message_end(s, false);
@@ -1205,13 +1291,13 @@ void smtps_tls_done(struct smtps *s, uint64_t now)
   }
 }
 
-bool smtps_done(const struct smtps *s) { return s->st == SMTPS_ST_DONE; }
+bool smtps_done(const struct smtps *s) { return s->st == SMTPS_ST_DONE && !s->nholes; }
 
 uint64_t smtps_deadline(const struct smtps *s)
 {
-  if (s->decide || s->st == SMTPS_ST_DONE || s->st == SMTPS_ST_NEW || s->st == SMTPS_ST_TLS ||
-      s->st == SMTPS_ST_GREETING)
-    return UINT64_MAX;
+  if (s->decide || s->nholes || s->st == SMTPS_ST_DONE || s->st == SMTPS_ST_NEW ||
+      s->st == SMTPS_ST_TLS || s->st == SMTPS_ST_GREETING)
+    return UINT64_MAX; /* a reply is owed to the client: not its timeout */
   return s->deadline;
 }
 
@@ -1219,7 +1305,7 @@ int smtps_timeout(struct smtps *s, uint64_t now)
 {
   if (now < smtps_deadline(s))
     return 0;
-  buf_printf(&s->out, "421 4.4.2 %s Error: timeout exceeded\r\n", s->p.hostname);
+  outf(s, "421 4.4.2 %s Error: timeout exceeded\r\n", s->p.hostname);
   s->st = SMTPS_ST_DONE;
   s->ev_ready = false;
   wipe_scratch(s);

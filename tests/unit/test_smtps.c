@@ -573,6 +573,98 @@ static void t_sequence(void **st)
   drv_done(&d);
 }
 
+
+/* Deferred message replies: a pipelining client's next messages are read
+ * while earlier replies are owed; replies go out in order once known. */
+static void t_deferred(void **st)
+{
+  (void)st;
+  struct smtps_params p = base_params();
+  p.limits.max_deferred = 2;
+  struct smtps *s = smtps_new(&p);
+  struct smtps_event ev;
+  smtps_start(s, 0);
+  assert_true(smtps_event(s, &ev));
+  smtps_accept(s, 0);
+  static const char in[] = "EHLO c\r\n"
+                           "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2 LAST\r\nm1"
+                           "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2 LAST\r\nm2"
+                           "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 2 LAST\r\nm3"
+                           "QUIT\r\n";
+  size_t off = 0;
+  int tickets[3], nt = 0;
+  for (int guard = 0; guard < 100; guard++) {
+    size_t k = smtps_feed(s, in + off, sizeof(in) - 1 - off, 0);
+    off += k;
+    bool any = false;
+    while (smtps_event(s, &ev)) {
+      any = true;
+      if (ev.type == SMTPS_EV_MESSAGE) {
+        int t = smtps_defer(s, 0);
+        assert_true(t > 0);
+        tickets[nt++] = t;
+      } else if (ev.type == SMTPS_EV_COMMAND) {
+        smtps_accept(s, 0);
+      }
+    }
+    if (!any && !k)
+      break;
+  }
+  /* two owed: the third message is not read yet */
+  assert_int_equal(nt, 2);
+  assert_true(off < sizeof(in) - 1);
+  assert_int_equal(smtps_deferred(s), 2);
+  const uint8_t *o;
+  size_t n;
+  assert_true(smtps_output(s, &o, &n));
+  struct buf got = {0};
+  buf_append(&got, o, n);
+  smtps_output_consumed(s, n);
+  buf_append(&got, "", 1);
+  /* the first transaction's MAIL/RCPT replies are out, nothing after its end */
+  assert_non_null(strstr((const char *)got.data, "250 2.1.5 Ok\r\n"));
+  assert_null(strstr((const char *)got.data, "queued"));
+  /* the second resolves first: still held behind the first */
+  assert_int_equal(smtps_resolve(s, tickets[1], 250, "2.0.0 Ok: queued as B"), 0);
+  assert_false(smtps_output(s, &o, &n));
+  assert_int_equal(smtps_resolve(s, tickets[1], 250, "again"), -ENOENT);
+  assert_int_equal(smtps_resolve(s, tickets[0], 451, "4.3.0 not queued"), 0);
+  assert_true(smtps_output(s, &o, &n));
+  buf_reset(&got);
+  buf_append(&got, o, n);
+  buf_append(&got, "", 1);
+  smtps_output_consumed(s, n);
+  assert_string_equal((const char *)got.data, "451 4.3.0 not queued\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+                                              "250 2.0.0 Ok: queued as B\r\n");
+  /* reading goes on: the third message and QUIT; done only once owed replies are sent */
+  for (int guard = 0; guard < 100; guard++) {
+    size_t k = smtps_feed(s, in + off, sizeof(in) - 1 - off, 0);
+    off += k;
+    bool any = false;
+    while (smtps_event(s, &ev)) {
+      any = true;
+      if (ev.type == SMTPS_EV_MESSAGE)
+        tickets[nt++] = smtps_defer(s, 0);
+      else if (ev.type == SMTPS_EV_COMMAND)
+        smtps_accept(s, 0);
+    }
+    if (!any && !k)
+      break;
+  }
+  assert_int_equal(nt, 3);
+  assert_false(smtps_done(s));
+  assert_int_equal(smtps_deadline(s), UINT64_MAX);
+  assert_int_equal(smtps_resolve(s, tickets[2], 250, "2.0.0 Ok: queued as C"), 0);
+  assert_true(smtps_done(s));
+  assert_true(smtps_output(s, &o, &n));
+  buf_reset(&got);
+  buf_append(&got, o, n);
+  buf_append(&got, "", 1);
+  assert_non_null(strstr((const char *)got.data, "250 2.0.0 Ok: queued as C\r\n221 2.0.0 Bye\r\n"));
+  buf_done(&got, 0);
+  smtps_free(s);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -591,6 +683,7 @@ int main(void)
     cmocka_unit_test(t_timeout),
     cmocka_unit_test(t_backpressure),
     cmocka_unit_test(t_sequence),
+    cmocka_unit_test(t_deferred),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -60,8 +60,18 @@ done
 flags=(-c "$SESSIONS" -t 2 -m "$MSGS" -l "$SIZE")
 [ "$MODE" = bdat ] && flags=(-b -w 8 "${flags[@]}")
 rate() { "$BLAST" "${flags[@]}" 127.0.0.1:"$1" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["msgs_per_s"], j["failed"])'; }
+# the engine's CPU (all threads: listener, spool, workers delivering to the sink)
+cpu_ticks() { awk '{print $14 + $15}' /proc/"$ENG_PID"/stat; }
+delivered() { local n; n=$(grep -c '@D@' "$TMP/mainlog" 2>/dev/null) || true; echo "${n:-0}"; }
+hz=$(getconf CLK_TCK)
 for r in $(seq "$RUNS"); do
+  d0=$(delivered)
+  c0=$(cpu_ticks)
   read -r imp impf < <(rate "$LSN_PORT")
+  # wait until this run's messages are delivered, so the CPU covers both sides
+  for _ in $(seq 600); do [ $(( $(delivered) - d0 )) -ge "$MSGS" ] && break; sleep 0.1; done
+  c1=$(cpu_ticks)
+  us=$(python3 -c "print(round(($c1 - $c0) * 1e6 / $hz / $MSGS, 1))")
   read -r pf pff < <(rate "$SMTPD_PORT")
-  echo "run $r: impetus $imp msg/s (failed $impf), postfix $pf msg/s (failed $pff), ratio $(python3 -c "print(round($imp/max($pf,1),1))")"
+  echo "run $r: impetus $imp msg/s (failed $impf; engine CPU $us us/msg accepted and delivered), postfix $pf msg/s (failed $pff), ratio $(python3 -c "print(round($imp/max($pf,1),1))")"
 done

@@ -96,6 +96,7 @@ struct lsess {
   char ip[INET6_ADDRSTRLEN];
   char helo[256];
   bool can_relay, reading, dead;
+  uint32_t ep_mask;  /* the events epoll has for fd (a change costs a system call) */
   uint32_t inflight; /* messages submitted whose commit has not reported */
   uint32_t receptions, max_receptions;
   uint32_t nrcpt;
@@ -467,8 +468,11 @@ static uint64_t now_ms(void) { return clock_mono_ns() / 1000000u; }
 
 static void ep_set(struct lsess *s, bool in, bool out)
 {
-  struct epoll_event e = {.events = (in ? EPOLLIN : 0u) | (out ? EPOLLOUT : 0u) | EPOLLRDHUP,
-                          .data.ptr = s};
+  uint32_t m = (in ? EPOLLIN : 0u) | (out ? EPOLLOUT : 0u) | EPOLLRDHUP;
+  if (m == s->ep_mask)
+    return;
+  s->ep_mask = m;
+  struct epoll_event e = {.events = m, .data.ptr = s};
   epoll_ctl(s->L->ep, EPOLL_CTL_MOD, s->fd, &e);
 }
 
@@ -884,7 +888,8 @@ static void on_accept(struct listener *L, struct lsock *k)
     k->sessions++;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    struct epoll_event e = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = s};
+    s->ep_mask = EPOLLIN | EPOLLRDHUP;
+    struct epoll_event e = {.events = s->ep_mask, .data.ptr = s};
     epoll_ctl(L->ep, EPOLL_CTL_ADD, fd, &e);
     events(s); /* the greeting */
     flush(s);

@@ -39,7 +39,6 @@ void conf_node_add(struct conf_node *n, const struct conf_value *v)
   n->vals[n->nvals++] = v;
 }
 
-int conf_binding_add(struct conf *c, const char *name);
 
 struct conf *conf_new_empty(void)
 {

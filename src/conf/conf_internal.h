@@ -186,3 +186,6 @@ struct conf_node *conf_node_new(struct conf *c, int kind, const char *path);
 void conf_node_add(struct conf_node *n, const struct conf_value *v);
 int conf_finish(struct conf *c, char *why, size_t whylen);
 const char *conf_type_name(enum conf_type t);
+
+/* Register binding `name` (conf_parse.c); its id, the existing one if known. */
+int conf_binding_add(struct conf *c, const char *name);

@@ -434,7 +434,6 @@ static int find_group(struct conf *c, const char *name)
   return g;
 }
 
-int conf_binding_add(struct conf *c, const char *name);
 int conf_binding_add(struct conf *c, const char *name)
 {
   int b = conf_smap_get(&c->bmap, name, strlen(name));

@@ -26,6 +26,7 @@
 #include "clock.h"
 #include "conf.h"
 #include "logs.h"
+#include "msg.h"
 #include "panic.h"
 #include "smtps.h"
 #include "spool.h"
@@ -621,7 +622,7 @@ static void on_command(struct lsess *s, const struct smtps_event *ev)
       smtps_shutdown(s->sm, line);
       return;
     }
-    if (ev->arg_len && spool_addr_check(ev->arg, ev->arg_len)) {
+    if (ev->arg_len && msg_addr_check(ev->arg, ev->arg_len)) {
       smtps_answer(s->sm, 553, "5.1.7 Bad sender address syntax", now);
       return;
     }
@@ -641,7 +642,7 @@ static void on_command(struct lsess *s, const struct smtps_event *ev)
       smtps_answer(s->sm, 554, "5.7.1 Relaying denied", now);
       return;
     }
-    if (spool_addr_check(ev->arg, ev->arg_len)) {
+    if (msg_addr_check(ev->arg, ev->arg_len)) {
       smtps_answer(s->sm, 553, "5.1.3 Bad recipient address syntax", now);
       return;
     }

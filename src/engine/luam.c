@@ -10,7 +10,7 @@
 #include "luam_job.h"
 
 #include "clock.h"
-#include "impetus_build.h"
+#include "paths.h"
 #include "panic.h"
 
 #include <errno.h>
@@ -1103,7 +1103,7 @@ static void state_recreate(struct luam *lm)
 static void apply_opts(struct luam *lm, const struct luam_opts *o)
 {
   free(lm->libdir);
-  lm->libdir = util_xstrdup(o->libdir ? o->libdir : IMPETUS_SOURCE_ROOT "/lua");
+  lm->libdir = util_xstrdup(o->libdir ? o->libdir : paths_lua_dir());
   free(lm->boot_chunk);
   size_t bl = strlen(lm->libdir) + sizeof "@/impetus/boot.lua";
   lm->boot_chunk = util_xmalloc(bl);
@@ -1118,7 +1118,7 @@ static void apply_opts(struct luam *lm, const struct luam_opts *o)
 int luam_resolve_source(const char *source, const char *conf_dir, const char *libdir,
                         char *out, size_t outlen)
 {
-  const char *dirs[2] = {conf_dir, libdir ? libdir : IMPETUS_SOURCE_ROOT "/lua"};
+  const char *dirs[2] = {conf_dir, libdir ? libdir : paths_lua_dir()};
   char dotted[1024];
   if (strlen(source) >= sizeof dotted)
     return -ENAMETOOLONG;

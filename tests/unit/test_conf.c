@@ -18,7 +18,7 @@
 
 #include "buf.h"
 #include "conf.h"
-#include "impetus_build.h"
+#include "impetus_tree.h"
 
 #define FIXTURES IMPETUS_SOURCE_ROOT "/tests/unit/conf/"
 

@@ -9,7 +9,7 @@
 #include "luam_ds.h"
 
 #include "clock.h"
-#include "impetus_build.h"
+#include "impetus_tree.h"
 
 #include <errno.h>
 #include <poll.h>

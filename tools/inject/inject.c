@@ -12,12 +12,13 @@
  * --recipients lines were invalid and skipped; 64 usage; 65 bad message or
  * no valid recipient; 66 cannot read input; 73 cannot write the spool;
  * 74 I/O error; 75 disk full (temporary; retry later). */
-#include "spool.h"
+#include "msg.h"
 
 #include "buf.h"
 #include "inject_bs.h"
 #include "conf.h"
 #include "impetus_build.h"
+#include "paths.h"
 #include "panic.h"
 
 #include <ctype.h>
@@ -78,6 +79,7 @@ static void usage(FILE *out)
           "  --recipients FILE  one address per line; blank lines and # comments skipped\n"
           "  --batch N       recipients per pickup file (default %d)\n"
           "  --count N       write N copies (benchmarks)\n"
+          "  --no-header-fixup  do not add a missing Date: or Message-ID: header\n"
           "  -q, --quiet     no progress bar or summary\n",
           prog, prog, prog, prog, DEFAULT_BATCH);
 }
@@ -107,14 +109,6 @@ static char *pickup_from_conf(const char *path)
   }
   conf_unref(c);
   return out;
-}
-
-static const char *default_config(void)
-{
-  static const char installed[] = IMPETUS_SYSCONFDIR "/impetus.conf";
-  if (access(installed, R_OK) == 0)
-    return installed;
-  return IMPETUS_SOURCE_ROOT "/etc/impetus.conf";
 }
 
 /* ---- the message ---- */
@@ -349,9 +343,7 @@ static void writer_put(struct writer *w, const char *sender, char **rc, size_t n
 {
   struct buf *b = &w->b;
   b->len = b->off = 0;
-  buf_printf(b, "x-sender: <%s>\n", sender);
-  for (size_t i = 0; i < nrc; i++)
-    buf_printf(b, "x-receiver: <%s>\n", rc[i]);
+  msg_envelope_write(b, sender, rc, nrc);
   size_t i = w->n;
   struct timeval tv;
   gettimeofday(&tv, NULL);
@@ -414,7 +406,7 @@ static void progress(bool tty, size_t done, size_t total)
 
 static const char *default_sender(void)
 {
-  static char s[SPOOL_ADDR_MAX + 1];
+  static char s[MSG_ADDR_MAX + 1];
   struct passwd *pw = getpwuid(getuid());
   char host[256] = "localhost";
   gethostname(host, sizeof(host) - 1);
@@ -434,7 +426,7 @@ int main(int argc, char **argv)
 {
   const char *sender = NULL, *fullname = NULL, *config = NULL, *spool = NULL, *pickup = NULL;
   const char *rfile = NULL;
-  bool take_headers = false, quiet = false, smtp_bs = false;
+  bool take_headers = false, quiet = false, fixup = true, smtp_bs = false;
   unsigned long batch = DEFAULT_BATCH, count = 1;
   struct rcpts rc = {0};
   int i;
@@ -472,12 +464,14 @@ int main(int argc, char **argv)
       rfile = NEXT();
     } else if (!strcmp(a, "--batch")) {
       batch = strtoul(NEXT(), NULL, 10);
-      if (batch == 0 || batch > SPOOL_RCPTS_MAX)
-        die(EX_USAGE, "--batch must be 1..%u", SPOOL_RCPTS_MAX);
+      if (batch == 0 || batch > MSG_RCPTS_MAX)
+        die(EX_USAGE, "--batch must be 1..%u", MSG_RCPTS_MAX);
     } else if (!strcmp(a, "--count")) {
       count = strtoul(NEXT(), NULL, 10);
       if (count == 0)
         die(EX_USAGE, "--count must be at least 1");
+    } else if (!strcmp(a, "--no-header-fixup")) {
+      fixup = false;
     } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
       quiet = true;
     } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -501,7 +495,7 @@ int main(int argc, char **argv)
     struct rcpts tmp = {0};
     parse_address_list(argv[i], strlen(argv[i]), &tmp);
     for (size_t k = 0; k < tmp.n; k++) {
-      const char *why = spool_addr_check(tmp.v[k], strlen(tmp.v[k]));
+      const char *why = msg_addr_check(tmp.v[k], strlen(tmp.v[k]));
       if (why) {
         fprintf(stderr, "%s: bad recipient \"%s\": %s\n", prog, tmp.v[k], why);
         bad_args++;
@@ -526,7 +520,7 @@ int main(int argc, char **argv)
     pickup_dir = util_xmalloc(strlen(spool) + 8);
     sprintf(pickup_dir, "%s/pickup", spool);
   } else {
-    pickup_dir = pickup_from_conf(config ? config : default_config());
+    pickup_dir = pickup_from_conf(config ? config : paths_config());
   }
   if (smtp_bs) {
     int code = inject_bs(pickup_dir); /* tools/inject/inject_bs.c */
@@ -537,27 +531,46 @@ int main(int argc, char **argv)
   /* The sender. */
   char *from = strip_angles(sender ? sender : default_sender());
   if (from[0]) {
-    const char *why = spool_addr_check(from, strlen(from));
+    const char *why = msg_addr_check(from, strlen(from));
     if (why)
       die(EX_DATAERR, "bad sender \"%s\": %s", from, why);
   }
 
   /* The message. */
   struct buf msg = {0};
-  read_all(0, &msg, SPOOL_DEFAULT_MAX_MESSAGE_SIZE);
+  read_all(0, &msg, MSG_DEFAULT_MAX_SIZE);
   size_t cmdline_rcpts = rc.n;
   bool has_from = scan_headers(&msg, &rc, take_headers);
   for (size_t k = cmdline_rcpts; k < rc.n; k++) {
-    const char *why = spool_addr_check(rc.v[k], strlen(rc.v[k]));
+    const char *why = msg_addr_check(rc.v[k], strlen(rc.v[k]));
     if (why)
       die(EX_DATAERR, "bad recipient \"%s\" in the message headers: %s", rc.v[k], why);
   }
-  if (!has_from && from[0]) {
+  /* Header fix-ups, as Postfix's cleanup makes them for local submission:
+   * a missing From:, Date: and Message-ID: are added (the ones present are
+   * kept). --no-header-fixup leaves Date: and Message-ID: alone. */
+  unsigned missing = fixup ? msg_headers_missing((const char *)msg.data, msg.len) : 0;
+  if ((!has_from && from[0]) || missing) {
     struct buf hdr = {0};
-    if (fullname)
-      buf_printf(&hdr, "From: \"%s\" <%s>\n", fullname, from);
-    else
-      buf_printf(&hdr, "From: <%s>\n", from);
+    if (!has_from && from[0]) {
+      if (fullname)
+        buf_printf(&hdr, "From: \"%s\" <%s>\n", fullname, from);
+      else
+        buf_printf(&hdr, "From: <%s>\n", from);
+    }
+    if (missing) {
+      char host[256] = "localhost", unique[96];
+      const char *at = strrchr(from, '@');
+      if (at && at[1] && at[1] != '[')
+        snprintf(host, sizeof(host), "%s", at + 1);
+      else
+        (void)gethostname(host, sizeof(host) - 1);
+      struct timeval tv;
+      gettimeofday(&tv, NULL);
+      snprintf(unique, sizeof(unique), "%" PRIu64 ".%06ld.%ld", (uint64_t)tv.tv_sec,
+               (long)tv.tv_usec, (long)getpid()); /* one process, one message */
+      msg_headers_add(&hdr, missing, tv.tv_sec, unique, host);
+    }
     buf_append(&hdr, msg.data, msg.len);
     buf_done(&msg, 0);
     msg = hdr;
@@ -592,7 +605,7 @@ int main(int argc, char **argv)
       if (l == 0 || p[0] == '#')
         continue;
       char *a = strip_angles(p);
-      const char *why = spool_addr_check(a, strlen(a));
+      const char *why = msg_addr_check(a, strlen(a));
       if (why) {
         fprintf(stderr, "%s:%lu: bad address \"%s\": %s, skipped\n", rfile, lineno, a, why);
         invalid++;
@@ -611,10 +624,10 @@ int main(int argc, char **argv)
     struct buf probe = {0};
     buf_printf(&probe, "x-sender: <%s>\nx-receiver: <%s>\n", from, rc.v[0]);
     buf_append(&probe, msg.data, msg.len);
-    struct spool_envelope env;
+    struct msg_envelope env;
     char why[256];
-    int r = spool_parse((const char *)probe.data, probe.len, &env, why, sizeof(why));
-    spool_envelope_done(&env);
+    int r = msg_parse((const char *)probe.data, probe.len, &env, why, sizeof(why));
+    msg_envelope_done(&env);
     buf_done(&probe, 0);
     if (r < 0)
       die(EX_DATAERR, "the engine would reject this message: %s", why);

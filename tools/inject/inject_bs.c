@@ -11,7 +11,7 @@
 #include "buf.h"
 #include "panic.h"
 #include "smtps.h"
-#include "spool.h"
+#include "msg.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -143,10 +143,10 @@ static void message(struct bs *b, const struct smtps_event *ev)
              b->helo[0] ? b->helo : "localhost", b->host, smtps_tls(b->s) ? "ESMTPS" : "ESMTP",
              date);
   buf_append(f, b->body.data, b->body.len);
-  struct spool_envelope env;
+  struct msg_envelope env;
   char why[200];
-  int r = spool_parse((const char *)f->data, f->len, &env, why, sizeof(why));
-  spool_envelope_done(&env);
+  int r = msg_parse((const char *)f->data, f->len, &env, why, sizeof(why));
+  msg_envelope_done(&env);
   if (r < 0) {
     char t[256];
     snprintf(t, sizeof(t), "5.6.0 Message refused: %s", why);
@@ -203,7 +203,7 @@ static void on_event(struct bs *b, const struct smtps_event *ev)
     txn_reset(b);
     break;
   case SMTPS_CMD_MAIL:
-    if (ev->arg_len && spool_addr_check(ev->arg, ev->arg_len)) {
+    if (ev->arg_len && msg_addr_check(ev->arg, ev->arg_len)) {
       smtps_answer(b->s, 553, "5.1.7 Bad sender address syntax", 0);
       return;
     }
@@ -211,7 +211,7 @@ static void on_event(struct bs *b, const struct smtps_event *ev)
     b->from = util_xstrndup(ev->arg, ev->arg_len);
     break;
   case SMTPS_CMD_RCPT:
-    if (spool_addr_check(ev->arg, ev->arg_len)) {
+    if (msg_addr_check(ev->arg, ev->arg_len)) {
       smtps_answer(b->s, 553, "5.1.3 Bad recipient address syntax", 0);
       return;
     }
@@ -254,7 +254,7 @@ int inject_bs(const char *pickup_dir)
     .banner = banner,
     .ext = SMTPS_EXT_PIPELINING | SMTPS_EXT_8BITMIME | SMTPS_EXT_SMTPUTF8 |
            SMTPS_EXT_ENHANCEDSTATUSCODES | SMTPS_EXT_CHUNKING,
-    .limits = {.max_size = SPOOL_DEFAULT_MAX_MESSAGE_SIZE, .max_rcpts = SPOOL_RCPTS_MAX},
+    .limits = {.max_size = MSG_DEFAULT_MAX_SIZE, .max_rcpts = MSG_RCPTS_MAX},
   };
   b.s = smtps_new(&p);
   if (!b.s)

@@ -208,8 +208,8 @@ static int read_file(struct spool *sp, int fd, struct stat *st, char *why, size_
 }
 
 /* Build a queued message from a parsed envelope. */
-static struct spool_msg *msg_from_env(struct spool *sp, struct spool_envelope *env, uint64_t id,
-                                      uint16_t node, uint8_t bucket)
+static struct spool_msg *msg_from_env(struct spool *sp, struct msg_envelope *env, uint64_t id,
+                                      uint16_t node, uint8_t bucket, char *why, size_t whylen)
 {
   uint32_t *rlen = util_xmalloc(((size_t)env->nrcpt + 1) * sizeof(uint32_t));
   for (uint32_t i = 0; i < env->nrcpt; i++)
@@ -227,11 +227,19 @@ static struct spool_msg *msg_from_env(struct spool *sp, struct spool_envelope *e
   m->binding = env->binding;
   m->binding_group = env->binding_group;
   env->binding = env->binding_group = NULL;
-  m->mess = env->mess ? env->mess : ctx_new();
-  env->mess = NULL;
+  m->mess = ctx_new();
   m->conn = ctx_new();
   if (!m->mess || !m->conn)
     util_panic("spool: out of memory");
+  for (uint32_t i = 0; i < env->nctx; i++) {
+    const struct msg_kv *kv = &env->ctx[i];
+    int r = ctx_setn(m->mess, kv->key, strlen(kv->key), kv->value, strlen(kv->value), 0);
+    if (r < 0) {
+      snprintf(why, whylen, "bad x-context \"%.64s\": %s", kv->key, strerror(-r));
+      spool_msg_free(m);
+      return NULL;
+    }
+  }
   (void)sp;
   return m;
 }
@@ -261,18 +269,24 @@ static int take_checked(struct spool *sp, int dfd, const char *qname, const char
   char why[512];
   *out = NULL;
   *lo = *hi = 0;
-  struct spool_envelope env;
-  if (spool_parse((const char *)data, len, &env, why, sizeof(why)) < 0) {
-    spool_envelope_done(&env);
+  struct msg_envelope env;
+  struct spool_msg *m = NULL;
+  if (msg_parse((const char *)data, len, &env, why, sizeof(why)) < 0 ||
+      !(m = msg_from_env(sp, &env, id, node, bucket, why, sizeof(why)))) {
+    msg_envelope_done(&env);
     if (qname)
       to_bad(sp, dfd, qname, orig, why, idstr);
     else /* a submission: its sender is told (spool_submit) */
       snprintf(sp->sub_why, sizeof(sp->sub_why), "%s", why);
     return 1;
   }
-  struct spool_msg *m = msg_from_env(sp, &env, id, node, bucket);
-  (void)spool_scrub_secrets((char *)(uintptr_t)data, env.body_off, lo, hi);
-  spool_envelope_done(&env);
+  (void)msg_scrub_secrets((char *)(uintptr_t)data, env.body_off, ctx_key_is_secret, lo, hi);
+  if (env.ndup && sp->p.on_note) {
+    snprintf(why, sizeof(why), "%s: removed %" PRIu32 " duplicate x-receiver lines (%" PRIu32
+             " recipients left)", idstr, env.ndup, env.nrcpt);
+    sp->p.on_note(sp->p.arg, orig ? orig : "(smtp)", why);
+  }
+  msg_envelope_done(&env);
   if (sp->p.on_ingest) {
     why[0] = 0;
     in_hook.msg = m; /* spool_ingest_bytes / spool_open_body read the pickup file */
@@ -343,7 +357,7 @@ int claim_file(struct spool *sp, int dfd, const char *qname, const char *orig,
    * never holds it): overwrite it in the queue file too. */
   if (hi > lo)
     scrub_file(dfd, qname, sp->rbuf.data + lo, hi - lo, lo);
-  meta_build(&sp->mbuf, m);
+  meta_build(sp, &sp->mbuf, m);
   char mname[SPOOL_ID_LEN + 3];
   snprintf(mname, sizeof(mname), "%s.m", idstr);
   int mfd = openat(dfd, mname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -486,7 +500,7 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   }
   m->body_mem = hot_keep(data + m->body_off, m->body_size);
   size_t attr = b->len + sp->jrefbytes;
-  rec_attr(b, m);
+  rec_attr(sp, b, m);
   /* offsets within the entry for now; ingest_journal makes them absolute */
   m->body_off = body - out->at;
   m->ctx_off = (uint32_t)(attr - out->at);
@@ -517,7 +531,7 @@ static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
  * or 2 when jrn_take must read it (not read by the ring, possibly bigger
  * than its slot, changed meanwhile, or O_NOATIME refused). The identity
  * kept for recovery is the name, d_ino, the size read and, for small
- * slots, a checksum of the content read (before spool_scrub_secrets
+ * slots, a checksum of the content read (before msg_scrub_secrets
  * changes the buffer), for big ones the mtime from the statx after the
  * read (a checksum of 100 KB costs more than the statx): see "Claiming is
  * atomic" in docs/spool.md. */

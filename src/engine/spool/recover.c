@@ -91,7 +91,7 @@ static struct spool_msg *meta_load(struct spool *sp, const struct buf *b, uint8_
     } else if (type == REC_ATTR) {
       m->ctx_off = (uint32_t)(p - b->data);
       m->ctx_len = (uint32_t)n;
-      if (attr_apply(m, &r, sp->p.keep_dicts_in_memory) < 0)
+      if (attr_apply(sp, m, &r, sp->p.keep_dicts_in_memory) < 0) /* a key mismatch stops spool_open */
         goto malformed;
     } else if (type == REC_STATE) {
       m->attempts = get_u32(&r);
@@ -325,7 +325,7 @@ static long jrn_load_msg(struct spool *sp, uint32_t seg, const uint8_t *base, si
   m->jseg = seg;
   m->ctx_off = (uint32_t)attr;
   m->ctx_len = (uint32_t)an;
-  if (attr_apply(m, &ar, sp->p.keep_dicts_in_memory) < 0) {
+  if (attr_apply(sp, m, &ar, sp->p.keep_dicts_in_memory) < 0) {
     spool_msg_free(m);
     return -EBADMSG;
   }

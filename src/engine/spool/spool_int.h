@@ -193,6 +193,7 @@ struct spool {
   _Atomic size_t nsub;     /* queued, not yet taken */
   _Atomic size_t sub_live; /* accepted, not yet reported */
   char sub_why[256];       /* ingest thread: why the last submission was rejected */
+  uint8_t *seal_key; /* 32 bytes (secmem), or NULL: secrets are not persisted */
 };
 
 /* One submission (submit.c). */
@@ -418,7 +419,7 @@ void jrn_gc(struct spool *sp); /* journal.c */
 void jrn_retire(struct spool *sp, struct buf *b, const uint32_t *unpin, uint32_t nunpin); /* journal.c */
 void rec_done(struct buf *b, const struct spool_msg *m); /* journal.c */
 int append_attr(struct spool *sp, struct spool_msg *msg, struct buf *b, int *fd_out); /* records.c */
-int attr_apply(struct spool_msg *m, struct rd *r, bool with_dicts); /* records.c */
+int attr_apply(const struct spool *sp, struct spool_msg *m, struct rd *r, bool with_dicts); /* records.c */
 int open_meta(struct spool *sp, const struct spool_msg *m, int flags); /* records.c */
 int write_all(int fd, const void *p, size_t n, off_t off); /* records.c */
 int writev_all(int fd, struct iovec *iov, int cnt, off_t off); /* records.c */
@@ -429,9 +430,9 @@ struct spool_msg *msg_alloc(const char *sender, size_t slen, uint32_t nrcpt,
                                    const char *const *rcpt, const uint32_t *rlen); /* records.c */
 void hot_drop(struct spool_msg *m); /* records.c */
 void id_format(uint64_t id, uint16_t node, char *out); /* records.c */
-void meta_build(struct buf *b, struct spool_msg *m); /* records.c */
+void meta_build(const struct spool *sp, struct buf *b, struct spool_msg *m); /* records.c */
 void put_header(struct buf *b, const struct spool_msg *m, uint64_t body_off); /* records.c */
-void rec_attr(struct buf *b, const struct spool_msg *m); /* records.c */
+void rec_attr(const struct spool *sp, struct buf *b, const struct spool_msg *m); /* records.c */
 void rec_end(struct buf *b, size_t start); /* records.c */
 long spool_recover_files(struct spool *sp); /* recover.c */
 struct jent *jmap_find(struct jmap *jm, uint64_t id, uint16_t node); /* recover.c */
@@ -447,3 +448,14 @@ uint64_t next_id(struct spool *sp); /* records.c */
 const uint8_t *hot_keep(const uint8_t *p, uint64_t n); /* records.c */
 static inline void jseg_name(uint32_t seg, char out[16]) { snprintf(out, 16, "%08x", seg); }
 
+/* seal.c: secret context values at rest. seal_load reads (or creates) the
+ * key file and checks it against queue/seal.check: 0 or -errno with err.
+ * seal_put appends "u32 len, sealed secrets" to an ATTR payload being
+ * built when m has secret entries (nothing otherwise, or without a key).
+ * seal_apply opens such a part into m's dictionaries (CTX_F_SECRET):
+ * 0, -EKEYREJECTED (does not open with this key for this message),
+ * -ENOKEY (no key loaded) or -EBADMSG. */
+int seal_load(struct spool *sp, const char *path, char *err, size_t errlen);
+void seal_done(struct spool *sp);
+void seal_put(const struct spool *sp, struct buf *b, const struct spool_msg *m);
+int seal_apply(const struct spool *sp, struct spool_msg *m, const uint8_t *blob, size_t len);

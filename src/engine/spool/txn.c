@@ -61,7 +61,7 @@ int jrn_spill(struct spool *sp, struct spool_msg *m, struct buf *b, int *bfd, in
     uint32_t octx = m->ctx_off, olen = m->ctx_len;
     m->body_off = 0;
     m->bucket = bucket;
-    meta_build(b, m);
+    meta_build(sp, b, m);
     size_t st = rec_begin(b, REC_STATE);
     put_u32(b, m->attempts);
     put_u64(b, m->next_attempt_ms);

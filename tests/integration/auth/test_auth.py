@@ -364,6 +364,15 @@ msys.registerModule("pw", mod)
     env.inject(["xb@ctx.test"], ctx=[("outbound_smtp_auth_user", "ctxuser"),
                                     ("outbound_smtp_auth_pass", "Sekr1t-CtxBad-9")])
     env.inject(["lb@lua.test"])
+    # a rejected pickup file (no x-receiver) with a password: its bad/ copy must not keep
+    # it (issue 18 item 6)
+    tmp = os.path.join(e.spool, ".badsecret")
+    with open(tmp, "w") as f:
+        f.write("x-sender: <a@s.test>\nx-context: outbound_smtp_auth_pass=Sekr1t-Ctx-9\n"
+                "Subject: b\n\nb\n")
+    os.rename(tmp, os.path.join(e.pickup, "badsecret"))
+    e.wait_for(lambda: os.path.exists(os.path.join(e.spool, "bad", "badsecret.why")), 20,
+               "the rejected file in bad/")
     # (the successful ones on ctx.test and lua.test are D: a T there is a failing one)
     e.wait_for(lambda: len(e.records("D")) >= 3
                and {"bad.test", "ctx.test", "lua.test"} <= {f[5] for f in e.records("T")},

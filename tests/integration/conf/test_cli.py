@@ -37,7 +37,8 @@ check("seed pass shown", run("--eval-config", "-c", SEED, "--show-secrets", "dom
                              "sparkpost.com", "outbound_smtp_auth_pass"), (0, "sparkpost\n", ""))
 check("seed global", run("--eval-config", "-c", SEED, "keep_message_dicts_in_memory"),
       (0, "true\n", ""))
-check("seed check", run("--check-config", "-c", SEED), (0, "", ""))
+check("seed check", run("--check-config", "-c", SEED),
+      (0, f"impetus: configuration {SEED} is valid\n", ""))
 
 # Momentum's fallback example through the binary.
 FB = os.path.join(SRC, "tests/unit/conf/fallback.conf")
@@ -51,7 +52,9 @@ check("group eval", run("--eval-config", "-c", GRP, "binding_group", "group1", "
                         "domain", "example.com", "max_outbound_connections"), (0, "15\n", ""))
 
 # The bundled default configuration is valid, also without -c.
-check("bundled", run("--check-config", "-c", os.path.join(SRC, "etc/impetus.conf")), (0, "", ""))
+BUNDLED = os.path.join(SRC, "etc/impetus.conf")
+check("bundled", run("--check-config", "-c", BUNDLED),
+      (0, f"impetus: configuration {BUNDLED} is valid\n", ""))
 check("bundled default path", run("--check-config")[0], 0)
 
 # Errors: file:line: message on stderr, exit 1.

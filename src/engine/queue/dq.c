@@ -130,11 +130,14 @@ struct dq_queue *dq_queue_cred(struct dq *d, const char *binding, const char *do
   for (struct dq_queue *q = d->tab[b]; q; q = q->hnext)
     if (q->cred == cred && !strcmp(q->binding, binding) && !strcasecmp(q->domain, domain))
       return q;
-  if (d->nqueues + 1 > d->tabsize) {
+  /* the pair's shared connection count lives in its cred-0 queue (made
+   * first: the table may grow under it) */
+  struct sched_acct *pair = cred ? dq_queue_cred(d, binding, domain, 0)->st.pair : NULL;
+  if (d->nqueues + 1 > d->tabsize)
     grow_table(d);
-    b = qhash(binding, domain, cred) & (d->tabsize - 1);
-  }
+  b = qhash(binding, domain, cred) & (d->tabsize - 1);
   struct dq_queue *q = util_xcalloc(1, sizeof *q);
+  q->st.pair = pair ? pair : &q->st.pair_acct;
   q->cred = cred;
   q->binding = util_xstrdup(binding);
   q->domain = util_xstrdup(domain);

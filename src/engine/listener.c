@@ -34,6 +34,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -581,6 +582,15 @@ static void message_end(struct lsess *s, const struct smtps_event *ev)
   buf_printf(&f, "Received: from %s (%s) by %s (Impetus) with %s%s; %s\r\n",
              s->helo[0] ? s->helo : "unknown", s->ip, banner_host(s->L, &s->sc),
              smtps_tls(s->sm) ? "ESMTPS" : "ESMTP", smtps_authenticated(s->sm) ? "A" : "", date);
+  /* Date: and Message-ID: when missing, as Postfix's cleanup adds them */
+  unsigned missing = msg_headers_missing((const char *)s->msg.data, s->msg.len);
+  if (missing) {
+    static _Atomic uint64_t seq;
+    char unique[64];
+    snprintf(unique, sizeof(unique), "%ld.%" PRIu64 ".%ld", (long)t,
+             atomic_fetch_add(&seq, 1), (long)getpid());
+    msg_headers_add(&f, missing, t, unique, banner_host(s->L, &s->sc));
+  }
   buf_append(&f, s->msg.data, s->msg.len);
   txn_reset(s);
   /* The reply waits for the commit; the session reads on, so a pipelining

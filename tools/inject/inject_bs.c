@@ -142,6 +142,13 @@ static void message(struct bs *b, const struct smtps_event *ev)
   buf_printf(f, "Received: from %s by %s (impetus-inject -bs) with %s; %s\r\n",
              b->helo[0] ? b->helo : "localhost", b->host, smtps_tls(b->s) ? "ESMTPS" : "ESMTP",
              date);
+  /* Date: and Message-ID: when missing, as impetus-inject and Postfix add them */
+  unsigned missing = msg_headers_missing((const char *)b->body.data, b->body.len);
+  if (missing) {
+    char unique[64];
+    snprintf(unique, sizeof(unique), "%ld.%lu.%ld", (long)now, b->serial, (long)getpid());
+    msg_headers_add(f, missing, now, unique, b->host);
+  }
   buf_append(f, b->body.data, b->body.len);
   struct msg_envelope env;
   char why[200];

@@ -146,6 +146,8 @@ try:
     check(m.reply()[0] == 221, "QUIT pipelined")
     check(m.close() == 0, "exit 0")
     check(len(pickup(s)) == 1, "pipelined message queued")
+    f = pickup(s)[0] if pickup(s) else b""
+    check(b"\nMessage-ID: <" in f and b"\nDate: " in f, "Date: and Message-ID: added: %r" % f[:300])
 
     # 3. A mailer that goes away mid-message: nothing is queued.
     s = new_spool("eof")

@@ -210,7 +210,7 @@ int smtps_answer_raw(struct smtps *s, bool ok, const void *p, size_t n, uint64_t
  * until it is known. Returns a ticket (> 0) for smtps_resolve; -EALREADY
  * when no MESSAGE reply is due, -EINVAL when its default is a refusal,
  * -EBUSY when limits.max_deferred replies are owed already (feed stops
- * reading before that happens). The engine's listener defers the reply
+ * reading before that happens), -ENOMEM. The engine's listener defers the reply
  * until the message's group commit, so one session keeps several messages
  * in one commit. */
 int smtps_defer(struct smtps *s, uint64_t now);

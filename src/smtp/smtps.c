@@ -77,7 +77,7 @@ struct smtps {
     uint32_t ticket;
     bool resolved;
     struct buf reply, tail;
-  } holes[SMTPS_DEFER_MAX];
+  } *holes; /* SMTPS_DEFER_MAX of them, allocated at the first smtps_defer */
 };
 
 #define R(s) s, sizeof(s) - 1
@@ -217,6 +217,7 @@ void smtps_free(struct smtps *s)
     buf_done(&s->holes[i].reply, 0);
     buf_done(&s->holes[i].tail, 0);
   }
+  free(s->holes);
   wipe_scratch(s);
   util_wipe(s, sizeof(*s));
   free(s);
@@ -911,6 +912,8 @@ int smtps_defer(struct smtps *s, uint64_t now)
     return -EINVAL;
   if (s->nholes == s->p.limits.max_deferred)
     return -EBUSY;
+  if (!s->holes && !(s->holes = calloc(SMTPS_DEFER_MAX, sizeof(*s->holes))))
+    return -ENOMEM;
   struct hole *h = &s->holes[s->nholes++];
   memset(h, 0, sizeof(*h));
   if (++s->next_ticket == 0)

@@ -32,6 +32,8 @@
 #include "spool.h"
 
 #include <arpa/inet.h>
+#include <crypt.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -106,6 +108,7 @@ struct lsess {
   struct buf env;  /* envelope lines of the open transaction */
   struct buf msg;  /* the message being received */
   char *from;
+  char auth_user[128];
   struct lsess *prev, *next; /* all sessions */
 };
 
@@ -138,6 +141,9 @@ struct listener {
   atomic_bool stop;
   pthread_mutex_t dlock;
   struct lsub *done_head;
+  /* Auth_Password_File: "user:hash" lines, split at the colon */
+  char **users, **hashes;
+  size_t nusers;
 };
 
 /* ---- configuration ---- */
@@ -264,8 +270,9 @@ static bool relay_allowed(const struct scopes *s, int fam, const uint8_t *a)
   return false;
 }
 
-/* SMTP_Extensions -> SMTPS_EXT_*; -EINVAL names the bad word in bad. */
-static int ext_mask(const struct scopes *s, uint32_t *mask, const char **bad)
+/* SMTP_Extensions -> SMTPS_EXT_* and SMTPS_AUTH_*; -EINVAL names the bad
+ * word in bad. */
+static int ext_mask(const struct scopes *s, uint32_t *mask, uint32_t *mechs, const char **bad)
 {
   static const struct {
     const char *n;
@@ -278,6 +285,7 @@ static int ext_mask(const struct scopes *s, uint32_t *mask, const char **bad)
   };
   int id;
   const struct conf_view *v = pick(s, O3(SMTP_EXTENSIONS), &id);
+  *mechs = 0;
   if (!conf_is_set(v, id)) {
     *mask = SMTPS_EXT_PIPELINING | SMTPS_EXT_CHUNKING | SMTPS_EXT_SIZE | SMTPS_EXT_8BITMIME |
             SMTPS_EXT_SMTPUTF8 | SMTPS_EXT_DSN | SMTPS_EXT_ENHANCEDSTATUSCODES;
@@ -287,6 +295,10 @@ static int ext_mask(const struct scopes *s, uint32_t *mask, const char **bad)
   const char *const *list = conf_list(v, id, &n);
   *mask = 0;
   for (size_t i = 0; i < n; i++) {
+    if (!strcasecmp(list[i], "AUTH PLAIN") || !strcasecmp(list[i], "AUTH LOGIN")) {
+      *mechs |= toupper((unsigned char)list[i][5]) == 'P' ? SMTPS_AUTH_PLAIN : SMTPS_AUTH_LOGIN;
+      continue;
+    }
     size_t k;
     for (k = 0; k < UTIL_ARRAY_LEN(names); k++)
       if (!strcasecmp(list[i], names[k].n))
@@ -404,6 +416,60 @@ static int load_peers(const struct conf_stanza *parent, struct cidr **out, size_
   return 0;
 }
 
+/* Auth_Password_File: read once at start-up (as root, before the drop). */
+static int load_users(struct listener *L, const char *path, char *err, size_t errlen)
+{
+  FILE *f = fopen(path, "re");
+  if (!f) {
+    snprintf(err, errlen, "esmtp_listener: Auth_Password_File %s: %s", path, strerror(errno));
+    return -1;
+  }
+  char line[1024];
+  unsigned no = 0;
+  while (fgets(line, sizeof(line), f)) {
+    no++;
+    line[strcspn(line, "\r\n")] = 0;
+    if (!line[0] || line[0] == '#')
+      continue;
+    char *colon = strchr(line, ':');
+    if (!colon || colon == line || !colon[1]) {
+      snprintf(err, errlen, "esmtp_listener: %s:%u: not user:hash", path, no);
+      fclose(f);
+      return -1;
+    }
+    *colon = 0;
+    L->users = util_xrealloc(L->users, (L->nusers + 1) * sizeof(*L->users));
+    L->hashes = util_xrealloc(L->hashes, (L->nusers + 1) * sizeof(*L->hashes));
+    L->users[L->nusers] = util_xstrdup(line);
+    L->hashes[L->nusers++] = util_xstrdup(colon + 1);
+    util_wipe(line, sizeof(line));
+  }
+  fclose(f);
+  return 0;
+}
+
+/* Whether user/pass match a line of Auth_Password_File (crypt(3)). */
+static bool auth_ok(const struct listener *L, const char *u, size_t ul, const char *p, size_t pl)
+{
+  if (pl >= 512)
+    return false;
+  char pass[512];
+  memcpy(pass, p, pl);
+  pass[pl] = 0;
+  bool ok = false;
+  for (size_t i = 0; i < L->nusers && !ok; i++) {
+    if (strlen(L->users[i]) != ul || memcmp(L->users[i], u, ul))
+      continue;
+    struct crypt_data cd;
+    memset(&cd, 0, sizeof(cd));
+    const char *h = crypt_r(pass, L->hashes[i], &cd);
+    ok = h && h[0] != '*' && strlen(h) == strlen(L->hashes[i]) && !strcmp(h, L->hashes[i]);
+    util_wipe(&cd, sizeof(cd));
+  }
+  util_wipe(pass, sizeof(pass));
+  return ok;
+}
+
 struct listener *listener_open(struct conf *c, struct spool *sp, const char *hostname,
                                struct logs *logs, char *err, size_t errlen)
 {
@@ -421,6 +487,9 @@ struct listener *listener_open(struct conf *c, struct spool *sp, const char *hos
   L->ep = L->wake = -1;
   pthread_mutex_init(&L->dlock, NULL);
   if (load_peers(top, &L->gpeers, &L->ngpeers, err, errlen) < 0)
+    goto fail;
+  const char *pwf = conf_str(tv, CONF_ESMTP_AUTH_PASSWORD_FILE_L);
+  if (pwf && load_users(L, pwf, err, errlen) < 0)
     goto fail;
   bool enabled = conf_bool(tv, CONF_ESMTP_ENABLE_L);
   for (const struct conf_stanza *ls = conf_stanza_child(top, "listen"); ls; ls = conf_stanza_next(ls)) {
@@ -442,9 +511,9 @@ struct listener *listener_open(struct conf *c, struct spool *sp, const char *hos
       goto fail;
     /* a bad SMTP_Extensions word is a start-up error, whatever the peer */
     struct scopes s = {.listen = lv, .top = tv, .global = L->global};
-    uint32_t m;
+    uint32_t m, mechs;
     const char *bad = NULL;
-    if (ext_mask(&s, &m, &bad) < 0) {
+    if (ext_mask(&s, &m, &mechs, &bad) < 0) {
       snprintf(err, errlen, "esmtp_listener: SMTP_Extensions: unknown extension \"%s\"", bad);
       goto fail;
     }
@@ -646,6 +715,8 @@ static void on_command(struct lsess *s, const struct smtps_event *ev)
       buf_append_str(&s->env, "x-context: body=8BITMIME\n");
     if (ev->smtputf8)
       buf_append_str(&s->env, "x-context: smtputf8=1\n");
+    if (s->auth_user[0])
+      buf_printf(&s->env, "x-context: auth_user=%s\n", s->auth_user);
     break;
   case SMTPS_CMD_RCPT:
     if (!s->can_relay && !smtps_authenticated(s->sm)) {
@@ -696,7 +767,14 @@ static int events(struct lsess *s)
     case SMTPS_EV_BDAT:
       break;
     case SMTPS_EV_AUTH:
-      smtps_accept(s->sm, now_ms()); /* no AUTH offered yet: refused */
+      if (ev.ok && auth_ok(s->L, ev.arg, ev.arg_len, ev.pass, ev.pass_len)) {
+        snprintf(s->auth_user, sizeof(s->auth_user), "%.*s", (int)ev.arg_len, ev.arg);
+        smtps_answer(s->sm, 235, "2.7.0 Authentication successful", now_ms());
+      } else {
+        logs_panic(s->L->log, (uint64_t)time(NULL) * 1000u, "esmtp_listener",
+                   "AUTH failed from %s", s->ip);
+        smtps_accept(s->sm, now_ms()); /* the default refuses: 535 5.7.8 */
+      }
       break;
     case SMTPS_EV_MESSAGE:
       message_end(s, &ev);
@@ -857,9 +935,11 @@ static void on_accept(struct listener *L, struct lsock *k)
       reply_close(fd, line);
       continue;
     }
-    uint32_t ext = 0;
+    uint32_t ext = 0, mechs = 0;
     const char *bad;
-    (void)ext_mask(&sc, &ext, &bad); /* checked at start-up */
+    (void)ext_mask(&sc, &ext, &mechs, &bad); /* checked at start-up */
+    if (!L->nusers)
+      mechs = 0; /* no Auth_Password_File: nobody could log in */
     int64_t rcpts = opt_int(&sc, O3(MAX_RCPTS));
     char banner[300];
     snprintf(banner, sizeof(banner), "%s ESMTP Impetus", host);
@@ -867,6 +947,9 @@ static void on_accept(struct listener *L, struct lsock *k)
       .hostname = host,
       .banner = banner,
       .ext = ext,
+      .auth_mechs = mechs,
+      /* no STARTTLS yet: AUTH over plaintext only where allowed */
+      .auth_tls_only = !opt_bool(&sc, O3(ALLOW_PLAINTEXT_AUTH)),
       .strict = true,
       .limits = {.max_size = max_size(&sc),
                  .max_rcpts = rcpts > 0 ? (uint32_t)rcpts : LSN_DEFAULT_RCPTS,
@@ -1065,6 +1148,13 @@ void listener_free(struct listener *l)
       close(l->socks[i].fd);
   }
   free(l->gpeers);
+  for (size_t i = 0; i < l->nusers; i++) {
+    free(l->users[i]);
+    util_wipe(l->hashes[i], strlen(l->hashes[i]));
+    free(l->hashes[i]);
+  }
+  free(l->users);
+  free(l->hashes);
   if (l->ep >= 0)
     close(l->ep);
   if (l->wake >= 0)

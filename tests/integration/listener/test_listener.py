@@ -81,12 +81,21 @@ def wait_port(port, deadline=10):
 
 d = os.path.join("/tmp", "impetus-lsn-%d" % os.getpid())
 os.makedirs(d, exist_ok=True)
+pwfile = os.path.join(d, "users")
+h = subprocess.run(["openssl", "passwd", "-6", "s3cret"], capture_output=True, text=True).stdout.strip()
+with open(pwfile, "w") as f:
+    f.write("# user:sha512-crypt\nalice:%s\n" % h)
 jl = os.path.join(d, "sink.jsonl")
 sink = sinklib.Sink(sinkbin, ["--jsonl", jl, "--save-dir", d])
 port = free_port()
+port2 = free_port()
 conf = ('TLS = "no"\nGateway = "127.0.0.1:%d"\n'
         'ESMTP_Listener {\n'
         '  Relay_Hosts = ( "127.0.0.1/32" )\n'
+        '  SMTP_Extensions = ( "PIPELINING" "CHUNKING" "SIZE" "8BITMIME" "SMTPUTF8" "DSN"'
+        ' "ENHANCEDSTATUSCODES" "AUTH PLAIN" "AUTH LOGIN" )\n'
+        '  Auth_Password_File = "%s"\n'
+        '  Listen "127.0.0.1:%d" { Allow_Plaintext_Auth = true }\n'
         '  Idle_Time = 2\n'
         '  Max_Recipients_Per_Message = 100\n'
         '  Max_Errors_Per_Connection = 20\n'
@@ -95,7 +104,7 @@ conf = ('TLS = "no"\nGateway = "127.0.0.1:%d"\n'
         '    Peer "127.0.0.3/32" { Listener_Sessions = 3 }\n'
         '  }\n'
         '  Peer "127.0.0.4/32" { Open_Relay = true }\n'
-        '}\n' % (sink.port, port))
+        '}\n' % (sink.port, pwfile, port2, port))
 e = enginelib.Engine(imp, conf, "lsn")
 try:
     e.start()
@@ -157,6 +166,38 @@ try:
     bodies = [open(x["file"], "rb").read() for x in recs if "file" in x]
     check(any(b"\r\n.leading dot\r\n" in b and b"Received: from client.test (127.0.0.1)" in b
               for b in bodies), "smtplib body and Received: delivered")
+
+    # AUTH: refused over plaintext by default, accepted where allowed; an
+    # authenticated client outside Relay_Hosts may relay
+    c = Client(port, "127.0.0.2")
+    c.reply()
+    code, lines = c.cmd("EHLO x")
+    check(not any("AUTH" in l for l in lines), "no AUTH offered over plaintext: %r" % lines)
+    code, lines = c.cmd("AUTH PLAIN AGFsaWNlAHMzY3JldA==")
+    check(code == 538 and "5.7.11" in lines[0], "plaintext AUTH refused: %r" % lines)
+    c.close()
+    check(wait_port(port2), "second Listen")
+    with smtplib.SMTP("127.0.0.1", port2, timeout=20, source_address=("127.0.0.2", 0)) as c:
+        c.ehlo("auth.test")
+        check(c.has_extn("auth"), "AUTH offered where Allow_Plaintext_Auth")
+        try:
+            c.login("alice", "wrong")
+            check(False, "wrong password accepted")
+        except smtplib.SMTPAuthenticationError as ex:
+            check(ex.smtp_code == 535, "wrong password: %r" % (ex,))
+    with smtplib.SMTP("127.0.0.1", port2, timeout=20, source_address=("127.0.0.2", 0)) as c:
+        c.ehlo("auth.test")
+        c.login("alice", "s3cret")
+        m2 = EmailMessage()
+        m2["From"] = "alice@sender.test"
+        m2["To"] = "five@rcpt.test"
+        m2["Subject"] = "authenticated"
+        m2["Message-ID"] = "<auth-1@sender.test>"
+        m2.set_content("relayed after AUTH\n")
+        check(c.send_message(m2) == {}, "authenticated client relays")
+    e.wait_for(lambda: len(e.records("D")) >= 5, 30, "5 deliveries")
+    recs = [json.loads(l) for l in open(jl) if l.strip()] if os.path.exists(jl) else []
+    check(any(x["rcpts"] == ["five@rcpt.test"] for x in recs), "authenticated message delivered")
 
     # hostile: slow drip, endless line, oversized command
     c = Client(port)

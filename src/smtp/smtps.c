@@ -854,6 +854,8 @@ static void apply(struct smtps *s, bool ok, uint64_t now)
     clear_ev(s);
     s->ev_ready = false;
   }
+  if (pend == P_GREET || pend == P_EHLO || pend == P_HELO)
+    buf_done(&s->scratch, 0); /* the reply text: an idle session keeps no copy */
   too_many_errors(s);
   if (s->st != SMTPS_ST_DONE && s->st != SMTPS_ST_TLS)
     set_deadline(s, now);

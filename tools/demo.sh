@@ -90,6 +90,9 @@ bounce_logger {
   bouncelog = "$tmp/log/bouncelog.ec"
 }
 outbound_smtp_auth { }
+scriptlet "scriptlet" {
+  sandbox = true
+}
 TLS = "required"
 TLS_Verify = "no"
 Domain "messagesystems.com" {

@@ -12,6 +12,11 @@ PACKAGES=(
   # tests and benchmarks
   libcmocka-dev libbenchmark-dev python3 python3-aiosmtpd swaks libnet-ssleay-perl dnsmasq-base openssl
   procps psmisc
+  # packaging and operations (issue 20): the Debian package and lintian, the
+  # unit's systemd-analyze checks, man pages, tools/debian-try.sh
+  dpkg-dev debhelper lintian systemd man-db debootstrap
+  # cluster-wide limits (src/engine/cluster, tests/integration/cluster)
+  libhiredis-dev redis-server redis-tools
 )
 
 # The system user the engine drops root to (options User / Group,

@@ -51,6 +51,10 @@ struct dq_queue_state {
   struct sched_pool pool;     /* its idle connections */
   uint64_t blocked_until_ns;  /* throttled / host failure: not before (mono) */
   void *user;                 /* the worker's */
+  /* adaptive delivery (adaptive_queue.c) */
+  uint64_t adaptive_gen;      /* adaptive generation its limits reflect */
+  uint64_t adaptive_until_ms; /* ... until this instant (wall clock) */
+  char mx_host[256];          /* MX host of its last connection; "" unknown */
 };
 
 struct dq *dq_new(void);

@@ -182,6 +182,7 @@ struct spool_stats {
   uint64_t syncs;      /* fsync/fdatasync/syncfs calls made by ingest and txn commits */
   uint64_t recovered;  /* messages handed over by spool_recover */
   uint64_t ring_reads; /* pickup files taken as read by the ingest ring (the others: fstat, pread) */
+  uint64_t ctx_loads;  /* dictionaries read back from disk by spool_load_ctx */
   struct histo_snap sync_latency; /* duration of each of those sync calls */
 };
 void spool_get_stats(const struct spool *sp, struct spool_stats *out);

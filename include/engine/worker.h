@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct cluster;
 struct conf;
 struct logs;
 struct logs_writer;
@@ -25,6 +26,7 @@ struct policy;
 struct spool;
 struct spool_msg;
 struct throttle_registry;
+struct adaptive;
 
 /* What every worker shares; read-only after start except where noted. */
 struct engine_shared {
@@ -39,6 +41,8 @@ struct engine_shared {
   struct unit_post **pend;
   size_t npend, cappend;
   struct throttle_registry *throttles;
+  struct adaptive *adaptive;      /* adaptive delivery's rules and state (adaptive.h) */
+  struct cluster *cluster;        /* cluster-wide limits (cluster.h); NULL: no cluster stanza */
   struct policy *policy;          /* Lua scripts (policy.h); NULL: none */
   char hostname[256];
   char pickup_dir[4096];          /* where DSNs are dropped */

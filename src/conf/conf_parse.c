@@ -863,6 +863,8 @@ static struct conf *finish(struct parser *p, int r)
   char why[512];
   if (r == 0 && (r = conf_finish(c, why, sizeof(why))) < 0)
     fail(p, c->path, 0, "%s", why);
+  if (r == 0)
+    r = conf_check(c, p->err);
   if (r < 0) {
     conf_unref(c);
     return NULL;

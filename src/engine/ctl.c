@@ -14,6 +14,8 @@
 
 #include "buf.h"
 #include "clock.h"
+#include "cluster.h"
+#include "ctl_adaptive.h"
 #include "conf.h"
 #include "counters.h"
 #include "ctlcmd.h"
@@ -696,11 +698,6 @@ static int cmd_binding_summary(struct req *r, const char *name)
   return 0;
 }
 
-static const char *auth_type_name(int t)
-{
-  return t < 0 ? NULL : t == 0 ? "PLAIN" : t == 1 ? "LOGIN" : "XOAUTH2";
-}
-
 static int cmd_domain(struct req *r, const char *binding, const char *name)
 {
   struct wq *q = wq_new(WOP_QUEUES);
@@ -756,8 +753,7 @@ static int cmd_domain(struct req *r, const char *binding, const char *name)
     o_close(o, true);
     wq_unref(mq);
   }
-  int at = conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
-  o_str(o, "auth_type", auth_type_name(at));
+  o_str(o, "auth_type", conf_str(v, CONF_OUTBOUND_SMTP_AUTH_TYPE)); /* the table's word */
   o_str(o, "auth_user", conf_str(v, CONF_OUTBOUND_SMTP_AUTH_USER));
   o_str(o, "auth_pass", conf_str(v, CONF_OUTBOUND_SMTP_AUTH_PASS) ? "********" : NULL);
   o_u64(o, "max_outbound_connections", (uint64_t)conf_int(v, CONF_MAX_OUTBOUND_CONNECTIONS));
@@ -1003,6 +999,21 @@ static int cmd_config_reload(struct req *r)
   return 0;
 }
 
+/* cluster [FILTER]: the cluster client's view (cluster.h): Redis, nodes
+ * seen, and per cap and throttle whose key contains FILTER (a domain, a
+ * binding, a scope) the cluster value and this node's share. */
+static int cmd_cluster(struct req *r, const char *filter)
+{
+  if (g.sh->cluster == NULL)
+    return fail(r, "no cluster stanza: Cluster_* limits are not shared (docs/cluster.md)");
+  struct buf text = {0};
+  cluster_describe(g.sh->cluster, filter, &text);
+  buf_append(&text, "", 1);
+  o_str(&r->o, "cluster", (const char *)buf_head(&text));
+  buf_done(&text, 0);
+  return 0;
+}
+
 static int dispatch(struct req *r)
 {
   int ac = r->argc;
@@ -1013,6 +1024,8 @@ static int dispatch(struct req *r)
 #define IS(i, w) (ac > (i) && !strcasecmp(av[i], (w)))
   if (IS(0, "summary") && ac == 1)
     return cmd_summary(r);
+  if (IS(0, "cluster") && ac <= 2)
+    return cmd_cluster(r, ac == 2 ? av[1] : NULL);
   if (IS(0, "version") && ac == 1) {
     o_str(&r->o, "version", IMPETUS_VERSION);
     return 0;
@@ -1036,6 +1049,8 @@ static int dispatch(struct req *r)
   }
   if (IS(0, "config") && IS(1, "eval"))
     return cmd_config_eval(r, ac - 2, av + 2);
+  if (IS(0, "adaptive")) /* ctl_adaptive.c */
+    return ctl_adaptive(g.sh, r->o.json, ac - 1, av + 1, r->o.b, &r->err);
   if (IS(0, "config") && IS(1, "reload") && ac == 2)
     return cmd_config_reload(r);
   if (IS(0, "binding") && IS(1, "summary") && ac <= 3)
@@ -1125,7 +1140,7 @@ void ctl_http_answer(const char *req, struct buf *out)
                         "Content-Length: 10\r\n\r\nnot found\n");
     return;
   }
-  struct metrics_input in = {.nworkers = g.sh->nworkers,
+  struct metrics_input in = {.nworkers = g.sh->nworkers, .adaptive = g.sh->adaptive,
                              .uptime_s = (mono_ms() - g.start_mono_ms) / 1000};
   struct wq *q = wq_new(WOP_STATS);
   in.workers_answered = wq_run(q) == 0;
@@ -1142,6 +1157,7 @@ void ctl_http_answer(const char *req, struct buf *out)
   spool_get_stats(g.sh->spool, &in.spool);
   struct buf body = {0};
   metrics_render(&body, &in);
+  cluster_metrics(g.sh->cluster, &body);
   free(in.w);
   buf_printf(out,
              "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"

@@ -27,12 +27,16 @@ const char ctlcmd_usage[] =
   "  resume domain NAME | resume binding NAME [domain NAME]\n"
   "  config eval [binding_group G] [binding B] [domain D] OPTION\n"
   "  config reload                        like SIGHUP, after checking the file\n"
+  "  adaptive [list] [binding B] [domain D | provider P]   adjustments in force\n"
+  "  adaptive clear (all | [binding B] [domain D | provider P]) | adaptive rules\n"
+  "  adaptive warmup [BINDING [AGE]]      bindings' warm-up ages (set one)\n"
   "  reopen logs                          like SIGUSR1 (log rotation)\n"
+  "  cluster [FILTER]                     cluster-wide limits: Redis, nodes, caps, throttles\n"
   "  version | shutdown\n";
 
 static const char *const verbs[] = {"summary", "mailq",   "showqueue", "binding", "domain",
                                     "message", "flush",   "suspend",   "resume",  "config",
-                                    "reopen",  "version", "shutdown"};
+                                    "reopen",  "version", "shutdown", "adaptive", "cluster"};
 
 static int bad(char *why, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int bad(char *why, size_t n, const char *fmt, ...)
@@ -149,6 +153,8 @@ int ctlcmd_check(int ac, char *const *av, char *why, size_t n)
   int rc;
   if (is(v, "summary") || is(v, "version") || is(v, "shutdown"))
     return no_more(ac, av, 1, why, n);
+  if (is(v, "cluster"))
+    return no_more(ac, av, 2, why, n);
   if (is(v, "reopen")) {
     if ((rc = need(ac, av, 1, "'logs'", why, n)) < 0)
       return rc;
@@ -213,6 +219,14 @@ int ctlcmd_check(int ac, char *const *av, char *why, size_t n)
       return ac > 5 ? bad(why, n, "unexpected '%s'", av[5]) : 0;
     }
     return no_more(ac, av, 3, why, n);
+  }
+  if (is(v, "adaptive")) {
+    /* the filters and values are checked by the engine (ctl_adaptive.c) */
+    if (ac > 1 && !is(av[1], "list") && !is(av[1], "clear") && !is(av[1], "rules") &&
+        !is(av[1], "warmup") && !is(av[1], "binding") && !is(av[1], "domain") &&
+        !is(av[1], "provider"))
+      return sub(av, "'list', 'clear', 'rules' or 'warmup'", why, n);
+    return 0;
   }
   const char *best = NULL;
   unsigned bd = 3;

@@ -6,7 +6,11 @@
  * engine_main and reaches the spool's callbacks as their arg. */
 #include "engine.h"
 
+#include "adaptive.h"
+#include "adaptive_conf.h"
+#include "adaptive_queue.h"
 #include "clock.h"
+#include "cluster.h"
 #include "conf.h"
 #include "counters.h"
 #include "ctl.h"
@@ -235,6 +239,19 @@ static void reload(struct engine_shared *sh, const char *path, struct logs_write
     logs_writer_flush(log);
     return;
   }
+  /* adaptive delivery: the new rules; adjustments in force are kept */
+  char aerr[1024];
+  struct adaptive_rules *rules = adaptive_conf_rules(n, aerr, sizeof aerr);
+  if (rules == NULL || adaptive_conf_check(n, aerr, sizeof aerr) < 0) {
+    adaptive_rules_free(rules);
+    logs_panic(log, clock_wall_ms(), "config", "reload failed, still running the old configuration: %s",
+               aerr);
+    logs_writer_flush(log);
+    conf_unref(n);
+    return;
+  }
+  adaptive_set_rules(sh->adaptive, rules);
+  adaptive_queue_ages_load(sh, n, conf_str(conf_global(n), CONF_SPOOLBASE), clock_wall_ms());
   struct conf *old = atomic_load(&sh->conf);
   struct diff_ctx d = {.w = log};
   conf_restart_diff(old, n, report_restart_only, &d);
@@ -245,6 +262,51 @@ static void reload(struct engine_shared *sh, const char *path, struct logs_write
   logs_panic(log, clock_wall_ms(), "config", "reloaded %s (%d restart-only change%s not applied)",
              path, d.n, d.n == 1 ? "" : "s");
   logs_writer_flush(log);
+}
+
+static void note_cluster_option(void *arg, const char *text)
+{
+  (void)text;
+  *(bool *)arg = true;
+}
+
+/* The cluster stanza: a Redis client for the Cluster_* limits (its own
+ * thread and log writer). Without it those options have no effect, and
+ * that is said once at start-up. Returns the client's writer (or NULL). */
+static struct logs_writer *start_cluster(struct engine_shared *sh, struct conf *c,
+                                         struct logs_writer *log)
+{
+  const struct conf_stanza *st = conf_stanza_first(c, "cluster");
+  if (st == NULL || !conf_bool(conf_stanza_view(st), CONF_MOD_ENABLED)) {
+    bool set = false;
+    const enum conf_opt opts[] = {CONF_CLUSTER_MAX_OUTBOUND_CONNECTIONS,
+                                  CONF_CLUSTER_OUTBOUND_THROTTLE_MESSAGES,
+                                  CONF_CLUSTER_OUTBOUND_THROTTLE_CONNECTIONS,
+                                  CONF_CLUSTER_SERVER_MAX_OUTBOUND_CONNECTIONS};
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
+      conf_each_set(c, opts[i], note_cluster_option, &set);
+    if (set)
+      logs_panic(log, clock_wall_ms(), "cluster",
+                 "Cluster_* options are set but there is no cluster { redis = ... } stanza: "
+                 "they have no effect");
+    return NULL;
+  }
+  const struct conf_view *v = conf_stanza_view(st);
+  struct logs_writer *w = logs_writer_new(sh->logs);
+  struct cluster_params p = {
+    .url = conf_str(v, CONF_CLUSTER_REDIS),
+    .node_name = conf_str(v, CONF_CLUSTER_NODE_NAME),
+    .lease_ttl_s = (unsigned)conf_interval(v, CONF_CLUSTER_LEASE_TTL),
+    .failure_mode = conf_enum(v, CONF_CLUSTER_FAILURE_MODE) == 1 ? CLUSTER_FAIL_CLOSED
+                                                                 : CLUSTER_FAIL_OPEN,
+    .nworkers = sh->nworkers,
+    .log = w,
+  };
+  char err[512];
+  sh->cluster = cluster_new(&p, err, sizeof err);
+  if (sh->cluster == NULL)
+    util_fatal("%s", err);
+  return w;
 }
 
 int engine_main(const char *config_path)
@@ -280,6 +342,13 @@ int engine_main(const char *config_path)
   sh->handover_log = logs_writer_new(sh->logs);
   struct logs_writer *mainlog = logs_writer_new(sh->logs);
   sh->throttles = throttle_registry_new();
+  char aerr[1024];
+  struct adaptive_rules *rules = adaptive_conf_rules(c, aerr, sizeof aerr);
+  if (rules == NULL || adaptive_conf_check(c, aerr, sizeof aerr) < 0)
+    util_fatal("%s", aerr);
+  sh->adaptive = adaptive_new(rules);
+  adaptive_rules_free(rules);
+  adaptive_queue_lua_target(sh->adaptive); /* msys.adaptive.registerRules */
 
   const char *spoolbase = conf_str(g, CONF_SPOOLBASE);
   const char *pickup = conf_str(g, CONF_PICKUP_DIRECTORY);
@@ -348,9 +417,12 @@ int engine_main(const char *config_path)
   /* Everything that needs root is open: leave it before any Lua runs
    * (scripts are compiled and run by policy_new) and any worker starts. */
   drop_root(c, mainlog, spoolbase, pickup);
+  adaptive_queue_ages_load(sh, c, spoolbase, clock_wall_ms()); /* warm-up: bindings' ages */
   sh->policy = policy_new(c, &sh->conf, sh->ingest_log, sh->nworkers, err, sizeof err);
   if (sh->policy == NULL)
     util_fatal("lua: %s", err);
+
+  struct logs_writer *cluster_log = start_cluster(sh, c, mainlog);
 
   for (unsigned i = 0; i < sh->nworkers; i++)
     if (worker_start(sh, i, err, sizeof err) == NULL)
@@ -434,6 +506,8 @@ int engine_main(const char *config_path)
     worker_stop(sh->workers[i], deadline);
   for (unsigned i = 0; i < sh->nworkers; i++)
     worker_join(sh->workers[i]);
+  cluster_free(sh->cluster); /* leases and unused tokens go back to Redis */
+  logs_writer_free(cluster_log);
   logs_writer_free(sh->ingest_log);
   logs_writer_free(sh->handover_log);
   free(sh->pend);
@@ -447,6 +521,8 @@ int engine_main(const char *config_path)
   logs_writer_free(mainlog);
   logs_close(sh->logs);
   throttle_registry_free(sh->throttles);
+  adaptive_queue_lua_target(NULL);
+  adaptive_free(sh->adaptive);
   counters_done();
   conf_unref(prev);
   conf_unref(atomic_load(&sh->conf));

@@ -186,6 +186,24 @@ struct policy *policy_new(struct conf *c, _Atomic(struct conf *) *live_conf,
   return p;
 }
 
+int policy_check(struct conf *c, char *err, size_t errlen)
+{
+  struct luam_conf lc;
+  if (luam_conf_load(&lc, c, NULL, err, errlen) < 0)
+    return -EINVAL;
+  int r = luam_ds_check(lc.ds, lc.nds, err, errlen);
+  struct luam_ds *ds = NULL; /* as policy_new: a script's top level may query */
+  if (r == 0 && lc.opts.nscripts > 0 && lc.nds > 0 &&
+      (ds = luam_ds_new(lc.ds, lc.nds, 1, err, errlen)) == NULL)
+    r = -EINVAL;
+  lc.opts.ds = ds;
+  if (r == 0 && lc.opts.nscripts > 0)
+    r = luam_check(&lc.opts, err, errlen);
+  luam_ds_free(ds);
+  luam_conf_done(&lc);
+  return r < 0 ? -EINVAL : 0;
+}
+
 int policy_reload(struct policy *p, struct conf *c, char *err, size_t errlen)
 {
   struct snap *s = snap_load(c, err, errlen);

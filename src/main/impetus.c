@@ -9,6 +9,7 @@
 #include "engine.h"
 #include "impetus_build.h"
 #include "paths.h"
+#include "policy.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -170,10 +171,15 @@ int main(int argc, char **argv)
   switch (mode) {
   case CHECK: {
     struct conf *c = load_or_report(path);
-    char err[1024];
-    int bad = c && adaptive_conf_check(c, err, sizeof err) < 0;
+    struct conf_error ce;
+    char msg[sizeof ce.file + sizeof ce.msg + 32];
+    int bad = c && conf_check_environment(c, &ce) < 0; /* files, addresses */
     if (bad)
-      fprintf(stderr, "%s\n", err);
+      fprintf(stderr, "%s\n", conf_error_str(&ce, msg, sizeof msg));
+    else if (c && (bad = policy_check(c, ce.msg, sizeof ce.msg) < 0)) /* the Lua scripts */
+      fprintf(stderr, "%s\n", ce.msg);
+    else if (c && (bad = adaptive_conf_check(c, ce.msg, sizeof ce.msg) < 0))
+      fprintf(stderr, "%s\n", ce.msg);
     else if (c)
       printf("impetus: configuration %s is valid\n", path);
     conf_unref(c);

@@ -44,6 +44,7 @@
 #define EX_CANTCREAT 73
 #define EX_IOERR 74
 #define EX_TEMPFAIL 75
+#define EX_OSERR 71
 
 #define GROUP_MAX 256        /* files made durable with one sync pass */
 #define DEFAULT_BATCH 100    /* recipients per pickup file in bulk mode */
@@ -82,6 +83,31 @@ static void usage(FILE *out)
           "  --no-header-fixup  do not add a missing Date: or Message-ID: header\n"
           "  -q, --quiet     no progress bar or summary\n",
           prog, prog, prog, prog, DEFAULT_BATCH);
+}
+
+/* ---- submission by non-root users (docs/security.md) ----
+ * Installed set-group-ID impetus-submit, the one group that may write into
+ * the pickup directory (1730 impetus:impetus-submit: write, no listing,
+ * sticky). The group is put down at once and taken back only to read the
+ * installed configuration and, once everything the user named (-c FILE,
+ * --recipients FILE, stdin) has been read, to write this run's files. Those
+ * are made 0640: the submitter and the group (which the engine's user is in)
+ * read them; no other user can list, read, change or remove them. */
+static gid_t submit_gid;
+static bool setgid_run;
+
+static void submit_init(void)
+{
+  submit_gid = getegid();
+  setgid_run = submit_gid != getgid();
+  if (setgid_run && setegid(getgid()) < 0)
+    die(EX_OSERR, "cannot put down the group: %s", strerror(errno));
+}
+
+static void submit_group(bool on)
+{
+  if (setgid_run && setegid(on ? submit_gid : getgid()) < 0)
+    die(EX_OSERR, "cannot change the effective group: %s", strerror(errno));
 }
 
 /* ---- spool location ---- */
@@ -284,6 +310,7 @@ struct writer {
   char fin[GROUP_MAX][80];
   size_t n;          /* temporary files waiting for the group commit */
   size_t files_done; /* renamed into place and synced */
+  bool unlisted;     /* the directory is write-only to us: no syncfs, no fsync of it */
   struct buf b;
 };
 
@@ -303,7 +330,7 @@ static int err_code(int e)
 IMPETUS_NORETURN static void writer_die(struct writer *w, int e, const char *what)
 {
   writer_abort(w);
-  if (w->files_done)
+  if (w->files_done && !w->unlisted)
     (void)fsync(w->dirfd);
   die(err_code(e), "%s in %s: %s%s (%zu pickup files were queued before the error; no "
                    "partial file is left)",
@@ -316,7 +343,9 @@ static void writer_flush(struct writer *w)
 {
   if (w->n == 0)
     return;
-  if (w->n == 1) {
+  if (w->unlisted) {
+    /* each file was synced before its close */
+  } else if (w->n == 1) {
     int fd = openat(w->dirfd, w->tmp[0], O_RDONLY | O_CLOEXEC);
     if (fd < 0 || fsync(fd) < 0)
       writer_die(w, errno, "fsync");
@@ -334,7 +363,7 @@ static void writer_flush(struct writer *w)
     w->files_done++;
   }
   w->n = 0;
-  if (fsync(w->dirfd) < 0)
+  if (!w->unlisted && fsync(w->dirfd) < 0)
     writer_die(w, errno, "fsync of the directory");
 }
 
@@ -354,6 +383,12 @@ static void writer_put(struct writer *w, const char *sender, char **rc, size_t n
   int fd = openat(w->dirfd, w->tmp[i], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0)
     writer_die(w, errno, "create");
+  /* set-group-ID: the file's group is the submit group; let it read */
+  if (setgid_run && fchmod(fd, 0640) < 0) {
+    int e = errno;
+    close(fd);
+    writer_die(w, e, "chmod");
+  }
   /* Run as root, hand the file to the pickup directory's owner: the engine
    * leaves root (User/Group) and must be able to read what it claims. */
   struct stat dst;
@@ -383,6 +418,11 @@ static void writer_put(struct writer *w, const char *sender, char **rc, size_t n
       p += r;
       n -= (size_t)r;
     }
+  }
+  if (w->unlisted && fsync(fd) < 0) {
+    int e = errno;
+    close(fd);
+    writer_die(w, e, "fsync");
   }
   if (close(fd) < 0)
     writer_die(w, errno, "close");
@@ -430,6 +470,7 @@ int main(int argc, char **argv)
   unsigned long batch = DEFAULT_BATCH, count = 1;
   struct rcpts rc = {0};
   int i;
+  submit_init(); /* before anything is read */
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
 #define NEXT() (i + 1 < argc ? argv[++i] : (usage(stderr), exit(EX_USAGE), ""))
@@ -520,7 +561,11 @@ int main(int argc, char **argv)
     pickup_dir = util_xmalloc(strlen(spool) + 8);
     sprintf(pickup_dir, "%s/pickup", spool);
   } else {
+    /* the installed configuration may be readable by the submit group only;
+     * a file the user names is read with the user's own groups */
+    submit_group(config == NULL);
     pickup_dir = pickup_from_conf(config ? config : paths_config());
+    submit_group(false);
   }
   if (smtp_bs) {
     int code = inject_bs(pickup_dir); /* tools/inject/inject_bs.c */
@@ -635,7 +680,14 @@ int main(int argc, char **argv)
 
   struct writer *w = util_xcalloc(1, sizeof(*w));
   w->dir = pickup_dir;
+  submit_group(true); /* from here on only this run's files are touched */
   w->dirfd = open(pickup_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (w->dirfd < 0 && errno == EACCES) {
+    /* a submission directory we may write but not read: each file is
+     * synced itself, the directory cannot be */
+    w->dirfd = open(pickup_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    w->unlisted = true;
+  }
   if (w->dirfd < 0)
     die(errno == ENOENT || errno == EACCES ? EX_CANTCREAT : EX_IOERR,
         "pickup directory %s: %s", pickup_dir, strerror(errno));

@@ -19,7 +19,18 @@
  *   dsn.c       the bounce message itself (RFC 3464), include/engine/dsn.h
  *
  * Threads: a worker's queues, sessions and messages are touched by that
- * worker's loop thread only; work crosses threads as posts on a ring. */
+ * worker's loop thread only; work crosses threads as posts on a ring.
+ *
+ * Seams for what wave 2 adds (one call each, on the loop thread):
+ *   - a queue's effective options: worker.c load_limits() fills
+ *     dq_queue_state.limits from the configuration (and the operator's
+ *     suspensions); adaptive rules change them there for a time;
+ *   - "may I open a connection / send a message": worker.c schedule()
+ *     asks sched_conn_open() and session.c start_some() sched_msg_take();
+ *     cluster-wide leases and tokens go beside those calls;
+ *   - delivery outcomes: outcome.c outcome_finish() sees every
+ *     recipient's code, enhanced code and text with its binding, domain
+ *     and remote address, once, before logging them. */
 #pragma once
 
 #include <semaphore.h>
@@ -29,6 +40,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "dlist.h"
 #include "dq.h"
 #include "ring.h"
 #include "scheduler.h"
@@ -53,11 +65,12 @@ struct tls_ctx;
 #define RESULT_TEXT_MAX 256u   /* failure text kept for a DSN */
 #define TLS_SLOTS 16           /* distinct TLS option sets per worker */
 #define HOSTFAIL_MAX 256       /* remote addresses remembered as failing */
+#define ADAPTIVE_WAIT_NS 50000000u /* a queue at its MX host's connection cap asks again after */
 
 /* Engine state of one message; lives in spool_msg->user. Changed only by
  * the message's home worker (units_left, bounces, retry record). */
 struct emsg {
-  struct emsg *next, *prev; /* home worker's list (for exit clean-up) */
+  struct dlist_node link; /* home worker's list (for exit clean-up) */
   struct spool_msg *sm;
   unsigned home;
   uint32_t units_left;
@@ -138,7 +151,10 @@ struct session {
   bool plain_only;   /* this connection skips STARTTLS (TLS_Ifavailable_Fallback) */
   char detail[160];  /* why the handshake or the connect failed, for the log */
   bool charged;      /* this connection attempt already gave a unit its T */
-  struct session *next_all, *prev_all; /* worker's session list */
+  uint32_t adaptive_slot[2]; /* MX host / provider connection slots it holds */
+  struct sched_leases leases; /* cluster leases held for this connection */
+  bool shedding;     /* over the node's cluster share: closes instead of taking more */
+  struct dlist_node link; /* worker's session list */
 };
 
 struct worker {
@@ -166,8 +182,8 @@ struct worker {
   uint64_t conf_gen;
   struct auth *auth;        /* outbound_smtp_auth credentials (auth.c) */
   struct policy_worker *pw; /* this worker's Lua state (policy.c) */
-  struct emsg *msgs;       /* messages this worker is home for */
-  struct session *sessions;
+  struct dlist msgs;       /* messages this worker is home for (emsg.link) */
+  struct dlist sessions;   /* its sessions (session.link) */
   unsigned nsessions;
   unsigned fd_cap;         /* sessions this worker may hold (RLIMIT_NOFILE share) */
   bool fd_cap_logged;
@@ -211,7 +227,7 @@ void handover_drop_post(void *arg);
 /* ---- session.c ---- */
 
 /* A new connection for queue q; it takes units from the queue once READY. */
-void session_open(struct worker *w, struct dq_queue *q);
+void session_open(struct worker *w, struct dq_queue *q, const struct sched_leases *leases);
 /* An idle pooled session was taken for its queue: start a unit, or park
  * it again (s->parked) or QUIT it. */
 void session_begin_next(struct session *s);

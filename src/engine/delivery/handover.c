@@ -36,7 +36,10 @@ struct unit_post {
   char binding[SPOOL_NAME_MAX + 1];
 };
 
-/* The unit's credentials are known: queue it with its identity. */
+/* The unit's credentials are known: queue it with its identity. Unusable
+ * ones fail a due attempt transiently (outcome_finish re-queues it with
+ * back-off) and wait in their own queue, which the worker never serves
+ * but hands back here when due (auth.h). */
 static void unit_ready(void *arg, uint64_t cred)
 {
   struct unit_post *p = arg;
@@ -44,6 +47,19 @@ static void unit_ready(void *arg, uint64_t cred)
   struct dq_unit *u = p->u;
   struct emsg *em = u->msg;
   const char *dom = delivery_rcpt_domain(em->sm->rcpt[u->rcpt[0]]);
+  static __thread bool failing; /* outcome_finish re-queues through here */
+  if (cred == AUTH_CRED_UNUSABLE && !failing && u->due_ms <= clock_wall_ms()) {
+    struct smtpc_result all = {.outcome = SMTPC_OUT_TRANSIENT};
+    snprintf(all.text, sizeof all.text, "451 4.7.0 [internal] outbound_smtp_auth: %s", auth_error(w->auth));
+    logs_panic(w->log, clock_wall_ms(), "outbound_smtp_auth", "message %s (binding %s, domain %s): %s; deferred",
+               em->id, p->binding, dom, auth_error(w->auth));
+    struct dq_queue *q = dq_queue(w->dq, p->binding, dom);
+    free(p);
+    failing = true;
+    outcome_finish(w, q, u, NULL, &all, NULL, NULL, 0);
+    failing = false;
+    return;
+  }
   struct dq_queue *q = dq_queue_cred(w->dq, p->binding, dom, cred);
   dq_push(w->dq, q, u, clock_wall_ms());
   free(p);
@@ -55,10 +71,7 @@ static void run_unit_post(struct ring_msg *m)
   struct worker *w = p->w;
   struct emsg *home = p->home;
   if (home) {
-    home->next = w->msgs;
-    if (w->msgs)
-      w->msgs->prev = home;
-    w->msgs = home;
+    dlist_push_front(&w->msgs, &home->link);
   }
   worker_refresh_conf(w);
   policy_worker_refresh(w->pw, w->conf);

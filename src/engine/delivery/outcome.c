@@ -12,6 +12,7 @@
  * outcome_finish, the home worker for the posted result). */
 #include "delivery.h"
 
+#include "adaptive_queue.h"
 #include "clock.h"
 #include "ctl.h"
 #include "counters.h"
@@ -86,16 +87,6 @@ static void drop_pickup_dsn(struct worker *w, struct emsg *em)
   free(r);
 }
 
-static void emsg_unlink(struct worker *w, struct emsg *em)
-{
-  if (em->prev)
-    em->prev->next = em->next;
-  else
-    w->msgs = em->next;
-  if (em->next)
-    em->next->prev = em->prev;
-}
-
 /* Apply a unit's results to its message (home worker only). */
 static void apply_result(struct worker *w, struct uresult *res)
 {
@@ -130,7 +121,7 @@ static void apply_result(struct worker *w, struct uresult *res)
   if (em->units_left == 0) {
     if (em->nbounce > 0)
       drop_pickup_dsn(w, em);
-    emsg_unlink(w, em);
+    dlist_remove(&w->msgs, &em->link);
     sm->user = NULL;
     spool_txn_remove(w->txn, sm); /* frees sm after the commit */
     free(em->bounce);
@@ -200,6 +191,17 @@ void outcome_finish(struct worker *w, struct dq_queue *q, struct dq_unit *u,
     const struct smtpc_result *r = results ? &results[i] : all;
     if (r->outcome != SMTPC_OUT_OK && r->outcome != SMTPC_OUT_PERMANENT)
       any_temp = true;
+  }
+  /* adaptive delivery: each distinct reply of the attempt, once */
+  for (uint32_t i = 0; i < u->nrcpt; i++) {
+    const struct smtpc_result *r = results ? &results[i] : all;
+    const struct smtpc_result *prev = i > 0 && results ? &results[i - 1] : NULL;
+    if (r->code >= 400 && (prev == NULL || prev->code != r->code || strcmp(prev->text, r->text)))
+      adaptive_queue_reply(w->sh, w->log, worker_view(w, dq_queue_binding(q), dq_queue_domain(q)),
+                           dq_queue_binding(q), dq_queue_domain(q), dq_queue_state(q), r->code,
+                           r->enhanced, r->text, now);
+    if (!results)
+      break;
   }
   if (any_temp)
     verdict = sched_after_tempfail(&pol, failures, em->sm->created_ms, now, &next_ms);

@@ -11,6 +11,7 @@
  * Threads: the owning worker's loop thread only. */
 #include "delivery.h"
 
+#include "adaptive_queue.h"
 #include "clock.h"
 #include "conf.h"
 #include "dns.h"
@@ -80,6 +81,8 @@ void route_host_failed(struct session *s, const struct route *r)
   const struct conf_view *v = worker_view(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
   uint64_t until = clock_wall_ms() + (uint64_t)conf_interval(v, CONF_HOST_FAILURE_RETRY) * 1000u;
   mark_route(w->hostfail, &w->nhostfail, r, until);
+  adaptive_queue_conn_failed(w->sh, w->log, v, dq_queue_binding(s->q), dq_queue_domain(s->q),
+                             clock_wall_ms());
 }
 
 bool route_tls_failed_lately(struct worker *w, const struct route *r)

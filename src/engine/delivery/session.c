@@ -13,7 +13,9 @@
  * Threads: the owning worker's loop thread only. */
 #include "delivery.h"
 
+#include "adaptive_queue.h"
 #include "auth.h"
+#include "authkeys.h"
 #include "clock.h"
 #include "conf.h"
 #include "counters.h"
@@ -80,16 +82,13 @@ void session_free(struct session *s)
   if (s->counted) {
     sched_conn_closed(dq_queue_state(s->q)->pair);
     sched_conn_closed(&dq_queue_state(s->q)->acct);
+    sched_cluster_closed(&s->leases);
     if (!s->ever_ready)
       dq_queue_state(s->q)->opening--;
   }
   body_close(s);
-  if (s->prev_all)
-    s->prev_all->next_all = s->next_all;
-  else
-    w->sessions = s->next_all;
-  if (s->next_all)
-    s->next_all->prev_all = s->prev_all;
+  adaptive_queue_release(w->sh, s->adaptive_slot);
+  dlist_remove(&w->sessions, &s->link);
   w->nsessions--;
   free(s->deep);
   for (unsigned i = 0; i < SMTPC_PIPE_MAX; i++)
@@ -259,8 +258,11 @@ static bool session_reusable(struct session *s, uint32_t n_inflight)
 {
   struct dq_queue_state *st = dq_queue_state(s->q);
   uint32_t max_rcpts = st->limits.max_recipients_per_connection; /* per queue, not per message */
+  if (!s->shedding && sched_cluster_shed(&s->leases))
+    s->shedding = true; /* over the node's cluster share: this one closes */
   return !atomic_load(&s->w->stop) && sched_conn_reusable(&st->limits, s->delivered + n_inflight) &&
-         !(max_rcpts > 0 && s->rcpts_tried >= max_rcpts) && !st->limits.suspend_delivery;
+         !(max_rcpts > 0 && s->rcpts_tried >= max_rcpts) && !st->limits.suspend_delivery &&
+         !s->shedding;
 }
 
 /* READY: the next transaction on this connection, or park it idle. */
@@ -359,7 +361,7 @@ static void on_failed(void *arg, const struct smtpc_event *ev, const char *detai
     logs_panic(w->log, clock_wall_ms(), "outbound_smtp_auth",
                "AUTH %s as \"%s\" rejected by %s (%s/%s, connection %s): %d %s; "
                "mail is deferred until the credentials are fixed or it expires",
-               t == SMTPC_AUTH_LOGIN ? "LOGIN" : t == SMTPC_AUTH_XOAUTH2 ? "XOAUTH2" : "PLAIN",
+               authkeys_mech_name(t),
                cr && cr->user ? cr->user : "", s->routes[s->route_i].ip, dq_queue_binding(s->q),
                dq_queue_domain(s->q), s->conn_id_s, ev->code, ev->text);
   }
@@ -390,6 +392,9 @@ static void on_note(void *arg, enum outsess_note what)
   case OUTSESS_CONNECTED:
     s->connected = true;
     counters_event(s->w->idx, COUNTERS_CONN_OPENED);
+    adaptive_queue_conn_ok(s->w->sh,
+                           worker_view(s->w, dq_queue_binding(s->q), dq_queue_domain(s->q)),
+                           dq_queue_binding(s->q), dq_queue_domain(s->q));
     break;
   case OUTSESS_TLS_OK:
     counters_event(s->w->idx, COUNTERS_TLS_OK);
@@ -533,6 +538,14 @@ static void session_try_connect(struct session *s)
     return;
   }
   struct route *r = &s->routes[s->route_i];
+  if (!adaptive_queue_connect(w->sh, w->conf, dq_queue_binding(s->q), dq_queue_domain(s->q),
+                              r->host, dq_queue_state(s->q), clock_wall_ms(), s->adaptive_slot)) {
+    /* the MX host's or provider's connection cap is reached: this session
+     * gives way (nothing is charged); the queue asks again shortly */
+    dq_queue_state(s->q)->blocked_until_ns = ring_now(w->ring) + ADAPTIVE_WAIT_NS;
+    session_free(s);
+    return;
+  }
   struct smtpc_params sp;
   if (!session_params(s, &sp)) {
     charge_unit(s, NULL, SMTPC_OUT_TRANSIENT, 0,
@@ -597,22 +610,20 @@ static void on_routes(struct session *s, const char *fail, bool perm)
 }
 
 /* A new connection for queue q; it takes units from the queue once READY. */
-void session_open(struct worker *w, struct dq_queue *q)
+void session_open(struct worker *w, struct dq_queue *q, const struct sched_leases *leases)
 {
   struct dq_queue_state *st = dq_queue_state(q);
   struct session *s = util_xcalloc(1, sizeof *s);
   s->w = w;
   s->q = q;
   s->counted = true;
+  s->leases = *leases;
   st->opening++;
   s->body_fd = -1;
   s->pool_key = worker_queue_key(q);
   s->max_batch = st->limits.max_recipients_per_batch ? st->limits.max_recipients_per_batch : 100;
   s->rcpts = util_xcalloc(s->max_batch, sizeof *s->rcpts);
-  s->next_all = w->sessions;
-  if (w->sessions)
-    w->sessions->prev_all = s;
-  w->sessions = s;
+  dlist_push_front(&w->sessions, &s->link);
   w->nsessions++;
 
   route_resolve(s, on_routes);

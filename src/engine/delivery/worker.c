@@ -11,8 +11,10 @@
  * everything else on the worker's own loop thread. */
 #include "delivery.h"
 
+#include "adaptive_queue.h"
 #include "auth.h"
 #include "clock.h"
+#include "cluster.h"
 #include "ctl.h"
 #include "conf.h"
 #include "dns.h"
@@ -42,6 +44,16 @@ __attribute__((noinline)) void delivery_copy(char *d, size_t n, const char *s)
   if (l)
     memcpy(d, s, l);
   d[l] = '\0';
+}
+
+static struct session *first_session(struct worker *w)
+{
+  return w->sessions.head ? DLIST_ENTRY(w->sessions.head, struct session, link) : NULL;
+}
+
+static struct session *next_session(struct session *s)
+{
+  return s->link.next ? DLIST_ENTRY(s->link.next, struct session, link) : NULL;
 }
 
 static uint64_t mono_ms(const struct worker *w)
@@ -83,10 +95,68 @@ static struct throttle *throttle_for(struct engine_shared *sh, struct conf *c,
   return throttle_registry_get(sh->throttles, conf_scope_name(c, t.scope), conf_opt_name(o), &spec);
 }
 
+/* A cluster bucket for throttle option o: one per scope that set it, as
+ * for the local throttles (the scope's name is the same on every node
+ * with the same configuration). */
+static struct cluster_bucket *cluster_bucket_for(struct worker *w, const struct conf_view *v,
+                                                 enum conf_opt o)
+{
+  struct conf_throttle t = conf_throttle(v, o);
+  if (t.n == 0)
+    return NULL;
+  char key[512];
+  snprintf(key, sizeof key, "%s|%s", conf_scope_name(w->conf, t.scope), conf_opt_name(o));
+  return cluster_bucket(w->sh->cluster, key, t.n, t.per ? t.per : 1);
+}
+
+/* Cluster_* options of q (docs/cluster.md): connection caps per domain
+ * within the scope that set them (so per binding and domain when set in
+ * a binding scope), the server cap per scope, throttles per scope. */
+static void load_cluster_limits(struct worker *w, struct dq_queue *q, const struct conf_view *v)
+{
+  struct sched_cluster *cl = &dq_queue_state(q)->limits.cluster;
+  *cl = (struct sched_cluster){.worker = w->idx};
+  if (w->sh->cluster == NULL)
+    return;
+  char key[600];
+  int64_t n = conf_int(v, CONF_CLUSTER_MAX_OUTBOUND_CONNECTIONS);
+  if (n > 0) {
+    snprintf(key, sizeof key, "conn|%s|%s",
+             conf_scope_name(w->conf, conf_scope(v, CONF_CLUSTER_MAX_OUTBOUND_CONNECTIONS)),
+             dq_queue_domain(q));
+    cl->conns = cluster_cap(w->sh->cluster, key, n > UINT32_MAX ? UINT32_MAX : (uint32_t)n);
+  }
+  n = conf_int(v, CONF_CLUSTER_SERVER_MAX_OUTBOUND_CONNECTIONS);
+  if (n > 0) {
+    snprintf(key, sizeof key, "server|%s",
+             conf_scope_name(w->conf, conf_scope(v, CONF_CLUSTER_SERVER_MAX_OUTBOUND_CONNECTIONS)));
+    cl->server = cluster_cap(w->sh->cluster, key, n > UINT32_MAX ? UINT32_MAX : (uint32_t)n);
+  }
+  cl->msg_rate = cluster_bucket_for(w, v, CONF_CLUSTER_OUTBOUND_THROTTLE_MESSAGES);
+  cl->conn_rate = cluster_bucket_for(w, v, CONF_CLUSTER_OUTBOUND_THROTTLE_CONNECTIONS);
+}
+
+/* The cluster client has leases or tokens this worker waited for: its
+ * queues held by a cluster limit look again now. */
+static void unblock_cluster(void *arg, struct dq_queue *q)
+{
+  (void)arg;
+  struct dq_queue_state *st = dq_queue_state(q);
+  if (sched_cluster_any(&st->limits))
+    st->blocked_until_ns = 0;
+}
+
+static void cluster_wake(void *arg)
+{
+  struct worker *w = arg;
+  dq_foreach(w->dq, unblock_cluster, NULL);
+}
+
 static void load_limits(struct worker *w, struct dq_queue *q)
 {
   struct dq_queue_state *st = dq_queue_state(q);
-  if (st->conf_gen == w->conf_gen && st->conf_gen != 0)
+  uint64_t now = clock_wall_ms();
+  if (st->conf_gen == w->conf_gen && st->conf_gen != 0 && !adaptive_queue_stale(w->sh, st, now))
     return;
   const struct conf_view *v = worker_view(w, dq_queue_binding(q), dq_queue_domain(q));
   st->limits.max_outbound_connections = (uint32_t)conf_int(v, CONF_MAX_OUTBOUND_CONNECTIONS);
@@ -101,6 +171,8 @@ static void load_limits(struct worker *w, struct dq_queue *q)
                                 suspend_active(dq_queue_binding(q), dq_queue_domain(q));
   st->limits.msg_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_MESSAGES);
   st->limits.conn_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_CONNECTIONS);
+  adaptive_queue_limits(w->sh, v, dq_queue_binding(q), dq_queue_domain(q), st, now);
+  load_cluster_limits(w, q, v);
   st->conf_gen = w->conf_gen;
   /* the pool key: route + binding + credential identity */
   char route[300];
@@ -127,6 +199,8 @@ struct sched_retry worker_retry_policy(struct worker *w, struct dq_queue *q)
     .max_retries = (int32_t)conf_int(v, CONF_MAX_RETRIES),
     .message_expiration_s = (uint32_t)conf_interval(v, CONF_MESSAGE_EXPIRATION),
   };
+  adaptive_queue_retry(w->sh, v, dq_queue_binding(q), dq_queue_domain(q), dq_queue_state(q),
+                       clock_wall_ms(), &p);
   return p;
 }
 
@@ -139,7 +213,7 @@ struct sched_retry worker_retry_policy(struct worker *w, struct dq_queue *q)
 static void quit_idle_sibling(struct worker *w, struct dq_queue *q)
 {
   struct sched_acct *pair = dq_queue_state(q)->pair;
-  for (struct session *s = w->sessions; s; s = s->next_all)
+  for (struct session *s = first_session(w); s; s = next_session(s))
     if (s->parked && !s->closing && s->q != q && dq_queue_state(s->q)->pair == pair) {
       session_quit_parked(s);
       return;
@@ -158,6 +232,12 @@ static void schedule(struct worker *w)
     struct dq_queue *q = dq_next_active(w->dq);
     if (q == NULL)
       break;
+    if (dq_queue_cred_id(q) == AUTH_CRED_UNUSABLE) { /* due: resolve again (handover.c) */
+      struct dq_unit *u;
+      for (size_t n = dq_queue_ready(q); n > 0 && (u = dq_pop(w->dq, q)) != NULL; n--)
+        handover_requeue(w, dq_queue(w->dq, dq_queue_binding(q), dq_queue_domain(q)), u);
+      continue;
+    }
     load_limits(w, q);
     struct dq_queue_state *st = dq_queue_state(q);
     if (st->blocked_until_ns > now_ns || st->limits.suspend_delivery)
@@ -206,7 +286,7 @@ static void schedule(struct worker *w)
                      "worker %u: %u connections open, the RLIMIT_NOFILE share of this worker; "
                      "new connections wait (raise ulimit -n)", w->idx, w->nsessions);
         w->fd_cap_logged = true;
-        for (struct session *s = w->sessions; s; s = s->next_all)
+        for (struct session *s = first_session(w); s; s = next_session(s))
           if (s->parked && !s->closing) {
             session_quit_parked(s);
             break;
@@ -217,15 +297,19 @@ static void schedule(struct worker *w)
       /* Max_Outbound_Connections counts the (binding, domain)'s connections
        * whatever their credentials (st->pair) */
       enum sched_open o = sched_conn_open(&st->limits, st->pair, now_ns, &wait);
+      struct sched_leases leases = {0};
+      if (o == SCHED_OPEN_OK && sched_cluster_any(&st->limits) &&
+          (o = sched_cluster_open(&st->limits, &leases, now_ns, &wait)) != SCHED_OPEN_OK)
+        sched_conn_closed(st->pair); /* not opened after all */
       if (o != SCHED_OPEN_OK) {
-        if (o == SCHED_OPEN_THROTTLED)
+        if (o == SCHED_OPEN_THROTTLED || o == SCHED_OPEN_CLUSTER)
           st->blocked_until_ns = now_ns + wait;
         if (o == SCHED_OPEN_FULL && st->acct.conns == 0)
           quit_idle_sibling(w, q); /* this credential set has none: free one */
         break;
       }
       st->acct.conns++; /* this queue's own (pair already counted) */
-      session_open(w, q);
+      session_open(w, q, &leases);
     }
   }
 }
@@ -335,17 +419,20 @@ static void *worker_main(void *arg)
   worker_refresh_conf(w);
   w->auth = auth_new();
   w->pw = policy_worker_new(w->sh->policy, w->ring, w->log, w->conf, w->idx);
+  cluster_attach(w->sh->cluster, w->idx, w->ring, cluster_wake, w);
   sem_post(&w->started);
 
   for (;;) {
     worker_refresh_conf(w);
     policy_worker_refresh(w->pw, w->conf);
+    if (w->idx == 0)
+      adaptive_queue_sweep(w->sh, w->log, clock_wall_ms());
     schedule(w);
     commit(w);
     logs_writer_flush(w->log);
     if (atomic_load(&w->stop)) {
       /* graceful stop: idle sessions go, busy ones finish until the deadline */
-      for (struct session *s = w->sessions; s; s = s->next_all)
+      for (struct session *s = first_session(w); s; s = next_session(s))
         if (s->parked && !s->closing)
           session_quit_parked(s);
       if (w->nsessions == 0) {
@@ -364,8 +451,8 @@ static void *worker_main(void *arg)
         }
       }
       if (mono_ms(w) >= atomic_load(&w->stop_deadline_ms)) {
-        for (struct session *s = w->sessions, *n; s; s = n) {
-          n = s->next_all;
+        for (struct session *s = first_session(w), *n; s; s = n) {
+          n = next_session(s);
           /* abandoned: its recipients stay pending on disk */
           for (unsigned k = 0; k < SMTPC_PIPE_MAX; k++) {
             dq_unit_free(s->fl[k].u);
@@ -400,6 +487,7 @@ static void *worker_main(void *arg)
     free(w->tls[i].key);
   }
   conf_unref(w->conf);
+  cluster_attach(w->sh->cluster, w->idx, NULL, NULL, NULL); /* no wake-up for a freed ring */
   ring_free(w->ring);
   w->ring = NULL;
   return NULL;
@@ -462,8 +550,9 @@ void worker_free_leftovers(struct engine_shared *sh)
     struct worker *w = sh->workers[i];
     if (w == NULL)
       continue;
-    for (struct emsg *em = w->msgs, *n; em; em = n) {
-      n = em->next;
+    for (struct dlist_node *l = w->msgs.head, *n; l; l = n) {
+      n = l->next;
+      struct emsg *em = DLIST_ENTRY(l, struct emsg, link);
       spool_msg_free(em->sm);
       free(em->bounce);
       free(em);

@@ -417,6 +417,7 @@ int spool_load_ctx(struct spool *sp, struct spool_msg *msg)
   if (msg->mess && msg->conn)
     return 0;
   msg->mess_empty = false;
+  atomic_fetch_add_explicit(&sp->st_ctx_loads, 1, memory_order_relaxed);
   int fd = msg->jseg ? jfd_of(sp, msg->jseg) : open_meta(sp, msg, O_RDONLY);
   if (fd < 0)
     return fd;
@@ -503,7 +504,7 @@ int spool_save_ctx(struct spool *sp, struct spool_msg *msg)
   if (msg->jseg) { /* a changed message leaves the journal for its own files */
     uint32_t old = msg->jseg;
     int bfd = -1, mfd = -1;
-    int r = jrn_spill(sp, msg, &b, &bfd, &mfd);
+    int r = jrn_spill(sp, msg, false, &b, &bfd, &mfd);
     if (r == 0 && sp->p.sync != SPOOL_SYNC_NONE && (fsync(bfd) < 0 || fsync(mfd) < 0))
       r = -errno;
     if (bfd >= 0)

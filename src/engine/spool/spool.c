@@ -11,24 +11,30 @@
 void write_why(struct spool *sp, const char *name, const char *reason, const char *id)
 {
   char why[SPOOL_NAME_MAX + 8];
-  snprintf(why, sizeof(why), "%s.why", name);
+  if (strlen(name) > 222) /* no room for ".why" (bad_name cuts names it gives) */
+    snprintf(why, sizeof(why), "%.200s.%s.why", name, id ? id : "long");
+  else
+    snprintf(why, sizeof(why), "%s.why", name);
   int fd = openat(sp->bad_fd, why, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0)
     return;
   char text[1024];
-  int n = snprintf(text, sizeof(text), "%s\nid: %s\ntime_ms: %" PRIu64 "\n", reason,
-                   id ? id : "-", clock_wall_ms());
+  int n = snprintf(text, sizeof(text), "%s\nid: %s\ntime_ms: %" PRIu64 "\n%s%.255s%s", reason,
+                   id ? id : "-", clock_wall_ms(), strlen(name) > 200 ? "name: " : "",
+                   strlen(name) > 200 ? name : "", strlen(name) > 200 ? "\n" : "");
   if (n > (int)sizeof(text))
     n = (int)sizeof(text);
   (void)write_all(fd, text, (size_t)n, -1);
   close(fd);
 }
 
-/* A free name in bad/ for name (name, or name.<id> when taken). */
+/* A free name in bad/ for name: name, or name.<id> when taken; a name
+ * too long for the .why beside it (over 200 bytes) is cut to 200 bytes
+ * plus .<id> (the .why's first lines give the whole name). */
 void bad_name(struct spool *sp, const char *name, const char *id, char *out, size_t n)
 {
   snprintf(out, n, "%s", name);
-  if (faccessat(sp->bad_fd, out, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+  if (strlen(name) > 200 || faccessat(sp->bad_fd, out, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
     snprintf(out, n, "%.200s.%s", name, id ? id : "dup");
 }
 
@@ -313,5 +319,6 @@ void spool_close(struct spool *sp)
   free(sp->base);
   free(sp->pickup_path);
   seal_done(sp);
+  moved_free(sp);
   free(sp);
 }

@@ -136,7 +136,8 @@ struct spool {
   struct buf rbuf, mbuf;
   atomic_int kick;
   atomic_int last_err;
-  _Atomic uint64_t st_ingested, st_rejected, st_batches, st_syncs, st_recovered, st_ring_reads;
+  _Atomic uint64_t st_ingested, st_rejected, st_batches, st_syncs, st_recovered, st_ring_reads,
+      st_ctx_loads;
   struct histo st_sync_lat; /* each counted sync call's duration */
   atomic_bool stop;
   bool thread_running;
@@ -194,7 +195,15 @@ struct spool {
   _Atomic size_t sub_live; /* accepted, not yet reported */
   char sub_why[256];       /* ingest thread: why the last submission was rejected */
   uint8_t *seal_key; /* 32 bytes (secmem), or NULL: secrets are not persisted */
+  /* Names that arrived by rename (IN_MOVED_TO) since they were last
+   * listed: complete by the pickup convention. Any other name is checked
+   * for a writer before it is taken (ingest.c, being_written). Ingest
+   * thread only. */
+  char **moved;      /* open addressing, MOVED_CAP slots, NULL = empty */
+  size_t nmoved;
+  bool busy; /* the last listing left a file that is still being written */
 };
+#define MOVED_CAP 16384u /* named limit: beyond it, names take the checked path */
 
 /* One submission (submit.c). */
 struct spool_sub {
@@ -256,7 +265,9 @@ struct iobatch {
   uint8_t *buf;    /* the arena (reads) */
   size_t bufcap;   /* its size */
   struct pre *pre; /* cap (reads) */
-  int *res;        /* cap (unlinks) */
+  int *res;        /* cap (unlinks, renames) */
+  int *res2;       /* cap (the statx after a rename) */
+  struct statx *stx; /* cap (what a rename took) */
 };
 
 /* A claimed message of the current batch. */
@@ -270,6 +281,7 @@ struct jtake {
   struct spool_msg *msg;
   char *name; /* its pickup file, removed once the batch is durable; NULL: submitted */
   struct spool_sub *sub; /* a submission (spool_submit), told once durable */
+  uint64_t ino, size, stamp; /* what was read there (struct pinfo) */
   size_t at;  /* where its records start in sp->jbuf */
 };
 
@@ -405,6 +417,8 @@ void wait_drained(struct spool *sp); /* ingest.c */
 int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsigned n,
                         int oflags, uint8_t *at, size_t slot, bool stat); /* iobatch.c */
 int iobatch_unlink(struct iobatch *b, int dirfd, char *const *names, unsigned n); /* iobatch.c */
+int iobatch_claim(struct iobatch *b, int dirfd, char *const *names, char *const *tombs,
+                  unsigned n); /* iobatch.c */
 struct iobatch *iobatch_get(struct iobatch **bp, bool *tried, unsigned cap, bool reads); /* iobatch.c */
 void iobatch_free(struct iobatch *b); /* iobatch.c */
 int jfd_of(const struct spool *sp, uint32_t seg); /* journal.c */
@@ -443,7 +457,8 @@ void to_bad(struct spool *sp, int dfd, const char *qname, const char *name,
                    const char *reason, const char *id); /* spool.c */
 void write_why(struct spool *sp, const char *name, const char *reason, const char *id); /* spool.c */
 int copy_out(int src, uint64_t off, uint64_t len, int dst); /* txn.c */
-int jrn_spill(struct spool *sp, struct spool_msg *m, struct buf *b, int *bfd, int *mfd); /* txn.c */
+int jrn_spill(struct spool *sp, struct spool_msg *m, bool defer, struct buf *b, int *bfd,
+              int *mfd); /* txn.c */
 uint64_t next_id(struct spool *sp); /* records.c */
 const uint8_t *hot_keep(const uint8_t *p, uint64_t n); /* records.c */
 static inline void jseg_name(uint32_t seg, char out[16]) { snprintf(out, 16, "%08x", seg); }
@@ -459,3 +474,4 @@ int seal_load(struct spool *sp, const char *path, char *err, size_t errlen);
 void seal_done(struct spool *sp);
 void seal_put(const struct spool *sp, struct buf *b, const struct spool_msg *m);
 int seal_apply(const struct spool *sp, struct spool_msg *m, const uint8_t *blob, size_t len);
+void moved_free(struct spool *sp); /* ingest.c */

@@ -251,8 +251,8 @@ def parse_metrics(text):
     return out
 
 
-def scrape(port, path="/metrics"):
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+def scrape(port, path="/metrics", timeout=5):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.sendall(("GET %s HTTP/1.0\r\nHost: x\r\n\r\n" % path).encode())
     data = b""
     while True:
@@ -449,17 +449,9 @@ def scenario_concurrent(imp, ctlbin, sinkbin):
             h = socket.create_connection(("127.0.0.1", port), timeout=5)
             h.sendall(b"GET /metr")  # half-open: never finishes its request line
             idle.append(h)
-        s = socket.create_connection(("127.0.0.1", port), timeout=30)
-        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-        data = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            data += b
-        s.close()
-        check(data.startswith(b"HTTP/1.0 200") and b"impetus_uptime_seconds" in data,
-              "scrape behind 20 half-open requests: %r" % data[:200])
+        head, body = scrape(port, timeout=30)
+        check(head.startswith("HTTP/1.0 200") and "impetus_uptime_seconds" in body,
+              "scrape behind 20 half-open requests: %r" % head)
         # a client that stalls is dropped: the idle connections get closed
         deadline = time.monotonic() + 20
         closed = 0

@@ -39,6 +39,8 @@
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -101,6 +103,9 @@ struct lsess {
   char helo[256];
   bool can_relay, reading, dead;
   uint32_t ep_mask;  /* the events epoll has for fd (a change costs a system call) */
+  SSL *ssl;          /* after STARTTLS: memory BIOs rb (in) and wb (out) */
+  BIO *rb, *wb;
+  struct buf cout;   /* TLS records not yet sent */
   uint32_t inflight; /* messages submitted whose commit has not reported */
   uint32_t receptions, max_receptions;
   uint32_t nrcpt;
@@ -141,6 +146,7 @@ struct listener {
   atomic_bool stop;
   pthread_mutex_t dlock;
   struct lsub *done_head;
+  SSL_CTX *ssl_ctx; /* TLS_Certificate / TLS_Key: STARTTLS offered */
   /* Auth_Password_File: "user:hash" lines, split at the colon */
   char **users, **hashes;
   size_t nusers;
@@ -282,13 +288,15 @@ static int ext_mask(const struct scopes *s, uint32_t *mask, uint32_t *mechs, con
     {"SIZE", SMTPS_EXT_SIZE}, {"8BITMIME", SMTPS_EXT_8BITMIME},
     {"SMTPUTF8", SMTPS_EXT_SMTPUTF8}, {"DSN", SMTPS_EXT_DSN},
     {"ENHANCEDSTATUSCODES", SMTPS_EXT_ENHANCEDSTATUSCODES},
+    {"STARTTLS", SMTPS_EXT_STARTTLS},
   };
   int id;
   const struct conf_view *v = pick(s, O3(SMTP_EXTENSIONS), &id);
   *mechs = 0;
   if (!conf_is_set(v, id)) {
     *mask = SMTPS_EXT_PIPELINING | SMTPS_EXT_CHUNKING | SMTPS_EXT_SIZE | SMTPS_EXT_8BITMIME |
-            SMTPS_EXT_SMTPUTF8 | SMTPS_EXT_DSN | SMTPS_EXT_ENHANCEDSTATUSCODES;
+            SMTPS_EXT_SMTPUTF8 | SMTPS_EXT_DSN | SMTPS_EXT_ENHANCEDSTATUSCODES |
+            SMTPS_EXT_STARTTLS;
     return 0;
   }
   size_t n;
@@ -489,6 +497,23 @@ struct listener *listener_open(struct conf *c, struct spool *sp, const char *hos
   pthread_mutex_init(&L->dlock, NULL);
   if (load_peers(top, &L->gpeers, &L->ngpeers, err, errlen) < 0)
     goto fail;
+  const char *cert = conf_str(tv, CONF_ESMTP_TLS_CERTIFICATE_L);
+  const char *key = conf_str(tv, CONF_ESMTP_TLS_KEY_L);
+  if (cert || key) {
+    L->ssl_ctx = SSL_CTX_new(TLS_server_method());
+    if (!L->ssl_ctx || !cert || !key ||
+        SSL_CTX_use_certificate_chain_file(L->ssl_ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey_file(L->ssl_ctx, key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(L->ssl_ctx) != 1) {
+      char e[256];
+      ERR_error_string_n(ERR_get_error(), e, sizeof(e));
+      snprintf(err, errlen, "esmtp_listener: TLS_Certificate %s / TLS_Key %s: %s",
+               cert ? cert : "(unset)", key ? key : "(unset)", e);
+      goto fail;
+    }
+    SSL_CTX_set_min_proto_version(L->ssl_ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(L->ssl_ctx, SSL_MODE_RELEASE_BUFFERS);
+  }
   const char *pwf = conf_str(tv, CONF_ESMTP_AUTH_PASSWORD_FILE_L);
   if (pwf && load_users(L, pwf, err, errlen) < 0)
     goto fail;
@@ -571,6 +596,9 @@ static void sess_free(struct lsess *s)
   txn_reset(s);
   buf_done(&s->in, 0);
   buf_done(&s->env, 0);
+  buf_done(&s->cout, 0);
+  if (s->ssl)
+    SSL_free(s->ssl); /* frees both BIOs */
   smtps_free(s->sm);
   free(s);
 }
@@ -588,24 +616,87 @@ static void sess_close(struct lsess *s)
     sess_free(s);
 }
 
-/* Send the core's replies; false when the session is gone. */
+/* Send bytes; returns how many went, or -1 when the session is gone
+ * (EAGAIN: 0). */
+static ssize_t send_some(struct lsess *s, const uint8_t *p, size_t n)
+{
+  for (;;) {
+    ssize_t w = send(s->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return 0;
+    if (w <= 0)
+      return -1;
+    return w;
+  }
+}
+
+/* The 220 to STARTTLS is out: the handshake starts with the next input. */
+static bool start_tls(struct lsess *s)
+{
+  s->ssl = SSL_new(s->L->ssl_ctx);
+  s->rb = BIO_new(BIO_s_mem());
+  s->wb = BIO_new(BIO_s_mem());
+  if (!s->ssl || !s->rb || !s->wb) {
+    BIO_free(s->rb);
+    BIO_free(s->wb);
+    s->rb = s->wb = NULL;
+    return false;
+  }
+  SSL_set_bio(s->ssl, s->rb, s->wb);
+  SSL_set_accept_state(s->ssl);
+  return true;
+}
+
+/* Send the core's replies (through TLS once it runs); false when the
+ * session is gone. */
 static bool flush(struct lsess *s)
 {
   const uint8_t *p;
   size_t n;
-  while (smtps_output(s->sm, &p, &n)) {
-    ssize_t w = send(s->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      ep_set(s, s->reading, true);
-      return true;
+  if (s->ssl) {
+    while (SSL_is_init_finished(s->ssl) && smtps_output(s->sm, &p, &n)) {
+      int w = SSL_write(s->ssl, p, (int)(n > 65536 ? 65536 : n));
+      if (w <= 0) {
+        sess_close(s);
+        return false;
+      }
+      smtps_output_consumed(s->sm, (size_t)w);
     }
-    if (w <= 0) {
+    char tmp[16384];
+    int k;
+    while ((k = BIO_read(s->wb, tmp, sizeof(tmp))) > 0)
+      buf_append(&s->cout, tmp, (size_t)k);
+    while (buf_avail(&s->cout)) {
+      ssize_t w = send_some(s, buf_head(&s->cout), buf_avail(&s->cout));
+      if (w < 0) {
+        sess_close(s);
+        return false;
+      }
+      if (w == 0) {
+        ep_set(s, s->reading, true);
+        return true;
+      }
+      buf_consume(&s->cout, (size_t)w);
+    }
+  } else {
+    while (smtps_output(s->sm, &p, &n)) {
+      ssize_t w = send_some(s, p, n);
+      if (w < 0) {
+        sess_close(s);
+        return false;
+      }
+      if (w == 0) {
+        ep_set(s, s->reading, true);
+        return true;
+      }
+      smtps_output_consumed(s->sm, (size_t)w);
+    }
+    if (smtps_want_tls(s->sm) && !start_tls(s)) {
       sess_close(s);
       return false;
     }
-    smtps_output_consumed(s->sm, (size_t)w);
   }
   if (smtps_done(s->sm)) {
     sess_close(s);
@@ -843,6 +934,49 @@ static void on_readable(struct lsess *s)
     sess_close(s); /* EOF or error: a message not yet 250'd is not queued */
     return;
   }
+  if (s->ssl) {
+    BIO_write(s->rb, b, (int)r);
+    if (!SSL_is_init_finished(s->ssl)) {
+      int h = SSL_do_handshake(s->ssl);
+      if (h != 1) {
+        int e = SSL_get_error(s->ssl, h);
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+          ERR_clear_error();
+          flush(s); /* the alert, if any */
+          if (!s->dead)
+            sess_close(s);
+          return;
+        }
+        flush(s);
+        return;
+      }
+      smtps_tls_done(s->sm, now_ms()); /* RFC 3207: the session starts over */
+    }
+    uint8_t pt[16384];
+    for (;;) {
+      int k = SSL_read(s->ssl, pt, sizeof(pt));
+      if (k <= 0) {
+        int e = SSL_get_error(s->ssl, k);
+        if (e != SSL_ERROR_WANT_READ) {
+          ERR_clear_error();
+          sess_close(s);
+          return;
+        }
+        break;
+      }
+      bool ok;
+      if (buf_avail(&s->in)) {
+        buf_append(&s->in, pt, (size_t)k);
+        ok = run_held(s);
+      } else {
+        ok = feed(s, pt, (size_t)k);
+      }
+      if (!ok || s->dead)
+        return;
+    }
+    flush(s);
+    return;
+  }
   if (buf_avail(&s->in)) {
     buf_append(&s->in, b, (size_t)r);
     run_held(s);
@@ -941,6 +1075,8 @@ static void on_accept(struct listener *L, struct lsock *k)
     (void)ext_mask(&sc, &ext, &mechs, &bad); /* checked at start-up */
     if (!L->nusers)
       mechs = 0; /* no Auth_Password_File: nobody could log in */
+    if (!L->ssl_ctx)
+      ext &= ~SMTPS_EXT_STARTTLS;
     int64_t rcpts = opt_int(&sc, O3(MAX_RCPTS));
     char banner[300];
     snprintf(banner, sizeof(banner), "%s ESMTP Impetus", host);
@@ -1156,6 +1292,8 @@ void listener_free(struct listener *l)
   }
   free(l->users);
   free(l->hashes);
+  if (l->ssl_ctx)
+    SSL_CTX_free(l->ssl_ctx);
   if (l->ep >= 0)
     close(l->ep);
   if (l->wake >= 0)

@@ -85,6 +85,8 @@ pwfile = os.path.join(d, "users")
 h = subprocess.run(["openssl", "passwd", "-6", "s3cret"], capture_output=True, text=True).stdout.strip()
 with open(pwfile, "w") as f:
     f.write("# user:sha512-crypt\nalice:%s\n" % h)
+root = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+cert, key, certdir = sinklib.certs(root)
 jl = os.path.join(d, "sink.jsonl")
 sink = sinklib.Sink(sinkbin, ["--jsonl", jl, "--save-dir", d])
 port = free_port()
@@ -93,8 +95,9 @@ conf = ('TLS = "no"\nGateway = "127.0.0.1:%d"\n'
         'ESMTP_Listener {\n'
         '  Relay_Hosts = ( "127.0.0.1/32" )\n'
         '  SMTP_Extensions = ( "PIPELINING" "CHUNKING" "SIZE" "8BITMIME" "SMTPUTF8" "DSN"'
-        ' "ENHANCEDSTATUSCODES" "AUTH PLAIN" "AUTH LOGIN" )\n'
+        ' "ENHANCEDSTATUSCODES" "STARTTLS" "AUTH PLAIN" "AUTH LOGIN" )\n'
         '  Auth_Password_File = "%s"\n'
+        '  TLS_Certificate = "%s"\n  TLS_Key = "%s"\n'
         '  Listen "127.0.0.1:%d" { Allow_Plaintext_Auth = true }\n'
         '  Idle_Time = 2\n'
         '  Max_Recipients_Per_Message = 100\n'
@@ -104,7 +107,7 @@ conf = ('TLS = "no"\nGateway = "127.0.0.1:%d"\n'
         '    Peer "127.0.0.3/32" { Listener_Sessions = 3 }\n'
         '  }\n'
         '  Peer "127.0.0.4/32" { Open_Relay = true }\n'
-        '}\n' % (sink.port, pwfile, port2, port))
+        '}\n' % (sink.port, pwfile, cert, key, port2, port))
 e = enginelib.Engine(imp, conf, "lsn")
 try:
     e.start()
@@ -195,9 +198,30 @@ try:
         m2["Message-ID"] = "<auth-1@sender.test>"
         m2.set_content("relayed after AUTH\n")
         check(c.send_message(m2) == {}, "authenticated client relays")
-    e.wait_for(lambda: len(e.records("D")) >= 5, 30, "5 deliveries")
+    # STARTTLS, then AUTH (not offered before TLS), then relay
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=("127.0.0.2", 0)) as c:
+        c.ehlo("tls.test")
+        check(c.has_extn("starttls") and not c.has_extn("auth"), "STARTTLS offered, AUTH not yet")
+        c.starttls(context=ctx)
+        c.ehlo("tls.test")
+        check(c.has_extn("auth") and not c.has_extn("starttls"), "AUTH offered after TLS")
+        c.login("alice", "s3cret")
+        m3 = EmailMessage()
+        m3["From"] = "alice@sender.test"
+        m3["To"] = "six@rcpt.test"
+        m3["Subject"] = "tls"
+        m3["Message-ID"] = "<tls-1@sender.test>"
+        m3.set_content("over TLS after AUTH\n")
+        check(c.send_message(m3) == {}, "STARTTLS + AUTH relays")
+    e.wait_for(lambda: len(e.records("D")) >= 6, 30, "6 deliveries")
     recs = [json.loads(l) for l in open(jl) if l.strip()] if os.path.exists(jl) else []
     check(any(x["rcpts"] == ["five@rcpt.test"] for x in recs), "authenticated message delivered")
+    tls_bodies = [open(x["file"], "rb").read() for x in recs if x["rcpts"] == ["six@rcpt.test"]]
+    check(tls_bodies and b"with ESMTPSA" in tls_bodies[0], "TLS message delivered, Received: ESMTPSA")
 
     # hostile: slow drip, endless line, oversized command
     c = Client(port)
@@ -264,6 +288,7 @@ finally:
     sink.stop()
     sink.cleanup()
     shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(certdir, ignore_errors=True)
 
 if fails:
     print("%d failures" % len(fails))

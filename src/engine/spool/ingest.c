@@ -199,7 +199,7 @@ static void read_events(struct spool *sp)
 /* Wait for something to claim; true when names are pending. */
 static bool wait_work(struct spool *sp, int timeout_ms)
 {
-  if (sp->inames < sp->nnames)
+  if (sp->inames < sp->nnames || atomic_load(&sp->nsub))
     return true;
   if (sp->nnames > 0) { /* a listing ran out: files that came meanwhile are next */
     names_clear(sp);
@@ -218,6 +218,8 @@ static bool wait_work(struct spool *sp, int timeout_ms)
       if (pfd[1].revents)
         drain_fd(sp->wake_fd);
     }
+    if (atomic_load(&sp->nsub))
+      return true;
     uint64_t now = clock_mono_ns();
     if (atomic_exchange(&sp->kick, 0) || now >= sp->next_rescan_ns)
       sp->scan_due = true;
@@ -354,14 +356,17 @@ static int take_checked(struct spool *sp, int dfd, const char *qname, const char
   if (msg_parse((const char *)data, len, &env, why, sizeof(why)) < 0 ||
       !(m = msg_from_env(sp, &env, id, node, bucket, why, sizeof(why)))) {
     msg_envelope_done(&env);
-    to_bad(sp, dfd, qname, orig, why, idstr);
+    if (qname)
+      to_bad(sp, dfd, qname, orig, why, idstr);
+    else /* a submission: its sender is told (spool_submit) */
+      snprintf(sp->sub_why, sizeof(sp->sub_why), "%s", why);
     return 1;
   }
   (void)msg_scrub_secrets((char *)(uintptr_t)data, env.body_off, ctx_key_is_secret, lo, hi);
   if (env.ndup && sp->p.on_note) {
     snprintf(why, sizeof(why), "%s: removed %" PRIu32 " duplicate x-receiver lines (%" PRIu32
              " recipients left)", idstr, env.ndup, env.nrcpt);
-    sp->p.on_note(sp->p.arg, orig, why);
+    sp->p.on_note(sp->p.arg, orig ? orig : "(smtp)", why);
   }
   msg_envelope_done(&env);
   if (sp->p.on_ingest) {
@@ -374,7 +379,10 @@ static int take_checked(struct spool *sp, int dfd, const char *qname, const char
     in_hook.msg = NULL;
     if (hr < 0) {
       spool_msg_free(m);
-      to_bad(sp, dfd, qname, orig, why[0] ? why : "rejected by the ingest hook", idstr);
+      if (qname)
+        to_bad(sp, dfd, qname, orig, why[0] ? why : "rejected by the ingest hook", idstr);
+      else
+        snprintf(sp->sub_why, sizeof(sp->sub_why), "%s", why[0] ? why : "rejected by the ingest hook");
       return 1;
     }
   }
@@ -458,7 +466,7 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   put_u64(b, pi->ino);
   put_u64(b, pi->size);
   put_u64(b, pi->stamp);
-  put_str(b, name);
+  put_str(b, name ? name : ""); /* "" for a submission */
   rec_end(b, r0);
   size_t body = b->len + sp->jrefbytes;
   if (stays && m->body_size >= JREF_MIN) {
@@ -576,6 +584,8 @@ static void jrn_forget_tomb(struct spool *sp, const struct jtake *t, const char 
  * took the name meanwhile is put back, never removed. */
 static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
 {
+  if (!t->name)
+    return; /* a submission: no pickup file */
   if (spool_test_keep_pickup && spool_test_keep_pickup(t->name))
     return; /* as if the process died here */
   char tomb[SPOOL_ID_LEN + 4];
@@ -652,8 +662,13 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
 {
   if (spool_test_before_forget)
     spool_test_before_forget();
+  size_t files = 0;
+  for (size_t i = 0; i < bt->n; i++)
+    files += bt->c[i].name != NULL;
+  if (files == 0)
+    return;
   iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false);
-  if (sp->iunlink && !spool_test_keep_pickup && bt->n <= sp->iunlink->cap) {
+  if (sp->iunlink && !spool_test_keep_pickup && bt->n <= sp->iunlink->cap && files == bt->n) {
     struct iobatch *ib = sp->iunlink;
     char **names = util_xmalloc(2 * bt->n * sizeof(*names)), **tombs = names + bt->n;
     char (*tb)[SPOOL_ID_LEN + 4] = util_xmalloc(bt->n * sizeof(*tb));
@@ -712,11 +727,13 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
 /* A batch that could not be made durable: its pickup files stay for the
  * next round, and what reached the segment is retired so it can never be
  * taken for mail. */
-static void jrn_batch_fail(struct spool *sp, struct jbatch *bt, bool put)
+static void jrn_batch_fail(struct spool *sp, struct jbatch *bt, bool put, int err)
 {
   struct buf done = {0};
   uint32_t *unpin = util_xmalloc(bt->n * sizeof(*unpin));
   for (size_t i = 0; i < bt->n; i++) {
+    if (bt->c[i].sub)
+      sub_finish(sp, bt->c[i].sub, err < 0 ? err : -EIO, NULL, NULL);
     rec_done(&done, bt->c[i].msg);
     unpin[i] = bt->seg;
     spool_msg_free(bt->c[i].msg);
@@ -745,7 +762,12 @@ static void jrn_batch_done(struct spool *sp, struct jbatch *bt)
   atomic_fetch_add_explicit(&sp->st_ingested, bt->n, memory_order_relaxed);
   atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
   for (size_t i = 0; i < bt->n; i++) {
+    char id[SPOOL_ID_LEN + 1];
+    if (bt->c[i].sub)
+      spool_msg_id_str(bt->c[i].msg, id); /* before the engine owns the message */
     sp->p.on_msg(sp->p.arg, bt->c[i].msg);
+    if (bt->c[i].sub)
+      sub_finish(sp, bt->c[i].sub, 0, id, NULL);
   }
   if (sp->p.on_batch_end)
     sp->p.on_batch_end(sp->p.arg);
@@ -846,6 +868,22 @@ static long ingest_journal(struct spool *sp)
   sp->njrefs = sp->jrefbytes = 0;
   iobatch_get(&sp->iread, &sp->iread_tried, sp->p.batch_max, true);
   size_t used = 0; /* arena bytes holding this batch's files */
+  /* Submissions first (their senders wait for the reply): the same
+   * checks, records and group commit as pickup files. */
+  for (struct spool_sub *s = sub_take(sp, max), *next; s; s = next) {
+    next = s->next;
+    s->next = NULL;
+    struct pinfo pi = {0, 0, 0};
+    sp->sub_why[0] = 0;
+    if (bt->n < max && jrn_take_data(sp, NULL, s->data, s->len, &pi, -1, false, &bt->c[bt->n]) == 0) {
+      bt->c[bt->n].name = NULL;
+      bt->c[bt->n++].sub = s;
+      free(s->data); /* copied into the batch */
+      s->data = NULL;
+    } else {
+      sub_finish(sp, s, -EBADMSG, NULL, sp->sub_why[0] ? sp->sub_why : "rejected");
+    }
+  }
   while (bt->n < max && sp->inames < sp->nnames && batch_len(sp) < JRN_BATCH_BYTES) {
     size_t k = sp->nnames - sp->inames;
     if (k > max - bt->n)
@@ -917,7 +955,7 @@ static long ingest_journal(struct spool *sp)
   if (r == 0)
     r = jrn_sync(sp, bt->seg);
   if (r < 0) {
-    jrn_batch_fail(sp, bt, put);
+    jrn_batch_fail(sp, bt, put, r);
     names_clear(sp);
     sp->scan_due = true;
     atomic_store(&sp->last_err, r);
@@ -948,7 +986,7 @@ static void *commit_thread(void *arg)
       for (struct jbatch *b = list, *next; b; b = next) {
         next = b->next;
         nb++;
-        jrn_batch_fail(sp, b, true);
+        jrn_batch_fail(sp, b, true, r);
       }
       atomic_store(&sp->commit_err, r);
     }

@@ -187,6 +187,13 @@ struct spool {
   struct iovec *jiov;
   size_t capjiov;
   uint64_t avg_file; /* ingest thread: the last batch's bytes per file */
+  /* In-memory submissions (submit.c): any thread appends under sublock;
+   * the ingest thread takes them into its batches. */
+  pthread_mutex_t sublock;
+  struct spool_sub *sub_head, *sub_tail;
+  _Atomic size_t nsub;     /* queued, not yet taken */
+  _Atomic size_t sub_live; /* accepted, not yet reported */
+  char sub_why[256];       /* ingest thread: why the last submission was rejected */
   uint8_t *seal_key; /* 32 bytes (secmem), or NULL: secrets are not persisted */
   /* Names that arrived by rename (IN_MOVED_TO) since they were last
    * listed: complete by the pickup convention. Any other name is checked
@@ -197,6 +204,21 @@ struct spool {
   bool busy; /* the last listing left a file that is still being written */
 };
 #define MOVED_CAP 16384u /* named limit: beyond it, names take the checked path */
+
+/* One submission (submit.c). */
+struct spool_sub {
+  struct spool_sub *next;
+  uint8_t *data;
+  size_t len;
+  spool_submit_cb done;
+  void *arg;
+};
+/* Take up to max queued submissions (ingest thread); NULL when none. */
+struct spool_sub *sub_take(struct spool *sp, size_t max);
+/* Report a submission's outcome and free it. */
+void sub_finish(struct spool *sp, struct spool_sub *s, int result, const char *id, const char *why);
+/* Fail every queued submission (stop, or a layout without the journal). */
+void sub_fail_all(struct spool *sp, int result);
 
 /* The message in the ingest hook (on_ingest) of the calling thread: its
  * pickup file, open (or -1) and in memory. Thread-local: only the thread
@@ -252,7 +274,8 @@ struct iobatch {
 /* A message of the current journal batch. */
 struct jtake {
   struct spool_msg *msg;
-  char *name; /* its pickup file, removed once the batch is durable */
+  char *name; /* its pickup file, removed once the batch is durable; NULL: submitted */
+  struct spool_sub *sub; /* a submission (spool_submit), told once durable */
   uint64_t ino, size, stamp; /* what was read there (struct pinfo) */
   size_t at;  /* where its records start in sp->jbuf */
 };

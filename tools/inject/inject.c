@@ -568,6 +568,9 @@ int main(int argc, char **argv)
     submit_group(false);
   }
   if (smtp_bs) {
+    /* -bs reads only the SMTP session on stdin and writes only its own
+     * files: it runs with the submit group (set-group-ID install) */
+    submit_group(true);
     int code = inject_bs(pickup_dir); /* tools/inject/inject_bs.c */
     free(pickup_dir);
     return code;

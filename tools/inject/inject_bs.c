@@ -31,6 +31,7 @@ struct bs {
   struct smtps *s;
   const char *dir;
   int dirfd;
+  bool unlisted; /* the pickup directory is write-only to us (1730): no fsync of it */
   unsigned long serial;
   char host[256];
   char helo[256];
@@ -98,6 +99,14 @@ static int store(struct bs *b, char *name, size_t namelen)
   int fd = openat(b->dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0)
     return -errno;
+  /* set-group-ID impetus-submit (docs/security.md): the group (the engine's
+   * user is in it) reads the file, no other user */
+  if (getegid() != getgid() && fchmod(fd, 0640) < 0) {
+    int e = errno;
+    close(fd);
+    unlinkat(b->dirfd, tmp, 0);
+    return -e;
+  }
   /* Run as root, hand the file to the pickup directory's owner (the engine
    * leaves root and must read what it claims), as impetus-inject does. */
   struct stat dst;
@@ -117,7 +126,7 @@ static int store(struct bs *b, char *name, size_t namelen)
     unlinkat(b->dirfd, tmp, 0);
     return r;
   }
-  if (fsync(b->dirfd) < 0)
+  if (!b->unlisted && fsync(b->dirfd) < 0)
     return -errno; /* renamed but maybe not durable: the mailer retries (a duplicate at worst) */
   return 0;
 }
@@ -252,6 +261,12 @@ int inject_bs(const char *pickup_dir)
   memset(&b, 0, sizeof(b));
   b.dir = pickup_dir;
   b.dirfd = open(pickup_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (b.dirfd < 0 && errno == EACCES) {
+    /* a submission directory we may write but not list (1730): each file
+     * is synced itself, the directory cannot be */
+    b.dirfd = open(pickup_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    b.unlisted = true;
+  }
   if (gethostname(b.host, sizeof(b.host) - 1) < 0 || !b.host[0])
     strcpy(b.host, "localhost");
   char banner[300];

@@ -103,6 +103,18 @@ def main():
         check(st.st_uid == pwd.getpwnam(A).pw_uid and st.st_gid == gid,
               "owner %d:%d, want %s:%s" % (st.st_uid, st.st_gid, A, GROUP))
         check(st.st_mode & 0o777 == 0o640, "mode %o, want 640" % (st.st_mode & 0o777))
+        # sendmail -bs (SMTP on stdin) under the same model
+        r = as_user(A, [sg, "-bs", "--spool", e.spool],
+                    input="HELO a.example\r\nMAIL FROM:<a@example.org>\r\n"
+                          "RCPT TO:<rcpt2@example.com>\r\nDATA\r\nSubject: bs\r\n\r\nhi\r\n"
+                          ".\r\nQUIT\r\n")
+        check(r.returncode == 0 and "250" in r.stdout, "-bs as %s: %d %r %r"
+              % (A, r.returncode, r.stdout[-300:], r.stderr))
+        bs = [f for f in os.listdir(e.pickup) if not f.startswith(".") and f != files[0]]
+        check(len(bs) == 1, "the -bs file: %s" % bs)
+        st = os.stat(os.path.join(e.pickup, bs[0]))
+        check(st.st_gid == gid and st.st_mode & 0o777 == 0o640,
+              "-bs file %d %o" % (st.st_gid, st.st_mode & 0o777))
         # without the program, A cannot write there at all
         r = as_user(A, ["sh", "-c", "echo x > %s/direct" % e.pickup])
         check(r.returncode != 0, "user %s wrote into pickup/ directly" % A)
@@ -125,14 +137,15 @@ def main():
               "A's file is intact")
         # the engine (root, dropping to ENG, a member of GROUP) claims and delivers it
         e.start()
-        e.wait_for(lambda: len(e.records("D")) == 1, 30, "delivery of A's message")
+        e.wait_for(lambda: len(e.records("D")) == 2, 30, "delivery of A's two messages")
         check(not os.listdir(e.pickup), "pickup/ is empty")
         st = os.stat(e.pickup)
         check(st.st_gid == gid and st.st_mode & 0o7777 == 0o1730,
               "pickup/ keeps its group and mode after the engine's start: %d %o"
               % (st.st_gid, st.st_mode & 0o7777))
         got = open(os.path.join(d, "sink.jsonl")).read()
-        check("rcpt@example.com" in got, "the sink got it: %s" % got[:300])
+        check("rcpt@example.com" in got and "rcpt2@example.com" in got,
+              "the sink got both: %s" % got[:300])
         check(e.stop() == 0, "engine exit status")
         print("ok")
         return 0

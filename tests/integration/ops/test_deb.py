@@ -73,7 +73,7 @@ def main():
             check(want in postinst, "postinst lacks %s" % want)
         deps = subprocess.run(["dpkg-deb", "-f", deb, "Depends"], check=True, capture_output=True,
                               text=True).stdout
-        for lib in ("liburing", "libluajit", "libssl", "libjemalloc", "adduser"):
+        for lib in ("liburing", "libluajit", "libssl", "libjemalloc", "libhiredis", "adduser"):
             check(lib in deps, "Depends lacks %s: %s" % (lib, deps))
         r = subprocess.run(["lintian", "--no-tag-display-limit", deb], capture_output=True,
                            text=True, timeout=600)

@@ -459,6 +459,12 @@ const struct conf_view *conf_stanza_view(const struct conf_stanza *st)
   return &st->view;
 }
 
+const char *conf_stanza_origin(const struct conf_stanza *st, unsigned *line)
+{
+  *line = st->line;
+  return st->file;
+}
+
 bool conf_module_enabled(const struct conf *c, const char *module)
 {
   int k = conf_stz_find(module);
@@ -695,7 +701,11 @@ void conf_dump_markdown(struct buf *out)
     bool any = false;
     for (int i = 0; i < CONF__COUNT; i++) {
       const struct conf_optdef *d = &conf_optdefs[i];
-      if (!(d->scopes & CONF_S_MOD) || strcasecmp(d->module, kind))
+      if (!(d->scopes & CONF_S_MOD))
+        continue;
+      bool mine = k < 0 ? !strcmp(d->module, "*")
+                        : strcmp(d->module, "*") && conf_module_has(d->module, kind);
+      if (!mine)
         continue;
       if (!any)
         buf_append_str(out, "| Option | Type | Default | Change | Description |\n"

@@ -15,7 +15,7 @@ enum {
   CONF_S_G = 1u, CONF_S_BG = 2u, CONF_S_B = 4u, CONF_S_D = 8u, CONF_S_MOD = 16u,
 };
 #define CONF_S_ROUTING (CONF_S_G | CONF_S_BG | CONF_S_B | CONF_S_D)
-enum { CONF_F_RESTART = 1u, CONF_F_SECRET = 2u };
+enum { CONF_F_RESTART = 1u, CONF_F_SECRET = 2u, CONF_F_NOTIMPL = 4u };
 enum { CONF_INST_NONE, CONF_INST_OPTIONAL, CONF_INST_REQUIRED };
 
 struct conf_optdef {
@@ -45,6 +45,9 @@ struct conf_stzdef {
 };
 extern const struct conf_stzdef conf_stzdefs[STZ__COUNT];
 int conf_stz_find(const char *name); /* -1 if unknown */
+/* Whether an option's MODULE (one kind, kinds separated by spaces, or "*")
+ * names the stanza kind. */
+bool conf_module_has(const char *module, const char *kind);
 
 /* ---- arena: every string and value of a snapshot ---- */
 struct conf_chunk;
@@ -113,6 +116,8 @@ struct conf_stanza {
   struct conf_stanza *parent, *next, *children, *children_tail;
   struct conf_node *node;
   struct conf_view view;
+  const char *file;         /* where it was first opened (absolute) */
+  unsigned line;
 };
 
 /* String -> int map, open addressing; keys owned by the arena. */

@@ -24,6 +24,7 @@
 #define ROUTING CONF_S_ROUTING
 #define RESTART CONF_F_RESTART
 #define SECRET CONF_F_SECRET
+#define NOTIMPL CONF_F_NOTIMPL
 #define NONE CONF_INST_NONE
 #define OPTIONAL CONF_INST_OPTIONAL
 #define REQUIRED CONF_INST_REQUIRED
@@ -47,6 +48,21 @@ int conf_stz_find(const char *name)
     if (!strcasecmp(conf_stzdefs[i].name, name))
       return i;
   return -1;
+}
+
+bool conf_module_has(const char *module, const char *kind)
+{
+  if (!strcmp(module, "*"))
+    return true;
+  size_t kl = strlen(kind);
+  for (const char *p = module; *p;) {
+    size_t n = strcspn(p, " ");
+    if (n == kl && !strncasecmp(p, kind, n))
+      return true;
+    p += n;
+    p += strspn(p, " ");
+  }
+  return false;
 }
 
 /* ---- arena ----

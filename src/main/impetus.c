@@ -4,6 +4,7 @@
  * Main thread only. */
 #include "buf.h"
 #include "conf.h"
+#include "dkim_conf.h"
 #include "engine.h"
 #include "impetus_build.h"
 
@@ -122,8 +123,18 @@ int main(int argc, char **argv)
   switch (mode) {
   case CHECK: {
     struct conf *c = load_or_report(path);
+    if (!c)
+      return 1;
+    /* DKIM keys are part of the configuration: a bad one fails the check. */
+    struct conf_error err;
+    struct dkim_signers *ds = dkim_signers_new(c, &err);
+    if (!ds) {
+      char text[sizeof(err.file) + sizeof(err.msg) + 32];
+      fprintf(stderr, "%s\n", conf_error_str(&err, text, sizeof(text)));
+    }
+    dkim_signers_free(ds);
     conf_unref(c);
-    return c ? 0 : 1;
+    return ds ? 0 : 1;
   }
   case EVAL:
     return eval_config(path, show_secrets, argc - rest, argv + rest);

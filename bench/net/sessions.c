@@ -47,8 +47,10 @@ static unsigned long open_now, delivered, failed_txn, failed_sess, connects, rea
 static unsigned long fail_kind[8];
 static void sess_start(struct sess *s);
 
-static void on_ready(void *arg) {
+static void on_ready(void *arg, bool pipelined) {
   struct sess *s = arg;
+  if (pipelined)
+    return; /* one transaction per session at a time: wait for the final reply */
   if (!s->ready_once) {
     s->ready_once = true;
     ready_sessions++;
@@ -60,12 +62,13 @@ static void on_ready(void *arg) {
   s->msgs++;
   s->txn = (struct smtpc_txn){.mail_from = "bench@sender.test", .rcpts = RCPTS, .nrcpt = NRCPT,
                               .size = BODY.len, .results = s->res, .final = &s->fin};
-  if (outsess_send(s->o, &s->txn, &BODY) < 0)
+  if (outsess_send(s->o, &s->txn, &BODY, NULL) < 0)
     outsess_quit(s->o);
 }
 
-static void on_txn(void *arg, const struct smtpc_txn *t) {
+static void on_txn(void *arg, void *txn_arg, const struct smtpc_txn *t) {
   (void)arg;
+  (void)txn_arg;
   if (t->final->outcome == SMTPC_OUT_OK)
     delivered++;
   else

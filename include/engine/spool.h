@@ -250,18 +250,6 @@ int spool_txn_commit(struct spool_txn *t);
  * Returns 0 or -errno (the message is freed either way). */
 int spool_bad(struct spool *sp, struct spool_msg *msg, const char *reason);
 
-/* Fault injection for tests only: when set, called by the ingest thread
- * right after a claimed file's fstat and before it is read. NULL in
- * production. */
-extern void (*spool_test_after_stat)(int fd);
-/* Fault injection for tests only: when it returns true for a pickup file
- * whose message was just made durable in the journal, the file is left in
- * pickup/ (a crash between the sync and the removal). NULL in production. */
-extern bool (*spool_test_keep_pickup)(const char *name);
-/* Fault injection for tests only: called once a batch is durable, right
- * before its pickup files are removed. NULL in production. */
-extern void (*spool_test_before_forget)(void);
-
 /* Pickup format parsing (pure; used by spool_ingest and impetus-inject). */
 
 /* Validate an address (no angle brackets): local@domain, RFC 5321 rules:

@@ -16,7 +16,6 @@
  *     while (smtpc_output(s, &p, &n)) { send p[0..k); smtpc_output_consumed(s, k, now); }
  *     while (smtpc_next_event(s, &ev)) switch (ev.type) {
  *       NEED_TLS:   handshake; smtpc_tls_done(s, ok, now)
- *       NEED_AUTH:  (only with params.auth_deferred) smtpc_set_auth(s, &creds, now)
  *       READY:      smtpc_begin_txn(s, &txn, now) or smtpc_quit(s, now);
  *                   with flag SMTPC_F_PIPELINED: smtpc_begin_txn or nothing
  *                   (a plain READY follows the final reply if unused)
@@ -119,7 +118,9 @@ enum smtpc_auth_type {
   SMTPC_AUTH_XOAUTH2, /* Google/Microsoft bearer token */
 };
 
-/* Credentials. The strings are copied by smtpc_new / smtpc_set_auth; the
+/* Credentials (known when the session is made: the engine resolves them
+ * per delivery unit, and a connection carries one identity). The strings
+ * are copied by smtpc_new; the
  * copies are wiped after the AUTH bytes are built and when the session is
  * freed. The caller wipes its own. */
 struct smtpc_auth {
@@ -154,7 +155,6 @@ struct smtpc_params {
   enum smtpc_tls_mode tls;    /* STARTTLS policy (ignored with implicit_tls) */
   bool implicit_tls;          /* port 465: NEED_TLS right after connect, no STARTTLS */
   struct smtpc_auth auth;     /* type NONE = no AUTH */
-  bool auth_deferred;         /* emit NEED_AUTH after the final EHLO, wait for smtpc_set_auth */
   bool auth_allow_plaintext;  /* Outbound_SMTP_AUTH_Allow_Plaintext */
   bool send_8bitmime;         /* Send_8BITMIME ifavailable: BODY=8BITMIME for 8-bit txns */
   bool chunking;              /* BDAT (RFC 3030) when the server offers CHUNKING and PIPELINING */
@@ -175,7 +175,6 @@ enum smtpc_state {
   SMTPC_ST_HELO,
   SMTPC_ST_STARTTLS,
   SMTPC_ST_TLS,         /* STARTTLS handshake (driver) */
-  SMTPC_ST_AUTH_WAIT,   /* waiting for smtpc_set_auth (auth_deferred) */
   SMTPC_ST_AUTH,        /* AUTH command and its challenges */
   SMTPC_ST_IDLE,        /* READY: no transaction */
   SMTPC_ST_MAIL,        /* MAIL/RCPT/DATA group; receive cursor says which */
@@ -192,7 +191,6 @@ enum smtpc_state {
 enum smtpc_ev_type {
   SMTPC_EV_NONE = 0,
   SMTPC_EV_NEED_TLS,    /* start the TLS handshake now, then smtpc_tls_done() */
-  SMTPC_EV_NEED_AUTH,   /* auth_deferred: call smtpc_set_auth(); `text` = offered mechanisms */
   SMTPC_EV_AUTH_RESULT, /* AUTH succeeded (code 235) */
   SMTPC_EV_READY,       /* idle; smtpc_begin_txn() or smtpc_quit() */
   SMTPC_EV_RCPT_RESULT, /* txn->results[index] is filled in */
@@ -303,8 +301,6 @@ void smtpc_io_error(struct smtpc *s, int err, uint64_t now_ms);
 /* The TLS handshake requested by NEED_TLS finished. ok: re-EHLO (or wait
  * for the banner with implicit TLS). !ok: FAILED (TRANSIENT, SMTPC_F_TLS_FAILED). */
 int smtpc_tls_done(struct smtpc *s, bool ok, uint64_t now_ms);
-/* Answer NEED_AUTH: creds NULL or type NONE = go on without AUTH. */
-int smtpc_set_auth(struct smtpc *s, const struct smtpc_auth *creds, uint64_t now_ms);
 
 /* Absolute deadline in ms for the current state; UINT64_MAX when none. */
 uint64_t smtpc_deadline(const struct smtpc *s);

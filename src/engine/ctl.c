@@ -7,9 +7,10 @@
  * most CTL_WORKER_WAIT_MS); walk messages to count them (counters.c keeps
  * totals; listings page); print a secret (conf_eval without
  * CONF_EVAL_SHOW_SECRETS masks them).
+ * The control thread's I/O (every client served at once) is ctlsrv.c.
  * Threads: the control thread, except ctl_start/ctl_stop (main thread),
  * ctl_suspended (workers) and the run_* functions (each on its worker). */
-#include "ctl.h"
+#include "ctl_internal.h"
 
 #include "buf.h"
 #include "conf.h"
@@ -27,7 +28,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -43,7 +43,6 @@
 #include <unistd.h>
 
 #define CTL_ARGS_MAX 32       /* words in one request */
-#define CTL_IO_TIMEOUT_S 2    /* a client that stalls longer is dropped */
 #define RATE_SAMPLES 61       /* one per second: the last minute */
 
 /* ------------------------------------------------------------ state */
@@ -1144,61 +1143,11 @@ static int dispatch(struct req *r)
   return fail(r, "unknown command\n%s", usage_text);
 }
 
-/* ------------------------------------------------------------ I/O */
+/* ------------------------------------------------------------ answers
+ * (ctlsrv.c does the I/O: every client is served concurrently) */
 
-static void set_timeouts(int fd)
+void ctl_answer(char *line, struct buf *out)
 {
-  struct timeval tv = {.tv_sec = CTL_IO_TIMEOUT_S};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
-
-static void write_all(int fd, const void *p, size_t n)
-{
-  const char *c = p;
-  while (n > 0) {
-    ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return;
-    c += w;
-    n -= (size_t)w;
-  }
-}
-
-/* Read until `end` is seen or the buffer is full; returns bytes or -1. */
-static ssize_t read_until(int fd, char *buf, size_t cap, const char *end)
-{
-  size_t n = 0;
-  while (n + 1 < cap) {
-    ssize_t r = recv(fd, buf + n, cap - 1 - n, 0);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      break;
-    n += (size_t)r;
-    buf[n] = '\0';
-    if (strstr(buf, end))
-      return (ssize_t)n;
-  }
-  buf[n] = '\0';
-  return n ? (ssize_t)n : -1;
-}
-
-static void serve_ctl(int fd)
-{
-  set_timeouts(fd);
-  char line[CTL_REQUEST_MAX + 1];
-  ssize_t n = read_until(fd, line, sizeof line, "\n");
-  if (n <= 0)
-    return;
-  char *nl = strchr(line, '\n');
-  if (nl == NULL) {
-    write_all(fd, "ERR\nrequest too long\n", 21);
-    return;
-  }
-  *nl = '\0';
   struct buf body = {0};
   struct req r = {.o = {.b = &body}};
   char *save = NULL;
@@ -1213,36 +1162,28 @@ static void serve_ctl(int fd)
     buf_append_str(&body, "}\n");
   if (rc < 0) {
     buf_append(&r.err, "", 1);
-    struct buf e = {0};
+    buf_append_str(out, "ERR\n");
     if (r.o.json) {
-      buf_append_str(&e, "{\"error\":");
-      json_str(&e, (const char *)buf_head(&r.err));
-      buf_append_str(&e, "}\n");
+      buf_append_str(out, "{\"error\":");
+      json_str(out, (const char *)buf_head(&r.err));
+      buf_append_str(out, "}\n");
     } else {
-      buf_printf(&e, "%s\n", (const char *)buf_head(&r.err));
+      buf_printf(out, "%s\n", (const char *)buf_head(&r.err));
     }
-    write_all(fd, "ERR\n", 4);
-    write_all(fd, buf_head(&e), buf_avail(&e));
-    buf_done(&e, 0);
   } else {
-    write_all(fd, "OK\n", 3);
-    write_all(fd, buf_head(&body), buf_avail(&body));
+    buf_append_str(out, "OK\n");
+    buf_append(out, buf_head(&body), buf_avail(&body));
   }
   buf_done(&body, 0);
   buf_done(&r.err, 0);
 }
 
-static void serve_metrics(int fd)
+void ctl_http_answer(const char *req, struct buf *out)
 {
-  set_timeouts(fd);
-  char req[CTL_REQUEST_MAX + 1];
-  ssize_t n = read_until(fd, req, sizeof req, "\n");
-  if (n <= 0)
-    return;
-  if (strncmp(req, "GET /metrics", 12) != 0 || (req[12] != ' ' && req[12] != '?' && req[12] != '\r' && req[12] != '\n')) {
-    static const char nf[] = "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
-                             "Content-Length: 10\r\n\r\nnot found\n";
-    write_all(fd, nf, sizeof nf - 1);
+  if (strncmp(req, "GET /metrics", 12) != 0 ||
+      (req[12] != ' ' && req[12] != '?' && req[12] != '\r' && req[12] != '\n')) {
+    buf_append_str(out, "HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+                        "Content-Length: 10\r\n\r\nnot found\n");
     return;
   }
   struct metrics_input in = {.nworkers = g.sh->nworkers,
@@ -1263,42 +1204,23 @@ static void serve_metrics(int fd)
   struct buf body = {0};
   metrics_render(&body, &in);
   free(in.w);
-  char head[200];
-  int hl = snprintf(head, sizeof head,
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                    "Content-Length: %zu\r\n\r\n",
-                    buf_avail(&body));
-  write_all(fd, head, (size_t)hl);
-  write_all(fd, buf_head(&body), buf_avail(&body));
+  buf_printf(out,
+             "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+             "Content-Length: %zu\r\n\r\n",
+             buf_avail(&body));
+  buf_append(out, buf_head(&body), buf_avail(&body));
   buf_done(&body, 0);
+}
+
+void ctl_tick(void)
+{
+  rate_sample();
 }
 
 static void *ctl_main(void *arg)
 {
   (void)arg;
-  for (;;) {
-    struct pollfd p[3] = {{.fd = g.stop_fd[0], .events = POLLIN},
-                          {.fd = g.sock_fd, .events = POLLIN},
-                          {.fd = g.metrics_fd, .events = POLLIN}};
-    int n = poll(p, 3, 1000);
-    rate_sample();
-    if (n < 0)
-      continue;
-    if (p[0].revents)
-      break;
-    for (int i = 1; i < 3; i++) {
-      if (!(p[i].revents & POLLIN))
-        continue;
-      int fd = accept4(p[i].fd, NULL, NULL, SOCK_CLOEXEC);
-      if (fd < 0)
-        continue;
-      if (i == 1)
-        serve_ctl(fd);
-      else
-        serve_metrics(fd);
-      close(fd);
-    }
-  }
+  ctlsrv_run(g.stop_fd[0], g.sock_fd, g.metrics_fd);
   return NULL;
 }
 

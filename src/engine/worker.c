@@ -12,18 +12,17 @@
 
 #include "auth.h"
 #include "conf.h"
-#include "conn.h"
 #include "counters.h"
 #include "ctl.h"
 #include "dns.h"
 #include "dq.h"
 #include "dsn.h"
 #include "logs.h"
+#include "outsess.h"
 #include "panic.h"
 #include "policy.h"
 #include "ring.h"
 #include "scheduler.h"
-#include "smtp_dot.h"
 #include "smtpc.h"
 #include "spool.h"
 #include "throttle.h"
@@ -48,7 +47,6 @@
 #define ROUTES_MAX 16          /* route candidates tried per attempt */
 #define RES_INLINE 2           /* recipients whose results live in the session itself */
 #define OPEN_DELAY_NS 10000000u /* a BDAT queue's backlog this old opens one more connection */
-#define BODY_CHUNK 65536u      /* bytes read from the spool per step (a pread is several us on a VM) */
 #define BODY_INFLIGHT 65536u   /* body bytes queued in the conn at most */
 #define DSN_ORIG_MAX 65536u    /* bytes of the original read for a DSN */
 #define RESULT_TEXT_MAX 256u   /* failure text kept for a DSN */
@@ -103,53 +101,40 @@ struct route {
   char host[256];
 };
 
+/* One delivery connection of a queue: its route candidates, the outsess
+ * of the current attempt, and the transactions in flight on it. */
 struct session {
   struct worker *w;
   struct dq_queue *q;
-  struct conn *conn;
-  struct smtpc *smtpc;
-  struct ring_timer timer;
-  struct dq_unit *unit;         /* being sent (or about to be) */
-  struct smtpc_result *results; /* unit's result slots (slot `half`) */
-  struct smtpc_result *final;   /* unit's final reply */
+  struct outsess *os;           /* the current attempt; NULL while resolving or after closed */
   /* Pipelining across transactions (RFC 2920 after a dot; RFC 3030 BDAT
-   * up to Pipeline_Depth deep): the transactions fully sent whose final
-   * replies are awaited while unit's commands follow, oldest first. Each
-   * transaction has its own result slot: slots 0 and 1 live in the
-   * session (res_inline, fin_buf), deeper ones in `deep`, allocated when
-   * a session first goes deeper than two; a unit of more than RES_INLINE
-   * recipients uses res_big[slot] (max_batch results, allocated at its
-   * first use): most sessions need neither, and thousands of idle
-   * sessions stay small. */
-  struct waiting {
-    struct dq_unit *u;
-    unsigned slot;
-  } wait[SMTPC_PIPE_MAX];
-  unsigned nwait, half;
+   * up to Pipeline_Depth deep): the transactions in flight, each in its
+   * own result slot: slots 0 and 1 live in the session (res_inline,
+   * fin_buf), deeper ones in `deep`, allocated when a session first goes
+   * deeper than two; a unit of more than RES_INLINE recipients uses
+   * res_big[slot] (max_batch results, allocated at its first use): most
+   * sessions need neither, and thousands of idle sessions stay small. */
+  struct flight {
+    struct dq_unit *u;          /* NULL: slot free */
+    struct smtpc_txn txn;       /* outsess and smtpc read it until txn_done */
+  } fl[SMTPC_PIPE_MAX];
   struct smtpc_result res_inline[2][RES_INLINE];
   struct smtpc_result fin_buf[2];
   struct smtpc_result *deep; /* (SMTPC_PIPE_MAX - 2) x (RES_INLINE + 1) */
   struct smtpc_result *res_big[SMTPC_PIPE_MAX];
-  struct smtp_dot crlf;      /* BDAT: line ends of a body that needs CRLF made */
   uint32_t max_batch;
   const char **rcpts;           /* max_batch pointers */
   uint32_t delivered;           /* successful transactions */
   uint32_t rcpts_tried;         /* RCPTs sent (Max_Recipients_Per_Connection) */
   uint64_t pool_key;
-  bool parked, closing, connected, counted, txn_open;
+  bool parked, closing, connected, counted;
   bool ever_ready; /* reached READY once (no longer counted as opening) */
-  int body_fd;
-  uint64_t body_off, body_end;
-  const uint8_t *body_mem; /* the message in memory (spool_msg.body_mem), else body_fd */
-  uint64_t body_base;      /* body_off of its first byte */
-  bool body_started; /* NEED_BODY seen: smtpc takes body bytes */
-  bool body_done;
-  uint64_t conn_id;
+  int body_fd;     /* the spool file of the body being sent, or -1 */
+  uint64_t bytes_prev, bytes_seen; /* bytes sent by earlier attempts / this one at its failure */
   char conn_id_s[32];
   struct route routes[ROUTES_MAX];
   unsigned nroutes, route_i;
   struct dns_req *dns;
-  uint64_t bytes_sent;
   struct tls_ctx *tls;          /* for STARTTLS; NULL: TLS cannot be used */
   bool retry_plain;  /* the STARTTLS handshake failed: reconnect without it */
   bool plain_only;   /* this connection skips STARTTLS (TLS_Ifavailable_Fallback) */
@@ -586,15 +571,32 @@ static void finish_unit(struct worker *w, struct dq_queue *q, struct dq_unit *u,
 
 /* ------------------------------------------------------------ sessions */
 
-static void session_pump(struct session *s);
+/* A delivery session drives one outsess (net/outsess.c, the only SMTP
+ * session driver) per connection attempt: outsess moves bytes and smtpc
+ * events, this code decides which unit goes next, reuse, routes and
+ * outcomes. */
+
+static bool tls_fallback(struct session *s);
+static void session_try_connect(struct session *s);
+static void schedule(struct worker *w);
+static bool expire_if_due(struct worker *w, struct dq_queue *q, struct dq_unit *u);
+
+static uint64_t session_bytes(const struct session *s)
+{
+  return s->bytes_prev + (s->os ? outsess_bytes_sent(s->os) : 0);
+}
+
+static const char *session_ip(const struct session *s)
+{
+  return s->route_i < s->nroutes ? s->routes[s->route_i].ip : NULL;
+}
 
 /* QUIT an idle pooled connection (to free its fd, or at stop). */
 static void quit_parked(struct session *s)
 {
   sched_pool_remove(&dq_queue_state(s->q)->pool, s);
   s->parked = false;
-  smtpc_quit(s->smtpc, mono_ms(s->w));
-  session_pump(s);
+  outsess_quit(s->os);
 }
 
 static uint16_t route_port(const struct route *r)
@@ -603,32 +605,7 @@ static uint16_t route_port(const struct route *r)
                                      : ntohs(((const struct sockaddr_in *)&r->sa)->sin_port);
 }
 
-static bool tls_fallback(struct session *s);
-static void session_try_connect(struct session *s);
-static void schedule(struct worker *w);
-
-static void session_timer(struct ring_timer *t)
-{
-  struct session *s = (struct session *)((char *)t - offsetof(struct session, timer));
-  if (s->smtpc == NULL)
-    return;
-  smtpc_timeout(s->smtpc, mono_ms(s->w));
-  session_pump(s);
-}
-
-static void arm_timer(struct session *s)
-{
-  if (s->smtpc == NULL || s->closing) {
-    ring_timer_cancel(s->w->ring, &s->timer);
-    return;
-  }
-  uint64_t d = smtpc_deadline(s->smtpc);
-  if (d == UINT64_MAX)
-    ring_timer_cancel(s->w->ring, &s->timer);
-  else
-    ring_timer_set(s->w->ring, &s->timer, d * 1000000u, session_timer);
-}
-
+/* End the connection now (no QUIT); its `closed` callback follows. */
 static void session_close(struct session *s)
 {
   if (s->closing)
@@ -638,15 +615,21 @@ static void session_close(struct session *s)
     sched_pool_remove(&dq_queue_state(s->q)->pool, s);
     s->parked = false;
   }
-  ring_timer_cancel(s->w->ring, &s->timer);
-  if (s->conn)
-    conn_close(s->conn); /* `closed` frees the session */
+  if (s->os)
+    outsess_abort(s->os); /* `closed` frees the session */
+}
+
+/* The body file of the transaction being sent is no longer read. */
+static void body_close(struct session *s)
+{
+  if (s->body_fd >= 0)
+    spool_close_body(s->w->sh->spool, s->body_fd);
+  s->body_fd = -1;
 }
 
 static void session_free(struct session *s)
 {
   struct worker *w = s->w;
-  ring_timer_cancel(w->ring, &s->timer);
   if (s->dns)
     dns_cancel(s->dns);
   if (s->parked)
@@ -656,9 +639,7 @@ static void session_free(struct session *s)
     if (!s->ever_ready)
       dq_queue_state(s->q)->opening--;
   }
-  if (s->body_fd >= 0)
-    spool_close_body(s->w->sh->spool, s->body_fd);
-  smtpc_free(s->smtpc);
+  body_close(s);
   if (s->prev_all)
     s->prev_all->next_all = s->next_all;
   else
@@ -673,153 +654,21 @@ static void session_free(struct session *s)
   free(s);
 }
 
-/* A failure that belongs to the unit in flight, or, for a connection
- * that never became READY, to one waiting unit of the queue (so each
- * failed connection attempt costs one unit a T and its back-off, and a
- * dead destination does not spin). */
-static void fail_unit_local(struct session *s, enum smtpc_outcome out, int code, const char *text,
-                            uint8_t stage)
+/* A failure without a transaction: it costs unit u, or, for a connection
+ * that never became READY, one waiting unit of the queue (so each failed
+ * connection attempt costs one unit a T and its back-off, and a dead
+ * destination does not spin). */
+static void charge_unit(struct session *s, struct dq_unit *u, enum smtpc_outcome out, int code,
+                        const char *text, uint8_t stage)
 {
-  if (s->unit == NULL && !s->ever_ready && !atomic_load(&s->w->stop))
-    s->unit = dq_pop(s->w->dq, s->q);
-  if (s->unit == NULL)
+  if (u == NULL && !s->ever_ready && !atomic_load(&s->w->stop))
+    u = dq_pop(s->w->dq, s->q);
+  if (u == NULL)
     return;
   struct smtpc_result all = {.outcome = out, .code = code, .stage = stage};
   scopy(all.text, sizeof all.text, text);
-  struct dq_unit *u = s->unit;
-  s->unit = NULL;
-  s->txn_open = false;
   s->charged = true;
-  const char *ip = s->route_i < s->nroutes ? s->routes[s->route_i].ip : NULL;
-  finish_unit(s->w, s->q, u, NULL, &all, s->conn_id_s, ip, s->bytes_sent);
-}
-
-static void begin_next(struct session *s);
-static bool expire_if_due(struct worker *w, struct dq_queue *q, struct dq_unit *u);
-
-/* The transaction being sent is done with its body (sent, failed or
- * refused): close the spool file, forget the memory. */
-static void body_release(struct session *s)
-{
-  if (s->body_fd >= 0)
-    spool_close_body(s->w->sh->spool, s->body_fd);
-  s->body_fd = -1;
-  s->body_mem = NULL;
-}
-
-/* Send everything smtpc has queued. */
-static void drain_output(struct session *s, uint64_t now)
-{
-  const uint8_t *p;
-  size_t len;
-  while (smtpc_output(s->smtpc, &p, &len)) {
-    conn_send(s->conn, p, len);
-    s->bytes_sent += len;
-    smtpc_output_consumed(s->smtpc, len, now);
-  }
-}
-
-static _Thread_local uint8_t body_chunk[BODY_CHUNK];
-
-/* The next piece of s's body (up to BODY_CHUNK bytes): from memory when
- * it was kept since ingest (no system call), else read from the spool.
- * False when the spool file is unreadable: the unit is retried later and
- * the session ends. *last: the piece ends the body. */
-static bool body_next(struct session *s, const uint8_t **src, size_t *got, bool *last)
-{
-  size_t want = s->body_end - s->body_off < BODY_CHUNK ? (size_t)(s->body_end - s->body_off)
-                                                       : BODY_CHUNK;
-  ssize_t n = (ssize_t)want;
-  if (s->body_mem)
-    *src = s->body_mem + (s->body_off - s->body_base);
-  else {
-    *src = body_chunk;
-    n = want ? pread(s->body_fd, body_chunk, want, (off_t)s->body_off) : 0;
-  }
-  if (n < 0 || (n == 0 && want > 0)) {
-    fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, "451 4.3.0 [internal] spool read failed", 8);
-    session_close(s);
-    return false;
-  }
-  *got = (size_t)n;
-  *last = s->body_off + (uint64_t)n >= s->body_end;
-  return true;
-}
-
-/* BDAT (RFC 3030): the body goes out in chunks of up to BODY_CHUNK bytes
- * as it is, with no dot-stuffing and no copy into smtpc; only a body whose
- * line ends are not all CRLF is rewritten (then into crlf_buf). The
- * message ends with CRLF, as it does after DATA. */
-static void feed_chunks(struct session *s, uint64_t now)
-{
-  static _Thread_local uint8_t crlf_buf[2 * BODY_CHUNK];
-  while (conn_pending(s->conn) < BODY_INFLIGHT && !s->body_done) {
-    const uint8_t *src;
-    size_t got;
-    bool last;
-    if (!body_next(s, &src, &got, &last))
-      return;
-    const uint8_t *data = src;
-    size_t len = got;
-    if (s->crlf.cr || !smtp_crlf_canonical(src, len)) {
-      size_t used;
-      len = smtp_crlf_encode(&s->crlf, src, got, crlf_buf, sizeof crlf_buf, &used);
-      data = crlf_buf;
-    } else if (len) {
-      s->crlf.bol = src[len - 1] == '\n';
-    }
-    size_t tail = last && !s->crlf.bol ? 2 : 0; /* the final CRLF */
-    int r = smtpc_chunk(s->smtpc, len + tail, last, now);
-    if (r == -ENOSPC) {
-      drain_output(s, now);
-      r = smtpc_chunk(s->smtpc, len + tail, last, now);
-    }
-    if (r < 0) { /* the transaction failed meanwhile: send no more of it */
-      s->body_done = true;
-      break;
-    }
-    drain_output(s, now);
-    conn_send(s->conn, data, len);
-    if (tail)
-      conn_send(s->conn, "\r\n", 2);
-    s->bytes_sent += len + tail;
-    s->body_off += (uint64_t)got;
-    if (last)
-      s->body_done = true;
-  }
-}
-
-static void feed_body(struct session *s)
-{
-  if (!s->txn_open || !s->body_started || s->body_done || (s->body_fd < 0 && !s->body_mem))
-    return;
-  uint64_t now = mono_ms(s->w);
-  if (smtpc_chunked(s->smtpc))
-    feed_chunks(s, now);
-  while (!smtpc_chunked(s->smtpc) && conn_pending(s->conn) < BODY_INFLIGHT && !s->body_done) {
-    const uint8_t *src;
-    size_t got;
-    bool last;
-    if (!body_next(s, &src, &got, &last))
-      return;
-    size_t done = 0;
-    while (done < got || (last && got == 0 && !s->body_done)) {
-      long n = smtpc_body(s->smtpc, src + done, got - done, last, now);
-      if (n < 0) {
-        s->body_done = true;
-        break;
-      }
-      done += (size_t)n;
-      drain_output(s, now);
-      if (last && done == got) {
-        s->body_done = true;
-        break;
-      }
-    }
-    s->body_off += (uint64_t)got;
-  }
-  if (s->body_done)
-    body_release(s);
+  finish_unit(s->w, s->q, u, NULL, &all, s->conn_id_s, session_ip(s), session_bytes(s));
 }
 
 /* Slot `slot` of s's result slots: its final reply, and its results for a
@@ -847,14 +696,20 @@ static struct smtpc_result *result_slots(struct session *s, unsigned slot, uint3
   return s->deep + (size_t)(slot - 2) * (RES_INLINE + 1);
 }
 
-/* A slot no waiting transaction uses. */
+/* Transactions of s in flight (begun, final reply not yet in). */
+static unsigned inflight(const struct session *s)
+{
+  unsigned n = 0;
+  for (unsigned k = 0; k < SMTPC_PIPE_MAX; k++)
+    n += s->fl[k].u != NULL;
+  return n;
+}
+
+/* A slot no transaction in flight uses. */
 static unsigned free_slot(const struct session *s)
 {
-  unsigned busy = 0;
-  for (unsigned i = 0; i < s->nwait; i++)
-    busy |= 1u << s->wait[i].slot;
   for (unsigned k = 0; k < SMTPC_PIPE_MAX; k++)
-    if (!(busy & (1u << k)))
+    if (s->fl[k].u == NULL)
       return k;
   util_panic("worker: more transactions in flight than result slots");
 }
@@ -867,127 +722,82 @@ static int start_txn(struct session *s, struct dq_unit *u)
   struct worker *w = s->w;
   struct emsg *em = u->msg;
   struct spool_msg *sm = em->sm;
-  uint64_t now = mono_ms(w);
-  s->unit = u;
-  /* result slots no transaction awaiting its final reply uses */
-  s->half = free_slot(s);
-  s->results = result_slots(s, s->half, u->nrcpt);
-  s->final = slot_final(s, s->half);
+  unsigned slot = free_slot(s);
+  struct flight *f = &s->fl[slot];
   if (u->nrcpt > s->max_batch)
     util_panic("unit of %u recipients over the batch size %u", u->nrcpt, s->max_batch);
   for (uint32_t i = 0; i < u->nrcpt; i++)
     s->rcpts[i] = sm->rcpt[u->rcpt[i]];
-  struct smtpc_txn txn = {.mail_from = sm->sender, .rcpts = s->rcpts, .nrcpt = u->nrcpt,
-                          .size = sm->body_size,
-                          .flags = (sm->flags & SPOOL_MSG_F_8BIT) ? SMTPC_TXN_8BIT : 0,
-                          .results = s->results, .final = s->final};
-  s->body_mem = sm->body_mem;
-  s->body_base = sm->body_off;
-  s->body_fd = sm->body_mem ? -1 : spool_open_body(w->sh->spool, sm);
-  if (s->body_fd < 0 && !s->body_mem) {
-    char t[128];
-    snprintf(t, sizeof t, "451 4.3.0 [internal] spool open failed: %s", strerror(-s->body_fd));
-    fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, t, 1);
-    s->body_fd = -1;
-    return 0;
+  f->txn = (struct smtpc_txn){.mail_from = sm->sender, .rcpts = s->rcpts, .nrcpt = u->nrcpt,
+                              .size = sm->body_size,
+                              .flags = (sm->flags & SPOOL_MSG_F_8BIT) ? SMTPC_TXN_8BIT : 0,
+                              .results = result_slots(s, slot, u->nrcpt),
+                              .final = slot_final(s, slot)};
+  struct outsess_body body = {.fd = -1, .off = sm->body_off, .len = sm->body_size,
+                              .mem = sm->body_mem};
+  if (sm->body_mem == NULL) {
+    int fd = spool_open_body(w->sh->spool, sm);
+    if (fd < 0) {
+      char t[128];
+      snprintf(t, sizeof t, "451 4.3.0 [internal] spool open failed: %s", strerror(-fd));
+      charge_unit(s, u, SMTPC_OUT_TRANSIENT, 0, t, 1);
+      return 0;
+    }
+    s->body_fd = body.fd = fd;
   }
-  s->body_off = sm->body_off;
-  s->body_end = sm->body_off + sm->body_size;
-  s->body_done = false;
-  s->body_started = false;
-  smtp_dot_init(&s->crlf);
-  int rc = smtpc_begin_txn(s->smtpc, &txn, now);
+  f->u = u; /* before outsess_send: its answer may come at once */
+  int rc = outsess_send(s->os, &f->txn, &body, f);
   if (rc == -EBUSY) { /* a stale READY: the session ended or moved on */
-    body_release(s);
-    s->unit = NULL;
+    f->u = NULL;
+    body_close(s);
     dq_unpop(w->dq, u);
     return -1;
   }
   if (rc < 0) {
     char t[128];
     snprintf(t, sizeof t, "554 5.1.3 [internal] unusable transaction (%s)", strerror(-rc));
-    body_release(s);
-    fail_unit_local(s, SMTPC_OUT_PERMANENT, 554, t, 1);
+    f->u = NULL;
+    body_close(s);
+    charge_unit(s, u, SMTPC_OUT_PERMANENT, 554, t, 1);
     return 0;
   }
-  s->txn_open = true;
   s->rcpts_tried += u->nrcpt;
   return 1;
 }
 
-/* Start u, or the next units of s's queue, on s until one starts; false
- * when none could (queue empty, throttled, all expired or failed). */
-static bool start_some(struct session *s, struct dq_unit *u)
+/* Start the next units of s's queue on s until one starts; false when
+ * none could (queue empty, throttled, all expired or failed). */
+static bool start_some(struct session *s)
 {
   struct worker *w = s->w;
   struct dq_queue_state *st = dq_queue_state(s->q);
   for (int guard = 0; guard < 64; guard++) {
-    if (u == NULL)
-      u = dq_pop(w->dq, s->q);
+    struct dq_unit *u = dq_pop(w->dq, s->q);
     if (u == NULL)
       break;
-    if (expire_if_due(w, s->q, u)) {
-      u = NULL;
+    if (expire_if_due(w, s->q, u))
       continue;
-    }
     uint64_t wait = sched_msg_take(&st->limits, ring_now(w->ring));
     if (wait) {
       dq_unpop(w->dq, u);
       st->blocked_until_ns = ring_now(w->ring) + wait;
-      u = NULL;
       break;
     }
     int r = start_txn(s, u);
     if (r != 0)
       return r > 0;
-    u = NULL;
   }
   return false;
 }
 
 /* Whether s may carry one more transaction; `inflight` transactions not
  * yet counted in s->delivered are counted as delivered. */
-static bool session_reusable(struct session *s, uint32_t inflight)
+static bool session_reusable(struct session *s, uint32_t n_inflight)
 {
   struct dq_queue_state *st = dq_queue_state(s->q);
   uint32_t max_rcpts = st->limits.max_recipients_per_connection; /* per queue, not per message */
-  return !atomic_load(&s->w->stop) && sched_conn_reusable(&st->limits, s->delivered + inflight) &&
+  return !atomic_load(&s->w->stop) && sched_conn_reusable(&st->limits, s->delivered + n_inflight) &&
          !(max_rcpts > 0 && s->rcpts_tried >= max_rcpts) && !st->limits.suspend_delivery;
-}
-
-/* READY with SMTPC_F_PIPELINED: the transaction in flight is fully sent
- * (its dot, or its last BDAT chunk); the next one may follow it at once.
- * Nothing to send: the plain READY after the final replies parks or QUITs
- * the connection. */
-static void begin_early(struct session *s)
-{
-  if (s->txn_open && s->unit) {
-    UTIL_ASSERT(s->nwait < SMTPC_PIPE_MAX);
-    s->wait[s->nwait++] = (struct waiting){s->unit, s->half};
-    s->unit = NULL;
-    s->txn_open = false;
-  }
-  /* big bodies still queued in the connection: the next completion
-   * offers again (a connection holds about one body's worth, not
-   * Pipeline_Depth of them) */
-  if (s->nwait == 0 || !session_reusable(s, s->nwait) || conn_pending(s->conn) >= BODY_INFLIGHT)
-    return;
-  (void)start_some(s, NULL);
-}
-
-/* The transactions awaiting their final replies cannot get them (the
- * connection is going away under them): transient, their bodies may not
- * have arrived. */
-static void fail_prev(struct session *s, const char *text)
-{
-  while (s->nwait) {
-    struct dq_unit *u = s->wait[0].u;
-    memmove(&s->wait[0], &s->wait[1], --s->nwait * sizeof s->wait[0]);
-    struct smtpc_result all = {.outcome = SMTPC_OUT_TRANSIENT, .stage = 9};
-    scopy(all.text, sizeof all.text, text);
-    const char *ip = s->route_i < s->nroutes ? s->routes[s->route_i].ip : NULL;
-    finish_unit(s->w, s->q, u, NULL, &all, s->conn_id_s, ip, s->bytes_sent);
-  }
 }
 
 /* READY: the next transaction on this connection, or park it idle. */
@@ -996,263 +806,137 @@ static void begin_next(struct session *s)
   struct worker *w = s->w;
   struct dq_queue_state *st = dq_queue_state(s->q);
   if (!session_reusable(s, 0)) {
-    if (s->unit) { /* the unit this connection was opened for waits again */
-      dq_unpop(w->dq, s->unit);
-      s->unit = NULL;
-    }
-    smtpc_quit(s->smtpc, mono_ms(w));
+    outsess_quit(s->os);
     return;
   }
-  struct dq_unit *u = s->unit;
-  s->unit = NULL;
-  if (start_some(s, u) || smtpc_state(s->smtpc) != SMTPC_ST_IDLE)
+  if (start_some(s) || smtpc_state(outsess_smtpc(s->os)) != SMTPC_ST_IDLE)
     return; /* started, or a stale READY: the session is not idle */
-  {
-    /* idle: smtpc's Idle_Timeout QUITs it if nothing comes */
-    if (sched_pool_put(&st->pool, s->pool_key, s, ring_now(w->ring)) == 0)
-      s->parked = true;
-    else
-      smtpc_quit(s->smtpc, mono_ms(w));
-  }
+  /* idle: smtpc's Idle_Timeout QUITs it if nothing comes */
+  if (sched_pool_put(&st->pool, s->pool_key, s, ring_now(w->ring)) == 0)
+    s->parked = true;
+  else
+    outsess_quit(s->os);
 }
 
-static void on_event(struct session *s, const struct smtpc_event *ev)
+/* ------------------------------------------------------------ session callbacks */
+
+/* READY (pipelined: the transaction in flight is fully sent, its dot or
+ * its last BDAT chunk, and the next may follow at once; nothing to send:
+ * the plain READY after the final replies parks or QUITs the connection). */
+static void on_ready(void *arg, bool pipelined)
 {
+  struct session *s = arg;
+  if (pipelined) {
+    unsigned n = inflight(s);
+    if (n > 0 && session_reusable(s, n))
+      (void)start_some(s);
+    return;
+  }
+  if (!s->ever_ready) {
+    s->ever_ready = true;
+    struct dq_queue_state *st = dq_queue_state(s->q);
+    st->opening--;
+    uint32_t x = smtpc_extensions(outsess_smtpc(s->os));
+    st->no_chunking = !(x & SMTPC_EXT_CHUNKING) || !(x & SMTPC_EXT_PIPELINING);
+  }
+  begin_next(s);
+}
+
+static void on_body_done(void *arg, void *txn_arg)
+{
+  (void)txn_arg;
+  body_close(arg);
+}
+
+static void on_txn_done(void *arg, void *txn_arg, const struct smtpc_txn *txn)
+{
+  struct session *s = arg;
+  struct flight *f = txn_arg;
+  struct dq_unit *u = f->u;
+  f->u = NULL;
+  if (u == NULL)
+    return;
+  struct smtpc_result *results = f->txn.results;
+  /* A recipient whose RCPT was accepted takes the final reply (the one
+   * after the dot): a 4xx/5xx there is not a delivery. */
+  for (uint32_t i = 0; i < u->nrcpt; i++)
+    if (results[i].outcome == SMTPC_OUT_OK)
+      results[i] = *txn->final;
+  bool ok = false;
+  for (uint32_t i = 0; i < u->nrcpt; i++)
+    ok |= results[i].outcome == SMTPC_OUT_OK;
+  if (ok)
+    s->delivered++;
+  finish_unit(s->w, s->q, u, results, NULL, s->conn_id_s, session_ip(s), session_bytes(s));
+}
+
+static void on_failed(void *arg, const struct smtpc_event *ev, const char *detail)
+{
+  struct session *s = arg;
   struct worker *w = s->w;
-  switch (ev->type) {
-  case SMTPC_EV_NEED_TLS: {
-    /* implicit TLS: conn started the handshake at connect (TLS_IMPLICIT);
-     * any other state: the event is stale, the session already ended */
-    if (smtpc_state(s->smtpc) != SMTPC_ST_TLS)
-      break;
-    struct route *r = &s->routes[s->route_i];
-    if (s->tls == NULL) {
-      counters_event(w->idx, COUNTERS_TLS_FAILED);
-      scopy(s->detail, sizeof s->detail, "no TLS context (see the paniclog)");
-      smtpc_tls_done(s->smtpc, false, mono_ms(w));
-      break;
-    }
-    /* a failure, even at once, comes back through cb_error */
-    (void)conn_starttls(s->conn, s->tls, r->host[0] ? r->host : NULL, route_port(r));
-    break;
-  }
-  case SMTPC_EV_NEED_AUTH:
-    smtpc_set_auth(s->smtpc, NULL, mono_ms(w));
-    break;
-  case SMTPC_EV_READY:
-    if (ev->flags & SMTPC_F_PIPELINED) {
-      begin_early(s);
-      break;
-    }
-    if (!s->ever_ready) {
-      s->ever_ready = true;
-      struct dq_queue_state *st = dq_queue_state(s->q);
-      st->opening--;
-      uint32_t x = smtpc_extensions(s->smtpc);
-      st->no_chunking = !(x & SMTPC_EXT_CHUNKING) || !(x & SMTPC_EXT_PIPELINING);
-    }
-    begin_next(s);
-    break;
-  case SMTPC_EV_NEED_BODY:
-    s->body_started = true;
-    feed_body(s);
-    break;
-  case SMTPC_EV_TXN_DONE: {
-    struct dq_unit *u = NULL;
-    struct smtpc_result *results = NULL;
-    for (unsigned i = 0; i < s->nwait; i++) {
-      if (ev->final != slot_final(s, s->wait[i].slot))
-        continue;
-      /* a transaction ahead of the one being sent (pipelined) */
-      u = s->wait[i].u;
-      results = result_slots(s, s->wait[i].slot, u->nrcpt);
-      memmove(&s->wait[i], &s->wait[i + 1], (s->nwait - i - 1) * sizeof s->wait[0]);
-      s->nwait--;
-      break;
-    }
-    if (u == NULL) {
-      u = s->unit;
-      results = s->results;
-      s->unit = NULL;
-      s->txn_open = false;
-      body_release(s);
-    }
-    if (u) {
-      /* A recipient whose RCPT was accepted takes the final reply (the
-       * one after the dot): a 4xx/5xx there is not a delivery. */
-      for (uint32_t i = 0; i < u->nrcpt; i++)
-        if (results[i].outcome == SMTPC_OUT_OK)
-          results[i] = *ev->final;
-      bool ok = false;
-      for (uint32_t i = 0; i < u->nrcpt; i++)
-        ok |= results[i].outcome == SMTPC_OUT_OK;
-      if (ok)
-        s->delivered++;
-      finish_unit(w, s->q, u, results, NULL, s->conn_id_s, s->routes[s->route_i].ip,
-                  s->bytes_sent);
-    }
-    break;
-  }
-  case SMTPC_EV_FAILED: {
-    if (!s->connected) {
-      /* smtpc's Connect_Timeout fired before conn's: a connect failure,
-       * cb_closed tries the next route or charges a unit */
-      scopy(s->detail, sizeof s->detail, ev->text);
-      counters_event(w->idx, COUNTERS_CONN_FAILED);
-      session_close(s);
-      break;
-    }
-    if ((ev->flags & SMTPC_F_TLS_FAILED) && tls_fallback(s))
-      break; /* no outcome: cb_closed reconnects in plaintext */
-    if (ev->flags & SMTPC_F_AUTH_REJECTED) { /* loudly, once per connection; no secret */
-      const struct smtpc_auth *cr = auth_creds(w->auth, dq_queue_cred_id(s->q));
-      enum smtpc_auth_type t = cr ? cr->type : SMTPC_AUTH_PLAIN;
-      logs_panic(w->log, wall_ms(), "outbound_smtp_auth",
-                 "AUTH %s as \"%s\" rejected by %s (%s/%s, connection %s): %d %s; "
-                 "mail is deferred until the credentials are fixed or it expires",
-                 t == SMTPC_AUTH_LOGIN ? "LOGIN" : t == SMTPC_AUTH_XOAUTH2 ? "XOAUTH2" : "PLAIN",
-                 cr && cr->user ? cr->user : "", s->routes[s->route_i].ip, dq_queue_binding(s->q),
-                 dq_queue_domain(s->q), s->conn_id_s, ev->code, ev->text);
-    }
-    enum smtpc_outcome out =
-      ev->kind == SMTPC_FAIL_PERMANENT ? SMTPC_OUT_PERMANENT : SMTPC_OUT_TRANSIENT;
-    if (s->unit && s->txn_open) {
-      /* recipients the machine already decided keep their result */
-      struct dq_unit *u = s->unit;
-      s->unit = NULL;
-      s->txn_open = false;
-      for (uint32_t i = 0; i < u->nrcpt; i++) {
-        if (s->results[i].outcome == SMTPC_OUT_NONE || s->results[i].outcome == SMTPC_OUT_OK) {
-          s->results[i].outcome = out;
-          s->results[i].code = ev->code;
-          s->results[i].stage = ev->stage;
-          scopy(s->results[i].enhanced, sizeof s->results[i].enhanced, ev->enhanced);
-          scopy(s->results[i].text, sizeof s->results[i].text, ev->text);
-        }
-      }
-      finish_unit(w, s->q, u, s->results, NULL, s->conn_id_s, s->routes[s->route_i].ip,
-                  s->bytes_sent);
-    } else {
-      char text[SMTPC_TEXT_MAX];
-      scopy(text, sizeof text, ev->text[0] ? ev->text : ev->doing);
-      if ((ev->flags & SMTPC_F_TLS_FAILED) && s->detail[0]) {
-        /* "TLS handshake failed: certificate verify failed: ..." */
-        const char *d = s->detail;
-        if (!strncmp(d, "TLS handshake: ", 15))
-          d += 15;
-        size_t l = strlen(text);
-        snprintf(text + l, sizeof text - l, ": %s", d);
-      }
-      fail_unit_local(s, out, ev->code, text, ev->stage);
-    }
-    if (ev->flags & SMTPC_F_AUTH_REJECTED) /* metrics: impetus_auth_total{result="failed"} */
-      counters_event(w->idx, COUNTERS_AUTH_FAILED);
+  s->bytes_seen = outsess_bytes_sent(s->os);
+  if (!s->connected) {
+    /* the connect failed (conn's error or smtpc's Connect_Timeout):
+     * on_closed tries the next route or charges a unit */
+    scopy(s->detail, sizeof s->detail, detail[0] ? detail : ev->text);
+    counters_event(w->idx, COUNTERS_CONN_FAILED);
     session_close(s);
-    break;
+    return;
   }
-  case SMTPC_EV_CLOSED:
-    session_close(s);
+  if (detail[0])
+    scopy(s->detail, sizeof s->detail, detail);
+  if ((ev->flags & SMTPC_F_TLS_FAILED) && tls_fallback(s))
+    return; /* no outcome: on_closed reconnects in plaintext */
+  if (ev->flags & SMTPC_F_AUTH_REJECTED) { /* loudly, once per connection; no secret */
+    const struct smtpc_auth *cr = auth_creds(w->auth, dq_queue_cred_id(s->q));
+    enum smtpc_auth_type t = cr ? cr->type : SMTPC_AUTH_PLAIN;
+    logs_panic(w->log, wall_ms(), "outbound_smtp_auth",
+               "AUTH %s as \"%s\" rejected by %s (%s/%s, connection %s): %d %s; "
+               "mail is deferred until the credentials are fixed or it expires",
+               t == SMTPC_AUTH_LOGIN ? "LOGIN" : t == SMTPC_AUTH_XOAUTH2 ? "XOAUTH2" : "PLAIN",
+               cr && cr->user ? cr->user : "", s->routes[s->route_i].ip, dq_queue_binding(s->q),
+               dq_queue_domain(s->q), s->conn_id_s, ev->code, ev->text);
+  }
+  /* every transaction in flight had its txn_done already (outsess's
+   * contract): what is left is a failure before any transaction */
+  enum smtpc_outcome out =
+    ev->kind == SMTPC_FAIL_PERMANENT ? SMTPC_OUT_PERMANENT : SMTPC_OUT_TRANSIENT;
+  char text[SMTPC_TEXT_MAX];
+  scopy(text, sizeof text, ev->text[0] ? ev->text : ev->doing);
+  if ((ev->flags & SMTPC_F_TLS_FAILED) && s->detail[0]) {
+    /* "TLS handshake failed: certificate verify failed: ..." */
+    const char *d = s->detail;
+    if (!strncmp(d, "TLS handshake: ", 15))
+      d += 15;
+    size_t l = strlen(text);
+    snprintf(text + l, sizeof text - l, ": %s", d);
+  }
+  charge_unit(s, NULL, out, ev->code, text, ev->stage);
+  if (ev->flags & SMTPC_F_AUTH_REJECTED) /* metrics: impetus_auth_total{result="failed"} */
+    counters_event(w->idx, COUNTERS_AUTH_FAILED);
+  session_close(s);
+}
+
+static void on_note(void *arg, enum outsess_note what)
+{
+  struct session *s = arg;
+  switch (what) {
+  case OUTSESS_CONNECTED:
+    s->connected = true;
+    counters_event(s->w->idx, COUNTERS_CONN_OPENED);
     break;
-  case SMTPC_EV_AUTH_RESULT:
-    counters_event(w->idx, COUNTERS_AUTH_OK);
+  case OUTSESS_TLS_OK:
+    counters_event(s->w->idx, COUNTERS_TLS_OK);
     break;
-  case SMTPC_EV_RCPT_RESULT:
-  case SMTPC_EV_NONE:
+  case OUTSESS_TLS_FAILED:
+    counters_event(s->w->idx, COUNTERS_TLS_FAILED);
+    break;
+  case OUTSESS_AUTH_OK:
+    counters_event(s->w->idx, COUNTERS_AUTH_OK);
     break;
   default:
-    util_panic("smtpc event %d not handled", ev->type);
+    util_panic("worker: outsess note %d not handled", what);
   }
-}
-
-static void session_pump(struct session *s)
-{
-  if (s->smtpc == NULL)
-    return;
-  uint64_t now = mono_ms(s->w);
-  for (int guard = 0; guard < 10000; guard++) {
-    bool any = false;
-    const uint8_t *p;
-    size_t n;
-    while (!s->closing && smtpc_output(s->smtpc, &p, &n)) {
-      if (conn_send(s->conn, p, n) < 0)
-        break;
-      s->bytes_sent += n;
-      smtpc_output_consumed(s->smtpc, n, now);
-      any = true;
-    }
-    struct smtpc_event ev;
-    while (smtpc_next_event(s->smtpc, &ev)) {
-      on_event(s, &ev);
-      any = true;
-    }
-    if (!any)
-      break;
-  }
-  arm_timer(s);
-}
-
-/* conn callbacks */
-
-static void cb_connected(void *arg)
-{
-  struct session *s = arg;
-  s->connected = true;
-  counters_event(s->w->idx, COUNTERS_CONN_OPENED);
-  smtpc_connected(s->smtpc, mono_ms(s->w));
-  session_pump(s);
-}
-
-static void cb_tls_ready(void *arg)
-{
-  struct session *s = arg;
-  counters_event(s->w->idx, COUNTERS_TLS_OK);
-  smtpc_tls_done(s->smtpc, true, mono_ms(s->w));
-  session_pump(s);
-}
-
-static void cb_data(void *arg, const uint8_t *p, size_t n)
-{
-  struct session *s = arg;
-  smtpc_feed(s->smtpc, p, n, mono_ms(s->w));
-  session_pump(s);
-}
-
-static void cb_sent(void *arg)
-{
-  struct session *s = arg;
-  feed_body(s);
-  session_pump(s);
-}
-
-static void cb_error(void *arg, int err, const char *text)
-{
-  struct session *s = arg;
-  if (!s->connected) {
-    /* connect failed: the next route candidate gets the unit */
-    if (err == -ETIMEDOUT)
-      snprintf(s->detail, sizeof s->detail, "%s (Connect_Timeout)", text);
-    else
-      scopy(s->detail, sizeof s->detail, text);
-    counters_event(s->w->idx, COUNTERS_CONN_FAILED);
-    s->closing = true;
-    ring_timer_cancel(s->w->ring, &s->timer);
-    conn_close(s->conn);
-    return;
-  }
-  enum smtpc_state st = smtpc_state(s->smtpc);
-  if (st == SMTPC_ST_TLS || st == SMTPC_ST_TLS_IMPLICIT) {
-    /* any failure during the handshake (bad record, verification, the
-     * peer closing) is a TLS failure: TLS_Ifavailable_Fallback applies */
-    counters_event(s->w->idx, COUNTERS_TLS_FAILED);
-    scopy(s->detail, sizeof s->detail, text);
-    smtpc_tls_done(s->smtpc, false, mono_ms(s->w));
-  } else if (err == -EPIPE) {
-    smtpc_eof(s->smtpc, mono_ms(s->w));
-  } else {
-    smtpc_io_error(s->smtpc, err, mono_ms(s->w));
-  }
-  session_pump(s);
-  session_close(s);
 }
 
 static void route_key(const struct route *r, char *out, size_t n)
@@ -1311,7 +995,7 @@ static bool host_is_failing(struct worker *w, const struct route *r, uint64_t no
 
 /* TLS_Ifavailable_Fallback: an opportunistic STARTTLS handshake failed.
  * When the scope allows it, the attempt is not a failure: the session
- * closes and cb_closed reconnects at once to the same address without
+ * closes and on_closed reconnects at once to the same address without
  * STARTTLS, and the address skips STARTTLS for TLS_Failure_Retry (this
  * worker's memory; a restart forgets it). True when that happens. Never
  * for smtps:// (implicit TLS) or TLS = required. */
@@ -1320,7 +1004,7 @@ static bool tls_fallback(struct session *s)
   struct worker *w = s->w;
   const struct route *r = &s->routes[s->route_i];
   const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
-  if (r->implicit_tls || s->plain_only || s->txn_open || atomic_load(&w->stop) ||
+  if (r->implicit_tls || s->plain_only || inflight(s) > 0 || atomic_load(&w->stop) ||
       conf_enum(v, CONF_TLS) != 1 || !conf_bool(v, CONF_TLS_IFAVAILABLE_FALLBACK))
     return false;
   uint64_t now = wall_ms();
@@ -1355,34 +1039,48 @@ static void order_routes(struct session *s)
   memcpy(s->routes, tmp, n * sizeof tmp[0]);
 }
 
-static void cb_closed(void *arg)
+
+/* The transactions whose final replies cannot come any more (the
+ * connection went away under them without smtpc ending them): transient,
+ * their bodies may not have arrived. */
+static void fail_inflight(struct session *s, const char *text)
+{
+  for (unsigned k = 0; k < SMTPC_PIPE_MAX; k++) {
+    struct dq_unit *u = s->fl[k].u;
+    if (u == NULL)
+      continue;
+    s->fl[k].u = NULL;
+    struct smtpc_result all = {.outcome = SMTPC_OUT_TRANSIENT, .stage = 9};
+    scopy(all.text, sizeof all.text, text);
+    finish_unit(s->w, s->q, u, NULL, &all, s->conn_id_s, session_ip(s), session_bytes(s));
+  }
+}
+
+static void on_closed(void *arg)
 {
   struct session *s = arg;
-  s->conn = NULL;
+  s->os = NULL; /* freed by outsess */
+  s->bytes_prev += s->bytes_seen;
+  s->bytes_seen = 0;
+  body_close(s);
   if (s->retry_plain && !atomic_load(&s->w->stop)) {
     /* TLS_Ifavailable_Fallback: the same address again, without STARTTLS */
     s->retry_plain = false;
     s->plain_only = true;
-    s->closing = false;
     s->detail[0] = '\0';
-    smtpc_free(s->smtpc);
-    s->smtpc = NULL;
     session_try_connect(s);
     return;
   }
-  fail_prev(s, "451 4.4.2 [internal] connection lost before the reply to the end of data");
+  fail_inflight(s, "451 4.4.2 [internal] connection lost before the reply to the end of data");
   if (!s->connected && s->route_i < s->nroutes)
     host_failed(s, &s->routes[s->route_i]);
   if (!s->connected && s->route_i + 1 < s->nroutes && !atomic_load(&s->w->stop)) {
     s->route_i++;
     s->plain_only = false;
-    s->closing = false;
-    smtpc_free(s->smtpc);
-    s->smtpc = NULL;
     session_try_connect(s);
     return;
   }
-  if (s->unit || (!s->ever_ready && !s->charged)) {
+  if (!s->ever_ready && !s->charged) {
     char text[300];
     if (s->connected)
       snprintf(text, sizeof text, "451 4.4.1 [internal] no route to the destination could be used "
@@ -1390,20 +1088,18 @@ static void cb_closed(void *arg)
     else
       snprintf(text, sizeof text, "451 4.4.1 [internal] no route to the destination could be used "
                "(connection failed: %s)", s->detail[0] ? s->detail : "?");
-    fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, text, 0);
+    charge_unit(s, NULL, SMTPC_OUT_TRANSIENT, 0, text, 0);
   }
-  struct worker *w = s->w;
   session_free(s);
-  (void)w;
 }
 
-static const struct conn_cbs session_cbs = {
-  .connected = cb_connected,
-  .tls_ready = cb_tls_ready,
-  .data = cb_data,
-  .sent = cb_sent,
-  .error = cb_error,
-  .closed = cb_closed,
+static const struct outsess_cbs session_cbs = {
+  .ready = on_ready,
+  .txn_done = on_txn_done,
+  .failed = on_failed,
+  .closed = on_closed,
+  .body_done = on_body_done,
+  .note = on_note,
 };
 
 /* Momentum's TLS_Protocols ("+ALL:-SSLv3:-TLSv1.0:-TLSv1.1") as the
@@ -1462,22 +1158,22 @@ static struct tls_ctx *tls_for(struct worker *w, const struct conf_view *v)
   return ctx;
 }
 
-static struct smtpc *make_smtpc(struct session *s)
+
+/* The smtpc parameters of s's next connection (the route at route_i).
+ * False when the smtps route has no
+ * usable TLS context. */
+static bool session_params(struct session *s, struct smtpc_params *p)
 {
   struct worker *w = s->w;
-  struct emsg *em = s->unit ? s->unit->msg : NULL;
   const struct conf_view *v = view_for(w, dq_queue_binding(s->q), dq_queue_domain(s->q));
   const char *ehlo = conf_str(v, CONF_EHLO_HOSTNAME);
-  char ehlo_buf[256];
+  /* XXX: "__message__" (Momentum: the sender's domain) goes out as it is:
+   * the connection is opened before any unit is assigned to it */
   if (ehlo == NULL || !strcmp(ehlo, "__hostname__"))
     ehlo = w->sh->hostname;
-  else if (!strcmp(ehlo, "__message__") && em) {
-    scopy(ehlo_buf, sizeof ehlo_buf, rcpt_domain(em->sm->sender));
-    ehlo = ehlo_buf[0] ? ehlo_buf : w->sh->hostname;
-  }
   int tls = conf_enum(v, CONF_TLS);
   const struct route *r = &s->routes[s->route_i];
-  struct smtpc_params p = {
+  *p = (struct smtpc_params){
     .ehlo_name = ehlo,
     .tls = tls == 2 ? SMTPC_TLS_REQUIRED : tls == 1 ? SMTPC_TLS_IFAVAILABLE : SMTPC_TLS_NO,
     .implicit_tls = r->implicit_tls,
@@ -1501,39 +1197,38 @@ static struct smtpc *make_smtpc(struct session *s)
      * the other TLS options apply */
     s->tls = tls_for(w, v);
     if (s->tls == NULL)
-      return NULL;
+      return false;
   } else {
-    if (p.tls == SMTPC_TLS_IFAVAILABLE && conf_bool(v, CONF_TLS_IFAVAILABLE_FALLBACK) &&
+    if (p->tls == SMTPC_TLS_IFAVAILABLE && conf_bool(v, CONF_TLS_IFAVAILABLE_FALLBACK) &&
         (s->plain_only || route_marked(w->tlsfail, w->ntlsfail, r, wall_ms()))) {
-      p.tls = SMTPC_TLS_NO; /* its STARTTLS failed lately: plaintext */
+      p->tls = SMTPC_TLS_NO; /* its STARTTLS failed lately: plaintext */
       s->plain_only = true;
     }
-    s->tls = p.tls != SMTPC_TLS_NO ? tls_for(w, v) : NULL;
-    if (s->tls == NULL && p.tls == SMTPC_TLS_IFAVAILABLE)
-      p.tls = SMTPC_TLS_NO;
+    s->tls = p->tls != SMTPC_TLS_NO ? tls_for(w, v) : NULL;
+    if (s->tls == NULL && p->tls == SMTPC_TLS_IFAVAILABLE)
+      p->tls = SMTPC_TLS_NO;
   }
-  /* the queue's credentials (auth.c resolved them per unit) */
+  /* the queue's credentials (auth.c resolved them per unit); smtpc copies
+   * and later wipes them */
   const struct smtpc_auth *cr = auth_creds(w->auth, dq_queue_cred_id(s->q));
   if (cr)
-    p.auth = *cr;
-  return smtpc_new(&p, mono_ms(w)); /* smtpc copies and later wipes them */
+    p->auth = *cr;
+  return true;
 }
 
 static void session_try_connect(struct session *s)
 {
   struct worker *w = s->w;
   if (s->route_i >= s->nroutes) {
-    fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, "451 4.4.4 [internal] no usable route", 0);
+    charge_unit(s, NULL, SMTPC_OUT_TRANSIENT, 0, "451 4.4.4 [internal] no usable route", 0);
     session_free(s);
     return;
   }
   struct route *r = &s->routes[s->route_i];
-  s->smtpc = make_smtpc(s);
-  if (s->smtpc == NULL) {
-    fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0,
-                    r->implicit_tls && s->tls == NULL
-                      ? "451 4.7.5 [internal] TLS cannot be set up for the smtps route (see the paniclog)"
-                      : "451 4.3.5 [internal] unusable session settings", 0);
+  struct smtpc_params sp;
+  if (!session_params(s, &sp)) {
+    charge_unit(s, NULL, SMTPC_OUT_TRANSIENT, 0,
+                "451 4.7.5 [internal] TLS cannot be set up for the smtps route (see the paniclog)", 0);
     session_free(s);
     return;
   }
@@ -1553,14 +1248,15 @@ static void session_try_connect(struct session *s)
       srclen = sizeof *s6;
     }
   }
-  struct conn_params cp = {
+  struct outsess_params op = {
     .dst = (struct sockaddr *)&r->sa, .dstlen = r->salen,
     .src = srclen ? (struct sockaddr *)&src : NULL, .srclen = srclen,
     .connect_timeout_ns = (uint64_t)conf_interval(v, CONF_CONNECT_TIMEOUT) * 1000000000u,
-    /* smtps: conn starts the handshake itself once connected */
-    .tls = r->implicit_tls ? s->tls : NULL,
+    .tls = s->tls,
     .tls_host = r->host[0] ? r->host : NULL,
-    .tls_port = route_port(r),
+    .port = route_port(r),
+    .smtp = sp,
+    .send_window = BODY_INFLIGHT,
   };
   s->connected = false;
   s->closing = false;
@@ -1568,16 +1264,17 @@ static void session_try_connect(struct session *s)
   s->detail[0] = '\0';
   snprintf(s->conn_id_s, sizeof s->conn_id_s, "%u.%llu", w->idx, (unsigned long long)++w->next_conn);
   int err = 0;
-  s->conn = conn_new(w->ring, &cp, &session_cbs, s, &err);
-  if (s->conn == NULL) {
+  s->os = outsess_new(w->ring, &op, &session_cbs, s, &err);
+  if (s->os == NULL) {
     char t[160];
-    snprintf(t, sizeof t, "451 4.4.0 [internal] cannot open a connection from %s: %s",
-             bind.host ? bind.host : "*", strerror(-err));
-    fail_unit_local(s, SMTPC_OUT_TRANSIENT, 0, t, 0);
+    if (err == -EINVAL)
+      snprintf(t, sizeof t, "451 4.3.5 [internal] unusable session settings");
+    else
+      snprintf(t, sizeof t, "451 4.4.0 [internal] cannot open a connection from %s: %s",
+               bind.host ? bind.host : "*", strerror(-err));
+    charge_unit(s, NULL, SMTPC_OUT_TRANSIENT, 0, t, 0);
     session_free(s);
-    return;
   }
-  arm_timer(s);
 }
 
 static void add_route(struct session *s, const struct dns_host *h, uint16_t port, bool implicit_tls)
@@ -1689,7 +1386,7 @@ static void resolve_next(struct resolve_ctx *rc)
              rc->worst == DNS_NULLMX ? "domain accepts no mail (null MX)" : "route lookup failed",
              rc->text[0] ? rc->text : dns_status_name(rc->worst));
     free(rc);
-    fail_unit_local(s, perm ? SMTPC_OUT_PERMANENT : SMTPC_OUT_TRANSIENT, perm ? 550 : 0, t, 0);
+    charge_unit(s, NULL, perm ? SMTPC_OUT_PERMANENT : SMTPC_OUT_TRANSIENT, perm ? 550 : 0, t, 0);
     session_free(s);
     return;
   }
@@ -1711,8 +1408,6 @@ static void session_open(struct worker *w, struct dq_queue *q)
   s->body_fd = -1;
   s->pool_key = queue_key(q);
   s->max_batch = st->limits.max_recipients_per_batch ? st->limits.max_recipients_per_batch : 100;
-  s->results = s->res_inline[0];
-  s->final = &s->fin_buf[0];
   s->rcpts = util_xcalloc(s->max_batch, sizeof *s->rcpts);
   s->next_all = w->sessions;
   if (w->sessions)
@@ -1785,9 +1480,7 @@ static void schedule(struct worker *w)
       if (idle) {
         idle->parked = false;
         begin_next(idle);
-        bool parked = idle->parked;
-        session_pump(idle);
-        if (parked)
+        if (idle->parked)
           break; /* throttled, or nothing it could take */
         continue;
       }
@@ -2209,12 +1902,11 @@ static void *worker_main(void *arg)
         for (struct session *s = w->sessions, *n; s; s = n) {
           n = s->next_all;
           /* abandoned: its recipients stay pending on disk */
-          dq_unit_free(s->unit);
-          s->unit = NULL;
-          for (unsigned i = 0; i < s->nwait; i++)
-            dq_unit_free(s->wait[i].u);
-          s->nwait = 0;
-          if (s->conn == NULL)
+          for (unsigned k = 0; k < SMTPC_PIPE_MAX; k++) {
+            dq_unit_free(s->fl[k].u);
+            s->fl[k].u = NULL;
+          }
+          if (s->os == NULL)
             session_free(s); /* still resolving its route */
           else
             session_close(s);
@@ -2339,3 +2031,4 @@ void worker_admin_fail(struct worker *w, struct dq_unit *u)
   scopy(all.text, sizeof all.text, "554 5.0.0 [admin] failed by the administrator");
   finish_unit(w, u->q, u, NULL, &all, "", NULL, 0);
 }
+

@@ -2,16 +2,24 @@
  * over to the engine (or answers --check-config / --eval-config /
  * --dump-options itself, from the configuration layer).
  * Main thread only. */
+#include "adaptive_conf.h"
 #include "buf.h"
 #include "conf.h"
 #include "dkim_conf.h"
 #include "engine.h"
 #include "impetus_build.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#define LOCK_NAME "impetus.lock"
 
 static void usage(FILE *out)
 {
@@ -88,6 +96,66 @@ static int eval_config(const char *path, bool show_secrets, int argc, char **arg
   return r < 0 ? 1 : 0;
 }
 
+/* One engine per spool: an exclusive flock on <Spoolbase>/impetus.lock,
+ * taken before the engine reads or creates anything else, held (the fd
+ * stays open, inherited by nothing: O_CLOEXEC) until the process exits.
+ * The kernel releases it when the holder dies, so a SIGKILLed engine
+ * never blocks a restart. The file holds the holder's pid, for the
+ * message. Returns 0, or 1 after printing why (the caller exits 1). */
+static int lock_spool(const char *path)
+{
+  struct conf *c = load_or_report(path);
+  if (!c)
+    return 1;
+  char lock[4200];
+  const char *base = conf_str(conf_global(c), CONF_SPOOLBASE);
+  snprintf(lock, sizeof lock, "%s/" LOCK_NAME, base ? base : ".");
+  /* a fresh machine: the spool directory is created here, as spool_open
+   * would (0700; the parents 0755, so a dropped User can reach it) */
+  if (base && access(base, F_OK) != 0) {
+    char d[4096];
+    snprintf(d, sizeof d, "%s", base);
+    for (char *p = d + 1; *p; p++)
+      if (*p == '/') {
+        *p = '\0';
+        mkdir(d, 0755);
+        *p = '/';
+      }
+    mkdir(d, 0700);
+  }
+  int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    fprintf(stderr, "impetus: spool %s: cannot open the lock file %s: %s\n", base, lock,
+            strerror(errno));
+    conf_unref(c);
+    return 1;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+    int e = errno;
+    char pid[32] = "";
+    ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+    pid[n > 0 ? n : 0] = '\0';
+    pid[strcspn(pid, "\n")] = '\0';
+    if (e == EWOULDBLOCK)
+      fprintf(stderr,
+              "impetus: spool %s is in use by another impetus (pid %s, lock %s); "
+              "one engine per spool: not started\n",
+              base, pid[0] ? pid : "unknown", lock);
+    else
+      fprintf(stderr, "impetus: spool %s: cannot lock %s: %s\n", base, lock, strerror(e));
+    close(fd);
+    conf_unref(c);
+    return 1;
+  }
+  char pid[32];
+  int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+  if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)n, 0) != n) {
+    /* the lock holds without the pid; only the message loses it */
+  }
+  conf_unref(c);
+  return 0; /* fd stays open: the lock lives as long as this process */
+}
+
 int main(int argc, char **argv)
 {
   const char *config = NULL;
@@ -125,16 +193,21 @@ int main(int argc, char **argv)
     struct conf *c = load_or_report(path);
     if (!c)
       return 1;
+    char err[1024];
+    int bad = adaptive_conf_check(c, err, sizeof err) < 0;
+    if (bad)
+      fprintf(stderr, "%s\n", err);
     /* DKIM keys are part of the configuration: a bad one fails the check. */
-    struct conf_error err;
-    struct dkim_signers *ds = dkim_signers_new(c, &err);
-    if (!ds) {
-      char text[sizeof(err.file) + sizeof(err.msg) + 32];
-      fprintf(stderr, "%s\n", conf_error_str(&err, text, sizeof(text)));
+    struct conf_error cerr;
+    struct dkim_signers *ds = bad ? NULL : dkim_signers_new(c, &cerr);
+    if (!bad && !ds) {
+      char text[sizeof(cerr.file) + sizeof(cerr.msg) + 32];
+      fprintf(stderr, "%s\n", conf_error_str(&cerr, text, sizeof(text)));
+      bad = 1;
     }
     dkim_signers_free(ds);
     conf_unref(c);
-    return ds ? 0 : 1;
+    return bad ? 1 : 0;
   }
   case EVAL:
     return eval_config(path, show_secrets, argc - rest, argv + rest);
@@ -147,6 +220,8 @@ int main(int argc, char **argv)
   }
   case RUN:
   default:
+    if (lock_spool(path) != 0)
+      return 1;
     return engine_main(path);
   }
 }

@@ -36,7 +36,7 @@ struct smtpc {
   struct smtpc_limits lim;
   uint32_t max_rcpts;
   enum smtpc_tls_mode tls_mode;
-  bool implicit_tls, auth_deferred, auth_asked, allow_plain, send8;
+  bool implicit_tls, allow_plain, send8;
   bool tls_active, authed;
   uint32_t ext, mechs;
   uint64_t peer_size;
@@ -98,7 +98,7 @@ static const char *const state_name[SMTPC_ST_COUNT] = {
   [SMTPC_ST_CONNECT] = "CONNECT", [SMTPC_ST_TLS_IMPLICIT] = "TLS_IMPLICIT",
   [SMTPC_ST_BANNER] = "BANNER", [SMTPC_ST_EHLO] = "EHLO", [SMTPC_ST_HELO] = "HELO",
   [SMTPC_ST_STARTTLS] = "STARTTLS", [SMTPC_ST_TLS] = "TLS",
-  [SMTPC_ST_AUTH_WAIT] = "AUTH_WAIT", [SMTPC_ST_AUTH] = "AUTH", [SMTPC_ST_IDLE] = "IDLE",
+  [SMTPC_ST_AUTH] = "AUTH", [SMTPC_ST_IDLE] = "IDLE",
   [SMTPC_ST_MAIL] = "MAIL", [SMTPC_ST_RCPT] = "RCPT", [SMTPC_ST_DATA] = "DATA",
   [SMTPC_ST_BODY] = "BODY", [SMTPC_ST_DOT] = "DOT", [SMTPC_ST_RSET] = "RSET",
   [SMTPC_ST_QUIT] = "QUIT", [SMTPC_ST_DONE] = "DONE",
@@ -108,7 +108,7 @@ static const char *const state_doing[SMTPC_ST_COUNT] = {
   [SMTPC_ST_CONNECT] = "connecting", [SMTPC_ST_TLS_IMPLICIT] = "in the TLS handshake",
   [SMTPC_ST_BANNER] = "reading the banner", [SMTPC_ST_EHLO] = "sending EHLO",
   [SMTPC_ST_HELO] = "sending HELO", [SMTPC_ST_STARTTLS] = "sending STARTTLS",
-  [SMTPC_ST_TLS] = "in the TLS handshake", [SMTPC_ST_AUTH_WAIT] = "waiting for credentials",
+  [SMTPC_ST_TLS] = "in the TLS handshake",
   [SMTPC_ST_AUTH] = "authenticating", [SMTPC_ST_IDLE] = "idle",
   [SMTPC_ST_MAIL] = "sending MAIL FROM", [SMTPC_ST_RCPT] = "sending RCPT TO",
   [SMTPC_ST_DATA] = "sending DATA", [SMTPC_ST_BODY] = "sending the body",
@@ -120,7 +120,7 @@ static const char *const state_doing[SMTPC_ST_COUNT] = {
 static const uint8_t state_stage[SMTPC_ST_COUNT] = {
   [SMTPC_ST_CONNECT] = 0, [SMTPC_ST_TLS_IMPLICIT] = 17, [SMTPC_ST_BANNER] = 12,
   [SMTPC_ST_EHLO] = 10, [SMTPC_ST_HELO] = 10, [SMTPC_ST_STARTTLS] = 15, [SMTPC_ST_TLS] = 17,
-  [SMTPC_ST_AUTH_WAIT] = 11, [SMTPC_ST_AUTH] = 11, [SMTPC_ST_IDLE] = 1,
+  [SMTPC_ST_AUTH] = 11, [SMTPC_ST_IDLE] = 1,
   [SMTPC_ST_MAIL] = 2, [SMTPC_ST_RCPT] = 4, [SMTPC_ST_DATA] = 6, [SMTPC_ST_BODY] = 8,
   [SMTPC_ST_DOT] = 9, [SMTPC_ST_RSET] = 13, [SMTPC_ST_QUIT] = 1, [SMTPC_ST_DONE] = 1,
 };
@@ -129,7 +129,7 @@ static const char *const state_timeout_opt[SMTPC_ST_COUNT] = {
   [SMTPC_ST_CONNECT] = "Connect_Timeout", [SMTPC_ST_TLS_IMPLICIT] = "EHLO_Timeout",
   [SMTPC_ST_BANNER] = "EHLO_Timeout", [SMTPC_ST_EHLO] = "EHLO_Timeout",
   [SMTPC_ST_HELO] = "EHLO_Timeout", [SMTPC_ST_STARTTLS] = "EHLO_Timeout",
-  [SMTPC_ST_TLS] = "EHLO_Timeout", [SMTPC_ST_AUTH_WAIT] = "EHLO_Timeout",
+  [SMTPC_ST_TLS] = "EHLO_Timeout",
   [SMTPC_ST_AUTH] = "EHLO_Timeout", [SMTPC_ST_IDLE] = "Idle_Timeout",
   [SMTPC_ST_MAIL] = "MailFrom_Timeout", [SMTPC_ST_RCPT] = "RcptTo_Timeout",
   [SMTPC_ST_DATA] = "Data_Timeout", [SMTPC_ST_BODY] = "Body_Timeout",
@@ -147,7 +147,6 @@ static uint32_t state_timeout_s(const struct smtpc *s, enum smtpc_state st)
   case SMTPC_ST_HELO:
   case SMTPC_ST_STARTTLS:
   case SMTPC_ST_TLS:
-  case SMTPC_ST_AUTH_WAIT:
   case SMTPC_ST_AUTH: return s->to.ehlo;
   case SMTPC_ST_IDLE: return s->to.idle;
   /* with the previous transaction's final reply outstanding, that reply
@@ -214,7 +213,6 @@ const char *smtpc_ev_name(enum smtpc_ev_type t)
   switch (t) {
   case SMTPC_EV_NONE: return "NONE";
   case SMTPC_EV_NEED_TLS: return "NEED_TLS";
-  case SMTPC_EV_NEED_AUTH: return "NEED_AUTH";
   case SMTPC_EV_AUTH_RESULT: return "AUTH_RESULT";
   case SMTPC_EV_READY: return "READY";
   case SMTPC_EV_RCPT_RESULT: return "RCPT_RESULT";
@@ -711,14 +709,6 @@ static void out_secret_commit(struct smtpc *s, long n)
 static void start_auth(struct smtpc *s, uint64_t now)
 {
   char mb[64];
-  if (s->auth_deferred && !s->auth_asked) {
-    s->auth_asked = true;
-    enter(s, SMTPC_ST_AUTH_WAIT, now);
-    struct smtpc_event *e = ev_push(s, SMTPC_EV_NEED_AUTH);
-    snprintf(s->info_text, sizeof(s->info_text), "%s", mechs_text(s->mechs, mb, sizeof(mb)));
-    e->text = s->info_text;
-    return;
-  }
   if (s->auth_type == SMTPC_AUTH_NONE) {
     go_idle(s, now);
     return;
@@ -1276,7 +1266,6 @@ static bool outstanding(const struct smtpc *s)
   case SMTPC_ST_CONNECT:
   case SMTPC_ST_TLS_IMPLICIT:
   case SMTPC_ST_TLS:
-  case SMTPC_ST_AUTH_WAIT:
   case SMTPC_ST_IDLE:
   case SMTPC_ST_BODY:
   case SMTPC_ST_DONE: return false;
@@ -1391,7 +1380,6 @@ static void on_reply(struct smtpc *s, uint64_t now)
   case SMTPC_ST_CONNECT:
   case SMTPC_ST_TLS_IMPLICIT:
   case SMTPC_ST_TLS:
-  case SMTPC_ST_AUTH_WAIT:
   case SMTPC_ST_IDLE:
   case SMTPC_ST_DONE:
     util_panic("smtpc: reply routed to state %s", state_name[s->st]);
@@ -1480,7 +1468,6 @@ struct smtpc *smtpc_new(const struct smtpc_params *pa, uint64_t now)
   s->max_rcpts = or_default(pa->max_rcpts, 100);
   s->tls_mode = pa->tls;
   s->implicit_tls = pa->implicit_tls;
-  s->auth_deferred = pa->auth_deferred;
   s->allow_plain = pa->auth_allow_plaintext;
   s->send8 = pa->send_8bitmime;
   s->want_chunking = pa->chunking;
@@ -1541,19 +1528,6 @@ int smtpc_tls_done(struct smtpc *s, bool ok, uint64_t now)
     enter(s, SMTPC_ST_BANNER, now);
   else
     send_ehlo(s, now); /* RFC 3207 4.2: forget what was learnt before TLS */
-  return 0;
-}
-
-int smtpc_set_auth(struct smtpc *s, const struct smtpc_auth *creds, uint64_t now)
-{
-  if (s->st != SMTPC_ST_AUTH_WAIT)
-    return -EINVAL;
-  int r = set_creds(s, creds);
-  if (r < 0) {
-    fail(s, SMTPC_FAIL_TRANSIENT, SMTPC_F_AUTH_POLICY, 0, true, "unusable credentials");
-    return r;
-  }
-  start_auth(s, now);
   return 0;
 }
 

@@ -39,7 +39,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   p.tls = (enum smtpc_tls_mode)(cfg & 3) % 3;
   p.implicit_tls = (cfg & 4) != 0;
   p.auth_allow_plaintext = (cfg & 8) != 0;
-  p.auth_deferred = (cfg & 0x80) != 0;
   p.auth.type = (enum smtpc_auth_type)((cfg >> 4) & 3);
   p.auth.user = "fuzzuser";
   p.auth.pass = PASS;
@@ -88,11 +87,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       case SMTPC_EV_NEED_TLS:
         smtpc_tls_done(s, (len & 1) == 0, now);
         break;
-      case SMTPC_EV_NEED_AUTH: {
-        struct smtpc_auth a = {SMTPC_AUTH_LOGIN, "u", "p"};
-        smtpc_set_auth(s, (len & 2) ? &a : NULL, now);
-        break;
-      }
       case SMTPC_EV_READY:
         /* READY can be stale when a later queued event ended the session */
         if (ntxn < max_txn) {

@@ -130,9 +130,6 @@ static void tr_fmt_event(char *buf, size_t cap, const struct smtpc_event *e)
     snprintf(buf, cap, "FAILED %s %d %s f=%x st=%u: %s", smtpc_fail_name(e->kind), e->code,
              e->enhanced, e->flags, e->stage, e->text);
     break;
-  case SMTPC_EV_NEED_AUTH:
-    snprintf(buf, cap, "NEED_AUTH: %s", e->text);
-    break;
   case SMTPC_EV_READY:
     snprintf(buf, cap, "%s", (e->flags & SMTPC_F_PIPELINED) ? "READY pipelined" : "READY");
     break;

@@ -501,40 +501,6 @@ TR_TEST(auth_after_starttls)
   ev(t, "READY");
 }
 
-TR_TEST(auth_deferred)
-{
-  struct smtpc_params p = base_params();
-  p.auth_deferred = true;
-  p.auth_allow_plaintext = true;
-  start(t, &p);
-  srv(t, BANNER);
-  cli(t, EHLO_CMD);
-  srv(t, EHLO_AUTH);
-  ev(t, "NEED_AUTH: PLAIN LOGIN XOAUTH2");
-  assert_int_equal(smtpc_state(t->s), SMTPC_ST_AUTH_WAIT);
-  struct smtpc_auth a = {SMTPC_AUTH_PLAIN, "msys", "msys"};
-  assert_int_equal(smtpc_set_auth(t->s, &a, t->now), 0);
-  cli(t, "AUTH PLAIN AG1zeXMAbXN5cw==\r\n");
-  srv(t, "235 ok\r\n");
-  ev(t, "AUTH_RESULT 235  st=11: ok");
-  ev(t, "READY");
-}
-
-TR_TEST(auth_deferred_none)
-{
-  struct smtpc_params p = base_params();
-  p.auth_deferred = true;
-  start(t, &p);
-  srv(t, BANNER);
-  cli(t, EHLO_CMD);
-  srv(t, EHLO_PIPE);
-  ev(t, "NEED_AUTH: none we know");
-  assert_int_equal(smtpc_set_auth(t->s, NULL, t->now), 0);
-  ev(t, "READY");
-  cli(t, "");
-}
-
-
 /* A challenge over the line limit fails the session cleanly. */
 TR_TEST(auth_challenge_too_long)
 {
@@ -572,22 +538,6 @@ TR_TEST(auth_plain_unexpected_334)
   srv(t, "334 \r\n");
   ev(t, "FAILED protocol 334  f=0 st=11: unexpected AUTH PLAIN challenge: ");
   cli(t, "");
-}
-
-TR_TEST(auth_deferred_bad_creds)
-{
-  struct smtpc_params p = base_params();
-  p.auth_deferred = true;
-  p.auth_allow_plaintext = true;
-  start(t, &p);
-  srv(t, BANNER);
-  cli(t, EHLO_CMD);
-  srv(t, EHLO_AUTH);
-  ev(t, "NEED_AUTH: PLAIN LOGIN XOAUTH2");
-  struct smtpc_auth a = {SMTPC_AUTH_PLAIN, "msys", "bad\npass"};
-  assert_int_equal(smtpc_set_auth(t->s, &a, t->now), -EINVAL);
-  ev(t, "FAILED transient 0  f=8 st=11: unusable credentials");
-  cli(t, "QUIT\r\n");
 }
 
 /* ------------------------------------------------------------------ transactions */
@@ -1974,7 +1924,7 @@ int main(void)
     T(auth_login_bad_challenge), T(auth_xoauth2), T(auth_xoauth2_error_challenge), T(auth_454),
     T(auth_534_538_504), T(auth_not_offered), T(auth_mech_not_offered),
     T(auth_plaintext_refused), T(auth_challenge_too_long), T(auth_challenge_multiline),
-    T(auth_plain_unexpected_334), T(auth_deferred_bad_creds), T(auth_after_starttls), T(auth_deferred), T(auth_deferred_none),
+    T(auth_plain_unexpected_334), T(auth_after_starttls),
     T(txn_pipelined), T(txn_pipelined_next), T(txn_pipelined_next_prev_refused),
     T(txn_pipelined_next_eof), T(txn_pipelined_next_421), T(txn_pipelined_next_local_refusal),
     T(bdat_pipelined_three), T(bdat_chunk_refused_mid_body), T(bdat_chunks), T(bdat_mail_refused),

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "spool.h"
+#include "spool_test.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,0 +1,1051 @@
+/* ingest.c owns the pickup directory: listing it, reading files (through
+ * iobatch.c when it can), the one ingest path (take_checked: parse, build
+ * the message, scrub secrets, run the ingest hook, send rejects to bad/),
+ * journal entries for a batch, group commit and the three threads of
+ * spool_start (ingest, commit, unlink). It never removes a pickup file
+ * before its message is durable, never writes a secret, never logs.
+ * Threads: spool_ingest on one thread at a time (the ingest thread);
+ * spool_kick and spool_last_error from any thread. */
+#include "spool_int.h"
+#include "spool_test.h"
+
+_Thread_local struct in_hook in_hook;
+void (*spool_test_after_stat)(int fd);
+
+/* ---- ingest ---- */
+
+static bool name_ignored(const char *n)
+{
+  size_t l = strlen(n);
+  return n[0] == '.' || (l >= 4 && !strcmp(n + l - 4, ".tmp")) || l > SPOOL_NAME_MAX - 24;
+}
+
+static int cmp_ino(const void *a, const void *b)
+{
+  uint64_t x = ((const struct pname *)a)->ino, y = ((const struct pname *)b)->ino;
+  return x < y ? -1 : x > y;
+}
+
+/* List pickup/. A long listing is taken in inode order: on ext4 that is
+ * close to the order of the inode table and of the data blocks, so a
+ * backlog that is no longer in the page cache is read sequentially
+ * rather than at random. */
+int scan_pickup(struct spool *sp)
+{
+  names_clear(sp);
+  int fd = dup(sp->pickup_fd);
+  if (fd < 0)
+    return -errno;
+  DIR *d = fdopendir(fd);
+  if (!d) {
+    close(fd);
+    return -errno;
+  }
+  rewinddir(d);
+  size_t n = 0;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    /* every type is listed: what is not a regular file goes to bad/ */
+    if (name_ignored(e->d_name))
+      continue;
+    if (n == sp->capnames) {
+      sp->capnames = sp->capnames ? sp->capnames * 2 : 256;
+      sp->names = util_xrealloc(sp->names, sp->capnames * sizeof(*sp->names));
+    }
+    sp->names[n++] = (struct pname){util_xstrdup(e->d_name), (uint64_t)e->d_ino, e->d_type};
+  }
+  closedir(d);
+  if (n > 1)
+    qsort(sp->names, n, sizeof(*sp->names), cmp_ino);
+  sp->nnames = n;
+  sp->next_rescan_ns = clock_mono_ns() + (uint64_t)sp->p.rescan_ms * 1000000u;
+  return 0;
+}
+
+static void drain_fd(int fd)
+{
+  char b[4096];
+  while (fd >= 0 && read(fd, b, sizeof(b)) > 0) {
+  }
+}
+
+/* Wait for something to claim; true when names are pending. */
+static bool wait_work(struct spool *sp, int timeout_ms)
+{
+  if (sp->inames < sp->nnames)
+    return true;
+  if (sp->nnames > 0) { /* a listing ran out: files that came meanwhile are next */
+    names_clear(sp);
+    sp->scan_due = true;
+  }
+  uint64_t deadline = clock_mono_ns() + (timeout_ms > 0 ? (uint64_t)timeout_ms * 1000000u : 0);
+  int ms = 0;
+  for (;;) {
+    struct pollfd pfd[2] = {{.fd = sp->ino_fd, .events = POLLIN},
+                            {.fd = sp->wake_fd, .events = POLLIN}};
+    if (poll(pfd, 2, ms) > 0) {
+      if (pfd[0].revents) {
+        drain_fd(sp->ino_fd);
+        sp->scan_due = true;
+      }
+      if (pfd[1].revents)
+        drain_fd(sp->wake_fd);
+    }
+    uint64_t now = clock_mono_ns();
+    if (atomic_exchange(&sp->kick, 0) || now >= sp->next_rescan_ns)
+      sp->scan_due = true;
+    if (sp->scan_due) {
+      sp->scan_due = false;
+      wait_drained(sp);
+      if (scan_pickup(sp) == 0 && sp->nnames > 0)
+        return true;
+    }
+    if (now >= deadline || atomic_load(&sp->stop))
+      return false;
+    uint64_t until = deadline < sp->next_rescan_ns ? deadline : sp->next_rescan_ns;
+    ms = (int)((until - now + 999999u) / 1000000u);
+  }
+}
+
+
+static int sync_fd_counted(struct spool *sp, int fd)
+{
+  if (fd < 0)
+    return 0;
+  return sync_timed(sp, fd, 0);
+}
+#define sync_fd(fd) sync_fd_counted(sp, (fd))
+
+int syncfs_counted(struct spool *sp)
+{
+  return sync_timed(sp, sp->queue_fd, 2);
+}
+
+void spool_get_stats(const struct spool *sp, struct spool_stats *out)
+{
+  out->ingested = atomic_load_explicit(&sp->st_ingested, memory_order_relaxed);
+  out->rejected = atomic_load_explicit(&sp->st_rejected, memory_order_relaxed);
+  out->batches = atomic_load_explicit(&sp->st_batches, memory_order_relaxed);
+  out->syncs = atomic_load_explicit(&sp->st_syncs, memory_order_relaxed);
+  out->recovered = atomic_load_explicit(&sp->st_recovered, memory_order_relaxed);
+  out->ring_reads = atomic_load_explicit(&sp->st_ring_reads, memory_order_relaxed);
+  histo_read(&sp->st_sync_lat, &out->sync_latency);
+}
+
+/* Make the batch durable. */
+static int sync_batch(struct spool *sp, struct claimed *c, size_t n, const bool *touched)
+{
+  if (sp->p.sync == SPOOL_SYNC_NONE || n == 0)
+    return 0;
+  if (sp->p.sync_method != SPOOL_SYNCM_FSYNC)
+    return syncfs_counted(sp);
+  int r = 0;
+  for (size_t i = 0; i < n && r == 0; i++) {
+    if ((r = sync_fd(c[i].body_fd)) == 0)
+      r = sync_fd(c[i].meta_fd);
+  }
+  for (int b = 0; b < NBUCKETS && r == 0; b++)
+    if (touched[b])
+      r = sync_fd(sp->bucket_fd[b]);
+  if (r == 0)
+    r = sync_fd(sp->pickup_fd);
+  return r;
+}
+
+void claimed_close(struct claimed *c)
+{
+  if (c->body_fd >= 0)
+    close(c->body_fd);
+  if (c->meta_fd >= 0)
+    close(c->meta_fd);
+  c->body_fd = c->meta_fd = -1;
+}
+
+/* Read the whole file at fd into sp->rbuf. Returns 0, -EINVAL when it is
+ * not a regular file, -EFBIG over the limit, -EAGAIN when it changed size
+ * while read (why says which), or -errno. */
+static int read_file(struct spool *sp, int fd, struct stat *st, char *why, size_t whylen)
+{
+  if (fstat(fd, st) < 0)
+    return -errno;
+  if (!S_ISREG(st->st_mode)) {
+    snprintf(why, whylen, "not a regular file");
+    return -EINVAL;
+  }
+  if ((uint64_t)st->st_size > sp->p.max_message_size) {
+    snprintf(why, whylen, "file of %lld bytes is over Max_Message_Size (%" PRIu64 " bytes)",
+             (long long)st->st_size, sp->p.max_message_size);
+    return -EFBIG;
+  }
+  if (spool_test_after_stat)
+    spool_test_after_stat(fd);
+  size_t want = (size_t)st->st_size;
+  sp->rbuf.len = sp->rbuf.off = 0;
+  buf_reserve(&sp->rbuf, want + 1);
+  size_t got = 0;
+  for (;;) {
+    ssize_t n = pread(fd, sp->rbuf.data + got, want + 1 - got, (off_t)got);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    if (n == 0)
+      break;
+    got += (size_t)n;
+    if (got > want || (size_t)n < want + 1 - (got - (size_t)n))
+      break; /* a short read of a regular file is its end */
+  }
+  sp->rbuf.len = got;
+  if (got != want) {
+    snprintf(why, whylen, "file %s while being read (%zu of %zu bytes)",
+             got < want ? "was truncated" : "grew", got, want);
+    return -EAGAIN;
+  }
+  return 0;
+}
+
+/* Build a queued message from a parsed envelope. */
+static struct spool_msg *msg_from_env(struct spool *sp, struct spool_envelope *env, uint64_t id,
+                                      uint16_t node, uint8_t bucket)
+{
+  uint32_t *rlen = util_xmalloc(((size_t)env->nrcpt + 1) * sizeof(uint32_t));
+  for (uint32_t i = 0; i < env->nrcpt; i++)
+    rlen[i] = (uint32_t)strlen(env->rcpt[i]);
+  struct spool_msg *m = msg_alloc(env->sender, strlen(env->sender), env->nrcpt,
+                                  (const char *const *)env->rcpt, rlen);
+  free(rlen);
+  m->id = id;
+  m->node = node;
+  m->bucket = bucket;
+  m->flags = (uint8_t)env->flags;
+  m->created_ms = id >> 22;
+  m->body_off = env->body_off;
+  m->body_size = env->body_size;
+  m->binding = env->binding;
+  m->binding_group = env->binding_group;
+  env->binding = env->binding_group = NULL;
+  m->mess = env->mess ? env->mess : ctx_new();
+  env->mess = NULL;
+  m->conn = ctx_new();
+  if (!m->mess || !m->conn)
+    util_panic("spool: out of memory");
+  (void)sp;
+  return m;
+}
+
+/* Write the scrubbed envelope bytes back over the claimed file. Best
+ * effort: a file the engine may not write (another owner, after the
+ * drop to User) keeps its text; see docs/security.md. */
+static void scrub_file(int dfd, const char *qname, const void *p, size_t n, size_t off)
+{
+  int fd = openat(dfd, qname, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0)
+    return;
+  (void)!pwrite(fd, p, n, (off_t)off);
+  close(fd);
+}
+
+/* The one ingest path's checks, whatever the layout: parse the file read
+ * into data[0, len), build the message, scrub x-context secrets from the
+ * buffer ([*lo, *hi) is what changed), run the ingest hook (fd: the open
+ * file for spool_open_body, or -1). Returns 0 with *out set, or 1 when the
+ * file went to bad/ (dfd/qname is where it is now, orig its pickup name). */
+static int take_checked(struct spool *sp, int dfd, const char *qname, const char *orig,
+                        const char *idstr, uint64_t id, uint16_t node, uint8_t bucket,
+                        const uint8_t *data, size_t len, int fd, struct spool_msg **out,
+                        size_t *lo, size_t *hi)
+{
+  char why[512];
+  *out = NULL;
+  *lo = *hi = 0;
+  struct spool_envelope env;
+  if (spool_parse((const char *)data, len, &env, why, sizeof(why)) < 0) {
+    spool_envelope_done(&env);
+    to_bad(sp, dfd, qname, orig, why, idstr);
+    return 1;
+  }
+  struct spool_msg *m = msg_from_env(sp, &env, id, node, bucket);
+  (void)spool_scrub_secrets((char *)(uintptr_t)data, env.body_off, lo, hi);
+  spool_envelope_done(&env);
+  if (sp->p.on_ingest) {
+    why[0] = 0;
+    in_hook.msg = m; /* spool_ingest_bytes / spool_open_body read the pickup file */
+    in_hook.fd = fd;
+    in_hook.data = data;
+    in_hook.len = len;
+    int hr = sp->p.on_ingest(sp->p.arg, m, why, sizeof(why));
+    in_hook.msg = NULL;
+    if (hr < 0) {
+      spool_msg_free(m);
+      to_bad(sp, dfd, qname, orig, why[0] ? why : "rejected by the ingest hook", idstr);
+      return 1;
+    }
+  }
+  *out = m;
+  return 0;
+}
+
+/* The per-message-file layout (no_journal, and a claimed file found
+ * without metadata at recovery): parse the claimed file (bucket dir dfd, name qname) and write its
+ * metadata. Returns 0 with *out set; 1 when it was rejected to bad/
+ * (reported); or -errno (disk trouble: nothing half-written is left, and
+ * the file is still at qname). */
+int claim_file(struct spool *sp, int dfd, const char *qname, const char *orig,
+                       uint64_t id, uint16_t node, uint8_t bucket, struct claimed *out)
+{
+  char why[512];
+  char idstr[SPOOL_ID_LEN + 1];
+  id_format(id, node, idstr);
+  out->msg = NULL;
+  out->body_fd = out->meta_fd = -1;
+  int fd = openat(dfd, qname, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) {
+    if (errno == ENOENT) {
+      snprintf(why, sizeof(why), "file vanished while being claimed");
+      write_why(sp, orig, why, idstr);
+      report_bad(sp, orig, why);
+      return 1;
+    }
+    snprintf(why, sizeof(why), "cannot open claimed file: %s", strerror(errno));
+    to_bad(sp, dfd, qname, orig, why, idstr);
+    return 1;
+  }
+  struct stat st;
+  int r = read_file(sp, fd, &st, why, sizeof(why));
+  if (r == -EFBIG || r == -EAGAIN || r == -EINVAL) {
+    close(fd);
+    to_bad(sp, dfd, qname, orig, why, idstr);
+    return 1;
+  }
+  if (r < 0) {
+    close(fd);
+    snprintf(why, sizeof(why), "read error: %s", strerror(-r));
+    to_bad(sp, dfd, qname, orig, why, idstr);
+    return 1;
+  }
+  struct spool_msg *m;
+  size_t lo, hi;
+  if (take_checked(sp, dfd, qname, orig, idstr, id, node, bucket, sp->rbuf.data, sp->rbuf.len, fd,
+                   &m, &lo, &hi) != 0) {
+    close(fd);
+    return 1;
+  }
+  /* A password given as x-context lives on in memory only (the metadata
+   * never holds it): overwrite it in the queue file too. */
+  if (hi > lo)
+    scrub_file(dfd, qname, sp->rbuf.data + lo, hi - lo, lo);
+  meta_build(&sp->mbuf, m);
+  char mname[SPOOL_ID_LEN + 3];
+  snprintf(mname, sizeof(mname), "%s.m", idstr);
+  int mfd = openat(dfd, mname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (mfd < 0) {
+    r = -errno;
+  } else {
+    r = write_all(mfd, sp->mbuf.data, sp->mbuf.len, 0);
+    if (r == 0 && sp->p.sync == SPOOL_SYNC_ALWAYS) {
+      if ((r = sync_fd(mfd)) == 0 && (r = sync_fd(fd)) == 0 && (r = sync_fd(dfd)) == 0)
+        r = sync_fd(sp->pickup_fd);
+    }
+  }
+  if (r < 0) {
+    if (mfd >= 0) {
+      close(mfd);
+      unlinkat(dfd, mname, 0);
+    }
+    close(fd);
+    spool_msg_free(m);
+    return r;
+  }
+  /* Queue files are 0600 whatever mode the producer used (after the
+   * metadata: a file put back into pickup/ on error stays untouched). */
+  if ((st.st_mode & 07777) != 0600)
+    (void)fchmod(fd, 0600);
+  if (sp->p.sync == SPOOL_SYNC_BATCH && sp->p.sync_method == SPOOL_SYNCM_FSYNC) {
+    out->body_fd = fd;
+    out->meta_fd = mfd;
+  } else {
+    close(fd);
+    close(mfd);
+  }
+  out->msg = m;
+  return 0;
+}
+
+static void deliver_batch(struct spool *sp, struct claimed *c, size_t n)
+{
+  atomic_fetch_add_explicit(&sp->st_ingested, n, memory_order_relaxed);
+  atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
+  for (size_t i = 0; i < n; i++) {
+    claimed_close(&c[i]);
+    spool_drop_ctx(sp, c[i].msg);
+    sp->p.on_msg(sp->p.arg, c[i].msg);
+    c[i].msg = NULL;
+  }
+  if (sp->p.on_batch_end)
+    sp->p.on_batch_end(sp->p.arg);
+}
+
+
+static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data, size_t len,
+                         const struct pinfo *pi, int fd, bool stays, struct jtake *out);
+
+static int jrn_take(struct spool *sp, const struct pname *pn, struct jtake *out)
+{
+  char why[512];
+  const char *name = pn->name;
+  out->msg = NULL;
+  if (pn->type != DT_REG && pn->type != DT_UNKNOWN) { /* a FIFO would block a read */
+    to_bad(sp, sp->pickup_fd, name, name, "not a regular file", NULL);
+    return 1;
+  }
+  int fd = -1;
+  if (atomic_load_explicit(&sp->noatime, memory_order_relaxed)) {
+    fd = openat(sp->pickup_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOATIME);
+    if (fd < 0 && errno == EPERM)
+      atomic_store(&sp->noatime, false);
+  }
+  if (fd < 0 && !atomic_load_explicit(&sp->noatime, memory_order_relaxed))
+    fd = openat(sp->pickup_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno == ENOENT) { /* removed by its producer: nothing to own */
+      write_why(sp, name, "file vanished before it could be claimed", NULL);
+      report_bad(sp, name, "file vanished before it could be claimed");
+      return 1;
+    }
+    if (errno == ELOOP) /* O_NOFOLLOW met a symbolic link */
+      snprintf(why, sizeof(why), "not a regular file");
+    else
+      snprintf(why, sizeof(why), "cannot open the pickup file: %s", strerror(errno));
+    to_bad(sp, sp->pickup_fd, name, name, why, NULL);
+    return 1;
+  }
+  struct stat st;
+  int r = read_file(sp, fd, &st, why, sizeof(why));
+  if (r < 0) {
+    close(fd);
+    if (r != -EFBIG && r != -EAGAIN && r != -EINVAL)
+      snprintf(why, sizeof(why), "read error: %s", strerror(-r));
+    to_bad(sp, sp->pickup_fd, name, name, why, NULL);
+    return 1;
+  }
+  struct pinfo pi = {(uint64_t)st.st_ino, (uint64_t)st.st_size,
+                     (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec};
+  r = jrn_take_data(sp, name, sp->rbuf.data, sp->rbuf.len, &pi, fd, false, out);
+  close(fd);
+  return r;
+}
+
+/* The rest of jrn_take once the file is in memory (fd: the open file for
+ * the ingest hook, or -1 when there is no hook). stays: data lives until
+ * the batch is written (the arena), so a big body is written from there
+ * (jref) instead of being copied into jbuf. */
+static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data, size_t len,
+                         const struct pinfo *pi, int fd, bool stays, struct jtake *out)
+{
+  out->msg = NULL;
+  uint64_t id = next_id(sp);
+  char idstr[SPOOL_ID_LEN + 1];
+  id_format(id, sp->p.node_id, idstr);
+  /* Only the body goes to the journal and the pickup file is removed once
+   * it is durable; take_checked scrubs the read buffer (rbuf, or the
+   * batch's pre-read buffer: ours to write). */
+  struct spool_msg *m;
+  size_t slo, shi;
+  if (take_checked(sp, sp->pickup_fd, name, name, idstr, id, sp->p.node_id, 0, data, len, fd, &m,
+                   &slo, &shi) != 0)
+    return 1;
+  struct buf *b = &sp->jbuf;
+  /* positions in the batch: jbuf's bytes plus the bodies referenced so far */
+  out->at = b->len + sp->jrefbytes;
+  size_t r0 = rec_begin(b, REC_JMSG);
+  put_header(b, m, 0); /* body_off 0: the body follows this record */
+  put_u64(b, pi->ino);
+  put_u64(b, pi->size);
+  put_u64(b, pi->stamp);
+  put_str(b, name);
+  rec_end(b, r0);
+  size_t body = b->len + sp->jrefbytes;
+  if (stays && m->body_size >= JREF_MIN) {
+    if (sp->njrefs == sp->capjrefs) {
+      sp->capjrefs = sp->capjrefs ? sp->capjrefs * 2 : 64;
+      sp->jrefs = util_xrealloc(sp->jrefs, sp->capjrefs * sizeof(*sp->jrefs));
+    }
+    sp->jrefs[sp->njrefs++] = (struct jref){b->len, data + m->body_off, (size_t)m->body_size};
+    sp->jrefbytes += (size_t)m->body_size;
+  } else {
+    buf_append(b, data + m->body_off, (size_t)m->body_size);
+  }
+  m->body_mem = hot_keep(data + m->body_off, m->body_size);
+  size_t attr = b->len + sp->jrefbytes;
+  rec_attr(b, m);
+  /* offsets within the entry for now; ingest_journal makes them absolute */
+  m->body_off = body - out->at;
+  m->ctx_off = (uint32_t)(attr - out->at);
+  m->ctx_len = (uint32_t)(b->len + sp->jrefbytes - attr);
+  out->msg = m;
+  return 0;
+}
+
+bool (*spool_test_keep_pickup)(const char *name);
+void (*spool_test_before_forget)(void);
+
+/* A pickup file whose message is durable in the journal leaves pickup/. */
+static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
+{
+  if (spool_test_keep_pickup && spool_test_keep_pickup(t->name))
+    return; /* as if the process died here */
+  if (unlinkat(sp->pickup_fd, t->name, 0) == 0 || errno == ENOENT)
+    return;
+  char why[256], id[SPOOL_ID_LEN + 1];
+  snprintf(why, sizeof(why), "queued as %s, but the pickup file could not be removed (%s)",
+           spool_msg_id_str(t->msg, id), strerror(errno));
+  to_bad(sp, sp->pickup_fd, t->name, t->name, why, id);
+}
+
+/* jrn_take for a file read through the ring: returns 0 or 1 as jrn_take,
+ * or 2 when jrn_take must read it (not read by the ring, possibly bigger
+ * than its slot, changed meanwhile, or O_NOATIME refused). The identity
+ * kept for recovery is the name, d_ino, the size read and, for small
+ * slots, a checksum of the content read (before spool_scrub_secrets
+ * changes the buffer), for big ones the mtime from the statx after the
+ * read (a checksum of 100 KB costs more than the statx): see "Claiming is
+ * atomic" in docs/spool.md. */
+static int jrn_take_pre(struct spool *sp, const struct pname *pn, const struct pre *pr,
+                        size_t slot, bool stat, struct jtake *out)
+{
+  char why[512];
+  const char *name = pn->name;
+  out->msg = NULL;
+  if (pn->type != DT_REG || pr->op == -ECANCELED)
+    return 2;
+  if (pr->op == -ENOENT) {
+    write_why(sp, name, "file vanished before it could be claimed", NULL);
+    report_bad(sp, name, "file vanished before it could be claimed");
+    return 1;
+  }
+  if (pr->op == -EPERM) {
+    /* not ours to open with O_NOATIME (or not at all: jrn_take says) */
+    atomic_store(&sp->noatime, false);
+    return 2;
+  }
+  if (pr->op == -ELOOP || pr->rd == -EISDIR) /* replaced since the listing */
+    snprintf(why, sizeof(why), "not a regular file");
+  else if (pr->op < 0)
+    snprintf(why, sizeof(why), "cannot open the pickup file: %s", strerror(-pr->op));
+  else if (pr->rd < 0)
+    snprintf(why, sizeof(why), "read error: %s", strerror(-pr->rd));
+  else if ((size_t)pr->rd >= slot)
+    return 2; /* the slot is full: the file may be bigger */
+  else if ((uint64_t)pr->rd > sp->p.max_message_size)
+    snprintf(why, sizeof(why), "file of %d bytes is over Max_Message_Size (%" PRIu64 " bytes)",
+             pr->rd, sp->p.max_message_size);
+  else if (stat && (pr->st < 0 || pr->stx.stx_ino != pn->ino || !S_ISREG(pr->stx.stx_mode) ||
+                    pr->stx.stx_size != (uint64_t)pr->rd))
+    return 2; /* changed since it was read, or listed: jrn_take tells */
+  else {
+    size_t len = (size_t)pr->rd;
+    struct pinfo pi = {pn->ino, len,
+                       stat ? (uint64_t)pr->stx.stx_mtime.tv_sec * 1000000000u +
+                                  (uint64_t)pr->stx.stx_mtime.tv_nsec
+                            : STAMP_CRC | crc32c(0, pr->data, len)};
+    return jrn_take_data(sp, name, pr->data, len, &pi, -1, true, out);
+  }
+  to_bad(sp, sp->pickup_fd, name, name, why, NULL);
+  return 1;
+}
+
+/* Remove a durable batch's pickup files: one ring submission when it can,
+ * else (and for any file the ring could not remove) one unlinkat each. */
+static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
+{
+  if (spool_test_before_forget)
+    spool_test_before_forget();
+  iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false);
+  if (sp->iunlink && !spool_test_keep_pickup && bt->n <= sp->iunlink->cap) {
+    char **names = util_xmalloc(bt->n * sizeof(*names));
+    for (size_t i = 0; i < bt->n; i++)
+      names[i] = bt->c[i].name;
+    int r = iobatch_unlink(sp->iunlink, sp->pickup_fd, names, (unsigned)bt->n);
+    free(names);
+    if (r == 0) {
+      for (size_t i = 0; i < bt->n; i++)
+        if (sp->iunlink->res[i] < 0 && sp->iunlink->res[i] != -ENOENT)
+          jrn_forget_pickup(sp, &bt->c[i]);
+      return;
+    }
+  }
+  for (size_t i = 0; i < bt->n; i++)
+    jrn_forget_pickup(sp, &bt->c[i]);
+}
+
+/* A batch that could not be made durable: its pickup files stay for the
+ * next round, and what reached the segment is retired so it can never be
+ * taken for mail. */
+static void jrn_batch_fail(struct spool *sp, struct jbatch *bt, bool put)
+{
+  struct buf done = {0};
+  uint32_t *unpin = util_xmalloc(bt->n * sizeof(*unpin));
+  for (size_t i = 0; i < bt->n; i++) {
+    rec_done(&done, bt->c[i].msg);
+    unpin[i] = bt->seg;
+    spool_msg_free(bt->c[i].msg);
+    free(bt->c[i].name);
+  }
+  if (put)
+    jrn_retire(sp, &done, unpin, (uint32_t)bt->n);
+  buf_done(&done, 0);
+  free(unpin);
+  free(bt->c);
+  free(bt);
+}
+
+/* A durable batch: remove its pickup files, then hand the messages over. */
+static void jrn_batch_done(struct spool *sp, struct jbatch *bt)
+{
+  for (size_t i = 0; i < bt->n; i++) {
+    struct spool_msg *m = bt->c[i].msg;
+    m->jseg = bt->seg;
+    m->body_off += bt->base + bt->c[i].at;
+    m->ctx_off += (uint32_t)(bt->base + bt->c[i].at);
+  }
+  jrn_forget_all(sp, bt);
+  for (size_t i = 0; i < bt->n; i++)
+    free(bt->c[i].name);
+  atomic_fetch_add_explicit(&sp->st_ingested, bt->n, memory_order_relaxed);
+  atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
+  for (size_t i = 0; i < bt->n; i++) {
+    spool_drop_ctx(sp, bt->c[i].msg);
+    sp->p.on_msg(sp->p.arg, bt->c[i].msg);
+  }
+  if (sp->p.on_batch_end)
+    sp->p.on_batch_end(sp->p.arg);
+  free(bt->c);
+  free(bt);
+}
+
+/* Append the batches from `list` on (under qlock) and wake the taker. */
+static void jq_put(struct jqueue *q, struct jbatch *list)
+{
+  struct jbatch *last = list;
+  while (last->next)
+    last = last->next;
+  if (q->tail)
+    q->tail->next = list;
+  else
+    q->head = list;
+  q->tail = last;
+  pthread_cond_signal(&q->cond);
+}
+
+/* Wait (under qlock) for batches and take them all; NULL once the queue
+ * is stopped and empty. */
+static struct jbatch *jq_take(struct spool *sp, struct jqueue *q)
+{
+  while (!q->head && !q->stop)
+    pthread_cond_wait(&q->cond, &sp->qlock);
+  struct jbatch *list = q->head;
+  q->head = q->tail = NULL;
+  return list;
+}
+
+/* nb batches left the pipeline (under qlock). */
+static void jq_finished(struct spool *sp, unsigned nb)
+{
+  sp->inflight -= nb;
+  if (sp->inflight == 0)
+    pthread_cond_broadcast(&sp->qdrained);
+}
+
+/* Stop the thread taking from q once it has emptied it, and join it. */
+static void jq_stop(struct spool *sp, struct jqueue *q, pthread_t th)
+{
+  pthread_mutex_lock(&sp->qlock);
+  q->stop = true;
+  pthread_cond_signal(&q->cond);
+  pthread_mutex_unlock(&sp->qlock);
+  pthread_join(th, NULL);
+}
+
+/* Bytes in the batch being built. */
+static size_t batch_len(const struct spool *sp) { return sp->jbuf.len + sp->jrefbytes; }
+
+/* The ring's slot for files of about avg bytes (0: do not use the ring). */
+static size_t slot_for(uint64_t avg)
+{
+  if (avg <= PRE_BUF / 2)
+    return PRE_BUF;
+  if (avg > SLOT_MAX / 2)
+    return 0;
+  return ((size_t)avg * 2 + 4095) & ~(size_t)4095;
+}
+
+/* Append the batch (jbuf with the jrefs bodies in their places) with one
+ * pwritev, as jrn_put does. */
+static int jrn_put_batch(struct spool *sp, uint32_t npins, uint32_t *seg, uint64_t *off)
+{
+  if (sp->njrefs == 0)
+    return jrn_put(sp, sp->jbuf.data, sp->jbuf.len, npins, seg, off);
+  if (2 * sp->njrefs + 1 > sp->capjiov) {
+    sp->capjiov = 2 * sp->njrefs + 1;
+    sp->jiov = util_xrealloc(sp->jiov, sp->capjiov * sizeof(*sp->jiov));
+  }
+  int cnt = 0;
+  size_t prev = 0;
+  for (size_t i = 0; i < sp->njrefs; i++) {
+    const struct jref *j = &sp->jrefs[i];
+    if (j->at > prev)
+      sp->jiov[cnt++] = (struct iovec){sp->jbuf.data + prev, j->at - prev};
+    sp->jiov[cnt++] = (struct iovec){(void *)(uintptr_t)j->p, j->len};
+    prev = j->at;
+  }
+  if (sp->jbuf.len > prev)
+    sp->jiov[cnt++] = (struct iovec){sp->jbuf.data + prev, sp->jbuf.len - prev};
+  return jrn_putv(sp, sp->jiov, cnt, batch_len(sp), npins, seg, off);
+}
+
+/* One journal round over the pending names: read and parse up to
+ * batch_max files (or JRN_BATCH_BYTES) into one buffer and append it with
+ * one write. Then make it durable with one sync, remove the pickup files
+ * and hand the messages over, here or (pipelined) on the commit and unlink threads. */
+static long ingest_journal(struct spool *sp)
+{
+  size_t max = sp->p.sync == SPOOL_SYNC_ALWAYS ? 1 : sp->p.batch_max;
+  struct jbatch *bt = util_xcalloc(1, sizeof(*bt));
+  bt->c = util_xcalloc(max, sizeof(*bt->c));
+  sp->jbuf.len = sp->jbuf.off = 0;
+  sp->njrefs = sp->jrefbytes = 0;
+  /* Through the ring when no hook needs the open file. */
+  bool ring = !spool_test_after_stat;
+  if (ring)
+    iobatch_get(&sp->iread, &sp->iread_tried, sp->p.batch_max, true);
+  size_t used = 0; /* arena bytes holding this batch's files */
+  while (bt->n < max && sp->inames < sp->nnames && batch_len(sp) < JRN_BATCH_BYTES) {
+    size_t k = sp->nnames - sp->inames;
+    if (k > max - bt->n)
+      k = max - bt->n;
+    /* read ahead about what fits in the batch's bytes, going by the last
+     * batch's files */
+    size_t fit = (JRN_BATCH_BYTES - batch_len(sp)) / (sp->avg_file ? sp->avg_file : 1) + 1;
+    if (k > fit)
+      k = fit;
+    if (k > RING_SUB)
+      k = RING_SUB;
+    size_t slot = slot_for(sp->avg_file);
+    struct iobatch *ib = sp->iread;
+    if (ring && ib && slot) {
+      if (k > ib->cap)
+        k = ib->cap;
+      if (used + k * slot > ib->bufcap) {
+        if (used == 0) { /* nothing of this batch is in it yet */
+          free(ib->buf);
+          ib->bufcap = k * slot;
+          ib->buf = util_xmalloc(ib->bufcap);
+        } else if ((k = (ib->bufcap - used) / slot) == 0) {
+          break; /* the arena is full: write this batch */
+        }
+      }
+      if (iobatch_read(ib, sp->pickup_fd, sp->names + sp->inames, (unsigned)k,
+                       atomic_load_explicit(&sp->noatime, memory_order_relaxed) ? O_NOATIME : 0,
+                       ib->buf + used, slot, slot > PRE_BUF) == 0) {
+        used += k * slot;
+        for (size_t j = 0; j < k && batch_len(sp) < JRN_BATCH_BYTES; j++) {
+          const struct pname *pn = &sp->names[sp->inames++];
+          int r = jrn_take_pre(sp, pn, &ib->pre[j], slot, slot > PRE_BUF, &bt->c[bt->n]);
+          if (r == 0)
+            atomic_fetch_add_explicit(&sp->st_ring_reads, 1, memory_order_relaxed);
+          if (r == 2)
+            r = jrn_take(sp, pn, &bt->c[bt->n]);
+          if (r == 0)
+            bt->c[bt->n++].name = pn->name;
+          else
+            free(pn->name);
+        }
+        continue;
+      }
+    }
+    const struct pname *pn = &sp->names[sp->inames++];
+    if (jrn_take(sp, pn, &bt->c[bt->n]) == 0)
+      bt->c[bt->n++].name = pn->name;
+    else
+      free(pn->name);
+  }
+  long n = (long)bt->n;
+  if (n == 0) {
+    free(bt->c);
+    free(bt);
+    atomic_store(&sp->last_err, 0);
+    return 0;
+  }
+  sp->avg_file = batch_len(sp) / (size_t)n;
+  int r = jrn_put_batch(sp, (uint32_t)n, &bt->seg, &bt->base);
+  if (r == 0 && sp->pipelined) {
+    pthread_mutex_lock(&sp->qlock);
+    sp->inflight++;
+    jq_put(&sp->syncq, bt);
+    pthread_mutex_unlock(&sp->qlock);
+    atomic_store(&sp->last_err, 0);
+    return n;
+  }
+  bool put = r == 0;
+  if (r == 0)
+    r = jrn_sync(sp, bt->seg);
+  if (r < 0) {
+    jrn_batch_fail(sp, bt, put);
+    names_clear(sp);
+    sp->scan_due = true;
+    atomic_store(&sp->last_err, r);
+    return r;
+  }
+  jrn_batch_done(sp, bt);
+  atomic_store(&sp->last_err, 0);
+  return n;
+}
+
+/* The commit thread: one sync for every batch queued meanwhile (group
+ * commit across batches), then it queues them for the unlink thread, which
+ * removes their pickup files and hands their messages over. */
+static void *commit_thread(void *arg)
+{
+  struct spool *sp = arg;
+  pthread_mutex_lock(&sp->qlock);
+  struct jbatch *list;
+  while ((list = jq_take(sp, &sp->syncq)) != NULL) {
+    pthread_mutex_unlock(&sp->qlock);
+    unsigned nb = 0;
+    int r = 0;
+    uint32_t synced = 0; /* batches are in segment order; one sync per segment */
+    for (struct jbatch *b = list; b && r == 0; b = b->next)
+      if (b->seg != synced)
+        r = jrn_sync(sp, synced = b->seg);
+    if (r < 0) {
+      for (struct jbatch *b = list, *next; b; b = next) {
+        next = b->next;
+        nb++;
+        jrn_batch_fail(sp, b, true);
+      }
+      atomic_store(&sp->commit_err, r);
+    }
+    pthread_mutex_lock(&sp->qlock);
+    if (r == 0) /* durable: on to the unlink thread, in order */
+      jq_put(&sp->unlinkq, list);
+    jq_finished(sp, nb);
+  }
+  pthread_mutex_unlock(&sp->qlock);
+  return NULL;
+}
+
+/* The unlink thread: durable batches, in commit order, lose their pickup
+ * files, then their messages are handed over (on_msg, on_batch_end). */
+static void *unlink_thread(void *arg)
+{
+  struct spool *sp = arg;
+  pthread_mutex_lock(&sp->qlock);
+  struct jbatch *list;
+  while ((list = jq_take(sp, &sp->unlinkq)) != NULL) {
+    pthread_mutex_unlock(&sp->qlock);
+    unsigned nb = 0;
+    for (struct jbatch *b = list, *next; b; b = next) {
+      next = b->next;
+      nb++;
+      jrn_batch_done(sp, b);
+    }
+    pthread_mutex_lock(&sp->qlock);
+    jq_finished(sp, nb);
+  }
+  pthread_mutex_unlock(&sp->qlock);
+  return NULL;
+}
+
+/* Before the ingest thread lists pickup/ again: every batch it handed to
+ * the commit thread is done, so no file still being committed is listed. */
+void wait_drained(struct spool *sp)
+{
+  if (!sp->pipelined)
+    return;
+  pthread_mutex_lock(&sp->qlock);
+  while (sp->inflight > 0)
+    pthread_cond_wait(&sp->qdrained, &sp->qlock);
+  pthread_mutex_unlock(&sp->qlock);
+}
+
+long spool_ingest(struct spool *sp, int timeout_ms)
+{
+  if (!wait_work(sp, timeout_ms))
+    return 0;
+  if (!sp->p.no_journal) {
+    int ce = atomic_exchange(&sp->commit_err, 0);
+    if (ce < 0) { /* the commit thread could not sync: those files stay in pickup/ */
+      wait_drained(sp);
+      names_clear(sp);
+      sp->scan_due = true;
+      return ce;
+    }
+    return ingest_journal(sp);
+  }
+  size_t max = sp->p.batch_max, n = 0;
+  struct claimed *c = util_xcalloc(max, sizeof(*c));
+  bool touched[NBUCKETS] = {0};
+  long err = 0;
+  while (n < max && sp->inames < sp->nnames) {
+    char *orig = sp->names[sp->inames].name;
+    uint8_t type = sp->names[sp->inames].type;
+    if (type != DT_REG && type != DT_UNKNOWN) { /* never claimed: a FIFO would block a read */
+      to_bad(sp, sp->pickup_fd, orig, orig, "not a regular file", NULL);
+      sp->inames++;
+      free(orig);
+      continue;
+    }
+    uint64_t id = next_id(sp);
+    uint8_t bucket = (uint8_t)(sp->seq++ >> BUCKET_SHIFT);
+    int dfd = sp->bucket_fd[bucket];
+    char idstr[SPOOL_ID_LEN + 1];
+    id_format(id, sp->p.node_id, idstr);
+    if (renameat(sp->pickup_fd, orig, dfd, idstr) < 0) {
+      int e = errno;
+      if (e == ENOENT) { /* removed by its producer: nothing to own */
+        write_why(sp, orig, "file vanished before it could be claimed", NULL);
+        report_bad(sp, orig, "file vanished before it could be claimed");
+        sp->inames++;
+        free(orig);
+        continue;
+      }
+      err = -e;
+      break; /* leave it in pickup/ (ENOSPC etc.) */
+    }
+    touched[bucket] = true;
+    int r = claim_file(sp, dfd, idstr, orig, id, sp->p.node_id, bucket, &c[n]);
+    if (r < 0) {
+      /* Put it back where the producer left it; then stop this round. */
+      /* If this rename fails too, the file stays claimed without
+       * metadata, and recovery parses it again: still in one place. */
+      (void)renameat(dfd, idstr, sp->pickup_fd, orig);
+      err = r;
+      break;
+    }
+    sp->inames++;
+    free(orig);
+    if (r == 0) {
+      if (sp->p.sync == SPOOL_SYNC_ALWAYS) {
+        deliver_batch(sp, &c[n], 1);
+      } else {
+        n++;
+      }
+    }
+  }
+  long done = (long)n;
+  if (n > 0) {
+    int r = sync_batch(sp, c, n, touched);
+    if (r < 0) {
+      /* Not durable: keep the messages queued for recovery, but do not
+       * report them yet; recovery at the next start finds them. */
+      for (size_t i = 0; i < n; i++) {
+        claimed_close(&c[i]);
+        spool_msg_free(c[i].msg);
+      }
+      free(c);
+      atomic_store(&sp->last_err, r);
+      return r;
+    }
+    deliver_batch(sp, c, n);
+  }
+  free(c);
+  if (err < 0) {
+    names_clear(sp);
+    sp->scan_due = true;
+  }
+  atomic_store(&sp->last_err, (int)err);
+  return err < 0 ? err : done;
+}
+
+void spool_kick(struct spool *sp)
+{
+  atomic_store(&sp->kick, 1);
+  uint64_t one = 1;
+  ssize_t r = write(sp->wake_fd, &one, sizeof(one));
+  (void)r;
+}
+
+int spool_last_error(const struct spool *sp)
+{
+  return atomic_load(&sp->last_err);
+}
+
+static void *ingest_thread(void *arg)
+{
+  struct spool *sp = arg;
+  bool reported = false;
+  while (!atomic_load(&sp->stop)) {
+    long r = spool_ingest(sp, 500);
+    if (r < 0) {
+      if (!reported) {
+        char why[256];
+        snprintf(why, sizeof(why), "%s: ingestion stopped (%s); retrying every second",
+                 is_disk_full((int)r) ? "spool disk full" : "spool error", strerror((int)-r));
+        report_bad(sp, "", why);
+        reported = true;
+      }
+      struct pollfd pfd = {.fd = sp->wake_fd, .events = POLLIN};
+      if (poll(&pfd, 1, 1000) > 0)
+        drain_fd(sp->wake_fd);
+      sp->scan_due = true;
+    } else if (reported) {
+      report_bad(sp, "", "spool: ingestion resumed");
+      reported = false;
+    }
+  }
+  return NULL;
+}
+
+int spool_start(struct spool *sp)
+{
+  if (sp->thread_running)
+    return -EALREADY;
+  atomic_store(&sp->stop, false);
+  if (!sp->p.no_journal && sp->p.sync == SPOOL_SYNC_BATCH) {
+    sp->unlinkq.stop = false;
+    int r = pthread_create(&sp->unlinker, NULL, unlink_thread, sp);
+    if (r)
+      return -r;
+    pthread_setname_np(sp->unlinker, "imp-unlink");
+    sp->unlinker_running = true;
+    sp->syncq.stop = false;
+    r = pthread_create(&sp->committer, NULL, commit_thread, sp);
+    if (r) {
+      spool_stop(sp);
+      return -r;
+    }
+    pthread_setname_np(sp->committer, "imp-commit");
+    sp->committer_running = true;
+    sp->pipelined = true;
+  }
+  int r = pthread_create(&sp->thread, NULL, ingest_thread, sp);
+  if (r) {
+    spool_stop(sp);
+    return -r;
+  }
+  pthread_setname_np(sp->thread, "imp-ingest");
+  sp->thread_running = true;
+  return 0;
+}
+
+void spool_stop(struct spool *sp)
+{
+  if (!sp)
+    return;
+  if (sp->thread_running) {
+    atomic_store(&sp->stop, true);
+    spool_kick(sp);
+    pthread_join(sp->thread, NULL);
+    sp->thread_running = false;
+  }
+  if (sp->committer_running) { /* it commits what is queued, then ends */
+    jq_stop(sp, &sp->syncq, sp->committer);
+    sp->committer_running = false;
+  }
+  if (sp->unlinker_running) { /* it hands over what the committer queued, then ends */
+    jq_stop(sp, &sp->unlinkq, sp->unlinker);
+    sp->unlinker_running = false;
+  }
+  sp->pipelined = false;
+}

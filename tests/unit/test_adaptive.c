@@ -1,0 +1,576 @@
+/* Unit tests for adaptive: rule matching (code, enhanced code, regex on a
+ * multi-line reply), count-within-period triggers firing exactly at the
+ * count, expiry, back-off doubling, scopes (binding::domain, domain,
+ * provider), the strictest of several adjustments, connection failures,
+ * connection slots, warm-up schedules, and the bundled rule set: it loads
+ * and each of its rules is matched by a sample reply. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adaptive.h"
+#include "adaptive_conf.h"
+#include "conf.h"
+#include "smtp_reply.h"
+
+#define T0 1000000000000ull /* an arbitrary "now" in ms */
+
+static struct adaptive_rules *one_rule(const struct adaptive_rule *r)
+{
+  struct adaptive_rules *rs = adaptive_rules_new();
+  char err[256] = "";
+  int rc = adaptive_rules_add(rs, r, err, sizeof err);
+  if (rc < 0)
+    fail_msg("%s", err);
+  return rs;
+}
+
+static size_t reply(struct adaptive *a, const char *binding, const char *domain, const char *mx,
+                    int code, const char *enh, const char *text, uint64_t now,
+                    struct adaptive_adjustment *out)
+{
+  struct adaptive_reply r = {.binding = binding, .domain = domain, .mx_host = mx, .code = code,
+                             .enhanced = enh, .text = text};
+  struct adaptive_adjustment tmp[4];
+  return adaptive_reply(a, &r, now, out ? out : tmp, out ? 1 : 4);
+}
+
+static bool suspended(struct adaptive *a, const char *b, const char *d, const char *prov,
+                      uint64_t now)
+{
+  struct adaptive_limits l;
+  adaptive_limits(a, b, d, prov, now, &l);
+  return l.suspended;
+}
+
+static void test_single_reply_rule(void **state)
+{
+  (void)state;
+  struct adaptive_rule r = {.name = "r1", .code = 421, .enhanced = "4.7.28", .count = 1,
+                            .action = ADAPTIVE_ACT_SUSPEND, .duration_s = 60};
+  struct adaptive_rules *rs = one_rule(&r);
+  struct adaptive *a = adaptive_new(rs);
+  adaptive_rules_free(rs); /* the state holds its own reference */
+  uint64_t g0 = adaptive_gen(a);
+  /* other code, other enhanced code, a 2xx: nothing */
+  assert_int_equal(reply(a, "b", "x.test", NULL, 450, "4.7.28", "busy", T0, NULL), 0);
+  assert_int_equal(reply(a, "b", "x.test", NULL, 421, "4.7.0", "busy", T0, NULL), 0);
+  assert_int_equal(reply(a, "b", "x.test", NULL, 250, "2.0.0", "ok", T0, NULL), 0);
+  assert_false(suspended(a, "b", "x.test", NULL, T0));
+  struct adaptive_adjustment adj;
+  assert_int_equal(reply(a, "b", "x.test", NULL, 421, "4.7.28", "rate limited", T0, &adj), 1);
+  assert_string_equal(adj.rule, "r1");
+  assert_string_equal(adj.binding, "b");
+  assert_string_equal(adj.target, "x.test");
+  assert_int_equal(adj.action, ADAPTIVE_ACT_SUSPEND);
+  assert_int_equal(adj.until_ms, T0 + 60000);
+  assert_non_null(strstr(adj.why, "421 4.7.28 rate limited"));
+  assert_true(adaptive_gen(a) != g0);
+  assert_true(suspended(a, "b", "x.test", NULL, T0 + 1));
+  assert_true(suspended(a, "b", "X.TEST", NULL, T0 + 1)); /* domains in any case */
+  /* binding::domain: another binding, another domain are untouched */
+  assert_false(suspended(a, "c", "x.test", NULL, T0 + 1));
+  assert_false(suspended(a, "b", "y.test", NULL, T0 + 1));
+  /* while in force a repeat makes no new adjustment (logged once) */
+  assert_int_equal(reply(a, "b", "x.test", NULL, 421, "4.7.28", "again", T0 + 10, NULL), 0);
+  assert_int_equal(adaptive_in_force(a), 1);
+  adaptive_free(a);
+}
+
+static void test_count_within_period(void **state)
+{
+  (void)state;
+  struct adaptive_rule r = {.name = "five", .pattern = "slow down", .count = 5, .period_s = 10,
+                            .action = ADAPTIVE_ACT_MAX_CONNECTIONS, .value = 2,
+                            .duration_s = 30};
+  struct adaptive_rules *rs = one_rule(&r);
+  struct adaptive *a = adaptive_new(rs);
+  adaptive_rules_free(rs);
+  /* four within the period: not yet; the fifth fires, exactly */
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(reply(a, NULL, "x.test", NULL, 451, NULL, "please SLOW DOWN", T0 + i * 1000,
+                           NULL), 0);
+  struct adaptive_limits l;
+  adaptive_limits(a, NULL, "x.test", NULL, T0 + 4000, &l);
+  assert_int_equal(l.max_connections, 0);
+  struct adaptive_adjustment adj;
+  assert_int_equal(reply(a, NULL, "x.test", NULL, 451, NULL, "slow down", T0 + 4000, &adj), 1);
+  assert_string_equal(adj.binding, "default");
+  adaptive_limits(a, "default", "x.test", NULL, T0 + 4001, &l);
+  assert_int_equal(l.max_connections, 2);
+  assert_int_equal(l.until_ms, T0 + 4000 + 30000);
+  adaptive_free(a);
+
+  /* spread wider than the period: never fires */
+  rs = one_rule(&r);
+  a = adaptive_new(rs);
+  adaptive_rules_free(rs);
+  for (int i = 0; i < 20; i++)
+    assert_int_equal(reply(a, "b", "x.test", NULL, 451, NULL, "slow down", T0 + i * 3000, NULL),
+                     0);
+  /* then five within 10 s: fires at the fifth, not before */
+  uint64_t t = T0 + 100000;
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(reply(a, "b", "x.test", NULL, 451, NULL, "slow down", t + i * 2000, NULL),
+                     0);
+  assert_int_equal(reply(a, "b", "x.test", NULL, 451, NULL, "slow down", t + 8000, NULL), 1);
+  adaptive_free(a);
+}
+
+static void test_expiry(void **state)
+{
+  (void)state;
+  struct adaptive_rule r = {.name = "t", .code = 421, .count = 1,
+                            .action = ADAPTIVE_ACT_THROTTLE, .value = 2, .per_s = 1,
+                            .duration_s = 5};
+  struct adaptive_rules *rs = one_rule(&r);
+  struct adaptive *a = adaptive_new(rs);
+  adaptive_rules_free(rs);
+  assert_int_equal(reply(a, "b", "x.test", NULL, 421, NULL, "x", T0, NULL), 1);
+  struct adaptive_limits l;
+  adaptive_limits(a, "b", "x.test", NULL, T0 + 4999, &l);
+  assert_int_equal(l.throttle_n, 2);
+  assert_int_equal(l.throttle_per_s, 1);
+  struct adaptive_adjustment ended[2];
+  assert_int_equal(adaptive_expire(a, T0 + 4999, ended, 2), 0);
+  /* at its time it is no longer applied, even before the sweep */
+  adaptive_limits(a, "b", "x.test", NULL, T0 + 5000, &l);
+  assert_int_equal(l.throttle_n, 0);
+  uint64_t g = adaptive_gen(a);
+  assert_int_equal(adaptive_expire(a, T0 + 5000, ended, 2), 1);
+  assert_string_equal(ended[0].rule, "t");
+  assert_true(adaptive_gen(a) != g);
+  assert_int_equal(adaptive_in_force(a), 0);
+  /* it fires again after its end */
+  assert_int_equal(reply(a, "b", "x.test", NULL, 421, NULL, "x", T0 + 6000, NULL), 1);
+  assert_int_equal(adaptive_made_total(a, ADAPTIVE_ACT_THROTTLE), 2);
+  adaptive_free(a);
+}
+
+static void test_backoff_and_clear(void **state)
+{
+  (void)state;
+  struct adaptive_rule r = {.name = "bo", .code = 421, .count = 1,
+                            .action = ADAPTIVE_ACT_BACKOFF, .duration_s = 10};
+  struct adaptive_rules *rs = one_rule(&r);
+  struct adaptive *a = adaptive_new(rs);
+  adaptive_rules_free(rs);
+  struct adaptive_adjustment adj, ended[1];
+  assert_int_equal(reply(a, "b", "x.test", NULL, 421, NULL, "x", T0, &adj), 1);
+  assert_int_equal(adj.until_ms - adj.since_ms, 10000);
+  adaptive_expire(a, T0 + 10000, ended, 1);
+  /* again soon after its end: twice as long, then four times */
+  assert_int_equal(reply(a, "b", "x.test", NULL, 421, NULL, "x", T0 + 12000, &adj), 1);
+  assert_int_equal(adj.until_ms - adj.since_ms, 20000);
+  adaptive_expire(a, T0 + 32000, ended, 1);
+  assert_int_equal(reply(a, "b", "x.test", NULL, 421, NULL, "x", T0 + 33000, &adj), 1);
+  assert_int_equal(adj.until_ms - adj.since_ms, 40000);
+  assert_int_equal(adj.fired, 3);
+  /* the console clears it: no longer suspended, and the next one starts
+   * from the base again */
+  assert_int_equal(adaptive_clear(a, "b", NULL), 1);
+  assert_false(suspended(a, "b", "x.test", NULL, T0 + 34000));
+  assert_int_equal(reply(a, "b", "x.test", NULL, 421, NULL, "x", T0 + 35000, &adj), 1);
+  assert_int_equal(adj.until_ms - adj.since_ms, 10000);
+  /* long after its end: from the base */
+  adaptive_expire(a, T0 + 45000, ended, 1);
+  assert_int_equal(reply(a, "b", "x.test", NULL, 421, NULL, "x", T0 + 200000, &adj), 1);
+  assert_int_equal(adj.until_ms - adj.since_ms, 10000);
+  adaptive_free(a);
+}
+
+static void test_scopes_and_strictest(void **state)
+{
+  (void)state;
+  struct adaptive_rules *rs = adaptive_rules_new();
+  char err[256];
+  const char *sfx[] = {".mx.prov.test"};
+  struct adaptive_provider p = {.name = "prov", .suffix = {sfx[0]}, .nsuffix = 1};
+  assert_int_equal(adaptive_rules_add_provider(rs, &p, err, sizeof err), 0);
+  struct adaptive_rule dom = {.name = "dom", .pattern = "DOMWIDE", .count = 1,
+                              .scope = ADAPTIVE_SCOPE_DOMAIN, .action = ADAPTIVE_ACT_SUSPEND,
+                              .duration_s = 60};
+  struct adaptive_rule prov = {.name = "prov", .provider = "prov", .pattern = "PROV",
+                               .count = 1, .scope = ADAPTIVE_SCOPE_PROVIDER,
+                               .action = ADAPTIVE_ACT_MAX_CONNECTIONS, .value = 3,
+                               .duration_s = 60};
+  struct adaptive_rule prov2 = {.name = "prov2", .provider = "prov", .pattern = "PROV",
+                                .count = 1, .scope = ADAPTIVE_SCOPE_PROVIDER,
+                                .action = ADAPTIVE_ACT_MAX_CONNECTIONS, .value = 7,
+                                .duration_s = 60};
+  struct adaptive_rule thr = {.name = "thr", .pattern = "PROV", .count = 1,
+                              .action = ADAPTIVE_ACT_THROTTLE, .value = 10, .per_s = 60,
+                              .duration_s = 60};
+  assert_int_equal(adaptive_rules_add(rs, &dom, err, sizeof err), 0);
+  assert_int_equal(adaptive_rules_add(rs, &prov, err, sizeof err), 0);
+  assert_int_equal(adaptive_rules_add(rs, &prov2, err, sizeof err), 0);
+  assert_int_equal(adaptive_rules_add(rs, &thr, err, sizeof err), 0);
+  assert_string_equal(adaptive_provider_of(rs, "MX1.MX.PROV.TEST.")->name, "prov");
+  assert_null(adaptive_provider_of(rs, "mx.prov.test.example"));
+  struct adaptive *a = adaptive_new(rs);
+  adaptive_rules_free(rs);
+  /* domain scope: every binding */
+  assert_int_equal(reply(a, "b1", "d.test", NULL, 421, NULL, "DOMWIDE", T0, NULL), 1);
+  assert_true(suspended(a, "b2", "d.test", NULL, T0 + 1));
+  assert_false(suspended(a, "b2", "e.test", NULL, T0 + 1));
+  /* provider scope: only when the reply came from the provider's MX; then
+   * every domain of that provider on this binding */
+  assert_int_equal(reply(a, "b1", "e.test", "mx.other.test", 421, NULL, "PROV", T0, NULL), 1);
+  struct adaptive_limits l;
+  adaptive_limits(a, "b1", "f.test", "prov", T0 + 1, &l);
+  assert_int_equal(l.max_connections, 0);
+  assert_int_equal(reply(a, "b1", "e.test", "a.mx.prov.test", 421, NULL, "PROV", T0, NULL), 2);
+  adaptive_limits(a, "b1", "f.test", "prov", T0 + 1, &l);
+  assert_int_equal(l.max_connections, 3); /* the strictest of 3 and 7 */
+  adaptive_limits(a, "b2", "f.test", "prov", T0 + 1, &l);
+  assert_int_equal(l.max_connections, 0);
+  /* the throttle (binding::domain) and the provider cap both on e.test */
+  adaptive_limits(a, "b1", "e.test", "prov", T0 + 1, &l);
+  assert_int_equal(l.max_connections, 3);
+  assert_int_equal(l.throttle_n, 10);
+  assert_int_equal(l.throttle_per_s, 60);
+  /* listing and clearing by domain (a provider name counts as one) */
+  assert_int_equal(adaptive_list(a, NULL, "prov", NULL, NULL), 2);
+  assert_int_equal(adaptive_clear(a, NULL, "prov"), 2);
+  adaptive_limits(a, "b1", "f.test", "prov", T0 + 1, &l);
+  assert_int_equal(l.max_connections, 0);
+  adaptive_free(a);
+}
+
+static bool count_cb(void *arg, const struct adaptive_adjustment *adj)
+{
+  (void)adj;
+  (*(int *)arg)++;
+  return true;
+}
+
+/* Gmail's rate-limit reply arrives as several lines; the parser joins them
+ * and the rule sees one text. */
+static void test_multiline_reply(void **state)
+{
+  (void)state;
+  static const char wire[] =
+    "421-4.7.28 [192.0.2.1      15] Our system has detected an unusual rate of\r\n"
+    "421-4.7.28 unsolicited mail originating from your IP address. To protect our\r\n"
+    "421-4.7.28 users from spam, mail sent from your IP address has been temporarily\r\n"
+    "421-4.7.28 rate limited. Please visit\r\n"
+    "421-4.7.28  https://support.google.com/mail/?p=UnsolicitedRateLimitError to\r\n"
+    "421 4.7.28 review our Bulk Email Senders Guidelines. x - gsmtp\r\n";
+  struct smtp_reply p = {0};
+  smtp_reply_reset(&p);
+  size_t off = 0, used;
+  int st;
+  while ((st = smtp_reply_parse(&p, wire + off, sizeof wire - 1 - off, &used)) == SMTP_REPLY_LINE)
+    off += used;
+  assert_int_equal(st, SMTP_REPLY_DONE);
+  assert_int_equal(p.code, 421);
+  assert_string_equal(p.enhanced, "4.7.28");
+  struct adaptive_rule r = {.name = "ml", .code = 421,
+                            .pattern = "IP address has been temporarily rate limited",
+                            .count = 1, .action = ADAPTIVE_ACT_SUSPEND, .duration_s = 9};
+  struct adaptive_rules *rs = one_rule(&r);
+  struct adaptive *a = adaptive_new(rs);
+  adaptive_rules_free(rs);
+  assert_int_equal(reply(a, "b", "g.test", NULL, p.code, p.enhanced, p.text, T0, NULL), 1);
+  int n = 0;
+  assert_int_equal(adaptive_list(a, "b", "g.test", count_cb, &n), 1);
+  assert_int_equal(n, 1);
+  adaptive_free(a);
+}
+
+static void test_parsers(void **state)
+{
+  (void)state;
+  uint32_t s, c, p;
+  assert_int_equal(adaptive_parse_duration("4 hours", &s), 0);
+  assert_int_equal(s, 14400);
+  assert_int_equal(adaptive_parse_duration("90m", &s), 0);
+  assert_int_equal(s, 5400);
+  assert_int_equal(adaptive_parse_duration("15", &s), 0);
+  assert_int_equal(s, 15);
+  assert_int_equal(adaptive_parse_duration("2 fortnights", &s), -EINVAL);
+  assert_int_equal(adaptive_parse_duration("h", &s), -EINVAL);
+  assert_int_equal(adaptive_parse_trigger("1", &c, &p), 0);
+  assert_int_equal(c, 1);
+  assert_int_equal(adaptive_parse_trigger("5/1m", &c, &p), 0);
+  assert_int_equal(c, 5);
+  assert_int_equal(p, 60);
+  assert_int_equal(adaptive_parse_trigger("5", &c, &p), -EINVAL); /* a count needs a period */
+  assert_int_equal(adaptive_parse_trigger("0/5", &c, &p), -EINVAL);
+  assert_int_equal(adaptive_action_parse("Max_Outbound_Connections"), ADAPTIVE_ACT_MAX_CONNECTIONS);
+  assert_int_equal(adaptive_action_parse("throttle"), ADAPTIVE_ACT_THROTTLE);
+  assert_int_equal(adaptive_action_parse("blackhole"), -1); /* never: mail is only delayed */
+  assert_int_equal(adaptive_scope_parse("provider"), ADAPTIVE_SCOPE_PROVIDER);
+  char err[256];
+  struct adaptive_rules *rs = adaptive_rules_new();
+  struct adaptive_rule bad = {.name = "bad", .pattern = "([", .count = 1,
+                              .action = ADAPTIVE_ACT_SUSPEND, .duration_s = 1};
+  assert_int_equal(adaptive_rules_add(rs, &bad, err, sizeof err), -EINVAL);
+  assert_non_null(strstr(err, "pattern"));
+  bad.pattern = NULL;
+  bad.duration_s = 0;
+  assert_int_equal(adaptive_rules_add(rs, &bad, err, sizeof err), -EINVAL);
+  bad.duration_s = 1;
+  bad.action = ADAPTIVE_ACT_THROTTLE;
+  assert_int_equal(adaptive_rules_add(rs, &bad, err, sizeof err), -EINVAL); /* no value */
+  adaptive_rules_free(rs);
+}
+
+static void test_warmup(void **state)
+{
+  (void)state;
+  const char *steps[] = {"0 5/10s", "1h 50/10s", "2d 0"};
+  struct adaptive_warmup w;
+  char err[256];
+  assert_int_equal(adaptive_warmup_parse(steps, 3, &w, err, sizeof err), 0);
+  const struct adaptive_warmup_step *st = adaptive_warmup_at(&w, 0);
+  assert_non_null(st);
+  assert_int_equal(st->n, 5);
+  assert_int_equal(st->per_s, 10);
+  assert_int_equal(adaptive_warmup_at(&w, 3599)->n, 5);
+  assert_int_equal(adaptive_warmup_at(&w, 3600)->n, 50);
+  assert_null(adaptive_warmup_at(&w, 2 * 86400)); /* warm: no cap */
+  const char *bad[] = {"1h 5/10", "0 5/10"}; /* ages must increase */
+  assert_int_equal(adaptive_warmup_parse(bad, 2, &w, err, sizeof err), -EINVAL);
+  struct adaptive_rules *rs = adaptive_rules_new();
+  struct adaptive *a = adaptive_new(rs);
+  adaptive_rules_free(rs);
+  bool is_new;
+  assert_int_equal(adaptive_binding_first(a, "new", T0, &is_new), T0);
+  assert_true(is_new);
+  assert_int_equal(adaptive_binding_first(a, "new", T0 + 5, &is_new), T0);
+  assert_false(is_new);
+  adaptive_binding_born(a, "new", T0 - 86400000);
+  assert_int_equal(adaptive_binding_first(a, "new", T0, &is_new), T0 - 86400000);
+  adaptive_free(a);
+}
+
+static void test_conn_failures_and_slots(void **state)
+{
+  (void)state;
+  struct adaptive_rules *rs = adaptive_rules_new();
+  struct adaptive *a = adaptive_new(rs);
+  adaptive_rules_free(rs);
+  struct adaptive_adjustment adj;
+  for (int i = 0; i < 2; i++)
+    assert_false(adaptive_conn_failed(a, "b", "d.test", 3, T0 + i, &adj));
+  assert_true(adaptive_conn_failed(a, "b", "d.test", 3, T0 + 2, &adj));
+  assert_int_equal(adj.action, ADAPTIVE_ACT_CONNECT_DELAY);
+  assert_int_equal(adj.value, 1);
+  assert_true(adaptive_conn_failed(a, "b", "d.test", 3, T0 + 3, &adj));
+  assert_int_equal(adj.value, 2); /* doubles */
+  struct adaptive_limits l;
+  adaptive_limits(a, "b", "d.test", NULL, T0 + 4, &l);
+  assert_int_equal(l.connect_delay_s, 2);
+  adaptive_conn_ok(a, "b", "d.test");
+  struct adaptive_adjustment ended[1];
+  assert_int_equal(adaptive_expire(a, T0 + 5, ended, 1), 1);
+  adaptive_limits(a, "b", "d.test", NULL, T0 + 6, &l);
+  assert_int_equal(l.connect_delay_s, 0);
+  assert_false(adaptive_conn_failed(a, "b", "d.test", 0, T0, &adj)); /* threshold 0: off */
+
+  assert_true(adaptive_slot_take(a, "mx.test", 2));
+  assert_true(adaptive_slot_take(a, "MX.test", 2));
+  assert_false(adaptive_slot_take(a, "mx.test", 2));
+  assert_true(adaptive_slot_take(a, "other.test", 2));
+  assert_int_equal(adaptive_slot_held(a, "mx.test"), 2);
+  adaptive_slot_release(a, "mx.test");
+  assert_true(adaptive_slot_take(a, "mx.test", 2));
+  assert_true(adaptive_slot_take(a, "mx.test", 0)); /* no cap: not counted */
+  assert_int_equal(adaptive_slot_held(a, "mx.test"), 2);
+  adaptive_free(a);
+}
+
+/* The bundled set loads, and each rule fires on a sample of the reply it
+ * was written for, from its provider's MX (and not from another's). */
+static void test_bundled_rules(void **state)
+{
+  (void)state;
+  static const struct {
+    const char *rule, *mx;
+    int code;
+    const char *enh, *text;
+  } samples[] = {
+    {"google-rate-limited", "gmail-smtp-in.l.google.com", 421, "4.7.28",
+     "[192.0.2.1] Our system has detected an unusual rate of unsolicited mail originating "
+     "from your IP address. To protect our users from spam, mail sent from your IP address has "
+     "been temporarily rate limited. - gsmtp"},
+    {"google-unsolicited-rate", "aspmx.l.google.com", 421, "4.7.0",
+     "Our system has detected an unusual rate of unsolicited mail originating from your IP "
+     "address. - gsmtp"},
+    {"google-tls-required", "alt1.aspmx.l.google.com", 421, "4.7.0",
+     "TLS required for RCPT domain, closing connection. - gsmtp"},
+    {"yahoo-ts01", "mta5.am0.yahoodns.net", 421, "4.7.0",
+     "[TS01] Messages from 192.0.2.1 temporarily deferred due to user complaints"},
+    {"yahoo-ts02", "mta6.am0.yahoodns.net", 421, "4.7.0",
+     "[TS02] Messages from 192.0.2.1 temporarily deferred"},
+    {"yahoo-ts03", "mta7.am0.yahoodns.net", 421, "4.7.1",
+     "[TS03] All messages from 192.0.2.1 will be permanently deferred"},
+    {"yahoo-ts04", "mta5.am0.yahoodns.net", 421, "4.7.0",
+     "[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user "
+     "complaints"},
+    {"microsoft-ip-reputation", "x-com.olc.protection.outlook.com", 451, "4.7.650",
+     "The mail server [192.0.2.1] has been temporarily rate limited due to IP reputation. (S775)"},
+    {"microsoft-s3150", "x.mail.protection.outlook.com", 550, "5.7.1",
+     "Unfortunately, messages from [192.0.2.1] weren't sent. Please contact your Internet "
+     "service provider since part of their network is on our block list (S3150)."},
+    {"microsoft-s3140", "x.mail.protection.outlook.com", 550, "5.7.1",
+     "Unfortunately, messages from [192.0.2.1] weren't sent. (S3140)."},
+    {"comcast-rate-limit", "mx1a1.comcast.net", 421, "",
+     "192.0.2.1 comcast RL000001 Too many sessions opened"},
+  };
+  struct adaptive_rules *rs = adaptive_rules_new();
+  adaptive_rules_bundled(rs);
+  size_t nrules = adaptive_rules_count(rs);
+  assert_true(nrules >= 10);
+  bool hit[ADAPTIVE_RULES_MAX] = {0};
+  for (size_t i = 0; i < sizeof samples / sizeof samples[0]; i++) {
+    const struct adaptive_rule *r = adaptive_rules_find(rs, samples[i].rule);
+    assert_non_null(r);
+    assert_non_null(r->source); /* each rule says where its reply is documented */
+    assert_true(!strncmp(r->source, "https://", 8));
+    /* fresh state per sample so counts do not mix; a "C/S" rule gets C replies */
+    struct adaptive *a = adaptive_new(rs);
+    struct adaptive_adjustment adj[4];
+    size_t made = 0;
+    for (uint32_t k = 0; k < r->count && made == 0; k++) {
+      struct adaptive_reply rp = {.binding = "b", .domain = "d.test", .mx_host = samples[i].mx,
+                                  .code = samples[i].code, .enhanced = samples[i].enh,
+                                  .text = samples[i].text};
+      made = adaptive_reply(a, &rp, T0 + k, adj, 4);
+      if (made == 0)
+        assert_true(k + 1 < r->count); /* a count rule waits for its count */
+    }
+    assert_int_equal(made, 1);
+    assert_string_equal(adj[0].rule, samples[i].rule);
+    for (size_t k = 0; k < nrules; k++)
+      if (!strcmp(adaptive_rules_at(rs, k)->name, samples[i].rule))
+        hit[k] = true;
+    /* the same reply from another provider's MX fires nothing */
+    struct adaptive *b = adaptive_new(rs);
+    struct adaptive_reply other = {.binding = "b", .domain = "d.test", .mx_host = "mx.example.net",
+                                   .code = samples[i].code, .enhanced = samples[i].enh,
+                                   .text = samples[i].text};
+    for (uint32_t k = 0; k < r->count; k++)
+      assert_int_equal(adaptive_reply(b, &other, T0 + k, adj, 4), 0);
+    adaptive_free(b);
+    adaptive_free(a);
+  }
+  for (size_t k = 0; k < nrules; k++)
+    if (!hit[k])
+      fail_msg("bundled rule %s has no sample reply", adaptive_rules_at(rs, k)->name);
+  /* an operator's rule of the same name replaces the bundled one */
+  struct adaptive_rule over = *adaptive_rules_find(rs, "google-rate-limited");
+  over.duration_s = 5;
+  over.action = ADAPTIVE_ACT_SUSPEND;
+  char err[256];
+  size_t before = adaptive_rules_count(rs);
+  assert_int_equal(adaptive_rules_add(rs, &over, err, sizeof err), 0);
+  assert_int_equal(adaptive_rules_count(rs), before);
+  assert_int_equal(adaptive_rules_find(rs, "google-rate-limited")->duration_s, 5);
+  adaptive_rules_free(rs);
+}
+
+static struct conf *parse(const char *text)
+{
+  struct conf_error e;
+  struct conf *c = conf_parse_buffer(text, strlen(text), "t.conf", NULL, CONF_PARSE_NO_INCLUDE, &e);
+  if (c == NULL) {
+    char buf[2048];
+    fail_msg("%s", conf_error_str(&e, buf, sizeof buf));
+  }
+  return c;
+}
+
+/* The adaptive { } stanza: bundled rules overridden by name, new rules and
+ * providers, Host caps, warm-up, errors with file:line. */
+static void test_configuration(void **state)
+{
+  (void)state;
+  struct conf *c = parse(
+    "Adaptive_Enabled = true\n"
+    "adaptive {\n"
+    "  response_rule \"google-rate-limited\" { duration = 5 action = suspend }\n"
+    "  response_rule \"yahoo-ts01\" { enabled = false }\n"
+    "  provider \"sink\" { mx_suffix = ( \".sink.test\" ) Max_Outbound_Connections = 3 }\n"
+    "  response_rule \"slow\" {\n"
+    "    provider = \"sink\" code = 451 pattern = \"slow down\" trigger = \"3/1m\"\n"
+    "    scope = provider action = outbound_throttle_messages value = \"2/1s\" duration = \"10s\"\n"
+    "  }\n"
+    "}\n"
+    "Host \"MX1.Shared.Test\" { Max_Outbound_Connections = 2 }\n"
+    "Binding \"new\" { Adaptive_Warmup = ( \"0 5/10s\" \"1h 0\" ) }\n");
+  char err[1024] = "";
+  assert_int_equal(adaptive_conf_check(c, err, sizeof err), 0);
+  struct adaptive_rules *rs = adaptive_conf_rules(c, err, sizeof err);
+  assert_non_null(rs);
+  const struct adaptive_rule *g = adaptive_rules_find(rs, "google-rate-limited");
+  assert_int_equal(g->duration_s, 5);
+  assert_int_equal(g->action, ADAPTIVE_ACT_SUSPEND);
+  assert_int_equal(g->code, 421); /* the bundled fields not set here stay */
+  assert_string_equal(g->enhanced, "4.7.28");
+  assert_true(adaptive_rules_find(rs, "yahoo-ts01")->disabled);
+  const struct adaptive_rule *s = adaptive_rules_find(rs, "slow");
+  assert_int_equal(s->count, 3);
+  assert_int_equal(s->period_s, 60);
+  assert_int_equal(s->value, 2);
+  assert_int_equal(s->per_s, 1);
+  assert_int_equal(s->scope, ADAPTIVE_SCOPE_PROVIDER);
+  assert_int_equal(adaptive_provider_of(rs, "a.sink.test")->max_connections, 3);
+  assert_non_null(adaptive_provider_of(rs, "x.google.com")); /* bundled providers stay */
+  adaptive_rules_free(rs);
+  assert_int_equal(adaptive_conf_host_cap(c, "mx1.shared.test."), 2);
+  assert_int_equal(adaptive_conf_host_cap(c, "mx2.shared.test"), 0);
+  struct adaptive_warmup w;
+  assert_int_equal(adaptive_conf_warmup(conf_view_get(c, "new", "x.test"), &w, err, sizeof err), 0);
+  assert_int_equal(w.nstep, 2);
+  assert_true(adaptive_conf_enabled(conf_view_get(c, "new", "x.test")));
+  conf_unref(c);
+
+  /* errors name the file and line */
+  c = parse("adaptive {\n response_rule \"x\" {\n  trigger = \"5\"\n }\n}\n");
+  assert_int_equal(adaptive_conf_check(c, err, sizeof err), -EINVAL);
+  assert_non_null(strstr(err, "t.conf:3:"));
+  conf_unref(c);
+  c = parse("adaptive {\n response_rule \"x\" { provider = \"nobody\" duration = 9 }\n}\n");
+  assert_int_equal(adaptive_conf_check(c, err, sizeof err), -EINVAL);
+  assert_non_null(strstr(err, "nobody"));
+  conf_unref(c);
+  c = parse("adaptive { response_rule \"x\" { action = max_outbound_connections duration = 9 } }\n");
+  assert_int_equal(adaptive_conf_check(c, err, sizeof err), -EINVAL); /* needs a value */
+  conf_unref(c);
+  c = parse("Binding \"b\" {\n Adaptive_Warmup = ( \"soon 5\" )\n}\n");
+  assert_int_equal(adaptive_conf_check(c, err, sizeof err), -EINVAL);
+  assert_non_null(strstr(err, "t.conf:2:"));
+  conf_unref(c);
+  /* bundled_rules = false: only what the file declares */
+  c = parse("adaptive { bundled_rules = false }\n");
+  rs = adaptive_conf_rules(c, err, sizeof err);
+  assert_int_equal(adaptive_rules_count(rs), 0);
+  adaptive_rules_free(rs);
+  conf_unref(c);
+}
+
+int main(void)
+{
+  const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_single_reply_rule),
+    cmocka_unit_test(test_count_within_period),
+    cmocka_unit_test(test_expiry),
+    cmocka_unit_test(test_backoff_and_clear),
+    cmocka_unit_test(test_scopes_and_strictest),
+    cmocka_unit_test(test_multiline_reply),
+    cmocka_unit_test(test_parsers),
+    cmocka_unit_test(test_warmup),
+    cmocka_unit_test(test_conn_failures_and_slots),
+    cmocka_unit_test(test_bundled_rules),
+    cmocka_unit_test(test_configuration),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -116,6 +116,15 @@ typedef void (*spool_bad_cb)(void *arg, const char *name, const char *reason);
  * change the binding and dictionaries. Return 0 to accept, or < 0 with a
  * reason in reason[0..reason_len) to reject to bad/. */
 typedef int (*spool_ingest_cb)(void *arg, struct spool_msg *msg, char *reason, size_t reason_len);
+/* Optional signer (DKIM), called on the ingest thread after the ingest
+ * hook with the message as it will be stored (msg[0..len), envelope lines
+ * stripped). Header fields it appends to hdr (CRLF line ends) are stored
+ * in front of the message, so every delivery attempt, every recipient
+ * domain and a restart send them unchanged and nothing signs twice. The
+ * journal layout only (no_journal stores messages unsigned). */
+struct buf;
+typedef void (*spool_sign_cb)(void *arg, struct spool_msg *msg, const uint8_t *body, size_t len,
+                              struct buf *hdr);
 
 /* The spool's settings; the engine fills it from the configuration
  * (Spoolbase, Pickup_Directory, Spool_Sync, Max_Message_Size,
@@ -135,6 +144,7 @@ struct spool_params {
   spool_msg_cb on_msg;        /* required for spool_ingest/spool_recover */
   spool_bad_cb on_bad;        /* optional */
   spool_ingest_cb on_ingest;  /* optional */
+  spool_sign_cb on_sign;      /* optional */
   void (*on_batch_end)(void *arg); /* optional: after each batch of on_msg calls, same thread */
   void *arg;                  /* passed to the callbacks */
 };

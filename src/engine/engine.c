@@ -12,6 +12,7 @@
 #include "panic.h"
 #include "policy.h"
 #include "priv.h"
+#include "signing.h"
 #include "spool.h"
 #include "throttle.h"
 #include "tlskeys.h"
@@ -237,6 +238,14 @@ static void reload(const char *path, struct logs_writer *log, struct conf **prev
     logs_writer_flush(log);
     return;
   }
+  if (signing_reload(n, &err) < 0) { /* DKIM keys: a bad one keeps the old configuration */
+    char text[6000];
+    logs_panic(log, now_wall_ms(), "config", "reload failed, still running the old configuration: %s",
+               conf_error_str(&err, text, sizeof text));
+    logs_writer_flush(log);
+    conf_unref(n);
+    return;
+  }
   struct conf *old = atomic_load(&sh.conf);
   struct diff_ctx d = {.w = log};
   conf_restart_diff(old, n, report_restart_only, &d);
@@ -325,6 +334,7 @@ int engine_main(const char *config_path)
   /* Lua ingest hooks (a no-op without scripts); sh.policy is made after
    * the drop, before the spool claims anything. */
   sp.on_ingest = on_ingest;
+  sp.on_sign = signing_on_sign; /* DKIM: once per message, on the ingest thread */
   sh.spool = spool_open(&sp, err, sizeof err);
   if (sh.spool == NULL)
     util_fatal("spool: %s", err);
@@ -332,6 +342,10 @@ int engine_main(const char *config_path)
   if (ctl_open(&sh, config_path, err, sizeof err) < 0) /* ops: before leaving root */
     util_fatal("%s", err);
   tlskeys_preload(c, tls_unreadable, mainlog); /* client certificates and keys, as root */
+  if (signing_init(c, sh.ingest_log, &cerr) < 0) { /* DKIM keys, as root */
+    char text[6000];
+    util_fatal("%s", conf_error_str(&cerr, text, sizeof text));
+  }
   /* Everything that needs root is open: leave it before any Lua runs
    * (scripts are compiled and run by policy_new) and any worker starts. */
   drop_root(c, mainlog, spoolbase, pickup);

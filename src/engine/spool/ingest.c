@@ -455,6 +455,13 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   if (take_checked(sp, sp->pickup_fd, name, name, idstr, id, sp->p.node_id, 0, data, len, fd, &m,
                    &slo, &shi) != 0)
     return 1;
+  /* A signature goes in front of the message, in the journal with it:
+   * the stored message is the signed one. */
+  sp->sig.len = 0;
+  if (sp->p.on_sign)
+    sp->p.on_sign(sp->p.arg, m, data + m->body_off, (size_t)m->body_size, &sp->sig);
+  uint64_t osize = m->body_size;
+  m->body_size += sp->sig.len;
   struct buf *b = &sp->jbuf;
   /* positions in the batch: jbuf's bytes plus the bodies referenced so far */
   out->at = b->len + sp->jrefbytes;
@@ -466,17 +473,19 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   put_str(b, name);
   rec_end(b, r0);
   size_t body = b->len + sp->jrefbytes;
-  if (stays && m->body_size >= JREF_MIN) {
+  if (sp->sig.len)
+    buf_append(b, sp->sig.data, sp->sig.len);
+  if (stays && osize >= JREF_MIN) {
     if (sp->njrefs == sp->capjrefs) {
       sp->capjrefs = sp->capjrefs ? sp->capjrefs * 2 : 64;
       sp->jrefs = util_xrealloc(sp->jrefs, sp->capjrefs * sizeof(*sp->jrefs));
     }
-    sp->jrefs[sp->njrefs++] = (struct jref){b->len, data + m->body_off, (size_t)m->body_size};
-    sp->jrefbytes += (size_t)m->body_size;
+    sp->jrefs[sp->njrefs++] = (struct jref){b->len, data + m->body_off, (size_t)osize};
+    sp->jrefbytes += (size_t)osize;
   } else {
-    buf_append(b, data + m->body_off, (size_t)m->body_size);
+    buf_append(b, data + m->body_off, (size_t)osize);
   }
-  m->body_mem = hot_keep(data + m->body_off, m->body_size);
+  m->body_mem = hot_keep2(sp->sig.data, sp->sig.len, data + m->body_off, osize);
   size_t attr = b->len + sp->jrefbytes;
   rec_attr(b, m);
   /* offsets within the entry for now; ingest_journal makes them absolute */

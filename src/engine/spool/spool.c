@@ -211,6 +211,7 @@ void spool_close(struct spool *sp)
     close(sp->jdir_fd);
   }
   buf_done(&sp->jbuf, 0);
+  buf_done(&sp->sig, 0);
   free(sp->jrefs);
   free(sp->jiov);
   buf_done(&sp->jretry, 0);

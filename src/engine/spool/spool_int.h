@@ -122,6 +122,7 @@ struct jqueue {
 
 struct spool {
   struct spool_params p;
+  struct buf sig;       /* header fields on_sign put in front of the message being taken */
   char *base;
   char *pickup_path;
   int base_fd, pickup_fd, queue_fd, bad_fd, ino_fd, wake_fd;
@@ -422,5 +423,7 @@ int copy_out(int src, uint64_t off, uint64_t len, int dst); /* txn.c */
 int jrn_spill(struct spool *sp, struct spool_msg *m, struct buf *b, int *bfd, int *mfd); /* txn.c */
 uint64_t next_id(struct spool *sp); /* records.c */
 const uint8_t *hot_keep(const uint8_t *p, uint64_t n); /* records.c */
+/* The same for a message stored as head[0..hn) followed by p[0..n). */
+const uint8_t *hot_keep2(const uint8_t *head, size_t hn, const uint8_t *p, uint64_t n);
 static inline void jseg_name(uint32_t seg, char out[16]) { snprintf(out, 16, "%08x", seg); }
 

@@ -11,6 +11,8 @@ PACKAGES=(
   # tests and benchmarks
   libcmocka-dev libbenchmark-dev python3 python3-aiosmtpd swaks libnet-ssleay-perl dnsmasq-base openssl
   procps psmisc
+  # DKIM verifiers for the tests (issue 22); libnet-dns-perl comes with libmail-dkim-perl
+  python3-dkim python3-nacl libmail-dkim-perl libnet-dns-perl
 )
 
 # The system user the engine drops root to (options User / Group,

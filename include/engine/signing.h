@@ -28,6 +28,15 @@ void signing_done(void);
 /* How many dkim_domain stanzas sign (0: signing is off). */
 size_t signing_domains(void);
 
+/* msys.validate.opendkim.sign from an ingest hook: sign msg (body[0..len),
+ * as stored) with Momentum's options (npairs key/value pairs: base_domain
+ * or signing_domain, selector, identity, header_canon, body_canon, digest,
+ * headerlist, keyfile, keybuf, body_length_limit); the field is kept for
+ * signing_on_sign to store with the message. Ingest thread. 0, or < 0 with
+ * why. */
+int signing_lua(const struct spool_msg *msg, const uint8_t *body, size_t len,
+                const char *const *kv, size_t npairs, char *why, size_t whylen);
+
 /* spool_sign_cb: when opendkim_sign is true for the message's binding and
  * its first recipient's domain and a dkim_domain matches its responsible
  * domain, append the DKIM-Signature field to hdr. */

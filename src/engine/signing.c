@@ -8,7 +8,9 @@
  * ingest thread; the current set is taken under a mutex with a reference. */
 #include "signing.h"
 
+#include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -103,6 +105,58 @@ size_t signing_domains(void)
   return n;
 }
 
+/* Signatures made from Lua for the message being ingested (one at a time
+ * on the ingest thread), stored by signing_on_sign. */
+static _Thread_local struct {
+  const struct spool_msg *owner;
+  struct buf b;
+} pend;
+
+int signing_lua(const struct spool_msg *msg, const uint8_t *body, size_t len,
+                const char *const *kv, size_t npairs, char *why, size_t whylen)
+{
+  struct dkim_sign_request rq = {.body_length_limit = -1};
+  for (size_t i = 0; i < npairs; i++) {
+    const char *k = kv[2 * i], *v = kv[2 * i + 1];
+    if (!strcmp(k, "base_domain") || !strcmp(k, "signing_domain"))
+      rq.domain = v;
+    else if (!strcmp(k, "selector"))
+      rq.selector = v;
+    else if (!strcmp(k, "identity"))
+      rq.identity = v;
+    else if (!strcmp(k, "header_canon"))
+      rq.header_canon = v;
+    else if (!strcmp(k, "body_canon"))
+      rq.body_canon = v;
+    else if (!strcmp(k, "digest"))
+      rq.digest = v;
+    else if (!strcmp(k, "headerlist"))
+      rq.headerlist = v;
+    else if (!strcmp(k, "keyfile"))
+      rq.keyfile = v;
+    else if (!strcmp(k, "keybuf"))
+      rq.keybuf = v;
+    else if (!strcmp(k, "body_length_limit"))
+      rq.body_length_limit = atoi(v);
+    else {
+      snprintf(why, whylen, "unknown option '%s'", k);
+      return -EINVAL;
+    }
+  }
+  if (pend.owner != msg) {
+    pend.owner = msg;
+    pend.b.len = 0;
+  }
+  struct set *s = set_get();
+  size_t before = pend.b.len;
+  int r = dkim_signers_sign_request(s ? s->signers : NULL, &rq, body, len, (int64_t)time(NULL),
+                                    &pend.b, why, whylen);
+  if (r < 0)
+    pend.b.len = before;
+  set_unref(s);
+  return r;
+}
+
 /* opendkim_sign for the message: its binding and its first recipient's
  * domain (a message is signed once, whatever its recipient domains). */
 static bool sign_wanted(struct conf *c, const struct spool_msg *m)
@@ -122,6 +176,10 @@ void signing_on_sign(void *arg, struct spool_msg *msg, const uint8_t *body, size
                      struct buf *hdr)
 {
   (void)arg;
+  if (pend.owner == msg && pend.b.len) /* what Lua signed, below the configured signature */
+    buf_append(hdr, pend.b.data, pend.b.len);
+  pend.owner = NULL;
+  pend.b.len = 0;
   struct set *s = set_get();
   if (!s || !dkim_signers_count(s->signers) || !sign_wanted(s->conf, msg)) {
     set_unref(s);

@@ -115,7 +115,11 @@ def verify(raw, recs, label, want_sigs=1):
             f.flush()
             args = ["%s=%s" % (k, v) for k, v in recs.items() if "rsa" in v]
             r = subprocess.run(["perl", PERL, f.name, *args], capture_output=True)
-        expect(r.returncode == 0, "%s: Mail::DKIM: %s" % (label, r.stdout.decode().strip()))
+        # Mail::DKIM 1.2023 has no Ed25519: such a signature is "unsupported"
+        lines = r.stdout.decode().strip().splitlines()
+        good = all(l.endswith(": pass") or "unsupported algorithm ed25519" in l for l in lines)
+        expect(good and any(l.endswith(": pass") for l in lines),
+               "%s: Mail::DKIM: %s" % (label, "; ".join(lines)))
 
 
 def received(sink_save):
@@ -248,9 +252,77 @@ def scenario_restart(imp, sinkbin):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+LUA = r"""
+require("msys.core")
+require("msys.validate.opendkim")
+require("msys.extended.message")
+local mod = {}
+function mod:validate_data_spool(msg, ac, vctx)
+  -- the ESP's signature on top of the sender's (configured) one, as in
+  -- Momentum's example: options table, key file with %{d}/%{s}
+  local ok, err = msys.validate.opendkim.sign(msg, vctx, {
+    base_domain = "ed.test", selector = "e", digest = "ed25519-sha256",
+    header_canon = "relaxed", body_canon = "relaxed", identity = "@ed.test",
+    headerlist = "from:to:subject", keyfile = "KEYDIR/%{d}/%{s}.key" })
+  print("lua sign: " .. tostring(ok) .. " " .. tostring(err))
+  local ok2, err2 = msys.validate.opendkim.sign(msg, vctx, { digest = "rsa-sha1",
+    base_domain = "rsa.test", selector = "r", keyfile = "KEYDIR/%{d}/%{s}.key" })
+  print("lua sha1: " .. tostring(ok2) .. " " .. tostring(err2))
+  return msys.core.VALIDATE_CONT
+end
+msys.registerModule("esp", mod)
+"""
+
+
+def scenario_lua(imp, sinkbin):
+    """msys.validate.opendkim.sign from validate_data_spool: a second
+    signature (another domain, Ed25519) besides the configured one; both
+    verify by BDAT; rsa-sha1 is refused with a reason."""
+    tmp = tempfile.mkdtemp(prefix="dkim-lua.")
+    sink = None
+    try:
+        recs = make_keys(tmp)
+        script = os.path.join(tmp, "esp.lua")
+        with open(script, "w") as f:
+            f.write(LUA.replace("KEYDIR", tmp))
+        sink, info = start_sink(sinkbin, tmp, "lua")
+        conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % sink.port
+                + dkim_conf(tmp)
+                + 'scriptlet "scriptlet" {\n  script "esp" { source = "%s" }\n}\n' % script[:-4])
+        e = Engine(imp, conf, "dkim-lua")
+        try:
+            e.start()
+            e.inject("a@rsa.test", ["bob@c.test"],
+                     body="From: a@rsa.test\nTo: bob@c.test\nSubject: two\n\nsigned twice\n")
+            e.wait_for(lambda: len(e.records("D")) >= 1, 30, "delivery")
+            got = received(info).get("bob@c.test", b"")
+            verify(got, recs, "configured + Lua", want_sigs=2)
+
+            def dnsfunc(name, timeout=5):
+                r = recs.get(name.decode().rstrip("."))
+                return r.encode() if r else None
+            d = dkim.DKIM(got)
+            ok = [bool(d.verify(idx=i, dnsfunc=dnsfunc)) for i in range(2)]
+            expect(ok == [True, True], "both signatures verify: %r" % ok)
+            expect(b"d=ed.test" in got and b"i=@ed.test" in got, "the Lua signature's d= and i=")
+            log = e.read(e.paniclog)
+            expect("lua sign: true nil" in log, "sign returned true")
+            expect("lua sha1: nil" in log and "RFC 8301" in log, "rsa-sha1 refused with a reason")
+            expect(e.stop() == 0, "exit status")
+        finally:
+            e.cleanup()
+    finally:
+        if sink is not None:
+            if sink.proc.poll() is None:
+                sink.stop()
+            sink.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     imp, sinkbin, scenario = sys.argv[1:4]
-    {"deliver": scenario_deliver, "restart": scenario_restart}[scenario](imp, sinkbin)
+    {"deliver": scenario_deliver, "restart": scenario_restart,
+     "lua": scenario_lua}[scenario](imp, sinkbin)
     if failures:
         print("%d check(s) failed" % len(failures))
         return 1

@@ -143,9 +143,9 @@ int signing_lua(const struct spool_msg *msg, const uint8_t *body, size_t len,
       return -EINVAL;
     }
   }
-  if (pend.owner != msg) {
+  if (pend.owner != msg) { /* left by a message the hooks then rejected */
     pend.owner = msg;
-    pend.b.len = 0;
+    buf_done(&pend.b, 0);
   }
   struct set *s = set_get();
   size_t before = pend.b.len;
@@ -179,7 +179,7 @@ void signing_on_sign(void *arg, struct spool_msg *msg, const uint8_t *body, size
   if (pend.owner == msg && pend.b.len) /* what Lua signed, below the configured signature */
     buf_append(hdr, pend.b.data, pend.b.len);
   pend.owner = NULL;
-  pend.b.len = 0;
+  buf_done(&pend.b, 0); /* rare: not worth keeping per thread */
   struct set *s = set_get();
   if (!s || !dkim_signers_count(s->signers) || !sign_wanted(s->conf, msg)) {
     set_unref(s);

@@ -5,7 +5,8 @@
  * domain and restarts deliver the same signed bytes.
  *
  * Threads: signing_init / signing_reload / signing_done on the main
- * thread; signing_on_sign on the ingest thread (the spool's callback). */
+ * thread; signing_on_sign / signing_on_sign_batch on the ingest thread
+ * (the spool's callbacks), the latter using the signer pool. */
 #pragma once
 
 #include <stddef.h>
@@ -42,3 +43,8 @@ int signing_lua(const struct spool_msg *msg, const uint8_t *body, size_t len,
  * domain, append the DKIM-Signature field to hdr. */
 void signing_on_sign(void *arg, struct spool_msg *msg, const uint8_t *body, size_t len,
                      struct buf *hdr);
+/* spool_sign_batch_cb: the same for a read-ahead group, spread over a pool
+ * of (cores - 1) signer threads started on first use, the ingest thread
+ * signing too; returns when all are signed. */
+struct spool_sign_job;
+void signing_on_sign_batch(void *arg, struct spool_sign_job *jobs, size_t n);

@@ -334,7 +334,8 @@ int engine_main(const char *config_path)
   /* Lua ingest hooks (a no-op without scripts); sh.policy is made after
    * the drop, before the spool claims anything. */
   sp.on_ingest = on_ingest;
-  sp.on_sign = signing_on_sign; /* DKIM: once per message, on the ingest thread */
+  sp.on_sign = signing_on_sign; /* DKIM: once per message, at ingest */
+  sp.on_sign_batch = signing_on_sign_batch; /* a read-ahead group on every core */
   sh.spool = spool_open(&sp, err, sizeof err);
   if (sh.spool == NULL)
     util_fatal("spool: %s", err);
@@ -421,6 +422,7 @@ int engine_main(const char *config_path)
   logs_writer_free(sh.handover_log);
   free(sh.pend);
   spool_close(sh.spool);
+  signing_done(); /* the signer pool, after the ingest thread */
   worker_free_leftovers(&sh);
   policy_free(sh.policy);
   free(sh.workers);

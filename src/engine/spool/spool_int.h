@@ -123,6 +123,10 @@ struct jqueue {
 struct spool {
   struct spool_params p;
   struct buf sig;       /* header fields on_sign put in front of the message being taken */
+  bool deferring;       /* jrn_take_data defers into dq (a read-ahead group with on_sign_batch) */
+  struct dtake *dq;
+  size_t ndq, capdq;
+  struct spool_sign_job *sjobs;
   char *base;
   char *pickup_path;
   int base_fd, pickup_fd, queue_fd, bad_fd, ino_fd, wake_fd;
@@ -270,6 +274,18 @@ struct pinfo {
   uint64_t ino, size, stamp;
 };
 #define STAMP_CRC (UINT64_C(1) << 63) /* an mtime has this bit clear until the year 2262 */
+
+/* A message checked (parsed, hook run) whose signing and journal entry
+ * wait for the rest of its read-ahead group (on_sign_batch). */
+struct dtake {
+  struct spool_msg *msg;
+  const char *name;
+  const uint8_t *data; /* the file, in the read-ahead arena until the batch is written */
+  struct pinfo pi;
+  struct jtake *out;
+  struct buf hdr;
+};
+
 
 /* Journal recovery: every queued message found in the segments, by id. */
 struct jent {

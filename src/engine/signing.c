@@ -252,6 +252,7 @@ static struct {
   size_t njobs;
   atomic_size_t next;      /* next job to take */
   size_t finished;         /* jobs done (under mu) */
+  unsigned active;         /* workers inside a group (under mu): the next group waits for 0 */
 } pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .work = PTHREAD_COND_INITIALIZER,
           .done = PTHREAD_COND_INITIALIZER};
 
@@ -280,11 +281,13 @@ static void *pool_main(void *arg)
     if (pool.stop)
       break;
     seen = pool.gen;
+    pool.active++;
     pthread_mutex_unlock(&pool.mu);
     size_t did = pool_run();
     pthread_mutex_lock(&pool.mu);
     pool.finished += did;
-    if (pool.finished == pool.njobs)
+    pool.active--;
+    if (pool.finished == pool.njobs && pool.active == 0)
       pthread_cond_signal(&pool.done);
   }
   pthread_mutex_unlock(&pool.mu);
@@ -327,6 +330,8 @@ void signing_on_sign_batch(void *arg, struct spool_sign_job *jobs, size_t n)
     return;
   }
   pthread_mutex_lock(&pool.mu);
+  while (pool.active > 0) /* a worker that woke late for the last group */
+    pthread_cond_wait(&pool.done, &pool.mu);
   pool.set = s;
   pool.jobs = jobs;
   pool.njobs = n;
@@ -338,7 +343,9 @@ void signing_on_sign_batch(void *arg, struct spool_sign_job *jobs, size_t n)
   size_t did = pool_run();
   pthread_mutex_lock(&pool.mu);
   pool.finished += did;
-  while (pool.finished < pool.njobs)
+  /* Every job done and no worker still inside this group (a late one
+   * must not take a job of the next). */
+  while (pool.finished < pool.njobs || pool.active > 0)
     pthread_cond_wait(&pool.done, &pool.mu);
   pool.jobs = NULL;
   pool.njobs = 0;

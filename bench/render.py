@@ -45,7 +45,7 @@ def dkim_section():
         if line.startswith("rsa 2048"):
             rsa_s = float(p[5])
         elif "Ed25519" in line:
-            ed_s = float(p[5])
+            ed_s = float(p[6])
     by = {}
     for r in rows:
         by.setdefault(r["label"], []).append(r)

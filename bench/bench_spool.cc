@@ -33,10 +33,10 @@ static void BM_PickupParse(benchmark::State &state)
   std::string m = pickup_message((int)state.range(0));
   char why[256];
   for (auto _ : state) {
-    struct spool_envelope env;
-    int r = spool_parse(m.data(), m.size(), &env, why, sizeof(why));
+    struct msg_envelope env;
+    int r = msg_parse(m.data(), m.size(), &env, why, sizeof(why));
     benchmark::DoNotOptimize(r);
-    spool_envelope_done(&env);
+    msg_envelope_done(&env);
   }
   state.SetBytesProcessed((int64_t)state.iterations() * (int64_t)m.size());
 }
@@ -47,7 +47,7 @@ static void BM_AddrCheck(benchmark::State &state)
   const char *a = "first.last+tag@mail.subdomain.example.com";
   size_t n = strlen(a);
   for (auto _ : state)
-    benchmark::DoNotOptimize(spool_addr_check(a, n));
+    benchmark::DoNotOptimize(msg_addr_check(a, n));
 }
 BENCHMARK(BM_AddrCheck);
 

@@ -29,6 +29,7 @@ for a in "$@"; do
   esac
 done
 build=${IMPETUS_BUILD:-build}
+export IMPETUS_LUA_DIR=${IMPETUS_LUA_DIR:-$PWD/lua} # a build-tree run
 impetus=$build/src/main/impetus
 sinkbin=$build/tools/sink/impetus-sink
 inject=$build/tools/inject/impetus-inject
@@ -89,6 +90,9 @@ bounce_logger {
   bouncelog = "$tmp/log/bouncelog.ec"
 }
 outbound_smtp_auth { }
+scriptlet "scriptlet" {
+  sandbox = true
+}
 TLS = "required"
 TLS_Verify = "no"
 Domain "messagesystems.com" {
@@ -126,8 +130,14 @@ echo "   injected $count messages (one recipient each) with impetus-inject --rec
 summary() { "$ctl" -s "$tmp/impetus.sock" --json summary; }
 field() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(" ".join(str(d[k]) for k in sys.argv[1:]))' "$@"; }
 deadline=$(( $(date +%s) + ${DEMO_TIMEOUT:-300} ))
+prev_d=0 prev_t=$t0
 while :; do
-  read -r delivered failed queue conc rate < <(summary | field delivered failed total_queue concurrency delivery_rate_1m)
+  read -r delivered failed queue conc < <(summary | field delivered failed total_queue concurrency)
+  # the rate since the last line (the engine's delivery_rate_1m is a minute's average)
+  now=$(date +%s.%N)
+  rate=$(awk -v d="$delivered" -v pd="$prev_d" -v t="$now" -v pt="$prev_t" \
+    'BEGIN { dt = t - pt; printf "%.1f", (dt > 0 ? (d - pd) / dt : 0) }')
+  prev_d=$delivered prev_t=$now
   line=$(printf '   progress delivered %6d / %d   failed %d   queued %6d   connections %3d   %8.1f msg/s' \
     "$delivered" "$count" "$failed" "$queue" "$conc" "$rate")
   if [ -t 1 ]; then printf '%s\r' "$line"; else echo "$line"; fi

@@ -13,6 +13,9 @@ PACKAGES=(
   procps psmisc
   # DKIM verifiers for the tests (issue 22); libnet-dns-perl comes with libmail-dkim-perl
   python3-dkim python3-nacl libmail-dkim-perl libnet-dns-perl
+  # packaging and operations (issue 20): the Debian package and lintian, the
+  # unit's systemd-analyze checks, man pages, tools/debian-try.sh
+  dpkg-dev debhelper lintian systemd man-db debootstrap
 )
 
 # The system user the engine drops root to (options User / Group,

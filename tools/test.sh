@@ -40,7 +40,8 @@ if [ "${IMPETUS_SKIP_TSAN:-0}" != 1 ]; then
     meson test -C build-tsan --print-errorlogs --num-processes "$jobs" \
     mpsc ring ctx logs conf luam luam_glue spool sched dq secmem \
     engine-gateway engine-faults engine-reload engine-stop engine-tls engine-connlimit \
-    engine-smtpc-tls-fallback engine-smtpc-smtps lua-safety
+    engine-smtpc-tls-fallback engine-smtpc-smtps lua-safety \
+    adaptive adaptive-suspend adaptive-hostcap adaptive-lua
 fi
 
 if [ "${IMPETUS_SKIP_FUZZ:-0}" != 1 ]; then

@@ -58,6 +58,12 @@ const char *conf_error_str(const struct conf_error *err, char *out, size_t n);
  * err filled in. The result has one reference. */
 struct conf *conf_load(const char *path, struct conf_error *err);
 
+/* What a delivery needs from this host: the files it reads (TLS_Ca,
+ * TLS_Certificate, TLS_Key) exist and are regular files, and each
+ * Bind_Address is an address of this host. 0, or -EINVAL with err at the
+ * value's file:line. For --check-config (the load itself does not look). */
+int conf_check_environment(const struct conf *c, struct conf_error *err);
+
 /* Flags for conf_parse_buffer. */
 #define CONF_PARSE_NO_INCLUDE 1u /* include is an error (fuzzing, untrusted text) */
 
@@ -96,7 +102,7 @@ const struct conf_view *conf_view_by_id(struct conf *c, int binding_id, const ch
 
 /* ---- typed getters (the option's declared type must match; checked
  * under -Ddebug_strict) ---- */
-const char *conf_str(const struct conf_view *v, enum conf_opt o);  /* STR PATH ENUM ADDR: the text; NULL unset */
+const char *conf_str(const struct conf_view *v, enum conf_opt o);  /* STR PATH ENUM ADDR: the text; NULL unset or off */
 bool conf_bool(const struct conf_view *v, enum conf_opt o);
 int64_t conf_int(const struct conf_view *v, enum conf_opt o);      /* INT MODE; 0 unset */
 int64_t conf_interval(const struct conf_view *v, enum conf_opt o); /* seconds */
@@ -135,6 +141,8 @@ void conf_each_set(const struct conf *c, enum conf_opt o,
                    void (*fn)(void *arg, const char *text), void *arg);
 /* Whether a scope set the option (false: built-in default). */
 bool conf_is_set(const struct conf_view *v, enum conf_opt o);
+/* Whether a scope set an OFF option to false (a built-in false is not). */
+bool conf_is_off(const struct conf_view *v, enum conf_opt o);
 /* The scope that provided the value: 0 = built-in default. Stable within
  * one snapshot; conf_scope_name gives a text that is stable across reloads
  * (e.g. `binding_group "g" domain "x.com"`). */

@@ -75,14 +75,6 @@ struct adaptive_rule {
   bool disabled;
 };
 
-struct adaptive_provider {
-  const char *name;
-  const char *suffix[ADAPTIVE_SUFFIX_MAX]; /* ".google.com": MX host names ending so */
-  unsigned nsuffix;
-  uint32_t max_connections; /* across all its domains, per binding; 0 = none */
-  const char *source;
-};
-
 /* A warm-up schedule: from binding age `age_s` on, `n` messages per `per_s`
  * seconds (n 0: no cap). Steps in increasing age. */
 struct adaptive_warmup {
@@ -91,6 +83,15 @@ struct adaptive_warmup {
     uint64_t age_s;
     uint32_t n, per_s;
   } step[ADAPTIVE_WARMUP_MAX];
+};
+
+struct adaptive_provider {
+  const char *name;
+  const char *suffix[ADAPTIVE_SUFFIX_MAX]; /* ".google.com": MX host names ending so */
+  unsigned nsuffix;
+  uint32_t max_connections; /* across all its domains, per binding; 0 = none */
+  struct adaptive_warmup warmup; /* the provider's own warm-up schedule (nstep 0: none) */
+  const char *source;
 };
 
 struct adaptive_rules;
@@ -151,6 +152,13 @@ void adaptive_free(struct adaptive *a);
 /* A reload's new rule set; adjustments and counters in force are kept
  * (they end at their own time). Takes ownership of rs. */
 void adaptive_set_rules(struct adaptive *a, struct adaptive_rules *rs);
+/* Add (or replace by name) one rule in the set in force, at once and for
+ * every thread (a copy is made and swapped); clear_first drops every rule
+ * first (Lua's registerRules "replace"). 0 or -EINVAL with err. */
+int adaptive_add_rule(struct adaptive *a, const struct adaptive_rule *r, bool clear_first,
+                      char *err, size_t errlen);
+/* The rule set in force, with a reference (drop it with adaptive_rules_free). */
+struct adaptive_rules *adaptive_rules_ref(struct adaptive *a);
 /* Changes every time the adjustments in force change (fire, end, clear):
  * a queue whose cached generation differs asks adaptive_limits again. */
 uint64_t adaptive_gen(const struct adaptive *a);
@@ -208,6 +216,9 @@ struct adaptive_limits {
   uint32_t retry_interval_s, max_retry_interval_s;
   uint32_t connect_delay_s;
   uint64_t until_ms;    /* when the first of them ends (UINT64_MAX: none) */
+  /* the throttle's adjustment ("rule binding target"): one bucket for
+   * every queue it holds (a provider's domains share it) */
+  char throttle_key[3 * ADAPTIVE_NAME_MAX];
 };
 void adaptive_limits(struct adaptive *a, const char *binding, const char *domain,
                      const char *provider, uint64_t now_ms, struct adaptive_limits *out);
@@ -217,8 +228,9 @@ void adaptive_limits(struct adaptive *a, const char *binding, const char *domain
 size_t adaptive_expire(struct adaptive *a, uint64_t now_ms, struct adaptive_adjustment *out,
                        size_t nout);
 /* Visit the adjustments in force that concern binding and/or domain (NULL
- * = any; the domain also matches a provider's name); fn returns false to
- * stop. Returns how many were visited. */
+ * = any; a provider's name matches its adjustments, and a domain seen with
+ * the provider's MX matches them too); fn (NULL: just count) returns false
+ * to stop. Returns how many were visited. */
 size_t adaptive_list(struct adaptive *a, const char *binding, const char *domain,
                      bool (*fn)(void *arg, const struct adaptive_adjustment *adj), void *arg);
 /* End the adjustments in force that concern binding and/or domain now (the
@@ -228,13 +240,23 @@ size_t adaptive_clear(struct adaptive *a, const char *binding, const char *domai
 size_t adaptive_in_force(struct adaptive *a);
 uint64_t adaptive_made_total(struct adaptive *a, enum adaptive_action act);
 
+/* The provider of an MX host under the current rules: its name copied to
+ * name[n] ("" when none) and its Max_Outbound_Connections (0 none). */
+uint32_t adaptive_provider_lookup(struct adaptive *a, const char *mx_host, char *name, size_t n);
+/* The same, with the provider's warm-up schedule copied to *w (nstep 0
+ * when it has none or there is no provider). */
+uint32_t adaptive_provider_warmup(struct adaptive *a, const char *mx_host, char *name, size_t n,
+                                  struct adaptive_warmup *w);
+
 /* ---- connection slots per MX host and provider ---- */
 
-/* Take one connection slot for key (an MX host name, or "provider:NAME")
- * if fewer than cap are held (cap 0: unlimited, nothing is counted).
- * True when taken: release it with adaptive_slot_release. Any thread. */
-bool adaptive_slot_take(struct adaptive *a, const char *key, uint32_t cap);
-void adaptive_slot_release(struct adaptive *a, const char *key);
+/* Take one connection slot for key (an MX host name, or a provider and
+ * binding) if fewer than cap are held (cap 0: unlimited, nothing is
+ * counted). True when allowed; *id is then the slot to release (0 when
+ * nothing was counted). False (*id 0) when cap slots are held. Any thread. */
+bool adaptive_slot_take(struct adaptive *a, const char *key, uint32_t cap, uint32_t *id);
+/* Give back a slot adaptive_slot_take counted (id 0: nothing). */
+void adaptive_slot_release(struct adaptive *a, uint32_t id);
 /* Slots held for key now. */
 uint32_t adaptive_slot_held(struct adaptive *a, const char *key);
 

@@ -4,9 +4,10 @@
  * asks auth_resolve before the unit is queued: every registered Lua
  * mod:outbound_smtp_auth_config(msg, ac, vctx) runs on a private copy of
  * the message's dictionaries (read back from the spool when
- * Keep_Message_Dicts_In_Memory = false), then type, user and pass each come
- * from the message context (VCTX_MESS outbound_smtp_auth_*) if set, else
- * from the configuration for the message's scope. The result is a
+ * Keep_Message_Dicts_In_Memory = false), then type, user and pass come
+ * from the message context (VCTX_MESS outbound_smtp_auth_*) or from the
+ * configuration for the message's scope by authkeys.h's rule (user and
+ * password one unit, never mixed). The result is a
  * credential identity: a keyed SipHash (process key) of type, user and
  * pass, 0 for "no AUTH". Units with different identities wait in different
  * queues, so a connection authenticated as A only ever carries mail whose
@@ -30,6 +31,12 @@ struct spool;
 struct spool_msg;
 struct auth;
 
+/* The identity of a unit whose credentials cannot be used (the message
+ * context sets a user without a password or the other way round, or an
+ * unknown mechanism): the worker fails the attempt transiently with
+ * auth_error()'s text. No table entry, no connection. */
+#define AUTH_CRED_UNUSABLE UINT64_MAX
+
 /* The mechanism when a user is set but no type. */
 #define AUTH_TYPE_DEFAULT SMTPC_AUTH_PLAIN /* user set, type unset */
 
@@ -43,8 +50,8 @@ typedef void (*auth_ready_fn)(void *arg, uint64_t cred_id);
 /* Resolve the unit's credentials. Returns 0 with *cred_id set, or 1 when a
  * Lua hook waits for a datasource: ready(arg, id) runs later on this
  * thread and the worker goes on meanwhile. sm, binding, domain must stay
- * valid until then. Never fails: unusable values mean "no AUTH" (logged
- * by the caller through the session's failure, never with the secret). */
+ * valid until then. Unusable values give AUTH_CRED_UNUSABLE, the reason in
+ * auth_error() (it names keys and the mechanism, never a secret). */
 int auth_resolve(struct auth *a, struct policy_worker *pw, struct conf *c, struct spool *sp,
                  const struct spool_msg *sm, const char *binding, const char *domain,
                  uint64_t *cred_id, auth_ready_fn ready, void *arg);
@@ -53,8 +60,12 @@ int auth_resolve(struct auth *a, struct policy_worker *pw, struct conf *c, struc
  * resolutions still waiting, handing each `arg` to drop. */
 void auth_drop_pending(struct auth *a, void (*drop)(void *arg));
 
+/* Why the last resolution gave AUTH_CRED_UNUSABLE (valid until the next
+ * resolution on a). */
+const char *auth_error(const struct auth *a);
+
 /* The credentials of an identity (strings owned by the table), or NULL
- * for 0 / unknown. */
+ * for 0 / AUTH_CRED_UNUSABLE / unknown. */
 const struct smtpc_auth *auth_creds(struct auth *a, uint64_t cred_id);
 /* Whether the module is enabled in c (cached per snapshot). */
 bool auth_enabled(struct auth *a, struct conf *c);

@@ -9,8 +9,7 @@
  * LF. The server answers "OK\n" or "ERR\n" followed by the body (JSON or
  * human-readable text) and closes.
  *
- * Threads: ctl_start/ctl_stop from the engine's main thread;
- * ctl_suspended from workers (load_limits). */
+ * Threads: ctl_start/ctl_stop from the engine's main thread. */
 #pragma once
 
 #include <stdbool.h>
@@ -26,7 +25,6 @@ struct dns;
 
 #define CTL_REQUEST_MAX 4096   /* bytes of one request line */
 #define CTL_PAGE_MAX 1000      /* rows per listing page */
-#define CTL_SUSPEND_MAX 256    /* suspended (binding, domain) entries */
 #define CTL_WORKER_WAIT_MS 3000 /* how long a command waits for the workers */
 
 /* Bind the sockets: Control_Listener (default <Spoolbase>/impetus.sock,
@@ -45,9 +43,6 @@ void ctl_stop(void);
  * configuration. Failures are left to the open that follows. Main thread. */
 struct conf;
 void ctl_prepare_paths(struct conf *c);
-
-/* Is delivery suspended from the console for (binding, domain)? Any thread. */
-bool ctl_suspended(const char *binding, const char *domain);
 
 /* ---- console hooks implemented in worker.c (worker thread only, except
  * worker_ring) ---- */

@@ -39,12 +39,22 @@ struct dq_queue_state {
   struct sched_limits limits; /* refreshed by the worker on config change */
   uint64_t conf_gen;          /* snapshot generation the limits came from */
   struct sched_acct acct;     /* connections of this queue */
+  /* Connections of every queue of this (binding, domain), whatever their
+   * credentials: what Max_Outbound_Connections caps (the receiver counts
+   * connections per sender, not per password). Points into the queue of
+   * the pair without credentials (cred 0), which dq creates alongside. */
+  struct sched_acct *pair;
+  struct sched_acct pair_acct; /* the storage `pair` points to (cred 0 queues) */
   uint32_t opening;           /* of which not READY yet (connecting, EHLO...) */
   bool no_chunking;           /* its last session found no CHUNKING: one transaction at a time */
   uint64_t backlog_since_ns;  /* BDAT: units beyond what its connections take, since (mono) */
   struct sched_pool pool;     /* its idle connections */
   uint64_t blocked_until_ns;  /* throttled / host failure: not before (mono) */
   void *user;                 /* the worker's */
+  /* adaptive delivery (adaptive_queue.c) */
+  uint64_t adaptive_gen;      /* adaptive generation its limits reflect */
+  uint64_t adaptive_until_ms; /* ... until this instant (wall clock) */
+  char mx_host[256];          /* MX host of its last connection; "" unknown */
 };
 
 struct dq *dq_new(void);

@@ -58,6 +58,11 @@ void logs_close(struct logs *l);
 /* Reopen every file at its path (after log rotation; SIGUSR1). Returns at
  * once; the writer thread reopens before its next write. Any thread. */
 void logs_reopen(struct logs *l);
+/* Reopen every file and wait until the writer has: 0, or the first
+ * failure's -errno with every failed "path: reason" (joined by "; ") in
+ * err; a file that cannot be reopened keeps its old descriptor. Not on a
+ * worker (it waits for the writer). */
+int logs_reopen_wait(struct logs *l, char *err, size_t errlen);
 /* Wait until every batch handed over before this call is written. Not for
  * the hot path (tests, shutdown). */
 void logs_sync(struct logs *l);

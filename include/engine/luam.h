@@ -121,6 +121,8 @@ struct luam_opts {
   uint64_t max_time_ms;      /* running time per hook call; 0 = default */
   size_t max_memory;         /* bytes per state; 0 = default */
   bool jit;                  /* JIT on: faster, but compiled loops escape the budget */
+  bool full_lua;             /* no sandbox (scriptlet sandbox = false): io, os.execute,
+                                ffi, debug, bytecode and C modules available */
   struct luam_ds *ds;        /* shared datasources or NULL; not owned */
 };
 
@@ -180,7 +182,8 @@ bool luam_has_hook(const struct luam *lm, enum luam_hook hook);
 int luam_call(struct luam *lm, enum luam_hook hook, const struct luam_call *call);
 /* Convenience: the outbound_smtp_auth_config hook. Inside it,
  * msg:context_get(VCTX_MESS, "outbound_smtp_auth_key"|"_type"|"_user")
- * falls back to the configured value for the message's scope. */
+ * falls back to the configured value for the message's scope by
+ * authkeys.h's rule (no configured user when the message sets a password). */
 int luam_call_auth_config(struct luam *lm, void *msg, const struct luam_msg_ops *ops,
                           const char *domain, void (*done)(void *, int), void *done_arg);
 /* Momentum's name of a hook ("validate_data_spool"), "?" if out of range. */

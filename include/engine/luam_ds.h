@@ -28,6 +28,11 @@ struct luam_ds_conf {
 #define LUAM_DS_MAX_PARAMS 64
 #define LUAM_DS_MAX_RESULT_BYTES (16u << 20)
 
+/* --check-config: the stanzas are valid (as luam_ds_new checks them) and
+ * each database file exists (the engine opens it read-write without
+ * creating it). 0, or -EINVAL with the reason in err. No threads. */
+int luam_ds_check(const struct luam_ds_conf *confs, size_t n, char *err, size_t errlen);
+
 /* Validate the stanzas and start `threads` pool threads (0 = 2). Returns
  * NULL with a message in err (naming the datasource) on a bad uri or
  * unknown driver. The database files are opened lazily by the pool. */

@@ -19,12 +19,15 @@ struct metrics_worker {
   uint64_t ready, deferred, queues, sessions, ring_inflight, ring_timers;
 };
 
+struct adaptive;
+
 struct metrics_input {
   unsigned nworkers;
   uint64_t uptime_s;
   bool workers_answered;
   struct metrics_worker *w; /* nworkers entries */
   struct spool_stats spool;
+  struct adaptive *adaptive; /* adaptive delivery's counts; NULL: none */
 };
 
 /* Append the exposition text to out. Never fails (panics on OOM). */

@@ -35,6 +35,11 @@ struct policy_worker;
 struct policy *policy_new(struct conf *c, _Atomic(struct conf *) *live_conf,
                           struct logs_writer *ingest_log, unsigned ingest_slot, char *err,
                           size_t errlen);
+/* --check-config: load c's scripts as start-up would (sources found, text
+ * compiled, top levels run in a throwaway state), and check the
+ * Datasource stanzas and that their database files exist.
+ * 0, or -EINVAL with "script:line: text" or the missing source in err. */
+int policy_check(struct conf *c, char *err, size_t errlen);
 /* SIGHUP: compile the scripts of c; on success every state reloads them
  * (workers between events, the ingest state before its next message). On
  * failure returns -EINVAL with script:line in err and the old scripts stay.

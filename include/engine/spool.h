@@ -31,19 +31,18 @@
 
 #include "ctx.h"
 #include "histo.h"
+#include "msg.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define SPOOL_ID_LEN 21
-/* Named limits of the pickup format. */
-#define SPOOL_ENVELOPE_LINE_MAX 2048u   /* one x-...: line, bytes without EOL */
-#define SPOOL_HEADER_LINE_MAX 998u      /* one RFC 5322 header line (RFC 5322 2.1.1) */
-#define SPOOL_RCPTS_MAX 100000u         /* x-receiver lines per file */
-#define SPOOL_ADDR_MAX 256u             /* RFC 5321 4.5.3.1.3 path, without <> */
-#define SPOOL_NAME_MAX 255u             /* x-binding / x-binding-group value */
-#define SPOOL_DEFAULT_MAX_MESSAGE_SIZE (50u * 1024u * 1024u)
+/* Named limits of the pickup format (msg.h owns the format). */
+#define SPOOL_ADDR_MAX MSG_ADDR_MAX
+#define SPOOL_NAME_MAX MSG_NAME_MAX
+#define SPOOL_RCPTS_MAX MSG_RCPTS_MAX
+#define SPOOL_DEFAULT_MAX_MESSAGE_SIZE MSG_DEFAULT_MAX_SIZE
 
 enum spool_sync {
   SPOOL_SYNC_BATCH = 0, /* default: one sync pass per ingest batch / txn commit */
@@ -64,7 +63,7 @@ enum spool_rcpt_state {
   SPOOL_RCPT_FAILED = 2, /* permanent failure (bounced / expired) */
 };
 
-#define SPOOL_MSG_F_8BIT 0x1u /* the message (or an address) has bytes >= 0x80 */
+#define SPOOL_MSG_F_8BIT MSG_F_8BIT /* the message (or an address) has bytes >= 0x80 */
 
 /* One queued message. The spool allocates it; the engine owns it after the
  * callback hands it over and frees it with spool_msg_free (or through
@@ -146,6 +145,9 @@ struct spool_params {
   enum spool_sync sync;
   uint64_t max_message_size;  /* bytes of the whole pickup file; 0: default */
   bool keep_dicts_in_memory;
+  const char *secret_key_file; /* Spool_Secret_Key_File: the AES-256-GCM key that seals secret
+                                * context values in the spool (created 0600 when missing); NULL:
+                                * secrets are kept in memory only and lost on restart */
   unsigned batch_max;         /* files claimed per group commit; 0: 512 */
   unsigned rescan_ms;         /* pickup safety-net rescan period; 0: 2000 */
   uint16_t node_id;           /* 0: low 16 bits of the pid */
@@ -157,6 +159,8 @@ struct spool_params {
   spool_ingest_cb on_ingest;  /* optional */
   spool_sign_cb on_sign;      /* optional */
   spool_sign_batch_cb on_sign_batch; /* optional */
+  spool_bad_cb on_note;       /* optional: something to log that is not a rejection (e.g.
+                               * duplicate recipients removed); name is the pickup file */
   void (*on_batch_end)(void *arg); /* optional: after each batch of on_msg calls, same thread */
   void *arg;                  /* passed to the callbacks */
 };
@@ -200,6 +204,7 @@ struct spool_stats {
   uint64_t syncs;      /* fsync/fdatasync/syncfs calls made by ingest and txn commits */
   uint64_t recovered;  /* messages handed over by spool_recover */
   uint64_t ring_reads; /* pickup files taken as read by the ingest ring (the others: fstat, pread) */
+  uint64_t ctx_loads;  /* dictionaries read back from disk by spool_load_ctx */
   struct histo_snap sync_latency; /* duration of each of those sync calls */
 };
 void spool_get_stats(const struct spool *sp, struct spool_stats *out);
@@ -271,37 +276,3 @@ int spool_txn_commit(struct spool_txn *t);
 /* Move a queued message to bad/ (<id>, <id>.m and <id>.why) and free it.
  * Returns 0 or -errno (the message is freed either way). */
 int spool_bad(struct spool *sp, struct spool_msg *msg, const char *reason);
-
-/* Pickup format parsing (pure; used by spool_ingest and impetus-inject). */
-
-/* Validate an address (no angle brackets): local@domain, RFC 5321 rules:
- * dot-atom or quoted local part (<= 64), domain of LDH labels (<= 63 each,
- * <= 255) or an address literal [IPv4] / [IPv6:...], total <= 256; bytes
- * >= 0x80 are allowed (SMTPUTF8). Returns NULL when valid, else a reason. */
-const char *spool_addr_check(const char *addr, size_t len);
-
-/* The parsed envelope of a pickup file. */
-struct spool_envelope {
-  char *sender;        /* "" for <> */
-  char **rcpt;
-  uint32_t nrcpt;
-  char *binding;
-  char *binding_group;
-  struct ctx *mess;    /* x-context: presets (created when first needed) */
-  uint64_t body_off;
-  uint64_t body_size;
-  unsigned flags;      /* SPOOL_MSG_F_8BIT */
-};
-/* Parse a whole pickup file held in memory. Returns 0, or -EBADMSG with a
- * one-line reason in reason[0..reason_len). env is filled on success and
- * must be released with spool_envelope_done either way. */
-int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *reason,
-                size_t reason_len);
-void spool_envelope_done(struct spool_envelope *env);
-/* Overwrite, in data[0, body_off) (a parsed file's envelope), the text of
- * each x-context line whose key is secret (ctx_key_is_secret) with
- * "_=****..." of the same length, so offsets and the envelope stay valid
- * and the password leaves the file (the claimed queue file is rewritten
- * with this) and the buffer. Returns the number of lines changed and the
- * changed byte range in [*lo, *hi). */
-size_t spool_scrub_secrets(char *data, size_t body_off, size_t *lo, size_t *hi);

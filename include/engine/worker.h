@@ -25,6 +25,7 @@ struct policy;
 struct spool;
 struct spool_msg;
 struct throttle_registry;
+struct adaptive;
 
 /* What every worker shares; read-only after start except where noted. */
 struct engine_shared {
@@ -39,6 +40,7 @@ struct engine_shared {
   struct unit_post **pend;
   size_t npend, cappend;
   struct throttle_registry *throttles;
+  struct adaptive *adaptive;      /* adaptive delivery's rules and state (adaptive.h) */
   struct policy *policy;          /* Lua scripts (policy.h); NULL: none */
   char hostname[256];
   char pickup_dir[4096];          /* where DSNs are dropped */

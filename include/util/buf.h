@@ -18,6 +18,12 @@ void buf_append(struct buf *b, const void *p, size_t n);
 void buf_append_str(struct buf *b, const char *s);
 /* printf-style append. */
 void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append s[0..n) as the inside of a JSON string (RFC 8259; the caller
+ * writes the quotes): '"' and '\\' escaped, control bytes (< 0x20, 0x7f)
+ * as \u00XX; bytes >= 0x80 as they are, or as \u00XX with `ascii` (for
+ * bytes that may not be UTF-8). The one JSON string escaper of the
+ * project (console, JSON log, sink). */
+void buf_append_json(struct buf *b, const void *s, size_t n, int ascii);
 /* Mark `n` bytes at the cursor consumed; compacts when all is consumed. */
 void buf_consume(struct buf *b, size_t n);
 static inline size_t buf_avail(const struct buf *b) { return b->len - b->off; }

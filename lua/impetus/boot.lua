@@ -246,6 +246,69 @@ function db.execute(name, sql, params, opts)
 end
 
 ---------------------------------------------------------------------------
+-- msys.adaptive.registerRules(rules, "augment"|"replace"): Momentum's
+-- custom adaptive rules (a table keyed by domain: { responses = { { code =
+-- PCRE, trigger = "1"|"C/S", action = {"suspend", "4 hours"} }, ... } },
+-- or a string: an alias of another key). Each response becomes a response
+-- rule of the engine (docs/adaptive.md) named "lua:DOMAIN:N" unless it has
+-- a name; `provider = "google"` in a domain's table holds the provider's
+-- mail instead of the domain's. Actions: suspend / blackhole (a suspension:
+-- Impetus never drops mail), throttle "down" (60 messages an hour for an
+-- hour), greylisted (retry interval), reduce_connections N,
+-- reduce_deliveries N, backoff, or any response_rule action as
+-- {action, value, duration}.
+local adaptive = {}
+local function rule_of(dom, i, spec, resp)
+  local act = resp.action or {}
+  if type(act[1]) == "table" then act = act[1] end
+  local a, p1, p2 = act[1], act[2], act[3]
+  local r = { name = resp.name or ("lua:" .. dom .. ":" .. i), pattern = resp.code,
+              trigger = tostring(resp.trigger or "1"), source = resp.source }
+  if spec.provider then
+    r.provider, r.scope = spec.provider, "provider"
+  else
+    r.match_domain = dom
+  end
+  if a == "suspend" or a == "blackhole" or a == "backoff" then
+    r.action, r.duration = (a == "backoff") and "backoff" or "suspend", p1 or "4 hours"
+  elseif a == "throttle" then
+    r.action, r.value, r.duration = "outbound_throttle_messages", "60/1h", "1 hour"
+  elseif a == "greylisted" then
+    r.action, r.value, r.duration = "retry_interval", p1 or "15 minutes", "1 hour"
+  elseif a == "reduce_connections" then
+    r.action, r.value, r.duration = "max_outbound_connections", p1 or 1, p2 or "1 hour"
+  elseif a == "reduce_deliveries" then
+    r.action, r.value, r.duration = "max_deliveries_per_connection", p1 or 1, p2 or "1 hour"
+  else
+    r.action, r.value, r.duration = a, p1, p2
+  end
+  local flat = {}
+  for k, v in pairs(r) do flat[k] = tostring(v) end
+  return flat
+end
+
+function adaptive.registerRules(rules, mode)
+  if type(rules) ~= "table" then
+    error("msys.adaptive.registerRules: rules must be a table", 2)
+  end
+  local clear = mode == "replace"
+  local keys = {}
+  for k in pairs(rules) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, dom in ipairs(keys) do
+    local spec = rules[dom]
+    if type(spec) == "string" then spec = rules[spec] end
+    if type(spec) == "table" then
+      for i, resp in ipairs(spec.responses or {}) do
+        C.adaptive_rule(rule_of(dom, i, spec, resp), clear)
+        clear = false
+      end
+    end
+  end
+end
+msys.adaptive = adaptive
+
+---------------------------------------------------------------------------
 -- Momentum module names that common scripts require.
 local function provide(name, value)
   package.preload[name] = function() return value end
@@ -259,6 +322,7 @@ msys.validate.opendkim.sign = function(msg, vctx, options)
 end
 provide("msys.core", core)
 provide("msys.db", db)
+provide("msys.adaptive", adaptive)
 provide("msys.datasource", db)
 for _, n in ipairs({ "msys.extended.message", "msys.extended.vctx", "msys.extended.message_routing",
                      "msys.extended.ac", "msys.pbp", "msys.boot", "msys.policyeditor",

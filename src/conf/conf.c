@@ -39,7 +39,6 @@ void conf_node_add(struct conf_node *n, const struct conf_value *v)
   n->vals[n->nvals++] = v;
 }
 
-int conf_binding_add(struct conf *c, const char *name);
 
 struct conf *conf_new_empty(void)
 {
@@ -178,10 +177,18 @@ static struct conf_node *dnode(const struct conf *c, const struct conf_node *par
   return conf_umap_get(&c->dnodes, ((uint64_t)parent->id << 32) | did);
 }
 
+uint32_t conf_domain_id(const struct conf *c, const char *domain)
+{
+  if (!domain || !c->ndomains)
+    return 0;
+  int d = conf_smap_get(&c->dmap, domain, strlen(domain));
+  return d < 0 ? 0 : (uint32_t)d;
+}
+
 /* Fill v for (group, binding, domain id), least specific first so the
  * most specific scope that sets an option wins. */
-static void view_fill(const struct conf *c, struct conf_view *v, int group,
-                      const struct conf_binding *b, uint32_t did)
+static void view_fill_plain(const struct conf *c, struct conf_view *v, int group,
+                            const struct conf_binding *b, uint32_t did)
 {
   const struct conf_node *g = group >= 0 ? c->groups[group].node : NULL;
   const struct conf_node *bt = b ? b->top : NULL, *bg = b ? b->grp : NULL;
@@ -198,17 +205,37 @@ static void view_fill(const struct conf *c, struct conf_view *v, int group,
   apply(v, dnode(c, bg, did));   /* binding_group::binding::domain */
 }
 
+/* Fill v for (group, binding, domain id), least specific first so the
+ * most specific scope that sets an option wins; then Momentum's relay
+ * idiom: when the Gateway is "#name", what the Domain "#name" stanzas set
+ * (top level, in the group, in the binding) goes on top: their Routes,
+ * TLS and the rest describe the relay the mail goes to, while options they
+ * leave alone keep the recipient domain's values (its queue is still the
+ * recipient domain's). The Gateway keeps the "#name" text with no host,
+ * so the worker follows the Routes. conf_check makes sure the stanza
+ * exists and gives Routes. Returns the "#name" domain's id when one
+ * applied, else did. */
+uint32_t conf_view_fill(const struct conf *c, struct conf_view *v, int group,
+                        const struct conf_binding *b, uint32_t did)
+{
+  view_fill_plain(c, v, group, b, did);
+  const struct conf_value *gw = v->v[CONF_GATEWAY];
+  if (!gw->text || gw->text[0] != '#' || gw->host)
+    return did;
+  uint32_t rd = conf_domain_id(c, gw->text);
+  if (!rd || rd == did)
+    return did;
+  const struct conf_node *g = group >= 0 ? c->groups[group].node : NULL;
+  apply(v, dnode(c, c->global, rd));
+  apply(v, dnode(c, g, rd));
+  apply(v, dnode(c, b ? b->top : NULL, rd));
+  apply(v, dnode(c, b ? b->grp : NULL, rd));
+  return rd;
+}
+
 const struct conf_view *conf_global(const struct conf *c)
 {
   return &c->global_view;
-}
-
-static uint32_t domain_id(const struct conf *c, const char *domain)
-{
-  if (!domain || !c->ndomains)
-    return 0;
-  int d = conf_smap_get(&c->dmap, domain, strlen(domain));
-  return d < 0 ? 0 : (uint32_t)d;
 }
 
 /* The array at *slot, allocating it zeroed (n elements) on first use;
@@ -229,7 +256,7 @@ static void *publish(void **slot, size_t n, size_t size)
 const struct conf_view *conf_view_by_id(struct conf *c, int binding_id, const char *domain)
 {
   UTIL_ASSERT(binding_id >= 0 && (uint32_t)binding_id < c->nbindings);
-  uint32_t did = domain_id(c, domain);
+  uint32_t did = conf_domain_id(c, domain);
   void **row = publish(&c->rows[binding_id], c->nvblocks, sizeof(void *));
   void **blk = publish(&row[did / CONF_VBLOCK], CONF_VBLOCK, sizeof(void *));
   void **slot = &blk[did % CONF_VBLOCK];
@@ -238,7 +265,7 @@ const struct conf_view *conf_view_by_id(struct conf *c, int binding_id, const ch
     return v;
   struct conf_view *fresh = util_xmalloc(sizeof(*fresh));
   const struct conf_binding *b = &c->bindings[binding_id];
-  view_fill(c, fresh, b->group, b, did);
+  conf_view_fill(c, fresh, b->group, b, did);
   void *expected = NULL;
   if (__atomic_compare_exchange_n(slot, &expected, (void *)fresh, false, __ATOMIC_ACQ_REL,
                                   __ATOMIC_ACQUIRE))
@@ -299,7 +326,14 @@ const char *conf_str(const struct conf_view *v, enum conf_opt o)
 {
   enum conf_type t = conf_optdefs[o].type;
   (void)t;
-  return GET(v, o, t == CONF_T_STR || t == CONF_T_PATH || t == CONF_T_ENUM || t == CONF_T_ADDR)->text;
+  const struct conf_value *x = GET(v, o, t == CONF_T_STR || t == CONF_T_PATH || t == CONF_T_ENUM || t == CONF_T_ADDR);
+  return x->off ? NULL : x->text;
+}
+
+bool conf_is_off(const struct conf_view *v, enum conf_opt o)
+{
+  const struct conf_value *x = GET(v, o, 1);
+  return x->off && x->set;
 }
 
 bool conf_bool(const struct conf_view *v, enum conf_opt o)
@@ -477,6 +511,8 @@ static const char *value_text(const struct conf_value *v, bool show_secret)
 {
   if (!v->text)
     return "(unset)";
+  if (v->off)
+    return "false"; /* off is no secret */
   if ((conf_optdefs[v->opt].flags & CONF_F_SECRET) && !show_secret)
     return "********";
   return v->text;
@@ -513,7 +549,7 @@ int conf_eval(struct conf *c, const char *group, const char *binding, const char
     g = b->group;
   }
   struct conf_view *v = util_xmalloc(sizeof(*v));
-  view_fill(c, v, g, b, domain_id(c, domain));
+  conf_view_fill(c, v, g, b, conf_domain_id(c, domain));
   buf_append_str(out, value_text(v->v[o], flags & CONF_EVAL_SHOW_SECRETS));
   free(v);
   return 0;

@@ -15,7 +15,7 @@ enum {
   CONF_S_G = 1u, CONF_S_BG = 2u, CONF_S_B = 4u, CONF_S_D = 8u, CONF_S_MOD = 16u,
 };
 #define CONF_S_ROUTING (CONF_S_G | CONF_S_BG | CONF_S_B | CONF_S_D)
-enum { CONF_F_RESTART = 1u, CONF_F_SECRET = 2u, CONF_F_NOTIMPL = 4u };
+enum { CONF_F_RESTART = 1u, CONF_F_SECRET = 2u, CONF_F_OFF = 4u, CONF_F_NOTIMPL = 8u };
 enum { CONF_INST_NONE, CONF_INST_OPTIONAL, CONF_INST_REQUIRED };
 
 struct conf_optdef {
@@ -71,6 +71,7 @@ struct conf_value {
   const char *host;          /* ADDR */
   uint16_t port;
   bool implicit_tls;         /* ADDR (Gateway): written smtps://host[:port] */
+  bool off;                  /* OFF options: written false */
   uint16_t opt;
   bool set;                  /* false: built-in default */
   uint32_t scope;            /* node id that set it; 0 = default */
@@ -185,4 +186,17 @@ struct conf *conf_new_empty(void);
 struct conf_node *conf_node_new(struct conf *c, int kind, const char *path);
 void conf_node_add(struct conf_node *n, const struct conf_value *v);
 int conf_finish(struct conf *c, char *why, size_t whylen);
+
+/* Fill v for (group, binding, domain id) through the fallback chain and a
+ * "#name" Gateway (conf.c): returns the domain id the view is for (the
+ * "#name" one after such a Gateway). A domain's id, 0 when it has no stanza. */
+uint32_t conf_view_fill(const struct conf *c, struct conf_view *v, int group,
+                    const struct conf_binding *b, uint32_t did);
+uint32_t conf_domain_id(const struct conf *c, const char *domain);
+/* conf_check.c: whole-snapshot checks after conf_finish; -EINVAL with err
+ * naming the file and line of the value. */
+int conf_check(struct conf *c, struct conf_error *err);
 const char *conf_type_name(enum conf_type t);
+
+/* Register binding `name` (conf_parse.c); its id, the existing one if known. */
+int conf_binding_add(struct conf *c, const char *name);

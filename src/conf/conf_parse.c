@@ -438,7 +438,6 @@ static int find_group(struct conf *c, const char *name)
   return g;
 }
 
-int conf_binding_add(struct conf *c, const char *name);
 int conf_binding_add(struct conf *c, const char *name)
 {
   int b = conf_smap_get(&c->bmap, name, strlen(name));
@@ -872,6 +871,8 @@ static struct conf *finish(struct parser *p, int r)
   char why[512];
   if (r == 0 && (r = conf_finish(c, why, sizeof(why))) < 0)
     fail(p, c->path, 0, "%s", why);
+  if (r == 0)
+    r = conf_check(c, p->err);
   if (r < 0) {
     conf_unref(c);
     return NULL;

@@ -24,6 +24,7 @@
 #define ROUTING CONF_S_ROUTING
 #define RESTART CONF_F_RESTART
 #define SECRET CONF_F_SECRET
+#define OFF CONF_F_OFF
 #define NOTIMPL CONF_F_NOTIMPL
 #define NONE CONF_INST_NONE
 #define OPTIONAL CONF_INST_OPTIONAL
@@ -414,6 +415,14 @@ static bool parse_addr(struct conf_arena *a, const char *s, const char **host, u
   return true;
 }
 
+static bool has_space(const char *s)
+{
+  for (; *s; s++)
+    if (isspace((unsigned char)*s))
+      return true;
+  return false;
+}
+
 /* Index of word in the space-separated list words (any case); -1. */
 static int word_index(const char *words, const char *w, const char **canon, size_t *canon_len)
 {
@@ -554,6 +563,11 @@ int conf_value_convert(struct conf_arena *a, enum conf_opt opt, const struct con
   }
 
   const char *s = raw->s;
+  if ((d->flags & CONF_F_OFF) && !strcasecmp(s, "false")) { /* Momentum's "off" */
+    out->off = true;
+    out->text = "false";
+    return 0;
+  }
   switch (d->type) {
   case CONF_T_STR:
     out->text = s;
@@ -655,6 +669,15 @@ int conf_value_convert(struct conf_arena *a, enum conf_opt opt, const struct con
       return 0;
     }
     out->text = s; /* as written, scheme included */
+    if (opt == CONF_GATEWAY && s[0] == '#') {
+      /* Momentum's relay idiom: "#name" names the Domain "#name" stanza,
+       * whose options (Routes...) the view takes (conf.c); no host */
+      if (!s[1] || has_space(s)) {
+        snprintf(why, whylen, "'%.200s': a #name gateway needs a name without spaces", s);
+        return -EINVAL;
+      }
+      return 0;
+    }
     if (opt == CONF_GATEWAY) { /* a smart host may be named by URL */
       if (!strncasecmp(s, "smtps://", 8)) {
         out->implicit_tls = true;

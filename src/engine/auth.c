@@ -1,6 +1,7 @@
-/* auth.c owns outbound_smtp_auth's per-unit resolution (Lua hook, message
- * context over configuration) and each worker's table of credentials by
- * identity.
+/* auth.c owns outbound_smtp_auth's per-unit resolution (Lua hook, then
+ * authkeys' rule between message context and configuration, unusable
+ * credentials refused with a reason) and each worker's table of
+ * credentials by identity.
  *
  * Must never: log, print or persist a password or token; keep a password
  * outside the table (copies are wiped); block the worker (a Lua hook that
@@ -8,6 +9,7 @@
  * Threads: a struct auth and everything from it belong to one worker. */
 #include "auth.h"
 
+#include "authkeys.h"
 #include "conf.h"
 #include "ctx.h"
 #include "luam.h"
@@ -17,6 +19,7 @@
 #include "secmem.h"
 #include "spool.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +39,7 @@ struct auth {
   bool enabled;
   unsigned pending;
   struct pending *waiting; /* resolutions waiting for Lua */
+  char err[320];           /* why the last AUTH_CRED_UNUSABLE */
 };
 
 struct pending {
@@ -89,7 +93,7 @@ unsigned auth_pending(const struct auth *a)
 
 const struct smtpc_auth *auth_creds(struct auth *a, uint64_t id)
 {
-  if (id == 0)
+  if (id == 0 || id == AUTH_CRED_UNUSABLE)
     return NULL;
   for (struct cred *c = a->tab[id % AUTH_BUCKETS]; c; c = c->next)
     if (c->id == id)
@@ -97,47 +101,69 @@ const struct smtpc_auth *auth_creds(struct auth *a, uint64_t id)
   return NULL;
 }
 
-static enum smtpc_auth_type parse_type(const char *t)
+/* The reason a resolution gave AUTH_CRED_UNUSABLE: names keys and the
+ * mechanism asked for, never a user or password. */
+IMPETUS_PRINTF(2, 3)
+static uint64_t unusable(struct auth *a, const char *fmt, ...)
 {
-  if (t == NULL || *t == '\0')
-    return AUTH_TYPE_DEFAULT;
-  if (!strcasecmp(t, "LOGIN"))
-    return SMTPC_AUTH_LOGIN;
-  if (!strcasecmp(t, "XOAUTH2"))
-    return SMTPC_AUTH_XOAUTH2;
-  return SMTPC_AUTH_PLAIN;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(a->err, sizeof a->err, fmt, ap);
+  va_end(ap);
+  return AUTH_CRED_UNUSABLE;
 }
 
-static const char *type_name(enum smtpc_auth_type t)
+/* A value from a message (x-context, Lua) for a log line: cut, printable. */
+static const char *shown(const char *s, char *out, size_t n)
 {
-  return t == SMTPC_AUTH_LOGIN ? "LOGIN" : t == SMTPC_AUTH_XOAUTH2 ? "XOAUTH2" : "PLAIN";
+  size_t k = 0;
+  for (; *s && k + 1 < n; s++)
+    out[k++] = (*s >= 0x20 && *s < 0x7f && *s != '"') ? *s : '?';
+  out[k] = '\0';
+  return out;
 }
 
-/* Context value if set (non-empty), else the scope's configuration. */
-static const char *pick(const struct ctx *mess, const char *key, const struct conf_view *v,
-                        enum conf_opt o)
-{
-  const char *s = mess ? ctx_get(mess, key) : NULL;
-  if (s && *s)
-    return s;
-  return v ? conf_str(v, o) : NULL;
-}
-
+/* The unit's credentials per authkeys' rule, entered in the table. */
 static uint64_t finish(struct auth *a, struct conf *c, const struct ctx *mess, const char *binding,
                        const char *domain)
 {
   const struct conf_view *v = conf_view_get(c, binding, domain);
   if (v == NULL)
     v = conf_view_get(c, NULL, domain);
-  const char *user = pick(mess, "outbound_smtp_auth_user", v, CONF_OUTBOUND_SMTP_AUTH_USER);
-  const char *pass = pick(mess, "outbound_smtp_auth_pass", v, CONF_OUTBOUND_SMTP_AUTH_PASS);
-  const char *type = pick(mess, "outbound_smtp_auth_type", v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
-  if (user == NULL || *user == '\0')
+  const char *m[AUTHKEY__COUNT] = {0}, *cf[AUTHKEY__COUNT] = {0};
+  static const enum conf_opt opt[AUTHKEY__COUNT] = {
+    [AUTHKEY_TYPE] = CONF_OUTBOUND_SMTP_AUTH_TYPE, [AUTHKEY_USER] = CONF_OUTBOUND_SMTP_AUTH_USER,
+    [AUTHKEY_PASS] = CONF_OUTBOUND_SMTP_AUTH_PASS, [AUTHKEY_KEY] = CONF_OUTBOUND_SMTP_AUTH_KEY};
+  bool off = false; /* a scope wrote User, Pass or Type = false */
+  for (int k = 0; k < AUTHKEY__COUNT; k++) {
+    m[k] = mess ? ctx_get(mess, authkeys_ctx_key((enum authkey)k)) : NULL;
+    cf[k] = v ? conf_str(v, opt[k]) : NULL;
+    off |= v && k != AUTHKEY_KEY && conf_is_off(v, opt[k]);
+  }
+  if (off)
+    cf[AUTHKEY_TYPE] = cf[AUTHKEY_USER] = cf[AUTHKEY_PASS] = NULL;
+  const char *missing = authkeys_incomplete(m);
+  if (missing)
+    return unusable(a, "the message context sets %s but not %s (a user and its password come "
+                       "from one source)", missing == authkeys_ctx_key(AUTHKEY_PASS)
+                                             ? authkeys_ctx_key(AUTHKEY_USER)
+                                             : authkeys_ctx_key(AUTHKEY_PASS), missing);
+  const char *user = authkeys_pick(AUTHKEY_USER, m, cf);
+  const char *pass = authkeys_pick(AUTHKEY_PASS, m, cf);
+  const char *type = authkeys_pick(AUTHKEY_TYPE, m, cf);
+  if (user == NULL)
     return 0; /* no user: no AUTH (as Momentum) */
   if (pass == NULL)
     pass = "";
-  enum smtpc_auth_type t = parse_type(type);
-  uint64_t id = sched_cred_identity(type_name(t), user, pass);
+  enum smtpc_auth_type t = AUTH_TYPE_DEFAULT;
+  char tb[65];
+  if (type && authkeys_mech_parse(type, &t) < 0)
+    return unusable(a, "%s \"%s\" is not a supported mechanism (%s)",
+                    authkeys_ctx_key(AUTHKEY_TYPE), shown(type, tb, sizeof tb),
+                    authkeys_mech_list());
+  uint64_t id = sched_cred_identity(authkeys_mech_name(t), user, pass);
+  if (id == AUTH_CRED_UNUSABLE)
+    id--; /* reserved */
   if (auth_creds(a, id))
     return id;
   struct cred *cr = util_xcalloc(1, sizeof *cr);
@@ -148,6 +174,11 @@ static uint64_t finish(struct auth *a, struct conf *c, const struct ctx *mess, c
   cr->next = a->tab[id % AUTH_BUCKETS];
   a->tab[id % AUTH_BUCKETS] = cr;
   return id;
+}
+
+const char *auth_error(const struct auth *a)
+{
+  return a->err;
 }
 
 static void unlink_pending(struct auth *a, struct pending *p)

@@ -1,6 +1,6 @@
 /* ctl.c owns the control thread: the impetus-ctl Unix socket, the
- * Prometheus endpoint (metrics.c renders), the console's suspend table and
- * the delivery-rate samples.
+ * Prometheus endpoint (metrics.c renders) and the delivery-rate samples;
+ * suspend/resume write the queue layer's table (queue/suspend.c).
  *
  * Must never: block a worker (questions reach workers as ring_post
  * messages; the worker answers from its own loop and this thread waits at
@@ -13,15 +13,20 @@
 #include "ctl_internal.h"
 
 #include "buf.h"
+#include "clock.h"
+#include "ctl_adaptive.h"
 #include "conf.h"
 #include "counters.h"
+#include "ctlcmd.h"
 #include "dns.h"
 #include "dq.h"
+#include "logs.h"
 #include "impetus_build.h"
 #include "metrics.h"
 #include "panic.h"
 #include "ring.h"
 #include "spool.h"
+#include "suspend.h"
 #include "worker.h"
 
 #include <arpa/inet.h>
@@ -55,69 +60,18 @@ static struct {
   char metrics_addr[300];
   pthread_t thread;
   bool running;
+  struct logs_writer *log; /* this thread's paniclog lines */
   uint64_t start_mono_ms;
   /* delivered-recipient samples, one per second */
   uint64_t rate_t[RATE_SAMPLES], rate_d[RATE_SAMPLES];
   unsigned rate_n, rate_i;
 } g = {.sock_fd = -1, .metrics_fd = -1, .stop_fd = {-1, -1}};
 
-static pthread_mutex_t suspend_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct suspension {
-  char binding[COUNTERS_NAME_MAX]; /* "" = any */
-  char domain[COUNTERS_NAME_MAX];  /* "" = any */
-} suspended[CTL_SUSPEND_MAX];
-static unsigned nsuspended;
-
 static uint64_t mono_ms(void)
 {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static uint64_t wall_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-bool ctl_suspended(const char *binding, const char *domain)
-{
-  bool yes = false;
-  if (binding == NULL)
-    binding = "default";
-  pthread_mutex_lock(&suspend_mu);
-  for (unsigned i = 0; i < nsuspended && !yes; i++)
-    yes = (!suspended[i].binding[0] || !strcmp(suspended[i].binding, binding)) &&
-          (!suspended[i].domain[0] || !strcasecmp(suspended[i].domain, domain ? domain : ""));
-  pthread_mutex_unlock(&suspend_mu);
-  return yes;
-}
-
-/* Add (on) or remove (off) a suspension. 0, -ENOSPC, or -ENOENT. */
-static int suspend_set(const char *binding, const char *domain, bool on)
-{
-  int rc = on ? 0 : -ENOENT;
-  pthread_mutex_lock(&suspend_mu);
-  unsigned i;
-  for (i = 0; i < nsuspended; i++)
-    if (!strcmp(suspended[i].binding, binding) && !strcasecmp(suspended[i].domain, domain))
-      break;
-  if (on && i == nsuspended) {
-    if (nsuspended == CTL_SUSPEND_MAX) {
-      rc = -ENOSPC;
-    } else {
-      snprintf(suspended[i].binding, sizeof suspended[i].binding, "%s", binding);
-      snprintf(suspended[i].domain, sizeof suspended[i].domain, "%s", domain);
-      nsuspended++;
-    }
-  } else if (!on && i < nsuspended) {
-    suspended[i] = suspended[--nsuspended];
-    rc = 0;
-  }
-  pthread_mutex_unlock(&suspend_mu);
-  return rc;
 }
 
 /* ------------------------------------------------------------ output */
@@ -135,15 +89,8 @@ struct out {
 static void json_str(struct buf *b, const char *s)
 {
   buf_append_str(b, "\"");
-  for (; s && *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\')
-      buf_printf(b, "\\%c", c);
-    else if (c < 0x20)
-      buf_printf(b, "\\u%04x", c);
-    else
-      buf_append(b, &c, 1);
-  }
+  if (s)
+    buf_append_json(b, s, strlen(s), 0);
   buf_append_str(b, "\"");
 }
 
@@ -329,7 +276,7 @@ static void visit_queue(void *arg, struct dq_queue *dqq)
   struct dq_queue_state *st = dq_queue_state(dqq);
   if (q->op == WOP_LIMITS) {
     st->conf_gen = 0; /* load_limits reads the configuration and ctl_suspended again */
-    if (ctl_suspended(dq_queue_binding(dqq), dq_queue_domain(dqq)))
+    if (suspend_active(dq_queue_binding(dqq), dq_queue_domain(dqq)))
       st->limits.suspend_delivery = true; /* at once, before the next load_limits */
     p->hastened++;
     return;
@@ -486,7 +433,7 @@ static void run_part(void *arg)
         dq_foreach_unit(d, visit_unit, &v);
       break;
     case WOP_HASTEN:
-      p->hastened = dq_hasten(d, pick_unit, p, wall_ms());
+      p->hastened = dq_hasten(d, pick_unit, p, clock_wall_ms());
       break;
     case WOP_FAIL:
       fail_units(p, w, d);
@@ -558,15 +505,19 @@ static void rate_sample(void)
     g.rate_n++;
 }
 
-/* Delivered recipients per second over the last minute (or less). */
+/* Delivered recipients per second over the last minute (or less): from
+ * the oldest sample to now, so a run shorter than two samples has a rate. */
 static double rate_recent(void)
 {
-  if (g.rate_n < 2)
+  if (g.rate_n < 1)
     return 0;
-  unsigned newest = (g.rate_i + RATE_SAMPLES - 1) % RATE_SAMPLES;
+  uint64_t t[COUNTERS_KINDS];
+  counters_totals(t);
   unsigned oldest = (g.rate_i + RATE_SAMPLES - g.rate_n) % RATE_SAMPLES;
-  uint64_t dt = g.rate_t[newest] - g.rate_t[oldest];
-  return dt ? (double)(g.rate_d[newest] - g.rate_d[oldest]) * 1000.0 / (double)dt : 0;
+  uint64_t dt = mono_ms() - g.rate_t[oldest];
+  if (dt < 100) /* too short a window to mean anything */
+    return 0;
+  return (double)(t[COUNTERS_DELIVERED] - g.rate_d[oldest]) * 1000.0 / (double)dt;
 }
 
 /* ------------------------------------------------------------ commands */
@@ -736,7 +687,7 @@ static int cmd_binding_summary(struct req *r, const char *name)
     o_u64(o, "delayed", b[k].deferred);
     o_u64(o, "connections", b[k].conns);
     emit_counts(o, b[k].name, NULL);
-    o_bool(o, "suspended", ctl_suspended(b[k].name, ""));
+    o_bool(o, "suspended", suspend_active(b[k].name, ""));
     o_row_close(o);
   }
   o_close(o, true);
@@ -744,11 +695,6 @@ static int cmd_binding_summary(struct req *r, const char *name)
   conf_unref(c);
   wq_unref(q);
   return 0;
-}
-
-static const char *auth_type_name(int t)
-{
-  return t < 0 ? NULL : t == 0 ? "PLAIN" : t == 1 ? "LOGIN" : "XOAUTH2";
 }
 
 static int cmd_domain(struct req *r, const char *binding, const char *name)
@@ -806,8 +752,7 @@ static int cmd_domain(struct req *r, const char *binding, const char *name)
     o_close(o, true);
     wq_unref(mq);
   }
-  int at = conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE);
-  o_str(o, "auth_type", auth_type_name(at));
+  o_str(o, "auth_type", conf_str(v, CONF_OUTBOUND_SMTP_AUTH_TYPE)); /* the table's word */
   o_str(o, "auth_user", conf_str(v, CONF_OUTBOUND_SMTP_AUTH_USER));
   o_str(o, "auth_pass", conf_str(v, CONF_OUTBOUND_SMTP_AUTH_PASS) ? "********" : NULL);
   o_u64(o, "max_outbound_connections", (uint64_t)conf_int(v, CONF_MAX_OUTBOUND_CONNECTIONS));
@@ -826,7 +771,7 @@ static int cmd_domain(struct req *r, const char *binding, const char *name)
   o_u64(o, "delayed", deferred);
   o_u64(o, "connections", conns);
   emit_counts(o, binding, name);
-  o_bool(o, "suspended", ctl_suspended(binding ? binding : "default", name));
+  o_bool(o, "suspended", suspend_active(binding ? binding : "default", name));
   conf_unref(c);
   wq_unref(q);
   return 0;
@@ -987,7 +932,7 @@ static int cmd_suspend(struct req *r, bool on, const char *binding, const char *
 {
   int rc = suspend_set(binding ? binding : "", domain ? domain : "", on);
   if (rc == -ENOSPC)
-    return fail(r, "too many suspensions (%d)", CTL_SUSPEND_MAX);
+    return fail(r, "too many suspensions (%d)", SUSPEND_MAX);
   if (rc == -ENOENT)
     return fail(r, "%s%s%s%s is not suspended from the console", binding ? "binding " : "",
                 binding ? binding : "", binding && domain ? " domain " : domain ? "domain " : "",
@@ -1013,24 +958,13 @@ static int cmd_suspend(struct req *r, bool on, const char *binding, const char *
 
 static int cmd_config_eval(struct req *r, int argc, char **argv)
 {
-  const char *group = NULL, *binding = NULL, *domain = NULL, *option = NULL;
-  for (int i = 0; i < argc; i++) {
-    if (i + 1 < argc && !strcasecmp(argv[i], "binding_group"))
-      group = argv[++i];
-    else if (i + 1 < argc && !strcasecmp(argv[i], "binding"))
-      binding = argv[++i];
-    else if (i + 1 < argc && !strcasecmp(argv[i], "domain"))
-      domain = argv[++i];
-    else if (i + 1 == argc)
-      option = argv[i];
-    else
-      return fail(r, "usage: config eval [binding_group G] [binding B] [domain D] OPTION");
-  }
-  if (!option)
-    return fail(r, "usage: config eval [binding_group G] [binding B] [domain D] OPTION");
+  struct ctlcmd_eval e;
+  char why[256];
+  if (ctlcmd_eval_args(argc, argv, &e, why, sizeof why) < 0)
+    return fail(r, "config eval: %s", why);
   struct conf *c = conf_ref(atomic_load(&g.sh->conf));
   struct buf out = {0};
-  int rc = conf_eval(c, group, binding, domain, option, 0, &out); /* secrets masked */
+  int rc = conf_eval(c, e.group, e.binding, e.domain, e.option, 0, &out); /* secrets masked */
   buf_append(&out, "", 1);
   if (rc < 0)
     fail(r, "%s", (const char *)buf_head(&out));
@@ -1064,20 +998,13 @@ static int cmd_config_reload(struct req *r)
   return 0;
 }
 
-static const char usage_text[] =
-  "commands: summary | mailq [-d DOMAIN] [-b BINDING] [-p PAGE] [-n PER_PAGE] |\n"
-  "  showqueue [binding NAME] DOMAIN | binding summary [NAME] | domain NAME |\n"
-  "  message details ID | message retry ID | message fail ID | flush domain NAME |\n  flush binding NAME |\n"
-  "  suspend domain NAME | suspend binding NAME | resume domain NAME | resume binding NAME |\n"
-  "  config eval [binding_group G] [binding B] [domain D] OPTION | config reload |\n"
-  "  reopen logs | version | shutdown";
-
 static int dispatch(struct req *r)
 {
   int ac = r->argc;
   char **av = r->argv;
-  if (ac == 0)
-    return fail(r, "%s", usage_text);
+  char why[512];
+  if (ctlcmd_check(ac, av, why, sizeof why) < 0)
+    return fail(r, "%s\ncommands:\n%s", why, ctlcmd_usage);
 #define IS(i, w) (ac > (i) && !strcasecmp(av[i], (w)))
   if (IS(0, "summary") && ac == 1)
     return cmd_summary(r);
@@ -1091,12 +1018,21 @@ static int dispatch(struct req *r)
     return 0;
   }
   if (IS(0, "reopen") && IS(1, "logs") && ac == 2) {
-    kill(getpid(), SIGUSR1);
+    /* here rather than by SIGUSR1, to know whether every file reopened */
+    char failed[1024];
+    if (logs_reopen_wait(g.sh->logs, failed, sizeof failed) < 0) {
+      logs_panic(g.log, clock_wall_ms(), "logs", "reopen failed: %s; still writing to the old file",
+                 failed);
+      logs_writer_flush(g.log);
+      return fail(r, "reopen failed: %s (still writing to the old file)", failed);
+    }
     o_bool(&r->o, "reopened", true);
     return 0;
   }
   if (IS(0, "config") && IS(1, "eval"))
     return cmd_config_eval(r, ac - 2, av + 2);
+  if (IS(0, "adaptive")) /* ctl_adaptive.c */
+    return ctl_adaptive(g.sh, r->o.json, ac - 1, av + 1, r->o.b, &r->err);
   if (IS(0, "config") && IS(1, "reload") && ac == 2)
     return cmd_config_reload(r);
   if (IS(0, "binding") && IS(1, "summary") && ac <= 3)
@@ -1140,7 +1076,7 @@ static int dispatch(struct req *r)
   if ((IS(0, "suspend") || IS(0, "resume")) && ac == 5 && IS(1, "binding") && IS(3, "domain"))
     return cmd_suspend(r, IS(0, "suspend"), av[2], av[4]);
 #undef IS
-  return fail(r, "unknown command\n%s", usage_text);
+  return fail(r, "unknown command\ncommands:\n%s", ctlcmd_usage);
 }
 
 /* ------------------------------------------------------------ answers
@@ -1186,7 +1122,7 @@ void ctl_http_answer(const char *req, struct buf *out)
                         "Content-Length: 10\r\n\r\nnot found\n");
     return;
   }
-  struct metrics_input in = {.nworkers = g.sh->nworkers,
+  struct metrics_input in = {.nworkers = g.sh->nworkers, .adaptive = g.sh->adaptive,
                              .uptime_s = (mono_ms() - g.start_mono_ms) / 1000};
   struct wq *q = wq_new(WOP_STATS);
   in.workers_answered = wq_run(q) == 0;
@@ -1374,6 +1310,7 @@ int ctl_start(char *err, size_t errlen)
     snprintf(err, errlen, "control thread: %s", strerror(errno));
     return -errno;
   }
+  g.log = logs_writer_new(g.sh->logs);
   int rc = pthread_create(&g.thread, NULL, ctl_main, NULL);
   if (rc != 0) {
     snprintf(err, errlen, "control thread: %s", strerror(rc));
@@ -1390,6 +1327,8 @@ void ctl_stop(void)
     pthread_join(g.thread, NULL);
     g.running = false;
   }
+  logs_writer_free(g.log);
+  g.log = NULL;
   if (g.sock_fd >= 0) {
     close(g.sock_fd);
     unlink(g.sock_path);

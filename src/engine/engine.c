@@ -1,14 +1,21 @@
 /* engine.c owns the daemon's run loop: start-up (configuration, logs,
  * spool and recovery, worker threads, ingest), signals (SIGTERM/SIGINT
  * graceful stop, SIGHUP reload, SIGUSR1 log reopen) and shutdown.
- * Main thread only; the spool's ingest thread enters through on_msg. */
+ * Main thread only; the spool's ingest thread enters through on_msg. The
+ * run's state (struct engine_run, with the workers' engine_shared) belongs to
+ * engine_main and reaches the spool's callbacks as their arg. */
 #include "engine.h"
 
+#include "adaptive.h"
+#include "adaptive_conf.h"
+#include "adaptive_queue.h"
+#include "clock.h"
 #include "conf.h"
 #include "counters.h"
 #include "ctl.h"
 #include "impetus_build.h"
 #include "logs.h"
+#include "sdnotify.h"
 #include "panic.h"
 #include "policy.h"
 #include "priv.h"
@@ -30,55 +37,47 @@
 
 #define STOP_DEADLINE_MS 10000u /* in-flight sessions may finish this long */
 
-static struct engine_shared sh;
-static bool recovering;
-
-static uint64_t now_wall_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static uint64_t now_mono_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
+/* One run of the daemon: made by engine_main, which owns it until the
+ * workers are joined; the spool's callbacks get it as their `arg`, so no
+ * state lives at file scope. */
+struct engine_run {
+  struct engine_shared sh;
+  bool recovering; /* spool_recover is handing messages over (no R records) */
+};
 
 static void on_msg(void *arg, struct spool_msg *msg)
 {
-  (void)arg;
-  if (recovering) { /* Lua validate_set_binding again (issue 8) */
-    int rc = policy_recovered(sh.policy, sh.spool, msg);
+  struct engine_run *run = arg;
+  struct engine_shared *sh = &run->sh;
+  if (run->recovering) { /* Lua validate_set_binding again (issue 8) */
+    int rc = policy_recovered(sh->policy, sh->spool, msg);
     if (rc < 0)
-      logs_panic(sh.handover_log, now_wall_ms(), "lua", "recovery: binding change not saved: %s",
+      logs_panic(sh->handover_log, clock_wall_ms(), "lua", "recovery: binding change not saved: %s",
                  strerror(-rc));
   }
-  worker_submit_msg(&sh, msg, !recovering);
+  worker_submit_msg(sh, msg, !run->recovering);
 }
 
 /* After each batch of on_msg calls: its R records leave in one hand-over,
  * then its messages go to the workers. */
 static void on_batch_end(void *arg)
 {
-  (void)arg;
-  worker_submit_flush(&sh);
+  struct engine_run *run = arg;
+  worker_submit_flush(&run->sh);
 }
 
 static int on_ingest(void *arg, struct spool_msg *msg, char *reason, size_t reason_len)
 {
-  (void)arg;
-  return policy_ingest(sh.policy, msg, reason, reason_len);
+  struct engine_run *run = arg;
+  return policy_ingest(run->sh.policy, msg, reason, reason_len);
 }
 
 static void on_bad(void *arg, const char *name, const char *reason)
 {
-  (void)arg;
-  logs_panic(sh.ingest_log, now_wall_ms(), "spool", "%s%s%s", name && *name ? name : "",
+  struct engine_shared *sh = &((struct engine_run *)arg)->sh;
+  logs_panic(sh->ingest_log, clock_wall_ms(), "spool", "%s%s%s", name && *name ? name : "",
              name && *name ? ": " : "", reason);
-  logs_writer_flush(sh.ingest_log);
+  logs_writer_flush(sh->ingest_log);
 }
 
 static struct logs *open_logs(struct conf *c)
@@ -125,7 +124,7 @@ static bool impetus_dir(const char *d)
 
 static void tls_unreadable(void *arg, const char *path, const char *why)
 {
-  logs_panic(arg, now_wall_ms(), "tls", "cannot read %s at start-up (%s): the workers will try "
+  logs_panic(arg, clock_wall_ms(), "tls", "cannot read %s at start-up (%s): the workers will try "
              "it when first used", path, why);
 }
 
@@ -199,10 +198,10 @@ static void drop_root(struct conf *c, struct logs_writer *log, const char *spool
                "run as root (not recommended)",
                user);
   if (r == PRIV_DROPPED)
-    logs_panic(log, now_wall_ms(), "engine", "running as user %s, group %s (uid %u, gid %u)",
+    logs_panic(log, clock_wall_ms(), "engine", "running as user %s, group %s (uid %u, gid %u)",
                user, gname(group), (unsigned)getuid(), (unsigned)getgid());
   else if (r == PRIV_ROOT)
-    logs_panic(log, now_wall_ms(), "engine",
+    logs_panic(log, clock_wall_ms(), "engine",
                "running as root (User = \"%s\"): sessions and Lua run with root's rights", user);
   logs_writer_flush(log);
 }
@@ -217,7 +216,7 @@ static void report_restart_only(void *arg, const char *option, const char *scope
 {
   struct diff_ctx *d = arg;
   d->n++;
-  logs_panic(d->w, now_wall_ms(), "config",
+  logs_panic(d->w, clock_wall_ms(), "config",
              "reload: %s changed in %s (%s -> %s); it takes effect after a restart", option,
              scope ? scope : "global", old_text ? old_text : "(unset)",
              new_text ? new_text : "(unset)");
@@ -227,33 +226,48 @@ static void report_restart_only(void *arg, const char *option, const char *scope
  * new one is broken. The previous snapshot stays referenced until the next
  * reload, so a thread that read the pointer just before the swap can still
  * take its reference. */
-static void reload(const char *path, struct logs_writer *log, struct conf **prev)
+static void reload(struct engine_shared *sh, const char *path, struct logs_writer *log,
+                   struct conf **prev)
 {
   struct conf_error err;
   struct conf *n = conf_load(path, &err);
   if (n == NULL) {
     char text[6000];
-    logs_panic(log, now_wall_ms(), "config", "reload failed, still running the old configuration: %s",
+    logs_panic(log, clock_wall_ms(), "config", "reload failed, still running the old configuration: %s",
                conf_error_str(&err, text, sizeof text));
     logs_writer_flush(log);
     return;
   }
+  /* adaptive delivery: the new rules; adjustments in force are kept */
+  char aerr[1024];
+  struct adaptive_rules *rules = adaptive_conf_rules(n, aerr, sizeof aerr);
+  if (rules == NULL || adaptive_conf_check(n, aerr, sizeof aerr) < 0) {
+    adaptive_rules_free(rules);
+    logs_panic(log, clock_wall_ms(), "config", "reload failed, still running the old configuration: %s",
+               aerr);
+    logs_writer_flush(log);
+    conf_unref(n);
+    return;
+  }
   if (signing_reload(n, &err) < 0) { /* DKIM keys: a bad one keeps the old configuration */
     char text[6000];
-    logs_panic(log, now_wall_ms(), "config", "reload failed, still running the old configuration: %s",
+    adaptive_rules_free(rules);
+    logs_panic(log, clock_wall_ms(), "config", "reload failed, still running the old configuration: %s",
                conf_error_str(&err, text, sizeof text));
     logs_writer_flush(log);
     conf_unref(n);
     return;
   }
-  struct conf *old = atomic_load(&sh.conf);
+  adaptive_set_rules(sh->adaptive, rules);
+  adaptive_queue_ages_load(sh, n, conf_str(conf_global(n), CONF_SPOOLBASE), clock_wall_ms());
+  struct conf *old = atomic_load(&sh->conf);
   struct diff_ctx d = {.w = log};
   conf_restart_diff(old, n, report_restart_only, &d);
-  atomic_store(&sh.conf, n);
-  atomic_fetch_add(&sh.conf_gen, 1);
+  atomic_store(&sh->conf, n);
+  atomic_fetch_add(&sh->conf_gen, 1);
   conf_unref(*prev);
   *prev = old;
-  logs_panic(log, now_wall_ms(), "config", "reloaded %s (%d restart-only change%s not applied)",
+  logs_panic(log, clock_wall_ms(), "config", "reloaded %s (%d restart-only change%s not applied)",
              path, d.n, d.n == 1 ? "" : "s");
   logs_writer_flush(log);
 }
@@ -279,24 +293,32 @@ int engine_main(const char *config_path)
   sigaddset(&set, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-  memset(&sh, 0, sizeof sh);
-  atomic_store(&sh.conf, c);
-  atomic_store(&sh.conf_gen, 1);
-  if (gethostname(sh.hostname, sizeof sh.hostname - 1) != 0)
-    snprintf(sh.hostname, sizeof sh.hostname, "localhost");
+  struct engine_run *run = util_xcalloc(1, sizeof *run);
+  struct engine_shared *sh = &run->sh;
+  atomic_store(&sh->conf, c);
+  atomic_store(&sh->conf_gen, 1);
+  if (gethostname(sh->hostname, sizeof sh->hostname - 1) != 0)
+    snprintf(sh->hostname, sizeof sh->hostname, "localhost");
   ctl_prepare_paths(c); /* ops: log and socket directories */
-  sh.logs = open_logs(c);
-  sh.ingest_log = logs_writer_new(sh.logs);
-  sh.handover_log = logs_writer_new(sh.logs);
-  struct logs_writer *mainlog = logs_writer_new(sh.logs);
-  sh.throttles = throttle_registry_new();
+  sh->logs = open_logs(c);
+  sh->ingest_log = logs_writer_new(sh->logs);
+  sh->handover_log = logs_writer_new(sh->logs);
+  struct logs_writer *mainlog = logs_writer_new(sh->logs);
+  sh->throttles = throttle_registry_new();
+  char aerr[1024];
+  struct adaptive_rules *rules = adaptive_conf_rules(c, aerr, sizeof aerr);
+  if (rules == NULL || adaptive_conf_check(c, aerr, sizeof aerr) < 0)
+    util_fatal("%s", aerr);
+  sh->adaptive = adaptive_new(rules);
+  adaptive_rules_free(rules);
+  adaptive_queue_lua_target(sh->adaptive); /* msys.adaptive.registerRules */
 
   const char *spoolbase = conf_str(g, CONF_SPOOLBASE);
   const char *pickup = conf_str(g, CONF_PICKUP_DIRECTORY);
   if (pickup)
-    snprintf(sh.pickup_dir, sizeof sh.pickup_dir, "%s", pickup);
+    snprintf(sh->pickup_dir, sizeof sh->pickup_dir, "%s", pickup);
   else
-    snprintf(sh.pickup_dir, sizeof sh.pickup_dir, "%s/pickup", spoolbase);
+    snprintf(sh->pickup_dir, sizeof sh->pickup_dir, "%s/pickup", spoolbase);
   char resolver[300];
   struct conf_addr ra = conf_addr(g, CONF_RESOLVER);
   if (ra.host) {
@@ -304,7 +326,7 @@ int engine_main(const char *config_path)
       snprintf(resolver, sizeof resolver, "[%s]:%u", ra.host, ra.port ? ra.port : 53);
     else
       snprintf(resolver, sizeof resolver, "%s:%u", ra.host, ra.port ? ra.port : 53);
-    sh.resolver = resolver;
+    sh->resolver = resolver;
   }
 
   int64_t nw = conf_int(g, CONF_WORKER_THREADS);
@@ -314,67 +336,84 @@ int engine_main(const char *config_path)
     nw = 1;
   if (nw > 256)
     nw = 256;
-  sh.nworkers = (unsigned)nw;
-  sh.workers = util_xcalloc(sh.nworkers, sizeof *sh.workers);
-  if (counters_init(sh.nworkers + 1) < 0) /* ops: slot nworkers = ingest thread */
+  sh->nworkers = (unsigned)nw;
+  sh->workers = util_xcalloc(sh->nworkers, sizeof *sh->workers);
+  if (counters_init(sh->nworkers + 1) < 0) /* ops: slot nworkers = ingest thread */
     util_fatal("out of memory");
 
   int sync = conf_enum(g, CONF_SPOOL_SYNC);
+  char key_file[4096]; /* Spool_Secret_Key_File, default <Spoolbase>.key beside the spool */
+  if (conf_str(g, CONF_SPOOL_SECRET_KEY_FILE))
+    snprintf(key_file, sizeof key_file, "%s", conf_str(g, CONF_SPOOL_SECRET_KEY_FILE));
+  else
+    snprintf(key_file, sizeof key_file, "%.*s.key",
+             (int)(strlen(spoolbase) - (strlen(spoolbase) > 1 && spoolbase[strlen(spoolbase) - 1] == '/')),
+             spoolbase);
   struct spool_params sp = {
     .spoolbase = spoolbase,
     .pickup_dir = pickup,
     .sync = sync == 1 ? SPOOL_SYNC_ALWAYS : sync == 2 ? SPOOL_SYNC_NONE : SPOOL_SYNC_BATCH,
     .max_message_size = conf_size(g, CONF_MAX_MESSAGE_SIZE),
     .keep_dicts_in_memory = conf_bool(g, CONF_KEEP_MESSAGE_DICTS_IN_MEMORY),
+    .secret_key_file = key_file,
     .on_msg = on_msg,
     .on_batch_end = on_batch_end,
     .on_bad = on_bad,
+    .on_note = on_bad, /* the same paniclog line */
+    .arg = run,
   };
   char err[512];
-  /* Lua ingest hooks (a no-op without scripts); sh.policy is made after
+  /* Lua ingest hooks (a no-op without scripts); sh->policy is made after
    * the drop, before the spool claims anything. */
   sp.on_ingest = on_ingest;
   sp.on_sign = signing_on_sign; /* DKIM: once per message, at ingest */
   sp.on_sign_batch = signing_on_sign_batch; /* a read-ahead group on every core */
-  sh.spool = spool_open(&sp, err, sizeof err);
-  if (sh.spool == NULL)
+  sh->spool = spool_open(&sp, err, sizeof err);
+  if (sh->spool == NULL)
     util_fatal("spool: %s", err);
 
-  if (ctl_open(&sh, config_path, err, sizeof err) < 0) /* ops: before leaving root */
+  if (ctl_open(sh, config_path, err, sizeof err) < 0) /* ops: before leaving root */
     util_fatal("%s", err);
   tlskeys_preload(c, tls_unreadable, mainlog); /* client certificates and keys, as root */
-  if (signing_init(c, sh.ingest_log, &cerr) < 0) { /* DKIM keys, as root */
+  if (signing_init(c, sh->ingest_log, &cerr) < 0) { /* DKIM keys, as root */
     char text[6000];
     util_fatal("%s", conf_error_str(&cerr, text, sizeof text));
   }
   /* Everything that needs root is open: leave it before any Lua runs
    * (scripts are compiled and run by policy_new) and any worker starts. */
   drop_root(c, mainlog, spoolbase, pickup);
-  sh.policy = policy_new(c, &sh.conf, sh.ingest_log, sh.nworkers, err, sizeof err);
-  if (sh.policy == NULL)
+  adaptive_queue_ages_load(sh, c, spoolbase, clock_wall_ms()); /* warm-up: bindings' ages */
+  sh->policy = policy_new(c, &sh->conf, sh->ingest_log, sh->nworkers, err, sizeof err);
+  if (sh->policy == NULL)
     util_fatal("lua: %s", err);
 
-  for (unsigned i = 0; i < sh.nworkers; i++)
-    if (worker_start(&sh, i, err, sizeof err) == NULL)
+  for (unsigned i = 0; i < sh->nworkers; i++)
+    if (worker_start(sh, i, err, sizeof err) == NULL)
       util_fatal("%s", err);
 
-  recovering = true;
-  long rec = spool_recover(sh.spool);
-  recovering = false;
+  run->recovering = true;
+  long rec = spool_recover(sh->spool);
+  run->recovering = false;
   if (rec < 0)
     util_fatal("spool recovery: %s", strerror((int)-rec));
-  int rc = spool_start(sh.spool);
+  int rc = spool_start(sh->spool);
   if (rc < 0)
     util_fatal("spool ingest: %s", strerror(-rc));
   if (ctl_start(err, sizeof err) < 0) /* ops: console + metrics */
     util_fatal("%s", err);
 
-  logs_panic(mainlog, now_wall_ms(), "engine",
+  logs_panic(mainlog, clock_wall_ms(), "engine",
              "impetus %s started: %s, %u worker%s, %ld message%s recovered", IMPETUS_VERSION,
-             config_path, sh.nworkers, sh.nworkers == 1 ? "" : "s", rec, rec == 1 ? "" : "s");
+             config_path, sh->nworkers, sh->nworkers == 1 ? "" : "s", rec, rec == 1 ? "" : "s");
   logs_writer_flush(mainlog);
   fprintf(stderr, "impetus %s: running with %s (%u workers; SIGTERM stops)\n", IMPETUS_VERSION,
-          config_path, sh.nworkers);
+          config_path, sh->nworkers);
+  {
+    char st[512];
+    snprintf(st, sizeof st, "READY=1\nMAINPID=%ld\nSTATUS=running %s, %u workers", (long)getpid(),
+             config_path, sh->nworkers);
+    sdnotify(st); /* systemd Type=notify; nothing without NOTIFY_SOCKET */
+  }
 
   /* ec_logger / bounce_logger heartbeat: an M record every N seconds */
   int64_t hb = 0;
@@ -388,7 +427,7 @@ int engine_main(const char *config_path)
     int sig = sigtimedwait(&set, &si, &to);
     if (sig < 0) {
       if (errno == EAGAIN && hb > 0) {
-        logs_heartbeat(mainlog, now_wall_ms());
+        logs_heartbeat(mainlog, clock_wall_ms());
         logs_writer_flush(mainlog);
       }
       continue;
@@ -396,44 +435,56 @@ int engine_main(const char *config_path)
     if (sig == SIGTERM || sig == SIGINT)
       break;
     if (sig == SIGHUP) {
-      reload(config_path, mainlog, &prev);
-      if (policy_reload(sh.policy, atomic_load(&sh.conf), err, sizeof err) < 0)
-        logs_panic(mainlog, now_wall_ms(), "lua", "reload rejected, the old scripts stay: %s", err);
-      else if (policy_has_scripts(sh.policy))
-        logs_panic(mainlog, now_wall_ms(), "lua", "scripts reloaded");
+      sdnotify("RELOADING=1");
+      reload(sh, config_path, mainlog, &prev);
+      if (policy_reload(sh->policy, atomic_load(&sh->conf), err, sizeof err) < 0)
+        logs_panic(mainlog, clock_wall_ms(), "lua", "reload rejected, the old scripts stay: %s", err);
+      else if (policy_has_scripts(sh->policy))
+        logs_panic(mainlog, clock_wall_ms(), "lua", "scripts reloaded");
       logs_writer_flush(mainlog);
+      sdnotify("READY=1");
     }
-    else if (sig == SIGUSR1)
-      logs_reopen(sh.logs);
+    else if (sig == SIGUSR1) {
+      char why[1024];
+      if (logs_reopen_wait(sh->logs, why, sizeof why) < 0) {
+        logs_panic(mainlog, clock_wall_ms(), "logs", "reopen failed: %s; still writing to the old file",
+                   why);
+        logs_writer_flush(mainlog);
+      }
+    }
   }
 
   /* graceful stop: stop claiming, let sessions finish, persist, exit 0 */
+  sdnotify("STOPPING=1");
   ctl_stop();
-  logs_panic(mainlog, now_wall_ms(), "engine", "stopping");
+  logs_panic(mainlog, clock_wall_ms(), "engine", "stopping");
   logs_writer_flush(mainlog);
-  spool_stop(sh.spool);
-  worker_submit_flush(&sh); /* a batch cut short by the stop (normally none) */
-  uint64_t deadline = now_mono_ms() + STOP_DEADLINE_MS;
-  for (unsigned i = 0; i < sh.nworkers; i++)
-    worker_stop(sh.workers[i], deadline);
-  for (unsigned i = 0; i < sh.nworkers; i++)
-    worker_join(sh.workers[i]);
-  logs_writer_free(sh.ingest_log);
-  logs_writer_free(sh.handover_log);
-  free(sh.pend);
-  spool_close(sh.spool);
+  spool_stop(sh->spool);
+  worker_submit_flush(sh); /* a batch cut short by the stop (normally none) */
+  uint64_t deadline = clock_mono_ns() / 1000000u + STOP_DEADLINE_MS;
+  for (unsigned i = 0; i < sh->nworkers; i++)
+    worker_stop(sh->workers[i], deadline);
+  for (unsigned i = 0; i < sh->nworkers; i++)
+    worker_join(sh->workers[i]);
+  logs_writer_free(sh->ingest_log);
+  logs_writer_free(sh->handover_log);
+  free(sh->pend);
+  spool_close(sh->spool);
   signing_done(); /* the signer pool, after the ingest thread */
-  worker_free_leftovers(&sh);
-  policy_free(sh.policy);
-  free(sh.workers);
+  worker_free_leftovers(sh);
+  policy_free(sh->policy);
+  free(sh->workers);
   tlskeys_free();
-  logs_panic(mainlog, now_wall_ms(), "engine", "stopped");
+  logs_panic(mainlog, clock_wall_ms(), "engine", "stopped");
   logs_writer_free(mainlog);
-  logs_close(sh.logs);
-  throttle_registry_free(sh.throttles);
+  logs_close(sh->logs);
+  throttle_registry_free(sh->throttles);
+  adaptive_queue_lua_target(NULL);
+  adaptive_free(sh->adaptive);
   counters_done();
   conf_unref(prev);
-  conf_unref(atomic_load(&sh.conf));
+  conf_unref(atomic_load(&sh->conf));
+  free(run);
   fprintf(stderr, "impetus: stopped\n");
   return 0;
 }

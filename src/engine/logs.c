@@ -55,6 +55,11 @@ struct logs {
   pthread_t thread;
   atomic_bool stop;
   atomic_bool reopen;
+  /* the last reopen's failures ("path: reason; ..."), for logs_reopen_wait:
+   * written by the writer thread, read after a logs_sync marker */
+  pthread_mutex_t reopen_mu;
+  char reopen_err[1024];
+  int reopen_rc;
   _Atomic uint64_t dropped;
 };
 
@@ -74,15 +79,30 @@ static int open_one(const char *path, unsigned mode)
 
 static void reopen_all(struct logs *l)
 {
+  char err[sizeof l->reopen_err] = "";
+  size_t n = 0;
+  int rc = 0;
   for (int i = 0; i < F_COUNT; i++) {
     if (l->path[i] == NULL)
       continue;
     int fd = open_one(l->path[i], l->mode[i]);
-    if (fd < 0)
-      continue; /* keep writing to the old file rather than losing lines */
+    if (fd < 0) {
+      /* keep writing to the old file rather than losing lines */
+      if (rc == 0)
+        rc = fd;
+      int w = snprintf(err + n, sizeof err - n, "%s%s: %s", n ? "; " : "", l->path[i],
+                       strerror(-fd));
+      if (w > 0 && (size_t)w < sizeof err - n)
+        n += (size_t)w;
+      continue;
+    }
     close(l->fd[i]);
     l->fd[i] = fd;
   }
+  pthread_mutex_lock(&l->reopen_mu);
+  memcpy(l->reopen_err, err, sizeof err);
+  l->reopen_rc = rc;
+  pthread_mutex_unlock(&l->reopen_mu);
 }
 
 static void write_all(struct logs *l, int f, struct iovec *iov, int n, size_t total)
@@ -228,6 +248,7 @@ static void hand_over(struct logs *l, struct batch *b)
 struct logs *logs_open(const struct logs_config *c, char *err, size_t errlen)
 {
   struct logs *l = util_xcalloc(1, sizeof *l);
+  pthread_mutex_init(&l->reopen_mu, NULL);
   const char *paths[F_COUNT] = {c->mainlog, c->paniclog, c->bouncelog, c->jsonlog};
   const unsigned modes[F_COUNT] = {c->mainlog_mode, c->paniclog_mode, c->bouncelog_mode,
                                    c->jsonlog_mode};
@@ -283,6 +304,7 @@ void logs_close(struct logs *l)
     free(l->path[i]);
   }
   close(l->efd);
+  pthread_mutex_destroy(&l->reopen_mu);
   free(l);
 }
 
@@ -290,6 +312,18 @@ void logs_reopen(struct logs *l)
 {
   atomic_store(&l->reopen, true);
   wake(l);
+}
+
+int logs_reopen_wait(struct logs *l, char *err, size_t errlen)
+{
+  logs_reopen(l);
+  logs_sync(l); /* the writer reopens before it writes this marker */
+  pthread_mutex_lock(&l->reopen_mu);
+  int rc = l->reopen_rc;
+  if (err && errlen)
+    snprintf(err, errlen, "%s", l->reopen_err);
+  pthread_mutex_unlock(&l->reopen_mu);
+  return rc;
 }
 
 void logs_sync(struct logs *l)
@@ -496,22 +530,9 @@ static void json_str(struct buf *b, const char *key, const char *s, size_t max)
   buf_append(b, "\":\"", 3);
   if (max > LOGS_TEXT_MAX + 1)
     max = LOGS_TEXT_MAX + 1;
-  buf_reserve(b, 2 * max + 1);
-  char *start = (char *)b->data + b->len;
-  size_t n = logs_sanitise(start, max, s, true);
-  size_t extra = 0;
-  for (size_t i = 0; i < n; i++)
-    extra += start[i] == '"' || start[i] == '\\';
-  if (extra) { /* escape from the end backwards, in place */
-    char *src = start + n, *dst = start + n + extra;
-    while (src > start) {
-      char c = *--src;
-      *--dst = c;
-      if (c == '"' || c == '\\')
-        *--dst = '\\';
-    }
-  }
-  b->len += n + extra;
+  char clean[LOGS_TEXT_MAX + 1];
+  size_t n = logs_sanitise(clean, max, s, true);
+  buf_append_json(b, clean, n, 0);
   buf_append(b, "\"", 1);
 }
 

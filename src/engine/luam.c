@@ -6,11 +6,13 @@
  * when its call ends). Every function except luam_check and
  * luam_resolve_source runs on the thread that created the state. */
 #include "luam.h"
+#include "authkeys.h"
+#include "adaptive_queue.h"
 #include "luam_ds.h"
 #include "luam_job.h"
 
 #include "clock.h"
-#include "impetus_build.h"
+#include "paths.h"
 #include "panic.h"
 
 #include <errno.h>
@@ -133,6 +135,7 @@ struct luam {
   uint64_t max_instr, max_time_ms;
   size_t max_mem;
   bool jit;
+  bool full_lua; /* scriptlet sandbox = false */
   struct luam_ds *ds;
   struct lcall *pending;
   unsigned npending;
@@ -299,35 +302,36 @@ static int check_ctx(lua_State *L, int idx)
 #define NEED(c, op) \
   do { if (!(c)->ops->op) return luaL_error(L, "msg: %s is not supported here", #op); } while (0)
 
-static const char *const auth_fallback_keys[][2] = {
-  {"outbound_smtp_auth_key", "outbound_smtp_auth_key"},
-  {"outbound_smtp_auth_type", "outbound_smtp_auth_type"},
-  {"outbound_smtp_auth_user", "outbound_smtp_auth_user"},
-};
-
-/* Context lookup; inside outbound_smtp_auth_config, the _key/_type/_user
- * message-context keys fall back to the configured value for the scope. */
+/* Context lookup; inside outbound_smtp_auth_config, a message-context
+ * key of outbound_smtp_auth (not the password) that the message does not
+ * set shows what the unit will use: authkeys' rule over the configured
+ * value for the scope (false there = off = nil). */
 static const char *ctx_lookup(struct lcall *c, int which, const char *key, size_t *len)
 {
   if (!c->ops->ctx_get)
     return NULL;
   const char *v = c->ops->ctx_get(c->msg, which, key, len);
-  if (v || which != LUAM_CTX_MESS || c->hook != LUAM_HOOK_OUTBOUND_SMTP_AUTH_CONFIG)
+  int k = -1;
+  if (v || which != LUAM_CTX_MESS || c->hook != LUAM_HOOK_OUTBOUND_SMTP_AUTH_CONFIG ||
+      (k = authkeys_find(key)) < 0 || k == AUTHKEY_PASS)
     return v;
   const struct luam_host *h = &c->ls->lm->host;
   if (!h->eval)
     return NULL;
-  for (size_t i = 0; i < UTIL_ARRAY_LEN(auth_fallback_keys); i++) {
-    if (strcmp(key, auth_fallback_keys[i][0]) != 0)
-      continue;
-    const char *bg = c->ops->binding_group ? c->ops->binding_group(c->msg) : NULL;
-    const char *b = c->ops->binding ? c->ops->binding(c->msg) : NULL;
-    v = h->eval(h->arg, bg, b, c->domain, auth_fallback_keys[i][1]);
-    if (v)
-      *len = strlen(v);
-    return v;
+  const char *mess[AUTHKEY__COUNT], *conf[AUTHKEY__COUNT] = {0};
+  for (int i = 0; i < AUTHKEY__COUNT; i++) {
+    size_t l;
+    mess[i] = c->ops->ctx_get(c->msg, which, authkeys_ctx_key((enum authkey)i), &l);
   }
-  return NULL;
+  const char *bg = c->ops->binding_group ? c->ops->binding_group(c->msg) : NULL;
+  const char *b = c->ops->binding ? c->ops->binding(c->msg) : NULL;
+  conf[k] = h->eval(h->arg, bg, b, c->domain, authkeys_option((enum authkey)k));
+  if (conf[k] && !strcasecmp(conf[k], "false"))
+    conf[k] = NULL;
+  v = authkeys_pick((enum authkey)k, mess, conf);
+  if (v)
+    *len = strlen(v);
+  return v;
 }
 
 static int m_context_get(lua_State *L)
@@ -914,7 +918,33 @@ static int c_db_submit(lua_State *L)
   return 0;
 }
 
+/* msys.adaptive.registerRules (boot.lua flattens Momentum's rule tables):
+ * one rule as a table of string fields, and whether it clears the rules
+ * first (mode "replace"). Errors are raised to the script. */
+static int c_adaptive_rule(lua_State *L)
+{
+  luaL_checktype(L, 1, LUA_TTABLE);
+  bool clear = lua_toboolean(L, 2);
+  const char *kv[2 * 16];
+  size_t n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    /* strings only (boot.lua makes them): they stay alive in the table */
+    if (n < 16 && lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING) {
+      kv[2 * n] = lua_tostring(L, -2);
+      kv[2 * n + 1] = lua_tostring(L, -1);
+      n++;
+    }
+    lua_pop(L, 1);
+  }
+  char err[300];
+  if (adaptive_queue_lua_rule(kv, n, clear, err, sizeof err) < 0)
+    return luaL_error(L, "msys.adaptive.registerRules: %s", err);
+  return 0;
+}
+
 static const luaL_Reg boot_funcs[] = {
+  {"adaptive_rule", c_adaptive_rule},
   {"print", c_print},
   {"warn", c_warn},
   {"report", c_report},
@@ -1012,6 +1042,52 @@ static int state_pcall(struct lstate *ls, int nargs, int nres, char *err, size_t
 }
 
 /* Build a complete state: libraries, boot.lua, then every script. */
+/* The scriptlet sandbox (docs/lua.md "Trust model"), run on a fresh state
+ * before boot.lua and the scripts: no files, processes, environment, FFI,
+ * debug library, JIT switches, bytecode or C modules. What stays: base
+ * (load/loadstring text only), string, table, math, bit, coroutine,
+ * os.time/clock/date/difftime, jit.status/version, require of Lua files on
+ * package.path (the bundled library and the scripts' directories). */
+static const char sandbox_lua[] =
+  "local os0, jit0, package, loaded = os, jit, package, package.loaded\n"
+  "local safe_os = { time = os0.time, clock = os0.clock, date = os0.date, difftime = os0.difftime }\n"
+  "local safe_jit = jit0 and { version = jit0.version, version_num = jit0.version_num,\n"
+  "                           os = jit0.os, arch = jit0.arch, status = jit0.status }\n"
+  "io, debug, dofile, loadfile = nil, nil, nil, nil\n"
+  "os, jit = safe_os, safe_jit\n"
+  "loaded.io, loaded.debug, loaded.ffi, loaded.os, loaded.jit = nil, nil, nil, safe_os, safe_jit\n"
+  "for k in pairs(package.preload) do package.preload[k] = nil end\n"
+  "package.loadlib, package.cpath = nil, ''\n"
+  "package.loaders[4], package.loaders[3] = nil, nil\n"
+  "local load0, loadstring0 = load, loadstring\n"
+  "load = function(chunk, name) return load0(chunk, name, 't') end\n"
+  "loadstring = function(s, name) return loadstring0(s, name, 't') end\n";
+
+/* package.cpath without entries relative to the working directory (full
+ * Lua keeps the system's C module directories). */
+static void cpath_no_dot(lua_State *L)
+{
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "cpath");
+  const char *cp = lua_tostring(L, -1);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  bool first = true;
+  while (cp && *cp) {
+    size_t n = strcspn(cp, ";");
+    if (n > 0 && strncmp(cp, "./", 2) != 0) {
+      if (!first)
+        luaL_addchar(&b, ';');
+      luaL_addlstring(&b, cp, n);
+      first = false;
+    }
+    cp += n + (cp[n] == ';');
+  }
+  luaL_pushresult(&b);
+  lua_setfield(L, -3, "cpath");
+  lua_pop(L, 2);
+}
+
 static struct lstate *state_new(struct luam *lm, char *err, size_t errlen)
 {
   struct lstate *ls = util_xcalloc(1, sizeof *ls);
@@ -1032,6 +1108,11 @@ static struct lstate *state_new(struct luam *lm, char *err, size_t errlen)
   }
   lua_State *L = ls->L;
   luaL_openlibs(L);
+  cpath_no_dot(L);
+  if (!lm->full_lua &&
+      (luaL_loadbuffer(L, sandbox_lua, sizeof sandbox_lua - 1, "=sandbox") != 0 ||
+       lua_pcall(L, 0, 0, 0) != 0))
+    util_panic("luam: sandbox: %s", lua_tostring(L, -1));
   if (!lm->jit)
     luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
   lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
@@ -1145,7 +1226,7 @@ static void state_recreate(struct luam *lm)
 static void apply_opts(struct luam *lm, const struct luam_opts *o)
 {
   free(lm->libdir);
-  lm->libdir = util_xstrdup(o->libdir ? o->libdir : IMPETUS_SOURCE_ROOT "/lua");
+  lm->libdir = util_xstrdup(o->libdir ? o->libdir : paths_lua_dir());
   free(lm->boot_chunk);
   size_t bl = strlen(lm->libdir) + sizeof "@/impetus/boot.lua";
   lm->boot_chunk = util_xmalloc(bl);
@@ -1154,13 +1235,14 @@ static void apply_opts(struct luam *lm, const struct luam_opts *o)
   lm->max_time_ms = o->max_time_ms ? o->max_time_ms : LUAM_DEFAULT_MAX_TIME_MS;
   lm->max_mem = o->max_memory ? o->max_memory : LUAM_DEFAULT_MAX_MEMORY;
   lm->jit = o->jit;
+  lm->full_lua = o->full_lua;
   lm->ds = o->ds;
 }
 
 int luam_resolve_source(const char *source, const char *conf_dir, const char *libdir,
                         char *out, size_t outlen)
 {
-  const char *dirs[2] = {conf_dir, libdir ? libdir : IMPETUS_SOURCE_ROOT "/lua"};
+  const char *dirs[2] = {conf_dir, libdir ? libdir : paths_lua_dir()};
   char dotted[1024];
   if (strlen(source) >= sizeof dotted)
     return -ENAMETOOLONG;
@@ -1372,6 +1454,7 @@ int luam_reload(struct luam *lm, const struct luam_opts *opts, char *err, size_t
   lm->max_time_ms = tmp.max_time_ms;
   lm->max_mem = tmp.max_mem;
   lm->jit = tmp.jit;
+  lm->full_lua = tmp.full_lua;
   lm->ds = tmp.ds;
   struct lstate *old = lm->cur;
   lm->cur = fresh;

@@ -27,7 +27,7 @@ static char *conf_dir_of(const struct conf *c)
   return util_xstrndup(p, (size_t)(slash - p));
 }
 
-/* The scriptlet stanza's safety budgets. Repeated scriptlet stanzas merge
+/* The scriptlet stanza's safety budgets and sandbox. Repeated scriptlet stanzas merge
  * (as in Momentum): the last one that sets an option wins. Without a
  * stanza the luam defaults apply (no script runs anyway). */
 static int budgets_load(struct luam_opts *o, struct conf *c, char *err, size_t errlen)
@@ -35,7 +35,7 @@ static int budgets_load(struct luam_opts *o, struct conf *c, char *err, size_t e
   const struct conf_stanza *first = conf_stanza_first(c, "scriptlet");
   if (!first)
     return 0;
-  const struct conf_view *iv = conf_stanza_view(first), *tv = iv, *mv = iv, *jv = iv;
+  const struct conf_view *iv = conf_stanza_view(first), *tv = iv, *mv = iv, *jv = iv, *sv = iv;
   for (const struct conf_stanza *sl = first; sl; sl = conf_stanza_next(sl)) {
     const struct conf_view *v = conf_stanza_view(sl);
     if (conf_is_set(v, CONF_SCRIPTLET_MAX_HOOK_INSTRUCTIONS))
@@ -46,6 +46,8 @@ static int budgets_load(struct luam_opts *o, struct conf *c, char *err, size_t e
       mv = v;
     if (conf_is_set(v, CONF_SCRIPTLET_JIT))
       jv = v;
+    if (conf_is_set(v, CONF_SCRIPTLET_SANDBOX))
+      sv = v;
   }
   int64_t instr = conf_int(iv, CONF_SCRIPTLET_MAX_HOOK_INSTRUCTIONS);
   int64_t ms = conf_int(tv, CONF_SCRIPTLET_MAX_HOOK_TIME_MS);
@@ -61,6 +63,7 @@ static int budgets_load(struct luam_opts *o, struct conf *c, char *err, size_t e
   o->max_time_ms = (uint64_t)ms;
   o->max_memory = mem > SIZE_MAX ? SIZE_MAX : (size_t)mem;
   o->jit = conf_bool(jv, CONF_SCRIPTLET_JIT);
+  o->full_lua = !conf_bool(sv, CONF_SCRIPTLET_SANDBOX);
   return 0;
 }
 

@@ -8,6 +8,7 @@
 #include "panic.h"
 
 #include <errno.h>
+#include <sys/stat.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -220,25 +221,56 @@ static void *pool_main(void *arg)
   return NULL;
 }
 
-struct luam_ds *luam_ds_new(const struct luam_ds_conf *confs, size_t n, unsigned threads,
-                            char *err, size_t errlen)
+/* The file a "sqlite:PATH" or "sqlite://PATH" uri names. */
+static const char *sqlite_path(const char *uri)
+{
+  const char *p = uri + 7;
+  return strncmp(p, "//", 2) == 0 ? p + 2 : p; /* sqlite:///abs/path */
+}
+
+static int validate(const struct luam_ds_conf *confs, size_t n, char *err, size_t errlen)
 {
   for (size_t i = 0; i < n; i++) {
     if (!confs[i].name || !confs[i].uri) {
       snprintf(err, errlen, "datasource %zu: missing name or uri", i);
-      return NULL;
+      return -EINVAL;
     }
     if (strncmp(confs[i].uri, "sqlite:", 7) != 0 || !confs[i].uri[7]) {
       snprintf(err, errlen, "datasource %s: unsupported uri \"%s\" (only sqlite:/path)",
                confs[i].name, confs[i].uri);
-      return NULL;
+      return -EINVAL;
     }
     for (size_t j = 0; j < i; j++)
       if (strcmp(confs[i].name, confs[j].name) == 0) {
         snprintf(err, errlen, "datasource %s: defined twice", confs[i].name);
-        return NULL;
+        return -EINVAL;
       }
   }
+  return 0;
+}
+
+int luam_ds_check(const struct luam_ds_conf *confs, size_t n, char *err, size_t errlen)
+{
+  if (validate(confs, n, err, errlen) < 0)
+    return -EINVAL;
+  for (size_t i = 0; i < n; i++) {
+    struct stat st;
+    const char *path = sqlite_path(confs[i].uri);
+    int r = stat(path, &st) < 0 ? -errno : S_ISREG(st.st_mode) ? 0 : -EISDIR;
+    if (r < 0) {
+      snprintf(err, errlen, "datasource %s: \"%s\": %s", confs[i].name, path,
+               r == -EISDIR ? "not a regular file" : strerror(-r));
+      return -EINVAL;
+    }
+  }
+  return 0;
+}
+
+struct luam_ds *luam_ds_new(const struct luam_ds_conf *confs, size_t n, unsigned threads,
+                            char *err, size_t errlen)
+{
+  if (validate(confs, n, err, errlen) < 0)
+    return NULL;
   struct luam_ds *ds = util_xcalloc(1, sizeof *ds);
   ds->n = n;
   ds->confs = util_xcalloc(n ? n : 1, sizeof *ds->confs);
@@ -249,10 +281,7 @@ struct luam_ds *luam_ds_new(const struct luam_ds_conf *confs, size_t n, unsigned
     ds->confs[i] = confs[i];
     ds->confs[i].name = ds->names[i] = util_xstrdup(confs[i].name);
     ds->confs[i].uri = ds->uris[i] = util_xstrdup(confs[i].uri);
-    const char *p = confs[i].uri + 7;
-    if (strncmp(p, "//", 2) == 0) /* sqlite:///abs/path */
-      p += 2;
-    ds->paths[i] = util_xstrdup(p);
+    ds->paths[i] = util_xstrdup(sqlite_path(confs[i].uri));
   }
   pthread_mutex_init(&ds->mu, NULL);
   pthread_cond_init(&ds->cv, NULL);

@@ -3,6 +3,7 @@
  * Control thread only. */
 #include "metrics.h"
 
+#include "adaptive.h"
 #include "buf.h"
 #include "counters.h"
 #include "histo.h"
@@ -174,6 +175,17 @@ void metrics_render(struct buf *b, const struct metrics_input *in)
              (unsigned long long)hs->le[HISTO_BUCKETS]);
   buf_printf(b, "impetus_spool_sync_seconds_sum %.9f\n", (double)hs->sum_ns / 1e9);
   buf_printf(b, "impetus_spool_sync_seconds_count %llu\n", (unsigned long long)hs->le[HISTO_BUCKETS]);
+
+  if (in->adaptive) { /* adaptive delivery (adaptive.c) */
+    head(b, "impetus_adaptive_adjustments_total", "counter",
+         "Adaptive adjustments made, by action (each also logged once to the paniclog).");
+    for (unsigned k = 0; k < ADAPTIVE_ACT__COUNT; k++)
+      buf_printf(b, "impetus_adaptive_adjustments_total{action=\"%s\"} %llu\n",
+                 adaptive_action_name((enum adaptive_action)k),
+                 (unsigned long long)adaptive_made_total(in->adaptive, (enum adaptive_action)k));
+    head(b, "impetus_adaptive_in_force", "gauge", "Adaptive adjustments in force now.");
+    buf_printf(b, "impetus_adaptive_in_force %zu\n", adaptive_in_force(in->adaptive));
+  }
 
   head(b, "impetus_ring_ops_inflight", "gauge", "io_uring operations in flight per worker.");
   for (unsigned i = 0; i < in->nworkers; i++)

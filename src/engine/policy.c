@@ -13,6 +13,7 @@
  * thread and, once per reload, on each worker. */
 #include "policy.h"
 
+#include "clock.h"
 #include "conf.h"
 #include "counters.h"
 #include "ctx.h"
@@ -67,13 +68,6 @@ struct policy_worker {
 _Static_assert(LUAM_HOOK_COUNT <= COUNTERS_LUA_HOOKS && LUAM_EV_COUNT <= COUNTERS_LUA_EVENTS,
                "counters.h must have room for every Lua hook and event");
 
-static uint64_t wall_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static void snap_unref(struct policy *p, struct snap *s)
 {
   if (s == NULL)
@@ -114,7 +108,7 @@ static void w_log(void *arg, int level, const char *script, const char *text)
 {
   struct policy_worker *pw = arg;
   static const char *lv[] = {"error", "warning", "notice", "debug"};
-  logs_panic(pw->log, wall_ms(), "lua", "[%s] %s: %s", script ? script : "-",
+  logs_panic(pw->log, clock_wall_ms(), "lua", "[%s] %s: %s", script ? script : "-",
              lv[level >= 0 && level < 4 ? level : 3], text);
 }
 
@@ -142,7 +136,7 @@ static void i_log(void *arg, int level, const char *script, const char *text)
 {
   struct policy *p = arg;
   static const char *lv[] = {"error", "warning", "notice", "debug"};
-  logs_panic(p->ingest_log, wall_ms(), "lua", "[%s] %s: %s", script ? script : "-",
+  logs_panic(p->ingest_log, clock_wall_ms(), "lua", "[%s] %s: %s", script ? script : "-",
              lv[level >= 0 && level < 4 ? level : 3], text);
 }
 
@@ -190,6 +184,24 @@ struct policy *policy_new(struct conf *c, _Atomic(struct conf *) *live_conf,
     }
   }
   return p;
+}
+
+int policy_check(struct conf *c, char *err, size_t errlen)
+{
+  struct luam_conf lc;
+  if (luam_conf_load(&lc, c, NULL, err, errlen) < 0)
+    return -EINVAL;
+  int r = luam_ds_check(lc.ds, lc.nds, err, errlen);
+  struct luam_ds *ds = NULL; /* as policy_new: a script's top level may query */
+  if (r == 0 && lc.opts.nscripts > 0 && lc.nds > 0 &&
+      (ds = luam_ds_new(lc.ds, lc.nds, 1, err, errlen)) == NULL)
+    r = -EINVAL;
+  lc.opts.ds = ds;
+  if (r == 0 && lc.opts.nscripts > 0)
+    r = luam_check(&lc.opts, err, errlen);
+  luam_ds_free(ds);
+  luam_conf_done(&lc);
+  return r < 0 ? -EINVAL : 0;
 }
 
 int policy_reload(struct policy *p, struct conf *c, char *err, size_t errlen)

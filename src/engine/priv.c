@@ -21,10 +21,12 @@ static int chown_err;
 
 static int chown_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
-  (void)st;
   (void)flag;
   (void)ftw;
-  if (lchown(path, chown_uid, chown_gid) < 0 && errno != ENOENT && !chown_err)
+  /* A sticky directory is a submission directory (pickup/ 1730
+   * impetus:impetus-submit, docs/security.md): its group stays. */
+  gid_t gid = st && S_ISDIR(st->st_mode) && (st->st_mode & S_ISVTX) ? (gid_t)-1 : chown_gid;
+  if (lchown(path, chown_uid, gid) < 0 && errno != ENOENT && !chown_err)
     chown_err = -errno;
   return 0;
 }
@@ -75,7 +77,16 @@ int priv_drop(const char *user, const char *group, int user_explicit, const char
     snprintf(err, errlen, "cannot give the spool and logs to %s: %s", user, strerror(-chown_err));
     return chown_err;
   }
-  if (setgroups(1, &gid) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0) {
+  /* the user's groups from the group database (as initgroups does), so a
+   * member of impetus-submit reads what impetus-inject queued */
+  gid_t groups[64];
+  int ngroups = (int)(sizeof groups / sizeof groups[0]);
+  if (getgrouplist(user, gid, groups, &ngroups) < 0) {
+    groups[0] = gid;
+    ngroups = 1;
+  }
+  if (setgroups((size_t)ngroups, groups) < 0 || setresgid(gid, gid, gid) < 0 ||
+      setresuid(uid, uid, uid) < 0) {
     int e = errno;
     snprintf(err, errlen, "cannot become %s: %s", user, strerror(e));
     return -e;

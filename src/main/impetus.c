@@ -6,8 +6,11 @@
 #include "buf.h"
 #include "conf.h"
 #include "dkim_conf.h"
+#include "ctlcmd.h"
 #include "engine.h"
 #include "impetus_build.h"
+#include "paths.h"
+#include "policy.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -38,16 +41,6 @@ static void usage(FILE *out)
           "Without -c the bundled default configuration is used.\n");
 }
 
-/* The bundled default configuration: the installed copy if there is one,
- * else the one in the source tree this binary was built from. */
-static const char *default_config(void)
-{
-  static const char installed[] = IMPETUS_SYSCONFDIR "/impetus.conf";
-  if (access(installed, R_OK) == 0)
-    return installed;
-  return IMPETUS_SOURCE_ROOT "/etc/impetus.conf";
-}
-
 static struct conf *load_or_report(const char *path)
 {
   struct conf_error err;
@@ -59,33 +52,21 @@ static struct conf *load_or_report(const char *path)
   return c;
 }
 
-/* --eval-config arguments: [binding_group G] [binding B] [domain D] OPTION */
+/* --eval-config arguments: [binding_group G] [binding B] [domain D] OPTION
+ * (parsed by ctlcmd, as the console's `config eval`) */
 static int eval_config(const char *path, bool show_secrets, int argc, char **argv)
 {
-  const char *group = NULL, *binding = NULL, *domain = NULL, *option = NULL;
-  for (int i = 0; i < argc; i++) {
-    if (i + 1 < argc && !strcasecmp(argv[i], "binding_group"))
-      group = argv[++i];
-    else if (i + 1 < argc && !strcasecmp(argv[i], "binding"))
-      binding = argv[++i];
-    else if (i + 1 < argc && !strcasecmp(argv[i], "domain"))
-      domain = argv[++i];
-    else if (i + 1 == argc)
-      option = argv[i];
-    else {
-      fprintf(stderr, "impetus: --eval-config: unexpected '%s'\n", argv[i]);
-      return 2;
-    }
-  }
-  if (!option) {
-    usage(stderr);
+  struct ctlcmd_eval e;
+  char why[256];
+  if (ctlcmd_eval_args(argc, argv, &e, why, sizeof why) < 0) {
+    fprintf(stderr, "impetus: --eval-config: %s\n", why);
     return 2;
   }
   struct conf *c = load_or_report(path);
   if (!c)
     return 1;
   struct buf out = {0};
-  int r = conf_eval(c, group, binding, domain, option, show_secrets ? CONF_EVAL_SHOW_SECRETS : 0, &out);
+  int r = conf_eval(c, e.group, e.binding, e.domain, e.option, show_secrets ? CONF_EVAL_SHOW_SECRETS : 0, &out);
   buf_append(&out, "", 1);
   if (r < 0)
     fprintf(stderr, "impetus: %s\n", (const char *)buf_head(&out));
@@ -187,27 +168,31 @@ int main(int argc, char **argv)
       return 2;
     }
   }
-  const char *path = config ? config : default_config();
+  const char *path = config ? config : paths_config();
   switch (mode) {
   case CHECK: {
     struct conf *c = load_or_report(path);
-    if (!c)
-      return 1;
-    char err[1024];
-    int bad = adaptive_conf_check(c, err, sizeof err) < 0;
+    struct conf_error ce;
+    char msg[sizeof ce.file + sizeof ce.msg + 32];
+    int bad = c && conf_check_environment(c, &ce) < 0; /* files, addresses */
     if (bad)
-      fprintf(stderr, "%s\n", err);
-    /* DKIM keys are part of the configuration: a bad one fails the check. */
-    struct conf_error cerr;
-    struct dkim_signers *ds = bad ? NULL : dkim_signers_new(c, &cerr);
-    if (!bad && !ds) {
-      char text[sizeof(cerr.file) + sizeof(cerr.msg) + 32];
-      fprintf(stderr, "%s\n", conf_error_str(&cerr, text, sizeof(text)));
-      bad = 1;
+      fprintf(stderr, "%s\n", conf_error_str(&ce, msg, sizeof msg));
+    else if (c && (bad = policy_check(c, ce.msg, sizeof ce.msg) < 0)) /* the Lua scripts */
+      fprintf(stderr, "%s\n", ce.msg);
+    else if (c && (bad = adaptive_conf_check(c, ce.msg, sizeof ce.msg) < 0))
+      fprintf(stderr, "%s\n", ce.msg);
+    if (c && !bad) { /* DKIM keys are part of the configuration: a bad one fails the check */
+      struct dkim_signers *ds = dkim_signers_new(c, &ce);
+      if (!ds) {
+        fprintf(stderr, "%s\n", conf_error_str(&ce, msg, sizeof msg));
+        bad = 1;
+      }
+      dkim_signers_free(ds);
     }
-    dkim_signers_free(ds);
+    if (c && !bad)
+      printf("impetus: configuration %s is valid\n", path);
     conf_unref(c);
-    return bad ? 1 : 0;
+    return c && !bad ? 0 : 1;
   }
   case EVAL:
     return eval_config(path, show_secrets, argc - rest, argv + rest);

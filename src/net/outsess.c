@@ -438,27 +438,19 @@ static const struct conn_cbs outsess_conn_cbs = {
 struct outsess *outsess_new(struct ring *r, const struct outsess_params *p,
                             const struct outsess_cbs *cbs, void *arg, int *err)
 {
-  if (p->smtp.implicit_tls && p->tls == NULL) {
-    *err = -EINVAL;
-    return NULL;
-  }
-  struct smtpc *s = smtpc_new(&p->smtp, ring_now(r) / 1000000u);
+  /* implicit TLS needs a context; smtpc refuses unusable parameters */
+  struct smtpc *s = p->smtp.implicit_tls && p->tls == NULL ? NULL
+                                                            : smtpc_new(&p->smtp, ring_now(r) / 1000000u);
   if (s == NULL) {
     *err = -EINVAL;
     return NULL;
   }
-  struct outsess *o = util_xcalloc(1, sizeof *o);
-  o->r = r;
-  o->s = s;
-  o->cbs = cbs;
-  o->arg = arg;
-  o->tls = p->tls;
-  o->implicit = p->smtp.implicit_tls;
-  o->tls_host = p->tls_host ? util_xstrdup(p->tls_host) : NULL;
-  o->port = p->port;
-  o->window = p->send_window ? p->send_window : WINDOW_DEFAULT;
-  o->cur = -1;
-  o->body.fd = -1;
+  struct outsess *o = util_xmalloc(sizeof *o);
+  *o = (struct outsess){
+    .r = r, .s = s, .cbs = cbs, .arg = arg, .tls = p->tls, .implicit = p->smtp.implicit_tls,
+    .tls_host = p->tls_host ? util_xstrdup(p->tls_host) : NULL, .port = p->port,
+    .window = p->send_window ? p->send_window : WINDOW_DEFAULT, .cur = -1, .body = {.fd = -1},
+  };
   struct conn_params cp = {
     .dst = p->dst, .dstlen = p->dstlen, .src = p->src, .srclen = p->srclen,
     .connect_timeout_ns = p->connect_timeout_ns,

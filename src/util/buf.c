@@ -3,6 +3,7 @@
 #include "panic.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,4 +76,31 @@ void buf_done(struct buf *b, int secret)
     util_wipe(b->data, b->cap);
   free(b->data);
   memset(b, 0, sizeof *b);
+}
+
+void buf_append_json(struct buf *b, const void *s, size_t n, int ascii)
+{
+  static const char hex[] = "0123456789abcdef";
+  const unsigned char *p = s;
+  size_t run = 0; /* bytes at p[i - run .. i) that need no escape */
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = p[i];
+    bool plain = c >= 0x20 && c != '"' && c != '\\' && c != 0x7f && !(ascii && c >= 0x80);
+    if (plain) {
+      run++;
+      continue;
+    }
+    if (run)
+      buf_append(b, p + i - run, run);
+    run = 0;
+    if (c == '"' || c == '\\') {
+      char e[2] = {'\\', (char)c};
+      buf_append(b, e, 2);
+    } else {
+      char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+      buf_append(b, e, 6);
+    }
+  }
+  if (run)
+    buf_append(b, p + n - run, run);
 }

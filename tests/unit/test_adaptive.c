@@ -219,6 +219,8 @@ static void test_scopes_and_strictest(void **state)
   assert_int_equal(reply(a, "b1", "d.test", NULL, 421, NULL, "DOMWIDE", T0, NULL), 1);
   assert_true(suspended(a, "b2", "d.test", NULL, T0 + 1));
   assert_false(suspended(a, "b2", "e.test", NULL, T0 + 1));
+  assert_int_equal(adaptive_list(a, "b2", "d.test", NULL, NULL), 1); /* listed for every binding */
+  assert_int_equal(adaptive_clear(a, "b2", "d.test"), 0);            /* not cleared by one */
   /* provider scope: only when the reply came from the provider's MX; then
    * every domain of that provider on this binding */
   assert_int_equal(reply(a, "b1", "e.test", "mx.other.test", 421, NULL, "PROV", T0, NULL), 1);
@@ -237,6 +239,10 @@ static void test_scopes_and_strictest(void **state)
   assert_int_equal(l.throttle_per_s, 60);
   /* listing and clearing by domain (a provider name counts as one) */
   assert_int_equal(adaptive_list(a, NULL, "prov", NULL, NULL), 2);
+  /* a domain seen with the provider's MX shows (and clears) them too */
+  assert_int_equal(adaptive_list(a, "b1", "e.test", NULL, NULL), 3); /* + its throttle */
+  assert_int_equal(adaptive_list(a, "b1", "f.test", NULL, NULL), 2); /* seen in adaptive_limits */
+  assert_int_equal(adaptive_list(a, "b1", "never.test", NULL, NULL), 0);
   assert_int_equal(adaptive_clear(a, NULL, "prov"), 2);
   adaptive_limits(a, "b1", "f.test", "prov", T0 + 1, &l);
   assert_int_equal(l.max_connections, 0);
@@ -375,14 +381,20 @@ static void test_conn_failures_and_slots(void **state)
   assert_int_equal(l.connect_delay_s, 0);
   assert_false(adaptive_conn_failed(a, "b", "d.test", 0, T0, &adj)); /* threshold 0: off */
 
-  assert_true(adaptive_slot_take(a, "mx.test", 2));
-  assert_true(adaptive_slot_take(a, "MX.test", 2));
-  assert_false(adaptive_slot_take(a, "mx.test", 2));
-  assert_true(adaptive_slot_take(a, "other.test", 2));
+  uint32_t id1, id2, id3, id4;
+  assert_true(adaptive_slot_take(a, "mx.test", 2, &id1));
+  assert_true(adaptive_slot_take(a, "MX.test", 2, &id2));
+  assert_int_equal(id1, id2);
+  assert_true(id1 != 0);
+  assert_false(adaptive_slot_take(a, "mx.test", 2, &id3));
+  assert_int_equal(id3, 0);
+  assert_true(adaptive_slot_take(a, "other.test", 2, &id4));
   assert_int_equal(adaptive_slot_held(a, "mx.test"), 2);
-  adaptive_slot_release(a, "mx.test");
-  assert_true(adaptive_slot_take(a, "mx.test", 2));
-  assert_true(adaptive_slot_take(a, "mx.test", 0)); /* no cap: not counted */
+  adaptive_slot_release(a, id1);
+  adaptive_slot_release(a, 0); /* nothing */
+  assert_true(adaptive_slot_take(a, "mx.test", 2, &id3));
+  assert_true(adaptive_slot_take(a, "mx.test", 0, &id3)); /* no cap: not counted */
+  assert_int_equal(id3, 0);
   assert_int_equal(adaptive_slot_held(a, "mx.test"), 2);
   adaptive_free(a);
 }
@@ -498,7 +510,8 @@ static void test_configuration(void **state)
     "adaptive {\n"
     "  response_rule \"google-rate-limited\" { duration = 5 action = suspend }\n"
     "  response_rule \"yahoo-ts01\" { enabled = false }\n"
-    "  provider \"sink\" { mx_suffix = ( \".sink.test\" ) Max_Outbound_Connections = 3 }\n"
+    "  provider \"sink\" { mx_suffix = ( \".sink.test\" ) Max_Outbound_Connections = 3\n"
+    "    Adaptive_Warmup = ( \"0 100/1d\" \"30d 0\" ) }\n"
     "  response_rule \"slow\" {\n"
     "    provider = \"sink\" code = 451 pattern = \"slow down\" trigger = \"3/1m\"\n"
     "    scope = provider action = outbound_throttle_messages value = \"2/1s\" duration = \"10s\"\n"
@@ -523,6 +536,8 @@ static void test_configuration(void **state)
   assert_int_equal(s->per_s, 1);
   assert_int_equal(s->scope, ADAPTIVE_SCOPE_PROVIDER);
   assert_int_equal(adaptive_provider_of(rs, "a.sink.test")->max_connections, 3);
+  assert_int_equal(adaptive_provider_of(rs, "a.sink.test")->warmup.nstep, 2);
+  assert_int_equal(adaptive_provider_of(rs, "a.sink.test")->warmup.step[0].per_s, 86400);
   assert_non_null(adaptive_provider_of(rs, "x.google.com")); /* bundled providers stay */
   adaptive_rules_free(rs);
   assert_int_equal(adaptive_conf_host_cap(c, "mx1.shared.test."), 2);

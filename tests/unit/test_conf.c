@@ -18,7 +18,7 @@
 
 #include "buf.h"
 #include "conf.h"
-#include "impetus_build.h"
+#include "impetus_tree.h"
 
 #define FIXTURES IMPETUS_SOURCE_ROOT "/tests/unit/conf/"
 
@@ -90,7 +90,7 @@ static void test_seed(void **state)
   assert_false(conf_module_enabled(c, "ec_logger"));
   assert_string_equal(eval(c, NULL, NULL, "sparkpost.com", "outbound_smtp_auth_user"), "sparkpost");
   assert_string_equal(eval(c, NULL, NULL, "sparkpost.com", "outbound_smtp_auth_pass"), "********");
-  assert_string_equal(eval(c, NULL, NULL, NULL, "outbound_smtp_auth_user"), "(unset)");
+  assert_string_equal(eval(c, NULL, NULL, NULL, "outbound_smtp_auth_user"), "false");
   conf_unref(c);
 }
 
@@ -520,7 +520,7 @@ static void test_values(void **state)
                          "Control_Listener { Listen \"/tmp/s\" { file_mode = 0660 } }\n"
                          "Datasource \"creds\" { uri = ( \"sqlite:/tmp/x.db\" ) cache_life = 300 }\n"
                          "scriptlet \"scriptlet\" { script \"boot\" { source = \"msys.boot\" } script \"policy\" { source = \"lua/policy\" } }\n"
-                         "EHLO_Hostname = \"a \\\"quoted\\\" \\\\ name\"\n");
+                         "TLS_Ciphers = \"a \\\"quoted\\\" \\\\ name\"\n");
   const struct conf_view *g = conf_global(c);
   assert_int_equal(conf_interval(g, CONF_RETRY_INTERVAL), 30);
   assert_int_equal(conf_interval(g, CONF_MAX_RETRY_INTERVAL), 300);
@@ -550,7 +550,7 @@ static void test_values(void **state)
   struct conf_throttle t = conf_throttle(g, CONF_OUTBOUND_THROTTLE_CONNECTIONS);
   assert_int_equal(t.n, 5);
   assert_int_equal(t.per, 1);
-  assert_string_equal(conf_str(g, CONF_EHLO_HOSTNAME), "a \"quoted\" \\ name");
+  assert_string_equal(conf_str(g, CONF_TLS_CIPHERS), "a \"quoted\" \\ name");
 
   const struct conf_stanza *cl = conf_stanza_first(c, "control_listener");
   assert_non_null(cl);
@@ -665,8 +665,13 @@ static void test_throttle_scope_identity(void **state)
   assert_string_equal(conf_scope_name(c, g.scope), "global");
   assert_int_not_equal(g.scope, d.scope);
   /* the Gateway pseudo-domain and paths relative to the file */
-  struct conf_addr gw = conf_addr(conf_view_get(c, "cust1", "x.org"), CONF_GATEWAY);
-  assert_string_equal(gw.host, "#relay");
+  const struct conf_view *rv = conf_view_get(c, "cust1", "x.org");
+  struct conf_addr gw = conf_addr(rv, CONF_GATEWAY);
+  assert_null(gw.host); /* "#relay": the view follows Domain "#relay" */
+  assert_string_equal(conf_str(rv, CONF_GATEWAY), "#relay");
+  size_t nr = 0;
+  assert_string_equal(conf_list(rv, CONF_ROUTES, &nr)[0], "smtp://relay.example.net:587");
+  assert_int_equal(conf_enum(rv, CONF_TLS), CONF_TLS_REQUIRED);
   const char *sb = conf_str(conf_global(c), CONF_SPOOLBASE);
   assert_true(sb[0] == '/' && strstr(sb, "/tests/unit/conf/spool"));
   assert_true(conf_module_enabled(c, "datasource"));
@@ -805,9 +810,143 @@ static void test_dump_markdown(void **state)
   buf_done(&b, 0);
 }
 
+/* Issue 18 item 7: Momentum's relay idiom. Gateway = "#name" names the
+ * Domain "#name" stanza: the view takes that domain's options (Routes,
+ * TLS...) for the same binding, so the worker sees ordinary routes; a
+ * missing stanza, a stanza without Routes, or a chain fail the load with
+ * the Gateway's file:line. */
+static void test_relay_idiom(void **state)
+{
+  (void)state;
+  struct conf *c = parse("Domain \"#spe_relay\" { Routes = ( \"smtp://relay.test:587\" ) TLS = \"required\" }\n"
+                         "Binding \"b\" { Gateway = \"#spe_relay\" Outbound_SMTP_AUTH_User = \"u\"\n"
+                         "  Domain \"example.com\" { TLS = \"no\" Max_Outbound_Connections = 3 } }\n"
+                         "Binding \"c\" { Domain \"#own\" { Routes = ( \"own.test\" ) } Gateway = \"#own\" }\n");
+  const struct conf_view *v = conf_view_get(c, "b", "example.com");
+  size_t n = 0;
+  const char *const *r = conf_list(v, CONF_ROUTES, &n);
+  assert_int_equal(n, 1);
+  assert_string_equal(r[0], "smtp://relay.test:587");
+  assert_null(conf_addr(v, CONF_GATEWAY).host);
+  assert_int_equal(conf_enum(v, CONF_TLS), CONF_TLS_REQUIRED);
+  assert_string_equal(conf_str(v, CONF_OUTBOUND_SMTP_AUTH_USER), "u"); /* not set by #spe_relay */
+  assert_int_equal(conf_int(v, CONF_MAX_OUTBOUND_CONNECTIONS), 3); /* the recipient domain's */
+  assert_string_equal(eval(c, NULL, "b", "example.com", "Routes"), "( \"smtp://relay.test:587\" )");
+  r = conf_list(conf_view_get(c, "c", "x.test"), CONF_ROUTES, &n);
+  assert_string_equal(r[0], "own.test");
+  assert_int_equal(conf_list(conf_view_get(c, NULL, "example.com"), CONF_ROUTES, &n) == NULL, 1);
+  conf_unref(c);
+  expect_error("Binding \"b\" {\n  Gateway = \"#spe_relay\"\n}\n",
+               "t.conf:2: Gateway \"#spe_relay\" names no Domain \"#spe_relay\" stanza (Momentum's "
+               "relay idiom: Domain \"#spe_relay\" { Routes = ( \"smtp://host:port\" ) })");
+  expect_error("Domain \"#r\" { TLS = \"required\" }\nGateway = \"#r\"\n",
+               "t.conf:2: Gateway \"#r\": Domain \"#r\" gives binding \"default\" no Routes");
+  expect_error("Domain \"#r\" { Routes = ( a ) }\nBinding \"b\" { Domain \"#r\" { Gateway = \"#s\" } }\n"
+               "Domain \"#s\" { Routes = ( s ) }\nGateway = \"#r\"\n",
+               "t.conf:2: Gateway \"#s\" applies inside the route domain of another #name gateway "
+               "(binding \"b\"): #name gateways are not chained");
+  expect_error("Gateway = \"#\"\n",
+               "t.conf:1: option 'Gateway': '#': a #name gateway needs a name without spaces");
+}
+
+/* Issue 18 item 7: values that could only fail at delivery time fail the
+ * load with file:line (routes, gateway hosts, ports), and --check-config's
+ * conf_check_environment the TLS files a delivery reads. */
+static void test_delivery_values_checked(void **state)
+{
+  (void)state;
+  struct conf *c = parse("Routes = ( \"smtp://10.0.11.7?pref=10\" smtp://10.0.11.8 \"__mx__\" \"[::1]:2525\"\n"
+                         "  \"smtps://relay.test\" \"smtp://a.test:587/?port=25&ttl=60&type=mx\" b.test:26 )\n");
+  conf_unref(c);
+  expect_error("Domain \"d\" {\n Routes = ( \"lmtp://x.test\" ) }\n",
+               "t.conf:2: option 'Routes': \"lmtp://x.test\": the scheme is not smtp:// or smtps://");
+  expect_error("Routes = ( \"smtp://x.test:0\" )\n",
+               "t.conf:1: option 'Routes': \"smtp://x.test:0\": the port is not a number from 1 to 65535");
+  expect_error("Routes = ( \"smtp://x.test:smtp\" )\n",
+               "t.conf:1: option 'Routes': \"smtp://x.test:smtp\": the port is not a number from 1 to 65535");
+  expect_error("Routes = ( \"smtp://\" )\n",
+               "t.conf:1: option 'Routes': \"smtp://\": the host is not a host name or an IP address");
+  expect_error("Routes = ( \"smtp://x!y.test\" )\n",
+               "t.conf:1: option 'Routes': \"smtp://x!y.test\": the host is not a host name or an IP address");
+  expect_error("Routes = ( \"x.test?prio=1\" )\n",
+               "t.conf:1: option 'Routes': \"x.test?prio=1\": unknown query key (pref, ttl, port, type)");
+  expect_error("Routes = ( \"x.test?type=aaaa\" )\n",
+               "t.conf:1: option 'Routes': \"x.test?type=aaaa\": type= is mx or a");
+  expect_error("Gateway = \"relay!.test:25\"\n",
+               "t.conf:1: Gateway \"relay!.test:25\": the host is not a host name or an IP address");
+  expect_error("Gateway = \"*\"\n",
+               "t.conf:1: Gateway \"*\": the host is not a host name or an IP address");
+  expect_error("\nRemote_SMTP_Port = 70000\n",
+               "t.conf:2: option 'Remote_SMTP_Port': 70000 is not a port (1 to 65535)");
+  expect_error("Remote_SMTP_Port = 0\n",
+               "t.conf:1: option 'Remote_SMTP_Port': 0 is not a port (1 to 65535)");
+  expect_error("Binding \"b\" { Bind_Address = \"mail.example.com\" }\n",
+               "t.conf:1: option 'Bind_Address': \"mail.example.com\" is not * or an IP address");
+  expect_error("Bind_Address = \"10.0.0.1:25\"\n",
+               "t.conf:1: option 'Bind_Address': \"10.0.0.1:25\": no port (connections bind the address only)");
+  expect_error("EHLO_Hostname = \"my host\"\n",
+               "t.conf:1: option 'EHLO_Hostname': \"my host\" is not a host name, an address literal "
+               "[1.2.3.4], __hostname__ or __message__");
+  c = parse("EHLO_Hostname = \"[IPv6:::1]\"\nDomain \"a\" { EHLO_Hostname = \"[192.0.2.1]\" }\n"
+            "Domain \"b\" { EHLO_Hostname = __message__ } Domain \"c\" { EHLO_Hostname = mx-1.example.com }\n"
+            "Binding \"x\" { Bind_Address = \"::1\" } Binding \"y\" { Bind_Address = 127.0.0.1 }\n");
+  struct conf_error err;
+  char t[6000];
+  assert_int_equal(conf_check_environment(c, &err), 0);
+  conf_unref(c);
+  c = parse("Binding \"x\" {\n Bind_Address = \"192.0.2.77\" }\n"); /* TEST-NET-1: not here */
+  assert_int_equal(conf_check_environment(c, &err), -EINVAL);
+  assert_string_equal(conf_error_str(&err, t, sizeof t),
+                      "t.conf:2: option 'Bind_Address': 192.0.2.77: Cannot assign requested address");
+  conf_unref(c);
+  c = parse("Domain \"a.test\" {\n  TLS_Ca = \"/nonexistent/ca.pem\" }\nTLS_Certificate = none\n");
+  assert_int_equal(conf_check_environment(c, &err), -EINVAL);
+  assert_string_equal(conf_error_str(&err, t, sizeof t),
+                      "t.conf:2: option 'TLS_Ca': \"/nonexistent/ca.pem\": No such file or directory");
+  conf_unref(c);
+  c = parse("TLS_Ca = \"/etc/hostname\"\nTLS_Key = \"/tmp\"\n");
+  assert_int_equal(conf_check_environment(c, &err), -EINVAL);
+  assert_string_equal(conf_error_str(&err, t, sizeof t),
+                      "t.conf:2: option 'TLS_Key': \"/tmp\" is not a regular file");
+  conf_unref(c);
+}
+
+/* Issue 18 item 10: the four Outbound_SMTP_AUTH_* options default to false
+ * (Momentum) and "= false" is off, not the string "false". */
+static void test_auth_false_is_off(void **state)
+{
+  (void)state;
+  struct conf *c = parse("Outbound_SMTP_AUTH_User = \"u\"\nOutbound_SMTP_AUTH_Type = LOGIN\n"
+                         "Outbound_SMTP_AUTH_Pass = \"p\"\n"
+                         "Domain \"off.test\" { Outbound_SMTP_AUTH_User = false Outbound_SMTP_AUTH_Type = False\n"
+                         "  Outbound_SMTP_AUTH_Pass = FALSE Outbound_SMTP_AUTH_Key = false }\n");
+  const struct conf_view *v = conf_view_get(c, NULL, "off.test");
+  assert_null(conf_str(v, CONF_OUTBOUND_SMTP_AUTH_USER));
+  assert_null(conf_str(v, CONF_OUTBOUND_SMTP_AUTH_PASS));
+  assert_null(conf_str(v, CONF_OUTBOUND_SMTP_AUTH_KEY));
+  assert_null(conf_str(v, CONF_OUTBOUND_SMTP_AUTH_TYPE));
+  assert_int_equal(conf_enum(v, CONF_OUTBOUND_SMTP_AUTH_TYPE), -1);
+  assert_true(conf_is_off(v, CONF_OUTBOUND_SMTP_AUTH_USER));
+  assert_true(conf_is_off(v, CONF_OUTBOUND_SMTP_AUTH_TYPE));
+  assert_string_equal(eval(c, NULL, NULL, "off.test", "Outbound_SMTP_AUTH_Pass"), "false");
+  assert_string_equal(eval(c, NULL, NULL, "off.test", "Outbound_SMTP_AUTH_Type"), "false");
+  v = conf_view_get(c, NULL, "on.test");
+  assert_string_equal(conf_str(v, CONF_OUTBOUND_SMTP_AUTH_USER), "u");
+  assert_false(conf_is_off(v, CONF_OUTBOUND_SMTP_AUTH_USER));
+  assert_false(conf_is_off(v, CONF_OUTBOUND_SMTP_AUTH_KEY)); /* the default false is not "set off" */
+  assert_null(conf_str(v, CONF_OUTBOUND_SMTP_AUTH_KEY));
+  assert_string_equal(eval(c, NULL, NULL, "on.test", "Outbound_SMTP_AUTH_Key"), "false");
+  conf_unref(c);
+  expect_error("Max_Retries = false\n", "t.conf:1: option 'Max_Retries': 'false' is not a non-negative "
+                                        "integer or one of: auto, none"); /* only OFF options */
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
+    cmocka_unit_test(test_relay_idiom),
+    cmocka_unit_test(test_delivery_values_checked),
+    cmocka_unit_test(test_auth_false_is_off),
     cmocka_unit_test(test_seed),
     cmocka_unit_test(test_module_enabled_by_option),
     cmocka_unit_test(test_fallback_documented),

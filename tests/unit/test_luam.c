@@ -9,7 +9,7 @@
 #include "luam_ds.h"
 
 #include "clock.h"
-#include "impetus_build.h"
+#include "impetus_tree.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -503,6 +503,13 @@ static void test_auth_fallback(void **state)
   f_ctx_set(&f, LUAM_CTX_MESS, "outbound_smtp_auth_user", "permsg", 6);
   assert_int_equal(luam_call_auth_config(lm, &f, &fops, "messagesystems.com", NULL, NULL), LUAM_CONT);
   assert_string_equal(ctx(&f, "seen_user"), "permsg");
+  /* user and password are one unit (authkeys.h): with only a password in
+   * the message context, the hook is not shown the configured user */
+  f_ctx_delete(&f, LUAM_CTX_MESS, "outbound_smtp_auth_user");
+  f_ctx_set(&f, LUAM_CTX_MESS, "outbound_smtp_auth_pass", "pw", 2);
+  assert_int_equal(luam_call_auth_config(lm, &f, &fops, "messagesystems.com", NULL, NULL), LUAM_CONT);
+  assert_string_equal(ctx(&f, "seen_user"), "");
+  assert_string_equal(ctx(&f, "seen_type"), "LOGIN");
   assert_int_equal(call_hook(lm, LUAM_HOOK_VALIDATE_DATA_SPOOL, &f, "messagesystems.com"), LUAM_CONT);
   assert_string_equal(ctx(&f, "outside"), "");
   fake_done(&f);
@@ -687,6 +694,74 @@ static void test_jit_option(void **state)
     assert_int_equal(call_hook(lm, LUAM_HOOK_VALIDATE_DATA_SPOOL, &f, NULL), LUAM_CONT);
     assert_string_equal(ctx(&f, "jit"), on ? "true" : "false");
     assert_int_equal(logs_count("jit.lua:6: after loop"), 1);
+    fake_done(&f);
+    luam_free(lm);
+  }
+}
+
+/* Issue 18 item 16: the scriptlet sandbox (luam_opts.full_lua false, the
+ * default) takes away os.execute, io, ffi, debug, jit switches, bytecode
+ * through loadstring/load(..., "b"), package.loadlib and C modules; full
+ * Lua keeps them. Neither has ./ in package.path or package.cpath. */
+static void test_sandbox(void **state)
+{
+  (void)state;
+  static const char *const probes[][3] = {
+    /* name, value under the sandbox, value with full Lua */
+    {"os.execute", "nil", "function"},
+    {"os.getenv", "nil", "function"},
+    {"os.time", "function", "function"},
+    {"io", "nil", "table"},
+    {"io_module", "false", "true"},
+    {"ffi", "false", "true"},
+    {"debug", "nil", "table"},
+    {"jit.on", "nil", "function"},
+    {"jit.status", "function", "function"},
+    {"loadstring_b", "nil", "function"},
+    {"load_b", "nil", "function"},
+    {"load_t", "2", "2"},
+    {"loadlib", "nil", "function"},
+    {"dofile", "nil", "function"},
+    {"c_loaders", "2", "4"},
+    {"dot_in_path", "false", "false"},
+    {"dot_in_cpath", "false", "false"},
+  };
+  for (int full = 0; full < 2; full++) {
+    logs_clear();
+    struct luam_opts o = {.full_lua = full};
+    struct luam *lm = new_state("sb",
+      "local r = {}\n"
+      "r['os.execute'] = type(os.execute)\n"
+      "r['os.getenv'] = type(os.getenv)\n"
+      "r['os.time'] = type(os.time)\n"
+      "r['io'] = type(io)\n"
+      "r['io_module'] = tostring(pcall(require, 'io'))\n"
+      "r['ffi'] = tostring(pcall(require, 'ffi'))\n"
+      "r['debug'] = type(debug)\n"
+      "r['jit.on'] = type(jit.on)\n"
+      "r['jit.status'] = type(jit.status)\n"
+      "local bc = string.dump(function() return 1 end)\n"
+      "r['loadstring_b'] = type(loadstring(bc))\n"
+      "r['load_b'] = type(load(bc, 'x', 'b'))\n"
+      "r['load_t'] = tostring(loadstring('return 1 + 1')())\n"
+      "r['loadlib'] = type(package.loadlib)\n"
+      "r['dofile'] = type(dofile)\n"
+      "r['c_loaders'] = tostring(#package.loaders)\n"
+      "r['dot_in_path'] = tostring(package.path:find('./', 1, true) == 1 or package.path:find(';./', 1, true) ~= nil)\n"
+      "r['dot_in_cpath'] = tostring(package.cpath:find('./', 1, true) == 1 or package.cpath:find(';./', 1, true) ~= nil)\n"
+      "local mod = {}\n"
+      "function mod:validate_data_spool(msg)\n"
+      "  for k, v in pairs(r) do msg:context_set(VCTX_MESS, k, v) end\n"
+      "end\n"
+      "msys.registerModule('sb', mod)\n", &o);
+    struct fake_msg f;
+    fake_init(&f);
+    assert_int_equal(call_hook(lm, LUAM_HOOK_VALIDATE_DATA_SPOOL, &f, NULL), LUAM_CONT);
+    for (size_t i = 0; i < sizeof probes / sizeof *probes; i++) {
+      if (strcmp(ctx(&f, probes[i][0]), probes[i][1 + full]) != 0)
+        fail_msg("%s: %s with full_lua = %d, want %s", probes[i][0], ctx(&f, probes[i][0]), full,
+                 probes[i][1 + full]);
+    }
     fake_done(&f);
     luam_free(lm);
   }
@@ -1039,7 +1114,8 @@ static void test_datasource_blocking(void **state)
   luam_ds_free(ds);
 }
 
-/* Every bundled example loads and does its job. */
+/* Every bundled example loads and does its job, under the sandbox (the
+ * default: full_lua false). */
 static void test_examples(void **state)
 {
   (void)state;
@@ -1058,7 +1134,7 @@ static void test_examples(void **state)
     s[i].name = names[i];
     s[i].path = paths[i];
   }
-  struct luam_opts o = {.scripts = s, .nscripts = 3, .ds = ds};
+  struct luam_opts o = {.scripts = s, .nscripts = 3, .ds = ds, .full_lua = false};
   struct luam *lm = luam_new(&o, &host, err, sizeof err);
   if (!lm)
     fprintf(stderr, "%s\n", err);
@@ -1108,6 +1184,7 @@ int main(void)
     cmocka_unit_test(test_time_budget_and_yield),
     cmocka_unit_test(test_memory_bomb),
     cmocka_unit_test(test_jit_option),
+    cmocka_unit_test(test_sandbox),
     cmocka_unit_test(test_msg_after_return),
     cmocka_unit_test(test_reload),
     cmocka_unit_test(test_resolve),

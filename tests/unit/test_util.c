@@ -59,6 +59,23 @@ static void test_buf_grow_consume(void **state)
   assert_null(b.data);
 }
 
+/* The one JSON string escaper (console, JSON log, sink). */
+static void test_buf_append_json(void **state)
+{
+  (void)state;
+  struct buf b = {0};
+  const char in[] = "a\"b\\c\n\x01\x7f\xc3\xbc";
+  buf_append_json(&b, in, sizeof in - 1, 0);
+  const char want[] = "a\\\"b\\\\c\\u000a\\u0001\\u007f\xc3\xbc";
+  assert_int_equal(buf_avail(&b), sizeof want - 1);
+  assert_memory_equal(buf_head(&b), want, sizeof want - 1);
+  buf_reset(&b);
+  buf_append_json(&b, "\xc3\xbc", 2, 1);
+  assert_int_equal(buf_avail(&b), 12);
+  assert_memory_equal(buf_head(&b), "\\u00c3\\u00bc", 12);
+  buf_done(&b, 0);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -66,6 +83,7 @@ int main(void)
       cmocka_unit_test(test_base64_plain_auth),
       cmocka_unit_test(test_base64_rejects),
       cmocka_unit_test(test_buf_grow_consume),
+      cmocka_unit_test(test_buf_append_json),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

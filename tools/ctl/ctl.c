@@ -5,7 +5,9 @@
  * pipe: it never parses the answer. Exit status: 0 OK, 1 the engine
  * refused the command, 2 usage, 3 cannot reach the engine. */
 #include "conf.h"
+#include "ctlcmd.h"
 #include "impetus_build.h"
+#include "paths.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -24,33 +26,14 @@ static void usage(FILE *out)
           "\n"
           "Talks to a running impetus over its control socket (Control_Listener, default\n"
           "<Spoolbase>/impetus.sock). Commands (Momentum console names):\n"
-          "  summary                              concurrency, queue sizes, counters, rates, uptime\n"
-          "  mailq [-d DOMAIN] [-b BINDING] [-p PAGE] [-n PER_PAGE]   queued units, paged\n"
-          "  showqueue [binding NAME] DOMAIN      one queue and its units\n"
-          "  binding summary [NAME]               per binding: queues, connections, counters\n"
-          "  domain NAME                          route, hosts, credentials (masked), queue\n"
-          "  message details ID | message retry ID | message fail ID\n"
-          "  flush domain NAME | flush binding NAME          retry delayed units now\n"
-          "  suspend domain NAME | suspend binding NAME [domain NAME]\n"
-          "  resume domain NAME | resume binding NAME [domain NAME]\n"
-          "  config eval [binding_group G] [binding B] [domain D] OPTION\n"
-          "  config reload                        like SIGHUP, after checking the file\n"
-          "  reopen logs                          like SIGUSR1 (log rotation)\n"
-          "  version | shutdown\n"
+          "%s"
           "\n"
           "Options:\n"
           "  -c FILE     configuration to find the socket in (default: the bundled one)\n"
           "  -s SOCKET   the control socket path\n"
-          "  --json      machine-readable answer\n"
-          "Exit status: 0 done, 1 refused by the engine, 2 usage, 3 engine not reachable.\n");
-}
-
-static const char *default_config(void)
-{
-  static const char installed[] = IMPETUS_SYSCONFDIR "/impetus.conf";
-  if (access(installed, R_OK) == 0)
-    return installed;
-  return IMPETUS_SOURCE_ROOT "/etc/impetus.conf";
+          "  --json      machine-readable answer (anywhere on the line)\n"
+          "Exit status: 0 done, 1 refused by the engine, 2 usage, 3 engine not reachable.\n",
+          ctlcmd_usage);
 }
 
 static int socket_from_config(const char *path, char *out, size_t n)
@@ -76,44 +59,65 @@ int main(int argc, char **argv)
 {
   const char *config = NULL, *sock = NULL;
   bool json = false;
+  /* --json is taken anywhere on the line; the other words keep their order */
+  char *words[64];
+  int nw = 0;
   int i;
   for (i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "-c") && i + 1 < argc)
-      config = argv[++i];
-    else if (!strcmp(argv[i], "-s") && i + 1 < argc)
-      sock = argv[++i];
-    else if (!strcmp(argv[i], "--json"))
+    if (!strcmp(argv[i], "--json")) {
       json = true;
-    else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+      continue;
+    }
+    if (nw > 0) { /* the command has started: everything else is its words */
+      if (nw == (int)(sizeof words / sizeof words[0])) {
+        fprintf(stderr, "impetus-ctl: too many words\n");
+        return 2;
+      }
+      words[nw++] = argv[i];
+    } else if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "-s")) {
+      if (i + 1 == argc) {
+        fprintf(stderr, "impetus-ctl: '%s' needs a value\n", argv[i]);
+        return 2;
+      }
+      *(argv[i][1] == 'c' ? &config : &sock) = argv[i + 1];
+      i++;
+    } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
       usage(stdout);
       return 0;
     } else if (!strcmp(argv[i], "--version")) {
       printf("impetus-ctl %s\n", IMPETUS_VERSION);
       return 0;
     } else if (argv[i][0] == '-' && strcmp(argv[i], "-") != 0) {
-      usage(stderr);
+      fprintf(stderr, "impetus-ctl: unknown option '%s' (see impetus-ctl --help)\n", argv[i]);
       return 2;
-    } else
-      break;
+    } else {
+      words[nw++] = argv[i];
+    }
   }
-  if (i == argc) {
+  /* a wrong command is refused here, engine or not */
+  char why[512];
+  if (nw == 0) {
     usage(stderr);
+    return 2;
+  }
+  if (ctlcmd_check(nw, words, why, sizeof why) < 0) {
+    fprintf(stderr, "impetus-ctl: %s (see impetus-ctl --help)\n", why);
     return 2;
   }
   char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
   if (sock)
     snprintf(path, sizeof path, "%s", sock);
-  else if (socket_from_config(config ? config : default_config(), path, sizeof path) < 0)
+  else if (socket_from_config(config ? config : paths_config(), path, sizeof path) < 0)
     return 3;
 
   char req[REQUEST_MAX];
   size_t n = (size_t)snprintf(req, sizeof req, "%s", json ? "json" : "text");
-  for (; i < argc; i++) {
-    if (strpbrk(argv[i], "\t\n")) {
+  for (i = 0; i < nw; i++) {
+    if (strpbrk(words[i], "\t\n")) {
       fprintf(stderr, "impetus-ctl: arguments cannot contain tabs or newlines\n");
       return 2;
     }
-    int w = snprintf(req + n, sizeof req - n, "\t%s", argv[i]);
+    int w = snprintf(req + n, sizeof req - n, "\t%s", words[i]);
     if (w < 0 || (size_t)w >= sizeof req - n - 1) {
       fprintf(stderr, "impetus-ctl: command too long\n");
       return 2;

@@ -12,11 +12,12 @@
  * --recipients lines were invalid and skipped; 64 usage; 65 bad message or
  * no valid recipient; 66 cannot read input; 73 cannot write the spool;
  * 74 I/O error; 75 disk full (temporary; retry later). */
-#include "spool.h"
+#include "msg.h"
 
 #include "buf.h"
 #include "conf.h"
 #include "impetus_build.h"
+#include "paths.h"
 #include "panic.h"
 
 #include <ctype.h>
@@ -42,6 +43,7 @@
 #define EX_CANTCREAT 73
 #define EX_IOERR 74
 #define EX_TEMPFAIL 75
+#define EX_OSERR 71
 
 #define GROUP_MAX 256        /* files made durable with one sync pass */
 #define DEFAULT_BATCH 100    /* recipients per pickup file in bulk mode */
@@ -76,8 +78,34 @@ static void usage(FILE *out)
           "  --recipients FILE  one address per line; blank lines and # comments skipped\n"
           "  --batch N       recipients per pickup file (default %d)\n"
           "  --count N       write N copies (benchmarks)\n"
+          "  --no-header-fixup  do not add a missing Date: or Message-ID: header\n"
           "  -q, --quiet     no progress bar or summary\n",
           prog, prog, prog, DEFAULT_BATCH);
+}
+
+/* ---- submission by non-root users (docs/security.md) ----
+ * Installed set-group-ID impetus-submit, the one group that may write into
+ * the pickup directory (1730 impetus:impetus-submit: write, no listing,
+ * sticky). The group is put down at once and taken back only to read the
+ * installed configuration and, once everything the user named (-c FILE,
+ * --recipients FILE, stdin) has been read, to write this run's files. Those
+ * are made 0640: the submitter and the group (which the engine's user is in)
+ * read them; no other user can list, read, change or remove them. */
+static gid_t submit_gid;
+static bool setgid_run;
+
+static void submit_init(void)
+{
+  submit_gid = getegid();
+  setgid_run = submit_gid != getgid();
+  if (setgid_run && setegid(getgid()) < 0)
+    die(EX_OSERR, "cannot put down the group: %s", strerror(errno));
+}
+
+static void submit_group(bool on)
+{
+  if (setgid_run && setegid(on ? submit_gid : getgid()) < 0)
+    die(EX_OSERR, "cannot change the effective group: %s", strerror(errno));
 }
 
 /* ---- spool location ---- */
@@ -105,14 +133,6 @@ static char *pickup_from_conf(const char *path)
   }
   conf_unref(c);
   return out;
-}
-
-static const char *default_config(void)
-{
-  static const char installed[] = IMPETUS_SYSCONFDIR "/impetus.conf";
-  if (access(installed, R_OK) == 0)
-    return installed;
-  return IMPETUS_SOURCE_ROOT "/etc/impetus.conf";
 }
 
 /* ---- the message ---- */
@@ -288,6 +308,7 @@ struct writer {
   char fin[GROUP_MAX][80];
   size_t n;          /* temporary files waiting for the group commit */
   size_t files_done; /* renamed into place and synced */
+  bool unlisted;     /* the directory is write-only to us: no syncfs, no fsync of it */
   struct buf b;
 };
 
@@ -307,7 +328,7 @@ static int err_code(int e)
 IMPETUS_NORETURN static void writer_die(struct writer *w, int e, const char *what)
 {
   writer_abort(w);
-  if (w->files_done)
+  if (w->files_done && !w->unlisted)
     (void)fsync(w->dirfd);
   die(err_code(e), "%s in %s: %s%s (%zu pickup files were queued before the error; no "
                    "partial file is left)",
@@ -320,7 +341,9 @@ static void writer_flush(struct writer *w)
 {
   if (w->n == 0)
     return;
-  if (w->n == 1) {
+  if (w->unlisted) {
+    /* each file was synced before its close */
+  } else if (w->n == 1) {
     int fd = openat(w->dirfd, w->tmp[0], O_RDONLY | O_CLOEXEC);
     if (fd < 0 || fsync(fd) < 0)
       writer_die(w, errno, "fsync");
@@ -338,7 +361,7 @@ static void writer_flush(struct writer *w)
     w->files_done++;
   }
   w->n = 0;
-  if (fsync(w->dirfd) < 0)
+  if (!w->unlisted && fsync(w->dirfd) < 0)
     writer_die(w, errno, "fsync of the directory");
 }
 
@@ -347,9 +370,7 @@ static void writer_put(struct writer *w, const char *sender, char **rc, size_t n
 {
   struct buf *b = &w->b;
   b->len = b->off = 0;
-  buf_printf(b, "x-sender: <%s>\n", sender);
-  for (size_t i = 0; i < nrc; i++)
-    buf_printf(b, "x-receiver: <%s>\n", rc[i]);
+  msg_envelope_write(b, sender, rc, nrc);
   size_t i = w->n;
   struct timeval tv;
   gettimeofday(&tv, NULL);
@@ -360,6 +381,12 @@ static void writer_put(struct writer *w, const char *sender, char **rc, size_t n
   int fd = openat(w->dirfd, w->tmp[i], O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0)
     writer_die(w, errno, "create");
+  /* set-group-ID: the file's group is the submit group; let it read */
+  if (setgid_run && fchmod(fd, 0640) < 0) {
+    int e = errno;
+    close(fd);
+    writer_die(w, e, "chmod");
+  }
   /* Run as root, hand the file to the pickup directory's owner: the engine
    * leaves root (User/Group) and must be able to read what it claims. */
   struct stat dst;
@@ -390,6 +417,11 @@ static void writer_put(struct writer *w, const char *sender, char **rc, size_t n
       n -= (size_t)r;
     }
   }
+  if (w->unlisted && fsync(fd) < 0) {
+    int e = errno;
+    close(fd);
+    writer_die(w, e, "fsync");
+  }
   if (close(fd) < 0)
     writer_die(w, errno, "close");
   if (w->n == GROUP_MAX)
@@ -412,7 +444,7 @@ static void progress(bool tty, size_t done, size_t total)
 
 static const char *default_sender(void)
 {
-  static char s[SPOOL_ADDR_MAX + 1];
+  static char s[MSG_ADDR_MAX + 1];
   struct passwd *pw = getpwuid(getuid());
   char host[256] = "localhost";
   gethostname(host, sizeof(host) - 1);
@@ -432,10 +464,11 @@ int main(int argc, char **argv)
 {
   const char *sender = NULL, *fullname = NULL, *config = NULL, *spool = NULL, *pickup = NULL;
   const char *rfile = NULL;
-  bool take_headers = false, quiet = false;
+  bool take_headers = false, quiet = false, fixup = true;
   unsigned long batch = DEFAULT_BATCH, count = 1;
   struct rcpts rc = {0};
   int i;
+  submit_init(); /* before anything is read */
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
 #define NEXT() (i + 1 < argc ? argv[++i] : (usage(stderr), exit(EX_USAGE), ""))
@@ -468,12 +501,14 @@ int main(int argc, char **argv)
       rfile = NEXT();
     } else if (!strcmp(a, "--batch")) {
       batch = strtoul(NEXT(), NULL, 10);
-      if (batch == 0 || batch > SPOOL_RCPTS_MAX)
-        die(EX_USAGE, "--batch must be 1..%u", SPOOL_RCPTS_MAX);
+      if (batch == 0 || batch > MSG_RCPTS_MAX)
+        die(EX_USAGE, "--batch must be 1..%u", MSG_RCPTS_MAX);
     } else if (!strcmp(a, "--count")) {
       count = strtoul(NEXT(), NULL, 10);
       if (count == 0)
         die(EX_USAGE, "--count must be at least 1");
+    } else if (!strcmp(a, "--no-header-fixup")) {
+      fixup = false;
     } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
       quiet = true;
     } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -497,7 +532,7 @@ int main(int argc, char **argv)
     struct rcpts tmp = {0};
     parse_address_list(argv[i], strlen(argv[i]), &tmp);
     for (size_t k = 0; k < tmp.n; k++) {
-      const char *why = spool_addr_check(tmp.v[k], strlen(tmp.v[k]));
+      const char *why = msg_addr_check(tmp.v[k], strlen(tmp.v[k]));
       if (why) {
         fprintf(stderr, "%s: bad recipient \"%s\": %s\n", prog, tmp.v[k], why);
         bad_args++;
@@ -522,33 +557,56 @@ int main(int argc, char **argv)
     pickup_dir = util_xmalloc(strlen(spool) + 8);
     sprintf(pickup_dir, "%s/pickup", spool);
   } else {
-    pickup_dir = pickup_from_conf(config ? config : default_config());
+    /* the installed configuration may be readable by the submit group only;
+     * a file the user names is read with the user's own groups */
+    submit_group(config == NULL);
+    pickup_dir = pickup_from_conf(config ? config : paths_config());
+    submit_group(false);
   }
 
   /* The sender. */
   char *from = strip_angles(sender ? sender : default_sender());
   if (from[0]) {
-    const char *why = spool_addr_check(from, strlen(from));
+    const char *why = msg_addr_check(from, strlen(from));
     if (why)
       die(EX_DATAERR, "bad sender \"%s\": %s", from, why);
   }
 
   /* The message. */
   struct buf msg = {0};
-  read_all(0, &msg, SPOOL_DEFAULT_MAX_MESSAGE_SIZE);
+  read_all(0, &msg, MSG_DEFAULT_MAX_SIZE);
   size_t cmdline_rcpts = rc.n;
   bool has_from = scan_headers(&msg, &rc, take_headers);
   for (size_t k = cmdline_rcpts; k < rc.n; k++) {
-    const char *why = spool_addr_check(rc.v[k], strlen(rc.v[k]));
+    const char *why = msg_addr_check(rc.v[k], strlen(rc.v[k]));
     if (why)
       die(EX_DATAERR, "bad recipient \"%s\" in the message headers: %s", rc.v[k], why);
   }
-  if (!has_from && from[0]) {
+  /* Header fix-ups, as Postfix's cleanup makes them for local submission:
+   * a missing From:, Date: and Message-ID: are added (the ones present are
+   * kept). --no-header-fixup leaves Date: and Message-ID: alone. */
+  unsigned missing = fixup ? msg_headers_missing((const char *)msg.data, msg.len) : 0;
+  if ((!has_from && from[0]) || missing) {
     struct buf hdr = {0};
-    if (fullname)
-      buf_printf(&hdr, "From: \"%s\" <%s>\n", fullname, from);
-    else
-      buf_printf(&hdr, "From: <%s>\n", from);
+    if (!has_from && from[0]) {
+      if (fullname)
+        buf_printf(&hdr, "From: \"%s\" <%s>\n", fullname, from);
+      else
+        buf_printf(&hdr, "From: <%s>\n", from);
+    }
+    if (missing) {
+      char host[256] = "localhost", unique[96];
+      const char *at = strrchr(from, '@');
+      if (at && at[1] && at[1] != '[')
+        snprintf(host, sizeof(host), "%s", at + 1);
+      else
+        (void)gethostname(host, sizeof(host) - 1);
+      struct timeval tv;
+      gettimeofday(&tv, NULL);
+      snprintf(unique, sizeof(unique), "%" PRIu64 ".%06ld.%ld", (uint64_t)tv.tv_sec,
+               (long)tv.tv_usec, (long)getpid()); /* one process, one message */
+      msg_headers_add(&hdr, missing, tv.tv_sec, unique, host);
+    }
     buf_append(&hdr, msg.data, msg.len);
     buf_done(&msg, 0);
     msg = hdr;
@@ -583,7 +641,7 @@ int main(int argc, char **argv)
       if (l == 0 || p[0] == '#')
         continue;
       char *a = strip_angles(p);
-      const char *why = spool_addr_check(a, strlen(a));
+      const char *why = msg_addr_check(a, strlen(a));
       if (why) {
         fprintf(stderr, "%s:%lu: bad address \"%s\": %s, skipped\n", rfile, lineno, a, why);
         invalid++;
@@ -602,10 +660,10 @@ int main(int argc, char **argv)
     struct buf probe = {0};
     buf_printf(&probe, "x-sender: <%s>\nx-receiver: <%s>\n", from, rc.v[0]);
     buf_append(&probe, msg.data, msg.len);
-    struct spool_envelope env;
+    struct msg_envelope env;
     char why[256];
-    int r = spool_parse((const char *)probe.data, probe.len, &env, why, sizeof(why));
-    spool_envelope_done(&env);
+    int r = msg_parse((const char *)probe.data, probe.len, &env, why, sizeof(why));
+    msg_envelope_done(&env);
     buf_done(&probe, 0);
     if (r < 0)
       die(EX_DATAERR, "the engine would reject this message: %s", why);
@@ -613,7 +671,14 @@ int main(int argc, char **argv)
 
   struct writer *w = util_xcalloc(1, sizeof(*w));
   w->dir = pickup_dir;
+  submit_group(true); /* from here on only this run's files are touched */
   w->dirfd = open(pickup_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (w->dirfd < 0 && errno == EACCES) {
+    /* a submission directory we may write but not read: each file is
+     * synced itself, the directory cannot be */
+    w->dirfd = open(pickup_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    w->unlisted = true;
+  }
   if (w->dirfd < 0)
     die(errno == ENOENT || errno == EACCES ? EX_CANTCREAT : EX_IOERR,
         "pickup directory %s: %s", pickup_dir, strerror(errno));

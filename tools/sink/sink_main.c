@@ -3,6 +3,7 @@
  * Writing a record or a saved message is synchronous file I/O: the sink is
  * a test tool, and those options are for tests that check content, not for
  * benchmarks. Single thread. */
+#include "buf.h"
 #include "sink.h"
 
 #include <errno.h>
@@ -77,17 +78,12 @@ double sink_rand(void)
 
 static void json_str(FILE *f, const char *s, size_t n)
 {
-  fputc('"', f);
-  for (size_t i = 0; i < n; i++) {
-    unsigned char ch = (unsigned char)s[i];
-    if (ch == '"' || ch == '\\')
-      fprintf(f, "\\%c", ch);
-    else if (ch < 0x20 || ch >= 0x7f)
-      fprintf(f, "\\u%04x", ch);
-    else
-      fputc(ch, f);
-  }
-  fputc('"', f);
+  struct buf b = {0};
+  buf_append(&b, "\"", 1);
+  buf_append_json(&b, s, n, 1);
+  buf_append(&b, "\"", 1);
+  fwrite(buf_head(&b), 1, buf_avail(&b), f);
+  buf_done(&b, 0);
 }
 
 static void json_table(FILE *f, const char *name, const struct sink_table *t, int conns)

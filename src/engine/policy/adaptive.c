@@ -25,6 +25,7 @@
 #define BACKOFF_MAX_S 86400u       /* a back-off suspension lasts one day at most */
 #define CONN_DELAY_MAX_S 300u      /* connection spacing after failures, at most */
 #define CONN_DELAY_KEEP_MS 600000u /* ... kept this long after the last failure */
+#define ADAPTIVE_SEEN_MAX 256      /* domains remembered with their provider */
 
 /* ------------------------------------------------------------ rule sets */
 
@@ -215,7 +216,7 @@ int adaptive_rules_add_provider(struct adaptive_rules *rs, const struct adaptive
     return -EINVAL;
   }
   struct adaptive_provider x = {.name = util_xstrdup(p->name), .nsuffix = p->nsuffix,
-                                .max_connections = p->max_connections,
+                                .max_connections = p->max_connections, .warmup = p->warmup,
                                 .source = dup_or_null(p->source)};
   for (unsigned i = 0; i < p->nsuffix; i++)
     x.suffix[i] = util_xstrdup(p->suffix[i]);
@@ -462,6 +463,13 @@ struct adaptive {
   size_t nslot, capslot;
   struct age *age;
   size_t nage, capage;
+  /* domains seen with a provider's MX (console: a domain's provider-scope
+   * adjustments); a ring, the oldest forgotten first */
+  struct seen {
+    char domain[ADAPTIVE_NAME_MAX];
+    char provider[ADAPTIVE_NAME_MAX];
+  } seen[ADAPTIVE_SEEN_MAX];
+  size_t nseen, seen_next;
   size_t in_force;
   uint64_t made[ADAPTIVE_ACT__COUNT];
 };
@@ -504,6 +512,36 @@ void adaptive_set_rules(struct adaptive *a, struct adaptive_rules *rs)
   rules_unref(old);
 }
 
+int adaptive_add_rule(struct adaptive *a, const struct adaptive_rule *r, bool clear_first,
+                      char *err, size_t errlen)
+{
+  struct adaptive_rules *n = adaptive_rules_new();
+  pthread_mutex_lock(&a->mu);
+  struct adaptive_rules *old = a->rs;
+  char why[256];
+  for (size_t i = 0; i < old->nprov; i++)
+    (void)adaptive_rules_add_provider(n, &old->prov[i], why, sizeof why);
+  for (size_t i = 0; !clear_first && i < old->n; i++)
+    (void)adaptive_rules_add(n, &old->rule[i].r, why, sizeof why);
+  int rc = adaptive_rules_add(n, r, err, errlen);
+  if (rc == 0) {
+    a->rs = n;
+    atomic_fetch_add(&a->gen, 1);
+  }
+  pthread_mutex_unlock(&a->mu);
+  rules_unref(rc == 0 ? old : n);
+  return rc;
+}
+
+struct adaptive_rules *adaptive_rules_ref(struct adaptive *a)
+{
+  pthread_mutex_lock(&a->mu);
+  struct adaptive_rules *rs = a->rs;
+  atomic_fetch_add(&rs->refs, 1);
+  pthread_mutex_unlock(&a->mu);
+  return rs;
+}
+
 uint64_t adaptive_gen(const struct adaptive *a)
 {
   return atomic_load_explicit(&a->gen, memory_order_acquire);
@@ -512,6 +550,32 @@ uint64_t adaptive_gen(const struct adaptive *a)
 static void copy_name(char *d, const char *s)
 {
   copy_cut(d, ADAPTIVE_NAME_MAX, s);
+}
+
+/* Remember that domain's mail goes to provider's MX hosts. Under mu. */
+static void seen_note(struct adaptive *a, const char *domain, const char *provider)
+{
+  if (domain == NULL || !*domain || provider == NULL || !*provider)
+    return;
+  for (size_t i = 0; i < a->nseen; i++)
+    if (!strcasecmp(a->seen[i].domain, domain)) {
+      copy_name(a->seen[i].provider, provider);
+      return;
+    }
+  struct seen *s = &a->seen[a->seen_next];
+  a->seen_next = (a->seen_next + 1) % ADAPTIVE_SEEN_MAX;
+  if (a->nseen < ADAPTIVE_SEEN_MAX)
+    a->nseen++;
+  copy_name(s->domain, domain);
+  copy_name(s->provider, provider);
+}
+
+static const char *seen_provider(const struct adaptive *a, const char *domain)
+{
+  for (size_t i = 0; i < a->nseen; i++)
+    if (!strcasecmp(a->seen[i].domain, domain))
+      return a->seen[i].provider;
+  return NULL;
 }
 
 static struct entry *entry_find(struct adaptive *a, const char *rule, const char *binding,
@@ -636,6 +700,8 @@ size_t adaptive_reply(struct adaptive *a, const struct adaptive_reply *rp, uint6
   size_t made = 0;
   pthread_mutex_lock(&a->mu);
   const struct adaptive_provider *prov = adaptive_provider_of(a->rs, rp->mx_host);
+  if (prov)
+    seen_note(a, rp->domain, prov->name);
   for (size_t i = 0; i < a->rs->n; i++) {
     const struct rule *x = &a->rs->rule[i];
     if (!rule_matches(x, rp, prov, subject))
@@ -702,7 +768,8 @@ bool adaptive_conn_failed(struct adaptive *a, const char *binding, const char *d
       }
       e->adj.until_ms = now_ms + CONN_DELAY_KEEP_MS;
       out->until_ms = e->adj.until_ms;
-      atomic_fetch_add(&a->gen, 1);
+      if (changed) /* an extension alone: queues read it at the old end */
+        atomic_fetch_add(&a->gen, 1);
     }
   }
   pthread_mutex_unlock(&a->mu);
@@ -747,6 +814,7 @@ void adaptive_limits(struct adaptive *a, const char *binding, const char *domain
   if (binding == NULL || !*binding)
     binding = "default";
   pthread_mutex_lock(&a->mu);
+  seen_note(a, domain, provider);
   for (size_t i = 0; i < a->ne; i++) {
     const struct entry *e = &a->e[i];
     if (!e->used || !e->active || now_ms >= e->adj.until_ms ||
@@ -770,6 +838,8 @@ void adaptive_limits(struct adaptive *a, const char *binding, const char *domain
           (uint64_t)j->value * out->throttle_per_s < (uint64_t)out->throttle_n * j->per_s) {
         out->throttle_n = j->value;
         out->throttle_per_s = j->per_s;
+        snprintf(out->throttle_key, sizeof out->throttle_key, "%s %s %s", j->rule, j->binding,
+                 j->target);
       }
       break;
     case ADAPTIVE_ACT_RETRY_INTERVAL:
@@ -824,10 +894,21 @@ size_t adaptive_expire(struct adaptive *a, uint64_t now_ms, struct adaptive_adju
   return ended;
 }
 
-static bool concerns(const struct entry *e, const char *binding, const char *domain)
+/* Whether e is in force and concerns binding and domain (a domain also
+ * matches its provider's adjustments, and a provider's name them). */
+static bool concerns(const struct adaptive *a, const struct entry *e, const char *binding,
+                     const char *domain, bool any_binding_too)
 {
-  return e->used && e->active && (binding == NULL || !strcmp(e->adj.binding, binding)) &&
-         (domain == NULL || !strcasecmp(e->adj.target, domain));
+  if (!e->used || !e->active)
+    return false;
+  /* an adjustment for every binding (domain scope) concerns each of them
+   * when listing, not when one binding's are cleared */
+  if (binding && strcmp(e->adj.binding, binding) && !(any_binding_too && !e->adj.binding[0]))
+    return false;
+  if (domain == NULL || !strcasecmp(e->adj.target, domain))
+    return true;
+  const char *p = e->adj.scope == ADAPTIVE_SCOPE_PROVIDER ? seen_provider(a, domain) : NULL;
+  return p && !strcasecmp(p, e->adj.target);
 }
 
 size_t adaptive_list(struct adaptive *a, const char *binding, const char *domain,
@@ -836,7 +917,7 @@ size_t adaptive_list(struct adaptive *a, const char *binding, const char *domain
   size_t n = 0;
   pthread_mutex_lock(&a->mu);
   for (size_t i = 0; i < a->ne; i++) {
-    if (!concerns(&a->e[i], binding, domain))
+    if (!concerns(a, &a->e[i], binding, domain, true))
       continue;
     n++;
     if (fn && !fn(arg, &a->e[i].adj))
@@ -852,7 +933,7 @@ size_t adaptive_clear(struct adaptive *a, const char *binding, const char *domai
   pthread_mutex_lock(&a->mu);
   for (size_t i = 0; i < a->ne; i++) {
     struct entry *e = &a->e[i];
-    if (!concerns(e, binding, domain))
+    if (!concerns(a, e, binding, domain, false))
       continue;
     e->active = false;
     e->adj.fired = 0; /* cleared by hand: a back-off starts again from its base */
@@ -883,6 +964,31 @@ uint64_t adaptive_made_total(struct adaptive *a, enum adaptive_action act)
   return n;
 }
 
+uint32_t adaptive_provider_lookup(struct adaptive *a, const char *mx_host, char *name, size_t n)
+{
+  pthread_mutex_lock(&a->mu);
+  const struct adaptive_provider *p = adaptive_provider_of(a->rs, mx_host);
+  copy_cut(name, n, p ? p->name : "");
+  uint32_t cap = p ? p->max_connections : 0;
+  pthread_mutex_unlock(&a->mu);
+  return cap;
+}
+
+uint32_t adaptive_provider_warmup(struct adaptive *a, const char *mx_host, char *name, size_t n,
+                                  struct adaptive_warmup *w)
+{
+  pthread_mutex_lock(&a->mu);
+  const struct adaptive_provider *p = adaptive_provider_of(a->rs, mx_host);
+  copy_cut(name, n, p ? p->name : "");
+  uint32_t cap = p ? p->max_connections : 0;
+  if (p)
+    *w = p->warmup;
+  else
+    w->nstep = 0;
+  pthread_mutex_unlock(&a->mu);
+  return cap;
+}
+
 /* ------------------------------------------------------------ slots */
 
 static struct slot *slot_find(struct adaptive *a, const char *key, bool create)
@@ -907,25 +1013,29 @@ static struct slot *slot_find(struct adaptive *a, const char *key, bool create)
   return s;
 }
 
-bool adaptive_slot_take(struct adaptive *a, const char *key, uint32_t cap)
+bool adaptive_slot_take(struct adaptive *a, const char *key, uint32_t cap, uint32_t *id)
 {
+  *id = 0;
   if (cap == 0)
     return true;
   pthread_mutex_lock(&a->mu);
   struct slot *s = slot_find(a, key, true);
   bool ok = s->held < cap;
-  if (ok)
+  if (ok) {
     s->held++;
+    *id = (uint32_t)(s - a->slot) + 1; /* slots stay at their index */
+  }
   pthread_mutex_unlock(&a->mu);
   return ok;
 }
 
-void adaptive_slot_release(struct adaptive *a, const char *key)
+void adaptive_slot_release(struct adaptive *a, uint32_t id)
 {
+  if (id == 0)
+    return;
   pthread_mutex_lock(&a->mu);
-  struct slot *s = slot_find(a, key, false);
-  if (s && s->held > 0)
-    s->held--;
+  if (id <= a->nslot && a->slot[id - 1].held > 0)
+    a->slot[id - 1].held--;
   pthread_mutex_unlock(&a->mu);
 }
 

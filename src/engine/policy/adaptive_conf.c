@@ -123,6 +123,13 @@ static int provider_from_stanza(struct adaptive_rules *rs, const struct conf_sta
   if (p.nsuffix == 0)
     return FAIL_AT(v, CONF_PROVIDER_MX_SUFFIX,
                  "provider \"%s\" needs mx_suffix = ( \".example.net\" ... )", name);
+  if (conf_is_set(v, CONF_PROVIDER_WARMUP)) {
+    size_t nw = 0;
+    const char *const *l = conf_list(v, CONF_PROVIDER_WARMUP, &nw);
+    char why[300];
+    if (adaptive_warmup_parse(l, nw, &p.warmup, why, sizeof why) < 0)
+      return FAIL_AT(v, CONF_PROVIDER_WARMUP, "provider \"%s\": %s", name, why);
+  }
   if (conf_is_set(v, CONF_PROVIDER_MAX_OUTBOUND_CONNECTIONS)) {
     int64_t m = conf_int(v, CONF_PROVIDER_MAX_OUTBOUND_CONNECTIONS);
     p.max_connections = m > 0 && m < 1000000 ? (uint32_t)m : 0;

@@ -17,7 +17,110 @@ void (*spool_test_after_stat)(int fd);
 static bool name_ignored(const char *n)
 {
   size_t l = strlen(n);
-  return n[0] == '.' || (l >= 4 && !strcmp(n + l - 4, ".tmp")) || l > SPOOL_NAME_MAX - 24;
+  return n[0] == '.' || (l >= 4 && !strcmp(n + l - 4, ".tmp"));
+}
+
+/* ---- files still being written (issue 18 item 3) ---- */
+
+/* A file not renamed in must have no writer when it is taken. */
+#define QUIET_MS 2000u /* without a lease: unchanged for this long */
+
+static size_t moved_slot(const char *n)
+{
+  uint64_t h = 1469598103934665603u;
+  for (; *n; n++)
+    h = (h ^ (unsigned char)*n) * 1099511628211u;
+  return (size_t)(h >> 20) & (MOVED_CAP - 1);
+}
+
+static void moved_clear(struct spool *sp)
+{
+  if (sp->moved)
+    for (size_t i = 0; i < MOVED_CAP; i++) {
+      free(sp->moved[i]);
+      sp->moved[i] = NULL;
+    }
+  sp->nmoved = 0;
+}
+
+void moved_free(struct spool *sp)
+{
+  moved_clear(sp);
+  free(sp->moved);
+  sp->moved = NULL;
+}
+
+static void moved_add(struct spool *sp, const char *name)
+{
+  if (sp->nmoved >= MOVED_CAP / 2)
+    return; /* full: the rest is checked */
+  if (!sp->moved)
+    sp->moved = util_xcalloc(MOVED_CAP, sizeof(*sp->moved));
+  size_t i = moved_slot(name);
+  for (; sp->moved[i]; i = (i + 1) & (MOVED_CAP - 1))
+    if (!strcmp(sp->moved[i], name))
+      return;
+  sp->moved[i] = util_xstrdup(name);
+  sp->nmoved++;
+}
+
+/* Whether name arrived by rename; it is forgotten (the next file under
+ * that name must arrive by rename again). */
+static bool moved_take(struct spool *sp, const char *name)
+{
+  if (!sp->moved || sp->nmoved == 0)
+    return false;
+  size_t i = moved_slot(name);
+  for (; sp->moved[i]; i = (i + 1) & (MOVED_CAP - 1))
+    if (!strcmp(sp->moved[i], name))
+      break;
+  if (!sp->moved[i])
+    return false;
+  free(sp->moved[i]);
+  sp->moved[i] = NULL;
+  sp->nmoved--;
+  /* re-insert the rest of the cluster (open addressing deletion) */
+  for (size_t j = (i + 1) & (MOVED_CAP - 1); sp->moved[j]; j = (j + 1) & (MOVED_CAP - 1)) {
+    char *s = sp->moved[j];
+    sp->moved[j] = NULL;
+    size_t k = moved_slot(s);
+    while (sp->moved[k])
+      k = (k + 1) & (MOVED_CAP - 1);
+    sp->moved[k] = s;
+  }
+  return true;
+}
+
+/* Whether a file in pickup/ that did not arrive by rename is still open
+ * for writing: a read lease cannot be had on a file that a writer has
+ * open (fcntl F_SETLEASE fails with EAGAIN), and closing our descriptor
+ * drops the lease again (no owner is set, so no signal can come). Where no
+ * lease can be had (another user's file without CAP_LEASE, leases off), a
+ * file changed within QUIET_MS counts as still being written. */
+static bool being_written(struct spool *sp, const char *name)
+{
+  int fl = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
+  int fd = -1;
+  if (atomic_load_explicit(&sp->noatime, memory_order_relaxed))
+    fd = openat(sp->pickup_fd, name, fl | O_NOATIME);
+  if (fd < 0)
+    fd = openat(sp->pickup_fd, name, fl);
+  if (fd < 0)
+    return false; /* the claim says why */
+  bool busy = false;
+  if (fcntl(fd, F_SETLEASE, F_RDLCK) < 0) {
+    struct stat st;
+    if (errno == EAGAIN) {
+      busy = true;
+    } else if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+      uint64_t now = clock_wall_ms();
+      uint64_t m = (uint64_t)st.st_mtim.tv_sec * 1000u + (uint64_t)st.st_mtim.tv_nsec / 1000000u;
+      uint64_t c = (uint64_t)st.st_ctim.tv_sec * 1000u + (uint64_t)st.st_ctim.tv_nsec / 1000000u;
+      busy = now < (m > c ? m : c) + QUIET_MS;
+    }
+  }
+  close(fd);
+  return busy;
 }
 
 static int cmp_ino(const void *a, const void *b)
@@ -43,11 +146,18 @@ int scan_pickup(struct spool *sp)
   }
   rewinddir(d);
   size_t n = 0;
+  sp->busy = false;
   struct dirent *e;
   while ((e = readdir(d))) {
     /* every type is listed: what is not a regular file goes to bad/ */
     if (name_ignored(e->d_name))
       continue;
+    /* a file not renamed in is taken only once no one writes it */
+    if ((e->d_type == DT_REG || e->d_type == DT_UNKNOWN) && !moved_take(sp, e->d_name) &&
+        being_written(sp, e->d_name)) {
+      sp->busy = true; /* its IN_CLOSE_WRITE (or the rescan) brings it back */
+      continue;
+    }
     if (n == sp->capnames) {
       sp->capnames = sp->capnames ? sp->capnames * 2 : 256;
       sp->names = util_xrealloc(sp->names, sp->capnames * sizeof(*sp->names));
@@ -69,6 +179,23 @@ static void drain_fd(int fd)
   }
 }
 
+/* Read the inotify events: names renamed in are remembered (moved_add). */
+static void read_events(struct spool *sp)
+{
+  char b[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
+  ssize_t n;
+  while ((n = read(sp->ino_fd, b, sizeof(b))) > 0) {
+    for (char *p = b; p < b + n;) {
+      const struct inotify_event *ev = (const struct inotify_event *)(void *)p;
+      if (ev->mask & IN_Q_OVERFLOW)
+        moved_clear(sp); /* events were lost: every name is checked */
+      else if ((ev->mask & IN_MOVED_TO) && ev->len && !name_ignored(ev->name))
+        moved_add(sp, ev->name);
+      p += sizeof(*ev) + ev->len;
+    }
+  }
+}
+
 /* Wait for something to claim; true when names are pending. */
 static bool wait_work(struct spool *sp, int timeout_ms)
 {
@@ -85,7 +212,7 @@ static bool wait_work(struct spool *sp, int timeout_ms)
                             {.fd = sp->wake_fd, .events = POLLIN}};
     if (poll(pfd, 2, ms) > 0) {
       if (pfd[0].revents) {
-        drain_fd(sp->ino_fd);
+        read_events(sp);
         sp->scan_due = true;
       }
       if (pfd[1].revents)
@@ -94,6 +221,8 @@ static bool wait_work(struct spool *sp, int timeout_ms)
     uint64_t now = clock_mono_ns();
     if (atomic_exchange(&sp->kick, 0) || now >= sp->next_rescan_ns)
       sp->scan_due = true;
+    if (sp->busy && sp->ino_fd < 0 && sp->next_rescan_ns > now + 200000000u)
+      sp->next_rescan_ns = now + 200000000u; /* no close events: look again soon */
     if (sp->scan_due) {
       sp->scan_due = false;
       wait_drained(sp);
@@ -129,6 +258,7 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *out)
   out->syncs = atomic_load_explicit(&sp->st_syncs, memory_order_relaxed);
   out->recovered = atomic_load_explicit(&sp->st_recovered, memory_order_relaxed);
   out->ring_reads = atomic_load_explicit(&sp->st_ring_reads, memory_order_relaxed);
+  out->ctx_loads = atomic_load_explicit(&sp->st_ctx_loads, memory_order_relaxed);
   histo_read(&sp->st_sync_lat, &out->sync_latency);
 }
 
@@ -206,8 +336,8 @@ static int read_file(struct spool *sp, int fd, struct stat *st, char *why, size_
 }
 
 /* Build a queued message from a parsed envelope. */
-static struct spool_msg *msg_from_env(struct spool *sp, struct spool_envelope *env, uint64_t id,
-                                      uint16_t node, uint8_t bucket)
+static struct spool_msg *msg_from_env(struct spool *sp, struct msg_envelope *env, uint64_t id,
+                                      uint16_t node, uint8_t bucket, char *why, size_t whylen)
 {
   uint32_t *rlen = util_xmalloc(((size_t)env->nrcpt + 1) * sizeof(uint32_t));
   for (uint32_t i = 0; i < env->nrcpt; i++)
@@ -225,11 +355,19 @@ static struct spool_msg *msg_from_env(struct spool *sp, struct spool_envelope *e
   m->binding = env->binding;
   m->binding_group = env->binding_group;
   env->binding = env->binding_group = NULL;
-  m->mess = env->mess ? env->mess : ctx_new();
-  env->mess = NULL;
+  m->mess = ctx_new();
   m->conn = ctx_new();
   if (!m->mess || !m->conn)
     util_panic("spool: out of memory");
+  for (uint32_t i = 0; i < env->nctx; i++) {
+    const struct msg_kv *kv = &env->ctx[i];
+    int r = ctx_setn(m->mess, kv->key, strlen(kv->key), kv->value, strlen(kv->value), 0);
+    if (r < 0) {
+      snprintf(why, whylen, "bad x-context \"%.64s\": %s", kv->key, strerror(-r));
+      spool_msg_free(m);
+      return NULL;
+    }
+  }
   (void)sp;
   return m;
 }
@@ -259,15 +397,21 @@ static int take_checked(struct spool *sp, int dfd, const char *qname, const char
   char why[512];
   *out = NULL;
   *lo = *hi = 0;
-  struct spool_envelope env;
-  if (spool_parse((const char *)data, len, &env, why, sizeof(why)) < 0) {
-    spool_envelope_done(&env);
+  struct msg_envelope env;
+  struct spool_msg *m = NULL;
+  if (msg_parse((const char *)data, len, &env, why, sizeof(why)) < 0 ||
+      !(m = msg_from_env(sp, &env, id, node, bucket, why, sizeof(why)))) {
+    msg_envelope_done(&env);
     to_bad(sp, dfd, qname, orig, why, idstr);
     return 1;
   }
-  struct spool_msg *m = msg_from_env(sp, &env, id, node, bucket);
-  (void)spool_scrub_secrets((char *)(uintptr_t)data, env.body_off, lo, hi);
-  spool_envelope_done(&env);
+  (void)msg_scrub_secrets((char *)(uintptr_t)data, env.body_off, ctx_key_is_secret, lo, hi);
+  if (env.ndup && sp->p.on_note) {
+    snprintf(why, sizeof(why), "%s: removed %" PRIu32 " duplicate x-receiver lines (%" PRIu32
+             " recipients left)", idstr, env.ndup, env.nrcpt);
+    sp->p.on_note(sp->p.arg, orig, why);
+  }
+  msg_envelope_done(&env);
   if (sp->p.on_ingest) {
     why[0] = 0;
     in_hook.msg = m; /* spool_ingest_bytes / spool_open_body read the pickup file */
@@ -335,7 +479,7 @@ int claim_file(struct spool *sp, int dfd, const char *qname, const char *orig,
    * never holds it): overwrite it in the queue file too. */
   if (hi > lo)
     scrub_file(dfd, qname, sp->rbuf.data + lo, hi - lo, lo);
-  meta_build(&sp->mbuf, m);
+  meta_build(sp, &sp->mbuf, m);
   char mname[SPOOL_ID_LEN + 3];
   snprintf(mname, sizeof(mname), "%s.m", idstr);
   int mfd = openat(dfd, mname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -378,7 +522,6 @@ static void deliver_batch(struct spool *sp, struct claimed *c, size_t n)
   atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
   for (size_t i = 0; i < n; i++) {
     claimed_close(&c[i]);
-    spool_drop_ctx(sp, c[i].msg);
     sp->p.on_msg(sp->p.arg, c[i].msg);
     c[i].msg = NULL;
   }
@@ -469,11 +612,14 @@ static void jrn_emit(struct spool *sp, const char *name, const uint8_t *data,
   }
   m->body_mem = hot_keep2(sig, sn, data + m->body_off, osize);
   size_t attr = b->len + sp->jrefbytes;
-  rec_attr(b, m);
+  rec_attr(sp, b, m);
   /* offsets within the entry for now; ingest_journal makes them absolute */
   m->body_off = body - out->at;
   m->ctx_off = (uint32_t)(attr - out->at);
   m->ctx_len = (uint32_t)(b->len + sp->jrefbytes - attr);
+  out->ino = pi->ino;
+  out->size = pi->size;
+  out->stamp = pi->stamp;
   out->msg = m;
 }
 
@@ -545,12 +691,103 @@ static void jrn_flush_deferred(struct spool *sp)
 bool (*spool_test_keep_pickup)(const char *name);
 void (*spool_test_before_forget)(void);
 
-/* A pickup file whose message is durable in the journal leaves pickup/. */
+/* Whether the file now under tomb in pickup/ (what was at t's name when
+ * it was taken away) is the one t's message was read from: the inode and
+ * size (stx: from the ring's statx, or NULL to stat it), else, for a file
+ * whose identity is a checksum, its content (a file system whose d_ino and
+ * st_ino differ). */
+static bool tomb_is(struct spool *sp, const char *tomb, const struct jtake *t,
+                    const struct statx *stx)
+{
+  uint64_t ino, size;
+  struct stat st;
+  if (stx) {
+    ino = stx->stx_ino;
+    size = stx->stx_size;
+  } else {
+    if (fstatat(sp->pickup_fd, tomb, &st, AT_SYMLINK_NOFOLLOW) < 0)
+      return false;
+    ino = (uint64_t)st.st_ino;
+    size = (uint64_t)st.st_size;
+  }
+  if (size != t->size)
+    return false;
+  if (ino == t->ino)
+    return true;
+  if (!(t->stamp & STAMP_CRC))
+    return false;
+  int fd = openat(sp->pickup_fd, tomb, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0)
+    return false;
+  uint8_t *p = malloc(size ? size : 1);
+  bool same = p && pread(fd, p, size, 0) == (ssize_t)size &&
+              (STAMP_CRC | crc32c(0, p, size)) == t->stamp;
+  free(p);
+  close(fd);
+  return same;
+}
+
+/* A file taken away under tomb that is not t's (its name was reused while
+ * t's file was being ingested): back under its name when that is free,
+ * else under "requeued-<id>", so it is ingested like any other. */
+static void tomb_restore(struct spool *sp, const char *tomb, const struct jtake *t)
+{
+  char alt[64], why[SPOOL_NAME_MAX + 160];
+  const char *now = t->name;
+  if (renameat2(sp->pickup_fd, tomb, sp->pickup_fd, t->name, RENAME_NOREPLACE) < 0) {
+    snprintf(alt, sizeof alt, "requeued-%s", tomb + 3);
+    now = alt;
+    if (renameat(sp->pickup_fd, tomb, sp->pickup_fd, alt) < 0)
+      now = tomb; /* left as it is: recovery requeues it at the next start */
+  }
+  snprintf(why, sizeof why,
+           "pickup name %s was reused while its file was being ingested: the newer file is "
+           "kept in pickup/ as %s",
+           t->name, now);
+  if (sp->p.on_note)
+    sp->p.on_note(sp->p.arg, t->name, why);
+}
+
+/* The tomb of t's pickup file: ".c.<message id>" (dot names are never
+ * picked up; recovery knows them, see recover_tombs). */
+static void tomb_name(const struct jtake *t, char out[SPOOL_ID_LEN + 4])
+{
+  char id[SPOOL_ID_LEN + 1];
+  snprintf(out, SPOOL_ID_LEN + 4, ".c.%s", spool_msg_id_str(t->msg, id));
+}
+
+/* The rest of jrn_forget_pickup once what was at t's name is under tomb. */
+static void jrn_forget_tomb(struct spool *sp, const struct jtake *t, const char *tomb,
+                            const struct statx *stx)
+{
+  if (!tomb_is(sp, tomb, t, stx)) {
+    tomb_restore(sp, tomb, t);
+    return;
+  }
+  if (unlinkat(sp->pickup_fd, tomb, 0) == 0 || errno == ENOENT)
+    return;
+  char why[256], id[SPOOL_ID_LEN + 1];
+  snprintf(why, sizeof(why), "queued as %s, but the pickup file could not be removed (%s)",
+           spool_msg_id_str(t->msg, id), strerror(errno));
+  to_bad(sp, sp->pickup_fd, tomb, t->name, why, id);
+}
+
+/* A pickup file whose message is durable in the journal leaves pickup/.
+ * The removal is tied to the file, not to its name (issue 18 item 2): the
+ * name is first renamed away (atomic: whatever is there now is taken),
+ * then what was taken is compared with what was read; a newer file that
+ * took the name meanwhile is put back, never removed. */
 static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
 {
   if (spool_test_keep_pickup && spool_test_keep_pickup(t->name))
     return; /* as if the process died here */
-  if (unlinkat(sp->pickup_fd, t->name, 0) == 0 || errno == ENOENT)
+  char tomb[SPOOL_ID_LEN + 4];
+  tomb_name(t, tomb);
+  if (renameat(sp->pickup_fd, t->name, sp->pickup_fd, tomb) == 0) {
+    jrn_forget_tomb(sp, t, tomb, NULL);
+    return;
+  }
+  if (errno == ENOENT)
     return;
   char why[256], id[SPOOL_ID_LEN + 1];
   snprintf(why, sizeof(why), "queued as %s, but the pickup file could not be removed (%s)",
@@ -562,7 +799,7 @@ static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
  * or 2 when jrn_take must read it (not read by the ring, possibly bigger
  * than its slot, changed meanwhile, or O_NOATIME refused). The identity
  * kept for recovery is the name, d_ino, the size read and, for small
- * slots, a checksum of the content read (before spool_scrub_secrets
+ * slots, a checksum of the content read (before msg_scrub_secrets
  * changes the buffer), for big ones the mtime from the statx after the
  * read (a checksum of 100 KB costs more than the statx): see "Claiming is
  * atomic" in docs/spool.md. */
@@ -610,25 +847,66 @@ static int jrn_take_pre(struct spool *sp, const struct pname *pn, const struct p
   return 1;
 }
 
-/* Remove a durable batch's pickup files: one ring submission when it can,
- * else (and for any file the ring could not remove) one unlinkat each. */
+/* Remove a durable batch's pickup files (jrn_forget_pickup's steps): the
+ * renames with their statx in one ring submission, the unlinks in a
+ * second, when it can; else (and for any file the ring could not take)
+ * system calls, one file at a time. */
 static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
 {
   if (spool_test_before_forget)
     spool_test_before_forget();
   iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false);
   if (sp->iunlink && !spool_test_keep_pickup && bt->n <= sp->iunlink->cap) {
-    char **names = util_xmalloc(bt->n * sizeof(*names));
-    for (size_t i = 0; i < bt->n; i++)
+    struct iobatch *ib = sp->iunlink;
+    char **names = util_xmalloc(2 * bt->n * sizeof(*names)), **tombs = names + bt->n;
+    char (*tb)[SPOOL_ID_LEN + 4] = util_xmalloc(bt->n * sizeof(*tb));
+    for (size_t i = 0; i < bt->n; i++) {
       names[i] = bt->c[i].name;
-    int r = iobatch_unlink(sp->iunlink, sp->pickup_fd, names, (unsigned)bt->n);
-    free(names);
-    if (r == 0) {
-      for (size_t i = 0; i < bt->n; i++)
-        if (sp->iunlink->res[i] < 0 && sp->iunlink->res[i] != -ENOENT)
-          jrn_forget_pickup(sp, &bt->c[i]);
-      return;
+      tomb_name(&bt->c[i], tb[i]);
+      tombs[i] = tb[i];
     }
+    int r = iobatch_claim(ib, sp->pickup_fd, names, tombs, (unsigned)bt->n);
+    if (r == 0) {
+      unsigned nu = 0; /* tombs to remove, moved to the front of tombs[] */
+      size_t *who = util_xmalloc(bt->n * sizeof(*who));
+      for (size_t i = 0; i < bt->n; i++) {
+        if (ib->res[i] == -ENOENT)
+          continue; /* gone already */
+        if (ib->res[i] < 0) {
+          jrn_forget_pickup(sp, &bt->c[i]);
+          continue;
+        }
+        if (!tomb_is(sp, tombs[i], &bt->c[i], ib->res2[i] == 0 ? &ib->stx[i] : NULL)) {
+          tomb_restore(sp, tombs[i], &bt->c[i]);
+          continue;
+        }
+        who[nu] = i;
+        tombs[nu++] = tb[i];
+      }
+      if (nu > 0 && iobatch_unlink(ib, sp->pickup_fd, tombs, nu) == 0) {
+        for (unsigned k = 0; k < nu; k++)
+          if (ib->res[k] < 0 && ib->res[k] != -ENOENT)
+            jrn_forget_tomb(sp, &bt->c[who[k]], tombs[k], NULL);
+      } else {
+        for (unsigned k = 0; k < nu; k++)
+          jrn_forget_tomb(sp, &bt->c[who[k]], tombs[k], NULL);
+      }
+      free(who);
+    }
+    free(tb);
+    free(names);
+    if (r == 0)
+      return;
+    /* the ring failed part way: some names may be under their tombs */
+    for (size_t i = 0; i < bt->n; i++) {
+      char tomb[SPOOL_ID_LEN + 4];
+      tomb_name(&bt->c[i], tomb);
+      if (faccessat(sp->pickup_fd, tomb, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+        jrn_forget_tomb(sp, &bt->c[i], tomb, NULL);
+      else
+        jrn_forget_pickup(sp, &bt->c[i]);
+    }
+    return;
   }
   for (size_t i = 0; i < bt->n; i++)
     jrn_forget_pickup(sp, &bt->c[i]);
@@ -670,7 +948,6 @@ static void jrn_batch_done(struct spool *sp, struct jbatch *bt)
   atomic_fetch_add_explicit(&sp->st_ingested, bt->n, memory_order_relaxed);
   atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
   for (size_t i = 0; i < bt->n; i++) {
-    spool_drop_ctx(sp, bt->c[i].msg);
     sp->p.on_msg(sp->p.arg, bt->c[i].msg);
   }
   if (sp->p.on_batch_end)

@@ -26,6 +26,8 @@ void iobatch_free(struct iobatch *b)
   free(b->buf);
   free(b->pre);
   free(b->res);
+  free(b->res2);
+  free(b->stx);
   free(b);
 }
 
@@ -40,7 +42,7 @@ static struct iobatch *iobatch_new(unsigned cap, bool reads)
    * batch, instead of one wake-up of the thread per completion. Needs
    * kernel 6.1; without it, completions wake the thread one by one. */
   struct io_uring_params prm = {.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN};
-  unsigned entries = reads ? 4 * cap : cap;
+  unsigned entries = reads ? 4 * cap : 2 * cap;
   if (io_uring_queue_init_params(entries, &b->ring, &prm) == 0) {
     b->single = true;
   } else if (io_uring_queue_init(entries, &b->ring, 0) < 0) {
@@ -66,7 +68,9 @@ static struct iobatch *iobatch_new(unsigned cap, bool reads)
     b->pre = util_xcalloc(cap, sizeof(*b->pre));
   } else {
     struct io_uring_probe *pr = io_uring_get_probe_ring(&b->ring);
-    bool ok = pr && io_uring_opcode_supported(pr, IORING_OP_UNLINKAT);
+    bool ok = pr && io_uring_opcode_supported(pr, IORING_OP_UNLINKAT) &&
+              io_uring_opcode_supported(pr, IORING_OP_RENAMEAT) &&
+              io_uring_opcode_supported(pr, IORING_OP_STATX);
     if (pr)
       io_uring_free_probe(pr);
     if (!ok) {
@@ -75,6 +79,8 @@ static struct iobatch *iobatch_new(unsigned cap, bool reads)
       return NULL;
     }
     b->res = util_xcalloc(cap, sizeof(*b->res));
+    b->res2 = util_xcalloc(cap, sizeof(*b->res2));
+    b->stx = util_xcalloc(cap, sizeof(*b->stx));
     /* Every removal takes the pickup directory's lock: io-wq workers
      * removing in parallel only spin and sleep on it (up to 8 were seen,
      * each spinning while another or the producer held it). One worker
@@ -129,7 +135,10 @@ static int iobatch_run(struct iobatch *b, unsigned n)
         else if (step == 2)
           b->pre[i].rd = cqe->res;
       } else if (b->res && i < b->cap) {
-        b->res[i] = cqe->res;
+        if (step == 1)
+          b->res2[i] = cqe->res;
+        else
+          b->res[i] = cqe->res;
       }
       seen++;
     }
@@ -204,4 +213,24 @@ int iobatch_unlink(struct iobatch *b, int dirfd, char *const *names, unsigned n)
     q->user_data = (uint64_t)i << 2;
   }
   return iobatch_run(b, n);
+}
+
+/* Take each of names[0..n) (n <= cap) out of pickup/ atomically under
+ * tombs[i] and say what was taken: renameat(names[i] -> tombs[i]) linked
+ * to a statx of tombs[i] into b->stx[i]; rename results in b->res, statx
+ * results in b->res2. One system call for the lot. */
+int iobatch_claim(struct iobatch *b, int dirfd, char *const *names, char *const *tombs,
+                  unsigned n)
+{
+  for (unsigned i = 0; i < n; i++) {
+    b->res[i] = b->res2[i] = -ECANCELED;
+    struct io_uring_sqe *q = sqe_get(&b->ring);
+    io_uring_prep_renameat(q, dirfd, names[i], dirfd, tombs[i], 0);
+    q->flags |= IOSQE_IO_LINK;
+    q->user_data = (uint64_t)i << 2;
+    q = sqe_get(&b->ring);
+    io_uring_prep_statx(q, dirfd, tombs[i], AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &b->stx[i]);
+    q->user_data = (uint64_t)i << 2 | 1;
+  }
+  return iobatch_run(b, 2 * n);
 }

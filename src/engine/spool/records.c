@@ -231,7 +231,7 @@ void rec_end(struct buf *b, size_t start)
   put_u32(b, crc32c(0, b->data + start, (size_t)len + 5));
 }
 
-void rec_attr(struct buf *b, const struct spool_msg *m)
+void rec_attr(const struct spool *sp, struct buf *b, const struct spool_msg *m)
 {
   size_t r = rec_begin(b, REC_ATTR);
   put_str(b, m->binding);
@@ -242,6 +242,7 @@ void rec_attr(struct buf *b, const struct spool_msg *m)
   at = b->len;
   put_u32(b, 0);
   patch_u32(b->data + at, (uint32_t)ctx_serialize(m->conn, b));
+  seal_put(sp, b, m); /* the secret entries, sealed (seal.c) */
   rec_end(b, r);
 }
 
@@ -295,7 +296,7 @@ struct spool_msg *get_header(struct rd *r, uint64_t *body_off)
   return m;
 }
 
-void meta_build(struct buf *b, struct spool_msg *m)
+void meta_build(const struct spool *sp, struct buf *b, struct spool_msg *m)
 {
   b->len = b->off = 0;
   buf_append(b, META_MAGIC, 4);
@@ -304,7 +305,7 @@ void meta_build(struct buf *b, struct spool_msg *m)
   put_header(b, m, m->body_off);
   rec_end(b, r);
   m->ctx_off = (uint32_t)b->len;
-  rec_attr(b, m);
+  rec_attr(sp, b, m);
   m->ctx_len = (uint32_t)(b->len - m->ctx_off);
   m->meta_size = (uint32_t)b->len;
 }
@@ -335,7 +336,7 @@ long rec_check(const uint8_t *p, size_t avail, uint8_t *type, struct rd *payload
 
 /* Apply an ATTR record payload: binding/group always; dictionaries when
  * with_dicts (into fresh ctx objects). Returns 0 or -EBADMSG. */
-int attr_apply(struct spool_msg *m, struct rd *r, bool with_dicts)
+int attr_apply(const struct spool *sp, struct spool_msg *m, struct rd *r, bool with_dicts)
 {
   uint32_t bn, gn;
   const char *b = get_str(r, &bn);
@@ -364,6 +365,18 @@ int attr_apply(struct spool_msg *m, struct rd *r, bool with_dicts)
     ctx_free(m->conn);
     m->mess = mess;
     m->conn = conn;
+  }
+  if (r->p < r->end) { /* sealed secret entries (seal.c) */
+    uint32_t sl = get_u32(r);
+    if (r->bad || !rd_need(r, sl))
+      return -EBADMSG;
+    const uint8_t *blob = r->p;
+    r->p += sl;
+    if (with_dicts) {
+      int e = seal_apply(sp, m, blob, sl);
+      if (e < 0)
+        return e == -EBADMSG ? e : -EKEYREJECTED;
+    }
   }
   return 0;
 }
@@ -421,6 +434,7 @@ int spool_load_ctx(struct spool *sp, struct spool_msg *msg)
   if (msg->mess && msg->conn)
     return 0;
   msg->mess_empty = false;
+  atomic_fetch_add_explicit(&sp->st_ctx_loads, 1, memory_order_relaxed);
   int fd = msg->jseg ? jfd_of(sp, msg->jseg) : open_meta(sp, msg, O_RDONLY);
   if (fd < 0)
     return fd;
@@ -439,14 +453,29 @@ int spool_load_ctx(struct spool *sp, struct spool_msg *msg)
              type != REC_ATTR)
       r = -EBADMSG;
     else
-      r = attr_apply(msg, &rd, true);
+      r = attr_apply(sp, msg, &rd, true);
   }
   if (!msg->jseg)
     close(fd);
-  if (p != stackbuf)
+  if (p != stackbuf) {
+    explicit_bzero(p, msg->ctx_len);
     free(p);
-  if (r < 0)
+  } else {
+    explicit_bzero(stackbuf, sizeof stackbuf);
+  }
+  if (r == -EKEYREJECTED || r == -ENOKEY) {
+    /* the dictionaries are back, their sealed secrets are not: the caller
+     * fails what needs them transiently, never takes them from elsewhere */
+    char id[SPOOL_ID_LEN + 1], why[160];
+    snprintf(why, sizeof why, "%s: its secret context values cannot be decrypted (%s)",
+             spool_msg_id_str(msg, id),
+             r == -ENOKEY ? "no Spool_Secret_Key_File" : "wrong key or damage");
+    if (sp->p.on_note)
+      sp->p.on_note(sp->p.arg, "", why);
+  } else if (r < 0) {
     return r;
+  }
+  int rr = r;
   /* Restore the secrets that never went to disk. */
   struct ctx_iter it = {0};
   const char *k, *v;
@@ -455,7 +484,7 @@ int spool_load_ctx(struct spool *sp, struct spool_msg *msg)
     ctx_setn(k[0] == 'c' ? msg->conn : msg->mess, k + 1, kl - 1, v, vl, CTX_F_SECRET);
   ctx_free(msg->secrets);
   msg->secrets = NULL;
-  return 0;
+  return rr;
 }
 
 /* Append an ATTR record; returns 0 or -errno. fd_out keeps the fd open
@@ -468,7 +497,7 @@ int append_attr(struct spool *sp, struct spool_msg *msg, struct buf *b, int *fd_
       return r;
   }
   b->len = b->off = 0;
-  rec_attr(b, msg);
+  rec_attr(sp, b, msg);
   int fd = open_meta(sp, msg, O_WRONLY);
   if (fd < 0)
     return fd;
@@ -492,7 +521,7 @@ int spool_save_ctx(struct spool *sp, struct spool_msg *msg)
   if (msg->jseg) { /* a changed message leaves the journal for its own files */
     uint32_t old = msg->jseg;
     int bfd = -1, mfd = -1;
-    int r = jrn_spill(sp, msg, &b, &bfd, &mfd);
+    int r = jrn_spill(sp, msg, false, &b, &bfd, &mfd);
     if (r == 0 && sp->p.sync != SPOOL_SYNC_NONE && (fsync(bfd) < 0 || fsync(mfd) < 0))
       r = -errno;
     if (bfd >= 0)

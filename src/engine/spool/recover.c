@@ -91,7 +91,7 @@ static struct spool_msg *meta_load(struct spool *sp, const struct buf *b, uint8_
     } else if (type == REC_ATTR) {
       m->ctx_off = (uint32_t)(p - b->data);
       m->ctx_len = (uint32_t)n;
-      if (attr_apply(m, &r, sp->p.keep_dicts_in_memory) < 0)
+      if (attr_apply(sp, m, &r, sp->p.keep_dicts_in_memory) < 0) /* a key mismatch stops spool_open */
         goto malformed;
     } else if (type == REC_STATE) {
       m->attempts = get_u32(&r);
@@ -325,7 +325,7 @@ static long jrn_load_msg(struct spool *sp, uint32_t seg, const uint8_t *base, si
   m->jseg = seg;
   m->ctx_off = (uint32_t)attr;
   m->ctx_len = (uint32_t)an;
-  if (attr_apply(m, &ar, sp->p.keep_dicts_in_memory) < 0) {
+  if (attr_apply(sp, m, &ar, sp->p.keep_dicts_in_memory) < 0) {
     spool_msg_free(m);
     return -EBADMSG;
   }
@@ -585,6 +585,40 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
   return count;
 }
 
+/* Tombs (".c.<id>", see jrn_forget_pickup) left by a crash between taking
+ * a pickup file away and removing it: the journal's own file is removed;
+ * anything else (a newer file that had taken the name) goes back to
+ * pickup/ as "requeued-<id>" to be ingested. Never removes a file that is
+ * not a journal entry's. */
+static void recover_tombs(struct spool *sp, struct jmap *jm)
+{
+  int fd = openat(sp->pickup_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR *dir = fd < 0 ? NULL : fdopendir(fd);
+  if (!dir) {
+    if (fd >= 0)
+      close(fd);
+    return;
+  }
+  struct dirent *de;
+  while ((de = readdir(dir)) != NULL) {
+    uint64_t id;
+    uint16_t node;
+    if (strncmp(de->d_name, ".c.", 3) || spool_id_parse(de->d_name + 3, &id, &node) < 0)
+      continue;
+    struct jent *e = jmap_find(jm, id, node);
+    struct stat st;
+    if (e && e->m && fstatat(sp->pickup_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        (uint64_t)st.st_ino == e->ino && (uint64_t)st.st_size == e->size) {
+      unlinkat(sp->pickup_fd, de->d_name, 0);
+      continue;
+    }
+    char alt[64];
+    snprintf(alt, sizeof alt, "requeued-%s", de->d_name + 3);
+    (void)renameat(sp->pickup_fd, de->d_name, sp->pickup_fd, alt);
+  }
+  closedir(dir);
+}
+
 long spool_recover(struct spool *sp)
 {
   struct jmap jm = {0};
@@ -600,6 +634,7 @@ long spool_recover(struct spool *sp)
   count = spool_recover_files(sp);
   sp->jrecov = NULL;
   if (count >= 0 && !sp->p.no_journal) {
+    recover_tombs(sp, &jm);
     long n = jrn_recover_finish(sp, &jm);
     count = n < 0 ? n : count + n;
   }

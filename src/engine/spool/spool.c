@@ -11,24 +11,30 @@
 void write_why(struct spool *sp, const char *name, const char *reason, const char *id)
 {
   char why[SPOOL_NAME_MAX + 8];
-  snprintf(why, sizeof(why), "%s.why", name);
+  if (strlen(name) > 222) /* no room for ".why" (bad_name cuts names it gives) */
+    snprintf(why, sizeof(why), "%.200s.%s.why", name, id ? id : "long");
+  else
+    snprintf(why, sizeof(why), "%s.why", name);
   int fd = openat(sp->bad_fd, why, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0)
     return;
   char text[1024];
-  int n = snprintf(text, sizeof(text), "%s\nid: %s\ntime_ms: %" PRIu64 "\n", reason,
-                   id ? id : "-", clock_wall_ms());
+  int n = snprintf(text, sizeof(text), "%s\nid: %s\ntime_ms: %" PRIu64 "\n%s%.255s%s", reason,
+                   id ? id : "-", clock_wall_ms(), strlen(name) > 200 ? "name: " : "",
+                   strlen(name) > 200 ? name : "", strlen(name) > 200 ? "\n" : "");
   if (n > (int)sizeof(text))
     n = (int)sizeof(text);
   (void)write_all(fd, text, (size_t)n, -1);
   close(fd);
 }
 
-/* A free name in bad/ for name (name, or name.<id> when taken). */
+/* A free name in bad/ for name: name, or name.<id> when taken; a name
+ * too long for the .why beside it (over 200 bytes) is cut to 200 bytes
+ * plus .<id> (the .why's first lines give the whole name). */
 void bad_name(struct spool *sp, const char *name, const char *id, char *out, size_t n)
 {
   snprintf(out, n, "%s", name);
-  if (faccessat(sp->bad_fd, out, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+  if (strlen(name) > 200 || faccessat(sp->bad_fd, out, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
     snprintf(out, n, "%.200s.%s", name, id ? id : "dup");
 }
 
@@ -40,14 +46,84 @@ void report_bad(struct spool *sp, const char *name, const char *reason)
     sp->p.on_bad(sp->p.arg, name, reason);
 }
 
-/* Move queue file `qname` in bucket dir dfd to bad/<name>, plus the .why. */
+/* The named limit of scrub_bad: x-context lines are looked for in the
+ * file's first bytes up to here (the envelope and the header section). */
+#define BAD_SCRUB_MAX (1024u * 1024u)
+
+/* Overwrite secret x-context values in bad/<name> (issue 18 item 6): in
+ * the envelope and header section (up to the first empty line, at most
+ * BAD_SCRUB_MAX bytes), each secret value becomes "_=****" of the same
+ * length, as at ingest. A file we may not write (another owner) is
+ * replaced by a scrubbed copy. Best effort, never blocks on a FIFO. */
+static void scrub_bad(struct spool *sp, const char *name)
+{
+  int fd = openat(sp->bad_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  if (fd < 0)
+    return;
+  struct stat st;
+  if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size == 0) {
+    close(fd);
+    return;
+  }
+  size_t want = (uint64_t)st.st_size < BAD_SCRUB_MAX ? (size_t)st.st_size : BAD_SCRUB_MAX;
+  char *p = malloc(want);
+  ssize_t n = p ? pread(fd, p, want, 0) : -1;
+  if (n <= 0) {
+    free(p);
+    close(fd);
+    return;
+  }
+  size_t end = (size_t)n; /* the end of the header section */
+  for (size_t i = 0; i + 1 < (size_t)n; i++)
+    if (p[i] == '\n' && (p[i + 1] == '\n' || (p[i + 1] == '\r' && i + 2 < (size_t)n &&
+                                                p[i + 2] == '\n'))) {
+      end = i + 1;
+      break;
+    }
+  size_t lo, hi;
+  if (msg_scrub_secrets(p, end, ctx_key_is_secret, &lo, &hi) > 0) {
+    int wfd = openat(sp->bad_fd, name, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (wfd >= 0) {
+      (void)write_all(wfd, p + lo, hi - lo, (off_t)lo);
+      close(wfd);
+    } else { /* not ours to write: a scrubbed copy takes its place */
+      char tmp[SPOOL_NAME_MAX + 16];
+      snprintf(tmp, sizeof tmp, ".scrub-%.200s", name);
+      int cfd = openat(sp->bad_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+      if (cfd >= 0) {
+        int r = write_all(cfd, p, (size_t)n, 0);
+        for (off_t at = n; r == 0;) { /* the rest as it is */
+          char chunk[65536];
+          ssize_t k = pread(fd, chunk, sizeof chunk, at);
+          if (k <= 0) {
+            r = k < 0 ? -errno : 0;
+            break;
+          }
+          r = write_all(cfd, chunk, (size_t)k, at);
+          at += k;
+        }
+        close(cfd);
+        if (r < 0 || renameat(sp->bad_fd, tmp, sp->bad_fd, name) < 0)
+          unlinkat(sp->bad_fd, tmp, 0);
+      }
+    }
+  }
+  explicit_bzero(p, (size_t)n);
+  free(p);
+  close(fd);
+}
+
+/* Move queue file `qname` in bucket dir dfd to bad/<name> with its secrets
+ * overwritten, plus the .why. */
 void to_bad(struct spool *sp, int dfd, const char *qname, const char *name,
                    const char *reason, const char *id)
 {
   char dst[SPOOL_NAME_MAX + 1];
   bad_name(sp, name, id, dst, sizeof(dst));
-  if (renameat(dfd, qname, sp->bad_fd, dst) == 0)
+  if (renameat(dfd, qname, sp->bad_fd, dst) == 0) {
+    scrub_bad(sp, dst);
     write_why(sp, dst, reason, id);
+  }
   report_bad(sp, name, reason);
 }
 
@@ -177,6 +253,11 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
   if (faccessat(sp->pickup_fd, ".", R_OK | W_OK | X_OK, AT_EACCESS) < 0 ||
       faccessat(sp->queue_fd, ".", R_OK | W_OK | X_OK, AT_EACCESS) < 0)
     return open_fail(sp, err, errlen, "spool %s is not writable: %s", sp->base, strerror(errno));
+  if (p->secret_key_file) {
+    char why[512];
+    if (seal_load(sp, p->secret_key_file, why, sizeof why) < 0)
+      return open_fail(sp, err, errlen, "%s", why);
+  }
   sp->ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   if (sp->ino_fd >= 0 &&
       inotify_add_watch(sp->ino_fd, sp->pickup_path, IN_MOVED_TO | IN_CLOSE_WRITE) < 0) {
@@ -239,5 +320,7 @@ void spool_close(struct spool *sp)
   buf_done(&sp->mbuf, 0);
   free(sp->base);
   free(sp->pickup_path);
+  seal_done(sp);
+  moved_free(sp);
   free(sp);
 }

@@ -141,7 +141,8 @@ struct spool {
   struct buf rbuf, mbuf;
   atomic_int kick;
   atomic_int last_err;
-  _Atomic uint64_t st_ingested, st_rejected, st_batches, st_syncs, st_recovered, st_ring_reads;
+  _Atomic uint64_t st_ingested, st_rejected, st_batches, st_syncs, st_recovered, st_ring_reads,
+      st_ctx_loads;
   struct histo st_sync_lat; /* each counted sync call's duration */
   atomic_bool stop;
   bool thread_running;
@@ -191,7 +192,16 @@ struct spool {
   struct iovec *jiov;
   size_t capjiov;
   uint64_t avg_file; /* ingest thread: the last batch's bytes per file */
+  uint8_t *seal_key; /* 32 bytes (secmem), or NULL: secrets are not persisted */
+  /* Names that arrived by rename (IN_MOVED_TO) since they were last
+   * listed: complete by the pickup convention. Any other name is checked
+   * for a writer before it is taken (ingest.c, being_written). Ingest
+   * thread only. */
+  char **moved;      /* open addressing, MOVED_CAP slots, NULL = empty */
+  size_t nmoved;
+  bool busy; /* the last listing left a file that is still being written */
 };
+#define MOVED_CAP 16384u /* named limit: beyond it, names take the checked path */
 
 /* The message in the ingest hook (on_ingest) of the calling thread: its
  * pickup file, open (or -1) and in memory. Thread-local: only the thread
@@ -238,7 +248,9 @@ struct iobatch {
   uint8_t *buf;    /* the arena (reads) */
   size_t bufcap;   /* its size */
   struct pre *pre; /* cap (reads) */
-  int *res;        /* cap (unlinks) */
+  int *res;        /* cap (unlinks, renames) */
+  int *res2;       /* cap (the statx after a rename) */
+  struct statx *stx; /* cap (what a rename took) */
 };
 
 /* A claimed message of the current batch. */
@@ -251,6 +263,7 @@ struct claimed {
 struct jtake {
   struct spool_msg *msg;
   char *name; /* its pickup file, removed once the batch is durable */
+  uint64_t ino, size, stamp; /* what was read there (struct pinfo) */
   size_t at;  /* where its records start in sp->jbuf */
 };
 
@@ -398,6 +411,8 @@ void wait_drained(struct spool *sp); /* ingest.c */
 int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsigned n,
                         int oflags, uint8_t *at, size_t slot, bool stat); /* iobatch.c */
 int iobatch_unlink(struct iobatch *b, int dirfd, char *const *names, unsigned n); /* iobatch.c */
+int iobatch_claim(struct iobatch *b, int dirfd, char *const *names, char *const *tombs,
+                  unsigned n); /* iobatch.c */
 struct iobatch *iobatch_get(struct iobatch **bp, bool *tried, unsigned cap, bool reads); /* iobatch.c */
 void iobatch_free(struct iobatch *b); /* iobatch.c */
 int jfd_of(const struct spool *sp, uint32_t seg); /* journal.c */
@@ -412,7 +427,7 @@ void jrn_gc(struct spool *sp); /* journal.c */
 void jrn_retire(struct spool *sp, struct buf *b, const uint32_t *unpin, uint32_t nunpin); /* journal.c */
 void rec_done(struct buf *b, const struct spool_msg *m); /* journal.c */
 int append_attr(struct spool *sp, struct spool_msg *msg, struct buf *b, int *fd_out); /* records.c */
-int attr_apply(struct spool_msg *m, struct rd *r, bool with_dicts); /* records.c */
+int attr_apply(const struct spool *sp, struct spool_msg *m, struct rd *r, bool with_dicts); /* records.c */
 int open_meta(struct spool *sp, const struct spool_msg *m, int flags); /* records.c */
 int write_all(int fd, const void *p, size_t n, off_t off); /* records.c */
 int writev_all(int fd, struct iovec *iov, int cnt, off_t off); /* records.c */
@@ -423,9 +438,9 @@ struct spool_msg *msg_alloc(const char *sender, size_t slen, uint32_t nrcpt,
                                    const char *const *rcpt, const uint32_t *rlen); /* records.c */
 void hot_drop(struct spool_msg *m); /* records.c */
 void id_format(uint64_t id, uint16_t node, char *out); /* records.c */
-void meta_build(struct buf *b, struct spool_msg *m); /* records.c */
+void meta_build(const struct spool *sp, struct buf *b, struct spool_msg *m); /* records.c */
 void put_header(struct buf *b, const struct spool_msg *m, uint64_t body_off); /* records.c */
-void rec_attr(struct buf *b, const struct spool_msg *m); /* records.c */
+void rec_attr(const struct spool *sp, struct buf *b, const struct spool_msg *m); /* records.c */
 void rec_end(struct buf *b, size_t start); /* records.c */
 long spool_recover_files(struct spool *sp); /* recover.c */
 struct jent *jmap_find(struct jmap *jm, uint64_t id, uint16_t node); /* recover.c */
@@ -436,10 +451,23 @@ void to_bad(struct spool *sp, int dfd, const char *qname, const char *name,
                    const char *reason, const char *id); /* spool.c */
 void write_why(struct spool *sp, const char *name, const char *reason, const char *id); /* spool.c */
 int copy_out(int src, uint64_t off, uint64_t len, int dst); /* txn.c */
-int jrn_spill(struct spool *sp, struct spool_msg *m, struct buf *b, int *bfd, int *mfd); /* txn.c */
+int jrn_spill(struct spool *sp, struct spool_msg *m, bool defer, struct buf *b, int *bfd,
+              int *mfd); /* txn.c */
 uint64_t next_id(struct spool *sp); /* records.c */
 const uint8_t *hot_keep(const uint8_t *p, uint64_t n); /* records.c */
 /* The same for a message stored as head[0..hn) followed by p[0..n). */
 const uint8_t *hot_keep2(const uint8_t *head, size_t hn, const uint8_t *p, uint64_t n);
 static inline void jseg_name(uint32_t seg, char out[16]) { snprintf(out, 16, "%08x", seg); }
 
+/* seal.c: secret context values at rest. seal_load reads (or creates) the
+ * key file and checks it against queue/seal.check: 0 or -errno with err.
+ * seal_put appends "u32 len, sealed secrets" to an ATTR payload being
+ * built when m has secret entries (nothing otherwise, or without a key).
+ * seal_apply opens such a part into m's dictionaries (CTX_F_SECRET):
+ * 0, -EKEYREJECTED (does not open with this key for this message),
+ * -ENOKEY (no key loaded) or -EBADMSG. */
+int seal_load(struct spool *sp, const char *path, char *err, size_t errlen);
+void seal_done(struct spool *sp);
+void seal_put(const struct spool *sp, struct buf *b, const struct spool_msg *m);
+int seal_apply(const struct spool *sp, struct spool_msg *m, const uint8_t *blob, size_t len);
+void moved_free(struct spool *sp); /* ingest.c */

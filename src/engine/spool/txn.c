@@ -40,7 +40,8 @@ int copy_out(int src, uint64_t off, uint64_t len, int dst)
  * recipients' states). The fds stay open in *bfd and *mfd for the
  * caller's sync pass. On failure nothing is left and m is unchanged.
  * Owner thread of m; no other thread may read it meanwhile. */
-int jrn_spill(struct spool *sp, struct spool_msg *m, struct buf *b, int *bfd, int *mfd)
+int jrn_spill(struct spool *sp, struct spool_msg *m, bool defer, struct buf *b, int *bfd,
+              int *mfd)
 {
   bool dropped = !m->mess || !m->conn;
   int r = spool_load_ctx(sp, m);
@@ -61,7 +62,7 @@ int jrn_spill(struct spool *sp, struct spool_msg *m, struct buf *b, int *bfd, in
     uint32_t octx = m->ctx_off, olen = m->ctx_len;
     m->body_off = 0;
     m->bucket = bucket;
-    meta_build(b, m);
+    meta_build(sp, b, m);
     size_t st = rec_begin(b, REC_STATE);
     put_u32(b, m->attempts);
     put_u64(b, m->next_attempt_ms);
@@ -98,7 +99,11 @@ int jrn_spill(struct spool *sp, struct spool_msg *m, struct buf *b, int *bfd, in
       spool_drop_ctx(sp, m);
     return r;
   }
-  if (dropped)
+  /* Deferred (defer: spool_txn_spill), it waits for a retry now: its
+   * dictionaries leave memory (unless Keep_Message_Dicts_In_Memory), as
+   * Momentum drops them when a message moves to the delayed queue; the
+   * ATTR record just written holds them. */
+  if (dropped || defer)
     spool_drop_ctx(sp, m);
   *bfd = fd;
   *mfd = mf;
@@ -220,9 +225,10 @@ int spool_txn_commit(struct spool_txn *t)
     if (m->jseg) {
       /* In the journal: done -> a DONE record; a retry of a message no
        * other thread reads -> its own files; else a JSTATE record. */
-      bool spill = false, rem = false;
+      bool spill = false, rem = false, defer = false;
       for (size_t k = i; k < t->n && t->ops[k].msg == m; k++) {
         spill |= t->ops[k].kind == OP_SPILL || t->ops[k].kind == OP_CTX;
+        defer |= t->ops[k].kind == OP_SPILL;
         rem |= t->ops[k].kind == OP_REMOVE;
       }
       if (rem && m->npending == 0) {
@@ -255,7 +261,7 @@ int spool_txn_commit(struct spool_txn *t)
         continue;
       }
       uint32_t old = m->jseg;
-      int e = jrn_spill(sp, m, &t->b, &fds[nfds], &fds[nfds + 1]);
+      int e = jrn_spill(sp, m, defer, &t->b, &fds[nfds], &fds[nfds + 1]);
       if (e < 0) {
         if (!err)
           err = e;

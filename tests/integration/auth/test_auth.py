@@ -364,6 +364,15 @@ msys.registerModule("pw", mod)
     env.inject(["xb@ctx.test"], ctx=[("outbound_smtp_auth_user", "ctxuser"),
                                     ("outbound_smtp_auth_pass", "Sekr1t-CtxBad-9")])
     env.inject(["lb@lua.test"])
+    # a rejected pickup file (no x-receiver) with a password: its bad/ copy must not keep
+    # it (issue 18 item 6)
+    tmp = os.path.join(e.spool, ".badsecret")
+    with open(tmp, "w") as f:
+        f.write("x-sender: <a@s.test>\nx-context: outbound_smtp_auth_pass=Sekr1t-Ctx-9\n"
+                "Subject: b\n\nb\n")
+    os.rename(tmp, os.path.join(e.pickup, "badsecret"))
+    e.wait_for(lambda: os.path.exists(os.path.join(e.spool, "bad", "badsecret.why")), 20,
+               "the rejected file in bad/")
     # (the successful ones on ctx.test and lua.test are D: a T there is a failing one)
     e.wait_for(lambda: len(e.records("D")) >= 3
                and {"bad.test", "ctx.test", "lua.test"} <= {f[5] for f in e.records("T")},
@@ -593,6 +602,79 @@ def scenario_recovery_binding(env):
     expect(env.seen()["x@rec.test"][0] == "b2user", "with b2's credentials")
 
 
+def scenario_false_off(env):
+    """Issue 18 item 10: Outbound_SMTP_AUTH_* = false switches AUTH off in a narrower
+    scope (the server offers AUTH but does not require it), and Type = false is accepted."""
+    e = env.engine(base(env, """
+Outbound_SMTP_AUTH_Type = "PLAIN"
+Outbound_SMTP_AUTH_User = "u-global"
+Outbound_SMTP_AUTH_Pass = "p-global"
+Domain "off-user.test" { Outbound_SMTP_AUTH_User = false }
+Domain "off-type.test" { Outbound_SMTP_AUTH_Type = false }
+Domain "ctx.test" { Outbound_SMTP_AUTH_User = FALSE }
+"""))
+    env.inject(["a@on.test"])
+    env.inject(["b@off-user.test"])
+    env.inject(["c@off-type.test"])
+    env.inject(["d@ctx.test"], ctx=[("outbound_smtp_auth_user", "tenant1"),
+                                   ("outbound_smtp_auth_pass", "t1-pw")])
+    e.wait_for(delivered(env, 4), 20, "4 D")
+    seen = env.seen()
+    print("sink saw:", seen)
+    expect(seen["a@on.test"][0] == "u-global", "global credentials")
+    expect(seen["b@off-user.test"][0] is None, "User = false: no AUTH (not the user \"false\")")
+    expect(seen["c@off-type.test"][0] is None, "Type = false: no AUTH")
+    expect(seen["d@ctx.test"][:2] == ("tenant1", "PLAIN"), "a message context still wins")
+
+
+def scenario_unusable(env):
+    """Issue 18 items 1 and 11: a message context with a user but no password never borrows
+    the configured password, and an unknown mechanism is not PLAIN: each attempt is a T
+    naming the reason, a paniclog line, nothing reaches the server."""
+    e = env.engine(base(env) + SEED_DOMAINS)
+    env.inject(["half@sparkpost.com"], ctx=[("outbound_smtp_auth_user", "tenant1")])
+    env.inject(["mech@sparkpost.com"], ctx=[("outbound_smtp_auth_user", "tenant1"),
+                                           ("outbound_smtp_auth_pass", "t1-pw"),
+                                           ("outbound_smtp_auth_type", "CRAM-MD5")])
+    env.inject(["ok@sparkpost.com"])
+    e.wait_for(lambda: len(e.records("T")) >= 4 and e.records("D"), 20, "2 T per message, 1 D")
+    t = [f[13] for f in e.records("T")]
+    print("T:", t)
+    expect(any("outbound_smtp_auth_user but not outbound_smtp_auth_pass" in x for x in t),
+           "T names the missing password key")
+    expect(any('"CRAM-MD5" is not a supported mechanism' in x for x in t), "T names CRAM-MD5")
+    expect(all(x.startswith("451 4.7.0") for x in t), "transient")
+    pan = e.read(e.paniclog)
+    expect("CRAM-MD5" in pan and "outbound_smtp_auth_pass" in pan, "paniclog lines:\n" + pan)
+    seen = env.seen()
+    print("sink saw:", seen)
+    expect(set(seen) == {"ok@sparkpost.com"}, "only the configured message was delivered")
+    expect(not e.records("P"), "no bounce")
+    for rec in msgs_of(env.sink):
+        expect(rec.get("auth_user") != "tenant1", "tenant1 never authenticated")
+
+
+def scenario_relay(env):
+    """Issue 18 item 7: SparkPost's relay sample. Binding "spe" { Gateway = "#spe_relay" + AUTH }
+    and Domain "#spe_relay" { Routes TLS = required }: delivered through the route with the
+    binding's credentials over TLS (it bounced with 550 5.1.2 route lookup failed)."""
+    conf = ('Worker_Threads = 2\nTLS_Verify = "no"\nRetry_Interval = 1\nMax_Retry_Interval = 1\n'
+            'Domain "#spe_relay" { Routes = ( "smtp://127.0.0.1:%d" ) TLS = "required" }\n'
+            'Binding "spe" {\n  Gateway = "#spe_relay"\n  Outbound_SMTP_AUTH_Type = "LOGIN"\n'
+            '  Outbound_SMTP_AUTH_User = "cfguser"\n  Outbound_SMTP_AUTH_Pass = "Sekr1t-Cfg-9"\n}\n'
+            % env.sink.port)
+    e = env.engine(conf)
+    env.inject(["a@gmail.test"], binding="spe")
+    env.inject(["b@yahoo.test"], binding="spe")
+    e.wait_for(lambda: all_final(e, 2), 20, "2 final records")
+    expect(not e.records("P"), "no bounce: %r" % e.records("P"))
+    seen = env.seen()
+    print("sink saw:", seen)
+    for r in ("a@gmail.test", "b@yahoo.test"):
+        expect(seen.get(r, (None,))[:3] == ("cfguser", "LOGIN", True),
+               "%s through #spe_relay's route, AUTH LOGIN over TLS" % r)
+
+
 def main():
     imp, sinkbin, scenario = sys.argv[1], sys.argv[2], sys.argv[3]
     users = [("msys", "msys"), ("sparkpost", "sparkpost"), ("foo", "bar"),
@@ -606,6 +688,8 @@ def main():
         kw = {"users": None, "sink_args": ()}
     elif scenario == "plaintext":
         kw = {"users": users, "sink_args": ("--require-auth",), "tls": False}
+    elif scenario == "false_off":
+        kw = {"users": users, "sink_args": ()}
     elif scenario == "aiosmtpd":
         kw = {"users": None, "sink_args": (), "tls": False}
     else:

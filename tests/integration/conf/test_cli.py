@@ -37,7 +37,8 @@ check("seed pass shown", run("--eval-config", "-c", SEED, "--show-secrets", "dom
                              "sparkpost.com", "outbound_smtp_auth_pass"), (0, "sparkpost\n", ""))
 check("seed global", run("--eval-config", "-c", SEED, "keep_message_dicts_in_memory"),
       (0, "true\n", ""))
-check("seed check", run("--check-config", "-c", SEED), (0, "", ""))
+check("seed check", run("--check-config", "-c", SEED),
+      (0, f"impetus: configuration {SEED} is valid\n", ""))
 
 # Momentum's fallback example through the binary.
 FB = os.path.join(SRC, "tests/unit/conf/fallback.conf")
@@ -51,7 +52,9 @@ check("group eval", run("--eval-config", "-c", GRP, "binding_group", "group1", "
                         "domain", "example.com", "max_outbound_connections"), (0, "15\n", ""))
 
 # The bundled default configuration is valid, also without -c.
-check("bundled", run("--check-config", "-c", os.path.join(SRC, "etc/impetus.conf")), (0, "", ""))
+BUNDLED = os.path.join(SRC, "etc/impetus.conf")
+check("bundled", run("--check-config", "-c", BUNDLED),
+      (0, f"impetus: configuration {BUNDLED} is valid\n", ""))
 check("bundled default path", run("--check-config")[0], 0)
 
 # Errors: file:line: message on stderr, exit 1.
@@ -64,6 +67,61 @@ with tempfile.TemporaryDirectory() as d:
     check("bad eval", run("--eval-config", "-c", bad, "tls")[0], 1)
     check("missing file", run("--check-config", "-c", os.path.join(d, "nope.conf")),
           (1, "", f"{d}/nope.conf: cannot read configuration: No such file or directory\n"))
+    # Issue 18 item 7: Momentum's relay idiom is accepted and evaluates to the relay's routes;
+    # a #name with no Domain stanza, a bad route and a missing TLS file fail the check.
+    relay = os.path.join(d, "relay.conf")
+    with open(relay, "w") as f:
+        f.write('Domain "#spe_relay" { Routes = ( "smtp://smtp.sparkpostmail.com:587" ) '
+                'TLS = "required" }\n'
+                'binding "spe_relay_binding" {\n  gateway = "#spe_relay"\n'
+                '  Outbound_SMTP_AUTH_Type = "LOGIN" Outbound_SMTP_AUTH_User = "SMTP_Injection"\n'
+                '  Outbound_SMTP_AUTH_Pass = "key"\n}\n')
+    check("relay check", run("--check-config", "-c", relay),
+          (0, f"impetus: configuration {relay} is valid\n", ""))
+    check("relay routes", run("--eval-config", "-c", relay, "binding", "spe_relay_binding",
+                              "domain", "gmail.com", "Routes"),
+          (0, '( "smtp://smtp.sparkpostmail.com:587" )\n', ""))
+    check("relay tls", run("--eval-config", "-c", relay, "binding", "spe_relay_binding",
+                           "domain", "gmail.com", "TLS"), (0, "required\n", ""))
+    with open(relay, "w") as f:
+        f.write('Domain "#spe_relay" { Routes = ( "smtp://smtp.sparkpostmail.com:587" ) }\n'
+                'binding "b" {\n  gateway = "#spe_rely"\n}\n')
+    check("relay typo", run("--check-config", "-c", relay),
+          (1, "", f'{relay}:3: Gateway "#spe_rely" names no Domain "#spe_rely" stanza (Momentum\'s '
+                  'relay idiom: Domain "#spe_rely" { Routes = ( "smtp://host:port" ) })\n'))
+    with open(relay, "w") as f:
+        f.write('Domain "x.test" {\n  Routes = ( "smtp://relay.test:250000" )\n}\n')
+    check("route port", run("--check-config", "-c", relay),
+          (1, "", f"{relay}:2: option 'Routes': \"smtp://relay.test:250000\": the port is not a "
+                  "number from 1 to 65535\n"))
+    with open(relay, "w") as f:
+        f.write('Domain "x.test" {\n  TLS_Ca = "ca.pem"\n}\n')
+    check("tls file", run("--check-config", "-c", relay),
+          (1, "", f"{relay}:2: option 'TLS_Ca': \"{d}/ca.pem\": No such file or directory\n"))
+    with open(os.path.join(d, "ca.pem"), "w") as f:
+        f.write("x")
+    check("tls file there", run("--check-config", "-c", relay),
+          (0, f"impetus: configuration {relay} is valid\n", ""))
+    # the Lua scripts are loaded as start-up would: a syntax error or a missing source fails
+    # the check (it used to pass, then the engine refused to start)
+    with open(os.path.join(d, "bad.lua"), "w") as f:
+        f.write("msys.registerModule('bad', {})\nlocal x = = 1\n")
+    with open(relay, "w") as f:
+        f.write('scriptlet "scriptlet" { script "bad" { source = "bad" } }\n')
+    check("lua syntax", run("--check-config", "-c", relay),
+          (1, "", f"{d}/bad.lua:2: unexpected symbol near '='\n"))
+    with open(relay, "w") as f:
+        f.write('scriptlet "scriptlet" { script "gone" { source = "gone" } }\n')
+    rc, out, err = run("--check-config", "-c", relay)
+    check("lua missing", (rc, out, "source \"gone\" not found" in err), (1, "", True))
+    # a datasource whose database file is missing fails every query: the check says so
+    with open(relay, "w") as f:
+        f.write('Datasource "creds" { uri = ( "sqlite:%s/creds.db" ) }\n' % d)
+    check("datasource file", run("--check-config", "-c", relay),
+          (1, "", f'datasource creds: "{d}/creds.db": No such file or directory\n'))
+    open(os.path.join(d, "creds.db"), "w").close()
+    check("datasource file there", run("--check-config", "-c", relay),
+          (0, f"impetus: configuration {relay} is valid\n", ""))
 check("unknown option eval", run("--eval-config", "-c", SEED, "nope"),
       (1, "", "impetus: unknown option 'nope'\n"))
 check("eval usage", run("--eval-config", "-c", SEED)[0], 2)

@@ -135,6 +135,39 @@ try:
         f.write("bad\n# only bad\n")
     r = run(["--recipients", rf, "-f", "a@example.com", "--spool", s2], MSG)
     check(r.returncode == 65, "bulk with no valid line exits 65")
+    # Date: and Message-ID: are added when missing (as Postfix's cleanup
+    # does), kept when present, and left alone with --no-header-fixup.
+    import re
+    s = new_spool("fixup")
+    r = run(["-f", "a@example.com", "--spool", s, "r@example.com"], MSG)
+    txt = read_pickup(s, pickup_files(s)[0]) if r.returncode == 0 else ""
+    check(re.search(r"^Date: (Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{1,2} [A-Z][a-z]{2} \d{4} "
+                    r"\d\d:\d\d:\d\d [+-]\d{4}$", txt, re.M), f"Date: added: {txt!r}")
+    check(re.search(r"^Message-ID: <[0-9A-Za-z.-]+@example\.com>$", txt, re.M),
+          f"Message-ID: added: {txt!r}")
+    check(txt.count("Date:") == 1 and txt.count("Message-ID:") == 1, "added once")
+    s = new_spool("fixup-kept")
+    have = b"Date: Tue, 1 Dec 2026 10:00:00 +0000\nMessage-Id: <kept@x.example>\n" + MSG
+    r = run(["-f", "a@example.com", "--spool", s, "r@example.com"], have)
+    txt = read_pickup(s, pickup_files(s)[0]) if r.returncode == 0 else ""
+    check("Date: Tue, 1 Dec 2026 10:00:00 +0000\n" in txt and txt.count("Date:") == 1,
+          f"Date: kept: {txt!r}")
+    check("Message-Id: <kept@x.example>\n" in txt and txt.lower().count("message-id:") == 1,
+          f"Message-ID: kept: {txt!r}")
+    s = new_spool("fixup-off")
+    r = run(["--no-header-fixup", "-f", "a@example.com", "--spool", s, "r@example.com"], MSG)
+    txt = read_pickup(s, pickup_files(s)[0]) if r.returncode == 0 else ""
+    check(r.returncode == 0 and "Date:" not in txt and "Message-ID:" not in txt,
+          f"--no-header-fixup: {txt!r}")
+    # impetus-inject links neither LuaJIT, SQLite, c-ares nor liburing.
+    if shutil.which("readelf"):
+        dyn = subprocess.run(["readelf", "-d", inject], capture_output=True, text=True).stdout
+        needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dyn)
+        check(needed, f"readelf -d shows NEEDED entries: {dyn[:200]!r}")
+        for lib in ("luajit", "sqlite", "cares", "uring"):
+            check(not any(lib in n for n in needed), f"impetus-inject links {lib}: {needed}")
+    else:
+        print("note: readelf missing, linked-library check skipped")
     # --count for benchmarks.
     s = new_spool("count")
     r = run(["--count", "300", "-f", "a@example.com", "--spool", s, "-q", "r@example.com"], MSG)

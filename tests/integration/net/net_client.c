@@ -4,7 +4,11 @@
  *   net_client -p PORT [-a ADDR] [-b BIND] [--tls no|ifavailable|required]
  *              [--implicit] [--verify no|ca|host] [--ca FILE] [--name HOST]
  *              [-f FROM] -t RCPT [-t RCPT...] [--body FILE] [-n COUNT]
- *              [--timeout SECONDS] [--ehlo NAME]
+ *              [--timeout SECONDS] [--ehlo NAME] [--pipeline] [--chunking]
+ *
+ * --pipeline starts the next transaction as soon as outsess offers it
+ * (ready with pipelined: RFC 2920 behind the dot, or RFC 3030 BDAT with
+ * --chunking), each with its own result slots, as the engine does.
  *
  * Lines: "ready", "rcpt I CODE", "txn N FINAL_OUTCOME CODE ENH TEXT" and
  * "rcpt-result I OUTCOME CODE", "failed KIND stage=S code=C text=...
@@ -16,6 +20,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,13 +32,18 @@
 #include "ring.h"
 #include "tls.h"
 
+#define TXN_MAX 256
 static const char *rcpts[64];
 static unsigned nrcpt;
-static struct smtpc_result results[64], final_res;
-static struct smtpc_txn txn;
+static struct slot {
+  struct smtpc_result results[64], final_res;
+  struct smtpc_txn txn;
+} slots[TXN_MAX];
 static struct outsess_body body;
-static int count = 1, sent_count;
+static int count = 1, sent_count, done_count;
+static bool pipeline;
 static bool closed_seen;
+static const char *from_addr = "sender@example.com";
 static struct outsess *sess;
 
 static const char *outcome(enum smtpc_outcome o) {
@@ -45,10 +55,30 @@ static const char *outcome(enum smtpc_outcome o) {
   }
 }
 
+/* Send transaction sent_count + 1 (each in its own slot: pipelined ones
+ * are in flight together). */
+static void send_next(void) {
+  struct slot *sl = &slots[sent_count % TXN_MAX];
+  sl->txn = (struct smtpc_txn){.mail_from = from_addr, .rcpts = rcpts, .nrcpt = nrcpt,
+                               .size = body.len, .results = sl->results, .final = &sl->final_res};
+  int rc = outsess_send(sess, &sl->txn, &body, (void *)(intptr_t)(sent_count + 1));
+  if (rc == 0)
+    sent_count++; /* accepted: txn_done follows exactly once */
+  else {
+    printf("send-error %d\n", rc);
+    outsess_quit(sess);
+  }
+}
+
 static void on_ready(void *arg, bool pipelined) {
   (void)arg;
-  if (pipelined)
-    return; /* one transaction at a time: wait for the final reply */
+  if (pipelined) {
+    if (pipeline && sent_count < count) {
+      printf("pipelined\n");
+      send_next();
+    }
+    return; /* otherwise wait for the final reply */
+  }
   printf("ready\n");
   if (sent_count == 0 && outsess_tls(sess)) {
     char d[128];
@@ -58,12 +88,7 @@ static void on_ready(void *arg, bool pipelined) {
     outsess_quit(sess);
     return;
   }
-  sent_count++;
-  int rc = outsess_send(sess, &txn, &body, NULL);
-  if (rc < 0) {
-    printf("send-error %d\n", rc);
-    outsess_quit(sess);
-  }
+  send_next();
 }
 
 static void on_rcpt(void *arg, void *txn_arg, uint32_t i, const struct smtpc_event *ev) {
@@ -74,10 +99,12 @@ static void on_rcpt(void *arg, void *txn_arg, uint32_t i, const struct smtpc_eve
 
 static void on_txn(void *arg, void *txn_arg, const struct smtpc_txn *t) {
   (void)arg;
-  (void)txn_arg;
+  int n = (int)(intptr_t)txn_arg;
+  if (n != ++done_count)
+    printf("order-error txn %d done as number %d\n", n, done_count);
   for (uint32_t i = 0; i < t->nrcpt; i++)
     printf("rcpt-result %u %s %d\n", i, outcome(t->results[i].outcome), t->results[i].code);
-  printf("txn %d %s %d %s %s\n", sent_count, outcome(t->final->outcome), t->final->code,
+  printf("txn %d %s %d %s %s\n", n, outcome(t->final->outcome), t->final->code,
          t->final->enhanced[0] ? t->final->enhanced : "-", t->final->text);
   fflush(stdout);
 }
@@ -104,18 +131,20 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
-  const char *addr = "127.0.0.1", *bind_addr = NULL, *from = "sender@example.com";
+  const char *addr = "127.0.0.1", *bind_addr = NULL;
   const char *bodyfile = NULL, *ca = NULL, *name = NULL, *ehlo = "client.example";
   int port = 0, timeout = 0;
   enum smtpc_tls_mode tlsmode = SMTPC_TLS_NO;
   enum tls_verify verify = TLS_VERIFY_NO;
-  bool implicit = false;
-  enum { O_TLS = 256, O_IMPLICIT, O_VERIFY, O_CA, O_NAME, O_BODY, O_TIMEOUT, O_EHLO };
+  bool implicit = false, chunking = false;
+  enum { O_TLS = 256, O_IMPLICIT, O_VERIFY, O_CA, O_NAME, O_BODY, O_TIMEOUT, O_EHLO, O_PIPELINE,
+         O_CHUNKING };
   static const struct option lo[] = {
     {"tls", required_argument, NULL, O_TLS}, {"implicit", no_argument, NULL, O_IMPLICIT},
     {"verify", required_argument, NULL, O_VERIFY}, {"ca", required_argument, NULL, O_CA},
     {"name", required_argument, NULL, O_NAME}, {"body", required_argument, NULL, O_BODY},
     {"timeout", required_argument, NULL, O_TIMEOUT}, {"ehlo", required_argument, NULL, O_EHLO},
+    {"pipeline", no_argument, NULL, O_PIPELINE}, {"chunking", no_argument, NULL, O_CHUNKING},
     {NULL, 0, NULL, 0},
   };
   int c;
@@ -124,7 +153,7 @@ int main(int argc, char **argv) {
     case 'p': port = atoi(optarg); break;
     case 'a': addr = optarg; break;
     case 'b': bind_addr = optarg; break;
-    case 'f': from = optarg; break;
+    case 'f': from_addr = optarg; break;
     case 't':
       if (nrcpt < 64)
         rcpts[nrcpt++] = optarg;
@@ -143,6 +172,8 @@ int main(int argc, char **argv) {
     case O_BODY: bodyfile = optarg; break;
     case O_TIMEOUT: timeout = atoi(optarg); break;
     case O_EHLO: ehlo = optarg; break;
+    case O_PIPELINE: pipeline = true; break;
+    case O_CHUNKING: chunking = true; break;
     default: usage();
     }
   }
@@ -162,8 +193,6 @@ int main(int argc, char **argv) {
     body.mem = default_body;
     body.len = sizeof default_body - 1;
   }
-  txn = (struct smtpc_txn){.mail_from = from, .rcpts = rcpts, .nrcpt = nrcpt,
-                           .size = body.len, .results = results, .final = &final_res};
 
   int err = 0;
   struct ring *r = ring_new(NULL, &err);
@@ -208,7 +237,7 @@ int main(int argc, char **argv) {
     .dst = (struct sockaddr *)&dst, .dstlen = dl,
     .src = bind_addr ? (struct sockaddr *)&src : NULL, .srclen = sl,
     .tls_host = name ? name : addr, .port = (uint16_t)port, .tls = tctx,
-    .smtp = {.ehlo_name = ehlo, .tls = tlsmode, .implicit_tls = implicit},
+    .smtp = {.ehlo_name = ehlo, .tls = tlsmode, .implicit_tls = implicit, .chunking = chunking},
   };
   if (timeout > 0) {
     uint32_t t = (uint32_t)timeout;
@@ -226,6 +255,10 @@ int main(int argc, char **argv) {
   for (int i = 0; i < 10 && ring_ops_inflight(r) > 1; i++)
     ring_run_once(r, 10000000);
   int rc = closed_seen ? 0 : 3;
+  if (done_count != sent_count) {
+    printf("lost: %d transactions sent, %d done\n", sent_count, done_count);
+    rc = 5;
+  }
   if (ring_ops_inflight(r) > 1) {
     printf("leak: %u ops in flight\n", ring_ops_inflight(r) - 1);
     rc = 4;

@@ -30,6 +30,9 @@ def main():
                 r"AUTH\s+LOGIN\s+100", r"AUTH\s+PLAIN\s+100", r"delivered: 200",
                 r"200 messages in [0-9.]+ s: [0-9]+ msg/s", r"impetus_auth_total\{result=\"ok\"\}"):
         assert re.search(pat, out), "demo output lacks %r" % pat
+    # the progress line shows the real rate (it said 0.0 msg/s throughout)
+    rates = [float(x) for x in re.findall(r"progress delivered .* ([0-9.]+) msg/s", out)]
+    assert rates and max(rates) > 0, "progress rates: %s" % rates
     m = re.search(r"AUTH ok (\d+) / failed (\d+)", out)
     assert m and int(m.group(1)) > 0 and int(m.group(2)) == 0, "AUTH outcomes"
     m = re.search(r"TLS handshakes (\d+)", out)

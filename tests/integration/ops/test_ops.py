@@ -3,10 +3,11 @@ busy engine, JSON answers parsed, the control socket's mode, the Prometheus
 endpoint scraped and parsed.
 
 usage: test_ops.py IMPETUS IMPETUS_CTL SINK SCENARIO [IMPETUS_INJECT]
-scenarios: console busy metrics cli mx concurrent lock"""
+scenarios: console busy metrics cli mx concurrent lock usage reopen"""
 import json
 import os
 import re
+import signal
 import socket
 import stat
 import subprocess
@@ -250,8 +251,8 @@ def parse_metrics(text):
     return out
 
 
-def scrape(port, path="/metrics"):
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+def scrape(port, path="/metrics", timeout=5):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.sendall(("GET %s HTTP/1.0\r\nHost: x\r\n\r\n" % path).encode())
     data = b""
     while True:
@@ -362,10 +363,13 @@ def scenario_cli(imp, ctlbin, sinkbin, injectbin):
     try:
         with open(os.path.join(root, "etc", "impetus.conf")) as f:
             text = f.read()
-        check("/var/tmp/impetus" in text, "bundled configuration layout changed")
+        for p in ("/var/spool/impetus", "/var/log/impetus", "/run/impetus/impetus.sock"):
+            check(p in text, "bundled configuration layout changed: no %s" % p)
         conf = os.path.join(d, "impetus.conf")
         with open(conf, "w") as f:
-            f.write(text.replace("/var/tmp/impetus", d))
+            f.write(text.replace("/var/spool/impetus", d + "/spool")
+                    .replace("/var/log/impetus", d + "/log")
+                    .replace("/run/impetus/impetus.sock", d + "/spool/impetus.sock"))
         errf = open(os.path.join(d, "stderr"), "w+")
         proc = subprocess.Popen([imp, "-c", conf], stdout=subprocess.DEVNULL, stderr=errf,
                                 stdin=subprocess.DEVNULL)
@@ -445,17 +449,9 @@ def scenario_concurrent(imp, ctlbin, sinkbin):
             h = socket.create_connection(("127.0.0.1", port), timeout=5)
             h.sendall(b"GET /metr")  # half-open: never finishes its request line
             idle.append(h)
-        s = socket.create_connection(("127.0.0.1", port), timeout=30)
-        s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-        data = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            data += b
-        s.close()
-        check(data.startswith(b"HTTP/1.0 200") and b"impetus_uptime_seconds" in data,
-              "scrape behind 20 half-open requests: %r" % data[:200])
+        head, body = scrape(port, timeout=30)
+        check(head.startswith("HTTP/1.0 200") and "impetus_uptime_seconds" in body,
+              "scrape behind 20 half-open requests: %r" % head)
         # a client that stalls is dropped: the idle connections get closed
         deadline = time.monotonic() + 20
         closed = 0
@@ -531,6 +527,77 @@ def scenario_lock(imp, ctlbin, sinkbin):
             e.cleanup()
 
 
+def scenario_usage(imp, ctlbin, sinkbin):
+    """impetus-ctl usage errors (issue 20): exit 2 naming the wrong word,
+    with no engine running; --json in any position."""
+    nosock = "/nonexistent/impetus.sock"
+    for args, word in [(["sumary"], "sumary"), (["domain"], "domain"),
+                       (["summary", "extra"], "extra"), (["reopen", "log"], "log"),
+                       (["mailq", "-p", "x"], "-p x"), (["config", "eval", "domain", "d"], "OPTION"),
+                       (["binding", "summry"], "summry"), (["message", "details"], "ID"),
+                       (["suspend", "binding", "b", "domian", "x"], "domian"),
+                       (["--bogus", "summary"], "--bogus"), ([], "usage")]:
+        p = subprocess.run([ctlbin, "-s", nosock] + args, capture_output=True, text=True, timeout=10)
+        check(p.returncode == 2, "%s: exit %d, want 2 (usage): %r" % (args, p.returncode, p.stderr))
+        check(word in p.stderr, "%s: the message names %r: %r" % (args, word, p.stderr))
+    p = subprocess.run([ctlbin, "-s", nosock, "sumary"], capture_output=True, text=True, timeout=10)
+    check("did you mean 'summary'" in p.stderr, "a suggestion: %r" % p.stderr)
+    # a right command without an engine: 3, not 2
+    p = subprocess.run([ctlbin, "-s", nosock, "summary", "--json"], capture_output=True, text=True,
+                       timeout=10)
+    check(p.returncode == 3, "no engine: exit %d, want 3" % p.returncode)
+    p = subprocess.run([imp, "--eval-config", "domain"], capture_output=True, text=True, timeout=10)
+    check(p.returncode == 2 and "domain" in p.stderr, "--eval-config usage: %r" % p.stderr)
+    e = None
+    try:
+        e, sock = start(imp, "Worker_Threads = 1\n", "ops-usage")
+        for args in (["--json", "summary"], ["summary", "--json"], ["config", "--json", "eval",
+                                                                     "Worker_Threads"]):
+            p = subprocess.run([ctlbin, "-s", sock] + args, capture_output=True, text=True,
+                               timeout=10)
+            check(p.returncode == 0, "%s: exit %d %r" % (args, p.returncode, p.stderr))
+            json.loads(p.stdout)
+        check(e.stop() == 0, "engine exit status")
+    finally:
+        if e:
+            e.cleanup()
+
+
+def scenario_reopen(imp, ctlbin, sinkbin):
+    """`impetus-ctl reopen logs` (issue 20): a file that cannot be created
+    anew is named with the reason, in the answer (exit 1) and the paniclog,
+    and the engine keeps writing to the old file; a good reopen says yes.
+    (Tests run as root, so a directory stands where the new mainlog
+    should be created: EISDIR, which root gets too.)"""
+    e = None
+    try:
+        e, sock = start(imp, "Worker_Threads = 1\n", "ops-reopen")
+        ctl = Ctl(ctlbin, sock)
+        r = ctl.json("reopen", "logs")
+        check(r["reopened"] is True, "plain reopen: %s" % r)
+        os.rename(e.mainlog, e.mainlog + ".1")
+        os.mkdir(e.mainlog)
+        p = ctl.run("reopen", "logs", ok=False)
+        check(p.returncode == 1, "failed reopen: exit %d" % p.returncode)
+        check(e.mainlog in p.stderr and "Is a directory" in p.stderr,
+              "the answer names the file and the reason: %r" % p.stderr)
+        j = ctl.json("reopen", "logs", ok=False)
+        check(e.mainlog in j["error"], "JSON error: %s" % j)
+        e.wait_for(lambda: "reopen failed: %s: Is a directory" % e.mainlog in e.read(e.paniclog),
+                   10, "the paniclog line")
+        # SIGUSR1 reports the same way
+        n = e.read(e.paniclog).count("reopen failed")
+        e.proc.send_signal(signal.SIGUSR1)
+        e.wait_for(lambda: e.read(e.paniclog).count("reopen failed") > n, 10, "SIGUSR1 reported")
+        os.rmdir(e.mainlog)
+        r = ctl.json("reopen", "logs")
+        check(r["reopened"] is True and os.path.isfile(e.mainlog), "reopen once fixed: %s" % r)
+        check(e.stop() == 0, "engine exit status")
+    finally:
+        if e:
+            e.cleanup()
+
+
 def main():
     if len(sys.argv) not in (5, 6):
         print(__doc__)
@@ -541,7 +608,8 @@ def main():
     else:
         {"console": scenario_console, "busy": scenario_busy, "mx": scenario_mx,
          "metrics": scenario_metrics, "concurrent": scenario_concurrent,
-         "lock": scenario_lock}[scen](imp, ctlbin, sinkbin)
+         "lock": scenario_lock, "usage": scenario_usage,
+         "reopen": scenario_reopen}[scen](imp, ctlbin, sinkbin)
     print("ok")
     return 0
 

@@ -62,7 +62,7 @@ try:
     out = subprocess.run([driver, base, "--recover-only", "--tokens"] + flags,
                          capture_output=True, text=True, timeout=120)
     seen = {}
-    for tok in re.findall(r"^MSG \S+ \d+ tok=(-?\d+)$", out.stdout, re.M):
+    for tok in re.findall(r"^MSG \S+ \d+ tok=(-?\d+)(?: end=\d)?$", out.stdout, re.M):
         seen[int(tok)] = seen.get(int(tok), 0) + 1
     lost = [i for i in range(total) if i not in seen]
     doubled = [i for i, c in seen.items() if c > 1]

@@ -29,7 +29,7 @@ try:
     digests = {}
     for i in range(20):
         data = (f"x-sender: <s@example.com>\nx-receiver: <r{i}@example.com>\n"
-                f"Subject: {i}\n\n" + ("y" * 1000 if body == 1000 else ("y" * 76 + "\n") * (body // 77))
+                f"Subject: {i}\n\n" + (("y" * 99 + "\n") * 10 if body == 1000 else ("y" * 76 + "\n") * (body // 77))
                 + "\n").encode()
         name = f"m{i:02d}"
         with open(os.path.join(pickup, name), "wb") as f:

@@ -44,8 +44,13 @@ static void on_msg(void *arg, struct spool_msg *m)
     spool_close_body(the_spool, fd);
     head[n > 0 ? n : 0] = 0;
     const char *t = strstr(head, "Message-ID: <tok-");
-    printf("MSG %s %u tok=%ld\n", spool_msg_id_str(m, id), m->nrcpt,
-           t ? atol(t + 17) : -1L);
+    char tail[5] = "";
+    fd = spool_open_body(the_spool, m);
+    if (fd >= 0 && m->body_size >= 4)
+      (void)!pread(fd, tail, 4, (off_t)(m->body_off + m->body_size - 4));
+    spool_close_body(the_spool, fd);
+    printf("MSG %s %u tok=%ld end=%d\n", spool_msg_id_str(m, id), m->nrcpt,
+           t ? atol(t + 17) : -1L, !memcmp(tail, "END\n", 4));
   } else {
     printf("MSG %s %u\n", spool_msg_id_str(m, id), m->nrcpt);
   }

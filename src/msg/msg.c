@@ -1,9 +1,11 @@
-/* pickup.c owns the pickup-file format (declared in spool.h): the x-sender /
- * x-receiver / x-binding / x-binding-group / x-context envelope lines, the
- * RFC 5322 header checks, and RFC 5321 address validation. Pure: works on
- * bytes in memory, never does I/O, never logs; every rejection comes back as
- * a one-line reason. Any thread. */
-#include "spool.h"
+/* msg.c owns the message format (include/msg/msg.h): the x-sender /
+ * x-receiver / x-binding / x-binding-group / x-context envelope lines,
+ * their writing, the RFC 5322 line checks, RFC 5321 address validation,
+ * duplicate recipients, and the Date: / Message-ID: fix-ups at submission.
+ * Pure: works on bytes in memory, never does I/O, never logs; every
+ * rejection comes back as a one-line reason. Any thread. It must never
+ * depend on the engine (impetus-inject links it without the engine). */
+#include "msg.h"
 
 #include "panic.h"
 
@@ -71,11 +73,11 @@ static const char *check_domain(const char *d, size_t n)
   return NULL;
 }
 
-const char *spool_addr_check(const char *a, size_t len)
+const char *msg_addr_check(const char *a, size_t len)
 {
   if (len == 0)
     return "empty address";
-  if (len > SPOOL_ADDR_MAX)
+  if (len > MSG_ADDR_MAX)
     return "address longer than 256 bytes";
   size_t i = 0;
   if (a[0] == '"') {
@@ -163,7 +165,7 @@ static const char *parse_addr(const char *v, size_t n, bool null_ok, char **out)
     *out = util_xstrdup("");
     return NULL;
   }
-  const char *why = spool_addr_check(v, n);
+  const char *why = msg_addr_check(v, n);
   if (why)
     return why;
   *out = util_xstrndup(v, n);
@@ -174,7 +176,7 @@ static const char *check_name(const char *v, size_t n)
 {
   if (n == 0)
     return "empty name";
-  if (n > SPOOL_NAME_MAX)
+  if (n > MSG_NAME_MAX)
     return "name longer than 255 bytes";
   for (size_t i = 0; i < n; i++)
     if ((unsigned char)v[i] <= 32 || v[i] == 127)
@@ -182,7 +184,7 @@ static const char *check_name(const char *v, size_t n)
   return NULL;
 }
 
-void spool_envelope_done(struct spool_envelope *env)
+void msg_envelope_done(struct msg_envelope *env)
 {
   if (!env)
     return;
@@ -192,7 +194,14 @@ void spool_envelope_done(struct spool_envelope *env)
   free(env->rcpt);
   free(env->binding);
   free(env->binding_group);
-  ctx_free(env->mess);
+  for (uint32_t i = 0; i < env->nctx; i++) {
+    free(env->ctx[i].key);
+    if (env->ctx[i].value) { /* may be a secret: wipe it */
+      explicit_bzero(env->ctx[i].value, strlen(env->ctx[i].value));
+      free(env->ctx[i].value);
+    }
+  }
+  free(env->ctx);
   memset(env, 0, sizeof(*env));
 }
 
@@ -233,7 +242,63 @@ static bool any_high_bit(const unsigned char *p, size_t n)
   return false;
 }
 
-int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *reason,
+/* FNV-1a over the local part and the lower-cased domain. */
+static uint64_t addr_hash(const char *a)
+{
+  const char *at = strrchr(a, '@');
+  uint64_t h = 1469598103934665603u;
+  for (const char *p = a; *p; p++) {
+    unsigned char c = (unsigned char)*p;
+    if (at && p > at)
+      c = (unsigned char)tolower(c);
+    h = (h ^ c) * 1099511628211u;
+  }
+  return h;
+}
+
+static bool addr_same(const char *a, const char *b)
+{
+  const char *ea = strrchr(a, '@'), *eb = strrchr(b, '@');
+  if (!ea || !eb || ea - a != eb - b || memcmp(a, b, (size_t)(ea - a)))
+    return false;
+  return !strcasecmp(ea, eb);
+}
+
+/* Drop later copies of a recipient, as Postfix's cleanup does: one RCPT,
+ * one R and D record per address. */
+static void dedup_rcpts(struct msg_envelope *env)
+{
+  if (env->nrcpt < 2)
+    return;
+  size_t cap = 16;
+  while (cap < (size_t)env->nrcpt * 2)
+    cap *= 2;
+  uint32_t *slot = util_xcalloc(cap, sizeof(*slot)); /* index + 1; 0 = empty */
+  uint32_t out = 0;
+  for (uint32_t i = 0; i < env->nrcpt; i++) {
+    char *a = env->rcpt[i];
+    size_t h = (size_t)addr_hash(a) & (cap - 1);
+    bool dup = false;
+    while (slot[h]) {
+      if (addr_same(env->rcpt[slot[h] - 1], a)) {
+        dup = true;
+        break;
+      }
+      h = (h + 1) & (cap - 1);
+    }
+    if (dup) {
+      free(a);
+      env->ndup++;
+      continue;
+    }
+    env->rcpt[out] = a;
+    slot[h] = ++out;
+  }
+  env->nrcpt = out;
+  free(slot);
+}
+
+int msg_parse(const char *data, size_t len, struct msg_envelope *env, char *reason,
                 size_t rlen)
 {
   memset(env, 0, sizeof(*env));
@@ -251,9 +316,9 @@ int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *
     enum env_kind k = env_kind(data + pos, n, &voff);
     if (k == ENV_NONE)
       break;
-    if (n > SPOOL_ENVELOPE_LINE_MAX)
+    if (n > MSG_ENVELOPE_LINE_MAX)
       return fail(reason, rlen, "envelope line %zu is longer than %u bytes", lineno,
-                  SPOOL_ENVELOPE_LINE_MAX);
+                  MSG_ENVELOPE_LINE_MAX);
     const char *v = data + pos + voff;
     size_t vn = n - voff;
     trim(&v, &vn);
@@ -270,8 +335,8 @@ int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *
         return fail(reason, rlen, "bad x-sender address on line %zu: %s", lineno, why);
       break;
     case ENV_RECEIVER: {
-      if (env->nrcpt >= SPOOL_RCPTS_MAX)
-        return fail(reason, rlen, "more than %u x-receiver lines", SPOOL_RCPTS_MAX);
+      if (env->nrcpt >= MSG_RCPTS_MAX)
+        return fail(reason, rlen, "more than %u x-receiver lines", MSG_RCPTS_MAX);
       char *a = NULL;
       why = parse_addr(v, vn, false, &a);
       if (why)
@@ -303,15 +368,17 @@ int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *
       size_t kn = (size_t)(eq - v), valn = vn - kn - 1;
       trim(&key, &kn);
       trim(&val, &valn);
-      if (!env->mess && !(env->mess = ctx_new()))
-        return fail(reason, rlen, "out of memory");
-      int r = ctx_setn(env->mess, key, kn, val, valn, 0);
-      if (r < 0)
-        return fail(reason, rlen, "bad x-context on line %zu: %s", lineno, strerror(-r));
+      if (kn == 0)
+        return fail(reason, rlen, "x-context on line %zu is not key=value", lineno);
+      if ((env->nctx & (env->nctx - 1)) == 0) /* 0, 1, 2, 4, ...: grow to the next power */
+        env->ctx = util_xrealloc(env->ctx, (env->nctx ? env->nctx * 2 : 1) * sizeof(*env->ctx));
+      env->ctx[env->nctx].key = util_xstrndup(key, kn);
+      env->ctx[env->nctx].value = util_xstrndup(val, valn);
+      env->nctx++;
       break;
     }
     default:
-      util_panic("spool_parse: envelope kind %d", (int)k);
+      util_panic("msg_parse: envelope kind %d", (int)k);
     }
     pos = next;
   }
@@ -331,11 +398,13 @@ int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *
     const char *p = data + pos;
     lineno++;
     hl++;
-    if (n == 0)
+    if (n == 0) {
+      pos = next; /* the body starts after the empty line */
       break;
-    if (n > SPOOL_HEADER_LINE_MAX)
+    }
+    if (n > MSG_LINE_MAX)
       return fail(reason, rlen, "header line %zu is longer than %u bytes", lineno,
-                  SPOOL_HEADER_LINE_MAX);
+                  MSG_LINE_MAX);
     for (size_t i = 0; i < n; i++) {
       unsigned char c = (unsigned char)p[i];
       if ((c < 32 && c != '\t') || c == 127)
@@ -358,21 +427,36 @@ int spool_parse(const char *data, size_t len, struct spool_envelope *env, char *
     }
     pos = next;
   }
+  /* The body: lines over 998 bytes are refused here rather than bounced
+   * by the peer after queueing (RFC 5322 2.1.1, RFC 5321 4.5.3.1.6). */
+  size_t bodyline = 0;
+  while (pos < len) {
+    const char *nl = memchr(data + pos, '\n', len - pos);
+    size_t end = nl ? (size_t)(nl - data) : len;
+    size_t n = end - pos - (end > pos && data[end - 1] == '\r');
+    bodyline++;
+    if (n > MSG_LINE_MAX)
+      return fail(reason, rlen, "body line %zu is longer than %u bytes (%zu)", bodyline,
+                  MSG_LINE_MAX, n);
+    pos = nl ? end + 1 : len;
+  }
   if (any_high_bit((const unsigned char *)data + env->body_off, len - env->body_off))
-    env->flags |= SPOOL_MSG_F_8BIT;
-  if (!(env->flags & SPOOL_MSG_F_8BIT)) {
+    env->flags |= MSG_F_8BIT;
+  dedup_rcpts(env);
+  if (!(env->flags & MSG_F_8BIT)) {
     for (uint32_t i = 0; i < env->nrcpt; i++)
       for (const char *q = env->rcpt[i]; *q; q++)
         if ((unsigned char)*q >= 0x80)
-          env->flags |= SPOOL_MSG_F_8BIT;
+          env->flags |= MSG_F_8BIT;
     for (const char *q = env->sender; *q; q++)
       if ((unsigned char)*q >= 0x80)
-        env->flags |= SPOOL_MSG_F_8BIT;
+        env->flags |= MSG_F_8BIT;
   }
   return 0;
 }
 
-size_t spool_scrub_secrets(char *data, size_t body_off, size_t *lo, size_t *hi)
+size_t msg_scrub_secrets(char *data, size_t body_off, msg_secret_fn is_secret, size_t *lo,
+                         size_t *hi)
 {
   size_t pos = 0, next, changed = 0;
   *lo = *hi = 0;
@@ -386,7 +470,7 @@ size_t spool_scrub_secrets(char *data, size_t body_off, size_t *lo, size_t *hi)
       const char *key = v;
       size_t kn = eq ? (size_t)(eq - v) : 0;
       trim(&key, &kn);
-      if (eq && kn && eq + 1 < v + vn && ctx_key_is_secret(key, kn)) {
+      if (eq && kn && eq + 1 < v + vn && is_secret(key, kn)) {
         char *w = data + (v - data);
         w[0] = '_';
         w[1] = '=';
@@ -402,4 +486,54 @@ size_t spool_scrub_secrets(char *data, size_t body_off, size_t *lo, size_t *hi)
     pos = next;
   }
   return changed;
+}
+
+void msg_envelope_write(struct buf *b, const char *sender, char *const *rcpt, size_t n)
+{
+  buf_printf(b, "x-sender: <%s>\n", sender);
+  for (size_t i = 0; i < n; i++)
+    buf_printf(b, "x-receiver: <%s>\n", rcpt[i]);
+}
+
+unsigned msg_headers_missing(const char *m, size_t len)
+{
+  unsigned missing = MSG_HDR_DATE | MSG_HDR_MESSAGE_ID;
+  size_t pos = 0, next;
+  while (pos < len) {
+    size_t n = line_at(m, len, pos, &next);
+    if (n == 0)
+      break;
+    const char *p = m + pos;
+    if (n > 5 && !strncasecmp(p, "Date", 4) && (p[4] == ':' || p[4] == ' ' || p[4] == '\t'))
+      missing &= ~MSG_HDR_DATE;
+    if (n > 11 && !strncasecmp(p, "Message-ID", 10) &&
+        (p[10] == ':' || p[10] == ' ' || p[10] == '\t'))
+      missing &= ~MSG_HDR_MESSAGE_ID;
+    pos = next;
+  }
+  return missing;
+}
+
+void msg_headers_add(struct buf *b, unsigned missing, time_t now, const char *unique,
+                     const char *host)
+{
+  if (missing & MSG_HDR_DATE) {
+    struct tm tm;
+    char d[64];
+    localtime_r(&now, &tm);
+    /* RFC 5322 3.3, in the C locale whatever the environment says */
+    static const char *const wd[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char *const mo[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                     "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    long off = tm.tm_gmtoff / 60;
+    char sign = off < 0 ? '-' : '+';
+    if (off < 0)
+      off = -off;
+    snprintf(d, sizeof(d), "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld", wd[tm.tm_wday % 7],
+             tm.tm_mday, mo[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+             tm.tm_sec, sign, off / 60, off % 60);
+    buf_printf(b, "Date: %s\n", d);
+  }
+  if (missing & MSG_HDR_MESSAGE_ID)
+    buf_printf(b, "Message-ID: <%s@%s>\n", unique, host && host[0] ? host : "localhost");
 }

@@ -3,6 +3,7 @@
  * Worker thread only; never logs, never reads a clock; allocates only when
  * a queue is created or the heap grows. */
 #include "dq.h"
+#include "dlist.h"
 #include "hash.h"
 #include "panic.h"
 
@@ -12,7 +13,7 @@
 
 struct dq_queue {
   struct dq_queue *hnext;               /* hash chain */
-  struct dq_queue *anext, *aprev;       /* active list (has ready units) */
+  struct dlist_node alink;              /* active list (has ready units) */
   bool active;
   char *binding;
   char *domain;                         /* lower case */
@@ -27,7 +28,7 @@ struct dq {
   struct dq_queue **tab;
   size_t tabsize; /* power of two */
   size_t nqueues;
-  struct dq_queue *ahead, *atail;
+  struct dlist active;                  /* queues with ready units (dq_queue.alink) */
   size_t nactive;
   struct dq_unit **heap;
   size_t nheap, heapcap;
@@ -130,11 +131,14 @@ struct dq_queue *dq_queue_cred(struct dq *d, const char *binding, const char *do
   for (struct dq_queue *q = d->tab[b]; q; q = q->hnext)
     if (q->cred == cred && !strcmp(q->binding, binding) && !strcasecmp(q->domain, domain))
       return q;
-  if (d->nqueues + 1 > d->tabsize) {
+  /* the pair's shared connection count lives in its cred-0 queue (made
+   * first: the table may grow under it) */
+  struct sched_acct *pair = cred ? dq_queue_cred(d, binding, domain, 0)->st.pair : NULL;
+  if (d->nqueues + 1 > d->tabsize)
     grow_table(d);
-    b = qhash(binding, domain, cred) & (d->tabsize - 1);
-  }
+  b = qhash(binding, domain, cred) & (d->tabsize - 1);
   struct dq_queue *q = util_xcalloc(1, sizeof *q);
+  q->st.pair = pair ? pair : &q->st.pair_acct;
   q->cred = cred;
   q->binding = util_xstrdup(binding);
   q->domain = util_xstrdup(domain);
@@ -160,13 +164,7 @@ static void activate(struct dq *d, struct dq_queue *q)
     return;
   q->active = true;
   d->nactive++;
-  q->anext = NULL;
-  q->aprev = d->atail;
-  if (d->atail)
-    d->atail->anext = q;
-  else
-    d->ahead = q;
-  d->atail = q;
+  dlist_push_back(&d->active, &q->alink);
 }
 
 static void deactivate(struct dq *d, struct dq_queue *q)
@@ -175,15 +173,7 @@ static void deactivate(struct dq *d, struct dq_queue *q)
     return;
   q->active = false;
   d->nactive--;
-  if (q->aprev)
-    q->aprev->anext = q->anext;
-  else
-    d->ahead = q->anext;
-  if (q->anext)
-    q->anext->aprev = q->aprev;
-  else
-    d->atail = q->aprev;
-  q->anext = q->aprev = NULL;
+  dlist_remove(&d->active, &q->alink);
 }
 
 static void ready_append(struct dq *d, struct dq_queue *q, struct dq_unit *u)
@@ -318,10 +308,10 @@ uint64_t dq_next_due(const struct dq *d)
 
 struct dq_queue *dq_next_active(struct dq *d)
 {
-  struct dq_queue *q = d->ahead;
-  if (q == NULL)
+  if (d->active.head == NULL)
     return NULL;
-  if (q != d->atail) { /* rotate: the next call starts with another queue */
+  struct dq_queue *q = DLIST_ENTRY(d->active.head, struct dq_queue, alink);
+  if (d->active.head != d->active.tail) { /* rotate: the next call starts with another queue */
     deactivate(d, q);
     activate(d, q);
   }

@@ -1,0 +1,436 @@
+/* adaptive_queue.c owns the glue between adaptive delivery (adaptive.c:
+ * rules and state) and the workers' queues: effective limits, retry
+ * intervals, replies in, connection slots, connection failures, the sweep
+ * and its paniclog lines, and the warm-up ages file.
+ *
+ * Must never: fail or bounce a recipient (adjustments only delay), block a
+ * worker (the ages file is written by the main and control threads only),
+ * log an adjustment twice. Threads: see adaptive_queue.h. */
+#include "adaptive_queue.h"
+
+#include "adaptive.h"
+#include "adaptive_conf.h"
+#include "conf.h"
+#include "dq.h"
+#include "logs.h"
+#include "panic.h"
+#include "scheduler.h"
+#include "throttle.h"
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SWEEP_EVERY_MS 250u
+
+static void warmup_apply(struct engine_shared *sh, struct adaptive *a,
+                         const struct adaptive_warmup *w, const char *binding, const char *domain,
+                         const char *prov, struct dq_queue_state *st, uint64_t now_ms);
+
+static _Atomic uint64_t next_sweep_ms;
+
+bool adaptive_queue_stale(struct engine_shared *sh, const struct dq_queue_state *st,
+                          uint64_t now_ms)
+{
+  return sh->adaptive &&
+         (st->adaptive_gen != adaptive_gen(sh->adaptive) || now_ms >= st->adaptive_until_ms);
+}
+
+/* The stricter of two buckets (a longer interval between takes). */
+static struct throttle *stricter(struct throttle *a, struct throttle *b)
+{
+  if (a == NULL)
+    return b;
+  if (b == NULL)
+    return a;
+  return b->interval_ns > a->interval_ns ? b : a;
+}
+
+static uint32_t min_nz(uint32_t a, uint32_t b)
+{
+  return a == 0 ? b : b == 0 ? a : a < b ? a : b;
+}
+
+void adaptive_queue_limits(struct engine_shared *sh, const struct conf_view *v,
+                           const char *binding, const char *domain, struct dq_queue_state *st,
+                           uint64_t now_ms)
+{
+  struct adaptive *a = sh->adaptive;
+  st->adaptive_until_ms = UINT64_MAX;
+  if (a == NULL)
+    return;
+  st->adaptive_gen = adaptive_gen(a); /* before reading: a change meanwhile shows next time */
+  if (!adaptive_conf_enabled(v))
+    return;
+  char prov[ADAPTIVE_NAME_MAX];
+  struct adaptive_warmup pw;
+  adaptive_provider_warmup(a, st->mx_host, prov, sizeof prov, &pw);
+  struct adaptive_limits l;
+  adaptive_limits(a, binding, domain, prov[0] ? prov : NULL, now_ms, &l);
+  st->adaptive_until_ms = l.until_ms;
+  struct sched_limits *sl = &st->limits;
+  if (l.suspended)
+    sl->suspend_delivery = true;
+  sl->max_outbound_connections = min_nz(sl->max_outbound_connections, l.max_connections);
+  sl->max_deliveries_per_connection =
+    min_nz(sl->max_deliveries_per_connection, l.max_deliveries);
+  if (l.throttle_n) {
+    struct throttle_spec spec = {.n = l.throttle_n, .per_s = l.throttle_per_s};
+    char scope[sizeof l.throttle_key + 16];
+    snprintf(scope, sizeof scope, "adaptive %s", l.throttle_key);
+    sl->msg_throttle = stricter(sl->msg_throttle, throttle_registry_get(
+                                  sh->throttles, scope, "outbound_throttle_messages", &spec));
+  }
+  if (l.connect_delay_s) {
+    struct throttle_spec spec = {.n = 1, .per_s = l.connect_delay_s};
+    char scope[2 * ADAPTIVE_NAME_MAX + 32];
+    snprintf(scope, sizeof scope, "adaptive-connect %s %s", binding ? binding : "default", domain);
+    sl->conn_throttle = stricter(sl->conn_throttle, throttle_registry_get(
+                                   sh->throttles, scope, "outbound_throttle_connections", &spec));
+  }
+  /* IP warm-up: the binding's age picks the step of its schedule (the
+   * scope's and the provider's); the cap holds per (binding, provider), or
+   * per (binding, domain) without one */
+  struct adaptive_warmup w;
+  char err[256];
+  if (adaptive_conf_warmup(v, &w, err, sizeof err) < 0)
+    w.nstep = 0;
+  warmup_apply(sh, a, &w, binding, domain, prov, st, now_ms);
+  warmup_apply(sh, a, &pw, binding, domain, prov, st, now_ms);
+}
+
+/* Apply warm-up schedule w to the queue's message throttle. */
+static void warmup_apply(struct engine_shared *sh, struct adaptive *a,
+                         const struct adaptive_warmup *w, const char *binding, const char *domain,
+                         const char *prov, struct dq_queue_state *st, uint64_t now_ms)
+{
+  if (w->nstep == 0)
+    return;
+  struct sched_limits *sl = &st->limits;
+  bool is_new;
+  uint64_t first = adaptive_binding_first(a, binding, now_ms, &is_new);
+  uint64_t age_s = now_ms > first ? (now_ms - first) / 1000u : 0;
+  for (unsigned i = 0; i < w->nstep; i++)
+    if (w->step[i].age_s > age_s) { /* the next step begins then: read again */
+      uint64_t at = first + w->step[i].age_s * 1000u;
+      if (at < st->adaptive_until_ms)
+        st->adaptive_until_ms = at;
+      break;
+    }
+  const struct adaptive_warmup_step *step = adaptive_warmup_at(w, age_s);
+  if (step == NULL)
+    return;
+  struct throttle_spec spec = {.n = step->n, .per_s = step->per_s};
+  char scope[2 * ADAPTIVE_NAME_MAX + 48];
+  snprintf(scope, sizeof scope, "warmup %s %s %llu", binding ? binding : "default",
+           prov[0] ? prov : domain, (unsigned long long)step->age_s);
+  sl->msg_throttle = stricter(sl->msg_throttle, throttle_registry_get(
+                                sh->throttles, scope, "outbound_throttle_messages", &spec));
+}
+
+void adaptive_queue_retry(struct engine_shared *sh, const struct conf_view *v,
+                          const char *binding, const char *domain,
+                          const struct dq_queue_state *st, uint64_t now_ms, struct sched_retry *p)
+{
+  if (sh->adaptive == NULL || !adaptive_conf_enabled(v))
+    return;
+  char prov[ADAPTIVE_NAME_MAX];
+  adaptive_provider_lookup(sh->adaptive, st->mx_host, prov, sizeof prov);
+  struct adaptive_limits l;
+  adaptive_limits(sh->adaptive, binding, domain, prov[0] ? prov : NULL, now_ms, &l);
+  if (l.retry_interval_s > p->retry_interval_s)
+    p->retry_interval_s = l.retry_interval_s;
+  if (l.max_retry_interval_s > p->max_retry_interval_s)
+    p->max_retry_interval_s = l.max_retry_interval_s;
+  if (p->max_retry_interval_s && p->max_retry_interval_s < p->retry_interval_s)
+    p->max_retry_interval_s = p->retry_interval_s;
+}
+
+static void fmt_time(char *out, size_t n, uint64_t ms)
+{
+  time_t t = (time_t)(ms / 1000u);
+  struct tm tm;
+  gmtime_r(&t, &tm);
+  strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* "suspended", "max_outbound_connections = 2", "outbound_throttle_messages
+ * = 2/1"... */
+static void fmt_what(char *out, size_t n, const struct adaptive_adjustment *j)
+{
+  switch (j->action) {
+  case ADAPTIVE_ACT_SUSPEND:
+    snprintf(out, n, "suspended");
+    break;
+  case ADAPTIVE_ACT_BACKOFF:
+    snprintf(out, n, "suspended (back-off, %u in a row)", j->fired);
+    break;
+  case ADAPTIVE_ACT_THROTTLE:
+    snprintf(out, n, "outbound_throttle_messages = %u/%u", j->value, j->per_s);
+    break;
+  case ADAPTIVE_ACT_CONNECT_DELAY:
+    snprintf(out, n, "outbound_throttle_connections = 1/%u", j->value);
+    break;
+  default:
+    snprintf(out, n, "%s = %u", adaptive_action_name(j->action), j->value);
+    break;
+  }
+}
+
+static void log_adjustment(struct logs_writer *log, const struct adaptive_adjustment *j,
+                           bool ended, uint64_t now_ms)
+{
+  char what[96], until[32];
+  fmt_what(what, sizeof what, j);
+  fmt_time(until, sizeof until, j->until_ms);
+  const char *where = j->scope == ADAPTIVE_SCOPE_PROVIDER ? "provider" : "domain";
+  if (ended) {
+    logs_panic(log, now_ms, "adaptive", "ended: %s for binding %s %s %s (rule %s)", what,
+               j->binding[0] ? j->binding : "*", where, j->target, j->rule);
+    return;
+  }
+  logs_panic(log, now_ms, "adaptive", "%s for binding %s %s %s until %s (%llu s; rule %s, %s)",
+             what, j->binding[0] ? j->binding : "*", where, j->target, until,
+             (unsigned long long)((j->until_ms - j->since_ms) / 1000u), j->rule, j->why);
+}
+
+void adaptive_queue_reply(struct engine_shared *sh, struct logs_writer *log,
+                          const struct conf_view *v, const char *binding, const char *domain,
+                          const struct dq_queue_state *st, int code, const char *enhanced,
+                          const char *text, uint64_t now_ms)
+{
+  if (sh->adaptive == NULL || code < 400 || !adaptive_conf_enabled(v))
+    return;
+  struct adaptive_reply r = {.binding = binding, .domain = domain, .mx_host = st->mx_host,
+                             .code = code, .enhanced = enhanced, .text = text};
+  struct adaptive_adjustment made[4];
+  size_t n = adaptive_reply(sh->adaptive, &r, now_ms, made, 4);
+  for (size_t i = 0; i < n && i < 4; i++)
+    log_adjustment(log, &made[i], false, now_ms);
+}
+
+void adaptive_queue_release(struct engine_shared *sh, uint32_t slot[2])
+{
+  if (sh->adaptive == NULL)
+    return;
+  for (int i = 0; i < 2; i++) {
+    adaptive_slot_release(sh->adaptive, slot[i]);
+    slot[i] = 0;
+  }
+}
+
+bool adaptive_queue_connect(struct engine_shared *sh, struct conf *c, const char *binding,
+                            const char *domain, const char *mx_host, struct dq_queue_state *st,
+                            uint64_t now_ms, uint32_t slot[2])
+{
+  if (sh->adaptive == NULL)
+    return true;
+  adaptive_queue_release(sh, slot);
+  if (mx_host == NULL || !*mx_host)
+    return true;
+  if (strcasecmp(st->mx_host, mx_host)) {
+    /* a host new to the queue may belong to a provider whose mail is held:
+     * its limits are read again before anything goes there */
+    snprintf(st->mx_host, sizeof st->mx_host, "%s", mx_host);
+    st->adaptive_until_ms = 0;
+    char p[ADAPTIVE_NAME_MAX];
+    adaptive_provider_lookup(sh->adaptive, mx_host, p, sizeof p);
+    struct adaptive_limits l;
+    adaptive_limits(sh->adaptive, binding, domain, p[0] ? p : NULL, now_ms, &l);
+    if (l.suspended)
+      return false;
+  }
+  char key[2 * ADAPTIVE_NAME_MAX + 300];
+  /* Host "mx" { Max_Outbound_Connections }: all bindings and domains */
+  snprintf(key, sizeof key, "host %s", mx_host);
+  if (!adaptive_slot_take(sh->adaptive, key, adaptive_conf_host_cap(c, mx_host), &slot[0]))
+    return false;
+  /* a provider's cap: per binding, across its domains */
+  char prov[ADAPTIVE_NAME_MAX];
+  uint32_t cap = adaptive_provider_lookup(sh->adaptive, mx_host, prov, sizeof prov);
+  snprintf(key, sizeof key, "provider %s %s", prov, binding ? binding : "default");
+  if (prov[0] && !adaptive_slot_take(sh->adaptive, key, cap, &slot[1])) {
+    adaptive_queue_release(sh, slot);
+    return false;
+  }
+  return true;
+}
+
+void adaptive_queue_conn_failed(struct engine_shared *sh, struct logs_writer *log,
+                                const struct conf_view *v, const char *binding,
+                                const char *domain, uint64_t now_ms)
+{
+  if (sh->adaptive == NULL || !adaptive_conf_enabled(v))
+    return;
+  int64_t th = conf_int(v, CONF_ADAPTIVE_CONNECTION_FAILURES);
+  struct adaptive_adjustment j;
+  if (th > 0 && adaptive_conn_failed(sh->adaptive, binding, domain,
+                                     th > UINT32_MAX ? UINT32_MAX : (uint32_t)th, now_ms, &j))
+    log_adjustment(log, &j, false, now_ms);
+}
+
+void adaptive_queue_conn_ok(struct engine_shared *sh, const struct conf_view *v,
+                            const char *binding, const char *domain)
+{
+  if (sh->adaptive && adaptive_conf_enabled(v))
+    adaptive_conn_ok(sh->adaptive, binding, domain);
+}
+
+void adaptive_queue_sweep(struct engine_shared *sh, struct logs_writer *log, uint64_t now_ms)
+{
+  if (sh->adaptive == NULL || now_ms < atomic_load(&next_sweep_ms))
+    return;
+  atomic_store(&next_sweep_ms, now_ms + SWEEP_EVERY_MS);
+  struct adaptive_adjustment ended[16];
+  size_t n = adaptive_expire(sh->adaptive, now_ms, ended, 16);
+  for (size_t i = 0; i < n && i < 16; i++)
+    log_adjustment(log, &ended[i], true, now_ms);
+}
+
+/* ------------------------------------------------------------ warm-up ages */
+
+static void ages_path(char *out, size_t n, const char *spoolbase, bool dir)
+{
+  snprintf(out, n, dir ? "%s/adaptive" : "%s/adaptive/bindings", spoolbase);
+}
+
+static int ages_append(const char *spoolbase, const char *binding, uint64_t first_ms)
+{
+  char path[4200];
+  ages_path(path, sizeof path, spoolbase, true);
+  mkdir(path, 0700);
+  ages_path(path, sizeof path, spoolbase, false);
+  int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return -errno;
+  char line[ADAPTIVE_NAME_MAX + 32];
+  int len = snprintf(line, sizeof line, "%s %llu\n", binding, (unsigned long long)first_ms);
+  int rc = write(fd, line, (size_t)len) == len ? 0 : -EIO;
+  if (rc == 0 && fsync(fd) < 0)
+    rc = -errno;
+  close(fd);
+  return rc;
+}
+
+void adaptive_queue_ages_load(struct engine_shared *sh, struct conf *c, const char *spoolbase,
+                              uint64_t now_ms)
+{
+  if (sh->adaptive == NULL)
+    return;
+  char path[4200];
+  ages_path(path, sizeof path, spoolbase, false);
+  FILE *f = fopen(path, "re");
+  if (f) {
+    char name[ADAPTIVE_NAME_MAX + 1];
+    unsigned long long first;
+    /* the last line of a binding wins (the console appends) */
+    while (fscanf(f, "%128s %llu", name, &first) == 2)
+      adaptive_binding_born(sh->adaptive, name, first);
+    fclose(f);
+  }
+  for (size_t i = 0; i < conf_binding_count(c); i++) {
+    bool is_new;
+    const char *b = conf_binding_name(c, (int)i);
+    uint64_t first = adaptive_binding_first(sh->adaptive, b, now_ms, &is_new);
+    if (is_new)
+      (void)ages_append(spoolbase, b, first);
+  }
+}
+
+int adaptive_queue_ages_set(struct engine_shared *sh, const char *spoolbase, const char *binding,
+                            uint64_t first_ms)
+{
+  if (sh->adaptive == NULL)
+    return -ENOENT;
+  adaptive_binding_born(sh->adaptive, binding, first_ms);
+  return ages_append(spoolbase, binding, first_ms);
+}
+
+/* ------------------------------------------------------------ Lua rules */
+
+static _Atomic(struct adaptive *) lua_target;
+
+void adaptive_queue_lua_target(struct adaptive *a)
+{
+  atomic_store(&lua_target, a);
+}
+
+/* Momentum's patterns are PCRE: the common escapes in POSIX terms. */
+static void pcre_to_posix(const char *in, char *out, size_t n)
+{
+  size_t k = 0;
+  for (; *in && k + 16 < n; in++) {
+    if (in[0] == '\\' && (in[1] == 'd' || in[1] == 's' || in[1] == 'w')) {
+      const char *cls = in[1] == 'd' ? "[0-9]" : in[1] == 's' ? "[[:space:]]" : "[[:alnum:]_]";
+      size_t l = strlen(cls);
+      memcpy(out + k, cls, l);
+      k += l;
+      in++;
+      continue;
+    }
+    out[k++] = *in;
+  }
+  out[k] = '\0';
+}
+
+int adaptive_queue_lua_rule(const char *const *kv, size_t npairs, bool clear_first, char *err,
+                            size_t errlen)
+{
+  struct adaptive *a = atomic_load(&lua_target);
+  if (a == NULL) {
+    snprintf(err, errlen, "adaptive delivery is not running");
+    return -ENOENT;
+  }
+  struct adaptive_rule r = {.count = 1};
+  char pattern[1024];
+  for (size_t i = 0; i < npairs; i++) {
+    const char *k = kv[2 * i], *v = kv[2 * i + 1];
+    int bad = 0;
+    if (!strcmp(k, "name"))
+      r.name = v;
+    else if (!strcmp(k, "provider"))
+      r.provider = v;
+    else if (!strcmp(k, "match_domain") || !strcmp(k, "domain"))
+      r.domain = v;
+    else if (!strcmp(k, "code"))
+      r.code = atoi(v);
+    else if (!strcmp(k, "enhanced"))
+      r.enhanced = v;
+    else if (!strcmp(k, "pattern")) {
+      pcre_to_posix(v, pattern, sizeof pattern);
+      r.pattern = pattern;
+    } else if (!strcmp(k, "trigger"))
+      bad = adaptive_parse_trigger(v, &r.count, &r.period_s);
+    else if (!strcmp(k, "scope"))
+      bad = (int)(r.scope = (enum adaptive_scope)adaptive_scope_parse(v)) < 0 ? -EINVAL : 0;
+    else if (!strcmp(k, "action"))
+      bad = (int)(r.action = (enum adaptive_action)adaptive_action_parse(v)) < 0 ? -EINVAL : 0;
+    else if (!strcmp(k, "value")) {
+      char *end;
+      r.value = (uint32_t)strtoul(v, &end, 10);
+      r.per_s = 1;
+      if (*end == '/')
+        bad = adaptive_parse_duration(end + 1, &r.per_s);
+      else if (*end)
+        bad = adaptive_parse_duration(v, &r.value); /* an interval */
+    } else if (!strcmp(k, "duration"))
+      bad = adaptive_parse_duration(v, &r.duration_s);
+    else if (!strcmp(k, "source"))
+      r.source = v;
+    else
+      bad = -EINVAL;
+    if (bad < 0) {
+      snprintf(err, errlen, "rule %s: bad %s \"%s\"", r.name ? r.name : "?", k, v);
+      return -EINVAL;
+    }
+  }
+  return adaptive_add_rule(a, &r, clear_first, err, errlen);
+}

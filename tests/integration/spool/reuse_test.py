@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""A pickup name reused while the spool reads it (issue 18 item 2): the
+exact experiment, N times (default 1,000): rename file A to pickup/repN,
+wait 0-20 ms, rename file B onto the same name. The newer file B must
+always be ingested (A may legitimately be replaced before it is read).
+Zero losses: every B token comes out of the spool, and pickup/ ends empty.
+usage: reuse_test.py SPOOL_DRIVER [N]"""
+import os, random, select, shutil, subprocess, sys, tempfile, time
+
+driver = sys.argv[1]
+n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+top = tempfile.mkdtemp(prefix="impetus-reuse-")
+base = os.path.join(top, "spool")
+proc = None
+try:
+    subprocess.run([driver, base, "--recover-only"], check=True, capture_output=True)
+    pickup = os.path.join(base, "pickup")
+    proc = subprocess.Popen([driver, base, "--thread", "--tokens"], stdout=subprocess.PIPE)
+    seen, bad, partial = set(), [], b""
+
+    def drain(timeout):
+        global partial
+        r, _, _ = select.select([proc.stdout], [], [], timeout)
+        if not r:
+            return
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            return
+        partial += chunk
+        *lines, partial = partial.split(b"\n")
+        for line in lines:
+            t = line.decode(errors="replace")
+            if t.startswith("MSG ") and "tok=" in t:
+                seen.add(int(t.rsplit("tok=", 1)[1].split()[0]))
+            elif t.startswith("BAD "):
+                bad.append(t)
+
+    def put(tmpname, tok):
+        with open(os.path.join(pickup, tmpname), "w") as f:
+            f.write("x-sender: <s@example.com>\nx-receiver: <r@example.com>\n"
+                    "Message-ID: <tok-%d@example.com>\nSubject: %d\n\nbody\n" % (tok, tok))
+
+    rnd = random.Random(18)
+    for i in range(n):
+        a, b = 2 * i, 2 * i + 1
+        put(".a.tmp", a)
+        put(".b.tmp", b)
+        name = os.path.join(pickup, "rep%d" % (i % 50))
+        os.rename(os.path.join(pickup, ".a.tmp"), name)
+        time.sleep(rnd.uniform(0, 0.020))
+        os.rename(os.path.join(pickup, ".b.tmp"), name)
+        drain(0)
+    deadline = time.monotonic() + 120
+    want = {2 * i + 1 for i in range(n)}
+    while time.monotonic() < deadline and not want <= seen:
+        drain(0.2)
+    lost = sorted(want - seen)
+    left = [f for f in os.listdir(pickup)]
+    a_in = len([t for t in seen if t % 2 == 0])
+    print("B files ingested: %d of %d; A files ingested before B replaced them: %d; "
+          "left in pickup/: %s; bad: %s" % (len(want & seen), n, a_in, left[:10], bad[:5]))
+    fails = []
+    if lost:
+        fails.append("%d newer files lost (tokens %s...)" % (len(lost), lost[:10]))
+    if bad:
+        fails.append("BAD lines: %s" % bad[:5])
+    if [f for f in left if not f.startswith(".")]:
+        fails.append("files left in pickup/: %s" % left[:10])
+    if fails:
+        print("FAIL: " + "; ".join(fails))
+        sys.exit(1)
+    print("ok: zero losses in %d runs" % n)
+finally:
+    if proc:
+        proc.terminate()
+        proc.wait()
+    shutil.rmtree(top, ignore_errors=True)

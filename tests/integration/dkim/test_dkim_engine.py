@@ -133,6 +133,16 @@ def start_sink(sinkbin, tmp, name, *extra):
     return s, {"jsonl": jl}
 
 
+def drop_sinks(tmp, *sinks):
+    """Stop (if running) and remove the sinks, then the test's directory."""
+    for s in sinks:
+        if s is not None:
+            if s.proc.poll() is None:
+                s.stop()
+            s.cleanup()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def final_count(e):
     return sum(1 for f in e.records() if f[4] in ("D", "P"))
 
@@ -178,11 +188,7 @@ def scenario_deliver(imp, sinkbin):
             finally:
                 e.cleanup()
     finally:
-        for s in sinks:
-            if s.proc.poll() is None:
-                s.stop()
-            s.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+        drop_sinks(tmp, *sinks)
 
 
 def stored_signature(spool):
@@ -234,12 +240,7 @@ def scenario_restart(imp, sinkbin):
         finally:
             e.cleanup()
     finally:
-        for s in (bad, good):
-            if s is not None:
-                if s.proc.poll() is None:
-                    s.stop()
-                s.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+        drop_sinks(tmp, bad, good)
 
 
 LUA = r"""
@@ -302,11 +303,7 @@ def scenario_lua(imp, sinkbin):
         finally:
             e.cleanup()
     finally:
-        if sink is not None:
-            if sink.proc.poll() is None:
-                sink.stop()
-            sink.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+        drop_sinks(tmp, sink)
 
 
 def main():

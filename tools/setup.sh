@@ -4,6 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
+  libcrypt-dev
   # build
   meson ninja-build pkg-config gcc g++ clang llvm
   # libraries
@@ -16,6 +17,8 @@ PACKAGES=(
   # packaging and operations (issue 20): the Debian package and lintian, the
   # unit's systemd-analyze checks, man pages, tools/debian-try.sh
   dpkg-dev debhelper lintian systemd man-db debootstrap
+  # cluster-wide limits (src/engine/cluster, tests/integration/cluster)
+  libhiredis-dev redis-server redis-tools
 )
 
 # The system user the engine drops root to (options User / Group,

@@ -17,6 +17,9 @@
 
 #include "throttle.h"
 
+struct cluster_bucket;
+struct cluster_cap;
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -63,6 +66,16 @@ bool sched_expired(const struct sched_retry *p, uint64_t received_ms, uint64_t n
 
 /* ---- per-queue limits and accounting ---- */
 
+/* A queue's cluster-wide limits (cluster.h), shared with the other nodes
+ * through Redis; all NULL without a cluster stanza. */
+struct sched_cluster {
+  struct cluster_cap *conns;        /* Cluster_Max_Outbound_Connections */
+  struct cluster_cap *server;       /* Cluster_Server_Max_Outbound_Connections */
+  struct cluster_bucket *conn_rate; /* Cluster_Outbound_Throttle_Connections */
+  struct cluster_bucket *msg_rate;  /* Cluster_Outbound_Throttle_Messages */
+  unsigned worker;                  /* the worker woken when leases or tokens come */
+};
+
 struct sched_limits {
   uint32_t max_outbound_connections;      /* 0 = unlimited (default 32) */
   uint32_t max_deliveries_per_connection; /* 0 = unlimited (default 0) */
@@ -72,6 +85,7 @@ struct sched_limits {
   bool suspend_delivery;
   struct throttle *msg_throttle;  /* shared bucket or NULL (unlimited) */
   struct throttle *conn_throttle; /* shared bucket or NULL (unlimited) */
+  struct sched_cluster cluster;
 };
 
 struct sched_acct {
@@ -83,6 +97,7 @@ enum sched_open {
   SCHED_OPEN_SUSPENDED, /* Suspend_Delivery */
   SCHED_OPEN_FULL,      /* Max_Outbound_Connections reached: wait for a close */
   SCHED_OPEN_THROTTLED, /* connection throttle: *wait_ns until asking again */
+  SCHED_OPEN_CLUSTER,   /* a cluster limit: woken when it allows, *wait_ns at the latest */
 };
 
 /* May the queue open one more connection at now_ns? On OK the connection
@@ -92,12 +107,34 @@ enum sched_open sched_conn_open(const struct sched_limits *l, struct sched_acct 
 /* A connection counted by sched_conn_open has closed. */
 void sched_conn_closed(struct sched_acct *a);
 
+/* The cluster leases one connection holds (all-zero: none). */
+struct sched_leases {
+  struct cluster_cap *cap[2];
+};
+
+/* After sched_conn_open said OK: may the connection open as far as the
+ * cluster-wide limits go? OK: its leases are in *held (give them back
+ * with sched_cluster_closed). CLUSTER: not now (nothing held; undo the
+ * sched_conn_open); the worker is woken when a lease or a token comes,
+ * *wait_ns at the latest. Lock-free; never waits for Redis. */
+enum sched_open sched_cluster_open(const struct sched_limits *l, struct sched_leases *held,
+                                   uint64_t now_ns, uint64_t *wait_ns);
+/* The connection holding these leases has closed. */
+void sched_cluster_closed(struct sched_leases *held);
+/* True when this connection should close instead of taking more work: its
+ * node holds more of a cluster cap than its fair share (or than Redis
+ * granted after an outage). Says true once per connection to close. */
+bool sched_cluster_shed(struct sched_leases *held);
+/* Whether the queue has any cluster-wide limit. */
+bool sched_cluster_any(const struct sched_limits *l);
+
 /* May a connection that has made `delivered` successful deliveries carry
  * another transaction (Max_Deliveries_Per_Connection)? */
 bool sched_conn_reusable(const struct sched_limits *l, uint32_t delivered);
 
-/* Message throttle: 0 when a message may start now (token taken), else
- * the nanoseconds to wait. */
+/* Message throttles (the cluster's, then the local one): 0 when a message
+ * may start now (tokens taken), else the nanoseconds to wait (for the
+ * cluster's: at the latest; the worker is woken when tokens come). */
 uint64_t sched_msg_take(const struct sched_limits *l, uint64_t now_ns);
 
 /* How many transactions a unit of nrcpt recipients needs. */

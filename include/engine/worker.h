@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct cluster;
 struct conf;
 struct logs;
 struct logs_writer;
@@ -41,6 +42,7 @@ struct engine_shared {
   size_t npend, cappend;
   struct throttle_registry *throttles;
   struct adaptive *adaptive;      /* adaptive delivery's rules and state (adaptive.h) */
+  struct cluster *cluster;        /* cluster-wide limits (cluster.h); NULL: no cluster stanza */
   struct policy *policy;          /* Lua scripts (policy.h); NULL: none */
   char hostname[256];
   char pickup_dir[4096];          /* where DSNs are dropped */

@@ -51,19 +51,47 @@ int conf_stz_find(const char *name)
   return -1;
 }
 
-bool conf_module_has(const char *module, const char *kind)
+int conf_stz_find_in(const char *name, int parent)
 {
-  if (!strcmp(module, "*"))
-    return true;
-  size_t kl = strlen(kind);
+  for (int i = 0; i < STZ__COUNT; i++)
+    if (conf_stzdefs[i].parent == parent && !strcasecmp(conf_stzdefs[i].name, name))
+      return i;
+  return conf_stz_find(name);
+}
+
+static bool module_is_one(int kind, const char *module);
+
+bool conf_stz_module_is(int kind, const char *module)
+{
+  if (!strchr(module, ' '))
+    return module_is_one(kind, module);
+  /* "opendkim dkim_domain": an option of several stanza kinds */
+  char one[128];
   for (const char *p = module; *p;) {
     size_t n = strcspn(p, " ");
-    if (n == kl && !strncasecmp(p, kind, n))
-      return true;
+    if (n && n < sizeof(one)) {
+      memcpy(one, p, n);
+      one[n] = 0;
+      if (module_is_one(kind, one))
+        return true;
+    }
     p += n;
     p += strspn(p, " ");
   }
   return false;
+}
+
+static bool module_is_one(int kind, const char *module)
+{
+  const struct conf_stzdef *s = &conf_stzdefs[kind];
+  if (!strcasecmp(module, s->name))
+    return true;
+  /* "parent.name": a kind whose name another parent also uses (listen) */
+  if (s->parent == STZ_NONE)
+    return false;
+  const char *pn = conf_stzdefs[s->parent].name;
+  size_t pl = strlen(pn);
+  return !strncasecmp(module, pn, pl) && module[pl] == '.' && !strcasecmp(module + pl + 1, s->name);
 }
 
 /* ---- arena ----

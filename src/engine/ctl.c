@@ -14,6 +14,7 @@
 
 #include "buf.h"
 #include "clock.h"
+#include "cluster.h"
 #include "ctl_adaptive.h"
 #include "conf.h"
 #include "counters.h"
@@ -998,6 +999,21 @@ static int cmd_config_reload(struct req *r)
   return 0;
 }
 
+/* cluster [FILTER]: the cluster client's view (cluster.h): Redis, nodes
+ * seen, and per cap and throttle whose key contains FILTER (a domain, a
+ * binding, a scope) the cluster value and this node's share. */
+static int cmd_cluster(struct req *r, const char *filter)
+{
+  if (g.sh->cluster == NULL)
+    return fail(r, "no cluster stanza: Cluster_* limits are not shared (docs/cluster.md)");
+  struct buf text = {0};
+  cluster_describe(g.sh->cluster, filter, &text);
+  buf_append(&text, "", 1);
+  o_str(&r->o, "cluster", (const char *)buf_head(&text));
+  buf_done(&text, 0);
+  return 0;
+}
+
 static int dispatch(struct req *r)
 {
   int ac = r->argc;
@@ -1008,6 +1024,8 @@ static int dispatch(struct req *r)
 #define IS(i, w) (ac > (i) && !strcasecmp(av[i], (w)))
   if (IS(0, "summary") && ac == 1)
     return cmd_summary(r);
+  if (IS(0, "cluster") && ac <= 2)
+    return cmd_cluster(r, ac == 2 ? av[1] : NULL);
   if (IS(0, "version") && ac == 1) {
     o_str(&r->o, "version", IMPETUS_VERSION);
     return 0;
@@ -1139,6 +1157,7 @@ void ctl_http_answer(const char *req, struct buf *out)
   spool_get_stats(g.sh->spool, &in.spool);
   struct buf body = {0};
   metrics_render(&body, &in);
+  cluster_metrics(g.sh->cluster, &body);
   free(in.w);
   buf_printf(out,
              "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
@@ -1199,6 +1218,7 @@ void ctl_prepare_paths(struct conf *c)
   const struct conf_stanza *ls = cl ? conf_stanza_child(cl, "listen") : NULL;
   if (ls)
     make_parent(conf_stanza_instance(ls));
+  make_parent(conf_str(conf_global(c), CONF_SPOOL_SECRET_KEY_FILE)); /* NULL: beside the spool */
 }
 
 static int open_unix(const char *path, unsigned mode, char *err, size_t errlen)

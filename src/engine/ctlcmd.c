@@ -31,11 +31,12 @@ const char ctlcmd_usage[] =
   "  adaptive clear (all | [binding B] [domain D | provider P]) | adaptive rules\n"
   "  adaptive warmup [BINDING [AGE]]      bindings' warm-up ages (set one)\n"
   "  reopen logs                          like SIGUSR1 (log rotation)\n"
+  "  cluster [FILTER]                     cluster-wide limits: Redis, nodes, caps, throttles\n"
   "  version | shutdown\n";
 
 static const char *const verbs[] = {"summary", "mailq",   "showqueue", "binding", "domain",
                                     "message", "flush",   "suspend",   "resume",  "config",
-                                    "reopen",  "version", "shutdown", "adaptive"};
+                                    "reopen",  "version", "shutdown", "adaptive", "cluster"};
 
 static int bad(char *why, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int bad(char *why, size_t n, const char *fmt, ...)
@@ -152,6 +153,8 @@ int ctlcmd_check(int ac, char *const *av, char *why, size_t n)
   int rc;
   if (is(v, "summary") || is(v, "version") || is(v, "shutdown"))
     return no_more(ac, av, 1, why, n);
+  if (is(v, "cluster"))
+    return no_more(ac, av, 2, why, n);
   if (is(v, "reopen")) {
     if ((rc = need(ac, av, 1, "'logs'", why, n)) < 0)
       return rc;

@@ -10,10 +10,12 @@
 #include "adaptive_conf.h"
 #include "adaptive_queue.h"
 #include "clock.h"
+#include "cluster.h"
 #include "conf.h"
 #include "counters.h"
 #include "ctl.h"
 #include "impetus_build.h"
+#include "listener.h"
 #include "logs.h"
 #include "sdnotify.h"
 #include "panic.h"
@@ -272,6 +274,51 @@ static void reload(struct engine_shared *sh, const char *path, struct logs_write
   logs_writer_flush(log);
 }
 
+static void note_cluster_option(void *arg, const char *text)
+{
+  (void)text;
+  *(bool *)arg = true;
+}
+
+/* The cluster stanza: a Redis client for the Cluster_* limits (its own
+ * thread and log writer). Without it those options have no effect, and
+ * that is said once at start-up. Returns the client's writer (or NULL). */
+static struct logs_writer *start_cluster(struct engine_shared *sh, struct conf *c,
+                                         struct logs_writer *log)
+{
+  const struct conf_stanza *st = conf_stanza_first(c, "cluster");
+  if (st == NULL || !conf_bool(conf_stanza_view(st), CONF_MOD_ENABLED)) {
+    bool set = false;
+    const enum conf_opt opts[] = {CONF_CLUSTER_MAX_OUTBOUND_CONNECTIONS,
+                                  CONF_CLUSTER_OUTBOUND_THROTTLE_MESSAGES,
+                                  CONF_CLUSTER_OUTBOUND_THROTTLE_CONNECTIONS,
+                                  CONF_CLUSTER_SERVER_MAX_OUTBOUND_CONNECTIONS};
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
+      conf_each_set(c, opts[i], note_cluster_option, &set);
+    if (set)
+      logs_panic(log, clock_wall_ms(), "cluster",
+                 "Cluster_* options are set but there is no cluster { redis = ... } stanza: "
+                 "they have no effect");
+    return NULL;
+  }
+  const struct conf_view *v = conf_stanza_view(st);
+  struct logs_writer *w = logs_writer_new(sh->logs);
+  struct cluster_params p = {
+    .url = conf_str(v, CONF_CLUSTER_REDIS),
+    .node_name = conf_str(v, CONF_CLUSTER_NODE_NAME),
+    .lease_ttl_s = (unsigned)conf_interval(v, CONF_CLUSTER_LEASE_TTL),
+    .failure_mode = conf_enum(v, CONF_CLUSTER_FAILURE_MODE) == 1 ? CLUSTER_FAIL_CLOSED
+                                                                 : CLUSTER_FAIL_OPEN,
+    .nworkers = sh->nworkers,
+    .log = w,
+  };
+  char err[512];
+  sh->cluster = cluster_new(&p, err, sizeof err);
+  if (sh->cluster == NULL)
+    util_fatal("%s", err);
+  return w;
+}
+
 int engine_main(const char *config_path)
 {
   struct conf_error cerr;
@@ -374,6 +421,10 @@ int engine_main(const char *config_path)
 
   if (ctl_open(sh, config_path, err, sizeof err) < 0) /* ops: before leaving root */
     util_fatal("%s", err);
+  /* ESMTP_Listener: its sockets are bound as root (port 25) */
+  struct listener *lsn = listener_open(c, sh->spool, sh->hostname, sh->logs, err, sizeof err);
+  if (!lsn && err[0])
+    util_fatal("%s", err);
   tlskeys_preload(c, tls_unreadable, mainlog); /* client certificates and keys, as root */
   if (signing_init(c, sh->ingest_log, &cerr) < 0) { /* DKIM keys, as root */
     char text[6000];
@@ -386,6 +437,8 @@ int engine_main(const char *config_path)
   sh->policy = policy_new(c, &sh->conf, sh->ingest_log, sh->nworkers, err, sizeof err);
   if (sh->policy == NULL)
     util_fatal("lua: %s", err);
+
+  struct logs_writer *cluster_log = start_cluster(sh, c, mainlog);
 
   for (unsigned i = 0; i < sh->nworkers; i++)
     if (worker_start(sh, i, err, sizeof err) == NULL)
@@ -401,6 +454,8 @@ int engine_main(const char *config_path)
     util_fatal("spool ingest: %s", strerror(-rc));
   if (ctl_start(err, sizeof err) < 0) /* ops: console + metrics */
     util_fatal("%s", err);
+  if (lsn && (rc = listener_start(lsn)) < 0)
+    util_fatal("esmtp_listener: %s", strerror(-rc));
 
   logs_panic(mainlog, clock_wall_ms(), "engine",
              "impetus %s started: %s, %u worker%s, %ld message%s recovered", IMPETUS_VERSION,
@@ -459,6 +514,7 @@ int engine_main(const char *config_path)
   ctl_stop();
   logs_panic(mainlog, clock_wall_ms(), "engine", "stopping");
   logs_writer_flush(mainlog);
+  listener_stop(lsn); /* before the spool: messages waiting for their commit get their reply */
   spool_stop(sh->spool);
   worker_submit_flush(sh); /* a batch cut short by the stop (normally none) */
   uint64_t deadline = clock_mono_ns() / 1000000u + STOP_DEADLINE_MS;
@@ -466,10 +522,13 @@ int engine_main(const char *config_path)
     worker_stop(sh->workers[i], deadline);
   for (unsigned i = 0; i < sh->nworkers; i++)
     worker_join(sh->workers[i]);
+  cluster_free(sh->cluster); /* leases and unused tokens go back to Redis */
+  logs_writer_free(cluster_log);
   logs_writer_free(sh->ingest_log);
   logs_writer_free(sh->handover_log);
   free(sh->pend);
   spool_close(sh->spool);
+  listener_free(lsn);
   signing_done(); /* the signer pool, after the ingest thread */
   worker_free_leftovers(sh);
   policy_free(sh->policy);

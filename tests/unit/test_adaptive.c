@@ -16,7 +16,12 @@
 
 #include "adaptive.h"
 #include "adaptive_conf.h"
+#include "adaptive_queue.h"
 #include "conf.h"
+#include "dq.h"
+#include "scheduler.h"
+#include "throttle.h"
+#include "worker.h"
 #include "smtp_reply.h"
 
 #define T0 1000000000000ull /* an arbitrary "now" in ms */
@@ -572,6 +577,92 @@ static void test_configuration(void **state)
   conf_unref(c);
 }
 
+/* The glue the workers call (adaptive_queue.c): a queue's limits and
+ * retry intervals with what is in force, warm-up from the scope and the
+ * provider, Host and provider slots at connect. */
+static void test_queue_glue(void **state)
+{
+  (void)state;
+  struct conf *c = parse(
+    "Adaptive_Enabled = true\n"
+    "adaptive {\n"
+    "  provider \"p\" { mx_suffix = ( \".p.test\" ) Max_Outbound_Connections = 1\n"
+    "    Adaptive_Warmup = ( \"0 1/1h\" \"1d 0\" ) }\n"
+    "  response_rule \"grey\" { code = 450 action = retry_interval value = 600 duration = 60 }\n"
+    "  response_rule \"few\" { code = 451 action = max_outbound_connections value = 2 duration = 60 }\n"
+    "  response_rule \"slow\" { code = 452 action = outbound_throttle_messages value = \"6/1m\" duration = 60 }\n"
+    "}\n"
+    "Host \"mx.h.test\" { Max_Outbound_Connections = 1 }\n"
+    "Domain \"off.test\" { Adaptive_Enabled = false }\n");
+  char err[512];
+  struct adaptive_rules *rs = adaptive_conf_rules(c, err, sizeof err);
+  assert_non_null(rs);
+  struct engine_shared sh = {0};
+  sh.adaptive = adaptive_new(rs);
+  adaptive_rules_free(rs);
+  sh.throttles = throttle_registry_new();
+  const struct conf_view *v = conf_view_get(c, NULL, "x.test");
+  struct dq_queue_state st = {0};
+  st.limits.max_outbound_connections = 32;
+  assert_true(adaptive_queue_stale(&sh, &st, T0)); /* never read */
+  adaptive_queue_limits(&sh, v, "default", "x.test", &st, T0);
+  assert_false(adaptive_queue_stale(&sh, &st, T0));
+  assert_int_equal(st.limits.max_outbound_connections, 32);
+  assert_null(st.limits.msg_throttle);
+  /* replies: a 450 raises the retry interval, a 451 lowers connections, a
+   * 452 throttles; the queue sees them at its next read */
+  adaptive_queue_reply(&sh, NULL, v, "default", "x.test", &st, 450, "4.2.0", "greylisted", T0);
+  adaptive_queue_reply(&sh, NULL, v, "default", "x.test", &st, 451, "", "busy", T0);
+  adaptive_queue_reply(&sh, NULL, v, "default", "x.test", &st, 452, "", "slow", T0);
+  assert_true(adaptive_queue_stale(&sh, &st, T0 + 1));
+  adaptive_queue_limits(&sh, v, "default", "x.test", &st, T0 + 1);
+  assert_int_equal(st.limits.max_outbound_connections, 2);
+  assert_non_null(st.limits.msg_throttle);
+  assert_int_equal(st.limits.msg_throttle->interval_ns, 10000000000ull); /* 6 a minute */
+  assert_true(adaptive_queue_stale(&sh, &st, T0 + 60000)); /* its end */
+  struct sched_retry p = SCHED_RETRY_DEFAULTS;
+  p.retry_interval_s = 60;
+  p.max_retry_interval_s = 300;
+  adaptive_queue_retry(&sh, v, "default", "x.test", &st, T0 + 1, &p);
+  assert_int_equal(p.retry_interval_s, 600);
+  assert_int_equal(p.max_retry_interval_s, 600); /* never below the interval */
+  /* Adaptive_Enabled = false in a domain: nothing applies there */
+  const struct conf_view *off = conf_view_get(c, NULL, "off.test");
+  struct dq_queue_state so = {0};
+  so.limits.max_outbound_connections = 32;
+  adaptive_queue_reply(&sh, NULL, off, "default", "off.test", &so, 451, "", "busy", T0);
+  adaptive_queue_limits(&sh, off, "default", "off.test", &so, T0 + 1);
+  assert_int_equal(so.limits.max_outbound_connections, 32);
+  /* connect: the Host cap (every binding) and the provider's (per binding) */
+  uint32_t s1[2] = {0}, s2[2] = {0}, s3[2] = {0};
+  struct dq_queue_state sa = {0}, sb = {0};
+  assert_true(adaptive_queue_connect(&sh, c, "default", "a.test", "MX.H.TEST", &sa, T0, s1));
+  assert_false(adaptive_queue_connect(&sh, c, "other", "b.test", "mx.h.test", &sb, T0, s2));
+  adaptive_queue_release(&sh, s1);
+  assert_true(adaptive_queue_connect(&sh, c, "other", "b.test", "mx.h.test", &sb, T0, s2));
+  assert_true(adaptive_queue_connect(&sh, c, "default", "c.test", "mx1.p.test", &sa, T0, s1));
+  assert_false(adaptive_queue_connect(&sh, c, "default", "d.test", "mx2.p.test", &sb, T0, s3));
+  assert_true(adaptive_queue_connect(&sh, c, "b2", "d.test", "mx2.p.test", &sb, T0, s3));
+  assert_string_equal(sb.mx_host, "mx2.p.test");
+  adaptive_queue_release(&sh, s1);
+  adaptive_queue_release(&sh, s2);
+  adaptive_queue_release(&sh, s3);
+  /* the provider's warm-up: a young binding's mail to its domains paced */
+  struct dq_queue_state sw = {0};
+  snprintf(sw.mx_host, sizeof sw.mx_host, "mx1.p.test");
+  adaptive_binding_born(sh.adaptive, "young", T0);
+  adaptive_queue_limits(&sh, v, "young", "c.test", &sw, T0 + 1000);
+  assert_non_null(sw.limits.msg_throttle);
+  assert_int_equal(sw.limits.msg_throttle->interval_ns, 3600000000000ull);
+  assert_int_equal(sw.adaptive_until_ms, T0 + 86400000ull); /* read again at the next step */
+  sw.limits.msg_throttle = NULL; /* load_limits reads the configuration first */
+  adaptive_queue_limits(&sh, v, "young", "c.test", &sw, T0 + 86400000ull);
+  assert_null(sw.limits.msg_throttle); /* warm */
+  adaptive_free(sh.adaptive);
+  throttle_registry_free(sh.throttles);
+  conf_unref(c);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -586,6 +677,7 @@ int main(void)
     cmocka_unit_test(test_conn_failures_and_slots),
     cmocka_unit_test(test_bundled_rules),
     cmocka_unit_test(test_configuration),
+    cmocka_unit_test(test_queue_glue),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

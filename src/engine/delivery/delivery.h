@@ -152,6 +152,8 @@ struct session {
   char detail[160];  /* why the handshake or the connect failed, for the log */
   bool charged;      /* this connection attempt already gave a unit its T */
   uint32_t adaptive_slot[2]; /* MX host / provider connection slots it holds */
+  struct sched_leases leases; /* cluster leases held for this connection */
+  bool shedding;     /* over the node's cluster share: closes instead of taking more */
   struct dlist_node link; /* worker's session list */
 };
 
@@ -225,7 +227,7 @@ void handover_drop_post(void *arg);
 /* ---- session.c ---- */
 
 /* A new connection for queue q; it takes units from the queue once READY. */
-void session_open(struct worker *w, struct dq_queue *q);
+void session_open(struct worker *w, struct dq_queue *q, const struct sched_leases *leases);
 /* An idle pooled session was taken for its queue: start a unit, or park
  * it again (s->parked) or QUIT it. */
 void session_begin_next(struct session *s);

@@ -82,6 +82,7 @@ void session_free(struct session *s)
   if (s->counted) {
     sched_conn_closed(dq_queue_state(s->q)->pair);
     sched_conn_closed(&dq_queue_state(s->q)->acct);
+    sched_cluster_closed(&s->leases);
     if (!s->ever_ready)
       dq_queue_state(s->q)->opening--;
   }
@@ -257,8 +258,11 @@ static bool session_reusable(struct session *s, uint32_t n_inflight)
 {
   struct dq_queue_state *st = dq_queue_state(s->q);
   uint32_t max_rcpts = st->limits.max_recipients_per_connection; /* per queue, not per message */
+  if (!s->shedding && sched_cluster_shed(&s->leases))
+    s->shedding = true; /* over the node's cluster share: this one closes */
   return !atomic_load(&s->w->stop) && sched_conn_reusable(&st->limits, s->delivered + n_inflight) &&
-         !(max_rcpts > 0 && s->rcpts_tried >= max_rcpts) && !st->limits.suspend_delivery;
+         !(max_rcpts > 0 && s->rcpts_tried >= max_rcpts) && !st->limits.suspend_delivery &&
+         !s->shedding;
 }
 
 /* READY: the next transaction on this connection, or park it idle. */
@@ -606,13 +610,14 @@ static void on_routes(struct session *s, const char *fail, bool perm)
 }
 
 /* A new connection for queue q; it takes units from the queue once READY. */
-void session_open(struct worker *w, struct dq_queue *q)
+void session_open(struct worker *w, struct dq_queue *q, const struct sched_leases *leases)
 {
   struct dq_queue_state *st = dq_queue_state(q);
   struct session *s = util_xcalloc(1, sizeof *s);
   s->w = w;
   s->q = q;
   s->counted = true;
+  s->leases = *leases;
   st->opening++;
   s->body_fd = -1;
   s->pool_key = worker_queue_key(q);

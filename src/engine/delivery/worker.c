@@ -14,6 +14,7 @@
 #include "adaptive_queue.h"
 #include "auth.h"
 #include "clock.h"
+#include "cluster.h"
 #include "ctl.h"
 #include "conf.h"
 #include "dns.h"
@@ -94,6 +95,63 @@ static struct throttle *throttle_for(struct engine_shared *sh, struct conf *c,
   return throttle_registry_get(sh->throttles, conf_scope_name(c, t.scope), conf_opt_name(o), &spec);
 }
 
+/* A cluster bucket for throttle option o: one per scope that set it, as
+ * for the local throttles (the scope's name is the same on every node
+ * with the same configuration). */
+static struct cluster_bucket *cluster_bucket_for(struct worker *w, const struct conf_view *v,
+                                                 enum conf_opt o)
+{
+  struct conf_throttle t = conf_throttle(v, o);
+  if (t.n == 0)
+    return NULL;
+  char key[512];
+  snprintf(key, sizeof key, "%s|%s", conf_scope_name(w->conf, t.scope), conf_opt_name(o));
+  return cluster_bucket(w->sh->cluster, key, t.n, t.per ? t.per : 1);
+}
+
+/* Cluster_* options of q (docs/cluster.md): connection caps per domain
+ * within the scope that set them (so per binding and domain when set in
+ * a binding scope), the server cap per scope, throttles per scope. */
+static void load_cluster_limits(struct worker *w, struct dq_queue *q, const struct conf_view *v)
+{
+  struct sched_cluster *cl = &dq_queue_state(q)->limits.cluster;
+  *cl = (struct sched_cluster){.worker = w->idx};
+  if (w->sh->cluster == NULL)
+    return;
+  char key[600];
+  int64_t n = conf_int(v, CONF_CLUSTER_MAX_OUTBOUND_CONNECTIONS);
+  if (n > 0) {
+    snprintf(key, sizeof key, "conn|%s|%s",
+             conf_scope_name(w->conf, conf_scope(v, CONF_CLUSTER_MAX_OUTBOUND_CONNECTIONS)),
+             dq_queue_domain(q));
+    cl->conns = cluster_cap(w->sh->cluster, key, n > UINT32_MAX ? UINT32_MAX : (uint32_t)n);
+  }
+  n = conf_int(v, CONF_CLUSTER_SERVER_MAX_OUTBOUND_CONNECTIONS);
+  if (n > 0) {
+    snprintf(key, sizeof key, "server|%s",
+             conf_scope_name(w->conf, conf_scope(v, CONF_CLUSTER_SERVER_MAX_OUTBOUND_CONNECTIONS)));
+    cl->server = cluster_cap(w->sh->cluster, key, n > UINT32_MAX ? UINT32_MAX : (uint32_t)n);
+  }
+  cl->msg_rate = cluster_bucket_for(w, v, CONF_CLUSTER_OUTBOUND_THROTTLE_MESSAGES);
+  cl->conn_rate = cluster_bucket_for(w, v, CONF_CLUSTER_OUTBOUND_THROTTLE_CONNECTIONS);
+}
+
+/* The cluster client has leases or tokens this worker waited for: its
+ * queues held by a cluster limit look again now. */
+static void unblock_cluster(void *arg, struct dq_queue *q)
+{
+  (void)arg;
+  struct dq_queue_state *st = dq_queue_state(q);
+  if (sched_cluster_any(&st->limits))
+    st->blocked_until_ns = 0;
+}
+
+static void cluster_wake(void *arg)
+{
+  struct worker *w = arg;
+  dq_foreach(w->dq, unblock_cluster, NULL);
+}
+
 static void load_limits(struct worker *w, struct dq_queue *q)
 {
   struct dq_queue_state *st = dq_queue_state(q);
@@ -114,6 +172,7 @@ static void load_limits(struct worker *w, struct dq_queue *q)
   st->limits.msg_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_MESSAGES);
   st->limits.conn_throttle = throttle_for(w->sh, w->conf, v, CONF_OUTBOUND_THROTTLE_CONNECTIONS);
   adaptive_queue_limits(w->sh, v, dq_queue_binding(q), dq_queue_domain(q), st, now);
+  load_cluster_limits(w, q, v);
   st->conf_gen = w->conf_gen;
   /* the pool key: route + binding + credential identity */
   char route[300];
@@ -238,15 +297,19 @@ static void schedule(struct worker *w)
       /* Max_Outbound_Connections counts the (binding, domain)'s connections
        * whatever their credentials (st->pair) */
       enum sched_open o = sched_conn_open(&st->limits, st->pair, now_ns, &wait);
+      struct sched_leases leases = {0};
+      if (o == SCHED_OPEN_OK && sched_cluster_any(&st->limits) &&
+          (o = sched_cluster_open(&st->limits, &leases, now_ns, &wait)) != SCHED_OPEN_OK)
+        sched_conn_closed(st->pair); /* not opened after all */
       if (o != SCHED_OPEN_OK) {
-        if (o == SCHED_OPEN_THROTTLED)
+        if (o == SCHED_OPEN_THROTTLED || o == SCHED_OPEN_CLUSTER)
           st->blocked_until_ns = now_ns + wait;
         if (o == SCHED_OPEN_FULL && st->acct.conns == 0)
           quit_idle_sibling(w, q); /* this credential set has none: free one */
         break;
       }
       st->acct.conns++; /* this queue's own (pair already counted) */
-      session_open(w, q);
+      session_open(w, q, &leases);
     }
   }
 }
@@ -356,6 +419,7 @@ static void *worker_main(void *arg)
   worker_refresh_conf(w);
   w->auth = auth_new();
   w->pw = policy_worker_new(w->sh->policy, w->ring, w->log, w->conf, w->idx);
+  cluster_attach(w->sh->cluster, w->idx, w->ring, cluster_wake, w);
   sem_post(&w->started);
 
   for (;;) {
@@ -423,6 +487,7 @@ static void *worker_main(void *arg)
     free(w->tls[i].key);
   }
   conf_unref(w->conf);
+  cluster_attach(w->sh->cluster, w->idx, NULL, NULL, NULL); /* no wake-up for a freed ring */
   ring_free(w->ring);
   w->ring = NULL;
   return NULL;

@@ -1,8 +1,11 @@
 /* scheduler.c owns the scheduler's pure decisions (back-off, expiry, batch
  * sizes), per-queue connection accounting, the per-queue idle pool and the
- * queue -> worker hash. Never reads a clock, never logs, never allocates.
+ * queue -> worker hash, and asks the cluster's local balances (lock-free;
+ * at most an eventfd write to its client thread) for cluster-wide limits.
+ * Never reads a clock, never logs, never allocates.
  * Queue structures: the owning worker thread only. */
 #include "scheduler.h"
+#include "cluster.h"
 #include "hash.h"
 #include "panic.h"
 
@@ -76,7 +79,57 @@ bool sched_conn_reusable(const struct sched_limits *l, uint32_t delivered)
 
 uint64_t sched_msg_take(const struct sched_limits *l, uint64_t now_ns)
 {
-  return l->msg_throttle ? throttle_take(l->msg_throttle, now_ns) : 0;
+  uint64_t wait = 0;
+  if (l->cluster.msg_rate && cluster_take(l->cluster.msg_rate, l->cluster.worker, now_ns, &wait) < 0)
+    return wait ? wait : 1;
+  uint64_t w = l->msg_throttle ? throttle_take(l->msg_throttle, now_ns) : 0;
+  if (w && l->cluster.msg_rate)
+    cluster_give_back(l->cluster.msg_rate, 1); /* the local throttle binds: not used */
+  return w;
+}
+
+bool sched_cluster_any(const struct sched_limits *l)
+{
+  return l->cluster.conns || l->cluster.server || l->cluster.conn_rate || l->cluster.msg_rate;
+}
+
+enum sched_open sched_cluster_open(const struct sched_limits *l, struct sched_leases *held,
+                                   uint64_t now_ns, uint64_t *wait_ns)
+{
+  const struct sched_cluster *c = &l->cluster;
+  *held = (struct sched_leases){0};
+  struct cluster_cap *caps[2] = {c->conns, c->server};
+  for (int i = 0; i < 2; i++) {
+    if (caps[i] == NULL)
+      continue;
+    if (cluster_cap_acquire(caps[i], c->worker, wait_ns) < 0) {
+      sched_cluster_closed(held);
+      return SCHED_OPEN_CLUSTER;
+    }
+    held->cap[i] = caps[i];
+  }
+  if (c->conn_rate && cluster_take(c->conn_rate, c->worker, now_ns, wait_ns) < 0) {
+    sched_cluster_closed(held);
+    return SCHED_OPEN_CLUSTER;
+  }
+  return SCHED_OPEN_OK;
+}
+
+void sched_cluster_closed(struct sched_leases *held)
+{
+  for (int i = 0; i < 2; i++)
+    if (held->cap[i]) {
+      cluster_cap_release(held->cap[i]);
+      held->cap[i] = NULL;
+    }
+}
+
+bool sched_cluster_shed(struct sched_leases *held)
+{
+  for (int i = 0; i < 2; i++)
+    if (held->cap[i] && cluster_cap_shed(held->cap[i]))
+      return true;
+  return false;
 }
 
 static size_t per_batch(const struct sched_limits *l)

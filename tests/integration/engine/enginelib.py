@@ -104,7 +104,10 @@ class Engine:
             return
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def inject(self, sender, rcpts, body="Subject: test\n\nhello\n", binding=None, group=None):
+    def inject(self, sender, rcpts, body="Subject: test\n\nhello\n", binding=None, group=None,
+               ctx=()):
+        """Write a pickup file (write, then rename); ctx: (key, value)
+        pairs written as x-context lines."""
         self.seq += 1
         lines = ["x-sender: <%s>" % sender]
         lines += ["x-receiver: <%s>" % r for r in rcpts]
@@ -112,6 +115,7 @@ class Engine:
             lines.append("x-binding: %s" % binding)
         if group:
             lines.append("x-binding-group: %s" % group)
+        lines += ["x-context: %s=%s" % kv for kv in ctx]
         tmp = os.path.join(self.spool, ".inject-%d" % self.seq)
         with open(tmp, "w") as f:
             f.write("\n".join(lines) + "\n" + body)

@@ -307,14 +307,8 @@ def scenario_credcap(imp, sinkbin):
         for k in range(20):
             for user, pw in tenants:
                 n += 1
-                e.seq += 1
-                lines = ["x-sender: <a@s.test>", "x-receiver: <%s.%d@d.test>" % (user, k),
-                         "x-context: outbound_smtp_auth_user=%s" % user,
-                         "x-context: outbound_smtp_auth_pass=%s" % pw]
-                tmp = os.path.join(e.spool, ".inject-%d" % e.seq)
-                with open(tmp, "w") as f:
-                    f.write("\n".join(lines) + "\nSubject: t\n\nhello\n")
-                os.rename(tmp, os.path.join(e.pickup, "m%06d" % e.seq))
+                e.inject("a@s.test", ["%s.%d@d.test" % (user, k)],
+                         ctx=[("outbound_smtp_auth_user", user), ("outbound_smtp_auth_pass", pw)])
         e.wait_for(lambda: all_final(e, n), 60, "%d final records" % n)
         check_exactly_one(e, n)
         expect(len(e.records("D")) == n, "all delivered")

@@ -1,0 +1,146 @@
+"""The cluster client against a real redis-server (issue 23, step 1):
+cluster_drive (a C driver linking the engine's cluster module) runs as
+one or more "nodes"; Redis is started on a free loopback port and
+stopped by PID.
+
+  rate      three nodes share "300/1": their combined rate over 5 s is
+            300 +/- 10 % (one node alone, as a control, too)
+  leases    two nodes wanting 10 of a cap of 10 hold 5 each, renewed past
+            3 x TTL; one SIGKILLed, its leases lapse after the TTL and
+            the other takes all 10
+  fair      two nodes wanting 10 of a cap of 10 end with 5 each
+  batching  a throttle that does not bind: Redis commands (INFO
+            commandstats) per granted token <= 0.05
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from redislib import Redis, expect, run_scenario  # noqa: E402
+
+
+def run(drive, *args, timeout=60):
+    r = subprocess.run([drive] + [str(a) for a in args], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError("cluster_drive %s: %s" % (args[0], r.stderr.decode()))
+    return json.loads(r.stdout.decode())
+
+
+def scenario_rate(drive, redis):
+    for nodes in (1, 3):
+        res = run(drive, "rate", redis.url, "rate%d" % nodes, 300, 1, 5, nodes)
+        print("%d node(s) sharing 300/1: %s" % (nodes, res))
+        expect(270 <= res["rate"] <= 330, "%d node(s): rate %.1f within 300 +/- 10 %%"
+               % (nodes, res["rate"]))
+        if nodes == 3:
+            expect(all(n > 0 for n in res["per_node"]), "every node got tokens")
+
+
+class Holder:
+    def __init__(self, drive, url, node, key, limit, want, ttl, secs=0):
+        self.lines = []
+        self.proc = subprocess.Popen([drive, "hold", url, node, key, str(limit), str(want),
+                                      str(ttl), str(secs)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.buf = b""
+
+    def poll(self):
+        try:
+            chunk = self.proc.stdout.read()
+        except (BlockingIOError, TypeError):
+            chunk = None
+        if chunk:
+            self.buf += chunk
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                t, held = line.split()
+                self.lines.append((float(t), int(held)))
+        return self.lines[-1][1] if self.lines else 0
+
+    def wait_held(self, n, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.poll() == n:
+                return True
+            if self.proc.poll() is not None:
+                raise RuntimeError("holder exited: " + self.proc.stderr.read().decode())
+            time.sleep(0.02)
+        return False
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+def scenario_leases(drive, redis):
+    ttl = 2
+    a = Holder(drive, redis.url, "nodeA", "leases", 10, 10, ttl)
+    b = None
+    try:
+        expect(a.wait_held(10, 10), "node A holds 10 of 10 leases")
+        b = Holder(drive, redis.url, "nodeB", "leases", 10, 10, ttl)
+        expect(b.wait_held(5, 15), "node B, wanting 10 too, gets its fair share of 5")
+        # three TTLs: A renews its share, so B gets no more
+        time.sleep(3 * ttl)
+        ha, hb = a.poll(), b.poll()
+        expect(ha == 5, "node A kept its 5 past 3 TTLs (renewed; holds %d)" % ha)
+        expect(hb == 5, "node B still at 5 (holds %d)" % hb)
+        a.kill()
+        t_kill = time.monotonic()
+        got = b.wait_held(10, ttl + 8)
+        dt = time.monotonic() - t_kill
+        print("node B held 10 %.2f s after A was killed (TTL %d s)" % (dt, ttl))
+        expect(got, "node A's leases lapsed and node B took them")
+        expect(max(x[1] for x in b.lines) <= 10, "node B never held more than the cap")
+    finally:
+        a.kill()
+        if b:
+            b.kill()
+
+
+def scenario_fair(drive, redis):
+    a = Holder(drive, redis.url, "fairA", "fair", 10, 10, 3)
+    b = None
+    try:
+        expect(a.wait_held(10, 10), "node A holds 10 of 10")
+        b = Holder(drive, redis.url, "fairB", "fair", 10, 10, 3)
+        ok = b.wait_held(5, 15)
+        expect(ok, "node B reached its fair share of 5")
+        expect(a.poll() == 5, "node A gave back down to 5 (holds %d)" % a.poll())
+        time.sleep(0.5)
+        expect(a.poll() + b.poll() <= 10, "never more than 10 together")
+    finally:
+        a.kill()
+        if b:
+            b.kill()
+
+
+def scenario_batching(drive, redis):
+    redis.reset_stats()
+    res = run(drive, "take", redis.url, "batch", 100000, 1, 20000)
+    stats = redis.commandstats()
+    evalsha = stats.get("evalsha", 0)
+    total = sum(v for k, v in stats.items() if k not in ("info", "config|resetstat", "ping"))
+    per = total / res["taken"]
+    print("20000 tokens in %.2f s: %d Redis commands (%d EVALSHA): %.4f per token; %s"
+          % (res["seconds"], total, evalsha, per, stats))
+    expect(per <= 0.05, "Redis commands per granted token %.4f <= 0.05" % per)
+    expect(evalsha >= 1, "tokens came from Redis (EVALSHA)")
+
+
+def main():
+    drive, scenario = sys.argv[1], sys.argv[2]
+    fn = {"rate": scenario_rate, "leases": scenario_leases, "fair": scenario_fair,
+          "batching": scenario_batching}[scenario]
+    return run_scenario(fn, Redis(), drive)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

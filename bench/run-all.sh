@@ -82,6 +82,9 @@ fi
 COMPARE_JSON=bench/compare.json N="$PF_N" FS="$FS" bash bench/postfix/compare.sh "$BUILD" >&2 \
   || echo '{"error": "compare.sh failed"}' >bench/compare.json
 
+# DKIM signing (issue 22): same build, same run.
+bash bench/run-dkim.sh "$BUILD" >&2 || echo "run-all: run-dkim.sh failed" >&2
+
 BL=""; [ "$BIG" = 0 ] && BL=bench/backlog.jsonl
 python3 bench/render.py "$OUT" bench/compare.json "$ING" "$FLOOR" "$BL" >bench/BENCHMARKS.md
 echo "run-all: wrote bench/BENCHMARKS.md" >&2

@@ -12,6 +12,8 @@ PACKAGES=(
   # tests and benchmarks
   libcmocka-dev libbenchmark-dev python3 python3-aiosmtpd swaks libnet-ssleay-perl dnsmasq-base openssl
   procps psmisc
+  # DKIM verifiers for the tests (issue 22); libnet-dns-perl comes with libmail-dkim-perl
+  python3-dkim python3-nacl libmail-dkim-perl libnet-dns-perl
   # packaging and operations (issue 20): the Debian package and lintian, the
   # unit's systemd-analyze checks, man pages, tools/debian-try.sh
   dpkg-dev debhelper lintian systemd man-db debootstrap

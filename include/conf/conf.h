@@ -168,6 +168,8 @@ const struct conf_stanza *conf_stanza_child(const struct conf_stanza *st, const 
 const struct conf_stanza *conf_stanza_next(const struct conf_stanza *st);
 const char *conf_stanza_kind(const struct conf_stanza *st);     /* canonical, lower case */
 const char *conf_stanza_instance(const struct conf_stanza *st); /* NULL for anonymous */
+/* File (absolute) and line where the stanza was first opened. */
+const char *conf_stanza_origin(const struct conf_stanza *st, unsigned *line);
 /* The stanza's options with their defaults; read with the typed getters. */
 const struct conf_view *conf_stanza_view(const struct conf_stanza *st);
 /* Momentum's rule: true if the module's stanza is present and not

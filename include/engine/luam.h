@@ -79,6 +79,10 @@ struct luam_msg_ops {
   size_t (*size)(void *msg);                /* bytes */
   /* Disposition: msg:code(550, "text") / msg:discard(). */
   void (*set_code)(void *msg, int code, const char *text);
+  /* msys.validate.opendkim.sign(msg, vctx, options): sign the message as
+   * it is now with Momentum's options (npairs key, value pairs in kv);
+   * 0, or < 0 with why. Optional (NULL: not in this hook). */
+  int (*dkim_sign)(void *msg, const char *const *kv, size_t npairs, char *why, size_t whylen);
 };
 
 /* Engine services. log and eval run on the worker thread; post is called

@@ -115,6 +115,26 @@ typedef void (*spool_bad_cb)(void *arg, const char *name, const char *reason);
  * change the binding and dictionaries. Return 0 to accept, or < 0 with a
  * reason in reason[0..reason_len) to reject to bad/. */
 typedef int (*spool_ingest_cb)(void *arg, struct spool_msg *msg, char *reason, size_t reason_len);
+/* Optional signer (DKIM), called on the ingest thread after the ingest
+ * hook with the message as it will be stored (msg[0..len), envelope lines
+ * stripped). Header fields it appends to hdr (CRLF line ends) are stored
+ * in front of the message, so every delivery attempt, every recipient
+ * domain and a restart send them unchanged and nothing signs twice. The
+ * journal layout only (no_journal stores messages unsigned). */
+struct buf;
+typedef void (*spool_sign_cb)(void *arg, struct spool_msg *msg, const uint8_t *body, size_t len,
+                              struct buf *hdr);
+/* Optional, preferred over on_sign for the files of one read-ahead group:
+ * sign n messages at once (the engine spreads them over threads). Each
+ * job's hdr (empty, owned by the spool) gets what on_sign would append.
+ * Called on the ingest thread, after the ingest hook of every one of them. */
+struct spool_sign_job {
+  struct spool_msg *msg;
+  const uint8_t *body;
+  size_t len;
+  struct buf *hdr;
+};
+typedef void (*spool_sign_batch_cb)(void *arg, struct spool_sign_job *jobs, size_t n);
 
 /* The spool's settings; the engine fills it from the configuration
  * (Spoolbase, Pickup_Directory, Spool_Sync, Max_Message_Size,
@@ -135,6 +155,8 @@ struct spool_params {
   spool_msg_cb on_msg;        /* required for spool_ingest/spool_recover */
   spool_bad_cb on_bad;        /* optional */
   spool_ingest_cb on_ingest;  /* optional */
+  spool_sign_cb on_sign;      /* optional */
+  spool_sign_batch_cb on_sign_batch; /* optional */
   spool_bad_cb on_note;       /* optional: something to log that is not a rejection (e.g.
                                * duplicate recipients removed); name is the pickup file */
   void (*on_batch_end)(void *arg); /* optional: after each batch of on_msg calls, same thread */

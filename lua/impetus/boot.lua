@@ -313,6 +313,13 @@ msys.adaptive = adaptive
 local function provide(name, value)
   package.preload[name] = function() return value end
 end
+-- msys.validate.opendkim.sign(msg, vctx, options): Momentum's Lua signing
+-- (docs/dkim.md); true, or nil and the reason.
+msys.validate = msys.validate or {}
+msys.validate.opendkim = msys.validate.opendkim or {}
+msys.validate.opendkim.sign = function(msg, vctx, options)
+  return C.dkim_sign(msg, options)
+end
 provide("msys.core", core)
 provide("msys.db", db)
 provide("msys.adaptive", adaptive)

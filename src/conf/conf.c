@@ -493,6 +493,12 @@ const struct conf_view *conf_stanza_view(const struct conf_stanza *st)
   return &st->view;
 }
 
+const char *conf_stanza_origin(const struct conf_stanza *st, unsigned *line)
+{
+  *line = st->line;
+  return st->file;
+}
+
 bool conf_module_enabled(const struct conf *c, const char *module)
 {
   int k = conf_stz_find(module);

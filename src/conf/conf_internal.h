@@ -15,7 +15,7 @@ enum {
   CONF_S_G = 1u, CONF_S_BG = 2u, CONF_S_B = 4u, CONF_S_D = 8u, CONF_S_MOD = 16u,
 };
 #define CONF_S_ROUTING (CONF_S_G | CONF_S_BG | CONF_S_B | CONF_S_D)
-enum { CONF_F_RESTART = 1u, CONF_F_SECRET = 2u, CONF_F_OFF = 4u };
+enum { CONF_F_RESTART = 1u, CONF_F_SECRET = 2u, CONF_F_OFF = 4u, CONF_F_NOTIMPL = 8u };
 enum { CONF_INST_NONE, CONF_INST_OPTIONAL, CONF_INST_REQUIRED };
 
 struct conf_optdef {
@@ -48,7 +48,8 @@ int conf_stz_find(const char *name); /* -1 if unknown */
 /* The kind named name whose parent is parent (STZ_NONE: top level); else
  * as conf_stz_find (two kinds may share a name under different parents). */
 int conf_stz_find_in(const char *name, int parent);
-/* Whether an option's module names kind: its name, or "parent.name". */
+/* Whether an option's module names kind: its name, or "parent.name", or
+ * one of several such separated by spaces. */
 bool conf_stz_module_is(int kind, const char *module);
 
 /* ---- arena: every string and value of a snapshot ---- */
@@ -119,6 +120,8 @@ struct conf_stanza {
   struct conf_stanza *parent, *next, *children, *children_tail;
   struct conf_node *node;
   struct conf_view view;
+  const char *file;         /* where it was first opened (absolute) */
+  unsigned line;
 };
 
 /* String -> int map, open addressing; keys owned by the arena. */

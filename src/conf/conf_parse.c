@@ -354,6 +354,10 @@ static int set_option(struct parser *p, struct lex *lx, struct pctx *cx, const c
     return fail(p, lx->file, line, "option '%s' is not valid in %s scope (valid in: %s)", d->name,
                 ctx_name(cx), sc);
   }
+  if (conf_optdefs[found].flags & CONF_F_NOTIMPL)
+    return fail(p, lx->file, line,
+                "option '%s' of Momentum's %s module is not implemented by Impetus (see docs/dkim.md)",
+                conf_optdefs[found].name, ctx_name(cx));
   struct conf_raw raw;
   int r = parse_value(p, lx, conf_optdefs[found].name, line, &raw);
   if (r < 0)
@@ -572,6 +576,10 @@ static int open_stanza(struct parser *p, struct lex *lx, struct pctx *cx, const 
     in.kind = CX_STANZA;
     in.st = find_stanza(p, cx->kind == CX_STANZA ? cx->st : NULL, k,
                         inst ? conf_arena_strdup(&c->arena, inst) : NULL);
+    if (!in.st->file) {
+      in.st->file = lx->file;
+      in.st->line = line;
+    }
     in.node = in.st->node;
     snprintf(what, sizeof(what), inst ? "%s \"%s\"" : "%s", kw, inst);
   }

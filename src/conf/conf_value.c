@@ -25,6 +25,7 @@
 #define RESTART CONF_F_RESTART
 #define SECRET CONF_F_SECRET
 #define OFF CONF_F_OFF
+#define NOTIMPL CONF_F_NOTIMPL
 #define NONE CONF_INST_NONE
 #define OPTIONAL CONF_INST_OPTIONAL
 #define REQUIRED CONF_INST_REQUIRED
@@ -58,7 +59,29 @@ int conf_stz_find_in(const char *name, int parent)
   return conf_stz_find(name);
 }
 
+static bool module_is_one(int kind, const char *module);
+
 bool conf_stz_module_is(int kind, const char *module)
+{
+  if (!strchr(module, ' '))
+    return module_is_one(kind, module);
+  /* "opendkim dkim_domain": an option of several stanza kinds */
+  char one[128];
+  for (const char *p = module; *p;) {
+    size_t n = strcspn(p, " ");
+    if (n && n < sizeof(one)) {
+      memcpy(one, p, n);
+      one[n] = 0;
+      if (module_is_one(kind, one))
+        return true;
+    }
+    p += n;
+    p += strspn(p, " ");
+  }
+  return false;
+}
+
+static bool module_is_one(int kind, const char *module)
 {
   const struct conf_stzdef *s = &conf_stzdefs[kind];
   if (!strcasecmp(module, s->name))

@@ -113,21 +113,30 @@ static void simple_header(const uint8_t *f, size_t n, struct buf *out)
 }
 
 /* Relaxed: name lower-cased without trailing white space, ':', value
- * unfolded with white space runs as one SP and none at either end. */
+ * unfolded with white space runs as one SP and none at either end. A field
+ * without a colon (malformed) is all name, with the same rules. */
 static void relaxed_header(const uint8_t *f, size_t n, struct buf *out)
 {
   const uint8_t *colon = memchr(f, ':', n);
   size_t nl = colon ? (size_t)(colon - f) : n;
-  size_t ne = nl;
-  while (ne && is_wsp(f[ne - 1]))
-    ne--;
   buf_reserve(out, n + 1);
   uint8_t *o = out->data + out->len;
-  for (size_t i = 0; i < ne; i++) {
+  /* The name: line ends (a colon on a continuation line) dropped, then
+   * the white space before the colon. */
+  size_t w = 0;
+  for (size_t i = 0; i < nl; i++) {
     uint8_t c = f[i];
-    o[i] = c >= 'A' && c <= 'Z' ? (uint8_t)(c + 32) : c;
+    if (c == '\r' || c == '\n')
+      continue;
+    if (is_wsp(c)) { /* runs of white space are one SP (3.4.2) */
+      if (w && o[w - 1] == ' ')
+        continue;
+      c = ' ';
+    }
+    o[w++] = c >= 'A' && c <= 'Z' ? (uint8_t)(c + 32) : c;
   }
-  size_t w = ne;
+  while (w && is_wsp(o[w - 1]))
+    w--;
   if (colon) {
     o[w++] = ':';
     bool sp = false, started = false;

@@ -67,10 +67,21 @@ static void sha256_fetch(void)
     util_panic("dkim: OpenSSL has no SHA256");
 }
 
+/* The body hash. Relaxed canonicalisation emits a word at a time: the
+ * bytes are staged so SHA-256 sees blocks, not one call per word. */
 struct hasher {
   EVP_MD_CTX *mc;
   uint64_t n, limit; /* bytes hashed; limit 0 = none */
+  size_t staged;
+  uint8_t stage[4096];
 };
+
+static void hash_flush(struct hasher *h)
+{
+  if (h->staged)
+    EVP_DigestUpdate(h->mc, h->stage, h->staged);
+  h->staged = 0;
+}
 
 static void hash_emit(void *arg, const void *p, size_t n)
 {
@@ -81,8 +92,16 @@ static void hash_emit(void *arg, const void *p, size_t n)
     if (n > h->limit - h->n)
       n = (size_t)(h->limit - h->n);
   }
-  EVP_DigestUpdate(h->mc, p, n);
   h->n += n;
+  if (h->staged + n > sizeof(h->stage)) {
+    hash_flush(h);
+    if (n > sizeof(h->stage)) {
+      EVP_DigestUpdate(h->mc, p, n);
+      return;
+    }
+  }
+  memcpy(h->stage + h->staged, p, n);
+  h->staged += n;
 }
 
 /* d=, s=: a domain or selector (letters, digits, '-', '.', '_');
@@ -155,6 +174,30 @@ static void fold_str(struct fold *f, const char *join, const char *tok)
   fold_tok(f, join, tok, strlen(tok));
 }
 
+/* A token "<pre><text><post>" (snprintf costs more than the rest of a
+ * small header's work); text is at most 255 bytes (checked), so 512 fit. */
+static void fold_tag(struct fold *f, const char *join, const char *pre, const char *text,
+                     const char *post)
+{
+  char tok[512];
+  size_t a = strlen(pre), b = strlen(text), c = strlen(post);
+  memcpy(tok, pre, a);
+  memcpy(tok + a, text, b);
+  memcpy(tok + a + b, post, c);
+  fold_tok(f, join, tok, a + b + c);
+}
+
+static const char *u64_text(uint64_t v, char buf[24])
+{
+  char *q = buf + 23;
+  *q = 0;
+  do {
+    *--q = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return q;
+}
+
 #define FAIL(code, ...)                                                                            \
   do {                                                                                             \
     if (why && whylen)                                                                             \
@@ -189,16 +232,24 @@ int dkim_sign(const struct dkim_params *p, const struct dkim_key *key, const voi
   if (width < 20)
     width = 20;
 
-  hdrs = util_xmalloc(DKIM_MAX_HEADERS * sizeof(*hdrs));
+  /* The usual message has a few dozen fields: on the stack, else the heap. */
+  struct dkim_hdr hstack[128];
+  const char *hlstack[64];
+  bool ustack[128];
   size_t body_off;
-  int nh = dkim_header_split(msg, len, hdrs, DKIM_MAX_HEADERS, &body_off);
+  struct dkim_hdr *hv = hstack;
+  int nh = dkim_header_split(msg, len, hstack, 128, &body_off);
+  if (nh == -E2BIG) {
+    hv = hdrs = util_xmalloc(DKIM_MAX_HEADERS * sizeof(*hdrs));
+    nh = dkim_header_split(msg, len, hdrs, DKIM_MAX_HEADERS, &body_off);
+  }
   if (nh < 0)
     FAIL(-EINVAL, "more than %d header fields", DKIM_MAX_HEADERS);
 
   /* h=: each wanted name once per instance present, then the oversigned
    * names once more (and their instances when headers did not name them). */
-  hl = util_xmalloc(DKIM_MAX_SIGNED * sizeof(*hl));
-  size_t nhl = 0;
+  size_t nhl = 0, hlcap = 64;
+  const char **hlv = hlstack;
   bool from = false;
   for (int pass = 0; pass < 2; pass++) {
     const char *const *names = pass ? p->oversign : p->headers;
@@ -209,15 +260,21 @@ int dkim_sign(const struct dkim_params *p, const struct dkim_key *key, const voi
         FAIL(-EINVAL, "'%s' is not a header field name", name ? name : "");
       if (in_list(name, p->skip, p->nskip))
         continue;
-      size_t c = count_of(msg, hdrs, nh, name);
+      size_t c = count_of(msg, hv, nh, name);
       if (pass == 1)
         c = (in_list(name, p->headers, p->nheaders) ? 0 : c) + 1;
       else if (in_list(name, names, i)) /* named twice: its instances are already in */
         c = 0;
       if (nhl + c > DKIM_MAX_SIGNED)
         FAIL(-EINVAL, "more than %d header fields to sign", DKIM_MAX_SIGNED);
+      if (nhl + c > hlcap) {
+        hl = util_xmalloc(DKIM_MAX_SIGNED * sizeof(*hl));
+        memcpy(hl, hlv, nhl * sizeof(*hl));
+        hlv = hl;
+        hlcap = DKIM_MAX_SIGNED;
+      }
       for (size_t k = 0; k < c; k++)
-        hl[nhl++] = name;
+        hlv[nhl++] = name;
       if (!strcasecmp(name, "from"))
         from = true;
     }
@@ -231,11 +288,16 @@ int dkim_sign(const struct dkim_params *p, const struct dkim_key *key, const voi
     FAIL(-ENOMEM, "cannot start a SHA-256 digest");
 
   /* bh= */
-  struct hasher bh = {mc, 0, p->body_length ? p->body_limit : 0};
+  struct hasher bh;
+  bh.mc = mc;
+  bh.n = 0;
+  bh.limit = p->body_length ? p->body_limit : 0;
+  bh.staged = 0;
   struct dkim_body bc;
   dkim_body_init(&bc, p->bcanon);
   dkim_body_feed(&bc, msg + body_off, len - body_off, hash_emit, &bh);
   dkim_body_finish(&bc, hash_emit, &bh);
+  hash_flush(&bh);
   uint8_t md[EVP_MAX_MD_SIZE];
   unsigned mdl = 0;
   EVP_DigestFinal_ex(mc, md, &mdl);
@@ -244,59 +306,52 @@ int dkim_sign(const struct dkim_params *p, const struct dkim_key *key, const voi
 
   /* The tag list without b='s value. */
   struct fold f = {&sig, 0, width};
-  char tok[512];
+  buf_reserve(&sig, 512);
   buf_append_str(&sig, "DKIM-Signature:");
   f.col = sig.len;
   fold_str(&f, " ", "v=1;");
-  snprintf(tok, sizeof(tok), "a=%s;", dkim_alg_name(p->alg));
-  fold_str(&f, " ", tok);
-  snprintf(tok, sizeof(tok), "c=%s/%s;", dkim_canon_name(p->hcanon), dkim_canon_name(p->bcanon));
-  fold_str(&f, " ", tok);
-  snprintf(tok, sizeof(tok), "d=%s;", p->domain);
-  fold_str(&f, " ", tok);
-  if (p->identity) {
-    snprintf(tok, sizeof(tok), "i=%s;", p->identity);
-    fold_str(&f, " ", tok);
-  }
+  fold_tag(&f, " ", "a=", dkim_alg_name(p->alg), ";");
+  fold_tag(&f, " ", "c=", p->hcanon == DKIM_CANON_RELAXED ? "relaxed/" : "simple/",
+           p->bcanon == DKIM_CANON_RELAXED ? "relaxed;" : "simple;");
+  fold_tag(&f, " ", "d=", p->domain, ";");
+  if (p->identity)
+    fold_tag(&f, " ", "i=", p->identity, ";");
   if (p->q_tag)
     fold_str(&f, " ", "q=dns/txt;");
-  snprintf(tok, sizeof(tok), "s=%s;", p->selector);
-  fold_str(&f, " ", tok);
-  if (p->timestamp >= 0) {
-    snprintf(tok, sizeof(tok), "t=%" PRId64 ";", p->timestamp);
-    fold_str(&f, " ", tok);
-  }
-  if (p->expire > 0) {
-    snprintf(tok, sizeof(tok), "x=%" PRId64 ";", p->expire);
-    fold_str(&f, " ", tok);
-  }
-  if (p->body_length) {
-    snprintf(tok, sizeof(tok), "l=%" PRIu64 ";", bh.n);
-    fold_str(&f, " ", tok);
-  }
+  fold_tag(&f, " ", "s=", p->selector, ";");
+  char num[24];
+  if (p->timestamp >= 0)
+    fold_tag(&f, " ", "t=", u64_text((uint64_t)p->timestamp, num), ";");
+  if (p->expire > 0)
+    fold_tag(&f, " ", "x=", u64_text((uint64_t)p->expire, num), ";");
+  if (p->body_length)
+    fold_tag(&f, " ", "l=", u64_text(bh.n, num), ";");
   for (size_t i = 0; i < nhl; i++) {
     bool last = i + 1 == nhl;
-    snprintf(tok, sizeof(tok), "%s%s%s", i ? "" : "h=", hl[i],
+    fold_tag(&f, i && !p->h_spaced ? "" : " ", i ? "" : "h=", hlv[i],
              last ? ";" : p->h_spaced ? " :" : ":");
-    fold_str(&f, i && !p->h_spaced ? "" : " ", tok);
   }
-  snprintf(tok, sizeof(tok), "bh=%s;", bh64);
-  fold_str(&f, " ", tok);
+  fold_tag(&f, " ", "bh=", bh64, ";");
   buf_append(&sig, "\r\n b=", 5);
   f.col = 3;
 
   /* The header hash: signed fields bottom-up, then this field. */
   if (EVP_DigestInit_ex(mc, sha256_md, NULL) != 1)
     FAIL(-ENOMEM, "cannot start a SHA-256 digest");
-  used = util_xcalloc((size_t)nh + 1, sizeof(*used));
+  bool *uv = ustack;
+  if (nh <= 128)
+    memset(ustack, 0, sizeof(ustack));
+  else
+    uv = used = util_xcalloc((size_t)nh + 1, sizeof(*used));
+  buf_reserve(&scratch, 1024);
   for (size_t i = 0; i < nhl; i++) {
-    size_t nl = strlen(hl[i]);
+    size_t nl = strlen(hlv[i]);
     for (int k = nh - 1; k >= 0; k--) {
-      if (used[k] || hdrs[k].name_len != nl || strncasecmp(msg + hdrs[k].off, hl[i], nl))
+      if (uv[k] || hv[k].name_len != nl || strncasecmp(msg + hv[k].off, hlv[i], nl))
         continue;
-      used[k] = true;
+      uv[k] = true;
       scratch.len = 0;
-      dkim_header_canon(p->hcanon, msg + hdrs[k].off, hdrs[k].len, true, &scratch);
+      dkim_header_canon(p->hcanon, msg + hv[k].off, hv[k].len, true, &scratch);
       EVP_DigestUpdate(mc, scratch.data, scratch.len);
       break;
     }

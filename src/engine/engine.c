@@ -21,6 +21,7 @@
 #include "panic.h"
 #include "policy.h"
 #include "priv.h"
+#include "signing.h"
 #include "spool.h"
 #include "throttle.h"
 #include "tlskeys.h"
@@ -250,6 +251,15 @@ static void reload(struct engine_shared *sh, const char *path, struct logs_write
     conf_unref(n);
     return;
   }
+  if (signing_reload(n, &err) < 0) { /* DKIM keys: a bad one keeps the old configuration */
+    char text[6000];
+    adaptive_rules_free(rules);
+    logs_panic(log, clock_wall_ms(), "config", "reload failed, still running the old configuration: %s",
+               conf_error_str(&err, text, sizeof text));
+    logs_writer_flush(log);
+    conf_unref(n);
+    return;
+  }
   adaptive_set_rules(sh->adaptive, rules);
   adaptive_queue_ages_load(sh, n, conf_str(conf_global(n), CONF_SPOOLBASE), clock_wall_ms());
   struct conf *old = atomic_load(&sh->conf);
@@ -403,6 +413,8 @@ int engine_main(const char *config_path)
   /* Lua ingest hooks (a no-op without scripts); sh->policy is made after
    * the drop, before the spool claims anything. */
   sp.on_ingest = on_ingest;
+  sp.on_sign = signing_on_sign; /* DKIM: once per message, at ingest */
+  sp.on_sign_batch = signing_on_sign_batch; /* a read-ahead group on every core */
   sh->spool = spool_open(&sp, err, sizeof err);
   if (sh->spool == NULL)
     util_fatal("spool: %s", err);
@@ -414,6 +426,10 @@ int engine_main(const char *config_path)
   if (!lsn && err[0])
     util_fatal("%s", err);
   tlskeys_preload(c, tls_unreadable, mainlog); /* client certificates and keys, as root */
+  if (signing_init(c, sh->ingest_log, &cerr) < 0) { /* DKIM keys, as root */
+    char text[6000];
+    util_fatal("%s", conf_error_str(&cerr, text, sizeof text));
+  }
   /* Everything that needs root is open: leave it before any Lua runs
    * (scripts are compiled and run by policy_new) and any worker starts. */
   drop_root(c, mainlog, spoolbase, pickup);
@@ -513,6 +529,7 @@ int engine_main(const char *config_path)
   free(sh->pend);
   spool_close(sh->spool);
   listener_free(lsn);
+  signing_done(); /* the signer pool, after the ingest thread */
   worker_free_leftovers(sh);
   policy_free(sh->policy);
   free(sh->workers);

@@ -749,6 +749,47 @@ static int c_binding_exists(lua_State *L)
   return 1;
 }
 
+/* C.dkim_sign(msg, options): true, or nil and the reason. */
+static int c_dkim_sign(lua_State *L)
+{
+  struct lcall *c = check_call(L);
+  NEED(c, dkim_sign);
+  /* Options copied out of the table (a number's text would not outlive
+   * its stack slot); a key buffer fits. */
+  const char *kv[64];
+  char store[16384];
+  size_t n = 0, used = 0;
+  if (lua_type(L, 2) == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, 2) != 0) {
+      if (n + 2 <= 64 && lua_type(L, -2) == LUA_TSTRING &&
+          (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)) {
+        lua_pushvalue(L, -1); /* convert a copy: lua_next needs the key and value intact */
+        size_t kl, vl;
+        const char *k = lua_tolstring(L, -3, &kl), *v = lua_tolstring(L, -1, &vl);
+        if (used + kl + vl + 2 > sizeof(store))
+          return luaL_error(L, "msys.validate.opendkim.sign: options too long");
+        memcpy(store + used, k, kl + 1);
+        kv[n++] = store + used;
+        used += kl + 1;
+        memcpy(store + used, v, vl + 1);
+        kv[n++] = store + used;
+        used += vl + 1;
+        lua_pop(L, 1);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  char why[300] = "";
+  if (c->ops->dkim_sign(c->msg, kv, n / 2, why, sizeof(why)) < 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, why);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int c_ds_info(lua_State *L)
 {
   struct lstate *ls = ls_of(L);
@@ -918,6 +959,7 @@ static const luaL_Reg boot_funcs[] = {
   {"ds_info", c_ds_info},
   {"cache_hit", c_cache_hit},
   {"db_submit", c_db_submit},
+  {"dkim_sign", c_dkim_sign},
   {NULL, NULL},
 };
 

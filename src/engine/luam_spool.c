@@ -1,6 +1,7 @@
 /* luam_spool.c owns nothing: it adapts a spooled message to luam's message
  * operations. It never logs; a failed context load is remembered in the
  * handle (load_error) and the context reads as empty. Owner thread only. */
+#include "signing.h"
 #include "luam_spool.h"
 
 #include "conf.h"
@@ -204,6 +205,20 @@ static void s_set_code(void *arg, int code, const char *text)
   snprintf(h->text, sizeof h->text, "%s", text);
 }
 
+/* The ingest hook only: the pickup file is in memory. */
+static int s_dkim_sign(void *arg, const char *const *kv, size_t npairs, char *why, size_t whylen)
+{
+  struct luam_spool_msg *h = arg;
+  size_t flen;
+  const uint8_t *file = spool_ingest_bytes(h->sp, h->msg, &flen);
+  if (!file || h->msg->body_off + h->msg->body_size > flen) {
+    snprintf(why, whylen, "msys.validate.opendkim.sign works in the ingest hooks only");
+    return -ENOTSUP;
+  }
+  return signing_lua(h->msg, file + h->msg->body_off, (size_t)h->msg->body_size, kv, npairs, why,
+                     whylen);
+}
+
 const struct luam_msg_ops luam_spool_ops = {
   .ctx_get = s_ctx_get,
   .ctx_set = s_ctx_set,
@@ -218,4 +233,5 @@ const struct luam_msg_ops luam_spool_ops = {
   .id = s_id,
   .size = s_size,
   .set_code = s_set_code,
+  .dkim_sign = s_dkim_sign,
 };

@@ -5,6 +5,7 @@
 #include "adaptive_conf.h"
 #include "buf.h"
 #include "conf.h"
+#include "dkim_conf.h"
 #include "ctlcmd.h"
 #include "engine.h"
 #include "impetus_build.h"
@@ -180,7 +181,15 @@ int main(int argc, char **argv)
       fprintf(stderr, "%s\n", ce.msg);
     else if (c && (bad = adaptive_conf_check(c, ce.msg, sizeof ce.msg) < 0))
       fprintf(stderr, "%s\n", ce.msg);
-    else if (c)
+    if (c && !bad) { /* DKIM keys are part of the configuration: a bad one fails the check */
+      struct dkim_signers *ds = dkim_signers_new(c, &ce);
+      if (!ds) {
+        fprintf(stderr, "%s\n", conf_error_str(&ce, msg, sizeof msg));
+        bad = 1;
+      }
+      dkim_signers_free(ds);
+    }
+    if (c && !bad)
       printf("impetus: configuration %s is valid\n", path);
     conf_unref(c);
     return c && !bad ? 0 : 1;

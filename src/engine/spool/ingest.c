@@ -439,10 +439,56 @@ static int jrn_take(struct spool *sp, const struct pname *pn, struct jtake *out)
   return r;
 }
 
+/* The journal entry of a checked message: its record, the signature
+ * (sig[0..sn)) and the message, in sp->jbuf (or referenced, jref). */
+static void jrn_emit(struct spool *sp, const char *name, const uint8_t *data,
+                     const struct pinfo *pi, struct spool_msg *m, bool stays, const uint8_t *sig,
+                     size_t sn, struct jtake *out)
+{
+  uint64_t osize = m->body_size;
+  m->body_size += sn;
+  struct buf *b = &sp->jbuf;
+  /* positions in the batch: jbuf's bytes plus the bodies referenced so far */
+  out->at = b->len + sp->jrefbytes;
+  size_t r0 = rec_begin(b, REC_JMSG);
+  put_header(b, m, 0); /* body_off 0: the body follows this record */
+  put_u64(b, pi->ino);
+  put_u64(b, pi->size);
+  put_u64(b, pi->stamp);
+  put_str(b, name ? name : ""); /* "" for a submission */
+  rec_end(b, r0);
+  size_t body = b->len + sp->jrefbytes;
+  if (sn) /* a signature goes in front of the message: the stored message is the signed one */
+    buf_append(b, sig, sn);
+  if (stays && osize >= JREF_MIN) {
+    if (sp->njrefs == sp->capjrefs) {
+      sp->capjrefs = sp->capjrefs ? sp->capjrefs * 2 : 64;
+      sp->jrefs = util_xrealloc(sp->jrefs, sp->capjrefs * sizeof(*sp->jrefs));
+    }
+    sp->jrefs[sp->njrefs++] = (struct jref){b->len, data + m->body_off, (size_t)osize};
+    sp->jrefbytes += (size_t)osize;
+  } else {
+    buf_append(b, data + m->body_off, (size_t)osize);
+  }
+  m->body_mem = hot_keep2(sig, sn, data + m->body_off, osize);
+  size_t attr = b->len + sp->jrefbytes;
+  rec_attr(sp, b, m);
+  /* offsets within the entry for now; ingest_journal makes them absolute */
+  m->body_off = body - out->at;
+  m->ctx_off = (uint32_t)(attr - out->at);
+  m->ctx_len = (uint32_t)(b->len + sp->jrefbytes - attr);
+  out->ino = pi->ino;
+  out->size = pi->size;
+  out->stamp = pi->stamp;
+  out->msg = m;
+}
+
 /* The rest of jrn_take once the file is in memory (fd: the open file for
  * the ingest hook, or -1 when there is no hook). stays: data lives until
  * the batch is written (the arena), so a big body is written from there
- * (jref) instead of being copied into jbuf. */
+ * (jref) instead of being copied into jbuf. While sp->deferring, a message
+ * that stays waits in sp->dq for jrn_flush_deferred (its out->msg is set,
+ * its entry not yet written). */
 static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data, size_t len,
                          const struct pinfo *pi, int fd, bool stays, struct jtake *out)
 {
@@ -458,39 +504,48 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   if (take_checked(sp, sp->pickup_fd, name, name, idstr, id, sp->p.node_id, 0, data, len, fd, &m,
                    &slo, &shi) != 0)
     return 1;
-  struct buf *b = &sp->jbuf;
-  /* positions in the batch: jbuf's bytes plus the bodies referenced so far */
-  out->at = b->len + sp->jrefbytes;
-  size_t r0 = rec_begin(b, REC_JMSG);
-  put_header(b, m, 0); /* body_off 0: the body follows this record */
-  put_u64(b, pi->ino);
-  put_u64(b, pi->size);
-  put_u64(b, pi->stamp);
-  put_str(b, name ? name : ""); /* "" for a submission */
-  rec_end(b, r0);
-  size_t body = b->len + sp->jrefbytes;
-  if (stays && m->body_size >= JREF_MIN) {
-    if (sp->njrefs == sp->capjrefs) {
-      sp->capjrefs = sp->capjrefs ? sp->capjrefs * 2 : 64;
-      sp->jrefs = util_xrealloc(sp->jrefs, sp->capjrefs * sizeof(*sp->jrefs));
+  if (stays && sp->deferring) {
+    if (sp->ndq == sp->capdq) {
+      size_t cap = sp->capdq ? sp->capdq * 2 : 64;
+      sp->dq = util_xrealloc(sp->dq, cap * sizeof(*sp->dq));
+      memset(sp->dq + sp->capdq, 0, (cap - sp->capdq) * sizeof(*sp->dq));
+      sp->capdq = cap;
     }
-    sp->jrefs[sp->njrefs++] = (struct jref){b->len, data + m->body_off, (size_t)m->body_size};
-    sp->jrefbytes += (size_t)m->body_size;
-  } else {
-    buf_append(b, data + m->body_off, (size_t)m->body_size);
+    struct dtake *d = &sp->dq[sp->ndq++];
+    d->msg = m;
+    d->name = name;
+    d->data = data;
+    d->pi = *pi;
+    d->out = out;
+    d->hdr.len = 0;
+    out->msg = m;
+    return 0;
   }
-  m->body_mem = hot_keep(data + m->body_off, m->body_size);
-  size_t attr = b->len + sp->jrefbytes;
-  rec_attr(sp, b, m);
-  /* offsets within the entry for now; ingest_journal makes them absolute */
-  m->body_off = body - out->at;
-  m->ctx_off = (uint32_t)(attr - out->at);
-  m->ctx_len = (uint32_t)(b->len + sp->jrefbytes - attr);
-  out->ino = pi->ino;
-  out->size = pi->size;
-  out->stamp = pi->stamp;
-  out->msg = m;
+  sp->sig.len = 0;
+  if (sp->p.on_sign)
+    sp->p.on_sign(sp->p.arg, m, data + m->body_off, (size_t)m->body_size, &sp->sig);
+  jrn_emit(sp, name, data, pi, m, stays, sp->sig.data, sp->sig.len, out);
   return 0;
+}
+
+/* The deferred messages of a read-ahead group: signed together
+ * (on_sign_batch), then their journal entries in the order taken. */
+static void jrn_flush_deferred(struct spool *sp)
+{
+  if (!sp->ndq)
+    return;
+  sp->sjobs = util_xrealloc(sp->sjobs, sp->ndq * sizeof(*sp->sjobs));
+  for (size_t i = 0; i < sp->ndq; i++) {
+    struct dtake *d = &sp->dq[i];
+    sp->sjobs[i] = (struct spool_sign_job){d->msg, d->data + d->msg->body_off,
+                                           (size_t)d->msg->body_size, &d->hdr};
+  }
+  sp->p.on_sign_batch(sp->p.arg, sp->sjobs, sp->ndq);
+  for (size_t i = 0; i < sp->ndq; i++) {
+    struct dtake *d = &sp->dq[i];
+    jrn_emit(sp, d->name, d->data, &d->pi, d->msg, true, d->hdr.data, d->hdr.len, d->out);
+  }
+  sp->ndq = 0;
 }
 
 bool (*spool_test_keep_pickup)(const char *name);
@@ -913,6 +968,9 @@ static long ingest_journal(struct spool *sp)
                        atomic_load_explicit(&sp->noatime, memory_order_relaxed) ? O_NOATIME : 0,
                        ib->buf + used, slot, slot > PRE_BUF) == 0) {
         used += k * slot;
+        /* With on_sign_batch the group's messages are checked first, then
+         * signed together, then written. */
+        sp->deferring = sp->p.on_sign_batch != NULL;
         for (size_t j = 0; j < k && batch_len(sp) < JRN_BATCH_BYTES; j++) {
           const struct pname *pn = &sp->names[sp->inames++];
           int r = jrn_take_pre(sp, pn, &ib->pre[j], slot, slot > PRE_BUF, &bt->c[bt->n]);
@@ -925,6 +983,8 @@ static long ingest_journal(struct spool *sp)
           else
             free(pn->name);
         }
+        sp->deferring = false;
+        jrn_flush_deferred(sp);
         continue;
       }
     }

@@ -136,6 +136,23 @@ const uint8_t *hot_keep(const uint8_t *p, uint64_t n)
   return c;
 }
 
+const uint8_t *hot_keep2(const uint8_t *head, size_t hn, const uint8_t *p, uint64_t n)
+{
+  if (!hn)
+    return hot_keep(p, n);
+  uint64_t t = hn + n;
+  if (t > SPOOL_HOT_BODY_MAX ||
+      atomic_fetch_add_explicit(&hot_bytes, t, memory_order_relaxed) + t > SPOOL_HOT_BODY_BUDGET) {
+    if (t <= SPOOL_HOT_BODY_MAX)
+      atomic_fetch_sub_explicit(&hot_bytes, t, memory_order_relaxed);
+    return NULL;
+  }
+  uint8_t *c = util_xmalloc((size_t)t);
+  memcpy(c, head, hn);
+  memcpy(c + hn, p, (size_t)n);
+  return c;
+}
+
 void hot_drop(struct spool_msg *m)
 {
   if (!m->body_mem)

@@ -293,6 +293,11 @@ void spool_close(struct spool *sp)
     close(sp->jdir_fd);
   }
   buf_done(&sp->jbuf, 0);
+  buf_done(&sp->sig, 0);
+  for (size_t i = 0; i < sp->capdq; i++)
+    buf_done(&sp->dq[i].hdr, 0);
+  free(sp->dq);
+  free(sp->sjobs);
   free(sp->jrefs);
   free(sp->jiov);
   buf_done(&sp->jretry, 0);

@@ -122,6 +122,11 @@ struct jqueue {
 
 struct spool {
   struct spool_params p;
+  struct buf sig;       /* header fields on_sign put in front of the message being taken */
+  bool deferring;       /* jrn_take_data defers into dq (a read-ahead group with on_sign_batch) */
+  struct dtake *dq;
+  size_t ndq, capdq;
+  struct spool_sign_job *sjobs;
   char *base;
   char *pickup_path;
   int base_fd, pickup_fd, queue_fd, bad_fd, ino_fd, wake_fd;
@@ -301,6 +306,18 @@ struct pinfo {
 };
 #define STAMP_CRC (UINT64_C(1) << 63) /* an mtime has this bit clear until the year 2262 */
 
+/* A message checked (parsed, hook run) whose signing and journal entry
+ * wait for the rest of its read-ahead group (on_sign_batch). */
+struct dtake {
+  struct spool_msg *msg;
+  const char *name;
+  const uint8_t *data; /* the file, in the read-ahead arena until the batch is written */
+  struct pinfo pi;
+  struct jtake *out;
+  struct buf hdr;
+};
+
+
 /* Journal recovery: every queued message found in the segments, by id. */
 struct jent {
   struct spool_msg *m; /* NULL once done, or superseded by its own files */
@@ -453,6 +470,8 @@ int jrn_spill(struct spool *sp, struct spool_msg *m, bool defer, struct buf *b, 
               int *mfd); /* txn.c */
 uint64_t next_id(struct spool *sp); /* records.c */
 const uint8_t *hot_keep(const uint8_t *p, uint64_t n); /* records.c */
+/* The same for a message stored as head[0..hn) followed by p[0..n). */
+const uint8_t *hot_keep2(const uint8_t *head, size_t hn, const uint8_t *p, uint64_t n);
 static inline void jseg_name(uint32_t seg, char out[16]) { snprintf(out, 16, "%08x", seg); }
 
 /* seal.c: secret context values at rest. seal_load reads (or creates) the

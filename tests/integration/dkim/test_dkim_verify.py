@@ -9,7 +9,6 @@ of DATA and of BDAT gets.
 
 usage: test_dkim_verify.py SIGN_TOOL
 """
-import base64
 import os
 import re
 import shutil
@@ -43,6 +42,8 @@ if not PERL_OK:
 
 TOOL = sys.argv[1]
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from dkimkeys import make_key  # noqa: E402
 PERL = os.path.join(HERE, "verify_maildkim.pl")
 DOMAIN = "example.com"
 
@@ -56,18 +57,9 @@ def wire(m):
 
 def keys(tmp):
     out = {}
-    for name, args in (("rsa", ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
-                       ("ed25519", ["-algorithm", "ED25519"])):
+    for name in ("rsa", "ed25519"):
         path = os.path.join(tmp, name + ".key")
-        subprocess.run(["openssl", "genpkey", *args, "-out", path], check=True,
-                       capture_output=True)
-        os.chmod(path, 0o600)
-        der = subprocess.run(["openssl", "pkey", "-in", path, "-pubout", "-outform", "DER"],
-                             check=True, capture_output=True).stdout
-        if name == "ed25519":
-            der = der[-32:]
-        rec = "v=DKIM1; k=%s; p=%s" % (name, base64.b64encode(der).decode())
-        out[name] = (path, rec)
+        out[name] = (path, make_key(path, name))
     return out
 
 

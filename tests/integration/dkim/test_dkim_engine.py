@@ -1,0 +1,320 @@
+#!/usr/bin/python3
+"""DKIM signing in the engine, end to end (issue 22): impetus signs each
+message once at ingest with Momentum's opendkim configuration and delivers
+it to impetus-sink by BDAT and by DATA; what arrived is verified by dkimpy
+(RSA and Ed25519) and Mail::DKIM (RSA). A signed message survives kill -9
+and a restart with the same signature.
+
+usage: test_dkim_engine.py IMPETUS SINK SCENARIO   (deliver | restart)
+"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "engine"))
+from enginelib import Engine  # noqa: E402
+sys.path.insert(0, HERE)
+from dkimkeys import make_key  # noqa: E402
+import sinklib  # noqa: E402
+
+SKIP = 77
+try:
+    import dkim
+    import nacl  # noqa: F401
+except ImportError:
+    print("SKIP: python3-dkim or python3-nacl is not installed")
+    sys.exit(SKIP)
+if not shutil.which("openssl"):
+    print("SKIP: openssl is not installed")
+    sys.exit(SKIP)
+PERL = os.path.join(HERE, "verify_maildkim.pl")
+HAVE_PERL = subprocess.run(["perl", "-MMail::DKIM::Verifier", "-MNet::DNS", "-e", "1"],
+                           capture_output=True).returncode == 0
+
+failures = []
+
+
+def expect(cond, what):
+    print(("ok    " if cond else "FAIL  ") + what)
+    if not cond:
+        failures.append(what)
+
+
+def make_keys(d):
+    """rsa.test/r.key (RSA-2048) and ed.test/e.key (Ed25519), mode 0600;
+    returns the DNS records by query name."""
+    recs = {}
+    for dom, sel, kind in (("rsa.test", "r", "rsa"), ("ed.test", "e", "ed25519")):
+        os.makedirs(os.path.join(d, dom), exist_ok=True)
+        recs["%s._domainkey.%s" % (sel, dom)] = make_key(os.path.join(d, dom, sel + ".key"), kind)
+    return recs
+
+
+def dkim_conf(keydir):
+    return ('opendkim "opendkim1" {\n'
+            '  header_canon = "relaxed"\n'
+            '  body_canon = "simple"\n'
+            '  headerlist = ("from", "to", "subject", "date", "message-id")\n'
+            '  oversign_headerlist = ( "from" )\n'
+            '  key = "%s/%%{d}/%%{s}.key"\n'
+            '  dkim_domain "rsa.test" { selector = "r" }\n'
+            '  dkim_domain "ed.test" {\n'
+            '    selector = "e"\n'
+            '    digest = "ed25519-sha256"\n'
+            '    body_canon = "relaxed"\n'
+            '  }\n'
+            '}\n'
+            'Domain "nosign.test" { opendkim_sign = false }\n' % keydir)
+
+
+BODIES = {
+    "crlf": "Subject: crlf\r\nTo: x@c.test\r\n\r\nline one\r\n.dot line\r\n\r\n",
+    "lf": "Subject: lf\nTo: x@c.test\n\n" + (".l" + "x" * 60 + "\n") * 1200,  # ~75 KB, LF only
+    "bare": "Subject: bare\r\n\r\nno newline at the end",
+    "mixed": "Subject: mixed\r\n\r\na\rb\nc\r\n.\r\n..\r\n\r\n\r\n",
+    "eightbit": "Subject: 8bit\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+                "caf\u00e9 na\u00efve\r\n",
+}
+
+
+def verify(raw, recs, label, want_sigs=1):
+    sigs = len(re.findall(rb"(?mi)^DKIM-Signature:", raw))
+    expect(sigs == want_sigs, "%s: %d DKIM-Signature field(s), want %d" % (label, sigs, want_sigs))
+    if not want_sigs:
+        return
+
+    def dnsfunc(name, timeout=5):
+        r = recs.get(name.decode().rstrip("."))
+        return r.encode() if r else None
+
+    try:
+        ok = dkim.verify(raw, dnsfunc=dnsfunc)
+    except dkim.DKIMException as e:
+        ok = False
+        print("      dkimpy:", e)
+    expect(ok, "%s: dkimpy verifies" % label)
+    if HAVE_PERL and b"a=rsa-sha256" in raw:
+        with tempfile.NamedTemporaryFile(suffix=".eml") as f:
+            f.write(raw)
+            f.flush()
+            args = ["%s=%s" % (k, v) for k, v in recs.items() if "rsa" in v]
+            r = subprocess.run(["perl", PERL, f.name, *args], capture_output=True)
+        # Mail::DKIM 1.2023 has no Ed25519: such a signature is "unsupported"
+        lines = r.stdout.decode().strip().splitlines()
+        good = all(l.endswith(": pass") or "unsupported algorithm ed25519" in l for l in lines)
+        expect(good and any(l.endswith(": pass") for l in lines),
+               "%s: Mail::DKIM: %s" % (label, "; ".join(lines)))
+
+
+def received(sink_save):
+    """rcpt local part -> bytes, from the sink's saved files and jsonl."""
+    import json
+    out = {}
+    with open(sink_save["jsonl"]) as f:
+        for line in f:
+            if line.strip():
+                m = json.loads(line)
+                with open(m["file"], "rb") as g:
+                    out[m["rcpts"][0]] = g.read()
+    return out
+
+
+def start_sink(sinkbin, tmp, name, *extra):
+    save = os.path.join(tmp, name)
+    os.makedirs(save)
+    jl = os.path.join(tmp, name + ".jsonl")
+    s = sinklib.Sink(sinkbin, ["--save-dir", save, "--jsonl", jl] + list(extra))
+    return s, {"jsonl": jl}
+
+
+def drop_sinks(tmp, *sinks):
+    """Stop (if running) and remove the sinks, then the test's directory."""
+    for s in sinks:
+        if s is not None:
+            if s.proc.poll() is None:
+                s.stop()
+            s.cleanup()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def final_count(e):
+    return sum(1 for f in e.records() if f[4] in ("D", "P"))
+
+
+def scenario_deliver(imp, sinkbin):
+    tmp = tempfile.mkdtemp(prefix="dkim-e2e.")
+    sinks = []
+    try:
+        recs = make_keys(tmp)
+        for mode in ("bdat", "data"):
+            sink, info = start_sink(sinkbin, tmp, mode, *([] if mode == "bdat" else
+                                                         ["--no-chunking"]))
+            sinks.append(sink)
+            conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % sink.port
+                    + dkim_conf(tmp))
+            e = Engine(imp, conf, "dkim-" + mode)
+            try:
+                e.start()
+                n = 0
+                for dom in ("rsa.test", "ed.test"):
+                    for name, body in BODIES.items():
+                        e.inject("a@%s" % dom, ["%s-%s@c.test" % (name, dom)],
+                                 body="From: Sender <a@%s>\r\n%s" % (dom, body))
+                        n += 1
+                # not signed: opendkim_sign = false for the recipient's domain,
+                # and a responsible domain no dkim_domain names
+                e.inject("a@rsa.test", ["off@nosign.test"], body="From: a@rsa.test\n\nx\n")
+                e.inject("a@other.test", ["other@c.test"], body="From: a@other.test\n\nx\n")
+                n += 2
+                e.wait_for(lambda: final_count(e) >= n, 60, "final records")
+                expect(len(e.records("D")) == n, "%s: all %d delivered" % (mode, n))
+                got = received(info)
+                summ = sink.summary_now()
+                expect((summ["bdat_messages"] > 0) == (mode == "bdat"),
+                       "%s: transfer mode (bdat_messages=%d)" % (mode, summ["bdat_messages"]))
+                for dom in ("rsa.test", "ed.test"):
+                    for name in BODIES:
+                        rc = "%s-%s@c.test" % (name, dom)
+                        verify(got.get(rc, b""), recs, "%s %s %s" % (mode, dom, name))
+                verify(got.get("off@nosign.test", b""), recs, mode + " opendkim_sign=false", 0)
+                verify(got.get("other@c.test", b""), recs, mode + " unknown domain", 0)
+                expect(e.stop() == 0, "%s: exit status" % mode)
+            finally:
+                e.cleanup()
+    finally:
+        drop_sinks(tmp, *sinks)
+
+
+def stored_signature(spool):
+    for root, _dirs, files in os.walk(os.path.join(spool, "queue")):
+        for fn in files:
+            with open(os.path.join(root, fn), "rb") as f:
+                data = f.read()
+            m = re.search(rb"DKIM-Signature:.*?\r\n(?=[^ \t])", data, re.S)
+            if m:
+                return m.group(0)
+    return None
+
+
+def scenario_restart(imp, sinkbin):
+    """Signed at ingest, kept in the spool: a retry after kill -9 and a
+    restart sends the same DKIM-Signature (t= would differ if re-signed)."""
+    tmp = tempfile.mkdtemp(prefix="dkim-restart.")
+    bad = good = None
+    try:
+        recs = make_keys(tmp)
+        bad, _ = start_sink(sinkbin, tmp, "bad", "--fail", "RCPT=451:1.0")
+        conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+                'Retry_Interval = 1\nMax_Retry_Interval = 1\n' % bad.port + dkim_conf(tmp))
+        e = Engine(imp, conf, "dkim-restart")
+        try:
+            e.start()
+            e.inject("a@rsa.test", ["bob@c.test"],
+                     body="From: a@rsa.test\nSubject: survive\n\nkept signed\n")
+            e.wait_for(lambda: len(e.records("T")) >= 1, 20, "a transient failure")
+            sig = stored_signature(e.spool)
+            expect(sig is not None, "the signature is in the spool")
+            e.proc.send_signal(signal.SIGKILL)
+            e.proc.wait()
+            e.proc = None
+            time.sleep(1.2)  # a new signature would carry another t=
+            bad.stop()
+            good, info = start_sink(sinkbin, tmp, "good")
+            with open(e.conf) as f:
+                text = f.read()
+            with open(e.conf, "w") as f:
+                f.write(text.replace("127.0.0.1:%d" % bad.port, "127.0.0.1:%d" % good.port))
+            e.start()
+            e.wait_for(lambda: len(e.records("D")) >= 1, 30, "delivery after restart")
+            got = received(info).get("bob@c.test", b"")
+            verify(got, recs, "after kill -9 and restart")
+            expect(sig is not None and got.startswith(sig),
+                   "the delivered signature is the stored one")
+            expect(e.stop() == 0, "exit status")
+        finally:
+            e.cleanup()
+    finally:
+        drop_sinks(tmp, bad, good)
+
+
+LUA = r"""
+require("msys.core")
+require("msys.validate.opendkim")
+require("msys.extended.message")
+local mod = {}
+function mod:validate_data_spool(msg, ac, vctx)
+  -- the ESP's signature on top of the sender's (configured) one, as in
+  -- Momentum's example: options table, key file with %{d}/%{s}
+  local ok, err = msys.validate.opendkim.sign(msg, vctx, {
+    base_domain = "ed.test", selector = "e", digest = "ed25519-sha256",
+    header_canon = "relaxed", body_canon = "relaxed", identity = "@ed.test",
+    headerlist = "from:to:subject", keyfile = "KEYDIR/%{d}/%{s}.key" })
+  print("lua sign: " .. tostring(ok) .. " " .. tostring(err))
+  local ok2, err2 = msys.validate.opendkim.sign(msg, vctx, { digest = "rsa-sha1",
+    base_domain = "rsa.test", selector = "r", keyfile = "KEYDIR/%{d}/%{s}.key" })
+  print("lua sha1: " .. tostring(ok2) .. " " .. tostring(err2))
+  return msys.core.VALIDATE_CONT
+end
+msys.registerModule("esp", mod)
+"""
+
+
+def scenario_lua(imp, sinkbin):
+    """msys.validate.opendkim.sign from validate_data_spool: a second
+    signature (another domain, Ed25519) besides the configured one; both
+    verify by BDAT; rsa-sha1 is refused with a reason."""
+    tmp = tempfile.mkdtemp(prefix="dkim-lua.")
+    sink = None
+    try:
+        recs = make_keys(tmp)
+        script = os.path.join(tmp, "esp.lua")
+        with open(script, "w") as f:
+            f.write(LUA.replace("KEYDIR", tmp))
+        sink, info = start_sink(sinkbin, tmp, "lua")
+        conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % sink.port
+                + dkim_conf(tmp)
+                + 'scriptlet "scriptlet" {\n  script "esp" { source = "%s" }\n}\n' % script[:-4])
+        e = Engine(imp, conf, "dkim-lua")
+        try:
+            e.start()
+            e.inject("a@rsa.test", ["bob@c.test"],
+                     body="From: a@rsa.test\nTo: bob@c.test\nSubject: two\n\nsigned twice\n")
+            e.wait_for(lambda: len(e.records("D")) >= 1, 30, "delivery")
+            got = received(info).get("bob@c.test", b"")
+            verify(got, recs, "configured + Lua", want_sigs=2)
+
+            def dnsfunc(name, timeout=5):
+                r = recs.get(name.decode().rstrip("."))
+                return r.encode() if r else None
+            d = dkim.DKIM(got)
+            ok = [bool(d.verify(idx=i, dnsfunc=dnsfunc)) for i in range(2)]
+            expect(ok == [True, True], "both signatures verify: %r" % ok)
+            expect(b"d=ed.test" in got and b"i=@ed.test" in got, "the Lua signature's d= and i=")
+            log = e.read(e.paniclog)
+            expect("lua sign: true nil" in log, "sign returned true")
+            expect("lua sha1: nil" in log and "RFC 8301" in log, "rsa-sha1 refused with a reason")
+            expect(e.stop() == 0, "exit status")
+        finally:
+            e.cleanup()
+    finally:
+        drop_sinks(tmp, sink)
+
+
+def main():
+    imp, sinkbin, scenario = sys.argv[1:4]
+    {"deliver": scenario_deliver, "restart": scenario_restart,
+     "lua": scenario_lua}[scenario](imp, sinkbin)
+    if failures:
+        print("%d check(s) failed" % len(failures))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

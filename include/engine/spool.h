@@ -132,8 +132,6 @@ struct spool_params {
   unsigned rescan_ms;         /* pickup safety-net rescan period; 0: 2000 */
   uint16_t node_id;           /* 0: low 16 bits of the pid */
   enum spool_sync_method sync_method; /* how a batch is made durable */
-  bool no_journal;            /* claim into per-message files (the layout deferred messages
-                               * are spilled to) instead of the journal; for tests */
   spool_msg_cb on_msg;        /* required for spool_ingest/spool_recover */
   spool_bad_cb on_bad;        /* optional */
   spool_ingest_cb on_ingest;  /* optional */

@@ -419,8 +419,10 @@ static void log_line(struct cluster *c, const char *fmt, ...)
   logs_writer_flush(c->log);
 }
 
-static void disconnect(struct cluster *c, const char *why)
+static void disconnect(struct cluster *c, const char *reason)
 {
+  char why[256]; /* reason may point into the context freed below */
+  snprintf(why, sizeof why, "%s", reason ? reason : "?");
   if (c->rc) {
     redisFree(c->rc);
     c->rc = NULL;

@@ -270,11 +270,6 @@ struct iobatch {
   struct statx *stx; /* cap (what a rename took) */
 };
 
-/* A claimed message of the current batch. */
-struct claimed {
-  struct spool_msg *msg;
-  int body_fd, meta_fd; /* kept for fsync (method fsync) or -1 */
-};
 
 /* A message of the current journal batch. */
 struct jtake {
@@ -408,11 +403,8 @@ static inline const char *get_str(struct rd *r, uint32_t *n)
 static inline bool is_disk_full(int err) { return err == -ENOSPC || err == -EDQUOT; }
 static inline void free_const(const char *p) { free((void *)(uintptr_t)p); }
 
-int claim_file(struct spool *sp, int dfd, const char *qname, const char *orig,
-                       uint64_t id, uint16_t node, uint8_t bucket, struct claimed *out); /* ingest.c */
 int scan_pickup(struct spool *sp); /* ingest.c */
 int syncfs_counted(struct spool *sp); /* ingest.c */
-void claimed_close(struct claimed *c); /* ingest.c */
 void wait_drained(struct spool *sp); /* ingest.c */
 int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsigned n,
                         int oflags, uint8_t *at, size_t slot, bool stat); /* iobatch.c */
@@ -464,7 +456,7 @@ const uint8_t *hot_keep(const uint8_t *p, uint64_t n); /* records.c */
 static inline void jseg_name(uint32_t seg, char out[16]) { snprintf(out, 16, "%08x", seg); }
 
 /* seal.c: secret context values at rest. seal_load reads (or creates) the
- * key file and checks it against queue/seal.check: 0 or -errno with err.
+ * key file and checks it against <spoolbase>/seal.check: 0 or -errno with err.
  * seal_put appends "u32 len, sealed secrets" to an ATTR payload being
  * built when m has secret entries (nothing otherwise, or without a key).
  * seal_apply opens such a part into m's dictionaries (CTX_F_SECRET):

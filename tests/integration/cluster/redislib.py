@@ -18,6 +18,29 @@ def skip(why):
     sys.exit(SKIP)
 
 
+FAILS = []
+
+
+def expect(cond, what):
+    """Record a check; every check runs, the test fails at the end."""
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        FAILS.append(what)
+
+
+def run_scenario(fn, redis, *args):
+    """fn(*args, redis) with Redis stopped and removed afterwards; the
+    process exit status (1 when a check failed)."""
+    try:
+        fn(*args, redis)
+    finally:
+        redis.cleanup()
+    if FAILS:
+        print("FAILED: " + "; ".join(FAILS))
+        return 1
+    return 0
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

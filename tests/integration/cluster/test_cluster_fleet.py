@@ -30,19 +30,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "engine"))
-from redislib import Redis, skip  # noqa: E402
+from redislib import Redis, expect, run_scenario, skip  # noqa: E402
 import enginelib  # noqa: E402
 import sinklib  # noqa: E402
 from test_engine import can_bind  # noqa: E402
 
-FAILS = []
 CTL = None
-
-
-def expect(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        FAILS.append(what)
 
 
 ADDRS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
@@ -311,24 +304,12 @@ def main():
     CTL = sys.argv[4] if len(sys.argv) > 4 else None
     if not all(can_bind(a) for a in ADDRS):
         skip("cannot bind 127.0.0.2-4")
-    redis = Redis()
-    try:
-        if scenario == "conncap":
-            scenario_conncap(imp, sinkbin, redis)
-        elif scenario == "rate":
-            scenario_rate(imp, sinkbin, redis)
-        elif scenario == "kill":
-            scenario_kill(imp, sinkbin, redis)
-        elif scenario in ("redis-open", "redis-closed"):
-            scenario_redis_down(imp, sinkbin, redis, scenario.split("-")[1])
-        else:
-            raise SystemExit("unknown scenario " + scenario)
-    finally:
-        redis.cleanup()
-    if FAILS:
-        print("FAILED: " + "; ".join(FAILS))
-        return 1
-    return 0
+    fns = {"conncap": scenario_conncap, "rate": scenario_rate, "kill": scenario_kill,
+           "redis-open": lambda i, s, r: scenario_redis_down(i, s, r, "open"),
+           "redis-closed": lambda i, s, r: scenario_redis_down(i, s, r, "closed")}
+    if scenario not in fns:
+        raise SystemExit("unknown scenario " + scenario)
+    return run_scenario(fns[scenario], Redis(), imp, sinkbin)
 
 
 if __name__ == "__main__":

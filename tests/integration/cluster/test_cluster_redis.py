@@ -20,15 +20,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from redislib import Redis  # noqa: E402
-
-FAILS = []
-
-
-def expect(cond, what):
-    print(("ok   " if cond else "FAIL ") + what)
-    if not cond:
-        FAILS.append(what)
+from redislib import Redis, expect, run_scenario  # noqa: E402
 
 
 def run(drive, *args, timeout=60):
@@ -145,16 +137,9 @@ def scenario_batching(drive, redis):
 
 def main():
     drive, scenario = sys.argv[1], sys.argv[2]
-    redis = Redis()
-    try:
-        {"rate": scenario_rate, "leases": scenario_leases, "fair": scenario_fair,
-         "batching": scenario_batching}[scenario](drive, redis)
-    finally:
-        redis.cleanup()
-    if FAILS:
-        print("FAILED: " + "; ".join(FAILS))
-        return 1
-    return 0
+    fn = {"rate": scenario_rate, "leases": scenario_leases, "fair": scenario_fair,
+          "batching": scenario_batching}[scenario]
+    return run_scenario(fn, Redis(), drive)
 
 
 if __name__ == "__main__":

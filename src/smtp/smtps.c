@@ -684,11 +684,11 @@ static void auth_end(struct smtps *s)
  * `keep` bytes; returns the decoded length or -EINVAL. */
 static long auth_decode(struct smtps *s, const char *p, size_t n)
 {
+  buf_reserve(&s->scratch, n / 4 * 3 + 3); /* never NULL, also for an empty response */
   if (n == 1 && p[0] == '=')
     return 0;
   if (n % 4)
     return -EINVAL;
-  buf_reserve(&s->scratch, n / 4 * 3 + 3);
   return base64_decode(p, n, s->scratch.data + s->scratch.len);
 }
 

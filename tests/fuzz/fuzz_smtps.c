@@ -56,6 +56,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   size_t off = 0;
   uint64_t now = 0;
   int held = 0;
+  int tickets[SMTPS_DEFER_MAX];
+  int nt = 0;
   struct smtps_event ev;
   for (int guard = 0; guard < 100000 && !smtps_done(s); guard++) {
     if (smtps_want_tls(s))
@@ -76,6 +78,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
           held = 1; /* answered on the next round, after a feed that must eat nothing */
           break;
         }
+        if (ev.type == SMTPS_EV_MESSAGE && (how & 8) && ev.ok && nt < SMTPS_DEFER_MAX) {
+          int t = smtps_defer(s, now); /* as the listener: resolved rounds later */
+          if (t > 0)
+            tickets[nt++] = t;
+          how = (uint8_t)(how * 37 + 11);
+          continue;
+        }
         answer(s, &ev, how);
         how = (uint8_t)(how * 37 + 11);
       }
@@ -85,6 +94,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
       answer(s, &ev, how);
       held = 0;
+      any = true;
+    }
+    if (nt && (how & 16 || nt == SMTPS_DEFER_MAX || (!any && k == 0))) {
+      /* resolve the newest first: replies must still go out in order */
+      smtps_resolve(s, tickets[--nt], how & 32 ? 451 : 250, "2.0.0 deferred");
       any = true;
     }
     const uint8_t *o;

@@ -274,9 +274,9 @@ def scenario_redis_down(imp, sinkbin, redis, mode):
         # (a sanitizer build on a loaded machine may not reach 300/s: then
         # only the upper bound says something)
         before = in_window(ts, min(ts) + 1, t_stop) / max(t_stop - min(ts) - 1, 1)
-        able = before >= 270
+        able = before >= 250  # its first seconds include the ingest of the files
         print("before the outage: %.1f/s%s" % (before, "" if able else
-                                                " (the machine could not reach 300/s)"))
+                                                " (the machine could not keep up: lower bound not checked)"))
         expect(after <= 1650 and (after >= 1350 or not able),
                "the rate holds again after Redis is back (%.1f/s)" % (after / 5.0))
         if CTL:

@@ -4,6 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
+  libcrypt-dev
   # build
   meson ninja-build pkg-config gcc g++ clang llvm
   # libraries

@@ -38,8 +38,8 @@ int ctl_start(char *err, size_t errlen);
 /* Stop the thread and remove the socket. Safe when not started. */
 void ctl_stop(void);
 
-/* Create the missing parent directories of the configured log files and
- * control socket (mode 0755), so a fresh machine starts on the bundled
+/* Create the missing parent directories of the configured log files,
+ * control socket and spool key file (mode 0755), so a fresh machine starts on the bundled
  * configuration. Failures are left to the open that follows. Main thread. */
 struct conf;
 void ctl_prepare_paths(struct conf *c);

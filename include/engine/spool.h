@@ -132,8 +132,6 @@ struct spool_params {
   unsigned rescan_ms;         /* pickup safety-net rescan period; 0: 2000 */
   uint16_t node_id;           /* 0: low 16 bits of the pid */
   enum spool_sync_method sync_method; /* how a batch is made durable */
-  bool no_journal;            /* claim into per-message files (the layout deferred messages
-                               * are spilled to) instead of the journal; for tests */
   spool_msg_cb on_msg;        /* required for spool_ingest/spool_recover */
   spool_bad_cb on_bad;        /* optional */
   spool_ingest_cb on_ingest;  /* optional */
@@ -254,3 +252,17 @@ int spool_txn_commit(struct spool_txn *t);
 /* Move a queued message to bad/ (<id>, <id>.m and <id>.why) and free it.
  * Returns 0 or -errno (the message is freed either way). */
 int spool_bad(struct spool *sp, struct spool_msg *msg, const char *reason);
+
+/* In-memory submission (the ESMTP listener): a whole message in the pickup
+ * format (envelope lines, then the message) joins the next ingest batch,
+ * beside pickup files, and is made durable by the same group commit. done
+ * is called once, on a spool thread, after the batch's sync (result 0, id
+ * the queue id) or when it cannot be queued (result -errno: -ENOSPC disk
+ * full, -EBADMSG rejected by parsing or the ingest hook with why set,
+ * -ESHUTDOWN stopping, other errors). The spool takes data (malloc'd) and
+ * frees it. Any thread may call it. */
+typedef void (*spool_submit_cb)(void *arg, int result, const char *id, const char *why);
+void spool_submit(struct spool *sp, uint8_t *data, size_t len, spool_submit_cb done, void *arg);
+/* Submissions accepted and not yet reported. */
+size_t spool_submit_pending(const struct spool *sp);
+

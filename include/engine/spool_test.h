@@ -1,9 +1,9 @@
 /* spool_test.h: fault-injection seams of the spool, for tests only (the
  * engine never includes this). Each is NULL in production and is looked at
  * only off the hot path: the per-file fstat read (not the ring's), once
- * per batch before its pickup files are removed. Setting
- * spool_test_after_stat also makes each round read with fstat + pread
- * instead of the ring, so the hook sees every file. */
+ * per batch before its pickup files are removed. spool_test_after_stat
+ * runs only for files read with fstat + pread (bigger than the ring's
+ * slot, or without io_uring): tests use such files. */
 #pragma once
 
 #include <stdbool.h>

@@ -469,7 +469,7 @@ const struct conf_stanza *conf_stanza_first(const struct conf *c, const char *ki
 
 const struct conf_stanza *conf_stanza_child(const struct conf_stanza *st, const char *kind)
 {
-  int k = conf_stz_find(kind);
+  int k = conf_stz_find_in(kind, st->kind);
   return k < 0 ? NULL : first_of(st->children, k);
 }
 
@@ -731,7 +731,8 @@ void conf_dump_markdown(struct buf *out)
     bool any = false;
     for (int i = 0; i < CONF__COUNT; i++) {
       const struct conf_optdef *d = &conf_optdefs[i];
-      if (!(d->scopes & CONF_S_MOD) || strcasecmp(d->module, kind))
+      if (!(d->scopes & CONF_S_MOD) ||
+          (k < 0 ? strcasecmp(d->module, kind) : !conf_stz_module_is(k, d->module)))
         continue;
       if (!any)
         buf_append_str(out, "| Option | Type | Default | Change | Description |\n"

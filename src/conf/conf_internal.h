@@ -45,6 +45,11 @@ struct conf_stzdef {
 };
 extern const struct conf_stzdef conf_stzdefs[STZ__COUNT];
 int conf_stz_find(const char *name); /* -1 if unknown */
+/* The kind named name whose parent is parent (STZ_NONE: top level); else
+ * as conf_stz_find (two kinds may share a name under different parents). */
+int conf_stz_find_in(const char *name, int parent);
+/* Whether an option's module names kind: its name, or "parent.name". */
+bool conf_stz_module_is(int kind, const char *module);
 
 /* ---- arena: every string and value of a snapshot ---- */
 struct conf_chunk;

@@ -335,8 +335,7 @@ static int set_option(struct parser *p, struct lex *lx, struct pctx *cx, const c
       named = i;
     if (!(d->scopes & here))
       continue;
-    if (here == CONF_S_MOD && strcmp(d->module, "*") &&
-        strcasecmp(d->module, conf_stzdefs[cx->st->kind].name))
+    if (here == CONF_S_MOD && strcmp(d->module, "*") && !conf_stz_module_is(cx->st->kind, d->module))
       continue;
     found = i;
   }
@@ -555,7 +554,7 @@ static int open_stanza(struct parser *p, struct lex *lx, struct pctx *cx, const 
     in.node = c->groups[in.group].node;
     snprintf(what, sizeof(what), "Binding_Group \"%s\"", inst);
   } else {
-    int k = conf_stz_find(kw);
+    int k = conf_stz_find_in(kw, cx->kind == CX_STANZA ? cx->st->kind : STZ_NONE);
     if (k < 0)
       return fail(p, lx->file, line, "unknown stanza '%s'", kw);
     const struct conf_stzdef *sd = &conf_stzdefs[k];

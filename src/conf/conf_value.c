@@ -50,6 +50,27 @@ int conf_stz_find(const char *name)
   return -1;
 }
 
+int conf_stz_find_in(const char *name, int parent)
+{
+  for (int i = 0; i < STZ__COUNT; i++)
+    if (conf_stzdefs[i].parent == parent && !strcasecmp(conf_stzdefs[i].name, name))
+      return i;
+  return conf_stz_find(name);
+}
+
+bool conf_stz_module_is(int kind, const char *module)
+{
+  const struct conf_stzdef *s = &conf_stzdefs[kind];
+  if (!strcasecmp(module, s->name))
+    return true;
+  /* "parent.name": a kind whose name another parent also uses (listen) */
+  if (s->parent == STZ_NONE)
+    return false;
+  const char *pn = conf_stzdefs[s->parent].name;
+  size_t pl = strlen(pn);
+  return !strncasecmp(module, pn, pl) && module[pl] == '.' && !strcasecmp(module + pl + 1, s->name);
+}
+
 /* ---- arena ----
  * Chunks come from secmem: the snapshot holds passwords (SECRET options)
  * and their raw tokens, so its pages stay out of core dumps and are wiped

@@ -1218,6 +1218,7 @@ void ctl_prepare_paths(struct conf *c)
   const struct conf_stanza *ls = cl ? conf_stanza_child(cl, "listen") : NULL;
   if (ls)
     make_parent(conf_stanza_instance(ls));
+  make_parent(conf_str(conf_global(c), CONF_SPOOL_SECRET_KEY_FILE)); /* NULL: beside the spool */
 }
 
 static int open_unix(const char *path, unsigned mode, char *err, size_t errlen)

@@ -15,6 +15,7 @@
 #include "counters.h"
 #include "ctl.h"
 #include "impetus_build.h"
+#include "listener.h"
 #include "logs.h"
 #include "sdnotify.h"
 #include "panic.h"
@@ -408,6 +409,10 @@ int engine_main(const char *config_path)
 
   if (ctl_open(sh, config_path, err, sizeof err) < 0) /* ops: before leaving root */
     util_fatal("%s", err);
+  /* ESMTP_Listener: its sockets are bound as root (port 25) */
+  struct listener *lsn = listener_open(c, sh->spool, sh->hostname, sh->logs, err, sizeof err);
+  if (!lsn && err[0])
+    util_fatal("%s", err);
   tlskeys_preload(c, tls_unreadable, mainlog); /* client certificates and keys, as root */
   /* Everything that needs root is open: leave it before any Lua runs
    * (scripts are compiled and run by policy_new) and any worker starts. */
@@ -433,6 +438,8 @@ int engine_main(const char *config_path)
     util_fatal("spool ingest: %s", strerror(-rc));
   if (ctl_start(err, sizeof err) < 0) /* ops: console + metrics */
     util_fatal("%s", err);
+  if (lsn && (rc = listener_start(lsn)) < 0)
+    util_fatal("esmtp_listener: %s", strerror(-rc));
 
   logs_panic(mainlog, clock_wall_ms(), "engine",
              "impetus %s started: %s, %u worker%s, %ld message%s recovered", IMPETUS_VERSION,
@@ -491,6 +498,7 @@ int engine_main(const char *config_path)
   ctl_stop();
   logs_panic(mainlog, clock_wall_ms(), "engine", "stopping");
   logs_writer_flush(mainlog);
+  listener_stop(lsn); /* before the spool: messages waiting for their commit get their reply */
   spool_stop(sh->spool);
   worker_submit_flush(sh); /* a batch cut short by the stop (normally none) */
   uint64_t deadline = clock_mono_ns() / 1000000u + STOP_DEADLINE_MS;
@@ -504,6 +512,7 @@ int engine_main(const char *config_path)
   logs_writer_free(sh->handover_log);
   free(sh->pend);
   spool_close(sh->spool);
+  listener_free(lsn);
   worker_free_leftovers(sh);
   policy_free(sh->policy);
   free(sh->workers);

@@ -213,7 +213,7 @@ def scenario_disk_full(imp, sinkbin):
         e.spool, e.pickup = spool, os.path.join(spool, "pickup")
         e.start()
         for i in range(30):
-            e.inject("a@x.test", ["d%d@y.test" % i], body="Subject: %d\n\n%s\n" % (i, "z" * 2000))
+            e.inject("a@x.test", ["d%d@y.test" % i], body="Subject: %d\n\n%s" % (i, ("z" * 99 + "\n") * 20))
         # nobody listens: every attempt is a T and rewrites retry state
         e.wait_for(lambda: len(e.records("T")) >= 30, 20, "30 T records")
         # a pickup file written before the disk fills, renamed in after

@@ -59,6 +59,7 @@ void sink_conn_start_endless(struct sink_conn *c) { c->endless_left = 1; }
 
 static void stub_conn_done(struct sink_conn *c)
 {
+  sink_smtp_done(c);
   buf_done(&c->in, 0);
   buf_done(&c->env, 0);
   buf_done(&c->msg, 0);

@@ -15,6 +15,7 @@
 #include "msg.h"
 
 #include "buf.h"
+#include "inject_bs.h"
 #include "conf.h"
 #include "impetus_build.h"
 #include "paths.h"
@@ -68,6 +69,7 @@ static void usage(FILE *out)
           "usage: %s [-f SENDER] [-t] [-i|-oi] [-F NAME] [-c FILE | --spool DIR] [RCPT ...] < message\n"
           "       %s --recipients FILE -f SENDER [--batch N] [-c FILE | --spool DIR] < message\n"
           "       %s --count N [--batch N] -f SENDER [-c FILE | --spool DIR] RCPT... < message\n"
+          "       %s -bs [-c FILE | --spool DIR]   (SMTP on stdin/stdout, as sendmail -bs)\n"
           "  -f, -r SENDER   envelope sender (\"<>\" or \"\" for the null sender)\n"
           "  -t              also take recipients from To:, Cc:, Bcc: (Bcc: is removed)\n"
           "  -i, -oi         accepted (a lone '.' never ends the message here)\n"
@@ -80,7 +82,7 @@ static void usage(FILE *out)
           "  --count N       write N copies (benchmarks)\n"
           "  --no-header-fixup  do not add a missing Date: or Message-ID: header\n"
           "  -q, --quiet     no progress bar or summary\n",
-          prog, prog, prog, DEFAULT_BATCH);
+          prog, prog, prog, prog, DEFAULT_BATCH);
 }
 
 /* ---- submission by non-root users (docs/security.md) ----
@@ -464,7 +466,7 @@ int main(int argc, char **argv)
 {
   const char *sender = NULL, *fullname = NULL, *config = NULL, *spool = NULL, *pickup = NULL;
   const char *rfile = NULL;
-  bool take_headers = false, quiet = false, fixup = true;
+  bool take_headers = false, quiet = false, fixup = true, smtp_bs = false;
   unsigned long batch = DEFAULT_BATCH, count = 1;
   struct rcpts rc = {0};
   int i;
@@ -483,6 +485,8 @@ int main(int argc, char **argv)
       fullname = NEXT();
     } else if (!strncmp(a, "-F", 2) && a[2]) {
       fullname = a + 2;
+    } else if (!strcmp(a, "-bs")) {
+      smtp_bs = true;
     } else if (!strcmp(a, "-t")) {
       take_headers = true;
     } else if (!strcmp(a, "-i") || !strcmp(a, "-oi") || !strcmp(a, "-bm") ||
@@ -562,6 +566,11 @@ int main(int argc, char **argv)
     submit_group(config == NULL);
     pickup_dir = pickup_from_conf(config ? config : paths_config());
     submit_group(false);
+  }
+  if (smtp_bs) {
+    int code = inject_bs(pickup_dir); /* tools/inject/inject_bs.c */
+    free(pickup_dir);
+    return code;
   }
 
   /* The sender. */

@@ -2,8 +2,9 @@
  * benchmarks. Three modules share it, all on the one thread of the process:
  *   sink_main.c  options, counters, JSON summary, per-message records;
  *   sink_io.c    the io_uring loop: listeners, connections, TLS, timers;
- *   sink_smtp.c  the ESMTP server state machine (sans-I/O: it only appends
- *                reply bytes to a connection and asks sink_io for effects).
+ *   sink_smtp.c  drives the SMTP server core (src/smtp/smtps.c) for one
+ *                connection: answers its events (fault injection, AUTH
+ *                users, message records) and asks sink_io for effects.
  * The sink is single-threaded by design: one ring, no locks. */
 #pragma once
 
@@ -15,6 +16,7 @@
 #include <openssl/ssl.h>
 
 #include "buf.h"
+#include "smtps.h"
 
 /* Named limits on what a client controls. */
 #define SINK_MAX_LINE 16384          /* command or AUTH response line */
@@ -25,17 +27,19 @@
 #define SINK_MAX_ADDR 512            /* envelope address kept for records */
 #define SINK_ENDLESS_BYTES (64ull * 1024 * 1024) /* hostile endless-line cap */
 #define SINK_CONTINUATIONS 10000     /* hostile continuation lines */
-#define SINK_BDAT_DIGITS 18          /* BDAT chunk size: at most 18 digits (< 10^18), 501 above */
 
 /* Commands and stages; used to index latency, failure and hostile tables.
  * CMD_CONNECT is the greeting, CMD_DOT the end of DATA and the reply to
  * BDAT LAST, CMD_BDAT the reply to a BDAT chunk that is not the last. */
 enum sink_cmd {
-  CMD_CONNECT, CMD_EHLO, CMD_HELO, CMD_STARTTLS, CMD_AUTH, CMD_MAIL, CMD_RCPT,
-  CMD_DATA, CMD_DOT, CMD_BDAT, CMD_RSET, CMD_NOOP, CMD_QUIT, CMD_VRFY, CMD_OTHER,
-  CMD__COUNT
+  CMD_CONNECT = SMTPS_CMD_CONNECT, CMD_EHLO = SMTPS_CMD_EHLO, CMD_HELO = SMTPS_CMD_HELO,
+  CMD_STARTTLS = SMTPS_CMD_STARTTLS, CMD_AUTH = SMTPS_CMD_AUTH, CMD_MAIL = SMTPS_CMD_MAIL,
+  CMD_RCPT = SMTPS_CMD_RCPT, CMD_DATA = SMTPS_CMD_DATA, CMD_DOT = SMTPS_CMD_DOT,
+  CMD_BDAT = SMTPS_CMD_BDAT, CMD_RSET = SMTPS_CMD_RSET, CMD_NOOP = SMTPS_CMD_NOOP,
+  CMD_QUIT = SMTPS_CMD_QUIT, CMD_VRFY = SMTPS_CMD_VRFY, CMD_OTHER = SMTPS_CMD_OTHER,
+  CMD__COUNT = SMTPS_CMD_COUNT
 };
-extern const char *const sink_cmd_names[CMD__COUNT];
+#define sink_cmd_names smtps_cmd_names
 /* Map a name (case-insensitive, e.g. "rcpt", "dot", "connect") to a command; -1 if unknown. */
 int sink_cmd_lookup(const char *name);
 
@@ -47,7 +51,7 @@ enum sink_hostile {
 };
 extern const char *const sink_hostile_names[HOSTILE__COUNT];
 
-enum { AUTH_PLAIN = 1, AUTH_LOGIN = 2, AUTH_XOAUTH2 = 4 };
+enum { AUTH_PLAIN = SMTPS_AUTH_PLAIN, AUTH_LOGIN = SMTPS_AUTH_LOGIN, AUTH_XOAUTH2 = SMTPS_AUTH_XOAUTH2 };
 
 struct sink_user {
   char *name;
@@ -108,36 +112,31 @@ struct sink_stats {
 
 enum conn_state {
   ST_GREETING, /* before the greeting (delay, TLS handshake on implicit TLS) */
-  ST_CMD,      /* reading commands */
-  ST_DATA,     /* reading the message body */
-  ST_BDAT,     /* reading the octets of a BDAT chunk (chunk_left) */
-  ST_AUTH,     /* reading an AUTH continuation line */
+  ST_CMD,      /* the session runs (the core has the protocol state) */
   ST_QUIT,     /* after QUIT, 421 or a fatal error: input ignored */
 };
 
 /* One client connection. Idle connections hold no large buffers: `in`
- * is used only for a partial line or while paused, `msg` only with
+ * is used only while a reply is held (a delay), `msg` only with
  * --save-dir, the TLS objects only after STARTTLS or on a TLS listener. */
 struct sink_conn {
   uint32_t slot, gen;
   int fd;
   uint32_t inflight;          /* ring operations not yet completed */
-  uint8_t state, body_state, auth_step, auth_mech;
+  uint8_t state;
   unsigned recv_armed : 1, send_inflight : 1, closing : 1, close_after_send : 1,
       reset_on_close : 1, paused : 1, delay_done : 1, tls_active : 1, tls_listener : 1,
-      discard_line : 1, has_mail : 1, too_big : 1, helo_seen : 1, esmtp : 1,
-      rejected : 1, body_seen : 1, dead : 1, rearm_pending : 1,
+      rejected : 1, dead : 1, rearm_pending : 1,
+      ev_held : 1,               /* ev is a reply held by a delay (sink_smtp.c) */
       tls_garbage : 1,           /* --hostile tls-garbage: answer the next input with it */
       recv_stopping : 1;         /* recv cancelled while a delay holds SINK_PAUSED_INBUF */
   uint8_t bytewise;           /* 0, HOSTILE_SPLIT or HOSTILE_DRIP */
-  uint8_t bdat;               /* BDAT transaction: 0 none, open, failed (sink_smtp.c) */
-  uint8_t chunk_err;          /* the reply the chunk being read gets (sink_smtp.c) */
-  uint8_t chunk_last;         /* the chunk being read is BDAT ... LAST */
-  uint32_t nrcpt;
-  uint64_t msg_bytes;
-  uint64_t chunk_size, chunk_left; /* BDAT chunk being read: its size, octets still to come */
+  uint32_t nrcpt;             /* recipients accepted in the open transaction */
+  uint64_t msg_bytes;         /* size of the message being recorded */
   uint64_t endless_left;      /* hostile endless-line bytes still to send */
-  struct buf in;              /* unprocessed input (partial line / paused) */
+  struct smtps *sm;           /* the protocol (src/smtp/smtps.c) */
+  struct smtps_event ev;      /* the reply being decided (held during a delay) */
+  struct buf in;              /* input the core could not take yet (reply held) */
   struct buf wire;            /* bytes ready to send (plain or TLS records) */
   struct buf sending;         /* bytes handed to the kernel (immutable while in flight) */
   struct buf pt;              /* plaintext replies waiting for SSL_write */
@@ -204,6 +203,8 @@ void sink_smtp_feed(struct sink_conn *c, const uint8_t *p, size_t n);
 void sink_smtp_resume(struct sink_conn *c);
 /* Reset per-session state after a TLS handshake (RFC 3207: forget EHLO). */
 void sink_smtp_tls_ready(struct sink_conn *c);
+/* Free the connection's protocol state (its core). */
+void sink_smtp_done(struct sink_conn *c);
 /* --hostile tls-garbage: answer the client's first handshake bytes (after
  * the 220 to STARTTLS, or on an implicit-TLS listener) with bytes that are
  * not TLS, then close. */

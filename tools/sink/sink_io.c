@@ -316,6 +316,7 @@ static void conn_free(struct sink_conn *c)
     g_sink.st.concurrent--;
   if (c->ssl)
     SSL_free(c->ssl); /* frees both BIOs */
+  sink_smtp_done(c);
   buf_done(&c->in, 0);
   buf_done(&c->wire, 0);
   buf_done(&c->sending, 0);

@@ -199,7 +199,7 @@ static void read_events(struct spool *sp)
 /* Wait for something to claim; true when names are pending. */
 static bool wait_work(struct spool *sp, int timeout_ms)
 {
-  if (sp->inames < sp->nnames)
+  if (sp->inames < sp->nnames || atomic_load(&sp->nsub))
     return true;
   if (sp->nnames > 0) { /* a listing ran out: files that came meanwhile are next */
     names_clear(sp);
@@ -218,6 +218,8 @@ static bool wait_work(struct spool *sp, int timeout_ms)
       if (pfd[1].revents)
         drain_fd(sp->wake_fd);
     }
+    if (atomic_load(&sp->nsub))
+      return true;
     uint64_t now = clock_mono_ns();
     if (atomic_exchange(&sp->kick, 0) || now >= sp->next_rescan_ns)
       sp->scan_due = true;
@@ -237,13 +239,6 @@ static bool wait_work(struct spool *sp, int timeout_ms)
 }
 
 
-static int sync_fd_counted(struct spool *sp, int fd)
-{
-  if (fd < 0)
-    return 0;
-  return sync_timed(sp, fd, 0);
-}
-#define sync_fd(fd) sync_fd_counted(sp, (fd))
 
 int syncfs_counted(struct spool *sp)
 {
@@ -260,35 +255,6 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *out)
   out->ring_reads = atomic_load_explicit(&sp->st_ring_reads, memory_order_relaxed);
   out->ctx_loads = atomic_load_explicit(&sp->st_ctx_loads, memory_order_relaxed);
   histo_read(&sp->st_sync_lat, &out->sync_latency);
-}
-
-/* Make the batch durable. */
-static int sync_batch(struct spool *sp, struct claimed *c, size_t n, const bool *touched)
-{
-  if (sp->p.sync == SPOOL_SYNC_NONE || n == 0)
-    return 0;
-  if (sp->p.sync_method != SPOOL_SYNCM_FSYNC)
-    return syncfs_counted(sp);
-  int r = 0;
-  for (size_t i = 0; i < n && r == 0; i++) {
-    if ((r = sync_fd(c[i].body_fd)) == 0)
-      r = sync_fd(c[i].meta_fd);
-  }
-  for (int b = 0; b < NBUCKETS && r == 0; b++)
-    if (touched[b])
-      r = sync_fd(sp->bucket_fd[b]);
-  if (r == 0)
-    r = sync_fd(sp->pickup_fd);
-  return r;
-}
-
-void claimed_close(struct claimed *c)
-{
-  if (c->body_fd >= 0)
-    close(c->body_fd);
-  if (c->meta_fd >= 0)
-    close(c->meta_fd);
-  c->body_fd = c->meta_fd = -1;
 }
 
 /* Read the whole file at fd into sp->rbuf. Returns 0, -EINVAL when it is
@@ -372,18 +338,6 @@ static struct spool_msg *msg_from_env(struct spool *sp, struct msg_envelope *env
   return m;
 }
 
-/* Write the scrubbed envelope bytes back over the claimed file. Best
- * effort: a file the engine may not write (another owner, after the
- * drop to User) keeps its text; see docs/security.md. */
-static void scrub_file(int dfd, const char *qname, const void *p, size_t n, size_t off)
-{
-  int fd = openat(dfd, qname, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0)
-    return;
-  (void)!pwrite(fd, p, n, (off_t)off);
-  close(fd);
-}
-
 /* The one ingest path's checks, whatever the layout: parse the file read
  * into data[0, len), build the message, scrub x-context secrets from the
  * buffer ([*lo, *hi) is what changed), run the ingest hook (fd: the open
@@ -402,14 +356,17 @@ static int take_checked(struct spool *sp, int dfd, const char *qname, const char
   if (msg_parse((const char *)data, len, &env, why, sizeof(why)) < 0 ||
       !(m = msg_from_env(sp, &env, id, node, bucket, why, sizeof(why)))) {
     msg_envelope_done(&env);
-    to_bad(sp, dfd, qname, orig, why, idstr);
+    if (qname)
+      to_bad(sp, dfd, qname, orig, why, idstr);
+    else /* a submission: its sender is told (spool_submit) */
+      snprintf(sp->sub_why, sizeof(sp->sub_why), "%s", why);
     return 1;
   }
   (void)msg_scrub_secrets((char *)(uintptr_t)data, env.body_off, ctx_key_is_secret, lo, hi);
   if (env.ndup && sp->p.on_note) {
     snprintf(why, sizeof(why), "%s: removed %" PRIu32 " duplicate x-receiver lines (%" PRIu32
              " recipients left)", idstr, env.ndup, env.nrcpt);
-    sp->p.on_note(sp->p.arg, orig, why);
+    sp->p.on_note(sp->p.arg, orig ? orig : "(smtp)", why);
   }
   msg_envelope_done(&env);
   if (sp->p.on_ingest) {
@@ -422,113 +379,16 @@ static int take_checked(struct spool *sp, int dfd, const char *qname, const char
     in_hook.msg = NULL;
     if (hr < 0) {
       spool_msg_free(m);
-      to_bad(sp, dfd, qname, orig, why[0] ? why : "rejected by the ingest hook", idstr);
+      if (qname)
+        to_bad(sp, dfd, qname, orig, why[0] ? why : "rejected by the ingest hook", idstr);
+      else
+        snprintf(sp->sub_why, sizeof(sp->sub_why), "%s", why[0] ? why : "rejected by the ingest hook");
       return 1;
     }
   }
   *out = m;
   return 0;
 }
-
-/* The per-message-file layout (no_journal, and a claimed file found
- * without metadata at recovery): parse the claimed file (bucket dir dfd, name qname) and write its
- * metadata. Returns 0 with *out set; 1 when it was rejected to bad/
- * (reported); or -errno (disk trouble: nothing half-written is left, and
- * the file is still at qname). */
-int claim_file(struct spool *sp, int dfd, const char *qname, const char *orig,
-                       uint64_t id, uint16_t node, uint8_t bucket, struct claimed *out)
-{
-  char why[512];
-  char idstr[SPOOL_ID_LEN + 1];
-  id_format(id, node, idstr);
-  out->msg = NULL;
-  out->body_fd = out->meta_fd = -1;
-  int fd = openat(dfd, qname, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) {
-    if (errno == ENOENT) {
-      snprintf(why, sizeof(why), "file vanished while being claimed");
-      write_why(sp, orig, why, idstr);
-      report_bad(sp, orig, why);
-      return 1;
-    }
-    snprintf(why, sizeof(why), "cannot open claimed file: %s", strerror(errno));
-    to_bad(sp, dfd, qname, orig, why, idstr);
-    return 1;
-  }
-  struct stat st;
-  int r = read_file(sp, fd, &st, why, sizeof(why));
-  if (r == -EFBIG || r == -EAGAIN || r == -EINVAL) {
-    close(fd);
-    to_bad(sp, dfd, qname, orig, why, idstr);
-    return 1;
-  }
-  if (r < 0) {
-    close(fd);
-    snprintf(why, sizeof(why), "read error: %s", strerror(-r));
-    to_bad(sp, dfd, qname, orig, why, idstr);
-    return 1;
-  }
-  struct spool_msg *m;
-  size_t lo, hi;
-  if (take_checked(sp, dfd, qname, orig, idstr, id, node, bucket, sp->rbuf.data, sp->rbuf.len, fd,
-                   &m, &lo, &hi) != 0) {
-    close(fd);
-    return 1;
-  }
-  /* A password given as x-context lives on in memory only (the metadata
-   * never holds it): overwrite it in the queue file too. */
-  if (hi > lo)
-    scrub_file(dfd, qname, sp->rbuf.data + lo, hi - lo, lo);
-  meta_build(sp, &sp->mbuf, m);
-  char mname[SPOOL_ID_LEN + 3];
-  snprintf(mname, sizeof(mname), "%s.m", idstr);
-  int mfd = openat(dfd, mname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (mfd < 0) {
-    r = -errno;
-  } else {
-    r = write_all(mfd, sp->mbuf.data, sp->mbuf.len, 0);
-    if (r == 0 && sp->p.sync == SPOOL_SYNC_ALWAYS) {
-      if ((r = sync_fd(mfd)) == 0 && (r = sync_fd(fd)) == 0 && (r = sync_fd(dfd)) == 0)
-        r = sync_fd(sp->pickup_fd);
-    }
-  }
-  if (r < 0) {
-    if (mfd >= 0) {
-      close(mfd);
-      unlinkat(dfd, mname, 0);
-    }
-    close(fd);
-    spool_msg_free(m);
-    return r;
-  }
-  /* Queue files are 0600 whatever mode the producer used (after the
-   * metadata: a file put back into pickup/ on error stays untouched). */
-  if ((st.st_mode & 07777) != 0600)
-    (void)fchmod(fd, 0600);
-  if (sp->p.sync == SPOOL_SYNC_BATCH && sp->p.sync_method == SPOOL_SYNCM_FSYNC) {
-    out->body_fd = fd;
-    out->meta_fd = mfd;
-  } else {
-    close(fd);
-    close(mfd);
-  }
-  out->msg = m;
-  return 0;
-}
-
-static void deliver_batch(struct spool *sp, struct claimed *c, size_t n)
-{
-  atomic_fetch_add_explicit(&sp->st_ingested, n, memory_order_relaxed);
-  atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
-  for (size_t i = 0; i < n; i++) {
-    claimed_close(&c[i]);
-    sp->p.on_msg(sp->p.arg, c[i].msg);
-    c[i].msg = NULL;
-  }
-  if (sp->p.on_batch_end)
-    sp->p.on_batch_end(sp->p.arg);
-}
-
 
 static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data, size_t len,
                          const struct pinfo *pi, int fd, bool stays, struct jtake *out);
@@ -606,7 +466,7 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
   put_u64(b, pi->ino);
   put_u64(b, pi->size);
   put_u64(b, pi->stamp);
-  put_str(b, name);
+  put_str(b, name ? name : ""); /* "" for a submission */
   rec_end(b, r0);
   size_t body = b->len + sp->jrefbytes;
   if (stays && m->body_size >= JREF_MIN) {
@@ -724,6 +584,8 @@ static void jrn_forget_tomb(struct spool *sp, const struct jtake *t, const char 
  * took the name meanwhile is put back, never removed. */
 static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
 {
+  if (!t->name)
+    return; /* a submission: no pickup file */
   if (spool_test_keep_pickup && spool_test_keep_pickup(t->name))
     return; /* as if the process died here */
   char tomb[SPOOL_ID_LEN + 4];
@@ -800,8 +662,13 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
 {
   if (spool_test_before_forget)
     spool_test_before_forget();
+  size_t files = 0;
+  for (size_t i = 0; i < bt->n; i++)
+    files += bt->c[i].name != NULL;
+  if (files == 0)
+    return;
   iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false);
-  if (sp->iunlink && !spool_test_keep_pickup && bt->n <= sp->iunlink->cap) {
+  if (sp->iunlink && !spool_test_keep_pickup && bt->n <= sp->iunlink->cap && files == bt->n) {
     struct iobatch *ib = sp->iunlink;
     char **names = util_xmalloc(2 * bt->n * sizeof(*names)), **tombs = names + bt->n;
     char (*tb)[SPOOL_ID_LEN + 4] = util_xmalloc(bt->n * sizeof(*tb));
@@ -860,11 +727,13 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
 /* A batch that could not be made durable: its pickup files stay for the
  * next round, and what reached the segment is retired so it can never be
  * taken for mail. */
-static void jrn_batch_fail(struct spool *sp, struct jbatch *bt, bool put)
+static void jrn_batch_fail(struct spool *sp, struct jbatch *bt, bool put, int err)
 {
   struct buf done = {0};
   uint32_t *unpin = util_xmalloc(bt->n * sizeof(*unpin));
   for (size_t i = 0; i < bt->n; i++) {
+    if (bt->c[i].sub)
+      sub_finish(sp, bt->c[i].sub, err < 0 ? err : -EIO, NULL, NULL);
     rec_done(&done, bt->c[i].msg);
     unpin[i] = bt->seg;
     spool_msg_free(bt->c[i].msg);
@@ -893,7 +762,12 @@ static void jrn_batch_done(struct spool *sp, struct jbatch *bt)
   atomic_fetch_add_explicit(&sp->st_ingested, bt->n, memory_order_relaxed);
   atomic_fetch_add_explicit(&sp->st_batches, 1, memory_order_relaxed);
   for (size_t i = 0; i < bt->n; i++) {
+    char id[SPOOL_ID_LEN + 1];
+    if (bt->c[i].sub)
+      spool_msg_id_str(bt->c[i].msg, id); /* before the engine owns the message */
     sp->p.on_msg(sp->p.arg, bt->c[i].msg);
+    if (bt->c[i].sub)
+      sub_finish(sp, bt->c[i].sub, 0, id, NULL);
   }
   if (sp->p.on_batch_end)
     sp->p.on_batch_end(sp->p.arg);
@@ -992,11 +866,24 @@ static long ingest_journal(struct spool *sp)
   bt->c = util_xcalloc(max, sizeof(*bt->c));
   sp->jbuf.len = sp->jbuf.off = 0;
   sp->njrefs = sp->jrefbytes = 0;
-  /* Through the ring when no hook needs the open file. */
-  bool ring = !spool_test_after_stat;
-  if (ring)
-    iobatch_get(&sp->iread, &sp->iread_tried, sp->p.batch_max, true);
+  iobatch_get(&sp->iread, &sp->iread_tried, sp->p.batch_max, true);
   size_t used = 0; /* arena bytes holding this batch's files */
+  /* Submissions first (their senders wait for the reply): the same
+   * checks, records and group commit as pickup files. */
+  for (struct spool_sub *s = sub_take(sp, max), *next; s; s = next) {
+    next = s->next;
+    s->next = NULL;
+    struct pinfo pi = {0, 0, 0};
+    sp->sub_why[0] = 0;
+    if (bt->n < max && jrn_take_data(sp, NULL, s->data, s->len, &pi, -1, false, &bt->c[bt->n]) == 0) {
+      bt->c[bt->n].name = NULL;
+      bt->c[bt->n++].sub = s;
+      free(s->data); /* copied into the batch */
+      s->data = NULL;
+    } else {
+      sub_finish(sp, s, -EBADMSG, NULL, sp->sub_why[0] ? sp->sub_why : "rejected");
+    }
+  }
   while (bt->n < max && sp->inames < sp->nnames && batch_len(sp) < JRN_BATCH_BYTES) {
     size_t k = sp->nnames - sp->inames;
     if (k > max - bt->n)
@@ -1010,7 +897,7 @@ static long ingest_journal(struct spool *sp)
       k = RING_SUB;
     size_t slot = slot_for(sp->avg_file);
     struct iobatch *ib = sp->iread;
-    if (ring && ib && slot) {
+    if (ib && slot) {
       if (k > ib->cap)
         k = ib->cap;
       if (used + k * slot > ib->bufcap) {
@@ -1068,7 +955,7 @@ static long ingest_journal(struct spool *sp)
   if (r == 0)
     r = jrn_sync(sp, bt->seg);
   if (r < 0) {
-    jrn_batch_fail(sp, bt, put);
+    jrn_batch_fail(sp, bt, put, r);
     names_clear(sp);
     sp->scan_due = true;
     atomic_store(&sp->last_err, r);
@@ -1099,7 +986,7 @@ static void *commit_thread(void *arg)
       for (struct jbatch *b = list, *next; b; b = next) {
         next = b->next;
         nb++;
-        jrn_batch_fail(sp, b, true);
+        jrn_batch_fail(sp, b, true, r);
       }
       atomic_store(&sp->commit_err, r);
     }
@@ -1150,89 +1037,14 @@ long spool_ingest(struct spool *sp, int timeout_ms)
 {
   if (!wait_work(sp, timeout_ms))
     return 0;
-  if (!sp->p.no_journal) {
-    int ce = atomic_exchange(&sp->commit_err, 0);
-    if (ce < 0) { /* the commit thread could not sync: those files stay in pickup/ */
-      wait_drained(sp);
-      names_clear(sp);
-      sp->scan_due = true;
-      return ce;
-    }
-    return ingest_journal(sp);
-  }
-  size_t max = sp->p.batch_max, n = 0;
-  struct claimed *c = util_xcalloc(max, sizeof(*c));
-  bool touched[NBUCKETS] = {0};
-  long err = 0;
-  while (n < max && sp->inames < sp->nnames) {
-    char *orig = sp->names[sp->inames].name;
-    uint8_t type = sp->names[sp->inames].type;
-    if (type != DT_REG && type != DT_UNKNOWN) { /* never claimed: a FIFO would block a read */
-      to_bad(sp, sp->pickup_fd, orig, orig, "not a regular file", NULL);
-      sp->inames++;
-      free(orig);
-      continue;
-    }
-    uint64_t id = next_id(sp);
-    uint8_t bucket = (uint8_t)(sp->seq++ >> BUCKET_SHIFT);
-    int dfd = sp->bucket_fd[bucket];
-    char idstr[SPOOL_ID_LEN + 1];
-    id_format(id, sp->p.node_id, idstr);
-    if (renameat(sp->pickup_fd, orig, dfd, idstr) < 0) {
-      int e = errno;
-      if (e == ENOENT) { /* removed by its producer: nothing to own */
-        write_why(sp, orig, "file vanished before it could be claimed", NULL);
-        report_bad(sp, orig, "file vanished before it could be claimed");
-        sp->inames++;
-        free(orig);
-        continue;
-      }
-      err = -e;
-      break; /* leave it in pickup/ (ENOSPC etc.) */
-    }
-    touched[bucket] = true;
-    int r = claim_file(sp, dfd, idstr, orig, id, sp->p.node_id, bucket, &c[n]);
-    if (r < 0) {
-      /* Put it back where the producer left it; then stop this round. */
-      /* If this rename fails too, the file stays claimed without
-       * metadata, and recovery parses it again: still in one place. */
-      (void)renameat(dfd, idstr, sp->pickup_fd, orig);
-      err = r;
-      break;
-    }
-    sp->inames++;
-    free(orig);
-    if (r == 0) {
-      if (sp->p.sync == SPOOL_SYNC_ALWAYS) {
-        deliver_batch(sp, &c[n], 1);
-      } else {
-        n++;
-      }
-    }
-  }
-  long done = (long)n;
-  if (n > 0) {
-    int r = sync_batch(sp, c, n, touched);
-    if (r < 0) {
-      /* Not durable: keep the messages queued for recovery, but do not
-       * report them yet; recovery at the next start finds them. */
-      for (size_t i = 0; i < n; i++) {
-        claimed_close(&c[i]);
-        spool_msg_free(c[i].msg);
-      }
-      free(c);
-      atomic_store(&sp->last_err, r);
-      return r;
-    }
-    deliver_batch(sp, c, n);
-  }
-  free(c);
-  if (err < 0) {
+  int ce = atomic_exchange(&sp->commit_err, 0);
+  if (ce < 0) { /* the commit thread could not sync: those files stay in pickup/ */
+    wait_drained(sp);
     names_clear(sp);
     sp->scan_due = true;
+    return ce;
   }
-  atomic_store(&sp->last_err, (int)err);
-  return err < 0 ? err : done;
+  return ingest_journal(sp);
 }
 
 void spool_kick(struct spool *sp)
@@ -1279,7 +1091,7 @@ int spool_start(struct spool *sp)
   if (sp->thread_running)
     return -EALREADY;
   atomic_store(&sp->stop, false);
-  if (!sp->p.no_journal && sp->p.sync == SPOOL_SYNC_BATCH) {
+  if (sp->p.sync == SPOOL_SYNC_BATCH) {
     sp->unlinkq.stop = false;
     int r = pthread_create(&sp->unlinker, NULL, unlink_thread, sp);
     if (r)

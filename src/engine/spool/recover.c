@@ -130,10 +130,9 @@ bad:
 }
 
 /* Recover one message of bucket b: body (may be missing) and meta.
- * Returns 1 when handed to on_msg, 2 when re-parsed (in *reparsed, to be
- * synced and handed over by the caller), 0 when not queued, or -errno. */
+ * Returns 1 when handed to on_msg, 0 when not queued, or -errno. */
 static long recover_one(struct spool *sp, int b, const char *id, bool have_body,
-                        bool have_meta, struct buf *mb, struct spool_msg **reparsed)
+                        bool have_meta, struct buf *mb)
 {
   int dfd = sp->bucket_fd[b];
   char mname[SPOOL_ID_LEN + 8], why[512];
@@ -193,18 +192,16 @@ static long recover_one(struct spool *sp, int b, const char *id, bool have_body,
     return 0;
   }
   if (!m) {
-    /* Claimed before a crash, metadata never (fully) written: parse again. */
-    struct claimed c;
-    if (have_meta)
-      unlinkat(dfd, mname, 0);
-    int r = claim_file(sp, dfd, id, id, idv, node, (uint8_t)b, &c);
-    if (r < 0)
-      return r;
-    if (r > 0)
-      return 0;
-    claimed_close(&c);
-    *reparsed = c.msg;
-    return 2;
+    /* A queue file whose metadata is missing or cut before its first
+     * record: not a spill (the journal would still hold its entry, see
+     * above), so nothing says what it is. Kept in bad/, never deleted. */
+    if (have_meta) {
+      char dst[SPOOL_NAME_MAX + 1];
+      bad_name(sp, mname, id, dst, sizeof(dst));
+      renameat(dfd, mname, sp->bad_fd, dst);
+    }
+    to_bad(sp, dfd, id, id, "queued message without usable metadata", id);
+    return 0;
   }
   if (m->npending == 0) {
     unlinkat(dfd, id, 0);
@@ -623,17 +620,15 @@ long spool_recover(struct spool *sp)
 {
   struct jmap jm = {0};
   long count = 0;
-  if (!sp->p.no_journal) {
-    int r = jrn_recover_scan(sp, &jm);
-    if (r < 0) {
-      jmap_free(&jm);
-      return r;
-    }
-    sp->jrecov = &jm;
+  int r = jrn_recover_scan(sp, &jm);
+  if (r < 0) {
+    jmap_free(&jm);
+    return r;
   }
+  sp->jrecov = &jm;
   count = spool_recover_files(sp);
   sp->jrecov = NULL;
-  if (count >= 0 && !sp->p.no_journal) {
+  if (count >= 0) {
     recover_tombs(sp, &jm);
     long n = jrn_recover_finish(sp, &jm);
     count = n < 0 ? n : count + n;
@@ -651,8 +646,6 @@ long spool_recover_files(struct spool *sp)
   struct buf mb = {0};
   char **names = NULL;
   size_t cap = 0;
-  struct spool_msg **rep = NULL;
-  size_t nrep = 0, caprep = 0;
   for (int b = 0; b < NBUCKETS; b++) {
     int fd = dup(sp->bucket_fd[b]);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
@@ -697,27 +690,16 @@ long spool_recover_files(struct spool *sp)
         }
       }
       if (err == 0) {
-        struct spool_msg *m = NULL;
-        long r = recover_one(sp, b, id, body, meta, &mb, &m);
-        if (r < 0) {
+        long r = recover_one(sp, b, id, body, meta, &mb);
+        if (r < 0)
           err = r;
-        } else if (r == 2) {
-          if (nrep == caprep) {
-            caprep = caprep ? caprep * 2 : 16;
-            rep = util_xrealloc(rep, caprep * sizeof(*rep));
-          }
-          rep[nrep++] = m;
-        } else {
+        else
           count += r;
-        }
       }
     }
     for (size_t i = 0; i < n; i++)
       free(names[i]);
     if (err < 0) {
-      for (size_t i = 0; i < nrep; i++)
-        spool_msg_free(rep[i]);
-      free(rep);
       free(names);
       buf_done(&mb, 0);
       return err;
@@ -725,23 +707,6 @@ long spool_recover_files(struct spool *sp)
   }
   free(names);
   buf_done(&mb, 0);
-  /* Messages claimed before a crash and parsed again: one sync, then hand over. */
-  long err = 0;
-  if (nrep > 0 && sp->p.sync != SPOOL_SYNC_NONE)
-    err = syncfs_counted(sp);
-  for (size_t i = 0; i < nrep; i++) {
-    if (err < 0) {
-      spool_msg_free(rep[i]);
-      continue;
-    }
-    spool_drop_ctx(sp, rep[i]);
-    atomic_fetch_add_explicit(&sp->st_recovered, 1, memory_order_relaxed);
-    sp->p.on_msg(sp->p.arg, rep[i]);
-    count++;
-  }
-  free(rep);
-  if (err < 0)
-    return err;
   /* Start new buckets where the clock is; ids continue above the newest. */
   sp->seq = 0;
   return count;

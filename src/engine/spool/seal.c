@@ -5,7 +5,8 @@
  * data), so it survives a restart and can never be read back as another
  * message's. The key is 32 random bytes in a file outside the spool
  * (Spool_Secret_Key_File), created 0600 when missing and refused when
- * group or others may read it or another user owns it; queue/seal.check
+ * group or others may read it, or another user owns it (unless the engine
+ * starts as root); <spoolbase>/seal.check
  * holds a sealed known text, so a missing or different key is a clear
  * start-up error instead of secrets that silently fail to open.
  *
@@ -97,10 +98,10 @@ static int key_file(struct spool *sp, const char *path, bool *created, char *err
   *created = false;
   int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0 && errno == ENOENT) {
-    if (faccessat(sp->queue_fd, SEAL_CHECK_NAME, F_OK, 0) == 0) {
+    if (faccessat(sp->base_fd, SEAL_CHECK_NAME, F_OK, 0) == 0) {
       snprintf(err, errlen,
                "secret key file %s is missing, but this spool holds secrets sealed with a key "
-               "(queue/" SEAL_CHECK_NAME "): restore the key file, or remove queue/" SEAL_CHECK_NAME
+               "(" SEAL_CHECK_NAME "): restore the key file, or remove " SEAL_CHECK_NAME
                " to start a new key (the queued messages' secrets are then lost)",
                path);
       return -ENOKEY;
@@ -143,7 +144,10 @@ static int key_file(struct spool *sp, const char *path, bool *created, char *err
     r = -EPERM;
     snprintf(err, errlen, "secret key file %s may be read by others (mode %04o): chmod 600 it",
              path, (unsigned)(st.st_mode & 07777));
-  } else if (st.st_uid != geteuid()) {
+  } else if (st.st_uid != geteuid() && geteuid() != 0) {
+    /* (root starts the engine and hands the spool's surroundings to User,
+     * which may include this file: any owner then, as long as only it may
+     * read the file) */
     r = -EPERM;
     snprintf(err, errlen, "secret key file %s belongs to uid %u, not to the engine's uid %u",
              path, (unsigned)st.st_uid, (unsigned)geteuid());
@@ -163,7 +167,7 @@ int seal_load(struct spool *sp, const char *path, char *err, size_t errlen)
   if (r < 0)
     return r;
   struct buf b = {0};
-  int fd = openat(sp->queue_fd, SEAL_CHECK_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  int fd = openat(sp->base_fd, SEAL_CHECK_NAME, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd >= 0) {
     uint8_t blob[256];
     ssize_t n = pread(fd, blob, sizeof blob, 0);
@@ -174,31 +178,31 @@ int seal_load(struct spool *sp, const char *path, char *err, size_t errlen)
     if (r < 0)
       snprintf(err, errlen,
                "secret key file %s is not the key this spool's secrets were sealed with "
-               "(queue/" SEAL_CHECK_NAME " does not open with it)",
+               "(" SEAL_CHECK_NAME " does not open with it)",
                path);
   } else if (errno == ENOENT) {
     r = gcm_seal(sp->seal_key, NULL, 0, (const uint8_t *)SEAL_CHECK_TEXT, strlen(SEAL_CHECK_TEXT),
                  &b);
-    fd = r < 0 ? -1 : openat(sp->queue_fd, SEAL_CHECK_NAME ".tmp",
+    fd = r < 0 ? -1 : openat(sp->base_fd, SEAL_CHECK_NAME ".tmp",
                              O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd >= 0) {
       r = write_all(fd, b.data, b.len, 0);
       if (r == 0 && fsync(fd) < 0)
         r = -errno;
       close(fd);
-      if (r == 0 && renameat(sp->queue_fd, SEAL_CHECK_NAME ".tmp", sp->queue_fd,
+      if (r == 0 && renameat(sp->base_fd, SEAL_CHECK_NAME ".tmp", sp->base_fd,
                              SEAL_CHECK_NAME) < 0)
         r = -errno;
-      if (r == 0 && fsync(sp->queue_fd) < 0)
+      if (r == 0 && fsync(sp->base_fd) < 0)
         r = -errno;
     } else if (r == 0) {
       r = -errno;
     }
     if (r < 0)
-      snprintf(err, errlen, "cannot write queue/" SEAL_CHECK_NAME ": %s", strerror(-r));
+      snprintf(err, errlen, "cannot write " SEAL_CHECK_NAME ": %s", strerror(-r));
   } else {
     r = -errno;
-    snprintf(err, errlen, "cannot read queue/" SEAL_CHECK_NAME ": %s", strerror(-r));
+    snprintf(err, errlen, "cannot read " SEAL_CHECK_NAME ": %s", strerror(-r));
   }
   buf_done(&b, 0);
   (void)created;

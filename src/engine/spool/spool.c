@@ -199,6 +199,7 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
   sp->jfirst = sp->jnext = 1;
   pthread_mutex_init(&sp->jlock, NULL);
   pthread_mutex_init(&sp->qlock, NULL);
+  pthread_mutex_init(&sp->sublock, NULL);
   pthread_cond_init(&sp->syncq.cond, NULL);
   pthread_cond_init(&sp->qdrained, NULL);
   pthread_cond_init(&sp->unlinkq.cond, NULL);
@@ -299,6 +300,8 @@ void spool_close(struct spool *sp)
   iobatch_free(sp->iunlink);
   pthread_mutex_destroy(&sp->jlock);
   pthread_mutex_destroy(&sp->qlock);
+  sub_fail_all(sp, -ESHUTDOWN);
+  pthread_mutex_destroy(&sp->sublock);
   pthread_cond_destroy(&sp->syncq.cond);
   pthread_cond_destroy(&sp->qdrained);
   pthread_cond_destroy(&sp->unlinkq.cond);

@@ -187,6 +187,13 @@ struct spool {
   struct iovec *jiov;
   size_t capjiov;
   uint64_t avg_file; /* ingest thread: the last batch's bytes per file */
+  /* In-memory submissions (submit.c): any thread appends under sublock;
+   * the ingest thread takes them into its batches. */
+  pthread_mutex_t sublock;
+  struct spool_sub *sub_head, *sub_tail;
+  _Atomic size_t nsub;     /* queued, not yet taken */
+  _Atomic size_t sub_live; /* accepted, not yet reported */
+  char sub_why[256];       /* ingest thread: why the last submission was rejected */
   uint8_t *seal_key; /* 32 bytes (secmem), or NULL: secrets are not persisted */
   /* Names that arrived by rename (IN_MOVED_TO) since they were last
    * listed: complete by the pickup convention. Any other name is checked
@@ -197,6 +204,21 @@ struct spool {
   bool busy; /* the last listing left a file that is still being written */
 };
 #define MOVED_CAP 16384u /* named limit: beyond it, names take the checked path */
+
+/* One submission (submit.c). */
+struct spool_sub {
+  struct spool_sub *next;
+  uint8_t *data;
+  size_t len;
+  spool_submit_cb done;
+  void *arg;
+};
+/* Take up to max queued submissions (ingest thread); NULL when none. */
+struct spool_sub *sub_take(struct spool *sp, size_t max);
+/* Report a submission's outcome and free it. */
+void sub_finish(struct spool *sp, struct spool_sub *s, int result, const char *id, const char *why);
+/* Fail every queued submission (stop, or a layout without the journal). */
+void sub_fail_all(struct spool *sp, int result);
 
 /* The message in the ingest hook (on_ingest) of the calling thread: its
  * pickup file, open (or -1) and in memory. Thread-local: only the thread
@@ -248,16 +270,12 @@ struct iobatch {
   struct statx *stx; /* cap (what a rename took) */
 };
 
-/* A claimed message of the current batch. */
-struct claimed {
-  struct spool_msg *msg;
-  int body_fd, meta_fd; /* kept for fsync (method fsync) or -1 */
-};
 
 /* A message of the current journal batch. */
 struct jtake {
   struct spool_msg *msg;
-  char *name; /* its pickup file, removed once the batch is durable */
+  char *name; /* its pickup file, removed once the batch is durable; NULL: submitted */
+  struct spool_sub *sub; /* a submission (spool_submit), told once durable */
   uint64_t ino, size, stamp; /* what was read there (struct pinfo) */
   size_t at;  /* where its records start in sp->jbuf */
 };
@@ -385,11 +403,8 @@ static inline const char *get_str(struct rd *r, uint32_t *n)
 static inline bool is_disk_full(int err) { return err == -ENOSPC || err == -EDQUOT; }
 static inline void free_const(const char *p) { free((void *)(uintptr_t)p); }
 
-int claim_file(struct spool *sp, int dfd, const char *qname, const char *orig,
-                       uint64_t id, uint16_t node, uint8_t bucket, struct claimed *out); /* ingest.c */
 int scan_pickup(struct spool *sp); /* ingest.c */
 int syncfs_counted(struct spool *sp); /* ingest.c */
-void claimed_close(struct claimed *c); /* ingest.c */
 void wait_drained(struct spool *sp); /* ingest.c */
 int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsigned n,
                         int oflags, uint8_t *at, size_t slot, bool stat); /* iobatch.c */
@@ -441,7 +456,7 @@ const uint8_t *hot_keep(const uint8_t *p, uint64_t n); /* records.c */
 static inline void jseg_name(uint32_t seg, char out[16]) { snprintf(out, 16, "%08x", seg); }
 
 /* seal.c: secret context values at rest. seal_load reads (or creates) the
- * key file and checks it against queue/seal.check: 0 or -errno with err.
+ * key file and checks it against <spoolbase>/seal.check: 0 or -errno with err.
  * seal_put appends "u32 len, sealed secrets" to an ATTR payload being
  * built when m has secret entries (nothing otherwise, or without a key).
  * seal_apply opens such a part into m's dictionaries (CTX_F_SECRET):

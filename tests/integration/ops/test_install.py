@@ -90,6 +90,7 @@ def main():
                 check("warning" not in r.stderr, "man %s: %s" % (m, r.stderr))
         unit = open(os.path.join(root, "lib/systemd/system/impetus.service")).read()
         for k in ("Type=notify", "ExecReload=", "LogsDirectory=impetus", "RuntimeDirectory=impetus",
+                  "StateDirectory=impetus",
                   "ReadWritePaths=/var/spool/impetus", "/usr/sbin/impetus -c /etc/impetus/impetus.conf"):
             check(k in unit, "unit lacks %s" % k)
         lr = open(os.path.join(root, "etc/logrotate.d/impetus")).read()

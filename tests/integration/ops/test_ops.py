@@ -369,7 +369,8 @@ def scenario_cli(imp, ctlbin, sinkbin, injectbin):
         with open(conf, "w") as f:
             f.write(text.replace("/var/spool/impetus", d + "/spool")
                     .replace("/var/log/impetus", d + "/log")
-                    .replace("/run/impetus/impetus.sock", d + "/spool/impetus.sock"))
+                    .replace("/run/impetus/impetus.sock", d + "/spool/impetus.sock")
+                    .replace("/var/lib/impetus", d + "/state"))
         errf = open(os.path.join(d, "stderr"), "w+")
         proc = subprocess.Popen([imp, "-c", conf], stdout=subprocess.DEVNULL, stderr=errf,
                                 stdin=subprocess.DEVNULL)

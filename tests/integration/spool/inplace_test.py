@@ -6,35 +6,13 @@ producer renames a complete file in), pauses 0-5 ms, writes the rest
 (ending in END) and closes. Every in-place message must come out of the
 spool whole: zero truncated deliveries, zero losses.
 usage: inplace_test.py SPOOL_DRIVER [N]"""
-import os, random, select, shutil, subprocess, sys, tempfile, time
+import os, random, sys, time
+from driverlib import Driver
 
-driver = sys.argv[1]
+drv = Driver(sys.argv[1], "impetus-inplace-")
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-top = tempfile.mkdtemp(prefix="impetus-inplace-")
-base = os.path.join(top, "spool")
-proc = None
+pickup, drain = drv.pickup, drv.drain
 try:
-    subprocess.run([driver, base, "--recover-only"], check=True, capture_output=True)
-    pickup = os.path.join(base, "pickup")
-    proc = subprocess.Popen([driver, base, "--thread", "--tokens"], stdout=subprocess.PIPE)
-    whole, cut, bad, partial = set(), set(), [], b""
-
-    def drain(timeout):
-        global partial
-        r, _, _ = select.select([proc.stdout], [], [], timeout)
-        if not r:
-            return
-        chunk = os.read(proc.stdout.fileno(), 65536)
-        partial += chunk
-        *lines, partial = partial.split(b"\n")
-        for line in lines:
-            t = line.decode(errors="replace")
-            if t.startswith("MSG ") and "tok=" in t:
-                tok = int(t.split("tok=")[1].split()[0])
-                (whole if "end=1" in t else cut).add(tok)
-            elif t.startswith("BAD "):
-                bad.append(t)
-
     rnd = random.Random(3)
     for i in range(n):
         head = ("x-sender: <s@example.com>\nx-receiver: <r@example.com>\n"
@@ -54,8 +32,15 @@ try:
         drain(0)
     want = {2 * i for i in range(n)}
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not want <= (whole | cut):
+    def whole():
+        return {t for t, ends in drv.msgs.items() if all(ends)}
+
+    def cut():
+        return {t for t, ends in drv.msgs.items() if not all(ends)}
+
+    while time.monotonic() < deadline and not want <= set(drv.msgs):
         drain(0.2)
+    whole, cut, bad = whole(), cut(), drv.bad
     cut_in = sorted(t for t in cut if t % 2 == 0)
     lost = sorted(want - whole - cut)
     print("in-place files delivered whole: %d of %d, truncated: %d, lost: %d; bad: %s"
@@ -65,7 +50,4 @@ try:
         sys.exit(1)
     print("ok: zero truncated deliveries in %d runs" % n)
 finally:
-    if proc:
-        proc.terminate()
-        proc.wait()
-    shutil.rmtree(top, ignore_errors=True)
+    drv.close()

@@ -5,36 +5,13 @@ wait 0-20 ms, rename file B onto the same name. The newer file B must
 always be ingested (A may legitimately be replaced before it is read).
 Zero losses: every B token comes out of the spool, and pickup/ ends empty.
 usage: reuse_test.py SPOOL_DRIVER [N]"""
-import os, random, select, shutil, subprocess, sys, tempfile, time
+import os, random, sys, time
+from driverlib import Driver
 
-driver = sys.argv[1]
+drv = Driver(sys.argv[1], "impetus-reuse-")
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-top = tempfile.mkdtemp(prefix="impetus-reuse-")
-base = os.path.join(top, "spool")
-proc = None
+pickup, drain = drv.pickup, drv.drain
 try:
-    subprocess.run([driver, base, "--recover-only"], check=True, capture_output=True)
-    pickup = os.path.join(base, "pickup")
-    proc = subprocess.Popen([driver, base, "--thread", "--tokens"], stdout=subprocess.PIPE)
-    seen, bad, partial = set(), [], b""
-
-    def drain(timeout):
-        global partial
-        r, _, _ = select.select([proc.stdout], [], [], timeout)
-        if not r:
-            return
-        chunk = os.read(proc.stdout.fileno(), 65536)
-        if not chunk:
-            return
-        partial += chunk
-        *lines, partial = partial.split(b"\n")
-        for line in lines:
-            t = line.decode(errors="replace")
-            if t.startswith("MSG ") and "tok=" in t:
-                seen.add(int(t.rsplit("tok=", 1)[1].split()[0]))
-            elif t.startswith("BAD "):
-                bad.append(t)
-
     def put(tmpname, tok):
         with open(os.path.join(pickup, tmpname), "w") as f:
             f.write("x-sender: <s@example.com>\nx-receiver: <r@example.com>\n"
@@ -52,8 +29,9 @@ try:
         drain(0)
     deadline = time.monotonic() + 120
     want = {2 * i + 1 for i in range(n)}
-    while time.monotonic() < deadline and not want <= seen:
+    while time.monotonic() < deadline and not want <= set(drv.msgs):
         drain(0.2)
+    seen, bad = set(drv.msgs), drv.bad
     lost = sorted(want - seen)
     left = [f for f in os.listdir(pickup)]
     a_in = len([t for t in seen if t % 2 == 0])
@@ -71,7 +49,4 @@ try:
         sys.exit(1)
     print("ok: zero losses in %d runs" % n)
 finally:
-    if proc:
-        proc.terminate()
-        proc.wait()
-    shutil.rmtree(top, ignore_errors=True)
+    drv.close()

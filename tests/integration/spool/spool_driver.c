@@ -98,8 +98,6 @@ int main(int argc, char **argv)
       thread = true;
     } else if (!strcmp(argv[i], "--tokens")) {
       tokens = true;
-    } else if (!strcmp(argv[i], "--no-journal")) {
-      p.no_journal = true;
     } else if (!strcmp(argv[i], "--recover-only")) {
       recover_only = true;
     } else if (!strcmp(argv[i], "--idle-exit") && i + 1 < argc) {

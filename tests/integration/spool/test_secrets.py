@@ -10,6 +10,10 @@ impetus delivers to python3-aiosmtpd requiring AUTH, which records every
   wrongkey the key file replaced between runs: the engine refuses to start
            with a clear error naming the key file; with the key restored
            it starts and delivers with the right passwords.
+  lostkey  the key replaced and seal.check removed (the documented way to
+           start a new key): the queued messages' sealed passwords do not
+           open; each fails transiently (451 4.7.0, a paniclog line), and
+           the server never sees a tenant with another password.
   bad      rejected pickup files (no x-receiver, an unparsable address)
            with an x-context password: bad/ holds them with the password
            overwritten (item 6).
@@ -190,6 +194,29 @@ def scenario_wrongkey(srv, e):
     srv.defer = False
     e.start()
     wait(lambda: len(e.records("D")) >= 2, 30, "2 D with the key restored")
+    only_own(srv)
+    check(e.stop() == 0, "stop")
+
+
+def scenario_lostkey(srv, e):
+    e.start()
+    tenants(e)
+    wait(lambda: len(e.records("T")) >= 2, 30, "a 451 for each message")
+    check(e.stop() == 0, "first stop")
+    with open(os.path.join(e.dir, "spool.key"), "wb") as f:
+        f.write(os.urandom(32))
+    os.unlink(os.path.join(e.spool, "seal.check"))
+    before = len(srv.offered)
+    srv.defer = False
+    e.start()
+    wait(lambda: e.read(e.paniclog).count("cannot be decrypted") >= 2
+         and "[internal] outbound_smtp_auth" in e.read(e.mainlog), 30,
+         "the sealed passwords fail to open and the messages are deferred")
+    time.sleep(1.5)  # a retry round (Retry_Interval = 1)
+    after = srv.offered[before:]
+    print("offered after the key was lost:", [u for u, _ in after])
+    check(not after, "no AUTH attempt with what was left of the credentials")
+    check(not e.records("D"), "nothing delivered under another identity")
     only_own(srv)
     check(e.stop() == 0, "stop")
 

@@ -1,0 +1,30 @@
+/* listener: Momentum's ESMTP_Listener, SMTP injection into the spool.
+ * Sessions run the server core (smtps); accepted messages go to the spool
+ * with spool_submit and are answered 250 only once the group commit that
+ * holds them is durable. One thread owns every socket and session; the
+ * spool's threads only hand completions back. See docs/listener.md. */
+#pragma once
+
+#include <stddef.h>
+
+struct conf;
+struct spool;
+struct logs;
+struct listener;
+
+/* Bind the sockets of every enabled Listen of the ESMTP_Listener stanza
+ * (call as root, before dropping privileges). NULL with err set on an
+ * unusable configuration or address; NULL with err[0] == 0 when the
+ * configuration has no listener. Keeps a reference to c. */
+struct listener *listener_open(struct conf *c, struct spool *sp, const char *hostname,
+                               struct logs *logs, char *err, size_t errlen);
+/* Start the thread; 0 or -errno. */
+int listener_start(struct listener *l);
+/* Stop accepting, end idle sessions with 421, let messages waiting for
+ * their commit get their reply (up to a deadline), close everything and
+ * join the thread. The spool must still be running. */
+void listener_stop(struct listener *l);
+/* Free; accepts NULL. */
+void listener_free(struct listener *l);
+/* Sessions now (for the console). */
+size_t listener_sessions(const struct listener *l);

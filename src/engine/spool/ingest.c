@@ -25,18 +25,27 @@ static bool name_ignored(const char *n)
 /* A file not renamed in must have no writer when it is taken. */
 #define QUIET_MS 2000u /* without a lease: unchanged for this long */
 
-static size_t moved_slot(const char *n)
+static size_t moved_slot(const struct spool *sp, const char *n)
 {
   uint64_t h = 1469598103934665603u;
   for (; *n; n++)
     h = (h ^ (unsigned char)*n) * 1099511628211u;
-  return (size_t)(h >> 20) & (MOVED_CAP - 1);
+  /* FNV-1a alone spreads names that differ in their last bytes (m0000001,
+   * m0000002...) over a few hundred slots: one long cluster, so each add
+   * and take walked thousands of slots. The 64-bit finalizer of
+   * MurmurHash3 mixes every bit into the low ones. */
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdu;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53u;
+  h ^= h >> 33;
+  return (size_t)h & (sp->movedcap - 1);
 }
 
 static void moved_clear(struct spool *sp)
 {
   if (sp->moved)
-    for (size_t i = 0; i < MOVED_CAP; i++) {
+    for (size_t i = 0; i < sp->movedcap; i++) {
       free(sp->moved[i]);
       sp->moved[i] = NULL;
     }
@@ -48,16 +57,41 @@ void moved_free(struct spool *sp)
   moved_clear(sp);
   free(sp->moved);
   sp->moved = NULL;
+  sp->movedcap = 0;
 }
 
+/* Put s (owned) into a free slot; the set has room. */
+static void moved_put(struct spool *sp, char *s)
+{
+  size_t k = moved_slot(sp, s);
+  while (sp->moved[k])
+    k = (k + 1) & (sp->movedcap - 1);
+  sp->moved[k] = s;
+}
+
+/* A burst of renames (tens of thousands of files renamed in before the
+ * engine lists them) is remembered whole: the set doubles when half full,
+ * up to MOVED_MAX slots; only beyond that are names checked. */
 static void moved_add(struct spool *sp, const char *name)
 {
-  if (sp->nmoved >= MOVED_CAP / 2)
-    return; /* full: the rest is checked */
-  if (!sp->moved)
-    sp->moved = util_xcalloc(MOVED_CAP, sizeof(*sp->moved));
-  size_t i = moved_slot(name);
-  for (; sp->moved[i]; i = (i + 1) & (MOVED_CAP - 1))
+  if (!sp->moved) {
+    sp->movedcap = MOVED_CAP;
+    sp->moved = util_xcalloc(sp->movedcap, sizeof(*sp->moved));
+  }
+  if (sp->nmoved >= sp->movedcap / 2) {
+    if (sp->movedcap >= MOVED_MAX)
+      return; /* full: the rest is checked */
+    char **old = sp->moved;
+    size_t oldcap = sp->movedcap;
+    sp->movedcap *= 2;
+    sp->moved = util_xcalloc(sp->movedcap, sizeof(*sp->moved));
+    for (size_t i = 0; i < oldcap; i++)
+      if (old[i])
+        moved_put(sp, old[i]);
+    free(old);
+  }
+  size_t i = moved_slot(sp, name);
+  for (; sp->moved[i]; i = (i + 1) & (sp->movedcap - 1))
     if (!strcmp(sp->moved[i], name))
       return;
   sp->moved[i] = util_xstrdup(name);
@@ -70,8 +104,9 @@ static bool moved_take(struct spool *sp, const char *name)
 {
   if (!sp->moved || sp->nmoved == 0)
     return false;
-  size_t i = moved_slot(name);
-  for (; sp->moved[i]; i = (i + 1) & (MOVED_CAP - 1))
+  size_t mask = sp->movedcap - 1;
+  size_t i = moved_slot(sp, name);
+  for (; sp->moved[i]; i = (i + 1) & mask)
     if (!strcmp(sp->moved[i], name))
       break;
   if (!sp->moved[i])
@@ -80,13 +115,10 @@ static bool moved_take(struct spool *sp, const char *name)
   sp->moved[i] = NULL;
   sp->nmoved--;
   /* re-insert the rest of the cluster (open addressing deletion) */
-  for (size_t j = (i + 1) & (MOVED_CAP - 1); sp->moved[j]; j = (j + 1) & (MOVED_CAP - 1)) {
+  for (size_t j = (i + 1) & mask; sp->moved[j]; j = (j + 1) & mask) {
     char *s = sp->moved[j];
     sp->moved[j] = NULL;
-    size_t k = moved_slot(s);
-    while (sp->moved[k])
-      k = (k + 1) & (MOVED_CAP - 1);
-    sp->moved[k] = s;
+    moved_put(sp, s);
   }
   return true;
 }
@@ -129,10 +161,48 @@ static int cmp_ino(const void *a, const void *b)
   return x < y ? -1 : x > y;
 }
 
+static void drain_fd(int fd)
+{
+  char b[4096];
+  while (fd >= 0 && read(fd, b, sizeof(b)) > 0) {
+  }
+}
+
+/* Read the inotify events: names renamed in are remembered (moved_add).
+ * True when one may bring a file to take (not for the engine's own
+ * ".c.<id>" tombs, which would otherwise ask for a listing per batch). */
+static bool read_events(struct spool *sp)
+{
+  char b[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
+  ssize_t n;
+  bool any = false;
+  while (sp->ino_fd >= 0 && (n = read(sp->ino_fd, b, sizeof(b))) > 0) {
+    for (char *p = b; p < b + n;) {
+      const struct inotify_event *ev = (const struct inotify_event *)(void *)p;
+      if (ev->mask & IN_Q_OVERFLOW) {
+        moved_clear(sp); /* events were lost: every name is checked */
+        any = true;
+      } else if (ev->len && !name_ignored(ev->name)) {
+        if (ev->mask & IN_MOVED_TO)
+          moved_add(sp, ev->name);
+        any = true;
+      }
+      p += sizeof(*ev) + ev->len;
+    }
+  }
+  return any;
+}
+
 /* List pickup/. A long listing is taken in inode order: on ext4 that is
  * close to the order of the inode table and of the data blocks, so a
  * backlog that is no longer in the page cache is read sequentially
- * rather than at random. */
+ * rather than at random.
+ * The inotify events are read after the listing, before any name of it is
+ * judged: a rename the listing shows has its IN_MOVED_TO queued already
+ * (the rename holds the directory lock until it is queued), so a name
+ * renamed in is never checked for want of its event, and no event is
+ * read after its file was listed (which would leave a stale name in the
+ * set, trusted for a later file written in place under that name). */
 int scan_pickup(struct spool *sp)
 {
   names_clear(sp);
@@ -152,12 +222,6 @@ int scan_pickup(struct spool *sp)
     /* every type is listed: what is not a regular file goes to bad/ */
     if (name_ignored(e->d_name))
       continue;
-    /* a file not renamed in is taken only once no one writes it */
-    if ((e->d_type == DT_REG || e->d_type == DT_UNKNOWN) && !moved_take(sp, e->d_name) &&
-        being_written(sp, e->d_name)) {
-      sp->busy = true; /* its IN_CLOSE_WRITE (or the rescan) brings it back */
-      continue;
-    }
     if (n == sp->capnames) {
       sp->capnames = sp->capnames ? sp->capnames * 2 : 256;
       sp->names = util_xrealloc(sp->names, sp->capnames * sizeof(*sp->names));
@@ -165,35 +229,26 @@ int scan_pickup(struct spool *sp)
     sp->names[n++] = (struct pname){util_xstrdup(e->d_name), (uint64_t)e->d_ino, e->d_type};
   }
   closedir(d);
+  if (read_events(sp))
+    sp->scan_due = true; /* files renamed in after the listing: list again */
+  size_t kept = 0;
+  for (size_t i = 0; i < n; i++) {
+    struct pname *pn = &sp->names[i];
+    /* a file not renamed in is taken only once no one writes it */
+    if ((pn->type == DT_REG || pn->type == DT_UNKNOWN) && !moved_take(sp, pn->name) &&
+        being_written(sp, pn->name)) {
+      sp->busy = true; /* its IN_CLOSE_WRITE (or the rescan) brings it back */
+      free(pn->name);
+      continue;
+    }
+    sp->names[kept++] = *pn;
+  }
+  n = kept;
   if (n > 1)
     qsort(sp->names, n, sizeof(*sp->names), cmp_ino);
   sp->nnames = n;
   sp->next_rescan_ns = clock_mono_ns() + (uint64_t)sp->p.rescan_ms * 1000000u;
   return 0;
-}
-
-static void drain_fd(int fd)
-{
-  char b[4096];
-  while (fd >= 0 && read(fd, b, sizeof(b)) > 0) {
-  }
-}
-
-/* Read the inotify events: names renamed in are remembered (moved_add). */
-static void read_events(struct spool *sp)
-{
-  char b[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
-  ssize_t n;
-  while ((n = read(sp->ino_fd, b, sizeof(b))) > 0) {
-    for (char *p = b; p < b + n;) {
-      const struct inotify_event *ev = (const struct inotify_event *)(void *)p;
-      if (ev->mask & IN_Q_OVERFLOW)
-        moved_clear(sp); /* events were lost: every name is checked */
-      else if ((ev->mask & IN_MOVED_TO) && ev->len && !name_ignored(ev->name))
-        moved_add(sp, ev->name);
-      p += sizeof(*ev) + ev->len;
-    }
-  }
 }
 
 /* Wait for something to claim; true when names are pending. */
@@ -211,10 +266,8 @@ static bool wait_work(struct spool *sp, int timeout_ms)
     struct pollfd pfd[2] = {{.fd = sp->ino_fd, .events = POLLIN},
                             {.fd = sp->wake_fd, .events = POLLIN}};
     if (poll(pfd, 2, ms) > 0) {
-      if (pfd[0].revents) {
-        read_events(sp);
+      if (pfd[0].revents && read_events(sp))
         sp->scan_due = true;
-      }
       if (pfd[1].revents)
         drain_fd(sp->wake_fd);
     }
@@ -233,6 +286,10 @@ static bool wait_work(struct spool *sp, int timeout_ms)
     }
     if (now >= deadline || atomic_load(&sp->stop))
       return false;
+    if (sp->scan_due) { /* files were renamed in during that listing */
+      ms = 0;
+      continue;
+    }
     uint64_t until = deadline < sp->next_rescan_ns ? deadline : sp->next_rescan_ns;
     ms = (int)((until - now + 999999u) / 1000000u);
   }
@@ -922,6 +979,11 @@ static long ingest_journal(struct spool *sp)
   sp->jbuf.len = sp->jbuf.off = 0;
   sp->njrefs = sp->jrefbytes = 0;
   iobatch_get(&sp->iread, &sp->iread_tried, sp->p.batch_max, true);
+  /* Keep the inotify queue short while a long listing is taken (a burst
+   * of renames, and the tombs' own events, would overflow it, and every
+   * name whose event was lost is then checked for a writer). */
+  if (read_events(sp))
+    sp->scan_due = true;
   size_t used = 0; /* arena bytes holding this batch's files */
   /* Submissions first (their senders wait for the reply): the same
    * checks, records and group commit as pickup files. */

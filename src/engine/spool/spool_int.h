@@ -204,11 +204,12 @@ struct spool {
    * listed: complete by the pickup convention. Any other name is checked
    * for a writer before it is taken (ingest.c, being_written). Ingest
    * thread only. */
-  char **moved;      /* open addressing, MOVED_CAP slots, NULL = empty */
-  size_t nmoved;
+  char **moved;      /* open addressing, movedcap slots, NULL = empty */
+  size_t nmoved, movedcap;
   bool busy; /* the last listing left a file that is still being written */
 };
-#define MOVED_CAP 16384u /* named limit: beyond it, names take the checked path */
+#define MOVED_CAP 16384u    /* slots at first; doubled when half full */
+#define MOVED_MAX (1u << 20) /* named limit (slots): beyond half of it, names take the checked path */
 
 /* One submission (submit.c). */
 struct spool_sub {

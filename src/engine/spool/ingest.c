@@ -180,7 +180,14 @@ static bool read_events(struct spool *sp)
     for (char *p = b; p < b + n;) {
       const struct inotify_event *ev = (const struct inotify_event *)(void *)p;
       if (ev->mask & IN_Q_OVERFLOW) {
-        moved_clear(sp); /* events were lost: every name is checked */
+        /* Events were lost: the names whose IN_MOVED_TO was lost are
+         * checked. The names already read stay: an overflow hides nothing
+         * that a full queue would have shown about them (a name renamed
+         * in, then removed and written in place, gives no watched event
+         * before its writer's close either). The overflow event comes
+         * after the 16,384 events the queue holds (the default
+         * max_queued_events): clearing the set here had every one of
+         * them probed. */
         any = true;
       } else if (ev->len && !name_ignored(ev->name)) {
         if (ev->mask & IN_MOVED_TO)

@@ -651,6 +651,26 @@ static bool tomb_is(struct spool *sp, const char *tomb, const struct jtake *t,
   return same;
 }
 
+/* Put the file at tomb back under name, never over another file. A hard
+ * link then an unlink, not a rename: a rename would queue an IN_MOVED_TO
+ * for name, and the file would pass for one renamed in (complete) and
+ * skip the lease check, though it may be one still being written in place.
+ * The link makes no watched event, so the file is judged like any file
+ * written in place. Where the link is refused (fs.protected_hardlinks and
+ * a file of another user), the rename. A crash between link and unlink
+ * leaves the file under both names: recovery requeues the tomb, a
+ * duplicate, never a loss. */
+static int tomb_put_back(struct spool *sp, const char *tomb, const char *name)
+{
+  if (linkat(sp->pickup_fd, tomb, sp->pickup_fd, name, 0) == 0) {
+    (void)unlinkat(sp->pickup_fd, tomb, 0);
+    return 0;
+  }
+  if (errno == EEXIST)
+    return -1;
+  return renameat2(sp->pickup_fd, tomb, sp->pickup_fd, name, RENAME_NOREPLACE);
+}
+
 /* A file taken away under tomb that is not t's (its name was reused while
  * t's file was being ingested): back under its name when that is free,
  * else under "requeued-<id>", so it is ingested like any other. */
@@ -658,10 +678,10 @@ static void tomb_restore(struct spool *sp, const char *tomb, const struct jtake 
 {
   char alt[64], why[SPOOL_NAME_MAX + 160];
   const char *now = t->name;
-  if (renameat2(sp->pickup_fd, tomb, sp->pickup_fd, t->name, RENAME_NOREPLACE) < 0) {
+  if (tomb_put_back(sp, tomb, t->name) < 0) {
     snprintf(alt, sizeof alt, "requeued-%s", tomb + 3);
     now = alt;
-    if (renameat(sp->pickup_fd, tomb, sp->pickup_fd, alt) < 0)
+    if (tomb_put_back(sp, tomb, alt) < 0)
       now = tomb; /* left as it is: recovery requeues it at the next start */
   }
   snprintf(why, sizeof why,

@@ -390,17 +390,22 @@ static void test_conn_failures_and_slots(void **state)
   assert_true(adaptive_conn_failed(a, "b", "d.test", 3, T0 + 2, &adj));
   assert_int_equal(adj.action, ADAPTIVE_ACT_CONNECT_DELAY);
   assert_int_equal(adj.value, 1);
-  /* each further failure doubles the spacing, without a new report (logged
-   * once when it starts, once when it ends) but seen by the queues */
-  uint64_t g = adaptive_gen(a);
-  assert_false(adaptive_conn_failed(a, "b", "d.test", 3, T0 + 3, &adj));
-  assert_true(adaptive_gen(a) != g);
+  /* a burst of connections already in flight failing at once: no doubling */
   struct adaptive_limits l;
-  adaptive_limits(a, "b", "d.test", NULL, T0 + 4, &l);
+  for (int i = 0; i < 5; i++)
+    assert_false(adaptive_conn_failed(a, "b", "d.test", 3, T0 + 3 + i, &adj));
+  adaptive_limits(a, "b", "d.test", NULL, T0 + 10, &l);
+  assert_int_equal(l.connect_delay_s, 1);
+  /* each further failure under the spacing doubles it, without a new report
+   * (logged once when it starts, once when it ends) but seen by the queues */
+  uint64_t g = adaptive_gen(a), t = T0 + 1002;
+  assert_false(adaptive_conn_failed(a, "b", "d.test", 3, t, &adj));
+  assert_true(adaptive_gen(a) != g);
+  adaptive_limits(a, "b", "d.test", NULL, t, &l);
   assert_int_equal(l.connect_delay_s, 2);
   for (int i = 0; i < 12; i++)
-    assert_false(adaptive_conn_failed(a, "b", "d.test", 3, T0 + 4, &adj));
-  adaptive_limits(a, "b", "d.test", NULL, T0 + 4, &l);
+    assert_false(adaptive_conn_failed(a, "b", "d.test", 3, t += 300000, &adj));
+  adaptive_limits(a, "b", "d.test", NULL, t, &l);
   assert_int_equal(l.connect_delay_s, 300); /* at most 5 minutes */
   assert_int_equal(adaptive_made_total(a, ADAPTIVE_ACT_CONNECT_DELAY), 1);
   adaptive_conn_ok(a, "b", "d.test");

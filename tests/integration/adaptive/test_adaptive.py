@@ -3,7 +3,7 @@ SMTP peer (adaptivelib.Peer) through MX records served by dnsmasq, and the
 receivers' replies change how it delivers, for a time, without bouncing or
 losing anything.
 
-usage: test_adaptive.py IMPETUS IMPETUS-CTL SCENARIO
+usage: test_adaptive.py IMPETUS IMPETUS-CTL SCENARIO [IMPETUS-SINK]
 scenarios:
   suspend     Gmail's multi-line 421-4.7.28 suspends the domain's queue for
               the rule's duration (console shows it; a reload keeps it), then
@@ -35,6 +35,9 @@ scenarios:
               once saved) until its own end, then everything is delivered
   bundled     Adaptive_Enabled = true alone: each bundled rule fires on its
               provider's documented reply from one of its MX hosts
+  sink        against impetus-sink's fault injection (IMPETUS-SINK): a "3/1m"
+              rule fires at the third 451, its throttle caps the rate (the
+              sink's --jsonl arrival times) while in force, then lifts
 """
 import json
 import os
@@ -42,11 +45,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
-from adaptivelib import (GMAIL_421, SKIP, Peer, check, delivered, engine_running,
+from adaptivelib import (GMAIL_421, SKIP, Engine, Peer, check, delivered, engine_running,
                          max_in_window, outcomes, report, start_dnsmasq)
-from testlib import wait_until
+from testlib import free_port, wait_until
 
 
 def dnsmasq_or_skip(records):
@@ -381,6 +385,76 @@ def scenario_provideradaptive(imp, ctlbin):
         outcomes(e, n + 1)
 
 
+def scenario_sink(imp, ctlbin, sinkbin=None):
+    """The count-within-period and throttle checks against impetus-sink's
+    own fault injection (--fail MAIL=451:1), the rate measured from the
+    sink's --jsonl arrival times: a "3/1m" rule on the sink's 451 fires at
+    the third, not before; its throttle (2/s for 4 s) caps the delivered
+    rate while in force and lifts at its end."""
+    import sinklib
+    if not sinkbin or not os.access(sinkbin, os.X_OK):
+        print("SKIP: impetus-sink not given")
+        sys.exit(SKIP)
+    port = free_port()
+    logdir = tempfile.mkdtemp(prefix="adaptive-sink.")
+    jsonl = os.path.join(logdir, "msgs.jsonl")
+    failing = sinklib.Sink(sinkbin, ["--fail", "MAIL=451:1"], extra_listen=["127.0.0.1:%d" % port])
+    sink = None
+    conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+            'Retry_Interval = 600\nMax_Retry_Interval = 600\nMax_Outbound_Connections = 1\n'
+            'Adaptive_Enabled = true\n'
+            'adaptive {\n  response_rule "sink-451" { code = 451 enhanced = "4.3.0" '
+            'pattern = "injected temporary failure for MAIL" trigger = "3/1m" '
+            'action = outbound_throttle_messages value = "2/1s" duration = "4s" }\n}\n' % port)
+    n = 30
+    e = Engine(imp, conf, "adaptive-sink")
+    try:
+        e.start()
+        for k in range(3):
+            e.inject("s@sender.test", ["u%d@sink.test" % k])
+            e.wait_for(lambda: len(t_records(e)) == k + 1, 20, "T record %d" % (k + 1))
+            fired = [l for l in adaptive_lines(e) if "rule sink-451" in l]
+            if k < 2:
+                check(not fired, "no adjustment after %d of the sink's 451s" % (k + 1))
+        e.wait_for(lambda: [l for l in adaptive_lines(e) if "rule sink-451" in l], 5,
+                   "the adjustment at the third 451")
+        check(len(adaptive_lines(e)) == 1 and "outbound_throttle_messages = 2/1" in
+              adaptive_lines(e)[0], "paniclog: %r" % adaptive_lines(e))
+        adj = ctl_json(ctlbin, e, "adaptive", "list").get("adjustments", [])
+        check(len(adj) == 1, "in force: %r" % adj)
+        until = adj[0]["until_ms"] / 1000.0 if adj else 0
+        # the sink stops failing: the same port, a sink that accepts
+        failing.stop()
+        failing.cleanup()
+        failing = None
+        sink = sinklib.Sink(sinkbin, ["--jsonl", jsonl], extra_listen=["127.0.0.1:%d" % port])
+        rc, out = ctl(ctlbin, e, "flush", "domain", "sink.test")
+        check(rc == 0, "flush: %s" % out.strip())
+        for i in range(3, n):
+            e.inject("s@sender.test", ["u%d@sink.test" % i])
+        e.wait_for(lambda: delivered(e) == n, 60, "all %d delivered" % n)
+        sink.stop()
+        with open(jsonl) as f:
+            arr = [json.loads(l)["time"] for l in f if l.strip()]
+        during = [t for t in arr if t < until - 0.2]
+        after = [t for t in arr if t > until + 0.1]
+        print("arrivals while in force: %d, after its end: %d" % (len(during), len(after)))
+        check(len(arr) == n, "the sink logged %d messages (%d)" % (n, len(arr)))
+        check(len(during) >= 3, "mail kept flowing while throttled (%d)" % len(during))
+        check(max_in_window(during, 1.0) <= 3, "at most 2/s (+1 at a window's edge) while in "
+              "force, from the sink's arrival times: %d in 1 s" % max_in_window(during, 1.0))
+        check(max_in_window(after, 1.0) >= 5, "lifted at its end: %d in 1 s"
+              % max_in_window(after, 1.0))
+        check(e.stop() == 0, "exit status")
+        outcomes(e, n)
+    finally:
+        e.cleanup()
+        for s_ in (failing, sink):
+            if s_ is not None:
+                s_.cleanup()
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
 HOLD = 8  # seconds: the restart scenarios' suspension, long enough to restart within it
 
 
@@ -562,15 +636,18 @@ def scenario_lua(imp, ctlbin):
 
 
 def main():
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5):
         print(__doc__)
         return 2
-    imp, ctlbin, name = sys.argv[1:]
+    imp, ctlbin, name = sys.argv[1:4]
     fn = globals().get("scenario_" + name)
     if fn is None:
         print("unknown scenario", name)
         return 2
-    fn(imp, ctlbin)
+    if name == "sink":
+        fn(imp, ctlbin, sys.argv[4] if len(sys.argv) > 4 else None)
+    else:
+        fn(imp, ctlbin)
     rc = report()
     if rc == 0:
         print("ok:", name)

@@ -58,15 +58,44 @@ static void emit_counts(struct ctl_out *o, const char *binding, const char *doma
     ctl_out_u64(o, counters_kind_name(k), s.c[k]);
 }
 
-int ctl_cmd_binding_summary(struct ctl_req *r, const char *name)
+/* Ask every worker op about what matches binding, domain and id (NULL:
+ * any), at most limit rows each (0: CTL_PAGE_MAX). NULL, with the request
+ * failed, when a worker did not answer in time. */
+static struct ctl_wq *ask(struct ctl_req *r, enum ctl_wop op, const char *binding,
+                          const char *domain, const char *id, size_t limit)
 {
-  struct ctl_wq *q = ctl_wq_new(r->sh, CTL_WOP_QUEUES);
-  if (name)
-    snprintf(q->binding, sizeof q->binding, "%s", name);
+  struct ctl_wq *q = ctl_wq_new(r->sh, op);
+  if (binding)
+    snprintf(q->binding, sizeof q->binding, "%s", binding);
+  if (domain)
+    snprintf(q->domain, sizeof q->domain, "%s", domain);
+  if (id)
+    snprintf(q->id, sizeof q->id, "%s", id);
+  if (limit)
+    q->limit = limit;
   if (ctl_wq_run(q) < 0) {
     ctl_wq_unref(q);
-    return ctl_fail(r, "workers did not answer within %d ms", CTL_WORKER_WAIT_MS);
+    ctl_fail(r, "workers did not answer within %d ms", CTL_WORKER_WAIT_MS);
+    return NULL;
   }
+  return q;
+}
+
+/* How many units or queues the workers acted on; releases q. */
+static size_t acted_on(struct ctl_wq *q)
+{
+  size_t n = 0;
+  for (unsigned i = 0; i < q->nparts; i++)
+    n += q->parts[i].hastened;
+  ctl_wq_unref(q);
+  return n;
+}
+
+int ctl_cmd_binding_summary(struct ctl_req *r, const char *name)
+{
+  struct ctl_wq *q = ask(r, CTL_WOP_QUEUES, name, NULL, NULL, 0);
+  if (!q)
+    return -EINVAL;
   /* group queue rows by binding */
   struct brow {
     const char *name;
@@ -131,14 +160,9 @@ int ctl_cmd_binding_summary(struct ctl_req *r, const char *name)
 
 int ctl_cmd_domain(struct ctl_req *r, const char *binding, const char *name)
 {
-  struct ctl_wq *q = ctl_wq_new(r->sh, CTL_WOP_QUEUES);
-  snprintf(q->domain, sizeof q->domain, "%s", name);
-  if (binding)
-    snprintf(q->binding, sizeof q->binding, "%s", binding);
-  if (ctl_wq_run(q) < 0) {
-    ctl_wq_unref(q);
-    return ctl_fail(r, "workers did not answer within %d ms", CTL_WORKER_WAIT_MS);
-  }
+  struct ctl_wq *q = ask(r, CTL_WOP_QUEUES, binding, name, NULL, 0);
+  if (!q)
+    return -EINVAL;
   struct conf *c = conf_ref(atomic_load(&r->sh->conf));
   const struct conf_view *v = conf_view_get(c, binding, name);
   if (v == NULL)
@@ -243,7 +267,7 @@ static void emit_mrow(struct ctl_out *o, const struct ctl_mrow *m)
 
 /* mailq / showqueue: page `page` (from 1) of `per` rows. */
 int ctl_cmd_list_units(struct ctl_req *r, const char *binding, const char *domain, const char *id,
-                      size_t page, size_t per)
+                       size_t page, size_t per)
 {
   if (per == 0 || per > CTL_PAGE_MAX)
     per = CTL_PAGE_MAX > 100 ? 100 : CTL_PAGE_MAX;
@@ -252,18 +276,9 @@ int ctl_cmd_list_units(struct ctl_req *r, const char *binding, const char *domai
   size_t skip = (page - 1) * per;
   if (skip + per > 100000)
     return ctl_fail(r, "page too far: at most 100000 rows are listed; filter by domain or binding");
-  struct ctl_wq *q = ctl_wq_new(r->sh, CTL_WOP_UNITS);
-  if (binding)
-    snprintf(q->binding, sizeof q->binding, "%s", binding);
-  if (domain)
-    snprintf(q->domain, sizeof q->domain, "%s", domain);
-  if (id)
-    snprintf(q->id, sizeof q->id, "%s", id);
-  q->limit = skip + per + 1;
-  if (ctl_wq_run(q) < 0) {
-    ctl_wq_unref(q);
-    return ctl_fail(r, "workers did not answer within %d ms", CTL_WORKER_WAIT_MS);
-  }
+  struct ctl_wq *q = ask(r, CTL_WOP_UNITS, binding, domain, id, skip + per + 1);
+  if (!q)
+    return -EINVAL;
   struct ctl_out *o = &r->o;
   size_t seen = 0, shown = 0;
   bool more = false;
@@ -290,12 +305,9 @@ int ctl_cmd_list_units(struct ctl_req *r, const char *binding, const char *domai
 
 int ctl_cmd_message_details(struct ctl_req *r, const char *id)
 {
-  struct ctl_wq *q = ctl_wq_new(r->sh, CTL_WOP_UNITS);
-  snprintf(q->id, sizeof q->id, "%s", id);
-  if (ctl_wq_run(q) < 0) {
-    ctl_wq_unref(q);
-    return ctl_fail(r, "workers did not answer within %d ms", CTL_WORKER_WAIT_MS);
-  }
+  struct ctl_wq *q = ask(r, CTL_WOP_UNITS, NULL, NULL, id, 0);
+  if (!q)
+    return -EINVAL;
   const struct ctl_mrow *first = NULL;
   for (unsigned i = 0; i < q->nparts && !first; i++)
     if (q->parts[i].nm)
@@ -322,37 +334,19 @@ int ctl_cmd_message_details(struct ctl_req *r, const char *id)
 
 int ctl_cmd_hasten(struct ctl_req *r, const char *binding, const char *domain, const char *id)
 {
-  struct ctl_wq *q = ctl_wq_new(r->sh, CTL_WOP_HASTEN);
-  if (binding)
-    snprintf(q->binding, sizeof q->binding, "%s", binding);
-  if (domain)
-    snprintf(q->domain, sizeof q->domain, "%s", domain);
-  if (id)
-    snprintf(q->id, sizeof q->id, "%s", id);
-  if (ctl_wq_run(q) < 0) {
-    ctl_wq_unref(q);
-    return ctl_fail(r, "workers did not answer within %d ms", CTL_WORKER_WAIT_MS);
-  }
-  size_t n = 0;
-  for (unsigned i = 0; i < q->nparts; i++)
-    n += q->parts[i].hastened;
-  ctl_wq_unref(q);
-  ctl_out_u64(&r->o, "rescheduled", n);
+  struct ctl_wq *q = ask(r, CTL_WOP_HASTEN, binding, domain, id, 0);
+  if (!q)
+    return -EINVAL;
+  ctl_out_u64(&r->o, "rescheduled", acted_on(q));
   return 0;
 }
 
 int ctl_cmd_message_fail(struct ctl_req *r, const char *id)
 {
-  struct ctl_wq *q = ctl_wq_new(r->sh, CTL_WOP_FAIL);
-  snprintf(q->id, sizeof q->id, "%s", id);
-  if (ctl_wq_run(q) < 0) {
-    ctl_wq_unref(q);
-    return ctl_fail(r, "workers did not answer within %d ms", CTL_WORKER_WAIT_MS);
-  }
-  size_t n = 0;
-  for (unsigned i = 0; i < q->nparts; i++)
-    n += q->parts[i].hastened;
-  ctl_wq_unref(q);
+  struct ctl_wq *q = ask(r, CTL_WOP_FAIL, NULL, NULL, id, 0);
+  if (!q)
+    return -EINVAL;
+  size_t n = acted_on(q);
   if (n == 0)
     return ctl_fail(r, "message %s has no queued unit (unknown, done, or in a session right now)", id);
   ctl_out_str(&r->o, "id", id);
@@ -367,20 +361,12 @@ int ctl_cmd_suspend(struct ctl_req *r, bool on, const char *binding, const char 
     return ctl_fail(r, "too many suspensions (%d)", SUSPEND_MAX);
   if (rc == -ENOENT)
     return ctl_fail(r, "%s%s%s%s is not suspended from the console", binding ? "binding " : "",
-                binding ? binding : "", binding && domain ? " domain " : domain ? "domain " : "",
-                domain ? domain : "");
-  struct ctl_wq *q = ctl_wq_new(r->sh, CTL_WOP_LIMITS);
-  if (binding)
-    snprintf(q->binding, sizeof q->binding, "%s", binding);
-  if (domain)
-    snprintf(q->domain, sizeof q->domain, "%s", domain);
-  rc = ctl_wq_run(q);
-  size_t n = 0;
-  for (unsigned i = 0; i < q->nparts; i++)
-    n += q->parts[i].hastened;
-  ctl_wq_unref(q);
-  if (rc < 0)
-    return ctl_fail(r, "workers did not answer within %d ms", CTL_WORKER_WAIT_MS);
+                    binding ? binding : "", binding && domain ? " domain " : domain ? "domain " : "",
+                    domain ? domain : "");
+  struct ctl_wq *q = ask(r, CTL_WOP_LIMITS, binding, domain, NULL, 0);
+  if (!q)
+    return -EINVAL;
+  size_t n = acted_on(q);
   ctl_out_str(&r->o, "binding", binding ? binding : "*");
   ctl_out_str(&r->o, "domain", domain ? domain : "*");
   ctl_out_bool(&r->o, "suspended", on);

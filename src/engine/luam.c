@@ -12,6 +12,7 @@
 #include "luam_ds.h"
 
 #include "clock.h"
+#include "fifo.h"
 #include "paths.h"
 
 #include <errno.h>
@@ -102,15 +103,10 @@ static void mbox_post(void *arg, void (*fn)(void *), void *fn_arg)
 {
   struct mailbox *mb = arg;
   struct mailbox_item *it = util_xmalloc(sizeof *it);
-  it->next = NULL;
   it->fn = fn;
   it->arg = fn_arg;
   pthread_mutex_lock(&mb->mu);
-  if (mb->tail)
-    mb->tail->next = it;
-  else
-    mb->head = it;
-  mb->tail = it;
+  FIFO_PUSH(mb->head, mb->tail, it);
   pthread_cond_signal(&mb->cv);
   pthread_mutex_unlock(&mb->mu);
 }
@@ -121,10 +117,8 @@ static void mbox_run_one(struct mailbox *mb)
   pthread_mutex_lock(&mb->mu);
   while (!mb->head)
     pthread_cond_wait(&mb->cv, &mb->mu);
-  struct mailbox_item *it = mb->head;
-  mb->head = it->next;
-  if (!mb->head)
-    mb->tail = NULL;
+  struct mailbox_item *it;
+  FIFO_POP(mb->head, mb->tail, it);
   pthread_mutex_unlock(&mb->mu);
   it->fn(it->arg);
   free(it);

@@ -72,13 +72,20 @@ static const char *ctx_lookup(struct lcall *c, int which, const char *key, size_
   return v;
 }
 
-static int m_context_get(lua_State *L)
+/* msg:context_*(type, key, ...): key's value in that context, or NULL. */
+static const char *ctx_arg_lookup(lua_State *L, size_t *len)
 {
   struct lcall *c = luam_msg_check(L);
   int w = check_ctx(L, 2);
   const char *k = luaL_checkstring(L, 3);
-  size_t len = 0;
-  const char *v = ctx_lookup(c, w, k, &len);
+  *len = 0;
+  return ctx_lookup(c, w, k, len);
+}
+
+static int m_context_get(lua_State *L)
+{
+  size_t len;
+  const char *v = ctx_arg_lookup(L, &len);
   if (v)
     lua_pushlstring(L, v, len);
   else
@@ -88,21 +95,15 @@ static int m_context_get(lua_State *L)
 
 static int m_context_exists(lua_State *L)
 {
-  struct lcall *c = luam_msg_check(L);
-  int w = check_ctx(L, 2);
-  const char *k = luaL_checkstring(L, 3);
-  size_t len = 0;
-  lua_pushinteger(L, ctx_lookup(c, w, k, &len) ? 1 : 0);
+  size_t len;
+  lua_pushinteger(L, ctx_arg_lookup(L, &len) ? 1 : 0);
   return 1;
 }
 
 static int m_context_exists_and_get(lua_State *L)
 {
-  struct lcall *c = luam_msg_check(L);
-  int w = check_ctx(L, 2);
-  const char *k = luaL_checkstring(L, 3);
-  size_t len = 0;
-  const char *v = ctx_lookup(c, w, k, &len);
+  size_t len;
+  const char *v = ctx_arg_lookup(L, &len);
   if (!v) {
     lua_pushinteger(L, 0);
     lua_pushnil(L);

@@ -85,7 +85,7 @@ static void on_reply(struct smtpc *s, uint64_t now)
   switch (s->st) {
   case SMTPC_ST_BANNER:
     if (cls == 2)
-      smtpc_send_ehlo(s, now);
+      smtpc_send_hello(s, true, now);
     else
       smtpc_fail_reply(s, true, 0, "the banner");
     break;
@@ -94,12 +94,7 @@ static void on_reply(struct smtpc *s, uint64_t now)
       s->ext |= SMTPC_EXT_ESMTP;
       smtpc_after_ehlo(s, now);
     } else if (code == 500 || code == 502) {
-      s->ext = 0;
-      s->mechs = 0;
-      s->peer_size = 0;
-      if (!smtpc_out_cmd(s, "HELO %s", s->ehlo_name))
-        util_panic("smtpc: output buffer too small for HELO");
-      smtpc_enter(s, SMTPC_ST_HELO, now);
+      smtpc_send_hello(s, false, now);
     } else
       smtpc_fail_reply(s, true, 0, "EHLO");
     break;
@@ -306,7 +301,7 @@ int smtpc_tls_done(struct smtpc *s, bool ok, uint64_t now)
   if (s->st == SMTPC_ST_TLS_IMPLICIT)
     smtpc_enter(s, SMTPC_ST_BANNER, now);
   else
-    smtpc_send_ehlo(s, now); /* RFC 3207 4.2: forget what was learnt before TLS */
+    smtpc_send_hello(s, true, now); /* RFC 3207 4.2: forget what was learnt before TLS */
   return 0;
 }
 

@@ -76,14 +76,15 @@ int smtpc_set_creds(struct smtpc *s, const struct smtpc_auth *a)
 
 /* ---- connection set-up ---- */
 
-void smtpc_send_ehlo(struct smtpc *s, uint64_t now)
+void smtpc_send_hello(struct smtpc *s, bool ehlo, uint64_t now)
 {
+  const char *verb = ehlo ? "EHLO" : "HELO";
   s->ext = 0;
   s->mechs = 0;
   s->peer_size = 0;
-  if (!smtpc_out_cmd(s, "EHLO %s", s->ehlo_name))
-    util_panic("smtpc: output buffer too small for EHLO");
-  smtpc_enter(s, SMTPC_ST_EHLO, now);
+  if (!smtpc_out_cmd(s, "%s %s", verb, s->ehlo_name))
+    util_panic("smtpc: output buffer too small for %s", verb);
+  smtpc_enter(s, ehlo ? SMTPC_ST_EHLO : SMTPC_ST_HELO, now);
 }
 
 static const char *mech_name(enum smtpc_auth_type t)

@@ -179,7 +179,8 @@ void smtpc_out_must(struct smtpc *s, const char *line);
 void smtpc_wipe_creds(struct smtpc *s);
 /* Take a credential set (copied into secmem); -EINVAL or -EBUSY. */
 int smtpc_set_creds(struct smtpc *s, const struct smtpc_auth *a);
-void smtpc_send_ehlo(struct smtpc *s, uint64_t now);
+/* EHLO (or HELO after a 500/502 to it), forgetting what was learnt. */
+void smtpc_send_hello(struct smtpc *s, bool ehlo, uint64_t now);
 /* After the (final) EHLO/HELO: STARTTLS, AUTH, or ready. */
 void smtpc_after_ehlo(struct smtpc *s, uint64_t now);
 void smtpc_start_auth(struct smtpc *s, uint64_t now);

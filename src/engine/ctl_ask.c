@@ -70,10 +70,7 @@ static void visit_queue(void *arg, struct dq_queue *dqq)
     p->hastened++;
     return;
   }
-  if (p->nq == v->cap) {
-    v->cap = v->cap ? v->cap * 2 : 16;
-    p->qrows = util_xrealloc(p->qrows, v->cap * sizeof *p->qrows);
-  }
+  UTIL_GROW(p->qrows, p->nq, v->cap, 16);
   struct ctl_qrow *r = &p->qrows[p->nq++];
   memset(r, 0, sizeof *r);
   snprintf(r->binding, sizeof r->binding, "%s", dq_queue_binding(dqq));
@@ -103,10 +100,7 @@ static bool visit_unit(void *arg, struct dq_unit *u, bool deferred)
   const char *id;
   if (!unit_matches(p->q, u, &sm, &id))
     return true;
-  if (p->nm == v->cap) {
-    v->cap = v->cap ? v->cap * 2 : 16;
-    p->mrows = util_xrealloc(p->mrows, v->cap * sizeof *p->mrows);
-  }
+  UTIL_GROW(p->mrows, p->nm, v->cap, 16);
   struct ctl_mrow *r = &p->mrows[p->nm++];
   memset(r, 0, sizeof *r);
   snprintf(r->id, sizeof r->id, "%s", id);
@@ -143,10 +137,7 @@ static bool collect_unit(void *arg, struct dq_unit *u, bool deferred)
   struct collect *c = arg;
   if (!pick_unit(c->p, u))
     return true;
-  if (c->n == c->cap) {
-    c->cap = c->cap ? c->cap * 2 : 8;
-    c->u = util_xrealloc(c->u, c->cap * sizeof *c->u);
-  }
+  UTIL_GROW(c->u, c->n, c->cap, 8);
   c->u[c->n++] = u;
   return true;
 }

@@ -12,6 +12,7 @@
 #include "luam_ds.h"
 
 #include "clock.h"
+#include "dlist.h"
 #include "fifo.h"
 #include "paths.h"
 
@@ -214,9 +215,7 @@ void luam_free(struct luam *lm)
     return;
   while (lm->pending) {
     struct lcall *c = lm->pending;
-    lm->pending = c->next;
-    if (c->next)
-      c->next->prev = NULL;
+    DLIST_UNLINK_HEAD(&lm->pending, c);
     c->prev = c->next = NULL;
     if (c->job)
       luam_ds_orphan(lm->ds, c->job);

@@ -72,12 +72,19 @@ static const char *ctx_lookup(struct lcall *c, int which, const char *key, size_
   return v;
 }
 
+/* msg:context_*(type, key, ...): the context type into *which, the key. */
+static const char *ctx_key(lua_State *L, int *which)
+{
+  *which = check_ctx(L, 2);
+  return luaL_checkstring(L, 3);
+}
+
 /* msg:context_*(type, key, ...): key's value in that context, or NULL. */
 static const char *ctx_arg_lookup(lua_State *L, size_t *len)
 {
   struct lcall *c = luam_msg_check(L);
-  int w = check_ctx(L, 2);
-  const char *k = luaL_checkstring(L, 3);
+  int w;
+  const char *k = ctx_key(L, &w);
   *len = 0;
   return ctx_lookup(c, w, k, len);
 }
@@ -118,8 +125,8 @@ static int m_context_set(lua_State *L)
 {
   struct lcall *c = luam_msg_check(L);
   NEED(c, ctx_set);
-  int w = check_ctx(L, 2);
-  const char *k = luaL_checkstring(L, 3);
+  int w;
+  const char *k = ctx_key(L, &w);
   size_t len;
   const char *v = luaL_checklstring(L, 4, &len);
   int rc = c->ops->ctx_set(c->msg, w, k, v, len);
@@ -133,8 +140,8 @@ static int m_context_delete(lua_State *L)
 {
   struct lcall *c = luam_msg_check(L);
   NEED(c, ctx_delete);
-  int w = check_ctx(L, 2);
-  const char *k = luaL_checkstring(L, 3);
+  int w;
+  const char *k = ctx_key(L, &w);
   lua_pushinteger(L, c->ops->ctx_delete(c->msg, w, k) > 0 ? 1 : 0);
   return 1;
 }

@@ -58,6 +58,8 @@ struct policy {
 struct policy_worker {
   struct policy *p;
   struct ring *ring;
+  void (*post)(void *, void (*)(void *), void *); /* instead of ring (policy_thread_new) */
+  void *post_arg;
   struct logs_writer *log;
   struct luam *lm;
   struct luam_conf_eval *eval;
@@ -128,6 +130,10 @@ static const char *w_eval(void *arg, const char *bgroup, const char *binding, co
 static void w_post(void *arg, void (*fn)(void *), void *fn_arg)
 {
   struct policy_worker *pw = arg;
+  if (pw->post) {
+    pw->post(pw->post_arg, fn, fn_arg);
+    return;
+  }
   if (ring_post(pw->ring, fn, fn_arg) < 0)
     util_panic("policy: cannot post a datasource answer to the worker");
 }
@@ -263,13 +269,16 @@ static void state_sync(struct policy *p, struct luam **lm, uint64_t *gen, const 
 
 /* ------------------------------------------------------------ workers */
 
-struct policy_worker *policy_worker_new(struct policy *p, struct ring *ring,
-                                        struct logs_writer *log, struct conf *c, unsigned slot)
+struct policy_worker *policy_thread_new(struct policy *p,
+                                        void (*post)(void *, void (*)(void *), void *),
+                                        void *post_arg, struct logs_writer *log, struct conf *c,
+                                        unsigned slot)
 {
   struct policy_worker *pw = util_xcalloc(1, sizeof *pw);
   pw->p = p;
   pw->slot = slot;
-  pw->ring = ring;
+  pw->post = post;
+  pw->post_arg = post_arg;
   pw->log = log;
   if (p) {
     pw->eval = luam_conf_eval_new(c);
@@ -277,6 +286,14 @@ struct policy_worker *policy_worker_new(struct policy *p, struct ring *ring,
                          .count = w_count};
     state_sync(p, &pw->lm, &pw->gen, &h, w_log, pw);
   }
+  return pw;
+}
+
+struct policy_worker *policy_worker_new(struct policy *p, struct ring *ring,
+                                        struct logs_writer *log, struct conf *c, unsigned slot)
+{
+  struct policy_worker *pw = policy_thread_new(p, NULL, NULL, log, c, slot);
+  pw->ring = ring; /* answers come later, through w_post */
   return pw;
 }
 

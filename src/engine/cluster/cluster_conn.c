@@ -37,6 +37,7 @@ struct clconn {
   struct buf out;        /* ciphertext waiting to be sent */
   uint8_t raw[16384];    /* ciphertext read, fed to tls */
   unsigned timeout_ms;
+  bool answered;         /* a reply came: the server accepted the handshake */
 };
 
 static uint64_t mono_ms(void)
@@ -246,8 +247,32 @@ static int read_more(struct clconn *k, uint64_t deadline_ms, char *err, size_t e
   }
 }
 
+/* TLS 1.3: the server judges the client's certificate after the client
+ * has finished its handshake, so a refusal shows on the first command. */
+static void first_hint(struct clconn *k, char *err, size_t errlen)
+{
+  size_t n = strlen(err);
+  if (k->tls && !k->answered && n < errlen)
+    snprintf(err + n, errlen - n, " (right after the TLS handshake: Redis did not accept "
+             "this client; does it want a client certificate (tls_certificate)?)");
+}
+
+static redisReply *command1(struct clconn *k, int argc, const char **argv, const size_t *lens,
+                            char *err, size_t errlen);
+
 redisReply *clconn_command(struct clconn *k, int argc, const char **argv, const size_t *lens,
                            char *err, size_t errlen)
+{
+  redisReply *r = command1(k, argc, argv, lens, err, errlen);
+  if (r == NULL)
+    first_hint(k, err, errlen);
+  else
+    k->answered = true;
+  return r;
+}
+
+static redisReply *command1(struct clconn *k, int argc, const char **argv, const size_t *lens,
+                            char *err, size_t errlen)
 {
   uint64_t deadline = mono_ms() + k->timeout_ms;
   char *cmd = NULL;

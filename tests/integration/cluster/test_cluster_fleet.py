@@ -23,6 +23,8 @@ loopback ports, stopped by PID.
   connrate  Cluster_Outbound_Throttle_Connections = "10/1", one message per
             connection: the fleet opens 10 a second +/- 10 %
   scopes    (no engine runs) the Cluster_* options in Momentum's scopes
+  commands  one node, a throttle that does not bind: Redis commands (INFO
+            commandstats) per delivered message <= 0.05
 The rates are counted by the sink over fixed windows; the machine is
 shared, so the windows avoid the first and last seconds of each phase.
 """
@@ -427,6 +429,34 @@ def scenario_connrate(imp, sinkbin, redis):
         f.cleanup()
 
 
+def scenario_commands(imp, sinkbin, redis):
+    """Redis commands per delivered message with a throttle that does not
+    bind, from Redis's INFO commandstats: every command Redis ran from
+    the engine's start to its stop (script loads, heartbeats, token
+    batches and their returns, the commands inside the scripts) over the
+    messages delivered: at most 0.05. A count, not a time."""
+    n = 4000
+    f = Fleet(imp, sinkbin, redis, 'Cluster_Outbound_Throttle_Messages = "100000/1"\n', n=1)
+    try:
+        f.start()
+        e = f.engines[0]
+        e.wait_for(lambda: "connected to redis" in e.read(e.paniclog), 15, "the redis connection")
+        f.inject(n)
+        expect(f.wait_delivered(n, 180), "%d delivered (%d)" % (n, f.delivered()))
+        out = ctl_cluster(e)
+        expect(e.stop() == 0, "engine stops cleanly")
+        stats = redis.commandstats()
+        total = sum(v for k, v in stats.items() if k not in ("info", "config|resetstat", "ping"))
+        per = total / max(f.delivered(), 1)
+        print("%d Redis commands for %d messages: %.4f per message; %s"
+              % (total, f.delivered(), per, stats))
+        print(out)
+        expect(per <= 0.05, "Redis commands per delivered message %.4f <= 0.05" % per)
+        expect(stats.get("evalsha", 0) >= 1, "the tokens came from Redis (EVALSHA)")
+    finally:
+        f.cleanup()
+
+
 def scenario_scopes(imp, sinkbin, redis):
     """The Cluster_* options in Momentum's scopes: accepted where Momentum
     takes them, refused (file:line, the valid scopes) elsewhere."""
@@ -471,7 +501,8 @@ def main():
            "redis-open": lambda i, s, r: scenario_redis_down(i, s, r, "open"),
            "redis-closed": lambda i, s, r: scenario_redis_down(i, s, r, "closed"),
            "hostcap": scenario_hostcap, "servercap": scenario_servercap,
-           "connrate": scenario_connrate, "scopes": scenario_scopes}
+           "connrate": scenario_connrate, "scopes": scenario_scopes,
+           "commands": scenario_commands}
     if scenario not in fns:
         raise SystemExit("unknown scenario " + scenario)
     return run_scenario(fns[scenario], Redis(), imp, sinkbin)

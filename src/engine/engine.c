@@ -305,6 +305,10 @@ static struct logs_writer *start_cluster(struct engine_shared *sh, struct conf *
   struct logs_writer *w = logs_writer_new(sh->logs);
   struct cluster_params p = {
     .url = conf_str(v, CONF_CLUSTER_REDIS),
+    .tls_ca_file = conf_str(v, CONF_CLUSTER_TLS_CA_FILE),
+    .tls_cert_file = conf_str(v, CONF_CLUSTER_TLS_CERTIFICATE),
+    .tls_key_file = conf_str(v, CONF_CLUSTER_TLS_KEY),
+    .tls_verify = conf_bool(v, CONF_CLUSTER_TLS_VERIFY),
     .node_name = conf_str(v, CONF_CLUSTER_NODE_NAME),
     .lease_ttl_s = (unsigned)conf_interval(v, CONF_CLUSTER_LEASE_TTL),
     .failure_mode = conf_enum(v, CONF_CLUSTER_FAILURE_MODE) == 1 ? CLUSTER_FAIL_CLOSED

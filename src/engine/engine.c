@@ -305,6 +305,10 @@ static struct logs_writer *start_cluster(struct engine_shared *sh, struct conf *
   struct logs_writer *w = logs_writer_new(sh->logs);
   struct cluster_params p = {
     .url = conf_str(v, CONF_CLUSTER_REDIS),
+    .tls_ca_file = conf_str(v, CONF_CLUSTER_TLS_CA_FILE),
+    .tls_cert_file = conf_str(v, CONF_CLUSTER_TLS_CERTIFICATE),
+    .tls_key_file = conf_str(v, CONF_CLUSTER_TLS_KEY),
+    .tls_verify = conf_bool(v, CONF_CLUSTER_TLS_VERIFY),
     .node_name = conf_str(v, CONF_CLUSTER_NODE_NAME),
     .lease_ttl_s = (unsigned)conf_interval(v, CONF_CLUSTER_LEASE_TTL),
     .failure_mode = conf_enum(v, CONF_CLUSTER_FAILURE_MODE) == 1 ? CLUSTER_FAIL_CLOSED
@@ -385,7 +389,7 @@ int engine_main(const char *config_path)
     nw = 256;
   sh->nworkers = (unsigned)nw;
   sh->workers = util_xcalloc(sh->nworkers, sizeof *sh->workers);
-  if (counters_init(sh->nworkers + 1) < 0) /* ops: slot nworkers = ingest thread */
+  if (counters_init(sh->nworkers + 2) < 0) /* ops: slot nworkers = ingest thread, +1 the listener */
     util_fatal("out of memory");
 
   int sync = conf_enum(g, CONF_SPOOL_SYNC);
@@ -455,7 +459,7 @@ int engine_main(const char *config_path)
     util_fatal("spool ingest: %s", strerror(-rc));
   if (ctl_start(err, sizeof err) < 0) /* ops: console + metrics */
     util_fatal("%s", err);
-  if (lsn && (rc = listener_start(lsn)) < 0)
+  if (lsn && (rc = listener_start(lsn, sh->policy, sh->nworkers + 1)) < 0)
     util_fatal("esmtp_listener: %s", strerror(-rc));
 
   logs_panic(mainlog, clock_wall_ms(), "engine",
@@ -499,6 +503,7 @@ int engine_main(const char *config_path)
     if (sig == SIGHUP) {
       sdnotify("RELOADING=1");
       reload(sh, config_path, mainlog, &prev);
+      listener_reload(lsn, atomic_load(&sh->conf)); /* its own thread takes it up */
       if (policy_reload(sh->policy, atomic_load(&sh->conf), err, sizeof err) < 0)
         logs_panic(mainlog, clock_wall_ms(), "lua", "reload rejected, the old scripts stay: %s", err);
       else if (policy_has_scripts(sh->policy))

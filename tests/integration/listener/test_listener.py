@@ -223,7 +223,7 @@ try:
     c.reply()
     for ch in b"NOOP":
         c.s.sendall(bytes([ch]))
-        time.sleep(0.8)
+        time.sleep(0.8)  # the drip itself is the test: 4 x 0.8 s > Idle_Time (2 s)
     code, lines = c.reply(10)
     check(code == 421 and "4.4.2" in lines[-1], "slow drip cut off: %r" % lines)
     c.close()

@@ -437,7 +437,7 @@ def scenario_sink(imp, ctlbin, sinkbin=None):
         with open(jsonl) as f:
             arr = [json.loads(l)["time"] for l in f if l.strip()]
         during = [t for t in arr if t < until - 0.2]
-        after = [t for t in arr if t > until + 0.1]
+        after = [t for t in arr if t >= until - 0.2]  # what waited may all come at once
         print("arrivals while in force: %d, after its end: %d" % (len(during), len(after)))
         check(len(arr) == n, "the sink logged %d messages (%d)" % (n, len(arr)))
         check(len(during) >= 3, "mail kept flowing while throttled (%d)" % len(during))

@@ -33,6 +33,8 @@ scenarios:
   restart_term, restart_kill
               a suspension in force survives a restart (SIGTERM; SIGKILL
               once saved) until its own end, then everything is delivered
+  corrupt_state
+              a corrupt adjustments file is logged and does not stop the start
   bundled     Adaptive_Enabled = true alone: each bundled rule fires on its
               provider's documented reply from one of its MX hosts
   sink        against impetus-sink's fault injection (IMPETUS-SINK): a "3/1m"
@@ -510,6 +512,35 @@ def scenario_restart_term(imp, ctlbin):
 
 def scenario_restart_kill(imp, ctlbin):
     restart_scenario(imp, ctlbin, signal.SIGKILL)
+
+
+def scenario_corrupt_state(imp, ctlbin):
+    """A corrupt adjustments file is an error in the paniclog, not a crash,
+    and does not stop the start: the engine delivers, and rewrites the file."""
+    peer = Peer()
+    conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\nAdaptive_Enabled = true\n'
+            % peer.port)
+    e = Engine(imp, conf, "adaptive-corrupt")
+    try:
+        saved = os.path.join(e.spool, "adaptive", "adjustments")
+        os.makedirs(os.path.dirname(saved))
+        with open(saved, "wb") as f:
+            f.write(b"\x00\xff not ours\n" * 100)
+        e.start()
+        check(any("adaptive: error:" in l and saved in l for l in adaptive_lines(e)),
+              "the corrupt file is logged: %r" % adaptive_lines(e))
+        for i in range(3):
+            e.inject("s@sender.test", ["u%d@ok.test" % i])
+        e.wait_for(lambda: delivered(e) == 3, 20, "the three delivered")
+        def rewritten():
+            with open(saved, "rb") as f:
+                return f.read().startswith(b"impetus-adaptive-adjustments 1\n")
+        e.wait_for(rewritten, 10, "the file rewritten")
+        check(e.stop() == 0, "exit status")
+        outcomes(e, 3)
+    finally:
+        e.cleanup()
+        peer.stop()
 
 
 # The bundled rules, each fired end to end by the reply its source

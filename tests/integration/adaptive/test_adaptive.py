@@ -595,7 +595,9 @@ def scenario_bundled(imp, ctlbin):
         return (text, text.startswith("421")) if text else None
     peer = Peer(by_sender=by_sender)
     dns, dport = dnsmasq_or_skip(sorted(set(recs)))
-    conf = base_conf(dport, peer.port, "Adaptive_Enabled = true\n" + bindings)
+    mport = free_port()
+    conf = base_conf(dport, peer.port, "Adaptive_Enabled = true\n" + bindings +
+                     'Metrics_Listener = "127.0.0.1:%d"\n' % mport)
     injected = 0
     with engine_running(imp, conf, "adaptive-bundled", peer, dns) as e:
         for k, (rule, mx, _reply, count) in enumerate(BUNDLED):
@@ -614,6 +616,14 @@ def scenario_bundled(imp, ctlbin):
         listed = ctl_json(ctlbin, e, "adaptive", "list").get("adjustments", [])
         check(sorted(j["rule"] for j in listed) == sorted(r[0] for r in BUNDLED),
               "impetus-ctl lists one adjustment per rule: %r" % sorted(j["rule"] for j in listed))
+        import urllib.request
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=10) as r:
+            metrics = r.read().decode()
+        made = sum(float(l.split()[-1]) for l in metrics.splitlines()
+                   if l.startswith("impetus_adaptive_adjustments_total{"))
+        in_force = [l for l in metrics.splitlines() if l.startswith("impetus_adaptive_in_force ")]
+        check(made == len(BUNDLED) and in_force == ["impetus_adaptive_in_force %d" % len(BUNDLED)],
+              "counted in the metrics: %d made, %r" % (made, in_force))
         check(e.stop() == 0, "exit status")
         refused = sum(1 for _t, _i, code in peer.mail_times() if code.startswith("5"))
         check(refused >= 2, "the two block-list replies were 550s (%d)" % refused)

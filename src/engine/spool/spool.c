@@ -191,6 +191,10 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
   }
   struct spool *sp = util_xcalloc(1, sizeof(*sp));
   atomic_init(&sp->noatime, true);
+  /* TEMPORARY (A/B measurement): IMPETUS_SPOOL_IO=claim=direct,unlink=direct */
+  const char *io = getenv("IMPETUS_SPOOL_IO");
+  sp->claim_ring = !(io && strstr(io, "claim=direct"));
+  sp->unlink_ring = !(io && strstr(io, "unlink=direct"));
   sp->p = *p;
   sp->base_fd = sp->pickup_fd = sp->queue_fd = sp->bad_fd = sp->ino_fd = sp->wake_fd = -1;
   sp->jdir_fd = -1;
@@ -274,8 +278,10 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
 
 void names_clear(struct spool *sp)
 {
-  for (size_t i = sp->inames; i < sp->nnames; i++)
+  for (size_t i = sp->inames; i < sp->nnames; i++) {
+    unclaim(sp, &sp->names[i]); /* claimed, not taken: back under its name */
     free(sp->names[i].name);
+  }
   sp->nnames = sp->inames = 0;
 }
 

@@ -232,6 +232,8 @@ static void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, 
   }
   if (want == 0)
     return;
+  if (sp->use_dirlock)
+    pthread_mutex_lock(&sp->dirlock);
   bool ring = ib && sp->claim_ring && iobatch_rename(ib, sp->pickup_fd, pn, (unsigned)k) == 0;
   for (size_t j = 0; j < k; j++) {
     if (pn[j].clres != 1)
@@ -247,6 +249,8 @@ static void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, 
       pn[j].clres = -errno;
     pn[j].claimed = pn[j].clres == 0;
   }
+  if (sp->use_dirlock)
+    pthread_mutex_unlock(&sp->dirlock);
 }
 
 /* Claim an in-place file that was just read from fd under its lease:
@@ -974,7 +978,11 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
       tombs[nu] = tb[nu];
       who[nu++] = i;
     }
+    if (sp->use_dirlock)
+      pthread_mutex_lock(&sp->dirlock);
     int r = iobatch_unlink(ib, sp->pickup_fd, tombs, nu);
+    if (sp->use_dirlock)
+      pthread_mutex_unlock(&sp->dirlock);
     for (unsigned k = 0; k < nu; k++) {
       int res = r == 0 ? ib->res[k] : -ECANCELED;
       if (res == -ECANCELED) /* the ring failed before it */
@@ -987,8 +995,12 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
     free(tombs);
     return;
   }
+  if (sp->use_dirlock)
+    pthread_mutex_lock(&sp->dirlock);
   for (size_t i = 0; i < bt->n; i++)
     jrn_forget_pickup(sp, &bt->c[i]);
+  if (sp->use_dirlock)
+    pthread_mutex_unlock(&sp->dirlock);
 }
 
 /* A batch that could not be made durable: its pickup files go back

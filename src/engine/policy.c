@@ -49,6 +49,8 @@ struct lua_side {
   struct luam_conf_eval *eval;
   unsigned slot; /* counters slot */
   struct ring *ring;
+  void (*post)(void *, void (*)(void *), void *); /* instead of ring (policy_thread_new) */
+  void *post_arg;
 };
 
 struct policy {
@@ -134,6 +136,10 @@ static const char *h_eval(void *arg, const char *bgroup, const char *binding, co
 static void h_post(void *arg, void (*fn)(void *), void *fn_arg)
 {
   struct lua_side *s = arg;
+  if (s->post) {
+    s->post(s->post_arg, fn, fn_arg);
+    return;
+  }
   if (ring_post(s->ring, fn, fn_arg) < 0)
     util_panic("policy: cannot post a datasource answer to the worker");
 }
@@ -247,13 +253,16 @@ static void state_sync(struct policy *p, struct luam **lm, uint64_t *gen, const 
 
 /* ------------------------------------------------------------ workers */
 
-struct policy_worker *policy_worker_new(struct policy *p, struct ring *ring,
-                                        struct logs_writer *log, struct conf *c, unsigned slot)
+struct policy_worker *policy_thread_new(struct policy *p,
+                                        void (*post)(void *, void (*)(void *), void *),
+                                        void *post_arg, struct logs_writer *log, struct conf *c,
+                                        unsigned slot)
 {
   struct policy_worker *pw = util_xcalloc(1, sizeof *pw);
   pw->p = p;
   pw->side.slot = slot;
-  pw->side.ring = ring;
+  pw->side.post = post;
+  pw->side.post_arg = post_arg;
   pw->side.log = log;
   if (p) {
     pw->side.eval = luam_conf_eval_new(c);
@@ -261,6 +270,14 @@ struct policy_worker *policy_worker_new(struct policy *p, struct ring *ring,
                          .count = h_count};
     state_sync(p, &pw->lm, &pw->gen, &h);
   }
+  return pw;
+}
+
+struct policy_worker *policy_worker_new(struct policy *p, struct ring *ring,
+                                        struct logs_writer *log, struct conf *c, unsigned slot)
+{
+  struct policy_worker *pw = policy_thread_new(p, NULL, NULL, log, c, slot);
+  pw->side.ring = ring; /* answers come later, through h_post */
   return pw;
 }
 

@@ -141,7 +141,8 @@ void luam_state_recreate(struct luam *lm);
 
 /* Open (and close) the window in which ls's code runs under the budget
  * (inline: once per hook call and resume). */
-static inline void luam_run_begin(struct lstate *ls, uint64_t now, uint64_t used_ns, uint64_t used_instr)
+static inline void luam_run_begin(struct lstate *ls, uint64_t now, uint64_t used_ns,
+                                  uint64_t used_instr)
 {
   struct luam *lm = ls->lm;
   luam_tls_ls = ls;

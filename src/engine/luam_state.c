@@ -359,7 +359,7 @@ void luam_state_recreate(struct luam *lm)
   }
   lm->stats.recreated++;
   luam_log(lm, 1, NULL, "Lua state recreated after exceeding its memory limit (%zu bytes)",
-         lm->max_mem);
+           lm->max_mem);
   struct lstate *old = lm->cur;
   lm->cur = fresh;
   luam_state_retire(lm, old);

@@ -421,6 +421,7 @@ static void take_done(struct listener *L)
     lsn_on_done(rev);
     rev = next;
   }
+  lsn_kick_all(L);
   lsn_lua_posts(L);
   if (rc)
     apply_reload(L, rc);

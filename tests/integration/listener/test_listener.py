@@ -33,12 +33,7 @@ def check(cond, what):
         print("FAIL:", what)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from testlib import free_port  # noqa: E402  (tests/integration/testlib.py)
 
 
 class Client:

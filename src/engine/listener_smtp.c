@@ -197,7 +197,7 @@ static void on_command(struct lsess *s, const struct smtps_event *ev)
   }
   if (command_refused(s, ev, now))
     return;
-  if (s->ctx && lsn_lua_command(s, ev)) /* answered, or answered later */
+  if (lsn_lua_command(s, ev)) /* answered, or answered later */
     return;
   lsn_command_commit(s, ev);
 }

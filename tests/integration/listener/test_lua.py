@@ -12,80 +12,13 @@ usage: test_lua.py IMPETUS IMPETUS_SINK"""
 import base64
 import os
 import shutil
-import socket
 import sqlite3
 import sys
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "engine"))
-import enginelib  # noqa: E402
-import sinklib  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lsnlib import Client, check, enginelib, finish, free_port, sinklib, wait_port  # noqa: E402
 
 imp, sinkbin = sys.argv[1], sys.argv[2]
-fails = []
-
-
-def check(cond, what):
-    if not cond:
-        fails.append(what)
-        print("FAIL:", what)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, deadline=10):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
-class Client:
-    def __init__(self, port, source="127.0.0.1"):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=20,
-                                          source_address=(source, 0))
-        self.buf = b""
-
-    def reply(self):
-        lines = []
-        while True:
-            while b"\r\n" not in self.buf:
-                d = self.s.recv(65536)
-                if not d:
-                    return (0, lines)
-                self.buf += d
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            lines.append(line.decode(errors="replace"))
-            if len(line) < 4 or line[3:4] == b" ":
-                return (int(line[:3]), lines)
-
-    def cmd(self, line):
-        self.s.sendall(line.encode() + b"\r\n")
-        return self.reply()
-
-    def message(self, sender, rcpt, mid):
-        out = [self.cmd("MAIL FROM:<%s>" % sender), self.cmd("RCPT TO:<%s>" % rcpt)]
-        if out[-1][0] != 250:
-            return out
-        out.append(self.cmd("DATA"))
-        self.s.sendall(("Message-ID: <%s@sender.test>\r\nSubject: lua\r\n\r\nhi\r\n.\r\n"
-                        % mid).encode())
-        out.append(self.reply())
-        return out
-
-    def close(self):
-        self.s.close()
 
 
 SCRIPT = r'''
@@ -301,7 +234,4 @@ finally:
     sink.cleanup()
     shutil.rmtree(d, ignore_errors=True)
 
-if fails:
-    print("%d failures" % len(fails))
-    sys.exit(1)
-print("ok")
+finish()

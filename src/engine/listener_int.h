@@ -68,8 +68,9 @@ struct lsock {
   int fd;
   unsigned refs; /* 1 while open + one per session */
   char name[80];
-  const struct conf_view *v; /* the Listen stanza in L->gen */
-  struct cidr *peers;        /* its Peer stanzas (L->gen) */
+  struct lgen *gen;          /* referenced: the generation v and peers are of */
+  const struct conf_view *v; /* the Listen stanza */
+  struct cidr *peers;        /* its Peer stanzas */
   size_t npeers;
   uint32_t sessions;
 };

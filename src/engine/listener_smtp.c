@@ -333,6 +333,11 @@ bool lsn_session_begin(struct lsess *s)
   uint8_t a[16];
   int fam = lsn_addr_bytes(&s->addr, a);
   inet_ntop(fam, a, s->ip, sizeof(s->ip));
+  if (s->gen != s->ls->gen) { /* a reload came while a PROXY header was awaited */
+    s->ls->gen->refs++;
+    lsn_gen_unref(s->gen);
+    s->gen = s->ls->gen;
+  }
   s->sc = lsn_scopes(s->gen, s->ls, fam, a);
   const struct scopes *sc = &s->sc;
   char line[300];

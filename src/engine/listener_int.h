@@ -226,15 +226,6 @@ void lsn_on_submitted(void *arg, int result, const char *id, const char *why);
 bool lsn_session_begin(struct lsess *s);
 
 /* ---- listener_proxy.c ---- */
-/* The result of a PROXY header. */
-struct lproxy {
-  bool local;                  /* LOCAL / UNKNOWN / unused family: keep the real address */
-  struct sockaddr_storage src; /* else the client */
-};
-/* Parse a PROXY header (v1 or v2) at the start of p[0..n). Returns its
- * length (> 0), 0 when more bytes are needed, -EBADMSG when malformed
- * (why says how). Sans-I/O. */
-int lsn_proxy_parse(const uint8_t *p, size_t n, struct lproxy *out, const char **why);
 /* Input on a session waiting for its header: false when it is gone. */
 bool lsn_proxy_input(struct lsess *s, const uint8_t *p, size_t n);
 

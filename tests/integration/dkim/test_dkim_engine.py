@@ -2,7 +2,8 @@
 """DKIM signing in the engine, end to end (issue 22): impetus signs each
 message once at ingest with Momentum's opendkim configuration and delivers
 it to impetus-sink by BDAT and by DATA; what arrived is verified by dkimpy
-(RSA and Ed25519) and Mail::DKIM (RSA). Messages come from pickup files
+(RSA and Ed25519), OpenDKIM's verifier (RSA and Ed25519) and Mail::DKIM
+(RSA). Messages come from pickup files
 (deliver) and from SMTP clients of the ESMTP_Listener by DATA and by BDAT
 (listener). A signed message survives kill -9 and a restart with the same
 signature (restart). A second signature from Lua (lua).
@@ -24,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "engine"))
 from enginelib import Engine  # noqa: E402
 sys.path.insert(0, HERE)
-from dkimkeys import make_key  # noqa: E402
+from dkimkeys import make_key, opendkim_verify, OPENDKIM  # noqa: E402
 import sinklib  # noqa: E402
 
 SKIP = 77
@@ -103,6 +104,10 @@ def verify(raw, recs, label, want_sigs=1):
         ok = False
         print("      dkimpy:", e)
     expect(ok, "%s: dkimpy verifies" % label)
+    if OPENDKIM:
+        with tempfile.TemporaryDirectory() as t:
+            od = opendkim_verify(raw, recs, t)
+        expect(od == ["pass"] * want_sigs, "%s: OpenDKIM: %s" % (label, od))
     if HAVE_PERL and b"a=rsa-sha256" in raw:
         with tempfile.NamedTemporaryFile(suffix=".eml") as f:
             f.write(raw)

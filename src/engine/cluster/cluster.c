@@ -74,7 +74,8 @@ struct cluster_bucket {
   _Atomic uint64_t fb_iv;   /* its interval (ns) */
   /* client thread only */
   uint64_t used_seen, used_acc, rate_at_ms, last_use_ms, retry_at_ms;
-  double rate;
+  double rate, peak;  /* recent rate, and its peak decaying by half a second */
+  uint32_t last_grant;
   _Atomic uint64_t granted_total, returned_total;
   _Atomic uint32_t want_pub; /* console */
 };
@@ -673,14 +674,20 @@ static void pass_bucket(struct cluster *c, struct cluster_bucket *b, uint64_t no
     b->rate_at_ms = now;
   else if (now - b->rate_at_ms >= TICK_MS) {
     b->rate = clcalc_rate(b->rate, b->used_acc, now - b->rate_at_ms);
+    b->peak = clcalc_peak(b->peak, b->rate, now - b->rate_at_ms);
     b->used_acc = 0;
     b->rate_at_ms = now;
   }
-  uint32_t want = clcalc_batch(b->rate, &b->g);
+  bool waiting = atomic_load(&b->it.waiters) != 0;
+  /* a pause (an ingest batch, a queue held back) must not shrink the
+   * batch to a token a round trip when mail flows again: sized to the
+   * decaying peak, and doubled while workers still wait */
+  uint32_t want = clcalc_batch(b->rate < 0 ? b->rate : b->peak, &b->g);
+  if (waiting)
+    want = clcalc_ramp(want, b->last_grant, &b->g);
   atomic_store(&b->low, clcalc_low_water(want));
   atomic_store(&b->want_pub, want);
   int64_t tokens = atomic_load(&b->tokens);
-  bool waiting = atomic_load(&b->it.waiters) != 0;
   bool recent = b->last_use_ms && now - b->last_use_ms < IDLE_RETURN_MS;
   if (tokens > 0 && !recent && !waiting) {
     int64_t ret = atomic_exchange(&b->tokens, 0);
@@ -703,6 +710,7 @@ static void pass_bucket(struct cluster *c, struct cluster_bucket *b, uint64_t no
   if (gcra(c, b, ask, clcalc_min_batch(ask), 0, out) < 0)
     return;
   b->it.dirty = false;
+  b->last_grant = out[0] > 0 ? (uint32_t)out[0] : 0;
   if (out[0] > 0) {
     atomic_fetch_add(&b->tokens, out[0]);
     atomic_fetch_add(&b->granted_total, (uint64_t)out[0]);

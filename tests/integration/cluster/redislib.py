@@ -46,12 +46,8 @@ def run_scenario(fn, redis, *args):
     return 0
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from testlib import free_port  # noqa: E402  (tests/integration/testlib.py)
 
 
 def wait_until(cond, timeout, step=0.05):

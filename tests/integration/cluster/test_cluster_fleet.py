@@ -39,7 +39,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "engine"))
-from redislib import Redis, expect, run_scenario, skip, wait_until  # noqa: E402
+from redislib import Redis, expect, run_scenario, skip, eventually  # noqa: E402
 import enginelib  # noqa: E402
 import sinklib  # noqa: E402
 from test_engine import can_bind  # noqa: E402
@@ -213,7 +213,7 @@ def scenario_rate(imp, sinkbin, redis):
         expect(len(ts) > 0, "deliveries started")
         start = min(ts) + 2.0  # past the ingest of the first files
         # the window is complete once the sink has logged an arrival after it
-        wait_until(lambda: last_arrival(f.sink) >= start + 20.5, 60, 0.5)
+        eventually(lambda: last_arrival(f.sink) >= start + 20.5, 60, 0.5)
         ts = arrivals(f.sink)
         n = in_window(ts, start, start + 20)
         print("fleet rate over 20 s: %d messages, %.1f/s (t0 +%.1f s)" % (n, n / 20.0, start - t0))
@@ -282,7 +282,7 @@ def scenario_redis_down(imp, sinkbin, redis, mode):
         redis.start()
         # the windows below end 8 s after the return: complete once the sink
         # has logged an arrival past them (closed mode sends again by then)
-        wait_until(lambda: last_arrival(f.sink) >= t_start + 8.5, 30, 0.2)
+        eventually(lambda: last_arrival(f.sink) >= t_start + 8.5, 30, 0.2)
         ts = arrivals(f.sink)
         during = in_window(ts, t_stop + 2, t_start)
         after = in_window(ts, t_start + 3, t_start + 8)
@@ -411,9 +411,9 @@ def scenario_connrate(imp, sinkbin, redis):
     try:
         f.start()
         f.inject(100)
-        expect(wait_until(lambda: len(arrivals(f.sink)) > 0, 60, 0.1), "deliveries started")
+        expect(eventually(lambda: len(arrivals(f.sink)) > 0, 60, 0.1), "deliveries started")
         start = min(arrivals(f.sink)) + 2.0
-        wait_until(lambda: last_arrival(f.sink) >= start + 10.5, 60, 0.5)
+        eventually(lambda: last_arrival(f.sink) >= start + 10.5, 60, 0.5)
         n = in_window(arrivals(f.sink), start, start + 10)
         summ = f.sink.summary_now()
         print("fleet: %d connections (one message each) in 10 s: %.1f/s; connections in all %d, "

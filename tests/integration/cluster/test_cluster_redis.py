@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from redislib import Redis, expect, run_scenario, wait_until  # noqa: E402
+from redislib import Redis, expect, run_scenario, eventually  # noqa: E402
 
 
 def run(drive, *args, timeout=60):
@@ -133,7 +133,7 @@ def scenario_fair(drive, redis):
         b = Holder(drive, redis.url, "fairB", "fair", 10, 10, 3)
         ok = b.wait_held(5, 15)
         expect(ok, "node B reached its fair share of 5")
-        expect(wait_until(lambda: a.poll() == 5, 5), "node A gave back down to 5 (holds %d)"
+        expect(eventually(lambda: a.poll() == 5, 5), "node A gave back down to 5 (holds %d)"
                % a.poll())
         peak = max_together(a, b)
         expect(peak <= 10, "never more than 10 together (at most %d)" % peak)
@@ -172,7 +172,7 @@ def scenario_tls(drive, redis):
         expect(a.wait_held(6, 10), "over TLS: node A holds 6 of 6")
         b = Holder(drive, redis.url, "tlsB", "tlscap", 6, 6, 3)
         expect(b.wait_held(3, 15), "over TLS: node B gets its fair share of 3")
-        expect(wait_until(lambda: a.poll() == 3, 5), "node A gave back down to 3")
+        expect(eventually(lambda: a.poll() == 3, 5), "node A gave back down to 3")
         peak = max_together(a, b)
         expect(peak <= 6, "over TLS: never more than 6 together (at most %d)" % peak)
     finally:

@@ -737,12 +737,13 @@ static void pass_cap(struct cluster *c, struct cluster_cap *cap, uint64_t now, u
   uint32_t allow = atomic_load(&cap->granted), held = cap->rheld;
   uint32_t desired = clcalc_cap_desired(cap->limit, in_use, waiting, atomic_load(&cap->share),
                                         atomic_load(&cap->others) > 0);
-  if (c->resync) {
-    uint32_t share = clcalc_local_share(cap->limit, c->nodes_before);
-    uint32_t most = in_use > share ? in_use : share;
-    if (desired > most)
-      desired = most;
-  }
+  /* Redis back: until the nodes seen before have re-registered the leases
+   * of their open connections, nobody grows. Each node's connections fit
+   * in what it held before the outage or in its local share, so their sum
+   * fits the cap; growing to one's share could overtake a node whose
+   * connections Redis does not know yet (seen: 11 of 10) */
+  if (c->resync && desired > in_use)
+    desired = in_use;
   bool ask = false;
   if (desired > allow && (waiting || cap->it.dirty || now >= cap->renew_at_ms))
     ask = true;
@@ -806,17 +807,19 @@ static void *client_main(void *arg)
     if (c->rc == NULL && now >= c->next_try_ms)
       try_connect(c);
     if (c->rc) {
-      if (now >= c->next_hb_ms) {
-        heartbeat(c, false);
-        c->next_hb_ms = now + (c->resync ? 250u : c->ttl_ms / 3);
-        if (c->resync && (atomic_load(&c->nodes) >= c->nodes_before || now >= c->resync_until_ms))
-          c->resync = false;
-      }
+      /* leases before the heartbeat: once others see this node back, its
+       * connections are in Redis (they end their resync on seeing it) */
       for (struct item *it = atomic_load(&c->items); it && c->rc; it = it->next) {
         if (it->kind == IT_BUCKET)
           pass_bucket(c, (struct cluster_bucket *)it, now, &next);
         else
           pass_cap(c, (struct cluster_cap *)it, now, &next);
+      }
+      if (c->rc && now >= c->next_hb_ms) {
+        heartbeat(c, false);
+        c->next_hb_ms = now + (c->resync ? 250u : c->ttl_ms / 3);
+        if (c->resync && (atomic_load(&c->nodes) >= c->nodes_before || now >= c->resync_until_ms))
+          c->resync = false;
       }
     } else {
       if (c->next_try_ms < next)

@@ -265,7 +265,9 @@ def scenario_kill(imp, sinkbin, redis):
 
 
 def scenario_redis_down(imp, sinkbin, redis, mode):
-    per_node = 2400 if mode == "open" else 1500
+    # enough mail that the fleet still sends 8 s after Redis's return (the
+    # window checked below): 2,400 a node left open mode a second's margin
+    per_node = 3000 if mode == "open" else 1500
     f = Fleet(imp, sinkbin, redis, 'Cluster_Outbound_Throttle_Messages = "300/1"\n'
               "Cluster_Max_Outbound_Connections = 10\n", mode=mode)
     try:
@@ -282,8 +284,11 @@ def scenario_redis_down(imp, sinkbin, redis, mode):
         redis.start()
         # the windows below end 8 s after the return: complete once the sink
         # has logged an arrival past them (closed mode sends again by then)
-        eventually(lambda: last_arrival(f.sink) >= t_start + 8.5, 30, 0.2)
+        still = eventually(lambda: last_arrival(f.sink) >= t_start + 8.5, 30, 0.2)
+        expect(still, "the fleet still had mail to send 8 s after Redis's return")
         ts = arrivals(f.sink)
+        print("per second from 2 s before the outage to 10 s after Redis's return: %s"
+              % [in_window(ts, t, t + 1) for t in range(int(t_stop) - 2, int(t_start) + 11)])
         during = in_window(ts, t_stop + 2, t_start)
         after = in_window(ts, t_start + 3, t_start + 8)
         print("%s: %d delivered while Redis was down (%.1f/s), %.1f/s from 3 to 8 s after its return"

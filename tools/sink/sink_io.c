@@ -922,14 +922,15 @@ int sink_io_run(char **listen, size_t nlisten, char **tls_listen, size_t ntls)
      * per message with a client that sends one command per round trip
      * (Postfix's smtp-source: 2.1 switches and 43 us of CPU per message, a
      * third of it in the switch). With DEFER_TASKRUN the kernel wakes the
-     * task only once `want` completions are pending (half the open
-     * sessions, at most 32), or at the timeout;
+     * task only once `want` completions are pending (as many as sessions
+     * are open, at most 64; a send's completion counts too), or at the
+     * timeout (200 us);
      * after a timeout with nothing the next wait is for one completion, so
      * idle sessions cost no timer wake-ups. */
     unsigned open = nslots - nfree, want = 1;
     uint64_t bw = (uint64_t)g_sink.o.batch_wait_us * 1000u;
     if (bw && !idle && open >= 8) {
-      want = open / 2 < 32 ? open / 2 : 32;
+      want = open < 64 ? open : 64;
       uint64_t d = wake > now ? wake - now : 0;
       if (d > bw) {
         ts.tv_sec = 0;

@@ -11,6 +11,7 @@ struct conf;
 struct spool;
 struct logs;
 struct listener;
+struct policy;
 
 /* Bind the sockets of every enabled Listen of the ESMTP_Listener stanza
  * (call as root, before dropping privileges). NULL with err set on an
@@ -18,8 +19,16 @@ struct listener;
  * configuration has no listener. Keeps a reference to c. */
 struct listener *listener_open(struct conf *c, struct spool *sp, const char *hostname,
                                struct logs *logs, char *err, size_t errlen);
-/* Start the thread; 0 or -errno. */
-int listener_start(struct listener *l);
+/* Start the thread; 0 or -errno. policy (may be NULL): the Lua scripts;
+ * the thread makes its own state of them for the inbound hooks, counted in
+ * counters slot counters_slot. */
+int listener_start(struct listener *l, struct policy *policy, unsigned counters_slot);
+/* A reload (main thread): the listener thread takes c up between events:
+ * Listen sockets added or removed, Peer / Relay_Hosts / limits for new
+ * sessions (running ones keep theirs). Options read only at start (TLS,
+ * Auth_Password_File, AuthLoginParameters) need a restart. Keeps a
+ * reference to c. */
+void listener_reload(struct listener *l, struct conf *c);
 /* Stop accepting, end idle sessions with 421, let messages waiting for
  * their commit get their reply (up to a deadline), close everything and
  * join the thread. The spool must still be running. */

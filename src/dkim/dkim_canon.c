@@ -166,17 +166,19 @@ void dkim_header_canon(enum dkim_canon c, const void *f, size_t n, bool crlf, st
     buf_append(out, "\r\n", 2);
 }
 
-/* Where the line starting at i ends: *next is the start of the next line. */
+/* Where the line starting at i ends: *next is the start of the next line.
+ * One scan to the first CR or LF (two memchr calls would each run to the
+ * end of the message when a file has only LF or only CR line ends). */
 static size_t line_end(const uint8_t *p, size_t len, size_t i, size_t *next)
 {
-  const uint8_t *cr = memchr(p + i, '\r', len - i), *lf = memchr(p + i, '\n', len - i);
-  const uint8_t *e = cr && (!lf || cr < lf) ? cr : lf;
-  if (!e) {
+  size_t at = i;
+  while (at < len && p[at] != '\r' && p[at] != '\n')
+    at++;
+  if (at == len) {
     *next = len;
     return len;
   }
-  size_t at = (size_t)(e - p);
-  *next = at + 1 + (*e == '\r' && at + 1 < len && p[at + 1] == '\n');
+  *next = at + 1 + (p[at] == '\r' && at + 1 < len && p[at + 1] == '\n');
   return at;
 }
 

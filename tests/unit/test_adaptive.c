@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "adaptive.h"
 #include "adaptive_conf.h"
@@ -231,15 +232,16 @@ static void test_scopes_and_strictest(void **state)
   assert_int_equal(reply(a, "b1", "e.test", "mx.other.test", 421, NULL, "PROV", T0, NULL), 1);
   struct adaptive_limits l;
   adaptive_limits(a, "b1", "f.test", "prov", T0 + 1, &l);
-  assert_int_equal(l.max_connections, 0);
+  assert_int_equal(l.provider_max_connections, 0);
   assert_int_equal(reply(a, "b1", "e.test", "a.mx.prov.test", 421, NULL, "PROV", T0, NULL), 2);
   adaptive_limits(a, "b1", "f.test", "prov", T0 + 1, &l);
-  assert_int_equal(l.max_connections, 3); /* the strictest of 3 and 7 */
+  assert_int_equal(l.provider_max_connections, 3); /* the strictest of 3 and 7 */
+  assert_int_equal(l.max_connections, 0); /* across the provider's domains, not per queue */
   adaptive_limits(a, "b2", "f.test", "prov", T0 + 1, &l);
-  assert_int_equal(l.max_connections, 0);
+  assert_int_equal(l.provider_max_connections, 0);
   /* the throttle (binding::domain) and the provider cap both on e.test */
   adaptive_limits(a, "b1", "e.test", "prov", T0 + 1, &l);
-  assert_int_equal(l.max_connections, 3);
+  assert_int_equal(l.provider_max_connections, 3);
   assert_int_equal(l.throttle_n, 10);
   assert_int_equal(l.throttle_per_s, 60);
   /* listing and clearing by domain (a provider name counts as one) */
@@ -248,9 +250,23 @@ static void test_scopes_and_strictest(void **state)
   assert_int_equal(adaptive_list(a, "b1", "e.test", NULL, NULL), 3); /* + its throttle */
   assert_int_equal(adaptive_list(a, "b1", "f.test", NULL, NULL), 2); /* seen in adaptive_limits */
   assert_int_equal(adaptive_list(a, "b1", "never.test", NULL, NULL), 0);
+  /* the provider-scope cap holds for b1's connections to all the
+   * provider's MX hosts together (whatever the domain), not for b2's */
+  uint32_t id[4];
+  for (int i = 0; i < 3; i++)
+    assert_true(adaptive_provider_slot_take(a, i ? "b.mx.prov.test" : "a.mx.prov.test", "b1",
+                                            T0 + 1, &id[i]));
+  assert_false(adaptive_provider_slot_take(a, "c.mx.prov.test", "b1", T0 + 1, &id[3]));
+  assert_true(adaptive_provider_slot_take(a, "c.mx.prov.test", "b2", T0 + 1, &id[3]));
+  assert_int_equal(id[3], 0); /* nothing in force for b2: not counted */
+  assert_true(adaptive_provider_slot_take(a, "mx.other.test", "b1", T0 + 1, &id[3]));
+  adaptive_slot_release(a, id[0]);
+  assert_true(adaptive_provider_slot_take(a, "c.mx.prov.test", "b1", T0 + 1, &id[0]));
+  assert_false(adaptive_provider_slot_take(a, "c.mx.prov.test", "b1", T0 + 1, &id[3]));
+  assert_true(adaptive_provider_slot_take(a, "c.mx.prov.test", "b1", T0 + 60000, &id[3])); /* ended */
   assert_int_equal(adaptive_clear(a, NULL, "prov"), 2);
   adaptive_limits(a, "b1", "f.test", "prov", T0 + 1, &l);
-  assert_int_equal(l.max_connections, 0);
+  assert_int_equal(l.provider_max_connections, 0);
   adaptive_free(a);
 }
 
@@ -374,11 +390,19 @@ static void test_conn_failures_and_slots(void **state)
   assert_true(adaptive_conn_failed(a, "b", "d.test", 3, T0 + 2, &adj));
   assert_int_equal(adj.action, ADAPTIVE_ACT_CONNECT_DELAY);
   assert_int_equal(adj.value, 1);
-  assert_true(adaptive_conn_failed(a, "b", "d.test", 3, T0 + 3, &adj));
-  assert_int_equal(adj.value, 2); /* doubles */
+  /* each further failure doubles the spacing, without a new report (logged
+   * once when it starts, once when it ends) but seen by the queues */
+  uint64_t g = adaptive_gen(a);
+  assert_false(adaptive_conn_failed(a, "b", "d.test", 3, T0 + 3, &adj));
+  assert_true(adaptive_gen(a) != g);
   struct adaptive_limits l;
   adaptive_limits(a, "b", "d.test", NULL, T0 + 4, &l);
   assert_int_equal(l.connect_delay_s, 2);
+  for (int i = 0; i < 12; i++)
+    assert_false(adaptive_conn_failed(a, "b", "d.test", 3, T0 + 4, &adj));
+  adaptive_limits(a, "b", "d.test", NULL, T0 + 4, &l);
+  assert_int_equal(l.connect_delay_s, 300); /* at most 5 minutes */
+  assert_int_equal(adaptive_made_total(a, ADAPTIVE_ACT_CONNECT_DELAY), 1);
   adaptive_conn_ok(a, "b", "d.test");
   struct adaptive_adjustment ended[1];
   assert_int_equal(adaptive_expire(a, T0 + 5, ended, 1), 1);
@@ -663,6 +687,118 @@ static void test_queue_glue(void **state)
   conf_unref(c);
 }
 
+static void write_text(const char *path, const char *text)
+{
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+static size_t in_force_for(struct adaptive *a, const char *b, const char *d)
+{
+  return adaptive_list(a, b, d, NULL, NULL);
+}
+
+/* Adjustments survive a restart: saved to <spool>/adaptive/adjustments,
+ * put back at start until their own end (a back-off keeps doubling), those
+ * ended meanwhile dropped; a corrupt file restores nothing (or only its
+ * readable lines) and never stops the start. */
+static void test_state_across_restart(void **state)
+{
+  (void)state;
+  char dir[] = "/tmp/impetus-adaptive-state.XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  struct adaptive_rules *rs = adaptive_rules_new();
+  char err[256];
+  struct adaptive_rule hold = {.name = "hold", .code = 421, .count = 1,
+                               .action = ADAPTIVE_ACT_SUSPEND, .duration_s = 60};
+  struct adaptive_rule bo = {.name = "bo", .code = 450, .count = 1,
+                             .action = ADAPTIVE_ACT_BACKOFF, .duration_s = 10};
+  assert_int_equal(adaptive_rules_add(rs, &hold, err, sizeof err), 0);
+  assert_int_equal(adaptive_rules_add(rs, &bo, err, sizeof err), 0);
+  struct engine_shared sh = {0};
+  sh.adaptive = adaptive_new(rs);
+  assert_int_equal(reply(sh.adaptive, NULL, "x.test", NULL, 421, "4.7.0", "tab\there", T0, NULL), 1);
+  assert_int_equal(reply(sh.adaptive, "b", "y.test", NULL, 450, NULL, "bo", T0, NULL), 1);
+  struct adaptive_adjustment ended[2];
+  assert_int_equal(adaptive_expire(sh.adaptive, T0 + 10000, ended, 2), 1); /* bo ended */
+  adaptive_queue_state_save(&sh, NULL, dir, T0 + 10000);
+  char path[256];
+  snprintf(path, sizeof path, "%s/adaptive/adjustments", dir);
+
+  /* a restart 30 s in: still suspended, until its own end */
+  struct engine_shared r1 = {0};
+  r1.adaptive = adaptive_new(rs);
+  adaptive_queue_state_load(&r1, NULL, dir, T0 + 30000);
+  assert_true(suspended(r1.adaptive, "default", "x.test", NULL, T0 + 30000));
+  assert_true(suspended(r1.adaptive, "default", "x.test", NULL, T0 + 59999));
+  assert_false(suspended(r1.adaptive, "default", "x.test", NULL, T0 + 60000));
+  assert_int_equal(adaptive_in_force(r1.adaptive), 1);
+  /* 30 s in, the back-off is long forgotten: from its base again */
+  struct adaptive_adjustment adj;
+  assert_int_equal(reply(r1.adaptive, "b", "y.test", NULL, 450, NULL, "bo", T0 + 30000, &adj), 1);
+  assert_int_equal(adj.until_ms - adj.since_ms, 10000);
+  adaptive_free(r1.adaptive);
+  /* a restart soon after its end: firing again doubles it */
+  r1.adaptive = adaptive_new(rs);
+  adaptive_queue_state_load(&r1, NULL, dir, T0 + 12000);
+  assert_int_equal(reply(r1.adaptive, "b", "y.test", NULL, 450, NULL, "bo", T0 + 15000, &adj), 1);
+  assert_int_equal(adj.until_ms - adj.since_ms, 20000);
+  assert_int_equal(adj.fired, 2);
+  adaptive_free(r1.adaptive);
+
+  /* a restart after its end: nothing in force */
+  struct engine_shared r2 = {0};
+  r2.adaptive = adaptive_new(rs);
+  adaptive_queue_state_load(&r2, NULL, dir, T0 + 60000);
+  assert_int_equal(adaptive_in_force(r2.adaptive), 0);
+  adaptive_free(r2.adaptive);
+
+  /* cleared by hand before the restart: not brought back */
+  assert_int_equal(adaptive_clear(sh.adaptive, NULL, "x.test"), 1);
+  adaptive_queue_state_save(&sh, NULL, dir, T0 + 11000);
+  struct engine_shared r3 = {0};
+  r3.adaptive = adaptive_new(rs);
+  adaptive_queue_state_load(&r3, NULL, dir, T0 + 12000);
+  assert_int_equal(in_force_for(r3.adaptive, NULL, "x.test"), 0);
+  adaptive_free(r3.adaptive);
+
+  /* corrupt files: garbage, a cut header, one bad line among good ones */
+  static const char *const bad[] = {
+    "\x01\x02garbage\n",
+    "impetus-adaptive-adj",
+    "impetus-adaptive-adjustments 1\n"
+    "hold\t\tz.test\tdomain\tsuspend\t0\t1\tnotanumber\t1\t1\t1\twhy\n"
+    "hold\t\tx.test\tdomain\tsuspend\t0\t1\t1000000000000\t1000000060000\t1\t1\twhy\n"
+    "hold\t\tw.test\tdomain\tblackhole\t0\t1\t1000000000000\t1000000060000\t1\t1\twhy\n"
+    "short\tline\n",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    write_text(path, bad[i]);
+    struct engine_shared rc = {0};
+    rc.adaptive = adaptive_new(rs);
+    adaptive_queue_state_load(&rc, NULL, dir, T0 + 1000);
+    assert_int_equal(adaptive_in_force(rc.adaptive), i == 2 ? 1 : 0);
+    assert_int_equal(in_force_for(rc.adaptive, NULL, "x.test"), i == 2 ? 1 : 0);
+    adaptive_free(rc.adaptive);
+  }
+  /* a missing file: nothing, quietly */
+  unlink(path);
+  struct engine_shared rm = {0};
+  rm.adaptive = adaptive_new(rs);
+  adaptive_queue_state_load(&rm, NULL, dir, T0);
+  assert_int_equal(adaptive_in_force(rm.adaptive), 0);
+  adaptive_free(rm.adaptive);
+
+  adaptive_free(sh.adaptive);
+  adaptive_rules_free(rs);
+  char adir[256];
+  snprintf(adir, sizeof adir, "%s/adaptive", dir);
+  rmdir(adir);
+  rmdir(dir);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -678,6 +814,7 @@ int main(void)
     cmocka_unit_test(test_bundled_rules),
     cmocka_unit_test(test_configuration),
     cmocka_unit_test(test_queue_glue),
+    cmocka_unit_test(test_state_across_restart),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -33,6 +33,14 @@ static void test_url(void **state)
   assert_string_equal(u.host, "::1");
   assert_int_equal(u.port, 7000);
   assert_int_equal(u.db, 3);
+  /* user and password percent-decoded: a password may hold '@', ':', '/' */
+  assert_int_equal(clcalc_url_parse("rediss://a%40b:p%2Fw%3a%40x@redis.example:6380", &u), 0);
+  assert_string_equal(u.user, "a@b");
+  assert_string_equal(u.pass, "p/w:@x");
+  assert_string_equal(u.host, "redis.example");
+  assert_int_equal(clcalc_url_parse("redis://:p%4@h", &u), -EINVAL);
+  assert_int_equal(clcalc_url_parse("redis://:p%zz@h", &u), -EINVAL);
+  assert_int_equal(clcalc_url_parse("redis://:p%00@h", &u), -EINVAL);
   assert_int_equal(clcalc_url_parse("http://h", &u), -EINVAL);
   assert_int_equal(clcalc_url_parse("redis://", &u), -EINVAL);
   assert_int_equal(clcalc_url_parse("redis://h:0", &u), -EINVAL);

@@ -16,6 +16,36 @@ static int copy_part(char *dst, size_t cap, const char *s, size_t n)
   return 0;
 }
 
+static int hexval(char c)
+{
+  return c >= '0' && c <= '9' ? c - '0'
+         : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                : -1;
+}
+
+/* The user or password part, %XX decoded (a password may hold '@', ':'
+ * or '/', which the URL must carry encoded). */
+static int copy_userinfo(char *dst, size_t cap, const char *s, size_t n)
+{
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    char ch = s[i];
+    if (ch == '%') {
+      int hi = i + 2 < n ? hexval(s[i + 1]) : -1, lo = i + 2 < n ? hexval(s[i + 2]) : -1;
+      if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+        return -EINVAL;
+      ch = (char)(hi * 16 + lo);
+      i += 2;
+    }
+    if (o + 1 >= cap)
+      return -EINVAL;
+    dst[o++] = ch;
+  }
+  dst[o] = '\0';
+  return 0;
+}
+
 int clcalc_url_parse(const char *url, struct clcalc_url *out)
 {
   memset(out, 0, sizeof *out);
@@ -38,10 +68,10 @@ int clcalc_url_parse(const char *url, struct clcalc_url *out)
   if (at) {
     const char *colon = memchr(p, ':', (size_t)(at - p));
     if (colon) {
-      if (copy_part(out->user, sizeof out->user, p, (size_t)(colon - p)) < 0 ||
-          copy_part(out->pass, sizeof out->pass, colon + 1, (size_t)(at - colon - 1)) < 0)
+      if (copy_userinfo(out->user, sizeof out->user, p, (size_t)(colon - p)) < 0 ||
+          copy_userinfo(out->pass, sizeof out->pass, colon + 1, (size_t)(at - colon - 1)) < 0)
         return -EINVAL;
-    } else if (copy_part(out->pass, sizeof out->pass, p, (size_t)(at - p)) < 0)
+    } else if (copy_userinfo(out->pass, sizeof out->pass, p, (size_t)(at - p)) < 0)
       return -EINVAL;
     p = at + 1;
   }

@@ -123,13 +123,31 @@ static bool moved_take(struct spool *sp, const char *name)
   return true;
 }
 
-/* Whether a file in pickup/ that did not arrive by rename is still open
- * for writing: a read lease cannot be had on a file that a writer has
- * open (fcntl F_SETLEASE fails with EAGAIN), and closing our descriptor
- * drops the lease again (no owner is set, so no signal can come). Where no
- * lease can be had (another user's file without CAP_LEASE, leases off), a
- * file changed within QUIET_MS counts as still being written. */
-static bool being_written(struct spool *sp, const char *name)
+/* A read lease on fd (F_SETLEASE F_RDLCK): 1 held, 0 refused because a
+ * process has the file open for writing, -1 none to be had (another
+ * user's file without CAP_LEASE, leases off). While it is held, an open
+ * for writing waits until it is dropped (F_UNLCK or close) and signals
+ * the lease's owner, which the kernel makes this process: SIGIO, whose
+ * default action ends it, so the signal is made SIGURG, ignored by
+ * default (the engine handles neither). */
+static int lease_get(int fd)
+{
+  (void)fcntl(fd, F_SETSIG, SIGURG);
+  if (fcntl(fd, F_SETLEASE, F_RDLCK) == 0)
+    return 1;
+  return errno == EAGAIN ? 0 : -1;
+}
+
+/* Whether st has not changed for QUIET_MS (mtime and ctime). */
+static bool quiet_for(const struct stat *st)
+{
+  uint64_t m = (uint64_t)st->st_mtim.tv_sec * 1000u + (uint64_t)st->st_mtim.tv_nsec / 1000000u;
+  uint64_t c = (uint64_t)st->st_ctim.tv_sec * 1000u + (uint64_t)st->st_ctim.tv_nsec / 1000000u;
+  return clock_wall_ms() >= (m > c ? m : c) + QUIET_MS;
+}
+
+/* Open pickup file name for reading (O_NOATIME when it may be had). */
+static int pickup_open(struct spool *sp, const char *name)
 {
   int fl = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
   int fd = -1;
@@ -137,22 +155,44 @@ static bool being_written(struct spool *sp, const char *name)
     fd = openat(sp->pickup_fd, name, fl | O_NOATIME);
   if (fd < 0)
     fd = openat(sp->pickup_fd, name, fl);
-  if (fd < 0)
-    return false; /* the claim says why */
-  bool busy = false;
-  if (fcntl(fd, F_SETLEASE, F_RDLCK) < 0) {
-    struct stat st;
-    if (errno == EAGAIN) {
-      busy = true;
-    } else if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
-      uint64_t now = clock_wall_ms();
-      uint64_t m = (uint64_t)st.st_mtim.tv_sec * 1000u + (uint64_t)st.st_mtim.tv_nsec / 1000000u;
-      uint64_t c = (uint64_t)st.st_ctim.tv_sec * 1000u + (uint64_t)st.st_ctim.tv_nsec / 1000000u;
-      busy = now < (m > c ? m : c) + QUIET_MS;
+  return fd;
+}
+
+/* Before the ring reads a group: each regular file of it not renamed in
+ * is opened and leased (pn->lfd), or marked busy (a writer has it open),
+ * or left to jrn_take (no lease to be had, or it could not be opened:
+ * jrn_take says why). */
+static void lease_group(struct spool *sp, struct pname *pn, size_t k)
+{
+  for (size_t j = 0; j < k; j++) {
+    pn[j].busy = false;
+    if (!pn[j].inplace || pn[j].type != DT_REG)
+      continue;
+    int fd = pickup_open(sp, pn[j].name);
+    if (fd < 0)
+      continue;
+    int l = lease_get(fd);
+    if (l > 0) {
+      pn[j].lfd = fd;
+      continue;
     }
+    pn[j].busy = l == 0;
+    close(fd);
   }
-  close(fd);
-  return busy;
+}
+
+/* After the ring read the group: what each leased file is now (fstat,
+ * still under the lease), then the lease is dropped. */
+static void lease_group_done(struct pname *pn, struct pre *pr, size_t k)
+{
+  for (size_t j = 0; j < k; j++) {
+    if (pn[j].lfd < 0)
+      continue;
+    if (fstat(pn[j].lfd, &pr[j].lst) < 0)
+      pr[j].op = -errno;
+    close(pn[j].lfd); /* drops the lease */
+    pn[j].lfd = -1;
+  }
 }
 
 static int cmp_ino(const void *a, const void *b)
@@ -242,12 +282,10 @@ int scan_pickup(struct spool *sp)
   for (size_t i = 0; i < n; i++) {
     struct pname *pn = &sp->names[i];
     /* a file not renamed in is taken only once no one writes it */
-    if ((pn->type == DT_REG || pn->type == DT_UNKNOWN) && !moved_take(sp, pn->name) &&
-        being_written(sp, pn->name)) {
-      sp->busy = true; /* its IN_CLOSE_WRITE (or the rescan) brings it back */
-      free(pn->name);
-      continue;
-    }
+    /* a file not renamed in is read under a lease (lease_group, jrn_take) */
+    pn->inplace = (pn->type == DT_REG || pn->type == DT_UNKNOWN) && !moved_take(sp, pn->name);
+    pn->busy = false;
+    pn->lfd = -1;
     sp->names[kept++] = *pn;
   }
   n = kept;
@@ -265,7 +303,12 @@ static bool wait_work(struct spool *sp, int timeout_ms)
     return true;
   if (sp->nnames > 0) { /* a listing ran out: files that came meanwhile are next */
     names_clear(sp);
-    sp->scan_due = true;
+    /* but not when it left a file still being written: listed again at
+     * once, it would be tried again and again until its writer closes
+     * it; its IN_CLOSE_WRITE (or the rescan) brings it back, and the
+     * events of other files ask for a listing anyway */
+    if (!sp->busy)
+      sp->scan_due = true;
   }
   uint64_t deadline = clock_mono_ns() + (timeout_ms > 0 ? (uint64_t)timeout_ms * 1000000u : 0);
   int ms = 0;
@@ -487,8 +530,39 @@ static int jrn_take(struct spool *sp, const struct pname *pn, struct jtake *out)
     to_bad(sp, sp->pickup_fd, name, name, why, NULL);
     return 1;
   }
+  /* A file not renamed in is read under a read lease: no process has it
+   * open for writing while it is read, and no writer can open it until
+   * the lease is dropped (issue 18 item 3). The look at listing time
+   * (being_written) is not enough: a writer may open the file between
+   * that look and the read. */
+  int lease = pn->inplace ? lease_get(fd) : 1;
+  if (lease == 0) {
+    close(fd);
+    sp->busy = true; /* its writer's IN_CLOSE_WRITE brings it back */
+    return 1;
+  }
   struct stat st;
   int r = read_file(sp, fd, &st, why, sizeof(why));
+  if (pn->inplace) {
+    struct stat st2;
+    bool later;
+    if (lease > 0) { /* complete, unless it is a new file whose writer is still opening it */
+      (void)fcntl(fd, F_SETLEASE, F_UNLCK);
+      later = r == 0 && st.st_size == 0 && !quiet_for(&st);
+    } else { /* no lease: unchanged while read, and for QUIET_MS before */
+      later = r == -EAGAIN ||
+              (r == 0 && (fstat(fd, &st2) < 0 || st2.st_size != st.st_size ||
+                          st2.st_mtim.tv_nsec != st.st_mtim.tv_nsec ||
+                          st2.st_mtim.tv_sec != st.st_mtim.tv_sec ||
+                          st2.st_ctim.tv_nsec != st.st_ctim.tv_nsec ||
+                          st2.st_ctim.tv_sec != st.st_ctim.tv_sec || !quiet_for(&st)));
+    }
+    if (later) {
+      close(fd);
+      sp->busy = true;
+      return 1;
+    }
+  }
   if (r < 0) {
     close(fd);
     if (r != -EFBIG && r != -EAGAIN && r != -EINVAL)
@@ -755,8 +829,13 @@ static int jrn_take_pre(struct spool *sp, const struct pname *pn, const struct p
   char why[512];
   const char *name = pn->name;
   out->msg = NULL;
+  if (pn->busy)
+    return 3;
   if (pn->type != DT_REG || pr->op == -ECANCELED)
     return 2;
+  bool leased = pn->inplace; /* read under a lease (lease_group): pr->lst is its fstat */
+  if (leased && pr->op == 0 && pr->rd == 0 && !quiet_for(&pr->lst))
+    return 3; /* new and empty: its writer may be inside open(O_CREAT) still */
   if (pr->op == -ENOENT) {
     write_why(sp, name, "file vanished before it could be claimed", NULL);
     report_bad(sp, name, "file vanished before it could be claimed");
@@ -778,15 +857,20 @@ static int jrn_take_pre(struct spool *sp, const struct pname *pn, const struct p
   else if ((uint64_t)pr->rd > sp->p.max_message_size)
     snprintf(why, sizeof(why), "file of %d bytes is over Max_Message_Size (%" PRIu64 " bytes)",
              pr->rd, sp->p.max_message_size);
-  else if (stat && (pr->st < 0 || pr->stx.stx_ino != pn->ino || !S_ISREG(pr->stx.stx_mode) ||
-                    pr->stx.stx_size != (uint64_t)pr->rd))
+  else if (leased && (pr->lst.st_ino != pn->ino || !S_ISREG(pr->lst.st_mode) ||
+                      (uint64_t)pr->lst.st_size != (uint64_t)pr->rd))
+    return 2; /* changed since it was listed: jrn_take tells */
+  else if (stat && !leased &&
+           (pr->st < 0 || pr->stx.stx_ino != pn->ino || !S_ISREG(pr->stx.stx_mode) ||
+            pr->stx.stx_size != (uint64_t)pr->rd))
     return 2; /* changed since it was read, or listed: jrn_take tells */
   else {
     size_t len = (size_t)pr->rd;
-    struct pinfo pi = {pn->ino, len,
-                       stat ? (uint64_t)pr->stx.stx_mtime.tv_sec * 1000000000u +
-                                  (uint64_t)pr->stx.stx_mtime.tv_nsec
-                            : STAMP_CRC | crc32c(0, pr->data, len)};
+    uint64_t mtime = leased ? (uint64_t)pr->lst.st_mtim.tv_sec * 1000000000u +
+                                  (uint64_t)pr->lst.st_mtim.tv_nsec
+                            : (uint64_t)pr->stx.stx_mtime.tv_sec * 1000000000u +
+                                  (uint64_t)pr->stx.stx_mtime.tv_nsec;
+    struct pinfo pi = {pn->ino, len, stat ? mtime : STAMP_CRC | crc32c(0, pr->data, len)};
     return jrn_take_data(sp, name, pr->data, len, &pi, -1, true, out);
   }
   to_bad(sp, sp->pickup_fd, name, name, why, NULL);
@@ -1053,9 +1137,14 @@ static long ingest_journal(struct spool *sp)
           break; /* the arena is full: write this batch */
         }
       }
-      if (iobatch_read(ib, sp->pickup_fd, sp->names + sp->inames, (unsigned)k,
-                       atomic_load_explicit(&sp->noatime, memory_order_relaxed) ? O_NOATIME : 0,
-                       ib->buf + used, slot, slot > PRE_BUF) == 0) {
+      /* files not renamed in are read under a read lease (issue 18 item 3) */
+      lease_group(sp, sp->names + sp->inames, k);
+      int rr = iobatch_read(ib, sp->pickup_fd, sp->names + sp->inames, (unsigned)k,
+                            atomic_load_explicit(&sp->noatime, memory_order_relaxed) ? O_NOATIME
+                                                                                      : 0,
+                            ib->buf + used, slot, slot > PRE_BUF);
+      lease_group_done(sp->names + sp->inames, ib->pre, k);
+      if (rr == 0) {
         used += k * slot;
         /* With on_sign_batch the group's messages are checked first, then
          * signed together, then written. */
@@ -1067,6 +1156,8 @@ static long ingest_journal(struct spool *sp)
             atomic_fetch_add_explicit(&sp->st_ring_reads, 1, memory_order_relaxed);
           if (r == 2)
             r = jrn_take(sp, pn, &bt->c[bt->n]);
+          if (r == 3)
+            sp->busy = true; /* its writer's IN_CLOSE_WRITE (or the rescan) brings it back */
           if (r == 0)
             bt->c[bt->n++].name = pn->name;
           else

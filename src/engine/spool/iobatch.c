@@ -158,7 +158,8 @@ static struct io_uring_sqe *sqe_get(struct io_uring *r)
 }
 
 /* Read the regular files among names[0..n) (n <= cap; the others are
- * left at -ECANCELED) from pickup/ into slots of `slot` bytes from `at`
+ * left at -ECANCELED; a file not renamed in is read from its lfd, a
+ * plain read, or left when it has none) from pickup/ into slots of `slot` bytes from `at`
  * (n x slot bytes of the arena): open into a fixed file slot, read, close,
  * three linked operations per file, one system call for the lot. The
  * statx comes last, and only for big slots (stat): io_uring always runs
@@ -178,7 +179,18 @@ int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsign
     pr->data = at + (size_t)i * slot;
     if (names[i].type != DT_REG)
       continue;
-    struct io_uring_sqe *q = sqe_get(&b->ring);
+    struct io_uring_sqe *q;
+    if (names[i].inplace) { /* read from the caller's fd, which holds a read lease */
+      if (names[i].lfd < 0)
+        continue; /* no lease: jrn_take reads it */
+      q = sqe_get(&b->ring);
+      io_uring_prep_read(q, names[i].lfd, pr->data, (unsigned)slot, 0);
+      q->user_data = (uint64_t)i << 2 | 2;
+      pr->op = 0;
+      ops++;
+      continue;
+    }
+    q = sqe_get(&b->ring);
     io_uring_prep_openat_direct(q, dirfd, names[i].name,
                                 O_RDONLY | O_NOFOLLOW | O_NONBLOCK | oflags, 0, i);
     q->flags |= IOSQE_IO_LINK;

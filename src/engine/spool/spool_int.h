@@ -44,6 +44,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -100,6 +101,9 @@ struct pname {
   char *name;
   uint64_t ino;
   uint8_t type; /* DT_REG, DT_UNKNOWN (file system without d_type), or another DT_ */
+  bool inplace; /* not renamed in: read only under a read lease (ingest.c) */
+  bool busy;    /* inplace, and a writer has it open: taken later */
+  int lfd;      /* inplace: open with a read lease held while the ring reads it, or -1 */
 };
 
 /* A body of the batch that is written from where it was read. */
@@ -261,6 +265,7 @@ struct pre {
   int op, rd, st;
   uint8_t *data; /* its slot */
   struct statx stx; /* big slots only (st) */
+  struct stat lst;  /* a file read under a lease (pname.lfd): fstat after the read */
 };
 
 struct iobatch {

@@ -33,12 +33,7 @@ def check(cond, what):
         print("FAIL:", what)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from testlib import free_port  # noqa: E402  (tests/integration/testlib.py)
 
 
 class Client:
@@ -228,7 +223,7 @@ try:
     c.reply()
     for ch in b"NOOP":
         c.s.sendall(bytes([ch]))
-        time.sleep(0.8)
+        time.sleep(0.8)  # the drip itself is the test: 4 x 0.8 s > Idle_Time (2 s)
     code, lines = c.reply(10)
     check(code == 421 and "4.4.2" in lines[-1], "slow drip cut off: %r" % lines)
     c.close()

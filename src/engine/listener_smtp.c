@@ -67,10 +67,16 @@ static void message_end(struct lsess *s, const struct smtps_event *ev)
   buf_append(&f, s->env.data, s->env.len);
   buf_printf(&f, "x-context: reception_peer=%s\n", s->ip);
   lsn_lua_message_ctx(s, &f);
-  char date[64];
+  /* the date, formatted once a second (localtime_r and strftime cost more
+   * than the rest of the envelope): the listener thread only */
+  static char date[64];
+  static time_t date_t;
   time_t t = time(NULL);
-  struct tm tm;
-  strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", localtime_r(&t, &tm));
+  if (t != date_t) {
+    struct tm tm;
+    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", localtime_r(&t, &tm));
+    date_t = t;
+  }
   const char *host = lsn_banner_host(s->L, &s->sc);
   buf_printf(&f, "Received: from %s (%s) by %s (Impetus) with %s%s; %s\r\n",
              s->helo[0] ? s->helo : "unknown", s->ip, host,

@@ -37,7 +37,8 @@ struct lctx {
   bool pending;      /* a hook waits for a datasource */
   bool is_auth;      /* the pending hook is AUTH */
   struct smtps_event ev; /* the command whose reply waits (valid until answered) */
-  const char *rcpt;  /* validate_rcptto: the recipient (msg:rcptto) */
+  const char *rcpt;  /* validate_rcptto: the recipient (msg:rcptto), in rcpt_buf */
+  char rcpt_buf[1024];
 };
 
 static struct ctx *dict(struct lsess *s, int which)
@@ -297,10 +298,9 @@ int lsn_lua_command(struct lsess *s, const struct smtps_event *ev)
   struct luam *lm = state(s->L);
   if (!lm || !luam_has_hook(lm, hook))
     return 0;
-  char rcpt[1024];
-  if (hook == LUAM_HOOK_VALIDATE_RCPTTO) {
-    snprintf(rcpt, sizeof(rcpt), "%.*s", (int)ev->arg_len, ev->arg);
-    s->ctx->rcpt = rcpt;
+  if (hook == LUAM_HOOK_VALIDATE_RCPTTO) { /* kept while a datasource is awaited */
+    snprintf(s->ctx->rcpt_buf, sizeof(s->ctx->rcpt_buf), "%.*s", (int)ev->arg_len, ev->arg);
+    s->ctx->rcpt = s->ctx->rcpt_buf;
   }
   int r = run(s, hook, ev->arg, ev->arg_len, NULL, 0);
   if (r == LUAM_PENDING) {

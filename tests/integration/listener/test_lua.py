@@ -80,6 +80,10 @@ function mod:validate_rcptto(msg, str, ac, vctx)
   if s:match("^db") then
     local row = msys.db.fetch_row("users", "SELECT ok FROM rcpts WHERE name = ?", { s },
                                   { nocache = true })
+    if msg:rcptto() ~= s then
+      vctx:set_code(451, "4.3.0 msg:rcptto() is " .. tostring(msg:rcptto()) .. " after the query")
+      return msys.core.VALIDATE_DONE
+    end
     if not row or tonumber(row.ok) ~= 1 then
       vctx:set_code(550, "5.1.1 " .. s .. " not in the database")
       return msys.core.VALIDATE_DONE

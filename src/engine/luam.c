@@ -350,7 +350,7 @@ int luam_call_resume(struct luam *lm, struct lcall *c, int nargs)
     char pos[200] = "?";
     const char *script = luam_stack_script(c->co, ls, pos, sizeof pos);
     luam_log(lm, 0, script, "%s: %s: a hook yielded outside msys.db; skipped (CONT)",
-           hook_names[c->hook], pos);
+             hook_names[c->hook], pos);
     result = c->report_errors ? LUAM_ERROR : LUAM_CONT;
   } else if (rc == 0) {
     c->reusable = 1;
@@ -368,7 +368,7 @@ int luam_call_resume(struct luam *lm, struct lcall *c, int nargs)
     char pos[200] = "";
     const char *script = luam_stack_script(c->co, ls, pos, sizeof pos);
     luam_log(lm, 0, script, "%s: %s%s%s%s; skipped (CONT)", hook_names[c->hook], m ? m : "error",
-           ls->oom ? " (memory limit)" : "", pos[0] ? " near " : "", pos);
+             ls->oom ? " (memory limit)" : "", pos[0] ? " near " : "", pos);
   }
   if (ls->aborting)
     lm->stats.aborted++;

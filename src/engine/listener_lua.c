@@ -112,8 +112,9 @@ static void post(void *arg, void (*fn)(void *), void *fn_arg)
 
 void lsn_lua_start(struct listener *L)
 {
-  if (!L->policy || !policy_has_scripts(L->policy))
+  if (!L->policy)
     return;
+  /* without scripts it holds no state (a reload that adds some makes one) */
   L->pw = policy_thread_new(L->policy, post, L, L->log, L->gen->conf, L->counters_slot);
 }
 

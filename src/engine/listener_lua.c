@@ -37,6 +37,7 @@ struct lctx {
   bool pending;      /* a hook waits for a datasource */
   bool is_auth;      /* the pending hook is AUTH */
   struct smtps_event ev; /* the command whose reply waits (valid until answered) */
+  char remote[80], local[80]; /* ac.remote_addr / ac.local_addr, "ip:port" */
   const char *rcpt;  /* validate_rcptto: the recipient (msg:rcptto), in rcpt_buf */
   char rcpt_buf[1024];
 };
@@ -182,17 +183,6 @@ void lsn_lua_sess_done(struct lsess *s)
   s->ctx = NULL;
 }
 
-/* The session's contexts, made when its SMTP session begins. */
-static void sess_ctx(struct lsess *s)
-{
-  if (s->ctx || !lsn_lua_active(s->L))
-    return;
-  s->ctx = util_xcalloc(1, sizeof(*s->ctx));
-  s->ctx->conn = ctx_new();
-  s->ctx->mess = ctx_new();
-  ctx_set(s->ctx->conn, "can_relay", s->can_relay ? "true" : "false");
-}
-
 static void addr_text(const struct sockaddr_storage *ss, char *out, size_t len)
 {
   uint8_t a[16];
@@ -204,20 +194,28 @@ static void addr_text(const struct sockaddr_storage *ss, char *out, size_t len)
   snprintf(out, len, fam == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
 }
 
+/* The session's contexts, made when its SMTP session begins. */
+static void sess_ctx(struct lsess *s)
+{
+  if (s->ctx || !lsn_lua_active(s->L))
+    return;
+  s->ctx = util_xcalloc(1, sizeof(*s->ctx));
+  s->ctx->conn = ctx_new();
+  s->ctx->mess = ctx_new();
+  ctx_set(s->ctx->conn, "can_relay", s->can_relay ? "true" : "false");
+  addr_text(&s->addr, s->ctx->remote, sizeof(s->ctx->remote));
+  struct sockaddr_storage me;
+  socklen_t ml = sizeof(me);
+  if (getsockname(s->fd, (struct sockaddr *)&me, &ml) == 0)
+    addr_text(&me, s->ctx->local, sizeof(s->ctx->local));
+}
+
 static void lua_done(void *arg, int result);
 
 /* Run hook for the session; LUAM_CONT/DONE/ERROR or LUAM_PENDING. */
 static int run(struct lsess *s, enum luam_hook hook, const char *str, size_t slen,
                const char *str2, size_t s2len)
 {
-  char remote[80], local[80];
-  addr_text(&s->addr, remote, sizeof(remote));
-  struct sockaddr_storage me;
-  socklen_t ml = sizeof(me);
-  if (getsockname(s->fd, (struct sockaddr *)&me, &ml) == 0)
-    addr_text(&me, local, sizeof(local));
-  else
-    local[0] = 0;
   s->ctx->code = 0;
   s->ctx->text[0] = 0;
   s->ctx->disconnect = false;
@@ -229,8 +227,8 @@ static int run(struct lsess *s, enum luam_hook hook, const char *str, size_t sle
     .str_len = slen,
     .str2 = str2,
     .str2_len = s2len,
-    .remote_addr = remote,
-    .local_addr = local,
+    .remote_addr = s->ctx->remote,
+    .local_addr = s->ctx->local,
     .report_errors = true,
     .done = lua_done,
     .done_arg = s,

@@ -67,6 +67,7 @@ struct lcall {
   const struct luam_msg_ops *ops;
   char *domain;
   long rcpt;
+  int report_errors; /* luam_call.report_errors */
   void (*done)(void *, int);
   void *done_arg;
   lua_State *co;

@@ -89,16 +89,21 @@ BODIES = {
 }
 
 
+def dns_of(recs):
+    """dkimpy's dnsfunc answering from recs {name: TXT record}."""
+    def dnsfunc(name, timeout=5):
+        r = recs.get(name.decode().rstrip("."))
+        return r.encode() if r else None
+    return dnsfunc
+
+
 def verify(raw, recs, label, want_sigs=1):
     sigs = len(re.findall(rb"(?mi)^DKIM-Signature:", raw))
     expect(sigs == want_sigs, "%s: %d DKIM-Signature field(s), want %d" % (label, sigs, want_sigs))
     if not want_sigs:
         return
 
-    def dnsfunc(name, timeout=5):
-        r = recs.get(name.decode().rstrip("."))
-        return r.encode() if r else None
-
+    dnsfunc = dns_of(recs)
     try:
         ok = dkim.verify(raw, dnsfunc=dnsfunc)
     except dkim.DKIMException as e:
@@ -416,12 +421,8 @@ def scenario_lua(imp, sinkbin):
             e.wait_for(lambda: len(e.records("D")) >= 1, 30, "delivery")
             got = received(info).get("bob@c.test", b"")
             verify(got, recs, "configured + Lua", want_sigs=2)
-
-            def dnsfunc(name, timeout=5):
-                r = recs.get(name.decode().rstrip("."))
-                return r.encode() if r else None
             d = dkim.DKIM(got)
-            ok = [bool(d.verify(idx=i, dnsfunc=dnsfunc)) for i in range(2)]
+            ok = [bool(d.verify(idx=i, dnsfunc=dns_of(recs))) for i in range(2)]
             expect(ok == [True, True], "both signatures verify: %r" % ok)
             expect(b"d=ed.test" in got and b"i=@ed.test" in got, "the Lua signature's d= and i=")
             log = e.read(e.paniclog)

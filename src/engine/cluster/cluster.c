@@ -74,7 +74,8 @@ struct cluster_bucket {
   _Atomic uint64_t fb_iv;   /* its interval (ns) */
   /* client thread only */
   uint64_t used_seen, used_acc, rate_at_ms, last_use_ms, retry_at_ms;
-  double rate;
+  double rate, peak;  /* recent rate, and its peak decaying by half a second */
+  uint32_t last_grant;
   _Atomic uint64_t granted_total, returned_total;
   _Atomic uint32_t want_pub; /* console */
 };
@@ -673,14 +674,20 @@ static void pass_bucket(struct cluster *c, struct cluster_bucket *b, uint64_t no
     b->rate_at_ms = now;
   else if (now - b->rate_at_ms >= TICK_MS) {
     b->rate = clcalc_rate(b->rate, b->used_acc, now - b->rate_at_ms);
+    b->peak = clcalc_peak(b->peak, b->rate, now - b->rate_at_ms);
     b->used_acc = 0;
     b->rate_at_ms = now;
   }
-  uint32_t want = clcalc_batch(b->rate, &b->g);
+  bool waiting = atomic_load(&b->it.waiters) != 0;
+  /* a pause (an ingest batch, a queue held back) must not shrink the
+   * batch to a token a round trip when mail flows again: sized to the
+   * decaying peak, and doubled while workers still wait */
+  uint32_t want = clcalc_batch(b->rate < 0 ? b->rate : b->peak, &b->g);
+  if (waiting)
+    want = clcalc_ramp(want, b->last_grant, &b->g);
   atomic_store(&b->low, clcalc_low_water(want));
   atomic_store(&b->want_pub, want);
   int64_t tokens = atomic_load(&b->tokens);
-  bool waiting = atomic_load(&b->it.waiters) != 0;
   bool recent = b->last_use_ms && now - b->last_use_ms < IDLE_RETURN_MS;
   if (tokens > 0 && !recent && !waiting) {
     int64_t ret = atomic_exchange(&b->tokens, 0);
@@ -703,6 +710,7 @@ static void pass_bucket(struct cluster *c, struct cluster_bucket *b, uint64_t no
   if (gcra(c, b, ask, clcalc_min_batch(ask), 0, out) < 0)
     return;
   b->it.dirty = false;
+  b->last_grant = out[0] > 0 ? (uint32_t)out[0] : 0;
   if (out[0] > 0) {
     atomic_fetch_add(&b->tokens, out[0]);
     atomic_fetch_add(&b->granted_total, (uint64_t)out[0]);
@@ -729,12 +737,13 @@ static void pass_cap(struct cluster *c, struct cluster_cap *cap, uint64_t now, u
   uint32_t allow = atomic_load(&cap->granted), held = cap->rheld;
   uint32_t desired = clcalc_cap_desired(cap->limit, in_use, waiting, atomic_load(&cap->share),
                                         atomic_load(&cap->others) > 0);
-  if (c->resync) {
-    uint32_t share = clcalc_local_share(cap->limit, c->nodes_before);
-    uint32_t most = in_use > share ? in_use : share;
-    if (desired > most)
-      desired = most;
-  }
+  /* Redis back: until the nodes seen before have re-registered the leases
+   * of their open connections, nobody grows. Each node's connections fit
+   * in what it held before the outage or in its local share, so their sum
+   * fits the cap; growing to one's share could overtake a node whose
+   * connections Redis does not know yet (seen: 11 of 10) */
+  if (c->resync && desired > in_use)
+    desired = in_use;
   bool ask = false;
   if (desired > allow && (waiting || cap->it.dirty || now >= cap->renew_at_ms))
     ask = true;
@@ -798,17 +807,19 @@ static void *client_main(void *arg)
     if (c->rc == NULL && now >= c->next_try_ms)
       try_connect(c);
     if (c->rc) {
-      if (now >= c->next_hb_ms) {
-        heartbeat(c, false);
-        c->next_hb_ms = now + (c->resync ? 250u : c->ttl_ms / 3);
-        if (c->resync && (atomic_load(&c->nodes) >= c->nodes_before || now >= c->resync_until_ms))
-          c->resync = false;
-      }
+      /* leases before the heartbeat: once others see this node back, its
+       * connections are in Redis (they end their resync on seeing it) */
       for (struct item *it = atomic_load(&c->items); it && c->rc; it = it->next) {
         if (it->kind == IT_BUCKET)
           pass_bucket(c, (struct cluster_bucket *)it, now, &next);
         else
           pass_cap(c, (struct cluster_cap *)it, now, &next);
+      }
+      if (c->rc && now >= c->next_hb_ms) {
+        heartbeat(c, false);
+        c->next_hb_ms = now + (c->resync ? 250u : c->ttl_ms / 3);
+        if (c->resync && (atomic_load(&c->nodes) >= c->nodes_before || now >= c->resync_until_ms))
+          c->resync = false;
       }
     } else {
       if (c->next_try_ms < next)

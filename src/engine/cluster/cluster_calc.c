@@ -4,6 +4,7 @@
 #include "cluster_calc.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -152,6 +153,20 @@ double clcalc_rate(double prev, uint64_t used, uint64_t dt_ms)
   if (prev < 0)
     return inst;
   return 0.5 * prev + 0.5 * inst;
+}
+
+double clcalc_peak(double peak, double rate, uint64_t dt_ms)
+{
+  double d = peak * pow(0.5, (double)dt_ms / 1000.0);
+  return rate > d ? rate : d;
+}
+
+uint32_t clcalc_ramp(uint32_t want, uint32_t last_grant, const struct clcalc_gcra *g)
+{
+  uint64_t twice = 2 * (uint64_t)last_grant;
+  if (twice > g->max_batch)
+    twice = g->max_batch;
+  return twice > want ? (uint32_t)twice : want;
 }
 
 uint32_t clcalc_batch(double rate, const struct clcalc_gcra *g)

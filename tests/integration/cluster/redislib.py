@@ -9,7 +9,6 @@ for the password (requirepass)."""
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,17 +46,17 @@ def run_scenario(fn, redis, *args):
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from testlib import free_port  # noqa: E402  (tests/integration/testlib.py)
+import testlib  # noqa: E402  (tests/integration/testlib.py)
+from testlib import free_port  # noqa: E402
 
 
-def wait_until(cond, timeout, step=0.05):
-    """Poll cond() until it is true or the deadline passes; its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(step)
+def eventually(cond, timeout, step=0.05):
+    """testlib.wait_until for a check: cond()'s true value, or False once
+    the deadline has passed (the test records a failure and goes on)."""
+    try:
+        return testlib.wait_until(cond, timeout, "a check", interval=step)
+    except TimeoutError:
+        return False
 
 
 def openssl(*args, cwd):

@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from redislib import Redis, expect, run_scenario, wait_until  # noqa: E402
+from redislib import Redis, expect, run_scenario, eventually  # noqa: E402
 
 
 def run(drive, *args, timeout=60):
@@ -125,22 +125,28 @@ def scenario_leases(drive, redis):
             b.kill()
 
 
-def scenario_fair(drive, redis):
-    a = Holder(drive, redis.url, "fairA", "fair", 10, 10, 3)
+def fair_pair(drive, url, name, limit, what=""):
+    """Two nodes wanting all of a cap of `limit`: A holds it all, then B
+    comes and each ends with half; never more than the cap together."""
+    half = limit // 2
+    a = Holder(drive, url, name + "A", name, limit, limit, 3)
     b = None
     try:
-        expect(a.wait_held(10, 10), "node A holds 10 of 10")
-        b = Holder(drive, redis.url, "fairB", "fair", 10, 10, 3)
-        ok = b.wait_held(5, 15)
-        expect(ok, "node B reached its fair share of 5")
-        expect(wait_until(lambda: a.poll() == 5, 5), "node A gave back down to 5 (holds %d)"
-               % a.poll())
+        expect(a.wait_held(limit, 10), "%snode A holds %d of %d" % (what, limit, limit))
+        b = Holder(drive, url, name + "B", name, limit, limit, 3)
+        expect(b.wait_held(half, 15), "%snode B reached its fair share of %d" % (what, half))
+        expect(eventually(lambda: a.poll() == half, 5), "%snode A gave back down to %d (holds %d)"
+               % (what, half, a.poll()))
         peak = max_together(a, b)
-        expect(peak <= 10, "never more than 10 together (at most %d)" % peak)
+        expect(peak <= limit, "%snever more than %d together (at most %d)" % (what, limit, peak))
     finally:
         a.kill()
         if b:
             b.kill()
+
+
+def scenario_fair(drive, redis):
+    fair_pair(drive, redis.url, "fair", 10)
 
 
 def scenario_batching(drive, redis):
@@ -166,19 +172,7 @@ def scenario_tls(drive, redis):
     res = run(drive, "rate", redis.url, "tlsrate", 300, 1, 5, 3)
     print("3 nodes sharing 300/1 over TLS: %s" % res)
     expect(270 <= res["rate"] <= 330, "over TLS: rate %.1f within 300 +/- 10 %%" % res["rate"])
-    a = Holder(drive, redis.url, "tlsA", "tlscap", 6, 6, 3)
-    b = None
-    try:
-        expect(a.wait_held(6, 10), "over TLS: node A holds 6 of 6")
-        b = Holder(drive, redis.url, "tlsB", "tlscap", 6, 6, 3)
-        expect(b.wait_held(3, 15), "over TLS: node B gets its fair share of 3")
-        expect(wait_until(lambda: a.poll() == 3, 5), "node A gave back down to 3")
-        peak = max_together(a, b)
-        expect(peak <= 6, "over TLS: never more than 6 together (at most %d)" % peak)
-    finally:
-        a.kill()
-        if b:
-            b.kill()
+    fair_pair(drive, redis.url, "tlscap", 6, "over TLS: ")
     stats = redis.commandstats()
     print("commandstats: %s" % stats)
     expect(stats.get("auth", 0) >= 5, "every client sent AUTH (%d)" % stats.get("auth", 0))

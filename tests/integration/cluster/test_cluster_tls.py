@@ -24,7 +24,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "engine"))
-from redislib import Redis, expect, run_scenario, wait_until  # noqa: E402
+from redislib import Redis, expect, run_scenario, eventually  # noqa: E402
 import enginelib  # noqa: E402
 import sinklib  # noqa: E402
 
@@ -87,7 +87,7 @@ def scenario_limits(imp, sinkbin, redis):
                        "the TLS connection to redis")
             for k in range(150):
                 e.inject("s@src.test", ["r%d.%d@d.test" % (i, k)])
-        ok = wait_until(lambda: sum(delivered(e) for e in engines) >= 300, 120, 0.2)
+        ok = eventually(lambda: sum(delivered(e) for e in engines) >= 300, 120, 0.2)
         expect(ok, "300 delivered (%d)" % sum(delivered(e) for e in engines))
         summ = sink.summary_now()
         print("over TLS: max concurrent %d" % summ["max_concurrent_connections"])
@@ -118,7 +118,7 @@ def start_failing(imp, sink, url, tls, name, mode, want):
     line = [x for x in e.read(e.paniclog).splitlines() if "unavailable" in x][0]
     print("%s: %s" % (name, line))
     expect(want in line, "%s: the log says why: %r" % (name, want))
-    expect(wait_until(lambda: failures(e) >= 3, 30, 0.2), "%s: the client tried again" % name)
+    expect(eventually(lambda: failures(e) >= 3, 30, 0.2), "%s: the client tried again" % name)
     return e
 
 

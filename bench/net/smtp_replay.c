@@ -325,5 +325,10 @@ int main(int argc, char **argv)
          (us + ss) / count, us / count, ss / count, (double)sc / count, (double)n_send / count,
          (double)n_recv / count, (double)n_epoll / count,
          (double)(r1.ru_nvcsw - r0.ru_nvcsw + r1.ru_nivcsw - r0.ru_nivcsw) / count);
+  for (int i = 0; i < nconn; i++)
+    free(cs[i].out);
+  free(cs);
+  free(body_crlf);
+  close(ep);
   return acked == count && !bad ? 0 : 1;
 }

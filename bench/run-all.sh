@@ -38,8 +38,8 @@ bench/impetus-bench --build "$BUILD" --json "$PEERS" --quiet --label "1KB w2" --
   || echo "run-all: FAILED: peers" >&2
 python3 bench/sink/source_vs_sinks.py "$BUILD" "$SINKS" || echo "run-all: FAILED: source_vs_sinks" >&2
 if [ "${ONLY:-}" = peers ]; then
-  BL=""; [ "$BIG" = 0 ] && BL=bench/backlog.jsonl
-  python3 bench/render.py "$OUT" bench/compare.json bench/ingest.txt bench/fs_floor.txt "$BL" >bench/BENCHMARKS.md
+  BL=""; [ -s bench/backlog.jsonl ] && BL=bench/backlog.jsonl
+  ONLY=peers python3 bench/render.py "$OUT" bench/compare.json bench/ingest.txt bench/fs_floor.txt "$BL" >bench/BENCHMARKS.md
   echo "run-all: wrote bench/BENCHMARKS.md (issue 25's part new, the rest from the last full run)" >&2
   exit 0
 fi
@@ -111,4 +111,5 @@ bash bench/run-dkim.sh "$BUILD" >&2 || echo "run-all: run-dkim.sh failed" >&2
 
 BL=""; [ "$BIG" = 0 ] && BL=bench/backlog.jsonl
 python3 bench/render.py "$OUT" bench/compare.json "$ING" "$FLOOR" "$BL" >bench/BENCHMARKS.md
+date -u '+%Y-%m-%d %H:%M UTC' >bench/full-run.txt
 echo "run-all: wrote bench/BENCHMARKS.md" >&2

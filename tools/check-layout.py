@@ -24,10 +24,6 @@ MAX_LINES = 1200
 # when its split lands; an entry whose file is back under the limit (or gone)
 # is reported too, so the list cannot go stale.
 ALLOW_LONG = {
-    # helper perf splits it this session (issue 25)
-    "smtp/smtps.c": "split pending (issue 25, helper perf)",
-    # helper listener splits it this session (issue 21)
-    "engine/listener.c": "split pending (issue 21, helper listener)",
     # grew past the limit on main with issue 18's pickup fixes; owned by helper spool
     "engine/spool/ingest.c": "split pending (helper spool's area)",
 }

@@ -198,10 +198,12 @@ size_t adaptive_reply(struct adaptive *a, const struct adaptive_reply *r, uint64
 
 /* A connection to (binding, domain) failed before SMTP at now_ms. After
  * threshold consecutive failures (threshold 0: never) a CONNECT_DELAY
- * adjustment spaces new connections, doubling from 1 s to at most 5 min
- * with each further failure (the generation changes then); it lasts until
- * a connection succeeds or 10 minutes pass. Returns true (and *out) only
- * when it starts: it is logged once then, and once when it ends. */
+ * adjustment spaces new connections, from 1 s, doubling (to at most 5 min)
+ * with each further failure at least half the spacing after the last
+ * change (a burst of connections already in flight counts once); the
+ * generation changes then. It lasts until a connection succeeds or 10
+ * minutes pass. Returns true (and *out) only when it starts: it is logged
+ * once then, and once when it ends. */
 bool adaptive_conn_failed(struct adaptive *a, const char *binding, const char *domain,
                           uint32_t threshold, uint64_t now_ms, struct adaptive_adjustment *out);
 /* A connection to (binding, domain) reached SMTP: the failure run ends. */

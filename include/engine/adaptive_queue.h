@@ -8,7 +8,8 @@
  *
  * Logs each adjustment once to the paniclog ("adaptive: ..."), made or
  * ended. Never fails or bounces a recipient. Threads: the worker that owns
- * the queue, except _ages_* (main and control threads). */
+ * the queue, except _ages_* (main and control threads) and _state_* (main
+ * thread). */
 #pragma once
 
 #include <stdbool.h>

@@ -5,7 +5,10 @@
  * spool's threads only hand completions back. See docs/listener.md. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
 
 struct conf;
 struct spool;
@@ -37,3 +40,14 @@ void listener_stop(struct listener *l);
 void listener_free(struct listener *l);
 /* Sessions now (for the console). */
 size_t listener_sessions(const struct listener *l);
+
+/* Proxy_Protocol: what a HAProxy PROXY header says. */
+struct listener_proxy {
+  bool local;                  /* LOCAL / UNKNOWN / a non-IP family: keep the real address */
+  struct sockaddr_storage src; /* else the client */
+};
+/* Parse a PROXY header (version 1 text or version 2 binary, told apart by
+ * the first byte) at the start of p[0..n). Returns its length (> 0), 0
+ * when more bytes are needed, -EBADMSG when malformed (why says how).
+ * Sans-I/O; any thread. */
+int listener_proxy_parse(const uint8_t *p, size_t n, struct listener_proxy *out, const char **why);

@@ -268,9 +268,11 @@ static int dispatch(struct ctl_req *r)
   if (IS(0, "domain") && ac == 2)
     return ctl_cmd_domain(r, NULL, av[1]);
   if (IS(0, "showqueue") && IS(1, "binding") && ac == 4)
-    return ctl_cmd_domain(r, av[2], av[3]) < 0 ? -EINVAL : ctl_cmd_list_units(r, av[2], av[3], NULL, 1, 0);
+    return ctl_cmd_domain(r, av[2], av[3]) < 0 ? -EINVAL
+                                               : ctl_cmd_list_units(r, av[2], av[3], NULL, 1, 0);
   if (IS(0, "showqueue") && ac == 2)
-    return ctl_cmd_domain(r, NULL, av[1]) < 0 ? -EINVAL : ctl_cmd_list_units(r, NULL, av[1], NULL, 1, 0);
+    return ctl_cmd_domain(r, NULL, av[1]) < 0 ? -EINVAL
+                                              : ctl_cmd_list_units(r, NULL, av[1], NULL, 1, 0);
   if (IS(0, "mailq")) {
     const char *b = NULL, *d = NULL;
     size_t page = 1, per = 0;

@@ -348,7 +348,8 @@ int ctl_cmd_message_fail(struct ctl_req *r, const char *id)
     return -EINVAL;
   size_t n = acted_on(q);
   if (n == 0)
-    return ctl_fail(r, "message %s has no queued unit (unknown, done, or in a session right now)", id);
+    return ctl_fail(r, "message %s has no queued unit (unknown, done, or in a session right now)",
+                    id);
   ctl_out_str(&r->o, "id", id);
   ctl_out_u64(&r->o, "failed_units", n);
   return 0;

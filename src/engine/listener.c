@@ -310,7 +310,7 @@ static void on_accept(struct listener *L, struct lsock *k)
       return;
     uint8_t a[16];
     int fam = lsn_addr_bytes(&ss, a);
-    struct scopes sc = lsn_scopes(L->gen, k, fam, a);
+    struct scopes sc = lsn_scopes(k->gen, k, fam, a);
     /* limits: the listener, the Listen (the client address's: once its
      * address is known, after any PROXY header) */
     int64_t lim_all = conf_int(L->gen->top, CONF_ESMTP_LISTENER_SESSIONS_L);
@@ -330,8 +330,8 @@ static void on_accept(struct listener *L, struct lsock *k)
     s->ls = k;
     k->refs++;
     k->sessions++;
-    s->gen = L->gen;
-    L->gen->refs++;
+    s->gen = k->gen; /* L->gen: the socket is open */
+    k->gen->refs++;
     s->addr = ss;
     inet_ntop(fam, a, s->ip, sizeof(s->ip));
     s->next = L->sessions;
@@ -421,6 +421,7 @@ static void take_done(struct listener *L)
     lsn_on_done(rev);
     rev = next;
   }
+  lsn_kick_all(L);
   lsn_lua_posts(L);
   if (rc)
     apply_reload(L, rc);

@@ -417,6 +417,7 @@ void lsn_sock_unref(struct lsock *k)
   if (k->fd >= 0)
     close(k->fd);
   free(k->peers);
+  lsn_gen_unref(k->gen);
   free(k);
 }
 
@@ -482,6 +483,12 @@ int lsn_conf_apply(struct listener *L, struct conf *c, bool start, char *err, si
       goto fail;
     }
     pe->old = find_sock(L, conf_stanza_instance(ls));
+    for (size_t j = 0; j + 1 < np; j++)
+      if (!strcmp(conf_stanza_instance(pend[j].st), conf_stanza_instance(ls))) {
+        snprintf(err, errlen, "esmtp_listener: Listen \"%s\" appears twice",
+                 conf_stanza_instance(ls));
+        goto fail;
+      }
   }
   if (np == 0) {
     snprintf(err, errlen, "esmtp_listener: no enabled Listen stanza");
@@ -517,6 +524,9 @@ int lsn_conf_apply(struct listener *L, struct conf *c, bool start, char *err, si
     k->peers = pend[i].peers;
     k->npeers = pend[i].npeers;
     k->v = conf_stanza_view(pend[i].st);
+    g->refs++;
+    lsn_gen_unref(k->gen);
+    k->gen = g;
     keep[i] = k;
   }
   for (size_t i = 0; i < L->nsocks; i++) {

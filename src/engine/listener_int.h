@@ -68,8 +68,9 @@ struct lsock {
   int fd;
   unsigned refs; /* 1 while open + one per session */
   char name[80];
-  const struct conf_view *v; /* the Listen stanza in L->gen */
-  struct cidr *peers;        /* its Peer stanzas (L->gen) */
+  struct lgen *gen;          /* referenced: the generation v and peers are of */
+  const struct conf_view *v; /* the Listen stanza */
+  struct cidr *peers;        /* its Peer stanzas */
   size_t npeers;
   uint32_t sessions;
 };
@@ -107,6 +108,8 @@ struct lsess {
   char auth_user[128];
   struct lctx *ctx;  /* Lua hooks: the connection and message contexts (NULL: no hooks) */
   struct lsess *prev, *next; /* all sessions */
+  struct lsess *kick_next;   /* L->kicked: replies resolved, to send */
+  bool kicked;
 };
 
 /* One message handed to the spool; its reply is deferred in the session's
@@ -141,6 +144,7 @@ struct listener {
   size_t nsocks;
   struct lsess *sessions;
   size_t nsessions;
+  struct lsess *kicked; /* sessions with replies resolved and not yet sent */
   pthread_t thread;
   bool running;
   atomic_bool stop;
@@ -208,8 +212,12 @@ void lsn_command_commit(struct lsess *s, const struct smtps_event *ev);
 /* Answer an AUTH: ok 1 accepted, 0 refused (text: a "5xx text" reply
  * or empty for the default 535), -1 a temporary failure (454). */
 void lsn_auth_answer(struct lsess *s, const struct smtps_event *ev, int ok, const char *text);
-/* A submission reported (listener thread, from the done list). */
+/* A submission reported (listener thread, from the done list): its reply
+ * is resolved; the session is queued on L->kicked for lsn_kick_all. */
 void lsn_on_done(struct lsub *u);
+/* Send the replies resolved by lsn_on_done and read on: one flush per
+ * session for a whole commit's completions. */
+void lsn_kick_all(struct listener *L);
 /* The spool's completion callback (a spool thread). */
 void lsn_on_submitted(void *arg, int result, const char *id, const char *why);
 /* The SMTP part of a new session (after any PROXY header): limits, the
@@ -218,15 +226,6 @@ void lsn_on_submitted(void *arg, int result, const char *id, const char *why);
 bool lsn_session_begin(struct lsess *s);
 
 /* ---- listener_proxy.c ---- */
-/* The result of a PROXY header. */
-struct lproxy {
-  bool local;                  /* LOCAL / UNKNOWN / unused family: keep the real address */
-  struct sockaddr_storage src; /* else the client */
-};
-/* Parse a PROXY header (v1 or v2) at the start of p[0..n). Returns its
- * length (> 0), 0 when more bytes are needed, -EBADMSG when malformed
- * (why says how). Sans-I/O. */
-int lsn_proxy_parse(const uint8_t *p, size_t n, struct lproxy *out, const char **why);
 /* Input on a session waiting for its header: false when it is gone. */
 bool lsn_proxy_input(struct lsess *s, const uint8_t *p, size_t n);
 

@@ -5,9 +5,10 @@
  * header reports (LOCAL, UNKNOWN and non-IP families keep the real one),
  * then start the SMTP session; a malformed header closes the connection
  * with a paniclog line and no banner.
- * The parser (lsn_proxy_parse) is sans-I/O; lsn_proxy_input runs on the
+ * The parser (listener_proxy_parse) is sans-I/O; lsn_proxy_input runs on the
  * listener thread. Never reads past the bytes it is given; never holds
  * more than LSN_PP_MAX bytes of a header. */
+#include "listener.h"
 #include "listener_int.h"
 
 #include "logs.h"
@@ -54,7 +55,7 @@ static bool port_of(const char *s, uint16_t *port)
   return true;
 }
 
-static int parse_v1(const uint8_t *p, size_t n, struct lproxy *out, const char **why)
+static int parse_v1(const uint8_t *p, size_t n, struct listener_proxy *out, const char **why)
 {
   static const char pre[] = "PROXY ";
   size_t k = n < 6 ? n : 6;
@@ -107,7 +108,7 @@ static int parse_v1(const uint8_t *p, size_t n, struct lproxy *out, const char *
   return (int)used;
 }
 
-static int parse_v2(const uint8_t *p, size_t n, struct lproxy *out, const char **why)
+static int parse_v2(const uint8_t *p, size_t n, struct listener_proxy *out, const char **why)
 {
   size_t k = n < sizeof(v2sig) ? n : sizeof(v2sig);
   if (memcmp(p, v2sig, k))
@@ -149,7 +150,7 @@ static int parse_v2(const uint8_t *p, size_t n, struct lproxy *out, const char *
   return (int)(16 + len);
 }
 
-int lsn_proxy_parse(const uint8_t *p, size_t n, struct lproxy *out, const char **why)
+int listener_proxy_parse(const uint8_t *p, size_t n, struct listener_proxy *out, const char **why)
 {
   *why = "";
   if (n == 0)
@@ -164,9 +165,9 @@ int lsn_proxy_parse(const uint8_t *p, size_t n, struct lproxy *out, const char *
 bool lsn_proxy_input(struct lsess *s, const uint8_t *p, size_t n)
 {
   buf_append(&s->in, p, n);
-  struct lproxy pr;
+  struct listener_proxy pr;
   const char *why;
-  int r = lsn_proxy_parse(buf_head(&s->in), buf_avail(&s->in), &pr, &why);
+  int r = listener_proxy_parse(buf_head(&s->in), buf_avail(&s->in), &pr, &why);
   if (r == 0 && buf_avail(&s->in) < LSN_PP_MAX)
     return true;
   if (r <= 0) {

@@ -44,10 +44,12 @@ void lsn_on_submitted(void *arg, int result, const char *id, const char *why)
   snprintf(u->id, sizeof(u->id), "%s", id ? id : "");
   snprintf(u->why, sizeof(u->why), "%s", why ? why : "");
   pthread_mutex_lock(&L->dlock);
+  bool was_empty = !L->done_head;
   u->next = L->done_head;
   L->done_head = u;
   pthread_mutex_unlock(&L->dlock);
-  lsn_wake(L);
+  if (was_empty) /* else a wake is pending: the thread takes the whole list */
+    lsn_wake(L);
 }
 
 /* The pickup-format message: envelope lines, DSN and session context,
@@ -78,8 +80,11 @@ static void message_end(struct lsess *s, const struct smtps_event *ev)
   if (missing) {
     static _Atomic uint64_t seq;
     char unique[64];
+    static long pid;
+    if (!pid)
+      pid = (long)getpid(); /* the listener thread only: no system call per message */
     snprintf(unique, sizeof(unique), "%ld.%" PRIu64 ".%ld", (long)t,
-             atomic_fetch_add(&seq, 1), (long)getpid());
+             atomic_fetch_add(&seq, 1), pid);
     msg_headers_add(&f, missing, t, unique, host);
   }
   buf_append(&f, s->msg.data, s->msg.len);
@@ -192,7 +197,7 @@ static void on_command(struct lsess *s, const struct smtps_event *ev)
   }
   if (command_refused(s, ev, now))
     return;
-  if (s->ctx && lsn_lua_command(s, ev)) /* answered, or answered later */
+  if (lsn_lua_command(s, ev)) /* answered, or answered later */
     return;
   lsn_command_commit(s, ev);
 }
@@ -286,9 +291,23 @@ void lsn_on_done(struct lsub *u)
   }
   free(u);
   s->reading = true;
-  if (!lsn_flush(s))
-    return;
-  lsn_run_held(s);
+  if (!s->kicked) { /* sent once the whole list is resolved: one send per session */
+    s->kicked = true;
+    s->kick_next = s->L->kicked;
+    s->L->kicked = s;
+  }
+}
+
+void lsn_kick_all(struct listener *L)
+{
+  while (L->kicked) {
+    struct lsess *s = L->kicked;
+    L->kicked = s->kick_next;
+    s->kicked = false;
+    s->kick_next = NULL;
+    if (!s->dead && lsn_flush(s))
+      lsn_run_held(s);
+  }
 }
 
 static size_t sessions_from(const struct listener *L, const char *ip, const struct lsess *self)
@@ -314,6 +333,11 @@ bool lsn_session_begin(struct lsess *s)
   uint8_t a[16];
   int fam = lsn_addr_bytes(&s->addr, a);
   inet_ntop(fam, a, s->ip, sizeof(s->ip));
+  if (s->gen != s->ls->gen) { /* a reload came while a PROXY header was awaited */
+    s->ls->gen->refs++;
+    lsn_gen_unref(s->gen);
+    s->gen = s->ls->gen;
+  }
   s->sc = lsn_scopes(s->gen, s->ls, fam, a);
   const struct scopes *sc = &s->sc;
   char line[300];

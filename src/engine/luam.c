@@ -33,6 +33,11 @@ static const char *const hook_names[LUAM_HOOK_COUNT] = {
   [LUAM_HOOK_LOG_DELIVERY] = "core_log_delivery_v1",
   [LUAM_HOOK_LOG_TRANSIENT_FAILURE] = "core_log_transient_failure_v1",
   [LUAM_HOOK_LOG_PERMANENT_FAILURE] = "core_log_permanent_failure_v1",
+  [LUAM_HOOK_VALIDATE_CONNECT] = "validate_connect",
+  [LUAM_HOOK_VALIDATE_EHLO] = "validate_ehlo",
+  [LUAM_HOOK_VALIDATE_MAILFROM] = "validate_mailfrom",
+  [LUAM_HOOK_VALIDATE_RCPTTO] = "validate_rcptto",
+  [LUAM_HOOK_AC_AUTH_PERFORM_AUTH] = "ac_auth_perform_auth",
 };
 
 /* Blocking mode (host->post == NULL): answers come back here and
@@ -345,12 +350,17 @@ int luam_call_resume(struct luam *lm, struct lcall *c, int nargs)
     char pos[200] = "?";
     const char *script = luam_stack_script(c->co, ls, pos, sizeof pos);
     luam_log(lm, 0, script, "%s: %s: a hook yielded outside msys.db; skipped (CONT)",
-           hook_names[c->hook], pos);
+             hook_names[c->hook], pos);
+    result = c->report_errors ? LUAM_ERROR : LUAM_CONT;
   } else if (rc == 0) {
     c->reusable = 1;
-    if (lua_gettop(c->co) >= 1)
-      result = lua_tointeger(c->co, -1) == LUAM_DONE ? LUAM_DONE : LUAM_CONT;
+    if (lua_gettop(c->co) >= 1) {
+      lua_Integer r = lua_tointeger(c->co, -1); /* the dispatcher's: CONT, DONE or 3 (error) */
+      result = r == LUAM_DONE ? LUAM_DONE
+               : r == LUAM_ERROR && c->report_errors ? LUAM_ERROR : LUAM_CONT;
+    }
   } else {
+    result = c->report_errors ? LUAM_ERROR : LUAM_CONT;
     /* An error escaped the dispatcher itself (budget or memory while it
      * was between modules). */
     luam_note_failure(lm, ls, c->hook);
@@ -358,7 +368,7 @@ int luam_call_resume(struct luam *lm, struct lcall *c, int nargs)
     char pos[200] = "";
     const char *script = luam_stack_script(c->co, ls, pos, sizeof pos);
     luam_log(lm, 0, script, "%s: %s%s%s%s; skipped (CONT)", hook_names[c->hook], m ? m : "error",
-           ls->oom ? " (memory limit)" : "", pos[0] ? " near " : "", pos);
+             ls->oom ? " (memory limit)" : "", pos[0] ? " near " : "", pos);
   }
   if (ls->aborting)
     lm->stats.aborted++;
@@ -432,6 +442,7 @@ int luam_call(struct luam *lm, enum luam_hook hook, const struct luam_call *call
   c->rcpt = hook == LUAM_HOOK_VALIDATE_DATA_SPOOL_EACH_RCPT ? call->rcpt : -1;
   c->done = call->done;
   c->done_arg = call->done_arg;
+  c->report_errors = call->report_errors;
 
   if (ls->nidle > 0) {
     ls->nidle--;
@@ -451,7 +462,22 @@ int luam_call(struct luam *lm, enum luam_hook hook, const struct luam_call *call
   luaL_getmetatable(co, MSG_MT);
   lua_setmetatable(co, -2);
   int nargs = 2;
-  if (hook >= LUAM_HOOK_LOG_DELIVERY) {
+  if (hook >= LUAM_HOOK_VALIDATE_CONNECT) { /* the listener's: str, ac, str2 */
+    if (call->str)
+      lua_pushlstring(co, call->str, call->str_len);
+    else
+      lua_pushnil(co);
+    lua_createtable(co, 0, 2);
+    lua_pushstring(co, call->remote_addr ? call->remote_addr : "");
+    lua_setfield(co, -2, "remote_addr");
+    lua_pushstring(co, call->local_addr ? call->local_addr : "");
+    lua_setfield(co, -2, "local_addr");
+    if (call->str2)
+      lua_pushlstring(co, call->str2, call->str2_len);
+    else
+      lua_pushnil(co);
+    nargs += 3;
+  } else if (hook >= LUAM_HOOK_LOG_DELIVERY) {
     const struct luam_outcome *o = call->outcome;
     push_outcome(co, o);
     lua_pushnumber(co, (lua_Number)time(NULL));

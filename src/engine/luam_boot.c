@@ -123,8 +123,10 @@ static int c_report(lua_State *L)
   else
     lm->stats.errors++;
   if (ls->oom)
-    luam_log(lm, 0, script, "%s:%s: memory limit (%zu bytes) exceeded%s: %s; hook skipped (CONT), state will be recreated",
-           mod, hook, ls->mem_limit, where, err);
+    luam_log(lm, 0, script,
+             "%s:%s: memory limit (%zu bytes) exceeded%s: %s; hook skipped (CONT), state will be "
+             "recreated",
+             mod, hook, ls->mem_limit, where, err);
   else
     luam_log(lm, 0, script, "%s:%s: %s%s; hook skipped (CONT)", mod, hook, err, where);
   return 0;

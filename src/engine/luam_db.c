@@ -142,8 +142,10 @@ static void ds_failure_log(struct luam *lm, const struct lcall *c, int ds, const
     snprintf(more, sizeof more, " (%lu more failures in the last %llu s)",
              lm->dslog[slot].suppressed,
              (unsigned long long)((now - lm->dslog[slot].log_ns) / 1000000000ull));
-  luam_log(lm, 0, NULL, "%s: msys.db query failed: %s; the hook gets the error and the message "
-         "goes on%s", luam_hook_name(c->hook), err, more);
+  luam_log(lm, 0, NULL,
+           "%s: msys.db query failed: %s; the hook gets the error and the message "
+           "goes on%s",
+           luam_hook_name(c->hook), err, more);
   lm->dslog[slot].log_ns = now;
   lm->dslog[slot].suppressed = 0;
 }

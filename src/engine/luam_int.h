@@ -15,6 +15,7 @@
 
 #define MSG_MT "impetus.msg"
 #define LUAM_IDLE_COROUTINES 8
+#define LUAM_HOOK_EVERY 1000 /* instructions between budget checks */
 
 struct script {
   char *name, *path, *chunk; /* chunk = "@" path */
@@ -66,6 +67,7 @@ struct lcall {
   const struct luam_msg_ops *ops;
   char *domain;
   long rcpt;
+  int report_errors; /* luam_call.report_errors */
   void (*done)(void *, int);
   void *done_arg;
   lua_State *co;
@@ -121,9 +123,9 @@ void luam_log(const struct luam *lm, int level, const char *script, const char *
 /* Count one hook failure (stats and the host's counter) by its cause. */
 void luam_note_failure(struct luam *lm, const struct lstate *ls, enum luam_hook hook);
 size_t luam_state_mem(struct lstate *ls);
-/* Open (and close) the window in which ls's code runs under the budget. */
-void luam_run_begin(struct lstate *ls, uint64_t now, uint64_t used_ns, uint64_t used_instr);
-void luam_run_end(struct lstate *ls);
+/* The count hook: the instruction and time budget, and where a memory
+ * bomb was; LUAM_HOOK_EVERY instructions apart until a budget is spent. */
+void luam_budget_hook(lua_State *L, lua_Debug *ar);
 /* Read every script of o; -errno and err on failure (nothing kept). */
 int luam_scripts_load(const struct luam_opts *o, struct script **out, char *err, size_t errlen);
 void luam_scripts_free(struct script *s, size_t n);
@@ -137,6 +139,32 @@ void luam_state_retire(struct luam *lm, struct lstate *ls);
 void luam_state_reap(struct luam *lm, struct lstate *ls);
 /* Replace a state that hit its memory limit with a fresh one. */
 void luam_state_recreate(struct luam *lm);
+
+/* Open (and close) the window in which ls's code runs under the budget
+ * (inline: once per hook call and resume). */
+static inline void luam_run_begin(struct lstate *ls, uint64_t now, uint64_t used_ns,
+                                  uint64_t used_instr)
+{
+  struct luam *lm = ls->lm;
+  luam_tls_ls = ls;
+  ls->enforce = 1;
+  ls->aborting = 0;
+  ls->near[0] = 0;
+  ls->instr = used_instr;
+  ls->max_instr = lm->max_instr;
+  uint64_t budget = lm->max_time_ms * 1000000ull;
+  ls->deadline_ns = now + (budget > used_ns ? budget - used_ns : 0);
+}
+
+static inline void luam_run_end(struct lstate *ls)
+{
+  if (ls->aborting)
+    lua_sethook(ls->L, luam_budget_hook, LUA_MASKCOUNT, LUAM_HOOK_EVERY);
+  ls->enforce = 0;
+  luam_tls_ls = NULL;
+  if (!ls->counting && luam_state_mem(ls) > ls->mem_limit)
+    ls->oom = 1;
+}
 
 /* luam_msg.c: the msg object handed to hooks. */
 /* The call behind the msg at stack index 1; raises when it is over. */

@@ -249,6 +249,23 @@ static int m_code(lua_State *L)
   return 0;
 }
 
+/* vctx:disconnect(code, text): the listener ends the session with it. */
+static int m_disconnect(lua_State *L)
+{
+  struct lcall *c = luam_msg_check(L);
+  int code = (int)luaL_optinteger(L, 2, 421);
+  const char *text = luaL_optstring(L, 3, "4.7.0 Closing connection");
+  if (code < 200 || code > 599)
+    return luaL_error(L, "vctx:disconnect: %d is not an SMTP reply code", code);
+  if (c->ops->disconnect) {
+    c->ops->disconnect(c->msg, code, text);
+    return 0;
+  }
+  NEED(c, set_code);
+  c->ops->set_code(c->msg, code, text);
+  return 0;
+}
+
 static int m_discard(lua_State *L)
 {
   struct lcall *c = luam_msg_check(L);
@@ -283,6 +300,7 @@ static const luaL_Reg msg_methods[] = {
   {"code", m_code},
   {"set_code", m_code},
   {"discard", m_discard},
+  {"disconnect", m_disconnect},
   {NULL, NULL},
 };
 

@@ -19,7 +19,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define HOOK_EVERY 1000 /* instructions between budget checks */
 #define LUAM_MAX_SCRIPT_BYTES (16u << 20)
 #define LUAM_MAX_LOG_TEXT 4096
 
@@ -83,12 +82,12 @@ size_t luam_state_mem(struct lstate *ls)
 /* ------------------------------------------------------------------ */
 /* budget */
 
-static void budget_hook(lua_State *L, lua_Debug *ar)
+void luam_budget_hook(lua_State *L, lua_Debug *ar)
 {
   struct lstate *ls = luam_tls_ls;
   if (!ls)
     return;
-  ls->instr += HOOK_EVERY;
+  ls->instr += LUAM_HOOK_EVERY;
   if (ls->counting && ls->mem > ls->mem_limit / 4 * 3 && !ls->aborting &&
       lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
     snprintf(ls->near, sizeof ls->near, "%s:%d", ar->short_src, ar->currentline);
@@ -97,7 +96,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     /* From now on check every instruction, so that a script catching the
      * error with pcall meets it again at its next instruction. */
     ls->aborting = 1;
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+    lua_sethook(L, luam_budget_hook, LUA_MASKCOUNT, 1);
   }
   if (!ls->aborting)
     goto mem;
@@ -118,29 +117,6 @@ mem:
   }
 }
 
-/* Open the window in which ls's code runs under the budget. */
-void luam_run_begin(struct lstate *ls, uint64_t now, uint64_t used_ns, uint64_t used_instr)
-{
-  struct luam *lm = ls->lm;
-  luam_tls_ls = ls;
-  ls->enforce = 1;
-  ls->aborting = 0;
-  ls->near[0] = 0;
-  ls->instr = used_instr;
-  ls->max_instr = lm->max_instr;
-  uint64_t budget = lm->max_time_ms * 1000000ull;
-  ls->deadline_ns = now + (budget > used_ns ? budget - used_ns : 0);
-}
-
-void luam_run_end(struct lstate *ls)
-{
-  if (ls->aborting)
-    lua_sethook(ls->L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
-  ls->enforce = 0;
-  luam_tls_ls = NULL;
-  if (!ls->counting && luam_state_mem(ls) > ls->mem_limit)
-    ls->oom = 1;
-}
 
 /* ------------------------------------------------------------------ */
 /* states */
@@ -294,7 +270,7 @@ struct lstate *luam_state_new(struct luam *lm, char *err, size_t errlen)
     util_panic("luam: sandbox: %s", lua_tostring(L, -1));
   if (!lm->jit)
     luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
-  lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  lua_sethook(L, luam_budget_hook, LUA_MASKCOUNT, LUAM_HOOK_EVERY);
   lua_pushlightuserdata(L, ls);
   lua_setfield(L, LUA_REGISTRYINDEX, "impetus.ls");
 
@@ -383,7 +359,7 @@ void luam_state_recreate(struct luam *lm)
   }
   lm->stats.recreated++;
   luam_log(lm, 1, NULL, "Lua state recreated after exceeding its memory limit (%zu bytes)",
-         lm->max_mem);
+           lm->max_mem);
   struct lstate *old = lm->cur;
   lm->cur = fresh;
   luam_state_retire(lm, old);

@@ -62,8 +62,8 @@ static void on_unsolicited(struct smtpc *s, uint64_t now)
       smtpc_result_from_reply(s, t->final, 8);
       smtpc_txn_finish(s);
     }
-    smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, s->rp.code, false, "reply before the end of the body: %d %s",
-         s->rp.code, s->rp.text);
+    smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, s->rp.code, false,
+               "reply before the end of the body: %d %s", s->rp.code, s->rp.text);
     return;
   }
   if (s->rp.code == 421) {
@@ -112,7 +112,7 @@ static void on_reply(struct smtpc *s, uint64_t now)
       smtpc_fail_reply(s, false, 0, "STARTTLS");
     } else if (s->tls_mode == SMTPC_TLS_REQUIRED) {
       smtpc_fail(s, SMTPC_FAIL_TRANSIENT, SMTPC_F_TLS_POLICY, code, true,
-           "TLS required but STARTTLS was refused: %s", s->rp.text);
+                 "TLS required but STARTTLS was refused: %s", s->rp.text);
     } else {
       s->tls_mode = SMTPC_TLS_NO; /* opportunistic: go on in plaintext */
       smtpc_start_auth(s, now);
@@ -156,7 +156,7 @@ static void on_reply(struct smtpc *s, uint64_t now)
   case SMTPC_ST_TLS:
   case SMTPC_ST_IDLE:
   case SMTPC_ST_DONE:
-    util_panic("smtpc: reply routed to state %s", smtpc_tab_name[s->st]);
+    util_panic("smtpc: reply routed to state %s", smtpc_tab[s->st].name);
   default: util_panic("smtpc: bad state %d", (int)s->st);
   }
 }
@@ -170,7 +170,7 @@ int smtpc_feed(struct smtpc *s, const void *bytes, size_t n, uint64_t now)
   if (s->st == SMTPC_ST_TLS || s->st == SMTPC_ST_TLS_IMPLICIT || s->st == SMTPC_ST_CONNECT) {
     if (n)
       smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, 0, false, "unexpected plaintext data %s",
-           smtpc_tab_doing[s->st]);
+                 smtpc_tab[s->st].doing);
     return (int)total;
   }
   while (n > 0 && s->st != SMTPC_ST_DONE) {
@@ -181,8 +181,8 @@ int smtpc_feed(struct smtpc *s, const void *bytes, size_t n, uint64_t now)
       s->unsolicited += (uint32_t)used;
       if (s->unsolicited > s->lim.max_unsolicited) {
         smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, 0, false,
-             "more than %u bytes of unsolicited data from the server %s",
-             (unsigned)s->lim.max_unsolicited, smtpc_tab_doing[s->st]);
+                   "more than %u bytes of unsolicited data from the server %s",
+                   (unsigned)s->lim.max_unsolicited, smtpc_tab[s->st].doing);
         break;
       }
     }
@@ -190,7 +190,7 @@ int smtpc_feed(struct smtpc *s, const void *bytes, size_t n, uint64_t now)
     n -= used;
     if (r < 0) {
       smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, 0, false, "%s %s", smtp_reply_strerror(r),
-           smtpc_tab_doing[s->st]);
+                 smtpc_tab[s->st].doing);
       break;
     }
     if (r == SMTP_REPLY_LINE && expect)
@@ -207,7 +207,7 @@ int smtpc_feed(struct smtpc *s, const void *bytes, size_t n, uint64_t now)
         /* bytes after "220 go ahead" would be read as if they came over
          * TLS: a response-injection attempt (cf. CVE-2011-0411) */
         smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, 0, false,
-             "server sent data after its STARTTLS reply (response injection?)");
+                   "server sent data after its STARTTLS reply (response injection?)");
         break;
       }
     }
@@ -317,7 +317,7 @@ void smtpc_eof(struct smtpc *s, uint64_t now)
     return;
   }
   smtpc_fail(s, SMTPC_FAIL_NETWORK, 0, 0, false, "connection closed by the server while %s",
-       smtpc_tab_doing[s->st]);
+             smtpc_tab[s->st].doing);
 }
 
 void smtpc_io_error(struct smtpc *s, int err, uint64_t now)
@@ -325,8 +325,8 @@ void smtpc_io_error(struct smtpc *s, int err, uint64_t now)
   (void)now;
   if (err < 0)
     err = -err;
-  smtpc_fail(s, SMTPC_FAIL_NETWORK, 0, 0, false, "%s while %s", strerrorname_np(err) ? strerrorname_np(err) : "I/O error",
-       smtpc_tab_doing[s->st]);
+  smtpc_fail(s, SMTPC_FAIL_NETWORK, 0, 0, false, "%s while %s",
+             strerrorname_np(err) ? strerrorname_np(err) : "I/O error", smtpc_tab[s->st].doing);
 }
 
 uint64_t smtpc_deadline(const struct smtpc *s) { return s->deadline; }
@@ -349,8 +349,8 @@ int smtpc_timeout(struct smtpc *s, uint64_t now)
     break;
   }
   enum smtpc_state aw = smtpc_awaited(s);
-  smtpc_fail(s, SMTPC_FAIL_TIMEOUT, 0, 0, false, "timeout while %s (%s = %u s)", smtpc_tab_doing[aw],
-       smtpc_tab_timeout_opt[aw], (unsigned)smtpc_timeout_s(s, aw));
+  smtpc_fail(s, SMTPC_FAIL_TIMEOUT, 0, 0, false, "timeout while %s (%s = %u s)",
+             smtpc_tab[aw].doing, smtpc_tab[aw].timeout_opt, (unsigned)smtpc_timeout_s(s, aw));
   return 1;
 }
 
@@ -402,10 +402,10 @@ void smtpc_quit(struct smtpc *s, uint64_t now)
     return;
   }
   smtpc_prev_abandon(s, 0, "", "session closed locally");
-  smtpc_cq_abandon(s, 0, "", "session closed locally", smtpc_tab_stage[smtpc_awaited(s)]);
+  smtpc_cq_abandon(s, 0, "", "session closed locally", smtpc_tab[smtpc_awaited(s)].stage);
   if (s->has_txn) {
-    smtpc_set_result(s->txn.final, SMTPC_OUT_TRANSIENT, 0, "", smtpc_tab_stage[s->st],
-               "session closed locally");
+    smtpc_set_result(s->txn.final, SMTPC_OUT_TRANSIENT, 0, "", smtpc_tab[s->st].stage,
+                     "session closed locally");
     smtpc_txn_finish(s);
   }
   smtpc_wipe_creds(s);
@@ -418,10 +418,10 @@ enum smtpc_state smtpc_state(const struct smtpc *s) { return s->st; }
 uint8_t smtpc_stage(const struct smtpc *s)
 {
   if (!s->chunked && (s->st == SMTPC_ST_MAIL || s->st == SMTPC_ST_RCPT || s->st == SMTPC_ST_DATA))
-    return smtpc_tab_stage[smtpc_cursor_state(s)];
-  return smtpc_tab_stage[smtpc_awaited(s)];
+    return smtpc_tab[smtpc_cursor_state(s)].stage;
+  return smtpc_tab[smtpc_awaited(s)].stage;
 }
-const char *smtpc_doing(const struct smtpc *s) { return smtpc_tab_doing[smtpc_awaited(s)]; }
+const char *smtpc_doing(const struct smtpc *s) { return smtpc_tab[smtpc_awaited(s)].doing; }
 uint32_t smtpc_extensions(const struct smtpc *s) { return s->ext; }
 uint32_t smtpc_auth_mechs(const struct smtpc *s) { return s->mechs; }
 uint64_t smtpc_peer_max_size(const struct smtpc *s) { return s->peer_size; }

@@ -182,21 +182,22 @@ void smtpc_start_auth(struct smtpc *s, uint64_t now)
   }
   if (!s->tls_active && !s->allow_plain) {
     smtpc_fail(s, SMTPC_FAIL_TRANSIENT, SMTPC_F_AUTH_POLICY, 0, true,
-         "AUTH %s refused: the connection is not encrypted (no TLS); set "
-         "Outbound_SMTP_AUTH_Allow_Plaintext = true to allow credentials in plaintext",
-         mech_name(s->auth_type));
+               "AUTH %s refused: the connection is not encrypted (no TLS); set "
+               "Outbound_SMTP_AUTH_Allow_Plaintext = true to allow credentials in plaintext",
+               mech_name(s->auth_type));
     return;
   }
   if (!(s->ext & SMTPC_EXT_AUTH)) {
     smtpc_fail(s, SMTPC_FAIL_TRANSIENT, SMTPC_F_AUTH_POLICY, 0, true,
-         "credentials configured (AUTH %s) but the server does not offer AUTH; "
-         "not sending unauthenticated", mech_name(s->auth_type));
+               "credentials configured (AUTH %s) but the server does not offer AUTH; "
+               "not sending unauthenticated",
+               mech_name(s->auth_type));
     return;
   }
   if (!(s->mechs & mech_bit(s->auth_type))) {
     smtpc_fail(s, SMTPC_FAIL_TRANSIENT, SMTPC_F_AUTH_POLICY, 0, true,
-         "AUTH %s configured but the server offers only: %s", mech_name(s->auth_type),
-         mechs_text(s->mechs, mb, sizeof(mb)));
+               "AUTH %s configured but the server offers only: %s", mech_name(s->auth_type),
+               mechs_text(s->mechs, mb, sizeof(mb)));
     return;
   }
   size_t room = smtpc_out_room(s);
@@ -231,7 +232,7 @@ void smtpc_after_ehlo(struct smtpc *s, uint64_t now)
     }
     if (s->tls_mode == SMTPC_TLS_REQUIRED) {
       smtpc_fail(s, SMTPC_FAIL_TRANSIENT, SMTPC_F_TLS_POLICY, 0, true,
-           "TLS required but the server does not offer STARTTLS");
+                 "TLS required but the server does not offer STARTTLS");
       return;
     }
   }
@@ -314,7 +315,7 @@ void smtpc_on_auth_reply(struct smtpc *s, uint64_t now)
   if (code == 334) {
     if (!challenge_ok(&s->rp)) {
       smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, code, false, "malformed AUTH %s challenge: %s",
-           mech_name(s->auth_type), s->rp.text);
+                 mech_name(s->auth_type), s->rp.text);
       return;
     }
     if (s->auth_type == SMTPC_AUTH_LOGIN && s->auth_step < 2) {
@@ -335,7 +336,7 @@ void smtpc_on_auth_reply(struct smtpc *s, uint64_t now)
       return;
     }
     smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, code, false, "unexpected AUTH %s challenge: %s",
-         mech_name(s->auth_type), s->rp.text);
+               mech_name(s->auth_type), s->rp.text);
     return;
   }
   smtpc_wipe_creds(s);
@@ -351,10 +352,10 @@ void smtpc_on_auth_reply(struct smtpc *s, uint64_t now)
   }
   uint32_t fl = (code == 534 || code == 535 || code == 538) ? SMTPC_F_AUTH_REJECTED : 0;
   if (code / 100 == 4 || code / 100 == 5)
-    smtpc_fail(s, SMTPC_FAIL_TRANSIENT, fl, code, true, "AUTH %s failed: %s", mech_name(s->auth_type),
-         s->rp.text);
+    smtpc_fail(s, SMTPC_FAIL_TRANSIENT, fl, code, true, "AUTH %s failed: %s",
+               mech_name(s->auth_type), s->rp.text);
   else
     smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, code, false, "unexpected reply %d to AUTH: %s", code,
-         s->rp.text);
+               s->rp.text);
 }
 

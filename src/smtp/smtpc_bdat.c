@@ -92,7 +92,7 @@ void smtpc_on_chunk_reply(struct smtpc *s, uint64_t now)
   const char *what = idx == 0 ? "MAIL FROM" : idx <= t->nrcpt ? "RCPT TO" : "BDAT";
   if (cls != 2 && cls != 4 && cls != 5) {
     smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, code, false, "unexpected reply %d to %s: %s", code, what,
-         s->rp.text);
+               s->rp.text);
     return;
   }
   smtpc_set_deadline(s, now); /* progress */

@@ -89,12 +89,15 @@ struct smtpc {
 };
 
 
-/* ---- smtpc_state.c: per-state tables (STYLE #6), events, results ---- */
+/* ---- smtpc_state.c: the per-state table (STYLE #6), events, results ---- */
 
-extern const char *const smtpc_tab_name[SMTPC_ST_COUNT];
-extern const char *const smtpc_tab_doing[SMTPC_ST_COUNT];
-extern const uint8_t smtpc_tab_stage[SMTPC_ST_COUNT];
-extern const char *const smtpc_tab_timeout_opt[SMTPC_ST_COUNT];
+struct smtpc_state_row {
+  const char *name;        /* "RCPT" */
+  const char *doing;       /* "sending RCPT TO": what we were doing, for log lines */
+  uint8_t stage;           /* Momentum connection stage */
+  const char *timeout_opt; /* "RcptTo_Timeout"; NULL: none */
+};
+extern const struct smtpc_state_row smtpc_tab[SMTPC_ST_COUNT];
 /* The timeout in seconds while awaiting st's reply (0: none). */
 uint32_t smtpc_timeout_s(const struct smtpc *s, enum smtpc_state st);
 
@@ -131,15 +134,18 @@ static inline struct cq_item *smtpc_cq_at(struct smtpc *s, unsigned k)
   return &s->cq[(s->cq_head + k) % SMTPC_PIPE_MAX];
 }
 
-static inline struct cq_item *smtpc_cq_tail(struct smtpc *s) { return smtpc_cq_at(s, s->cq_n - 1u); }
+static inline struct cq_item *smtpc_cq_tail(struct smtpc *s)
+{
+  return smtpc_cq_at(s, s->cq_n - 1u);
+}
 
 /* Queue an event (panics on overflow: the queue is sized for the worst
  * case); stage and doing come from what is awaited. */
 struct smtpc_event *smtpc_ev_push(struct smtpc *s, enum smtpc_ev_type t);
 /* RCPT_RESULT for index idx, merged with a run of consecutive ones. */
 void smtpc_ev_rcpt(struct smtpc *s, uint32_t idx);
-void smtpc_set_result(struct smtpc_result *r, enum smtpc_outcome o, int code,
-                      const char *enh, uint8_t stage, const char *text);
+void smtpc_set_result(struct smtpc_result *r, enum smtpc_outcome o, int code, const char *enh,
+                      uint8_t stage, const char *text);
 void smtpc_result_from_reply(struct smtpc *s, struct smtpc_result *r, uint8_t stage);
 void smtpc_set_deadline(struct smtpc *s, uint64_t now);
 void smtpc_enter(struct smtpc *s, enum smtpc_state st, uint64_t now);
@@ -150,8 +156,8 @@ void smtpc_txn_finish(struct smtpc *s);
 void smtpc_prev_abandon(struct smtpc *s, int code, const char *enh, const char *text);
 /* End the session. polite: the stream is in sync, queue a QUIT. */
 IMPETUS_PRINTF(6, 7)
-void smtpc_fail(struct smtpc *s, enum smtpc_fail_kind kind, uint32_t flags, int code,
-                bool polite, const char *fmt, ...);
+void smtpc_fail(struct smtpc *s, enum smtpc_fail_kind kind, uint32_t flags, int code, bool polite,
+                const char *fmt, ...);
 /* Failure on a server reply: 4xx transient, 5xx `perm5` (or transient). */
 void smtpc_fail_reply(struct smtpc *s, bool perm5, uint32_t flags, const char *what);
 void smtpc_go_idle(struct smtpc *s, uint64_t now);

@@ -10,51 +10,29 @@
 #include <stdio.h>
 #include <string.h>
 
-/* ---- per-state tables (STYLE #6) ---- */
+/* ---- the per-state table (STYLE #6): one row per state ---- */
 
-const char *const smtpc_tab_name[SMTPC_ST_COUNT] = {
-  [SMTPC_ST_CONNECT] = "CONNECT", [SMTPC_ST_TLS_IMPLICIT] = "TLS_IMPLICIT",
-  [SMTPC_ST_BANNER] = "BANNER", [SMTPC_ST_EHLO] = "EHLO", [SMTPC_ST_HELO] = "HELO",
-  [SMTPC_ST_STARTTLS] = "STARTTLS", [SMTPC_ST_TLS] = "TLS",
-  [SMTPC_ST_AUTH] = "AUTH", [SMTPC_ST_IDLE] = "IDLE",
-  [SMTPC_ST_MAIL] = "MAIL", [SMTPC_ST_RCPT] = "RCPT", [SMTPC_ST_DATA] = "DATA",
-  [SMTPC_ST_BODY] = "BODY", [SMTPC_ST_DOT] = "DOT", [SMTPC_ST_RSET] = "RSET",
-  [SMTPC_ST_QUIT] = "QUIT", [SMTPC_ST_DONE] = "DONE",
+/* name, what we were doing (log lines), Momentum connection stage
+ * (reference/momentum.md 7.1), the timeout option while its reply is awaited */
+const struct smtpc_state_row smtpc_tab[SMTPC_ST_COUNT] = {
+  [SMTPC_ST_CONNECT] = {"CONNECT", "connecting", 0, "Connect_Timeout"},
+  [SMTPC_ST_TLS_IMPLICIT] = {"TLS_IMPLICIT", "in the TLS handshake", 17, "EHLO_Timeout"},
+  [SMTPC_ST_BANNER] = {"BANNER", "reading the banner", 12, "EHLO_Timeout"},
+  [SMTPC_ST_EHLO] = {"EHLO", "sending EHLO", 10, "EHLO_Timeout"},
+  [SMTPC_ST_HELO] = {"HELO", "sending HELO", 10, "EHLO_Timeout"},
+  [SMTPC_ST_STARTTLS] = {"STARTTLS", "sending STARTTLS", 15, "EHLO_Timeout"},
+  [SMTPC_ST_TLS] = {"TLS", "in the TLS handshake", 17, "EHLO_Timeout"},
+  [SMTPC_ST_AUTH] = {"AUTH", "authenticating", 11, "EHLO_Timeout"},
+  [SMTPC_ST_IDLE] = {"IDLE", "idle", 1, "Idle_Timeout"},
+  [SMTPC_ST_MAIL] = {"MAIL", "sending MAIL FROM", 2, "MailFrom_Timeout"},
+  [SMTPC_ST_RCPT] = {"RCPT", "sending RCPT TO", 4, "RcptTo_Timeout"},
+  [SMTPC_ST_DATA] = {"DATA", "sending DATA", 6, "Data_Timeout"},
+  [SMTPC_ST_BODY] = {"BODY", "sending the body", 8, "Body_Timeout"},
+  [SMTPC_ST_DOT] = {"DOT", "reading the confirmation", 9, "Body_Timeout"},
+  [SMTPC_ST_RSET] = {"RSET", "sending RSET", 13, "RSET_Timeout"},
+  [SMTPC_ST_QUIT] = {"QUIT", "sending QUIT", 1, "RSET_Timeout"},
+  [SMTPC_ST_DONE] = {"DONE", "finished", 1, NULL},
 };
-
-const char *const smtpc_tab_doing[SMTPC_ST_COUNT] = {
-  [SMTPC_ST_CONNECT] = "connecting", [SMTPC_ST_TLS_IMPLICIT] = "in the TLS handshake",
-  [SMTPC_ST_BANNER] = "reading the banner", [SMTPC_ST_EHLO] = "sending EHLO",
-  [SMTPC_ST_HELO] = "sending HELO", [SMTPC_ST_STARTTLS] = "sending STARTTLS",
-  [SMTPC_ST_TLS] = "in the TLS handshake",
-  [SMTPC_ST_AUTH] = "authenticating", [SMTPC_ST_IDLE] = "idle",
-  [SMTPC_ST_MAIL] = "sending MAIL FROM", [SMTPC_ST_RCPT] = "sending RCPT TO",
-  [SMTPC_ST_DATA] = "sending DATA", [SMTPC_ST_BODY] = "sending the body",
-  [SMTPC_ST_DOT] = "reading the confirmation", [SMTPC_ST_RSET] = "sending RSET",
-  [SMTPC_ST_QUIT] = "sending QUIT", [SMTPC_ST_DONE] = "finished",
-};
-
-/* Momentum connection stages (reference/momentum.md 7.1). */
-const uint8_t smtpc_tab_stage[SMTPC_ST_COUNT] = {
-  [SMTPC_ST_CONNECT] = 0, [SMTPC_ST_TLS_IMPLICIT] = 17, [SMTPC_ST_BANNER] = 12,
-  [SMTPC_ST_EHLO] = 10, [SMTPC_ST_HELO] = 10, [SMTPC_ST_STARTTLS] = 15, [SMTPC_ST_TLS] = 17,
-  [SMTPC_ST_AUTH] = 11, [SMTPC_ST_IDLE] = 1,
-  [SMTPC_ST_MAIL] = 2, [SMTPC_ST_RCPT] = 4, [SMTPC_ST_DATA] = 6, [SMTPC_ST_BODY] = 8,
-  [SMTPC_ST_DOT] = 9, [SMTPC_ST_RSET] = 13, [SMTPC_ST_QUIT] = 1, [SMTPC_ST_DONE] = 1,
-};
-
-const char *const smtpc_tab_timeout_opt[SMTPC_ST_COUNT] = {
-  [SMTPC_ST_CONNECT] = "Connect_Timeout", [SMTPC_ST_TLS_IMPLICIT] = "EHLO_Timeout",
-  [SMTPC_ST_BANNER] = "EHLO_Timeout", [SMTPC_ST_EHLO] = "EHLO_Timeout",
-  [SMTPC_ST_HELO] = "EHLO_Timeout", [SMTPC_ST_STARTTLS] = "EHLO_Timeout",
-  [SMTPC_ST_TLS] = "EHLO_Timeout",
-  [SMTPC_ST_AUTH] = "EHLO_Timeout", [SMTPC_ST_IDLE] = "Idle_Timeout",
-  [SMTPC_ST_MAIL] = "MailFrom_Timeout", [SMTPC_ST_RCPT] = "RcptTo_Timeout",
-  [SMTPC_ST_DATA] = "Data_Timeout", [SMTPC_ST_BODY] = "Body_Timeout",
-  [SMTPC_ST_DOT] = "Body_Timeout", [SMTPC_ST_RSET] = "RSET_Timeout",
-  [SMTPC_ST_QUIT] = "RSET_Timeout", [SMTPC_ST_DONE] = NULL,
-};
-
 
 uint32_t smtpc_timeout_s(const struct smtpc *s, enum smtpc_state st)
 {
@@ -84,19 +62,19 @@ uint32_t smtpc_timeout_s(const struct smtpc *s, enum smtpc_state st)
 
 const char *smtpc_state_name(enum smtpc_state st)
 {
-  return (unsigned)st < SMTPC_ST_COUNT ? smtpc_tab_name[st] : "?";
+  return (unsigned)st < SMTPC_ST_COUNT ? smtpc_tab[st].name : "?";
 }
 const char *smtpc_state_doing(enum smtpc_state st)
 {
-  return (unsigned)st < SMTPC_ST_COUNT ? smtpc_tab_doing[st] : "?";
+  return (unsigned)st < SMTPC_ST_COUNT ? smtpc_tab[st].doing : "?";
 }
 uint8_t smtpc_state_stage(enum smtpc_state st)
 {
-  return (unsigned)st < SMTPC_ST_COUNT ? smtpc_tab_stage[st] : 22;
+  return (unsigned)st < SMTPC_ST_COUNT ? smtpc_tab[st].stage : 22;
 }
 const char *smtpc_timeout_option(enum smtpc_state st)
 {
-  return (unsigned)st < SMTPC_ST_COUNT ? smtpc_tab_timeout_opt[st] : NULL;
+  return (unsigned)st < SMTPC_ST_COUNT ? smtpc_tab[st].timeout_opt : NULL;
 }
 
 const char *smtpc_ev_name(enum smtpc_ev_type t)
@@ -127,7 +105,6 @@ const char *smtpc_fail_name(enum smtpc_fail_kind k)
   }
 }
 
-
 /* ---- events ---- */
 
 struct smtpc_event *smtpc_ev_push(struct smtpc *s, enum smtpc_ev_type t)
@@ -140,8 +117,8 @@ struct smtpc_event *smtpc_ev_push(struct smtpc *s, enum smtpc_ev_type t)
   it->count = 1;
   it->ev.type = t;
   it->ev.text = "";
-  it->ev.stage = smtpc_tab_stage[smtpc_awaited(s)];
-  it->ev.doing = smtpc_tab_doing[smtpc_awaited(s)];
+  it->ev.stage = smtpc_tab[smtpc_awaited(s)].stage;
+  it->ev.doing = smtpc_tab[smtpc_awaited(s)].doing;
   return &it->ev;
 }
 
@@ -209,8 +186,8 @@ static void copy_cut(char *dst, size_t cap, const char *src)
   dst[n] = '\0';
 }
 
-void smtpc_set_result(struct smtpc_result *r, enum smtpc_outcome o, int code,
-                       const char *enh, uint8_t stage, const char *text)
+void smtpc_set_result(struct smtpc_result *r, enum smtpc_outcome o, int code, const char *enh,
+                      uint8_t stage, const char *text)
 {
   r->outcome = o;
   r->code = code;
@@ -267,7 +244,8 @@ void smtpc_prev_abandon(struct smtpc *s, int code, const char *enh, const char *
   if (!s->has_prev)
     return;
   s->has_prev = false;
-  smtpc_set_result(s->prev.final, SMTPC_OUT_TRANSIENT, code, enh, smtpc_tab_stage[SMTPC_ST_DOT], text);
+  smtpc_set_result(s->prev.final, SMTPC_OUT_TRANSIENT, code, enh, smtpc_tab[SMTPC_ST_DOT].stage,
+                   text);
   smtpc_txn_done(s, &s->prev);
 }
 
@@ -276,8 +254,8 @@ void smtpc_cq_unoffer(struct smtpc *s);
 
 /* End the session. polite: the stream is in sync, queue a QUIT. */
 IMPETUS_PRINTF(6, 7)
-void smtpc_fail(struct smtpc *s, enum smtpc_fail_kind kind, uint32_t flags, int code,
-                 bool polite, const char *fmt, ...)
+void smtpc_fail(struct smtpc *s, enum smtpc_fail_kind kind, uint32_t flags, int code, bool polite,
+                const char *fmt, ...)
 {
   if (s->st == SMTPC_ST_DONE)
     return;
@@ -288,7 +266,7 @@ void smtpc_fail(struct smtpc *s, enum smtpc_fail_kind kind, uint32_t flags, int 
   va_end(ap);
   /* fmt arguments are our own strings or already-sanitised server text */
   snprintf(s->fail_text, sizeof(s->fail_text), "%s", tmp);
-  uint8_t stage = smtpc_tab_stage[smtpc_awaited(s)];
+  uint8_t stage = smtpc_tab[smtpc_awaited(s)].stage;
   const char *enh = code ? s->rp.enhanced : "";
   smtpc_prev_abandon(s, code, enh, s->fail_text);
   smtpc_cq_unoffer(s);
@@ -319,10 +297,11 @@ void smtpc_fail(struct smtpc *s, enum smtpc_fail_kind kind, uint32_t flags, int 
 /* Failure on a server reply: 4xx transient, 5xx `perm5` (or transient). */
 void smtpc_fail_reply(struct smtpc *s, bool perm5, uint32_t flags, const char *what)
 {
-  enum smtpc_fail_kind k = (perm5 && s->rp.code / 100 == 5) ? SMTPC_FAIL_PERMANENT : SMTPC_FAIL_TRANSIENT;
+  enum smtpc_fail_kind k =
+      (perm5 && s->rp.code / 100 == 5) ? SMTPC_FAIL_PERMANENT : SMTPC_FAIL_TRANSIENT;
   if (s->rp.code / 100 != 4 && s->rp.code / 100 != 5) {
     smtpc_fail(s, SMTPC_FAIL_PROTOCOL, flags, s->rp.code, true, "unexpected reply %d to %s: %s",
-         s->rp.code, what, s->rp.text);
+               s->rp.code, what, s->rp.text);
     return;
   }
   smtpc_fail(s, k, flags, s->rp.code, true, "%s", s->rp.text);

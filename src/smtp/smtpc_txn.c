@@ -77,8 +77,8 @@ void smtpc_settle_unaccepted(struct smtpc_txn *t, bool mail_failed)
 {
   if (t->final->outcome == SMTPC_OUT_NONE) {
     if (mail_failed)
-      smtpc_set_result(t->final, t->results[0].outcome, t->results[0].code, t->results[0].enhanced, 2,
-                 t->results[0].text);
+      smtpc_set_result(t->final, t->results[0].outcome, t->results[0].code, t->results[0].enhanced,
+                       2, t->results[0].text);
     else
       smtpc_set_result(t->final, SMTPC_OUT_PERMANENT, 0, "", 4, "all recipients were refused");
   }
@@ -109,8 +109,8 @@ void smtpc_on_txn_reply(struct smtpc *s, uint64_t now)
   int cls = code / 100;
   if (idx == 0) {
     if (cls != 2 && cls != 4 && cls != 5) {
-      smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, code, false, "unexpected reply %d to MAIL FROM: %s", code,
-           s->rp.text);
+      smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, code, false, "unexpected reply %d to MAIL FROM: %s",
+                 code, s->rp.text);
       return;
     }
     if (cls != 2) {
@@ -124,8 +124,8 @@ void smtpc_on_txn_reply(struct smtpc *s, uint64_t now)
   } else if (idx <= t->nrcpt) {
     if (!s->mail_failed) {
       if (cls != 2 && cls != 4 && cls != 5) {
-        smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, code, false, "unexpected reply %d to RCPT TO: %s", code,
-             s->rp.text);
+        smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, code, false, "unexpected reply %d to RCPT TO: %s",
+                   code, s->rp.text);
         return;
       }
       smtpc_result_from_reply(s, &t->results[idx - 1], 4);
@@ -152,7 +152,7 @@ void smtpc_on_txn_reply(struct smtpc *s, uint64_t now)
     if (!s->mail_failed && s->accepted > 0) {
       if (cls != 4 && cls != 5) {
         smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, code, false, "unexpected reply %d to DATA: %s", code,
-             s->rp.text);
+                   s->rp.text);
         return;
       }
       smtpc_result_from_reply(s, t->final, 6);
@@ -188,8 +188,8 @@ void smtpc_on_final_reply(struct smtpc *s, uint64_t now)
   }
   int cls = s->rp.code / 100;
   if (cls != 2 && cls != 4 && cls != 5) {
-    smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, s->rp.code, false, "unexpected reply %d after the body: %s",
-         s->rp.code, s->rp.text);
+    smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, s->rp.code, false,
+               "unexpected reply %d after the body: %s", s->rp.code, s->rp.text);
     return;
   }
   smtpc_result_from_reply(s, t->final, 9);
@@ -207,12 +207,12 @@ void smtpc_on_prev_reply(struct smtpc *s, uint64_t now)
 {
   int cls = s->rp.code / 100;
   if (cls != 2 && cls != 4 && cls != 5) {
-    smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, s->rp.code, false, "unexpected reply %d after the body: %s",
-         s->rp.code, s->rp.text);
+    smtpc_fail(s, SMTPC_FAIL_PROTOCOL, 0, s->rp.code, false,
+               "unexpected reply %d after the body: %s", s->rp.code, s->rp.text);
     return;
   }
   s->has_prev = false;
-  smtpc_result_from_reply(s, s->prev.final, smtpc_tab_stage[SMTPC_ST_DOT]);
+  smtpc_result_from_reply(s, s->prev.final, smtpc_tab[SMTPC_ST_DOT].stage);
   smtpc_txn_done(s, &s->prev);
   smtpc_set_deadline(s, now); /* now waiting for this transaction's own replies */
 }

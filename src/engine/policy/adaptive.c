@@ -441,6 +441,7 @@ struct entry {
   uint32_t nhits, cap, head;
   uint64_t last_ms;    /* last match or end: stale entries are dropped */
   uint32_t failures;   /* CONNECT_DELAY: consecutive failures */
+  uint64_t step_ms;    /* CONNECT_DELAY: when the spacing began or last doubled */
 };
 
 struct slot {
@@ -745,24 +746,26 @@ bool adaptive_conn_failed(struct adaptive *a, const char *binding, const char *d
     e->failures++;
     e->last_ms = now_ms;
     if (e->failures >= threshold) {
-      uint32_t k = e->failures - threshold;
-      uint32_t delay = k >= 9 ? CONN_DELAY_MAX_S : 1u << k;
-      if (delay > CONN_DELAY_MAX_S)
-        delay = CONN_DELAY_MAX_S;
-      bool started = !e->active;
+      bool started = !e->active, doubled = false;
       if (started) { /* reported once: the doublings that follow are not */
         e->active = true;
         a->in_force++;
         a->made[ADAPTIVE_ACT_CONNECT_DELAY]++;
-        e->adj.since_ms = now_ms;
+        e->adj.since_ms = e->step_ms = now_ms;
         e->adj.scope = ADAPTIVE_SCOPE_BINDING_DOMAIN;
         e->adj.action = ADAPTIVE_ACT_CONNECT_DELAY;
+        e->adj.value = 1;
         e->adj.per_s = 1;
         snprintf(e->adj.why, sizeof e->adj.why, "%u consecutive connection failures",
                  e->failures);
+      } else if (e->adj.value < CONN_DELAY_MAX_S &&
+                 now_ms - e->step_ms >= (uint64_t)e->adj.value * 500u) {
+        /* a connection made under the current spacing failed too (not one
+         * of a burst already in flight when it began or last doubled) */
+        e->adj.value = e->adj.value * 2 > CONN_DELAY_MAX_S ? CONN_DELAY_MAX_S : e->adj.value * 2;
+        e->step_ms = now_ms;
+        doubled = true;
       }
-      bool doubled = e->adj.value != delay;
-      e->adj.value = delay;
       e->adj.fired = e->failures;
       e->adj.until_ms = now_ms + CONN_DELAY_KEEP_MS;
       if (started || doubled) /* an extension alone: queues read it at the old end */

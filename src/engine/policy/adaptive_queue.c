@@ -1,11 +1,13 @@
 /* adaptive_queue.c owns the glue between adaptive delivery (adaptive.c:
  * rules and state) and the workers' queues: effective limits, retry
  * intervals, replies in, connection slots, connection failures, the sweep
- * and its paniclog lines, and the warm-up ages file.
+ * and its paniclog lines, the warm-up ages file and the adjustments file
+ * that carries them across a restart.
  *
  * Must never: fail or bounce a recipient (adjustments only delay), block a
- * worker (the ages file is written by the main and control threads only),
- * log an adjustment twice. Threads: see adaptive_queue.h. */
+ * worker (both files are written by the main and control threads only),
+ * log an adjustment twice, refuse to start over a bad file. Threads: see
+ * adaptive_queue.h. */
 #include "adaptive_queue.h"
 
 #include "adaptive.h"

@@ -158,15 +158,131 @@ static int pickup_open(struct spool *sp, const char *name)
   return fd;
 }
 
+/* ---- claiming (issue 18 item 2, issue 25) ----
+ *
+ * A pickup file is claimed before it is read: renamed from its name to
+ * its tomb ".c.<message id>" (dot names are never picked up). The rename
+ * is atomic, so whatever is at the name at that instant is taken, and a
+ * file that takes the name afterwards is a different file, left where it
+ * is. From the claim on, the file is the engine's own: it is read under
+ * the tomb, moved from there to bad/ when rejected, put back under its
+ * name when its batch cannot be made durable, and removed with one unlink
+ * once its journal entry is durable (no comparison is needed: nothing
+ * else writes a tomb). Recovery knows a tomb by its id (recover_tombs).
+ * A file not renamed in is claimed only under a read lease, after it was
+ * read (claim_leased): no writer can have it open then. */
+
+static void claim_prep(struct spool *sp, struct pname *pn)
+{
+  char id[SPOOL_ID_LEN + 1];
+  pn->id = next_id(sp);
+  id_format(pn->id, sp->p.node_id, id);
+  snprintf(pn->tomb, sizeof pn->tomb, ".c.%s", id);
+}
+
+/* Put the file under tomb back under name, never over another file: by a
+ * hard link then an unlink, which makes no IN_MOVED_TO (the file is then
+ * judged like one written in place); where the link is refused
+ * (fs.protected_hardlinks and a file of another user) by a rename. 0 or
+ * -1 (name taken). A crash between link and unlink leaves the file under
+ * both names: recovery requeues the tomb, a duplicate, never a loss. */
+static int tomb_put_back(struct spool *sp, const char *tomb, const char *name, bool link)
+{
+  if (link && linkat(sp->pickup_fd, tomb, sp->pickup_fd, name, 0) == 0) {
+    (void)unlinkat(sp->pickup_fd, tomb, 0);
+    return 0;
+  }
+  if (link && errno == EEXIST)
+    return -1;
+  return renameat2(sp->pickup_fd, tomb, sp->pickup_fd, name, RENAME_NOREPLACE);
+}
+
+/* A claimed file that is not to be ingested now goes back to pickup/:
+ * under its name when that is free, else as "requeued-<id>", else it
+ * stays under its tomb (recovery requeues it at the next start). link: see
+ * tomb_put_back. */
+static void unclaim_at(struct spool *sp, const char *tomb, const char *name, bool link)
+{
+  char alt[64];
+  if (tomb_put_back(sp, tomb, name, link) == 0)
+    return;
+  snprintf(alt, sizeof alt, "requeued-%s", tomb + 3);
+  (void)tomb_put_back(sp, tomb, alt, link);
+}
+
+void unclaim(struct spool *sp, struct pname *pn)
+{
+  if (pn->claimed)
+    unclaim_at(sp, pn->tomb, pn->name, false); /* read whole, as it is: complete */
+  pn->claimed = false;
+}
+
+/* Claim the files renamed in among pn[0..k) (those not claimed yet):
+ * through the ring (one submission; io-wq runs the renames) or with
+ * renameat calls (sp->claim_ring). pn[j].clres says how it went. */
+static void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, size_t k)
+{
+  size_t want = 0;
+  for (size_t j = 0; j < k; j++) {
+    if (pn[j].inplace || pn[j].claimed)
+      continue;
+    claim_prep(sp, &pn[j]);
+    pn[j].clres = 1; /* to be renamed (iobatch_rename) */
+    want++;
+  }
+  if (want == 0)
+    return;
+  if (sp->use_dirlock)
+    pthread_mutex_lock(&sp->dirlock);
+  bool ring = ib && sp->claim_ring && iobatch_rename(ib, sp->pickup_fd, pn, (unsigned)k) == 0;
+  for (size_t j = 0; j < k; j++) {
+    if (pn[j].clres != 1)
+      continue;
+    if (ring)
+      pn[j].clres = ib->pre[j].st;
+    else if (renameat(sp->pickup_fd, pn[j].name, sp->pickup_fd, pn[j].tomb) == 0)
+      pn[j].clres = 0;
+    else if (errno == ENOENT && ib && sp->claim_ring &&
+             faccessat(sp->pickup_fd, pn[j].tomb, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+      pn[j].clres = 0; /* the ring failed part way, after this rename */
+    else
+      pn[j].clres = -errno;
+    pn[j].claimed = pn[j].clres == 0;
+  }
+  if (sp->use_dirlock)
+    pthread_mutex_unlock(&sp->dirlock);
+}
+
+/* Claim an in-place file that was just read from fd under its lease:
+ * renamed to its tomb while no writer can open it, then checked to be the
+ * file fd reads (the name may have been replaced since it was opened:
+ * that file is not ours and is put back, linked, for a later round).
+ * Returns 0 claimed, 3 later, or -errno of the rename. */
+static int claim_leased(struct spool *sp, struct pname *pn, int fd)
+{
+  claim_prep(sp, pn);
+  if (renameat(sp->pickup_fd, pn->name, sp->pickup_fd, pn->tomb) < 0)
+    return pn->clres = -errno;
+  struct stat a, b;
+  if (fstat(fd, &a) == 0 && fstatat(sp->pickup_fd, pn->tomb, &b, AT_SYMLINK_NOFOLLOW) == 0 &&
+      a.st_ino == b.st_ino && a.st_dev == b.st_dev) {
+    pn->claimed = true;
+    pn->clres = 0;
+    return 0;
+  }
+  unclaim_at(sp, pn->tomb, pn->name, true);
+  return 3;
+}
+
 /* Before the ring reads a group: each regular file of it not renamed in
- * is opened and leased (pn->lfd), or marked busy (a writer has it open),
- * or left to jrn_take (no lease to be had, or it could not be opened:
- * jrn_take says why). */
+ * (and not claimed yet) is opened and leased (pn->lfd), or marked busy (a
+ * writer has it open), or left to jrn_take (no lease to be had, or it
+ * could not be opened: jrn_take says why). */
 static void lease_group(struct spool *sp, struct pname *pn, size_t k)
 {
   for (size_t j = 0; j < k; j++) {
     pn[j].busy = false;
-    if (!pn[j].inplace || pn[j].type != DT_REG)
+    if (!pn[j].inplace || pn[j].claimed || pn[j].type != DT_REG)
       continue;
     int fd = pickup_open(sp, pn[j].name);
     if (fd < 0)
@@ -182,14 +298,25 @@ static void lease_group(struct spool *sp, struct pname *pn, size_t k)
 }
 
 /* After the ring read the group: what each leased file is now (fstat,
- * still under the lease), then the lease is dropped. */
-static void lease_group_done(struct pname *pn, struct pre *pr, size_t k)
+ * still under the lease); a file read whole is claimed (claim_leased)
+ * before the lease is dropped; a new empty one is left (busy). */
+static void lease_group_done(struct spool *sp, struct pname *pn, struct pre *pr, size_t k)
 {
   for (size_t j = 0; j < k; j++) {
     if (pn[j].lfd < 0)
       continue;
+    pr[j].leased = true;
     if (fstat(pn[j].lfd, &pr[j].lst) < 0)
       pr[j].op = -errno;
+    else if (pr[j].rd == 0 && !quiet_for(&pr[j].lst))
+      pn[j].busy = true; /* new and empty: its writer may be inside open(O_CREAT) still */
+    else if (pr[j].rd >= 0) {
+      int r = claim_leased(sp, &pn[j], pn[j].lfd);
+      if (r == 3)
+        pn[j].busy = true;
+      else if (r < 0)
+        pr[j].op = r;
+    }
     close(pn[j].lfd); /* drops the lease */
     pn[j].lfd = -1;
   }
@@ -284,8 +411,10 @@ int scan_pickup(struct spool *sp)
     /* a file not renamed in is taken only once no one writes it */
     /* a file not renamed in is read under a lease (lease_group, jrn_take) */
     pn->inplace = (pn->type == DT_REG || pn->type == DT_UNKNOWN) && !moved_take(sp, pn->name);
-    pn->busy = false;
+    pn->busy = pn->claimed = false;
     pn->lfd = -1;
+    pn->clres = 0;
+    pn->id = 0;
     sp->names[kept++] = *pn;
   }
   n = kept;
@@ -497,26 +626,57 @@ static int take_checked(struct spool *sp, int dfd, const char *qname, const char
   return 0;
 }
 
-static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data, size_t len,
-                         const struct pinfo *pi, int fd, bool stays, struct jtake *out);
+static int jrn_take_data(struct spool *sp, const char *name, const char *qname, uint64_t id,
+                         const uint8_t *data, size_t len, const struct pinfo *pi, int fd,
+                         bool stays, struct jtake *out);
+static int claim_failed(struct spool *sp, const struct pname *pn);
 
-static int jrn_take(struct spool *sp, const struct pname *pn, struct jtake *out)
+/* A claim that failed (pn->clres): the file vanished (its producer
+ * removed it: nothing to own), or it cannot be renamed (bad/ says why). */
+static int claim_failed(struct spool *sp, const struct pname *pn)
+{
+  char why[256];
+  if (pn->clres == -ENOENT) {
+    write_why(sp, pn->name, "file vanished before it could be claimed", NULL);
+    report_bad(sp, pn->name, "file vanished before it could be claimed");
+    return 1;
+  }
+  snprintf(why, sizeof(why), "cannot claim the pickup file: %s", strerror(-pn->clres));
+  to_bad(sp, sp->pickup_fd, pn->name, pn->name, why, NULL);
+  return 1;
+}
+
+/* Read pickup file pn with system calls (no ring, a file bigger than its
+ * slot, a type to check): claimed first when renamed in; a file not
+ * renamed in is read under a read lease and claimed under it. Returns 0
+ * (taken), 1 (bad/ or vanished, reported) or 3 (still being written). */
+static int jrn_take(struct spool *sp, struct pname *pn, struct jtake *out)
 {
   char why[512];
   const char *name = pn->name;
   out->msg = NULL;
+  if (!pn->inplace && !pn->claimed) {
+    if (pn->clres == 0) {
+      claim_prep(sp, pn);
+      pn->claimed = renameat(sp->pickup_fd, name, sp->pickup_fd, pn->tomb) == 0;
+      pn->clres = pn->claimed ? 0 : -errno;
+    }
+    if (!pn->claimed)
+      return claim_failed(sp, pn);
+  }
+  const char *at = pn->claimed ? pn->tomb : name; /* where the file is now */
   if (pn->type != DT_REG && pn->type != DT_UNKNOWN) { /* a FIFO would block a read */
-    to_bad(sp, sp->pickup_fd, name, name, "not a regular file", NULL);
+    to_bad(sp, sp->pickup_fd, at, name, "not a regular file", NULL);
     return 1;
   }
   int fd = -1;
   if (atomic_load_explicit(&sp->noatime, memory_order_relaxed)) {
-    fd = openat(sp->pickup_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOATIME);
+    fd = openat(sp->pickup_fd, at, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOATIME);
     if (fd < 0 && errno == EPERM)
       atomic_store(&sp->noatime, false);
   }
   if (fd < 0 && !atomic_load_explicit(&sp->noatime, memory_order_relaxed))
-    fd = openat(sp->pickup_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    fd = openat(sp->pickup_fd, at, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT) { /* removed by its producer: nothing to own */
       write_why(sp, name, "file vanished before it could be claimed", NULL);
@@ -527,27 +687,25 @@ static int jrn_take(struct spool *sp, const struct pname *pn, struct jtake *out)
       snprintf(why, sizeof(why), "not a regular file");
     else
       snprintf(why, sizeof(why), "cannot open the pickup file: %s", strerror(errno));
-    to_bad(sp, sp->pickup_fd, name, name, why, NULL);
+    to_bad(sp, sp->pickup_fd, at, name, why, NULL);
     return 1;
   }
   /* A file not renamed in is read under a read lease: no process has it
    * open for writing while it is read, and no writer can open it until
-   * the lease is dropped (issue 18 item 3). The look at listing time
-   * (being_written) is not enough: a writer may open the file between
-   * that look and the read. */
-  int lease = pn->inplace ? lease_get(fd) : 1;
+   * the lease is dropped (issue 18 item 3); it is claimed under the lease.
+   * The first look at listing time is not enough: a writer may open the
+   * file between that look and the read. */
+  int lease = pn->claimed ? 1 : lease_get(fd);
   if (lease == 0) {
     close(fd);
-    sp->busy = true; /* its writer's IN_CLOSE_WRITE brings it back */
-    return 1;
+    return 3; /* its writer's IN_CLOSE_WRITE brings it back */
   }
   struct stat st;
   int r = read_file(sp, fd, &st, why, sizeof(why));
-  if (pn->inplace) {
+  if (!pn->claimed) {
     struct stat st2;
     bool later;
     if (lease > 0) { /* complete, unless it is a new file whose writer is still opening it */
-      (void)fcntl(fd, F_SETLEASE, F_UNLCK);
       later = r == 0 && st.st_size == 0 && !quiet_for(&st);
     } else { /* no lease: unchanged while read, and for QUIET_MS before */
       later = r == -EAGAIN ||
@@ -557,22 +715,27 @@ static int jrn_take(struct spool *sp, const struct pname *pn, struct jtake *out)
                           st2.st_ctim.tv_nsec != st.st_ctim.tv_nsec ||
                           st2.st_ctim.tv_sec != st.st_ctim.tv_sec || !quiet_for(&st)));
     }
-    if (later) {
+    int c = later ? 3 : claim_leased(sp, pn, fd);
+    if (lease > 0)
+      (void)fcntl(fd, F_SETLEASE, F_UNLCK);
+    if (c != 0) {
       close(fd);
-      sp->busy = true;
-      return 1;
+      if (c < 0)
+        return claim_failed(sp, pn);
+      return 3;
     }
+    at = pn->tomb;
   }
   if (r < 0) {
     close(fd);
     if (r != -EFBIG && r != -EAGAIN && r != -EINVAL)
       snprintf(why, sizeof(why), "read error: %s", strerror(-r));
-    to_bad(sp, sp->pickup_fd, name, name, why, NULL);
+    to_bad(sp, sp->pickup_fd, at, name, why, NULL);
     return 1;
   }
   struct pinfo pi = {(uint64_t)st.st_ino, (uint64_t)st.st_size,
                      (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec};
-  r = jrn_take_data(sp, name, sp->rbuf.data, sp->rbuf.len, &pi, fd, false, out);
+  r = jrn_take_data(sp, name, at, pn->id, sp->rbuf.data, sp->rbuf.len, &pi, fd, false, out);
   close(fd);
   return r;
 }
@@ -627,11 +790,13 @@ static void jrn_emit(struct spool *sp, const char *name, const uint8_t *data,
  * (jref) instead of being copied into jbuf. While sp->deferring, a message
  * that stays waits in sp->dq for jrn_flush_deferred (its out->msg is set,
  * its entry not yet written). */
-static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data, size_t len,
-                         const struct pinfo *pi, int fd, bool stays, struct jtake *out)
+static int jrn_take_data(struct spool *sp, const char *name, const char *qname, uint64_t id,
+                         const uint8_t *data, size_t len, const struct pinfo *pi, int fd,
+                         bool stays, struct jtake *out)
 {
   out->msg = NULL;
-  uint64_t id = next_id(sp);
+  if (id == 0) /* a submission; a pickup file has the id it was claimed for */
+    id = next_id(sp);
   char idstr[SPOOL_ID_LEN + 1];
   id_format(id, sp->p.node_id, idstr);
   /* Only the body goes to the journal and the pickup file is removed once
@@ -639,10 +804,10 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
    * batch's pre-read buffer: ours to write). */
   struct spool_msg *m;
   size_t slo, shi;
-  if (take_checked(sp, sp->pickup_fd, name, name, idstr, id, sp->p.node_id, 0, data, len, fd, &m,
+  if (take_checked(sp, sp->pickup_fd, qname, name, idstr, id, sp->p.node_id, 0, data, len, fd, &m,
                    &slo, &shi) != 0)
     return 1;
-  if (stays && sp->deferring) {
+  if ((stays || !name) && sp->deferring) { /* a submission's data lives until the flush */
     if (sp->ndq == sp->capdq) {
       size_t cap = sp->capdq ? sp->capdq * 2 : 64;
       sp->dq = util_xrealloc(sp->dq, cap * sizeof(*sp->dq));
@@ -653,6 +818,7 @@ static int jrn_take_data(struct spool *sp, const char *name, const uint8_t *data
     d->msg = m;
     d->name = name;
     d->data = data;
+    d->stays = stays;
     d->pi = *pi;
     d->out = out;
     d->hdr.len = 0;
@@ -681,7 +847,7 @@ static void jrn_flush_deferred(struct spool *sp)
   sp->p.on_sign_batch(sp->p.arg, sp->sjobs, sp->ndq);
   for (size_t i = 0; i < sp->ndq; i++) {
     struct dtake *d = &sp->dq[i];
-    jrn_emit(sp, d->name, d->data, &d->pi, d->msg, true, d->hdr.data, d->hdr.len, d->out);
+    jrn_emit(sp, d->name, d->data, &d->pi, d->msg, d->stays, d->hdr.data, d->hdr.len, d->out);
   }
   sp->ndq = 0;
 }
@@ -689,112 +855,26 @@ static void jrn_flush_deferred(struct spool *sp)
 bool (*spool_test_keep_pickup)(const char *name);
 void (*spool_test_before_forget)(void);
 
-/* Whether the file now under tomb in pickup/ (what was at t's name when
- * it was taken away) is the one t's message was read from: the inode and
- * size (stx: from the ring's statx, or NULL to stat it), else, for a file
- * whose identity is a checksum, its content (a file system whose d_ino and
- * st_ino differ). */
-static bool tomb_is(struct spool *sp, const char *tomb, const struct jtake *t,
-                    const struct statx *stx)
-{
-  uint64_t ino, size;
-  struct stat st;
-  if (stx) {
-    ino = stx->stx_ino;
-    size = stx->stx_size;
-  } else {
-    if (fstatat(sp->pickup_fd, tomb, &st, AT_SYMLINK_NOFOLLOW) < 0)
-      return false;
-    ino = (uint64_t)st.st_ino;
-    size = (uint64_t)st.st_size;
-  }
-  if (size != t->size)
-    return false;
-  if (ino == t->ino)
-    return true;
-  if (!(t->stamp & STAMP_CRC))
-    return false;
-  int fd = openat(sp->pickup_fd, tomb, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-  if (fd < 0)
-    return false;
-  uint8_t *p = malloc(size ? size : 1);
-  bool same = p && pread(fd, p, size, 0) == (ssize_t)size &&
-              (STAMP_CRC | crc32c(0, p, size)) == t->stamp;
-  free(p);
-  close(fd);
-  return same;
-}
-
-/* Put the file at tomb back under name, never over another file. A hard
- * link then an unlink, not a rename: a rename would queue an IN_MOVED_TO
- * for name, and the file would pass for one renamed in (complete) and
- * skip the lease check, though it may be one still being written in place.
- * The link makes no watched event, so the file is judged like any file
- * written in place. Where the link is refused (fs.protected_hardlinks and
- * a file of another user), the rename. A crash between link and unlink
- * leaves the file under both names: recovery requeues the tomb, a
- * duplicate, never a loss. */
-static int tomb_put_back(struct spool *sp, const char *tomb, const char *name)
-{
-  if (linkat(sp->pickup_fd, tomb, sp->pickup_fd, name, 0) == 0) {
-    (void)unlinkat(sp->pickup_fd, tomb, 0);
-    return 0;
-  }
-  if (errno == EEXIST)
-    return -1;
-  return renameat2(sp->pickup_fd, tomb, sp->pickup_fd, name, RENAME_NOREPLACE);
-}
-
-/* A file taken away under tomb that is not t's (its name was reused while
- * t's file was being ingested): back under its name when that is free,
- * else under "requeued-<id>", so it is ingested like any other. */
-static void tomb_restore(struct spool *sp, const char *tomb, const struct jtake *t)
-{
-  char alt[64], why[SPOOL_NAME_MAX + 160];
-  const char *now = t->name;
-  if (tomb_put_back(sp, tomb, t->name) < 0) {
-    snprintf(alt, sizeof alt, "requeued-%s", tomb + 3);
-    now = alt;
-    if (tomb_put_back(sp, tomb, alt) < 0)
-      now = tomb; /* left as it is: recovery requeues it at the next start */
-  }
-  snprintf(why, sizeof why,
-           "pickup name %s was reused while its file was being ingested: the newer file is "
-           "kept in pickup/ as %s",
-           t->name, now);
-  if (sp->p.on_note)
-    sp->p.on_note(sp->p.arg, t->name, why);
-}
-
-/* The tomb of t's pickup file: ".c.<message id>" (dot names are never
- * picked up; recovery knows them, see recover_tombs). */
+/* The tomb of t's pickup file: ".c.<message id>" (claim_prep). */
 static void tomb_name(const struct jtake *t, char out[SPOOL_ID_LEN + 4])
 {
   char id[SPOOL_ID_LEN + 1];
   snprintf(out, SPOOL_ID_LEN + 4, ".c.%s", spool_msg_id_str(t->msg, id));
 }
 
-/* The rest of jrn_forget_pickup once what was at t's name is under tomb. */
-static void jrn_forget_tomb(struct spool *sp, const struct jtake *t, const char *tomb,
-                            const struct statx *stx)
+/* t's tomb could not be removed (err): it goes to bad/, its message stays queued. */
+static void forget_failed(struct spool *sp, const struct jtake *t, const char *tomb, int err)
 {
-  if (!tomb_is(sp, tomb, t, stx)) {
-    tomb_restore(sp, tomb, t);
-    return;
-  }
-  if (unlinkat(sp->pickup_fd, tomb, 0) == 0 || errno == ENOENT)
-    return;
   char why[256], id[SPOOL_ID_LEN + 1];
   snprintf(why, sizeof(why), "queued as %s, but the pickup file could not be removed (%s)",
-           spool_msg_id_str(t->msg, id), strerror(errno));
+           spool_msg_id_str(t->msg, id), strerror(err));
   to_bad(sp, sp->pickup_fd, tomb, t->name, why, id);
 }
 
-/* A pickup file whose message is durable in the journal leaves pickup/.
- * The removal is tied to the file, not to its name (issue 18 item 2): the
- * name is first renamed away (atomic: whatever is there now is taken),
- * then what was taken is compared with what was read; a newer file that
- * took the name meanwhile is put back, never removed. */
+/* A pickup file whose message is durable in the journal leaves pickup/:
+ * one unlink of its tomb (it was claimed before it was read, so the tomb
+ * holds exactly the file read; the name may hold a newer file, which is
+ * never touched). */
 static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
 {
   if (!t->name)
@@ -803,16 +883,9 @@ static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
     return; /* as if the process died here */
   char tomb[SPOOL_ID_LEN + 4];
   tomb_name(t, tomb);
-  if (renameat(sp->pickup_fd, t->name, sp->pickup_fd, tomb) == 0) {
-    jrn_forget_tomb(sp, t, tomb, NULL);
+  if (unlinkat(sp->pickup_fd, tomb, 0) == 0 || errno == ENOENT)
     return;
-  }
-  if (errno == ENOENT)
-    return;
-  char why[256], id[SPOOL_ID_LEN + 1];
-  snprintf(why, sizeof(why), "queued as %s, but the pickup file could not be removed (%s)",
-           spool_msg_id_str(t->msg, id), strerror(errno));
-  to_bad(sp, sp->pickup_fd, t->name, t->name, why, id);
+  forget_failed(sp, t, tomb, errno);
 }
 
 /* jrn_take for a file read through the ring: returns 0 or 1 as jrn_take,
@@ -823,7 +896,7 @@ static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
  * changes the buffer), for big ones the mtime from the statx after the
  * read (a checksum of 100 KB costs more than the statx): see "Claiming is
  * atomic" in docs/spool.md. */
-static int jrn_take_pre(struct spool *sp, const struct pname *pn, const struct pre *pr,
+static int jrn_take_pre(struct spool *sp, struct pname *pn, const struct pre *pr,
                         size_t slot, bool stat, struct jtake *out)
 {
   char why[512];
@@ -831,11 +904,11 @@ static int jrn_take_pre(struct spool *sp, const struct pname *pn, const struct p
   out->msg = NULL;
   if (pn->busy)
     return 3;
+  if (!pn->inplace && !pn->claimed)
+    return claim_failed(sp, pn);
   if (pn->type != DT_REG || pr->op == -ECANCELED)
     return 2;
-  bool leased = pn->inplace; /* read under a lease (lease_group): pr->lst is its fstat */
-  if (leased && pr->op == 0 && pr->rd == 0 && !quiet_for(&pr->lst))
-    return 3; /* new and empty: its writer may be inside open(O_CREAT) still */
+  const char *at = pn->claimed ? pn->tomb : name; /* where the file is now */
   if (pr->op == -ENOENT) {
     write_why(sp, name, "file vanished before it could be claimed", NULL);
     report_bad(sp, name, "file vanished before it could be claimed");
@@ -852,35 +925,36 @@ static int jrn_take_pre(struct spool *sp, const struct pname *pn, const struct p
     snprintf(why, sizeof(why), "cannot open the pickup file: %s", strerror(-pr->op));
   else if (pr->rd < 0)
     snprintf(why, sizeof(why), "read error: %s", strerror(-pr->rd));
+  else if (!pn->claimed)
+    return 2; /* not claimed (leased, but no lease held now): jrn_take */
   else if ((size_t)pr->rd >= slot)
     return 2; /* the slot is full: the file may be bigger */
   else if ((uint64_t)pr->rd > sp->p.max_message_size)
     snprintf(why, sizeof(why), "file of %d bytes is over Max_Message_Size (%" PRIu64 " bytes)",
              pr->rd, sp->p.max_message_size);
-  else if (leased && (pr->lst.st_ino != pn->ino || !S_ISREG(pr->lst.st_mode) ||
-                      (uint64_t)pr->lst.st_size != (uint64_t)pr->rd))
+  else if (pr->leased && (pr->lst.st_ino != pn->ino || !S_ISREG(pr->lst.st_mode) ||
+                          (uint64_t)pr->lst.st_size != (uint64_t)pr->rd))
     return 2; /* changed since it was listed: jrn_take tells */
-  else if (stat && !leased &&
+  else if (stat && !pr->leased &&
            (pr->st < 0 || pr->stx.stx_ino != pn->ino || !S_ISREG(pr->stx.stx_mode) ||
             pr->stx.stx_size != (uint64_t)pr->rd))
     return 2; /* changed since it was read, or listed: jrn_take tells */
   else {
     size_t len = (size_t)pr->rd;
-    uint64_t mtime = leased ? (uint64_t)pr->lst.st_mtim.tv_sec * 1000000000u +
-                                  (uint64_t)pr->lst.st_mtim.tv_nsec
-                            : (uint64_t)pr->stx.stx_mtime.tv_sec * 1000000000u +
-                                  (uint64_t)pr->stx.stx_mtime.tv_nsec;
+    uint64_t mtime = pr->leased ? (uint64_t)pr->lst.st_mtim.tv_sec * 1000000000u +
+                                      (uint64_t)pr->lst.st_mtim.tv_nsec
+                                : (uint64_t)pr->stx.stx_mtime.tv_sec * 1000000000u +
+                                      (uint64_t)pr->stx.stx_mtime.tv_nsec;
     struct pinfo pi = {pn->ino, len, stat ? mtime : STAMP_CRC | crc32c(0, pr->data, len)};
-    return jrn_take_data(sp, name, pr->data, len, &pi, -1, true, out);
+    return jrn_take_data(sp, name, at, pn->id, pr->data, len, &pi, -1, true, out);
   }
-  to_bad(sp, sp->pickup_fd, name, name, why, NULL);
+  to_bad(sp, sp->pickup_fd, at, name, why, NULL);
   return 1;
 }
 
-/* Remove a durable batch's pickup files (jrn_forget_pickup's steps): the
- * renames with their statx in one ring submission, the unlinks in a
- * second, when it can; else (and for any file the ring could not take)
- * system calls, one file at a time. */
+/* Remove a durable batch's pickup files (their tombs): one ring
+ * submission of unlinks (sp->unlink_ring), else, and for what the ring
+ * could not do, unlinkat calls. */
 static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
 {
   if (spool_test_before_forget)
@@ -890,71 +964,59 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
     files += bt->c[i].name != NULL;
   if (files == 0)
     return;
-  iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false);
-  if (sp->iunlink && !spool_test_keep_pickup && bt->n <= sp->iunlink->cap && files == bt->n) {
-    struct iobatch *ib = sp->iunlink;
-    char **names = util_xmalloc(2 * bt->n * sizeof(*names)), **tombs = names + bt->n;
-    char (*tb)[SPOOL_ID_LEN + 4] = util_xmalloc(bt->n * sizeof(*tb));
+  struct iobatch *ib =
+      sp->unlink_ring ? iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false)
+                      : NULL;
+  if (ib && !spool_test_keep_pickup && files <= ib->cap) {
+    char **tombs = util_xmalloc(files * sizeof(*tombs));
+    char (*tb)[SPOOL_ID_LEN + 4] = util_xmalloc(files * sizeof(*tb));
+    size_t *who = util_xmalloc(files * sizeof(*who));
+    unsigned nu = 0;
     for (size_t i = 0; i < bt->n; i++) {
-      names[i] = bt->c[i].name;
-      tomb_name(&bt->c[i], tb[i]);
-      tombs[i] = tb[i];
+      if (!bt->c[i].name)
+        continue;
+      tomb_name(&bt->c[i], tb[nu]);
+      tombs[nu] = tb[nu];
+      who[nu++] = i;
     }
-    int r = iobatch_claim(ib, sp->pickup_fd, names, tombs, (unsigned)bt->n);
-    if (r == 0) {
-      unsigned nu = 0; /* tombs to remove, moved to the front of tombs[] */
-      size_t *who = util_xmalloc(bt->n * sizeof(*who));
-      for (size_t i = 0; i < bt->n; i++) {
-        if (ib->res[i] == -ENOENT)
-          continue; /* gone already */
-        if (ib->res[i] < 0) {
-          jrn_forget_pickup(sp, &bt->c[i]);
-          continue;
-        }
-        if (!tomb_is(sp, tombs[i], &bt->c[i], ib->res2[i] == 0 ? &ib->stx[i] : NULL)) {
-          tomb_restore(sp, tombs[i], &bt->c[i]);
-          continue;
-        }
-        who[nu] = i;
-        tombs[nu++] = tb[i];
-      }
-      if (nu > 0 && iobatch_unlink(ib, sp->pickup_fd, tombs, nu) == 0) {
-        for (unsigned k = 0; k < nu; k++)
-          if (ib->res[k] < 0 && ib->res[k] != -ENOENT)
-            jrn_forget_tomb(sp, &bt->c[who[k]], tombs[k], NULL);
-      } else {
-        for (unsigned k = 0; k < nu; k++)
-          jrn_forget_tomb(sp, &bt->c[who[k]], tombs[k], NULL);
-      }
-      free(who);
+    if (sp->use_dirlock)
+      pthread_mutex_lock(&sp->dirlock);
+    int r = iobatch_unlink(ib, sp->pickup_fd, tombs, nu);
+    if (sp->use_dirlock)
+      pthread_mutex_unlock(&sp->dirlock);
+    for (unsigned k = 0; k < nu; k++) {
+      int res = r == 0 ? ib->res[k] : -ECANCELED;
+      if (res == -ECANCELED) /* the ring failed before it */
+        jrn_forget_pickup(sp, &bt->c[who[k]]);
+      else if (res < 0 && res != -ENOENT)
+        forget_failed(sp, &bt->c[who[k]], tombs[k], -res);
     }
+    free(who);
     free(tb);
-    free(names);
-    if (r == 0)
-      return;
-    /* the ring failed part way: some names may be under their tombs */
-    for (size_t i = 0; i < bt->n; i++) {
-      char tomb[SPOOL_ID_LEN + 4];
-      tomb_name(&bt->c[i], tomb);
-      if (faccessat(sp->pickup_fd, tomb, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
-        jrn_forget_tomb(sp, &bt->c[i], tomb, NULL);
-      else
-        jrn_forget_pickup(sp, &bt->c[i]);
-    }
+    free(tombs);
     return;
   }
+  if (sp->use_dirlock)
+    pthread_mutex_lock(&sp->dirlock);
   for (size_t i = 0; i < bt->n; i++)
     jrn_forget_pickup(sp, &bt->c[i]);
+  if (sp->use_dirlock)
+    pthread_mutex_unlock(&sp->dirlock);
 }
 
-/* A batch that could not be made durable: its pickup files stay for the
- * next round, and what reached the segment is retired so it can never be
- * taken for mail. */
+/* A batch that could not be made durable: its pickup files go back
+ * under their names for the next round (unclaim_at), and what reached
+ * the segment is retired so it can never be taken for mail. */
 static void jrn_batch_fail(struct spool *sp, struct jbatch *bt, bool put, int err)
 {
   struct buf done = {0};
   uint32_t *unpin = util_xmalloc(bt->n * sizeof(*unpin));
   for (size_t i = 0; i < bt->n; i++) {
+    if (bt->c[i].name) {
+      char tomb[SPOOL_ID_LEN + 4];
+      tomb_name(&bt->c[i], tomb);
+      unclaim_at(sp, tomb, bt->c[i].name, false); /* read whole: complete */
+    }
     if (bt->c[i].sub)
       sub_finish(sp, bt->c[i].sub, err < 0 ? err : -EIO, NULL, NULL);
     rec_done(&done, bt->c[i].msg);
@@ -1098,19 +1160,26 @@ static long ingest_journal(struct spool *sp)
   size_t used = 0; /* arena bytes holding this batch's files */
   /* Submissions first (their senders wait for the reply): the same
    * checks, records and group commit as pickup files. */
+  /* With on_sign_batch they are signed together, on the signer pool. */
+  size_t sub0 = bt->n;
+  sp->deferring = sp->p.on_sign_batch != NULL;
   for (struct spool_sub *s = sub_take(sp, max), *next; s; s = next) {
     next = s->next;
     s->next = NULL;
     struct pinfo pi = {0, 0, 0};
     sp->sub_why[0] = 0;
-    if (bt->n < max && jrn_take_data(sp, NULL, s->data, s->len, &pi, -1, false, &bt->c[bt->n]) == 0) {
+    if (bt->n < max && jrn_take_data(sp, NULL, NULL, 0, s->data, s->len, &pi, -1, false, &bt->c[bt->n]) == 0) {
       bt->c[bt->n].name = NULL;
       bt->c[bt->n++].sub = s;
-      free(s->data); /* copied into the batch */
-      s->data = NULL;
     } else {
       sub_finish(sp, s, -EBADMSG, NULL, sp->sub_why[0] ? sp->sub_why : "rejected");
     }
+  }
+  sp->deferring = false;
+  jrn_flush_deferred(sp);
+  for (size_t i = sub0; i < bt->n; i++) { /* copied into the batch */
+    free(bt->c[i].sub->data);
+    bt->c[i].sub->data = NULL;
   }
   while (bt->n < max && sp->inames < sp->nnames && batch_len(sp) < JRN_BATCH_BYTES) {
     size_t k = sp->nnames - sp->inames;
@@ -1137,20 +1206,23 @@ static long ingest_journal(struct spool *sp)
           break; /* the arena is full: write this batch */
         }
       }
-      /* files not renamed in are read under a read lease (issue 18 item 3) */
+      /* files renamed in are claimed, then read under their tombs; files
+       * not renamed in are read under a read lease and claimed under it
+       * (issue 18 items 2 and 3) */
+      claim_group(sp, ib, sp->names + sp->inames, k);
       lease_group(sp, sp->names + sp->inames, k);
       int rr = iobatch_read(ib, sp->pickup_fd, sp->names + sp->inames, (unsigned)k,
                             atomic_load_explicit(&sp->noatime, memory_order_relaxed) ? O_NOATIME
                                                                                       : 0,
                             ib->buf + used, slot, slot > PRE_BUF);
-      lease_group_done(sp->names + sp->inames, ib->pre, k);
+      lease_group_done(sp, sp->names + sp->inames, ib->pre, k);
       if (rr == 0) {
         used += k * slot;
         /* With on_sign_batch the group's messages are checked first, then
          * signed together, then written. */
         sp->deferring = sp->p.on_sign_batch != NULL;
         for (size_t j = 0; j < k && batch_len(sp) < JRN_BATCH_BYTES; j++) {
-          const struct pname *pn = &sp->names[sp->inames++];
+          struct pname *pn = &sp->names[sp->inames++];
           int r = jrn_take_pre(sp, pn, &ib->pre[j], slot, slot > PRE_BUF, &bt->c[bt->n]);
           if (r == 0)
             atomic_fetch_add_explicit(&sp->st_ring_reads, 1, memory_order_relaxed);
@@ -1168,8 +1240,11 @@ static long ingest_journal(struct spool *sp)
         continue;
       }
     }
-    const struct pname *pn = &sp->names[sp->inames++];
-    if (jrn_take(sp, pn, &bt->c[bt->n]) == 0)
+    struct pname *pn = &sp->names[sp->inames++];
+    int r = jrn_take(sp, pn, &bt->c[bt->n]);
+    if (r == 3)
+      sp->busy = true;
+    if (r == 0)
       bt->c[bt->n++].name = pn->name;
     else
       free(pn->name);

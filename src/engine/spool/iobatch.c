@@ -26,8 +26,6 @@ void iobatch_free(struct iobatch *b)
   free(b->buf);
   free(b->pre);
   free(b->res);
-  free(b->res2);
-  free(b->stx);
   free(b);
 }
 
@@ -52,6 +50,7 @@ static struct iobatch *iobatch_new(unsigned cap, bool reads)
   if (reads) {
     struct io_uring_probe *pr = io_uring_get_probe_ring(&b->ring);
     bool ok = pr && io_uring_opcode_supported(pr, IORING_OP_STATX) &&
+              io_uring_opcode_supported(pr, IORING_OP_RENAMEAT) &&
               io_uring_opcode_supported(pr, IORING_OP_OPENAT) &&
               io_uring_opcode_supported(pr, IORING_OP_READ) &&
               io_uring_opcode_supported(pr, IORING_OP_CLOSE);
@@ -68,9 +67,7 @@ static struct iobatch *iobatch_new(unsigned cap, bool reads)
     b->pre = util_xcalloc(cap, sizeof(*b->pre));
   } else {
     struct io_uring_probe *pr = io_uring_get_probe_ring(&b->ring);
-    bool ok = pr && io_uring_opcode_supported(pr, IORING_OP_UNLINKAT) &&
-              io_uring_opcode_supported(pr, IORING_OP_RENAMEAT) &&
-              io_uring_opcode_supported(pr, IORING_OP_STATX);
+    bool ok = pr && io_uring_opcode_supported(pr, IORING_OP_UNLINKAT);
     if (pr)
       io_uring_free_probe(pr);
     if (!ok) {
@@ -79,8 +76,6 @@ static struct iobatch *iobatch_new(unsigned cap, bool reads)
       return NULL;
     }
     b->res = util_xcalloc(cap, sizeof(*b->res));
-    b->res2 = util_xcalloc(cap, sizeof(*b->res2));
-    b->stx = util_xcalloc(cap, sizeof(*b->stx));
     /* Every removal takes the pickup directory's lock: io-wq workers
      * removing in parallel only spin and sleep on it (up to 8 were seen,
      * each spinning while another or the producer held it). One worker
@@ -135,10 +130,7 @@ static int iobatch_run(struct iobatch *b, unsigned n)
         else if (step == 2)
           b->pre[i].rd = cqe->res;
       } else if (b->res && i < b->cap) {
-        if (step == 1)
-          b->res2[i] = cqe->res;
-        else
-          b->res[i] = cqe->res;
+        b->res[i] = cqe->res;
       }
       seen++;
     }
@@ -176,11 +168,13 @@ int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsign
   for (unsigned i = 0; i < n; i++) {
     struct pre *pr = &b->pre[i];
     pr->op = pr->rd = pr->st = -ECANCELED;
+    pr->leased = false;
     pr->data = at + (size_t)i * slot;
-    if (names[i].type != DT_REG)
-      continue;
+    if (names[i].type != DT_REG || (!names[i].claimed && !names[i].inplace))
+      continue; /* not claimed: jrn_take says why */
     struct io_uring_sqe *q;
-    if (names[i].inplace) { /* read from the caller's fd, which holds a read lease */
+    const char *path = names[i].claimed ? names[i].tomb : names[i].name;
+    if (names[i].inplace && !names[i].claimed) { /* from the caller's fd, under its read lease */
       if (names[i].lfd < 0)
         continue; /* no lease: jrn_take reads it */
       q = sqe_get(&b->ring);
@@ -191,7 +185,7 @@ int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsign
       continue;
     }
     q = sqe_get(&b->ring);
-    io_uring_prep_openat_direct(q, dirfd, names[i].name,
+    io_uring_prep_openat_direct(q, dirfd, path,
                                 O_RDONLY | O_NOFOLLOW | O_NONBLOCK | oflags, 0, i);
     q->flags |= IOSQE_IO_LINK;
     q->user_data = (uint64_t)i << 2 | 1;
@@ -206,7 +200,7 @@ int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsign
     if (stat) {
       q->flags |= IOSQE_IO_LINK;
       q = sqe_get(&b->ring);
-      io_uring_prep_statx(q, dirfd, names[i].name, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
+      io_uring_prep_statx(q, dirfd, path, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS,
                           &pr->stx);
       q->user_data = (uint64_t)i << 2;
       ops++;
@@ -227,22 +221,21 @@ int iobatch_unlink(struct iobatch *b, int dirfd, char *const *names, unsigned n)
   return iobatch_run(b, n);
 }
 
-/* Take each of names[0..n) (n <= cap) out of pickup/ atomically under
- * tombs[i] and say what was taken: renameat(names[i] -> tombs[i]) linked
- * to a statx of tombs[i] into b->stx[i]; rename results in b->res, statx
- * results in b->res2. One system call for the lot. */
-int iobatch_claim(struct iobatch *b, int dirfd, char *const *names, char *const *tombs,
-                  unsigned n)
+/* Claim names[0..n) (n <= cap) whose clres is 1: renameat(name ->
+ * tomb), one system call for the lot; results in names[i].clres (the
+ * caller's array: it is what the ring wrote). io_uring runs every
+ * renameat in an io-wq worker. */
+int iobatch_rename(struct iobatch *b, int dirfd, const struct pname *names, unsigned n)
 {
+  unsigned ops = 0;
   for (unsigned i = 0; i < n; i++) {
-    b->res[i] = b->res2[i] = -ECANCELED;
+    if (names[i].clres != 1)
+      continue;
     struct io_uring_sqe *q = sqe_get(&b->ring);
-    io_uring_prep_renameat(q, dirfd, names[i], dirfd, tombs[i], 0);
-    q->flags |= IOSQE_IO_LINK;
-    q->user_data = (uint64_t)i << 2;
-    q = sqe_get(&b->ring);
-    io_uring_prep_statx(q, dirfd, tombs[i], AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &b->stx[i]);
-    q->user_data = (uint64_t)i << 2 | 1;
+    io_uring_prep_renameat(q, dirfd, names[i].name, dirfd, names[i].tomb, 0);
+    q->user_data = (uint64_t)i << 2; /* step 0: b->pre[i].st, copied by the caller */
+    b->pre[i].st = -ECANCELED;
+    ops++;
   }
-  return iobatch_run(b, 2 * n);
+  return ops ? iobatch_run(b, ops) : 0;
 }

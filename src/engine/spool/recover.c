@@ -484,15 +484,19 @@ static int cmp_pname(const void *a, const void *b)
 
 /* Is the pickup entry pn the file journal entry e was read from? Same
  * name, same inode (d_ino, as when it was read through the ring) and
- * size, and the same content checksum (STAMP_CRC) or mtime. */
-static bool jrn_same_pickup(struct spool *sp, const struct jent *e, const struct pname *pn)
+ * size, and the same content checksum (STAMP_CRC) or mtime. For a tomb
+ * (any_ino) the inode of a checksummed file is not compared: it is the
+ * listing's d_ino of the name, which may have been replaced between the
+ * listing and the claim (the tomb then holds the file actually read). */
+static bool jrn_same_file(struct spool *sp, const struct jent *e, const struct pname *pn,
+                          bool any_ino)
 {
   struct stat st;
   if (!(e->stamp & STAMP_CRC)) /* read with fstat: its mtime */
     return fstatat(sp->pickup_fd, pn->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
            (uint64_t)st.st_ino == e->ino && (uint64_t)st.st_size == e->size &&
            (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec == e->stamp;
-  if (pn->ino != e->ino || e->size > sp->p.max_message_size)
+  if ((!any_ino && pn->ino != e->ino) || e->size > sp->p.max_message_size)
     return false;
   int fd = openat(sp->pickup_fd, pn->name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0)
@@ -544,7 +548,7 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
     const struct pname *pn =
         sp->nnames > 0 ? bsearch(&key, sp->names, sp->nnames, sizeof(*sp->names), cmp_pname)
                        : NULL;
-    bool in_pickup = pn && jrn_same_pickup(sp, e, pn);
+    bool in_pickup = pn && jrn_same_file(sp, e, pn, false);
     if (in_pickup || e->m->npending == 0) {
       rec_done(&b, e->m);
       jent_drop(e);
@@ -582,11 +586,14 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
   return count;
 }
 
-/* Tombs (".c.<id>", see jrn_forget_pickup) left by a crash between taking
- * a pickup file away and removing it: the journal's own file is removed;
- * anything else (a newer file that had taken the name) goes back to
- * pickup/ as "requeued-<id>" to be ingested. Never removes a file that is
- * not a journal entry's. */
+/* Tombs (".c.<id>", ingest.c: a pickup file claimed for message <id>)
+ * left by a crash or a failed removal: when the journal has message <id>
+ * (queued, or done since) read from this very file, the journal's copy
+ * counts and the tomb is removed; anything else (a batch that was not
+ * durable yet, or a tomb of an older engine holding a newer file) goes
+ * back to pickup/ as "requeued-<id>" to be ingested. Never removes a file
+ * that is not a journal entry's. Runs before the listing of pickup/
+ * (jrn_recover_finish), which therefore sees the requeued files. */
 static void recover_tombs(struct spool *sp, struct jmap *jm)
 {
   int fd = openat(sp->pickup_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -603,9 +610,8 @@ static void recover_tombs(struct spool *sp, struct jmap *jm)
     if (strncmp(de->d_name, ".c.", 3) || spool_id_parse(de->d_name + 3, &id, &node) < 0)
       continue;
     struct jent *e = jmap_find(jm, id, node);
-    struct stat st;
-    if (e && e->m && fstatat(sp->pickup_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-        (uint64_t)st.st_ino == e->ino && (uint64_t)st.st_size == e->size) {
+    struct pname pn = {.name = de->d_name, .ino = (uint64_t)de->d_ino};
+    if (e && jrn_same_file(sp, e, &pn, true)) {
       unlinkat(sp->pickup_fd, de->d_name, 0);
       continue;
     }

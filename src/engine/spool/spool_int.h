@@ -103,7 +103,11 @@ struct pname {
   uint8_t type; /* DT_REG, DT_UNKNOWN (file system without d_type), or another DT_ */
   bool inplace; /* not renamed in: read only under a read lease (ingest.c) */
   bool busy;    /* inplace, and a writer has it open: taken later */
+  bool claimed; /* renamed to tomb: from then on the engine's own (ingest.c, claim) */
   int lfd;      /* inplace: open with a read lease held while the ring reads it, or -1 */
+  int clres;    /* the claim's rename: 0 or -errno */
+  uint64_t id;  /* the message id it was claimed for (0: not yet) */
+  char tomb[SPOOL_ID_LEN + 4]; /* ".c.<id>" */
 };
 
 /* A body of the batch that is written from where it was read. */
@@ -204,6 +208,11 @@ struct spool {
   _Atomic size_t sub_live; /* accepted, not yet reported */
   char sub_why[256];       /* ingest thread: why the last submission was rejected */
   uint8_t *seal_key; /* 32 bytes (secmem), or NULL: secrets are not persisted */
+  bool claim_ring;   /* claims through the ring (else renameat calls); set at open */
+  bool unlink_ring;  /* tomb removals through the ring (else unlinkat calls) */
+  bool use_dirlock;  /* TEMPORARY A/B */
+  pthread_mutex_t dirlock; /* the spool's own changes of pickup/ (claims, removals): one
+                            * thread at a time, so they never spin on the directory's lock */
   /* Names that arrived by rename (IN_MOVED_TO) since they were last
    * listed: complete by the pickup convention. Any other name is checked
    * for a writer before it is taken (ingest.c, being_written). Ingest
@@ -266,6 +275,7 @@ struct pre {
   uint8_t *data; /* its slot */
   struct statx stx; /* big slots only (st) */
   struct stat lst;  /* a file read under a lease (pname.lfd): fstat after the read */
+  bool leased;      /* read under a lease: lst is set */
 };
 
 struct iobatch {
@@ -276,16 +286,15 @@ struct iobatch {
   uint8_t *buf;    /* the arena (reads) */
   size_t bufcap;   /* its size */
   struct pre *pre; /* cap (reads) */
-  int *res;        /* cap (unlinks, renames) */
-  int *res2;       /* cap (the statx after a rename) */
-  struct statx *stx; /* cap (what a rename took) */
+  int *res;        /* cap (unlinks) */
 };
 
 
 /* A message of the current journal batch. */
 struct jtake {
   struct spool_msg *msg;
-  char *name; /* its pickup file, removed once the batch is durable; NULL: submitted */
+  char *name; /* its pickup name (the file is under its tomb, removed once the batch is
+               * durable); NULL: submitted */
   struct spool_sub *sub; /* a submission (spool_submit), told once durable */
   uint64_t ino, size, stamp; /* what was read there (struct pinfo) */
   size_t at;  /* where its records start in sp->jbuf */
@@ -317,7 +326,9 @@ struct pinfo {
 struct dtake {
   struct spool_msg *msg;
   const char *name;
-  const uint8_t *data; /* the file, in the read-ahead arena until the batch is written */
+  const uint8_t *data; /* the file, in the read-ahead arena until the batch is written;
+                        * a submission's bytes, freed once its entry is written */
+  bool stays;          /* data lives until the batch is written (jrn_emit may refer to it) */
   struct pinfo pi;
   struct jtake *out;
   struct buf hdr;
@@ -432,8 +443,8 @@ void wait_drained(struct spool *sp); /* ingest.c */
 int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsigned n,
                         int oflags, uint8_t *at, size_t slot, bool stat); /* iobatch.c */
 int iobatch_unlink(struct iobatch *b, int dirfd, char *const *names, unsigned n); /* iobatch.c */
-int iobatch_claim(struct iobatch *b, int dirfd, char *const *names, char *const *tombs,
-                  unsigned n); /* iobatch.c */
+void unclaim(struct spool *sp, struct pname *pn); /* ingest.c */
+int iobatch_rename(struct iobatch *b, int dirfd, const struct pname *names, unsigned n); /* iobatch.c */
 struct iobatch *iobatch_get(struct iobatch **bp, bool *tried, unsigned cap, bool reads); /* iobatch.c */
 void iobatch_free(struct iobatch *b); /* iobatch.c */
 int jfd_of(const struct spool *sp, uint32_t seg); /* journal.c */

@@ -8,81 +8,21 @@ usage: test_full_disk.py IMPETUS IMPETUS_SINK"""
 import errno
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "engine"))
-import enginelib  # noqa: E402
-import sinklib  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lsnlib import Client, check, enginelib, finish, free_port, sinklib, wait_port  # noqa: E402
 
 imp, sinkbin = sys.argv[1], sys.argv[2]
-fails = []
 
 
-def check(cond, what):
-    if not cond:
-        fails.append(what)
-        print("FAIL:", what)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, deadline=10):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
-class Client:
-    def __init__(self, port):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.buf = b""
-
-    def reply(self):
-        lines = []
-        while True:
-            while b"\r\n" not in self.buf:
-                d = self.s.recv(65536)
-                if not d:
-                    return (0, lines)
-                self.buf += d
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            lines.append(line.decode(errors="replace"))
-            if len(line) < 4 or line[3:4] == b" ":
-                return (int(line[:3]), lines)
-
-    def cmd(self, line):
-        self.s.sendall(line.encode() + b"\r\n")
-        return self.reply()
-
-    def send(self, mid, size):
-        """One message over DATA; the reply to the end of data."""
-        for line in ("MAIL FROM:<s@sender.test>", "RCPT TO:<%s@rcpt.test>" % mid):
-            code, lines = self.cmd(line)
-            if code != 250:
-                return code, lines
-        code, lines = self.cmd("DATA")
-        if code != 354:
-            return code, lines
-        body = ("y" * 99 + "\r\n") * (size // 101)
-        self.s.sendall(("Message-ID: <%s@sender.test>\r\nSubject: %s\r\n\r\n%s.\r\n"
-                        % (mid, mid, body)).encode())
-        return self.reply()
+def send(c, mid, size):
+    """One message of about size bytes; the last reply."""
+    return c.message("s@sender.test", "%s@rcpt.test" % mid, mid,
+                     body=("y" * 99 + "\r\n") * (size // 101))[-1]
 
 
 top = tempfile.mkdtemp(prefix="impetus-lsnfull-")
@@ -123,7 +63,7 @@ try:
     c.reply()
     c.cmd("EHLO full.test")
     codes = {}
-    code, lines = c.send("before", 2000)
+    code, lines = send(c, "before", 2000)
     codes["before"] = code
     check(code == 250, "a message before the disk fills: %r" % lines)
     # fill the file system
@@ -144,7 +84,7 @@ try:
     full = []
     for i in range(30):
         mid = "full-%d" % i
-        code, lines = c.send(mid, 20000)
+        code, lines = send(c, mid, 20000)
         codes[mid] = code
         if code != 250:
             full.append((code, lines[-1] if lines else ""))
@@ -158,7 +98,7 @@ try:
     while time.monotonic() < deadline:
         mid = "after-%d" % n
         n += 1
-        code, lines = c.send(mid, 2000)
+        code, lines = send(c, mid, 2000)
         codes[mid] = code
         if code == 250:
             break
@@ -200,7 +140,4 @@ finally:
     subprocess.run(["umount", mnt])
     shutil.rmtree(top, ignore_errors=True)
 
-if fails:
-    print("%d failures" % len(fails))
-    sys.exit(1)
-print("ok")
+finish()

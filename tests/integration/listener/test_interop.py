@@ -9,7 +9,6 @@ Exits 77 when smtp-source or postfix is missing."""
 import os
 import shutil
 import smtplib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,9 +17,8 @@ from email.message import EmailMessage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
-sys.path.insert(0, os.path.join(HERE, "..", "engine"))
-import enginelib  # noqa: E402
-import sinklib  # noqa: E402
+sys.path.insert(0, HERE)
+from lsnlib import check, enginelib, finish, free_port, sinklib, wait_port  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 POSTFIX = "/usr/sbin/postfix"
@@ -35,33 +33,6 @@ for tool in (SMTP_SOURCE, POSTFIX):
 if os.geteuid() != 0:
     print("SKIP: a private Postfix instance needs root")
     sys.exit(77)
-
-fails = []
-
-
-def check(cond, what):
-    if not cond:
-        fails.append(what)
-        print("FAIL:", what)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, deadline=20):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.1)
-    return False
 
 
 def sink_rcpts(jl):
@@ -127,7 +98,7 @@ try:
                        text=True, timeout=60)
     pf_started = r.returncode == 0
     check(pf_started, "postfix start: %s" % (r.stderr or r.stdout)[-400:])
-    check(wait_port(pf_port), "postfix smtpd accepts connections")
+    check(wait_port(pf_port, 30), "postfix smtpd accepts connections")
     ids = []
     with smtplib.SMTP("127.0.0.1", pf_port, timeout=30) as c:
         for i in range(RELAYED):
@@ -162,7 +133,4 @@ finally:
     sink.cleanup()
     shutil.rmtree(d, ignore_errors=True)
 
-if fails:
-    print("%d failures" % len(fails))
-    sys.exit(1)
-print("ok")
+finish()

@@ -8,39 +8,13 @@ usage: test_reload.py IMPETUS IMPETUS_SINK"""
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "engine"))
-import enginelib  # noqa: E402
-import sinklib  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from lsnlib import Client, can_connect, check, enginelib, finish, free_port, sinklib  # noqa: E402
 
 imp, sinkbin = sys.argv[1], sys.argv[2]
-fails = []
-
-
-def check(cond, what):
-    if not cond:
-        fails.append(what)
-        print("FAIL:", what)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def can_connect(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-        return True
-    except OSError:
-        return False
 
 
 def wait(cond, deadline=20):
@@ -52,33 +26,10 @@ def wait(cond, deadline=20):
     return cond()
 
 
-class Client:
-    def __init__(self, port, source="127.0.0.2"):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=20,
-                                          source_address=(source, 0))
-        self.buf = b""
-
-    def reply(self):
-        lines = []
-        while True:
-            while b"\r\n" not in self.buf:
-                d = self.s.recv(65536)
-                if not d:
-                    return (0, lines)
-                self.buf += d
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            lines.append(line.decode(errors="replace"))
-            if len(line) < 4 or line[3:4] == b" ":
-                return (int(line[:3]), lines)
-
-    def cmd(self, line):
-        self.s.sendall(line.encode() + b"\r\n")
-        return self.reply()
-
-    def relay(self):
-        self.cmd("RSET")
-        self.cmd("MAIL FROM:<a@sender.test>")
-        return self.cmd("RCPT TO:<b@rcpt.test>")[0]
+def relay(c):
+    c.cmd("RSET")
+    c.cmd("MAIL FROM:<a@sender.test>")
+    return c.cmd("RCPT TO:<b@rcpt.test>")[0]
 
 
 def listener_conf(ports, relay, banner):
@@ -110,30 +61,30 @@ def reload_to(body, nth):
 try:
     e.start()
     check(wait(lambda: can_connect(p1)), "first Listen open")
-    old = Client(p1)
+    old = Client(p1, "127.0.0.2")
     code, lines = old.reply()
     check(code == 220 and "old.test" in lines[0], "banner of the first configuration: %r" % lines)
     old.cmd("EHLO old.test")
-    check(old.relay() == 554, "127.0.0.2 may not relay (first configuration)")
+    check(relay(old) == 554, "127.0.0.2 may not relay (first configuration)")
 
     # second configuration: p1 removed, p2 added, 127.0.0.2 may relay
     reload_to(listener_conf([p2], ["127.0.0.0/8"], "new.test"), 1)
     check(wait(lambda: can_connect(p2)), "an added Listen opens on reload")
     check(wait(lambda: not can_connect(p1)), "a removed Listen stops accepting")
-    new = Client(p2)
+    new = Client(p2, "127.0.0.2")
     code, lines = new.reply()
     check(code == 220 and "new.test" in lines[0], "new session: the new Peer scope: %r" % lines)
     new.cmd("EHLO new.test")
-    check(new.relay() == 250, "new session: the new Relay_Hosts")
+    check(relay(new) == 250, "new session: the new Relay_Hosts")
     check(old.cmd("NOOP")[0] == 250, "the open session goes on after its Listen is removed")
-    check(old.relay() == 554, "the open session keeps its configuration")
+    check(relay(old) == 554, "the open session keeps its configuration")
     old.cmd("QUIT")
     new.cmd("QUIT")
 
     # third: p1 back beside p2
     reload_to(listener_conf([p1, p2], ["127.0.0.1/32"], "third.test"), 2)
     check(wait(lambda: can_connect(p1)), "a Listen added back opens")
-    c = Client(p1)
+    c = Client(p1, "127.0.0.2")
     code, lines = c.reply()
     check(code == 220 and "third.test" in lines[0], "third configuration's banner: %r" % lines)
     c.cmd("QUIT")
@@ -150,7 +101,4 @@ finally:
     sink.cleanup()
     shutil.rmtree(d, ignore_errors=True)
 
-if fails:
-    print("%d failures" % len(fails))
-    sys.exit(1)
-print("ok")
+finish()

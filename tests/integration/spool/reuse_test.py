@@ -4,23 +4,29 @@ exact experiment, N times (default 1,000): rename file A to pickup/repN,
 wait 0-20 ms, rename file B onto the same name. The newer file B must
 always be ingested (A may legitimately be replaced before it is read).
 Zero losses: every B token comes out of the spool, and pickup/ ends empty.
-usage: reuse_test.py SPOOL_DRIVER [N]"""
+With --bad-first every A is a file the spool rejects (no x-sender): it
+goes to bad/, and the newer B must still be ingested, never sent to bad/
+in A's place (the move to bad/ is tied to the file too).
+usage: reuse_test.py SPOOL_DRIVER [N] [--bad-first]"""
 import os, random, sys, time
 from driverlib import Driver
 
 drv = Driver(sys.argv[1], "impetus-reuse-")
-n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
+args = [a for a in sys.argv[2:] if not a.startswith("--")]
+n = int(args[0]) if args else 1000
+bad_first = "--bad-first" in sys.argv
 pickup, drain = drv.pickup, drv.drain
 try:
-    def put(tmpname, tok):
+    def put(tmpname, tok, bad=False):
         with open(os.path.join(pickup, tmpname), "w") as f:
-            f.write("x-sender: <s@example.com>\nx-receiver: <r@example.com>\n"
+            f.write("" if bad else "x-sender: <s@example.com>\n")
+            f.write("x-receiver: <r@example.com>\n"
                     "Message-ID: <tok-%d@example.com>\nSubject: %d\n\nbody\n" % (tok, tok))
 
     rnd = random.Random(18)
     for i in range(n):
         a, b = 2 * i, 2 * i + 1
-        put(".a.tmp", a)
+        put(".a.tmp", a, bad_first)
         put(".b.tmp", b)
         name = os.path.join(pickup, "rep%d" % (i % 50))
         os.rename(os.path.join(pickup, ".a.tmp"), name)
@@ -38,6 +44,21 @@ try:
     print("B files ingested: %d of %d; A files ingested before B replaced them: %d; "
           "left in pickup/: %s; bad: %s" % (len(want & seen), n, a_in, left[:10], bad[:5]))
     fails = []
+    badb = []  # B files found in bad/
+    bdir = os.path.join(drv.base, "bad")
+    for f in os.listdir(bdir) if os.path.isdir(bdir) else []:
+        if f.endswith(".why"):
+            continue
+        with open(os.path.join(bdir, f), errors="replace") as fh:
+            t = fh.read()
+        if "Message-ID: <tok-" in t:
+            tok = int(t.split("Message-ID: <tok-")[1].split("@")[0])
+            if tok % 2 == 1:
+                badb.append(tok)
+    if badb:
+        fails.append("%d newer files sent to bad/ (tokens %s...)" % (len(badb), sorted(badb)[:10]))
+    if bad_first:
+        bad = [b for b in bad if "no x-sender" not in b]  # A files are rejected by design
     if lost:
         fails.append("%d newer files lost (tokens %s...)" % (len(lost), lost[:10]))
     if bad:

@@ -218,8 +218,10 @@ void unclaim(struct spool *sp, struct pname *pn)
 }
 
 /* Claim the files renamed in among pn[0..k) (those not claimed yet):
- * through the ring (one submission; io-wq runs the renames) or with
- * renameat calls (sp->claim_ring). pn[j].clres says how it went. */
+ * through the ring (one submission; io-wq runs the renames), else with
+ * renameat calls (renameat calls on the ingest thread, and unlinkat calls
+ * on the unlink thread, cost more engine CPU in A/B runs: bench/ANALYSIS.md,
+ * session 7). pn[j].clres says how it went. */
 static void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, size_t k)
 {
   size_t want = 0;
@@ -232,9 +234,7 @@ static void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, 
   }
   if (want == 0)
     return;
-  if (sp->use_dirlock)
-    pthread_mutex_lock(&sp->dirlock);
-  bool ring = ib && sp->claim_ring && iobatch_rename(ib, sp->pickup_fd, pn, (unsigned)k) == 0;
+  bool ring = ib && iobatch_rename(ib, sp->pickup_fd, pn, (unsigned)k) == 0;
   for (size_t j = 0; j < k; j++) {
     if (pn[j].clres != 1)
       continue;
@@ -242,15 +242,13 @@ static void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, 
       pn[j].clres = ib->pre[j].st;
     else if (renameat(sp->pickup_fd, pn[j].name, sp->pickup_fd, pn[j].tomb) == 0)
       pn[j].clres = 0;
-    else if (errno == ENOENT && ib && sp->claim_ring &&
+    else if (errno == ENOENT && ib &&
              faccessat(sp->pickup_fd, pn[j].tomb, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
       pn[j].clres = 0; /* the ring failed part way, after this rename */
     else
       pn[j].clres = -errno;
     pn[j].claimed = pn[j].clres == 0;
   }
-  if (sp->use_dirlock)
-    pthread_mutex_unlock(&sp->dirlock);
 }
 
 /* Claim an in-place file that was just read from fd under its lease:
@@ -952,8 +950,8 @@ static int jrn_take_pre(struct spool *sp, struct pname *pn, const struct pre *pr
 }
 
 /* Remove a durable batch's pickup files (their tombs): one ring
- * submission of unlinks (sp->unlink_ring), else, and for what the ring
- * could not do, unlinkat calls. */
+ * submission of unlinks, else, and for what the ring could not do,
+ * unlinkat calls. */
 static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
 {
   if (spool_test_before_forget)
@@ -963,9 +961,7 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
     files += bt->c[i].name != NULL;
   if (files == 0)
     return;
-  struct iobatch *ib =
-      sp->unlink_ring ? iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false)
-                      : NULL;
+  struct iobatch *ib = iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false);
   if (ib && !spool_test_keep_pickup && files <= ib->cap) {
     char **tombs = util_xmalloc(files * sizeof(*tombs));
     char (*tb)[SPOOL_ID_LEN + 4] = util_xmalloc(files * sizeof(*tb));
@@ -978,11 +974,7 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
       tombs[nu] = tb[nu];
       who[nu++] = i;
     }
-    if (sp->use_dirlock)
-      pthread_mutex_lock(&sp->dirlock);
     int r = iobatch_unlink(ib, sp->pickup_fd, tombs, nu);
-    if (sp->use_dirlock)
-      pthread_mutex_unlock(&sp->dirlock);
     for (unsigned k = 0; k < nu; k++) {
       int res = r == 0 ? ib->res[k] : -ECANCELED;
       if (res == -ECANCELED) /* the ring failed before it */
@@ -995,12 +987,8 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
     free(tombs);
     return;
   }
-  if (sp->use_dirlock)
-    pthread_mutex_lock(&sp->dirlock);
   for (size_t i = 0; i < bt->n; i++)
     jrn_forget_pickup(sp, &bt->c[i]);
-  if (sp->use_dirlock)
-    pthread_mutex_unlock(&sp->dirlock);
 }
 
 /* A batch that could not be made durable: its pickup files go back

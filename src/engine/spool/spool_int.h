@@ -208,11 +208,6 @@ struct spool {
   _Atomic size_t sub_live; /* accepted, not yet reported */
   char sub_why[256];       /* ingest thread: why the last submission was rejected */
   uint8_t *seal_key; /* 32 bytes (secmem), or NULL: secrets are not persisted */
-  bool claim_ring;   /* claims through the ring (else renameat calls); set at open */
-  bool unlink_ring;  /* tomb removals through the ring (else unlinkat calls) */
-  bool use_dirlock;  /* TEMPORARY A/B */
-  pthread_mutex_t dirlock; /* the spool's own changes of pickup/ (claims, removals): one
-                            * thread at a time, so they never spin on the directory's lock */
   /* Names that arrived by rename (IN_MOVED_TO) since they were last
    * listed: complete by the pickup convention. Any other name is checked
    * for a writer before it is taken (ingest.c, being_written). Ingest

@@ -365,7 +365,10 @@ static bool read_events(struct spool *sp)
   return any;
 }
 
-/* List pickup/. A long listing is taken in inode order: on ext4 that is
+/* List pickup/ (ingest: for taking the files, which consumes their names
+ * in the renamed-in set; recovery only looks names up and leaves the set
+ * alone, else files renamed in during its listing would be taken as
+ * written in place). A long listing is taken in inode order: on ext4 that is
  * close to the order of the inode table and of the data blocks, so a
  * backlog that is no longer in the page cache is read sequentially
  * rather than at random.
@@ -375,7 +378,7 @@ static bool read_events(struct spool *sp)
  * renamed in is never checked for want of its event, and no event is
  * read after its file was listed (which would leave a stale name in the
  * set, trusted for a later file written in place under that name). */
-int scan_pickup(struct spool *sp)
+int scan_pickup(struct spool *sp, bool ingest)
 {
   names_clear(sp);
   int fd = dup(sp->pickup_fd);
@@ -408,7 +411,8 @@ int scan_pickup(struct spool *sp)
     struct pname *pn = &sp->names[i];
     /* a file not renamed in is taken only once no one writes it */
     /* a file not renamed in is read under a lease (lease_group, jrn_take) */
-    pn->inplace = (pn->type == DT_REG || pn->type == DT_UNKNOWN) && !moved_take(sp, pn->name);
+    pn->inplace =
+        (pn->type == DT_REG || pn->type == DT_UNKNOWN) && (!ingest || !moved_take(sp, pn->name));
     pn->busy = pn->claimed = false;
     pn->lfd = -1;
     pn->clres = 0;
@@ -458,7 +462,7 @@ static bool wait_work(struct spool *sp, int timeout_ms)
     if (sp->scan_due) {
       sp->scan_due = false;
       wait_drained(sp);
-      if (scan_pickup(sp) == 0 && sp->nnames > 0)
+      if (scan_pickup(sp, true) == 0 && sp->nnames > 0)
         return true;
     }
     if (now >= deadline || atomic_load(&sp->stop))
@@ -1189,6 +1193,13 @@ static long ingest_journal(struct spool *sp)
       /* files renamed in are claimed, then read under their tombs; files
        * not renamed in are read under a read lease and claimed under it
        * (issue 18 items 2 and 3) */
+      /* The claims queue an IN_MOVED_TO each (for the tomb): during a
+       * burst of renames in they would fill the inotify queue (16,384
+       * events by default), and every name whose event the kernel then
+       * drops takes the slower path of a file written in place. Reading
+       * the events per group keeps the queue short. */
+      if (read_events(sp))
+        sp->scan_due = true;
       claim_group(sp, ib, sp->names + sp->inames, k);
       lease_group(sp, sp->names + sp->inames, k);
       int rr = iobatch_read(ib, sp->pickup_fd, sp->names + sp->inames, (unsigned)k,

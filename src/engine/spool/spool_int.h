@@ -430,7 +430,7 @@ static inline const char *get_str(struct rd *r, uint32_t *n)
 static inline bool is_disk_full(int err) { return err == -ENOSPC || err == -EDQUOT; }
 static inline void free_const(const char *p) { free((void *)(uintptr_t)p); }
 
-int scan_pickup(struct spool *sp); /* ingest.c */
+int scan_pickup(struct spool *sp, bool ingest); /* ingest.c */
 int syncfs_counted(struct spool *sp); /* ingest.c */
 void wait_drained(struct spool *sp); /* ingest.c */
 int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsigned n,

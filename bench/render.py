@@ -83,6 +83,86 @@ def dkim_section():
     return o
 
 
+def last_full_run():
+    """The date of the full run the other sections come from: kept in
+    bench/full-run.txt by run-all.sh (ONLY unset)."""
+    p = os.path.join(os.path.dirname(os.path.abspath(__file__)), "full-run.txt")
+    return open(p).read().strip() if os.path.exists(p) else "2026-11-28 07:49 UTC"
+
+
+def peers_section():
+    """Issue 25: the engine against ordinary peers, with both floors, and the
+    two sinks under smtp-source (bench/peers.jsonl, bench/sinks.jsonl)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    rows = load(os.path.join(here, "peers.jsonl"))
+    sinks = load(os.path.join(here, "sinks.jsonl"))
+    if not rows and not sinks:
+        return []
+    o = ["## Ordinary peers and the floors (issue 25)", ""]
+    if rows:
+        r0 = rows[0]
+        o.append("`bench/impetus-bench --peers bdat,data,smtp-sink --repeat %d --count %d --fs %s --counts "
+                 "--fsync-run 0`: %d × %d B, durable (`Spool_Sync = batch`), 2 workers; the three peers in "
+                 "alternating rounds (one run each per round), so each sees the same minutes of the machine. "
+                 "Engine CPU and msg/s: medians of the rounds (every run listed). Counts per message: medians, "
+                 "from `perf stat -e raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,"
+                 "io_uring:io_uring_submit_req,context-switches -p` on the engine during each run." % (
+                     len(r0.get("runs_cpu_us_per_msg", [])), r0["count"], r0["fs"], r0["count"], r0["size"]))
+        o.append("")
+        o.append("| peer | engine CPU µs/msg (runs) | user/sys | msg/s (runs) | system calls/msg "
+                 "(io_uring_enter) | io_uring SQEs/msg | switches/msg | connections | sink CPU µs/msg "
+                 "| socket floor µs/msg (syscalls/msg) | file floor µs/msg | engine − both floors |")
+        o.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            sf = r.get("socket_floor", {})
+            ff = r.get("fs_floor", {})
+            both = (sf.get("cpu_us_per_msg") or 0) + (ff.get("total_us") or 0)
+            o.append("| %s | **%.1f** (%s) | %.1f/%.1f | %.0f (%s) | %s (%s) | %s | %s | %s | %s | %s (%s) | "
+                     "%s | %.1f − %.1f = **%.1f** |" % (
+                         r.get("peer", r["label"]), r["cpu_us_per_msg"],
+                         ", ".join("%.1f" % x for x in r.get("runs_cpu_us_per_msg", [])),
+                         r["user_us_per_msg"], r["sys_us_per_msg"], r["msgs_per_s"],
+                         ", ".join("%.0f" % x for x in r.get("runs_msgs_per_s", [])),
+                         f(r.get("engine_syscalls_per_msg"), "%.2f"), f(r.get("engine_io_uring_enter_per_msg"), "%.2f"),
+                         f(r.get("engine_sqes_per_msg"), "%.2f"), f(r.get("engine_switches_per_msg"), "%.2f"),
+                         ", ".join("%d" % x for x in r.get("engine_connections_runs", []) if x is not None),
+                         f(r.get("sink_cpu_us_per_msg")), f(sf.get("cpu_us_per_msg"), "%.1f"),
+                         f(sf.get("syscalls_per_msg"), "%.2f"), f(ff.get("total_us"), "%.1f"),
+                         r["cpu_us_per_msg"], both, r["cpu_us_per_msg"] - both))
+        o.append("")
+        o.append("Targets: engine CPU ≤ 35 µs/msg with DATA peers (`impetus --no-chunking`, `smtp-sink`), "
+                 "≤ 25 µs/msg with BDAT. The socket floor is `bench/net/smtp_replay` replaying the engine's "
+                 "exact byte stream (same EHLO, envelope, SIZE=, `BDAT n LAST` or DATA + the CRLF body + "
+                 "`.`, BDAT 8 transactions deep, DATA's next envelope behind the dot) on as many connections "
+                 "as the engine opened (its `impetus_connections_total`), to the same sink right after the "
+                 "engine's run; its CPU is the client's own (getrusage), its system calls its own count. "
+                 "The file floor is `bench/spool/fs_floor.py` (stat, open, read, close, a journal append + "
+                 "fdatasync per 512, unlink: kernel CPU) on a fresh file system of the same kind, once a "
+                 "round (runs: %s). smtp-sink runs as a new user would start it (`smtp-sink -u nobody "
+                 "127.0.0.1:PORT 1024`: at most 256 sessions at once)." % (
+                     ", ".join("%.1f" % x for x in rows[0].get("fs_floor_runs", []))))
+        o.append("")
+    if sinks:
+        o.append("**The sinks under Postfix's smtp-source** (`bench/sink/source_vs_sinks.py`: `%s`, one "
+                 "command per round trip, the two sinks alternately, medians of %d runs each; counts from "
+                 "`perf stat -p` on the sink):" % (sinks[0]["client"], sinks[0]["runs"]))
+        o.append("")
+        o.append("| sink | sink CPU µs/msg (runs) | msg/s (runs) | system calls/msg | io_uring SQEs/msg | "
+                 "switches/msg |")
+        o.append("|---|---|---|---|---|---|")
+        for s in sinks:
+            o.append("| %s | **%.1f** (%s) | %.0f (%s) | %s | %s | %s |" % (
+                s["sink"], s["sink_cpu_us_per_msg"], ", ".join("%.1f" % x for x in s["runs_sink_cpu_us_per_msg"]),
+                s["msgs_per_s"], ", ".join("%.0f" % x for x in s["runs_msgs_per_s"]),
+                f(s.get("syscalls_per_msg"), "%.2f"), f(s.get("sqes_per_msg"), "%.2f"),
+                f(s.get("switches_per_msg"), "%.2f")))
+        o.append("")
+        o.append("smtp-sink / impetus-sink CPU per message: **%.2f×** (target ≥ 3×)." %
+                 sinks[0]["smtp_sink_over_impetus_sink_cpu"])
+        o.append("")
+    return o
+
+
 def main():
     rows = load(sys.argv[1])
     # bench/run-backlog.sh's separate run (10k, N, 10k), when present
@@ -98,7 +178,10 @@ def main():
     w("# Impetus benchmarks")
     w("")
     w("Generated by `bench/run-all.sh` (do not edit by hand: the text lives in "
-      "`bench/render.py`) on %s UTC." % time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
+      "`bench/render.py`) on %s UTC." % time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+      + (" `ONLY=peers`: issue 25's section (ordinary peers, floors, sinks) comes from this run; the "
+         "other sections from the last full run (%s)." % last_full_run()
+         if os.environ.get("ONLY") == "peers" else ""))
     w("")
     w("## The machine")
     w("")
@@ -130,6 +213,7 @@ def main():
       "`Spool_Sync = batch` (group commit) unless the `sync` column says otherwise; "
       "`sync=none` is NOT durable and is shown only for comparison.")
     w("")
+    o.extend(peers_section())
     w("## End to end (pickup/ → impetus → impetus-sink)")
     w("")
     w("| variant | fs | sync | msgs | msg/s | p50 ms | p99 ms | engine CPU µs/msg (user/sys) "

@@ -3,10 +3,11 @@
 # once (the headline 1 KB figure REPEAT times, median reported), the spool
 # ingest benchmark (issue 3) and the Postfix comparison, and rewrites
 # bench/BENCHMARKS.md from the results (bench/results.jsonl keeps the raw
-# JSON). Takes ~20 minutes on the 2-core machine; needs root for the loop
+# JSON). Takes ~25 minutes on the 2-core machine; needs root for the loop
 # file system (--fs loop) and for the private Postfix instance.
 # Environment: COUNT (20000), BIG_BACKLOG (100000; 0 = use bench/backlog.jsonl
-# from bench/run-backlog.sh), REPEAT (5),
+# from bench/run-backlog.sh), REPEAT (5), PEER_REPEAT (5), ONLY (peers: only
+# issue 25's part, ~6 minutes),
 # PF_N (20000, Postfix comparison: issue 6's workload), FS (loop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,9 +18,32 @@ REPEAT=${REPEAT:-5}
 PF_N=${PF_N:-20000}
 FS=${FS:-loop}
 OUT=bench/results.jsonl
-: >"$OUT"
 B=(bench/impetus-bench --build "$BUILD" --json "$OUT" --quiet)
 run() { echo "run-all: $*" >&2; "${B[@]}" "$@" | sed -n 1p >&2 || echo "run-all: FAILED: $*" >&2; }
+
+# Issue 25 (~6 minutes; ONLY=peers runs just this part and re-renders the
+# page from the other parts' last results): the engine against the three
+# kinds of peer, PEER_REPEAT alternating rounds (one run per peer each, so
+# every peer sees the same minutes of a shared machine), each run followed by
+# its socket floor (bench/net/smtp_replay: the same conversation on as many
+# connections to the same sink) and each round by the file floor
+# (bench/spool/fs_floor.py on a fresh file system of the same kind), with
+# system calls, io_uring submissions and context switches counted by perf
+# stat; then the two sinks under Postfix's smtp-source, alternately.
+PEERS=bench/peers.jsonl
+SINKS=bench/sinks.jsonl
+: >"$PEERS"
+bench/impetus-bench --build "$BUILD" --json "$PEERS" --quiet --label "1KB w2" --count "$COUNT" --fs "$FS" \
+  --fsync-run 0 --repeat "${PEER_REPEAT:-5}" --counts --peers bdat,data,smtp-sink >/dev/null \
+  || echo "run-all: FAILED: peers" >&2
+python3 bench/sink/source_vs_sinks.py "$BUILD" "$SINKS" || echo "run-all: FAILED: source_vs_sinks" >&2
+if [ "${ONLY:-}" = peers ]; then
+  BL=""; [ -s bench/backlog.jsonl ] && BL=bench/backlog.jsonl
+  ONLY=peers python3 bench/render.py "$OUT" bench/compare.json bench/ingest.txt bench/fs_floor.txt "$BL" >bench/BENCHMARKS.md
+  echo "run-all: wrote bench/BENCHMARKS.md (issue 25's part new, the rest from the last full run)" >&2
+  exit 0
+fi
+: >"$OUT"
 
 run --label "1KB plain w2"          --count "$COUNT" --fs "$FS" --repeat "$REPEAT"
 # the rows that decide a target are medians of REPEAT runs (the shared
@@ -87,4 +111,5 @@ bash bench/run-dkim.sh "$BUILD" >&2 || echo "run-all: run-dkim.sh failed" >&2
 
 BL=""; [ "$BIG" = 0 ] && BL=bench/backlog.jsonl
 python3 bench/render.py "$OUT" bench/compare.json "$ING" "$FLOOR" "$BL" >bench/BENCHMARKS.md
+date -u '+%Y-%m-%d %H:%M UTC' >bench/full-run.txt
 echo "run-all: wrote bench/BENCHMARKS.md" >&2

@@ -12,8 +12,10 @@ PACKAGES=(
   # tests and benchmarks
   libcmocka-dev libbenchmark-dev python3 python3-aiosmtpd swaks libnet-ssleay-perl dnsmasq-base openssl
   procps psmisc
-  # DKIM verifiers for the tests (issue 22); libnet-dns-perl comes with libmail-dkim-perl
-  python3-dkim python3-nacl libmail-dkim-perl libnet-dns-perl
+  # DKIM verifiers for the tests (issue 22); libnet-dns-perl comes with libmail-dkim-perl;
+  # opendkim: its verifier (opendkim -t) checks Ed25519 too, and bench/postfix/compare_dkim.sh
+  # runs it as Postfix's signing milter
+  python3-dkim python3-nacl libmail-dkim-perl libnet-dns-perl opendkim opendkim-tools postfix
   # packaging and operations (issue 20): the Debian package and lintian, the
   # unit's systemd-analyze checks, man pages, tools/debian-try.sh
   dpkg-dev debhelper lintian systemd man-db debootstrap

@@ -10,7 +10,8 @@ from Redis's INFO commandstats (every command Redis ran, those inside the
 scripts included: script loads, heartbeats, lease renewals, token batches).
 
 usage: bench/cluster/cluster_bench.py [--build DIR] [--count N] [--pairs ROUNDS]
-                                      [--workers N] [-- IMPETUS-BENCH ARGS...]
+                                      [--workers N] [--variants ABC] [--stats]
+                                      [-- IMPETUS-BENCH ARGS...]
 The machine is shared: read the figures as medians of alternating runs."""
 import argparse
 import json
@@ -53,6 +54,8 @@ def main():
     ap.add_argument("--count", type=int, default=20000)
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--variants", default="ABC", help="which variants to run (A first: the base)")
+    ap.add_argument("--stats", action="store_true", help="print each run's INFO commandstats")
     ap.add_argument("rest", nargs="*")
     a = ap.parse_args()
     redis = Redis()
@@ -60,7 +63,7 @@ def main():
     cpu = {v: [] for v in VARIANTS}
     per_msg = {v: [] for v in VARIANTS}
     try:
-        names = list(VARIANTS)
+        names = [v for v in VARIANTS if v in a.variants]
         for i in range(a.pairs):
             order = names[i % len(names):] + names[:i % len(names)]
             for v in order:
@@ -72,18 +75,19 @@ def main():
                 per_msg[v].append(n / r["delivered"])
                 rates[v].append(r["msgs_per_s"])
                 cpu[v].append(r["cpu_us_per_msg"])
-                print("round %d %s: %.0f msg/s, %.1f us CPU/msg, %.4f Redis commands/msg" % (
-                    i + 1, v, r["msgs_per_s"], r["cpu_us_per_msg"], per_msg[v][-1]), flush=True)
+                print("round %d %s: %.0f msg/s, %.1f us CPU/msg, %.4f Redis commands/msg%s" % (
+                    i + 1, v, r["msgs_per_s"], r["cpu_us_per_msg"], per_msg[v][-1],
+                    " %s" % stats if a.stats else ""), flush=True)
     finally:
         redis.cleanup()
-    ma = statistics.median(rates["A"])
-    for v in VARIANTS:
+    ma = statistics.median(rates["A"]) if rates["A"] else float("nan")
+    for v in names:
         m = statistics.median(rates[v])
         print("%s: median %.0f msg/s (%.3f of A), %.1f us CPU/msg, Redis commands/msg median %.4f; "
               "runs %s" % (v, m, m / ma, statistics.median(cpu[v]), statistics.median(per_msg[v]),
                            rates[v]))
-    print("command: bench/cluster/cluster_bench.py --count %d --pairs %d --workers %d %s"
-          % (a.count, a.pairs, a.workers, " ".join(a.rest)))
+    print("command: bench/cluster/cluster_bench.py --count %d --pairs %d --workers %d "
+          "--variants %s %s" % (a.count, a.pairs, a.workers, a.variants, " ".join(a.rest)))
 
 
 if __name__ == "__main__":

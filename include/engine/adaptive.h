@@ -36,6 +36,7 @@
 #define ADAPTIVE_TRIGGER_MAX 1000 /* "C/S": C at most */
 #define ADAPTIVE_WARMUP_MAX 32   /* steps of a warm-up schedule */
 #define ADAPTIVE_SUFFIX_MAX 8    /* MX suffixes of a provider */
+#define ADAPTIVE_CONN_DELAY_MAX_S 300u /* connection spacing after failures, at most */
 
 enum adaptive_action {
   ADAPTIVE_ACT_SUSPEND,         /* no delivery attempts */
@@ -197,9 +198,12 @@ size_t adaptive_reply(struct adaptive *a, const struct adaptive_reply *r, uint64
 
 /* A connection to (binding, domain) failed before SMTP at now_ms. After
  * threshold consecutive failures (threshold 0: never) a CONNECT_DELAY
- * adjustment spaces new connections, doubling from 1 s to at most 5 min;
- * it lasts until a connection succeeds or 10 minutes pass. Returns true
- * (and *out) when that adjustment was made or changed. */
+ * adjustment spaces new connections, from 1 s, doubling (to at most 5 min)
+ * with each further failure at least half the spacing after the last
+ * change (a burst of connections already in flight counts once); the
+ * generation changes then. It lasts until a connection succeeds or 10
+ * minutes pass. Returns true (and *out) only when it starts: it is logged
+ * once then, and once when it ends. */
 bool adaptive_conn_failed(struct adaptive *a, const char *binding, const char *domain,
                           uint32_t threshold, uint64_t now_ms, struct adaptive_adjustment *out);
 /* A connection to (binding, domain) reached SMTP: the failure run ends. */
@@ -210,7 +214,10 @@ void adaptive_conn_ok(struct adaptive *a, const char *binding, const char *domai
  * the adjustments that apply; 0 = no adjustment (keep the configuration). */
 struct adaptive_limits {
   bool suspended;
-  uint32_t max_connections;
+  uint32_t max_connections; /* binding::domain and domain scopes: per queue */
+  /* provider scope: for the binding's connections to all the provider's
+   * MX hosts together (held by adaptive_provider_slot_take, not per queue) */
+  uint32_t provider_max_connections;
   uint32_t max_deliveries;
   uint32_t throttle_n, throttle_per_s; /* messages per period */
   uint32_t retry_interval_s, max_retry_interval_s;
@@ -236,6 +243,17 @@ size_t adaptive_list(struct adaptive *a, const char *binding, const char *domain
 /* End the adjustments in force that concern binding and/or domain now (the
  * console's clear). Returns how many. */
 size_t adaptive_clear(struct adaptive *a, const char *binding, const char *domain);
+/* Across a restart. adaptive_each_kept visits, under the lock (fn must not
+ * block), what a restart should keep at now_ms: each adjustment in force
+ * (active) and each ended back-off whose rule firing again would still
+ * double it (!active). adaptive_restore puts one back: in force until its
+ * end, or as that back-off memory; 1 when kept, 0 when it no longer
+ * matters at now_ms (dropped), -ENOSPC when the state is full. */
+void adaptive_each_kept(struct adaptive *a, uint64_t now_ms,
+                        void (*fn)(void *arg, const struct adaptive_adjustment *adj, bool active),
+                        void *arg);
+int adaptive_restore(struct adaptive *a, const struct adaptive_adjustment *adj, bool active,
+                     uint64_t now_ms);
 /* Adjustments in force; adjustments made since the start, per action. */
 size_t adaptive_in_force(struct adaptive *a);
 uint64_t adaptive_made_total(struct adaptive *a, enum adaptive_action act);
@@ -255,6 +273,13 @@ uint32_t adaptive_provider_warmup(struct adaptive *a, const char *mx_host, char 
  * counted). True when allowed; *id is then the slot to release (0 when
  * nothing was counted). False (*id 0) when cap slots are held. Any thread. */
 bool adaptive_slot_take(struct adaptive *a, const char *key, uint32_t cap, uint32_t *id);
+/* Take one of binding's connection slots to the provider of mx_host (no
+ * provider: allowed, *id 0). The cap is the stricter of the provider's
+ * Max_Outbound_Connections and a provider-scope max_outbound_connections
+ * adjustment in force for binding at now_ms; it holds across all the
+ * provider's domains (key "provider NAME BINDING"). One lock. */
+bool adaptive_provider_slot_take(struct adaptive *a, const char *mx_host, const char *binding,
+                                 uint64_t now_ms, uint32_t *id);
 /* Give back a slot adaptive_slot_take counted (id 0: nothing). */
 void adaptive_slot_release(struct adaptive *a, uint32_t id);
 /* Slots held for key now. */

@@ -22,8 +22,10 @@ struct adaptive_rules *adaptive_conf_rules(struct conf *c, char *err, size_t err
 /* Validate everything adaptive in c (for --check-config and start-up):
  * 0, or -EINVAL with "file:line: reason" in err. */
 int adaptive_conf_check(struct conf *c, char *err, size_t errlen);
-/* Max_Outbound_Connections of the Host stanza named mx_host (any case,
- * trailing dot ignored), 0 when none. */
+/* The Host stanza named mx_host (any case, trailing dot ignored), NULL
+ * when none. */
+const struct conf_view *adaptive_conf_host(struct conf *c, const char *mx_host);
+/* Max_Outbound_Connections of the Host stanza named mx_host, 0 when none. */
 uint32_t adaptive_conf_host_cap(struct conf *c, const char *mx_host);
 /* Adaptive_Enabled in the view. */
 bool adaptive_conf_enabled(const struct conf_view *v);

@@ -8,7 +8,8 @@
  *
  * Logs each adjustment once to the paniclog ("adaptive: ..."), made or
  * ended. Never fails or bounces a recipient. Threads: the worker that owns
- * the queue, except _ages_* (main and control threads). */
+ * the queue, except _ages_* (main and control threads) and _state_* (main
+ * thread). */
 #pragma once
 
 #include <stdbool.h>
@@ -74,6 +75,19 @@ void adaptive_queue_ages_load(struct engine_shared *sh, struct conf *c, const ch
 /* Set a binding's age (the console's "adaptive warmup B AGE"), persisted. */
 int adaptive_queue_ages_set(struct engine_shared *sh, const char *spoolbase, const char *binding,
                             uint64_t first_ms);
+
+/* Adjustments across a restart, in <spoolbase>/adaptive/adjustments.
+ * _save rewrites it (temporary file, fsync, rename) when they changed since
+ * the last save: the main thread calls it each second and at the stop, so
+ * after a SIGKILL at most the last second's changes are lost. A failure is
+ * logged once until a save works again. _load, at start, puts back those
+ * still in force (each logged "restored after a restart: ..."), drops
+ * those that ended meanwhile; a missing file is nothing, a corrupt or
+ * unreadable one an error in the paniclog, never a reason not to start. */
+void adaptive_queue_state_save(struct engine_shared *sh, struct logs_writer *log,
+                               const char *spoolbase, uint64_t now_ms);
+void adaptive_queue_state_load(struct engine_shared *sh, struct logs_writer *log,
+                               const char *spoolbase, uint64_t now_ms);
 
 /* msys.adaptive.registerRules (Lua, any worker's or the ingest state):
  * one rule as field/value text pairs (name provider match_domain code

@@ -39,7 +39,14 @@ struct cluster_cap;
 enum cluster_failure_mode { CLUSTER_FAIL_OPEN, CLUSTER_FAIL_CLOSED };
 
 struct cluster_params {
-  const char *url;       /* redis://[[user]:pass@]host[:port][/db] */
+  const char *url;       /* redis[s]://[[user]:pass@]host[:port][/db] */
+  const char *tls_ca_file;   /* rediss://: CAs the server's certificate must chain to;
+                              * NULL: the system's store */
+  const char *tls_cert_file; /* rediss://: a client certificate (Redis asks for one
+                              * unless tls-auth-clients is no); NULL: none */
+  const char *tls_key_file;  /* its key; NULL: in tls_cert_file */
+  bool tls_verify;           /* check the chain and the host name (false only when
+                              * the operator said so) */
   const char *node_name; /* NULL: the host name */
   unsigned lease_ttl_s;  /* 0: 10 */
   enum cluster_failure_mode failure_mode;
@@ -48,7 +55,8 @@ struct cluster_params {
 };
 
 /* Start the client thread (it connects in the background). NULL with a
- * reason in err on a bad URL or when the thread cannot start. */
+ * reason in err on a bad URL, unusable TLS files, or when the thread
+ * cannot start. */
 struct cluster *cluster_new(const struct cluster_params *p, char *err, size_t errlen);
 /* Stop the thread, give back every lease and unused token (best effort,
  * one short round), free everything. NULL ok. */

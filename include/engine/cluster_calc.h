@@ -48,6 +48,12 @@ double clcalc_rate(double prev, uint64_t used, uint64_t dt_ms);
  * at least 1, at most g->max_batch. rate < 0 (unknown): a quarter of
  * max_batch. */
 uint32_t clcalc_batch(double rate, const struct clcalc_gcra *g);
+/* The peak of the recent rate, halving every second: a batch sized to it
+ * survives a pause in the mail. */
+double clcalc_peak(double peak, double rate, uint64_t dt_ms);
+/* While workers wait for tokens: at least twice the last grant (at most
+ * g->max_batch), so a ramp from a small batch takes log2 round trips. */
+uint32_t clcalc_ramp(uint32_t want, uint32_t last_grant, const struct clcalc_gcra *g);
 /* The smallest grant worth a round trip when tokens are scarce: half of
  * want, at least 1. */
 uint32_t clcalc_min_batch(uint32_t want);

@@ -35,7 +35,7 @@ enum counters_event {
 };
 
 #define COUNTERS_KEYS 512         /* (binding, domain) pairs per slot */
-#define COUNTERS_LUA_HOOKS 8      /* Lua hooks counted (>= LUAM_HOOK_COUNT) */
+#define COUNTERS_LUA_HOOKS 16     /* Lua hooks counted (>= LUAM_HOOK_COUNT) */
 #define COUNTERS_LUA_EVENTS 4     /* per hook: calls and failures (>= LUAM_EV_COUNT) */
 #define COUNTERS_NAME_MAX 128     /* binding or domain bytes kept */
 

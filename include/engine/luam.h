@@ -28,6 +28,8 @@ enum {
   LUAM_CONT = 0,    /* go on (also: no hook, error, budget exceeded) */
   LUAM_DONE = 1,    /* a module returned VALIDATE_DONE: skip the others */
   LUAM_PENDING = 2, /* waiting for a datasource; done() will be called */
+  LUAM_ERROR = 3,   /* only with luam_call.report_errors: a script error, budget or
+                       memory overrun stopped the hook (logged once, as always) */
 };
 
 /* The hooks luam can run, named after Momentum's callouts. */
@@ -39,6 +41,13 @@ enum luam_hook {
   LUAM_HOOK_LOG_DELIVERY,                  /* core_log_delivery_v1(msg, dr, now, note) */
   LUAM_HOOK_LOG_TRANSIENT_FAILURE,         /* core_log_transient_failure_v1(msg, dr, now, note) */
   LUAM_HOOK_LOG_PERMANENT_FAILURE,         /* core_log_permanent_failure_v1(msg, dr, now, note) */
+  /* the ESMTP listener's (msg: the session; str: luam_call.str) */
+  LUAM_HOOK_VALIDATE_CONNECT,              /* validate_connect(ac, vctx) */
+  LUAM_HOOK_VALIDATE_EHLO,                 /* validate_ehlo(str, ac, vctx) */
+  LUAM_HOOK_VALIDATE_MAILFROM,             /* validate_mailfrom(str, ac, vctx) */
+  LUAM_HOOK_VALIDATE_RCPTTO,               /* validate_rcptto(msg, str, ac, vctx) */
+  LUAM_HOOK_AC_AUTH_PERFORM_AUTH,          /* ac_auth_perform_auth(user, password, ac, response):
+                                              EC_AUTH_OK answers LUAM_DONE */
   LUAM_HOOK_COUNT
 };
 
@@ -83,6 +92,9 @@ struct luam_msg_ops {
    * it is now with Momentum's options (npairs key, value pairs in kv);
    * 0, or < 0 with why. Optional (NULL: not in this hook). */
   int (*dkim_sign)(void *msg, const char *const *kv, size_t npairs, char *why, size_t whylen);
+  /* vctx:disconnect(code, text): answer and end the session (listener
+   * hooks). Optional (NULL: it acts as msg:code). */
+  void (*disconnect)(void *msg, int code, const char *text);
 };
 
 /* Engine services. log and eval run on the worker thread; post is called
@@ -153,6 +165,13 @@ struct luam_call {
   const struct luam_outcome *outcome; /* outcome hooks only */
   void (*done)(void *arg, int result);/* called only after LUAM_PENDING */
   void *done_arg;
+  /* listener hooks: the command's string (EHLO name, MAIL / RCPT address,
+   * AUTH user), str2 the AUTH password; the accept construct's addresses
+   * ("ip:port") as ac.remote_addr / ac.local_addr. Copied into Lua. */
+  const char *str, *str2;
+  size_t str_len, str2_len;
+  const char *remote_addr, *local_addr;
+  bool report_errors; /* answer LUAM_ERROR (not CONT) when the hook failed */
 };
 
 /* Resolve a scriptlet `source` (no ".lua"; '/' or '.' separate

@@ -65,6 +65,12 @@ int policy_recovered(struct policy *p, struct spool *sp, struct spool_msg *msg);
  * failures count in counters slot `slot` (the worker's index). */
 struct policy_worker *policy_worker_new(struct policy *p, struct ring *ring,
                                         struct logs_writer *log, struct conf *c, unsigned slot);
+/* The same for another event loop (the ESMTP listener's thread): post
+ * must make fn(fn_arg) run soon on the calling thread (any thread calls it). */
+struct policy_worker *policy_thread_new(struct policy *p,
+                                        void (*post)(void *, void (*)(void *), void *),
+                                        void *post_arg, struct logs_writer *log, struct conf *c,
+                                        unsigned slot);
 void policy_worker_free(struct policy_worker *pw);
 /* Between events: take up reloaded scripts and a new snapshot. Cheap. */
 void policy_worker_refresh(struct policy_worker *pw, struct conf *c);

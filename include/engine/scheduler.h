@@ -74,6 +74,7 @@ struct sched_cluster {
   struct cluster_bucket *conn_rate; /* Cluster_Outbound_Throttle_Connections */
   struct cluster_bucket *msg_rate;  /* Cluster_Outbound_Throttle_Messages */
   unsigned worker;                  /* the worker woken when leases or tokens come */
+  bool host_waited;                 /* a Host cluster cap held a connection back */
 };
 
 struct sched_limits {
@@ -108,8 +109,9 @@ enum sched_open sched_conn_open(const struct sched_limits *l, struct sched_acct 
 void sched_conn_closed(struct sched_acct *a);
 
 /* The cluster leases one connection holds (all-zero: none). */
+#define SCHED_LEASE_HOST 2 /* cap[] index of the MX host's lease */
 struct sched_leases {
-  struct cluster_cap *cap[2];
+  struct cluster_cap *cap[3]; /* the domain's, the server's, the MX host's */
 };
 
 /* After sched_conn_open said OK: may the connection open as far as the
@@ -119,6 +121,13 @@ struct sched_leases {
  * *wait_ns at the latest. Lock-free; never waits for Redis. */
 enum sched_open sched_cluster_open(const struct sched_limits *l, struct sched_leases *held,
                                    uint64_t now_ns, uint64_t *wait_ns);
+/* Host "mx" { Cluster_Max_Outbound_Connections }: before a connection of
+ * l's queue goes to an MX host whose fleet-wide cap is `cap` (NULL: none),
+ * a lease of it into held (the lease of a host tried before is given back
+ * first). false: not now (nothing more held; ask again after *wait_ns at
+ * the latest: the worker is woken when a lease comes). Lock-free. */
+bool sched_cluster_host(struct sched_limits *l, struct cluster_cap *cap, struct sched_leases *held,
+                        uint64_t *wait_ns);
 /* The connection holding these leases has closed. */
 void sched_cluster_closed(struct sched_leases *held);
 /* True when this connection should close instead of taking more work: its

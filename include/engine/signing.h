@@ -44,7 +44,7 @@ int signing_lua(const struct spool_msg *msg, const uint8_t *body, size_t len,
 void signing_on_sign(void *arg, struct spool_msg *msg, const uint8_t *body, size_t len,
                      struct buf *hdr);
 /* spool_sign_batch_cb: the same for a read-ahead group, spread over a pool
- * of (cores - 1) signer threads started on first use, the ingest thread
- * signing too; returns when all are signed. */
+ * of DKIM_Signer_Threads signer threads (default one per core) started on
+ * first use, the ingest thread signing too; returns when all are signed. */
 struct spool_sign_job;
 void signing_on_sign_batch(void *arg, struct spool_sign_job *jobs, size_t n);

@@ -39,6 +39,18 @@ static inline void dlist_push_front(struct dlist *l, struct dlist_node *n)
   l->head = n;
 }
 
+/* Unlink n from a list kept as a bare head pointer (*headp) of structs
+ * with their own prev and next fields; n's links are left as they were. */
+#define DLIST_UNLINK_HEAD(headp, n)                                                                \
+  do {                                                                                             \
+    if ((n)->prev)                                                                                 \
+      (n)->prev->next = (n)->next;                                                                 \
+    else                                                                                           \
+      *(headp) = (n)->next;                                                                        \
+    if ((n)->next)                                                                                 \
+      (n)->next->prev = (n)->prev;                                                                 \
+  } while (0)
+
 /* Unlink n (which must be on l). */
 static inline void dlist_remove(struct dlist *l, struct dlist_node *n)
 {

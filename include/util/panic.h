@@ -33,3 +33,13 @@ void util_wipe(void *p, size_t n);
 #endif
 
 #define UTIL_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Make room for element p[n] of an array of cap elements that grows by
+ * doubling from `first` (util_xrealloc: aborts when memory runs out). */
+#define UTIL_GROW(p, n, cap, first)                                                                \
+  do {                                                                                             \
+    if ((n) == (cap)) {                                                                            \
+      (cap) = (cap) ? (cap) * 2 : (first);                                                         \
+      (p) = util_xrealloc((p), (cap) * sizeof *(p));                                               \
+    }                                                                                              \
+  } while (0)

@@ -64,11 +64,67 @@ local vctx_mt = { __index = {
   get = function(self, t, k) return self.msg:context_get(t, k) end,
   set = function(self, t, k, v) return self.msg:context_set(t, k, v) end,
   set_code = function(self, code, text) return self.msg:code(code, text) end,
-  disconnect = function(self, code, text) return self.msg:code(code or 421, text) end,
+  disconnect = function(self, code, text) return self.msg:disconnect(code or 421, text) end,
 } }
+
+-- The ESMTP listener's hooks (Momentum's signatures). luam.c passes the
+-- session as msg, the command's string, the accept construct (a table:
+-- remote_addr, local_addr) and, for AUTH, the password. A module that
+-- raises an error stops the phase: the listener answers a temporary
+-- failure (ERROR), never an acceptance.
+local ERROR = 3
+-- Momentum's ac_auth results (Impetus's values; scripts use the names).
+core.EC_AUTH_OK, core.EC_AUTH_FAIL = 1, 0
+local listener_hooks = {
+  validate_connect = true, validate_ehlo = true, validate_mailfrom = true,
+  validate_rcptto = true, ac_auth_perform_auth = true,
+}
+
+-- ac_auth's response (an ec_string in Momentum): write("531 text", len)
+-- sets the reply to the failed AUTH.
+local function auth_response(msg)
+  return { write = function(_, text)
+    text = tostring(text)
+    local code, rest = text:match("^(%d%d%d)[ -](.*)$")
+    msg:code(tonumber(code) or 535, rest or text)
+  end }
+end
+
+local function listener_dispatch(hook, msg, str, ac, str2)
+  local vctx = setmetatable({ msg = msg }, vctx_mt)
+  for i = 1, #modules do
+    local m = modules[i]
+    local f = m.mod[hook]
+    if f then
+      local ok, r
+      if hook == "validate_connect" then
+        ok, r = pcall(f, m.mod, ac, vctx)
+      elseif hook == "validate_rcptto" then
+        ok, r = pcall(f, m.mod, msg, str, ac, vctx)
+      elseif hook == "ac_auth_perform_auth" then
+        ok, r = pcall(f, m.mod, str, str2, ac, auth_response(msg))
+        if ok then -- the first module with the hook decides
+          return r == core.EC_AUTH_OK and DONE or CONT
+        end
+      else
+        ok, r = pcall(f, m.mod, str, ac, vctx)
+      end
+      if not ok then
+        C.report(m.script, m.name, hook, r, f)
+        return ERROR
+      elseif r == DONE then
+        return DONE
+      end
+    end
+  end
+  return CONT
+end
 
 -- The coroutine body of one hook call.
 local function dispatch(hook, msg, a, b, c)
+  if listener_hooks[hook] then
+    return listener_dispatch(hook, msg, a, b, c)
+  end
   if hook ~= "validate_set_binding" and a == nil then
     -- validation hooks get (msg, ac, vctx); ac is not modelled (nil)
     b = setmetatable({ msg = msg }, vctx_mt)

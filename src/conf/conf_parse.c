@@ -426,10 +426,7 @@ static int find_group(struct conf *c, const char *name)
   int g = conf_smap_get(&c->gmap, name, strlen(name));
   if (g >= 0)
     return g;
-  if (c->ngroups == c->capgroups) {
-    c->capgroups = c->capgroups ? c->capgroups * 2 : 8;
-    c->groups = util_xrealloc(c->groups, c->capgroups * sizeof(*c->groups));
-  }
+  UTIL_GROW(c->groups, c->ngroups, c->capgroups, 8);
   g = (int)c->ngroups++;
   const char *nm = conf_arena_strdup(&c->arena, name);
   c->groups[g] = (struct conf_group){
@@ -443,10 +440,7 @@ int conf_binding_add(struct conf *c, const char *name)
   int b = conf_smap_get(&c->bmap, name, strlen(name));
   if (b >= 0)
     return b;
-  if (c->nbindings == c->capbindings) {
-    c->capbindings = c->capbindings ? c->capbindings * 2 : 8;
-    c->bindings = util_xrealloc(c->bindings, c->capbindings * sizeof(*c->bindings));
-  }
+  UTIL_GROW(c->bindings, c->nbindings, c->capbindings, 8);
   b = (int)c->nbindings++;
   const char *nm = conf_arena_strdup(&c->arena, name);
   c->bindings[b] = (struct conf_binding){.name = nm, .group = -1};

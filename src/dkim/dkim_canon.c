@@ -20,25 +20,62 @@ void dkim_body_init(struct dkim_body *b, enum dkim_canon c)
   b->canon = (uint8_t)c;
 }
 
-static const char crlfs[] = "\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n";
+/* Bytes that end a run: line ends, and for relaxed white space. */
+#define EOL_ ['\r'] = 1, ['\n'] = 1
+static const uint8_t stop_simple[256] = {EOL_};
+static const uint8_t stop_relaxed[256] = {EOL_, [' '] = 1, ['\t'] = 1};
 
-static void emit_eols(uint64_t n, dkim_emit_fn *emit, void *arg)
+/* Canonical bytes are gathered in a buffer on the stack and leave in
+ * pieces of up to its size: the hash sees a few calls per message, not
+ * one per word or line. */
+struct out {
+  dkim_emit_fn *emit;
+  void *arg;
+  size_t w;
+  uint8_t b[2048];
+};
+
+static void out_flush(struct out *o)
 {
-  while (n) {
-    uint64_t k = n < 16 ? n : 16;
-    emit(arg, crlfs, (size_t)k * 2);
-    n -= k;
+  if (o->w)
+    o->emit(o->arg, o->b, o->w);
+  o->w = 0;
+}
+
+static void out_put(struct out *o, const uint8_t *p, size_t n)
+{
+  if (o->w + n > sizeof(o->b)) {
+    out_flush(o);
+    if (n > sizeof(o->b)) { /* a long run: straight from the input */
+      o->emit(o->arg, p, n);
+      return;
+    }
+  }
+  memcpy(o->b + o->w, p, n);
+  o->w += n;
+}
+
+static void out_eols(struct out *o, uint64_t n)
+{
+  for (; n; n--) {
+    if (o->w + 2 > sizeof(o->b))
+      out_flush(o);
+    o->b[o->w++] = '\r';
+    o->b[o->w++] = '\n';
   }
 }
 
 /* Simple: every byte but line ends is kept; line ends are held back until
  * a byte follows, so trailing empty lines vanish. Relaxed: white space runs
- * become one SP when something follows them on the line. Runs of ordinary
- * bytes go out in one emit. */
+ * become one SP when something follows them on the line. */
 void dkim_body_feed(struct dkim_body *b, const void *in, size_t n, dkim_emit_fn *emit, void *arg)
 {
   const uint8_t *p = in;
   bool relaxed = b->canon == DKIM_CANON_RELAXED;
+  struct out o;
+  o.emit = emit;
+  o.arg = arg;
+  o.w = 0;
   size_t i = 0;
   while (i < n) {
     uint8_t c = p[i];
@@ -60,20 +97,23 @@ void dkim_body_feed(struct dkim_body *b, const void *in, size_t n, dkim_emit_fn 
       continue;
     }
     if (b->eols) {
-      emit_eols(b->eols, emit, arg);
+      out_eols(&o, b->eols);
       b->eols = 0;
     }
     if (b->wsp) {
-      emit(arg, " ", 1);
+      out_put(&o, (const uint8_t *)" ", 1);
       b->wsp = 0;
     }
+    /* The run of bytes that need no thought, copied as it is found. */
+    const uint8_t *stop = relaxed ? stop_relaxed : stop_simple;
     size_t j = i + 1;
-    while (j < n && p[j] != '\r' && p[j] != '\n' && !(relaxed && is_wsp(p[j])))
+    while (j < n && !stop[p[j]])
       j++;
-    emit(arg, p + i, j - i);
+    out_put(&o, p + i, j - i);
     b->any = 1;
     i = j;
   }
+  out_flush(&o);
 }
 
 void dkim_body_finish(struct dkim_body *b, dkim_emit_fn *emit, void *arg)
@@ -166,17 +206,19 @@ void dkim_header_canon(enum dkim_canon c, const void *f, size_t n, bool crlf, st
     buf_append(out, "\r\n", 2);
 }
 
-/* Where the line starting at i ends: *next is the start of the next line. */
+/* Where the line starting at i ends: *next is the start of the next line.
+ * One scan to the first CR or LF (two memchr calls would each run to the
+ * end of the message when a file has only LF or only CR line ends). */
 static size_t line_end(const uint8_t *p, size_t len, size_t i, size_t *next)
 {
-  const uint8_t *cr = memchr(p + i, '\r', len - i), *lf = memchr(p + i, '\n', len - i);
-  const uint8_t *e = cr && (!lf || cr < lf) ? cr : lf;
-  if (!e) {
+  size_t at = i;
+  while (at < len && p[at] != '\r' && p[at] != '\n')
+    at++;
+  if (at == len) {
     *next = len;
     return len;
   }
-  size_t at = (size_t)(e - p);
-  *next = at + 1 + (*e == '\r' && at + 1 < len && p[at + 1] == '\n');
+  *next = at + 1 + (p[at] == '\r' && at + 1 < len && p[at + 1] == '\n');
   return at;
 }
 

@@ -33,10 +33,11 @@ struct signer {
   int64_t lifetime_h;
   bool blen;
   struct dkim_key *key; /* NULL for a stanza default */
+  size_t seq;           /* order in the configuration: the first stanza naming a domain wins */
 };
 
 struct dkim_signers {
-  struct signer *v;
+  struct signer *v; /* sorted by name, one per name: found by binary search */
   size_t n;
   struct signer deflt; /* the first opendkim stanza's own settings (Lua) */
   bool has_deflt;
@@ -214,9 +215,17 @@ static int read_signer(const struct conf_stanza *ms, const struct conf_stanza *d
   return 0;
 }
 
+static int signer_cmp(const void *a, const void *b)
+{
+  const struct signer *x = a, *y = b;
+  int c = strcmp(x->name, y->name);
+  return c ? c : x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
 struct dkim_signers *dkim_signers_new(const struct conf *c, struct conf_error *err)
 {
   struct dkim_signers *s = util_xcalloc(1, sizeof(*s));
+  size_t cap = 0;
   int64_t cache = 2048;
   for (const struct conf_stanza *ms = conf_stanza_first(c, "opendkim"); ms;
        ms = conf_stanza_next(ms)) {
@@ -236,17 +245,26 @@ struct dkim_signers *dkim_signers_new(const struct conf *c, struct conf_error *e
         signer_done(&one);
         goto fail;
       }
-      bool dup = false;
-      for (size_t i = 0; i < s->n && !dup; i++)
-        dup = !strcmp(s->v[i].name, one.name);
-      if (dup) { /* the first stanza naming a domain wins */
-        signer_done(&one);
-        continue;
+      if (s->n == cap) {
+        cap = cap ? cap * 2 : 16;
+        s->v = util_xrealloc(s->v, cap * sizeof(*s->v));
       }
-      s->v = util_xrealloc(s->v, (s->n + 1) * sizeof(*s->v));
+      one.seq = s->n;
       s->v[s->n++] = one;
     }
   }
+  /* Sorted by name, then configuration order; of a name's stanzas only
+   * the first stays. */
+  if (s->n)
+    qsort(s->v, s->n, sizeof(*s->v), signer_cmp);
+  size_t w = 0;
+  for (size_t i = 0; i < s->n; i++) {
+    if (w && !strcmp(s->v[w - 1].name, s->v[i].name))
+      signer_done(&s->v[i]);
+    else
+      s->v[w++] = s->v[i];
+  }
+  s->n = w;
   s->kc = dkim_keycache_new(cache > 0 ? (size_t)cache : 1, true);
   return s;
 fail:
@@ -361,9 +379,17 @@ static void params_of(const struct signer *s, struct dkim_params *p, int64_t now
 
 static const struct signer *find(const struct dkim_signers *s, const char *domain)
 {
-  for (size_t i = 0; i < s->n; i++)
-    if (!strcmp(s->v[i].name, domain))
-      return &s->v[i];
+  size_t lo = 0, hi = s->n;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    int c = strcmp(s->v[mid].name, domain);
+    if (!c)
+      return &s->v[mid];
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
   return NULL;
 }
 

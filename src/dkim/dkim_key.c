@@ -4,7 +4,11 @@
  *
  * A loaded key is immutable and reference-counted; it may sign on any
  * number of threads at once (OpenSSL 3 keys are safe to share read-only;
- * each operation has its own context). The cache takes a mutex per lookup.
+ * each operation has its own context). Its only mutable part is a free
+ * list of prepared signing contexts, under its own mutex: a signature
+ * takes one, signs, puts it back, so no signature pays for a context's
+ * set-up (an algorithm fetch through OpenSSL's locked method store). The
+ * cache takes a mutex per lookup.
  * Never logs, never puts key bytes in an error text; buffers that held key
  * text are wiped before they are freed. */
 #include "dkim.h"
@@ -31,11 +35,25 @@
 
 #define KEY_FILE_MAX (64u << 10) /* bytes read from a key file */
 
+/* A prepared signing context: RSA's EVP_PKEY_CTX after sign_init with
+ * PKCS#1 v1.5 and SHA-256; Ed25519's EVP_MD_CTX after DigestSignInit. */
+struct kctx {
+  struct kctx *next;
+  EVP_PKEY_CTX *pc;
+  EVP_MD_CTX *mc;
+};
+
+struct kpool {
+  pthread_mutex_t mu; /* free */
+  struct kctx *free;  /* contexts not in use: at most one per signing thread */
+};
+
 struct dkim_key {
   atomic_int refs;
   enum dkim_alg alg;
   unsigned bits;
   EVP_PKEY *pkey;
+  struct kpool *pool; /* the mutable part of a key that is otherwise read-only */
 };
 
 static void seterr(char *why, size_t n, const char *msg)
@@ -77,6 +95,8 @@ static struct dkim_key *wrap(EVP_PKEY *pk, char *why, size_t whylen)
   k->alg = alg;
   k->bits = bits > 0 ? (unsigned)bits : 0;
   k->pkey = pk;
+  k->pool = util_xcalloc(1, sizeof(*k->pool));
+  pthread_mutex_init(&k->pool->mu, NULL);
   return k;
 }
 
@@ -195,6 +215,15 @@ void dkim_key_unref(struct dkim_key *k)
 {
   if (!k || atomic_fetch_sub_explicit(&k->refs, 1, memory_order_acq_rel) != 1)
     return;
+  while (k->pool->free) {
+    struct kctx *c = k->pool->free;
+    k->pool->free = c->next;
+    EVP_PKEY_CTX_free(c->pc);
+    EVP_MD_CTX_free(c->mc);
+    free(c);
+  }
+  pthread_mutex_destroy(&k->pool->mu);
+  free(k->pool);
   EVP_PKEY_free(k->pkey);
   free(k);
 }
@@ -223,29 +252,71 @@ int dkim_key_public_b64(const struct dkim_key *k, struct buf *out)
   return 0;
 }
 
-int dkim_key_sign_digest(const struct dkim_key *k, const uint8_t digest[32], uint8_t *sig, size_t cap)
+static EVP_MD *rsa_md; /* SHA-256 for the DigestInfo, fetched once */
+static pthread_once_t rsa_md_once = PTHREAD_ONCE_INIT;
+static void rsa_md_fetch(void)
 {
-  size_t sl = cap;
-  int ok = 0;
+  rsa_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+  if (!rsa_md)
+    util_panic("dkim: OpenSSL has no SHA256");
+}
+
+/* Set up c for k; false when OpenSSL refuses. */
+static bool kctx_prepare(const struct dkim_key *k, struct kctx *c)
+{
   if (k->alg == DKIM_ED25519_SHA256) {
     /* RFC 8463: PureEdDSA over the SHA-256 digest. */
-    EVP_MD_CTX *mc = EVP_MD_CTX_new();
-    ok = mc && EVP_DigestSignInit_ex(mc, NULL, NULL, NULL, NULL, k->pkey, NULL) == 1 &&
-         EVP_DigestSign(mc, sig, &sl, digest, 32) == 1;
-    EVP_MD_CTX_free(mc);
-  } else {
-    /* RSASSA-PKCS1-v1_5 over the digest with the SHA-256 DigestInfo. */
-    EVP_PKEY_CTX *pc = EVP_PKEY_CTX_new_from_pkey(NULL, k->pkey, NULL);
-    ok = pc && EVP_PKEY_sign_init(pc) == 1 &&
-         EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_PADDING) == 1 &&
-         EVP_PKEY_CTX_set_signature_md(pc, EVP_sha256()) == 1 &&
-         EVP_PKEY_sign(pc, sig, &sl, digest, 32) == 1;
-    EVP_PKEY_CTX_free(pc);
+    return (c->mc || (c->mc = EVP_MD_CTX_new())) &&
+           EVP_DigestSignInit_ex(c->mc, NULL, NULL, NULL, NULL, k->pkey, NULL) == 1;
+  }
+  /* RSASSA-PKCS1-v1_5 over the digest with the SHA-256 DigestInfo. */
+  pthread_once(&rsa_md_once, rsa_md_fetch);
+  EVP_PKEY_CTX_free(c->pc);
+  c->pc = EVP_PKEY_CTX_new_from_pkey(NULL, k->pkey, NULL);
+  return c->pc && EVP_PKEY_sign_init(c->pc) == 1 &&
+         EVP_PKEY_CTX_set_rsa_padding(c->pc, RSA_PKCS1_PADDING) == 1 &&
+         EVP_PKEY_CTX_set_signature_md(c->pc, rsa_md) == 1;
+}
+
+static bool kctx_sign(const struct dkim_key *k, struct kctx *c, const uint8_t digest[32],
+                      uint8_t *sig, size_t *sl)
+{
+  if (k->alg == DKIM_ED25519_SHA256)
+    return EVP_DigestSign(c->mc, sig, sl, digest, 32) == 1;
+  return EVP_PKEY_sign(c->pc, sig, sl, digest, 32) == 1;
+}
+
+int dkim_key_sign_digest(const struct dkim_key *k, const uint8_t digest[32], uint8_t *sig, size_t cap)
+{
+  struct kpool *kp = k->pool;
+  pthread_mutex_lock(&kp->mu);
+  struct kctx *c = kp->free;
+  if (c)
+    kp->free = c->next;
+  pthread_mutex_unlock(&kp->mu);
+  bool fresh = !c;
+  if (fresh)
+    c = util_xcalloc(1, sizeof(*c));
+  size_t sl = cap;
+  bool ok = (!fresh || kctx_prepare(k, c)) && kctx_sign(k, c, digest, sig, &sl);
+  if (!ok && !fresh) {
+    /* A context OpenSSL will not sign with twice (a later version's
+     * one-shot rule) is prepared again, once. */
+    ERR_clear_error();
+    sl = cap;
+    ok = kctx_prepare(k, c) && kctx_sign(k, c, digest, sig, &sl);
   }
   if (!ok) {
     ERR_clear_error();
+    EVP_PKEY_CTX_free(c->pc);
+    EVP_MD_CTX_free(c->mc);
+    free(c);
     return -EIO;
   }
+  pthread_mutex_lock(&kp->mu);
+  c->next = kp->free;
+  kp->free = c;
+  pthread_mutex_unlock(&kp->mu);
   return (int)sl;
 }
 

@@ -4,8 +4,10 @@
  * through dkim_key_sign_digest.
  *
  * Sans-I/O: a whole message in memory in, one header field out. Any
- * thread. Allocates only in the caller's buf and one scratch buf per call.
- * Never logs. */
+ * thread. Allocates only in the caller's buf; its digest context and
+ * scratch buffers are kept per thread (freed when the thread ends), so a
+ * signature allocates nothing once a thread has signed one message. Never
+ * logs. */
 #include "dkim.h"
 
 #include <errno.h>
@@ -59,7 +61,6 @@ const char *dkim_canon_name(enum dkim_canon c)
 /* SHA-256 fetched once: an implicit fetch per digest would cost more than
  * hashing a small header. */
 static EVP_MD *sha256_md;
-static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
 static void sha256_fetch(void)
 {
   sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
@@ -67,21 +68,55 @@ static void sha256_fetch(void)
     util_panic("dkim: OpenSSL has no SHA256");
 }
 
-/* The body hash. Relaxed canonicalisation emits a word at a time: the
- * bytes are staged so SHA-256 sees blocks, not one call per word. */
+/* Per thread: the SHA-256 context and the buffers one signature needs. */
+struct tls {
+  EVP_MD_CTX *mc;
+  struct buf sig, scratch;
+};
+static pthread_key_t tls_key;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+
+static void tls_free(void *p)
+{
+  struct tls *t = p;
+  EVP_MD_CTX_free(t->mc);
+  buf_done(&t->sig, 0);
+  buf_done(&t->scratch, 0);
+  free(t);
+}
+
+static void tls_init(void)
+{
+  if (pthread_key_create(&tls_key, tls_free) != 0)
+    util_panic("dkim: pthread_key_create");
+  sha256_fetch();
+}
+
+/* This thread's context, made on its first signature (NULL: no memory). */
+static struct tls *tls_get(void)
+{
+  pthread_once(&tls_once, tls_init);
+  struct tls *t = pthread_getspecific(tls_key);
+  if (t)
+    return t;
+  t = util_xcalloc(1, sizeof(*t));
+  t->mc = EVP_MD_CTX_new();
+  if (!t->mc) {
+    free(t);
+    return NULL;
+  }
+  buf_reserve(&t->sig, 1024);
+  buf_reserve(&t->scratch, 1024);
+  pthread_setspecific(tls_key, t);
+  return t;
+}
+
+/* The body hash (the canonicaliser hands it pieces of up to 2 KB), cut
+ * at l= when one is set. */
 struct hasher {
   EVP_MD_CTX *mc;
   uint64_t n, limit; /* bytes hashed; limit 0 = none */
-  size_t staged;
-  uint8_t stage[4096];
 };
-
-static void hash_flush(struct hasher *h)
-{
-  if (h->staged)
-    EVP_DigestUpdate(h->mc, h->stage, h->staged);
-  h->staged = 0;
-}
 
 static void hash_emit(void *arg, const void *p, size_t n)
 {
@@ -93,15 +128,7 @@ static void hash_emit(void *arg, const void *p, size_t n)
       n = (size_t)(h->limit - h->n);
   }
   h->n += n;
-  if (h->staged + n > sizeof(h->stage)) {
-    hash_flush(h);
-    if (n > sizeof(h->stage)) {
-      EVP_DigestUpdate(h->mc, p, n);
-      return;
-    }
-  }
-  memcpy(h->stage + h->staged, p, n);
-  h->staged += n;
+  EVP_DigestUpdate(h->mc, p, n);
 }
 
 /* d=, s=: a domain or selector (letters, digits, '-', '.', '_');
@@ -211,8 +238,7 @@ int dkim_sign(const struct dkim_params *p, const struct dkim_key *key, const voi
 {
   const char *msg = msgv;
   int rc = 0;
-  struct buf sig = {0}, scratch = {0};
-  EVP_MD_CTX *mc = NULL;
+  struct tls *t = NULL;
   struct dkim_hdr *hdrs = NULL;
   const char **hl = NULL;
   bool *used = NULL;
@@ -282,22 +308,22 @@ int dkim_sign(const struct dkim_params *p, const struct dkim_key *key, const voi
   if (!from)
     FAIL(-EINVAL, "From is not among the signed header fields (RFC 6376 5.4 requires it)");
 
-  pthread_once(&sha256_once, sha256_fetch);
-  mc = EVP_MD_CTX_new();
-  if (!mc || EVP_DigestInit_ex(mc, sha256_md, NULL) != 1)
+  t = tls_get();
+  if (!t || EVP_DigestInit_ex(t->mc, sha256_md, NULL) != 1)
     FAIL(-ENOMEM, "cannot start a SHA-256 digest");
+  EVP_MD_CTX *mc = t->mc;
+  struct buf *sig = &t->sig, *scratch = &t->scratch;
+  sig->len = 0;
 
   /* bh= */
   struct hasher bh;
   bh.mc = mc;
   bh.n = 0;
   bh.limit = p->body_length ? p->body_limit : 0;
-  bh.staged = 0;
   struct dkim_body bc;
   dkim_body_init(&bc, p->bcanon);
   dkim_body_feed(&bc, msg + body_off, len - body_off, hash_emit, &bh);
   dkim_body_finish(&bc, hash_emit, &bh);
-  hash_flush(&bh);
   uint8_t md[EVP_MAX_MD_SIZE];
   unsigned mdl = 0;
   EVP_DigestFinal_ex(mc, md, &mdl);
@@ -305,10 +331,9 @@ int dkim_sign(const struct dkim_params *p, const struct dkim_key *key, const voi
   base64_encode(md, mdl, bh64);
 
   /* The tag list without b='s value. */
-  struct fold f = {&sig, 0, width};
-  buf_reserve(&sig, 512);
-  buf_append_str(&sig, "DKIM-Signature:");
-  f.col = sig.len;
+  struct fold f = {sig, 0, width};
+  buf_append_str(sig, "DKIM-Signature:");
+  f.col = sig->len;
   fold_str(&f, " ", "v=1;");
   fold_tag(&f, " ", "a=", dkim_alg_name(p->alg), ";");
   fold_tag(&f, " ", "c=", p->hcanon == DKIM_CANON_RELAXED ? "relaxed/" : "simple/",
@@ -332,7 +357,7 @@ int dkim_sign(const struct dkim_params *p, const struct dkim_key *key, const voi
              last ? ";" : p->h_spaced ? " :" : ":");
   }
   fold_tag(&f, " ", "bh=", bh64, ";");
-  buf_append(&sig, "\r\n b=", 5);
+  buf_append(sig, "\r\n b=", 5);
   f.col = 3;
 
   /* The header hash: signed fields bottom-up, then this field. */
@@ -343,22 +368,21 @@ int dkim_sign(const struct dkim_params *p, const struct dkim_key *key, const voi
     memset(ustack, 0, sizeof(ustack));
   else
     uv = used = util_xcalloc((size_t)nh + 1, sizeof(*used));
-  buf_reserve(&scratch, 1024);
   for (size_t i = 0; i < nhl; i++) {
     size_t nl = strlen(hlv[i]);
     for (int k = nh - 1; k >= 0; k--) {
       if (uv[k] || hv[k].name_len != nl || strncasecmp(msg + hv[k].off, hlv[i], nl))
         continue;
       uv[k] = true;
-      scratch.len = 0;
-      dkim_header_canon(p->hcanon, msg + hv[k].off, hv[k].len, true, &scratch);
-      EVP_DigestUpdate(mc, scratch.data, scratch.len);
+      scratch->len = 0;
+      dkim_header_canon(p->hcanon, msg + hv[k].off, hv[k].len, true, scratch);
+      EVP_DigestUpdate(mc, scratch->data, scratch->len);
       break;
     }
   }
-  scratch.len = 0;
-  dkim_header_canon(p->hcanon, sig.data, sig.len, false, &scratch);
-  EVP_DigestUpdate(mc, scratch.data, scratch.len);
+  scratch->len = 0;
+  dkim_header_canon(p->hcanon, sig->data, sig->len, false, scratch);
+  EVP_DigestUpdate(mc, scratch->data, scratch->len);
   EVP_DigestFinal_ex(mc, md, &mdl);
 
   uint8_t s[512];
@@ -370,23 +394,22 @@ int dkim_sign(const struct dkim_params *p, const struct dkim_key *key, const voi
   for (size_t at = 0; at < bl;) {
     size_t room = f.col < width ? width - f.col : 1;
     size_t k = bl - at < room ? bl - at : room;
-    buf_append(&sig, b64 + at, k);
+    buf_append(sig, b64 + at, k);
     at += k;
     f.col += k;
     if (at < bl) {
-      buf_append(&sig, "\r\n ", 3);
+      buf_append(sig, "\r\n ", 3);
       f.col = 1;
     }
   }
-  buf_append(&sig, "\r\n", 2);
-  buf_append(out, sig.data, sig.len);
+  buf_append(sig, "\r\n", 2);
+  buf_append(out, sig->data, sig->len);
 
 out:
-  EVP_MD_CTX_free(mc);
   free(hdrs);
   free(hl);
   free(used);
-  buf_done(&sig, 0);
-  buf_done(&scratch, 0);
+  if (t && t->scratch.cap > 64 * 1024) /* a huge header field: not kept */
+    buf_done(&t->scratch, 0);
   return rc;
 }

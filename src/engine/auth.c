@@ -12,6 +12,7 @@
 #include "authkeys.h"
 #include "conf.h"
 #include "ctx.h"
+#include "dlist.h"
 #include "luam.h"
 #include "panic.h"
 #include "policy.h"
@@ -183,12 +184,7 @@ const char *auth_error(const struct auth *a)
 
 static void unlink_pending(struct auth *a, struct pending *p)
 {
-  if (p->prev)
-    p->prev->next = p->next;
-  else
-    a->waiting = p->next;
-  if (p->next)
-    p->next->prev = p->prev;
+  DLIST_UNLINK_HEAD(&a->waiting, p);
 }
 
 void auth_drop_pending(struct auth *a, void (*drop)(void *arg))

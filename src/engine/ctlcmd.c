@@ -126,6 +126,17 @@ int ctlcmd_eval_args(int argc, char *const *argv, struct ctlcmd_eval *out, char 
   return 0;
 }
 
+/* A command whose second word must be `word`, `max` words in all. */
+static int with_word(int ac, char *const *av, const char *word, int max, char *why, size_t n)
+{
+  char quoted[32];
+  snprintf(quoted, sizeof quoted, "'%s'", word);
+  int rc = need(ac, av, 1, quoted, why, n);
+  if (rc < 0)
+    return rc;
+  return is(av[1], word) ? no_more(ac, av, max, why, n) : sub(av, quoted, why, n);
+}
+
 static int check_mailq(int ac, char *const *av, char *why, size_t n)
 {
   for (int i = 1; i < ac; i++) {
@@ -155,11 +166,8 @@ int ctlcmd_check(int ac, char *const *av, char *why, size_t n)
     return no_more(ac, av, 1, why, n);
   if (is(v, "cluster"))
     return no_more(ac, av, 2, why, n);
-  if (is(v, "reopen")) {
-    if ((rc = need(ac, av, 1, "'logs'", why, n)) < 0)
-      return rc;
-    return is(av[1], "logs") ? no_more(ac, av, 2, why, n) : sub(av, "'logs'", why, n);
-  }
+  if (is(v, "reopen"))
+    return with_word(ac, av, "logs", 2, why, n);
   if (is(v, "config")) {
     if ((rc = need(ac, av, 1, "'eval' or 'reload'", why, n)) < 0)
       return rc;
@@ -173,11 +181,8 @@ int ctlcmd_check(int ac, char *const *av, char *why, size_t n)
       return bad(why, n, "config eval: %s", inner);
     return 0;
   }
-  if (is(v, "binding")) {
-    if ((rc = need(ac, av, 1, "'summary'", why, n)) < 0)
-      return rc;
-    return is(av[1], "summary") ? no_more(ac, av, 3, why, n) : sub(av, "'summary'", why, n);
-  }
+  if (is(v, "binding"))
+    return with_word(ac, av, "summary", 3, why, n);
   if (is(v, "domain")) {
     if ((rc = need(ac, av, 1, "a NAME", why, n)) < 0)
       return rc;

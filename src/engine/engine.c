@@ -305,6 +305,10 @@ static struct logs_writer *start_cluster(struct engine_shared *sh, struct conf *
   struct logs_writer *w = logs_writer_new(sh->logs);
   struct cluster_params p = {
     .url = conf_str(v, CONF_CLUSTER_REDIS),
+    .tls_ca_file = conf_str(v, CONF_CLUSTER_TLS_CA_FILE),
+    .tls_cert_file = conf_str(v, CONF_CLUSTER_TLS_CERTIFICATE),
+    .tls_key_file = conf_str(v, CONF_CLUSTER_TLS_KEY),
+    .tls_verify = conf_bool(v, CONF_CLUSTER_TLS_VERIFY),
     .node_name = conf_str(v, CONF_CLUSTER_NODE_NAME),
     .lease_ttl_s = (unsigned)conf_interval(v, CONF_CLUSTER_LEASE_TTL),
     .failure_mode = conf_enum(v, CONF_CLUSTER_FAILURE_MODE) == 1 ? CLUSTER_FAIL_CLOSED
@@ -385,7 +389,7 @@ int engine_main(const char *config_path)
     nw = 256;
   sh->nworkers = (unsigned)nw;
   sh->workers = util_xcalloc(sh->nworkers, sizeof *sh->workers);
-  if (counters_init(sh->nworkers + 1) < 0) /* ops: slot nworkers = ingest thread */
+  if (counters_init(sh->nworkers + 2) < 0) /* ops: slot nworkers = ingest thread, +1 the listener */
     util_fatal("out of memory");
 
   int sync = conf_enum(g, CONF_SPOOL_SYNC);
@@ -434,6 +438,7 @@ int engine_main(const char *config_path)
    * (scripts are compiled and run by policy_new) and any worker starts. */
   drop_root(c, mainlog, spoolbase, pickup);
   adaptive_queue_ages_load(sh, c, spoolbase, clock_wall_ms()); /* warm-up: bindings' ages */
+  adaptive_queue_state_load(sh, mainlog, spoolbase, clock_wall_ms()); /* kept across a restart */
   sh->policy = policy_new(c, &sh->conf, sh->ingest_log, sh->nworkers, err, sizeof err);
   if (sh->policy == NULL)
     util_fatal("lua: %s", err);
@@ -454,7 +459,7 @@ int engine_main(const char *config_path)
     util_fatal("spool ingest: %s", strerror(-rc));
   if (ctl_start(err, sizeof err) < 0) /* ops: console + metrics */
     util_fatal("%s", err);
-  if (lsn && (rc = listener_start(lsn)) < 0)
+  if (lsn && (rc = listener_start(lsn, sh->policy, sh->nworkers + 1)) < 0)
     util_fatal("esmtp_listener: %s", strerror(-rc));
 
   logs_panic(mainlog, clock_wall_ms(), "engine",
@@ -476,12 +481,18 @@ int engine_main(const char *config_path)
   if (ecs)
     hb = conf_interval(conf_stanza_view(ecs), CONF_EC_LOGGER_HEARTBEAT);
   struct conf *prev = NULL;
+  char spooldir[4096]; /* restart-only; the first configuration may be freed by reloads */
+  snprintf(spooldir, sizeof spooldir, "%s", spoolbase);
+  uint64_t next_hb = hb > 0 ? clock_mono_ns() / 1000000u + (uint64_t)hb * 1000u : UINT64_MAX;
   for (;;) {
     siginfo_t si;
-    struct timespec to = {.tv_sec = hb > 0 ? hb : 3600};
+    struct timespec to = {.tv_sec = 1}; /* adaptive adjustments saved each second */
     int sig = sigtimedwait(&set, &si, &to);
+    adaptive_queue_state_save(sh, mainlog, spooldir, clock_wall_ms());
     if (sig < 0) {
-      if (errno == EAGAIN && hb > 0) {
+      uint64_t now = clock_mono_ns() / 1000000u;
+      if (errno == EAGAIN && now >= next_hb) {
+        next_hb = now + (uint64_t)hb * 1000u;
         logs_heartbeat(mainlog, clock_wall_ms());
         logs_writer_flush(mainlog);
       }
@@ -492,6 +503,7 @@ int engine_main(const char *config_path)
     if (sig == SIGHUP) {
       sdnotify("RELOADING=1");
       reload(sh, config_path, mainlog, &prev);
+      listener_reload(lsn, atomic_load(&sh->conf)); /* its own thread takes it up */
       if (policy_reload(sh->policy, atomic_load(&sh->conf), err, sizeof err) < 0)
         logs_panic(mainlog, clock_wall_ms(), "lua", "reload rejected, the old scripts stay: %s", err);
       else if (policy_has_scripts(sh->policy))
@@ -522,6 +534,7 @@ int engine_main(const char *config_path)
     worker_stop(sh->workers[i], deadline);
   for (unsigned i = 0; i < sh->nworkers; i++)
     worker_join(sh->workers[i]);
+  adaptive_queue_state_save(sh, mainlog, spooldir, clock_wall_ms()); /* for the next start */
   cluster_free(sh->cluster); /* leases and unused tokens go back to Redis */
   logs_writer_free(cluster_log);
   logs_writer_free(sh->ingest_log);

@@ -576,23 +576,29 @@ static void json_event(struct logs_writer *w, uint64_t now_ms, char type,
   buf_append(b, "}\n", 2);
 }
 
+/* rcpt_local@rcpt_domain@sender_local@sender_domain@ (R and B records) */
+static void put_addrs(struct buf *b, const struct logs_msg *m)
+{
+  char rl[LOGS_FIELD_MAX], rd[LOGS_FIELD_MAX], sl[LOGS_FIELD_MAX], sd[LOGS_FIELD_MAX];
+  split_addr(m->rcpt, rl, sizeof rl, rd, sizeof rd);
+  split_addr(m->sender, sl, sizeof sl, sd, sizeof sd);
+  put_field(b, rl);
+  buf_append(b, "@", 1);
+  put_field(b, rd);
+  buf_append(b, "@", 1);
+  put_field(b, sl);
+  buf_append(b, "@", 1);
+  put_field(b, sd);
+  buf_append(b, "@", 1);
+}
+
 void logs_reception(struct logs_writer *w, uint64_t now_ms, const struct logs_msg *m,
                     const char *src_ip, const char *proto)
 {
   struct buf *b = out(w, F_MAIN);
   if (b) {
-    char rl[LOGS_FIELD_MAX], rd[LOGS_FIELD_MAX], sl[LOGS_FIELD_MAX], sd[LOGS_FIELD_MAX];
-    split_addr(m->rcpt, rl, sizeof rl, rd, sizeof rd);
-    split_addr(m->sender, sl, sizeof sl, sd, sizeof sd);
     put_head(w, b, now_ms, m, NULL, 'R');
-    put_field(b, rl);
-    buf_append(b, "@", 1);
-    put_field(b, rd);
-    buf_append(b, "@", 1);
-    put_field(b, sl);
-    buf_append(b, "@", 1);
-    put_field(b, sd);
-    buf_append(b, "@", 1);
+    put_addrs(b, m);
     put_field(b, src_ip ? src_ip : "unknown");
     buf_append(b, "@", 1);
     put_u64(b, m->size);
@@ -614,74 +620,61 @@ static const char *rcpt_domain(const struct logs_msg *m)
   return at ? at + 1 : "";
 }
 
-void logs_delivery(struct logs_writer *w, uint64_t now_ms, const struct logs_msg *m,
-                   const struct logs_attempt *a)
-{
-  struct buf *b = out(w, F_MAIN);
-  if (b) {
-    put_head(w, b, now_ms, m, a->conn_id, 'D');
-    put_field(b, rcpt_domain(m));
-    buf_append(b, "@", 1);
-    put_u64(b, m->size);
-    buf_append(b, "@", 1);
-    put_field(b, m->binding_group);
-    buf_append(b, "@", 1);
-    put_field(b, m->binding);
-    buf_append(b, "@", 1);
-    put_u64(b, a->retries);
-    buf_append(b, "@", 1);
-    put_secs(b, now_ms, m->received_ms);
-    buf_append(b, "@", 1);
-    put_field(b, a->remote_ip);
-    buf_append(b, "\n", 1);
-  }
-  json_event(w, now_ms, 'D', m, a, NULL, NULL);
-  after_record(w);
-}
-
-/* T and P share a layout:
- * ts@msgid@batchid@connid@T@domain@bytes@group@binding@stage@retries@secs@ip@text */
-static void failure(struct logs_writer *w, uint64_t now_ms, const struct logs_msg *m,
+/* D, T and P share a layout; T and P add the stage and the reply text:
+ *   ts@msgid@batchid@connid@D@domain@size@group@binding@retries@secs@ip
+ *   ts@msgid@batchid@connid@T@domain@bytes@group@binding@stage@retries@secs@ip@text */
+static void attempt(struct logs_writer *w, uint64_t now_ms, const struct logs_msg *m,
                     const struct logs_attempt *a, char type)
 {
   struct buf *b = out(w, F_MAIN);
   if (b) {
-    char text[LOGS_TEXT_MAX + 1];
-    logs_sanitise(text, sizeof text, a->text, true);
+    bool failed = type != 'D';
     put_head(w, b, now_ms, m, a->conn_id, type);
     put_field(b, rcpt_domain(m));
     buf_append(b, "@", 1);
-    put_u64(b, a->bytes_sent);
+    put_u64(b, failed ? a->bytes_sent : m->size);
     buf_append(b, "@", 1);
     put_field(b, m->binding_group);
     buf_append(b, "@", 1);
     put_field(b, m->binding);
     buf_append(b, "@", 1);
-    put_i(b, a->stage);
-    buf_append(b, "@", 1);
+    if (failed) {
+      put_i(b, a->stage);
+      buf_append(b, "@", 1);
+    }
     put_u64(b, a->retries);
     buf_append(b, "@", 1);
     put_secs(b, now_ms, m->received_ms);
     buf_append(b, "@", 1);
     put_field(b, a->remote_ip);
-    buf_append(b, "@", 1);
-    buf_append_str(b, text);
+    if (failed) {
+      char text[LOGS_TEXT_MAX + 1];
+      logs_sanitise(text, sizeof text, a->text, true);
+      buf_append(b, "@", 1);
+      buf_append_str(b, text);
+    }
     buf_append(b, "\n", 1);
   }
   json_event(w, now_ms, type, m, a, NULL, NULL);
   after_record(w);
 }
 
+void logs_delivery(struct logs_writer *w, uint64_t now_ms, const struct logs_msg *m,
+                   const struct logs_attempt *a)
+{
+  attempt(w, now_ms, m, a, 'D');
+}
+
 void logs_transient(struct logs_writer *w, uint64_t now_ms, const struct logs_msg *m,
                     const struct logs_attempt *a)
 {
-  failure(w, now_ms, m, a, 'T');
+  attempt(w, now_ms, m, a, 'T');
 }
 
 void logs_permanent(struct logs_writer *w, uint64_t now_ms, const struct logs_msg *m,
                     const struct logs_attempt *a)
 {
-  failure(w, now_ms, m, a, 'P');
+  attempt(w, now_ms, m, a, 'P');
 }
 
 /* ts@msgid@batchid@connid@B@rcpt_local@rcpt_domain@sender_local@sender_domain@
@@ -691,20 +684,10 @@ void logs_bounce(struct logs_writer *w, uint64_t now_ms, const struct logs_msg *
 {
   struct buf *b = out(w, F_BOUNCE);
   if (b) {
-    char rl[LOGS_FIELD_MAX], rd[LOGS_FIELD_MAX], sl[LOGS_FIELD_MAX], sd[LOGS_FIELD_MAX];
     char text[LOGS_TEXT_MAX + 1];
-    split_addr(m->rcpt, rl, sizeof rl, rd, sizeof rd);
-    split_addr(m->sender, sl, sizeof sl, sd, sizeof sd);
     logs_sanitise(text, sizeof text, a->text, true);
     put_head(w, b, now_ms, m, a->conn_id, 'B');
-    put_field(b, rl);
-    buf_append(b, "@", 1);
-    put_field(b, rd);
-    buf_append(b, "@", 1);
-    put_field(b, sl);
-    buf_append(b, "@", 1);
-    put_field(b, sd);
-    buf_append(b, "@", 1);
+    put_addrs(b, m);
     put_field(b, m->binding_group);
     buf_append(b, "@", 1);
     put_field(b, m->binding);

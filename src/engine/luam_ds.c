@@ -5,6 +5,7 @@
 #include "luam_ds.h"
 #include "luam_job.h"
 
+#include "fifo.h"
 #include "panic.h"
 
 #include <errno.h>
@@ -192,12 +193,10 @@ static void *pool_main(void *arg)
   for (;;) {
     while (!ds->head && !ds->stopping)
       pthread_cond_wait(&ds->cv, &ds->mu);
-    struct luam_job *job = ds->head;
-    if (!job)
-      break; /* stopping and nothing queued */
-    ds->head = job->next;
     if (!ds->head)
-      ds->tail = NULL;
+      break; /* stopping and nothing queued */
+    struct luam_job *job;
+    FIFO_POP(ds->head, ds->tail, job);
     job->next = NULL;
     if (ds->stopping) {
       job_fail(job, ds->confs[job->ds].name, "shutting down");
@@ -358,12 +357,7 @@ unsigned long luam_ds_queries(struct luam_ds *ds)
 void luam_ds_submit(struct luam_ds *ds, struct luam_job *job)
 {
   pthread_mutex_lock(&ds->mu);
-  job->next = NULL;
-  if (ds->tail)
-    ds->tail->next = job;
-  else
-    ds->head = job;
-  ds->tail = job;
+  FIFO_PUSH(ds->head, ds->tail, job);
   pthread_cond_signal(&ds->cv);
   pthread_mutex_unlock(&ds->mu);
 }

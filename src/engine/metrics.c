@@ -35,10 +35,7 @@ static void collect(void *arg, const char *binding, const char *domain, const ui
       }
       return;
     }
-  if (ps->n == ps->cap) {
-    ps->cap = ps->cap ? ps->cap * 2 : 64;
-    ps->p = util_xrealloc(ps->p, ps->cap * sizeof *ps->p);
-  }
+  UTIL_GROW(ps->p, ps->n, ps->cap, 64);
   struct pair *x = &ps->p[ps->n++];
   memset(x, 0, sizeof *x);
   snprintf(x->binding, sizeof x->binding, "%s", binding);
@@ -129,21 +126,24 @@ void metrics_render(struct buf *b, const struct metrics_input *in)
   head(b, "impetus_connections", "gauge", "Outbound SMTP sessions open or opening.");
   buf_printf(b, "impetus_connections %llu\n", (unsigned long long)sessions);
 
-  head(b, "impetus_connections_total", "counter", "Outbound connection attempts by result.");
-  buf_printf(b, "impetus_connections_total{result=\"opened\"} %llu\n",
-             (unsigned long long)counters_event_total(COUNTERS_CONN_OPENED));
-  buf_printf(b, "impetus_connections_total{result=\"failed\"} %llu\n",
-             (unsigned long long)counters_event_total(COUNTERS_CONN_FAILED));
-  head(b, "impetus_tls_total", "counter", "STARTTLS handshakes by result.");
-  buf_printf(b, "impetus_tls_total{result=\"ok\"} %llu\n",
-             (unsigned long long)counters_event_total(COUNTERS_TLS_OK));
-  buf_printf(b, "impetus_tls_total{result=\"failed\"} %llu\n",
-             (unsigned long long)counters_event_total(COUNTERS_TLS_FAILED));
-  head(b, "impetus_auth_total", "counter", "Outbound SMTP AUTH by result.");
-  buf_printf(b, "impetus_auth_total{result=\"ok\"} %llu\n",
-             (unsigned long long)counters_event_total(COUNTERS_AUTH_OK));
-  buf_printf(b, "impetus_auth_total{result=\"failed\"} %llu\n",
-             (unsigned long long)counters_event_total(COUNTERS_AUTH_FAILED));
+  static const struct {
+    const char *name, *help, *ok;
+    enum counters_event ok_ev, failed_ev;
+  } results[] = {
+    {"impetus_connections_total", "Outbound connection attempts by result.", "opened",
+     COUNTERS_CONN_OPENED, COUNTERS_CONN_FAILED},
+    {"impetus_tls_total", "STARTTLS handshakes by result.", "ok", COUNTERS_TLS_OK,
+     COUNTERS_TLS_FAILED},
+    {"impetus_auth_total", "Outbound SMTP AUTH by result.", "ok", COUNTERS_AUTH_OK,
+     COUNTERS_AUTH_FAILED},
+  };
+  for (size_t i = 0; i < UTIL_ARRAY_LEN(results); i++) {
+    head(b, results[i].name, "counter", results[i].help);
+    buf_printf(b, "%s{result=\"%s\"} %llu\n", results[i].name, results[i].ok,
+               (unsigned long long)counters_event_total(results[i].ok_ev));
+    buf_printf(b, "%s{result=\"failed\"} %llu\n", results[i].name,
+               (unsigned long long)counters_event_total(results[i].failed_ev));
+  }
   head(b, "impetus_lua_hook_calls_total", "counter", "Lua hook calls (a registered module has the hook).");
   for (unsigned h = 0; h < LUAM_HOOK_COUNT; h++)
     buf_printf(b, "impetus_lua_hook_calls_total{hook=\"%s\"} %llu\n", luam_hook_name(h),

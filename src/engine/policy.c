@@ -40,29 +40,37 @@ struct snap {
   unsigned refs; /* under policy.mu */
 };
 
+/* The engine's side of one luam state (its luam_host.arg): where its log
+ * lines go, its counters slot, its configuration view, and the worker
+ * ring that datasource answers are posted to (NULL: the ingest thread's
+ * blocking state). */
+struct lua_side {
+  struct logs_writer *log;
+  struct luam_conf_eval *eval;
+  unsigned slot; /* counters slot */
+  struct ring *ring;
+  void (*post)(void *, void (*)(void *), void *); /* instead of ring (policy_thread_new) */
+  void *post_arg;
+};
+
 struct policy {
   pthread_mutex_t mu;
   struct snap *cur;
   _Atomic uint64_t gen;
   struct luam_ds *ds;
   /* the ingest thread's blocking state (created there on first use) */
-  struct logs_writer *ingest_log;
+  struct lua_side ingest;
   struct luam *ingest_lm;
   uint64_t ingest_gen;
-  struct luam_conf_eval *ingest_eval;
   struct conf *ingest_conf; /* referenced */
-  unsigned ingest_slot;     /* counters slot of the ingest thread */
   _Atomic(struct conf *) *live_conf;
 };
 
 struct policy_worker {
   struct policy *p;
-  struct ring *ring;
-  struct logs_writer *log;
+  struct lua_side side;
   struct luam *lm;
-  struct luam_conf_eval *eval;
   uint64_t gen;
-  unsigned slot; /* counters slot */
 };
 
 _Static_assert(LUAM_HOOK_COUNT <= COUNTERS_LUA_HOOKS && LUAM_EV_COUNT <= COUNTERS_LUA_EVENTS,
@@ -104,53 +112,36 @@ static struct snap *snap_load(struct conf *c, char *err, size_t errlen)
 
 /* ------------------------------------------------------------ host */
 
-static void w_log(void *arg, int level, const char *script, const char *text)
+static void h_log(void *arg, int level, const char *script, const char *text)
 {
-  struct policy_worker *pw = arg;
+  struct lua_side *s = arg;
   static const char *lv[] = {"error", "warning", "notice", "debug"};
-  logs_panic(pw->log, clock_wall_ms(), "lua", "[%s] %s: %s", script ? script : "-",
+  logs_panic(s->log, clock_wall_ms(), "lua", "[%s] %s: %s", script ? script : "-",
              lv[level >= 0 && level < 4 ? level : 3], text);
 }
 
-static void w_count(void *arg, enum luam_hook hook, enum luam_event ev)
+static void h_count(void *arg, enum luam_hook hook, enum luam_event ev)
 {
-  struct policy_worker *pw = arg;
-  counters_lua(pw->slot, (unsigned)hook, (unsigned)ev);
+  struct lua_side *s = arg;
+  counters_lua(s->slot, (unsigned)hook, (unsigned)ev);
 }
 
-static const char *w_eval(void *arg, const char *bgroup, const char *binding, const char *domain,
+static const char *h_eval(void *arg, const char *bgroup, const char *binding, const char *domain,
                           const char *option)
 {
-  struct policy_worker *pw = arg;
-  return luam_conf_eval(pw->eval, bgroup, binding, domain, option);
+  struct lua_side *s = arg;
+  return luam_conf_eval(s->eval, bgroup, binding, domain, option);
 }
 
-static void w_post(void *arg, void (*fn)(void *), void *fn_arg)
+static void h_post(void *arg, void (*fn)(void *), void *fn_arg)
 {
-  struct policy_worker *pw = arg;
-  if (ring_post(pw->ring, fn, fn_arg) < 0)
+  struct lua_side *s = arg;
+  if (s->post) {
+    s->post(s->post_arg, fn, fn_arg);
+    return;
+  }
+  if (ring_post(s->ring, fn, fn_arg) < 0)
     util_panic("policy: cannot post a datasource answer to the worker");
-}
-
-static void i_log(void *arg, int level, const char *script, const char *text)
-{
-  struct policy *p = arg;
-  static const char *lv[] = {"error", "warning", "notice", "debug"};
-  logs_panic(p->ingest_log, clock_wall_ms(), "lua", "[%s] %s: %s", script ? script : "-",
-             lv[level >= 0 && level < 4 ? level : 3], text);
-}
-
-static void i_count(void *arg, enum luam_hook hook, enum luam_event ev)
-{
-  struct policy *p = arg;
-  counters_lua(p->ingest_slot, (unsigned)hook, (unsigned)ev);
-}
-
-static const char *i_eval(void *arg, const char *bgroup, const char *binding, const char *domain,
-                          const char *option)
-{
-  struct policy *p = arg;
-  return luam_conf_eval(p->ingest_eval, bgroup, binding, domain, option);
 }
 
 /* ------------------------------------------------------------ policy */
@@ -166,8 +157,8 @@ struct policy *policy_new(struct conf *c, _Atomic(struct conf *) *live_conf,
   pthread_mutex_init(&p->mu, NULL);
   p->cur = s;
   atomic_store(&p->gen, 1);
-  p->ingest_log = ingest_log;
-  p->ingest_slot = ingest_slot;
+  p->ingest.log = ingest_log;
+  p->ingest.slot = ingest_slot;
   p->live_conf = live_conf;
   if (s->lc.opts.nscripts > 0 || s->lc.nds > 0) {
     p->ds = luam_ds_new(s->lc.ds, s->lc.nds, POLICY_DS_THREADS, err, errlen);
@@ -228,7 +219,7 @@ void policy_free(struct policy *p)
   if (p == NULL)
     return;
   luam_free(p->ingest_lm);
-  luam_conf_eval_free(p->ingest_eval);
+  luam_conf_eval_free(p->ingest.eval);
   conf_unref(p->ingest_conf);
   luam_ds_free(p->ds);
   snap_unref(p, p->cur);
@@ -242,8 +233,7 @@ bool policy_has_scripts(const struct policy *p)
 }
 
 /* Create or reload a state from the current snapshot. */
-static void state_sync(struct policy *p, struct luam **lm, uint64_t *gen, const struct luam_host *h,
-                       void (*log)(void *, int, const char *, const char *), void *arg)
+static void state_sync(struct policy *p, struct luam **lm, uint64_t *gen, const struct luam_host *h)
 {
   uint64_t g;
   struct snap *s = snap_get(p, &g);
@@ -252,10 +242,10 @@ static void state_sync(struct policy *p, struct luam **lm, uint64_t *gen, const 
     if (s->lc.opts.nscripts > 0) {
       *lm = luam_new(&s->lc.opts, h, err, sizeof err);
       if (*lm == NULL)
-        log(arg, 0, NULL, err);
+        h->log(h->arg, 0, NULL, err);
     }
   } else if (luam_reload(*lm, &s->lc.opts, err, sizeof err) < 0) {
-    log(arg, 0, NULL, err);
+    h->log(h->arg, 0, NULL, err);
   }
   *gen = g;
   snap_unref(p, s);
@@ -263,20 +253,31 @@ static void state_sync(struct policy *p, struct luam **lm, uint64_t *gen, const 
 
 /* ------------------------------------------------------------ workers */
 
-struct policy_worker *policy_worker_new(struct policy *p, struct ring *ring,
-                                        struct logs_writer *log, struct conf *c, unsigned slot)
+struct policy_worker *policy_thread_new(struct policy *p,
+                                        void (*post)(void *, void (*)(void *), void *),
+                                        void *post_arg, struct logs_writer *log, struct conf *c,
+                                        unsigned slot)
 {
   struct policy_worker *pw = util_xcalloc(1, sizeof *pw);
   pw->p = p;
-  pw->slot = slot;
-  pw->ring = ring;
-  pw->log = log;
+  pw->side.slot = slot;
+  pw->side.post = post;
+  pw->side.post_arg = post_arg;
+  pw->side.log = log;
   if (p) {
-    pw->eval = luam_conf_eval_new(c);
-    struct luam_host h = {.arg = pw, .log = w_log, .eval = w_eval, .post = w_post,
-                         .count = w_count};
-    state_sync(p, &pw->lm, &pw->gen, &h, w_log, pw);
+    pw->side.eval = luam_conf_eval_new(c);
+    struct luam_host h = {.arg = &pw->side, .log = h_log, .eval = h_eval, .post = h_post,
+                         .count = h_count};
+    state_sync(p, &pw->lm, &pw->gen, &h);
   }
+  return pw;
+}
+
+struct policy_worker *policy_worker_new(struct policy *p, struct ring *ring,
+                                        struct logs_writer *log, struct conf *c, unsigned slot)
+{
+  struct policy_worker *pw = policy_thread_new(p, NULL, NULL, log, c, slot);
+  pw->side.ring = ring; /* answers come later, through h_post */
   return pw;
 }
 
@@ -285,7 +286,7 @@ void policy_worker_free(struct policy_worker *pw)
   if (pw == NULL)
     return;
   luam_free(pw->lm);
-  luam_conf_eval_free(pw->eval);
+  luam_conf_eval_free(pw->side.eval);
   free(pw);
 }
 
@@ -293,10 +294,10 @@ void policy_worker_refresh(struct policy_worker *pw, struct conf *c)
 {
   if (pw->p == NULL || atomic_load_explicit(&pw->p->gen, memory_order_relaxed) == pw->gen)
     return;
-  luam_conf_eval_set(pw->eval, c);
-  struct luam_host h = {.arg = pw, .log = w_log, .eval = w_eval, .post = w_post,
-                         .count = w_count};
-  state_sync(pw->p, &pw->lm, &pw->gen, &h, w_log, pw);
+  luam_conf_eval_set(pw->side.eval, c);
+  struct luam_host h = {.arg = &pw->side, .log = h_log, .eval = h_eval, .post = h_post,
+                         .count = h_count};
+  state_sync(pw->p, &pw->lm, &pw->gen, &h);
 }
 
 struct luam *policy_worker_luam(struct policy_worker *pw)
@@ -448,17 +449,17 @@ static struct luam *ingest_state(struct policy *p)
   struct conf *c = atomic_load(p->live_conf);
   if (c != p->ingest_conf) {
     struct conf *nc = conf_ref(c);
-    if (p->ingest_eval == NULL)
-      p->ingest_eval = luam_conf_eval_new(nc);
+    if (p->ingest.eval == NULL)
+      p->ingest.eval = luam_conf_eval_new(nc);
     else
-      luam_conf_eval_set(p->ingest_eval, nc);
+      luam_conf_eval_set(p->ingest.eval, nc);
     conf_unref(p->ingest_conf);
     p->ingest_conf = nc;
   }
   if (p->ingest_gen != atomic_load(&p->gen)) {
-    struct luam_host h = {.arg = p, .log = i_log, .eval = i_eval, .post = NULL,
-                         .count = i_count};
-    state_sync(p, &p->ingest_lm, &p->ingest_gen, &h, i_log, p);
+    struct luam_host h = {.arg = &p->ingest, .log = h_log, .eval = h_eval, .post = NULL,
+                         .count = h_count};
+    state_sync(p, &p->ingest_lm, &p->ingest_gen, &h);
   }
   return p->ingest_lm;
 }
@@ -479,7 +480,7 @@ int policy_recovered(struct policy *p, struct spool *sp, struct spool_msg *msg)
   struct luam_call call = {.msg = &h, .ops = &luam_spool_ops, .rcpt = -1};
   luam_call(lm, LUAM_HOOK_VALIDATE_SET_BINDING, &call);
   luam_spool_msg_done(&h);
-  logs_writer_flush(p->ingest_log);
+  logs_writer_flush(p->ingest.log);
   bool changed = (old == NULL) != (msg->binding == NULL) ||
                  (old && msg->binding && strcmp(old, msg->binding));
   free(old);
@@ -520,7 +521,7 @@ int policy_ingest(void *arg, struct spool_msg *msg, char *reason, size_t reason_
   luam_spool_msg_done(&h);
   /* what the hooks logged leaves now (a no-op when nothing was): this
    * writer is the ingest thread's, the batch-end flush is another's */
-  logs_writer_flush(p->ingest_log);
+  logs_writer_flush(p->ingest.log);
   if (h.code >= 400) {
     snprintf(reason, reason_len, "rejected by policy: %d %s", h.code, h.text);
     return -EPERM;

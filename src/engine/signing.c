@@ -33,6 +33,7 @@ struct set {
 };
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static int64_t want_threads; /* DKIM_Signer_Threads of the first configuration (0 = per core) */
 static pthread_mutex_t logmu = PTHREAD_MUTEX_INITIALIZER; /* logw from the pool */
 static struct set *cur;
 static struct logs_writer *logw;
@@ -73,9 +74,10 @@ static struct set *build(struct conf *c, struct conf_error *err)
   return s;
 }
 
-int signing_init(struct conf *c, struct logs_writer *log, struct conf_error *err)
+/* Make c's signers the current ones (the old ones go when their last
+ * user is done). */
+static int install(struct conf *c, struct conf_error *err)
 {
-  logw = log;
   struct set *s = build(c, err);
   if (!s)
     return -1;
@@ -87,9 +89,16 @@ int signing_init(struct conf *c, struct logs_writer *log, struct conf_error *err
   return 0;
 }
 
+int signing_init(struct conf *c, struct logs_writer *log, struct conf_error *err)
+{
+  logw = log;
+  want_threads = conf_int(conf_global(c), CONF_DKIM_SIGNER_THREADS);
+  return install(c, err);
+}
+
 int signing_reload(struct conf *c, struct conf_error *err)
 {
-  return signing_init(c, logw, err);
+  return install(c, err); /* the pool keeps its size (DKIM_Signer_Threads is RESTART) */
 }
 
 size_t signing_domains(void)
@@ -294,12 +303,15 @@ static void *pool_main(void *arg)
   return NULL;
 }
 
+/* DKIM_Signer_Threads threads, by default one per core: the key
+ * operations of a group then use every core while the delivery rings
+ * (which never sign) take their turns. The ingest thread signs too while
+ * it waits for the group. */
 static void pool_start(void)
 {
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  unsigned n = cores > 1 ? (unsigned)(cores - 1) : 0; /* the ingest thread signs too */
-  if (n > 64)
-    n = 64;
+  int64_t w = want_threads > 0 ? want_threads : cores;
+  unsigned n = w > 0 ? (unsigned)(w > 256 ? 256 : w) : 1;
   pool.t = util_xcalloc(n ? n : 1, sizeof(*pool.t));
   for (unsigned i = 0; i < n; i++) {
     if (pthread_create(&pool.t[i], NULL, pool_main, NULL) != 0)

@@ -41,12 +41,7 @@ def expect(cond, what):
         raise AssertionError(what)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from testlib import free_port  # noqa: E402  (tests/integration/testlib.py)
 
 
 class JSink:

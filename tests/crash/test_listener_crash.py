@@ -43,12 +43,7 @@ sent = 0
 stop = threading.Event()
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from testlib import free_port  # noqa: E402  (tests/integration/testlib.py)
 
 
 def client(idx, port):
@@ -99,6 +94,19 @@ def delivered():
     return ids
 
 
+def wait_acks(n, deadline=120):
+    """Until n more messages got their 250 (bounded)."""
+    with lock:
+        want = len(acked) + n
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with lock:
+            if len(acked) >= want:
+                return
+        time.sleep(0.02)
+    print("note: only %d of %d acknowledgements within %d s" % (len(acked), want, deadline))
+
+
 threads = []
 try:
     start_engine()
@@ -107,13 +115,17 @@ try:
     for t in threads:
         t.start()
     for k in range(args.kills):
-        time.sleep(rnd.uniform(0.3, 1.5))
+        # kill during injection: after a random number of new 250s since
+        # the (re)start (a count, not a time: the machine may be slow)
+        wait_acks(rnd.randint(20, 400))
         e.proc.send_signal(signal.SIGKILL)
         e.proc.wait()
         e.err.close()
+        # a random downtime: the clients meet a dead listener and retry
+        # (the window itself is what is tested, not a wait for something)
         time.sleep(rnd.uniform(0.0, 0.3))
         start_engine()
-    time.sleep(1.0)
+    wait_acks(50)  # the last engine accepts mail before the stop
     stop.set()
     for t in threads:
         t.join(timeout=30)

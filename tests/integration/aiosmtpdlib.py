@@ -48,12 +48,7 @@ def report():
     return 0
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from testlib import free_port  # noqa: E402  (tests/integration/testlib.py)
 
 
 class Handler:

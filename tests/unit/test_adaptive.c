@@ -2,8 +2,11 @@
  * multi-line reply), count-within-period triggers firing exactly at the
  * count, expiry, back-off doubling, scopes (binding::domain, domain,
  * provider), the strictest of several adjustments, connection failures,
- * connection slots, warm-up schedules, and the bundled rule set: it loads
- * and each of its rules is matched by a sample reply. */
+ * connection slots (a provider-scope cap across the provider's hosts),
+ * warm-up schedules, the bundled rule set (it loads and each of its rules
+ * is matched by a sample reply), and the adjustments file across a
+ * restart. The reply / sweep / clear sequences are tables of steps
+ * (RUN_STEPS). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "adaptive.h"
 #include "adaptive_conf.h"
@@ -26,14 +30,16 @@
 
 #define T0 1000000000000ull /* an arbitrary "now" in ms */
 
-static struct adaptive_rules *one_rule(const struct adaptive_rule *r)
+/* A state over the one rule r (the rule set's reference is the state's). */
+static struct adaptive *state_of(const struct adaptive_rule *r)
 {
   struct adaptive_rules *rs = adaptive_rules_new();
   char err[256] = "";
-  int rc = adaptive_rules_add(rs, r, err, sizeof err);
-  if (rc < 0)
+  if (adaptive_rules_add(rs, r, err, sizeof err) < 0)
     fail_msg("%s", err);
-  return rs;
+  struct adaptive *a = adaptive_new(rs);
+  adaptive_rules_free(rs); /* the state holds its own reference */
+  return a;
 }
 
 static size_t reply(struct adaptive *a, const char *binding, const char *domain, const char *mx,
@@ -54,19 +60,77 @@ static bool suspended(struct adaptive *a, const char *b, const char *d, const ch
   return l.suspended;
 }
 
+/* One step of a scripted scenario on binding "b", domain x.test, at
+ * T0 + at_ms: a reply that must make `n` adjustments (the one made lasting
+ * len_ms, when not 0), a sweep or a console clear that must end `n`. */
+enum step_op { REPLY, SWEEP, CLEAR };
+struct step {
+  uint64_t at_ms;
+  enum step_op op;
+  int code;
+  const char *enh, *text;
+  size_t n;
+  uint64_t len_ms;
+};
+
+static void run_steps(struct adaptive *a, const struct step *st, size_t nst)
+{
+  for (size_t i = 0; i < nst; i++) {
+    const struct step *s = &st[i];
+    struct adaptive_adjustment adj[4];
+    size_t n;
+    if (s->op == REPLY)
+      n = reply(a, "b", "x.test", NULL, s->code, s->enh, s->text, T0 + s->at_ms, adj);
+    else if (s->op == SWEEP)
+      n = adaptive_expire(a, T0 + s->at_ms, adj, 4);
+    else
+      n = adaptive_clear(a, "b", NULL);
+    if (n != s->n)
+      fail_msg("step %zu (at %llu ms): %zu, not %zu", i, (unsigned long long)s->at_ms, n, s->n);
+    if (s->op == REPLY && n == 1 && s->len_ms && adj[0].until_ms - adj[0].since_ms != s->len_ms)
+      fail_msg("step %zu: lasts %llu ms, not %llu", i,
+               (unsigned long long)(adj[0].until_ms - adj[0].since_ms),
+               (unsigned long long)s->len_ms);
+  }
+}
+
+#define RUN_STEPS(a, ...)                                                                          \
+  do {                                                                                             \
+    static const struct step steps_[] = {__VA_ARGS__};                                            \
+    run_steps(a, steps_, sizeof steps_ / sizeof steps_[0]);                                        \
+  } while (0)
+
+static bool count_cb(void *arg, const struct adaptive_adjustment *adj)
+{
+  (void)adj;
+  (*(int *)arg)++;
+  return true;
+}
+
+static bool fired_cb(void *arg, const struct adaptive_adjustment *adj)
+{
+  *(uint32_t *)arg = adj->fired;
+  return false;
+}
+
+/* How many times in a row the first adjustment on (b, d) fired. */
+static uint32_t fired_of(struct adaptive *a, const char *b, const char *d)
+{
+  uint32_t f = 0;
+  adaptive_list(a, b, d, fired_cb, &f);
+  return f;
+}
+
 static void test_single_reply_rule(void **state)
 {
   (void)state;
   struct adaptive_rule r = {.name = "r1", .code = 421, .enhanced = "4.7.28", .count = 1,
                             .action = ADAPTIVE_ACT_SUSPEND, .duration_s = 60};
-  struct adaptive_rules *rs = one_rule(&r);
-  struct adaptive *a = adaptive_new(rs);
-  adaptive_rules_free(rs); /* the state holds its own reference */
+  struct adaptive *a = state_of(&r);
   uint64_t g0 = adaptive_gen(a);
   /* other code, other enhanced code, a 2xx: nothing */
-  assert_int_equal(reply(a, "b", "x.test", NULL, 450, "4.7.28", "busy", T0, NULL), 0);
-  assert_int_equal(reply(a, "b", "x.test", NULL, 421, "4.7.0", "busy", T0, NULL), 0);
-  assert_int_equal(reply(a, "b", "x.test", NULL, 250, "2.0.0", "ok", T0, NULL), 0);
+  RUN_STEPS(a, {0, REPLY, 450, "4.7.28", "busy", 0, 0}, {0, REPLY, 421, "4.7.0", "busy", 0, 0},
+            {0, REPLY, 250, "2.0.0", "ok", 0, 0});
   assert_false(suspended(a, "b", "x.test", NULL, T0));
   struct adaptive_adjustment adj;
   assert_int_equal(reply(a, "b", "x.test", NULL, 421, "4.7.28", "rate limited", T0, &adj), 1);
@@ -83,7 +147,7 @@ static void test_single_reply_rule(void **state)
   assert_false(suspended(a, "c", "x.test", NULL, T0 + 1));
   assert_false(suspended(a, "b", "y.test", NULL, T0 + 1));
   /* while in force a repeat makes no new adjustment (logged once) */
-  assert_int_equal(reply(a, "b", "x.test", NULL, 421, "4.7.28", "again", T0 + 10, NULL), 0);
+  RUN_STEPS(a, {10, REPLY, 421, "4.7.28", "again", 0, 0});
   assert_int_equal(adaptive_in_force(a), 1);
   adaptive_free(a);
 }
@@ -94,37 +158,37 @@ static void test_count_within_period(void **state)
   struct adaptive_rule r = {.name = "five", .pattern = "slow down", .count = 5, .period_s = 10,
                             .action = ADAPTIVE_ACT_MAX_CONNECTIONS, .value = 2,
                             .duration_s = 30};
-  struct adaptive_rules *rs = one_rule(&r);
-  struct adaptive *a = adaptive_new(rs);
-  adaptive_rules_free(rs);
+  struct adaptive *a = state_of(&r);
   /* four within the period: not yet; the fifth fires, exactly */
-  for (int i = 0; i < 4; i++)
-    assert_int_equal(reply(a, NULL, "x.test", NULL, 451, NULL, "please SLOW DOWN", T0 + i * 1000,
-                           NULL), 0);
+  RUN_STEPS(a, {0, REPLY, 451, NULL, "please SLOW DOWN", 0, 0},
+            {1000, REPLY, 451, NULL, "slow down", 0, 0}, {2000, REPLY, 451, NULL, "slow down", 0, 0},
+            {3000, REPLY, 451, NULL, "slow down", 0, 0});
   struct adaptive_limits l;
-  adaptive_limits(a, NULL, "x.test", NULL, T0 + 4000, &l);
+  adaptive_limits(a, "b", "x.test", NULL, T0 + 4000, &l);
   assert_int_equal(l.max_connections, 0);
-  struct adaptive_adjustment adj;
-  assert_int_equal(reply(a, NULL, "x.test", NULL, 451, NULL, "slow down", T0 + 4000, &adj), 1);
-  assert_string_equal(adj.binding, "default");
-  adaptive_limits(a, "default", "x.test", NULL, T0 + 4001, &l);
+  RUN_STEPS(a, {4000, REPLY, 451, NULL, "slow down", 1, 30000});
+  adaptive_limits(a, "b", "x.test", NULL, T0 + 4001, &l);
   assert_int_equal(l.max_connections, 2);
   assert_int_equal(l.until_ms, T0 + 4000 + 30000);
+  /* no binding is the default binding */
+  struct adaptive_adjustment adj;
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(reply(a, NULL, "y.test", NULL, 451, NULL, "slow down", T0 + i, NULL), 0);
+  assert_int_equal(reply(a, NULL, "y.test", NULL, 451, NULL, "slow down", T0 + 4, &adj), 1);
+  assert_string_equal(adj.binding, "default");
   adaptive_free(a);
 
   /* spread wider than the period: never fires */
-  rs = one_rule(&r);
-  a = adaptive_new(rs);
-  adaptive_rules_free(rs);
+  a = state_of(&r);
   for (int i = 0; i < 20; i++)
     assert_int_equal(reply(a, "b", "x.test", NULL, 451, NULL, "slow down", T0 + i * 3000, NULL),
                      0);
   /* then five within 10 s: fires at the fifth, not before */
-  uint64_t t = T0 + 100000;
-  for (int i = 0; i < 4; i++)
-    assert_int_equal(reply(a, "b", "x.test", NULL, 451, NULL, "slow down", t + i * 2000, NULL),
-                     0);
-  assert_int_equal(reply(a, "b", "x.test", NULL, 451, NULL, "slow down", t + 8000, NULL), 1);
+  RUN_STEPS(a, {100000, REPLY, 451, NULL, "slow down", 0, 0},
+            {102000, REPLY, 451, NULL, "slow down", 0, 0},
+            {104000, REPLY, 451, NULL, "slow down", 0, 0},
+            {106000, REPLY, 451, NULL, "slow down", 0, 0},
+            {108000, REPLY, 451, NULL, "slow down", 1, 30000});
   adaptive_free(a);
 }
 
@@ -134,26 +198,23 @@ static void test_expiry(void **state)
   struct adaptive_rule r = {.name = "t", .code = 421, .count = 1,
                             .action = ADAPTIVE_ACT_THROTTLE, .value = 2, .per_s = 1,
                             .duration_s = 5};
-  struct adaptive_rules *rs = one_rule(&r);
-  struct adaptive *a = adaptive_new(rs);
-  adaptive_rules_free(rs);
-  assert_int_equal(reply(a, "b", "x.test", NULL, 421, NULL, "x", T0, NULL), 1);
+  struct adaptive *a = state_of(&r);
+  RUN_STEPS(a, {0, REPLY, 421, NULL, "x", 1, 5000}, {4999, SWEEP, 0, NULL, NULL, 0, 0});
   struct adaptive_limits l;
   adaptive_limits(a, "b", "x.test", NULL, T0 + 4999, &l);
   assert_int_equal(l.throttle_n, 2);
   assert_int_equal(l.throttle_per_s, 1);
-  struct adaptive_adjustment ended[2];
-  assert_int_equal(adaptive_expire(a, T0 + 4999, ended, 2), 0);
   /* at its time it is no longer applied, even before the sweep */
   adaptive_limits(a, "b", "x.test", NULL, T0 + 5000, &l);
   assert_int_equal(l.throttle_n, 0);
   uint64_t g = adaptive_gen(a);
+  struct adaptive_adjustment ended[2];
   assert_int_equal(adaptive_expire(a, T0 + 5000, ended, 2), 1);
   assert_string_equal(ended[0].rule, "t");
   assert_true(adaptive_gen(a) != g);
   assert_int_equal(adaptive_in_force(a), 0);
   /* it fires again after its end */
-  assert_int_equal(reply(a, "b", "x.test", NULL, 421, NULL, "x", T0 + 6000, NULL), 1);
+  RUN_STEPS(a, {6000, REPLY, 421, NULL, "x", 1, 5000});
   assert_int_equal(adaptive_made_total(a, ADAPTIVE_ACT_THROTTLE), 2);
   adaptive_free(a);
 }
@@ -163,30 +224,23 @@ static void test_backoff_and_clear(void **state)
   (void)state;
   struct adaptive_rule r = {.name = "bo", .code = 421, .count = 1,
                             .action = ADAPTIVE_ACT_BACKOFF, .duration_s = 10};
-  struct adaptive_rules *rs = one_rule(&r);
-  struct adaptive *a = adaptive_new(rs);
-  adaptive_rules_free(rs);
-  struct adaptive_adjustment adj, ended[1];
-  assert_int_equal(reply(a, "b", "x.test", NULL, 421, NULL, "x", T0, &adj), 1);
-  assert_int_equal(adj.until_ms - adj.since_ms, 10000);
-  adaptive_expire(a, T0 + 10000, ended, 1);
-  /* again soon after its end: twice as long, then four times */
-  assert_int_equal(reply(a, "b", "x.test", NULL, 421, NULL, "x", T0 + 12000, &adj), 1);
-  assert_int_equal(adj.until_ms - adj.since_ms, 20000);
-  adaptive_expire(a, T0 + 32000, ended, 1);
-  assert_int_equal(reply(a, "b", "x.test", NULL, 421, NULL, "x", T0 + 33000, &adj), 1);
-  assert_int_equal(adj.until_ms - adj.since_ms, 40000);
-  assert_int_equal(adj.fired, 3);
-  /* the console clears it: no longer suspended, and the next one starts
-   * from the base again */
-  assert_int_equal(adaptive_clear(a, "b", NULL), 1);
+  struct adaptive *a = state_of(&r);
+  RUN_STEPS(a,
+            /* again soon after its end: twice as long, then four times */
+            {0, REPLY, 421, NULL, "x", 1, 10000}, {10000, SWEEP, 0, NULL, NULL, 1, 0},
+            {12000, REPLY, 421, NULL, "x", 1, 20000}, {32000, SWEEP, 0, NULL, NULL, 1, 0},
+            {33000, REPLY, 421, NULL, "x", 1, 40000});
+  int n = 0;
+  assert_int_equal(adaptive_list(a, "b", "x.test", count_cb, &n), 1);
+  assert_int_equal(fired_of(a, "b", "x.test"), 3);
+  RUN_STEPS(a,
+            /* the console clears it; the next one starts from the base again */
+            {34000, CLEAR, 0, NULL, NULL, 1, 0});
   assert_false(suspended(a, "b", "x.test", NULL, T0 + 34000));
-  assert_int_equal(reply(a, "b", "x.test", NULL, 421, NULL, "x", T0 + 35000, &adj), 1);
-  assert_int_equal(adj.until_ms - adj.since_ms, 10000);
-  /* long after its end: from the base */
-  adaptive_expire(a, T0 + 45000, ended, 1);
-  assert_int_equal(reply(a, "b", "x.test", NULL, 421, NULL, "x", T0 + 200000, &adj), 1);
-  assert_int_equal(adj.until_ms - adj.since_ms, 10000);
+  RUN_STEPS(a, {35000, REPLY, 421, NULL, "x", 1, 10000},
+            /* long after its end: from the base */
+            {45000, SWEEP, 0, NULL, NULL, 1, 0}, {200000, REPLY, 421, NULL, "x", 1, 10000});
+  assert_false(suspended(a, "b", "x.test", NULL, T0 + 210000));
   adaptive_free(a);
 }
 
@@ -231,15 +285,16 @@ static void test_scopes_and_strictest(void **state)
   assert_int_equal(reply(a, "b1", "e.test", "mx.other.test", 421, NULL, "PROV", T0, NULL), 1);
   struct adaptive_limits l;
   adaptive_limits(a, "b1", "f.test", "prov", T0 + 1, &l);
-  assert_int_equal(l.max_connections, 0);
+  assert_int_equal(l.provider_max_connections, 0);
   assert_int_equal(reply(a, "b1", "e.test", "a.mx.prov.test", 421, NULL, "PROV", T0, NULL), 2);
   adaptive_limits(a, "b1", "f.test", "prov", T0 + 1, &l);
-  assert_int_equal(l.max_connections, 3); /* the strictest of 3 and 7 */
+  assert_int_equal(l.provider_max_connections, 3); /* the strictest of 3 and 7 */
+  assert_int_equal(l.max_connections, 0); /* across the provider's domains, not per queue */
   adaptive_limits(a, "b2", "f.test", "prov", T0 + 1, &l);
-  assert_int_equal(l.max_connections, 0);
+  assert_int_equal(l.provider_max_connections, 0);
   /* the throttle (binding::domain) and the provider cap both on e.test */
   adaptive_limits(a, "b1", "e.test", "prov", T0 + 1, &l);
-  assert_int_equal(l.max_connections, 3);
+  assert_int_equal(l.provider_max_connections, 3);
   assert_int_equal(l.throttle_n, 10);
   assert_int_equal(l.throttle_per_s, 60);
   /* listing and clearing by domain (a provider name counts as one) */
@@ -248,17 +303,24 @@ static void test_scopes_and_strictest(void **state)
   assert_int_equal(adaptive_list(a, "b1", "e.test", NULL, NULL), 3); /* + its throttle */
   assert_int_equal(adaptive_list(a, "b1", "f.test", NULL, NULL), 2); /* seen in adaptive_limits */
   assert_int_equal(adaptive_list(a, "b1", "never.test", NULL, NULL), 0);
+  /* the provider-scope cap holds for b1's connections to all the
+   * provider's MX hosts together (whatever the domain), not for b2's */
+  uint32_t id[4];
+  for (int i = 0; i < 3; i++)
+    assert_true(adaptive_provider_slot_take(a, i ? "b.mx.prov.test" : "a.mx.prov.test", "b1",
+                                            T0 + 1, &id[i]));
+  assert_false(adaptive_provider_slot_take(a, "c.mx.prov.test", "b1", T0 + 1, &id[3]));
+  assert_true(adaptive_provider_slot_take(a, "c.mx.prov.test", "b2", T0 + 1, &id[3]));
+  assert_int_equal(id[3], 0); /* nothing in force for b2: not counted */
+  assert_true(adaptive_provider_slot_take(a, "mx.other.test", "b1", T0 + 1, &id[3]));
+  adaptive_slot_release(a, id[0]);
+  assert_true(adaptive_provider_slot_take(a, "c.mx.prov.test", "b1", T0 + 1, &id[0]));
+  assert_false(adaptive_provider_slot_take(a, "c.mx.prov.test", "b1", T0 + 1, &id[3]));
+  assert_true(adaptive_provider_slot_take(a, "c.mx.prov.test", "b1", T0 + 60000, &id[3])); /* ended */
   assert_int_equal(adaptive_clear(a, NULL, "prov"), 2);
   adaptive_limits(a, "b1", "f.test", "prov", T0 + 1, &l);
-  assert_int_equal(l.max_connections, 0);
+  assert_int_equal(l.provider_max_connections, 0);
   adaptive_free(a);
-}
-
-static bool count_cb(void *arg, const struct adaptive_adjustment *adj)
-{
-  (void)adj;
-  (*(int *)arg)++;
-  return true;
 }
 
 /* Gmail's rate-limit reply arrives as several lines; the parser joins them
@@ -285,9 +347,7 @@ static void test_multiline_reply(void **state)
   struct adaptive_rule r = {.name = "ml", .code = 421,
                             .pattern = "IP address has been temporarily rate limited",
                             .count = 1, .action = ADAPTIVE_ACT_SUSPEND, .duration_s = 9};
-  struct adaptive_rules *rs = one_rule(&r);
-  struct adaptive *a = adaptive_new(rs);
-  adaptive_rules_free(rs);
+  struct adaptive *a = state_of(&r);
   assert_int_equal(reply(a, "b", "g.test", NULL, p.code, p.enhanced, p.text, T0, NULL), 1);
   int n = 0;
   assert_int_equal(adaptive_list(a, "b", "g.test", count_cb, &n), 1);
@@ -374,11 +434,24 @@ static void test_conn_failures_and_slots(void **state)
   assert_true(adaptive_conn_failed(a, "b", "d.test", 3, T0 + 2, &adj));
   assert_int_equal(adj.action, ADAPTIVE_ACT_CONNECT_DELAY);
   assert_int_equal(adj.value, 1);
-  assert_true(adaptive_conn_failed(a, "b", "d.test", 3, T0 + 3, &adj));
-  assert_int_equal(adj.value, 2); /* doubles */
+  /* a burst of connections already in flight failing at once: no doubling */
   struct adaptive_limits l;
-  adaptive_limits(a, "b", "d.test", NULL, T0 + 4, &l);
+  for (int i = 0; i < 5; i++)
+    assert_false(adaptive_conn_failed(a, "b", "d.test", 3, T0 + 3 + i, &adj));
+  adaptive_limits(a, "b", "d.test", NULL, T0 + 10, &l);
+  assert_int_equal(l.connect_delay_s, 1);
+  /* each further failure under the spacing doubles it, without a new report
+   * (logged once when it starts, once when it ends) but seen by the queues */
+  uint64_t g = adaptive_gen(a), t = T0 + 1002;
+  assert_false(adaptive_conn_failed(a, "b", "d.test", 3, t, &adj));
+  assert_true(adaptive_gen(a) != g);
+  adaptive_limits(a, "b", "d.test", NULL, t, &l);
   assert_int_equal(l.connect_delay_s, 2);
+  for (int i = 0; i < 12; i++)
+    assert_false(adaptive_conn_failed(a, "b", "d.test", 3, t += 300000, &adj));
+  adaptive_limits(a, "b", "d.test", NULL, t, &l);
+  assert_int_equal(l.connect_delay_s, 300); /* at most 5 minutes */
+  assert_int_equal(adaptive_made_total(a, ADAPTIVE_ACT_CONNECT_DELAY), 1);
   adaptive_conn_ok(a, "b", "d.test");
   struct adaptive_adjustment ended[1];
   assert_int_equal(adaptive_expire(a, T0 + 5, ended, 1), 1);
@@ -663,6 +736,118 @@ static void test_queue_glue(void **state)
   conf_unref(c);
 }
 
+static void write_text(const char *path, const char *text)
+{
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+}
+
+static size_t in_force_for(struct adaptive *a, const char *b, const char *d)
+{
+  return adaptive_list(a, b, d, NULL, NULL);
+}
+
+/* Adjustments survive a restart: saved to <spool>/adaptive/adjustments,
+ * put back at start until their own end (a back-off keeps doubling), those
+ * ended meanwhile dropped; a corrupt file restores nothing (or only its
+ * readable lines) and never stops the start. */
+static void test_state_across_restart(void **state)
+{
+  (void)state;
+  char dir[] = "/tmp/impetus-adaptive-state.XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  struct adaptive_rules *rs = adaptive_rules_new();
+  char err[256];
+  struct adaptive_rule hold = {.name = "hold", .code = 421, .count = 1,
+                               .action = ADAPTIVE_ACT_SUSPEND, .duration_s = 60};
+  struct adaptive_rule bo = {.name = "bo", .code = 450, .count = 1,
+                             .action = ADAPTIVE_ACT_BACKOFF, .duration_s = 10};
+  assert_int_equal(adaptive_rules_add(rs, &hold, err, sizeof err), 0);
+  assert_int_equal(adaptive_rules_add(rs, &bo, err, sizeof err), 0);
+  struct engine_shared sh = {0};
+  sh.adaptive = adaptive_new(rs);
+  assert_int_equal(reply(sh.adaptive, NULL, "x.test", NULL, 421, "4.7.0", "tab\there", T0, NULL), 1);
+  assert_int_equal(reply(sh.adaptive, "b", "y.test", NULL, 450, NULL, "bo", T0, NULL), 1);
+  struct adaptive_adjustment ended[2];
+  assert_int_equal(adaptive_expire(sh.adaptive, T0 + 10000, ended, 2), 1); /* bo ended */
+  adaptive_queue_state_save(&sh, NULL, dir, T0 + 10000);
+  char path[256];
+  snprintf(path, sizeof path, "%s/adaptive/adjustments", dir);
+
+  /* a restart 30 s in: still suspended, until its own end */
+  struct engine_shared r1 = {0};
+  r1.adaptive = adaptive_new(rs);
+  adaptive_queue_state_load(&r1, NULL, dir, T0 + 30000);
+  assert_true(suspended(r1.adaptive, "default", "x.test", NULL, T0 + 30000));
+  assert_true(suspended(r1.adaptive, "default", "x.test", NULL, T0 + 59999));
+  assert_false(suspended(r1.adaptive, "default", "x.test", NULL, T0 + 60000));
+  assert_int_equal(adaptive_in_force(r1.adaptive), 1);
+  /* 30 s in, the back-off is long forgotten: from its base again */
+  struct adaptive_adjustment adj;
+  assert_int_equal(reply(r1.adaptive, "b", "y.test", NULL, 450, NULL, "bo", T0 + 30000, &adj), 1);
+  assert_int_equal(adj.until_ms - adj.since_ms, 10000);
+  adaptive_free(r1.adaptive);
+  /* a restart soon after its end: firing again doubles it */
+  r1.adaptive = adaptive_new(rs);
+  adaptive_queue_state_load(&r1, NULL, dir, T0 + 12000);
+  assert_int_equal(reply(r1.adaptive, "b", "y.test", NULL, 450, NULL, "bo", T0 + 15000, &adj), 1);
+  assert_int_equal(adj.until_ms - adj.since_ms, 20000);
+  assert_int_equal(adj.fired, 2);
+  adaptive_free(r1.adaptive);
+
+  /* a restart after its end: nothing in force */
+  struct engine_shared r2 = {0};
+  r2.adaptive = adaptive_new(rs);
+  adaptive_queue_state_load(&r2, NULL, dir, T0 + 60000);
+  assert_int_equal(adaptive_in_force(r2.adaptive), 0);
+  adaptive_free(r2.adaptive);
+
+  /* cleared by hand before the restart: not brought back */
+  assert_int_equal(adaptive_clear(sh.adaptive, NULL, "x.test"), 1);
+  adaptive_queue_state_save(&sh, NULL, dir, T0 + 11000);
+  struct engine_shared r3 = {0};
+  r3.adaptive = adaptive_new(rs);
+  adaptive_queue_state_load(&r3, NULL, dir, T0 + 12000);
+  assert_int_equal(in_force_for(r3.adaptive, NULL, "x.test"), 0);
+  adaptive_free(r3.adaptive);
+
+  /* corrupt files: garbage, a cut header, one bad line among good ones */
+  static const char *const bad[] = {
+    "\x01\x02garbage\n",
+    "impetus-adaptive-adj",
+    "impetus-adaptive-adjustments 1\n"
+    "hold\t\tz.test\tdomain\tsuspend\t0\t1\tnotanumber\t1\t1\t1\twhy\n"
+    "hold\t\tx.test\tdomain\tsuspend\t0\t1\t1000000000000\t1000000060000\t1\t1\twhy\n"
+    "hold\t\tw.test\tdomain\tblackhole\t0\t1\t1000000000000\t1000000060000\t1\t1\twhy\n"
+    "short\tline\n",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    write_text(path, bad[i]);
+    struct engine_shared rc = {0};
+    rc.adaptive = adaptive_new(rs);
+    adaptive_queue_state_load(&rc, NULL, dir, T0 + 1000);
+    assert_int_equal(adaptive_in_force(rc.adaptive), i == 2 ? 1 : 0);
+    assert_int_equal(in_force_for(rc.adaptive, NULL, "x.test"), i == 2 ? 1 : 0);
+    adaptive_free(rc.adaptive);
+  }
+  /* a missing file: nothing, quietly */
+  unlink(path);
+  struct engine_shared rm = {0};
+  rm.adaptive = adaptive_new(rs);
+  adaptive_queue_state_load(&rm, NULL, dir, T0);
+  assert_int_equal(adaptive_in_force(rm.adaptive), 0);
+  adaptive_free(rm.adaptive);
+
+  adaptive_free(sh.adaptive);
+  adaptive_rules_free(rs);
+  char adir[256];
+  snprintf(adir, sizeof adir, "%s/adaptive", dir);
+  rmdir(adir);
+  rmdir(dir);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
@@ -678,6 +863,7 @@ int main(void)
     cmocka_unit_test(test_bundled_rules),
     cmocka_unit_test(test_configuration),
     cmocka_unit_test(test_queue_glue),
+    cmocka_unit_test(test_state_across_restart),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -33,6 +33,14 @@ static void test_url(void **state)
   assert_string_equal(u.host, "::1");
   assert_int_equal(u.port, 7000);
   assert_int_equal(u.db, 3);
+  /* user and password percent-decoded: a password may hold '@', ':', '/' */
+  assert_int_equal(clcalc_url_parse("rediss://a%40b:p%2Fw%3a%40x@redis.example:6380", &u), 0);
+  assert_string_equal(u.user, "a@b");
+  assert_string_equal(u.pass, "p/w:@x");
+  assert_string_equal(u.host, "redis.example");
+  assert_int_equal(clcalc_url_parse("redis://:p%4@h", &u), -EINVAL);
+  assert_int_equal(clcalc_url_parse("redis://:p%zz@h", &u), -EINVAL);
+  assert_int_equal(clcalc_url_parse("redis://:p%00@h", &u), -EINVAL);
   assert_int_equal(clcalc_url_parse("http://h", &u), -EINVAL);
   assert_int_equal(clcalc_url_parse("redis://", &u), -EINVAL);
   assert_int_equal(clcalc_url_parse("redis://h:0", &u), -EINVAL);
@@ -78,6 +86,27 @@ static void test_batch(void **state)
   r = clcalc_rate(r, 0, 100);
   assert_true(r == 500.0);
   assert_true(clcalc_rate(r, 5, 0) == r);
+}
+
+/* A pause does not shrink the batch to one token a round trip: the peak
+ * halves every second; a waiting ramp doubles the last grant. */
+static void test_peak_ramp(void **state)
+{
+  (void)state;
+  assert_true(clcalc_peak(0, 3000, 100) == 3000);
+  double p = clcalc_peak(3000, 0, 1000); /* a second without mail */
+  assert_true(p > 1499 && p < 1501);
+  p = clcalc_peak(3000, 0, 100);
+  assert_true(p > 2790 && p < 2810);
+  assert_true(clcalc_peak(100, 500, 100) == 500);
+  struct clcalc_gcra g;
+  clcalc_gcra_params(100000, 1, &g); /* max_batch 20,000 */
+  assert_int_equal(clcalc_ramp(5, 0, &g), 5);
+  assert_int_equal(clcalc_ramp(5, 1, &g), 5);
+  assert_int_equal(clcalc_ramp(5, 40, &g), 80);
+  assert_int_equal(clcalc_ramp(5, 15000, &g), g.max_batch);
+  clcalc_gcra_params(10, 1, &g); /* max_batch 2 */
+  assert_int_equal(clcalc_ramp(1, 2, &g), 2);
 }
 
 static void test_cap_desired(void **state)
@@ -131,7 +160,7 @@ int main(void)
     cmocka_unit_test(test_url),       cmocka_unit_test(test_gcra_params),
     cmocka_unit_test(test_batch),     cmocka_unit_test(test_cap_desired),
     cmocka_unit_test(test_cap_shed),  cmocka_unit_test(test_local_share),
-    cmocka_unit_test(test_backoff),
+    cmocka_unit_test(test_backoff),   cmocka_unit_test(test_peak_ramp),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

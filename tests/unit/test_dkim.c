@@ -15,6 +15,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <pthread.h>
+
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
@@ -96,6 +98,23 @@ static struct dkim_key *rfc_ed_key(void)
   return k;
 }
 
+/* dkim_sign of msg is want, the first time (a new signing context) and
+ * again (the key's context reused, this thread's digest context reused). */
+static void sign_is(const struct dkim_params *p, struct dkim_key *k, const char *msg, size_t n,
+                    const char *want)
+{
+  struct buf out = {0};
+  char why[256] = "";
+  for (int i = 0; i < 3; i++) {
+    out.len = 0;
+    if (dkim_sign(p, k, msg, n, &out, why, sizeof(why)) != 0)
+      fail_msg("sign %d: %s", i, why);
+    buf_append(&out, "", 1);
+    assert_string_equal((char *)out.data, want);
+  }
+  buf_done(&out, 0);
+}
+
 static void test_rfc8463_ed25519(void **state)
 {
   (void)state;
@@ -105,12 +124,7 @@ static void test_rfc8463_ed25519(void **state)
   assert_int_equal(pub.len, strlen(rfc_ed_pub));
   assert_memory_equal(pub.data, rfc_ed_pub, pub.len);
   struct dkim_params p = rfc_params(DKIM_ED25519_SHA256, "brisbane");
-  struct buf out = {0};
-  char why[256] = "";
-  assert_int_equal(dkim_sign(&p, k, rfc_msg, strlen(rfc_msg), &out, why, sizeof(why)), 0);
-  buf_append(&out, "", 1);
-  assert_string_equal((char *)out.data, rfc_sig_ed);
-  buf_done(&out, 0);
+  sign_is(&p, k, rfc_msg, strlen(rfc_msg), rfc_sig_ed);
   buf_done(&pub, 0);
   dkim_key_unref(k);
 }
@@ -124,28 +138,69 @@ static void test_rfc8463_rsa(void **state)
   assert_int_equal(dkim_key_alg(k), DKIM_RSA_SHA256);
   assert_int_equal(dkim_key_bits(k), 1024);
   struct dkim_params p = rfc_params(DKIM_RSA_SHA256, "test");
-  struct buf out = {0};
-  assert_int_equal(dkim_sign(&p, k, rfc_msg, strlen(rfc_msg), &out, why, sizeof(why)), 0);
-  buf_append(&out, "", 1);
-  assert_string_equal((char *)out.data, rfc_sig_rsa);
+  sign_is(&p, k, rfc_msg, strlen(rfc_msg), rfc_sig_rsa);
   /* The same message with LF line ends (a pickup file) signs the same. */
   char lf[sizeof(rfc_msg)];
   size_t n = 0;
   for (const char *s = rfc_msg; *s; s++)
     if (*s != '\r')
       lf[n++] = *s;
-  out.len = 0;
-  assert_int_equal(dkim_sign(&p, k, lf, n, &out, why, sizeof(why)), 0);
-  buf_append(&out, "", 1);
-  assert_string_equal((char *)out.data, rfc_sig_rsa);
+  sign_is(&p, k, lf, n, rfc_sig_rsa);
   /* An Ed25519 key cannot sign rsa-sha256. */
   struct dkim_key *ed = rfc_ed_key();
-  out.len = 0;
+  struct buf out = {0};
   assert_int_equal(dkim_sign(&p, ed, rfc_msg, strlen(rfc_msg), &out, why, sizeof(why)), -EINVAL);
   assert_non_null(strstr(why, "Ed25519"));
   dkim_key_unref(ed);
   buf_done(&out, 0);
   dkim_key_unref(k);
+}
+
+/* Signer threads share one key: each signature takes a prepared context
+ * of the key's own and this thread's digest context; all must come out as
+ * the RFC's. */
+struct par {
+  struct dkim_key *k;
+  const struct dkim_params *p;
+  const char *want;
+  int bad;
+};
+
+static void *par_sign(void *arg)
+{
+  struct par *a = arg;
+  struct buf out = {0};
+  for (int i = 0; i < 50; i++) {
+    out.len = 0;
+    if (dkim_sign(a->p, a->k, rfc_msg, strlen(rfc_msg), &out, NULL, 0) != 0 ||
+        out.len != strlen(a->want) || memcmp(out.data, a->want, out.len))
+      a->bad++;
+  }
+  buf_done(&out, 0);
+  return NULL;
+}
+
+static void test_rfc8463_threads(void **state)
+{
+  (void)state;
+  char why[256];
+  struct dkim_key *keys[2] = {rfc_ed_key(),
+                              dkim_key_load_mem(rfc_rsa_key, strlen(rfc_rsa_key), why, sizeof(why))};
+  const struct dkim_params p[2] = {rfc_params(DKIM_ED25519_SHA256, "brisbane"),
+                                   rfc_params(DKIM_RSA_SHA256, "test")};
+  const char *want[2] = {rfc_sig_ed, rfc_sig_rsa};
+  struct par a[8];
+  pthread_t t[8];
+  for (int i = 0; i < 8; i++) {
+    a[i] = (struct par){keys[i % 2], &p[i % 2], want[i % 2], 0};
+    assert_int_equal(pthread_create(&t[i], NULL, par_sign, &a[i]), 0);
+  }
+  for (int i = 0; i < 8; i++) {
+    pthread_join(t[i], NULL);
+    assert_int_equal(a[i].bad, 0);
+  }
+  dkim_key_unref(keys[0]);
+  dkim_key_unref(keys[1]);
 }
 
 /* ---- body canonicalisation ---- */
@@ -172,32 +227,35 @@ static void body_is(enum dkim_canon c, const char *in, const char *want)
   buf_done(&out, 0);
 }
 
-static void test_body_simple(void **state)
-{
-  (void)state;
-  body_is(DKIM_CANON_SIMPLE, "", "\r\n");
-  body_is(DKIM_CANON_SIMPLE, "\r\n\r\n\r\n", "\r\n");
-  body_is(DKIM_CANON_SIMPLE, "a", "a\r\n");
-  body_is(DKIM_CANON_SIMPLE, "a\r\n", "a\r\n");
-  body_is(DKIM_CANON_SIMPLE, "a\r\n\r\n\r\n", "a\r\n");
-  body_is(DKIM_CANON_SIMPLE, "a \t\r\n\r\nb  \r\n", "a \t\r\n\r\nb  \r\n");
-  body_is(DKIM_CANON_SIMPLE, "a\nb\rc\r\n\n", "a\r\nb\r\nc\r\n");
-  body_is(DKIM_CANON_SIMPLE, "\r\n \r\n", "\r\n \r\n");
-  body_is(DKIM_CANON_SIMPLE, "caf\xc3\xa9\r\n", "caf\xc3\xa9\r\n");
-}
+static const struct {
+  enum dkim_canon c;
+  const char *in, *want;
+} body_cases[] = {
+    {DKIM_CANON_SIMPLE, "", "\r\n"},
+    {DKIM_CANON_SIMPLE, "\r\n\r\n\r\n", "\r\n"},
+    {DKIM_CANON_SIMPLE, "a", "a\r\n"},
+    {DKIM_CANON_SIMPLE, "a\r\n", "a\r\n"},
+    {DKIM_CANON_SIMPLE, "a\r\n\r\n\r\n", "a\r\n"},
+    {DKIM_CANON_SIMPLE, "a \t\r\n\r\nb  \r\n", "a \t\r\n\r\nb  \r\n"},
+    {DKIM_CANON_SIMPLE, "a\nb\rc\r\n\n", "a\r\nb\r\nc\r\n"},
+    {DKIM_CANON_SIMPLE, "\r\n \r\n", "\r\n \r\n"},
+    {DKIM_CANON_SIMPLE, "caf\xc3\xa9\r\n", "caf\xc3\xa9\r\n"},
+    {DKIM_CANON_RELAXED, "", ""},
+    {DKIM_CANON_RELAXED, "\r\n\r\n", ""},
+    {DKIM_CANON_RELAXED, " \t \r\n", ""},
+    {DKIM_CANON_RELAXED, "a", "a\r\n"},
+    {DKIM_CANON_RELAXED, "  a \t b  \r\n", " a b\r\n"},
+    {DKIM_CANON_RELAXED, "a\r\n \r\nb \r\n\r\n \r\n", "a\r\n\r\nb\r\n"},
+    {DKIM_CANON_RELAXED, "a\nb\r\rc", "a\r\nb\r\n\r\nc\r\n"},
+    {DKIM_CANON_RELAXED, "Hi.\r\n\r\nWe lost the game.  Are you hungry yet?\r\n\r\nJoe.\r\n",
+     "Hi.\r\n\r\nWe lost the game. Are you hungry yet?\r\n\r\nJoe.\r\n"},
+};
 
-static void test_body_relaxed(void **state)
+static void test_body(void **state)
 {
   (void)state;
-  body_is(DKIM_CANON_RELAXED, "", "");
-  body_is(DKIM_CANON_RELAXED, "\r\n\r\n", "");
-  body_is(DKIM_CANON_RELAXED, " \t \r\n", "");
-  body_is(DKIM_CANON_RELAXED, "a", "a\r\n");
-  body_is(DKIM_CANON_RELAXED, "  a \t b  \r\n", " a b\r\n");
-  body_is(DKIM_CANON_RELAXED, "a\r\n \r\nb \r\n\r\n \r\n", "a\r\n\r\nb\r\n");
-  body_is(DKIM_CANON_RELAXED, "a\nb\r\rc", "a\r\nb\r\n\r\nc\r\n");
-  body_is(DKIM_CANON_RELAXED, "Hi.\r\n\r\nWe lost the game.  Are you hungry yet?\r\n\r\nJoe.\r\n",
-          "Hi.\r\n\r\nWe lost the game. Are you hungry yet?\r\n\r\nJoe.\r\n");
+  for (size_t i = 0; i < sizeof(body_cases) / sizeof(body_cases[0]); i++)
+    body_is(body_cases[i].c, body_cases[i].in, body_cases[i].want);
 }
 
 /* ---- header canonicalisation and split ---- */
@@ -336,19 +394,37 @@ static void write_file(const char *path, const char *text, mode_t mode)
   chmod(path, mode);
 }
 
+/* Key files that must not load, and the words their error must hold;
+ * none may quote the file's bytes. */
+static const struct {
+  const char *name, *text; /* text NULL: no such file */
+  mode_t mode;
+  const char *why;
+} bad_keys[] = {
+    {"missing.key", NULL, 0, "cannot open"},
+    {"loose.key", rfc_rsa_key, 0644, "mode 0644"},
+    {"bad.key", "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LXZhbHVl\n-----END PRIVATE KEY-----\n", 0600,
+     "malformed"},
+    {"nobegin.key", "hello\n", 0600, "no BEGIN"},
+    {"empty.key", "", 0600, "empty"},
+};
+
 static void test_key_files(void **state)
 {
   (void)state;
   assert_non_null(mkdtemp(tmpdir));
   char p[256], why[256];
-  snprintf(p, sizeof(p), "%s/missing.key", tmpdir);
-  assert_null(dkim_key_load_file(p, true, why, sizeof(why)));
-  assert_non_null(strstr(why, "cannot open"));
-
-  snprintf(p, sizeof(p), "%s/rfc.key", tmpdir);
-  write_file(p, rfc_rsa_key, 0644);
-  assert_null(dkim_key_load_file(p, true, why, sizeof(why)));
-  assert_non_null(strstr(why, "mode 0644"));
+  for (size_t i = 0; i < sizeof(bad_keys) / sizeof(bad_keys[0]); i++) {
+    snprintf(p, sizeof(p), "%s/%s", tmpdir, bad_keys[i].name);
+    if (bad_keys[i].text)
+      write_file(p, bad_keys[i].text, bad_keys[i].mode);
+    why[0] = 0;
+    assert_null(dkim_key_load_file(p, true, why, sizeof(why)));
+    if (!strstr(why, bad_keys[i].why) || strstr(why, "c2VjcmV0") || strstr(why, "MIIC"))
+      fail_msg("%s: got \"%s\", want \"%s\"", bad_keys[i].name, why, bad_keys[i].why);
+  }
+  /* The group-readable key loads when the mode is not checked, or once 0600. */
+  snprintf(p, sizeof(p), "%s/loose.key", tmpdir);
   struct dkim_key *k = dkim_key_load_file(p, false, why, sizeof(why));
   assert_non_null(k);
   dkim_key_unref(k);
@@ -356,15 +432,6 @@ static void test_key_files(void **state)
   k = dkim_key_load_file(p, true, why, sizeof(why));
   assert_non_null(k);
   dkim_key_unref(k);
-
-  snprintf(p, sizeof(p), "%s/bad.key", tmpdir);
-  write_file(p, "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LXZhbHVl\n-----END PRIVATE KEY-----\n", 0600);
-  assert_null(dkim_key_load_file(p, true, why, sizeof(why)));
-  assert_non_null(strstr(why, "malformed"));
-  assert_null(strstr(why, "c2VjcmV0"));
-  write_file(p, "hello\n", 0600);
-  assert_null(dkim_key_load_file(p, true, why, sizeof(why)));
-  assert_non_null(strstr(why, "no BEGIN"));
 
   /* Too short an RSA key (RFC 8301), generated here. */
   EVP_PKEY *small = EVP_RSA_gen(512);
@@ -394,41 +461,33 @@ static void test_key_files(void **state)
 
   /* Cache: LRU within its size. */
   struct dkim_keycache *kc = dkim_keycache_new(2, true);
-  char p1[256], p2[256], p3[256];
-  snprintf(p1, sizeof(p1), "%s/rfc.key", tmpdir);
-  snprintf(p2, sizeof(p2), "%s/rfc2.key", tmpdir);
-  snprintf(p3, sizeof(p3), "%s/rfc3.key", tmpdir);
-  write_file(p2, rfc_rsa_key, 0600);
-  write_file(p3, rfc_rsa_key, 0600);
-  struct dkim_key *a = dkim_keycache_get(kc, p1, why, sizeof(why));
-  struct dkim_key *a2 = dkim_keycache_get(kc, p1, why, sizeof(why));
-  assert_ptr_equal(a, a2);
-  struct dkim_key *b = dkim_keycache_get(kc, p2, why, sizeof(why));
-  struct dkim_key *c = dkim_keycache_get(kc, p3, why, sizeof(why));
-  assert_non_null(b);
-  assert_non_null(c);
+  struct dkim_key *got[4];
+  const char *cached[] = {"loose.key", "loose.key", "rfc2.key", "rfc3.key"};
+  for (size_t i = 0; i < 4; i++) {
+    snprintf(p, sizeof(p), "%s/%s", tmpdir, cached[i]);
+    if (i >= 2)
+      write_file(p, rfc_rsa_key, 0600);
+    got[i] = dkim_keycache_get(kc, p, why, sizeof(why));
+    assert_non_null(got[i]);
+  }
+  assert_ptr_equal(got[0], got[1]);
   assert_int_equal(dkim_keycache_count(kc), 2);
   snprintf(p, sizeof(p), "%s/missing.key", tmpdir);
   assert_null(dkim_keycache_get(kc, p, why, sizeof(why)));
-  dkim_key_unref(a);
-  dkim_key_unref(a2);
-  dkim_key_unref(b);
-  dkim_key_unref(c);
+  for (size_t i = 0; i < 4; i++)
+    dkim_key_unref(got[i]);
   dkim_keycache_free(kc);
 
-  const char *names[] = {"missing.key", "rfc.key", "rfc2.key", "rfc3.key", "bad.key", "small.key"};
-  for (size_t i = 0; i < 6; i++) {
-    snprintf(p, sizeof(p), "%s/%s", tmpdir, names[i]);
-    unlink(p);
-  }
-  rmdir(tmpdir);
+  char cmd[300];
+  snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+  assert_int_equal(system(cmd), 0);
 }
 
 int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rfc8463_ed25519), cmocka_unit_test(test_rfc8463_rsa),
-      cmocka_unit_test(test_body_simple),     cmocka_unit_test(test_body_relaxed),
+      cmocka_unit_test(test_rfc8463_threads), cmocka_unit_test(test_body),
       cmocka_unit_test(test_header_canon),    cmocka_unit_test(test_header_split),
       cmocka_unit_test(test_header_selection), cmocka_unit_test(test_parse),
       cmocka_unit_test(test_key_files),

@@ -265,29 +265,29 @@ static void test_errors(void **state)
   char p[512];
   snprintf(p, sizeof(p), "%s/ok.example/bad.key", dir);
   chmod(p, 0600);
-#define fmt                                                                                        \
-  "opendkim {\n"                                                                                   \
-  "  headerlist = ( from )\n"                                                                      \
-  "  key = \"%s/%%{d}/%%{s}.key\"\n"                                                               \
-  "  %s\n"                                                                                         \
-  "  dkim_domain \"%s\" { selector = \"%s\" }\n"                                                  \
-  "}\n"
-  snprintf(text, sizeof(text), fmt, dir, "digest = rsa-sha1", "ok.example", "s");
-  expect_error(text, 4, "rsa-sha1 must not be used for signing");
-  snprintf(text, sizeof(text), fmt, dir, "", "missing.example", "s");
-  expect_error(text, 3, "cannot open");
-  snprintf(text, sizeof(text), fmt, dir, "", "loose.example", "s");
-  expect_error(text, 3, "readable by group or others");
-  snprintf(text, sizeof(text), fmt, dir, "", "ok.example", "bad");
-  expect_error(text, 3, "malformed");
-  snprintf(text, sizeof(text), fmt, dir, "digest = ed25519-sha256", "ok.example", "s");
-  expect_error(text, 3, "is an RSA key but digest is ed25519-sha256");
-  snprintf(text, sizeof(text), fmt, dir, "copy_headers = true", "ok.example", "s");
-  expect_error(text, 4, "not implemented by Impetus");
-  snprintf(text, sizeof(text), fmt, dir, "sign_condition = auth_user", "ok.example", "s");
-  expect_error(text, 4, "not implemented by Impetus");
-  snprintf(text, sizeof(text), fmt, dir, "header_canon = nofws", "ok.example", "s");
-  expect_error(text, 4, "header_canon");
+  /* One opendkim stanza: line 3 the key, line 4 the option, line 5 the
+   * dkim_domain. */
+  static const struct {
+    const char *opt, *domain, *selector;
+    unsigned line;
+    const char *what;
+  } cases[] = {
+      {"digest = rsa-sha1", "ok.example", "s", 4, "rsa-sha1 must not be used for signing"},
+      {"", "missing.example", "s", 3, "cannot open"},
+      {"", "loose.example", "s", 3, "readable by group or others"},
+      {"", "ok.example", "bad", 3, "malformed"},
+      {"digest = ed25519-sha256", "ok.example", "s", 3, "is an RSA key but digest is ed25519-sha256"},
+      {"copy_headers = true", "ok.example", "s", 4, "not implemented by Impetus"},
+      {"sign_condition = auth_user", "ok.example", "s", 4, "not implemented by Impetus"},
+      {"header_canon = nofws", "ok.example", "s", 4, "header_canon"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    snprintf(text, sizeof(text),
+             "opendkim {\n  headerlist = ( from )\n  key = \"%s/%%{d}/%%{s}.key\"\n  %s\n"
+             "  dkim_domain \"%s\" { selector = \"%s\" }\n}\n",
+             dir, cases[i].opt, cases[i].domain, cases[i].selector);
+    expect_error(text, cases[i].line, cases[i].what);
+  }
   snprintf(text, sizeof(text),
            "opendkim {\n  key = \"%s/%%{d}/%%{s}.key\"\n  dkim_domain \"ok.example\" {\n"
            "    selector = s\n  }\n}\n",
@@ -313,12 +313,55 @@ static void test_errors(void **state)
   dkim_signers_free(s);
 }
 
+/* Many dkim_domain stanzas, out of order, one domain named twice: each
+ * message is signed by its own stanza, the first of the two wins. */
+static void test_many_domains(void **state)
+{
+  (void)state;
+  write_key("many/s.key", rsa, 0600);
+  struct buf text = {0};
+  buf_append_str(&text, "opendkim {\n  headerlist = ( from )\n");
+  char line[700];
+  for (int i = 0; i < 300; i++) {
+    int d = (i * 7919) % 300; /* every number once, not in order */
+    snprintf(line, sizeof(line), "  dkim_domain \"D%03d.example\" { selector = \"s%d\" key = \"%s/many/s.key\" }\n",
+             d, d, dir);
+    buf_append_str(&text, line);
+  }
+  snprintf(line, sizeof(line), "  dkim_domain \"d042.example\" { selector = \"late\" key = \"%s/many/s.key\" }\n}\n", dir);
+  buf_append_str(&text, line);
+  buf_append(&text, "", 1);
+  struct conf_error err;
+  struct dkim_signers *s = build((const char *)text.data, &err);
+  if (!s)
+    fail_msg("%s:%u: %s", err.file, err.line, err.msg);
+  assert_int_equal(dkim_signers_count(s), 300);
+  struct buf sig = {0};
+  char why[256], m[128], want[64];
+  for (int d = 0; d < 300; d++) {
+    snprintf(m, sizeof(m), "From: x@d%03d.EXAMPLE\r\n\r\nbody\r\n", d);
+    sig.len = 0;
+    assert_int_equal(dkim_signers_sign(s, m, strlen(m), 1, &sig, why, sizeof(why)), 1);
+    buf_append(&sig, "", 1);
+    snprintf(want, sizeof(want), "d=d%03d.example; s=s%d;", d, d);
+    if (!strstr((const char *)sig.data, want))
+      fail_msg("no %s in %s", want, (const char *)sig.data);
+  }
+  const char *none = "From: x@d300.example\r\n\r\nbody\r\n";
+  sig.len = 0;
+  assert_int_equal(dkim_signers_sign(s, none, strlen(none), 1, &sig, why, sizeof(why)), 0);
+  buf_done(&sig, 0);
+  buf_done(&text, 0);
+  dkim_signers_free(s);
+}
+
 int main(void)
 {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_momentum_example),
       cmocka_unit_test(test_fallback_and_base_domain),
       cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_many_domains),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -83,6 +83,7 @@ struct sink_opts {
   int hostile_stage; /* enum sink_cmd */
   uint32_t drip_ms;
   double stats_interval;
+  uint32_t batch_wait_us; /* see --batch-wait; 0: wake for every completion */
 };
 
 /* A named counter in a small chained table (pointers stay valid). */

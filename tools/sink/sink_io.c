@@ -39,6 +39,7 @@ enum { T_RESUME = 1, T_DRIP, T_ACCEPT };
  * allocated when the first recv is armed. */
 #define FALLBACK_RBUF 8192
 #define RING_SQ 4096
+
 #define RING_CQ 65536
 #define SEND_CHUNK (256u * 1024)
 
@@ -901,6 +902,7 @@ int sink_io_run(char **listen, size_t nlisten, char **tls_listen, size_t ntls)
 
   uint64_t stats_ns = (uint64_t)(g_sink.o.stats_interval * 1e9);
   uint64_t next_stats = stats_ns ? clock_mono_ns() + stats_ns : 0;
+  bool idle = false; /* the last batched wait timed out with nothing */
   while (!stop) {
     uint64_t now = clock_mono_ns();
     uint64_t wake = UINT64_MAX;
@@ -915,8 +917,29 @@ int sink_io_run(char **listen, size_t nlisten, char **tls_listen, size_t ntls)
       ts.tv_nsec = (long long)(d % 1000000000u);
       tsp = &ts;
     }
+    /* Batched wake-ups: with many sessions open, one wake-up per
+     * completion (a command arriving) costs the sink two context switches
+     * per message with a client that sends one command per round trip
+     * (Postfix's smtp-source: 2.1 switches and 43 us of CPU per message, a
+     * third of it in the switch). With DEFER_TASKRUN the kernel wakes the
+     * task only once `want` completions are pending (as many as sessions
+     * are open, at most 64; a send's completion counts too), or at the
+     * timeout (200 us);
+     * after a timeout with nothing the next wait is for one completion, so
+     * idle sessions cost no timer wake-ups. */
+    unsigned open = nslots - nfree, want = 1;
+    uint64_t bw = (uint64_t)g_sink.o.batch_wait_us * 1000u;
+    if (bw && !idle && open >= 8) {
+      want = open < 64 ? open : 64;
+      uint64_t d = wake > now ? wake - now : 0;
+      if (d > bw) {
+        ts.tv_sec = 0;
+        ts.tv_nsec = (long long)bw;
+        tsp = &ts;
+      }
+    }
     struct io_uring_cqe *cqe;
-    int r = io_uring_submit_and_wait_timeout(&ring, &cqe, 1, tsp, NULL);
+    int r = io_uring_submit_and_wait_timeout(&ring, &cqe, want, tsp, NULL);
     if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY)
       util_fatal("sink: io_uring wait: %s", strerror(-r));
     unsigned head, n = 0;
@@ -926,6 +949,7 @@ int sink_io_run(char **listen, size_t nlisten, char **tls_listen, size_t ntls)
       n++;
     }
     io_uring_cq_advance(&ring, n);
+    idle = want > 1 && n == 0;
     run_rearms();
     now = clock_mono_ns();
     run_timers(now);

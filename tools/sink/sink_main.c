@@ -341,6 +341,9 @@ static void usage(FILE *f)
 "\n"
 "Other:\n"
 "  --io-fallback             single-shot accept and recv (tests the path for old kernels)\n"
+"  --batch-wait US           with 8 or more connections open, sleep until as many completions\n"
+"                            as connections (at most 64) or US microseconds passed (200;\n"
+"                            0: wake for every completion): fewer wake-ups per message\n"
 "  --help, --version\n");
 }
 
@@ -485,7 +488,7 @@ enum {
   O_LISTEN = 256, O_TLS_LISTEN, O_READY, O_HOSTNAME, O_MAXCONN, O_MAXSIZE, O_MAXRCPT, O_CERT,
   O_KEY, O_NOSTARTTLS, O_USERS, O_MECHS, O_REQAUTH, O_REQTLS, O_NOPIPE, O_NOCHUNK, O_GREETDELAY,
   O_LATENCY, O_REPLYDELAY, O_FAIL, O_SEED, O_DISCONNECT, O_HOSTILE, O_DRIP, O_SAVEDIR,
-  O_JSONL, O_STATS, O_FALLBACK, O_HELP, O_VERSION,
+  O_JSONL, O_STATS, O_FALLBACK, O_BATCHWAIT, O_HELP, O_VERSION,
 };
 
 int main(int argc, char **argv)
@@ -519,6 +522,7 @@ int main(int argc, char **argv)
     {"jsonl", required_argument, NULL, O_JSONL},
     {"stats-interval", required_argument, NULL, O_STATS},
     {"io-fallback", no_argument, NULL, O_FALLBACK},
+    {"batch-wait", required_argument, NULL, O_BATCHWAIT},
     {"help", no_argument, NULL, O_HELP},
     {"version", no_argument, NULL, O_VERSION},
     {NULL, 0, NULL, 0},
@@ -532,6 +536,7 @@ int main(int argc, char **argv)
   o->disconnect_at = -1;
   o->hostile_stage = CMD_CONNECT;
   o->drip_ms = 1000;
+  o->batch_wait_us = 200;
   char **listen = util_xcalloc((size_t)argc, sizeof(char *));
   char **tls_listen = util_xcalloc((size_t)argc, sizeof(char *));
   size_t nlisten = 0, ntls = 0;
@@ -604,6 +609,7 @@ int main(int argc, char **argv)
       break;
     }
     case O_FALLBACK: o->io_fallback = 1; break;
+    case O_BATCHWAIT: o->batch_wait_us = (uint32_t)parse_u64("--batch-wait", optarg); break;
     case O_HELP: case 'h': usage(stdout); free(listen); free(tls_listen); return 0;
     case O_VERSION:
       printf("impetus-sink %s\n", IMPETUS_VERSION);

@@ -1,5 +1,6 @@
-/* cluster.c owns the node's Redis client thread, its connection (hiredis,
- * synchronous, with timeouts), the registry of buckets and caps, their
+/* cluster.c owns the node's Redis client thread, its connection
+ * (cluster_conn.c: synchronous, with timeouts, plaintext or TLS; AUTH and
+ * SELECT from the URL), the registry of buckets and caps, their
  * local balances, and the wake-ups of workers waiting for them.
  *
  * Threads: the client thread alone talks to Redis and writes the
@@ -13,15 +14,16 @@
 
 #include "buf.h"
 #include "cluster_calc.h"
+#include "cluster_conn.h"
 #include "cluster_scripts.h"
 #include "clock.h"
 #include "logs.h"
 #include "mpsc.h"
 #include "panic.h"
 #include "ring.h"
+#include "tls.h"
 
 #include <errno.h>
-#include <hiredis/hiredis.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <pthread.h>
@@ -72,7 +74,8 @@ struct cluster_bucket {
   _Atomic uint64_t fb_iv;   /* its interval (ns) */
   /* client thread only */
   uint64_t used_seen, used_acc, rate_at_ms, last_use_ms, retry_at_ms;
-  double rate;
+  double rate, peak;  /* recent rate, and its peak decaying by half a second */
+  uint32_t last_grant;
   _Atomic uint64_t granted_total, returned_total;
   _Atomic uint32_t want_pub; /* console */
 };
@@ -119,8 +122,9 @@ struct cluster {
   atomic_bool up;
   _Atomic uint32_t nodes;
   _Atomic uint64_t round_trips, failures, mode_changes, waits;
+  struct tls_ctx *tls;        /* rediss://: made at start (a bad CA file fails it) */
   /* client thread only */
-  redisContext *rc;
+  struct clconn *rc;
   char sha_gcra[48], sha_lease[48], sha_nodes[48];
   uint32_t nfail;
   uint64_t next_try_ms, next_hb_ms;
@@ -424,7 +428,7 @@ static void disconnect(struct cluster *c, const char *reason)
   char why[256]; /* reason may point into the context freed below */
   snprintf(why, sizeof why, "%s", reason ? reason : "?");
   if (c->rc) {
-    redisFree(c->rc);
+    clconn_free(c->rc);
     c->rc = NULL;
   }
   atomic_fetch_add(&c->failures, 1);
@@ -470,11 +474,10 @@ static redisReply *command(struct cluster *c, int argc, const char **argv, const
   if (c->rc == NULL)
     return NULL;
   atomic_fetch_add_explicit(&c->round_trips, 1, memory_order_relaxed);
-  redisReply *r = redisCommandArgv(c->rc, argc, argv, lens);
-  if (r == NULL) {
-    disconnect(c, c->rc->errstr[0] ? c->rc->errstr : "connection lost");
-    return NULL;
-  }
+  char why[300];
+  redisReply *r = clconn_command(c->rc, argc, argv, lens, why, sizeof why);
+  if (r == NULL)
+    disconnect(c, why);
   return r;
 }
 
@@ -494,7 +497,9 @@ static bool load_script(struct cluster *c, const char *src, char *sha)
   return ok;
 }
 
-static bool simple(struct cluster *c, int argc, const char **argv)
+/* A command whose error reply ends the connection, the reason led by
+ * `what` ("AUTH refused: WRONGPASS ..."). */
+static bool simple(struct cluster *c, const char *what, int argc, const char **argv)
 {
   size_t lens[4];
   for (int i = 0; i < argc; i++)
@@ -503,30 +508,30 @@ static bool simple(struct cluster *c, int argc, const char **argv)
   if (r == NULL)
     return false;
   bool ok = r->type != REDIS_REPLY_ERROR;
-  if (!ok)
-    disconnect(c, r->str);
+  if (!ok) {
+    char why[300];
+    snprintf(why, sizeof why, "%s refused: %s", what, r->str);
+    disconnect(c, why);
+  }
   freeReplyObject(r);
   return ok;
 }
 
 static void try_connect(struct cluster *c)
 {
-  struct timeval tv = {.tv_sec = CMD_TIMEOUT_MS / 1000, .tv_usec = (CMD_TIMEOUT_MS % 1000) * 1000};
-  c->rc = redisConnectWithTimeout(c->url.host, c->url.port, tv);
-  if (c->rc == NULL || c->rc->err) {
-    char why[160];
-    snprintf(why, sizeof why, "%s", c->rc ? c->rc->errstr : "out of memory");
-    if (c->rc) {
-      redisFree(c->rc);
-      c->rc = NULL;
-    }
+  char why[300];
+  struct clconn_params cp = {.host = c->url.host, .port = c->url.port, .tls = c->tls,
+                             .timeout_ms = CMD_TIMEOUT_MS};
+  c->rc = clconn_open(&cp, why, sizeof why);
+  if (c->rc == NULL) {
     disconnect(c, why);
     return;
   }
-  redisSetTimeout(c->rc, tv);
   if (c->url.pass[0]) {
+    /* AUTH user pass (Redis 6 ACLs) or AUTH pass (requirepass) */
     const char *a[] = {"AUTH", c->url.user, c->url.pass};
-    bool ok = c->url.user[0] ? simple(c, 3, a) : (a[1] = c->url.pass, simple(c, 2, a));
+    bool ok = c->url.user[0] ? simple(c, "AUTH", 3, a)
+                             : (a[1] = c->url.pass, simple(c, "AUTH", 2, a));
     if (!ok)
       return;
   }
@@ -534,7 +539,7 @@ static void try_connect(struct cluster *c)
     char db[16];
     snprintf(db, sizeof db, "%d", c->url.db);
     const char *a[] = {"SELECT", db};
-    if (!simple(c, 2, a))
+    if (!simple(c, "SELECT", 2, a))
       return;
   }
   if (!load_script(c, CLUSTER_LUA_GCRA, c->sha_gcra) ||
@@ -558,8 +563,9 @@ static void try_connect(struct cluster *c)
   atomic_store(&c->up, true);
   if (c->ever_up)
     atomic_fetch_add(&c->mode_changes, 1);
-  log_line(c, "%s redis %s:%u/%d as node %s (lease_ttl %llu s, failure_mode %s)",
-           c->ever_up ? "reconnected to" : "connected to", c->url.host, c->url.port, c->url.db,
+  log_line(c, "%s redis%s %s:%u/%d as node %s (lease_ttl %llu s, failure_mode %s)",
+           c->ever_up ? "reconnected to" : "connected to", c->tls ? " over TLS" : "",
+           c->url.host, c->url.port, c->url.db,
            c->node, (unsigned long long)(c->ttl_ms / 1000),
            c->mode == CLUSTER_FAIL_OPEN ? "open" : "closed");
   c->ever_up = true;
@@ -668,14 +674,20 @@ static void pass_bucket(struct cluster *c, struct cluster_bucket *b, uint64_t no
     b->rate_at_ms = now;
   else if (now - b->rate_at_ms >= TICK_MS) {
     b->rate = clcalc_rate(b->rate, b->used_acc, now - b->rate_at_ms);
+    b->peak = clcalc_peak(b->peak, b->rate, now - b->rate_at_ms);
     b->used_acc = 0;
     b->rate_at_ms = now;
   }
-  uint32_t want = clcalc_batch(b->rate, &b->g);
+  bool waiting = atomic_load(&b->it.waiters) != 0;
+  /* a pause (an ingest batch, a queue held back) must not shrink the
+   * batch to a token a round trip when mail flows again: sized to the
+   * decaying peak, and doubled while workers still wait */
+  uint32_t want = clcalc_batch(b->rate < 0 ? b->rate : b->peak, &b->g);
+  if (waiting)
+    want = clcalc_ramp(want, b->last_grant, &b->g);
   atomic_store(&b->low, clcalc_low_water(want));
   atomic_store(&b->want_pub, want);
   int64_t tokens = atomic_load(&b->tokens);
-  bool waiting = atomic_load(&b->it.waiters) != 0;
   bool recent = b->last_use_ms && now - b->last_use_ms < IDLE_RETURN_MS;
   if (tokens > 0 && !recent && !waiting) {
     int64_t ret = atomic_exchange(&b->tokens, 0);
@@ -698,6 +710,7 @@ static void pass_bucket(struct cluster *c, struct cluster_bucket *b, uint64_t no
   if (gcra(c, b, ask, clcalc_min_batch(ask), 0, out) < 0)
     return;
   b->it.dirty = false;
+  b->last_grant = out[0] > 0 ? (uint32_t)out[0] : 0;
   if (out[0] > 0) {
     atomic_fetch_add(&b->tokens, out[0]);
     atomic_fetch_add(&b->granted_total, (uint64_t)out[0]);
@@ -724,12 +737,13 @@ static void pass_cap(struct cluster *c, struct cluster_cap *cap, uint64_t now, u
   uint32_t allow = atomic_load(&cap->granted), held = cap->rheld;
   uint32_t desired = clcalc_cap_desired(cap->limit, in_use, waiting, atomic_load(&cap->share),
                                         atomic_load(&cap->others) > 0);
-  if (c->resync) {
-    uint32_t share = clcalc_local_share(cap->limit, c->nodes_before);
-    uint32_t most = in_use > share ? in_use : share;
-    if (desired > most)
-      desired = most;
-  }
+  /* Redis back: until the nodes seen before have re-registered the leases
+   * of their open connections, nobody grows. Each node's connections fit
+   * in what it held before the outage or in its local share, so their sum
+   * fits the cap; growing to one's share could overtake a node whose
+   * connections Redis does not know yet (seen: 11 of 10) */
+  if (c->resync && desired > in_use)
+    desired = in_use;
   bool ask = false;
   if (desired > allow && (waiting || cap->it.dirty || now >= cap->renew_at_ms))
     ask = true;
@@ -793,17 +807,19 @@ static void *client_main(void *arg)
     if (c->rc == NULL && now >= c->next_try_ms)
       try_connect(c);
     if (c->rc) {
-      if (now >= c->next_hb_ms) {
-        heartbeat(c, false);
-        c->next_hb_ms = now + (c->resync ? 250u : c->ttl_ms / 3);
-        if (c->resync && (atomic_load(&c->nodes) >= c->nodes_before || now >= c->resync_until_ms))
-          c->resync = false;
-      }
+      /* leases before the heartbeat: once others see this node back, its
+       * connections are in Redis (they end their resync on seeing it) */
       for (struct item *it = atomic_load(&c->items); it && c->rc; it = it->next) {
         if (it->kind == IT_BUCKET)
           pass_bucket(c, (struct cluster_bucket *)it, now, &next);
         else
           pass_cap(c, (struct cluster_cap *)it, now, &next);
+      }
+      if (c->rc && now >= c->next_hb_ms) {
+        heartbeat(c, false);
+        c->next_hb_ms = now + (c->resync ? 250u : c->ttl_ms / 3);
+        if (c->resync && (atomic_load(&c->nodes) >= c->nodes_before || now >= c->resync_until_ms))
+          c->resync = false;
       }
     } else {
       if (c->next_try_ms < next)
@@ -859,14 +875,29 @@ struct cluster *cluster_new(const struct cluster_params *p, char *err, size_t er
              p->url ? p->url : "");
     return NULL;
   }
+  struct tls_ctx *tls = NULL;
   if (u.tls) {
-    snprintf(err, errlen, "cluster: redis: rediss:// (TLS) needs hiredis 1.0 with TLS; this "
-             "build has hiredis %d.%d without it (use a TLS tunnel such as stunnel on loopback)",
-             HIREDIS_MAJOR, HIREDIS_MINOR);
-    return NULL;
+    /* the server's certificate is checked against tls_ca_file (or the
+     * system's store) and must name the URL's host, unless tls_verify is
+     * false; a client certificate when Redis asks for one (its default) */
+    struct tls_params tp = {
+      .verify = p->tls_verify ? TLS_VERIFY_HOST : TLS_VERIFY_NO,
+      .ca_file = p->tls_ca_file,
+      .cert_file = p->tls_cert_file,
+      .key_file = p->tls_key_file,
+      .max_handshakes = 1,
+      .cache_slots = 4,
+    };
+    char why[400];
+    tls = tls_ctx_new(&tp, why, sizeof why);
+    if (tls == NULL) {
+      snprintf(err, errlen, "cluster: redis: TLS: %s", why);
+      return NULL;
+    }
   }
   struct cluster *c = util_xcalloc(1, sizeof *c);
   c->url = u;
+  c->tls = tls;
   if (p->node_name && *p->node_name)
     snprintf(c->node_name, sizeof c->node_name, "%s", p->node_name);
   else if (gethostname(c->node_name, sizeof c->node_name - 1) != 0)
@@ -892,6 +923,7 @@ struct cluster *cluster_new(const struct cluster_params *p, char *err, size_t er
   c->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (c->efd < 0) {
     snprintf(err, errlen, "cluster: eventfd: %s", strerror(errno));
+    tls_ctx_free(c->tls);
     free(c->wk);
     free(c);
     return NULL;
@@ -900,6 +932,7 @@ struct cluster *cluster_new(const struct cluster_params *p, char *err, size_t er
   if (rc != 0) {
     snprintf(err, errlen, "cluster: thread: %s", strerror(rc));
     close(c->efd);
+    tls_ctx_free(c->tls);
     free(c->wk);
     free(c);
     return NULL;
@@ -915,8 +948,8 @@ void cluster_free(struct cluster *c)
   atomic_store(&c->stop, true);
   kick_thread(c);
   pthread_join(c->th, NULL);
-  if (c->rc)
-    redisFree(c->rc);
+  clconn_free(c->rc);
+  tls_ctx_free(c->tls);
   for (struct item *it = atomic_load(&c->items), *n; it; it = n) {
     n = it->next;
     free(it->key);
@@ -928,6 +961,7 @@ void cluster_free(struct cluster *c)
   pthread_mutex_destroy(&c->wk_lock);
   pthread_mutex_destroy(&c->view_lock);
   free(c->wk);
+  util_wipe(&c->url, sizeof c->url); /* the password */
   free(c);
 }
 
@@ -985,8 +1019,8 @@ void cluster_describe(struct cluster *c, const char *filter, struct buf *b)
 {
   struct cluster_stats s;
   cluster_stats(c, &s);
-  buf_printf(b, "node %s: redis %s:%u/%d %s, failure_mode %s, lease_ttl %llu s\n", c->node,
-             c->url.host, c->url.port, c->url.db, s.up ? "up" : "DOWN",
+  buf_printf(b, "node %s: redis%s %s:%u/%d %s, failure_mode %s, lease_ttl %llu s\n", c->node,
+             c->tls ? " (TLS)" : "", c->url.host, c->url.port, c->url.db, s.up ? "up" : "DOWN",
              c->mode == CLUSTER_FAIL_OPEN ? "open" : "closed",
              (unsigned long long)(c->ttl_ms / 1000));
   pthread_mutex_lock(&c->view_lock);

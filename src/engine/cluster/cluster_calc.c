@@ -4,6 +4,7 @@
 #include "cluster_calc.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +14,36 @@ static int copy_part(char *dst, size_t cap, const char *s, size_t n)
     return -EINVAL;
   memcpy(dst, s, n);
   dst[n] = '\0';
+  return 0;
+}
+
+static int hexval(char c)
+{
+  return c >= '0' && c <= '9' ? c - '0'
+         : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                : -1;
+}
+
+/* The user or password part, %XX decoded (a password may hold '@', ':'
+ * or '/', which the URL must carry encoded). */
+static int copy_userinfo(char *dst, size_t cap, const char *s, size_t n)
+{
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    char ch = s[i];
+    if (ch == '%') {
+      int hi = i + 2 < n ? hexval(s[i + 1]) : -1, lo = i + 2 < n ? hexval(s[i + 2]) : -1;
+      if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+        return -EINVAL;
+      ch = (char)(hi * 16 + lo);
+      i += 2;
+    }
+    if (o + 1 >= cap)
+      return -EINVAL;
+    dst[o++] = ch;
+  }
+  dst[o] = '\0';
   return 0;
 }
 
@@ -38,10 +69,10 @@ int clcalc_url_parse(const char *url, struct clcalc_url *out)
   if (at) {
     const char *colon = memchr(p, ':', (size_t)(at - p));
     if (colon) {
-      if (copy_part(out->user, sizeof out->user, p, (size_t)(colon - p)) < 0 ||
-          copy_part(out->pass, sizeof out->pass, colon + 1, (size_t)(at - colon - 1)) < 0)
+      if (copy_userinfo(out->user, sizeof out->user, p, (size_t)(colon - p)) < 0 ||
+          copy_userinfo(out->pass, sizeof out->pass, colon + 1, (size_t)(at - colon - 1)) < 0)
         return -EINVAL;
-    } else if (copy_part(out->pass, sizeof out->pass, p, (size_t)(at - p)) < 0)
+    } else if (copy_userinfo(out->pass, sizeof out->pass, p, (size_t)(at - p)) < 0)
       return -EINVAL;
     p = at + 1;
   }
@@ -122,6 +153,20 @@ double clcalc_rate(double prev, uint64_t used, uint64_t dt_ms)
   if (prev < 0)
     return inst;
   return 0.5 * prev + 0.5 * inst;
+}
+
+double clcalc_peak(double peak, double rate, uint64_t dt_ms)
+{
+  double d = peak * pow(0.5, (double)dt_ms / 1000.0);
+  return rate > d ? rate : d;
+}
+
+uint32_t clcalc_ramp(uint32_t want, uint32_t last_grant, const struct clcalc_gcra *g)
+{
+  uint64_t twice = 2 * (uint64_t)last_grant;
+  if (twice > g->max_batch)
+    twice = g->max_batch;
+  return twice > want ? (uint32_t)twice : want;
 }
 
 uint32_t clcalc_batch(double rate, const struct clcalc_gcra *g)

@@ -216,6 +216,9 @@ const struct conf_view *worker_view(struct worker *w, const char *binding, const
 /* The connection-pool key of q (route + binding + credential identity). */
 uint64_t worker_queue_key(struct dq_queue *q);
 struct sched_retry worker_retry_policy(struct worker *w, struct dq_queue *q);
+/* Host "mx" { Cluster_Max_Outbound_Connections }: the fleet-wide cap of
+ * connections to that MX host, NULL when none (or no cluster). */
+struct cluster_cap *worker_cluster_host_cap(struct worker *w, const char *mx_host);
 
 /* ---- handover.c ---- */
 

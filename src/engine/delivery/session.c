@@ -546,6 +546,15 @@ static void session_try_connect(struct session *s)
     session_free(s);
     return;
   }
+  uint64_t cwait = ADAPTIVE_WAIT_NS;
+  if (!sched_cluster_host(&dq_queue_state(s->q)->limits, worker_cluster_host_cap(w, r->host),
+                          &s->leases, &cwait)) {
+    /* the MX host's fleet-wide cap (Host { Cluster_Max_Outbound_Connections }):
+     * the same as above; the worker is woken when a lease comes */
+    dq_queue_state(s->q)->blocked_until_ns = ring_now(w->ring) + cwait;
+    session_free(s);
+    return;
+  }
   struct smtpc_params sp;
   if (!session_params(s, &sp)) {
     charge_unit(s, NULL, SMTPC_OUT_TRANSIENT, 0,

@@ -11,6 +11,7 @@
  * everything else on the worker's own loop thread. */
 #include "delivery.h"
 
+#include "adaptive_conf.h"
 #include "adaptive_queue.h"
 #include "auth.h"
 #include "clock.h"
@@ -26,6 +27,7 @@
 #include "throttle.h"
 #include "tls.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
@@ -134,6 +136,25 @@ static void load_cluster_limits(struct worker *w, struct dq_queue *q, const stru
   }
   cl->msg_rate = cluster_bucket_for(w, v, CONF_CLUSTER_OUTBOUND_THROTTLE_MESSAGES);
   cl->conn_rate = cluster_bucket_for(w, v, CONF_CLUSTER_OUTBOUND_THROTTLE_CONNECTIONS);
+}
+
+struct cluster_cap *worker_cluster_host_cap(struct worker *w, const char *mx_host)
+{
+  if (w->sh->cluster == NULL)
+    return NULL;
+  const struct conf_view *v = adaptive_conf_host(w->conf, mx_host);
+  int64_t n = v ? conf_int(v, CONF_HOST_CLUSTER_MAX_OUTBOUND_CONNECTIONS) : 0;
+  if (n <= 0)
+    return NULL;
+  /* every node names the host alike: lower case, no trailing dot */
+  char key[300];
+  size_t len = strlen(mx_host);
+  if (len > 0 && mx_host[len - 1] == '.')
+    len--;
+  int k = snprintf(key, sizeof key, "host|%.*s", (int)len, mx_host);
+  for (int i = 5; i < k && i < (int)sizeof key; i++)
+    key[i] = (char)tolower((unsigned char)key[i]);
+  return cluster_cap(w->sh->cluster, key, n > UINT32_MAX ? UINT32_MAX : (uint32_t)n);
 }
 
 /* The cluster client has leases or tokens this worker waited for: its

@@ -23,7 +23,7 @@
 #include <strings.h>
 
 #define BACKOFF_MAX_S 86400u       /* a back-off suspension lasts one day at most */
-#define CONN_DELAY_MAX_S 300u      /* connection spacing after failures, at most */
+#define CONN_DELAY_MAX_S ADAPTIVE_CONN_DELAY_MAX_S
 #define CONN_DELAY_KEEP_MS 600000u /* ... kept this long after the last failure */
 #define ADAPTIVE_SEEN_MAX 256      /* domains remembered with their provider */
 
@@ -441,6 +441,7 @@ struct entry {
   uint32_t nhits, cap, head;
   uint64_t last_ms;    /* last match or end: stale entries are dropped */
   uint32_t failures;   /* CONNECT_DELAY: consecutive failures */
+  uint64_t step_ms;    /* CONNECT_DELAY: when the spacing began or last doubled */
 };
 
 struct slot {
@@ -745,31 +746,34 @@ bool adaptive_conn_failed(struct adaptive *a, const char *binding, const char *d
     e->failures++;
     e->last_ms = now_ms;
     if (e->failures >= threshold) {
-      uint32_t k = e->failures - threshold;
-      uint32_t delay = k >= 9 ? CONN_DELAY_MAX_S : 1u << k;
-      if (delay > CONN_DELAY_MAX_S)
-        delay = CONN_DELAY_MAX_S;
-      if (!e->active || e->adj.value != delay) {
-        if (!e->active) {
-          e->active = true;
-          a->in_force++;
-          e->adj.since_ms = now_ms;
-        }
+      bool started = !e->active, doubled = false;
+      if (started) { /* reported once: the doublings that follow are not */
+        e->active = true;
+        a->in_force++;
         a->made[ADAPTIVE_ACT_CONNECT_DELAY]++;
+        e->adj.since_ms = e->step_ms = now_ms;
         e->adj.scope = ADAPTIVE_SCOPE_BINDING_DOMAIN;
         e->adj.action = ADAPTIVE_ACT_CONNECT_DELAY;
-        e->adj.value = delay;
+        e->adj.value = 1;
         e->adj.per_s = 1;
-        e->adj.fired = e->failures;
         snprintf(e->adj.why, sizeof e->adj.why, "%u consecutive connection failures",
                  e->failures);
+      } else if (e->adj.value < CONN_DELAY_MAX_S &&
+                 now_ms - e->step_ms >= (uint64_t)e->adj.value * 500u) {
+        /* a connection made under the current spacing failed too (not one
+         * of a burst already in flight when it began or last doubled) */
+        e->adj.value = e->adj.value * 2 > CONN_DELAY_MAX_S ? CONN_DELAY_MAX_S : e->adj.value * 2;
+        e->step_ms = now_ms;
+        doubled = true;
+      }
+      e->adj.fired = e->failures;
+      e->adj.until_ms = now_ms + CONN_DELAY_KEEP_MS;
+      if (started || doubled) /* an extension alone: queues read it at the old end */
+        atomic_fetch_add(&a->gen, 1);
+      if (started) {
         changed = true;
         *out = e->adj;
       }
-      e->adj.until_ms = now_ms + CONN_DELAY_KEEP_MS;
-      out->until_ms = e->adj.until_ms;
-      if (changed) /* an extension alone: queues read it at the old end */
-        atomic_fetch_add(&a->gen, 1);
     }
   }
   pthread_mutex_unlock(&a->mu);
@@ -827,7 +831,10 @@ void adaptive_limits(struct adaptive *a, const char *binding, const char *domain
       out->suspended = true;
       break;
     case ADAPTIVE_ACT_MAX_CONNECTIONS:
-      out->max_connections = min_nz(out->max_connections, j->value);
+      if (j->scope == ADAPTIVE_SCOPE_PROVIDER)
+        out->provider_max_connections = min_nz(out->provider_max_connections, j->value);
+      else
+        out->max_connections = min_nz(out->max_connections, j->value);
       break;
     case ADAPTIVE_ACT_MAX_DELIVERIES:
       out->max_deliveries = min_nz(out->max_deliveries, j->value);
@@ -948,6 +955,58 @@ size_t adaptive_clear(struct adaptive *a, const char *binding, const char *domai
   return n;
 }
 
+/* An ended back-off that firing again would still double (enact). */
+static bool backoff_remembered(const struct entry *e, uint64_t now_ms)
+{
+  return e->adj.action == ADAPTIVE_ACT_BACKOFF && e->adj.fired > 0 &&
+         now_ms <= e->adj.until_ms + (e->adj.until_ms - e->adj.since_ms);
+}
+
+void adaptive_each_kept(struct adaptive *a, uint64_t now_ms,
+                        void (*fn)(void *arg, const struct adaptive_adjustment *adj, bool active),
+                        void *arg)
+{
+  pthread_mutex_lock(&a->mu);
+  for (size_t i = 0; i < a->ne; i++) {
+    const struct entry *e = &a->e[i];
+    if (!e->used)
+      continue;
+    bool active = e->active && now_ms < e->adj.until_ms;
+    if (active || backoff_remembered(e, now_ms))
+      fn(arg, &e->adj, active);
+  }
+  pthread_mutex_unlock(&a->mu);
+}
+
+int adaptive_restore(struct adaptive *a, const struct adaptive_adjustment *adj, bool active,
+                     uint64_t now_ms)
+{
+  if (adj->until_ms < adj->since_ms || (unsigned)adj->action >= ADAPTIVE_ACT__COUNT)
+    return 0;
+  pthread_mutex_lock(&a->mu);
+  struct entry probe = {.adj = *adj};
+  int rc = 0;
+  if (active ? now_ms < adj->until_ms : backoff_remembered(&probe, now_ms)) {
+    struct entry *e = entry_find(a, adj->rule, adj->binding, adj->target, true, now_ms);
+    if (e == NULL)
+      rc = -ENOSPC;
+    else if (!e->active) { /* one made since the start wins over the saved one */
+      e->adj = *adj;
+      e->last_ms = active ? now_ms : adj->until_ms;
+      if (adj->action == ADAPTIVE_ACT_CONNECT_DELAY)
+        e->failures = adj->fired;
+      e->active = active;
+      if (active) {
+        a->in_force++;
+        atomic_fetch_add(&a->gen, 1);
+      }
+      rc = 1;
+    }
+  }
+  pthread_mutex_unlock(&a->mu);
+  return rc;
+}
+
 size_t adaptive_in_force(struct adaptive *a)
 {
   pthread_mutex_lock(&a->mu);
@@ -1013,17 +1072,51 @@ static struct slot *slot_find(struct adaptive *a, const char *key, bool create)
   return s;
 }
 
+/* Under mu: s's slot taken if fewer than cap are held. */
+static bool slot_take_locked(struct adaptive *a, const char *key, uint32_t cap, uint32_t *id)
+{
+  struct slot *s = slot_find(a, key, true);
+  if (s->held >= cap)
+    return false;
+  s->held++;
+  *id = (uint32_t)(s - a->slot) + 1; /* slots stay at their index */
+  return true;
+}
+
 bool adaptive_slot_take(struct adaptive *a, const char *key, uint32_t cap, uint32_t *id)
 {
   *id = 0;
   if (cap == 0)
     return true;
   pthread_mutex_lock(&a->mu);
-  struct slot *s = slot_find(a, key, true);
-  bool ok = s->held < cap;
-  if (ok) {
-    s->held++;
-    *id = (uint32_t)(s - a->slot) + 1; /* slots stay at their index */
+  bool ok = slot_take_locked(a, key, cap, id);
+  pthread_mutex_unlock(&a->mu);
+  return ok;
+}
+
+bool adaptive_provider_slot_take(struct adaptive *a, const char *mx_host, const char *binding,
+                                 uint64_t now_ms, uint32_t *id)
+{
+  *id = 0;
+  if (binding == NULL || !*binding)
+    binding = "default";
+  bool ok = true;
+  pthread_mutex_lock(&a->mu);
+  const struct adaptive_provider *p = adaptive_provider_of(a->rs, mx_host);
+  if (p) {
+    uint32_t cap = p->max_connections;
+    for (size_t i = 0; i < a->ne; i++) {
+      const struct entry *e = &a->e[i];
+      if (e->used && e->active && now_ms < e->adj.until_ms &&
+          e->adj.action == ADAPTIVE_ACT_MAX_CONNECTIONS && applies(e, binding, "", p->name) &&
+          e->adj.scope == ADAPTIVE_SCOPE_PROVIDER)
+        cap = min_nz(cap, e->adj.value);
+    }
+    if (cap) {
+      char key[2 * ADAPTIVE_NAME_MAX];
+      snprintf(key, sizeof key, "provider %s %s", p->name, binding);
+      ok = slot_take_locked(a, key, cap, id);
+    }
   }
   pthread_mutex_unlock(&a->mu);
   return ok;

@@ -174,10 +174,10 @@ struct adaptive_rules *adaptive_conf_rules(struct conf *c, char *err, size_t err
   return rs;
 }
 
-uint32_t adaptive_conf_host_cap(struct conf *c, const char *mx_host)
+const struct conf_view *adaptive_conf_host(struct conf *c, const char *mx_host)
 {
   if (mx_host == NULL || !*mx_host)
-    return 0;
+    return NULL;
   size_t n = strlen(mx_host);
   if (n > 0 && mx_host[n - 1] == '.')
     n--;
@@ -186,12 +186,17 @@ uint32_t adaptive_conf_host_cap(struct conf *c, const char *mx_host)
     size_t m = strlen(name);
     if (m > 0 && name[m - 1] == '.')
       m--;
-    if (m == n && !strncasecmp(name, mx_host, n)) {
-      int64_t cap = conf_int(conf_stanza_view(h), CONF_HOST_MAX_OUTBOUND_CONNECTIONS);
-      return cap > 0 && cap < 1000000 ? (uint32_t)cap : 0;
-    }
+    if (m == n && !strncasecmp(name, mx_host, n))
+      return conf_stanza_view(h);
   }
-  return 0;
+  return NULL;
+}
+
+uint32_t adaptive_conf_host_cap(struct conf *c, const char *mx_host)
+{
+  const struct conf_view *v = adaptive_conf_host(c, mx_host);
+  int64_t cap = v ? conf_int(v, CONF_HOST_MAX_OUTBOUND_CONNECTIONS) : 0;
+  return cap > 0 && cap < 1000000 ? (uint32_t)cap : 0;
 }
 
 bool adaptive_conf_enabled(const struct conf_view *v)

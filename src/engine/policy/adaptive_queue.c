@@ -1,15 +1,18 @@
 /* adaptive_queue.c owns the glue between adaptive delivery (adaptive.c:
  * rules and state) and the workers' queues: effective limits, retry
  * intervals, replies in, connection slots, connection failures, the sweep
- * and its paniclog lines, and the warm-up ages file.
+ * and its paniclog lines, the warm-up ages file and the adjustments file
+ * that carries them across a restart.
  *
  * Must never: fail or bounce a recipient (adjustments only delay), block a
- * worker (the ages file is written by the main and control threads only),
- * log an adjustment twice. Threads: see adaptive_queue.h. */
+ * worker (both files are written by the main and control threads only),
+ * log an adjustment twice, refuse to start over a bad file. Threads: see
+ * adaptive_queue.h. */
 #include "adaptive_queue.h"
 
 #include "adaptive.h"
 #include "adaptive_conf.h"
+#include "buf.h"
 #include "conf.h"
 #include "dq.h"
 #include "logs.h"
@@ -185,8 +188,10 @@ static void fmt_what(char *out, size_t n, const struct adaptive_adjustment *j)
   }
 }
 
+enum log_kind { LOG_MADE, LOG_ENDED, LOG_RESTORED };
+
 static void log_adjustment(struct logs_writer *log, const struct adaptive_adjustment *j,
-                           bool ended, uint64_t now_ms)
+                           enum log_kind kind, uint64_t now_ms)
 {
   if (log == NULL) /* a caller without a log writer (unit tests) */
     return;
@@ -194,14 +199,22 @@ static void log_adjustment(struct logs_writer *log, const struct adaptive_adjust
   fmt_what(what, sizeof what, j);
   fmt_time(until, sizeof until, j->until_ms);
   const char *where = j->scope == ADAPTIVE_SCOPE_PROVIDER ? "provider" : "domain";
-  if (ended) {
+  const char *binding = j->binding[0] ? j->binding : "*";
+  if (kind == LOG_ENDED) {
     logs_panic(log, now_ms, "adaptive", "ended: %s for binding %s %s %s (rule %s)", what,
-               j->binding[0] ? j->binding : "*", where, j->target, j->rule);
+               binding, where, j->target, j->rule);
     return;
   }
-  logs_panic(log, now_ms, "adaptive", "%s for binding %s %s %s until %s (%llu s; rule %s, %s)",
-             what, j->binding[0] ? j->binding : "*", where, j->target, until,
-             (unsigned long long)((j->until_ms - j->since_ms) / 1000u), j->rule, j->why);
+  /* connection spacing is logged when it starts and when it ends, not at
+   * each doubling */
+  char more[64] = "";
+  if (j->action == ADAPTIVE_ACT_CONNECT_DELAY)
+    snprintf(more, sizeof more, ", doubling with each failure up to 1/%u",
+             ADAPTIVE_CONN_DELAY_MAX_S);
+  logs_panic(log, now_ms, "adaptive", "%s%s%s for binding %s %s %s until %s (%llu s; rule %s, %s)",
+             kind == LOG_RESTORED ? "restored after a restart: " : "", what, more, binding, where,
+             j->target, until, (unsigned long long)((j->until_ms - j->since_ms) / 1000u), j->rule,
+             j->why);
 }
 
 void adaptive_queue_reply(struct engine_shared *sh, struct logs_writer *log,
@@ -216,7 +229,7 @@ void adaptive_queue_reply(struct engine_shared *sh, struct logs_writer *log,
   struct adaptive_adjustment made[4];
   size_t n = adaptive_reply(sh->adaptive, &r, now_ms, made, 4);
   for (size_t i = 0; i < n && i < 4; i++)
-    log_adjustment(log, &made[i], false, now_ms);
+    log_adjustment(log, &made[i], LOG_MADE, now_ms);
 }
 
 void adaptive_queue_release(struct engine_shared *sh, uint32_t slot[2])
@@ -255,11 +268,9 @@ bool adaptive_queue_connect(struct engine_shared *sh, struct conf *c, const char
   snprintf(key, sizeof key, "host %s", mx_host);
   if (!adaptive_slot_take(sh->adaptive, key, adaptive_conf_host_cap(c, mx_host), &slot[0]))
     return false;
-  /* a provider's cap: per binding, across its domains */
-  char prov[ADAPTIVE_NAME_MAX];
-  uint32_t cap = adaptive_provider_lookup(sh->adaptive, mx_host, prov, sizeof prov);
-  snprintf(key, sizeof key, "provider %s %s", prov, binding ? binding : "default");
-  if (prov[0] && !adaptive_slot_take(sh->adaptive, key, cap, &slot[1])) {
+  /* a provider's cap, configured or adaptive (provider scope): per
+   * binding, across its domains */
+  if (!adaptive_provider_slot_take(sh->adaptive, mx_host, binding, now_ms, &slot[1])) {
     adaptive_queue_release(sh, slot);
     return false;
   }
@@ -276,7 +287,7 @@ void adaptive_queue_conn_failed(struct engine_shared *sh, struct logs_writer *lo
   struct adaptive_adjustment j;
   if (th > 0 && adaptive_conn_failed(sh->adaptive, binding, domain,
                                      th > UINT32_MAX ? UINT32_MAX : (uint32_t)th, now_ms, &j))
-    log_adjustment(log, &j, false, now_ms);
+    log_adjustment(log, &j, LOG_MADE, now_ms);
 }
 
 void adaptive_queue_conn_ok(struct engine_shared *sh, const struct conf_view *v,
@@ -294,7 +305,7 @@ void adaptive_queue_sweep(struct engine_shared *sh, struct logs_writer *log, uin
   struct adaptive_adjustment ended[16];
   size_t n = adaptive_expire(sh->adaptive, now_ms, ended, 16);
   for (size_t i = 0; i < n && i < 16; i++)
-    log_adjustment(log, &ended[i], true, now_ms);
+    log_adjustment(log, &ended[i], LOG_ENDED, now_ms);
 }
 
 /* ------------------------------------------------------------ warm-up ages */
@@ -354,6 +365,234 @@ int adaptive_queue_ages_set(struct engine_shared *sh, const char *spoolbase, con
     return -ENOENT;
   adaptive_binding_born(sh->adaptive, binding, first_ms);
   return ages_append(spoolbase, binding, first_ms);
+}
+
+/* ------------------------------------------------- adjustments on disk */
+
+/* <spoolbase>/adaptive/adjustments: a header line, then one adjustment a
+ * line, tab-separated: rule binding target scope action value per_s
+ * since_ms until_ms fired active why (binding "" for the domain scope). */
+#define STATE_HEADER "impetus-adaptive-adjustments 1\n"
+#define STATE_MAX_BYTES (16u << 20)
+
+/* A paniclog line, when there is a log (the unit tests have none). */
+#define NOTE(log, now_ms, ...)                                                                     \
+  do {                                                                                             \
+    if (log)                                                                                       \
+      logs_panic(log, now_ms, "adaptive", __VA_ARGS__);                                            \
+  } while (0)
+
+static const struct adaptive *saved_of; /* main thread only: what was saved last, */
+static uint64_t saved_gen;               /* at which generation */
+static bool save_failing;  /* its failure logged once until it works again */
+
+/* A field as written: tabs and line ends would split it. */
+static void put_field(struct buf *b, const char *s, char end)
+{
+  size_t n = strlen(s);
+  buf_reserve(b, n + 1);
+  char *d = (char *)b->data + b->len;
+  for (size_t i = 0; i < n; i++)
+    d[i] = s[i] == '\t' || s[i] == '\n' || s[i] == '\r' ? ' ' : s[i];
+  d[n] = end;
+  b->len += n + 1;
+}
+
+static void put_adjustment(void *arg, const struct adaptive_adjustment *j, bool active)
+{
+  struct buf *b = arg;
+  put_field(b, j->rule, '\t');
+  put_field(b, j->binding, '\t');
+  put_field(b, j->target, '\t');
+  buf_printf(b, "%s\t%s\t%u\t%u\t%llu\t%llu\t%u\t%d\t", adaptive_scope_name(j->scope),
+             adaptive_action_name(j->action), j->value, j->per_s,
+             (unsigned long long)j->since_ms, (unsigned long long)j->until_ms, j->fired,
+             active ? 1 : 0);
+  put_field(b, j->why, '\n');
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n)
+{
+  while (n) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return w < 0 ? -errno : -EIO;
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Write b to path atomically: a temporary file, fsync, rename, the
+ * directory synced. */
+static int state_write(const char *dir, const char *path, const struct buf *b)
+{
+  char tmp[4400];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return -errno;
+  int rc = write_all(fd, buf_head(b), buf_avail(b));
+  if (rc == 0 && fsync(fd) < 0)
+    rc = -errno;
+  if (close(fd) < 0 && rc == 0)
+    rc = -errno;
+  if (rc == 0 && rename(tmp, path) < 0)
+    rc = -errno;
+  if (rc < 0) {
+    unlink(tmp);
+    return rc;
+  }
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void)fsync(dfd);
+    close(dfd);
+  }
+  return 0;
+}
+
+void adaptive_queue_state_save(struct engine_shared *sh, struct logs_writer *log,
+                               const char *spoolbase, uint64_t now_ms)
+{
+  if (sh->adaptive == NULL)
+    return;
+  uint64_t gen = adaptive_gen(sh->adaptive);
+  if (saved_of == sh->adaptive && gen == saved_gen && !save_failing)
+    return;
+  struct buf b = {0};
+  buf_append_str(&b, STATE_HEADER);
+  adaptive_each_kept(sh->adaptive, now_ms, put_adjustment, &b);
+  char dir[4200], path[4300];
+  snprintf(dir, sizeof dir, "%s/adaptive", spoolbase);
+  snprintf(path, sizeof path, "%s/adjustments", dir);
+  (void)mkdir(dir, 0700);
+  int rc = state_write(dir, path, &b);
+  buf_done(&b, 0);
+  if (rc == 0) {
+    saved_of = sh->adaptive;
+    saved_gen = gen;
+    save_failing = false;
+    return;
+  }
+  if (!save_failing) {
+    NOTE(log, now_ms, "error: cannot save the adjustments in force to %s: %s "
+               "(a restart would forget them; tried again each second)", path, strerror(-rc));
+    if (log)
+      logs_writer_flush(log);
+  }
+  save_failing = true;
+}
+
+/* One saved line into *j / *active; false when it is not one. */
+static bool parse_line(char *line, struct adaptive_adjustment *j, bool *active)
+{
+  char *f[12];
+  int n = 0;
+  for (char *p = line; p && n < 12; n++) { /* the last field, why, is the rest */
+    f[n] = p;
+    if (n < 11 && (p = strchr(p, '\t')) != NULL)
+      *p++ = '\0';
+  }
+  if (n != 12)
+    return false;
+  memset(j, 0, sizeof *j);
+  int scope = adaptive_scope_parse(f[3]), act = adaptive_action_parse(f[4]);
+  char *end;
+  unsigned long long v[6];
+  for (int i = 0; i < 6; i++) {
+    errno = 0;
+    v[i] = strtoull(f[5 + i], &end, 10);
+    if (errno || end == f[5 + i] || *end)
+      return false;
+  }
+  if (scope < 0 || act < 0 || strcmp(f[4], adaptive_action_name((enum adaptive_action)act)) ||
+      !*f[0] || !*f[2] || strlen(f[0]) >= sizeof j->rule || strlen(f[1]) >= sizeof j->binding ||
+      strlen(f[2]) >= sizeof j->target || v[0] > UINT32_MAX || v[1] > UINT32_MAX ||
+      v[4] > UINT32_MAX || v[5] > 1)
+    return false;
+  snprintf(j->rule, sizeof j->rule, "%s", f[0]);
+  snprintf(j->binding, sizeof j->binding, "%s", f[1]);
+  snprintf(j->target, sizeof j->target, "%s", f[2]);
+  snprintf(j->why, sizeof j->why, "%s", f[11]);
+  j->scope = (enum adaptive_scope)scope;
+  j->action = (enum adaptive_action)act;
+  j->value = (uint32_t)v[0];
+  j->per_s = (uint32_t)v[1];
+  j->since_ms = v[2];
+  j->until_ms = v[3];
+  j->fired = (uint32_t)v[4];
+  *active = v[5] == 1;
+  return true;
+}
+
+void adaptive_queue_state_load(struct engine_shared *sh, struct logs_writer *log,
+                               const char *spoolbase, uint64_t now_ms)
+{
+  if (sh->adaptive == NULL)
+    return;
+  char path[4300];
+  snprintf(path, sizeof path, "%s/adaptive/adjustments", spoolbase);
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) {
+    if (errno != ENOENT)
+      NOTE(log, now_ms, "error: cannot read %s: %s; the adjustments made "
+                 "before the restart are forgotten", path, strerror(errno));
+    return;
+  }
+  struct buf b = {0};
+  int err = 0;
+  for (;;) {
+    buf_reserve(&b, 65536);
+    ssize_t r = read(fd, b.data + b.len, 65536);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0) {
+      err = r < 0 ? errno : 0;
+      break;
+    }
+    b.len += (size_t)r;
+    if (b.len > STATE_MAX_BYTES) {
+      err = EFBIG;
+      break;
+    }
+  }
+  close(fd);
+  size_t restored = 0, dropped = 0, bad = 0;
+  if (err == 0 && (b.len < strlen(STATE_HEADER) ||
+                   memcmp(b.data, STATE_HEADER, strlen(STATE_HEADER))))
+    err = EBADMSG; /* not a file of ours, or cut before its header */
+  if (err) {
+    NOTE(log, now_ms, "error: %s: %s; the adjustments made before the restart "
+               "are forgotten (the file is rewritten)", path, strerror(err));
+    buf_done(&b, 0);
+    return;
+  }
+  buf_append(&b, "", 1); /* a C string from here on */
+  char *save = NULL;
+  for (char *line = strtok_r((char *)b.data + strlen(STATE_HEADER), "\n", &save); line;
+       line = strtok_r(NULL, "\n", &save)) {
+    struct adaptive_adjustment j;
+    bool active;
+    if (!parse_line(line, &j, &active)) {
+      bad++;
+      continue;
+    }
+    int rc = adaptive_restore(sh->adaptive, &j, active, now_ms);
+    if (rc > 0 && active) {
+      restored++;
+      log_adjustment(log, &j, LOG_RESTORED, now_ms);
+    } else if (rc == 0)
+      dropped++; /* ended meanwhile */
+  }
+  buf_done(&b, 0);
+  if (bad)
+    NOTE(log, now_ms, "error: %s: %zu unreadable line%s skipped", path, bad,
+               bad == 1 ? "" : "s");
+  if (restored || dropped)
+    NOTE(log, now_ms, "%zu adjustment%s restored from %s, %zu ended meanwhile",
+               restored, restored == 1 ? "" : "s", path, dropped);
 }
 
 /* ------------------------------------------------------------ Lua rules */

@@ -4,6 +4,7 @@
  * a queue is created or the heap grows. */
 #include "dq.h"
 #include "dlist.h"
+#include "fifo.h"
 #include "hash.h"
 #include "panic.h"
 
@@ -178,12 +179,7 @@ static void deactivate(struct dq *d, struct dq_queue *q)
 
 static void ready_append(struct dq *d, struct dq_queue *q, struct dq_unit *u)
 {
-  u->next = NULL;
-  if (q->tail)
-    q->tail->next = u;
-  else
-    q->head = u;
-  q->tail = u;
+  FIFO_PUSH(q->head, q->tail, u);
   q->nready++;
   d->nready++;
   activate(d, q);

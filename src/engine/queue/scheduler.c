@@ -90,7 +90,8 @@ uint64_t sched_msg_take(const struct sched_limits *l, uint64_t now_ns)
 
 bool sched_cluster_any(const struct sched_limits *l)
 {
-  return l->cluster.conns || l->cluster.server || l->cluster.conn_rate || l->cluster.msg_rate;
+  return l->cluster.conns || l->cluster.server || l->cluster.conn_rate || l->cluster.msg_rate ||
+         l->cluster.host_waited;
 }
 
 enum sched_open sched_cluster_open(const struct sched_limits *l, struct sched_leases *held,
@@ -115,9 +116,26 @@ enum sched_open sched_cluster_open(const struct sched_limits *l, struct sched_le
   return SCHED_OPEN_OK;
 }
 
+bool sched_cluster_host(struct sched_limits *l, struct cluster_cap *cap, struct sched_leases *held,
+                        uint64_t *wait_ns)
+{
+  if (held->cap[SCHED_LEASE_HOST] != cap && held->cap[SCHED_LEASE_HOST]) {
+    cluster_cap_release(held->cap[SCHED_LEASE_HOST]);
+    held->cap[SCHED_LEASE_HOST] = NULL;
+  }
+  if (cap == NULL || held->cap[SCHED_LEASE_HOST] == cap)
+    return true;
+  if (cluster_cap_acquire(cap, l->cluster.worker, wait_ns) < 0) {
+    l->cluster.host_waited = true; /* woken with the queues under cluster limits */
+    return false;
+  }
+  held->cap[SCHED_LEASE_HOST] = cap;
+  return true;
+}
+
 void sched_cluster_closed(struct sched_leases *held)
 {
-  for (int i = 0; i < 2; i++)
+  for (int i = 0; i < 3; i++)
     if (held->cap[i]) {
       cluster_cap_release(held->cap[i]);
       held->cap[i] = NULL;
@@ -126,7 +144,7 @@ void sched_cluster_closed(struct sched_leases *held)
 
 bool sched_cluster_shed(struct sched_leases *held)
 {
-  for (int i = 0; i < 2; i++)
+  for (int i = 0; i < 3; i++)
     if (held->cap[i] && cluster_cap_shed(held->cap[i]))
       return true;
   return false;

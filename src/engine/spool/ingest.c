@@ -809,7 +809,7 @@ static int jrn_take_data(struct spool *sp, const char *name, const char *qname, 
   if (take_checked(sp, sp->pickup_fd, qname, name, idstr, id, sp->p.node_id, 0, data, len, fd, &m,
                    &slo, &shi) != 0)
     return 1;
-  if (stays && sp->deferring) {
+  if ((stays || !name) && sp->deferring) { /* a submission's data lives until the flush */
     if (sp->ndq == sp->capdq) {
       size_t cap = sp->capdq ? sp->capdq * 2 : 64;
       sp->dq = util_xrealloc(sp->dq, cap * sizeof(*sp->dq));
@@ -820,6 +820,7 @@ static int jrn_take_data(struct spool *sp, const char *name, const char *qname, 
     d->msg = m;
     d->name = name;
     d->data = data;
+    d->stays = stays;
     d->pi = *pi;
     d->out = out;
     d->hdr.len = 0;
@@ -848,7 +849,7 @@ static void jrn_flush_deferred(struct spool *sp)
   sp->p.on_sign_batch(sp->p.arg, sp->sjobs, sp->ndq);
   for (size_t i = 0; i < sp->ndq; i++) {
     struct dtake *d = &sp->dq[i];
-    jrn_emit(sp, d->name, d->data, &d->pi, d->msg, true, d->hdr.data, d->hdr.len, d->out);
+    jrn_emit(sp, d->name, d->data, &d->pi, d->msg, d->stays, d->hdr.data, d->hdr.len, d->out);
   }
   sp->ndq = 0;
 }
@@ -1151,6 +1152,9 @@ static long ingest_journal(struct spool *sp)
   size_t used = 0; /* arena bytes holding this batch's files */
   /* Submissions first (their senders wait for the reply): the same
    * checks, records and group commit as pickup files. */
+  /* With on_sign_batch they are signed together, on the signer pool. */
+  size_t sub0 = bt->n;
+  sp->deferring = sp->p.on_sign_batch != NULL;
   for (struct spool_sub *s = sub_take(sp, max), *next; s; s = next) {
     next = s->next;
     s->next = NULL;
@@ -1159,11 +1163,15 @@ static long ingest_journal(struct spool *sp)
     if (bt->n < max && jrn_take_data(sp, NULL, NULL, 0, s->data, s->len, &pi, -1, false, &bt->c[bt->n]) == 0) {
       bt->c[bt->n].name = NULL;
       bt->c[bt->n++].sub = s;
-      free(s->data); /* copied into the batch */
-      s->data = NULL;
     } else {
       sub_finish(sp, s, -EBADMSG, NULL, sp->sub_why[0] ? sp->sub_why : "rejected");
     }
+  }
+  sp->deferring = false;
+  jrn_flush_deferred(sp);
+  for (size_t i = sub0; i < bt->n; i++) { /* copied into the batch */
+    free(bt->c[i].sub->data);
+    bt->c[i].sub->data = NULL;
   }
   while (bt->n < max && sp->inames < sp->nnames && batch_len(sp) < JRN_BATCH_BYTES) {
     size_t k = sp->nnames - sp->inames;

@@ -321,7 +321,9 @@ struct pinfo {
 struct dtake {
   struct spool_msg *msg;
   const char *name;
-  const uint8_t *data; /* the file, in the read-ahead arena until the batch is written */
+  const uint8_t *data; /* the file, in the read-ahead arena until the batch is written;
+                        * a submission's bytes, freed once its entry is written */
+  bool stays;          /* data lives until the batch is written (jrn_emit may refer to it) */
   struct pinfo pi;
   struct jtake *out;
   struct buf hdr;

@@ -19,6 +19,7 @@ void spool_submit(struct spool *sp, uint8_t *data, size_t len, spool_submit_cb d
     return;
   }
   pthread_mutex_lock(&sp->sublock);
+  bool was_empty = !sp->sub_head;
   if (sp->sub_tail)
     sp->sub_tail->next = s;
   else
@@ -26,7 +27,11 @@ void spool_submit(struct spool *sp, uint8_t *data, size_t len, spool_submit_cb d
   sp->sub_tail = s;
   atomic_fetch_add(&sp->nsub, 1);
   pthread_mutex_unlock(&sp->sublock);
-  /* wake the ingest thread without asking it to list pickup/ again */
+  /* wake the ingest thread without asking it to list pickup/ again; only
+   * for the first of a run: it does not sleep while nsub > 0 (wait_work),
+   * so one write per batch instead of one per message */
+  if (!was_empty)
+    return;
   uint64_t one = 1;
   ssize_t r = write(sp->wake_fd, &one, sizeof(one));
   (void)r;

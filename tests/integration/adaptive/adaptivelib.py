@@ -32,11 +32,15 @@ class Peer:
     connection, no PIPELINING: every command is answered in turn.
     mail_reply(n) decides the answer to the n-th MAIL (0-based, over all
     connections): None accepts it, (text, close) answers text (CRLF between
-    lines) and closes the connection when close is true. dot_delay keeps a
-    connection busy before the reply to the end of data."""
+    lines) and closes the connection when close is true; by_sender(n,
+    reverse_path) decides instead when given. dot_delay keeps a connection
+    busy before the reply to the end of data. addr: where it listens."""
 
-    def __init__(self, mail_reply=None, dot_delay=0.0):
-        self.mail_reply = mail_reply or (lambda n: None)
+    def __init__(self, mail_reply=None, dot_delay=0.0, by_sender=None, addr=("127.0.0.1", 0)):
+        if by_sender is not None:  # by_sender(n, reverse_path) instead of mail_reply(n)
+            self.mail_reply = lambda n, path: by_sender(n, path)
+        else:
+            self.mail_reply = (lambda n, path: mail_reply(n)) if mail_reply else (lambda n, p: None)
         self.dot_delay = dot_delay
         self.lock = threading.Lock()
         self.mails = []       # (time, n, answer code)
@@ -66,7 +70,7 @@ class Peer:
             allow_reuse_address = True
             daemon_threads = True
 
-        self.server = S(("127.0.0.1", 0), H)
+        self.server = S(addr, H)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -91,7 +95,7 @@ class Peer:
             elif verb == "MAIL":
                 with self.lock:
                     n = len(self.mails)
-                    answer = self.mail_reply(n)
+                    answer = self.mail_reply(n, cmd[10:].strip())
                     self.mails.append((time.monotonic(), n, answer[0][:3] if answer else "250"))
                 if answer:
                     send(answer[0])
@@ -158,20 +162,23 @@ def max_in_window(times, width):
     return best
 
 
-def outcomes(e, injected):
+def outcomes(e, injected, refused=0):
     """Every recipient has exactly one D record, or none and its message is
     still in the queue; no P record and no bounce at all (adaptive actions
-    only delay). Returns (delivered, pending)."""
+    only delay), except `refused`: recipients the peer itself refused with
+    a 5xx, each with exactly one P. Returns (delivered, pending)."""
     recs = e.records("R")
     check(len(recs) == injected, "%d R records for %d recipients" % (len(recs), injected))
     fin = e.finals()
     perm = [f for fs in fin.values() for f in fs if f[4] == "P"]
-    check(not perm, "no P record: %r" % perm[:3])
-    check(not e.read(e.bouncelog).strip(), "no bounce in the bouncelog")
-    delivered = sum(1 for r in recs if len(fin.get(r[1], [])) == 1)
+    check(len(perm) == refused, "%d P records, for the peer's own 5xx only: %r"
+          % (refused, perm[:3]))
+    if not refused:
+        check(not e.read(e.bouncelog).strip(), "no bounce in the bouncelog")
+    delivered = sum(1 for r in recs if len(fin.get(r[1], [])) == 1 and fin[r[1]][0][4] == "D")
     twice = [r[1] for r in recs if len(fin.get(r[1], [])) > 1]
     check(not twice, "no recipient delivered twice: %r" % twice[:3])
-    pending = len(recs) - delivered
+    pending = len(recs) - delivered - refused
     if pending:
         check(message_files(e) > 0, "%d recipients not delivered are still queued" % pending)
     return delivered, pending
@@ -197,9 +204,7 @@ def engine_running(impetus, conf, name, peer, dns=None):
     with the peer and dnsmasq whatever happens."""
     e = Engine(impetus, conf, name)
     try:
-        if dns is not None:
-            time.sleep(0.3)
-        e.start()
+        e.start()  # start_dnsmasq returned once dnsmasq answered
         yield e
     finally:
         e.cleanup()

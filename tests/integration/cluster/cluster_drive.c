@@ -10,8 +10,11 @@
  *                                      throttle that does not bind)
  *   hold URL NODE KEY LIMIT WANT TTL SECONDS  acquire up to WANT leases, give
  *                                      one back whenever told to shed, print
- *                                      "t held" on every change; SECONDS
- *                                      0 = until killed */
+ *                                      "t held" on every change (t: CLOCK_MONOTONIC
+ *                                      seconds, comparable between processes); SECONDS
+ *                                      0 = until killed
+ * rediss:// URLs take their TLS files from the environment:
+ * CLUSTER_TLS_CA, CLUSTER_TLS_CERT, CLUSTER_TLS_KEY (each optional). */
 #include "cluster.h"
 
 #include <errno.h>
@@ -34,7 +37,11 @@ static struct cluster *open_node(const char *url, const char *node, unsigned ttl
 {
   char err[512];
   struct cluster_params p = {.url = url, .node_name = node, .lease_ttl_s = ttl,
-                             .failure_mode = CLUSTER_FAIL_CLOSED, .nworkers = 1};
+                             .failure_mode = CLUSTER_FAIL_CLOSED, .nworkers = 1,
+                             .tls_ca_file = getenv("CLUSTER_TLS_CA"),
+                             .tls_cert_file = getenv("CLUSTER_TLS_CERT"),
+                             .tls_key_file = getenv("CLUSTER_TLS_KEY"),
+                             .tls_verify = true};
   struct cluster *c = cluster_new(&p, err, sizeof err);
   if (c == NULL) {
     fprintf(stderr, "%s\n", err);
@@ -172,7 +179,7 @@ static int mode_hold(int argc, char **argv)
     else
       usleep(20000); /* no ring to wake: ask again soon */
     if (held != printed) {
-      printf("%.3f %u\n", (double)(now_ns() - t0) / 1e9, held);
+      printf("%.6f %u\n", (double)now_ns() / 1e9, held);
       printed = held;
     }
   }

@@ -11,6 +11,9 @@ stopped by PID.
   fair      two nodes wanting 10 of a cap of 10 end with 5 each
   batching  a throttle that does not bind: Redis commands (INFO
             commandstats) per granted token <= 0.05
+  tls       rediss:// with a password (percent-encoded in the URL) to a
+            Redis serving TLS only, with client certificates and
+            requirepass: the shared rate and a fair cap hold over TLS
 """
 import json
 import os
@@ -20,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from redislib import Redis, expect, run_scenario  # noqa: E402
+from redislib import Redis, expect, run_scenario, eventually  # noqa: E402
 
 
 def run(drive, *args, timeout=60):
@@ -79,6 +82,20 @@ class Holder:
         self.proc.wait()
 
 
+def max_together(*holders, until=None):
+    """The most leases the holders held at once (before `until`), from their
+    lines (times on the one monotonic clock of the machine; a holder prints
+    a release before Redis can grant that lease to another)."""
+    events = sorted((t, i, n) for i, h in enumerate(holders) for t, n in h.lines
+                    if until is None or t < until)
+    cur = [0] * len(holders)
+    peak = 0
+    for _t, i, n in events:
+        cur[i] = n
+        peak = max(peak, sum(cur))
+    return peak
+
+
 def scenario_leases(drive, redis):
     ttl = 2
     a = Holder(drive, redis.url, "nodeA", "leases", 10, 10, ttl)
@@ -87,7 +104,8 @@ def scenario_leases(drive, redis):
         expect(a.wait_held(10, 10), "node A holds 10 of 10 leases")
         b = Holder(drive, redis.url, "nodeB", "leases", 10, 10, ttl)
         expect(b.wait_held(5, 15), "node B, wanting 10 too, gets its fair share of 5")
-        # three TTLs: A renews its share, so B gets no more
+        # three TTLs: A renews its share, so B gets no more (the wait past
+        # the TTL is what is checked: a fixed time on purpose)
         time.sleep(3 * ttl)
         ha, hb = a.poll(), b.poll()
         expect(ha == 5, "node A kept its 5 past 3 TTLs (renewed; holds %d)" % ha)
@@ -99,6 +117,28 @@ def scenario_leases(drive, redis):
         print("node B held 10 %.2f s after A was killed (TTL %d s)" % (dt, ttl))
         expect(got, "node A's leases lapsed and node B took them")
         expect(max(x[1] for x in b.lines) <= 10, "node B never held more than the cap")
+        peak = max_together(a, b, until=t_kill)  # A's lines end with it
+        expect(peak <= 10, "never more than 10 together while both lived (at most %d)" % peak)
+    finally:
+        a.kill()
+        if b:
+            b.kill()
+
+
+def fair_pair(drive, url, name, limit, what=""):
+    """Two nodes wanting all of a cap of `limit`: A holds it all, then B
+    comes and each ends with half; never more than the cap together."""
+    half = limit // 2
+    a = Holder(drive, url, name + "A", name, limit, limit, 3)
+    b = None
+    try:
+        expect(a.wait_held(limit, 10), "%snode A holds %d of %d" % (what, limit, limit))
+        b = Holder(drive, url, name + "B", name, limit, limit, 3)
+        expect(b.wait_held(half, 15), "%snode B reached its fair share of %d" % (what, half))
+        expect(eventually(lambda: a.poll() == half, 5), "%snode A gave back down to %d (holds %d)"
+               % (what, half, a.poll()))
+        peak = max_together(a, b)
+        expect(peak <= limit, "%snever more than %d together (at most %d)" % (what, limit, peak))
     finally:
         a.kill()
         if b:
@@ -106,20 +146,7 @@ def scenario_leases(drive, redis):
 
 
 def scenario_fair(drive, redis):
-    a = Holder(drive, redis.url, "fairA", "fair", 10, 10, 3)
-    b = None
-    try:
-        expect(a.wait_held(10, 10), "node A holds 10 of 10")
-        b = Holder(drive, redis.url, "fairB", "fair", 10, 10, 3)
-        ok = b.wait_held(5, 15)
-        expect(ok, "node B reached its fair share of 5")
-        expect(a.poll() == 5, "node A gave back down to 5 (holds %d)" % a.poll())
-        time.sleep(0.5)
-        expect(a.poll() + b.poll() <= 10, "never more than 10 together")
-    finally:
-        a.kill()
-        if b:
-            b.kill()
+    fair_pair(drive, redis.url, "fair", 10)
 
 
 def scenario_batching(drive, redis):
@@ -135,11 +162,29 @@ def scenario_batching(drive, redis):
     expect(evalsha >= 1, "tokens came from Redis (EVALSHA)")
 
 
+def scenario_tls(drive, redis):
+    """rediss:// with a password: Redis serves TLS only, checks this
+    client's certificate and asks for the password; the client checks
+    Redis's certificate against the test's CA and its name (127.0.0.1)."""
+    c = redis.certs
+    os.environ.update(CLUSTER_TLS_CA=c["ca.pem"], CLUSTER_TLS_CERT=c["client.pem"],
+                      CLUSTER_TLS_KEY=c["client.key"])
+    res = run(drive, "rate", redis.url, "tlsrate", 300, 1, 5, 3)
+    print("3 nodes sharing 300/1 over TLS: %s" % res)
+    expect(270 <= res["rate"] <= 330, "over TLS: rate %.1f within 300 +/- 10 %%" % res["rate"])
+    fair_pair(drive, redis.url, "tlscap", 6, "over TLS: ")
+    stats = redis.commandstats()
+    print("commandstats: %s" % stats)
+    expect(stats.get("auth", 0) >= 5, "every client sent AUTH (%d)" % stats.get("auth", 0))
+    expect(stats.get("evalsha", 0) > 0, "the scripts ran over TLS")
+
+
 def main():
     drive, scenario = sys.argv[1], sys.argv[2]
     fn = {"rate": scenario_rate, "leases": scenario_leases, "fair": scenario_fair,
-          "batching": scenario_batching}[scenario]
-    return run_scenario(fn, Redis(), drive)
+          "batching": scenario_batching, "tls": scenario_tls}[scenario]
+    redis = Redis(tls=True, password="s3cr@t:pw/x") if scenario == "tls" else Redis()
+    return run_scenario(fn, redis, drive)
 
 
 if __name__ == "__main__":

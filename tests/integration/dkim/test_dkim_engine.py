@@ -2,15 +2,20 @@
 """DKIM signing in the engine, end to end (issue 22): impetus signs each
 message once at ingest with Momentum's opendkim configuration and delivers
 it to impetus-sink by BDAT and by DATA; what arrived is verified by dkimpy
-(RSA and Ed25519) and Mail::DKIM (RSA). A signed message survives kill -9
-and a restart with the same signature.
+(RSA and Ed25519), OpenDKIM's verifier (RSA and Ed25519) and Mail::DKIM
+(RSA). Messages come from pickup files
+(deliver) and from SMTP clients of the ESMTP_Listener by DATA and by BDAT
+(listener). A signed message survives kill -9 and a restart with the same
+signature (restart). A second signature from Lua (lua).
 
-usage: test_dkim_engine.py IMPETUS SINK SCENARIO   (deliver | restart)
+usage: test_dkim_engine.py IMPETUS SINK SCENARIO   (deliver | listener | restart | lua)
 """
 import os
 import re
 import shutil
 import signal
+import smtplib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "engine"))
 from enginelib import Engine  # noqa: E402
 sys.path.insert(0, HERE)
-from dkimkeys import make_key  # noqa: E402
+from dkimkeys import make_key, opendkim_verify, OPENDKIM  # noqa: E402
 import sinklib  # noqa: E402
 
 SKIP = 77
@@ -99,6 +104,10 @@ def verify(raw, recs, label, want_sigs=1):
         ok = False
         print("      dkimpy:", e)
     expect(ok, "%s: dkimpy verifies" % label)
+    if OPENDKIM:
+        with tempfile.TemporaryDirectory() as t:
+            od = opendkim_verify(raw, recs, t)
+        expect(od == ["pass"] * want_sigs, "%s: OpenDKIM: %s" % (label, od))
     if HAVE_PERL and b"a=rsa-sha256" in raw:
         with tempfile.NamedTemporaryFile(suffix=".eml") as f:
             f.write(raw)
@@ -202,6 +211,12 @@ def stored_signature(spool):
     return None
 
 
+def sig_time(raw):
+    """The t= of the first DKIM-Signature in raw, or None."""
+    m = re.search(rb"DKIM-Signature:[^\0]*?[; \t\n]t=(\d+);", raw or b"")
+    return int(m.group(1)) if m else None
+
+
 def scenario_restart(imp, sinkbin):
     """Signed at ingest, kept in the spool: a retry after kill -9 and a
     restart sends the same DKIM-Signature (t= would differ if re-signed)."""
@@ -223,7 +238,14 @@ def scenario_restart(imp, sinkbin):
             e.proc.send_signal(signal.SIGKILL)
             e.proc.wait()
             e.proc = None
-            time.sleep(1.2)  # a new signature would carry another t=
+            # Restart only once the clock is past the stored t=: a message
+            # signed again would carry another t= (and another b=).
+            t0 = sig_time(sig)
+            deadline = time.monotonic() + 10
+            while t0 is not None and int(time.time()) <= t0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            expect(t0 is not None and int(time.time()) > t0,
+                   "the clock is past the stored t=%s" % t0)
             bad.stop()
             good, info = start_sink(sinkbin, tmp, "good")
             with open(e.conf) as f:
@@ -236,11 +258,138 @@ def scenario_restart(imp, sinkbin):
             verify(got, recs, "after kill -9 and restart")
             expect(sig is not None and got.startswith(sig),
                    "the delivered signature is the stored one")
+            expect(sig_time(got) == t0, "delivered t=%s, stored t=%s" % (sig_time(got), t0))
             expect(e.stop() == 0, "exit status")
         finally:
             e.cleanup()
     finally:
         drop_sinks(tmp, bad, good)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class SmtpClient:
+    """A client for what smtplib cannot send: BDAT chunks."""
+
+    def __init__(self, port):
+        self.s = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.buf = b""
+        self.reply()
+
+    def reply(self):
+        while True:
+            while b"\r\n" not in self.buf:
+                d = self.s.recv(65536)
+                if not d:
+                    return 0
+                self.buf += d
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            if len(line) < 4 or line[3:4] == b" ":
+                return int(line[:3])
+
+    def cmd(self, data):
+        self.s.sendall(data)
+        return self.reply()
+
+    def bdat(self, sender, rcpt, msg, chunk=700):
+        """MAIL, RCPT and msg in BDAT chunks of chunk bytes; the replies."""
+        codes = [self.cmd(b"EHLO client.test\r\n"),
+                 self.cmd(b"MAIL FROM:<%s>\r\n" % sender.encode()),
+                 self.cmd(b"RCPT TO:<%s>\r\n" % rcpt.encode())]
+        for at in range(0, len(msg), chunk):
+            part = msg[at:at + chunk]
+            last = b" LAST" if at + chunk >= len(msg) else b""
+            codes.append(self.cmd(b"BDAT %d%s\r\n" % (len(part), last) + part))
+        self.cmd(b"QUIT\r\n")
+        self.s.close()
+        return codes
+
+
+def wait_port(port, deadline=10):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+# What SMTP clients submit: CRLF as SMTP wants it, a dot-leading line (DATA
+# stuffs it), 8-bit text, a folded and a repeated header; by BDAT also LF
+# and bare-CR line ends (BDAT carries any bytes) and no final line end.
+SMTP_BODIES = {
+    "crlf": b"Subject: crlf\r\nTo: x@c.test\r\n\r\nline one\r\n.dot line\r\n\r\n",
+    "folded": b"Subject: a folded\r\n\tsubject\r\nTo: x@c.test\r\nTo: y@c.test\r\n\r\nb\r\n",
+    "eightbit": "Subject: 8bit\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+                "caf\u00e9 na\u00efve\r\n".encode(),
+    "big": b"Subject: big\r\n\r\n" + (b".l" + b"x" * 60 + b"\r\n") * 300,
+}
+BDAT_ONLY = {
+    "lf": b"Subject: lf\nTo: x@c.test\n\n" + (b"l" + b"y" * 60 + b"\n") * 40,
+    "bare": b"Subject: bare\r\n\r\na\rb\nno line end at the end",
+}
+
+
+def scenario_listener(imp, sinkbin):
+    """Messages from SMTP clients of the ESMTP_Listener (DATA by smtplib,
+    BDAT in several chunks by hand) are signed once at ingest like pickup
+    files, delivered by BDAT and by DATA, and verify."""
+    tmp = tempfile.mkdtemp(prefix="dkim-lsn.")
+    sinks = []
+    try:
+        recs = make_keys(tmp)
+        for mode in ("bdat", "data"):
+            sink, info = start_sink(sinkbin, tmp, mode, *([] if mode == "bdat" else
+                                                         ["--no-chunking"]))
+            sinks.append(sink)
+            port = free_port()
+            conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % sink.port
+                    + 'ESMTP_Listener {\n  Relay_Hosts = ( "127.0.0.1/32" )\n'
+                    '  SMTP_Extensions = ( "PIPELINING" "CHUNKING" "8BITMIME" "ENHANCEDSTATUSCODES" )\n'
+                    '  Listen "127.0.0.1:%d" { }\n}\n' % port + dkim_conf(tmp))
+            e = Engine(imp, conf, "dkim-lsn-" + mode)
+            try:
+                e.start()
+                expect(wait_port(port), "%s: the listener accepts" % mode)
+                want = []
+                for dom in ("rsa.test", "ed.test"):
+                    for name, body in SMTP_BODIES.items():
+                        msg = b"From: Sender <a@%s>\r\n" % dom.encode() + body
+                        rc = "%s-data-%s@c.test" % (name, dom)
+                        with smtplib.SMTP("127.0.0.1", port, timeout=20) as c:
+                            c.ehlo("client.test")
+                            refused = c.sendmail("a@" + dom, [rc], msg)
+                        expect(refused == {}, "%s: DATA %s accepted" % (mode, rc))
+                        want.append(rc)
+                    for name, body in list(SMTP_BODIES.items()) + list(BDAT_ONLY.items()):
+                        msg = b"From: Sender <a@%s>\r\n" % dom.encode() + body
+                        rc = "%s-bdat-%s@c.test" % (name, dom)
+                        codes = SmtpClient(port).bdat("a@" + dom, rc, msg)
+                        expect(all(c == 250 for c in codes[1:]),
+                               "%s: BDAT %s accepted %r" % (mode, rc, codes))
+                        want.append(rc)
+                e.wait_for(lambda: final_count(e) >= len(want), 60, "final records")
+                expect(len(e.records("D")) == len(want),
+                       "%s: all %d delivered" % (mode, len(want)))
+                got = received(info)
+                summ = sink.summary_now()
+                expect((summ["bdat_messages"] > 0) == (mode == "bdat"),
+                       "%s: transfer mode (bdat_messages=%d)" % (mode, summ["bdat_messages"]))
+                for rc in want:
+                    verify(got.get(rc, b""), recs, "%s %s" % (mode, rc))
+                expect(e.stop() == 0, "%s: exit status" % mode)
+            finally:
+                e.cleanup()
+    finally:
+        drop_sinks(tmp, *sinks)
 
 
 LUA = r"""
@@ -308,7 +457,7 @@ def scenario_lua(imp, sinkbin):
 
 def main():
     imp, sinkbin, scenario = sys.argv[1:4]
-    {"deliver": scenario_deliver, "restart": scenario_restart,
+    {"deliver": scenario_deliver, "listener": scenario_listener, "restart": scenario_restart,
      "lua": scenario_lua}[scenario](imp, sinkbin)
     if failures:
         print("%d check(s) failed" % len(failures))

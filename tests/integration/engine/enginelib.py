@@ -11,7 +11,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "sink"))
+sys.path.insert(0, os.path.join(HERE, ".."))
 import sinklib  # noqa: E402  (the sink's own helpers: start, stop, summary)
+from testlib import free_port, read_text, stop_process, wait_until  # noqa: E402,F401
 
 SKIP = 77
 
@@ -25,10 +27,7 @@ def start_dnsmasq(binary, records):
     q = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
          b"\x05probe\x04test\x00\x00\x01\x00\x01")
     for _attempt in range(5):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = free_port(socket.SOCK_DGRAM)
         dns = subprocess.Popen([binary, "--no-daemon", "--port=%d" % port,
                                 "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
                                 "--no-hosts", "--pid-file=", "--local=/test/"] + list(records),
@@ -85,13 +84,10 @@ class Engine:
     def stop(self):
         if self.proc is None:
             return 0
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            rc = self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise RuntimeError("impetus did not stop within 20 s")
+            rc = stop_process(self.proc, signal.SIGTERM, 20)
+        except TimeoutError:
+            raise RuntimeError("impetus did not stop within 20 s") from None
         self.proc = None
         return rc
 
@@ -121,13 +117,7 @@ class Engine:
             f.write("\n".join(lines) + "\n" + body)
         os.rename(tmp, os.path.join(self.pickup, "m%06d" % self.seq))
 
-    @staticmethod
-    def read(path):
-        try:
-            with open(path) as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+    read = staticmethod(read_text)
 
     def records(self, kind=None, path=None):
         out = []
@@ -146,17 +136,16 @@ class Engine:
         return fin
 
     def wait_for(self, cond, timeout, what):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if cond():
-                return
+        def alive():
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError("impetus exited (%d) while waiting for %s:\n%s"
                                    % (self.proc.returncode, what, self.read(self.err.name)))
-            time.sleep(0.05)
-        raise RuntimeError("timed out waiting for %s\nmainlog tail:\n%s\npaniclog:\n%s"
-                           % (what, "\n".join(self.read(self.mainlog).splitlines()[-10:]),
-                              self.read(self.paniclog)))
+        try:
+            wait_until(cond, timeout, what, alive=alive)
+        except TimeoutError:
+            raise RuntimeError("timed out waiting for %s\nmainlog tail:\n%s\npaniclog:\n%s"
+                               % (what, "\n".join(self.read(self.mainlog).splitlines()[-10:]),
+                                  self.read(self.paniclog))) from None
 
     def queue_files(self):
         """Files of messages in queue/ (not the spool's own seal.check,

@@ -12,71 +12,16 @@ import json
 import os
 import shutil
 import smtplib
-import socket
 import subprocess
 import sys
 import time
 from email.message import EmailMessage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "engine"))
-import enginelib  # noqa: E402
-import sinklib  # noqa: E402
+sys.path.insert(0, HERE)
+from lsnlib import Client, check, enginelib, finish, free_port, sinklib, wait_port  # noqa: E402
 
 imp, sinkbin = sys.argv[1], sys.argv[2]
-fails = []
-
-
-def check(cond, what):
-    if not cond:
-        fails.append(what)
-        print("FAIL:", what)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-class Client:
-    def __init__(self, port, source="127.0.0.1"):
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(source, 0))
-        self.buf = b""
-
-    def reply(self, timeout=20):
-        self.s.settimeout(timeout)
-        lines = []
-        while True:
-            while b"\r\n" not in self.buf:
-                d = self.s.recv(65536)
-                if not d:
-                    return (0, lines)
-                self.buf += d
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            lines.append(line.decode(errors="replace"))
-            if len(line) < 4 or line[3:4] == b" ":
-                return (int(line[:3]), lines)
-
-    def cmd(self, line):
-        self.s.sendall(line.encode() + b"\r\n")
-        return self.reply()
-
-    def close(self):
-        self.s.close()
-
-
-def wait_port(port, deadline=10):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.1)
-    return False
 
 
 d = os.path.join("/tmp", "impetus-lsn-%d" % os.getpid())
@@ -228,7 +173,7 @@ try:
     c.reply()
     for ch in b"NOOP":
         c.s.sendall(bytes([ch]))
-        time.sleep(0.8)
+        time.sleep(0.8)  # the drip itself is the test: 4 x 0.8 s > Idle_Time (2 s)
     code, lines = c.reply(10)
     check(code == 421 and "4.4.2" in lines[-1], "slow drip cut off: %r" % lines)
     c.close()
@@ -290,7 +235,4 @@ finally:
     shutil.rmtree(d, ignore_errors=True)
     shutil.rmtree(certdir, ignore_errors=True)
 
-if fails:
-    print("%d failures" % len(fails))
-    sys.exit(1)
-print("ok")
+finish()

@@ -60,7 +60,13 @@ def session(conn, mode, stop):
             return
         if mode == "421":
             send(b"421 4.3.2 too busy, come back later\r\n")
-            time.sleep(0.5)
+            # keep the connection until the client, having read the 421, closes it
+            conn.settimeout(TIMEOUT + 1)
+            try:
+                while conn.recv(4096):
+                    pass
+            except OSError:
+                pass
             return
         if mode == "unsolicited":
             send(b"220 hostile.test ESMTP\r\n")

@@ -28,12 +28,8 @@ from aiosmtpd.controller import Controller  # noqa: E402
 CLIENT = sys.argv[1]
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from testlib import free_port  # noqa: E402  (tests/integration/testlib.py)
 
 
 class Recorder:

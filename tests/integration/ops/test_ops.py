@@ -19,12 +19,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "engine"))
 from enginelib import Engine, SKIP, sinklib, start_dnsmasq  # noqa: E402
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from testlib import free_port, read_text, wait_stable, wait_until  # noqa: E402  (tests/integration/testlib.py)
 
 
 class Ctl:
@@ -375,12 +370,9 @@ def scenario_cli(imp, ctlbin, sinkbin, injectbin):
         proc = subprocess.Popen([imp, "-c", conf], stdout=subprocess.DEVNULL, stderr=errf,
                                 stdin=subprocess.DEVNULL)
         sock = os.path.join(d, "spool", "impetus.sock")
-        deadline = time.monotonic() + 10
-        while not os.path.exists(sock):
-            check(proc.poll() is None, "bundled configuration: impetus exited: %s"
-                  % open(errf.name).read())
-            check(time.monotonic() < deadline, "no control socket")
-            time.sleep(0.05)
+        wait_until(lambda: os.path.exists(sock), 10, "the control socket",
+                   alive=lambda: check(proc.poll() is None, "bundled configuration: impetus exited: %s"
+                                       % read_text(errf.name)))
         s = Ctl(ctlbin, sock).json("summary")
         check(s["workers"] >= 1, "summary on the bundled configuration: %s" % s)
         proc.send_signal(signal.SIGINT)
@@ -407,12 +399,10 @@ def scenario_mx(imp, ctlbin, sinkbin):
     try:
         e, sock = start(imp, 'Worker_Threads = 1\nResolver = "127.0.0.1:%d"\n' % port, "ops-mx")
         ctl = Ctl(ctlbin, sock)
-        deadline = time.monotonic() + 10
-        while True:  # dnsmasq may still be starting on a busy machine
-            d = ctl.json("domain", "mx.test")
-            if d["hosts"] == ["10 mail.mx.test 127.0.0.1"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        # dnsmasq may still be starting on a busy machine
+        wait_until(lambda: ctl.json("domain", "mx.test")["hosts"] == ["10 mail.mx.test 127.0.0.1"],
+                   10, "the MX hosts of mx.test", interval=0.2)
+        d = ctl.json("domain", "mx.test")
         check(d["route"] == "mx" and d["hosts"] == ["10 mail.mx.test 127.0.0.1"], "mx: %s" % d)
         check("10 mail.mx.test 127.0.0.1" in ctl.run("domain", "mx.test").stdout, "text mx")
         check(e.stop() == 0, "engine exit status")
@@ -499,8 +489,8 @@ def scenario_lock(imp, ctlbin, sinkbin):
         for i in range(3):
             e.inject("s@example.org", ["r%d@example.com" % i])
         e.wait_for(lambda: len(e.records("T")) == 3, 20, "3 transient failures")
-        time.sleep(0.5)
-        before = tree_state(e.dir)
+        # the engine settles after the T records (queue files rewritten): poll until it is still
+        before = wait_stable(lambda: tree_state(e.dir), 10, "the spool to settle")
         p = subprocess.run([imp, "-c", e.conf], capture_output=True, text=True, timeout=20)
         check(p.returncode != 0, "second engine exit status %d" % p.returncode)
         check(e.spool in p.stderr and str(e.proc.pid) in p.stderr,

@@ -79,7 +79,9 @@ try:
         # then they must be complete. The check below covers it.
         pass
     # Pickup files untouched (those not ingested), no half-written metadata.
-    time.sleep(0.5)
+    # A message committed as the disk filled may print its MSG line after
+    # its pickup file went: poll until every file is accounted for (checked below).
+    read_until(lambda ls: len(os.listdir(pickup)) + sum(1 for l in ls if l.startswith("MSG")) == 20, 10)
     ingested = sum(1 for l in lines if l.startswith("MSG"))
     for name in os.listdir(pickup):
         with open(os.path.join(pickup, name), "rb") as f:

@@ -24,7 +24,6 @@ import base64
 import os
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
@@ -32,6 +31,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "engine"))
 import aiosmtpdlib  # noqa: E402  (exits 77 without aiosmtpd)
 from aiosmtpdlib import check, report, Controller, AuthResult, LoginPassword  # noqa: E402
 from enginelib import Engine  # noqa: E402
+from testlib import wait_until  # noqa: E402
 
 USERS = {"tenant1": "T1-Sekr1t-pw", "tenant2": "T2-Sekr1t-pw", "cfguser": "Cfg-Sekr1t-pw"}
 
@@ -126,11 +126,7 @@ def scan(e, phase):
 
 
 def wait(cond, secs, what):
-    deadline = time.monotonic() + secs
-    while not cond():
-        if time.monotonic() > deadline:
-            raise RuntimeError("timed out waiting for " + what)
-        time.sleep(0.1)
+    wait_until(cond, secs, what, interval=0.1)
 
 
 def only_own(srv):
@@ -212,7 +208,9 @@ def scenario_lostkey(srv, e):
     wait(lambda: e.read(e.paniclog).count("cannot be decrypted") >= 2
          and "[internal] outbound_smtp_auth" in e.read(e.mainlog), 30,
          "the sealed passwords fail to open and the messages are deferred")
-    time.sleep(1.5)  # a retry round (Retry_Interval = 1)
+    # a retry round (Retry_Interval = 1): each message deferred once more
+    rounds = e.read(e.paniclog).count("cannot be decrypted")
+    wait(lambda: e.read(e.paniclog).count("cannot be decrypted") >= rounds + 2, 30, "a retry round")
     after = srv.offered[before:]
     print("offered after the key was lost:", [u for u, _ in after])
     check(not after, "no AUTH attempt with what was left of the credentials")

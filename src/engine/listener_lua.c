@@ -1,0 +1,382 @@
+/* listener_lua.c owns Momentum's inbound hooks on the ESMTP_Listener:
+ * validate_connect(ac, vctx), validate_ehlo(str, ac, vctx),
+ * validate_mailfrom(str, ac, vctx), validate_rcptto(msg, str, ac, vctx)
+ * and the AUTH backend ac_auth_perform_auth(user, password, ac, response)
+ * (Momentum's ac_auth module), run on a Lua state of the listener thread
+ * made from the same scripts, budgets and sandbox as the workers' (policy's
+ * snapshot). Each session has its connection and message contexts
+ * (VCTX_CONN for the session, VCTX_MESS emptied at each MAIL); the message
+ * context goes into the message (x-context lines). A hook refuses with
+ * vctx:set_code(code, text) (a 4xx/5xx code) or vctx:disconnect(code,
+ * text); a hook waiting for a datasource holds the command's reply (the
+ * core reads nothing meanwhile) and answers when it finishes.
+ * Listener thread only (lpost_push: a datasource thread, which only
+ * queues). Never lets a script error pass as acceptance: an error, a budget
+ * or memory overrun answers a temporary failure (451 / 454 / 421). */
+#include "listener_int.h"
+
+#include "ctx.h"
+#include "logs.h"
+#include "luam.h"
+#include "panic.h"
+#include "policy.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+/* A session's hook state. */
+struct lctx {
+  struct ctx *conn, *mess;
+  int code;          /* vctx:set_code / msg:code; 0 = none */
+  char text[256];
+  bool disconnect;   /* vctx:disconnect */
+  bool pending;      /* a hook waits for a datasource */
+  bool is_auth;      /* the pending hook is AUTH */
+  struct smtps_event ev; /* the command whose reply waits (valid until answered) */
+  const char *rcpt;  /* validate_rcptto: the recipient (msg:rcptto) */
+};
+
+static struct ctx *dict(struct lsess *s, int which)
+{
+  return which == LUAM_CTX_CONN ? s->ctx->conn : s->ctx->mess;
+}
+
+static const char *o_ctx_get(void *m, int which, const char *key, size_t *len)
+{
+  return ctx_getn(dict(m, which), key, strlen(key), len);
+}
+
+static int o_ctx_set(void *m, int which, const char *key, const char *val, size_t len)
+{
+  return ctx_setn(dict(m, which), key, strlen(key), val, len, 0);
+}
+
+static int o_ctx_delete(void *m, int which, const char *key)
+{
+  return ctx_delete(dict(m, which), key) == 0 ? 1 : 0;
+}
+
+static const char *o_mailfrom(void *m)
+{
+  return ((struct lsess *)m)->from;
+}
+
+static const char *o_rcptto(void *m, size_t i)
+{
+  struct lsess *s = m;
+  return i == 0 ? s->ctx->rcpt : NULL;
+}
+
+static void o_set_code(void *m, int code, const char *text)
+{
+  struct lsess *s = m;
+  s->ctx->code = code;
+  snprintf(s->ctx->text, sizeof(s->ctx->text), "%s", text ? text : "");
+}
+
+static void o_disconnect(void *m, int code, const char *text)
+{
+  o_set_code(m, code, text);
+  ((struct lsess *)m)->ctx->disconnect = true;
+}
+
+static const struct luam_msg_ops sess_ops = {
+  .ctx_get = o_ctx_get,
+  .ctx_set = o_ctx_set,
+  .ctx_delete = o_ctx_delete,
+  .mailfrom = o_mailfrom,
+  .rcptto = o_rcptto,
+  .set_code = o_set_code,
+  .disconnect = o_disconnect,
+};
+
+/* ---- the state ---- */
+
+static void post(void *arg, void (*fn)(void *), void *fn_arg)
+{
+  struct listener *L = arg;
+  struct lpost *p = util_xcalloc(1, sizeof(*p));
+  p->fn = fn;
+  p->arg = fn_arg;
+  pthread_mutex_lock(&L->dlock);
+  p->next = L->posts;
+  L->posts = p;
+  pthread_mutex_unlock(&L->dlock);
+  lsn_wake(L);
+}
+
+void lsn_lua_start(struct listener *L)
+{
+  if (!L->policy || !policy_has_scripts(L->policy))
+    return;
+  L->pw = policy_thread_new(L->policy, post, L, L->log, L->gen->conf, L->counters_slot);
+}
+
+void lsn_lua_stop(struct listener *L)
+{
+  lsn_lua_posts(L); /* answers that came after the thread ended: dropped with the state */
+  policy_worker_free(L->pw);
+  L->pw = NULL;
+  lsn_lua_posts(L);
+}
+
+void lsn_lua_refresh(struct listener *L)
+{
+  if (L->pw)
+    policy_worker_refresh(L->pw, L->gen->conf);
+}
+
+void lsn_lua_posts(struct listener *L)
+{
+  pthread_mutex_lock(&L->dlock);
+  struct lpost *list = L->posts;
+  L->posts = NULL;
+  pthread_mutex_unlock(&L->dlock);
+  struct lpost *rev = NULL;
+  while (list) {
+    struct lpost *next = list->next;
+    list->next = rev;
+    rev = list;
+    list = next;
+  }
+  while (rev) {
+    struct lpost *next = rev->next;
+    rev->fn(rev->arg); /* luam frees its job (or drops it: state gone) */
+    free(rev);
+    rev = next;
+  }
+}
+
+static struct luam *state(const struct listener *L)
+{
+  return L->pw ? policy_worker_luam(L->pw) : NULL;
+}
+
+bool lsn_lua_active(const struct listener *L)
+{
+  struct luam *lm = state(L);
+  if (!lm)
+    return false;
+  static const enum luam_hook hooks[] = {LUAM_HOOK_VALIDATE_CONNECT, LUAM_HOOK_VALIDATE_EHLO,
+                                         LUAM_HOOK_VALIDATE_MAILFROM, LUAM_HOOK_VALIDATE_RCPTTO,
+                                         LUAM_HOOK_AC_AUTH_PERFORM_AUTH};
+  for (size_t i = 0; i < UTIL_ARRAY_LEN(hooks); i++)
+    if (luam_has_hook(lm, hooks[i]))
+      return true;
+  return false;
+}
+
+void lsn_lua_sess_done(struct lsess *s)
+{
+  if (!s->ctx)
+    return;
+  ctx_free(s->ctx->conn);
+  ctx_free(s->ctx->mess);
+  free(s->ctx);
+  s->ctx = NULL;
+}
+
+/* The session's contexts, made when its SMTP session begins. */
+static void sess_ctx(struct lsess *s)
+{
+  if (s->ctx || !lsn_lua_active(s->L))
+    return;
+  s->ctx = util_xcalloc(1, sizeof(*s->ctx));
+  s->ctx->conn = ctx_new();
+  s->ctx->mess = ctx_new();
+  ctx_set(s->ctx->conn, "can_relay", s->can_relay ? "true" : "false");
+}
+
+static void addr_text(const struct sockaddr_storage *ss, char *out, size_t len)
+{
+  uint8_t a[16];
+  int fam = lsn_addr_bytes(ss, a);
+  char ip[INET6_ADDRSTRLEN];
+  inet_ntop(fam, a, ip, sizeof(ip));
+  unsigned port = ntohs(ss->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)ss)->sin6_port
+                                                  : ((const struct sockaddr_in *)ss)->sin_port);
+  snprintf(out, len, fam == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+}
+
+static void lua_done(void *arg, int result);
+
+/* Run hook for the session; LUAM_CONT/DONE/ERROR or LUAM_PENDING. */
+static int run(struct lsess *s, enum luam_hook hook, const char *str, size_t slen,
+               const char *str2, size_t s2len)
+{
+  char remote[80], local[80];
+  addr_text(&s->addr, remote, sizeof(remote));
+  struct sockaddr_storage me;
+  socklen_t ml = sizeof(me);
+  if (getsockname(s->fd, (struct sockaddr *)&me, &ml) == 0)
+    addr_text(&me, local, sizeof(local));
+  else
+    local[0] = 0;
+  s->ctx->code = 0;
+  s->ctx->text[0] = 0;
+  s->ctx->disconnect = false;
+  struct luam_call call = {
+    .msg = s,
+    .ops = &sess_ops,
+    .rcpt = -1,
+    .str = str,
+    .str_len = slen,
+    .str2 = str2,
+    .str2_len = s2len,
+    .remote_addr = remote,
+    .local_addr = local,
+    .report_errors = true,
+    .done = lua_done,
+    .done_arg = s,
+  };
+  return luam_call(state(s->L), hook, &call);
+}
+
+/* What the hook decided, for a command: 0 = go on, 1 = answered. */
+static int verdict(struct lsess *s, const struct smtps_event *ev, int result)
+{
+  uint64_t now = lsn_now_ms();
+  char line[400];
+  const char *host = lsn_banner_host(s->L, &s->sc);
+  if (result == LUAM_ERROR) { /* logged by luam with the script and line */
+    if (ev->cmd == SMTPS_CMD_CONNECT) {
+      snprintf(line, sizeof(line), "421 4.3.0 %s Temporary policy failure, try again later\r\n",
+               host);
+      smtps_shutdown(s->sm, line);
+    } else {
+      smtps_answer(s->sm, 451, "4.3.0 Temporary policy failure, try again later", now);
+    }
+    return 1;
+  }
+  /* validate_connect / _ehlo / _mailfrom may grant or take relaying */
+  const char *cr = ctx_get(s->ctx->conn, "can_relay");
+  s->can_relay = cr && (!strcmp(cr, "true") || !strcmp(cr, "1"));
+  int code = s->ctx->code;
+  if (s->ctx->disconnect) {
+    if (code < 400 || code > 599)
+      code = 421;
+    snprintf(line, sizeof(line), "%d %s\r\n", code, s->ctx->text[0] ? s->ctx->text : "Bye");
+    smtps_shutdown(s->sm, line);
+    return 1;
+  }
+  if (code >= 400 && code <= 599) {
+    smtps_answer(s->sm, code, s->ctx->text[0] ? s->ctx->text : "Refused by policy", now);
+    return 1;
+  }
+  return 0;
+}
+
+int lsn_lua_command(struct lsess *s, const struct smtps_event *ev)
+{
+  if (ev->cmd == SMTPS_CMD_CONNECT)
+    sess_ctx(s);
+  if (!s->ctx)
+    return 0;
+  enum luam_hook hook;
+  switch (ev->cmd) {
+  case SMTPS_CMD_CONNECT: hook = LUAM_HOOK_VALIDATE_CONNECT; break;
+  case SMTPS_CMD_EHLO:
+  case SMTPS_CMD_HELO:
+    ctx_setn(s->ctx->conn, "ehlo_string", 11, ev->arg, ev->arg_len, 0);
+    hook = LUAM_HOOK_VALIDATE_EHLO;
+    break;
+  case SMTPS_CMD_MAIL:
+    /* VCTX_MESS expires before a new message (Momentum) */
+    ctx_free(s->ctx->mess);
+    s->ctx->mess = ctx_new();
+    ctx_setn(s->ctx->mess, "mailfrom_string", 15, ev->arg, ev->arg_len, 0);
+    hook = LUAM_HOOK_VALIDATE_MAILFROM;
+    break;
+  case SMTPS_CMD_RCPT: hook = LUAM_HOOK_VALIDATE_RCPTTO; break;
+  default: return 0;
+  }
+  struct luam *lm = state(s->L);
+  if (!lm || !luam_has_hook(lm, hook))
+    return 0;
+  char rcpt[1024];
+  if (hook == LUAM_HOOK_VALIDATE_RCPTTO) {
+    snprintf(rcpt, sizeof(rcpt), "%.*s", (int)ev->arg_len, ev->arg);
+    s->ctx->rcpt = rcpt;
+  }
+  int r = run(s, hook, ev->arg, ev->arg_len, NULL, 0);
+  if (r == LUAM_PENDING) {
+    s->ctx->pending = true;
+    s->ctx->is_auth = false;
+    s->ctx->ev = *ev;
+    s->inflight++;
+    return 1;
+  }
+  s->ctx->rcpt = NULL;
+  return verdict(s, ev, r);
+}
+
+/* AUTH: the hook's answer. */
+static int auth_result(struct lsess *s, int r, char *text, size_t textlen)
+{
+  if (r == LUAM_ERROR)
+    return -1;
+  if (s->ctx->code)
+    snprintf(text, textlen, "%d %s", s->ctx->code, s->ctx->text);
+  return r == LUAM_DONE ? 1 : 0; /* EC_AUTH_OK is DONE, EC_AUTH_FAIL CONT */
+}
+
+int lsn_lua_auth(struct lsess *s, const struct smtps_event *ev, char *text, size_t textlen)
+{
+  struct luam *lm = state(s->L);
+  if (!lm || !luam_has_hook(lm, LUAM_HOOK_AC_AUTH_PERFORM_AUTH) || !s->ctx) {
+    logs_panic(s->L->log, (uint64_t)time(NULL) * 1000u, "esmtp_listener",
+               "AUTH from %s: AuthLoginParameters uri = ac_auth:// but no script has "
+               "ac_auth_perform_auth; refused (temporary)", s->ip);
+    return -1;
+  }
+  int r = run(s, LUAM_HOOK_AC_AUTH_PERFORM_AUTH, ev->arg, ev->arg_len, ev->pass, ev->pass_len);
+  if (r == LUAM_PENDING) {
+    s->ctx->pending = true;
+    s->ctx->is_auth = true;
+    s->ctx->ev = *ev;
+    s->inflight++;
+    return 2;
+  }
+  return auth_result(s, r, text, textlen);
+}
+
+/* A hook that waited for a datasource finished. */
+static void lua_done(void *arg, int result)
+{
+  struct lsess *s = arg;
+  s->inflight--;
+  s->ctx->pending = false;
+  s->ctx->rcpt = NULL;
+  if (s->dead) {
+    lsn_close(s);
+    return;
+  }
+  if (s->ctx->is_auth) {
+    char text[300] = "";
+    int ok = auth_result(s, result, text, sizeof(text));
+    lsn_auth_answer(s, &s->ctx->ev, ok, text);
+  } else if (verdict(s, &s->ctx->ev, result) == 0) {
+    lsn_command_commit(s, &s->ctx->ev);
+  }
+  if (!lsn_flush(s))
+    return;
+  lsn_run_held(s);
+}
+
+void lsn_lua_message_ctx(struct lsess *s, struct buf *f)
+{
+  if (!s->ctx)
+    return;
+  struct ctx_iter it = {0};
+  const char *k, *v;
+  size_t kl, vl;
+  while (ctx_nextn(s->ctx->mess, &it, &k, &kl, &v, &vl, NULL)) {
+    if (memchr(k, '=', kl) || memchr(k, '\n', kl) || memchr(v, '\n', vl) || memchr(v, '\r', vl))
+      continue; /* not representable as an x-context line */
+    buf_printf(f, "x-context: %.*s=%.*s\n", (int)kl, k, (int)vl, v);
+  }
+}

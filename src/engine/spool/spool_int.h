@@ -209,12 +209,12 @@ struct spool {
   char sub_why[256];       /* ingest thread: why the last submission was rejected */
   uint8_t *seal_key; /* 32 bytes (secmem), or NULL: secrets are not persisted */
   /* Names that arrived by rename (IN_MOVED_TO) since they were last
-   * listed: complete by the pickup convention. Any other name is checked
-   * for a writer before it is taken (ingest.c, being_written). Ingest
-   * thread only. */
+   * listed: complete by the pickup convention. Any other name is read
+   * under a read lease (ingest.c, lease_group, jrn_take). Ingest thread
+   * only. */
   char **moved;      /* open addressing, movedcap slots, NULL = empty */
   size_t nmoved, movedcap;
-  bool busy; /* the last listing left a file that is still being written */
+  bool busy; /* a file of the last listing is still being written: no listing at once */
 };
 #define MOVED_CAP 16384u    /* slots at first; doubled when half full */
 #define MOVED_MAX (1u << 20) /* named limit (slots): beyond half of it, names take the checked path */

@@ -224,18 +224,26 @@ static void smap_insert(struct conf_sent *tab, uint32_t cap, struct conf_sent en
   tab[i] = ent;
 }
 
+/* Keep open-addressing map m (entries m->e, used when their `used` field
+ * is non-zero) at most half full: double it and insert every entry again
+ * with insert(table, cap, entry). */
+#define MAP_ROOM(m, used, insert)                                                                  \
+  do {                                                                                             \
+    if (((m)->n + 1) * 2 > (m)->cap) {                                                             \
+      uint32_t cap_ = (m)->cap ? (m)->cap * 2 : 16;                                                \
+      __typeof__((m)->e) tab_ = util_xcalloc(cap_, sizeof(*tab_));                                 \
+      for (uint32_t i_ = 0; i_ < (m)->cap; i_++)                                                   \
+        if ((m)->e[i_].used)                                                                       \
+          insert(tab_, cap_, (m)->e[i_]);                                                          \
+      free((m)->e);                                                                                \
+      (m)->e = tab_;                                                                               \
+      (m)->cap = cap_;                                                                             \
+    }                                                                                              \
+  } while (0)
+
 void conf_smap_put(struct conf_smap *m, const char *key, size_t len, int val)
 {
-  if ((m->n + 1) * 2 > m->cap) {
-    uint32_t cap = m->cap ? m->cap * 2 : 16;
-    struct conf_sent *tab = util_xcalloc(cap, sizeof(*tab));
-    for (uint32_t i = 0; i < m->cap; i++)
-      if (m->e[i].hash)
-        smap_insert(tab, cap, m->e[i]);
-    free(m->e);
-    m->e = tab;
-    m->cap = cap;
-  }
+  MAP_ROOM(m, hash, smap_insert);
   UTIL_ASSERT(len < UINT32_MAX);
   smap_insert(m->e, m->cap, (struct conf_sent){key, (uint32_t)len, shash(key, len, m->icase), val});
   m->n++;
@@ -284,16 +292,7 @@ static void umap_insert(struct conf_uent *tab, uint32_t cap, struct conf_uent en
 void conf_umap_put(struct conf_umap *m, uint64_t key, struct conf_node *node)
 {
   UTIL_ASSERT(key != 0);
-  if ((m->n + 1) * 2 > m->cap) {
-    uint32_t cap = m->cap ? m->cap * 2 : 16;
-    struct conf_uent *tab = util_xcalloc(cap, sizeof(*tab));
-    for (uint32_t i = 0; i < m->cap; i++)
-      if (m->e[i].key)
-        umap_insert(tab, cap, m->e[i]);
-    free(m->e);
-    m->e = tab;
-    m->cap = cap;
-  }
+  MAP_ROOM(m, key, umap_insert);
   umap_insert(m->e, m->cap, (struct conf_uent){key, node});
   m->n++;
 }

@@ -734,6 +734,16 @@ void logs_panic(struct logs_writer *w, uint64_t now_ms, const char *module, cons
   after_record(w);
 }
 
+/* 5.S.D -> bounce class, the first row that matches (d -1: any D). */
+static const struct {
+  int s, d, cls;
+} bounce5[] = {
+  {1, 0, 10}, {1, 1, 10}, {1, 2, 21}, {1, 3, 10}, {1, 6, 10}, /* addressing */
+  {2, 1, 25}, {2, 2, 22},                                     /* mailbox */
+  {4, 0, 21}, {4, 3, 21}, {4, 4, 21}, {4, 7, 24},             /* network, routing */
+  {7, 1, 50}, {7, 0, 54}, {7, 2, 54}, {7, 3, 54}, {7, -1, 51}, /* policy */
+};
+
 int logs_bounce_class(int code, const char *enh)
 {
   int c = 0, s = 0, d = 0;
@@ -742,29 +752,14 @@ int logs_bounce_class(int code, const char *enh)
   if (c == 4 || (c == 0 && code >= 400 && code < 500))
     return 70;
   if (c == 5) {
-    if (s == 1 && (d == 1 || d == 2 || d == 3 || d == 6 || d == 0))
-      return d == 2 ? 21 : 10;
-    if (s == 2 && d == 2)
-      return 22;
-    if (s == 4 && d == 7)
-      return 24;
-    if (s == 4 && (d == 4 || d == 0 || d == 3))
-      return 21;
-    if (s == 2 && d == 1)
-      return 25;
-    if (s == 7 && d == 1)
-      return 50;
-    if (s == 7 && (d == 0 || d == 2 || d == 3))
-      return 54;
-    if (s == 7)
-      return 51;
+    for (size_t i = 0; i < UTIL_ARRAY_LEN(bounce5); i++)
+      if (bounce5[i].s == s && (bounce5[i].d < 0 || bounce5[i].d == d))
+        return bounce5[i].cls;
     return 1;
   }
   if (code == 550 || code == 553)
     return 10;
   if (code == 552)
     return 22;
-  if (code >= 500)
-    return 1;
   return 1;
 }

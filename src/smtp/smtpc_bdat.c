@@ -146,7 +146,7 @@ void smtpc_on_chunk_reply(struct smtpc *s, uint64_t now)
     }
     return;
   }
-  smtpc_set_deadline(s, now); /* the next transaction's reply is smtpc_awaited now */
+  smtpc_set_deadline(s, now); /* the next transaction's reply is awaited now */
   smtpc_cq_offer(s);
 }
 

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "panic.h"
 #include "smtp_dot.h"
@@ -98,8 +99,6 @@ struct smtpc_state_row {
   const char *timeout_opt; /* "RcptTo_Timeout"; NULL: none */
 };
 extern const struct smtpc_state_row smtpc_tab[SMTPC_ST_COUNT];
-/* The timeout in seconds while awaiting st's reply (0: none). */
-uint32_t smtpc_timeout_s(const struct smtpc *s, enum smtpc_state st);
 
 /* Commands and chunks of `it` written so far (the newest may be short of
  * its commands while the output buffer is full). */
@@ -111,7 +110,7 @@ static inline uint32_t smtpc_cq_written(const struct smtpc *s, const struct cq_i
 }
 
 /* With BDAT the session's state says what is being sent; the reply
- * smtpc_awaited next (the oldest transaction's) decides the timeout, the stage
+ * awaited next (the oldest transaction's) decides the timeout, the stage
  * and the wording: MAIL, RCPT, a chunk (BODY) or the last chunk (DOT). */
 static inline enum smtpc_state smtpc_awaited(const struct smtpc *s)
 {
@@ -121,7 +120,7 @@ static inline enum smtpc_state smtpc_awaited(const struct smtpc *s)
   const struct cq_item *h = &s->cq[s->cq_head];
   uint32_t written = smtpc_cq_written(s, h);
   if (h->recv >= written)
-    return s->st; /* nothing smtpc_awaited: sending */
+    return s->st; /* nothing awaited: sending */
   if (h->recv == 0)
     return SMTPC_ST_MAIL;
   if (h->recv <= h->t.nrcpt)
@@ -139,16 +138,88 @@ static inline struct cq_item *smtpc_cq_tail(struct smtpc *s)
   return smtpc_cq_at(s, s->cq_n - 1u);
 }
 
+/* The small rules of every reply and state change, inline (they were
+ * static in the one smtpc.c and run per reply). */
+
+/* The timeout in seconds while awaiting st's reply (0: none). */
+static inline uint32_t smtpc_timeout_s(const struct smtpc *s, enum smtpc_state st)
+{
+  switch (st) {
+  case SMTPC_ST_CONNECT: return s->to.connect;
+  case SMTPC_ST_TLS_IMPLICIT:
+  case SMTPC_ST_BANNER:
+  case SMTPC_ST_EHLO:
+  case SMTPC_ST_HELO:
+  case SMTPC_ST_STARTTLS:
+  case SMTPC_ST_TLS:
+  case SMTPC_ST_AUTH: return s->to.ehlo;
+  case SMTPC_ST_IDLE: return s->to.idle;
+  /* with the previous transaction's final reply outstanding, that reply
+   * is what is awaited first: Body_Timeout */
+  case SMTPC_ST_MAIL: return s->has_prev ? s->to.body : s->to.mailfrom;
+  case SMTPC_ST_RCPT: return s->has_prev ? s->to.body : s->to.rcptto;
+  case SMTPC_ST_DATA: return s->has_prev ? s->to.body : s->to.data;
+  case SMTPC_ST_BODY:
+  case SMTPC_ST_DOT: return s->to.body;
+  case SMTPC_ST_RSET:
+  case SMTPC_ST_QUIT: return s->to.rset;
+  case SMTPC_ST_DONE: return 0;
+  default: util_panic("smtpc: bad state %d", (int)st);
+  }
+}
+
+static inline enum smtpc_outcome smtpc_outcome_of(int code)
+{
+  switch (code / 100) {
+  case 2: return SMTPC_OUT_OK;
+  case 4: return SMTPC_OUT_TRANSIENT;
+  case 5: return SMTPC_OUT_PERMANENT;
+  default: return SMTPC_OUT_NONE;
+  }
+}
+
+/* Copy a NUL-terminated string, cut to cap - 1 bytes (no printf: this
+ * runs for every reply). */
+static inline void smtpc_copy_cut(char *dst, size_t cap, const char *src)
+{
+  size_t n = src ? strnlen(src, cap - 1) : 0;
+  memcpy(dst, src ? src : "", n);
+  dst[n] = '\0';
+}
+
+static inline void smtpc_set_result(struct smtpc_result *r, enum smtpc_outcome o, int code, const char *enh,
+                      uint8_t stage, const char *text)
+{
+  r->outcome = o;
+  r->code = code;
+  smtpc_copy_cut(r->enhanced, sizeof(r->enhanced), enh);
+  r->stage = stage;
+  /* text is already sanitised and shorter than SMTPC_TEXT_MAX */
+  smtpc_copy_cut(r->text, sizeof(r->text), text);
+}
+
+static inline void smtpc_result_from_reply(struct smtpc *s, struct smtpc_result *r, uint8_t stage)
+{
+  smtpc_set_result(r, smtpc_outcome_of(s->rp.code), s->rp.code, s->rp.enhanced, stage, s->rp.text);
+}
+
+static inline void smtpc_set_deadline(struct smtpc *s, uint64_t now)
+{
+  uint32_t t = smtpc_timeout_s(s, smtpc_awaited(s));
+  s->deadline = t ? now + (uint64_t)t * 1000 : UINT64_MAX;
+}
+
+static inline void smtpc_enter(struct smtpc *s, enum smtpc_state st, uint64_t now)
+{
+  s->st = st;
+  smtpc_set_deadline(s, now);
+}
+
 /* Queue an event (panics on overflow: the queue is sized for the worst
  * case); stage and doing come from what is awaited. */
 struct smtpc_event *smtpc_ev_push(struct smtpc *s, enum smtpc_ev_type t);
 /* RCPT_RESULT for index idx, merged with a run of consecutive ones. */
 void smtpc_ev_rcpt(struct smtpc *s, uint32_t idx);
-void smtpc_set_result(struct smtpc_result *r, enum smtpc_outcome o, int code, const char *enh,
-                      uint8_t stage, const char *text);
-void smtpc_result_from_reply(struct smtpc *s, struct smtpc_result *r, uint8_t stage);
-void smtpc_set_deadline(struct smtpc *s, uint64_t now);
-void smtpc_enter(struct smtpc *s, enum smtpc_state st, uint64_t now);
 /* End transaction t: undecided results get the final one; TXN_DONE. */
 void smtpc_txn_done(struct smtpc *s, const struct smtpc_txn *t);
 void smtpc_txn_finish(struct smtpc *s);

@@ -1,4 +1,4 @@
-/* smtpc_state.c owns the smtpc session's per-state tables (names, what
+/* smtpc_state.c owns the smtpc session's per-state table (names, what
  * we were doing, Momentum stages, timeout options), deadlines and state
  * changes, the event queue, per-recipient results and how a session or
  * a transaction ends (smtpc_fail). Sans-I/O like all of smtpc: it never
@@ -34,31 +34,6 @@ const struct smtpc_state_row smtpc_tab[SMTPC_ST_COUNT] = {
   [SMTPC_ST_DONE] = {"DONE", "finished", 1, NULL},
 };
 
-uint32_t smtpc_timeout_s(const struct smtpc *s, enum smtpc_state st)
-{
-  switch (st) {
-  case SMTPC_ST_CONNECT: return s->to.connect;
-  case SMTPC_ST_TLS_IMPLICIT:
-  case SMTPC_ST_BANNER:
-  case SMTPC_ST_EHLO:
-  case SMTPC_ST_HELO:
-  case SMTPC_ST_STARTTLS:
-  case SMTPC_ST_TLS:
-  case SMTPC_ST_AUTH: return s->to.ehlo;
-  case SMTPC_ST_IDLE: return s->to.idle;
-  /* with the previous transaction's final reply outstanding, that reply
-   * is what is smtpc_awaited first: Body_Timeout */
-  case SMTPC_ST_MAIL: return s->has_prev ? s->to.body : s->to.mailfrom;
-  case SMTPC_ST_RCPT: return s->has_prev ? s->to.body : s->to.rcptto;
-  case SMTPC_ST_DATA: return s->has_prev ? s->to.body : s->to.data;
-  case SMTPC_ST_BODY:
-  case SMTPC_ST_DOT: return s->to.body;
-  case SMTPC_ST_RSET:
-  case SMTPC_ST_QUIT: return s->to.rset;
-  case SMTPC_ST_DONE: return 0;
-  default: util_panic("smtpc: bad state %d", (int)st);
-  }
-}
 
 const char *smtpc_state_name(enum smtpc_state st)
 {
@@ -167,52 +142,11 @@ bool smtpc_next_event(struct smtpc *s, struct smtpc_event *ev)
 
 /* ---- results and session end ---- */
 
-static enum smtpc_outcome outcome_of(int code)
-{
-  switch (code / 100) {
-  case 2: return SMTPC_OUT_OK;
-  case 4: return SMTPC_OUT_TRANSIENT;
-  case 5: return SMTPC_OUT_PERMANENT;
-  default: return SMTPC_OUT_NONE;
-  }
-}
 
-/* Copy a NUL-terminated string, cut to cap - 1 bytes (no printf: this
- * runs for every reply). */
-static void copy_cut(char *dst, size_t cap, const char *src)
-{
-  size_t n = src ? strnlen(src, cap - 1) : 0;
-  memcpy(dst, src ? src : "", n);
-  dst[n] = '\0';
-}
 
-void smtpc_set_result(struct smtpc_result *r, enum smtpc_outcome o, int code, const char *enh,
-                      uint8_t stage, const char *text)
-{
-  r->outcome = o;
-  r->code = code;
-  copy_cut(r->enhanced, sizeof(r->enhanced), enh);
-  r->stage = stage;
-  /* text is already sanitised and shorter than SMTPC_TEXT_MAX */
-  copy_cut(r->text, sizeof(r->text), text);
-}
 
-void smtpc_result_from_reply(struct smtpc *s, struct smtpc_result *r, uint8_t stage)
-{
-  smtpc_set_result(r, outcome_of(s->rp.code), s->rp.code, s->rp.enhanced, stage, s->rp.text);
-}
 
-void smtpc_set_deadline(struct smtpc *s, uint64_t now)
-{
-  uint32_t t = smtpc_timeout_s(s, smtpc_awaited(s));
-  s->deadline = t ? now + (uint64_t)t * 1000 : UINT64_MAX;
-}
 
-void smtpc_enter(struct smtpc *s, enum smtpc_state st, uint64_t now)
-{
-  s->st = st;
-  smtpc_set_deadline(s, now);
-}
 
 /* End transaction t: results still undecided, or accepted but without a
  * final reply, get `final`'s outcome; then TXN_DONE. */

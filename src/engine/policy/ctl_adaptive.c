@@ -180,7 +180,7 @@ int ctl_adaptive(struct engine_shared *sh, bool json, int ac, char **av, struct 
   }
   if (!strcasecmp(av[0], "warmup") && ac <= 3) {
     struct conf *c = conf_ref(atomic_load(&sh->conf));
-    const char *spool = conf_str(conf_global(c), CONF_SPOOLBASE);
+    const char *spool = sh->spoolbase; /* the locked one, whatever a reload names */
     int rc = 0;
     if (ac == 3 || ac == 2) {
       uint32_t age = 0;

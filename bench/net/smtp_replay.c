@@ -1,6 +1,6 @@
 /* smtp_replay: the socket floor of issue 25. It replays the engine's SMTP
  * byte stream for N 1 KB messages (what bench/impetus-bench's messages
- * become on the wire: "EHLO vm", "MAIL FROM:<bench@sender.test> SIZE=n",
+ * become on the wire: "EHLO <hostname>", "MAIL FROM:<bench@sender.test> SIZE=n",
  * "RCPT TO:<uI.0@destD.test>", then "BDAT n LAST" + body, or DATA, 354, the
  * body with CRLF line ends and ".") on as many connections as the engine
  * used, to the same sink, with the engine's pipelining: BDAT transactions
@@ -52,6 +52,7 @@ static int next_msg, acked, bad;
 static unsigned long n_send, n_recv, n_epoll, n_other;
 static char *body_crlf;  /* the message as the engine sends it (CRLF) */
 static size_t body_len, lf_size; /* on the wire; as stored (LF), the SIZE= the engine states */
+static char ehlo[300]; /* "EHLO <this host's name>", as the engine says it */
 
 static void die(const char *m)
 {
@@ -148,7 +149,7 @@ static void on_final(struct conn *c, const char *l, size_t n)
   switch (c->st) {
   case ST_GREET:
     c->st = ST_EHLO;
-    put(c, "EHLO vm\r\n", 9);
+    put(c, ehlo, strlen(ehlo));
     return;
   case ST_EHLO:
     c->st = ST_RUN;
@@ -237,6 +238,9 @@ int main(int argc, char **argv)
   if (nconn > count)
     nconn = count;
   make_body();
+  char host[256] = "localhost";
+  gethostname(host, sizeof(host) - 1);
+  snprintf(ehlo, sizeof(ehlo), "EHLO %s\r\n", host);
   struct rlimit rl;
   if (!getrlimit(RLIMIT_NOFILE, &rl)) {
     rl.rlim_cur = rl.rlim_max;
@@ -321,5 +325,10 @@ int main(int argc, char **argv)
          (us + ss) / count, us / count, ss / count, (double)sc / count, (double)n_send / count,
          (double)n_recv / count, (double)n_epoll / count,
          (double)(r1.ru_nvcsw - r0.ru_nvcsw + r1.ru_nivcsw - r0.ru_nivcsw) / count);
+  for (int i = 0; i < nconn; i++)
+    free(cs[i].out);
+  free(cs);
+  free(body_crlf);
+  close(ep);
   return acked == count && !bad ? 0 : 1;
 }

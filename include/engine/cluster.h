@@ -86,6 +86,11 @@ struct cluster_cap *cluster_cap(struct cluster *c, const char *key, uint32_t lim
  * (cluster_cap_release when it closes). -EAGAIN: not now (woken when a
  * lease comes; ask again after *wait_ns at the latest). */
 int cluster_cap_acquire(struct cluster_cap *cap, unsigned idx, uint64_t *wait_ns);
+/* Whether a worker of this node waits for a lease of cap now. */
+bool cluster_cap_wanted(const struct cluster_cap *cap);
+/* Whether this node's connections use every lease it holds of cap (a
+ * refused acquire may then free one by closing an idle connection). */
+bool cluster_cap_full(const struct cluster_cap *cap);
 /* A connection counted by cluster_cap_acquire has closed. */
 void cluster_cap_release(struct cluster_cap *cap);
 /* True (once per connection to close) when this node holds more of the

@@ -134,6 +134,10 @@ void sched_cluster_closed(struct sched_leases *held);
  * node holds more of a cluster cap than its fair share (or than Redis
  * granted after an outage). Says true once per connection to close. */
 bool sched_cluster_shed(struct sched_leases *held);
+/* Whether a connection holding these leases should close rather than wait
+ * idle: another queue of this node waits for a lease it holds (a server's
+ * or an MX host's cap spans queues). */
+bool sched_cluster_wanted(const struct sched_leases *held);
 /* Whether the queue has any cluster-wide limit. */
 bool sched_cluster_any(const struct sched_limits *l);
 

@@ -90,8 +90,26 @@ local function auth_response(msg)
   end }
 end
 
+-- ac:esmtp_capability_add/remove: the EHLO reply comes from SMTP_Extensions
+-- in Impetus; a script calling them goes on, with one warning per method.
+local warned = {}
+local function unsupported(name)
+  return function()
+    if not warned[name] then
+      warned[name] = true
+      C.warn("ac:" .. name .. " is not supported by Impetus (the EHLO reply comes from "
+             .. "SMTP_Extensions); ignored")
+    end
+  end
+end
+local ac_mt = { __index = {
+  esmtp_capability_add = unsupported("esmtp_capability_add"),
+  esmtp_capability_remove = unsupported("esmtp_capability_remove"),
+} }
+
 local function listener_dispatch(hook, msg, str, ac, str2)
   local vctx = setmetatable({ msg = msg }, vctx_mt)
+  setmetatable(ac, ac_mt)
   for i = 1, #modules do
     local m = modules[i]
     local f = m.mod[hook]

@@ -505,11 +505,12 @@ int engine_main(const char *config_path)
     if (sig == SIGHUP) {
       sdnotify("RELOADING=1");
       reload(sh, config_path, mainlog, &prev);
-      listener_reload(lsn, atomic_load(&sh->conf)); /* its own thread takes it up */
       if (policy_reload(sh->policy, atomic_load(&sh->conf), err, sizeof err) < 0)
         logs_panic(mainlog, clock_wall_ms(), "lua", "reload rejected, the old scripts stay: %s", err);
       else if (policy_has_scripts(sh->policy))
         logs_panic(mainlog, clock_wall_ms(), "lua", "scripts reloaded");
+      /* after the scripts: its thread takes both up */
+      listener_reload(lsn, atomic_load(&sh->conf));
       logs_writer_flush(mainlog);
       sdnotify("READY=1");
     }

@@ -390,6 +390,7 @@ static void apply_reload(struct listener *L, struct conf *c)
       struct epoll_event e = {.events = EPOLLIN, .data.ptr = L->socks[i]};
       epoll_ctl(L->ep, EPOLL_CTL_ADD, L->socks[i]->fd, &e); /* EEXIST for kept ones */
     }
+    lsn_lua_refresh(L); /* scripts reloaded before this configuration was queued */
     logs_panic(L->log, wall_ms(), "esmtp_listener", "reloaded: %zu socket%s (%zu before); "
                "new sessions use the new configuration", L->nsocks, L->nsocks == 1 ? "" : "s",
                before);

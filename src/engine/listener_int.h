@@ -103,7 +103,9 @@ struct lsess {
   uint32_t nrcpt;
   struct buf in;   /* input the core has not taken (a reply is due) */
   struct buf env;  /* envelope lines of the open transaction */
-  struct buf msg;  /* the message being received */
+  struct buf msg;  /* the message being received, after its head (message_head) */
+  size_t body_off; /* where the message starts in msg */
+  bool prefixed;   /* msg holds the head */
   char *from;
   char auth_user[128];
   struct lctx *ctx;  /* Lua hooks: the connection and message contexts (NULL: no hooks) */

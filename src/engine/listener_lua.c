@@ -37,7 +37,9 @@ struct lctx {
   bool pending;      /* a hook waits for a datasource */
   bool is_auth;      /* the pending hook is AUTH */
   struct smtps_event ev; /* the command whose reply waits (valid until answered) */
-  const char *rcpt;  /* validate_rcptto: the recipient (msg:rcptto) */
+  char remote[80], local[80]; /* ac.remote_addr / ac.local_addr, "ip:port" */
+  const char *rcpt;  /* validate_rcptto: the recipient (msg:rcptto), in rcpt_buf */
+  char rcpt_buf[1024];
 };
 
 static struct ctx *dict(struct lsess *s, int which)
@@ -111,8 +113,9 @@ static void post(void *arg, void (*fn)(void *), void *fn_arg)
 
 void lsn_lua_start(struct listener *L)
 {
-  if (!L->policy || !policy_has_scripts(L->policy))
+  if (!L->policy)
     return;
+  /* without scripts it holds no state (a reload that adds some makes one) */
   L->pw = policy_thread_new(L->policy, post, L, L->log, L->gen->conf, L->counters_slot);
 }
 
@@ -180,17 +183,6 @@ void lsn_lua_sess_done(struct lsess *s)
   s->ctx = NULL;
 }
 
-/* The session's contexts, made when its SMTP session begins. */
-static void sess_ctx(struct lsess *s)
-{
-  if (s->ctx || !lsn_lua_active(s->L))
-    return;
-  s->ctx = util_xcalloc(1, sizeof(*s->ctx));
-  s->ctx->conn = ctx_new();
-  s->ctx->mess = ctx_new();
-  ctx_set(s->ctx->conn, "can_relay", s->can_relay ? "true" : "false");
-}
-
 static void addr_text(const struct sockaddr_storage *ss, char *out, size_t len)
 {
   uint8_t a[16];
@@ -202,20 +194,28 @@ static void addr_text(const struct sockaddr_storage *ss, char *out, size_t len)
   snprintf(out, len, fam == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
 }
 
+/* The session's contexts, made when its SMTP session begins. */
+static void sess_ctx(struct lsess *s)
+{
+  if (s->ctx || !lsn_lua_active(s->L))
+    return;
+  s->ctx = util_xcalloc(1, sizeof(*s->ctx));
+  s->ctx->conn = ctx_new();
+  s->ctx->mess = ctx_new();
+  ctx_set(s->ctx->conn, "can_relay", s->can_relay ? "true" : "false");
+  addr_text(&s->addr, s->ctx->remote, sizeof(s->ctx->remote));
+  struct sockaddr_storage me;
+  socklen_t ml = sizeof(me);
+  if (getsockname(s->fd, (struct sockaddr *)&me, &ml) == 0)
+    addr_text(&me, s->ctx->local, sizeof(s->ctx->local));
+}
+
 static void lua_done(void *arg, int result);
 
 /* Run hook for the session; LUAM_CONT/DONE/ERROR or LUAM_PENDING. */
 static int run(struct lsess *s, enum luam_hook hook, const char *str, size_t slen,
                const char *str2, size_t s2len)
 {
-  char remote[80], local[80];
-  addr_text(&s->addr, remote, sizeof(remote));
-  struct sockaddr_storage me;
-  socklen_t ml = sizeof(me);
-  if (getsockname(s->fd, (struct sockaddr *)&me, &ml) == 0)
-    addr_text(&me, local, sizeof(local));
-  else
-    local[0] = 0;
   s->ctx->code = 0;
   s->ctx->text[0] = 0;
   s->ctx->disconnect = false;
@@ -227,8 +227,8 @@ static int run(struct lsess *s, enum luam_hook hook, const char *str, size_t sle
     .str_len = slen,
     .str2 = str2,
     .str2_len = s2len,
-    .remote_addr = remote,
-    .local_addr = local,
+    .remote_addr = s->ctx->remote,
+    .local_addr = s->ctx->local,
     .report_errors = true,
     .done = lua_done,
     .done_arg = s,
@@ -297,10 +297,9 @@ int lsn_lua_command(struct lsess *s, const struct smtps_event *ev)
   struct luam *lm = state(s->L);
   if (!lm || !luam_has_hook(lm, hook))
     return 0;
-  char rcpt[1024];
-  if (hook == LUAM_HOOK_VALIDATE_RCPTTO) {
-    snprintf(rcpt, sizeof(rcpt), "%.*s", (int)ev->arg_len, ev->arg);
-    s->ctx->rcpt = rcpt;
+  if (hook == LUAM_HOOK_VALIDATE_RCPTTO) { /* kept while a datasource is awaited */
+    snprintf(s->ctx->rcpt_buf, sizeof(s->ctx->rcpt_buf), "%.*s", (int)ev->arg_len, ev->arg);
+    s->ctx->rcpt = s->ctx->rcpt_buf;
   }
   int r = run(s, hook, ev->arg, ev->arg_len, NULL, 0);
   if (r == LUAM_PENDING) {

@@ -34,6 +34,7 @@ static void txn_reset(struct lsess *s)
   s->nrcpt = 0;
   buf_reset(&s->env);
   buf_done(&s->msg, 0);
+  s->prefixed = false;
 }
 
 void lsn_on_submitted(void *arg, int result, const char *id, const char *why)
@@ -52,8 +53,38 @@ void lsn_on_submitted(void *arg, int result, const char *id, const char *why)
     lsn_wake(L);
 }
 
-/* The pickup-format message: envelope lines, DSN and session context,
- * Received:, then the message as received. */
+/* The pickup-format message's head (envelope lines, DSN and session
+ * context, Received:), written into s->msg before its first octet, so
+ * that the message is handed to the spool without a copy. */
+static void message_head(struct lsess *s)
+{
+  if (s->prefixed)
+    return;
+  s->prefixed = true;
+  buf_done(&s->msg, 0);
+  buf_reserve(&s->msg, s->env.len + 2048);
+  buf_printf(&s->msg, "x-sender: <%s>\n", s->from ? s->from : "");
+  buf_append(&s->msg, s->env.data, s->env.len);
+  buf_printf(&s->msg, "x-context: reception_peer=%s\n", s->ip);
+  lsn_lua_message_ctx(s, &s->msg);
+  /* the date, formatted once a second (localtime_r and strftime cost more
+   * than the rest of the envelope): the listener thread only */
+  static char date[64];
+  static time_t date_t;
+  time_t t = time(NULL);
+  if (t != date_t) {
+    struct tm tm;
+    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", localtime_r(&t, &tm));
+    date_t = t;
+  }
+  buf_printf(&s->msg, "Received: from %s (%s) by %s (Impetus) with %s%s; %s\r\n",
+             s->helo[0] ? s->helo : "unknown", s->ip, lsn_banner_host(s->L, &s->sc),
+             smtps_tls(s->sm) ? "ESMTPS" : "ESMTP", smtps_authenticated(s->sm) ? "A" : "", date);
+  s->body_off = s->msg.len;
+}
+
+/* The end of a message: Date: and Message-ID: added when missing, then
+ * the whole of s->msg handed to the spool; the reply waits for its commit. */
 static void message_end(struct lsess *s, const struct smtps_event *ev)
 {
   if (!ev->ok || !s->from) {
@@ -61,39 +92,37 @@ static void message_end(struct lsess *s, const struct smtps_event *ev)
     txn_reset(s);
     return;
   }
-  struct buf f = {0};
-  buf_reserve(&f, s->env.len + s->msg.len + 512);
-  buf_printf(&f, "x-sender: <%s>\n", s->from);
-  buf_append(&f, s->env.data, s->env.len);
-  buf_printf(&f, "x-context: reception_peer=%s\n", s->ip);
-  lsn_lua_message_ctx(s, &f);
-  char date[64];
-  time_t t = time(NULL);
-  struct tm tm;
-  strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", localtime_r(&t, &tm));
-  const char *host = lsn_banner_host(s->L, &s->sc);
-  buf_printf(&f, "Received: from %s (%s) by %s (Impetus) with %s%s; %s\r\n",
-             s->helo[0] ? s->helo : "unknown", s->ip, host,
-             smtps_tls(s->sm) ? "ESMTPS" : "ESMTP", smtps_authenticated(s->sm) ? "A" : "", date);
+  message_head(s); /* a message with no octet */
   /* Date: and Message-ID: when missing, as Postfix's cleanup adds them */
-  unsigned missing = msg_headers_missing((const char *)s->msg.data, s->msg.len);
+  const char *body = (const char *)s->msg.data + s->body_off;
+  unsigned missing = msg_headers_missing(body, s->msg.len - s->body_off);
   if (missing) {
     static _Atomic uint64_t seq;
-    char unique[64];
     static long pid;
     if (!pid)
       pid = (long)getpid(); /* the listener thread only: no system call per message */
+    char unique[64];
+    time_t t = time(NULL);
     snprintf(unique, sizeof(unique), "%ld.%" PRIu64 ".%ld", (long)t,
              atomic_fetch_add(&seq, 1), pid);
-    msg_headers_add(&f, missing, t, unique, host);
+    struct buf h = {0};
+    msg_headers_add(&h, missing, t, unique, lsn_banner_host(s->L, &s->sc));
+    buf_reserve(&s->msg, h.len);
+    uint8_t *at = s->msg.data + s->body_off;
+    memmove(at + h.len, at, s->msg.len - s->body_off);
+    memcpy(at, h.data, h.len);
+    s->msg.len += h.len;
+    buf_done(&h, 0);
   }
-  buf_append(&f, s->msg.data, s->msg.len);
+  uint8_t *data = s->msg.data;
+  size_t len = s->msg.len;
+  memset(&s->msg, 0, sizeof(s->msg)); /* the spool owns it now (or it is freed below) */
   txn_reset(s);
   /* The reply waits for the commit; the session reads on, so a pipelining
    * client's next messages join the same commit (up to max_deferred). */
   int ticket = smtps_defer(s->sm, lsn_now_ms());
   if (ticket < 0) {
-    buf_done(&f, 0);
+    free(data);
     smtps_answer(s->sm, 451, "4.3.0 Try again later", lsn_now_ms());
     return;
   }
@@ -101,7 +130,7 @@ static void message_end(struct lsess *s, const struct smtps_event *ev)
   u->s = s;
   u->ticket = ticket;
   s->inflight++;
-  spool_submit(s->L->spool, f.data, f.len, lsn_on_submitted, u); /* takes the data */
+  spool_submit(s->L->spool, data, len, lsn_on_submitted, u); /* takes the data */
 }
 
 /* Built-in checks of a command; true when they answered (refused). */
@@ -178,6 +207,7 @@ void lsn_command_commit(struct lsess *s, const struct smtps_event *ev)
     break;
   case SMTPS_CMD_DATA:
     buf_done(&s->msg, 0);
+    s->prefixed = false;
     break;
   case SMTPS_CMD_RSET:
     txn_reset(s);
@@ -245,6 +275,7 @@ int lsn_events(struct lsess *s)
     n++;
     switch (ev.type) {
     case SMTPS_EV_DATA:
+      message_head(s);
       buf_append(&s->msg, ev.data, ev.len);
       break;
     case SMTPS_EV_BDAT:

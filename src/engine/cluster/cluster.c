@@ -383,6 +383,16 @@ int cluster_cap_acquire(struct cluster_cap *cap, unsigned idx, uint64_t *wait_ns
   return -EAGAIN;
 }
 
+bool cluster_cap_wanted(const struct cluster_cap *cap)
+{
+  return atomic_load(&cap->it.waiters) != 0;
+}
+
+bool cluster_cap_full(const struct cluster_cap *cap)
+{
+  return atomic_load(&cap->in_use) >= atomic_load(&cap->granted);
+}
+
 void cluster_cap_release(struct cluster_cap *cap)
 {
   uint32_t u = atomic_load(&cap->in_use);

@@ -173,7 +173,7 @@ struct clconn *clconn_open(const struct clconn_params *p, char *err, size_t errl
   uint64_t deadline = mono_ms() + p->timeout_ms;
   char port[8];
   snprintf(port, sizeof port, "%u", p->port);
-  struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG};
+  struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
   struct addrinfo *res = NULL;
   int g = getaddrinfo(p->host, port, &hints, &res);
   if (g != 0) {

@@ -219,6 +219,11 @@ struct sched_retry worker_retry_policy(struct worker *w, struct dq_queue *q);
 /* Host "mx" { Cluster_Max_Outbound_Connections }: the fleet-wide cap of
  * connections to that MX host, NULL when none (or no cluster). */
 struct cluster_cap *worker_cluster_host_cap(struct worker *w, const char *mx_host);
+/* A cluster cap that spans queues (a server's, an MX host's, a domain's
+ * shared by bindings) refused a connection of q while all its leases here
+ * are in use: a parked idle connection of another queue holding one closes
+ * (else q would wait for its Idle_Timeout). Whether one did. */
+bool worker_quit_idle_holder(struct worker *w, struct dq_queue *q, struct cluster_cap *cap);
 
 /* ---- handover.c ---- */
 

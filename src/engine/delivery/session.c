@@ -276,8 +276,11 @@ void session_begin_next(struct session *s)
   }
   if (start_some(s) || smtpc_state(outsess_smtpc(s->os)) != SMTPC_ST_IDLE)
     return; /* started, or a stale READY: the session is not idle */
-  /* idle: smtpc's Idle_Timeout QUITs it if nothing comes */
-  if (sched_pool_put(&st->pool, s->pool_key, s, ring_now(w->ring)) == 0)
+  /* idle: smtpc's Idle_Timeout QUITs it if nothing comes; but not while
+   * another queue of this node waits for a cluster lease it holds */
+  if (sched_cluster_wanted(&s->leases))
+    outsess_quit(s->os);
+  else if (sched_pool_put(&st->pool, s->pool_key, s, ring_now(w->ring)) == 0)
     s->parked = true;
   else
     outsess_quit(s->os);
@@ -547,10 +550,12 @@ static void session_try_connect(struct session *s)
     return;
   }
   uint64_t cwait = ADAPTIVE_WAIT_NS;
-  if (!sched_cluster_host(&dq_queue_state(s->q)->limits, worker_cluster_host_cap(w, r->host),
-                          &s->leases, &cwait)) {
+  struct cluster_cap *hostcap = worker_cluster_host_cap(w, r->host);
+  if (!sched_cluster_host(&dq_queue_state(s->q)->limits, hostcap, &s->leases, &cwait)) {
     /* the MX host's fleet-wide cap (Host { Cluster_Max_Outbound_Connections }):
-     * the same as above; the worker is woken when a lease comes */
+     * the same as above; the worker is woken when a lease comes, at once
+     * when an idle connection to that host of another queue gives its up */
+    worker_quit_idle_holder(w, s->q, hostcap);
     dq_queue_state(s->q)->blocked_until_ns = ring_now(w->ring) + cwait;
     session_free(s);
     return;

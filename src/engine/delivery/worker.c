@@ -241,6 +241,20 @@ static void quit_idle_sibling(struct worker *w, struct dq_queue *q)
     }
 }
 
+bool worker_quit_idle_holder(struct worker *w, struct dq_queue *q, struct cluster_cap *cap)
+{
+  if (cap == NULL || !cluster_cap_full(cap))
+    return false;
+  for (struct session *s = first_session(w); s; s = next_session(s))
+    if (s->parked && !s->closing && s->q != q)
+      for (int i = 0; i < 3; i++)
+        if (s->leases.cap[i] == cap) {
+          session_quit_parked(s);
+          return true;
+        }
+  return false;
+}
+
 static void schedule(struct worker *w)
 {
   uint64_t now_ms = clock_wall_ms();
@@ -327,6 +341,8 @@ static void schedule(struct worker *w)
           st->blocked_until_ns = now_ns + wait;
         if (o == SCHED_OPEN_FULL && st->acct.conns == 0)
           quit_idle_sibling(w, q); /* this credential set has none: free one */
+        if (o == SCHED_OPEN_CLUSTER && !worker_quit_idle_holder(w, q, st->limits.cluster.server))
+          worker_quit_idle_holder(w, q, st->limits.cluster.conns);
         break;
       }
       st->acct.conns++; /* this queue's own (pair already counted) */

@@ -142,6 +142,14 @@ void sched_cluster_closed(struct sched_leases *held)
     }
 }
 
+bool sched_cluster_wanted(const struct sched_leases *held)
+{
+  for (int i = 0; i < 3; i++)
+    if (held->cap[i] && cluster_cap_wanted(held->cap[i]))
+      return true;
+  return false;
+}
+
 bool sched_cluster_shed(struct sched_leases *held)
 {
   for (int i = 0; i < 3; i++)

@@ -114,6 +114,10 @@ try:
     bodies = [open(x["file"], "rb").read() for x in recs if "file" in x]
     check(any(b"\r\n.leading dot\r\n" in b and b"Received: from client.test (127.0.0.1)" in b
               for b in bodies), "smtplib body and Received: delivered")
+    import re
+    check(any(re.search(rb"(?:\A|\n)Received: from client\.test [^\r]*\r\nDate: [^\r]+\r\n"
+                        rb"(?:[^\r]*\r\n)*Subject: smtplib\r\n", b) for b in bodies),
+          "the missing Date: is added after Received:, before the message's own headers")
 
     # AUTH: refused over plaintext by default, accepted where allowed; an
     # authenticated client outside Relay_Hosts may relay

@@ -81,16 +81,32 @@ try:
     old.cmd("QUIT")
     new.cmd("QUIT")
 
-    # third: p1 back beside p2
-    reload_to(listener_conf([p1, p2], ["127.0.0.1/32"], "third.test"), 2)
+    # third: p1 back beside p2, and a script with an inbound hook (the
+    # engine started without one)
+    script = os.path.join(d, "reloaded.lua")
+    with open(script, "w") as f:
+        f.write('local mod = {}\n'
+                'function mod:validate_ehlo(str, ac, vctx)\n'
+                '  if tostring(str) == "lua.reload" then\n'
+                '    vctx:set_code(550, "5.7.1 refused by the reloaded script")\n'
+                '    return msys.core.VALIDATE_DONE\n'
+                '  end\n'
+                '  return msys.core.VALIDATE_CONT\n'
+                'end\n'
+                'msys.registerModule("reloaded", mod)\n')
+    reload_to('scriptlet "scriptlet" { script "reloaded" { source = "%s" } }\n' % script[:-4]
+              + listener_conf([p1, p2], ["127.0.0.1/32"], "third.test"), 2)
     check(wait(lambda: can_connect(p1)), "a Listen added back opens")
     c = Client(p1, "127.0.0.2")
     code, lines = c.reply()
     check(code == 220 and "third.test" in lines[0], "third configuration's banner: %r" % lines)
+    code, lines = c.cmd("EHLO lua.reload")
+    check(code == 550 and "reloaded script" in lines[0], "a script added by reload runs: %r" % lines)
     c.cmd("QUIT")
 
     # a broken listener configuration is refused: the old one stays
-    reload_to(listener_conf([p1, p2], ["127.0.0.1/32"], "third.test").replace(
+    reload_to('scriptlet "scriptlet" { script "reloaded" { source = "%s" } }\n' % script[:-4]
+              + listener_conf([p1, p2], ["127.0.0.1/32"], "third.test").replace(
         '{ }\n', '{ SMTP_Extensions = ( "NOSUCH" ) }\n', 1), 2)
     check(wait(lambda: "reload not applied" in e.read(e.paniclog)), "a bad reload is refused")
     check(can_connect(p1) and can_connect(p2), "and the sockets stay")

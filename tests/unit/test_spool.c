@@ -348,7 +348,9 @@ static bool exists(const char *rel)
   return access(path, F_OK) == 0;
 }
 
-static size_t count_dir(const char *rel)
+/* Entries of base/rel: the tombs (".c.<id>", claimed pickup files) when
+ * tombs, else those not starting with a dot. */
+static size_t count_in(const char *rel, bool tombs)
 {
   char path[1024];
   snprintf(path, sizeof(path), "%s/%s", base, rel);
@@ -358,27 +360,14 @@ static size_t count_dir(const char *rel)
   size_t n = 0;
   struct dirent *e;
   while ((e = readdir(d)))
-    if (e->d_name[0] != '.')
+    if (tombs ? !strncmp(e->d_name, ".c.", 3) : e->d_name[0] != '.')
       n++;
   closedir(d);
   return n;
 }
 
-/* Tombs (".c.<id>": claimed pickup files) in pickup/. */
-static size_t count_tombs(void)
-{
-  char path[1024];
-  snprintf(path, sizeof(path), "%s/pickup", base);
-  DIR *d = opendir(path);
-  if (!d)
-    return 0;
-  size_t n = 0;
-  struct dirent *e;
-  while ((e = readdir(d)))
-    n += !strncmp(e->d_name, ".c.", 3);
-  closedir(d);
-  return n;
-}
+static size_t count_dir(const char *rel) { return count_in(rel, false); }
+static size_t count_tombs(void) { return count_in("pickup", true); }
 
 static size_t count_queue(void)
 {

@@ -218,8 +218,10 @@ void unclaim(struct spool *sp, struct pname *pn)
 }
 
 /* Claim the files renamed in among pn[0..k) (those not claimed yet):
- * through the ring (one submission; io-wq runs the renames) or with
- * renameat calls (sp->claim_ring). pn[j].clres says how it went. */
+ * through the ring (one submission; io-wq runs the renames), else with
+ * renameat calls (renameat calls on the ingest thread, and unlinkat calls
+ * on the unlink thread, cost more engine CPU in A/B runs: bench/ANALYSIS.md,
+ * session 7). pn[j].clres says how it went. */
 static void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, size_t k)
 {
   size_t want = 0;
@@ -232,9 +234,7 @@ static void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, 
   }
   if (want == 0)
     return;
-  if (sp->use_dirlock)
-    pthread_mutex_lock(&sp->dirlock);
-  bool ring = ib && sp->claim_ring && iobatch_rename(ib, sp->pickup_fd, pn, (unsigned)k) == 0;
+  bool ring = ib && iobatch_rename(ib, sp->pickup_fd, pn, (unsigned)k) == 0;
   for (size_t j = 0; j < k; j++) {
     if (pn[j].clres != 1)
       continue;
@@ -242,15 +242,13 @@ static void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, 
       pn[j].clres = ib->pre[j].st;
     else if (renameat(sp->pickup_fd, pn[j].name, sp->pickup_fd, pn[j].tomb) == 0)
       pn[j].clres = 0;
-    else if (errno == ENOENT && ib && sp->claim_ring &&
+    else if (errno == ENOENT && ib &&
              faccessat(sp->pickup_fd, pn[j].tomb, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
       pn[j].clres = 0; /* the ring failed part way, after this rename */
     else
       pn[j].clres = -errno;
     pn[j].claimed = pn[j].clres == 0;
   }
-  if (sp->use_dirlock)
-    pthread_mutex_unlock(&sp->dirlock);
 }
 
 /* Claim an in-place file that was just read from fd under its lease:
@@ -367,7 +365,10 @@ static bool read_events(struct spool *sp)
   return any;
 }
 
-/* List pickup/. A long listing is taken in inode order: on ext4 that is
+/* List pickup/ (ingest: for taking the files, which consumes their names
+ * in the renamed-in set; recovery only looks names up and leaves the set
+ * alone, else files renamed in during its listing would be taken as
+ * written in place). A long listing is taken in inode order: on ext4 that is
  * close to the order of the inode table and of the data blocks, so a
  * backlog that is no longer in the page cache is read sequentially
  * rather than at random.
@@ -377,7 +378,7 @@ static bool read_events(struct spool *sp)
  * renamed in is never checked for want of its event, and no event is
  * read after its file was listed (which would leave a stale name in the
  * set, trusted for a later file written in place under that name). */
-int scan_pickup(struct spool *sp)
+int scan_pickup(struct spool *sp, bool ingest)
 {
   names_clear(sp);
   int fd = dup(sp->pickup_fd);
@@ -410,7 +411,8 @@ int scan_pickup(struct spool *sp)
     struct pname *pn = &sp->names[i];
     /* a file not renamed in is taken only once no one writes it */
     /* a file not renamed in is read under a lease (lease_group, jrn_take) */
-    pn->inplace = (pn->type == DT_REG || pn->type == DT_UNKNOWN) && !moved_take(sp, pn->name);
+    pn->inplace =
+        (pn->type == DT_REG || pn->type == DT_UNKNOWN) && (!ingest || !moved_take(sp, pn->name));
     pn->busy = pn->claimed = false;
     pn->lfd = -1;
     pn->clres = 0;
@@ -460,7 +462,7 @@ static bool wait_work(struct spool *sp, int timeout_ms)
     if (sp->scan_due) {
       sp->scan_due = false;
       wait_drained(sp);
-      if (scan_pickup(sp) == 0 && sp->nnames > 0)
+      if (scan_pickup(sp, true) == 0 && sp->nnames > 0)
         return true;
     }
     if (now >= deadline || atomic_load(&sp->stop))
@@ -953,8 +955,8 @@ static int jrn_take_pre(struct spool *sp, struct pname *pn, const struct pre *pr
 }
 
 /* Remove a durable batch's pickup files (their tombs): one ring
- * submission of unlinks (sp->unlink_ring), else, and for what the ring
- * could not do, unlinkat calls. */
+ * submission of unlinks, else, and for what the ring could not do,
+ * unlinkat calls. */
 static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
 {
   if (spool_test_before_forget)
@@ -964,9 +966,7 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
     files += bt->c[i].name != NULL;
   if (files == 0)
     return;
-  struct iobatch *ib =
-      sp->unlink_ring ? iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false)
-                      : NULL;
+  struct iobatch *ib = iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false);
   if (ib && !spool_test_keep_pickup && files <= ib->cap) {
     char **tombs = util_xmalloc(files * sizeof(*tombs));
     char (*tb)[SPOOL_ID_LEN + 4] = util_xmalloc(files * sizeof(*tb));
@@ -979,11 +979,7 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
       tombs[nu] = tb[nu];
       who[nu++] = i;
     }
-    if (sp->use_dirlock)
-      pthread_mutex_lock(&sp->dirlock);
     int r = iobatch_unlink(ib, sp->pickup_fd, tombs, nu);
-    if (sp->use_dirlock)
-      pthread_mutex_unlock(&sp->dirlock);
     for (unsigned k = 0; k < nu; k++) {
       int res = r == 0 ? ib->res[k] : -ECANCELED;
       if (res == -ECANCELED) /* the ring failed before it */
@@ -996,12 +992,8 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
     free(tombs);
     return;
   }
-  if (sp->use_dirlock)
-    pthread_mutex_lock(&sp->dirlock);
   for (size_t i = 0; i < bt->n; i++)
     jrn_forget_pickup(sp, &bt->c[i]);
-  if (sp->use_dirlock)
-    pthread_mutex_unlock(&sp->dirlock);
 }
 
 /* A batch that could not be made durable: its pickup files go back
@@ -1209,6 +1201,13 @@ static long ingest_journal(struct spool *sp)
       /* files renamed in are claimed, then read under their tombs; files
        * not renamed in are read under a read lease and claimed under it
        * (issue 18 items 2 and 3) */
+      /* The claims queue an IN_MOVED_TO each (for the tomb): during a
+       * burst of renames in they would fill the inotify queue (16,384
+       * events by default), and every name whose event the kernel then
+       * drops takes the slower path of a file written in place. Reading
+       * the events per group keeps the queue short. */
+      if (read_events(sp))
+        sp->scan_due = true;
       claim_group(sp, ib, sp->names + sp->inames, k);
       lease_group(sp, sp->names + sp->inames, k);
       int rr = iobatch_read(ib, sp->pickup_fd, sp->names + sp->inames, (unsigned)k,

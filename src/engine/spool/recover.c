@@ -532,7 +532,7 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
   struct buf b = {0};
   /* One listing of pickup/ instead of a stat per entry: only entries whose
    * file name is still there can be a batch cut before its removals. */
-  if (scan_pickup(sp) < 0)
+  if (scan_pickup(sp, false) < 0)
     names_clear(sp);
   if (sp->nnames > 1)
     qsort(sp->names, sp->nnames, sizeof(*sp->names), cmp_pname);

@@ -191,12 +191,7 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
   }
   struct spool *sp = util_xcalloc(1, sizeof(*sp));
   atomic_init(&sp->noatime, true);
-  /* TEMPORARY (A/B measurement): IMPETUS_SPOOL_IO=claim=direct,unlink=direct */
-  const char *io = getenv("IMPETUS_SPOOL_IO");
-  sp->claim_ring = !(io && strstr(io, "claim=direct"));
-  sp->unlink_ring = !(io && strstr(io, "unlink=direct"));
-  sp->use_dirlock = io && strstr(io, "dirlock");
-  pthread_mutex_init(&sp->dirlock, NULL);
+
   sp->p = *p;
   sp->base_fd = sp->pickup_fd = sp->queue_fd = sp->bad_fd = sp->ino_fd = sp->wake_fd = -1;
   sp->jdir_fd = -1;
@@ -313,7 +308,6 @@ void spool_close(struct spool *sp)
   iobatch_free(sp->iunlink);
   pthread_mutex_destroy(&sp->jlock);
   pthread_mutex_destroy(&sp->qlock);
-  pthread_mutex_destroy(&sp->dirlock);
   sub_fail_all(sp, -ESHUTDOWN);
   pthread_mutex_destroy(&sp->sublock);
   pthread_cond_destroy(&sp->syncq.cond);

@@ -208,18 +208,13 @@ struct spool {
   _Atomic size_t sub_live; /* accepted, not yet reported */
   char sub_why[256];       /* ingest thread: why the last submission was rejected */
   uint8_t *seal_key; /* 32 bytes (secmem), or NULL: secrets are not persisted */
-  bool claim_ring;   /* claims through the ring (else renameat calls); set at open */
-  bool unlink_ring;  /* tomb removals through the ring (else unlinkat calls) */
-  bool use_dirlock;  /* TEMPORARY A/B */
-  pthread_mutex_t dirlock; /* the spool's own changes of pickup/ (claims, removals): one
-                            * thread at a time, so they never spin on the directory's lock */
   /* Names that arrived by rename (IN_MOVED_TO) since they were last
-   * listed: complete by the pickup convention. Any other name is checked
-   * for a writer before it is taken (ingest.c, being_written). Ingest
-   * thread only. */
+   * listed: complete by the pickup convention. Any other name is read
+   * under a read lease (ingest.c, lease_group, jrn_take). Ingest thread
+   * only. */
   char **moved;      /* open addressing, movedcap slots, NULL = empty */
   size_t nmoved, movedcap;
-  bool busy; /* the last listing left a file that is still being written */
+  bool busy; /* a file of the last listing is still being written: no listing at once */
 };
 #define MOVED_CAP 16384u    /* slots at first; doubled when half full */
 #define MOVED_MAX (1u << 20) /* named limit (slots): beyond half of it, names take the checked path */
@@ -437,7 +432,7 @@ static inline const char *get_str(struct rd *r, uint32_t *n)
 static inline bool is_disk_full(int err) { return err == -ENOSPC || err == -EDQUOT; }
 static inline void free_const(const char *p) { free((void *)(uintptr_t)p); }
 
-int scan_pickup(struct spool *sp); /* ingest.c */
+int scan_pickup(struct spool *sp, bool ingest); /* ingest.c */
 int syncfs_counted(struct spool *sp); /* ingest.c */
 void wait_drained(struct spool *sp); /* ingest.c */
 int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsigned n,

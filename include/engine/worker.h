@@ -46,6 +46,9 @@ struct engine_shared {
   struct policy *policy;          /* Lua scripts (policy.h); NULL: none */
   char hostname[256];
   char pickup_dir[4096];          /* where DSNs are dropped */
+  /* the spool this engine holds the lock of (Spoolbase is restart-only: a
+   * reloaded configuration may name another): adaptive state files */
+  char spoolbase[4096];
   const char *resolver;           /* "host:port" or NULL */
   unsigned nworkers;
   struct worker **workers;

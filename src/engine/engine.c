@@ -261,7 +261,7 @@ static void reload(struct engine_shared *sh, const char *path, struct logs_write
     return;
   }
   adaptive_set_rules(sh->adaptive, rules);
-  adaptive_queue_ages_load(sh, n, conf_str(conf_global(n), CONF_SPOOLBASE), clock_wall_ms());
+  adaptive_queue_ages_load(sh, n, sh->spoolbase, clock_wall_ms()); /* the locked spool's */
   struct conf *old = atomic_load(&sh->conf);
   struct diff_ctx d = {.w = log};
   conf_restart_diff(old, n, report_restart_only, &d);
@@ -365,6 +365,7 @@ int engine_main(const char *config_path)
   adaptive_queue_lua_target(sh->adaptive); /* msys.adaptive.registerRules */
 
   const char *spoolbase = conf_str(g, CONF_SPOOLBASE);
+  snprintf(sh->spoolbase, sizeof sh->spoolbase, "%s", spoolbase);
   const char *pickup = conf_str(g, CONF_PICKUP_DIRECTORY);
   if (pickup)
     snprintf(sh->pickup_dir, sizeof sh->pickup_dir, "%s", pickup);
@@ -439,6 +440,9 @@ int engine_main(const char *config_path)
   drop_root(c, mainlog, spoolbase, pickup);
   adaptive_queue_ages_load(sh, c, spoolbase, clock_wall_ms()); /* warm-up: bindings' ages */
   adaptive_queue_state_load(sh, mainlog, spoolbase, clock_wall_ms()); /* kept across a restart */
+  /* saved now as loaded, not a second after "started": the loop below
+   * writes only changes */
+  adaptive_queue_state_save(sh, mainlog, spoolbase, clock_wall_ms());
   sh->policy = policy_new(c, &sh->conf, sh->ingest_log, sh->nworkers, err, sizeof err);
   if (sh->policy == NULL)
     util_fatal("lua: %s", err);
@@ -481,14 +485,12 @@ int engine_main(const char *config_path)
   if (ecs)
     hb = conf_interval(conf_stanza_view(ecs), CONF_EC_LOGGER_HEARTBEAT);
   struct conf *prev = NULL;
-  char spooldir[4096]; /* restart-only; the first configuration may be freed by reloads */
-  snprintf(spooldir, sizeof spooldir, "%s", spoolbase);
   uint64_t next_hb = hb > 0 ? clock_mono_ns() / 1000000u + (uint64_t)hb * 1000u : UINT64_MAX;
   for (;;) {
     siginfo_t si;
     struct timespec to = {.tv_sec = 1}; /* adaptive adjustments saved each second */
     int sig = sigtimedwait(&set, &si, &to);
-    adaptive_queue_state_save(sh, mainlog, spooldir, clock_wall_ms());
+    adaptive_queue_state_save(sh, mainlog, sh->spoolbase, clock_wall_ms());
     if (sig < 0) {
       uint64_t now = clock_mono_ns() / 1000000u;
       if (errno == EAGAIN && now >= next_hb) {
@@ -535,7 +537,7 @@ int engine_main(const char *config_path)
     worker_stop(sh->workers[i], deadline);
   for (unsigned i = 0; i < sh->nworkers; i++)
     worker_join(sh->workers[i]);
-  adaptive_queue_state_save(sh, mainlog, spooldir, clock_wall_ms()); /* for the next start */
+  adaptive_queue_state_save(sh, mainlog, sh->spoolbase, clock_wall_ms()); /* for the next start */
   cluster_free(sh->cluster); /* leases and unused tokens go back to Redis */
   logs_writer_free(cluster_log);
   logs_writer_free(sh->ingest_log);

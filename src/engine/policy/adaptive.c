@@ -179,10 +179,7 @@ int adaptive_rules_add(struct adaptive_rules *rs, const struct adaptive_rule *r,
     snprintf(err, errlen, "more than %d rules", ADAPTIVE_RULES_MAX);
     return -EINVAL;
   }
-  if (rs->n == rs->cap) {
-    rs->cap = rs->cap ? 2 * rs->cap : 32;
-    rs->rule = util_xrealloc(rs->rule, rs->cap * sizeof *rs->rule);
-  }
+  UTIL_GROW(rs->rule, rs->n, rs->cap, 32);
   rs->rule[rs->n++] = x;
   return 0;
 }
@@ -226,10 +223,7 @@ int adaptive_rules_add_provider(struct adaptive_rules *rs, const struct adaptive
       rs->prov[i] = x;
       return 0;
     }
-  if (rs->nprov == rs->capprov) {
-    rs->capprov = rs->capprov ? 2 * rs->capprov : 8;
-    rs->prov = util_xrealloc(rs->prov, rs->capprov * sizeof *rs->prov);
-  }
+  UTIL_GROW(rs->prov, rs->nprov, rs->capprov, 8);
   rs->prov[rs->nprov++] = x;
   return 0;
 }
@@ -1062,10 +1056,7 @@ static struct slot *slot_find(struct adaptive *a, const char *key, bool create)
       snprintf(a->slot[i].key, sizeof a->slot[i].key, "%s", key);
       return &a->slot[i];
     }
-  if (a->nslot == a->capslot) {
-    a->capslot = a->capslot ? 2 * a->capslot : 16;
-    a->slot = util_xrealloc(a->slot, a->capslot * sizeof *a->slot);
-  }
+  UTIL_GROW(a->slot, a->nslot, a->capslot, 16);
   struct slot *s = &a->slot[a->nslot++];
   snprintf(s->key, sizeof s->key, "%s", key);
   s->held = 0;
@@ -1150,10 +1141,7 @@ static struct age *age_find(struct adaptive *a, const char *binding, bool create
       return &a->age[i];
   if (!create)
     return NULL;
-  if (a->nage == a->capage) {
-    a->capage = a->capage ? 2 * a->capage : 16;
-    a->age = util_xrealloc(a->age, a->capage * sizeof *a->age);
-  }
+  UTIL_GROW(a->age, a->nage, a->capage, 16);
   struct age *g = &a->age[a->nage++];
   copy_name(g->binding, binding);
   g->first_ms = 0;

@@ -7,7 +7,9 @@
 #include "adaptive.h"
 #include "adaptive_queue.h"
 #include "buf.h"
+#include "clock.h"
 #include "conf.h"
+#include "ctl_internal.h" /* ctl_json_str */
 #include "worker.h"
 
 #include <errno.h>
@@ -15,29 +17,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
-
-static uint64_t wall_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static void jstr(struct buf *b, const char *s)
-{
-  buf_append_str(b, "\"");
-  for (; s && *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\')
-      buf_printf(b, "\\%c", c);
-    else if (c < 0x20)
-      buf_printf(b, "\\u%04x", c);
-    else
-      buf_append(b, &c, 1);
-  }
-  buf_append_str(b, "\"");
-}
 
 struct lister {
   struct buf *b;
@@ -53,17 +32,17 @@ static bool list_one(void *arg, const struct adaptive_adjustment *j)
   if (l->json) {
     buf_append_str(l->b, l->any ? "," : "");
     buf_append_str(l->b, "{\"rule\":");
-    jstr(l->b, j->rule);
+    ctl_json_str(l->b, j->rule);
     buf_append_str(l->b, ",\"binding\":");
-    jstr(l->b, j->binding[0] ? j->binding : "*");
+    ctl_json_str(l->b, j->binding[0] ? j->binding : "*");
     buf_printf(l->b, ",\"scope\":\"%s\",\"target\":", scope);
-    jstr(l->b, j->target);
+    ctl_json_str(l->b, j->target);
     buf_printf(l->b, ",\"action\":\"%s\",\"value\":%u,\"per_s\":%u,\"since_ms\":%llu,"
                "\"until_ms\":%llu,\"seconds_left\":%llu,\"fired\":%u,\"why\":",
                adaptive_action_name(j->action), j->value, j->per_s,
                (unsigned long long)j->since_ms, (unsigned long long)j->until_ms,
                (unsigned long long)left, j->fired);
-    jstr(l->b, j->why);
+    ctl_json_str(l->b, j->why);
     buf_append_str(l->b, "}");
   } else {
     buf_printf(l->b, "- rule=%s binding=%s %s=%s action=%s value=%u", j->rule,
@@ -107,18 +86,18 @@ static void rules_out(struct engine_shared *sh, bool json, struct buf *b)
       snprintf(trig, sizeof trig, "%u/%us", r->count, r->period_s);
     if (json) {
       buf_append_str(b, i ? ",{\"name\":" : "{\"name\":");
-      jstr(b, r->name);
+      ctl_json_str(b, r->name);
       buf_append_str(b, ",\"provider\":");
-      jstr(b, r->provider ? r->provider : "");
+      ctl_json_str(b, r->provider ? r->provider : "");
       buf_printf(b, ",\"code\":%d,\"enhanced\":", r->code);
-      jstr(b, r->enhanced ? r->enhanced : "");
+      ctl_json_str(b, r->enhanced ? r->enhanced : "");
       buf_append_str(b, ",\"pattern\":");
-      jstr(b, r->pattern ? r->pattern : "");
+      ctl_json_str(b, r->pattern ? r->pattern : "");
       buf_printf(b, ",\"trigger\":\"%s\",\"scope\":\"%s\",\"action\":\"%s\",\"value\":%u,"
                  "\"duration_s\":%u,\"enabled\":%s,\"source\":", trig,
                  adaptive_scope_name(r->scope), adaptive_action_name(r->action), r->value,
                  r->duration_s, r->disabled ? "false" : "true");
-      jstr(b, r->source ? r->source : "");
+      ctl_json_str(b, r->source ? r->source : "");
       buf_append_str(b, "}");
     } else {
       buf_printf(b, "- name=%s provider=%s code=%d enhanced=%s pattern=\"%s\" trigger=%s "
@@ -138,7 +117,7 @@ int ctl_adaptive(struct engine_shared *sh, bool json, int ac, char **av, struct 
                  struct buf *err)
 {
   struct adaptive *a = sh->adaptive;
-  uint64_t now = wall_ms();
+  uint64_t now = clock_wall_ms();
   if (a == NULL) {
     buf_printf(err, "adaptive delivery is not running");
     return -EINVAL;
@@ -180,7 +159,7 @@ int ctl_adaptive(struct engine_shared *sh, bool json, int ac, char **av, struct 
   }
   if (!strcasecmp(av[0], "warmup") && ac <= 3) {
     struct conf *c = conf_ref(atomic_load(&sh->conf));
-    const char *spool = conf_str(conf_global(c), CONF_SPOOLBASE);
+    const char *spool = sh->spoolbase; /* the locked one, whatever a reload names */
     int rc = 0;
     if (ac == 3 || ac == 2) {
       uint32_t age = 0;
@@ -200,7 +179,7 @@ int ctl_adaptive(struct engine_shared *sh, bool json, int ac, char **av, struct 
       uint64_t age_s = now > first ? (now - first) / 1000u : 0;
       if (json) {
         buf_append_str(out, i ? ",{\"binding\":" : "{\"binding\":");
-        jstr(out, b);
+        ctl_json_str(out, b);
         buf_printf(out, ",\"age_s\":%llu}", (unsigned long long)age_s);
       } else {
         buf_printf(out, "- binding=%s age_s=%llu\n", b, (unsigned long long)age_s);

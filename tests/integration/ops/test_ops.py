@@ -7,6 +7,7 @@ scenarios: console busy metrics cli mx concurrent lock usage reopen"""
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -480,17 +481,34 @@ def tree_state(*roots):
 def scenario_lock(imp, ctlbin, sinkbin):
     """One engine per spool (issue 20): a second engine on a locked spool
     exits at once, non-zero, naming the spool and the holder's pid, and
-    touches nothing; a SIGKILLed engine's lock does not block a restart."""
+    touches nothing, the adaptive state files (an adjustment in force,
+    bindings' ages) included; a reload naming another Spoolbase (restart-
+    only) writes nothing there; a SIGKILLed engine's lock does not block a
+    restart."""
     import signal
-    e = None
+    import tempfile
+    e = other = None
     try:
         port = free_port()  # nobody listens: T records, retried in 20 min
-        e, sock = start(imp, 'Worker_Threads = 1\nGateway = "127.0.0.1:%d"\n' % port, "ops-lock")
+        conf = ('Worker_Threads = 1\nGateway = "127.0.0.1:%d"\nAdaptive_Enabled = true\n'
+                'Adaptive_Connection_Failures = 3\nBinding "b1" { }\n' % port)
+        e, sock = start(imp, conf, "ops-lock")
+        ctl = Ctl(ctlbin, sock)
         for i in range(3):
             e.inject("s@example.org", ["r%d@example.com" % i])
         e.wait_for(lambda: len(e.records("T")) == 3, 20, "3 transient failures")
-        # the engine settles after the T records (queue files rewritten): poll until it is still
-        before = wait_stable(lambda: tree_state(e.dir), 10, "the spool to settle")
+        # three refused connections: the connection-failures adjustment is in
+        # force, and saved (the main loop saves the adaptive state each second)
+        adj = os.path.join(e.spool, "adaptive", "adjustments")
+        ages = os.path.join(e.spool, "adaptive", "bindings")
+        e.wait_for(lambda: "connection-failures" in read_text(adj), 10, "the adjustment saved")
+        check(ctl.json("adaptive")["in_force"] == 1, "one adjustment in force")
+        check("b1 " in read_text(ages), "binding b1's age recorded: %r" % read_text(ages))
+        # the engine settles after the T records (queue files rewritten, the
+        # adaptive state saved): poll until it is still for longer than a save
+        # period
+        before = wait_stable(lambda: tree_state(e.dir), 20, "the spool to settle", interval=1.5)
+        saved = {f: read_text(f) for f in (adj, ages)}
         p = subprocess.run([imp, "-c", e.conf], capture_output=True, text=True, timeout=20)
         check(p.returncode != 0, "second engine exit status %d" % p.returncode)
         check(e.spool in p.stderr and str(e.proc.pid) in p.stderr,
@@ -499,7 +517,28 @@ def scenario_lock(imp, ctlbin, sinkbin):
         changed = [k for k in set(before) | set(after)
                    if before.get(k) != after.get(k) and not k.endswith("stderr")]
         check(not changed, "the second engine changed %s" % changed)
-        check(Ctl(ctlbin, sock).run("version").returncode == 0, "first engine still answers")
+        for f, text in saved.items():
+            check(read_text(f) == text, "the second engine rewrote %s" % f)
+        check(ctl.run("version").returncode == 0, "first engine still answers")
+        check(ctl.json("adaptive")["in_force"] == 1, "the adjustment still in force")
+        # Spoolbase is restart-only: a reload naming another spool, with a new
+        # binding (whose age is recorded at once), and the console's warm-up
+        # ages write to the spool this engine holds, never to the other one
+        other = tempfile.mkdtemp(prefix="ops-lock-other.")
+        text = read_text(e.conf)
+        with open(e.conf, "w") as f:
+            f.write(text.replace('Spoolbase = "%s"' % e.spool, 'Spoolbase = "%s"' % other)
+                    + 'Binding "b2" { }\n')
+        nrel = e.read(e.paniclog).count("reloaded ")
+        ctl.run("config", "reload")
+        e.wait_for(lambda: e.read(e.paniclog).count("reloaded ") > nrel, 10, "the reload")
+        ctl.run("adaptive", "warmup", "b1", "1d")
+        check(os.listdir(other) == [], "written into the unlocked spool %s: %s"
+              % (other, os.listdir(other)))
+        check("b2 " in read_text(ages) and read_text(ages).count("b1 ") == 2,
+              "b2's age and b1's new one in %s: %r" % (ages, read_text(ages)))
+        with open(e.conf, "w") as f:
+            f.write(text)
         # SIGKILL: no clean-up at all; the kernel drops the flock
         e.proc.send_signal(signal.SIGKILL)
         e.proc.wait()
@@ -509,13 +548,16 @@ def scenario_lock(imp, ctlbin, sinkbin):
         e.err = open(os.path.join(e.dir, "stderr2"), "w+")
         e.proc = subprocess.Popen([imp, "-c", e.conf], stdout=e.err, stderr=e.err)
         e.wait_for(lambda: e.read(e.paniclog).count("started") > nstart, 10, "restart after SIGKILL")
-        check(Ctl(ctlbin, sock).run("version").returncode == 0, "restarted engine answers")
+        check(ctl.run("version").returncode == 0, "restarted engine answers")
         with open(os.path.join(e.spool, "impetus.lock")) as f:
             check(f.read().strip() == str(e.proc.pid), "lock file holds the new pid")
+        check(ctl.json("adaptive")["in_force"] == 1, "the adjustment restored after the restart")
         check(e.stop() == 0, "engine exit status")
     finally:
         if e:
             e.cleanup()
+        if other:
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def scenario_usage(imp, ctlbin, sinkbin):

@@ -12,6 +12,8 @@
 #                          the reference of the engine's added CPU)
 #   bench/dkim_summary.txt the ratios of every round, their medians, the load
 #   bench/dkim_compare.txt bench/postfix/compare_dkim.sh (Postfix + OpenDKIM)
+# bench/render.py puts these in BENCHMARKS.md after bench/dkim_notes.md: edit
+# the notes by hand after a run (the load, every round, what it shows).
 # env COUNT=20000 REPEAT=3 PF_N=2000 CORES=$(nproc) COMPARE=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -94,7 +94,8 @@ static size_t v2(uint8_t *out, uint8_t cmd, uint8_t fam, const uint8_t *addr, si
   size_t len = alen + tlv;
   out[14] = (uint8_t)(len >> 8);
   out[15] = (uint8_t)len;
-  memcpy(out + 16, addr, alen);
+  if (alen > 0)
+    memcpy(out + 16, addr, alen);
   memset(out + 16 + alen, 0xAB, tlv);
   return 16 + len;
 }

@@ -27,6 +27,7 @@ from enginelib import Engine  # noqa: E402
 sys.path.insert(0, HERE)
 from dkimkeys import make_key, opendkim_verify, OPENDKIM  # noqa: E402
 import sinklib  # noqa: E402
+from testlib import free_port, wait_until  # noqa: E402
 
 SKIP = 77
 try:
@@ -88,16 +89,21 @@ BODIES = {
 }
 
 
+def dns_of(recs):
+    """dkimpy's dnsfunc answering from recs {name: TXT record}."""
+    def dnsfunc(name, timeout=5):
+        r = recs.get(name.decode().rstrip("."))
+        return r.encode() if r else None
+    return dnsfunc
+
+
 def verify(raw, recs, label, want_sigs=1):
     sigs = len(re.findall(rb"(?mi)^DKIM-Signature:", raw))
     expect(sigs == want_sigs, "%s: %d DKIM-Signature field(s), want %d" % (label, sigs, want_sigs))
     if not want_sigs:
         return
 
-    def dnsfunc(name, timeout=5):
-        r = recs.get(name.decode().rstrip("."))
-        return r.encode() if r else None
-
+    dnsfunc = dns_of(recs)
     try:
         ok = dkim.verify(raw, dnsfunc=dnsfunc)
     except dkim.DKIMException as e:
@@ -156,8 +162,13 @@ def final_count(e):
     return sum(1 for f in e.records() if f[4] in ("D", "P"))
 
 
-def scenario_deliver(imp, sinkbin):
-    tmp = tempfile.mkdtemp(prefix="dkim-e2e.")
+def each_transfer_mode(imp, sinkbin, name, extra_conf, send):
+    """For delivery by BDAT, then by DATA (a sink with --no-chunking): an
+    engine with the DKIM configuration plus extra_conf(); send(mode, e)
+    hands it messages and returns {recipient: DKIM-Signature fields
+    wanted}; then every message is delivered in that transfer mode, and
+    each arrived with its signatures, verified."""
+    tmp = tempfile.mkdtemp(prefix=name + ".")
     sinks = []
     try:
         recs = make_keys(tmp)
@@ -166,38 +177,43 @@ def scenario_deliver(imp, sinkbin):
                                                          ["--no-chunking"]))
             sinks.append(sink)
             conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % sink.port
-                    + dkim_conf(tmp))
-            e = Engine(imp, conf, "dkim-" + mode)
+                    + extra_conf() + dkim_conf(tmp))
+            e = Engine(imp, conf, "%s-%s" % (name, mode))
             try:
                 e.start()
-                n = 0
-                for dom in ("rsa.test", "ed.test"):
-                    for name, body in BODIES.items():
-                        e.inject("a@%s" % dom, ["%s-%s@c.test" % (name, dom)],
-                                 body="From: Sender <a@%s>\r\n%s" % (dom, body))
-                        n += 1
-                # not signed: opendkim_sign = false for the recipient's domain,
-                # and a responsible domain no dkim_domain names
-                e.inject("a@rsa.test", ["off@nosign.test"], body="From: a@rsa.test\n\nx\n")
-                e.inject("a@other.test", ["other@c.test"], body="From: a@other.test\n\nx\n")
-                n += 2
-                e.wait_for(lambda: final_count(e) >= n, 60, "final records")
-                expect(len(e.records("D")) == n, "%s: all %d delivered" % (mode, n))
+                want = send(mode, e)
+                e.wait_for(lambda: final_count(e) >= len(want), 60, "final records")
+                expect(len(e.records("D")) == len(want),
+                       "%s: all %d delivered" % (mode, len(want)))
                 got = received(info)
                 summ = sink.summary_now()
                 expect((summ["bdat_messages"] > 0) == (mode == "bdat"),
                        "%s: transfer mode (bdat_messages=%d)" % (mode, summ["bdat_messages"]))
-                for dom in ("rsa.test", "ed.test"):
-                    for name in BODIES:
-                        rc = "%s-%s@c.test" % (name, dom)
-                        verify(got.get(rc, b""), recs, "%s %s %s" % (mode, dom, name))
-                verify(got.get("off@nosign.test", b""), recs, mode + " opendkim_sign=false", 0)
-                verify(got.get("other@c.test", b""), recs, mode + " unknown domain", 0)
+                for rc, nsigs in want.items():
+                    verify(got.get(rc, b""), recs, "%s %s" % (mode, rc), nsigs)
                 expect(e.stop() == 0, "%s: exit status" % mode)
             finally:
                 e.cleanup()
     finally:
         drop_sinks(tmp, *sinks)
+
+
+def scenario_deliver(imp, sinkbin):
+    """Pickup files, every body of BODIES from both signing domains."""
+    def send(mode, e):
+        want = {}
+        for dom in ("rsa.test", "ed.test"):
+            for name, body in BODIES.items():
+                rc = "%s-%s@c.test" % (name, dom)
+                e.inject("a@%s" % dom, [rc], body="From: Sender <a@%s>\r\n%s" % (dom, body))
+                want[rc] = 1
+        # not signed: opendkim_sign = false for the recipient's domain,
+        # and a responsible domain no dkim_domain names
+        e.inject("a@rsa.test", ["off@nosign.test"], body="From: a@rsa.test\n\nx\n")
+        e.inject("a@other.test", ["other@c.test"], body="From: a@other.test\n\nx\n")
+        want.update({"off@nosign.test": 0, "other@c.test": 0})
+        return want
+    each_transfer_mode(imp, sinkbin, "dkim-e2e", lambda: "", send)
 
 
 def stored_signature(spool):
@@ -241,11 +257,9 @@ def scenario_restart(imp, sinkbin):
             # Restart only once the clock is past the stored t=: a message
             # signed again would carry another t= (and another b=).
             t0 = sig_time(sig)
-            deadline = time.monotonic() + 10
-            while t0 is not None and int(time.time()) <= t0 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            expect(t0 is not None and int(time.time()) > t0,
-                   "the clock is past the stored t=%s" % t0)
+            expect(t0 is not None, "the stored signature has t=")
+            if t0 is not None:
+                wait_until(lambda: int(time.time()) > t0, 10, "the clock past t=%d" % t0)
             bad.stop()
             good, info = start_sink(sinkbin, tmp, "good")
             with open(e.conf) as f:
@@ -264,14 +278,6 @@ def scenario_restart(imp, sinkbin):
             e.cleanup()
     finally:
         drop_sinks(tmp, bad, good)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 class SmtpClient:
@@ -311,15 +317,12 @@ class SmtpClient:
         return codes
 
 
-def wait_port(port, deadline=10):
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.1)
-    return False
+def port_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 # What SMTP clients submit: CRLF as SMTP wants it, a dot-leading line (DATA
@@ -342,54 +345,35 @@ def scenario_listener(imp, sinkbin):
     """Messages from SMTP clients of the ESMTP_Listener (DATA by smtplib,
     BDAT in several chunks by hand) are signed once at ingest like pickup
     files, delivered by BDAT and by DATA, and verify."""
-    tmp = tempfile.mkdtemp(prefix="dkim-lsn.")
-    sinks = []
-    try:
-        recs = make_keys(tmp)
-        for mode in ("bdat", "data"):
-            sink, info = start_sink(sinkbin, tmp, mode, *([] if mode == "bdat" else
-                                                         ["--no-chunking"]))
-            sinks.append(sink)
-            port = free_port()
-            conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % sink.port
-                    + 'ESMTP_Listener {\n  Relay_Hosts = ( "127.0.0.1/32" )\n'
-                    '  SMTP_Extensions = ( "PIPELINING" "CHUNKING" "8BITMIME" "ENHANCEDSTATUSCODES" )\n'
-                    '  Listen "127.0.0.1:%d" { }\n}\n' % port + dkim_conf(tmp))
-            e = Engine(imp, conf, "dkim-lsn-" + mode)
-            try:
-                e.start()
-                expect(wait_port(port), "%s: the listener accepts" % mode)
-                want = []
-                for dom in ("rsa.test", "ed.test"):
-                    for name, body in SMTP_BODIES.items():
-                        msg = b"From: Sender <a@%s>\r\n" % dom.encode() + body
-                        rc = "%s-data-%s@c.test" % (name, dom)
-                        with smtplib.SMTP("127.0.0.1", port, timeout=20) as c:
-                            c.ehlo("client.test")
-                            refused = c.sendmail("a@" + dom, [rc], msg)
-                        expect(refused == {}, "%s: DATA %s accepted" % (mode, rc))
-                        want.append(rc)
-                    for name, body in list(SMTP_BODIES.items()) + list(BDAT_ONLY.items()):
-                        msg = b"From: Sender <a@%s>\r\n" % dom.encode() + body
-                        rc = "%s-bdat-%s@c.test" % (name, dom)
-                        codes = SmtpClient(port).bdat("a@" + dom, rc, msg)
-                        expect(all(c == 250 for c in codes[1:]),
-                               "%s: BDAT %s accepted %r" % (mode, rc, codes))
-                        want.append(rc)
-                e.wait_for(lambda: final_count(e) >= len(want), 60, "final records")
-                expect(len(e.records("D")) == len(want),
-                       "%s: all %d delivered" % (mode, len(want)))
-                got = received(info)
-                summ = sink.summary_now()
-                expect((summ["bdat_messages"] > 0) == (mode == "bdat"),
-                       "%s: transfer mode (bdat_messages=%d)" % (mode, summ["bdat_messages"]))
-                for rc in want:
-                    verify(got.get(rc, b""), recs, "%s %s" % (mode, rc))
-                expect(e.stop() == 0, "%s: exit status" % mode)
-            finally:
-                e.cleanup()
-    finally:
-        drop_sinks(tmp, *sinks)
+    port = [0]
+
+    def listener_conf():
+        port[0] = free_port()
+        return ('ESMTP_Listener {\n  Relay_Hosts = ( "127.0.0.1/32" )\n'
+                '  SMTP_Extensions = ( "PIPELINING" "CHUNKING" "8BITMIME" "ENHANCEDSTATUSCODES" )\n'
+                '  Listen "127.0.0.1:%d" { }\n}\n' % port[0])
+
+    def send(mode, e):
+        wait_until(lambda: port_open(port[0]), 10, "the listener's port")
+        want = {}
+        for dom in ("rsa.test", "ed.test"):
+            for name, body in SMTP_BODIES.items():
+                msg = b"From: Sender <a@%s>\r\n" % dom.encode() + body
+                rc = "%s-data-%s@c.test" % (name, dom)
+                with smtplib.SMTP("127.0.0.1", port[0], timeout=20) as c:
+                    c.ehlo("client.test")
+                    refused = c.sendmail("a@" + dom, [rc], msg)
+                expect(refused == {}, "%s: DATA %s accepted" % (mode, rc))
+                want[rc] = 1
+            for name, body in list(SMTP_BODIES.items()) + list(BDAT_ONLY.items()):
+                msg = b"From: Sender <a@%s>\r\n" % dom.encode() + body
+                rc = "%s-bdat-%s@c.test" % (name, dom)
+                codes = SmtpClient(port[0]).bdat("a@" + dom, rc, msg)
+                expect(all(c == 250 for c in codes[1:]),
+                       "%s: BDAT %s accepted %r" % (mode, rc, codes))
+                want[rc] = 1
+        return want
+    each_transfer_mode(imp, sinkbin, "dkim-lsn", listener_conf, send)
 
 
 LUA = r"""
@@ -437,12 +421,8 @@ def scenario_lua(imp, sinkbin):
             e.wait_for(lambda: len(e.records("D")) >= 1, 30, "delivery")
             got = received(info).get("bob@c.test", b"")
             verify(got, recs, "configured + Lua", want_sigs=2)
-
-            def dnsfunc(name, timeout=5):
-                r = recs.get(name.decode().rstrip("."))
-                return r.encode() if r else None
             d = dkim.DKIM(got)
-            ok = [bool(d.verify(idx=i, dnsfunc=dnsfunc)) for i in range(2)]
+            ok = [bool(d.verify(idx=i, dnsfunc=dns_of(recs))) for i in range(2)]
             expect(ok == [True, True], "both signatures verify: %r" % ok)
             expect(b"d=ed.test" in got and b"i=@ed.test" in got, "the Lua signature's d= and i=")
             log = e.read(e.paniclog)

@@ -586,7 +586,7 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
   return count;
 }
 
-/* Tombs (".c.<id>", ingest.c: a pickup file claimed for message <id>)
+/* Tombs (".c.<id>", claim.c: a pickup file claimed for message <id>)
  * left by a crash or a failed removal: when the journal has message <id>
  * (queued, or done since) read from this very file, the journal's copy
  * counts and the tomb is removed; anything else (a batch that was not

@@ -7,8 +7,11 @@
  *   journal.c  journal segments: fds, appends, syncs, pins, retirement
  *   iobatch.c  batched file system calls through a private io_uring
  *   spool.c    open/close, bad/
- *   ingest.c   the pickup directory: listing, reading, the one ingest path
- *              (parse, scrub, hook, journal entry), group commit, threads
+ *   claim.c    the pickup directory: listing, events, read leases,
+ *              claiming files (rename to a tomb) and putting them back
+ *   take.c     the one ingest path: reading a claimed file, parse, scrub,
+ *              hook, signing, its journal entry in the batch
+ *   ingest.c   batches, group commit, the threads of spool_start
  *   recover.c  start-up recovery of the journal and spilled messages
  *   txn.c      outcome transactions and spilling to per-message files
  *
@@ -101,9 +104,9 @@ struct pname {
   char *name;
   uint64_t ino;
   uint8_t type; /* DT_REG, DT_UNKNOWN (file system without d_type), or another DT_ */
-  bool inplace; /* not renamed in: read only under a read lease (ingest.c) */
+  bool inplace; /* not renamed in: read only under a read lease (claim.c) */
   bool busy;    /* inplace, and a writer has it open: taken later */
-  bool claimed; /* renamed to tomb: from then on the engine's own (ingest.c, claim) */
+  bool claimed; /* renamed to tomb: from then on the engine's own (claim.c) */
   int lfd;      /* inplace: open with a read lease held while the ring reads it, or -1 */
   int clres;    /* the claim's rename: 0 or -errno */
   uint64_t id;  /* the message id it was claimed for (0: not yet) */
@@ -210,7 +213,7 @@ struct spool {
   uint8_t *seal_key; /* 32 bytes (secmem), or NULL: secrets are not persisted */
   /* Names that arrived by rename (IN_MOVED_TO) since they were last
    * listed: complete by the pickup convention. Any other name is read
-   * under a read lease (ingest.c, lease_group, jrn_take). Ingest thread
+   * under a read lease (claim.c lease_group, take.c jrn_take). Ingest thread
    * only. */
   char **moved;      /* open addressing, movedcap slots, NULL = empty */
   size_t nmoved, movedcap;
@@ -243,7 +246,7 @@ struct in_hook {
   const uint8_t *data;
   size_t len;
 };
-extern _Thread_local struct in_hook in_hook; /* defined in ingest.c */
+extern _Thread_local struct in_hook in_hook; /* defined in take.c */
 
 /* A bounds-checked reader over a record payload. */
 struct rd {
@@ -432,13 +435,31 @@ static inline const char *get_str(struct rd *r, uint32_t *n)
 static inline bool is_disk_full(int err) { return err == -ENOSPC || err == -EDQUOT; }
 static inline void free_const(const char *p) { free((void *)(uintptr_t)p); }
 
-int scan_pickup(struct spool *sp, bool ingest); /* ingest.c */
+int scan_pickup(struct spool *sp, bool ingest); /* claim.c */
+bool read_events(struct spool *sp); /* claim.c */
+bool wait_work(struct spool *sp, int timeout_ms); /* claim.c */
+void drain_fd(int fd); /* claim.c */
+int lease_get(int fd); /* claim.c */
+bool quiet_for(const struct stat *st); /* claim.c */
+void lease_group(struct spool *sp, struct pname *pn, size_t k); /* claim.c */
+void lease_group_done(struct spool *sp, struct pname *pn, struct pre *pr, size_t k); /* claim.c */
+void claim_prep(struct spool *sp, struct pname *pn); /* claim.c */
+void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, size_t k); /* claim.c */
+int claim_leased(struct spool *sp, struct pname *pn, int fd); /* claim.c */
+void unclaim_at(struct spool *sp, const char *tomb, const char *name, bool link); /* claim.c */
+int jrn_take(struct spool *sp, struct pname *pn, struct jtake *out); /* take.c */
+int jrn_take_pre(struct spool *sp, struct pname *pn, const struct pre *pr, size_t slot, bool stat,
+                 struct jtake *out); /* take.c */
+int jrn_take_data(struct spool *sp, const char *name, const char *qname, uint64_t id,
+                  const uint8_t *data, size_t len, const struct pinfo *pi, int fd, bool stays,
+                  struct jtake *out); /* take.c */
+void jrn_flush_deferred(struct spool *sp); /* take.c */
 int syncfs_counted(struct spool *sp); /* ingest.c */
 void wait_drained(struct spool *sp); /* ingest.c */
 int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsigned n,
                         int oflags, uint8_t *at, size_t slot, bool stat); /* iobatch.c */
 int iobatch_unlink(struct iobatch *b, int dirfd, char *const *names, unsigned n); /* iobatch.c */
-void unclaim(struct spool *sp, struct pname *pn); /* ingest.c */
+void unclaim(struct spool *sp, struct pname *pn); /* claim.c */
 int iobatch_rename(struct iobatch *b, int dirfd, const struct pname *names, unsigned n); /* iobatch.c */
 struct iobatch *iobatch_get(struct iobatch **bp, bool *tried, unsigned cap, bool reads); /* iobatch.c */
 void iobatch_free(struct iobatch *b); /* iobatch.c */
@@ -497,4 +518,4 @@ int seal_load(struct spool *sp, const char *path, char *err, size_t errlen);
 void seal_done(struct spool *sp);
 void seal_put(const struct spool *sp, struct buf *b, const struct spool_msg *m);
 int seal_apply(const struct spool *sp, struct spool_msg *m, const uint8_t *blob, size_t len);
-void moved_free(struct spool *sp); /* ingest.c */
+void moved_free(struct spool *sp); /* claim.c */

@@ -79,3 +79,19 @@ def read_text(path):
             return f.read()
     except FileNotFoundError:
         return ""
+
+
+def read_jsonl(path):
+    """The complete records of a JSON-lines file another process is still
+    appending to: a last line without its newline is being written and is
+    left for the next call. A missing file has no records."""
+    import json
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.endswith("\n") and line.strip():
+                    out.append(json.loads(line))
+    except FileNotFoundError:
+        pass
+    return out

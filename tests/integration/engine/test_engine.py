@@ -16,7 +16,7 @@ import time
 from enginelib import Engine, SKIP, sinklib, start_dnsmasq
 
 
-from testlib import free_port  # noqa: E402  (tests/integration/testlib.py)
+from testlib import free_port, read_jsonl  # noqa: E402  (tests/integration/testlib.py)
 
 
 def sink_with_log(binary, *args):
@@ -45,15 +45,7 @@ def finish(sink):
 
 
 def msgs_of(sink):
-    out = []
-    try:
-        with open(sink.logpath) as f:
-            for line in f:
-                if line.strip():
-                    out.append(json.loads(line))
-    except FileNotFoundError:
-        pass
-    return out
+    return read_jsonl(sink.logpath)
 
 
 def expect(cond, what):

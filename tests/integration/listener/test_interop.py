@@ -19,6 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 sys.path.insert(0, HERE)
 from lsnlib import check, enginelib, finish, free_port, sinklib, wait_port  # noqa: E402
+from testlib import read_jsonl  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 POSTFIX = "/usr/sbin/postfix"
@@ -36,14 +37,7 @@ if os.geteuid() != 0:
 
 
 def sink_rcpts(jl):
-    import json
-    out = []
-    if os.path.exists(jl):
-        with open(jl) as f:
-            for line in f:
-                if line.strip():
-                    out += json.loads(line)["rcpts"]
-    return out
+    return [r for m in read_jsonl(jl) for r in m["rcpts"]]
 
 
 def wait_until(cond, timeout):

@@ -12,14 +12,13 @@ import smtplib
 import subprocess
 import sys
 import tempfile
-import time
 from email.message import EmailMessage
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 sys.path.insert(0, HERE)
 from lsnlib import check, enginelib, finish, free_port, sinklib, wait_port  # noqa: E402
-from testlib import read_jsonl  # noqa: E402
+from testlib import read_jsonl, wait_until  # noqa: E402
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 POSTFIX = "/usr/sbin/postfix"
@@ -38,15 +37,6 @@ if os.geteuid() != 0:
 
 def sink_rcpts(jl):
     return [r for m in read_jsonl(jl) for r in m["rcpts"]]
-
-
-def wait_until(cond, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.2)
-    return cond()
 
 
 d = tempfile.mkdtemp(prefix="impetus-interop.")
@@ -73,7 +63,8 @@ try:
                         "-f", "src@sender.test", "-t", "dst@source.test", "-M", "client.test",
                         "127.0.0.1:%d" % port], capture_output=True, text=True, timeout=120)
     check(r.returncode == 0, "smtp-source exit %d: %s" % (r.returncode, r.stderr[-400:]))
-    wait_until(lambda: sum(1 for x in sink_rcpts(jl) if x.endswith("@source.test")) >= n, 60)
+    wait_until(lambda: sum(1 for x in sink_rcpts(jl) if x.endswith("@source.test")) >= n, 60,
+               "smtp-source's %d messages at the sink" % n)
     got = [x for x in sink_rcpts(jl) if x.endswith("@source.test")]
     check(len(got) == n and len(set(got)) == n,
           "smtp-source: %d of %d delivered (%d distinct)" % (len(got), n, len(set(got))))
@@ -105,7 +96,7 @@ try:
             check(c.send_message(m) == {}, "postfix accepted message %d" % i)
             ids.append(m["Message-ID"])
     wait_until(lambda: sum(1 for x in sink_rcpts(jl) if x.endswith("@relayed.test"))
-               >= RELAYED, 90)
+               >= RELAYED, 90, "Postfix's %d relayed messages at the sink" % RELAYED)
     got = sorted(x for x in sink_rcpts(jl) if x.endswith("@relayed.test"))
     check(got == sorted("user%d@relayed.test" % i for i in range(RELAYED)),
           "postfix relayhost: %d of %d delivered: %r" % (len(got), RELAYED, got[:5]))

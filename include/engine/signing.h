@@ -46,8 +46,10 @@ int signing_lua(const struct spool_msg *msg, const uint8_t *body, size_t len,
 void signing_on_sign(void *arg, struct spool_msg *msg, const uint8_t *body, size_t len,
                      struct buf *hdr);
 /* spool_sign_prep_cb: moves what Lua signed for msg into hdr; true when
- * the configuration signs msg too (opendkim_sign and a dkim_domain). */
-bool signing_on_sign_prep(void *arg, struct spool_msg *msg, struct buf *hdr);
+ * the configuration signs msg too (opendkim_sign, and a dkim_domain names
+ * its responsible domain). */
+bool signing_on_sign_prep(void *arg, struct spool_msg *msg, const uint8_t *body, size_t len,
+                          struct buf *hdr);
 /* spool_sign_async_cb: sign the group's jobs as signing_on_sign does, on a
  * pool of DKIM_Signer_Threads signer threads (default one per core)
  * started on first use; returns at once, and spool_sign_done(group) is

@@ -137,7 +137,7 @@ struct spool_sign_job {
 typedef void (*spool_sign_batch_cb)(void *arg, struct spool_sign_job *jobs, size_t n);
 /* Optional pair, preferred over both: signing that never holds up the
  * ingest thread. on_sign_prep is called on the ingest thread after the
- * ingest hook of each message (what on_sign would append that is ready
+ * ingest hook of each message (msg[0..len) as for on_sign; what on_sign would append that is ready
  * now, such as signatures made from Lua, goes to hdr); it returns true
  * when the message must still be signed. Such a message leaves the batch
  * being built: the spool keeps a copy, and hands it with others to
@@ -149,7 +149,8 @@ typedef void (*spool_sign_batch_cb)(void *arg, struct spool_sign_job *jobs, size
  * message's pickup file stays claimed (a crash puts it back in pickup/,
  * to be taken and signed again) and a submission has no reply. */
 struct spool_sign_group;
-typedef bool (*spool_sign_prep_cb)(void *arg, struct spool_msg *msg, struct buf *hdr);
+typedef bool (*spool_sign_prep_cb)(void *arg, struct spool_msg *msg, const uint8_t *body,
+                                   size_t len, struct buf *hdr);
 typedef void (*spool_sign_async_cb)(void *arg, struct spool_sign_job *jobs, size_t n,
                                     struct spool_sign_group *group);
 /* Every job of group is done (any thread, once per group). */

@@ -335,12 +335,14 @@ static void pool_start(void)
   }
 }
 
-bool signing_on_sign_prep(void *arg, struct spool_msg *msg, struct buf *hdr)
+bool signing_on_sign_prep(void *arg, struct spool_msg *msg, const uint8_t *body, size_t len,
+                          struct buf *hdr)
 {
   (void)arg;
   lsig_take(msg, hdr); /* what Lua signed, below the configured signature */
   struct set *s = set_get();
-  bool want = s && dkim_signers_count(s->signers) && sign_wanted(s->conf, msg);
+  bool want = s && dkim_signers_count(s->signers) && sign_wanted(s->conf, msg) &&
+              dkim_signers_match(s->signers, body, len);
   set_unref(s);
   return want;
 }

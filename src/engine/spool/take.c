@@ -324,7 +324,7 @@ int jrn_take_data(struct spool *sp, const char *name, const char *qname, uint64_
     return 1;
   if (sp->signq) { /* signed off this thread when it must be (signq.c) */
     sp->sig.len = 0;
-    if (sp->p.on_sign_prep(sp->p.arg, m, &sp->sig))
+    if (sp->p.on_sign_prep(sp->p.arg, m, data + m->body_off, (size_t)m->body_size, &sp->sig))
       return signq_defer(sp, name, data, len, pi, m, &sp->sig);
     jrn_emit(sp, name, data, pi, m, stays, sp->sig.data, sp->sig.len, out);
     return 0;

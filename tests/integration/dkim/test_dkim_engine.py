@@ -9,10 +9,11 @@ it to impetus-sink by BDAT and by DATA; what arrived is verified by dkimpy
 signature (restart). A second signature from Lua (lua). Signing held by
 a test hook does not hold up unsigned mail nor give an SMTP client its
 reply early (nonblocking); kill -9 while signing loses nothing and sends
-nothing unsigned (held-crash).
+nothing unsigned (held-crash). Bounces the engine generates are signed
+when a dkim_domain names their From: domain (dsn).
 
 usage: test_dkim_engine.py IMPETUS SINK SCENARIO
-       (deliver | listener | restart | lua | nonblocking | held-crash)
+       (deliver | listener | restart | lua | nonblocking | held-crash | dsn)
 """
 import os
 import re
@@ -102,7 +103,8 @@ def dns_of(recs):
 
 
 def verify(raw, recs, label, want_sigs=1):
-    sigs = len(re.findall(rb"(?mi)^DKIM-Signature:", raw))
+    head = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0]  # not a bounce's quoted headers
+    sigs = len(re.findall(rb"(?mi)^DKIM-Signature:", head))
     expect(sigs == want_sigs, "%s: %d DKIM-Signature field(s), want %d" % (label, sigs, want_sigs))
     if not want_sigs:
         return
@@ -573,11 +575,54 @@ def scenario_held_crash(imp, sinkbin):
         drop_sinks(tmp, sink)
 
 
+def scenario_dsn(imp, sinkbin):
+    """A bounce the engine generates (From: MAILER-DAEMON@<host name>) is
+    signed like any message when a dkim_domain names its responsible
+    domain, here with base_domain = rsa.test; both verifiers accept it,
+    delivered by BDAT and by DATA."""
+    host = socket.gethostname().lower()
+    tmp = tempfile.mkdtemp(prefix="dkim-dsn.")
+    sinks = []
+    try:
+        recs = make_keys(tmp)
+        bad, _ = start_sink(sinkbin, tmp, "refuse", "--fail", "RCPT=550:1.0")
+        sinks.append(bad)
+        for mode in ("bdat", "data"):
+            good, info = start_sink(sinkbin, tmp, "dsn-" + mode,
+                                    *([] if mode == "bdat" else ["--no-chunking"]))
+            sinks.append(good)
+            conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+                    'Domain "bad.test" { Gateway = "127.0.0.1:%d" }\n' % (good.port, bad.port)
+                    + dkim_conf(tmp).replace(
+                        '  dkim_domain "rsa.test" { selector = "r" }\n',
+                        '  dkim_domain "rsa.test" { selector = "r" }\n'
+                        '  dkim_domain "%s" {\n    base_domain = "rsa.test"\n'
+                        '    selector = "r"\n    key = "%s/rsa.test/r.key"\n  }\n'
+                        % (host, tmp)))
+            e = Engine(imp, conf, "dkim-dsn-" + mode)
+            try:
+                e.start()
+                e.inject("a@rsa.test", ["gone@bad.test"],
+                         body="From: a@rsa.test\nSubject: bounce me\n\nx\n")
+                e.wait_for(lambda: len(e.records("P")) >= 1 and len(e.records("D")) >= 1, 30,
+                           "the failure and its bounce delivered")
+                got = received(info).get("a@rsa.test", b"")
+                expect(b"MAILER-DAEMON@" in got and b"multipart/report" in got,
+                       "%s: the bounce arrived" % mode)
+                verify(got, recs, "%s: bounce" % mode)
+                expect(b"d=rsa.test" in got, "%s: signed by the base_domain" % mode)
+                expect(e.stop() == 0, "%s: exit status" % mode)
+            finally:
+                e.cleanup()
+    finally:
+        drop_sinks(tmp, *sinks)
+
+
 def main():
     imp, sinkbin, scenario = sys.argv[1:4]
     {"deliver": scenario_deliver, "listener": scenario_listener, "restart": scenario_restart,
      "lua": scenario_lua, "nonblocking": scenario_nonblocking,
-     "held-crash": scenario_held_crash}[scenario](imp, sinkbin)
+     "held-crash": scenario_held_crash, "dsn": scenario_dsn}[scenario](imp, sinkbin)
     if failures:
         print("%d check(s) failed" % len(failures))
         return 1

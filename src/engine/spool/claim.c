@@ -170,7 +170,7 @@ static int pickup_open(struct spool *sp, const char *name)
   return fd;
 }
 
-/* ---- claiming (issue 18 item 2, issue 25) ----
+/* ---- claiming by exchange (Pickup_Claim = exchange; issue 25) ----
  *
  * The pickup name is always present and always a directory producers can
  * write; behind it are two directory inodes with the same owner, group
@@ -236,6 +236,8 @@ static int claim_adopt(struct spool *sp)
  * -errno (nothing was claimed; the claimed directory is listed anyway). */
 int claim_swap(struct spool *sp)
 {
+  if (!sp->exchange)
+    return 0; /* files are claimed one by one (claim_group) */
   int r = claim_adopt(sp);
   if (r == 0)
     r = claim_match(sp);
@@ -256,12 +258,35 @@ int claim_swap(struct spool *sp)
   return 0;
 }
 
-/* spool_open: the pickup directory is open (pick_fd), inotify made. Open
- * (or make) <Spoolbase>/claim and the claimed directory, give it pickup's
- * owner, group and mode, check that the file system exchanges names, and
- * watch both directories. 0 or -errno with why set. */
+/* spool_open: the pickup directory is open (pick_fd), inotify made.
+ * Pickup_Claim = exchange: open (or make) <Spoolbase>/claim and the
+ * claimed directory, give it pickup's owner, group and mode, check that
+ * the file system exchanges names, and watch both directories. rename:
+ * claim_fd is pickup/ itself; a claimed directory left by an exchange run
+ * is opened as spare_fd for recovery (recover.c empties it). 0 or -errno
+ * with why set. */
 int claim_dirs_open(struct spool *sp, char *why, size_t whylen)
 {
+  sp->exchange = sp->p.pickup_exchange;
+  if (!sp->exchange) {
+    sp->claim_fd = dup(sp->pick_fd);
+    if (sp->claim_fd < 0) {
+      snprintf(why, whylen, "dup: %s", strerror(errno));
+      return -errno;
+    }
+    int cr = openat(sp->base_fd, CLAIM_ROOT, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (cr >= 0) {
+      sp->spare_fd = openat(cr, CLAIM_LEAF, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+      close(cr);
+    }
+    if (sp->ino_fd >= 0 &&
+        (sp->pick_wd = sp->claim_wd = inotify_add_watch(sp->ino_fd, sp->pickup_path,
+                                                        IN_MOVED_TO | IN_CLOSE_WRITE)) < 0) {
+      close(sp->ino_fd); /* the rescan timer still finds files */
+      sp->ino_fd = -1;
+    }
+    return 0;
+  }
   char *path = util_xstrdup(sp->pickup_path);
   size_t l = strlen(path);
   while (l > 1 && path[l - 1] == '/')
@@ -339,6 +364,128 @@ int claim_dirs_open(struct spool *sp, char *why, size_t whylen)
   return 0;
 }
 
+/* ---- claiming by rename (Pickup_Claim = rename, the default) ----
+ *
+ * A pickup file is claimed before it is read: renamed from its name to
+ * its tomb ".c.<message id>" (dot names are never picked up). The rename
+ * is atomic, so whatever is at the name at that instant is taken, and a
+ * file that takes the name afterwards is a different file, left where it
+ * is. From the claim on, the file is the engine's own: it is read under
+ * the tomb, moved from there to bad/ when rejected, put back under its
+ * name when its batch cannot be made durable, and removed with one unlink
+ * once its journal entry is durable (no comparison is needed: nothing
+ * else writes a tomb). Recovery knows a tomb by its id (recover_tombs).
+ * A file not renamed in is claimed only under a read lease, after it was
+ * read (claim_leased): no writer can have it open then. With
+ * Pickup_Claim = exchange these are no-ops: the exchange claimed the
+ * files, which are read and removed under their own names. */
+
+void claim_prep(struct spool *sp, struct pname *pn)
+{
+  char id[SPOOL_ID_LEN + 1];
+  pn->id = next_id(sp);
+  id_format(pn->id, sp->p.node_id, id);
+  snprintf(pn->tomb, sizeof pn->tomb, ".c.%s", id);
+}
+
+/* Put the file under tomb back under name, never over another file: by a
+ * hard link then an unlink, which makes no IN_MOVED_TO (the file is then
+ * judged like one written in place); where the link is refused
+ * (fs.protected_hardlinks and a file of another user) by a rename. 0 or
+ * -1 (name taken). A crash between link and unlink leaves the file under
+ * both names: recovery requeues the tomb, a duplicate, never a loss. */
+static int tomb_put_back(struct spool *sp, const char *tomb, const char *name, bool link)
+{
+  if (link && linkat(sp->claim_fd, tomb, sp->claim_fd, name, 0) == 0) {
+    (void)unlinkat(sp->claim_fd, tomb, 0);
+    return 0;
+  }
+  if (link && errno == EEXIST)
+    return -1;
+  return renameat2(sp->claim_fd, tomb, sp->claim_fd, name, RENAME_NOREPLACE);
+}
+
+/* A claimed file that is not to be ingested now goes back to pickup/:
+ * under its name when that is free, else as "requeued-<id>", else it
+ * stays under its tomb (recovery requeues it at the next start). link: see
+ * tomb_put_back. */
+void unclaim_at(struct spool *sp, const char *tomb, const char *name, bool link)
+{
+  char alt[64];
+  if (tomb_put_back(sp, tomb, name, link) == 0)
+    return;
+  snprintf(alt, sizeof alt, "requeued-%s", tomb + 3);
+  (void)tomb_put_back(sp, tomb, alt, link);
+}
+
+void unclaim(struct spool *sp, struct pname *pn)
+{
+  if (pn->claimed && !sp->exchange) /* exchange: it stays in the claimed directory */
+    unclaim_at(sp, pn->tomb, pn->name, false); /* read whole, as it is: complete */
+  pn->claimed = false;
+}
+
+/* Claim the files renamed in among pn[0..k) (those not claimed yet):
+ * through the ring (one submission; io-wq runs the renames), else with
+ * renameat calls (renameat calls on the ingest thread, and unlinkat calls
+ * on the unlink thread, cost more engine CPU in A/B runs: bench/ANALYSIS.md,
+ * session 7). pn[j].clres says how it went. */
+void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, size_t k)
+{
+  if (sp->exchange)
+    return; /* claimed by the exchange */
+  size_t want = 0;
+  for (size_t j = 0; j < k; j++) {
+    if (pn[j].inplace || pn[j].claimed)
+      continue;
+    claim_prep(sp, &pn[j]);
+    pn[j].clres = 1; /* to be renamed (iobatch_rename) */
+    want++;
+  }
+  if (want == 0)
+    return;
+  bool ring = ib && iobatch_rename(ib, sp->claim_fd, pn, (unsigned)k) == 0;
+  for (size_t j = 0; j < k; j++) {
+    if (pn[j].clres != 1)
+      continue;
+    if (ring)
+      pn[j].clres = ib->pre[j].st;
+    else if (renameat(sp->claim_fd, pn[j].name, sp->claim_fd, pn[j].tomb) == 0)
+      pn[j].clres = 0;
+    else if (errno == ENOENT && ib &&
+             faccessat(sp->claim_fd, pn[j].tomb, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+      pn[j].clres = 0; /* the ring failed part way, after this rename */
+    else
+      pn[j].clres = -errno;
+    pn[j].claimed = pn[j].clres == 0;
+  }
+}
+
+/* Claim an in-place file that was just read from fd under its lease:
+ * renamed to its tomb while no writer can open it, then checked to be the
+ * file fd reads (the name may have been replaced since it was opened:
+ * that file is not ours and is put back, linked, for a later round).
+ * Returns 0 claimed, 3 later, or -errno of the rename. */
+int claim_leased(struct spool *sp, struct pname *pn, int fd)
+{
+  if (sp->exchange) { /* in the claimed directory already */
+    pn->claimed = true;
+    return 0;
+  }
+  claim_prep(sp, pn);
+  if (renameat(sp->claim_fd, pn->name, sp->claim_fd, pn->tomb) < 0)
+    return pn->clres = -errno;
+  struct stat a, b;
+  if (fstat(fd, &a) == 0 && fstatat(sp->claim_fd, pn->tomb, &b, AT_SYMLINK_NOFOLLOW) == 0 &&
+      a.st_ino == b.st_ino && a.st_dev == b.st_dev) {
+    pn->claimed = true;
+    pn->clres = 0;
+    return 0;
+  }
+  unclaim_at(sp, pn->tomb, pn->name, true);
+  return 3;
+}
+
 /* Before the ring reads a group: each regular file of it not renamed in
  * (and not claimed yet) is opened and leased (pn->lfd), or marked busy (a
  * writer has it open), or left to jrn_take (no lease to be had, or it
@@ -363,8 +510,8 @@ void lease_group(struct spool *sp, struct pname *pn, size_t k)
 }
 
 /* After the ring read the group: what each leased file is now (fstat,
- * still under the lease); a file read whole is claimed before the lease
- * is dropped; a new empty one is left (busy). */
+ * still under the lease); a file read whole is claimed (claim_leased)
+ * before the lease is dropped; a new empty one is left (busy). */
 void lease_group_done(struct spool *sp, struct pname *pn, struct pre *pr, size_t k)
 {
   for (size_t j = 0; j < k; j++) {
@@ -375,8 +522,13 @@ void lease_group_done(struct spool *sp, struct pname *pn, struct pre *pr, size_t
       pr[j].op = -errno;
     else if (pr[j].rd == 0 && !quiet_for(&pr[j].lst))
       pn[j].busy = true; /* new and empty: its writer may be inside open(O_CREAT) still */
-    else if (pr[j].rd >= 0)
-      pn[j].claimed = true; /* read whole while no writer could have it: ours */
+    else if (pr[j].rd >= 0) {
+      int r = claim_leased(sp, &pn[j], pn[j].lfd);
+      if (r == 3)
+        pn[j].busy = true;
+      else if (r < 0)
+        pr[j].op = r;
+    }
     close(pn[j].lfd); /* drops the lease */
     pn[j].lfd = -1;
   }
@@ -481,8 +633,11 @@ int scan_dir(struct spool *sp, int dfd, int wd, bool ingest)
     pn->inplace =
         (pn->type == DT_REG || pn->type == DT_UNKNOWN) && (!ingest || !moved_take(sp, wd, pn->name));
     pn->busy = false;
-    pn->claimed = !pn->inplace; /* renamed in, and in the claimed directory: ours */
+    pn->claimed = sp->exchange && !pn->inplace; /* renamed in and exchanged: ours */
     pn->lfd = -1;
+    pn->clres = 0;
+    pn->id = 0;
+    pn->tomb[0] = 0;
     sp->names[kept++] = *pn;
   }
   n = kept;

@@ -30,28 +30,42 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *out)
 bool (*spool_test_keep_pickup)(const char *name);
 void (*spool_test_before_forget)(void);
 
+/* Where t's claimed pickup file is in claim_fd: its tomb ".c.<message
+ * id>" (claim_prep) with Pickup_Claim = rename, else its own name in the
+ * claimed directory. out: SPOOL_ID_LEN + 4 bytes. */
+static const char *claimed_at(const struct spool *sp, const struct jtake *t, char *out)
+{
+  if (sp->exchange)
+    return t->name;
+  char id[SPOOL_ID_LEN + 1];
+  snprintf(out, SPOOL_ID_LEN + 4, ".c.%s", spool_msg_id_str(t->msg, id));
+  return out;
+}
+
 /* t's pickup file could not be removed (err): it goes to bad/, its message stays queued. */
-static void forget_failed(struct spool *sp, const struct jtake *t, int err)
+static void forget_failed(struct spool *sp, const struct jtake *t, const char *at, int err)
 {
   char why[256], id[SPOOL_ID_LEN + 1];
   snprintf(why, sizeof(why), "queued as %s, but the pickup file could not be removed (%s)",
            spool_msg_id_str(t->msg, id), strerror(err));
-  to_bad(sp, sp->claim_fd, t->name, t->name, why, id);
+  to_bad(sp, sp->claim_fd, at, t->name, why, id);
 }
 
 /* A pickup file whose message is durable in the journal is removed: one
- * unlink of its name in the claimed directory (claim.c: the exchange
- * claimed it before it was read; a name a producer reuses afterwards is
- * in the other directory and never touched). */
+ * unlink where it was claimed (claimed_at: it was claimed before it was
+ * read, so that holds exactly the file read; a name a producer reuses
+ * afterwards holds another file, which is never touched). */
 static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
 {
   if (!t->name)
     return; /* a submission: no pickup file */
   if (spool_test_keep_pickup && spool_test_keep_pickup(t->name))
     return; /* as if the process died here */
-  if (unlinkat(sp->claim_fd, t->name, 0) == 0 || errno == ENOENT)
+  char tb[SPOOL_ID_LEN + 4];
+  const char *at = claimed_at(sp, t, tb);
+  if (unlinkat(sp->claim_fd, at, 0) == 0 || errno == ENOENT)
     return;
-  forget_failed(sp, t, errno);
+  forget_failed(sp, t, at, errno);
 }
 
 /* Remove a durable batch's pickup files: one ring
@@ -69,12 +83,13 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
   struct iobatch *ib = iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false);
   if (ib && !spool_test_keep_pickup && files <= ib->cap) {
     char **names = util_xmalloc(files * sizeof(*names));
+    char (*tb)[SPOOL_ID_LEN + 4] = sp->exchange ? NULL : util_xmalloc(files * sizeof(*tb));
     size_t *who = util_xmalloc(files * sizeof(*who));
     unsigned nu = 0;
     for (size_t i = 0; i < bt->n; i++) {
       if (!bt->c[i].name)
         continue;
-      names[nu] = bt->c[i].name;
+      names[nu] = (char *)(uintptr_t)claimed_at(sp, &bt->c[i], tb ? tb[nu] : NULL);
       who[nu++] = i;
     }
     int r = iobatch_unlink(ib, sp->claim_fd, names, nu);
@@ -83,9 +98,10 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
       if (res == -ECANCELED) /* the ring failed before it */
         jrn_forget_pickup(sp, &bt->c[who[k]]);
       else if (res < 0 && res != -ENOENT)
-        forget_failed(sp, &bt->c[who[k]], -res);
+        forget_failed(sp, &bt->c[who[k]], names[k], -res);
     }
     free(who);
+    free(tb);
     free(names);
     return;
   }
@@ -93,15 +109,20 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
     jrn_forget_pickup(sp, &bt->c[i]);
 }
 
-/* A batch that could not be made durable: its pickup files stay in the
- * claimed directory, which the next exchange puts back under the pickup
- * name (they are claimed again the round after), and what reached the
- * segment is retired so it can never be taken for mail. */
+/* A batch that could not be made durable: its pickup files go back
+ * under their names for the next round (unclaim_at; with Pickup_Claim =
+ * exchange they stay in the claimed directory, which the next exchange
+ * puts back under the pickup name), and what reached the segment is
+ * retired so it can never be taken for mail. */
 static void jrn_batch_fail(struct spool *sp, struct jbatch *bt, bool put, int err)
 {
   struct buf done = {0};
   uint32_t *unpin = util_xmalloc(bt->n * sizeof(*unpin));
   for (size_t i = 0; i < bt->n; i++) {
+    if (bt->c[i].name && !sp->exchange) {
+      char tb[SPOOL_ID_LEN + 4];
+      unclaim_at(sp, claimed_at(sp, &bt->c[i], tb), bt->c[i].name, false); /* read whole */
+    }
     if (bt->c[i].sub)
       sub_finish(sp, bt->c[i].sub, err < 0 ? err : -EIO, NULL, NULL);
     rec_done(&done, bt->c[i].msg);
@@ -291,14 +312,17 @@ static long ingest_journal(struct spool *sp)
           break; /* the arena is full: write this batch */
         }
       }
-      /* files renamed in were claimed by the exchange; files not renamed
-       * in are read under a read lease and claimed under it (issue 18
-       * items 2 and 3). During a burst of renames in, reading the events
-       * per group keeps the inotify queue (16,384 events by default)
-       * short: every name whose event the kernel drops takes the slower
-       * path of a file written in place. */
+      /* files renamed in are claimed (by the exchange, or renamed to
+       * their tombs here), then read; files not renamed in are read
+       * under a read lease and claimed under it (issue 18 items 2 and 3).
+       * The tomb renames queue an IN_MOVED_TO each: during a burst of
+       * renames in they, and the producers' own, would fill the inotify
+       * queue (16,384 events by default), and every name whose event the
+       * kernel drops takes the slower path of a file written in place.
+       * Reading the events per group keeps the queue short. */
       if (read_events(sp))
         sp->scan_due = true;
+      claim_group(sp, ib, sp->names + sp->inames, k);
       lease_group(sp, sp->names + sp->inames, k);
       int rr = iobatch_read(ib, sp->claim_fd, sp->names + sp->inames, (unsigned)k,
                             atomic_load_explicit(&sp->noatime, memory_order_relaxed) ? O_NOATIME

@@ -50,6 +50,7 @@ static struct iobatch *iobatch_new(unsigned cap, bool reads)
   if (reads) {
     struct io_uring_probe *pr = io_uring_get_probe_ring(&b->ring);
     bool ok = pr && io_uring_opcode_supported(pr, IORING_OP_STATX) &&
+              io_uring_opcode_supported(pr, IORING_OP_RENAMEAT) &&
               io_uring_opcode_supported(pr, IORING_OP_OPENAT) &&
               io_uring_opcode_supported(pr, IORING_OP_READ) &&
               io_uring_opcode_supported(pr, IORING_OP_CLOSE);
@@ -172,7 +173,7 @@ int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsign
     if (names[i].type != DT_REG || (!names[i].claimed && !names[i].inplace))
       continue; /* not claimed: jrn_take says why */
     struct io_uring_sqe *q;
-    const char *path = names[i].name;
+    const char *path = pn_at(&names[i]);
     if (names[i].inplace && !names[i].claimed) { /* from the caller's fd, under its read lease */
       if (names[i].lfd < 0)
         continue; /* no lease: jrn_take reads it */
@@ -218,4 +219,23 @@ int iobatch_unlink(struct iobatch *b, int dirfd, char *const *names, unsigned n)
     q->user_data = (uint64_t)i << 2;
   }
   return iobatch_run(b, n);
+}
+
+/* Claim names[0..n) (n <= cap) whose clres is 1: renameat(name ->
+ * tomb), one system call for the lot; results in names[i].clres (the
+ * caller's array: it is what the ring wrote). io_uring runs every
+ * renameat in an io-wq worker. */
+int iobatch_rename(struct iobatch *b, int dirfd, const struct pname *names, unsigned n)
+{
+  unsigned ops = 0;
+  for (unsigned i = 0; i < n; i++) {
+    if (names[i].clres != 1)
+      continue;
+    struct io_uring_sqe *q = sqe_get(&b->ring);
+    io_uring_prep_renameat(q, dirfd, names[i].name, dirfd, names[i].tomb, 0);
+    q->user_data = (uint64_t)i << 2; /* step 0: b->pre[i].st, copied by the caller */
+    b->pre[i].st = -ECANCELED;
+    ops++;
+  }
+  return ops ? iobatch_run(b, ops) : 0;
 }

@@ -553,12 +553,22 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
   /* One listing of each directory instead of a stat per entry: only
    * entries whose file name is still there can be a batch cut before its
    * removals. */
-  list_sorted(sp, sp->claim_fd, sp->claim_wd);
-  for (size_t i = 0; i < jm->n; i++) {
-    struct jent *e = &jm->e[i];
-    const struct pname *pn = e->src && *e->src ? listed(sp, e) : NULL; /* queued or done */
-    if (pn && jrn_same_file(sp, sp->claim_fd, e, pn, false))
-      (void)unlinkat(sp->claim_fd, pn->name, 0);
+  int cfd = sp->exchange ? sp->claim_fd : sp->spare_fd; /* rename mode: claim_fd is pickup/ */
+  if (cfd >= 0) {
+    list_sorted(sp, cfd, -1);
+    for (size_t i = 0; i < jm->n; i++) {
+      struct jent *e = &jm->e[i];
+      const struct pname *pn = e->src && *e->src ? listed(sp, e) : NULL; /* queued or done */
+      if (pn && jrn_same_file(sp, cfd, e, pn, false))
+        (void)unlinkat(cfd, pn->name, 0);
+    }
+    if (!sp->exchange) /* what an exchange run left goes back to pickup/ */
+      for (size_t i = 0; i < sp->nnames; i++)
+        if (renameat2(cfd, sp->names[i].name, sp->pick_fd, sp->names[i].name, RENAME_NOREPLACE) < 0) {
+          char alt[NAME_MAX + 16];
+          snprintf(alt, sizeof alt, "requeued-%.200s-%zu", sp->names[i].name, i);
+          (void)renameat2(cfd, sp->names[i].name, sp->pick_fd, alt, RENAME_NOREPLACE);
+        }
   }
   list_sorted(sp, sp->pick_fd, sp->pick_wd);
   for (size_t i = 0; i < jm->n; i++) {

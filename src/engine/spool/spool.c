@@ -195,6 +195,7 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
   sp->p = *p;
   sp->base_fd = sp->pick_fd = sp->claim_fd = sp->queue_fd = sp->bad_fd = sp->ino_fd = -1;
   sp->wake_fd = sp->pick_parent_fd = sp->claim_parent_fd = sp->pick_wd = sp->claim_wd = -1;
+  sp->spare_fd = -1;
   sp->jdir_fd = -1;
   for (unsigned i = 0; i < JRN_SLOTS; i++)
     atomic_init(&sp->jfd[i], -1);
@@ -274,8 +275,10 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
 
 void names_clear(struct spool *sp)
 {
-  for (size_t i = sp->inames; i < sp->nnames; i++)
-    free(sp->names[i].name); /* not taken: it stays in the claimed directory (claim.c) */
+  for (size_t i = sp->inames; i < sp->nnames; i++) {
+    unclaim(sp, &sp->names[i]); /* claimed, not taken: back under its name (claim.c) */
+    free(sp->names[i].name);
+  }
   sp->nnames = sp->inames = 0;
 }
 
@@ -311,7 +314,8 @@ void spool_close(struct spool *sp)
   pthread_cond_destroy(&sp->qdrained);
   pthread_cond_destroy(&sp->unlinkq.cond);
   int fds[] = {sp->base_fd, sp->pick_fd,       sp->claim_fd,        sp->pick_parent_fd,
-               sp->claim_parent_fd, sp->queue_fd, sp->bad_fd, sp->ino_fd, sp->wake_fd};
+               sp->claim_parent_fd, sp->spare_fd, sp->queue_fd, sp->bad_fd, sp->ino_fd,
+               sp->wake_fd};
   for (size_t i = 0; i < UTIL_ARRAY_LEN(fds); i++)
     if (fds[i] >= 0)
       close(fds[i]);

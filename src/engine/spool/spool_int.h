@@ -106,9 +106,18 @@ struct pname {
   uint8_t type; /* DT_REG, DT_UNKNOWN (file system without d_type), or another DT_ */
   bool inplace; /* not renamed in: read only under a read lease (claim.c) */
   bool busy;    /* inplace, and a writer has it open: taken later */
-  bool claimed; /* the engine's own: renamed in, or read whole under its lease (claim.c) */
+  bool claimed; /* the engine's own: exchanged, or renamed to its tomb (claim.c) */
   int lfd;      /* inplace: open with a read lease held while the ring reads it, or -1 */
+  int clres;    /* the claim's rename: 0 or -errno */
+  uint64_t id;  /* the message id it was claimed for (0: not yet) */
+  char tomb[SPOOL_ID_LEN + 4]; /* ".c.<id>" (Pickup_Claim = rename) */
 };
+/* Where a claimed file is now in claim_fd: under its tomb (rename), or
+ * under its own name (exchange). */
+static inline const char *pn_at(const struct pname *pn)
+{
+  return pn->claimed && pn->tomb[0] ? pn->tomb : pn->name;
+}
 
 /* A body of the batch that is written from where it was read. */
 struct jref {
@@ -143,11 +152,13 @@ struct spool {
    * the one at <Spoolbase>/claim/pickup, which only the engine uses: the
    * listing, reads, moves to bad/ and removals are all in claim_fd. An
    * exchange swaps the names and these fds (and their inotify watches). */
+  bool exchange;               /* Pickup_Claim = exchange; else claim_fd is pick_fd's dup */
   int pick_fd, claim_fd;
   int pick_wd, claim_wd;       /* their inotify watches (-1: none) */
   int pick_parent_fd;          /* the directory holding the pickup name */
   char *pick_leaf;             /* the pickup name in it */
   int claim_parent_fd;         /* <Spoolbase>/claim (0700) */
+  int spare_fd;                /* rename mode: a claimed directory an exchange run left, or -1 */
   _Atomic uint64_t st_swaps;   /* exchanges made */
   int bucket_fd[NBUCKETS];
   uint64_t last_id;
@@ -454,6 +465,12 @@ void lease_group(struct spool *sp, struct pname *pn, size_t k); /* claim.c */
 void lease_group_done(struct spool *sp, struct pname *pn, struct pre *pr, size_t k); /* claim.c */
 int claim_dirs_open(struct spool *sp, char *why, size_t whylen); /* claim.c */
 int claim_swap(struct spool *sp); /* claim.c */
+void claim_prep(struct spool *sp, struct pname *pn); /* claim.c */
+void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, size_t k); /* claim.c */
+int claim_leased(struct spool *sp, struct pname *pn, int fd); /* claim.c */
+void unclaim_at(struct spool *sp, const char *tomb, const char *name, bool link); /* claim.c */
+void unclaim(struct spool *sp, struct pname *pn); /* claim.c */
+int iobatch_rename(struct iobatch *b, int dirfd, const struct pname *names, unsigned n); /* iobatch.c */
 int jrn_take(struct spool *sp, struct pname *pn, struct jtake *out); /* take.c */
 int jrn_take_pre(struct spool *sp, struct pname *pn, const struct pre *pr, size_t slot, bool stat,
                  struct jtake *out); /* take.c */

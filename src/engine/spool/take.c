@@ -145,16 +145,41 @@ static int take_checked(struct spool *sp, int dfd, const char *qname, const char
   return 0;
 }
 
-/* Read file pn of the claimed directory with system calls (no ring, a
- * file bigger than its slot, a type to check); a file not renamed in is
- * read under a read lease and claimed under it. Returns 0 (taken), 1
- * (bad/ or vanished, reported) or 3 (still being written). */
+/* A claim that failed (pn->clres): the file vanished (its producer
+ * removed it: nothing to own), or it cannot be renamed (bad/ says why). */
+static int claim_failed(struct spool *sp, const struct pname *pn)
+{
+  char why[256];
+  if (pn->clres == -ENOENT) {
+    write_why(sp, pn->name, "file vanished before it could be claimed", NULL);
+    report_bad(sp, pn->name, "file vanished before it could be claimed");
+    return 1;
+  }
+  snprintf(why, sizeof(why), "cannot claim the pickup file: %s", strerror(-pn->clres));
+  to_bad(sp, sp->claim_fd, pn->name, pn->name, why, NULL);
+  return 1;
+}
+
+/* Read file pn with system calls (no ring, a file bigger than its slot, a
+ * type to check): claimed first when renamed in (Pickup_Claim = rename;
+ * the exchange claimed it otherwise); a file not renamed in is read under
+ * a read lease and claimed under it. Returns 0 (taken), 1 (bad/ or
+ * vanished, reported) or 3 (still being written). */
 int jrn_take(struct spool *sp, struct pname *pn, struct jtake *out)
 {
   char why[512];
   const char *name = pn->name;
-  const char *at = name; /* in the claimed directory */
   out->msg = NULL;
+  if (!pn->inplace && !pn->claimed) {
+    if (pn->clres == 0) {
+      claim_prep(sp, pn);
+      pn->claimed = renameat(sp->claim_fd, name, sp->claim_fd, pn->tomb) == 0;
+      pn->clres = pn->claimed ? 0 : -errno;
+    }
+    if (!pn->claimed)
+      return claim_failed(sp, pn);
+  }
+  const char *at = pn_at(pn); /* where the file is now */
   if (pn->type != DT_REG && pn->type != DT_UNKNOWN) { /* a FIFO would block a read */
     to_bad(sp, sp->claim_fd, at, name, "not a regular file", NULL);
     return 1;
@@ -205,13 +230,16 @@ int jrn_take(struct spool *sp, struct pname *pn, struct jtake *out)
                           st2.st_ctim.tv_nsec != st.st_ctim.tv_nsec ||
                           st2.st_ctim.tv_sec != st.st_ctim.tv_sec || !quiet_for(&st)));
     }
+    int c = later ? 3 : claim_leased(sp, pn, fd);
     if (lease > 0)
       (void)fcntl(fd, F_SETLEASE, F_UNLCK);
-    if (later) {
+    if (c != 0) {
       close(fd);
+      if (c < 0)
+        return claim_failed(sp, pn);
       return 3;
     }
-    pn->claimed = true; /* read whole while no writer had it: ours */
+    at = pn_at(pn);
   }
   if (r < 0) {
     close(fd);
@@ -222,7 +250,7 @@ int jrn_take(struct spool *sp, struct pname *pn, struct jtake *out)
   }
   struct pinfo pi = {(uint64_t)st.st_ino, (uint64_t)st.st_size,
                      (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec};
-  r = jrn_take_data(sp, name, at, 0, sp->rbuf.data, sp->rbuf.len, &pi, fd, false, out);
+  r = jrn_take_data(sp, name, at, pn->id, sp->rbuf.data, sp->rbuf.len, &pi, fd, false, out);
   close(fd);
   return r;
 }
@@ -355,9 +383,11 @@ int jrn_take_pre(struct spool *sp, struct pname *pn, const struct pre *pr, size_
   out->msg = NULL;
   if (pn->busy)
     return 3;
+  if (!pn->inplace && !pn->claimed)
+    return claim_failed(sp, pn);
   if (pn->type != DT_REG || pr->op == -ECANCELED)
     return 2;
-  const char *at = name; /* in the claimed directory */
+  const char *at = pn_at(pn); /* where the file is now */
   if (pr->op == -ENOENT) {
     write_why(sp, name, "file vanished before it could be claimed", NULL);
     report_bad(sp, name, "file vanished before it could be claimed");
@@ -395,7 +425,7 @@ int jrn_take_pre(struct spool *sp, struct pname *pn, const struct pre *pr, size_
                                 : (uint64_t)pr->stx.stx_mtime.tv_sec * 1000000000u +
                                       (uint64_t)pr->stx.stx_mtime.tv_nsec;
     struct pinfo pi = {pn->ino, len, stat ? mtime : STAMP_CRC | crc32c(0, pr->data, len)};
-    return jrn_take_data(sp, name, at, 0, pr->data, len, &pi, -1, true, out);
+    return jrn_take_data(sp, name, at, pn->id, pr->data, len, &pi, -1, true, out);
   }
   to_bad(sp, sp->claim_fd, at, name, why, NULL);
   return 1;

@@ -8,7 +8,8 @@
  *   iobatch.c  batched file system calls through a private io_uring
  *   spool.c    open/close, bad/
  *   claim.c    the pickup directory: listing, events, read leases,
- *              claiming files (rename to a tomb) and putting them back
+ *              claiming files (rename to a tomb, or the whole directory by
+ *              exchange: Pickup_Claim) and putting them back
  *   take.c     the one ingest path: reading a claimed file, parse, scrub,
  *              hook, signing, its journal entry in the batch
  *   ingest.c   batches, group commit, the threads of spool_start

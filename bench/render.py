@@ -106,6 +106,42 @@ def dkim_section():
     return o
 
 
+def listener_section():
+    """Issue 21: SMTP injection into the ESMTP_Listener vs Postfix's smtpd
+    (bench/listener/bench_listener.sh, run by run-all.sh into
+    bench/listener.jsonl: one line per alternating run, then a summary line
+    with the medians and the idle-session memory). Empty when not run."""
+    p = os.path.join(os.path.dirname(os.path.abspath(__file__)), "listener.jsonl")
+    runs = [r for r in load(p) if r.get("bench") == "listener" and "run" in r]
+    summ = [r for r in load(p) if r.get("bench") == "listener" and "summary" in r]
+    if not runs:
+        return []
+    o = ["## SMTP injection (issue 21: `bench/listener/bench_listener.sh`)", "",
+         "smtp-blast sends 1 KB messages over 50 pipelining BDAT sessions (window 8), durable "
+         "(the 250 follows the group commit's fdatasync), alternately to the engine's "
+         "`ESMTP_Listener` and to a private Postfix smtpd on the same machine, both relaying "
+         "to impetus-sink; each side's run starts once the sink has every message accepted "
+         "before it (the other side's delivery tail is not in the run). Engine CPU: all its "
+         "threads from the first message to the last delivery, per message. Targets: "
+         ">= 30,000 msg/s, >= 40x Postfix, <= 25 µs/msg, 10,000 idle sessions at <= 16 KB each.",
+         "",
+         "| run | Impetus msg/s | Postfix msg/s | ratio | engine CPU µs/msg accepted and delivered "
+         "| load average | failed |",
+         "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        o.append("| %s | %s | %s | %sx | %s | %s | %s |" % (
+            r["run"], f(r.get("impetus_msgs_per_s"), "%.0f"), f(r.get("postfix_msgs_per_s"), "%.0f"),
+            f(r.get("ratio")), f(r.get("engine_us_per_msg")), f(r.get("load")), f(r.get("failed"))))
+    o.append("")
+    for r in summ[-1:]:
+        o += ["**%s**" % r["summary"], ""]
+        if r.get("idle"):
+            o += ["Idle sessions (`bench/listener/idle_sessions.py`, after EHLO, engine RSS; the "
+                  "kernel's socket buffers not counted): %s" % r["idle"], ""]
+        o += ["```", r.get("command", "bench/listener/bench_listener.sh") + " build", "```", ""]
+    return o
+
+
 def last_full_run():
     """The date of the full run the other sections come from: kept in
     bench/full-run.txt by run-all.sh (ONLY unset)."""
@@ -376,6 +412,7 @@ def main():
         w("Not measured in this run: %s" % cmp_)
     w("")
     o.extend(dkim_section())
+    o.extend(listener_section())
     floor = sys.argv[4] if len(sys.argv) > 4 and os.path.exists(sys.argv[4]) else None
     if floor:
         w("## Kernel floor of the spool's file operations (`bench/spool/fs_floor.py`)")

@@ -165,6 +165,11 @@ struct spool_params {
   enum spool_sync sync;
   uint64_t max_message_size;  /* bytes of the whole pickup file; 0: default */
   bool keep_dicts_in_memory;
+  /* Pickup_Claim = exchange: claim everything in pickup/ with one
+   * renameat2(RENAME_EXCHANGE) with <spoolbase>/claim/pickup instead of a
+   * rename per file; producers must then write their temporary files
+   * outside pickup/ (or rename through a directory fd): docs/spool.md. */
+  bool pickup_exchange;
   const char *secret_key_file; /* Spool_Secret_Key_File: the AES-256-GCM key that seals secret
                                 * context values in the spool (created 0600 when missing); NULL:
                                 * secrets are kept in memory only and lost on restart */

@@ -407,6 +407,7 @@ int engine_main(const char *config_path)
     .sync = sync == 1 ? SPOOL_SYNC_ALWAYS : sync == 2 ? SPOOL_SYNC_NONE : SPOOL_SYNC_BATCH,
     .max_message_size = conf_size(g, CONF_MAX_MESSAGE_SIZE),
     .keep_dicts_in_memory = conf_bool(g, CONF_KEEP_MESSAGE_DICTS_IN_MEMORY),
+    .pickup_exchange = conf_enum(g, CONF_PICKUP_CLAIM) == 1,
     .secret_key_file = key_file,
     .on_msg = on_msg,
     .on_batch_end = on_batch_end,

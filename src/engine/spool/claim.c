@@ -680,6 +680,13 @@ bool wait_work(struct spool *sp, int timeout_ms)
       sp->scan_due = true;
     if (sp->busy && sp->ino_fd < 0 && sp->next_rescan_ns > now + 200000000u)
       sp->next_rescan_ns = now + 200000000u; /* no close events: look again soon */
+    if (sp->scan_due && sp->exchange && signq_busy(sp)) {
+      /* messages being signed are files of the claimed directory, which
+       * the exchange would hand back to pickup/: their signatures, and the
+       * round that writes them, come first (signq.c) */
+      signq_wait_all(sp);
+      return true;
+    }
     if (sp->scan_due) {
       sp->scan_due = false;
       wait_drained(sp); /* nothing of the claimed directory is in flight */

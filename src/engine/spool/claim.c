@@ -1,11 +1,13 @@
 /* claim.c owns the pickup directory's names and files before they are
- * read into a batch: the two directory inodes behind the pickup name and
- * their exchange (claim_dirs_open, claim_swap), listing the claimed one
- * (scan_pickup), the inotify events and the set of names renamed in
- * (moved_*), waiting for work (wait_work), and read leases on files
- * written in place (lease_*, quiet_for). It never reads or parses a
- * message, never removes or renames a pickup file, never takes a file
- * written in place without a lease or a quiet period, and never logs.
+ * read into a batch: claiming them, by exchanging the two directory
+ * inodes behind the pickup name (Pickup_Claim = exchange: claim_dirs_open,
+ * claim_swap) or by renaming each file to its tomb (rename: claim_*,
+ * tomb_*, unclaim*), listing the claimed directory (scan_pickup), the
+ * inotify events and the set of names renamed in (moved_*), waiting for
+ * work (wait_work), and read leases on files written in place (lease_*,
+ * quiet_for). It never reads or parses a message, never removes a pickup
+ * file (only renames and links it), never takes a file written in place
+ * without a lease or a quiet period, and never logs.
  * Thread: the ingest thread (spool_ingest), spool_open (claim_dirs_open),
  * and recovery's scan_pickup before ingestion starts; moved_free at
  * spool_close. */

@@ -106,6 +106,12 @@ fi
 COMPARE_JSON=bench/compare.json N="$PF_N" FS="$FS" bash bench/postfix/compare.sh "$BUILD" >&2 \
   || echo '{"error": "compare.sh failed"}' >bench/compare.json
 
+# SMTP injection (issue 21): the listener vs Postfix's smtpd, alternating
+# runs, then 10,000 idle sessions (~6 minutes; LISTENER_RUNS, 3).
+: >bench/listener.jsonl
+MSGS=20000 RUNS="${LISTENER_RUNS:-3}" MODE=bdat IDLE=10000 JSON=bench/listener.jsonl \
+  bash bench/listener/bench_listener.sh "$BUILD" >&2 || echo "run-all: bench_listener.sh failed" >&2
+
 # DKIM signing (issue 22): same build, same run.
 bash bench/run-dkim.sh "$BUILD" >&2 || echo "run-all: run-dkim.sh failed" >&2
 

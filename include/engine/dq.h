@@ -48,6 +48,12 @@ struct dq_queue_state {
   uint32_t opening;           /* of which not READY yet (connecting, EHLO...) */
   bool no_chunking;           /* its last session found no CHUNKING: one transaction at a time */
   uint64_t backlog_since_ns;  /* BDAT: units beyond what its connections take, since (mono) */
+  /* One transaction at a time (DATA): the shortest time from a
+   * transaction's start to its final reply on this queue's connections
+   * over the last one to two TXN_WINDOW_NS (the peer's own round trips,
+   * without the queueing that more connections add); 0 unknown */
+  uint64_t txn_ns;
+  uint64_t txn_win_min_ns, txn_win_ns; /* the current window's shortest, its start (mono) */
   struct sched_pool pool;     /* its idle connections */
   uint64_t blocked_until_ns;  /* throttled / host failure: not before (mono) */
   void *user;                 /* the worker's */

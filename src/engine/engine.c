@@ -420,7 +420,9 @@ int engine_main(const char *config_path)
    * the drop, before the spool claims anything. */
   sp.on_ingest = on_ingest;
   sp.on_sign = signing_on_sign; /* DKIM: once per message, at ingest */
-  sp.on_sign_batch = signing_on_sign_batch; /* a read-ahead group on every core */
+  /* the key operations on the signer pool while ingest goes on */
+  sp.on_sign_prep = signing_on_sign_prep;
+  sp.on_sign_async = signing_on_sign_async;
   sh->spool = spool_open(&sp, err, sizeof err);
   if (sh->spool == NULL)
     util_fatal("spool: %s", err);

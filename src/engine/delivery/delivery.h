@@ -62,6 +62,7 @@ struct tls_ctx;
 #define ROUTES_MAX 16          /* route candidates tried per attempt */
 #define RES_INLINE 2           /* recipients whose results live in the session itself */
 #define BODY_INFLIGHT 65536u   /* body bytes queued in the conn at most */
+#define TXN_WINDOW_NS 1000000000u /* dq_queue_state.txn_ns: the shortest of this long, or two */
 #define RESULT_TEXT_MAX 256u   /* failure text kept for a DSN */
 #define TLS_SLOTS 16           /* distinct TLS option sets per worker */
 #define HOSTFAIL_MAX 256       /* remote addresses remembered as failing */
@@ -128,6 +129,7 @@ struct session {
   struct flight {
     struct dq_unit *u;          /* NULL: slot free */
     struct smtpc_txn txn;       /* outsess and smtpc read it until txn_done */
+    uint64_t start_ns;          /* ring time it was handed to outsess (dq_queue_state.txn_ns) */
   } fl[SMTPC_PIPE_MAX];
   struct smtpc_result res_inline[2][RES_INLINE];
   struct smtpc_result fin_buf[2];
@@ -140,6 +142,7 @@ struct session {
   uint64_t pool_key;
   bool parked, closing, connected, counted;
   bool ever_ready; /* reached READY once (no longer counted as opening) */
+  uint64_t connect_ns; /* ring time its current connection attempt began */
   int body_fd;     /* the spool file of the body being sent, or -1 */
   uint64_t bytes_prev, bytes_seen; /* bytes sent by earlier attempts / this one at its failure */
   char conn_id_s[32];

@@ -207,6 +207,7 @@ static int start_txn(struct session *s, struct dq_unit *u)
   /* before outsess_send: a transaction smtpc refuses locally (SIZE,
    * SMTPUTF8) may be answered, and u finished, before it returns */
   f->u = u;
+  f->start_ns = ring_now(w->ring);
   uint32_t nrcpt = u->nrcpt;
   int rc = outsess_send(s->os, &f->txn, &body, f);
   if (rc == -EBUSY) { /* a stale READY: the session ended or moved on */
@@ -306,6 +307,12 @@ static void on_ready(void *arg, bool pipelined)
     st->opening--;
     uint32_t x = smtpc_extensions(outsess_smtpc(s->os));
     st->no_chunking = !(x & SMTPC_EXT_CHUNKING) || !(x & SMTPC_EXT_PIPELINING);
+    /* until a transaction's time is known, the greeting and EHLO round
+     * trips stand for it (worker.c's data_cover) */
+    if (st->txn_ns == 0) {
+      uint64_t now = ring_now(s->w->ring);
+      st->txn_ns = now > s->connect_ns ? now - s->connect_ns : 1;
+    }
   }
   session_begin_next(s);
 }
@@ -314,6 +321,29 @@ static void on_body_done(void *arg, void *txn_arg)
 {
   (void)txn_arg;
   body_close(arg);
+}
+
+/* A delivered transaction's time, start to final reply, into its queue's
+ * shortest of the last one to two windows: how many units a busy
+ * connection takes per unit of time, which decides how many connections a
+ * queue of one transaction at a time wakes or opens (worker.c). The
+ * shortest, not an average: with every connection busy each transaction
+ * also waits behind the others (on both sides), which more connections
+ * would only lengthen. */
+static void note_txn_time(struct session *s, const struct flight *f)
+{
+  struct dq_queue_state *st = dq_queue_state(s->q);
+  uint64_t now = ring_now(s->w->ring);
+  uint64_t t = now > f->start_ns ? now - f->start_ns : 1;
+  if (now - st->txn_win_ns >= TXN_WINDOW_NS) { /* a new window; the last one's shortest stays */
+    st->txn_ns = st->txn_win_min_ns ? st->txn_win_min_ns : t;
+    st->txn_win_min_ns = 0;
+    st->txn_win_ns = now;
+  }
+  if (st->txn_win_min_ns == 0 || t < st->txn_win_min_ns)
+    st->txn_win_min_ns = t;
+  if (st->txn_ns == 0 || t < st->txn_ns)
+    st->txn_ns = t;
 }
 
 static void on_txn_done(void *arg, void *txn_arg, const struct smtpc_txn *txn)
@@ -333,8 +363,10 @@ static void on_txn_done(void *arg, void *txn_arg, const struct smtpc_txn *txn)
   bool ok = false;
   for (uint32_t i = 0; i < u->nrcpt; i++)
     ok |= results[i].outcome == SMTPC_OUT_OK;
-  if (ok)
+  if (ok) {
     s->delivered++;
+    note_txn_time(s, f);
+  }
   outcome_finish(s->w, s->q, u, results, NULL, s->conn_id_s, session_ip(s), session_bytes(s));
 }
 
@@ -595,6 +627,7 @@ static void session_try_connect(struct session *s)
   };
   s->connected = false;
   s->closing = false;
+  s->connect_ns = ring_now(w->ring);
   s->charged = false;
   s->detail[0] = '\0';
   snprintf(s->conn_id_s, sizeof s->conn_id_s, "%u.%llu", w->idx, (unsigned long long)++w->next_conn);

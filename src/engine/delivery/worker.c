@@ -37,6 +37,11 @@
 #include <sys/resource.h>
 
 #define OPEN_DELAY_NS 10000000u /* a BDAT queue's backlog this old opens one more connection */
+/* One transaction at a time (DATA): the units a busy connection can carry
+ * within DRAIN_NS wait for it rather than wake or open another (at most
+ * COVER_MAX each) */
+#define DRAIN_NS 50000000u
+#define COVER_MAX 16u
 
 /* Not inlined: callers pass fields shorter than n - 1, which strnlen
  * must not be checked against. */
@@ -255,6 +260,31 @@ bool worker_quit_idle_holder(struct worker *w, struct dq_queue *q, struct cluste
   return false;
 }
 
+/* q's connections neither idle in its pool nor still opening. */
+static uint32_t busy_conns(const struct dq_queue_state *st)
+{
+  uint32_t idle_or_opening = st->opening + st->pool.n;
+  return st->acct.conns > idle_or_opening ? st->acct.conns - idle_or_opening : 0;
+}
+
+/* One transaction at a time (DATA): how many waiting units each busy or
+ * opening connection of q is left to take before another connection is
+ * woken from the pool or opened. A DATA connection takes the next unit
+ * behind its dot, about one per transaction time (session.c keeps the
+ * shortest lately seen: the peer's, without the queueing more connections
+ * add), while a connection woken for a lone envelope costs one more send
+ * per message and more completions on both sides: each takes what it can
+ * carry in DRAIN_NS (at most COVER_MAX), one against a peer slower than
+ * that (so a slow peer still gets every connection its backlog can keep
+ * busy, up to Max_Outbound_Connections). */
+static uint32_t data_cover(const struct dq_queue_state *st)
+{
+  if (st->txn_ns == 0)
+    return 1;
+  uint64_t c = DRAIN_NS / st->txn_ns;
+  return c < 1 ? 1 : c > COVER_MAX ? COVER_MAX : (uint32_t)c;
+}
+
 static void schedule(struct worker *w)
 {
   uint64_t now_ms = clock_wall_ms();
@@ -278,6 +308,14 @@ static void schedule(struct worker *w)
     if (st->blocked_until_ns > now_ns || st->limits.suspend_delivery)
       continue; /* suspended: not even an idle connection takes a unit */
     for (int guard = 0; guard < 1024 && dq_queue_ready(q) > 0; guard++) {
+      uint32_t per = st->no_chunking ? 1 : st->limits.pipeline_depth;
+      /* units each busy or opening connection is left to take before
+       * another connection is woken or opened */
+      uint32_t cover = st->no_chunking ? data_cover(st) : per;
+      if (st->no_chunking && dq_queue_ready(q) <= (size_t)(busy_conns(st) + st->opening) * cover) {
+        st->backlog_since_ns = 0;
+        break; /* the busy (and opening) connections take these, each behind its dot */
+      }
       /* an idle connection of this queue first (same credentials: the
        * pool key includes their identity) */
       struct session *idle = sched_pool_take(&st->pool, worker_queue_key(q));
@@ -290,18 +328,19 @@ static void schedule(struct worker *w)
       }
       /* connections still opening will take the waiting units; with BDAT
        * so will the busy ones, Pipeline_Depth each, as their replies come
-       * in (sooner than a new connection's greeting): open only for units
-       * beyond that (before the first READY BDAT is assumed) */
-      uint32_t per = st->no_chunking ? 1 : st->limits.pipeline_depth;
-      uint32_t idle_or_opening = st->opening + st->pool.n;
-      uint32_t busy = st->acct.conns > idle_or_opening ? st->acct.conns - idle_or_opening : 0;
-      if (dq_queue_ready(q) <= (per > 1 ? (st->opening + busy) * per : st->opening)) {
+       * in (sooner than a new connection's greeting), and with DATA
+       * `cover` each: open only for units beyond that (before the first
+       * READY BDAT is assumed) */
+      bool ramp = per > 1 || st->no_chunking;
+      size_t taken = ramp ? (size_t)(st->opening + busy_conns(st)) * cover : st->opening;
+      if (dq_queue_ready(q) <= taken) {
         st->backlog_since_ns = 0;
         break;
       }
-      if (per > 1 && st->acct.conns > 0) {
-        /* BDAT connections drain Pipeline_Depth units per round trip: a
-         * burst is usually gone within a few. Only a backlog that lasts
+      if (ramp && st->acct.conns > 0) {
+        /* BDAT connections drain Pipeline_Depth units per round trip, DATA
+         * ones `cover` in DRAIN_NS: a burst is usually gone within a few.
+         * Only a backlog that lasts
          * OPEN_DELAY gets another connection, one per OPEN_DELAY (each
          * new connection costs both sides a handshake, TLS and AUTH;
          * receivers dislike connection storms) */

@@ -653,7 +653,7 @@ int scan_dir(struct spool *sp, int dfd, int wd, bool ingest)
 /* Wait for something to claim; true when names are pending. */
 bool wait_work(struct spool *sp, int timeout_ms)
 {
-  if (sp->inames < sp->nnames || atomic_load(&sp->nsub))
+  if (sp->inames < sp->nnames || atomic_load(&sp->nsub) || signq_ready(sp))
     return true;
   if (sp->nnames > 0) { /* a listing ran out: files that came meanwhile are next */
     names_clear(sp);
@@ -675,7 +675,7 @@ bool wait_work(struct spool *sp, int timeout_ms)
       if (pfd[1].revents)
         drain_fd(sp->wake_fd);
     }
-    if (atomic_load(&sp->nsub))
+    if (atomic_load(&sp->nsub) || signq_ready(sp)) /* signed messages to write */
       return true;
     uint64_t now = clock_mono_ns();
     if (atomic_exchange(&sp->kick, 0) || now >= sp->next_rescan_ns)

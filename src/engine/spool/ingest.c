@@ -253,6 +253,8 @@ static int jrn_put_batch(struct spool *sp, uint32_t npins, uint32_t *seg, uint64
 static long ingest_journal(struct spool *sp)
 {
   size_t max = sp->p.sync == SPOOL_SYNC_ALWAYS ? 1 : sp->p.batch_max;
+  signq_throttle(sp); /* not too far ahead of the signers */
+  sp->round_signing = 0;
   struct jbatch *bt = util_xcalloc(1, sizeof(*bt));
   bt->c = util_xcalloc(max, sizeof(*bt->c));
   sp->jbuf.len = sp->jbuf.off = 0;
@@ -274,7 +276,14 @@ static long ingest_journal(struct spool *sp)
     s->next = NULL;
     struct pinfo pi = {0, 0, 0};
     sp->sub_why[0] = 0;
-    if (bt->n < max && jrn_take_data(sp, NULL, NULL, 0, s->data, s->len, &pi, -1, false, &bt->c[bt->n]) == 0) {
+    sp->take_sub = s;
+    int r = bt->n < max ? jrn_take_data(sp, NULL, NULL, 0, s->data, s->len, &pi, -1, false,
+                                        &bt->c[bt->n])
+                        : 1;
+    sp->take_sub = NULL;
+    if (r == 4) /* being signed (signq.c): it has its reply once written */
+      continue;
+    if (r == 0) {
       bt->c[bt->n].name = NULL;
       bt->c[bt->n++].sub = s;
     } else {
@@ -287,10 +296,12 @@ static long ingest_journal(struct spool *sp)
     free(bt->c[i].sub->data);
     bt->c[i].sub->data = NULL;
   }
-  while (bt->n < max && sp->inames < sp->nnames && batch_len(sp) < JRN_BATCH_BYTES) {
+  /* messages handed to the signers (round_signing) count toward max */
+  while (bt->n + sp->round_signing < max && sp->inames < sp->nnames &&
+         batch_len(sp) < JRN_BATCH_BYTES) {
     size_t k = sp->nnames - sp->inames;
-    if (k > max - bt->n)
-      k = max - bt->n;
+    if (k > max - bt->n - sp->round_signing)
+      k = max - bt->n - sp->round_signing;
     /* read ahead about what fits in the batch's bytes, going by the last
      * batch's files */
     size_t fit = (JRN_BATCH_BYTES - batch_len(sp)) / (sp->avg_file ? sp->avg_file : 1) + 1;
@@ -345,7 +356,7 @@ static long ingest_journal(struct spool *sp)
             sp->busy = true; /* its writer's IN_CLOSE_WRITE (or the rescan) brings it back */
           if (r == 0)
             bt->c[bt->n++].name = pn->name;
-          else
+          else if (r != 4) /* 4: being signed, the name goes with it (signq.c) */
             free(pn->name);
         }
         sp->deferring = false;
@@ -359,9 +370,11 @@ static long ingest_journal(struct spool *sp)
       sp->busy = true;
     if (r == 0)
       bt->c[bt->n++].name = pn->name;
-    else
+    else if (r != 4)
       free(pn->name);
   }
+  signq_launch(sp);      /* what this round took to be signed */
+  signq_collect(sp, bt); /* and what the signers finished: written in this batch */
   long n = (long)bt->n;
   if (n == 0) {
     free(bt->c);
@@ -510,6 +523,14 @@ static void *ingest_thread(void *arg)
       report_bad(sp, "", "spool: ingestion resumed");
       reported = false;
     }
+  }
+  /* Stopping: the messages still being signed are written once signed
+   * (nothing new is taken from pickup/). */
+  for (int i = 0; i < 1000 && signq_busy(sp); i++) {
+    signq_wait_all(sp);
+    names_clear(sp);
+    if (ingest_journal(sp) < 0)
+      break; /* their tombs stay: recovery requeues them */
   }
   return NULL;
 }

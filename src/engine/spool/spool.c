@@ -206,6 +206,7 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
   pthread_cond_init(&sp->syncq.cond, NULL);
   pthread_cond_init(&sp->qdrained, NULL);
   pthread_cond_init(&sp->unlinkq.cond, NULL);
+  signq_init(sp);
   for (int i = 0; i < NBUCKETS; i++)
     sp->bucket_fd[i] = -1;
   sp->base = util_xstrdup(p->spoolbase);
@@ -287,6 +288,7 @@ void spool_close(struct spool *sp)
   if (!sp)
     return;
   spool_stop(sp);
+  signq_free(sp); /* before wake_fd and the submissions go */
   if (sp->jdir_fd >= 0) {
     /* what workers posted last (DONE records of the final deliveries) */
     if (sp->jcur) /* the DONE records of the last deliveries */

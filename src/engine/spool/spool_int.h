@@ -145,6 +145,9 @@ struct spool {
   struct dtake *dq;
   size_t ndq, capdq;
   struct spool_sign_job *sjobs;
+  struct signq *signq;   /* messages being signed off this thread (signq.c), or NULL */
+  struct spool_sub *take_sub; /* the submission jrn_take_data is taking, or NULL */
+  size_t round_signing;  /* messages this round handed to signq (count toward batch_max) */
   char *base;
   char *pickup_path;
   int base_fd, queue_fd, bad_fd, ino_fd, wake_fd;
@@ -542,3 +545,23 @@ void seal_done(struct spool *sp);
 void seal_put(const struct spool *sp, struct buf *b, const struct spool_msg *m);
 int seal_apply(const struct spool *sp, struct spool_msg *m, const uint8_t *blob, size_t len);
 void moved_free(struct spool *sp); /* claim.c */
+/* signq.c: messages signed off the ingest thread (on_sign_async).
+ * signq_defer keeps a copy of a checked message that must be signed (hdr:
+ * what on_sign_prep appended) and returns 4 (taken, not in this batch);
+ * signq_launch hands the group being filled to the signers; signq_collect
+ * appends the entries of every signed group to bt (returns how many);
+ * signq_throttle waits while too much is being signed; signq_busy says
+ * whether any is left, signq_wait_all waits until none is being signed. */
+void signq_init(struct spool *sp);
+void signq_free(struct spool *sp);
+int signq_defer(struct spool *sp, const char *name, const uint8_t *data, size_t len,
+                const struct pinfo *pi, struct spool_msg *m, const struct buf *hdr);
+void signq_launch(struct spool *sp);
+size_t signq_collect(struct spool *sp, struct jbatch *bt);
+void signq_throttle(struct spool *sp);
+bool signq_ready(const struct spool *sp);
+bool signq_busy(const struct spool *sp);
+void signq_wait_all(struct spool *sp);
+/* take.c: the journal entry of a checked message (sig: fields in front of it). */
+void jrn_emit(struct spool *sp, const char *name, const uint8_t *data, const struct pinfo *pi,
+              struct spool_msg *m, bool stays, const uint8_t *sig, size_t sn, struct jtake *out);

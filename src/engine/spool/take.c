@@ -257,9 +257,8 @@ int jrn_take(struct spool *sp, struct pname *pn, struct jtake *out)
 
 /* The journal entry of a checked message: its record, the signature
  * (sig[0..sn)) and the message, in sp->jbuf (or referenced, jref). */
-static void jrn_emit(struct spool *sp, const char *name, const uint8_t *data,
-                     const struct pinfo *pi, struct spool_msg *m, bool stays, const uint8_t *sig,
-                     size_t sn, struct jtake *out)
+void jrn_emit(struct spool *sp, const char *name, const uint8_t *data, const struct pinfo *pi,
+              struct spool_msg *m, bool stays, const uint8_t *sig, size_t sn, struct jtake *out)
 {
   uint64_t osize = m->body_size;
   m->body_size += sn;
@@ -322,6 +321,13 @@ int jrn_take_data(struct spool *sp, const char *name, const char *qname, uint64_
   if (take_checked(sp, sp->claim_fd, qname, name, idstr, id, sp->p.node_id, 0, data, len, fd, &m,
                    &slo, &shi) != 0)
     return 1;
+  if (sp->signq) { /* signed off this thread when it must be (signq.c) */
+    sp->sig.len = 0;
+    if (sp->p.on_sign_prep(sp->p.arg, m, data + m->body_off, (size_t)m->body_size, &sp->sig))
+      return signq_defer(sp, name, data, len, pi, m, &sp->sig);
+    jrn_emit(sp, name, data, pi, m, stays, sp->sig.data, sp->sig.len, out);
+    return 0;
+  }
   if ((stays || !name) && sp->deferring) { /* a submission's data lives until the flush */
     if (sp->ndq == sp->capdq) {
       size_t cap = sp->capdq ? sp->capdq * 2 : 64;

@@ -3,7 +3,8 @@ pickup directory into impetus-sink (started here on free ports of
 127.0.0.0/8) and the Momentum logs are checked.
 
 usage: test_engine.py IMPETUS SINK SCENARIO
-scenarios: gateway faults retry routes bindings bindlimit connlimit credcap utf8 badgroup throttle mx reload stop tls auth large perconn"""
+scenarios: gateway faults retry routes bindings bindlimit connlimit credcap utf8 badgroup throttle mx reload stop tls auth large perconn
+data_conns data_slow"""
 import json
 import signal
 import os
@@ -729,6 +730,68 @@ def scenario_perconn(imp, sinkbin):
         e.cleanup()
         finish(a)
         finish(b)
+
+
+def scenario_data_conns(imp, sinkbin):
+    """Against a DATA peer (no CHUNKING) that answers at once, a backlog is
+    carried by a few connections, each taking the next message behind its
+    dot, rather than by every connection Max_Outbound_Connections allows
+    (issue 25: the old strategy opened one per waiting message, up to the
+    limit, 64 here, and woke each idle one for a lone envelope)."""
+    n, cap = 400, 64
+    sink = sink_with_log(sinkbin, "--no-chunking")
+    conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+            'Max_Outbound_Connections = %d\nIdle_Timeout = 30\n' % (sink.port, cap))
+    e = Engine(imp, conf, "dataconns")
+    try:
+        for i in range(n):  # all waiting before the engine starts: one burst
+            e.inject("a@s.test", ["x%d@one.test" % i])
+        e.start()
+        e.wait_for(lambda: all_final(e, n), 60, "%d final records" % n)
+        check_exactly_one(e, n)
+        expect(e.stop() == 0, "exit status")
+        summ = finish(sink)
+        sink = None
+        print("connections:", summ["connections"], "max concurrent:", summ["max_concurrent_connections"])
+        expect(len(user_r(e)) == n, "all %d delivered" % n)
+        expect(summ["connections"] <= cap // 2,
+               "%d connections for %d messages to a fast DATA peer (limit %d)"
+               % (summ["connections"], n, cap))
+    finally:
+        e.cleanup()
+        finish(sink)
+
+
+def scenario_data_slow(imp, sinkbin):
+    """Against a slow DATA peer (every reply 30 ms late) the backlog of
+    several domains still gets parallel connections: each domain's queue
+    opens more while its messages wait longer than its connections take
+    to carry them, up to Max_Outbound_Connections."""
+    ndom, per, cap = 3, 24, 6
+    sink = sink_with_log(sinkbin, "--no-chunking", "--reply-delay", "30")
+    conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+            'Max_Outbound_Connections = %d\nIdle_Timeout = 30\n' % (sink.port, cap))
+    e = Engine(imp, conf, "dataslow")
+    try:
+        for i in range(per):
+            for d in range(ndom):
+                e.inject("a@s.test", ["x%d@d%d.test" % (i, d)])
+        e.start()
+        n = ndom * per
+        e.wait_for(lambda: all_final(e, n), 60, "%d final records" % n)
+        check_exactly_one(e, n)
+        expect(e.stop() == 0, "exit status")
+        summ = finish(sink)
+        sink = None
+        print("connections:", summ["connections"], "max concurrent:", summ["max_concurrent_connections"])
+        expect(len(user_r(e)) == n, "all %d delivered" % n)
+        expect(summ["max_concurrent_connections"] > ndom * cap // 2,
+               "%d connections at once for %d domains (limit %d each)"
+               % (summ["max_concurrent_connections"], ndom, cap))
+        expect(summ["max_concurrent_connections"] <= ndom * cap, "connection limit held")
+    finally:
+        e.cleanup()
+        finish(sink)
 
 
 def scenario_throttle(imp, sinkbin):

@@ -682,7 +682,13 @@ bool wait_work(struct spool *sp, int timeout_ms)
       sp->scan_due = true;
     if (sp->busy && sp->ino_fd < 0 && sp->next_rescan_ns > now + 200000000u)
       sp->next_rescan_ns = now + 200000000u; /* no close events: look again soon */
-    if (sp->scan_due) {
+    /* exchange: files of the claimed directory being signed (signq.c)
+     * are in it under their names until their entries are written: no
+     * listing (it would take them again) and no exchange (it would put
+     * them back under the pickup name) until then; spool_sign_done wakes
+     * this loop */
+    bool held = sp->exchange && signq_busy(sp);
+    if (sp->scan_due && !held) {
       sp->scan_due = false;
       wait_drained(sp); /* nothing of the claimed directory is in flight */
       int sr = claim_swap(sp);
@@ -693,7 +699,7 @@ bool wait_work(struct spool *sp, int timeout_ms)
     }
     if (now >= deadline || atomic_load(&sp->stop))
       return false;
-    if (sp->scan_due) { /* files were renamed in during that listing */
+    if (sp->scan_due && !held) { /* files were renamed in during that listing */
       ms = 0;
       continue;
     }

@@ -7,7 +7,9 @@
  * batch then being built (signq_collect): so exactly once, with the
  * signature, and durable before the engine sees the message. The pickup
  * file stays claimed under its tomb meanwhile (a crash requeues it:
- * recover_tombs), a submission gets no reply. It never writes the journal
+ * recover_tombs), or with Pickup_Claim = exchange under its name in the
+ * claimed directory, which is neither listed nor exchanged again until
+ * then (claim.c wait_work), a submission gets no reply. It never writes the journal
  * itself, never removes a pickup file, never logs.
  * Threads: spool_sign_done from any thread; everything else on the ingest
  * thread (signq_init/signq_free with spool_open/spool_close). */

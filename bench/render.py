@@ -30,18 +30,70 @@ def f(v, fmt="%s"):
     return "–" if v is None else fmt % v
 
 
+def dkim_rows(res):
+    """The three speed lines of issue 22 (and the A/B against a baseline
+    build when run with BASE=) from bench/dkim_result.json: every round,
+    the median, the target and whether the median meets it."""
+    var = res.get("variants", {})
+    o = ["Command: `%s` (%s; %s). Each round runs the engine without DKIM, "
+         "with RSA-2048 and with Ed25519 (1 KB, 2 workers, durable, to impetus-sink), the order "
+         "reversed every other round, and `openssl speed` right before and after every signed "
+         "run; figures are medians over the rounds." % (res.get("command"), res.get("when"),
+                                                         res.get("load")), "",
+         "| figure | target | rounds | median | met |", "|---|---|---|---|---|"]
+
+    def row(name, v, key, fmt, target, ok):
+        d = var.get(v)
+        if not d:
+            return
+        vals = [r[key] for r in d["rounds"]]
+        med = d["median"][key]
+        met = "-" if ok is None else "yes" if ok(med) else "**no**"
+        o.append("| %s | %s | %s | **%s** | %s |" % (name, target, ", ".join(fmt % x for x in vals),
+                                                    fmt % med, met))
+    row("RSA-2048 rate / `openssl speed -elapsed -multi %d` at the same moment" % res.get("cores", 2),
+        "rsa", "rate_vs_multi", "%.2fx", ">= 0.8x", lambda m: m >= 0.8)
+    row("RSA-2048 engine CPU added per message / one `openssl speed` signature", "rsa",
+        "added_vs_sign", "%.2fx", "<= 1.1x", lambda m: m <= 1.1)
+    row("RSA-2048 signed msg/s", "rsa", "rate", "%.0f", "-", None)
+    row("Ed25519 signed msg/s", "ed25519", "rate", "%.0f", ">= 10,000", lambda m: m >= 10000)
+    row("Ed25519 engine CPU added per message / one `openssl speed` signature", "ed25519",
+        "added_vs_sign", "%.2fx", "-", None)
+    for v, alg in (("rsabase", "RSA-2048"), ("ed25519base", "Ed25519")):
+        row("baseline build (BASE): %s signed msg/s" % alg, v, "rate", "%.0f", "-", None)
+        row("baseline build (BASE): %s rate / openssl -multi" % alg, v, "rate_vs_multi", "%.2fx", "-",
+            None)
+    pf = res.get("postfix", {}).get("ratio")
+    if pf is not None:
+        o.append("| Impetus / Postfix + OpenDKIM milter (RSA-2048, same key and sink) | >= 5x | 1 | "
+                 "**%.1fx** | %s |" % (pf, "yes" if pf >= 5 else "**no**"))
+    rsa = var.get("rsa")
+    if rsa:
+        mid = sorted(rsa["rounds"], key=lambda r: r["rate"])[len(rsa["rounds"]) // 2]
+        per = {}
+        for k, v in mid.get("threads", {}).items():
+            k = k.rstrip("0123456789").rstrip("-") if k[-1].isdigit() else k
+            per[k] = per.get(k, 0) + v
+        if per:
+            o += ["", "Engine CPU per RSA-signed message by thread, median-rate round (%d): %s." % (
+                mid["round"], ", ".join("%s %.1f µs" % kv for kv in sorted(per.items(),
+                                                                          key=lambda kv: -kv[1])))]
+    return o + [""]
+
+
 def dkim_section():
     """Issue 22: DKIM signing, from bench/run-dkim.sh's files (empty when not
-    run): what was measured and under which load (bench/dkim_notes.md,
-    written after a run, since a loaded host needs the words), then the
-    script's own summary of its last run (each rate against `openssl speed
-    -elapsed -multi CORES` taken around it, CPU added per message against
-    one `openssl speed` signature), bench_dkim and the Postfix comparison."""
+    run): the rows of the speed targets from bench/dkim_result.json (medians
+    of alternating rounds), then notes written after a run
+    (bench/dkim_notes.md, optional: a loaded host needs the words), the
+    script's own summary, bench_dkim and the Postfix comparison."""
     here = os.path.dirname(os.path.abspath(__file__))
     pj = lambda n: os.path.join(here, n)
     if not os.path.exists(pj("dkim_summary.txt")):
         return []
     o = ["## DKIM signing (issue 22: `bench/run-dkim.sh`)", ""]
+    if os.path.exists(pj("dkim_result.json")):
+        o += dkim_rows(json.load(open(pj("dkim_result.json"))))
     if os.path.exists(pj("dkim_notes.md")):
         o += [open(pj("dkim_notes.md")).read().strip(), ""]
     for name, title in (("dkim_summary.txt", "`bench/run-dkim.sh`'s summary of its last run"),
@@ -51,6 +103,42 @@ def dkim_section():
                                              "milter vs Impetus, same RSA-2048 key, same run)")):
         if os.path.exists(pj(name)):
             o += [title + ":", "", "```", open(pj(name)).read().strip(), "```", ""]
+    return o
+
+
+def listener_section():
+    """Issue 21: SMTP injection into the ESMTP_Listener vs Postfix's smtpd
+    (bench/listener/bench_listener.sh, run by run-all.sh into
+    bench/listener.jsonl: one line per alternating run, then a summary line
+    with the medians and the idle-session memory). Empty when not run."""
+    p = os.path.join(os.path.dirname(os.path.abspath(__file__)), "listener.jsonl")
+    runs = [r for r in load(p) if r.get("bench") == "listener" and "run" in r]
+    summ = [r for r in load(p) if r.get("bench") == "listener" and "summary" in r]
+    if not runs:
+        return []
+    o = ["## SMTP injection (issue 21: `bench/listener/bench_listener.sh`)", "",
+         "smtp-blast sends 1 KB messages over 50 pipelining BDAT sessions (window 8), durable "
+         "(the 250 follows the group commit's fdatasync), alternately to the engine's "
+         "`ESMTP_Listener` and to a private Postfix smtpd on the same machine, both relaying "
+         "to impetus-sink; each side's run starts once the sink has every message accepted "
+         "before it (the other side's delivery tail is not in the run). Engine CPU: all its "
+         "threads from the first message to the last delivery, per message. Targets: "
+         ">= 30,000 msg/s, >= 40x Postfix, <= 25 µs/msg, 10,000 idle sessions at <= 16 KB each.",
+         "",
+         "| run | Impetus msg/s | Postfix msg/s | ratio | engine CPU µs/msg accepted and delivered "
+         "| load average | failed |",
+         "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        o.append("| %s | %s | %s | %sx | %s | %s | %s |" % (
+            r["run"], f(r.get("impetus_msgs_per_s"), "%.0f"), f(r.get("postfix_msgs_per_s"), "%.0f"),
+            f(r.get("ratio")), f(r.get("engine_us_per_msg")), f(r.get("load")), f(r.get("failed"))))
+    o.append("")
+    for r in summ[-1:]:
+        o += ["**%s**" % r["summary"], ""]
+        if r.get("idle"):
+            o += ["Idle sessions (`bench/listener/idle_sessions.py`, after EHLO, engine RSS; the "
+                  "kernel's socket buffers not counted): %s" % r["idle"], ""]
+        o += ["```", r.get("command", "bench/listener/bench_listener.sh") + " build", "```", ""]
     return o
 
 
@@ -343,6 +431,7 @@ def main():
         w("Not measured in this run: %s" % cmp_)
     w("")
     o.extend(dkim_section())
+    o.extend(listener_section())
     floor = sys.argv[4] if len(sys.argv) > 4 and os.path.exists(sys.argv[4]) else None
     if floor:
         w("## Kernel floor of the spool's file operations (`bench/spool/fs_floor.py`)")

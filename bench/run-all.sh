@@ -137,6 +137,12 @@ COMPARE_JSON=bench/compare.json N="$PF_N" FS="$FS" bash bench/postfix/compare.sh
   || echo '{"error": "compare.sh failed"}' >bench/compare.json
 took "postfix/compare.sh N=$PF_N" "$t"
 
+# SMTP injection (issue 21): the listener vs Postfix's smtpd, alternating
+# runs, then 10,000 idle sessions (~6 minutes; LISTENER_RUNS, 3).
+: >bench/listener.jsonl
+MSGS=20000 RUNS="${LISTENER_RUNS:-3}" MODE=bdat IDLE=10000 JSON=bench/listener.jsonl \
+  bash bench/listener/bench_listener.sh "$BUILD" >&2 || echo "run-all: bench_listener.sh failed" >&2
+
 # DKIM signing (issue 22): same build, same run.
 if [ "${DKIM:-1}" != 0 ]; then
   t=$SECONDS

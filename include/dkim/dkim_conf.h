@@ -8,6 +8,7 @@
  * back as struct conf_error naming file and line. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,6 +38,9 @@ int dkim_responsible_domain(const void *msg, size_t len, char *out, size_t n);
 int dkim_signers_sign(const struct dkim_signers *s, const void *msg, size_t len, int64_t now,
                       struct buf *out, char *why, size_t whylen);
 
+/* Whether dkim_signers_sign would sign msg (a stanza names its
+ * responsible domain), without signing. */
+bool dkim_signers_match(const struct dkim_signers *s, const void *msg, size_t len);
 /* Parameters for one signature requested from Lua
  * (msys.validate.opendkim.sign): fields left NULL / negative come from the
  * matching dkim_domain stanza, else the first opendkim stanza. */

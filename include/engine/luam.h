@@ -95,6 +95,15 @@ struct luam_msg_ops {
   /* vctx:disconnect(code, text): answer and end the session (listener
    * hooks). Optional (NULL: it acts as msg:code). */
   void (*disconnect)(void *msg, int code, const char *text);
+  /* ac:esmtp_capability_add(cap) (add) / _remove(cap): change the EHLO
+   * reply of this listener session only; 0, or -EINVAL (a bad string) /
+   * -ENOSPC (too many changes). NULL: not a listener session (an error). */
+  int (*esmtp_capability)(void *msg, const char *cap, bool add);
+  /* ac:inbound_session_count([cidr[, service_type]]): the listener's
+   * current sessions from addresses in cidr (NULL: the connecting
+   * address; "/N": the connecting address's /N); -EINVAL for a bad cidr.
+   * NULL: not a listener session (an error). */
+  long (*inbound_session_count)(void *msg, const char *cidr);
 };
 
 /* Engine services. log and eval run on the worker thread; post is called

@@ -1,14 +1,16 @@
 /* signing: DKIM signing of queued messages (docs/dkim.md). Holds the
  * signers of the running configuration (dkim_conf) and signs each message
- * once, on the ingest thread, before it is stored: the spool puts the
+ * once, before it is stored (on the signer pool): the spool puts the
  * DKIM-Signature in front of the message, so retries, every recipient
  * domain and restarts deliver the same signed bytes.
  *
  * Threads: signing_init / signing_reload / signing_done on the main
- * thread; signing_on_sign / signing_on_sign_batch on the ingest thread
- * (the spool's callbacks), the latter using the signer pool. */
+ * thread; signing_on_sign / signing_on_sign_prep / signing_on_sign_async
+ * on the ingest thread (the spool's callbacks), the last one handing the
+ * key operations to the signer pool and returning at once. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,8 +45,16 @@ int signing_lua(const struct spool_msg *msg, const uint8_t *body, size_t len,
  * domain, append the DKIM-Signature field to hdr. */
 void signing_on_sign(void *arg, struct spool_msg *msg, const uint8_t *body, size_t len,
                      struct buf *hdr);
-/* spool_sign_batch_cb: the same for a read-ahead group, spread over a pool
- * of DKIM_Signer_Threads signer threads (default one per core) started on
- * first use, the ingest thread signing too; returns when all are signed. */
+/* spool_sign_prep_cb: moves what Lua signed for msg into hdr; true when
+ * the configuration signs msg too (opendkim_sign, and a dkim_domain names
+ * its responsible domain). */
+bool signing_on_sign_prep(void *arg, struct spool_msg *msg, const uint8_t *body, size_t len,
+                          struct buf *hdr);
+/* spool_sign_async_cb: sign the group's jobs as signing_on_sign does, on a
+ * pool of DKIM_Signer_Threads signer threads (default one per core)
+ * started on first use; returns at once, and spool_sign_done(group) is
+ * called from a signer once every job is done. */
 struct spool_sign_job;
-void signing_on_sign_batch(void *arg, struct spool_sign_job *jobs, size_t n);
+struct spool_sign_group;
+void signing_on_sign_async(void *arg, struct spool_sign_job *jobs, size_t n,
+                           struct spool_sign_group *group);

@@ -135,6 +135,26 @@ struct spool_sign_job {
   struct buf *hdr;
 };
 typedef void (*spool_sign_batch_cb)(void *arg, struct spool_sign_job *jobs, size_t n);
+/* Optional pair, preferred over both: signing that never holds up the
+ * ingest thread. on_sign_prep is called on the ingest thread after the
+ * ingest hook of each message (msg[0..len) as for on_sign; what on_sign would append that is ready
+ * now, such as signatures made from Lua, goes to hdr); it returns true
+ * when the message must still be signed. Such a message leaves the batch
+ * being built: the spool keeps a copy, and hands it with others to
+ * on_sign_async, which returns at once, fills each job's hdr on other
+ * threads and calls spool_sign_done(group) from any thread when every job
+ * is done. The signed messages go into the next batch (so into the
+ * journal exactly once, with their signature, before any delivery); the
+ * ingest thread meanwhile goes on taking other messages. Until then a
+ * message's pickup file stays claimed (a crash puts it back in pickup/,
+ * to be taken and signed again) and a submission has no reply. */
+struct spool_sign_group;
+typedef bool (*spool_sign_prep_cb)(void *arg, struct spool_msg *msg, const uint8_t *body,
+                                   size_t len, struct buf *hdr);
+typedef void (*spool_sign_async_cb)(void *arg, struct spool_sign_job *jobs, size_t n,
+                                    struct spool_sign_group *group);
+/* Every job of group is done (any thread, once per group). */
+void spool_sign_done(struct spool_sign_group *group);
 
 /* The spool's settings; the engine fills it from the configuration
  * (Spoolbase, Pickup_Directory, Spool_Sync, Max_Message_Size,
@@ -145,6 +165,11 @@ struct spool_params {
   enum spool_sync sync;
   uint64_t max_message_size;  /* bytes of the whole pickup file; 0: default */
   bool keep_dicts_in_memory;
+  /* Pickup_Claim = exchange: claim everything in pickup/ with one
+   * renameat2(RENAME_EXCHANGE) with <spoolbase>/claim/pickup instead of a
+   * rename per file; producers must then write their temporary files
+   * outside pickup/ (or rename through a directory fd): docs/spool.md. */
+  bool pickup_exchange;
   const char *secret_key_file; /* Spool_Secret_Key_File: the AES-256-GCM key that seals secret
                                 * context values in the spool (created 0600 when missing); NULL:
                                 * secrets are kept in memory only and lost on restart */
@@ -157,6 +182,8 @@ struct spool_params {
   spool_ingest_cb on_ingest;  /* optional */
   spool_sign_cb on_sign;      /* optional */
   spool_sign_batch_cb on_sign_batch; /* optional */
+  spool_sign_prep_cb on_sign_prep;   /* optional, with on_sign_async */
+  spool_sign_async_cb on_sign_async; /* optional, with on_sign_prep */
   spool_bad_cb on_note;       /* optional: something to log that is not a rejection (e.g.
                                * duplicate recipients removed); name is the pickup file */
   void (*on_batch_end)(void *arg); /* optional: after each batch of on_msg calls, same thread */

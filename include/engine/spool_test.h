@@ -14,9 +14,13 @@
 extern void (*spool_test_after_stat)(int fd);
 /* Fault injection for tests only: when it returns true for a pickup file
  * whose message was just made durable in the journal, the file is left
- * under its tomb in pickup/ (a crash between the sync and the removal).
+ * in the claimed directory (a crash between the sync and the removal).
  * NULL in production. */
 extern bool (*spool_test_keep_pickup)(const char *name);
 /* Fault injection for tests only: called once a batch is durable, right
  * before its pickup files are removed. NULL in production. */
 extern void (*spool_test_before_forget)(void);
+/* Fault injection for tests only: called right after each exchange that
+ * claims pickup/ (a crash there must lose and duplicate nothing). NULL in
+ * production. */
+extern void (*spool_test_after_swap)(void);

@@ -90,26 +90,54 @@ local function auth_response(msg)
   end }
 end
 
--- ac:esmtp_capability_add/remove: the EHLO reply comes from SMTP_Extensions
--- in Impetus; a script calling them goes on, with one warning per method.
-local warned = {}
-local function unsupported(name)
-  return function()
-    if not warned[name] then
-      warned[name] = true
-      C.warn("ac:" .. name .. " is not supported by Impetus (the EHLO reply comes from "
-             .. "SMTP_Extensions); ignored")
-    end
+-- The accept construct's methods (Momentum's msys.extended.ac) reach the
+-- session through the msg the hook was called with (weak: a script that
+-- keeps ac past its hook holds no session).
+local ac_session = setmetatable({}, { __mode = "k" })
+local function ac_msg(ac)
+  local msg = ac_session[ac]
+  if not msg then
+    error("the session is not attached to an SMTP listener", 3)
   end
+  return msg
+end
+-- msg's method, its error raised at the script's line
+local function ac_call(ac, method, a, b)
+  local msg = ac_msg(ac)
+  local ok, r = pcall(msg[method], msg, a, b)
+  if not ok then
+    error((tostring(r):gsub("^[^:]*:%d+: ", "")), 3)
+  end
+  return r
 end
 local ac_mt = { __index = {
-  esmtp_capability_add = unsupported("esmtp_capability_add"),
-  esmtp_capability_remove = unsupported("esmtp_capability_remove"),
+  -- change the EHLO reply of this session only ("SIZE 1000", "STARTTLS")
+  esmtp_capability_add = function(self, name)
+    ac_call(self, "esmtp_capability", tostring(name), true)
+  end,
+  esmtp_capability_remove = function(self, name)
+    ac_call(self, "esmtp_capability", tostring(name), false)
+  end,
+  -- the listener's sessions from the connecting address (or cidr); only
+  -- the SMTP service type exists in Impetus: the others count 0
+  inbound_session_count = function(self, cidr, service)
+    ac_msg(self)
+    if service ~= nil and service ~= "SMTP" then
+      local known = { ECStream = true, Control = true, ECmmove2 = true, ECCluster = true,
+                      inbound_cidr = true }
+      if not known[service] then
+        error("ac:inbound_session_count: unknown service type " .. tostring(service), 2)
+      end
+      return 0
+    end
+    return ac_call(self, "inbound_session_count", cidr)
+  end,
 } }
 
 local function listener_dispatch(hook, msg, str, ac, str2)
   local vctx = setmetatable({ msg = msg }, vctx_mt)
   setmetatable(ac, ac_mt)
+  ac_session[ac] = msg
   for i = 1, #modules do
     local m = modules[i]
     local f = m.mod[hook]

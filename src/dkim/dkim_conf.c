@@ -410,6 +410,12 @@ int dkim_signers_sign(const struct dkim_signers *s, const void *msg, size_t len,
   return r < 0 ? r : 1;
 }
 
+bool dkim_signers_match(const struct dkim_signers *s, const void *msg, size_t len)
+{
+  char dom[256];
+  return s && s->n && dkim_responsible_domain(msg, len, dom, sizeof(dom)) == 0 && find(s, dom);
+}
+
 int dkim_signers_sign_request(const struct dkim_signers *s, const struct dkim_sign_request *rq,
                               const void *msg, size_t len, int64_t now, struct buf *out, char *why,
                               size_t whylen)

@@ -407,6 +407,7 @@ int engine_main(const char *config_path)
     .sync = sync == 1 ? SPOOL_SYNC_ALWAYS : sync == 2 ? SPOOL_SYNC_NONE : SPOOL_SYNC_BATCH,
     .max_message_size = conf_size(g, CONF_MAX_MESSAGE_SIZE),
     .keep_dicts_in_memory = conf_bool(g, CONF_KEEP_MESSAGE_DICTS_IN_MEMORY),
+    .pickup_exchange = conf_enum(g, CONF_PICKUP_CLAIM) == 1,
     .secret_key_file = key_file,
     .on_msg = on_msg,
     .on_batch_end = on_batch_end,
@@ -419,7 +420,9 @@ int engine_main(const char *config_path)
    * the drop, before the spool claims anything. */
   sp.on_ingest = on_ingest;
   sp.on_sign = signing_on_sign; /* DKIM: once per message, at ingest */
-  sp.on_sign_batch = signing_on_sign_batch; /* a read-ahead group on every core */
+  /* the key operations on the signer pool while ingest goes on */
+  sp.on_sign_prep = signing_on_sign_prep;
+  sp.on_sign_async = signing_on_sign_async;
   sh->spool = spool_open(&sp, err, sizeof err);
   if (sh->spool == NULL)
     util_fatal("spool: %s", err);

@@ -52,7 +52,7 @@ int lsn_parse_cidr(const char *s, struct cidr *c)
   return 0;
 }
 
-static bool cidr_match(const struct cidr *c, int fam, const uint8_t *a)
+bool lsn_cidr_match(const struct cidr *c, int fam, const uint8_t *a)
 {
   if (c->fam != fam)
     return false;
@@ -86,7 +86,7 @@ static const struct conf_view *best_peer(const struct cidr *p, size_t n, int fam
 {
   const struct cidr *best = NULL;
   for (size_t i = 0; i < n; i++)
-    if (cidr_match(&p[i], fam, a) && (!best || p[i].plen > best->plen))
+    if (lsn_cidr_match(&p[i], fam, a) && (!best || p[i].plen > best->plen))
       best = &p[i];
   return best ? best->v : NULL;
 }
@@ -147,7 +147,7 @@ bool lsn_relay_allowed(const struct scopes *s, int fam, const uint8_t *a)
     list = conf_list(s->global, CONF_RELAY_HOSTS, &n);
   for (size_t i = 0; i < n; i++) {
     struct cidr c;
-    if (lsn_parse_cidr(list[i], &c) == 0 && cidr_match(&c, fam, a))
+    if (lsn_parse_cidr(list[i], &c) == 0 && lsn_cidr_match(&c, fam, a))
       return true;
   }
   return false;

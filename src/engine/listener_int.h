@@ -179,6 +179,7 @@ void lsn_wake(struct listener *L);
 
 /* ---- listener_conf.c ---- */
 int lsn_parse_cidr(const char *s, struct cidr *c);
+bool lsn_cidr_match(const struct cidr *c, int fam, const uint8_t *a);
 /* The client's address as (family, bytes); a v4-mapped v6 address is v4. */
 int lsn_addr_bytes(const struct sockaddr_storage *ss, uint8_t *a);
 /* The scopes of a client of socket k, under generation g. */
@@ -253,3 +254,7 @@ int lsn_lua_auth(struct lsess *s, const struct smtps_event *ev, char *text, size
 void lsn_lua_message_ctx(struct lsess *s, struct buf *f);
 /* Whether a script has any listener hook (cheap). */
 bool lsn_lua_active(const struct listener *L);
+/* EHLO: when a hook changed this session's capabilities
+ * (ac:esmtp_capability_add/remove), answer the EHLO with the changed
+ * reply and return true; false: nothing changed (the caller accepts). */
+bool lsn_lua_ehlo_answer(struct lsess *s, const struct smtps_event *ev);

@@ -2,7 +2,9 @@
  * validate_connect(ac, vctx), validate_ehlo(str, ac, vctx),
  * validate_mailfrom(str, ac, vctx), validate_rcptto(msg, str, ac, vctx)
  * and the AUTH backend ac_auth_perform_auth(user, password, ac, response)
- * (Momentum's ac_auth module), run on a Lua state of the listener thread
+ * (Momentum's ac_auth module), the accept construct's
+ * ac:esmtp_capability_add/remove (this session's EHLO reply) and
+ * ac:inbound_session_count, run on a Lua state of the listener thread
  * made from the same scripts, budgets and sandbox as the workers' (policy's
  * snapshot). Each session has its connection and message contexts
  * (VCTX_CONN for the session, VCTX_MESS emptied at each MAIL); the message
@@ -22,9 +24,11 @@
 #include "policy.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -40,7 +44,13 @@ struct lctx {
   char remote[80], local[80]; /* ac.remote_addr / ac.local_addr, "ip:port" */
   const char *rcpt;  /* validate_rcptto: the recipient (msg:rcptto), in rcpt_buf */
   char rcpt_buf[1024];
+  /* ac:esmtp_capability_add/remove, in call order: "+CAP\n" / "-CAP\n" */
+  struct buf caps;
+  unsigned ncaps;
 };
+
+#define LSN_CAP_LEN 200 /* one capability string */
+#define LSN_CAP_EDITS 32 /* changes per session */
 
 static struct ctx *dict(struct lsess *s, int which)
 {
@@ -86,6 +96,74 @@ static void o_disconnect(void *m, int code, const char *text)
   ((struct lsess *)m)->ctx->disconnect = true;
 }
 
+/* An EHLO keyword line: a letter or digit first, then printable ASCII
+ * or spaces (RFC 5321 ehlo-line). */
+static bool cap_ok(const char *cap, size_t n)
+{
+  if (n == 0 || n > LSN_CAP_LEN || !((cap[0] >= 'A' && cap[0] <= 'Z') ||
+                                     (cap[0] >= 'a' && cap[0] <= 'z') ||
+                                     (cap[0] >= '0' && cap[0] <= '9')))
+    return false;
+  for (size_t i = 0; i < n; i++)
+    if ((unsigned char)cap[i] < ' ' || (unsigned char)cap[i] > '~')
+      return false;
+  return true;
+}
+
+static int o_esmtp_capability(void *m, const char *cap, bool add)
+{
+  struct lsess *s = m;
+  size_t n = strlen(cap);
+  if (!cap_ok(cap, n))
+    return -EINVAL;
+  if (s->ctx->ncaps >= LSN_CAP_EDITS)
+    return -ENOSPC;
+  s->ctx->ncaps++;
+  buf_printf(&s->ctx->caps, "%c%s\n", add ? '+' : '-', cap);
+  return 0;
+}
+
+/* ac:inbound_session_count: sessions of this listener (their SMTP begun)
+ * from addresses in cidr; NULL: the connecting address; "/N": its /N
+ * ("localhost" is 127.0.0.1, as in Momentum's example). One pass over the
+ * sessions: a hook that calls it on every connection costs O(sessions). */
+static long o_inbound_session_count(void *m, const char *cidr)
+{
+  struct lsess *s = m;
+  struct cidr c;
+  uint8_t a[16];
+  int fam = lsn_addr_bytes(&s->addr, a);
+  if (!cidr || cidr[0] == '/') {
+    c.fam = fam;
+    memcpy(c.a, a, sizeof(c.a));
+    c.plen = fam == AF_INET ? 32 : 128;
+    if (cidr) {
+      char *end;
+      long n = strtol(cidr + 1, &end, 10);
+      if (end == cidr + 1 || *end || n < 0 || n > c.plen)
+        return -EINVAL;
+      c.plen = (int)n;
+    }
+  } else {
+    char tmp[128];
+    if (!strncasecmp(cidr, "localhost", 9) && (cidr[9] == 0 || cidr[9] == '/'))
+      snprintf(tmp, sizeof(tmp), "127.0.0.1%s", cidr + 9);
+    else
+      snprintf(tmp, sizeof(tmp), "%s", cidr);
+    if (lsn_parse_cidr(tmp, &c) < 0)
+      return -EINVAL;
+  }
+  long count = 0;
+  for (const struct lsess *o = s->L->sessions; o; o = o->next) {
+    if (o->dead || !o->sm)
+      continue;
+    uint8_t oa[16];
+    int of = lsn_addr_bytes(&o->addr, oa);
+    count += lsn_cidr_match(&c, of, oa);
+  }
+  return count;
+}
+
 static const struct luam_msg_ops sess_ops = {
   .ctx_get = o_ctx_get,
   .ctx_set = o_ctx_set,
@@ -94,6 +172,8 @@ static const struct luam_msg_ops sess_ops = {
   .rcptto = o_rcptto,
   .set_code = o_set_code,
   .disconnect = o_disconnect,
+  .esmtp_capability = o_esmtp_capability,
+  .inbound_session_count = o_inbound_session_count,
 };
 
 /* ---- the state ---- */
@@ -179,6 +259,7 @@ void lsn_lua_sess_done(struct lsess *s)
     return;
   ctx_free(s->ctx->conn);
   ctx_free(s->ctx->mess);
+  buf_done(&s->ctx->caps, 0);
   free(s->ctx);
   s->ctx = NULL;
 }
@@ -378,4 +459,77 @@ void lsn_lua_message_ctx(struct lsess *s, struct buf *f)
       continue; /* not representable as an x-context line */
     buf_printf(f, "x-context: %.*s=%.*s\n", (int)kl, k, (int)vl, v);
   }
+}
+
+/* The keyword of a capability string: up to its first space. */
+static size_t cap_key(const char *p, size_t n)
+{
+  const char *sp = memchr(p, ' ', n);
+  return sp ? (size_t)(sp - p) : n;
+}
+
+/* Remove from list (count strings of lens) those whose keyword is key's. */
+static size_t caps_drop(const char **list, size_t *lens, size_t count, const char *key, size_t kl)
+{
+  size_t out = 0;
+  for (size_t i = 0; i < count; i++) {
+    size_t ik = cap_key(list[i], lens[i]);
+    if (ik == kl && !strncasecmp(list[i], key, kl))
+      continue;
+    list[out] = list[i];
+    lens[out++] = lens[i];
+  }
+  return out;
+}
+
+bool lsn_lua_ehlo_answer(struct lsess *s, const struct smtps_event *ev)
+{
+  if (!s->ctx || !s->ctx->ncaps || ev->cmd != SMTPS_CMD_EHLO || !ev->ok)
+    return false;
+  /* the default reply's lines after the greeting line, then each change
+   * in call order: a removal drops the keyword's line, an addition
+   * replaces it (or comes last) */
+  enum { MAXL = 64 };
+  const char *list[MAXL + LSN_CAP_EDITS];
+  size_t lens[MAXL + LSN_CAP_EDITS], count = 0;
+  const char *p = ev->reply, *end = ev->reply + ev->reply_len, *first = NULL;
+  size_t first_len = 0;
+  while (p < end) {
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    if (!nl)
+      break;
+    size_t n = (size_t)(nl - p);
+    if (n && p[n - 1] == '\r')
+      n--;
+    if (n >= 4) {
+      if (!first) {
+        first = p + 4;
+        first_len = n - 4;
+      } else if (count < MAXL) {
+        list[count] = p + 4;
+        lens[count++] = n - 4;
+      }
+    }
+    p = nl + 1;
+  }
+  if (!first)
+    return false;
+  const char *e = (const char *)s->ctx->caps.data, *eend = e + s->ctx->caps.len;
+  while (e < eend) {
+    const char *nl = memchr(e, '\n', (size_t)(eend - e));
+    size_t n = (size_t)(nl - e) - 1;
+    count = caps_drop(list, lens, count, e + 1, cap_key(e + 1, n));
+    if (e[0] == '+') {
+      list[count] = e + 1;
+      lens[count++] = n;
+    }
+    e = nl + 1;
+  }
+  struct buf r = {0};
+  buf_printf(&r, "250%c%.*s\r\n", count ? '-' : ' ', (int)first_len, first);
+  for (size_t i = 0; i < count; i++)
+    buf_printf(&r, "250%c%.*s\r\n", i + 1 < count ? '-' : ' ', (int)lens[i], list[i]);
+  smtps_answer_raw(s->sm, true, r.data, r.len, lsn_now_ms());
+  buf_done(&r, 0);
+  return true;
 }

@@ -175,6 +175,8 @@ void lsn_command_commit(struct lsess *s, const struct smtps_event *ev)
       if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f || *p == '(' || *p == ')')
         *p = '?';
     txn_reset(s);
+    if (lsn_lua_ehlo_answer(s, ev)) /* ac:esmtp_capability_add/remove */
+      return;
     break;
   case SMTPS_CMD_MAIL:
     txn_reset(s);

@@ -6,6 +6,7 @@
 #include "luam_int.h"
 #include "authkeys.h"
 
+#include <errno.h>
 #include <lauxlib.h>
 #include <string.h>
 #include <strings.h>
@@ -266,6 +267,40 @@ static int m_disconnect(lua_State *L)
   return 0;
 }
 
+/* ac:esmtp_capability_add / _remove (boot.lua passes the session's msg):
+ * msg:esmtp_capability(cap, add). */
+static int m_esmtp_capability(lua_State *L)
+{
+  struct lcall *c = luam_msg_check(L);
+  const char *cap = luaL_checkstring(L, 2);
+  bool add = lua_toboolean(L, 3);
+  const char *fn = add ? "ac:esmtp_capability_add" : "ac:esmtp_capability_remove";
+  if (!c->ops->esmtp_capability)
+    return luaL_error(L, "%s: the session is not attached to an SMTP listener", fn);
+  int r = c->ops->esmtp_capability(c->msg, cap, add);
+  if (r == -ENOSPC)
+    return luaL_error(L, "%s: too many capability changes in this session", fn);
+  if (r < 0)
+    return luaL_error(L, "%s: '%s' is not an EHLO keyword (printable ASCII, a letter or digit "
+                      "first, at most 200 bytes)", fn, cap);
+  return 0;
+}
+
+/* ac:inbound_session_count(cidr, service_type) (boot.lua). */
+static int m_inbound_session_count(lua_State *L)
+{
+  struct lcall *c = luam_msg_check(L);
+  const char *cidr = luaL_optstring(L, 2, NULL);
+  if (!c->ops->inbound_session_count)
+    return luaL_error(L, "ac:inbound_session_count: the session is not attached to an SMTP "
+                      "listener");
+  long n = c->ops->inbound_session_count(c->msg, cidr);
+  if (n < 0)
+    return luaL_error(L, "ac:inbound_session_count: '%s' is not an address or CIDR", cidr);
+  lua_pushinteger(L, (lua_Integer)n);
+  return 1;
+}
+
 static int m_discard(lua_State *L)
 {
   struct lcall *c = luam_msg_check(L);
@@ -301,6 +336,8 @@ static const luaL_Reg msg_methods[] = {
   {"set_code", m_code},
   {"discard", m_discard},
   {"disconnect", m_disconnect},
+  {"esmtp_capability", m_esmtp_capability},
+  {"inbound_session_count", m_inbound_session_count},
   {NULL, NULL},
 };
 

@@ -1,11 +1,14 @@
 /* signing.c owns the engine's DKIM signers: the set built from the running
- * configuration (with its keys), swapped on reload, and the spool's
- * signing callback. Signing runs on the ingest thread, never on a
- * delivery ring's thread, so a private-key operation never stalls a
- * session. Never logs key material; a failure is one paniclog line and the
- * message goes on unsigned.
- * Threads: init/reload/done on the main thread, signing_on_sign on the
- * ingest thread; the current set is taken under a mutex with a reference. */
+ * configuration (with its keys), swapped on reload, the spool's signing
+ * callbacks and the signer pool (DKIM_Signer_Threads threads). Key
+ * operations run on the pool, never on a delivery ring's thread (no
+ * session stalls) nor on the ingest thread (which goes on taking other
+ * mail meanwhile: on_sign_async). Never logs key material; a failure is
+ * one paniclog line and the message goes on unsigned.
+ * Threads: init/reload/done on the main thread, signing_on_sign,
+ * signing_on_sign_prep and signing_on_sign_async on the ingest thread,
+ * sign_one on the pool; the current set is taken under a mutex with a
+ * reference. */
 #include "signing.h"
 
 #include <errno.h>
@@ -31,6 +34,17 @@ struct set {
   struct conf *conf;
   struct dkim_signers *signers;
 };
+
+/* Test hook (IMPETUS_TEST_DKIM_GATE=FILE in the environment): every
+ * signature waits until FILE exists (at most a minute), so a test can
+ * hold signing and see what goes on meanwhile. Read once at start. */
+static const char *test_gate;
+
+static void test_gate_wait(void)
+{
+  for (int i = 0; test_gate && i < 6000 && access(test_gate, F_OK) != 0; i++)
+    usleep(10000);
+}
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static int64_t want_threads; /* DKIM_Signer_Threads of the first configuration (0 = per core) */
@@ -92,6 +106,7 @@ static int install(struct conf *c, struct conf_error *err)
 int signing_init(struct conf *c, struct logs_writer *log, struct conf_error *err)
 {
   logw = log;
+  test_gate = secure_getenv("IMPETUS_TEST_DKIM_GATE");
   want_threads = conf_int(conf_global(c), CONF_DKIM_SIGNER_THREADS);
   return install(c, err);
 }
@@ -247,66 +262,63 @@ void signing_on_sign(void *arg, struct spool_msg *msg, const uint8_t *body, size
   set_unref(s);
 }
 
-/* ---- the signer pool: a read-ahead group's messages signed on every core ---- */
+/* ---- the signer pool: groups of messages signed on every core ---- */
+
+/* A group handed over by the spool: its jobs are taken one at a time by
+ * whichever signer is free; the one that finishes the last tells the
+ * spool. */
+struct pgroup {
+  struct pgroup *next;
+  struct set *set;
+  struct spool_sign_job *jobs;
+  size_t n, taken, left; /* under pool.mu */
+  struct spool_sign_group *g;
+};
 
 static struct {
   pthread_mutex_t mu;
-  pthread_cond_t work, done;
+  pthread_cond_t work;
   pthread_t *t;
   unsigned n;
   bool stop;
-  uint64_t gen;            /* a new group to sign */
-  struct set *set;
-  struct spool_sign_job *jobs;
-  size_t njobs;
-  atomic_size_t next;      /* next job to take */
-  size_t finished;         /* jobs done (under mu) */
-  unsigned active;         /* workers inside a group (under mu): the next group waits for 0 */
-} pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .work = PTHREAD_COND_INITIALIZER,
-          .done = PTHREAD_COND_INITIALIZER};
-
-/* Take jobs until none is left; returns how many this thread did. */
-static size_t pool_run(void)
-{
-  size_t did = 0;
-  for (;;) {
-    size_t i = atomic_fetch_add_explicit(&pool.next, 1, memory_order_relaxed);
-    if (i >= pool.njobs)
-      return did;
-    struct spool_sign_job *j = &pool.jobs[i];
-    sign_one(pool.set, j->msg, j->body, j->len, j->hdr);
-    did++;
-  }
-}
+  struct pgroup *head, *tail; /* groups with jobs not yet taken, oldest first */
+} pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .work = PTHREAD_COND_INITIALIZER};
 
 static void *pool_main(void *arg)
 {
   (void)arg;
-  uint64_t seen = 0;
   pthread_mutex_lock(&pool.mu);
   for (;;) {
-    while (!pool.stop && pool.gen == seen)
+    while (!pool.stop && !pool.head)
       pthread_cond_wait(&pool.work, &pool.mu);
-    if (pool.stop)
+    if (!pool.head) /* stopping, and nothing left */
       break;
-    seen = pool.gen;
-    pool.active++;
+    struct pgroup *pg = pool.head;
+    struct spool_sign_job *j = &pg->jobs[pg->taken++];
+    if (pg->taken == pg->n) { /* every job taken: off the queue */
+      pool.head = pg->next;
+      if (!pool.head)
+        pool.tail = NULL;
+    }
     pthread_mutex_unlock(&pool.mu);
-    size_t did = pool_run();
+    test_gate_wait();
+    sign_one(pg->set, j->msg, j->body, j->len, j->hdr);
     pthread_mutex_lock(&pool.mu);
-    pool.finished += did;
-    pool.active--;
-    if (pool.finished == pool.njobs && pool.active == 0)
-      pthread_cond_signal(&pool.done);
+    if (--pg->left == 0) {
+      pthread_mutex_unlock(&pool.mu);
+      set_unref(pg->set);
+      spool_sign_done(pg->g);
+      free(pg);
+      pthread_mutex_lock(&pool.mu);
+    }
   }
   pthread_mutex_unlock(&pool.mu);
   return NULL;
 }
 
 /* DKIM_Signer_Threads threads, by default one per core: the key
- * operations of a group then use every core while the delivery rings
- * (which never sign) take their turns. The ingest thread signs too while
- * it waits for the group. */
+ * operations use every core while the ingest thread goes on taking
+ * messages and the delivery rings (which never sign) take their turns. */
 static void pool_start(void)
 {
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -323,49 +335,50 @@ static void pool_start(void)
   }
 }
 
-void signing_on_sign_batch(void *arg, struct spool_sign_job *jobs, size_t n)
+bool signing_on_sign_prep(void *arg, struct spool_msg *msg, const uint8_t *body, size_t len,
+                          struct buf *hdr)
 {
   (void)arg;
-  for (size_t i = 0; i < n; i++)
-    lsig_take(jobs[i].msg, jobs[i].hdr);
+  lsig_take(msg, hdr); /* what Lua signed, below the configured signature */
   struct set *s = set_get();
-  if (!s || !dkim_signers_count(s->signers)) {
-    set_unref(s);
-    return;
-  }
-  if (!pool.t)
-    pool_start();
-  if (n < 2 || !pool.n) {
-    for (size_t i = 0; i < n; i++)
-      sign_one(s, jobs[i].msg, jobs[i].body, jobs[i].len, jobs[i].hdr);
-    set_unref(s);
-    return;
-  }
-  pthread_mutex_lock(&pool.mu);
-  while (pool.active > 0) /* a worker that woke late for the last group */
-    pthread_cond_wait(&pool.done, &pool.mu);
-  pool.set = s;
-  pool.jobs = jobs;
-  pool.njobs = n;
-  pool.finished = 0;
-  atomic_store_explicit(&pool.next, 0, memory_order_relaxed);
-  pool.gen++;
-  pthread_cond_broadcast(&pool.work);
-  pthread_mutex_unlock(&pool.mu);
-  size_t did = pool_run();
-  pthread_mutex_lock(&pool.mu);
-  pool.finished += did;
-  /* Every job done and no worker still inside this group (a late one
-   * must not take a job of the next). */
-  while (pool.finished < pool.njobs || pool.active > 0)
-    pthread_cond_wait(&pool.done, &pool.mu);
-  pool.jobs = NULL;
-  pool.njobs = 0;
-  pool.set = NULL;
-  pthread_mutex_unlock(&pool.mu);
+  bool want = s && dkim_signers_count(s->signers) && sign_wanted(s->conf, msg) &&
+              dkim_signers_match(s->signers, body, len);
   set_unref(s);
+  return want;
 }
 
+void signing_on_sign_async(void *arg, struct spool_sign_job *jobs, size_t n,
+                           struct spool_sign_group *g)
+{
+  (void)arg;
+  struct set *s = set_get();
+  if (!pool.t)
+    pool_start();
+  if (!pool.n || !n) { /* no thread could be started: here, then */
+    for (size_t i = 0; i < n; i++) {
+      test_gate_wait();
+      sign_one(s, jobs[i].msg, jobs[i].body, jobs[i].len, jobs[i].hdr);
+    }
+    set_unref(s);
+    spool_sign_done(g);
+    return;
+  }
+  struct pgroup *pg = util_xcalloc(1, sizeof(*pg));
+  *pg = (struct pgroup){.set = s, .jobs = jobs, .n = n, .left = n, .g = g};
+  pthread_mutex_lock(&pool.mu);
+  if (pool.tail)
+    pool.tail->next = pg;
+  else
+    pool.head = pg;
+  pool.tail = pg;
+  if (n > 1)
+    pthread_cond_broadcast(&pool.work);
+  else
+    pthread_cond_signal(&pool.work);
+  pthread_mutex_unlock(&pool.mu);
+}
+
+/* Stop the signers once every group handed over is signed. */
 static void pool_stop(void)
 {
   pthread_mutex_lock(&pool.mu);

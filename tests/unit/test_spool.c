@@ -766,6 +766,67 @@ static bool keep_pickup(const char *name)
   return keep_name && !strcmp(name, keep_name);
 }
 
+/* Pickup_Claim = exchange (issue 25). A crash between a batch's sync and
+ * the removal of its pickup files leaves the file in the claimed
+ * directory under its own name: recovery knows it by its journal entry
+ * (name, inode, size, stamp) and removes it, so the journal's copy is the
+ * only one. A file in the claimed directory that no entry names (a crash
+ * right after the exchange) is left there and taken after the next
+ * exchange; a name reused in pickup/ after the claim is another file,
+ * taken too. */
+static void test_exchange_crash(void **state)
+{
+  (void)state;
+  struct spool_params p = {.pickup_exchange = true};
+  struct spool *sp = open_spool(&p);
+  put_msg("again", "x-receiver: <z@example.com>\n", NULL);
+  put_msg("other", "x-receiver: <z@example.com>\n", NULL);
+  keep_name = "again";
+  spool_test_keep_pickup = keep_pickup;
+  for (int i = 0; i < 100 && ngot < 2; i++) /* then "the process dies" */
+    assert_true(spool_ingest(sp, 50) >= 0);
+  spool_test_keep_pickup = NULL;
+  keep_name = NULL;
+  assert_int_equal(ngot, 2);
+  assert_true(exists("claim/pickup/again")); /* claimed, durable, not removed */
+  assert_false(exists("claim/pickup/other"));
+  assert_false(exists("pickup/again"));
+  put_msg("again", "x-receiver: <y@example.com>\n", NULL); /* the name reused: a new file */
+  reset_got();
+  spool_close(sp);
+  char path[600];
+  snprintf(path, sizeof path, "%s/claim/pickup/unclaimed", base);
+  FILE *f = fopen(path, "w");
+  assert_non_null(f);
+  fputs("x-sender: <s@example.com>\nx-receiver: <u@example.com>\nSubject: u\n\nbody\n", f);
+  fclose(f);
+
+  sp = open_spool(&p);
+  assert_int_equal(spool_recover(sp), 2); /* again (z) and other: the journal's copies */
+  assert_int_equal(ngot, 2);
+  assert_false(exists("claim/pickup/again")); /* the committed file is gone */
+  assert_true(exists("claim/pickup/unclaimed")); /* no entry's: left to be taken */
+  assert_true(exists("pickup/again"));
+  reset_got();
+  for (int i = 0; i < 200 && ngot < 2; i++)
+    assert_true(spool_ingest(sp, 50) >= 0);
+  assert_int_equal(ngot, 2);
+  bool y = false, u = false;
+  for (size_t i = 0; i < ngot; i++) {
+    y |= !strcmp(got[i]->rcpt[0], "y@example.com");
+    u |= !strcmp(got[i]->rcpt[0], "u@example.com");
+  }
+  assert_true(y && u);
+  for (int i = 0; i < 5; i++) /* nothing else turns up */
+    assert_true(spool_ingest(sp, 20) >= 0);
+  assert_int_equal(ngot, 2);
+  assert_int_equal(count_in("pickup", false), 0);
+  assert_int_equal(count_in("claim/pickup", false), 0);
+  assert_int_equal(nbad, 0);
+  reset_got();
+  spool_close(sp);
+}
+
 /* The body of m as read back through the spool. */
 static void body_of(struct spool *sp, const struct spool_msg *m, char *out, size_t n)
 {
@@ -1546,6 +1607,7 @@ int main(void)
       cmocka_unit_test_setup_teardown(test_journal, setup, teardown),
       cmocka_unit_test_setup_teardown(test_journal_damage, setup, teardown),
       cmocka_unit_test_setup_teardown(test_journal_stamp, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_exchange_crash, setup, teardown),
       cmocka_unit_test_setup_teardown(test_pre_buf_sizes, setup, teardown),
       cmocka_unit_test_setup_teardown(test_not_regular, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unremovable_pickup, setup, teardown),

@@ -1,14 +1,18 @@
 /* claim.c owns the pickup directory's names and files before they are
- * read into a batch: listing pickup/ (scan_pickup), the inotify events and
- * the set of names renamed in (moved_*), waiting for work (wait_work),
- * read leases on files written in place (lease_*, quiet_for), and claiming
- * a file by renaming it to its tomb, or putting it back (claim_*, tomb_*,
- * unclaim*). It never reads or parses a message, never removes a pickup
- * file (only renames and links it), never takes a file written in place
- * without a lease or a quiet period, and never logs.
- * Thread: the ingest thread (spool_ingest), and recovery's scan_pickup
- * before ingestion starts; moved_free at spool_close. */
+ * read into a batch: the two directory inodes behind the pickup name and
+ * their exchange (claim_dirs_open, claim_swap), listing the claimed one
+ * (scan_pickup), the inotify events and the set of names renamed in
+ * (moved_*), waiting for work (wait_work), and read leases on files
+ * written in place (lease_*, quiet_for). It never reads or parses a
+ * message, never removes or renames a pickup file, never takes a file
+ * written in place without a lease or a quiet period, and never logs.
+ * Thread: the ingest thread (spool_ingest), spool_open (claim_dirs_open),
+ * and recovery's scan_pickup before ingestion starts; moved_free at
+ * spool_close. */
 #include "spool_int.h"
+#include "spool_test.h"
+
+void (*spool_test_after_swap)(void);
 
 static bool name_ignored(const char *n)
 {
@@ -65,11 +69,21 @@ static void moved_put(struct spool *sp, char *s)
   sp->moved[k] = s;
 }
 
+/* A name is remembered with the watch of the directory it was renamed
+ * into ("<wd>/<name>"): the same name renamed into the other directory
+ * inode is another file. */
+static void moved_key(int wd, const char *name, char out[NAME_MAX + 16])
+{
+  snprintf(out, NAME_MAX + 16, "%d/%s", wd, name);
+}
+
 /* A burst of renames (tens of thousands of files renamed in before the
  * engine lists them) is remembered whole: the set doubles when half full,
  * up to MOVED_MAX slots; only beyond that are names checked. */
-static void moved_add(struct spool *sp, const char *name)
+static void moved_add(struct spool *sp, int wd, const char *ename)
 {
+  char name[NAME_MAX + 16];
+  moved_key(wd, ename, name);
   if (!sp->moved) {
     sp->movedcap = MOVED_CAP;
     sp->moved = util_xcalloc(sp->movedcap, sizeof(*sp->moved));
@@ -96,8 +110,10 @@ static void moved_add(struct spool *sp, const char *name)
 
 /* Whether name arrived by rename; it is forgotten (the next file under
  * that name must arrive by rename again). */
-static bool moved_take(struct spool *sp, const char *name)
+static bool moved_take(struct spool *sp, int wd, const char *ename)
 {
+  char name[NAME_MAX + 16];
+  moved_key(wd, ename, name);
   if (!sp->moved || sp->nmoved == 0)
     return false;
   size_t mask = sp->movedcap - 1;
@@ -148,13 +164,207 @@ static int pickup_open(struct spool *sp, const char *name)
   int fl = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
   int fd = -1;
   if (atomic_load_explicit(&sp->noatime, memory_order_relaxed))
-    fd = openat(sp->pickup_fd, name, fl | O_NOATIME);
+    fd = openat(sp->claim_fd, name, fl | O_NOATIME);
   if (fd < 0)
-    fd = openat(sp->pickup_fd, name, fl);
+    fd = openat(sp->claim_fd, name, fl);
   return fd;
 }
 
-/* ---- claiming (issue 18 item 2, issue 25) ----
+/* ---- claiming by exchange (Pickup_Claim = exchange; issue 25) ----
+ *
+ * The pickup name is always present and always a directory producers can
+ * write; behind it are two directory inodes with the same owner, group
+ * and mode. One is named pickup, the other <Spoolbase>/claim/pickup
+ * (claim/ is 0700: no producer reaches it by path). A claim is one
+ * renameat2(RENAME_EXCHANGE) of the two names: every file that was in
+ * pickup is now in the claimed directory, under its own name, and a name
+ * a producer reuses afterwards lands in the other inode, now named
+ * pickup. So the listing, the reads, the moves to bad/ and the removal
+ * after the commit are by name in the claimed directory, with no rename
+ * per file and nothing to compare. What is not taken in a round (a file
+ * still being written, a batch that could not be made durable) stays
+ * where it is and goes back under the pickup name with the next exchange,
+ * to be claimed again after that: nothing waits for a writer. Recovery
+ * knows a committed file by its journal entry's name and identity in the
+ * claimed directory (recover.c). */
+
+#define CLAIM_ROOT "claim"
+#define CLAIM_LEAF "pickup"
+
+/* Give the claimed directory the pickup directory's owner, group and
+ * mode (an operator may change them at any time): the exchange puts it
+ * under the pickup name. 0 or -errno. */
+static int claim_match(struct spool *sp)
+{
+  struct stat p, c;
+  if (fstat(sp->pick_fd, &p) < 0 || fstat(sp->claim_fd, &c) < 0)
+    return -errno;
+  if ((p.st_uid != c.st_uid || p.st_gid != c.st_gid) &&
+      fchown(sp->claim_fd, p.st_uid, p.st_gid) < 0)
+    return -errno;
+  /* after the chown, which clears set-id bits */
+  if ((p.st_mode & 07777) != (c.st_mode & 07777) && fchmod(sp->claim_fd, p.st_mode & 07777) < 0)
+    return -errno;
+  return 0;
+}
+
+/* Whether the name pickup still names pick_fd's directory; else (an
+ * operator made a new one) that one is adopted. 0 or -errno. */
+static int claim_adopt(struct spool *sp)
+{
+  struct stat a, b;
+  if (fstatat(sp->pick_parent_fd, sp->pick_leaf, &b, AT_SYMLINK_NOFOLLOW) < 0)
+    return -errno;
+  if (fstat(sp->pick_fd, &a) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev)
+    return 0;
+  if (!S_ISDIR(b.st_mode))
+    return -ENOTDIR;
+  int fd = openat(sp->pick_parent_fd, sp->pick_leaf, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0)
+    return -errno;
+  close(sp->pick_fd);
+  sp->pick_fd = fd;
+  if (sp->ino_fd >= 0) {
+    if (sp->pick_wd >= 0)
+      (void)inotify_rm_watch(sp->ino_fd, sp->pick_wd);
+    sp->pick_wd = inotify_add_watch(sp->ino_fd, sp->pickup_path, IN_MOVED_TO | IN_CLOSE_WRITE);
+  }
+  return 0;
+}
+
+/* Claim everything in pickup/ with one exchange of the two names. 0 or
+ * -errno (nothing was claimed; the claimed directory is listed anyway). */
+int claim_swap(struct spool *sp)
+{
+  if (!sp->exchange)
+    return 0; /* files are claimed one by one (claim_group) */
+  int r = claim_adopt(sp);
+  if (r == 0)
+    r = claim_match(sp);
+  if (r < 0)
+    return r;
+  if (renameat2(sp->pick_parent_fd, sp->pick_leaf, sp->claim_parent_fd, CLAIM_LEAF,
+                RENAME_EXCHANGE) < 0)
+    return -errno;
+  int t = sp->pick_fd;
+  sp->pick_fd = sp->claim_fd;
+  sp->claim_fd = t;
+  t = sp->pick_wd;
+  sp->pick_wd = sp->claim_wd;
+  sp->claim_wd = t;
+  atomic_fetch_add_explicit(&sp->st_swaps, 1, memory_order_relaxed);
+  if (spool_test_after_swap)
+    spool_test_after_swap(); /* a crash right after the exchange */
+  return 0;
+}
+
+/* spool_open: the pickup directory is open (pick_fd), inotify made.
+ * Pickup_Claim = exchange: open (or make) <Spoolbase>/claim and the
+ * claimed directory, give it pickup's owner, group and mode, check that
+ * the file system exchanges names, and watch both directories. rename:
+ * claim_fd is pickup/ itself; a claimed directory left by an exchange run
+ * is opened as spare_fd for recovery (recover.c empties it). 0 or -errno
+ * with why set. */
+int claim_dirs_open(struct spool *sp, char *why, size_t whylen)
+{
+  sp->exchange = sp->p.pickup_exchange;
+  if (!sp->exchange) {
+    sp->claim_fd = dup(sp->pick_fd);
+    if (sp->claim_fd < 0) {
+      snprintf(why, whylen, "dup: %s", strerror(errno));
+      return -errno;
+    }
+    int cr = openat(sp->base_fd, CLAIM_ROOT, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (cr >= 0) {
+      sp->spare_fd = openat(cr, CLAIM_LEAF, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+      close(cr);
+    }
+    if (sp->ino_fd >= 0 &&
+        (sp->pick_wd = sp->claim_wd = inotify_add_watch(sp->ino_fd, sp->pickup_path,
+                                                        IN_MOVED_TO | IN_CLOSE_WRITE)) < 0) {
+      close(sp->ino_fd); /* the rescan timer still finds files */
+      sp->ino_fd = -1;
+    }
+    return 0;
+  }
+  char *path = util_xstrdup(sp->pickup_path);
+  size_t l = strlen(path);
+  while (l > 1 && path[l - 1] == '/')
+    path[--l] = 0;
+  char *slash = strrchr(path, '/');
+  const char *parent = ".";
+  if (slash == path) {
+    parent = "/";
+    sp->pick_leaf = util_xstrdup(path + 1);
+  } else if (slash) {
+    *slash = 0;
+    parent = path;
+    sp->pick_leaf = util_xstrdup(slash + 1);
+  } else {
+    sp->pick_leaf = util_xstrdup(path);
+  }
+  int r = 0;
+  sp->pick_parent_fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  free(path);
+  if (sp->pick_parent_fd < 0) {
+    r = -errno;
+    snprintf(why, whylen, "the directory holding %s: %s", sp->pickup_path, strerror(-r));
+    return r;
+  }
+  if ((mkdirat(sp->base_fd, CLAIM_ROOT, 0700) < 0 && errno != EEXIST) ||
+      (sp->claim_parent_fd = openat(sp->base_fd, CLAIM_ROOT, O_RDONLY | O_DIRECTORY | O_CLOEXEC |
+                                                                O_NOFOLLOW)) < 0 ||
+      (mkdirat(sp->claim_parent_fd, CLAIM_LEAF, 0700) < 0 && errno != EEXIST) ||
+      (sp->claim_fd = openat(sp->claim_parent_fd, CLAIM_LEAF,
+                             O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)) < 0) {
+    r = -errno;
+    snprintf(why, whylen, "%s/" CLAIM_ROOT "/" CLAIM_LEAF ": %s", sp->base, strerror(-r));
+    return r;
+  }
+  struct stat a, b;
+  if (fstat(sp->pick_fd, &a) < 0 || fstat(sp->claim_fd, &b) < 0 || a.st_dev != b.st_dev) {
+    snprintf(why, whylen, "pickup directory %s is not on the file system of %s (claiming "
+             "exchanges it with %s/" CLAIM_ROOT "/" CLAIM_LEAF ")", sp->pickup_path, sp->base,
+             sp->base);
+    return -EXDEV;
+  }
+  if ((r = claim_match(sp)) < 0) {
+    snprintf(why, whylen, "cannot give %s/" CLAIM_ROOT "/" CLAIM_LEAF " the owner and mode of %s "
+             "(run the engine as the owner of %s, or as root): %s", sp->base, sp->pickup_path,
+             sp->pickup_path, strerror(-r));
+    return r;
+  }
+  /* The file system must exchange two names atomically (ext4, xfs,
+   * btrfs, tmpfs do; some overlay and network ones do not). */
+  (void)unlinkat(sp->claim_parent_fd, "probe.a", AT_REMOVEDIR);
+  (void)unlinkat(sp->claim_parent_fd, "probe.b", AT_REMOVEDIR);
+  if (mkdirat(sp->claim_parent_fd, "probe.a", 0700) < 0 ||
+      mkdirat(sp->claim_parent_fd, "probe.b", 0700) < 0 ||
+      renameat2(sp->claim_parent_fd, "probe.a", sp->claim_parent_fd, "probe.b",
+                RENAME_EXCHANGE) < 0)
+    r = -errno;
+  (void)unlinkat(sp->claim_parent_fd, "probe.a", AT_REMOVEDIR);
+  (void)unlinkat(sp->claim_parent_fd, "probe.b", AT_REMOVEDIR);
+  if (r < 0) {
+    snprintf(why, whylen, "%s: the file system cannot exchange two names (renameat2 "
+             "RENAME_EXCHANGE), which claiming pickup files needs: %s", sp->base, strerror(-r));
+    return r;
+  }
+  sp->pick_wd = sp->claim_wd = -1;
+  if (sp->ino_fd >= 0) {
+    char cpath[PATH_MAX];
+    snprintf(cpath, sizeof cpath, "%s/" CLAIM_ROOT "/" CLAIM_LEAF, sp->base);
+    sp->pick_wd = inotify_add_watch(sp->ino_fd, sp->pickup_path, IN_MOVED_TO | IN_CLOSE_WRITE);
+    sp->claim_wd = inotify_add_watch(sp->ino_fd, cpath, IN_MOVED_TO | IN_CLOSE_WRITE);
+    if (sp->pick_wd < 0 || sp->claim_wd < 0) {
+      close(sp->ino_fd); /* the rescan timer still finds files */
+      sp->ino_fd = -1;
+    }
+  }
+  return 0;
+}
+
+/* ---- claiming by rename (Pickup_Claim = rename, the default) ----
  *
  * A pickup file is claimed before it is read: renamed from its name to
  * its tomb ".c.<message id>" (dot names are never picked up). The rename
@@ -166,7 +376,9 @@ static int pickup_open(struct spool *sp, const char *name)
  * once its journal entry is durable (no comparison is needed: nothing
  * else writes a tomb). Recovery knows a tomb by its id (recover_tombs).
  * A file not renamed in is claimed only under a read lease, after it was
- * read (claim_leased): no writer can have it open then. */
+ * read (claim_leased): no writer can have it open then. With
+ * Pickup_Claim = exchange these are no-ops: the exchange claimed the
+ * files, which are read and removed under their own names. */
 
 void claim_prep(struct spool *sp, struct pname *pn)
 {
@@ -184,13 +396,13 @@ void claim_prep(struct spool *sp, struct pname *pn)
  * both names: recovery requeues the tomb, a duplicate, never a loss. */
 static int tomb_put_back(struct spool *sp, const char *tomb, const char *name, bool link)
 {
-  if (link && linkat(sp->pickup_fd, tomb, sp->pickup_fd, name, 0) == 0) {
-    (void)unlinkat(sp->pickup_fd, tomb, 0);
+  if (link && linkat(sp->claim_fd, tomb, sp->claim_fd, name, 0) == 0) {
+    (void)unlinkat(sp->claim_fd, tomb, 0);
     return 0;
   }
   if (link && errno == EEXIST)
     return -1;
-  return renameat2(sp->pickup_fd, tomb, sp->pickup_fd, name, RENAME_NOREPLACE);
+  return renameat2(sp->claim_fd, tomb, sp->claim_fd, name, RENAME_NOREPLACE);
 }
 
 /* A claimed file that is not to be ingested now goes back to pickup/:
@@ -208,7 +420,7 @@ void unclaim_at(struct spool *sp, const char *tomb, const char *name, bool link)
 
 void unclaim(struct spool *sp, struct pname *pn)
 {
-  if (pn->claimed)
+  if (pn->claimed && !sp->exchange) /* exchange: it stays in the claimed directory */
     unclaim_at(sp, pn->tomb, pn->name, false); /* read whole, as it is: complete */
   pn->claimed = false;
 }
@@ -220,6 +432,8 @@ void unclaim(struct spool *sp, struct pname *pn)
  * session 7). pn[j].clres says how it went. */
 void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, size_t k)
 {
+  if (sp->exchange)
+    return; /* claimed by the exchange */
   size_t want = 0;
   for (size_t j = 0; j < k; j++) {
     if (pn[j].inplace || pn[j].claimed)
@@ -230,16 +444,16 @@ void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, size_t 
   }
   if (want == 0)
     return;
-  bool ring = ib && iobatch_rename(ib, sp->pickup_fd, pn, (unsigned)k) == 0;
+  bool ring = ib && iobatch_rename(ib, sp->claim_fd, pn, (unsigned)k) == 0;
   for (size_t j = 0; j < k; j++) {
     if (pn[j].clres != 1)
       continue;
     if (ring)
       pn[j].clres = ib->pre[j].st;
-    else if (renameat(sp->pickup_fd, pn[j].name, sp->pickup_fd, pn[j].tomb) == 0)
+    else if (renameat(sp->claim_fd, pn[j].name, sp->claim_fd, pn[j].tomb) == 0)
       pn[j].clres = 0;
     else if (errno == ENOENT && ib &&
-             faccessat(sp->pickup_fd, pn[j].tomb, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+             faccessat(sp->claim_fd, pn[j].tomb, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
       pn[j].clres = 0; /* the ring failed part way, after this rename */
     else
       pn[j].clres = -errno;
@@ -254,11 +468,15 @@ void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, size_t 
  * Returns 0 claimed, 3 later, or -errno of the rename. */
 int claim_leased(struct spool *sp, struct pname *pn, int fd)
 {
+  if (sp->exchange) { /* in the claimed directory already */
+    pn->claimed = true;
+    return 0;
+  }
   claim_prep(sp, pn);
-  if (renameat(sp->pickup_fd, pn->name, sp->pickup_fd, pn->tomb) < 0)
+  if (renameat(sp->claim_fd, pn->name, sp->claim_fd, pn->tomb) < 0)
     return pn->clres = -errno;
   struct stat a, b;
-  if (fstat(fd, &a) == 0 && fstatat(sp->pickup_fd, pn->tomb, &b, AT_SYMLINK_NOFOLLOW) == 0 &&
+  if (fstat(fd, &a) == 0 && fstatat(sp->claim_fd, pn->tomb, &b, AT_SYMLINK_NOFOLLOW) == 0 &&
       a.st_ino == b.st_ino && a.st_dev == b.st_dev) {
     pn->claimed = true;
     pn->clres = 0;
@@ -329,9 +547,9 @@ void drain_fd(int fd)
   }
 }
 
-/* Read the inotify events: names renamed in are remembered (moved_add).
- * True when one may bring a file to take (not for the engine's own
- * ".c.<id>" tombs, which would otherwise ask for a listing per batch). */
+/* Read the inotify events of both directories: names renamed in are
+ * remembered with their directory (moved_add). True when one may bring a
+ * file to take. */
 bool read_events(struct spool *sp)
 {
   char b[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
@@ -352,7 +570,7 @@ bool read_events(struct spool *sp)
         any = true;
       } else if (ev->len && !name_ignored(ev->name)) {
         if (ev->mask & IN_MOVED_TO)
-          moved_add(sp, ev->name);
+          moved_add(sp, ev->wd, ev->name);
         any = true;
       }
       p += sizeof(*ev) + ev->len;
@@ -361,7 +579,7 @@ bool read_events(struct spool *sp)
   return any;
 }
 
-/* List pickup/ (ingest: for taking the files, which consumes their names
+/* List the claimed directory (ingest: for taking the files, which consumes their names
  * in the renamed-in set; recovery only looks names up and leaves the set
  * alone, else files renamed in during its listing would be taken as
  * written in place). A long listing is taken in inode order: on ext4 that is
@@ -376,8 +594,13 @@ bool read_events(struct spool *sp)
  * set, trusted for a later file written in place under that name). */
 int scan_pickup(struct spool *sp, bool ingest)
 {
+  return scan_dir(sp, sp->claim_fd, sp->claim_wd, ingest);
+}
+
+int scan_dir(struct spool *sp, int dfd, int wd, bool ingest)
+{
   names_clear(sp);
-  int fd = dup(sp->pickup_fd);
+  int fd = dup(dfd);
   if (fd < 0)
     return -errno;
   DIR *d = fdopendir(fd);
@@ -408,11 +631,13 @@ int scan_pickup(struct spool *sp, bool ingest)
     /* a file not renamed in is taken only once no one writes it */
     /* a file not renamed in is read under a lease (lease_group, jrn_take) */
     pn->inplace =
-        (pn->type == DT_REG || pn->type == DT_UNKNOWN) && (!ingest || !moved_take(sp, pn->name));
-    pn->busy = pn->claimed = false;
+        (pn->type == DT_REG || pn->type == DT_UNKNOWN) && (!ingest || !moved_take(sp, wd, pn->name));
+    pn->busy = false;
+    pn->claimed = sp->exchange && !pn->inplace; /* renamed in and exchanged: ours */
     pn->lfd = -1;
     pn->clres = 0;
     pn->id = 0;
+    pn->tomb[0] = 0;
     sp->names[kept++] = *pn;
   }
   n = kept;
@@ -426,7 +651,7 @@ int scan_pickup(struct spool *sp, bool ingest)
 /* Wait for something to claim; true when names are pending. */
 bool wait_work(struct spool *sp, int timeout_ms)
 {
-  if (sp->inames < sp->nnames || atomic_load(&sp->nsub))
+  if (sp->inames < sp->nnames || atomic_load(&sp->nsub) || signq_ready(sp))
     return true;
   if (sp->nnames > 0) { /* a listing ran out: files that came meanwhile are next */
     names_clear(sp);
@@ -448,7 +673,7 @@ bool wait_work(struct spool *sp, int timeout_ms)
       if (pfd[1].revents)
         drain_fd(sp->wake_fd);
     }
-    if (atomic_load(&sp->nsub))
+    if (atomic_load(&sp->nsub) || signq_ready(sp)) /* signed messages to write */
       return true;
     uint64_t now = clock_mono_ns();
     if (atomic_exchange(&sp->kick, 0) || now >= sp->next_rescan_ns)
@@ -457,7 +682,10 @@ bool wait_work(struct spool *sp, int timeout_ms)
       sp->next_rescan_ns = now + 200000000u; /* no close events: look again soon */
     if (sp->scan_due) {
       sp->scan_due = false;
-      wait_drained(sp);
+      wait_drained(sp); /* nothing of the claimed directory is in flight */
+      int sr = claim_swap(sp);
+      if (sr < 0) /* nothing claimed; what is left in the claimed directory is listed */
+        atomic_store(&sp->last_err, sr);
       if (scan_pickup(sp, true) == 0 && sp->nnames > 0)
         return true;
     }

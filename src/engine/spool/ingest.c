@@ -30,40 +30,45 @@ void spool_get_stats(const struct spool *sp, struct spool_stats *out)
 bool (*spool_test_keep_pickup)(const char *name);
 void (*spool_test_before_forget)(void);
 
-/* The tomb of t's pickup file: ".c.<message id>" (claim_prep). */
-static void tomb_name(const struct jtake *t, char out[SPOOL_ID_LEN + 4])
+/* Where t's claimed pickup file is in claim_fd: its tomb ".c.<message
+ * id>" (claim_prep) with Pickup_Claim = rename, else its own name in the
+ * claimed directory. out: SPOOL_ID_LEN + 4 bytes. */
+static const char *claimed_at(const struct spool *sp, const struct jtake *t, char *out)
 {
+  if (sp->exchange)
+    return t->name;
   char id[SPOOL_ID_LEN + 1];
   snprintf(out, SPOOL_ID_LEN + 4, ".c.%s", spool_msg_id_str(t->msg, id));
+  return out;
 }
 
-/* t's tomb could not be removed (err): it goes to bad/, its message stays queued. */
-static void forget_failed(struct spool *sp, const struct jtake *t, const char *tomb, int err)
+/* t's pickup file could not be removed (err): it goes to bad/, its message stays queued. */
+static void forget_failed(struct spool *sp, const struct jtake *t, const char *at, int err)
 {
   char why[256], id[SPOOL_ID_LEN + 1];
   snprintf(why, sizeof(why), "queued as %s, but the pickup file could not be removed (%s)",
            spool_msg_id_str(t->msg, id), strerror(err));
-  to_bad(sp, sp->pickup_fd, tomb, t->name, why, id);
+  to_bad(sp, sp->claim_fd, at, t->name, why, id);
 }
 
-/* A pickup file whose message is durable in the journal leaves pickup/:
- * one unlink of its tomb (it was claimed before it was read, so the tomb
- * holds exactly the file read; the name may hold a newer file, which is
- * never touched). */
+/* A pickup file whose message is durable in the journal is removed: one
+ * unlink where it was claimed (claimed_at: it was claimed before it was
+ * read, so that holds exactly the file read; a name a producer reuses
+ * afterwards holds another file, which is never touched). */
 static void jrn_forget_pickup(struct spool *sp, const struct jtake *t)
 {
   if (!t->name)
     return; /* a submission: no pickup file */
   if (spool_test_keep_pickup && spool_test_keep_pickup(t->name))
     return; /* as if the process died here */
-  char tomb[SPOOL_ID_LEN + 4];
-  tomb_name(t, tomb);
-  if (unlinkat(sp->pickup_fd, tomb, 0) == 0 || errno == ENOENT)
+  char tb[SPOOL_ID_LEN + 4];
+  const char *at = claimed_at(sp, t, tb);
+  if (unlinkat(sp->claim_fd, at, 0) == 0 || errno == ENOENT)
     return;
-  forget_failed(sp, t, tomb, errno);
+  forget_failed(sp, t, at, errno);
 }
 
-/* Remove a durable batch's pickup files (their tombs): one ring
+/* Remove a durable batch's pickup files: one ring
  * submission of unlinks, else, and for what the ring could not do,
  * unlinkat calls. */
 static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
@@ -77,28 +82,27 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
     return;
   struct iobatch *ib = iobatch_get(&sp->iunlink, &sp->iunlink_tried, sp->p.batch_max, false);
   if (ib && !spool_test_keep_pickup && files <= ib->cap) {
-    char **tombs = util_xmalloc(files * sizeof(*tombs));
-    char (*tb)[SPOOL_ID_LEN + 4] = util_xmalloc(files * sizeof(*tb));
+    char **names = util_xmalloc(files * sizeof(*names));
+    char (*tb)[SPOOL_ID_LEN + 4] = sp->exchange ? NULL : util_xmalloc(files * sizeof(*tb));
     size_t *who = util_xmalloc(files * sizeof(*who));
     unsigned nu = 0;
     for (size_t i = 0; i < bt->n; i++) {
       if (!bt->c[i].name)
         continue;
-      tomb_name(&bt->c[i], tb[nu]);
-      tombs[nu] = tb[nu];
+      names[nu] = (char *)(uintptr_t)claimed_at(sp, &bt->c[i], tb ? tb[nu] : NULL);
       who[nu++] = i;
     }
-    int r = iobatch_unlink(ib, sp->pickup_fd, tombs, nu);
+    int r = iobatch_unlink(ib, sp->claim_fd, names, nu);
     for (unsigned k = 0; k < nu; k++) {
       int res = r == 0 ? ib->res[k] : -ECANCELED;
       if (res == -ECANCELED) /* the ring failed before it */
         jrn_forget_pickup(sp, &bt->c[who[k]]);
       else if (res < 0 && res != -ENOENT)
-        forget_failed(sp, &bt->c[who[k]], tombs[k], -res);
+        forget_failed(sp, &bt->c[who[k]], names[k], -res);
     }
     free(who);
     free(tb);
-    free(tombs);
+    free(names);
     return;
   }
   for (size_t i = 0; i < bt->n; i++)
@@ -106,17 +110,18 @@ static void jrn_forget_all(struct spool *sp, struct jbatch *bt)
 }
 
 /* A batch that could not be made durable: its pickup files go back
- * under their names for the next round (unclaim_at), and what reached
- * the segment is retired so it can never be taken for mail. */
+ * under their names for the next round (unclaim_at; with Pickup_Claim =
+ * exchange they stay in the claimed directory, which the next exchange
+ * puts back under the pickup name), and what reached the segment is
+ * retired so it can never be taken for mail. */
 static void jrn_batch_fail(struct spool *sp, struct jbatch *bt, bool put, int err)
 {
   struct buf done = {0};
   uint32_t *unpin = util_xmalloc(bt->n * sizeof(*unpin));
   for (size_t i = 0; i < bt->n; i++) {
-    if (bt->c[i].name) {
-      char tomb[SPOOL_ID_LEN + 4];
-      tomb_name(&bt->c[i], tomb);
-      unclaim_at(sp, tomb, bt->c[i].name, false); /* read whole: complete */
+    if (bt->c[i].name && !sp->exchange) {
+      char tb[SPOOL_ID_LEN + 4];
+      unclaim_at(sp, claimed_at(sp, &bt->c[i], tb), bt->c[i].name, false); /* read whole */
     }
     if (bt->c[i].sub)
       sub_finish(sp, bt->c[i].sub, err < 0 ? err : -EIO, NULL, NULL);
@@ -248,14 +253,16 @@ static int jrn_put_batch(struct spool *sp, uint32_t npins, uint32_t *seg, uint64
 static long ingest_journal(struct spool *sp)
 {
   size_t max = sp->p.sync == SPOOL_SYNC_ALWAYS ? 1 : sp->p.batch_max;
+  signq_throttle(sp); /* not too far ahead of the signers */
+  sp->round_signing = 0;
   struct jbatch *bt = util_xcalloc(1, sizeof(*bt));
   bt->c = util_xcalloc(max, sizeof(*bt->c));
   sp->jbuf.len = sp->jbuf.off = 0;
   sp->njrefs = sp->jrefbytes = 0;
   iobatch_get(&sp->iread, &sp->iread_tried, sp->p.batch_max, true);
   /* Keep the inotify queue short while a long listing is taken (a burst
-   * of renames, and the tombs' own events, would overflow it, and every
-   * name whose event was lost is then checked for a writer). */
+   * of renames would overflow it, and every name whose event was lost is
+   * then checked for a writer). */
   if (read_events(sp))
     sp->scan_due = true;
   size_t used = 0; /* arena bytes holding this batch's files */
@@ -269,7 +276,14 @@ static long ingest_journal(struct spool *sp)
     s->next = NULL;
     struct pinfo pi = {0, 0, 0};
     sp->sub_why[0] = 0;
-    if (bt->n < max && jrn_take_data(sp, NULL, NULL, 0, s->data, s->len, &pi, -1, false, &bt->c[bt->n]) == 0) {
+    sp->take_sub = s;
+    int r = bt->n < max ? jrn_take_data(sp, NULL, NULL, 0, s->data, s->len, &pi, -1, false,
+                                        &bt->c[bt->n])
+                        : 1;
+    sp->take_sub = NULL;
+    if (r == 4) /* being signed (signq.c): it has its reply once written */
+      continue;
+    if (r == 0) {
       bt->c[bt->n].name = NULL;
       bt->c[bt->n++].sub = s;
     } else {
@@ -282,10 +296,12 @@ static long ingest_journal(struct spool *sp)
     free(bt->c[i].sub->data);
     bt->c[i].sub->data = NULL;
   }
-  while (bt->n < max && sp->inames < sp->nnames && batch_len(sp) < JRN_BATCH_BYTES) {
+  /* messages handed to the signers (round_signing) count toward max */
+  while (bt->n + sp->round_signing < max && sp->inames < sp->nnames &&
+         batch_len(sp) < JRN_BATCH_BYTES) {
     size_t k = sp->nnames - sp->inames;
-    if (k > max - bt->n)
-      k = max - bt->n;
+    if (k > max - bt->n - sp->round_signing)
+      k = max - bt->n - sp->round_signing;
     /* read ahead about what fits in the batch's bytes, going by the last
      * batch's files */
     size_t fit = (JRN_BATCH_BYTES - batch_len(sp)) / (sp->avg_file ? sp->avg_file : 1) + 1;
@@ -307,19 +323,19 @@ static long ingest_journal(struct spool *sp)
           break; /* the arena is full: write this batch */
         }
       }
-      /* files renamed in are claimed, then read under their tombs; files
-       * not renamed in are read under a read lease and claimed under it
-       * (issue 18 items 2 and 3) */
-      /* The claims queue an IN_MOVED_TO each (for the tomb): during a
-       * burst of renames in they would fill the inotify queue (16,384
-       * events by default), and every name whose event the kernel then
-       * drops takes the slower path of a file written in place. Reading
-       * the events per group keeps the queue short. */
+      /* files renamed in are claimed (by the exchange, or renamed to
+       * their tombs here), then read; files not renamed in are read
+       * under a read lease and claimed under it (issue 18 items 2 and 3).
+       * The tomb renames queue an IN_MOVED_TO each: during a burst of
+       * renames in they, and the producers' own, would fill the inotify
+       * queue (16,384 events by default), and every name whose event the
+       * kernel drops takes the slower path of a file written in place.
+       * Reading the events per group keeps the queue short. */
       if (read_events(sp))
         sp->scan_due = true;
       claim_group(sp, ib, sp->names + sp->inames, k);
       lease_group(sp, sp->names + sp->inames, k);
-      int rr = iobatch_read(ib, sp->pickup_fd, sp->names + sp->inames, (unsigned)k,
+      int rr = iobatch_read(ib, sp->claim_fd, sp->names + sp->inames, (unsigned)k,
                             atomic_load_explicit(&sp->noatime, memory_order_relaxed) ? O_NOATIME
                                                                                       : 0,
                             ib->buf + used, slot, slot > PRE_BUF);
@@ -340,7 +356,7 @@ static long ingest_journal(struct spool *sp)
             sp->busy = true; /* its writer's IN_CLOSE_WRITE (or the rescan) brings it back */
           if (r == 0)
             bt->c[bt->n++].name = pn->name;
-          else
+          else if (r != 4) /* 4: being signed, the name goes with it (signq.c) */
             free(pn->name);
         }
         sp->deferring = false;
@@ -354,9 +370,11 @@ static long ingest_journal(struct spool *sp)
       sp->busy = true;
     if (r == 0)
       bt->c[bt->n++].name = pn->name;
-    else
+    else if (r != 4)
       free(pn->name);
   }
+  signq_launch(sp);      /* what this round took to be signed */
+  signq_collect(sp, bt); /* and what the signers finished: written in this batch */
   long n = (long)bt->n;
   if (n == 0) {
     free(bt->c);
@@ -505,6 +523,14 @@ static void *ingest_thread(void *arg)
       report_bad(sp, "", "spool: ingestion resumed");
       reported = false;
     }
+  }
+  /* Stopping: the messages still being signed are written once signed
+   * (nothing new is taken from pickup/). */
+  for (int i = 0; i < 1000 && signq_busy(sp); i++) {
+    signq_wait_all(sp);
+    names_clear(sp);
+    if (ingest_journal(sp) < 0)
+      break; /* their tombs stay: recovery requeues them */
   }
   return NULL;
 }

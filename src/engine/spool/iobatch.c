@@ -173,7 +173,7 @@ int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsign
     if (names[i].type != DT_REG || (!names[i].claimed && !names[i].inplace))
       continue; /* not claimed: jrn_take says why */
     struct io_uring_sqe *q;
-    const char *path = names[i].claimed ? names[i].tomb : names[i].name;
+    const char *path = pn_at(&names[i]);
     if (names[i].inplace && !names[i].claimed) { /* from the caller's fd, under its read lease */
       if (names[i].lfd < 0)
         continue; /* no lease: jrn_take reads it */

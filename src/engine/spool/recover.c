@@ -482,23 +482,23 @@ static int cmp_pname(const void *a, const void *b)
   return strcmp(((const struct pname *)a)->name, ((const struct pname *)b)->name);
 }
 
-/* Is the pickup entry pn the file journal entry e was read from? Same
- * name, same inode (d_ino, as when it was read through the ring) and
- * size, and the same content checksum (STAMP_CRC) or mtime. For a tomb
- * (any_ino) the inode of a checksummed file is not compared: it is the
- * listing's d_ino of the name, which may have been replaced between the
- * listing and the claim (the tomb then holds the file actually read). */
-static bool jrn_same_file(struct spool *sp, const struct jent *e, const struct pname *pn,
+/* Is entry pn of directory dfd the file journal entry e was read from?
+ * Same name, same inode (d_ino, as when it was read through the ring) and
+ * size, and the same content checksum (STAMP_CRC) or mtime. For a tomb of
+ * an older engine (any_ino) the inode of a checksummed file is not
+ * compared: it was the listing's d_ino of the name, which may have been
+ * replaced between that listing and its claim. */
+static bool jrn_same_file(struct spool *sp, int dfd, const struct jent *e, const struct pname *pn,
                           bool any_ino)
 {
   struct stat st;
   if (!(e->stamp & STAMP_CRC)) /* read with fstat: its mtime */
-    return fstatat(sp->pickup_fd, pn->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+    return fstatat(dfd, pn->name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
            (uint64_t)st.st_ino == e->ino && (uint64_t)st.st_size == e->size &&
            (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec == e->stamp;
   if ((!any_ino && pn->ino != e->ino) || e->size > sp->p.max_message_size)
     return false;
-  int fd = openat(sp->pickup_fd, pn->name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+  int fd = openat(dfd, pn->name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0)
     return false;
   bool same = false;
@@ -523,19 +523,54 @@ static bool jrn_same_file(struct spool *sp, const struct jent *e, const struct p
   return same;
 }
 
-/* Last step: drop what is done or still in pickup/ (a crash came between
- * the batch's sync and the removal of its pickup files: the file is
- * ingested again, and a DONE record retires the journal's copy), then
- * hand over the rest. Returns the number handed over or -errno. */
-static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
+/* The journal entry whose pickup name is listed in sp->names, or NULL. */
+static const struct pname *listed(struct spool *sp, const struct jent *e)
 {
-  struct buf b = {0};
-  /* One listing of pickup/ instead of a stat per entry: only entries whose
-   * file name is still there can be a batch cut before its removals. */
-  if (scan_pickup(sp, false) < 0)
+  struct pname key = {.name = e->src};
+  return sp->nnames > 0 ? bsearch(&key, sp->names, sp->nnames, sizeof(*sp->names), cmp_pname)
+                        : NULL;
+}
+
+/* List directory dfd (watch wd) sorted by name for listed(). */
+static void list_sorted(struct spool *sp, int dfd, int wd)
+{
+  if (scan_dir(sp, dfd, wd, false) < 0)
     names_clear(sp);
   if (sp->nnames > 1)
     qsort(sp->names, sp->nnames, sizeof(*sp->names), cmp_pname);
+}
+
+/* Last step. A file of the claimed directory that is a journal entry's
+ * (a crash came between the batch's sync and the removal of its pickup
+ * files) is removed: the journal's copy counts. A file still in pickup/
+ * under an entry's name and identity (left by an older engine, which
+ * removed files by name) is ingested again, and a DONE record retires the
+ * journal's copy. What is done is dropped; the rest is handed over.
+ * Returns the number handed over or -errno. */
+static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
+{
+  struct buf b = {0};
+  /* One listing of each directory instead of a stat per entry: only
+   * entries whose file name is still there can be a batch cut before its
+   * removals. */
+  int cfd = sp->exchange ? sp->claim_fd : sp->spare_fd; /* rename mode: claim_fd is pickup/ */
+  if (cfd >= 0) {
+    list_sorted(sp, cfd, -1);
+    for (size_t i = 0; i < jm->n; i++) {
+      struct jent *e = &jm->e[i];
+      const struct pname *pn = e->src && *e->src ? listed(sp, e) : NULL; /* queued or done */
+      if (pn && jrn_same_file(sp, cfd, e, pn, false))
+        (void)unlinkat(cfd, pn->name, 0);
+    }
+    if (!sp->exchange) /* what an exchange run left goes back to pickup/ */
+      for (size_t i = 0; i < sp->nnames; i++)
+        if (renameat2(cfd, sp->names[i].name, sp->pick_fd, sp->names[i].name, RENAME_NOREPLACE) < 0) {
+          char alt[NAME_MAX + 16];
+          snprintf(alt, sizeof alt, "requeued-%.200s-%zu", sp->names[i].name, i);
+          (void)renameat2(cfd, sp->names[i].name, sp->pick_fd, alt, RENAME_NOREPLACE);
+        }
+  }
+  list_sorted(sp, sp->pick_fd, sp->pick_wd);
   for (size_t i = 0; i < jm->n; i++) {
     struct jent *e = &jm->e[i];
     if (!e->m)
@@ -544,11 +579,8 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
     for (uint32_t k = 0; k < e->m->nrcpt; k++)
       if (e->m->rcpt_state[k] == SPOOL_RCPT_PENDING)
         e->m->npending++;
-    struct pname key = {.name = e->src};
-    const struct pname *pn =
-        sp->nnames > 0 ? bsearch(&key, sp->names, sp->nnames, sizeof(*sp->names), cmp_pname)
-                       : NULL;
-    bool in_pickup = pn && jrn_same_file(sp, e, pn, false);
+    const struct pname *pn = listed(sp, e);
+    bool in_pickup = pn && jrn_same_file(sp, sp->pick_fd, e, pn, false);
     if (in_pickup || e->m->npending == 0) {
       rec_done(&b, e->m);
       jent_drop(e);
@@ -586,8 +618,8 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
   return count;
 }
 
-/* Tombs (".c.<id>", claim.c: a pickup file claimed for message <id>)
- * left by a crash or a failed removal: when the journal has message <id>
+/* Tombs (".c.<id>": an older engine claimed a pickup file by renaming
+ * it to ".c.<message id>") left by a crash or a failed removal: when the journal has message <id>
  * (queued, or done since) read from this very file, the journal's copy
  * counts and the tomb is removed; anything else (a batch that was not
  * durable yet, or a tomb of an older engine holding a newer file) goes
@@ -596,7 +628,7 @@ static long jrn_recover_finish(struct spool *sp, struct jmap *jm)
  * (jrn_recover_finish), which therefore sees the requeued files. */
 static void recover_tombs(struct spool *sp, struct jmap *jm)
 {
-  int fd = openat(sp->pickup_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int fd = openat(sp->pick_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   DIR *dir = fd < 0 ? NULL : fdopendir(fd);
   if (!dir) {
     if (fd >= 0)
@@ -611,13 +643,13 @@ static void recover_tombs(struct spool *sp, struct jmap *jm)
       continue;
     struct jent *e = jmap_find(jm, id, node);
     struct pname pn = {.name = de->d_name, .ino = (uint64_t)de->d_ino};
-    if (e && jrn_same_file(sp, e, &pn, true)) {
-      unlinkat(sp->pickup_fd, de->d_name, 0);
+    if (e && jrn_same_file(sp, sp->pick_fd, e, &pn, true)) {
+      unlinkat(sp->pick_fd, de->d_name, 0);
       continue;
     }
     char alt[64];
     snprintf(alt, sizeof alt, "requeued-%s", de->d_name + 3);
-    (void)renameat(sp->pickup_fd, de->d_name, sp->pickup_fd, alt);
+    (void)renameat(sp->pick_fd, de->d_name, sp->pick_fd, alt);
   }
   closedir(dir);
 }

@@ -193,7 +193,9 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
   atomic_init(&sp->noatime, true);
 
   sp->p = *p;
-  sp->base_fd = sp->pickup_fd = sp->queue_fd = sp->bad_fd = sp->ino_fd = sp->wake_fd = -1;
+  sp->base_fd = sp->pick_fd = sp->claim_fd = sp->queue_fd = sp->bad_fd = sp->ino_fd = -1;
+  sp->wake_fd = sp->pick_parent_fd = sp->claim_parent_fd = sp->pick_wd = sp->claim_wd = -1;
+  sp->spare_fd = -1;
   sp->jdir_fd = -1;
   for (unsigned i = 0; i < JRN_SLOTS; i++)
     atomic_init(&sp->jfd[i], -1);
@@ -204,6 +206,7 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
   pthread_cond_init(&sp->syncq.cond, NULL);
   pthread_cond_init(&sp->qdrained, NULL);
   pthread_cond_init(&sp->unlinkq.cond, NULL);
+  signq_init(sp);
   for (int i = 0; i < NBUCKETS; i++)
     sp->bucket_fd[i] = -1;
   sp->base = util_xstrdup(p->spoolbase);
@@ -229,7 +232,7 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
   sp->base_fd = r;
   if ((r = open_dir(AT_FDCWD, sp->pickup_path, true)) < 0)
     return open_fail(sp, err, errlen, "pickup directory %s: %s", sp->pickup_path, strerror(-r));
-  sp->pickup_fd = r;
+  sp->pick_fd = r;
   if ((r = open_dir(sp->base_fd, "queue", true)) < 0)
     return open_fail(sp, err, errlen, "%s/queue: %s", sp->base, strerror(-r));
   sp->queue_fd = r;
@@ -247,12 +250,12 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
     return open_fail(sp, err, errlen, "%s/queue/journal: %s", sp->base, strerror(-r));
   sp->jdir_fd = r;
   struct stat a, b;
-  if (fstat(sp->pickup_fd, &a) < 0 || fstat(sp->queue_fd, &b) < 0 || a.st_dev != b.st_dev)
+  if (fstat(sp->pick_fd, &a) < 0 || fstat(sp->queue_fd, &b) < 0 || a.st_dev != b.st_dev)
     return open_fail(sp, err, errlen,
                      "pickup directory %s is not on the file system of %s/queue (claiming "
-                     "renames files)",
+                     "exchanges directories)",
                      sp->pickup_path, sp->base);
-  if (faccessat(sp->pickup_fd, ".", R_OK | W_OK | X_OK, AT_EACCESS) < 0 ||
+  if (faccessat(sp->pick_fd, ".", R_OK | W_OK | X_OK, AT_EACCESS) < 0 ||
       faccessat(sp->queue_fd, ".", R_OK | W_OK | X_OK, AT_EACCESS) < 0)
     return open_fail(sp, err, errlen, "spool %s is not writable: %s", sp->base, strerror(errno));
   if (p->secret_key_file) {
@@ -261,11 +264,9 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
       return open_fail(sp, err, errlen, "%s", why);
   }
   sp->ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-  if (sp->ino_fd >= 0 &&
-      inotify_add_watch(sp->ino_fd, sp->pickup_path, IN_MOVED_TO | IN_CLOSE_WRITE) < 0) {
-    close(sp->ino_fd); /* the rescan timer still finds files */
-    sp->ino_fd = -1;
-  }
+  char cwhy[768];
+  if ((r = claim_dirs_open(sp, cwhy, sizeof cwhy)) < 0)
+    return open_fail(sp, err, errlen, "%s", cwhy);
   sp->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (sp->wake_fd < 0)
     return open_fail(sp, err, errlen, "eventfd: %s", strerror(errno));
@@ -276,7 +277,7 @@ struct spool *spool_open(const struct spool_params *p, char *err, size_t errlen)
 void names_clear(struct spool *sp)
 {
   for (size_t i = sp->inames; i < sp->nnames; i++) {
-    unclaim(sp, &sp->names[i]); /* claimed, not taken: back under its name */
+    unclaim(sp, &sp->names[i]); /* claimed, not taken: back under its name (claim.c) */
     free(sp->names[i].name);
   }
   sp->nnames = sp->inames = 0;
@@ -287,6 +288,7 @@ void spool_close(struct spool *sp)
   if (!sp)
     return;
   spool_stop(sp);
+  signq_free(sp); /* before wake_fd and the submissions go */
   if (sp->jdir_fd >= 0) {
     /* what workers posted last (DONE records of the final deliveries) */
     if (sp->jcur) /* the DONE records of the last deliveries */
@@ -313,7 +315,9 @@ void spool_close(struct spool *sp)
   pthread_cond_destroy(&sp->syncq.cond);
   pthread_cond_destroy(&sp->qdrained);
   pthread_cond_destroy(&sp->unlinkq.cond);
-  int fds[] = {sp->base_fd, sp->pickup_fd, sp->queue_fd, sp->bad_fd, sp->ino_fd, sp->wake_fd};
+  int fds[] = {sp->base_fd, sp->pick_fd,       sp->claim_fd,        sp->pick_parent_fd,
+               sp->claim_parent_fd, sp->spare_fd, sp->queue_fd, sp->bad_fd, sp->ino_fd,
+               sp->wake_fd};
   for (size_t i = 0; i < UTIL_ARRAY_LEN(fds); i++)
     if (fds[i] >= 0)
       close(fds[i]);
@@ -326,6 +330,7 @@ void spool_close(struct spool *sp)
   buf_done(&sp->mbuf, 0);
   free(sp->base);
   free(sp->pickup_path);
+  free(sp->pick_leaf);
   seal_done(sp);
   moved_free(sp);
   free(sp);

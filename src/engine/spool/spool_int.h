@@ -8,7 +8,8 @@
  *   iobatch.c  batched file system calls through a private io_uring
  *   spool.c    open/close, bad/
  *   claim.c    the pickup directory: listing, events, read leases,
- *              claiming files (rename to a tomb) and putting them back
+ *              claiming files (rename to a tomb, or the whole directory by
+ *              exchange: Pickup_Claim) and putting them back
  *   take.c     the one ingest path: reading a claimed file, parse, scrub,
  *              hook, signing, its journal entry in the batch
  *   ingest.c   batches, group commit, the threads of spool_start
@@ -106,12 +107,18 @@ struct pname {
   uint8_t type; /* DT_REG, DT_UNKNOWN (file system without d_type), or another DT_ */
   bool inplace; /* not renamed in: read only under a read lease (claim.c) */
   bool busy;    /* inplace, and a writer has it open: taken later */
-  bool claimed; /* renamed to tomb: from then on the engine's own (claim.c) */
+  bool claimed; /* the engine's own: exchanged, or renamed to its tomb (claim.c) */
   int lfd;      /* inplace: open with a read lease held while the ring reads it, or -1 */
   int clres;    /* the claim's rename: 0 or -errno */
   uint64_t id;  /* the message id it was claimed for (0: not yet) */
-  char tomb[SPOOL_ID_LEN + 4]; /* ".c.<id>" */
+  char tomb[SPOOL_ID_LEN + 4]; /* ".c.<id>" (Pickup_Claim = rename) */
 };
+/* Where a claimed file is now in claim_fd: under its tomb (rename), or
+ * under its own name (exchange). */
+static inline const char *pn_at(const struct pname *pn)
+{
+  return pn->claimed && pn->tomb[0] ? pn->tomb : pn->name;
+}
 
 /* A body of the batch that is written from where it was read. */
 struct jref {
@@ -138,9 +145,25 @@ struct spool {
   struct dtake *dq;
   size_t ndq, capdq;
   struct spool_sign_job *sjobs;
+  struct signq *signq;   /* messages being signed off this thread (signq.c), or NULL */
+  struct spool_sub *take_sub; /* the submission jrn_take_data is taking, or NULL */
+  size_t round_signing;  /* messages this round handed to signq (count toward batch_max) */
   char *base;
   char *pickup_path;
-  int base_fd, pickup_fd, queue_fd, bad_fd, ino_fd, wake_fd;
+  int base_fd, queue_fd, bad_fd, ino_fd, wake_fd;
+  /* The two directory inodes of the pickup name (claim.c claim_swap):
+   * pick_fd is the one named pickup now (producers write there), claim_fd
+   * the one at <Spoolbase>/claim/pickup, which only the engine uses: the
+   * listing, reads, moves to bad/ and removals are all in claim_fd. An
+   * exchange swaps the names and these fds (and their inotify watches). */
+  bool exchange;               /* Pickup_Claim = exchange; else claim_fd is pick_fd's dup */
+  int pick_fd, claim_fd;
+  int pick_wd, claim_wd;       /* their inotify watches (-1: none) */
+  int pick_parent_fd;          /* the directory holding the pickup name */
+  char *pick_leaf;             /* the pickup name in it */
+  int claim_parent_fd;         /* <Spoolbase>/claim (0700) */
+  int spare_fd;                /* rename mode: a claimed directory an exchange run left, or -1 */
+  _Atomic uint64_t st_swaps;   /* exchanges made */
   int bucket_fd[NBUCKETS];
   uint64_t last_id;
   uint64_t seq;
@@ -291,8 +314,8 @@ struct iobatch {
 /* A message of the current journal batch. */
 struct jtake {
   struct spool_msg *msg;
-  char *name; /* its pickup name (the file is under its tomb, removed once the batch is
-               * durable); NULL: submitted */
+  char *name; /* its pickup name (the file is under it in the claimed directory, removed
+               * once the batch is durable); NULL: submitted */
   struct spool_sub *sub; /* a submission (spool_submit), told once durable */
   uint64_t ino, size, stamp; /* what was read there (struct pinfo) */
   size_t at;  /* where its records start in sp->jbuf */
@@ -436,6 +459,7 @@ static inline bool is_disk_full(int err) { return err == -ENOSPC || err == -EDQU
 static inline void free_const(const char *p) { free((void *)(uintptr_t)p); }
 
 int scan_pickup(struct spool *sp, bool ingest); /* claim.c */
+int scan_dir(struct spool *sp, int dfd, int wd, bool ingest); /* claim.c */
 bool read_events(struct spool *sp); /* claim.c */
 bool wait_work(struct spool *sp, int timeout_ms); /* claim.c */
 void drain_fd(int fd); /* claim.c */
@@ -443,10 +467,14 @@ int lease_get(int fd); /* claim.c */
 bool quiet_for(const struct stat *st); /* claim.c */
 void lease_group(struct spool *sp, struct pname *pn, size_t k); /* claim.c */
 void lease_group_done(struct spool *sp, struct pname *pn, struct pre *pr, size_t k); /* claim.c */
+int claim_dirs_open(struct spool *sp, char *why, size_t whylen); /* claim.c */
+int claim_swap(struct spool *sp); /* claim.c */
 void claim_prep(struct spool *sp, struct pname *pn); /* claim.c */
 void claim_group(struct spool *sp, struct iobatch *ib, struct pname *pn, size_t k); /* claim.c */
 int claim_leased(struct spool *sp, struct pname *pn, int fd); /* claim.c */
 void unclaim_at(struct spool *sp, const char *tomb, const char *name, bool link); /* claim.c */
+void unclaim(struct spool *sp, struct pname *pn); /* claim.c */
+int iobatch_rename(struct iobatch *b, int dirfd, const struct pname *names, unsigned n); /* iobatch.c */
 int jrn_take(struct spool *sp, struct pname *pn, struct jtake *out); /* take.c */
 int jrn_take_pre(struct spool *sp, struct pname *pn, const struct pre *pr, size_t slot, bool stat,
                  struct jtake *out); /* take.c */
@@ -459,8 +487,6 @@ void wait_drained(struct spool *sp); /* ingest.c */
 int iobatch_read(struct iobatch *b, int dirfd, const struct pname *names, unsigned n,
                         int oflags, uint8_t *at, size_t slot, bool stat); /* iobatch.c */
 int iobatch_unlink(struct iobatch *b, int dirfd, char *const *names, unsigned n); /* iobatch.c */
-void unclaim(struct spool *sp, struct pname *pn); /* claim.c */
-int iobatch_rename(struct iobatch *b, int dirfd, const struct pname *names, unsigned n); /* iobatch.c */
 struct iobatch *iobatch_get(struct iobatch **bp, bool *tried, unsigned cap, bool reads); /* iobatch.c */
 void iobatch_free(struct iobatch *b); /* iobatch.c */
 int jfd_of(const struct spool *sp, uint32_t seg); /* journal.c */
@@ -519,3 +545,23 @@ void seal_done(struct spool *sp);
 void seal_put(const struct spool *sp, struct buf *b, const struct spool_msg *m);
 int seal_apply(const struct spool *sp, struct spool_msg *m, const uint8_t *blob, size_t len);
 void moved_free(struct spool *sp); /* claim.c */
+/* signq.c: messages signed off the ingest thread (on_sign_async).
+ * signq_defer keeps a copy of a checked message that must be signed (hdr:
+ * what on_sign_prep appended) and returns 4 (taken, not in this batch);
+ * signq_launch hands the group being filled to the signers; signq_collect
+ * appends the entries of every signed group to bt (returns how many);
+ * signq_throttle waits while too much is being signed; signq_busy says
+ * whether any is left, signq_wait_all waits until none is being signed. */
+void signq_init(struct spool *sp);
+void signq_free(struct spool *sp);
+int signq_defer(struct spool *sp, const char *name, const uint8_t *data, size_t len,
+                const struct pinfo *pi, struct spool_msg *m, const struct buf *hdr);
+void signq_launch(struct spool *sp);
+size_t signq_collect(struct spool *sp, struct jbatch *bt);
+void signq_throttle(struct spool *sp);
+bool signq_ready(const struct spool *sp);
+bool signq_busy(const struct spool *sp);
+void signq_wait_all(struct spool *sp);
+/* take.c: the journal entry of a checked message (sig: fields in front of it). */
+void jrn_emit(struct spool *sp, const char *name, const uint8_t *data, const struct pinfo *pi,
+              struct spool_msg *m, bool stays, const uint8_t *sig, size_t sn, struct jtake *out);

@@ -145,8 +145,6 @@ static int take_checked(struct spool *sp, int dfd, const char *qname, const char
   return 0;
 }
 
-static int claim_failed(struct spool *sp, const struct pname *pn);
-
 /* A claim that failed (pn->clres): the file vanished (its producer
  * removed it: nothing to own), or it cannot be renamed (bad/ says why). */
 static int claim_failed(struct spool *sp, const struct pname *pn)
@@ -158,14 +156,15 @@ static int claim_failed(struct spool *sp, const struct pname *pn)
     return 1;
   }
   snprintf(why, sizeof(why), "cannot claim the pickup file: %s", strerror(-pn->clres));
-  to_bad(sp, sp->pickup_fd, pn->name, pn->name, why, NULL);
+  to_bad(sp, sp->claim_fd, pn->name, pn->name, why, NULL);
   return 1;
 }
 
-/* Read pickup file pn with system calls (no ring, a file bigger than its
- * slot, a type to check): claimed first when renamed in; a file not
- * renamed in is read under a read lease and claimed under it. Returns 0
- * (taken), 1 (bad/ or vanished, reported) or 3 (still being written). */
+/* Read file pn with system calls (no ring, a file bigger than its slot, a
+ * type to check): claimed first when renamed in (Pickup_Claim = rename;
+ * the exchange claimed it otherwise); a file not renamed in is read under
+ * a read lease and claimed under it. Returns 0 (taken), 1 (bad/ or
+ * vanished, reported) or 3 (still being written). */
 int jrn_take(struct spool *sp, struct pname *pn, struct jtake *out)
 {
   char why[512];
@@ -174,25 +173,25 @@ int jrn_take(struct spool *sp, struct pname *pn, struct jtake *out)
   if (!pn->inplace && !pn->claimed) {
     if (pn->clres == 0) {
       claim_prep(sp, pn);
-      pn->claimed = renameat(sp->pickup_fd, name, sp->pickup_fd, pn->tomb) == 0;
+      pn->claimed = renameat(sp->claim_fd, name, sp->claim_fd, pn->tomb) == 0;
       pn->clres = pn->claimed ? 0 : -errno;
     }
     if (!pn->claimed)
       return claim_failed(sp, pn);
   }
-  const char *at = pn->claimed ? pn->tomb : name; /* where the file is now */
+  const char *at = pn_at(pn); /* where the file is now */
   if (pn->type != DT_REG && pn->type != DT_UNKNOWN) { /* a FIFO would block a read */
-    to_bad(sp, sp->pickup_fd, at, name, "not a regular file", NULL);
+    to_bad(sp, sp->claim_fd, at, name, "not a regular file", NULL);
     return 1;
   }
   int fd = -1;
   if (atomic_load_explicit(&sp->noatime, memory_order_relaxed)) {
-    fd = openat(sp->pickup_fd, at, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOATIME);
+    fd = openat(sp->claim_fd, at, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOATIME);
     if (fd < 0 && errno == EPERM)
       atomic_store(&sp->noatime, false);
   }
   if (fd < 0 && !atomic_load_explicit(&sp->noatime, memory_order_relaxed))
-    fd = openat(sp->pickup_fd, at, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    fd = openat(sp->claim_fd, at, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0) {
     if (errno == ENOENT) { /* removed by its producer: nothing to own */
       write_why(sp, name, "file vanished before it could be claimed", NULL);
@@ -203,7 +202,7 @@ int jrn_take(struct spool *sp, struct pname *pn, struct jtake *out)
       snprintf(why, sizeof(why), "not a regular file");
     else
       snprintf(why, sizeof(why), "cannot open the pickup file: %s", strerror(errno));
-    to_bad(sp, sp->pickup_fd, at, name, why, NULL);
+    to_bad(sp, sp->claim_fd, at, name, why, NULL);
     return 1;
   }
   /* A file not renamed in is read under a read lease: no process has it
@@ -240,13 +239,13 @@ int jrn_take(struct spool *sp, struct pname *pn, struct jtake *out)
         return claim_failed(sp, pn);
       return 3;
     }
-    at = pn->tomb;
+    at = pn_at(pn);
   }
   if (r < 0) {
     close(fd);
     if (r != -EFBIG && r != -EAGAIN && r != -EINVAL)
       snprintf(why, sizeof(why), "read error: %s", strerror(-r));
-    to_bad(sp, sp->pickup_fd, at, name, why, NULL);
+    to_bad(sp, sp->claim_fd, at, name, why, NULL);
     return 1;
   }
   struct pinfo pi = {(uint64_t)st.st_ino, (uint64_t)st.st_size,
@@ -258,9 +257,8 @@ int jrn_take(struct spool *sp, struct pname *pn, struct jtake *out)
 
 /* The journal entry of a checked message: its record, the signature
  * (sig[0..sn)) and the message, in sp->jbuf (or referenced, jref). */
-static void jrn_emit(struct spool *sp, const char *name, const uint8_t *data,
-                     const struct pinfo *pi, struct spool_msg *m, bool stays, const uint8_t *sig,
-                     size_t sn, struct jtake *out)
+void jrn_emit(struct spool *sp, const char *name, const uint8_t *data, const struct pinfo *pi,
+              struct spool_msg *m, bool stays, const uint8_t *sig, size_t sn, struct jtake *out)
 {
   uint64_t osize = m->body_size;
   m->body_size += sn;
@@ -320,9 +318,16 @@ int jrn_take_data(struct spool *sp, const char *name, const char *qname, uint64_
    * batch's pre-read buffer: ours to write). */
   struct spool_msg *m;
   size_t slo, shi;
-  if (take_checked(sp, sp->pickup_fd, qname, name, idstr, id, sp->p.node_id, 0, data, len, fd, &m,
+  if (take_checked(sp, sp->claim_fd, qname, name, idstr, id, sp->p.node_id, 0, data, len, fd, &m,
                    &slo, &shi) != 0)
     return 1;
+  if (sp->signq) { /* signed off this thread when it must be (signq.c) */
+    sp->sig.len = 0;
+    if (sp->p.on_sign_prep(sp->p.arg, m, data + m->body_off, (size_t)m->body_size, &sp->sig))
+      return signq_defer(sp, name, data, len, pi, m, &sp->sig);
+    jrn_emit(sp, name, data, pi, m, stays, sp->sig.data, sp->sig.len, out);
+    return 0;
+  }
   if ((stays || !name) && sp->deferring) { /* a submission's data lives until the flush */
     if (sp->ndq == sp->capdq) {
       size_t cap = sp->capdq ? sp->capdq * 2 : 64;
@@ -388,7 +393,7 @@ int jrn_take_pre(struct spool *sp, struct pname *pn, const struct pre *pr, size_
     return claim_failed(sp, pn);
   if (pn->type != DT_REG || pr->op == -ECANCELED)
     return 2;
-  const char *at = pn->claimed ? pn->tomb : name; /* where the file is now */
+  const char *at = pn_at(pn); /* where the file is now */
   if (pr->op == -ENOENT) {
     write_why(sp, name, "file vanished before it could be claimed", NULL);
     report_bad(sp, name, "file vanished before it could be claimed");
@@ -428,6 +433,6 @@ int jrn_take_pre(struct spool *sp, struct pname *pn, const struct pre *pr, size_
     struct pinfo pi = {pn->ino, len, stat ? mtime : STAMP_CRC | crc32c(0, pr->data, len)};
     return jrn_take_data(sp, name, at, pn->id, pr->data, len, &pi, -1, true, out);
   }
-  to_bad(sp, sp->pickup_fd, at, name, why, NULL);
+  to_bad(sp, sp->claim_fd, at, name, why, NULL);
   return 1;
 }

@@ -6,9 +6,14 @@ it to impetus-sink by BDAT and by DATA; what arrived is verified by dkimpy
 (RSA). Messages come from pickup files
 (deliver) and from SMTP clients of the ESMTP_Listener by DATA and by BDAT
 (listener). A signed message survives kill -9 and a restart with the same
-signature (restart). A second signature from Lua (lua).
+signature (restart). A second signature from Lua (lua). Signing held by
+a test hook does not hold up unsigned mail nor give an SMTP client its
+reply early (nonblocking); kill -9 while signing loses nothing and sends
+nothing unsigned (held-crash). Bounces the engine generates are signed
+when a dkim_domain names their From: domain (dsn).
 
-usage: test_dkim_engine.py IMPETUS SINK SCENARIO   (deliver | listener | restart | lua)
+usage: test_dkim_engine.py IMPETUS SINK SCENARIO
+       (deliver | listener | restart | lua | nonblocking | held-crash | dsn)
 """
 import os
 import re
@@ -98,7 +103,8 @@ def dns_of(recs):
 
 
 def verify(raw, recs, label, want_sigs=1):
-    sigs = len(re.findall(rb"(?mi)^DKIM-Signature:", raw))
+    head = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0]  # not a bounce's quoted headers
+    sigs = len(re.findall(rb"(?mi)^DKIM-Signature:", head))
     expect(sigs == want_sigs, "%s: %d DKIM-Signature field(s), want %d" % (label, sigs, want_sigs))
     if not want_sigs:
         return
@@ -435,10 +441,188 @@ def scenario_lua(imp, sinkbin):
         drop_sinks(tmp, sink)
 
 
+def gated_engine(imp, tmp, name, sink_port, extra=""):
+    """An engine with the DKIM configuration whose signers wait for the
+    file tmp/gate (the IMPETUS_TEST_DKIM_GATE hook)."""
+    os.environ["IMPETUS_TEST_DKIM_GATE"] = os.path.join(tmp, "gate")
+    conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % sink_port
+            + extra + dkim_conf(tmp))
+    return Engine(imp, conf, name)
+
+
+def open_gate(tmp):
+    open(os.path.join(tmp, "gate"), "w").close()
+
+
+def claimed_only(e, n):
+    """pickup/ holds n claimed files (tombs) and nothing else."""
+    names = os.listdir(e.pickup)
+    return len(names) == n and all(x.startswith(".c.") for x in names)
+
+
+def scenario_nonblocking(imp, sinkbin):
+    """Signing does not hold up ingest: while the signers are held (test
+    hook), unsigned mail from pickup/ is taken and delivered; the messages
+    being signed stay claimed, are not delivered, and an SMTP client that
+    submitted one has no reply yet (250 only once it is durable, signed).
+    Once signing goes on, each is delivered once, signed."""
+    tmp = tempfile.mkdtemp(prefix="dkim-nb.")
+    sink = None
+    port = free_port()
+    try:
+        recs = make_keys(tmp)
+        sink, info = start_sink(sinkbin, tmp, "nb")
+        e = gated_engine(imp, tmp, "dkim-nb", sink.port,
+                         'ESMTP_Listener {\n  Relay_Hosts = ( "127.0.0.1/32" )\n'
+                         '  Listen "127.0.0.1:%d" { }\n}\n' % port)
+        try:
+            e.start()
+            signed = ["s%d@c.test" % i for i in range(5)]
+            for rc in signed:
+                e.inject("a@rsa.test", [rc], body="From: a@rsa.test\nSubject: held\n\nheld\n")
+            e.wait_for(lambda: any(x.startswith(".c.") for x in os.listdir(e.pickup)), 20,
+                       "a file to sign claimed and held")
+            wait_until(lambda: port_open(port), 10, "the listener's port")
+            c = socket.create_connection(("127.0.0.1", port), timeout=20)
+            cf = c.makefile("rb")
+
+            def reply():
+                while True:
+                    line = cf.readline()
+                    if len(line) < 4 or line[3:4] != b"-":
+                        return line[:3]
+            reply()
+            for cmd in (b"EHLO c.test", b"MAIL FROM:<a@ed.test>", b"RCPT TO:<smtp@c.test>",
+                        b"DATA"):
+                c.sendall(cmd + b"\r\n")
+                reply()
+            c.sendall(b"From: a@ed.test\r\nSubject: smtp\r\n\r\nheld too\r\n.\r\n")
+            # unsigned: no dkim_domain for other.test; opendkim_sign = false
+            e.inject("a@other.test", ["u1@c.test"], body="From: a@other.test\n\nnot signed\n")
+            e.inject("a@rsa.test", ["u2@nosign.test"], body="From: a@rsa.test\n\nnot signed\n")
+            e.wait_for(lambda: len(e.records("D")) >= 2, 30,
+                       "unsigned mail delivered while signing is held")
+            got = received(info)
+            expect(sorted(got) == ["u1@c.test", "u2@nosign.test"],
+                   "only the unsigned mail delivered while signing is held: %s" % sorted(got))
+            for rc in ("u1@c.test", "u2@nosign.test"):
+                verify(got.get(rc, b""), recs, "unsigned %s" % rc, 0)
+            expect(claimed_only(e, len(signed)), "the held files are still claimed")
+            c.setblocking(False)
+            try:
+                early = c.recv(100)
+            except BlockingIOError:
+                early = None
+            c.setblocking(True)
+            expect(early is None, "no reply to the SMTP client while its message is held (%r)"
+                   % early)
+            open_gate(tmp)
+            code = reply()
+            expect(code == b"250", "the SMTP client's reply once signed and durable: %r" % code)
+            c.sendall(b"QUIT\r\n")
+            c.close()
+            total = len(signed) + 3
+            e.wait_for(lambda: len(e.records("D")) >= total, 60, "every message delivered")
+            got = received(info)
+            for rc in signed + ["smtp@c.test"]:
+                verify(got.get(rc, b""), recs, "held %s" % rc)
+            fin = e.finals()
+            expect(len(fin) == total and all(len(v) == 1 for v in fin.values()),
+                   "each delivered once (%d messages)" % len(fin))
+            expect(os.listdir(e.pickup) == [], "pickup/ empty")
+            expect(e.stop() == 0, "exit status")
+        finally:
+            e.cleanup()
+    finally:
+        os.environ.pop("IMPETUS_TEST_DKIM_GATE", None)
+        drop_sinks(tmp, sink)
+
+
+def scenario_held_crash(imp, sinkbin):
+    """kill -9 while messages are being signed: nothing is lost, nothing
+    goes out unsigned; after the restart each is signed and delivered
+    once."""
+    tmp = tempfile.mkdtemp(prefix="dkim-hc.")
+    sink = None
+    try:
+        recs = make_keys(tmp)
+        sink, info = start_sink(sinkbin, tmp, "hc")
+        e = gated_engine(imp, tmp, "dkim-hc", sink.port)
+        try:
+            e.start()
+            rcpts = ["k%d@c.test" % i for i in range(4)]
+            for rc in rcpts:
+                e.inject("a@rsa.test", [rc], body="From: a@rsa.test\nSubject: crash\n\nx\n")
+            e.wait_for(lambda: claimed_only(e, len(rcpts)), 20, "the files claimed and held")
+            e.proc.send_signal(signal.SIGKILL)
+            e.proc.wait()
+            e.proc = None
+            expect(received(info) == {}, "nothing delivered before the crash")
+            open_gate(tmp)
+            e.start()
+            e.wait_for(lambda: len(e.records("D")) >= len(rcpts), 30, "delivery after restart")
+            got = received(info)
+            for rc in rcpts:
+                verify(got.get(rc, b""), recs, "after kill -9 %s" % rc)
+            fin = e.finals()
+            expect(len(fin) == len(rcpts) and all(len(v) == 1 for v in fin.values()),
+                   "each delivered once (%d messages)" % len(fin))
+            expect(e.stop() == 0, "exit status")
+        finally:
+            e.cleanup()
+    finally:
+        os.environ.pop("IMPETUS_TEST_DKIM_GATE", None)
+        drop_sinks(tmp, sink)
+
+
+def scenario_dsn(imp, sinkbin):
+    """A bounce the engine generates (From: MAILER-DAEMON@<host name>) is
+    signed like any message when a dkim_domain names its responsible
+    domain, here with base_domain = rsa.test; both verifiers accept it,
+    delivered by BDAT and by DATA."""
+    host = socket.gethostname().lower()
+    tmp = tempfile.mkdtemp(prefix="dkim-dsn.")
+    sinks = []
+    try:
+        recs = make_keys(tmp)
+        bad, _ = start_sink(sinkbin, tmp, "refuse", "--fail", "RCPT=550:1.0")
+        sinks.append(bad)
+        for mode in ("bdat", "data"):
+            good, info = start_sink(sinkbin, tmp, "dsn-" + mode,
+                                    *([] if mode == "bdat" else ["--no-chunking"]))
+            sinks.append(good)
+            conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+                    'Domain "bad.test" { Gateway = "127.0.0.1:%d" }\n' % (good.port, bad.port)
+                    + dkim_conf(tmp).replace(
+                        '  dkim_domain "rsa.test" { selector = "r" }\n',
+                        '  dkim_domain "rsa.test" { selector = "r" }\n'
+                        '  dkim_domain "%s" {\n    base_domain = "rsa.test"\n'
+                        '    selector = "r"\n    key = "%s/rsa.test/r.key"\n  }\n'
+                        % (host, tmp)))
+            e = Engine(imp, conf, "dkim-dsn-" + mode)
+            try:
+                e.start()
+                e.inject("a@rsa.test", ["gone@bad.test"],
+                         body="From: a@rsa.test\nSubject: bounce me\n\nx\n")
+                e.wait_for(lambda: len(e.records("P")) >= 1 and len(e.records("D")) >= 1, 30,
+                           "the failure and its bounce delivered")
+                got = received(info).get("a@rsa.test", b"")
+                expect(b"MAILER-DAEMON@" in got and b"multipart/report" in got,
+                       "%s: the bounce arrived" % mode)
+                verify(got, recs, "%s: bounce" % mode)
+                expect(b"d=rsa.test" in got, "%s: signed by the base_domain" % mode)
+                expect(e.stop() == 0, "%s: exit status" % mode)
+            finally:
+                e.cleanup()
+    finally:
+        drop_sinks(tmp, *sinks)
+
+
 def main():
     imp, sinkbin, scenario = sys.argv[1:4]
     {"deliver": scenario_deliver, "listener": scenario_listener, "restart": scenario_restart,
-     "lua": scenario_lua}[scenario](imp, sinkbin)
+     "lua": scenario_lua, "nonblocking": scenario_nonblocking,
+     "held-crash": scenario_held_crash, "dsn": scenario_dsn}[scenario](imp, sinkbin)
     if failures:
         print("%d check(s) failed" % len(failures))
         return 1

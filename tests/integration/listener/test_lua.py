@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Momentum's inbound Lua hooks on the ESMTP_Listener (issue 21):
 validate_connect(ac, vctx), validate_ehlo(str, ac, vctx),
+ac:esmtp_capability_add/remove (one session's EHLO reply) and
+ac:inbound_session_count,
 validate_mailfrom(str, ac, vctx), validate_rcptto(msg, str, ac, vctx) with
 vctx:set_code / vctx:disconnect / VCTX_CONN can_relay; a msys.db query in
 validate_rcptto (the hook waits for the datasource, the session holds its
@@ -36,7 +38,11 @@ function mod:validate_connect(ac, vctx)
     error("boom in validate_connect")
   end
   vctx:set(msys.core.VCTX_CONN, "remote", ac.remote_addr)
-  ac:esmtp_capability_add("SIZE 104857600") -- Momentum's example: warned, ignored
+  ac:esmtp_capability_add("SIZE 104857600") -- Momentum's example: replaces SIZE
+  if ac.remote_addr:match("^127%.0%.0%.3:") then -- this session only
+    ac:esmtp_capability_remove("PIPELINING")
+    ac:esmtp_capability_add("X-IMPETUS-TEST one two")
+  end
   return msys.core.VALIDATE_CONT
 end
 
@@ -48,6 +54,18 @@ function mod:validate_ehlo(str, ac, vctx)
   end
   if s == "relay.ehlo" then
     vctx:set(msys.core.VCTX_CONN, "can_relay", "true")
+  end
+  if s == "caps.ehlo" then -- changes the reply to this very EHLO
+    ac:esmtp_capability_remove("enhancedstatuscodes")
+  end
+  if s == "inject.ehlo" then -- not a capability: an error, never sent
+    ac:esmtp_capability_add("X-BAD\r\n250 INJECTED")
+  end
+  if s == "count.ehlo" then
+    vctx:set_code(550, string.format("5.7.1 sessions %d %d %d %d",
+      ac:inbound_session_count(), ac:inbound_session_count("127.0.0.6/32"),
+      ac:inbound_session_count("/30"), ac:inbound_session_count(nil, "Control")))
+    return msys.core.VALIDATE_DONE
   end
   return msys.core.VALIDATE_CONT
 end
@@ -192,6 +210,51 @@ try:
     check(c.reply()[0] == 0, "and the connection is closed")
     c.close()
 
+    # ac:esmtp_capability_add/remove change the EHLO reply of one session
+    c = Client(port)
+    c.reply()
+    code, lines = c.cmd("EHLO caps.ehlo")
+    caps = [x[4:] for x in lines]
+    check(code == 250 and "SIZE 104857600" in caps and "PIPELINING" in caps
+          and "ENHANCEDSTATUSCODES" not in caps and lines[-1][3] == " "
+          and all(x[3] == "-" for x in lines[:-1]),
+          "validate_connect's add (SIZE replaced) and validate_ehlo's remove: %r" % lines)
+    code, lines = c.cmd("EHLO again.ehlo")
+    caps = [x[4:] for x in lines]
+    check(code == 250 and "ENHANCEDSTATUSCODES" not in caps and "SIZE 104857600" in caps,
+          "the changes last for the session: %r" % lines)
+    code, lines = c.cmd("EHLO inject.ehlo")
+    check(code == 451 and not any("INJECTED" in x for x in lines),
+          "a capability with CRLF is a hook error (451), never sent: %r" % lines)
+    c.close()
+    c = Client(port, "127.0.0.3")
+    c.reply()
+    code, lines = c.cmd("EHLO relay.ehlo")
+    check(code == 250 and "PIPELINING" not in [x[4:] for x in lines]
+          and lines[-1] == "250 X-IMPETUS-TEST one two" and "250-SIZE 104857600" in lines,
+          "127.0.0.3's session without PIPELINING, with X-IMPETUS-TEST last: %r" % lines)
+    r = c.message("s@sender.test", "caps@rcpt.test", "caps")
+    check(r[-1][0] == 250, "a message after the changed EHLO: %r" % r)
+    c.close()
+    c = Client(port)
+    c.reply()
+    code, lines = c.cmd("EHLO plain.ehlo")
+    check("250-PIPELINING" in lines and "250-ENHANCEDSTATUSCODES" in lines
+          and "250 SIZE 104857600" in lines and not any("X-IMPETUS" in x for x in lines),
+          "another session keeps its own reply: %r" % lines)
+    c.close()
+
+    # ac:inbound_session_count: the listener's sessions from an address/CIDR
+    held = [Client(port, "127.0.0.5"), Client(port, "127.0.0.5"), Client(port, "127.0.0.6")]
+    for h in held:
+        check(h.reply()[0] == 220, "greeting for a held session")
+    code, lines = held[0].cmd("EHLO count.ehlo")
+    check(code == 550 and lines[0].endswith("sessions 2 1 3 0"),
+          "inbound_session_count(): 2 from 127.0.0.5, 1 in 127.0.0.6/32, 3 in /30, "
+          "0 of service Control: %r" % lines)
+    for h in held:
+        h.close()
+
     # can_relay granted by a hook (127.0.0.2 is outside Relay_Hosts)
     c = Client(port, "127.0.0.2")
     c.reply()
@@ -227,9 +290,9 @@ try:
     check(code == 454 and "4.7.0" in lines[0], "an AUTH hook error: 454, not 235: %r" % lines)
     c.close()
 
-    e.wait_for(lambda: len(e.records("D")) >= 4, 30, "4 deliveries")
+    e.wait_for(lambda: len(e.records("D")) >= 5, 30, "5 deliveries")
     logged = ("boom in validate_connect", "boom in validate_rcptto", "budget",
-              "boom in ac_auth_perform_auth", "ac:esmtp_capability_add is not supported")
+              "boom in ac_auth_perform_auth", "is not an EHLO keyword")
     try:  # the listener writes its log between events: poll
         e.wait_for(lambda: all(w in e.read(e.paniclog) for w in logged), 10, "the hook errors logged")
     except (RuntimeError, TimeoutError):

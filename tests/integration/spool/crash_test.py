@@ -3,6 +3,9 @@
 the ingesting process is killed with SIGKILL at random points, restarted,
 and killed again. At the end every injected message must be queued exactly
 once (none lost, none doubled), nothing in bad/, nothing left in pickup/.
+With the driver flag --exchange (Pickup_Claim = exchange) the temporary
+files are written beside pickup/, and the claimed directory must end
+empty too.
 usage: crash_test.py SPOOL_DRIVER [ROUNDS] [PER_ROUND] [DRIVER_FLAG...]"""
 import os, random, re, shutil, signal, subprocess, sys, tempfile, time
 
@@ -17,6 +20,10 @@ print(f"seed {seed}, {rounds} rounds x {per_round} messages")
 base = tempfile.mkdtemp(prefix="impetus-crash-")
 pickup = os.path.join(base, "pickup")
 os.makedirs(pickup)
+stage = pickup
+if "--exchange" in flags:
+    stage = os.path.join(base, "stage")
+    os.makedirs(stage)
 total = 0
 
 
@@ -25,7 +32,7 @@ def produce(n):
     for _ in range(n):
         i = total
         total += 1
-        tmp = os.path.join(pickup, f".p{i}.tmp")
+        tmp = os.path.join(stage, f".p{i}.tmp")
         with open(tmp, "w") as f:
             f.write(f"x-sender: <s@example.com>\nx-receiver: <r{i}@example.com>\n"
                     f"Message-ID: <tok-{i}@crash.test>\nSubject: {i}\n\n" + "x" * 900 + "\n")
@@ -51,7 +58,8 @@ try:
     if "BAD" in out.stdout or "ERR" in out.stdout:
         sys.exit("unexpected BAD/ERR lines:\n" + "\n".join(
             l for l in out.stdout.splitlines() if l.startswith(("BAD", "ERR")))[:3000])
-    left = [n for n in os.listdir(pickup)]
+    claimed = os.path.join(base, "claim", "pickup")
+    left = os.listdir(pickup) + (os.listdir(claimed) if os.path.isdir(claimed) else [])
     if left:
         sys.exit(f"{len(left)} files left in pickup/: {left[:5]}")
     bad = os.listdir(os.path.join(base, "bad"))

@@ -6,14 +6,26 @@ import os, select, shutil, subprocess, tempfile
 
 
 class Driver:
-    def __init__(self, driver, prefix):
+    """exchange: Pickup_Claim = exchange (the driver's --exchange); producers
+    then write their temporary files in .stage (beside pickup/, on the same
+    file system) instead of inside pickup/, which the claim moves away."""
+    def __init__(self, driver, prefix, exchange=False, setup=None):
         self.top = tempfile.mkdtemp(prefix=prefix)
         self.base = os.path.join(self.top, "spool")
         self.pickup = os.path.join(self.base, "pickup")
+        self.claimed = os.path.join(self.base, "claim", "pickup")
         self.msgs, self.bad, self.partial = {}, [], b""
         self.proc = None
-        subprocess.run([driver, self.base, "--recover-only"], check=True, capture_output=True)
-        self.proc = subprocess.Popen([driver, self.base, "--thread", "--tokens"],
+        flags = ["--exchange"] if exchange else []
+        subprocess.run([driver, self.base, "--recover-only"] + flags, check=True,
+                       capture_output=True)
+        self.stage = self.pickup
+        if exchange:
+            self.stage = os.path.join(self.base, "stage")
+            os.makedirs(self.stage, exist_ok=True)
+        if setup:
+            setup(self)
+        self.proc = subprocess.Popen([driver, self.base, "--thread", "--tokens"] + flags,
                                      stdout=subprocess.PIPE)
 
     def drain(self, timeout):

@@ -11,11 +11,15 @@ open(O_CREAT) where a new file exists, empty, before its writer counts
 (a read lease can be had then) made as wide as the pause. An empty file
 not renamed in must not be taken (nor sent to bad/) while it may still
 be written.
-usage: inplace_test.py SPOOL_DRIVER [N] [--touch-first]"""
+With --exchange the spool claims by exchanging directories (Pickup_Claim =
+exchange) and the other producer's temporary file is written beside
+pickup/ (--touch-first does not apply: a producer that closes its file and
+opens it again by path must use Pickup_Claim = rename).
+usage: inplace_test.py SPOOL_DRIVER [N] [--touch-first] [--exchange]"""
 import os, random, sys, time
 from driverlib import Driver
 
-drv = Driver(sys.argv[1], "impetus-inplace-")
+drv = Driver(sys.argv[1], "impetus-inplace-", exchange="--exchange" in sys.argv)
 args = [a for a in sys.argv[2:] if not a.startswith("--")]
 n = int(args[0]) if args else 1000
 touch_first = "--touch-first" in sys.argv
@@ -39,7 +43,7 @@ try:
             f.write(head + "first half\n" * 20)
             f.flush()
             # another producer's complete file wakes the spool meanwhile
-            other = os.path.join(pickup, ".o.tmp")
+            other = os.path.join(drv.stage, ".o.tmp")
             with open(other, "w") as o:
                 o.write("x-sender: <s@example.com>\nx-receiver: <r@example.com>\n"
                         "Message-ID: <tok-%d@example.com>\nSubject: other\n\nEND\n" % (2 * i + 1))

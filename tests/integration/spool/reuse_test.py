@@ -7,18 +7,20 @@ Zero losses: every B token comes out of the spool, and pickup/ ends empty.
 With --bad-first every A is a file the spool rejects (no x-sender): it
 goes to bad/, and the newer B must still be ingested, never sent to bad/
 in A's place (the move to bad/ is tied to the file too).
-usage: reuse_test.py SPOOL_DRIVER [N] [--bad-first]"""
+With --exchange the spool claims by exchanging directories (Pickup_Claim =
+exchange) and the temporary files are written beside pickup/.
+usage: reuse_test.py SPOOL_DRIVER [N] [--bad-first] [--exchange]"""
 import os, random, sys, time
 from driverlib import Driver
 
-drv = Driver(sys.argv[1], "impetus-reuse-")
+drv = Driver(sys.argv[1], "impetus-reuse-", exchange="--exchange" in sys.argv)
 args = [a for a in sys.argv[2:] if not a.startswith("--")]
 n = int(args[0]) if args else 1000
 bad_first = "--bad-first" in sys.argv
-pickup, drain = drv.pickup, drv.drain
+pickup, drain, stage = drv.pickup, drv.drain, drv.stage
 try:
     def put(tmpname, tok, bad=False):
-        with open(os.path.join(pickup, tmpname), "w") as f:
+        with open(os.path.join(stage, tmpname), "w") as f:
             f.write("" if bad else "x-sender: <s@example.com>\n")
             f.write("x-receiver: <r@example.com>\n"
                     "Message-ID: <tok-%d@example.com>\nSubject: %d\n\nbody\n" % (tok, tok))
@@ -29,9 +31,9 @@ try:
         put(".a.tmp", a, bad_first)
         put(".b.tmp", b)
         name = os.path.join(pickup, "rep%d" % (i % 50))
-        os.rename(os.path.join(pickup, ".a.tmp"), name)
+        os.rename(os.path.join(stage, ".a.tmp"), name)
         time.sleep(rnd.uniform(0, 0.020))
-        os.rename(os.path.join(pickup, ".b.tmp"), name)
+        os.rename(os.path.join(stage, ".b.tmp"), name)
         drain(0)
     deadline = time.monotonic() + 120
     want = {2 * i + 1 for i in range(n)}
@@ -39,7 +41,7 @@ try:
         drain(0.2)
     seen, bad = set(drv.msgs), drv.bad
     lost = sorted(want - seen)
-    left = [f for f in os.listdir(pickup)]
+    left = os.listdir(pickup) + (os.listdir(drv.claimed) if os.path.isdir(drv.claimed) else [])
     a_in = len([t for t in seen if t % 2 == 0])
     print("B files ingested: %d of %d; A files ingested before B replaced them: %d; "
           "left in pickup/: %s; bad: %s" % (len(want & seen), n, a_in, left[:10], bad[:5]))

@@ -4,9 +4,13 @@
  * event on stdout:
  *   RECOVERED <n> | MSG <id> <nrcpt> | BAD <name>: <reason> | IDLE | ERR <text>
  * usage: spool_driver SPOOLBASE [--sync batch|always|none] [--fsync]
- *          [--thread] [--idle-exit MS] [--recover-only]
+ *          [--thread] [--idle-exit MS] [--recover-only] [--exchange]
+ *          [--die-after-swap N]
+ * --exchange: Pickup_Claim = exchange. --die-after-swap N: SIGKILL itself
+ * right after the Nth exchange (spool_test_after_swap).
  * Main thread (plus the spool's own thread with --thread). */
 #include "spool.h"
+#include "spool_test.h"
 #include "clock.h"
 
 #include <errno.h>
@@ -23,6 +27,16 @@
 static atomic_long msgs;
 static int msg_efd = -1; /* written on every durable message: the main loop waits on it */
 static volatile sig_atomic_t stop;
+
+static long die_after_swap; /* --die-after-swap: kill -9 right after this exchange */
+
+static void after_swap(void)
+{
+  if (--die_after_swap == 0) {
+    fflush(stdout);
+    raise(SIGKILL);
+  }
+}
 
 static void on_term(int sig)
 {
@@ -98,6 +112,11 @@ int main(int argc, char **argv)
       thread = true;
     } else if (!strcmp(argv[i], "--tokens")) {
       tokens = true;
+    } else if (!strcmp(argv[i], "--exchange")) {
+      p.pickup_exchange = true;
+    } else if (!strcmp(argv[i], "--die-after-swap") && i + 1 < argc) {
+      die_after_swap = atol(argv[++i]);
+      spool_test_after_swap = after_swap;
     } else if (!strcmp(argv[i], "--recover-only")) {
       recover_only = true;
     } else if (!strcmp(argv[i], "--idle-exit") && i + 1 < argc) {

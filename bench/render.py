@@ -283,7 +283,7 @@ def main():
     w("bench/sink/source_vs_sinks.py build  # impetus-sink vs smtp-sink under smtp-source")
     w("bench/impetus-bench --help        # one variant, table + JSON")
     w("bench/postfix/compare.sh build    # Postfix vs Impetus only (N=, SIZE=, FS=, INJECT=)")
-    w("QUICK=1 bench/run-all.sh build    # every section, fewer rounds (REPEAT=3, 20,000 backlog, PF_N=10000)")
+    w("QUICK=1 bench/run-all.sh build    # every section, fewer rounds (3, listener 2, 20,000 backlog, PF_N=10000)")
     w("```")
     w("")
     if run_times():

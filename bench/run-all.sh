@@ -11,14 +11,16 @@
 # from bench/run-backlog.sh), REPEAT (5), PEER_REPEAT (5), ONLY (peers: only
 # issue 25's part, ~4-6 minutes),
 # PF_N (20000, Postfix comparison: issue 6's workload), FS (loop),
-# DKIM (1; 0 = keep the last DKIM section), QUICK (1: REPEAT and
-# PEER_REPEAT 3, BIG_BACKLOG 20000, PF_N 10000: every section in one
-# shorter run).
+# LISTENER_RUNS (3), DKIM_REPEAT (run-dkim.sh's REPEAT, 5), DKIM (1; 0 =
+# keep the last DKIM section), QUICK (1: REPEAT, PEER_REPEAT and
+# DKIM_REPEAT 3, LISTENER_RUNS 2, BIG_BACKLOG 20000, PF_N 10000: every
+# section in one shorter run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
 if [ "${QUICK:-0}" = 1 ]; then
   : "${REPEAT:=3}" "${PEER_REPEAT:=3}" "${BIG_BACKLOG:=20000}" "${PF_N:=10000}"
+  : "${DKIM_REPEAT:=3}" "${LISTENER_RUNS:=2}"
 fi
 COUNT=${COUNT:-20000}
 BIG=${BIG_BACKLOG:-100000}
@@ -137,17 +139,19 @@ COMPARE_JSON=bench/compare.json N="$PF_N" FS="$FS" bash bench/postfix/compare.sh
   || echo '{"error": "compare.sh failed"}' >bench/compare.json
 took "postfix/compare.sh N=$PF_N" "$t"
 
+t=$SECONDS
 # SMTP injection (issue 21): the listener vs Postfix's smtpd, alternating
 # runs, then 10,000 idle sessions (~6 minutes; LISTENER_RUNS, 3).
 : >bench/listener.jsonl
 MSGS=20000 RUNS="${LISTENER_RUNS:-3}" MODE=bdat IDLE=10000 JSON=bench/listener.jsonl \
   bash bench/listener/bench_listener.sh "$BUILD" >&2 || echo "run-all: bench_listener.sh failed" >&2
+took "listener/bench_listener.sh RUNS=${LISTENER_RUNS:-3}" "$t"
 
 # DKIM signing (issue 22): same build, same run.
 if [ "${DKIM:-1}" != 0 ]; then
   t=$SECONDS
-  bash bench/run-dkim.sh "$BUILD" >&2 || echo "run-all: run-dkim.sh failed" >&2
-  took "run-dkim.sh" "$t"
+  REPEAT="${DKIM_REPEAT:-5}" bash bench/run-dkim.sh "$BUILD" >&2 || echo "run-all: run-dkim.sh failed" >&2
+  took "run-dkim.sh REPEAT=${DKIM_REPEAT:-5}" "$t"
 fi
 
 took "total" "$T_ALL"

@@ -572,10 +572,16 @@ def scenario_held_crash(imp, sinkbin, exchange=False):
     goes out unsigned; after the restart each is signed and delivered
     once (with Pickup_Claim = rename, and = exchange)."""
     with gated(imp, sinkbin, "dkim-hc", exchange=exchange) as (e, tmp, recs, info):
-        e.start()
         rcpts = ["k%d@c.test" % i for i in range(4)]
+        # With exchange, files arriving while a listing is being signed wait
+        # for it (no exchange meanwhile), so all four must be in pickup/
+        # before the start to be held together; rename claims them as they come.
+        if not exchange:
+            e.start()
         for rc in rcpts:
             e.inject("a@rsa.test", [rc], body="From: a@rsa.test\nSubject: crash\n\nx\n")
+        if exchange:
+            e.start()
         e.wait_for(lambda: claimed_only(e, len(rcpts)), 20, "the files claimed and held")
         e.proc.send_signal(signal.SIGKILL)
         e.proc.wait()

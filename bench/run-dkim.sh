@@ -19,7 +19,7 @@
 # the engine built in DIR, e.g. main's, for an A/B in the same sitting) and
 # reverse their order every other round; every figure is a median over the
 # rounds. bench/dkim_notes.md (by hand, optional) is printed above the rows.
-# env COUNT=20000 REPEAT=5 PF_N=2000 CORES=$(nproc) COMPARE=1 BASE=.
+# env COUNT=20000 REPEAT=5 PF_N=2000 CORES=$(nproc) COMPARE=1 BASE= BASE_ALGS="rsa ed25519".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
@@ -48,7 +48,13 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >bench/dkim_load.txt
 # Variants of a round; with BASE=DIR also rsa and ed25519 by the engine
 # built in DIR (main's binary, say): an A/B in the same sitting.
 VARIANTS=(none rsa ed25519)
-[ -n "${BASE:-}" ] && VARIANTS=(none rsa rsabase ed25519 ed25519base)
+if [ -n "${BASE:-}" ]; then
+  VARIANTS=(none)
+  for a in rsa ed25519; do
+    VARIANTS+=("$a")
+    [[ " ${BASE_ALGS:-rsa ed25519} " == *" $a "* ]] && VARIANTS+=("${a}base")
+  done
+fi
 for ROUND in $(seq "$REPEAT"); do
   # ABBA: every other round runs the variants in reverse order, so a
   # machine that gets busier (or quieter) during the run does not favour

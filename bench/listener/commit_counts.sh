@@ -18,7 +18,6 @@ ENG=${2:-$B/src/main/impetus}
 MSGS=${MSGS:-20000} RUNS=${RUNS:-3} SESSIONS=${SESSIONS:-50} WINDOW=${WINDOW:-8}
 BLAST="$B/bench/sink/smtp-blast"
 [ -x "$BLAST" ] || { echo "commit_counts: $BLAST missing (meson setup -Dbench=true)" >&2; exit 77; }
-command -v curl >/dev/null || { echo "commit_counts: curl missing" >&2; exit 77; }
 TMP=$(mktemp -d /tmp/commit-counts.XXXXXX)
 . bench/listener/lsn_bench_lib.sh
 MET_PORT=$(lsn_free_port)
@@ -33,7 +32,8 @@ lsn_start "$TMP" "$B" "$ENG" "Metrics_Listener = \"127.0.0.1:$MET_PORT\""
 lsn_wait_port "$LSN_PORT" || { echo "commit_counts: the engine does not listen" >&2; cat "$TMP/engine.err" >&2; exit 1; }
 # batches, syncs, sync seconds
 metrics() {
-  curl -s "http://127.0.0.1:$MET_PORT/metrics" |
+  python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+    "http://127.0.0.1:$MET_PORT/metrics" |
     awk '/^impetus_spool_batches_total /{b=$2} /^impetus_spool_syncs_total /{s=$2}
          /^impetus_spool_sync_seconds_sum /{t=$2} END{print b, s, t}'
 }

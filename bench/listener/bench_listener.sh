@@ -26,53 +26,31 @@ BLAST="$B/bench/sink/smtp-blast"
 [ -x /usr/sbin/postfix ] || { echo "bench_listener: postfix missing" >&2; exit 77; }
 TMP=$(mktemp -d /tmp/bench-listener.XXXXXX)
 chmod 755 "$TMP" # postfix daemons run as the postfix user
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-SINK_PORT=$(free_port) LSN_PORT=$(free_port) SMTPD_PORT=$(free_port)
-"$B/tools/sink/impetus-sink" --listen 127.0.0.1:"$SINK_PORT" --ready-file "$TMP/sink.ready" >"$TMP/sink.json" 2>/dev/null &
-SINK_PID=$!
-ENG_PID=
+. bench/listener/lsn_bench_lib.sh
+SMTPD_PORT=$(lsn_free_port)
+SINK_PID= ENG_PID=
 cleanup() {
   [ -n "$ENG_PID" ] && kill "$ENG_PID" 2>/dev/null && wait "$ENG_PID" 2>/dev/null || true
   /usr/sbin/postfix -c "$TMP/pf/etc" stop >/dev/null 2>&1 || true
-  kill "$SINK_PID" 2>/dev/null || true
-  wait "$SINK_PID" 2>/dev/null || true
+  [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null && wait "$SINK_PID" 2>/dev/null || true
   rm -rf "$TMP"
 }
 trap cleanup EXIT
-for _ in $(seq 500); do [ -s "$TMP/sink.ready" ] && break; sleep 0.02; done
-
-mkdir -p "$TMP/spool"
-cat >"$TMP/impetus.conf" <<CF
-Spoolbase = "$TMP/spool"
-User = "root"
-Group = "root"
-TLS = "no"
-Gateway = "127.0.0.1:$SINK_PORT"
-ec_logger { mainlog = "$TMP/mainlog" paniclog = "$TMP/paniclog" }
-ESMTP_Listener {
-  Listen "127.0.0.1:$LSN_PORT" { }
-  Relay_Hosts = ( "127.0.0.1/32" )
-  Max_Errors_Per_Connection = 0
-  Listen_Backlog = 4096
-}
-CF
-"$B/src/main/impetus" -c "$TMP/impetus.conf" >"$TMP/engine.err" 2>&1 &
-ENG_PID=$!
+lsn_start "$TMP" "$B" "$B/src/main/impetus"
 
 . bench/postfix/pf_instance.sh
 pf_instance "$TMP/pf" "$TMP/pfqueue" "$SMTPD_PORT" "$SINK_PORT" pfbench.localdomain \
   "default_process_limit = 200
 smtpd_client_connection_count_limit = 0" >/dev/null
 /usr/sbin/postfix -c "$TMP/pf/etc" start >"$TMP/pf.start" 2>&1 || { cat "$TMP/pf.start" >&2; exit 1; }
-for p in "$LSN_PORT" "$SMTPD_PORT"; do
-  for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null && break; sleep 0.05; done
-done
+lsn_wait_port "$LSN_PORT" || true
+lsn_wait_port "$SMTPD_PORT" || true
 flags=(-c "$SESSIONS" -t 2 -m "$MSGS" -l "$SIZE")
 [ "$MODE" = bdat ] && flags=(-b -w 8 "${flags[@]}")
 rate() { "$BLAST" "${flags[@]}" 127.0.0.1:"$1" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["msgs_per_s"], j["failed"])'; }
 # the engine's CPU (all threads: listener, spool, workers delivering to the sink)
 cpu_ticks() { awk '{print $14 + $15}' /proc/"$ENG_PID"/stat; }
-delivered() { local n; n=$(grep -c '@D@' "$TMP/mainlog" 2>/dev/null) || true; echo "${n:-0}"; }
+delivered() { lsn_delivered "$TMP"; }
 hz=$(getconf CLK_TCK)
 # messages the sink has received (its summary on SIGUSR1)
 sink_count() {

@@ -18,42 +18,22 @@ ENG=${2:-$B/src/main/impetus}
 MSGS=${MSGS:-20000} RUNS=${RUNS:-3} SESSIONS=${SESSIONS:-50} WINDOW=${WINDOW:-8}
 BLAST="$B/bench/sink/smtp-blast"
 [ -x "$BLAST" ] || { echo "commit_counts: $BLAST missing (meson setup -Dbench=true)" >&2; exit 77; }
-command -v curl >/dev/null || { echo "commit_counts: curl missing" >&2; exit 77; }
 TMP=$(mktemp -d /tmp/commit-counts.XXXXXX)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-SINK_PORT=$(free_port) LSN_PORT=$(free_port) MET_PORT=$(free_port)
-"$B/tools/sink/impetus-sink" --listen 127.0.0.1:"$SINK_PORT" --ready-file "$TMP/sink.ready" >/dev/null 2>&1 &
-SINK_PID=$!
-ENG_PID=
+. bench/listener/lsn_bench_lib.sh
+MET_PORT=$(lsn_free_port)
+SINK_PID= ENG_PID=
 cleanup() {
   [ -n "$ENG_PID" ] && kill "$ENG_PID" 2>/dev/null && wait "$ENG_PID" 2>/dev/null || true
-  kill "$SINK_PID" 2>/dev/null || true
-  wait "$SINK_PID" 2>/dev/null || true
+  [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null && wait "$SINK_PID" 2>/dev/null || true
   rm -rf "$TMP"
 }
 trap cleanup EXIT
-for _ in $(seq 500); do [ -s "$TMP/sink.ready" ] && break; sleep 0.02; done
-mkdir -p "$TMP/spool"
-cat >"$TMP/impetus.conf" <<CF
-Spoolbase = "$TMP/spool"
-User = "root"
-Group = "root"
-TLS = "no"
-Gateway = "127.0.0.1:$SINK_PORT"
-Metrics_Listener = "127.0.0.1:$MET_PORT"
-ec_logger { mainlog = "$TMP/mainlog" paniclog = "$TMP/paniclog" }
-ESMTP_Listener {
-  Listen "127.0.0.1:$LSN_PORT" { }
-  Relay_Hosts = ( "127.0.0.1/32" )
-  Max_Errors_Per_Connection = 0
-}
-CF
-env ${ENGINE_ENV:-} "$ENG" -c "$TMP/impetus.conf" >"$TMP/engine.err" 2>&1 &
-ENG_PID=$!
-for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$LSN_PORT") 2>/dev/null && break; sleep 0.05; done
+lsn_start "$TMP" "$B" "$ENG" "Metrics_Listener = \"127.0.0.1:$MET_PORT\""
+lsn_wait_port "$LSN_PORT" || { echo "commit_counts: the engine does not listen" >&2; cat "$TMP/engine.err" >&2; exit 1; }
 # batches, syncs, sync seconds
 metrics() {
-  curl -s "http://127.0.0.1:$MET_PORT/metrics" |
+  python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+    "http://127.0.0.1:$MET_PORT/metrics" |
     awk '/^impetus_spool_batches_total /{b=$2} /^impetus_spool_syncs_total /{s=$2}
          /^impetus_spool_sync_seconds_sum /{t=$2} END{print b, s, t}'
 }
@@ -63,7 +43,7 @@ threads() {
     awk '{a[$1] += $2} END {for (k in a) printf "%s=%d ", k, a[k]}'
 }
 ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
-delivered() { local n; n=$(grep -c '@D@' "$TMP/mainlog" 2>/dev/null) || true; echo "${n:-0}"; }
+delivered() { lsn_delivered "$TMP"; }
 for r in $(seq "$RUNS"); do
   d0=$(delivered) m0=$(metrics) t0=$(threads) s0=$(ticks "$SINK_PID")
   out=$("$BLAST" -b -w "$WINDOW" -c "$SESSIONS" -t 2 -m "$MSGS" -l 1024 127.0.0.1:"$LSN_PORT")

@@ -63,10 +63,17 @@ static void message_head(struct lsess *s)
   s->prefixed = true;
   buf_done(&s->msg, 0);
   buf_reserve(&s->msg, s->env.len + 2048);
-  buf_printf(&s->msg, "x-sender: <%s>\n", s->from ? s->from : "");
-  buf_append(&s->msg, s->env.data, s->env.len);
-  buf_printf(&s->msg, "x-context: reception_peer=%s\n", s->ip);
-  lsn_lua_message_ctx(s, &s->msg);
+  /* appends, not printf: formatting was ~5 % of the engine's CPU under
+   * injection (this head, the RCPT line and the 250's text) */
+  struct buf *m = &s->msg;
+  buf_append_str(m, "x-sender: <");
+  buf_append_str(m, s->from ? s->from : "");
+  buf_append_str(m, ">\n");
+  buf_append(m, s->env.data, s->env.len);
+  buf_append_str(m, "x-context: reception_peer=");
+  buf_append_str(m, s->ip);
+  buf_append_str(m, "\n");
+  lsn_lua_message_ctx(s, m);
   /* the date, formatted once a second (localtime_r and strftime cost more
    * than the rest of the envelope): the listener thread only */
   static char date[64];
@@ -77,9 +84,17 @@ static void message_head(struct lsess *s)
     strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", localtime_r(&t, &tm));
     date_t = t;
   }
-  buf_printf(&s->msg, "Received: from %s (%s) by %s (Impetus) with %s%s; %s\r\n",
-             s->helo[0] ? s->helo : "unknown", s->ip, lsn_banner_host(s->L, &s->sc),
-             smtps_tls(s->sm) ? "ESMTPS" : "ESMTP", smtps_authenticated(s->sm) ? "A" : "", date);
+  /* Received: from HELO (IP) by HOST (Impetus) with ESMTP[S][A]; DATE */
+  buf_append_str(m, "Received: from ");
+  buf_append_str(m, s->helo[0] ? s->helo : "unknown");
+  buf_append_str(m, " (");
+  buf_append_str(m, s->ip);
+  buf_append_str(m, ") by ");
+  buf_append_str(m, lsn_banner_host(s->L, &s->sc));
+  buf_append_str(m, smtps_tls(s->sm) ? " (Impetus) with ESMTPS" : " (Impetus) with ESMTP");
+  buf_append_str(m, smtps_authenticated(s->sm) ? "A; " : "; ");
+  buf_append_str(m, date);
+  buf_append_str(m, "\r\n");
   s->body_off = s->msg.len;
 }
 
@@ -193,7 +208,9 @@ void lsn_command_commit(struct lsess *s, const struct smtps_event *ev)
       buf_printf(&s->env, "x-context: auth_user=%s\n", s->auth_user);
     break;
   case SMTPS_CMD_RCPT:
-    buf_printf(&s->env, "x-receiver: <%.*s>\n", (int)ev->arg_len, ev->arg);
+    buf_append_str(&s->env, "x-receiver: <");
+    buf_append(&s->env, ev->arg, ev->arg_len);
+    buf_append_str(&s->env, ">\n");
     if (ev->notify || ev->orcpt) {
       buf_printf(&s->env, "x-context: dsn_rcpt_%u=", s->nrcpt);
       if (ev->notify)
@@ -311,7 +328,11 @@ void lsn_on_done(struct lsub *u)
   char t[300];
   if (u->result == 0) {
     s->receptions++;
-    snprintf(t, sizeof(t), "2.0.0 Ok: queued as %s", u->id);
+    static const char ok[] = "2.0.0 Ok: queued as ";
+    size_t il = strnlen(u->id, sizeof(u->id));
+    memcpy(t, ok, sizeof(ok) - 1);
+    memcpy(t + sizeof(ok) - 1, u->id, il); /* id is 64 bytes at most: t holds 300 */
+    t[sizeof(ok) - 1 + il] = 0;
     smtps_resolve(s->sm, u->ticket, 250, t);
   } else if (u->result == -ENOSPC || u->result == -EDQUOT) {
     smtps_resolve(s->sm, u->ticket, 452, "4.3.1 Insufficient system storage");

@@ -118,6 +118,10 @@ try:
     check(any(re.search(rb"(?:\A|\n)Received: from client\.test [^\r]*\r\nDate: [^\r]+\r\n"
                         rb"(?:[^\r]*\r\n)*Subject: smtplib\r\n", b) for b in bodies),
           "the missing Date: is added after Received:, before the message's own headers")
+    check(any(re.search(rb"(?:\A|\n)Received: from client\.test \(127\.0\.0\.1\) by [^ \r]+ "
+                        rb"\(Impetus\) with ESMTP; [A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} "
+                        rb"\d\d:\d\d:\d\d [+-]\d{4}\r\n", b) for b in bodies),
+          "the whole Received: line")
 
     # AUTH: refused over plaintext by default, accepted where allowed; an
     # authenticated client outside Relay_Hosts may relay

@@ -149,6 +149,21 @@ def last_full_run():
     return open(p).read().strip() if os.path.exists(p) else "2026-11-28 07:49 UTC"
 
 
+def run_times():
+    """The wall time of the last full run and the last ONLY=peers run, from
+    the step times run-all.sh keeps (bench/run-times*.txt)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = []
+    for name, what in (("run-times.txt", "full run"), ("run-times-peers.txt", "`ONLY=peers`")):
+        p = os.path.join(here, name)
+        tot = [ln.split()[0] for ln in (open(p).read().splitlines() if os.path.exists(p) else [])
+               if ln.split()[2:3] == ["total"]]
+        if tot:
+            out.append("%s %.0f min" % (what, int(tot[-1]) / 60.0))
+    return ("Wall time of the last runs (each step's in `bench/run-times*.txt`): %s." % ", ".join(out)
+            if out else "")
+
+
 def peers_section():
     """Issue 25: the engine against ordinary peers, with both floors, and the
     two sinks under smtp-source (bench/peers.jsonl, bench/sinks.jsonl)."""
@@ -268,8 +283,12 @@ def main():
     w("bench/sink/source_vs_sinks.py build  # impetus-sink vs smtp-sink under smtp-source")
     w("bench/impetus-bench --help        # one variant, table + JSON")
     w("bench/postfix/compare.sh build    # Postfix vs Impetus only (N=, SIZE=, FS=, INJECT=)")
+    w("QUICK=1 bench/run-all.sh build    # every section, fewer rounds (3, listener 2, 20,000 backlog, PF_N=10000)")
     w("```")
     w("")
+    if run_times():
+        w(run_times())
+        w("")
     w("Every row below is one `bench/impetus-bench` run with the options in its "
       "`command` column (plus `--build build`). Durability: every figure is with "
       "`Spool_Sync = batch` (group commit) unless the `sync` column says otherwise; "

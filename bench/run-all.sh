@@ -3,23 +3,43 @@
 # once (the headline 1 KB figure REPEAT times, median reported), the spool
 # ingest benchmark (issue 3) and the Postfix comparison, and rewrites
 # bench/BENCHMARKS.md from the results (bench/results.jsonl keeps the raw
-# JSON). Takes ~25 minutes on the 2-core machine; needs root for the loop
-# file system (--fs loop) and for the private Postfix instance.
+# JSON). Needs root for the loop file system (--fs loop) and for the private
+# Postfix instance. Every step's wall time goes to stderr and to
+# bench/run-times.txt (ONLY=peers: run-times-peers.txt); BENCHMARKS.md shows
+# the totals.
 # Environment: COUNT (20000), BIG_BACKLOG (100000; 0 = use bench/backlog.jsonl
 # from bench/run-backlog.sh), REPEAT (5), PEER_REPEAT (5), ONLY (peers: only
-# issue 25's part, ~6 minutes),
-# PF_N (20000, Postfix comparison: issue 6's workload), FS (loop).
+# issue 25's part, ~4-6 minutes),
+# PF_N (20000, Postfix comparison: issue 6's workload), FS (loop),
+# LISTENER_RUNS (3), DKIM_REPEAT (run-dkim.sh's REPEAT, 5), DKIM (1; 0 =
+# keep the last DKIM section), QUICK (1: REPEAT, PEER_REPEAT and
+# DKIM_REPEAT 3, LISTENER_RUNS 2, BIG_BACKLOG 20000, PF_N 10000: every
+# section in one shorter run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
+if [ "${QUICK:-0}" = 1 ]; then
+  : "${REPEAT:=3}" "${PEER_REPEAT:=3}" "${BIG_BACKLOG:=20000}" "${PF_N:=10000}"
+  : "${DKIM_REPEAT:=3}" "${LISTENER_RUNS:=2}"
+fi
 COUNT=${COUNT:-20000}
 BIG=${BIG_BACKLOG:-100000}
 REPEAT=${REPEAT:-5}
 PF_N=${PF_N:-20000}
 FS=${FS:-loop}
 OUT=bench/results.jsonl
+TIMES=bench/run-times.txt; [ "${ONLY:-}" = peers ] && TIMES=bench/run-times-peers.txt
+T_ALL=$SECONDS
+: >"$TIMES"
+# took LABEL SINCE: one step's wall time, to stderr and bench/run-times.txt
+took() { echo "run-all: [$(($SECONDS - $2)) s] $1" >&2; echo "$(($SECONDS - $2)) s  $1" >>"$TIMES"; }
 B=(bench/impetus-bench --build "$BUILD" --json "$OUT" --quiet)
-run() { echo "run-all: $*" >&2; "${B[@]}" "$@" | sed -n 1p >&2 || echo "run-all: FAILED: $*" >&2; }
+run() {
+  local t=$SECONDS
+  echo "run-all: $*" >&2
+  "${B[@]}" "$@" | sed -n 1p >&2 || echo "run-all: FAILED: $*" >&2
+  took "$*" "$t"
+}
 
 # Issue 25 (~6 minutes; ONLY=peers runs just this part and re-renders the
 # page from the other parts' last results): the engine against the three
@@ -33,11 +53,17 @@ run() { echo "run-all: $*" >&2; "${B[@]}" "$@" | sed -n 1p >&2 || echo "run-all:
 PEERS=bench/peers.jsonl
 SINKS=bench/sinks.jsonl
 : >"$PEERS"
+t=$SECONDS
 bench/impetus-bench --build "$BUILD" --json "$PEERS" --quiet --label "1KB w2" --count "$COUNT" --fs "$FS" \
   --fsync-run 0 --repeat "${PEER_REPEAT:-5}" --counts --peers bdat,data,smtp-sink >/dev/null \
   || echo "run-all: FAILED: peers" >&2
-python3 bench/sink/source_vs_sinks.py "$BUILD" "$SINKS" || echo "run-all: FAILED: source_vs_sinks" >&2
+took "peers (impetus-bench --peers bdat,data,smtp-sink)" "$t"
+t=$SECONDS
+RUNS=${PEER_REPEAT:-5} python3 bench/sink/source_vs_sinks.py "$BUILD" "$SINKS" \
+  || echo "run-all: FAILED: source_vs_sinks" >&2
+took "sinks (source_vs_sinks.py)" "$t"
 if [ "${ONLY:-}" = peers ]; then
+  took "total (ONLY=peers)" "$T_ALL"
   BL=""; [ -s bench/backlog.jsonl ] && BL=bench/backlog.jsonl
   ONLY=peers python3 bench/render.py "$OUT" bench/compare.json bench/ingest.txt bench/fs_floor.txt "$BL" >bench/BENCHMARKS.md
   echo "run-all: wrote bench/BENCHMARKS.md (issue 25's part new, the rest from the last full run)" >&2
@@ -75,6 +101,7 @@ for i in $(seq "${PAIRS:-3}"); do
 done
 
 # The kernel's price of the spool's per-message file operations, no engine.
+t=$SECONDS
 FLOOR=bench/fs_floor.txt
 D=$(mktemp -d /tmp/impetus-floor.XXXXXX)
 if [ "$FS" = loop ]; then
@@ -84,8 +111,10 @@ python3 bench/spool/fs_floor.py "$D/m/f" "$COUNT" | sed "s/^/fs=$FS: /" >"$FLOOR
 if [ "$FS" = loop ]; then umount "$D/m"; mkdir "$D/r"; python3 bench/spool/fs_floor.py "$D/r" "$COUNT" | sed "s/^/fs=here: /" >>"$FLOOR"; fi
 rm -rf "$D"
 cat "$FLOOR" >&2
+took "fs_floor.py" "$t"
 
 # Issue 3: durable ingest alone (pickup/ -> queue), same file system kind.
+t=$SECONDS
 ING=bench/ingest.txt
 : >"$ING"
 if [ -x "$BUILD/bench/spool/spool_ingest_bench" ]; then
@@ -102,19 +131,30 @@ if [ -x "$BUILD/bench/spool/spool_ingest_bench" ]; then
   rm -rf "$D"
 fi
 
+took "spool_ingest_bench" "$t"
+
 # Postfix, same sink binary, same run.
+t=$SECONDS
 COMPARE_JSON=bench/compare.json N="$PF_N" FS="$FS" bash bench/postfix/compare.sh "$BUILD" >&2 \
   || echo '{"error": "compare.sh failed"}' >bench/compare.json
+took "postfix/compare.sh N=$PF_N" "$t"
 
+t=$SECONDS
 # SMTP injection (issue 21): the listener vs Postfix's smtpd, alternating
 # runs, then 10,000 idle sessions (~6 minutes; LISTENER_RUNS, 3).
 : >bench/listener.jsonl
 MSGS=20000 RUNS="${LISTENER_RUNS:-3}" MODE=bdat IDLE=10000 JSON=bench/listener.jsonl \
   bash bench/listener/bench_listener.sh "$BUILD" >&2 || echo "run-all: bench_listener.sh failed" >&2
+took "listener/bench_listener.sh RUNS=${LISTENER_RUNS:-3}" "$t"
 
 # DKIM signing (issue 22): same build, same run.
-bash bench/run-dkim.sh "$BUILD" >&2 || echo "run-all: run-dkim.sh failed" >&2
+if [ "${DKIM:-1}" != 0 ]; then
+  t=$SECONDS
+  REPEAT="${DKIM_REPEAT:-5}" bash bench/run-dkim.sh "$BUILD" >&2 || echo "run-all: run-dkim.sh failed" >&2
+  took "run-dkim.sh REPEAT=${DKIM_REPEAT:-5}" "$t"
+fi
 
+took "total" "$T_ALL"
 BL=""; [ "$BIG" = 0 ] && BL=bench/backlog.jsonl
 python3 bench/render.py "$OUT" bench/compare.json "$ING" "$FLOOR" "$BL" >bench/BENCHMARKS.md
 date -u '+%Y-%m-%d %H:%M UTC' >bench/full-run.txt

@@ -54,6 +54,7 @@ struct dq_queue_state {
    * without the queueing that more connections add); 0 unknown */
   uint64_t txn_ns;
   uint64_t txn_win_min_ns, txn_win_ns; /* the current window's shortest, its start (mono) */
+  uint64_t txn_last_ns;       /* when txn_ns last had news (mono) */
   struct sched_pool pool;     /* its idle connections */
   uint64_t blocked_until_ns;  /* throttled / host failure: not before (mono) */
   void *user;                 /* the worker's */

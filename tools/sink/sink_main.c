@@ -342,7 +342,7 @@ static void usage(FILE *f)
 "Other:\n"
 "  --io-fallback             single-shot accept and recv (tests the path for old kernels)\n"
 "  --batch-wait US           with 8 or more connections open, sleep until as many completions\n"
-"                            as connections (at most 64) or US microseconds passed (200;\n"
+"                            as connections (at most 64) or US microseconds passed (500;\n"
 "                            0: wake for every completion): fewer wake-ups per message\n"
 "  --help, --version\n");
 }
@@ -536,7 +536,7 @@ int main(int argc, char **argv)
   o->disconnect_at = -1;
   o->hostile_stage = CMD_CONNECT;
   o->drip_ms = 1000;
-  o->batch_wait_us = 200;
+  o->batch_wait_us = 500;
   char **listen = util_xcalloc((size_t)argc, sizeof(char *));
   char **tls_listen = util_xcalloc((size_t)argc, sizeof(char *));
   size_t nlisten = 0, ntls = 0;

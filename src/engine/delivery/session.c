@@ -312,6 +312,7 @@ static void on_ready(void *arg, bool pipelined)
     if (st->txn_ns == 0) {
       uint64_t now = ring_now(s->w->ring);
       st->txn_ns = now > s->connect_ns ? now - s->connect_ns : 1;
+      st->txn_last_ns = now;
     }
   }
   session_begin_next(s);
@@ -344,6 +345,7 @@ static void note_txn_time(struct session *s, const struct flight *f)
     st->txn_win_min_ns = t;
   if (st->txn_ns == 0 || t < st->txn_ns)
     st->txn_ns = t;
+  st->txn_last_ns = now;
 }
 
 static void on_txn_done(void *arg, void *txn_arg, const struct smtpc_txn *txn)

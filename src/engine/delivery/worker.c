@@ -276,10 +276,13 @@ static uint32_t busy_conns(const struct dq_queue_state *st)
  * per message and more completions on both sides: each takes what it can
  * carry in DRAIN_NS (at most COVER_MAX), one against a peer slower than
  * that (so a slow peer still gets every connection its backlog can keep
- * busy, up to Max_Outbound_Connections). */
-static uint32_t data_cover(const struct dq_queue_state *st)
+ * busy, up to Max_Outbound_Connections) or when none of its transactions
+ * ended for TXN_WINDOW_NS (a stalled connection holds no units back). */
+static uint32_t data_cover(const struct dq_queue_state *st, uint64_t now_ns)
 {
-  if (st->txn_ns == 0)
+  /* nothing finished for a while: its busy connections may be stuck (or
+   * it was idle), they cover nothing */
+  if (st->txn_ns == 0 || now_ns - st->txn_last_ns > TXN_WINDOW_NS)
     return 1;
   uint64_t c = DRAIN_NS / st->txn_ns;
   return c < 1 ? 1 : c > COVER_MAX ? COVER_MAX : (uint32_t)c;
@@ -311,7 +314,7 @@ static void schedule(struct worker *w)
       uint32_t per = st->no_chunking ? 1 : st->limits.pipeline_depth;
       /* units each busy or opening connection is left to take before
        * another connection is woken or opened */
-      uint32_t cover = st->no_chunking ? data_cover(st) : per;
+      uint32_t cover = st->no_chunking ? data_cover(st, now_ns) : per;
       if (st->no_chunking && dq_queue_ready(q) <= (size_t)(busy_conns(st) + st->opening) * cover) {
         st->backlog_since_ns = 0;
         break; /* the busy (and opening) connections take these, each behind its dot */

@@ -732,34 +732,44 @@ def scenario_perconn(imp, sinkbin):
         finish(b)
 
 
-def scenario_data_conns(imp, sinkbin):
-    """Against a DATA peer (no CHUNKING) that answers at once, a backlog is
-    carried by a few connections, each taking the next message behind its
-    dot, rather than by every connection Max_Outbound_Connections allows
-    (issue 25: the old strategy opened one per waiting message, up to the
-    limit, 64 here, and woke each idle one for a lone envelope)."""
-    n, cap = 400, 64
-    sink = sink_with_log(sinkbin, "--no-chunking")
-    conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
-            'Max_Outbound_Connections = %d\nIdle_Timeout = 30\n' % (sink.port, cap))
-    e = Engine(imp, conf, "dataconns")
+def data_backlog(imp, sinkbin, name, sink_args, workers, cap, rcpts):
+    """Deliver one message to each of rcpts, all waiting in pickup/ before
+    the engine starts (one burst), through a DATA sink (no CHUNKING) with
+    Max_Outbound_Connections = cap; every one must be delivered exactly
+    once. Returns the sink's summary."""
+    sink = sink_with_log(sinkbin, "--no-chunking", *sink_args)
+    conf = ('Worker_Threads = %d\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
+            'Max_Outbound_Connections = %d\nIdle_Timeout = 30\n' % (workers, sink.port, cap))
+    e = Engine(imp, conf, name)
+    n = len(rcpts)
     try:
-        for i in range(n):  # all waiting before the engine starts: one burst
-            e.inject("a@s.test", ["x%d@one.test" % i])
+        for r in rcpts:
+            e.inject("a@s.test", [r])
         e.start()
         e.wait_for(lambda: all_final(e, n), 60, "%d final records" % n)
         check_exactly_one(e, n)
         expect(e.stop() == 0, "exit status")
         summ = finish(sink)
         sink = None
-        print("connections:", summ["connections"], "max concurrent:", summ["max_concurrent_connections"])
         expect(len(user_r(e)) == n, "all %d delivered" % n)
-        expect(summ["connections"] <= cap // 2,
-               "%d connections for %d messages to a fast DATA peer (limit %d)"
-               % (summ["connections"], n, cap))
+        print("connections:", summ["connections"], "max concurrent:", summ["max_concurrent_connections"])
+        return summ
     finally:
         e.cleanup()
         finish(sink)
+
+
+def scenario_data_conns(imp, sinkbin):
+    """Against a DATA peer that answers at once, a backlog is carried by a
+    few connections, each taking the next message behind its dot, rather
+    than by every connection Max_Outbound_Connections allows (issue 25: the
+    old strategy opened one per waiting message, up to the limit, 64 here,
+    and woke each idle one for a lone envelope)."""
+    n, cap = 400, 64
+    summ = data_backlog(imp, sinkbin, "dataconns", [], 1, cap, ["x%d@one.test" % i for i in range(n)])
+    expect(summ["connections"] <= cap // 2,
+           "%d connections for %d messages to a fast DATA peer (limit %d)"
+           % (summ["connections"], n, cap))
 
 
 def scenario_data_slow(imp, sinkbin):
@@ -768,30 +778,12 @@ def scenario_data_slow(imp, sinkbin):
     opens more while its messages wait longer than its connections take
     to carry them, up to Max_Outbound_Connections."""
     ndom, per, cap = 3, 24, 6
-    sink = sink_with_log(sinkbin, "--no-chunking", "--reply-delay", "30")
-    conf = ('Worker_Threads = 2\nTLS = "no"\nGateway = "127.0.0.1:%d"\n'
-            'Max_Outbound_Connections = %d\nIdle_Timeout = 30\n' % (sink.port, cap))
-    e = Engine(imp, conf, "dataslow")
-    try:
-        for i in range(per):
-            for d in range(ndom):
-                e.inject("a@s.test", ["x%d@d%d.test" % (i, d)])
-        e.start()
-        n = ndom * per
-        e.wait_for(lambda: all_final(e, n), 60, "%d final records" % n)
-        check_exactly_one(e, n)
-        expect(e.stop() == 0, "exit status")
-        summ = finish(sink)
-        sink = None
-        print("connections:", summ["connections"], "max concurrent:", summ["max_concurrent_connections"])
-        expect(len(user_r(e)) == n, "all %d delivered" % n)
-        expect(summ["max_concurrent_connections"] > ndom * cap // 2,
-               "%d connections at once for %d domains (limit %d each)"
-               % (summ["max_concurrent_connections"], ndom, cap))
-        expect(summ["max_concurrent_connections"] <= ndom * cap, "connection limit held")
-    finally:
-        e.cleanup()
-        finish(sink)
+    summ = data_backlog(imp, sinkbin, "dataslow", ["--reply-delay", "30"], 2, cap,
+                        ["x%d@d%d.test" % (i, d) for i in range(per) for d in range(ndom)])
+    expect(summ["max_concurrent_connections"] > ndom * cap // 2,
+           "%d connections at once for %d domains (limit %d each)"
+           % (summ["max_concurrent_connections"], ndom, cap))
+    expect(summ["max_concurrent_connections"] <= ndom * cap, "connection limit held")
 
 
 def scenario_throttle(imp, sinkbin):

@@ -167,8 +167,9 @@ struct spool_params {
   bool keep_dicts_in_memory;
   /* Pickup_Claim = exchange: claim everything in pickup/ with one
    * renameat2(RENAME_EXCHANGE) with <spoolbase>/claim/pickup instead of a
-   * rename per file; producers must then write their temporary files
-   * outside pickup/ (or rename through a directory fd): docs/spool.md. */
+   * rename per file; producers must then give every file a new name and
+   * write their temporary files outside pickup/ (or rename through a
+   * directory fd): docs/spool.md. */
   bool pickup_exchange;
   const char *secret_key_file; /* Spool_Secret_Key_File: the AES-256-GCM key that seals secret
                                 * context values in the spool (created 0600 when missing); NULL:

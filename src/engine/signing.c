@@ -232,11 +232,12 @@ static bool sign_wanted(struct conf *c, const struct spool_msg *m)
   return v ? conf_bool(v, CONF_OPENDKIM_SIGN) : false;
 }
 
-/* The configured signature of one message (any thread). */
+/* The configured signature of one message (any thread); wanted: the
+ * caller already knows that opendkim_sign is true for it (prep). */
 static void sign_one(struct set *s, struct spool_msg *msg, const uint8_t *body, size_t len,
-                     struct buf *hdr)
+                     struct buf *hdr, bool wanted)
 {
-  if (!s || !dkim_signers_count(s->signers) || !sign_wanted(s->conf, msg))
+  if (!s || !dkim_signers_count(s->signers) || (!wanted && !sign_wanted(s->conf, msg)))
     return;
   char why[300];
   size_t before = hdr->len;
@@ -258,7 +259,7 @@ void signing_on_sign(void *arg, struct spool_msg *msg, const uint8_t *body, size
   (void)arg;
   lsig_take(msg, hdr); /* what Lua signed, below the configured signature */
   struct set *s = set_get();
-  sign_one(s, msg, body, len, hdr);
+  sign_one(s, msg, body, len, hdr, false);
   set_unref(s);
 }
 
@@ -302,7 +303,7 @@ static void *pool_main(void *arg)
     }
     pthread_mutex_unlock(&pool.mu);
     test_gate_wait();
-    sign_one(pg->set, j->msg, j->body, j->len, j->hdr);
+    sign_one(pg->set, j->msg, j->body, j->len, j->hdr, true);
     pthread_mutex_lock(&pool.mu);
     if (--pg->left == 0) {
       pthread_mutex_unlock(&pool.mu);
@@ -357,7 +358,7 @@ void signing_on_sign_async(void *arg, struct spool_sign_job *jobs, size_t n,
   if (!pool.n || !n) { /* no thread could be started: here, then */
     for (size_t i = 0; i < n; i++) {
       test_gate_wait();
-      sign_one(s, jobs[i].msg, jobs[i].body, jobs[i].len, jobs[i].hdr);
+      sign_one(s, jobs[i].msg, jobs[i].body, jobs[i].len, jobs[i].hdr, true);
     }
     set_unref(s);
     spool_sign_done(g);

@@ -65,16 +65,20 @@ static void put_msg(const char *name, const char *body)
   assert_int_equal(rename(tmp, path), 0);
 }
 
+static bool exchange; /* Pickup_Claim = exchange */
+
+/* Claimed pickup files: tombs in pickup/, or (exchange) the files in the
+ * claimed directory. */
 static size_t tombs(void)
 {
   char path[512];
-  snprintf(path, sizeof(path), "%s/pickup", base);
+  snprintf(path, sizeof(path), exchange ? "%s/claim/pickup" : "%s/pickup", base);
   DIR *d = opendir(path);
   assert_non_null(d);
   size_t n = 0;
   struct dirent *de;
   while ((de = readdir(d)) != NULL)
-    n += !strncmp(de->d_name, ".c.", 3);
+    n += exchange ? de->d_name[0] != '.' : !strncmp(de->d_name, ".c.", 3);
   closedir(d);
   return n;
 }
@@ -82,7 +86,8 @@ static size_t tombs(void)
 static struct spool *open_spool(void)
 {
   struct spool_params p = {.spoolbase = base, .on_msg = on_msg, .sync = SPOOL_SYNC_NONE,
-                           .on_sign_prep = prep, .on_sign_async = async};
+                           .on_sign_prep = prep, .on_sign_async = async,
+                           .pickup_exchange = exchange};
   char err[256];
   struct spool *sp = spool_open(&p, err, sizeof(err));
   if (!sp)
@@ -191,6 +196,17 @@ static void test_held_group(void **state)
   spool_close(sp);
 }
 
+/* The same with Pickup_Claim = exchange: the held files stay in the
+ * claimed directory under their names, which is neither listed nor
+ * exchanged again until they are written (else they would be taken
+ * twice). */
+static void test_held_group_exchange(void **state)
+{
+  exchange = true;
+  test_held_group(state);
+  exchange = false;
+}
+
 static int setup(void **state)
 {
   (void)state;
@@ -214,6 +230,7 @@ int main(void)
 {
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup_teardown(test_held_group, setup, teardown),
+    cmocka_unit_test_setup_teardown(test_held_group_exchange, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,11 +1,13 @@
 /* claim.c owns the pickup directory's names and files before they are
- * read into a batch: the two directory inodes behind the pickup name and
- * their exchange (claim_dirs_open, claim_swap), listing the claimed one
- * (scan_pickup), the inotify events and the set of names renamed in
- * (moved_*), waiting for work (wait_work), and read leases on files
- * written in place (lease_*, quiet_for). It never reads or parses a
- * message, never removes or renames a pickup file, never takes a file
- * written in place without a lease or a quiet period, and never logs.
+ * read into a batch: claiming them, by exchanging the two directory
+ * inodes behind the pickup name (Pickup_Claim = exchange: claim_dirs_open,
+ * claim_swap) or by renaming each file to its tomb (rename: claim_*,
+ * tomb_*, unclaim*), listing the claimed directory (scan_pickup), the
+ * inotify events and the set of names renamed in (moved_*), waiting for
+ * work (wait_work), and read leases on files written in place (lease_*,
+ * quiet_for). It never reads or parses a message, never removes a pickup
+ * file (only renames and links it), never takes a file written in place
+ * without a lease or a quiet period, and never logs.
  * Thread: the ingest thread (spool_ingest), spool_open (claim_dirs_open),
  * and recovery's scan_pickup before ingestion starts; moved_free at
  * spool_close. */
@@ -680,7 +682,13 @@ bool wait_work(struct spool *sp, int timeout_ms)
       sp->scan_due = true;
     if (sp->busy && sp->ino_fd < 0 && sp->next_rescan_ns > now + 200000000u)
       sp->next_rescan_ns = now + 200000000u; /* no close events: look again soon */
-    if (sp->scan_due) {
+    /* exchange: files of the claimed directory being signed (signq.c)
+     * are in it under their names until their entries are written: no
+     * listing (it would take them again) and no exchange (it would put
+     * them back under the pickup name) until then; spool_sign_done wakes
+     * this loop */
+    bool held = sp->exchange && signq_busy(sp);
+    if (sp->scan_due && !held) {
       sp->scan_due = false;
       wait_drained(sp); /* nothing of the claimed directory is in flight */
       int sr = claim_swap(sp);
@@ -691,7 +699,7 @@ bool wait_work(struct spool *sp, int timeout_ms)
     }
     if (now >= deadline || atomic_load(&sp->stop))
       return false;
-    if (sp->scan_due) { /* files were renamed in during that listing */
+    if (sp->scan_due && !held) { /* files were renamed in during that listing */
       ms = 0;
       continue;
     }

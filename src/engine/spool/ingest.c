@@ -256,7 +256,12 @@ static long ingest_journal(struct spool *sp)
   signq_throttle(sp); /* not too far ahead of the signers */
   sp->round_signing = 0;
   struct jbatch *bt = util_xcalloc(1, sizeof(*bt));
-  bt->c = util_xcalloc(max, sizeof(*bt->c));
+  /* malloc + memset, not calloc: jemalloc zeroes a reused large extent
+   * (512 x 56 bytes: 32 KB) with madvise(MADV_DONTNEED), one system call,
+   * TLB shootdown and 8 page faults per batch (issue 21: ~95 % of the
+   * engine's madvise calls under SMTP injection) */
+  bt->c = util_xmalloc(max * sizeof(*bt->c));
+  memset(bt->c, 0, max * sizeof(*bt->c));
   sp->jbuf.len = sp->jbuf.off = 0;
   sp->njrefs = sp->jrefbytes = 0;
   iobatch_get(&sp->iread, &sp->iread_tried, sp->p.batch_max, true);

@@ -6,9 +6,12 @@
  * (spool_sign_done, from a signer thread) its journal entries go into the
  * batch then being built (signq_collect): so exactly once, with the
  * signature, and durable before the engine sees the message. The pickup
- * file stays claimed under its tomb meanwhile (a crash requeues it:
- * recover_tombs), a submission gets no reply. It never writes the journal
- * itself, never removes a pickup file, never logs.
+ * file stays claimed meanwhile, under its tomb (Pickup_Claim = rename; a
+ * crash requeues it: recover_tombs) or in the claimed directory
+ * (exchange: wait_work lets no exchange hand it back before it is
+ * written; a crash leaves it there for the next exchange); a submission
+ * gets no reply. It never writes the journal itself, never removes a
+ * pickup file, never logs.
  * Threads: spool_sign_done from any thread; everything else on the ingest
  * thread (signq_init/signq_free with spool_open/spool_close). */
 #include "spool_int.h"

@@ -13,8 +13,10 @@ nothing unsigned (held-crash). Bounces the engine generates are signed
 when a dkim_domain names their From: domain (dsn).
 
 usage: test_dkim_engine.py IMPETUS SINK SCENARIO
-       (deliver | listener | restart | lua | nonblocking | held-crash | dsn)
+       (deliver | listener | restart | lua | nonblocking | held-crash | dsn
+        | nonblocking-exchange | held-crash-exchange)
 """
+import contextlib
 import os
 import re
 import shutil
@@ -441,138 +443,149 @@ def scenario_lua(imp, sinkbin):
         drop_sinks(tmp, sink)
 
 
-def gated_engine(imp, tmp, name, sink_port, extra=""):
-    """An engine with the DKIM configuration whose signers wait for the
-    file tmp/gate (the IMPETUS_TEST_DKIM_GATE hook)."""
-    os.environ["IMPETUS_TEST_DKIM_GATE"] = os.path.join(tmp, "gate")
-    conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % sink_port
-            + extra + dkim_conf(tmp))
-    return Engine(imp, conf, name)
+@contextlib.contextmanager
+def gated(imp, sinkbin, name, extra=lambda tmp: "", exchange=False):
+    """(engine, tmp, recs, sink info): a sink and an engine with the DKIM
+    configuration (plus extra(tmp); Pickup_Claim = exchange with exchange)
+    whose signers wait for the file tmp/gate (the IMPETUS_TEST_DKIM_GATE
+    hook); all removed afterwards."""
+    tmp = tempfile.mkdtemp(prefix=name + ".")
+    sink = e = None
+    try:
+        recs = make_keys(tmp)
+        sink, info = start_sink(sinkbin, tmp, name)
+        os.environ["IMPETUS_TEST_DKIM_GATE"] = os.path.join(tmp, "gate")
+        conf = ('Worker_Threads = 1\nTLS = "no"\nGateway = "127.0.0.1:%d"\n' % sink.port
+                + ('Pickup_Claim = "exchange"\n' if exchange else "") + extra(tmp) + dkim_conf(tmp))
+        e = Engine(imp, conf, name)
+        e.exchange = exchange
+        yield e, tmp, recs, info
+    finally:
+        os.environ.pop("IMPETUS_TEST_DKIM_GATE", None)
+        if e is not None:
+            e.cleanup()
+        drop_sinks(tmp, sink)
 
 
 def open_gate(tmp):
     open(os.path.join(tmp, "gate"), "w").close()
 
 
+def signed_once(e, info, recs, rcpts, total, label):
+    """Each of rcpts got its message signed (both verifiers), and each of
+    the total messages has exactly one final record."""
+    got = received(info)
+    for rc in rcpts:
+        verify(got.get(rc, b""), recs, "%s %s" % (label, rc))
+    fin = e.finals()
+    expect(len(fin) == total and all(len(v) == 1 for v in fin.values()),
+           "%s: each delivered once (%d messages)" % (label, len(fin)))
+
+
+def held(e):
+    """The claimed files in the spool: tombs in pickup/ (Pickup_Claim =
+    rename), or the files of the claimed directory (exchange)."""
+    if getattr(e, "exchange", False):
+        d = os.path.join(e.spool, "claim", "pickup")
+        return os.listdir(d) if os.path.isdir(d) else []
+    return [x for x in os.listdir(e.pickup) if x.startswith(".c.")]
+
+
 def claimed_only(e, n):
-    """pickup/ holds n claimed files (tombs) and nothing else."""
-    names = os.listdir(e.pickup)
-    return len(names) == n and all(x.startswith(".c.") for x in names)
+    """n claimed files and nothing else in pickup/."""
+    rest = [x for x in os.listdir(e.pickup) if not x.startswith(".c.")]
+    return len(held(e)) == n and not rest
 
 
-def scenario_nonblocking(imp, sinkbin):
+def scenario_nonblocking(imp, sinkbin, exchange=False):
     """Signing does not hold up ingest: while the signers are held (test
     hook), unsigned mail from pickup/ is taken and delivered; the messages
     being signed stay claimed, are not delivered, and an SMTP client that
     submitted one has no reply yet (250 only once it is durable, signed).
-    Once signing goes on, each is delivered once, signed."""
-    tmp = tempfile.mkdtemp(prefix="dkim-nb.")
-    sink = None
+    Once signing goes on, each is delivered once, signed. With
+    Pickup_Claim = exchange the held files are in the claimed directory,
+    which the next exchange must not hand back: there the unsigned mail
+    is of the same listing (in pickup/ before the start)."""
     port = free_port()
-    try:
-        recs = make_keys(tmp)
-        sink, info = start_sink(sinkbin, tmp, "nb")
-        e = gated_engine(imp, tmp, "dkim-nb", sink.port,
-                         'ESMTP_Listener {\n  Relay_Hosts = ( "127.0.0.1/32" )\n'
-                         '  Listen "127.0.0.1:%d" { }\n}\n' % port)
-        try:
-            e.start()
-            signed = ["s%d@c.test" % i for i in range(5)]
-            for rc in signed:
-                e.inject("a@rsa.test", [rc], body="From: a@rsa.test\nSubject: held\n\nheld\n")
-            e.wait_for(lambda: any(x.startswith(".c.") for x in os.listdir(e.pickup)), 20,
-                       "a file to sign claimed and held")
-            wait_until(lambda: port_open(port), 10, "the listener's port")
-            c = socket.create_connection(("127.0.0.1", port), timeout=20)
-            cf = c.makefile("rb")
+    listener = ('ESMTP_Listener {\n  Relay_Hosts = ( "127.0.0.1/32" )\n'
+                '  Listen "127.0.0.1:%d" { }\n}\n' % port)
+    with gated(imp, sinkbin, "dkim-nb", lambda tmp: listener, exchange) as (e, tmp, recs, info):
 
-            def reply():
-                while True:
-                    line = cf.readline()
-                    if len(line) < 4 or line[3:4] != b"-":
-                        return line[:3]
-            reply()
-            for cmd in (b"EHLO c.test", b"MAIL FROM:<a@ed.test>", b"RCPT TO:<smtp@c.test>",
-                        b"DATA"):
-                c.sendall(cmd + b"\r\n")
-                reply()
-            c.sendall(b"From: a@ed.test\r\nSubject: smtp\r\n\r\nheld too\r\n.\r\n")
-            # unsigned: no dkim_domain for other.test; opendkim_sign = false
+        def unsigned():  # no dkim_domain for other.test; opendkim_sign = false
             e.inject("a@other.test", ["u1@c.test"], body="From: a@other.test\n\nnot signed\n")
             e.inject("a@rsa.test", ["u2@nosign.test"], body="From: a@rsa.test\n\nnot signed\n")
-            e.wait_for(lambda: len(e.records("D")) >= 2, 30,
-                       "unsigned mail delivered while signing is held")
-            got = received(info)
-            expect(sorted(got) == ["u1@c.test", "u2@nosign.test"],
-                   "only the unsigned mail delivered while signing is held: %s" % sorted(got))
-            for rc in ("u1@c.test", "u2@nosign.test"):
-                verify(got.get(rc, b""), recs, "unsigned %s" % rc, 0)
-            expect(claimed_only(e, len(signed)), "the held files are still claimed")
-            c.setblocking(False)
-            try:
-                early = c.recv(100)
-            except BlockingIOError:
-                early = None
-            c.setblocking(True)
-            expect(early is None, "no reply to the SMTP client while its message is held (%r)"
-                   % early)
-            open_gate(tmp)
-            code = reply()
-            expect(code == b"250", "the SMTP client's reply once signed and durable: %r" % code)
-            c.sendall(b"QUIT\r\n")
-            c.close()
-            total = len(signed) + 3
-            e.wait_for(lambda: len(e.records("D")) >= total, 60, "every message delivered")
-            got = received(info)
-            for rc in signed + ["smtp@c.test"]:
-                verify(got.get(rc, b""), recs, "held %s" % rc)
-            fin = e.finals()
-            expect(len(fin) == total and all(len(v) == 1 for v in fin.values()),
-                   "each delivered once (%d messages)" % len(fin))
-            expect(os.listdir(e.pickup) == [], "pickup/ empty")
-            expect(e.stop() == 0, "exit status")
-        finally:
-            e.cleanup()
-    finally:
-        os.environ.pop("IMPETUS_TEST_DKIM_GATE", None)
-        drop_sinks(tmp, sink)
+        signed = ["s%d@c.test" % i for i in range(5)]
+        for rc in signed:
+            e.inject("a@rsa.test", [rc], body="From: a@rsa.test\nSubject: held\n\nheld\n")
+        if exchange:
+            unsigned()
+        e.start()
+        e.wait_for(lambda: held(e), 20,
+                   "a file to sign claimed and held")
+        wait_until(lambda: port_open(port), 10, "the listener's port")
+        c = socket.create_connection(("127.0.0.1", port), timeout=20)
+        cf = c.makefile("rb")
+
+        def reply():
+            while True:
+                line = cf.readline()
+                if len(line) < 4 or line[3:4] != b"-":
+                    return line[:3]
+        reply()
+        for cmd in (b"EHLO c.test", b"MAIL FROM:<a@ed.test>", b"RCPT TO:<smtp@c.test>",
+                    b"DATA"):
+            c.sendall(cmd + b"\r\n")
+            reply()
+        c.sendall(b"From: a@ed.test\r\nSubject: smtp\r\n\r\nheld too\r\n.\r\n")
+        if not exchange:
+            unsigned()
+        e.wait_for(lambda: len(e.records("D")) >= 2, 30,
+                   "unsigned mail delivered while signing is held")
+        got = received(info)
+        expect(sorted(got) == ["u1@c.test", "u2@nosign.test"],
+               "only the unsigned mail delivered while signing is held: %s" % sorted(got))
+        for rc in ("u1@c.test", "u2@nosign.test"):
+            verify(got.get(rc, b""), recs, "unsigned %s" % rc, 0)
+        expect(claimed_only(e, len(signed)), "the held files are still claimed")
+        c.setblocking(False)
+        try:
+            early = c.recv(100)
+        except BlockingIOError:
+            early = None
+        c.setblocking(True)
+        expect(early is None, "no reply to the SMTP client while its message is held (%r)"
+               % early)
+        open_gate(tmp)
+        code = reply()
+        expect(code == b"250", "the SMTP client's reply once signed and durable: %r" % code)
+        c.sendall(b"QUIT\r\n")
+        c.close()
+        total = len(signed) + 3
+        e.wait_for(lambda: len(e.records("D")) >= total, 60, "every message delivered")
+        signed_once(e, info, recs, signed + ["smtp@c.test"], total, "held")
+        expect(os.listdir(e.pickup) == [] and held(e) == [], "pickup/ empty, nothing held")
+        expect(e.stop() == 0, "exit status")
 
 
-def scenario_held_crash(imp, sinkbin):
+def scenario_held_crash(imp, sinkbin, exchange=False):
     """kill -9 while messages are being signed: nothing is lost, nothing
     goes out unsigned; after the restart each is signed and delivered
-    once."""
-    tmp = tempfile.mkdtemp(prefix="dkim-hc.")
-    sink = None
-    try:
-        recs = make_keys(tmp)
-        sink, info = start_sink(sinkbin, tmp, "hc")
-        e = gated_engine(imp, tmp, "dkim-hc", sink.port)
-        try:
-            e.start()
-            rcpts = ["k%d@c.test" % i for i in range(4)]
-            for rc in rcpts:
-                e.inject("a@rsa.test", [rc], body="From: a@rsa.test\nSubject: crash\n\nx\n")
-            e.wait_for(lambda: claimed_only(e, len(rcpts)), 20, "the files claimed and held")
-            e.proc.send_signal(signal.SIGKILL)
-            e.proc.wait()
-            e.proc = None
-            expect(received(info) == {}, "nothing delivered before the crash")
-            open_gate(tmp)
-            e.start()
-            e.wait_for(lambda: len(e.records("D")) >= len(rcpts), 30, "delivery after restart")
-            got = received(info)
-            for rc in rcpts:
-                verify(got.get(rc, b""), recs, "after kill -9 %s" % rc)
-            fin = e.finals()
-            expect(len(fin) == len(rcpts) and all(len(v) == 1 for v in fin.values()),
-                   "each delivered once (%d messages)" % len(fin))
-            expect(e.stop() == 0, "exit status")
-        finally:
-            e.cleanup()
-    finally:
-        os.environ.pop("IMPETUS_TEST_DKIM_GATE", None)
-        drop_sinks(tmp, sink)
+    once (with Pickup_Claim = rename, and = exchange)."""
+    with gated(imp, sinkbin, "dkim-hc", exchange=exchange) as (e, tmp, recs, info):
+        e.start()
+        rcpts = ["k%d@c.test" % i for i in range(4)]
+        for rc in rcpts:
+            e.inject("a@rsa.test", [rc], body="From: a@rsa.test\nSubject: crash\n\nx\n")
+        e.wait_for(lambda: claimed_only(e, len(rcpts)), 20, "the files claimed and held")
+        e.proc.send_signal(signal.SIGKILL)
+        e.proc.wait()
+        e.proc = None
+        expect(received(info) == {}, "nothing delivered before the crash")
+        open_gate(tmp)
+        e.start()
+        e.wait_for(lambda: len(e.records("D")) >= len(rcpts), 30, "delivery after restart")
+        signed_once(e, info, recs, rcpts, len(rcpts), "after kill -9")
+        expect(e.stop() == 0, "exit status")
 
 
 def scenario_dsn(imp, sinkbin):
@@ -622,7 +635,9 @@ def main():
     imp, sinkbin, scenario = sys.argv[1:4]
     {"deliver": scenario_deliver, "listener": scenario_listener, "restart": scenario_restart,
      "lua": scenario_lua, "nonblocking": scenario_nonblocking,
-     "held-crash": scenario_held_crash, "dsn": scenario_dsn}[scenario](imp, sinkbin)
+     "held-crash": scenario_held_crash, "dsn": scenario_dsn,
+     "nonblocking-exchange": lambda i, s: scenario_nonblocking(i, s, True),
+     "held-crash-exchange": lambda i, s: scenario_held_crash(i, s, True)}[scenario](imp, sinkbin)
     if failures:
         print("%d check(s) failed" % len(failures))
         return 1

@@ -31,6 +31,14 @@ try:
         put(".a.tmp", a, bad_first)
         put(".b.tmp", b)
         name = os.path.join(pickup, "rep%d" % (i % 50))
+        # The previous B under this name must have been taken before A
+        # reuses the name: else the producer itself replaces it (seen at
+        # load 25, when the spool fell more than 50 names behind), and
+        # that would be counted as the spool's loss.
+        prev_b = 2 * (i - 50) + 1
+        wait_end = time.monotonic() + 60
+        while i >= 50 and prev_b not in drv.msgs and time.monotonic() < wait_end:
+            drain(0.05)
         os.rename(os.path.join(stage, ".a.tmp"), name)
         time.sleep(rnd.uniform(0, 0.020))
         os.rename(os.path.join(stage, ".b.tmp"), name)

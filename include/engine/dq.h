@@ -55,6 +55,7 @@ struct dq_queue_state {
   uint64_t txn_ns;
   uint64_t txn_win_min_ns, txn_win_ns; /* the current window's shortest, its start (mono) */
   uint64_t txn_last_ns;       /* when txn_ns last had news (mono) */
+  uint64_t txn_avg_ns;        /* the same times' 1/8 running average (queueing shows here) */
   struct sched_pool pool;     /* its idle connections */
   uint64_t blocked_until_ns;  /* throttled / host failure: not before (mono) */
   void *user;                 /* the worker's */

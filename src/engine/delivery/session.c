@@ -346,6 +346,7 @@ static void note_txn_time(struct session *s, const struct flight *f)
   if (st->txn_ns == 0 || t < st->txn_ns)
     st->txn_ns = t;
   st->txn_last_ns = now;
+  st->txn_avg_ns = st->txn_avg_ns ? st->txn_avg_ns - st->txn_avg_ns / 8 + t / 8 : t;
 }
 
 static void on_txn_done(void *arg, void *txn_arg, const struct smtpc_txn *txn)

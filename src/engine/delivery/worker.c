@@ -42,6 +42,7 @@
  * COVER_MAX each) */
 #define DRAIN_NS 50000000u
 #define COVER_MAX 16u
+#define QUEUEING_X 8u /* see data_queueing */
 
 /* Not inlined: callers pass fields shorter than n - 1, which strnlen
  * must not be checked against. */
@@ -288,6 +289,17 @@ static uint32_t data_cover(const struct dq_queue_state *st, uint64_t now_ns)
   return c < 1 ? 1 : c > COVER_MAX ? COVER_MAX : (uint32_t)c;
 }
 
+/* One transaction at a time (DATA): q's transactions take QUEUEING_X times
+ * its shortest lately on average. Then they wait in a queue (the peer's
+ * CPU, or ours) that another connection would only lengthen, not for round
+ * trips that another connection would overlap: no new one opens (idle ones
+ * still wake). Not when none ended lately (a stall, or idle). */
+static bool data_queueing(const struct dq_queue_state *st, uint64_t now_ns)
+{
+  return st->txn_ns && now_ns - st->txn_last_ns <= TXN_WINDOW_NS &&
+         st->txn_avg_ns > QUEUEING_X * st->txn_ns;
+}
+
 static void schedule(struct worker *w)
 {
   uint64_t now_ms = clock_wall_ms();
@@ -339,6 +351,10 @@ static void schedule(struct worker *w)
       if (dq_queue_ready(q) <= taken) {
         st->backlog_since_ns = 0;
         break;
+      }
+      if (st->no_chunking && st->acct.conns > 0 && data_queueing(st, now_ns)) {
+        st->backlog_since_ns = 0;
+        break; /* more connections would wait in the same queue */
       }
       if (ramp && st->acct.conns > 0) {
         /* BDAT connections drain Pipeline_Depth units per round trip, DATA
